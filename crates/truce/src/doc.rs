@@ -1,0 +1,342 @@
+//! The document model: bodies, server metadata (`_version`, `_rev`, `_seq`, `_ts`)
+//! and the validation of ids, collection names and bodies.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde_json::{Map, Value};
+
+use crate::error::{Error, Result};
+use crate::limits::{COLLECTION_NAME_BYTES_MAX, DOC_DEPTH_MAX, DOC_SIZE_BYTES_MAX, ID_BYTES_MAX};
+
+/// A document's user content: a JSON object without top-level `_` fields.
+pub type Body = Map<String, Value>;
+
+/// A revision: `"{version}-{32 lowercase hex}"`, the hex being a 128-bit hash of
+/// the canonical content and the deleted flag.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Rev {
+    /// The version this revision belongs to (1 on create, +1 per write).
+    pub version: u64,
+    /// XXH3-128 of the canonical content and the deleted flag.
+    pub hash: u128,
+}
+
+impl Rev {
+    /// The revision of `body` at `version`; `deleted` distinguishes a tombstone.
+    pub fn compute(version: u64, canonical_body: &[u8], deleted: bool) -> Rev {
+        Rev {
+            version,
+            hash: content_hash(canonical_body, deleted),
+        }
+    }
+}
+
+/// The hash part of a revision. The deleted flag is hashed too, so a tombstone of
+/// an empty document and the empty document itself have different revisions.
+pub fn content_hash(canonical_body: &[u8], deleted: bool) -> u128 {
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    hasher.update(&[u8::from(deleted)]);
+    hasher.update(canonical_body);
+    hasher.digest128()
+}
+
+impl fmt::Display for Rev {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{:032x}", self.version, self.hash)
+    }
+}
+
+impl FromStr for Rev {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Rev> {
+        let bad = || Error::InvalidPrecondition(format!("not a revision: {s:?}"));
+        let (version, hash) = s.split_once('-').ok_or_else(bad)?;
+        let hash_is_canonical = hash.len() == 32
+            && hash
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        if !hash_is_canonical || version.is_empty() || !version.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad());
+        }
+        let version: u64 = version.parse().map_err(|_| bad())?;
+        let hash = u128::from_str_radix(hash, 16).map_err(|_| bad())?;
+        if version == 0 {
+            return Err(bad());
+        }
+        Ok(Rev { version, hash })
+    }
+}
+
+/// Server metadata of a stored document or tombstone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Meta {
+    /// `_rev`; `rev.version` is `_version`.
+    pub rev: Rev,
+    /// `_seq`: the sequence number of the commit that wrote this state.
+    pub seq: u64,
+    /// `_ts`: that commit's time, in ms since the Unix epoch.
+    pub ts_ms: u64,
+    /// Whether this state is a tombstone left by a delete.
+    pub deleted: bool,
+}
+
+impl Meta {
+    /// `_version`.
+    pub fn version(&self) -> u64 {
+        self.rev.version
+    }
+}
+
+/// A document as stored: id, metadata and body (empty for a tombstone).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Document {
+    /// The document id within its collection.
+    pub id: String,
+    /// Server metadata.
+    pub meta: Meta,
+    /// User content.
+    pub body: Body,
+}
+
+impl Document {
+    /// `_version`.
+    pub fn version(&self) -> u64 {
+        self.meta.rev.version
+    }
+
+    /// `_rev`.
+    pub fn rev(&self) -> Rev {
+        self.meta.rev
+    }
+
+    /// Whether this is a tombstone.
+    pub fn is_deleted(&self) -> bool {
+        self.meta.deleted
+    }
+
+    /// The document as one JSON object with its metadata fields, as the HTTP API
+    /// shows it: `_id`, `_rev`, `_version`, `_seq`, `_ts` (and `_deleted` on a tombstone).
+    pub fn to_json(&self) -> Value {
+        let mut out = Map::with_capacity(self.body.len() + 6);
+        out.insert("_id".into(), Value::String(self.id.clone()));
+        out.insert("_rev".into(), Value::String(self.meta.rev.to_string()));
+        out.insert("_version".into(), Value::from(self.meta.rev.version));
+        out.insert("_seq".into(), Value::from(self.meta.seq));
+        out.insert("_ts".into(), Value::from(self.meta.ts_ms));
+        if self.meta.deleted {
+            out.insert("_deleted".into(), Value::Bool(true));
+        }
+        for (k, v) in &self.body {
+            out.insert(k.clone(), v.clone());
+        }
+        Value::Object(out)
+    }
+}
+
+/// The canonical encoding of a body: keys sorted (serde_json's map is ordered),
+/// no whitespace. Revisions hash these bytes and storage keeps them.
+pub fn canonical_bytes(body: &Body) -> Vec<u8> {
+    // Serializing a map of `Value`s cannot fail: keys are strings, no I/O.
+    serde_json::to_vec(body).unwrap_or_default()
+}
+
+/// Checks a collection name against `^[A-Za-z][A-Za-z0-9_-]{0,63}$`.
+pub fn validate_collection_name(name: &str) -> Result<()> {
+    let bytes = name.as_bytes();
+    let ok = !bytes.is_empty()
+        && bytes.len() <= COLLECTION_NAME_BYTES_MAX
+        && bytes[0].is_ascii_alphabetic()
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || *b == b'_' || *b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidCollection(format!(
+            "{name:?} must match ^[A-Za-z][A-Za-z0-9_-]{{0,63}}$"
+        )))
+    }
+}
+
+/// Checks a document id: 1–512 bytes of UTF-8, no control characters, not starting with `_`.
+pub fn validate_id(id: &str) -> Result<()> {
+    if id.is_empty() || id.len() > ID_BYTES_MAX {
+        return Err(Error::InvalidId(format!(
+            "ids are 1 to {ID_BYTES_MAX} bytes, got {}",
+            id.len()
+        )));
+    }
+    if id.starts_with('_') {
+        return Err(Error::InvalidId(format!(
+            "{id:?} starts with '_', which is reserved"
+        )));
+    }
+    if id.chars().any(char::is_control) {
+        return Err(Error::InvalidId(format!("{id:?} contains a control character")));
+    }
+    Ok(())
+}
+
+/// Checks a body a client wants to store and returns its canonical encoding:
+/// no top-level `_` field, nesting within [`DOC_DEPTH_MAX`], size within
+/// [`DOC_SIZE_BYTES_MAX`].
+pub fn validate_body(body: &Body) -> Result<Vec<u8>> {
+    if let Some(key) = body.keys().find(|k| k.starts_with('_')) {
+        return Err(Error::ReservedField(format!(
+            "{key:?}: top-level fields starting with '_' are server metadata"
+        )));
+    }
+    check_depth(body)?;
+    let bytes = canonical_bytes(body);
+    check_size(bytes.len())?;
+    Ok(bytes)
+}
+
+/// Fails with [`Error::DocumentTooLarge`] past [`DOC_SIZE_BYTES_MAX`].
+pub fn check_size(size: usize) -> Result<()> {
+    if size > DOC_SIZE_BYTES_MAX {
+        return Err(Error::DocumentTooLarge {
+            size,
+            limit: DOC_SIZE_BYTES_MAX,
+        });
+    }
+    Ok(())
+}
+
+/// Fails with [`Error::InvalidDocument`] when objects and arrays nest deeper than
+/// [`DOC_DEPTH_MAX`]. Iterative, so a hostile document cannot exhaust the stack.
+pub fn check_depth(body: &Body) -> Result<()> {
+    let mut stack: Vec<(&Value, usize)> = body.values().map(|v| (v, 1)).collect();
+    while let Some((value, depth)) = stack.pop() {
+        let children: Box<dyn Iterator<Item = &Value>> = match value {
+            Value::Object(map) => Box::new(map.values()),
+            Value::Array(items) => Box::new(items.iter()),
+            _ => continue,
+        };
+        if depth >= DOC_DEPTH_MAX {
+            return Err(Error::InvalidDocument(format!(
+                "nested deeper than {DOC_DEPTH_MAX} levels"
+            )));
+        }
+        stack.extend(children.map(|child| (child, depth + 1)));
+    }
+    Ok(())
+}
+
+/// Turns a JSON value into a body, or fails with [`Error::InvalidDocument`].
+pub fn body_from_value(value: Value) -> Result<Body> {
+    match value {
+        Value::Object(map) => Ok(map),
+        other => Err(Error::InvalidDocument(format!(
+            "a document is a JSON object, not {}",
+            json_type_name(&other)
+        ))),
+    }
+}
+
+/// The JSON type of a value, for messages.
+pub fn json_type_name(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn body(v: Value) -> Body {
+        body_from_value(v).unwrap()
+    }
+
+    #[test]
+    fn rev_round_trips_and_is_canonical() {
+        let rev = Rev::compute(3, b"{\"a\":1}", false);
+        let text = rev.to_string();
+        assert!(text.starts_with("3-"));
+        assert_eq!(text.len(), 2 + 32);
+        assert_eq!(text.parse::<Rev>().unwrap(), rev);
+        for bad in [
+            "",
+            "3",
+            "3-",
+            "0-00000000000000000000000000000000",
+            "x-00",
+            "3-ABCDEF00000000000000000000000000",
+        ] {
+            assert_eq!(
+                bad.parse::<Rev>().unwrap_err().code(),
+                "invalid_precondition",
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn hash_covers_content_and_deleted_flag_not_key_order() {
+        let a = canonical_bytes(&body(json!({"b": 1, "a": [1, 2]})));
+        let b = canonical_bytes(&serde_json::from_str(r#"{ "a" : [1,2], "b":1 }"#).unwrap());
+        assert_eq!(a, b);
+        assert_eq!(a, br#"{"a":[1,2],"b":1}"#);
+        assert_ne!(content_hash(&a, false), content_hash(&a, true));
+        assert_ne!(content_hash(&a, false), content_hash(b"{}", false));
+    }
+
+    #[test]
+    fn collection_names() {
+        for ok in ["a", "Users", "a-b_c9", &"x".repeat(64)] {
+            validate_collection_name(ok).unwrap();
+        }
+        for bad in ["", "9a", "_a", "a b", "a/b", "é", &"x".repeat(65)] {
+            assert_eq!(
+                validate_collection_name(bad).unwrap_err().code(),
+                "invalid_collection",
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn ids() {
+        for ok in ["a", "é", "a b/c", &"x".repeat(512)] {
+            validate_id(ok).unwrap();
+        }
+        for bad in ["", "_a", "a\nb", "a\u{0}", &"x".repeat(513)] {
+            assert_eq!(validate_id(bad).unwrap_err().code(), "invalid_id", "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn bodies() {
+        validate_body(&body(json!({"a": {"_nested": 1}}))).unwrap();
+        assert_eq!(
+            validate_body(&body(json!({"_id": 1}))).unwrap_err().code(),
+            "reserved_field"
+        );
+        let mut deep = json!(1);
+        for _ in 0..DOC_DEPTH_MAX {
+            deep = json!([deep]);
+        }
+        assert_eq!(
+            validate_body(&body(json!({"a": deep}))).unwrap_err().code(),
+            "invalid_document"
+        );
+        let big = "x".repeat(DOC_SIZE_BYTES_MAX);
+        assert_eq!(
+            validate_body(&body(json!({"a": big}))).unwrap_err().code(),
+            "payload_too_large"
+        );
+        assert_eq!(
+            body_from_value(json!([1])).unwrap_err().code(),
+            "invalid_document"
+        );
+    }
+}

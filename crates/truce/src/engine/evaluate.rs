@@ -1,0 +1,168 @@
+//! One write evaluated against the current state of its document: precondition,
+//! update operators, no-op detection. Pure: the committer supplies the state, the
+//! sequence number and the clock, and stores what comes out.
+
+use std::sync::Arc;
+
+use crate::doc::{self, Body, Document, Meta, Rev};
+use crate::error::{Error, Result};
+use crate::update::{OnFalse, Update};
+
+use super::outcome::{Conflict, ConflictReason, Effect, Expect, WriteResult, Written};
+
+/// What a write request asks for.
+#[derive(Clone, Debug)]
+pub enum WriteOp {
+    /// Replace the whole body; `canonical` is its canonical encoding, computed by
+    /// the caller's thread to keep the committer's work small.
+    Put {
+        /// The new content.
+        body: Body,
+        /// `doc::canonical_bytes(&body)`.
+        canonical: Vec<u8>,
+    },
+    /// Apply update operators to the latest state.
+    Patch(Arc<Update>),
+    /// Leave a tombstone.
+    Delete,
+}
+
+/// A new document state to store, with its canonical body bytes.
+pub struct NewState {
+    /// The state.
+    pub doc: Document,
+    /// `doc::canonical_bytes(&doc.body)`.
+    pub canonical: Vec<u8>,
+}
+
+/// The commit context of one write: its sequence number if it writes, and the time.
+pub struct CommitClock {
+    /// The sequence number the write gets if it produces a new state.
+    pub seq: u64,
+    /// The commit time, ms since the epoch.
+    pub ts_ms: u64,
+}
+
+fn conflict(reason: ConflictReason, current: Option<&Document>) -> Result<(WriteResult, Option<NewState>)> {
+    Ok((
+        Err(Conflict {
+            reason,
+            current: current.cloned(),
+        }),
+        None,
+    ))
+}
+
+fn unchanged(current: &Document, effect: Effect) -> Result<(WriteResult, Option<NewState>)> {
+    Ok((
+        Ok(Written {
+            doc: current.clone(),
+            effect,
+        }),
+        None,
+    ))
+}
+
+/// Checks `expect` against the live document; `None` means it holds.
+fn precondition_fails(expect: Expect, live: Option<&Document>) -> Option<ConflictReason> {
+    match (expect, live) {
+        (Expect::Any, _) | (Expect::Absent, None) => None,
+        (Expect::Absent, Some(_)) => Some(ConflictReason::AlreadyExists),
+        (Expect::Version(_) | Expect::Rev(_) | Expect::Exists, None) => Some(ConflictReason::NotFound),
+        (Expect::Version(v), Some(doc)) if doc.version() != v => Some(ConflictReason::VersionMismatch),
+        (Expect::Rev(r), Some(doc)) if doc.rev() != r => Some(ConflictReason::VersionMismatch),
+        (Expect::Version(_) | Expect::Rev(_) | Expect::Exists, Some(_)) => None,
+    }
+}
+
+/// Evaluates one write on `current` (the stored state: live, tombstone or absent).
+///
+/// Returns the answer and, when the write changes something, the new state to
+/// store. An `Err` is a bad request (an operator's type error, a result too
+/// large) and changes nothing.
+pub fn evaluate(
+    id: &str,
+    op: &WriteOp,
+    expect: Expect,
+    current: Option<&Document>,
+    clock: &CommitClock,
+) -> Result<(WriteResult, Option<NewState>)> {
+    let live = current.filter(|d| !d.is_deleted());
+    if let Some(reason) = precondition_fails(expect, live) {
+        return conflict(reason, live);
+    }
+    let (body, canonical, deleted) = match op {
+        WriteOp::Put { body, canonical } => {
+            if let Some(doc) = live
+                && &doc.body == body
+            {
+                return unchanged(doc, Effect::NoOp);
+            }
+            (body.clone(), canonical.clone(), false)
+        }
+        WriteOp::Patch(update) => {
+            let body = match live {
+                None if !update.upsert() => return conflict(ConflictReason::NotFound, None),
+                None => update.apply(None, clock.ts_ms)?,
+                Some(doc) => {
+                    if let Some(condition) = update.condition()
+                        && !condition.matches(&doc.body, clock.ts_ms)
+                    {
+                        return match update.on_false() {
+                            OnFalse::Conflict => conflict(ConflictReason::ConditionFailed, live),
+                            OnFalse::Skip => unchanged(doc, Effect::Skipped),
+                        };
+                    }
+                    let body = update.apply(Some(&doc.body), clock.ts_ms)?;
+                    if body == doc.body {
+                        return unchanged(doc, Effect::NoOp);
+                    }
+                    body
+                }
+            };
+            let canonical = doc::canonical_bytes(&body);
+            doc::check_size(canonical.len())?;
+            (body, canonical, false)
+        }
+        WriteOp::Delete => match live {
+            None => return conflict(ConflictReason::NotFound, None),
+            Some(_) => (Body::new(), doc::canonical_bytes(&Body::new()), true),
+        },
+    };
+    // A document created over a tombstone continues its version history, so a
+    // revision string never names two different states.
+    let version = current.map_or(0, Document::version) + 1;
+    let meta = Meta {
+        rev: Rev::compute(version, &canonical, deleted),
+        seq: clock.seq,
+        ts_ms: clock.ts_ms,
+        deleted,
+    };
+    let doc = Document {
+        id: id.to_string(),
+        meta,
+        body,
+    };
+    let effect = match (deleted, live) {
+        (true, _) => Effect::Deleted,
+        (false, None) => Effect::Created,
+        (false, Some(_)) => Effect::Updated,
+    };
+    Ok((
+        Ok(Written {
+            doc: doc.clone(),
+            effect,
+        }),
+        Some(NewState { doc, canonical }),
+    ))
+}
+
+/// Rejects preconditions that cannot make sense for `op`, before it is queued.
+pub fn check_precondition(op: &WriteOp, expect: Expect) -> Result<()> {
+    if matches!(op, WriteOp::Delete) && expect == Expect::Absent {
+        return Err(Error::InvalidPrecondition(
+            "a delete cannot expect the document to be absent; use version=-1 for any".into(),
+        ));
+    }
+    Ok(())
+}

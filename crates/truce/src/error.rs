@@ -1,0 +1,119 @@
+//! The engine's one error type: every failure a caller can meet, each with a stable code.
+//!
+//! Expected outcomes (a version mismatch, a failed `$if`) are *not* errors: they are
+//! [`Conflict`](crate::Conflict) values. What lands here is bad input, an exceeded
+//! limit, an overloaded or broken engine.
+
+use crate::Conflict;
+use crate::storage::StorageError;
+
+/// Everything that can go wrong in the engine.
+///
+/// Each variant has a stable [`code`](Error::code) that the HTTP layer turns into a
+/// status and an error body, in exactly one place.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A document body is not a JSON object, or is nested too deeply.
+    #[error("invalid document: {0}")]
+    InvalidDocument(String),
+    /// A document id is empty, too long, has control characters or starts with `_`.
+    #[error("invalid document id: {0}")]
+    InvalidId(String),
+    /// A collection name does not match `^[A-Za-z][A-Za-z0-9_-]{{0,63}}$`.
+    #[error("invalid collection name: {0}")]
+    InvalidCollection(String),
+    /// A body carries a top-level `_` field, which is server metadata.
+    #[error("reserved field: {0}")]
+    ReservedField(String),
+    /// An update is malformed, or an operator met a value of the wrong type.
+    #[error("invalid update: {0}")]
+    InvalidOperator(String),
+    /// A filter is malformed.
+    #[error("invalid filter: {0}")]
+    InvalidFilter(String),
+    /// A precondition makes no sense for the operation (e.g. "must be absent" on a delete).
+    #[error("invalid precondition: {0}")]
+    InvalidPrecondition(String),
+    /// A document (after an update, too) is larger than [`DOC_SIZE_BYTES_MAX`](crate::limits::DOC_SIZE_BYTES_MAX).
+    #[error("document of {size} bytes exceeds the limit of {limit} bytes")]
+    DocumentTooLarge {
+        /// The size of the canonical JSON encoding.
+        size: usize,
+        /// The limit it exceeded.
+        limit: usize,
+    },
+    /// Some other named limit was exceeded.
+    #[error("limit exceeded: {what} (limit {limit})")]
+    LimitExceeded {
+        /// Which limit, by the name of its constant.
+        what: &'static str,
+        /// Its value.
+        limit: u64,
+    },
+    /// The commit queue is full. Retry after a short pause.
+    #[error("the commit queue is full; retry later")]
+    Overloaded,
+    /// A storage write or fsync failed earlier: the engine refuses writes until reopened.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    /// The storage layer failed or returned bytes that do not decode.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// A retried operation gave up; carries the last conflict it met.
+    #[error("gave up after {attempts} attempts; last conflict: {last}")]
+    RetriesExhausted {
+        /// How many attempts were made.
+        attempts: u32,
+        /// The conflict met by the last attempt.
+        last: Box<Conflict>,
+    },
+}
+
+impl Error {
+    /// Every code [`Error::code`] can return; tests check each is produced somewhere.
+    pub const ALL_CODES: &'static [&'static str] = &[
+        "invalid_document",
+        "invalid_id",
+        "invalid_collection",
+        "reserved_field",
+        "invalid_operator",
+        "invalid_filter",
+        "invalid_precondition",
+        "payload_too_large",
+        "limit_exceeded",
+        "overloaded",
+        "unavailable",
+        "storage_error",
+        "corrupt",
+        "retries_exhausted",
+    ];
+
+    /// The stable, machine-readable code of this error.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::InvalidDocument(_) => "invalid_document",
+            Error::InvalidId(_) => "invalid_id",
+            Error::InvalidCollection(_) => "invalid_collection",
+            Error::ReservedField(_) => "reserved_field",
+            Error::InvalidOperator(_) => "invalid_operator",
+            Error::InvalidFilter(_) => "invalid_filter",
+            Error::InvalidPrecondition(_) => "invalid_precondition",
+            Error::DocumentTooLarge { .. } => "payload_too_large",
+            Error::LimitExceeded { .. } => "limit_exceeded",
+            Error::Overloaded => "overloaded",
+            Error::Unavailable(_) => "unavailable",
+            Error::Storage(StorageError::Corrupt(_)) => "corrupt",
+            Error::Storage(_) => "storage_error",
+            Error::RetriesExhausted { .. } => "retries_exhausted",
+        }
+    }
+
+    /// Whether the same request may succeed if sent again later.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Error::Overloaded | Error::RetriesExhausted { .. })
+    }
+}
+
+/// Shorthand for the engine's results.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

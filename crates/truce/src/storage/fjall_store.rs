@@ -1,0 +1,130 @@
+//! The embedded default backend: fjall 3, one keyspace per [`Space`], batches
+//! committed through fjall's journal with fdatasync for [`Durability::Immediate`].
+
+use std::ops::Bound;
+use std::path::Path;
+
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+
+use super::{Direction, Durability, Entry, Space, Storage, StorageError, WriteBatch};
+
+/// Block cache size. Bounded so the server's memory stays predictable; the OS
+/// page cache does the rest.
+pub const FJALL_CACHE_BYTES: u64 = 64 * 1024 * 1024;
+
+/// A fjall database with one keyspace per [`Space`].
+pub struct FjallStorage {
+    db: Database,
+    spaces: Vec<(Space, Keyspace)>,
+}
+
+fn backend(e: fjall::Error) -> StorageError {
+    StorageError::Backend(e.to_string())
+}
+
+impl FjallStorage {
+    /// Opens (or creates) the database in `dir`, recovering from its journal.
+    ///
+    /// A final journal batch torn by a crash mid-fsync is dropped (see
+    /// [`fjall_repair`](super::fjall_repair)); any other damage is an error.
+    pub fn open(dir: &Path) -> Result<FjallStorage, StorageError> {
+        let open = || Database::builder(dir).cache_size(FJALL_CACHE_BYTES).open();
+        let db = match open() {
+            Err(fjall::Error::JournalRecovery(_))
+                if super::fjall_repair::cut_torn_tail(dir)
+                    .map_err(|e| StorageError::Backend(e.to_string()))? =>
+            {
+                open()
+            }
+            other => other,
+        }
+        .map_err(backend)?;
+        let spaces = Space::ALL
+            .iter()
+            .map(|&space| {
+                Ok((
+                    space,
+                    db.keyspace(space.name(), KeyspaceCreateOptions::default)
+                        .map_err(backend)?,
+                ))
+            })
+            .collect::<Result<Vec<_>, StorageError>>()?;
+        Ok(FjallStorage { db, spaces })
+    }
+
+    fn keyspace(&self, space: Space) -> &Keyspace {
+        // Every variant of Space is opened in `open`.
+        &self
+            .spaces
+            .iter()
+            .find(|(s, _)| *s == space)
+            .expect("every space is opened")
+            .1
+    }
+}
+
+impl Storage for FjallStorage {
+    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self
+            .keyspace(space)
+            .get(key)
+            .map_err(backend)?
+            .map(|v| v.to_vec()))
+    }
+
+    fn scan(
+        &self,
+        space: Space,
+        start: Bound<&[u8]>,
+        end: Bound<&[u8]>,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let iter = self.keyspace(space).range::<&[u8], _>((start, end));
+        let mut out = Vec::new();
+        let mut push = |guard: fjall::Guard| -> Result<bool, StorageError> {
+            let (key, value) = guard.into_inner().map_err(backend)?;
+            out.push((key.to_vec(), value.to_vec()));
+            Ok(out.len() < limit)
+        };
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        match direction {
+            Direction::Forward => {
+                for guard in iter {
+                    if !push(guard)? {
+                        break;
+                    }
+                }
+            }
+            Direction::Reverse => {
+                for guard in iter.rev() {
+                    if !push(guard)? {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn apply(&self, batch: WriteBatch, durability: Durability) -> Result<(), StorageError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mode = match durability {
+            Durability::Immediate => PersistMode::SyncData,
+            Durability::Relaxed => PersistMode::Buffer,
+        };
+        let mut fjall_batch = self.db.batch().durability(Some(mode));
+        for write in batch.into_writes() {
+            let keyspace = self.keyspace(write.space);
+            match write.value {
+                Some(value) => fjall_batch.insert(keyspace, write.key, value),
+                None => fjall_batch.remove(keyspace, write.key),
+            }
+        }
+        fjall_batch.commit().map_err(backend)
+    }
+}

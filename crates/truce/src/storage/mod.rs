@@ -1,0 +1,170 @@
+//! The storage trait: the narrow seam between the engine and whatever keeps bytes
+//! on disk (fjall by default; PostgreSQL and a fault-injecting memory store follow
+//! the same contract, checked by one [`conformance`] suite).
+//!
+//! Storage knows keys, values, spaces and atomic durable batches. It knows nothing
+//! about documents, JSON, versions or HTTP.
+
+use std::ops::Bound;
+
+pub mod conformance;
+mod fjall_repair;
+mod fjall_store;
+mod memory;
+
+pub use fjall_store::FjallStorage;
+pub use memory::{Fault, MemoryStorage};
+
+/// A separate key space, like a column family or a table. Keys of different
+/// spaces never collide and a batch may write to several atomically.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum Space {
+    /// Documents and tombstones, keyed by collection, `0x00`, id.
+    Documents,
+    /// Engine bookkeeping: last sequence number, last commit time, format version.
+    Meta,
+}
+
+impl Space {
+    /// Every space, in a fixed order.
+    pub const ALL: [Space; 2] = [Space::Documents, Space::Meta];
+
+    /// A stable name for the space, used as a keyspace or table name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Space::Documents => "docs",
+            Space::Meta => "meta",
+        }
+    }
+}
+
+/// When a write becomes durable.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Durability {
+    /// `apply` returns only after the batch is on stable storage (fdatasync). The default.
+    #[default]
+    Immediate,
+    /// `apply` returns once the batch is handed to the OS; a machine crash may lose
+    /// it (a process crash does not). For tests and throwaway data only.
+    Relaxed,
+}
+
+/// Key order for scans.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// Ascending byte order.
+    Forward,
+    /// Descending byte order.
+    Reverse,
+}
+
+/// One write of a batch: a put (`Some`) or a removal (`None`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BatchWrite {
+    /// Where.
+    pub space: Space,
+    /// Which key.
+    pub key: Vec<u8>,
+    /// The new value, or `None` to remove the key.
+    pub value: Option<Vec<u8>>,
+}
+
+/// Writes applied all together or not at all.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WriteBatch {
+    writes: Vec<BatchWrite>,
+    bytes: usize,
+}
+
+impl WriteBatch {
+    /// An empty batch.
+    pub fn new() -> WriteBatch {
+        WriteBatch::default()
+    }
+
+    /// Adds a put.
+    pub fn put(&mut self, space: Space, key: Vec<u8>, value: Vec<u8>) {
+        self.bytes += key.len() + value.len();
+        self.writes.push(BatchWrite {
+            space,
+            key,
+            value: Some(value),
+        });
+    }
+
+    /// Adds a removal.
+    pub fn remove(&mut self, space: Space, key: Vec<u8>) {
+        self.bytes += key.len();
+        self.writes.push(BatchWrite {
+            space,
+            key,
+            value: None,
+        });
+    }
+
+    /// The writes, in the order they were added (a later write to the same key wins).
+    pub fn writes(&self) -> &[BatchWrite] {
+        &self.writes
+    }
+
+    /// Consumes the batch into its writes.
+    pub fn into_writes(self) -> Vec<BatchWrite> {
+        self.writes
+    }
+
+    /// Bytes of keys and values.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Whether there is nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.writes.is_empty()
+    }
+}
+
+/// A key-value pair returned by a scan.
+pub type Entry = (Vec<u8>, Vec<u8>);
+
+/// Failures of a storage backend.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StorageError {
+    /// The backend failed (I/O, fsync, lost connection). After a failed `apply`
+    /// the engine stops writing: the batch may or may not be durable.
+    #[error("storage backend failed: {0}")]
+    Backend(String),
+    /// Bytes read back do not decode or fail their checksum.
+    #[error("corrupt record: {0}")]
+    Corrupt(String),
+}
+
+/// What the engine needs from a store of bytes.
+///
+/// Contract (checked by [`conformance::run_all`]):
+/// - `apply` is atomic: after it returns `Ok`, and after any crash, either every
+///   write of the batch is visible or none is; with [`Durability::Immediate`] the
+///   batch survives a crash once `apply` returned `Ok`.
+/// - Batches are applied in the order `apply` is called; within a batch a later
+///   write to the same key wins.
+/// - Reads see every batch whose `apply` returned. They may also see a batch
+///   whose `apply` has not returned yet; the engine never relies on either.
+/// - Keys order as unsigned bytes.
+pub trait Storage: Send + Sync + 'static {
+    /// The value of `key` in `space`, if any.
+    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError>;
+
+    /// Up to `limit` entries of `space` with keys within `(start, end)`, in `direction`.
+    fn scan(
+        &self,
+        space: Space,
+        start: Bound<&[u8]>,
+        end: Bound<&[u8]>,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<Vec<Entry>, StorageError>;
+
+    /// Applies every write of `batch` atomically, durably when `durability` says so.
+    fn apply(&self, batch: WriteBatch, durability: Durability) -> Result<(), StorageError>;
+}

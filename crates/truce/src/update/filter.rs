@@ -1,0 +1,323 @@
+//! Filters: the MongoDB query subset that `$if` conditions, `$pull` and queries evaluate.
+//!
+//! A filter is a JSON object. Each plain key is a dotted [`Path`] whose value is either
+//! a comparison value (implicit `$eq`) or an operator object (`{"$gt": 1, "$lt": 9}`);
+//! `$and`, `$or` (non-empty arrays of filters) and `$not` (a filter) combine filters.
+//! Every key of an object must hold, so `{a: 1, b: 2}` is an AND.
+//!
+//! Wherever a comparison value is expected, `{"$ago": MS}` stands for the number
+//! `now_ms - MS` (saturating at 0), so conditions like "seen in the last 10 s" need no
+//! clock on the client.
+//!
+//! Matching follows MongoDB: equality against an array matches the array itself or
+//! any element; `null` matches a missing field; `$ne`/`$nin` negate `$eq`/`$in` (so
+//! they match missing fields); range operators only match values in the operand's
+//! [type bracket](crate::value_order), elementwise for arrays. Paths do not fan out
+//! over arrays of objects (`items.sku` does not look inside each element of `items`),
+//! so a filter on a path sees exactly the value an index on that path would.
+
+use std::borrow::Cow;
+
+use serde_json::{Map, Value};
+
+use super::path::{self, Path, type_name};
+use crate::error::Error;
+use crate::limits::{DOC_DEPTH_MAX, FILTER_NODES_MAX};
+use crate::value_order::{compare, type_bracket};
+
+/// A parsed filter; cheap to evaluate, bounded by [`FILTER_NODES_MAX`] nodes.
+#[derive(Clone, Debug)]
+pub struct Filter {
+    /// All must hold.
+    clauses: Vec<Clause>,
+}
+
+#[derive(Clone, Debug)]
+enum Clause {
+    Field(Path, Condition),
+    And(Vec<Filter>),
+    Or(Vec<Filter>),
+    Not(Box<Filter>),
+}
+
+/// What one field (or one array element, for `$pull`) must satisfy: the field-level
+/// form of a filter, e.g. `{"$gte": 6}` or a plain comparison value.
+#[derive(Clone, Debug)]
+pub struct Condition {
+    /// All must hold.
+    ops: Vec<Op>,
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Eq(Operand),
+    Ne(Operand),
+    Range(Range, Operand),
+    In(Vec<Operand>),
+    Nin(Vec<Operand>),
+    Exists(bool),
+    Not(Condition),
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Range {
+    Gt,
+    Gte,
+    Lt,
+    Lte,
+}
+
+/// A comparison value, resolved against the clock at match time.
+#[derive(Clone, Debug)]
+enum Operand {
+    Value(Value),
+    Ago(u64),
+}
+
+impl Filter {
+    /// Parses a filter object.
+    ///
+    /// Errors: anything malformed is [`Error::InvalidFilter`] naming the offending
+    /// key; more than [`FILTER_NODES_MAX`] nodes or nesting deeper than
+    /// [`DOC_DEPTH_MAX`] is [`Error::LimitExceeded`].
+    pub fn parse(spec: &Value) -> Result<Filter, Error> {
+        Parser { nodes: 0 }.filter(spec, 1)
+    }
+
+    /// Whether `doc` satisfies the filter, with `$ago` resolved against `now_ms`.
+    pub fn matches(&self, doc: &Map<String, Value>, now_ms: u64) -> bool {
+        self.clauses.iter().all(|c| match c {
+            Clause::Field(p, cond) => cond.matches_value(path::get(doc, p), now_ms),
+            Clause::And(fs) => fs.iter().all(|f| f.matches(doc, now_ms)),
+            Clause::Or(fs) => fs.iter().any(|f| f.matches(doc, now_ms)),
+            Clause::Not(f) => !f.matches(doc, now_ms),
+        })
+    }
+}
+
+/// Parses the field-level form (`{"$gte": 6}`, `{"$ago": 5}` or a plain value), as
+/// used by `$pull` to test array elements.
+pub(crate) fn parse_condition(spec: &Value) -> Result<Condition, Error> {
+    Parser { nodes: 0 }.field_value(spec, "element", 1)
+}
+
+impl Condition {
+    /// Whether a field's value (`None` when the field is missing) satisfies the condition.
+    pub fn matches_value(&self, v: Option<&Value>, now_ms: u64) -> bool {
+        self.ops.iter().all(|op| match op {
+            Op::Eq(x) => equals(v, &x.resolve(now_ms)),
+            Op::Ne(x) => !equals(v, &x.resolve(now_ms)),
+            Op::Range(r, x) => in_range(v, *r, &x.resolve(now_ms)),
+            Op::In(xs) => xs.iter().any(|x| equals(v, &x.resolve(now_ms))),
+            Op::Nin(xs) => !xs.iter().any(|x| equals(v, &x.resolve(now_ms))),
+            Op::Exists(want) => v.is_some() == *want,
+            Op::Not(c) => !c.matches_value(v, now_ms),
+        })
+    }
+}
+
+impl Operand {
+    fn resolve(&self, now_ms: u64) -> Cow<'_, Value> {
+        match self {
+            Operand::Value(v) => Cow::Borrowed(v),
+            Operand::Ago(ms) => Cow::Owned(Value::from(now_ms.saturating_sub(*ms))),
+        }
+    }
+}
+
+/// MongoDB equality: `null` also matches a missing field, and an array matches if it
+/// equals `x` or any of its elements does. Numbers are equal by value (`1 == 1.0`).
+fn equals(v: Option<&Value>, x: &Value) -> bool {
+    let same = |e: &Value| compare(e, x).is_eq();
+    match v {
+        None => x.is_null(),
+        Some(v) => same(v) || matches!(v, Value::Array(a) if a.iter().any(same)),
+    }
+}
+
+/// Range comparison within `x`'s type bracket; an array matches if any element does.
+fn in_range(v: Option<&Value>, r: Range, x: &Value) -> bool {
+    let hit = |e: &Value| {
+        type_bracket(e) == type_bracket(x) && {
+            let o = compare(e, x);
+            match r {
+                Range::Gt => o.is_gt(),
+                Range::Gte => o.is_ge(),
+                Range::Lt => o.is_lt(),
+                Range::Lte => o.is_le(),
+            }
+        }
+    };
+    match v {
+        None => false,
+        Some(v) => hit(v) || matches!(v, Value::Array(a) if a.iter().any(hit)),
+    }
+}
+
+/// Recursive-descent parser that charges every node to one budget.
+struct Parser {
+    nodes: usize,
+}
+
+impl Parser {
+    fn charge(&mut self, depth: usize) -> Result<(), Error> {
+        self.nodes += 1;
+        if self.nodes > FILTER_NODES_MAX {
+            return Err(Error::LimitExceeded {
+                what: "FILTER_NODES_MAX",
+                limit: FILTER_NODES_MAX as u64,
+            });
+        }
+        if depth > DOC_DEPTH_MAX {
+            return Err(Error::LimitExceeded {
+                what: "DOC_DEPTH_MAX",
+                limit: DOC_DEPTH_MAX as u64,
+            });
+        }
+        Ok(())
+    }
+
+    fn filter(&mut self, spec: &Value, depth: usize) -> Result<Filter, Error> {
+        let Value::Object(m) = spec else {
+            return Err(invalid(format!(
+                "a filter must be a JSON object, found {}",
+                type_name(spec)
+            )));
+        };
+        let mut clauses = Vec::with_capacity(m.len());
+        for (key, v) in m {
+            self.charge(depth)?;
+            let clause = match key.as_str() {
+                "$and" => Clause::And(self.filter_list(key, v, depth)?),
+                "$or" => Clause::Or(self.filter_list(key, v, depth)?),
+                "$not" => Clause::Not(Box::new(self.filter(v, depth + 1)?)),
+                k if k.starts_with('$') => {
+                    return Err(invalid(format!(
+                        "unknown top-level operator '{k}' (expected $and, $or, $not or a field path)"
+                    )));
+                }
+                field => Clause::Field(Path::parse_filter(field)?, self.field_value(v, field, depth + 1)?),
+            };
+            clauses.push(clause);
+        }
+        Ok(Filter { clauses })
+    }
+
+    fn filter_list(&mut self, key: &str, v: &Value, depth: usize) -> Result<Vec<Filter>, Error> {
+        match v {
+            Value::Array(items) if !items.is_empty() => items
+                .iter()
+                .map(|item| {
+                    self.charge(depth + 1)?;
+                    self.filter(item, depth + 2)
+                })
+                .collect(),
+            _ => Err(invalid(format!("'{key}' needs a non-empty array of filters"))),
+        }
+    }
+
+    /// The value of a field key: an operator object, `{"$ago": MS}`, or a plain value.
+    fn field_value(&mut self, v: &Value, field: &str, depth: usize) -> Result<Condition, Error> {
+        let Value::Object(m) = v else {
+            return Ok(Condition {
+                ops: vec![Op::Eq(Operand::Value(v.clone()))],
+            });
+        };
+        let dollar = m.keys().filter(|k| k.starts_with('$')).count();
+        if dollar == 0 {
+            return Ok(Condition {
+                ops: vec![Op::Eq(Operand::Value(v.clone()))],
+            });
+        }
+        if dollar < m.len() {
+            return Err(invalid(format!(
+                "the value of '{field}' mixes operators and plain fields; \
+                 use only operators, or only fields for an exact object match"
+            )));
+        }
+        if m.len() == 1 && m.contains_key("$ago") {
+            return Ok(Condition {
+                ops: vec![Op::Eq(operand(v)?)],
+            });
+        }
+        self.operators(m, field, depth)
+    }
+
+    fn operators(&mut self, m: &Map<String, Value>, field: &str, depth: usize) -> Result<Condition, Error> {
+        let mut ops = Vec::with_capacity(m.len());
+        for (name, arg) in m {
+            self.charge(depth)?;
+            let op = match name.as_str() {
+                "$eq" => Op::Eq(operand(arg)?),
+                "$ne" => Op::Ne(operand(arg)?),
+                "$gt" => Op::Range(Range::Gt, operand(arg)?),
+                "$gte" => Op::Range(Range::Gte, operand(arg)?),
+                "$lt" => Op::Range(Range::Lt, operand(arg)?),
+                "$lte" => Op::Range(Range::Lte, operand(arg)?),
+                "$in" => Op::In(self.operand_list(name, arg, field, depth)?),
+                "$nin" => Op::Nin(self.operand_list(name, arg, field, depth)?),
+                "$exists" => match arg {
+                    Value::Bool(b) => Op::Exists(*b),
+                    _ => {
+                        return Err(invalid(format!("'$exists' on '{field}' needs true or false")));
+                    }
+                },
+                "$not" => match arg {
+                    Value::Object(inner) if !inner.is_empty() && inner.keys().all(|k| k.starts_with('$')) => {
+                        Op::Not(self.operators(inner, field, depth + 1)?)
+                    }
+                    _ => {
+                        return Err(invalid(format!(
+                            "'$not' on '{field}' needs a non-empty operator object such as {{\"$gt\": 5}}"
+                        )));
+                    }
+                },
+                other => return Err(invalid(format!("unknown operator '{other}' on '{field}'"))),
+            };
+            ops.push(op);
+        }
+        Ok(Condition { ops })
+    }
+
+    fn operand_list(
+        &mut self,
+        name: &str,
+        arg: &Value,
+        field: &str,
+        depth: usize,
+    ) -> Result<Vec<Operand>, Error> {
+        let Value::Array(items) = arg else {
+            return Err(invalid(format!("'{name}' on '{field}' needs an array")));
+        };
+        items
+            .iter()
+            .map(|item| {
+                self.charge(depth + 1)?;
+                operand(item)
+            })
+            .collect()
+    }
+}
+
+/// A comparison value: `{"$ago": MS}` or any other value taken literally.
+fn operand(v: &Value) -> Result<Operand, Error> {
+    match v {
+        Value::Object(m) if m.len() == 1 => match m.get("$ago") {
+            Some(ms) => ms.as_u64().map(Operand::Ago).ok_or_else(|| {
+                invalid(format!(
+                    "'$ago' needs a non-negative integer of milliseconds, found {ms}"
+                ))
+            }),
+            None => Ok(Operand::Value(v.clone())),
+        },
+        _ => Ok(Operand::Value(v.clone())),
+    }
+}
+
+fn invalid(msg: String) -> Error {
+    Error::InvalidFilter(msg)
+}
+
+// Kept beside this file so each file stays short.
+#[cfg(test)]
+mod tests;

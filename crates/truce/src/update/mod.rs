@@ -1,0 +1,210 @@
+//! Updates: MongoDB-style operator documents that turn a body into its next version.
+//!
+//! An update is a JSON object whose keys are operators (`$set`, `$inc`, ...), each
+//! mapping dotted paths to operands, plus optional control keys: `$upsert` (bool),
+//! `$if` (a [`Filter`] the current document must match) and `$else` (what a false
+//! `$if` means: `"conflict"` or `"skip"`). Whole-document replacement is not an
+//! update. Parsing validates everything that does not depend on the document, so
+//! [`Update::apply`] only fails on type clashes with the stored data.
+
+pub mod filter;
+mod operators;
+pub mod path;
+
+use serde_json::{Map, Value};
+
+pub use filter::{Condition, Filter};
+pub use path::Path;
+
+use crate::error::Error;
+use crate::limits::{DOC_DEPTH_MAX, UPDATE_PATHS_MAX};
+use operators::{OPERATORS, Op};
+
+/// Control keys an update may carry besides its operators.
+const CONTROLS: [&str; 3] = ["$upsert", "$if", "$else"];
+
+/// What a write does when its `$if` condition is false.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OnFalse {
+    /// Report a conflict to the caller (the default).
+    #[default]
+    Conflict,
+    /// Leave the document alone and report success.
+    Skip,
+}
+
+/// A parsed, validated update.
+#[derive(Clone, Debug)]
+pub struct Update {
+    /// In application order: operators in [`OPERATORS`] order, then paths in key order.
+    ops: Vec<(Path, Op)>,
+    upsert: bool,
+    condition: Option<Filter>,
+    on_false: OnFalse,
+}
+
+impl Update {
+    /// Parses and validates an update object.
+    ///
+    /// Errors: [`Error::InvalidOperator`] for unknown keys, malformed operands,
+    /// wrong control-key types, no paths at all, or two paths where one is the other
+    /// or its ancestor; [`Error::ReservedField`] for a path starting with `_`;
+    /// [`Error::InvalidFilter`] for a malformed `$if`; [`Error::LimitExceeded`] past
+    /// [`UPDATE_PATHS_MAX`] paths or the filter and path limits.
+    pub fn parse(spec: &Value) -> Result<Update, Error> {
+        let Value::Object(m) = spec else {
+            return Err(invalid(format!(
+                "an update must be a JSON object of operators, found {}",
+                path::type_name(spec)
+            )));
+        };
+        for key in m.keys() {
+            if !OPERATORS.contains(&key.as_str()) && !CONTROLS.contains(&key.as_str()) {
+                return Err(invalid(if key.starts_with('$') {
+                    format!("unknown update operator '{key}'")
+                } else {
+                    format!(
+                        "'{key}' is not an operator: an update is made of operators such as $set, not a replacement document"
+                    )
+                }));
+            }
+        }
+        let upsert = match m.get("$upsert") {
+            None => false,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => return Err(invalid("'$upsert' must be true or false".into())),
+        };
+        let condition = match m.get("$if") {
+            None => None,
+            Some(f @ Value::Object(_)) => Some(Filter::parse(f)?),
+            Some(_) => return Err(invalid("'$if' must be a filter object".into())),
+        };
+        let on_false = match m.get("$else").map(|v| v.as_str()) {
+            None | Some(Some("conflict")) => OnFalse::Conflict,
+            Some(Some("skip")) => OnFalse::Skip,
+            Some(_) => return Err(invalid("'$else' must be \"conflict\" or \"skip\"".into())),
+        };
+        let ops = parse_ops(m)?;
+        Ok(Update {
+            ops,
+            upsert,
+            condition,
+            on_false,
+        })
+    }
+
+    /// Whether a missing document should be created (`$upsert: true`).
+    pub fn upsert(&self) -> bool {
+        self.upsert
+    }
+
+    /// The `$if` filter the current document must match, if any.
+    pub fn condition(&self) -> Option<&Filter> {
+        self.condition.as_ref()
+    }
+
+    /// What a false `$if` means (`$else`).
+    pub fn on_false(&self) -> OnFalse {
+        self.on_false
+    }
+
+    /// Computes the new body from `current` (`None` when inserting, which starts from
+    /// an empty object and also applies `$setOnInsert`), with `now_ms` for
+    /// `$currentDate` and `$ago`.
+    ///
+    /// `current` is never modified. Errors: [`Error::InvalidOperator`] when an
+    /// operator meets a value of the wrong type or overflows; [`Error::InvalidDocument`]
+    /// when the result nests deeper than [`DOC_DEPTH_MAX`]. The size limit is the
+    /// caller's to check.
+    pub fn apply(
+        &self,
+        current: Option<&Map<String, Value>>,
+        now_ms: u64,
+    ) -> Result<Map<String, Value>, Error> {
+        let inserting = current.is_none();
+        let mut doc = current.cloned().unwrap_or_default();
+        for (path, op) in &self.ops {
+            op.apply(&mut doc, path, now_ms, inserting)?;
+        }
+        // The root object is level 1, so its children may nest DOC_DEPTH_MAX - 1 more.
+        if doc.values().any(|v| deeper_than(v, DOC_DEPTH_MAX - 1)) {
+            return Err(Error::InvalidDocument(format!(
+                "the update would nest the document deeper than DOC_DEPTH_MAX ({DOC_DEPTH_MAX}) levels"
+            )));
+        }
+        Ok(doc)
+    }
+}
+
+/// Reads the operator objects in their fixed order and checks the paths together.
+fn parse_ops(m: &Map<String, Value>) -> Result<Vec<(Path, Op)>, Error> {
+    let mut total = 0;
+    for name in OPERATORS {
+        match m.get(name) {
+            None => {}
+            Some(Value::Object(paths)) => total += paths.len(),
+            Some(other) => {
+                return Err(invalid(format!(
+                    "'{name}' needs an object mapping paths to operands, found {}",
+                    path::type_name(other)
+                )));
+            }
+        }
+    }
+    if total > UPDATE_PATHS_MAX {
+        return Err(Error::LimitExceeded {
+            what: "UPDATE_PATHS_MAX",
+            limit: UPDATE_PATHS_MAX as u64,
+        });
+    }
+    if total == 0 {
+        return Err(invalid(
+            "an update needs at least one operator with at least one path".into(),
+        ));
+    }
+    let mut ops = Vec::with_capacity(total);
+    for name in OPERATORS {
+        if let Some(Value::Object(paths)) = m.get(name) {
+            for (p, arg) in paths {
+                let path = Path::parse(p)?;
+                let op = Op::parse(name, &path, arg)?;
+                ops.push((path, op));
+            }
+        }
+    }
+    // After sorting, any path that is a prefix of another is directly followed by
+    // one it prefixes, so neighbours suffice.
+    let mut sorted: Vec<&(Path, Op)> = ops.iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    for w in sorted.windows(2) {
+        let ((pa, oa), (pb, ob)) = (w[0], w[1]);
+        if pa.is_prefix_of_or_equal(pb) {
+            return Err(invalid(format!(
+                "conflicting paths: '{}' of {} and '{}' of {} touch the same field",
+                pa,
+                oa.name(),
+                pb,
+                ob.name()
+            )));
+        }
+    }
+    Ok(ops)
+}
+
+/// Whether `v` nests more than `levels` objects/arrays; stops as soon as it knows.
+fn deeper_than(v: &Value, levels: usize) -> bool {
+    match v {
+        Value::Object(m) => levels == 0 || m.values().any(|c| deeper_than(c, levels - 1)),
+        Value::Array(a) => levels == 0 || a.iter().any(|c| deeper_than(c, levels - 1)),
+        _ => false,
+    }
+}
+
+fn invalid(msg: String) -> Error {
+    Error::InvalidOperator(msg)
+}
+
+// The behaviour of every operator through the public API; kept beside this file so
+// each file stays short.
+#[cfg(test)]
+mod tests;

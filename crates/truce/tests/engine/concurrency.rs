@@ -1,0 +1,171 @@
+//! Many writers on one document: nothing lost, nothing conflicting that should not.
+
+use std::sync::Arc;
+use std::thread;
+
+use serde_json::json;
+use truce::{ConflictReason, Expect, RetryPolicy};
+
+use crate::{open, update};
+
+#[test]
+fn sixteen_threads_of_inc_on_one_document_lose_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path());
+    let counters = db.collection("counters").unwrap();
+    let inc = Arc::new(update(json!({"$inc": {"n": 1}, "$upsert": true})));
+    let threads: Vec<_> = (0..16)
+        .map(|_| {
+            let counters = counters.clone();
+            let inc = Arc::clone(&inc);
+            thread::spawn(move || {
+                for _ in 0..2000 {
+                    let written = counters.patch("hot", Arc::clone(&inc), Expect::Any).unwrap();
+                    assert!(written.is_ok(), "a patch never conflicts: {written:?}");
+                }
+            })
+        })
+        .collect();
+    threads.into_iter().for_each(|t| t.join().unwrap());
+    let doc = counters.get("hot").unwrap().unwrap();
+    assert_eq!(doc.body["n"], 32_000);
+    assert_eq!(doc.version(), 32_000, "every increment is its own revision");
+    drop(counters);
+    drop(db);
+    let reopened = open(dir.path());
+    assert_eq!(
+        reopened
+            .collection("counters")
+            .unwrap()
+            .get("hot")
+            .unwrap()
+            .unwrap()
+            .body["n"],
+        32_000
+    );
+}
+
+#[test]
+fn sixteen_threads_of_atomic_update_lose_no_update() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path());
+    let accounts = db.collection("accounts").unwrap();
+    // Enough attempts that 16 contending writers always get through.
+    let policy = RetryPolicy {
+        max_attempts: 1000,
+        ..RetryPolicy::default()
+    };
+    let threads: Vec<_> = (0..16)
+        .map(|_| {
+            let accounts = accounts.clone();
+            thread::spawn(move || {
+                for _ in 0..300 {
+                    accounts
+                        .atomic_update_with("shared", &policy, |current| {
+                            let n = current.and_then(|b| b["n"].as_i64()).unwrap_or(0);
+                            json!({"n": n + 1})
+                        })
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    threads.into_iter().for_each(|t| t.join().unwrap());
+    assert_eq!(accounts.get("shared").unwrap().unwrap().body["n"], 16 * 300);
+}
+
+/// Seed 001: A and B read version 1; A writes version 2; B's write conflicts and
+/// carries version 2; B retries on it and succeeds.
+#[test]
+fn seed_001_second_writer_gets_a_conflict_with_the_current_document() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path());
+    let cats = db.collection("cats").unwrap();
+    cats.put("cat-001", json!({"name": "New Cat"}), Expect::Absent)
+        .unwrap()
+        .unwrap();
+    let read_by_a = cats.get("cat-001").unwrap().unwrap();
+    let read_by_b = cats.get("cat-001").unwrap().unwrap();
+    assert_eq!((read_by_a.version(), read_by_b.version()), (1, 1));
+
+    let a = cats
+        .put(
+            "cat-001",
+            json!({"name": "A's name"}),
+            Expect::Version(read_by_a.version()),
+        )
+        .unwrap();
+    assert_eq!(a.unwrap().doc.version(), 2);
+
+    let conflict = cats
+        .put(
+            "cat-001",
+            json!({"name": "B's name"}),
+            Expect::Version(read_by_b.version()),
+        )
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(conflict.reason, ConflictReason::VersionMismatch);
+    let current = conflict.current.expect("a conflict carries the current document");
+    assert_eq!(
+        (current.version(), current.body["name"].as_str()),
+        (2, Some("A's name"))
+    );
+
+    let retried = cats
+        .put(
+            "cat-001",
+            json!({"name": "B's name"}),
+            Expect::Version(current.version()),
+        )
+        .unwrap();
+    let retried = retried.unwrap();
+    assert_eq!(
+        (retried.doc.version(), retried.doc.body["name"].as_str()),
+        (3, Some("B's name"))
+    );
+}
+
+#[test]
+fn async_callers_get_the_same_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path());
+    let c = db.collection("c").unwrap();
+    let inc = Arc::new(update(json!({"$inc": {"n": 1}, "$upsert": true})));
+    let pending: Vec<_> = (0..100)
+        .map(|_| c.submit_patch("x", Arc::clone(&inc), Expect::Any).unwrap())
+        .collect();
+    let versions: Vec<u64> = pending
+        .into_iter()
+        .map(|p| p.wait().unwrap().unwrap().doc.version())
+        .collect();
+    assert_eq!(
+        versions,
+        (1..=100).collect::<Vec<_>>(),
+        "answers come back in submission order"
+    );
+    let written = futures_lite_block_on(c.put_async("y", json!({"a": 1}), Expect::Absent))
+        .unwrap()
+        .unwrap();
+    assert!(written.created());
+}
+
+/// A minimal executor: polls a future on this thread until it is ready.
+fn futures_lite_block_on<F: std::future::Future>(future: F) -> F::Output {
+    use std::task::{Context, Poll, Wake, Waker};
+    struct ThreadWaker(thread::Thread);
+    impl Wake for ThreadWaker {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(Arc::new(ThreadWaker(thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut future = std::pin::pin!(future);
+    loop {
+        match future.as_mut().poll(&mut cx) {
+            Poll::Ready(out) => return out,
+            Poll::Pending => thread::park(),
+        }
+    }
+}

@@ -1,0 +1,251 @@
+//! Every error code is produced here, and the engine stops writing after a storage failure.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use truce::storage::{Fault, MemoryStorage, Space, Storage, WriteBatch};
+use truce::{ConflictReason, Db, Error, Expect, Options, RetryPolicy, Update};
+
+use crate::{open_relaxed, update};
+
+fn memory_db() -> (Arc<MemoryStorage>, Db) {
+    let storage = Arc::new(MemoryStorage::new());
+    let db = Db::open_with_storage(storage.clone(), Options::default()).unwrap();
+    (storage, db)
+}
+
+#[test]
+fn every_error_code_is_produced() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_relaxed(dir.path());
+    let c = db.collection("c").unwrap();
+    c.put("s", json!({"name": "a string"}), Expect::Absent)
+        .unwrap()
+        .unwrap();
+    let big = "x".repeat(truce::limits::DOC_SIZE_BYTES_MAX);
+    let mut errors: Vec<Error> = vec![
+        c.put("x", json!([1]), Expect::Absent).unwrap_err(),
+        c.get("").unwrap_err(),
+        db.collection("9lives").err().unwrap(),
+        c.put("x", json!({"_secret": 1}), Expect::Absent).unwrap_err(),
+        Update::parse(&json!({"name": "replacement"})).unwrap_err(),
+        c.patch("s", update(json!({"$inc": {"name": 1}})), Expect::Any)
+            .unwrap_err(),
+        Update::parse(&json!({"$set": {"a": 1}, "$if": {"a": {"$bogus": 1}}})).unwrap_err(),
+        c.delete("s", Expect::Absent).unwrap_err(),
+        c.put("x", json!({"big": big}), Expect::Absent).unwrap_err(),
+        Db::open_with_storage(
+            Arc::new(MemoryStorage::new()),
+            Options {
+                queue_capacity: 0,
+                ..Options::default()
+            },
+        )
+        .err()
+        .unwrap(),
+    ];
+
+    // overloaded: a stalled committer and a queue of one.
+    let storage = Arc::new(MemoryStorage::new());
+    storage.inject(Fault::Delay(Duration::from_millis(300)));
+    let slow = Db::open_with_storage(
+        storage.clone(),
+        Options {
+            queue_capacity: 1,
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    let slow_c = slow.collection("c").unwrap();
+    let first = slow_c.submit_put("a", json!({}), Expect::Any).unwrap();
+    let mut overloaded = None;
+    let mut queued = Vec::new();
+    for i in 0..3 {
+        match slow_c.submit_put(&format!("b{i}"), json!({}), Expect::Any) {
+            Ok(pending) => queued.push(pending),
+            Err(e) => overloaded = Some(e),
+        }
+    }
+    errors.push(overloaded.expect("a full queue refuses"));
+    assert!(first.wait().unwrap().is_ok());
+    queued
+        .into_iter()
+        .for_each(|p| assert!(p.wait().unwrap().is_ok()));
+
+    // unavailable: a failed fsync.
+    let (storage, failing) = memory_db();
+    storage.inject(Fault::FailSync);
+    errors.push(
+        failing
+            .collection("c")
+            .unwrap()
+            .put("a", json!({}), Expect::Any)
+            .unwrap_err(),
+    );
+
+    // storage_error: the data directory is a file.
+    let file = dir.path().join("not-a-directory");
+    std::fs::write(&file, b"x").unwrap();
+    errors.push(Db::open(&file, Options::default()).err().unwrap());
+
+    // corrupt: a document record that fails its checksum.
+    let (storage, corrupted) = memory_db();
+    let mut garbage = WriteBatch::new();
+    garbage.put(Space::Documents, b"c\x00bad".to_vec(), vec![1, 1, 0, 0, 0, 0, 9]);
+    storage.apply(garbage, truce::Durability::Immediate).unwrap();
+    errors.push(corrupted.collection("c").unwrap().get("bad").unwrap_err());
+
+    // retries_exhausted: every attempt meets a concurrent change.
+    let once = RetryPolicy {
+        max_attempts: 2,
+        ..RetryPolicy::default()
+    };
+    let interferer = c.clone();
+    let exhausted = c
+        .atomic_update_with("s", &once, |current| {
+            let n = current
+                .and_then(|b| b.get("n"))
+                .and_then(|v| v.as_i64())
+                .unwrap_or(0);
+            interferer
+                .patch("s", update(json!({"$inc": {"n": 1}})), Expect::Any)
+                .unwrap()
+                .unwrap();
+            json!({"n": n + 100})
+        })
+        .unwrap_err();
+    match &exhausted {
+        Error::RetriesExhausted { attempts, last } => {
+            assert_eq!(*attempts, 2);
+            assert_eq!(last.reason, ConflictReason::VersionMismatch);
+            assert_eq!(last.current.as_ref().unwrap().body["n"], 2);
+        }
+        other => panic!("expected RetriesExhausted, got {other:?}"),
+    }
+    errors.push(exhausted);
+
+    let produced: BTreeSet<&str> = errors.iter().map(Error::code).collect();
+    let all: BTreeSet<&str> = Error::ALL_CODES.iter().copied().collect();
+    assert_eq!(produced, all, "each code in ALL_CODES is produced once above");
+    for e in &errors {
+        assert!(!e.to_string().is_empty());
+    }
+}
+
+#[test]
+fn every_conflict_reason_carries_the_current_document() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_relaxed(dir.path());
+    let c = db.collection("c").unwrap();
+    c.put("a", json!({"n": 1}), Expect::Absent).unwrap().unwrap();
+    let reason = |r: truce::WriteResult| r.unwrap_err();
+    let exists = reason(c.put("a", json!({"n": 2}), Expect::Absent).unwrap());
+    assert_eq!(exists.reason, ConflictReason::AlreadyExists);
+    assert_eq!(exists.current.unwrap().body["n"], 1);
+    let mismatch = reason(c.put("a", json!({"n": 2}), Expect::Version(7)).unwrap());
+    assert_eq!(mismatch.reason, ConflictReason::VersionMismatch);
+    assert_eq!(mismatch.current.unwrap().version(), 1);
+    let missing = reason(
+        c.patch("nope", update(json!({"$inc": {"n": 1}})), Expect::Any)
+            .unwrap(),
+    );
+    assert_eq!(
+        (missing.reason, missing.current),
+        (ConflictReason::NotFound, None)
+    );
+    let failed = reason(
+        c.patch(
+            "a",
+            update(json!({"$set": {"n": 5}, "$if": {"n": {"$gt": 3}}})),
+            Expect::Any,
+        )
+        .unwrap(),
+    );
+    assert_eq!(failed.reason, ConflictReason::ConditionFailed);
+    assert_eq!(failed.current.unwrap().body["n"], 1);
+    let codes: BTreeSet<_> = [exists.reason, mismatch.reason, missing.reason, failed.reason]
+        .iter()
+        .map(|r| r.code())
+        .collect();
+    assert_eq!(codes.len(), 4);
+}
+
+#[test]
+fn a_failed_fsync_stops_all_writes_and_loses_nothing_acknowledged() {
+    let (storage, db) = memory_db();
+    let c = db.collection("c").unwrap();
+    c.put("kept", json!({"v": 1}), Expect::Absent).unwrap().unwrap();
+    storage.inject(Fault::FailSync);
+    let failed = c.put("lost", json!({"v": 2}), Expect::Absent).unwrap_err();
+    assert_eq!(failed.code(), "unavailable");
+    // Sticky: later writes fail at once, without touching storage.
+    for _ in 0..3 {
+        assert_eq!(
+            c.put("later", json!({}), Expect::Any).unwrap_err().code(),
+            "unavailable"
+        );
+        assert_eq!(
+            c.patch("kept", update(json!({"$inc": {"v": 1}})), Expect::Any)
+                .unwrap_err()
+                .code(),
+            "unavailable"
+        );
+    }
+    // Reads of durable state still work.
+    assert_eq!(c.get("kept").unwrap().unwrap().body["v"], 1);
+    drop(c);
+    drop(db);
+    // What a crash leaves: the acknowledged write, not the failed one; and a
+    // reopened database writes again.
+    let image = Arc::new(storage.crash_image());
+    let reopened = Db::open_with_storage(image, Options::default()).unwrap();
+    let c = reopened.collection("c").unwrap();
+    assert_eq!(c.get("kept").unwrap().unwrap().body["v"], 1);
+    assert!(c.get("lost").unwrap().is_none());
+    assert!(c.put("after", json!({}), Expect::Absent).unwrap().is_ok());
+}
+
+#[test]
+fn a_failed_write_stops_all_writes() {
+    let (storage, db) = memory_db();
+    let c = db.collection("c").unwrap();
+    storage.inject(Fault::FailWrite);
+    assert_eq!(
+        c.put("a", json!({}), Expect::Any).unwrap_err().code(),
+        "unavailable"
+    );
+    assert_eq!(
+        c.put("b", json!({}), Expect::Any).unwrap_err().code(),
+        "unavailable"
+    );
+    assert!(c.get("a").unwrap().is_none());
+}
+
+#[test]
+fn a_type_error_in_one_patch_changes_nothing_and_spares_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_relaxed(dir.path());
+    let c = db.collection("c").unwrap();
+    c.put("d", json!({"name": "x", "n": 1}), Expect::Absent)
+        .unwrap()
+        .unwrap();
+    let good = c
+        .submit_patch("d", update(json!({"$inc": {"n": 1}})), Expect::Any)
+        .unwrap();
+    let bad = c
+        .submit_patch("d", update(json!({"$inc": {"n": 1, "name": 1}})), Expect::Any)
+        .unwrap();
+    let good_again = c
+        .submit_patch("d", update(json!({"$inc": {"n": 1}})), Expect::Any)
+        .unwrap();
+    assert!(good.wait().unwrap().is_ok());
+    assert_eq!(bad.wait().unwrap_err().code(), "invalid_operator");
+    assert!(good_again.wait().unwrap().is_ok());
+    let doc = c.get("d").unwrap().unwrap();
+    assert_eq!(
+        (doc.body["n"].as_i64(), doc.body["name"].as_str(), doc.version()),
+        (Some(3), Some("x"), 3)
+    );
+}

@@ -1,0 +1,32 @@
+//! Integration tests of the embedded engine, in one binary to keep builds short.
+
+mod concurrency;
+mod crash;
+mod errors;
+mod model;
+mod storage_conformance;
+
+use serde_json::Value;
+use truce::{Db, Durability, Options, Update};
+
+/// Opens a database in `dir` with immediate durability (the default).
+pub fn open(dir: &std::path::Path) -> Db {
+    Db::open(dir, Options::default()).expect("open")
+}
+
+/// Opens a database in `dir` without fsync, for tests where durability is not the point.
+pub fn open_relaxed(dir: &std::path::Path) -> Db {
+    Db::open(
+        dir,
+        Options {
+            durability: Durability::Relaxed,
+            ..Options::default()
+        },
+    )
+    .expect("open")
+}
+
+/// Parses an update, panicking on a malformed one.
+pub fn update(spec: Value) -> Update {
+    Update::parse(&spec).expect("valid update")
+}
