@@ -135,6 +135,29 @@ impl Document {
     }
 }
 
+impl Document {
+    /// Reads back the form [`Document::to_json`] writes; `None` if it is not one.
+    pub fn from_json(value: &Value) -> Option<Document> {
+        let mut body = value.as_object()?.clone();
+        let id = body.remove("_id")?.as_str()?.to_string();
+        let rev: Rev = body.remove("_rev")?.as_str()?.parse().ok()?;
+        let version = body.remove("_version")?.as_u64()?;
+        let seq = body.remove("_seq")?.as_u64()?;
+        let ts_ms = body.remove("_ts")?.as_u64()?;
+        let deleted = body.remove("_deleted").is_some_and(|d| d == Value::Bool(true));
+        (version == rev.version).then_some(Document {
+            id,
+            meta: Meta {
+                rev,
+                seq,
+                ts_ms,
+                deleted,
+            },
+            body,
+        })
+    }
+}
+
 /// The canonical encoding of a body: keys sorted (serde_json's map is ordered),
 /// no whitespace. Revisions hash these bytes and storage keeps them.
 pub fn canonical_bytes(body: &Body) -> Vec<u8> {

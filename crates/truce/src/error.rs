@@ -60,6 +60,37 @@ pub enum Error {
     /// The storage layer failed or returned bytes that do not decode.
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// An index definition is malformed.
+    #[error("invalid index: {0}")]
+    InvalidIndex(String),
+    /// A query is malformed (bounds, limit, cursor).
+    #[error("invalid query: {0}")]
+    InvalidQuery(String),
+    /// A transaction is malformed (e.g. the same document twice, too many operations).
+    #[error("invalid transaction: {0}")]
+    InvalidTransaction(String),
+    /// Something named does not exist (an index).
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// The index is still being built; retry when it is ready.
+    #[error("index {name} is still being built ({backfilled} documents so far)")]
+    IndexBuilding {
+        /// The index.
+        name: String,
+        /// Documents added so far.
+        backfilled: u64,
+    },
+    /// The idempotency key was used before with a different request.
+    #[error("idempotency key {0:?} was used with a different request")]
+    IdempotencyKeyReused(String),
+    /// A transaction closure kept conflicting; carries the last failure.
+    #[error("transaction failed after {attempts} attempts: {failure}")]
+    TransactionFailed {
+        /// How many attempts were made.
+        attempts: u32,
+        /// What made the last attempt fail.
+        failure: Box<crate::engine::tx::TxFailure>,
+    },
     /// A retried operation gave up; carries the last conflict it met.
     #[error("gave up after {attempts} attempts; last conflict: {last}")]
     RetriesExhausted {
@@ -87,6 +118,13 @@ impl Error {
         "storage_error",
         "corrupt",
         "retries_exhausted",
+        "invalid_index",
+        "invalid_query",
+        "invalid_transaction",
+        "not_found",
+        "index_building",
+        "idempotency_key_reused",
+        "transaction_failed",
     ];
 
     /// The stable, machine-readable code of this error.
@@ -106,12 +144,25 @@ impl Error {
             Error::Storage(StorageError::Corrupt(_)) => "corrupt",
             Error::Storage(_) => "storage_error",
             Error::RetriesExhausted { .. } => "retries_exhausted",
+            Error::InvalidIndex(_) => "invalid_index",
+            Error::InvalidQuery(_) => "invalid_query",
+            Error::InvalidTransaction(_) => "invalid_transaction",
+            Error::NotFound(_) => "not_found",
+            Error::IndexBuilding { .. } => "index_building",
+            Error::IdempotencyKeyReused(_) => "idempotency_key_reused",
+            Error::TransactionFailed { .. } => "transaction_failed",
         }
     }
 
     /// Whether the same request may succeed if sent again later.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Error::Overloaded | Error::RetriesExhausted { .. })
+        matches!(
+            self,
+            Error::Overloaded
+                | Error::RetriesExhausted { .. }
+                | Error::IndexBuilding { .. }
+                | Error::TransactionFailed { .. }
+        )
     }
 }
 

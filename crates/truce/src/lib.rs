@@ -23,6 +23,7 @@
 pub mod doc;
 pub mod engine;
 pub mod error;
+pub mod index;
 pub mod limits;
 pub mod record;
 pub mod storage;
@@ -31,8 +32,14 @@ pub mod value_order;
 
 pub use doc::{Body, Document, Meta, Rev};
 pub use engine::outcome::{Conflict, ConflictReason, Effect, Expect, WriteResult, Written};
-pub use engine::{Collection, Db, Options, PendingWrite, RetryPolicy};
+pub use engine::tx::{OpConflict, TxCommitted, TxFailure, TxOp, TxOutcome};
+pub use engine::{
+    Change, ChangesPage, Collection, Db, IndexProgress, Options, PendingTx, PendingWrite, RetryPolicy,
+    Subscription, Transaction,
+};
 pub use error::{Error, Result};
+pub use index::query::{Order, Query, QueryPage};
+pub use index::{IndexDef, IndexSpec, IndexState};
 pub use storage::Durability;
 pub use update::{Filter, OnFalse, Update};
 

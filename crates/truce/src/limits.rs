@@ -46,3 +46,57 @@ pub const COMMIT_BATCH_BYTES_MAX: usize = 8 * 1024 * 1024;
 /// queueing without bound; two full batches keep the committer busy while
 /// clients back off.
 pub const COMMIT_QUEUE_REQUESTS_MAX: usize = 2 * COMMIT_BATCH_REQUESTS_MAX;
+
+/// Most fields in one index. Compound keys beyond a handful are a schema smell and
+/// make every entry long.
+pub const INDEX_FIELDS_MAX: usize = 8;
+
+/// Most indexes per collection. Every write maintains every index of its
+/// collection in the committer, so each one costs all writers.
+pub const INDEXES_PER_COLLECTION_MAX: usize = 32;
+
+/// Largest page a query returns; bigger reads page with cursors.
+pub const QUERY_LIMIT_MAX: usize = 1000;
+
+/// Documents the index backfill adds per commit: small enough that writers
+/// queued behind a backfill step wait well under a millisecond more.
+pub const BACKFILL_CHUNK_DOCS: usize = 256;
+
+/// Most operations in one transaction (as DynamoDB's TransactWriteItems allows 100
+/// and Firestore 500; a bit more, still far from dominating a group commit).
+pub const TX_OPS_MAX: usize = 1000;
+
+/// Most point reads plus range reads one transaction may record. Validation walks
+/// the read set for every write committed since the snapshot, so it must be bounded.
+pub const TX_READ_SET_ENTRIES_MAX: usize = 10_000;
+
+/// Most bytes of documents one transaction may write.
+pub const TX_WRITE_BYTES_MAX: usize = 16 * 1024 * 1024;
+
+/// Longest a transaction may live from its snapshot to its commit, in ms. Must be
+/// well inside [`RECENT_WRITES_RETAIN_MS`] so a live transaction can always be validated.
+pub const TX_LIFETIME_MS_MAX: u64 = 10_000;
+
+/// How long the committer keeps the keys of recent commits to validate
+/// transactions against, in ms (Convex-style write log).
+pub const RECENT_WRITES_RETAIN_MS: u64 = 30_000;
+
+/// Most bytes of keys the recent-writes log holds; past this the oldest commits are
+/// forgotten early and transactions older than them fail with a retryable outcome.
+pub const RECENT_WRITES_BYTES_MAX: usize = 32 * 1024 * 1024;
+
+/// Longest idempotency key, in bytes (API.md: 1..255 characters).
+pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 255;
+
+/// Default time an idempotency key is remembered, in ms (24 h, API.md).
+pub const IDEMPOTENCY_RETENTION_MS_DEFAULT: u64 = 24 * 60 * 60 * 1000;
+
+/// Expired idempotency keys purged per maintenance commit, so purging never
+/// delays writers by more than a short commit.
+pub const IDEMPOTENCY_PURGE_BATCH_MAX: usize = 1000;
+
+/// How long the committer waits for work before doing maintenance, in ms.
+pub const COMMITTER_IDLE_MS: u64 = 1000;
+
+/// Most changes one change-feed read returns.
+pub const CHANGES_LIMIT_MAX: usize = 10_000;

@@ -18,6 +18,13 @@
 //!
 //! counter payload (meta values such as the last sequence number):
 //! 0      8     value (u64 LE)
+//!
+//! idempotency payload:
+//! 0      16    request fingerprint (u128 LE)
+//! 16     8     expires_ms (u64 LE)
+//! 24     ..    the stored answer (JSON)
+//!
+//! JSON payload (index definitions): the JSON text
 //! ```
 
 use crate::doc::{Body, Document, Meta, Rev, content_hash};
@@ -39,6 +46,10 @@ pub enum RecordKind {
     Document = 1,
     /// A single `u64` (sequence numbers, timestamps, format markers).
     Counter = 2,
+    /// An idempotency record: request fingerprint, expiry, stored answer.
+    Idempotency = 3,
+    /// A JSON value (index definitions).
+    Json = 4,
 }
 
 fn seal(kind: RecordKind, payload_len: usize, write_payload: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
@@ -146,6 +157,55 @@ pub fn decode_counter(bytes: &[u8]) -> Result<u64, StorageError> {
     Ok(u64::from_le_bytes(word))
 }
 
+/// A stored idempotency record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdempotencyRecord {
+    /// Fingerprint of the request the key was first used with.
+    pub fingerprint: u128,
+    /// When the key may be forgotten, ms since the epoch.
+    pub expires_ms: u64,
+    /// The first answer, as stored.
+    pub answer: Vec<u8>,
+}
+
+/// Encodes an idempotency record.
+pub fn encode_idempotency(record: &IdempotencyRecord) -> Vec<u8> {
+    seal(RecordKind::Idempotency, 24 + record.answer.len(), |out| {
+        out.extend_from_slice(&record.fingerprint.to_le_bytes());
+        out.extend_from_slice(&record.expires_ms.to_le_bytes());
+        out.extend_from_slice(&record.answer);
+    })
+}
+
+/// Decodes and verifies an idempotency record.
+pub fn decode_idempotency(bytes: &[u8]) -> Result<IdempotencyRecord, StorageError> {
+    let payload = open(bytes, RecordKind::Idempotency)?;
+    if payload.len() < 24 {
+        return Err(StorageError::Corrupt("idempotency record too short".into()));
+    }
+    let mut fingerprint = [0u8; 16];
+    fingerprint.copy_from_slice(&payload[..16]);
+    let mut expires = [0u8; 8];
+    expires.copy_from_slice(&payload[16..24]);
+    Ok(IdempotencyRecord {
+        fingerprint: u128::from_le_bytes(fingerprint),
+        expires_ms: u64::from_le_bytes(expires),
+        answer: payload[24..].to_vec(),
+    })
+}
+
+/// Encodes a JSON value.
+pub fn encode_json(value: &serde_json::Value) -> Vec<u8> {
+    let text = serde_json::to_vec(value).unwrap_or_default();
+    seal(RecordKind::Json, text.len(), |out| out.extend_from_slice(&text))
+}
+
+/// Decodes and verifies a JSON value.
+pub fn decode_json(bytes: &[u8]) -> Result<serde_json::Value, StorageError> {
+    let payload = open(bytes, RecordKind::Json)?;
+    serde_json::from_slice(payload).map_err(|e| StorageError::Corrupt(format!("JSON record: {e}")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -189,6 +249,19 @@ mod tests {
                 "truncation to {len} not detected"
             );
         }
+    }
+
+    #[test]
+    fn idempotency_and_json_round_trip() {
+        let record = IdempotencyRecord {
+            fingerprint: 7 << 100,
+            expires_ms: 9,
+            answer: b"{}".to_vec(),
+        };
+        assert_eq!(decode_idempotency(&encode_idempotency(&record)).unwrap(), record);
+        let value = serde_json::json!({"a": [1, 2]});
+        assert_eq!(decode_json(&encode_json(&value)).unwrap(), value);
+        assert!(decode_json(&encode_idempotency(&record)).is_err());
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! A collection handle: the embedded API for reading and writing documents.
+//! A collection handle: the embedded API for reading and writing documents,
+//! declaring indexes and querying them.
 
 use std::sync::Arc;
 
@@ -6,14 +7,17 @@ use serde_json::Value;
 
 use crate::doc::{self, Body, Document};
 use crate::error::{Error, Result};
+use crate::index::query::{Query, QueryPage};
+use crate::index::{IndexDef, IndexSpec};
 use crate::update::Update;
 
 use super::Db;
-use super::committer::read_document;
-use super::evaluate::{WriteOp, check_precondition};
+use super::committer::{IndexProgress, read_document};
 use super::outcome::{Expect, WriteResult, Written};
-use super::pending::PendingWrite;
+use super::pending::{PendingWrite, single_write};
+use super::read::{durable_snapshot, run_query};
 use super::retry::RetryPolicy;
+use super::tx::{Commit, IdempotencyKey, PreparedOp, TxOp, doc_key};
 
 /// A named collection of one database. Cheap to clone.
 #[derive(Clone)]
@@ -35,17 +39,6 @@ impl Collection {
         &self.name
     }
 
-    /// The storage key of document `id`: collection name, `0x00`, id. Names and ids
-    /// have no NUL, so keys of different collections never collide and a
-    /// collection's documents are one contiguous range, in id order.
-    fn key(&self, id: &str) -> Vec<u8> {
-        let mut key = Vec::with_capacity(self.name.len() + 1 + id.len());
-        key.extend_from_slice(self.name.as_bytes());
-        key.push(0);
-        key.extend_from_slice(id.as_bytes());
-        key
-    }
-
     /// The live document `id`, or `None` if it is absent or deleted.
     ///
     /// Never returns state that is not yet durable: if the stored state belongs to
@@ -58,19 +51,57 @@ impl Collection {
     pub fn get_stored(&self, id: &str) -> Result<Option<Document>> {
         doc::validate_id(id)?;
         let shared = self.db.shared();
-        let stored = read_document(&*shared.storage, &self.key(id), id)?;
+        let stored = read_document(&*shared.storage, &doc_key(&self.name, id), id)?;
         if let Some(doc) = &stored {
             shared.watermark.wait_for(doc.meta.seq)?;
         }
         Ok(stored)
     }
 
+    fn submit(&self, op: TxOp, idempotency_key: Option<&str>) -> Result<PendingWrite> {
+        let op = PreparedOp::prepare(op)?;
+        let idempotency = idempotency_key
+            .map(|k| IdempotencyKey::new(k, std::slice::from_ref(&op)))
+            .transpose()?;
+        self.db.submit_commit_as(
+            Commit {
+                ops: vec![op],
+                reads: None,
+                idempotency,
+            },
+            single_write,
+        )
+    }
+
+    fn put_op(&self, id: &str, body: Value, expect: Expect) -> TxOp {
+        TxOp::Put {
+            collection: self.name.to_string(),
+            id: id.into(),
+            body,
+            expect,
+        }
+    }
+
+    fn patch_op(&self, id: &str, update: impl Into<Arc<Update>>, expect: Expect) -> TxOp {
+        TxOp::Patch {
+            collection: self.name.to_string(),
+            id: id.into(),
+            update: update.into(),
+            expect,
+        }
+    }
+
+    fn delete_op(&self, id: &str, expect: Expect) -> TxOp {
+        TxOp::Delete {
+            collection: self.name.to_string(),
+            id: id.into(),
+            expect,
+        }
+    }
+
     /// Queues a full-content write of `id` under precondition `expect`.
     pub fn submit_put(&self, id: &str, body: Value, expect: Expect) -> Result<PendingWrite> {
-        doc::validate_id(id)?;
-        let body = doc::body_from_value(body)?;
-        let canonical = doc::validate_body(&body)?;
-        self.submit(id, WriteOp::Put { body, canonical }, expect)
+        self.submit(self.put_op(id, body, expect), None)
     }
 
     /// Queues an update-operator write of `id`.
@@ -80,19 +111,12 @@ impl Collection {
         update: impl Into<Arc<Update>>,
         expect: Expect,
     ) -> Result<PendingWrite> {
-        doc::validate_id(id)?;
-        self.submit(id, WriteOp::Patch(update.into()), expect)
+        self.submit(self.patch_op(id, update, expect), None)
     }
 
     /// Queues a delete of `id`, which leaves a tombstone.
     pub fn submit_delete(&self, id: &str, expect: Expect) -> Result<PendingWrite> {
-        doc::validate_id(id)?;
-        self.submit(id, WriteOp::Delete, expect)
-    }
-
-    fn submit(&self, id: &str, op: WriteOp, expect: Expect) -> Result<PendingWrite> {
-        check_precondition(&op, expect)?;
-        self.db.submit(self.key(id), id, op, expect)
+        self.submit(self.delete_op(id, expect), None)
     }
 
     /// Writes the whole content of `id` if `expect` holds; blocks until durable.
@@ -112,6 +136,29 @@ impl Collection {
     /// Deletes `id` if `expect` holds; blocks until durable.
     pub fn delete(&self, id: &str, expect: Expect) -> Result<WriteResult> {
         self.submit_delete(id, expect)?.wait()
+    }
+
+    /// [`put`](Self::put) guarded by an idempotency key: sent again with the same
+    /// key and content within the retention window, it answers as the first time
+    /// without writing; with other content, [`Error::IdempotencyKeyReused`].
+    pub fn put_idempotent(&self, key: &str, id: &str, body: Value, expect: Expect) -> Result<WriteResult> {
+        self.submit(self.put_op(id, body, expect), Some(key))?.wait()
+    }
+
+    /// [`patch`](Self::patch) guarded by an idempotency key (see [`put_idempotent`](Self::put_idempotent)).
+    pub fn patch_idempotent(
+        &self,
+        key: &str,
+        id: &str,
+        update: impl Into<Arc<Update>>,
+        expect: Expect,
+    ) -> Result<WriteResult> {
+        self.submit(self.patch_op(id, update, expect), Some(key))?.wait()
+    }
+
+    /// [`delete`](Self::delete) guarded by an idempotency key.
+    pub fn delete_idempotent(&self, key: &str, id: &str, expect: Expect) -> Result<WriteResult> {
+        self.submit(self.delete_op(id, expect), Some(key))?.wait()
     }
 
     /// [`put`](Self::put) for async callers.
@@ -172,5 +219,38 @@ impl Collection {
                 }
             }
         }
+    }
+
+    /// Declares index `name` on `spec.fields`. Existing documents are added in the
+    /// background in short commits that never block writers; new writes maintain
+    /// the index from now on. Declaring the same index again is harmless; see
+    /// [`index_status`](Self::index_status) for progress.
+    pub fn create_index(&self, name: &str, spec: IndexSpec) -> Result<IndexProgress> {
+        let def = IndexDef::new(&self.name, name, spec)?;
+        let progress = self.db.submit_define_index(def)?;
+        if progress.state == crate::index::IndexState::Building {
+            self.db.spawn_backfill(self.name.to_string(), name.to_string());
+        }
+        Ok(progress)
+    }
+
+    /// Every index of the collection, with its state and backfill progress.
+    pub fn indexes(&self) -> Vec<IndexDef> {
+        let catalog = self.db.shared().catalog.read().unwrap_or_else(|p| p.into_inner());
+        catalog.get(&*self.name).cloned().unwrap_or_default()
+    }
+
+    /// The state of index `name`.
+    pub fn index_status(&self, name: &str) -> Result<IndexDef> {
+        self.indexes()
+            .into_iter()
+            .find(|d| d.name == name)
+            .ok_or_else(|| Error::NotFound(format!("index {name} of collection {}", self.name)))
+    }
+
+    /// One page of a query, read from one durable snapshot.
+    pub fn query(&self, query: &Query) -> Result<QueryPage> {
+        let (view, _) = durable_snapshot(self.db.shared())?;
+        Ok(run_query(self.db.shared(), &*view, &self.name, query)?.page)
     }
 }

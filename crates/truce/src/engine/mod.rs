@@ -1,33 +1,45 @@
-//! The engine: the [`Db`] handle, collections, and the committer behind them.
+//! The engine: the [`Db`] handle, collections, transactions, indexes, the change
+//! feed, and the committer behind them.
 //!
 //! Reads go straight to storage (and wait for durability when they observe a
 //! commit still being synced); writes go through a bounded queue to the one
 //! committer thread.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::mpsc::{self, SyncSender, TrySendError};
+use std::sync::{Arc, RwLock, Weak};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use crate::doc;
 use crate::error::{Error, Result};
-use crate::limits::COMMIT_QUEUE_REQUESTS_MAX;
+use crate::index::IndexState;
+use crate::limits::{COMMIT_QUEUE_REQUESTS_MAX, IDEMPOTENCY_RETENTION_MS_DEFAULT};
 use crate::storage::{Durability, FjallStorage, Storage};
 
 mod collection;
 mod committer;
 mod evaluate;
+mod group;
 pub mod outcome;
 mod pending;
+pub mod read;
+mod readset;
 mod retry;
+mod transaction;
+pub mod tx;
 mod watermark;
 
 pub use collection::Collection;
+pub use committer::IndexProgress;
 pub use evaluate::WriteOp;
-pub use pending::{PendingWrite, PendingWriteFuture};
+pub use pending::{Pending, PendingFuture, PendingTx, PendingWrite};
+pub use read::{Change, ChangesPage};
 pub use retry::RetryPolicy;
+pub use transaction::Transaction;
 
 use committer::{Committer, Request, Shared};
+use tx::{Commit, IdempotencyKey, TxOp, TxOutcome};
 
 /// How to open a database.
 #[derive(Clone, Debug)]
@@ -36,11 +48,13 @@ pub struct Options {
     /// only after the fsync; [`Durability::Relaxed`] is for tests and loses the last
     /// writes on a machine crash.
     pub durability: Durability,
-    /// The retry policy of [`Collection::atomic_update`].
+    /// The retry policy of [`Collection::atomic_update`] and [`Db::transaction`].
     pub retry: RetryPolicy,
     /// Writes waiting for the committer before new ones fail with
     /// [`Error::Overloaded`]. At most [`COMMIT_QUEUE_REQUESTS_MAX`].
     pub queue_capacity: usize,
+    /// How long an idempotency key is remembered (default 24 h).
+    pub idempotency_retention: Duration,
 }
 
 impl Default for Options {
@@ -49,6 +63,7 @@ impl Default for Options {
             durability: Durability::Immediate,
             retry: RetryPolicy::default(),
             queue_capacity: COMMIT_QUEUE_REQUESTS_MAX,
+            idempotency_retention: Duration::from_millis(IDEMPOTENCY_RETENTION_MS_DEFAULT),
         }
     }
 }
@@ -98,6 +113,8 @@ impl Db {
             storage,
             durability: options.durability,
             watermark: Default::default(),
+            catalog: RwLock::default(),
+            idempotency_retention_ms: options.idempotency_retention.as_millis() as u64,
         });
         let committer = Committer::recover(Arc::clone(&shared))?;
         let (queue, receiver) = mpsc::sync_channel(options.queue_capacity);
@@ -111,9 +128,11 @@ impl Db {
             committer: Some(handle),
             options,
         };
-        Ok(Db {
+        let db = Db {
             inner: Arc::new(inner),
-        })
+        };
+        db.resume_backfills();
+        Ok(db)
     }
 
     /// A handle on collection `name` (created by its first write).
@@ -136,25 +155,248 @@ impl Db {
         &self.inner.shared
     }
 
-    /// Queues a write for the committer without waiting for it.
-    pub(crate) fn submit(&self, key: Vec<u8>, id: &str, op: WriteOp, expect: Expect) -> Result<PendingWrite> {
+    /// Queues a request for the committer.
+    fn submit(&self, request: Request) -> Result<()> {
         self.inner.shared.watermark.check()?;
-        let (reply, answer) = oneshot::channel();
-        let request = Request {
-            key,
-            id: id.to_string(),
-            op,
-            expect,
-            reply,
-        };
         let stopped = || Error::Unavailable("the committer has stopped".into());
         let queue = self.inner.queue.as_ref().ok_or_else(stopped)?;
         match queue.try_send(request) {
-            Ok(()) => Ok(PendingWrite::new(answer)),
+            Ok(()) => Ok(()),
             Err(TrySendError::Full(_)) => Err(Error::Overloaded),
             Err(TrySendError::Disconnected(_)) => Err(stopped()),
         }
     }
+
+    /// Queues a prepared commit.
+    pub(crate) fn submit_commit(&self, commit: Commit) -> Result<PendingTx> {
+        self.submit_commit_as(commit, Ok)
+    }
+
+    /// Queues a prepared commit whose answer `convert` turns into a `T`.
+    pub(crate) fn submit_commit_as<T>(
+        &self,
+        commit: Commit,
+        convert: fn(TxOutcome) -> Result<T>,
+    ) -> Result<Pending<TxOutcome, T>> {
+        let (reply, answer) = oneshot::channel();
+        self.submit(Request::Commit(Box::new(commit), reply))?;
+        Ok(Pending::new(answer, convert))
+    }
+
+    /// Starts a transaction on a fresh snapshot; one attempt, no retries.
+    pub fn begin(&self) -> Result<Transaction> {
+        Transaction::begin(self)
+    }
+
+    /// Runs `body` as an optimistic, serializable transaction, re-running it on a
+    /// conflict under the database's [`RetryPolicy`] (exponential backoff with full
+    /// jitter). Errors returned by `body` end the transaction without retrying.
+    /// When every attempt conflicted, fails with [`Error::TransactionFailed`]
+    /// naming what conflicted.
+    pub fn transaction<T>(&self, mut body: impl FnMut(&mut Transaction) -> Result<T>) -> Result<T> {
+        let policy = self.inner.options.retry;
+        let attempts = policy.max_attempts.max(1);
+        let mut attempt = 1;
+        loop {
+            let mut tx = self.begin()?;
+            let value = body(&mut tx)?;
+            match tx.commit()? {
+                Ok(_) => return Ok(value),
+                Err(failure) if attempt >= attempts => {
+                    return Err(Error::TransactionFailed {
+                        attempts,
+                        failure: Box::new(failure),
+                    });
+                }
+                Err(_) => {
+                    std::thread::sleep(policy.delay(attempt));
+                    attempt += 1;
+                }
+            }
+        }
+    }
+
+    /// Queues a batch transaction: `check`/`put`/`patch`/`delete` operations, each
+    /// with its precondition, applied all together or not at all. With an
+    /// idempotency key, the same batch sent again within the retention window gets
+    /// the first answer without writing again.
+    pub fn submit_batch(&self, ops: Vec<TxOp>, idempotency_key: Option<&str>) -> Result<PendingTx> {
+        let ops = tx::prepare_all(ops)?;
+        let idempotency = idempotency_key
+            .map(|key| IdempotencyKey::new(key, &ops))
+            .transpose()?;
+        self.submit_commit(Commit {
+            ops,
+            reads: None,
+            idempotency,
+        })
+    }
+
+    /// [`submit_batch`](Self::submit_batch) and wait for the answer.
+    pub fn batch(&self, ops: Vec<TxOp>, idempotency_key: Option<&str>) -> Result<TxOutcome> {
+        self.submit_batch(ops, idempotency_key)?.wait()
+    }
+
+    /// Changes after `since` (of one collection, or all with `None`), in commit
+    /// order, each document at its latest change; at most `limit`, never splitting
+    /// a commit. Only durable commits are shown.
+    pub fn changes(
+        &self,
+        collection: Option<&str>,
+        since: u64,
+        limit: usize,
+        include_docs: bool,
+    ) -> Result<ChangesPage> {
+        if let Some(c) = collection {
+            doc::validate_collection_name(c)?;
+        }
+        let (view, upto) = read::durable_snapshot(self.shared())?;
+        read::read_changes(&*view, collection, since, limit, upto, include_docs)
+    }
+
+    /// A live subscription to the change feed from `since`, with no gap and no
+    /// duplicate between what it catches up on and what it sees live.
+    pub fn subscribe(
+        &self,
+        collection: Option<&str>,
+        since: u64,
+        include_docs: bool,
+    ) -> Result<Subscription> {
+        if let Some(c) = collection {
+            doc::validate_collection_name(c)?;
+        }
+        Ok(Subscription {
+            db: self.clone(),
+            collection: collection.map(String::from),
+            since,
+            include_docs,
+        })
+    }
+
+    /// Starts background backfills of indexes that were building when the
+    /// database was last closed.
+    fn resume_backfills(&self) {
+        let catalog = self
+            .shared()
+            .catalog
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        for def in catalog
+            .values()
+            .flatten()
+            .filter(|d| d.state == IndexState::Building)
+        {
+            self.spawn_backfill(def.collection.clone(), def.name.clone());
+        }
+    }
+
+    /// Backfills index `name` of `collection` in short steps on a background
+    /// thread. Holds only a weak handle, so it never keeps a closed database open;
+    /// an unfinished backfill resumes on the next open.
+    pub(crate) fn spawn_backfill(&self, collection: String, name: String) {
+        let weak: Weak<Inner> = Arc::downgrade(&self.inner);
+        let spawned = std::thread::Builder::new().name(format!("truce-backfill-{name}")).spawn(move || {
+            let mut after = None;
+            loop {
+                let Some(inner) = weak.upgrade() else { return };
+                let db = Db { inner };
+                let (reply, answer) = oneshot::channel();
+                let request =
+                    Request::Backfill { collection: collection.clone(), name: name.clone(), after: after.take(), reply };
+                let progress = match db.submit(request) {
+                    Ok(()) => answer.recv().unwrap_or_else(|_| Err(Error::Unavailable("committer stopped".into()))),
+                    Err(Error::Overloaded) => {
+                        std::thread::sleep(Duration::from_millis(10));
+                        continue;
+                    }
+                    Err(e) => Err(e),
+                };
+                match progress {
+                    Ok(p) if p.state == IndexState::Building => {
+                        tracing::info!(index = %name, collection = %collection, backfilled = p.backfilled, "index backfill");
+                        after = p.next;
+                    }
+                    Ok(p) => {
+                        tracing::info!(index = %name, collection = %collection, state = p.state.name(), "index backfill done");
+                        return;
+                    }
+                    Err(e) => return tracing::warn!(index = %name, "index backfill stopped: {e}"),
+                }
+            }
+        });
+        if let Err(e) = spawned {
+            tracing::error!("cannot start the index backfill thread: {e}");
+        }
+    }
+
+    pub(crate) fn submit_define_index(&self, def: crate::index::IndexDef) -> Result<IndexProgress> {
+        let (reply, answer) = oneshot::channel();
+        self.submit(Request::DefineIndex(Box::new(def), reply))?;
+        answer
+            .recv()
+            .unwrap_or_else(|_| Err(Error::Unavailable("committer stopped".into())))
+    }
 }
 
-use outcome::Expect;
+/// A live change feed. Each call returns the next changes after the last ones it
+/// returned; a commit is never split or repeated.
+pub struct Subscription {
+    db: Db,
+    collection: Option<String>,
+    since: u64,
+    include_docs: bool,
+}
+
+/// Changes per page of a subscription.
+const SUBSCRIPTION_PAGE: usize = 1000;
+
+impl Subscription {
+    /// Where the subscription stands: every change up to here has been returned.
+    pub fn since(&self) -> u64 {
+        self.since
+    }
+
+    fn poll_page(&mut self) -> Result<ChangesPage> {
+        let page = self.db.changes(
+            self.collection.as_deref(),
+            self.since,
+            SUBSCRIPTION_PAGE,
+            self.include_docs,
+        )?;
+        self.since = page.last_seq;
+        Ok(page)
+    }
+
+    /// The next changes, waiting up to `timeout` for some; an empty page when
+    /// none came.
+    pub fn next_timeout(&mut self, timeout: Duration) -> Result<ChangesPage> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let page = self.poll_page()?;
+            if !page.changes.is_empty() {
+                return Ok(page);
+            }
+            if !self
+                .db
+                .shared()
+                .watermark
+                .wait_until(self.since + 1, Some(deadline))?
+            {
+                return Ok(page);
+            }
+        }
+    }
+
+    /// The next changes, waiting (asynchronously) until there are some.
+    pub async fn next(&mut self) -> Result<ChangesPage> {
+        loop {
+            let page = self.poll_page()?;
+            if !page.changes.is_empty() {
+                return Ok(page);
+            }
+            let db = self.db.clone();
+            db.shared().watermark.beyond(self.since).await?;
+        }
+    }
+}

@@ -48,6 +48,8 @@ pub enum ConflictReason {
     NotFound,
     /// The update's `$if` did not match the current document (and `$else` is `conflict`).
     ConditionFailed,
+    /// A unique index already holds the value for another document (the `current`).
+    UniqueViolation,
 }
 
 impl ConflictReason {
@@ -58,6 +60,7 @@ impl ConflictReason {
             ConflictReason::AlreadyExists => "already_exists",
             ConflictReason::NotFound => "not_found",
             ConflictReason::ConditionFailed => "condition_failed",
+            ConflictReason::UniqueViolation => "unique_violation",
         }
     }
 }
@@ -94,6 +97,34 @@ pub enum Effect {
     NoOp,
     /// `$if` did not match and `$else` was `skip`: nothing written.
     Skipped,
+    /// A transaction's `check` held: nothing written.
+    Checked,
+}
+
+/// The stable name of an effect.
+pub fn effect_name(effect: Effect) -> &'static str {
+    match effect {
+        Effect::Created => "created",
+        Effect::Updated => "updated",
+        Effect::Deleted => "deleted",
+        Effect::NoOp => "noop",
+        Effect::Skipped => "skipped",
+        Effect::Checked => "checked",
+    }
+}
+
+/// The effect of a stable name.
+pub fn effect_from_name(name: &str) -> Option<Effect> {
+    [
+        Effect::Created,
+        Effect::Updated,
+        Effect::Deleted,
+        Effect::NoOp,
+        Effect::Skipped,
+        Effect::Checked,
+    ]
+    .into_iter()
+    .find(|e| effect_name(*e) == name)
 }
 
 /// The answer to a write that did not conflict.

@@ -1,5 +1,5 @@
-//! A write handed to the committer and not yet answered: wait for it on a thread
-//! or `.await` it in a task (any executor).
+//! An answer handed back by the committer later: wait for it on a thread or
+//! `.await` it in a task (any executor).
 
 use std::future::{Future, IntoFuture};
 use std::pin::Pin;
@@ -8,51 +8,85 @@ use std::task::{Context, Poll};
 use crate::error::{Error, Result};
 
 use super::outcome::WriteResult;
-
-/// The answer to a queued write, available once its group commit is durable.
-#[must_use = "a write is only known to be durable once its answer arrives"]
-pub struct PendingWrite {
-    answer: oneshot::Receiver<Result<WriteResult>>,
-}
+use super::tx::{TxFailure, TxOutcome};
 
 /// The committer dropped the reply: it stopped (panicked or the database closed).
 fn lost() -> Error {
     Error::Unavailable("the committer stopped before answering".into())
 }
 
-impl PendingWrite {
-    pub(crate) fn new(answer: oneshot::Receiver<Result<WriteResult>>) -> PendingWrite {
-        PendingWrite { answer }
+/// An answer of type `T`, available once its group commit is durable. The
+/// committer sends an `A`; `convert` turns it into what the caller asked for.
+#[must_use = "a write is only known to be durable once its answer arrives"]
+pub struct Pending<A, T> {
+    answer: oneshot::Receiver<Result<A>>,
+    convert: fn(A) -> Result<T>,
+}
+
+/// A queued single-document write.
+pub type PendingWrite = Pending<TxOutcome, WriteResult>;
+
+/// A queued transaction.
+pub type PendingTx = Pending<TxOutcome, TxOutcome>;
+
+impl<A, T> Pending<A, T> {
+    pub(crate) fn new(answer: oneshot::Receiver<Result<A>>, convert: fn(A) -> Result<T>) -> Pending<A, T> {
+        Pending { answer, convert }
     }
 
-    /// Blocks the thread until the write is answered.
-    pub fn wait(self) -> Result<WriteResult> {
-        self.answer.recv().unwrap_or_else(|_| Err(lost()))
+    /// Blocks the thread until the answer arrives.
+    pub fn wait(self) -> Result<T> {
+        self.answer
+            .recv()
+            .unwrap_or_else(|_| Err(lost()))
+            .and_then(self.convert)
     }
 }
 
-impl IntoFuture for PendingWrite {
-    type Output = Result<WriteResult>;
-    type IntoFuture = PendingWriteFuture;
+/// The answer to a transaction of one write, as that write's result.
+pub(crate) fn single_write(outcome: TxOutcome) -> Result<WriteResult> {
+    match outcome {
+        Ok(mut committed) => match committed.results.pop().flatten() {
+            Some(written) => Ok(Ok(written)),
+            None => Err(Error::Unavailable("a write came back without a result".into())),
+        },
+        Err(TxFailure::Conflicts(conflicts)) if conflicts.len() == 1 => match <[_; 1]>::try_from(conflicts) {
+            Ok([only]) => Ok(Err(only.conflict)),
+            Err(_) => Err(Error::Unavailable(
+                "a write came back with several conflicts".into(),
+            )),
+        },
+        Err(other) => Err(Error::Unavailable(format!(
+            "unexpected outcome of a single write: {other}"
+        ))),
+    }
+}
 
-    fn into_future(self) -> PendingWriteFuture {
-        PendingWriteFuture {
+impl<A, T> IntoFuture for Pending<A, T> {
+    type Output = Result<T>;
+    type IntoFuture = PendingFuture<A, T>;
+
+    fn into_future(self) -> PendingFuture<A, T> {
+        PendingFuture {
             answer: self.answer.into_future(),
+            convert: self.convert,
         }
     }
 }
 
-/// `.await`ing a [`PendingWrite`].
-pub struct PendingWriteFuture {
-    answer: oneshot::AsyncReceiver<Result<WriteResult>>,
+/// `.await`ing a [`Pending`].
+pub struct PendingFuture<A, T> {
+    answer: oneshot::AsyncReceiver<Result<A>>,
+    convert: fn(A) -> Result<T>,
 }
 
-impl Future for PendingWriteFuture {
-    type Output = Result<WriteResult>;
+impl<A, T> Future for PendingFuture<A, T> {
+    type Output = Result<T>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let convert = self.convert;
         Pin::new(&mut self.answer)
             .poll(cx)
-            .map(|r| r.unwrap_or_else(|_| Err(lost())))
+            .map(|r| r.unwrap_or_else(|_| Err(lost())).and_then(convert))
     }
 }

@@ -5,9 +5,12 @@
 //! batch before it is synced). Answering with it would reveal state a crash could
 //! take back, so such a read waits here until the watermark passes its `_seq`.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex};
-use std::time::Duration;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 
@@ -22,6 +25,8 @@ pub struct Watermark {
     failure: Mutex<Option<String>>,
     lock: Mutex<()>,
     changed: Condvar,
+    /// Tasks waiting for the watermark to move.
+    wakers: Mutex<Vec<Waker>>,
 }
 
 impl Watermark {
@@ -33,8 +38,20 @@ impl Watermark {
     /// Records that every commit up to `seq` is durable and wakes waiting readers.
     pub fn advance(&self, seq: u64) {
         self.seq.fetch_max(seq, Ordering::AcqRel);
-        let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.wake_all();
+    }
+
+    fn wake_all(&self) {
+        let guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         self.changed.notify_all();
+        drop(guard);
+        let wakers = std::mem::take(&mut *self.wakers.lock().unwrap_or_else(|p| p.into_inner()));
+        wakers.into_iter().for_each(Waker::wake);
+    }
+
+    /// Resolves once the durable sequence is above `seq` or the engine failed.
+    pub fn beyond(&self, seq: u64) -> Beyond<'_> {
+        Beyond { watermark: self, seq }
     }
 
     /// Marks the engine failed: no more writes, and readers stop waiting.
@@ -42,8 +59,7 @@ impl Watermark {
         let mut failure = self.failure.lock().unwrap_or_else(|p| p.into_inner());
         failure.get_or_insert(why);
         drop(failure);
-        let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
-        self.changed.notify_all();
+        self.wake_all();
     }
 
     /// `Err(Unavailable)` once the engine has failed.
@@ -56,18 +72,59 @@ impl Watermark {
 
     /// Blocks until `seq` is durable, or the engine failed.
     pub fn wait_for(&self, seq: u64) -> Result<()> {
+        self.wait_until(seq, None).map(|_| ())
+    }
+
+    /// Blocks until `seq` is durable (`Ok(true)`), the deadline passes (`Ok(false)`)
+    /// or the engine failed.
+    pub fn wait_until(&self, seq: u64, deadline: Option<Instant>) -> Result<bool> {
         if self.durable_seq() >= seq {
-            return Ok(());
+            return Ok(true);
         }
         let mut guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         while self.durable_seq() < seq {
             self.check()?;
+            let mut pause = Duration::from_millis(WATERMARK_POLL_MS);
+            if let Some(deadline) = deadline {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Ok(false);
+                }
+                pause = pause.min(left);
+            }
             guard = self
                 .changed
-                .wait_timeout(guard, Duration::from_millis(WATERMARK_POLL_MS))
+                .wait_timeout(guard, pause)
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
         }
-        Ok(())
+        Ok(true)
+    }
+}
+
+/// The future of [`Watermark::beyond`].
+pub struct Beyond<'a> {
+    watermark: &'a Watermark,
+    seq: u64,
+}
+
+impl Future for Beyond<'_> {
+    type Output = Result<()>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        let ready = |w: &Watermark| w.durable_seq() > self.seq || w.check().is_err();
+        if ready(self.watermark) {
+            return Poll::Ready(self.watermark.check());
+        }
+        self.watermark
+            .wakers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(cx.waker().clone());
+        // Checked again after registering, so an advance in between is not missed.
+        if ready(self.watermark) {
+            return Poll::Ready(self.watermark.check());
+        }
+        Poll::Pending
     }
 }

@@ -14,7 +14,7 @@ type Check = (&'static str, fn(&dyn Storage));
 
 /// Runs every check, each on a fresh store made by `make`.
 pub fn run_all<S: Storage>(mut make: impl FnMut() -> S) {
-    let checks: [Check; 7] = [
+    let checks: [Check; 8] = [
         ("missing keys read as None", missing_keys),
         ("puts, overwrites and removes", put_overwrite_remove),
         ("a batch applies in order, later writes win", batch_order),
@@ -22,6 +22,7 @@ pub fn run_all<S: Storage>(mut make: impl FnMut() -> S) {
         ("scans honour bounds, direction and limit", scans),
         ("keys order as unsigned bytes", byte_order),
         ("large values round-trip", large_values),
+        ("snapshots see whole batches and never change", snapshots),
     ];
     for (name, check) in checks {
         let store = make();
@@ -168,4 +169,47 @@ fn large_values(store: &dyn Storage) {
     let big: Vec<u8> = (0..2 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
     apply(store, &[(Space::Documents, b"big", Some(&big))]);
     assert_eq!(get(store, Space::Documents, b"big").as_deref(), Some(&big[..]));
+}
+
+fn snapshots(store: &dyn Storage) {
+    apply(
+        store,
+        &[
+            (Space::Documents, b"a", Some(b"1")),
+            (Space::Meta, b"seq", Some(b"1")),
+        ],
+    );
+    let before = store.snapshot().expect("snapshot");
+    apply(
+        store,
+        &[
+            (Space::Documents, b"a", Some(b"2")),
+            (Space::Documents, b"b", Some(b"2")),
+            (Space::Meta, b"seq", Some(b"2")),
+        ],
+    );
+    apply(store, &[(Space::Documents, b"a", None)]);
+    assert_eq!(
+        before.get(Space::Documents, b"a").expect("get").as_deref(),
+        Some(&b"1"[..])
+    );
+    assert_eq!(before.get(Space::Documents, b"b").expect("get"), None);
+    assert_eq!(
+        before.get(Space::Meta, b"seq").expect("get").as_deref(),
+        Some(&b"1"[..])
+    );
+    let keys = before
+        .scan(Space::Documents, Unbounded, Unbounded, Direction::Forward, 10)
+        .expect("scan");
+    assert_eq!(keys, vec![(b"a".to_vec(), b"1".to_vec())]);
+    let after = store.snapshot().expect("snapshot");
+    assert_eq!(after.get(Space::Documents, b"a").expect("get"), None);
+    assert_eq!(
+        after.get(Space::Documents, b"b").expect("get").as_deref(),
+        Some(&b"2"[..])
+    );
+    let rev = after
+        .scan(Space::Documents, Unbounded, Unbounded, Direction::Reverse, 10)
+        .expect("scan");
+    assert_eq!(rev, vec![(b"b".to_vec(), b"2".to_vec())]);
 }

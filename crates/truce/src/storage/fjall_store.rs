@@ -3,19 +3,29 @@
 
 use std::ops::Bound;
 use std::path::Path;
+use std::sync::Arc;
 
-use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable};
 
-use super::{Direction, Durability, Entry, Space, Storage, StorageError, WriteBatch};
+use super::{Direction, Durability, Entry, Space, Storage, StorageError, StorageRead, WriteBatch};
 
 /// Block cache size. Bounded so the server's memory stays predictable; the OS
 /// page cache does the rest.
 pub const FJALL_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
+/// The keyspace of `space`; every variant of [`Space`] is opened in `open`.
+fn keyspace_of(spaces: &[(Space, Keyspace)], space: Space) -> &Keyspace {
+    &spaces
+        .iter()
+        .find(|(s, _)| *s == space)
+        .expect("every space is opened")
+        .1
+}
+
 /// A fjall database with one keyspace per [`Space`].
 pub struct FjallStorage {
     db: Database,
-    spaces: Vec<(Space, Keyspace)>,
+    spaces: Arc<Vec<(Space, Keyspace)>>,
 }
 
 fn backend(e: fjall::Error) -> StorageError {
@@ -49,7 +59,10 @@ impl FjallStorage {
                 ))
             })
             .collect::<Result<Vec<_>, StorageError>>()?;
-        Ok(FjallStorage { db, spaces })
+        Ok(FjallStorage {
+            db,
+            spaces: Arc::new(spaces),
+        })
     }
 
     fn keyspace(&self, space: Space) -> &Keyspace {
@@ -63,7 +76,19 @@ impl FjallStorage {
     }
 }
 
-impl Storage for FjallStorage {
+/// Collects up to `limit` entries of a fjall iterator in `direction`.
+fn collect(iter: fjall::Iter, direction: Direction, limit: usize) -> Result<Vec<Entry>, StorageError> {
+    let to_entry = |guard: fjall::Guard| -> Result<Entry, StorageError> {
+        let (key, value) = guard.into_inner().map_err(backend)?;
+        Ok((key.to_vec(), value.to_vec()))
+    };
+    match direction {
+        Direction::Forward => iter.take(limit).map(to_entry).collect(),
+        Direction::Reverse => iter.rev().take(limit).map(to_entry).collect(),
+    }
+}
+
+impl StorageRead for FjallStorage {
     fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
         Ok(self
             .keyspace(space)
@@ -80,33 +105,58 @@ impl Storage for FjallStorage {
         direction: Direction,
         limit: usize,
     ) -> Result<Vec<Entry>, StorageError> {
-        let iter = self.keyspace(space).range::<&[u8], _>((start, end));
-        let mut out = Vec::new();
-        let mut push = |guard: fjall::Guard| -> Result<bool, StorageError> {
-            let (key, value) = guard.into_inner().map_err(backend)?;
-            out.push((key.to_vec(), value.to_vec()));
-            Ok(out.len() < limit)
-        };
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        match direction {
-            Direction::Forward => {
-                for guard in iter {
-                    if !push(guard)? {
-                        break;
-                    }
-                }
-            }
-            Direction::Reverse => {
-                for guard in iter.rev() {
-                    if !push(guard)? {
-                        break;
-                    }
-                }
-            }
-        }
-        Ok(out)
+        collect(
+            self.keyspace(space).range::<&[u8], _>((start, end)),
+            direction,
+            limit,
+        )
+    }
+}
+
+/// A point-in-time view of a [`FjallStorage`].
+struct FjallSnapshot {
+    snapshot: fjall::Snapshot,
+    spaces: Arc<Vec<(Space, Keyspace)>>,
+}
+
+impl FjallSnapshot {
+    fn keyspace(&self, space: Space) -> &Keyspace {
+        keyspace_of(&self.spaces, space)
+    }
+}
+
+impl StorageRead for FjallSnapshot {
+    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self
+            .snapshot
+            .get(self.keyspace(space), key)
+            .map_err(backend)?
+            .map(|v| v.to_vec()))
+    }
+
+    fn scan(
+        &self,
+        space: Space,
+        start: Bound<&[u8]>,
+        end: Bound<&[u8]>,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<Vec<Entry>, StorageError> {
+        collect(
+            self.snapshot
+                .range::<&[u8], _>(self.keyspace(space), (start, end)),
+            direction,
+            limit,
+        )
+    }
+}
+
+impl Storage for FjallStorage {
+    fn snapshot(&self) -> Result<Box<dyn StorageRead>, StorageError> {
+        Ok(Box::new(FjallSnapshot {
+            snapshot: self.db.snapshot(),
+            spaces: Arc::clone(&self.spaces),
+        }))
     }
 
     fn apply(&self, batch: WriteBatch, durability: Durability) -> Result<(), StorageError> {

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::Mutex;
 
-use super::{Direction, Durability, Entry, Space, Storage, StorageError, WriteBatch};
+use super::{Direction, Durability, Entry, Space, Storage, StorageError, StorageRead, WriteBatch};
 
 type Maps = BTreeMap<Space, BTreeMap<Vec<u8>, Vec<u8>>>;
 
@@ -79,7 +79,35 @@ impl MemoryStorage {
     }
 }
 
-impl Storage for MemoryStorage {
+/// Up to `limit` entries of `map` within `(start, end)`, in `direction`.
+fn scan_map(
+    map: Option<&BTreeMap<Vec<u8>, Vec<u8>>>,
+    start: Bound<&[u8]>,
+    end: Bound<&[u8]>,
+    direction: Direction,
+    limit: usize,
+) -> Vec<Entry> {
+    let Some(map) = map else { return Vec::new() };
+    // BTreeMap::range panics on an inverted or empty-exclusive range; an empty answer is right.
+    let inverted = match (start, end) {
+        (Bound::Included(s) | Bound::Excluded(s), Bound::Included(e) | Bound::Excluded(e)) => {
+            s > e || (s == e && !(matches!(start, Bound::Included(_)) && matches!(end, Bound::Included(_))))
+        }
+        _ => false,
+    };
+    if inverted {
+        return Vec::new();
+    }
+    let range = map
+        .range::<[u8], _>((start, end))
+        .map(|(k, v)| (k.clone(), v.clone()));
+    match direction {
+        Direction::Forward => range.take(limit).collect(),
+        Direction::Reverse => range.rev().take(limit).collect(),
+    }
+}
+
+impl StorageRead for MemoryStorage {
     fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
         Ok(self.lock().visible.get(&space).and_then(|m| m.get(key)).cloned())
     }
@@ -92,28 +120,39 @@ impl Storage for MemoryStorage {
         direction: Direction,
         limit: usize,
     ) -> Result<Vec<Entry>, StorageError> {
-        let state = self.lock();
-        let Some(map) = state.visible.get(&space) else {
-            return Ok(Vec::new());
-        };
-        // BTreeMap::range panics on an inverted range; an empty answer is right.
-        let inverted = match (start, end) {
-            (Bound::Included(s) | Bound::Excluded(s), Bound::Included(e) | Bound::Excluded(e)) => {
-                s > e
-                    || (s == e && !(matches!(start, Bound::Included(_)) && matches!(end, Bound::Included(_))))
-            }
-            _ => false,
-        };
-        if inverted {
-            return Ok(Vec::new());
-        }
-        let range = map
-            .range::<[u8], _>((start, end))
-            .map(|(k, v)| (k.clone(), v.clone()));
-        Ok(match direction {
-            Direction::Forward => range.take(limit).collect(),
-            Direction::Reverse => range.rev().take(limit).collect(),
-        })
+        Ok(scan_map(
+            self.lock().visible.get(&space),
+            start,
+            end,
+            direction,
+            limit,
+        ))
+    }
+}
+
+/// A copy of the visible maps: simple and obviously consistent, fine for tests.
+struct MemorySnapshot(Maps);
+
+impl StorageRead for MemorySnapshot {
+    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self.0.get(&space).and_then(|m| m.get(key)).cloned())
+    }
+
+    fn scan(
+        &self,
+        space: Space,
+        start: Bound<&[u8]>,
+        end: Bound<&[u8]>,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<Vec<Entry>, StorageError> {
+        Ok(scan_map(self.0.get(&space), start, end, direction, limit))
+    }
+}
+
+impl Storage for MemoryStorage {
+    fn snapshot(&self) -> Result<Box<dyn StorageRead>, StorageError> {
+        Ok(Box::new(MemorySnapshot(self.lock().visible.clone())))
     }
 
     fn apply(&self, batch: WriteBatch, durability: Durability) -> Result<(), StorageError> {

@@ -22,19 +22,42 @@ pub use memory::{Fault, MemoryStorage};
 pub enum Space {
     /// Documents and tombstones, keyed by collection, `0x00`, id.
     Documents,
-    /// Engine bookkeeping: last sequence number, last commit time, format version.
+    /// Engine bookkeeping: last sequence number, last commit time, index definitions.
     Meta,
+    /// Secondary index entries: collection, `0x00`, index, `0x00`, encoded values, id.
+    Index,
+    /// Per-collection change log: collection, `0x00`, sequence (8 bytes BE), id.
+    Changes,
+    /// Global change log: sequence (8 bytes BE), collection, `0x00`, id.
+    Log,
+    /// Idempotency records, keyed by the idempotency key.
+    Idempotency,
+    /// Idempotency expiry order: expiry time in ms (8 bytes BE), key.
+    IdempotencyExpiry,
 }
 
 impl Space {
     /// Every space, in a fixed order.
-    pub const ALL: [Space; 2] = [Space::Documents, Space::Meta];
+    pub const ALL: [Space; 7] = [
+        Space::Documents,
+        Space::Meta,
+        Space::Index,
+        Space::Changes,
+        Space::Log,
+        Space::Idempotency,
+        Space::IdempotencyExpiry,
+    ];
 
     /// A stable name for the space, used as a keyspace or table name.
     pub fn name(self) -> &'static str {
         match self {
             Space::Documents => "docs",
             Space::Meta => "meta",
+            Space::Index => "index",
+            Space::Changes => "changes",
+            Space::Log => "log",
+            Space::Idempotency => "idem",
+            Space::IdempotencyExpiry => "idem_expiry",
         }
     }
 }
@@ -140,18 +163,8 @@ pub enum StorageError {
     Corrupt(String),
 }
 
-/// What the engine needs from a store of bytes.
-///
-/// Contract (checked by [`conformance::run_all`]):
-/// - `apply` is atomic: after it returns `Ok`, and after any crash, either every
-///   write of the batch is visible or none is; with [`Durability::Immediate`] the
-///   batch survives a crash once `apply` returned `Ok`.
-/// - Batches are applied in the order `apply` is called; within a batch a later
-///   write to the same key wins.
-/// - Reads see every batch whose `apply` returned. They may also see a batch
-///   whose `apply` has not returned yet; the engine never relies on either.
-/// - Keys order as unsigned bytes.
-pub trait Storage: Send + Sync + 'static {
+/// Reading: what both a live store and a snapshot offer.
+pub trait StorageRead: Send + Sync {
     /// The value of `key` in `space`, if any.
     fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError>;
 
@@ -164,7 +177,25 @@ pub trait Storage: Send + Sync + 'static {
         direction: Direction,
         limit: usize,
     ) -> Result<Vec<Entry>, StorageError>;
+}
 
+/// What the engine needs from a store of bytes.
+///
+/// Contract (checked by [`conformance::run_all`]):
+/// - `apply` is atomic: after it returns `Ok`, and after any crash, either every
+///   write of the batch is visible or none is; with [`Durability::Immediate`] the
+///   batch survives a crash once `apply` returned `Ok`.
+/// - Batches are applied in the order `apply` is called; within a batch a later
+///   write to the same key wins.
+/// - Reads see every batch whose `apply` returned. They may also see a batch
+///   whose `apply` has not returned yet; the engine never relies on either.
+/// - A snapshot sees exactly the batches applied before it was taken, all of
+///   each or none, and never changes afterwards.
+/// - Keys order as unsigned bytes.
+pub trait Storage: StorageRead + 'static {
     /// Applies every write of `batch` atomically, durably when `durability` says so.
     fn apply(&self, batch: WriteBatch, durability: Durability) -> Result<(), StorageError>;
+
+    /// A consistent, unchanging view of the store as of now.
+    fn snapshot(&self) -> Result<Box<dyn StorageRead>, StorageError>;
 }

@@ -41,6 +41,9 @@ pub struct Update {
     upsert: bool,
     condition: Option<Filter>,
     on_false: OnFalse,
+    /// XXH3-128 of the canonical JSON of the update as given: two updates with
+    /// the same fingerprint are the same request (idempotency keys compare these).
+    fingerprint: u128,
 }
 
 impl Update {
@@ -85,12 +88,20 @@ impl Update {
             Some(_) => return Err(invalid("'$else' must be \"conflict\" or \"skip\"".into())),
         };
         let ops = parse_ops(m)?;
+        let canonical = serde_json::to_vec(spec).unwrap_or_default();
+        let fingerprint = xxhash_rust::xxh3::xxh3_128(&canonical);
         Ok(Update {
             ops,
             upsert,
             condition,
             on_false,
+            fingerprint,
         })
+    }
+
+    /// A hash of the update's canonical JSON: equal for equal updates.
+    pub fn fingerprint(&self) -> u128 {
+        self.fingerprint
     }
 
     /// Whether a missing document should be created (`$upsert: true`).

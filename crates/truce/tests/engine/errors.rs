@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use truce::storage::{Fault, MemoryStorage, Space, Storage, WriteBatch};
-use truce::{ConflictReason, Db, Error, Expect, Options, RetryPolicy, Update};
+use truce::{ConflictReason, Db, Error, Expect, IndexSpec, Options, Query, RetryPolicy, TxOp, Update};
 
 use crate::{open_relaxed, update};
 
@@ -125,6 +125,71 @@ fn every_error_code_is_produced() {
         other => panic!("expected RetriesExhausted, got {other:?}"),
     }
     errors.push(exhausted);
+
+    // The codes of transactions, indexes and idempotency.
+    let spec = |fields: Vec<&str>, unique| IndexSpec {
+        fields: fields.into_iter().map(String::from).collect(),
+        unique,
+    };
+    errors.push(c.create_index("no_fields", spec(vec![], false)).unwrap_err());
+    errors.push(
+        c.query(&Query {
+            gt: Some(json!(1)),
+            gte: Some(json!(1)),
+            ..Query::default()
+        })
+        .unwrap_err(),
+    );
+    let twice = |id: &str| TxOp::Check {
+        collection: "c".into(),
+        id: id.into(),
+        expect: Expect::Any,
+    };
+    errors.push(db.batch(vec![twice("s"), twice("s")], None).unwrap_err());
+    errors.push(c.index_status("nope").unwrap_err());
+    c.put_idempotent("k", "i", json!({"a": 1}), Expect::Any)
+        .unwrap()
+        .unwrap();
+    errors.push(
+        c.put_idempotent("k", "i", json!({"a": 2}), Expect::Any)
+            .unwrap_err(),
+    );
+    let no_retry = Db::open_with_storage(
+        Arc::new(MemoryStorage::new()),
+        Options {
+            retry: RetryPolicy {
+                max_attempts: 1,
+                ..RetryPolicy::default()
+            },
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    let nc = no_retry.collection("c").unwrap();
+    errors.push(
+        no_retry
+            .transaction(|tx| {
+                tx.get("c", "x")?;
+                nc.put("x", json!({}), Expect::Any)?.unwrap();
+                tx.put("c", "y", json!({}), Expect::Any)
+            })
+            .unwrap_err(),
+    );
+    // index_building: the first backfill step is held up by a slow disk.
+    let storage = Arc::new(MemoryStorage::new());
+    let building = Db::open_with_storage(storage.clone(), Options::default()).unwrap();
+    let bc = building.collection("c").unwrap();
+    bc.put("a", json!({"k": 1}), Expect::Absent).unwrap().unwrap();
+    storage.inject(Fault::Delay(Duration::ZERO));
+    storage.inject(Fault::Delay(Duration::from_millis(500)));
+    bc.create_index("by_k", spec(vec!["k"], false)).unwrap();
+    errors.push(
+        bc.query(&Query {
+            index: Some("by_k".into()),
+            ..Query::default()
+        })
+        .unwrap_err(),
+    );
 
     let produced: BTreeSet<&str> = errors.iter().map(Error::code).collect();
     let all: BTreeSet<&str> = Error::ALL_CODES.iter().copied().collect();

@@ -1,10 +1,15 @@
 //! Integration tests of the embedded engine, in one binary to keep builds short.
 
+mod changes;
 mod concurrency;
 mod crash;
 mod errors;
+mod history;
+mod idempotency;
+mod indexes;
 mod model;
 mod storage_conformance;
+mod transactions;
 
 use serde_json::Value;
 use truce::{Db, Durability, Options, Update};

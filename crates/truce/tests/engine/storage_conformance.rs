@@ -1,7 +1,7 @@
 //! The storage conformance suite against every backend, plus what only a disk can show.
 
 use truce::storage::{
-    Direction, Durability, FjallStorage, MemoryStorage, Space, Storage, WriteBatch, conformance,
+    Direction, Durability, FjallStorage, MemoryStorage, Space, Storage, StorageRead, WriteBatch, conformance,
 };
 
 #[test]

@@ -1,0 +1,240 @@
+//! One group commit in the making: the documents it touched (read once, updated
+//! in place as requests are evaluated in order), and every other key it writes —
+//! index entries, change-log entries, idempotency records, definitions.
+//!
+//! Hot path: `load` and `apply` run for every write.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound;
+
+use crate::doc::Document;
+use crate::error::Result;
+use crate::index::IndexDef;
+use crate::index::keys::prefix_end;
+use crate::record;
+use crate::storage::{Direction, Space, Storage, WriteBatch};
+
+use super::committer::read_document;
+use super::evaluate::NewState;
+
+/// A document touched by the group.
+struct Slot {
+    current: Option<Document>,
+    /// Canonical body bytes of `current` if the group wrote it.
+    written: Option<Vec<u8>>,
+}
+
+/// The state of one group commit.
+pub struct Group<'a> {
+    storage: &'a dyn Storage,
+    slots: HashMap<Vec<u8>, Slot>,
+    others: BTreeMap<(Space, Vec<u8>), Option<Vec<u8>>>,
+    /// The last sequence number assigned (the previous group's last at the start).
+    pub seq: u64,
+    /// The previous group's last sequence number.
+    first_seq: u64,
+    /// The group's commit time.
+    pub ts_ms: u64,
+    /// Bytes of document records written so far.
+    pub bytes: usize,
+}
+
+/// `collection 0x00 seq id`: the per-collection change-log key.
+fn changes_key(collection: &str, seq: u64, id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(collection.len() + 9 + id.len());
+    key.extend_from_slice(collection.as_bytes());
+    key.push(0);
+    key.extend_from_slice(&seq.to_be_bytes());
+    key.extend_from_slice(id.as_bytes());
+    key
+}
+
+/// `seq collection 0x00 id`: the global change-log key.
+fn log_key(collection: &str, seq: u64, id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(collection.len() + 9 + id.len());
+    key.extend_from_slice(&seq.to_be_bytes());
+    key.extend_from_slice(collection.as_bytes());
+    key.push(0);
+    key.extend_from_slice(id.as_bytes());
+    key
+}
+
+impl<'a> Group<'a> {
+    /// A new group after commit `last_seq`, at time `ts_ms`.
+    pub fn new(storage: &'a dyn Storage, last_seq: u64, ts_ms: u64) -> Group<'a> {
+        Group {
+            storage,
+            slots: HashMap::new(),
+            others: BTreeMap::new(),
+            seq: last_seq,
+            first_seq: last_seq,
+            ts_ms,
+            bytes: 0,
+        }
+    }
+
+    /// The current state of document `key` (tombstones included), read from storage
+    /// the first time the group touches it.
+    pub fn current(&mut self, key: &[u8], id: &str) -> Result<Option<&Document>> {
+        if !self.slots.contains_key(key) {
+            let current = read_document(self.storage, key, id)?;
+            self.slots.insert(
+                key.to_vec(),
+                Slot {
+                    current,
+                    written: None,
+                },
+            );
+        }
+        Ok(self.slots.get(key).and_then(|s| s.current.as_ref()))
+    }
+
+    /// A non-document key as the group sees it: its own writes, else storage.
+    pub fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        match self.others.get(&(space, key.to_vec())) {
+            Some(value) => Ok(value.clone()),
+            None => Ok(self.storage.get(space, key)?),
+        }
+    }
+
+    /// Writes (or with `None` removes) a non-document key.
+    pub fn put(&mut self, space: Space, key: Vec<u8>, value: Option<Vec<u8>>) {
+        self.others.insert((space, key), value);
+    }
+
+    /// The id of a live entry of a unique index with `prefix` (index prefix and
+    /// values) held by a document other than `id`, as the group sees the index.
+    pub fn unique_holder(&self, prefix: &[u8], id: &str) -> Result<Option<String>> {
+        let end = prefix_end(prefix);
+        let end_bound = end.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
+        let own = (Space::Index, prefix.to_vec());
+        let own_end = end.clone().map(|e| (Space::Index, e));
+        let group_range = match &own_end {
+            Some(e) => self.others.range(own.clone()..e.clone()),
+            None => self.others.range(own.clone()..),
+        };
+        for ((space, _), value) in group_range {
+            if let (Space::Index, Some(holder)) = (space, value) {
+                let holder = String::from_utf8_lossy(holder).into_owned();
+                if holder != id {
+                    return Ok(Some(holder));
+                }
+            }
+        }
+        let mut start = Bound::Included(prefix.to_vec());
+        loop {
+            let start_ref = match &start {
+                Bound::Included(k) => Bound::Included(k.as_slice()),
+                Bound::Excluded(k) => Bound::Excluded(k.as_slice()),
+                Bound::Unbounded => Bound::Unbounded,
+            };
+            let entries = self
+                .storage
+                .scan(Space::Index, start_ref, end_bound, Direction::Forward, 16)?;
+            let Some((last, _)) = entries.last() else {
+                return Ok(None);
+            };
+            start = Bound::Excluded(last.clone());
+            for (key, holder) in &entries {
+                let removed = self
+                    .others
+                    .get(&(Space::Index, key.clone()))
+                    .is_some_and(Option::is_none);
+                let holder = String::from_utf8_lossy(holder);
+                if !removed && holder != id {
+                    return Ok(Some(holder.into_owned()));
+                }
+            }
+            if entries.len() < 16 {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Stores a new state of document `key` of `collection`, maintaining `indexes`
+    /// and the change logs; pushes every key whose change a transaction could have
+    /// read onto `written`.
+    pub fn apply(
+        &mut self,
+        collection: &str,
+        key: Vec<u8>,
+        state: NewState,
+        indexes: &[IndexDef],
+        written: &mut Vec<(Space, Vec<u8>)>,
+    ) {
+        let id = state.doc.id.clone();
+        let previous = self.slots.get(&key).and_then(|s| s.current.as_ref());
+        let old_seq = previous.map(|d| d.meta.seq);
+        let mut index_writes = Vec::new();
+        if !indexes.is_empty() {
+            let old_live = previous.filter(|d| !d.is_deleted()).map(|d| &d.body);
+            let new_live = (!state.doc.is_deleted()).then_some(&state.doc.body);
+            for def in indexes {
+                let old_entry = old_live.map(|body| def.entry_key(&id, body));
+                let new_entry = new_live.map(|body| def.entry_key(&id, body));
+                if old_entry != new_entry {
+                    index_writes.extend(old_entry.map(|old| (old, None)));
+                    index_writes.extend(new_entry.map(|new| (new, Some(id.as_bytes().to_vec()))));
+                }
+            }
+        }
+        for (entry, value) in index_writes {
+            written.push((Space::Index, entry.clone()));
+            self.put(Space::Index, entry, value);
+        }
+        if let Some(old_seq) = old_seq {
+            let old_changes = changes_key(collection, old_seq, &id);
+            let old_log = log_key(collection, old_seq, &id);
+            if old_seq > self.first_seq {
+                // Written earlier in this group: never stored, so just forget it.
+                self.others.remove(&(Space::Changes, old_changes));
+                self.others.remove(&(Space::Log, old_log));
+            } else {
+                self.put(Space::Changes, old_changes, None);
+                self.put(Space::Log, old_log, None);
+            }
+        }
+        let seq = state.doc.meta.seq;
+        self.put(
+            Space::Changes,
+            changes_key(collection, seq, &id),
+            Some(Vec::new()),
+        );
+        self.put(Space::Log, log_key(collection, seq, &id), Some(Vec::new()));
+        written.push((Space::Documents, key.clone()));
+        self.bytes += key.len() + state.canonical.len();
+        self.slots.insert(
+            key,
+            Slot {
+                current: Some(state.doc),
+                written: Some(state.canonical),
+            },
+        );
+    }
+
+    /// Whether the group has anything to store.
+    pub fn is_empty(&self) -> bool {
+        self.others.is_empty() && self.slots.values().all(|s| s.written.is_none())
+    }
+
+    /// The storage batch of everything the group wrote.
+    pub fn into_batch(self) -> WriteBatch {
+        let mut batch = WriteBatch::new();
+        for (key, slot) in self.slots {
+            if let (Some(canonical), Some(doc)) = (&slot.written, &slot.current) {
+                batch.put(
+                    Space::Documents,
+                    key,
+                    record::encode_document(&doc.meta, canonical),
+                );
+            }
+        }
+        for ((space, key), value) in self.others {
+            match value {
+                Some(value) => batch.put(space, key, value),
+                None => batch.remove(space, key),
+            }
+        }
+        batch
+    }
+}

@@ -1,0 +1,264 @@
+//! Reads that see one consistent, durable state: snapshots, queries and the
+//! change feed. Shared by collections and transactions.
+
+use std::ops::Bound;
+
+use crate::doc::{Document, Rev};
+use crate::error::{Error, Result};
+use crate::index::query::{self, KeyRange, Order, Query, QueryPage};
+use crate::index::{IndexDef, IndexState};
+use crate::limits::CHANGES_LIMIT_MAX;
+use crate::storage::{Direction, Space, StorageRead};
+
+use super::committer::{META_LAST_SEQ, Shared, read_document, read_meta_counter};
+use super::tx::doc_key;
+
+/// A snapshot and the sequence number it reflects, once that sequence is durable.
+pub fn durable_snapshot(shared: &Shared) -> Result<(Box<dyn StorageRead>, u64)> {
+    let view = shared.storage.snapshot()?;
+    // `last_seq` is written in the same batch as the documents, so the snapshot's
+    // own value names exactly the commits it contains.
+    let seq = read_meta_counter(&*view, META_LAST_SEQ)?;
+    shared.watermark.wait_for(seq)?;
+    Ok((view, seq))
+}
+
+/// The index `name` of `collection`, if it is ready for queries.
+pub fn ready_index(shared: &Shared, collection: &str, name: &str) -> Result<IndexDef> {
+    let catalog = shared.catalog.read().unwrap_or_else(|p| p.into_inner());
+    let def = catalog
+        .get(collection)
+        .and_then(|list| list.iter().find(|d| d.name == name))
+        .ok_or_else(|| Error::NotFound(format!("index {name} of collection {collection}")))?;
+    match def.state {
+        IndexState::Ready => Ok(def.clone()),
+        IndexState::Building => Err(Error::IndexBuilding {
+            name: name.into(),
+            backfilled: def.backfilled,
+        }),
+        IndexState::Failed => Err(Error::InvalidIndex(format!(
+            "index {name} failed to build: {}",
+            def.failure.as_deref().unwrap_or("unknown reason")
+        ))),
+    }
+}
+
+/// What a query read: the page, and the key range it consumed (for read sets).
+pub struct QueryRead {
+    /// The page.
+    pub page: QueryPage,
+    /// The space the range is in.
+    pub space: Space,
+    /// The part of the key space the page depends on.
+    pub consumed: KeyRange,
+}
+
+/// Runs `q` against `view`. Without an index, reads the collection in id order.
+pub fn run_query(shared: &Shared, view: &dyn StorageRead, collection: &str, q: &Query) -> Result<QueryRead> {
+    let def = q
+        .index
+        .as_deref()
+        .map(|name| ready_index(shared, collection, name))
+        .transpose()?;
+    let limit = q.page_size()?;
+    let whole = q.range(collection, def.as_ref())?;
+    let range = q.remaining(&whole)?;
+    let space = if def.is_some() {
+        Space::Index
+    } else {
+        Space::Documents
+    };
+    let direction = match q.order {
+        Order::Asc => Direction::Forward,
+        Order::Desc => Direction::Reverse,
+    };
+    let id_offset = collection.len() + 1;
+    let mut docs = Vec::with_capacity(limit);
+    let mut last_key = None;
+    let mut cursor = range.clone();
+    // Tombstones occupy document keys, so an id-order page may need several scans.
+    'scan: loop {
+        let end = cursor.end.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
+        let entries = view.scan(
+            space,
+            Bound::Included(&cursor.start),
+            end,
+            direction,
+            limit - docs.len(),
+        )?;
+        let exhausted = entries.len() < limit - docs.len();
+        for (key, value) in entries {
+            let doc = match &def {
+                Some(_) => {
+                    let id = String::from_utf8_lossy(&value).into_owned();
+                    read_document(view, &doc_key(collection, &id), &id)?
+                }
+                None => {
+                    let id = String::from_utf8_lossy(&key[id_offset..]).into_owned();
+                    Some(crate::record::decode_document(&id, &value)?)
+                }
+            };
+            match direction {
+                Direction::Forward => cursor.start = query::successor(&key),
+                Direction::Reverse => cursor.end = Some(key.clone()),
+            }
+            if let Some(doc) = doc.filter(|d| !d.is_deleted()) {
+                docs.push(doc);
+                last_key = Some(key);
+                if docs.len() == limit {
+                    break 'scan;
+                }
+            }
+        }
+        if exhausted {
+            break;
+        }
+    }
+    let full = docs.len() == limit;
+    let next = if full {
+        last_key.as_deref().map(query::encode_cursor)
+    } else {
+        None
+    };
+    // A full page depends only on the keys up to its last one; a short page on all.
+    let consumed = match (&last_key, full, direction) {
+        (Some(last), true, Direction::Forward) => KeyRange {
+            start: range.start.clone(),
+            end: Some(query::successor(last)),
+        },
+        (Some(last), true, Direction::Reverse) => KeyRange {
+            start: last.clone(),
+            end: range.end.clone(),
+        },
+        _ => range,
+    };
+    Ok(QueryRead {
+        page: QueryPage { docs, next },
+        space,
+        consumed,
+    })
+}
+
+/// One entry of the change feed: a document at its latest change.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Change {
+    /// The commit of the change.
+    pub seq: u64,
+    /// The collection.
+    pub collection: String,
+    /// The document id.
+    pub id: String,
+    /// The revision after the change.
+    pub rev: Rev,
+    /// Whether the change was a delete.
+    pub deleted: bool,
+    /// The document after the change, when asked for.
+    pub doc: Option<Document>,
+}
+
+/// A page of the change feed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ChangesPage {
+    /// Changes in commit order; a commit is never split across pages.
+    pub changes: Vec<Change>,
+    /// Pass this as `since` to continue exactly after this page.
+    pub last_seq: u64,
+}
+
+/// Changes after `since` up to `upto` (the snapshot's sequence), of one collection
+/// or of all, at most `limit` (rounded up to finish the last commit).
+pub fn read_changes(
+    view: &dyn StorageRead,
+    collection: Option<&str>,
+    since: u64,
+    limit: usize,
+    upto: u64,
+    include_docs: bool,
+) -> Result<ChangesPage> {
+    if limit == 0 || limit > CHANGES_LIMIT_MAX {
+        return Err(Error::InvalidQuery(format!(
+            "limit must be 1 to {CHANGES_LIMIT_MAX}"
+        )));
+    }
+    let (space, prefix) = match collection {
+        Some(c) => (Space::Changes, doc_key(c, "")),
+        None => (Space::Log, Vec::new()),
+    };
+    let key_at = |seq: u64| {
+        let mut key = prefix.clone();
+        key.extend_from_slice(&seq.to_be_bytes());
+        key
+    };
+    if since >= upto {
+        return Ok(ChangesPage {
+            changes: Vec::new(),
+            last_seq: since.max(upto),
+        });
+    }
+    let (start, end) = (key_at(since + 1), key_at(upto + 1));
+    let mut entries = view.scan(
+        space,
+        Bound::Included(&start),
+        Bound::Excluded(&end),
+        Direction::Forward,
+        limit,
+    )?;
+    let full = entries.len() == limit;
+    let mut last_seq = upto;
+    if full && let Some((last, _)) = entries.last() {
+        // Finish the last commit so `last_seq` never splits one.
+        let seq = seq_at(last, prefix.len())?;
+        let rest_end = key_at(seq + 1);
+        let rest = view.scan(
+            space,
+            Bound::Excluded(last),
+            Bound::Excluded(&rest_end),
+            Direction::Forward,
+            usize::MAX,
+        )?;
+        entries.extend(rest);
+        last_seq = seq;
+    }
+    let mut changes = Vec::with_capacity(entries.len());
+    for (key, _) in entries {
+        let seq = seq_at(&key, prefix.len())?;
+        let rest = &key[prefix.len() + 8..];
+        let (coll, id) = match collection {
+            Some(c) => (c.to_string(), String::from_utf8_lossy(rest).into_owned()),
+            None => {
+                let split = rest
+                    .iter()
+                    .position(|&b| b == 0)
+                    .ok_or_else(|| corrupt("log key"))?;
+                (
+                    String::from_utf8_lossy(&rest[..split]).into_owned(),
+                    String::from_utf8_lossy(&rest[split + 1..]).into_owned(),
+                )
+            }
+        };
+        let doc = read_document(view, &doc_key(&coll, &id), &id)?
+            .ok_or_else(|| corrupt("change without document"))?;
+        changes.push(Change {
+            seq,
+            collection: coll,
+            id,
+            rev: doc.rev(),
+            deleted: doc.is_deleted(),
+            doc: include_docs.then_some(doc),
+        });
+    }
+    Ok(ChangesPage { changes, last_seq })
+}
+
+fn corrupt(what: &str) -> Error {
+    Error::Storage(crate::storage::StorageError::Corrupt(format!(
+        "change feed: bad {what}"
+    )))
+}
+
+fn seq_at(key: &[u8], offset: usize) -> Result<u64> {
+    key.get(offset..offset + 8)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_be_bytes)
+        .ok_or_else(|| corrupt("sequence"))
+}

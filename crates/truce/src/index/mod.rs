@@ -1,0 +1,196 @@
+//! Secondary indexes: definitions, the entries the committer maintains for each
+//! document, and the key ranges queries read.
+//!
+//! An index entry is stored in [`Space::Index`](crate::storage::Space::Index) under
+//! `collection 0x00 index 0x00 value₁ … valueₙ id`, with the id as its value. The
+//! values are encoded by [`keys`] so that key order is value order.
+
+pub mod keys;
+pub mod query;
+
+use serde_json::Value;
+
+use crate::doc::{self, Body};
+use crate::error::{Error, Result};
+use crate::limits::{INDEX_FIELDS_MAX, INDEXES_PER_COLLECTION_MAX};
+use crate::update::Path;
+
+/// What an index is declared as.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IndexSpec {
+    /// Dotted field paths, in key order.
+    pub fields: Vec<String>,
+    /// Whether two live documents may not share the same values.
+    pub unique: bool,
+}
+
+/// Where an index is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IndexState {
+    /// Existing documents are being added; new writes are already maintained.
+    Building,
+    /// Complete: queries may use it.
+    Ready,
+    /// Building found two documents that violate uniqueness; the index is unusable.
+    Failed,
+}
+
+impl IndexState {
+    /// The stable name of the state.
+    pub fn name(self) -> &'static str {
+        match self {
+            IndexState::Building => "building",
+            IndexState::Ready => "ready",
+            IndexState::Failed => "failed",
+        }
+    }
+
+    fn parse(s: &str) -> Option<IndexState> {
+        match s {
+            "building" => Some(IndexState::Building),
+            "ready" => Some(IndexState::Ready),
+            "failed" => Some(IndexState::Failed),
+            _ => None,
+        }
+    }
+}
+
+/// An index of one collection, as the committer and queries know it.
+#[derive(Clone, Debug)]
+pub struct IndexDef {
+    /// The collection.
+    pub collection: String,
+    /// The index name (same rules as collection names).
+    pub name: String,
+    /// What it indexes.
+    pub spec: IndexSpec,
+    /// Parsed `spec.fields`.
+    pub paths: Vec<Path>,
+    /// Building, ready or failed.
+    pub state: IndexState,
+    /// Documents added by the backfill so far.
+    pub backfilled: u64,
+    /// Why the index failed, if it did.
+    pub failure: Option<String>,
+}
+
+impl IndexDef {
+    /// Validates a new index definition.
+    pub fn new(collection: &str, name: &str, spec: IndexSpec) -> Result<IndexDef> {
+        doc::validate_collection_name(collection)?;
+        doc::validate_collection_name(name).map_err(|_| {
+            Error::InvalidIndex(format!(
+                "index name {name:?} must match ^[A-Za-z][A-Za-z0-9_-]{{0,63}}$"
+            ))
+        })?;
+        if spec.fields.is_empty() || spec.fields.len() > INDEX_FIELDS_MAX {
+            return Err(Error::InvalidIndex(format!(
+                "an index has 1 to {INDEX_FIELDS_MAX} fields"
+            )));
+        }
+        let paths = spec
+            .fields
+            .iter()
+            .map(|f| Path::parse_filter(f).map_err(|e| Error::InvalidIndex(format!("field {f:?}: {e}"))))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(IndexDef {
+            collection: collection.into(),
+            name: name.into(),
+            spec,
+            paths,
+            state: IndexState::Building,
+            backfilled: 0,
+            failure: None,
+        })
+    }
+
+    /// The prefix every entry of this index starts with.
+    pub fn prefix(&self) -> Vec<u8> {
+        let mut key = Vec::with_capacity(self.collection.len() + self.name.len() + 2);
+        key.extend_from_slice(self.collection.as_bytes());
+        key.push(0);
+        key.extend_from_slice(self.name.as_bytes());
+        key.push(0);
+        key
+    }
+
+    /// The encoded values of `body` (without the prefix and id).
+    pub fn values(&self, body: &Body) -> Vec<u8> {
+        let mut out = Vec::new();
+        for path in &self.paths {
+            keys::encode_value(&mut out, crate::update::path::get(body, path));
+        }
+        out
+    }
+
+    /// Whether every indexed field of `body` is present (uniqueness only applies then).
+    pub fn all_present(&self, body: &Body) -> bool {
+        self.paths
+            .iter()
+            .all(|p| crate::update::path::get(body, p).is_some())
+    }
+
+    /// The full entry key of document `id` with `body`.
+    pub fn entry_key(&self, id: &str, body: &Body) -> Vec<u8> {
+        let mut key = self.prefix();
+        key.extend_from_slice(&self.values(body));
+        key.extend_from_slice(id.as_bytes());
+        key
+    }
+
+    /// The definition as stored in the meta space.
+    pub fn to_json(&self) -> Value {
+        serde_json::json!({
+            "collection": self.collection, "name": self.name, "fields": self.spec.fields,
+            "unique": self.spec.unique, "state": self.state.name(), "backfilled": self.backfilled,
+            "failure": self.failure,
+        })
+    }
+
+    /// Reads a stored definition back.
+    pub fn from_json(value: &Value) -> Result<IndexDef> {
+        let corrupt = || {
+            Error::Storage(crate::storage::StorageError::Corrupt(
+                "bad index definition".into(),
+            ))
+        };
+        let text = |k: &str| value.get(k).and_then(Value::as_str).ok_or_else(corrupt);
+        let fields = value
+            .get("fields")
+            .and_then(Value::as_array)
+            .ok_or_else(corrupt)?
+            .iter()
+            .map(|f| f.as_str().map(String::from).ok_or_else(corrupt))
+            .collect::<Result<Vec<_>>>()?;
+        let unique = value.get("unique").and_then(Value::as_bool).ok_or_else(corrupt)?;
+        let mut def = IndexDef::new(text("collection")?, text("name")?, IndexSpec { fields, unique })?;
+        def.state = IndexState::parse(text("state")?).ok_or_else(corrupt)?;
+        def.backfilled = value.get("backfilled").and_then(Value::as_u64).unwrap_or(0);
+        def.failure = value.get("failure").and_then(Value::as_str).map(String::from);
+        Ok(def)
+    }
+
+    /// The meta-space key of this definition.
+    pub fn meta_key(&self) -> Vec<u8> {
+        meta_key(&self.collection, &self.name)
+    }
+}
+
+/// The meta-space key of index `name` of `collection`.
+pub fn meta_key(collection: &str, name: &str) -> Vec<u8> {
+    format!("index\0{collection}\0{name}").into_bytes()
+}
+
+/// The meta-space prefix of all index definitions.
+pub const META_PREFIX: &[u8] = b"index\0";
+
+/// Checks the per-collection index count before adding one more.
+pub fn check_count(existing: usize) -> Result<()> {
+    if existing >= INDEXES_PER_COLLECTION_MAX {
+        return Err(Error::LimitExceeded {
+            what: "INDEXES_PER_COLLECTION_MAX",
+            limit: INDEXES_PER_COLLECTION_MAX as u64,
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,302 @@
+//! Queries: equality on an index prefix, a range on the next field, ascending or
+//! descending, a limit, and opaque cursors; or, without an index, id order.
+//!
+//! A query is turned into one key range `[start, end)` of the index (or document)
+//! space; a cursor is the last key returned, so the next page continues exactly
+//! after it however the documents changed in between.
+
+use serde_json::Value;
+
+use super::IndexDef;
+use super::keys::{encode_value, prefix_end, tag};
+use crate::doc::Document;
+use crate::error::{Error, Result};
+use crate::limits::QUERY_LIMIT_MAX;
+
+/// Result order.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Order {
+    /// Ascending key order.
+    #[default]
+    Asc,
+    /// Descending key order.
+    Desc,
+}
+
+/// A query of one collection.
+#[derive(Clone, Debug, Default)]
+pub struct Query {
+    /// The index to read; `None` reads the collection in id order.
+    pub index: Option<String>,
+    /// Equality on the first fields of the index, in order.
+    pub eq: Vec<Value>,
+    /// Lower bound (exclusive) on the next field (or the id).
+    pub gt: Option<Value>,
+    /// Lower bound (inclusive).
+    pub gte: Option<Value>,
+    /// Upper bound (exclusive).
+    pub lt: Option<Value>,
+    /// Upper bound (inclusive).
+    pub lte: Option<Value>,
+    /// Ascending or descending.
+    pub order: Order,
+    /// Most documents per page; 0 means the default of 100. At most [`QUERY_LIMIT_MAX`].
+    pub limit: usize,
+    /// The `next` cursor of the previous page.
+    pub after: Option<String>,
+}
+
+/// One page of results.
+#[derive(Clone, Debug)]
+pub struct QueryPage {
+    /// The documents, in the query's order.
+    pub docs: Vec<Document>,
+    /// A cursor for the next page, or `None` when this page reached the end.
+    pub next: Option<String>,
+}
+
+/// A key range `[start, end)`; `end == None` means unbounded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyRange {
+    /// Inclusive start.
+    pub start: Vec<u8>,
+    /// Exclusive end.
+    pub end: Option<Vec<u8>>,
+}
+
+impl KeyRange {
+    /// Whether `key` lies in the range.
+    pub fn contains(&self, key: &[u8]) -> bool {
+        key >= self.start.as_slice() && self.end.as_ref().is_none_or(|end| key < end.as_slice())
+    }
+}
+
+fn invalid(message: String) -> Error {
+    Error::InvalidQuery(message)
+}
+
+/// The smallest key strictly greater than `key`.
+pub fn successor(key: &[u8]) -> Vec<u8> {
+    let mut next = key.to_vec();
+    next.push(0);
+    next
+}
+
+impl Query {
+    /// The effective page size.
+    pub fn page_size(&self) -> Result<usize> {
+        match self.limit {
+            0 => Ok(100),
+            n if n <= QUERY_LIMIT_MAX => Ok(n),
+            n => Err(invalid(format!("limit {n} exceeds {QUERY_LIMIT_MAX}"))),
+        }
+    }
+
+    /// The key range of the whole query (before the cursor), for `index` of `collection`.
+    pub fn range(&self, collection: &str, index: Option<&IndexDef>) -> Result<KeyRange> {
+        if self.gt.is_some() && self.gte.is_some() || self.lt.is_some() && self.lte.is_some() {
+            return Err(invalid(
+                "give at most one lower (gt/gte) and one upper (lt/lte) bound".into(),
+            ));
+        }
+        let Some(def) = index else {
+            return self.id_range(collection);
+        };
+        if self.eq.len() > def.paths.len() {
+            return Err(invalid(format!(
+                "{} equality values for an index of {} fields",
+                self.eq.len(),
+                def.paths.len()
+            )));
+        }
+        let has_bounds = self.gt.is_some() || self.gte.is_some() || self.lt.is_some() || self.lte.is_some();
+        if has_bounds && self.eq.len() == def.paths.len() {
+            return Err(invalid("a range needs a field after the equality prefix".into()));
+        }
+        let mut prefix = def.prefix();
+        for value in &self.eq {
+            encode_value(&mut prefix, Some(value));
+        }
+        let encoded = |v: &Value| {
+            let mut key = prefix.clone();
+            encode_value(&mut key, Some(v));
+            key
+        };
+        let with_tag = |t: u8| {
+            let mut key = prefix.clone();
+            key.push(t);
+            key
+        };
+        // Bounds on one side only stay within that value's type bracket, as in MongoDB.
+        let start = match (&self.gt, &self.gte, self.lt.as_ref().or(self.lte.as_ref())) {
+            (Some(v), _, _) => prefix_end(&encoded(v)).unwrap_or_else(|| encoded(v)),
+            (_, Some(v), _) => encoded(v),
+            (None, None, Some(upper)) => with_tag(tag(Some(upper))),
+            (None, None, None) => prefix.clone(),
+        };
+        let end = match (&self.lt, &self.lte, self.gt.as_ref().or(self.gte.as_ref())) {
+            (Some(v), _, _) => Some(encoded(v)),
+            (_, Some(v), _) => prefix_end(&encoded(v)),
+            (None, None, Some(lower)) => Some(with_tag(tag(Some(lower)) + 1)),
+            (None, None, None) => prefix_end(&prefix),
+        };
+        Ok(KeyRange { start, end })
+    }
+
+    fn id_range(&self, collection: &str) -> Result<KeyRange> {
+        if !self.eq.is_empty() {
+            return Err(invalid("equality values need an index".into()));
+        }
+        let mut base = collection.as_bytes().to_vec();
+        base.push(0);
+        let id_key = |v: &Value| -> Result<Vec<u8>> {
+            let id = v
+                .as_str()
+                .ok_or_else(|| invalid(format!("id bounds are strings, got {v}")))?;
+            let mut key = base.clone();
+            key.extend_from_slice(id.as_bytes());
+            Ok(key)
+        };
+        let start = match (&self.gt, &self.gte) {
+            (Some(v), _) => successor(&id_key(v)?),
+            (_, Some(v)) => id_key(v)?,
+            _ => base.clone(),
+        };
+        let end = match (&self.lt, &self.lte) {
+            (Some(v), _) => Some(id_key(v)?),
+            (_, Some(v)) => Some(successor(&id_key(v)?)),
+            _ => prefix_end(&base),
+        };
+        Ok(KeyRange { start, end })
+    }
+
+    /// The part of `range` still to read after the cursor.
+    pub fn remaining(&self, range: &KeyRange) -> Result<KeyRange> {
+        let Some(cursor) = &self.after else {
+            return Ok(range.clone());
+        };
+        let key = decode_cursor(cursor)?;
+        let prefix_len = range.start.iter().position(|&b| b == 0).map_or(0, |i| i + 1);
+        if key.get(..prefix_len) != range.start.get(..prefix_len) {
+            return Err(invalid("the cursor belongs to another collection".into()));
+        }
+        let mut rest = range.clone();
+        match self.order {
+            Order::Asc => rest.start = rest.start.max(successor(&key)),
+            Order::Desc => rest.end = Some(rest.end.map_or(key.clone(), |end| end.min(key))),
+        }
+        Ok(rest)
+    }
+}
+
+/// An opaque cursor naming the last key of a page.
+pub fn encode_cursor(key: &[u8]) -> String {
+    key.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Reads a cursor back; anything that is not one is [`Error::InvalidQuery`].
+pub fn decode_cursor(cursor: &str) -> Result<Vec<u8>> {
+    let bad = || invalid("not a cursor returned by this server".into());
+    if !cursor.len().is_multiple_of(2) || cursor.len() > 2 * 4096 {
+        return Err(bad());
+    }
+    (0..cursor.len())
+        .step_by(2)
+        .map(|i| {
+            cursor
+                .get(i..i + 2)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(bad)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::IndexSpec;
+    use serde_json::json;
+
+    fn def() -> IndexDef {
+        IndexDef::new(
+            "c",
+            "by_ab",
+            IndexSpec {
+                fields: vec!["a".into(), "b".into()],
+                unique: false,
+            },
+        )
+        .unwrap()
+    }
+
+    fn key(a: Value, b: Value, id: &str) -> Vec<u8> {
+        let body = json!({"a": a, "b": b});
+        def().entry_key(id, body.as_object().unwrap())
+    }
+
+    #[test]
+    fn ranges_select_exactly_the_matching_entries() {
+        let q = |eq: Vec<Value>, gt: Option<Value>, lte: Option<Value>| Query {
+            eq,
+            gt,
+            lte,
+            ..Query::default()
+        };
+        let r = q(vec![json!("x")], Some(json!(1)), Some(json!(3)))
+            .range("c", Some(&def()))
+            .unwrap();
+        assert!(!r.contains(&key(json!("x"), json!(1), "id")));
+        assert!(r.contains(&key(json!("x"), json!(2), "id")));
+        assert!(r.contains(&key(json!("x"), json!(3), "id")));
+        assert!(!r.contains(&key(json!("x"), json!(4), "id")));
+        assert!(!r.contains(&key(json!("y"), json!(2), "id")));
+        let lower_only = q(vec![json!("x")], Some(json!(1)), None)
+            .range("c", Some(&def()))
+            .unwrap();
+        assert!(lower_only.contains(&key(json!("x"), json!(1e9), "id")));
+        assert!(
+            !lower_only.contains(&key(json!("x"), json!("a string"), "id")),
+            "type bracketing"
+        );
+        let all = Query::default().range("c", Some(&def())).unwrap();
+        assert!(all.contains(&key(json!(null), json!(null), "id")));
+    }
+
+    #[test]
+    fn cursors_round_trip_and_are_checked() {
+        let k = key(json!("x"), json!(1), "id");
+        assert_eq!(decode_cursor(&encode_cursor(&k)).unwrap(), k);
+        for bad in ["0", "zz", "abc"] {
+            assert_eq!(decode_cursor(bad).unwrap_err().code(), "invalid_query");
+        }
+        let q = Query {
+            after: Some(encode_cursor(b"other\0x")),
+            ..Query::default()
+        };
+        let range = q.range("c", None).unwrap();
+        assert_eq!(q.remaining(&range).unwrap_err().code(), "invalid_query");
+    }
+
+    #[test]
+    fn bad_queries_are_refused() {
+        let both = Query {
+            gt: Some(json!(1)),
+            gte: Some(json!(1)),
+            ..Query::default()
+        };
+        assert!(both.range("c", Some(&def())).is_err());
+        let too_many = Query {
+            eq: vec![json!(1), json!(2), json!(3)],
+            ..Query::default()
+        };
+        assert!(too_many.range("c", Some(&def())).is_err());
+        assert!(
+            Query {
+                limit: QUERY_LIMIT_MAX + 1,
+                ..Query::default()
+            }
+            .page_size()
+            .is_err()
+        );
+    }
+}

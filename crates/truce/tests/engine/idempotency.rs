@@ -1,0 +1,96 @@
+//! Idempotency keys: the first answer again, also after a restart; a different
+//! request under the same key refused; expired keys forgotten.
+
+use std::time::Duration;
+
+use serde_json::json;
+use truce::{Db, Expect, Options, TxOp};
+
+use crate::{open, update};
+
+#[test]
+fn a_replay_returns_the_first_answer_also_after_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let inc = || update(json!({"$inc": {"n": 1}, "$upsert": true}));
+    let first = {
+        let db = open(dir.path());
+        let c = db.collection("c").unwrap();
+        let first = c
+            .patch_idempotent("key-1", "x", inc(), Expect::Any)
+            .unwrap()
+            .unwrap();
+        let again = c
+            .patch_idempotent("key-1", "x", inc(), Expect::Any)
+            .unwrap()
+            .unwrap();
+        assert_eq!(again, first, "the same answer, not a second increment");
+        assert_eq!(c.get("x").unwrap().unwrap().body["n"], 1);
+        first
+    };
+    let db = open(dir.path());
+    let c = db.collection("c").unwrap();
+    let after_restart = c
+        .patch_idempotent("key-1", "x", inc(), Expect::Any)
+        .unwrap()
+        .unwrap();
+    assert_eq!(after_restart, first);
+    assert_eq!(c.get("x").unwrap().unwrap().body["n"], 1);
+
+    let reused = c
+        .patch_idempotent("key-1", "x", update(json!({"$inc": {"n": 2}})), Expect::Any)
+        .unwrap_err();
+    assert_eq!(reused.code(), "idempotency_key_reused");
+    let other_doc = c.patch_idempotent("key-1", "y", inc(), Expect::Any).unwrap_err();
+    assert_eq!(other_doc.code(), "idempotency_key_reused");
+
+    let ops = || {
+        vec![TxOp::Put {
+            collection: "c".into(),
+            id: "t".into(),
+            body: json!({"a": 1}),
+            expect: Expect::Absent,
+        }]
+    };
+    let tx1 = db.batch(ops(), Some("tx-key")).unwrap().unwrap();
+    let tx2 = db.batch(ops(), Some("tx-key")).unwrap().unwrap();
+    assert!(!tx1.replayed && tx2.replayed);
+    assert_eq!(tx1.results, tx2.results);
+    assert_eq!(tx1.seq, tx2.seq);
+}
+
+#[test]
+fn expired_keys_are_forgotten_and_purged() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = Options {
+        idempotency_retention: Duration::from_millis(50),
+        ..Options::default()
+    };
+    let db = Db::open(dir.path(), options).unwrap();
+    let c = db.collection("c").unwrap();
+    let inc = || update(json!({"$inc": {"n": 1}, "$upsert": true}));
+    c.patch_idempotent("k", "x", inc(), Expect::Any).unwrap().unwrap();
+    std::thread::sleep(Duration::from_millis(80));
+    c.patch_idempotent("k", "x", inc(), Expect::Any).unwrap().unwrap();
+    assert_eq!(
+        c.get("x").unwrap().unwrap().body["n"],
+        2,
+        "an expired key guards nothing"
+    );
+    // The committer purges expired keys when idle (about every second).
+    std::thread::sleep(Duration::from_millis(1300));
+    c.patch_idempotent("k", "x", update(json!({"$inc": {"n": 5}})), Expect::Any)
+        .unwrap()
+        .unwrap();
+    assert_eq!(c.get("x").unwrap().unwrap().body["n"], 7);
+}
+
+#[test]
+fn bad_keys_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path());
+    let c = db.collection("c").unwrap();
+    for bad in [String::new(), "k".repeat(256), "a\nb".to_string()] {
+        let err = c.put_idempotent(&bad, "x", json!({}), Expect::Any).unwrap_err();
+        assert_eq!(err.code(), "invalid_transaction", "{bad:?}");
+    }
+}

@@ -1,0 +1,329 @@
+//! Secondary indexes: backfill, maintenance in the same commit, queries with
+//! cursors, unique constraints and their races.
+
+use std::collections::BTreeSet;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use truce::{Collection, ConflictReason, Expect, IndexSpec, IndexState, Order, Query};
+
+use crate::{open, open_relaxed, update};
+
+/// Waits (bounded) until index `name` is ready.
+pub fn wait_ready(c: &Collection, name: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while c.index_status(name).unwrap().state != IndexState::Ready {
+        assert!(
+            Instant::now() < deadline,
+            "index {name} not ready: {:?}",
+            c.index_status(name)
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn ids(docs: &[truce::Document]) -> Vec<String> {
+    docs.iter().map(|d| d.id.clone()).collect()
+}
+
+#[test]
+fn backfill_then_maintain_then_query_with_cursors() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_relaxed(dir.path());
+    let people = db.collection("people").unwrap();
+    // More than one backfill chunk, written before the index exists.
+    for i in 0..700 {
+        people
+            .put(
+                &format!("p{i:04}"),
+                json!({"age": i % 70, "city": if i % 2 == 0 { "Oslo" } else { "Rome" }}),
+                Expect::Absent,
+            )
+            .unwrap()
+            .unwrap();
+    }
+    let spec = IndexSpec {
+        fields: vec!["city".into(), "age".into()],
+        unique: false,
+    };
+    let progress = people.create_index("by_city_age", spec.clone()).unwrap();
+    assert_eq!(progress.state, IndexState::Building);
+    // Writers are not blocked while the backfill runs.
+    people
+        .put("late", json!({"age": 30, "city": "Oslo"}), Expect::Absent)
+        .unwrap()
+        .unwrap();
+    wait_ready(&people, "by_city_age");
+    // The backfill counts the documents it scanned: the 700, and "late" if it got there first.
+    assert!(people.index_status("by_city_age").unwrap().backfilled >= 700);
+    assert_eq!(
+        people.create_index("by_city_age", spec).unwrap().state,
+        IndexState::Ready,
+        "declaring again is harmless"
+    );
+
+    let q = Query {
+        index: Some("by_city_age".into()),
+        eq: vec![json!("Oslo")],
+        gte: Some(json!(30)),
+        lt: Some(json!(32)),
+        limit: 4,
+        ..Query::default()
+    };
+    let mut seen = Vec::new();
+    let mut page = people.query(&q).unwrap();
+    loop {
+        assert!(page.docs.iter().all(|d| d.body["city"] == "Oslo"));
+        seen.extend(
+            page.docs
+                .iter()
+                .map(|d| (d.body["age"].as_i64().unwrap(), d.id.clone())),
+        );
+        // Documents change between pages; the cursor stays correct.
+        people
+            .put("zz-new", json!({"age": 31, "city": "Oslo"}), Expect::Any)
+            .unwrap()
+            .unwrap();
+        let Some(next) = page.next else { break };
+        page = people
+            .query(&Query {
+                after: Some(next),
+                ..q.clone()
+            })
+            .unwrap();
+    }
+    let mut sorted = seen.clone();
+    sorted.sort();
+    assert_eq!(seen, sorted, "ascending by age, then id");
+    let expected = (0..700)
+        .filter(|i| i % 2 == 0 && (30..32).contains(&(i % 70)))
+        .count()
+        + 2;
+    assert_eq!(seen.len(), expected, "{seen:?}");
+
+    let desc = people
+        .query(&Query {
+            order: Order::Desc,
+            limit: 3,
+            ..q.clone()
+        })
+        .unwrap();
+    assert_eq!(desc.docs[0].body["age"], 31);
+
+    // Updates move entries; deletes remove them.
+    people
+        .patch("late", update(json!({"$set": {"city": "Rome"}})), Expect::Any)
+        .unwrap()
+        .unwrap();
+    people.delete("zz-new", Expect::Any).unwrap().unwrap();
+    let all = people
+        .query(&Query {
+            limit: 1000,
+            ..q.clone()
+        })
+        .unwrap();
+    assert!(!ids(&all.docs).contains(&"late".to_string()));
+    assert!(!ids(&all.docs).contains(&"zz-new".to_string()));
+}
+
+#[test]
+fn mixed_types_and_missing_fields_sort_as_documented() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_relaxed(dir.path());
+    let c = db.collection("mixed").unwrap();
+    c.create_index(
+        "by_v",
+        IndexSpec {
+            fields: vec!["v".into()],
+            unique: false,
+        },
+    )
+    .unwrap();
+    wait_ready(&c, "by_v");
+    let values: Vec<(&str, Option<Value>)> = vec![
+        ("h-true", Some(json!(true))),
+        ("a-missing", None),
+        ("e-obj", Some(json!({"k": 1}))),
+        ("c-num", Some(json!(-5))),
+        ("d-str", Some(json!("abc"))),
+        ("b-null", Some(json!(null))),
+        ("f-arr", Some(json!([1]))),
+        ("g-false", Some(json!(false))),
+        ("c-num2", Some(json!(2.5))),
+    ];
+    for (id, v) in &values {
+        let body = match v {
+            Some(v) => json!({"v": v}),
+            None => json!({}),
+        };
+        c.put(id, body, Expect::Absent).unwrap().unwrap();
+    }
+    let page = c
+        .query(&Query {
+            index: Some("by_v".into()),
+            ..Query::default()
+        })
+        .unwrap();
+    assert_eq!(
+        ids(&page.docs),
+        [
+            "a-missing",
+            "b-null",
+            "c-num",
+            "c-num2",
+            "d-str",
+            "e-obj",
+            "f-arr",
+            "g-false",
+            "h-true"
+        ]
+    );
+    // One-sided bounds stay within the type bracket, as in MongoDB.
+    let numbers = c
+        .query(&Query {
+            index: Some("by_v".into()),
+            gt: Some(json!(-100)),
+            ..Query::default()
+        })
+        .unwrap();
+    assert_eq!(ids(&numbers.docs), ["c-num", "c-num2"]);
+    let by_id = c
+        .query(&Query {
+            gte: Some(json!("c")),
+            lt: Some(json!("e")),
+            ..Query::default()
+        })
+        .unwrap();
+    assert_eq!(ids(&by_id.docs), ["c-num", "c-num2", "d-str"]);
+}
+
+#[test]
+fn unique_violations_name_the_holder_and_races_have_one_winner() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path());
+    let users = db.collection("users").unwrap();
+    users
+        .create_index(
+            "by_email",
+            IndexSpec {
+                fields: vec!["email".into()],
+                unique: true,
+            },
+        )
+        .unwrap();
+    wait_ready(&users, "by_email");
+    users
+        .put("u1", json!({"email": "a@x"}), Expect::Absent)
+        .unwrap()
+        .unwrap();
+    let conflict = users
+        .put("u2", json!({"email": "a@x"}), Expect::Absent)
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(conflict.reason, ConflictReason::UniqueViolation);
+    assert_eq!(conflict.current.unwrap().id, "u1");
+    // Rewriting the holder itself, or freeing the value, is fine.
+    users
+        .put("u1", json!({"email": "a@x", "n": 1}), Expect::Any)
+        .unwrap()
+        .unwrap();
+    users
+        .put("u1", json!({"email": "b@x"}), Expect::Any)
+        .unwrap()
+        .unwrap();
+    users
+        .put("u2", json!({"email": "a@x"}), Expect::Absent)
+        .unwrap()
+        .unwrap();
+    // Documents without the field are not constrained.
+    users.put("n1", json!({}), Expect::Absent).unwrap().unwrap();
+    users.put("n2", json!({}), Expect::Absent).unwrap().unwrap();
+
+    for round in 0..5 {
+        let email = format!("race{round}@x");
+        let racers: Vec<_> = (0..8)
+            .map(|i| {
+                let users = users.clone();
+                let email = email.clone();
+                thread::spawn(move || {
+                    users.put(&format!("r{round}-{i}"), json!({"email": email}), Expect::Absent)
+                })
+            })
+            .collect();
+        let results: Vec<_> = racers.into_iter().map(|t| t.join().unwrap().unwrap()).collect();
+        let winners: Vec<_> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+        assert_eq!(winners.len(), 1, "round {round}: exactly one insert wins");
+        for loser in results.iter().filter_map(|r| r.as_ref().err()) {
+            assert_eq!(loser.reason, ConflictReason::UniqueViolation);
+            assert_eq!(loser.current.as_ref().unwrap().id, winners[0].doc.id);
+        }
+    }
+}
+
+#[test]
+fn a_unique_index_over_duplicates_fails_to_build() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_relaxed(dir.path());
+    let c = db.collection("c").unwrap();
+    c.put("a", json!({"k": 1}), Expect::Absent).unwrap().unwrap();
+    c.put("b", json!({"k": 1}), Expect::Absent).unwrap().unwrap();
+    c.create_index(
+        "by_k",
+        IndexSpec {
+            fields: vec!["k".into()],
+            unique: true,
+        },
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c.index_status("by_k").unwrap().state == IndexState::Building {
+        assert!(Instant::now() < deadline);
+        thread::sleep(Duration::from_millis(5));
+    }
+    let status = c.index_status("by_k").unwrap();
+    assert_eq!(status.state, IndexState::Failed);
+    assert!(status.failure.unwrap().contains("share"));
+    let err = c
+        .query(&Query {
+            index: Some("by_k".into()),
+            ..Query::default()
+        })
+        .unwrap_err();
+    assert_eq!(err.code(), "invalid_index");
+}
+
+#[test]
+fn indexes_survive_reopen_and_unfinished_backfills_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = open_relaxed(dir.path());
+        let c = db.collection("c").unwrap();
+        for i in 0..600 {
+            c.put(&format!("d{i}"), json!({"k": i}), Expect::Absent)
+                .unwrap()
+                .unwrap();
+        }
+        c.create_index(
+            "by_k",
+            IndexSpec {
+                fields: vec!["k".into()],
+                unique: false,
+            },
+        )
+        .unwrap();
+        // Closed right away: the backfill may be anywhere.
+    }
+    let db = open_relaxed(dir.path());
+    let c = db.collection("c").unwrap();
+    wait_ready(&c, "by_k");
+    let page = c.query(&Query {
+        index: Some("by_k".into()),
+        gte: Some(json!(100)),
+        limit: 1000,
+        ..Query::default()
+    });
+    assert_eq!(page.unwrap().docs.len(), 500);
+    let names: BTreeSet<String> = c.indexes().into_iter().map(|d| d.name).collect();
+    assert_eq!(names, BTreeSet::from(["by_k".to_string()]));
+}

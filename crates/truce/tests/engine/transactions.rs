@@ -1,0 +1,453 @@
+//! Optimistic transactions: the bank invariant, write skew, phantoms, batches,
+//! own writes, and read-only transactions.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use truce::{
+    ConflictReason, Db, Durability, Expect, IndexSpec, Options, Query, RetryPolicy, TxFailure, TxOp,
+};
+
+use crate::update;
+
+fn open_tx_db(dir: &std::path::Path) -> Db {
+    let retry = RetryPolicy {
+        max_attempts: 200,
+        ..RetryPolicy::default()
+    };
+    Db::open(
+        dir,
+        Options {
+            retry,
+            durability: Durability::Immediate,
+            ..Options::default()
+        },
+    )
+    .unwrap()
+}
+
+const ACCOUNTS: usize = 20;
+const OPENING_BALANCE: i64 = 1000;
+
+fn balance(doc: &Option<truce::Document>) -> i64 {
+    doc.as_ref().and_then(|d| d.body["balance"].as_i64()).unwrap_or(0)
+}
+
+#[test]
+fn bank_transfers_keep_the_total_in_every_snapshot_and_lose_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_tx_db(dir.path());
+    let ops = (0..ACCOUNTS)
+        .map(|i| TxOp::Put {
+            collection: "accounts".into(),
+            id: format!("a{i}"),
+            body: json!({"balance": OPENING_BALANCE}),
+            expect: Expect::Absent,
+        })
+        .collect();
+    db.batch(ops, None).unwrap().unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let committed = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let transfers: Vec<_> = (0..8)
+        .map(|t| {
+            let (db, stop, committed) = (db.clone(), Arc::clone(&stop), Arc::clone(&committed));
+            thread::spawn(move || {
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    let from = format!("a{}", (n as usize * 7 + t) % ACCOUNTS);
+                    let to = format!("a{}", (n as usize * 13 + t * 3 + 1) % ACCOUNTS);
+                    if from == to {
+                        continue;
+                    }
+                    let amount = (n % 50 + 1) as i64;
+                    db.transaction(|tx| {
+                        let a = balance(&tx.get("accounts", &from)?);
+                        let b = balance(&tx.get("accounts", &to)?);
+                        tx.put("accounts", &from, json!({"balance": a - amount}), Expect::Exists)?;
+                        tx.put("accounts", &to, json!({"balance": b + amount}), Expect::Exists)?;
+                        Ok(())
+                    })
+                    .unwrap();
+                    committed.lock().unwrap().push((from, to, amount));
+                }
+            })
+        })
+        .collect();
+    let snapshots = Arc::new(AtomicU64::new(0));
+    let reader = {
+        let (db, stop, snapshots) = (db.clone(), Arc::clone(&stop), Arc::clone(&snapshots));
+        thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let mut tx = db.begin().unwrap();
+                let total: i64 = (0..ACCOUNTS)
+                    .map(|i| balance(&tx.get("accounts", &format!("a{i}")).unwrap()))
+                    .sum();
+                assert_eq!(
+                    total,
+                    OPENING_BALANCE * ACCOUNTS as i64,
+                    "a snapshot saw money appear or vanish"
+                );
+                assert!(
+                    tx.commit().unwrap().is_ok(),
+                    "read-only transactions never conflict"
+                );
+                snapshots.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    thread::sleep(Duration::from_secs(3));
+    stop.store(true, Ordering::Relaxed);
+    transfers.into_iter().for_each(|t| t.join().unwrap());
+    reader.join().unwrap();
+
+    let mut expected = [OPENING_BALANCE; ACCOUNTS];
+    let committed = committed.lock().unwrap();
+    for (from, to, amount) in committed.iter() {
+        expected[from[1..].parse::<usize>().unwrap()] -= amount;
+        expected[to[1..].parse::<usize>().unwrap()] += amount;
+    }
+    let accounts = db.collection("accounts").unwrap();
+    for (i, want) in expected.iter().enumerate() {
+        assert_eq!(
+            balance(&accounts.get(&format!("a{i}")).unwrap()),
+            *want,
+            "account a{i}"
+        );
+    }
+    assert!(
+        committed.len() > 100,
+        "only {} transfers committed",
+        committed.len()
+    );
+    assert!(snapshots.load(Ordering::Relaxed) > 10);
+}
+
+#[test]
+fn write_skew_lets_exactly_one_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_tx_db(dir.path());
+    let doctors = db.collection("oncall").unwrap();
+    doctors
+        .put("alice", json!({"on": true}), Expect::Absent)
+        .unwrap()
+        .unwrap();
+    doctors
+        .put("bob", json!({"on": true}), Expect::Absent)
+        .unwrap()
+        .unwrap();
+    let mut t1 = db.begin().unwrap();
+    let mut t2 = db.begin().unwrap();
+    for tx in [&mut t1, &mut t2] {
+        assert!(tx.get("oncall", "alice").unwrap().is_some());
+        assert!(tx.get("oncall", "bob").unwrap().is_some());
+    }
+    t1.put("oncall", "alice", json!({"on": false}), Expect::Any)
+        .unwrap();
+    t2.put("oncall", "bob", json!({"on": false}), Expect::Any)
+        .unwrap();
+    assert!(t1.commit().unwrap().is_ok());
+    match t2.commit().unwrap() {
+        Err(TxFailure::ReadConflict {
+            collection,
+            what,
+            seq,
+        }) => {
+            assert_eq!(collection, "oncall");
+            assert_eq!(what, "document alice");
+            assert!(seq > 2);
+        }
+        other => panic!("expected a read conflict, got {other:?}"),
+    }
+    assert_eq!(doctors.get("bob").unwrap().unwrap().body["on"], true);
+}
+
+#[test]
+fn a_phantom_insert_into_a_read_range_conflicts() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_tx_db(dir.path());
+    let sessions = db.collection("sessions").unwrap();
+    sessions
+        .create_index(
+            "by_path",
+            IndexSpec {
+                fields: vec!["path".into()],
+                unique: false,
+            },
+        )
+        .unwrap();
+    crate::indexes::wait_ready(&sessions, "by_path");
+    let mut tx = db.begin().unwrap();
+    let q = Query {
+        index: Some("by_path".into()),
+        eq: vec![json!("/blog")],
+        ..Query::default()
+    };
+    assert!(tx.query("sessions", &q).unwrap().docs.is_empty());
+    // An insert outside the range does not disturb the transaction ...
+    sessions
+        .put("s0", json!({"path": "/about"}), Expect::Absent)
+        .unwrap()
+        .unwrap();
+    // ... one inside it does.
+    sessions
+        .put("s1", json!({"path": "/blog"}), Expect::Absent)
+        .unwrap()
+        .unwrap();
+    tx.put(
+        "sessions",
+        "s2",
+        json!({"path": "/blog", "first": true}),
+        Expect::Absent,
+    )
+    .unwrap();
+    match tx.commit().unwrap() {
+        Err(TxFailure::ReadConflict { what, .. }) => assert_eq!(what, "index by_path range"),
+        other => panic!("expected a read conflict, got {other:?}"),
+    }
+    let mut clean = db.begin().unwrap();
+    assert!(
+        clean
+            .query(
+                "sessions",
+                &Query {
+                    eq: vec![json!("/nowhere")],
+                    ..q
+                }
+            )
+            .unwrap()
+            .docs
+            .is_empty()
+    );
+    sessions
+        .put("s3", json!({"path": "/blog"}), Expect::Absent)
+        .unwrap()
+        .unwrap();
+    clean
+        .put("sessions", "s4", json!({"path": "/x"}), Expect::Absent)
+        .unwrap();
+    assert!(
+        clean.commit().unwrap().is_ok(),
+        "an insert elsewhere is no phantom"
+    );
+}
+
+#[test]
+fn reading_an_absent_document_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_tx_db(dir.path());
+    let mut tx = db.begin().unwrap();
+    assert!(tx.get("c", "ghost").unwrap().is_none());
+    db.collection("c")
+        .unwrap()
+        .put("ghost", json!({}), Expect::Absent)
+        .unwrap()
+        .unwrap();
+    tx.put("c", "other", json!({}), Expect::Absent).unwrap();
+    assert!(matches!(
+        tx.commit().unwrap(),
+        Err(TxFailure::ReadConflict { .. })
+    ));
+}
+
+#[test]
+fn own_writes_are_visible_and_fold() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_tx_db(dir.path());
+    let c = db.collection("c").unwrap();
+    c.put("x", json!({"n": 1}), Expect::Absent).unwrap().unwrap();
+    let mut tx = db.begin().unwrap();
+    tx.patch("c", "x", update(json!({"$inc": {"n": 10}})), Expect::Any)
+        .unwrap();
+    assert_eq!(tx.get("c", "x").unwrap().unwrap().body["n"], 11);
+    tx.patch("c", "x", update(json!({"$inc": {"n": 100}})), Expect::Any)
+        .unwrap();
+    tx.put("c", "y", json!({"m": 1}), Expect::Absent).unwrap();
+    assert_eq!(tx.get("c", "y").unwrap().unwrap().body["m"], 1);
+    tx.delete("c", "y", Expect::Any).unwrap();
+    assert!(tx.get("c", "y").unwrap().is_none());
+    let committed = tx.commit().unwrap().unwrap();
+    assert_eq!(c.get("x").unwrap().unwrap().body["n"], 111);
+    assert_eq!(committed.results.len(), 2);
+}
+
+#[test]
+fn blind_patches_in_transactions_never_conflict() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_tx_db(dir.path());
+    let c = db.collection("c").unwrap();
+    c.put("hot", json!({"n": 0}), Expect::Absent).unwrap().unwrap();
+    let mut tx = db.begin().unwrap();
+    tx.patch("c", "hot", update(json!({"$inc": {"n": 1}})), Expect::Any)
+        .unwrap();
+    c.patch("hot", update(json!({"$inc": {"n": 1}})), Expect::Any)
+        .unwrap()
+        .unwrap();
+    assert!(tx.commit().unwrap().is_ok());
+    assert_eq!(c.get("hot").unwrap().unwrap().body["n"], 2);
+}
+
+#[test]
+fn batches_are_all_or_nothing_and_name_every_failed_op() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_tx_db(dir.path());
+    let c = db.collection("accounts").unwrap();
+    c.put("a", json!({"balance": 10}), Expect::Absent)
+        .unwrap()
+        .unwrap();
+    c.put("e", json!({"balance": 10}), Expect::Absent)
+        .unwrap()
+        .unwrap();
+    let op = |id: &str, expect| TxOp::Put {
+        collection: "accounts".into(),
+        id: id.into(),
+        body: json!({}),
+        expect,
+    };
+    let failed = db
+        .batch(
+            vec![
+                TxOp::Check {
+                    collection: "accounts".into(),
+                    id: "a".into(),
+                    expect: Expect::Version(1),
+                },
+                op("b", Expect::Absent),
+                op("a2", Expect::Version(3)),
+                TxOp::Check {
+                    collection: "accounts".into(),
+                    id: "zz".into(),
+                    expect: Expect::Exists,
+                },
+                op("e", Expect::Absent),
+            ],
+            None,
+        )
+        .unwrap()
+        .unwrap_err();
+    let TxFailure::Conflicts(conflicts) = failed else {
+        panic!("expected op conflicts")
+    };
+    let got: Vec<(usize, ConflictReason)> = conflicts.iter().map(|c| (c.index, c.conflict.reason)).collect();
+    assert_eq!(
+        got,
+        vec![
+            (2, ConflictReason::NotFound),
+            (3, ConflictReason::NotFound),
+            (4, ConflictReason::AlreadyExists)
+        ]
+    );
+    assert_eq!(
+        conflicts[2].conflict.current.as_ref().unwrap().body["balance"],
+        10
+    );
+    assert!(
+        c.get("b").unwrap().is_none(),
+        "nothing of a failed batch is written"
+    );
+
+    let same_twice = db
+        .batch(
+            vec![
+                TxOp::Check {
+                    collection: "accounts".into(),
+                    id: "a".into(),
+                    expect: Expect::Version(1),
+                },
+                TxOp::Patch {
+                    collection: "accounts".into(),
+                    id: "a".into(),
+                    update: Arc::new(update(json!({"$inc": {"balance": -5}}))),
+                    expect: Expect::Any,
+                },
+            ],
+            None,
+        )
+        .unwrap_err();
+    assert_eq!(same_twice.code(), "invalid_transaction");
+
+    let transfer = db
+        .batch(
+            vec![
+                TxOp::Patch {
+                    collection: "accounts".into(),
+                    id: "a".into(),
+                    update: Arc::new(update(json!({"$inc": {"balance": -5}}))),
+                    expect: Expect::Version(1),
+                },
+                TxOp::Patch {
+                    collection: "accounts".into(),
+                    id: "b".into(),
+                    update: Arc::new(update(json!({"$inc": {"balance": 5}, "$upsert": true}))),
+                    expect: Expect::Any,
+                },
+            ],
+            None,
+        )
+        .unwrap()
+        .unwrap();
+    assert_eq!(transfer.results.len(), 2);
+    assert_eq!(c.get("a").unwrap().unwrap().body["balance"], 5);
+    assert_eq!(c.get("b").unwrap().unwrap().body["balance"], 5);
+    assert_eq!(
+        c.get("a").unwrap().unwrap().meta.seq,
+        c.get("b").unwrap().unwrap().meta.seq,
+        "one commit"
+    );
+}
+
+#[test]
+fn a_checks_only_batch_answers_whether_reads_are_current() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_tx_db(dir.path());
+    let c = db.collection("c").unwrap();
+    c.put("a", json!({}), Expect::Absent).unwrap().unwrap();
+    let check = |v| {
+        vec![TxOp::Check {
+            collection: "c".into(),
+            id: "a".into(),
+            expect: Expect::Version(v),
+        }]
+    };
+    let committed = db.batch(check(1), None).unwrap().unwrap();
+    assert_eq!(committed.results[0].as_ref().unwrap().doc.version(), 1);
+    assert!(db.batch(check(2), None).unwrap().is_err());
+}
+
+#[test]
+fn a_closure_that_always_conflicts_fails_naming_the_conflict() {
+    let dir = tempfile::tempdir().unwrap();
+    let retry = RetryPolicy {
+        max_attempts: 3,
+        ..RetryPolicy::default()
+    };
+    let db = Db::open(
+        dir.path(),
+        Options {
+            retry,
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    let c = db.collection("c").unwrap();
+    c.put("x", json!({"n": 0}), Expect::Absent).unwrap().unwrap();
+    let started = Instant::now();
+    let mut attempts = 0;
+    let err = db
+        .transaction(|tx| {
+            attempts += 1;
+            tx.get("c", "x")?;
+            c.patch("x", update(json!({"$inc": {"n": 1}})), Expect::Any)?
+                .unwrap();
+            tx.put("c", "y", json!({}), Expect::Any)
+        })
+        .unwrap_err();
+    assert_eq!(attempts, 3);
+    assert_eq!(err.code(), "transaction_failed");
+    assert!(err.to_string().contains("document x"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
