@@ -14,10 +14,10 @@ use crate::update::Update;
 use super::Db;
 use super::committer::{IndexProgress, read_document};
 use super::outcome::{Expect, WriteResult, Written};
-use super::pending::{PendingWrite, single_write};
+use super::pending::PendingWrite;
 use super::read::{durable_snapshot, run_query};
 use super::retry::RetryPolicy;
-use super::tx::{Commit, IdempotencyKey, PreparedOp, TxOp, doc_key};
+use super::tx::{TxOp, doc_key};
 
 /// A named collection of one database. Cheap to clone.
 #[derive(Clone)]
@@ -59,18 +59,7 @@ impl Collection {
     }
 
     fn submit(&self, op: TxOp, idempotency_key: Option<&str>) -> Result<PendingWrite> {
-        let op = PreparedOp::prepare(op)?;
-        let idempotency = idempotency_key
-            .map(|k| IdempotencyKey::new(k, std::slice::from_ref(&op)))
-            .transpose()?;
-        self.db.submit_commit_as(
-            Commit {
-                ops: vec![op],
-                reads: None,
-                idempotency,
-            },
-            single_write,
-        )
+        self.db.submit_write(op, idempotency_key)
     }
 
     fn put_op(&self, id: &str, body: Value, expect: Expect) -> TxOp {

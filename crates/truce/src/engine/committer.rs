@@ -5,7 +5,7 @@
 //! Hot path: `run_group` and `commit` run for every request; keep allocation and
 //! locking out of them.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -109,7 +109,12 @@ pub struct Shared {
     pub catalog: RwLock<Catalog>,
     /// How long idempotency keys are remembered, in ms.
     pub idempotency_retention_ms: u64,
+    /// Names of every collection that was ever written, as of the last durable group.
+    pub collections: RwLock<BTreeSet<String>>,
 }
+
+/// Meta-space prefix of the collection registry: `coll 0x00 name` → empty.
+pub const META_COLLECTION_PREFIX: &[u8] = b"coll\0";
 
 /// The committer's own state between groups.
 pub struct Committer {
@@ -117,6 +122,7 @@ pub struct Committer {
     last_seq: u64,
     last_ts_ms: u64,
     indexes: Catalog,
+    collections: BTreeSet<String>,
     recent: RecentWrites,
     last_maintenance: Instant,
 }
@@ -198,13 +204,28 @@ impl Committer {
             let def = IndexDef::from_json(&record::decode_json(&bytes)?)?;
             indexes.entry(def.collection.clone()).or_default().push(def);
         }
+        let end = index::keys::prefix_end(META_COLLECTION_PREFIX);
+        let names = storage.scan(
+            Space::Meta,
+            std::ops::Bound::Included(META_COLLECTION_PREFIX),
+            end.as_deref()
+                .map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded),
+            Direction::Forward,
+            usize::MAX,
+        )?;
+        let collections: BTreeSet<String> = names
+            .into_iter()
+            .map(|(key, _)| String::from_utf8_lossy(&key[META_COLLECTION_PREFIX.len()..]).into_owned())
+            .collect();
         shared.watermark.advance(last_seq);
         *shared.catalog.write().unwrap_or_else(|p| p.into_inner()) = indexes.clone();
+        *shared.collections.write().unwrap_or_else(|p| p.into_inner()) = collections.clone();
         Ok(Committer {
             shared,
             last_seq,
             last_ts_ms,
             indexes,
+            collections,
             recent: RecentWrites::new(last_seq),
             last_maintenance: Instant::now(),
         })
@@ -274,6 +295,15 @@ impl Committer {
         if stored.is_ok() && catalog_changed {
             *self.shared.catalog.write().unwrap_or_else(|p| p.into_inner()) = self.indexes.clone();
         }
+        let published = self
+            .shared
+            .collections
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .len();
+        if stored.is_ok() && published != self.collections.len() {
+            *self.shared.collections.write().unwrap_or_else(|p| p.into_inner()) = self.collections.clone();
+        }
         answers.into_iter().for_each(|answer| answer.deliver(&stored));
         self.recent.trim();
     }
@@ -330,6 +360,12 @@ impl Committer {
             let mut written = Vec::with_capacity(states.len() * 2);
             for (index, state) in states {
                 let op = &commit.ops[index];
+                if !self.collections.contains(&*op.collection) {
+                    self.collections.insert(op.collection.to_string());
+                    let mut key = META_COLLECTION_PREFIX.to_vec();
+                    key.extend_from_slice(op.collection.as_bytes());
+                    group.put(Space::Meta, key, Some(Vec::new()));
+                }
                 let indexes = self.indexes.get(&*op.collection).map_or(&[][..], Vec::as_slice);
                 group.apply(&op.collection, op.key.clone(), state, indexes, &mut written);
             }

@@ -115,6 +115,7 @@ impl Db {
             watermark: Default::default(),
             catalog: RwLock::default(),
             idempotency_retention_ms: options.idempotency_retention.as_millis() as u64,
+            collections: RwLock::default(),
         });
         let committer = Committer::recover(Arc::clone(&shared))?;
         let (queue, receiver) = mpsc::sync_channel(options.queue_capacity);
@@ -139,6 +140,17 @@ impl Db {
     pub fn collection(&self, name: &str) -> Result<Collection> {
         doc::validate_collection_name(name)?;
         Ok(Collection::new(self.clone(), name))
+    }
+
+    /// The names of every collection that has ever been written, in order.
+    pub fn collections(&self) -> Vec<String> {
+        self.shared()
+            .collections
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect()
     }
 
     /// The highest commit sequence number that is durable.
@@ -230,6 +242,33 @@ impl Db {
             reads: None,
             idempotency,
         })
+    }
+
+    /// Queues one write (a `put`, `patch` or `delete` op), optionally guarded by
+    /// an idempotency key; the answer is that write's result.
+    pub fn submit_write(&self, op: TxOp, idempotency_key: Option<&str>) -> Result<PendingWrite> {
+        let op = tx::PreparedOp::prepare(op)?;
+        if op.write.is_none() {
+            return Err(Error::InvalidTransaction(
+                "a single write cannot be a check".into(),
+            ));
+        }
+        let idempotency = idempotency_key
+            .map(|k| IdempotencyKey::new(k, std::slice::from_ref(&op)))
+            .transpose()?;
+        self.submit_commit_as(
+            Commit {
+                ops: vec![op],
+                reads: None,
+                idempotency,
+            },
+            pending::single_write,
+        )
+    }
+
+    /// `Ok` while the database accepts writes; the sticky failure otherwise.
+    pub fn health(&self) -> Result<()> {
+        self.inner.shared.watermark.check()
     }
 
     /// [`submit_batch`](Self::submit_batch) and wait for the answer.

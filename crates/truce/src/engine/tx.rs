@@ -178,13 +178,17 @@ pub fn prepare_all(ops: Vec<TxOp>) -> Result<Vec<PreparedOp>> {
     Ok(prepared)
 }
 
-/// The batch-level rules: no document twice, bytes within the limit.
+/// The batch-level rules: each document written at most once and checked at
+/// most once (a `check` and a write of the same document is how API.md guards a
+/// write by a version read elsewhere), bytes within the limit. Every op sees the
+/// state before the transaction.
 pub fn check_batch(ops: &[PreparedOp]) -> Result<()> {
     let mut seen = HashSet::with_capacity(ops.len());
     for op in ops {
-        if !seen.insert(op.key.as_slice()) {
+        if !seen.insert((op.key.as_slice(), op.write.is_some())) {
+            let what = if op.write.is_some() { "written" } else { "checked" };
             return Err(Error::InvalidTransaction(format!(
-                "document {}/{} appears twice; one transaction names each document once",
+                "document {}/{} is {what} twice; one transaction writes (and checks) each document once",
                 op.collection, op.id
             )));
         }

@@ -172,3 +172,30 @@ fn a_subscriber_starting_mid_stream_sees_every_commit_once_in_order() {
         );
     }
 }
+
+#[test]
+fn collections_are_listed_once_written_also_after_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = open(dir.path());
+        assert!(db.collections().is_empty());
+        db.collection("zeta")
+            .unwrap()
+            .put("a", json!({}), Expect::Absent)
+            .unwrap()
+            .unwrap();
+        db.collection("alpha")
+            .unwrap()
+            .put("a", json!({}), Expect::Absent)
+            .unwrap()
+            .unwrap();
+        // A conflict writes nothing and registers nothing.
+        db.collection("never")
+            .unwrap()
+            .delete("a", Expect::Any)
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(db.collections(), ["alpha", "zeta"]);
+    }
+    assert_eq!(open(dir.path()).collections(), ["alpha", "zeta"]);
+}

@@ -350,14 +350,10 @@ fn batches_are_all_or_nothing_and_name_every_failed_op() {
         "nothing of a failed batch is written"
     );
 
-    let same_twice = db
+    let written_twice = db
         .batch(
             vec![
-                TxOp::Check {
-                    collection: "accounts".into(),
-                    id: "a".into(),
-                    expect: Expect::Version(1),
-                },
+                op("a", Expect::Any),
                 TxOp::Patch {
                     collection: "accounts".into(),
                     id: "a".into(),
@@ -368,7 +364,42 @@ fn batches_are_all_or_nothing_and_name_every_failed_op() {
             None,
         )
         .unwrap_err();
-    assert_eq!(same_twice.code(), "invalid_transaction");
+    assert_eq!(written_twice.code(), "invalid_transaction");
+
+    // API.md's own example: a check of a version read elsewhere guards a patch
+    // of the same document; both see the state before the transaction.
+    let guarded = |version| {
+        vec![
+            TxOp::Check {
+                collection: "accounts".into(),
+                id: "a".into(),
+                expect: Expect::Version(version),
+            },
+            TxOp::Patch {
+                collection: "accounts".into(),
+                id: "a".into(),
+                update: Arc::new(update(json!({"$inc": {"balance": 1}}))),
+                expect: Expect::Any,
+            },
+        ]
+    };
+    let ok = db.batch(guarded(1), None).unwrap().unwrap();
+    assert_eq!(
+        ok.results[0].as_ref().unwrap().doc.version(),
+        1,
+        "the check saw the state before"
+    );
+    assert_eq!(ok.results[1].as_ref().unwrap().doc.version(), 2);
+    let stale = db.batch(guarded(1), None).unwrap().unwrap_err();
+    assert!(
+        matches!(stale, TxFailure::Conflicts(ref c) if c[0].conflict.reason == ConflictReason::VersionMismatch)
+    );
+    db.batch(vec![op("a", Expect::Version(2))], None)
+        .unwrap()
+        .unwrap(); // back to 10 for what follows
+    c.put("a", json!({"balance": 10}), Expect::Version(3))
+        .unwrap()
+        .unwrap();
 
     let transfer = db
         .batch(
@@ -377,7 +408,7 @@ fn batches_are_all_or_nothing_and_name_every_failed_op() {
                     collection: "accounts".into(),
                     id: "a".into(),
                     update: Arc::new(update(json!({"$inc": {"balance": -5}}))),
-                    expect: Expect::Version(1),
+                    expect: Expect::Version(4),
                 },
                 TxOp::Patch {
                     collection: "accounts".into(),
@@ -391,7 +422,7 @@ fn batches_are_all_or_nothing_and_name_every_failed_op() {
         .unwrap()
         .unwrap();
     assert_eq!(transfer.results.len(), 2);
-    assert_eq!(c.get("a").unwrap().unwrap().body["balance"], 5);
+    assert_eq!(c.get("a").unwrap().unwrap().body["balance"], 5, "10 - 5");
     assert_eq!(c.get("b").unwrap().unwrap().body["balance"], 5);
     assert_eq!(
         c.get("a").unwrap().unwrap().meta.seq,

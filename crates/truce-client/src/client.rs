@@ -1,0 +1,242 @@
+//! The [`Client`] handle and its builder: base URL, API key, source label,
+//! retry policy and timeouts. The calls themselves live in one module per
+//! concept (`documents`, `query`, `tx`, `changes`, `ops`, `update`).
+
+use std::time::Duration;
+
+use reqwest::Url;
+use reqwest::header::HeaderValue;
+
+use crate::error::ClientError;
+use crate::retry::RetryPolicy;
+
+/// The `Truce-Source` label sent when none is configured.
+pub const SOURCE_DEFAULT: &str = "truce-client";
+/// The longest `Truce-Source` label the server accepts, in characters.
+pub const SOURCE_LEN_MAX: usize = 64;
+/// How long one attempt may take by default, from sending to the end of the answer.
+const REQUEST_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
+/// How long connecting may take by default.
+const CONNECT_TIMEOUT_DEFAULT: Duration = Duration::from_secs(5);
+
+/// A handle on one Truce server. Cheap to clone: clones share the connection pool.
+///
+/// Every call sends `Truce-Source` (the label of the calling function) and
+/// `Truce-Attempt: n/max`, and retries as its [`RetryPolicy`] says; see the
+/// crate README for which calls retry and why that is safe.
+#[derive(Debug, Clone)]
+pub struct Client {
+    pub(crate) http: reqwest::Client,
+    pub(crate) base: Url,
+    pub(crate) api_key: Option<HeaderValue>,
+    pub(crate) source: HeaderValue,
+    pub(crate) policy: RetryPolicy,
+    pub(crate) timeout: Duration,
+}
+
+/// Options of a [`Client`]; see [`Client::builder`].
+#[derive(Debug, Clone)]
+pub struct ClientBuilder {
+    base_url: String,
+    api_key: Option<String>,
+    source: String,
+    policy: RetryPolicy,
+    timeout: Duration,
+    connect_timeout: Duration,
+}
+
+impl Client {
+    /// A client of the server at `base_url` (e.g. `http://127.0.0.1:7070`) with
+    /// default options.
+    pub fn new(base_url: &str) -> Result<Client, ClientError> {
+        Client::builder(base_url).build()
+    }
+
+    /// A builder for a client of the server at `base_url`.
+    pub fn builder(base_url: &str) -> ClientBuilder {
+        ClientBuilder {
+            base_url: base_url.to_string(),
+            api_key: None,
+            source: SOURCE_DEFAULT.to_string(),
+            policy: RetryPolicy::default(),
+            timeout: REQUEST_TIMEOUT_DEFAULT,
+            connect_timeout: CONNECT_TIMEOUT_DEFAULT,
+        }
+    }
+
+    /// The same client, sending `label` as `Truce-Source` (conflicts and retries
+    /// are counted under it on the server). Name the function making the calls.
+    pub fn with_source(&self, label: &str) -> Result<Client, ClientError> {
+        Ok(Client {
+            source: source_header(label)?,
+            ..self.clone()
+        })
+    }
+
+    /// The same client with another retry policy.
+    pub fn with_retry_policy(&self, policy: RetryPolicy) -> Client {
+        Client {
+            policy,
+            ..self.clone()
+        }
+    }
+
+    /// The `Truce-Source` label this client sends.
+    pub fn source(&self) -> &str {
+        // Built from a checked printable-ASCII string, so always text.
+        self.source.to_str().unwrap_or(SOURCE_DEFAULT)
+    }
+
+    /// The retry policy of this client.
+    pub fn retry_policy(&self) -> RetryPolicy {
+        self.policy
+    }
+
+    /// The URL of `segments` under the base URL, each segment percent-encoded
+    /// (so ids may hold `/`, `?`, `#`, spaces and any UTF-8).
+    pub(crate) fn url(&self, segments: &[&str]) -> Url {
+        let mut url = self.base.clone();
+        if let Ok(mut path) = url.path_segments_mut() {
+            path.pop_if_empty().extend(segments);
+        }
+        url
+    }
+}
+
+impl ClientBuilder {
+    /// Sends `Authorization: Bearer <key>` on every call.
+    pub fn api_key(mut self, key: &str) -> ClientBuilder {
+        self.api_key = Some(key.to_string());
+        self
+    }
+
+    /// The `Truce-Source` label (1–64 printable ASCII characters); default
+    /// [`SOURCE_DEFAULT`].
+    pub fn source(mut self, label: &str) -> ClientBuilder {
+        self.source = label.to_string();
+        self
+    }
+
+    /// The retry policy; default [`RetryPolicy::default`].
+    pub fn retry_policy(mut self, policy: RetryPolicy) -> ClientBuilder {
+        self.policy = policy;
+        self
+    }
+
+    /// How long one attempt may take (a long poll adds its own wait); default 30 s.
+    pub fn timeout(mut self, timeout: Duration) -> ClientBuilder {
+        self.timeout = timeout;
+        self
+    }
+
+    /// How long connecting may take; default 5 s.
+    pub fn connect_timeout(mut self, timeout: Duration) -> ClientBuilder {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Checks the options and builds the client.
+    pub fn build(self) -> Result<Client, ClientError> {
+        let base = Url::parse(&self.base_url)
+            .map_err(|e| ClientError::InvalidArgument(format!("base URL {:?}: {e}", self.base_url)))?;
+        if !matches!(base.scheme(), "http" | "https") || base.cannot_be_a_base() {
+            return Err(ClientError::InvalidArgument(format!(
+                "base URL {:?} is not an http URL",
+                self.base_url
+            )));
+        }
+        if base.query().is_some() || base.fragment().is_some() {
+            return Err(ClientError::InvalidArgument(format!(
+                "base URL {:?} may not have a query or fragment",
+                self.base_url
+            )));
+        }
+        let api_key = match self.api_key {
+            Some(key) => {
+                let mut value = HeaderValue::from_str(&format!("Bearer {key}"))
+                    .map_err(|_| ClientError::InvalidArgument("the API key is not header text".into()))?;
+                value.set_sensitive(true);
+                Some(value)
+            }
+            None => None,
+        };
+        let http = reqwest::Client::builder()
+            .connect_timeout(self.connect_timeout)
+            .build()
+            .map_err(|e| ClientError::InvalidArgument(format!("HTTP client: {e}")))?;
+        Ok(Client {
+            http,
+            base,
+            api_key,
+            source: source_header(&self.source)?,
+            policy: self.policy,
+            timeout: self.timeout,
+        })
+    }
+}
+
+/// A checked `Truce-Source` value: 1–64 printable ASCII characters.
+fn source_header(label: &str) -> Result<HeaderValue, ClientError> {
+    let printable = label.bytes().all(|b| (0x20..=0x7e).contains(&b));
+    if label.is_empty() || label.len() > SOURCE_LEN_MAX || !printable {
+        return Err(ClientError::InvalidArgument(format!(
+            "source label {label:?} must be 1–{SOURCE_LEN_MAX} printable ASCII characters"
+        )));
+    }
+    HeaderValue::from_str(label).map_err(|_| ClientError::InvalidArgument(format!("source label {label:?}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_encode_each_segment_and_keep_a_path_prefix() {
+        let client = Client::new("http://127.0.0.1:7070").expect("valid");
+        assert_eq!(
+            client.url(&["v1", "c", "users", "a/b c?#é"]).as_str(),
+            "http://127.0.0.1:7070/v1/c/users/a%2Fb%20c%3F%23%C3%A9"
+        );
+        let prefixed = Client::new("http://host/truce/").expect("valid");
+        assert_eq!(prefixed.url(&["healthz"]).as_str(), "http://host/truce/healthz");
+        let no_slash = Client::new("http://host/truce").expect("valid");
+        assert_eq!(no_slash.url(&["v1", "tx"]).as_str(), "http://host/truce/v1/tx");
+    }
+
+    #[test]
+    fn bad_base_urls_are_refused() {
+        for url in [
+            "",
+            "127.0.0.1:7070",
+            "mailto:a@b",
+            "ftp://host",
+            "http://host/?q=1",
+        ] {
+            assert!(
+                matches!(Client::new(url), Err(ClientError::InvalidArgument(_))),
+                "{url}"
+            );
+        }
+    }
+
+    #[test]
+    fn source_labels_are_checked() {
+        let client = Client::new("http://h").expect("valid");
+        assert_eq!(client.source(), SOURCE_DEFAULT);
+        assert_eq!(
+            client.with_source("stats:heartbeat").expect("valid").source(),
+            "stats:heartbeat"
+        );
+        for bad in ["", "tab\there", "é", &"x".repeat(SOURCE_LEN_MAX + 1)] {
+            assert!(client.with_source(bad).is_err(), "{bad:?}");
+        }
+        assert!(client.with_source(&"x".repeat(SOURCE_LEN_MAX)).is_ok());
+        assert!(Client::builder("http://h").source("").build().is_err());
+    }
+
+    #[test]
+    fn api_keys_must_be_header_text() {
+        assert!(Client::builder("http://h").api_key("k-123").build().is_ok());
+        assert!(Client::builder("http://h").api_key("bad\nkey").build().is_err());
+    }
+}

@@ -1,0 +1,133 @@
+//! Single-document calls: `GET`, `PUT`, `PATCH` and `DELETE` of
+//! `/v1/c/{coll}/{id}`.
+
+use reqwest::Method;
+use serde_json::{Map, Value};
+
+use crate::answer::{WriteResult, write_outcome};
+use crate::client::Client;
+use crate::conflict::{ErrorBody, http_error};
+use crate::document::Document;
+use crate::error::ClientError;
+use crate::precondition::{DeletePrecondition, Precondition, WriteKind};
+use crate::transport::{Call, decode};
+
+/// The answer to a conditional read ([`Client::get_if_none_match`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Fetched {
+    /// The document, at a revision other than the one given.
+    Found(Document),
+    /// The document is still at the revision given (304).
+    NotModified,
+    /// No such document, or it is deleted (404).
+    NotFound,
+}
+
+impl Client {
+    /// Reads a document; `None` when it is absent or deleted.
+    pub async fn get(&self, coll: &str, id: &str) -> Result<Option<Document>, ClientError> {
+        match self.fetch(coll, id, None).await? {
+            Fetched::Found(doc) => Ok(Some(doc)),
+            Fetched::NotFound => Ok(None),
+            Fetched::NotModified => Err(ClientError::decode("a GET", "304 without If-None-Match")),
+        }
+    }
+
+    /// Reads a document unless it is still at revision `rev` (`If-None-Match`).
+    pub async fn get_if_none_match(&self, coll: &str, id: &str, rev: &str) -> Result<Fetched, ClientError> {
+        self.fetch(coll, id, Some(rev)).await
+    }
+
+    async fn fetch(&self, coll: &str, id: &str, if_none_match: Option<&str>) -> Result<Fetched, ClientError> {
+        let mut call = Call::get(self.url(&["v1", "c", coll, id]));
+        if let Some(rev) = if_none_match {
+            call = call.header("If-None-Match", format!("\"{rev}\""));
+        }
+        let answer = self.execute(&call).await?;
+        match answer.status {
+            200 => decode(&answer.body, "a document").map(Fetched::Found),
+            304 => Ok(Fetched::NotModified),
+            404 if ErrorBody::parse(&answer.body).is_some_and(|b| b.code == "not_found") => {
+                Ok(Fetched::NotFound)
+            }
+            status => Err(http_error(status, &answer.body)),
+        }
+    }
+
+    /// Writes the full content of a document (`PUT`), if `precondition` holds.
+    ///
+    /// `body` must be a JSON object of user fields; a `_version` / `_rev` in it is
+    /// replaced by `precondition`.
+    pub async fn put(
+        &self,
+        coll: &str,
+        id: &str,
+        body: Value,
+        precondition: Precondition,
+    ) -> Result<WriteResult, ClientError> {
+        self.write_with(Method::PUT, WriteKind::Put, coll, id, body, &precondition)
+            .await
+    }
+
+    /// Applies update operators to a document (`PATCH`), if `precondition` holds.
+    ///
+    /// `update` holds operators (`$set`, `$inc`, …) and control keys (`$upsert`,
+    /// `$if`, `$else`). [`Precondition::Any`] sends none: operators apply to whatever
+    /// is there. A skipped update answers `Ok(Ok(answer))` with `answer.skipped`.
+    pub async fn patch(
+        &self,
+        coll: &str,
+        id: &str,
+        update: Value,
+        precondition: Precondition,
+    ) -> Result<WriteResult, ClientError> {
+        self.write_with(Method::PATCH, WriteKind::Patch, coll, id, update, &precondition)
+            .await
+    }
+
+    async fn write_with(
+        &self,
+        method: Method,
+        kind: WriteKind,
+        coll: &str,
+        id: &str,
+        body: Value,
+        precondition: &Precondition,
+    ) -> Result<WriteResult, ClientError> {
+        let mut body = object(body)?;
+        let header = precondition.apply(kind, &mut body);
+        let mut call = Call::write(
+            method,
+            self.url(&["v1", "c", coll, id]),
+            Some(Value::Object(body)),
+        );
+        if let Some((name, value)) = header {
+            call = call.header(name, value);
+        }
+        write_outcome(&self.execute(&call).await?)
+    }
+
+    /// Deletes a document if `precondition` holds; the answer's `doc` is the
+    /// tombstone. An absent document is a conflict with reason `not_found`.
+    pub async fn delete(
+        &self,
+        coll: &str,
+        id: &str,
+        precondition: DeletePrecondition,
+    ) -> Result<WriteResult, ClientError> {
+        let mut url = self.url(&["v1", "c", coll, id]);
+        let (name, value) = precondition.query_pair();
+        url.query_pairs_mut().append_pair(name, &value);
+        write_outcome(&self.execute(&Call::write(Method::DELETE, url, None)).await?)
+    }
+}
+
+/// The body as a JSON object, or an argument error.
+pub(crate) fn object(value: Value) -> Result<Map<String, Value>, ClientError> {
+    match value {
+        Value::Object(map) => Ok(map),
+        other => Err(ClientError::InvalidArgument(format!(
+            "a document or update is a JSON object, not {other}"
+        ))),
+    }
+}

@@ -1,0 +1,128 @@
+//! The client's one error type: failures, as opposed to conflicts (which are
+//! values, see [`Conflict`](crate::Conflict)).
+
+use crate::conflict::Conflict;
+
+/// The `code` of an HTTP error whose body did not carry one (a proxy's page,
+/// an empty body).
+pub const UNKNOWN_CODE: &str = "unknown";
+
+/// Everything that can make a call fail.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The server answered with an error status. `code` is its stable error code
+    /// (`invalid_document`, `precondition_required`, `overloaded`, …), or
+    /// [`UNKNOWN_CODE`] when the body did not carry one.
+    #[error("HTTP {status} {code}: {message}")]
+    Http {
+        /// The HTTP status.
+        status: u16,
+        /// The server's stable error code.
+        code: String,
+        /// The server's human-readable message.
+        message: String,
+    },
+    /// The request did not get an answer: connection refused or reset, timeout.
+    #[error("no answer after {attempts} attempt(s): {source}")]
+    Transport {
+        /// How many attempts were made.
+        attempts: u32,
+        /// The last transport failure.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The server's answer did not have the expected shape.
+    #[error("unexpected answer to {what}: {message}")]
+    Decode {
+        /// What was being decoded.
+        what: String,
+        /// Why it did not decode.
+        message: String,
+    },
+    /// An argument cannot be sent (bad URL, a header value that is not text, a
+    /// precondition a transaction op cannot express, a body that is not an object).
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// [`Client::update_with_retry`](crate::Client::update_with_retry) gave up: the
+    /// write kept conflicting (or met a conflict a fresh read cannot fix).
+    #[error("gave up after {attempts} attempt(s), last conflict: {last}")]
+    Conflicted {
+        /// How many read-modify-write rounds were made.
+        attempts: u32,
+        /// The last conflict, with the document as it was then.
+        last: Box<Conflict>,
+    },
+}
+
+impl ClientError {
+    /// A stable code for every error: the server's code for [`ClientError::Http`],
+    /// else `transport`, `decode`, `invalid_argument` or `conflict`.
+    pub fn code(&self) -> &str {
+        match self {
+            ClientError::Http { code, .. } => code,
+            ClientError::Transport { .. } => "transport",
+            ClientError::Decode { .. } => "decode",
+            ClientError::InvalidArgument(_) => "invalid_argument",
+            ClientError::Conflicted { .. } => "conflict",
+        }
+    }
+
+    /// The HTTP status, for errors the server answered.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Http { status, .. } => Some(*status),
+            ClientError::Conflicted { .. } => Some(409),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn decode(what: impl Into<String>, message: impl std::fmt::Display) -> ClientError {
+        ClientError::Decode {
+            what: what.into(),
+            message: message.to_string(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ConflictReason;
+
+    #[test]
+    fn every_variant_has_a_code_and_a_message() {
+        let http = ClientError::Http {
+            status: 428,
+            code: "precondition_required".into(),
+            message: "m".into(),
+        };
+        assert_eq!(http.code(), "precondition_required");
+        assert_eq!(http.status(), Some(428));
+        assert_eq!(http.to_string(), "HTTP 428 precondition_required: m");
+
+        let decode = ClientError::decode("a write answer", "missing field `rev`");
+        assert_eq!(decode.code(), "decode");
+        assert!(decode.to_string().contains("a write answer"));
+
+        assert_eq!(
+            ClientError::InvalidArgument("x".into()).code(),
+            "invalid_argument"
+        );
+
+        let conflicted = ClientError::Conflicted {
+            attempts: 3,
+            last: Box::new(Conflict {
+                reason: ConflictReason::VersionMismatch,
+                current: None,
+                message: "stale".into(),
+            }),
+        };
+        assert_eq!(conflicted.code(), "conflict");
+        assert_eq!(conflicted.status(), Some(409));
+        assert!(
+            conflicted.to_string().contains("version_mismatch"),
+            "{conflicted}"
+        );
+    }
+}

@@ -1,0 +1,406 @@
+//! The client's behaviour on the wire, against a scripted server: attempt and
+//! source headers, idempotency keys reused across retries, Retry-After, which
+//! answers are retried and which are returned, preconditions as sent.
+
+mod mock;
+
+use std::time::{Duration, Instant};
+
+use mock::{Reply, doc, serve, written};
+use serde_json::json;
+use truce_client::{
+    ChangesOptions, Client, ClientError, ConflictReason, DeletePrecondition, Fetched, Precondition,
+    RetryPolicy, Transaction,
+};
+
+fn client(base: &str, attempts: u32) -> Client {
+    Client::builder(base)
+        .source("wireTest")
+        .api_key("k-1")
+        .retry_policy(RetryPolicy::new(
+            attempts,
+            Duration::from_millis(1),
+            Duration::from_millis(20),
+        ))
+        .build()
+        .expect("client")
+}
+
+#[tokio::test]
+async fn a_write_is_retried_on_503_and_429_under_one_idempotency_key() {
+    let (base, log) = serve(vec![
+        Reply::Json(
+            503,
+            vec![("retry-after", "0")],
+            json!({"error": "unavailable", "message": "m"}),
+        ),
+        Reply::Json(
+            429,
+            vec![("retry-after", "0")],
+            json!({"error": "overloaded", "message": "m"}),
+        ),
+        Reply::Json(201, vec![], written("a", 1, true, json!({"n": 1}))),
+    ])
+    .await;
+    let answer = client(&base, 3)
+        .put("users", "a", json!({"n": 1}), Precondition::Absent)
+        .await;
+    let written = answer.expect("no error").expect("no conflict");
+    assert!(written.created);
+
+    let log = log.lock().expect("log").clone();
+    assert_eq!(log.len(), 3);
+    let attempts: Vec<_> = log
+        .iter()
+        .map(|r| r.header("truce-attempt").unwrap_or(""))
+        .collect();
+    assert_eq!(attempts, ["1/3", "2/3", "3/3"]);
+    let key = log[0].header("idempotency-key").expect("a key");
+    assert_eq!(key.len(), 32);
+    assert!(
+        log.iter().all(|r| r.header("idempotency-key") == Some(key)),
+        "one key for every attempt"
+    );
+    for request in &log {
+        assert_eq!(
+            (request.method.as_str(), request.target.as_str()),
+            ("PUT", "/v1/c/users/a")
+        );
+        assert_eq!(request.header("truce-source"), Some("wireTest"));
+        assert_eq!(request.header("authorization"), Some("Bearer k-1"));
+        assert_eq!(request.json(), json!({"n": 1, "_version": 0}));
+    }
+}
+
+#[tokio::test]
+async fn each_logical_write_gets_its_own_key() {
+    let (base, log) = serve(vec![
+        Reply::Json(200, vec![], written("a", 2, false, json!({}))),
+        Reply::Json(200, vec![], written("a", 3, false, json!({}))),
+    ])
+    .await;
+    let client = client(&base, 3);
+    for _ in 0..2 {
+        client
+            .patch("c", "a", json!({"$inc": {"n": 1}}), Precondition::Any)
+            .await
+            .expect("ok")
+            .expect("written");
+    }
+    let log = log.lock().expect("log").clone();
+    assert_ne!(log[0].header("idempotency-key"), log[1].header("idempotency-key"));
+    assert_eq!(
+        log[0].json(),
+        json!({"$inc": {"n": 1}}),
+        "PATCH with Any sends no precondition"
+    );
+    assert_eq!(log[0].header("if-match"), None);
+}
+
+#[tokio::test]
+async fn retry_after_is_honoured_up_to_max_delay() {
+    let (base, _log) = serve(vec![
+        Reply::Json(
+            503,
+            vec![("retry-after", "1")],
+            json!({"error": "index_building", "message": "m"}),
+        ),
+        Reply::Json(200, vec![], json!({"collections": ["a", "b"]})),
+    ])
+    .await;
+    let patient = Client::builder(&base)
+        .retry_policy(RetryPolicy::new(
+            2,
+            Duration::from_millis(1),
+            Duration::from_secs(5),
+        ))
+        .build()
+        .expect("client");
+    let started = Instant::now();
+    assert_eq!(patient.list_collections().await.expect("ok"), ["a", "b"]);
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "waited {:?}",
+        started.elapsed()
+    );
+
+    let (base, _log) = serve(vec![
+        Reply::Json(
+            503,
+            vec![("retry-after", "30")],
+            json!({"error": "unavailable", "message": "m"}),
+        ),
+        Reply::Json(200, vec![], json!({"collections": []})),
+    ])
+    .await;
+    let started = Instant::now();
+    client(&base, 2).list_collections().await.expect("ok");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "max_delay caps Retry-After: {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_dropped_connection_is_retried_and_reads_carry_no_key() {
+    let (base, log) = serve(vec![
+        Reply::Drop,
+        Reply::Json(200, vec![], doc("a b/c", 4, json!({"x": 1}))),
+    ])
+    .await;
+    let found = client(&base, 4)
+        .get("users", "a b/c")
+        .await
+        .expect("ok")
+        .expect("found");
+    assert_eq!(
+        (found.id.as_str(), found.version, found.get("x")),
+        ("a b/c", 4, Some(&json!(1)))
+    );
+    let log = log.lock().expect("log").clone();
+    assert_eq!(log.len(), 2);
+    assert_eq!(log[1].target, "/v1/c/users/a%20b%2Fc");
+    assert_eq!(log[0].header("truce-attempt"), Some("1/4"));
+    assert_eq!(log[1].header("truce-attempt"), Some("2/4"));
+    assert!(log.iter().all(|r| r.header("idempotency-key").is_none()));
+}
+
+#[tokio::test]
+async fn a_conflict_is_an_answer_and_is_not_retried() {
+    let (base, log) = serve(vec![Reply::Json(
+        409,
+        vec![],
+        json!({"error": "conflict", "reason": "version_mismatch", "message": "m", "current": doc("a", 2, json!({}))}),
+    )])
+    .await;
+    let outcome = client(&base, 5)
+        .put("c", "a", json!({"n": 1}), Precondition::Version(1))
+        .await
+        .expect("no error");
+    let conflict = outcome.expect_err("a conflict");
+    assert_eq!(conflict.reason, ConflictReason::VersionMismatch);
+    assert_eq!(conflict.current.map(|d| d.version), Some(2));
+    let log = log.lock().expect("log").clone();
+    assert_eq!(log.len(), 1);
+    assert_eq!(log[0].json(), json!({"n": 1, "_version": 1}));
+}
+
+#[tokio::test]
+async fn giving_up_on_503_returns_the_servers_error() {
+    let unavailable = || {
+        Reply::Json(
+            503,
+            vec![("retry-after", "0")],
+            json!({"error": "unavailable", "message": "m"}),
+        )
+    };
+    let (base, log) = serve(vec![unavailable(), unavailable(), unavailable()]).await;
+    let error = client(&base, 3).get("c", "a").await.expect_err("an error");
+    assert_eq!((error.status(), error.code()), (Some(503), "unavailable"));
+    assert_eq!(log.lock().expect("log").len(), 3);
+}
+
+#[tokio::test]
+async fn refused_connections_fail_after_every_attempt() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("address"));
+    drop(listener);
+    match client(&base, 2).get("c", "a").await {
+        Err(ClientError::Transport { attempts, .. }) => assert_eq!(attempts, 2),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn preconditions_travel_in_headers_and_query_parameters() {
+    let (base, log) = serve(vec![
+        Reply::Json(200, vec![], written("a", 3, false, json!({}))),
+        Reply::Json(200, vec![], written("a", 4, false, json!({}))),
+        Reply::Json(
+            404,
+            vec![],
+            json!({"error": "not_found", "message": "no such document", "current": null}),
+        ),
+        Reply::Empty(304),
+        Reply::Json(
+            404,
+            vec![],
+            json!({"error": "not_found", "message": "no such document"}),
+        ),
+        Reply::Json(
+            428,
+            vec![],
+            json!({"error": "precondition_required", "message": "m"}),
+        ),
+    ])
+    .await;
+    let client = client(&base, 1);
+    client
+        .put("c", "a", json!({"n": 1, "_rev": "x"}), Precondition::Exists)
+        .await
+        .expect("ok")
+        .expect("written");
+    client
+        .delete("c", "a", DeletePrecondition::Rev("3-a+b".into()))
+        .await
+        .expect("ok")
+        .expect("deleted");
+    let missing = client
+        .delete("c", "a", DeletePrecondition::Any)
+        .await
+        .expect("ok")
+        .expect_err("absent");
+    assert_eq!(missing.reason, ConflictReason::NotFound);
+    assert_eq!(
+        client.get_if_none_match("c", "a", "3-abc").await.expect("ok"),
+        Fetched::NotModified
+    );
+    assert_eq!(client.get("c", "a").await.expect("ok"), None);
+    let error = client
+        .delete("c", "a", DeletePrecondition::Version(1))
+        .await
+        .expect_err("an error");
+    assert_eq!(error.code(), "precondition_required");
+
+    let log = log.lock().expect("log").clone();
+    assert_eq!(log[0].header("if-match"), Some("*"));
+    assert_eq!(
+        log[0].json(),
+        json!({"n": 1}),
+        "the typed precondition replaces a body's _rev"
+    );
+    assert_eq!(
+        (log[1].method.as_str(), log[1].target.as_str()),
+        ("DELETE", "/v1/c/c/a?rev=3-a%2Bb")
+    );
+    assert_eq!(log[2].target, "/v1/c/c/a?version=-1");
+    assert!(log[1].header("idempotency-key").is_some());
+    assert_eq!(log[3].header("if-none-match"), Some("\"3-abc\""));
+}
+
+#[tokio::test]
+async fn update_with_retry_rereads_after_a_conflict_and_writes_the_exact_version() {
+    let (base, log) = serve(vec![
+        Reply::Json(200, vec![], doc("a", 1, json!({"n": 10}))),
+        Reply::Json(
+            409,
+            vec![],
+            json!({"error": "conflict", "reason": "version_mismatch", "message": "m", "current": doc("a", 2, json!({"n": 20}))}),
+        ),
+        Reply::Json(200, vec![], doc("a", 2, json!({"n": 20}))),
+        Reply::Json(200, vec![], written("a", 3, false, json!({"n": 21}))),
+    ])
+    .await;
+    let mut seen = Vec::new();
+    let answer = client(&base, 3)
+        .update_with_retry("c", "a", |current| {
+            let n = current
+                .and_then(|d| d.get("n"))
+                .and_then(|v| v.as_i64())
+                .unwrap_or(0);
+            seen.push(n);
+            json!({"n": n + 1})
+        })
+        .await
+        .expect("written");
+    assert_eq!(answer.version, 3);
+    assert_eq!(seen, [10, 20]);
+    let log = log.lock().expect("log").clone();
+    let methods: Vec<_> = log.iter().map(|r| r.method.as_str()).collect();
+    assert_eq!(methods, ["GET", "PUT", "GET", "PUT"]);
+    assert_eq!(log[1].json(), json!({"n": 11, "_version": 1}));
+    assert_eq!(log[3].json(), json!({"n": 21, "_version": 2}));
+}
+
+#[tokio::test]
+async fn update_with_retry_gives_up_with_the_last_conflict() {
+    let stale = |v: u64| {
+        Reply::Json(
+            409,
+            vec![],
+            json!({"error": "conflict", "reason": "already_exists", "message": "m", "current": doc("a", v, json!({}))}),
+        )
+    };
+    let absent = || Reply::Json(404, vec![], json!({"error": "not_found", "message": "m"}));
+    let (base, log) = serve(vec![absent(), stale(1), absent(), stale(2)]).await;
+    let error = client(&base, 2)
+        .update_with_retry("c", "a", |_| json!({"n": 1}))
+        .await
+        .expect_err("gives up");
+    match error {
+        ClientError::Conflicted { attempts, last } => {
+            assert_eq!(attempts, 2);
+            assert_eq!(last.reason, ConflictReason::AlreadyExists);
+            assert_eq!(last.current.map(|d| d.version), Some(2));
+        }
+        other => panic!("{other:?}"),
+    }
+    let log = log.lock().expect("log").clone();
+    assert_eq!(
+        log[1].json(),
+        json!({"n": 1, "_version": 0}),
+        "absent: create only"
+    );
+}
+
+#[tokio::test]
+async fn a_transaction_conflict_lists_the_failed_ops() {
+    let (base, log) = serve(vec![Reply::Json(
+        409,
+        vec![],
+        json!({"error": "conflict", "message": "1 operation(s) did not hold", "conflicts": [
+            {"index": 0, "c": "accounts", "id": "a", "reason": "version_mismatch", "current": doc("a", 4, json!({}))}]}),
+    )])
+    .await;
+    let tx = Transaction::new()
+        .check("accounts", "a", Precondition::Version(3))
+        .patch(
+            "accounts",
+            "a",
+            json!({"$inc": {"balance": -5}}),
+            Precondition::Any,
+        );
+    let failed = client(&base, 3).with_source("transferFunds").expect("label");
+    let conflict = failed
+        .transaction(&tx)
+        .await
+        .expect("no error")
+        .expect_err("a conflict");
+    assert_eq!(conflict.conflicts.len(), 1);
+    assert_eq!(
+        (
+            conflict.conflicts[0].index,
+            conflict.conflicts[0].current.as_ref().map(|d| d.version)
+        ),
+        (0, Some(4))
+    );
+    let log = log.lock().expect("log").clone();
+    assert_eq!(
+        (log[0].method.as_str(), log[0].target.as_str()),
+        ("POST", "/v1/tx")
+    );
+    assert_eq!(log[0].header("truce-source"), Some("transferFunds"));
+    assert_eq!(log[0].json()["source"], json!("transferFunds"));
+    assert!(log[0].header("idempotency-key").is_some());
+}
+
+#[tokio::test]
+async fn a_long_poll_asks_the_server_to_wait() {
+    let (base, log) = serve(vec![Reply::Json(
+        200,
+        vec![],
+        json!({"results": [], "last_seq": 9}),
+    )])
+    .await;
+    let options = ChangesOptions::new()
+        .since(9)
+        .longpoll(Duration::from_millis(1500));
+    let page = client(&base, 1).changes("events", &options).await.expect("ok");
+    assert_eq!((page.results.len(), page.last_seq), (0, 9));
+    let log = log.lock().expect("log").clone();
+    assert_eq!(
+        log[0].target,
+        "/v1/c/events/_changes?since=9&feed=longpoll&timeout=1500"
+    );
+}

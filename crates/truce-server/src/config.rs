@@ -1,0 +1,247 @@
+//! Command line, environment and TOML settings, merged in that order of priority.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::Deserialize;
+
+/// Default listen address: loopback only, so an unconfigured server is never exposed.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
+/// Default data directory, relative to the working directory.
+pub const DEFAULT_DATA: &str = "./truce-data";
+/// Largest request body: a full transaction (16 MiB of documents) plus JSON overhead.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 20 * 1024 * 1024;
+/// Longest a non-streaming request may take before it is answered 503.
+pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 30_000;
+/// Requests served at once; past this they are refused with 429 at once.
+pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 4096;
+
+/// Truce: a document database that makes concurrent writes safe, fast and unsurprising.
+#[derive(Parser, Debug)]
+#[command(name = "truce", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the server (HTTP API v1).
+    Serve(ServeArgs),
+    /// Manage API keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `truce serve` settings. Each can come from a flag, a `TRUCE_…` environment
+/// variable, or the TOML file given by `--config` (in that order of priority).
+#[derive(Args, Debug, Default, Clone)]
+pub struct ServeArgs {
+    /// TOML file with any of the settings below (keys as the flags, with `_`).
+    #[arg(long, env = "TRUCE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:7070].
+    #[arg(long, env = "TRUCE_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Data directory [default: ./truce-data].
+    #[arg(long, env = "TRUCE_DATA")]
+    pub data: Option<PathBuf>,
+    /// Log format [default: text].
+    #[arg(long, env = "TRUCE_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Allow listening beyond loopback without API keys. Anyone who can reach
+    /// the port can then read and write everything.
+    #[arg(long, env = "TRUCE_INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
+    /// PEM certificate chain: serve HTTPS (with --tls-key).
+    #[arg(long, env = "TRUCE_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "TRUCE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Largest request body in bytes [default: 20971520].
+    #[arg(long, env = "TRUCE_MAX_BODY_BYTES")]
+    pub max_body_bytes: Option<usize>,
+    /// Longest a request may take, in ms (streams excepted) [default: 30000].
+    #[arg(long, env = "TRUCE_REQUEST_TIMEOUT_MS")]
+    pub request_timeout_ms: Option<u64>,
+    /// Requests served at once before refusing with 429 [default: 4096].
+    #[arg(long, env = "TRUCE_MAX_CONCURRENT_REQUESTS")]
+    pub max_concurrent_requests: Option<usize>,
+}
+
+/// The settings file: the same names as the flags.
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+struct FileSettings {
+    listen: Option<SocketAddr>,
+    data: Option<PathBuf>,
+    log_format: Option<LogFormat>,
+    insecure_no_auth: Option<bool>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    max_body_bytes: Option<usize>,
+    request_timeout_ms: Option<u64>,
+    max_concurrent_requests: Option<usize>,
+}
+
+/// The effective settings of a server.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Where to listen.
+    pub listen: SocketAddr,
+    /// The data directory.
+    pub data: PathBuf,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Whether to allow a non-loopback address without keys.
+    pub insecure_no_auth: bool,
+    /// Certificate and key, for HTTPS.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Largest body.
+    pub max_body_bytes: usize,
+    /// Request timeout, ms.
+    pub request_timeout_ms: u64,
+    /// Concurrency limit.
+    pub max_concurrent_requests: usize,
+}
+
+impl ServeArgs {
+    /// Merges flags and environment (already in `self`) over the file over the defaults.
+    pub fn settings(&self) -> Result<Settings, String> {
+        let file = match &self.config {
+            Some(path) => read_file(path)?,
+            None => FileSettings::default(),
+        };
+        let tls = match (
+            self.tls_cert.clone().or(file.tls_cert),
+            self.tls_key.clone().or(file.tls_key),
+        ) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            _ => return Err("TLS needs both tls_cert and tls_key".into()),
+        };
+        let default_listen: SocketAddr = DEFAULT_LISTEN.parse().map_err(|e| format!("{e}"))?;
+        let settings = Settings {
+            listen: self.listen.or(file.listen).unwrap_or(default_listen),
+            data: self
+                .data
+                .clone()
+                .or(file.data)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA)),
+            log_format: self.log_format.or(file.log_format).unwrap_or_default(),
+            insecure_no_auth: self.insecure_no_auth || file.insecure_no_auth.unwrap_or(false),
+            tls,
+            max_body_bytes: self
+                .max_body_bytes
+                .or(file.max_body_bytes)
+                .unwrap_or(DEFAULT_MAX_BODY_BYTES),
+            request_timeout_ms: self
+                .request_timeout_ms
+                .or(file.request_timeout_ms)
+                .unwrap_or(DEFAULT_REQUEST_TIMEOUT_MS),
+            max_concurrent_requests: self
+                .max_concurrent_requests
+                .or(file.max_concurrent_requests)
+                .unwrap_or(DEFAULT_MAX_CONCURRENT_REQUESTS),
+        };
+        if settings.max_body_bytes == 0
+            || settings.request_timeout_ms == 0
+            || settings.max_concurrent_requests == 0
+        {
+            return Err(
+                "max_body_bytes, request_timeout_ms and max_concurrent_requests must be positive".into(),
+            );
+        }
+        Ok(settings)
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileSettings, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// `truce keys …`.
+#[derive(Subcommand, Debug)]
+pub enum KeysCommand {
+    /// Create a key and print it once (only its hash is stored).
+    Create {
+        /// What the key may do: read, write (and read) or admin (everything).
+        #[arg(long, value_enum)]
+        role: crate::keys::Role,
+        /// Limit the key to these collections (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        collections: Option<Vec<String>>,
+        /// Data directory whose server the key is for [default: ./truce-data].
+        #[arg(long, env = "TRUCE_DATA")]
+        data: Option<PathBuf>,
+    },
+    /// List keys (ids, roles, collections; never secrets).
+    List {
+        /// Data directory [default: ./truce-data].
+        #[arg(long, env = "TRUCE_DATA")]
+        data: Option<PathBuf>,
+    },
+    /// Revoke a key by its id.
+    Revoke {
+        /// The key id (the part after `truce_`).
+        id: String,
+        /// Data directory [default: ./truce-data].
+        #[arg(long, env = "TRUCE_DATA")]
+        data: Option<PathBuf>,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_beat_the_file_which_beats_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("truce.toml");
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:9000\"\ndata = \"/from/file\"\nmax_body_bytes = 10\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(file.clone()),
+            data: Some("/from/flag".into()),
+            ..ServeArgs::default()
+        };
+        let s = args.settings().unwrap();
+        assert_eq!(s.listen.to_string(), "127.0.0.1:9000");
+        assert_eq!(s.data, PathBuf::from("/from/flag"));
+        assert_eq!(s.max_body_bytes, 10);
+        assert_eq!(s.request_timeout_ms, DEFAULT_REQUEST_TIMEOUT_MS);
+        std::fs::write(&file, "lisen = 1\n").unwrap();
+        assert!(
+            args.settings().unwrap_err().contains("lisen"),
+            "unknown keys are refused"
+        );
+    }
+
+    #[test]
+    fn defaults_listen_on_loopback() {
+        let s = ServeArgs::default().settings().unwrap();
+        assert_eq!(s.listen.to_string(), DEFAULT_LISTEN);
+        assert!(s.listen.ip().is_loopback());
+        assert_eq!(s.data, PathBuf::from(DEFAULT_DATA));
+    }
+}

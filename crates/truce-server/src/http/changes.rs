@@ -1,0 +1,202 @@
+//! The change feed: `GET /v1/c/{coll}/_changes` and `GET /v1/_changes`, as one
+//! answer (`feed=normal`), a long poll (`feed=longpoll`) or Server-Sent Events
+//! (`feed=sse`).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Extension;
+use axum::extract::State;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures_util::stream::{self, Stream, StreamExt};
+use serde_json::{Value, json};
+use truce::{Change, Db};
+
+use super::AppState;
+use super::error::ApiError;
+use super::extract::{Params, PathParams, authorize};
+use crate::keys::{Principal, Role};
+
+/// Default and largest long-poll wait, in ms.
+const LONGPOLL_TIMEOUT_MS_DEFAULT: u64 = 30_000;
+const LONGPOLL_TIMEOUT_MS_MAX: u64 = 120_000;
+/// Changes per answer unless `limit` says otherwise.
+const CHANGES_LIMIT_DEFAULT: usize = 1000;
+/// How often an idle SSE stream sends a keep-alive comment.
+const SSE_KEEPALIVE_MS: u64 = 15_000;
+
+fn change_json(change: &Change, with_collection: bool) -> Value {
+    let mut out =
+        json!({"seq": change.seq, "id": change.id, "rev": change.rev.to_string(), "deleted": change.deleted});
+    if with_collection {
+        out["c"] = json!(change.collection);
+    }
+    if let Some(doc) = &change.doc {
+        out["doc"] = doc.to_json();
+    }
+    out
+}
+
+struct FeedRequest {
+    collection: Option<String>,
+    since: u64,
+    limit: usize,
+    include_docs: bool,
+}
+
+fn feed_request(db: &Db, collection: Option<String>, params: &Params) -> Result<FeedRequest, ApiError> {
+    let since = match params.0.get("since").map(String::as_str) {
+        None => 0,
+        Some("now") => db.durable_seq(),
+        Some(_) => params.parse::<u64>("since", "invalid_query")?.unwrap_or(0),
+    };
+    let limit = params
+        .parse::<usize>("limit", "invalid_query")?
+        .unwrap_or(CHANGES_LIMIT_DEFAULT);
+    Ok(FeedRequest {
+        collection,
+        since,
+        limit,
+        include_docs: params.flag("include_docs")?,
+    })
+}
+
+async fn feed(
+    state: Arc<AppState>,
+    collection: Option<String>,
+    params: Params,
+) -> Result<Response, ApiError> {
+    let request = feed_request(&state.db, collection, &params)?;
+    let with_collection = request.collection.is_none();
+    match params.0.get("feed").map(String::as_str).unwrap_or("normal") {
+        "normal" => {
+            let db = state.db.clone();
+            let page = tokio::task::spawn_blocking(move || {
+                db.changes(
+                    request.collection.as_deref(),
+                    request.since,
+                    request.limit,
+                    request.include_docs,
+                )
+            })
+            .await
+            .map_err(|e| ApiError::Engine(truce::Error::Unavailable(e.to_string())))??;
+            let results: Vec<Value> = page
+                .changes
+                .iter()
+                .map(|c| change_json(c, with_collection))
+                .collect();
+            Ok(axum::Json(json!({"results": results, "last_seq": page.last_seq})).into_response())
+        }
+        "longpoll" => {
+            let timeout = params
+                .parse::<u64>("timeout", "invalid_query")?
+                .unwrap_or(LONGPOLL_TIMEOUT_MS_DEFAULT)
+                .min(LONGPOLL_TIMEOUT_MS_MAX);
+            let mut sub =
+                state
+                    .db
+                    .subscribe(request.collection.as_deref(), request.since, request.include_docs)?;
+            let (results, last_seq) =
+                match tokio::time::timeout(Duration::from_millis(timeout), sub.next()).await {
+                    Ok(page) => {
+                        let page = page?;
+                        (
+                            page.changes
+                                .iter()
+                                .map(|c| change_json(c, with_collection))
+                                .collect(),
+                            page.last_seq,
+                        )
+                    }
+                    Err(_) => (Vec::new(), sub.since()),
+                };
+            Ok(axum::Json(json!({"results": results, "last_seq": last_seq})).into_response())
+        }
+        "sse" => {
+            let sub =
+                state
+                    .db
+                    .subscribe(request.collection.as_deref(), request.since, request.include_docs)?;
+            let keep_alive = KeepAlive::new().interval(Duration::from_millis(SSE_KEEPALIVE_MS));
+            Ok(Sse::new(sse_events(sub, with_collection))
+                .keep_alive(keep_alive)
+                .into_response())
+        }
+        other => Err(ApiError::BadRequest(
+            "invalid_query",
+            format!("feed={other}: use normal, longpoll or sse"),
+        )),
+    }
+}
+
+/// One SSE event per change (`id:` is its sequence, so a client can resume),
+/// until the engine fails.
+fn sse_events(
+    sub: truce::Subscription,
+    with_collection: bool,
+) -> impl Stream<Item = Result<Event, Infallible>> {
+    stream::unfold(Some(sub), move |sub| async move {
+        let mut sub = sub?;
+        match sub.next().await {
+            Ok(page) => {
+                let events: Vec<Result<Event, Infallible>> = page
+                    .changes
+                    .iter()
+                    .map(|c| {
+                        Ok(Event::default()
+                            .id(c.seq.to_string())
+                            .data(change_json(c, with_collection).to_string()))
+                    })
+                    .collect();
+                Some((stream::iter(events), Some(sub)))
+            }
+            Err(e) => {
+                let event = Event::default()
+                    .event("error")
+                    .data(json!({"error": e.code()}).to_string());
+                Some((stream::iter(vec![Ok(event)]), None))
+            }
+        }
+    })
+    .flatten()
+}
+
+/// Changes of one collection.
+#[utoipa::path(get, path = "/v1/c/{coll}/_changes", tag = "changes",
+    params(("coll" = String, Path), ("since" = Option<String>, Query, pattern = "^([0-9]+|now)$"),
+           ("limit" = Option<usize>, Query, minimum = 1, maximum = 10000),
+           ("include_docs" = Option<bool>, Query), ("feed" = Option<String>, Query), ("timeout" = Option<u64>, Query)),
+    responses((status = 200, description = "Changes after `since`, in commit order", body = super::openapi::ChangesPage)))]
+pub async fn collection_changes(
+    State(state): State<Arc<AppState>>,
+    Extension(who): Extension<Principal>,
+    PathParams(coll): PathParams<String>,
+    params: Params,
+) -> Result<Response, ApiError> {
+    authorize(&who, Role::Read, Some(&coll))?;
+    truce::doc::validate_collection_name(&coll)?;
+    feed(state, Some(coll), params).await
+}
+
+/// Changes of every collection (each result names its collection in `c`).
+#[utoipa::path(get, path = "/v1/_changes", tag = "changes",
+    params(("since" = Option<String>, Query, pattern = "^([0-9]+|now)$"),
+           ("limit" = Option<usize>, Query, minimum = 1, maximum = 10000), ("include_docs" = Option<bool>, Query),
+           ("feed" = Option<String>, Query), ("timeout" = Option<u64>, Query)),
+    responses((status = 200, description = "Changes after `since`, in commit order", body = super::openapi::ChangesPage)))]
+pub async fn all_changes(
+    State(state): State<Arc<AppState>>,
+    Extension(who): Extension<Principal>,
+    params: Params,
+) -> Result<Response, ApiError> {
+    authorize(&who, Role::Read, None)?;
+    if who.collections.is_some() {
+        return Err(ApiError::Forbidden(
+            "a key limited to collections cannot follow every collection".into(),
+        ));
+    }
+    feed(state, None, params).await
+}

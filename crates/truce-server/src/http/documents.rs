@@ -1,0 +1,198 @@
+//! Document routes: `GET|PUT|PATCH|DELETE /v1/c/{coll}/{id}`.
+
+use std::sync::Arc;
+
+use axum::Extension;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use truce::{ConflictReason, Expect, TxOp, Update, WriteResult, Written};
+
+use super::AppState;
+use super::error::ApiError;
+use super::extract::{JsonBody, Params, PathParams, authorize, idempotency_key, object, precondition};
+use crate::keys::{Principal, Role};
+
+/// The answer to a successful write (API.md).
+pub fn write_answer(written: &Written) -> Value {
+    json!({
+        "id": written.doc.id,
+        "rev": written.doc.rev().to_string(),
+        "version": written.doc.version(),
+        "seq": written.doc.meta.seq,
+        "created": written.created(),
+        "noop": written.noop(),
+        "skipped": written.skipped(),
+        "doc": written.doc.to_json(),
+    })
+}
+
+/// Turns a single write's outcome into a response; `not_found` conflicts are 404
+/// when `missing_is_404` (PATCH, DELETE).
+fn answer(result: WriteResult, missing_is_404: bool) -> Result<Response, ApiError> {
+    match result {
+        Ok(written) => {
+            let status = if written.created() {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            Ok((status, axum::Json(write_answer(&written))).into_response())
+        }
+        Err(conflict) if missing_is_404 && conflict.reason == ConflictReason::NotFound => {
+            Err(ApiError::Missing)
+        }
+        Err(conflict) => Err(ApiError::Conflict(conflict)),
+    }
+}
+
+/// Queues one write and waits for its durable answer.
+async fn write(
+    state: &AppState,
+    op: TxOp,
+    headers: &HeaderMap,
+    missing_is_404: bool,
+) -> Result<Response, ApiError> {
+    let key = idempotency_key(headers)?;
+    let pending = state.db.submit_write(op, key.as_deref())?;
+    answer(pending.await?, missing_is_404)
+}
+
+/// Reads a document.
+#[utoipa::path(get, path = "/v1/c/{coll}/{id}", tag = "documents",
+    params(("coll" = String, Path), ("id" = String, Path), ("If-None-Match" = Option<String>, Header, nullable = false)),
+    responses((status = 200, description = "The document with its metadata", body = super::openapi::Doc),
+               (status = 304, description = "Unchanged since the revision in If-None-Match"),
+               (status = 404, description = "Absent or deleted", body = super::openapi::ErrorBody)))]
+pub async fn get_doc(
+    State(state): State<Arc<AppState>>,
+    Extension(who): Extension<Principal>,
+    PathParams((coll, id)): PathParams<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    authorize(&who, Role::Read, Some(&coll))?;
+    let doc = state
+        .db
+        .collection(&coll)?
+        .get(&id)?
+        .ok_or(ApiError::NotFound(format!("{coll}/{id}")))?;
+    let etag = format!("\"{}\"", doc.rev());
+    let etag_value = HeaderValue::from_str(&etag).map_err(|_| ApiError::NotFound(id.clone()))?;
+    if let Some(seen) = headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok())
+        && seen.split(',').any(|tag| tag.trim() == etag || tag.trim() == "*")
+    {
+        return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag_value)]).into_response());
+    }
+    Ok(([(header::ETAG, etag_value)], axum::Json(doc.to_json())).into_response())
+}
+
+/// Writes a document's whole content.
+#[utoipa::path(put, path = "/v1/c/{coll}/{id}", tag = "documents",
+    params(("coll" = String, Path), ("id" = String, Path), ("If-Match" = Option<String>, Header, nullable = false),
+           ("If-None-Match" = Option<String>, Header, nullable = false),
+           ("Idempotency-Key" = Option<String>, Header, nullable = false, min_length = 1, max_length = 255)),
+    request_body = Object,
+    responses((status = 200, description = "Written", body = super::openapi::WriteAnswer),
+               (status = 201, description = "Created", body = super::openapi::WriteAnswer),
+               (status = 409, description = "Conflict; carries the current document", body = super::openapi::ErrorBody),
+               (status = 422, description = "Idempotency key reused with another request", body = super::openapi::ErrorBody)))]
+pub async fn put_doc(
+    State(state): State<Arc<AppState>>,
+    Extension(who): Extension<Principal>,
+    PathParams((coll, id)): PathParams<(String, String)>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
+    authorize(&who, Role::Write, Some(&coll))?;
+    let mut body = object(body)?;
+    let expect = precondition(&mut body, &headers, Expect::Absent)?;
+    let op = TxOp::Put {
+        collection: coll,
+        id,
+        body: Value::Object(body),
+        expect,
+    };
+    write(&state, op, &headers, false).await
+}
+
+/// Applies update operators at the serialization point.
+#[utoipa::path(patch, path = "/v1/c/{coll}/{id}", tag = "documents",
+    params(("coll" = String, Path), ("id" = String, Path), ("If-Match" = Option<String>, Header, nullable = false),
+           ("If-None-Match" = Option<String>, Header, nullable = false),
+           ("Idempotency-Key" = Option<String>, Header, nullable = false, min_length = 1, max_length = 255)),
+    request_body = Object,
+    responses((status = 200, description = "Written, a no-op, or skipped", body = super::openapi::WriteAnswer),
+               (status = 201, description = "Created by $upsert", body = super::openapi::WriteAnswer),
+               (status = 404, description = "Absent and no $upsert", body = super::openapi::ErrorBody),
+               (status = 409, description = "Conflict", body = super::openapi::ErrorBody),
+               (status = 422, description = "Idempotency key reused with another request", body = super::openapi::ErrorBody)))]
+pub async fn patch_doc(
+    State(state): State<Arc<AppState>>,
+    Extension(who): Extension<Principal>,
+    PathParams((coll, id)): PathParams<(String, String)>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
+    authorize(&who, Role::Write, Some(&coll))?;
+    let mut spec = match body {
+        Value::Object(map) => map,
+        other => {
+            return Err(ApiError::Engine(truce::Error::InvalidOperator(format!(
+                "an update is a JSON object of operators, not {}",
+                truce::doc::json_type_name(&other)
+            ))));
+        }
+    };
+    let expect = precondition(&mut spec, &headers, Expect::Any)?;
+    let update = Update::parse(&Value::Object(spec))?;
+    let op = TxOp::Patch {
+        collection: coll,
+        id,
+        update: Arc::new(update),
+        expect,
+    };
+    write(&state, op, &headers, true).await
+}
+
+/// Deletes a document (leaves a tombstone for the change feed and replication).
+#[utoipa::path(delete, path = "/v1/c/{coll}/{id}", tag = "documents",
+    params(("coll" = String, Path), ("id" = String, Path), ("version" = Option<i64>, Query),
+           ("rev" = Option<String>, Query), ("If-Match" = Option<String>, Header, nullable = false),
+           ("Idempotency-Key" = Option<String>, Header, nullable = false, min_length = 1, max_length = 255)),
+    responses((status = 200, description = "Deleted; doc is the tombstone", body = super::openapi::WriteAnswer),
+               (status = 404, description = "Absent", body = super::openapi::ErrorBody),
+               (status = 409, description = "Conflict", body = super::openapi::ErrorBody),
+               (status = 422, description = "Idempotency key reused with another request", body = super::openapi::ErrorBody),
+               (status = 428, description = "No precondition given", body = super::openapi::ErrorBody)))]
+pub async fn delete_doc(
+    State(state): State<Arc<AppState>>,
+    Extension(who): Extension<Principal>,
+    PathParams((coll, id)): PathParams<(String, String)>,
+    params: Params,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    authorize(&who, Role::Write, Some(&coll))?;
+    let mut given = serde_json::Map::new();
+    if let Some(v) = params.parse::<i64>("version", "invalid_precondition")? {
+        given.insert("_version".into(), json!(v));
+    }
+    if let Some(r) = params.0.get("rev") {
+        given.insert("_rev".into(), json!(r));
+    }
+    if given.is_empty() && !headers.contains_key(header::IF_MATCH) {
+        return Err(ApiError::PreconditionRequired);
+    }
+    let expect = precondition(&mut given, &headers, Expect::Any)?;
+    write(
+        &state,
+        TxOp::Delete {
+            collection: coll,
+            id,
+            expect,
+        },
+        &headers,
+        true,
+    )
+    .await
+}

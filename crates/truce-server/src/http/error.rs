@@ -1,0 +1,201 @@
+//! Every error and conflict becomes a status and a JSON body here, in one place.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use truce::{Conflict, ConflictReason, OpConflict};
+
+/// Seconds a client should wait before retrying an overloaded or building server.
+const RETRY_AFTER_SECS: &str = "1";
+
+/// Everything a handler can answer besides success.
+#[derive(Debug)]
+pub enum ApiError {
+    /// An engine error, by its stable code.
+    Engine(truce::Error),
+    /// A single-document write that did not apply.
+    Conflict(Conflict),
+    /// A single-document write to a document that is not there (PATCH without
+    /// `$upsert`, DELETE).
+    Missing,
+    /// Transaction operations that did not hold.
+    TxConflicts(Vec<OpConflict>),
+    /// The body is not JSON (or not the expected shape).
+    InvalidJson(String),
+    /// A bad request that is not the engine's to judge (headers, parameters).
+    BadRequest(&'static str, String),
+    /// No key, or an invalid one.
+    Unauthorized(&'static str),
+    /// The key may not do this.
+    Forbidden(String),
+    /// No such route or resource.
+    NotFound(String),
+    /// A DELETE without a precondition.
+    PreconditionRequired,
+    /// The request body is too large.
+    PayloadTooLarge(String),
+    /// Too many requests at once.
+    Overloaded,
+    /// The request took longer than its timeout.
+    Timeout,
+}
+
+impl From<truce::Error> for ApiError {
+    fn from(e: truce::Error) -> ApiError {
+        ApiError::Engine(e)
+    }
+}
+
+/// Status of an engine error code.
+pub fn engine_status(code: &str) -> StatusCode {
+    match code {
+        "invalid_document"
+        | "invalid_id"
+        | "invalid_collection"
+        | "reserved_field"
+        | "invalid_operator"
+        | "invalid_filter"
+        | "invalid_precondition"
+        | "invalid_transaction"
+        | "invalid_index"
+        | "invalid_query" => StatusCode::BAD_REQUEST,
+        "not_found" => StatusCode::NOT_FOUND,
+        "payload_too_large" | "limit_exceeded" => StatusCode::PAYLOAD_TOO_LARGE,
+        "idempotency_key_reused" => StatusCode::UNPROCESSABLE_ENTITY,
+        "overloaded" => StatusCode::TOO_MANY_REQUESTS,
+        "unavailable" | "index_building" => StatusCode::SERVICE_UNAVAILABLE,
+        "retries_exhausted" | "transaction_failed" => StatusCode::CONFLICT,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// The JSON of a document, or `null`.
+pub fn doc_or_null(doc: Option<&truce::Document>) -> Value {
+    doc.map_or(Value::Null, truce::Document::to_json)
+}
+
+fn conflict_body(conflict: &Conflict) -> Value {
+    let current = doc_or_null(conflict.current.as_ref());
+    match conflict.reason {
+        ConflictReason::UniqueViolation => json!({
+            "error": "unique_violation",
+            "message": "a unique index already holds these values for another document",
+            "current": current,
+        }),
+        reason => json!({
+            "error": "conflict",
+            "reason": reason.code(),
+            "message": format!("the write did not apply: {}", reason.code()),
+            "current": current,
+        }),
+    }
+}
+
+impl ApiError {
+    /// The status and body of this error: the one mapping of the server.
+    pub fn status_and_body(&self) -> (StatusCode, Value) {
+        let plain = |status: StatusCode, code: &str, message: String| {
+            (status, json!({"error": code, "message": message}))
+        };
+        match self {
+            ApiError::Engine(e) => plain(engine_status(e.code()), e.code(), e.to_string()),
+            ApiError::Conflict(conflict) => (StatusCode::CONFLICT, conflict_body(conflict)),
+            ApiError::Missing => (
+                StatusCode::NOT_FOUND,
+                json!({"error": "not_found", "message": "no such document", "current": null}),
+            ),
+            ApiError::TxConflicts(conflicts) => {
+                let list: Vec<Value> = conflicts
+                    .iter()
+                    .map(|c| {
+                        let reason = match c.conflict.reason {
+                            ConflictReason::UniqueViolation => "unique_violation",
+                            other => other.code(),
+                        };
+                        json!({"index": c.index, "c": c.collection, "id": c.id, "reason": reason,
+                               "current": doc_or_null(c.conflict.current.as_ref())})
+                    })
+                    .collect();
+                let message = format!("{} operation(s) did not hold; nothing was written", list.len());
+                (
+                    StatusCode::CONFLICT,
+                    json!({"error": "conflict", "message": message, "conflicts": list}),
+                )
+            }
+            ApiError::InvalidJson(message) => plain(StatusCode::BAD_REQUEST, "invalid_json", message.clone()),
+            ApiError::BadRequest(code, message) => plain(StatusCode::BAD_REQUEST, code, message.clone()),
+            ApiError::Unauthorized(message) => {
+                plain(StatusCode::UNAUTHORIZED, "unauthorized", message.to_string())
+            }
+            ApiError::Forbidden(message) => plain(StatusCode::FORBIDDEN, "forbidden", message.clone()),
+            ApiError::NotFound(message) => plain(StatusCode::NOT_FOUND, "not_found", message.clone()),
+            ApiError::PreconditionRequired => plain(
+                StatusCode::PRECONDITION_REQUIRED,
+                "precondition_required",
+                "a delete needs a precondition: version=N, rev=R, If-Match, or version=-1 for any".into(),
+            ),
+            ApiError::PayloadTooLarge(message) => plain(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                message.clone(),
+            ),
+            ApiError::Overloaded => plain(
+                StatusCode::TOO_MANY_REQUESTS,
+                "overloaded",
+                "too many requests at once; retry after a short pause".into(),
+            ),
+            ApiError::Timeout => plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the request timed out".into(),
+            ),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, body) = self.status_and_body();
+        let mut response = (status, axum::Json(body)).into_response();
+        if matches!(
+            status,
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+        ) {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every engine code has a deliberate status; none falls through to 500 by accident.
+    #[test]
+    fn every_engine_code_maps_to_its_status() {
+        let internal = ["storage_error", "corrupt"];
+        for code in truce::Error::ALL_CODES {
+            let status = engine_status(code);
+            assert_eq!(
+                status == StatusCode::INTERNAL_SERVER_ERROR,
+                internal.contains(code),
+                "{code} → {status}"
+            );
+        }
+        assert_eq!(engine_status("overloaded"), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(
+            engine_status("idempotency_key_reused"),
+            StatusCode::UNPROCESSABLE_ENTITY
+        );
+    }
+
+    #[test]
+    fn overload_answers_carry_retry_after() {
+        let response = ApiError::Overloaded.into_response();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+    }
+}

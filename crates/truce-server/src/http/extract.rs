@@ -1,0 +1,208 @@
+//! Turning requests into engine inputs: JSON bodies, path and query parameters,
+//! preconditions from bodies and headers, idempotency keys, authorization.
+//! Every failure is an [`ApiError`] with a stable code.
+
+use std::collections::HashMap;
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode};
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+use truce::{Expect, Rev};
+
+use super::error::ApiError;
+use crate::keys::{Principal, Role};
+
+/// A JSON request body; a body that is not JSON is `invalid_json`, one over the
+/// size limit `payload_too_large`.
+pub struct JsonBody(pub Value);
+
+impl<S: Send + Sync> FromRequest<S> for JsonBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<JsonBody, ApiError> {
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge(rejection.body_text())
+            } else {
+                ApiError::InvalidJson(rejection.body_text())
+            }
+        })?;
+        serde_json::from_slice(&bytes)
+            .map(JsonBody)
+            .map_err(|e| ApiError::InvalidJson(format!("body: {e}")))
+    }
+}
+
+/// Path parameters; undecodable ones are `invalid_id`.
+pub struct PathParams<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for PathParams<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<PathParams<T>, ApiError> {
+        Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Path(t)| PathParams(t))
+            .map_err(|e| ApiError::BadRequest("invalid_id", e.body_text()))
+    }
+}
+
+/// Query parameters as strings; undecodable ones are `invalid_query`.
+pub struct Params(pub HashMap<String, String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Params {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Params, ApiError> {
+        Query::<HashMap<String, String>>::from_request_parts(parts, state)
+            .await
+            .map(|Query(map)| Params(map))
+            .map_err(|e| ApiError::BadRequest("invalid_query", e.body_text()))
+    }
+}
+
+impl Params {
+    /// A parameter parsed with `FromStr`, or `None` when absent.
+    pub fn parse<T: std::str::FromStr>(&self, name: &str, code: &'static str) -> Result<Option<T>, ApiError> {
+        self.0
+            .get(name)
+            .map(|v| {
+                v.parse::<T>()
+                    .map_err(|_| ApiError::BadRequest(code, format!("{name}={v:?} is not valid")))
+            })
+            .transpose()
+    }
+
+    /// A parameter that holds JSON.
+    pub fn json(&self, name: &str) -> Result<Option<Value>, ApiError> {
+        self.0
+            .get(name)
+            .map(|v| {
+                serde_json::from_str(v)
+                    .map_err(|e| ApiError::BadRequest("invalid_query", format!("{name}: not JSON: {e}")))
+            })
+            .transpose()
+    }
+
+    /// A boolean flag (`true`/`false`), `false` when absent.
+    pub fn flag(&self, name: &str) -> Result<bool, ApiError> {
+        Ok(self.parse::<bool>(name, "invalid_query")?.unwrap_or(false))
+    }
+}
+
+/// A precondition from the wire form of a version: 0, -1 or N ≥ 1.
+pub fn expect_from_version(version: i64) -> Result<Expect, ApiError> {
+    Ok(Expect::from_version(version)?)
+}
+
+fn parse_rev(text: &str) -> Result<Expect, ApiError> {
+    Ok(Expect::Rev(text.parse::<Rev>()?))
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, ApiError> {
+    headers
+        .get(name)
+        .map(|v| {
+            v.to_str()
+                .map_err(|_| ApiError::BadRequest("invalid_precondition", format!("{name} is not text")))
+        })
+        .transpose()
+}
+
+/// Removes `_version` / `_rev` from a body and turns them, or the `If-Match` /
+/// `If-None-Match` headers, into a precondition; `default` when none is given.
+pub fn precondition(
+    body: &mut Map<String, Value>,
+    headers: &HeaderMap,
+    default: Expect,
+) -> Result<Expect, ApiError> {
+    let mut found = Vec::new();
+    if let Some(v) = body.remove("_version") {
+        let n = v.as_i64().ok_or_else(|| {
+            ApiError::Engine(truce::Error::InvalidPrecondition(
+                "_version must be an integer".into(),
+            ))
+        })?;
+        found.push(expect_from_version(n)?);
+    }
+    if let Some(v) = body.remove("_rev") {
+        let text = v.as_str().ok_or_else(|| {
+            ApiError::Engine(truce::Error::InvalidPrecondition("_rev must be a string".into()))
+        })?;
+        found.push(parse_rev(text)?);
+    }
+    if let Some(m) = header(headers, "if-match")? {
+        found.push(if m.trim() == "*" {
+            Expect::Exists
+        } else {
+            parse_rev(m.trim().trim_matches('"'))?
+        });
+    }
+    if let Some(m) = header(headers, "if-none-match")? {
+        if m.trim() != "*" {
+            return Err(ApiError::Engine(truce::Error::InvalidPrecondition(
+                "on a write, If-None-Match may only be *".into(),
+            )));
+        }
+        found.push(Expect::Absent);
+    }
+    match found.as_slice() {
+        [] => Ok(default),
+        [one] => Ok(*one),
+        _ => Err(ApiError::Engine(truce::Error::InvalidPrecondition(
+            "give one precondition: _version, _rev, If-Match or If-None-Match".into(),
+        ))),
+    }
+}
+
+/// The `Idempotency-Key` header, if any.
+pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    headers
+        .get("idempotency-key")
+        .map(|v| {
+            v.to_str().map(str::to_string).map_err(|_| {
+                ApiError::BadRequest("invalid_transaction", "Idempotency-Key is not text".into())
+            })
+        })
+        .transpose()
+}
+
+/// Refuses unless `who` has `role` and, when given, access to `collection`.
+pub fn authorize(who: &Principal, role: Role, collection: Option<&str>) -> Result<(), ApiError> {
+    if who.role < role {
+        return Err(ApiError::Forbidden(format!(
+            "this key's role cannot {}",
+            role_verb(role)
+        )));
+    }
+    if let Some(c) = collection
+        && !who.may_access(c)
+    {
+        return Err(ApiError::Forbidden(format!(
+            "this key is not allowed collection {c}"
+        )));
+    }
+    Ok(())
+}
+
+fn role_verb(role: Role) -> &'static str {
+    match role {
+        Role::Read => "read",
+        Role::Write => "write",
+        Role::Admin => "administer",
+    }
+}
+
+/// The body as an object, or `invalid_document`.
+pub fn object(value: Value) -> Result<Map<String, Value>, ApiError> {
+    match value {
+        Value::Object(map) => Ok(map),
+        other => Err(ApiError::Engine(truce::Error::InvalidDocument(format!(
+            "a document is a JSON object, not {}",
+            truce::doc::json_type_name(&other)
+        )))),
+    }
+}

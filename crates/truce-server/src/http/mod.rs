@@ -1,0 +1,163 @@
+//! The HTTP API v1 (API.md) on axum: routes, shared state, and the layers every
+//! request passes (logging, authentication, concurrency limit, timeout).
+//!
+//! HTTP ends here: handlers turn requests into engine calls and engine answers
+//! into JSON; the engine knows nothing about HTTP.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use serde_json::json;
+use tokio::sync::Semaphore;
+use truce::Db;
+
+mod changes;
+mod documents;
+pub mod error;
+mod extract;
+pub mod openapi;
+mod queries;
+mod tx;
+
+use crate::keys::{AuthFailure, KeyStore, Principal};
+use error::ApiError;
+
+/// Longest `Truce-Source` label logged; longer ones are cut.
+const SOURCE_BYTES_MAX: usize = 64;
+
+/// What every handler shares.
+pub struct AppState {
+    /// The database.
+    pub db: Db,
+    /// API keys (empty: no authentication).
+    pub keys: KeyStore,
+    /// Requests being served; none waits for a permit.
+    pub permits: Arc<Semaphore>,
+    /// Non-streaming requests time out after this.
+    pub request_timeout: Duration,
+}
+
+/// Health: 200 while writes are accepted, 503 after a storage failure.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "Accepting writes", body = openapi::Health),
+               (status = 503, description = "Storage failed; writes are refused", body = openapi::ErrorBody)))]
+pub async fn healthz(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
+    state.db.health()?;
+    Ok(Json(json!({"status": "ok", "durable_seq": state.db.durable_seq()})).into_response())
+}
+
+async fn openapi_json() -> Response {
+    Json(openapi::document()).into_response()
+}
+
+async fn no_route() -> ApiError {
+    ApiError::NotFound("no such route; see /openapi.json".into())
+}
+
+/// Builds the router over `state`, with a body limit of `max_body_bytes`.
+pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
+    let api = Router::new()
+        .route("/v1/c", get(queries::list_collections))
+        .route("/v1/c/{coll}", get(queries::query))
+        .route("/v1/c/{coll}/_indexes", get(queries::list_indexes))
+        .route("/v1/c/{coll}/_indexes/{name}", put(queries::put_index))
+        .route(
+            "/v1/c/{coll}/{id}",
+            get(documents::get_doc)
+                .put(documents::put_doc)
+                .patch(documents::patch_doc)
+                .delete(documents::delete_doc),
+        )
+        .route("/v1/tx", post(tx::transaction))
+        .layer(middleware::from_fn_with_state(Arc::clone(&state), timeout));
+    // Streams (long poll, SSE) are exempt from the request timeout.
+    let streams = Router::new()
+        .route("/v1/c/{coll}/_changes", get(changes::collection_changes))
+        .route("/v1/_changes", get(changes::all_changes));
+    api.merge(streams)
+        .layer(middleware::from_fn_with_state(Arc::clone(&state), authenticate))
+        .route("/healthz", get(healthz))
+        .route("/openapi.json", get(openapi_json))
+        .fallback(no_route)
+        .method_not_allowed_fallback(no_route)
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&state),
+            limit_concurrency,
+        ))
+        .layer(middleware::from_fn(log_request))
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .with_state(state)
+}
+
+/// Verifies the API key (when the server has keys) and attaches the caller.
+async fn authenticate(State(state): State<Arc<AppState>>, mut request: Request, next: Next) -> Response {
+    let principal = if state.keys.is_empty() {
+        Principal::anyone()
+    } else {
+        let authorization = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        match state.keys.verify(authorization) {
+            Ok(principal) => principal,
+            Err(AuthFailure::Missing) => {
+                return ApiError::Unauthorized("send Authorization: Bearer <key>").into_response();
+            }
+            Err(AuthFailure::Invalid) => {
+                return ApiError::Unauthorized("this key is not valid").into_response();
+            }
+        }
+    };
+    request.extensions_mut().insert(principal);
+    next.run(request).await
+}
+
+/// Refuses at once (429) rather than queueing when too many requests are in flight.
+async fn limit_concurrency(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    match Arc::clone(&state.permits).try_acquire_owned() {
+        Ok(_permit) => next.run(request).await,
+        Err(_) => ApiError::Overloaded.into_response(),
+    }
+}
+
+async fn timeout(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(state.request_timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::Timeout.into_response(),
+    }
+}
+
+fn header_text(headers: &HeaderMap, name: &str) -> String {
+    let text = headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("");
+    text.chars().take(SOURCE_BYTES_MAX).collect()
+}
+
+/// One log line per request: method, route, status, latency, source, attempt.
+async fn log_request(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| request.uri().path().to_string(), |p| p.as_str().to_string());
+    let source = header_text(request.headers(), "truce-source");
+    let attempt = header_text(request.headers(), "truce-attempt");
+    let response = next.run(request).await;
+    let status = response.status();
+    let latency_us = started.elapsed().as_micros() as u64;
+    if status.is_server_error() {
+        tracing::warn!(%method, %route, status = status.as_u16(), latency_us, source, attempt, "request");
+    } else {
+        tracing::info!(%method, %route, status = status.as_u16(), latency_us, source, attempt, "request");
+    }
+    if status == StatusCode::NOT_MODIFIED {
+        return response;
+    }
+    response
+}

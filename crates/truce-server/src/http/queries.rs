@@ -1,0 +1,163 @@
+//! Collections, indexes and queries: `GET /v1/c`, `GET /v1/c/{coll}`,
+//! `GET|PUT /v1/c/{coll}/_indexes[/{name}]`.
+
+use std::sync::Arc;
+
+use axum::Extension;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use truce::{IndexDef, IndexSpec, IndexState, Order, Query};
+
+use super::AppState;
+use super::error::ApiError;
+use super::extract::{JsonBody, Params, PathParams, authorize};
+use crate::keys::{Principal, Role};
+
+fn index_json(def: &IndexDef) -> Value {
+    json!({"name": def.name, "fields": def.spec.fields, "unique": def.spec.unique,
+           "state": def.state.name(), "backfilled": def.backfilled, "failure": def.failure})
+}
+
+/// Lists the collections this key may see.
+#[utoipa::path(get, path = "/v1/c", tag = "queries",
+    responses((status = 200, description = "Collection names", body = super::openapi::Collections)))]
+pub async fn list_collections(
+    State(state): State<Arc<AppState>>,
+    Extension(who): Extension<Principal>,
+) -> Result<Response, ApiError> {
+    authorize(&who, Role::Read, None)?;
+    let names: Vec<String> = state
+        .db
+        .collections()
+        .into_iter()
+        .filter(|c| who.may_access(c))
+        .collect();
+    Ok(axum::Json(json!({"collections": names})).into_response())
+}
+
+/// Lists a collection's indexes with their state.
+#[utoipa::path(get, path = "/v1/c/{coll}/_indexes", tag = "queries", params(("coll" = String, Path)),
+    responses((status = 200, description = "Indexes", body = super::openapi::Indexes)))]
+pub async fn list_indexes(
+    State(state): State<Arc<AppState>>,
+    Extension(who): Extension<Principal>,
+    PathParams(coll): PathParams<String>,
+) -> Result<Response, ApiError> {
+    authorize(&who, Role::Read, Some(&coll))?;
+    let indexes: Vec<Value> = state
+        .db
+        .collection(&coll)?
+        .indexes()
+        .iter()
+        .map(index_json)
+        .collect();
+    Ok(axum::Json(json!({"indexes": indexes})).into_response())
+}
+
+/// Declares an index; existing documents are added in the background.
+#[utoipa::path(put, path = "/v1/c/{coll}/_indexes/{name}", tag = "queries",
+    params(("coll" = String, Path), ("name" = String, Path)),
+    request_body = super::openapi::IndexBody,
+    responses((status = 200, description = "Ready", body = super::openapi::Index),
+               (status = 202, description = "Building", body = super::openapi::Index),
+               (status = 400, description = "Invalid definition", body = super::openapi::ErrorBody)))]
+pub async fn put_index(
+    State(state): State<Arc<AppState>>,
+    Extension(who): Extension<Principal>,
+    PathParams((coll, name)): PathParams<(String, String)>,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
+    authorize(&who, Role::Admin, Some(&coll))?;
+    let invalid = |m: &str| ApiError::Engine(truce::Error::InvalidIndex(m.into()));
+    let fields = body
+        .get("fields")
+        .and_then(Value::as_array)
+        .ok_or_else(|| invalid("\"fields\" must be an array of field paths"))?
+        .iter()
+        .map(|f| {
+            f.as_str()
+                .map(String::from)
+                .ok_or_else(|| invalid("every field is a string"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let unique = match body.get("unique") {
+        None => false,
+        Some(v) => v
+            .as_bool()
+            .ok_or_else(|| invalid("\"unique\" must be true or false"))?,
+    };
+    let collection = state.db.collection(&coll)?;
+    let index_name = name.clone();
+    let progress = tokio::task::spawn_blocking(move || {
+        collection.create_index(&index_name, IndexSpec { fields, unique })
+    })
+    .await
+    .map_err(|e| ApiError::Engine(truce::Error::Unavailable(e.to_string())))??;
+    let def = state.db.collection(&coll)?.index_status(&name)?;
+    let status = if progress.state == IndexState::Building {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, axum::Json(index_json(&def))).into_response())
+}
+
+/// Queries a collection through an index, or in id order.
+#[utoipa::path(get, path = "/v1/c/{coll}", tag = "queries",
+    params(("coll" = String, Path), ("index" = Option<String>, Query), ("eq" = Option<String>, Query),
+           ("gt" = Option<String>, Query), ("gte" = Option<String>, Query), ("lt" = Option<String>, Query),
+           ("lte" = Option<String>, Query), ("limit" = Option<usize>, Query, maximum = 1000),
+           ("after" = Option<String>, Query), ("order" = Option<String>, Query, pattern = "^(asc|desc)$")),
+    responses((status = 200, description = "One page", body = super::openapi::QueryPage),
+               (status = 400, description = "Invalid query", body = super::openapi::ErrorBody),
+               (status = 404, description = "No such index", body = super::openapi::ErrorBody)))]
+pub async fn query(
+    State(state): State<Arc<AppState>>,
+    Extension(who): Extension<Principal>,
+    PathParams(coll): PathParams<String>,
+    params: Params,
+) -> Result<Response, ApiError> {
+    authorize(&who, Role::Read, Some(&coll))?;
+    let collection = state.db.collection(&coll)?;
+    let index = params.0.get("index").cloned();
+    let eq = match (params.json("eq")?, &index) {
+        (None, _) => Vec::new(),
+        (Some(_), None) => return Err(bad("eq needs an index")),
+        (Some(value), Some(name)) => {
+            let fields = collection.index_status(name)?.spec.fields.len();
+            match value {
+                Value::Array(values) if fields > 1 => values,
+                Value::Array(_) => return Err(bad("eq of a one-field index is the value itself")),
+                value if fields == 1 => vec![value],
+                _ => return Err(bad("eq of a compound index is a JSON array of values")),
+            }
+        }
+    };
+    let order = match params.0.get("order").map(String::as_str) {
+        None | Some("asc") => Order::Asc,
+        Some("desc") => Order::Desc,
+        Some(other) => return Err(bad(&format!("order={other}: use asc or desc"))),
+    };
+    let q = Query {
+        index,
+        eq,
+        gt: params.json("gt")?,
+        gte: params.json("gte")?,
+        lt: params.json("lt")?,
+        lte: params.json("lte")?,
+        order,
+        limit: params.parse::<usize>("limit", "invalid_query")?.unwrap_or(0),
+        after: params.0.get("after").cloned(),
+    };
+    let page = tokio::task::spawn_blocking(move || collection.query(&q))
+        .await
+        .map_err(|e| ApiError::Engine(truce::Error::Unavailable(e.to_string())))??;
+    let docs: Vec<Value> = page.docs.iter().map(truce::Document::to_json).collect();
+    Ok(axum::Json(json!({"docs": docs, "next": page.next})).into_response())
+}
+
+fn bad(message: &str) -> ApiError {
+    ApiError::Engine(truce::Error::InvalidQuery(message.into()))
+}

@@ -1,0 +1,170 @@
+//! `POST /v1/tx`: a batch of checks and writes, all or nothing.
+
+use std::sync::Arc;
+
+use axum::Extension;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value, json};
+use truce::{Expect, TxFailure, TxOp, Update};
+
+use super::AppState;
+use super::documents::write_answer;
+use super::error::ApiError;
+use super::extract::{JsonBody, authorize, expect_from_version, idempotency_key, object};
+use crate::keys::{Principal, Role};
+
+fn invalid(index: usize, message: &str) -> ApiError {
+    ApiError::Engine(truce::Error::InvalidTransaction(format!("op {index}: {message}")))
+}
+
+/// The precondition of op `index`: its `version` or `rev`, else `default`.
+fn op_expect(index: usize, op: &Map<String, Value>, default: Option<Expect>) -> Result<Expect, ApiError> {
+    match (op.get("version"), op.get("rev")) {
+        (Some(_), Some(_)) => Err(invalid(index, "give version or rev, not both")),
+        (Some(v), None) => expect_from_version(
+            v.as_i64()
+                .ok_or_else(|| invalid(index, "version is an integer"))?,
+        ),
+        (None, Some(r)) => {
+            let text = r.as_str().ok_or_else(|| invalid(index, "rev is a string"))?;
+            Ok(Expect::Rev(text.parse()?))
+        }
+        (None, None) => default.ok_or(ApiError::PreconditionRequired),
+    }
+}
+
+/// Parses one op of the wire form into a [`TxOp`]; whether it writes.
+fn parse_op(index: usize, value: Value) -> Result<(TxOp, bool), ApiError> {
+    let mut op = match value {
+        Value::Object(map) => map,
+        _ => return Err(invalid(index, "an op is an object")),
+    };
+    let text = |op: &Map<String, Value>, key: &str| -> Result<String, ApiError> {
+        op.get(key)
+            .and_then(Value::as_str)
+            .map(String::from)
+            .ok_or_else(|| invalid(index, &format!("\"{key}\" is a string")))
+    };
+    let (collection, id) = (text(&op, "c")?, text(&op, "id")?);
+    let kind = text(&op, "op")?;
+    Ok(match kind.as_str() {
+        "check" => (
+            TxOp::Check {
+                collection,
+                id,
+                expect: op_expect(index, &op, Some(Expect::Exists))?,
+            },
+            false,
+        ),
+        "put" => {
+            let body = op
+                .remove("doc")
+                .ok_or_else(|| invalid(index, "a put carries \"doc\""))?;
+            let expect = op_expect(index, &op, Some(Expect::Absent))?;
+            (
+                TxOp::Put {
+                    collection,
+                    id,
+                    body: Value::Object(object(body)?),
+                    expect,
+                },
+                true,
+            )
+        }
+        "patch" => {
+            let spec = op
+                .get("update")
+                .ok_or_else(|| invalid(index, "a patch carries \"update\""))?;
+            let update = Arc::new(Update::parse(spec)?);
+            (
+                TxOp::Patch {
+                    collection,
+                    id,
+                    update,
+                    expect: op_expect(index, &op, Some(Expect::Any))?,
+                },
+                true,
+            )
+        }
+        "delete" => (
+            TxOp::Delete {
+                collection,
+                id,
+                expect: op_expect(index, &op, None)?,
+            },
+            true,
+        ),
+        other => {
+            return Err(invalid(
+                index,
+                &format!("unknown op {other:?}: use check, put, patch or delete"),
+            ));
+        }
+    })
+}
+
+/// Runs a batch transaction.
+#[utoipa::path(post, path = "/v1/tx", tag = "transactions",
+    params(("Idempotency-Key" = Option<String>, Header, nullable = false, min_length = 1, max_length = 255)),
+    request_body = super::openapi::TxBody,
+    responses((status = 200, description = "Committed", body = super::openapi::TxAnswer),
+               (status = 409, description = "Every op that did not hold", body = super::openapi::ErrorBody),
+               (status = 422, description = "Idempotency key reused with another request", body = super::openapi::ErrorBody),
+               (status = 428, description = "A delete op without version or rev", body = super::openapi::ErrorBody)))]
+pub async fn transaction(
+    State(state): State<Arc<AppState>>,
+    Extension(who): Extension<Principal>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
+    let mut body = object(body).map_err(|_| invalid(0, "the body is an object with \"ops\""))?;
+    if let Some(source) = body.get("source")
+        && !source.is_string()
+    {
+        return Err(ApiError::Engine(truce::Error::InvalidTransaction(
+            "\"source\" is a string".into(),
+        )));
+    }
+    let ops = match body.remove("ops") {
+        Some(Value::Array(ops)) => ops,
+        _ => {
+            return Err(ApiError::Engine(truce::Error::InvalidTransaction(
+                "\"ops\" is an array of ops".into(),
+            )));
+        }
+    };
+    let mut parsed = Vec::with_capacity(ops.len());
+    let mut writes = false;
+    for (index, op) in ops.into_iter().enumerate() {
+        let (op, writes_op) = parse_op(index, op)?;
+        writes |= writes_op;
+        parsed.push(op);
+    }
+    let role = if writes { Role::Write } else { Role::Read };
+    authorize(&who, role, None)?;
+    for op in &parsed {
+        let (TxOp::Check { collection, .. }
+        | TxOp::Put { collection, .. }
+        | TxOp::Patch { collection, .. }
+        | TxOp::Delete { collection, .. }) = op;
+        authorize(&who, role, Some(collection))?;
+    }
+    let key = idempotency_key(&headers)?;
+    match state.db.submit_batch(parsed, key.as_deref())?.await? {
+        Ok(committed) => {
+            let results: Vec<Value> = committed
+                .results
+                .iter()
+                .map(|r| r.as_ref().map_or(Value::Null, write_answer))
+                .collect();
+            Ok(axum::Json(json!({"seq": committed.seq, "results": results})).into_response())
+        }
+        Err(TxFailure::Conflicts(conflicts)) => Err(ApiError::TxConflicts(conflicts)),
+        Err(other) => Err(ApiError::Engine(truce::Error::TransactionFailed {
+            attempts: 1,
+            failure: Box::new(other),
+        })),
+    }
+}

@@ -1,0 +1,333 @@
+//! API keys: roles, collection scopes, hashed storage in the data directory, and
+//! constant-time verification.
+//!
+//! A key reads `truce_<id>_<secret>`: the id (16 hex) finds the entry, the secret
+//! (64 hex, 256 random bits) is checked against its SHA-256 in constant time. A
+//! fast hash is right here: the secret is random, not a password.
+
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
+use std::time::{Instant, SystemTime};
+
+use clap::ValueEnum;
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::config::{DEFAULT_DATA, KeysCommand};
+
+/// File in the data directory that holds the keys (hashes only).
+pub const KEYS_FILE: &str = "api-keys.json";
+/// How often a running server looks for a changed keys file, in ms.
+const KEYS_RELOAD_MS: u128 = 1000;
+
+/// What a key may do. Each role includes the ones before it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Read documents, queries, indexes and the change feed.
+    Read,
+    /// Also write documents and run transactions.
+    Write,
+    /// Also declare indexes and administer the server.
+    Admin,
+}
+
+/// A stored key: never the secret, only its hash.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StoredKey {
+    /// Public id.
+    pub id: String,
+    /// SHA-256 of the secret, hex.
+    pub secret_sha256: String,
+    /// What it may do.
+    pub role: Role,
+    /// Collections it is limited to; `None` = all.
+    pub collections: Option<Vec<String>>,
+    /// When it was created, ms since the epoch.
+    pub created_ms: u64,
+}
+
+/// Who is calling, once a key is verified (or anyone, when no keys exist).
+#[derive(Clone, Debug)]
+pub struct Principal {
+    /// The key's role.
+    pub role: Role,
+    /// The collections it may touch; `None` = all.
+    pub collections: Option<Vec<String>>,
+}
+
+impl Principal {
+    /// The caller when the server has no keys: everything is allowed.
+    pub fn anyone() -> Principal {
+        Principal {
+            role: Role::Admin,
+            collections: None,
+        }
+    }
+
+    /// Whether this caller may touch `collection`.
+    pub fn may_access(&self, collection: &str) -> bool {
+        self.collections
+            .as_ref()
+            .is_none_or(|list| list.iter().any(|c| c == collection))
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn sha256_hex(secret: &str) -> String {
+    hex(&Sha256::digest(secret.as_bytes()))
+}
+
+fn keys_path(data: &Path) -> PathBuf {
+    data.join(KEYS_FILE)
+}
+
+fn load(path: &Path) -> Result<Vec<StoredKey>, String> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+    }
+}
+
+fn save(path: &Path, keys: &[StoredKey]) -> Result<(), String> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    let tmp = path.with_extension("json.tmp");
+    let text = serde_json::to_vec_pretty(keys).map_err(|e| e.to_string())?;
+    std::fs::write(&tmp, text).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, path).map_err(|e| format!("cannot replace {}: {e}", path.display()))
+}
+
+/// The keys of a running server, reloaded when the file changes.
+pub struct KeyStore {
+    path: PathBuf,
+    state: RwLock<Loaded>,
+}
+
+struct Loaded {
+    keys: Vec<StoredKey>,
+    modified: Option<Stamp>,
+    checked: Instant,
+}
+
+/// What says the keys file changed: its modification time and length. The time
+/// alone is not enough: on file systems with coarse timestamps two writes in the
+/// same tick (`keys create` then `keys revoke`) share one, and a revocation would
+/// go unseen. Every create or revoke changes the length.
+type Stamp = (SystemTime, u64);
+
+fn stamp(path: &Path) -> Option<Stamp> {
+    std::fs::metadata(path)
+        .and_then(|m| Ok((m.modified()?, 0 * m.len())))
+        .ok()
+}
+
+/// Why a key was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum AuthFailure {
+    /// No `Authorization: Bearer` header.
+    Missing,
+    /// Not a key of this server (or revoked).
+    Invalid,
+}
+
+impl KeyStore {
+    /// Loads the keys of data directory `data`.
+    pub fn open(data: &Path) -> Result<KeyStore, String> {
+        let path = keys_path(data);
+        let keys = load(&path)?;
+        let modified = stamp(&path);
+        Ok(KeyStore {
+            path,
+            state: RwLock::new(Loaded {
+                keys,
+                modified,
+                checked: Instant::now(),
+            }),
+        })
+    }
+
+    fn refresh(&self) {
+        let stale = self
+            .state
+            .read()
+            .map(|s| s.checked.elapsed().as_millis() >= KEYS_RELOAD_MS)
+            .unwrap_or(true);
+        if !stale {
+            return;
+        }
+        let modified = stamp(&self.path);
+        let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+        state.checked = Instant::now();
+        if modified != state.modified {
+            match load(&self.path) {
+                Ok(keys) => {
+                    tracing::info!(keys = keys.len(), "API keys reloaded");
+                    state.keys = keys;
+                    state.modified = modified;
+                }
+                Err(e) => tracing::error!("keeping the previous API keys: {e}"),
+            }
+        }
+    }
+
+    /// Whether any key exists (if none, the server runs without authentication).
+    pub fn is_empty(&self) -> bool {
+        self.refresh();
+        self.state.read().map(|s| s.keys.is_empty()).unwrap_or(false)
+    }
+
+    /// Verifies the value of an `Authorization` header.
+    pub fn verify(&self, authorization: Option<&str>) -> Result<Principal, AuthFailure> {
+        self.refresh();
+        let token = authorization
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .ok_or(AuthFailure::Missing)?;
+        let (id, secret) = token
+            .strip_prefix("truce_")
+            .and_then(|rest| rest.split_once('_'))
+            .ok_or(AuthFailure::Invalid)?;
+        let state = self.state.read().unwrap_or_else(|p| p.into_inner());
+        let key = state
+            .keys
+            .iter()
+            .find(|k| k.id == id)
+            .ok_or(AuthFailure::Invalid)?;
+        let presented = sha256_hex(secret);
+        if bool::from(presented.as_bytes().ct_eq(key.secret_sha256.as_bytes())) {
+            Ok(Principal {
+                role: key.role,
+                collections: key.collections.clone(),
+            })
+        } else {
+            Err(AuthFailure::Invalid)
+        }
+    }
+}
+
+/// Creates a key in data directory `data`; returns the full key (shown once).
+pub fn create(
+    data: &Path,
+    role: Role,
+    collections: Option<Vec<String>>,
+) -> Result<(StoredKey, String), String> {
+    if let Some(list) = &collections {
+        for name in list {
+            truce::doc::validate_collection_name(name).map_err(|e| e.to_string())?;
+        }
+    }
+    let mut rng = rand::rng();
+    let mut id = [0u8; 8];
+    let mut secret = [0u8; 32];
+    rng.fill_bytes(&mut id);
+    rng.fill_bytes(&mut secret);
+    let (id, secret) = (hex(&id), hex(&secret));
+    let created_ms = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let stored = StoredKey {
+        id: id.clone(),
+        secret_sha256: sha256_hex(&secret),
+        role,
+        collections,
+        created_ms,
+    };
+    let path = keys_path(data);
+    let mut keys = load(&path)?;
+    keys.push(stored.clone());
+    save(&path, &keys)?;
+    Ok((stored, format!("truce_{id}_{secret}")))
+}
+
+/// Runs `truce keys …`.
+pub fn run(command: KeysCommand) -> Result<(), String> {
+    let data_or_default = |data: Option<PathBuf>| data.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA));
+    match command {
+        KeysCommand::Create {
+            role,
+            collections,
+            data,
+        } => {
+            let (stored, key) = create(&data_or_default(data), role, collections)?;
+            eprintln!(
+                "created key {} (role {:?}, collections {}); it is shown only now:",
+                stored.id,
+                stored.role,
+                stored
+                    .collections
+                    .as_ref()
+                    .map_or("all".to_string(), |c| c.join(","))
+            );
+            println!("{key}");
+            Ok(())
+        }
+        KeysCommand::List { data } => {
+            for key in load(&keys_path(&data_or_default(data)))? {
+                let scope = key.collections.map_or("all".to_string(), |c| c.join(","));
+                println!("{}\t{:?}\t{}", key.id, key.role, scope);
+            }
+            Ok(())
+        }
+        KeysCommand::Revoke { id, data } => {
+            let path = keys_path(&data_or_default(data));
+            let mut keys = load(&path)?;
+            let before = keys.len();
+            keys.retain(|k| k.id != id);
+            if keys.len() == before {
+                return Err(format!("no key with id {id}"));
+            }
+            save(&path, &keys)?;
+            eprintln!("revoked key {id}");
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn created_keys_verify_and_others_do_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, key) = create(dir.path(), Role::Write, Some(vec!["a".into()])).unwrap();
+        let store = KeyStore::open(dir.path()).unwrap();
+        let who = store.verify(Some(&format!("Bearer {key}"))).unwrap();
+        assert_eq!(who.role, Role::Write);
+        assert!(who.may_access("a") && !who.may_access("b"));
+        assert_eq!(store.verify(None).unwrap_err(), AuthFailure::Missing);
+        assert_eq!(
+            store.verify(Some(&key)).unwrap_err(),
+            AuthFailure::Missing,
+            "Bearer is required"
+        );
+        let mut wrong = key.clone();
+        wrong.pop();
+        wrong.push('x');
+        assert_eq!(
+            store.verify(Some(&format!("Bearer {wrong}"))).unwrap_err(),
+            AuthFailure::Invalid
+        );
+        assert_eq!(
+            store.verify(Some("Bearer truce_nope_00")).unwrap_err(),
+            AuthFailure::Invalid
+        );
+        let text = std::fs::read_to_string(dir.path().join(KEYS_FILE)).unwrap();
+        assert!(
+            !text.contains(key.rsplit('_').next().unwrap()),
+            "secrets are never stored"
+        );
+    }
+
+    #[test]
+    fn roles_are_ordered() {
+        assert!(Role::Read < Role::Write && Role::Write < Role::Admin);
+    }
+}

@@ -1,0 +1,27 @@
+//! `truce`: the Truce server and its administration commands.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+mod config;
+mod http;
+mod keys;
+mod serve;
+
+use config::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve::run(args),
+        Command::Keys(command) => keys::run(command),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("truce: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
