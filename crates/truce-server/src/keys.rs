@@ -125,7 +125,7 @@ type Stamp = (SystemTime, u64);
 
 fn stamp(path: &Path) -> Option<Stamp> {
     std::fs::metadata(path)
-        .and_then(|m| Ok((m.modified()?, 0 * m.len())))
+        .and_then(|m| Ok((m.modified()?, m.len())))
         .ok()
 }
 

@@ -24,6 +24,11 @@ const LONGPOLL_TIMEOUT_MS_DEFAULT: u64 = 30_000;
 const LONGPOLL_TIMEOUT_MS_MAX: u64 = 120_000;
 /// Changes per answer unless `limit` says otherwise.
 const CHANGES_LIMIT_DEFAULT: usize = 1000;
+/// The `feed` parameter as documented. Deliberately not an enum in the schema:
+/// `longpoll` and `sse` answers are meant to stay open, and a fuzzer that picked
+/// them from the document would only measure its own timeout.
+const FEED_DESCRIPTION: &str = "`normal` (default), `longpoll` (waits up to `timeout` ms, at most 120000, \
+                                for a change) or `sse` (Server-Sent Events, one per change)";
 /// How often an idle SSE stream sends a keep-alive comment.
 const SSE_KEEPALIVE_MS: u64 = 15_000;
 
@@ -166,9 +171,9 @@ fn sse_events(
 
 /// Changes of one collection.
 #[utoipa::path(get, path = "/v1/c/{coll}/_changes", tag = "changes",
-    params(("coll" = String, Path), ("since" = Option<String>, Query, pattern = "^([0-9]+|now)$"),
+    params(("coll" = String, Path), ("since" = Option<String>, Query, pattern = "^(0*[0-9]{1,19}|now)$"),
            ("limit" = Option<usize>, Query, minimum = 1, maximum = 10000),
-           ("include_docs" = Option<bool>, Query), ("feed" = Option<String>, Query), ("timeout" = Option<u64>, Query)),
+           ("include_docs" = Option<bool>, Query), ("feed" = Option<String>, Query, description = FEED_DESCRIPTION), ("timeout" = Option<u64>, Query)),
     responses((status = 200, description = "Changes after `since`, in commit order", body = super::openapi::ChangesPage)))]
 pub async fn collection_changes(
     State(state): State<Arc<AppState>>,
@@ -183,9 +188,9 @@ pub async fn collection_changes(
 
 /// Changes of every collection (each result names its collection in `c`).
 #[utoipa::path(get, path = "/v1/_changes", tag = "changes",
-    params(("since" = Option<String>, Query, pattern = "^([0-9]+|now)$"),
+    params(("since" = Option<String>, Query, pattern = "^(0*[0-9]{1,19}|now)$"),
            ("limit" = Option<usize>, Query, minimum = 1, maximum = 10000), ("include_docs" = Option<bool>, Query),
-           ("feed" = Option<String>, Query), ("timeout" = Option<u64>, Query)),
+           ("feed" = Option<String>, Query, description = FEED_DESCRIPTION), ("timeout" = Option<u64>, Query)),
     responses((status = 200, description = "Changes after `since`, in commit order", body = super::openapi::ChangesPage)))]
 pub async fn all_changes(
     State(state): State<Arc<AppState>>,

@@ -146,8 +146,8 @@ impl ApiError {
             ),
             ApiError::Timeout => plain(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "the request timed out".into(),
+                "timeout",
+                "the request took longer than the server's request timeout; a write may still commit".into(),
             ),
         }
     }

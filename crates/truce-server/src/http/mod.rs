@@ -18,11 +18,13 @@ use tokio::sync::Semaphore;
 use truce::Db;
 
 mod changes;
+mod couch;
 mod documents;
 pub mod error;
 mod extract;
 pub mod openapi;
 mod queries;
+mod replication;
 mod tx;
 
 use crate::keys::{AuthFailure, KeyStore, Principal};
@@ -75,12 +77,30 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
                 .delete(documents::delete_doc),
         )
         .route("/v1/tx", post(tx::transaction))
+        .route("/v1/c/{coll}/_pull", get(replication::pull))
+        .route("/v1/c/{coll}/_push", post(replication::push))
         .layer(middleware::from_fn_with_state(Arc::clone(&state), timeout));
     // Streams (long poll, SSE) are exempt from the request timeout.
     let streams = Router::new()
         .route("/v1/c/{coll}/_changes", get(changes::collection_changes))
-        .route("/v1/_changes", get(changes::all_changes));
+        .route("/v1/_changes", get(changes::all_changes))
+        .route("/v1/c/{coll}/_pull/stream", get(replication::pull_stream))
+        .route("/couch/{coll}/_changes", get(couch::changes));
+    let couch = Router::new()
+        .route("/couch/{coll}/", get(couch::info).put(couch::create))
+        .route("/couch/{coll}", get(couch::info).put(couch::create))
+        .route(
+            "/couch/{coll}/_all_docs",
+            get(couch::all_docs_get).post(couch::all_docs_post),
+        )
+        .route("/couch/{coll}/_bulk_docs", post(couch::bulk_docs))
+        .route(
+            "/couch/{coll}/{id}",
+            get(couch::get_doc).put(couch::put_doc).delete(couch::delete_doc),
+        )
+        .layer(middleware::from_fn_with_state(Arc::clone(&state), timeout));
     api.merge(streams)
+        .merge(couch)
         .layer(middleware::from_fn_with_state(Arc::clone(&state), authenticate))
         .route("/healthz", get(healthz))
         .route("/openapi.json", get(openapi_json))

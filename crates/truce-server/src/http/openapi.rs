@@ -6,7 +6,10 @@
 
 use serde_json::{Map, Value};
 use utoipa::openapi::path::{Operation, ParameterIn};
-use utoipa::openapi::schema::{ObjectBuilder, Type};
+use utoipa::openapi::schema::{
+    AdditionalProperties, ArrayBuilder, KnownFormat, ObjectBuilder, OneOfBuilder, Schema, SchemaFormat,
+    SchemaType, Type,
+};
 use utoipa::openapi::{Content, Header, Ref, RefOr, ResponseBuilder};
 use utoipa::{Modify, OpenApi, ToSchema};
 
@@ -66,16 +69,30 @@ pub struct Indexes {
     indexes: Vec<Index>,
 }
 
-/// An index declaration.
-#[derive(ToSchema)]
-pub struct IndexBody {
-    /// Field paths (dotted), 1 to 8.
-    #[schema(min_items = 1, max_items = 8)]
-    fields: Vec<String>,
-    /// Default false; `null` is refused.
-    #[schema(nullable = false)]
-    unique: Option<bool>,
+/// An index declaration: `{"fields": [1 to 8 dotted paths], "unique": bool}`.
+pub struct IndexBody;
+
+impl utoipa::PartialSchema for IndexBody {
+    fn schema() -> RefOr<Schema> {
+        let fields = ArrayBuilder::new()
+            .items(string_with_pattern(READ_PATH_PATTERN))
+            .min_items(Some(1))
+            .max_items(Some(8));
+        ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .property("fields", fields)
+            .required("fields")
+            .property(
+                "unique",
+                ObjectBuilder::new()
+                    .schema_type(Type::Boolean)
+                    .description(Some("Default false")),
+            )
+            .into()
+    }
 }
+
+impl ToSchema for IndexBody {}
 
 /// One page of a query.
 #[derive(ToSchema)]
@@ -127,9 +144,10 @@ pub struct TxOpBody {
     /// Update operators, for `patch`.
     #[schema(nullable = false)]
     update: Option<Map<String, Value>>,
-    #[schema(nullable = false)]
+    #[schema(nullable = false, minimum = -1)]
     version: Option<i64>,
-    #[schema(nullable = false)]
+    /// A revision (`REV_PATTERN`).
+    #[schema(nullable = false, pattern = "^0*[1-9][0-9]{0,18}-[0-9a-f]{32}$")]
     rev: Option<String>,
 }
 
@@ -150,6 +168,32 @@ pub struct TxAnswer {
     results: Vec<Option<WriteAnswer>>,
 }
 
+/// An answer of `_pull`: documents as RxDB sees them (user fields, the id under
+/// the primary key, `_deleted`) and the checkpoint of the last one.
+#[derive(ToSchema)]
+pub struct PullAnswer {
+    documents: Vec<Object>,
+    checkpoint: Option<Checkpoint>,
+}
+
+/// An RxDB checkpoint: the position of the last document pulled.
+#[derive(ToSchema)]
+pub struct Checkpoint {
+    seq: u64,
+    id: String,
+}
+
+/// One row of `_push`.
+#[derive(ToSchema)]
+#[allow(non_snake_case)] // RxDB's field names.
+pub struct PushRow {
+    assumedMasterState: Option<Object>,
+    newDocumentState: Object,
+}
+
+/// Any JSON object.
+pub type Object = Map<String, Value>;
+
 /// Health.
 #[derive(ToSchema)]
 pub struct Health {
@@ -166,9 +210,11 @@ pub struct Health {
         super::documents::delete_doc, super::queries::list_collections, super::queries::query,
         super::queries::list_indexes, super::queries::put_index, super::tx::transaction,
         super::changes::collection_changes, super::changes::all_changes, super::healthz,
+        super::replication::pull, super::replication::push, super::replication::pull_stream,
     ),
     components(schemas(Doc, ErrorBody, WriteAnswer, Collections, Index, Indexes, IndexBody, QueryPage,
-                       ChangeItem, ChangesPage, TxOpKind, TxOpBody, TxBody, TxAnswer, Health)),
+                       ChangeItem, ChangesPage, TxOpKind, TxOpBody, TxBody, TxAnswer, Health, DocBody, UpdateBody,
+                       PullAnswer, PushRow)),
     modifiers(&Conventions)
 )]
 pub struct ApiDoc;
@@ -178,9 +224,134 @@ const NAME_PATTERN: &str = "^[A-Za-z][A-Za-z0-9_-]{0,63}$";
 /// Document ids: not starting with `_`, no control characters (and 1–512 bytes,
 /// which a JSON Schema length in characters cannot say exactly).
 const ID_PATTERN: &str = "^[^_\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$";
+/// A revision, `{version}-{hash}`: a version from 1 to below 10^19 (a u64),
+/// and a hash of 32 lowercase hex digits.
+const REV_PATTERN: &str = "^0*[1-9][0-9]{0,18}-[0-9a-f]{32}$";
+/// `If-Match`: `*` or a revision, optionally quoted as an ETag.
+const IF_MATCH_PATTERN: &str = "^(\\*|\"?0*[1-9][0-9]{0,18}-[0-9a-f]{32}\"?)$";
+/// A dotted field path that a write may touch: non-empty segments not starting
+/// with `$`, the first not starting with `_` either, at most 32 segments.
+const WRITE_PATH_PATTERN: &str = "^[^_$.][^.]*(\\.[^$.][^.]*){0,31}$";
+/// A dotted field path that a filter or an index reads (`_` fields allowed).
+const READ_PATH_PATTERN: &str = "^[^$.][^.]*(\\.[^$.][^.]*){0,31}$";
+/// Top-level fields of a PUT body: user fields, or the `_version` / `_rev` precondition.
+const DOC_FIELD_PATTERN: &str = "^([^_][\\s\\S]*|_version|_rev)?$";
+
+fn string_with_pattern(pattern: &str) -> ObjectBuilder {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .pattern(Some(pattern))
+}
+
+/// `_version` as a precondition: 0 create only, N exactly N, -1 anything.
+fn version_precondition() -> ObjectBuilder {
+    ObjectBuilder::new()
+        .schema_type(Type::Integer)
+        .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
+        .minimum(Some(-1))
+}
+
+/// The body of a PUT: the document's new content, which may carry a `_version`
+/// or `_rev` precondition; no other top-level `_` field (`reserved_field`).
+/// Documents nest at most 32 levels and encode to at most 1 MiB.
+pub struct DocBody;
+
+impl utoipa::PartialSchema for DocBody {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .description(Some(
+                "The new content. `_version` or `_rev` is a precondition; other top-level `_` fields are \
+                 refused. At most 32 levels deep and 1 MiB.",
+            ))
+            .property("_version", version_precondition())
+            .property("_rev", string_with_pattern(REV_PATTERN))
+            .property_names(Some(string_with_pattern(DOC_FIELD_PATTERN)))
+            .additional_properties(Some(AdditionalProperties::FreeForm(true)))
+            .into()
+    }
+}
+
+impl ToSchema for DocBody {}
+
+/// The body of a PATCH: update operators (each an object of dotted paths to
+/// operands), control keys, and optionally a `_version` / `_rev` precondition.
+pub struct UpdateBody;
+
+impl utoipa::PartialSchema for UpdateBody {
+    fn schema() -> RefOr<Schema> {
+        let any = || ObjectBuilder::new().schema_type(SchemaType::AnyValue);
+        let number = || ObjectBuilder::new().schema_type(Type::Number);
+        let paths_to = |operand: RefOr<Schema>| {
+            ObjectBuilder::new()
+                .schema_type(Type::Object)
+                .property_names(Some(string_with_pattern(WRITE_PATH_PATTERN)))
+                .additional_properties(Some(operand))
+        };
+        let date_type = ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .property(
+                "$type",
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .enum_values(Some(["date", "timestamp"])),
+            )
+            .required("$type")
+            .additional_properties(Some(AdditionalProperties::FreeForm(false)));
+        let current_date: RefOr<Schema> = OneOfBuilder::new()
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::Boolean)
+                    .enum_values(Some([true])),
+            )
+            .item(date_type)
+            .into();
+        let mut update = ObjectBuilder::new().schema_type(Type::Object).description(Some(
+            "MongoDB-style update operators over dotted paths, at least one path in all, at most 256; \
+             `$upsert`, `$if`, `$else` control it. Operators must not touch the same path twice.",
+        ));
+        for operator in [
+            "$set",
+            "$unset",
+            "$min",
+            "$max",
+            "$push",
+            "$addToSet",
+            "$pull",
+            "$setOnInsert",
+        ] {
+            update = update.property(operator, paths_to(any().into()));
+        }
+        for operator in ["$inc", "$mul"] {
+            update = update.property(operator, paths_to(number().into()));
+        }
+        update
+            .property("$currentDate", paths_to(current_date))
+            .property("$upsert", ObjectBuilder::new().schema_type(Type::Boolean))
+            .property(
+                "$if",
+                ObjectBuilder::new()
+                    .schema_type(Type::Object)
+                    .description(Some("A filter")),
+            )
+            .property(
+                "$else",
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .enum_values(Some(["conflict", "skip"])),
+            )
+            .property("_version", version_precondition())
+            .property("_rev", string_with_pattern(REV_PATTERN))
+            .min_properties(Some(1))
+            .additional_properties(Some(AdditionalProperties::FreeForm(false)))
+            .into()
+    }
+}
+
+impl ToSchema for UpdateBody {}
 
 /// What holds for every route, said once here rather than on each annotation:
-/// the shape of path parameters, and the answers that layers shared by all
+/// the shape of common parameters, and the answers that layers shared by all
 /// routes (authentication, concurrency limit, timeout, body limit) or input
 /// validation can give. Without them the document would not list statuses the
 /// server really answers (docs/http.md, "Error codes and statuses").
@@ -190,38 +361,51 @@ impl Modify for Conventions {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         for (path, item) in openapi.paths.paths.iter_mut() {
             let operations = [
-                &mut item.get,
-                &mut item.put,
-                &mut item.post,
-                &mut item.patch,
-                &mut item.delete,
+                (false, &mut item.get),
+                (true, &mut item.put),
+                (true, &mut item.post),
+                (true, &mut item.patch),
+                (true, &mut item.delete),
             ];
-            for operation in operations.into_iter().flatten() {
-                constrain_path_parameters(operation);
+            for (writes, operation) in operations {
+                let Some(operation) = operation else { continue };
+                constrain_parameters(writes, operation);
                 add_shared_responses(path, operation);
             }
         }
     }
 }
 
-fn constrain_path_parameters(operation: &mut Operation) {
+/// Gives the parameters every route shares the shape the server checks.
+fn constrain_parameters(writes: bool, operation: &mut Operation) {
     for parameter in operation.parameters.iter_mut().flatten() {
-        if parameter.parameter_in != ParameterIn::Path {
-            continue;
-        }
-        let (pattern, description) = match parameter.name.as_str() {
-            "coll" => (NAME_PATTERN, "Collection name"),
-            "name" => (NAME_PATTERN, "Index name"),
-            "id" => (
-                ID_PATTERN,
+        let (schema, description) = match (&parameter.parameter_in, parameter.name.as_str()) {
+            (ParameterIn::Path, "coll") => (string_with_pattern(NAME_PATTERN), "Collection name"),
+            (ParameterIn::Path, "name") => (string_with_pattern(NAME_PATTERN), "Index name"),
+            (ParameterIn::Path, "id") => (
+                string_with_pattern(ID_PATTERN).min_length(Some(1)),
                 "Document id: 1–512 bytes of UTF-8, no control characters, not starting with `_`",
+            ),
+            (ParameterIn::Header, "If-Match") => (
+                string_with_pattern(IF_MATCH_PATTERN),
+                "Precondition: `*` (must exist) or a revision. One precondition per request (header, \
+                 `_version`/`_rev` field or query parameter); two are 400 `invalid_precondition`.",
+            ),
+            // On a write, only "must not exist"; on a read, any list of ETags.
+            (ParameterIn::Header, "If-None-Match") if writes => (
+                string_with_pattern("^\\*$"),
+                "Precondition: `*` (must not exist). One precondition per request.",
+            ),
+            (ParameterIn::Query, "rev") => (
+                string_with_pattern(REV_PATTERN),
+                "Precondition: exactly this revision",
+            ),
+            (ParameterIn::Query, "version") => (
+                version_precondition(),
+                "Precondition: exactly this version (≥ 1), or -1 for any",
             ),
             _ => continue,
         };
-        let schema = ObjectBuilder::new()
-            .schema_type(Type::String)
-            .min_length(Some(1))
-            .pattern(Some(pattern));
         parameter.schema = Some(schema.into());
         parameter.description = Some(description.into());
     }
@@ -241,48 +425,32 @@ fn error_response(description: &str, retry_after: bool) -> ResponseBuilder {
 }
 
 fn add_shared_responses(path: &str, operation: &mut Operation) {
-    let takes_input =
-        operation.request_body.is_some() || operation.parameters.as_ref().is_some_and(|p| !p.is_empty());
+    // The concurrency limit is in front of every route.
     let mut shared = vec![(
         "429",
         error_response("`overloaded`: too many requests at once", true),
     )];
-    if takes_input {
-        shared.push((
-            "400",
-            error_response("Invalid input: a stable `invalid_…` code says which", false),
-        ));
-    }
-    if operation.request_body.is_some() {
-        shared.push((
-            "413",
-            error_response("`payload_too_large` or `limit_exceeded`", false),
-        ));
-    }
-    // Authentication and the request timeout apply to the API routes, not to
-    // `/healthz` (which documents its own 503).
+    // The rest only for the API v1: `/healthz` is not authenticated and documents
+    // its own 503, and CouchDB-compatible routes answer errors in CouchDB's shape.
     if path.starts_with("/v1") {
-        shared.push((
-            "401",
-            error_response(
-                "`unauthorized`: the server has API keys and this one is missing or invalid",
-                false,
-            ),
-        ));
-        shared.push((
-            "403",
-            error_response(
-                "`forbidden`: this key's role or collections do not allow it",
-                false,
-            ),
-        ));
-        shared.push((
-            "503",
-            error_response(
-                "`unavailable` (storage failed, or the request timed out) or `index_building`",
-                true,
-            ),
-        ));
+        let takes_input =
+            operation.request_body.is_some() || operation.parameters.as_ref().is_some_and(|p| !p.is_empty());
+        if takes_input {
+            let invalid = "Invalid input: a stable `invalid_…` code says which";
+            shared.push(("400", error_response(invalid, false)));
+        }
+        if operation.request_body.is_some() {
+            shared.push((
+                "413",
+                error_response("`payload_too_large` or `limit_exceeded`", false),
+            ));
+        }
+        let unauthorized = "`unauthorized`: the server has API keys and this one is missing or invalid";
+        shared.push(("401", error_response(unauthorized, false)));
+        let forbidden = "`forbidden`: this key's role or collections do not allow it";
+        shared.push(("403", error_response(forbidden, false)));
+        let unavailable = "`unavailable` (storage failed, or the request timed out) or `index_building`";
+        shared.push(("503", error_response(unavailable, true)));
     }
     for (status, response) in shared {
         operation
@@ -296,4 +464,72 @@ fn add_shared_responses(path: &str, operation: &mut Operation) {
 /// The document as JSON.
 pub fn document() -> Value {
     serde_json::to_value(ApiDoc::openapi()).unwrap_or(Value::Null)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use truce::limits;
+
+    fn parameter<'a>(doc: &'a Value, path: &str, method: &str, name: &str) -> &'a Value {
+        let parameters = doc["paths"][path][method]["parameters"]
+            .as_array()
+            .expect("parameters");
+        let found = parameters.iter().find(|p| p["name"] == name);
+        &found.unwrap_or_else(|| panic!("{method} {path}: no parameter {name}"))["schema"]
+    }
+
+    /// The bounds the document states are the engine's, so a changed limit
+    /// cannot leave the document (and API fuzzing) behind.
+    #[test]
+    fn documented_bounds_are_the_engines() {
+        let doc = document();
+        let schemas = &doc["components"]["schemas"];
+        assert_eq!(
+            schemas["IndexBody"]["properties"]["fields"]["maxItems"],
+            limits::INDEX_FIELDS_MAX
+        );
+        assert_eq!(
+            schemas["TxBody"]["properties"]["ops"]["maxItems"],
+            limits::TX_OPS_MAX
+        );
+        assert_eq!(
+            parameter(&doc, "/v1/c/{coll}", "get", "limit")["maximum"],
+            limits::QUERY_LIMIT_MAX
+        );
+        assert_eq!(
+            parameter(&doc, "/v1/_changes", "get", "limit")["maximum"],
+            limits::CHANGES_LIMIT_MAX
+        );
+        let key = parameter(&doc, "/v1/tx", "post", "Idempotency-Key");
+        assert_eq!(key["maxLength"], limits::IDEMPOTENCY_KEY_BYTES_MAX);
+        let segments = format!("{{0,{}}}", limits::PATH_SEGMENTS_MAX - 1);
+        assert!(WRITE_PATH_PATTERN.contains(&segments) && READ_PATH_PATTERN.contains(&segments));
+        let name = format!("{{0,{}}}", limits::COLLECTION_NAME_BYTES_MAX - 1);
+        assert!(NAME_PATTERN.contains(&name));
+    }
+
+    /// Every API route lists the answers of the layers in front of all handlers.
+    #[test]
+    fn every_route_documents_the_shared_answers() {
+        let doc = document();
+        for (path, item) in doc["paths"].as_object().expect("paths") {
+            for (method, operation) in item.as_object().expect("path item") {
+                let responses = operation["responses"].as_object().expect("responses");
+                let mut expected = vec!["429"];
+                if path.starts_with("/v1") {
+                    expected.extend(["401", "403", "503"]);
+                    if operation.get("requestBody").is_some() {
+                        expected.extend(["400", "413"]);
+                    }
+                }
+                for status in expected {
+                    assert!(
+                        responses.contains_key(status),
+                        "{method} {path} does not document {status}"
+                    );
+                }
+            }
+        }
+    }
 }

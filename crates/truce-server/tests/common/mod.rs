@@ -7,6 +7,7 @@ use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// How long a server may take to start answering `/healthz`.
@@ -22,6 +23,8 @@ pub struct Server {
     _dir: Option<tempfile::TempDir>,
     /// Extra arguments it was started with.
     args: Vec<String>,
+    /// What the server wrote on stderr (bounded).
+    log: Arc<Mutex<String>>,
 }
 
 /// The `truce` binary built for these tests.
@@ -61,6 +64,7 @@ impl Server {
             data: data.to_path_buf(),
             _dir: None,
             args: args.iter().map(|a| a.to_string()).collect(),
+            log: Arc::default(),
         };
         server.spawn();
         server
@@ -76,6 +80,23 @@ impl Server {
             .stderr(Stdio::piped())
             .spawn()
             .expect("start truce serve");
+        // Drain stderr on a thread, so a chatty server never blocks on a full pipe;
+        // what it said is kept for the report if it dies before listening.
+        let mut child = child;
+        let log = Arc::new(Mutex::new(String::new()));
+        if let Some(stderr) = child.stderr.take() {
+            let log = Arc::clone(&log);
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
+                    if log.len() < 64 * 1024 {
+                        log.push_str(&line);
+                        log.push('\n');
+                    }
+                }
+            });
+        }
+        self.log = log;
         self.child = Some(child);
         self.wait_ready();
     }
@@ -87,13 +108,8 @@ impl Server {
                 return;
             }
             if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                let mut err = String::new();
-                if let Some(stderr) = self.child.as_mut().and_then(|c| c.stderr.take()) {
-                    for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                        err.push_str(&line);
-                        err.push('\n');
-                    }
-                }
+                std::thread::sleep(Duration::from_millis(50)); // let the drain catch up
+                let err = self.log.lock().unwrap_or_else(|p| p.into_inner()).clone();
                 panic!("truce serve exited with {status} before listening:\n{err}");
             }
             std::thread::sleep(Duration::from_millis(20));

@@ -237,6 +237,45 @@ impl Collection {
             .ok_or_else(|| Error::NotFound(format!("index {name} of collection {}", self.name)))
     }
 
+    /// Live and deleted documents of the collection, counted on one durable
+    /// snapshot. Reads every document: for status pages, not hot paths.
+    pub fn count(&self) -> Result<(u64, u64)> {
+        let (view, _) = durable_snapshot(self.db.shared())?;
+        let base = doc_key(&self.name, "");
+        let end = crate::index::keys::prefix_end(&base);
+        let (mut live, mut deleted) = (0, 0);
+        let mut start = std::ops::Bound::Included(base.clone());
+        loop {
+            let start_ref = match &start {
+                std::ops::Bound::Included(k) => std::ops::Bound::Included(k.as_slice()),
+                std::ops::Bound::Excluded(k) => std::ops::Bound::Excluded(k.as_slice()),
+                std::ops::Bound::Unbounded => std::ops::Bound::Unbounded,
+            };
+            let end_ref = end
+                .as_deref()
+                .map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
+            let entries = view.scan(
+                crate::storage::Space::Documents,
+                start_ref,
+                end_ref,
+                crate::storage::Direction::Forward,
+                1024,
+            )?;
+            for (key, value) in &entries {
+                let id = String::from_utf8_lossy(&key[base.len()..]);
+                if crate::record::decode_document(&id, value)?.is_deleted() {
+                    deleted += 1;
+                } else {
+                    live += 1;
+                }
+            }
+            match entries.last() {
+                Some((key, _)) if entries.len() == 1024 => start = std::ops::Bound::Excluded(key.clone()),
+                _ => return Ok((live, deleted)),
+            }
+        }
+    }
+
     /// One page of a query, read from one durable snapshot.
     pub fn query(&self, query: &Query) -> Result<QueryPage> {
         let (view, _) = durable_snapshot(self.db.shared())?;

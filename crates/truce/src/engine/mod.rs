@@ -293,6 +293,23 @@ impl Db {
         read::read_changes(&*view, collection, since, limit, upto, include_docs)
     }
 
+    /// Changes of `collection` after a `(seq, id)` position (the RxDB checkpoint),
+    /// with their documents, from one durable snapshot; also returns the
+    /// snapshot's sequence.
+    pub fn changes_after(
+        &self,
+        collection: &str,
+        after: Option<(u64, &str)>,
+        limit: usize,
+    ) -> Result<(Vec<Change>, u64)> {
+        doc::validate_collection_name(collection)?;
+        let (view, upto) = read::durable_snapshot(self.shared())?;
+        Ok((
+            read::read_changes_after(&*view, collection, after, limit, upto)?,
+            upto,
+        ))
+    }
+
     /// A live subscription to the change feed from `since`, with no gap and no
     /// duplicate between what it catches up on and what it sees live.
     pub fn subscribe(

@@ -80,7 +80,7 @@ impl Update {
         let condition = match m.get("$if") {
             None => None,
             Some(f @ Value::Object(_)) => Some(Filter::parse(f)?),
-            Some(_) => return Err(invalid("'$if' must be a filter object".into())),
+            Some(_) => return Err(Error::InvalidFilter("'$if' must be a filter object".into())),
         };
         let on_false = match m.get("$else").map(|v| v.as_str()) {
             None | Some(Some("conflict")) => OnFalse::Conflict,

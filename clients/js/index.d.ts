@@ -1,0 +1,49 @@
+import type { RxCollection } from 'rxdb';
+import type { RxReplicationState } from 'rxdb/plugins/replication';
+
+/** Truce's replication checkpoint: the commit sequence and id of the last document pulled. */
+export interface TruceCheckpoint {
+  seq: number;
+  id: string;
+}
+
+export interface ReplicateTruceOptions<RxDocType = any> {
+  /** The RxDB collection to replicate. */
+  collection: RxCollection<RxDocType, any, any, any>;
+  /** The server's base URL, e.g. `http://127.0.0.1:7070` (no `/v1`). */
+  url: string;
+  /** The collection's name on the server. Default: `collection.name`. */
+  remoteCollection?: string;
+  /** The field that holds the document id. Default: the schema's primary key. */
+  primaryKey?: string;
+  /** Identifies this replication's checkpoints in RxDB. Default: `truce:{url}/v1/c/{remoteCollection}`. */
+  replicationIdentifier?: string;
+  /** Keep following the server's event stream. Default: true. */
+  live?: boolean;
+  /** Documents per pull request and rows per push request. Default: 100. */
+  batchSize?: number;
+  /**
+   * Extra request headers, e.g. `{ Authorization: 'Bearer …' }`, or a
+   * function called before every request (to refresh a token).
+   */
+  headers?: Record<string, string> | (() => Record<string, string> | Promise<Record<string, string>>);
+  /** The fetch to use. Default: `globalThis.fetch`. */
+  fetch?: typeof fetch;
+  /** Milliseconds before a failed pull or push is retried. Default: 5000. */
+  retryTime?: number;
+  /** Passed to RxDB (replicate only in the leader tab). Default: true. */
+  waitForLeadership?: boolean;
+  /** Passed to RxDB. Default: true. */
+  autoStart?: boolean;
+  /** Milliseconds of silence on the event stream (no event, no keep-alive) before reconnecting. Default: 60000. */
+  streamTimeout?: number;
+}
+
+/**
+ * Replicates `collection` with a Truce server through `/v1/c/{coll}/_pull`,
+ * `_push` and `_pull/stream`. Conflicts are resolved by the collection's
+ * conflict handler, as with any RxDB replication.
+ */
+export function replicateTruce<RxDocType = any>(
+  options: ReplicateTruceOptions<RxDocType>,
+): RxReplicationState<RxDocType, TruceCheckpoint>;

@@ -1,0 +1,547 @@
+//! The CouchDB subset that rxdb 17's `replicateCouchDB` plugin uses, mounted at
+//! `/couch/{coll}/`. Truce's `_rev` (`N-<32 hex>`, one linear history per
+//! document) is the CouchDB revision; there are no revision trees.
+//!
+//! Answers and errors use CouchDB's shapes (`{"error","reason"}`), not Truce's.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Extension;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value, json};
+use truce::{ConflictReason, Document, Expect, TxOp, WriteResult};
+
+use super::AppState;
+use super::error::ApiError;
+use super::extract::{JsonBody, Params, PathParams, authorize};
+use crate::keys::{Principal, Role};
+
+/// Default and largest long-poll wait, in ms (CouchDB's default is 60 s).
+const LONGPOLL_TIMEOUT_MS_DEFAULT: u64 = 60_000;
+const LONGPOLL_TIMEOUT_MS_MAX: u64 = 120_000;
+/// Changes per answer unless `limit` says otherwise.
+const CHANGES_LIMIT_DEFAULT: usize = 1000;
+/// Rows of `GET _all_docs` unless `limit` says otherwise.
+const ALL_DOCS_LIMIT_DEFAULT: usize = 1000;
+
+/// An error in CouchDB's shape.
+pub struct CouchError(StatusCode, &'static str, String);
+
+impl IntoResponse for CouchError {
+    fn into_response(self) -> Response {
+        (self.0, axum::Json(json!({"error": self.1, "reason": self.2}))).into_response()
+    }
+}
+
+impl From<ApiError> for CouchError {
+    fn from(e: ApiError) -> CouchError {
+        let (status, body) = e.status_and_body();
+        let reason = body
+            .get("message")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        let error = match status {
+            StatusCode::NOT_FOUND => "not_found",
+            StatusCode::CONFLICT => "conflict",
+            StatusCode::UNAUTHORIZED => "unauthorized",
+            StatusCode::FORBIDDEN => "forbidden",
+            StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+            s if s.is_client_error() => "bad_request",
+            _ => "unknown_error",
+        };
+        CouchError(status, error, reason)
+    }
+}
+
+impl From<truce::Error> for CouchError {
+    fn from(e: truce::Error) -> CouchError {
+        CouchError::from(ApiError::Engine(e))
+    }
+}
+
+type CouchResult = Result<Response, CouchError>;
+
+fn conflict() -> CouchError {
+    CouchError(
+        StatusCode::CONFLICT,
+        "conflict",
+        "Document update conflict.".into(),
+    )
+}
+
+/// A document in CouchDB's shape: `_id`, `_rev`, the fields (`_deleted` on a tombstone).
+fn couch_doc(doc: &Document) -> Value {
+    let mut out = Map::with_capacity(doc.body.len() + 3);
+    out.insert("_id".into(), json!(doc.id));
+    out.insert("_rev".into(), json!(doc.rev().to_string()));
+    if doc.is_deleted() {
+        out.insert("_deleted".into(), json!(true));
+    }
+    out.extend(doc.body.iter().map(|(k, v)| (k.clone(), v.clone())));
+    Value::Object(out)
+}
+
+/// The write a CouchDB document body asks for: `_rev` means "exactly that
+/// revision", none means create (also over a tombstone); `_deleted` deletes.
+fn couch_write(coll: &str, id: &str, mut doc: Map<String, Value>) -> Result<TxOp, CouchError> {
+    let rev = doc.remove("_rev");
+    let deleted = doc.remove("_deleted").and_then(|d| d.as_bool()).unwrap_or(false);
+    let expect = match rev {
+        None | Some(Value::Null) => Expect::Absent,
+        Some(Value::String(rev)) => Expect::Rev(rev.parse().map_err(|_| {
+            CouchError(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("invalid rev {rev:?}"),
+            )
+        })?),
+        Some(_) => {
+            return Err(CouchError(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "_rev is a string".into(),
+            ));
+        }
+    };
+    // CouchDB keeps special fields it understands; Truce stores none of them.
+    doc.retain(|k, _| !k.starts_with('_'));
+    let (collection, id) = (coll.to_string(), id.to_string());
+    Ok(match (deleted, expect) {
+        // No revision: right only when nothing live is there, so it is a check
+        // that the document is absent (see `bulk_docs`), and writes nothing.
+        (true, Expect::Absent) => TxOp::Check {
+            collection,
+            id,
+            expect: Expect::Absent,
+        },
+        (true, expect) => TxOp::Delete {
+            collection,
+            id,
+            expect,
+        },
+        (false, expect) => TxOp::Put {
+            collection,
+            id,
+            body: Value::Object(doc),
+            expect,
+        },
+    })
+}
+
+fn write_row(id: &str, result: Result<WriteResult, truce::Error>) -> Value {
+    match result {
+        Ok(Ok(written)) => json!({"ok": true, "id": id, "rev": written.doc.rev().to_string()}),
+        Ok(Err(_)) => json!({"id": id, "error": "conflict", "reason": "Document update conflict."}),
+        Err(e) => json!({"id": id, "error": e.code(), "reason": e.to_string()}),
+    }
+}
+
+/// `GET /couch/{coll}/`: database information.
+pub async fn info(
+    State(state): State<Arc<AppState>>,
+    Extension(who): Extension<Principal>,
+    PathParams(coll): PathParams<String>,
+) -> CouchResult {
+    authorize(&who, Role::Read, Some(&coll))?;
+    let collection = state.db.collection(&coll)?;
+    let seq = state.db.durable_seq();
+    let (live, deleted) = tokio::task::spawn_blocking(move || collection.count())
+        .await
+        .map_err(|e| CouchError::from(truce::Error::Unavailable(e.to_string())))??;
+    Ok(axum::Json(json!({
+        "db_name": coll, "doc_count": live, "doc_del_count": deleted, "update_seq": seq,
+        "instance_start_time": "0", "purge_seq": 0,
+    }))
+    .into_response())
+}
+
+/// `PUT /couch/{coll}/`: collections exist once written; this only answers as CouchDB would.
+pub async fn create(
+    State(state): State<Arc<AppState>>,
+    Extension(who): Extension<Principal>,
+    PathParams(coll): PathParams<String>,
+) -> CouchResult {
+    authorize(&who, Role::Write, Some(&coll))?;
+    truce::doc::validate_collection_name(&coll)?;
+    if state.db.collections().contains(&coll) {
+        return Err(CouchError(
+            StatusCode::PRECONDITION_FAILED,
+            "file_exists",
+            "The database already exists.".into(),
+        ));
+    }
+    Ok((StatusCode::CREATED, axum::Json(json!({"ok": true}))).into_response())
+}
+
+/// `GET /couch/{coll}/_changes`.
+pub async fn changes(
+    State(state): State<Arc<AppState>>,
+    Extension(who): Extension<Principal>,
+    PathParams(coll): PathParams<String>,
+    params: Params,
+) -> CouchResult {
+    authorize(&who, Role::Read, Some(&coll))?;
+    truce::doc::validate_collection_name(&coll)?;
+    let since = match params.0.get("since").map(String::as_str) {
+        None | Some("0") => 0,
+        Some("now") => state.db.durable_seq(),
+        Some(s) => s.trim_matches('"').parse::<u64>().map_err(|_| {
+            CouchError(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("since={s:?} is not a sequence"),
+            )
+        })?,
+    };
+    let limit = params
+        .parse::<usize>("limit", "invalid_query")?
+        .unwrap_or(CHANGES_LIMIT_DEFAULT)
+        .max(1);
+    let include_docs = params.flag("include_docs")?;
+    let page = match params.0.get("feed").map(String::as_str).unwrap_or("normal") {
+        "normal" => {
+            let (db, coll) = (state.db.clone(), coll.clone());
+            tokio::task::spawn_blocking(move || db.changes(Some(&coll), since, limit, include_docs))
+                .await
+                .map_err(|e| CouchError::from(truce::Error::Unavailable(e.to_string())))??
+        }
+        "longpoll" => {
+            let timeout = params
+                .parse::<u64>("timeout", "invalid_query")?
+                .unwrap_or(LONGPOLL_TIMEOUT_MS_DEFAULT)
+                .min(LONGPOLL_TIMEOUT_MS_MAX);
+            let mut sub = state.db.subscribe(Some(&coll), since, include_docs)?;
+            match tokio::time::timeout(Duration::from_millis(timeout), sub.next()).await {
+                Ok(page) => page?,
+                Err(_) => truce::ChangesPage {
+                    changes: Vec::new(),
+                    last_seq: sub.since(),
+                },
+            }
+        }
+        other => {
+            return Err(CouchError(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("feed={other} is not supported"),
+            ));
+        }
+    };
+    let results: Vec<Value> = page
+        .changes
+        .iter()
+        .map(|c| {
+            let mut row = json!({"seq": c.seq, "id": c.id, "changes": [{"rev": c.rev.to_string()}]});
+            if c.deleted {
+                row["deleted"] = json!(true);
+            }
+            if let Some(doc) = &c.doc {
+                row["doc"] = couch_doc(doc);
+            }
+            row
+        })
+        .collect();
+    Ok(axum::Json(json!({"results": results, "last_seq": page.last_seq, "pending": 0})).into_response())
+}
+
+/// How `_all_docs` shows a deleted document asked for by key.
+#[derive(Clone, Copy)]
+enum Tombstones {
+    /// `doc: null`, as CouchDB answers a POST (the plugin then writes without `_rev`).
+    Null,
+    /// The tombstone itself, which the plugin's conflict lookup (a GET) needs.
+    Shown,
+}
+
+/// One `_all_docs` row for `key`: live, deleted or missing.
+fn all_docs_row(key: &str, doc: Option<Document>, include_docs: bool, tombstones: Tombstones) -> Value {
+    match doc {
+        None => json!({"key": key, "error": "not_found"}),
+        Some(doc) if doc.is_deleted() => {
+            let mut row =
+                json!({"id": key, "key": key, "value": {"rev": doc.rev().to_string(), "deleted": true}});
+            if include_docs {
+                row["doc"] = match tombstones {
+                    Tombstones::Null => Value::Null,
+                    Tombstones::Shown => couch_doc(&doc),
+                };
+            }
+            row
+        }
+        Some(doc) => {
+            let mut row = json!({"id": key, "key": key, "value": {"rev": doc.rev().to_string()}});
+            if include_docs {
+                row["doc"] = couch_doc(&doc);
+            }
+            row
+        }
+    }
+}
+
+async fn all_docs_for(
+    state: &AppState,
+    coll: &str,
+    params: &Params,
+    keys: Option<Vec<String>>,
+    include_docs: bool,
+    tombstones: Tombstones,
+) -> CouchResult {
+    let collection = state.db.collection(coll)?;
+    let rows: Vec<Value> = match keys {
+        Some(keys) => keys
+            .iter()
+            .map(|key| {
+                Ok(all_docs_row(
+                    key,
+                    collection.get_stored(key)?,
+                    include_docs,
+                    tombstones,
+                ))
+            })
+            .collect::<Result<_, truce::Error>>()?,
+        None => {
+            let limit = params
+                .parse::<usize>("limit", "invalid_query")?
+                .unwrap_or(ALL_DOCS_LIMIT_DEFAULT);
+            let key_param = |name: &str| {
+                params
+                    .json(name)
+                    .map(|v| v.and_then(|v| v.as_str().map(|s| json!(s))))
+            };
+            let query = truce::Query {
+                gte: key_param("startkey")?.or(key_param("start_key")?),
+                lte: key_param("endkey")?.or(key_param("end_key")?),
+                limit,
+                ..truce::Query::default()
+            };
+            let page = tokio::task::spawn_blocking(move || collection.query(&query))
+                .await
+                .map_err(|e| CouchError::from(truce::Error::Unavailable(e.to_string())))??;
+            page.docs
+                .into_iter()
+                .map(|doc| all_docs_row(&doc.id.clone(), Some(doc), include_docs, tombstones))
+                .collect()
+        }
+    };
+    Ok(axum::Json(json!({"total_rows": rows.len(), "offset": 0, "rows": rows})).into_response())
+}
+
+fn keys_of(value: Option<&Value>) -> Result<Option<Vec<String>>, CouchError> {
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Array(keys)) => keys
+            .iter()
+            .map(|k| k.as_str().map(String::from))
+            .collect::<Option<Vec<_>>>()
+            .map(Some)
+            .ok_or_else(|| CouchError(StatusCode::BAD_REQUEST, "bad_request", "keys are strings".into())),
+        Some(_) => Err(CouchError(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "`keys` must be an array".into(),
+        )),
+    }
+}
+
+/// `GET /couch/{coll}/_all_docs` (`keys` as a JSON parameter, or every live document).
+pub async fn all_docs_get(
+    State(state): State<Arc<AppState>>,
+    Extension(who): Extension<Principal>,
+    PathParams(coll): PathParams<String>,
+    params: Params,
+) -> CouchResult {
+    authorize(&who, Role::Read, Some(&coll))?;
+    let keys = keys_of(params.json("keys")?.as_ref())?;
+    let include_docs = params.flag("include_docs")?;
+    all_docs_for(&state, &coll, &params, keys, include_docs, Tombstones::Shown).await
+}
+
+/// `POST /couch/{coll}/_all_docs` with `{"keys": [...]}`.
+pub async fn all_docs_post(
+    State(state): State<Arc<AppState>>,
+    Extension(who): Extension<Principal>,
+    PathParams(coll): PathParams<String>,
+    params: Params,
+    JsonBody(body): JsonBody,
+) -> CouchResult {
+    authorize(&who, Role::Read, Some(&coll))?;
+    let keys = keys_of(body.get("keys"))?;
+    // CouchDB accepts every _all_docs parameter in the POST body too.
+    let include_docs = match body.get("include_docs") {
+        Some(v) => v.as_bool().unwrap_or(false),
+        None => params.flag("include_docs")?,
+    };
+    all_docs_for(&state, &coll, &params, keys, include_docs, Tombstones::Null).await
+}
+
+/// `POST /couch/{coll}/_bulk_docs`: each row applies on its own (as in CouchDB);
+/// all are queued at once, so they share group commits.
+pub async fn bulk_docs(
+    State(state): State<Arc<AppState>>,
+    Extension(who): Extension<Principal>,
+    PathParams(coll): PathParams<String>,
+    JsonBody(body): JsonBody,
+) -> CouchResult {
+    authorize(&who, Role::Write, Some(&coll))?;
+    if body.get("new_edits") == Some(&Value::Bool(false)) {
+        return Err(CouchError(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "new_edits=false (client-assigned revisions) is not supported: Truce keeps one linear history"
+                .into(),
+        ));
+    }
+    let Some(Value::Array(docs)) = body.get("docs") else {
+        return Err(CouchError(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "`docs` must be an array".into(),
+        ));
+    };
+    if docs.len() > truce::limits::TX_OPS_MAX {
+        return Err(truce::Error::LimitExceeded {
+            what: "TX_OPS_MAX",
+            limit: truce::limits::TX_OPS_MAX as u64,
+        }
+        .into());
+    }
+    let mut pending = Vec::with_capacity(docs.len());
+    for doc in docs {
+        let Value::Object(doc) = doc.clone() else {
+            return Err(CouchError(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "every doc is an object".into(),
+            ));
+        };
+        let Some(id) = doc.get("_id").and_then(Value::as_str).map(String::from) else {
+            return Err(CouchError(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "every doc needs an _id".into(),
+            ));
+        };
+        let op = couch_write(&coll, &id, doc)?;
+        let submitted = match op {
+            check @ TxOp::Check { .. } => state.db.submit_batch(vec![check], None).map(Pending::AbsentCheck),
+            write => state.db.submit_write(write, None).map(Pending::Write),
+        };
+        pending.push((id, submitted));
+    }
+    let collection = state.db.collection(&coll)?;
+    let mut rows = Vec::with_capacity(pending.len());
+    for (id, submitted) in pending {
+        let row = match submitted {
+            Ok(Pending::Write(write)) => write_row(&id, write.await),
+            // A delete without `_rev` of what is already gone succeeds, as in
+            // CouchDB; of a live document it is a conflict.
+            Ok(Pending::AbsentCheck(check)) => match check.await? {
+                Ok(_) => {
+                    let rev = collection
+                        .get_stored(&id)?
+                        .map_or_else(|| "0-0".to_string(), |d| d.rev().to_string());
+                    json!({"ok": true, "id": id, "rev": rev})
+                }
+                Err(_) => json!({"id": id, "error": "conflict", "reason": "Document update conflict."}),
+            },
+            Err(e) => write_row(&id, Err(e)),
+        };
+        rows.push(row);
+    }
+    Ok((StatusCode::CREATED, axum::Json(Value::Array(rows))).into_response())
+}
+
+/// A `_bulk_docs` row on its way.
+enum Pending {
+    /// A write.
+    Write(truce::PendingWrite),
+    /// A delete without `_rev`: a check that nothing live is there.
+    AbsentCheck(truce::PendingTx),
+}
+
+/// `GET /couch/{coll}/{id}`.
+pub async fn get_doc(
+    State(state): State<Arc<AppState>>,
+    Extension(who): Extension<Principal>,
+    PathParams((coll, id)): PathParams<(String, String)>,
+    params: Params,
+) -> CouchResult {
+    authorize(&who, Role::Read, Some(&coll))?;
+    let doc = state.db.collection(&coll)?.get_stored(&id)?;
+    let wanted = params.0.get("rev");
+    match doc {
+        None => Err(CouchError(StatusCode::NOT_FOUND, "not_found", "missing".into())),
+        Some(doc) if wanted.is_some_and(|r| *r != doc.rev().to_string()) => Err(CouchError(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "only the latest revision is kept".into(),
+        )),
+        Some(doc) if doc.is_deleted() && wanted.is_none() => {
+            Err(CouchError(StatusCode::NOT_FOUND, "not_found", "deleted".into()))
+        }
+        Some(doc) => Ok(axum::Json(couch_doc(&doc)).into_response()),
+    }
+}
+
+async fn write_one(state: &AppState, id: &str, op: TxOp) -> CouchResult {
+    match state.db.submit_write(op, None)?.await? {
+        Ok(written) => {
+            let status = if written.created() {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            let body = json!({"ok": true, "id": id, "rev": written.doc.rev().to_string()});
+            Ok((status, axum::Json(body)).into_response())
+        }
+        Err(c) if c.reason == ConflictReason::NotFound && c.current.is_none() => {
+            Err(CouchError(StatusCode::NOT_FOUND, "not_found", "missing".into()))
+        }
+        Err(_) => Err(conflict()),
+    }
+}
+
+/// `PUT /couch/{coll}/{id}`: `_rev` in the body (or `?rev=`) for an update.
+pub async fn put_doc(
+    State(state): State<Arc<AppState>>,
+    Extension(who): Extension<Principal>,
+    PathParams((coll, id)): PathParams<(String, String)>,
+    params: Params,
+    JsonBody(body): JsonBody,
+) -> CouchResult {
+    authorize(&who, Role::Write, Some(&coll))?;
+    let Value::Object(mut doc) = body else {
+        return Err(CouchError(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "a document is a JSON object".into(),
+        ));
+    };
+    if let Some(rev) = params.0.get("rev") {
+        doc.entry("_rev").or_insert_with(|| json!(rev));
+    }
+    let op = couch_write(&coll, &id, doc)?;
+    write_one(&state, &id, op).await
+}
+
+/// `DELETE /couch/{coll}/{id}?rev=R`.
+pub async fn delete_doc(
+    State(state): State<Arc<AppState>>,
+    Extension(who): Extension<Principal>,
+    PathParams((coll, id)): PathParams<(String, String)>,
+    params: Params,
+) -> CouchResult {
+    authorize(&who, Role::Write, Some(&coll))?;
+    let Some(rev) = params.0.get("rev") else {
+        return Err(conflict());
+    };
+    let mut doc = Map::new();
+    doc.insert("_rev".into(), json!(rev));
+    doc.insert("_deleted".into(), json!(true));
+    let op = couch_write(&coll, &id, doc)?;
+    write_one(&state, &id, op).await
+}

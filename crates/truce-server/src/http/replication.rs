@@ -1,0 +1,339 @@
+//! The RxDB replication protocol (`replicateRxCollection` of rxdb 17):
+//! `GET /v1/c/{coll}/_pull`, `POST /v1/c/{coll}/_push`,
+//! `GET /v1/c/{coll}/_pull/stream`.
+//!
+//! Documents travel as RxDB sees them: the user fields, the id under the
+//! client's primary-key field, and `_deleted`. The checkpoint is the
+//! `(seq, id)` position of the last document, which is unique per document.
+
+use std::collections::HashSet;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Extension;
+use axum::extract::State;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures_util::stream::{self, Stream, StreamExt};
+use serde_json::{Map, Value, json};
+use truce::{Change, Document, Expect, TxFailure, TxOp};
+
+use super::AppState;
+use super::error::ApiError;
+use super::extract::{JsonBody, Params, PathParams, authorize};
+use crate::keys::{Principal, Role};
+
+/// Documents per pull unless `limit` says otherwise.
+const PULL_LIMIT_DEFAULT: usize = 100;
+/// Rows per push: a push is one transaction where it can be.
+const PUSH_ROWS_MAX: usize = truce::limits::TX_OPS_MAX;
+/// Times a push re-reads and re-commits rows whose master changed meanwhile,
+/// before answering them as conflicts with the latest master state.
+const PUSH_ROUNDS_MAX: usize = 5;
+/// How often an idle stream sends a keep-alive comment.
+const STREAM_KEEPALIVE_MS: u64 = 15_000;
+
+/// The client's primary-key field (`primaryKey`, default `id`).
+fn primary_key(params: &Params) -> Result<String, ApiError> {
+    let key = params.0.get("primaryKey").cloned().unwrap_or_else(|| "id".into());
+    if key.is_empty() || key.starts_with('_') || key.len() > 128 {
+        return Err(ApiError::BadRequest(
+            "invalid_query",
+            format!("primaryKey {key:?} is not a field name"),
+        ));
+    }
+    Ok(key)
+}
+
+/// A document as RxDB sees it (`meta` adds Truce's `_rev`, `_version`, `_seq`, `_ts`).
+fn rx_doc(doc: &Document, primary_key: &str, meta: bool) -> Value {
+    let mut out = if meta {
+        doc.to_json().as_object().cloned().unwrap_or_default()
+    } else {
+        doc.body.clone()
+    };
+    out.remove("_id");
+    out.insert(primary_key.to_string(), json!(doc.id));
+    out.insert("_deleted".into(), json!(doc.is_deleted()));
+    Value::Object(out)
+}
+
+fn checkpoint(change: &Change) -> Value {
+    json!({"seq": change.seq, "id": change.id})
+}
+
+fn parse_checkpoint(params: &Params) -> Result<Option<(u64, String)>, ApiError> {
+    let bad = |m: &str| ApiError::BadRequest("invalid_query", format!("checkpoint: {m}"));
+    match params.json("checkpoint")? {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Object(c)) => {
+            let seq = c
+                .get("seq")
+                .and_then(Value::as_u64)
+                .ok_or_else(|| bad("\"seq\" is a number"))?;
+            let id = c
+                .get("id")
+                .and_then(Value::as_str)
+                .ok_or_else(|| bad("\"id\" is a string"))?;
+            Ok(Some((seq, id.to_string())))
+        }
+        Some(_) => Err(bad("an object {\"seq\", \"id\"} or null")),
+    }
+}
+
+/// Documents changed after the checkpoint, in commit order, at their latest state.
+#[utoipa::path(get, path = "/v1/c/{coll}/_pull", tag = "replication",
+    params(("coll" = String, Path), ("checkpoint" = Option<String>, Query, description = "JSON {\"seq\", \"id\"} or null"),
+           ("limit" = Option<usize>, Query, minimum = 1, maximum = 10000),
+           ("primaryKey" = Option<String>, Query, description = "the client's primary-key field (default id)"),
+           ("meta" = Option<bool>, Query)),
+    responses((status = 200, description = "Documents after the checkpoint, and the new checkpoint",
+               body = super::openapi::PullAnswer),
+              (status = 400, description = "Invalid parameters", body = super::openapi::ErrorBody)))]
+pub async fn pull(
+    State(state): State<Arc<AppState>>,
+    Extension(who): Extension<Principal>,
+    PathParams(coll): PathParams<String>,
+    params: Params,
+) -> Result<Response, ApiError> {
+    authorize(&who, Role::Read, Some(&coll))?;
+    let pk = primary_key(&params)?;
+    let after = parse_checkpoint(&params)?;
+    let limit = params
+        .parse::<usize>("limit", "invalid_query")?
+        .unwrap_or(PULL_LIMIT_DEFAULT);
+    let meta = params.flag("meta")?;
+    let db = state.db.clone();
+    let given = params.json("checkpoint")?.unwrap_or(Value::Null);
+    let (changes, _) = tokio::task::spawn_blocking(move || {
+        db.changes_after(&coll, after.as_ref().map(|(s, id)| (*s, id.as_str())), limit)
+    })
+    .await
+    .map_err(|e| ApiError::Engine(truce::Error::Unavailable(e.to_string())))??;
+    let documents: Vec<Value> = changes
+        .iter()
+        .filter_map(|c| c.doc.as_ref())
+        .map(|d| rx_doc(d, &pk, meta))
+        .collect();
+    let checkpoint = changes.last().map_or(given, checkpoint);
+    Ok(axum::Json(json!({"documents": documents, "checkpoint": checkpoint})).into_response())
+}
+
+/// One row of a push, parsed.
+struct Row {
+    id: String,
+    /// The new content (no `_` fields, no primary key), or `None` for a delete.
+    new: Option<Map<String, Value>>,
+    assumed: Option<Map<String, Value>>,
+}
+
+/// A body without RxDB's and Truce's `_` fields and without the primary key.
+fn user_fields(doc: &Map<String, Value>, pk: &str) -> Map<String, Value> {
+    doc.iter()
+        .filter(|(k, _)| !k.starts_with('_') && k.as_str() != pk)
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+fn is_deleted(doc: &Map<String, Value>) -> bool {
+    doc.get("_deleted").and_then(Value::as_bool).unwrap_or(false)
+}
+
+fn parse_rows(body: Value, pk: &str) -> Result<Vec<Row>, ApiError> {
+    let invalid =
+        |i: usize, m: &str| ApiError::Engine(truce::Error::InvalidTransaction(format!("row {i}: {m}")));
+    let Value::Array(rows) = body else {
+        return Err(ApiError::InvalidJson(
+            "a push is an array of {assumedMasterState, newDocumentState}".into(),
+        ));
+    };
+    if rows.len() > PUSH_ROWS_MAX {
+        return Err(ApiError::Engine(truce::Error::LimitExceeded {
+            what: "TX_OPS_MAX",
+            limit: PUSH_ROWS_MAX as u64,
+        }));
+    }
+    let mut seen = HashSet::new();
+    let mut out = Vec::with_capacity(rows.len());
+    for (i, row) in rows.into_iter().enumerate() {
+        let Value::Object(mut row) = row else {
+            return Err(invalid(i, "a row is an object"));
+        };
+        let Some(Value::Object(new)) = row.remove("newDocumentState") else {
+            return Err(invalid(i, "newDocumentState is a document"));
+        };
+        let id = new
+            .get(pk)
+            .and_then(Value::as_str)
+            .ok_or_else(|| invalid(i, &format!("no string {pk:?}")))?;
+        if !seen.insert(id.to_string()) {
+            return Err(invalid(i, &format!("document {id} appears twice in one push")));
+        }
+        let assumed = match row.remove("assumedMasterState") {
+            None | Some(Value::Null) => None,
+            Some(Value::Object(a)) => Some(a),
+            Some(_) => return Err(invalid(i, "assumedMasterState is a document or null")),
+        };
+        let new_body = (!is_deleted(&new)).then(|| user_fields(&new, pk));
+        out.push(Row {
+            id: id.to_string(),
+            new: new_body,
+            assumed,
+        });
+    }
+    Ok(out)
+}
+
+/// Whether the master state `current` is what the client assumed. Server
+/// metadata is ignored unless the client sent `_rev` or `_version`, which then decide.
+fn master_equals(assumed: Option<&Map<String, Value>>, current: Option<&Document>, pk: &str) -> bool {
+    let live = current.filter(|d| !d.is_deleted());
+    let Some(assumed) = assumed else {
+        return live.is_none();
+    };
+    if let Some(rev) = assumed.get("_rev").and_then(Value::as_str) {
+        return current.is_some_and(|d| d.rev().to_string() == rev);
+    }
+    if let Some(version) = assumed.get("_version").and_then(Value::as_u64) {
+        return current.is_some_and(|d| d.version() == version);
+    }
+    match live {
+        None => is_deleted(assumed) || current.is_none(),
+        Some(doc) => !is_deleted(assumed) && user_fields(assumed, pk) == doc.body,
+    }
+}
+
+/// The write that takes `current` to the row's new state, or `None` when there
+/// is nothing to do (deleting what is already gone).
+fn row_op(coll: &str, row: &Row, current: Option<&Document>) -> Option<TxOp> {
+    let live = current.filter(|d| !d.is_deleted());
+    let expect = live.map_or(Expect::Absent, |d| Expect::Version(d.version()));
+    match (&row.new, live) {
+        (None, None) => None,
+        (None, Some(_)) => Some(TxOp::Delete {
+            collection: coll.into(),
+            id: row.id.clone(),
+            expect,
+        }),
+        (Some(body), _) => Some(TxOp::Put {
+            collection: coll.into(),
+            id: row.id.clone(),
+            body: Value::Object(body.clone()),
+            expect,
+        }),
+    }
+}
+
+/// Applies a push: rows whose assumed master matches are written in one
+/// transaction; rows whose master moved are answered with the master state.
+#[utoipa::path(post, path = "/v1/c/{coll}/_push", tag = "replication",
+    params(("coll" = String, Path), ("primaryKey" = Option<String>, Query)),
+    request_body = Vec<super::openapi::PushRow>,
+    responses((status = 200, description = "The master state of every row that conflicted", body = Vec<Object>),
+              (status = 400, description = "Invalid rows", body = super::openapi::ErrorBody)))]
+pub async fn push(
+    State(state): State<Arc<AppState>>,
+    Extension(who): Extension<Principal>,
+    PathParams(coll): PathParams<String>,
+    params: Params,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
+    authorize(&who, Role::Write, Some(&coll))?;
+    let pk = primary_key(&params)?;
+    let mut pending = parse_rows(body, &pk)?;
+    let collection = state.db.collection(&coll)?;
+    let mut conflicts = Vec::new();
+    for round in 0..=PUSH_ROUNDS_MAX {
+        let mut ops = Vec::with_capacity(pending.len());
+        let mut batch_rows = Vec::with_capacity(pending.len());
+        for row in pending.drain(..) {
+            let current = collection.get_stored(&row.id)?;
+            if !master_equals(row.assumed.as_ref(), current.as_ref(), &pk) {
+                conflicts.push(current.map_or(Value::Null, |d| rx_doc(&d, &pk, false)));
+                continue;
+            }
+            if let Some(op) = row_op(&coll, &row, current.as_ref()) {
+                ops.push(op);
+                batch_rows.push(row);
+            }
+        }
+        if ops.is_empty() {
+            break;
+        }
+        if round == PUSH_ROUNDS_MAX {
+            // Still racing after every round: answer the rest with their master state.
+            for row in batch_rows {
+                conflicts.push(
+                    collection
+                        .get_stored(&row.id)?
+                        .map_or(Value::Null, |d| rx_doc(&d, &pk, false)),
+                );
+            }
+            break;
+        }
+        match state.db.submit_batch(ops, None)?.await? {
+            Ok(_) => break,
+            // Someone wrote one of these documents since we read it: nothing of the
+            // batch was written; read again and retry the rows.
+            Err(TxFailure::Conflicts(_)) => pending = batch_rows,
+            Err(other) => {
+                return Err(ApiError::Engine(truce::Error::TransactionFailed {
+                    attempts: 1,
+                    failure: Box::new(other),
+                }));
+            }
+        }
+    }
+    let conflicts: Vec<Value> = conflicts.into_iter().filter(|c| !c.is_null()).collect();
+    Ok(axum::Json(Value::Array(conflicts)).into_response())
+}
+
+/// Server-Sent Events: `{"documents","checkpoint"}` per commit batch touching the
+/// collection after the connection opened.
+#[utoipa::path(get, path = "/v1/c/{coll}/_pull/stream", tag = "replication",
+    params(("coll" = String, Path), ("primaryKey" = Option<String>, Query)),
+    responses((status = 200, description = "text/event-stream of {documents, checkpoint}", content_type = "text/event-stream")))]
+pub async fn pull_stream(
+    State(state): State<Arc<AppState>>,
+    Extension(who): Extension<Principal>,
+    PathParams(coll): PathParams<String>,
+    params: Params,
+) -> Result<Response, ApiError> {
+    authorize(&who, Role::Read, Some(&coll))?;
+    let pk = primary_key(&params)?;
+    let sub = state.db.subscribe(Some(&coll), state.db.durable_seq(), true)?;
+    let keep_alive = KeepAlive::new().interval(Duration::from_millis(STREAM_KEEPALIVE_MS));
+    Ok(Sse::new(stream_events(sub, pk))
+        .keep_alive(keep_alive)
+        .into_response())
+}
+
+fn stream_events(sub: truce::Subscription, pk: String) -> impl Stream<Item = Result<Event, Infallible>> {
+    stream::unfold(Some(sub), move |sub| {
+        let pk = pk.clone();
+        async move {
+            let mut sub = sub?;
+            match sub.next().await {
+                Ok(page) => {
+                    let documents: Vec<Value> = page
+                        .changes
+                        .iter()
+                        .filter_map(|c| c.doc.as_ref())
+                        .map(|d| rx_doc(d, &pk, false))
+                        .collect();
+                    let checkpoint = page.changes.last().map_or(Value::Null, checkpoint);
+                    let data = json!({"documents": documents, "checkpoint": checkpoint});
+                    Some((Ok(Event::default().data(data.to_string())), Some(sub)))
+                }
+                Err(e) => {
+                    let event = Event::default()
+                        .event("error")
+                        .data(json!({"error": e.code()}).to_string());
+                    Some((Ok(event), None))
+                }
+            }
+        }
+    })
+    .boxed()
+}

@@ -1,0 +1,1950 @@
+//! The HTTP API through the real `truce serve` binary: every route, every
+//! precondition and every error code of API.md and docs/http.md, the change feed
+//! (normal, long poll, SSE), graceful shutdown, and the settings sources.
+//!
+//! Each test starts its own server (a free loopback port, a temporary data
+//! directory, ended by PID on drop) and talks to it with `reqwest::blocking`.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use reqwest::Method;
+use reqwest::blocking::Client;
+use reqwest::header::HeaderMap;
+use serde_json::{Value, json};
+
+use common::{Server, free_port, truce_bin};
+
+// ---------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------
+
+/// One HTTP answer: status, headers, and the body as text and as JSON
+/// (`Value::Null` when the body is empty or not JSON).
+struct Reply {
+    status: u16,
+    headers: HeaderMap,
+    text: String,
+    json: Value,
+}
+
+impl Reply {
+    /// A header's value as text.
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// Asserts a success status and returns the body.
+    fn ok(&self, status: u16) -> &Value {
+        assert_eq!(self.status, status, "expected {status}, got: {}", self.text);
+        &self.json
+    }
+
+    /// Asserts a 200 or 201 and returns the body.
+    fn ok_any(&self) -> &Value {
+        assert!(
+            [200, 201].contains(&self.status),
+            "expected 200 or 201, got {}: {}",
+            self.status,
+            self.text
+        );
+        &self.json
+    }
+
+    /// Asserts an error answer with `status` and stable `code` (and a message).
+    fn error(&self, status: u16, code: &str) -> &Value {
+        assert_eq!(
+            self.status, status,
+            "expected {status} {code}, got: {}",
+            self.text
+        );
+        assert_eq!(self.json["error"], code, "error code in {}", self.text);
+        assert!(
+            self.json["message"].is_string(),
+            "an error carries a message: {}",
+            self.text
+        );
+        &self.json
+    }
+
+    /// Asserts a 409 `conflict` with `reason`; returns `current`.
+    fn conflict(&self, reason: &str) -> &Value {
+        let body = self.error(409, "conflict");
+        assert_eq!(body["reason"], reason, "conflict reason in {}", self.text);
+        assert!(
+            body.get("current").is_some(),
+            "a conflict carries current: {}",
+            self.text
+        );
+        &body["current"]
+    }
+}
+
+/// A client of one server.
+struct Api {
+    base: String,
+    http: Client,
+}
+
+impl Api {
+    fn new(server: &Server) -> Api {
+        Api::at(&server.url())
+    }
+
+    fn at(base: &str) -> Api {
+        let http = Client::builder()
+            .timeout(Duration::from_secs(20))
+            .build()
+            .expect("client");
+        Api {
+            base: base.to_string(),
+            http,
+        }
+    }
+
+    /// Any request; `body` is sent as-is with `Content-Type: application/json`.
+    fn call(&self, method: Method, path: &str, headers: &[(&str, &str)], body: Option<String>) -> Reply {
+        let what = format!("{method} {path}");
+        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        if let Some(body) = body {
+            request = request.header("content-type", "application/json").body(body);
+        }
+        let response = request.send().unwrap_or_else(|e| panic!("{what}: {e}"));
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let text = response.text().unwrap_or_else(|e| panic!("{what}: body: {e}"));
+        let json = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Reply {
+            status,
+            headers,
+            text,
+            json,
+        }
+    }
+
+    fn get(&self, path: &str) -> Reply {
+        self.call(Method::GET, path, &[], None)
+    }
+
+    fn get_h(&self, path: &str, headers: &[(&str, &str)]) -> Reply {
+        self.call(Method::GET, path, headers, None)
+    }
+
+    fn put(&self, path: &str, body: Value) -> Reply {
+        self.call(Method::PUT, path, &[], Some(body.to_string()))
+    }
+
+    fn put_h(&self, path: &str, body: Value, headers: &[(&str, &str)]) -> Reply {
+        self.call(Method::PUT, path, headers, Some(body.to_string()))
+    }
+
+    fn patch(&self, path: &str, body: Value) -> Reply {
+        self.call(Method::PATCH, path, &[], Some(body.to_string()))
+    }
+
+    fn patch_h(&self, path: &str, body: Value, headers: &[(&str, &str)]) -> Reply {
+        self.call(Method::PATCH, path, headers, Some(body.to_string()))
+    }
+
+    fn delete(&self, path: &str) -> Reply {
+        self.call(Method::DELETE, path, &[], None)
+    }
+
+    fn delete_h(&self, path: &str, headers: &[(&str, &str)]) -> Reply {
+        self.call(Method::DELETE, path, headers, None)
+    }
+
+    fn tx(&self, body: Value) -> Reply {
+        self.call(Method::POST, "/v1/tx", &[], Some(body.to_string()))
+    }
+
+    fn tx_h(&self, body: Value, headers: &[(&str, &str)]) -> Reply {
+        self.call(Method::POST, "/v1/tx", headers, Some(body.to_string()))
+    }
+
+    /// The `last_seq` of the whole change feed now.
+    fn last_seq(&self) -> u64 {
+        self.get("/v1/_changes?since=now").ok(200)["last_seq"]
+            .as_u64()
+            .expect("last_seq")
+    }
+
+    /// Waits (bounded) until index `name` of `coll` is ready.
+    fn wait_index_ready(&self, coll: &str, name: &str) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let list = self.get(&format!("/v1/c/{coll}/_indexes"));
+            let state = list.ok(200)["indexes"]
+                .as_array()
+                .and_then(|l| l.iter().find(|i| i["name"] == name))
+                .map(|i| i["state"].clone());
+            if state == Some(json!("ready")) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "index {coll}/{name} not ready in time: {}",
+                list.text
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Every document of a query (following `next` cursors, at most 50 pages).
+    fn query_all(&self, coll: &str, params: &str) -> Vec<Value> {
+        let mut docs = Vec::new();
+        let mut after: Option<String> = None;
+        for _ in 0..50 {
+            let cursor = after
+                .as_deref()
+                .map(|a| format!("&after={}", enc(a)))
+                .unwrap_or_default();
+            let page = self.get(&format!("/v1/c/{coll}?{params}{cursor}"));
+            let body = page.ok(200);
+            docs.extend(body["docs"].as_array().expect("docs").iter().cloned());
+            match body["next"].as_str() {
+                Some(next) => after = Some(next.to_string()),
+                None => return docs,
+            }
+        }
+        panic!("query {coll}?{params} did not end within 50 pages");
+    }
+}
+
+/// Percent-encodes a query parameter value (JSON values, cursors).
+fn enc(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The `_id`s of a list of documents.
+fn ids(docs: &[Value]) -> Vec<String> {
+    docs.iter()
+        .map(|d| d["_id"].as_str().expect("_id").to_string())
+        .collect()
+}
+
+/// The ids of a change feed answer's results.
+fn change_ids(body: &Value) -> Vec<String> {
+    body["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .map(|c| c["id"].as_str().expect("id").to_string())
+        .collect()
+}
+
+/// Runs `truce keys create` on `data` and returns the key it prints.
+fn create_key(data: &Path, role: &str) -> String {
+    let out = Command::new(truce_bin())
+        .args(["keys", "create", "--role", role, "--data"])
+        .arg(data)
+        .output()
+        .expect("truce keys create");
+    assert!(
+        out.status.success(),
+        "keys create: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8").trim().to_string()
+}
+
+/// A `truce serve` started without the harness, for settings the harness fixes
+/// itself (`--listen`); ended by its PID on drop.
+struct Spawned(Child);
+
+impl Spawned {
+    fn start(args: &[&str], envs: &[(&str, &str)]) -> Spawned {
+        let mut command = Command::new(truce_bin());
+        command
+            .args(args)
+            .env("TRUCE_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        for (name, value) in envs {
+            command.env(name, value);
+        }
+        Spawned(command.spawn().expect("start truce"))
+    }
+
+    /// Waits (bounded) until `addr` accepts connections; panics if the process exits.
+    fn wait_listening(&mut self, addr: SocketAddr) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if std::net::TcpStream::connect(addr).is_ok() {
+                return;
+            }
+            if let Ok(Some(status)) = self.0.try_wait() {
+                panic!("truce exited with {status} before listening on {addr}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("truce did not listen on {addr} in time");
+    }
+}
+
+/// Runs `truce` with `args` until it exits, or kills it by PID after 10 s
+/// (status `None`); returns its status and stderr.
+fn run_bounded(args: &[&str]) -> (Option<std::process::ExitStatus>, String) {
+    let mut child = Command::new(truce_bin())
+        .args(args)
+        .env("TRUCE_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start truce");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    if let Some(mut pipe) = child.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut pipe, &mut stderr);
+    }
+    (status, stderr)
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.0.kill(); // SIGKILL to this child's PID
+        let _ = self.0.wait();
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Documents: PUT, GET
+// ---------------------------------------------------------------------------
+
+#[test]
+fn put_preconditions() {
+    let server = Server::start();
+    let api = Api::new(&server);
+
+    // No precondition: create only.
+    let created = api.put("/v1/c/p/a", json!({"x": 1}));
+    let body = created.ok(201);
+    assert_eq!(body["id"], "a");
+    assert_eq!(body["version"], 1);
+    assert_eq!(body["created"], true);
+    assert_eq!(body["noop"], false);
+    assert_eq!(body["skipped"], false);
+    assert!(
+        body["rev"].as_str().unwrap().starts_with("1-"),
+        "rev is version-hash: {}",
+        body["rev"]
+    );
+    assert!(body["seq"].as_u64().unwrap() >= 1);
+    assert_eq!(body["doc"]["x"], 1);
+    assert_eq!(body["doc"]["_id"], "a");
+    assert_eq!(body["doc"]["_version"], 1);
+    assert_eq!(body["doc"]["_rev"], body["rev"]);
+    assert!(
+        body["doc"]["_ts"].as_u64().unwrap() > 1_600_000_000_000,
+        "_ts is ms since the epoch"
+    );
+    let current = api
+        .put("/v1/c/p/a", json!({"x": 2}))
+        .conflict("already_exists")
+        .clone();
+    assert_eq!(current["x"], 1);
+    assert_eq!(current["_version"], 1);
+
+    // `_version: 0` and `If-None-Match: *`: create only.
+    api.put("/v1/c/p/b", json!({"_version": 0, "x": 1})).ok(201);
+    assert_eq!(
+        api.put("/v1/c/p/b", json!({"_version": 0, "x": 2}))
+            .conflict("already_exists")["x"],
+        1
+    );
+    api.put_h("/v1/c/p/c", json!({"x": 1}), &[("If-None-Match", "*")])
+        .ok(201);
+    api.put_h("/v1/c/p/c", json!({"x": 2}), &[("If-None-Match", "*")])
+        .conflict("already_exists");
+
+    // `_version: N`: exactly that version.
+    let v2 = api.put("/v1/c/p/a", json!({"_version": 1, "x": 2}));
+    let rev2 = v2.ok(200)["rev"].as_str().unwrap().to_string();
+    assert_eq!(v2.json["version"], 2);
+    assert_eq!(v2.json["created"], false);
+    assert!(v2.json["doc"].get("_version").is_some() && v2.json["doc"]["x"] == 2);
+    let current = api
+        .put("/v1/c/p/a", json!({"_version": 1, "x": 3}))
+        .conflict("version_mismatch")
+        .clone();
+    assert_eq!(current["_version"], 2);
+    assert_eq!(current["x"], 2);
+
+    // `_rev` in the body.
+    let v3 = api.put("/v1/c/p/a", json!({"_rev": rev2, "x": 3}));
+    let rev3 = v3.ok(200)["rev"].as_str().unwrap().to_string();
+    assert_eq!(v3.json["version"], 3);
+    assert_eq!(
+        api.put("/v1/c/p/a", json!({"_rev": rev2, "x": 9}))
+            .conflict("version_mismatch")["_version"],
+        3
+    );
+
+    // `If-Match: "<rev>"`.
+    let quoted = format!("\"{rev3}\"");
+    let v4 = api.put_h("/v1/c/p/a", json!({"x": 4}), &[("If-Match", &quoted)]);
+    assert_eq!(v4.ok(200)["version"], 4);
+    api.put_h("/v1/c/p/a", json!({"x": 9}), &[("If-Match", &quoted)])
+        .conflict("version_mismatch");
+
+    // `If-Match: *`: must exist, any version.
+    assert_eq!(
+        api.put_h("/v1/c/p/a", json!({"x": 5}), &[("If-Match", "*")])
+            .ok(200)["version"],
+        5
+    );
+    let absent = api.put_h("/v1/c/p/nope", json!({"x": 1}), &[("If-Match", "*")]);
+    assert_eq!(*absent.conflict("not_found"), Value::Null);
+    // A version on an absent document: not_found too.
+    assert_eq!(
+        *api.put("/v1/c/p/nope", json!({"_version": 3, "x": 1}))
+            .conflict("not_found"),
+        Value::Null
+    );
+
+    // `_version: -1`: create or overwrite.
+    assert_eq!(
+        api.put("/v1/c/p/d", json!({"_version": -1, "x": 1})).ok(201)["created"],
+        true
+    );
+    let over = api.put("/v1/c/p/d", json!({"_version": -1, "x": 2}));
+    assert_eq!(over.ok(200)["version"], 2);
+    assert_eq!(over.json["created"], false);
+
+    // Two preconditions at once, in any combination.
+    api.put_h("/v1/c/p/a", json!({"_version": 5, "x": 6}), &[("If-Match", "*")])
+        .error(400, "invalid_precondition");
+    api.put("/v1/c/p/a", json!({"_version": 5, "_rev": rev3, "x": 6}))
+        .error(400, "invalid_precondition");
+    api.put_h(
+        "/v1/c/p/a",
+        json!({"x": 6}),
+        &[("If-Match", "*"), ("If-None-Match", "*")],
+    )
+    .error(400, "invalid_precondition");
+    // A version that is neither 0, -1 nor ≥ 1.
+    api.put("/v1/c/p/a", json!({"_version": -2, "x": 6}))
+        .error(400, "invalid_precondition");
+    let unchanged = api.get("/v1/c/p/a");
+    assert_eq!(unchanged.ok(200)["_version"], 5, "refused writes change nothing");
+    assert_eq!(unchanged.json["x"], 5);
+
+    // A no-op PUT: same content, same revision, no change event.
+    let before = unchanged.json.clone();
+    let seq_before = api.last_seq();
+    let noop = api.put("/v1/c/p/a", json!({"_version": 5, "x": 5}));
+    assert_eq!(noop.ok(200)["noop"], true);
+    assert_eq!(noop.json["created"], false);
+    assert_eq!(noop.json["rev"], before["_rev"]);
+    assert_eq!(noop.json["version"], 5);
+    let noop_any = api.put("/v1/c/p/a", json!({"_version": -1, "x": 5}));
+    assert_eq!(noop_any.ok(200)["noop"], true);
+    let feed = api.get(&format!("/v1/c/p/_changes?since={seq_before}"));
+    assert_eq!(feed.ok(200)["results"], json!([]), "a no-op is not a change");
+    assert_eq!(api.get("/v1/c/p/a").json["_rev"], before["_rev"]);
+}
+
+#[test]
+fn get_etag_not_modified_and_absent() {
+    let server = Server::start();
+    let api = Api::new(&server);
+    let rev = api.put("/v1/c/g/doc", json!({"name": "x"})).ok(201)["rev"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let got = api.get("/v1/c/g/doc");
+    let body = got.ok(200);
+    assert_eq!(body["name"], "x");
+    assert_eq!(body["_id"], "doc");
+    assert_eq!(body["_rev"], rev);
+    assert_eq!(body["_version"], 1);
+    assert!(body["_seq"].as_u64().is_some() && body["_ts"].as_u64().is_some());
+    let etag = got.header("etag").expect("ETag").to_string();
+    assert_eq!(etag, format!("\"{rev}\""));
+
+    let cached = api.get_h("/v1/c/g/doc", &[("If-None-Match", &etag)]);
+    assert_eq!(cached.status, 304);
+    assert!(cached.text.is_empty(), "304 has no body");
+    assert_eq!(
+        api.get_h("/v1/c/g/doc", &[("If-None-Match", "\"1-stale\"")])
+            .status,
+        200
+    );
+
+    // Absent (also in a collection that does not exist), then deleted.
+    api.get("/v1/c/g/missing").error(404, "not_found");
+    api.get("/v1/c/never/missing").error(404, "not_found");
+    api.delete("/v1/c/g/doc?version=1").ok(200);
+    api.get("/v1/c/g/doc").error(404, "not_found");
+    api.get_h("/v1/c/g/doc", &[("If-None-Match", &etag)])
+        .error(404, "not_found");
+
+    // Ids are path segments: percent-encoded characters round-trip.
+    api.put("/v1/c/g/a%20b%2Fc", json!({"k": 1})).ok(201);
+    assert_eq!(api.get("/v1/c/g/a%20b%2Fc").ok(200)["_id"], "a b/c");
+}
+
+// ---------------------------------------------------------------------------
+// PATCH
+// ---------------------------------------------------------------------------
+
+#[test]
+fn patch_operators_conditions_and_upsert() {
+    let server = Server::start();
+    let api = Api::new(&server);
+    api.put(
+        "/v1/c/s/doc",
+        json!({"n": 5, "m": 3, "lo": 10, "hi": 10, "tags": ["a"], "set": ["x"], "pull": [1, 2, 3, 2],
+               "gone": true, "nested": {"deep": {"v": 1}}}),
+    )
+    .ok(201);
+
+    // Every operator at once, with dotted paths.
+    let started_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let patched = api.patch(
+        "/v1/c/s/doc",
+        json!({"$set": {"nested.deep.v": 2, "nested.new": "n"}, "$unset": {"gone": ""}, "$inc": {"n": 2},
+               "$mul": {"m": 4}, "$min": {"lo": 3}, "$max": {"hi": 20}, "$push": {"tags": "b"},
+               "$addToSet": {"set": {"$each": ["x", "y"]}}, "$pull": {"pull": 2},
+               "$currentDate": {"at": true}, "$setOnInsert": {"ins": 1}}),
+    );
+    let doc = &patched.ok(200)["doc"];
+    assert_eq!(patched.json["version"], 2);
+    assert_eq!(patched.json["created"], false);
+    assert_eq!(doc["n"], 7);
+    assert_eq!(doc["m"], 12);
+    assert_eq!(doc["lo"], 3);
+    assert_eq!(doc["hi"], 20);
+    assert_eq!(doc["tags"], json!(["a", "b"]));
+    assert_eq!(doc["set"], json!(["x", "y"]));
+    assert_eq!(doc["pull"], json!([1, 3]));
+    assert!(doc.get("gone").is_none(), "$unset removed the field: {doc}");
+    assert_eq!(doc["nested"], json!({"deep": {"v": 2}, "new": "n"}));
+    let at = doc["at"]
+        .as_u64()
+        .expect("$currentDate writes ms since the epoch");
+    assert!(at + 5_000 >= started_ms && at <= started_ms + 60_000, "at = {at}");
+    assert!(doc.get("ins").is_none(), "$setOnInsert applies only on insert");
+    assert_eq!(api.get("/v1/c/s/doc").json["n"], 7);
+
+    // $min/$max that do not change anything, and a whole no-op PATCH.
+    let noop = api.patch("/v1/c/s/doc", json!({"$min": {"lo": 100}, "$max": {"hi": 1}}));
+    assert_eq!(noop.ok(200)["noop"], true);
+    assert_eq!(noop.json["version"], 2);
+
+    // $upsert creates (201), $setOnInsert applies then.
+    let up = api.patch(
+        "/v1/c/s/counter",
+        json!({"$inc": {"count": 1}, "$setOnInsert": {"kind": "c"}, "$upsert": true}),
+    );
+    assert_eq!(up.ok(201)["created"], true);
+    assert_eq!(up.json["doc"]["count"], 1);
+    assert_eq!(up.json["doc"]["kind"], "c");
+    let again = api.patch(
+        "/v1/c/s/counter",
+        json!({"$inc": {"count": 1}, "$setOnInsert": {"kind": "z"}, "$upsert": true}),
+    );
+    assert_eq!(again.ok(200)["doc"]["count"], 2);
+    assert_eq!(again.json["doc"]["kind"], "c");
+
+    // Absent without $upsert: 404 with current null.
+    let missing = api.patch("/v1/c/s/absent", json!({"$set": {"a": 1}}));
+    assert_eq!(missing.error(404, "not_found")["current"], Value::Null);
+
+    // $if false: conflict by default and with $else: conflict; skip with $else: skip.
+    let current = api
+        .patch(
+            "/v1/c/s/doc",
+            json!({"$set": {"a": 1}, "$if": {"n": {"$gt": 100}}}),
+        )
+        .conflict("condition_failed")
+        .clone();
+    assert_eq!(current["n"], 7);
+    api.patch(
+        "/v1/c/s/doc",
+        json!({"$set": {"a": 1}, "$if": {"n": 1}, "$else": "conflict"}),
+    )
+    .conflict("condition_failed");
+    let skipped = api.patch(
+        "/v1/c/s/doc",
+        json!({"$set": {"a": 1}, "$if": {"n": 1}, "$else": "skip"}),
+    );
+    assert_eq!(skipped.ok(200)["skipped"], true);
+    assert_eq!(skipped.json["version"], 2);
+    // $if true writes; $and/$in/$exists/$ne/$nin/$not/$eq/$gte/$lte/$lt are accepted filters.
+    let cond = json!({"$and": [{"n": {"$in": [7, 8]}}, {"gone": {"$exists": false}}, {"tags": {"$ne": "zz"}},
+                               {"n": {"$nin": [1]}}, {"n": {"$not": {"$gt": 10}}}, {"n": {"$eq": 7}},
+                               {"n": {"$gte": 7, "$lte": 7, "$lt": 8}}]});
+    let written = api.patch("/v1/c/s/doc", json!({"$set": {"a": 1}, "$if": cond}));
+    assert_eq!(written.ok(200)["skipped"], false);
+    assert_eq!(written.json["doc"]["a"], 1);
+    // An $if never matches an absent document (without $upsert): conflict... not 404.
+    api.patch(
+        "/v1/c/s/absent",
+        json!({"$set": {"a": 1}, "$if": {"a": {"$exists": false}}}),
+    )
+    .error(404, "not_found");
+
+    // PATCH honours the PUT preconditions.
+    api.patch("/v1/c/s/doc", json!({"$set": {"b": 1}, "_version": 1}))
+        .conflict("version_mismatch");
+    let rev = api.get("/v1/c/s/doc").json["_rev"].as_str().unwrap().to_string();
+    api.patch_h(
+        "/v1/c/s/doc",
+        json!({"$set": {"b": 1}}),
+        &[("If-Match", &format!("\"{rev}\""))],
+    )
+    .ok(200);
+    api.patch_h(
+        "/v1/c/s/doc",
+        json!({"$set": {"b": 2}}),
+        &[("If-Match", &format!("\"{rev}\""))],
+    )
+    .conflict("version_mismatch");
+    api.patch("/v1/c/s/doc", json!({"$set": {"b": 2}, "_version": 0}))
+        .conflict("already_exists");
+
+    // $inc on a string: 400 invalid_operator, the document unchanged.
+    api.put("/v1/c/s/str", json!({"name": "text"})).ok(201);
+    api.patch("/v1/c/s/str", json!({"$inc": {"name": 1}}))
+        .error(400, "invalid_operator");
+    let unchanged = api.get("/v1/c/s/str");
+    assert_eq!(unchanged.ok(200)["name"], "text");
+    assert_eq!(unchanged.json["_version"], 1);
+    // Unknown operators and replacement documents are invalid_operator too.
+    api.patch("/v1/c/s/str", json!({"$frob": {"a": 1}}))
+        .error(400, "invalid_operator");
+    api.patch("/v1/c/s/str", json!({"name": "replacement"}))
+        .error(400, "invalid_operator");
+    api.patch("/v1/c/s/str", json!([1]))
+        .error(400, "invalid_operator");
+}
+
+#[test]
+fn patch_heartbeat_example_of_api_md() {
+    let server = Server::start();
+    let api = Api::new(&server);
+    // Verbatim from API.md.
+    let heartbeat = r#"{"$set": {"currentPath": "/blog"}, "$currentDate": {"lastSeen": true},
+ "$upsert": true, "$else": "skip",
+ "$if": {"$or": [{"currentPath": {"$ne": "/blog"}},
+                 {"lastSeen": {"$lt": {"$ago": 10000}}}]}}"#;
+    let path = "/v1/c/activeSessions/s-123";
+    let first = api.call(Method::PATCH, path, &[], Some(heartbeat.to_string()));
+    assert_eq!(first.ok(201)["created"], true, "the first heartbeat creates");
+    assert_eq!(first.json["doc"]["currentPath"], "/blog");
+    assert!(first.json["doc"]["lastSeen"].as_u64().is_some());
+
+    let repeat = api.call(Method::PATCH, path, &[], Some(heartbeat.to_string()));
+    assert_eq!(repeat.ok(200)["skipped"], true, "an immediate repeat is skipped");
+    assert_eq!(repeat.json["version"], 1);
+    assert_eq!(repeat.json["rev"], first.json["rev"]);
+
+    let moved = heartbeat.replace("/blog", "/about");
+    let changed = api.call(Method::PATCH, path, &[], Some(moved));
+    assert_eq!(changed.ok(200)["skipped"], false, "a changed path writes");
+    assert_eq!(changed.json["version"], 2);
+    assert_eq!(changed.json["doc"]["currentPath"], "/about");
+}
+
+// ---------------------------------------------------------------------------
+// DELETE
+// ---------------------------------------------------------------------------
+
+#[test]
+fn delete_preconditions_and_tombstones() {
+    let server = Server::start();
+    let api = Api::new(&server);
+    for id in ["a", "b", "c", "d", "e"] {
+        api.put(&format!("/v1/c/del/{id}"), json!({"v": id})).ok(201);
+    }
+    let since = api.last_seq();
+
+    api.delete("/v1/c/del/a").error(428, "precondition_required");
+    api.delete("/v1/c/del/a?version=2").conflict("version_mismatch");
+    let gone = api.delete("/v1/c/del/a?version=1");
+    let body = gone.ok(200);
+    assert_eq!(
+        body["doc"]["_deleted"], true,
+        "a delete answers the tombstone: {body}"
+    );
+    assert_eq!(body["version"], 2);
+    assert_eq!(body["created"], false);
+    api.get("/v1/c/del/a").error(404, "not_found");
+
+    let rev_b = api.get("/v1/c/del/b").json["_rev"].as_str().unwrap().to_string();
+    api.delete(&format!("/v1/c/del/b?rev={}", enc(&rev_b))).ok(200);
+    // The same revision again: the document is gone now.
+    api.delete(&format!("/v1/c/del/b?rev={}", enc(&rev_b)))
+        .error(404, "not_found");
+
+    let rev_c1 = api.get("/v1/c/del/c").json["_rev"].as_str().unwrap().to_string();
+    let rev_c2 = api.put("/v1/c/del/c", json!({"_version": 1, "v": "c2"})).ok(200)["rev"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    api.delete(&format!("/v1/c/del/c?rev={}", enc(&rev_c1)))
+        .conflict("version_mismatch");
+    api.delete_h("/v1/c/del/c", &[("If-Match", &format!("\"{rev_c1}\""))])
+        .conflict("version_mismatch");
+    api.delete_h("/v1/c/del/c", &[("If-Match", &format!("\"{rev_c2}\""))])
+        .ok(200);
+    api.delete_h("/v1/c/del/d", &[("If-Match", "*")]).ok(200);
+    api.delete("/v1/c/del/e?version=-1").ok(200);
+
+    // Absent (never written, or already deleted) with version=-1: 404.
+    api.delete("/v1/c/del/never?version=-1").error(404, "not_found");
+    let twice = api.delete("/v1/c/del/e?version=-1");
+    assert_eq!(twice.error(404, "not_found")["current"], Value::Null);
+    api.delete("/v1/c/del/e?version=abc")
+        .error(400, "invalid_precondition");
+    api.delete_h("/v1/c/del/x?version=1", &[("If-Match", "*")])
+        .error(400, "invalid_precondition");
+
+    // Tombstones appear in the feed with deleted: true.
+    let feed = api.get(&format!("/v1/c/del/_changes?since={since}&include_docs=true"));
+    let results = feed.ok(200)["results"].as_array().unwrap().clone();
+    let deleted: BTreeSet<&str> = results
+        .iter()
+        .filter(|c| c["deleted"] == true)
+        .map(|c| c["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        deleted,
+        BTreeSet::from(["a", "b", "c", "d", "e"]),
+        "{}",
+        feed.text
+    );
+    assert!(results.iter().all(|c| c["doc"]["_deleted"] == true));
+
+    // A deleted document can be created again.
+    assert_eq!(
+        api.put("/v1/c/del/a", json!({"v": "again"})).ok(201)["created"],
+        true
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Queries and indexes
+// ---------------------------------------------------------------------------
+
+#[test]
+fn queries_indexes_and_collections() {
+    let server = Server::start();
+    let api = Api::new(&server);
+    for i in 0..10 {
+        let city = if i % 2 == 0 { "paris" } else { "rome" };
+        api.put(
+            &format!("/v1/c/people/p{i}"),
+            json!({"age": 20 + i, "city": city, "email": format!("{i}@x")}),
+        )
+        .ok(201);
+    }
+
+    let declared = api.put(
+        "/v1/c/people/_indexes/by_age",
+        json!({"fields": ["age"], "unique": false}),
+    );
+    assert!(
+        [200, 202].contains(&declared.status),
+        "index PUT: {}",
+        declared.text
+    );
+    assert_eq!(declared.json["name"], "by_age");
+    assert_eq!(declared.json["fields"], json!(["age"]));
+    assert_eq!(declared.json["unique"], false);
+    assert!(["building", "ready"].contains(&declared.json["state"].as_str().unwrap()));
+    api.put(
+        "/v1/c/people/_indexes/by_city_age",
+        json!({"fields": ["city", "age"]}),
+    );
+    api.wait_index_ready("people", "by_age");
+    api.wait_index_ready("people", "by_city_age");
+    let listed = api.get("/v1/c/people/_indexes");
+    let names: BTreeSet<&str> = listed.ok(200)["indexes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, BTreeSet::from(["by_age", "by_city_age"]));
+    // Declaring the same index again answers 200 (ready).
+    api.put("/v1/c/people/_indexes/by_age", json!({"fields": ["age"]}))
+        .ok(200);
+
+    let q = |params: &str| {
+        ids(api.get(&format!("/v1/c/people?{params}")).ok(200)["docs"]
+            .as_array()
+            .unwrap())
+    };
+    assert_eq!(q("index=by_age&eq=25"), ["p5"]);
+    assert_eq!(q("index=by_age&gt=25"), ["p6", "p7", "p8", "p9"]);
+    assert_eq!(q("index=by_age&gte=25&lt=28"), ["p5", "p6", "p7"]);
+    assert_eq!(q("index=by_age&lte=22"), ["p0", "p1", "p2"]);
+    assert_eq!(q("index=by_age&order=desc&limit=4"), ["p9", "p8", "p7", "p6"]);
+    assert_eq!(q("index=by_age&order=desc&gt=26&lte=28"), ["p8", "p7"]);
+
+    // Cursor pagination: every page follows the last, nothing twice, nothing lost.
+    let first = api.get("/v1/c/people?index=by_age&limit=3");
+    assert_eq!(ids(first.ok(200)["docs"].as_array().unwrap()), ["p0", "p1", "p2"]);
+    assert!(first.json["next"].is_string());
+    let paged = ids(&api.query_all("people", "index=by_age&limit=3"));
+    assert_eq!(paged, (0..10).map(|i| format!("p{i}")).collect::<Vec<_>>());
+    let paged_desc = ids(&api.query_all("people", "index=by_age&limit=4&order=desc"));
+    assert_eq!(
+        paged_desc,
+        (0..10).rev().map(|i| format!("p{i}")).collect::<Vec<_>>()
+    );
+
+    // Compound index: eq as an array, a prefix allowed, then a range on the next field.
+    assert_eq!(
+        q(&format!("index=by_city_age&eq={}", enc("[\"paris\"]"))),
+        ["p0", "p2", "p4", "p6", "p8"]
+    );
+    assert_eq!(
+        q(&format!("index=by_city_age&eq={}", enc("[\"rome\", 23]"))),
+        ["p3"]
+    );
+    assert_eq!(
+        q(&format!("index=by_city_age&eq={}&gt=24", enc("[\"rome\"]"))),
+        ["p5", "p7", "p9"]
+    );
+
+    // Without an index: id order, bounds are ids.
+    assert_eq!(q("limit=3"), ["p0", "p1", "p2"]);
+    assert_eq!(q(&format!("gt={}", enc("\"p6\""))), ["p7", "p8", "p9"]);
+    assert_eq!(ids(&api.query_all("people", "limit=4")).len(), 10);
+
+    // Bad queries.
+    api.get("/v1/c/people?index=by_age&order=sideways")
+        .error(400, "invalid_query");
+    api.get("/v1/c/people?eq=1").error(400, "invalid_query");
+    api.get("/v1/c/people?index=by_age&gt=1&gte=1")
+        .error(400, "invalid_query");
+    api.get("/v1/c/people?index=by_age&gt=notjson")
+        .error(400, "invalid_query");
+    api.get("/v1/c/people?limit=5000").error(400, "invalid_query");
+    api.get("/v1/c/people?limit=-1").error(400, "invalid_query");
+    api.get("/v1/c/people?index=by_age&after=garbage")
+        .error(400, "invalid_query");
+    api.get("/v1/c/people?index=nope").error(404, "not_found");
+    api.get("/v1/c/people?index=nope&eq=1").error(404, "not_found");
+    api.put("/v1/c/people/_indexes/bad", json!({"fields": "age"}))
+        .error(400, "invalid_index");
+    api.put("/v1/c/people/_indexes/bad", json!({"fields": []}))
+        .error(400, "invalid_index");
+
+    // A unique index: the second holder of a value is refused, current = the holder.
+    api.put(
+        "/v1/c/people/_indexes/by_email",
+        json!({"fields": ["email"], "unique": true}),
+    );
+    api.wait_index_ready("people", "by_email");
+    let clash = api.put("/v1/c/people/q1", json!({"email": "3@x"}));
+    let holder = clash.error(409, "unique_violation")["current"].clone();
+    assert_eq!(holder["_id"], "p3");
+    api.get("/v1/c/people/q1").error(404, "not_found");
+    api.patch("/v1/c/people/p4", json!({"$set": {"email": "3@x"}}))
+        .error(409, "unique_violation");
+    assert_eq!(
+        api.get("/v1/c/people?index=by_email&eq=%223%40x%22").ok(200)["docs"][0]["_id"],
+        "p3"
+    );
+
+    // GET /v1/c lists collections.
+    api.put("/v1/c/other/x", json!({})).ok(201);
+    let collections = api.get("/v1/c");
+    let names: BTreeSet<&str> = collections.ok(200)["collections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains("people") && names.contains("other"),
+        "{}",
+        collections.text
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Transactions
+// ---------------------------------------------------------------------------
+
+#[test]
+fn transactions_all_or_nothing() {
+    let server = Server::start();
+    let api = Api::new(&server);
+    api.put("/v1/c/acc/a", json!({"balance": 10})).ok(201);
+    api.put("/v1/c/acc/y", json!({"rate": 1})).ok(201);
+    api.put("/v1/c/acc/z", json!({"tmp": true})).ok(201);
+
+    let ok = api.tx(json!({"source": "transferFunds", "ops": [
+        {"op": "check", "c": "acc", "id": "y", "version": 1},
+        {"op": "put", "c": "acc", "id": "b", "doc": {"balance": 5}, "version": 0},
+        {"op": "patch", "c": "acc", "id": "a", "update": {"$inc": {"balance": -5}}},
+        {"op": "delete", "c": "acc", "id": "z", "version": -1},
+        {"op": "check", "c": "acc", "id": "absent", "version": 0},
+        {"op": "put", "c": "log", "id": "t1", "doc": {"what": "transfer"}}
+    ]}));
+    let body = ok.ok(200);
+    let seq = body["seq"].as_u64().expect("seq");
+    let results = body["results"].as_array().unwrap();
+    assert_eq!(results.len(), 6, "one answer per op");
+    assert_eq!(results[0]["id"], "y");
+    assert_eq!(results[0]["version"], 1);
+    assert_eq!(
+        results[0]["doc"]["rate"], 1,
+        "a check answers the current document"
+    );
+    assert_eq!(results[1]["created"], true);
+    assert_eq!(results[2]["doc"]["balance"], 5);
+    assert_eq!(results[3]["doc"]["_deleted"], true);
+    assert_eq!(
+        results[4],
+        Value::Null,
+        "a check of an absent document answers null"
+    );
+    assert_eq!(results[5]["seq"], seq);
+    for r in [&results[1], &results[2], &results[3]] {
+        assert_eq!(r["seq"], seq, "every write of a transaction is in one commit");
+    }
+    assert_eq!(api.get("/v1/c/acc/a").json["balance"], 5);
+    assert_eq!(api.get("/v1/c/acc/b").json["balance"], 5);
+    api.get("/v1/c/acc/z").error(404, "not_found");
+
+    // A check-only transaction answers whether the reads are still current.
+    let checks = api.tx(
+        json!({"ops": [{"op": "check", "c": "acc", "id": "a", "version": 2},
+                                       {"op": "check", "c": "acc", "id": "b"}]}),
+    );
+    assert_eq!(checks.ok(200)["results"].as_array().unwrap().len(), 2);
+
+    // A failure names every op that did not hold; nothing is written.
+    let failed = api.tx(json!({"ops": [
+        {"op": "check", "c": "acc", "id": "a", "version": 1},
+        {"op": "put", "c": "acc", "id": "fresh", "doc": {"n": 1}},
+        {"op": "put", "c": "acc", "id": "b", "doc": {"n": 1}, "version": 0},
+        {"op": "patch", "c": "acc", "id": "nobody", "update": {"$set": {"n": 1}}},
+        {"op": "delete", "c": "acc", "id": "gone", "version": 1},
+        {"op": "check", "c": "acc", "id": "zz"}
+    ]}));
+    let body = failed.error(409, "conflict");
+    let conflicts = body["conflicts"].as_array().expect("conflicts");
+    let got: Vec<(u64, &str, &str, &str)> = conflicts
+        .iter()
+        .map(|c| {
+            assert_eq!(c["c"], "acc");
+            assert!(c.get("current").is_some());
+            (
+                c["index"].as_u64().unwrap(),
+                c["c"].as_str().unwrap(),
+                c["id"].as_str().unwrap(),
+                c["reason"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (0, "acc", "a", "version_mismatch"),
+            (2, "acc", "b", "already_exists"),
+            (3, "acc", "nobody", "not_found"),
+            (4, "acc", "gone", "not_found"),
+            (5, "acc", "zz", "not_found"),
+        ],
+        "{}",
+        failed.text
+    );
+    assert_eq!(conflicts[0]["current"]["_version"], 2);
+    assert_eq!(conflicts[2]["current"], Value::Null);
+    api.get("/v1/c/acc/fresh").error(404, "not_found");
+
+    // Invalid transactions.
+    api.tx(json!({"ops": [{"op": "put", "c": "acc", "id": "d", "doc": {}},
+                          {"op": "patch", "c": "acc", "id": "d", "update": {"$set": {"a": 1}}}]}))
+        .error(400, "invalid_transaction");
+    api.tx(json!({"ops": [{"op": "delete", "c": "acc", "id": "a"}]}))
+        .error(428, "precondition_required");
+    api.tx(json!({"ops": [{"op": "frob", "c": "acc", "id": "a"}]}))
+        .error(400, "invalid_transaction");
+    api.tx(json!({"ops": "nope"})).error(400, "invalid_transaction");
+    api.tx(json!([1])).error(400, "invalid_transaction");
+    api.tx(json!({"ops": [{"op": "check", "c": "acc", "id": "a", "version": 2, "rev": "2-x"}]}))
+        .error(400, "invalid_transaction");
+    api.tx(json!({"ops": [{"op": "put", "c": "acc", "id": "d", "doc": [1]}]}))
+        .error(400, "invalid_document");
+    api.tx(json!({"ops": [{"op": "put", "c": "9acc", "id": "d", "doc": {}}]}))
+        .error(400, "invalid_collection");
+    assert_eq!(
+        api.get("/v1/c/acc/a").json["_version"],
+        2,
+        "refused transactions write nothing"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Idempotency
+// ---------------------------------------------------------------------------
+
+#[test]
+fn idempotency_keys() {
+    let server = Server::start();
+    let api = Api::new(&server);
+    let inc = json!({"$inc": {"n": 1}, "$upsert": true});
+    let first = api.patch_h("/v1/c/idem/k", inc.clone(), &[("Idempotency-Key", "key-1")]);
+    first.ok(201);
+    let again = api.patch_h("/v1/c/idem/k", inc.clone(), &[("Idempotency-Key", "key-1")]);
+    assert_eq!(again.status, first.status);
+    assert_eq!(
+        again.json, first.json,
+        "the same key and request answer the first answer again"
+    );
+    assert_eq!(api.get("/v1/c/idem/k").json["n"], 1, "one increment");
+    api.patch_h(
+        "/v1/c/idem/k",
+        json!({"$inc": {"n": 2}}),
+        &[("Idempotency-Key", "key-1")],
+    )
+    .error(422, "idempotency_key_reused");
+    // Without the key it increments again.
+    assert_eq!(api.patch("/v1/c/idem/k", inc).ok(200)["doc"]["n"], 2);
+
+    // A create-only PUT retried with its key answers 201 again instead of a conflict.
+    let put = api.put_h("/v1/c/idem/p", json!({"a": 1}), &[("Idempotency-Key", "put-1")]);
+    put.ok(201);
+    assert_eq!(
+        api.put_h("/v1/c/idem/p", json!({"a": 1}), &[("Idempotency-Key", "put-1")])
+            .json,
+        put.json
+    );
+    api.put_h("/v1/c/idem/p", json!({"a": 2}), &[("Idempotency-Key", "put-1")])
+        .error(422, "idempotency_key_reused");
+
+    // POST /v1/tx.
+    let tx = json!({"ops": [{"op": "patch", "c": "idem", "id": "t", "update": {"$inc": {"n": 1}, "$upsert": true}}]});
+    let first = api.tx_h(tx.clone(), &[("Idempotency-Key", "tx-1")]);
+    first.ok(200);
+    let again = api.tx_h(tx, &[("Idempotency-Key", "tx-1")]);
+    assert_eq!(again.ok(200), &first.json);
+    assert_eq!(api.get("/v1/c/idem/t").json["n"], 1);
+    let other = json!({"ops": [{"op": "patch", "c": "idem", "id": "t", "update": {"$inc": {"n": 5}}}]});
+    api.tx_h(other, &[("Idempotency-Key", "tx-1")])
+        .error(422, "idempotency_key_reused");
+    assert_eq!(api.get("/v1/c/idem/t").json["n"], 1);
+}
+
+// ---------------------------------------------------------------------------
+// Change feed
+// ---------------------------------------------------------------------------
+
+#[test]
+fn change_feed_normal_and_continuation() {
+    let server = Server::start();
+    let api = Api::new(&server);
+    // One commit of three documents, then single writes, then d1 changed again.
+    let tx = api.tx(json!({"ops": [
+        {"op": "put", "c": "feed", "id": "t1", "doc": {"n": 1}},
+        {"op": "put", "c": "feed", "id": "t2", "doc": {"n": 2}},
+        {"op": "put", "c": "feed", "id": "t3", "doc": {"n": 3}}
+    ]}));
+    let tx_seq = tx.ok(200)["seq"].as_u64().unwrap();
+    api.put("/v1/c/feed/d1", json!({"n": 1})).ok(201);
+    api.put("/v1/c/feed/d2", json!({"n": 2})).ok(201);
+    api.put("/v1/c/other/o1", json!({"n": 1})).ok(201);
+    let d1_last = api.put("/v1/c/feed/d1", json!({"_version": 1, "n": 10})).ok(200)["seq"]
+        .as_u64()
+        .unwrap();
+
+    // Everything, in commit order, d1 only at its latest change.
+    let all = api.get("/v1/c/feed/_changes");
+    let body = all.ok(200);
+    assert_eq!(change_ids(body), ["t1", "t2", "t3", "d2", "d1"], "{}", all.text);
+    assert_eq!(body["last_seq"], d1_last);
+    let seqs: Vec<u64> = body["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["seq"].as_u64().unwrap())
+        .collect();
+    assert!(seqs.windows(2).all(|w| w[0] <= w[1]), "commit order: {seqs:?}");
+    let first = &body["results"][0];
+    assert!(first["rev"].as_str().unwrap().starts_with("1-"));
+    assert_eq!(first["deleted"], false);
+    assert!(first.get("doc").is_none(), "no doc unless include_docs");
+    assert!(first.get("c").is_none(), "a collection's feed does not repeat c");
+
+    // limit=1 still returns the whole first commit (never split).
+    let page = api.get("/v1/c/feed/_changes?since=0&limit=1&include_docs=true");
+    let body = page.ok(200);
+    assert_eq!(change_ids(body), ["t1", "t2", "t3"], "{}", page.text);
+    assert_eq!(body["last_seq"], tx_seq);
+    assert_eq!(body["results"][1]["doc"]["n"], 2);
+    assert_eq!(body["results"][1]["doc"]["_id"], "t2");
+    // Continuing from last_seq gives the rest, without gap or duplicate.
+    let mut seen = change_ids(body);
+    let mut since = tx_seq;
+    for _ in 0..10 {
+        let next = api.get(&format!("/v1/c/feed/_changes?since={since}&limit=1"));
+        let body = next.ok(200);
+        if body["results"].as_array().unwrap().is_empty() {
+            assert_eq!(body["last_seq"].as_u64().unwrap(), since.max(d1_last));
+            break;
+        }
+        seen.extend(change_ids(body));
+        since = body["last_seq"].as_u64().unwrap();
+    }
+    assert_eq!(seen, ["t1", "t2", "t3", "d2", "d1"]);
+
+    // since=now: nothing, and last_seq where the feed stands.
+    let now = api.get("/v1/c/feed/_changes?since=now");
+    assert_eq!(now.ok(200)["results"], json!([]));
+    assert!(now.json["last_seq"].as_u64().unwrap() >= d1_last);
+
+    // The feed of every collection carries c.
+    let everything = api.get("/v1/_changes?include_docs=true");
+    let results = everything.ok(200)["results"].as_array().unwrap().clone();
+    let pairs: Vec<(String, String)> = results
+        .iter()
+        .map(|c| {
+            (
+                c["c"].as_str().unwrap().to_string(),
+                c["id"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert!(pairs.contains(&("other".into(), "o1".into())), "{pairs:?}");
+    assert!(pairs.contains(&("feed".into(), "d1".into())), "{pairs:?}");
+    assert_eq!(results.len(), 6);
+    assert!(results.iter().all(|c| c["doc"]["_id"] == c["id"]));
+    api.get("/v1/_changes?since=0&limit=0")
+        .error(400, "invalid_query");
+    api.get("/v1/c/feed/_changes?feed=bogus")
+        .error(400, "invalid_query");
+    api.get("/v1/c/feed/_changes?since=x").error(400, "invalid_query");
+    api.get("/v1/c/9feed/_changes").error(400, "invalid_collection");
+}
+
+#[test]
+fn change_feed_longpoll() {
+    let server = Server::start();
+    let api = Api::new(&server);
+    api.put("/v1/c/lp/first", json!({})).ok(201);
+    let since = api.get("/v1/c/lp/_changes").ok(200)["last_seq"].as_u64().unwrap();
+
+    // A long poll returns as soon as a write arrives.
+    let url = format!(
+        "{}/v1/c/lp/_changes?feed=longpoll&since={since}&timeout=10000&include_docs=true",
+        server.url()
+    );
+    let waiter = std::thread::spawn(move || {
+        let started = Instant::now();
+        let reply = Api::at("").call(Method::GET, &url, &[], None);
+        (reply.status, reply.json, started.elapsed())
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let written = Instant::now();
+    api.put("/v1/c/lp/second", json!({"n": 2})).ok(201);
+    let (status, body, _) = waiter.join().expect("long poll thread");
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        written.elapsed() < Duration::from_secs(3),
+        "the long poll returned when the write arrived"
+    );
+    assert_eq!(change_ids(&body), ["second"]);
+    assert_eq!(body["results"][0]["doc"]["n"], 2);
+    let after = body["last_seq"].as_u64().unwrap();
+    assert!(after > since);
+
+    // With nothing to say it times out empty, at `since`.
+    let started = Instant::now();
+    let empty = api.get(&format!(
+        "/v1/c/lp/_changes?feed=longpoll&since={after}&timeout=200"
+    ));
+    let elapsed = started.elapsed();
+    assert_eq!(empty.ok(200)["results"], json!([]));
+    assert_eq!(empty.json["last_seq"], after);
+    assert!(
+        elapsed >= Duration::from_millis(150) && elapsed < Duration::from_secs(3),
+        "{elapsed:?}"
+    );
+
+    // A long poll behind the feed answers at once with what it missed.
+    let started = Instant::now();
+    let behind = api.get("/v1/_changes?feed=longpoll&since=0&timeout=10000");
+    assert_eq!(change_ids(behind.ok(200)), ["first", "second"]);
+    assert_eq!(behind.json["results"][0]["c"], "lp");
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+#[test]
+fn change_feed_sse() {
+    let server = Server::start();
+    let api = Api::new(&server);
+    let since = api.last_seq();
+    // A write before connecting, from `since`, so the stream has something at once.
+    api.put("/v1/c/ev/before", json!({"n": 0})).ok(201);
+
+    let client = Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let response = client
+        .get(format!(
+            "{}/v1/c/ev/_changes?feed=sse&since={since}&include_docs=true",
+            server.url()
+        ))
+        .send()
+        .expect("SSE request");
+    assert_eq!(response.status().as_u16(), 200);
+    let content_type = response.headers()["content-type"].to_str().unwrap().to_string();
+    assert!(content_type.starts_with("text/event-stream"), "{content_type}");
+    let mut lines = BufReader::new(response).lines();
+    let mut next_data = || -> Value {
+        for line in lines.by_ref() {
+            let line = line.expect("SSE line");
+            if let Some(data) = line.strip_prefix("data:") {
+                return serde_json::from_str(data.trim()).expect("SSE data is JSON");
+            }
+        }
+        panic!("SSE stream ended");
+    };
+    let before = next_data();
+    assert_eq!(before["id"], "before");
+
+    // Writes made after connecting arrive as events, in order.
+    api.put("/v1/c/ev/after1", json!({"n": 1})).ok(201);
+    api.put("/v1/c/other/ignored", json!({})).ok(201);
+    api.delete("/v1/c/ev/before?version=-1").ok(200);
+    let after1 = next_data();
+    assert_eq!(after1["id"], "after1");
+    assert_eq!(after1["doc"]["n"], 1);
+    let tombstone = next_data();
+    assert_eq!(tombstone["id"], "before");
+    assert_eq!(tombstone["deleted"], true);
+    assert!(tombstone["seq"].as_u64() > after1["seq"].as_u64());
+
+    // The feed of all collections as SSE carries c.
+    let response = client
+        .get(format!("{}/v1/_changes?feed=sse&since={since}", server.url()))
+        .send()
+        .unwrap();
+    let mut lines = BufReader::new(response).lines();
+    let first = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|l| {
+            l.strip_prefix("data:")
+                .map(|d| serde_json::from_str::<Value>(d.trim()).unwrap())
+        })
+        .expect("an event");
+    assert_eq!(first["c"], "ev");
+}
+
+// ---------------------------------------------------------------------------
+// Errors: every code of docs/http.md's table
+// ---------------------------------------------------------------------------
+
+/// The codes of docs/http.md's "Error codes and statuses" table, with their status.
+fn documented_error_codes() -> BTreeMap<String, u16> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/http.md");
+    let text = std::fs::read_to_string(&path).expect("docs/http.md");
+    let section = text
+        .split("## Error codes and statuses")
+        .nth(1)
+        .expect("the error table section");
+    let mut codes = BTreeMap::new();
+    for line in section.lines().take_while(|l| !l.starts_with("## ")) {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        let Some(status) = cells.get(1).and_then(|c| c.parse::<u16>().ok()) else {
+            continue;
+        };
+        for (i, part) in cells[2].split('`').enumerate() {
+            // Codes are the backquoted snake_case words (not `Retry-After`).
+            if i % 2 == 1 && part.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+                codes.insert(part.to_string(), status);
+            }
+        }
+    }
+    assert!(codes.len() >= 20, "parsed the table: {codes:?}");
+    codes
+}
+
+/// Codes that cannot be produced from outside without breaking the disk: a
+/// storage failure (`unavailable`, `storage_error`), a damaged file (`corrupt`),
+/// or a server bug (`internal`). The engine's own tests cover them.
+const NOT_PRODUCIBLE_FROM_OUTSIDE: [&str; 4] = ["unavailable", "storage_error", "corrupt", "internal"];
+
+#[test]
+fn every_documented_error_code_is_produced() {
+    let documented = documented_error_codes();
+    let mut seen: BTreeMap<String, u16> = BTreeMap::new();
+    let mut record = |reply: &Reply| {
+        let code = reply.json["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("not an error body: {}", reply.text));
+        assert!(reply.json["message"].is_string(), "{}", reply.text);
+        seen.insert(code.to_string(), reply.status);
+    };
+
+    let server = Server::start();
+    let api = Api::new(&server);
+    api.put("/v1/c/e/doc", json!({"s": "text"})).ok(201);
+
+    // 400s.
+    record(&api.call(Method::PUT, "/v1/c/e/x", &[], Some("{not json".into())));
+    record(&api.put("/v1/c/e/x", json!([1, 2])));
+    record(&api.put("/v1/c/e/_secret", json!({})));
+    record(&api.put("/v1/c/9abc/x", json!({})));
+    record(&api.put("/v1/c/e/x", json!({"_foo": 1})));
+    record(&api.patch("/v1/c/e/doc", json!({"$inc": {"s": 1}})));
+    record(&api.patch(
+        "/v1/c/e/doc",
+        json!({"$set": {"a": 1}, "$if": {"a": {"$bogus": 1}}}),
+    ));
+    record(&api.put_h("/v1/c/e/doc", json!({"_version": 1}), &[("If-Match", "*")]));
+    record(&api.tx(
+        json!({"ops": [{"op": "check", "c": "e", "id": "doc"}, {"op": "check", "c": "e", "id": "doc"}]}),
+    ));
+    record(&api.put("/v1/c/e/_indexes/bad", json!({"fields": 1})));
+    record(&api.get("/v1/c/e?order=sideways"));
+    // 404, 409, 422, 428.
+    record(&api.get("/no/such/route"));
+    record(&api.put("/v1/c/e/doc", json!({})));
+    api.put("/v1/c/e/_indexes/u", json!({"fields": ["s"], "unique": true}));
+    api.wait_index_ready("e", "u");
+    record(&api.put("/v1/c/e/other", json!({"s": "text"})));
+    api.put_h("/v1/c/e/k", json!({}), &[("Idempotency-Key", "k")])
+        .ok(201);
+    record(&api.put_h("/v1/c/e/k", json!({"a": 1}), &[("Idempotency-Key", "k")]));
+    record(&api.delete("/v1/c/e/doc"));
+    // 413 limit_exceeded: more than 1,000 ops in a transaction.
+    let ops: Vec<Value> = (0..1001)
+        .map(|i| json!({"op": "put", "c": "e", "id": format!("t{i}"), "doc": {}}))
+        .collect();
+    record(&api.tx(json!({ "ops": ops })));
+
+    // 503 index_building: a query of an index still backfilling (thousands of
+    // documents, 256 per backfill commit). Tried with a few new indexes in case
+    // one is built before the query arrives.
+    for chunk in 0..8 {
+        let ops: Vec<Value> = (0..1000)
+            .map(|i| json!({"op": "put", "c": "big", "id": format!("b{chunk}-{i}"), "doc": {"n": i, "c": chunk}}))
+            .collect();
+        api.tx(json!({ "ops": ops })).ok(200);
+    }
+    for attempt in 0..5 {
+        let name = format!("by_n_{attempt}");
+        let declared = api.put(
+            &format!("/v1/c/big/_indexes/{name}"),
+            json!({"fields": ["n", "c"]}),
+        );
+        if declared.status != 202 {
+            continue;
+        }
+        let building = api.get(&format!("/v1/c/big?index={name}&eq=%5B1%5D"));
+        if building.status == 503 {
+            assert_eq!(
+                building.header("retry-after"),
+                Some("1"),
+                "index_building carries Retry-After"
+            );
+            record(&building);
+            break;
+        }
+    }
+
+    // 503 timeout: the same data served with a 1 ms request timeout; reading a
+    // thousand documents takes longer than that.
+    let mut server = server;
+    server.kill9();
+    let hurried = Server::start_in(&server.data, &["--request-timeout-ms", "1"]);
+    // The timer's granularity is about a millisecond, so an answer can still
+    // win a race now and then: try a few times.
+    let hurried_api = Api::new(&hurried);
+    let slow = (0..20)
+        .map(|_| hurried_api.get("/v1/c/big?limit=1000"))
+        .find(|reply| reply.status == 503)
+        .expect("a thousand documents within 1 ms twenty times in a row");
+    record(&slow);
+    drop(hurried);
+
+    // A server with keys, a small body limit, and one request at a time.
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let admin = format!("Bearer {}", create_key(&data, "admin"));
+    let reader = format!("Bearer {}", create_key(&data, "read"));
+    let strict = Server::start_in(
+        &data,
+        &["--max-body-bytes", "1000", "--max-concurrent-requests", "1"],
+    );
+    let api = Api::new(&strict);
+    record(&api.get("/v1/c/e/doc"));
+    record(&api.put_h("/v1/c/e/doc", json!({}), &[("Authorization", &reader)]));
+    let big = json!({"pad": "x".repeat(2000)});
+    record(&api.put_h("/v1/c/e/doc", big, &[("Authorization", &admin)]));
+    // Hold the only request slot with a long poll, then ask for anything else.
+    let url = format!(
+        "{}/v1/c/e/_changes?feed=longpoll&since=now&timeout=3000",
+        strict.url()
+    );
+    let admin_for_poll = admin.clone();
+    let holder = std::thread::spawn(move || {
+        Api::at("").call(Method::GET, &url, &[("Authorization", &admin_for_poll)], None)
+    });
+    let deadline = Instant::now() + Duration::from_millis(2500);
+    let mut overloaded = None;
+    while overloaded.is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        let reply = api.get("/healthz");
+        if reply.status == 429 {
+            overloaded = Some(reply);
+        }
+    }
+    let overloaded = overloaded.expect("429 while the long poll holds the only slot");
+    assert_eq!(
+        overloaded.header("retry-after"),
+        Some("1"),
+        "429 carries Retry-After"
+    );
+    record(&overloaded);
+    assert_eq!(holder.join().expect("long poll").status, 200);
+    assert_eq!(api.get("/healthz").status, 200, "the slot is free again");
+
+    // Every documented code (but those only a broken disk produces) was seen,
+    // with its documented status; nothing undocumented was.
+    for (code, status) in &documented {
+        if NOT_PRODUCIBLE_FROM_OUTSIDE.contains(&code.as_str()) {
+            continue;
+        }
+        assert_eq!(
+            seen.get(code),
+            Some(status),
+            "{code} ({status}) was not produced; seen: {seen:?}"
+        );
+    }
+    for (code, status) in &seen {
+        assert_eq!(
+            documented.get(code),
+            Some(status),
+            "{code} ({status}) is not in docs/http.md's table"
+        );
+    }
+}
+
+#[test]
+fn request_errors_in_context() {
+    let server = Server::start();
+    let api = Api::new(&server);
+    api.call(Method::PUT, "/v1/c/e/x", &[], Some("{not json".into()))
+        .error(400, "invalid_json");
+    api.call(Method::PUT, "/v1/c/e/x", &[], Some(String::new()))
+        .error(400, "invalid_json");
+    api.call(Method::POST, "/v1/tx", &[], Some("[".into()))
+        .error(400, "invalid_json");
+    api.call(Method::PATCH, "/v1/c/e/x", &[], Some("nope".into()))
+        .error(400, "invalid_json");
+    api.put("/v1/c/e/x", json!([1, 2])).error(400, "invalid_document");
+    api.put("/v1/c/e/x", json!("text")).error(400, "invalid_document");
+    let deep = format!("{}1{}", "{\"a\":".repeat(40), "}".repeat(40));
+    api.call(Method::PUT, "/v1/c/e/deep", &[], Some(deep))
+        .error(400, "invalid_document");
+    api.put(&format!("/v1/c/e/{}", "i".repeat(600)), json!({}))
+        .error(400, "invalid_id");
+    api.put("/v1/c/e/a%01b", json!({})).error(400, "invalid_id");
+    api.put(&format!("/v1/c/{}/x", "c".repeat(65)), json!({}))
+        .error(400, "invalid_collection");
+    api.put("/v1/c/e/x", json!({"_id": "x"}))
+        .error(400, "reserved_field");
+    api.put("/v1/c/e/x", json!({"_deleted": true}))
+        .error(400, "reserved_field");
+    api.put_h("/v1/c/e/x", json!({}), &[("If-Match", "\"garbage\"")])
+        .error(400, "invalid_precondition");
+    api.put_h("/v1/c/e/x", json!({}), &[("If-None-Match", "\"1-abc\"")])
+        .error(400, "invalid_precondition");
+    let long_key = "k".repeat(300);
+    let refused = api.put_h("/v1/c/e/x", json!({}), &[("Idempotency-Key", &long_key)]);
+    assert_eq!(
+        refused.status, 400,
+        "Idempotency-Key is 1..255 characters: {}",
+        refused.text
+    );
+    api.get("/v1/c/e/x").error(404, "not_found");
+    api.put("/v1/c/e/_x", json!({})).error(400, "invalid_id");
+    api.get("/v1/c/e/_x").error(400, "invalid_id");
+    api.delete("/v1/c/e/_x?version=-1").error(400, "invalid_id");
+    api.put("/v1/c/9abc/x", json!({}))
+        .error(400, "invalid_collection");
+    api.get("/v1/c/9abc/x").error(400, "invalid_collection");
+    api.get("/v1/c/9abc").error(400, "invalid_collection");
+    api.put("/v1/c/e/x", json!({"_foo": 1}))
+        .error(400, "reserved_field");
+    api.put("/v1/c/e/x", json!({"a": 1})).ok(201);
+    api.patch("/v1/c/e/x", json!({"$set": {"_foo": 1}}))
+        .error(400, "reserved_field");
+    api.patch(
+        "/v1/c/e/x",
+        json!({"$set": {"a": 2}, "$if": {"a": {"$bogus": 1}}}),
+    )
+    .error(400, "invalid_filter");
+    api.patch("/v1/c/e/x", json!({"$set": {"a": 2}, "$if": {"$or": 3}}))
+        .error(400, "invalid_filter");
+    let not_a_filter = api.patch("/v1/c/e/x", json!({"$set": {"a": 2}, "$if": 3}));
+    assert_eq!(not_a_filter.status, 400, "{}", not_a_filter.text);
+    assert_eq!(api.get("/v1/c/e/x").json["a"], 1);
+
+    // Unknown routes and methods: 404 with a JSON error body.
+    let unknown = api.get("/nope");
+    unknown.error(404, "not_found");
+    assert!(
+        unknown
+            .header("content-type")
+            .unwrap()
+            .starts_with("application/json")
+    );
+    api.call(Method::POST, "/v1/c/e/x", &[], Some("{}".into()))
+        .error(404, "not_found");
+    api.get("/v2/c").error(404, "not_found");
+
+    // A transaction of more than 1,000 ops.
+    let ops: Vec<Value> = (0..1001)
+        .map(|i| json!({"op": "check", "c": "e", "id": format!("c{i}"), "version": -1}))
+        .collect();
+    api.tx(json!({ "ops": ops })).error(413, "limit_exceeded");
+    // A document over 1 MiB.
+    api.put("/v1/c/e/huge", json!({"pad": "x".repeat(1_100_000)}))
+        .error(413, "payload_too_large");
+}
+
+#[test]
+fn body_limit_and_overload() {
+    let server = Server::start_with(&["--max-body-bytes", "1000", "--max-concurrent-requests", "1"]);
+    let api = Api::new(&server);
+    api.put("/v1/c/small/a", json!({"pad": "x".repeat(900)})).ok(201);
+    api.put("/v1/c/small/b", json!({"pad": "x".repeat(2000)}))
+        .error(413, "payload_too_large");
+    api.tx(json!({"ops": [{"op": "put", "c": "small", "id": "c", "doc": {"pad": "x".repeat(2000)}}]}))
+        .error(413, "payload_too_large");
+    api.get("/v1/c/small/b").error(404, "not_found");
+
+    let url = format!(
+        "{}/v1/c/small/_changes?feed=longpoll&since=now&timeout=3000",
+        server.url()
+    );
+    let holder = std::thread::spawn(move || Api::at("").call(Method::GET, &url, &[], None));
+    let deadline = Instant::now() + Duration::from_millis(2500);
+    // Writes that succeed whenever they are served (create or overwrite), each
+    // with its own content, until one is refused.
+    let mut refused = None;
+    for attempt in 0.. {
+        if Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        let reply = api.put("/v1/c/small/z", json!({"_version": -1, "attempt": attempt}));
+        if ![200, 201].contains(&reply.status) {
+            refused = Some((attempt, reply));
+            break;
+        }
+    }
+    let (attempt, refused) = refused.expect("a second request while the long poll holds the only slot");
+    refused.error(429, "overloaded");
+    assert_eq!(refused.header("retry-after"), Some("1"));
+    assert_eq!(holder.join().expect("long poll").status, 200);
+    let after = api.get("/v1/c/small/z");
+    assert!(
+        after.status == 404 || after.json["attempt"] != attempt,
+        "the refused write was not applied"
+    );
+    api.put("/v1/c/small/z", json!({"_version": -1, "attempt": "last"}))
+        .ok_any();
+}
+
+// ---------------------------------------------------------------------------
+// Operations: health, OpenAPI, caller headers
+// ---------------------------------------------------------------------------
+
+#[test]
+fn healthz_and_openapi() {
+    let server = Server::start();
+    let api = Api::new(&server);
+    let health = api.get("/healthz");
+    assert_eq!(health.ok(200)["status"], "ok");
+    assert!(health.json["durable_seq"].as_u64().is_some());
+
+    let doc = api.get("/openapi.json");
+    let spec = doc.ok(200);
+    assert!(
+        spec["openapi"]
+            .as_str()
+            .expect("openapi version")
+            .starts_with("3."),
+        "{}",
+        spec["openapi"]
+    );
+    let paths = spec["paths"].as_object().expect("paths");
+
+    // The routes of the server (mod.rs) and every `METHOD /path` docs/http.md names.
+    let mut routes: BTreeSet<(String, String)> = [
+        ("get", "/v1/c"),
+        ("get", "/v1/c/{coll}"),
+        ("get", "/v1/c/{coll}/{id}"),
+        ("put", "/v1/c/{coll}/{id}"),
+        ("patch", "/v1/c/{coll}/{id}"),
+        ("delete", "/v1/c/{coll}/{id}"),
+        ("get", "/v1/c/{coll}/_indexes"),
+        ("put", "/v1/c/{coll}/_indexes/{name}"),
+        ("get", "/v1/c/{coll}/_changes"),
+        ("get", "/v1/_changes"),
+        ("post", "/v1/tx"),
+        ("get", "/healthz"),
+    ]
+    .iter()
+    .map(|(m, p)| (m.to_string(), p.to_string()))
+    .collect();
+    let docs =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/http.md")).unwrap();
+    let mut from_docs = 0;
+    for (i, span) in docs.split('`').enumerate() {
+        if i % 2 == 0 {
+            continue;
+        }
+        if let Some((method, path)) = span.split_once(' ')
+            && ["GET", "PUT", "POST", "PATCH", "DELETE"].contains(&method)
+            && path.starts_with('/')
+            && !path.contains(' ')
+        {
+            routes.insert((method.to_lowercase(), path.to_string()));
+            from_docs += 1;
+        }
+    }
+    assert!(from_docs >= 5, "routes found in docs/http.md: {from_docs}");
+    for (method, path) in &routes {
+        let entry = paths
+            .get(path)
+            .unwrap_or_else(|| panic!("/openapi.json has no path {path}"));
+        assert!(
+            entry.get(method).is_some(),
+            "/openapi.json has no {method} {path}"
+        );
+    }
+}
+
+#[test]
+fn caller_headers_are_accepted() {
+    let server = Server::start();
+    let api = Api::new(&server);
+    let headers = [("Truce-Source", "checkout.handler"), ("Truce-Attempt", "1")];
+    api.put_h("/v1/c/h/a", json!({"n": 1}), &headers).ok(201);
+    api.patch_h(
+        "/v1/c/h/a",
+        json!({"$inc": {"n": 1}}),
+        &[("Truce-Source", "retry"), ("Truce-Attempt", "2/5")],
+    )
+    .ok(200);
+    api.tx_h(json!({"ops": [{"op": "check", "c": "h", "id": "a"}]}), &headers)
+        .ok(200);
+    api.get_h("/v1/c/h/a", &headers).ok(200);
+    let long_label = "s".repeat(300);
+    api.get_h("/v1/c/h/a", &[("Truce-Source", &long_label)]).ok(200);
+}
+
+// ---------------------------------------------------------------------------
+// Graceful shutdown
+// ---------------------------------------------------------------------------
+
+#[test]
+fn sigterm_under_load_exits_cleanly_and_keeps_acknowledged_writes() {
+    let mut server = Server::start();
+    let url = server.url();
+    let acked = Arc::new(AtomicUsize::new(0));
+    let writers: Vec<_> = (0..8)
+        .map(|t| {
+            let (url, acked) = (url.clone(), Arc::clone(&acked));
+            std::thread::spawn(move || {
+                let client = Client::builder()
+                    .timeout(Duration::from_secs(15))
+                    .build()
+                    .unwrap();
+                let deadline = Instant::now() + Duration::from_secs(20);
+                let mut ok = Vec::new();
+                for i in 0.. {
+                    if Instant::now() > deadline {
+                        break;
+                    }
+                    let id = format!("t{t}-{i}");
+                    let sent = client
+                        .put(format!("{url}/v1/c/w/{id}"))
+                        .header("content-type", "application/json")
+                        .body(json!({"t": t, "i": i}).to_string())
+                        .send();
+                    match sent {
+                        Ok(r) if r.status().is_success() => {
+                            ok.push(id);
+                            acked.fetch_add(1, Ordering::Relaxed);
+                        }
+                        _ => break, // the server is going away
+                    }
+                }
+                ok
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while acked.load(Ordering::Relaxed) < 200 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let status = server.terminate();
+    assert!(
+        status.success(),
+        "SIGTERM under load exits with success, got {status}"
+    );
+    let acknowledged: Vec<String> = writers
+        .into_iter()
+        .flat_map(|w| w.join().expect("writer"))
+        .collect();
+    assert!(
+        acknowledged.len() >= 200,
+        "writes were acknowledged before SIGTERM: {}",
+        acknowledged.len()
+    );
+
+    server.restart();
+    let api = Api::new(&server);
+    let present: BTreeSet<String> = ids(&api.query_all("w", "limit=1000")).into_iter().collect();
+    let lost: Vec<&String> = acknowledged.iter().filter(|id| !present.contains(*id)).collect();
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged writes lost, e.g. {:?}",
+        lost.len(),
+        &lost[..lost.len().min(5)]
+    );
+}
+
+/// Open change-feed streams never end on their own: shutdown must not wait for
+/// them forever (it did: `axum::serve`'s graceful shutdown waits for every
+/// connection; serve.rs now bounds that wait by its 10 s grace, as on TLS).
+#[test]
+fn sigterm_with_open_streams_exits_within_the_grace_period() {
+    let mut server = Server::start();
+    let api = Api::new(&server);
+    let since = api.last_seq();
+    api.put("/v1/c/st/first", json!({})).ok(201);
+
+    // An SSE stream, connected (its first event read), then idle.
+    let url = format!("{}/v1/c/st/_changes?feed=sse&since={since}", server.url());
+    let (connected, is_connected) = std::sync::mpsc::channel();
+    let sse = std::thread::spawn(move || {
+        let client = Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap();
+        let response = client.get(url).send().expect("SSE request");
+        let mut lines = BufReader::new(response).lines();
+        if lines
+            .by_ref()
+            .map_while(Result::ok)
+            .any(|l| l.starts_with("data:"))
+        {
+            let _ = connected.send(());
+        }
+        // Until the server closes the stream (end or error).
+        lines.map_while(Result::ok).count()
+    });
+    is_connected
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the SSE stream delivered its first event");
+    // A long poll that would wait a minute.
+    let url = format!(
+        "{}/v1/c/st/_changes?feed=longpoll&since=now&timeout=60000",
+        server.url()
+    );
+    let poll = std::thread::spawn(move || {
+        let client = Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap();
+        client.get(url).send().and_then(|r| r.text()).is_ok()
+    });
+    std::thread::sleep(Duration::from_millis(300));
+
+    let started = Instant::now();
+    let _ = Command::new("kill")
+        .args(["-TERM", &server.pid().to_string()])
+        .status();
+    // The listener closes at once; the streams are given the grace period.
+    let refusing = Instant::now() + Duration::from_secs(5);
+    while std::net::TcpStream::connect(server.addr).is_ok() {
+        assert!(
+            Instant::now() < refusing,
+            "still accepting connections 5 s after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let status = server.terminate();
+    let took = started.elapsed();
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        took < Duration::from_secs(15),
+        "open streams held the shutdown for {took:?}"
+    );
+    sse.join().expect("SSE reader ended");
+    poll.join().expect("long poll ended");
+}
+
+// ---------------------------------------------------------------------------
+// Settings
+// ---------------------------------------------------------------------------
+
+#[test]
+fn serve_help_mentions_every_flag() {
+    let out = Command::new(truce_bin())
+        .args(["serve", "--help"])
+        .output()
+        .expect("truce serve --help");
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--config",
+        "--listen",
+        "--data",
+        "--log-format",
+        "--insecure-no-auth",
+        "--tls-cert",
+        "--tls-key",
+        "--max-body-bytes",
+        "--request-timeout-ms",
+        "--max-concurrent-requests",
+    ] {
+        assert!(
+            help.contains(flag),
+            "serve --help does not mention {flag}:\n{help}"
+        );
+    }
+    for env in ["TRUCE_LISTEN", "TRUCE_DATA", "TRUCE_CONFIG"] {
+        assert!(help.contains(env), "serve --help does not mention {env}:\n{help}");
+    }
+}
+
+#[test]
+fn config_file_and_environment_set_the_listen_address() {
+    let dir = tempfile::tempdir().unwrap();
+
+    // A TOML file given by --config.
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let file = dir.path().join("truce.toml");
+    let data = dir.path().join("from-file");
+    std::fs::write(
+        &file,
+        format!(
+            "listen = \"{addr}\"\ndata = {:?}\nmax_body_bytes = 1000\n",
+            data.display().to_string()
+        ),
+    )
+    .unwrap();
+    let mut from_file = Spawned::start(&["serve", "--config", file.to_str().unwrap()], &[]);
+    from_file.wait_listening(addr);
+    let api = Api::at(&format!("http://{addr}"));
+    api.get("/healthz").ok(200);
+    api.put("/v1/c/cfg/a", json!({"pad": "x".repeat(2000)}))
+        .error(413, "payload_too_large");
+    api.put("/v1/c/cfg/a", json!({})).ok(201);
+    assert!(data.exists(), "the file's data directory is used");
+    drop(from_file);
+
+    // TRUCE_LISTEN (and TRUCE_DATA) in the environment.
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let data = dir.path().join("from-env");
+    let mut from_env = Spawned::start(
+        &["serve"],
+        &[
+            ("TRUCE_LISTEN", &addr.to_string()),
+            ("TRUCE_DATA", data.to_str().unwrap()),
+        ],
+    );
+    from_env.wait_listening(addr);
+    Api::at(&format!("http://{addr}")).get("/healthz").ok(200);
+    assert!(data.exists(), "TRUCE_DATA is used");
+    drop(from_env);
+
+    // A flag beats the environment, which beats the file.
+    let (flag, env, in_file) = (free_port(), free_port(), free_port());
+    let file = dir.path().join("prio.toml");
+    std::fs::write(&file, format!("listen = \"127.0.0.1:{in_file}\"\n")).unwrap();
+    let data = dir.path().join("prio");
+    let listen = format!("127.0.0.1:{flag}");
+    let env_listen = format!("127.0.0.1:{env}");
+    let mut both = Spawned::start(
+        &[
+            "serve",
+            "--config",
+            file.to_str().unwrap(),
+            "--listen",
+            &listen,
+            "--data",
+            data.to_str().unwrap(),
+        ],
+        &[("TRUCE_LISTEN", &env_listen)],
+    );
+    both.wait_listening(listen.parse().unwrap());
+    Api::at(&format!("http://{listen}")).get("/healthz").ok(200);
+    drop(both);
+    let mut env_over_file = Spawned::start(
+        &[
+            "serve",
+            "--config",
+            file.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+        ],
+        &[("TRUCE_LISTEN", &env_listen)],
+    );
+    env_over_file.wait_listening(env_listen.parse().unwrap());
+    Api::at(&format!("http://{env_listen}")).get("/healthz").ok(200);
+
+    // A bad file is refused with its name in the message.
+    std::fs::write(&file, "lisen = 1\n").unwrap();
+    let (status, stderr) = run_bounded(&[
+        "serve",
+        "--config",
+        file.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+    ]);
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "a bad settings file is refused: {stderr}"
+    );
+    assert!(stderr.contains("lisen"), "{stderr}");
+}
