@@ -1,5 +1,9 @@
 //! `truce`: the Truce server and its administration commands.
 
+/// See Cargo.toml: glibc malloc serialises frees across threads on the hot path.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::process::ExitCode;
 
 use clap::Parser;

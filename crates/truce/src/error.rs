@@ -60,6 +60,9 @@ pub enum Error {
     /// The storage layer failed or returned bytes that do not decode.
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// A collection configuration (TTL, counters) is malformed.
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(String),
     /// An index definition is malformed.
     #[error("invalid index: {0}")]
     InvalidIndex(String),
@@ -119,6 +122,7 @@ impl Error {
         "corrupt",
         "retries_exhausted",
         "invalid_index",
+        "invalid_config",
         "invalid_query",
         "invalid_transaction",
         "not_found",
@@ -145,6 +149,7 @@ impl Error {
             Error::Storage(_) => "storage_error",
             Error::RetriesExhausted { .. } => "retries_exhausted",
             Error::InvalidIndex(_) => "invalid_index",
+            Error::InvalidConfig(_) => "invalid_config",
             Error::InvalidQuery(_) => "invalid_query",
             Error::InvalidTransaction(_) => "invalid_transaction",
             Error::NotFound(_) => "not_found",

@@ -31,6 +31,7 @@ pub mod update;
 pub mod value_order;
 
 pub use doc::{Body, Document, Meta, Rev};
+pub use engine::config::{CollectionConfig, CounterMode};
 pub use engine::outcome::{Conflict, ConflictReason, Effect, Expect, WriteResult, Written};
 pub use engine::tx::{OpConflict, TxCommitted, TxFailure, TxOp, TxOutcome};
 pub use engine::{

@@ -100,3 +100,26 @@ pub const COMMITTER_IDLE_MS: u64 = 1000;
 
 /// Most changes one change-feed read returns.
 pub const CHANGES_LIMIT_MAX: usize = 10_000;
+
+/// Most counters one collection may declare: each is evaluated on every write of
+/// the collection, in the committer.
+pub const COUNTERS_PER_COLLECTION_MAX: usize = 16;
+
+/// Longest TTL, in seconds (ten years): beyond that a TTL is a mistake.
+pub const TTL_SECONDS_MAX: u64 = 10 * 365 * 24 * 3600;
+
+/// Documents the TTL sweeper looks at per collection and step, and the most it
+/// deletes in one commit: a sweep step never delays writers by more than a
+/// short commit.
+pub const TTL_SWEEP_SCAN_DOCS: usize = 2000;
+/// See [`TTL_SWEEP_SCAN_DOCS`].
+pub const TTL_SWEEP_DELETES_MAX: usize = 500;
+
+/// How often the committer sweeps expired documents and drains the counter
+/// outbox when there is something to do, in ms. Longer coalesces more
+/// `after_commit` increments per write; shorter lowers their lag.
+pub const BACKGROUND_TICK_MS: u64 = 50;
+
+/// Outbox entries drained in one commit: 10,000 increments become at most one
+/// write per target.
+pub const OUTBOX_DRAIN_ENTRIES_MAX: usize = 10_000;

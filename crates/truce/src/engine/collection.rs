@@ -13,9 +13,11 @@ use crate::update::Update;
 
 use super::Db;
 use super::committer::{IndexProgress, read_document};
+use super::config::CollectionConfig;
 use super::outcome::{Expect, WriteResult, Written};
 use super::pending::PendingWrite;
-use super::read::{durable_snapshot, run_query};
+use super::read::{durable_snapshot, for_each_document, run_query};
+use super::recount::RecountReport;
 use super::retry::RetryPolicy;
 use super::tx::{TxOp, doc_key};
 
@@ -44,7 +46,9 @@ impl Collection {
     /// Never returns state that is not yet durable: if the stored state belongs to
     /// a commit still being synced, waits for that sync.
     pub fn get(&self, id: &str) -> Result<Option<Document>> {
-        Ok(self.get_stored(id)?.filter(|d| !d.is_deleted()))
+        Ok(self
+            .get_stored(id)?
+            .filter(|d| !d.is_deleted() && !self.expired(d)))
     }
 
     /// The stored state of `id`, tombstones included.
@@ -237,48 +241,66 @@ impl Collection {
             .ok_or_else(|| Error::NotFound(format!("index {name} of collection {}", self.name)))
     }
 
+    /// The collection's configuration (TTL, counters); empty if none was set.
+    pub fn config(&self) -> CollectionConfig {
+        let configs = self.db.shared().configs.read().unwrap_or_else(|p| p.into_inner());
+        configs.get(&*self.name).cloned().unwrap_or_default()
+    }
+
+    /// Replaces the collection's configuration. It applies from the next commit
+    /// on; a counter that is new is backfilled from the documents already there
+    /// (a recount), and its report returned.
+    pub fn set_config(&self, config: CollectionConfig) -> Result<Vec<(String, RecountReport)>> {
+        let before = self.config();
+        let new_counters: Vec<String> = config
+            .counters
+            .iter()
+            .filter(|c| !before.counters.iter().any(|b| b.name == c.name))
+            .map(|c| c.name.clone())
+            .collect();
+        self.db.submit_config(&self.name, config)?;
+        new_counters
+            .into_iter()
+            .map(|name| Ok((name.clone(), self.recount(&name)?)))
+            .collect()
+    }
+
+    /// Recomputes counter `name` from a snapshot of this collection and fixes
+    /// every target that was wrong, without losing concurrent increments.
+    pub fn recount(&self, name: &str) -> Result<RecountReport> {
+        super::recount::recount(&self.db, &self.name, name)
+    }
+
+    /// Whether `doc` has expired under the collection's TTL but is not yet swept.
+    fn expired(&self, doc: &Document) -> bool {
+        let configs = self.db.shared().configs.read().unwrap_or_else(|p| p.into_inner());
+        configs
+            .get(&*self.name)
+            .and_then(|c| c.ttl.as_ref())
+            .is_some_and(|ttl| super::committer::is_expired(&doc.body, ttl, super::committer::now_ms()))
+    }
+
     /// Live and deleted documents of the collection, counted on one durable
     /// snapshot. Reads every document: for status pages, not hot paths.
     pub fn count(&self) -> Result<(u64, u64)> {
         let (view, _) = durable_snapshot(self.db.shared())?;
-        let base = doc_key(&self.name, "");
-        let end = crate::index::keys::prefix_end(&base);
         let (mut live, mut deleted) = (0, 0);
-        let mut start = std::ops::Bound::Included(base.clone());
-        loop {
-            let start_ref = match &start {
-                std::ops::Bound::Included(k) => std::ops::Bound::Included(k.as_slice()),
-                std::ops::Bound::Excluded(k) => std::ops::Bound::Excluded(k.as_slice()),
-                std::ops::Bound::Unbounded => std::ops::Bound::Unbounded,
-            };
-            let end_ref = end
-                .as_deref()
-                .map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
-            let entries = view.scan(
-                crate::storage::Space::Documents,
-                start_ref,
-                end_ref,
-                crate::storage::Direction::Forward,
-                1024,
-            )?;
-            for (key, value) in &entries {
-                let id = String::from_utf8_lossy(&key[base.len()..]);
-                if crate::record::decode_document(&id, value)?.is_deleted() {
-                    deleted += 1;
-                } else {
-                    live += 1;
-                }
+        for_each_document(&*view, &self.name, |doc| {
+            if doc.is_deleted() {
+                deleted += 1;
+            } else {
+                live += 1;
             }
-            match entries.last() {
-                Some((key, _)) if entries.len() == 1024 => start = std::ops::Bound::Excluded(key.clone()),
-                _ => return Ok((live, deleted)),
-            }
-        }
+            Ok(())
+        })?;
+        Ok((live, deleted))
     }
 
     /// One page of a query, read from one durable snapshot.
     pub fn query(&self, query: &Query) -> Result<QueryPage> {
         let (view, _) = durable_snapshot(self.db.shared())?;
-        Ok(run_query(self.db.shared(), &*view, &self.name, query)?.page)
+        let mut page = run_query(self.db.shared(), &*view, &self.name, query)?.page;
+        page.docs.retain(|d| !self.expired(d));
+        Ok(page)
     }
 }

@@ -14,13 +14,17 @@ use crate::doc::Document;
 use crate::error::{Error, Result};
 use crate::index::{self, IndexDef, IndexState};
 use crate::limits::{
-    BACKFILL_CHUNK_DOCS, COMMIT_BATCH_BYTES_MAX, COMMIT_BATCH_REQUESTS_MAX, COMMITTER_IDLE_MS,
-    IDEMPOTENCY_PURGE_BATCH_MAX,
+    BACKFILL_CHUNK_DOCS, BACKGROUND_TICK_MS, COMMIT_BATCH_BYTES_MAX, COMMIT_BATCH_REQUESTS_MAX,
+    COMMITTER_IDLE_MS, IDEMPOTENCY_PURGE_BATCH_MAX, OUTBOX_DRAIN_ENTRIES_MAX, TTL_SWEEP_DELETES_MAX,
+    TTL_SWEEP_SCAN_DOCS,
 };
 use crate::record::{self, IdempotencyRecord};
 use crate::storage::{Direction, Durability, Space, Storage};
+use crate::update::Update;
 
-use super::evaluate::{self, CommitClock};
+use super::config::{self, CollectionConfig, CounterMode};
+use super::counters::{self, Increment};
+use super::evaluate::{self, CommitClock, WriteOp};
 use super::group::Group;
 use super::outcome::{Conflict, ConflictReason, Effect, Expect, Written};
 use super::readset::RecentWrites;
@@ -50,6 +54,10 @@ pub enum Request {
     Commit(Box<Commit>, oneshot::Sender<Result<TxOutcome>>),
     /// Register a new index; it is maintained from this commit on.
     DefineIndex(Box<IndexDef>, oneshot::Sender<Result<IndexProgress>>),
+    /// Replace a collection's configuration (TTL, counters).
+    SetConfig(String, Box<CollectionConfig>, oneshot::Sender<Result<u64>>),
+    /// Add amounts to target fields in one commit (recount corrections).
+    Increment(Vec<Increment>, oneshot::Sender<Result<u64>>),
     /// Add the next chunk of existing documents to a building index.
     Backfill {
         /// Collection.
@@ -67,6 +75,7 @@ pub enum Request {
 enum Answer {
     Commit(oneshot::Sender<Result<TxOutcome>>, Result<TxOutcome>),
     Index(oneshot::Sender<Result<IndexProgress>>, Result<IndexProgress>),
+    Seq(oneshot::Sender<Result<u64>>, Result<u64>),
 }
 
 impl Answer {
@@ -76,8 +85,10 @@ impl Answer {
         match (self, stored) {
             (Answer::Commit(tx, answer), Ok(())) => drop(tx.send(answer)),
             (Answer::Index(tx, answer), Ok(())) => drop(tx.send(answer)),
+            (Answer::Seq(tx, answer), Ok(())) => drop(tx.send(answer)),
             (Answer::Commit(tx, _), Err(e)) => drop(tx.send(Err(unavailable(e)))),
             (Answer::Index(tx, _), Err(e)) => drop(tx.send(Err(unavailable(e)))),
+            (Answer::Seq(tx, _), Err(e)) => drop(tx.send(Err(unavailable(e)))),
         }
     }
 }
@@ -88,6 +99,9 @@ impl Request {
         match self {
             Request::Commit(_, tx) => drop(tx.send(Err(unavailable(error)))),
             Request::DefineIndex(_, tx) | Request::Backfill { reply: tx, .. } => {
+                drop(tx.send(Err(unavailable(error))))
+            }
+            Request::SetConfig(_, _, tx) | Request::Increment(_, tx) => {
                 drop(tx.send(Err(unavailable(error))))
             }
         }
@@ -111,6 +125,10 @@ pub struct Shared {
     pub idempotency_retention_ms: u64,
     /// Names of every collection that was ever written, as of the last durable group.
     pub collections: RwLock<BTreeSet<String>>,
+    /// Collection configurations as of the last durable group.
+    pub configs: RwLock<HashMap<String, CollectionConfig>>,
+    /// `after_commit` increments waiting in the outbox, and the time of the oldest.
+    pub outbox: RwLock<(u64, Option<u64>)>,
 }
 
 /// Meta-space prefix of the collection registry: `coll 0x00 name` → empty.
@@ -123,8 +141,38 @@ pub struct Committer {
     last_ts_ms: u64,
     indexes: Catalog,
     collections: BTreeSet<String>,
+    configs: HashMap<String, CollectionConfig>,
+    outbox_entries: u64,
+    outbox_oldest_ms: Option<u64>,
+    /// Where each TTL collection's sweep continues (the last document key looked at).
+    ttl_cursors: HashMap<String, Vec<u8>>,
+    last_background: Instant,
     recent: RecentWrites,
     last_maintenance: Instant,
+}
+
+/// The counter increments a commit implies, by mode.
+#[derive(Default)]
+struct CounterEffects {
+    in_commit: Vec<Increment>,
+    after_commit: Vec<Increment>,
+}
+
+/// Every entry of `space` whose key starts with `prefix`.
+fn scan_prefix(
+    storage: &dyn crate::storage::StorageRead,
+    space: Space,
+    prefix: &[u8],
+) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let end = index::keys::prefix_end(prefix);
+    Ok(storage.scan(
+        space,
+        std::ops::Bound::Included(prefix),
+        end.as_deref()
+            .map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded),
+        Direction::Forward,
+        usize::MAX,
+    )?)
 }
 
 /// Now, in ms since the epoch.
@@ -217,6 +265,19 @@ impl Committer {
             .into_iter()
             .map(|(key, _)| String::from_utf8_lossy(&key[META_COLLECTION_PREFIX.len()..]).into_owned())
             .collect();
+        let mut configs = HashMap::new();
+        for (key, bytes) in scan_prefix(storage, Space::Meta, config::META_PREFIX)? {
+            let name = String::from_utf8_lossy(&key[config::META_PREFIX.len()..]).into_owned();
+            configs.insert(name, CollectionConfig::from_json(&record::decode_json(&bytes)?)?);
+        }
+        let outbox = scan_prefix(storage, Space::Outbox, b"")?;
+        let outbox_entries = outbox.len() as u64;
+        let outbox_oldest_ms = match outbox.first() {
+            Some((_, bytes)) => Some(counters::decode_outbox(bytes)?.1),
+            None => None,
+        };
+        *shared.configs.write().unwrap_or_else(|p| p.into_inner()) = configs.clone();
+        *shared.outbox.write().unwrap_or_else(|p| p.into_inner()) = (outbox_entries, outbox_oldest_ms);
         shared.watermark.advance(last_seq);
         *shared.catalog.write().unwrap_or_else(|p| p.into_inner()) = indexes.clone();
         *shared.collections.write().unwrap_or_else(|p| p.into_inner()) = collections.clone();
@@ -226,20 +287,32 @@ impl Committer {
             last_ts_ms,
             indexes,
             collections,
+            configs,
+            outbox_entries,
+            outbox_oldest_ms,
+            ttl_cursors: HashMap::new(),
+            last_background: Instant::now(),
             recent: RecentWrites::new(last_seq),
             last_maintenance: Instant::now(),
         })
     }
 
+    /// Whether background work (outbox, TTL) wants the short tick.
+    fn busy_in_background(&self) -> bool {
+        self.outbox_entries > 0 || self.configs.values().any(|c| c.ttl.is_some())
+    }
+
     /// Runs until every sender of `queue` is gone.
     pub fn run(mut self, queue: Receiver<Request>) {
         let idle = Duration::from_millis(COMMITTER_IDLE_MS);
+        let tick = Duration::from_millis(BACKGROUND_TICK_MS);
         let mut waiting = VecDeque::with_capacity(COMMIT_BATCH_REQUESTS_MAX);
         loop {
-            match queue.recv_timeout(idle) {
+            let wait = if self.busy_in_background() { tick } else { idle };
+            match queue.recv_timeout(wait) {
                 Ok(first) => waiting.push_back(first),
                 Err(RecvTimeoutError::Timeout) => {
-                    self.maintain();
+                    self.background();
                     continue;
                 }
                 Err(RecvTimeoutError::Disconnected) => return,
@@ -253,10 +326,159 @@ impl Committer {
             while !waiting.is_empty() {
                 self.run_group(&mut waiting);
             }
-            if self.last_maintenance.elapsed() >= idle {
-                self.maintain();
+            if self.last_background.elapsed() >= tick {
+                self.background();
             }
         }
+    }
+
+    /// Background work between groups: drain the counter outbox and sweep expired
+    /// documents (every tick), purge idempotency keys (every idle period).
+    fn background(&mut self) {
+        self.last_background = Instant::now();
+        if self.shared.watermark.check().is_err() {
+            return;
+        }
+        if self.outbox_entries > 0
+            && let Err(e) = self.drain_outbox()
+        {
+            tracing::error!("counter outbox drain failed: {e}");
+        }
+        let ttl_collections: Vec<String> = self
+            .configs
+            .iter()
+            .filter(|(_, c)| c.ttl.is_some())
+            .map(|(n, _)| n.clone())
+            .collect();
+        for collection in ttl_collections {
+            if let Err(e) = self.sweep_ttl(&collection) {
+                tracing::error!(collection = %collection, "TTL sweep failed: {e}");
+            }
+        }
+        if self.last_maintenance.elapsed() >= Duration::from_millis(COMMITTER_IDLE_MS) {
+            self.maintain();
+        }
+    }
+
+    /// Applies up to [`OUTBOX_DRAIN_ENTRIES_MAX`] outbox entries, coalesced per
+    /// target, in one commit that also removes them: each delta lands exactly once.
+    fn drain_outbox(&mut self) -> Result<()> {
+        let storage = Arc::clone(&self.shared.storage);
+        let entries = storage.scan(
+            Space::Outbox,
+            std::ops::Bound::Unbounded,
+            std::ops::Bound::Unbounded,
+            Direction::Forward,
+            OUTBOX_DRAIN_ENTRIES_MAX,
+        )?;
+        if entries.is_empty() {
+            self.outbox_entries = 0;
+            self.outbox_oldest_ms = None;
+            return Ok(());
+        }
+        let mut group = Group::new(&*storage, self.last_seq, now_ms().max(self.last_ts_ms));
+        group.seq += 1;
+        let mut increments = Vec::with_capacity(entries.len());
+        for (key, bytes) in &entries {
+            increments.push(counters::decode_outbox(bytes)?.0);
+            group.put(Space::Outbox, key.clone(), None);
+        }
+        let targets = counters::coalesce(increments);
+        let mut written = Vec::new();
+        self.apply_increments(&mut group, targets, &mut written);
+        let seq = group.seq;
+        self.store(group)?;
+        self.recent.record(seq, written);
+        let rest = storage.scan(
+            Space::Outbox,
+            std::ops::Bound::Unbounded,
+            std::ops::Bound::Unbounded,
+            Direction::Forward,
+            1,
+        )?;
+        self.outbox_entries = self.outbox_entries.saturating_sub(entries.len() as u64);
+        self.outbox_oldest_ms = match rest.first() {
+            Some((_, bytes)) => Some(counters::decode_outbox(bytes)?.1),
+            None => {
+                self.outbox_entries = 0;
+                None
+            }
+        };
+        self.publish_outbox();
+        Ok(())
+    }
+
+    fn publish_outbox(&self) {
+        *self.shared.outbox.write().unwrap_or_else(|p| p.into_inner()) =
+            (self.outbox_entries, self.outbox_oldest_ms);
+    }
+
+    /// Deletes expired documents of `collection`: looks at the next
+    /// [`TTL_SWEEP_SCAN_DOCS`] documents from where the last sweep stopped, and
+    /// deletes up to [`TTL_SWEEP_DELETES_MAX`] of them in one commit, as normal
+    /// tombstones (change events, index and counter maintenance included).
+    fn sweep_ttl(&mut self, collection: &str) -> Result<()> {
+        let Some(ttl) = self.configs.get(collection).and_then(|c| c.ttl.clone()) else {
+            return Ok(());
+        };
+        let storage = Arc::clone(&self.shared.storage);
+        let base = tx::doc_key(collection, "");
+        let start = self
+            .ttl_cursors
+            .get(collection)
+            .map_or_else(|| base.clone(), |k| crate::index::query::successor(k));
+        let end = index::keys::prefix_end(&base);
+        let docs = storage.scan(
+            Space::Documents,
+            std::ops::Bound::Included(&start),
+            end.as_deref()
+                .map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded),
+            Direction::Forward,
+            TTL_SWEEP_SCAN_DOCS,
+        )?;
+        match docs.last() {
+            Some((key, _)) if docs.len() == TTL_SWEEP_SCAN_DOCS => {
+                self.ttl_cursors.insert(collection.to_string(), key.clone())
+            }
+            _ => self.ttl_cursors.remove(collection),
+        };
+        let now = now_ms().max(self.last_ts_ms);
+        let mut group = Group::new(&*storage, self.last_seq, now);
+        let clock = CommitClock {
+            seq: group.seq + 1,
+            ts_ms: now,
+        };
+        let mut expired = Vec::new();
+        for (key, bytes) in &docs {
+            let id = String::from_utf8_lossy(&key[base.len()..]).into_owned();
+            let doc = record::decode_document(&id, bytes)?;
+            if !doc.is_deleted() && is_expired(&doc.body, &ttl, now) {
+                expired.push((key.clone(), id));
+                if expired.len() == TTL_SWEEP_DELETES_MAX {
+                    break;
+                }
+            }
+        }
+        if expired.is_empty() {
+            return Ok(());
+        }
+        group.seq += 1;
+        let mut written = Vec::new();
+        let mut effects = CounterEffects::default();
+        for (key, id) in expired {
+            let current = group.current(&key, &id)?;
+            if let (Ok(_), Some(state)) =
+                evaluate::evaluate(&id, &WriteOp::Delete, Expect::Any, current, &clock)?
+            {
+                self.apply_source(&mut group, collection, key, state, &mut written, &mut effects)?;
+            }
+        }
+        self.finish_counters(&mut group, effects, &mut written);
+        let seq = group.seq;
+        self.store(group)?;
+        self.recent.record(seq, written);
+        self.publish_outbox();
+        Ok(())
     }
 
     /// Evaluates requests from the front of `waiting` until it is empty or the
@@ -271,6 +493,7 @@ impl Committer {
         let mut group = Group::new(&*storage, self.last_seq, now_ms().max(self.last_ts_ms));
         let mut answers = Vec::with_capacity(waiting.len());
         let mut catalog_changed = false;
+        let mut config_changed = false;
         while group.bytes < COMMIT_BATCH_BYTES_MAX
             && let Some(request) = waiting.pop_front()
         {
@@ -289,11 +512,28 @@ impl Committer {
                     catalog_changed = true;
                     Answer::Index(reply, self.backfill(&mut group, &collection, &name, after))
                 }
+                Request::SetConfig(collection, config, reply) => {
+                    config_changed = true;
+                    Answer::Seq(reply, Ok(self.set_config(&mut group, collection, *config)))
+                }
+                Request::Increment(increments, reply) => {
+                    group.seq += 1;
+                    let mut written = Vec::new();
+                    self.apply_increments(&mut group, counters::coalesce(increments), &mut written);
+                    self.recent.record(group.seq, written);
+                    Answer::Seq(reply, Ok(group.seq))
+                }
             });
         }
         let stored = self.store(group);
         if stored.is_ok() && catalog_changed {
             *self.shared.catalog.write().unwrap_or_else(|p| p.into_inner()) = self.indexes.clone();
+        }
+        if stored.is_ok() && config_changed {
+            *self.shared.configs.write().unwrap_or_else(|p| p.into_inner()) = self.configs.clone();
+        }
+        if stored.is_ok() {
+            self.publish_outbox();
         }
         let published = self
             .shared
@@ -358,17 +598,19 @@ impl Committer {
         if !states.is_empty() {
             group.seq += 1;
             let mut written = Vec::with_capacity(states.len() * 2);
+            let mut effects = CounterEffects::default();
             for (index, state) in states {
                 let op = &commit.ops[index];
-                if !self.collections.contains(&*op.collection) {
-                    self.collections.insert(op.collection.to_string());
-                    let mut key = META_COLLECTION_PREFIX.to_vec();
-                    key.extend_from_slice(op.collection.as_bytes());
-                    group.put(Space::Meta, key, Some(Vec::new()));
-                }
-                let indexes = self.indexes.get(&*op.collection).map_or(&[][..], Vec::as_slice);
-                group.apply(&op.collection, op.key.clone(), state, indexes, &mut written);
+                self.apply_source(
+                    group,
+                    &op.collection,
+                    op.key.clone(),
+                    state,
+                    &mut written,
+                    &mut effects,
+                )?;
             }
+            self.finish_counters(group, effects, &mut written);
             self.recent.record(group.seq, written);
         }
         let committed = TxCommitted {
@@ -442,6 +684,134 @@ impl Committer {
             }
         }
         Ok(())
+    }
+
+    /// Applies a new state of a document of `collection` to the group: registers
+    /// the collection, maintains its indexes, and collects its counters' deltas.
+    fn apply_source(
+        &mut self,
+        group: &mut Group<'_>,
+        collection: &str,
+        key: Vec<u8>,
+        state: evaluate::NewState,
+        written: &mut Vec<(Space, Vec<u8>)>,
+        effects: &mut CounterEffects,
+    ) -> Result<()> {
+        if !self.collections.contains(collection) {
+            self.collections.insert(collection.to_string());
+            let mut registry = META_COLLECTION_PREFIX.to_vec();
+            registry.extend_from_slice(collection.as_bytes());
+            group.put(Space::Meta, registry, Some(Vec::new()));
+        }
+        if let Some(config) = self.configs.get(collection)
+            && !config.counters.is_empty()
+        {
+            let old = group
+                .current(&key, &state.doc.id)?
+                .filter(|d| !d.is_deleted())
+                .map(|d| d.body.clone());
+            let new = (!state.doc.is_deleted()).then_some(&state.doc.body);
+            for def in &config.counters {
+                let deltas = counters::deltas(def, old.as_ref(), new, group.ts_ms);
+                match def.mode {
+                    CounterMode::InCommit => effects.in_commit.extend(deltas),
+                    CounterMode::AfterCommit => effects.after_commit.extend(deltas),
+                }
+            }
+        }
+        let indexes = self.indexes.get(collection).map_or(&[][..], Vec::as_slice);
+        group.apply(collection, key, state, indexes, written);
+        Ok(())
+    }
+
+    /// Applies a commit's `in_commit` counter increments in the same commit, and
+    /// writes its `after_commit` ones to the outbox.
+    fn finish_counters(
+        &mut self,
+        group: &mut Group<'_>,
+        effects: CounterEffects,
+        written: &mut Vec<(Space, Vec<u8>)>,
+    ) {
+        self.apply_increments(group, counters::coalesce(effects.in_commit), written);
+        for (n, inc) in counters::coalesce(effects.after_commit).into_iter().enumerate() {
+            let mut key = group.seq.to_be_bytes().to_vec();
+            key.extend_from_slice(&(n as u32).to_be_bytes());
+            group.put(
+                Space::Outbox,
+                key,
+                Some(counters::encode_outbox(&inc, group.ts_ms)),
+            );
+            self.outbox_entries += 1;
+            self.outbox_oldest_ms.get_or_insert(group.ts_ms);
+        }
+    }
+
+    /// Adds each increment to its target document in the current commit
+    /// (`group.seq`), creating targets that are missing; the targets' other fields
+    /// are untouched. Counters do not cascade: increments feed no further counters.
+    fn apply_increments(
+        &mut self,
+        group: &mut Group<'_>,
+        increments: Vec<Increment>,
+        written: &mut Vec<(Space, Vec<u8>)>,
+    ) {
+        let mut by_target: Vec<(String, String, serde_json::Map<String, serde_json::Value>)> = Vec::new();
+        for inc in increments {
+            let fields = match by_target
+                .iter_mut()
+                .find(|(c, id, _)| *c == inc.collection && *id == inc.id)
+            {
+                Some((_, _, fields)) => fields,
+                None => {
+                    by_target.push((inc.collection.clone(), inc.id.clone(), serde_json::Map::new()));
+                    &mut by_target.last_mut().expect("just pushed").2
+                }
+            };
+            fields.insert(inc.field, inc.amount.to_json());
+        }
+        let clock = CommitClock {
+            seq: group.seq,
+            ts_ms: group.ts_ms,
+        };
+        for (collection, id, fields) in by_target {
+            let spec = serde_json::json!({"$inc": fields, "$upsert": true});
+            let key = tx::doc_key(&collection, &id);
+            let state = Update::parse(&spec).and_then(|update| {
+                let current = group.current(&key, &id)?;
+                let op = WriteOp::Patch(std::sync::Arc::new(update));
+                evaluate::evaluate(&id, &op, Expect::Any, current, &clock)
+            });
+            match state {
+                Ok((_, Some(state))) => {
+                    if !self.collections.contains(&collection) {
+                        self.collections.insert(collection.clone());
+                        let mut registry = META_COLLECTION_PREFIX.to_vec();
+                        registry.extend_from_slice(collection.as_bytes());
+                        group.put(Space::Meta, registry, Some(Vec::new()));
+                    }
+                    let indexes = self.indexes.get(&collection).map_or(&[][..], Vec::as_slice);
+                    group.apply(&collection, key, state, indexes, written);
+                }
+                Ok((_, None)) => {}
+                Err(e) => {
+                    tracing::warn!(target_doc = %format!("{collection}/{id}"), "counter increment skipped: {e}")
+                }
+            }
+        }
+    }
+
+    /// Stores a collection's configuration; it applies from the next commit on.
+    /// Returns the sequence the configuration is current as of.
+    fn set_config(&mut self, group: &mut Group<'_>, collection: String, config: CollectionConfig) -> u64 {
+        let key = config::meta_key(&collection);
+        if config.is_empty() {
+            group.put(Space::Meta, key, None);
+            self.configs.remove(&collection);
+        } else {
+            group.put(Space::Meta, key, Some(record::encode_json(&config.to_json())));
+            self.configs.insert(collection, config);
+        }
+        group.seq
     }
 
     fn define_index(&mut self, group: &mut Group<'_>, def: IndexDef) -> Result<IndexProgress> {
@@ -620,6 +990,13 @@ impl Committer {
             }
         }
     }
+}
+
+/// Whether a document's TTL field says it has expired at `now_ms`.
+pub fn is_expired(body: &crate::doc::Body, ttl: &config::TtlConfig, now_ms: u64) -> bool {
+    crate::update::path::get(body, &ttl.path)
+        .and_then(serde_json::Value::as_f64)
+        .is_some_and(|t| t + (ttl.seconds as f64) * 1000.0 < now_ms as f64)
 }
 
 fn op_conflict(index: usize, op: &PreparedOp, conflict: Conflict) -> OpConflict {

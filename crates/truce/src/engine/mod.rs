@@ -19,12 +19,15 @@ use crate::storage::{Durability, FjallStorage, Storage};
 
 mod collection;
 mod committer;
+pub mod config;
+mod counters;
 mod evaluate;
 mod group;
 pub mod outcome;
 mod pending;
 pub mod read;
 mod readset;
+mod recount;
 mod retry;
 mod transaction;
 pub mod tx;
@@ -35,6 +38,7 @@ pub use committer::IndexProgress;
 pub use evaluate::WriteOp;
 pub use pending::{Pending, PendingFuture, PendingTx, PendingWrite};
 pub use read::{Change, ChangesPage};
+pub use recount::{RecountFix, RecountReport};
 pub use retry::RetryPolicy;
 pub use transaction::Transaction;
 
@@ -116,6 +120,8 @@ impl Db {
             catalog: RwLock::default(),
             idempotency_retention_ms: options.idempotency_retention.as_millis() as u64,
             collections: RwLock::default(),
+            configs: RwLock::default(),
+            outbox: RwLock::default(),
         });
         let committer = Committer::recover(Arc::clone(&shared))?;
         let (queue, receiver) = mpsc::sync_channel(options.queue_capacity);
@@ -384,6 +390,34 @@ impl Db {
         if let Err(e) = spawned {
             tracing::error!("cannot start the index backfill thread: {e}");
         }
+    }
+
+    /// Adds amounts to target fields in one commit; returns its sequence.
+    pub(crate) fn submit_increments(&self, increments: Vec<counters::Increment>) -> Result<u64> {
+        let (reply, answer) = oneshot::channel();
+        self.submit(Request::Increment(increments, reply))?;
+        answer
+            .recv()
+            .unwrap_or_else(|_| Err(Error::Unavailable("committer stopped".into())))
+    }
+
+    /// Replaces `collection`'s configuration; returns the sequence it applies after.
+    pub(crate) fn submit_config(&self, collection: &str, config: config::CollectionConfig) -> Result<u64> {
+        let (reply, answer) = oneshot::channel();
+        self.submit(Request::SetConfig(
+            collection.to_string(),
+            Box::new(config),
+            reply,
+        ))?;
+        answer
+            .recv()
+            .unwrap_or_else(|_| Err(Error::Unavailable("committer stopped".into())))
+    }
+
+    /// `after_commit` counter increments still waiting, and the age of the oldest in ms.
+    pub fn outbox_status(&self) -> (u64, Option<u64>) {
+        let (entries, oldest) = *self.shared().outbox.read().unwrap_or_else(|p| p.into_inner());
+        (entries, oldest.map(|ms| committer::now_ms().saturating_sub(ms)))
     }
 
     pub(crate) fn submit_define_index(&self, def: crate::index::IndexDef) -> Result<IndexProgress> {

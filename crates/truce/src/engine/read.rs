@@ -320,3 +320,34 @@ pub fn read_changes_after(
     }
     Ok(changes)
 }
+
+/// Calls `visit` with every stored document of `collection` in `view`
+/// (tombstones included), in id order, reading in chunks.
+pub fn for_each_document(
+    view: &dyn StorageRead,
+    collection: &str,
+    mut visit: impl FnMut(Document) -> Result<()>,
+) -> Result<()> {
+    const CHUNK: usize = 1024;
+    let base = doc_key(collection, "");
+    let end = crate::index::keys::prefix_end(&base);
+    let mut start = Bound::Included(base.clone());
+    loop {
+        let end_ref = end.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
+        let entries = view.scan(
+            Space::Documents,
+            start.as_ref().map(Vec::as_slice),
+            end_ref,
+            Direction::Forward,
+            CHUNK,
+        )?;
+        for (key, value) in &entries {
+            let id = String::from_utf8_lossy(&key[base.len()..]);
+            visit(crate::record::decode_document(&id, value)?)?;
+        }
+        match entries.last() {
+            Some((key, _)) if entries.len() == CHUNK => start = Bound::Excluded(key.clone()),
+            _ => return Ok(()),
+        }
+    }
+}

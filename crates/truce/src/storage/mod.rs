@@ -34,11 +34,13 @@ pub enum Space {
     Idempotency,
     /// Idempotency expiry order: expiry time in ms (8 bytes BE), key.
     IdempotencyExpiry,
+    /// The `after_commit` counter outbox: commit seq (8 bytes BE), entry (4 bytes BE).
+    Outbox,
 }
 
 impl Space {
     /// Every space, in a fixed order.
-    pub const ALL: [Space; 7] = [
+    pub const ALL: [Space; 8] = [
         Space::Documents,
         Space::Meta,
         Space::Index,
@@ -46,6 +48,7 @@ impl Space {
         Space::Log,
         Space::Idempotency,
         Space::IdempotencyExpiry,
+        Space::Outbox,
     ];
 
     /// A stable name for the space, used as a keyspace or table name.
@@ -58,6 +61,7 @@ impl Space {
             Space::Log => "log",
             Space::Idempotency => "idem",
             Space::IdempotencyExpiry => "idem_expiry",
+            Space::Outbox => "outbox",
         }
     }
 }

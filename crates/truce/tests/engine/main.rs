@@ -2,6 +2,7 @@
 
 mod changes;
 mod concurrency;
+mod counters;
 mod crash;
 mod errors;
 mod history;

@@ -1,0 +1,216 @@
+//! `truce-bench`: Truce against SQLite on this machine, both durable, same
+//! threads and duration, back to back in one process.
+//!
+//! ```text
+//! cargo run --release -p truce-bench -- <hot-counter|spread-writes|all> \
+//!     [--json] [--duration 10s] [--threads 8] [--in-flight N] [--dir PATH]
+//! ```
+//!
+//! Each workload prints the machine line, a table (ops/s, p50/p99/p999 latency,
+//! errors, conflicts), the post-run sanity checks and the throughput ratio. With
+//! `--json`, one summary line per workload follows at the end. A failed sanity
+//! check or a setup error exits non-zero.
+
+/// See Cargo.toml: glibc malloc serialises frees across threads on the hot path.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+mod driver;
+mod probe;
+mod sqlite_side;
+mod stats;
+mod truce_side;
+mod workload;
+
+use std::error::Error;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+use driver::Config;
+use stats::{Comparison, Outcome};
+
+/// Truce against SQLite, both durable, on this machine.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    /// Which workload to run.
+    workload: Workload,
+    /// Also print one JSON summary line per workload at the end.
+    #[arg(long)]
+    json: bool,
+    /// How long each system is measured, e.g. `10s`, `500ms`, `1m`.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Worker threads, the same on both systems.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    threads: u16,
+    /// Writes each Truce thread keeps outstanding in hot-counter (1 = wait for
+    /// each answer). SQLite cannot pipeline and always runs synchronously;
+    /// spread-writes reads before it writes and ignores this.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    in_flight: u16,
+    /// Where the temporary databases and the fsync probe file go: put it on the
+    /// disk you mean to measure (not a tmpfs). Defaults to the system temp dir.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+/// The workloads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Workload {
+    /// N threads increment one document / row.
+    HotCounter,
+    /// N threads do versioned read-then-write over 100,000 documents / rows.
+    SpreadWrites,
+    /// Both of the above.
+    All,
+}
+
+/// Parses `10s`, `250ms`, `2m` or a bare number of seconds.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .map_or((text, "s"), |i| text.split_at(i));
+    let value: f64 = number.parse().map_err(|_| format!("not a duration: {text:?}"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" | "min" => value * 60.0,
+        _ => return Err(format!("unknown unit {unit:?} in {text:?}: use ms, s or m")),
+    };
+    if !(seconds.is_finite() && seconds > 0.0) {
+        return Err(format!("the duration must be positive: {text:?}"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+type BoxResult<T> = Result<T, Box<dyn Error + Send + Sync>>;
+
+/// One workload: runs Truce, then SQLite, and prints the comparison.
+fn compare(
+    bench: &'static str,
+    config: &Config,
+    in_flight: usize,
+    machine: &probe::Machine,
+    truce: fn(&Config) -> BoxResult<Outcome>,
+    sqlite: fn(&Config) -> BoxResult<Outcome>,
+) -> BoxResult<Comparison> {
+    println!("{machine}");
+    let mode = if in_flight > 1 {
+        format!("truce pipelined, {in_flight} writes in flight per thread")
+    } else {
+        "truce synchronous (1 in flight per thread)".into()
+    };
+    println!(
+        "{bench}: {} threads, {:?} per system, both durable; {mode}; \
+         sqlite always synchronous (one writer at a time, it cannot pipeline)",
+        config.threads, config.duration
+    );
+    let run_config = Config {
+        in_flight,
+        ..config.clone()
+    };
+    let comparison = Comparison {
+        bench,
+        threads: config.threads,
+        in_flight,
+        truce: truce(&run_config)?,
+        peer: sqlite(&run_config)?,
+    };
+    println!("{}", comparison.table());
+    Ok(comparison)
+}
+
+fn run(cli: &Cli) -> BoxResult<Vec<Comparison>> {
+    let config = Config {
+        threads: usize::from(cli.threads),
+        duration: cli.duration,
+        in_flight: usize::from(cli.in_flight),
+        dir: cli.dir.clone().unwrap_or_else(std::env::temp_dir),
+    };
+    let machine = probe::probe(&config.dir)?;
+    let mut done = Vec::new();
+    if matches!(cli.workload, Workload::HotCounter | Workload::All) {
+        done.push(compare(
+            "hot-counter",
+            &config,
+            config.in_flight,
+            &machine,
+            truce_side::hot_counter,
+            sqlite_side::hot_counter,
+        )?);
+    }
+    if matches!(cli.workload, Workload::SpreadWrites | Workload::All) {
+        // Read-then-write cannot be pipelined: each write needs the version it read.
+        done.push(compare(
+            "spread-writes",
+            &config,
+            1,
+            &machine,
+            truce_side::spread_writes,
+            sqlite_side::spread_writes,
+        )?);
+    }
+    Ok(done)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let comparisons = match run(&cli) {
+        Ok(comparisons) => comparisons,
+        Err(e) => {
+            eprintln!("truce-bench: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if cli.json {
+        for comparison in &comparisons {
+            println!("{}", comparison.json_line());
+        }
+    }
+    if comparisons.iter().all(Comparison::checks_passed) {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("truce-bench: a sanity check failed; the figures above measure a broken system");
+        ExitCode::FAILURE
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("10h").is_err());
+        assert!(parse_duration("fast").is_err());
+    }
+
+    #[test]
+    fn cli_defaults() {
+        let cli = Cli::try_parse_from(["truce-bench", "hot-counter"]).expect("parses");
+        assert_eq!(cli.workload, Workload::HotCounter);
+        assert_eq!((cli.threads, cli.in_flight, cli.json), (8, 1, false));
+        assert_eq!(cli.duration, Duration::from_secs(10));
+        let cli = Cli::try_parse_from([
+            "truce-bench",
+            "all",
+            "--json",
+            "--in-flight",
+            "32",
+            "--duration",
+            "1s",
+        ])
+        .expect("parses");
+        assert_eq!((cli.workload, cli.in_flight, cli.json), (Workload::All, 32, true));
+    }
+}

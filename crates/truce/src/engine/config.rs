@@ -1,0 +1,265 @@
+//! Collection configuration: TTL and counter caches, as API.md's `_config` body
+//! describes them. Validated here; stored durably in the meta space by the
+//! committer, which applies it in commit order.
+
+use serde_json::{Map, Value, json};
+
+use crate::doc;
+use crate::error::{Error, Result};
+use crate::limits::{COUNTERS_PER_COLLECTION_MAX, TTL_SECONDS_MAX};
+use crate::update::{Filter, Path};
+
+/// Documents expire `seconds` after the time (ms since the epoch) in `field`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TtlConfig {
+    /// The field holding a time in ms, as `$currentDate` writes it.
+    pub field: String,
+    /// Parsed `field`.
+    pub path: Path,
+    /// Lifetime after that time.
+    pub seconds: u64,
+}
+
+/// When a counter's deltas reach its target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CounterMode {
+    /// In the same commit as the source write, as commutative increments: exact at
+    /// every commit, never a conflict, never a lock.
+    InCommit,
+    /// Through a durable outbox written in the same commit, applied shortly after
+    /// in short commits of their own, coalesced per target.
+    AfterCommit,
+}
+
+impl CounterMode {
+    /// The wire name.
+    pub fn name(self) -> &'static str {
+        match self {
+            CounterMode::InCommit => "in_commit",
+            CounterMode::AfterCommit => "after_commit",
+        }
+    }
+}
+
+/// A counter cache: per group of source documents matching `filter`, their count
+/// (or the sum of `sum`), kept in `{target_collection}/{group value}` field `target_field`.
+#[derive(Clone, Debug)]
+pub struct CounterDef {
+    /// Unique within the collection.
+    pub name: String,
+    /// The field whose value names the group (and the target document).
+    pub group_by: Path,
+    /// Which source documents count; `None` = all.
+    pub filter: Option<Filter>,
+    /// The filter as given, to store and show it again.
+    pub filter_json: Value,
+    /// Sum this field instead of counting; `None` = count.
+    pub sum: Option<Path>,
+    /// The target collection.
+    pub target_collection: String,
+    /// The target field (a dotted path).
+    pub target_field: String,
+    /// In the same commit, or after it.
+    pub mode: CounterMode,
+}
+
+/// The configuration of one collection.
+#[derive(Clone, Debug, Default)]
+pub struct CollectionConfig {
+    /// Expiry, if any.
+    pub ttl: Option<TtlConfig>,
+    /// Counter caches fed by this collection.
+    pub counters: Vec<CounterDef>,
+}
+
+fn invalid(message: String) -> Error {
+    Error::InvalidConfig(message)
+}
+
+fn text<'a>(object: &'a Map<String, Value>, key: &str, what: &str) -> Result<&'a str> {
+    object
+        .get(key)
+        .and_then(Value::as_str)
+        .ok_or_else(|| invalid(format!("{what}.{key} must be a string")))
+}
+
+fn parse_ttl(value: &Value) -> Result<Option<TtlConfig>> {
+    let ttl = match value {
+        Value::Null => return Ok(None),
+        Value::Object(ttl) => ttl,
+        _ => return Err(invalid("ttl must be {\"field\", \"seconds\"} or null".into())),
+    };
+    let field = text(ttl, "field", "ttl")?;
+    let path = Path::parse(field).map_err(|e| invalid(format!("ttl.field: {e}")))?;
+    let seconds = ttl
+        .get("seconds")
+        .and_then(Value::as_u64)
+        .filter(|s| (1..=TTL_SECONDS_MAX).contains(s))
+        .ok_or_else(|| {
+            invalid(format!(
+                "ttl.seconds must be an integer from 1 to {TTL_SECONDS_MAX}"
+            ))
+        })?;
+    Ok(Some(TtlConfig {
+        field: field.to_string(),
+        path,
+        seconds,
+    }))
+}
+
+fn parse_counter(value: &Value, index: usize) -> Result<CounterDef> {
+    let what = format!("counters[{index}]");
+    let Value::Object(c) = value else {
+        return Err(invalid(format!("{what} must be an object")));
+    };
+    let name = text(c, "name", &what)?;
+    doc::validate_collection_name(name)
+        .map_err(|_| invalid(format!("{what}.name {name:?} is not a valid name")))?;
+    let group_by = Path::parse_filter(text(c, "group_by", &what)?)
+        .map_err(|e| invalid(format!("{what}.group_by: {e}")))?;
+    let filter_json = c.get("where").cloned().unwrap_or(Value::Null);
+    let filter = match &filter_json {
+        Value::Null => None,
+        f => Some(Filter::parse(f)?),
+    };
+    let sum = match c.get("sum") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => {
+            Some(Path::parse_filter(s).map_err(|e| invalid(format!("{what}.sum: {e}")))?)
+        }
+        Some(_) => return Err(invalid(format!("{what}.sum must be a field name or null"))),
+    };
+    let Some(Value::Object(target)) = c.get("target") else {
+        return Err(invalid(format!("{what}.target must be {{\"c\", \"field\"}}")));
+    };
+    let target_collection = text(target, "c", &format!("{what}.target"))?;
+    doc::validate_collection_name(target_collection)?;
+    let target_field = text(target, "field", &format!("{what}.target"))?;
+    Path::parse(target_field).map_err(|e| invalid(format!("{what}.target.field: {e}")))?;
+    let mode = match c.get("mode").and_then(Value::as_str) {
+        None | Some("in_commit") => CounterMode::InCommit,
+        Some("after_commit") => CounterMode::AfterCommit,
+        Some(other) => {
+            return Err(invalid(format!(
+                "{what}.mode {other:?}: use in_commit or after_commit"
+            )));
+        }
+    };
+    Ok(CounterDef {
+        name: name.to_string(),
+        group_by,
+        filter,
+        filter_json,
+        sum,
+        target_collection: target_collection.to_string(),
+        target_field: target_field.to_string(),
+        mode,
+    })
+}
+
+impl CollectionConfig {
+    /// Parses and validates a `_config` body.
+    pub fn from_json(value: &Value) -> Result<CollectionConfig> {
+        let Value::Object(body) = value else {
+            return Err(invalid("a config is a JSON object".into()));
+        };
+        if let Some(key) = body.keys().find(|k| !["ttl", "counters"].contains(&k.as_str())) {
+            return Err(invalid(format!(
+                "unknown config key {key:?}: use ttl and counters"
+            )));
+        }
+        let ttl = parse_ttl(body.get("ttl").unwrap_or(&Value::Null))?;
+        let counters = match body.get("counters") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(list)) => list
+                .iter()
+                .enumerate()
+                .map(|(i, c)| parse_counter(c, i))
+                .collect::<Result<_>>()?,
+            Some(_) => return Err(invalid("counters must be an array".into())),
+        };
+        if counters.len() > COUNTERS_PER_COLLECTION_MAX {
+            return Err(Error::LimitExceeded {
+                what: "COUNTERS_PER_COLLECTION_MAX",
+                limit: COUNTERS_PER_COLLECTION_MAX as u64,
+            });
+        }
+        let mut names: Vec<&str> = counters.iter().map(|c| c.name.as_str()).collect();
+        names.sort_unstable();
+        if names.windows(2).any(|w| w[0] == w[1]) {
+            return Err(invalid("counter names must be unique".into()));
+        }
+        Ok(CollectionConfig { ttl, counters })
+    }
+
+    /// The JSON form, as stored and shown.
+    pub fn to_json(&self) -> Value {
+        let ttl = self
+            .ttl
+            .as_ref()
+            .map_or(Value::Null, |t| json!({"field": t.field, "seconds": t.seconds}));
+        let counters: Vec<Value> = self
+            .counters
+            .iter()
+            .map(|c| {
+                json!({"name": c.name, "group_by": c.group_by.to_string(), "where": c.filter_json,
+                       "sum": c.sum.as_ref().map(|s| s.to_string()),
+                       "target": {"c": c.target_collection, "field": c.target_field}, "mode": c.mode.name()})
+            })
+            .collect();
+        json!({"ttl": ttl, "counters": counters})
+    }
+
+    /// Whether the configuration asks for nothing.
+    pub fn is_empty(&self) -> bool {
+        self.ttl.is_none() && self.counters.is_empty()
+    }
+}
+
+/// The meta-space key of `collection`'s configuration.
+pub fn meta_key(collection: &str) -> Vec<u8> {
+    format!("config\0{collection}").into_bytes()
+}
+
+/// The meta-space prefix of every configuration.
+pub const META_PREFIX: &[u8] = b"config\0";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_md_example_round_trips() {
+        let body = json!({"ttl": {"field": "lastSeen", "seconds": 30},
+            "counters": [{"name": "confirmed", "group_by": "campaign_id",
+                          "where": {"status": "confirmed"}, "sum": null,
+                          "target": {"c": "campaign_metrics", "field": "confirmed_subscribers_count"},
+                          "mode": "in_commit"}]});
+        let config = CollectionConfig::from_json(&body).unwrap();
+        assert_eq!(config.to_json(), body);
+        assert_eq!(
+            CollectionConfig::from_json(&config.to_json()).unwrap().to_json(),
+            body
+        );
+    }
+
+    #[test]
+    fn bad_configs_are_refused_with_a_reason() {
+        let bad = [
+            json!([]),
+            json!({"ttl": {"field": "t", "seconds": 0}}),
+            json!({"ttl": {"field": "_t", "seconds": 5}}),
+            json!({"counters": [{"name": "c", "group_by": "g", "target": {"c": "t"}}]}),
+            json!({"counters": [{"name": "c", "group_by": "g", "target": {"c": "t", "field": "f"}, "mode": "later"}]}),
+            json!({"counters": [{"name": "c", "group_by": "g", "target": {"c": "t", "field": "f"}},
+                                {"name": "c", "group_by": "g", "target": {"c": "t", "field": "f"}}]}),
+            json!({"indexes": []}),
+        ];
+        for body in bad {
+            assert!(
+                matches!(CollectionConfig::from_json(&body), Err(Error::InvalidConfig(_))),
+                "{body}"
+            );
+        }
+    }
+}

@@ -1,0 +1,232 @@
+//! Counter caches: the deltas a source write implies for its counters, and
+//! their outbox records for `after_commit` counters.
+
+use serde_json::{Number, Value, json};
+
+use crate::doc::{self, Body};
+use crate::error::Result;
+use crate::update::path;
+
+use super::config::CounterDef;
+
+/// An amount to add: integers stay exact, anything else is a float.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Amount {
+    /// An integer amount.
+    Int(i64),
+    /// A fractional amount.
+    Float(f64),
+}
+
+impl Amount {
+    fn of(value: &Value) -> Amount {
+        match value.as_i64() {
+            Some(i) => Amount::Int(i),
+            None => Amount::Float(value.as_f64().unwrap_or(0.0)),
+        }
+    }
+
+    /// The sum of two amounts (saturating for integers).
+    pub fn add(self, other: Amount) -> Amount {
+        match (self, other) {
+            (Amount::Int(a), Amount::Int(b)) => Amount::Int(a.saturating_add(b)),
+            (a, b) => Amount::Float(a.as_f64() + b.as_f64()),
+        }
+    }
+
+    /// Minus this amount.
+    pub fn negated(self) -> Amount {
+        match self {
+            Amount::Int(a) => Amount::Int(a.saturating_neg()),
+            Amount::Float(a) => Amount::Float(-a),
+        }
+    }
+
+    fn as_f64(self) -> f64 {
+        match self {
+            Amount::Int(a) => a as f64,
+            Amount::Float(a) => a,
+        }
+    }
+
+    /// Whether adding this changes nothing.
+    pub fn is_zero(self) -> bool {
+        self.as_f64() == 0.0
+    }
+
+    /// As a JSON number.
+    pub fn to_json(self) -> Value {
+        match self {
+            Amount::Int(a) => json!(a),
+            Amount::Float(a) => Number::from_f64(a).map_or(json!(0), Value::Number),
+        }
+    }
+
+    /// Reads an amount back from JSON.
+    pub fn from_json(value: &Value) -> Amount {
+        Amount::of(value)
+    }
+}
+
+/// An increment of one field of one target document.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Increment {
+    /// Target collection.
+    pub collection: String,
+    /// Target document (the group value).
+    pub id: String,
+    /// Target field.
+    pub field: String,
+    /// What to add.
+    pub amount: Amount,
+}
+
+/// The group and amount a source body contributes to `def`, if it counts.
+pub fn contribution(def: &CounterDef, body: &Body, now_ms: u64) -> Option<(String, Amount)> {
+    if let Some(filter) = &def.filter
+        && !filter.matches(body, now_ms)
+    {
+        return None;
+    }
+    let group = match path::get(body, &def.group_by)? {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        Value::Bool(b) => b.to_string(),
+        _ => return None,
+    };
+    doc::validate_id(&group).ok()?;
+    let amount = match &def.sum {
+        None => Amount::Int(1),
+        Some(field) => match path::get(body, field) {
+            Some(v @ Value::Number(_)) => Amount::of(v),
+            _ => return None,
+        },
+    };
+    Some((group, amount))
+}
+
+/// The increments a write from `old` to `new` (live bodies; `None` = absent or
+/// deleted) implies for `def`: minus the old contribution, plus the new one.
+pub fn deltas(def: &CounterDef, old: Option<&Body>, new: Option<&Body>, now_ms: u64) -> Vec<Increment> {
+    let before = old.and_then(|b| contribution(def, b, now_ms));
+    let after = new.and_then(|b| contribution(def, b, now_ms));
+    if before == after {
+        return Vec::new();
+    }
+    let increment = |(group, amount): (String, Amount)| Increment {
+        collection: def.target_collection.clone(),
+        id: group,
+        field: def.target_field.clone(),
+        amount,
+    };
+    let mut out = Vec::with_capacity(2);
+    out.extend(before.map(|(g, a)| increment((g, a.negated()))));
+    out.extend(after.map(increment));
+    out
+}
+
+/// Sums increments per target field, dropping those that cancel out.
+pub fn coalesce(increments: impl IntoIterator<Item = Increment>) -> Vec<Increment> {
+    let mut out: Vec<Increment> = Vec::new();
+    for inc in increments {
+        match out
+            .iter_mut()
+            .find(|o| o.collection == inc.collection && o.id == inc.id && o.field == inc.field)
+        {
+            Some(existing) => existing.amount = existing.amount.add(inc.amount),
+            None => out.push(inc),
+        }
+    }
+    out.retain(|i| !i.amount.is_zero());
+    out
+}
+
+/// The outbox record of an increment.
+pub fn encode_outbox(inc: &Increment, created_ms: u64) -> Vec<u8> {
+    crate::record::encode_json(&json!({"c": inc.collection, "id": inc.id, "field": inc.field,
+                                        "amount": inc.amount.to_json(), "ms": created_ms}))
+}
+
+/// Reads an outbox record back: the increment and when it was written.
+pub fn decode_outbox(bytes: &[u8]) -> Result<(Increment, u64)> {
+    let value = crate::record::decode_json(bytes)?;
+    let text = |k: &str| {
+        value
+            .get(k)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    let inc = Increment {
+        collection: text("c"),
+        id: text("id"),
+        field: text("field"),
+        amount: Amount::from_json(value.get("amount").unwrap_or(&Value::Null)),
+    };
+    Ok((inc, value.get("ms").and_then(Value::as_u64).unwrap_or(0)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::config::CollectionConfig;
+
+    fn def(mode_where: Value, sum: Value) -> CounterDef {
+        let body = json!({"counters": [{"name": "n", "group_by": "g", "where": mode_where, "sum": sum,
+                                        "target": {"c": "t", "field": "count"}}]});
+        CollectionConfig::from_json(&body).unwrap().counters.remove(0)
+    }
+
+    fn body(v: Value) -> Body {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn moving_between_groups_and_filters() {
+        let d = def(json!({"status": "ok"}), Value::Null);
+        let a = body(json!({"g": "x", "status": "ok"}));
+        let b = body(json!({"g": "y", "status": "ok"}));
+        let off = body(json!({"g": "y", "status": "no"}));
+        let amounts = |v: Vec<Increment>| v.into_iter().map(|i| (i.id, i.amount)).collect::<Vec<_>>();
+        assert_eq!(
+            amounts(deltas(&d, None, Some(&a), 0)),
+            [("x".into(), Amount::Int(1))]
+        );
+        assert_eq!(
+            amounts(deltas(&d, Some(&a), Some(&b), 0)),
+            [("x".into(), Amount::Int(-1)), ("y".into(), Amount::Int(1))]
+        );
+        assert_eq!(
+            amounts(deltas(&d, Some(&b), Some(&off), 0)),
+            [("y".into(), Amount::Int(-1))]
+        );
+        assert!(deltas(&d, Some(&a), Some(&a), 0).is_empty());
+        assert_eq!(
+            amounts(deltas(&d, Some(&a), None, 0)),
+            [("x".into(), Amount::Int(-1))]
+        );
+    }
+
+    #[test]
+    fn sums_and_coalescing() {
+        let d = def(Value::Null, json!("price"));
+        let incs = deltas(
+            &d,
+            Some(&body(json!({"g": 1, "price": 2.5}))),
+            Some(&body(json!({"g": 1, "price": 4}))),
+            0,
+        );
+        let total = coalesce(incs);
+        assert_eq!(total.len(), 1);
+        assert_eq!(total[0].id, "1");
+        assert_eq!(total[0].amount, Amount::Float(1.5));
+        let cancel = coalesce(
+            deltas(&d, None, Some(&body(json!({"g": "z", "price": 3}))), 0)
+                .into_iter()
+                .chain(deltas(&d, Some(&body(json!({"g": "z", "price": 3}))), None, 0)),
+        );
+        assert!(cancel.is_empty());
+        let (back, ms) = decode_outbox(&encode_outbox(&total[0], 7)).unwrap();
+        assert_eq!((back, ms), (total[0].clone(), 7));
+    }
+}

@@ -1,0 +1,248 @@
+//! Counter caches and TTL: exact at every commit (`in_commit`), converging
+//! exactly once (`after_commit`, also across crashes), recount, backfill, expiry.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use truce::storage::MemoryStorage;
+use truce::{CollectionConfig, Db, Expect, Options};
+
+use crate::{open_relaxed, update};
+
+fn config(mode: &str) -> CollectionConfig {
+    CollectionConfig::from_json(&json!({"counters": [
+        {"name": "confirmed", "group_by": "campaign_id", "where": {"status": "confirmed"},
+         "target": {"c": "campaign_metrics", "field": "confirmed"}, "mode": mode},
+        {"name": "unconfirmed", "group_by": "campaign_id", "where": {"status": {"$ne": "confirmed"}},
+         "target": {"c": "campaign_metrics", "field": "unconfirmed"}, "mode": mode},
+        {"name": "spend", "group_by": "campaign_id", "sum": "spent",
+         "target": {"c": "campaign_metrics", "field": "spent"}, "mode": mode}]}))
+    .unwrap()
+}
+
+/// Ground truth from the source documents: campaign → (confirmed, unconfirmed, spent).
+fn truth(db: &Db) -> BTreeMap<String, (i64, i64, i64)> {
+    let subscribers = db.collection("subscribers").unwrap();
+    let mut out: BTreeMap<String, (i64, i64, i64)> = BTreeMap::new();
+    let page = subscribers
+        .query(&truce::Query {
+            limit: 1000,
+            ..truce::Query::default()
+        })
+        .unwrap();
+    for doc in page.docs {
+        let campaign = doc.body["campaign_id"].as_str().unwrap().to_string();
+        let entry = out.entry(campaign).or_default();
+        if doc.body["status"] == "confirmed" {
+            entry.0 += 1;
+        } else {
+            entry.1 += 1;
+        }
+        entry.2 += doc.body["spent"].as_i64().unwrap_or(0);
+    }
+    out
+}
+
+fn targets(db: &Db) -> BTreeMap<String, (i64, i64, i64)> {
+    let metrics = db.collection("campaign_metrics").unwrap();
+    let page = metrics
+        .query(&truce::Query {
+            limit: 1000,
+            ..truce::Query::default()
+        })
+        .unwrap();
+    let n = |d: &truce::Document, f: &str| d.body.get(f).and_then(Value::as_i64).unwrap_or(0);
+    page.docs
+        .iter()
+        .map(|d| {
+            (
+                d.id.clone(),
+                (n(d, "confirmed"), n(d, "unconfirmed"), n(d, "spent")),
+            )
+        })
+        .filter(|(_, v)| *v != (0, 0, 0))
+        .collect()
+}
+
+/// A deterministic mix of inserts, confirmations, moves between campaigns and deletes.
+fn workload(db: &Db, steps: usize, mut after_each: impl FnMut(&Db)) {
+    let subscribers = db.collection("subscribers").unwrap();
+    for i in 0..steps {
+        let id = format!("s{}", i % 23);
+        let campaign = format!("c{}", i % 3);
+        match i % 5 {
+            0 | 1 => drop(subscribers.put(
+                &id,
+                json!({"campaign_id": campaign, "status": "pending", "spent": i}),
+                Expect::Any,
+            )),
+            2 => drop(subscribers.patch(&id, update(json!({"$set": {"status": "confirmed"}})), Expect::Any)),
+            3 => drop(subscribers.patch(
+                &id,
+                update(json!({"$set": {"campaign_id": "c9"}, "$inc": {"spent": 5}})),
+                Expect::Any,
+            )),
+            _ => drop(subscribers.delete(&id, Expect::Any)),
+        }
+        after_each(db);
+    }
+}
+
+fn wait_for_outbox(db: &Db) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while db.outbox_status().0 > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the outbox did not drain: {:?}",
+            db.outbox_status()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn in_commit_counters_are_exact_at_every_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_relaxed(dir.path());
+    db.collection("subscribers")
+        .unwrap()
+        .set_config(config("in_commit"))
+        .unwrap();
+    workload(&db, 150, |db| assert_eq!(targets(db), truth(db)));
+    assert!(!truth(&db).is_empty());
+}
+
+#[test]
+fn after_commit_counters_converge_and_coalesce() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_relaxed(dir.path());
+    db.collection("subscribers")
+        .unwrap()
+        .set_config(config("after_commit"))
+        .unwrap();
+    workload(&db, 300, |_| {});
+    wait_for_outbox(&db);
+    assert_eq!(targets(&db), truth(&db));
+    // Coalescing: far fewer target revisions than source writes.
+    let versions: u64 = db
+        .collection("campaign_metrics")
+        .unwrap()
+        .query(&truce::Query::default())
+        .unwrap()
+        .docs
+        .iter()
+        .map(|d| d.version())
+        .sum();
+    assert!(versions < 300, "{versions} target writes for 300 source writes");
+}
+
+#[test]
+fn after_commit_deltas_survive_crashes_exactly_once() {
+    let storage = Arc::new(MemoryStorage::new());
+    let db = Db::open_with_storage(storage.clone(), Options::default()).unwrap();
+    db.collection("subscribers")
+        .unwrap()
+        .set_config(config("after_commit"))
+        .unwrap();
+    workload(&db, 200, |_| {});
+    let expected = truth(&db);
+    // Crash at whatever point the drain has reached, several times.
+    let mut image = Arc::new(storage.crash_image());
+    drop(db);
+    for _ in 0..3 {
+        let db = Db::open_with_storage(image.clone(), Options::default()).unwrap();
+        std::thread::sleep(Duration::from_millis(30));
+        let next = Arc::new(image.crash_image());
+        drop(db);
+        image = next;
+    }
+    let db = Db::open_with_storage(image, Options::default()).unwrap();
+    wait_for_outbox(&db);
+    assert_eq!(truth(&db), expected, "sources survive");
+    assert_eq!(targets(&db), expected, "every delta applied exactly once");
+}
+
+#[test]
+fn recount_finds_and_fixes_a_corrupted_counter_and_backfills_new_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_relaxed(dir.path());
+    workload(&db, 100, |_| {});
+    // Defined on a collection that already has documents: backfilled.
+    let reports = db
+        .collection("subscribers")
+        .unwrap()
+        .set_config(config("in_commit"))
+        .unwrap();
+    assert_eq!(reports.len(), 3);
+    assert_eq!(targets(&db), truth(&db));
+    let metrics = db.collection("campaign_metrics").unwrap();
+    let victim = truth(&db).keys().next().unwrap().clone();
+    metrics
+        .patch(&victim, update(json!({"$inc": {"confirmed": 40}})), Expect::Any)
+        .unwrap()
+        .unwrap();
+    assert_ne!(targets(&db), truth(&db));
+    let report = db
+        .collection("subscribers")
+        .unwrap()
+        .recount("confirmed")
+        .unwrap();
+    assert_eq!(report.fixed.len(), 1, "{report:?}");
+    assert_eq!(report.fixed[0].group, victim);
+    assert_eq!(targets(&db), truth(&db));
+    assert!(
+        db.collection("subscribers")
+            .unwrap()
+            .recount("confirmed")
+            .unwrap()
+            .fixed
+            .is_empty()
+    );
+    assert_eq!(
+        db.collection("subscribers")
+            .unwrap()
+            .recount("nope")
+            .unwrap_err()
+            .code(),
+        "not_found"
+    );
+}
+
+#[test]
+fn ttl_hides_expired_documents_and_sweeps_them_into_tombstones() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_relaxed(dir.path());
+    let sessions = db.collection("sessions").unwrap();
+    let cfg = CollectionConfig::from_json(&json!({"ttl": {"field": "lastSeen", "seconds": 1}})).unwrap();
+    sessions.set_config(cfg).unwrap();
+    let beat = || update(json!({"$currentDate": {"lastSeen": true}, "$upsert": true}));
+    sessions.patch("old", beat(), Expect::Any).unwrap().unwrap();
+    sessions
+        .put("forever", json!({"note": "no lastSeen field"}), Expect::Absent)
+        .unwrap()
+        .unwrap();
+    let since = db.durable_seq();
+    std::thread::sleep(Duration::from_millis(700));
+    sessions.patch("fresh", beat(), Expect::Any).unwrap().unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    // "old" is past its TTL: reads no longer show it, swept or not.
+    assert!(sessions.get("old").unwrap().is_none());
+    assert!(sessions.get("fresh").unwrap().is_some());
+    assert!(sessions.get("forever").unwrap().is_some());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sessions.get_stored("old").unwrap().unwrap().is_deleted() {
+        assert!(
+            Instant::now() < deadline,
+            "the sweeper did not delete the expired session"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let feed = db.changes(Some("sessions"), since, 100, false).unwrap();
+    assert!(
+        feed.changes.iter().any(|c| c.id == "old" && c.deleted),
+        "a normal change event"
+    );
+    assert_eq!(sessions.config().ttl.unwrap().seconds, 1);
+}
