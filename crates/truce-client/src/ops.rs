@@ -19,7 +19,30 @@ pub struct Recount {
     pub checked: u64,
     /// The groups whose stored count was wrong and has been fixed.
     #[serde(default)]
-    pub fixed: Vec<Value>,
+    pub fixed: Vec<RecountFix>,
+    /// The commit of the corrections (the snapshot's, when nothing was wrong).
+    #[serde(default)]
+    pub seq: u64,
+}
+
+/// A group whose counter was wrong, and is now fixed.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct RecountFix {
+    /// The group: the id of the target document.
+    pub group: String,
+    /// What the target held (plus increments still waiting in the outbox).
+    pub was: Value,
+    /// What the source documents say, now stored.
+    pub now: Value,
+}
+
+/// The `after_commit` counter outbox of the server (`GET /v1/_outbox`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub struct Outbox {
+    /// Increments not yet applied to their targets.
+    pub entries: u64,
+    /// How long the oldest has waited, in ms; `None` when there are none.
+    pub oldest_age_ms: Option<u64>,
 }
 
 impl Client {
@@ -43,8 +66,16 @@ impl Client {
         self.fetch_json(&Call::get(url), "insights").await
     }
 
+    /// `GET /v1/c/{coll}/_config`: the TTL and counters of a collection, as
+    /// stored (`{"ttl": null, "counters": []}` when none).
+    pub async fn config(&self, coll: &str) -> Result<Value, ClientError> {
+        let url = self.url(&["v1", "c", coll, "_config"]);
+        self.fetch_json(&Call::get(url), "a config").await
+    }
+
     /// `PUT /v1/c/{coll}/_config`: sets the TTL and counters of a collection
-    /// (`config` as in the contract); answers the server's body.
+    /// (`config` as in the contract); answers the stored configuration plus
+    /// `backfill`, the recount report of each counter that is new, by name.
     pub async fn set_config(&self, coll: &str, config: &Value) -> Result<Value, ClientError> {
         let url = self.url(&["v1", "c", coll, "_config"]);
         self.fetch_json(
@@ -60,6 +91,13 @@ impl Client {
         let url = self.url(&["v1", "c", coll, "_counters", counter, "recount"]);
         self.fetch_json(&Call::repeatable(Method::POST, url, None), "a recount answer")
             .await
+    }
+
+    /// `GET /v1/_outbox`: `after_commit` counter increments not yet applied.
+    /// Zero entries means every acknowledged write is reflected in its counters.
+    pub async fn outbox(&self) -> Result<Outbox, ClientError> {
+        let url = self.url(&["v1", "_outbox"]);
+        self.fetch_json(&Call::get(url), "the outbox status").await
     }
 
     async fn fetch_text(&self, call: &Call) -> Result<String, ClientError> {

@@ -34,6 +34,22 @@ pub enum Command {
     /// Manage API keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Recount a counter cache directly on a stopped server's data directory and
+    /// print the report (with the server running, use its HTTP endpoint
+    /// `POST /v1/c/{coll}/_counters/{name}/recount`).
+    Recount(RecountArgs),
+}
+
+/// `truce recount` arguments.
+#[derive(Args, Debug, Clone)]
+pub struct RecountArgs {
+    /// Data directory [default: ./truce-data].
+    #[arg(long, env = "TRUCE_DATA")]
+    pub data: Option<PathBuf>,
+    /// The collection the counter is defined on (its source).
+    pub collection: String,
+    /// The counter's name.
+    pub counter: String,
 }
 
 /// How log lines are written.

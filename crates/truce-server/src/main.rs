@@ -11,6 +11,7 @@ use clap::Parser;
 mod config;
 mod http;
 mod keys;
+mod recount;
 mod serve;
 
 use config::{Cli, Command};
@@ -20,6 +21,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Keys(command) => keys::run(command),
+        Command::Recount(args) => recount::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1338,6 +1338,7 @@ fn every_documented_error_code_is_produced() {
         json!({"ops": [{"op": "check", "c": "e", "id": "doc"}, {"op": "check", "c": "e", "id": "doc"}]}),
     ));
     record(&api.put("/v1/c/e/_indexes/bad", json!({"fields": 1})));
+    record(&api.put("/v1/c/e/_config", json!({"ttl": {"field": "t", "seconds": 0}})));
     record(&api.get("/v1/c/e?order=sideways"));
     // 404, 409, 422, 428.
     record(&api.get("/no/such/route"));

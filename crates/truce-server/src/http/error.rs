@@ -58,6 +58,7 @@ pub fn engine_status(code: &str) -> StatusCode {
         | "invalid_precondition"
         | "invalid_transaction"
         | "invalid_index"
+        | "invalid_config"
         | "invalid_query" => StatusCode::BAD_REQUEST,
         "not_found" => StatusCode::NOT_FOUND,
         "payload_too_large" | "limit_exceeded" => StatusCode::PAYLOAD_TOO_LARGE,

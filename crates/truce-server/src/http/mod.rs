@@ -18,6 +18,7 @@ use tokio::sync::Semaphore;
 use truce::Db;
 
 mod changes;
+pub(crate) mod config;
 mod couch;
 mod documents;
 pub mod error;
@@ -69,6 +70,12 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         .route("/v1/c/{coll}", get(queries::query))
         .route("/v1/c/{coll}/_indexes", get(queries::list_indexes))
         .route("/v1/c/{coll}/_indexes/{name}", put(queries::put_index))
+        .route(
+            "/v1/c/{coll}/_config",
+            get(config::get_config).put(config::put_config),
+        )
+        .route("/v1/c/{coll}/_counters/{name}/recount", post(config::recount))
+        .route("/v1/_outbox", get(config::outbox))
         .route(
             "/v1/c/{coll}/{id}",
             get(documents::get_doc)

@@ -201,6 +201,164 @@ pub struct Health {
     durable_seq: u64,
 }
 
+/// The TTL of a collection: documents expire `seconds` after the time (ms since
+/// the epoch, as `$currentDate` writes it) in `field`.
+fn ttl_schema() -> ObjectBuilder {
+    let seconds = ObjectBuilder::new()
+        .schema_type(Type::Integer)
+        .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
+        .minimum(Some(1))
+        .maximum(Some(truce::limits::TTL_SECONDS_MAX as f64));
+    ObjectBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::Object, Type::Null]))
+        .description(Some(
+            "Expiry: documents whose `field` (a time in ms) is older than `seconds` are hidden from reads \
+             and deleted by the sweeper. `null`: no TTL.",
+        ))
+        .property("field", string_with_pattern(WRITE_PATH_PATTERN))
+        .required("field")
+        .property("seconds", seconds)
+        .required("seconds")
+}
+
+/// One counter cache. `stored` is the shape the server answers (every key
+/// present); otherwise the shape it accepts (`where`, `sum`, `mode` optional).
+fn counter_schema(stored: bool) -> ObjectBuilder {
+    let nullable = |t: Type| ObjectBuilder::new().schema_type(SchemaType::from_iter([t, Type::Null]));
+    let target = ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .property("c", string_with_pattern(NAME_PATTERN))
+        .required("c")
+        .property("field", string_with_pattern(WRITE_PATH_PATTERN))
+        .required("field");
+    let mode = ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(["in_commit", "after_commit"]))
+        .description(Some(
+            "`in_commit` (default): in the same commit as the source write, exact at every commit. \
+             `after_commit`: through a durable outbox, applied shortly after, coalesced.",
+        ));
+    let mut counter = ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .description(Some(
+            "Keeps, in document `{target.c}/{value of group_by}` field `target.field`, the number of \
+             documents of the collection in that group matching `where` (or the sum of field `sum`).",
+        ))
+        .property("name", string_with_pattern(NAME_PATTERN))
+        .required("name")
+        .property("group_by", string_with_pattern(READ_PATH_PATTERN))
+        .required("group_by")
+        .property(
+            "where",
+            nullable(Type::Object).description(Some("A filter (API.md, \"Filters\"); null: every document")),
+        )
+        .property(
+            "sum",
+            nullable(Type::String)
+                .pattern(Some(READ_PATH_PATTERN))
+                .description(Some("Sum this numeric field instead of counting; null: count")),
+        )
+        .property("target", target)
+        .required("target")
+        .property("mode", mode);
+    if stored {
+        counter = counter.required("where").required("sum").required("mode");
+    }
+    counter
+}
+
+/// The body of `PUT /v1/c/{coll}/_config` (API.md, "Collection configuration").
+pub struct ConfigBody;
+
+impl utoipa::PartialSchema for ConfigBody {
+    fn schema() -> RefOr<Schema> {
+        let counters = ArrayBuilder::new()
+            .schema_type(SchemaType::from_iter([Type::Array, Type::Null]))
+            .items(counter_schema(false))
+            .max_items(Some(truce::limits::COUNTERS_PER_COLLECTION_MAX));
+        ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .description(Some(
+                "Replaces the whole configuration: an absent or null key is removed. Counter names are \
+                 unique; a counter that is new is backfilled from the documents already there.",
+            ))
+            .property("ttl", ttl_schema())
+            .property("counters", counters)
+            .additional_properties(Some(AdditionalProperties::FreeForm(false)))
+            .into()
+    }
+}
+
+impl ToSchema for ConfigBody {}
+
+fn config_schema() -> ObjectBuilder {
+    ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .property("ttl", ttl_schema())
+        .required("ttl")
+        .property("counters", ArrayBuilder::new().items(counter_schema(true)))
+        .required("counters")
+}
+
+/// A collection's configuration as stored (`ttl` null and `counters` empty when none).
+pub struct Config;
+
+impl utoipa::PartialSchema for Config {
+    fn schema() -> RefOr<Schema> {
+        config_schema().into()
+    }
+}
+
+impl ToSchema for Config {}
+
+/// The answer of `PUT /v1/c/{coll}/_config`: the stored configuration and, for
+/// each counter that is new, the report of its backfill (a recount).
+pub struct ConfigAnswer;
+
+impl utoipa::PartialSchema for ConfigAnswer {
+    fn schema() -> RefOr<Schema> {
+        let backfill = ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .description(Some("Counter name → the report of its backfill"))
+            .additional_properties(Some(Ref::from_schema_name("RecountAnswer")));
+        config_schema()
+            .property("backfill", backfill)
+            .required("backfill")
+            .into()
+    }
+}
+
+impl ToSchema for ConfigAnswer {}
+
+/// A group whose counter was wrong, and is now fixed.
+#[derive(ToSchema)]
+pub struct RecountFix {
+    /// The group: the id of the target document.
+    group: String,
+    /// What the target held (plus increments still in the outbox).
+    was: f64,
+    /// What the source documents say.
+    now: f64,
+}
+
+/// What a recount checked and fixed.
+#[derive(ToSchema)]
+pub struct RecountAnswer {
+    /// Groups compared.
+    checked: u64,
+    /// Groups that were wrong, now fixed.
+    fixed: Vec<RecountFix>,
+    /// The commit of the corrections (the snapshot's, when nothing was wrong).
+    seq: u64,
+}
+
+/// The `after_commit` counter outbox: increments not yet applied, and the age of the oldest.
+#[derive(ToSchema)]
+pub struct OutboxStatus {
+    entries: u64,
+    oldest_age_ms: Option<u64>,
+}
+
 /// The document.
 #[derive(OpenApi)]
 #[openapi(
@@ -211,10 +369,12 @@ pub struct Health {
         super::queries::list_indexes, super::queries::put_index, super::tx::transaction,
         super::changes::collection_changes, super::changes::all_changes, super::healthz,
         super::replication::pull, super::replication::push, super::replication::pull_stream,
+        super::config::get_config, super::config::put_config, super::config::recount, super::config::outbox,
     ),
     components(schemas(Doc, ErrorBody, WriteAnswer, Collections, Index, Indexes, IndexBody, QueryPage,
                        ChangeItem, ChangesPage, TxOpKind, TxOpBody, TxBody, TxAnswer, Health, DocBody, UpdateBody,
-                       PullAnswer, PushRow)),
+                       PullAnswer, PushRow, ConfigBody, Config, ConfigAnswer, RecountFix, RecountAnswer,
+                       OutboxStatus)),
     modifiers(&Conventions)
 )]
 pub struct ApiDoc;
@@ -369,7 +529,7 @@ impl Modify for Conventions {
             ];
             for (writes, operation) in operations {
                 let Some(operation) = operation else { continue };
-                constrain_parameters(writes, operation);
+                constrain_parameters(path, writes, operation);
                 add_shared_responses(path, operation);
             }
         }
@@ -377,11 +537,16 @@ impl Modify for Conventions {
 }
 
 /// Gives the parameters every route shares the shape the server checks.
-fn constrain_parameters(writes: bool, operation: &mut Operation) {
+fn constrain_parameters(path: &str, writes: bool, operation: &mut Operation) {
+    let name = if path.contains("/_counters/") {
+        "Counter name"
+    } else {
+        "Index name"
+    };
     for parameter in operation.parameters.iter_mut().flatten() {
         let (schema, description) = match (&parameter.parameter_in, parameter.name.as_str()) {
             (ParameterIn::Path, "coll") => (string_with_pattern(NAME_PATTERN), "Collection name"),
-            (ParameterIn::Path, "name") => (string_with_pattern(NAME_PATTERN), "Index name"),
+            (ParameterIn::Path, "name") => (string_with_pattern(NAME_PATTERN), name),
             (ParameterIn::Path, "id") => (
                 string_with_pattern(ID_PATTERN).min_length(Some(1)),
                 "Document id: 1–512 bytes of UTF-8, no control characters, not starting with `_`",

@@ -575,7 +575,27 @@ impl Committer {
         let mut results = Vec::with_capacity(commit.ops.len());
         let mut states = Vec::new();
         for (index, op) in commit.ops.iter().enumerate() {
+            let ttl = self.configs.get(&*op.collection).and_then(|c| c.ttl.as_ref());
+            let now = group.ts_ms;
             let current = group.current(&op.key, &op.id)?;
+            // A document past its TTL is gone for writers as it is for readers,
+            // even before the sweeper's tombstone: seen as deleted (so a new
+            // document continues its version history).
+            let expired_view;
+            let current = match (ttl, current) {
+                (Some(ttl), Some(doc)) if !doc.is_deleted() && is_expired(&doc.body, ttl, now) => {
+                    expired_view = crate::doc::Document {
+                        id: doc.id.clone(),
+                        meta: crate::doc::Meta {
+                            deleted: true,
+                            ..doc.meta
+                        },
+                        body: crate::doc::Body::new(),
+                    };
+                    Some(&expired_view)
+                }
+                (_, current) => current,
+            };
             let outcome = match &op.write {
                 None => check(op, current).map(|written| (written, None)),
                 Some(write) => {

@@ -246,3 +246,37 @@ fn ttl_hides_expired_documents_and_sweeps_them_into_tombstones() {
     );
     assert_eq!(sessions.config().ttl.unwrap().seconds, 1);
 }
+
+#[test]
+fn writers_see_an_expired_document_as_gone_like_readers_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_relaxed(dir.path());
+    let c = db.collection("x").unwrap();
+    c.set_config(CollectionConfig::from_json(&json!({"ttl": {"field": "t", "seconds": 1}})).unwrap())
+        .unwrap();
+    let long_ago = truce_now_ms() - 5000;
+    c.put("a", json!({"t": long_ago, "n": 1}), Expect::Absent)
+        .unwrap()
+        .unwrap();
+    assert!(c.get("a").unwrap().is_none(), "hidden from readers");
+    let again = c
+        .put("a", json!({"t": truce_now_ms(), "n": 2}), Expect::Absent)
+        .unwrap()
+        .unwrap();
+    assert!(again.created(), "created, not already_exists");
+    assert!(
+        again.doc.version() >= 2,
+        "continues the version history (the sweeper may have left a tombstone)"
+    );
+    let missing = c
+        .patch("b", update(json!({"$inc": {"n": 1}})), Expect::Any)
+        .unwrap();
+    assert!(missing.is_err());
+}
+
+fn truce_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}

@@ -1,0 +1,116 @@
+//! Collection configuration (TTL, counter caches) and counters:
+//! `GET|PUT /v1/c/{coll}/_config`, `POST /v1/c/{coll}/_counters/{name}/recount`,
+//! `GET /v1/_outbox`.
+
+use std::sync::Arc;
+
+use axum::Extension;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value, json};
+use truce::CollectionConfig;
+use truce::engine::RecountReport;
+
+use super::AppState;
+use super::error::ApiError;
+use super::extract::{JsonBody, PathParams, authorize};
+use crate::keys::{Principal, Role};
+
+/// A recount report as JSON: `{"checked", "fixed": [{"group", "was", "now"}], "seq"}`.
+/// The CLI (`truce recount`) prints the same.
+pub fn recount_json(report: &RecountReport) -> Value {
+    let fixed: Vec<Value> = report
+        .fixed
+        .iter()
+        .map(|f| json!({"group": f.group, "was": f.was, "now": f.now}))
+        .collect();
+    json!({"checked": report.checked, "fixed": fixed, "seq": report.seq})
+}
+
+/// Runs blocking engine work (recounts read a whole collection) off the async threads.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> truce::Result<T> + Send + 'static,
+) -> Result<T, ApiError> {
+    Ok(tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| ApiError::Engine(truce::Error::Unavailable(e.to_string())))??)
+}
+
+/// Refuses unless `who` may also write every collection the counters write:
+/// a counter's targets are written on the caller's behalf.
+fn authorize_targets(who: &Principal, config: &CollectionConfig) -> Result<(), ApiError> {
+    for counter in &config.counters {
+        authorize(who, Role::Admin, Some(&counter.target_collection))?;
+    }
+    Ok(())
+}
+
+/// Reads a collection's configuration (empty when none was set).
+#[utoipa::path(get, path = "/v1/c/{coll}/_config", tag = "configuration", params(("coll" = String, Path)),
+    responses((status = 200, description = "The configuration", body = super::openapi::Config)))]
+pub async fn get_config(
+    State(state): State<Arc<AppState>>,
+    Extension(who): Extension<Principal>,
+    PathParams(coll): PathParams<String>,
+) -> Result<Response, ApiError> {
+    authorize(&who, Role::Read, Some(&coll))?;
+    let config = state.db.collection(&coll)?.config();
+    Ok(axum::Json(config.to_json()).into_response())
+}
+
+/// Replaces a collection's configuration. It applies from the next commit on;
+/// counters that are new are backfilled from the documents already there.
+#[utoipa::path(put, path = "/v1/c/{coll}/_config", tag = "configuration", params(("coll" = String, Path)),
+    request_body = super::openapi::ConfigBody,
+    responses((status = 200, description = "The stored configuration, and the backfill of each new counter",
+               body = super::openapi::ConfigAnswer)))]
+pub async fn put_config(
+    State(state): State<Arc<AppState>>,
+    Extension(who): Extension<Principal>,
+    PathParams(coll): PathParams<String>,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
+    authorize(&who, Role::Admin, Some(&coll))?;
+    let collection = state.db.collection(&coll)?;
+    let config = CollectionConfig::from_json(&body)?;
+    authorize_targets(&who, &config)?;
+    let stored = config.to_json();
+    let reports = blocking(move || collection.set_config(config)).await?;
+    let backfill: Map<String, Value> = reports
+        .iter()
+        .map(|(name, report)| (name.clone(), recount_json(report)))
+        .collect();
+    let mut answer = stored;
+    answer["backfill"] = Value::Object(backfill);
+    Ok(axum::Json(answer).into_response())
+}
+
+/// Recomputes a counter from its source documents and fixes the targets that
+/// are wrong, with increments (so concurrent writes are never lost).
+#[utoipa::path(post, path = "/v1/c/{coll}/_counters/{name}/recount", tag = "configuration",
+    params(("coll" = String, Path), ("name" = String, Path)),
+    responses((status = 200, description = "What was checked and fixed", body = super::openapi::RecountAnswer),
+               (status = 404, description = "No such counter", body = super::openapi::ErrorBody)))]
+pub async fn recount(
+    State(state): State<Arc<AppState>>,
+    Extension(who): Extension<Principal>,
+    PathParams((coll, name)): PathParams<(String, String)>,
+) -> Result<Response, ApiError> {
+    authorize(&who, Role::Admin, Some(&coll))?;
+    let collection = state.db.collection(&coll)?;
+    authorize_targets(&who, &collection.config())?;
+    let report = blocking(move || collection.recount(&name)).await?;
+    Ok(axum::Json(recount_json(&report)).into_response())
+}
+
+/// `after_commit` counter increments not yet applied, and the age of the oldest.
+#[utoipa::path(get, path = "/v1/_outbox", tag = "configuration",
+    responses((status = 200, description = "The counter outbox", body = super::openapi::OutboxStatus)))]
+pub async fn outbox(
+    State(state): State<Arc<AppState>>,
+    Extension(who): Extension<Principal>,
+) -> Result<Response, ApiError> {
+    authorize(&who, Role::Read, None)?;
+    let (entries, oldest_age_ms) = state.db.outbox_status();
+    Ok(axum::Json(json!({"entries": entries, "oldest_age_ms": oldest_age_ms})).into_response())
+}

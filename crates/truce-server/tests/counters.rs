@@ -1,0 +1,687 @@
+//! Counter caches and collection configuration through a real `truce serve`:
+//! `after_commit` deltas survive `kill -9` and land exactly once; a recount
+//! finds and fixes a corrupted counter (over HTTP and with `truce recount` on a
+//! stopped server's data); `_config` validates, round-trips and is
+//! authorized; and the README's "Counters and TTL" commands work when pasted.
+
+mod common;
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::{Server, truce_bin};
+use reqwest::Method;
+use serde_json::{Value, json};
+use support::{Http, Rng};
+
+const CAMPAIGNS: usize = 3;
+
+fn campaign(i: usize) -> String {
+    format!("campaign-{}", 1 + i % CAMPAIGNS)
+}
+
+/// Counters of `subscribers` into `campaign_metrics`: confirmed, unconfirmed,
+/// and the sum of `spent`.
+fn subscriber_counters(mode: &str) -> Value {
+    let counter = |name: &str, filter: Value, sum: Value, field: &str| {
+        json!({"name": name, "group_by": "campaign_id", "where": filter, "sum": sum,
+               "target": {"c": "campaign_metrics", "field": field}, "mode": mode})
+    };
+    json!({"counters": [
+        counter("confirmed", json!({"status": "confirmed"}), Value::Null, "confirmed"),
+        counter("unconfirmed", json!({"status": {"$ne": "confirmed"}}), Value::Null, "unconfirmed"),
+        counter("spent", Value::Null, json!("spent"), "spent"),
+    ]})
+}
+
+/// campaign → (confirmed, unconfirmed, spent), from the live subscribers.
+type Counts = BTreeMap<String, (i64, i64, i64)>;
+
+fn truth(http: &Http) -> Counts {
+    let mut out: Counts = (0..CAMPAIGNS).map(|i| (campaign(i), (0, 0, 0))).collect();
+    for doc in http.query_all("subscribers", "") {
+        let entry = out
+            .entry(doc["campaign_id"].as_str().expect("campaign_id").to_string())
+            .or_default();
+        if doc["status"] == "confirmed" {
+            entry.0 += 1;
+        } else {
+            entry.1 += 1;
+        }
+        entry.2 += doc["spent"].as_i64().unwrap_or(0);
+    }
+    out
+}
+
+fn stored(http: &Http) -> Counts {
+    let mut out: Counts = (0..CAMPAIGNS).map(|i| (campaign(i), (0, 0, 0))).collect();
+    for doc in http.query_all("campaign_metrics", "") {
+        let n = |f: &str| doc.get(f).map_or(0, |v| v.as_i64().expect("an integer"));
+        out.insert(
+            doc["_id"].as_str().expect("_id").to_string(),
+            (n("confirmed"), n("unconfirmed"), n("spent")),
+        );
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------
+// Crash: after_commit deltas survive kill -9, applied exactly once
+// ---------------------------------------------------------------------------
+
+const CRASH_WRITERS: usize = 16;
+const CRASH_CYCLES: u64 = 3;
+/// Upper bound on one writer's requests per cycle, whatever the timing.
+const CRASH_WRITES_MAX: usize = 5_000;
+/// Subscriber ids each writer cycles through.
+const IDS_PER_WRITER: usize = 40;
+
+/// Writes as fast as it can until `stop` or the server goes away: creates,
+/// overwrites, confirmations, moves between campaigns with `$inc`, deletes —
+/// every one of them feeding the counters. Returns unexpected answers.
+fn crash_writer(http: &Http, writer: usize, cycle: u64, stop: &AtomicBool) -> Vec<String> {
+    let mut rng = Rng::new((cycle << 8) + writer as u64 + 1);
+    let mut unexpected = Vec::new();
+    for i in 0..CRASH_WRITES_MAX {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let id = format!("w{writer:02}-{:02}", rng.below(IDS_PER_WRITER));
+        let path = format!("/v1/c/subscribers/{id}");
+        let (method, path, body) = match i % 5 {
+            0 | 1 => (
+                Method::PUT,
+                path,
+                Some(
+                    json!({"_version": -1, "campaign_id": campaign(rng.below(CAMPAIGNS)),
+                            "status": "pending", "spent": rng.below(10)}),
+                ),
+            ),
+            2 => (
+                Method::PATCH,
+                path,
+                Some(
+                    json!({"$set": {"status": "confirmed"}, "$setOnInsert": {"campaign_id": campaign(i)},
+                            "$upsert": true}),
+                ),
+            ),
+            3 => (
+                Method::PATCH,
+                path,
+                Some(
+                    json!({"$set": {"campaign_id": campaign(rng.below(CAMPAIGNS))}, "$inc": {"spent": 3},
+                            "$upsert": true}),
+                ),
+            ),
+            _ => (Method::DELETE, format!("{path}?version=-1"), None),
+        };
+        let delete = method == Method::DELETE;
+        match http.try_call(method, &path, body.as_ref()) {
+            Ok((200 | 201, _)) => {}
+            Ok((404, _)) if delete => {}
+            Ok((status, answer)) => unexpected.push(format!("{path}: {status} {answer}")),
+            // The server was killed: whatever was in flight may or may not have
+            // committed, and the counters must agree with whichever it was.
+            Err(_) => break,
+        }
+    }
+    unexpected
+}
+
+#[test]
+fn after_commit_deltas_survive_kill_9_and_apply_exactly_once() {
+    let mut server = Server::start();
+    let started = Instant::now();
+    let http = Http::new(&server);
+    http.expect(
+        Method::PUT,
+        "/v1/c/subscribers/_config",
+        Some(&subscriber_counters("after_commit")),
+        200,
+    );
+    let mut pending_at_kill = Vec::new();
+    for cycle in 0..CRASH_CYCLES {
+        let stop = Arc::new(AtomicBool::new(false));
+        let writers: Vec<_> = (0..CRASH_WRITERS)
+            .map(|writer| {
+                let (http, stop) = (http.fresh(), Arc::clone(&stop));
+                thread::spawn(move || crash_writer(&http, writer, cycle, &stop))
+            })
+            .collect();
+        // Write fast, then kill at once: at 300, 500, 700 ms.
+        thread::sleep(Duration::from_millis(300 + 200 * cycle));
+        let outbox = http.expect(Method::GET, "/v1/_outbox", None, 200);
+        let pid = server.pid();
+        server.kill9();
+        stop.store(true, Ordering::Relaxed);
+        let mut unexpected = Vec::new();
+        for writer in writers {
+            unexpected.extend(writer.join().expect("writer"));
+        }
+        assert!(
+            unexpected.is_empty(),
+            "cycle {cycle}: {:?}",
+            &unexpected[..3.min(unexpected.len())]
+        );
+        pending_at_kill.push(outbox["entries"].as_u64().expect("entries"));
+
+        server.restart();
+        let after_restart = http.expect(Method::GET, "/v1/_outbox", None, 200);
+        let drained = http.wait_outbox_empty(Duration::from_secs(30));
+        let (truth, stored) = (truth(&http), stored(&http));
+        eprintln!(
+            "cycle {cycle}: killed pid {pid} with {} increments pending a moment before; {} pending at \
+             restart, drained in {drained:?}; counters {stored:?} ({:?})",
+            outbox["entries"],
+            after_restart["entries"],
+            started.elapsed()
+        );
+        assert_eq!(
+            stored, truth,
+            "cycle {cycle}: counters (left) against the sources (right): no delta lost, none twice"
+        );
+        for name in ["confirmed", "unconfirmed", "spent"] {
+            let report = http.expect(
+                Method::POST,
+                &format!("/v1/c/subscribers/_counters/{name}/recount"),
+                None,
+                200,
+            );
+            assert_eq!(report["fixed"], json!([]), "cycle {cycle}: {name}: {report}");
+        }
+    }
+    assert!(
+        pending_at_kill.iter().any(|&n| n > 0),
+        "no kill came while increments were pending: {pending_at_kill:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(120),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Recount
+// ---------------------------------------------------------------------------
+
+/// 30 subscribers over the campaigns, half of them confirmed, `spent` = i.
+fn create_subscribers(http: &Http) {
+    let ops: Vec<Value> = (0..30)
+        .map(|i| {
+            let status = if i % 2 == 0 { "confirmed" } else { "pending" };
+            json!({"op": "put", "c": "subscribers", "id": format!("sub-{i:02}"),
+                   "doc": {"campaign_id": campaign(i), "status": status, "spent": i}})
+        })
+        .collect();
+    http.expect(Method::POST, "/v1/tx", Some(&json!({"ops": ops})), 200);
+}
+
+#[test]
+fn recount_over_http_finds_and_fixes_a_corrupted_counter() {
+    let server = Server::start();
+    let http = Http::new(&server);
+    http.expect(
+        Method::PUT,
+        "/v1/c/subscribers/_config",
+        Some(&subscriber_counters("in_commit")),
+        200,
+    );
+    create_subscribers(&http);
+    let expected = truth(&http);
+    assert_eq!(stored(&http), expected);
+
+    // Someone writes the target field directly.
+    let victim = campaign(1);
+    let (right, _, _) = expected[&victim];
+    http.expect(
+        Method::PATCH,
+        &format!("/v1/c/campaign_metrics/{victim}"),
+        Some(&json!({"$inc": {"confirmed": 40}})),
+        200,
+    );
+    assert_ne!(stored(&http), expected);
+    let report = http.expect(
+        Method::POST,
+        "/v1/c/subscribers/_counters/confirmed/recount",
+        None,
+        200,
+    );
+    assert_eq!(
+        report["fixed"],
+        json!([{"group": victim, "was": right + 40, "now": right}]),
+        "{report}"
+    );
+    assert_eq!(report["checked"], CAMPAIGNS, "{report}");
+    assert!(report["seq"].as_u64().is_some(), "{report}");
+    assert_eq!(stored(&http), expected, "fixed");
+    let again = http.expect(
+        Method::POST,
+        "/v1/c/subscribers/_counters/confirmed/recount",
+        None,
+        200,
+    );
+    assert_eq!(again["fixed"], json!([]), "nothing left to fix: {again}");
+
+    // A target field removed, and a whole target document deleted.
+    let (_, unconfirmed, spent) = expected[&campaign(2)];
+    http.expect(
+        Method::PATCH,
+        &format!("/v1/c/campaign_metrics/{}", campaign(2)),
+        Some(&json!({"$unset": {"unconfirmed": true}})),
+        200,
+    );
+    let report = http.expect(
+        Method::POST,
+        "/v1/c/subscribers/_counters/unconfirmed/recount",
+        None,
+        200,
+    );
+    assert_eq!(
+        report["fixed"],
+        json!([{"group": campaign(2), "was": 0, "now": unconfirmed}])
+    );
+    http.expect(
+        Method::DELETE,
+        &format!("/v1/c/campaign_metrics/{}?version=-1", campaign(2)),
+        None,
+        200,
+    );
+    for name in ["confirmed", "unconfirmed", "spent"] {
+        http.expect(
+            Method::POST,
+            &format!("/v1/c/subscribers/_counters/{name}/recount"),
+            None,
+            200,
+        );
+    }
+    assert_eq!(stored(&http), expected, "the deleted target is rebuilt");
+    assert_eq!(expected[&campaign(2)].2, spent);
+
+    let missing = http.expect(
+        Method::POST,
+        "/v1/c/subscribers/_counters/nope/recount",
+        None,
+        404,
+    );
+    assert_eq!(missing["error"], "not_found");
+    let missing = http.expect(
+        Method::POST,
+        "/v1/c/nobody/_counters/confirmed/recount",
+        None,
+        404,
+    );
+    assert_eq!(missing["error"], "not_found");
+}
+
+// ---------------------------------------------------------------------------
+// Configuration: validation, round trip, authorization
+// ---------------------------------------------------------------------------
+
+/// API.md's `_config` example.
+fn api_md_example() -> Value {
+    json!({"ttl": {"field": "lastSeen", "seconds": 30},
+           "counters": [{"name": "confirmed", "group_by": "campaign_id",
+                         "where": {"status": "confirmed"}, "sum": null,
+                         "target": {"c": "campaign_metrics", "field": "confirmed_subscribers_count"},
+                         "mode": "in_commit"}]})
+}
+
+#[test]
+fn config_validates_round_trips_and_backfills() {
+    let server = Server::start();
+    let http = Http::new(&server);
+    let empty = json!({"ttl": null, "counters": []});
+    assert_eq!(
+        http.expect(Method::GET, "/v1/c/subscribers/_config", None, 200),
+        empty
+    );
+
+    // Defined over existing documents: backfilled, and the answer says so.
+    http.expect(
+        Method::PUT,
+        "/v1/c/subscribers/s1",
+        Some(&json!({"campaign_id": "c1", "status": "confirmed"})),
+        201,
+    );
+    let answer = http.expect(
+        Method::PUT,
+        "/v1/c/subscribers/_config",
+        Some(&api_md_example()),
+        200,
+    );
+    let backfill = &answer["backfill"]["confirmed"];
+    assert_eq!(backfill["checked"], 1, "{answer}");
+    assert_eq!(
+        backfill["fixed"],
+        json!([{"group": "c1", "was": 0, "now": 1}]),
+        "{answer}"
+    );
+    let mut without_backfill = answer.clone();
+    without_backfill
+        .as_object_mut()
+        .expect("object")
+        .remove("backfill");
+    assert_eq!(without_backfill, api_md_example());
+    let stored = http.expect(Method::GET, "/v1/c/subscribers/_config", None, 200);
+    assert_eq!(stored, api_md_example(), "GET answers what was PUT");
+    let metrics = http.expect(Method::GET, "/v1/c/campaign_metrics/c1", None, 200);
+    assert_eq!(metrics["confirmed_subscribers_count"], 1);
+
+    // PUT what GET answered: the same, and no backfill (nothing is new).
+    let again = http.expect(Method::PUT, "/v1/c/subscribers/_config", Some(&stored), 200);
+    assert_eq!(again["backfill"], json!({}));
+    assert_eq!(
+        http.expect(Method::GET, "/v1/c/subscribers/_config", None, 200),
+        stored
+    );
+
+    // Defaults are written out: no where/sum is null, no mode is in_commit.
+    let minimal = json!({"counters": [{"name": "all", "group_by": "campaign_id",
+                                       "target": {"c": "campaign_metrics", "field": "subscribers"}}]});
+    http.expect(Method::PUT, "/v1/c/other/_config", Some(&minimal), 200);
+    assert_eq!(
+        http.expect(Method::GET, "/v1/c/other/_config", None, 200),
+        json!({"ttl": null, "counters": [{"name": "all", "group_by": "campaign_id", "where": null, "sum": null,
+               "target": {"c": "campaign_metrics", "field": "subscribers"}, "mode": "in_commit"}]})
+    );
+
+    // Refused configurations change nothing.
+    let counter = |extra: Value| {
+        let mut c = json!({"name": "c", "group_by": "g", "target": {"c": "t", "field": "f"}});
+        for (k, v) in extra.as_object().expect("object") {
+            if v.is_null() {
+                c.as_object_mut().expect("object").remove(k);
+            } else {
+                c[k] = v.clone();
+            }
+        }
+        json!({ "counters": [c] })
+    };
+    let invalid_config = [
+        json!([]),
+        json!("ttl"),
+        json!({"ttl": 5}),
+        json!({"ttl": {"field": "t", "seconds": 0}}),
+        json!({"ttl": {"field": "t", "seconds": 1.5}}),
+        json!({"ttl": {"field": "t"}}),
+        json!({"ttl": {"seconds": 5}}),
+        json!({"ttl": {"field": "_t", "seconds": 5}}),
+        json!({"ttl": {"field": "t", "seconds": 400_000_000}}),
+        json!({"indexes": []}),
+        json!({"counters": {}}),
+        json!({"counters": [1]}),
+        counter(json!({"name": null})),
+        counter(json!({"name": "9bad"})),
+        counter(json!({"group_by": null})),
+        counter(json!({"group_by": "a..b"})),
+        counter(json!({"target": null})),
+        counter(json!({"target": {"c": "t"}})),
+        counter(json!({"target": {"c": "t", "field": "_f"}})),
+        counter(json!({"sum": 5})),
+        counter(json!({"mode": "later"})),
+        json!({"counters": [{"name": "c", "group_by": "g", "target": {"c": "t", "field": "f"}},
+                            {"name": "c", "group_by": "h", "target": {"c": "t", "field": "f"}}]}),
+    ];
+    for body in &invalid_config {
+        let answer = http.expect(Method::PUT, "/v1/c/subscribers/_config", Some(body), 400);
+        assert_eq!(answer["error"], "invalid_config", "{body}: {answer}");
+        assert!(answer["message"].is_string());
+    }
+    let refused = http.expect(
+        Method::PUT,
+        "/v1/c/subscribers/_config",
+        Some(&counter(json!({"where": {"a": {"$bogus": 1}}}))),
+        400,
+    );
+    assert_eq!(refused["error"], "invalid_filter");
+    let refused = http.expect(
+        Method::PUT,
+        "/v1/c/subscribers/_config",
+        Some(&counter(json!({"target": {"c": "9t", "field": "f"}}))),
+        400,
+    );
+    assert_eq!(refused["error"], "invalid_collection");
+    let many: Vec<Value> = (0..17)
+        .map(|i| json!({"name": format!("c{i}"), "group_by": "g", "target": {"c": "t", "field": "f"}}))
+        .collect();
+    let refused = http.expect(
+        Method::PUT,
+        "/v1/c/subscribers/_config",
+        Some(&json!({ "counters": many })),
+        413,
+    );
+    assert_eq!(refused["error"], "limit_exceeded");
+    let refused = http.expect(Method::PUT, "/v1/c/9bad/_config", Some(&api_md_example()), 400);
+    assert_eq!(refused["error"], "invalid_collection");
+    assert_eq!(
+        http.expect(Method::GET, "/v1/c/subscribers/_config", None, 200),
+        api_md_example(),
+        "refused configurations changed nothing"
+    );
+
+    // An empty body removes everything.
+    let cleared = http.expect(Method::PUT, "/v1/c/subscribers/_config", Some(&json!({})), 200);
+    assert_eq!(cleared, json!({"ttl": null, "counters": [], "backfill": {}}));
+    assert_eq!(
+        http.expect(Method::GET, "/v1/c/subscribers/_config", None, 200),
+        empty
+    );
+    let outbox = http.expect(Method::GET, "/v1/_outbox", None, 200);
+    assert_eq!(outbox, json!({"entries": 0, "oldest_age_ms": null}));
+}
+
+fn create_key(data: &Path, args: &[&str]) -> String {
+    let out = Command::new(truce_bin())
+        .args(["keys", "create", "--data"])
+        .arg(data)
+        .args(args)
+        .output()
+        .expect("truce keys create");
+    assert!(
+        out.status.success(),
+        "keys create: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    format!("Bearer {}", String::from_utf8(out.stdout).expect("utf-8").trim())
+}
+
+#[test]
+fn config_routes_need_their_roles() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let admin = create_key(&data, &["--role", "admin"]);
+    let writer = create_key(&data, &["--role", "write"]);
+    let reader = create_key(&data, &["--role", "read"]);
+    let subscribers_admin = create_key(&data, &["--role", "admin", "--collections", "subscribers"]);
+    let server = Server::start_in(&data, &[]);
+    let http = Http::new(&server);
+    let call = |key: &str, method: Method, path: &str, body: Option<&Value>| {
+        let headers: &[(&str, &str)] = if key.is_empty() {
+            &[]
+        } else {
+            &[("Authorization", key)]
+        };
+        http.try_call_with(method, path, headers, body)
+            .expect("an answer")
+    };
+    let config = api_md_example();
+    let recount = "/v1/c/subscribers/_counters/confirmed/recount";
+
+    assert_eq!(call("", Method::GET, "/v1/_outbox", None).0, 401);
+    assert_eq!(call("", Method::GET, "/v1/c/subscribers/_config", None).0, 401);
+    for key in [&writer, &reader] {
+        let (status, answer) = call(key, Method::PUT, "/v1/c/subscribers/_config", Some(&config));
+        assert_eq!((status, answer["error"].clone()), (403, json!("forbidden")));
+        assert_eq!(call(key, Method::POST, recount, None).0, 403);
+    }
+    // An admin of subscribers only may not make counters write elsewhere.
+    let (status, answer) = call(
+        &subscribers_admin,
+        Method::PUT,
+        "/v1/c/subscribers/_config",
+        Some(&config),
+    );
+    assert_eq!(status, 403, "{answer}");
+    let own = json!({"counters": [{"name": "n", "group_by": "kind",
+                                   "target": {"c": "subscribers", "field": "n"}}]});
+    assert_eq!(
+        call(
+            &subscribers_admin,
+            Method::PUT,
+            "/v1/c/subscribers/_config",
+            Some(&own)
+        )
+        .0,
+        200
+    );
+    assert_eq!(
+        call(&admin, Method::PUT, "/v1/c/subscribers/_config", Some(&config)).0,
+        200
+    );
+    assert_eq!(call(&subscribers_admin, Method::POST, recount, None).0, 403);
+    assert_eq!(call(&admin, Method::POST, recount, None).0, 200);
+    // Reading needs only read.
+    let (status, stored) = call(&reader, Method::GET, "/v1/c/subscribers/_config", None);
+    assert_eq!((status, stored), (200, config));
+    assert_eq!(call(&reader, Method::GET, "/v1/_outbox", None).0, 200);
+}
+
+// ---------------------------------------------------------------------------
+// `truce recount` on a data directory
+// ---------------------------------------------------------------------------
+
+/// Runs `truce` with `args` (bounded: killed by PID after 30 s); exit success,
+/// stdout, stderr.
+fn run_truce(args: &[&str], data: &Path) -> (bool, String, String) {
+    let mut child = Command::new(truce_bin())
+        .args(args)
+        .arg("--data")
+        .arg(data)
+        .env("TRUCE_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("truce");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().expect("try_wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("truce {args:?} did not finish within 30 s");
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().expect("output");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn cli_recount_refuses_a_running_server_and_fixes_a_stopped_ones_data() {
+    let mut server = Server::start();
+    let data = server.data.clone();
+    let http = Http::new(&server);
+    http.expect(
+        Method::PUT,
+        "/v1/c/subscribers/_config",
+        Some(&subscriber_counters("in_commit")),
+        200,
+    );
+    create_subscribers(&http);
+    let expected = truth(&http);
+    let victim = campaign(0);
+    http.expect(
+        Method::PATCH,
+        &format!("/v1/c/campaign_metrics/{victim}"),
+        Some(&json!({"$inc": {"spent": -7}})),
+        200,
+    );
+
+    let (ok, _, stderr) = run_truce(&["recount", "subscribers", "spent"], &data);
+    assert!(!ok, "recount ran beside a live server");
+    assert!(
+        stderr.contains("running server") && stderr.contains("/v1/c/subscribers/_counters/spent/recount"),
+        "the refusal names the HTTP endpoint: {stderr}"
+    );
+
+    assert!(server.terminate().success());
+    let (ok, stdout, stderr) = run_truce(&["recount", "subscribers", "spent"], &data);
+    assert!(ok, "{stderr}");
+    let report: Value = serde_json::from_str(&stdout).expect("a JSON report");
+    let right = expected[&victim].2;
+    assert_eq!(
+        report["fixed"],
+        json!([{"group": victim, "was": right - 7, "now": right}]),
+        "{stdout}"
+    );
+    assert_eq!(report["checked"], CAMPAIGNS);
+    let (ok, _, stderr) = run_truce(&["recount", "subscribers", "nope"], &data);
+    assert!(!ok && stderr.contains("no counter nope"), "{stderr}");
+    let (ok, _, stderr) = run_truce(&["recount", "subscribers", "spent"], &data.join("missing"));
+    assert!(!ok && stderr.contains("no data directory"), "{stderr}");
+
+    server.restart();
+    assert_eq!(stored(&http), expected, "the fix is durable");
+}
+
+// ---------------------------------------------------------------------------
+// README
+// ---------------------------------------------------------------------------
+
+/// The shell block under "## Counters and TTL" in the README.
+fn readme_block() -> String {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).expect("README");
+    let section = readme
+        .split("## Counters and TTL")
+        .nth(1)
+        .expect("the Counters and TTL section");
+    let block = section.split("```sh\n").nth(1).expect("a sh block");
+    block.split("```").next().expect("the block's end").to_string()
+}
+
+#[test]
+fn the_readme_counters_section_works_when_pasted() {
+    if Command::new("curl").arg("--version").output().is_err() {
+        eprintln!("curl is not installed; skipping the README check");
+        return;
+    }
+    let server = Server::start();
+    let script = readme_block()
+        .replace("localhost:7070", &server.addr.to_string())
+        .replace("curl -s ", "echo; curl -s ");
+    let output = Command::new("bash")
+        .args(["-euo", "pipefail", "-c", &script])
+        .output()
+        .expect("bash");
+    assert!(
+        output.status.success(),
+        "the commands failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let answers: Vec<Value> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
+        .collect();
+    assert_eq!(answers.len(), 6, "one answer per command: {answers:#?}");
+    let mut config = answers[0].clone();
+    assert_eq!(config["backfill"]["confirmed"]["checked"], 0, "{config}");
+    config.as_object_mut().expect("object").remove("backfill");
+    assert_eq!(config, api_md_example(), "the README uses API.md's example");
+    assert_eq!(answers[1]["created"], true);
+    assert_eq!(answers[2]["version"], 2);
+    assert_eq!(answers[3]["confirmed_subscribers_count"], 1, "{}", answers[3]);
+    assert_eq!(answers[4]["fixed"], json!([]));
+    assert_eq!(answers[5]["entries"], 0);
+}
