@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::cpu;
 use crate::stats::Recorder;
 
 /// How often the progress line is redrawn.
@@ -49,7 +50,8 @@ impl Race {
 
 /// Runs `worker(thread_index, race)` on `config.threads` threads, showing progress
 /// labelled `system`, and returns the merged figures and the measured time (from
-/// the common start until the last worker returned).
+/// the common start until the last worker returned). Prints how many cores this
+/// process and the rest of the machine used meanwhile.
 pub fn run<W>(system: &str, config: &Config, worker: W) -> (Recorder, Duration)
 where
     W: Fn(usize, &Race) -> Recorder + Sync,
@@ -59,7 +61,7 @@ where
         duration: config.duration,
         done: AtomicU64::new(0),
     };
-    let (totals, elapsed) = thread::scope(|scope| {
+    let (totals, elapsed, (usage, per_second)) = thread::scope(|scope| {
         let handles: Vec<_> = (0..config.threads)
             .map(|i| {
                 let (race, worker) = (&race, &worker);
@@ -68,12 +70,18 @@ where
             .collect();
         race.start.wait();
         let started = Instant::now();
+        let cpu_before = cpu::Snapshot::take(&[]);
         let mut last_shown = started;
+        let mut per_second = Vec::new();
+        let mut counted = 0;
         while !handles.iter().all(|h| h.is_finished()) {
             thread::sleep(Duration::from_millis(50));
             if last_shown.elapsed() >= PROGRESS_EVERY {
                 last_shown = Instant::now();
-                show_progress(system, started.elapsed(), race.done.load(Ordering::Relaxed));
+                let done = race.done.load(Ordering::Relaxed);
+                per_second.push(done - counted);
+                counted = done;
+                show_progress(system, started.elapsed(), done);
             }
         }
         let mut totals = Recorder::default();
@@ -83,15 +91,31 @@ where
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
             totals.merge(&recorder);
         }
-        (totals, started.elapsed())
+        (
+            totals,
+            started.elapsed(),
+            (cpu::Snapshot::take(&[]).since(&cpu_before), per_second),
+        )
     });
     show_progress(system, elapsed, race.done.load(Ordering::Relaxed));
     eprintln!();
+    println!("{system}: {usage}");
+    println!(
+        "{system}: operations finished in each second: {}",
+        timeline(&per_second)
+    );
     (totals, elapsed)
 }
 
+/// A per-second series, e.g. `30637 30095 27728`: shows a figure that decays
+/// during the run, which the average hides.
+pub fn timeline(per_second: &[u64]) -> String {
+    let parts: Vec<String> = per_second.iter().map(u64::to_string).collect();
+    parts.join(" ")
+}
+
 /// Redraws the progress line in place.
-fn show_progress(system: &str, elapsed: Duration, done: u64) {
+pub fn show_progress(system: &str, elapsed: Duration, done: u64) {
     let mut err = std::io::stderr().lock();
     let _ = write!(
         err,
@@ -99,4 +123,34 @@ fn show_progress(system: &str, elapsed: Duration, done: u64) {
         elapsed.as_secs_f64()
     );
     let _ = err.flush();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workers_start_together_and_are_merged() {
+        let config = Config {
+            threads: 3,
+            duration: Duration::from_millis(30),
+            in_flight: 1,
+            dir: std::env::temp_dir(),
+        };
+        let (totals, elapsed) = run("test", &config, |i, race| {
+            let mut recorder = Recorder::default();
+            let deadline = race.start();
+            while Instant::now() < deadline {
+                recorder.ok += 1;
+                race.tick();
+                thread::sleep(Duration::from_millis(5));
+            }
+            recorder.attempts = i as u64;
+            recorder
+        });
+        assert!(totals.ok >= 3, "{}", totals.ok);
+        assert_eq!(totals.attempts, 3);
+        assert!(elapsed >= Duration::from_millis(30));
+        assert_eq!(timeline(&[3, 2, 1]), "3 2 1");
+    }
 }

@@ -1,26 +1,37 @@
-//! `truce-bench`: Truce against SQLite on this machine, both durable, same
+//! `truce-bench`: Truce against its peers on this machine, all durable, same
 //! threads and duration, back to back in one process.
 //!
 //! ```text
-//! cargo run --release -p truce-bench -- <hot-counter|spread-writes|all> \
-//!     [--json] [--duration 10s] [--threads 8] [--in-flight N] [--dir PATH]
+//! cargo run --release -p truce-bench -- <WORKLOAD> \
+//!     [--json] [--duration 10s] [--threads N] [--in-flight N] [--dir PATH]
 //! ```
 //!
-//! Each workload prints the machine line, a table (ops/s, p50/p99/p999 latency,
-//! errors, conflicts), the post-run sanity checks and the throughput ratio. With
-//! `--json`, one summary line per workload follows at the end. A failed sanity
-//! check or a setup error exits non-zero.
+//! Workloads: `hot-counter` and `spread-writes` (against SQLite; `all` runs
+//! both), `transfers` (optimistic transactions under a Zipf skew, SQLite for
+//! reference), `http-hot-counter` (the `truce` server over loopback HTTP),
+//! `seed003` (counter caches against PostgreSQL).
+//! Each prints the machine line, a table, the post-run sanity
+//! checks and the throughput ratio. With `--json`, one summary line per
+//! measurement follows at the end. A failed sanity check or a setup error exits
+//! non-zero.
 
 /// See Cargo.toml: glibc malloc serialises frees across threads on the hot path.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod cpu;
 mod driver;
+mod http_counter;
+mod pg;
 mod probe;
+mod seed003;
+mod server;
 mod sqlite_side;
 mod stats;
+mod transfers;
 mod truce_side;
 mod workload;
+mod zipf;
 
 use std::error::Error;
 use std::path::PathBuf;
@@ -30,7 +41,7 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 
 use driver::Config;
-use stats::{Comparison, Outcome};
+use stats::{Comparison, Outcome, Report};
 
 /// Truce against SQLite, both durable, on this machine.
 #[derive(Parser, Debug)]
@@ -44,9 +55,11 @@ struct Cli {
     /// How long each system is measured, e.g. `10s`, `500ms`, `1m`.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     duration: Duration,
-    /// Worker threads, the same on both systems.
-    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=1024))]
-    threads: u16,
+    /// Worker threads (or connections), the same on both systems. Default:
+    /// 8 for hot-counter and spread-writes; transfers runs 8 and then 32;
+    /// 32 connections for http-hot-counter, 32 workers for seed003.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    threads: Option<u16>,
     /// Writes each Truce thread keeps outstanding in hot-counter (1 = wait for
     /// each answer). SQLite cannot pipeline and always runs synchronously;
     /// spread-writes reads before it writes and ignores this.
@@ -56,6 +69,10 @@ struct Cli {
     /// disk you mean to measure (not a tmpfs). Defaults to the system temp dir.
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// The `truce` server binary for http-hot-counter. Default: build it with
+    /// `cargo build --release -p truce-server` and use `target/release/truce`.
+    #[arg(long)]
+    server_bin: Option<PathBuf>,
 }
 
 /// The workloads.
@@ -65,9 +82,30 @@ enum Workload {
     HotCounter,
     /// N threads do versioned read-then-write over 100,000 documents / rows.
     SpreadWrites,
-    /// Both of the above.
+    /// hot-counter and spread-writes.
     All,
+    /// Transfers between 1,000 Zipf-skewed accounts in optimistic transactions
+    /// (issue 3); SQLite's `BEGIN IMMEDIATE` for reference.
+    Transfers,
+    /// The release `truce` server over loopback HTTP: keep-alive connections
+    /// `$inc` one document (issue 4); SQLite's embedded hot counter for reference.
+    HttpHotCounter,
+    /// Counter caches under concurrent confirm / open / delete (seed 003,
+    /// issue 6): Truce in_commit and after_commit against PostgreSQL.
+    Seed003,
 }
+
+/// Workers of `seed003` when `--threads` is not given.
+const SEED003_WORKERS: usize = 32;
+
+/// Threads of the SQLite comparisons when `--threads` is not given.
+const COMPARISON_THREADS: usize = 8;
+
+/// Connections of `http-hot-counter` when `--threads` is not given.
+const HTTP_CONNECTIONS: usize = 32;
+
+/// Thread counts of `transfers` when `--threads` is not given.
+const TRANSFER_THREADS: [usize; 2] = [8, 32];
 
 /// Parses `10s`, `250ms`, `2m` or a bare number of seconds.
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -125,54 +163,82 @@ fn compare(
     Ok(comparison)
 }
 
-fn run(cli: &Cli) -> BoxResult<Vec<Comparison>> {
+fn run(cli: &Cli) -> BoxResult<Vec<Box<dyn Report>>> {
+    let threads = cli.threads.map(usize::from);
     let config = Config {
-        threads: usize::from(cli.threads),
+        threads: threads.unwrap_or(COMPARISON_THREADS),
         duration: cli.duration,
         in_flight: usize::from(cli.in_flight),
         dir: cli.dir.clone().unwrap_or_else(std::env::temp_dir),
     };
     let machine = probe::probe(&config.dir)?;
-    let mut done = Vec::new();
+    let mut done: Vec<Box<dyn Report>> = Vec::new();
     if matches!(cli.workload, Workload::HotCounter | Workload::All) {
-        done.push(compare(
+        done.push(Box::new(compare(
             "hot-counter",
             &config,
             config.in_flight,
             &machine,
             truce_side::hot_counter,
             sqlite_side::hot_counter,
-        )?);
+        )?));
     }
     if matches!(cli.workload, Workload::SpreadWrites | Workload::All) {
         // Read-then-write cannot be pipelined: each write needs the version it read.
-        done.push(compare(
+        done.push(Box::new(compare(
             "spread-writes",
             &config,
             1,
             &machine,
             truce_side::spread_writes,
             sqlite_side::spread_writes,
-        )?);
+        )?));
+    }
+    if cli.workload == Workload::Transfers {
+        let counts = threads.map_or(TRANSFER_THREADS.to_vec(), |t| vec![t]);
+        for threads in counts {
+            println!("{machine}");
+            let config = Config {
+                threads,
+                ..config.clone()
+            };
+            done.push(Box::new(transfers::run(&config)?));
+        }
+    }
+    if cli.workload == Workload::HttpHotCounter {
+        println!("{machine}");
+        let config = Config {
+            threads: threads.unwrap_or(HTTP_CONNECTIONS),
+            ..config.clone()
+        };
+        done.push(Box::new(http_counter::run(&config, cli.server_bin.as_deref())?));
+    }
+    if cli.workload == Workload::Seed003 {
+        println!("{machine}");
+        let config = Config {
+            threads: threads.unwrap_or(SEED003_WORKERS),
+            ..config.clone()
+        };
+        done.push(Box::new(seed003::run(&config)?));
     }
     Ok(done)
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let comparisons = match run(&cli) {
-        Ok(comparisons) => comparisons,
+    let reports = match run(&cli) {
+        Ok(reports) => reports,
         Err(e) => {
             eprintln!("truce-bench: {e}");
             return ExitCode::FAILURE;
         }
     };
     if cli.json {
-        for comparison in &comparisons {
-            println!("{}", comparison.json_line());
+        for report in &reports {
+            println!("{}", report.json_line());
         }
     }
-    if comparisons.iter().all(Comparison::checks_passed) {
+    if reports.iter().all(|r| r.checks_passed()) {
         ExitCode::SUCCESS
     } else {
         eprintln!("truce-bench: a sanity check failed; the figures above measure a broken system");
@@ -199,7 +265,7 @@ mod tests {
     fn cli_defaults() {
         let cli = Cli::try_parse_from(["truce-bench", "hot-counter"]).expect("parses");
         assert_eq!(cli.workload, Workload::HotCounter);
-        assert_eq!((cli.threads, cli.in_flight, cli.json), (8, 1, false));
+        assert_eq!((cli.threads, cli.in_flight, cli.json), (None, 1, false));
         assert_eq!(cli.duration, Duration::from_secs(10));
         let cli = Cli::try_parse_from([
             "truce-bench",
@@ -212,5 +278,7 @@ mod tests {
         ])
         .expect("parses");
         assert_eq!((cli.workload, cli.in_flight, cli.json), (Workload::All, 32, true));
+        let cli = Cli::try_parse_from(["truce-bench", "transfers", "--threads", "32"]).expect("parses");
+        assert_eq!((cli.workload, cli.threads), (Workload::Transfers, Some(32)));
     }
 }

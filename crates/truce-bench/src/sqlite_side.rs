@@ -23,7 +23,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 type BoxResult<T> = Result<T, Box<dyn Error + Send + Sync>>;
 
 /// Opens a connection with the durable settings every connection here uses.
-fn connect(path: &Path) -> rusqlite::Result<Connection> {
+pub fn connect(path: &Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
     let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |row| row.get(0))?;
@@ -37,7 +37,7 @@ fn connect(path: &Path) -> rusqlite::Result<Connection> {
 }
 
 /// A fresh database file in a temporary directory under `config.dir`.
-fn create(config: &Config, schema: &str) -> BoxResult<(tempfile::TempDir, std::path::PathBuf)> {
+pub fn create(config: &Config, schema: &str) -> BoxResult<(tempfile::TempDir, std::path::PathBuf)> {
     let dir = tempfile::Builder::new()
         .prefix("sqlite-bench-")
         .tempdir_in(&config.dir)?;
@@ -56,9 +56,12 @@ where
         let mut recorder = Recorder::default();
         let conn = connect(path);
         let deadline = race.start();
-        let Ok(conn) = conn else {
-            recorder.errors += 1;
-            return recorder;
+        let conn = match conn {
+            Ok(conn) => conn,
+            Err(e) => {
+                recorder.error(e);
+                return recorder;
+            }
         };
         while Instant::now() < deadline {
             let t0 = Instant::now();
@@ -67,7 +70,7 @@ where
             match answer {
                 Ok(true) => recorder.ok += 1,
                 Ok(false) => recorder.conflicts += 1,
-                Err(_) => recorder.errors += 1,
+                Err(e) => recorder.error(e),
             }
             race.tick();
         }

@@ -18,8 +18,14 @@ pub struct Recorder {
     pub ok: u64,
     /// Operations that failed with an error.
     pub errors: u64,
-    /// Versioned writes refused because another writer got there first.
+    /// Versioned writes refused because another writer got there first; for
+    /// retried transactions, attempts that failed validation.
     pub conflicts: u64,
+    /// Attempts in all, where an operation may take several (retried
+    /// transactions); 0 where every operation is one attempt.
+    pub attempts: u64,
+    /// The first error seen, to say what the errors were.
+    pub first_error: Option<String>,
 }
 
 impl Default for Recorder {
@@ -29,6 +35,8 @@ impl Default for Recorder {
             ok: 0,
             errors: 0,
             conflicts: 0,
+            attempts: 0,
+            first_error: None,
         }
     }
 }
@@ -48,6 +56,18 @@ impl Recorder {
         self.ok += other.ok;
         self.errors += other.errors;
         self.conflicts += other.conflicts;
+        self.attempts += other.attempts;
+        if self.first_error.is_none() {
+            self.first_error.clone_from(&other.first_error);
+        }
+    }
+
+    /// Counts one failed operation and remembers the first error's text.
+    pub fn error(&mut self, error: impl std::fmt::Display) {
+        self.errors += 1;
+        if self.first_error.is_none() {
+            self.first_error = Some(error.to_string());
+        }
     }
 
     /// The latency at quantile `q` (0.5 = median), in µs; 0 when nothing was recorded.
@@ -86,6 +106,30 @@ pub fn per_second(count: u64, elapsed: Duration) -> f64 {
     if secs > 0.0 { count as f64 / secs } else { 0.0 }
 }
 
+/// What every workload's result offers `main`: a summary line and its verdict.
+pub trait Report {
+    /// The machine-readable summary: one JSON object on one line.
+    fn json_line(&self) -> String;
+    /// Whether every sanity check passed.
+    fn checks_passed(&self) -> bool;
+}
+
+/// One JSON object on one line with the keys in the order given (serde_json's
+/// own maps sort them).
+pub fn json_object(fields: &[(&str, serde_json::Value)]) -> String {
+    let parts: Vec<String> = fields
+        .iter()
+        .map(|(key, value)| format!("{}:{value}", serde_json::Value::from(*key)))
+        .collect();
+    format!("{{{}}}", parts.join(","))
+}
+
+/// A float rounded to `digits` decimals as a JSON number (`null` if not finite).
+pub fn json_float(value: f64, digits: i32) -> serde_json::Value {
+    let scale = 10f64.powi(digits);
+    serde_json::Number::from_f64((value * scale).round() / scale).map_or(serde_json::Value::Null, Into::into)
+}
+
 /// Truce against its peer on one workload.
 pub struct Comparison {
     /// The workload's name, e.g. `hot-counter`.
@@ -111,11 +155,6 @@ impl Comparison {
         }
     }
 
-    /// Whether both sanity checks passed.
-    pub fn checks_passed(&self) -> bool {
-        self.truce.check.is_ok() && self.peer.check.is_ok()
-    }
-
     /// The human-readable table, the sanity checks and the ratio line.
     pub fn table(&self) -> String {
         let mut out = String::new();
@@ -139,6 +178,11 @@ impl Comparison {
             );
         }
         for outcome in [&self.truce, &self.peer] {
+            if let Some(error) = &outcome.totals.first_error {
+                let _ = writeln!(out, "first error {}: {error}", outcome.system);
+            }
+        }
+        for outcome in [&self.truce, &self.peer] {
             let _ = match &outcome.check {
                 Ok(what) => writeln!(out, "check {}: ok ({what})", outcome.system),
                 Err(what) => writeln!(out, "check {}: FAILED ({what})", outcome.system),
@@ -147,9 +191,15 @@ impl Comparison {
         let _ = writeln!(out, "ratio truce/{} = {:.1}×", self.peer.system, self.ratio());
         out
     }
+}
 
-    /// The machine-readable summary: one JSON object on one line, keys in a fixed order.
-    pub fn json_line(&self) -> String {
+impl Report for Comparison {
+    fn checks_passed(&self) -> bool {
+        self.truce.check.is_ok() && self.peer.check.is_ok()
+    }
+
+    /// Keys in a fixed order (docs/benchmarks.md lists them).
+    fn json_line(&self) -> String {
         let ratio = self.ratio();
         let ratio = if ratio.is_finite() {
             format!("{ratio:.2}")
@@ -227,11 +277,13 @@ mod tests {
         for us in 51..=100 {
             b.latency(Duration::from_micros(us));
         }
-        b.errors = 2;
+        b.error("busy");
+        b.error("later");
         a.merge(&b);
         assert_eq!(a.percentile_us(0.5), 50);
         assert_eq!(a.percentile_us(0.99), 99);
         assert_eq!(a.errors, 2);
+        assert_eq!(a.first_error.as_deref(), Some("busy"));
         assert_eq!(Recorder::default().percentile_us(0.5), 0);
     }
 
@@ -274,9 +326,22 @@ mod tests {
     }
 
     #[test]
+    fn json_objects_keep_their_order() {
+        let line = json_object(&[
+            ("z", 1.into()),
+            ("a", "x".into()),
+            ("rate", json_float(0.123_456, 3)),
+            ("inf", json_float(f64::INFINITY, 2)),
+        ]);
+        assert_eq!(line, r#"{"z":1,"a":"x","rate":0.123,"inf":null}"#);
+        assert!(serde_json::from_str::<serde_json::Value>(&line).is_ok());
+    }
+
+    #[test]
     fn failed_check_shows_in_the_table() {
         let mut c = comparison();
         c.peer.check = Err("n = 3, acknowledged 4".into());
+        assert!(c.truce.check.is_ok());
         assert!(!c.checks_passed());
         assert!(c.table().contains("check sqlite: FAILED (n = 3, acknowledged 4)"));
     }

@@ -40,7 +40,7 @@ fn tally(recorder: &mut Recorder, answer: truce::Result<truce::WriteResult>) {
     match answer {
         Ok(Ok(_)) => recorder.ok += 1,
         Ok(Err(_conflict)) => recorder.conflicts += 1,
-        Err(_) => recorder.errors += 1,
+        Err(e) => recorder.error(e),
     }
 }
 
@@ -118,8 +118,8 @@ fn increment_pipelined(
         let t0 = Instant::now();
         match collection.submit_patch(HOT_ID, Arc::clone(update), Expect::Any) {
             Ok(pending) => outstanding.push_back((t0, pending)),
-            Err(_) => {
-                recorder.errors += 1;
+            Err(e) => {
+                recorder.error(e);
                 // Overloaded or stopped: let the committer catch up before retrying.
                 finish_oldest(&mut outstanding, &mut recorder);
             }

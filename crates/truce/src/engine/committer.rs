@@ -144,6 +144,8 @@ pub struct Committer {
     configs: HashMap<String, CollectionConfig>,
     outbox_entries: u64,
     outbox_oldest_ms: Option<u64>,
+    /// The last outbox key drained by this process (everything before it is gone).
+    outbox_cursor: Option<Vec<u8>>,
     /// Where each TTL collection's sweep continues (the last document key looked at).
     ttl_cursors: HashMap<String, Vec<u8>>,
     last_background: Instant,
@@ -290,6 +292,7 @@ impl Committer {
             configs,
             outbox_entries,
             outbox_oldest_ms,
+            outbox_cursor: None,
             ttl_cursors: HashMap::new(),
             last_background: Instant::now(),
             recent: RecentWrites::new(last_seq),
@@ -364,9 +367,16 @@ impl Committer {
     /// target, in one commit that also removes them: each delta lands exactly once.
     fn drain_outbox(&mut self) -> Result<()> {
         let storage = Arc::clone(&self.shared.storage);
+        // Entries are keyed by commit sequence, so everything before the last
+        // drained key is gone: start after it rather than stepping over the
+        // deleted entries again.
+        let start = self
+            .outbox_cursor
+            .as_deref()
+            .map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
         let entries = storage.scan(
             Space::Outbox,
-            std::ops::Bound::Unbounded,
+            start,
             std::ops::Bound::Unbounded,
             Direction::Forward,
             OUTBOX_DRAIN_ENTRIES_MAX,
@@ -389,9 +399,14 @@ impl Committer {
         let seq = group.seq;
         self.store(group)?;
         self.recent.record(seq, written);
+        self.outbox_cursor = entries.last().map(|(key, _)| key.clone());
+        let after = self
+            .outbox_cursor
+            .as_deref()
+            .map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
         let rest = storage.scan(
             Space::Outbox,
-            std::ops::Bound::Unbounded,
+            after,
             std::ops::Bound::Unbounded,
             Direction::Forward,
             1,

@@ -1,0 +1,236 @@
+//! Server processes the benchmark starts itself: finding (or building) the
+//! `truce` binary, a free loopback port, waiting until a server answers, its
+//! peak memory, and ending it by its process id — SIGTERM, then SIGKILL if it
+//! has not exited in time. A [`Process`] ends its process when dropped, so an
+//! error half-way never leaves a server behind.
+
+use std::error::Error;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::thread;
+use std::time::{Duration, Instant};
+
+type BoxResult<T> = Result<T, Box<dyn Error + Send + Sync>>;
+
+/// How long a server may take to start answering.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a server may take to exit after SIGTERM before it is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The release `truce` binary: `explicit` if given; otherwise, when the bench
+/// runs from its workspace, `cargo build --release -p truce-server` (a no-op
+/// when it is up to date) and the `truce` next to this executable
+/// (`target/release/truce`).
+pub fn truce_binary(explicit: Option<&Path>) -> BoxResult<PathBuf> {
+    if let Some(path) = explicit {
+        return if path.is_file() {
+            Ok(path.to_path_buf())
+        } else {
+            Err(format!("--server-bin {}: no such file", path.display()).into())
+        };
+    }
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    if workspace.join("Cargo.toml").is_file() {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        eprintln!("building the server: cargo build --release -p truce-server");
+        let status = Command::new(cargo)
+            .args(["build", "--release", "-p", "truce-server"])
+            .current_dir(&workspace)
+            .status()
+            .map_err(|e| format!("cannot run cargo to build the server: {e}"))?;
+        if !status.success() {
+            return Err(format!(
+                "cargo build --release -p truce-server failed ({status}); pass --server-bin PATH"
+            )
+            .into());
+        }
+    }
+    let candidate = std::env::current_exe()?.with_file_name("truce");
+    if candidate.is_file() {
+        Ok(candidate)
+    } else {
+        Err(format!(
+            "no server binary at {}: build it with `cargo build --release -p truce-server` or pass --server-bin PATH",
+            candidate.display()
+        )
+        .into())
+    }
+}
+
+/// A port that was free on 127.0.0.1 a moment ago.
+pub fn free_loopback_port() -> BoxResult<u16> {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// A process this benchmark started; ended by its id when dropped.
+pub struct Process {
+    child: Option<Child>,
+    pid: u32,
+    label: &'static str,
+}
+
+impl Process {
+    /// Starts `command`.
+    pub fn spawn(label: &'static str, command: &mut Command) -> BoxResult<Process> {
+        let child = command
+            .spawn()
+            .map_err(|e| format!("cannot start {label}: {e}"))?;
+        Ok(Process {
+            pid: child.id(),
+            child: Some(child),
+            label,
+        })
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Fails if the process has already exited.
+    pub fn check_running(&mut self) -> BoxResult<()> {
+        match self.child.as_mut().map(Child::try_wait) {
+            Some(Ok(None)) => Ok(()),
+            Some(Ok(Some(status))) => Err(format!("{} exited early: {status}", self.label).into()),
+            Some(Err(e)) => Err(format!("{}: {e}", self.label).into()),
+            None => Err(format!("{} was already stopped", self.label).into()),
+        }
+    }
+
+    /// Peak resident memory (VmHWM) in KiB, from `/proc/PID/status`.
+    pub fn peak_rss_kib(&self) -> Option<u64> {
+        std::fs::read_to_string(format!("/proc/{}/status", self.pid))
+            .ok()
+            .and_then(|status| status_field_kib(&status, "VmHWM"))
+    }
+
+    /// Sends SIGTERM and waits for the exit; SIGKILL (by id) after
+    /// [`STOP_TIMEOUT`]. Returns how it ended.
+    pub fn stop(&mut self) -> String {
+        let Some(mut child) = self.child.take() else {
+            return "already stopped".into();
+        };
+        if let Ok(Some(status)) = child.try_wait() {
+            return format!("had exited: {status}");
+        }
+        // SAFETY: kill(2) on the id of a child we have not reaped yet: the id
+        // cannot have been reused by another process.
+        unsafe {
+            libc::kill(self.pid as libc::pid_t, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        while Instant::now() < deadline {
+            match child.try_wait() {
+                Ok(Some(status)) => return format!("exited after SIGTERM: {status}"),
+                Ok(None) => thread::sleep(Duration::from_millis(20)),
+                Err(_) => break,
+            }
+        }
+        let _ = child.kill();
+        match child.wait() {
+            Ok(status) => format!("killed after {STOP_TIMEOUT:?}: {status}"),
+            Err(e) => format!("killed; wait failed: {e}"),
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            let how = self.stop();
+            eprintln!("{} (pid {}) {how}", self.label, self.pid);
+        }
+    }
+}
+
+/// A `kB` field of `/proc/PID/status`, e.g. `VmHWM:   123456 kB`.
+pub fn status_field_kib(status: &str, field: &str) -> Option<u64> {
+    status.lines().find_map(|line| {
+        let rest = line.strip_prefix(field)?.strip_prefix(':')?;
+        rest.split_whitespace().next()?.parse().ok()
+    })
+}
+
+/// One HTTP/1.1 request on a fresh connection (`Connection: close`); returns
+/// the status and the body. For setup and checks, not for load.
+pub fn http_once(addr: SocketAddr, method: &str, path: &str, body: Option<&str>) -> BoxResult<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let body = body.unwrap_or("");
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer)?;
+    parse_response(&String::from_utf8_lossy(&answer))
+}
+
+/// Status and body of a whole `Connection: close` response (no chunked bodies:
+/// the server sends a Content-Length).
+pub fn parse_response(text: &str) -> BoxResult<(u16, String)> {
+    let status = text
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|rest| rest.get(..3))
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| {
+            format!(
+                "not an HTTP/1.1 response: {:?}",
+                text.chars().take(80).collect::<String>()
+            )
+        })?;
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+    Ok((status, body.to_string()))
+}
+
+/// Waits until `GET /healthz` answers 200, failing early if `process` exits.
+pub fn wait_until_healthy(process: &mut Process, addr: SocketAddr) -> BoxResult<Duration> {
+    let started = Instant::now();
+    loop {
+        process.check_running()?;
+        if let Ok((200, _)) = http_once(addr, "GET", "/healthz", None) {
+            return Ok(started.elapsed());
+        }
+        if started.elapsed() > START_TIMEOUT {
+            return Err(format!("the server did not answer /healthz within {START_TIMEOUT:?}").into());
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_status_fields() {
+        let status = "Name:\ttruce\nVmPeak:\t  900000 kB\nVmHWM:\t   45678 kB\nVmRSS:\t   40000 kB\n";
+        assert_eq!(status_field_kib(status, "VmHWM"), Some(45_678));
+        assert_eq!(status_field_kib(status, "VmRSS"), Some(40_000));
+        assert_eq!(status_field_kib(status, "VmSwap"), None);
+    }
+
+    #[test]
+    fn parses_responses() {
+        let (status, body) =
+            parse_response("HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\n{\"n\":3}\n").expect("parses");
+        assert_eq!((status, body.as_str()), (200, "{\"n\":3}\n"));
+        assert!(parse_response("SSH-2.0").is_err());
+    }
+
+    #[test]
+    fn processes_end_by_pid() {
+        let mut sleeper = Process::spawn("sleep", Command::new("sleep").arg("30")).expect("sleep runs");
+        sleeper.check_running().expect("running");
+        assert!(sleeper.peak_rss_kib().is_some());
+        assert!(sleeper.stop().contains("SIGTERM"));
+        assert!(sleeper.check_running().is_err());
+        assert!(free_loopback_port().expect("a port") > 0);
+    }
+}
