@@ -638,18 +638,6 @@ fn cli_recount_refuses_a_running_server_and_fixes_a_stopped_ones_data() {
 // README
 // ---------------------------------------------------------------------------
 
-/// The shell block under "## Counters and TTL" in the README.
-fn readme_block() -> String {
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).expect("README");
-    let section = readme
-        .split("## Counters and TTL")
-        .nth(1)
-        .expect("the Counters and TTL section");
-    let block = section.split("```sh\n").nth(1).expect("a sh block");
-    block.split("```").next().expect("the block's end").to_string()
-}
-
 #[test]
 fn the_readme_counters_section_works_when_pasted() {
     if Command::new("curl").arg("--version").output().is_err() {
@@ -657,7 +645,7 @@ fn the_readme_counters_section_works_when_pasted() {
         return;
     }
     let server = Server::start();
-    let script = readme_block()
+    let script = common::readme_sh_block("## Counters and TTL")
         .replace("localhost:7070", &server.addr.to_string())
         .replace("curl -s ", "echo; curl -s ");
     let output = Command::new("bash")

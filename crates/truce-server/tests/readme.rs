@@ -5,18 +5,6 @@ mod common;
 
 use std::process::Command;
 
-/// The shell block under "## HTTP quick start" in the README.
-fn quick_start_block() -> String {
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).expect("README");
-    let section = readme
-        .split("## HTTP quick start")
-        .nth(1)
-        .expect("the HTTP quick start section");
-    let block = section.split("```sh\n").nth(1).expect("a sh block");
-    block.split("```").next().expect("the block's end").to_string()
-}
-
 #[test]
 fn the_readme_http_quick_start_works_when_pasted() {
     if Command::new("curl").arg("--version").output().is_err() {
@@ -24,7 +12,8 @@ fn the_readme_http_quick_start_works_when_pasted() {
         return;
     }
     let server = common::Server::start();
-    let script = quick_start_block().replace("localhost:7070", &server.addr.to_string());
+    let script =
+        common::readme_sh_block("## HTTP quick start").replace("localhost:7070", &server.addr.to_string());
     // Every command's answer on its own line, so the checks below can read them.
     let script = script.replace("curl -s ", "echo; curl -s ");
     let output = Command::new("bash")

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -182,9 +182,6 @@ async fn log_request(request: Request, next: Next) -> Response {
         tracing::warn!(%method, %route, status = status.as_u16(), latency_us, source, attempt, "request");
     } else {
         tracing::info!(%method, %route, status = status.as_u16(), latency_us, source, attempt, "request");
-    }
-    if status == StatusCode::NOT_MODIFIED {
-        return response;
     }
     response
 }

@@ -169,3 +169,16 @@ impl Drop for Server {
         self.kill9();
     }
 }
+
+/// The first shell block after the heading `section` in the README, as a user
+/// would paste it.
+pub fn readme_sh_block(section: &str) -> String {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).expect("README");
+    let after = readme
+        .split(section)
+        .nth(1)
+        .unwrap_or_else(|| panic!("README has no {section:?}"));
+    let block = after.split("```sh\n").nth(1).expect("a sh block");
+    block.split("```").next().expect("the block's end").to_string()
+}

@@ -123,11 +123,7 @@ impl<'a> Group<'a> {
         }
         let mut start = Bound::Included(prefix.to_vec());
         loop {
-            let start_ref = match &start {
-                Bound::Included(k) => Bound::Included(k.as_slice()),
-                Bound::Excluded(k) => Bound::Excluded(k.as_slice()),
-                Bound::Unbounded => Bound::Unbounded,
-            };
+            let start_ref = start.as_ref().map(Vec::as_slice);
             let entries = self
                 .storage
                 .scan(Space::Index, start_ref, end_bound, Direction::Forward, 16)?;

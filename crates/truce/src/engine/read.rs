@@ -291,11 +291,7 @@ pub fn read_changes_after(
         None => Bound::Included(prefix.clone()),
     };
     let end = position(upto.saturating_add(1), "");
-    let start_ref = match &start {
-        Bound::Included(k) => Bound::Included(k.as_slice()),
-        Bound::Excluded(k) => Bound::Excluded(k.as_slice()),
-        Bound::Unbounded => Bound::Unbounded,
-    };
+    let start_ref = start.as_ref().map(Vec::as_slice);
     let entries = view.scan(
         Space::Changes,
         start_ref,
