@@ -123,3 +123,43 @@ pub const BACKGROUND_TICK_MS: u64 = 50;
 /// Outbox entries drained in one commit: 10,000 increments become at most one
 /// write per target.
 pub const OUTBOX_DRAIN_ENTRIES_MAX: usize = 10_000;
+
+/// Longest `Truce-Source` name kept, in bytes; longer ones are cut. Sources
+/// become metric labels, so they must stay short.
+pub const SOURCE_BYTES_MAX: usize = 64;
+
+/// Distinct (family, reason, collection, source) label sets counted; the rest
+/// are counted under `_other`. Bounds the size of `/metrics` whatever clients send.
+pub const INSIGHT_LABEL_SETS_MAX: usize = 1024;
+
+/// Minutes of hot-spot history kept (the longest insights window is one hour).
+pub const HOT_SPOT_MINUTES: u64 = 60;
+
+/// Keys each minute's hot-spot summary tracks by default. With 60 minutes kept
+/// this bounds the tracker to 7,680 entries (a few MiB) whatever the number of
+/// conflicting documents; any key with more than 1/128 of a minute's events is
+/// guaranteed to be among them.
+pub const HOT_SPOTS_TRACKED_DEFAULT: usize = 128;
+
+/// Largest configurable per-minute hot-spot capacity.
+pub const HOT_SPOTS_TRACKED_MAX: usize = 4096;
+
+/// Most hot spots one insights answer lists.
+pub const HOT_SPOTS_LIMIT_MAX: usize = 100;
+
+/// Sources counted per hot spot and minute; events from further sources are
+/// counted together.
+pub const HOT_SPOT_SOURCES_MAX: usize = 4;
+
+/// A blind overwrite of a document another source changed within this window is
+/// counted as a likely lost update.
+pub const LAST_WRITER_WINDOW_MS: u64 = 60_000;
+
+/// Documents whose last writer is remembered for overwrite detection. When full
+/// of recent writes the map is cleared rather than grown.
+pub const LAST_WRITERS_MAX: usize = 65_536;
+
+/// The outbox counts as backed up once its oldest increment waited this long
+/// (the drain runs every [`BACKGROUND_TICK_MS`]); only then do counter targets
+/// show up as hot spots.
+pub const OUTBOX_BACKED_UP_MS: u64 = 1000;

@@ -198,7 +198,12 @@ impl Collection {
                 .as_ref()
                 .map_or(Expect::Absent, |d| Expect::Version(d.version()));
             let new = change(current.as_ref().map(|d| &d.body));
-            match self.put(id, new, expect)? {
+            let origin = super::insights::Origin::default().attempt(attempt, Some(attempts));
+            match self
+                .db
+                .submit_write_from(self.put_op(id, new, expect), None, origin)?
+                .wait()?
+            {
                 Ok(written) => return Ok(written),
                 Err(conflict) if attempt >= attempts => {
                     return Err(Error::RetriesExhausted {

@@ -26,6 +26,7 @@ use super::config::{self, CollectionConfig, CounterMode};
 use super::counters::{self, Increment};
 use super::evaluate::{self, CommitClock, WriteOp};
 use super::group::Group;
+use super::insights::{self, Event, Insights, Kind, Target};
 use super::outcome::{Conflict, ConflictReason, Effect, Expect, Written};
 use super::readset::RecentWrites;
 use super::tx::{self, Commit, OpConflict, PreparedOp, TxCommitted, TxFailure, TxOutcome};
@@ -129,6 +130,8 @@ pub struct Shared {
     pub configs: RwLock<HashMap<String, CollectionConfig>>,
     /// `after_commit` increments waiting in the outbox, and the time of the oldest.
     pub outbox: RwLock<(u64, Option<u64>)>,
+    /// Counters and hot spots.
+    pub insights: Insights,
 }
 
 /// Meta-space prefix of the collection registry: `coll 0x00 name` → empty.
@@ -151,6 +154,8 @@ pub struct Committer {
     last_background: Instant,
     recent: RecentWrites,
     last_maintenance: Instant,
+    /// What this group did, for the insights (handed over when it is stored).
+    events: Vec<Event>,
 }
 
 /// The counter increments a commit implies, by mode.
@@ -297,6 +302,7 @@ impl Committer {
             last_background: Instant::now(),
             recent: RecentWrites::new(last_seq),
             last_maintenance: Instant::now(),
+            events: Vec::new(),
         })
     }
 
@@ -393,11 +399,17 @@ impl Committer {
             increments.push(counters::decode_outbox(bytes)?.0);
             group.put(Space::Outbox, key.clone(), None);
         }
+        let backed_up = self
+            .outbox_oldest_ms
+            .is_some_and(|ms| group.ts_ms.saturating_sub(ms) > crate::limits::OUTBOX_BACKED_UP_MS);
+        if backed_up {
+            self.observe_outbox(&increments);
+        }
         let targets = counters::coalesce(increments);
         let mut written = Vec::new();
         self.apply_increments(&mut group, targets, &mut written);
         let seq = group.seq;
-        self.store(group)?;
+        self.store(group, 1)?;
         self.recent.record(seq, written);
         self.outbox_cursor = entries.last().map(|(key, _)| key.clone());
         let after = self
@@ -480,6 +492,7 @@ impl Committer {
         group.seq += 1;
         let mut written = Vec::new();
         let mut effects = CounterEffects::default();
+        let expired_count = expired.len() as u64;
         for (key, id) in expired {
             let current = group.current(&key, &id)?;
             if let (Ok(_), Some(state)) =
@@ -490,7 +503,8 @@ impl Committer {
         }
         self.finish_counters(&mut group, effects, &mut written);
         let seq = group.seq;
-        self.store(group)?;
+        self.events.push(Event::Expired(expired_count));
+        self.store(group, 1)?;
         self.recent.record(seq, written);
         self.publish_outbox();
         Ok(())
@@ -501,6 +515,7 @@ impl Committer {
     /// answers them.
     fn run_group(&mut self, waiting: &mut VecDeque<Request>) {
         if let Err(e) = self.shared.watermark.check() {
+            self.dequeued(waiting.len());
             waiting.drain(..).for_each(|r| r.fail(&e));
             return;
         }
@@ -512,8 +527,13 @@ impl Committer {
         while group.bytes < COMMIT_BATCH_BYTES_MAX
             && let Some(request) = waiting.pop_front()
         {
+            self.dequeued(1);
             answers.push(match request {
-                Request::Commit(commit, reply) => Answer::Commit(reply, self.commit(&mut group, &commit)),
+                Request::Commit(commit, reply) => {
+                    let outcome = self.commit(&mut group, &commit);
+                    self.observe(&commit, &outcome);
+                    Answer::Commit(reply, outcome)
+                }
                 Request::DefineIndex(def, reply) => {
                     catalog_changed = true;
                     Answer::Index(reply, self.define_index(&mut group, *def))
@@ -540,7 +560,7 @@ impl Committer {
                 }
             });
         }
-        let stored = self.store(group);
+        let stored = self.store(group, answers.len());
         if stored.is_ok() && catalog_changed {
             *self.shared.catalog.write().unwrap_or_else(|p| p.into_inner()) = self.indexes.clone();
         }
@@ -993,24 +1013,29 @@ impl Committer {
             }
             group.put(Space::IdempotencyExpiry, key.clone(), None);
         }
-        if let Err(e) = self.store(group) {
+        if let Err(e) = self.store(group, 1) {
             tracing::error!("idempotency purge failed: {e}");
         }
     }
 
     /// Writes a group as one atomic storage batch (with the new last sequence and
     /// time if it committed anything); on failure the engine stops writing for good.
-    fn store(&mut self, group: Group<'_>) -> Result<()> {
+    fn store(&mut self, group: Group<'_>, requests: usize) -> Result<()> {
         if group.is_empty() {
+            self.shared.insights.absorb(&mut self.events, requests, 0, None);
             return Ok(());
         }
         let (seq, ts_ms) = (group.seq, group.ts_ms);
+        let before = self.last_seq;
         let mut batch = group.into_batch();
         if seq > self.last_seq {
             batch.put(Space::Meta, META_LAST_SEQ.to_vec(), record::encode_counter(seq));
             batch.put(Space::Meta, META_LAST_TS.to_vec(), record::encode_counter(ts_ms));
         }
-        match self.shared.storage.apply(batch, self.shared.durability) {
+        let started = Instant::now();
+        let stored = self.shared.storage.apply(batch, self.shared.durability);
+        let took = started.elapsed();
+        let result = match stored {
             Ok(()) => {
                 self.last_seq = seq;
                 self.last_ts_ms = self.last_ts_ms.max(ts_ms);
@@ -1023,6 +1048,148 @@ impl Committer {
                 self.shared.watermark.fail(why.clone());
                 Err(Error::Unavailable(why))
             }
+        };
+        let commits = self.last_seq - before;
+        self.shared
+            .insights
+            .absorb(&mut self.events, requests, commits, Some(took));
+        result
+    }
+
+    /// Counts requests taken off the queue.
+    fn dequeued(&self, n: usize) {
+        self.shared
+            .insights
+            .queue_depth
+            .fetch_sub(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Notes what one evaluated commit did, for the insights.
+    fn observe(&mut self, commit: &Commit, outcome: &Result<TxOutcome>) {
+        let origin = &commit.origin;
+        let source = origin.source.clone();
+        let hot = |collection: &Arc<str>, target: Target, kind: Kind| Event::Hot {
+            collection: Arc::clone(collection),
+            target,
+            kind,
+            source: source.clone(),
+        };
+        match outcome {
+            Err(_) => {}
+            Ok(Ok(committed)) if committed.replayed => self.events.push(Event::Replayed),
+            Ok(Ok(committed)) => {
+                for (op, result) in commit.ops.iter().zip(&committed.results) {
+                    if op.write.is_none() {
+                        continue;
+                    }
+                    if origin.is_retry() {
+                        self.events
+                            .push(hot(&op.collection, Target::Document(op.id.clone()), Kind::Retry));
+                    }
+                    let Some(written) = result else { continue };
+                    let kind = match written.effect {
+                        Effect::NoOp => Kind::NoOp,
+                        Effect::Skipped => Kind::Skipped,
+                        Effect::Checked => continue,
+                        Effect::Created | Effect::Updated | Effect::Deleted => {
+                            let blind_put = matches!(op.write, Some(WriteOp::Put { .. }))
+                                && op.expect == Expect::Any
+                                && written.effect == Effect::Updated;
+                            self.events.push(Event::Changed {
+                                hash: insights::document_hash(&op.collection, &op.id),
+                                source: source.clone(),
+                                blind_put: blind_put.then(|| (Arc::clone(&op.collection), op.id.clone())),
+                            });
+                            continue;
+                        }
+                    };
+                    self.events
+                        .push(hot(&op.collection, Target::Document(op.id.clone()), kind));
+                }
+            }
+            Ok(Err(failure)) => {
+                let refused: Vec<(Arc<str>, Target, usize, bool)> = match failure {
+                    TxFailure::Conflicts(conflicts) => conflicts
+                        .iter()
+                        .map(|c| {
+                            let op = &commit.ops[c.index];
+                            let numbers_only = c.conflict.reason == ConflictReason::VersionMismatch
+                                && match (&op.write, &c.conflict.current) {
+                                    (Some(WriteOp::Put { body, .. }), Some(current)) => {
+                                        insights::numbers_only(body, &current.body)
+                                    }
+                                    _ => false,
+                                };
+                            let code = insights::conflict_index(c.conflict.reason.code());
+                            (
+                                Arc::clone(&op.collection),
+                                Target::Document(op.id.clone()),
+                                code,
+                                numbers_only,
+                            )
+                        })
+                        .collect(),
+                    TxFailure::ReadConflict { collection, what, .. } => {
+                        let target = match what.strip_prefix("document ") {
+                            Some(id) => Target::Document(id.to_string()),
+                            None => Target::Range(what.clone()),
+                        };
+                        vec![(
+                            Arc::from(collection.as_str()),
+                            target,
+                            insights::READ_CONFLICT,
+                            false,
+                        )]
+                    }
+                    TxFailure::SnapshotTooOld { .. } => {
+                        let collection = commit
+                            .ops
+                            .first()
+                            .map_or_else(|| Arc::from(""), |op| Arc::clone(&op.collection));
+                        vec![(
+                            collection,
+                            Target::Range(String::new()),
+                            insights::SNAPSHOT_TOO_OLD,
+                            false,
+                        )]
+                    }
+                };
+                for (collection, target, code, numbers_only) in refused {
+                    self.events.push(hot(
+                        &collection,
+                        target.clone(),
+                        Kind::Conflict { code, numbers_only },
+                    ));
+                    if origin.is_retry() {
+                        self.events.push(hot(&collection, target.clone(), Kind::Retry));
+                    }
+                    if origin.is_last_attempt() {
+                        self.events.push(hot(&collection, target, Kind::PermanentFailure));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Notes the counter targets a backed-up outbox drain applies increments to.
+    fn observe_outbox(&mut self, increments: &[Increment]) {
+        let mut per_target: Vec<(&str, &str, u64)> = Vec::new();
+        for inc in increments {
+            match per_target
+                .iter_mut()
+                .find(|(c, id, _)| *c == inc.collection && *id == inc.id)
+            {
+                Some((_, _, n)) => *n += 1,
+                None => per_target.push((&inc.collection, &inc.id, 1)),
+            }
+        }
+        for (collection, id, n) in per_target {
+            self.events.push(Event::Hot {
+                collection: Arc::from(collection),
+                target: Target::Document(id.to_string()),
+                kind: Kind::OutboxDeltas(n),
+                source: None,
+            });
         }
     }
 }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use crate::doc;
 use crate::error::{Error, Result};
 use crate::index::IndexState;
-use crate::limits::{COMMIT_QUEUE_REQUESTS_MAX, IDEMPOTENCY_RETENTION_MS_DEFAULT};
+use crate::limits::{COMMIT_QUEUE_REQUESTS_MAX, HOT_SPOTS_TRACKED_DEFAULT, IDEMPOTENCY_RETENTION_MS_DEFAULT};
 use crate::storage::{Durability, FjallStorage, Storage};
 
 mod collection;
@@ -23,6 +23,7 @@ pub mod config;
 mod counters;
 mod evaluate;
 mod group;
+pub mod insights;
 pub mod outcome;
 mod pending;
 pub mod read;
@@ -36,6 +37,7 @@ mod watermark;
 pub use collection::Collection;
 pub use committer::IndexProgress;
 pub use evaluate::WriteOp;
+pub use insights::{InsightsReport, Origin, Stats};
 pub use pending::{Pending, PendingFuture, PendingTx, PendingWrite};
 pub use read::{Change, ChangesPage};
 pub use recount::{RecountFix, RecountReport};
@@ -59,6 +61,9 @@ pub struct Options {
     pub queue_capacity: usize,
     /// How long an idempotency key is remembered (default 24 h).
     pub idempotency_retention: Duration,
+    /// Keys each minute's hot-spot summary tracks ([`HOT_SPOTS_TRACKED_DEFAULT`];
+    /// at most [`HOT_SPOTS_TRACKED_MAX`](crate::limits::HOT_SPOTS_TRACKED_MAX)).
+    pub hot_spots: usize,
 }
 
 impl Default for Options {
@@ -68,6 +73,7 @@ impl Default for Options {
             retry: RetryPolicy::default(),
             queue_capacity: COMMIT_QUEUE_REQUESTS_MAX,
             idempotency_retention: Duration::from_millis(IDEMPOTENCY_RETENTION_MS_DEFAULT),
+            hot_spots: HOT_SPOTS_TRACKED_DEFAULT,
         }
     }
 }
@@ -122,6 +128,7 @@ impl Db {
             collections: RwLock::default(),
             configs: RwLock::default(),
             outbox: RwLock::default(),
+            insights: insights::Insights::new(options.hot_spots)?,
         });
         let committer = Committer::recover(Arc::clone(&shared))?;
         let (queue, receiver) = mpsc::sync_channel(options.queue_capacity);
@@ -178,7 +185,13 @@ impl Db {
         self.inner.shared.watermark.check()?;
         let stopped = || Error::Unavailable("the committer has stopped".into());
         let queue = self.inner.queue.as_ref().ok_or_else(stopped)?;
-        match queue.try_send(request) {
+        let depth = &self.inner.shared.insights.queue_depth;
+        depth.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let sent = queue.try_send(request);
+        if sent.is_err() {
+            depth.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        match sent {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(_)) => Err(Error::Overloaded),
             Err(TrySendError::Disconnected(_)) => Err(stopped()),
@@ -217,6 +230,7 @@ impl Db {
         let mut attempt = 1;
         loop {
             let mut tx = self.begin()?;
+            tx.set_origin(tx.origin().clone().attempt(attempt, Some(attempts)));
             let value = body(&mut tx)?;
             match tx.commit()? {
                 Ok(_) => return Ok(value),
@@ -239,6 +253,18 @@ impl Db {
     /// idempotency key, the same batch sent again within the retention window gets
     /// the first answer without writing again.
     pub fn submit_batch(&self, ops: Vec<TxOp>, idempotency_key: Option<&str>) -> Result<PendingTx> {
+        self.submit_batch_from(ops, idempotency_key, Origin::default())
+    }
+
+    /// [`submit_batch`](Self::submit_batch) on behalf of `origin`, to whom its
+    /// conflicts, retries and failures are attributed in [`stats`](Self::stats)
+    /// and [`insights`](Self::insights).
+    pub fn submit_batch_from(
+        &self,
+        ops: Vec<TxOp>,
+        idempotency_key: Option<&str>,
+        origin: Origin,
+    ) -> Result<PendingTx> {
         let ops = tx::prepare_all(ops)?;
         let idempotency = idempotency_key
             .map(|key| IdempotencyKey::new(key, &ops))
@@ -247,12 +273,23 @@ impl Db {
             ops,
             reads: None,
             idempotency,
+            origin,
         })
     }
 
     /// Queues one write (a `put`, `patch` or `delete` op), optionally guarded by
     /// an idempotency key; the answer is that write's result.
     pub fn submit_write(&self, op: TxOp, idempotency_key: Option<&str>) -> Result<PendingWrite> {
+        self.submit_write_from(op, idempotency_key, Origin::default())
+    }
+
+    /// [`submit_write`](Self::submit_write) on behalf of `origin`.
+    pub fn submit_write_from(
+        &self,
+        op: TxOp,
+        idempotency_key: Option<&str>,
+        origin: Origin,
+    ) -> Result<PendingWrite> {
         let op = tx::PreparedOp::prepare(op)?;
         if op.write.is_none() {
             return Err(Error::InvalidTransaction(
@@ -267,9 +304,30 @@ impl Db {
                 ops: vec![op],
                 reads: None,
                 idempotency,
+                origin,
             },
             pending::single_write,
         )
+    }
+
+    /// The engine's counters: commits, groups and their fsync times, conflicts,
+    /// retries, permanent failures and overwrites by reason, collection and
+    /// source, no-ops, skips, replays, TTL deletions, queue and outbox.
+    pub fn stats(&self) -> Stats {
+        let shared = &self.inner.shared;
+        let outbox = *shared.outbox.read().unwrap_or_else(|p| p.into_inner());
+        shared.insights.stats(outbox, committer::now_ms())
+    }
+
+    /// The `limit` hottest documents and ranges of the last `window` (rounded up
+    /// to whole minutes, at most an hour): where conflicts, retries, overwrites
+    /// and duplicate writes come from, each with a remedy (docs/insights.md).
+    pub fn insights(&self, window: Duration, limit: usize) -> Result<InsightsReport> {
+        let shared = &self.inner.shared;
+        let (_, oldest) = *shared.outbox.read().unwrap_or_else(|p| p.into_inner());
+        let backed_up = oldest
+            .is_some_and(|ms| committer::now_ms().saturating_sub(ms) > crate::limits::OUTBOX_BACKED_UP_MS);
+        shared.insights.report(window, limit, backed_up)
     }
 
     /// `Ok` while the database accepts writes; the sticky failure otherwise.

@@ -18,6 +18,7 @@ use crate::update::Update;
 use super::Db;
 use super::committer::{now_ms, read_document};
 use super::evaluate::WriteOp;
+use super::insights::Origin;
 use super::outcome::Expect;
 use super::read::{durable_snapshot, run_query};
 use super::readset::ReadSet;
@@ -33,6 +34,7 @@ pub struct Transaction {
     reads: ReadSet,
     ops: Vec<PreparedOp>,
     by_key: HashMap<Vec<u8>, usize>,
+    origin: Origin,
 }
 
 impl Transaction {
@@ -46,7 +48,19 @@ impl Transaction {
             reads: ReadSet::default(),
             ops: Vec::new(),
             by_key: HashMap::new(),
+            origin: Origin::default(),
         })
+    }
+
+    /// Attributes this transaction's outcome to `origin` in the engine's
+    /// insights ([`Db::transaction`] sets the attempt itself).
+    pub fn set_origin(&mut self, origin: Origin) {
+        self.origin = origin;
+    }
+
+    /// Who this transaction is attributed to.
+    pub fn origin(&self) -> &Origin {
+        &self.origin
     }
 
     /// The commit sequence the transaction's reads see.
@@ -205,6 +219,7 @@ impl Transaction {
             ops: self.ops,
             reads: Some((self.reads, self.snapshot_seq)),
             idempotency: None,
+            origin: self.origin,
         };
         self.db.submit_commit(commit)?.wait()
     }

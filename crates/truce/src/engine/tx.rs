@@ -240,6 +240,8 @@ pub struct Commit {
     pub reads: Option<(ReadSet, u64)>,
     /// The idempotency key, if the caller sent one.
     pub idempotency: Option<IdempotencyKey>,
+    /// Who sent it, and which attempt: what insights attribute it to.
+    pub origin: super::insights::Origin,
 }
 
 /// A committed transaction.

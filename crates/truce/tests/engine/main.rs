@@ -8,6 +8,7 @@ mod errors;
 mod history;
 mod idempotency;
 mod indexes;
+mod insights;
 mod model;
 mod storage_conformance;
 mod transactions;

@@ -1,0 +1,1024 @@
+//! Conflict insights: what the committer saw, counted by reason, collection and
+//! source, and the hot spots behind it over sliding windows, each with a remedy.
+//!
+//! The committer collects [`Event`]s while it evaluates a group and hands them
+//! over once per stored group (one lock). Readers take snapshots
+//! ([`Db::stats`](super::Db::stats), [`Db::insights`](super::Db::insights)).
+//!
+//! Memory is bounded whatever the workload: label sets by
+//! [`INSIGHT_LABEL_SETS_MAX`], hot spots by one top-K summary (capacity set by
+//! [`Options::hot_spots`](super::Options::hot_spots)) per minute for
+//! [`HOT_SPOT_MINUTES`] minutes, and the last-writer map by
+//! [`LAST_WRITERS_MAX`]. Document ids never become metric labels.
+//!
+//! The top-K summary is Space-Saving (Metwally et al.): a key already tracked
+//! counts up; a new key takes the place of the least-counted one and inherits
+//! its count as an over-estimate (`error`). Any key with more events than
+//! `total / capacity` in a minute is guaranteed to be tracked.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::limits::{
+    HOT_SPOT_MINUTES, HOT_SPOT_SOURCES_MAX, HOT_SPOTS_LIMIT_MAX, HOT_SPOTS_TRACKED_MAX,
+    INSIGHT_LABEL_SETS_MAX, LAST_WRITER_WINDOW_MS, LAST_WRITERS_MAX, SOURCE_BYTES_MAX,
+};
+
+/// Who is writing, and which attempt this is. Conflicts, retries and permanent
+/// failures are attributed to it; nothing else depends on it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Origin {
+    /// The caller's name for the code path that writes (`Truce-Source`).
+    pub source: Option<Arc<str>>,
+    /// Which attempt this is, from 1; 0 when the caller did not say.
+    pub attempt: u32,
+    /// The caller's last attempt, when it said (`Truce-Attempt: n/max`).
+    pub attempts_max: Option<u32>,
+}
+
+impl Origin {
+    /// An origin naming its source (cut to [`SOURCE_BYTES_MAX`] bytes on a
+    /// character boundary; control characters are dropped).
+    pub fn source(source: &str) -> Origin {
+        let mut cut = String::with_capacity(source.len().min(SOURCE_BYTES_MAX));
+        for c in source.chars().filter(|c| !c.is_control()) {
+            if cut.len() + c.len_utf8() > SOURCE_BYTES_MAX {
+                break;
+            }
+            cut.push(c);
+        }
+        Origin {
+            source: (!cut.is_empty()).then(|| cut.into()),
+            ..Origin::default()
+        }
+    }
+
+    /// The same origin on attempt `attempt` of at most `max`.
+    pub fn attempt(mut self, attempt: u32, max: Option<u32>) -> Origin {
+        self.attempt = attempt;
+        self.attempts_max = max;
+        self
+    }
+
+    /// Whether this request is a retry (attempt 2 or later).
+    pub fn is_retry(&self) -> bool {
+        self.attempt > 1
+    }
+
+    /// Whether the caller said this is its last attempt.
+    pub fn is_last_attempt(&self) -> bool {
+        self.attempts_max
+            .is_some_and(|max| self.attempt >= max && self.attempt > 0)
+    }
+}
+
+/// The stable codes of every reason a write or transaction is refused, as
+/// counted: the five [`ConflictReason`](super::outcome::ConflictReason)s, then a
+/// transaction's read conflict and a snapshot too old to validate.
+pub const CONFLICT_CODES: [&str; 7] = [
+    "version_mismatch",
+    "already_exists",
+    "not_found",
+    "condition_failed",
+    "unique_violation",
+    "read_conflict",
+    "snapshot_too_old",
+];
+
+/// Index of `code` in [`CONFLICT_CODES`].
+pub(crate) fn conflict_index(code: &str) -> usize {
+    CONFLICT_CODES.iter().position(|c| *c == code).unwrap_or(0)
+}
+
+/// Position of `read_conflict` in [`CONFLICT_CODES`].
+pub(crate) const READ_CONFLICT: usize = 5;
+/// Position of `snapshot_too_old` in [`CONFLICT_CODES`].
+pub(crate) const SNAPSHOT_TOO_OLD: usize = 6;
+
+/// What a hot spot is: one document, or a range a transaction read.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Target {
+    /// A document, by id.
+    Document(String),
+    /// A key range read by transactions (`index NAME range`, or an id range).
+    Range(String),
+}
+
+/// What happened at a hot spot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// Refused, by index into [`CONFLICT_CODES`]; `numbers_only` when the refused
+    /// write differed from the current document in numbers only.
+    Conflict { code: usize, numbers_only: bool },
+    /// A request that declared itself a retry.
+    Retry,
+    /// Refused on the caller's declared last attempt.
+    PermanentFailure,
+    /// A blind full replace of a document another source changed within
+    /// [`LAST_WRITER_WINDOW_MS`].
+    Overwrite,
+    /// Identical to the current document: nothing written.
+    NoOp,
+    /// `$if` false with `$else: "skip"`.
+    Skipped,
+    /// `after_commit` increments applied to this counter target while the outbox
+    /// was backed up.
+    OutboxDeltas(u64),
+}
+
+/// What the committer reports to the tracker.
+pub(crate) enum Event {
+    /// A document changed. `blind_put` names it when the change was a full
+    /// replace without a precondition (a possible lost update).
+    Changed {
+        hash: u64,
+        source: Option<Arc<str>>,
+        blind_put: Option<(Arc<str>, String)>,
+    },
+    /// Something worth ranking happened.
+    Hot {
+        collection: Arc<str>,
+        target: Target,
+        kind: Kind,
+        source: Option<Arc<str>>,
+    },
+    /// An answer replayed for an idempotency key.
+    Replayed,
+    /// Documents deleted by the TTL sweeper.
+    Expired(u64),
+}
+
+/// The hash a document or range is tracked under.
+pub(crate) fn target_hash(collection: &str, target: &Target) -> u64 {
+    match target {
+        Target::Document(id) => key_hash(0, collection, id),
+        Target::Range(what) => key_hash(1, collection, what),
+    }
+}
+
+/// [`target_hash`] of a document, without building its [`Target`].
+pub(crate) fn document_hash(collection: &str, id: &str) -> u64 {
+    key_hash(0, collection, id)
+}
+
+fn key_hash(tag: u8, collection: &str, name: &str) -> u64 {
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    hasher.update(&[tag]);
+    hasher.update(collection.as_bytes());
+    hasher.update(&[0]);
+    hasher.update(name.as_bytes());
+    hasher.digest()
+}
+
+/// Counts kept per hot spot.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HotCounts {
+    /// Refusals, by [`CONFLICT_CODES`] position.
+    pub conflicts: [u64; CONFLICT_CODES.len()],
+    /// Version conflicts whose refused write differed only in numbers.
+    pub numbers_only: u64,
+    /// Requests that declared themselves retries.
+    pub retries: u64,
+    /// Refusals on a declared last attempt.
+    pub permanent_failures: u64,
+    /// Blind overwrites of another source's recent change.
+    pub overwrites: u64,
+    /// Writes that changed nothing.
+    pub noops: u64,
+    /// Conditional writes skipped.
+    pub skipped: u64,
+    /// `after_commit` increments applied while the outbox was backed up.
+    pub outbox_deltas: u64,
+    /// Writes that changed the document while it was tracked.
+    pub writes: u64,
+}
+
+impl HotCounts {
+    /// Every refusal.
+    pub fn conflicts_total(&self) -> u64 {
+        self.conflicts.iter().sum()
+    }
+
+    fn add(&mut self, kind: Kind) {
+        match kind {
+            Kind::Conflict { code, numbers_only } => {
+                self.conflicts[code] += 1;
+                self.numbers_only += u64::from(numbers_only);
+            }
+            Kind::Retry => self.retries += 1,
+            Kind::PermanentFailure => self.permanent_failures += 1,
+            Kind::Overwrite => self.overwrites += 1,
+            Kind::NoOp => self.noops += 1,
+            Kind::Skipped => self.skipped += 1,
+            Kind::OutboxDeltas(n) => self.outbox_deltas += n,
+        }
+    }
+
+    fn merge(&mut self, other: &HotCounts) {
+        for (a, b) in self.conflicts.iter_mut().zip(other.conflicts) {
+            *a += b;
+        }
+        self.numbers_only += other.numbers_only;
+        self.retries += other.retries;
+        self.permanent_failures += other.permanent_failures;
+        self.overwrites += other.overwrites;
+        self.noops += other.noops;
+        self.skipped += other.skipped;
+        self.outbox_deltas += other.outbox_deltas;
+        self.writes += other.writes;
+    }
+}
+
+/// What to do about a hot spot: a stable code and one sentence of advice.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Remedy {
+    /// Stable code (docs/insights.md lists every one).
+    pub code: &'static str,
+    /// What to change.
+    pub advice: &'static str,
+}
+
+/// The remedy rules, in the order they are tried (docs/insights.md).
+pub fn remedy(target: &Target, c: &HotCounts, outbox_backed_up: bool) -> Remedy {
+    let conflicts = c.conflicts_total();
+    let version = c.conflicts[0];
+    let duplicates = c.noops + c.skipped;
+    if matches!(target, Target::Range(_)) && c.conflicts[READ_CONFLICT] > 0 {
+        return Remedy {
+            code: "narrow_range",
+            advice: "transactions that read this range are invalidated by every write inside it: \
+                     read a narrower range (a tighter filter or a more selective index) or read the documents by id",
+        };
+    }
+    if version > 0 && c.numbers_only * 2 >= version {
+        return Remedy {
+            code: "use_update_operators",
+            advice: "writers race to replace numbers in this document: send $inc (or $max/$min) so the change \
+                     runs at the serialization point, or keep the number in a counter cache",
+        };
+    }
+    if c.overwrites > 0 && c.overwrites * 2 >= c.overwrites + conflicts {
+        return Remedy {
+            code: "send_version",
+            advice: "different sources overwrite this document blindly within a minute of each other (likely \
+                     lost updates): send _version or If-Match, or use update operators",
+        };
+    }
+    if duplicates > 0 && duplicates * 2 >= duplicates + c.writes {
+        return Remedy {
+            code: "deduplicate_writes",
+            advice: "most writes to this document change nothing: a client sends duplicates; send them less \
+                     often or guard them with $if and $else: \"skip\" (the heartbeat pattern)",
+        };
+    }
+    if c.outbox_deltas > 0 && outbox_backed_up {
+        return Remedy {
+            code: "counter_target_hot",
+            advice: "this counter target absorbs many after_commit increments and the outbox is backing up: \
+                     split the counter (e.g. per day or per shard) or lower the number of sources per target",
+        };
+    }
+    if conflicts > 0 {
+        return Remedy {
+            code: "reduce_contention",
+            advice: "many writers race for this document: use update operators for the fields they change, \
+                     split it into documents written by fewer writers, and retry with backoff and full jitter",
+        };
+    }
+    Remedy {
+        code: "none",
+        advice: "no change needed yet",
+    }
+}
+
+/// One tracked key of a minute's summary.
+#[derive(Clone, Debug)]
+struct Entry {
+    collection: Arc<str>,
+    target: Target,
+    /// Events counted for this key (an over-estimate by at most `error`).
+    score: u64,
+    error: u64,
+    counts: HotCounts,
+    sources: Vec<(Option<Arc<str>>, u64)>,
+    /// Events from sources beyond [`HOT_SPOT_SOURCES_MAX`].
+    other_sources: u64,
+}
+
+impl Entry {
+    fn count_source(&mut self, source: Option<&Arc<str>>, n: u64) {
+        if let Some((_, count)) = self.sources.iter_mut().find(|(s, _)| s.as_ref() == source) {
+            *count += n;
+        } else if self.sources.len() < HOT_SPOT_SOURCES_MAX {
+            self.sources.push((source.cloned(), n));
+        } else {
+            self.other_sources += n;
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        let target = match &self.target {
+            Target::Document(s) | Target::Range(s) => s.capacity(),
+        };
+        std::mem::size_of::<Entry>()
+            + target
+            + self.sources.capacity() * std::mem::size_of::<(Option<Arc<str>>, u64)>()
+    }
+}
+
+/// One minute's top-K summary.
+struct Minute {
+    index: u64,
+    entries: HashMap<u64, Entry>,
+}
+
+impl Minute {
+    fn record(
+        &mut self,
+        capacity: usize,
+        hash: u64,
+        collection: &Arc<str>,
+        target: Target,
+        kind: Kind,
+        source: Option<&Arc<str>>,
+    ) {
+        let entry = match self.entries.entry(hash) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(_) => {
+                // Space-Saving: a new key in a full summary replaces the
+                // least-counted one and starts from its count, so no key's count
+                // is ever under-estimated.
+                let floor = if self.entries.len() >= capacity {
+                    let (&evict, least) = self
+                        .entries
+                        .iter()
+                        .min_by_key(|(_, e)| e.score)
+                        .expect("a full summary has entries");
+                    let floor = least.score;
+                    self.entries.remove(&evict);
+                    floor
+                } else {
+                    0
+                };
+                self.entries
+                    .entry(hash)
+                    .or_insert_with(|| Entry::new(collection, target, floor))
+            }
+        };
+        entry.score += 1;
+        entry.counts.add(kind);
+        entry.count_source(source, 1);
+    }
+}
+
+impl Entry {
+    fn new(collection: &Arc<str>, target: Target, floor: u64) -> Entry {
+        Entry {
+            collection: Arc::clone(collection),
+            target,
+            score: floor,
+            error: floor,
+            counts: HotCounts::default(),
+            sources: Vec::new(),
+            other_sources: 0,
+        }
+    }
+}
+
+/// Which counted family a labelled count belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Family {
+    /// Refusals (with a reason).
+    Conflicts,
+    /// Requests that declared themselves retries.
+    Retries,
+    /// Refusals on a declared last attempt.
+    PermanentFailures,
+    /// Blind overwrites of another source's recent change.
+    Overwrites,
+}
+
+type LabelKey = (Family, &'static str, Arc<str>, Arc<str>);
+
+/// A fixed-bucket histogram.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Histogram {
+    /// Upper bounds of the buckets (the last bucket, `+Inf`, is implied).
+    pub bounds: &'static [f64],
+    /// Observations per bucket (not cumulative); one more than `bounds`.
+    pub counts: Vec<u64>,
+    /// Sum of observations.
+    pub sum: f64,
+    /// Number of observations.
+    pub count: u64,
+}
+
+impl Histogram {
+    fn new(bounds: &'static [f64]) -> Histogram {
+        Histogram {
+            bounds,
+            counts: vec![0; bounds.len() + 1],
+            sum: 0.0,
+            count: 0,
+        }
+    }
+
+    fn observe(&mut self, value: f64) {
+        let bucket = self
+            .bounds
+            .iter()
+            .position(|b| value <= *b)
+            .unwrap_or(self.bounds.len());
+        self.counts[bucket] += 1;
+        self.sum += value;
+        self.count += 1;
+    }
+}
+
+/// Commits per group: powers of two up to the batch limit.
+const GROUP_SIZE_BOUNDS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0,
+];
+/// Seconds a group's write and fsync took.
+const FSYNC_SECONDS_BOUNDS: &[f64] = &[
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
+
+/// A snapshot of the engine's counters.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Stats {
+    /// Commits that wrote something.
+    pub commits: u64,
+    /// Group commits stored (one fsync each).
+    pub groups: u64,
+    /// Document changes (created, updated, deleted).
+    pub writes: u64,
+    /// Writes that changed nothing.
+    pub noops: u64,
+    /// Conditional writes skipped.
+    pub skipped: u64,
+    /// Answers replayed for an idempotency key.
+    pub replays: u64,
+    /// Documents deleted by the TTL sweeper.
+    pub ttl_deleted: u64,
+    /// Requests waiting for the committer now.
+    pub queue_depth: u64,
+    /// `after_commit` increments waiting in the outbox.
+    pub outbox_entries: u64,
+    /// Age of the oldest waiting increment, in ms.
+    pub outbox_oldest_age_ms: Option<u64>,
+    /// Commits per group.
+    pub group_size: Histogram,
+    /// Seconds each group's write and fsync took.
+    pub fsync_seconds: Histogram,
+    /// Labelled counts: family, reason (conflicts only, else ""), collection,
+    /// source ("" when none was sent; `_other` past the label bound).
+    pub labelled: Vec<(Family, &'static str, String, String, u64)>,
+    /// Keys tracked by the hot-spot summaries now, over every minute kept.
+    pub tracked_keys: u64,
+    /// Approximate bytes the tracker holds.
+    pub tracker_bytes: u64,
+}
+
+/// One hot spot over a window.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HotSpot {
+    /// Collection.
+    pub collection: String,
+    /// Document or range.
+    pub target: Target,
+    /// Events counted (conflicts, retries, permanent failures, overwrites, no-ops,
+    /// skips, backed-up counter deltas), an over-estimate by at most `error`.
+    pub score: u64,
+    /// How much `score` may over-count.
+    pub error: u64,
+    /// The counts behind the score.
+    pub counts: HotCounts,
+    /// Events by source, most first (`None`: no source sent); at most
+    /// [`HOT_SPOT_SOURCES_MAX`] per minute, the rest in `other_sources`.
+    pub sources: Vec<(Option<String>, u64)>,
+    /// Events from sources not listed.
+    pub other_sources: u64,
+    /// Events per second over the window.
+    pub rate_per_s: f64,
+    /// What to do about it.
+    pub remedy: Remedy,
+}
+
+/// The hot spots over a window.
+#[derive(Clone, Debug, PartialEq)]
+pub struct InsightsReport {
+    /// The window asked for, in seconds.
+    pub window_s: u64,
+    /// Seconds the kept minutes actually cover (less after a restart).
+    pub covered_s: f64,
+    /// The hottest first.
+    pub hot_spots: Vec<HotSpot>,
+}
+
+/// Everything the tracker holds, behind one lock.
+struct Tracker {
+    started: Instant,
+    capacity: usize,
+    minutes: VecDeque<Minute>,
+    labelled: HashMap<LabelKey, u64>,
+    last_writers: HashMap<u64, (Option<Arc<str>>, Instant)>,
+    commits: u64,
+    groups: u64,
+    writes: u64,
+    noops: u64,
+    skipped: u64,
+    replays: u64,
+    ttl_deleted: u64,
+    group_size: Histogram,
+    fsync_seconds: Histogram,
+}
+
+/// The engine's counters and hot-spot tracker, shared by the committer and readers.
+pub struct Insights {
+    tracker: std::sync::Mutex<Tracker>,
+    /// Requests waiting for the committer.
+    pub(crate) queue_depth: AtomicUsize,
+}
+
+fn empty() -> Arc<str> {
+    Arc::from("")
+}
+
+impl Insights {
+    /// A tracker keeping the `capacity` hottest keys per minute.
+    pub fn new(capacity: usize) -> Result<Insights> {
+        if capacity == 0 || capacity > HOT_SPOTS_TRACKED_MAX {
+            return Err(Error::LimitExceeded {
+                what: "HOT_SPOTS_TRACKED_MAX",
+                limit: HOT_SPOTS_TRACKED_MAX as u64,
+            });
+        }
+        Ok(Insights {
+            tracker: std::sync::Mutex::new(Tracker {
+                started: Instant::now(),
+                capacity,
+                minutes: VecDeque::new(),
+                labelled: HashMap::new(),
+                last_writers: HashMap::new(),
+                commits: 0,
+                groups: 0,
+                writes: 0,
+                noops: 0,
+                skipped: 0,
+                replays: 0,
+                ttl_deleted: 0,
+                group_size: Histogram::new(GROUP_SIZE_BOUNDS),
+                fsync_seconds: Histogram::new(FSYNC_SECONDS_BOUNDS),
+            }),
+            queue_depth: AtomicUsize::new(0),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Tracker> {
+        self.tracker.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes in one group's events: `requests` were evaluated into `commits`
+    /// new sequence numbers, and storing took `fsync` (`None`: nothing written).
+    pub(crate) fn absorb(
+        &self,
+        events: &mut Vec<Event>,
+        requests: usize,
+        commits: u64,
+        fsync: Option<Duration>,
+    ) {
+        if events.is_empty() && fsync.is_none() {
+            return;
+        }
+        let mut t = self.lock();
+        let now = Instant::now();
+        t.commits += commits;
+        if let Some(took) = fsync {
+            t.groups += 1;
+            t.group_size.observe(requests as f64);
+            t.fsync_seconds.observe(took.as_secs_f64());
+        }
+        for event in events.drain(..) {
+            t.absorb_one(event, now);
+        }
+    }
+
+    /// The counters now; `outbox` is the engine's (entries, oldest ms).
+    pub(crate) fn stats(&self, outbox: (u64, Option<u64>), now_ms: u64) -> Stats {
+        let t = self.lock();
+        let mut labelled: Vec<_> = t
+            .labelled
+            .iter()
+            .map(|((family, reason, coll, source), n)| {
+                (*family, *reason, coll.to_string(), source.to_string(), *n)
+            })
+            .collect();
+        labelled.sort_by(|a, b| (a.0 as u8, a.1, &a.2, &a.3).cmp(&(b.0 as u8, b.1, &b.2, &b.3)));
+        let tracked: Vec<&Entry> = t.minutes.iter().flat_map(|m| m.entries.values()).collect();
+        Stats {
+            commits: t.commits,
+            groups: t.groups,
+            writes: t.writes,
+            noops: t.noops,
+            skipped: t.skipped,
+            replays: t.replays,
+            ttl_deleted: t.ttl_deleted,
+            queue_depth: self.queue_depth.load(Ordering::Relaxed) as u64,
+            outbox_entries: outbox.0,
+            outbox_oldest_age_ms: outbox.1.map(|oldest| now_ms.saturating_sub(oldest)),
+            group_size: t.group_size.clone(),
+            fsync_seconds: t.fsync_seconds.clone(),
+            labelled,
+            tracked_keys: tracked.len() as u64,
+            tracker_bytes: t.bytes() as u64,
+        }
+    }
+
+    /// The `limit` hottest keys over the last `window` (whole minutes, at most
+    /// [`HOT_SPOT_MINUTES`]); `outbox_backed_up` enables the counter-target rule.
+    pub(crate) fn report(
+        &self,
+        window: Duration,
+        limit: usize,
+        outbox_backed_up: bool,
+    ) -> Result<InsightsReport> {
+        let window_s = window.as_secs();
+        if !(1..=HOT_SPOT_MINUTES * 60).contains(&window_s) {
+            return Err(Error::InvalidQuery(format!(
+                "window is 1 to {} seconds",
+                HOT_SPOT_MINUTES * 60
+            )));
+        }
+        if limit == 0 || limit > HOT_SPOTS_LIMIT_MAX {
+            return Err(Error::InvalidQuery(format!(
+                "limit is 1 to {HOT_SPOTS_LIMIT_MAX}"
+            )));
+        }
+        let t = self.lock();
+        let elapsed = t.started.elapsed();
+        let current = elapsed.as_secs() / 60;
+        let minutes = window_s.div_ceil(60);
+        let first = (current + 1).saturating_sub(minutes);
+        let mut merged: HashMap<u64, Entry> = HashMap::new();
+        for minute in t.minutes.iter().filter(|m| m.index >= first) {
+            for (hash, entry) in &minute.entries {
+                match merged.get_mut(hash) {
+                    None => {
+                        merged.insert(*hash, entry.clone());
+                    }
+                    Some(into) => {
+                        into.score += entry.score;
+                        into.error += entry.error;
+                        into.counts.merge(&entry.counts);
+                        for (source, n) in &entry.sources {
+                            into.count_source(source.as_ref(), *n);
+                        }
+                        into.other_sources += entry.other_sources;
+                    }
+                }
+            }
+        }
+        let covered_s = (elapsed.as_secs_f64() - (first * 60) as f64).clamp(1.0, (minutes * 60) as f64);
+        let mut entries: Vec<Entry> = merged.into_values().collect();
+        entries.sort_by(|a, b| {
+            b.score
+                .cmp(&a.score)
+                .then_with(|| a.collection.cmp(&b.collection))
+        });
+        let hot_spots = entries
+            .into_iter()
+            .take(limit)
+            .map(|mut e| {
+                e.sources.sort_by_key(|s| std::cmp::Reverse(s.1));
+                HotSpot {
+                    remedy: remedy(&e.target, &e.counts, outbox_backed_up),
+                    collection: e.collection.to_string(),
+                    rate_per_s: e.score as f64 / covered_s,
+                    target: e.target,
+                    score: e.score,
+                    error: e.error,
+                    counts: e.counts,
+                    sources: e
+                        .sources
+                        .into_iter()
+                        .map(|(s, n)| (s.map(|s| s.to_string()), n))
+                        .collect(),
+                    other_sources: e.other_sources,
+                }
+            })
+            .collect();
+        Ok(InsightsReport {
+            window_s,
+            covered_s,
+            hot_spots,
+        })
+    }
+}
+
+impl Tracker {
+    fn minute(&mut self, now: Instant) -> &mut Minute {
+        let index = now.saturating_duration_since(self.started).as_secs() / 60;
+        if self.minutes.back().is_none_or(|m| m.index != index) {
+            self.minutes.push_back(Minute {
+                index,
+                entries: HashMap::new(),
+            });
+        }
+        while self
+            .minutes
+            .front()
+            .is_some_and(|m| m.index + HOT_SPOT_MINUTES <= index)
+        {
+            self.minutes.pop_front();
+        }
+        self.minutes.back_mut().expect("just pushed")
+    }
+
+    fn label(
+        &mut self,
+        family: Family,
+        reason: &'static str,
+        collection: &Arc<str>,
+        source: Option<&Arc<str>>,
+    ) {
+        let source = source.cloned().unwrap_or_else(empty);
+        let key = (family, reason, Arc::clone(collection), source);
+        if let Some(n) = self.labelled.get_mut(&key) {
+            *n += 1;
+        } else if self.labelled.len() < INSIGHT_LABEL_SETS_MAX {
+            self.labelled.insert(key, 1);
+        } else {
+            let other: Arc<str> = Arc::from("_other");
+            *self
+                .labelled
+                .entry((family, reason, Arc::clone(&other), other))
+                .or_insert(0) += 1;
+        }
+    }
+
+    fn hot(
+        &mut self,
+        collection: &Arc<str>,
+        target: Target,
+        kind: Kind,
+        source: Option<&Arc<str>>,
+        now: Instant,
+    ) {
+        match kind {
+            Kind::Conflict { code, .. } => {
+                self.label(Family::Conflicts, CONFLICT_CODES[code], collection, source)
+            }
+            Kind::Retry => self.label(Family::Retries, "", collection, source),
+            Kind::PermanentFailure => self.label(Family::PermanentFailures, "", collection, source),
+            Kind::Overwrite => self.label(Family::Overwrites, "", collection, source),
+            Kind::NoOp => self.noops += 1,
+            Kind::Skipped => self.skipped += 1,
+            Kind::OutboxDeltas(_) => {}
+        }
+        if matches!(&target, Target::Range(what) if what.is_empty()) {
+            // A snapshot too old names no document or range.
+            return;
+        }
+        let hash = target_hash(collection, &target);
+        let capacity = self.capacity;
+        self.minute(now)
+            .record(capacity, hash, collection, target, kind, source);
+    }
+
+    fn absorb_one(&mut self, event: Event, now: Instant) {
+        match event {
+            Event::Replayed => self.replays += 1,
+            Event::Expired(n) => self.ttl_deleted += n,
+            Event::Hot {
+                collection,
+                target,
+                kind,
+                source,
+            } => self.hot(&collection, target, kind, source.as_ref(), now),
+            Event::Changed {
+                hash,
+                source,
+                blind_put,
+            } => {
+                self.writes += 1;
+                let window = Duration::from_millis(LAST_WRITER_WINDOW_MS);
+                let previous = self.remember_writer(hash, source.clone(), now);
+                if let (Some((collection, id)), Some((Some(before), at)), Some(now_source)) =
+                    (blind_put, previous, source.as_ref())
+                    && before != *now_source
+                    && now.saturating_duration_since(at) <= window
+                {
+                    self.hot(
+                        &collection,
+                        Target::Document(id),
+                        Kind::Overwrite,
+                        Some(now_source),
+                        now,
+                    );
+                }
+                if let Some(entry) = self.minute(now).entries.get_mut(&hash) {
+                    entry.counts.writes += 1;
+                }
+            }
+        }
+    }
+
+    /// Records who changed document `hash` last, returning who did before.
+    fn remember_writer(
+        &mut self,
+        hash: u64,
+        source: Option<Arc<str>>,
+        now: Instant,
+    ) -> Option<(Option<Arc<str>>, Instant)> {
+        if self.last_writers.len() >= LAST_WRITERS_MAX && !self.last_writers.contains_key(&hash) {
+            let window = Duration::from_millis(LAST_WRITER_WINDOW_MS);
+            self.last_writers
+                .retain(|_, (_, at)| now.saturating_duration_since(*at) <= window);
+            if self.last_writers.len() >= LAST_WRITERS_MAX {
+                // Everything is recent: forget it all rather than grow. Overwrites
+                // in the next moments may go unnoticed; memory stays bounded.
+                self.last_writers.clear();
+            }
+        }
+        self.last_writers.insert(hash, (source, now))
+    }
+
+    fn bytes(&self) -> usize {
+        let entries: usize = self
+            .minutes
+            .iter()
+            .map(|m| {
+                m.entries.capacity() * (std::mem::size_of::<u64>() + 8)
+                    + m.entries.values().map(Entry::bytes).sum::<usize>()
+            })
+            .sum();
+        let labels = self.labelled.capacity() * (std::mem::size_of::<LabelKey>() + 16);
+        let writers =
+            self.last_writers.capacity() * (std::mem::size_of::<(u64, (Option<Arc<str>>, Instant))>() + 8);
+        entries + labels + writers
+    }
+}
+
+/// Whether a refused full replace differs from the current document only in
+/// numbers: same fields, and every differing value a number on both sides.
+pub(crate) fn numbers_only(new: &crate::doc::Body, current: &crate::doc::Body) -> bool {
+    use serde_json::Value;
+    fn same_shape(a: &Value, b: &Value) -> bool {
+        match (a, b) {
+            (Value::Number(_), Value::Number(_)) => true,
+            (Value::Object(x), Value::Object(y)) => {
+                x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same_shape(v, w)))
+            }
+            (Value::Array(x), Value::Array(y)) => {
+                x.len() == y.len() && x.iter().zip(y).all(|(v, w)| same_shape(v, w))
+            }
+            (a, b) => a == b,
+        }
+    }
+    let visible = |k: &String| !k.starts_with('_');
+    new.keys().filter(|k| visible(k)).count() == current.keys().filter(|k| visible(k)).count()
+        && new
+            .iter()
+            .filter(|(k, _)| visible(k))
+            .all(|(k, v)| current.get(k).is_some_and(|w| same_shape(v, w)))
+        && new != current
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn coll() -> Arc<str> {
+        Arc::from("c")
+    }
+
+    fn conflict(id: &str, source: &str) -> Event {
+        Event::Hot {
+            collection: coll(),
+            target: Target::Document(id.into()),
+            kind: Kind::Conflict {
+                code: 0,
+                numbers_only: false,
+            },
+            source: Some(Arc::from(source)),
+        }
+    }
+
+    #[test]
+    fn a_million_distinct_documents_stay_within_the_configured_size() {
+        let insights = Insights::new(64).unwrap();
+        let mut events = Vec::with_capacity(10_000);
+        for chunk in 0..100 {
+            for i in 0..10_000 {
+                events.push(conflict(&format!("doc-{chunk}-{i}"), "s"));
+            }
+            insights.absorb(&mut events, 1, 0, None);
+        }
+        let stats = insights.stats((0, None), 0);
+        assert!(stats.tracked_keys <= 64, "tracked {}", stats.tracked_keys);
+        // 64 entries with short ids, the label map and the summary's table.
+        assert!(
+            stats.tracker_bytes < 64 * 1024,
+            "tracker holds {} bytes",
+            stats.tracker_bytes
+        );
+        let conflicts: u64 = stats.labelled.iter().map(|l| l.4).sum();
+        assert_eq!(conflicts, 1_000_000);
+    }
+
+    #[test]
+    fn a_heavy_key_survives_a_flood_of_distinct_ones() {
+        let insights = Insights::new(16).unwrap();
+        let mut events = Vec::new();
+        for i in 0..20_000 {
+            events.push(conflict(&format!("noise-{i}"), "s"));
+            if i % 10 == 0 {
+                events.push(conflict("hot", "s"));
+            }
+        }
+        insights.absorb(&mut events, 1, 0, None);
+        let report = insights.report(Duration::from_secs(60), 1, false).unwrap();
+        assert_eq!(report.hot_spots[0].target, Target::Document("hot".into()));
+        assert!(report.hot_spots[0].score >= 2000);
+    }
+
+    #[test]
+    fn label_sets_are_bounded() {
+        let insights = Insights::new(8).unwrap();
+        let mut events: Vec<Event> = (0..INSIGHT_LABEL_SETS_MAX + 100)
+            .map(|i| conflict("d", &format!("source-{i}")))
+            .collect();
+        insights.absorb(&mut events, 1, 0, None);
+        let stats = insights.stats((0, None), 0);
+        assert_eq!(stats.labelled.len(), INSIGHT_LABEL_SETS_MAX + 1);
+        let other = stats.labelled.iter().find(|l| l.3 == "_other").unwrap();
+        assert_eq!(other.4, 100);
+    }
+
+    #[test]
+    fn remedies_follow_the_documented_rules() {
+        let doc = Target::Document("d".into());
+        let mut c = HotCounts::default();
+        c.conflicts[0] = 10;
+        c.numbers_only = 6;
+        assert_eq!(remedy(&doc, &c, false).code, "use_update_operators");
+        c.numbers_only = 2;
+        assert_eq!(remedy(&doc, &c, false).code, "reduce_contention");
+        let mut c = HotCounts {
+            overwrites: 5,
+            ..HotCounts::default()
+        };
+        assert_eq!(remedy(&doc, &c, false).code, "send_version");
+        c.overwrites = 0;
+        c.noops = 8;
+        c.writes = 2;
+        assert_eq!(remedy(&doc, &c, false).code, "deduplicate_writes");
+        let mut c = HotCounts::default();
+        c.conflicts[READ_CONFLICT] = 3;
+        assert_eq!(
+            remedy(&Target::Range("index by_x range".into()), &c, false).code,
+            "narrow_range"
+        );
+        let c = HotCounts {
+            outbox_deltas: 100,
+            ..HotCounts::default()
+        };
+        assert_eq!(remedy(&doc, &c, true).code, "counter_target_hot");
+        assert_eq!(remedy(&doc, &c, false).code, "none");
+    }
+
+    #[test]
+    fn numbers_only_compares_fields_and_values() {
+        let body = |v: serde_json::Value| crate::doc::body_from_value(v).unwrap();
+        assert!(numbers_only(
+            &body(serde_json::json!({"n": 2, "name": "a"})),
+            &body(serde_json::json!({"n": 1, "name": "a"}))
+        ));
+        assert!(!numbers_only(
+            &body(serde_json::json!({"n": 2, "name": "b"})),
+            &body(serde_json::json!({"n": 1, "name": "a"}))
+        ));
+        assert!(!numbers_only(
+            &body(serde_json::json!({"n": 2, "m": 1})),
+            &body(serde_json::json!({"n": 1}))
+        ));
+        assert!(!numbers_only(
+            &body(serde_json::json!({"n": 1})),
+            &body(serde_json::json!({"n": 1}))
+        ));
+    }
+
+    #[test]
+    fn origins_cut_sources_and_read_attempts() {
+        let long = "x".repeat(200);
+        assert_eq!(Origin::source(&long).source.unwrap().len(), SOURCE_BYTES_MAX);
+        assert_eq!(Origin::source("").source, None);
+        let o = Origin::source("a").attempt(3, Some(3));
+        assert!(o.is_retry() && o.is_last_attempt());
+        assert!(!Origin::source("a").attempt(1, None).is_last_attempt());
+    }
+}

@@ -1,0 +1,218 @@
+//! Conflict insights through the embedded API: a workload built to produce known
+//! conflicts gives exactly the expected counts and the expected hot spots.
+
+use std::time::Duration;
+
+use serde_json::json;
+use truce::engine::insights::Family;
+use truce::{Db, Expect, IndexSpec, Origin, Query, Target, TxOp};
+
+use crate::update;
+
+fn labelled(db: &Db, family: Family, reason: &str, source: &str) -> u64 {
+    db.stats()
+        .labelled
+        .iter()
+        .filter(|l| l.0 == family && l.1 == reason && l.3 == source)
+        .map(|l| l.4)
+        .sum()
+}
+
+fn put_from(
+    db: &Db,
+    origin: &Origin,
+    id: &str,
+    body: serde_json::Value,
+    expect: Expect,
+) -> truce::WriteResult {
+    let op = TxOp::Put {
+        collection: "c".into(),
+        id: id.into(),
+        body,
+        expect,
+    };
+    db.submit_write_from(op, None, origin.clone())
+        .unwrap()
+        .wait()
+        .unwrap()
+}
+
+#[test]
+fn known_conflicts_give_exact_counts_and_the_expected_remedies() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = crate::open_relaxed(dir.path());
+    let alice = Origin::source("alice");
+    let bob = Origin::source("bob");
+
+    // Two sources fight over one document with stale versions: 6 conflicts for
+    // bob, whose writes differ from the current document in more than numbers.
+    put_from(
+        &db,
+        &alice,
+        "fight",
+        json!({"owner": "alice", "v": 0}),
+        Expect::Absent,
+    )
+    .unwrap();
+    for round in 1..=6u64 {
+        let stale = round;
+        put_from(
+            &db,
+            &alice,
+            "fight",
+            json!({"owner": "alice", "v": round}),
+            Expect::Version(stale),
+        )
+        .unwrap();
+        put_from(
+            &db,
+            &bob,
+            "fight",
+            json!({"owner": "bob", "v": round}),
+            Expect::Version(stale),
+        )
+        .unwrap_err();
+    }
+
+    // A counter written by read-modify-write: 4 conflicts whose writes change
+    // only the number.
+    put_from(&db, &alice, "counter", json!({"n": 0}), Expect::Absent).unwrap();
+    for n in 1..=4u64 {
+        put_from(&db, &alice, "counter", json!({"n": n}), Expect::Version(n)).unwrap();
+        put_from(&db, &bob, "counter", json!({"n": n + 100}), Expect::Version(n)).unwrap_err();
+    }
+
+    // A duplicate heartbeat: 1 write, then 6 identical ones (no-ops).
+    let beat = Origin::source("tab");
+    for _ in 0..7 {
+        let op = TxOp::Patch {
+            collection: "c".into(),
+            id: "beat".into(),
+            update: update(json!({"$set": {"at": 1}, "$upsert": true})).into(),
+            expect: Expect::Any,
+        };
+        db.submit_write_from(op, None, beat.clone())
+            .unwrap()
+            .wait()
+            .unwrap()
+            .unwrap();
+    }
+
+    // Blind overwrites by alternating sources: the first is a create, the next 3
+    // each replace the other source's change.
+    for (i, who) in [&alice, &bob, &alice, &bob].into_iter().enumerate() {
+        put_from(&db, who, "shared", json!({"i": i}), Expect::Any).unwrap();
+    }
+
+    // Retries that end in a permanent failure: attempts 2/3 and 3/3 conflict.
+    for attempt in 2..=3 {
+        let origin = Origin::source("worker").attempt(attempt, Some(3));
+        put_from(
+            &db,
+            &origin,
+            "fight",
+            json!({"owner": "worker"}),
+            Expect::Version(1),
+        )
+        .unwrap_err();
+    }
+
+    assert_eq!(labelled(&db, Family::Conflicts, "version_mismatch", "bob"), 10);
+    assert_eq!(labelled(&db, Family::Conflicts, "version_mismatch", "worker"), 2);
+    assert_eq!(labelled(&db, Family::Conflicts, "version_mismatch", "alice"), 0);
+    assert_eq!(labelled(&db, Family::Retries, "", "worker"), 2);
+    assert_eq!(labelled(&db, Family::PermanentFailures, "", "worker"), 1);
+    assert_eq!(labelled(&db, Family::Overwrites, "", "bob"), 2);
+    assert_eq!(labelled(&db, Family::Overwrites, "", "alice"), 1);
+    let stats = db.stats();
+    assert_eq!(stats.noops, 6);
+    assert_eq!(stats.skipped, 0);
+
+    let report = db.insights(Duration::from_secs(300), 10).unwrap();
+    let spot = |id: &str| {
+        report
+            .hot_spots
+            .iter()
+            .find(|h| h.target == Target::Document(id.into()))
+            .unwrap_or_else(|| panic!("{id} is not a hot spot: {report:#?}"))
+    };
+    let fight = spot("fight");
+    assert_eq!(fight.counts.conflicts[0], 8);
+    assert_eq!(fight.counts.retries, 2);
+    assert_eq!(fight.counts.permanent_failures, 1);
+    assert_eq!(fight.remedy.code, "reduce_contention");
+    assert_eq!(fight.sources[0], (Some("bob".to_string()), 6));
+    assert_eq!(spot("counter").remedy.code, "use_update_operators");
+    assert_eq!(spot("counter").counts.numbers_only, 4);
+    assert_eq!(spot("beat").counts.noops, 6);
+    assert_eq!(spot("beat").remedy.code, "deduplicate_writes");
+    assert_eq!(spot("shared").counts.overwrites, 3);
+    assert_eq!(spot("shared").remedy.code, "send_version");
+    // Hottest first.
+    assert_eq!(report.hot_spots[0].target, Target::Document("fight".into()));
+}
+
+#[test]
+fn read_conflicts_on_a_range_suggest_narrowing_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = crate::open_relaxed(dir.path());
+    let items = db.collection("items").unwrap();
+    items
+        .create_index(
+            "by_kind",
+            IndexSpec {
+                fields: vec!["kind".into()],
+                unique: false,
+            },
+        )
+        .unwrap();
+    crate::indexes::wait_ready(&items, "by_kind");
+    for i in 0..3 {
+        let mut tx = db.begin().unwrap();
+        tx.set_origin(Origin::source("report"));
+        let q = Query {
+            index: Some("by_kind".into()),
+            eq: vec![json!("a")],
+            ..Query::default()
+        };
+        tx.query("items", &q).unwrap();
+        items
+            .put(&format!("x{i}"), json!({"kind": "a"}), Expect::Absent)
+            .unwrap()
+            .unwrap();
+        tx.put("items", "summary", json!({"n": i}), Expect::Any).unwrap();
+        assert!(tx.commit().unwrap().is_err());
+    }
+    assert_eq!(labelled(&db, Family::Conflicts, "read_conflict", "report"), 3);
+    let report = db.insights(Duration::from_secs(60), 5).unwrap();
+    let range = &report.hot_spots[0];
+    assert_eq!(range.target, Target::Range("index by_kind range".into()));
+    assert_eq!(range.counts.conflicts[5], 3);
+    assert_eq!(range.remedy.code, "narrow_range");
+}
+
+#[test]
+fn group_commits_and_the_queue_are_measured() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = crate::open(dir.path());
+    let c = db.collection("c").unwrap();
+    for i in 0..10 {
+        c.put(&format!("d{i}"), json!({"i": i}), Expect::Absent)
+            .unwrap()
+            .unwrap();
+    }
+    let stats = db.stats();
+    assert_eq!(stats.commits, 10);
+    assert_eq!(stats.writes, 10);
+    assert_eq!(stats.groups, 10);
+    assert_eq!(stats.fsync_seconds.count, 10);
+    assert!(stats.fsync_seconds.sum > 0.0);
+    assert_eq!(
+        stats.group_size.counts[0], 10,
+        "each synchronous write is a group of one"
+    );
+    assert_eq!(stats.queue_depth, 0);
+    assert!(db.insights(Duration::from_secs(0), 5).is_err());
+    assert!(db.insights(Duration::from_secs(3601), 5).is_err());
+    assert!(db.insights(Duration::from_secs(60), 0).is_err());
+}
