@@ -58,11 +58,14 @@ impl Client {
         self.fetch_text(&Call::get(self.url(&["metrics"]))).await
     }
 
-    /// `GET /v1/insights?window=`: conflict hot spots over the last `window`.
-    pub async fn insights(&self, window: Duration) -> Result<Value, ClientError> {
+    /// `GET /v1/insights?window=&limit=`: the `limit` hottest documents and
+    /// ranges over the last `window`, with remedies, and the server's totals
+    /// (docs/insights.md).
+    pub async fn insights(&self, window: Duration, limit: usize) -> Result<Value, ClientError> {
         let mut url = self.url(&["v1", "insights"]);
         url.query_pairs_mut()
-            .append_pair("window", &window.as_secs().to_string());
+            .append_pair("window", &window.as_secs().to_string())
+            .append_pair("limit", &limit.to_string());
         self.fetch_json(&Call::get(url), "insights").await
     }
 

@@ -38,6 +38,32 @@ pub enum Command {
     /// print the report (with the server running, use its HTTP endpoint
     /// `POST /v1/c/{coll}/_counters/{name}/recount`).
     Recount(RecountArgs),
+    /// Watch a running server: commit and conflict rates and the hot spots with
+    /// their remedies, refreshed every second (like `redis-cli --stat`).
+    Top(TopArgs),
+}
+
+/// `truce top` arguments.
+#[derive(Args, Debug, Clone)]
+pub struct TopArgs {
+    /// The server's base URL.
+    #[arg(long, env = "TRUCE_URL", default_value = "http://127.0.0.1:7070")]
+    pub url: String,
+    /// An API key with the read role (when the server has keys).
+    #[arg(long, env = "TRUCE_KEY", hide_env_values = true)]
+    pub key: Option<String>,
+    /// The insights window in seconds (1 to 3600).
+    #[arg(long, default_value_t = 60)]
+    pub window: u64,
+    /// Hot spots shown.
+    #[arg(long, default_value_t = 10)]
+    pub limit: usize,
+    /// Seconds between refreshes.
+    #[arg(long, default_value_t = 1.0)]
+    pub interval: f64,
+    /// Stop after this many refreshes (0: until interrupted).
+    #[arg(long, default_value_t = 0)]
+    pub iterations: u64,
 }
 
 /// `truce recount` arguments.
@@ -98,6 +124,10 @@ pub struct ServeArgs {
     /// Requests served at once before refusing with 429 [default: 4096].
     #[arg(long, env = "TRUCE_MAX_CONCURRENT_REQUESTS")]
     pub max_concurrent_requests: Option<usize>,
+    /// Documents and ranges the hot-spot tracker keeps per minute, 1 to 4096
+    /// [default: 128]. Its memory is about 60 × this × 400 bytes at most.
+    #[arg(long, env = "TRUCE_HOT_SPOTS")]
+    pub hot_spots: Option<usize>,
 }
 
 /// The settings file: the same names as the flags.
@@ -113,6 +143,7 @@ struct FileSettings {
     max_body_bytes: Option<usize>,
     request_timeout_ms: Option<u64>,
     max_concurrent_requests: Option<usize>,
+    hot_spots: Option<usize>,
 }
 
 /// The effective settings of a server.
@@ -134,6 +165,8 @@ pub struct Settings {
     pub request_timeout_ms: u64,
     /// Concurrency limit.
     pub max_concurrent_requests: usize,
+    /// Hot-spot tracker capacity per minute.
+    pub hot_spots: usize,
 }
 
 impl ServeArgs {
@@ -174,7 +207,17 @@ impl ServeArgs {
                 .max_concurrent_requests
                 .or(file.max_concurrent_requests)
                 .unwrap_or(DEFAULT_MAX_CONCURRENT_REQUESTS),
+            hot_spots: self
+                .hot_spots
+                .or(file.hot_spots)
+                .unwrap_or(truce::limits::HOT_SPOTS_TRACKED_DEFAULT),
         };
+        if !(1..=truce::limits::HOT_SPOTS_TRACKED_MAX).contains(&settings.hot_spots) {
+            return Err(format!(
+                "hot_spots must be 1 to {}",
+                truce::limits::HOT_SPOTS_TRACKED_MAX
+            ));
+        }
         if settings.max_body_bytes == 0
             || settings.request_timeout_ms == 0
             || settings.max_concurrent_requests == 0

@@ -13,6 +13,7 @@ mod http;
 mod keys;
 mod recount;
 mod serve;
+mod top;
 
 use config::{Cli, Command};
 
@@ -22,6 +23,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve::run(args),
         Command::Keys(command) => keys::run(command),
         Command::Recount(args) => recount::run(&args),
+        Command::Top(args) => top::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -49,7 +49,11 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
         .map_err(|e| format!("cannot create data directory {}: {e}", settings.data.display()))?;
     let keys = KeyStore::open(&settings.data)?;
     check_exposure(&settings, &keys)?;
-    let db = Db::open(&settings.data, Options::default()).map_err(|e| e.to_string())?;
+    let options = Options {
+        hot_spots: settings.hot_spots,
+        ..Options::default()
+    };
+    let db = Db::open(&settings.data, options).map_err(|e| e.to_string())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("truce-http")
@@ -60,6 +64,7 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
         keys,
         permits: Arc::new(Semaphore::new(settings.max_concurrent_requests)),
         request_timeout: Duration::from_millis(settings.request_timeout_ms),
+        metrics: http::metrics::Metrics::new(db.clone()),
     });
     let app = http::router(state, settings.max_body_bytes);
     let result = runtime.block_on(serve(app, &settings));

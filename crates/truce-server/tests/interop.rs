@@ -1,18 +1,30 @@
-//! The JavaScript interop suite (`tests/interop`, real RxDB clients from npm
-//! against this build of `truce serve`), run as part of `cargo test`.
+//! The JavaScript suites, run as part of `cargo test`: the interop suite
+//! (`tests/interop`, real RxDB clients from npm against this build of `truce
+//! serve`) and the dashboard test (`tests/dashboard`, Debian's Chromium driven
+//! by playwright-core against a server under a conflict workload).
 //!
-//! Skips with a note when `node` (20 or later) or `npm` is missing, unless
-//! `TRUCE_REQUIRE_INTEROP=1` (CI) makes that a failure. Installs the locked
+//! Skips with a note when `node` (20 or later), `npm` or `chromium` is missing,
+//! unless `TRUCE_REQUIRE_INTEROP=1` (CI) makes that a failure; as root, a
+//! missing `chromium` is installed with apt-get first. Installs the locked
 //! dependencies with `npm ci` when `node_modules` is missing or older than
 //! `package-lock.json`, then runs `node --test` with `TRUCE_BIN` set to the
 //! binary Cargo built. Output is relayed line by line (shown live with
 //! `--nocapture`, otherwise on failure); both steps have a deadline.
 
+mod common;
+mod support;
+
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
+
+use common::Server;
+use reqwest::Method;
+use serde_json::json;
+use support::{Http, conflict_workload, send_as};
 
 /// `npm ci` downloads rxdb and its dependencies: generous, but bounded.
 const NPM_CI_TIMEOUT: Duration = Duration::from_secs(600);
@@ -21,8 +33,10 @@ const NODE_TEST_TIMEOUT: Duration = Duration::from_secs(300);
 /// How much of the output a failure message repeats.
 const TAIL_LINES: usize = 200;
 
-fn interop_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/interop")
+fn project_dir(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests")
+        .join(name)
 }
 
 /// Whether a missing tool should fail the test instead of skipping it.
@@ -120,12 +134,13 @@ fn run(mut cmd: Command, what: &str, timeout: Duration) -> (Option<ExitStatus>, 
     (status, tail)
 }
 
+/// Checks node and npm and installs the locked dependencies of the node project
+/// in `dir`; `false` (after a note) when the suite must be skipped.
 #[cfg(unix)]
-#[test]
-fn rxdb_clients_replicate_with_truce() {
-    let dir = interop_dir();
+fn node_project(dir: &Path) -> bool {
     let Some(node) = version_of("node") else {
-        return skip("node is not installed");
+        skip("node is not installed");
+        return false;
     };
     let major: u32 = node
         .trim_start_matches('v')
@@ -134,22 +149,33 @@ fn rxdb_clients_replicate_with_truce() {
         .and_then(|m| m.parse().ok())
         .unwrap_or(0);
     if major < 20 {
-        return skip(&format!("node {node} is older than 20"));
+        skip(&format!("node {node} is older than 20"));
+        return false;
     }
     let Some(npm) = version_of("npm") else {
-        return skip("npm is not installed");
+        skip("npm is not installed");
+        return false;
     };
     eprintln!("node {node}, npm {npm}, in {}", dir.display());
-
-    if needs_install(&dir) {
+    if needs_install(dir) {
         let mut cmd = Command::new("npm");
-        cmd.args(["ci", "--no-audit", "--no-fund"]).current_dir(&dir);
+        cmd.args(["ci", "--no-audit", "--no-fund"]).current_dir(dir);
         let (status, tail) = run(cmd, "npm ci --no-audit --no-fund", NPM_CI_TIMEOUT);
         match status {
             Some(s) if s.success() => {}
             Some(s) => panic!("npm ci failed ({s}):\n{tail}"),
             None => panic!("npm ci did not finish within {NPM_CI_TIMEOUT:?}:\n{tail}"),
         }
+    }
+    true
+}
+
+#[cfg(unix)]
+#[test]
+fn rxdb_clients_replicate_with_truce() {
+    let dir = project_dir("interop");
+    if !node_project(&dir) {
+        return;
     }
 
     let mut cmd = Command::new("node");
@@ -165,4 +191,93 @@ fn rxdb_clients_replicate_with_truce() {
         Some(s) => panic!("the interop tests failed ({s}):\n{tail}"),
         None => panic!("the interop tests did not finish within {NODE_TEST_TIMEOUT:?}:\n{tail}"),
     }
+}
+
+/// Debian's Chromium, installed first when missing and running as root.
+#[cfg(unix)]
+fn chromium() -> Option<PathBuf> {
+    let path = PathBuf::from(std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into()));
+    if path.exists() {
+        return Some(path);
+    }
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    if !root {
+        return None;
+    }
+    let mut cmd = Command::new("sh");
+    cmd.args([
+        "-c",
+        "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium",
+    ]);
+    let (status, tail) = run(cmd, "apt-get install chromium", NPM_CI_TIMEOUT);
+    if !status.is_some_and(|s| s.success()) {
+        eprintln!("apt-get install chromium failed:\n{tail}");
+    }
+    path.exists().then_some(path)
+}
+
+#[cfg(unix)]
+#[test]
+fn the_dashboard_shows_a_live_workload_in_a_real_browser() {
+    let dir = project_dir("dashboard");
+    if !node_project(&dir) {
+        return;
+    }
+    let Some(chromium) = chromium() else {
+        return skip("chromium is not installed (apt-get install chromium)");
+    };
+    let server = Server::start();
+    let http = Http::new(&server);
+    conflict_workload(&http, "shop");
+    // Keep commits and conflicts coming while the page watches: alice writes
+    // `fight` at its version, bob then writes the same stale version.
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = {
+        let (http, stop) = (http.fresh(), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            for round in 100.. {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let doc = http.expect(Method::GET, "/v1/c/shop/fight", None, 200);
+                let version = doc["_version"].as_u64().expect("a version");
+                let alice = json!({"owner": "alice", "round": round, "_version": version});
+                send_as(
+                    &http,
+                    Method::PUT,
+                    "/v1/c/shop/fight",
+                    ("alice", None),
+                    &alice,
+                    200,
+                );
+                let bob = json!({"owner": "bob", "_version": version});
+                send_as(&http, Method::PUT, "/v1/c/shop/fight", ("bob", None), &bob, 409);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    let screenshot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
+    let mut cmd = Command::new("node");
+    cmd.arg("check.mjs")
+        .arg(server.url())
+        .arg(&screenshot)
+        .args(["fight", "reduce_contention"])
+        .env("CHROMIUM", &chromium)
+        .current_dir(&dir);
+    let (status, tail) = run(cmd, "node check.mjs (tests/dashboard)", NODE_TEST_TIMEOUT);
+    stop.store(true, Ordering::Relaxed);
+    load.join().expect("the load thread");
+    match status {
+        Some(s) if s.success() => {}
+        Some(s) => panic!("the dashboard test failed ({s}):\n{tail}"),
+        None => panic!("the dashboard test did not finish within {NODE_TEST_TIMEOUT:?}:\n{tail}"),
+    }
+    let png = std::fs::read(&screenshot).expect("the screenshot");
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 10_000,
+        "a real screenshot"
+    );
 }

@@ -32,7 +32,9 @@ pub mod value_order;
 
 pub use doc::{Body, Document, Meta, Rev};
 pub use engine::config::{CollectionConfig, CounterMode};
-pub use engine::insights::{Family, HotCounts, HotSpot, InsightsReport, Origin, Remedy, Stats, Target};
+pub use engine::insights::{
+    CONFLICT_CODES, Family, HotCounts, HotSpot, InsightsReport, Origin, Remedy, Stats, Target,
+};
 pub use engine::outcome::{Conflict, ConflictReason, Effect, Expect, WriteResult, Written};
 pub use engine::tx::{OpConflict, TxCommitted, TxFailure, TxOp, TxOutcome};
 pub use engine::{

@@ -11,7 +11,9 @@ use truce::{ConflictReason, Expect, TxOp, Update, WriteResult, Written};
 
 use super::AppState;
 use super::error::ApiError;
-use super::extract::{JsonBody, Params, PathParams, authorize, idempotency_key, object, precondition};
+use super::extract::{
+    JsonBody, Params, PathParams, authorize, idempotency_key, object, origin, precondition,
+};
 use crate::keys::{Principal, Role};
 
 /// The answer to a successful write (API.md).
@@ -55,7 +57,7 @@ async fn write(
     missing_is_404: bool,
 ) -> Result<Response, ApiError> {
     let key = idempotency_key(headers)?;
-    let pending = state.db.submit_write(op, key.as_deref())?;
+    let pending = state.db.submit_write_from(op, key.as_deref(), origin(headers))?;
     answer(pending.await?, missing_is_404)
 }
 

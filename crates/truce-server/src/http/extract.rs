@@ -10,7 +10,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
-use truce::{Expect, Rev};
+use truce::{Expect, Origin, Rev};
 
 use super::error::ApiError;
 use crate::keys::{Principal, Role};
@@ -204,5 +204,26 @@ pub fn object(value: Value) -> Result<Map<String, Value>, ApiError> {
             "a document is a JSON object, not {}",
             truce::doc::json_type_name(&other)
         )))),
+    }
+}
+
+/// Who sent a write, for the insights: `Truce-Source` (cut to 64 bytes) and
+/// `Truce-Attempt: n` or `n/max`. Both are advisory: a malformed attempt is
+/// ignored (counted as a first attempt), never refused.
+pub fn origin(headers: &HeaderMap) -> Origin {
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let origin = text("truce-source").map_or_else(Origin::default, Origin::source);
+    let Some(attempt) = text("truce-attempt") else {
+        return origin;
+    };
+    let (n, max) = match attempt.split_once('/') {
+        Some((n, max)) => (n, Some(max)),
+        None => (attempt, None),
+    };
+    let positive = |s: &str| s.trim().parse::<u32>().ok().filter(|n| *n >= 1);
+    match (positive(n), max.map(positive)) {
+        (Some(n), None) => origin.attempt(n, None),
+        (Some(n), Some(Some(max))) if n <= max => origin.attempt(n, Some(max)),
+        _ => origin,
     }
 }

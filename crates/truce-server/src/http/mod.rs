@@ -23,6 +23,8 @@ mod couch;
 mod documents;
 pub mod error;
 mod extract;
+mod insights;
+pub mod metrics;
 pub mod openapi;
 mod queries;
 mod replication;
@@ -44,6 +46,8 @@ pub struct AppState {
     pub permits: Arc<Semaphore>,
     /// Non-streaming requests time out after this.
     pub request_timeout: Duration,
+    /// `/metrics`: the engine's counters and request latency.
+    pub metrics: metrics::Metrics,
 }
 
 /// Health: 200 while writes are accepted, 503 after a storage failure.
@@ -84,6 +88,8 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
                 .delete(documents::delete_doc),
         )
         .route("/v1/tx", post(tx::transaction))
+        .route("/v1/insights", get(insights::insights))
+        .route("/metrics", get(metrics::metrics))
         .route("/v1/c/{coll}/_pull", get(replication::pull))
         .route("/v1/c/{coll}/_push", post(replication::push))
         .layer(middleware::from_fn_with_state(Arc::clone(&state), timeout));
@@ -111,13 +117,14 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         .layer(middleware::from_fn_with_state(Arc::clone(&state), authenticate))
         .route("/healthz", get(healthz))
         .route("/openapi.json", get(openapi_json))
+        .route("/dashboard", get(insights::dashboard))
         .fallback(no_route)
         .method_not_allowed_fallback(no_route)
         .layer(middleware::from_fn_with_state(
             Arc::clone(&state),
             limit_concurrency,
         ))
-        .layer(middleware::from_fn(log_request))
+        .layer(middleware::from_fn_with_state(Arc::clone(&state), log_request))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(state)
 }
@@ -165,19 +172,30 @@ fn header_text(headers: &HeaderMap, name: &str) -> String {
     text.chars().take(SOURCE_BYTES_MAX).collect()
 }
 
-/// One log line per request: method, route, status, latency, source, attempt.
-async fn log_request(request: Request, next: Next) -> Response {
+/// One log line per request (method, route, status, latency, source, attempt),
+/// and its latency in `/metrics` by method, route template and status.
+async fn log_request(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = request.method().clone();
-    let route = request
+    let matched = request
         .extensions()
         .get::<MatchedPath>()
-        .map_or_else(|| request.uri().path().to_string(), |p| p.as_str().to_string());
+        .map(|p| p.as_str().to_string());
+    let route = matched
+        .clone()
+        .unwrap_or_else(|| request.uri().path().to_string());
     let source = header_text(request.headers(), "truce-source");
     let attempt = header_text(request.headers(), "truce-attempt");
     let response = next.run(request).await;
     let status = response.status();
-    let latency_us = started.elapsed().as_micros() as u64;
+    let elapsed = started.elapsed();
+    let latency_us = elapsed.as_micros() as u64;
+    state.metrics.observe_request(
+        method.as_str(),
+        matched.as_deref().unwrap_or("unmatched"),
+        status.as_u16(),
+        elapsed.as_secs_f64(),
+    );
     if status.is_server_error() {
         tracing::warn!(%method, %route, status = status.as_u16(), latency_us, source, attempt, "request");
     } else {

@@ -359,6 +359,15 @@ pub struct OutboxStatus {
     oldest_age_ms: Option<u64>,
 }
 
+/// Hot spots over a window, with totals since the server started (docs/insights.md).
+#[derive(ToSchema)]
+pub struct Insights {
+    window_s: u64,
+    covered_s: f64,
+    totals: Object,
+    hot_spots: Vec<Object>,
+}
+
 /// The document.
 #[derive(OpenApi)]
 #[openapi(
@@ -370,11 +379,12 @@ pub struct OutboxStatus {
         super::changes::collection_changes, super::changes::all_changes, super::healthz,
         super::replication::pull, super::replication::push, super::replication::pull_stream,
         super::config::get_config, super::config::put_config, super::config::recount, super::config::outbox,
+        super::insights::insights, super::insights::dashboard, super::metrics::metrics,
     ),
     components(schemas(Doc, ErrorBody, WriteAnswer, Collections, Index, Indexes, IndexBody, QueryPage,
                        ChangeItem, ChangesPage, TxOpKind, TxOpBody, TxBody, TxAnswer, Health, DocBody, UpdateBody,
                        PullAnswer, PushRow, ConfigBody, Config, ConfigAnswer, RecountFix, RecountAnswer,
-                       OutboxStatus)),
+                       OutboxStatus, Insights)),
     modifiers(&Conventions)
 )]
 pub struct ApiDoc;

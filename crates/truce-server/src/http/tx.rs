@@ -12,7 +12,7 @@ use truce::{Expect, TxFailure, TxOp, Update};
 use super::AppState;
 use super::documents::write_answer;
 use super::error::ApiError;
-use super::extract::{JsonBody, authorize, expect_from_version, idempotency_key, object};
+use super::extract::{JsonBody, authorize, expect_from_version, idempotency_key, object, origin};
 use crate::keys::{Principal, Role};
 
 fn invalid(index: usize, message: &str) -> ApiError {
@@ -152,7 +152,11 @@ pub async fn transaction(
         authorize(&who, role, Some(collection))?;
     }
     let key = idempotency_key(&headers)?;
-    match state.db.submit_batch(parsed, key.as_deref())?.await? {
+    match state
+        .db
+        .submit_batch_from(parsed, key.as_deref(), origin(&headers))?
+        .await?
+    {
         Ok(committed) => {
             let results: Vec<Value> = committed
                 .results

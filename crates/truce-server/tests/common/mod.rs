@@ -182,3 +182,32 @@ pub fn readme_sh_block(section: &str) -> String {
     let block = after.split("```sh\n").nth(1).expect("a sh block");
     block.split("```").next().expect("the block's end").to_string()
 }
+
+/// Runs the first `sh` block of README `section` with bash against `server`,
+/// each `curl -s` answer on a line of its own; `None` (after a note) when curl
+/// is missing. Returns the non-empty output lines.
+pub fn paste_readme_block(section: &str, server: &Server) -> Option<Vec<String>> {
+    if Command::new("curl").arg("--version").output().is_err() {
+        eprintln!("curl is not installed; skipping the README check");
+        return None;
+    }
+    let script = readme_sh_block(section)
+        .replace("localhost:7070", &server.addr.to_string())
+        .replace("curl -s ", "echo; curl -s ");
+    let output = Command::new("bash")
+        .args(["-euo", "pipefail", "-c", &script])
+        .output()
+        .expect("bash");
+    assert!(
+        output.status.success(),
+        "README {section}: the commands failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Some(
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(String::from)
+            .collect(),
+    )
+}

@@ -321,3 +321,109 @@ impl Tally {
         }
     }
 }
+
+/// Sends `method path` as `source` (and `attempt`, e.g. `"2/3"`), asserting the
+/// status.
+pub fn send_as(
+    http: &Http,
+    method: Method,
+    path: &str,
+    (source, attempt): (&str, Option<&str>),
+    body: &Value,
+    status: u16,
+) -> Value {
+    let mut headers = vec![("truce-source", source)];
+    if let Some(attempt) = attempt {
+        headers.push(("truce-attempt", attempt));
+    }
+    let what = format!("{method} {path} as {source}");
+    let (got, answer) = http
+        .try_call_with(method, path, &headers, Some(body))
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert_eq!(got, status, "{what}: {answer}");
+    answer
+}
+
+/// A workload of known conflicts in collection `coll` (docs/insights.md):
+/// - `fight`: `alice` and `bob` write with the same version six times; bob's
+///   six writes conflict; then `billing` retries a stale write (attempts 2/3
+///   and 3/3): two conflicts, two retries, one permanent failure;
+/// - `counter`: `web` increments by read-modify-write, `worker` races it four
+///   times with numbers only: four conflicts, remedy `use_update_operators`;
+/// - `beat`: a `tab` sends the same heartbeat seven times (one write, six
+///   no-ops) and a guarded one three times (three skips);
+/// - `profile`: `alice` and `bob` overwrite it blindly in turn: three overwrites
+///   (bob two, alice one).
+pub fn conflict_workload(http: &Http, coll: &str) {
+    let doc = |id: &str| format!("/v1/c/{coll}/{id}");
+    let put = |who: (&str, Option<&str>), id: &str, body: Value, status: u16| {
+        send_as(http, Method::PUT, &doc(id), who, &body, status);
+    };
+    put(
+        ("alice", None),
+        "fight",
+        serde_json::json!({"owner": "alice", "round": 0, "_version": 0}),
+        201,
+    );
+    for round in 1..=6 {
+        put(
+            ("alice", None),
+            "fight",
+            serde_json::json!({"owner": "alice", "round": round, "_version": round}),
+            200,
+        );
+        put(
+            ("bob", None),
+            "fight",
+            serde_json::json!({"owner": "bob", "round": round, "_version": round}),
+            409,
+        );
+    }
+    put(
+        ("web", None),
+        "counter",
+        serde_json::json!({"n": 0, "_version": 0}),
+        201,
+    );
+    for n in 1..=4 {
+        put(
+            ("web", None),
+            "counter",
+            serde_json::json!({"n": n, "_version": n}),
+            200,
+        );
+        put(
+            ("worker", None),
+            "counter",
+            serde_json::json!({"n": n + 100, "_version": n}),
+            409,
+        );
+    }
+    let beat = serde_json::json!({"$set": {"tab": "open"}, "$upsert": true});
+    for i in 0..7 {
+        let status = if i == 0 { 201 } else { 200 };
+        send_as(http, Method::PATCH, &doc("beat"), ("tab", None), &beat, status);
+    }
+    let guarded = serde_json::json!({"$set": {"x": 1}, "$if": {"tab": "closed"}, "$else": "skip"});
+    for _ in 0..3 {
+        let answer = send_as(http, Method::PATCH, &doc("beat"), ("tab", None), &guarded, 200);
+        assert_eq!(answer["skipped"], true, "{answer}");
+    }
+    for (i, who) in ["alice", "bob", "alice", "bob"].into_iter().enumerate() {
+        let status = if i == 0 { 201 } else { 200 };
+        put(
+            (who, None),
+            "profile",
+            serde_json::json!({"by": who, "_version": -1}),
+            status,
+        );
+    }
+    for attempt in ["2/3", "3/3"] {
+        put(
+            ("billing", Some(attempt)),
+            "fight",
+            serde_json::json!({"owner": "billing", "_version": 1}),
+            409,
+        );
+    }
+}

@@ -1,0 +1,220 @@
+//! Conflict insights through a real `truce serve`: a workload of known
+//! conflicts gives exactly the expected counts in `/metrics`, the expected hot
+//! spots and remedies in `/v1/insights`, and the same in `truce top`.
+
+mod common;
+mod support;
+
+use std::collections::HashMap;
+use std::process::Command;
+
+use common::{Server, truce_bin};
+use reqwest::Method;
+use serde_json::Value;
+use support::{Http, conflict_workload};
+
+/// `/metrics` as a map from series (name with labels) to value.
+fn scrape(http: &Http) -> HashMap<String, f64> {
+    let response = reqwest::blocking::get(format!("{}/metrics", http.base())).expect("GET /metrics");
+    assert_eq!(response.status(), 200);
+    let content_type = response.headers()["content-type"].to_str().unwrap().to_string();
+    assert!(
+        content_type.starts_with("application/openmetrics-text"),
+        "{content_type}"
+    );
+    let text = response.text().unwrap();
+    assert!(text.ends_with("# EOF\n"), "OpenMetrics text ends with # EOF");
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .map(|(series, value)| (series.to_string(), value.parse().expect("a number")))
+        .collect()
+}
+
+fn hot_spot<'a>(report: &'a Value, id: &str) -> &'a Value {
+    report["hot_spots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["document"] == id)
+        .unwrap_or_else(|| panic!("{id} is not a hot spot: {report:#}"))
+}
+
+#[test]
+fn a_known_workload_gives_exact_metrics_hot_spots_and_remedies() {
+    let server = Server::start();
+    let http = Http::new(&server);
+    conflict_workload(&http, "shop");
+
+    let m = scrape(&http);
+    let value = |series: &str| {
+        m.get(series)
+            .copied()
+            .unwrap_or_else(|| panic!("no series {series}"))
+    };
+    let conflicts = |source: &str| {
+        value(&format!(
+            "truce_conflicts_total{{reason=\"version_mismatch\",collection=\"shop\",source=\"{source}\"}}"
+        ))
+    };
+    assert_eq!(conflicts("bob"), 6.0);
+    assert_eq!(conflicts("worker"), 4.0);
+    assert_eq!(conflicts("billing"), 2.0);
+    assert!(
+        !m.keys()
+            .any(|k| k.contains("source=\"alice\"") && k.starts_with("truce_conflicts"))
+    );
+    assert_eq!(
+        value("truce_retries_total{collection=\"shop\",source=\"billing\"}"),
+        2.0
+    );
+    assert_eq!(
+        value("truce_permanent_failures_total{collection=\"shop\",source=\"billing\"}"),
+        1.0
+    );
+    assert_eq!(
+        value("truce_lww_overwrites_total{collection=\"shop\",source=\"bob\"}"),
+        2.0
+    );
+    assert_eq!(
+        value("truce_lww_overwrites_total{collection=\"shop\",source=\"alice\"}"),
+        1.0
+    );
+    assert_eq!(value("truce_noop_writes_total"), 6.0);
+    assert_eq!(value("truce_skipped_writes_total"), 3.0);
+    // Writes that changed something: fight 7, counter 5, beat 1, profile 4.
+    assert_eq!(value("truce_writes_total"), 17.0);
+    assert_eq!(value("truce_commits_total"), 17.0);
+    assert_eq!(
+        value(
+            "truce_http_request_duration_seconds_count{method=\"PUT\",route=\"/v1/c/{coll}/{id}\",status=\"409\"}"
+        ),
+        12.0
+    );
+    assert!(value("truce_group_commits_total") >= 1.0);
+    assert_eq!(
+        value("truce_fsync_seconds_count"),
+        value("truce_group_commits_total")
+    );
+    assert_eq!(value("truce_commit_queue_depth"), 0.0);
+    assert_eq!(value("truce_outbox_entries"), 0.0);
+    // Document ids never become labels.
+    assert!(!m.keys().any(|k| k.contains("fight") || k.contains("profile")));
+
+    let report = http.expect(Method::GET, "/v1/insights?window=300", None, 200);
+    let order: Vec<&str> = report["hot_spots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["document"].as_str().unwrap())
+        .collect();
+    assert_eq!(order, ["fight", "beat", "counter", "profile"], "{report:#}");
+    let fight = hot_spot(&report, "fight");
+    assert_eq!(fight["conflicts"]["version_mismatch"], 8);
+    assert_eq!(fight["retries"], 2);
+    assert_eq!(fight["permanent_failures"], 1);
+    assert_eq!(fight["score"], 11);
+    assert_eq!(fight["sources"][0]["source"], "bob");
+    assert_eq!(fight["sources"][0]["events"], 6);
+    assert_eq!(fight["remedy"]["code"], "reduce_contention");
+    let counter = hot_spot(&report, "counter");
+    assert_eq!(counter["numbers_only_conflicts"], 4);
+    assert_eq!(counter["remedy"]["code"], "use_update_operators");
+    let beat = hot_spot(&report, "beat");
+    assert_eq!(
+        (beat["noops"].as_u64(), beat["skipped"].as_u64()),
+        (Some(6), Some(3))
+    );
+    assert_eq!(beat["remedy"]["code"], "deduplicate_writes");
+    let profile = hot_spot(&report, "profile");
+    assert_eq!(profile["overwrites"], 3);
+    assert_eq!(profile["remedy"]["code"], "send_version");
+    let totals = &report["totals"];
+    assert_eq!(totals["conflicts"], 12);
+    assert_eq!(totals["conflicts_by_source"]["bob"], 6);
+    assert_eq!(totals["permanent_failures"], 1);
+    assert_eq!(totals["overwrites"], 3);
+
+    // Limits and bad parameters get the documented error.
+    let (status, body) = http.get("/v1/insights?window=0");
+    assert_eq!((status, body["error"].as_str()), (400, Some("invalid_query")));
+    let (status, body) = http.get("/v1/insights?window=3601");
+    assert_eq!((status, body["error"].as_str()), (400, Some("invalid_query")));
+    let (status, body) = http.get("/v1/insights?limit=101");
+    assert_eq!((status, body["error"].as_str()), (400, Some("invalid_query")));
+    let (status, body) = http.get("/v1/insights?window=soon");
+    assert_eq!((status, body["error"].as_str()), (400, Some("invalid_query")));
+    let one = http.expect(Method::GET, "/v1/insights?window=60&limit=1", None, 200);
+    assert_eq!(one["hot_spots"].as_array().unwrap().len(), 1);
+
+    // `truce top` shows the same, once.
+    let out = Command::new(truce_bin())
+        .args([
+            "top",
+            "--url",
+            http.base(),
+            "--iterations",
+            "1",
+            "--window",
+            "300",
+        ])
+        .output()
+        .expect("truce top");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let frame = String::from_utf8_lossy(&out.stdout);
+    for expected in [
+        "fight",
+        "reduce_contention",
+        "counter",
+        "use_update_operators",
+        "bob (6)",
+        "permanent failures",
+    ] {
+        assert!(frame.contains(expected), "truce top lacks {expected}:\n{frame}");
+    }
+    let out = Command::new(truce_bin())
+        .args(["top", "--url", http.base(), "--iterations", "1", "--window", "0"])
+        .output()
+        .expect("truce top");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("window"));
+}
+
+#[test]
+fn the_dashboard_page_is_self_contained() {
+    let server = Server::start();
+    let response = reqwest::blocking::get(format!("{}/dashboard", server.url())).expect("GET /dashboard");
+    assert_eq!(response.status(), 200);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    let page = response.text().unwrap();
+    assert!(page.contains("/v1/insights"));
+    // No CDN, no external script, style or font.
+    for external in ["http://", "https://", "src=\"//", "href=\"//", "@import"] {
+        assert!(!page.contains(external), "the dashboard refers to {external}");
+    }
+}
+
+#[test]
+fn the_readme_insights_section_works_when_pasted() {
+    let server = Server::start();
+    let Some(lines) = common::paste_readme_block("## Where conflicts come from", &server) else {
+        return;
+    };
+    assert_eq!(lines.len(), 5, "one answer per command: {lines:#?}");
+    let answer = |i: usize| -> Value { serde_json::from_str(&lines[i]).expect("JSON") };
+    assert_eq!(answer(0)["created"], true);
+    assert_eq!(answer(1)["version"], 2);
+    assert_eq!(answer(2)["reason"], "version_mismatch");
+    let insights = answer(3);
+    assert_eq!(insights["hot_spots"][0]["document"], "sku-1", "{insights:#}");
+    assert_eq!(insights["hot_spots"][0]["remedy"]["code"], "use_update_operators");
+    assert_eq!(
+        lines[4],
+        "truce_conflicts_total{reason=\"version_mismatch\",collection=\"stock\",source=\"importer\"} 1"
+    );
+}
