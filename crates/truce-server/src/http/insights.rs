@@ -47,6 +47,7 @@ fn hot_spot_json(h: &HotSpot) -> Value {
         "noops": h.counts.noops,
         "skipped": h.counts.skipped,
         "outbox_deltas": h.counts.outbox_deltas,
+        "contended_writes": h.counts.contended,
         "writes": h.counts.writes,
         "sources": sources,
         "other_sources": h.other_sources,

@@ -156,6 +156,8 @@ pub struct Committer {
     last_maintenance: Instant,
     /// What this group did, for the insights (handed over when it is stored).
     events: Vec<Event>,
+    /// Documents this group changed, by hash: a second change is contended.
+    group_docs: std::collections::HashSet<u64>,
 }
 
 /// The counter increments a commit implies, by mode.
@@ -303,6 +305,7 @@ impl Committer {
             recent: RecentWrites::new(last_seq),
             last_maintenance: Instant::now(),
             events: Vec::new(),
+            group_docs: std::collections::HashSet::new(),
         })
     }
 
@@ -1021,6 +1024,7 @@ impl Committer {
     /// Writes a group as one atomic storage batch (with the new last sequence and
     /// time if it committed anything); on failure the engine stops writing for good.
     fn store(&mut self, group: Group<'_>, requests: usize) -> Result<()> {
+        self.group_docs.clear();
         if group.is_empty() {
             self.shared.insights.absorb(&mut self.events, requests, 0, None);
             return Ok(());
@@ -1095,8 +1099,16 @@ impl Committer {
                             let blind_put = matches!(op.write, Some(WriteOp::Put { .. }))
                                 && op.expect == Expect::Any
                                 && written.effect == Effect::Updated;
+                            let hash = insights::document_hash(&op.collection, &op.id);
+                            if !self.group_docs.insert(hash) {
+                                self.events.push(hot(
+                                    &op.collection,
+                                    Target::Document(op.id.clone()),
+                                    Kind::Contended,
+                                ));
+                            }
                             self.events.push(Event::Changed {
-                                hash: insights::document_hash(&op.collection, &op.id),
+                                hash,
                                 source: source.clone(),
                                 blind_put: blind_put.then(|| (Arc::clone(&op.collection), op.id.clone())),
                             });

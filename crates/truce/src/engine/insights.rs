@@ -127,6 +127,9 @@ pub(crate) enum Kind {
     /// `after_commit` increments applied to this counter target while the outbox
     /// was backed up.
     OutboxDeltas(u64),
+    /// A change to a document another request of the same group commit
+    /// already changed: writers contend for it, serialized without conflict.
+    Contended,
 }
 
 /// What the committer reports to the tracker.
@@ -192,6 +195,8 @@ pub struct HotCounts {
     pub skipped: u64,
     /// `after_commit` increments applied while the outbox was backed up.
     pub outbox_deltas: u64,
+    /// Changes to the document by more than one request of a group commit.
+    pub contended: u64,
     /// Writes that changed the document while it was tracked.
     pub writes: u64,
 }
@@ -214,6 +219,7 @@ impl HotCounts {
             Kind::NoOp => self.noops += 1,
             Kind::Skipped => self.skipped += 1,
             Kind::OutboxDeltas(n) => self.outbox_deltas += n,
+            Kind::Contended => self.contended += 1,
         }
     }
 
@@ -228,6 +234,7 @@ impl HotCounts {
         self.noops += other.noops;
         self.skipped += other.skipped;
         self.outbox_deltas += other.outbox_deltas;
+        self.contended += other.contended;
         self.writes += other.writes;
     }
 }
@@ -286,6 +293,13 @@ pub fn remedy(target: &Target, c: &HotCounts, outbox_backed_up: bool) -> Remedy 
             code: "reduce_contention",
             advice: "many writers race for this document: use update operators for the fields they change, \
                      split it into documents written by fewer writers, and retry with backoff and full jitter",
+        };
+    }
+    if c.contended > 0 {
+        return Remedy {
+            code: "split_if_throughput_bound",
+            advice: "many writers change this document at once and are serialized without conflicts: nothing \
+                     to fix; if its write rate ever limits you, split it (e.g. a sharded counter)",
         };
     }
     Remedy {
@@ -491,7 +505,8 @@ pub struct HotSpot {
     /// Document or range.
     pub target: Target,
     /// Events counted (conflicts, retries, permanent failures, overwrites, no-ops,
-    /// skips, backed-up counter deltas), an over-estimate by at most `error`.
+    /// skips, backed-up counter deltas, contended writes), an over-estimate by
+    /// at most `error`.
     pub score: u64,
     /// How much `score` may over-count.
     pub error: u64,
@@ -777,7 +792,7 @@ impl Tracker {
             Kind::Overwrite => self.label(Family::Overwrites, "", collection, source),
             Kind::NoOp => self.noops += 1,
             Kind::Skipped => self.skipped += 1,
-            Kind::OutboxDeltas(_) => {}
+            Kind::OutboxDeltas(_) | Kind::Contended => {}
         }
         if matches!(&target, Target::Range(what) if what.is_empty()) {
             // A snapshot too old names no document or range.
@@ -989,6 +1004,12 @@ mod tests {
         };
         assert_eq!(remedy(&doc, &c, true).code, "counter_target_hot");
         assert_eq!(remedy(&doc, &c, false).code, "none");
+        let c = HotCounts {
+            contended: 50,
+            writes: 60,
+            ..HotCounts::default()
+        };
+        assert_eq!(remedy(&doc, &c, false).code, "split_if_throughput_bound");
     }
 
     #[test]

@@ -216,3 +216,37 @@ fn group_commits_and_the_queue_are_measured() {
     assert!(db.insights(Duration::from_secs(3601), 5).is_err());
     assert!(db.insights(Duration::from_secs(60), 0).is_err());
 }
+
+#[test]
+fn concurrent_increments_show_a_contended_document_without_conflicts() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = crate::open(dir.path());
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let db = db.clone();
+            std::thread::spawn(move || {
+                let c = db.collection("c").unwrap();
+                for _ in 0..200 {
+                    c.patch(
+                        "hot",
+                        update(json!({"$inc": {"n": 1}, "$upsert": true})),
+                        Expect::Any,
+                    )
+                    .unwrap()
+                    .unwrap();
+                }
+            })
+        })
+        .collect();
+    threads.into_iter().for_each(|t| t.join().unwrap());
+    let stats = db.stats();
+    assert_eq!(stats.writes, 1600);
+    assert!(stats.labelled.is_empty(), "no conflicts: {:?}", stats.labelled);
+    let report = db.insights(Duration::from_secs(60), 5).unwrap();
+    let hot = &report.hot_spots[0];
+    assert_eq!(hot.target, Target::Document("hot".into()));
+    // Eight writers waiting on fsyncs share group commits.
+    assert!(hot.counts.contended > 100, "{hot:?}");
+    assert_eq!(hot.counts.conflicts_total(), 0);
+    assert_eq!(hot.remedy.code, "split_if_throughput_bound");
+}
