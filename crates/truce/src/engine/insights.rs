@@ -821,7 +821,12 @@ impl Tracker {
             } => {
                 self.writes += 1;
                 let window = Duration::from_millis(LAST_WRITER_WINDOW_MS);
-                let previous = self.remember_writer(hash, source.clone(), now);
+                // Only named sources can overwrite one another: writes without a
+                // source (most embedded ones) skip the map and cost nothing here.
+                let previous = match &source {
+                    Some(_) => self.remember_writer(hash, source.clone(), now),
+                    None => None,
+                };
                 if let (Some((collection, id)), Some((Some(before), at)), Some(now_source)) =
                     (blind_put, previous, source.as_ref())
                     && before != *now_source
