@@ -119,19 +119,32 @@ impl Document {
     /// The document as one JSON object with its metadata fields, as the HTTP API
     /// shows it: `_id`, `_rev`, `_version`, `_seq`, `_ts` (and `_deleted` on a tombstone).
     pub fn to_json(&self) -> Value {
-        let mut out = Map::with_capacity(self.body.len() + 6);
-        out.insert("_id".into(), Value::String(self.id.clone()));
-        out.insert("_rev".into(), Value::String(self.meta.rev.to_string()));
-        out.insert("_version".into(), Value::from(self.meta.rev.version));
-        out.insert("_seq".into(), Value::from(self.meta.seq));
-        out.insert("_ts".into(), Value::from(self.meta.ts_ms));
+        serde_json::to_value(self).unwrap_or(Value::Null)
+    }
+}
+
+/// The same object as [`Document::to_json`], written straight to a serializer
+/// (no intermediate `Value`): keys in sorted order, the metadata fields among
+/// them where `_` sorts (body keys never start with `_`).
+impl serde::Serialize for Document {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(self.body.len() + 5 + usize::from(self.meta.deleted)))?;
+        for (k, v) in self.body.iter().filter(|(k, _)| k.as_str() < "_") {
+            map.serialize_entry(k, v)?;
+        }
         if self.meta.deleted {
-            out.insert("_deleted".into(), Value::Bool(true));
+            map.serialize_entry("_deleted", &true)?;
         }
-        for (k, v) in &self.body {
-            out.insert(k.clone(), v.clone());
+        map.serialize_entry("_id", &self.id)?;
+        map.serialize_entry("_rev", &self.meta.rev.to_string())?;
+        map.serialize_entry("_seq", &self.meta.seq)?;
+        map.serialize_entry("_ts", &self.meta.ts_ms)?;
+        map.serialize_entry("_version", &self.meta.rev.version)?;
+        for (k, v) in self.body.iter().filter(|(k, _)| k.as_str() > "_") {
+            map.serialize_entry(k, v)?;
         }
-        Value::Object(out)
+        map.end()
     }
 }
 
@@ -278,6 +291,35 @@ mod tests {
 
     fn body(v: Value) -> Body {
         body_from_value(v).unwrap()
+    }
+
+    #[test]
+    fn a_document_serializes_as_its_json_object_in_sorted_key_order() {
+        for deleted in [false, true] {
+            let doc = Document {
+                id: "d1".into(),
+                meta: Meta {
+                    rev: Rev::compute(2, b"{}", deleted),
+                    seq: 7,
+                    ts_ms: 1234,
+                    deleted,
+                },
+                body: body(json!({"Zeta": 1, "1st": [true], "alpha": {"b": null}, "": "empty", "z": "x"})),
+            };
+            let mut expected = json!({"Zeta": 1, "1st": [true], "alpha": {"b": null}, "": "empty", "z": "x",
+                                      "_id": "d1", "_rev": doc.meta.rev.to_string(), "_version": 2,
+                                      "_seq": 7, "_ts": 1234});
+            if deleted {
+                expected["_deleted"] = json!(true);
+            }
+            assert_eq!(doc.to_json(), expected);
+            // Streaming gives the same bytes as serializing the object map.
+            assert_eq!(
+                serde_json::to_string(&doc).unwrap(),
+                serde_json::to_string(&expected).unwrap()
+            );
+            assert_eq!(Document::from_json(&doc.to_json()), Some(doc));
+        }
     }
 
     #[test]

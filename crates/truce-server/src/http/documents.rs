@@ -16,18 +16,34 @@ use super::extract::{
 };
 use crate::keys::{Principal, Role};
 
-/// The answer to a successful write (API.md).
-pub fn write_answer(written: &Written) -> Value {
-    json!({
-        "id": written.doc.id,
-        "rev": written.doc.rev().to_string(),
-        "version": written.doc.version(),
-        "seq": written.doc.meta.seq,
-        "created": written.created(),
-        "noop": written.noop(),
-        "skipped": written.skipped(),
-        "doc": written.doc.to_json(),
-    })
+/// The answer to a successful write (API.md), serialized straight from the
+/// engine's answer. Fields in sorted order, as a JSON object map writes them.
+#[derive(serde::Serialize)]
+pub struct WriteAnswer<'a> {
+    created: bool,
+    doc: &'a truce::Document,
+    id: &'a str,
+    noop: bool,
+    rev: String,
+    seq: u64,
+    skipped: bool,
+    version: u64,
+}
+
+impl<'a> WriteAnswer<'a> {
+    /// The answer to `written`.
+    pub fn new(written: &'a Written) -> WriteAnswer<'a> {
+        WriteAnswer {
+            created: written.created(),
+            doc: &written.doc,
+            id: &written.doc.id,
+            noop: written.noop(),
+            rev: written.doc.rev().to_string(),
+            seq: written.doc.meta.seq,
+            skipped: written.skipped(),
+            version: written.doc.version(),
+        }
+    }
 }
 
 /// Turns a single write's outcome into a response; `not_found` conflicts are 404
@@ -40,7 +56,7 @@ fn answer(result: WriteResult, missing_is_404: bool) -> Result<Response, ApiErro
             } else {
                 StatusCode::OK
             };
-            Ok((status, axum::Json(write_answer(&written))).into_response())
+            Ok((status, axum::Json(WriteAnswer::new(&written))).into_response())
         }
         Err(conflict) if missing_is_404 && conflict.reason == ConflictReason::NotFound => {
             Err(ApiError::Missing)
@@ -86,7 +102,7 @@ pub async fn get_doc(
     {
         return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag_value)]).into_response());
     }
-    Ok(([(header::ETAG, etag_value)], axum::Json(doc.to_json())).into_response())
+    Ok(([(header::ETAG, etag_value)], axum::Json(&doc)).into_response())
 }
 
 /// Writes a document's whole content.

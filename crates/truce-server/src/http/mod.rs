@@ -68,6 +68,11 @@ async fn no_route() -> ApiError {
 }
 
 /// Builds the router over `state`, with a body limit of `max_body_bytes`.
+///
+/// Every request passes one `front` layer (log line, latency metric,
+/// concurrency limit); API routes pass one `guard` layer (authentication and
+/// the request timeout), streams only the authentication. Few layers: each
+/// costs a boxed service clone per request.
 pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
     let api = Router::new()
         .route("/v1/c", get(queries::list_collections))
@@ -92,13 +97,14 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         .route("/metrics", get(metrics::metrics))
         .route("/v1/c/{coll}/_pull", get(replication::pull))
         .route("/v1/c/{coll}/_push", post(replication::push))
-        .layer(middleware::from_fn_with_state(Arc::clone(&state), timeout));
+        .layer(middleware::from_fn_with_state(Arc::clone(&state), guard));
     // Streams (long poll, SSE) are exempt from the request timeout.
     let streams = Router::new()
         .route("/v1/c/{coll}/_changes", get(changes::collection_changes))
         .route("/v1/_changes", get(changes::all_changes))
         .route("/v1/c/{coll}/_pull/stream", get(replication::pull_stream))
-        .route("/couch/{coll}/_changes", get(couch::changes));
+        .route("/couch/{coll}/_changes", get(couch::changes))
+        .layer(middleware::from_fn_with_state(Arc::clone(&state), authenticate));
     let couch = Router::new()
         .route("/couch/{coll}/", get(couch::info).put(couch::create))
         .route("/couch/{coll}", get(couch::info).put(couch::create))
@@ -111,26 +117,22 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
             "/couch/{coll}/{id}",
             get(couch::get_doc).put(couch::put_doc).delete(couch::delete_doc),
         )
-        .layer(middleware::from_fn_with_state(Arc::clone(&state), timeout));
+        .layer(middleware::from_fn_with_state(Arc::clone(&state), guard));
     api.merge(streams)
         .merge(couch)
-        .layer(middleware::from_fn_with_state(Arc::clone(&state), authenticate))
         .route("/healthz", get(healthz))
         .route("/openapi.json", get(openapi_json))
         .route("/dashboard", get(insights::dashboard))
         .fallback(no_route)
         .method_not_allowed_fallback(no_route)
-        .layer(middleware::from_fn_with_state(
-            Arc::clone(&state),
-            limit_concurrency,
-        ))
-        .layer(middleware::from_fn_with_state(Arc::clone(&state), log_request))
+        .layer(middleware::from_fn_with_state(Arc::clone(&state), front))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(state)
 }
 
-/// Verifies the API key (when the server has keys) and attaches the caller.
-async fn authenticate(State(state): State<Arc<AppState>>, mut request: Request, next: Next) -> Response {
+/// Verifies the API key (when the server has keys) and attaches the caller;
+/// the refusal otherwise.
+fn verify(state: &AppState, request: &mut Request) -> Result<(), Response> {
     let principal = if state.keys.is_empty() {
         Principal::anyone()
     } else {
@@ -141,26 +143,30 @@ async fn authenticate(State(state): State<Arc<AppState>>, mut request: Request, 
         match state.keys.verify(authorization) {
             Ok(principal) => principal,
             Err(AuthFailure::Missing) => {
-                return ApiError::Unauthorized("send Authorization: Bearer <key>").into_response();
+                return Err(ApiError::Unauthorized("send Authorization: Bearer <key>").into_response());
             }
             Err(AuthFailure::Invalid) => {
-                return ApiError::Unauthorized("this key is not valid").into_response();
+                return Err(ApiError::Unauthorized("this key is not valid").into_response());
             }
         }
     };
     request.extensions_mut().insert(principal);
-    next.run(request).await
+    Ok(())
 }
 
-/// Refuses at once (429) rather than queueing when too many requests are in flight.
-async fn limit_concurrency(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
-    match Arc::clone(&state.permits).try_acquire_owned() {
-        Ok(_permit) => next.run(request).await,
-        Err(_) => ApiError::Overloaded.into_response(),
+/// Authentication only (streams).
+async fn authenticate(State(state): State<Arc<AppState>>, mut request: Request, next: Next) -> Response {
+    match verify(&state, &mut request) {
+        Ok(()) => next.run(request).await,
+        Err(refusal) => refusal,
     }
 }
 
-async fn timeout(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+/// Authentication, then the request timeout.
+async fn guard(State(state): State<Arc<AppState>>, mut request: Request, next: Next) -> Response {
+    if let Err(refusal) = verify(&state, &mut request) {
+        return refusal;
+    }
     match tokio::time::timeout(state.request_timeout, next.run(request)).await {
         Ok(response) => response,
         Err(_) => ApiError::Timeout.into_response(),
@@ -172,34 +178,37 @@ fn header_text(headers: &HeaderMap, name: &str) -> String {
     text.chars().take(SOURCE_BYTES_MAX).collect()
 }
 
-/// One log line per request (method, route, status, latency, source, attempt),
-/// and its latency in `/metrics` by method, route template and status.
-async fn log_request(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+/// What every request passes first: the concurrency limit (429 at once rather
+/// than a queue), the latency metric by method, route template and status, and
+/// a log line (method, route, status, latency, source, attempt) — at `debug`
+/// level, or `warn` for a 5xx.
+async fn front(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = request.method().clone();
-    let matched = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_string());
-    let route = matched
-        .clone()
-        .unwrap_or_else(|| request.uri().path().to_string());
-    let source = header_text(request.headers(), "truce-source");
-    let attempt = header_text(request.headers(), "truce-attempt");
-    let response = next.run(request).await;
+    let matched = request.extensions().get::<MatchedPath>().cloned();
+    let detail = tracing::enabled!(tracing::Level::DEBUG).then(|| {
+        (
+            request.uri().path().to_string(),
+            header_text(request.headers(), "truce-source"),
+            header_text(request.headers(), "truce-attempt"),
+        )
+    });
+    let response = match Arc::clone(&state.permits).try_acquire_owned() {
+        Ok(_permit) => next.run(request).await,
+        Err(_) => ApiError::Overloaded.into_response(),
+    };
     let status = response.status();
     let elapsed = started.elapsed();
+    let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
+    state
+        .metrics
+        .observe_request(method.as_str(), route, status.as_u16(), elapsed.as_secs_f64());
     let latency_us = elapsed.as_micros() as u64;
-    state.metrics.observe_request(
-        method.as_str(),
-        matched.as_deref().unwrap_or("unmatched"),
-        status.as_u16(),
-        elapsed.as_secs_f64(),
-    );
     if status.is_server_error() {
-        tracing::warn!(%method, %route, status = status.as_u16(), latency_us, source, attempt, "request");
-    } else {
-        tracing::info!(%method, %route, status = status.as_u16(), latency_us, source, attempt, "request");
+        tracing::warn!(%method, route, status = status.as_u16(), latency_us, "request");
+    } else if let Some((path, source, attempt)) = detail {
+        let route = matched.as_ref().map_or(path.as_str(), MatchedPath::as_str);
+        tracing::debug!(%method, route, status = status.as_u16(), latency_us, source, attempt, "request");
     }
     response
 }

@@ -10,7 +10,7 @@ use serde_json::{Map, Value, json};
 use truce::{Expect, TxFailure, TxOp, Update};
 
 use super::AppState;
-use super::documents::write_answer;
+use super::documents::WriteAnswer;
 use super::error::ApiError;
 use super::extract::{JsonBody, authorize, expect_from_version, idempotency_key, object, origin};
 use crate::keys::{Principal, Role};
@@ -161,7 +161,11 @@ pub async fn transaction(
             let results: Vec<Value> = committed
                 .results
                 .iter()
-                .map(|r| r.as_ref().map_or(Value::Null, write_answer))
+                .map(|r| {
+                    r.as_ref().map_or(Value::Null, |w| {
+                        serde_json::to_value(WriteAnswer::new(w)).unwrap_or_default()
+                    })
+                })
                 .collect();
             Ok(axum::Json(json!({"seq": committed.seq, "results": results})).into_response())
         }
