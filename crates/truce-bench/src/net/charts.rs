@@ -26,7 +26,7 @@ const FONT_PATHS: [&str; 5] = [
 ];
 
 /// The chart size in pixels.
-const SIZE: (u32, u32) = (1000, 420);
+const SIZE: (u32, u32) = (960, 400);
 
 /// The colour of each system.
 fn color(system: System) -> RGBColor {
@@ -119,6 +119,7 @@ where
     chart
         .configure_mesh()
         .disable_x_mesh()
+        .light_line_style(TRANSPARENT)
         .x_label_formatter(&|v| match v {
             SegmentValue::CenterOf(i) => names.get(*i as usize).map_or(String::new(), |n| n.to_string()),
             _ => String::new(),
@@ -174,6 +175,7 @@ where
     chart
         .configure_mesh()
         .x_labels(3)
+        .light_line_style(TRANSPARENT)
         .x_label_formatter(&|x| {
             let near = x.round();
             match ((x - near).abs() < 1e-6).then_some(near as i64) {
@@ -211,10 +213,58 @@ where
     }
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
+        .position(SeriesLabelPosition::LowerRight)
         .label_font(("sans-serif", 12))
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .draw()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stats::Recorder;
+    use std::time::Duration;
+
+    #[test]
+    fn draws_one_png_per_workload() {
+        let mut totals = Recorder::default();
+        totals.ok = 1000;
+        for us in [300, 900, 5000] {
+            totals.latency(Duration::from_micros(us));
+        }
+        let second = Duration::from_secs(1);
+        let rows = vec![
+            Row::new("hot-counter", System::Truce, Mode::Closed, 32, &totals, second),
+            Row::new(
+                "hot-counter",
+                System::Redis,
+                Mode::Closed,
+                32,
+                &totals,
+                second * 2,
+            ),
+            Row::new(
+                "hot-counter",
+                System::Truce,
+                Mode::Open { target_ops_s: 500.0 },
+                32,
+                &totals,
+                second * 2,
+            ),
+            Row::new("heartbeats", System::Postgres, Mode::Closed, 32, &totals, second),
+        ];
+        let out = tempfile::tempdir().expect("a temp dir");
+        match draw(&rows, out.path()) {
+            Ok(files) => {
+                assert_eq!(files.len(), 2);
+                for file in files {
+                    let png = std::fs::read(&file).expect("written");
+                    assert!(png.starts_with(b"\x89PNG"), "{}", file.display());
+                }
+            }
+            Err(e) => assert!(e.starts_with("no TTF font"), "{e}"),
+        }
+    }
 }
