@@ -92,6 +92,11 @@ struct Cli {
     /// Leave out the peers workloads' open-loop (latency under load) runs.
     #[arg(long)]
     no_open_loop: bool,
+    /// The peers workloads measure each system in this many slices of
+    /// duration/rounds, alternating between the systems, so a neighbour's
+    /// load on a shared machine falls on all of them alike.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
+    rounds: u32,
 }
 
 /// The workloads.
@@ -277,6 +282,7 @@ fn run(cli: &Cli) -> BoxResult<Vec<Box<dyn Report>>> {
             server_bin: cli.server_bin.clone(),
             docs: cli.docs,
             open_loop: !cli.no_open_loop,
+            rounds: cli.rounds,
             out: cli.out.clone(),
         };
         done.push(Box::new(net::run(&options)?));

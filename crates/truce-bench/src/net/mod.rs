@@ -125,6 +125,8 @@ pub struct Options {
     pub docs: u64,
     /// Also measure latency at a fixed rate (50 % of each peak).
     pub open_loop: bool,
+    /// Slices per system and pace, alternating between the systems.
+    pub rounds: u32,
     /// Where the charts and results.json go.
     pub out: PathBuf,
 }
@@ -185,23 +187,25 @@ pub fn run(options: &Options) -> BoxResult<PeersReport> {
                 ""
             }
         );
+        let mut sides = Vec::new();
         if let Some(binary) = &truce_bin {
-            rows.extend(truce_rows(binary, workload, options)?);
+            sides.push(Side::truce(binary, workload, options)?);
         }
         for &peer in workload.peers() {
             match peer {
                 System::Postgres => {
                     if let Some(server) = postgres.get(options)? {
-                        rows.extend(postgres_rows(server, workload, options)?);
+                        sides.push(Side::postgres(server, workload, options)?);
                     }
                 }
                 System::Redis => match &redis_bin {
-                    Some(binary) => rows.extend(redis_rows(binary, workload, options)?),
+                    Some(binary) => sides.push(Side::redis(binary, workload, options)?),
                     None => println!("redis {}: skipped", workload.name()),
                 },
                 System::Truce | System::Sqlite => {}
             }
         }
+        rows.extend(measure(workload, &mut sides, options));
     }
     drop(postgres);
     if options.embedded {
@@ -278,158 +282,294 @@ fn start_postgres(options: &Options) -> Result<PgServer, PgError> {
     Ok(server)
 }
 
-/// The closed-loop run, then the open-loop one at half its rate; `memory`
-/// is sampled after each, `check` gets the successes of both.
-#[allow(clippy::too_many_arguments)]
-fn measure<C: Client + 'static>(
-    runtime: &tokio::runtime::Runtime,
-    workload: &'static str,
+/// A system ready to be measured on one workload: its server (ended when
+/// the side is dropped, after its connections), a runtime and the clients.
+struct Side {
     system: System,
-    clients: Vec<C>,
-    options: &Options,
-    watched: &[u32],
-    memory: (&'static str, &dyn Fn() -> Option<u64>),
-    check: &dyn Fn(u64) -> Result<String, String>,
-) -> Vec<Row> {
-    let count = clients.len();
-    let label = format!("{} {workload}", system.name());
-    let summarize = |mode: Mode, measured: &Measured| {
-        let row = Row {
-            usage: measured.usage,
-            per_second: measured.per_second.clone(),
-            ..Row::new(workload, system, mode, count, &measured.totals, measured.elapsed)
-        };
-        println!(
-            "{label} {}: {:.0} ops/s, p50/p99/p999 {}/{}/{} µs, {} errors; {}; per second: {}",
-            row.mode_name(),
-            row.ops_s,
-            row.p50_us,
-            row.p99_us,
-            row.p999_us,
-            row.errors,
-            measured.usage,
-            crate::driver::timeline(&measured.per_second)
-        );
-        row
-    };
-    let (closed, clients) = load::drive(runtime, &label, clients, options.duration, Pace::Closed, watched);
-    let mut peak = memory.1();
-    let mut successes = closed.totals.ok;
-    let mut rows = vec![summarize(Mode::Closed, &closed)];
-    let peak_ops_s = rows[0].ops_s;
-    if options.open_loop && peak_ops_s > 0.0 {
-        let target_ops_s = peak_ops_s * OPEN_LOOP_FRACTION;
-        let (open, _) = load::drive(
+    /// Declared before the runtime and the server: dropped first.
+    clients: Box<dyn Slices>,
+    runtime: tokio::runtime::Runtime,
+    server: Server,
+    workload: Workload,
+}
+
+/// The server behind a side.
+enum Server {
+    Truce(TruceServer),
+    Redis(redis_peer::RedisServer),
+    /// The shared PostgreSQL server: its connection string and the ids of the
+    /// postmaster and its children once the clients connected.
+    Postgres {
+        conninfo: String,
+        pids: Vec<u32>,
+    },
+}
+
+/// Runs a side's clients for one slice of time, whatever their type.
+trait Slices {
+    fn slice(
+        &mut self,
+        runtime: &tokio::runtime::Runtime,
+        label: &str,
+        duration: Duration,
+        pace: Pace,
+        watched: &[u32],
+    ) -> Measured;
+}
+
+/// The clients of one system (given back by every slice for the next).
+struct Clients<C>(Vec<C>);
+
+impl<C: Client + 'static> Slices for Clients<C> {
+    fn slice(
+        &mut self,
+        runtime: &tokio::runtime::Runtime,
+        label: &str,
+        duration: Duration,
+        pace: Pace,
+        watched: &[u32],
+    ) -> Measured {
+        let (measured, clients) = load::drive(
             runtime,
-            &format!("{label} @{target_ops_s:.0}/s"),
-            clients,
-            options.duration,
-            Pace::Open {
-                ops_per_s: target_ops_s,
-            },
+            label,
+            std::mem::take(&mut self.0),
+            duration,
+            pace,
             watched,
         );
-        successes += open.totals.ok;
-        peak = peak.max(memory.1());
-        rows.push(summarize(Mode::Open { target_ops_s }, &open));
+        self.0 = clients;
+        measured
     }
-    let check = check(successes);
-    match &check {
-        Ok(what) => println!("{label}: check ok ({what})"),
-        Err(what) => println!("{label}: check FAILED ({what})"),
+}
+
+impl Side {
+    /// A fresh `truce serve` for the workload, its data created and its clients connected.
+    fn truce(binary: &std::path::Path, workload: Workload, options: &Options) -> BoxResult<Side> {
+        let server = TruceServer::start(binary, &options.dir)?;
+        println!(
+            "truce: {} serve (pid {}) on {}, default settings",
+            binary.display(),
+            server.process.pid(),
+            server.addr
+        );
+        let runtime = load::runtime()?;
+        let clients = runtime.block_on(truce_http::clients(
+            server.addr,
+            workload,
+            options.clients,
+            options.docs,
+        ))?;
+        Ok(Side {
+            system: System::Truce,
+            clients: Box::new(Clients(clients)),
+            runtime,
+            server: Server::Truce(server),
+            workload,
+        })
     }
-    for row in &mut rows {
-        row.check = check.clone();
-        row.peak_memory_kib = peak;
-        row.memory_kind = memory.0;
+
+    /// Fresh tables on the shared PostgreSQL server.
+    fn postgres(server: &PgServer, workload: Workload, options: &Options) -> BoxResult<Side> {
+        let conninfo = server.conninfo();
+        let runtime = load::runtime()?;
+        let clients = runtime.block_on(pg_peer::clients(
+            &conninfo,
+            workload,
+            options.clients,
+            options.docs,
+        ))?;
+        let mut pids = vec![server.pid];
+        pids.extend(server::children(server.pid));
+        Ok(Side {
+            system: System::Postgres,
+            clients: Box::new(Clients(clients)),
+            runtime,
+            server: Server::Postgres { conninfo, pids },
+            workload,
+        })
     }
+
+    /// A fresh redis-server for the workload.
+    fn redis(binary: &std::path::Path, workload: Workload, options: &Options) -> BoxResult<Side> {
+        let server = redis_peer::RedisServer::start(binary, &options.dir)?;
+        println!(
+            "redis: {} (pid {}) on {}, appendonly yes, appendfsync always, save ''",
+            binary.display(),
+            server.process.pid(),
+            server.addr
+        );
+        let runtime = load::runtime()?;
+        let clients = runtime.block_on(redis_peer::clients(server.addr, workload, options.clients))?;
+        Ok(Side {
+            system: System::Redis,
+            clients: Box::new(Clients(clients)),
+            runtime,
+            server: Server::Redis(server),
+            workload,
+        })
+    }
+
+    /// The server's process ids, for the CPU split.
+    fn watched(&self) -> Vec<u32> {
+        match &self.server {
+            Server::Truce(s) => vec![s.process.pid()],
+            Server::Redis(s) => vec![s.process.pid()],
+            Server::Postgres { pids, .. } => pids.clone(),
+        }
+    }
+
+    /// The server's peak memory so far and what kind of figure it is.
+    fn memory(&self) -> (&'static str, Option<u64>) {
+        match &self.server {
+            Server::Truce(s) => ("VmHWM", s.process.peak_rss_kib()),
+            Server::Redis(s) => ("VmHWM", s.process.peak_rss_kib()),
+            // Shared buffers are mapped by every backend: PSS splits them fairly.
+            Server::Postgres { pids, .. } => {
+                let each: Vec<u64> = pids.iter().filter_map(|&pid| server::pss_kib(pid)).collect();
+                ("PSS sum", (!each.is_empty()).then(|| each.iter().sum()))
+            }
+        }
+    }
+
+    /// The post-run check against `successes` in all.
+    fn check(&self, successes: u64) -> Result<String, String> {
+        match &self.server {
+            Server::Truce(s) => truce_http::check(s.addr, self.workload, successes),
+            Server::Redis(s) => self
+                .runtime
+                .block_on(redis_peer::check(s.addr, self.workload, successes)),
+            Server::Postgres { conninfo, .. } => {
+                self.runtime
+                    .block_on(pg_peer::check(conninfo, self.workload, successes))
+            }
+        }
+    }
+}
+
+/// Every side closed loop, then open loop at half its own peak; each in
+/// `options.rounds` slices that alternate between the systems, so that a
+/// neighbour's load on a shared machine falls on all of them alike. Memory
+/// is sampled after every slice; the check gets the successes of all.
+fn measure(workload: Workload, sides: &mut [Side], options: &Options) -> Vec<Row> {
+    let rounds = options.rounds.max(1);
+    let slice = options.duration / rounds;
+    let mut paces: Vec<Vec<Pace>> = vec![vec![Pace::Closed; sides.len()]];
+    let mut rows = Vec::new();
+    let mut peaks = vec![None; sides.len()];
+    let mut successes = vec![0; sides.len()];
+    for phase in 0..2 {
+        if phase == 1 {
+            if !options.open_loop {
+                break;
+            }
+            let open: Vec<Pace> = rows
+                .iter()
+                .map(|row: &Row| Pace::Open {
+                    ops_per_s: row.ops_s * OPEN_LOOP_FRACTION,
+                })
+                .collect();
+            paces.push(open);
+        }
+        let mut merged: Vec<Option<Measured>> = (0..sides.len()).map(|_| None).collect();
+        for round in 0..rounds {
+            for (i, side) in sides.iter_mut().enumerate() {
+                let pace = paces[phase][i];
+                if let Pace::Open { ops_per_s } = pace
+                    && ops_per_s <= 0.0
+                {
+                    continue;
+                }
+                let label = format!(
+                    "{} {} ({}/{rounds})",
+                    side.system.name(),
+                    workload.name(),
+                    round + 1
+                );
+                let watched = side.watched();
+                let measured = side.clients.slice(&side.runtime, &label, slice, pace, &watched);
+                let (_, peak) = side.memory();
+                peaks[i] = peaks[i].max(peak);
+                match &mut merged[i] {
+                    Some(total) => total.absorb(measured),
+                    None => merged[i] = Some(measured),
+                }
+            }
+        }
+        let phase_rows: Vec<Row> = merged
+            .into_iter()
+            .zip(sides.iter())
+            .enumerate()
+            .filter_map(|(i, (measured, side))| {
+                let measured = measured?;
+                successes[i] += measured.totals.ok;
+                let mode = match paces[phase][i] {
+                    Pace::Closed => Mode::Closed,
+                    Pace::Open { ops_per_s } => Mode::Open {
+                        target_ops_s: ops_per_s,
+                    },
+                };
+                Some(summarize(workload, side.system, mode, options.clients, &measured))
+            })
+            .collect();
+        if phase == 0 {
+            rows = phase_rows;
+        } else {
+            rows.extend(phase_rows);
+        }
+    }
+    for (i, side) in sides.iter().enumerate() {
+        let check = side.check(successes[i]);
+        match &check {
+            Ok(what) => println!("{} {}: check ok ({what})", side.system.name(), workload.name()),
+            Err(what) => println!(
+                "{} {}: check FAILED ({what})",
+                side.system.name(),
+                workload.name()
+            ),
+        }
+        for row in rows.iter_mut().filter(|r| r.system == side.system) {
+            row.check = check.clone();
+            row.peak_memory_kib = peaks[i];
+            row.memory_kind = side.memory().0;
+        }
+    }
+    rows.sort_by_key(|r| {
+        (
+            sides.iter().position(|s| s.system == r.system),
+            r.mode != Mode::Closed,
+        )
+    });
     rows
 }
 
-/// A fresh `truce serve` for the workload.
-fn truce_rows(binary: &std::path::Path, workload: Workload, options: &Options) -> BoxResult<Vec<Row>> {
-    let mut server = TruceServer::start(binary, &options.dir)?;
-    let addr = server.addr;
-    println!(
-        "truce: {} serve (pid {}) on {addr}, default settings",
-        binary.display(),
-        server.process.pid()
-    );
-    let runtime = load::runtime()?;
-    let clients = runtime.block_on(truce_http::clients(addr, workload, options.clients, options.docs))?;
-    let pid = server.process.pid();
-    let process = &server.process;
-    let rows = measure(
-        &runtime,
-        workload.name(),
-        System::Truce,
-        clients,
-        options,
-        &[pid],
-        ("VmHWM", &|| process.peak_rss_kib()),
-        &|ok| truce_http::check(addr, workload, ok),
-    );
-    drop(runtime);
-    let how = server.process.stop();
-    println!("truce serve (pid {pid}) {how}");
-    Ok(rows)
-}
-
-/// Fresh tables on the shared PostgreSQL server.
-fn postgres_rows(server: &PgServer, workload: Workload, options: &Options) -> BoxResult<Vec<Row>> {
-    let conninfo = server.conninfo();
-    let runtime = load::runtime()?;
-    let clients = runtime.block_on(pg_peer::clients(
-        &conninfo,
-        workload,
-        options.clients,
-        options.docs,
-    ))?;
-    let mut pids = vec![server.pid];
-    pids.extend(server::children(server.pid));
-    // Shared buffers are mapped by every backend: PSS splits them fairly.
-    let memory = || {
-        let each: Vec<u64> = pids.iter().filter_map(|&pid| server::pss_kib(pid)).collect();
-        (!each.is_empty()).then(|| each.iter().sum())
+/// One run's row, and its summary line.
+fn summarize(workload: Workload, system: System, mode: Mode, clients: usize, measured: &Measured) -> Row {
+    let row = Row {
+        usage: measured.usage,
+        per_second: measured.per_second.clone(),
+        ..Row::new(
+            workload.name(),
+            system,
+            mode,
+            clients,
+            &measured.totals,
+            measured.elapsed,
+        )
     };
-    let rows = measure(
-        &runtime,
-        workload.name(),
-        System::Postgres,
-        clients,
-        options,
-        &pids,
-        ("PSS sum", &memory),
-        &|ok| runtime.block_on(pg_peer::check(&conninfo, workload, ok)),
-    );
-    Ok(rows)
-}
-
-/// A fresh redis-server for the workload.
-fn redis_rows(binary: &std::path::Path, workload: Workload, options: &Options) -> BoxResult<Vec<Row>> {
-    let mut server = redis_peer::RedisServer::start(binary, &options.dir)?;
-    let (addr, pid) = (server.addr, server.process.pid());
     println!(
-        "redis: {} (pid {pid}) on {addr}, appendonly yes, appendfsync always, save ''",
-        binary.display()
-    );
-    let runtime = load::runtime()?;
-    let clients = runtime.block_on(redis_peer::clients(addr, workload, options.clients))?;
-    let process = &server.process;
-    let rows = measure(
-        &runtime,
+        "{} {} {}: {:.0} ops/s, p50/p99/p999 {}/{}/{} µs, {} errors; {}; per second: {}",
+        system.name(),
         workload.name(),
-        System::Redis,
-        clients,
-        options,
-        &[pid],
-        ("VmHWM", &|| process.peak_rss_kib()),
-        &|ok| runtime.block_on(redis_peer::check(addr, workload, ok)),
+        row.mode_name(),
+        row.ops_s,
+        row.p50_us,
+        row.p99_us,
+        row.p999_us,
+        row.errors,
+        measured.usage,
+        crate::driver::timeline(&measured.per_second)
     );
-    drop(runtime);
-    let how = server.process.stop();
-    println!("redis-server (pid {pid}) {how}");
-    Ok(rows)
+    row
 }
 
 /// The embedded hot counter: Truce's Rust API against SQLite, in process.
