@@ -38,10 +38,12 @@ impl Snapshot {
         let watched = if watched.is_empty() {
             None
         } else {
-            watched
+            // Processes that exited meanwhile (a server's short-lived children) are left out.
+            let ticks: Vec<u64> = watched
                 .iter()
-                .map(|pid| process_ticks(&format!("/proc/{pid}/stat")))
-                .sum::<Option<u64>>()
+                .filter_map(|pid| process_ticks(&format!("/proc/{pid}/stat")))
+                .collect();
+            (!ticks.is_empty()).then(|| ticks.iter().sum())
         };
         Snapshot {
             at: Instant::now(),

@@ -1,7 +1,6 @@
 //! The timed run: N worker threads start together, each loops until its
 //! deadline, and a progress line on stderr shows the operations so far.
 
-use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::Barrier;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,6 +8,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::cpu;
+use crate::progress::Progress;
 use crate::stats::Recorder;
 
 /// How often the progress line is redrawn.
@@ -71,6 +71,7 @@ where
         race.start.wait();
         let started = Instant::now();
         let cpu_before = cpu::Snapshot::take(&[]);
+        let progress = Progress::new(system, config.duration);
         let mut last_shown = started;
         let mut per_second = Vec::new();
         let mut counted = 0;
@@ -81,9 +82,10 @@ where
                 let done = race.done.load(Ordering::Relaxed);
                 per_second.push(done - counted);
                 counted = done;
-                show_progress(system, started.elapsed(), done);
             }
+            progress.update(started.elapsed(), race.done.load(Ordering::Relaxed));
         }
+        progress.finish();
         let mut totals = Recorder::default();
         for handle in handles {
             let recorder = handle
@@ -97,8 +99,6 @@ where
             (cpu::Snapshot::take(&[]).since(&cpu_before), per_second),
         )
     });
-    show_progress(system, elapsed, race.done.load(Ordering::Relaxed));
-    eprintln!();
     println!("{system}: {usage}");
     println!(
         "{system}: operations finished in each second: {}",
@@ -112,17 +112,6 @@ where
 pub fn timeline(per_second: &[u64]) -> String {
     let parts: Vec<String> = per_second.iter().map(u64::to_string).collect();
     parts.join(" ")
-}
-
-/// Redraws the progress line in place.
-pub fn show_progress(system: &str, elapsed: Duration, done: u64) {
-    let mut err = std::io::stderr().lock();
-    let _ = write!(
-        err,
-        "\r{system:<8} {:>5.1} s  {done:>10} ops",
-        elapsed.as_secs_f64()
-    );
-    let _ = err.flush();
 }
 
 #[cfg(test)]

@@ -3,40 +3,25 @@
 //! durability), driven over N keep-alive HTTP/1.1 connections that each send
 //! `PATCH /v1/c/counters/hot {"$inc":{"n":1},"$upsert":true}` and wait for the
 //! answer. The load generator is one thread (a current-thread tokio runtime
-//! with one task per connection over bare hyper), so it takes as little of the
+//! with one task per connection over bare hyper: `net::load` and
+//! `net::truce_http`, the peers workloads' load generator), so it takes as little of the
 //! 2 cores from the server as it can. Then SQLite's in-process hot counter runs
 //! with as many threads, for the ratio: a different path (embedded, no
 //! network, no HTTP), labelled so.
 
 use std::error::Error;
 use std::fmt::Write as _;
-use std::fs::File;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
-
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::{Method, Request, StatusCode, header};
-use hyper_util::rt::TokioIo;
+use std::time::Duration;
 
 use crate::cpu;
-use crate::driver::{self, Config};
-use crate::server::{self, Process};
+use crate::driver::Config;
+use crate::net::load::{self, Pace};
+use crate::net::{Workload, truce_http};
+use crate::server::{self, TruceServer};
 use crate::sqlite_side;
 use crate::stats::{Outcome, Recorder, Report, json_float, json_object};
-
-/// The document every request increments.
-const PATH: &str = "/v1/c/counters/hot";
-
-/// The request body.
-const BODY: &[u8] = br#"{"$inc":{"n":1},"$upsert":true}"#;
-
-/// How much of an unexpected answer is kept for the error report.
-const ERROR_BODY_CHARS: usize = 200;
 
 type BoxResult<T> = Result<T, Box<dyn Error + Send + Sync>>;
 
@@ -150,33 +135,9 @@ impl Report for HttpReport {
 /// Starts the server, loads it, checks it, stops it; then SQLite.
 pub fn run(config: &Config, server_bin: Option<&Path>) -> BoxResult<HttpReport> {
     let binary = server::truce_binary(server_bin)?;
-    let scratch = tempfile::Builder::new()
-        .prefix("truce-bench-http-")
-        .tempdir_in(&config.dir)?;
-    let data = scratch.path().join("data");
-    let log_path = scratch.path().join("server.log");
-    let port = server::free_loopback_port()?;
-    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-    let log = File::create(&log_path)?;
-    let mut process = Process::spawn(
-        "truce serve",
-        Command::new(&binary)
-            .arg("serve")
-            .arg("--listen")
-            .arg(addr.to_string())
-            .arg("--data")
-            .arg(&data)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log),
-    )?;
-    let ready = server::wait_until_healthy(&mut process, addr).map_err(|e| {
-        let tail = std::fs::read_to_string(&log_path).unwrap_or_default();
-        format!(
-            "{e}; server log:\n{}",
-            tail.lines().rev().take(20).collect::<Vec<_>>().join("\n")
-        )
-    })?;
+    let mut server = TruceServer::start(&binary, &config.dir)?;
+    let (addr, ready) = (server.addr, server.ready);
+    let process = &mut server.process;
     println!(
         "http-hot-counter: {} keep-alive connections from one client thread, {:?}; server {} \
          (pid {}, default settings: immediate durability, info logging to a file) on {addr}, \
@@ -193,10 +154,10 @@ pub fn run(config: &Config, server_bin: Option<&Path>) -> BoxResult<HttpReport> 
     let usage = cpu::Snapshot::take(&[process.pid()]).since(&before);
     println!("truce http: {usage}");
     let server_peak_rss_kib = process.peak_rss_kib();
-    let check = final_value(addr, totals.ok);
+    let check = truce_http::check(addr, Workload::HotCounter, totals.ok);
     let how = process.stop();
     println!("truce serve (pid {}) {how}", process.pid());
-    drop(process);
+    drop(server);
 
     let truce = Outcome {
         system: "truce-http",
@@ -220,129 +181,21 @@ pub fn run(config: &Config, server_bin: Option<&Path>) -> BoxResult<HttpReport> 
     Ok(report)
 }
 
-/// The counter read back must equal the acknowledged increments.
-fn final_value(addr: SocketAddr, acknowledged: u64) -> Result<String, String> {
-    let (status, body) =
-        server::http_once(addr, "GET", PATH, None).map_err(|e| format!("GET {PATH}: {e}"))?;
-    match status {
-        200 => {}
-        404 if acknowledged == 0 => return Ok("no increment acknowledged, no document".into()),
-        _ => return Err(format!("GET {PATH} answered {status}: {body}")),
-    }
-    let doc: serde_json::Value = serde_json::from_str(&body).map_err(|e| format!("GET {PATH}: {e}"))?;
-    match doc["n"].as_u64() {
-        Some(n) if n == acknowledged => {
-            Ok(format!("n = {n} = acknowledged increments (read back over HTTP)"))
-        }
-        _ => Err(format!(
-            "n = {}, but {acknowledged} increments were acknowledged",
-            doc["n"]
-        )),
-    }
-}
-
-/// Runs the connections on one thread until the deadline; returns the merged
-/// figures and the time from the start until the last answer.
+/// Runs the connections on one thread until the deadline (the peers
+/// workloads' load generator); returns the merged figures and the time from
+/// the start until the last answer.
 fn load(addr: SocketAddr, config: &Config) -> BoxResult<(Recorder, Duration)> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .enable_time()
-        .build()?;
-    let done = Arc::new(AtomicU64::new(0));
-    let duration = config.duration;
-    let connections = config.threads;
-    let (totals, elapsed) = runtime.block_on(async {
-        let started = Instant::now();
-        let deadline = started + duration;
-        let workers: Vec<_> = (0..connections)
-            .map(|_| tokio::spawn(connection(addr, deadline, Arc::clone(&done))))
-            .collect();
-        let progress = tokio::spawn({
-            let done = Arc::clone(&done);
-            async move {
-                loop {
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    driver::show_progress("http", started.elapsed(), done.load(Ordering::Relaxed));
-                }
-            }
-        });
-        let mut totals = Recorder::default();
-        for worker in workers {
-            match worker.await {
-                Ok(recorder) => totals.merge(&recorder),
-                Err(e) => totals.error(format!("a connection task failed: {e}")),
-            }
-        }
-        progress.abort();
-        (totals, started.elapsed())
-    });
-    driver::show_progress("http", elapsed, done.load(Ordering::Relaxed));
-    eprintln!();
-    Ok((totals, elapsed))
-}
-
-/// One keep-alive connection: send, wait for the answer, repeat until the
-/// deadline. A broken connection is counted as an error and reopened.
-async fn connection(addr: SocketAddr, deadline: Instant, done: Arc<AtomicU64>) -> Recorder {
-    let mut recorder = Recorder::default();
-    while Instant::now() < deadline {
-        let mut sender = match open(addr).await {
-            Ok(sender) => sender,
-            Err(e) => {
-                recorder.error(format!("connect: {e}"));
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
-        };
-        while Instant::now() < deadline {
-            let request = Request::builder()
-                .method(Method::PATCH)
-                .uri(PATH)
-                .header(header::HOST, "127.0.0.1")
-                .header(header::CONTENT_TYPE, "application/json")
-                .body(Full::new(Bytes::from_static(BODY)))
-                .expect("a valid request");
-            let t0 = Instant::now();
-            let answer = async {
-                sender.ready().await?;
-                let response = sender.send_request(request).await?;
-                let status = response.status();
-                let body = response.into_body().collect().await?.to_bytes();
-                Ok::<_, hyper::Error>((status, body))
-            }
-            .await;
-            recorder.latency(t0.elapsed());
-            done.fetch_add(1, Ordering::Relaxed);
-            match answer {
-                Ok((StatusCode::OK | StatusCode::CREATED, _)) => recorder.ok += 1,
-                Ok((status, body)) => {
-                    let text: String = String::from_utf8_lossy(&body)
-                        .chars()
-                        .take(ERROR_BODY_CHARS)
-                        .collect();
-                    recorder.error(format!("{status}: {text}"));
-                }
-                Err(e) => {
-                    recorder.error(format!("connection: {e}"));
-                    break;
-                }
-            }
-        }
-    }
-    recorder
-}
-
-type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
-
-/// Opens one HTTP/1.1 connection (Nagle off) and drives it on its own task.
-async fn open(addr: SocketAddr) -> BoxResult<Sender> {
-    let stream = tokio::net::TcpStream::connect(addr).await?;
-    stream.set_nodelay(true)?;
-    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    Ok(sender)
+    let runtime = load::runtime()?;
+    let clients = runtime.block_on(truce_http::clients(addr, Workload::HotCounter, config.threads, 0))?;
+    let (measured, _) = load::drive(
+        &runtime,
+        "truce-http",
+        clients,
+        config.duration,
+        Pace::Closed,
+        &[],
+    );
+    Ok((measured.totals, measured.elapsed))
 }
 
 #[cfg(test)]

@@ -9,7 +9,10 @@
 //! Workloads: `hot-counter` and `spread-writes` (against SQLite; `all` runs
 //! both), `transfers` (optimistic transactions under a Zipf skew, SQLite for
 //! reference), `http-hot-counter` (the `truce` server over loopback HTTP),
-//! `seed003` (counter caches against PostgreSQL).
+//! `seed003` (counter caches against PostgreSQL), and `peers` (issue 7: the
+//! network path against PostgreSQL and Redis, plus the embedded hot counter
+//! against SQLite, with charts; `net-hot-counter`, `versioned-writes`,
+//! `contended-rmw` and `heartbeats` run one of its workloads).
 //! Each prints the machine line, a table, the post-run sanity
 //! checks and the throughput ratio. With `--json`, one summary line per
 //! measurement follows at the end. A failed sanity check or a setup error exits
@@ -22,8 +25,11 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod cpu;
 mod driver;
 mod http_counter;
+mod install;
+mod net;
 mod pg;
 mod probe;
+mod progress;
 mod seed003;
 mod server;
 mod sqlite_side;
@@ -55,10 +61,11 @@ struct Cli {
     /// How long each system is measured, e.g. `10s`, `500ms`, `1m`.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     duration: Duration,
-    /// Worker threads (or connections), the same on both systems. Default:
+    /// Worker threads (or connections), the same on every system. Default:
     /// 8 for hot-counter and spread-writes; transfers runs 8 and then 32;
-    /// 32 connections for http-hot-counter, 32 workers for seed003.
-    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    /// 32 connections for http-hot-counter and the peers workloads, 32
+    /// workers for seed003.
+    #[arg(long, visible_alias = "clients", value_parser = clap::value_parser!(u16).range(1..=1024))]
     threads: Option<u16>,
     /// Writes each Truce thread keeps outstanding in hot-counter (1 = wait for
     /// each answer). SQLite cannot pipeline and always runs synchronously;
@@ -73,6 +80,23 @@ struct Cli {
     /// `cargo build --release -p truce-server` and use `target/release/truce`.
     #[arg(long)]
     server_bin: Option<PathBuf>,
+    /// Systems to leave out of the peers workloads, e.g. `--skip redis,postgres`.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    skip: Vec<net::System>,
+    /// Where the peers workloads write results.json and the PNG charts.
+    #[arg(long, default_value = "target/truce-bench")]
+    out: PathBuf,
+    /// Documents of versioned-writes (fewer for a quick smoke run).
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    docs: u64,
+    /// Leave out the peers workloads' open-loop (latency under load) runs.
+    #[arg(long)]
+    no_open_loop: bool,
+    /// The peers workloads measure each system in this many slices of
+    /// duration/rounds, alternating between the systems, so a neighbour's
+    /// load on a shared machine falls on all of them alike.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
+    rounds: u32,
 }
 
 /// The workloads.
@@ -93,6 +117,18 @@ enum Workload {
     /// Counter caches under concurrent confirm / open / delete (seed 003,
     /// issue 6): Truce in_commit and after_commit against PostgreSQL.
     Seed003,
+    /// Issue 7's whole table: the four network workloads against PostgreSQL
+    /// and Redis (closed loop, then open loop at 50 % of each peak), and the
+    /// embedded hot counter against SQLite; table, JSON and PNG charts.
+    Peers,
+    /// peers' hot counter alone: `PATCH $inc`, `UPDATE n = n + 1`, `INCR`.
+    NetHotCounter,
+    /// peers' versioned writes alone: `PUT` with `_version` over 100k documents.
+    VersionedWrites,
+    /// peers' optimistic read-modify-write of one document, retried.
+    ContendedRmw,
+    /// peers' seed 000 heartbeats, skip if fresh.
+    Heartbeats,
 }
 
 /// Workers of `seed003` when `--threads` is not given.
@@ -103,6 +139,9 @@ const COMPARISON_THREADS: usize = 8;
 
 /// Connections of `http-hot-counter` when `--threads` is not given.
 const HTTP_CONNECTIONS: usize = 32;
+
+/// Connections of the peers workloads when `--threads` is not given.
+const PEERS_CLIENTS: usize = 32;
 
 /// Thread counts of `transfers` when `--threads` is not given.
 const TRANSFER_THREADS: [usize; 2] = [8, 32];
@@ -220,6 +259,33 @@ fn run(cli: &Cli) -> BoxResult<Vec<Box<dyn Report>>> {
             ..config.clone()
         };
         done.push(Box::new(seed003::run(&config)?));
+    }
+    let network = match cli.workload {
+        Workload::Peers => net::Workload::ALL.to_vec(),
+        Workload::NetHotCounter => vec![net::Workload::HotCounter],
+        Workload::VersionedWrites => vec![net::Workload::VersionedWrites],
+        Workload::ContendedRmw => vec![net::Workload::ContendedRmw],
+        Workload::Heartbeats => vec![net::Workload::Heartbeats],
+        _ => Vec::new(),
+    };
+    if !network.is_empty() {
+        println!("{machine}");
+        let options = net::Options {
+            workloads: network,
+            embedded: cli.workload == Workload::Peers,
+            clients: threads.unwrap_or(PEERS_CLIENTS),
+            embedded_threads: COMPARISON_THREADS,
+            in_flight: config.in_flight,
+            duration: cli.duration,
+            dir: config.dir.clone(),
+            skip: cli.skip.clone(),
+            server_bin: cli.server_bin.clone(),
+            docs: cli.docs,
+            open_loop: !cli.no_open_loop,
+            rounds: cli.rounds,
+            out: cli.out.clone(),
+        };
+        done.push(Box::new(net::run(&options)?));
     }
     Ok(done)
 }

@@ -23,6 +23,7 @@ use postgres::{Client, NoTls, Statement};
 use rand::Rng;
 
 use crate::driver::{self, Config};
+use crate::install::{self, is_root};
 use crate::seed003::{CAMPAIGN, Counters, Mix, Op, PgRuns, check_counters, subscribers};
 use crate::server::free_loopback_port;
 use crate::stats::{Outcome, Recorder};
@@ -92,12 +93,6 @@ pub fn run(config: &Config) -> Result<PgRuns, PgError> {
     })
 }
 
-/// Whether this process runs as root.
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
-}
-
 /// The directory holding `pg_ctl`, `initdb` and `postgres`.
 fn find_bin_dir() -> Option<PathBuf> {
     let complete = |dir: &Path| {
@@ -130,31 +125,15 @@ fn find_bin_dir() -> Option<PathBuf> {
 }
 
 /// Finds the binaries, installing Debian's package as root if they are missing.
-fn find_or_install() -> Result<PathBuf, PgError> {
+pub fn find_or_install() -> Result<PathBuf, PgError> {
     if let Some(dir) = find_bin_dir() {
         return Ok(dir);
     }
-    if !is_root() {
-        return Err(PgError::Skipped(
-            "pg_ctl not found (PATH, /usr/lib/postgresql/*/bin) and not root to install it: \
-             install PostgreSQL (Debian: apt-get install postgresql)"
-                .into(),
-        ));
-    }
-    eprintln!("postgresql: pg_ctl not found; installing Debian's package: apt-get install -y postgresql");
-    let install = || {
-        Command::new("apt-get")
-            .args(["install", "-y", "postgresql"])
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if !install() {
-        let _ = Command::new("apt-get").arg("update").status();
-        if !install() {
-            return Err(PgError::Skipped("apt-get install -y postgresql failed".into()));
-        }
-    }
+    install::debian_package(
+        "postgresql (pg_ctl, PATH or /usr/lib/postgresql/*/bin)",
+        "postgresql",
+    )
+    .map_err(PgError::Skipped)?;
     find_bin_dir().ok_or_else(|| PgError::Skipped("postgresql installed, but no pg_ctl found".into()))
 }
 
@@ -175,13 +154,16 @@ pub fn passwd_entry(passwd: &str, user: &str) -> Option<(u32, u32)> {
 
 /// The server: its data directory (in a temporary directory), port and pid.
 /// Dropping it stops it.
-struct PgServer {
+pub struct PgServer {
     bin: PathBuf,
     /// Holds the data directory; removed when the server is dropped (after it stopped).
     _scratch: tempfile::TempDir,
-    data: PathBuf,
-    port: u16,
-    pid: u32,
+    /// The data directory.
+    pub data: PathBuf,
+    /// The loopback port it listens on.
+    pub port: u16,
+    /// The postmaster's process id.
+    pub pid: u32,
     /// Run server commands as `postgres` (when this process is root).
     as_postgres: bool,
 }
@@ -198,7 +180,8 @@ impl PgServer {
         }
     }
 
-    fn start(bin: &Path, config: &Config) -> Result<PgServer, PgError> {
+    /// initdb into a temporary directory under `config.dir` and `pg_ctl start`.
+    pub fn start(bin: &Path, config: &Config) -> Result<PgServer, PgError> {
         let as_postgres = is_root();
         let scratch = tempfile::Builder::new()
             .prefix("pg-bench-")
@@ -272,7 +255,8 @@ impl PgServer {
         Ok(server)
     }
 
-    fn conninfo(&self) -> String {
+    /// The connection string (user postgres, trust authentication).
+    pub fn conninfo(&self) -> String {
         format!(
             "host=127.0.0.1 port={} user=postgres dbname=postgres application_name=truce-bench",
             self.port

@@ -147,6 +147,84 @@ impl Drop for Process {
     }
 }
 
+/// A `truce serve` on a free loopback port with a fresh data directory, its
+/// default settings (immediate durability) and its log in a file. Dropping it
+/// ends the process (by id), then removes the directory.
+pub struct TruceServer {
+    /// The server process (declared first: it stops before the directory goes).
+    pub process: Process,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// How long it took to answer `/healthz`.
+    pub ready: Duration,
+    _scratch: tempfile::TempDir,
+}
+
+impl TruceServer {
+    /// Starts `binary serve` with its data under a new temporary directory in
+    /// `dir` and waits until it answers; the error carries the log's tail.
+    pub fn start(binary: &Path, dir: &Path) -> BoxResult<TruceServer> {
+        let scratch = tempfile::Builder::new()
+            .prefix("truce-bench-server-")
+            .tempdir_in(dir)?;
+        let log_path = scratch.path().join("server.log");
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_loopback_port()?));
+        let log = std::fs::File::create(&log_path)?;
+        let mut process = Process::spawn(
+            "truce serve",
+            Command::new(binary)
+                .arg("serve")
+                .arg("--listen")
+                .arg(addr.to_string())
+                .arg("--data")
+                .arg(scratch.path().join("data"))
+                .stdin(std::process::Stdio::null())
+                .stdout(log.try_clone()?)
+                .stderr(log),
+        )?;
+        let ready = wait_until_healthy(&mut process, addr).map_err(|e| {
+            let tail = std::fs::read_to_string(&log_path).unwrap_or_default();
+            format!(
+                "{e}; server log:\n{}",
+                tail.lines().rev().take(20).collect::<Vec<_>>().join("\n")
+            )
+        })?;
+        Ok(TruceServer {
+            process,
+            addr,
+            ready,
+            _scratch: scratch,
+        })
+    }
+}
+
+/// Proportional set size of a process in KiB (`/proc/PID/smaps_rollup`): its
+/// resident memory with each shared page divided among the processes that map
+/// it, so the sum over a server's processes is that server's memory.
+pub fn pss_kib(pid: u32) -> Option<u64> {
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    status_field_kib(&rollup, "Pss")
+}
+
+/// The ids of `parent`'s child processes, from `/proc/*/stat`.
+pub fn children(parent: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    let rest = &stat[stat.rfind(')')? + 1..];
+                    rest.split_whitespace().nth(1)?.parse::<u32>().ok()
+                })
+                == Some(parent)
+        })
+        .collect()
+}
+
 /// A `kB` field of `/proc/PID/status`, e.g. `VmHWM:   123456 kB`.
 pub fn status_field_kib(status: &str, field: &str) -> Option<u64> {
     status.lines().find_map(|line| {

@@ -24,6 +24,9 @@ pub struct Recorder {
     /// Attempts in all, where an operation may take several (retried
     /// transactions); 0 where every operation is one attempt.
     pub attempts: u64,
+    /// Successful operations that a dedup rule skipped (heartbeats): counted
+    /// in `ok` too.
+    pub skipped: u64,
     /// The first error seen, to say what the errors were.
     pub first_error: Option<String>,
 }
@@ -36,6 +39,7 @@ impl Default for Recorder {
             errors: 0,
             conflicts: 0,
             attempts: 0,
+            skipped: 0,
             first_error: None,
         }
     }
@@ -57,6 +61,7 @@ impl Recorder {
         self.errors += other.errors;
         self.conflicts += other.conflicts;
         self.attempts += other.attempts;
+        self.skipped += other.skipped;
         if self.first_error.is_none() {
             self.first_error.clone_from(&other.first_error);
         }

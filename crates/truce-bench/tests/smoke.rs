@@ -1,0 +1,134 @@
+//! The smoke run of `truce-bench peers`: every workload of issue 7 for about a
+//! second per system with 4 clients, through the built binaries, so the
+//! harness cannot rot. PostgreSQL and Redis are run when they are installed
+//! and must then appear in the results; when they are missing the bench skips
+//! them (or, as root, installs them). The figures are not judged, only that
+//! every system did work, without errors, and passed its post-run check.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The debug `truce` server binary beside the bench's, built if missing.
+fn server_binary() -> PathBuf {
+    let bench = Path::new(env!("CARGO_BIN_EXE_truce-bench"));
+    let server = bench.with_file_name("truce");
+    if !server.is_file() {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "-p", "truce-server"])
+            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "cargo build -p truce-server failed");
+    }
+    assert!(server.is_file(), "no server binary at {}", server.display());
+    server
+}
+
+/// Whether `program --version` runs.
+fn runs(program: &str) -> bool {
+    Command::new(program)
+        .arg("--version")
+        .output()
+        .is_ok_and(|out| out.status.success())
+}
+
+/// Whether PostgreSQL's binaries are where the bench looks for them.
+fn postgres_installed() -> bool {
+    runs("pg_ctl")
+        || std::fs::read_dir("/usr/lib/postgresql")
+            .map(|dirs| dirs.flatten().any(|d| d.path().join("bin/pg_ctl").is_file()))
+            .unwrap_or(false)
+}
+
+#[test]
+fn every_workload_runs_against_every_available_peer() {
+    let out = tempfile::tempdir().expect("a temp dir");
+    let (postgres, redis) = (postgres_installed(), runs("redis-server"));
+    let output = Command::new(env!("CARGO_BIN_EXE_truce-bench"))
+        .args([
+            "peers",
+            "--json",
+            "--duration",
+            "1s",
+            "--clients",
+            "4",
+            "--docs",
+            "2000",
+        ])
+        .arg("--server-bin")
+        .arg(server_binary())
+        .arg("--out")
+        .arg(out.path())
+        .arg("--dir")
+        .arg(out.path())
+        .output()
+        .expect("the bench runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "the bench failed\n{stdout}\n{stderr}");
+    assert!(
+        stdout.starts_with("machine: "),
+        "no machine line first:\n{stdout}"
+    );
+    let rows: Vec<serde_json::Value> = stdout
+        .lines()
+        .filter(|line| line.starts_with('{'))
+        .map(|line| serde_json::from_str(line).expect("valid JSON"))
+        .collect();
+    let row = |workload: &str, system: &str, mode: &str| {
+        rows.iter()
+            .find(|r| r["workload"] == workload && r["system"] == system && r["mode"] == mode)
+            .unwrap_or_else(|| panic!("no {workload} {system} {mode} row in\n{stdout}"))
+    };
+    let mut expected = Vec::new();
+    for workload in ["hot-counter", "versioned-writes", "contended-rmw", "heartbeats"] {
+        for mode in ["closed", "open"] {
+            expected.push((workload, "truce", mode));
+            if postgres {
+                expected.push((workload, "postgres", mode));
+            }
+        }
+    }
+    if redis {
+        for workload in ["hot-counter", "contended-rmw"] {
+            expected.extend([(workload, "redis", "closed"), (workload, "redis", "open")]);
+        }
+    }
+    expected.extend([
+        ("embedded-hot-counter", "truce", "closed"),
+        ("embedded-hot-counter", "sqlite", "closed"),
+    ]);
+    for (workload, system, mode) in expected {
+        let r = row(workload, system, mode);
+        assert!(
+            r["ops_s"].as_f64().is_some_and(|ops| ops > 0.0),
+            "no operations: {r}"
+        );
+        assert_eq!(r["errors"], 0, "errors: {r}");
+        assert_eq!(r["check_ok"], true, "check failed: {r}");
+        if system != "truce" && mode == "closed" {
+            assert!(r["ratio_truce_over_this"].as_f64().is_some(), "no ratio: {r}");
+        }
+        if workload != "embedded-hot-counter" && system != "postgres" {
+            assert!(r["peak_memory_kib"].as_u64().is_some(), "no peak memory: {r}");
+        }
+    }
+    assert!(stdout.contains("truce/this"), "no table:\n{stdout}");
+    let results = std::fs::read_to_string(out.path().join("results.json")).expect("results.json written");
+    assert_eq!(results.lines().count(), rows.len());
+    if stdout.contains("charts: ") {
+        for workload in [
+            "hot-counter",
+            "versioned-writes",
+            "contended-rmw",
+            "heartbeats",
+            "embedded-hot-counter",
+        ] {
+            let png = std::fs::read(out.path().join(format!("{workload}.png"))).expect("a chart");
+            assert!(png.starts_with(b"\x89PNG"), "{workload}.png is not a PNG");
+        }
+    } else {
+        assert!(stdout.contains("charts not drawn: no TTF font"), "{stdout}");
+    }
+}
