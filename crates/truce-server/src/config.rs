@@ -128,6 +128,13 @@ pub struct ServeArgs {
     /// [default: 128]. Its memory is about 60 × this × 400 bytes at most.
     #[arg(long, env = "TRUCE_HOT_SPOTS")]
     pub hot_spots: Option<usize>,
+    /// Storage block cache in MiB, 1 to 65536 [default: 64].
+    #[arg(long, env = "TRUCE_CACHE_MIB")]
+    pub cache_mib: Option<u64>,
+    /// Largest memtable of each of the storage's 8 keyspaces in MiB, 1 to 1024
+    /// [default: 8]; applies to keyspaces of a new data directory.
+    #[arg(long, env = "TRUCE_MEMTABLE_MIB")]
+    pub memtable_mib: Option<u64>,
 }
 
 /// The settings file: the same names as the flags.
@@ -144,6 +151,8 @@ struct FileSettings {
     request_timeout_ms: Option<u64>,
     max_concurrent_requests: Option<usize>,
     hot_spots: Option<usize>,
+    cache_mib: Option<u64>,
+    memtable_mib: Option<u64>,
 }
 
 /// The effective settings of a server.
@@ -167,6 +176,10 @@ pub struct Settings {
     pub max_concurrent_requests: usize,
     /// Hot-spot tracker capacity per minute.
     pub hot_spots: usize,
+    /// Storage block cache, MiB.
+    pub cache_mib: u64,
+    /// Per-keyspace memtable bound, MiB.
+    pub memtable_mib: u64,
 }
 
 impl ServeArgs {
@@ -211,7 +224,18 @@ impl ServeArgs {
                 .hot_spots
                 .or(file.hot_spots)
                 .unwrap_or(truce::limits::HOT_SPOTS_TRACKED_DEFAULT),
+            cache_mib: self
+                .cache_mib
+                .or(file.cache_mib)
+                .unwrap_or(truce::storage::FJALL_CACHE_BYTES >> 20),
+            memtable_mib: self
+                .memtable_mib
+                .or(file.memtable_mib)
+                .unwrap_or(truce::storage::FJALL_MEMTABLE_BYTES >> 20),
         };
+        if !(1..=65_536).contains(&settings.cache_mib) || !(1..=1024).contains(&settings.memtable_mib) {
+            return Err("cache_mib must be 1 to 65536 and memtable_mib 1 to 1024".into());
+        }
         if !(1..=truce::limits::HOT_SPOTS_TRACKED_MAX).contains(&settings.hot_spots) {
             return Err(format!(
                 "hot_spots must be 1 to {}",

@@ -51,6 +51,10 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
     check_exposure(&settings, &keys)?;
     let options = Options {
         hot_spots: settings.hot_spots,
+        fjall: truce::storage::FjallOptions {
+            cache_bytes: settings.cache_mib << 20,
+            memtable_bytes: settings.memtable_mib << 20,
+        },
         ..Options::default()
     };
     let db = Db::open(&settings.data, options).map_err(|e| e.to_string())?;

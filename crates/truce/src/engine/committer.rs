@@ -525,6 +525,7 @@ impl Committer {
         let storage = Arc::clone(&self.shared.storage);
         let mut group = Group::new(&*storage, self.last_seq, now_ms().max(self.last_ts_ms));
         let mut answers = Vec::with_capacity(waiting.len());
+        let mut settled_early = 0;
         let mut catalog_changed = false;
         let mut config_changed = false;
         while group.bytes < COMMIT_BATCH_BYTES_MAX
@@ -534,7 +535,17 @@ impl Committer {
             answers.push(match request {
                 Request::Commit(commit, reply) => {
                     let outcome = self.commit(&mut group, &commit);
+                    let mark = self.events.len();
                     self.observe(&commit, &outcome);
+                    if settled(&commit, &outcome, self.last_seq) {
+                        // Its counts go in before its answer goes out, as for
+                        // every other answer.
+                        let mut own = self.events.split_off(mark);
+                        self.shared.insights.absorb(&mut own, 0, 0, None);
+                        drop(reply.send(outcome));
+                        settled_early += 1;
+                        continue;
+                    }
                     Answer::Commit(reply, outcome)
                 }
                 Request::DefineIndex(def, reply) => {
@@ -563,7 +574,7 @@ impl Committer {
                 }
             });
         }
-        let stored = self.store(group, answers.len());
+        let stored = self.store(group, answers.len() + settled_early);
         if stored.is_ok() && catalog_changed {
             *self.shared.catalog.write().unwrap_or_else(|p| p.into_inner()) = self.indexes.clone();
         }
@@ -1203,6 +1214,34 @@ impl Committer {
                 source: None,
             });
         }
+    }
+}
+
+/// Whether a commit's answer may go out before its group's fsync: it writes
+/// nothing (no-ops, skips, checks, or conflicts; no idempotency record) and
+/// every document the answer shows was durable before the group began (its
+/// commit is at or before `durable_seq`). Such an answer reads only durable
+/// state, so it stays true whatever happens to the group; a heartbeat that is
+/// skipped, or a stale write refused, does not wait for other writers' fsync.
+fn settled(commit: &Commit, outcome: &Result<TxOutcome>, durable_seq: u64) -> bool {
+    if commit.idempotency.is_some() {
+        return false;
+    }
+    let durable = |doc: &Document| doc.meta.seq <= durable_seq;
+    match outcome {
+        Ok(Ok(committed)) => {
+            !committed.replayed
+                && committed.results.iter().all(|r| {
+                    r.as_ref().is_some_and(|w| {
+                        matches!(w.effect, Effect::NoOp | Effect::Skipped | Effect::Checked)
+                            && durable(&w.doc)
+                    })
+                })
+        }
+        Ok(Err(TxFailure::Conflicts(conflicts))) => conflicts
+            .iter()
+            .all(|c| c.conflict.current.as_ref().is_some_and(durable)),
+        _ => false,
     }
 }
 

@@ -15,7 +15,7 @@ use crate::doc;
 use crate::error::{Error, Result};
 use crate::index::IndexState;
 use crate::limits::{COMMIT_QUEUE_REQUESTS_MAX, HOT_SPOTS_TRACKED_DEFAULT, IDEMPOTENCY_RETENTION_MS_DEFAULT};
-use crate::storage::{Durability, FjallStorage, Storage};
+use crate::storage::{Durability, FjallOptions, FjallStorage, Storage};
 
 mod collection;
 mod committer;
@@ -64,6 +64,9 @@ pub struct Options {
     /// Keys each minute's hot-spot summary tracks ([`HOT_SPOTS_TRACKED_DEFAULT`];
     /// at most [`HOT_SPOTS_TRACKED_MAX`](crate::limits::HOT_SPOTS_TRACKED_MAX)).
     pub hot_spots: usize,
+    /// Memory bounds of the embedded storage ([`Db::open`] only): block cache
+    /// and per-keyspace memtables.
+    pub fjall: FjallOptions,
 }
 
 impl Default for Options {
@@ -74,6 +77,7 @@ impl Default for Options {
             queue_capacity: COMMIT_QUEUE_REQUESTS_MAX,
             idempotency_retention: Duration::from_millis(IDEMPOTENCY_RETENTION_MS_DEFAULT),
             hot_spots: HOT_SPOTS_TRACKED_DEFAULT,
+            fjall: FjallOptions::default(),
         }
     }
 }
@@ -107,7 +111,7 @@ impl Db {
     /// Opens (or creates) the database in directory `path` with the embedded
     /// storage engine, recovering whatever the last run left durable.
     pub fn open(path: impl AsRef<Path>, options: Options) -> Result<Db> {
-        let storage = FjallStorage::open(path.as_ref())?;
+        let storage = FjallStorage::open_with(path.as_ref(), options.fjall)?;
         Db::open_with_storage(Arc::new(storage), options)
     }
 

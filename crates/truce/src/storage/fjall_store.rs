@@ -9,9 +9,38 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable};
 
 use super::{Direction, Durability, Entry, Space, Storage, StorageError, StorageRead, WriteBatch};
 
-/// Block cache size. Bounded so the server's memory stays predictable; the OS
-/// page cache does the rest.
+/// Block cache size by default. Bounded so the server's memory stays
+/// predictable; the OS page cache does the rest.
 pub const FJALL_CACHE_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Largest memtable of each keyspace by default. fjall's default (64 MiB)
+/// times one keyspace per [`Space`] let a write-heavy run hold over 400 MiB
+/// of memtables (measured by the peers benchmark); 8 MiB bounds them all to
+/// 64 MiB and costs more, smaller flushes.
+pub const FJALL_MEMTABLE_BYTES: u64 = 8 * 1024 * 1024;
+
+/// Journal size that forces the keyspaces holding its oldest part to flush
+/// (fjall's minimum). Without it a keyspace written rarely never flushes and
+/// pins the whole journal.
+pub const FJALL_JOURNAL_BYTES_MAX: u64 = 64 * 1024 * 1024;
+
+/// How much memory the embedded backend may hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FjallOptions {
+    /// Block cache, shared by every keyspace.
+    pub cache_bytes: u64,
+    /// Largest memtable of each keyspace (there is one per [`Space`]).
+    pub memtable_bytes: u64,
+}
+
+impl Default for FjallOptions {
+    fn default() -> FjallOptions {
+        FjallOptions {
+            cache_bytes: FJALL_CACHE_BYTES,
+            memtable_bytes: FJALL_MEMTABLE_BYTES,
+        }
+    }
+}
 
 /// The keyspace of `space`; every variant of [`Space`] is opened in `open`.
 fn keyspace_of(spaces: &[(Space, Keyspace)], space: Space) -> &Keyspace {
@@ -38,7 +67,18 @@ impl FjallStorage {
     /// A final journal batch torn by a crash mid-fsync is dropped (see
     /// [`fjall_repair`](super::fjall_repair)); any other damage is an error.
     pub fn open(dir: &Path) -> Result<FjallStorage, StorageError> {
-        let open = || Database::builder(dir).cache_size(FJALL_CACHE_BYTES).open();
+        FjallStorage::open_with(dir, FjallOptions::default())
+    }
+
+    /// [`open`](Self::open) with explicit memory bounds. The memtable bound
+    /// applies to keyspaces this call creates; existing ones keep theirs.
+    pub fn open_with(dir: &Path, options: FjallOptions) -> Result<FjallStorage, StorageError> {
+        let open = || {
+            Database::builder(dir)
+                .cache_size(options.cache_bytes)
+                .max_journaling_size(FJALL_JOURNAL_BYTES_MAX)
+                .open()
+        };
         let db = match open() {
             Err(fjall::Error::JournalRecovery(_))
                 if super::fjall_repair::cut_torn_tail(dir)
@@ -54,8 +94,10 @@ impl FjallStorage {
             .map(|&space| {
                 Ok((
                     space,
-                    db.keyspace(space.name(), KeyspaceCreateOptions::default)
-                        .map_err(backend)?,
+                    db.keyspace(space.name(), || {
+                        KeyspaceCreateOptions::default().max_memtable_size(options.memtable_bytes)
+                    })
+                    .map_err(backend)?,
                 ))
             })
             .collect::<Result<Vec<_>, StorageError>>()?;

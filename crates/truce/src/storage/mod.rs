@@ -12,7 +12,7 @@ mod fjall_repair;
 mod fjall_store;
 mod memory;
 
-pub use fjall_store::FjallStorage;
+pub use fjall_store::{FJALL_CACHE_BYTES, FJALL_MEMTABLE_BYTES, FjallOptions, FjallStorage};
 pub use memory::{Fault, MemoryStorage};
 
 /// A separate key space, like a column family or a table. Keys of different

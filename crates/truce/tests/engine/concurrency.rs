@@ -169,3 +169,61 @@ fn futures_lite_block_on<F: std::future::Future>(future: F) -> F::Output {
         }
     }
 }
+
+/// A skip and a refused write that read only durable state are answered while
+/// their group's fsync is still running, and stay true when that fsync fails;
+/// a write in the same group waits for it.
+#[test]
+fn answers_from_durable_state_do_not_wait_for_the_group_fsync() {
+    use std::time::{Duration, Instant};
+    use truce::storage::{Fault, MemoryStorage};
+
+    for fail in [false, true] {
+        let storage = Arc::new(MemoryStorage::new());
+        let db = truce::Db::open_with_storage(storage.clone(), truce::Options::default()).unwrap();
+        let c = db.collection("c").unwrap();
+        c.put("beat", json!({"tab": "open"}), Expect::Absent)
+            .unwrap()
+            .unwrap();
+        // Group 1 stalls in storage; meanwhile group 2 gathers a write, a skip
+        // and a stale write.
+        storage.inject(Fault::Delay(Duration::from_millis(300)));
+        let first = c.submit_put("a", json!({}), Expect::Any).unwrap();
+        thread::sleep(Duration::from_millis(50));
+        storage.inject(if fail {
+            Fault::FailSync
+        } else {
+            Fault::Delay(Duration::from_millis(500))
+        });
+        let started = Instant::now();
+        let write = c.submit_put("b", json!({}), Expect::Any).unwrap();
+        let skip = c
+            .submit_patch(
+                "beat",
+                update(json!({"$set": {"x": 1}, "$if": {"tab": "closed"}, "$else": "skip"})),
+                Expect::Any,
+            )
+            .unwrap();
+        let stale = c
+            .submit_put("beat", json!({"tab": "x"}), Expect::Version(7))
+            .unwrap();
+        let skipped = skip.wait().unwrap().unwrap();
+        let refused = stale.wait().unwrap().unwrap_err();
+        let early = started.elapsed();
+        assert!(skipped.skipped());
+        assert_eq!(refused.reason, ConflictReason::VersionMismatch);
+        assert_eq!(refused.current.unwrap().version(), 1);
+        assert!(first.wait().unwrap().is_ok());
+        let written = write.wait();
+        let late = started.elapsed();
+        if fail {
+            assert_eq!(written.unwrap_err().code(), "unavailable");
+        } else {
+            assert!(written.unwrap().is_ok());
+            assert!(
+                late >= early + Duration::from_millis(300),
+                "the skip and the conflict ({early:?}) came before the group's fsync ended ({late:?})"
+            );
+        }
+    }
+}
