@@ -101,9 +101,10 @@ impl Recorder {
         events.push(op);
     }
 
-    /// Every event so far, in order.
-    pub fn ops(&self) -> Vec<Op> {
-        self.events.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    /// Every event so far, in order, leaving the recorder empty (a long run's
+    /// history is large: it is not copied).
+    pub fn take(&self) -> Vec<Op> {
+        std::mem::take(&mut *self.events.lock().unwrap_or_else(|p| p.into_inner()))
     }
 }
 

@@ -32,6 +32,9 @@ use workloads::{Ctx, Workload, counter, feed, list_append, register, set};
 /// Concurrent clients of each workload (the feed has one subscriber besides).
 pub const CLIENTS_DEFAULT: usize = 3;
 
+/// Anomalies of one kind shown in a summary (all are in `report.json`).
+const SUMMARY_ANOMALIES_MAX: usize = 3;
+
 /// What to run.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -112,8 +115,16 @@ impl Report {
         if self.anomalies.is_empty() {
             out.push_str("  no anomalies\n");
         }
+        // Grouped: a broken server can produce thousands of one kind.
+        let mut groups: BTreeMap<(&str, &str), Vec<&Anomaly>> = BTreeMap::new();
         for a in &self.anomalies {
-            out.push_str(&format!("  ANOMALY {} {}: {}\n", a.workload, a.kind, a.detail));
+            groups.entry((&a.workload, &a.kind)).or_default().push(a);
+        }
+        for ((workload, kind), found) in groups {
+            out.push_str(&format!("  ANOMALY {workload} {kind} x{}:\n", found.len()));
+            for a in found.iter().take(SUMMARY_ANOMALIES_MAX) {
+                out.push_str(&format!("    {}\n", a.detail));
+            }
         }
         out
     }
@@ -223,7 +234,7 @@ async fn run_async(config: &Config) -> Result<Report, String> {
     }
     drop(server);
 
-    let ops = ctx.recorder.ops();
+    let ops = ctx.recorder.take();
     if let Some(dir) = &config.out {
         write_history(&dir.join("history.jsonl"), &ops)?;
     }
