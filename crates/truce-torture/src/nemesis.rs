@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
 use reqwest::Method;
 use serde::Serialize;
 use serde_json::json;
@@ -77,9 +78,9 @@ pub struct Step {
 }
 
 /// The run's faults, drawn from `rng`: one every `interval` (drawn uniformly
-/// between its bounds) until `duration` is filled. When failpoints are chosen,
-/// each of [`FAILPOINTS`] comes once among the first faults, so even a short
-/// run fires every one; after that, faults are drawn by weight.
+/// between its bounds) until `duration` is filled. The first faults are one of
+/// each kind chosen — and each of [`FAILPOINTS`] — in a random order, so even a
+/// short run inflicts every one; after that, faults are drawn by weight.
 pub fn plan(
     rng: &mut StdRng,
     kinds: &[NemesisKind],
@@ -90,11 +91,18 @@ pub fn plan(
     if kinds.is_empty() {
         return steps;
     }
-    let mut forced: Vec<&'static str> = if kinds.contains(&NemesisKind::Failpoint) {
-        FAILPOINTS.to_vec()
-    } else {
-        Vec::new()
-    };
+    let mut first: Vec<Fault> = Vec::new();
+    for kind in kinds {
+        match kind {
+            NemesisKind::Failpoint => first.extend(FAILPOINTS.iter().map(|name| Fault::Failpoint {
+                name,
+                skip: rng.random_range(1..=FAILPOINT_SKIP_MAX),
+            })),
+            other => first.push(draw(rng, &[*other])),
+        }
+    }
+    first.shuffle(rng);
+    first.reverse(); // popped from the end
     let mut total = Duration::ZERO;
     loop {
         let after = rng.random_range(interval.0..=interval.1);
@@ -102,18 +110,7 @@ pub fn plan(
         if total >= duration {
             return steps;
         }
-        let fault = if !forced.is_empty() && rng.random_bool(0.5) {
-            let name = forced.remove(0);
-            Fault::Failpoint {
-                name,
-                skip: rng.random_range(1..=FAILPOINT_SKIP_MAX),
-            }
-        } else {
-            draw(rng, kinds)
-        };
-        if let Fault::Failpoint { name, .. } = fault {
-            forced.retain(|f| *f != name);
-        }
+        let fault = first.pop().unwrap_or_else(|| draw(rng, kinds));
         steps.push(Step { after, fault });
     }
 }
@@ -240,4 +237,50 @@ async fn failed(probe: &Http, anomalies: &mut Vec<Anomaly>) -> bool {
         tokio::time::sleep(PROBE_EVERY).await;
     }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::SeedableRng;
+
+    use super::*;
+
+    #[test]
+    fn every_fault_comes_first_and_the_plan_replays() {
+        let kinds = [NemesisKind::Kill, NemesisKind::Pause, NemesisKind::Failpoint];
+        let interval = (Duration::from_secs(3), Duration::from_secs(6));
+        let steps = plan(
+            &mut StdRng::seed_from_u64(8),
+            &kinds,
+            Duration::from_secs(60),
+            interval,
+        );
+        let again = plan(
+            &mut StdRng::seed_from_u64(8),
+            &kinds,
+            Duration::from_secs(60),
+            interval,
+        );
+        assert_eq!(steps, again, "the seed decides the schedule");
+        let first: Vec<&Fault> = steps.iter().take(4).map(|s| &s.fault).collect();
+        assert!(first.iter().any(|f| matches!(f, Fault::Kill { .. })), "{first:?}");
+        assert!(
+            first.iter().any(|f| matches!(f, Fault::Pause { .. })),
+            "{first:?}"
+        );
+        for name in FAILPOINTS {
+            assert!(
+                first
+                    .iter()
+                    .any(|f| matches!(f, Fault::Failpoint { name: n, .. } if *n == name)),
+                "{first:?}"
+            );
+        }
+        assert!(steps.len() >= 10, "{steps:?}");
+        assert!(
+            steps
+                .iter()
+                .all(|s| s.after >= interval.0 && s.after <= interval.1)
+        );
+    }
 }
