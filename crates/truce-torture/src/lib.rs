@@ -156,7 +156,9 @@ async fn run_async(config: &Config) -> Result<Report, String> {
     if data.exists() {
         std::fs::remove_dir_all(&data).map_err(|e| format!("cannot clear {}: {e}", data.display()))?;
     }
-    let mut server = Server::start(&config.server_bin, &data, &dir.join("server.log")).await?;
+    let log = dir.join("server.log");
+    let _ = std::fs::remove_file(&log); // appended across restarts, not across runs
+    let mut server = Server::start(&config.server_bin, &data, &log).await?;
     let ctx = Arc::new(Ctx::new(&server.url(), config.request_timeout));
 
     let mut schedule_rng = StdRng::seed_from_u64(config.seed);
