@@ -45,6 +45,7 @@ fn check_exposure(settings: &Settings, keys: &KeyStore) -> Result<(), String> {
 pub fn run(args: ServeArgs) -> Result<(), String> {
     let settings = args.settings()?;
     init_logging(settings.log_format);
+    truce::failpoints::setup_from_env(); // no-op unless built with the `failpoints` feature
     std::fs::create_dir_all(&settings.data)
         .map_err(|e| format!("cannot create data directory {}: {e}", settings.data.display()))?;
     let keys = KeyStore::open(&settings.data)?;

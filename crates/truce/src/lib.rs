@@ -23,6 +23,7 @@
 pub mod doc;
 pub mod engine;
 pub mod error;
+pub mod failpoints;
 pub mod index;
 pub mod limits;
 pub mod record;

@@ -209,6 +209,9 @@ impl Storage for FjallStorage {
             Durability::Immediate => PersistMode::SyncData,
             Durability::Relaxed => PersistMode::Buffer,
         };
+        fail::fail_point!("storage::apply", |_| Err(StorageError::Backend(
+            "failpoint storage::apply: the write failed".into()
+        )));
         let mut fjall_batch = self.db.batch().durability(Some(mode));
         for write in batch.into_writes() {
             let keyspace = self.keyspace(write.space);
@@ -217,6 +220,12 @@ impl Storage for FjallStorage {
                 None => fjall_batch.remove(keyspace, write.key),
             }
         }
-        fjall_batch.commit().map_err(backend)
+        fjall_batch.commit().map_err(backend)?;
+        // The batch reached the journal; pretend its fsync failed. Whether it
+        // survives is then unknown, as after a real fsync error.
+        fail::fail_point!("storage::fsync", durability == Durability::Immediate, |_| Err(
+            StorageError::Backend("failpoint storage::fsync: the fsync failed".into())
+        ));
+        Ok(())
     }
 }

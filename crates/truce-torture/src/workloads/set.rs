@@ -1,0 +1,98 @@
+//! A set: unique create-only inserts (`PUT` without a version), and reads of
+//! the whole collection page by page.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use super::{Ctx, Process, Workload, pause_after};
+use crate::history::Kind;
+use crate::http::Outcome;
+
+const COLLECTION: &str = "set";
+/// Documents per page of a read (the server's maximum).
+const PAGE_DOCS: u32 = 1000;
+/// Between two reads of the whole set: each is many pages.
+const READ_EVERY: Duration = Duration::from_millis(2000);
+/// Between two inserts of one client: keeps the set, and its reads, small.
+const INSERT_EVERY: Duration = Duration::from_millis(20);
+
+/// What the clients share: the source of unique elements.
+#[derive(Default)]
+pub struct State {
+    elements: AtomicU64,
+}
+
+/// One inserting client until the run stops.
+pub async fn inserter(ctx: Arc<Ctx>, state: Arc<State>) {
+    let mut process = Process::new(&ctx, Workload::Set);
+    while !ctx.stopped() {
+        let e = state.elements.fetch_add(1, Ordering::Relaxed) + 1;
+        let value = json!({"e": e});
+        process.invoke("add", value.clone());
+        let outcome = process
+            .ctx()
+            .http
+            .send_json(Method::PUT, &format!("/v1/c/{COLLECTION}/e{e}"), &value)
+            .await;
+        let kind = process.complete_with("add", &outcome, value.clone(), value);
+        pause_after(kind).await;
+        tokio::time::sleep(INSERT_EVERY).await;
+    }
+}
+
+/// One reading client until the run stops.
+pub async fn reader(ctx: Arc<Ctx>) {
+    let mut process = Process::new(&ctx, Workload::Set);
+    while !ctx.stopped() {
+        read(&mut process).await;
+        tokio::time::sleep(READ_EVERY).await;
+    }
+}
+
+/// Reads the whole set; returns how it ended.
+async fn read(process: &mut Process) -> Kind {
+    process.invoke("read", Value::Null);
+    let mut elements = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let mut path = format!("/v1/c/{COLLECTION}?limit={PAGE_DOCS}");
+        if let Some(cursor) = &after {
+            path.push_str(&format!("&after={}", percent_encode(cursor)));
+        }
+        let outcome = process.ctx().http.get(&path).await;
+        let Outcome::Ok { body, .. } = &outcome else {
+            return process.complete_with("read", &outcome, Value::Null, Value::Null);
+        };
+        let docs = body["docs"].as_array().cloned().unwrap_or_default();
+        elements.extend(docs.iter().filter_map(|d| d["e"].as_i64()));
+        match body["next"].as_str() {
+            Some(next) if !docs.is_empty() => after = Some(next.to_string()),
+            _ => break,
+        }
+    }
+    process.complete("read", Kind::Ok, json!({"elements": elements}), None);
+    Kind::Ok
+}
+
+/// Reads the set once more after everything else (and the final restart).
+pub async fn finish(ctx: &Arc<Ctx>) {
+    let mut process = Process::new(ctx, Workload::Set);
+    let kind = read(&mut process).await;
+    if kind != Kind::Ok {
+        process.unexpected(format!("the final read of the set ended {kind:?}"));
+    }
+}
+
+/// `text` as a query parameter value.
+fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
