@@ -123,3 +123,8 @@ pub const BACKGROUND_TICK_MS: u64 = 50;
 /// Outbox entries drained in one commit: 10,000 increments become at most one
 /// write per target.
 pub const OUTBOX_DRAIN_ENTRIES_MAX: usize = 10_000;
+
+/// Highest commit sequence number recovery accepts. At a million commits a
+/// second, 2^62 takes 146,000 years: a stored `last_seq` above it is corrupt, and
+/// counting on from it could overflow.
+pub const COMMIT_SEQ_MAX: u64 = 1 << 62;

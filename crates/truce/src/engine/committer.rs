@@ -239,6 +239,11 @@ impl Committer {
     pub fn recover(shared: Arc<Shared>) -> Result<Committer> {
         let storage = &*shared.storage;
         let last_seq = read_meta_counter(storage, META_LAST_SEQ)?;
+        if last_seq > crate::limits::COMMIT_SEQ_MAX {
+            return Err(Error::Storage(crate::storage::StorageError::Corrupt(format!(
+                "last_seq {last_seq} is beyond COMMIT_SEQ_MAX"
+            ))));
+        }
         let last_ts_ms = read_meta_counter(storage, META_LAST_TS)?;
         let mut indexes: Catalog = HashMap::new();
         let end = index::keys::prefix_end(index::META_PREFIX);
@@ -1010,6 +1015,7 @@ impl Committer {
             batch.put(Space::Meta, META_LAST_SEQ.to_vec(), record::encode_counter(seq));
             batch.put(Space::Meta, META_LAST_TS.to_vec(), record::encode_counter(ts_ms));
         }
+        self.shared.watermark.writing(seq);
         match self.shared.storage.apply(batch, self.shared.durability) {
             Ok(()) => {
                 self.last_seq = seq;
