@@ -14,6 +14,18 @@ use crate::keys::KeyStore;
 /// How long shutdown waits for in-flight requests before closing anyway.
 const SHUTDOWN_GRACE_MS: u64 = 10_000;
 
+/// Longest a client may take to send a request line and headers, in ms. Without
+/// it a client sending a byte a second (slow loris) holds a connection forever,
+/// and enough of them exhaust the server's files. Ten seconds is far beyond what
+/// any client on any real network needs for a few hundred bytes.
+pub const HEADER_READ_TIMEOUT_MS: u64 = 10_000;
+
+/// Connections the kernel holds for the server to accept. The usual default
+/// (128) is filled by one burst of clients, whose connects are then retried
+/// only after a second; 1024 is nginx's and Go's order (the kernel caps it at
+/// `net.core.somaxconn`).
+const LISTEN_BACKLOG_CONNECTIONS: u32 = 1024;
+
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TRUCE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -46,6 +58,7 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
     let settings = args.settings()?;
     init_logging(settings.log_format);
     truce::failpoints::setup_from_env(); // no-op unless built with the `failpoints` feature
+    raise_open_files_limit();
     std::fs::create_dir_all(&settings.data)
         .map_err(|e| format!("cannot create data directory {}: {e}", settings.data.display()))?;
     let keys = KeyStore::open(&settings.data)?;
@@ -102,54 +115,112 @@ async fn shutdown_signal() {
 
 async fn serve(app: axum::Router, settings: &Settings) -> Result<(), String> {
     let scheme = if settings.tls.is_some() { "https" } else { "http" };
+    // Graceful shutdown alone would wait for every connection to close, and
+    // change-feed streams (SSE, long polls) never do: the grace period bounds it.
+    let handle = axum_server::Handle::new();
+    let on_signal = handle.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        on_signal.graceful_shutdown(Some(Duration::from_millis(SHUTDOWN_GRACE_MS)));
+    });
+    let service = app.into_make_service();
     match &settings.tls {
         None => {
-            let listener = tokio::net::TcpListener::bind(settings.listen)
-                .await
-                .map_err(|e| format!("cannot listen on {}: {e}", settings.listen))?;
+            let listener =
+                listen(settings.listen).map_err(|e| format!("cannot listen on {}: {e}", settings.listen))?;
             let local = listener.local_addr().map_err(|e| e.to_string())?;
             tracing::info!(data = %settings.data.display(), "listening on {scheme}://{local}");
-            // Graceful shutdown alone would wait for every connection to close, and
-            // change-feed streams (SSE, long polls) never do: bound the wait as the
-            // TLS path does.
-            let (signalled, signal) = tokio::sync::watch::channel(false);
-            tokio::spawn(async move {
-                shutdown_signal().await;
-                let _ = signalled.send(true);
-            });
-            let (mut stop_accepting, mut grace) = (signal.clone(), signal);
-            let graceful = axum::serve(listener, app).with_graceful_shutdown(async move {
-                let _ = stop_accepting.wait_for(|s| *s).await;
-            });
-            let grace_over = async move {
-                let _ = grace.wait_for(|s| *s).await;
-                tokio::time::sleep(Duration::from_millis(SHUTDOWN_GRACE_MS)).await;
-            };
-            tokio::select! {
-                result = graceful => result.map_err(|e| e.to_string()),
-                () = grace_over => {
-                    tracing::warn!("requests still open {SHUTDOWN_GRACE_MS} ms after the signal; closing them");
-                    Ok(())
-                }
-            }
+            let mut server = axum_server::from_tcp(listener)
+                .acceptor(FirstByteWithin(HEADER_READ_TIMEOUT_MS))
+                .handle(handle);
+            limit_header_time(server.http_builder());
+            server.serve(service).await.map_err(|e| e.to_string())
         }
         Some((cert, key)) => {
             let _ = rustls::crypto::ring::default_provider().install_default();
             let config = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
                 .await
                 .map_err(|e| format!("cannot load TLS certificate/key: {e}"))?;
-            let handle = axum_server::Handle::new();
-            let on_signal = handle.clone();
-            tokio::spawn(async move {
-                shutdown_signal().await;
-                on_signal.graceful_shutdown(Some(Duration::from_millis(SHUTDOWN_GRACE_MS)));
-            });
             tracing::info!(data = %settings.data.display(), "listening on {scheme}://{}", settings.listen);
-            axum_server::bind_rustls(settings.listen, config)
-                .handle(handle)
-                .serve(app.into_make_service())
+            let mut server = axum_server::bind_rustls(settings.listen, config)
+                .map(|tls| tls.acceptor(FirstByteWithin(HEADER_READ_TIMEOUT_MS)))
+                .handle(handle);
+            limit_header_time(server.http_builder());
+            server
+                .serve(service)
                 .await
                 .map_err(|e| format!("cannot serve on {}: {e}", settings.listen))
         }
     }
 }
+
+/// Closes a connection whose request headers take longer than
+/// [`HEADER_READ_TIMEOUT_MS`] to arrive once they have begun (also an idle
+/// keep-alive connection between requests).
+fn limit_header_time(builder: &mut hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>) {
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(Duration::from_millis(HEADER_READ_TIMEOUT_MS));
+}
+
+/// A listening socket with a backlog of [`LISTEN_BACKLOG_CONNECTIONS`].
+fn listen(addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = match addr {
+        std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG_CONNECTIONS)?.into_std()
+}
+
+/// Drops a connection that sends nothing for `.0` ms after it is accepted.
+/// hyper's header read timeout starts only once a first byte has told HTTP/1
+/// from HTTP/2, so without this an idle connection would be held forever.
+#[derive(Clone, Copy)]
+struct FirstByteWithin(u64);
+
+impl<S: Send + 'static> axum_server::accept::Accept<tokio::net::TcpStream, S> for FirstByteWithin {
+    type Stream = tokio::net::TcpStream;
+    type Service = S;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = std::io::Result<(tokio::net::TcpStream, S)>> + Send>,
+    >;
+
+    fn accept(&self, stream: tokio::net::TcpStream, service: S) -> Self::Future {
+        let within = Duration::from_millis(self.0);
+        Box::pin(async move {
+            match tokio::time::timeout(within, stream.peek(&mut [0u8; 1])).await {
+                Ok(peeked) => peeked.map(|_| (stream, service)),
+                Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+            }
+        })
+    }
+}
+
+/// Raises this process's soft limit of open files to its hard limit, as Go and
+/// nginx do: each connection is a file, and a low soft limit (often 1024) would
+/// make the server stop accepting at a thousand idle clients.
+#[cfg(unix)]
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+            let wanted = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) != 0 {
+                tracing::warn!(soft = limit.rlim_cur, "cannot raise the open files limit");
+            }
+        }
+    }
+}
+
+#[cfg(not(unix))]
+fn raise_open_files_limit() {}

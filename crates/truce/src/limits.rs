@@ -163,3 +163,8 @@ pub const LAST_WRITERS_MAX: usize = 65_536;
 /// (the drain runs every [`BACKGROUND_TICK_MS`]); only then do counter targets
 /// show up as hot spots.
 pub const OUTBOX_BACKED_UP_MS: u64 = 1000;
+
+/// Highest commit sequence number recovery accepts. At a million commits a
+/// second, 2^62 takes 146,000 years: a stored `last_seq` above it is corrupt, and
+/// counting on from it could overflow.
+pub const COMMIT_SEQ_MAX: u64 = 1 << 62;

@@ -64,22 +64,8 @@ fn checkpoint(change: &Change) -> Value {
 }
 
 fn parse_checkpoint(params: &Params) -> Result<Option<(u64, String)>, ApiError> {
-    let bad = |m: &str| ApiError::BadRequest("invalid_query", format!("checkpoint: {m}"));
-    match params.json("checkpoint")? {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Object(c)) => {
-            let seq = c
-                .get("seq")
-                .and_then(Value::as_u64)
-                .ok_or_else(|| bad("\"seq\" is a number"))?;
-            let id = c
-                .get("id")
-                .and_then(Value::as_str)
-                .ok_or_else(|| bad("\"id\" is a string"))?;
-            Ok(Some((seq, id.to_string())))
-        }
-        Some(_) => Err(bad("an object {\"seq\", \"id\"} or null")),
-    }
+    truce_server::wire::checkpoint(params.json("checkpoint")?)
+        .map_err(|m| ApiError::BadRequest("invalid_query", format!("checkpoint: {m}")))
 }
 
 /// Documents changed after the checkpoint, in commit order, at their latest state.

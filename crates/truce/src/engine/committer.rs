@@ -246,6 +246,11 @@ impl Committer {
     pub fn recover(shared: Arc<Shared>) -> Result<Committer> {
         let storage = &*shared.storage;
         let last_seq = read_meta_counter(storage, META_LAST_SEQ)?;
+        if last_seq > crate::limits::COMMIT_SEQ_MAX {
+            return Err(Error::Storage(crate::storage::StorageError::Corrupt(format!(
+                "last_seq {last_seq} is beyond COMMIT_SEQ_MAX"
+            ))));
+        }
         let last_ts_ms = read_meta_counter(storage, META_LAST_TS)?;
         let mut indexes: Catalog = HashMap::new();
         let end = index::keys::prefix_end(index::META_PREFIX);
@@ -1048,6 +1053,7 @@ impl Committer {
             batch.put(Space::Meta, META_LAST_TS.to_vec(), record::encode_counter(ts_ms));
         }
         let started = Instant::now();
+        self.shared.watermark.writing(seq);
         let stored = self.shared.storage.apply(batch, self.shared.durability);
         let took = started.elapsed();
         let result = match stored {

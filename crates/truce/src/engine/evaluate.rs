@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::doc::{self, Body, Document, Meta, Rev};
 use crate::error::{Error, Result};
+use crate::storage::StorageError;
 use crate::update::{OnFalse, Update};
 
 use super::outcome::{Conflict, ConflictReason, Effect, Expect, WriteResult, Written};
@@ -131,7 +132,14 @@ pub fn evaluate(
     };
     // A document created over a tombstone continues its version history, so a
     // revision string never names two different states.
-    let version = current.map_or(0, Document::version) + 1;
+    let version = current
+        .map_or(0, Document::version)
+        .checked_add(1)
+        .ok_or_else(|| {
+            Error::Storage(StorageError::Corrupt(format!(
+                "document {id:?}: version at its maximum"
+            )))
+        })?;
     let meta = Meta {
         rev: Rev::compute(version, &canonical, deleted),
         seq: clock.seq,

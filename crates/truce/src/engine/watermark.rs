@@ -13,6 +13,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
+use crate::storage::StorageError;
 
 /// How long a waiting reader sleeps between checks of the poisoned flag; a
 /// fsync normally lands long before this.
@@ -22,6 +23,10 @@ const WATERMARK_POLL_MS: u64 = 50;
 #[derive(Default)]
 pub struct Watermark {
     seq: AtomicU64,
+    /// The highest sequence handed to storage. A stored state above it was
+    /// never written by this engine: it is corrupt, and waiting for it would
+    /// wait forever.
+    written: AtomicU64,
     failure: Mutex<Option<String>>,
     lock: Mutex<()>,
     changed: Condvar,
@@ -37,8 +42,14 @@ impl Watermark {
 
     /// Records that every commit up to `seq` is durable and wakes waiting readers.
     pub fn advance(&self, seq: u64) {
+        self.written.fetch_max(seq, Ordering::AcqRel);
         self.seq.fetch_max(seq, Ordering::AcqRel);
         self.wake_all();
+    }
+
+    /// Records that commits up to `seq` are being written (before `Storage::apply`).
+    pub fn writing(&self, seq: u64) {
+        self.written.fetch_max(seq, Ordering::AcqRel);
     }
 
     fn wake_all(&self) {
@@ -71,7 +82,16 @@ impl Watermark {
     }
 
     /// Blocks until `seq` is durable, or the engine failed.
+    ///
+    /// `seq` was read from storage, so it must have been written: a state beyond
+    /// the last commit handed to storage is corrupt, not something to wait for.
     pub fn wait_for(&self, seq: u64) -> Result<()> {
+        let written = self.written.load(Ordering::Acquire);
+        if seq > written {
+            return Err(Error::Storage(StorageError::Corrupt(format!(
+                "a stored state names commit {seq}, beyond the last commit written ({written})"
+            ))));
+        }
         self.wait_until(seq, None).map(|_| ())
     }
 

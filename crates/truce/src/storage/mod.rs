@@ -1,6 +1,7 @@
 //! The storage trait: the narrow seam between the engine and whatever keeps bytes
-//! on disk (fjall by default; PostgreSQL and a fault-injecting memory store follow
-//! the same contract, checked by one [`conformance`] suite).
+//! on disk (fjall by default; PostgreSQL, a fault-injecting memory store and a
+//! crash-recording memory store follow the same contract, checked by one
+//! [`conformance`] suite).
 //!
 //! Storage knows keys, values, spaces and atomic durable batches. It knows nothing
 //! about documents, JSON, versions or HTTP.
@@ -8,10 +9,12 @@
 use std::ops::Bound;
 
 pub mod conformance;
+mod crash;
 mod fjall_repair;
 mod fjall_store;
 mod memory;
 
+pub use crash::{CrashStorage, Tail};
 pub use fjall_store::{FJALL_CACHE_BYTES, FJALL_MEMTABLE_BYTES, FjallOptions, FjallStorage};
 pub use memory::{Fault, MemoryStorage};
 

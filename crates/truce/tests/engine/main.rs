@@ -4,6 +4,7 @@ mod changes;
 mod concurrency;
 mod counters;
 mod crash;
+mod crash_states;
 mod errors;
 mod history;
 mod idempotency;

@@ -1,12 +1,18 @@
 //! The storage conformance suite against every backend, plus what only a disk can show.
 
 use truce::storage::{
-    Direction, Durability, FjallStorage, MemoryStorage, Space, Storage, StorageRead, WriteBatch, conformance,
+    CrashStorage, Direction, Durability, FjallStorage, MemoryStorage, Space, Storage, StorageRead,
+    WriteBatch, conformance,
 };
 
 #[test]
 fn memory_storage_conforms() {
     conformance::run_all(MemoryStorage::new);
+}
+
+#[test]
+fn crash_storage_conforms() {
+    conformance::run_all(CrashStorage::new);
 }
 
 #[test]

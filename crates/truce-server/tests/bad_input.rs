@@ -1,0 +1,779 @@
+//! Malformed and hostile requests against the real `truce serve`: each row of a
+//! table is sent as raw bytes over its own connection and must get its documented
+//! status and error code — never a 5xx, never a hang — and afterwards the server
+//! still serves everyone else. Then the connection-level attacks: a slow-loris
+//! client and 10,000 idle connections, while a normal client keeps getting answers.
+
+mod common;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use common::Server;
+
+/// No request of this test may take longer than this to be answered.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The body limit the table's server runs with (`--max-body-bytes`): above the
+/// 1 MiB document limit, so both limits can be hit.
+const BODY_LIMIT_BYTES: usize = 2 * 1024 * 1024;
+
+/// One answer, read off the wire.
+struct Answer {
+    status: u16,
+    body: Value,
+    text: String,
+}
+
+/// Sends `request` as raw bytes on a new connection and reads the whole answer
+/// (the request says `Connection: close`).
+fn send_raw(addr: SocketAddr, request: &[u8]) -> Result<Answer, String> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(Some(ANSWER_TIMEOUT))
+        .map_err(|e| e.to_string())?;
+    stream
+        .set_write_timeout(Some(ANSWER_TIMEOUT))
+        .map_err(|e| e.to_string())?;
+    // The server may answer (413) and close before reading a big body: a write
+    // error after that is fine, the answer is what counts.
+    let _ = stream.write_all(request);
+    let mut raw = Vec::new();
+    match stream.read_to_end(&mut raw) {
+        Ok(_) => {}
+        Err(e) if e.kind() == ErrorKind::ConnectionReset && !raw.is_empty() => {}
+        Err(e) => return Err(format!("no answer: {e} (read {} bytes)", raw.len())),
+    }
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|rest| rest.get(..3))
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| format!("not an HTTP answer: {text:.200}"))?;
+    let body_text = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    let body = serde_json::from_str(body_text).unwrap_or(Value::Null);
+    Ok(Answer {
+        status,
+        body,
+        text: text.chars().take(400).collect(),
+    })
+}
+
+/// A request with a body and the usual headers.
+fn request(method: &str, path: &str, headers: &[(&str, &[u8])], body: &[u8]) -> Vec<u8> {
+    let mut out =
+        format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n").into_bytes();
+    let has_type = headers
+        .iter()
+        .any(|(n, _)| n.eq_ignore_ascii_case("content-type"));
+    if !body.is_empty() && !has_type {
+        out.extend_from_slice(b"Content-Type: application/json\r\n");
+    }
+    for (name, value) in headers {
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(format!("Content-Length: {}\r\n\r\n", body.len()).as_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+/// JSON nested `depth` levels deep: `{"a":{"a":…1…}}`.
+fn nested_object(depth: usize) -> String {
+    format!("{}1{}", "{\"a\":".repeat(depth), "}".repeat(depth))
+}
+
+/// `[[[…]]]`, `depth` levels.
+fn nested_array(depth: usize) -> String {
+    format!("{}{}", "[".repeat(depth), "]".repeat(depth))
+}
+
+fn url_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// One row: a name, the raw request, and the documented answer.
+struct Case {
+    name: &'static str,
+    request: Vec<u8>,
+    status: u16,
+    code: &'static str,
+}
+
+fn case(name: &'static str, request: Vec<u8>, status: u16, code: &'static str) -> Case {
+    Case {
+        name,
+        request,
+        status,
+        code,
+    }
+}
+
+fn put(path: &str, body: impl AsRef<[u8]>) -> Vec<u8> {
+    request("PUT", path, &[], body.as_ref())
+}
+
+fn patch(path: &str, body: impl AsRef<[u8]>) -> Vec<u8> {
+    request("PATCH", path, &[], body.as_ref())
+}
+
+fn get(path: &str) -> Vec<u8> {
+    request("GET", path, &[], b"")
+}
+
+fn cases() -> Vec<Case> {
+    let deep = nested_object(10_000);
+    let deep_array = nested_array(10_000);
+    let too_deep_for_a_document = nested_object(40);
+    let big_string = "x".repeat(truce::limits::DOC_SIZE_BYTES_MAX + 10);
+    let huge_id = "i".repeat(truce::limits::ID_BYTES_MAX + 1);
+    let giant_id = "i".repeat(100_000);
+    let many_ops: Vec<Value> = (0..=truce::limits::TX_OPS_MAX)
+        .map(|i| json!({"op": "put", "c": "t", "id": format!("tx{i}"), "doc": {}}))
+        .collect();
+    vec![
+        // Bodies that are not JSON, or not the JSON asked for.
+        case("invalid JSON", put("/v1/c/t/a", "not json"), 400, "invalid_json"),
+        case(
+            "truncated JSON",
+            put("/v1/c/t/a", r#"{"a": [1, 2"#),
+            400,
+            "invalid_json",
+        ),
+        case("empty body", put("/v1/c/t/a", ""), 400, "invalid_json"),
+        case(
+            "trailing garbage",
+            put("/v1/c/t/a", r#"{"a":1} x"#),
+            400,
+            "invalid_json",
+        ),
+        case(
+            "wrong content type",
+            request("PUT", "/v1/c/t/a", &[("Content-Type", b"text/plain")], b"hello"),
+            400,
+            "invalid_json",
+        ),
+        case(
+            "invalid UTF-8 in a body",
+            put("/v1/c/t/a", b"{\"a\":\"\xff\xfe\"}"),
+            400,
+            "invalid_json",
+        ),
+        case(
+            "a body that is an array",
+            put("/v1/c/t/a", "[1,2]"),
+            400,
+            "invalid_document",
+        ),
+        case(
+            "a body that is a string",
+            put("/v1/c/t/a", "\"s\""),
+            400,
+            "invalid_document",
+        ),
+        case(
+            "a number beyond f64",
+            put("/v1/c/t/a", r#"{"n": 1e400}"#),
+            400,
+            "invalid_json",
+        ),
+        case(
+            "a 10,000-digit number",
+            put("/v1/c/t/a", format!(r#"{{"n": {}}}"#, "9".repeat(10_000))),
+            400,
+            "invalid_json",
+        ),
+        // Deep nesting: the JSON parser's recursion limit, then the document's.
+        case(
+            "document nested 10,000 levels",
+            put("/v1/c/t/a", &deep),
+            400,
+            "invalid_json",
+        ),
+        case(
+            "arrays nested 10,000 levels",
+            put("/v1/c/t/a", format!(r#"{{"a": {deep_array}}}"#)),
+            400,
+            "invalid_json",
+        ),
+        case(
+            "document nested 40 levels",
+            put("/v1/c/t/a", &too_deep_for_a_document),
+            400,
+            "invalid_document",
+        ),
+        case(
+            "update nested 10,000 levels",
+            patch("/v1/c/t/a", format!(r#"{{"$set": {{"a": {deep}}}}}"#)),
+            400,
+            "invalid_json",
+        ),
+        case(
+            "filter nested 10,000 levels",
+            patch("/v1/c/t/a", format!(r#"{{"$set": {{"a": 1}}, "$if": {deep}}}"#)),
+            400,
+            "invalid_json",
+        ),
+        case(
+            "update nested 40 levels",
+            patch(
+                "/v1/c/t/s",
+                format!(r#"{{"$set": {{"a": {too_deep_for_a_document}}}}}"#),
+            ),
+            400,
+            "invalid_document",
+        ),
+        case(
+            "filter of 60 nested $not",
+            patch(
+                "/v1/c/t/a",
+                format!(
+                    r#"{{"$set": {{"a": 1}}, "$if": {{"a": {}1{}}}}}"#,
+                    "{\"$not\":".repeat(60),
+                    "}".repeat(60)
+                ),
+            ),
+            413,
+            "limit_exceeded",
+        ),
+        case(
+            "query value nested 10,000 levels",
+            get(&format!("/v1/c/t?gt={}", url_encode(&deep_array))),
+            400,
+            "invalid_query",
+        ),
+        case(
+            "transaction nested 10,000 levels",
+            request(
+                "POST",
+                "/v1/tx",
+                &[],
+                format!(r#"{{"ops": [{{"op": "put", "c": "t", "id": "d", "doc": {deep}}}]}}"#).as_bytes(),
+            ),
+            400,
+            "invalid_json",
+        ),
+        // Ids and collection names.
+        case(
+            "id over the id limit",
+            put(&format!("/v1/c/t/{huge_id}"), "{}"),
+            400,
+            "invalid_id",
+        ),
+        // hyper refuses a request line over its buffer before Truce sees it (docs/http.md).
+        case("a 100 kB id", put(&format!("/v1/c/t/{giant_id}"), "{}"), 414, ""),
+        case(
+            "id with a control character",
+            put("/v1/c/t/a%01b", "{}"),
+            400,
+            "invalid_id",
+        ),
+        case(
+            "id that is invalid UTF-8",
+            put("/v1/c/t/%FF%FE", "{}"),
+            400,
+            "invalid_id",
+        ),
+        case("id starting with _", get("/v1/c/t/_secret"), 400, "invalid_id"),
+        case(
+            "bad collection name",
+            put("/v1/c/9lives/a", "{}"),
+            400,
+            "invalid_collection",
+        ),
+        case(
+            "collection name too long",
+            put(&format!("/v1/c/{}/a", "c".repeat(65)), "{}"),
+            400,
+            "invalid_collection",
+        ),
+        // Server metadata in bodies.
+        case(
+            "a _ field in a body",
+            put("/v1/c/t/a", r#"{"_secret": 1}"#),
+            400,
+            "reserved_field",
+        ),
+        case(
+            "_id in a body",
+            put("/v1/c/t/a", r#"{"_id": "b"}"#),
+            400,
+            "reserved_field",
+        ),
+        case(
+            "_version that is a string",
+            put("/v1/c/t/a", r#"{"_version": "1"}"#),
+            400,
+            "invalid_precondition",
+        ),
+        case(
+            "_version below -1",
+            put("/v1/c/t/a", r#"{"_version": -2}"#),
+            400,
+            "invalid_precondition",
+        ),
+        case(
+            "_rev that is not a revision",
+            put("/v1/c/t/a", r#"{"_rev": "garbage"}"#),
+            400,
+            "invalid_precondition",
+        ),
+        case(
+            "$set of a _ field",
+            patch("/v1/c/t/a", r#"{"$set": {"_seq": 1}}"#),
+            400,
+            "reserved_field",
+        ),
+        // Operators.
+        case(
+            "unknown operator",
+            patch("/v1/c/t/a", r#"{"$frobnicate": {"a": 1}}"#),
+            400,
+            "invalid_operator",
+        ),
+        case(
+            "a replacement body in PATCH",
+            patch("/v1/c/t/a", r#"{"a": 1}"#),
+            400,
+            "invalid_operator",
+        ),
+        case(
+            "$inc by a string",
+            patch("/v1/c/t/a", r#"{"$inc": {"n": "one"}}"#),
+            400,
+            "invalid_operator",
+        ),
+        case(
+            "$set that is not an object",
+            patch("/v1/c/t/a", r#"{"$set": 5}"#),
+            400,
+            "invalid_operator",
+        ),
+        case(
+            "$inc of a string field",
+            patch("/v1/c/t/s", r#"{"$inc": {"name": 1}}"#),
+            400,
+            "invalid_operator",
+        ),
+        case(
+            "$inc that overflows",
+            patch("/v1/c/t/s", r#"{"$inc": {"big": 1.7e308}}"#),
+            400,
+            "invalid_operator",
+        ),
+        case(
+            "$upsert that is not a boolean",
+            patch("/v1/c/t/a", r#"{"$set": {"a": 1}, "$upsert": "yes"}"#),
+            400,
+            "invalid_operator",
+        ),
+        case(
+            "$else that is unknown",
+            patch("/v1/c/t/a", r#"{"$set": {"a": 1}, "$if": {}, "$else": "maybe"}"#),
+            400,
+            "invalid_operator",
+        ),
+        case(
+            "unknown filter operator",
+            patch(
+                "/v1/c/t/a",
+                r#"{"$set": {"a": 1}, "$if": {"a": {"$regex": "x"}}}"#,
+            ),
+            400,
+            "invalid_filter",
+        ),
+        case(
+            "$in that is not a list",
+            patch("/v1/c/t/a", r#"{"$set": {"a": 1}, "$if": {"a": {"$in": 5}}}"#),
+            400,
+            "invalid_filter",
+        ),
+        case(
+            "a path with empty segments",
+            patch("/v1/c/t/a", r#"{"$set": {"a..b": 1}}"#),
+            400,
+            "invalid_operator",
+        ),
+        // Sizes.
+        case(
+            "a document over 1 MiB",
+            put("/v1/c/t/a", format!(r#"{{"s": "{big_string}"}}"#)),
+            413,
+            "payload_too_large",
+        ),
+        case(
+            "a body over the body limit",
+            put(
+                "/v1/c/t/a",
+                format!(r#"{{"s": "{}"}}"#, "x".repeat(BODY_LIMIT_BYTES)),
+            ),
+            413,
+            "payload_too_large",
+        ),
+        case(
+            "a transaction of too many ops",
+            request(
+                "POST",
+                "/v1/tx",
+                &[],
+                json!({"ops": many_ops}).to_string().as_bytes(),
+            ),
+            413,
+            "limit_exceeded",
+        ),
+        // Transactions.
+        case(
+            "ops that are not a list",
+            request("POST", "/v1/tx", &[], br#"{"ops": "x"}"#),
+            400,
+            "invalid_transaction",
+        ),
+        case(
+            "an unknown op",
+            request(
+                "POST",
+                "/v1/tx",
+                &[],
+                br#"{"ops": [{"op": "upsert", "c": "t", "id": "a"}]}"#,
+            ),
+            400,
+            "invalid_transaction",
+        ),
+        case(
+            "an op without an id",
+            request(
+                "POST",
+                "/v1/tx",
+                &[],
+                br#"{"ops": [{"op": "put", "c": "t", "doc": {}}]}"#,
+            ),
+            400,
+            "invalid_transaction",
+        ),
+        // Query parameters.
+        case(
+            "limit that is not a number",
+            get("/v1/c/t?limit=abc"),
+            400,
+            "invalid_query",
+        ),
+        case(
+            "limit over the maximum",
+            get("/v1/c/t?limit=100000"),
+            400,
+            "invalid_query",
+        ),
+        case("a negative limit", get("/v1/c/t?limit=-1"), 400, "invalid_query"),
+        case(
+            "a bound that is not JSON",
+            get("/v1/c/t?gt=%7Bnope"),
+            400,
+            "invalid_query",
+        ),
+        case(
+            "a cursor that is not one",
+            get("/v1/c/t?after=zz"),
+            400,
+            "invalid_query",
+        ),
+        case(
+            "a cursor of another collection",
+            get("/v1/c/t?after=7500"),
+            400,
+            "invalid_query",
+        ),
+        case(
+            "an unknown order",
+            get("/v1/c/t?order=sideways"),
+            400,
+            "invalid_query",
+        ),
+        case("an unknown index", get("/v1/c/t?index=nope"), 404, "not_found"),
+        case(
+            "since that is negative",
+            get("/v1/c/t/_changes?since=-1"),
+            400,
+            "invalid_query",
+        ),
+        case(
+            "since beyond u64",
+            get("/v1/c/t/_changes?since=99999999999999999999999"),
+            400,
+            "invalid_query",
+        ),
+        case(
+            "an unknown feed",
+            get("/v1/c/t/_changes?feed=carrier-pigeon"),
+            400,
+            "invalid_query",
+        ),
+        case(
+            "a checkpoint that is not JSON",
+            get("/v1/c/t/_pull?checkpoint=%7B"),
+            400,
+            "invalid_query",
+        ),
+        case(
+            "a checkpoint of the wrong shape",
+            get("/v1/c/t/_pull?checkpoint=%5B1%5D"),
+            400,
+            "invalid_query",
+        ),
+        case(
+            "a query string that is invalid UTF-8",
+            get("/v1/c/t?limit=%FF"),
+            400,
+            "invalid_query",
+        ),
+        // Headers.
+        case(
+            "If-Match that is garbage",
+            request("PUT", "/v1/c/t/a", &[("If-Match", b"garbage")], b"{}"),
+            400,
+            "invalid_precondition",
+        ),
+        case(
+            "If-Match that is not ASCII",
+            request("PUT", "/v1/c/t/a", &[("If-Match", b"\"\xff\xfe\"")], b"{}"),
+            400,
+            "invalid_precondition",
+        ),
+        case(
+            "two preconditions",
+            request("PUT", "/v1/c/t/a", &[("If-Match", b"*")], br#"{"_version": 1}"#),
+            400,
+            "invalid_precondition",
+        ),
+        case(
+            "DELETE without a precondition",
+            request("DELETE", "/v1/c/t/s", &[], b""),
+            428,
+            "precondition_required",
+        ),
+        case(
+            "DELETE with version=abc",
+            request("DELETE", "/v1/c/t/s?version=abc", &[], b""),
+            400,
+            "invalid_precondition",
+        ),
+        case(
+            "an empty Idempotency-Key",
+            request("PUT", "/v1/c/t/a", &[("Idempotency-Key", b"")], b"{}"),
+            400,
+            "invalid_transaction",
+        ),
+        case(
+            "an Idempotency-Key over 255 bytes",
+            request(
+                "PUT",
+                "/v1/c/t/a",
+                &[("Idempotency-Key", "k".repeat(256).as_bytes())],
+                b"{}",
+            ),
+            400,
+            "invalid_transaction",
+        ),
+        case(
+            "an Idempotency-Key that is not ASCII",
+            request("PUT", "/v1/c/t/a", &[("Idempotency-Key", b"\xff")], b"{}"),
+            400,
+            "invalid_transaction",
+        ),
+        case(
+            "a Truce-Attempt that is garbage",
+            request("GET", "/v1/c/t/s", &[("Truce-Attempt", b"many")], b""),
+            200,
+            "",
+        ),
+        // Routes.
+        case("an unknown route", get("/v1/nothing-here"), 404, "not_found"),
+        case(
+            "a method a route does not have",
+            request("POST", "/v1/c/t/s", &[], b"{}"),
+            404,
+            "not_found",
+        ),
+    ]
+}
+
+#[test]
+fn every_malformed_request_gets_its_documented_error() {
+    let limit = BODY_LIMIT_BYTES.to_string();
+    let server = Server::start_with(&["--max-body-bytes", &limit]);
+    let setup = put("/v1/c/t/s", r#"{"name": "a string", "big": 1.7e308}"#);
+    assert_eq!(send_raw(server.addr, &setup).unwrap().status, 201);
+    let mut wrong = Vec::new();
+    for case in cases() {
+        let started = Instant::now();
+        let answer = send_raw(server.addr, &case.request);
+        let outcome = match &answer {
+            Ok(a) => format!("{} {}", a.status, a.body["error"].as_str().unwrap_or("")),
+            Err(e) => e.clone(),
+        };
+        let expected = format!("{} {}", case.status, case.code);
+        if outcome.trim() != expected.trim() {
+            let text = answer.map(|a| a.text).unwrap_or_default();
+            wrong.push(format!(
+                "{}: expected {expected}, got {outcome} in {:?}\n    {text}",
+                case.name,
+                started.elapsed()
+            ));
+        }
+        // The server still answers a normal request after each one.
+        let health = send_raw(server.addr, &get("/healthz")).expect("healthz answers");
+        assert_eq!(health.status, 200, "after {}", case.name);
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} of {} rows answered wrongly:\n{}",
+        wrong.len(),
+        cases().len(),
+        wrong.join("\n")
+    );
+    let after = put("/v1/c/t/after", r#"{"ok": true}"#);
+    assert_eq!(send_raw(server.addr, &after).unwrap().status, 201);
+}
+
+/// The server's `HEADER_READ_TIMEOUT_MS` (serve.rs): how long a client may take
+/// to send its request headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Slack for a loaded 2-core machine on top of a server-side timeout.
+const SLACK: Duration = Duration::from_secs(5);
+
+/// A normal client's request must be answered within this while the attacks run.
+const PROMPT: Duration = Duration::from_secs(5);
+
+/// Asserts the server answers a normal read and write promptly.
+fn assert_serving(addr: SocketAddr, what: &str) {
+    for request in [
+        get("/healthz"),
+        put(&format!("/v1/c/t/{what}"), "{}"),
+        get(&format!("/v1/c/t/{what}")),
+    ] {
+        let started = Instant::now();
+        let answer = send_raw(addr, &request).unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert!(answer.status < 300, "{what}: {}", answer.text);
+        assert!(
+            started.elapsed() < PROMPT,
+            "{what}: answered in {:?}",
+            started.elapsed()
+        );
+    }
+}
+
+/// Sends a request's headers one byte a second until the server cuts the
+/// connection off; returns how long that took (or `None` if it never did
+/// within `give_up`).
+fn dribble_headers(addr: SocketAddr, give_up: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    let mut header = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Slow: "
+        .iter()
+        .chain(std::iter::repeat(&b'x'));
+    while started.elapsed() < give_up {
+        if stream.write_all(&[*header.next().unwrap()]).is_err() {
+            return Some(started.elapsed());
+        }
+        if cut_off(&stream, Duration::from_secs(1)) {
+            return Some(started.elapsed());
+        }
+    }
+    None
+}
+
+/// Whether the server has closed `stream` (or answered on it before closing,
+/// as with a 408), waiting at most `wait` for a sign.
+fn cut_off(mut stream: &TcpStream, wait: Duration) -> bool {
+    stream.set_read_timeout(Some(wait)).expect("set a read timeout");
+    let mut buffer = [0u8; 512];
+    match stream.read(&mut buffer) {
+        // 0: closed; more: an answer (a 408) before the close.
+        Ok(_bytes) => true,
+        Err(e) => !matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut),
+    }
+}
+
+#[test]
+fn slow_loris_connections_are_cut_off_and_others_are_served() {
+    let server = Server::start();
+    let addr = server.addr;
+    let give_up = HEADER_READ_TIMEOUT * 3;
+    let slow: Vec<_> = (0..32)
+        .map(|_| std::thread::spawn(move || dribble_headers(addr, give_up)))
+        .collect();
+    std::thread::sleep(Duration::from_secs(2));
+    for round in 0..3 {
+        assert_serving(addr, &format!("during-{round}"));
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    for client in slow {
+        let cut_off = client
+            .join()
+            .unwrap()
+            .expect("a slow-loris connection is never cut off");
+        assert!(
+            cut_off < HEADER_READ_TIMEOUT + SLACK,
+            "cut off only after {cut_off:?}"
+        );
+    }
+    assert_serving(addr, "after");
+}
+
+/// Raises this process's soft limit of open files to at least `wanted` (within
+/// the hard limit); returns the soft limit now in force.
+fn raise_open_files_limit(wanted: u64) -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+        if limit.rlim_cur < wanted {
+            limit.rlim_cur = wanted.min(limit.rlim_max);
+            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
+        }
+    }
+    limit.rlim_cur
+}
+
+#[test]
+fn ten_thousand_idle_connections_do_not_stop_anyone_else() {
+    const IDLE: usize = 10_000;
+    let limit = raise_open_files_limit(IDLE as u64 + 1024);
+    assert!(
+        limit >= IDLE as u64 + 256,
+        "the hard limit of open files ({limit}) does not allow {IDLE} connections"
+    );
+    let server = Server::start();
+    let started = Instant::now();
+    let idle: Vec<TcpStream> = (0..IDLE)
+        .map(|i| {
+            TcpStream::connect_timeout(&server.addr, Duration::from_secs(5))
+                .unwrap_or_else(|e| panic!("connection {i}: {e}"))
+        })
+        .collect();
+    eprintln!("{IDLE} idle connections open in {:?}", started.elapsed());
+    assert_serving(server.addr, "crowded");
+    // Idle connections are closed by the header read timeout, which gives their
+    // files back.
+    std::thread::sleep(HEADER_READ_TIMEOUT + SLACK - started.elapsed().min(HEADER_READ_TIMEOUT));
+    let still_open = idle
+        .iter()
+        .step_by(100)
+        .filter(|stream| !cut_off(stream, Duration::from_millis(100)))
+        .count();
+    assert_eq!(still_open, 0, "idle connections are closed by the server");
+    assert_serving(server.addr, "after");
+}
