@@ -1087,117 +1087,7 @@ impl Committer {
 
     /// Notes what one evaluated commit did, for the insights.
     fn observe(&mut self, commit: &Commit, outcome: &Result<TxOutcome>) {
-        let origin = &commit.origin;
-        let source = origin.source.clone();
-        let hot = |collection: &Arc<str>, target: Target, kind: Kind| Event::Hot {
-            collection: Arc::clone(collection),
-            target,
-            kind,
-            source: source.clone(),
-        };
-        match outcome {
-            Err(_) => {}
-            Ok(Ok(committed)) if committed.replayed => self.events.push(Event::Replayed),
-            Ok(Ok(committed)) => {
-                for (op, result) in commit.ops.iter().zip(&committed.results) {
-                    if op.write.is_none() {
-                        continue;
-                    }
-                    if origin.is_retry() {
-                        self.events
-                            .push(hot(&op.collection, Target::Document(op.id.clone()), Kind::Retry));
-                    }
-                    let Some(written) = result else { continue };
-                    let kind = match written.effect {
-                        Effect::NoOp => Kind::NoOp,
-                        Effect::Skipped => Kind::Skipped,
-                        Effect::Checked => continue,
-                        Effect::Created | Effect::Updated | Effect::Deleted => {
-                            let blind_put = matches!(op.write, Some(WriteOp::Put { .. }))
-                                && op.expect == Expect::Any
-                                && written.effect == Effect::Updated;
-                            let hash = insights::document_hash(&op.collection, &op.id);
-                            if !self.group_docs.insert(hash) {
-                                self.events.push(hot(
-                                    &op.collection,
-                                    Target::Document(op.id.clone()),
-                                    Kind::Contended,
-                                ));
-                            }
-                            self.events.push(Event::Changed {
-                                hash,
-                                source: source.clone(),
-                                blind_put: blind_put.then(|| (Arc::clone(&op.collection), op.id.clone())),
-                            });
-                            continue;
-                        }
-                    };
-                    self.events
-                        .push(hot(&op.collection, Target::Document(op.id.clone()), kind));
-                }
-            }
-            Ok(Err(failure)) => {
-                let refused: Vec<(Arc<str>, Target, usize, bool)> = match failure {
-                    TxFailure::Conflicts(conflicts) => conflicts
-                        .iter()
-                        .map(|c| {
-                            let op = &commit.ops[c.index];
-                            let numbers_only = c.conflict.reason == ConflictReason::VersionMismatch
-                                && match (&op.write, &c.conflict.current) {
-                                    (Some(WriteOp::Put { body, .. }), Some(current)) => {
-                                        insights::numbers_only(body, &current.body)
-                                    }
-                                    _ => false,
-                                };
-                            let code = insights::conflict_index(c.conflict.reason.code());
-                            (
-                                Arc::clone(&op.collection),
-                                Target::Document(op.id.clone()),
-                                code,
-                                numbers_only,
-                            )
-                        })
-                        .collect(),
-                    TxFailure::ReadConflict { collection, what, .. } => {
-                        let target = match what.strip_prefix("document ") {
-                            Some(id) => Target::Document(id.to_string()),
-                            None => Target::Range(what.clone()),
-                        };
-                        vec![(
-                            Arc::from(collection.as_str()),
-                            target,
-                            insights::READ_CONFLICT,
-                            false,
-                        )]
-                    }
-                    TxFailure::SnapshotTooOld { .. } => {
-                        let collection = commit
-                            .ops
-                            .first()
-                            .map_or_else(|| Arc::from(""), |op| Arc::clone(&op.collection));
-                        vec![(
-                            collection,
-                            Target::Range(String::new()),
-                            insights::SNAPSHOT_TOO_OLD,
-                            false,
-                        )]
-                    }
-                };
-                for (collection, target, code, numbers_only) in refused {
-                    self.events.push(hot(
-                        &collection,
-                        target.clone(),
-                        Kind::Conflict { code, numbers_only },
-                    ));
-                    if origin.is_retry() {
-                        self.events.push(hot(&collection, target.clone(), Kind::Retry));
-                    }
-                    if origin.is_last_attempt() {
-                        self.events.push(hot(&collection, target, Kind::PermanentFailure));
-                    }
-                }
-            }
-        }
+        observe(commit, outcome, &mut self.events, &mut self.group_docs);
     }
 
     /// Notes the counter targets a backed-up outbox drain applies increments to.
@@ -1221,6 +1111,199 @@ impl Committer {
             });
         }
     }
+}
+
+/// Notes what one evaluated commit did, for the insights: into `events`, with
+/// `group_docs` the documents its group changed so far (a second change of
+/// one is contended).
+pub(crate) fn observe(
+    commit: &Commit,
+    outcome: &Result<TxOutcome>,
+    events: &mut Vec<Event>,
+    group_docs: &mut std::collections::HashSet<u64>,
+) {
+    let origin = &commit.origin;
+    let source = origin.source.clone();
+    let hot = |collection: &Arc<str>, target: Target, kind: Kind| Event::Hot {
+        collection: Arc::clone(collection),
+        target,
+        kind,
+        source: source.clone(),
+    };
+    match outcome {
+        Err(_) => {}
+        Ok(Ok(committed)) if committed.replayed => events.push(Event::Replayed),
+        Ok(Ok(committed)) => {
+            for (op, result) in commit.ops.iter().zip(&committed.results) {
+                if op.write.is_none() {
+                    continue;
+                }
+                if origin.is_retry() {
+                    events.push(hot(&op.collection, Target::Document(op.id.clone()), Kind::Retry));
+                }
+                let Some(written) = result else { continue };
+                let kind = match written.effect {
+                    Effect::NoOp => Kind::NoOp,
+                    Effect::Skipped => Kind::Skipped,
+                    Effect::Checked => continue,
+                    Effect::Created | Effect::Updated | Effect::Deleted => {
+                        let blind_put = matches!(op.write, Some(WriteOp::Put { .. }))
+                            && op.expect == Expect::Any
+                            && written.effect == Effect::Updated;
+                        let hash = insights::document_hash(&op.collection, &op.id);
+                        if !group_docs.insert(hash) {
+                            events.push(hot(
+                                &op.collection,
+                                Target::Document(op.id.clone()),
+                                Kind::Contended,
+                            ));
+                        }
+                        events.push(Event::Changed {
+                            hash,
+                            source: source.clone(),
+                            blind_put: blind_put.then(|| (Arc::clone(&op.collection), op.id.clone())),
+                        });
+                        continue;
+                    }
+                };
+                events.push(hot(&op.collection, Target::Document(op.id.clone()), kind));
+            }
+        }
+        Ok(Err(failure)) => {
+            let refused: Vec<(Arc<str>, Target, usize, bool)> = match failure {
+                TxFailure::Conflicts(conflicts) => conflicts
+                    .iter()
+                    .map(|c| {
+                        let op = &commit.ops[c.index];
+                        let numbers_only = c.conflict.reason == ConflictReason::VersionMismatch
+                            && match (&op.write, &c.conflict.current) {
+                                (Some(WriteOp::Put { body, .. }), Some(current)) => {
+                                    insights::numbers_only(body, &current.body)
+                                }
+                                _ => false,
+                            };
+                        let code = insights::conflict_index(c.conflict.reason.code());
+                        (
+                            Arc::clone(&op.collection),
+                            Target::Document(op.id.clone()),
+                            code,
+                            numbers_only,
+                        )
+                    })
+                    .collect(),
+                TxFailure::ReadConflict { collection, what, .. } => {
+                    let target = match what.strip_prefix("document ") {
+                        Some(id) => Target::Document(id.to_string()),
+                        None => Target::Range(what.clone()),
+                    };
+                    vec![(
+                        Arc::from(collection.as_str()),
+                        target,
+                        insights::READ_CONFLICT,
+                        false,
+                    )]
+                }
+                TxFailure::SnapshotTooOld { .. } => {
+                    let collection = commit
+                        .ops
+                        .first()
+                        .map_or_else(|| Arc::from(""), |op| Arc::clone(&op.collection));
+                    vec![(
+                        collection,
+                        Target::Range(String::new()),
+                        insights::SNAPSHOT_TOO_OLD,
+                        false,
+                    )]
+                }
+            };
+            for (collection, target, code, numbers_only) in refused {
+                events.push(hot(
+                    &collection,
+                    target.clone(),
+                    Kind::Conflict { code, numbers_only },
+                ));
+                if origin.is_retry() {
+                    events.push(hot(&collection, target.clone(), Kind::Retry));
+                }
+                if origin.is_last_attempt() {
+                    events.push(hot(&collection, target, Kind::PermanentFailure));
+                }
+            }
+        }
+    }
+}
+
+/// Answers a single write without the committer when the latest durable state
+/// shows it writes nothing: a no-op, a skip, or a refused precondition. Tried
+/// for guarded updates (`$if`) and writes with a precondition only. `None`
+/// when it may write (or the document has a change still being synced, or the
+/// write carries an idempotency key): then it goes through the queue as usual.
+///
+/// Sound for the same reason as [`settled`]: the answer reads only durable
+/// state, so it linearizes at the read, before any write not yet acknowledged.
+/// It spares skipped heartbeats and refused stale writes the wait for a group
+/// commit and its fsync.
+pub(crate) fn settle_from_durable(shared: &Shared, commit: &Commit) -> Result<Option<TxOutcome>> {
+    let [op] = commit.ops.as_slice() else {
+        return Ok(None);
+    };
+    let Some(write) = &op.write else {
+        return Ok(None);
+    };
+    if commit.idempotency.is_some() || commit.reads.is_some() {
+        return Ok(None);
+    }
+    // Only where writing nothing is likely enough to pay for the extra read: a
+    // guarded update (`$if`), or any write with a precondition. A bare update
+    // such as `$inc` goes straight to the queue.
+    let guarded = match write {
+        WriteOp::Patch(update) => update.condition().is_some(),
+        WriteOp::Put { .. } | WriteOp::Delete => false,
+    };
+    if !guarded && matches!(op.expect, Expect::Any) {
+        return Ok(None);
+    }
+    let durable_seq = shared.watermark.durable_seq();
+    let current = read_document(&*shared.storage, &op.key, &op.id)?;
+    if current.as_ref().is_some_and(|d| d.meta.seq > durable_seq) {
+        return Ok(None);
+    }
+    let now = now_ms();
+    let ttl = shared
+        .configs
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&*op.collection)
+        .and_then(|c| c.ttl.clone());
+    // As in `commit`: past its TTL, a document is gone for writers too.
+    let current = match (ttl, current) {
+        (Some(ttl), Some(doc)) if !doc.is_deleted() && is_expired(&doc.body, &ttl, now) => Some(Document {
+            meta: crate::doc::Meta {
+                deleted: true,
+                ..doc.meta
+            },
+            body: crate::doc::Body::new(),
+            ..doc
+        }),
+        (_, current) => current,
+    };
+    let clock = CommitClock {
+        seq: durable_seq + 1,
+        ts_ms: now,
+    };
+    let (answer, state) = evaluate::evaluate(&op.id, write, op.expect, current.as_ref(), &clock)?;
+    if state.is_some() {
+        return Ok(None);
+    }
+    Ok(match answer {
+        Ok(written) if matches!(written.effect, Effect::NoOp | Effect::Skipped) => Some(Ok(TxCommitted {
+            seq: durable_seq,
+            results: vec![Some(written)],
+            replayed: false,
+        })),
+        Err(conflict) => Some(Err(TxFailure::Conflicts(vec![op_conflict(0, op, conflict)]))),
+        Ok(_) => None,
+    })
 }
 
 /// Whether a commit's answer may go out before its group's fsync: it writes

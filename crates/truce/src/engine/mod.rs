@@ -303,15 +303,24 @@ impl Db {
         let idempotency = idempotency_key
             .map(|k| IdempotencyKey::new(k, std::slice::from_ref(&op)))
             .transpose()?;
-        self.submit_commit_as(
-            Commit {
-                ops: vec![op],
-                reads: None,
-                idempotency,
-                origin,
-            },
-            pending::single_write,
-        )
+        let commit = Commit {
+            ops: vec![op],
+            reads: None,
+            idempotency,
+            origin,
+        };
+        let shared = &self.inner.shared;
+        shared.watermark.check()?;
+        if let Some(outcome) = committer::settle_from_durable(shared, &commit)? {
+            let ok = Ok(outcome);
+            let mut events = Vec::new();
+            committer::observe(&commit, &ok, &mut events, &mut Default::default());
+            shared.insights.absorb(&mut events, 0, 0, None);
+            let (reply, answer) = oneshot::channel();
+            drop(reply.send(ok));
+            return Ok(Pending::new(answer, pending::single_write));
+        }
+        self.submit_commit_as(commit, pending::single_write)
     }
 
     /// The engine's counters: commits, groups and their fsync times, conflicts,

@@ -170,9 +170,11 @@ fn futures_lite_block_on<F: std::future::Future>(future: F) -> F::Output {
     }
 }
 
-/// A skip and a refused write that read only durable state are answered while
-/// their group's fsync is still running, and stay true when that fsync fails;
-/// a write in the same group waits for it.
+/// Writes that write nothing and read only durable state do not wait for other
+/// writers' fsync. A skip and a refused stale write are answered without the
+/// committer at all, even while it is stalled; an unguarded no-op goes through
+/// the committer and is answered before its group's fsync. All stay true when
+/// that fsync fails; a real write in the same group waits for it.
 #[test]
 fn answers_from_durable_state_do_not_wait_for_the_group_fsync() {
     use std::time::{Duration, Instant};
@@ -185,18 +187,11 @@ fn answers_from_durable_state_do_not_wait_for_the_group_fsync() {
         c.put("beat", json!({"tab": "open"}), Expect::Absent)
             .unwrap()
             .unwrap();
-        // Group 1 stalls in storage; meanwhile group 2 gathers a write, a skip
-        // and a stale write.
+        // Group 1 stalls in storage for 300 ms.
         storage.inject(Fault::Delay(Duration::from_millis(300)));
+        let started = Instant::now();
         let first = c.submit_put("a", json!({}), Expect::Any).unwrap();
         thread::sleep(Duration::from_millis(50));
-        storage.inject(if fail {
-            Fault::FailSync
-        } else {
-            Fault::Delay(Duration::from_millis(500))
-        });
-        let started = Instant::now();
-        let write = c.submit_put("b", json!({}), Expect::Any).unwrap();
         let skip = c
             .submit_patch(
                 "beat",
@@ -207,13 +202,26 @@ fn answers_from_durable_state_do_not_wait_for_the_group_fsync() {
         let stale = c
             .submit_put("beat", json!({"tab": "x"}), Expect::Version(7))
             .unwrap();
-        let skipped = skip.wait().unwrap().unwrap();
+        assert!(skip.wait().unwrap().unwrap().skipped());
         let refused = stale.wait().unwrap().unwrap_err();
-        let early = started.elapsed();
-        assert!(skipped.skipped());
         assert_eq!(refused.reason, ConflictReason::VersionMismatch);
         assert_eq!(refused.current.unwrap().version(), 1);
+        let fast = started.elapsed();
+        assert!(
+            fast < Duration::from_millis(250),
+            "answered while group 1 was stalled: {fast:?}"
+        );
+        // Group 2 (a write and an unguarded no-op) stalls too, or fails.
+        storage.inject(if fail {
+            Fault::FailSync
+        } else {
+            Fault::Delay(Duration::from_millis(500))
+        });
+        let write = c.submit_put("b", json!({}), Expect::Any).unwrap();
+        let same = c.submit_put("beat", json!({"tab": "open"}), Expect::Any).unwrap();
         assert!(first.wait().unwrap().is_ok());
+        assert!(same.wait().unwrap().unwrap().noop());
+        let early = started.elapsed();
         let written = write.wait();
         let late = started.elapsed();
         if fail {
@@ -222,7 +230,7 @@ fn answers_from_durable_state_do_not_wait_for_the_group_fsync() {
             assert!(written.unwrap().is_ok());
             assert!(
                 late >= early + Duration::from_millis(300),
-                "the skip and the conflict ({early:?}) came before the group's fsync ended ({late:?})"
+                "the no-op ({early:?}) came before its group's fsync ended ({late:?})"
             );
         }
     }
