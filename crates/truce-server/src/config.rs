@@ -128,7 +128,7 @@ pub struct ServeArgs {
     /// [default: 128]. Its memory is about 60 × this × 400 bytes at most.
     #[arg(long, env = "TRUCE_HOT_SPOTS")]
     pub hot_spots: Option<usize>,
-    /// Storage block cache in MiB, 1 to 65536 [default: 64].
+    /// Storage block cache in MiB, 1 to 65536 [default: 32].
     #[arg(long, env = "TRUCE_CACHE_MIB")]
     pub cache_mib: Option<u64>,
     /// Largest memtable of each of the storage's 8 keyspaces in MiB, 1 to 1024
