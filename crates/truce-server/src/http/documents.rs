@@ -53,7 +53,10 @@ fn json_body(value: &impl serde::Serialize) -> Response {
     let mut bytes = Vec::with_capacity(512);
     match serde_json::to_writer(&mut bytes, value) {
         Ok(()) => ([(header::CONTENT_TYPE, "application/json")], bytes).into_response(),
-        Err(e) => ApiError::Engine(truce::Error::Unavailable(format!("cannot encode the answer: {e}"))).into_response(),
+        Err(e) => ApiError::Engine(truce::Error::Unavailable(format!(
+            "cannot encode the answer: {e}"
+        )))
+        .into_response(),
     }
 }
 
