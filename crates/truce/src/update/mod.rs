@@ -20,9 +20,6 @@ use crate::error::Error;
 use crate::limits::{DOC_DEPTH_MAX, UPDATE_PATHS_MAX};
 use operators::{OPERATORS, Op};
 
-/// Control keys an update may carry besides its operators.
-const CONTROLS: [&str; 3] = ["$upsert", "$if", "$else"];
-
 /// What a write does when its `$if` condition is false.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum OnFalse {
@@ -64,23 +61,26 @@ impl Update {
         // One pass over the keys (a hot path: every PATCH parses one), then the
         // checks in a fixed order, whatever order the client sent the keys in.
         let mut operands: [Option<&Value>; OPERATORS.len()] = [None; OPERATORS.len()];
-        let mut controls: [Option<&Value>; CONTROLS.len()] = [None; CONTROLS.len()];
+        let (mut upsert, mut condition, mut on_false) = (None, None, None);
         for (key, value) in m {
-            if let Some(i) = OPERATORS.iter().position(|op| op == key) {
-                operands[i] = Some(value);
-            } else if let Some(i) = CONTROLS.iter().position(|c| c == key) {
-                controls[i] = Some(value);
-            } else {
-                return Err(invalid(if key.starts_with('$') {
-                    format!("unknown update operator '{key}'")
-                } else {
-                    format!(
-                        "'{key}' is not an operator: an update is made of operators such as $set, not a replacement document"
-                    )
-                }));
+            match key.as_str() {
+                "$upsert" => upsert = Some(value),
+                "$if" => condition = Some(value),
+                "$else" => on_false = Some(value),
+                name => match OPERATORS.iter().position(|op| *op == name) {
+                    Some(i) => operands[i] = Some(value),
+                    None => {
+                        return Err(invalid(if key.starts_with('$') {
+                            format!("unknown update operator '{key}'")
+                        } else {
+                            format!(
+                                "'{key}' is not an operator: an update is made of operators such as $set, not a replacement document"
+                            )
+                        }));
+                    }
+                },
             }
         }
-        let [upsert, condition, on_false] = controls;
         let upsert = match upsert {
             None => false,
             Some(Value::Bool(b)) => *b,

@@ -84,6 +84,13 @@ fn malformed_updates() {
     parse_err(json!({"$inc": {"a": "1"}}), "'$inc' at 'a'");
     let e = Update::parse(&json!({"$set": {"a": 1}, "$if": {"$bad": 1}})).expect_err("bad filter");
     assert!(matches!(e, Error::InvalidFilter(_)));
+    // Unknown keys are reported before any operand is looked at, and the
+    // controls before the operators, whatever order the keys come in.
+    parse_err(
+        json!({"$upsert": "yes", "$set": [1], "$zap": {}}),
+        "unknown update operator '$zap'",
+    );
+    parse_err(json!({"$else": "maybe", "$set": [1]}), "$else");
 }
 
 #[test]
