@@ -106,19 +106,15 @@ fn heartbeat(s: usize, path: &str) -> Value {
 
 /// One heartbeat worker: the calls `worker`, `worker + WORKERS`, … of every beat,
 /// where call `6s + k` is call `k` of session `s` — so the six calls of a session
-/// go to six different workers and race each other. Also whether this worker
-/// was still sending a beat when the next one was due: then two tabs of a
-/// moving session can disagree about its path and overwrite each other.
-fn heartbeat_worker(
-    base: &str,
-    worker: usize,
-    start: Instant,
-    written_by: &Mutex<Vec<u64>>,
-) -> (Tally, bool) {
+/// go to six different workers and race each other. Also how many whole beats
+/// this worker fell behind (finished a beat after the next was due): while it
+/// lags, two tabs of a moving session can disagree about its path and
+/// overwrite each other.
+fn heartbeat_worker(base: &str, worker: usize, start: Instant, written_by: &Mutex<Vec<u64>>) -> (Tally, u64) {
     let mut connection = RawConnection::new(base);
     let mut tally = Tally::default();
     let mut mine = vec![0u64; SESSIONS];
-    let mut late = false;
+    let mut lag_beats = 0;
     for beat in 0..BEATS {
         let due = start + BEAT * beat as u32;
         if let Some(wait) = due.checked_duration_since(Instant::now()) {
@@ -132,13 +128,14 @@ fn heartbeat_worker(
             tally.record(&path, connection.call("PATCH", &path, &body));
             mine[s] += tally.written - before;
         }
-        late |= Instant::now() > due + BEAT;
+        let behind = (Instant::now() - due).as_millis() / BEAT.as_millis();
+        lag_beats = lag_beats.max(behind as u64);
     }
     let mut written = written_by.lock().unwrap_or_else(|p| p.into_inner());
     for (s, n) in mine.into_iter().enumerate() {
         written[s] += n;
     }
-    (tally, late)
+    (tally, lag_beats)
 }
 
 /// Follows a collection's change feed (long polls) until `stop`, counting the
@@ -202,11 +199,11 @@ fn seed000_heartbeats_never_conflict_write_once_per_window_and_expire() {
         })
         .collect();
     let mut tally = Tally::default();
-    let mut late = false;
+    let mut lag_beats = 0;
     for worker in workers {
-        let (worker_tally, worker_late) = worker.join().expect("heartbeat worker");
+        let (worker_tally, worker_lag) = worker.join().expect("heartbeat worker");
         tally.add(worker_tally);
-        late |= worker_late;
+        lag_beats = lag_beats.max(worker_lag);
     }
     let run = start.elapsed();
     drop(turn);
@@ -240,12 +237,13 @@ fn seed000_heartbeats_never_conflict_write_once_per_window_and_expire() {
 
     // Durable writes: one per session per dedup window (the run is shorter than
     // one unless the machine is very slow), plus one per change of path. When
-    // beats overlapped (a loaded machine), the racing tabs of a moving session
-    // may flip its path back and forth at each move, up to once per call; a
-    // session that never moves has nothing to flip.
+    // workers lagged (a loaded machine), old-path and new-path calls of a
+    // moving session overlap for up to `lag_beats + 1` beats after each move,
+    // and each of those calls may flip the path once; a session that never
+    // moves has nothing to flip, and without lag there is no flip at all.
     let windows = 1 + run.as_millis() as u64 / DEDUP_MS;
-    let flips = if late {
-        (2 * TABS * CALLS_PER_TAB) as u64
+    let flips = if lag_beats > 0 {
+        2 * (TABS * CALLS_PER_TAB) as u64 * (lag_beats + 1)
     } else {
         0
     };
