@@ -280,7 +280,7 @@ async fn preconditions_travel_in_headers_and_query_parameters() {
 }
 
 #[tokio::test]
-async fn update_with_retry_rereads_after_a_conflict_and_writes_the_exact_version() {
+async fn update_with_retry_redoes_from_the_conflicts_document_at_its_exact_version() {
     let (base, log) = serve(vec![
         Reply::Json(200, vec![], doc("a", 1, json!({"n": 10}))),
         Reply::Json(
@@ -288,7 +288,6 @@ async fn update_with_retry_rereads_after_a_conflict_and_writes_the_exact_version
             vec![],
             json!({"error": "conflict", "reason": "version_mismatch", "message": "m", "current": doc("a", 2, json!({"n": 20}))}),
         ),
-        Reply::Json(200, vec![], doc("a", 2, json!({"n": 20}))),
         Reply::Json(200, vec![], written("a", 3, false, json!({"n": 21}))),
     ])
     .await;
@@ -308,9 +307,10 @@ async fn update_with_retry_rereads_after_a_conflict_and_writes_the_exact_version
     assert_eq!(seen, [10, 20]);
     let log = log.lock().expect("log").clone();
     let methods: Vec<_> = log.iter().map(|r| r.method.as_str()).collect();
-    assert_eq!(methods, ["GET", "PUT", "GET", "PUT"]);
+    // The 409 carried version 2: the retry writes at it without reading again.
+    assert_eq!(methods, ["GET", "PUT", "PUT"]);
     assert_eq!(log[1].json(), json!({"n": 11, "_version": 1}));
-    assert_eq!(log[3].json(), json!({"n": 21, "_version": 2}));
+    assert_eq!(log[2].json(), json!({"n": 21, "_version": 2}));
 }
 
 #[tokio::test]
@@ -323,7 +323,7 @@ async fn update_with_retry_gives_up_with_the_last_conflict() {
         )
     };
     let absent = || Reply::Json(404, vec![], json!({"error": "not_found", "message": "m"}));
-    let (base, log) = serve(vec![absent(), stale(1), absent(), stale(2)]).await;
+    let (base, log) = serve(vec![absent(), stale(1), stale(2)]).await;
     let error = client(&base, 2)
         .update_with_retry("c", "a", |_| json!({"n": 1}))
         .await
@@ -342,6 +342,12 @@ async fn update_with_retry_gives_up_with_the_last_conflict() {
         json!({"n": 1, "_version": 0}),
         "absent: create only"
     );
+    assert_eq!(
+        log[2].json(),
+        json!({"n": 1, "_version": 1}),
+        "the retry writes at the version the conflict carried"
+    );
+    assert_eq!(log.len(), 3, "no read between the rounds");
 }
 
 #[tokio::test]

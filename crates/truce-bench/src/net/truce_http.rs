@@ -57,6 +57,11 @@ impl Http {
         path: &str,
         body: Bytes,
     ) -> Result<(StatusCode, Bytes), String> {
+        // A connection the server closed while it idled (between slices, past
+        // its keep-alive timeout) is reopened before use, as a pooled client does.
+        if self.sender.as_ref().is_some_and(Sender::is_closed) {
+            self.sender = None;
+        }
         let sender = match &mut self.sender {
             Some(sender) => sender,
             None => self
@@ -110,7 +115,8 @@ pub enum TruceClient {
     HotCounter(Http),
     /// `PUT` with `_version` over the client's slice.
     Versioned(Http, Slice),
-    /// GET, then PUT at the version read; on 409 back off and redo.
+    /// GET, then PUT at the version read; on 409 back off and redo from the
+    /// document it carries.
     Rmw(Http, SmallRng),
     /// The skip-if-fresh heartbeat `PATCH`.
     Heartbeat(Http, Tabs),
@@ -168,22 +174,27 @@ impl Client for TruceClient {
 
 /// The client's `update_with_retry` (crates/truce-client/src/update.rs), on
 /// the bench's connection: GET, compute `n + 1`, PUT at exactly the version
-/// read; a 409 backs off (full jitter) and starts a new round, until it succeeds.
+/// read; a 409 backs off (full jitter) and redoes the PUT from the document
+/// the 409 carries, until it succeeds.
 async fn rmw(http: &mut Http, rng: &mut SmallRng) -> Answer {
+    let (mut version, mut n) = match http.send(Method::GET, RMW_PATH, Bytes::new()).await {
+        Ok((StatusCode::OK, body)) => match version_and_n(&body) {
+            Some(read) => read,
+            None => return unexpected(StatusCode::OK, &body),
+        },
+        Ok((status, body)) => return unexpected(status, &body),
+        Err(e) => return Answer::Error(e),
+    };
     let mut failed = 0;
     loop {
-        let (version, n) = match http.send(Method::GET, RMW_PATH, Bytes::new()).await {
-            Ok((StatusCode::OK, body)) => match version_and_n(&body) {
-                Some(read) => read,
-                None => return unexpected(StatusCode::OK, &body),
-            },
-            Ok((status, body)) => return unexpected(status, &body),
-            Err(e) => return Answer::Error(e),
-        };
         let body = format!(r#"{{"n":{},"_version":{version}}}"#, n + 1);
         match http.send(Method::PUT, RMW_PATH, body.into()).await {
             Ok((StatusCode::OK, _)) => return Answer::Done { retries: failed },
-            Ok((StatusCode::CONFLICT, _)) => {
+            Ok((StatusCode::CONFLICT, body)) => {
+                (version, n) = match conflict_current(&body) {
+                    Some(current) => current,
+                    None => return unexpected(StatusCode::CONFLICT, &body),
+                };
                 failed += 1;
                 tokio::time::sleep(backoff(rng, failed)).await;
             }
@@ -196,6 +207,16 @@ async fn rmw(http: &mut Http, rng: &mut SmallRng) -> Answer {
 /// `_version` and `n` of a document answer.
 fn version_and_n(body: &[u8]) -> Option<(u64, u64)> {
     let doc: serde_json::Value = serde_json::from_slice(body).ok()?;
+    doc_version_and_n(&doc)
+}
+
+/// `_version` and `n` of the current document a 409 carries.
+fn conflict_current(body: &[u8]) -> Option<(u64, u64)> {
+    let conflict: serde_json::Value = serde_json::from_slice(body).ok()?;
+    doc_version_and_n(&conflict["current"])
+}
+
+fn doc_version_and_n(doc: &serde_json::Value) -> Option<(u64, u64)> {
     Some((doc["_version"].as_u64()?, doc["n"].as_u64()?))
 }
 
@@ -312,5 +333,12 @@ mod tests {
             version_and_n(br#"{"_id":"one","_version":7,"n":6}"#),
             Some((7, 6))
         );
+        assert_eq!(
+            conflict_current(
+                br#"{"error":"conflict","reason":"version_mismatch","current":{"_id":"one","_version":8,"n":7}}"#
+            ),
+            Some((8, 7))
+        );
+        assert_eq!(conflict_current(br#"{"error":"conflict","current":null}"#), None);
     }
 }
