@@ -5,6 +5,7 @@
 //! Hot path: `run_group` and `commit` run for every request; keep allocation and
 //! locking out of them.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::{Arc, RwLock};
@@ -157,7 +158,7 @@ pub struct Committer {
     /// What this group did, for the insights (handed over when it is stored).
     events: Vec<Event>,
     /// Documents this group changed, by hash: a second change is contended.
-    group_docs: std::collections::HashSet<u64>,
+    group_docs: GroupDocs,
 }
 
 /// The counter increments a commit implies, by mode.
@@ -310,7 +311,7 @@ impl Committer {
             recent: RecentWrites::new(last_seq),
             last_maintenance: Instant::now(),
             events: Vec::new(),
-            group_docs: std::collections::HashSet::new(),
+            group_docs: GroupDocs::default(),
         })
     }
 
@@ -1113,6 +1114,10 @@ impl Committer {
     }
 }
 
+/// The documents a group changed so far, by hash, each with the position in
+/// the group's events of its latest `Contended` event (none while changed once).
+pub(crate) type GroupDocs = foldhash::HashMap<u64, Option<usize>>;
+
 /// Notes what one evaluated commit did, for the insights: into `events`, with
 /// `group_docs` the documents its group changed so far (a second change of
 /// one is contended).
@@ -1120,7 +1125,7 @@ pub(crate) fn observe(
     commit: &Commit,
     outcome: &Result<TxOutcome>,
     events: &mut Vec<Event>,
-    group_docs: &mut std::collections::HashSet<u64>,
+    group_docs: &mut GroupDocs,
 ) {
     let origin = &commit.origin;
     let source = origin.source.clone();
@@ -1151,12 +1156,31 @@ pub(crate) fn observe(
                             && op.expect == Expect::Any
                             && written.effect == Effect::Updated;
                         let hash = insights::document_hash(&op.collection, &op.id);
-                        if !group_docs.insert(hash) {
-                            events.push(hot(
-                                &op.collection,
-                                Target::Document(op.id.clone()),
-                                Kind::Contended,
-                            ));
+                        match group_docs.entry(hash) {
+                            Entry::Vacant(first) => {
+                                first.insert(None);
+                            }
+                            // Another change of it by the same source: one more
+                            // on the group's event (one event per document and
+                            // source, however hot the document).
+                            Entry::Occupied(mut seen) => match seen.get().and_then(|at| events.get_mut(at)) {
+                                Some(Event::Hot {
+                                    kind: Kind::Contended(n),
+                                    source: by,
+                                    target: Target::Document(id),
+                                    collection,
+                                }) if *by == source && *id == op.id && *collection == op.collection => {
+                                    *n += 1
+                                }
+                                _ => {
+                                    seen.insert(Some(events.len()));
+                                    events.push(hot(
+                                        &op.collection,
+                                        Target::Document(op.id.clone()),
+                                        Kind::Contended(1),
+                                    ));
+                                }
+                            },
                         }
                         events.push(Event::Changed {
                             hash,

@@ -1,10 +1,14 @@
 //! One group commit in the making: the documents it touched (read once, updated
 //! in place as requests are evaluated in order), and every other key it writes —
-//! index entries, change-log entries, idempotency records, definitions.
+//! index entries, idempotency records, definitions. The change-log entries of
+//! a document are made when the group becomes a storage batch, once for its
+//! last write in the group, however many requests wrote it.
 //!
-//! Hot path: `load` and `apply` run for every write.
+//! Hot path: `current` and `apply` run for every write.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use foldhash::{HashMap, HashMapExt};
 use std::ops::Bound;
 
 use crate::doc::Document;
@@ -22,6 +26,12 @@ struct Slot {
     current: Option<Document>,
     /// Canonical body bytes of `current` if the group wrote it.
     written: Option<Vec<u8>>,
+    /// The sequence number of the stored state (tombstones included) the group
+    /// read: its change-log entries give way to the group's last write.
+    stored_seq: Option<u64>,
+    /// Bytes of the collection name at the start of the document key (the
+    /// key is `collection 0x00 id`).
+    collection_len: usize,
 }
 
 /// The state of one group commit.
@@ -31,8 +41,6 @@ pub struct Group<'a> {
     others: BTreeMap<(Space, Vec<u8>), Option<Vec<u8>>>,
     /// The last sequence number assigned (the previous group's last at the start).
     pub seq: u64,
-    /// The previous group's last sequence number.
-    first_seq: u64,
     /// The group's commit time.
     pub ts_ms: u64,
     /// Bytes of document records written so far.
@@ -40,22 +48,22 @@ pub struct Group<'a> {
 }
 
 /// `collection 0x00 seq id`: the per-collection change-log key.
-fn changes_key(collection: &str, seq: u64, id: &str) -> Vec<u8> {
+fn changes_key(collection: &[u8], seq: u64, id: &[u8]) -> Vec<u8> {
     let mut key = Vec::with_capacity(collection.len() + 9 + id.len());
-    key.extend_from_slice(collection.as_bytes());
+    key.extend_from_slice(collection);
     key.push(0);
     key.extend_from_slice(&seq.to_be_bytes());
-    key.extend_from_slice(id.as_bytes());
+    key.extend_from_slice(id);
     key
 }
 
 /// `seq collection 0x00 id`: the global change-log key.
-fn log_key(collection: &str, seq: u64, id: &str) -> Vec<u8> {
+fn log_key(collection: &[u8], seq: u64, id: &[u8]) -> Vec<u8> {
     let mut key = Vec::with_capacity(collection.len() + 9 + id.len());
     key.extend_from_slice(&seq.to_be_bytes());
-    key.extend_from_slice(collection.as_bytes());
+    key.extend_from_slice(collection);
     key.push(0);
-    key.extend_from_slice(id.as_bytes());
+    key.extend_from_slice(id);
     key
 }
 
@@ -67,7 +75,6 @@ impl<'a> Group<'a> {
             slots: HashMap::new(),
             others: BTreeMap::new(),
             seq: last_seq,
-            first_seq: last_seq,
             ts_ms,
             bytes: 0,
         }
@@ -81,8 +88,10 @@ impl<'a> Group<'a> {
             self.slots.insert(
                 key.to_vec(),
                 Slot {
+                    stored_seq: current.as_ref().map(|d| d.meta.seq),
                     current,
                     written: None,
+                    collection_len: 0,
                 },
             );
         }
@@ -147,9 +156,10 @@ impl<'a> Group<'a> {
         }
     }
 
-    /// Stores a new state of document `key` of `collection`, maintaining `indexes`
-    /// and the change logs; pushes every key whose change a transaction could have
-    /// read onto `written`.
+    /// Stores a new state of document `key` of `collection`, maintaining
+    /// `indexes`; pushes every key whose change a transaction could have read
+    /// onto `written`. The change-log entries are made once per document, by
+    /// [`Group::into_batch`], for the group's last write of it.
     pub fn apply(
         &mut self,
         collection: &str,
@@ -158,54 +168,45 @@ impl<'a> Group<'a> {
         indexes: &[IndexDef],
         written: &mut Vec<(Space, Vec<u8>)>,
     ) {
-        let id = state.doc.id.clone();
-        let previous = self.slots.get(&key).and_then(|s| s.current.as_ref());
-        let old_seq = previous.map(|d| d.meta.seq);
-        let mut index_writes = Vec::new();
         if !indexes.is_empty() {
+            let id = &state.doc.id;
+            let previous = self.slots.get(&key).and_then(|s| s.current.as_ref());
             let old_live = previous.filter(|d| !d.is_deleted()).map(|d| &d.body);
             let new_live = (!state.doc.is_deleted()).then_some(&state.doc.body);
+            let mut index_writes = Vec::new();
             for def in indexes {
-                let old_entry = old_live.map(|body| def.entry_key(&id, body));
-                let new_entry = new_live.map(|body| def.entry_key(&id, body));
+                let old_entry = old_live.map(|body| def.entry_key(id, body));
+                let new_entry = new_live.map(|body| def.entry_key(id, body));
                 if old_entry != new_entry {
                     index_writes.extend(old_entry.map(|old| (old, None)));
                     index_writes.extend(new_entry.map(|new| (new, Some(id.as_bytes().to_vec()))));
                 }
             }
-        }
-        for (entry, value) in index_writes {
-            written.push((Space::Index, entry.clone()));
-            self.put(Space::Index, entry, value);
-        }
-        if let Some(old_seq) = old_seq {
-            let old_changes = changes_key(collection, old_seq, &id);
-            let old_log = log_key(collection, old_seq, &id);
-            if old_seq > self.first_seq {
-                // Written earlier in this group: never stored, so just forget it.
-                self.others.remove(&(Space::Changes, old_changes));
-                self.others.remove(&(Space::Log, old_log));
-            } else {
-                self.put(Space::Changes, old_changes, None);
-                self.put(Space::Log, old_log, None);
+            for (entry, value) in index_writes {
+                written.push((Space::Index, entry.clone()));
+                self.put(Space::Index, entry, value);
             }
         }
-        let seq = state.doc.meta.seq;
-        self.put(
-            Space::Changes,
-            changes_key(collection, seq, &id),
-            Some(Vec::new()),
-        );
-        self.put(Space::Log, log_key(collection, seq, &id), Some(Vec::new()));
         written.push((Space::Documents, key.clone()));
         self.bytes += key.len() + state.canonical.len();
-        self.slots.insert(
-            key,
-            Slot {
-                current: Some(state.doc),
-                written: Some(state.canonical),
-            },
-        );
+        match self.slots.get_mut(&key) {
+            Some(slot) => {
+                slot.current = Some(state.doc);
+                slot.written = Some(state.canonical);
+                slot.collection_len = collection.len();
+            }
+            None => {
+                self.slots.insert(
+                    key,
+                    Slot {
+                        current: Some(state.doc),
+                        written: Some(state.canonical),
+                        stored_seq: None,
+                        collection_len: collection.len(),
+                    },
+                );
+            }
+        }
     }
 
     /// Whether the group has anything to store.
@@ -218,6 +219,17 @@ impl<'a> Group<'a> {
         let mut batch = WriteBatch::new();
         for (key, slot) in self.slots {
             if let (Some(canonical), Some(doc)) = (&slot.written, &slot.current) {
+                let (collection, id) = (&key[..slot.collection_len], &key[slot.collection_len + 1..]);
+                if let Some(old_seq) = slot.stored_seq {
+                    batch.remove(Space::Changes, changes_key(collection, old_seq, id));
+                    batch.remove(Space::Log, log_key(collection, old_seq, id));
+                }
+                batch.put(
+                    Space::Changes,
+                    changes_key(collection, doc.meta.seq, id),
+                    Vec::new(),
+                );
+                batch.put(Space::Log, log_key(collection, doc.meta.seq, id), Vec::new());
                 batch.put(
                     Space::Documents,
                     key,

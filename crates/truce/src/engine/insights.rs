@@ -16,15 +16,18 @@
 //! its count as an over-estimate (`error`). Any key with more events than
 //! `total / capacity` in a minute is guaranteed to be tracked.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use foldhash::{HashMap, HashMapExt};
+
 use crate::error::{Error, Result};
 use crate::limits::{
-    HOT_SPOT_MINUTES, HOT_SPOT_SOURCES_MAX, HOT_SPOTS_LIMIT_MAX, HOT_SPOTS_TRACKED_MAX,
-    INSIGHT_LABEL_SETS_MAX, LAST_WRITER_WINDOW_MS, LAST_WRITERS_MAX, SOURCE_BYTES_MAX,
+    COLLECTION_NAME_BYTES_MAX, HOT_SPOT_MINUTES, HOT_SPOT_SOURCES_MAX, HOT_SPOTS_LIMIT_MAX,
+    HOT_SPOTS_TRACKED_MAX, ID_BYTES_MAX, INSIGHT_LABEL_SETS_MAX, LAST_WRITER_WINDOW_MS, LAST_WRITERS_MAX,
+    SOURCE_BYTES_MAX,
 };
 
 /// Who is writing, and which attempt this is. Conflicts, retries and permanent
@@ -127,9 +130,10 @@ pub(crate) enum Kind {
     /// `after_commit` increments applied to this counter target while the outbox
     /// was backed up.
     OutboxDeltas(u64),
-    /// A change to a document another request of the same group commit
+    /// Changes to a document another request of the same group commit
     /// already changed: writers contend for it, serialized without conflict.
-    Contended,
+    /// One event counts all such changes of a group by one source.
+    Contended(u64),
 }
 
 /// What the committer reports to the tracker.
@@ -167,13 +171,25 @@ pub(crate) fn document_hash(collection: &str, id: &str) -> u64 {
     key_hash(0, collection, id)
 }
 
+/// XXH3 of `tag collection 0x00 name`, hashed in one call (a streaming XXH3
+/// state costs more to set up than a short key costs to hash): written into a
+/// stack buffer when it fits, which it does for every id within the limits.
 fn key_hash(tag: u8, collection: &str, name: &str) -> u64 {
-    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
-    hasher.update(&[tag]);
-    hasher.update(collection.as_bytes());
-    hasher.update(&[0]);
-    hasher.update(name.as_bytes());
-    hasher.digest()
+    const STACK_BYTES: usize = 2 + COLLECTION_NAME_BYTES_MAX + ID_BYTES_MAX;
+    let len = 2 + collection.len() + name.len();
+    let mut stack = [0u8; STACK_BYTES];
+    let mut heap = Vec::new();
+    let key: &mut [u8] = if len <= STACK_BYTES {
+        &mut stack[..len]
+    } else {
+        heap.resize(len, 0);
+        &mut heap
+    };
+    key[0] = tag;
+    key[1..1 + collection.len()].copy_from_slice(collection.as_bytes());
+    key[1 + collection.len()] = 0;
+    key[2 + collection.len()..].copy_from_slice(name.as_bytes());
+    xxhash_rust::xxh3::xxh3_64(key)
 }
 
 /// Counts kept per hot spot.
@@ -219,7 +235,7 @@ impl HotCounts {
             Kind::NoOp => self.noops += 1,
             Kind::Skipped => self.skipped += 1,
             Kind::OutboxDeltas(n) => self.outbox_deltas += n,
-            Kind::Contended => self.contended += 1,
+            Kind::Contended(n) => self.contended += n,
         }
     }
 
@@ -382,9 +398,14 @@ impl Minute {
                     .or_insert_with(|| Entry::new(collection, target, floor))
             }
         };
-        entry.score += 1;
+        // An event standing for several occurrences weighs as many.
+        let weight = match kind {
+            Kind::Contended(n) => n,
+            _ => 1,
+        };
+        entry.score += weight;
         entry.counts.add(kind);
-        entry.count_source(source, 1);
+        entry.count_source(source, weight);
     }
 }
 
@@ -792,7 +813,7 @@ impl Tracker {
             Kind::Overwrite => self.label(Family::Overwrites, "", collection, source),
             Kind::NoOp => self.noops += 1,
             Kind::Skipped => self.skipped += 1,
-            Kind::OutboxDeltas(_) | Kind::Contended => {}
+            Kind::OutboxDeltas(_) | Kind::Contended(_) => {}
         }
         if matches!(&target, Target::Range(what) if what.is_empty()) {
             // A snapshot too old names no document or range.
@@ -914,6 +935,31 @@ mod tests {
 
     fn coll() -> Arc<str> {
         Arc::from("c")
+    }
+
+    #[test]
+    fn key_hash_is_xxh3_of_the_joined_key_on_the_stack_and_off_it() {
+        let long_range = "r".repeat(2 * ID_BYTES_MAX);
+        for (tag, collection, name) in [
+            (0, "c", "a"),
+            (0, "counters", "hot"),
+            (0, "c", "x".repeat(ID_BYTES_MAX).as_str()),
+            (1, "c", long_range.as_str()),
+        ] {
+            let mut joined = vec![tag];
+            joined.extend_from_slice(collection.as_bytes());
+            joined.push(0);
+            joined.extend_from_slice(name.as_bytes());
+            assert_eq!(
+                key_hash(tag, collection, name),
+                xxhash_rust::xxh3::xxh3_64(&joined)
+            );
+        }
+        assert_ne!(key_hash(0, "ab", "c"), key_hash(0, "a", "bc"));
+        assert_ne!(
+            document_hash("c", "r"),
+            target_hash("c", &Target::Range("r".into()))
+        );
     }
 
     fn conflict(id: &str, source: &str) -> Event {

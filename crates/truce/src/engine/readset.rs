@@ -7,8 +7,10 @@
 //! point would have read exactly the same values — so it is equivalent to a serial
 //! execution in commit order.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
+
+use foldhash::HashSet;
 
 use crate::error::{Error, Result};
 use crate::index::query::KeyRange;

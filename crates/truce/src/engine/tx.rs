@@ -2,7 +2,6 @@
 //! preconditions, applied all together or not at all, optionally validated
 //! against a read set. Also the answers: what committed, or why not.
 
-use std::collections::HashSet;
 use std::fmt;
 use std::sync::Arc;
 
@@ -183,8 +182,10 @@ pub fn prepare_all(ops: Vec<TxOp>) -> Result<Vec<PreparedOp>> {
 /// write by a version read elsewhere), bytes within the limit. Every op sees the
 /// state before the transaction.
 pub fn check_batch(ops: &[PreparedOp]) -> Result<()> {
-    let mut seen = HashSet::with_capacity(ops.len());
-    for op in ops {
+    // One op cannot repeat a document (and single writes are the hot path).
+    let several = if ops.len() > 1 { ops } else { &[] };
+    let mut seen = foldhash::HashSet::with_capacity_and_hasher(several.len(), Default::default());
+    for op in several {
         if !seen.insert((op.key.as_slice(), op.write.is_some())) {
             let what = if op.write.is_some() { "written" } else { "checked" };
             return Err(Error::InvalidTransaction(format!(
