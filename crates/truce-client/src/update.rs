@@ -14,14 +14,23 @@ impl Client {
     /// Updates `coll/id` with `modify`, which gets the current document (`None`
     /// when absent) and returns the new full body (a JSON object of user fields).
     ///
-    /// The first round GETs the document, calls `modify`, and PUTs the result at
-    /// exactly the version read (create-only when absent). A conflict that a fresh
-    /// read can fix (`version_mismatch`, `already_exists`, `not_found`) starts a new
-    /// round after a backoff, up to the retry policy's attempts; that round starts
-    /// from the document the conflict answer carried (the state that beat this
-    /// write, or `None` when absent), so a retry costs one round trip, not two.
-    /// When it gives up, or meets a conflict a fresh read cannot fix (a unique
-    /// violation), the error is [`ClientError::Conflicted`] carrying the last conflict.
+    /// It GETs the document, calls `modify`, and PUTs the result at exactly the
+    /// version read (create-only when absent). A conflict that a fresh read can
+    /// fix (`version_mismatch`, `already_exists`, `not_found`) is redone from the
+    /// document the conflict answer carried (the state that beat this write, or
+    /// `None` when absent), so no second read is needed:
+    ///
+    /// - a write made from a fresh document (just read, or just carried by a
+    ///   conflict) that loses backs off first, as the retry policy says, and
+    ///   starts a new round;
+    /// - the first write after a backoff is made from the document the last
+    ///   conflict carried, which the wait may have made stale: if it loses, the
+    ///   document its conflict carries is fresh, and it is redone at once
+    ///   (this is the read the backoff would otherwise need).
+    ///
+    /// After the retry policy's attempts (rounds), or on a conflict a fresh read
+    /// cannot fix (a unique violation), the error is
+    /// [`ClientError::Conflicted`] carrying the last conflict.
     ///
     /// `modify` may run several times: keep it free of side effects.
     pub async fn update_with_retry<F>(
@@ -36,15 +45,19 @@ impl Client {
         let attempts = self.policy.attempts();
         let mut round = 1;
         let mut current = self.get(coll, id).await?;
+        let mut fresh = true;
         loop {
             let body = modify(current.as_ref());
             let precondition = current.as_ref().map_or(Precondition::Absent, Precondition::from);
             match self.put(coll, id, body, precondition).await? {
                 Ok(written) => return Ok(written),
-                Err(conflict) if conflict.reason.is_stale_read() && round < attempts => {
-                    tokio::time::sleep(self.policy.delay(round, None)).await;
-                    round += 1;
+                Err(conflict) if conflict.reason.is_stale_read() && (!fresh || round < attempts) => {
                     current = conflict.current;
+                    if fresh {
+                        tokio::time::sleep(self.policy.delay(round, None)).await;
+                        round += 1;
+                    }
+                    fresh = !fresh;
                 }
                 Err(conflict) => {
                     return Err(ClientError::Conflicted {

@@ -323,7 +323,7 @@ async fn update_with_retry_gives_up_with_the_last_conflict() {
         )
     };
     let absent = || Reply::Json(404, vec![], json!({"error": "not_found", "message": "m"}));
-    let (base, log) = serve(vec![absent(), stale(1), stale(2)]).await;
+    let (base, log) = serve(vec![absent(), stale(1), stale(2), stale(3)]).await;
     let error = client(&base, 2)
         .update_with_retry("c", "a", |_| json!({"n": 1}))
         .await
@@ -332,7 +332,7 @@ async fn update_with_retry_gives_up_with_the_last_conflict() {
         ClientError::Conflicted { attempts, last } => {
             assert_eq!(attempts, 2);
             assert_eq!(last.reason, ConflictReason::AlreadyExists);
-            assert_eq!(last.current.map(|d| d.version), Some(2));
+            assert_eq!(last.current.map(|d| d.version), Some(3));
         }
         other => panic!("{other:?}"),
     }
@@ -345,9 +345,18 @@ async fn update_with_retry_gives_up_with_the_last_conflict() {
     assert_eq!(
         log[2].json(),
         json!({"n": 1, "_version": 1}),
-        "the retry writes at the version the conflict carried"
+        "after the backoff, the write is made at the version the conflict carried"
     );
-    assert_eq!(log.len(), 3, "no read between the rounds");
+    assert_eq!(
+        log[3].json(),
+        json!({"n": 1, "_version": 2}),
+        "that write lost to a change made during the backoff: redone at once from its conflict's document"
+    );
+    assert_eq!(
+        log.len(),
+        4,
+        "no read between the rounds; the second round's fresh write lost and it gave up"
+    );
 }
 
 #[tokio::test]

@@ -1,16 +1,17 @@
 //! Truce's side of the network workloads: `truce serve` over loopback HTTP/1.1
-//! keep-alive connections, each a bare hyper client connection (no pool, no
-//! TLS) with its request bodies built as plain strings, so a request costs the
-//! load generator as little as it can.
+//! keep-alive connections, with a minimal client (requests written from
+//! plain strings into one reused buffer, answers framed by `Content-Length`
+//! and parsed in place by httparse), as lean as the RESP client of the Redis
+//! side, so a request costs the load generator as little as it can.
 
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::{Method, Request, StatusCode, header};
-use hyper_util::rt::TokioIo;
+use bytes::{Buf, Bytes, BytesMut};
+use http::{Method, StatusCode};
 use rand::rngs::SmallRng;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 use super::Workload;
 use super::load::{Answer, Client};
@@ -33,21 +34,33 @@ const DOCS: &str = "docs";
 const PRELOAD_OPS_PER_TX: u64 = 1000;
 /// How much of an unexpected answer is kept for the error report.
 const ERROR_BODY_CHARS: usize = 200;
+/// Answer headers a response may have (the server sends a handful).
+const ANSWER_HEADERS_MAX: usize = 32;
+/// Bytes an answer's status line and headers may take.
+const ANSWER_HEAD_BYTES_MAX: usize = 64 * 1024;
+/// Read buffer reserved before each read.
+const READ_CHUNK_BYTES: usize = 16 * 1024;
 
-type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+/// One open connection and its buffers, reused by every request.
+struct Conn {
+    stream: TcpStream,
+    request: Vec<u8>,
+    read: BytesMut,
+}
 
-/// One keep-alive connection, reopened after it broke.
+/// One keep-alive connection, reopened after it broke or the server closed it.
 pub struct Http {
     addr: SocketAddr,
-    sender: Option<Sender>,
+    conn: Option<Conn>,
 }
 
 impl Http {
     /// Opens a connection (Nagle off).
     pub async fn connect(addr: SocketAddr) -> BoxResult<Http> {
-        let mut http = Http { addr, sender: None };
-        http.sender = Some(open(addr).await?);
-        Ok(http)
+        Ok(Http {
+            addr,
+            conn: Some(open(addr).await?),
+        })
     }
 
     /// Sends one request and reads the whole answer.
@@ -58,46 +71,119 @@ impl Http {
         body: Bytes,
     ) -> Result<(StatusCode, Bytes), String> {
         // A connection the server closed while it idled (between slices, past
-        // its keep-alive timeout) is reopened before use, as a pooled client does.
-        if self.sender.as_ref().is_some_and(Sender::is_closed) {
-            self.sender = None;
+        // its keep-alive timeout) reads as end of file without waiting: it is
+        // reopened before use, as a pooled client does.
+        if let Some(conn) = &self.conn
+            && !matches!(conn.stream.try_read(&mut [0u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        {
+            self.conn = None;
         }
-        let sender = match &mut self.sender {
-            Some(sender) => sender,
+        let conn = match &mut self.conn {
+            Some(conn) => conn,
             None => self
-                .sender
+                .conn
                 .insert(open(self.addr).await.map_err(|e| format!("connect: {e}"))?),
         };
-        let request = Request::builder()
-            .method(method)
-            .uri(path)
-            .header(header::HOST, "127.0.0.1")
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Full::new(body))
-            .map_err(|e| e.to_string())?;
-        let answer = async {
-            sender.ready().await?;
-            let response = sender.send_request(request).await?;
-            let status = response.status();
-            let body = response.into_body().collect().await?.to_bytes();
-            Ok::<_, hyper::Error>((status, body))
+        match exchange(conn, &method, path, &body).await {
+            Ok((status, body, keep_alive)) => {
+                if !keep_alive {
+                    self.conn = None;
+                }
+                Ok((status, body))
+            }
+            Err(e) => {
+                self.conn = None;
+                Err(format!("connection: {e}"))
+            }
         }
-        .await;
-        answer.map_err(|e| {
-            self.sender = None;
-            format!("connection: {e}")
-        })
     }
 }
 
-async fn open(addr: SocketAddr) -> BoxResult<Sender> {
-    let stream = tokio::net::TcpStream::connect(addr).await?;
+async fn open(addr: SocketAddr) -> std::io::Result<Conn> {
+    let stream = TcpStream::connect(addr).await?;
     stream.set_nodelay(true)?;
-    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    Ok(sender)
+    Ok(Conn {
+        stream,
+        request: Vec::with_capacity(1024),
+        read: BytesMut::with_capacity(READ_CHUNK_BYTES),
+    })
+}
+
+/// Writes one request and reads its answer: status, body, and whether the
+/// connection stays open.
+async fn exchange(
+    conn: &mut Conn,
+    method: &Method,
+    path: &str,
+    body: &[u8],
+) -> Result<(StatusCode, Bytes, bool), String> {
+    let request = &mut conn.request;
+    request.clear();
+    for part in [method.as_str(), " ", path, " HTTP/1.1\r\nhost: 127.0.0.1\r\n"] {
+        request.extend_from_slice(part.as_bytes());
+    }
+    if !body.is_empty() || *method != Method::GET {
+        request.extend_from_slice(b"content-type: application/json\r\ncontent-length: ");
+        request.extend_from_slice(body.len().to_string().as_bytes());
+        request.extend_from_slice(b"\r\n");
+    }
+    request.extend_from_slice(b"\r\n");
+    request.extend_from_slice(body);
+    conn.stream.write_all(request).await.map_err(|e| e.to_string())?;
+    loop {
+        if let Some(answer) = parse_answer(&mut conn.read)? {
+            return Ok(answer);
+        }
+        conn.read.reserve(READ_CHUNK_BYTES);
+        match conn.stream.read_buf(&mut conn.read).await {
+            Ok(0) => return Err("connection closed before the answer completed".into()),
+            Ok(_) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
+/// A whole answer at the front of `read`, taken out of it; `None` while
+/// more bytes are needed.
+fn parse_answer(read: &mut BytesMut) -> Result<Option<(StatusCode, Bytes, bool)>, String> {
+    let mut headers = [httparse::EMPTY_HEADER; ANSWER_HEADERS_MAX];
+    let mut answer = httparse::Response::new(&mut headers);
+    let head = match answer.parse(read) {
+        Ok(httparse::Status::Complete(head)) => head,
+        Ok(httparse::Status::Partial) if read.len() < ANSWER_HEAD_BYTES_MAX => return Ok(None),
+        Ok(httparse::Status::Partial) => return Err("answer headers too long".into()),
+        Err(e) => return Err(format!("unparsable answer: {e}")),
+    };
+    let status = answer
+        .code
+        .and_then(|code| StatusCode::from_u16(code).ok())
+        .ok_or("answer without a status")?;
+    let mut length = None;
+    let mut keep_alive = true;
+    for header in answer.headers.iter() {
+        if header.name.eq_ignore_ascii_case("content-length") {
+            let text = std::str::from_utf8(header.value).map_err(|_| "content-length is not text")?;
+            length = Some(
+                text.trim()
+                    .parse::<usize>()
+                    .map_err(|e| format!("content-length: {e}"))?,
+            );
+        } else if header.name.eq_ignore_ascii_case("transfer-encoding") {
+            return Err("a chunked answer (this client reads Content-Length answers only)".into());
+        } else if header.name.eq_ignore_ascii_case("connection") {
+            keep_alive = !header.value.eq_ignore_ascii_case(b"close");
+        }
+    }
+    let length = match (length, status) {
+        (Some(length), _) => length,
+        (None, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED) => 0,
+        (None, _) => return Err(format!("{status} answer without content-length")),
+    };
+    if read.len() < head + length {
+        return Ok(None);
+    }
+    read.advance(head);
+    Ok(Some((status, read.split_to(length).freeze(), keep_alive)))
 }
 
 /// An unexpected answer as an error text.
@@ -174,8 +260,10 @@ impl Client for TruceClient {
 
 /// The client's `update_with_retry` (crates/truce-client/src/update.rs), on
 /// the bench's connection: GET, compute `n + 1`, PUT at exactly the version
-/// read; a 409 backs off (full jitter) and redoes the PUT from the document
-/// the 409 carries, until it succeeds.
+/// read; a 409 carries the current document, and the PUT is redone from it —
+/// after a backoff (full jitter) when the lost write was made from a fresh
+/// document, at once when it was the first write after a backoff (the wait
+/// made its document stale; the one its 409 carries is fresh).
 async fn rmw(http: &mut Http, rng: &mut SmallRng) -> Answer {
     let (mut version, mut n) = match http.send(Method::GET, RMW_PATH, Bytes::new()).await {
         Ok((StatusCode::OK, body)) => match version_and_n(&body) {
@@ -186,6 +274,7 @@ async fn rmw(http: &mut Http, rng: &mut SmallRng) -> Answer {
         Err(e) => return Answer::Error(e),
     };
     let mut failed = 0;
+    let mut fresh = true;
     loop {
         let body = format!(r#"{{"n":{},"_version":{version}}}"#, n + 1);
         match http.send(Method::PUT, RMW_PATH, body.into()).await {
@@ -195,8 +284,11 @@ async fn rmw(http: &mut Http, rng: &mut SmallRng) -> Answer {
                     Some(current) => current,
                     None => return unexpected(StatusCode::CONFLICT, &body),
                 };
-                failed += 1;
-                tokio::time::sleep(backoff(rng, failed)).await;
+                if fresh {
+                    failed += 1;
+                    tokio::time::sleep(backoff(rng, failed)).await;
+                }
+                fresh = !fresh;
             }
             Ok((status, body)) => return unexpected(status, &body),
             Err(e) => return Answer::Error(e),
@@ -318,6 +410,43 @@ pub fn check(addr: SocketAddr, workload: Workload, successes: u64) -> Result<Str
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn answers_are_framed_by_content_length() {
+        let mut read = BytesMut::from(
+            &b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-type: application/json\r\n\r\n{\"a\""[..],
+        );
+        assert_eq!(parse_answer(&mut read), Ok(None), "body incomplete");
+        read.extend_from_slice(b"}HTTP/1.1 409 Conflict\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}");
+        assert_eq!(
+            parse_answer(&mut read),
+            Ok(Some((StatusCode::OK, Bytes::from_static(b"{\"a\"}"), true)))
+        );
+        assert_eq!(
+            parse_answer(&mut read),
+            Ok(Some((StatusCode::CONFLICT, Bytes::from_static(b"{}"), false)))
+        );
+        assert!(read.is_empty());
+        let mut partial = BytesMut::from(&b"HTTP/1.1 204 No Content\r\n"[..]);
+        assert_eq!(parse_answer(&mut partial), Ok(None), "head incomplete");
+        partial.extend_from_slice(b"\r\n");
+        assert_eq!(
+            parse_answer(&mut partial),
+            Ok(Some((StatusCode::NO_CONTENT, Bytes::new(), true)))
+        );
+        for bad in [
+            &b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ncontent-length: x\r\n\r\n",
+            b"SMTP ready\r\n\r\n",
+        ] {
+            assert!(
+                parse_answer(&mut BytesMut::from(bad)).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
 
     #[test]
     fn bodies_are_json() {
