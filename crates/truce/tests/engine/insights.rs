@@ -250,7 +250,11 @@ fn concurrent_increments_show_a_contended_document_without_conflicts() {
     assert!(hot.counts.contended > 100, "{hot:?}");
     // Every group wrote the document; each change after a group's first is
     // contended, counted once whether a group has two or two hundred.
-    assert_eq!(hot.counts.contended, stats.writes - stats.groups, "{hot:?} {stats:?}");
+    assert_eq!(
+        hot.counts.contended,
+        stats.writes - stats.groups,
+        "{hot:?} {stats:?}"
+    );
     assert_eq!(hot.score, hot.counts.contended);
     assert_eq!(hot.counts.conflicts_total(), 0);
     assert_eq!(hot.remedy.code, "split_if_throughput_bound");
