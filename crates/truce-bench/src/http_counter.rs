@@ -3,8 +3,8 @@
 //! durability), driven over N keep-alive HTTP/1.1 connections that each send
 //! `PATCH /v1/c/counters/hot {"$inc":{"n":1},"$upsert":true}` and wait for the
 //! answer. The load generator is one thread (a current-thread tokio runtime
-//! with one task per connection over bare hyper: `net::load` and
-//! `net::truce_http`, the peers workloads' load generator), so it takes as little of the
+//! with one task per connection over a minimal HTTP/1.1 client: `net::load`
+//! and `net::truce_http`, the peers workloads' load generator), so it takes as little of the
 //! 2 cores from the server as it can. Then SQLite's in-process hot counter runs
 //! with as many threads, for the ratio: a different path (embedded, no
 //! network, no HTTP), labelled so.

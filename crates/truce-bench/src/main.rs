@@ -68,8 +68,9 @@ struct Cli {
     #[arg(long, visible_alias = "clients", value_parser = clap::value_parser!(u16).range(1..=1024))]
     threads: Option<u16>,
     /// Writes each Truce thread keeps outstanding in hot-counter (1 = wait for
-    /// each answer). SQLite cannot pipeline and always runs synchronously;
-    /// spread-writes reads before it writes and ignores this.
+    /// each answer), and in peers' embedded-hot-counter-pipelined row (where
+    /// 1 means its default, 32). SQLite cannot pipeline and always runs
+    /// synchronously; spread-writes reads before it writes and ignores this.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
     in_flight: u16,
     /// Where the temporary databases and the fsync probe file go: put it on the

@@ -98,6 +98,8 @@ fn every_workload_runs_against_every_available_peer() {
     expected.extend([
         ("embedded-hot-counter", "truce", "closed"),
         ("embedded-hot-counter", "sqlite", "closed"),
+        ("embedded-hot-counter-pipelined", "truce", "closed"),
+        ("embedded-hot-counter-pipelined", "sqlite", "closed"),
     ]);
     for (workload, system, mode) in expected {
         let r = row(workload, system, mode);
@@ -110,7 +112,7 @@ fn every_workload_runs_against_every_available_peer() {
         if system != "truce" && mode == "closed" {
             assert!(r["ratio_truce_over_this"].as_f64().is_some(), "no ratio: {r}");
         }
-        if workload != "embedded-hot-counter" && system != "postgres" {
+        if !workload.starts_with("embedded-hot-counter") && system != "postgres" {
             assert!(r["peak_memory_kib"].as_u64().is_some(), "no peak memory: {r}");
         }
     }
@@ -124,6 +126,7 @@ fn every_workload_runs_against_every_available_peer() {
             "contended-rmw",
             "heartbeats",
             "embedded-hot-counter",
+            "embedded-hot-counter-pipelined",
         ] {
             let png = std::fs::read(out.path().join(format!("{workload}.png"))).expect("a chart");
             assert!(png.starts_with(b"\x89PNG"), "{workload}.png is not a PNG");

@@ -73,8 +73,14 @@ impl Workload {
     }
 }
 
-/// The name of the embedded row.
+/// The name of the embedded row: 8 threads, each waiting for its answer.
 pub const EMBEDDED: &str = "embedded-hot-counter";
+/// The name of the embedded row with writes in flight (`submit_patch`, the
+/// oldest `PendingWrite` awaited when a thread's window is full).
+pub const EMBEDDED_PIPELINED: &str = "embedded-hot-counter-pipelined";
+/// Writes each thread keeps in flight in [`EMBEDDED_PIPELINED`] unless
+/// `--in-flight` sets more than one.
+pub const EMBEDDED_PIPELINED_IN_FLIGHT: usize = 32;
 
 /// A system under test.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -572,34 +578,46 @@ fn summarize(workload: Workload, system: System, mode: Mode, clients: usize, mea
     row
 }
 
-/// The embedded hot counter: Truce's Rust API against SQLite, in process.
+/// The embedded hot counter: Truce's Rust API against SQLite, in process —
+/// Truce synchronous (each thread waits for its answer) and pipelined (writes
+/// in flight); SQLite cannot pipeline, so its one synchronous run is the peer
+/// of both rows.
 fn embedded_rows(options: &Options) -> BoxResult<Vec<Row>> {
     let config = Config {
         threads: options.embedded_threads,
         duration: options.duration,
-        in_flight: options.in_flight,
+        in_flight: 1,
         dir: options.dir.clone(),
     };
+    let pipelined = if options.in_flight > 1 {
+        options.in_flight
+    } else {
+        EMBEDDED_PIPELINED_IN_FLIGHT
+    };
     println!(
-        "== {EMBEDDED}: {} threads, {:?} per system, {} in flight per Truce thread",
-        config.threads, config.duration, config.in_flight
+        "== {EMBEDDED}: {} threads, {:?} per system; {EMBEDDED_PIPELINED}: Truce with {pipelined} writes in flight per thread",
+        config.threads, config.duration
     );
     let mut rows = Vec::new();
     if !options.skip.contains(&System::Truce) {
         let outcome = truce_side::hot_counter(&config)?;
         rows.push(Row::embedded(EMBEDDED, System::Truce, config.threads, &outcome));
-    }
-    if !options.skip.contains(&System::Sqlite) {
-        let outcome = sqlite_side::hot_counter(&Config {
-            in_flight: 1,
-            ..config
+        let outcome = truce_side::hot_counter(&Config {
+            in_flight: pipelined,
+            ..config.clone()
         })?;
         rows.push(Row::embedded(
-            EMBEDDED,
-            System::Sqlite,
-            options.embedded_threads,
+            EMBEDDED_PIPELINED,
+            System::Truce,
+            config.threads,
             &outcome,
         ));
+    }
+    if !options.skip.contains(&System::Sqlite) {
+        let outcome = sqlite_side::hot_counter(&config)?;
+        for workload in [EMBEDDED, EMBEDDED_PIPELINED] {
+            rows.push(Row::embedded(workload, System::Sqlite, config.threads, &outcome));
+        }
     }
     Ok(rows)
 }

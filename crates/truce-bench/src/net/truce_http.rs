@@ -5,7 +5,7 @@
 //! side, so a request costs the load generator as little as it can.
 
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::{Method, StatusCode};
@@ -40,12 +40,16 @@ const ANSWER_HEADERS_MAX: usize = 32;
 const ANSWER_HEAD_BYTES_MAX: usize = 64 * 1024;
 /// Read buffer reserved before each read.
 const READ_CHUNK_BYTES: usize = 16 * 1024;
+/// A connection idle this long is checked for a close by the server before
+/// it is used (a busy one is not: the check costs a system call).
+const IDLE_CHECK_AFTER: Duration = Duration::from_secs(1);
 
 /// One open connection and its buffers, reused by every request.
 struct Conn {
     stream: TcpStream,
     request: Vec<u8>,
     read: BytesMut,
+    last_used: Instant,
 }
 
 /// One keep-alive connection, reopened after it broke or the server closed it.
@@ -74,7 +78,8 @@ impl Http {
         // its keep-alive timeout) reads as end of file without waiting: it is
         // reopened before use, as a pooled client does.
         if let Some(conn) = &self.conn
-            && !matches!(conn.stream.try_read(&mut [0u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+            && conn.last_used.elapsed() >= IDLE_CHECK_AFTER
+            && !conn.is_open()
         {
             self.conn = None;
         }
@@ -99,6 +104,27 @@ impl Http {
     }
 }
 
+impl Conn {
+    /// Whether the server has not closed the connection: nothing to read yet
+    /// (a closed one reads as end of file at once). Asks the socket itself, not
+    /// the runtime's readiness, which is only as fresh as its last poll.
+    fn is_open(&self) -> bool {
+        use std::os::fd::AsRawFd;
+        let mut byte = 0u8;
+        // SAFETY: the descriptor belongs to `self.stream`, alive for the call;
+        // the buffer is one valid byte; MSG_PEEK leaves the stream as it was.
+        let read = unsafe {
+            libc::recv(
+                self.stream.as_raw_fd(),
+                (&raw mut byte).cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        read < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock
+    }
+}
+
 async fn open(addr: SocketAddr) -> std::io::Result<Conn> {
     let stream = TcpStream::connect(addr).await?;
     stream.set_nodelay(true)?;
@@ -106,6 +132,7 @@ async fn open(addr: SocketAddr) -> std::io::Result<Conn> {
         stream,
         request: Vec::with_capacity(1024),
         read: BytesMut::with_capacity(READ_CHUNK_BYTES),
+        last_used: Instant::now(),
     })
 }
 
@@ -129,6 +156,7 @@ async fn exchange(
     }
     request.extend_from_slice(b"\r\n");
     request.extend_from_slice(body);
+    conn.last_used = Instant::now();
     conn.stream.write_all(request).await.map_err(|e| e.to_string())?;
     loop {
         if let Some(answer) = parse_answer(&mut conn.read)? {
@@ -410,6 +438,23 @@ pub fn check(addr: SocketAddr, workload: Workload, successes: u64) -> Result<Str
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_connection_the_server_closed_is_seen_closed() {
+        let runtime = super::super::load::runtime().expect("runtime");
+        runtime.block_on(async {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
+            let conn = open(listener.local_addr().expect("address")).await.expect("connect");
+            let (server_side, _) = listener.accept().expect("accept");
+            assert!(conn.is_open());
+            drop(server_side);
+            let closed = (0..200).any(|_| {
+                std::thread::sleep(Duration::from_millis(10));
+                !conn.is_open()
+            });
+            assert!(closed, "the close was not seen within 2 s");
+        });
+    }
 
     #[test]
     fn answers_are_framed_by_content_length() {
