@@ -20,6 +20,10 @@ const SYSTEM: &str = "sqlite";
 /// `SQLITE_BUSY`: long enough that contention shows as latency, not errors.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How often an operation answered `SQLITE_BUSY` is tried again (see
+/// `retry_busy`) before the answer counts as an error.
+const BUSY_RETRIES_MAX: u32 = 1000;
+
 type BoxResult<T> = Result<T, Box<dyn Error + Send + Sync>>;
 
 /// Opens a connection with the durable settings every connection here uses.
@@ -46,6 +50,27 @@ pub fn create(config: &Config, schema: &str) -> BoxResult<(tempfile::TempDir, st
     Ok((dir, path))
 }
 
+/// `attempt` again while SQLite answers `SQLITE_BUSY` despite the busy timeout
+/// (as WAL mode does when a connection's snapshot went stale before it could
+/// take the write lock, or while another connection opens the database), as
+/// an application would: a busy database is a wait, not a failed write. At
+/// most [`BUSY_RETRIES_MAX`] more attempts; the last answer stands.
+fn retry_busy<T>(mut attempt: impl FnMut() -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+    let mut retries = 0;
+    loop {
+        match attempt() {
+            Err(e)
+                if retries < BUSY_RETRIES_MAX
+                    && e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy) =>
+            {
+                retries += 1;
+                std::thread::yield_now();
+            }
+            answer => return answer,
+        }
+    }
+}
+
 /// Runs `op` in a loop on its own connection until the deadline; `op` answers
 /// `Ok(true)` for success, `Ok(false)` for a conflict.
 fn run_loop<Op>(config: &Config, path: &Path, op: Op) -> (Recorder, Duration)
@@ -54,7 +79,7 @@ where
 {
     driver::run(SYSTEM, config, |_, race: &Race| {
         let mut recorder = Recorder::default();
-        let conn = connect(path);
+        let conn = retry_busy(|| connect(path));
         let deadline = race.start();
         let conn = match conn {
             Ok(conn) => conn,
@@ -65,7 +90,7 @@ where
         };
         while Instant::now() < deadline {
             let t0 = Instant::now();
-            let answer = op(&conn);
+            let answer = retry_busy(|| op(&conn));
             recorder.latency(t0.elapsed());
             match answer {
                 Ok(true) => recorder.ok += 1,

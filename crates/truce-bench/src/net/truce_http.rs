@@ -444,7 +444,9 @@ mod tests {
         let runtime = super::super::load::runtime().expect("runtime");
         runtime.block_on(async {
             let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
-            let conn = open(listener.local_addr().expect("address")).await.expect("connect");
+            let conn = open(listener.local_addr().expect("address"))
+                .await
+                .expect("connect");
             let (server_side, _) = listener.accept().expect("accept");
             assert!(conn.is_open());
             drop(server_side);
