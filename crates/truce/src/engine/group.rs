@@ -7,9 +7,9 @@
 //! Hot path: `current` and `apply` run for every write.
 
 use std::collections::BTreeMap;
+use std::ops::Bound;
 
 use foldhash::{HashMap, HashMapExt};
-use std::ops::Bound;
 
 use crate::doc::Document;
 use crate::error::Result;

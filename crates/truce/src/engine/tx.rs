@@ -182,16 +182,17 @@ pub fn prepare_all(ops: Vec<TxOp>) -> Result<Vec<PreparedOp>> {
 /// write by a version read elsewhere), bytes within the limit. Every op sees the
 /// state before the transaction.
 pub fn check_batch(ops: &[PreparedOp]) -> Result<()> {
-    // One op cannot repeat a document (and single writes are the hot path).
-    let several = if ops.len() > 1 { ops } else { &[] };
-    let mut seen = foldhash::HashSet::with_capacity_and_hasher(several.len(), Default::default());
-    for op in several {
-        if !seen.insert((op.key.as_slice(), op.write.is_some())) {
-            let what = if op.write.is_some() { "written" } else { "checked" };
-            return Err(Error::InvalidTransaction(format!(
-                "document {}/{} is {what} twice; one transaction writes (and checks) each document once",
-                op.collection, op.id
-            )));
+    // One op cannot repeat a document: single writes (the hot path) skip the set.
+    if ops.len() > 1 {
+        let mut seen = foldhash::HashSet::with_capacity_and_hasher(ops.len(), Default::default());
+        for op in ops {
+            if !seen.insert((op.key.as_slice(), op.write.is_some())) {
+                let what = if op.write.is_some() { "written" } else { "checked" };
+                return Err(Error::InvalidTransaction(format!(
+                    "document {}/{} is {what} twice; one transaction writes (and checks) each document once",
+                    op.collection, op.id
+                )));
+            }
         }
     }
     let bytes: usize = ops.iter().map(PreparedOp::bytes).sum();
