@@ -12,6 +12,10 @@ use std::process::{Child, Command};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use bytes::BytesMut;
+
+use crate::net::truce_http;
+
 type BoxResult<T> = Result<T, Box<dyn Error + Send + Sync>>;
 
 /// How long a server may take to start answering.
@@ -247,24 +251,16 @@ pub fn http_once(addr: SocketAddr, method: &str, path: &str, body: Option<&str>)
     )?;
     let mut answer = Vec::new();
     stream.read_to_end(&mut answer)?;
-    parse_response(&String::from_utf8_lossy(&answer))
+    parse_response(&answer)
 }
 
-/// Status and body of a whole `Connection: close` response (no chunked bodies:
-/// the server sends a Content-Length).
-pub fn parse_response(text: &str) -> BoxResult<(u16, String)> {
-    let status = text
-        .strip_prefix("HTTP/1.1 ")
-        .and_then(|rest| rest.get(..3))
-        .and_then(|code| code.parse().ok())
-        .ok_or_else(|| {
-            format!(
-                "not an HTTP/1.1 response: {:?}",
-                text.chars().take(80).collect::<String>()
-            )
-        })?;
-    let body = text.split_once("\r\n\r\n").map_or("", |(_, body)| body);
-    Ok((status, body.to_string()))
+/// Status and body of a whole response, read by the load generator's parser
+/// (`truce_http::parse_answer`: `Content-Length` framing, no chunked bodies).
+fn parse_response(answer: &[u8]) -> BoxResult<(u16, String)> {
+    match truce_http::parse_answer(&mut BytesMut::from(answer))? {
+        Some((status, body, _)) => Ok((status.as_u16(), String::from_utf8_lossy(&body).into_owned())),
+        None => Err(format!("an incomplete answer: {}", String::from_utf8_lossy(answer)).into()),
+    }
 }
 
 /// Waits until `GET /healthz` answers 200, failing early if `process` exits.
@@ -297,9 +293,13 @@ mod tests {
     #[test]
     fn parses_responses() {
         let (status, body) =
-            parse_response("HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\n{\"n\":3}\n").expect("parses");
+            parse_response(b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\n{\"n\":3}\n").expect("parses");
         assert_eq!((status, body.as_str()), (200, "{\"n\":3}\n"));
-        assert!(parse_response("SSH-2.0").is_err());
+        assert!(parse_response(b"SSH-2.0").is_err());
+        assert!(
+            parse_response(b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\n{}").is_err(),
+            "cut short"
+        );
     }
 
     #[test]

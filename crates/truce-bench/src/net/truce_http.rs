@@ -173,7 +173,7 @@ async fn exchange(
 
 /// A whole answer at the front of `read`, taken out of it; `None` while
 /// more bytes are needed.
-fn parse_answer(read: &mut BytesMut) -> Result<Option<(StatusCode, Bytes, bool)>, String> {
+pub(crate) fn parse_answer(read: &mut BytesMut) -> Result<Option<(StatusCode, Bytes, bool)>, String> {
     let mut headers = [httparse::EMPTY_HEADER; ANSWER_HEADERS_MAX];
     let mut answer = httparse::Response::new(&mut headers);
     let head = match answer.parse(read) {
