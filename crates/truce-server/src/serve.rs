@@ -84,7 +84,7 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
         request_timeout: Duration::from_millis(settings.request_timeout_ms),
         metrics: http::metrics::Metrics::new(db.clone()),
     });
-    let app = http::router(state, settings.max_body_bytes);
+    let app = http::app(state, settings.max_body_bytes);
     let result = runtime.block_on(serve(app, &settings));
     // Every acknowledged write is already durable; closing joins the committer.
     runtime.shutdown_timeout(Duration::from_millis(SHUTDOWN_GRACE_MS));
@@ -113,7 +113,7 @@ async fn shutdown_signal() {
     tracing::info!("shutting down: finishing requests in flight");
 }
 
-async fn serve(app: axum::Router, settings: &Settings) -> Result<(), String> {
+async fn serve(app: http::fast::App, settings: &Settings) -> Result<(), String> {
     let scheme = if settings.tls.is_some() { "https" } else { "http" };
     // Graceful shutdown alone would wait for every connection to close, and
     // change-feed streams (SSE, long polls) never do: the grace period bounds it.
@@ -123,7 +123,7 @@ async fn serve(app: axum::Router, settings: &Settings) -> Result<(), String> {
         shutdown_signal().await;
         on_signal.graceful_shutdown(Some(Duration::from_millis(SHUTDOWN_GRACE_MS)));
     });
-    let service = app.into_make_service();
+    let service = tower::make::Shared::new(app);
     match &settings.tls {
         None => {
             let listener =

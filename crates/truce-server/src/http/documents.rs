@@ -49,15 +49,40 @@ impl<'a> WriteAnswer<'a> {
 /// A JSON body written into one buffer sized for a small document (axum's
 /// `Json` grows a `BytesMut` from 128 bytes a token at a time, which showed up
 /// in the write path's profile).
-fn json_body(value: &impl serde::Serialize) -> Response {
+fn json_body(write: impl FnOnce(&mut Vec<u8>) -> serde_json::Result<()>) -> Response {
     let mut bytes = Vec::with_capacity(512);
-    match serde_json::to_writer(&mut bytes, value) {
+    match write(&mut bytes) {
         Ok(()) => ([(header::CONTENT_TYPE, "application/json")], bytes).into_response(),
         Err(e) => ApiError::Engine(truce::Error::Unavailable(format!(
             "cannot encode the answer: {e}"
         )))
         .into_response(),
     }
+}
+
+/// Appends the bytes of `serde_json::to_vec(&WriteAnswer::new(written))`, its
+/// keys written as the constants they are (see `Document::write_json`).
+fn write_answer(written: &Written, out: &mut Vec<u8>) -> serde_json::Result<()> {
+    let flag = |set: bool| if set { &b"true"[..] } else { &b"false"[..] };
+    let doc = &written.doc;
+    out.extend_from_slice(b"{\"created\":");
+    out.extend_from_slice(flag(written.created()));
+    out.extend_from_slice(b",\"doc\":");
+    doc.write_json(out)?;
+    out.extend_from_slice(b",\"id\":");
+    serde_json::to_writer(&mut *out, &doc.id)?;
+    out.extend_from_slice(b",\"noop\":");
+    out.extend_from_slice(flag(written.noop()));
+    out.extend_from_slice(b",\"rev\":\"");
+    out.extend_from_slice(doc.rev().text().as_str().as_bytes());
+    out.extend_from_slice(b"\",\"seq\":");
+    serde_json::to_writer(&mut *out, &doc.meta.seq)?;
+    out.extend_from_slice(b",\"skipped\":");
+    out.extend_from_slice(flag(written.skipped()));
+    out.extend_from_slice(b",\"version\":");
+    serde_json::to_writer(&mut *out, &doc.version())?;
+    out.push(b'}');
+    Ok(())
 }
 
 /// Turns a single write's outcome into a response; `not_found` conflicts are 404
@@ -70,7 +95,7 @@ fn answer(result: WriteResult, missing_is_404: bool) -> Result<Response, ApiErro
             } else {
                 StatusCode::OK
             };
-            Ok((status, json_body(&WriteAnswer::new(&written))).into_response())
+            Ok((status, json_body(|out| write_answer(&written, out))).into_response())
         }
         Err(conflict) if missing_is_404 && conflict.reason == ConflictReason::NotFound => {
             Err(ApiError::Missing)
@@ -103,20 +128,31 @@ pub async fn get_doc(
     PathParams((coll, id)): PathParams<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    authorize(&who, Role::Read, Some(&coll))?;
+    read(&state, &who, &coll, &id, &headers)
+}
+
+/// `GET /v1/c/{coll}/{id}` once the request is taken apart (here and in `fast.rs`).
+pub(super) fn read(
+    state: &AppState,
+    who: &Principal,
+    coll: &str,
+    id: &str,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    authorize(who, Role::Read, Some(coll))?;
     let doc = state
         .db
-        .collection(&coll)?
-        .get(&id)?
-        .ok_or(ApiError::NotFound(format!("{coll}/{id}")))?;
+        .collection(coll)?
+        .get(id)?
+        .ok_or_else(|| ApiError::NotFound(format!("{coll}/{id}")))?;
     let etag = format!("\"{}\"", doc.rev());
-    let etag_value = HeaderValue::from_str(&etag).map_err(|_| ApiError::NotFound(id.clone()))?;
+    let etag_value = HeaderValue::from_str(&etag).map_err(|_| ApiError::NotFound(id.to_string()))?;
     if let Some(seen) = headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok())
         && seen.split(',').any(|tag| tag.trim() == etag || tag.trim() == "*")
     {
         return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag_value)]).into_response());
     }
-    Ok(([(header::ETAG, etag_value)], json_body(&doc)).into_response())
+    Ok(([(header::ETAG, etag_value)], json_body(|out| doc.write_json(out))).into_response())
 }
 
 /// Writes a document's whole content.
@@ -136,16 +172,28 @@ pub async fn put_doc(
     headers: HeaderMap,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
-    authorize(&who, Role::Write, Some(&coll))?;
+    put(&state, &who, coll, id, &headers, body).await
+}
+
+/// `PUT /v1/c/{coll}/{id}` once the request is taken apart (here and in `fast.rs`).
+pub(super) async fn put(
+    state: &AppState,
+    who: &Principal,
+    coll: String,
+    id: String,
+    headers: &HeaderMap,
+    body: Value,
+) -> Result<Response, ApiError> {
+    authorize(who, Role::Write, Some(&coll))?;
     let mut body = object(body)?;
-    let expect = precondition(&mut body, &headers, Expect::Absent)?;
+    let expect = precondition(&mut body, headers, Expect::Absent)?;
     let op = TxOp::Put {
         collection: coll,
         id,
         body: Value::Object(body),
         expect,
     };
-    write(&state, op, &headers, false).await
+    write(state, op, headers, false).await
 }
 
 /// Applies update operators at the serialization point.
@@ -166,7 +214,19 @@ pub async fn patch_doc(
     headers: HeaderMap,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
-    authorize(&who, Role::Write, Some(&coll))?;
+    patch(&state, &who, coll, id, &headers, body).await
+}
+
+/// `PATCH /v1/c/{coll}/{id}` once the request is taken apart (here and in `fast.rs`).
+pub(super) async fn patch(
+    state: &AppState,
+    who: &Principal,
+    coll: String,
+    id: String,
+    headers: &HeaderMap,
+    body: Value,
+) -> Result<Response, ApiError> {
+    authorize(who, Role::Write, Some(&coll))?;
     let mut spec = match body {
         Value::Object(map) => map,
         other => {
@@ -176,7 +236,7 @@ pub async fn patch_doc(
             ))));
         }
     };
-    let expect = precondition(&mut spec, &headers, Expect::Any)?;
+    let expect = precondition(&mut spec, headers, Expect::Any)?;
     let update = Update::parse(&Value::Object(spec))?;
     let op = TxOp::Patch {
         collection: coll,
@@ -184,7 +244,7 @@ pub async fn patch_doc(
         update: Arc::new(update),
         expect,
     };
-    write(&state, op, &headers, true).await
+    write(state, op, headers, true).await
 }
 
 /// Deletes a document (leaves a tombstone for the change feed and replication).
@@ -227,4 +287,37 @@ pub async fn delete_doc(
         true,
     )
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+    use truce::{Effect, Written};
+
+    use super::{WriteAnswer, write_answer};
+
+    #[test]
+    fn write_answer_gives_the_bytes_of_serialize() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let db = truce::Db::open(dir.path(), truce::Options::default()).expect("open");
+        let users = db.collection("users").expect("collection");
+        users
+            .put("u\"1", json!({"n": 1, "é": "x"}), truce::Expect::Any)
+            .expect("put")
+            .expect("written");
+        let doc = users.get("u\"1").expect("get").expect("present");
+        for effect in [Effect::Created, Effect::Updated, Effect::NoOp, Effect::Skipped] {
+            let written = Written {
+                doc: doc.clone(),
+                effect,
+            };
+            let mut bytes = Vec::new();
+            write_answer(&written, &mut bytes).expect("written");
+            assert_eq!(
+                String::from_utf8(bytes).expect("text"),
+                serde_json::to_string(&WriteAnswer::new(&written)).expect("serialized"),
+                "{effect:?}"
+            );
+        }
+    }
 }

@@ -30,10 +30,13 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
                 ApiError::InvalidJson(rejection.body_text())
             }
         })?;
-        serde_json::from_slice(&bytes)
-            .map(JsonBody)
-            .map_err(|e| ApiError::InvalidJson(format!("body: {e}")))
+        parse_json(&bytes).map(JsonBody)
     }
+}
+
+/// A request body parsed as JSON, or `invalid_json`.
+pub fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| ApiError::InvalidJson(format!("body: {e}")))
 }
 
 /// Path parameters; undecodable ones are `invalid_id`.

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::{HeaderMap, header};
+use axum::http::{HeaderMap, Method, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -23,6 +23,7 @@ mod couch;
 mod documents;
 pub mod error;
 mod extract;
+pub mod fast;
 mod insights;
 pub mod metrics;
 pub mod openapi;
@@ -65,6 +66,13 @@ async fn openapi_json() -> Response {
 
 async fn no_route() -> ApiError {
     ApiError::NotFound("no such route; see /openapi.json".into())
+}
+
+/// The server's service over `state`, with a body limit of `max_body_bytes`:
+/// the document routes' direct path (`fast.rs`) in front of the router.
+pub fn app(state: Arc<AppState>, max_body_bytes: usize) -> fast::App {
+    let router = router(Arc::clone(&state), max_body_bytes);
+    fast::App::new(state, router, max_body_bytes)
 }
 
 /// Builds the router over `state`, with a body limit of `max_body_bytes`.
@@ -130,26 +138,25 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         .with_state(state)
 }
 
-/// Verifies the API key (when the server has keys) and attaches the caller;
-/// the refusal otherwise.
-fn verify(state: &AppState, request: &mut Request) -> Result<(), Response> {
-    let principal = if state.keys.is_empty() {
-        Principal::anyone()
-    } else {
-        let authorization = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
-        match state.keys.verify(authorization) {
-            Ok(principal) => principal,
-            Err(AuthFailure::Missing) => {
-                return Err(ApiError::Unauthorized("send Authorization: Bearer <key>").into_response());
-            }
-            Err(AuthFailure::Invalid) => {
-                return Err(ApiError::Unauthorized("this key is not valid").into_response());
-            }
+/// The caller named by the request's API key (anyone when the server has no
+/// keys); the refusal otherwise.
+fn principal(state: &AppState, headers: &HeaderMap) -> Result<Principal, Response> {
+    if state.keys.is_empty() {
+        return Ok(Principal::anyone());
+    }
+    let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    match state.keys.verify(authorization) {
+        Ok(principal) => Ok(principal),
+        Err(AuthFailure::Missing) => {
+            Err(ApiError::Unauthorized("send Authorization: Bearer <key>").into_response())
         }
-    };
+        Err(AuthFailure::Invalid) => Err(ApiError::Unauthorized("this key is not valid").into_response()),
+    }
+}
+
+/// Verifies the API key and attaches the caller; the refusal otherwise.
+fn verify(state: &AppState, request: &mut Request) -> Result<(), Response> {
+    let principal = principal(state, request.headers())?;
     request.extensions_mut().insert(principal);
     Ok(())
 }
@@ -167,7 +174,12 @@ async fn guard(State(state): State<Arc<AppState>>, mut request: Request, next: N
     if let Err(refusal) = verify(&state, &mut request) {
         return refusal;
     }
-    match tokio::time::timeout(state.request_timeout, next.run(request)).await {
+    timed(&state, next.run(request)).await
+}
+
+/// `serve`'s response, or `timeout` once the request timeout has passed.
+async fn timed(state: &AppState, serve: impl Future<Output = Response>) -> Response {
+    match tokio::time::timeout(state.request_timeout, serve).await {
         Ok(response) => response,
         Err(_) => ApiError::Timeout.into_response(),
     }
@@ -183,32 +195,86 @@ fn header_text(headers: &HeaderMap, name: &str) -> String {
 /// a log line (method, route, status, latency, source, attempt) — at `debug`
 /// level, or `warn` for a 5xx.
 async fn front(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let method = request.method().clone();
-    let matched = request.extensions().get::<MatchedPath>().cloned();
-    let detail = tracing::enabled!(tracing::Level::DEBUG).then(|| {
-        (
-            request.uri().path().to_string(),
-            header_text(request.headers(), "truce-source"),
-            header_text(request.headers(), "truce-attempt"),
-        )
-    });
-    let response = match Arc::clone(&state.permits).try_acquire_owned() {
-        Ok(_permit) => next.run(request).await,
-        Err(_) => ApiError::Overloaded.into_response(),
+    let route = match request.extensions().get::<MatchedPath>() {
+        Some(matched) => RouteName::Template(matched.clone()),
+        None => RouteName::Unmatched,
     };
-    let status = response.status();
-    let elapsed = started.elapsed();
-    let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
-    state
-        .metrics
-        .observe_request(method.as_str(), route, status.as_u16(), elapsed.as_secs_f64());
-    let latency_us = elapsed.as_micros() as u64;
-    if status.is_server_error() {
-        tracing::warn!(%method, route, status = status.as_u16(), latency_us, "request");
-    } else if let Some((path, source, attempt)) = detail {
-        let route = matched.as_ref().map_or(path.as_str(), MatchedPath::as_str);
-        tracing::debug!(%method, route, status = status.as_u16(), latency_us, source, attempt, "request");
-    }
+    let observed = Observed::begin(request.method(), route, request.uri(), request.headers());
+    let response = limited(&state, next.run(request)).await;
+    observed.end(&state, &response);
     response
+}
+
+/// `serve`'s response while a permit is free, `overloaded` at once otherwise.
+async fn limited(state: &AppState, serve: impl Future<Output = Response>) -> Response {
+    match state.permits.try_acquire() {
+        Ok(_permit) => serve.await,
+        Err(_) => ApiError::Overloaded.into_response(),
+    }
+}
+
+/// The route template a request matched, for its metric and log line.
+enum RouteName {
+    /// Matched by the router.
+    Template(MatchedPath),
+    /// Matched by the document routes' direct path (`fast.rs`).
+    Static(&'static str),
+    /// Matched nothing.
+    Unmatched,
+}
+
+impl RouteName {
+    fn as_str(&self) -> Option<&str> {
+        match self {
+            RouteName::Template(matched) => Some(matched.as_str()),
+            RouteName::Static(name) => Some(name),
+            RouteName::Unmatched => None,
+        }
+    }
+}
+
+/// A request's latency metric and log line: begun before it is served, ended
+/// with its response.
+struct Observed {
+    started: Instant,
+    method: Method,
+    route: RouteName,
+    /// Path, `Truce-Source` and `Truce-Attempt`, kept only when debug lines are logged.
+    detail: Option<(String, String, String)>,
+}
+
+impl Observed {
+    fn begin(method: &Method, route: RouteName, uri: &Uri, headers: &HeaderMap) -> Observed {
+        let detail = tracing::enabled!(tracing::Level::DEBUG).then(|| {
+            (
+                uri.path().to_string(),
+                header_text(headers, "truce-source"),
+                header_text(headers, "truce-attempt"),
+            )
+        });
+        Observed {
+            started: Instant::now(),
+            method: method.clone(),
+            route,
+            detail,
+        }
+    }
+
+    fn end(self, state: &AppState, response: &Response) {
+        let status = response.status();
+        let elapsed = self.started.elapsed();
+        let method = self.method;
+        let matched = self.route.as_str();
+        let route = matched.unwrap_or("unmatched");
+        state
+            .metrics
+            .observe_request(method.as_str(), route, status.as_u16(), elapsed.as_secs_f64());
+        let latency_us = elapsed.as_micros() as u64;
+        if status.is_server_error() {
+            tracing::warn!(%method, route, status = status.as_u16(), latency_us, "request");
+        } else if let Some((path, source, attempt)) = &self.detail {
+            let route = matched.unwrap_or(path.as_str());
+            tracing::debug!(%method, route, status = status.as_u16(), latency_us, source, attempt, "request");
+        }
+    }
 }

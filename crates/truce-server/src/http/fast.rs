@@ -1,0 +1,187 @@
+//! The document routes' direct path: `GET`, `PUT` and `PATCH /v1/c/{coll}/{id}`
+//! served without the router.
+//!
+//! These three are most of a busy server's requests, and on the hot counter
+//! the router's matching, its two `from_fn` layers (a boxed service clone and
+//! a boxed future each) and the extractors cost more instructions than the
+//! handler itself (`scripts/callgrind-inc`). Here the same steps run as plain
+//! calls, in the same order, through the same functions: `Observed` and
+//! `limited` (the `front` layer), `principal` and `timed` (the `guard` layer),
+//! the body limit, `parse_json`, and the handlers' bodies in `documents.rs`.
+//! Anything else — another method, a percent-encoded or `_`-prefixed segment,
+//! any other path — goes to the router unchanged, so the answers are the
+//! router's (`tests/api.rs` compares the two on a table of requests).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::http::{Method, Request};
+use axum::response::{IntoResponse, Response};
+use futures_util::future::Either;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use tower::Service;
+
+use super::error::ApiError;
+use super::extract::parse_json;
+use super::{AppState, Observed, RouteName, documents, limited, principal, timed};
+
+/// The document route's template, as the router names it in metrics and logs.
+const DOCUMENT_ROUTE: &str = "/v1/c/{coll}/{id}";
+
+/// The server's service: the document routes directly, the router for the rest.
+#[derive(Clone)]
+pub struct App {
+    state: Arc<AppState>,
+    router: Router,
+    max_body_bytes: usize,
+}
+
+/// A boxed direct answer, or the router's own future.
+type Answer = Either<
+    Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>,
+    <Router as Service<Request<Body>>>::Future,
+>;
+
+impl App {
+    /// `router` (built by `http::router` over `state` with `max_body_bytes`)
+    /// behind the direct document path.
+    pub fn new(state: Arc<AppState>, router: Router, max_body_bytes: usize) -> App {
+        App {
+            state,
+            router,
+            max_body_bytes,
+        }
+    }
+}
+
+impl Service<Request<Incoming>> for App {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Answer;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<Incoming>) -> Answer {
+        let direct = matches!(*request.method(), Method::GET | Method::PUT | Method::PATCH);
+        match document_path(request.uri().path()).filter(|_| direct) {
+            Some((coll, id)) => {
+                let (coll, id) = (coll.to_string(), id.to_string());
+                Either::Left(Box::pin(serve_document(
+                    Arc::clone(&self.state),
+                    request,
+                    coll,
+                    id,
+                    self.max_body_bytes,
+                )))
+            }
+            None => Either::Right(self.router.call(request.map(Body::new))),
+        }
+    }
+}
+
+/// `{coll}` and `{id}` of `/v1/c/{coll}/{id}` when the router would match that
+/// route with them as they are: two non-empty segments, neither needing
+/// percent-decoding, the id not `_`-prefixed (`_indexes`, `_config`, `_pull`,
+/// `_push`, `_changes` are routes of their own).
+fn document_path(path: &str) -> Option<(&str, &str)> {
+    let (coll, id) = path.strip_prefix("/v1/c/")?.split_once('/')?;
+    let plain = |segment: &str| !segment.is_empty() && !segment.contains(['/', '%']);
+    (plain(coll) && plain(id) && !id.starts_with('_')).then_some((coll, id))
+}
+
+/// One document request, through the steps of `front`, `guard`, the
+/// extractors and the handler, in their order.
+async fn serve_document(
+    state: Arc<AppState>,
+    request: Request<Incoming>,
+    coll: String,
+    id: String,
+    max_body_bytes: usize,
+) -> Result<Response, Infallible> {
+    let (parts, body) = request.into_parts();
+    let observed = Observed::begin(
+        &parts.method,
+        RouteName::Static(DOCUMENT_ROUTE),
+        &parts.uri,
+        &parts.headers,
+    );
+    let response = limited(&state, async {
+        let who = match principal(&state, &parts.headers) {
+            Ok(who) => who,
+            Err(refusal) => return refusal,
+        };
+        timed(&state, async {
+            let headers = &parts.headers;
+            let answer = match parts.method {
+                Method::GET => documents::read(&state, &who, &coll, &id, headers),
+                Method::PUT => match body_json(body, max_body_bytes).await {
+                    Ok(value) => documents::put(&state, &who, coll, id, headers, value).await,
+                    Err(e) => Err(e),
+                },
+                _ => match body_json(body, max_body_bytes).await {
+                    Ok(value) => documents::patch(&state, &who, coll, id, headers, value).await,
+                    Err(e) => Err(e),
+                },
+            };
+            answer.into_response()
+        })
+        .await
+    })
+    .await;
+    observed.end(&state, &response);
+    Ok(response)
+}
+
+/// The body read within the limit and parsed, with the errors the `JsonBody`
+/// extractor gives: `payload_too_large` over the limit, `invalid_json` for a
+/// body that cannot be read or is not JSON.
+async fn body_json(body: Incoming, max_body_bytes: usize) -> Result<serde_json::Value, ApiError> {
+    let bytes: Bytes = match Limited::new(body, max_body_bytes).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<LengthLimitError>() => {
+            return Err(ApiError::PayloadTooLarge(format!(
+                "Failed to buffer the request body: {e}"
+            )));
+        }
+        Err(e) => {
+            return Err(ApiError::InvalidJson(format!(
+                "Failed to buffer the request body: {e}"
+            )));
+        }
+    };
+    parse_json(&bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::document_path;
+
+    #[test]
+    fn only_what_the_router_would_match_as_is_takes_the_direct_path() {
+        assert_eq!(document_path("/v1/c/users/u1"), Some(("users", "u1")));
+        assert_eq!(document_path("/v1/c/users/a.b-c~d"), Some(("users", "a.b-c~d")));
+        for path in [
+            "/v1/c/users",
+            "/v1/c/users/",
+            "/v1/c//u1",
+            "/v1/c/users/u1/",
+            "/v1/c/users/u1/x",
+            "/v1/c/users/_indexes",
+            "/v1/c/users/_changes",
+            "/v1/c/users/u%201",
+            "/v1/c/us%2Fers/u1",
+            "/v1/cc/users/u1",
+            "/couch/users/u1",
+        ] {
+            assert_eq!(document_path(path), None, "{path}");
+        }
+    }
+}
