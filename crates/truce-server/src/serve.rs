@@ -178,6 +178,8 @@ fn listen(addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpListener> 
 /// Drops a connection that sends nothing for `.0` ms after it is accepted.
 /// hyper's header read timeout starts only once a first byte has told HTTP/1
 /// from HTTP/2, so without this an idle connection would be held forever.
+/// Sets `TCP_NODELAY` on the rest: an answer is written whole, and Nagle's
+/// algorithm would only hold it back behind the client's delayed ACK.
 #[derive(Clone, Copy)]
 struct FirstByteWithin(u64);
 
@@ -192,7 +194,11 @@ impl<S: Send + 'static> axum_server::accept::Accept<tokio::net::TcpStream, S> fo
         let within = Duration::from_millis(self.0);
         Box::pin(async move {
             match tokio::time::timeout(within, stream.peek(&mut [0u8; 1])).await {
-                Ok(peeked) => peeked.map(|_| (stream, service)),
+                Ok(peeked) => {
+                    peeked?;
+                    stream.set_nodelay(true)?;
+                    Ok((stream, service))
+                }
                 Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
             }
         })
@@ -224,3 +230,37 @@ fn raise_open_files_limit() {
 
 #[cfg(not(unix))]
 fn raise_open_files_limit() {}
+
+#[cfg(test)]
+mod tests {
+    use super::FirstByteWithin;
+    use axum_server::accept::Accept;
+    use tokio::io::AsyncWriteExt;
+
+    #[test]
+    fn an_accepted_connection_has_nodelay_and_a_silent_one_is_dropped() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let addr = listener.local_addr().expect("address");
+            let mut talking = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            talking.write_all(b"G").await.expect("first byte");
+            let (stream, _) = listener.accept().await.expect("accept");
+            assert!(!stream.nodelay().expect("nodelay"), "off until accepted");
+            let (stream, ()) = FirstByteWithin(1_000).accept(stream, ()).await.expect("accepted");
+            assert!(stream.nodelay().expect("nodelay"));
+
+            let _silent = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            let (stream, _) = listener.accept().await.expect("accept");
+            let refused = FirstByteWithin(50)
+                .accept(stream, ())
+                .await
+                .map(|_| ())
+                .expect_err("silent");
+            assert_eq!(refused.kind(), std::io::ErrorKind::TimedOut);
+        });
+    }
+}
