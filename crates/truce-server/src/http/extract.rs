@@ -7,13 +7,21 @@ use std::collections::HashMap;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, HeaderName, StatusCode, header};
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 use truce::{Expect, Origin, Rev};
 
 use super::error::ApiError;
 use crate::keys::{Principal, Role};
+
+/// Truce's own request headers, as names: a `&str` name is parsed again on
+/// every lookup.
+pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+/// Who sent a write (insights).
+pub const TRUCE_SOURCE: HeaderName = HeaderName::from_static("truce-source");
+/// Which attempt of a retried write this is (insights).
+pub const TRUCE_ATTEMPT: HeaderName = HeaderName::from_static("truce-attempt");
 
 /// A JSON request body; a body that is not JSON is `invalid_json`, one over the
 /// size limit `payload_too_large`.
@@ -105,7 +113,7 @@ fn parse_rev(text: &str) -> Result<Expect, ApiError> {
     Ok(Expect::Rev(text.parse::<Rev>()?))
 }
 
-fn header<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, ApiError> {
+fn header_value<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Result<Option<&'a str>, ApiError> {
     headers
         .get(name)
         .map(|v| {
@@ -137,14 +145,14 @@ pub fn precondition(
         })?;
         found.push(parse_rev(text)?);
     }
-    if let Some(m) = header(headers, "if-match")? {
+    if let Some(m) = header_value(headers, &header::IF_MATCH)? {
         found.push(if m.trim() == "*" {
             Expect::Exists
         } else {
             parse_rev(m.trim().trim_matches('"'))?
         });
     }
-    if let Some(m) = header(headers, "if-none-match")? {
+    if let Some(m) = header_value(headers, &header::IF_NONE_MATCH)? {
         if m.trim() != "*" {
             return Err(ApiError::Engine(truce::Error::InvalidPrecondition(
                 "on a write, If-None-Match may only be *".into(),
@@ -164,7 +172,7 @@ pub fn precondition(
 /// The `Idempotency-Key` header, if any.
 pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     headers
-        .get("idempotency-key")
+        .get(IDEMPOTENCY_KEY)
         .map(|v| {
             v.to_str().map(str::to_string).map_err(|_| {
                 ApiError::BadRequest("invalid_transaction", "Idempotency-Key is not text".into())
@@ -214,9 +222,9 @@ pub fn object(value: Value) -> Result<Map<String, Value>, ApiError> {
 /// `Truce-Attempt: n` or `n/max`. Both are advisory: a malformed attempt is
 /// ignored (counted as a first attempt), never refused.
 pub fn origin(headers: &HeaderMap) -> Origin {
-    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let origin = text("truce-source").map_or_else(Origin::default, Origin::source);
-    let Some(attempt) = text("truce-attempt") else {
+    let text = |name: HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+    let origin = text(TRUCE_SOURCE).map_or_else(Origin::default, Origin::source);
+    let Some(attempt) = text(TRUCE_ATTEMPT) else {
         return origin;
     };
     let (n, max) = match attempt.split_once('/') {

@@ -7,12 +7,13 @@
 //! never a path), collections and sources are bounded by the engine
 //! ([`truce::limits::INSIGHT_LABEL_SETS_MAX`]) and document ids never appear.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
 use axum::Extension;
 use axum::extract::State;
-use axum::http::header;
+use axum::http::{Method, header};
 use axum::response::{IntoResponse, Response};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, NoLabelSet};
@@ -33,11 +34,25 @@ use crate::keys::{Principal, Role};
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     /// HTTP method.
-    pub method: String,
+    pub method: Cow<'static, str>,
     /// The route template, or `unmatched`.
-    pub route: String,
+    pub route: Cow<'static, str>,
     /// The status code.
     pub status: u16,
+}
+
+/// A method's label, borrowed for the methods the API has.
+fn method_label(method: &Method) -> Cow<'static, str> {
+    Cow::Borrowed(match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        _ => return Cow::Owned(method.as_str().to_string()),
+    })
 }
 
 /// The server's metrics registry.
@@ -63,12 +78,13 @@ impl Metrics {
         Metrics { registry, requests }
     }
 
-    /// Counts one answered request.
-    pub fn observe_request(&self, method: &str, route: &str, status: u16, seconds: f64) {
+    /// Counts one answered request. Labels that are constants are borrowed,
+    /// so the direct document path allocates nothing here.
+    pub fn observe_request(&self, method: &Method, route: Cow<'static, str>, status: u16, seconds: f64) {
         self.requests
             .get_or_create(&RequestLabels {
-                method: method.to_string(),
-                route: route.to_string(),
+                method: method_label(method),
+                route,
                 status,
             })
             .observe(seconds);

@@ -4,11 +4,12 @@
 //! HTTP ends here: handlers turn requests into engine calls and engine answers
 //! into JSON; the engine knows nothing about HTTP.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::{HeaderMap, Method, Uri, header};
+use axum::http::{HeaderMap, HeaderName, Method, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -185,7 +186,7 @@ async fn timed(state: &AppState, serve: impl Future<Output = Response>) -> Respo
     }
 }
 
-fn header_text(headers: &HeaderMap, name: &str) -> String {
+fn header_text(headers: &HeaderMap, name: HeaderName) -> String {
     let text = headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("");
     text.chars().take(SOURCE_BYTES_MAX).collect()
 }
@@ -231,6 +232,15 @@ impl RouteName {
             RouteName::Unmatched => None,
         }
     }
+
+    /// The metric's label: borrowed where the name is a constant.
+    fn label(&self) -> Cow<'static, str> {
+        match self {
+            RouteName::Template(matched) => Cow::Owned(matched.as_str().to_string()),
+            RouteName::Static(name) => Cow::Borrowed(name),
+            RouteName::Unmatched => Cow::Borrowed("unmatched"),
+        }
+    }
 }
 
 /// A request's latency metric and log line: begun before it is served, ended
@@ -248,8 +258,8 @@ impl Observed {
         let detail = tracing::enabled!(tracing::Level::DEBUG).then(|| {
             (
                 uri.path().to_string(),
-                header_text(headers, "truce-source"),
-                header_text(headers, "truce-attempt"),
+                header_text(headers, extract::TRUCE_SOURCE),
+                header_text(headers, extract::TRUCE_ATTEMPT),
             )
         });
         Observed {
@@ -266,9 +276,12 @@ impl Observed {
         let method = self.method;
         let matched = self.route.as_str();
         let route = matched.unwrap_or("unmatched");
-        state
-            .metrics
-            .observe_request(method.as_str(), route, status.as_u16(), elapsed.as_secs_f64());
+        state.metrics.observe_request(
+            &method,
+            self.route.label(),
+            status.as_u16(),
+            elapsed.as_secs_f64(),
+        );
         let latency_us = elapsed.as_micros() as u64;
         if status.is_server_error() {
             tracing::warn!(%method, route, status = status.as_u16(), latency_us, "request");
