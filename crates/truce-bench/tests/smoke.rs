@@ -71,6 +71,16 @@ fn every_workload_runs_against_every_available_peer() {
         stdout.starts_with("machine: "),
         "no machine line first:\n{stdout}"
     );
+    // Both fsync probes ran and measured something.
+    let machine = stdout.lines().next().unwrap_or_default();
+    let rates: Vec<f64> = machine
+        .split(" syncs/s")
+        .filter_map(|before| before.rsplit(' ').next()?.parse().ok())
+        .collect();
+    assert!(
+        rates.len() == 2 && rates.iter().all(|rate| *rate > 0.0) && machine.contains("into a sparse one"),
+        "two fsync probes in the machine line: {machine}"
+    );
     let rows: Vec<serde_json::Value> = stdout
         .lines()
         .filter(|line| line.starts_with('{'))
