@@ -65,6 +65,8 @@ impl Service<Request<Incoming>> for App {
     type Error = Infallible;
     type Future = Answer;
 
+    /// Always ready, as axum's `Router` is (its `poll_ready` is
+    /// `Poll::Ready(Ok(()))`), so `call` may hand a request straight to it.
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         Poll::Ready(Ok(()))
     }
