@@ -73,9 +73,9 @@ impl Http {
         if let Some(body) = body {
             request = request.json(body);
         }
-        let response = request.send().map_err(|e| e.to_string())?;
+        let response = request.send().map_err(|e| error_chain(&e))?;
         let status = response.status().as_u16();
-        let text = response.text().map_err(|e| e.to_string())?;
+        let text = response.text().map_err(|e| error_chain(&e))?;
         Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
     }
 
@@ -426,4 +426,17 @@ pub fn conflict_workload(http: &Http, coll: &str) {
             409,
         );
     }
+}
+
+/// An error with every cause after it (reqwest's own text omits them: "error
+/// sending request" alone cannot tell a reset from a refused connection).
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(inner) = cause {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        cause = inner.source();
+    }
+    text
 }
