@@ -286,7 +286,7 @@ impl Spawned {
     fn wait_listening(&mut self, addr: SocketAddr) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if std::net::TcpStream::connect(addr).is_ok() {
+            if common::listening(addr) {
                 return;
             }
             if let Ok(Some(status)) = self.0.try_wait() {

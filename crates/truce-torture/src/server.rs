@@ -80,7 +80,11 @@ impl Server {
     async fn wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + STARTUP_TIMEOUT;
         while Instant::now() < deadline {
-            if tokio::net::TcpStream::connect(self.addr).await.is_ok() {
+            // Not a connection to itself: a connect to a port nobody listens on
+            // yet can pick that port as its source (TCP simultaneous open).
+            if let Ok(stream) = tokio::net::TcpStream::connect(self.addr).await
+                && stream.local_addr().ok() != Some(self.addr)
+            {
                 return Ok(());
             }
             if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {

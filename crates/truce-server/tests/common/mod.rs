@@ -40,6 +40,14 @@ pub fn free_port() -> u16 {
         .expect("a free port")
 }
 
+/// Whether something listens on `addr`: a connection that is not to itself.
+/// A connect to a loopback port nobody listens on yet can pick that very port
+/// as its source and connect to itself (TCP simultaneous open), which would
+/// pass for a server that has not started listening.
+pub fn listening(addr: SocketAddr) -> bool {
+    std::net::TcpStream::connect(addr).is_ok_and(|stream| stream.local_addr().ok() != Some(addr))
+}
+
 impl Server {
     /// Starts a server on a fresh data directory.
     pub fn start() -> Server {
@@ -104,7 +112,7 @@ impl Server {
     fn wait_ready(&mut self) {
         let deadline = Instant::now() + STARTUP_TIMEOUT;
         while Instant::now() < deadline {
-            if std::net::TcpStream::connect(self.addr).is_ok() {
+            if listening(self.addr) {
                 return;
             }
             if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
