@@ -128,26 +128,57 @@ pub async fn get_doc(
     PathParams((coll, id)): PathParams<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    read(&state, &who, &coll, &id, &headers)
+    read(DocumentCall::new(&state, &who, coll, id, &headers))
 }
 
-/// `GET /v1/c/{coll}/{id}` once the request is taken apart (here and in `fast.rs`).
-pub(super) fn read(
-    state: &AppState,
-    who: &Principal,
-    coll: &str,
-    id: &str,
-    headers: &HeaderMap,
-) -> Result<Response, ApiError> {
-    authorize(who, Role::Read, Some(coll))?;
-    let doc = state
+/// A document request taken apart: who asks for which document, with which
+/// headers. Built by the handlers here and by the direct path (`fast.rs`).
+pub(super) struct DocumentCall<'a> {
+    state: &'a AppState,
+    who: &'a Principal,
+    coll: String,
+    id: String,
+    headers: &'a HeaderMap,
+}
+
+impl<'a> DocumentCall<'a> {
+    pub(super) fn new(
+        state: &'a AppState,
+        who: &'a Principal,
+        coll: String,
+        id: String,
+        headers: &'a HeaderMap,
+    ) -> DocumentCall<'a> {
+        DocumentCall {
+            state,
+            who,
+            coll,
+            id,
+            headers,
+        }
+    }
+
+    /// Refuses unless the caller has `role` on this collection.
+    fn authorize(&self, role: Role) -> Result<(), ApiError> {
+        authorize(self.who, role, Some(&self.coll))
+    }
+}
+
+/// `GET /v1/c/{coll}/{id}` once the request is taken apart.
+pub(super) fn read(call: DocumentCall<'_>) -> Result<Response, ApiError> {
+    call.authorize(Role::Read)?;
+    let doc = call
+        .state
         .db
-        .collection(coll)?
-        .get(id)?
-        .ok_or_else(|| ApiError::NotFound(format!("{coll}/{id}")))?;
+        .collection(&call.coll)?
+        .get(&call.id)?
+        .ok_or_else(|| ApiError::NotFound(format!("{}/{}", call.coll, call.id)))?;
     let etag = format!("\"{}\"", doc.rev());
-    let etag_value = HeaderValue::from_str(&etag).map_err(|_| ApiError::NotFound(id.to_string()))?;
-    if let Some(seen) = headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok())
+    let etag_value = HeaderValue::from_str(&etag).map_err(|_| ApiError::NotFound(call.id))?;
+    if let Some(seen) = call
+        .headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
         && seen.split(',').any(|tag| tag.trim() == etag || tag.trim() == "*")
     {
         return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag_value)]).into_response());
@@ -172,28 +203,21 @@ pub async fn put_doc(
     headers: HeaderMap,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
-    put(&state, &who, coll, id, &headers, body).await
+    put(DocumentCall::new(&state, &who, coll, id, &headers), body).await
 }
 
-/// `PUT /v1/c/{coll}/{id}` once the request is taken apart (here and in `fast.rs`).
-pub(super) async fn put(
-    state: &AppState,
-    who: &Principal,
-    coll: String,
-    id: String,
-    headers: &HeaderMap,
-    body: Value,
-) -> Result<Response, ApiError> {
-    authorize(who, Role::Write, Some(&coll))?;
+/// `PUT /v1/c/{coll}/{id}` once the request is taken apart.
+pub(super) async fn put(call: DocumentCall<'_>, body: Value) -> Result<Response, ApiError> {
+    call.authorize(Role::Write)?;
     let mut body = object(body)?;
-    let expect = precondition(&mut body, headers, Expect::Absent)?;
+    let expect = precondition(&mut body, call.headers, Expect::Absent)?;
     let op = TxOp::Put {
-        collection: coll,
-        id,
+        collection: call.coll,
+        id: call.id,
         body: Value::Object(body),
         expect,
     };
-    write(state, op, headers, false).await
+    write(call.state, op, call.headers, false).await
 }
 
 /// Applies update operators at the serialization point.
@@ -214,19 +238,12 @@ pub async fn patch_doc(
     headers: HeaderMap,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
-    patch(&state, &who, coll, id, &headers, body).await
+    patch(DocumentCall::new(&state, &who, coll, id, &headers), body).await
 }
 
-/// `PATCH /v1/c/{coll}/{id}` once the request is taken apart (here and in `fast.rs`).
-pub(super) async fn patch(
-    state: &AppState,
-    who: &Principal,
-    coll: String,
-    id: String,
-    headers: &HeaderMap,
-    body: Value,
-) -> Result<Response, ApiError> {
-    authorize(who, Role::Write, Some(&coll))?;
+/// `PATCH /v1/c/{coll}/{id}` once the request is taken apart.
+pub(super) async fn patch(call: DocumentCall<'_>, body: Value) -> Result<Response, ApiError> {
+    call.authorize(Role::Write)?;
     let mut spec = match body {
         Value::Object(map) => map,
         other => {
@@ -236,15 +253,15 @@ pub(super) async fn patch(
             ))));
         }
     };
-    let expect = precondition(&mut spec, headers, Expect::Any)?;
+    let expect = precondition(&mut spec, call.headers, Expect::Any)?;
     let update = Update::parse(&Value::Object(spec))?;
     let op = TxOp::Patch {
-        collection: coll,
-        id,
+        collection: call.coll,
+        id: call.id,
         update: Arc::new(update),
         expect,
     };
-    write(state, op, headers, true).await
+    write(call.state, op, call.headers, true).await
 }
 
 /// Deletes a document (leaves a tombstone for the change feed and replication).

@@ -27,9 +27,10 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use tower::Service;
 
+use super::documents::{self, DocumentCall};
 use super::error::ApiError;
 use super::extract::parse_json;
-use super::{AppState, Observed, RouteName, documents, limited, principal, timed};
+use super::{AppState, Observed, RouteName, limited, principal, timed};
 
 /// The document route's template, as the router names it in metrics and logs.
 const DOCUMENT_ROUTE: &str = "/v1/c/{coll}/{id}";
@@ -121,15 +122,12 @@ async fn serve_document(
             Err(refusal) => return refusal,
         };
         timed(&state, async {
-            let headers = &parts.headers;
+            let call = DocumentCall::new(&state, &who, coll, id, &parts.headers);
             let answer = match parts.method {
-                Method::GET => documents::read(&state, &who, &coll, &id, headers),
-                Method::PUT => match body_json(body, max_body_bytes).await {
-                    Ok(value) => documents::put(&state, &who, coll, id, headers, value).await,
-                    Err(e) => Err(e),
-                },
-                _ => match body_json(body, max_body_bytes).await {
-                    Ok(value) => documents::patch(&state, &who, coll, id, headers, value).await,
+                Method::GET => documents::read(call),
+                ref method => match body_json(body, max_body_bytes).await {
+                    Ok(value) if method == Method::PUT => documents::put(call, value).await,
+                    Ok(value) => documents::patch(call, value).await,
                     Err(e) => Err(e),
                 },
             };
