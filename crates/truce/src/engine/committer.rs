@@ -30,7 +30,7 @@ use super::group::Group;
 use super::insights::{self, Event, Insights, Kind, Target};
 use super::outcome::{Conflict, ConflictReason, Effect, Expect, Written};
 use super::readset::RecentWrites;
-use super::tx::{self, Commit, OpConflict, PreparedOp, TxCommitted, TxFailure, TxOutcome};
+use super::tx::{self, Commit, OpConflict, PreparedOp, Seen, TxCommitted, TxFailure, TxOutcome};
 use super::watermark::Watermark;
 
 /// Meta key of the last committed sequence number.
@@ -539,8 +539,8 @@ impl Committer {
         {
             self.dequeued(1);
             answers.push(match request {
-                Request::Commit(commit, reply) => {
-                    let outcome = self.commit(&mut group, &commit);
+                Request::Commit(mut commit, reply) => {
+                    let outcome = self.commit(&mut group, &mut commit);
                     let mark = self.events.len();
                     self.observe(&commit, &outcome);
                     if settled(&commit, &outcome, self.last_seq) {
@@ -605,7 +605,7 @@ impl Committer {
 
     /// Evaluates one transaction into the group: idempotency, read-set validation,
     /// every operation's precondition, unique indexes; then applies all or nothing.
-    fn commit(&mut self, group: &mut Group<'_>, commit: &Commit) -> Result<TxOutcome> {
+    fn commit(&mut self, group: &mut Group<'_>, commit: &mut Commit) -> Result<TxOutcome> {
         if let Some(idem) = &commit.idempotency
             && let Some(bytes) = group.get(Space::Idempotency, idem.key.as_bytes())?
         {
@@ -626,27 +626,26 @@ impl Committer {
             seq: group.seq + 1,
             ts_ms: group.ts_ms,
         };
+        let mut seen = commit.seen.take();
+        let commit = &*commit;
         let mut conflicts = Vec::new();
         let mut results = Vec::with_capacity(commit.ops.len());
         let mut states = Vec::new();
         for (index, op) in commit.ops.iter().enumerate() {
             let ttl = self.configs.get(&*op.collection).and_then(|c| c.ttl.as_ref());
             let now = group.ts_ms;
-            let current = group.current(&op.key, &op.id)?;
-            // A document past its TTL is gone for writers as it is for readers,
-            // even before the sweeper's tombstone: seen as deleted (so a new
-            // document continues its version history).
+            // The caller's read, if it is still the stored state.
+            let seen = seen
+                .take()
+                .filter(|seen| self.recent.untouched_since(Space::Documents, &op.key, seen.seq));
+            let current = match seen {
+                Some(seen) => group.current_seen(&op.key, seen.doc),
+                None => group.current(&op.key, &op.id)?,
+            };
             let expired_view;
             let current = match (ttl, current) {
-                (Some(ttl), Some(doc)) if !doc.is_deleted() && is_expired(&doc.body, ttl, now) => {
-                    expired_view = crate::doc::Document {
-                        id: doc.id.clone(),
-                        meta: crate::doc::Meta {
-                            deleted: true,
-                            ..doc.meta
-                        },
-                        body: crate::doc::Body::new(),
-                    };
+                (Some(ttl), Some(doc)) if is_expired_for_writers(doc, ttl, now) => {
+                    expired_view = expired_as_deleted(doc);
                     Some(&expired_view)
                 }
                 (_, current) => current,
@@ -1267,7 +1266,7 @@ pub(crate) fn observe(
 /// state, so it linearizes at the read, before any write not yet acknowledged.
 /// It spares skipped heartbeats and refused stale writes the wait for a group
 /// commit and its fsync.
-pub(crate) fn settle_from_durable(shared: &Shared, commit: &Commit) -> Result<Option<TxOutcome>> {
+pub(crate) fn settle_from_durable(shared: &Shared, commit: &mut Commit) -> Result<Option<TxOutcome>> {
     let [op] = commit.ops.as_slice() else {
         return Ok(None);
     };
@@ -1300,26 +1299,23 @@ pub(crate) fn settle_from_durable(shared: &Shared, commit: &Commit) -> Result<Op
         .get(&*op.collection)
         .and_then(|c| c.ttl.clone());
     // As in `commit`: past its TTL, a document is gone for writers too.
-    let current = match (ttl, current) {
-        (Some(ttl), Some(doc)) if !doc.is_deleted() && is_expired(&doc.body, &ttl, now) => Some(Document {
-            meta: crate::doc::Meta {
-                deleted: true,
-                ..doc.meta
-            },
-            body: crate::doc::Body::new(),
-            ..doc
-        }),
-        (_, current) => current,
+    let expired_view = match (&ttl, &current) {
+        (Some(ttl), Some(doc)) if is_expired_for_writers(doc, ttl, now) => Some(expired_as_deleted(doc)),
+        _ => None,
     };
     let clock = CommitClock {
         seq: durable_seq + 1,
         ts_ms: now,
     };
-    let (answer, state) = evaluate::evaluate(&op.id, write, op.expect, current.as_ref(), &clock)?;
-    if state.is_some() {
-        return Ok(None);
-    }
-    Ok(match answer {
+    let (answer, state) = evaluate::evaluate(
+        &op.id,
+        write,
+        op.expect,
+        expired_view.as_ref().or(current.as_ref()),
+        &clock,
+    )?;
+    let settled = match answer {
+        _ if state.is_some() => None,
         Ok(written) if matches!(written.effect, Effect::NoOp | Effect::Skipped) => Some(Ok(TxCommitted {
             seq: durable_seq,
             results: vec![Some(written)],
@@ -1327,7 +1323,16 @@ pub(crate) fn settle_from_durable(shared: &Shared, commit: &Commit) -> Result<Op
         })),
         Err(conflict) => Some(Err(TxFailure::Conflicts(vec![op_conflict(0, op, conflict)]))),
         Ok(_) => None,
-    })
+    };
+    if settled.is_none() {
+        // It writes: the committer evaluates it again, on this read if nothing
+        // has written the document since.
+        commit.seen = Some(Seen {
+            seq: durable_seq,
+            doc: current,
+        });
+    }
+    Ok(settled)
 }
 
 /// Whether a commit's answer may go out before its group's fsync: it writes
@@ -1355,6 +1360,25 @@ fn settled(commit: &Commit, outcome: &Result<TxOutcome>, durable_seq: u64) -> bo
             .iter()
             .all(|c| c.conflict.current.as_ref().is_some_and(durable)),
         _ => false,
+    }
+}
+
+/// Whether writers see `doc` as past its TTL: live, with an expired TTL field.
+fn is_expired_for_writers(doc: &Document, ttl: &config::TtlConfig, now_ms: u64) -> bool {
+    !doc.is_deleted() && is_expired(&doc.body, ttl, now_ms)
+}
+
+/// A document past its TTL is gone for writers as it is for readers, even
+/// before the sweeper's tombstone: seen as deleted (so a new document
+/// continues its version history).
+fn expired_as_deleted(doc: &Document) -> Document {
+    Document {
+        id: doc.id.clone(),
+        meta: crate::doc::Meta {
+            deleted: true,
+            ..doc.meta
+        },
+        body: crate::doc::Body::new(),
     }
 }
 

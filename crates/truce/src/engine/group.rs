@@ -83,19 +83,24 @@ impl<'a> Group<'a> {
     /// The current state of document `key` (tombstones included), read from storage
     /// the first time the group touches it.
     pub fn current(&mut self, key: &[u8], id: &str) -> Result<Option<&Document>> {
-        if !self.slots.contains_key(key) {
-            let current = read_document(self.storage, key, id)?;
-            self.slots.insert(
-                key.to_vec(),
-                Slot {
-                    stored_seq: current.as_ref().map(|d| d.meta.seq),
-                    current,
-                    written: None,
-                    collection_len: 0,
-                },
-            );
+        if self.slots.contains_key(key) {
+            return Ok(self.slots.get(key).and_then(|s| s.current.as_ref()));
         }
-        Ok(self.slots.get(key).and_then(|s| s.current.as_ref()))
+        let stored = read_document(self.storage, key, id)?;
+        Ok(self.current_seen(key, stored))
+    }
+
+    /// [`current`](Self::current) when the caller knows the stored state
+    /// (`stored`, read before the group and unchanged since): the group's own
+    /// write if it has one, else `stored`, without reading storage.
+    pub fn current_seen(&mut self, key: &[u8], stored: Option<Document>) -> Option<&Document> {
+        let slot = self.slots.entry(key.to_vec()).or_insert_with(|| Slot {
+            stored_seq: stored.as_ref().map(|d| d.meta.seq),
+            current: stored,
+            written: None,
+            collection_len: 0,
+        });
+        slot.current.as_ref()
     }
 
     /// A non-document key as the group sees it: its own writes, else storage.

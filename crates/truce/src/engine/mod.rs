@@ -278,6 +278,7 @@ impl Db {
             reads: None,
             idempotency,
             origin,
+            seen: None,
         })
     }
 
@@ -303,15 +304,16 @@ impl Db {
         let idempotency = idempotency_key
             .map(|k| IdempotencyKey::new(k, std::slice::from_ref(&op)))
             .transpose()?;
-        let commit = Commit {
+        let mut commit = Commit {
             ops: vec![op],
             reads: None,
             idempotency,
             origin,
+            seen: None,
         };
         let shared = &self.inner.shared;
         shared.watermark.check()?;
-        if let Some(outcome) = committer::settle_from_durable(shared, &commit)? {
+        if let Some(outcome) = committer::settle_from_durable(shared, &mut commit)? {
             let ok = Ok(outcome);
             let mut events = Vec::new();
             committer::observe(&commit, &ok, &mut events, &mut Default::default());

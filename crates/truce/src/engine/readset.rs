@@ -140,7 +140,28 @@ impl RecentWrites {
         }
         Ok(())
     }
+
+    /// Whether no commit after `seq` wrote `key` in `space` — so a read of it
+    /// made once every commit up to `seq` was applied is still current. `false`
+    /// when that cannot be told cheaply: commits after `seq` forgotten, or more
+    /// than [`UNTOUCHED_SCAN_COMMITS_MAX`] of them to look through.
+    pub fn untouched_since(&self, space: Space, key: &[u8], seq: u64) -> bool {
+        if seq < self.forgotten_through {
+            return false;
+        }
+        let mut later = self.commits.iter().rev().take_while(|c| c.seq > seq);
+        let mut scanned = 0;
+        later.all(|commit| {
+            scanned += 1;
+            scanned <= UNTOUCHED_SCAN_COMMITS_MAX && !commit.keys.iter().any(|(s, k)| *s == space && k == key)
+        })
+    }
 }
+
+/// Most recent commits [`RecentWrites::untouched_since`] looks through before
+/// it answers "cannot tell" (the caller then reads storage, which costs a few
+/// microseconds: about as much as scanning this many commits).
+const UNTOUCHED_SCAN_COMMITS_MAX: usize = 512;
 
 /// A human description of a conflicting key: collection, and document or range.
 fn describe(space: Space, key: &[u8], range: Option<&KeyRange>) -> (String, String) {
@@ -153,4 +174,48 @@ fn describe(space: Space, key: &[u8], range: Option<&KeyRange>) -> (String, Stri
         _ => format!("document {}", String::from_utf8_lossy(rest)),
     };
     (collection, what)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn doc_key(id: &str) -> Vec<u8> {
+        [b"c\0".as_slice(), id.as_bytes()].concat()
+    }
+
+    #[test]
+    fn a_read_stays_current_until_a_later_commit_writes_its_key() {
+        let mut recent = RecentWrites::new(10);
+        recent.record(11, vec![(Space::Documents, doc_key("a"))]);
+        recent.record(
+            12,
+            vec![(Space::Index, doc_key("b")), (Space::Documents, doc_key("c"))],
+        );
+        // Written at 11: a read as of 10 is stale, one as of 11 or later is not.
+        assert!(!recent.untouched_since(Space::Documents, &doc_key("a"), 10));
+        assert!(recent.untouched_since(Space::Documents, &doc_key("a"), 11));
+        assert!(recent.untouched_since(Space::Documents, &doc_key("a"), 12));
+        // The same bytes in another space are another key.
+        assert!(recent.untouched_since(Space::Documents, &doc_key("b"), 10));
+        assert!(!recent.untouched_since(Space::Index, &doc_key("b"), 10));
+        assert!(!recent.untouched_since(Space::Documents, &doc_key("c"), 11));
+        assert!(recent.untouched_since(Space::Documents, &doc_key("z"), 10));
+    }
+
+    #[test]
+    fn what_is_forgotten_or_too_long_to_scan_cannot_be_vouched_for() {
+        // Nothing before this process (or before a trim) is known.
+        let recent = RecentWrites::new(10);
+        assert!(!recent.untouched_since(Space::Documents, &doc_key("a"), 9));
+        assert!(recent.untouched_since(Space::Documents, &doc_key("a"), 10));
+
+        let mut recent = RecentWrites::new(0);
+        let later = UNTOUCHED_SCAN_COMMITS_MAX as u64;
+        for seq in 1..=later + 1 {
+            recent.record(seq, vec![(Space::Documents, doc_key("other"))]);
+        }
+        assert!(recent.untouched_since(Space::Documents, &doc_key("a"), 1));
+        assert!(!recent.untouched_since(Space::Documents, &doc_key("a"), 0));
+    }
 }

@@ -220,6 +220,7 @@ impl Transaction {
             reads: Some((self.reads, self.snapshot_seq)),
             idempotency: None,
             origin: self.origin,
+            seen: None,
         };
         self.db.submit_commit(commit)?.wait()
     }

@@ -244,6 +244,18 @@ pub struct Commit {
     pub idempotency: Option<IdempotencyKey>,
     /// Who sent it, and which attempt: what insights attribute it to.
     pub origin: super::insights::Origin,
+    /// The caller's read of a single write's document, handed to the committer
+    /// so it need not read the document again; `None` for everything else.
+    pub seen: Option<Seen>,
+}
+
+/// A document as storage held it once every commit up to `seq` had been
+/// applied (`None`: absent). The committer uses it in place of its own read if
+/// no commit after `seq` wrote the document ([`RecentWrites::untouched_since`](super::readset::RecentWrites::untouched_since)):
+/// then it is still the stored state.
+pub struct Seen {
+    pub seq: u64,
+    pub doc: Option<crate::doc::Document>,
 }
 
 /// A committed transaction.
