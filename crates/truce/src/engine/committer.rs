@@ -634,7 +634,8 @@ impl Committer {
         for (index, op) in commit.ops.iter().enumerate() {
             let ttl = self.configs.get(&*op.collection).and_then(|c| c.ttl.as_ref());
             let now = group.ts_ms;
-            // The caller's read, if it is still the stored state.
+            // A single write's read by its caller (only those carry one), if
+            // it is still the stored state.
             let seen = seen
                 .take()
                 .filter(|seen| self.recent.untouched_since(Space::Documents, &op.key, seen.seq));
