@@ -57,16 +57,6 @@ fn changes_key(collection: &[u8], seq: u64, id: &[u8]) -> Vec<u8> {
     key
 }
 
-/// `seq collection 0x00 id`: the global change-log key.
-fn log_key(collection: &[u8], seq: u64, id: &[u8]) -> Vec<u8> {
-    let mut key = Vec::with_capacity(collection.len() + 9 + id.len());
-    key.extend_from_slice(&seq.to_be_bytes());
-    key.extend_from_slice(collection);
-    key.push(0);
-    key.extend_from_slice(id);
-    key
-}
-
 impl<'a> Group<'a> {
     /// A new group after commit `last_seq`, at time `ts_ms`.
     pub fn new(storage: &'a dyn Storage, last_seq: u64, ts_ms: u64) -> Group<'a> {
@@ -227,14 +217,12 @@ impl<'a> Group<'a> {
                 let (collection, id) = (&key[..slot.collection_len], &key[slot.collection_len + 1..]);
                 if let Some(old_seq) = slot.stored_seq {
                     batch.remove(Space::Changes, changes_key(collection, old_seq, id));
-                    batch.remove(Space::Log, log_key(collection, old_seq, id));
                 }
                 batch.put(
                     Space::Changes,
                     changes_key(collection, doc.meta.seq, id),
                     Vec::new(),
                 );
-                batch.put(Space::Log, log_key(collection, doc.meta.seq, id), Vec::new());
                 batch.put(
                     Space::Documents,
                     key,

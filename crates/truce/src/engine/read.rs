@@ -180,62 +180,42 @@ pub fn read_changes(
             "limit must be 1 to {CHANGES_LIMIT_MAX}"
         )));
     }
-    let (space, prefix) = match collection {
-        Some(c) => (Space::Changes, doc_key(c, "")),
-        None => (Space::Log, Vec::new()),
-    };
-    let key_at = |seq: u64| {
-        let mut key = prefix.clone();
-        key.extend_from_slice(&seq.to_be_bytes());
-        key
-    };
     if since >= upto {
         return Ok(ChangesPage {
             changes: Vec::new(),
             last_seq: since.max(upto),
         });
     }
-    let (start, end) = (key_at(since + 1), key_at(upto + 1));
-    let mut entries = view.scan(
-        space,
-        Bound::Included(&start),
-        Bound::Excluded(&end),
-        Direction::Forward,
-        limit,
-    )?;
-    let full = entries.len() == limit;
+    let collections = match collection {
+        Some(c) => vec![c.to_string()],
+        None => feed_collections(view)?,
+    };
+    // Each collection's first `limit` positions, merged in commit order (then
+    // collection, then id). Every position before the `limit`-th of the merge
+    // is in it: a collection cut short at `limit` positions holds that many
+    // up to its last, so the merge's `limit`-th comes no later.
+    let mut positions = Vec::new();
+    let mut cut_short = false;
+    for c in &collections {
+        let found = collection_positions(view, c, since, upto, limit)?;
+        cut_short |= found.len() == limit;
+        positions.extend(found);
+    }
+    positions.sort_unstable();
     let mut last_seq = upto;
-    if full && let Some((last, _)) = entries.last() {
-        // Finish the last commit so `last_seq` never splits one.
-        let seq = seq_at(last, prefix.len())?;
-        let rest_end = key_at(seq + 1);
-        let rest = view.scan(
-            space,
-            Bound::Excluded(last),
-            Bound::Excluded(&rest_end),
-            Direction::Forward,
-            usize::MAX,
-        )?;
-        entries.extend(rest);
+    if cut_short || positions.len() > limit {
+        // Finish the commit of the last position kept, so `last_seq` never
+        // splits one: every collection's positions at that sequence.
+        let seq = positions[limit - 1].0;
+        positions.retain(|p| p.0 < seq);
+        for c in &collections {
+            positions.extend(collection_positions(view, c, seq - 1, seq, usize::MAX)?);
+        }
+        positions.sort_unstable();
         last_seq = seq;
     }
-    let mut changes = Vec::with_capacity(entries.len());
-    for (key, _) in entries {
-        let seq = seq_at(&key, prefix.len())?;
-        let rest = &key[prefix.len() + 8..];
-        let (coll, id) = match collection {
-            Some(c) => (c.to_string(), String::from_utf8_lossy(rest).into_owned()),
-            None => {
-                let split = rest
-                    .iter()
-                    .position(|&b| b == 0)
-                    .ok_or_else(|| corrupt("log key"))?;
-                (
-                    String::from_utf8_lossy(&rest[..split]).into_owned(),
-                    String::from_utf8_lossy(&rest[split + 1..]).into_owned(),
-                )
-            }
-        };
+    let mut changes = Vec::with_capacity(positions.len());
+    for (seq, coll, id) in positions {
         let doc = read_document(view, &doc_key(&coll, &id), &id)?
             .ok_or_else(|| corrupt("change without document"))?;
         changes.push(Change {
@@ -248,6 +228,67 @@ pub fn read_changes(
         });
     }
     Ok(ChangesPage { changes, last_seq })
+}
+
+/// `(seq, collection, id)` of the first `limit` changes of `collection` after
+/// `since` up to `upto`, in order.
+fn collection_positions(
+    view: &dyn StorageRead,
+    collection: &str,
+    since: u64,
+    upto: u64,
+    limit: usize,
+) -> Result<Vec<(u64, String, String)>> {
+    let prefix = doc_key(collection, "");
+    let key_at = |seq: u64| {
+        let mut key = prefix.clone();
+        key.extend_from_slice(&seq.to_be_bytes());
+        key
+    };
+    let (start, end) = (key_at(since + 1), key_at(upto + 1));
+    view.scan(
+        Space::Changes,
+        Bound::Included(&start),
+        Bound::Excluded(&end),
+        Direction::Forward,
+        limit,
+    )?
+    .into_iter()
+    .map(|(key, _)| {
+        let seq = seq_at(&key, prefix.len())?;
+        let id = String::from_utf8_lossy(&key[prefix.len() + 8..]).into_owned();
+        Ok((seq, collection.to_string(), id))
+    })
+    .collect()
+}
+
+/// Every collection with an entry in the change log, in name order: one short
+/// scan per collection, each starting past the previous one's entries.
+fn feed_collections(view: &dyn StorageRead) -> Result<Vec<String>> {
+    let mut collections = Vec::new();
+    let mut start: Option<Vec<u8>> = Some(Vec::new());
+    while let Some(from) = start {
+        let Some((key, _)) = view
+            .scan(
+                Space::Changes,
+                Bound::Included(&from),
+                Bound::Unbounded,
+                Direction::Forward,
+                1,
+            )?
+            .pop()
+        else {
+            break;
+        };
+        let name_len = key
+            .iter()
+            .position(|&b| b == 0)
+            .ok_or_else(|| corrupt("change key"))?;
+        collections.push(String::from_utf8_lossy(&key[..name_len]).into_owned());
+        // Past every key that starts with `name 0x00`.
+        start = crate::index::keys::prefix_end(&key[..=name_len]);
+    }
+    Ok(collections)
 }
 
 fn corrupt(what: &str) -> Error {

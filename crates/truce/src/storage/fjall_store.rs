@@ -103,6 +103,7 @@ impl FjallStorage {
                 ))
             })
             .collect::<Result<Vec<_>, StorageError>>()?;
+        drop_legacy_log(&db)?;
         Ok(FjallStorage {
             db,
             spaces: Arc::new(spaces),
@@ -130,6 +131,24 @@ fn collect(iter: fjall::Iter, direction: Direction, limit: usize) -> Result<Vec<
         Direction::Forward => iter.take(limit).map(to_entry).collect(),
         Direction::Reverse => iter.rev().take(limit).map(to_entry).collect(),
     }
+}
+
+/// Name of the global change log (`seq, collection 0x00 id`) that data
+/// directories written before the feed of every collection came from merging
+/// the per-collection logs hold.
+const LEGACY_LOG_KEYSPACE: &str = "log";
+
+/// Deletes the legacy global change log if the data directory has one: nothing
+/// reads or writes it any more, and its entries (one per document) would
+/// otherwise stay on disk for good.
+fn drop_legacy_log(db: &Database) -> Result<(), StorageError> {
+    if !db.keyspace_exists(LEGACY_LOG_KEYSPACE) {
+        return Ok(());
+    }
+    let legacy = db
+        .keyspace(LEGACY_LOG_KEYSPACE, KeyspaceCreateOptions::default)
+        .map_err(backend)?;
+    db.delete_keyspace(legacy).map_err(backend)
 }
 
 impl StorageRead for FjallStorage {
@@ -229,5 +248,32 @@ impl Storage for FjallStorage {
             StorageError::Backend("failpoint storage::fsync: the fsync failed".into())
         ));
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_legacy_global_log_of_an_old_data_directory_is_dropped_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            // A data directory as an older Truce left it: a `log` keyspace with
+            // an entry beside the others.
+            let db = Database::builder(dir.path()).open().unwrap();
+            let log = db
+                .keyspace(LEGACY_LOG_KEYSPACE, KeyspaceCreateOptions::default)
+                .unwrap();
+            log.insert(b"\0\0\0\0\0\0\0\x01c\0a", b"").unwrap();
+            db.persist(PersistMode::SyncAll).unwrap();
+        }
+        let storage = FjallStorage::open(dir.path()).unwrap();
+        assert!(!storage.db.keyspace_exists(LEGACY_LOG_KEYSPACE));
+        drop(storage);
+        // And it stays gone; opening a directory without one is a no-op.
+        let storage = FjallStorage::open(dir.path()).unwrap();
+        assert!(!storage.db.keyspace_exists(LEGACY_LOG_KEYSPACE));
+        assert!(storage.db.keyspace_exists(Space::Changes.name()));
     }
 }

@@ -30,9 +30,9 @@ pub enum Space {
     /// Secondary index entries: collection, `0x00`, index, `0x00`, encoded values, id.
     Index,
     /// Per-collection change log: collection, `0x00`, sequence (8 bytes BE), id.
+    /// The feed of every collection merges these (there is no global log: its
+    /// two entries per write were a sixth of the journal).
     Changes,
-    /// Global change log: sequence (8 bytes BE), collection, `0x00`, id.
-    Log,
     /// Idempotency records, keyed by the idempotency key.
     Idempotency,
     /// Idempotency expiry order: expiry time in ms (8 bytes BE), key.
@@ -43,12 +43,11 @@ pub enum Space {
 
 impl Space {
     /// Every space, in a fixed order.
-    pub const ALL: [Space; 8] = [
+    pub const ALL: [Space; 7] = [
         Space::Documents,
         Space::Meta,
         Space::Index,
         Space::Changes,
-        Space::Log,
         Space::Idempotency,
         Space::IdempotencyExpiry,
         Space::Outbox,
@@ -61,7 +60,6 @@ impl Space {
             Space::Meta => "meta",
             Space::Index => "index",
             Space::Changes => "changes",
-            Space::Log => "log",
             Space::Idempotency => "idem",
             Space::IdempotencyExpiry => "idem_expiry",
             Space::Outbox => "outbox",
