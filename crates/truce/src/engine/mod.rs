@@ -358,8 +358,7 @@ impl Db {
     /// Changes after `since` (of one collection, or all with `None`), in commit
     /// order, each document at its latest change; at most `limit`, never splitting
     /// a commit. Only durable commits are shown. The feed of all collections
-    /// merges theirs: it reads each collection's log, so it costs a short scan
-    /// per collection.
+    /// merges theirs: a page reads at least a few entries of every collection.
     pub fn changes(
         &self,
         collection: Option<&str>,

@@ -1,6 +1,8 @@
 //! Reads that see one consistent, durable state: snapshots, queries and the
 //! change feed. Shared by collections and transactions.
 
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::ops::Bound;
 
 use crate::doc::{Document, Rev};
@@ -190,29 +192,36 @@ pub fn read_changes(
         Some(c) => vec![c.to_string()],
         None => feed_collections(view)?,
     };
-    // Each collection's first `limit` positions, merged in commit order (then
-    // collection, then id). Every position before the `limit`-th of the merge
-    // is in it: a collection cut short at `limit` positions holds that many
-    // up to its last, so the merge's `limit`-th comes no later.
-    let mut positions = Vec::new();
-    let mut cut_short = false;
-    for c in &collections {
-        let found = collection_positions(view, c, since, upto, limit)?;
-        cut_short |= found.len() == limit;
-        positions.extend(found);
-    }
-    positions.sort_unstable();
-    let mut last_seq = upto;
-    if cut_short || positions.len() > limit {
-        // Finish the commit of the last position kept, so `last_seq` never
-        // splits one: every collection's positions at that sequence.
-        let seq = positions[limit - 1].0;
-        positions.retain(|p| p.0 < seq);
-        for c in &collections {
-            positions.extend(collection_positions(view, c, seq - 1, seq, usize::MAX)?);
+    // Each collection's log is in commit order; merge them by (seq,
+    // collection, id), reading each in growing chunks as the merge reaches it.
+    let chunk = limit.min(CHANGES_CHUNK_MAX);
+    let mut cursors = Vec::with_capacity(collections.len());
+    let mut heads = BinaryHeap::new();
+    for (at, name) in collections.into_iter().enumerate() {
+        let mut cursor = FeedCursor::new(name, since, upto);
+        if let Some((seq, id)) = cursor.next(view, chunk)? {
+            heads.push(Reverse((seq, cursor.collection.clone(), id, at)));
         }
-        positions.sort_unstable();
-        last_seq = seq;
+        cursors.push(cursor);
+    }
+    let mut positions: Vec<(u64, String, String)> = Vec::new();
+    let mut last_seq = upto;
+    while let Some(Reverse((seq, coll, id, at))) = heads.pop() {
+        if positions.len() >= limit {
+            let last = positions[positions.len() - 1].0;
+            if seq != last {
+                // A full page ends at its last commit, whole.
+                last_seq = last;
+                break;
+            }
+        }
+        if let Some((next_seq, next_id)) = cursors[at].next(view, chunk)? {
+            heads.push(Reverse((next_seq, coll.clone(), next_id, at)));
+        }
+        positions.push((seq, coll, id));
+    }
+    if positions.len() >= limit && heads.is_empty() {
+        last_seq = positions[positions.len() - 1].0;
     }
     let mut changes = Vec::with_capacity(positions.len());
     for (seq, coll, id) in positions {
@@ -230,36 +239,75 @@ pub fn read_changes(
     Ok(ChangesPage { changes, last_seq })
 }
 
-/// `(seq, collection, id)` of the first `limit` changes of `collection` after
-/// `since` up to `upto`, in order.
-fn collection_positions(
-    view: &dyn StorageRead,
-    collection: &str,
-    since: u64,
-    upto: u64,
-    limit: usize,
-) -> Result<Vec<(u64, String, String)>> {
-    let prefix = doc_key(collection, "");
-    let key_at = |seq: u64| {
-        let mut key = prefix.clone();
-        key.extend_from_slice(&seq.to_be_bytes());
-        key
-    };
-    let (start, end) = (key_at(since + 1), key_at(upto + 1));
-    view.scan(
-        Space::Changes,
-        Bound::Included(&start),
-        Bound::Excluded(&end),
-        Direction::Forward,
-        limit,
-    )?
-    .into_iter()
-    .map(|(key, _)| {
-        let seq = seq_at(&key, prefix.len())?;
-        let id = String::from_utf8_lossy(&key[prefix.len() + 8..]).into_owned();
-        Ok((seq, collection.to_string(), id))
-    })
-    .collect()
+/// Change-log entries of one collection a feed read fetches first: a page of
+/// every collection reads only this many from each that it does not reach.
+const CHANGES_CHUNK_FIRST: usize = 16;
+
+/// Most change-log entries of one collection a feed read fetches at a time
+/// (each fetch doubles the last, from [`CHANGES_CHUNK_FIRST`]).
+const CHANGES_CHUNK_MAX: usize = 256;
+
+/// One collection's change log from `since` (exclusive) to `upto`
+/// (inclusive), read a chunk at a time.
+struct FeedCursor {
+    collection: String,
+    prefix: Vec<u8>,
+    start: Vec<u8>,
+    start_included: bool,
+    end: Vec<u8>,
+    buffered: std::collections::VecDeque<(u64, String)>,
+    /// How many entries the next fetch asks for.
+    want: usize,
+    done: bool,
+}
+
+impl FeedCursor {
+    fn new(collection: String, since: u64, upto: u64) -> FeedCursor {
+        let prefix = doc_key(&collection, "");
+        let key_at = |seq: u64| [prefix.as_slice(), &seq.to_be_bytes()].concat();
+        FeedCursor {
+            start: key_at(since + 1),
+            start_included: true,
+            end: key_at(upto + 1),
+            collection,
+            prefix,
+            buffered: Default::default(),
+            want: CHANGES_CHUNK_FIRST,
+            done: false,
+        }
+    }
+
+    /// The next `(seq, id)`, reading more entries (at most `chunk`) when none
+    /// is left.
+    fn next(&mut self, view: &dyn StorageRead, chunk: usize) -> Result<Option<(u64, String)>> {
+        if self.buffered.is_empty() && !self.done {
+            let chunk = self.want.min(chunk);
+            self.want = (self.want * 2).min(CHANGES_CHUNK_MAX);
+            let start = if self.start_included {
+                Bound::Included(self.start.as_slice())
+            } else {
+                Bound::Excluded(self.start.as_slice())
+            };
+            let entries = view.scan(
+                Space::Changes,
+                start,
+                Bound::Excluded(&self.end),
+                Direction::Forward,
+                chunk,
+            )?;
+            self.done = entries.len() < chunk;
+            for (key, _) in &entries {
+                let seq = seq_at(key, self.prefix.len())?;
+                let id = String::from_utf8_lossy(&key[self.prefix.len() + 8..]).into_owned();
+                self.buffered.push_back((seq, id));
+            }
+            if let Some((last, _)) = entries.into_iter().last() {
+                self.start = last;
+                self.start_included = false;
+            }
+        }
+        Ok(self.buffered.pop_front())
+    }
 }
 
 /// Every collection with an entry in the change log, in name order: one short
