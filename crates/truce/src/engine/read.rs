@@ -195,10 +195,16 @@ pub fn read_changes(
     // Each collection's log is in commit order; merge them by (seq,
     // collection, id), reading each in growing chunks as the merge reaches it.
     let chunk = limit.min(CHANGES_CHUNK_MAX);
+    // One collection's page is all its own: no need to start small.
+    let first = if collections.len() == 1 {
+        chunk
+    } else {
+        CHANGES_CHUNK_FIRST
+    };
     let mut cursors = Vec::with_capacity(collections.len());
     let mut heads = BinaryHeap::new();
     for (at, name) in collections.into_iter().enumerate() {
-        let mut cursor = FeedCursor::new(name, since, upto);
+        let mut cursor = FeedCursor::new(name, since, upto, first);
         if let Some((seq, id)) = cursor.next(view, chunk)? {
             heads.push(Reverse((seq, cursor.collection.clone(), id, at)));
         }
@@ -239,8 +245,8 @@ pub fn read_changes(
     Ok(ChangesPage { changes, last_seq })
 }
 
-/// Change-log entries of one collection a feed read fetches first: a page of
-/// every collection reads only this many from each that it does not reach.
+/// Change-log entries of each collection a page of every collection fetches
+/// first: it reads only this many from each that it does not reach.
 const CHANGES_CHUNK_FIRST: usize = 16;
 
 /// Most change-log entries of one collection a feed read fetches at a time
@@ -262,7 +268,7 @@ struct FeedCursor {
 }
 
 impl FeedCursor {
-    fn new(collection: String, since: u64, upto: u64) -> FeedCursor {
+    fn new(collection: String, since: u64, upto: u64, first: usize) -> FeedCursor {
         let prefix = doc_key(&collection, "");
         let key_at = |seq: u64| [prefix.as_slice(), &seq.to_be_bytes()].concat();
         FeedCursor {
@@ -272,7 +278,7 @@ impl FeedCursor {
             collection,
             prefix,
             buffered: Default::default(),
-            want: CHANGES_CHUNK_FIRST,
+            want: first,
             done: false,
         }
     }
