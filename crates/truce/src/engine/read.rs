@@ -258,8 +258,7 @@ const CHANGES_CHUNK_MAX: usize = 256;
 struct FeedCursor {
     collection: String,
     prefix: Vec<u8>,
-    start: Vec<u8>,
-    start_included: bool,
+    start: Bound<Vec<u8>>,
     end: Vec<u8>,
     buffered: std::collections::VecDeque<(u64, String)>,
     /// How many entries the next fetch asks for.
@@ -272,8 +271,7 @@ impl FeedCursor {
         let prefix = doc_key(&collection, "");
         let key_at = |seq: u64| [prefix.as_slice(), &seq.to_be_bytes()].concat();
         FeedCursor {
-            start: key_at(since + 1),
-            start_included: true,
+            start: Bound::Included(key_at(since + 1)),
             end: key_at(upto + 1),
             collection,
             prefix,
@@ -289,14 +287,9 @@ impl FeedCursor {
         if self.buffered.is_empty() && !self.done {
             let chunk = self.want.min(chunk);
             self.want = (self.want * 2).min(CHANGES_CHUNK_MAX);
-            let start = if self.start_included {
-                Bound::Included(self.start.as_slice())
-            } else {
-                Bound::Excluded(self.start.as_slice())
-            };
             let entries = view.scan(
                 Space::Changes,
-                start,
+                self.start.as_ref().map(Vec::as_slice),
                 Bound::Excluded(&self.end),
                 Direction::Forward,
                 chunk,
@@ -308,8 +301,7 @@ impl FeedCursor {
                 self.buffered.push_back((seq, id));
             }
             if let Some((last, _)) = entries.into_iter().last() {
-                self.start = last;
-                self.start_included = false;
+                self.start = Bound::Excluded(last);
             }
         }
         Ok(self.buffered.pop_front())
