@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -21,7 +21,7 @@ use reqwest::blocking::Client;
 use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
 
-use common::{Server, free_port, truce_bin};
+use common::{Server, Spawned, free_port, run_bounded, truce_bin};
 
 // ---------------------------------------------------------------------------
 // Helpers
@@ -266,74 +266,6 @@ fn create_key(data: &Path, role: &str) -> String {
 
 /// A `truce serve` started without the harness, for settings the harness fixes
 /// itself (`--listen`); ended by its PID on drop.
-struct Spawned(Child);
-
-impl Spawned {
-    fn start(args: &[&str], envs: &[(&str, &str)]) -> Spawned {
-        let mut command = Command::new(truce_bin());
-        command
-            .args(args)
-            .env("TRUCE_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        for (name, value) in envs {
-            command.env(name, value);
-        }
-        Spawned(command.spawn().expect("start truce"))
-    }
-
-    /// Waits (bounded) until `addr` accepts connections; panics if the process exits.
-    fn wait_listening(&mut self, addr: SocketAddr) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if common::listening(addr) {
-                return;
-            }
-            if let Ok(Some(status)) = self.0.try_wait() {
-                panic!("truce exited with {status} before listening on {addr}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("truce did not listen on {addr} in time");
-    }
-}
-
-/// Runs `truce` with `args` until it exits, or kills it by PID after 10 s
-/// (status `None`); returns its status and stderr.
-fn run_bounded(args: &[&str]) -> (Option<std::process::ExitStatus>, String) {
-    let mut child = Command::new(truce_bin())
-        .args(args)
-        .env("TRUCE_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start truce");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            break Some(status);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut stderr = String::new();
-    if let Some(mut pipe) = child.stderr.take() {
-        let _ = std::io::Read::read_to_string(&mut pipe, &mut stderr);
-    }
-    (status, stderr)
-}
-
-impl Drop for Spawned {
-    fn drop(&mut self) {
-        let _ = self.0.kill(); // SIGKILL to this child's PID
-        let _ = self.0.wait();
-    }
-}
-
 // ---------------------------------------------------------------------------
 // Documents: PUT, GET
 // ---------------------------------------------------------------------------
@@ -2136,7 +2068,7 @@ fn config_file_and_environment_set_the_listen_address() {
 
     // A bad file is refused with its name in the message.
     std::fs::write(&file, "lisen = 1\n").unwrap();
-    let (status, stderr) = run_bounded(&[
+    let (status, stderr, _) = run_bounded(&[
         "serve",
         "--config",
         file.to_str().unwrap(),

@@ -9,14 +9,14 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use reqwest::Method;
 use reqwest::blocking::Client;
 use serde_json::{Value, json};
 
-use common::{Server, free_port, truce_bin};
+use common::{Server, Spawned, free_port, run_bounded, truce_bin};
 
 // ---------------------------------------------------------------------------
 // Helpers
@@ -180,73 +180,6 @@ fn revoke_key(data: &Path, key: &str) {
 
 /// A `truce serve` started without the harness (for `--listen` addresses the
 /// harness does not use); ended by its PID on drop.
-struct Spawned(Child);
-
-impl Spawned {
-    fn start(args: &[&str]) -> Spawned {
-        let child = Command::new(truce_bin())
-            .args(args)
-            .env("TRUCE_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start truce");
-        Spawned(child)
-    }
-
-    /// Waits (bounded) until `addr` accepts connections; panics if the process exits.
-    fn wait_listening(&mut self, addr: SocketAddr) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if common::listening(addr) {
-                return;
-            }
-            if let Ok(Some(status)) = self.0.try_wait() {
-                panic!("truce exited with {status} before listening on {addr}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("truce did not listen on {addr} in time");
-    }
-}
-
-impl Drop for Spawned {
-    fn drop(&mut self) {
-        let _ = self.0.kill(); // SIGKILL to this child's PID
-        let _ = self.0.wait();
-    }
-}
-
-/// Runs `truce` with `args` until it exits, or kills it by PID after 10 s
-/// (status `None`); returns its status, stderr, and how long it ran.
-fn run_bounded(args: &[&str]) -> (Option<ExitStatus>, String, Duration) {
-    let started = Instant::now();
-    let mut child = Command::new(truce_bin())
-        .args(args)
-        .env("TRUCE_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start truce");
-    let status = loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            break Some(status);
-        }
-        if started.elapsed() > Duration::from_secs(10) {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let elapsed = started.elapsed();
-    let mut stderr = String::new();
-    if let Some(mut pipe) = child.stderr.take() {
-        let _ = std::io::Read::read_to_string(&mut pipe, &mut stderr);
-    }
-    (status, stderr, elapsed)
-}
-
 /// What a route needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Role {
@@ -664,14 +597,17 @@ fn a_public_address_needs_keys() {
 
     // --insecure-no-auth: it starts, and answers without a key.
     {
-        let mut insecure = Spawned::start(&[
-            "serve",
-            "--listen",
-            &public,
-            "--data",
-            data.to_str().unwrap(),
-            "--insecure-no-auth",
-        ]);
+        let mut insecure = Spawned::start(
+            &[
+                "serve",
+                "--listen",
+                &public,
+                "--data",
+                data.to_str().unwrap(),
+                "--insecure-no-auth",
+            ],
+            &[],
+        );
         insecure.wait_listening(local);
         assert_eq!(
             Api::new(&format!("http://{local}")).get(None, "/v1/c").status,
@@ -684,7 +620,10 @@ fn a_public_address_needs_keys() {
     let port = free_port();
     let public = format!("0.0.0.0:{port}");
     let local: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let mut keyed = Spawned::start(&["serve", "--listen", &public, "--data", data.to_str().unwrap()]);
+    let mut keyed = Spawned::start(
+        &["serve", "--listen", &public, "--data", data.to_str().unwrap()],
+        &[],
+    );
     keyed.wait_listening(local);
     let api = Api::new(&format!("http://{local}"));
     api.get(None, "/v1/c").error(401, "unauthorized");

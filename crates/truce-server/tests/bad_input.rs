@@ -789,3 +789,34 @@ fn ten_thousand_idle_connections_do_not_stop_anyone_else() {
     assert_eq!(still_open, 0, "idle connections are closed by the server");
     assert_serving(server.addr, "after");
 }
+
+/// The readiness check every test relies on (`common::listening`) does not
+/// take a socket connected to itself for a server: bound to a port and
+/// connected to that same port, a socket on Linux opens a connection with no
+/// listener at all, as a bare connect to a not yet listening port can.
+#[test]
+fn a_connection_to_itself_is_not_a_listening_server() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .expect("a runtime");
+    let itself = runtime
+        .block_on(async {
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket.bind("127.0.0.1:0".parse().expect("an address"))?;
+            let addr = socket.local_addr()?;
+            socket.connect(addr).await
+        })
+        .expect("a self-connection")
+        .into_std()
+        .expect("a std stream");
+    assert!(common::connected_to_itself(&itself));
+
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a listener");
+    let addr = listener.local_addr().expect("its address");
+    let real = TcpStream::connect(addr).expect("a connection");
+    assert!(!common::connected_to_itself(&real));
+    assert!(common::listening(addr));
+    drop(listener);
+    assert!(!common::listening(addr));
+}

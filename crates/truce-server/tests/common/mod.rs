@@ -6,7 +6,7 @@
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -45,7 +45,92 @@ pub fn free_port() -> u16 {
 /// as its source and connect to itself (TCP simultaneous open), which would
 /// pass for a server that has not started listening.
 pub fn listening(addr: SocketAddr) -> bool {
-    std::net::TcpStream::connect(addr).is_ok_and(|stream| stream.local_addr().ok() != Some(addr))
+    std::net::TcpStream::connect(addr).is_ok_and(|stream| !connected_to_itself(&stream))
+}
+
+/// Whether `stream`'s two ends are the same address: a self-connection.
+pub fn connected_to_itself(stream: &std::net::TcpStream) -> bool {
+    matches!((stream.local_addr(), stream.peer_addr()), (Ok(local), Ok(peer)) if local == peer)
+}
+
+/// Waits (at most [`STARTUP_TIMEOUT`]) until something listens on `addr`;
+/// `Err` with the exit status if `child` exits first; panics on the timeout.
+pub fn wait_listening(child: &mut Child, addr: SocketAddr) -> Result<(), ExitStatus> {
+    let deadline = Instant::now() + STARTUP_TIMEOUT;
+    while Instant::now() < deadline {
+        if listening(addr) {
+            return Ok(());
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(status);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("truce did not listen on {addr} within {STARTUP_TIMEOUT:?}");
+}
+
+/// A `truce` process started with arguments of a test's choosing, killed by
+/// PID when dropped.
+pub struct Spawned(Child);
+
+impl Spawned {
+    /// Starts `truce args` with `envs` set, its output discarded.
+    pub fn start(args: &[&str], envs: &[(&str, &str)]) -> Spawned {
+        let mut command = Command::new(truce_bin());
+        command
+            .args(args)
+            .env("TRUCE_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        for (name, value) in envs {
+            command.env(name, value);
+        }
+        Spawned(command.spawn().expect("start truce"))
+    }
+
+    /// Waits (bounded) until `addr` accepts connections; panics if the process exits.
+    pub fn wait_listening(&mut self, addr: SocketAddr) {
+        if let Err(status) = wait_listening(&mut self.0, addr) {
+            panic!("truce exited with {status} before listening on {addr}");
+        }
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.0.kill(); // SIGKILL to this child's PID
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs `truce` with `args` until it exits, or kills it by PID after 10 s
+/// (status `None`); returns its status, stderr, and how long it ran.
+pub fn run_bounded(args: &[&str]) -> (Option<ExitStatus>, String, Duration) {
+    let started = Instant::now();
+    let mut child = Command::new(truce_bin())
+        .args(args)
+        .env("TRUCE_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start truce");
+    let status = loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            break Some(status);
+        }
+        if started.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let elapsed = started.elapsed();
+    let mut stderr = String::new();
+    if let Some(mut pipe) = child.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut pipe, &mut stderr);
+    }
+    (status, stderr, elapsed)
 }
 
 impl Server {
@@ -110,22 +195,12 @@ impl Server {
     }
 
     fn wait_ready(&mut self) {
-        let deadline = Instant::now() + STARTUP_TIMEOUT;
-        while Instant::now() < deadline {
-            if listening(self.addr) {
-                return;
-            }
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                std::thread::sleep(Duration::from_millis(50)); // let the drain catch up
-                let err = self.log.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                panic!("truce serve exited with {status} before listening:\n{err}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        let child = self.child.as_mut().expect("started");
+        if let Err(status) = wait_listening(child, self.addr) {
+            std::thread::sleep(Duration::from_millis(50)); // let the drain catch up
+            let err = self.log.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            panic!("truce serve exited with {status} before listening:\n{err}");
         }
-        panic!(
-            "truce serve did not listen on {} within {STARTUP_TIMEOUT:?}",
-            self.addr
-        );
     }
 
     /// `http://127.0.0.1:PORT`.
