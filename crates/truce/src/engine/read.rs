@@ -229,20 +229,32 @@ pub fn read_changes(
     if positions.len() >= limit && heads.is_empty() {
         last_seq = positions[positions.len() - 1].0;
     }
-    let mut changes = Vec::with_capacity(positions.len());
-    for (seq, coll, id) in positions {
-        let doc = read_document(view, &doc_key(&coll, &id), &id)?
-            .ok_or_else(|| corrupt("change without document"))?;
-        changes.push(Change {
-            seq,
-            collection: coll,
-            id,
-            rev: doc.rev(),
-            deleted: doc.is_deleted(),
-            doc: include_docs.then_some(doc),
-        });
-    }
+    let changes = positions
+        .into_iter()
+        .map(|(seq, coll, id)| change_at(view, seq, coll, id, include_docs))
+        .collect::<Result<_>>()?;
     Ok(ChangesPage { changes, last_seq })
+}
+
+/// The change at a change-log position: the document's state now (which is
+/// the state that change wrote: the position moves with every later write).
+fn change_at(
+    view: &dyn StorageRead,
+    seq: u64,
+    collection: String,
+    id: String,
+    include_doc: bool,
+) -> Result<Change> {
+    let doc = read_document(view, &doc_key(&collection, &id), &id)?
+        .ok_or_else(|| corrupt("change without document"))?;
+    Ok(Change {
+        seq,
+        collection,
+        id,
+        rev: doc.rev(),
+        deleted: doc.is_deleted(),
+        doc: include_doc.then_some(doc),
+    })
 }
 
 /// Change-log entries of each collection a page of every collection fetches
@@ -267,12 +279,18 @@ struct FeedCursor {
 }
 
 impl FeedCursor {
+    /// The changes after sequence `since`.
     fn new(collection: String, since: u64, upto: u64, first: usize) -> FeedCursor {
+        let start = Bound::Included(position(&collection, since + 1, ""));
+        FeedCursor::from(collection, start, upto, first)
+    }
+
+    /// The changes from `start`, a bound on positions within the collection.
+    fn from(collection: String, start: Bound<Vec<u8>>, upto: u64, first: usize) -> FeedCursor {
         let prefix = doc_key(&collection, "");
-        let key_at = |seq: u64| [prefix.as_slice(), &seq.to_be_bytes()].concat();
         FeedCursor {
-            start: Bound::Included(key_at(since + 1)),
-            end: key_at(upto + 1),
+            start,
+            end: position(&collection, upto + 1, ""),
             collection,
             prefix,
             buffered: Default::default(),
@@ -366,42 +384,27 @@ pub fn read_changes_after(
             "limit must be 1 to {CHANGES_LIMIT_MAX}"
         )));
     }
-    let prefix = doc_key(collection, "");
-    let position = |seq: u64, id: &str| {
-        let mut key = prefix.clone();
-        key.extend_from_slice(&seq.to_be_bytes());
-        key.extend_from_slice(id.as_bytes());
-        key
-    };
     let start = match after {
-        Some((seq, id)) => Bound::Excluded(position(seq, id)),
-        None => Bound::Included(prefix.clone()),
+        Some((seq, id)) => Bound::Excluded(position(collection, seq, id)),
+        None => Bound::Included(doc_key(collection, "")),
     };
-    let end = position(upto.saturating_add(1), "");
-    let start_ref = start.as_ref().map(Vec::as_slice);
-    let entries = view.scan(
-        Space::Changes,
-        start_ref,
-        Bound::Excluded(&end),
-        Direction::Forward,
-        limit,
-    )?;
-    let mut changes = Vec::with_capacity(entries.len());
-    for (key, _) in entries {
-        let seq = seq_at(&key, prefix.len())?;
-        let id = String::from_utf8_lossy(&key[prefix.len() + 8..]).into_owned();
-        let doc = read_document(view, &doc_key(collection, &id), &id)?
-            .ok_or_else(|| corrupt("change without document"))?;
-        changes.push(Change {
-            seq,
-            collection: collection.to_string(),
-            id,
-            rev: doc.rev(),
-            deleted: doc.is_deleted(),
-            doc: Some(doc),
-        });
+    let chunk = limit.min(CHANGES_CHUNK_MAX);
+    let mut cursor = FeedCursor::from(collection.to_string(), start, upto, chunk);
+    let mut changes = Vec::new();
+    while changes.len() < limit
+        && let Some((seq, id)) = cursor.next(view, chunk)?
+    {
+        changes.push(change_at(view, seq, collection.to_string(), id, true)?);
     }
     Ok(changes)
+}
+
+/// `collection 0x00 seq id`: a change-log position (the key of its entry).
+fn position(collection: &str, seq: u64, id: &str) -> Vec<u8> {
+    let mut key = doc_key(collection, "");
+    key.extend_from_slice(&seq.to_be_bytes());
+    key.extend_from_slice(id.as_bytes());
+    key
 }
 
 /// Calls `visit` with every stored document of `collection` in `view`

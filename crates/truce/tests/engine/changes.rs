@@ -244,7 +244,7 @@ fn collections_are_listed_once_written_also_after_reopen() {
 /// commit order (then collection, then id), whatever the page size: no change
 /// missed or repeated, no commit split across pages (a page goes over its
 /// limit only to finish its last commit), and each collection's own feed the
-/// same filtered.
+/// same filtered, by sequence and by `(seq, id)` checkpoint.
 #[test]
 fn the_feed_of_every_collection_pages_through_the_model_at_any_limit() {
     use proptest::prelude::*;
@@ -329,6 +329,19 @@ fn the_feed_of_every_collection_pages_through_the_model_at_any_limit() {
                         since = page.last_seq;
                     }
                     prop_assert_eq!(&got, &want, "collection {:?}, limit {}", collection, limit);
+                    // The replication path pages the same by `(seq, id)` checkpoints.
+                    let Some(name) = collection else { continue };
+                    let mut got = Vec::new();
+                    let mut after: Option<(u64, String)> = None;
+                    loop {
+                        let checkpoint = after.as_ref().map(|(seq, id)| (*seq, id.as_str()));
+                        let (page, _) = db.changes_after(name, checkpoint, limit).unwrap();
+                        prop_assert!(page.len() <= limit);
+                        let Some(last) = page.last() else { break };
+                        after = Some((last.seq, last.id.clone()));
+                        got.extend(page.into_iter().map(|c| (c.seq, c.collection, c.id)));
+                    }
+                    prop_assert_eq!(&got, &want, "changes_after {:?}, limit {}", name, limit);
                 }
                 Ok(())
             },
