@@ -22,8 +22,8 @@ const END_BYTES: usize = 1 + 8 + END_TRAILER.len();
 /// Tag, item count, seqno.
 const START_BYTES: usize = 1 + 4 + 8;
 
-/// The newest journal file under `dir` (fjall names them `N.jnl`).
-fn newest_journal(dir: &Path) -> Option<PathBuf> {
+/// The newest journal file under `dir` and its number (fjall names them `N.jnl`).
+pub(super) fn newest_journal(dir: &Path) -> Option<(u64, PathBuf)> {
     let mut newest: Option<(u64, PathBuf)> = None;
     let mut stack = vec![dir.to_path_buf()];
     while let Some(path) = stack.pop() {
@@ -42,7 +42,7 @@ fn newest_journal(dir: &Path) -> Option<PathBuf> {
             }
         }
     }
-    newest.map(|(_, p)| p)
+    newest
 }
 
 /// Whether an End entry ends exactly at `end` in `bytes`.
@@ -74,7 +74,7 @@ fn torn_tail_cut(bytes: &[u8]) -> Option<usize> {
 /// Cuts a torn final batch off the newest journal in `dir`, keeping a copy of the
 /// file beside it as `N.jnl.torn`. Returns whether anything was cut.
 pub fn cut_torn_tail(dir: &Path) -> std::io::Result<bool> {
-    let Some(journal) = newest_journal(dir) else {
+    let Some((_, journal)) = newest_journal(dir) else {
         return Ok(false);
     };
     let bytes = std::fs::read(&journal)?;

@@ -3,11 +3,18 @@
 
 use std::ops::Bound;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable};
 
+use super::fjall_journal::ZeroAhead;
 use super::{Direction, Durability, Entry, Space, Storage, StorageError, StorageRead, WriteBatch};
+
+/// Journal bytes a batch may take beyond its keys and values: fjall's start and
+/// end entries, and each item's header (an upper bound, for [`ZeroAhead`]).
+const JOURNAL_BATCH_OVERHEAD_BYTES: u64 = 64;
+const JOURNAL_ITEM_OVERHEAD_BYTES: u64 = 32;
 
 /// Block cache size by default. Bounded so the server's memory stays
 /// predictable (under 256 MiB in every workload of the peers benchmark); the
@@ -57,6 +64,7 @@ fn keyspace_of(spaces: &[(Space, Keyspace)], space: Space) -> &Keyspace {
 pub struct FjallStorage {
     db: Database,
     spaces: Arc<Vec<(Space, Keyspace)>>,
+    zero_ahead: Mutex<ZeroAhead>,
 }
 
 fn backend(e: fjall::Error) -> StorageError {
@@ -107,6 +115,7 @@ impl FjallStorage {
         Ok(FjallStorage {
             db,
             spaces: Arc::new(spaces),
+            zero_ahead: Mutex::new(ZeroAhead::new(dir)),
         })
     }
 
@@ -149,6 +158,29 @@ fn drop_legacy_log(db: &Database) -> Result<(), StorageError> {
         .keyspace(LEGACY_LOG_KEYSPACE, KeyspaceCreateOptions::default)
         .map_err(backend)?;
     db.delete_keyspace(legacy).map_err(backend)
+}
+
+impl FjallStorage {
+    /// Makes the journal stretch `batch` will be appended to written zeroes
+    /// (see `fjall_journal.rs`), and returns the lock the append must hold. A
+    /// failure costs speed, not data: logged once.
+    fn zero_ahead_of(&self, batch: &WriteBatch) -> MutexGuard<'_, ZeroAhead> {
+        static WARNED: AtomicBool = AtomicBool::new(false);
+        let bytes = batch
+            .writes()
+            .iter()
+            .fold(JOURNAL_BATCH_OVERHEAD_BYTES, |sum, w| {
+                sum + (w.key.len() + w.value.as_ref().map_or(0, Vec::len)) as u64
+                    + JOURNAL_ITEM_OVERHEAD_BYTES
+            });
+        let mut zero_ahead = self.zero_ahead.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = zero_ahead.before_append(bytes)
+            && !WARNED.swap(true, Ordering::Relaxed)
+        {
+            tracing::warn!("cannot fill the journal ahead with zeroes ({e}); syncs will be slower");
+        }
+        zero_ahead
+    }
 }
 
 impl StorageRead for FjallStorage {
@@ -233,6 +265,9 @@ impl Storage for FjallStorage {
         fail::fail_point!("storage::apply", |_| Err(StorageError::Backend(
             "failpoint storage::apply: the write failed".into()
         )));
+        // Held until the batch is in the journal: no append runs while zeroes
+        // are written ahead of the journal's end.
+        let _appending = self.zero_ahead_of(&batch);
         let mut fjall_batch = self.db.batch().durability(Some(mode));
         for write in batch.into_writes() {
             let keyspace = self.keyspace(write.space);

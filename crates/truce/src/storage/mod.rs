@@ -10,6 +10,7 @@ use std::ops::Bound;
 
 pub mod conformance;
 mod crash;
+mod fjall_journal;
 mod fjall_repair;
 mod fjall_store;
 mod memory;
