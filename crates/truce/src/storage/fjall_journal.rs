@@ -202,6 +202,19 @@ mod tests {
         holes
     }
 
+    /// A directory holding journal 0 with 100 bytes of data (0xAB) and a
+    /// `ZeroAhead` on it; `None` where the file system reports no holes.
+    fn journal_with_data() -> Option<(tempfile::TempDir, File, ZeroAhead)> {
+        let dir = tempfile::tempdir().unwrap();
+        if !reports_holes(dir.path()) {
+            return None;
+        }
+        let file = journal(dir.path(), 0);
+        file.write_all_at(&[0xAB; 100], 0).unwrap();
+        let zero_ahead = ZeroAhead::new(dir.path());
+        Some((dir, file, zero_ahead))
+    }
+
     fn read(file: &File, at: u64, len: usize) -> Vec<u8> {
         let mut bytes = vec![0; len];
         file.read_exact_at(&mut bytes, at).unwrap();
@@ -210,14 +223,10 @@ mod tests {
 
     #[test]
     fn the_stretch_after_the_journals_end_is_written_before_the_append() {
-        let dir = tempfile::tempdir().unwrap();
-        if !reports_holes(dir.path()) {
+        let Some((_dir, file, mut zero_ahead)) = journal_with_data() else {
             return;
-        }
-        let file = journal(dir.path(), 0);
-        file.write_all_at(&[0xAB; 100], 0).unwrap();
+        };
         assert!(first_hole(&file) < ZERO_AHEAD_BYTES);
-        let mut zero_ahead = ZeroAhead::new(dir.path());
         zero_ahead.before_append(200).unwrap();
         assert!(
             first_hole(&file) >= 300 + ZERO_AHEAD_BYTES,
@@ -234,13 +243,9 @@ mod tests {
 
     #[test]
     fn zeroes_never_land_on_data_even_when_the_estimate_falls_short() {
-        let dir = tempfile::tempdir().unwrap();
-        if !reports_holes(dir.path()) {
+        let Some((_dir, file, mut zero_ahead)) = journal_with_data() else {
             return;
-        }
-        let file = journal(dir.path(), 0);
-        file.write_all_at(&[0xAB; 100], 0).unwrap();
-        let mut zero_ahead = ZeroAhead::new(dir.path());
+        };
         zero_ahead.before_append(10).unwrap();
         // fjall appends far more than was estimated: over the zeroes and on
         // into the hole after them.
@@ -259,13 +264,9 @@ mod tests {
 
     #[test]
     fn a_new_journal_is_followed_and_the_old_one_left_as_it_is() {
-        let dir = tempfile::tempdir().unwrap();
-        if !reports_holes(dir.path()) {
+        let Some((dir, old, mut zero_ahead)) = journal_with_data() else {
             return;
-        }
-        let old = journal(dir.path(), 0);
-        old.write_all_at(&[0xAB; 100], 0).unwrap();
-        let mut zero_ahead = ZeroAhead::new(dir.path());
+        };
         zero_ahead.before_append(10).unwrap();
         let old_filled = first_hole(&old);
         let new = journal(dir.path(), 1);
