@@ -14,10 +14,12 @@
 //! - it only ever writes zeroes into a hole, which reads as zeroes already —
 //!   the file system is asked first (`SEEK_DATA`), and a range holding any data
 //!   is left alone;
-//! - it runs on the committer thread between two batch commits, and nothing
-//!   else appends to the journal (fjall's flushes write tables, and a journal
-//!   rotation syncs the old file and creates the next one empty), so no
-//!   append can land between that check and the write;
+//! - it runs under the lock `FjallStorage::apply` holds until its batch is in
+//!   the journal, and nothing else appends to the journal (fjall's flushes
+//!   write tables, and a journal rotation syncs the old file and creates the
+//!   next one empty: `journal::writer::Writer::rotate` in fjall 3.1; check it
+//!   again when fjall moves), so no append can land between that check and
+//!   the write;
 //! - it never changes a file's length.
 //!
 //! It only decides *where* to write from an estimate of how far fjall has

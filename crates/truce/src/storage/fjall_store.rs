@@ -1,5 +1,6 @@
 //! The embedded default backend: fjall 3, one keyspace per [`Space`], batches
-//! committed through fjall's journal with fdatasync for [`Durability::Immediate`].
+//! committed through fjall's journal with fdatasync for [`Durability::Immediate`],
+//! the journal filled ahead with zeroes first (`fjall_journal.rs`).
 
 use std::ops::Bound;
 use std::path::Path;
@@ -11,9 +12,11 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable};
 use super::fjall_journal::ZeroAhead;
 use super::{Direction, Durability, Entry, Space, Storage, StorageError, StorageRead, WriteBatch};
 
-/// Journal bytes a batch may take beyond its keys and values: fjall's start and
-/// end entries, and each item's header (an upper bound, for [`ZeroAhead`]).
+/// Journal bytes a batch takes beyond its items: fjall's start and end entries
+/// (an upper bound, for [`ZeroAhead`]'s estimate of where the journal ends).
 const JOURNAL_BATCH_OVERHEAD_BYTES: u64 = 64;
+/// Journal bytes an item takes beyond its key and value: fjall's item header
+/// (an upper bound, as above).
 const JOURNAL_ITEM_OVERHEAD_BYTES: u64 = 32;
 
 /// Block cache size by default. Bounded so the server's memory stays
@@ -128,6 +131,27 @@ impl FjallStorage {
             .expect("every space is opened")
             .1
     }
+
+    /// Makes the journal stretch `batch` will be appended to written zeroes
+    /// (see `fjall_journal.rs`), and returns the lock the append must hold. A
+    /// failure costs speed, not data: logged once.
+    fn zero_ahead_of(&self, batch: &WriteBatch) -> MutexGuard<'_, ZeroAhead> {
+        static WARNED: AtomicBool = AtomicBool::new(false);
+        let bytes = batch
+            .writes()
+            .iter()
+            .fold(JOURNAL_BATCH_OVERHEAD_BYTES, |sum, w| {
+                sum + (w.key.len() + w.value.as_ref().map_or(0, Vec::len)) as u64
+                    + JOURNAL_ITEM_OVERHEAD_BYTES
+            });
+        let mut zero_ahead = self.zero_ahead.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = zero_ahead.before_append(bytes)
+            && !WARNED.swap(true, Ordering::Relaxed)
+        {
+            tracing::warn!("cannot fill the journal ahead with zeroes ({e}); syncs will be slower");
+        }
+        zero_ahead
+    }
 }
 
 /// Collects up to `limit` entries of a fjall iterator in `direction`.
@@ -158,29 +182,6 @@ fn drop_legacy_log(db: &Database) -> Result<(), StorageError> {
         .keyspace(LEGACY_LOG_KEYSPACE, KeyspaceCreateOptions::default)
         .map_err(backend)?;
     db.delete_keyspace(legacy).map_err(backend)
-}
-
-impl FjallStorage {
-    /// Makes the journal stretch `batch` will be appended to written zeroes
-    /// (see `fjall_journal.rs`), and returns the lock the append must hold. A
-    /// failure costs speed, not data: logged once.
-    fn zero_ahead_of(&self, batch: &WriteBatch) -> MutexGuard<'_, ZeroAhead> {
-        static WARNED: AtomicBool = AtomicBool::new(false);
-        let bytes = batch
-            .writes()
-            .iter()
-            .fold(JOURNAL_BATCH_OVERHEAD_BYTES, |sum, w| {
-                sum + (w.key.len() + w.value.as_ref().map_or(0, Vec::len)) as u64
-                    + JOURNAL_ITEM_OVERHEAD_BYTES
-            });
-        let mut zero_ahead = self.zero_ahead.lock().unwrap_or_else(|p| p.into_inner());
-        if let Err(e) = zero_ahead.before_append(bytes)
-            && !WARNED.swap(true, Ordering::Relaxed)
-        {
-            tracing::warn!("cannot fill the journal ahead with zeroes ({e}); syncs will be slower");
-        }
-        zero_ahead
-    }
 }
 
 impl StorageRead for FjallStorage {
