@@ -54,6 +54,10 @@ pub(super) struct ZeroAhead {
     dir: std::path::PathBuf,
     #[cfg(target_os = "linux")]
     active: Option<Active>,
+    /// A call failed (a full disk, a file system without `lseek` holes): no
+    /// more filling until the storage is reopened, rather than a failing
+    /// system call or a directory walk before every batch.
+    stopped: bool,
 }
 
 impl ZeroAhead {
@@ -62,14 +66,25 @@ impl ZeroAhead {
             dir: dir.to_path_buf(),
             #[cfg(target_os = "linux")]
             active: None,
+            stopped: false,
         }
     }
 
     /// Before a batch of about `bytes` is appended: make sure the stretch it
     /// lands in is written zeroes. Errors are the caller's to log; they cost
-    /// speed, not data.
+    /// speed, not data, and stop the filling for good.
     #[cfg(target_os = "linux")]
     pub(super) fn before_append(&mut self, bytes: u64) -> std::io::Result<()> {
+        if self.stopped {
+            return Ok(());
+        }
+        let filled = self.fill_for(bytes);
+        self.stopped = filled.is_err();
+        filled
+    }
+
+    #[cfg(target_os = "linux")]
+    fn fill_for(&mut self, bytes: u64) -> std::io::Result<()> {
         self.follow_rotation()?;
         let Some(active) = &mut self.active else {
             return Ok(());
@@ -98,8 +113,10 @@ impl ZeroAhead {
             return Ok(());
         }
         let Some((id, path)) = newest_journal(&self.dir) else {
-            self.active = None;
-            return Ok(());
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("no fjall journal (N.jnl) in {}", self.dir.display()),
+            ));
         };
         if self.active.as_ref().is_some_and(|a| a.id == id) {
             return Ok(());
@@ -262,6 +279,23 @@ mod tests {
         );
         // It went on after the data instead.
         assert!(first_hole(&file) > (3 * MIB) as u64 + ZERO_AHEAD_BYTES);
+    }
+
+    #[test]
+    fn a_failure_stops_the_filling_until_reopened() {
+        let dir = tempfile::tempdir().unwrap();
+        if !reports_holes(dir.path()) {
+            return;
+        }
+        let mut zero_ahead = ZeroAhead::new(dir.path());
+        // No journal where one is expected: an error, once.
+        assert!(zero_ahead.before_append(10).is_err());
+        let file = journal(dir.path(), 0);
+        zero_ahead.before_append(10).unwrap();
+        assert_eq!(first_hole(&file), 0, "stopped: nothing filled");
+        // A new one (a reopened storage) fills again.
+        ZeroAhead::new(dir.path()).before_append(10).unwrap();
+        assert!(first_hole(&file) >= ZERO_AHEAD_BYTES);
     }
 
     #[test]
