@@ -26,7 +26,8 @@
 //! appended (an upper bound of each batch's encoded size); a wrong estimate
 //! costs speed (a sync over a hole now and then), never data. Where the file
 //! system cannot report holes (`SEEK_DATA` says everything is data) it writes
-//! nothing. Linux only; elsewhere a no-op.
+//! nothing; after a failure of its own (a full disk) it stops until the
+//! storage is reopened. Linux only; elsewhere a no-op.
 
 use std::path::Path;
 
