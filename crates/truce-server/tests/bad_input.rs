@@ -817,6 +817,13 @@ fn a_connection_to_itself_is_not_a_listening_server() {
     let real = TcpStream::connect(addr).expect("a connection");
     assert!(!common::connected_to_itself(&real));
     assert!(common::listening(addr));
+    // A port that is bound but not listened on: held by this socket, so no
+    // other test's server can take it meanwhile (a port freed by closing a
+    // listener could be handed to one, as the other tests here bind ports
+    // all the time).
+    let held = tokio::net::TcpSocket::new_v4().expect("a socket");
+    held.bind("127.0.0.1:0".parse().expect("an address"))
+        .expect("a port");
+    assert!(!common::listening(held.local_addr().expect("its address")));
     drop(listener);
-    assert!(!common::listening(addr));
 }
