@@ -20,6 +20,7 @@ use crate::storage::{Direction, Space, Storage, WriteBatch};
 
 use super::committer::read_document;
 use super::evaluate::NewState;
+use super::tx::changes_key;
 
 /// A document touched by the group.
 struct Slot {
@@ -45,16 +46,6 @@ pub struct Group<'a> {
     pub ts_ms: u64,
     /// Bytes of document records written so far.
     pub bytes: usize,
-}
-
-/// `collection 0x00 seq id`: the per-collection change-log key.
-fn changes_key(collection: &[u8], seq: u64, id: &[u8]) -> Vec<u8> {
-    let mut key = Vec::with_capacity(collection.len() + 9 + id.len());
-    key.extend_from_slice(collection);
-    key.push(0);
-    key.extend_from_slice(&seq.to_be_bytes());
-    key.extend_from_slice(id);
-    key
 }
 
 impl<'a> Group<'a> {

@@ -13,7 +13,7 @@ use crate::limits::CHANGES_LIMIT_MAX;
 use crate::storage::{Direction, Space, StorageRead};
 
 use super::committer::{META_LAST_SEQ, Shared, read_document, read_meta_counter};
-use super::tx::doc_key;
+use super::tx::{changes_key, doc_key};
 
 /// A snapshot and the sequence number it reflects, once that sequence is durable.
 pub fn durable_snapshot(shared: &Shared) -> Result<(Box<dyn StorageRead>, u64)> {
@@ -281,7 +281,7 @@ struct FeedCursor {
 impl FeedCursor {
     /// The changes after sequence `since`.
     fn new(collection: String, since: u64, upto: u64, first: usize) -> FeedCursor {
-        let start = Bound::Included(position(&collection, since + 1, ""));
+        let start = Bound::Included(changes_key(collection.as_bytes(), since + 1, b""));
         FeedCursor::from(collection, start, upto, first)
     }
 
@@ -290,7 +290,7 @@ impl FeedCursor {
         let prefix = doc_key(&collection, "");
         FeedCursor {
             start,
-            end: position(&collection, upto + 1, ""),
+            end: changes_key(collection.as_bytes(), upto + 1, b""),
             collection,
             prefix,
             buffered: Default::default(),
@@ -385,7 +385,7 @@ pub fn read_changes_after(
         )));
     }
     let start = match after {
-        Some((seq, id)) => Bound::Excluded(position(collection, seq, id)),
+        Some((seq, id)) => Bound::Excluded(changes_key(collection.as_bytes(), seq, id.as_bytes())),
         None => Bound::Included(doc_key(collection, "")),
     };
     let chunk = limit.min(CHANGES_CHUNK_MAX);
@@ -397,14 +397,6 @@ pub fn read_changes_after(
         changes.push(change_at(view, seq, collection.to_string(), id, true)?);
     }
     Ok(changes)
-}
-
-/// `collection 0x00 seq id`: a change-log position (the key of its entry).
-fn position(collection: &str, seq: u64, id: &str) -> Vec<u8> {
-    let mut key = doc_key(collection, "");
-    key.extend_from_slice(&seq.to_be_bytes());
-    key.extend_from_slice(id.as_bytes());
-    key
 }
 
 /// Calls `visit` with every stored document of `collection` in `view`

@@ -86,6 +86,17 @@ pub fn doc_key(collection: &str, id: &str) -> Vec<u8> {
     key
 }
 
+/// `collection 0x00 seq id`: the key of a per-collection change-log entry (its
+/// position in the feed: commit order, then id).
+pub fn changes_key(collection: &[u8], seq: u64, id: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(collection.len() + 9 + id.len());
+    key.extend_from_slice(collection);
+    key.push(0);
+    key.extend_from_slice(&seq.to_be_bytes());
+    key.extend_from_slice(id);
+    key
+}
+
 impl PreparedOp {
     /// Validates an operation: names, body, precondition.
     pub fn prepare(op: TxOp) -> Result<PreparedOp> {
