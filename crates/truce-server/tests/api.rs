@@ -21,7 +21,7 @@ use reqwest::blocking::Client;
 use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
 
-use common::{Server, Spawned, free_port, run_bounded, truce_bin};
+use common::{RUN_BOUND, Server, Spawned, free_port, run_bounded, truce_bin};
 
 // ---------------------------------------------------------------------------
 // Helpers
@@ -2068,15 +2068,19 @@ fn config_file_and_environment_set_the_listen_address() {
 
     // A bad file is refused with its name in the message.
     std::fs::write(&file, "lisen = 1\n").unwrap();
-    let (status, stderr, _) = run_bounded(&[
-        "serve",
-        "--config",
-        file.to_str().unwrap(),
-        "--data",
-        data.to_str().unwrap(),
-    ]);
+    let ran = run_bounded(
+        &[
+            "serve",
+            "--config",
+            file.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+        ],
+        RUN_BOUND,
+    );
+    let stderr = ran.stderr;
     assert!(
-        status.is_some_and(|s| !s.success()),
+        ran.status.is_some_and(|s| !s.success()),
         "a bad settings file is refused: {stderr}"
     );
     assert!(stderr.contains("lisen"), "{stderr}");

@@ -16,7 +16,7 @@ use reqwest::Method;
 use reqwest::blocking::Client;
 use serde_json::{Value, json};
 
-use common::{Server, Spawned, free_port, run_bounded, truce_bin};
+use common::{RUN_BOUND, Server, Spawned, free_port, run_bounded, truce_bin};
 
 // ---------------------------------------------------------------------------
 // Helpers
@@ -584,9 +584,12 @@ fn a_public_address_needs_keys() {
     let local: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
 
     // No keys: refused, quickly, with a message that says what to do.
-    let (status, stderr, took) =
-        run_bounded(&["serve", "--listen", &public, "--data", data.to_str().unwrap()]);
-    let status = status.expect("truce serve exits on its own");
+    let ran = run_bounded(
+        &["serve", "--listen", &public, "--data", data.to_str().unwrap()],
+        RUN_BOUND,
+    );
+    let (stderr, took) = (ran.stderr, ran.took);
+    let status = ran.status.expect("truce serve exits on its own");
     assert!(!status.success(), "listening on {public} without keys must fail");
     assert!(took < Duration::from_secs(5), "refused in {took:?}");
     assert!(stderr.contains("keys"), "the message mentions keys: {stderr}");
@@ -649,15 +652,19 @@ fn tls_with_a_self_signed_certificate() {
     std::fs::write(&key, certified.key_pair.serialize_pem()).unwrap();
 
     // Half a TLS configuration is refused.
-    let (status, stderr, _) = run_bounded(&[
-        "serve",
-        "--tls-cert",
-        cert.to_str().unwrap(),
-        "--data",
-        "/nonexistent",
-    ]);
+    let ran = run_bounded(
+        &[
+            "serve",
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--data",
+            "/nonexistent",
+        ],
+        RUN_BOUND,
+    );
+    let stderr = ran.stderr;
     assert!(
-        status.is_some_and(|s| !s.success()),
+        ran.status.is_some_and(|s| !s.success()),
         "--tls-cert without --tls-key: {stderr}"
     );
 

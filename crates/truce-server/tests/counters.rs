@@ -9,7 +9,7 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
@@ -557,33 +557,15 @@ fn config_routes_need_their_roles() {
 // `truce recount` on a data directory
 // ---------------------------------------------------------------------------
 
-/// Runs `truce` with `args` (bounded: killed by PID after 30 s); exit success,
-/// stdout, stderr.
+/// Runs `truce args --data data` (killed by PID after 30 s, a failure);
+/// exit success, stdout, stderr.
 fn run_truce(args: &[&str], data: &Path) -> (bool, String, String) {
-    let mut child = Command::new(truce_bin())
-        .args(args)
-        .arg("--data")
-        .arg(data)
-        .env("TRUCE_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("truce");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while child.try_wait().expect("try_wait").is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("truce {args:?} did not finish within 30 s");
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-    let out = child.wait_with_output().expect("output");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let data = data.to_str().expect("a UTF-8 data path");
+    let ran = common::run_bounded(&[args, &["--data", data]].concat(), Duration::from_secs(30));
+    let status = ran
+        .status
+        .unwrap_or_else(|| panic!("truce {args:?} did not finish within 30 s"));
+    (status.success(), ran.stdout, ran.stderr)
 }
 
 #[test]

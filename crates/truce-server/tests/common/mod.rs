@@ -103,14 +103,27 @@ impl Drop for Spawned {
     }
 }
 
-/// Runs `truce` with `args` until it exits, or kills it by PID after 10 s
-/// (status `None`); returns its status, stderr, and how long it ran.
-pub fn run_bounded(args: &[&str]) -> (Option<ExitStatus>, String, Duration) {
+/// How long a `truce` that should exit on its own may run in [`run_bounded`].
+pub const RUN_BOUND: Duration = Duration::from_secs(10);
+
+/// What a bounded run of `truce` left.
+pub struct Ran {
+    /// `None` when it was killed at the bound.
+    pub status: Option<ExitStatus>,
+    pub stdout: String,
+    pub stderr: String,
+    /// How long it ran.
+    pub took: Duration,
+}
+
+/// Runs `truce` with `args` until it exits, or kills it by PID once `bound`
+/// has passed (status `None`).
+pub fn run_bounded(args: &[&str], bound: Duration) -> Ran {
     let started = Instant::now();
     let mut child = Command::new(truce_bin())
         .args(args)
         .env("TRUCE_LOG", "warn")
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("start truce");
@@ -118,19 +131,27 @@ pub fn run_bounded(args: &[&str]) -> (Option<ExitStatus>, String, Duration) {
         if let Ok(Some(status)) = child.try_wait() {
             break Some(status);
         }
-        if started.elapsed() > Duration::from_secs(10) {
+        if started.elapsed() > bound {
             let _ = child.kill();
             let _ = child.wait();
             break None;
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    let elapsed = started.elapsed();
-    let mut stderr = String::new();
-    if let Some(mut pipe) = child.stderr.take() {
-        let _ = std::io::Read::read_to_string(&mut pipe, &mut stderr);
+    let took = started.elapsed();
+    let (mut stdout, mut stderr) = (String::new(), String::new());
+    if let Some(pipe) = child.stdout.as_mut() {
+        let _ = std::io::Read::read_to_string(pipe, &mut stdout);
     }
-    (status, stderr, elapsed)
+    if let Some(pipe) = child.stderr.as_mut() {
+        let _ = std::io::Read::read_to_string(pipe, &mut stderr);
+    }
+    Ran {
+        status,
+        stdout,
+        stderr,
+        took,
+    }
 }
 
 impl Server {
