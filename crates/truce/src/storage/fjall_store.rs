@@ -4,7 +4,6 @@
 
 use std::ops::Bound;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable};
@@ -134,9 +133,8 @@ impl FjallStorage {
 
     /// Makes the journal stretch `batch` will be appended to written zeroes
     /// (see `fjall_journal.rs`), and returns the lock the append must hold. A
-    /// failure costs speed, not data: logged once.
+    /// failure costs speed, not data, and stops the filling: it is logged once.
     fn zero_ahead_of(&self, batch: &WriteBatch) -> MutexGuard<'_, ZeroAhead> {
-        static WARNED: AtomicBool = AtomicBool::new(false);
         let bytes = batch
             .writes()
             .iter()
@@ -145,9 +143,7 @@ impl FjallStorage {
                     + JOURNAL_ITEM_OVERHEAD_BYTES
             });
         let mut zero_ahead = self.zero_ahead.lock().unwrap_or_else(|p| p.into_inner());
-        if let Err(e) = zero_ahead.before_append(bytes)
-            && !WARNED.swap(true, Ordering::Relaxed)
-        {
+        if let Err(e) = zero_ahead.before_append(bytes) {
             tracing::warn!("cannot fill the journal ahead with zeroes ({e}); syncs will be slower");
         }
         zero_ahead
