@@ -135,6 +135,13 @@ pub struct ServeArgs {
     /// [default: 8]; applies to keyspaces of a new data directory.
     #[arg(long, env = "TRUCE_MEMTABLE_MIB")]
     pub memtable_mib: Option<u64>,
+    /// Longest the committer polls its empty queue before it blocks, in µs,
+    /// 0 to 1000 [default: 200]; 0 never polls. Polling spares the next
+    /// writer the committer's wake-up (large on VMs whose idle vCPUs halt) at
+    /// the cost of CPU while waiting; the window opens only while writes keep
+    /// arriving within it.
+    #[arg(long, env = "TRUCE_COMMIT_POLL_US")]
+    pub commit_poll_us: Option<u64>,
 }
 
 /// The settings file: the same names as the flags.
@@ -153,6 +160,7 @@ struct FileSettings {
     hot_spots: Option<usize>,
     cache_mib: Option<u64>,
     memtable_mib: Option<u64>,
+    commit_poll_us: Option<u64>,
 }
 
 /// The effective settings of a server.
@@ -180,6 +188,8 @@ pub struct Settings {
     pub cache_mib: u64,
     /// Per-keyspace memtable bound, MiB.
     pub memtable_mib: u64,
+    /// The committer's poll window bound, µs.
+    pub commit_poll_us: u64,
 }
 
 impl ServeArgs {
@@ -232,7 +242,17 @@ impl ServeArgs {
                 .memtable_mib
                 .or(file.memtable_mib)
                 .unwrap_or(truce::storage::FJALL_MEMTABLE_BYTES >> 20),
+            commit_poll_us: self
+                .commit_poll_us
+                .or(file.commit_poll_us)
+                .unwrap_or(truce::limits::COMMIT_POLL_US_DEFAULT),
         };
+        if settings.commit_poll_us > truce::limits::COMMIT_POLL_US_MAX {
+            return Err(format!(
+                "commit_poll_us must be 0 to {}",
+                truce::limits::COMMIT_POLL_US_MAX
+            ));
+        }
         if !(1..=65_536).contains(&settings.cache_mib) || !(1..=1024).contains(&settings.memtable_mib) {
             return Err("cache_mib must be 1 to 65536 and memtable_mib 1 to 1024".into());
         }
@@ -326,5 +346,32 @@ mod tests {
         assert_eq!(s.listen.to_string(), DEFAULT_LISTEN);
         assert!(s.listen.ip().is_loopback());
         assert_eq!(s.data, PathBuf::from(DEFAULT_DATA));
+        assert_eq!(s.commit_poll_us, truce::limits::COMMIT_POLL_US_DEFAULT);
+    }
+
+    #[test]
+    fn the_commit_poll_window_is_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("truce.toml");
+        std::fs::write(&file, "commit_poll_us = 0\n").unwrap();
+        let from_file = ServeArgs {
+            config: Some(file),
+            ..ServeArgs::default()
+        };
+        assert_eq!(
+            from_file.settings().unwrap().commit_poll_us,
+            0,
+            "0 turns polling off"
+        );
+        let at_bound = ServeArgs {
+            commit_poll_us: Some(truce::limits::COMMIT_POLL_US_MAX),
+            ..ServeArgs::default()
+        };
+        assert_eq!(at_bound.settings().unwrap().commit_poll_us, 1000);
+        let past = ServeArgs {
+            commit_poll_us: Some(truce::limits::COMMIT_POLL_US_MAX + 1),
+            ..ServeArgs::default()
+        };
+        assert_eq!(past.settings().unwrap_err(), "commit_poll_us must be 0 to 1000");
     }
 }

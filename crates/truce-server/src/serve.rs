@@ -69,6 +69,7 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
             cache_bytes: settings.cache_mib << 20,
             memtable_bytes: settings.memtable_mib << 20,
         },
+        commit_poll: Duration::from_micros(settings.commit_poll_us),
         ..Options::default()
     };
     let db = Db::open(&settings.data, options).map_err(|e| e.to_string())?;

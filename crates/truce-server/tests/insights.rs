@@ -97,6 +97,9 @@ fn a_known_workload_gives_exact_metrics_hot_spots_and_remedies() {
         value("truce_group_commits_total")
     );
     assert_eq!(value("truce_commit_queue_depth"), 0.0);
+    // Polling is bounded by the time the server has run (well under a minute here).
+    let polled = value("truce_committer_poll_seconds_total");
+    assert!((0.0..60.0).contains(&polled), "{polled}");
     assert_eq!(value("truce_outbox_entries"), 0.0);
     // Document ids never become labels.
     assert!(!m.keys().any(|k| k.contains("fight") || k.contains("profile")));

@@ -47,6 +47,19 @@ pub const COMMIT_BATCH_BYTES_MAX: usize = 8 * 1024 * 1024;
 /// clients back off.
 pub const COMMIT_QUEUE_REQUESTS_MAX: usize = 2 * COMMIT_BATCH_REQUESTS_MAX;
 
+/// How long the committer polls its empty queue before it blocks, in µs, by
+/// default ([`Options::commit_poll`](crate::Options::commit_poll)). About one
+/// group's store on a disk of ~5,000 fsyncs/s plus an HTTP round trip: a
+/// writer waiting for the previous group's answer is back within it, and
+/// finds the committer awake (`engine/poll.rs`; measured in
+/// `docs/benchmarks.md`, "Polling before blocking").
+pub const COMMIT_POLL_US_DEFAULT: u64 = 200;
+
+/// Longest poll window a database accepts, in µs: beyond a millisecond a
+/// blocked committer's wake-up is no longer the cost that matters, and the
+/// CPU spent polling is.
+pub const COMMIT_POLL_US_MAX: u64 = 1000;
+
 /// Most fields in one index. Compound keys beyond a handful are a schema smell and
 /// make every entry long.
 pub const INDEX_FIELDS_MAX: usize = 8;

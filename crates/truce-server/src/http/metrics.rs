@@ -16,7 +16,9 @@ use axum::extract::State;
 use axum::http::{Method, header};
 use axum::response::{IntoResponse, Response};
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, NoLabelSet};
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeCounterValue, EncodeLabelSet, EncodeMetric, NoLabelSet,
+};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::family::Family;
@@ -129,7 +131,12 @@ impl EncodeMetric for ConstHistogram<'_> {
     }
 }
 
-fn counter(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> fmt::Result {
+fn counter<N: EncodeCounterValue + fmt::Debug>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: N,
+) -> fmt::Result {
     let metric = ConstCounter::new(value);
     metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
 }
@@ -182,6 +189,12 @@ impl Collector for EngineCollector {
             "commit_queue_depth",
             "Write requests waiting for the committer",
             s.queue_depth as f64,
+        )?;
+        counter(
+            e,
+            "committer_poll_seconds",
+            "Time the committer spent polling its empty queue before blocking (CPU used while waiting)",
+            s.commit_poll_seconds,
         )?;
         counter(
             e,

@@ -29,6 +29,7 @@ use super::evaluate::{self, CommitClock, WriteOp};
 use super::group::Group;
 use super::insights::{self, Event, Insights, Kind, Target};
 use super::outcome::{Conflict, ConflictReason, Effect, Expect, Written};
+use super::poll::PollWindow;
 use super::readset::RecentWrites;
 use super::tx::{self, Commit, OpConflict, PreparedOp, Seen, TxCommitted, TxFailure, TxOutcome};
 use super::watermark::Watermark;
@@ -321,13 +322,16 @@ impl Committer {
     }
 
     /// Runs until every sender of `queue` is gone.
-    pub fn run(mut self, queue: Receiver<Request>) {
+    /// `poll` is how it waits for the next request (`engine/poll.rs`).
+    pub fn run(mut self, queue: Receiver<Request>, mut poll: PollWindow) {
         let idle = Duration::from_millis(COMMITTER_IDLE_MS);
         let tick = Duration::from_millis(BACKGROUND_TICK_MS);
         let mut waiting = VecDeque::with_capacity(COMMIT_BATCH_REQUESTS_MAX);
         loop {
             let wait = if self.busy_in_background() { tick } else { idle };
-            match queue.recv_timeout(wait) {
+            let next = poll.recv(&queue, wait);
+            self.shared.insights.polled(poll.polled());
+            match next {
                 Ok(first) => waiting.push_back(first),
                 Err(RecvTimeoutError::Timeout) => {
                     self.background();

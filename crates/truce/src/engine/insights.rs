@@ -18,7 +18,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use foldhash::{HashMap, HashMapExt};
@@ -501,6 +501,9 @@ pub struct Stats {
     pub ttl_deleted: u64,
     /// Requests waiting for the committer now.
     pub queue_depth: u64,
+    /// Seconds the committer has spent polling its empty queue before
+    /// blocking (`Options::commit_poll`): CPU it used while waiting.
+    pub commit_poll_seconds: f64,
     /// `after_commit` increments waiting in the outbox.
     pub outbox_entries: u64,
     /// Age of the oldest waiting increment, in ms.
@@ -578,6 +581,8 @@ pub struct Insights {
     tracker: std::sync::Mutex<Tracker>,
     /// Requests waiting for the committer.
     pub(crate) queue_depth: AtomicUsize,
+    /// Nanoseconds the committer has spent polling its empty queue.
+    polled_ns: AtomicU64,
 }
 
 fn empty() -> Arc<str> {
@@ -611,6 +616,7 @@ impl Insights {
                 fsync_seconds: Histogram::new(FSYNC_SECONDS_BOUNDS),
             }),
             queue_depth: AtomicUsize::new(0),
+            polled_ns: AtomicU64::new(0),
         })
     }
 
@@ -643,6 +649,11 @@ impl Insights {
         }
     }
 
+    /// Records the committer's total time spent polling (`engine/poll.rs`).
+    pub(crate) fn polled(&self, total: Duration) {
+        self.polled_ns.store(total.as_nanos() as u64, Ordering::Relaxed);
+    }
+
     /// The counters now; `outbox` is the engine's (entries, oldest ms).
     pub(crate) fn stats(&self, outbox: (u64, Option<u64>), now_ms: u64) -> Stats {
         let t = self.lock();
@@ -664,6 +675,7 @@ impl Insights {
             replays: t.replays,
             ttl_deleted: t.ttl_deleted,
             queue_depth: self.queue_depth.load(Ordering::Relaxed) as u64,
+            commit_poll_seconds: self.polled_ns.load(Ordering::Relaxed) as f64 / 1e9,
             outbox_entries: outbox.0,
             outbox_oldest_age_ms: outbox.1.map(|oldest| now_ms.saturating_sub(oldest)),
             group_size: t.group_size.clone(),

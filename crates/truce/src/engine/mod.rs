@@ -14,7 +14,10 @@ use std::time::{Duration, Instant};
 use crate::doc;
 use crate::error::{Error, Result};
 use crate::index::IndexState;
-use crate::limits::{COMMIT_QUEUE_REQUESTS_MAX, HOT_SPOTS_TRACKED_DEFAULT, IDEMPOTENCY_RETENTION_MS_DEFAULT};
+use crate::limits::{
+    COMMIT_POLL_US_DEFAULT, COMMIT_POLL_US_MAX, COMMIT_QUEUE_REQUESTS_MAX, HOT_SPOTS_TRACKED_DEFAULT,
+    IDEMPOTENCY_RETENTION_MS_DEFAULT,
+};
 use crate::storage::{Durability, FjallOptions, FjallStorage, Storage};
 
 mod collection;
@@ -26,6 +29,7 @@ mod group;
 pub mod insights;
 pub mod outcome;
 mod pending;
+mod poll;
 pub mod read;
 mod readset;
 mod recount;
@@ -33,6 +37,8 @@ mod retry;
 mod transaction;
 pub mod tx;
 mod watermark;
+
+use poll::PollWindow;
 
 pub use collection::Collection;
 pub use committer::IndexProgress;
@@ -67,6 +73,11 @@ pub struct Options {
     /// Memory bounds of the embedded storage ([`Db::open`] only): block cache
     /// and per-keyspace memtables.
     pub fjall: FjallOptions,
+    /// How long the committer polls its empty queue before it blocks (an
+    /// adaptive window: it opens only while requests keep coming within it);
+    /// zero never polls. Default [`COMMIT_POLL_US_DEFAULT`], at most
+    /// [`COMMIT_POLL_US_MAX`](crate::limits::COMMIT_POLL_US_MAX).
+    pub commit_poll: Duration,
 }
 
 impl Default for Options {
@@ -78,6 +89,7 @@ impl Default for Options {
             idempotency_retention: Duration::from_millis(IDEMPOTENCY_RETENTION_MS_DEFAULT),
             hot_spots: HOT_SPOTS_TRACKED_DEFAULT,
             fjall: FjallOptions::default(),
+            commit_poll: Duration::from_micros(COMMIT_POLL_US_DEFAULT),
         }
     }
 }
@@ -123,6 +135,12 @@ impl Db {
                 limit: COMMIT_QUEUE_REQUESTS_MAX as u64,
             });
         }
+        if options.commit_poll > Duration::from_micros(COMMIT_POLL_US_MAX) {
+            return Err(Error::LimitExceeded {
+                what: "COMMIT_POLL_US_MAX",
+                limit: COMMIT_POLL_US_MAX,
+            });
+        }
         let shared = Arc::new(Shared {
             storage,
             durability: options.durability,
@@ -136,9 +154,10 @@ impl Db {
         });
         let committer = Committer::recover(Arc::clone(&shared))?;
         let (queue, receiver) = mpsc::sync_channel(options.queue_capacity);
+        let poll = PollWindow::new(options.commit_poll);
         let handle = std::thread::Builder::new()
             .name("truce-committer".into())
-            .spawn(move || committer.run(receiver))
+            .spawn(move || committer.run(receiver, poll))
             .map_err(|e| Error::Unavailable(format!("cannot start the committer thread: {e}")))?;
         let inner = Inner {
             shared,

@@ -317,3 +317,27 @@ fn a_type_error_in_one_patch_changes_nothing_and_spares_the_others() {
         (Some(3), Some("x"), 3)
     );
 }
+
+#[test]
+fn the_commit_poll_window_is_bounded() {
+    let open = |micros: u64| {
+        Db::open_with_storage(
+            Arc::new(MemoryStorage::new()),
+            Options {
+                commit_poll: Duration::from_micros(micros),
+                ..Options::default()
+            },
+        )
+    };
+    match open(truce::limits::COMMIT_POLL_US_MAX + 1).err().unwrap() {
+        Error::LimitExceeded { what, limit } => {
+            assert_eq!((what, limit), ("COMMIT_POLL_US_MAX", 1000));
+        }
+        other => panic!("expected LimitExceeded, got {other:?}"),
+    }
+    for micros in [0, truce::limits::COMMIT_POLL_US_MAX] {
+        let db = open(micros).unwrap();
+        let c = db.collection("c").unwrap();
+        assert!(c.put("a", json!({"n": micros}), Expect::Absent).unwrap().is_ok());
+    }
+}
