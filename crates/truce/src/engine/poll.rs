@@ -8,10 +8,10 @@
 //! of one hot document, where each success must wait for the previous one —
 //! that is every request (`docs/benchmarks.md`, "Polling before blocking").
 //!
-//! The window adapts like the kernel's guest halt polling: it opens to the
-//! full bound after a request arrived within the bound of the wait's start
-//! (polling would have caught it, or did), and closes when a wait outlasted
-//! the bound (the load is too sparse for polling to pay). So an idle or
+//! The window adapts, a simpler form of the kernel's guest halt polling: it
+//! opens to the full bound after a request arrived within the bound of the
+//! wait's start (polling would have caught it, or did), and closes when a
+//! wait outlasted the bound (the load is too sparse for polling to pay). So an idle or
 //! lightly loaded server does not spin; a busy one polls in the gaps. Each
 //! poll yields the CPU between looks, so a thread with work on the same core
 //! runs first.

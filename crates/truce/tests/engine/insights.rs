@@ -218,6 +218,34 @@ fn group_commits_and_the_queue_are_measured() {
 }
 
 #[test]
+fn the_committer_polls_between_prompt_writes_only_when_allowed() {
+    // Back-to-back synchronous writes: each comes microseconds after the
+    // previous answer, well inside a 1 ms window, so the committer polls for
+    // them (engine/poll.rs) — unless polling is off.
+    let polled = |micros: u64| {
+        let db = Db::open_with_storage(
+            std::sync::Arc::new(truce::storage::MemoryStorage::new()),
+            truce::Options {
+                commit_poll: Duration::from_micros(micros),
+                ..truce::Options::default()
+            },
+        )
+        .unwrap();
+        let c = db.collection("c").unwrap();
+        for i in 0..200 {
+            c.put(&format!("d{i}"), json!({"i": i}), Expect::Absent)
+                .unwrap()
+                .unwrap();
+        }
+        db.stats().commit_poll_seconds
+    };
+    assert_eq!(polled(0), 0.0, "a zero window never polls");
+    let on = polled(truce::limits::COMMIT_POLL_US_MAX);
+    assert!(on > 0.0, "200 prompt writes and no polling at all");
+    assert!(on < 1.0, "polled {on} s for 200 writes");
+}
+
+#[test]
 fn concurrent_increments_show_a_contended_document_without_conflicts() {
     let dir = tempfile::tempdir().unwrap();
     let db = crate::open(dir.path());
