@@ -62,8 +62,10 @@ fn hot_spot_json(h: &HotSpot) -> Value {
 
 /// Hot spots over a window, with totals since the server started.
 #[utoipa::path(get, path = "/v1/insights", tag = "operations",
-    params(("window" = Option<u64>, Query, description = "Seconds, 1 to 3600 (default 300), rounded up to whole minutes"),
-           ("limit" = Option<usize>, Query, description = "Hot spots listed, 1 to 100 (default 10)")),
+    params(("window" = Option<u64>, Query, minimum = 1, maximum = 3600,
+               description = "Seconds, 1 to 3600 (default 300), rounded up to whole minutes"),
+           ("limit" = Option<usize>, Query, minimum = 1, maximum = 100,
+               description = "Hot spots listed, 1 to 100 (default 10)")),
     responses((status = 200, description = "Hot spots with remedies, and totals", body = super::openapi::Insights),
                (status = 400, description = "A window or limit out of range", body = super::openapi::ErrorBody)))]
 pub async fn insights(

@@ -558,7 +558,10 @@ fn constrain_parameters(path: &str, writes: bool, operation: &mut Operation) {
             (ParameterIn::Path, "coll") => (string_with_pattern(NAME_PATTERN), "Collection name"),
             (ParameterIn::Path, "name") => (string_with_pattern(NAME_PATTERN), name),
             (ParameterIn::Path, "id") => (
-                string_with_pattern(ID_PATTERN).min_length(Some(1)),
+                // maxLength counts characters, the server bytes: a necessary bound only.
+                string_with_pattern(ID_PATTERN)
+                    .min_length(Some(1))
+                    .max_length(Some(truce::limits::ID_BYTES_MAX)),
                 "Document id: 1–512 bytes of UTF-8, no control characters, not starting with `_`",
             ),
             (ParameterIn::Header, "If-Match") => (
@@ -676,6 +679,14 @@ mod tests {
             parameter(&doc, "/v1/_changes", "get", "limit")["maximum"],
             limits::CHANGES_LIMIT_MAX
         );
+        let window = parameter(&doc, "/v1/insights", "get", "window");
+        assert_eq!(window["minimum"], 1);
+        assert_eq!(window["maximum"], limits::HOT_SPOT_MINUTES * 60);
+        let hot_spots = parameter(&doc, "/v1/insights", "get", "limit");
+        assert_eq!(hot_spots["minimum"], 1);
+        assert_eq!(hot_spots["maximum"], limits::HOT_SPOTS_LIMIT_MAX);
+        let id = parameter(&doc, "/v1/c/{coll}/{id}", "get", "id");
+        assert_eq!(id["maxLength"], limits::ID_BYTES_MAX);
         let key = parameter(&doc, "/v1/tx", "post", "Idempotency-Key");
         assert_eq!(key["maxLength"], limits::IDEMPOTENCY_KEY_BYTES_MAX);
         let segments = format!("{{0,{}}}", limits::PATH_SEGMENTS_MAX - 1);
