@@ -1,7 +1,7 @@
 //! The engine's one error type: every failure a caller can meet, each with a stable code.
 //!
 //! Expected outcomes (a version mismatch, a failed `$if`) are *not* errors: they are
-//! [`Conflict`](crate::Conflict) values. What lands here is bad input, an exceeded
+//! [`Conflict`] values. What lands here is bad input, an exceeded
 //! limit, an overloaded or broken engine.
 
 use crate::Conflict;

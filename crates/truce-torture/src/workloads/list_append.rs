@@ -138,7 +138,7 @@ async fn transaction(process: &mut Process, plan: &[Mop]) -> Kind {
 }
 
 /// Reads every document the run used, after everything else, in read-only
-/// transactions of at most [`FINAL_READ_KEYS`] documents: an acknowledged
+/// transactions of at most `FINAL_READ_KEYS` documents: an acknowledged
 /// append missing from them is a violation adya sees.
 pub async fn finish(ctx: &Arc<Ctx>, state: &State) {
     let generations = state

@@ -1,7 +1,7 @@
 //! Conflict insights: what the committer saw, counted by reason, collection and
 //! source, and the hot spots behind it over sliding windows, each with a remedy.
 //!
-//! The committer collects [`Event`]s while it evaluates a group and hands them
+//! The committer collects `Event`s while it evaluates a group and hands them
 //! over once per stored group (one lock). Readers take snapshots
 //! ([`Db::stats`](super::Db::stats), [`Db::insights`](super::Db::insights)).
 //!

@@ -76,7 +76,7 @@ pub struct Options {
     /// How long the committer polls its empty queue before it blocks (an
     /// adaptive window: it opens only while requests keep coming within it);
     /// zero never polls. Default [`COMMIT_POLL_US_DEFAULT`], at most
-    /// [`COMMIT_POLL_US_MAX`](crate::limits::COMMIT_POLL_US_MAX).
+    /// [`COMMIT_POLL_US_MAX`].
     pub commit_poll: Duration,
 }
 

@@ -262,7 +262,7 @@ pub struct Commit {
 
 /// A document as storage held it once every commit up to `seq` had been
 /// applied (`None`: absent). The committer uses it in place of its own read if
-/// no commit after `seq` wrote the document ([`RecentWrites::untouched_since`](super::readset::RecentWrites::untouched_since)):
+/// no commit after `seq` wrote the document (`RecentWrites::untouched_since` in `engine/readset.rs`):
 /// then it is still the stored state.
 pub struct Seen {
     pub seq: u64,

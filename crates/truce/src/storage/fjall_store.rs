@@ -77,7 +77,7 @@ impl FjallStorage {
     /// Opens (or creates) the database in `dir`, recovering from its journal.
     ///
     /// A final journal batch torn by a crash mid-fsync is dropped (see
-    /// [`fjall_repair`](super::fjall_repair)); any other damage is an error.
+    /// `storage/fjall_repair.rs`); any other damage is an error.
     pub fn open(dir: &Path) -> Result<FjallStorage, StorageError> {
         FjallStorage::open_with(dir, FjallOptions::default())
     }
