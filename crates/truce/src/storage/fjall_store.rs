@@ -122,13 +122,7 @@ impl FjallStorage {
     }
 
     fn keyspace(&self, space: Space) -> &Keyspace {
-        // Every variant of Space is opened in `open`.
-        &self
-            .spaces
-            .iter()
-            .find(|(s, _)| *s == space)
-            .expect("every space is opened")
-            .1
+        keyspace_of(&self.spaces, space)
     }
 
     /// Makes the journal stretch `batch` will be appended to written zeroes
