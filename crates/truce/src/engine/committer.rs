@@ -329,8 +329,8 @@ impl Committer {
         let mut waiting = VecDeque::with_capacity(COMMIT_BATCH_REQUESTS_MAX);
         loop {
             let wait = if self.busy_in_background() { tick } else { idle };
-            let next = poll.recv(&queue, wait);
-            self.shared.insights.polled(poll.polled());
+            let (next, polled) = poll.recv(&queue, wait);
+            self.shared.insights.add_polled(polled);
             match next {
                 Ok(first) => waiting.push_back(first),
                 Err(RecvTimeoutError::Timeout) => {

@@ -649,9 +649,12 @@ impl Insights {
         }
     }
 
-    /// Records the committer's total time spent polling (`engine/poll.rs`).
-    pub(crate) fn polled(&self, total: Duration) {
-        self.polled_ns.store(total.as_nanos() as u64, Ordering::Relaxed);
+    /// Adds one wait's polling to the committer's total (`engine/poll.rs`).
+    pub(crate) fn add_polled(&self, polled: Duration) {
+        if !polled.is_zero() {
+            self.polled_ns
+                .fetch_add(polled.as_nanos() as u64, Ordering::Relaxed);
+        }
     }
 
     /// The counters now; `outbox` is the engine's (entries, oldest ms).

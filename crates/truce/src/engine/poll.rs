@@ -26,8 +26,6 @@ pub(crate) struct PollWindow {
     bound: Duration,
     /// The current window.
     window: Duration,
-    /// Time spent polling, in total (exported as a metric).
-    polled: Duration,
 }
 
 impl PollWindow {
@@ -36,7 +34,6 @@ impl PollWindow {
         PollWindow {
             bound,
             window: Duration::ZERO,
-            polled: Duration::ZERO,
         }
     }
 
@@ -44,11 +41,6 @@ impl PollWindow {
     #[cfg(test)]
     pub(crate) fn window(&self) -> Duration {
         self.window
-    }
-
-    /// Time spent polling since this window was made.
-    pub(crate) fn polled(&self) -> Duration {
-        self.polled
     }
 
     /// Learns from one wait: the next request came `waited` after the wait
@@ -62,20 +54,27 @@ impl PollWindow {
 
     /// The next request: polled for up to the window, then waited for up to
     /// `timeout` in all. `Timeout` when none came, `Disconnected` when every
-    /// sender is gone.
-    pub(crate) fn recv<T>(&mut self, queue: &Receiver<T>, timeout: Duration) -> Result<T, RecvTimeoutError> {
+    /// sender is gone. Also returns how long this wait polled (the CPU it
+    /// spent, for the metric).
+    pub(crate) fn recv<T>(
+        &mut self,
+        queue: &Receiver<T>,
+        timeout: Duration,
+    ) -> (Result<T, RecvTimeoutError>, Duration) {
         let start = Instant::now();
+        let mut polled = Duration::ZERO;
         if !self.window.is_zero() {
             let until = start + self.window.min(timeout);
             loop {
                 match queue.try_recv() {
                     Ok(request) => {
                         let waited = start.elapsed();
-                        self.polled += waited;
                         self.learn(Some(waited));
-                        return Ok(request);
+                        return (Ok(request), waited);
                     }
-                    Err(TryRecvError::Disconnected) => return Err(RecvTimeoutError::Disconnected),
+                    Err(TryRecvError::Disconnected) => {
+                        return (Err(RecvTimeoutError::Disconnected), start.elapsed());
+                    }
                     Err(TryRecvError::Empty) => {}
                 }
                 if Instant::now() >= until {
@@ -83,11 +82,11 @@ impl PollWindow {
                 }
                 std::thread::yield_now();
             }
-            self.polled += start.elapsed();
+            polled = start.elapsed();
         }
         let result = queue.recv_timeout(timeout.saturating_sub(start.elapsed()));
         self.learn(result.is_ok().then(|| start.elapsed()));
-        result
+        (result, polled)
     }
 }
 
@@ -136,8 +135,7 @@ mod tests {
         assert_eq!(poll.window(), Duration::ZERO);
         let (tx, rx) = mpsc::sync_channel(4);
         tx.send(1).unwrap();
-        assert_eq!(poll.recv(&rx, Duration::from_millis(10)), Ok(1));
-        assert_eq!(poll.polled(), Duration::ZERO);
+        assert_eq!(poll.recv(&rx, Duration::from_millis(10)), (Ok(1), Duration::ZERO));
     }
 
     #[test]
@@ -150,15 +148,14 @@ mod tests {
             tx.send(7).unwrap();
             tx
         });
-        assert_eq!(poll.recv(&rx, Duration::from_secs(5)), Ok(7));
+        let (next, polled) = poll.recv(&rx, Duration::from_secs(5));
+        assert_eq!(next, Ok(7));
         // Caught while polling: the time until it came was all polling.
-        assert!(poll.polled() >= Duration::from_millis(2), "{:?}", poll.polled());
+        assert!(polled >= Duration::from_millis(2), "{polled:?}");
         assert_eq!(poll.window(), Duration::from_millis(50));
         drop(sender.join().unwrap());
-        assert_eq!(
-            poll.recv(&rx, Duration::from_secs(5)),
-            Err(RecvTimeoutError::Disconnected)
-        );
+        let (next, _) = poll.recv(&rx, Duration::from_secs(5));
+        assert_eq!(next, Err(RecvTimeoutError::Disconnected));
     }
 
     #[test]
@@ -172,24 +169,24 @@ mod tests {
         let (_tx, rx) = mpsc::sync_channel::<u32>(4);
         let cpu = thread_cpu();
         let started = Instant::now();
-        assert_eq!(
-            poll.recv(&rx, Duration::from_millis(200)),
-            Err(RecvTimeoutError::Timeout)
-        );
+        let (next, polled) = poll.recv(&rx, Duration::from_millis(200));
+        assert_eq!(next, Err(RecvTimeoutError::Timeout));
         let used = thread_cpu() - cpu;
         assert!(started.elapsed() >= Duration::from_millis(200));
         assert!(
             used < Duration::from_millis(50),
             "waiting 200 ms with a 2 ms window used {used:?} of CPU"
         );
-        assert!(poll.polled() >= window, "{:?}", poll.polled());
+        // It polled for the window, not for the whole wait.
+        assert!(
+            polled >= window && polled < Duration::from_millis(100),
+            "{polled:?}"
+        );
         assert_eq!(poll.window(), Duration::ZERO);
         // Closed, the next wait does not poll at all.
-        let polled = poll.polled();
         assert_eq!(
             poll.recv(&rx, Duration::from_millis(5)),
-            Err(RecvTimeoutError::Timeout)
+            (Err(RecvTimeoutError::Timeout), Duration::ZERO)
         );
-        assert_eq!(poll.polled(), polled);
     }
 }
