@@ -1,14 +1,21 @@
 //! Who used the CPU during a run: this process, the server processes it
 //! started, and the rest of the machine (other people's builds and tests). On
 //! 2 cores a busy neighbour halves a figure, so every run says how busy the
-//! machine was instead of leaving it to be guessed. Linux `/proc` only; where
-//! it cannot be read the figures are reported as unknown.
+//! machine was instead of leaving it to be guessed. The server's share is also
+//! split by thread name (`truce-http`, `truce-committer`, `fjall:worker`, …),
+//! which says whether a figure is bound by CPU or by one serial thread. Linux
+//! `/proc` only; where it cannot be read the figures are reported as unknown.
 
+use std::collections::BTreeMap;
 use std::fmt;
+use std::path::Path;
 use std::time::Instant;
 
 /// `/proc` reports CPU times in USER_HZ ticks, 100 per second on Linux.
 const TICKS_PER_S: f64 = 100.0;
+
+/// Threads that used less than this are left out of the summary line.
+const THREAD_SHOWN_CORES: f64 = 0.01;
 
 /// CPU counters at one instant.
 pub struct Snapshot {
@@ -19,10 +26,13 @@ pub struct Snapshot {
     own: Option<u64>,
     /// The watched processes' ticks, summed.
     watched: Option<u64>,
+    /// The watched processes' ticks by thread name (threads that exit between
+    /// two snapshots drop out of the split).
+    threads: BTreeMap<String, u64>,
 }
 
 /// Cores used on average between two snapshots.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Usage {
     /// This process (the load generator, and the embedded database when there is one).
     pub own: Option<f64>,
@@ -30,18 +40,20 @@ pub struct Usage {
     pub watched: Option<f64>,
     /// Everything else on the machine.
     pub others: Option<f64>,
+    /// The watched processes' cores by thread name, busiest first.
+    pub threads: Vec<(String, f64)>,
 }
 
 impl Snapshot {
     /// Takes the counters now; `watched` are process ids to account separately.
-    pub fn take(watched: &[u32]) -> Snapshot {
-        let watched = if watched.is_empty() {
+    pub fn take(watched_pids: &[u32]) -> Snapshot {
+        let watched = if watched_pids.is_empty() {
             None
         } else {
             // Processes that exited meanwhile (a server's short-lived children) are left out.
-            let ticks: Vec<u64> = watched
+            let ticks: Vec<u64> = watched_pids
                 .iter()
-                .filter_map(|pid| process_ticks(&format!("/proc/{pid}/stat")))
+                .filter_map(|pid| process_ticks(format!("/proc/{pid}/stat")))
                 .collect();
             (!ticks.is_empty()).then(|| ticks.iter().sum())
         };
@@ -52,6 +64,7 @@ impl Snapshot {
                 .and_then(|text| machine_busy_ticks(&text)),
             own: process_ticks("/proc/self/stat"),
             watched,
+            threads: thread_ticks(watched_pids),
         }
     }
 
@@ -70,7 +83,54 @@ impl Snapshot {
         let others = machine
             .zip(own)
             .map(|(m, o)| (m - o - watched.unwrap_or(0.0)).max(0.0));
-        Usage { own, watched, others }
+        let threads = self
+            .threads
+            .iter()
+            .filter_map(|(name, &now)| {
+                let then = earlier.threads.get(name).copied().unwrap_or(0);
+                Some((name.clone(), cores(Some(now), Some(then))?))
+            })
+            .collect();
+        Usage {
+            own,
+            watched,
+            others,
+            threads,
+        }
+        .busiest_first()
+    }
+}
+
+impl Usage {
+    /// The average of `self` over `a` seconds and `later` over `b` seconds.
+    pub fn weighted(&self, a: f64, later: &Usage, b: f64) -> Usage {
+        let mean = |x: Option<f64>, y: Option<f64>| match (x, y) {
+            (Some(x), Some(y)) if a + b > 0.0 => Some((x * a + y * b) / (a + b)),
+            _ => x.or(y),
+        };
+        let mut threads: BTreeMap<&str, (f64, f64)> = BTreeMap::new();
+        for (name, cores) in &self.threads {
+            threads.entry(name).or_default().0 = *cores;
+        }
+        for (name, cores) in &later.threads {
+            threads.entry(name).or_default().1 = *cores;
+        }
+        Usage {
+            own: mean(self.own, later.own),
+            watched: mean(self.watched, later.watched),
+            others: mean(self.others, later.others),
+            threads: threads
+                .into_iter()
+                .filter_map(|(name, (x, y))| Some((name.to_string(), mean(Some(x), Some(y))?)))
+                .collect(),
+        }
+        .busiest_first()
+    }
+
+    fn busiest_first(mut self) -> Usage {
+        self.threads
+            .sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        self
     }
 }
 
@@ -80,6 +140,15 @@ impl fmt::Display for Usage {
         write!(f, "cpu: this process {} cores", show(self.own))?;
         if self.watched.is_some() {
             write!(f, ", server {} cores", show(self.watched))?;
+            let busy: Vec<String> = self
+                .threads
+                .iter()
+                .filter(|(_, cores)| *cores >= THREAD_SHOWN_CORES)
+                .map(|(name, cores)| format!("{name} {cores:.2}"))
+                .collect();
+            if !busy.is_empty() {
+                write!(f, " ({})", busy.join(", "))?;
+            }
         }
         write!(f, ", rest of the machine {} cores", show(self.others))
     }
@@ -99,9 +168,29 @@ pub fn machine_busy_ticks(proc_stat: &str) -> Option<u64> {
     (ticks.len() >= 4).then_some(busy)
 }
 
-/// utime + stime of a `/proc/PID/stat` file, in ticks.
-fn process_ticks(path: &str) -> Option<u64> {
+/// utime + stime of a `/proc/PID/stat` (or `/proc/PID/task/TID/stat`) file, in ticks.
+fn process_ticks(path: impl AsRef<Path>) -> Option<u64> {
     parse_process_ticks(&std::fs::read_to_string(path).ok()?)
+}
+
+/// The ticks of every thread of `pids`, summed by thread name (`comm`).
+fn thread_ticks(pids: &[u32]) -> BTreeMap<String, u64> {
+    let mut by_name = BTreeMap::new();
+    for pid in pids {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            let dir = task.path();
+            if let (Ok(name), Some(ticks)) = (
+                std::fs::read_to_string(dir.join("comm")),
+                process_ticks(dir.join("stat")),
+            ) {
+                *by_name.entry(name.trim_end().to_string()).or_default() += ticks;
+            }
+        }
+    }
+    by_name
 }
 
 /// utime + stime from the text of `/proc/PID/stat`. The command name (field 2)
@@ -136,22 +225,77 @@ mod tests {
     #[test]
     fn usage_splits_the_machine() {
         let t0 = Instant::now();
+        let threads = |http: u64, committer: u64| {
+            BTreeMap::from([
+                ("truce-http".to_string(), http),
+                ("truce-committer".to_string(), committer),
+            ])
+        };
         let earlier = Snapshot {
             at: t0,
             machine: Some(1_000),
             own: Some(100),
             watched: Some(50),
+            threads: threads(30, 20),
         };
         let later = Snapshot {
             at: t0 + std::time::Duration::from_secs(2),
             machine: Some(1_400),
             own: Some(250),
             watched: Some(150),
+            threads: threads(50, 100),
         };
         let usage = later.since(&earlier);
         let near = |v: Option<f64>, x: f64| (v.expect("known") - x).abs() < 1e-9;
         assert!(near(usage.own, 0.75) && near(usage.watched, 0.5) && near(usage.others, 0.75));
-        assert!(usage.to_string().contains("server 0.50 cores"));
+        let names: Vec<&str> = usage.threads.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["truce-committer", "truce-http"], "busiest first");
+        assert!(near(Some(usage.threads[0].1), 0.4) && near(Some(usage.threads[1].1), 0.1));
+        assert!(
+            usage
+                .to_string()
+                .contains("server 0.50 cores (truce-committer 0.40, truce-http 0.10)"),
+            "{usage}"
+        );
         assert!(Snapshot::take(&[]).since(&Snapshot::take(&[])).watched.is_none());
+    }
+
+    #[test]
+    fn slices_average_by_their_length() {
+        let usage = |own: f64, threads: Vec<(&str, f64)>| Usage {
+            own: Some(own),
+            watched: Some(1.0),
+            others: None,
+            threads: threads.into_iter().map(|(n, c)| (n.to_string(), c)).collect(),
+        };
+        let first = usage(0.2, vec![("truce-http", 0.6), ("fjall:worker", 0.3)]);
+        let later = usage(0.5, vec![("truce-http", 0.9)]);
+        let both = first.weighted(1.0, &later, 2.0);
+        let near = |v: f64, x: f64| (v - x).abs() < 1e-9;
+        assert!(near(both.own.expect("known"), 0.4));
+        // A thread seen in one slice only used nothing in the other.
+        assert_eq!(both.threads.len(), 2);
+        assert!(both.threads[0].0 == "truce-http" && near(both.threads[0].1, 0.8));
+        assert!(both.threads[1].0 == "fjall:worker" && near(both.threads[1].1, 0.1));
+    }
+
+    #[test]
+    fn the_threads_of_this_process_are_found_by_name() {
+        let busy = std::thread::Builder::new()
+            .name("bench-cpu-test".into())
+            .spawn(|| {
+                let start = Instant::now();
+                let mut x = 0u64;
+                while start.elapsed() < std::time::Duration::from_millis(50) {
+                    x = std::hint::black_box(x.wrapping_add(1));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                x
+            })
+            .expect("spawn");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let ticks = thread_ticks(&[std::process::id()]);
+        busy.join().expect("join");
+        assert!(ticks.contains_key("bench-cpu-test"), "{ticks:?}");
     }
 }

@@ -224,6 +224,7 @@ mod tests {
                 own: Some(0.5),
                 watched: Some(1.4),
                 others: Some(0.01),
+                threads: Vec::new(),
             },
             peer: outcome("sqlite", 70_000),
         };

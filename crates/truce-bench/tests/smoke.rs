@@ -125,6 +125,28 @@ fn every_workload_runs_against_every_available_peer() {
         if !workload.starts_with("embedded-hot-counter") && system != "postgres" {
             assert!(r["peak_memory_kib"].as_u64().is_some(), "no peak memory: {r}");
         }
+        if !workload.starts_with("embedded-hot-counter") && system == "truce" {
+            // What bounds a figure: the server's CPU by thread, and its committer.
+            let threads = r["server_thread_cpu_cores"].as_object().expect("thread split");
+            for name in ["truce-http", "truce-committer"] {
+                assert!(
+                    threads.get(name).is_some_and(|c| c.is_f64()),
+                    "no {name} CPU: {r}"
+                );
+            }
+            assert!(
+                r["committer_groups_per_s"].as_f64().is_some_and(|g| g > 0.0),
+                "no committer figures: {r}"
+            );
+            let size = r["committer_group_size"].as_f64().expect("group size");
+            let share = r["committer_store_share"].as_f64().expect("store share");
+            assert!(size >= 1.0 && (0.0..=1.0).contains(&share), "{r}");
+        } else {
+            assert!(
+                r["committer_groups_per_s"].is_null(),
+                "a committer outside Truce's server: {r}"
+            );
+        }
     }
     assert!(stdout.contains("truce/this"), "no table:\n{stdout}");
     let results = std::fs::read_to_string(out.path().join("results.json")).expect("results.json written");

@@ -12,6 +12,7 @@ use std::cell::Cell;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use super::committer::Committer;
 use crate::cpu;
 use crate::progress::Progress;
 use crate::stats::Recorder;
@@ -54,6 +55,9 @@ pub struct Measured {
     pub usage: cpu::Usage,
     /// Operations finished in each whole second.
     pub per_second: Vec<u64>,
+    /// Truce's committer meanwhile (None for the peers, or when the server's
+    /// metrics could not be read).
+    pub committer: Option<Committer>,
 }
 
 impl Measured {
@@ -61,14 +65,14 @@ impl Measured {
     /// CPU split averaged over both.
     pub fn absorb(&mut self, later: Measured) {
         let (a, b) = (self.elapsed.as_secs_f64(), later.elapsed.as_secs_f64());
-        let mean = |x: Option<f64>, y: Option<f64>| match (x, y) {
-            (Some(x), Some(y)) if a + b > 0.0 => Some((x * a + y * b) / (a + b)),
-            _ => x.or(y),
-        };
-        self.usage = cpu::Usage {
-            own: mean(self.usage.own, later.usage.own),
-            watched: mean(self.usage.watched, later.usage.watched),
-            others: mean(self.usage.others, later.usage.others),
+        self.usage = self.usage.weighted(a, &later.usage, b);
+        // Figures of only some slices would not describe the run: all or none.
+        self.committer = match (self.committer, later.committer) {
+            (Some(mut total), Some(slice)) => {
+                total.absorb(slice);
+                Some(total)
+            }
+            _ => None,
         };
         self.totals.merge(&later.totals);
         self.elapsed += later.elapsed;
@@ -158,6 +162,7 @@ pub fn drive<C: Client + 'static>(
         elapsed,
         usage: cpu::Snapshot::take(watched).since(&cpu_before),
         per_second,
+        committer: None,
     };
     (measured, clients)
 }

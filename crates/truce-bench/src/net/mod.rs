@@ -7,6 +7,7 @@
 //! SQLite, in process) closes the table. Results: a table, JSON, PNG charts.
 
 pub mod charts;
+pub mod committer;
 pub mod load;
 mod pg_peer;
 mod redis_peer;
@@ -24,6 +25,7 @@ use crate::pg::{self, PgError, PgServer};
 use crate::server::{self, TruceServer};
 use crate::stats::Report;
 use crate::{sqlite_side, truce_side};
+use committer::{Committer, Counters};
 use load::{Client, Measured, Pace};
 use report::{Mode, Row};
 
@@ -416,6 +418,14 @@ impl Side {
     }
 
     /// The server's process ids, for the CPU split.
+    /// Truce's committer counters now; `None` for the peers.
+    fn committer_counters(&self) -> Option<Counters> {
+        match &self.server {
+            Server::Truce(s) => Counters::read(s.addr),
+            Server::Redis(_) | Server::Postgres { .. } => None,
+        }
+    }
+
     fn watched(&self) -> Vec<u32> {
         match &self.server {
             Server::Truce(s) => vec![s.process.pid()],
@@ -492,7 +502,11 @@ fn measure(workload: Workload, sides: &mut [Side], options: &Options) -> Vec<Row
                     round + 1
                 );
                 let watched = side.watched();
-                let measured = side.clients.slice(&side.runtime, &label, slice, pace, &watched);
+                let before = side.committer_counters();
+                let mut measured = side.clients.slice(&side.runtime, &label, slice, pace, &watched);
+                measured.committer = before
+                    .zip(side.committer_counters())
+                    .map(|(before, after)| Committer::between(before, after, measured.elapsed.as_secs_f64()));
                 let (_, peak) = side.memory();
                 peaks[i] = peaks[i].max(peak);
                 match &mut merged[i] {
@@ -551,7 +565,8 @@ fn measure(workload: Workload, sides: &mut [Side], options: &Options) -> Vec<Row
 /// One run's row, and its summary line.
 fn summarize(workload: Workload, system: System, mode: Mode, clients: usize, measured: &Measured) -> Row {
     let row = Row {
-        usage: measured.usage,
+        usage: measured.usage.clone(),
+        committer: measured.committer,
         per_second: measured.per_second.clone(),
         ..Row::new(
             workload.name(),
@@ -563,7 +578,7 @@ fn summarize(workload: Workload, system: System, mode: Mode, clients: usize, mea
         )
     };
     println!(
-        "{} {} {}: {:.0} ops/s, p50/p99/p999 {}/{}/{} µs, {} errors; {}; per second: {}",
+        "{} {} {}: {:.0} ops/s, p50/p99/p999 {}/{}/{} µs, {} errors; {}{}; per second: {}",
         system.name(),
         workload.name(),
         row.mode_name(),
@@ -573,6 +588,7 @@ fn summarize(workload: Workload, system: System, mode: Mode, clients: usize, mea
         row.p999_us,
         row.errors,
         measured.usage,
+        measured.committer.map(|c| format!("; {c}")).unwrap_or_default(),
         crate::driver::timeline(&measured.per_second)
     );
     row

@@ -4,6 +4,7 @@
 use std::fmt::Write as _;
 
 use super::System;
+use super::committer::Committer;
 use crate::cpu;
 use crate::stats::{Outcome, Recorder, json_float, json_object, per_second};
 
@@ -52,6 +53,8 @@ pub struct Row {
     pub memory_kind: &'static str,
     /// Cores used during the run.
     pub usage: cpu::Usage,
+    /// Truce's committer during the run (network rows of Truce only).
+    pub committer: Option<Committer>,
     /// The post-run check.
     pub check: Result<String, String>,
     /// Operations finished in each second.
@@ -85,6 +88,7 @@ impl Row {
             peak_memory_kib: None,
             memory_kind: "",
             usage: cpu::Usage::default(),
+            committer: None,
             check: Ok("no check".into()),
             per_second: Vec::new(),
             first_error: totals.first_error.clone(),
@@ -122,6 +126,9 @@ impl Row {
             Mode::Open { target_ops_s } => json_float(target_ops_s, 0),
         };
         let cores = |v: Option<f64>| v.map_or(serde_json::Value::Null, |c| json_float(c, 2));
+        let committer = |figure: fn(&Committer) -> serde_json::Value| {
+            self.committer.as_ref().map_or(serde_json::Value::Null, figure)
+        };
         json_object(&[
             ("bench", "peers".into()),
             ("workload", self.workload.into()),
@@ -141,6 +148,27 @@ impl Row {
             ("client_cpu_cores", cores(self.usage.own)),
             ("server_cpu_cores", cores(self.usage.watched)),
             ("other_cpu_cores", cores(self.usage.others)),
+            (
+                "server_thread_cpu_cores",
+                self.usage
+                    .threads
+                    .iter()
+                    .map(|(name, c)| (name.clone(), json_float(*c, 2)))
+                    .collect::<serde_json::Map<_, _>>()
+                    .into(),
+            ),
+            (
+                "committer_groups_per_s",
+                committer(|c| json_float(c.groups_per_s(), 0)),
+            ),
+            (
+                "committer_group_size",
+                committer(|c| json_float(c.group_size(), 2)),
+            ),
+            (
+                "committer_store_share",
+                committer(|c| json_float(c.store_share(), 3)),
+            ),
             ("check_ok", self.check.is_ok().into()),
             ("per_second", self.per_second.clone().into()),
             (
