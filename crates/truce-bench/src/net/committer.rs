@@ -8,6 +8,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::time::Instant;
 
 use crate::server;
 
@@ -19,6 +20,9 @@ const STORE_SECONDS: &str = "truce_fsync_seconds_sum";
 /// The committer's counters at one instant.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Counters {
+    /// When they were read: the time between two readings is the time the
+    /// counters moved in, so the share of it spent storing cannot pass 1.
+    at: Instant,
     groups: f64,
     requests: f64,
     store_seconds: f64,
@@ -35,7 +39,7 @@ impl Counters {
         Counters::parse(&text)
     }
 
-    /// The counters in a Prometheus text exposition.
+    /// The counters in a Prometheus text exposition read just now.
     pub fn parse(text: &str) -> Option<Counters> {
         let value = |name: &str| {
             text.lines().find_map(|line| {
@@ -44,6 +48,7 @@ impl Counters {
             })
         };
         Some(Counters {
+            at: Instant::now(),
             groups: value(GROUPS)?,
             requests: value(REQUESTS)?,
             store_seconds: value(STORE_SECONDS)?,
@@ -65,13 +70,13 @@ pub struct Committer {
 }
 
 impl Committer {
-    /// From `before` to `after`, `seconds` apart.
-    pub fn between(before: Counters, after: Counters, seconds: f64) -> Committer {
+    /// From `before` to `after`.
+    pub fn between(before: Counters, after: Counters) -> Committer {
         Committer {
             groups: after.groups - before.groups,
             requests: after.requests - before.requests,
             store_seconds: after.store_seconds - before.store_seconds,
-            seconds,
+            seconds: after.at.saturating_duration_since(before.at).as_secs_f64(),
         }
     }
 
@@ -134,12 +139,8 @@ truce_fsync_seconds_count 100
     fn reads_the_counters_from_the_exposition() {
         let counters = Counters::parse(METRICS).expect("parsed");
         assert_eq!(
-            counters,
-            Counters {
-                groups: 100.0,
-                requests: 1150.0,
-                store_seconds: 0.02
-            }
+            (counters.groups, counters.requests, counters.store_seconds),
+            (100.0, 1150.0, 0.02)
         );
         assert_eq!(
             Counters::parse("truce_group_commits_total 1\n"),
@@ -150,19 +151,20 @@ truce_fsync_seconds_count 100
 
     #[test]
     fn figures_come_from_the_difference_and_slices_add_up() {
-        let at = |groups, requests, store_seconds| Counters {
+        let t0 = Instant::now();
+        let at = |second: u64, groups, requests, store_seconds| Counters {
+            at: t0 + std::time::Duration::from_secs(second),
             groups,
             requests,
             store_seconds,
         };
-        let mut run = Committer::between(at(100.0, 1000.0, 1.0), at(4100.0, 46_000.0, 1.8), 1.0);
+        let mut run = Committer::between(at(0, 100.0, 1000.0, 1.0), at(1, 4100.0, 46_000.0, 1.8));
         assert_eq!(run.groups_per_s(), 4000.0);
         assert_eq!(run.group_size(), 11.25);
         assert!((run.store_share() - 0.8).abs() < 1e-9);
         run.absorb(Committer::between(
-            at(0.0, 0.0, 0.0),
-            at(2000.0, 14_000.0, 0.2),
-            1.0,
+            at(5, 0.0, 0.0, 0.0),
+            at(6, 2000.0, 14_000.0, 0.2),
         ));
         assert_eq!(run.groups_per_s(), 3000.0);
         assert_eq!(run.group_size(), 59_000.0 / 6000.0);

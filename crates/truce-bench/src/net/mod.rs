@@ -506,7 +506,7 @@ fn measure(workload: Workload, sides: &mut [Side], options: &Options) -> Vec<Row
                 let mut measured = side.clients.slice(&side.runtime, &label, slice, pace, &watched);
                 measured.committer = before
                     .zip(side.committer_counters())
-                    .map(|(before, after)| Committer::between(before, after, measured.elapsed.as_secs_f64()));
+                    .map(|(before, after)| Committer::between(before, after));
                 let (_, peak) = side.memory();
                 peaks[i] = peaks[i].max(peak);
                 match &mut merged[i] {
