@@ -143,6 +143,15 @@ pub struct ServeArgs {
     /// where CPU is capped or metered (a container's CPU limit).
     #[arg(long, env = "TRUCE_COMMIT_POLL_US")]
     pub commit_poll_us: Option<u64>,
+    /// How many nice steps below the server's own threads the storage's
+    /// background workers (memtable flushes, compactions) run, 0 to 19
+    /// [default: 10]; 0 leaves them at the server's priority. On a machine
+    /// whose cores are busy this keeps compaction bursts from taking CPU from
+    /// the threads that answer, which is where latency under load goes; the
+    /// workers still get CPU, and when flushes fall behind the storage slows
+    /// writers down itself. Linux only.
+    #[arg(long, env = "TRUCE_STORAGE_WORKERS_NICE")]
+    pub storage_workers_nice: Option<i32>,
 }
 
 /// The settings file: the same names as the flags.
@@ -162,6 +171,7 @@ struct FileSettings {
     cache_mib: Option<u64>,
     memtable_mib: Option<u64>,
     commit_poll_us: Option<u64>,
+    storage_workers_nice: Option<i32>,
 }
 
 /// The effective settings of a server.
@@ -191,6 +201,8 @@ pub struct Settings {
     pub memtable_mib: u64,
     /// The committer's poll window bound, µs.
     pub commit_poll_us: u64,
+    /// Nice steps between the storage's workers and the server's threads.
+    pub storage_workers_nice: i32,
 }
 
 impl ServeArgs {
@@ -247,11 +259,21 @@ impl ServeArgs {
                 .commit_poll_us
                 .or(file.commit_poll_us)
                 .unwrap_or(truce::limits::COMMIT_POLL_US_DEFAULT),
+            storage_workers_nice: self
+                .storage_workers_nice
+                .or(file.storage_workers_nice)
+                .unwrap_or(truce::storage::FJALL_WORKERS_NICE_SERVER),
         };
         if settings.commit_poll_us > truce::limits::COMMIT_POLL_US_MAX {
             return Err(format!(
                 "commit_poll_us must be 0 to {}",
                 truce::limits::COMMIT_POLL_US_MAX
+            ));
+        }
+        if !(0..=truce::storage::FJALL_WORKERS_NICE_MAX).contains(&settings.storage_workers_nice) {
+            return Err(format!(
+                "storage_workers_nice must be 0 to {}",
+                truce::storage::FJALL_WORKERS_NICE_MAX
             ));
         }
         if !(1..=65_536).contains(&settings.cache_mib) || !(1..=1024).contains(&settings.memtable_mib) {
@@ -374,5 +396,36 @@ mod tests {
             ..ServeArgs::default()
         };
         assert_eq!(past.settings().unwrap_err(), "commit_poll_us must be 0 to 1000");
+    }
+
+    #[test]
+    fn the_storage_workers_nice_is_bounded() {
+        assert_eq!(
+            ServeArgs::default().settings().unwrap().storage_workers_nice,
+            10,
+            "the server's default"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("truce.toml");
+        std::fs::write(&file, "storage_workers_nice = 0\n").unwrap();
+        let from_file = ServeArgs {
+            config: Some(file),
+            ..ServeArgs::default()
+        };
+        assert_eq!(
+            from_file.settings().unwrap().storage_workers_nice,
+            0,
+            "0 leaves them alone"
+        );
+        for wrong in [-1, 20] {
+            let args = ServeArgs {
+                storage_workers_nice: Some(wrong),
+                ..ServeArgs::default()
+            };
+            assert_eq!(
+                args.settings().unwrap_err(),
+                "storage_workers_nice must be 0 to 19"
+            );
+        }
     }
 }

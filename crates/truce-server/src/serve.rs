@@ -68,6 +68,7 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
         fjall: truce::storage::FjallOptions {
             cache_bytes: settings.cache_mib << 20,
             memtable_bytes: settings.memtable_mib << 20,
+            workers_nice: settings.storage_workers_nice,
         },
         commit_poll: Duration::from_micros(settings.commit_poll_us),
         ..Options::default()

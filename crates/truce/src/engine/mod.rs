@@ -123,6 +123,12 @@ impl Db {
     /// Opens (or creates) the database in directory `path` with the embedded
     /// storage engine, recovering whatever the last run left durable.
     pub fn open(path: impl AsRef<Path>, options: Options) -> Result<Db> {
+        if !(0..=crate::storage::FJALL_WORKERS_NICE_MAX).contains(&options.fjall.workers_nice) {
+            return Err(Error::LimitExceeded {
+                what: "FJALL_WORKERS_NICE_MAX",
+                limit: crate::storage::FJALL_WORKERS_NICE_MAX as u64,
+            });
+        }
         let storage = FjallStorage::open_with(path.as_ref(), options.fjall)?;
         Db::open_with_storage(Arc::new(storage), options)
     }

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable};
 
 use super::fjall_journal::ZeroAhead;
+use super::fjall_workers::lower_workers;
 use super::{Direction, Durability, Entry, Space, Storage, StorageError, StorageRead, WriteBatch};
 
 /// Journal bytes a batch takes beyond its items: fjall's start and end entries
@@ -35,20 +36,34 @@ pub const FJALL_MEMTABLE_BYTES: u64 = 8 * 1024 * 1024;
 /// pins the whole journal.
 pub const FJALL_JOURNAL_BYTES_MAX: u64 = 64 * 1024 * 1024;
 
-/// How much memory the embedded backend may hold.
+/// How much memory the embedded backend may hold, and how it shares the CPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FjallOptions {
     /// Block cache, shared by every keyspace.
     pub cache_bytes: u64,
     /// Largest memtable of each keyspace (there is one per [`Space`]).
     pub memtable_bytes: u64,
+    /// How much `nice`r than the opening thread fjall's background workers
+    /// (flushes, compactions) run; 0 or less leaves them alone (the default:
+    /// an embedding process decides its own threads' priorities), and the
+    /// result stops at Linux's 19. [`Db::open`](crate::Db::open) accepts 0 to
+    /// [`FJALL_WORKERS_NICE_MAX`](super::FJALL_WORKERS_NICE_MAX); `truce
+    /// serve` sets [`FJALL_WORKERS_NICE_SERVER`]. It applies to every fjall
+    /// worker of the process (see `fjall_workers.rs`).
+    pub workers_nice: i32,
 }
+
+/// The nice steps `truce serve` puts between fjall's workers and its own
+/// threads: on a busy machine it took the open-loop p99 of versioned writes
+/// from 58–83 ms to 28–44 ms at the same throughput (`docs/benchmarks.md`).
+pub const FJALL_WORKERS_NICE_SERVER: i32 = 10;
 
 impl Default for FjallOptions {
     fn default() -> FjallOptions {
         FjallOptions {
             cache_bytes: FJALL_CACHE_BYTES,
             memtable_bytes: FJALL_MEMTABLE_BYTES,
+            workers_nice: 0,
         }
     }
 }
@@ -114,6 +129,13 @@ impl FjallStorage {
             })
             .collect::<Result<Vec<_>, StorageError>>()?;
         drop_legacy_log(&db)?;
+        if options.workers_nice > 0 {
+            // Costs latency under load, never data: logged, not fatal.
+            match lower_workers(options.workers_nice) {
+                Ok(workers) => tracing::debug!(workers, nice = options.workers_nice, "storage workers niced"),
+                Err(e) => tracing::warn!("cannot lower the storage workers' CPU priority: {e}"),
+            }
+        }
         Ok(FjallStorage {
             db,
             spaces: Arc::new(spaces),

@@ -13,10 +13,14 @@ mod crash;
 mod fjall_journal;
 mod fjall_repair;
 mod fjall_store;
+mod fjall_workers;
 mod memory;
 
 pub use crash::{CrashStorage, Tail};
-pub use fjall_store::{FJALL_CACHE_BYTES, FJALL_MEMTABLE_BYTES, FjallOptions, FjallStorage};
+pub use fjall_store::{
+    FJALL_CACHE_BYTES, FJALL_MEMTABLE_BYTES, FJALL_WORKERS_NICE_SERVER, FjallOptions, FjallStorage,
+};
+pub use fjall_workers::{FJALL_WORKER_THREAD, FJALL_WORKERS_NICE_MAX};
 pub use memory::{Fault, MemoryStorage};
 
 /// A separate key space, like a column family or a table. Keys of different

@@ -341,3 +341,34 @@ fn the_commit_poll_window_is_bounded() {
         assert!(c.put("a", json!({"n": micros}), Expect::Absent).unwrap().is_ok());
     }
 }
+
+#[test]
+fn the_storage_workers_nice_is_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = |nice: i32| {
+        Db::open(
+            dir.path(),
+            Options {
+                fjall: truce::storage::FjallOptions {
+                    workers_nice: nice,
+                    ..Default::default()
+                },
+                ..Options::default()
+            },
+        )
+    };
+    for nice in [-1, truce::storage::FJALL_WORKERS_NICE_MAX + 1] {
+        match open(nice).err().unwrap() {
+            Error::LimitExceeded { what, limit } => {
+                assert_eq!((what, limit), ("FJALL_WORKERS_NICE_MAX", 19));
+            }
+            other => panic!("expected LimitExceeded for {nice}, got {other:?}"),
+        }
+    }
+    // 0 leaves the workers alone. What a value in range does to the threads is
+    // checked in tests/workers_nice.rs, in a process of its own: it applies to
+    // every fjall worker of the process, these tests' included.
+    let db = open(0).unwrap();
+    let c = db.collection("c").unwrap();
+    assert!(c.put("a", json!({"n": 0}), Expect::Absent).unwrap().is_ok());
+}
