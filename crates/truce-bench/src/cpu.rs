@@ -281,21 +281,21 @@ mod tests {
 
     #[test]
     fn the_threads_of_this_process_are_found_by_name() {
-        let busy = std::thread::Builder::new()
+        // The thread names itself as it starts, says so, and lives until the
+        // snapshot is taken.
+        let (ready, started) = std::sync::mpsc::channel::<()>();
+        let (done, wait) = std::sync::mpsc::channel::<()>();
+        let named = std::thread::Builder::new()
             .name("bench-cpu-test".into())
-            .spawn(|| {
-                let start = Instant::now();
-                let mut x = 0u64;
-                while start.elapsed() < std::time::Duration::from_millis(50) {
-                    x = std::hint::black_box(x.wrapping_add(1));
-                }
-                std::thread::sleep(std::time::Duration::from_millis(200));
-                x
+            .spawn(move || {
+                ready.send(()).expect("send");
+                wait.recv()
             })
             .expect("spawn");
-        std::thread::sleep(std::time::Duration::from_millis(100));
+        started.recv().expect("started");
         let ticks = thread_ticks(&[std::process::id()]);
-        busy.join().expect("join");
+        drop(done);
+        let _ = named.join().expect("join");
         assert!(ticks.contains_key("bench-cpu-test"), "{ticks:?}");
     }
 }

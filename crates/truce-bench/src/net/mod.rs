@@ -417,7 +417,6 @@ impl Side {
         })
     }
 
-    /// The server's process ids, for the CPU split.
     /// Truce's committer counters now; `None` for the peers.
     fn committer_counters(&self) -> Option<Counters> {
         match &self.server {
@@ -426,6 +425,7 @@ impl Side {
         }
     }
 
+    /// The server's process ids, for the CPU split.
     fn watched(&self) -> Vec<u32> {
         match &self.server {
             Server::Truce(s) => vec![s.process.pid()],

@@ -6,9 +6,10 @@
 //! as long as it lasts; under a steady arrival rate those dips become the
 //! latency tail (measured in `docs/benchmarks.md`, "What helped: the workers
 //! at a lower CPU priority"). With the workers `nice`r, the scheduler gives
-//! the serving threads the CPU first and the background work the rest. It is not starved for good: the
-//! scheduler still gives a niced thread a share, and when flushes fall behind
-//! fjall slows writers down itself, which frees the CPU the workers need.
+//! the serving threads the CPU first and the background work the rest. It
+//! is not starved for good: the scheduler still gives a niced thread a
+//! share, and when flushes fall behind fjall slows writers down itself,
+//! which frees the CPU the workers need.
 //!
 //! fjall names its workers and starts them when the database opens, so they
 //! are found by name among this process's threads right after the open.
