@@ -1,9 +1,14 @@
-//! The machine line: how many cores, and how fast this disk makes a small write
-//! durable — the one number that bounds every durable benchmark here.
+//! The machine line: how many cores of which CPU, how long waking a sleeping
+//! thread on the other core takes, and how fast this disk makes a small write
+//! durable — the numbers that bound every durable benchmark here. A group
+//! commit is a chain of such wake-ups (request, committer, answer, client) and
+//! one fsync per group, so two runs of the same build are comparable only when
+//! these figures are close.
 
 use std::fmt;
 use std::fs::OpenOptions;
-use std::io::{self, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -20,10 +25,29 @@ const PROBE_DURATION: Duration = Duration::from_secs(1);
 /// appends, more than a second of syncs on any disk we know.
 const PROBE_FILE_BYTES: u64 = 64 * 1024 * 1024;
 
+/// Round trips the wake-up probe times (20–40 µs each on a VM whose idle vCPUs
+/// halt, a few µs on bare metal: a fifth of a second at most).
+const WAKE_ROUNDS: usize = 5_000;
+
+/// Round trips before the timed ones (thread start, first faults).
+const WAKE_WARMUP: usize = 100;
+
 /// What the benchmark runs on.
 pub struct Machine {
     /// Cores available to this process.
     pub cores: usize,
+    /// The CPU's model name, as `/proc/cpuinfo` gives it (a VM's host can change
+    /// between runs, and with it every figure).
+    pub cpu: String,
+    /// The wake-up probe: two threads, on different cores where there are two,
+    /// pass one byte back and forth over a socket pair, each blocked in `read`
+    /// until the other writes. Median round trip (two wake-ups), in µs.
+    pub wake_p50_us: f64,
+    /// The same round trips' 99th percentile, in µs.
+    pub wake_p99_us: f64,
+    /// Where the probe's two threads ran: `on two cores`, `on one core`, or
+    /// (if this process's cores could not be read) where the scheduler put them.
+    pub wake_placement: &'static str,
     /// 4 KiB append + fdatasync rounds per second into a preallocated file.
     pub syncs_per_s: f64,
     /// The median of one such round, in µs.
@@ -43,9 +67,15 @@ impl fmt::Display for Machine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "machine: {} cores; fsync probe (4 KiB append + fdatasync) {:.0} syncs/s, p50 {} µs into a \
-             preallocated file, {:.0} syncs/s, p50 {} µs into a sparse one (as a fjall journal); dir {}",
+            "machine: {} cores ({}); wake-up probe (two threads {} ping-pong over a socket pair) \
+             round trip p50 {:.1} µs, p99 {:.1} µs; fsync probe (4 KiB append + fdatasync) {:.0} syncs/s, \
+             p50 {} µs into a preallocated file, {:.0} syncs/s, p50 {} µs into a sparse one (as a fjall \
+             journal); dir {}",
             self.cores,
+            self.cpu,
+            self.wake_placement,
+            self.wake_p50_us,
+            self.wake_p99_us,
             self.syncs_per_s,
             self.sync_p50_us,
             self.sparse_syncs_per_s,
@@ -55,9 +85,15 @@ impl fmt::Display for Machine {
     }
 }
 
-/// Counts the cores and measures the disk under `dir` for about two seconds.
+/// Counts the cores, times wake-ups between them, and measures the disk under
+/// `dir`, for about two seconds.
 pub fn probe(dir: &Path) -> io::Result<Machine> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|text| cpu_model(&text))
+        .unwrap_or_else(|| "CPU model unknown".to_string());
+    let wake = wake_round_trips(WAKE_WARMUP, WAKE_ROUNDS)?;
     let scratch = tempfile::tempdir_in(dir)?;
     let open = |name: &str| {
         OpenOptions::new()
@@ -83,6 +119,10 @@ pub fn probe(dir: &Path) -> io::Result<Machine> {
     let (sparse_syncs_per_s, sparse_sync_p50_us) = sync_rounds(&mut sparse)?;
     Ok(Machine {
         cores,
+        cpu,
+        wake_p50_us: wake.p50_us,
+        wake_p99_us: wake.p99_us,
+        wake_placement: wake.placement,
         syncs_per_s,
         sync_p50_us,
         sparse_syncs_per_s,
@@ -110,4 +150,141 @@ fn sync_rounds(file: &mut std::fs::File) -> io::Result<(f64, u64)> {
         per_second(rounds.ok, started.elapsed()),
         rounds.percentile_us(0.5),
     ))
+}
+
+/// The first `model name` of a `/proc/cpuinfo` text.
+fn cpu_model(cpuinfo: &str) -> Option<String> {
+    cpuinfo.lines().find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        (key.trim() == "model name" && !value.trim().is_empty()).then(|| value.trim().to_string())
+    })
+}
+
+/// What the wake-up probe measured.
+struct WakeRoundTrips {
+    p50_us: f64,
+    p99_us: f64,
+    placement: &'static str,
+}
+
+/// `warmup` then `rounds` timed round trips of one byte between two threads,
+/// each pinned to one of the first two cores this process may use (both to
+/// the same core when it may use only one). Each side blocks in `read`, so
+/// every hop is a sleeping thread woken on the other core: the step a request
+/// takes from an HTTP thread to the committer and back. The calling thread is
+/// never pinned.
+fn wake_round_trips(warmup: usize, rounds: usize) -> io::Result<WakeRoundTrips> {
+    let cpus = allowed_cpus();
+    let (here, there, placement) = match cpus.as_slice() {
+        [] => (None, None, "where the scheduler put them"),
+        [only] => (Some(*only), Some(*only), "on one core"),
+        [first, second, ..] => (Some(*first), Some(*second), "on two cores"),
+    };
+    let (mut near, mut far) = UnixStream::pair()?;
+    let mut round_trips = std::thread::scope(|scope| -> io::Result<Vec<Duration>> {
+        let echo = scope.spawn(move || -> io::Result<()> {
+            pin_to(there);
+            let mut byte = [0u8; 1];
+            // Ends when the other side closes its end: read returns 0.
+            while far.read(&mut byte)? == 1 {
+                far.write_all(&byte)?;
+            }
+            Ok(())
+        });
+        let timer = scope.spawn(move || -> io::Result<Vec<Duration>> {
+            pin_to(here);
+            let mut round_trips = Vec::with_capacity(rounds);
+            let mut byte = [0u8; 1];
+            for round in 0..warmup + rounds {
+                let started = Instant::now();
+                near.write_all(&byte)?;
+                near.read_exact(&mut byte)?;
+                if round >= warmup {
+                    round_trips.push(started.elapsed());
+                }
+            }
+            Ok(round_trips)
+        });
+        let panicked = || io::Error::other("a wake-up probe thread panicked");
+        let round_trips = timer.join().map_err(|_| panicked())?;
+        echo.join().map_err(|_| panicked())??;
+        round_trips
+    })?;
+    round_trips.sort_unstable();
+    let at = |q: f64| {
+        let index = ((round_trips.len() as f64 * q) as usize).min(round_trips.len().saturating_sub(1));
+        round_trips.get(index).map_or(0.0, |d| d.as_secs_f64() * 1e6)
+    };
+    Ok(WakeRoundTrips {
+        p50_us: at(0.5),
+        p99_us: at(0.99),
+        placement,
+    })
+}
+
+/// The cores this process may run on, lowest first (empty if unknown).
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: `set` is a plain bitmask the call fills in; its size is passed.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Vec::new();
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&cpu| libc::CPU_ISSET(cpu, &set))
+            .collect()
+    }
+}
+
+/// Pins the calling thread to `cpu` (nothing if unknown).
+fn pin_to(cpu: Option<usize>) {
+    if let Some(cpu) = cpu {
+        set_affinity(&[cpu]);
+    }
+}
+
+/// The calling thread may run on `cpus` only. A failure leaves it as it was:
+/// the probe then measures whatever placement the scheduler picks.
+fn set_affinity(cpus: &[usize]) {
+    // SAFETY: `set` is a plain bitmask built here; pid 0 is the calling thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for &cpu in cpus {
+            libc::CPU_SET(cpu, &mut set);
+        }
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_model_is_the_first_model_name() {
+        let text = "processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC\n\n\
+                    processor\t: 1\nmodel name\t: Other\n";
+        assert_eq!(cpu_model(text).as_deref(), Some("AMD EPYC"));
+        assert_eq!(cpu_model("processor\t: 0\nmodel name\t:   \n"), None);
+        assert_eq!(cpu_model(""), None);
+    }
+
+    #[test]
+    fn wake_probe_times_round_trips_and_leaves_the_caller_unpinned() {
+        let before = allowed_cpus();
+        let wake = wake_round_trips(10, 200).expect("the probe runs");
+        assert!(
+            wake.p50_us > 0.0 && wake.p50_us <= wake.p99_us,
+            "p50 {} p99 {}",
+            wake.p50_us,
+            wake.p99_us
+        );
+        let expected = match before.len() {
+            0 => "where the scheduler put them",
+            1 => "on one core",
+            _ => "on two cores",
+        };
+        assert_eq!(wake.placement, expected);
+        assert_eq!(allowed_cpus(), before, "the calling thread was pinned");
+    }
 }

@@ -81,6 +81,15 @@ fn every_workload_runs_against_every_available_peer() {
         rates.len() == 2 && rates.iter().all(|rate| *rate > 0.0) && machine.contains("into a sparse one"),
         "two fsync probes in the machine line: {machine}"
     );
+    // The wake-up probe ran: a round trip takes time, its p99 no less.
+    let wake: Vec<f64> = ["round trip p50 ", ", p99 "]
+        .iter()
+        .filter_map(|label| machine.split(label).nth(1)?.split(" µs").next()?.parse().ok())
+        .collect();
+    assert!(
+        wake.len() == 2 && wake[0] > 0.0 && wake[0] <= wake[1] && machine.contains(" cores ("),
+        "the CPU and the wake-up probe in the machine line: {machine}"
+    );
     let rows: Vec<serde_json::Value> = stdout
         .lines()
         .filter(|line| line.starts_with('{'))
