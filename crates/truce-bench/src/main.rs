@@ -286,7 +286,7 @@ fn run(cli: &Cli) -> BoxResult<Vec<Box<dyn Report>>> {
             rounds: cli.rounds,
             out: cli.out.clone(),
         };
-        done.push(Box::new(net::run(&options)?));
+        done.push(Box::new(net::run(&options, &machine)?));
     }
     Ok(done)
 }

@@ -74,15 +74,39 @@ impl fmt::Display for Machine {
             self.cores,
             self.cpu,
             self.wake_placement,
-            self.wake_p50_us,
-            self.wake_p99_us,
-            self.syncs_per_s,
+            round1(self.wake_p50_us),
+            round1(self.wake_p99_us),
+            self.syncs_per_s.round(),
             self.sync_p50_us,
-            self.sparse_syncs_per_s,
+            self.sparse_syncs_per_s.round(),
             self.sparse_sync_p50_us,
             self.dir.display()
         )
     }
+}
+
+impl Machine {
+    /// The same figures as one JSON object (`machine.json` beside a `peers`
+    /// run's results, so that the results say which machine made them).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "cores": self.cores,
+            "cpu": self.cpu,
+            "wake_round_trip_p50_us": round1(self.wake_p50_us),
+            "wake_round_trip_p99_us": round1(self.wake_p99_us),
+            "wake_placement": self.wake_placement,
+            "syncs_per_s": self.syncs_per_s.round(),
+            "sync_p50_us": self.sync_p50_us,
+            "sparse_syncs_per_s": self.sparse_syncs_per_s.round(),
+            "sparse_sync_p50_us": self.sparse_sync_p50_us,
+            "dir": self.dir.display().to_string(),
+        })
+    }
+}
+
+/// `x` to one decimal: the machine line and machine.json show the same figure.
+fn round1(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
 }
 
 /// Counts the cores, times wake-ups between them, and measures the disk under
@@ -267,6 +291,31 @@ mod tests {
         assert_eq!(cpu_model(text).as_deref(), Some("AMD EPYC"));
         assert_eq!(cpu_model("processor\t: 0\nmodel name\t:   \n"), None);
         assert_eq!(cpu_model(""), None);
+    }
+
+    #[test]
+    fn machine_json_has_every_figure_of_the_line() {
+        let machine = Machine {
+            cores: 2,
+            cpu: "AMD EPYC".into(),
+            wake_p50_us: 41.06,
+            wake_p99_us: 67.54,
+            wake_placement: "on two cores",
+            syncs_per_s: 9491.6,
+            sync_p50_us: 103,
+            sparse_syncs_per_s: 5924.2,
+            sparse_sync_p50_us: 167,
+            dir: PathBuf::from("/tmp"),
+        };
+        assert_eq!(
+            machine.json(),
+            serde_json::json!({
+                "cores": 2, "cpu": "AMD EPYC", "wake_round_trip_p50_us": 41.1,
+                "wake_round_trip_p99_us": 67.5, "wake_placement": "on two cores",
+                "syncs_per_s": 9492.0, "sync_p50_us": 103, "sparse_syncs_per_s": 5924.0,
+                "sparse_sync_p50_us": 167, "dir": "/tmp"
+            })
+        );
     }
 
     #[test]

@@ -160,6 +160,19 @@ fn every_workload_runs_against_every_available_peer() {
     assert!(stdout.contains("truce/this"), "no table:\n{stdout}");
     let results = std::fs::read_to_string(out.path().join("results.json")).expect("results.json written");
     assert_eq!(results.lines().count(), rows.len());
+    // The machine the results came from, beside them, as the machine line has it.
+    let written: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.path().join("machine.json")).expect("machine.json written"),
+    )
+    .expect("machine.json is JSON");
+    assert!(
+        written["cpu"]
+            .as_str()
+            .is_some_and(|cpu| machine.contains(&format!("cores ({cpu})")))
+            && written["wake_round_trip_p50_us"].as_f64() == Some(wake[0])
+            && written["syncs_per_s"].as_f64() == Some(rates[0]),
+        "machine.json {written} against the machine line {machine}"
+    );
     if stdout.contains("charts: ") {
         for workload in [
             "hot-counter",

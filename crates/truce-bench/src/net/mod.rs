@@ -135,7 +135,7 @@ pub struct Options {
     pub open_loop: bool,
     /// Slices per system and pace, alternating between the systems.
     pub rounds: u32,
-    /// Where the charts and results.json go.
+    /// Where the charts, results.json and machine.json go.
     pub out: PathBuf,
 }
 
@@ -161,8 +161,9 @@ impl Report for PeersReport {
     }
 }
 
-/// Runs everything asked, prints the table, writes results.json and the charts.
-pub fn run(options: &Options) -> BoxResult<PeersReport> {
+/// Runs everything asked, prints the table, writes results.json, machine.json
+/// (the machine line's figures) and the charts.
+pub fn run(options: &Options, machine: &crate::probe::Machine) -> BoxResult<PeersReport> {
     let skipped = |system: System| options.skip.contains(&system);
     let truce_bin = if skipped(System::Truce) || options.workloads.is_empty() {
         None
@@ -224,6 +225,7 @@ pub fn run(options: &Options) -> BoxResult<PeersReport> {
     std::fs::create_dir_all(&options.out)?;
     let results = options.out.join("results.json");
     std::fs::write(&results, format!("{}\n", report.json_line()))?;
+    std::fs::write(options.out.join("machine.json"), format!("{}\n", machine.json()))?;
     match charts::draw(&report.rows, &options.out) {
         Ok(files) => println!(
             "results: {}; charts: {}",
