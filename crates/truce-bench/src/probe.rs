@@ -25,8 +25,8 @@ const PROBE_DURATION: Duration = Duration::from_secs(1);
 /// appends, more than a second of syncs on any disk we know.
 const PROBE_FILE_BYTES: u64 = 64 * 1024 * 1024;
 
-/// Round trips the wake-up probe times (20–40 µs each on a VM whose idle vCPUs
-/// halt, a few µs on bare metal: a fifth of a second at most).
+/// Round trips the wake-up probe times (20–60 µs each on a VM whose idle vCPUs
+/// halt, a few µs on bare metal: a third of a second at most).
 const WAKE_ROUNDS: usize = 5_000;
 
 /// Round trips before the timed ones (thread start, first faults).
