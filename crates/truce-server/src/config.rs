@@ -372,15 +372,22 @@ mod tests {
         assert_eq!(s.commit_poll_us, truce::limits::COMMIT_POLL_US_DEFAULT);
     }
 
-    #[test]
-    fn the_commit_poll_window_is_bounded() {
+    /// Arguments naming a settings file that holds `text` (kept while the
+    /// returned directory lives).
+    fn from_file(text: &str) -> (tempfile::TempDir, ServeArgs) {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("truce.toml");
-        std::fs::write(&file, "commit_poll_us = 0\n").unwrap();
-        let from_file = ServeArgs {
+        std::fs::write(&file, text).unwrap();
+        let args = ServeArgs {
             config: Some(file),
             ..ServeArgs::default()
         };
+        (dir, args)
+    }
+
+    #[test]
+    fn the_commit_poll_window_is_bounded() {
+        let (_dir, from_file) = from_file("commit_poll_us = 0\n");
         assert_eq!(
             from_file.settings().unwrap().commit_poll_us,
             0,
@@ -405,13 +412,7 @@ mod tests {
             10,
             "the server's default"
         );
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("truce.toml");
-        std::fs::write(&file, "storage_workers_nice = 0\n").unwrap();
-        let from_file = ServeArgs {
-            config: Some(file),
-            ..ServeArgs::default()
-        };
+        let (_dir, from_file) = from_file("storage_workers_nice = 0\n");
         assert_eq!(
             from_file.settings().unwrap().storage_workers_nice,
             0,

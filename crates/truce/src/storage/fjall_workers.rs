@@ -31,7 +31,7 @@ pub const FJALL_WORKERS_NICE_MAX: i32 = 19;
 /// one name.
 #[cfg(target_os = "linux")]
 pub(super) fn lower_workers(nice: i32) -> std::io::Result<usize> {
-    let own = priority(0)?;
+    let own = own_priority()?;
     let target = own.saturating_add(nice).min(FJALL_WORKERS_NICE_MAX);
     let mut lowered = 0;
     for task in std::fs::read_dir("/proc/self/task")? {
@@ -63,14 +63,14 @@ pub(super) fn lower_workers(_nice: i32) -> std::io::Result<usize> {
     Ok(0)
 }
 
-/// The nice value of thread `tid` (0: the calling thread).
+/// The calling thread's nice value.
 #[cfg(target_os = "linux")]
-fn priority(tid: libc::id_t) -> std::io::Result<i32> {
+fn own_priority() -> std::io::Result<i32> {
     // SAFETY: plain system calls; `getpriority` may rightly return -1, so
-    // errno is cleared first and read after.
+    // errno is cleared first and read after. Who 0 is the calling thread.
     unsafe {
         *libc::__errno_location() = 0;
-        let nice = libc::getpriority(libc::PRIO_PROCESS, tid);
+        let nice = libc::getpriority(libc::PRIO_PROCESS, 0);
         let e = std::io::Error::last_os_error();
         if nice == -1 && e.raw_os_error().is_some_and(|code| code != 0) {
             return Err(e);
