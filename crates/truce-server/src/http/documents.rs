@@ -325,7 +325,7 @@ mod tests {
         let doc = users.get("u\"1").expect("get").expect("present");
         for effect in [Effect::Created, Effect::Updated, Effect::NoOp, Effect::Skipped] {
             let written = Written {
-                doc: doc.clone(),
+                doc: doc.clone().into(),
                 effect,
             };
             let mut bytes = Vec::new();

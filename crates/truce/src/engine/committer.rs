@@ -221,7 +221,7 @@ pub fn read_meta_counter(storage: &dyn crate::storage::StorageRead, key: &[u8]) 
 }
 
 /// Evaluates a `check` operation.
-fn check(op: &PreparedOp, current: Option<&Document>) -> std::result::Result<Option<Written>, Conflict> {
+fn check(op: &PreparedOp, current: Option<&Arc<Document>>) -> std::result::Result<Option<Written>, Conflict> {
     let live = current.filter(|d| !d.is_deleted());
     let failed = match (op.expect, live) {
         (Expect::Any, _) | (Expect::Absent, None) => None,
@@ -234,10 +234,10 @@ fn check(op: &PreparedOp, current: Option<&Document>) -> std::result::Result<Opt
     match failed {
         Some(reason) => Err(Conflict {
             reason,
-            current: live.cloned(),
+            current: live.map(|d| Document::clone(d)),
         }),
         None => Ok(live.map(|doc| Written {
-            doc: doc.clone(),
+            doc: Arc::clone(doc),
             effect: Effect::Checked,
         })),
     }
@@ -752,7 +752,10 @@ impl Committer {
                     None => claimed.push((prefix, &state.doc.id)),
                     Some(holder) => {
                         let key = tx::doc_key(&op.collection, &holder);
-                        let current = group.current(&key, &holder)?.filter(|d| !d.is_deleted()).cloned();
+                        let current = group
+                            .current(&key, &holder)?
+                            .filter(|d| !d.is_deleted())
+                            .map(|d| Document::clone(d));
                         let conflict = Conflict {
                             reason: ConflictReason::UniqueViolation,
                             current,
@@ -811,6 +814,10 @@ impl Committer {
         effects: CounterEffects,
         written: &mut Vec<(Space, Vec<u8>)>,
     ) {
+        // Most commits touch no collection with counters: spare them the work.
+        if effects.in_commit.is_empty() && effects.after_commit.is_empty() {
+            return;
+        }
         self.apply_increments(group, counters::coalesce(effects.in_commit), written);
         for (n, inc) in counters::coalesce(effects.after_commit).into_iter().enumerate() {
             let mut key = group.seq.to_be_bytes().to_vec();
@@ -1292,7 +1299,7 @@ pub(crate) fn settle_from_durable(shared: &Shared, commit: &mut Commit) -> Resul
         return Ok(None);
     }
     let durable_seq = shared.watermark.durable_seq();
-    let current = read_document(&*shared.storage, &op.key, &op.id)?;
+    let current = read_document(&*shared.storage, &op.key, &op.id)?.map(Arc::new);
     if current.as_ref().is_some_and(|d| d.meta.seq > durable_seq) {
         return Ok(None);
     }
@@ -1376,15 +1383,15 @@ fn is_expired_for_writers(doc: &Document, ttl: &config::TtlConfig, now_ms: u64) 
 /// A document past its TTL is gone for writers as it is for readers, even
 /// before the sweeper's tombstone: seen as deleted (so a new document
 /// continues its version history).
-fn expired_as_deleted(doc: &Document) -> Document {
-    Document {
+fn expired_as_deleted(doc: &Document) -> Arc<Document> {
+    Arc::new(Document {
         id: doc.id.clone(),
         meta: crate::doc::Meta {
             deleted: true,
             ..doc.meta
         },
         body: crate::doc::Body::new(),
-    }
+    })
 }
 
 /// Whether a document's TTL field says it has expired at `now_ms`.

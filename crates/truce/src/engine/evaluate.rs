@@ -30,8 +30,8 @@ pub enum WriteOp {
 
 /// A new document state to store, with its canonical body bytes.
 pub struct NewState {
-    /// The state.
-    pub doc: Document,
+    /// The state, shared with the write's answer.
+    pub doc: Arc<Document>,
     /// `doc::canonical_bytes(&doc.body)`.
     pub canonical: Vec<u8>,
 }
@@ -54,10 +54,10 @@ fn conflict(reason: ConflictReason, current: Option<&Document>) -> Result<(Write
     ))
 }
 
-fn unchanged(current: &Document, effect: Effect) -> Result<(WriteResult, Option<NewState>)> {
+fn unchanged(current: &Arc<Document>, effect: Effect) -> Result<(WriteResult, Option<NewState>)> {
     Ok((
         Ok(Written {
-            doc: current.clone(),
+            doc: Arc::clone(current),
             effect,
         }),
         None,
@@ -85,12 +85,12 @@ pub fn evaluate(
     id: &str,
     op: &WriteOp,
     expect: Expect,
-    current: Option<&Document>,
+    current: Option<&Arc<Document>>,
     clock: &CommitClock,
 ) -> Result<(WriteResult, Option<NewState>)> {
     let live = current.filter(|d| !d.is_deleted());
-    if let Some(reason) = precondition_fails(expect, live) {
-        return conflict(reason, live);
+    if let Some(reason) = precondition_fails(expect, live.map(|d| &**d)) {
+        return conflict(reason, live.map(|d| &**d));
     }
     let (body, canonical, deleted) = match op {
         WriteOp::Put { body, canonical } => {
@@ -110,7 +110,7 @@ pub fn evaluate(
                         && !condition.matches(&doc.body, clock.ts_ms)
                     {
                         return match update.on_false() {
-                            OnFalse::Conflict => conflict(ConflictReason::ConditionFailed, live),
+                            OnFalse::Conflict => conflict(ConflictReason::ConditionFailed, Some(doc)),
                             OnFalse::Skip => unchanged(doc, Effect::Skipped),
                         };
                     }
@@ -132,25 +132,22 @@ pub fn evaluate(
     };
     // A document created over a tombstone continues its version history, so a
     // revision string never names two different states.
-    let version = current
-        .map_or(0, Document::version)
-        .checked_add(1)
-        .ok_or_else(|| {
-            Error::Storage(StorageError::Corrupt(format!(
-                "document {id:?}: version at its maximum"
-            )))
-        })?;
+    let version = current.map_or(0, |d| d.version()).checked_add(1).ok_or_else(|| {
+        Error::Storage(StorageError::Corrupt(format!(
+            "document {id:?}: version at its maximum"
+        )))
+    })?;
     let meta = Meta {
         rev: Rev::compute(version, &canonical, deleted),
         seq: clock.seq,
         ts_ms: clock.ts_ms,
         deleted,
     };
-    let doc = Document {
+    let doc = Arc::new(Document {
         id: id.to_string(),
         meta,
         body,
-    };
+    });
     let effect = match (deleted, live) {
         (true, _) => Effect::Deleted,
         (false, None) => Effect::Created,
@@ -158,7 +155,7 @@ pub fn evaluate(
     };
     Ok((
         Ok(Written {
-            doc: doc.clone(),
+            doc: Arc::clone(&doc),
             effect,
         }),
         Some(NewState { doc, canonical }),
@@ -173,4 +170,58 @@ pub fn check_precondition(op: &WriteOp, expect: Expect) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn patch(spec: serde_json::Value) -> WriteOp {
+        WriteOp::Patch(Arc::new(Update::parse(&spec).expect("a valid update")))
+    }
+
+    const CLOCK: CommitClock = CommitClock { seq: 7, ts_ms: 1_000 };
+
+    #[test]
+    fn a_write_answers_with_the_state_it_stores_not_a_copy() {
+        let (answer, state) = evaluate(
+            "a",
+            &patch(json!({"$inc": {"n": 1}, "$upsert": true})),
+            Expect::Any,
+            None,
+            &CLOCK,
+        )
+        .expect("evaluated");
+        let (written, state) = (answer.expect("no conflict"), state.expect("a new state"));
+        assert_eq!(written.effect, Effect::Created);
+        assert_eq!(written.doc.body["n"], 1);
+        assert!(Arc::ptr_eq(&written.doc, &state.doc));
+    }
+
+    #[test]
+    fn a_write_that_changes_nothing_answers_with_the_current_state_itself() {
+        let (_, created) = evaluate(
+            "a",
+            &patch(json!({"$set": {"n": 1}, "$upsert": true})),
+            Expect::Any,
+            None,
+            &CLOCK,
+        )
+        .expect("evaluated");
+        let current = created.expect("a new state").doc;
+        let (answer, state) = evaluate(
+            "a",
+            &patch(json!({"$set": {"n": 1}})),
+            Expect::Any,
+            Some(&current),
+            &CLOCK,
+        )
+        .expect("evaluated");
+        let written = answer.expect("no conflict");
+        assert!(state.is_none());
+        assert_eq!(written.effect, Effect::NoOp);
+        assert!(Arc::ptr_eq(&written.doc, &current));
+    }
 }

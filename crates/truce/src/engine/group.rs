@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
+use std::sync::Arc;
 
 use foldhash::{HashMap, HashMapExt};
 
@@ -24,7 +25,8 @@ use super::tx::changes_key;
 
 /// A document touched by the group.
 struct Slot {
-    current: Option<Document>,
+    /// Shared with the answers of the group's writes of it.
+    current: Option<Arc<Document>>,
     /// Canonical body bytes of `current` if the group wrote it.
     written: Option<Vec<u8>>,
     /// The sequence number of the stored state (tombstones included) the group
@@ -63,18 +65,18 @@ impl<'a> Group<'a> {
 
     /// The current state of document `key` (tombstones included), read from storage
     /// the first time the group touches it.
-    pub fn current(&mut self, key: &[u8], id: &str) -> Result<Option<&Document>> {
+    pub fn current(&mut self, key: &[u8], id: &str) -> Result<Option<&Arc<Document>>> {
         if self.slots.contains_key(key) {
             return Ok(self.slots.get(key).and_then(|s| s.current.as_ref()));
         }
         let stored = read_document(self.storage, key, id)?;
-        Ok(self.current_seen(key, stored))
+        Ok(self.current_seen(key, stored.map(Arc::new)))
     }
 
     /// [`current`](Self::current) when the caller knows the stored state
     /// (`stored`, read before the group and unchanged since): the group's own
     /// write if it has one, else `stored`, without reading storage.
-    pub fn current_seen(&mut self, key: &[u8], stored: Option<Document>) -> Option<&Document> {
+    pub fn current_seen(&mut self, key: &[u8], stored: Option<Arc<Document>>) -> Option<&Arc<Document>> {
         let slot = self.slots.entry(key.to_vec()).or_insert_with(|| Slot {
             stored_seq: stored.as_ref().map(|d| d.meta.seq),
             current: stored,

@@ -2,6 +2,7 @@
 //! conflict carrying the current document. Conflicts are values, not errors.
 
 use std::fmt;
+use std::sync::Arc;
 
 use crate::doc::{Document, Rev};
 use crate::error::{Error, Result};
@@ -131,8 +132,9 @@ pub fn effect_from_name(name: &str) -> Option<Effect> {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Written {
     /// The document after the write (for a delete, the tombstone; for a no-op or
-    /// a skip, the unchanged current document).
-    pub doc: Document,
+    /// a skip, the unchanged current document). Shared with the committer's
+    /// own view of the document, so an answer costs no copy of it.
+    pub doc: Arc<Document>,
     /// What happened.
     pub effect: Effect,
 }

@@ -266,7 +266,7 @@ pub struct Commit {
 /// then it is still the stored state.
 pub struct Seen {
     pub seq: u64,
-    pub doc: Option<crate::doc::Document>,
+    pub doc: Option<std::sync::Arc<crate::doc::Document>>,
 }
 
 /// A committed transaction.
@@ -389,7 +389,10 @@ pub fn decode_committed(bytes: &[u8]) -> Result<TxCommitted> {
                 .and_then(super::outcome::effect_from_name)
                 .ok_or_else(corrupt)?;
             let doc = Document::from_json(r.get("doc").ok_or_else(corrupt)?).ok_or_else(corrupt)?;
-            Ok(Some(Written { doc, effect }))
+            Ok(Some(Written {
+                doc: doc.into(),
+                effect,
+            }))
         })
         .collect::<Result<Vec<_>>>()?;
     Ok(TxCommitted {

@@ -62,7 +62,10 @@ impl Workload<'_> {
             self.acks.push(Ack {
                 events: (self.storage)(),
                 seq: written.doc.meta.seq,
-                docs: vec![(collection.to_string(), written.doc)],
+                docs: vec![(
+                    collection.to_string(),
+                    std::sync::Arc::unwrap_or_clone(written.doc),
+                )],
                 idempotent,
             });
         }
@@ -97,7 +100,7 @@ impl Workload<'_> {
             .into_iter()
             .flatten()
             .filter(|w| matches!(w.effect, Effect::Created | Effect::Updated | Effect::Deleted))
-            .map(|w| (collection_of(&w), w.doc))
+            .map(|w| (collection_of(&w), std::sync::Arc::unwrap_or_clone(w.doc)))
             .collect();
         if !docs.is_empty() {
             self.acks.push(Ack {
