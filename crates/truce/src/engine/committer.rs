@@ -511,7 +511,7 @@ impl Committer {
             if let (Ok(_), Some(state)) =
                 evaluate::evaluate(&id, &WriteOp::Delete, Expect::Any, current, &clock)?
             {
-                self.apply_source(&mut group, collection, key, state, &mut written, &mut effects)?;
+                self.apply_source(&mut group, collection, &key, state, &mut written, &mut effects)?;
             }
         }
         self.finish_counters(&mut group, effects, &mut written);
@@ -680,14 +680,7 @@ impl Committer {
             let mut effects = CounterEffects::default();
             for (index, state) in states {
                 let op = &commit.ops[index];
-                self.apply_source(
-                    group,
-                    &op.collection,
-                    op.key.clone(),
-                    state,
-                    &mut written,
-                    &mut effects,
-                )?;
+                self.apply_source(group, &op.collection, &op.key, state, &mut written, &mut effects)?;
             }
             self.finish_counters(group, effects, &mut written);
             self.recent.record(group.seq, written);
@@ -774,7 +767,7 @@ impl Committer {
         &mut self,
         group: &mut Group<'_>,
         collection: &str,
-        key: Vec<u8>,
+        key: &[u8],
         state: evaluate::NewState,
         written: &mut Vec<(Space, Vec<u8>)>,
         effects: &mut CounterEffects,
@@ -789,7 +782,7 @@ impl Committer {
             && !config.counters.is_empty()
         {
             let old = group
-                .current(&key, &state.doc.id)?
+                .current(key, &state.doc.id)?
                 .filter(|d| !d.is_deleted())
                 .map(|d| d.body.clone());
             let new = (!state.doc.is_deleted()).then_some(&state.doc.body);
@@ -876,7 +869,7 @@ impl Committer {
                         group.put(Space::Meta, registry, Some(Vec::new()));
                     }
                     let indexes = self.indexes.get(&collection).map_or(&[][..], Vec::as_slice);
-                    group.apply(&collection, key, state, indexes, written);
+                    group.apply(&collection, &key, state, indexes, written);
                 }
                 Ok((_, None)) => {}
                 Err(e) => {

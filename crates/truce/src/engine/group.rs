@@ -151,14 +151,14 @@ impl<'a> Group<'a> {
     pub fn apply(
         &mut self,
         collection: &str,
-        key: Vec<u8>,
+        key: &[u8],
         state: NewState,
         indexes: &[IndexDef],
         written: &mut Vec<(Space, Vec<u8>)>,
     ) {
         if !indexes.is_empty() {
             let id = &state.doc.id;
-            let previous = self.slots.get(&key).and_then(|s| s.current.as_ref());
+            let previous = self.slots.get(key).and_then(|s| s.current.as_ref());
             let old_live = previous.filter(|d| !d.is_deleted()).map(|d| &d.body);
             let new_live = (!state.doc.is_deleted()).then_some(&state.doc.body);
             let mut index_writes = Vec::new();
@@ -175,9 +175,10 @@ impl<'a> Group<'a> {
                 self.put(Space::Index, entry, value);
             }
         }
-        written.push((Space::Documents, key.clone()));
+        written.push((Space::Documents, key.to_vec()));
         self.bytes += key.len() + state.canonical.len();
-        match self.slots.get_mut(&key) {
+        // The key is copied only for a document new to the group.
+        match self.slots.get_mut(key) {
             Some(slot) => {
                 slot.current = Some(state.doc);
                 slot.written = Some(state.canonical);
@@ -185,7 +186,7 @@ impl<'a> Group<'a> {
             }
             None => {
                 self.slots.insert(
-                    key,
+                    key.to_vec(),
                     Slot {
                         current: Some(state.doc),
                         written: Some(state.canonical),

@@ -137,12 +137,16 @@ impl Op {
             Op::CurrentDate => path::set(doc, path, Value::from(now_ms)),
             Op::Inc(n) | Op::Mul(n) => {
                 let is_inc = matches!(self, Op::Inc(_));
-                let new = match path::get(doc, path) {
+                let new = match path::get_mut(doc, path) {
                     None if is_inc => n.clone(),
                     // MongoDB: a missing field becomes zero of the multiplier's kind.
                     None if n.is_f64() => Number::from_f64(0.0).unwrap_or_else(|| Number::from(0)),
                     None => Number::from(0),
-                    Some(Value::Number(cur)) => arith(cur, n, is_inc, self.name(), path)?,
+                    // In place: no second walk, no new key.
+                    Some(Value::Number(cur)) => {
+                        *cur = arith(cur, n, is_inc, self.name(), path)?;
+                        return Ok(());
+                    }
                     Some(other) => return Err(self.wrong_type(path, other, "a number")),
                 };
                 path::set(doc, path, Value::Number(new))
