@@ -178,22 +178,16 @@ mod tests {
 
     use super::*;
 
-    fn patch(spec: serde_json::Value) -> WriteOp {
-        WriteOp::Patch(Arc::new(Update::parse(&spec).expect("a valid update")))
+    /// Evaluates the update `spec` on `current` at a fixed commit clock.
+    fn patch(spec: serde_json::Value, current: Option<&Arc<Document>>) -> (WriteResult, Option<NewState>) {
+        let op = WriteOp::Patch(Arc::new(Update::parse(&spec).expect("a valid update")));
+        let clock = CommitClock { seq: 7, ts_ms: 1_000 };
+        evaluate("a", &op, Expect::Any, current, &clock).expect("evaluated")
     }
-
-    const CLOCK: CommitClock = CommitClock { seq: 7, ts_ms: 1_000 };
 
     #[test]
     fn a_write_answers_with_the_state_it_stores_not_a_copy() {
-        let (answer, state) = evaluate(
-            "a",
-            &patch(json!({"$inc": {"n": 1}, "$upsert": true})),
-            Expect::Any,
-            None,
-            &CLOCK,
-        )
-        .expect("evaluated");
+        let (answer, state) = patch(json!({"$inc": {"n": 1}, "$upsert": true}), None);
         let (written, state) = (answer.expect("no conflict"), state.expect("a new state"));
         assert_eq!(written.effect, Effect::Created);
         assert_eq!(written.doc.body["n"], 1);
@@ -202,23 +196,9 @@ mod tests {
 
     #[test]
     fn a_write_that_changes_nothing_answers_with_the_current_state_itself() {
-        let (_, created) = evaluate(
-            "a",
-            &patch(json!({"$set": {"n": 1}, "$upsert": true})),
-            Expect::Any,
-            None,
-            &CLOCK,
-        )
-        .expect("evaluated");
+        let (_, created) = patch(json!({"$set": {"n": 1}, "$upsert": true}), None);
         let current = created.expect("a new state").doc;
-        let (answer, state) = evaluate(
-            "a",
-            &patch(json!({"$set": {"n": 1}})),
-            Expect::Any,
-            Some(&current),
-            &CLOCK,
-        )
-        .expect("evaluated");
+        let (answer, state) = patch(json!({"$set": {"n": 1}}), Some(&current));
         let written = answer.expect("no conflict");
         assert!(state.is_none());
         assert_eq!(written.effect, Effect::NoOp);
