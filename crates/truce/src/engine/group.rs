@@ -177,7 +177,7 @@ impl<'a> Group<'a> {
         }
         written.push((Space::Documents, key.to_vec()));
         self.bytes += key.len() + state.canonical.len();
-        // The key is copied only for a document new to the group.
+        // The group's own map copies the key only for a document new to it.
         match self.slots.get_mut(key) {
             Some(slot) => {
                 slot.current = Some(state.doc);

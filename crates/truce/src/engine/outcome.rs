@@ -132,8 +132,8 @@ pub fn effect_from_name(name: &str) -> Option<Effect> {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Written {
     /// The document after the write (for a delete, the tombstone; for a no-op or
-    /// a skip, the unchanged current document). Shared with the committer's
-    /// own view of the document, so an answer costs no copy of it.
+    /// a skip, the unchanged current document). Usually shared with the
+    /// committer's own view of the document, so an answer costs no copy of it.
     pub doc: Arc<Document>,
     /// What happened.
     pub effect: Effect,

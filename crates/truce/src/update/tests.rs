@@ -194,6 +194,30 @@ fn inc_and_mul() {
 }
 
 #[test]
+fn inc_and_mul_change_a_nested_or_array_number_and_nothing_else() {
+    let doc = json!({"a": {"b": [1, 2, {"c": 4}]}, "z": 0});
+    assert_eq!(
+        ok(json!({"$inc": {"a.b.1": 5, "a.b.2.c": -1}}), doc.clone()),
+        json!({"a": {"b": [1, 7, {"c": 3}]}, "z": 0})
+    );
+    assert_eq!(
+        ok(json!({"$mul": {"a.b.0": 3}}), doc.clone()),
+        json!({"a": {"b": [3, 2, {"c": 4}]}, "z": 0})
+    );
+    // Past the array's end: padded with nulls, as a set would.
+    assert_eq!(
+        ok(json!({"$inc": {"a.b.4": 1}}), doc.clone())["a"]["b"],
+        json!([1, 2, {"c": 4}, null, 1])
+    );
+    // A failing operator after one that succeeded leaves the document as it was:
+    // the update works on a copy.
+    let before = obj(doc.clone());
+    let failed = upd(json!({"$inc": {"a.b.1": 1, "a.b.2.c.d": 1}})).apply(Some(&before), NOW);
+    assert!(failed.is_err());
+    assert_eq!(Value::Object(before), doc);
+}
+
+#[test]
 fn min_and_max() {
     let doc = json!({"n": 5, "s": "m"});
     assert_eq!(ok(json!({"$min": {"n": 3}}), doc.clone())["n"], json!(3));
