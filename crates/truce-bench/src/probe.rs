@@ -260,22 +260,14 @@ fn allowed_cpus() -> Vec<usize> {
     }
 }
 
-/// Pins the calling thread to `cpu` (nothing if unknown).
+/// Pins the calling thread to `cpu` (nothing if unknown). A failure leaves it
+/// as it was: the probe then measures whatever placement the scheduler picks.
 fn pin_to(cpu: Option<usize>) {
-    if let Some(cpu) = cpu {
-        set_affinity(&[cpu]);
-    }
-}
-
-/// The calling thread may run on `cpus` only. A failure leaves it as it was:
-/// the probe then measures whatever placement the scheduler picks.
-fn set_affinity(cpus: &[usize]) {
+    let Some(cpu) = cpu else { return };
     // SAFETY: `set` is a plain bitmask built here; pid 0 is the calling thread.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
-        for &cpu in cpus {
-            libc::CPU_SET(cpu, &mut set);
-        }
+        libc::CPU_SET(cpu, &mut set);
         libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
     }
 }

@@ -374,7 +374,7 @@ mod tests {
 
     /// Arguments naming a settings file that holds `text` (kept while the
     /// returned directory lives).
-    fn from_file(text: &str) -> (tempfile::TempDir, ServeArgs) {
+    fn with_settings_file(text: &str) -> (tempfile::TempDir, ServeArgs) {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("truce.toml");
         std::fs::write(&file, text).unwrap();
@@ -387,12 +387,8 @@ mod tests {
 
     #[test]
     fn the_commit_poll_window_is_bounded() {
-        let (_dir, from_file) = from_file("commit_poll_us = 0\n");
-        assert_eq!(
-            from_file.settings().unwrap().commit_poll_us,
-            0,
-            "0 turns polling off"
-        );
+        let (_dir, filed) = with_settings_file("commit_poll_us = 0\n");
+        assert_eq!(filed.settings().unwrap().commit_poll_us, 0, "0 turns polling off");
         let at_bound = ServeArgs {
             commit_poll_us: Some(truce::limits::COMMIT_POLL_US_MAX),
             ..ServeArgs::default()
@@ -412,9 +408,9 @@ mod tests {
             10,
             "the server's default"
         );
-        let (_dir, from_file) = from_file("storage_workers_nice = 0\n");
+        let (_dir, filed) = with_settings_file("storage_workers_nice = 0\n");
         assert_eq!(
-            from_file.settings().unwrap().storage_workers_nice,
+            filed.settings().unwrap().storage_workers_nice,
             0,
             "0 leaves them alone"
         );

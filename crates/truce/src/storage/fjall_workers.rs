@@ -6,8 +6,9 @@
 //! as long as it lasts; under a steady arrival rate those dips are part of
 //! the latency tail (measured in `docs/benchmarks.md`, "What helped: the
 //! workers at a lower CPU priority"; the rest is the workers holding
-//! lsm-tree's version lock, which no priority changes). With the workers `nice`r, the scheduler gives
-//! the serving threads the CPU first and the background work the rest. It
+//! lsm-tree's version lock, which no priority changes). With the workers
+//! `nice`r, the scheduler gives the serving threads the CPU first and the
+//! background work the rest. It
 //! is not starved for good: the scheduler still gives a niced thread a
 //! share, and when flushes fall behind fjall slows writers down itself,
 //! which frees the CPU the workers need.
