@@ -94,8 +94,10 @@ pub const TX_LIFETIME_MS_MAX: u64 = 10_000;
 /// transactions against, in ms (Convex-style write log).
 pub const RECENT_WRITES_RETAIN_MS: u64 = 30_000;
 
-/// Most bytes of keys the recent-writes log holds; past this the oldest commits are
-/// forgotten early and transactions older than them fail with a retryable outcome.
+/// Most bytes of keys the recent-writes log holds (each key once, however often
+/// written); past this the keys written longest ago are forgotten early, and
+/// transactions whose snapshot is older than those writes fail with a retryable
+/// outcome.
 pub const RECENT_WRITES_BYTES_MAX: usize = 32 * 1024 * 1024;
 
 /// Longest idempotency key, in bytes (API.md: 1..255 characters).

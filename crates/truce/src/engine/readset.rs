@@ -7,10 +7,12 @@
 //! point would have read exactly the same values — so it is equivalent to a serial
 //! execution in commit order.
 
-use std::collections::VecDeque;
+use std::hash::BuildHasher;
 use std::time::{Duration, Instant};
 
 use foldhash::HashSet;
+use hashlink::LinkedHashMap;
+use hashlink::linked_hash_map::RawEntryMut;
 
 use crate::error::{Error, Result};
 use crate::index::query::KeyRange;
@@ -68,18 +70,36 @@ impl ReadSet {
     }
 }
 
-struct RecentCommit {
+/// A written key: the space and the key's bytes.
+type WrittenKey = (Space, Vec<u8>);
+
+/// When a key was last written: the commit's sequence and when it was recorded.
+#[derive(Clone, Copy)]
+struct LastWrite {
     seq: u64,
     at: Instant,
-    keys: Vec<(Space, Vec<u8>)>,
-    bytes: usize,
 }
 
-/// The keys written by recent commits, bounded by age and bytes.
+/// Bytes [`RecentWrites`] charges a key for besides its own: the list node
+/// (space and key `Vec`, sequence, instant, two links) and its hash-table slot.
+const ENTRY_OVERHEAD_BYTES: usize = 96;
+
+/// Every key written recently, with its latest write only, oldest first:
+/// bounded by age and bytes.
+///
+/// One entry per *key*, not per commit: a document written a million times in
+/// the window is one entry, moved to the back on each write. So a hot key
+/// costs the same few bytes however hot it is (a log of commits held ~110
+/// bytes per commit: ~45 MB at the embedded hot counter's rate, streamed
+/// through the committer's cache), and "was this key written after S?" is one
+/// lookup. Nothing is lost by keeping only the latest write: every question
+/// asked of the log is "was K written after S?", and a key written after S has
+/// its latest write after S.
 pub struct RecentWrites {
-    commits: VecDeque<RecentCommit>,
+    /// Keys in the order of their latest write; sequences rise from front to back.
+    keys: LinkedHashMap<WrittenKey, LastWrite, foldhash::fast::RandomState>,
     bytes: usize,
-    /// Every commit up to this sequence has been forgotten.
+    /// Writes up to this sequence may have been forgotten.
     forgotten_through: u64,
 }
 
@@ -87,36 +107,56 @@ impl RecentWrites {
     /// An empty log; nothing up to `last_seq` (before this process) is known.
     pub fn new(last_seq: u64) -> RecentWrites {
         RecentWrites {
-            commits: VecDeque::new(),
+            keys: LinkedHashMap::default(),
             bytes: 0,
             forgotten_through: last_seq,
         }
     }
 
-    /// Remembers what commit `seq` wrote.
-    pub fn record(&mut self, seq: u64, keys: Vec<(Space, Vec<u8>)>) {
-        let bytes = keys.iter().map(|(_, k)| k.len() + 16).sum::<usize>() + 48;
-        self.bytes += bytes;
-        self.commits.push_back(RecentCommit {
+    /// Remembers what commit `seq` wrote. Sequences must rise from call to call.
+    pub fn record(&mut self, seq: u64, keys: Vec<WrittenKey>) {
+        debug_assert!(
+            self.keys.back().is_none_or(|(_, last)| last.seq <= seq),
+            "recent writes recorded out of order: {seq}"
+        );
+        let write = LastWrite {
             seq,
             at: Instant::now(),
-            keys,
-            bytes,
-        });
+        };
+        for (space, key) in keys {
+            let hash = self.keys.hasher().hash_one((space, key.as_slice()));
+            match self
+                .keys
+                .raw_entry_mut()
+                .from_hash(hash, |(s, k)| *s == space && *k == key)
+            {
+                RawEntryMut::Occupied(mut known) => {
+                    known.to_back();
+                    known.replace_value(write);
+                }
+                RawEntryMut::Vacant(new) => {
+                    self.bytes += key.len() + ENTRY_OVERHEAD_BYTES;
+                    new.insert_hashed_nocheck(hash, (space, key), write);
+                }
+            }
+        }
     }
 
-    /// Forgets commits older than the window or beyond the byte bound.
+    /// Forgets keys whose latest write is older than the window, and the
+    /// oldest ones beyond the byte bound.
     pub fn trim(&mut self) {
         let window = Duration::from_millis(RECENT_WRITES_RETAIN_MS);
-        // One clock read per trim, not one per commit it looks at.
+        // One clock read per trim, not one per key it looks at.
         let now = Instant::now();
-        while let Some(oldest) = self.commits.front() {
+        while let Some((_, oldest)) = self.keys.front() {
             if now.saturating_duration_since(oldest.at) <= window && self.bytes <= RECENT_WRITES_BYTES_MAX {
                 break;
             }
-            self.bytes -= oldest.bytes;
-            self.forgotten_through = oldest.seq;
-            self.commits.pop_front();
+            let Some(((_, key), oldest)) = self.keys.pop_front() else {
+                break;
+            };
+            self.bytes -= key.len() + ENTRY_OVERHEAD_BYTES;
+            self.forgotten_through = self.forgotten_through.max(oldest.seq);
         }
     }
 
@@ -128,16 +168,19 @@ impl RecentWrites {
                 forgotten_through: self.forgotten_through,
             });
         }
-        for commit in self.commits.iter().rev().take_while(|c| c.seq > snapshot_seq) {
-            for (space, key) in &commit.keys {
-                if let Some(range) = reads.touches(*space, key) {
-                    let (collection, what) = describe(*space, key, range);
-                    return Err(TxFailure::ReadConflict {
-                        collection,
-                        what,
-                        seq: commit.seq,
-                    });
-                }
+        let later = self
+            .keys
+            .iter()
+            .rev()
+            .take_while(|(_, last)| last.seq > snapshot_seq);
+        for ((space, key), last) in later {
+            if let Some(range) = reads.touches(*space, key) {
+                let (collection, what) = describe(*space, key, range);
+                return Err(TxFailure::ReadConflict {
+                    collection,
+                    what,
+                    seq: last.seq,
+                });
             }
         }
         Ok(())
@@ -145,25 +188,18 @@ impl RecentWrites {
 
     /// Whether no commit after `seq` wrote `key` in `space` — so a read of it
     /// made once every commit up to `seq` was applied is still current. `false`
-    /// when that cannot be told cheaply: commits after `seq` forgotten, or more
-    /// than [`UNTOUCHED_SCAN_COMMITS_MAX`] of them to look through.
+    /// when that cannot be told: writes after `seq` may have been forgotten.
     pub fn untouched_since(&self, space: Space, key: &[u8], seq: u64) -> bool {
         if seq < self.forgotten_through {
             return false;
         }
-        let mut later = self.commits.iter().rev().take_while(|c| c.seq > seq);
-        let mut scanned = 0;
-        later.all(|commit| {
-            scanned += 1;
-            scanned <= UNTOUCHED_SCAN_COMMITS_MAX && !commit.keys.iter().any(|(s, k)| *s == space && k == key)
-        })
+        let hash = self.keys.hasher().hash_one((space, key));
+        self.keys
+            .raw_entry()
+            .from_hash(hash, |(s, k)| *s == space && k == key)
+            .is_none_or(|(_, last)| last.seq <= seq)
     }
 }
-
-/// Most recent commits [`RecentWrites::untouched_since`] looks through before
-/// it answers "cannot tell" (the caller then reads storage, which costs a few
-/// microseconds: about as much as scanning this many commits).
-const UNTOUCHED_SCAN_COMMITS_MAX: usize = 512;
 
 /// A human description of a conflicting key: collection, and document or range.
 fn describe(space: Space, key: &[u8], range: Option<&KeyRange>) -> (String, String) {
@@ -206,18 +242,102 @@ mod tests {
     }
 
     #[test]
-    fn what_is_forgotten_or_too_long_to_scan_cannot_be_vouched_for() {
+    fn what_is_forgotten_cannot_be_vouched_for_and_what_is_kept_always_can() {
         // Nothing before this process (or before a trim) is known.
         let recent = RecentWrites::new(10);
         assert!(!recent.untouched_since(Space::Documents, &doc_key("a"), 9));
         assert!(recent.untouched_since(Space::Documents, &doc_key("a"), 10));
 
+        // However many commits came after, a kept key's answer is one lookup.
         let mut recent = RecentWrites::new(0);
-        let later = UNTOUCHED_SCAN_COMMITS_MAX as u64;
-        for seq in 1..=later + 1 {
+        for seq in 1..=10_000 {
             recent.record(seq, vec![(Space::Documents, doc_key("other"))]);
         }
-        assert!(recent.untouched_since(Space::Documents, &doc_key("a"), 1));
-        assert!(!recent.untouched_since(Space::Documents, &doc_key("a"), 0));
+        assert!(recent.untouched_since(Space::Documents, &doc_key("a"), 0));
+        assert!(!recent.untouched_since(Space::Documents, &doc_key("other"), 9_999));
+        assert!(recent.untouched_since(Space::Documents, &doc_key("other"), 10_000));
+    }
+
+    #[test]
+    fn a_key_written_again_and_again_is_held_once() {
+        let mut recent = RecentWrites::new(0);
+        recent.record(1, vec![(Space::Documents, doc_key("hot"))]);
+        let one_key = recent.bytes;
+        assert_eq!(one_key, doc_key("hot").len() + ENTRY_OVERHEAD_BYTES);
+        for seq in 2..=100_000 {
+            recent.record(seq, vec![(Space::Documents, doc_key("hot"))]);
+        }
+        assert_eq!((recent.keys.len(), recent.bytes), (1, one_key));
+        // Its latest write is what it answers with.
+        assert!(!recent.untouched_since(Space::Documents, &doc_key("hot"), 99_999));
+        assert!(recent.untouched_since(Space::Documents, &doc_key("hot"), 100_000));
+    }
+
+    #[test]
+    fn past_the_byte_bound_the_keys_written_longest_ago_are_forgotten_first() {
+        let per_key = doc_key("k0000000").len() + ENTRY_OVERHEAD_BYTES;
+        let fit = RECENT_WRITES_BYTES_MAX / per_key;
+        let mut recent = RecentWrites::new(0);
+        // Key 0 first, then every other key, then key 0 again: key 1 is now
+        // the one written longest ago.
+        let key = |i: usize| doc_key(&format!("k{i:07}"));
+        for i in 0..=fit {
+            recent.record(i as u64 + 1, vec![(Space::Documents, key(i))]);
+        }
+        let last = fit as u64 + 2;
+        recent.record(last, vec![(Space::Documents, key(0))]);
+        recent.trim();
+        assert!(recent.bytes <= RECENT_WRITES_BYTES_MAX);
+        assert_eq!(recent.keys.len(), fit);
+        // Key 1 (seq 2) went: nothing at or before seq 2 can be vouched for.
+        assert_eq!(recent.forgotten_through, 2);
+        assert!(!recent.untouched_since(Space::Documents, &key(1), 1));
+        assert!(recent.untouched_since(Space::Documents, &key(1), 2));
+        // Key 0 was written again last and is still known, as is key 2.
+        assert!(!recent.untouched_since(Space::Documents, &key(0), last - 1));
+        assert!(!recent.untouched_since(Space::Documents, &key(2), 2));
+        assert!(recent.untouched_since(Space::Documents, &key(2), 3));
+        // A snapshot older than what was forgotten cannot be validated.
+        let reads = ReadSet::default();
+        assert!(matches!(
+            recent.validate(&reads, 1),
+            Err(TxFailure::SnapshotTooOld {
+                forgotten_through: 2,
+                ..
+            })
+        ));
+        assert!(recent.validate(&reads, 2).is_ok());
+    }
+
+    #[test]
+    fn a_read_conflicts_with_the_latest_later_write_of_its_key_or_range() {
+        let mut recent = RecentWrites::new(0);
+        recent.record(1, vec![(Space::Documents, doc_key("a"))]);
+        recent.record(2, vec![(Space::Documents, doc_key("b"))]);
+        recent.record(3, vec![(Space::Documents, doc_key("a"))]);
+        let mut point = ReadSet::default();
+        point.add_point(Space::Documents, doc_key("a")).unwrap();
+        assert!(recent.validate(&point, 3).is_ok());
+        for snapshot in [0, 1, 2] {
+            assert!(matches!(
+                recent.validate(&point, snapshot),
+                Err(TxFailure::ReadConflict { seq: 3, .. })
+            ));
+        }
+        let mut range = ReadSet::default();
+        range
+            .add_range(
+                Space::Documents,
+                KeyRange {
+                    start: doc_key("b"),
+                    end: Some(doc_key("c")),
+                },
+            )
+            .unwrap();
+        assert!(matches!(
+            recent.validate(&range, 1),
+            Err(TxFailure::ReadConflict { seq: 2, .. })
+        ));
+        assert!(recent.validate(&range, 2).is_ok());
     }
 }
