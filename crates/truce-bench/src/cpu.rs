@@ -11,6 +11,8 @@ use std::fmt;
 use std::path::Path;
 use std::time::Instant;
 
+use crate::probe::show_line_ns;
+
 /// `/proc` reports CPU times in USER_HZ ticks, 100 per second on Linux.
 const TICKS_PER_S: f64 = 100.0;
 
@@ -42,6 +44,9 @@ pub struct Usage {
     pub others: Option<f64>,
     /// The watched processes' cores by thread name, busiest first.
     pub threads: Vec<(String, f64)>,
+    /// The cache-line probe (`probe::cache_line_round_trip_ns`) right before
+    /// and right after the run, in ns: whether the cores' placement changed.
+    pub line_ns: (Option<f64>, Option<f64>),
 }
 
 impl Snapshot {
@@ -96,6 +101,7 @@ impl Snapshot {
             watched,
             others,
             threads,
+            line_ns: (None, None),
         }
         .busiest_first()
     }
@@ -123,6 +129,8 @@ impl Usage {
                 .into_iter()
                 .filter_map(|(name, (x, y))| Some((name.to_string(), mean(Some(x), Some(y))?)))
                 .collect(),
+            // From the start of the first to the end of the later.
+            line_ns: (self.line_ns.0, later.line_ns.1),
         }
         .busiest_first()
     }
@@ -150,7 +158,16 @@ impl fmt::Display for Usage {
                 write!(f, " ({})", busy.join(", "))?;
             }
         }
-        write!(f, ", rest of the machine {} cores", show(self.others))
+        write!(f, ", rest of the machine {} cores", show(self.others))?;
+        if self.line_ns != (None, None) {
+            write!(
+                f,
+                "; cache-line round trip {} before, {} after",
+                show_line_ns(self.line_ns.0),
+                show_line_ns(self.line_ns.1)
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -262,14 +279,19 @@ mod tests {
 
     #[test]
     fn slices_average_by_their_length() {
-        let usage = |own: f64, threads: Vec<(&str, f64)>| Usage {
+        let usage = |own: f64, threads: Vec<(&str, f64)>, line_ns| Usage {
             own: Some(own),
             watched: Some(1.0),
             others: None,
             threads: threads.into_iter().map(|(n, c)| (n.to_string(), c)).collect(),
+            line_ns,
         };
-        let first = usage(0.2, vec![("truce-http", 0.6), ("fjall:worker", 0.3)]);
-        let later = usage(0.5, vec![("truce-http", 0.9)]);
+        let first = usage(
+            0.2,
+            vec![("truce-http", 0.6), ("fjall:worker", 0.3)],
+            (Some(50.0), Some(51.0)),
+        );
+        let later = usage(0.5, vec![("truce-http", 0.9)], (Some(330.0), Some(320.0)));
         let both = first.weighted(1.0, &later, 2.0);
         let near = |v: f64, x: f64| (v - x).abs() < 1e-9;
         assert!(near(both.own.expect("known"), 0.4));
@@ -277,6 +299,13 @@ mod tests {
         assert_eq!(both.threads.len(), 2);
         assert!(both.threads[0].0 == "truce-http" && near(both.threads[0].1, 0.8));
         assert!(both.threads[1].0 == "fjall:worker" && near(both.threads[1].1, 0.1));
+        // The cache-line probe: before the first slice, after the later one.
+        assert_eq!(both.line_ns, (Some(50.0), Some(320.0)));
+        assert!(
+            both.to_string()
+                .ends_with("; cache-line round trip 50 ns before, 320 ns after"),
+            "{both}"
+        );
     }
 
     #[test]

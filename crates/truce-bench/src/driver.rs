@@ -7,9 +7,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::cpu;
 use crate::progress::Progress;
 use crate::stats::Recorder;
+use crate::{cpu, probe};
 
 /// How often the progress line is redrawn.
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
@@ -68,6 +68,8 @@ where
                 scope.spawn(move || worker(i, race))
             })
             .collect();
+        // The workers wait at the barrier: nothing else runs yet.
+        let line_before = probe::cache_line_round_trip_ns();
         race.start.wait();
         let started = Instant::now();
         let cpu_before = cpu::Snapshot::take(&[]);
@@ -93,11 +95,10 @@ where
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
             totals.merge(&recorder);
         }
-        (
-            totals,
-            started.elapsed(),
-            (cpu::Snapshot::take(&[]).since(&cpu_before), per_second),
-        )
+        let elapsed = started.elapsed();
+        let mut usage = cpu::Snapshot::take(&[]).since(&cpu_before);
+        usage.line_ns = (line_before, probe::cache_line_round_trip_ns());
+        (totals, elapsed, (usage, per_second))
     });
     println!("{system}: {usage}");
     println!(

@@ -225,6 +225,7 @@ mod tests {
                 watched: Some(1.4),
                 others: Some(0.01),
                 threads: Vec::new(),
+                line_ns: (None, None),
             },
             peer: outcome("sqlite", 70_000),
         };

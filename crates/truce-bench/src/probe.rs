@@ -32,6 +32,18 @@ const WAKE_ROUNDS: usize = 5_000;
 /// Round trips before the timed ones (thread start, first faults).
 const WAKE_WARMUP: usize = 100;
 
+/// Round trips the cache-line probe times: about 1 ms when the two cores share
+/// a cache (~50 ns each), 7 ms when they do not (~330 ns on this project's VM
+/// when its host places the two vCPUs far apart).
+const LINE_ROUNDS: u64 = 20_000;
+
+/// Round trips before the timed ones.
+const LINE_WARMUP: u64 = 1_000;
+
+/// The cache-line probe gives up past this (a busy machine: a spinning thread
+/// waiting for one that is not running), rather than spin for seconds.
+const LINE_DEADLINE: Duration = Duration::from_millis(100);
+
 /// What the benchmark runs on.
 pub struct Machine {
     /// Cores available to this process.
@@ -48,6 +60,9 @@ pub struct Machine {
     /// Where the probe's two threads ran: `on two cores`, `on one core`, or
     /// (if this process's cores could not be read) where the scheduler put them.
     pub wake_placement: &'static str,
+    /// The cache-line probe ([`cache_line_round_trip_ns`]): ns for one
+    /// cache line to go to the other core and back; `None` on one core.
+    pub line_ns: Option<f64>,
     /// 4 KiB append + fdatasync rounds per second into a preallocated file.
     pub syncs_per_s: f64,
     /// The median of one such round, in µs.
@@ -68,7 +83,8 @@ impl fmt::Display for Machine {
         write!(
             f,
             "machine: {} cores ({}); wake-up probe (two threads {} ping-pong over a socket pair) \
-             round trip p50 {:.1} µs, p99 {:.1} µs; fsync probe (4 KiB append + fdatasync) {:.0} syncs/s, \
+             round trip p50 {:.1} µs, p99 {:.1} µs; cache-line probe (the same, spinning on one \
+             cache line) round trip {}; fsync probe (4 KiB append + fdatasync) {:.0} syncs/s, \
              p50 {} µs into a preallocated file, {:.0} syncs/s, p50 {} µs into a sparse one (as a fjall \
              journal); dir {}",
             self.cores,
@@ -76,6 +92,7 @@ impl fmt::Display for Machine {
             self.wake_placement,
             round1(self.wake_p50_us),
             round1(self.wake_p99_us),
+            show_line_ns(self.line_ns),
             self.syncs_per_s.round(),
             self.sync_p50_us,
             self.sparse_syncs_per_s.round(),
@@ -95,6 +112,7 @@ impl Machine {
             "wake_round_trip_p50_us": round1(self.wake_p50_us),
             "wake_round_trip_p99_us": round1(self.wake_p99_us),
             "wake_placement": self.wake_placement,
+            "line_round_trip_ns": self.line_ns.map(f64::round),
             "syncs_per_s": self.syncs_per_s.round(),
             "sync_p50_us": self.sync_p50_us,
             "sparse_syncs_per_s": self.sparse_syncs_per_s.round(),
@@ -118,6 +136,7 @@ pub fn probe(dir: &Path) -> io::Result<Machine> {
         .and_then(|text| cpu_model(&text))
         .unwrap_or_else(|| "CPU model unknown".to_string());
     let wake = wake_round_trips(WAKE_WARMUP, WAKE_ROUNDS)?;
+    let line_ns = cache_line_round_trip_ns();
     let scratch = tempfile::tempdir_in(dir)?;
     let open = |name: &str| {
         OpenOptions::new()
@@ -147,6 +166,7 @@ pub fn probe(dir: &Path) -> io::Result<Machine> {
         wake_p50_us: wake.p50_us,
         wake_p99_us: wake.p99_us,
         wake_placement: wake.placement,
+        line_ns,
         syncs_per_s,
         sync_p50_us,
         sparse_syncs_per_s,
@@ -246,6 +266,80 @@ fn wake_round_trips(warmup: usize, rounds: usize) -> io::Result<WakeRoundTrips> 
     })
 }
 
+/// The cache-line probe: two threads pinned to the first two cores this
+/// process may use hand one cache line back and forth, each spinning until the
+/// other has written it. Nanoseconds per round trip, or `None` where there is
+/// one core, or the probe gave up ([`LINE_DEADLINE`]: a busy machine).
+///
+/// It measures what every hand-off between threads on different cores pays
+/// per cache line it touches — a queue slot, an answer, a freed block. On a VM
+/// it changes with where the host runs the vCPUs, and can change during a run:
+/// on this project's VM it was ~50 ns or ~330 ns, and the embedded pipelined
+/// hot counter ran at ~550k or ~300k writes/s accordingly (docs/benchmarks.md).
+/// Cheap (a few ms); the drivers take it before and after each run too.
+pub fn cache_line_round_trip_ns() -> Option<f64> {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    /// One value alone in its cache lines (two: adjacent-line prefetch).
+    #[repr(align(128))]
+    struct Line(AtomicU64);
+
+    let cpus = allowed_cpus();
+    let [here, there, ..] = cpus.as_slice() else {
+        return None;
+    };
+    let (line, gave_up) = (Line(AtomicU64::new(0)), AtomicBool::new(false));
+    let started = Instant::now();
+    // Waits until the line holds `value`; false if the probe gave up meanwhile.
+    let wait_for = |value: u64| {
+        let mut spins = 0u32;
+        while line.0.load(Ordering::Acquire) != value {
+            std::hint::spin_loop();
+            spins = spins.wrapping_add(1);
+            if spins.is_multiple_of(4096)
+                && (gave_up.load(Ordering::Relaxed) || started.elapsed() > LINE_DEADLINE)
+            {
+                gave_up.store(true, Ordering::Relaxed);
+                return false;
+            }
+        }
+        true
+    };
+    let total = LINE_WARMUP + LINE_ROUNDS;
+    let timed = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            pin_to(Some(*there));
+            for round in 0..total {
+                if !wait_for(2 * round + 1) {
+                    return;
+                }
+                line.0.store(2 * round + 2, Ordering::Release);
+            }
+        });
+        let timer = scope.spawn(|| {
+            pin_to(Some(*here));
+            let mut from = Instant::now();
+            for round in 0..total {
+                if round == LINE_WARMUP {
+                    from = Instant::now();
+                }
+                line.0.store(2 * round + 1, Ordering::Release);
+                if !wait_for(2 * round + 2) {
+                    return None;
+                }
+            }
+            Some(from.elapsed())
+        });
+        timer.join().ok().flatten()
+    })?;
+    Some(timed.as_secs_f64() * 1e9 / LINE_ROUNDS as f64)
+}
+
+/// A cache-line probe figure for a printed line.
+pub fn show_line_ns(ns: Option<f64>) -> String {
+    ns.map_or_else(|| "not measured".to_string(), |ns| format!("{ns:.0} ns"))
+}
+
 /// The cores this process may run on, lowest first (empty if unknown).
 fn allowed_cpus() -> Vec<usize> {
     // SAFETY: `set` is a plain bitmask the call fills in; its size is passed.
@@ -293,6 +387,7 @@ mod tests {
             wake_p50_us: 41.06,
             wake_p99_us: 67.54,
             wake_placement: "on two cores",
+            line_ns: Some(54.4),
             syncs_per_s: 9491.6,
             sync_p50_us: 103,
             sparse_syncs_per_s: 5924.2,
@@ -304,6 +399,7 @@ mod tests {
             serde_json::json!({
                 "cores": 2, "cpu": "AMD EPYC", "wake_round_trip_p50_us": 41.1,
                 "wake_round_trip_p99_us": 67.5, "wake_placement": "on two cores",
+                "line_round_trip_ns": 54.0,
                 "syncs_per_s": 9492.0, "sync_p50_us": 103, "sparse_syncs_per_s": 5924.0,
                 "sparse_sync_p50_us": 167, "dir": "/tmp"
             })
@@ -327,5 +423,24 @@ mod tests {
         };
         assert_eq!(wake.placement, expected);
         assert_eq!(allowed_cpus(), before, "the calling thread was pinned");
+    }
+
+    #[test]
+    fn cache_line_probe_times_a_round_trip_on_two_cores_and_none_on_one() {
+        let before = allowed_cpus();
+        let ns = cache_line_round_trip_ns();
+        assert_eq!(allowed_cpus(), before, "the calling thread was pinned");
+        match before.len() {
+            0 | 1 => assert_eq!(ns, None),
+            // A cache line cannot cross cores in under a nanosecond, and past
+            // the deadline's share per round the probe gives up instead (a busy
+            // machine may make it).
+            _ => {
+                let most = LINE_DEADLINE.as_nanos() as f64 / LINE_ROUNDS as f64;
+                assert!(ns.is_none_or(|ns| (1.0..=most).contains(&ns)), "{ns:?}")
+            }
+        }
+        assert_eq!(show_line_ns(Some(329.6)), "330 ns");
+        assert_eq!(show_line_ns(None), "not measured");
     }
 }

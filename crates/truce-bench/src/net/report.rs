@@ -149,6 +149,13 @@ impl Row {
             ("server_cpu_cores", cores(self.usage.watched)),
             ("other_cpu_cores", cores(self.usage.others)),
             (
+                "line_round_trip_ns",
+                [self.usage.line_ns.0, self.usage.line_ns.1]
+                    .map(|ns| ns.map(f64::round))
+                    .as_slice()
+                    .into(),
+            ),
+            (
                 "server_thread_cpu_cores",
                 self.usage
                     .threads
