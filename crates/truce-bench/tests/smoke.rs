@@ -134,6 +134,20 @@ fn every_workload_runs_against_every_available_peer() {
         if !workload.starts_with("embedded-hot-counter") && system != "postgres" {
             assert!(r["peak_memory_kib"].as_u64().is_some(), "no peak memory: {r}");
         }
+        if !workload.starts_with("embedded-hot-counter") {
+            // The cache-line probe before and after the run: a figure each, or
+            // null where it was not measured (one core, or a busy machine).
+            let line = r["line_round_trip_ns"]
+                .as_array()
+                .expect("line_round_trip_ns pair");
+            assert!(
+                line.len() == 2
+                    && line
+                        .iter()
+                        .all(|ns| ns.is_null() || ns.as_f64().is_some_and(|ns| ns > 0.0)),
+                "{r}"
+            );
+        }
         if !workload.starts_with("embedded-hot-counter") && system == "truce" {
             // What bounds a figure: the server's CPU by thread, and its committer.
             let threads = r["server_thread_cpu_cores"].as_object().expect("thread split");
@@ -171,6 +185,14 @@ fn every_workload_runs_against_every_available_peer() {
             .is_some_and(|cpu| machine.contains(&format!("cores ({cpu})")))
             && written["wake_round_trip_p50_us"].as_f64() == Some(wake[0])
             && written["syncs_per_s"].as_f64() == Some(rates[0]),
+        "machine.json {written} against the machine line {machine}"
+    );
+    let line_ns = &written["line_round_trip_ns"];
+    assert!(
+        match line_ns.as_f64() {
+            Some(ns) => machine.contains(&format!("cache line) round trip {ns:.0} ns")),
+            None => line_ns.is_null() && machine.contains("cache line) round trip not measured"),
+        },
         "machine.json {written} against the machine line {machine}"
     );
     if stdout.contains("charts: ") {
