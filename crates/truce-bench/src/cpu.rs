@@ -129,8 +129,12 @@ impl Usage {
                 .into_iter()
                 .filter_map(|(name, (x, y))| Some((name.to_string(), mean(Some(x), Some(y))?)))
                 .collect(),
-            // From the start of the first to the end of the later.
-            line_ns: (self.line_ns.0, later.line_ns.1),
+            // The earliest and the latest figure measured (a probe may have
+            // given up on a busy machine).
+            line_ns: (
+                self.line_ns.0.or(later.line_ns.0),
+                later.line_ns.1.or(self.line_ns.1),
+            ),
         }
         .busiest_first()
     }
@@ -301,6 +305,14 @@ mod tests {
         assert!(both.threads[1].0 == "fjall:worker" && near(both.threads[1].1, 0.1));
         // The cache-line probe: before the first slice, after the later one.
         assert_eq!(both.line_ns, (Some(50.0), Some(320.0)));
+        // Where a probe gave up, the nearest one that did not.
+        let gave_up = usage(0.5, Vec::new(), (None, None));
+        let merged = first.weighted(1.0, &gave_up, 1.0);
+        assert_eq!(merged.line_ns, (Some(50.0), Some(51.0)));
+        assert_eq!(
+            gave_up.weighted(1.0, &later, 1.0).line_ns,
+            (Some(330.0), Some(320.0))
+        );
         assert!(
             both.to_string()
                 .ends_with("; cache-line round trip 50 ns before, 320 ns after"),

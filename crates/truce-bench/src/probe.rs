@@ -278,16 +278,20 @@ fn wake_round_trips(warmup: usize, rounds: usize) -> io::Result<WakeRoundTrips> 
 /// hot counter ran at ~550k or ~300k writes/s accordingly (docs/benchmarks.md).
 /// Cheap (a few ms); the drivers take it before and after each run too.
 pub fn cache_line_round_trip_ns() -> Option<f64> {
+    match allowed_cpus().as_slice() {
+        [here, there, ..] => line_round_trips(*here, *there),
+        _ => None,
+    }
+}
+
+/// The cache-line probe between the threads pinned to `here` and `there`.
+fn line_round_trips(here: usize, there: usize) -> Option<f64> {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
     /// One value alone in its cache lines (two: adjacent-line prefetch).
     #[repr(align(128))]
     struct Line(AtomicU64);
 
-    let cpus = allowed_cpus();
-    let [here, there, ..] = cpus.as_slice() else {
-        return None;
-    };
     let (line, gave_up) = (Line(AtomicU64::new(0)), AtomicBool::new(false));
     let started = Instant::now();
     // Waits until the line holds `value`; false if the probe gave up meanwhile.
@@ -296,7 +300,7 @@ pub fn cache_line_round_trip_ns() -> Option<f64> {
         while line.0.load(Ordering::Acquire) != value {
             std::hint::spin_loop();
             spins = spins.wrapping_add(1);
-            if spins.is_multiple_of(4096)
+            if spins.is_multiple_of(256)
                 && (gave_up.load(Ordering::Relaxed) || started.elapsed() > LINE_DEADLINE)
             {
                 gave_up.store(true, Ordering::Relaxed);
@@ -308,7 +312,7 @@ pub fn cache_line_round_trip_ns() -> Option<f64> {
     let total = LINE_WARMUP + LINE_ROUNDS;
     let timed = std::thread::scope(|scope| {
         scope.spawn(|| {
-            pin_to(Some(*there));
+            pin_to(Some(there));
             for round in 0..total {
                 if !wait_for(2 * round + 1) {
                     return;
@@ -317,7 +321,7 @@ pub fn cache_line_round_trip_ns() -> Option<f64> {
             }
         });
         let timer = scope.spawn(|| {
-            pin_to(Some(*here));
+            pin_to(Some(here));
             let mut from = Instant::now();
             for round in 0..total {
                 if round == LINE_WARMUP {
@@ -443,5 +447,21 @@ mod tests {
         }
         assert_eq!(show_line_ns(Some(329.6)), "330 ns");
         assert_eq!(show_line_ns(None), "not measured");
+    }
+
+    #[test]
+    fn cache_line_probe_gives_up_in_time_when_its_threads_cannot_both_run() {
+        let Some(&cpu) = allowed_cpus().first() else {
+            return;
+        };
+        // Both threads on one core: each hand-off waits for the other to be
+        // scheduled, and 21,000 of them would take minutes.
+        let started = Instant::now();
+        assert_eq!(line_round_trips(cpu, cpu), None);
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
     }
 }
