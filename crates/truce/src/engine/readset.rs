@@ -10,7 +10,7 @@
 use std::hash::BuildHasher;
 use std::time::{Duration, Instant};
 
-use foldhash::HashSet;
+use foldhash::{HashMap, HashSet};
 use hashlink::LinkedHashMap;
 
 use crate::error::{Error, Result};
@@ -23,13 +23,16 @@ use super::tx::TxFailure;
 /// The reads of one transaction.
 #[derive(Clone, Debug, Default)]
 pub struct ReadSet {
-    points: HashSet<(Space, Vec<u8>)>,
+    /// Point reads, a set per space: validation looks a written key up by
+    /// reference, without copying it.
+    points: HashMap<Space, HashSet<Vec<u8>>>,
     ranges: Vec<(Space, KeyRange)>,
 }
 
 impl ReadSet {
     fn check_size(&self) -> Result<()> {
-        if self.points.len() + self.ranges.len() >= TX_READ_SET_ENTRIES_MAX {
+        let points: usize = self.points.values().map(HashSet::len).sum();
+        if points + self.ranges.len() >= TX_READ_SET_ENTRIES_MAX {
             return Err(Error::LimitExceeded {
                 what: "TX_READ_SET_ENTRIES_MAX",
                 limit: TX_READ_SET_ENTRIES_MAX as u64,
@@ -41,7 +44,7 @@ impl ReadSet {
     /// Records a point read of `key` (whether or not something was there).
     pub fn add_point(&mut self, space: Space, key: Vec<u8>) -> Result<()> {
         self.check_size()?;
-        self.points.insert((space, key));
+        self.points.entry(space).or_default().insert(key);
         Ok(())
     }
 
@@ -54,7 +57,7 @@ impl ReadSet {
 
     /// Whether a write of `key` in `space` touches something this set read.
     fn touches(&self, space: Space, key: &[u8]) -> Option<Option<&KeyRange>> {
-        if self.points.contains(&(space, key.to_vec())) {
+        if self.points.get(&space).is_some_and(|keys| keys.contains(key)) {
             return Some(None);
         }
         self.ranges
@@ -304,6 +307,47 @@ mod tests {
             })
         ));
         assert!(recent.validate(&reads, 2).is_ok());
+    }
+
+    #[test]
+    fn a_read_set_holds_at_most_its_bound_of_points_and_ranges_over_every_space() {
+        let mut reads = ReadSet::default();
+        let bound = TX_READ_SET_ENTRIES_MAX;
+        for i in 0..bound / 2 {
+            reads
+                .add_point(Space::Documents, doc_key(&format!("d{i}")))
+                .unwrap();
+        }
+        for i in 0..bound / 4 {
+            reads.add_point(Space::Index, doc_key(&format!("i{i}"))).unwrap();
+        }
+        for i in 0..bound - bound / 2 - bound / 4 {
+            let range = KeyRange {
+                start: doc_key(&format!("r{i}")),
+                end: None,
+            };
+            reads.add_range(Space::Documents, range).unwrap();
+        }
+        let full = |result: Result<()>| {
+            matches!(
+                result,
+                Err(Error::LimitExceeded {
+                    what: "TX_READ_SET_ENTRIES_MAX",
+                    ..
+                })
+            )
+        };
+        assert!(full(reads.add_point(Space::Meta, doc_key("one more"))));
+        assert!(full(reads.add_range(
+            Space::Index,
+            KeyRange {
+                start: Vec::new(),
+                end: None
+            }
+        )));
+        // What it holds is found, in its own space only.
+        assert!(reads.touches(Space::Index, &doc_key("i7")).is_some());
+        assert!(reads.touches(Space::Meta, &doc_key("i7")).is_none());
     }
 
     #[test]
