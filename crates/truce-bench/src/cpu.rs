@@ -11,7 +11,7 @@ use std::fmt;
 use std::path::Path;
 use std::time::Instant;
 
-use crate::probe::show_line_ns;
+use crate::probe::{self, show_line_ns};
 
 /// `/proc` reports CPU times in USER_HZ ticks, 100 per second on Linux.
 const TICKS_PER_S: f64 = 100.0;
@@ -104,6 +104,31 @@ impl Snapshot {
             line_ns: (None, None),
         }
         .busiest_first()
+    }
+}
+
+/// A measured run: the CPU counters and the cache-line probe at its start, so
+/// that its end gives the run's [`Usage`] with the probe from both ends.
+pub struct Span {
+    line_before: Option<f64>,
+    cpu: Snapshot,
+}
+
+impl Span {
+    /// Probes and takes the counters now; call it while the run's threads are
+    /// idle (the probe spins both cores for a few ms).
+    pub fn start(watched_pids: &[u32]) -> Span {
+        Span {
+            line_before: probe::cache_line_round_trip_ns(),
+            cpu: Snapshot::take(watched_pids),
+        }
+    }
+
+    /// The run's usage from its start to now, probing again.
+    pub fn finish(&self, watched_pids: &[u32]) -> Usage {
+        let mut usage = Snapshot::take(watched_pids).since(&self.cpu);
+        usage.line_ns = (self.line_before, probe::cache_line_round_trip_ns());
+        usage
     }
 }
 

@@ -7,9 +7,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::cpu;
 use crate::progress::Progress;
 use crate::stats::Recorder;
-use crate::{cpu, probe};
 
 /// How often the progress line is redrawn.
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
@@ -69,10 +69,9 @@ where
             })
             .collect();
         // The workers wait at the barrier: nothing else runs yet.
-        let line_before = probe::cache_line_round_trip_ns();
+        let span = cpu::Span::start(&[]);
         race.start.wait();
         let started = Instant::now();
-        let cpu_before = cpu::Snapshot::take(&[]);
         let progress = Progress::new(system, config.duration);
         let mut last_shown = started;
         let mut per_second = Vec::new();
@@ -95,10 +94,7 @@ where
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
             totals.merge(&recorder);
         }
-        let elapsed = started.elapsed();
-        let mut usage = cpu::Snapshot::take(&[]).since(&cpu_before);
-        usage.line_ns = (line_before, probe::cache_line_round_trip_ns());
-        (totals, elapsed, (usage, per_second))
+        (totals, started.elapsed(), (span.finish(&[]), per_second))
     });
     println!("{system}: {usage}");
     println!(

@@ -13,9 +13,9 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use super::committer::Committer;
+use crate::cpu;
 use crate::progress::Progress;
 use crate::stats::Recorder;
-use crate::{cpu, probe};
 
 /// What one operation came to.
 pub enum Answer {
@@ -103,8 +103,7 @@ pub fn drive<C: Client + 'static>(
     let done = Rc::new(Cell::new(0u64));
     let local = tokio::task::LocalSet::new();
     let progress = Progress::new(label, duration);
-    let line_before = probe::cache_line_round_trip_ns();
-    let cpu_before = cpu::Snapshot::take(watched);
+    let span = cpu::Span::start(watched);
     let (totals, elapsed, per_second, clients) = local.block_on(runtime, async {
         let started = Instant::now();
         let deadline = started + duration;
@@ -158,12 +157,10 @@ pub fn drive<C: Client + 'static>(
         let per_second = ticker.await.unwrap_or_default();
         (totals, elapsed, per_second, clients)
     });
-    let mut usage = cpu::Snapshot::take(watched).since(&cpu_before);
-    usage.line_ns = (line_before, probe::cache_line_round_trip_ns());
     let measured = Measured {
         totals,
         elapsed,
-        usage,
+        usage: span.finish(watched),
         per_second,
         committer: None,
     };

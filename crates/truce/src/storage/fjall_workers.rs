@@ -8,10 +8,9 @@
 //! workers at a lower CPU priority"; the rest is the workers holding
 //! lsm-tree's version lock, which no priority changes). With the workers
 //! `nice`r, the scheduler gives the serving threads the CPU first and the
-//! background work the rest. It
-//! is not starved for good: the scheduler still gives a niced thread a
-//! share, and when flushes fall behind fjall slows writers down itself,
-//! which frees the CPU the workers need.
+//! background work the rest. It is not starved for good: the scheduler
+//! still gives a niced thread a share, and when flushes fall behind fjall
+//! slows writers down itself, which frees the CPU the workers need.
 //!
 //! fjall names its workers and starts them when the database opens, so they
 //! are found by name among this process's threads right after the open.
