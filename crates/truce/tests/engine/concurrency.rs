@@ -235,3 +235,82 @@ fn answers_from_durable_state_do_not_wait_for_the_group_fsync() {
         }
     }
 }
+
+/// Some answers go out before their group's fsync (a skip, a no-op or a
+/// conflict that read only durable state; `committer::settled`), and a group
+/// reads the writes of the requests before it in the same group. No answer
+/// may show a state before it is durable: every document an answer carries
+/// (written, skipped, unchanged or the current one of a conflict) has a
+/// sequence the durable watermark has already passed when the answer arrives.
+#[test]
+fn no_answer_shows_a_state_before_it_is_durable() {
+    use std::time::{Duration, Instant};
+    const THREADS: usize = 4;
+    const IN_FLIGHT: usize = 8;
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path());
+    let c = db.collection("c").unwrap();
+    for d in 0..3 {
+        c.put(&format!("d{d}"), json!({"n": 0, "tab": "open"}), Expect::Absent)
+            .unwrap()
+            .unwrap();
+    }
+    let until = Instant::now() + Duration::from_millis(1500);
+    let checked: usize = thread::scope(|scope| {
+        let workers: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let (db, c) = (&db, &c);
+                scope.spawn(move || {
+                    let mut checked = 0;
+                    let mut round = 0;
+                    while Instant::now() < until {
+                        round += 1;
+                        let stale = c.submit_put("d0", json!({}), Expect::Absent).unwrap();
+                        let pending: Vec<_> = (0..IN_FLIGHT)
+                            .map(|i| {
+                                let id = format!("d{}", (t + i) % 3);
+                                // The answers that may go out early come first, so
+                                // each is checked as soon as it arrives.
+                                let spec = match i % 4 {
+                                    // Skipped: the tab is never closed.
+                                    0 => json!({"$set": {"x": 1}, "$if": {"tab": "closed"}, "$else": "skip"}),
+                                    // Unchanged: the tab is open already.
+                                    1 => json!({"$set": {"tab": "open"}}),
+                                    2 => json!({"$inc": {"n": 1}}),
+                                    _ => json!({"$set": {"by": t, "round": round}}),
+                                };
+                                c.submit_patch(&id, update(spec), Expect::Any).unwrap()
+                            })
+                            .collect();
+                        let current = stale.wait().unwrap().unwrap_err().current.unwrap();
+                        let durable = db.durable_seq();
+                        assert!(
+                            current.meta.seq <= durable,
+                            "conflict at seq {} before durable {durable}",
+                            current.meta.seq
+                        );
+                        for p in pending {
+                            let doc = p.wait().unwrap().unwrap().doc;
+                            let durable = db.durable_seq();
+                            assert!(
+                                doc.meta.seq <= durable,
+                                "answer at seq {} before durable {durable}",
+                                doc.meta.seq
+                            );
+                            checked += 1;
+                        }
+                    }
+                    checked
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).sum()
+    });
+    let stats = db.stats();
+    assert!(stats.skipped > 0 && stats.noops > 0, "{stats:?}");
+    assert!(
+        stats.commits > 2 * stats.groups,
+        "groups of more than one write: {stats:?}"
+    );
+    eprintln!("{checked} answers checked in {} groups", stats.groups);
+}
