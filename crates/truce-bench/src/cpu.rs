@@ -3,7 +3,10 @@
 //! 2 cores a busy neighbour halves a figure, so every run says how busy the
 //! machine was instead of leaving it to be guessed. The server's share is also
 //! split by thread name (`truce-http`, `truce-committer`, `fjall:worker`, …),
-//! which says whether a figure is bound by CPU or by one serial thread. Linux
+//! which says whether a figure is bound by CPU or by one serial thread, and
+//! this process's and the server's time is split into user and kernel time:
+//! on loopback most of a request's CPU is the kernel's (sockets, wake-ups,
+//! context switches, fsync), which no user-space change touches. Linux
 //! `/proc` only; where it cannot be read the figures are reported as unknown.
 
 use std::collections::BTreeMap;
@@ -19,15 +22,39 @@ const TICKS_PER_S: f64 = 100.0;
 /// Threads that used less than this are left out of the summary line.
 const THREAD_SHOWN_CORES: f64 = 0.01;
 
+/// A process's CPU time in ticks: in user space, and in the kernel for it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Ticks {
+    /// utime.
+    pub user: u64,
+    /// stime.
+    pub system: u64,
+}
+
+impl Ticks {
+    fn total(self) -> u64 {
+        self.user + self.system
+    }
+}
+
+impl std::iter::Sum for Ticks {
+    fn sum<I: Iterator<Item = Ticks>>(iter: I) -> Ticks {
+        iter.fold(Ticks::default(), |a, b| Ticks {
+            user: a.user + b.user,
+            system: a.system + b.system,
+        })
+    }
+}
+
 /// CPU counters at one instant.
 pub struct Snapshot {
     at: Instant,
     /// Busy ticks of the whole machine, if `/proc/stat` was readable.
     machine: Option<u64>,
     /// This process's ticks.
-    own: Option<u64>,
+    own: Option<Ticks>,
     /// The watched processes' ticks, summed.
-    watched: Option<u64>,
+    watched: Option<Ticks>,
     /// The watched processes' ticks by thread name (threads that exit between
     /// two snapshots drop out of the split).
     threads: BTreeMap<String, u64>,
@@ -42,6 +69,10 @@ pub struct Usage {
     pub watched: Option<f64>,
     /// Everything else on the machine.
     pub others: Option<f64>,
+    /// Of `own`, the cores spent in the kernel.
+    pub own_kernel: Option<f64>,
+    /// Of `watched`, the cores spent in the kernel.
+    pub watched_kernel: Option<f64>,
     /// The watched processes' cores by thread name, busiest first.
     pub threads: Vec<(String, f64)>,
     /// The cache-line probe (`probe::cache_line_round_trip_ns`) right before
@@ -56,11 +87,11 @@ impl Snapshot {
             None
         } else {
             // Processes that exited meanwhile (a server's short-lived children) are left out.
-            let ticks: Vec<u64> = watched_pids
+            let ticks: Vec<Ticks> = watched_pids
                 .iter()
                 .filter_map(|pid| process_ticks(format!("/proc/{pid}/stat")))
                 .collect();
-            (!ticks.is_empty()).then(|| ticks.iter().sum())
+            (!ticks.is_empty()).then(|| ticks.into_iter().sum())
         };
         Snapshot {
             at: Instant::now(),
@@ -83,8 +114,10 @@ impl Snapshot {
             _ => None,
         };
         let machine = cores(self.machine, earlier.machine);
-        let own = cores(self.own, earlier.own);
-        let watched = cores(self.watched, earlier.watched);
+        let total = |t: Option<Ticks>| t.map(Ticks::total);
+        let system = |t: Option<Ticks>| t.map(|t| t.system);
+        let own = cores(total(self.own), total(earlier.own));
+        let watched = cores(total(self.watched), total(earlier.watched));
         let others = machine
             .zip(own)
             .map(|(m, o)| (m - o - watched.unwrap_or(0.0)).max(0.0));
@@ -100,6 +133,8 @@ impl Snapshot {
             own,
             watched,
             others,
+            own_kernel: cores(system(self.own), system(earlier.own)),
+            watched_kernel: cores(system(self.watched), system(earlier.watched)),
             threads,
             line_ns: (None, None),
         }
@@ -150,6 +185,8 @@ impl Usage {
             own: mean(self.own, later.own),
             watched: mean(self.watched, later.watched),
             others: mean(self.others, later.others),
+            own_kernel: mean(self.own_kernel, later.own_kernel),
+            watched_kernel: mean(self.watched_kernel, later.watched_kernel),
             threads: threads
                 .into_iter()
                 .filter_map(|(name, (x, y))| Some((name.to_string(), mean(Some(x), Some(y))?)))
@@ -164,6 +201,16 @@ impl Usage {
         .busiest_first()
     }
 
+    /// The share of this process's CPU spent in the kernel, 0 to 1.
+    pub fn own_kernel_share(&self) -> Option<f64> {
+        share(self.own_kernel, self.own)
+    }
+
+    /// The share of the watched processes' CPU spent in the kernel, 0 to 1.
+    pub fn watched_kernel_share(&self) -> Option<f64> {
+        share(self.watched_kernel, self.watched)
+    }
+
     fn busiest_first(mut self) -> Usage {
         self.threads
             .sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
@@ -171,17 +218,32 @@ impl Usage {
     }
 }
 
+/// `part` of `whole`, 0 to 1; unknown when either is, or `whole` is 0.
+fn share(part: Option<f64>, whole: Option<f64>) -> Option<f64> {
+    match (part, whole) {
+        (Some(part), Some(whole)) if whole > 0.0 => Some((part / whole).clamp(0.0, 1.0)),
+        _ => None,
+    }
+}
+
 impl fmt::Display for Usage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let show = |v: Option<f64>| v.map_or_else(|| "?".to_string(), |c| format!("{c:.2}"));
+        let kernel = |v: Option<f64>| v.map(|s| format!("{:.0} % kernel", s * 100.0));
         write!(f, "cpu: this process {} cores", show(self.own))?;
+        if let Some(kernel) = kernel(self.own_kernel_share()) {
+            write!(f, " ({kernel})")?;
+        }
         if self.watched.is_some() {
             write!(f, ", server {} cores", show(self.watched))?;
-            let busy: Vec<String> = self
-                .threads
-                .iter()
-                .filter(|(_, cores)| *cores >= THREAD_SHOWN_CORES)
-                .map(|(name, cores)| format!("{name} {cores:.2}"))
+            let busy: Vec<String> = kernel(self.watched_kernel_share())
+                .into_iter()
+                .chain(
+                    self.threads
+                        .iter()
+                        .filter(|(_, cores)| *cores >= THREAD_SHOWN_CORES)
+                        .map(|(name, cores)| format!("{name} {cores:.2}")),
+                )
                 .collect();
             if !busy.is_empty() {
                 write!(f, " ({})", busy.join(", "))?;
@@ -214,8 +276,8 @@ pub fn machine_busy_ticks(proc_stat: &str) -> Option<u64> {
     (ticks.len() >= 4).then_some(busy)
 }
 
-/// utime + stime of a `/proc/PID/stat` (or `/proc/PID/task/TID/stat`) file, in ticks.
-fn process_ticks(path: impl AsRef<Path>) -> Option<u64> {
+/// utime and stime of a `/proc/PID/stat` (or `/proc/PID/task/TID/stat`) file.
+fn process_ticks(path: impl AsRef<Path>) -> Option<Ticks> {
     parse_process_ticks(&std::fs::read_to_string(path).ok()?)
 }
 
@@ -232,22 +294,23 @@ fn thread_ticks(pids: &[u32]) -> BTreeMap<String, u64> {
                 std::fs::read_to_string(dir.join("comm")),
                 process_ticks(dir.join("stat")),
             ) {
-                *by_name.entry(name.trim_end().to_string()).or_default() += ticks;
+                *by_name.entry(name.trim_end().to_string()).or_default() += ticks.total();
             }
         }
     }
     by_name
 }
 
-/// utime + stime from the text of `/proc/PID/stat`. The command name (field 2)
+/// utime and stime from the text of `/proc/PID/stat`. The command name (field 2)
 /// may contain spaces and parentheses, so fields are counted after its last `)`.
-pub fn parse_process_ticks(stat: &str) -> Option<u64> {
+pub fn parse_process_ticks(stat: &str) -> Option<Ticks> {
     let rest = &stat[stat.rfind(')')? + 1..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // After the name: state is field 3, so utime (14) and stime (15) are at 11 and 12.
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some(utime + stime)
+    Some(Ticks {
+        user: fields.get(11)?.parse().ok()?,
+        system: fields.get(12)?.parse().ok()?,
+    })
 }
 
 #[cfg(test)]
@@ -264,7 +327,13 @@ mod tests {
     #[test]
     fn parses_process_stat_with_awkward_names() {
         let line = "4242 (truce (x) y) S 1 4242 4242 0 -1 4194560 1000 0 0 0 734 266 0 0 20 0 9 0 1000 0 0";
-        assert_eq!(parse_process_ticks(line), Some(734 + 266));
+        assert_eq!(
+            parse_process_ticks(line),
+            Some(Ticks {
+                user: 734,
+                system: 266
+            })
+        );
         assert_eq!(parse_process_ticks("garbage"), None);
     }
 
@@ -277,30 +346,34 @@ mod tests {
                 ("truce-committer".to_string(), committer),
             ])
         };
+        let ticks = |user, system| Some(Ticks { user, system });
         let earlier = Snapshot {
             at: t0,
             machine: Some(1_000),
-            own: Some(100),
-            watched: Some(50),
+            own: ticks(60, 40),
+            watched: ticks(30, 20),
             threads: threads(30, 20),
         };
         let later = Snapshot {
             at: t0 + std::time::Duration::from_secs(2),
             machine: Some(1_400),
-            own: Some(250),
-            watched: Some(150),
+            own: ticks(90, 160),
+            watched: ticks(55, 95),
             threads: threads(50, 100),
         };
         let usage = later.since(&earlier);
         let near = |v: Option<f64>, x: f64| (v.expect("known") - x).abs() < 1e-9;
         assert!(near(usage.own, 0.75) && near(usage.watched, 0.5) && near(usage.others, 0.75));
+        // In the kernel: 120 of this process's 150 ticks, 75 of the server's 100.
+        assert!(near(usage.own_kernel, 0.6) && near(usage.watched_kernel, 0.375));
+        assert!(near(usage.own_kernel_share(), 0.8) && near(usage.watched_kernel_share(), 0.75));
         let names: Vec<&str> = usage.threads.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["truce-committer", "truce-http"], "busiest first");
         assert!(near(Some(usage.threads[0].1), 0.4) && near(Some(usage.threads[1].1), 0.1));
         assert!(
             usage
                 .to_string()
-                .contains("server 0.50 cores (truce-committer 0.40, truce-http 0.10)"),
+                .starts_with("cpu: this process 0.75 cores (80 % kernel), server 0.50 cores (75 % kernel, truce-committer 0.40, truce-http 0.10)"),
             "{usage}"
         );
         assert!(Snapshot::take(&[]).since(&Snapshot::take(&[])).watched.is_none());
@@ -312,6 +385,8 @@ mod tests {
             own: Some(own),
             watched: Some(1.0),
             others: None,
+            own_kernel: Some(own / 2.0),
+            watched_kernel: None,
             threads: threads.into_iter().map(|(n, c)| (n.to_string(), c)).collect(),
             line_ns,
         };
@@ -324,6 +399,8 @@ mod tests {
         let both = first.weighted(1.0, &later, 2.0);
         let near = |v: f64, x: f64| (v - x).abs() < 1e-9;
         assert!(near(both.own.expect("known"), 0.4));
+        assert!(near(both.own_kernel_share().expect("known"), 0.5));
+        assert_eq!(both.watched_kernel_share(), None, "unknown stays unknown");
         // A thread seen in one slice only used nothing in the other.
         assert_eq!(both.threads.len(), 2);
         assert!(both.threads[0].0 == "truce-http" && near(both.threads[0].1, 0.8));

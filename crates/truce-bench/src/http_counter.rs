@@ -224,6 +224,8 @@ mod tests {
                 own: Some(0.5),
                 watched: Some(1.4),
                 others: Some(0.01),
+                own_kernel: None,
+                watched_kernel: None,
                 threads: Vec::new(),
                 line_ns: (None, None),
             },

@@ -148,6 +148,21 @@ fn every_workload_runs_against_every_available_peer() {
                 "{r}"
             );
         }
+        if !workload.starts_with("embedded-hot-counter") {
+            // How much of the load generator's and the server's CPU was the
+            // kernel's: a share where the CPU was measured at all.
+            for (cores, share) in [
+                ("client_cpu_cores", "client_kernel_share"),
+                ("server_cpu_cores", "server_kernel_share"),
+            ] {
+                let measured = r[cores].as_f64().is_some_and(|c| c > 0.0);
+                let share = r[share].as_f64();
+                assert!(
+                    !measured || share.is_some_and(|s| (0.0..=1.0).contains(&s)),
+                    "{r}"
+                );
+            }
+        }
         if !workload.starts_with("embedded-hot-counter") && system == "truce" {
             // What bounds a figure: the server's CPU by thread, and its committer.
             let threads = r["server_thread_cpu_cores"].as_object().expect("thread split");

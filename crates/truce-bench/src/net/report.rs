@@ -149,6 +149,18 @@ impl Row {
             ("server_cpu_cores", cores(self.usage.watched)),
             ("other_cpu_cores", cores(self.usage.others)),
             (
+                "client_kernel_share",
+                self.usage
+                    .own_kernel_share()
+                    .map_or(serde_json::Value::Null, |s| json_float(s, 3)),
+            ),
+            (
+                "server_kernel_share",
+                self.usage
+                    .watched_kernel_share()
+                    .map_or(serde_json::Value::Null, |s| json_float(s, 3)),
+            ),
+            (
                 "line_round_trip_ns",
                 [self.usage.line_ns.0, self.usage.line_ns.1]
                     .map(|ns| ns.map(f64::round))
