@@ -6,7 +6,8 @@
 //! which says whether a figure is bound by CPU or by one serial thread, and
 //! this process's and the server's time is split into user and kernel time:
 //! on loopback most of a request's CPU is the kernel's (sockets, wake-ups,
-//! context switches, fsync), which no user-space change touches. Linux
+//! context switches, fsync), which faster user-space code does not shorten,
+//! only fewer syscalls and thread crossings do. Linux
 //! `/proc` only; where it cannot be read the figures are reported as unknown.
 
 use std::collections::BTreeMap;
