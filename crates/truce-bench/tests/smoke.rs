@@ -147,8 +147,6 @@ fn every_workload_runs_against_every_available_peer() {
                         .all(|ns| ns.is_null() || ns.as_f64().is_some_and(|ns| ns > 0.0)),
                 "{r}"
             );
-        }
-        if !workload.starts_with("embedded-hot-counter") {
             // How much of the load generator's and the server's CPU was the
             // kernel's: a share where the CPU was measured at all.
             for (cores, share) in [

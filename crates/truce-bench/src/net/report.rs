@@ -126,6 +126,7 @@ impl Row {
             Mode::Open { target_ops_s } => json_float(target_ops_s, 0),
         };
         let cores = |v: Option<f64>| v.map_or(serde_json::Value::Null, |c| json_float(c, 2));
+        let share = |v: Option<f64>| v.map_or(serde_json::Value::Null, |s| json_float(s, 3));
         let committer = |figure: fn(&Committer) -> serde_json::Value| {
             self.committer.as_ref().map_or(serde_json::Value::Null, figure)
         };
@@ -148,18 +149,8 @@ impl Row {
             ("client_cpu_cores", cores(self.usage.own)),
             ("server_cpu_cores", cores(self.usage.watched)),
             ("other_cpu_cores", cores(self.usage.others)),
-            (
-                "client_kernel_share",
-                self.usage
-                    .own_kernel_share()
-                    .map_or(serde_json::Value::Null, |s| json_float(s, 3)),
-            ),
-            (
-                "server_kernel_share",
-                self.usage
-                    .watched_kernel_share()
-                    .map_or(serde_json::Value::Null, |s| json_float(s, 3)),
-            ),
+            ("client_kernel_share", share(self.usage.own_kernel_share())),
+            ("server_kernel_share", share(self.usage.watched_kernel_share())),
             (
                 "line_round_trip_ns",
                 [self.usage.line_ns.0, self.usage.line_ns.1]
