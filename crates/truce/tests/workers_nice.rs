@@ -1,79 +1,134 @@
-//! fjall's background workers run at the nice value asked for, and nothing
-//! else in the process changes. Its own test binary: the engine tests open
-//! databases in parallel, and every open starts workers of the same name.
+//! fjall's background workers run at the nice value asked for, only the
+//! workers of the database that asked do, and nothing else in the process
+//! changes. Its own test binary: the engine tests open databases in
+//! parallel, and every open starts workers of the same name.
 
 #![cfg(target_os = "linux")]
 
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
 use truce::storage::{FJALL_WORKER_THREAD, FJALL_WORKERS_NICE_MAX, FjallOptions, FjallStorage};
 
-/// The nice value of every thread of this process, by thread name.
-fn nice_by_thread() -> Vec<(String, i32)> {
+#[derive(Debug)]
+struct Task {
+    tid: u32,
+    name: String,
+    nice: i32,
+}
+
+/// Thread id, name and nice value from a `/proc/…/task/TID` directory.
+fn task(dir: &std::path::Path) -> Option<Task> {
+    let name = std::fs::read_to_string(dir.join("comm")).ok()?;
+    let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+    // The first field is the id; after the name, state is field 3 and nice
+    // is field 19.
+    let tid = stat.split_whitespace().next()?.parse().ok()?;
+    let fields: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
+    Some(Task {
+        tid,
+        name: name.trim_end().to_string(),
+        nice: fields.get(16)?.parse().ok()?,
+    })
+}
+
+/// Every thread of this process.
+fn tasks() -> Vec<Task> {
     std::fs::read_dir("/proc/self/task")
         .expect("tasks")
         .flatten()
-        .filter_map(|task| {
-            let name = std::fs::read_to_string(task.path().join("comm")).ok()?;
-            let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
-            // Fields after the name: state is field 3, nice is field 19.
-            let fields: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
-            Some((name.trim_end().to_string(), fields.get(16)?.parse().ok()?))
-        })
+        .filter_map(|entry| task(&entry.path()))
         .collect()
 }
 
-fn workers(threads: &[(String, i32)]) -> Vec<i32> {
-    threads
-        .iter()
-        .filter(|(name, _)| name == FJALL_WORKER_THREAD)
-        .map(|(_, nice)| *nice)
-        .collect()
+fn ids(tasks: &[Task]) -> HashSet<u32> {
+    tasks.iter().map(|t| t.tid).collect()
+}
+
+/// This process's threads once every thread that is not in `known` is a
+/// named fjall worker: a thread that has not run yet still carries its
+/// creator's name, and a thread that was joined may linger for a moment.
+fn settled(known: &HashSet<u32>) -> Vec<Task> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = tasks();
+        if now
+            .iter()
+            .filter(|t| !known.contains(&t.tid))
+            .all(|t| t.name == FJALL_WORKER_THREAD)
+        {
+            return now;
+        }
+        assert!(Instant::now() < deadline, "threads never settled: {now:?}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// The fjall workers in `now` that are not in `known`.
+fn new_workers<'a>(now: &'a [Task], known: &HashSet<u32>) -> Vec<&'a Task> {
+    let workers: Vec<&Task> = now.iter().filter(|t| !known.contains(&t.tid)).collect();
+    assert!(
+        !workers.is_empty(),
+        "the open started no thread named {FJALL_WORKER_THREAD}: renamed? {now:?}"
+    );
+    workers
 }
 
 #[test]
 fn fjall_workers_run_at_the_nice_asked_for_and_only_they_do() {
-    let before = nice_by_thread();
-    let own = before
-        .iter()
-        .map(|(_, nice)| *nice)
-        .min()
-        .expect("this thread at least");
+    let own = task(std::path::Path::new("/proc/thread-self"))
+        .expect("this thread")
+        .nice;
+    let before = tasks();
+    assert!(before.iter().all(|t| t.nice == own), "{before:?}");
 
     // Nice 0: the workers are left as they start.
     let plain = tempfile::tempdir().expect("tempdir");
     let first = FjallStorage::open_with(plain.path(), FjallOptions::default()).expect("open");
-    let started = workers(&nice_by_thread());
-    assert!(
-        !started.is_empty(),
-        "fjall started no thread named {FJALL_WORKER_THREAD}: renamed?"
-    );
-    assert!(started.iter().all(|&n| n == own), "{started:?}");
+    let started = settled(&ids(&before));
+    let first_workers: HashSet<u32> = new_workers(&started, &ids(&before))
+        .iter()
+        .map(|t| t.tid)
+        .collect();
+    assert!(started.iter().all(|t| t.nice == own), "{started:?}");
 
-    // Nice 7: every worker (both databases' share the name), and no other thread.
+    // Nice 7: every worker of the second database, and no other thread:
+    // not the first database's workers, not the thread that opened it.
     let niced = tempfile::tempdir().expect("tempdir");
     let options = FjallOptions {
         workers_nice: 7,
         ..FjallOptions::default()
     };
     let second = FjallStorage::open_with(niced.path(), options).expect("open");
-    let after = nice_by_thread();
+    let after = settled(&ids(&started));
     let want = (own + 7).min(FJALL_WORKERS_NICE_MAX);
-    let lowered = workers(&after);
+    assert!(want > own, "this test runs at nice {own}; nothing to lower");
+    for worker in new_workers(&after, &ids(&started)) {
+        assert_eq!(worker.nice, want, "{after:?}");
+    }
+    let unchanged: Vec<&Task> = after.iter().filter(|t| ids(&started).contains(&t.tid)).collect();
     assert!(
-        lowered.len() > started.len(),
-        "the second database's workers: {after:?}"
+        unchanged.iter().any(|t| first_workers.contains(&t.tid)),
+        "the first database's workers are gone: {after:?}"
     );
-    assert!(lowered.iter().all(|&n| n == want), "{after:?}, want {want}");
     assert!(
-        after
-            .iter()
-            .filter(|(name, _)| name != FJALL_WORKER_THREAD)
-            .all(|(_, nice)| *nice == own),
-        "{after:?}"
+        unchanged.iter().all(|t| t.nice == own),
+        "{after:?}, first database's workers {first_workers:?}"
+    );
+    assert_eq!(
+        task(std::path::Path::new("/proc/thread-self"))
+            .expect("this thread")
+            .nice,
+        own
     );
 
-    // Set, not added: opening again with the same value changes nothing.
+    // Opened again after a close: the new workers start niced as well.
     drop(second);
+    let closed = settled(&ids(&after));
     let _again = FjallStorage::open_with(niced.path(), options).expect("reopen");
-    assert!(workers(&nice_by_thread()).iter().all(|&n| n == want));
+    let reopened = settled(&ids(&closed));
+    for worker in new_workers(&reopened, &ids(&closed)) {
+        assert_eq!(worker.nice, want, "{reopened:?}");
+    }
     drop(first);
 }

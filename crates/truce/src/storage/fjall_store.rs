@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable};
 
 use super::fjall_journal::ZeroAhead;
-use super::fjall_workers::lower_workers;
+use super::fjall_workers::open_nicer;
 use super::{Direction, Durability, Entry, Space, Storage, StorageError, StorageRead, WriteBatch};
 
 /// Journal bytes a batch takes beyond its items: fjall's start and end entries
@@ -48,8 +48,8 @@ pub struct FjallOptions {
     /// an embedding process decides its own threads' priorities), and the
     /// result stops at Linux's 19. [`Db::open`](crate::Db::open) accepts 0 to
     /// [`FJALL_WORKERS_NICE_MAX`](super::FJALL_WORKERS_NICE_MAX); `truce
-    /// serve` sets [`FJALL_WORKERS_NICE_SERVER`]. It applies to every fjall
-    /// worker of the process (see `fjall_workers.rs`).
+    /// serve` sets [`FJALL_WORKERS_NICE_SERVER`]. It applies to this
+    /// database's workers only (see `fjall_workers.rs`).
     pub workers_nice: i32,
 }
 
@@ -100,11 +100,15 @@ impl FjallStorage {
     /// [`open`](Self::open) with explicit memory bounds. The memtable bound
     /// applies to keyspaces this call creates; existing ones keep theirs.
     pub fn open_with(dir: &Path, options: FjallOptions) -> Result<FjallStorage, StorageError> {
+        // The workers fjall starts in the open inherit the opening thread's
+        // priority (`fjall_workers.rs`).
         let open = || {
-            Database::builder(dir)
-                .cache_size(options.cache_bytes)
-                .max_journaling_size(FJALL_JOURNAL_BYTES_MAX)
-                .open()
+            open_nicer(options.workers_nice, || {
+                Database::builder(dir)
+                    .cache_size(options.cache_bytes)
+                    .max_journaling_size(FJALL_JOURNAL_BYTES_MAX)
+                    .open()
+            })
         };
         let db = match open() {
             Err(fjall::Error::JournalRecovery(_))
@@ -129,13 +133,6 @@ impl FjallStorage {
             })
             .collect::<Result<Vec<_>, StorageError>>()?;
         drop_legacy_log(&db)?;
-        if options.workers_nice > 0 {
-            // Costs latency under load, never data: logged, not fatal.
-            match lower_workers(options.workers_nice) {
-                Ok(workers) => tracing::debug!(workers, nice = options.workers_nice, "storage workers niced"),
-                Err(e) => tracing::warn!("cannot lower the storage workers' CPU priority: {e}"),
-            }
-        }
         Ok(FjallStorage {
             db,
             spaces: Arc::new(spaces),

@@ -12,56 +12,56 @@
 //! still gives a niced thread a share, and when flushes fall behind fjall
 //! slows writers down itself, which frees the CPU the workers need.
 //!
-//! fjall names its workers and starts them when the database opens, so they
-//! are found by name among this process's threads right after the open.
-//! Linux only; elsewhere nothing is changed.
+//! fjall 3.1 starts its workers on the thread that opens the database, and
+//! only there (`Database::open` → `WorkerPool::start`), and on Linux a new
+//! thread inherits its creator's nice value. So the database is opened on a
+//! short-lived thread that has first lowered its own priority: every worker
+//! is born at the asked-for nice, only this database's workers are, and
+//! nothing has to find them afterwards. (Finding them by name among the
+//! process's threads, as this module once did, raced with their start: a
+//! worker not yet running still carries its creator's name and was missed,
+//! which CI caught once in `tests/workers_nice.rs`.)
+//! Linux only; elsewhere the open runs on the calling thread, unchanged.
 
-/// The name fjall 3.1 gives its worker threads (`worker_pool.rs`; check it
-/// again when fjall moves: a new name would leave them at normal priority,
-/// which `tests/workers_nice.rs` catches).
-#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+/// The name fjall 3.1 gives its worker threads (`worker_pool.rs`). Only
+/// `tests/workers_nice.rs` uses it, to find them; the nice value does not
+/// depend on it.
 pub const FJALL_WORKER_THREAD: &str = "fjall:worker";
 
 /// The highest nice value Linux knows.
 pub const FJALL_WORKERS_NICE_MAX: i32 = 19;
 
-/// Sets every fjall worker thread of this process to the calling thread's
-/// nice value plus `nice` (at most [`FJALL_WORKERS_NICE_MAX`]), and returns
-/// how many there were. Setting rather than adding keeps it idempotent when
-/// several databases are opened in one process: their workers all share the
-/// one name.
+/// Runs `open` on a new thread whose nice value is the calling thread's plus
+/// `nice` (at most [`FJALL_WORKERS_NICE_MAX`]), so that the threads it starts
+/// inherit that value; with `nice` 0 or less, on the calling thread. Failing
+/// to lower the priority costs latency under load, never data: it is logged
+/// and the open goes on.
 #[cfg(target_os = "linux")]
-pub(super) fn lower_workers(nice: i32) -> std::io::Result<usize> {
-    let own = own_priority()?;
-    let target = own.saturating_add(nice).min(FJALL_WORKERS_NICE_MAX);
-    let mut lowered = 0;
-    for task in std::fs::read_dir("/proc/self/task")? {
-        let task = task?;
-        // A thread that exits meanwhile leaves a directory that cannot be read.
-        let Ok(name) = std::fs::read_to_string(task.path().join("comm")) else {
-            continue;
-        };
-        let Some(tid) = task
-            .file_name()
-            .to_str()
-            .and_then(|t| t.parse::<libc::id_t>().ok())
-        else {
-            continue;
-        };
-        if name.trim_end() == FJALL_WORKER_THREAD {
-            // SAFETY: a plain system call on a thread id of this process.
-            if unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, target) } != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            lowered += 1;
-        }
+pub(super) fn open_nicer<T: Send>(nice: i32, open: impl FnOnce() -> T + Send) -> T {
+    if nice <= 0 {
+        return open();
     }
-    Ok(lowered)
+    std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .name("truce-open".to_string())
+            .spawn_scoped(scope, || {
+                match own_priority()
+                    .and_then(|own| set_own_priority(own.saturating_add(nice).min(FJALL_WORKERS_NICE_MAX)))
+                {
+                    Ok(()) => tracing::debug!(nice, "storage workers start niced"),
+                    Err(e) => tracing::warn!("cannot lower the storage workers' CPU priority: {e}"),
+                }
+                open()
+            })
+            .expect("a thread to open the database on")
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
 }
 
 #[cfg(not(target_os = "linux"))]
-pub(super) fn lower_workers(_nice: i32) -> std::io::Result<usize> {
-    Ok(0)
+pub(super) fn open_nicer<T: Send>(_nice: i32, open: impl FnOnce() -> T + Send) -> T {
+    open()
 }
 
 /// The calling thread's nice value.
@@ -78,4 +78,14 @@ fn own_priority() -> std::io::Result<i32> {
         }
         Ok(nice)
     }
+}
+
+/// Sets the calling thread's nice value (Linux keeps one per thread).
+#[cfg(target_os = "linux")]
+fn set_own_priority(nice: i32) -> std::io::Result<()> {
+    // SAFETY: a plain system call; who 0 is the calling thread.
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
