@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
 
+use crate::http_threads::HTTP_THREADS_MAX;
+
 /// Default listen address: loopback only, so an unconfigured server is never exposed.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
 /// Default data directory, relative to the working directory.
@@ -152,6 +154,11 @@ pub struct ServeArgs {
     /// writers down itself. Linux only.
     #[arg(long, env = "TRUCE_STORAGE_WORKERS_NICE")]
     pub storage_workers_nice: Option<i32>,
+    /// Threads serving HTTP, 1 to 256 [default: one per CPU]. Each runs its
+    /// connections on its own and keeps them; the committer and the blocking
+    /// work (queries, feed pages) have threads of their own besides.
+    #[arg(long, env = "TRUCE_HTTP_THREADS")]
+    pub http_threads: Option<usize>,
 }
 
 /// The settings file: the same names as the flags.
@@ -172,6 +179,7 @@ struct FileSettings {
     memtable_mib: Option<u64>,
     commit_poll_us: Option<u64>,
     storage_workers_nice: Option<i32>,
+    http_threads: Option<usize>,
 }
 
 /// The effective settings of a server.
@@ -203,6 +211,8 @@ pub struct Settings {
     pub commit_poll_us: u64,
     /// Nice steps between the storage's workers and the server's threads.
     pub storage_workers_nice: i32,
+    /// HTTP threads.
+    pub http_threads: usize,
 }
 
 impl ServeArgs {
@@ -263,6 +273,11 @@ impl ServeArgs {
                 .storage_workers_nice
                 .or(file.storage_workers_nice)
                 .unwrap_or(truce::storage::FJALL_WORKERS_NICE_SERVER),
+            http_threads: self.http_threads.or(file.http_threads).unwrap_or_else(|| {
+                std::thread::available_parallelism()
+                    .map_or(1, |cpus| cpus.get())
+                    .min(HTTP_THREADS_MAX)
+            }),
         };
         if settings.commit_poll_us > truce::limits::COMMIT_POLL_US_MAX {
             return Err(format!(
@@ -275,6 +290,9 @@ impl ServeArgs {
                 "storage_workers_nice must be 0 to {}",
                 truce::storage::FJALL_WORKERS_NICE_MAX
             ));
+        }
+        if !(1..=HTTP_THREADS_MAX).contains(&settings.http_threads) {
+            return Err(format!("http_threads must be 1 to {HTTP_THREADS_MAX}"));
         }
         if !(1..=65_536).contains(&settings.cache_mib) || !(1..=1024).contains(&settings.memtable_mib) {
             return Err("cache_mib must be 1 to 65536 and memtable_mib 1 to 1024".into());
@@ -399,6 +417,24 @@ mod tests {
             ..ServeArgs::default()
         };
         assert_eq!(past.settings().unwrap_err(), "commit_poll_us must be 0 to 1000");
+    }
+
+    #[test]
+    fn the_http_threads_are_bounded_and_one_per_cpu_by_default() {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(
+            ServeArgs::default().settings().unwrap().http_threads,
+            cpus.min(256)
+        );
+        let (_dir, filed) = with_settings_file("http_threads = 3\n");
+        assert_eq!(filed.settings().unwrap().http_threads, 3);
+        for wrong in [0, 257] {
+            let args = ServeArgs {
+                http_threads: Some(wrong),
+                ..ServeArgs::default()
+            };
+            assert_eq!(args.settings().unwrap_err(), "http_threads must be 1 to 256");
+        }
     }
 
     #[test]

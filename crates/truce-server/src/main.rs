@@ -10,6 +10,7 @@ use clap::Parser;
 
 mod config;
 mod http;
+mod http_threads;
 mod keys;
 mod recount;
 mod serve;

@@ -7,8 +7,11 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use truce::{Db, Options};
 
+use axum_server::accept::Accept;
+
 use crate::config::{LogFormat, ServeArgs, Settings};
 use crate::http::{self, AppState};
+use crate::http_threads::HttpThreads;
 use crate::keys::KeyStore;
 
 /// How long shutdown waits for in-flight requests before closing anyway.
@@ -25,6 +28,9 @@ pub const HEADER_READ_TIMEOUT_MS: u64 = 10_000;
 /// only after a second; 1024 is nginx's and Go's order (the kernel caps it at
 /// `net.core.somaxconn`).
 const LISTEN_BACKLOG_CONNECTIONS: u32 = 1024;
+
+/// Wait before accepting again after `accept` failed (out of files).
+const ACCEPT_RETRY_MS: u64 = 50;
 
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TRUCE_LOG")
@@ -74,11 +80,14 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
         ..Options::default()
     };
     let db = Db::open(&settings.data, options).map_err(|e| e.to_string())?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    // This thread accepts connections and waits for the signal; the HTTP
+    // threads serve them (`http_threads.rs`).
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .thread_name("truce-http")
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let threads = HttpThreads::start(settings.http_threads)
+        .map_err(|e| format!("cannot start the HTTP threads: {e}"))?;
     let state = Arc::new(AppState {
         db: db.clone(),
         keys,
@@ -87,9 +96,9 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
         metrics: http::metrics::Metrics::new(db.clone()),
     });
     let app = http::app(state, settings.max_body_bytes);
-    let result = runtime.block_on(serve(app, &settings));
+    let result = runtime.block_on(serve(app, &settings, threads));
     // Every acknowledged write is already durable; closing joins the committer.
-    runtime.shutdown_timeout(Duration::from_millis(SHUTDOWN_GRACE_MS));
+    drop(runtime);
     drop(db);
     tracing::info!("stopped");
     result
@@ -115,45 +124,130 @@ async fn shutdown_signal() {
     tracing::info!("shutting down: finishing requests in flight");
 }
 
-async fn serve(app: http::fast::App, settings: &Settings) -> Result<(), String> {
+async fn serve(app: http::fast::App, settings: &Settings, threads: HttpThreads) -> Result<(), String> {
     let scheme = if settings.tls.is_some() { "https" } else { "http" };
-    // Graceful shutdown alone would wait for every connection to close, and
-    // change-feed streams (SSE, long polls) never do: the grace period bounds it.
-    let handle = axum_server::Handle::new();
-    let on_signal = handle.clone();
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        on_signal.graceful_shutdown(Some(Duration::from_millis(SHUTDOWN_GRACE_MS)));
-    });
-    let service = tower::make::Shared::new(app);
+    let listener =
+        listen(settings.listen).map_err(|e| format!("cannot listen on {}: {e}", settings.listen))?;
+    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    let first_byte = FirstByteWithin(HEADER_READ_TIMEOUT_MS);
     match &settings.tls {
         None => {
-            let listener =
-                listen(settings.listen).map_err(|e| format!("cannot listen on {}: {e}", settings.listen))?;
-            let local = listener.local_addr().map_err(|e| e.to_string())?;
             tracing::info!(data = %settings.data.display(), "listening on {scheme}://{local}");
-            let mut server = axum_server::from_tcp(listener)
-                .acceptor(FirstByteWithin(HEADER_READ_TIMEOUT_MS))
-                .handle(handle);
-            limit_header_time(server.http_builder());
-            server.serve(service).await.map_err(|e| e.to_string())
+            serve_connections(listener, first_byte, app, threads).await
         }
         Some((cert, key)) => {
             let _ = rustls::crypto::ring::default_provider().install_default();
             let config = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
                 .await
                 .map_err(|e| format!("cannot load TLS certificate/key: {e}"))?;
-            tracing::info!(data = %settings.data.display(), "listening on {scheme}://{}", settings.listen);
-            let mut server = axum_server::bind_rustls(settings.listen, config)
-                .map(|tls| tls.acceptor(FirstByteWithin(HEADER_READ_TIMEOUT_MS)))
-                .handle(handle);
-            limit_header_time(server.http_builder());
-            server
-                .serve(service)
-                .await
-                .map_err(|e| format!("cannot serve on {}: {e}", settings.listen))
+            tracing::info!(data = %settings.data.display(), "listening on {scheme}://{local}");
+            let tls = axum_server::tls_rustls::RustlsAcceptor::new(config).acceptor(first_byte);
+            serve_connections(listener, tls, app, threads).await
         }
     }
+}
+
+/// Accepts connections until a shutdown signal and hands each to the next
+/// HTTP thread, which runs `acceptor` (the first-byte wait, TLS) and then
+/// HTTP on it. After the signal: no new connections; each open one finishes
+/// the request it is serving and closes, for at most [`SHUTDOWN_GRACE_MS`]
+/// (change-feed streams never finish: the grace period bounds them); then the
+/// HTTP threads stop, closing whatever is left.
+async fn serve_connections<A>(
+    listener: std::net::TcpListener,
+    acceptor: A,
+    app: http::fast::App,
+    mut threads: HttpThreads,
+) -> Result<(), String>
+where
+    A: Accept<tokio::net::TcpStream, (), Service = ()> + Clone + Send + Sync + 'static,
+    A::Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    A::Future: Send,
+{
+    listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let listener = tokio::net::TcpListener::from_std(listener).map_err(|e| e.to_string())?;
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    // Each connection holds a sender; the receiver ends when all are gone.
+    let (open, mut all_closed) = tokio::sync::mpsc::channel::<()>(1);
+    let signal = shutdown_signal();
+    tokio::pin!(signal);
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut signal => break,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of files or memory: back off instead of spinning.
+                tracing::warn!("cannot accept a connection: {e}");
+                tokio::time::sleep(Duration::from_millis(ACCEPT_RETRY_MS)).await;
+                continue;
+            }
+        };
+        // Registered with the HTTP thread's runtime instead of this one.
+        let stream = match stream.into_std() {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::warn!("cannot hand a connection over: {e}");
+                continue;
+            }
+        };
+        threads.spawn(serve_connection(
+            stream,
+            acceptor.clone(),
+            app.clone(),
+            stopping.clone(),
+            open.clone(),
+        ));
+    }
+    // Refuse new connections at once rather than leave them waiting.
+    drop(listener);
+    let _ = stop.send(true);
+    drop(open);
+    let grace = Duration::from_millis(SHUTDOWN_GRACE_MS);
+    if tokio::time::timeout(grace, all_closed.recv()).await.is_err() {
+        tracing::warn!("connections still open after {SHUTDOWN_GRACE_MS} ms: closing them");
+    }
+    threads.stop();
+    Ok(())
+}
+
+/// One connection, on its HTTP thread: `acceptor`, then HTTP/1 or HTTP/2
+/// until the client closes or `stopping` turns true, then a graceful close.
+async fn serve_connection<A>(
+    stream: std::net::TcpStream,
+    acceptor: A,
+    app: http::fast::App,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+    _open: tokio::sync::mpsc::Sender<()>,
+) where
+    A: Accept<tokio::net::TcpStream, (), Service = ()>,
+    A::Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let Ok(stream) = tokio::net::TcpStream::from_std(stream) else {
+        return;
+    };
+    let accepted = tokio::select! {
+        accepted = acceptor.accept(stream, ()) => accepted,
+        _ = stopping.wait_for(|stop| *stop) => return,
+    };
+    let Ok((stream, ())) = accepted else {
+        return;
+    };
+    let mut builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    limit_header_time(&mut builder);
+    let connection = builder.serve_connection_with_upgrades(
+        hyper_util::rt::TokioIo::new(stream),
+        hyper_util::service::TowerToHyperService::new(app),
+    );
+    tokio::pin!(connection);
+    tokio::select! {
+        _ = connection.as_mut() => return,
+        _ = stopping.wait_for(|stop| *stop) => {}
+    }
+    connection.as_mut().graceful_shutdown();
+    let _ = connection.await;
 }
 
 /// Closes a connection whose request headers take longer than
@@ -235,8 +329,8 @@ fn raise_open_files_limit() {}
 
 #[cfg(test)]
 mod tests {
+    use super::Accept;
     use super::FirstByteWithin;
-    use axum_server::accept::Accept;
     use tokio::io::AsyncWriteExt;
 
     #[test]

@@ -1,0 +1,169 @@
+//! The HTTP threads: one single-threaded tokio runtime per thread, each
+//! accepted connection handed to one of them in turn for its whole life.
+//!
+//! tokio's multi-threaded runtime shares work between its workers: a worker
+//! that finds a task to run while another is idle wakes that one to steal
+//! (an eventfd write or a futex wake, and a switch on the other core). On a
+//! server whose requests each wait for the committer, that is several
+//! wake-ups per request for no gain: the work a request does on its HTTP
+//! thread is a few microseconds either way. Here nothing moves between the
+//! threads, so nothing wakes a sibling; a thread is woken by its own
+//! sockets, its own timers and the committer's answers only. Measured in
+//! `docs/benchmarks.md` ("What helped: one runtime per HTTP thread").
+//!
+//! The cost is that no thread takes work off a busy one: a connection whose
+//! request keeps its thread's CPU busy delays the other connections of that
+//! thread. The work that can take long — queries, feed pages, counts —
+//! already runs on the blocking pool (`spawn_blocking`), which each runtime
+//! has its own share of.
+
+use std::future::Future;
+use std::time::Duration;
+
+/// Most HTTP threads `--http-threads` accepts.
+pub const HTTP_THREADS_MAX: usize = 256;
+
+/// Blocking-pool threads (queries, feed pages) all HTTP threads may start
+/// together, tokio's default for one runtime.
+const BLOCKING_THREADS_MAX: usize = 512;
+
+/// The running HTTP threads.
+pub struct HttpThreads {
+    threads: Vec<HttpThread>,
+    /// The thread the next connection goes to.
+    next: usize,
+}
+
+struct HttpThread {
+    handle: tokio::runtime::Handle,
+    /// Dropped (or sent) to stop the thread.
+    stop: tokio::sync::oneshot::Sender<()>,
+    joined: std::thread::JoinHandle<()>,
+}
+
+impl HttpThreads {
+    /// Starts `count` threads named `truce-http`, each driving its own
+    /// runtime until [`stop`](Self::stop).
+    pub fn start(count: usize) -> std::io::Result<HttpThreads> {
+        let count = count.clamp(1, HTTP_THREADS_MAX);
+        let blocking = (BLOCKING_THREADS_MAX / count).max(1);
+        let threads = (0..count)
+            .map(|_| {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .thread_name("truce-http")
+                    .max_blocking_threads(blocking)
+                    .build()?;
+                let handle = runtime.handle().clone();
+                let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+                let joined = std::thread::Builder::new()
+                    .name("truce-http".into())
+                    .spawn(move || {
+                        let _ = runtime.block_on(stopped);
+                        // Tasks still running are dropped, which closes their
+                        // connections; blocking work gets a moment to end.
+                        runtime.shutdown_timeout(Duration::from_secs(1));
+                    })?;
+                Ok(HttpThread { handle, stop, joined })
+            })
+            .collect::<std::io::Result<Vec<_>>>()?;
+        Ok(HttpThreads { threads, next: 0 })
+    }
+
+    /// Runs `task` on the next thread in turn.
+    pub fn spawn<F>(&mut self, task: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let thread = &self.threads[self.next];
+        self.next = (self.next + 1) % self.threads.len();
+        thread.handle.spawn(task);
+    }
+
+    /// Stops every thread, dropping the tasks it still runs, and waits for
+    /// them to end.
+    pub fn stop(self) {
+        for thread in self.threads {
+            let _ = thread.stop.send(());
+            if thread.joined.join().is_err() {
+                tracing::error!("an HTTP thread panicked");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The thread name and id each task ran on, in the order spawned.
+    fn where_tasks_ran(threads: usize, tasks: usize) -> Vec<(String, std::thread::ThreadId)> {
+        let mut http = HttpThreads::start(threads).expect("start");
+        assert_eq!(http.threads.len(), threads);
+        let (sent, received) = std::sync::mpsc::channel();
+        for task in 0..tasks {
+            let sent = sent.clone();
+            http.spawn(async move {
+                let before = std::thread::current().id();
+                tokio::task::yield_now().await;
+                let me = std::thread::current();
+                assert_eq!(me.id(), before, "a task stays on its thread");
+                sent.send((task, me.name().unwrap_or("").to_string(), me.id()))
+                    .expect("send");
+            });
+        }
+        let mut ran: Vec<_> = (0..tasks)
+            .map(|_| {
+                received
+                    .recv_timeout(Duration::from_secs(10))
+                    .expect("a task ran")
+            })
+            .collect();
+        http.stop();
+        ran.sort_by_key(|(task, _, _)| *task);
+        ran.into_iter().map(|(_, name, id)| (name, id)).collect()
+    }
+
+    #[test]
+    fn connections_are_dealt_to_the_threads_in_turn_and_stay_there() {
+        let ran = where_tasks_ran(3, 9);
+        assert!(ran.iter().all(|(name, _)| name == "truce-http"), "{ran:?}");
+        let ids: std::collections::HashSet<_> = ran.iter().map(|(_, id)| *id).collect();
+        assert_eq!(ids.len(), 3, "three threads, each used: {ran:?}");
+        // Task i went to thread i % 3.
+        let by_turn = |turn: usize| -> std::collections::HashSet<_> {
+            ran.iter().skip(turn).step_by(3).map(|(_, id)| *id).collect()
+        };
+        for turn in 0..3 {
+            assert_eq!(by_turn(turn).len(), 1, "turn {turn}: {ran:?}");
+        }
+    }
+
+    #[test]
+    fn a_thread_count_is_bounded() {
+        assert_eq!(where_tasks_ran(1, 2).len(), 2);
+        let http = HttpThreads::start(0).expect("start");
+        assert_eq!(http.threads.len(), 1, "0 means one, not none");
+        http.stop();
+    }
+
+    #[test]
+    fn stopping_drops_tasks_that_never_end() {
+        let mut http = HttpThreads::start(2).expect("start");
+        let (dropped, seen) = std::sync::mpsc::channel::<()>();
+        for _ in 0..4 {
+            let dropped = dropped.clone();
+            http.spawn(async move {
+                let _guard = dropped;
+                std::future::pending::<()>().await;
+            });
+        }
+        drop(dropped);
+        http.stop();
+        // Every sender was dropped with its task: the channel is closed.
+        assert_eq!(
+            seen.recv_timeout(Duration::from_secs(10)),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected)
+        );
+    }
+}
