@@ -4,12 +4,13 @@
 //! tokio's multi-threaded runtime shares work between its workers: a worker
 //! that finds a task to run while another is idle wakes that one to steal
 //! (an eventfd write or a futex wake, and a switch on the other core). On a
-//! server whose requests each wait for the committer, that is several
-//! wake-ups per request for no gain: the work a request does on its HTTP
-//! thread is a few microseconds either way. Here nothing moves between the
-//! threads, so nothing wakes a sibling; a thread is woken by its own
-//! sockets, its own timers and the committer's answers only. Measured in
-//! `docs/benchmarks.md` ("What helped: one runtime per HTTP thread").
+//! server whose requests each wait for the committer those wake-ups buy
+//! nothing: the work a request does on its HTTP thread is a few microseconds
+//! either way.
+//! Here nothing moves between the threads, so nothing wakes a sibling; a
+//! thread is woken by its own sockets, its own timers and the committer's
+//! answers only. Measured in `docs/benchmarks.md` ("What helped: one
+//! runtime per HTTP thread").
 //!
 //! The cost is that no thread takes work off a busy one: a connection whose
 //! request keeps its thread's CPU busy delays the other connections of that

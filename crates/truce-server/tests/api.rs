@@ -1979,6 +1979,7 @@ fn serve_help_mentions_every_flag() {
         "--max-body-bytes",
         "--request-timeout-ms",
         "--max-concurrent-requests",
+        "--http-threads",
     ] {
         assert!(
             help.contains(flag),
@@ -1988,6 +1989,40 @@ fn serve_help_mentions_every_flag() {
     for env in ["TRUCE_LISTEN", "TRUCE_DATA", "TRUCE_CONFIG"] {
         assert!(help.contains(env), "serve --help does not mention {env}:\n{help}");
     }
+}
+
+/// `--http-threads`: that many threads serve HTTP, each its own connections,
+/// and the server still answers on all of them and stops cleanly.
+#[cfg(target_os = "linux")]
+#[test]
+fn http_threads_sets_how_many_threads_serve() {
+    let mut server = Server::start_with(&["--http-threads", "3"]);
+    let url = server.url();
+    // Six connections, dealt out in turn: two per thread.
+    let clients: Vec<Client> = (0..6).map(|_| Client::new()).collect();
+    for round in 0..3 {
+        for (i, client) in clients.iter().enumerate() {
+            let answer = client
+                .put(format!("{url}/v1/c/threads/d{i}-{round}"))
+                .header("content-type", "application/json")
+                .body(json!({ "round": round }).to_string())
+                .send()
+                .expect("PUT");
+            assert!(answer.status().is_success(), "{}", answer.status());
+        }
+    }
+    let http_threads = std::fs::read_dir(format!("/proc/{}/task", server.pid()))
+        .expect("the server's threads")
+        .flatten()
+        .filter(|task| {
+            std::fs::read_to_string(task.path().join("comm"))
+                .is_ok_and(|name| name.trim_end() == "truce-http")
+        })
+        .count();
+    // Writes start no blocking-pool threads, which would share the name.
+    assert_eq!(http_threads, 3);
+    let status = server.terminate();
+    assert!(status.success(), "exit status {status}");
 }
 
 #[test]
