@@ -84,9 +84,17 @@ impl HttpThreads {
     /// Stops every thread, dropping the tasks it still runs, and waits for
     /// them to end.
     pub fn stop(self) {
-        for thread in self.threads {
-            let _ = thread.stop.send(());
-            if thread.joined.join().is_err() {
+        // All told first, so that their waits for blocking work overlap.
+        let joined: Vec<_> = self
+            .threads
+            .into_iter()
+            .map(|thread| {
+                let _ = thread.stop.send(());
+                thread.joined
+            })
+            .collect();
+        for thread in joined {
+            if thread.join().is_err() {
                 tracing::error!("an HTTP thread panicked");
             }
         }
