@@ -424,7 +424,7 @@ mod tests {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         assert_eq!(
             ServeArgs::default().settings().unwrap().http_threads,
-            cpus.min(256)
+            cpus.min(HTTP_THREADS_MAX)
         );
         let (_dir, filed) = with_settings_file("http_threads = 3\n");
         assert_eq!(filed.settings().unwrap().http_threads, 3);

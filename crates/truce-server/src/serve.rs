@@ -97,34 +97,51 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
     });
     let app = http::app(state, settings.max_body_bytes);
     let result = runtime.block_on(serve(app, &settings, threads));
-    // Every acknowledged write is already durable; closing joins the committer.
+    // Every acknowledged write is already durable. Closing joins the committer
+    // once the last handle is gone (blocking work still running past the
+    // grace period holds one, and the process exits without waiting for it).
     drop(runtime);
     drop(db);
     tracing::info!("stopped");
     result
 }
 
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+/// Resolves at SIGTERM or SIGINT (Ctrl-C). The handlers are installed when
+/// this is called, not when it is first awaited: called before the server
+/// listens, a signal that comes while it starts is a clean shutdown rather
+/// than the default action (the process killed).
+#[cfg(unix)]
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{Signal, SignalKind, signal};
+    async fn on(installed: std::io::Result<Signal>) {
+        match installed {
             Ok(mut signal) => {
                 signal.recv().await;
             }
             Err(_) => std::future::pending().await,
         }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = interrupt => {},
-        () = terminate => {},
     }
-    tracing::info!("shutting down: finishing requests in flight");
+    let terminate = on(signal(SignalKind::terminate()));
+    let interrupt = on(signal(SignalKind::interrupt()));
+    async move {
+        tokio::select! {
+            () = terminate => {},
+            () = interrupt => {},
+        }
+        tracing::info!("shutting down: finishing requests in flight");
+    }
+}
+
+#[cfg(not(unix))]
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutting down: finishing requests in flight");
+    }
 }
 
 async fn serve(app: http::fast::App, settings: &Settings, threads: HttpThreads) -> Result<(), String> {
+    let signal = shutdown_signal();
     let scheme = if settings.tls.is_some() { "https" } else { "http" };
     let listener =
         listen(settings.listen).map_err(|e| format!("cannot listen on {}: {e}", settings.listen))?;
@@ -133,7 +150,7 @@ async fn serve(app: http::fast::App, settings: &Settings, threads: HttpThreads) 
     match &settings.tls {
         None => {
             tracing::info!(data = %settings.data.display(), "listening on {scheme}://{local}");
-            serve_connections(listener, first_byte, app, threads).await
+            serve_connections(listener, first_byte, app, threads, signal).await
         }
         Some((cert, key)) => {
             let _ = rustls::crypto::ring::default_provider().install_default();
@@ -142,12 +159,12 @@ async fn serve(app: http::fast::App, settings: &Settings, threads: HttpThreads) 
                 .map_err(|e| format!("cannot load TLS certificate/key: {e}"))?;
             tracing::info!(data = %settings.data.display(), "listening on {scheme}://{local}");
             let tls = axum_server::tls_rustls::RustlsAcceptor::new(config).acceptor(first_byte);
-            serve_connections(listener, tls, app, threads).await
+            serve_connections(listener, tls, app, threads, signal).await
         }
     }
 }
 
-/// Accepts connections until a shutdown signal and hands each to the next
+/// Accepts connections until `signal` and hands each to the next
 /// HTTP thread, which runs `acceptor` (the first-byte wait, TLS) and then
 /// HTTP on it. After the signal: no new connections; each open one finishes
 /// the request it is serving and closes, for at most [`SHUTDOWN_GRACE_MS`]
@@ -158,6 +175,7 @@ async fn serve_connections<A>(
     acceptor: A,
     app: http::fast::App,
     mut threads: HttpThreads,
+    signal: impl std::future::Future<Output = ()>,
 ) -> Result<(), String>
 where
     A: Accept<tokio::net::TcpStream, (), Service = ()> + Clone + Send + Sync + 'static,
@@ -169,7 +187,6 @@ where
     let (stop, stopping) = tokio::sync::watch::channel(false);
     // Each connection holds a sender; the receiver ends when all are gone.
     let (open, mut all_closed) = tokio::sync::mpsc::channel::<()>(1);
-    let signal = shutdown_signal();
     tokio::pin!(signal);
     loop {
         let accepted = tokio::select! {

@@ -1991,8 +1991,9 @@ fn serve_help_mentions_every_flag() {
     }
 }
 
-/// `--http-threads`: that many threads serve HTTP, each its own connections,
-/// and the server still answers on all of them and stops cleanly.
+/// `--http-threads`: that many threads serve HTTP, the server answers on
+/// every connection and stops cleanly. (How connections are dealt to the
+/// threads is `http_threads.rs`'s unit test.)
 #[cfg(target_os = "linux")]
 #[test]
 fn http_threads_sets_how_many_threads_serve() {

@@ -109,13 +109,14 @@ impl FjallStorage {
                     .max_journaling_size(FJALL_JOURNAL_BYTES_MAX)
                     .open()
             })
+            .map_err(|e| StorageError::Backend(format!("cannot start a thread to open the storage on: {e}")))
         };
-        let db = match open() {
+        let db = match open()? {
             Err(fjall::Error::JournalRecovery(_))
                 if super::fjall_repair::cut_torn_tail(dir)
                     .map_err(|e| StorageError::Backend(e.to_string()))? =>
             {
-                open()
+                open()?
             }
             other => other,
         }

@@ -35,11 +35,12 @@ pub const FJALL_WORKERS_NICE_MAX: i32 = 19;
 /// `nice` (at most [`FJALL_WORKERS_NICE_MAX`]), so that the threads it starts
 /// inherit that value; with `nice` 0 or less, on the calling thread. Failing
 /// to lower the priority costs latency under load, never data: it is logged
-/// and the open goes on.
+/// and the open goes on. Errs only when no thread can be started. (The open's
+/// own work — recovering the journal — runs at that priority too.)
 #[cfg(target_os = "linux")]
-pub(super) fn open_nicer<T: Send>(nice: i32, open: impl FnOnce() -> T + Send) -> T {
+pub(super) fn open_nicer<T: Send>(nice: i32, open: impl FnOnce() -> T + Send) -> std::io::Result<T> {
     if nice <= 0 {
-        return open();
+        return Ok(open());
     }
     std::thread::scope(|scope| {
         std::thread::Builder::new()
@@ -53,15 +54,17 @@ pub(super) fn open_nicer<T: Send>(nice: i32, open: impl FnOnce() -> T + Send) ->
                 }
                 open()
             })
-            .expect("a thread to open the database on")
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            .map(|opening| {
+                opening
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
     })
 }
 
 #[cfg(not(target_os = "linux"))]
-pub(super) fn open_nicer<T: Send>(_nice: i32, open: impl FnOnce() -> T + Send) -> T {
-    open()
+pub(super) fn open_nicer<T: Send>(_nice: i32, open: impl FnOnce() -> T + Send) -> std::io::Result<T> {
+    Ok(open())
 }
 
 /// The calling thread's nice value.
