@@ -26,6 +26,10 @@
 use std::future::Future;
 use std::time::Duration;
 
+/// The HTTP threads' name, and their blocking-pool threads' (the bench splits
+/// the server's CPU by thread name).
+const HTTP_THREAD_NAME: &str = "truce-http";
+
 /// Most HTTP threads `--http-threads` accepts.
 pub const HTTP_THREADS_MAX: usize = 256;
 
@@ -63,13 +67,13 @@ impl HttpThreads {
             .map(|_| {
                 let runtime = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
-                    .thread_name("truce-http")
+                    .thread_name(HTTP_THREAD_NAME)
                     .max_blocking_threads(blocking)
                     .build()?;
                 let handle = runtime.handle().clone();
                 let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
                 let joined = std::thread::Builder::new()
-                    .name("truce-http".into())
+                    .name(HTTP_THREAD_NAME.into())
                     .spawn(move || {
                         let _ = runtime.block_on(stopped);
                         // Tasks still running are dropped, which closes their
@@ -144,7 +148,7 @@ mod tests {
     #[test]
     fn connections_are_dealt_to_the_threads_in_turn() {
         let ran = where_tasks_ran(3, 9);
-        assert!(ran.iter().all(|(name, _)| name == "truce-http"), "{ran:?}");
+        assert!(ran.iter().all(|(name, _)| name == HTTP_THREAD_NAME), "{ran:?}");
         let ids: std::collections::HashSet<_> = ran.iter().map(|(_, id)| *id).collect();
         assert_eq!(ids.len(), 3, "three threads, each used: {ran:?}");
         // Task i went to thread i % 3.

@@ -110,8 +110,16 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
 /// this is called, not when it is first awaited: called before the server
 /// listens, a signal that comes while it starts is a clean shutdown rather
 /// than the default action (the process killed).
-#[cfg(unix)]
 fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    let signalled = signalled();
+    async move {
+        signalled.await;
+        tracing::info!("shutting down: finishing requests in flight");
+    }
+}
+
+#[cfg(unix)]
+fn signalled() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{Signal, SignalKind, signal};
     async fn on(installed: std::io::Result<Signal>) {
         match installed {
@@ -128,15 +136,13 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
             () = terminate => {},
             () = interrupt => {},
         }
-        tracing::info!("shutting down: finishing requests in flight");
     }
 }
 
 #[cfg(not(unix))]
-fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+fn signalled() -> impl std::future::Future<Output = ()> {
     async {
         let _ = tokio::signal::ctrl_c().await;
-        tracing::info!("shutting down: finishing requests in flight");
     }
 }
 

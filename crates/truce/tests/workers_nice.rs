@@ -8,7 +8,11 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use truce::storage::{FJALL_WORKER_THREAD, FJALL_WORKERS_NICE_MAX, FjallOptions, FjallStorage};
+use truce::storage::{FJALL_WORKERS_NICE_MAX, FjallOptions, FjallStorage};
+
+/// The name fjall 3.1 gives its worker threads (`worker_pool.rs`): how this
+/// test finds them. The nice value does not depend on it.
+const FJALL_WORKER_THREAD: &str = "fjall:worker";
 
 #[derive(Debug)]
 struct Task {
@@ -30,6 +34,13 @@ fn task(dir: &std::path::Path) -> Option<Task> {
         name: name.trim_end().to_string(),
         nice: fields.get(16)?.parse().ok()?,
     })
+}
+
+/// The calling thread's nice value.
+fn own_nice() -> i32 {
+    task(std::path::Path::new("/proc/thread-self"))
+        .expect("this thread")
+        .nice
 }
 
 /// Every thread of this process.
@@ -76,20 +87,16 @@ fn new_workers<'a>(now: &'a [Task], known: &HashSet<u32>) -> Vec<&'a Task> {
 
 #[test]
 fn fjall_workers_run_at_the_nice_asked_for_and_only_they_do() {
-    let own = task(std::path::Path::new("/proc/thread-self"))
-        .expect("this thread")
-        .nice;
+    let own = own_nice();
     let before = tasks();
     assert!(before.iter().all(|t| t.nice == own), "{before:?}");
 
     // Nice 0: the workers are left as they start.
     let plain = tempfile::tempdir().expect("tempdir");
     let first = FjallStorage::open_with(plain.path(), FjallOptions::default()).expect("open");
-    let started = settled(&ids(&before));
-    let first_workers: HashSet<u32> = new_workers(&started, &ids(&before))
-        .iter()
-        .map(|t| t.tid)
-        .collect();
+    let known = ids(&before);
+    let started = settled(&known);
+    let first_workers: HashSet<u32> = new_workers(&started, &known).iter().map(|t| t.tid).collect();
     assert!(started.iter().all(|t| t.nice == own), "{started:?}");
 
     // Nice 7: every worker of the second database, and no other thread:
@@ -100,13 +107,14 @@ fn fjall_workers_run_at_the_nice_asked_for_and_only_they_do() {
         ..FjallOptions::default()
     };
     let second = FjallStorage::open_with(niced.path(), options).expect("open");
-    let after = settled(&ids(&started));
+    let known = ids(&started);
+    let after = settled(&known);
     let want = (own + 7).min(FJALL_WORKERS_NICE_MAX);
     assert!(want > own, "this test runs at nice {own}; nothing to lower");
-    for worker in new_workers(&after, &ids(&started)) {
+    for worker in new_workers(&after, &known) {
         assert_eq!(worker.nice, want, "{after:?}");
     }
-    let unchanged: Vec<&Task> = after.iter().filter(|t| ids(&started).contains(&t.tid)).collect();
+    let unchanged: Vec<&Task> = after.iter().filter(|t| known.contains(&t.tid)).collect();
     assert!(
         unchanged.iter().any(|t| first_workers.contains(&t.tid)),
         "the first database's workers are gone: {after:?}"
@@ -115,19 +123,14 @@ fn fjall_workers_run_at_the_nice_asked_for_and_only_they_do() {
         unchanged.iter().all(|t| t.nice == own),
         "{after:?}, first database's workers {first_workers:?}"
     );
-    assert_eq!(
-        task(std::path::Path::new("/proc/thread-self"))
-            .expect("this thread")
-            .nice,
-        own
-    );
+    assert_eq!(own_nice(), own, "the opening thread's priority is unchanged");
 
     // Opened again after a close: the new workers start niced as well.
     drop(second);
-    let closed = settled(&ids(&after));
+    let closed = ids(&settled(&ids(&after)));
     let _again = FjallStorage::open_with(niced.path(), options).expect("reopen");
-    let reopened = settled(&ids(&closed));
-    for worker in new_workers(&reopened, &ids(&closed)) {
+    let reopened = settled(&closed);
+    for worker in new_workers(&reopened, &closed) {
         assert_eq!(worker.nice, want, "{reopened:?}");
     }
     drop(first);

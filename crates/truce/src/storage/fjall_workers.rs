@@ -23,11 +23,6 @@
 //! which CI caught once in `tests/workers_nice.rs`.)
 //! Linux only; elsewhere the open runs on the calling thread, unchanged.
 
-/// The name fjall 3.1 gives its worker threads (`worker_pool.rs`). Only
-/// `tests/workers_nice.rs` uses it, to find them; the nice value does not
-/// depend on it.
-pub const FJALL_WORKER_THREAD: &str = "fjall:worker";
-
 /// The highest nice value Linux knows.
 pub const FJALL_WORKERS_NICE_MAX: i32 = 19;
 

@@ -20,7 +20,7 @@ pub use crash::{CrashStorage, Tail};
 pub use fjall_store::{
     FJALL_CACHE_BYTES, FJALL_MEMTABLE_BYTES, FJALL_WORKERS_NICE_SERVER, FjallOptions, FjallStorage,
 };
-pub use fjall_workers::{FJALL_WORKER_THREAD, FJALL_WORKERS_NICE_MAX};
+pub use fjall_workers::FJALL_WORKERS_NICE_MAX;
 pub use memory::{Fault, MemoryStorage};
 
 /// A separate key space, like a column family or a table. Keys of different
