@@ -141,7 +141,8 @@ pub struct ServeArgs {
     /// 0 to 1000 [default: 200]; 0 never polls. Polling spares the next
     /// writer the committer's wake-up (large on VMs whose idle vCPUs halt) at
     /// the cost of CPU while waiting: the window opens only while writes keep
-    /// arriving within it, but then it can keep up to one core busy. Use 0
+    /// arriving within it, but then it can keep up to one core busy. It also
+    /// bounds how long the committer polls for writers to fill a group. Use 0
     /// where CPU is capped or metered (a container's CPU limit).
     #[arg(long, env = "TRUCE_COMMIT_POLL_US")]
     pub commit_poll_us: Option<u64>,

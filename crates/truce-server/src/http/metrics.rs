@@ -193,7 +193,7 @@ impl Collector for EngineCollector {
         counter(
             e,
             "committer_poll_seconds",
-            "Time the committer spent polling its empty queue before blocking (CPU used while waiting)",
+            "Time the committer spent polling its empty queue before blocking, or for more requests to fill a group (CPU used while waiting)",
             s.commit_poll_seconds,
         )?;
         counter(

@@ -160,6 +160,8 @@ pub struct Committer {
     events: Vec<Event>,
     /// Documents this group changed, by hash: a second change is contended.
     group_docs: GroupDocs,
+    /// How it waits for requests, and gathers them into groups.
+    poll: PollWindow,
 }
 
 /// The counter increments a commit implies, by mode.
@@ -245,7 +247,8 @@ fn check(op: &PreparedOp, current: Option<&Arc<Document>>) -> std::result::Resul
 
 impl Committer {
     /// Recovers the last sequence number, commit time and index definitions.
-    pub fn recover(shared: Arc<Shared>) -> Result<Committer> {
+    /// `poll` is how it will wait for requests (`engine/poll.rs`).
+    pub fn recover(shared: Arc<Shared>, poll: PollWindow) -> Result<Committer> {
         let storage = &*shared.storage;
         let last_seq = read_meta_counter(storage, META_LAST_SEQ)?;
         if last_seq > crate::limits::COMMIT_SEQ_MAX {
@@ -313,6 +316,7 @@ impl Committer {
             last_maintenance: Instant::now(),
             events: Vec::new(),
             group_docs: GroupDocs::default(),
+            poll,
         })
     }
 
@@ -322,14 +326,13 @@ impl Committer {
     }
 
     /// Runs until every sender of `queue` is gone.
-    /// `poll` is how it waits for the next request (`engine/poll.rs`).
-    pub fn run(mut self, queue: Receiver<Request>, mut poll: PollWindow) {
+    pub fn run(mut self, queue: Receiver<Request>) {
         let idle = Duration::from_millis(COMMITTER_IDLE_MS);
         let tick = Duration::from_millis(BACKGROUND_TICK_MS);
         let mut waiting = VecDeque::with_capacity(COMMIT_BATCH_REQUESTS_MAX);
         loop {
             let wait = if self.busy_in_background() { tick } else { idle };
-            let (next, polled) = poll.recv(&queue, wait);
+            let (next, polled) = self.poll.recv(&queue, wait);
             self.shared.insights.add_polled(polled);
             match next {
                 Ok(first) => waiting.push_back(first),
@@ -345,6 +348,8 @@ impl Committer {
                     Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
                 }
             }
+            let gathered = self.poll.gather(&queue, &mut waiting, COMMIT_BATCH_REQUESTS_MAX);
+            self.shared.insights.add_polled(gathered);
             while !waiting.is_empty() {
                 self.run_group(&mut waiting);
             }
@@ -1048,6 +1053,7 @@ impl Committer {
         self.group_docs.clear();
         if group.is_empty() {
             self.shared.insights.absorb(&mut self.events, requests, 0, None);
+            self.poll.stored(requests, 0, None);
             return Ok(());
         }
         let (seq, ts_ms) = (group.seq, group.ts_ms);
@@ -1079,6 +1085,7 @@ impl Committer {
         self.shared
             .insights
             .absorb(&mut self.events, requests, commits, Some(took));
+        self.poll.stored(requests, commits, Some(took));
         result
     }
 

@@ -502,7 +502,8 @@ pub struct Stats {
     /// Requests waiting for the committer now.
     pub queue_depth: u64,
     /// Seconds the committer has spent polling its empty queue before
-    /// blocking (`Options::commit_poll`): CPU it used while waiting.
+    /// blocking, or for more requests to fill a group
+    /// (`Options::commit_poll`): CPU it used while waiting.
     pub commit_poll_seconds: f64,
     /// `after_commit` increments waiting in the outbox.
     pub outbox_entries: u64,

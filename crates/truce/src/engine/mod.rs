@@ -74,7 +74,9 @@ pub struct Options {
     /// and per-keyspace memtables.
     pub fjall: FjallOptions,
     /// How long the committer polls its empty queue before it blocks (an
-    /// adaptive window: it opens only while requests keep coming within it);
+    /// adaptive window: it opens only while requests keep coming within it),
+    /// and the longest it polls for more requests to fill a group (for no
+    /// longer than the last group's store took, and only while that pays);
     /// zero never polls. Default [`COMMIT_POLL_US_DEFAULT`], at most
     /// [`COMMIT_POLL_US_MAX`].
     pub commit_poll: Duration,
@@ -147,6 +149,13 @@ impl Db {
                 limit: COMMIT_POLL_US_MAX,
             });
         }
+        let poll = PollWindow::new(options.commit_poll);
+        Db::start(storage, options, poll)
+    }
+
+    /// Starts the committer on `storage` with `poll` (tests pass windows past
+    /// [`COMMIT_POLL_US_MAX`], to make its waits long enough to time).
+    fn start(storage: Arc<dyn Storage>, options: Options, poll: PollWindow) -> Result<Db> {
         let shared = Arc::new(Shared {
             storage,
             durability: options.durability,
@@ -158,12 +167,11 @@ impl Db {
             outbox: RwLock::default(),
             insights: insights::Insights::new(options.hot_spots)?,
         });
-        let committer = Committer::recover(Arc::clone(&shared))?;
+        let committer = Committer::recover(Arc::clone(&shared), poll)?;
         let (queue, receiver) = mpsc::sync_channel(options.queue_capacity);
-        let poll = PollWindow::new(options.commit_poll);
         let handle = std::thread::Builder::new()
             .name("truce-committer".into())
-            .spawn(move || committer.run(receiver, poll))
+            .spawn(move || committer.run(receiver))
             .map_err(|e| Error::Unavailable(format!("cannot start the committer thread: {e}")))?;
         let inner = Inner {
             shared,

@@ -1,7 +1,8 @@
-//! How the committer waits for its next request: it polls the queue for a
-//! short, adaptive window before it blocks.
+//! How the committer waits: for its next request, polling the queue for a
+//! short, adaptive window before it blocks; and, with a request in hand, for
+//! the writers its last group answered, so that they share the next fsync.
 //!
-//! Why: when the committer blocks on an empty queue, the next writer has to
+//! Why poll: when the committer blocks on an empty queue, the next writer has to
 //! wake it (a futex wake, and on a virtual machine whose idle vCPUs halt, the
 //! host's wake-up of that vCPU), and that latency lands on every request that
 //! finds the committer idle. On a serial chain of writes — read-modify-write
@@ -15,17 +16,45 @@
 //! lightly loaded server does not spin; a busy one polls in the gaps. Each
 //! poll yields the CPU between looks, so a thread with work on the same core
 //! runs first.
+//!
+//! Why gather: writers that wait for their answer (an embedded caller's
+//! `update`, a client's next request) come back one by one after a group's
+//! answers, and a committer that stores the first to come alone makes the
+//! others wait for that store and pay one of their own. So when fewer
+//! requests are queued than the last group had, the committer polls for the
+//! rest, for no longer than the last group's store took: a late writer it
+//! catches saves a whole store, and the writers already queued wait at most
+//! one store more. A gather that did not pay — the group committed no more
+//! than was queued before it, as when the latecomers only lose a race on one
+//! document and need no store at all — stops gathering for
+//! [`GATHER_REST_GROUPS`] chances, so that a serial chain is not held up.
+//! A lone writer (a last group of one) is never held.
 
+use std::collections::VecDeque;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::time::{Duration, Instant};
 
-/// The committer's adaptive poll window.
+/// Chances to gather skipped after a gather that did not pay.
+pub(crate) const GATHER_REST_GROUPS: u32 = 64;
+
+/// The committer's adaptive poll window, and what it knows for gathering.
 #[derive(Debug)]
 pub(crate) struct PollWindow {
-    /// The longest the window may open; zero turns polling off.
+    /// The longest the window may open, and the longest a gather may last;
+    /// zero turns both off.
     bound: Duration,
     /// The current window.
     window: Duration,
+    /// Requests in the last group: how many a gather waits for.
+    last_group: usize,
+    /// How long the last group that wrote took to store: how long a gather
+    /// may wait.
+    last_store: Duration,
+    /// Chances to gather still to skip.
+    resting: u32,
+    /// The current group's gather: the requests queued when it began, and how
+    /// long it polled; `None` when it did not gather.
+    gathered: Option<(usize, Duration)>,
 }
 
 impl PollWindow {
@@ -34,6 +63,10 @@ impl PollWindow {
         PollWindow {
             bound,
             window: Duration::ZERO,
+            last_group: 0,
+            last_store: Duration::ZERO,
+            resting: 0,
+            gathered: None,
         }
     }
 
@@ -87,6 +120,69 @@ impl PollWindow {
         let result = queue.recv_timeout(timeout.saturating_sub(start.elapsed()));
         self.learn(result.is_ok().then(|| start.elapsed()));
         (result, polled)
+    }
+
+    /// Polls for more requests onto `waiting` until it holds as many as the
+    /// last group had (at most `max`), for no longer than the last group's
+    /// store took and the bound. Returns how long it polled.
+    pub(crate) fn gather<T>(
+        &mut self,
+        queue: &Receiver<T>,
+        waiting: &mut VecDeque<T>,
+        max: usize,
+    ) -> Duration {
+        self.gathered = None;
+        let target = self.last_group.min(max);
+        let limit = self.last_store.min(self.bound);
+        if waiting.len() >= target || limit.is_zero() {
+            return Duration::ZERO;
+        }
+        if self.resting > 0 {
+            self.resting -= 1;
+            return Duration::ZERO;
+        }
+        let before = waiting.len();
+        let start = Instant::now();
+        while waiting.len() < target {
+            match queue.try_recv() {
+                Ok(request) => {
+                    waiting.push_back(request);
+                    continue;
+                }
+                Err(TryRecvError::Disconnected) => break,
+                Err(TryRecvError::Empty) => {}
+            }
+            if start.elapsed() >= limit {
+                break;
+            }
+            std::thread::yield_now();
+        }
+        let polled = start.elapsed();
+        self.gathered = Some((before, polled));
+        polled
+    }
+
+    /// Learns from the group just stored: `requests` taken, `commits` it made
+    /// (requests that lost a race, or changed nothing, make none), and how long
+    /// its store took (`None`: it had nothing to store).
+    ///
+    /// A gather paid when what the commits it caught saved — each would have
+    /// waited for this store and then its own: one store each, less the wait —
+    /// outweighs what the wait cost the requests already queued:
+    /// `caught × (store − wait) > before × wait`.
+    pub(crate) fn stored(&mut self, requests: usize, commits: u64, took: Option<Duration>) {
+        if let Some((before, waited)) = self.gathered.take() {
+            let caught = commits.saturating_sub(before as u64) as u128;
+            let store = took.unwrap_or_default().as_nanos();
+            let waited = waited.as_nanos();
+            if caught * store.saturating_sub(waited) <= before as u128 * waited {
+                self.resting = GATHER_REST_GROUPS;
+            }
+        }
+        if let Some(took) = took {
+            self.last_store = took;
+        }
+        self.last_group = requests;
     }
 }
 
@@ -188,5 +284,147 @@ mod tests {
             poll.recv(&rx, Duration::from_millis(5)),
             (Err(RecvTimeoutError::Timeout), Duration::ZERO)
         );
+    }
+
+    /// A window whose last group had `requests`, of which `commits` wrote,
+    /// stored in `took`.
+    fn after_group(bound: Duration, requests: usize, commits: u64, took: Duration) -> PollWindow {
+        let mut poll = PollWindow::new(bound);
+        poll.stored(requests, commits, Some(took));
+        poll
+    }
+
+    #[test]
+    fn a_gather_waits_for_as_many_as_the_last_group_had() {
+        let mut poll = after_group(Duration::from_secs(5), 4, 4, Duration::from_secs(2));
+        let (tx, rx) = mpsc::sync_channel(8);
+        let mut waiting = VecDeque::from([1]);
+        let sender = std::thread::spawn(move || {
+            for n in 2..=4 {
+                std::thread::sleep(Duration::from_millis(1));
+                tx.send(n).unwrap();
+            }
+            tx
+        });
+        let polled = poll.gather(&rx, &mut waiting, 64);
+        assert_eq!(waiting, [1, 2, 3, 4]);
+        assert!(
+            polled < Duration::from_secs(1),
+            "it stops once the group is full: {polled:?}"
+        );
+        drop(sender.join().unwrap());
+    }
+
+    #[test]
+    fn a_gather_waits_no_longer_than_the_last_store_took_nor_the_bound() {
+        let (_tx, rx) = mpsc::sync_channel::<u32>(8);
+        let mut poll = after_group(Duration::from_secs(5), 8, 8, Duration::from_millis(30));
+        let mut waiting = VecDeque::from([1]);
+        let polled = poll.gather(&rx, &mut waiting, 64);
+        assert!(
+            polled >= Duration::from_millis(30) && polled < Duration::from_secs(4),
+            "{polled:?}"
+        );
+        assert_eq!(waiting, [1]);
+        let mut poll = after_group(Duration::from_millis(20), 8, 8, Duration::from_secs(10));
+        let polled = poll.gather(&rx, &mut waiting, 64);
+        assert!(
+            polled >= Duration::from_millis(20) && polled < Duration::from_secs(4),
+            "{polled:?}"
+        );
+    }
+
+    #[test]
+    fn a_lone_writer_a_full_queue_and_a_zero_bound_are_not_held() {
+        let (tx, rx) = mpsc::sync_channel(8);
+        tx.send(2).unwrap();
+        let mut waiting = VecDeque::from([1]);
+        let mut lone = after_group(Duration::from_secs(5), 1, 1, Duration::from_secs(1));
+        assert_eq!(lone.gather(&rx, &mut waiting, 64), Duration::ZERO);
+        let mut capped = after_group(Duration::from_secs(5), 8, 8, Duration::from_secs(1));
+        assert_eq!(capped.gather(&rx, &mut waiting, 1), Duration::ZERO);
+        let mut off = after_group(Duration::ZERO, 8, 8, Duration::from_secs(1));
+        assert_eq!(off.gather(&rx, &mut waiting, 64), Duration::ZERO);
+        let mut nothing_stored = PollWindow::new(Duration::from_secs(5));
+        nothing_stored.stored(8, 0, None);
+        assert_eq!(nothing_stored.gather(&rx, &mut waiting, 64), Duration::ZERO);
+        assert_eq!(waiting, [1], "none of them took from the queue");
+        assert_eq!(rx.try_recv(), Ok(2));
+    }
+
+    #[test]
+    fn a_gather_that_did_not_pay_rests_then_tries_again() {
+        // The last group: two requests, one commit (the other lost the race).
+        let mut poll = after_group(Duration::from_secs(5), 2, 1, Duration::from_millis(20));
+        let (tx, rx) = mpsc::sync_channel(8);
+        let mut waiting = VecDeque::from([1]);
+        tx.send(2).unwrap();
+        poll.gather(&rx, &mut waiting, 64);
+        assert_eq!(waiting, [1, 2], "it gathered the second");
+        // Which lost its race too: the group committed no more than the one
+        // queued before the gather.
+        poll.stored(2, 1, Some(Duration::from_millis(20)));
+        waiting.truncate(1);
+        tx.send(3).unwrap();
+        for chance in 0..GATHER_REST_GROUPS {
+            assert_eq!(
+                poll.gather(&rx, &mut waiting, 64),
+                Duration::ZERO,
+                "chance {chance}"
+            );
+            assert_eq!(waiting, [1], "resting, it takes nothing (chance {chance})");
+            poll.stored(2, 1, Some(Duration::from_millis(20)));
+        }
+        poll.gather(&rx, &mut waiting, 64);
+        assert_eq!(waiting, [1, 3], "rested, it gathers again");
+        // This one paid (two commits where one was queued): no rest.
+        poll.stored(2, 2, Some(Duration::from_millis(20)));
+        waiting.truncate(1);
+        tx.send(4).unwrap();
+        poll.gather(&rx, &mut waiting, 64);
+        assert_eq!(waiting, [1, 4]);
+    }
+
+    /// Through the engine: a write that finds fewer requests queued than the
+    /// last group had waits for the next writer, and the two share a group.
+    #[test]
+    fn the_committer_gathers_a_late_writer_into_the_group() {
+        use crate::storage::{Fault, MemoryStorage};
+        use crate::{Db, Expect, Options};
+        use serde_json::json;
+        use std::sync::Arc;
+
+        let storage = Arc::new(MemoryStorage::new());
+        // A window far past the engine's bound, so that the gather is long
+        // enough to catch a writer this test starts.
+        let db = Db::start(
+            storage.clone(),
+            Options::default(),
+            PollWindow::new(Duration::from_secs(5)),
+        )
+        .unwrap();
+        let c = db.collection("c").unwrap();
+        // The first group stalls in storage while two writes queue: they make
+        // a group of two whose store (delayed too) takes 500 ms.
+        storage.inject(Fault::Delay(Duration::from_millis(300)));
+        storage.inject(Fault::Delay(Duration::from_millis(500)));
+        let first = c.submit_put("a", json!({}), Expect::Any).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        let pair = [
+            c.submit_put("b", json!({}), Expect::Any).unwrap(),
+            c.submit_put("c", json!({}), Expect::Any).unwrap(),
+        ];
+        first.wait().unwrap().unwrap();
+        for write in pair {
+            write.wait().unwrap().unwrap();
+        }
+        let groups = db.stats().groups;
+        // One writer, then another 50 ms later: the committer waits (up to
+        // 500 ms) for a second request, and stores both at once.
+        let alone = c.submit_put("d", json!({}), Expect::Any).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        c.put("e", json!({}), Expect::Any).unwrap().unwrap();
+        alone.wait().unwrap().unwrap();
+        assert_eq!(db.stats().groups, groups + 1, "d and e were stored in one group");
     }
 }
