@@ -24,11 +24,13 @@
 //! requests are queued than the last group had, the committer polls for the
 //! rest, for no longer than the last group's store took: a late writer it
 //! catches saves a whole store, and the writers already queued wait at most
-//! one store more. A gather that did not pay — the group committed no more
-//! than was queued before it, as when the latecomers only lose a race on one
-//! document and need no store at all — stops gathering for
-//! [`GATHER_REST_GROUPS`] chances, so that a serial chain is not held up.
-//! A lone writer (a last group of one) is never held.
+//! one store more. A gather that did not pay — what the commits it caught
+//! saved, a store each less the wait, was no more than what the wait cost
+//! the requests already in hand (latecomers that only lose a race on one
+//! document save nothing: they need no store) — stops gathering for
+//! [`GATHER_REST_GROUPS`] chances, so that a serial chain, or a stream whose
+//! requests come too slowly to fill the group within a store, is not held
+//! up. A lone writer (a last group of one) is never held.
 
 use std::collections::VecDeque;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
