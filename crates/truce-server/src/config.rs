@@ -143,7 +143,8 @@ pub struct ServeArgs {
     /// the cost of CPU while waiting: the window opens only while writes keep
     /// arriving within it, but then it can keep up to one core busy. It also
     /// bounds how long the committer polls for writers to fill a group. Use 0
-    /// where CPU is capped or metered (a container's CPU limit).
+    /// (which turns both off) where CPU is capped or metered (a container's
+    /// CPU limit).
     #[arg(long, env = "TRUCE_COMMIT_POLL_US")]
     pub commit_poll_us: Option<u64>,
     /// How many nice steps below the server's own threads the storage's

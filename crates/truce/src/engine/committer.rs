@@ -353,6 +353,7 @@ impl Committer {
             while !waiting.is_empty() {
                 self.run_group(&mut waiting);
             }
+            self.poll.round_done();
             if self.last_background.elapsed() >= tick {
                 self.background();
             }

@@ -28,7 +28,7 @@
 //! saved, a store each less the wait, was no more than what the wait cost
 //! the requests already in hand (latecomers that only lose a race on one
 //! document save nothing: they need no store) — stops gathering for
-//! [`GATHER_REST_GROUPS`] chances, so that a serial chain, or a stream whose
+//! [`GATHER_REST_ROUNDS`] chances, so that a serial chain, or a stream whose
 //! requests come too slowly to fill the group within a store, is not held
 //! up. A lone writer (a last group of one) is never held.
 
@@ -36,8 +36,18 @@ use std::collections::VecDeque;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::time::{Duration, Instant};
 
-/// Chances to gather skipped after a gather that did not pay.
-pub(crate) const GATHER_REST_GROUPS: u32 = 64;
+/// Rounds that would gather and do not, after a gather that did not pay.
+pub(crate) const GATHER_REST_ROUNDS: u32 = 64;
+
+/// What a round of groups stored: the groups run on the requests one
+/// `gather` left in hand.
+#[derive(Debug, Default, PartialEq)]
+struct Round {
+    requests: usize,
+    commits: u64,
+    /// The longest store of the round; `None` when nothing was stored.
+    took: Option<Duration>,
+}
 
 /// The committer's adaptive poll window, and what it knows for gathering.
 #[derive(Debug)]
@@ -47,16 +57,20 @@ pub(crate) struct PollWindow {
     bound: Duration,
     /// The current window.
     window: Duration,
-    /// Requests in the last group: how many a gather waits for.
+    /// Requests in the last round: how many a gather waits for. Zero after
+    /// a wait for the first request outlasted the bound (the last round's
+    /// writers are not coming back promptly).
     last_group: usize,
-    /// How long the last group that wrote took to store: how long a gather
-    /// may wait.
+    /// The longest store of the last round that stored anything: how long a
+    /// gather may wait.
     last_store: Duration,
     /// Chances to gather still to skip.
     resting: u32,
-    /// The current group's gather: the requests queued when it began, and how
-    /// long it polled; `None` when it did not gather.
+    /// The current round's gather: the requests queued when it began, and
+    /// how long it polled; `None` when it did not gather.
     gathered: Option<(usize, Duration)>,
+    /// What the current round has stored so far.
+    round: Round,
 }
 
 impl PollWindow {
@@ -69,6 +83,7 @@ impl PollWindow {
             last_store: Duration::ZERO,
             resting: 0,
             gathered: None,
+            round: Round::default(),
         }
     }
 
@@ -83,7 +98,10 @@ impl PollWindow {
     fn learn(&mut self, waited: Option<Duration>) {
         self.window = match waited {
             Some(waited) if waited <= self.bound => self.bound,
-            _ => Duration::ZERO,
+            _ => {
+                self.last_group = 0;
+                Duration::ZERO
+            }
         };
     }
 
@@ -124,9 +142,9 @@ impl PollWindow {
         (result, polled)
     }
 
-    /// Polls for more requests onto `waiting` until it holds as many as the
-    /// last group had (at most `max`), for no longer than the last group's
-    /// store took and the bound. Returns how long it polled.
+    /// Begins a round: polls for more requests onto `waiting` until it holds
+    /// as many as the last round had (at most `max`), for no longer than the
+    /// last round's store took and the bound. Returns how long it polled.
     pub(crate) fn gather<T>(
         &mut self,
         queue: &Receiver<T>,
@@ -134,6 +152,7 @@ impl PollWindow {
         max: usize,
     ) -> Duration {
         self.gathered = None;
+        self.round = Round::default();
         let target = self.last_group.min(max);
         let limit = self.last_store.min(self.bound);
         if waiting.len() >= target || limit.is_zero() {
@@ -164,27 +183,39 @@ impl PollWindow {
         polled
     }
 
-    /// Learns from the group just stored: `requests` taken, `commits` it made
-    /// (requests that lost a race, or changed nothing, make none), and how long
-    /// its store took (`None`: it had nothing to store).
+    /// Counts a group just stored toward the round: `requests` taken,
+    /// `commits` it made (requests that lost a race, or changed nothing, make
+    /// none), and how long its store took (`None`: nothing to store). Stores
+    /// outside a round (the committer's background work) are forgotten when
+    /// the next round begins.
+    pub(crate) fn stored(&mut self, requests: usize, commits: u64, took: Option<Duration>) {
+        self.round.requests += requests;
+        self.round.commits += commits;
+        self.round.took = self.round.took.max(took);
+    }
+
+    /// Learns from the round just stored.
     ///
     /// A gather paid when what the commits it caught saved — each would have
     /// waited for this store and then its own: one store each, less the wait —
-    /// outweighs what the wait cost the requests already queued:
-    /// `caught × (store − wait) > before × wait`.
-    pub(crate) fn stored(&mut self, requests: usize, commits: u64, took: Option<Duration>) {
+    /// outweighs what the wait cost the requests already in hand:
+    /// `caught × (store − wait) > before × wait`. The commits caught are
+    /// counted as those beyond the requests in hand, so requests in hand that
+    /// commit nothing make a gather look worse than it was, never better.
+    pub(crate) fn round_done(&mut self) {
+        let round = std::mem::take(&mut self.round);
         if let Some((before, waited)) = self.gathered.take() {
-            let caught = commits.saturating_sub(before as u64) as u128;
-            let store = took.unwrap_or_default().as_nanos();
+            let caught = round.commits.saturating_sub(before as u64) as u128;
+            let store = round.took.unwrap_or_default().as_nanos();
             let waited = waited.as_nanos();
             if caught * store.saturating_sub(waited) <= before as u128 * waited {
-                self.resting = GATHER_REST_GROUPS;
+                self.resting = GATHER_REST_ROUNDS;
             }
         }
-        if let Some(took) = took {
+        if let Some(took) = round.took {
             self.last_store = took;
         }
-        self.last_group = requests;
+        self.last_group = round.requests;
     }
 }
 
@@ -288,17 +319,18 @@ mod tests {
         );
     }
 
-    /// A window whose last group had `requests`, of which `commits` wrote,
+    /// A window whose last round had `requests`, of which `commits` wrote,
     /// stored in `took`.
-    fn after_group(bound: Duration, requests: usize, commits: u64, took: Duration) -> PollWindow {
+    fn after_round(bound: Duration, requests: usize, commits: u64, took: Duration) -> PollWindow {
         let mut poll = PollWindow::new(bound);
         poll.stored(requests, commits, Some(took));
+        poll.round_done();
         poll
     }
 
     #[test]
-    fn a_gather_waits_for_as_many_as_the_last_group_had() {
-        let mut poll = after_group(Duration::from_secs(5), 4, 4, Duration::from_secs(2));
+    fn a_gather_waits_for_as_many_as_the_last_round_had() {
+        let mut poll = after_round(Duration::from_secs(5), 4, 4, Duration::from_secs(2));
         let (tx, rx) = mpsc::sync_channel(8);
         let mut waiting = VecDeque::from([1]);
         let sender = std::thread::spawn(move || {
@@ -320,7 +352,7 @@ mod tests {
     #[test]
     fn a_gather_waits_no_longer_than_the_last_store_took_nor_the_bound() {
         let (_tx, rx) = mpsc::sync_channel::<u32>(8);
-        let mut poll = after_group(Duration::from_secs(5), 8, 8, Duration::from_millis(30));
+        let mut poll = after_round(Duration::from_secs(5), 8, 8, Duration::from_millis(30));
         let mut waiting = VecDeque::from([1]);
         let polled = poll.gather(&rx, &mut waiting, 64);
         assert!(
@@ -328,7 +360,7 @@ mod tests {
             "{polled:?}"
         );
         assert_eq!(waiting, [1]);
-        let mut poll = after_group(Duration::from_millis(20), 8, 8, Duration::from_secs(10));
+        let mut poll = after_round(Duration::from_millis(20), 8, 8, Duration::from_secs(10));
         let polled = poll.gather(&rx, &mut waiting, 64);
         assert!(
             polled >= Duration::from_millis(20) && polled < Duration::from_secs(4),
@@ -337,50 +369,118 @@ mod tests {
     }
 
     #[test]
-    fn a_lone_writer_a_full_queue_and_a_zero_bound_are_not_held() {
+    fn a_lone_writer_a_full_queue_a_zero_bound_and_a_new_window_do_not_gather() {
         let (tx, rx) = mpsc::sync_channel(8);
         tx.send(2).unwrap();
         let mut waiting = VecDeque::from([1]);
-        let mut lone = after_group(Duration::from_secs(5), 1, 1, Duration::from_secs(1));
+        let mut lone = after_round(Duration::from_secs(5), 1, 1, Duration::from_secs(1));
         assert_eq!(lone.gather(&rx, &mut waiting, 64), Duration::ZERO);
-        let mut capped = after_group(Duration::from_secs(5), 8, 8, Duration::from_secs(1));
+        let mut capped = after_round(Duration::from_secs(5), 8, 8, Duration::from_secs(1));
         assert_eq!(capped.gather(&rx, &mut waiting, 1), Duration::ZERO);
-        let mut off = after_group(Duration::ZERO, 8, 8, Duration::from_secs(1));
+        let mut off = after_round(Duration::ZERO, 8, 8, Duration::from_secs(1));
         assert_eq!(off.gather(&rx, &mut waiting, 64), Duration::ZERO);
-        let mut nothing_stored = PollWindow::new(Duration::from_secs(5));
-        nothing_stored.stored(8, 0, None);
-        assert_eq!(nothing_stored.gather(&rx, &mut waiting, 64), Duration::ZERO);
+        let mut new = PollWindow::new(Duration::from_secs(5));
+        assert_eq!(new.gather(&rx, &mut waiting, 64), Duration::ZERO);
         assert_eq!(waiting, [1], "none of them took from the queue");
         assert_eq!(rx.try_recv(), Ok(2));
     }
 
     #[test]
+    fn a_first_request_after_a_long_wait_is_not_held() {
+        // The last round had 8 writers; then the queue stays empty past the
+        // bound: they are not coming back promptly, and the next lone
+        // request is stored at once.
+        let mut poll = after_round(Duration::from_millis(10), 8, 8, Duration::from_secs(1));
+        let (tx, rx) = mpsc::sync_channel(8);
+        let sender = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(30));
+            tx.send(1).unwrap();
+            tx
+        });
+        let (first, _) = poll.recv(&rx, Duration::from_secs(5));
+        let mut waiting = VecDeque::from([first.unwrap()]);
+        assert_eq!(poll.gather(&rx, &mut waiting, 64), Duration::ZERO);
+        drop(sender.join().unwrap());
+    }
+
+    #[test]
+    fn a_round_is_learned_whole_and_background_stores_are_not() {
+        let (_tx, rx) = mpsc::sync_channel::<u32>(8);
+        let mut poll = PollWindow::new(Duration::from_secs(5));
+        let mut waiting = VecDeque::new();
+        poll.gather(&rx, &mut waiting, 64);
+        // A round split into two groups (by bytes).
+        poll.stored(3, 3, Some(Duration::from_millis(1)));
+        poll.stored(2, 2, Some(Duration::from_millis(5)));
+        poll.round_done();
+        assert_eq!((poll.last_group, poll.last_store), (5, Duration::from_millis(5)));
+        // Background work stores between rounds; the next round forgets it.
+        poll.stored(1, 1, Some(Duration::from_millis(50)));
+        poll.gather(&rx, &mut waiting, 64);
+        poll.stored(4, 4, None);
+        poll.round_done();
+        assert_eq!(
+            (poll.last_group, poll.last_store),
+            (4, Duration::from_millis(5)),
+            "a round that stored nothing keeps the last store time"
+        );
+    }
+
+    #[test]
+    fn a_gather_pays_when_what_it_caught_saved_outweighs_what_it_cost() {
+        let us = Duration::from_micros;
+        // (requests in hand before, its wait, the round's commits, its store)
+        let cases = [
+            // 7 caught, each saving 100 - 20 µs, against 1 × 20 µs: paid.
+            ((1, us(20)), 8, Some(us(100)), true),
+            // 5 caught saving 20 µs each (100) against 3 × 80 µs (240).
+            ((3, us(80)), 8, Some(us(100)), false),
+            // Nothing caught (the latecomers lost their races).
+            ((1, us(10)), 1, Some(us(100)), false),
+            // A wait longer than the store saves nothing.
+            ((1, us(150)), 8, Some(us(100)), false),
+            // Nothing stored.
+            ((1, us(10)), 0, None, false),
+        ];
+        for (gathered, commits, took, paid) in cases {
+            let mut poll = PollWindow::new(Duration::from_secs(5));
+            poll.gathered = Some(gathered);
+            poll.stored(8, commits, took);
+            poll.round_done();
+            assert_eq!(poll.resting == 0, paid, "{gathered:?} {commits} {took:?}");
+        }
+    }
+
+    #[test]
     fn a_gather_that_did_not_pay_rests_then_tries_again() {
-        // The last group: two requests, one commit (the other lost the race).
-        let mut poll = after_group(Duration::from_secs(5), 2, 1, Duration::from_millis(20));
+        let store = Duration::from_secs(1);
+        // The last round: two requests, one commit (the other lost the race).
+        let mut poll = after_round(Duration::from_secs(5), 2, 1, store);
         let (tx, rx) = mpsc::sync_channel(8);
         let mut waiting = VecDeque::from([1]);
         tx.send(2).unwrap();
         poll.gather(&rx, &mut waiting, 64);
         assert_eq!(waiting, [1, 2], "it gathered the second");
-        // Which lost its race too: the group committed no more than the one
-        // queued before the gather.
-        poll.stored(2, 1, Some(Duration::from_millis(20)));
+        // Which lost its race too: nothing caught.
+        poll.stored(2, 1, Some(store));
+        poll.round_done();
         waiting.truncate(1);
         tx.send(3).unwrap();
-        for chance in 0..GATHER_REST_GROUPS {
+        for round in 0..GATHER_REST_ROUNDS {
             assert_eq!(
                 poll.gather(&rx, &mut waiting, 64),
                 Duration::ZERO,
-                "chance {chance}"
+                "round {round}"
             );
-            assert_eq!(waiting, [1], "resting, it takes nothing (chance {chance})");
-            poll.stored(2, 1, Some(Duration::from_millis(20)));
+            assert_eq!(waiting, [1], "resting, it takes nothing (round {round})");
+            poll.stored(2, 1, Some(store));
+            poll.round_done();
         }
         poll.gather(&rx, &mut waiting, 64);
         assert_eq!(waiting, [1, 3], "rested, it gathers again");
-        // This one paid (two commits where one was queued): no rest.
-        poll.stored(2, 2, Some(Duration::from_millis(20)));
+        // This one paid (two commits where one was in hand): no rest.
+        poll.stored(2, 2, Some(store));
+        poll.round_done();
         waiting.truncate(1);
         tx.send(4).unwrap();
         poll.gather(&rx, &mut waiting, 64);
@@ -402,7 +502,7 @@ mod tests {
         let db = Db::start(
             storage.clone(),
             Options::default(),
-            PollWindow::new(Duration::from_secs(5)),
+            PollWindow::new(Duration::from_millis(600)),
         )
         .unwrap();
         let c = db.collection("c").unwrap();
