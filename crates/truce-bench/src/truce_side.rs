@@ -47,7 +47,14 @@ fn tally(recorder: &mut Recorder, answer: truce::Result<truce::WriteResult>) {
 /// N threads `$inc` one document, each waiting for every answer
 /// (`in_flight == 1`) or keeping up to `in_flight` patches outstanding.
 pub fn hot_counter(config: &Config) -> BoxResult<Outcome> {
-    let (_dir, _db, collection) = open(config)?;
+    hot_counter_observed(config).map(|(outcome, _)| outcome)
+}
+
+/// [`hot_counter`], and the engine's counters just before and just after the
+/// run (its group commits: how many, how large, how long they took to store).
+pub fn hot_counter_observed(config: &Config) -> BoxResult<(Outcome, [truce::Stats; 2])> {
+    let (_dir, db, collection) = open(config)?;
+    let before = db.stats();
     let update = Arc::new(Update::parse(&json!({"$inc": {"n": 1}, "$upsert": true}))?);
     let in_flight = config.in_flight.max(1);
     let (totals, elapsed) = driver::run(SYSTEM, config, |_, race| {
@@ -71,12 +78,15 @@ pub fn hot_counter(config: &Config) -> BoxResult<Outcome> {
             totals.ok
         )),
     };
-    Ok(Outcome {
-        system: SYSTEM,
-        elapsed,
-        totals,
-        check,
-    })
+    Ok((
+        Outcome {
+            system: SYSTEM,
+            elapsed,
+            totals,
+            check,
+        },
+        [before, db.stats()],
+    ))
 }
 
 fn increment_synchronously(collection: &Collection, update: &Arc<Update>, race: &Race) -> Recorder {

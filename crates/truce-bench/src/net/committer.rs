@@ -80,6 +80,17 @@ impl Committer {
         }
     }
 
+    /// From the engine's counters `before` and `after` a run of `seconds` in
+    /// process (the embedded rows), as `/metrics` reports them for a server.
+    pub fn from_stats([before, after]: &[truce::Stats; 2], seconds: f64) -> Committer {
+        Committer {
+            groups: after.groups.saturating_sub(before.groups) as f64,
+            requests: after.group_size.sum - before.group_size.sum,
+            store_seconds: after.fsync_seconds.sum - before.fsync_seconds.sum,
+            seconds,
+        }
+    }
+
     /// Adds a later slice of the same run.
     pub fn absorb(&mut self, later: Committer) {
         self.groups += later.groups;
@@ -147,6 +158,28 @@ truce_fsync_seconds_count 100
             None,
             "one missing"
         );
+    }
+
+    #[test]
+    fn in_process_figures_come_from_the_engines_counters() {
+        use std::sync::Arc;
+        use truce::storage::MemoryStorage;
+        let db =
+            truce::Db::open_with_storage(Arc::new(MemoryStorage::new()), truce::Options::default()).unwrap();
+        let docs = db.collection("c").unwrap();
+        docs.put("before", serde_json::json!({}), truce::Expect::Any)
+            .unwrap()
+            .unwrap();
+        let before = db.stats();
+        for id in ["a", "b", "c"] {
+            docs.put(id, serde_json::json!({}), truce::Expect::Any)
+                .unwrap()
+                .unwrap();
+        }
+        let c = Committer::from_stats(&[before, db.stats()], 2.0);
+        assert_eq!((c.groups, c.requests, c.seconds), (3.0, 3.0, 2.0), "{c:?}");
+        assert_eq!((c.groups_per_s(), c.group_size()), (1.5, 1.0));
+        assert!(c.store_seconds > 0.0 && c.store_share() < 1.0, "{c:?}");
     }
 
     #[test]

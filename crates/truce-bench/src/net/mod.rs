@@ -618,18 +618,18 @@ fn embedded_rows(options: &Options) -> BoxResult<Vec<Row>> {
     );
     let mut rows = Vec::new();
     if !options.skip.contains(&System::Truce) {
-        let outcome = truce_side::hot_counter(&config)?;
-        rows.push(Row::embedded(EMBEDDED, System::Truce, config.threads, &outcome));
-        let outcome = truce_side::hot_counter(&Config {
-            in_flight: pipelined,
-            ..config.clone()
-        })?;
-        rows.push(Row::embedded(
-            EMBEDDED_PIPELINED,
-            System::Truce,
-            config.threads,
-            &outcome,
-        ));
+        for (workload, in_flight) in [(EMBEDDED, 1), (EMBEDDED_PIPELINED, pipelined)] {
+            let (outcome, stats) = truce_side::hot_counter_observed(&Config {
+                in_flight,
+                ..config.clone()
+            })?;
+            let committer = Committer::from_stats(&stats, outcome.elapsed.as_secs_f64());
+            println!("truce {workload}: {committer}");
+            rows.push(Row {
+                committer: Some(committer),
+                ..Row::embedded(workload, System::Truce, config.threads, &outcome)
+            });
+        }
     }
     if !options.skip.contains(&System::Sqlite) {
         let outcome = sqlite_side::hot_counter(&config)?;
