@@ -42,6 +42,11 @@ const BLOCKING_THREADS_MAX: usize = 512;
 /// handful.
 const BLOCKING_THREADS_PER_THREAD_MIN: usize = 64;
 
+/// How long a stopping HTTP thread waits for its blocking work (a query, a
+/// feed page) to end before it lets go of it; acknowledged writes are
+/// durable either way.
+const BLOCKING_WORK_GRACE_MS: u64 = 1000;
+
 /// The running HTTP threads.
 pub struct HttpThreads {
     threads: Vec<HttpThread>,
@@ -78,7 +83,7 @@ impl HttpThreads {
                         let _ = runtime.block_on(stopped);
                         // Tasks still running are dropped, which closes their
                         // connections; blocking work gets a moment to end.
-                        runtime.shutdown_timeout(Duration::from_secs(1));
+                        runtime.shutdown_timeout(Duration::from_millis(BLOCKING_WORK_GRACE_MS));
                     })?;
                 Ok(HttpThread { handle, stop, joined })
             })

@@ -117,25 +117,19 @@ impl PollWindow {
         let start = Instant::now();
         let mut polled = Duration::ZERO;
         if !self.window.is_zero() {
-            let until = start + self.window.min(timeout);
-            loop {
-                match queue.try_recv() {
-                    Ok(request) => {
-                        let waited = start.elapsed();
-                        self.learn(Some(waited));
-                        return (Ok(request), waited);
-                    }
-                    Err(TryRecvError::Disconnected) => {
-                        return (Err(RecvTimeoutError::Disconnected), start.elapsed());
-                    }
-                    Err(TryRecvError::Empty) => {}
-                }
-                if Instant::now() >= until {
-                    break;
-                }
-                std::thread::yield_now();
-            }
+            let mut first = None;
+            let disconnected = poll(queue, start, self.window.min(timeout), |request| {
+                first = Some(request);
+                false
+            });
             polled = start.elapsed();
+            if let Some(request) = first {
+                self.learn(Some(polled));
+                return (Ok(request), polled);
+            }
+            if disconnected {
+                return (Err(RecvTimeoutError::Disconnected), polled);
+            }
         }
         let result = queue.recv_timeout(timeout.saturating_sub(start.elapsed()));
         self.learn(result.is_ok().then(|| start.elapsed()));
@@ -164,20 +158,10 @@ impl PollWindow {
         }
         let before = waiting.len();
         let start = Instant::now();
-        while waiting.len() < target {
-            match queue.try_recv() {
-                Ok(request) => {
-                    waiting.push_back(request);
-                    continue;
-                }
-                Err(TryRecvError::Disconnected) => break,
-                Err(TryRecvError::Empty) => {}
-            }
-            if start.elapsed() >= limit {
-                break;
-            }
-            std::thread::yield_now();
-        }
+        poll(queue, start, limit, |request| {
+            waiting.push_back(request);
+            waiting.len() < target
+        });
         let polled = start.elapsed();
         self.gathered = Some((before, polled));
         polled
@@ -216,6 +200,28 @@ impl PollWindow {
             self.last_store = took;
         }
         self.last_group = round.requests;
+    }
+}
+
+/// Polls `queue`, yielding the CPU between looks, and hands each request to
+/// `take` until `take` returns false, `limit` has passed since `start`, or
+/// every sender is gone (then it returns true).
+fn poll<T>(queue: &Receiver<T>, start: Instant, limit: Duration, mut take: impl FnMut(T) -> bool) -> bool {
+    loop {
+        match queue.try_recv() {
+            Ok(request) => {
+                if !take(request) {
+                    return false;
+                }
+                continue;
+            }
+            Err(TryRecvError::Disconnected) => return true,
+            Err(TryRecvError::Empty) => {}
+        }
+        if start.elapsed() >= limit {
+            return false;
+        }
+        std::thread::yield_now();
     }
 }
 
@@ -323,9 +329,15 @@ mod tests {
     /// stored in `took`.
     fn after_round(bound: Duration, requests: usize, commits: u64, took: Duration) -> PollWindow {
         let mut poll = PollWindow::new(bound);
+        end_round(&mut poll, requests, commits, took);
+        poll
+    }
+
+    /// Ends a round of one group of `requests`, `commits` of them writing,
+    /// stored in `took`.
+    fn end_round(poll: &mut PollWindow, requests: usize, commits: u64, took: Duration) {
         poll.stored(requests, commits, Some(took));
         poll.round_done();
-        poll
     }
 
     #[test]
@@ -462,8 +474,7 @@ mod tests {
         poll.gather(&rx, &mut waiting, 64);
         assert_eq!(waiting, [1, 2], "it gathered the second");
         // Which lost its race too: nothing caught.
-        poll.stored(2, 1, Some(store));
-        poll.round_done();
+        end_round(&mut poll, 2, 1, store);
         waiting.truncate(1);
         tx.send(3).unwrap();
         for round in 0..GATHER_REST_ROUNDS {
@@ -473,14 +484,12 @@ mod tests {
                 "round {round}"
             );
             assert_eq!(waiting, [1], "resting, it takes nothing (round {round})");
-            poll.stored(2, 1, Some(store));
-            poll.round_done();
+            end_round(&mut poll, 2, 1, store);
         }
         poll.gather(&rx, &mut waiting, 64);
         assert_eq!(waiting, [1, 3], "rested, it gathers again");
         // This one paid (two commits where one was in hand): no rest.
-        poll.stored(2, 2, Some(store));
-        poll.round_done();
+        end_round(&mut poll, 2, 2, store);
         waiting.truncate(1);
         tx.send(4).unwrap();
         poll.gather(&rx, &mut waiting, 64);
