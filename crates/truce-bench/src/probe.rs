@@ -275,7 +275,7 @@ fn wake_round_trips(warmup: usize, rounds: usize) -> io::Result<WakeRoundTrips> 
 /// per cache line it touches — a queue slot, an answer, a freed block. On a VM
 /// it changes with where the host runs the vCPUs, and can change during a run:
 /// on this project's VM it was ~50 ns or ~330 ns, and the embedded pipelined
-/// hot counter ran at ~550k or ~300k writes/s accordingly (docs/benchmarks.md).
+/// hot counter ran at ~550k or ~300k writes/s accordingly (docs/benchmarks-log.md).
 /// Cheap (a few ms); the drivers take it before and after each run too.
 pub fn cache_line_round_trip_ns() -> Option<f64> {
     match allowed_cpus().as_slice() {

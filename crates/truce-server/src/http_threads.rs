@@ -9,7 +9,7 @@
 //! either way.
 //! Here nothing moves between the threads, so nothing wakes a sibling; a
 //! thread is woken by its own sockets, its own timers and the committer's
-//! answers only. Measured in `docs/benchmarks.md` ("What helped: one
+//! answers only. Measured in `docs/benchmarks-log.md` ("What helped: one
 //! runtime per HTTP thread").
 //!
 //! The cost is that no thread takes work off a busy one. A connection whose

@@ -52,7 +52,7 @@ pub const COMMIT_QUEUE_REQUESTS_MAX: usize = 2 * COMMIT_BATCH_REQUESTS_MAX;
 /// group's store on a disk of ~5,000 fsyncs/s plus an HTTP round trip: a
 /// writer waiting for the previous group's answer is back within it, and
 /// finds the committer awake (`engine/poll.rs`; measured in
-/// `docs/benchmarks.md`, "Polling before blocking").
+/// `docs/benchmarks-log.md`, "Polling before blocking").
 pub const COMMIT_POLL_US_DEFAULT: u64 = 200;
 
 /// Longest poll window a database accepts, in µs: beyond a millisecond a

@@ -7,7 +7,7 @@
 //! host's wake-up of that vCPU), and that latency lands on every request that
 //! finds the committer idle. On a serial chain of writes — read-modify-write
 //! of one hot document, where each success must wait for the previous one —
-//! that is every request (`docs/benchmarks.md`, "Polling before blocking").
+//! that is every request (`docs/benchmarks-log.md`, "Polling before blocking").
 //!
 //! The window adapts, a simpler form of the kernel's guest halt polling: it
 //! opens to the full bound after a request arrived within the bound of the

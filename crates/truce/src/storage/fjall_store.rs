@@ -55,7 +55,7 @@ pub struct FjallOptions {
 
 /// The nice steps `truce serve` puts between fjall's workers and its own
 /// threads: on a busy machine it took the open-loop p99 of versioned writes
-/// from 58–83 ms to 28–44 ms at the same throughput (`docs/benchmarks.md`).
+/// from 58–83 ms to 28–44 ms at the same throughput (`docs/benchmarks-log.md`).
 pub const FJALL_WORKERS_NICE_SERVER: i32 = 10;
 
 impl Default for FjallOptions {

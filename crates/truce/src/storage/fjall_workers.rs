@@ -4,7 +4,7 @@
 //! On a machine whose cores are all busy, a compaction burst takes CPU from
 //! the committer and the request threads, and the server's capacity dips for
 //! as long as it lasts; under a steady arrival rate those dips are part of
-//! the latency tail (measured in `docs/benchmarks.md`, "What helped: the
+//! the latency tail (measured in `docs/benchmarks-log.md`, "What helped: the
 //! workers at a lower CPU priority"; the rest is the workers holding
 //! lsm-tree's version lock, which no priority changes). With the workers
 //! `nice`r, the scheduler gives the serving threads the CPU first and the
