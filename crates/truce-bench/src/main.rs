@@ -22,6 +22,7 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod cleanup;
 mod cpu;
 mod driver;
 mod http_counter;
@@ -293,6 +294,11 @@ fn run(cli: &Cli) -> BoxResult<Vec<Box<dyn Report>>> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Err(e) = cleanup::install() {
+        eprintln!(
+            "truce-bench: cannot catch Ctrl-C and SIGTERM ({e}); an interrupted run may leave its servers running"
+        );
+    }
     let reports = match run(&cli) {
         Ok(reports) => reports,
         Err(e) => {

@@ -10,7 +10,9 @@
 //! refuses to run as root, so as root every server command runs as the
 //! `postgres` system user (`runuser -u postgres --`), which is created if
 //! missing. The server is stopped with `pg_ctl stop -m fast`, then killed by
-//! its process id if it is still there.
+//! its process id if it is still there — also when the bench is interrupted
+//! ([`crate::cleanup`]): the postmaster is not the bench's child and would
+//! outlive it.
 
 use std::error::Error;
 use std::fmt;
@@ -22,10 +24,11 @@ use postgres::error::SqlState;
 use postgres::{Client, NoTls, Statement};
 use rand::Rng;
 
+use crate::cleanup::{self, Registered, Scratch};
 use crate::driver::{self, Config};
 use crate::install::{self, is_root};
 use crate::seed003::{CAMPAIGN, Counters, Mix, Op, PgRuns, check_counters, subscribers};
-use crate::server::free_loopback_port;
+use crate::server::{free_loopback_port, running};
 use crate::stats::{Outcome, Recorder};
 
 type BoxError = Box<dyn Error + Send + Sync>;
@@ -156,8 +159,11 @@ pub fn passwd_entry(passwd: &str, user: &str) -> Option<(u32, u32)> {
 /// Dropping it stops it.
 pub struct PgServer {
     bin: PathBuf,
+    /// Stops it if the bench is interrupted first (declared before the
+    /// directory, which goes after it).
+    registered: Registered,
     /// Holds the data directory; removed when the server is dropped (after it stopped).
-    _scratch: tempfile::TempDir,
+    _scratch: Scratch,
     /// The data directory.
     pub data: PathBuf,
     /// The loopback port it listens on.
@@ -183,9 +189,7 @@ impl PgServer {
     /// initdb into a temporary directory under `config.dir` and `pg_ctl start`.
     pub fn start(bin: &Path, config: &Config) -> Result<PgServer, PgError> {
         let as_postgres = is_root();
-        let scratch = tempfile::Builder::new()
-            .prefix("pg-bench-")
-            .tempdir_in(&config.dir)?;
+        let scratch = cleanup::scratch_dir("pg-bench-", &config.dir)?;
         if as_postgres {
             if lookup_user("postgres").is_none() {
                 let created = Command::new("useradd")
@@ -220,6 +224,15 @@ impl PgServer {
             "-c listen_addresses=127.0.0.1 -p {port} -c unix_socket_directories={}",
             scratch.path().display()
         );
+        // Registered before it starts: `pg_ctl start -w` may take seconds, and a
+        // stop of a server that never started is harmless.
+        let registered = {
+            let (bin, data) = (bin.to_path_buf(), data.clone());
+            cleanup::register(format!("postgresql ({})", data.display()), move || {
+                let pid = postmaster_pid(&data);
+                stop_postmaster(&bin, &data, as_postgres, pid)
+            })
+        };
         let started = Instant::now();
         let start = Self::command(bin, "pg_ctl", as_postgres)
             .arg("-D")
@@ -230,12 +243,10 @@ impl PgServer {
             .stdout(Stdio::null())
             .output()?;
         // From here on the server may be running: build the guard first.
-        let pid = std::fs::read_to_string(data.join("postmaster.pid"))
-            .ok()
-            .and_then(|text| text.lines().next()?.trim().parse().ok())
-            .unwrap_or(0);
+        let pid = postmaster_pid(&data);
         let server = PgServer {
             bin: bin.to_path_buf(),
+            registered,
             _scratch: scratch,
             data,
             port,
@@ -270,51 +281,59 @@ impl PgServer {
 
 impl Drop for PgServer {
     fn drop(&mut self) {
-        let stop = Self::command(&self.bin, "pg_ctl", self.as_postgres)
-            .arg("-D")
-            .arg(&self.data)
-            .args(["-m", "fast", "-w", "-t", "30", "stop"])
-            .stdout(Stdio::null())
-            .output();
-        let how = match &stop {
-            Ok(out) if out.status.success() => "stopped (pg_ctl stop -m fast)".to_string(),
-            Ok(out) => format!(
-                "pg_ctl stop failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ),
-            Err(e) => format!("pg_ctl stop did not run: {e}"),
-        };
-        // The postmaster is not our child (pg_ctl detached it): wait until it is
-        // gone (or a zombie waiting for init), then kill it by id if it is not.
-        let deadline = Instant::now() + std::time::Duration::from_secs(5);
-        while self.pid > 0 && postgres_alive(self.pid) && Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(20));
+        self.registered.release();
+        let how = stop_postmaster(&self.bin, &self.data, self.as_postgres, self.pid);
+        println!("postgresql (pid {}) {how}", self.pid);
+    }
+}
+
+/// The postmaster's id from `data/postmaster.pid`; 0 if there is none.
+fn postmaster_pid(data: &Path) -> u32 {
+    std::fs::read_to_string(data.join("postmaster.pid"))
+        .ok()
+        .and_then(|text| text.lines().next()?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// `pg_ctl stop -m fast` on `data`, then SIGKILL to `pid` if it is still a
+/// live postgres after 5 s; says how it went.
+fn stop_postmaster(bin: &Path, data: &Path, as_postgres: bool, pid: u32) -> String {
+    let stop = PgServer::command(bin, "pg_ctl", as_postgres)
+        .arg("-D")
+        .arg(data)
+        .args(["-m", "fast", "-w", "-t", "30", "stop"])
+        .stdout(Stdio::null())
+        .output();
+    let how = match &stop {
+        Ok(out) if out.status.success() => "stopped (pg_ctl stop -m fast)".to_string(),
+        Ok(out) => format!(
+            "pg_ctl stop failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+        Err(e) => format!("pg_ctl stop did not run: {e}"),
+    };
+    // The postmaster is not our child (pg_ctl detached it): wait until it is
+    // gone (or a zombie waiting for init), then kill it by id if it is not.
+    let deadline = Instant::now() + std::time::Duration::from_secs(5);
+    while pid > 0 && postgres_alive(pid) && Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    if pid > 0 && postgres_alive(pid) {
+        // SAFETY: kill(2) on the postmaster's id, checked to still be a live postgres process.
+        unsafe {
+            libc::kill(pid as libc::pid_t, libc::SIGKILL);
         }
-        if self.pid > 0 && postgres_alive(self.pid) {
-            // SAFETY: kill(2) on the postmaster's id, checked to still be a live postgres process.
-            unsafe {
-                libc::kill(self.pid as libc::pid_t, libc::SIGKILL);
-            }
-            println!(
-                "postgresql (pid {}) {how}; still running after 5 s: killed",
-                self.pid
-            );
-        } else {
-            println!("postgresql (pid {}) {how}", self.pid);
-        }
+        format!("{how}; still running after 5 s: killed")
+    } else {
+        how
     }
 }
 
 /// Whether `pid` is a running (not zombie) process named `postgres`.
 fn postgres_alive(pid: u32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    let named_postgres = stat.contains("(postgres)");
-    let state = stat
-        .rfind(')')
-        .and_then(|i| stat[i + 1..].split_whitespace().next());
-    named_postgres && !matches!(state, Some("Z" | "X"))
+    let named_postgres =
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| stat.contains("(postgres)"));
+    named_postgres && running(pid)
 }
 
 /// An error's text: PostgreSQL's own code and message when it sent one.

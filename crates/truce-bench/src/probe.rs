@@ -137,7 +137,7 @@ pub fn probe(dir: &Path) -> io::Result<Machine> {
         .unwrap_or_else(|| "CPU model unknown".to_string());
     let wake = wake_round_trips(WAKE_WARMUP, WAKE_ROUNDS)?;
     let line_ns = cache_line_round_trip_ns();
-    let scratch = tempfile::tempdir_in(dir)?;
+    let scratch = crate::cleanup::scratch_dir("truce-bench-probe-", dir)?;
     let open = |name: &str| {
         OpenOptions::new()
             .create(true)

@@ -476,9 +476,7 @@ fn truce(config: &Config, mode: &'static str) -> BoxResult<TruceRun> {
     } else {
         "truce-after-commit"
     };
-    let dir = tempfile::Builder::new()
-        .prefix("truce-bench-")
-        .tempdir_in(&config.dir)?;
+    let dir = crate::cleanup::scratch_dir("truce-bench-", &config.dir)?;
     let db = Db::open(dir.path(), Options::default())?;
     let subscribers = db.collection("subscribers")?;
     let opens = db.collection("opens")?;

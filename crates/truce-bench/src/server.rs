@@ -2,7 +2,8 @@
 //! `truce` binary, a free loopback port, waiting until a server answers, its
 //! peak memory, and ending it by its process id — SIGTERM, then SIGKILL if it
 //! has not exited in time. A [`Process`] ends its process when dropped, so an
-//! error half-way never leaves a server behind.
+//! error half-way never leaves a server behind, and registers it with
+//! [`crate::cleanup`] meanwhile, so neither does Ctrl-C.
 
 use std::error::Error;
 use std::io::{Read, Write};
@@ -14,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 
+use crate::cleanup::{self, Registered, Scratch};
 use crate::net::truce_http;
 
 type BoxResult<T> = Result<T, Box<dyn Error + Send + Sync>>;
@@ -75,6 +77,8 @@ pub struct Process {
     child: Option<Child>,
     pid: u32,
     label: &'static str,
+    /// Ends it if the bench is interrupted first.
+    registered: Registered,
 }
 
 impl Process {
@@ -83,10 +87,17 @@ impl Process {
         let child = command
             .spawn()
             .map_err(|e| format!("cannot start {label}: {e}"))?;
+        let pid = child.id();
+        // The signal thread cannot reap our child, so it watches /proc; the id
+        // cannot be reused while the child is unreaped.
+        let registered = cleanup::register(format!("{label} (pid {pid})"), move || {
+            terminate(pid, || (!running(pid)).then(String::new))
+        });
         Ok(Process {
-            pid: child.id(),
+            pid,
             child: Some(child),
             label,
+            registered,
         })
     }
 
@@ -115,31 +126,56 @@ impl Process {
     /// Sends SIGTERM and waits for the exit; SIGKILL (by id) after
     /// [`STOP_TIMEOUT`]. Returns how it ended.
     pub fn stop(&mut self) -> String {
+        self.registered.release();
         let Some(mut child) = self.child.take() else {
             return "already stopped".into();
         };
         if let Ok(Some(status)) = child.try_wait() {
             return format!("had exited: {status}");
         }
-        // SAFETY: kill(2) on the id of a child we have not reaped yet: the id
-        // cannot have been reused by another process.
-        unsafe {
-            libc::kill(self.pid as libc::pid_t, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        while Instant::now() < deadline {
-            match child.try_wait() {
-                Ok(Some(status)) => return format!("exited after SIGTERM: {status}"),
-                Ok(None) => thread::sleep(Duration::from_millis(20)),
-                Err(_) => break,
-            }
-        }
-        let _ = child.kill();
+        let how = terminate(self.pid, || Some(child.try_wait().ok()??.to_string()));
+        // Reaped above unless it had to be killed.
         match child.wait() {
-            Ok(status) => format!("killed after {STOP_TIMEOUT:?}: {status}"),
-            Err(e) => format!("killed; wait failed: {e}"),
+            Ok(status) if how.starts_with("killed") => format!("{how}: {status}"),
+            Ok(_) => how,
+            Err(e) => format!("{how}; wait failed: {e}"),
         }
     }
+}
+
+/// SIGTERM to `pid`, then up to [`STOP_TIMEOUT`] for `exited` to say how it
+/// ended (its exit status, or nothing where it cannot be known); SIGKILL after
+/// that. Only for an id that cannot have been reused: a child not yet reaped.
+fn terminate(pid: u32, mut exited: impl FnMut() -> Option<String>) -> String {
+    // SAFETY: kill(2) on the id of a child not yet reaped (see above).
+    unsafe {
+        libc::kill(pid as libc::pid_t, libc::SIGTERM);
+    }
+    let deadline = Instant::now() + STOP_TIMEOUT;
+    while Instant::now() < deadline {
+        match exited() {
+            Some(how) if how.is_empty() => return "exited after SIGTERM".into(),
+            Some(how) => return format!("exited after SIGTERM: {how}"),
+            None => {}
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: as above.
+    unsafe {
+        libc::kill(pid as libc::pid_t, libc::SIGKILL);
+    }
+    format!("killed after {STOP_TIMEOUT:?}")
+}
+
+/// Whether `pid` is a live process (not a zombie waiting to be reaped).
+pub fn running(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let state = stat
+        .rfind(')')
+        .and_then(|i| stat[i + 1..].split_whitespace().next());
+    !matches!(state, Some("Z" | "X") | None)
 }
 
 impl Drop for Process {
@@ -161,16 +197,14 @@ pub struct TruceServer {
     pub addr: SocketAddr,
     /// How long it took to answer `/healthz`.
     pub ready: Duration,
-    _scratch: tempfile::TempDir,
+    _scratch: Scratch,
 }
 
 impl TruceServer {
     /// Starts `binary serve` with its data under a new temporary directory in
     /// `dir` and waits until it answers; the error carries the log's tail.
     pub fn start(binary: &Path, dir: &Path) -> BoxResult<TruceServer> {
-        let scratch = tempfile::Builder::new()
-            .prefix("truce-bench-server-")
-            .tempdir_in(dir)?;
+        let scratch = cleanup::scratch_dir("truce-bench-server-", dir)?;
         let log_path = scratch.path().join("server.log");
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_loopback_port()?));
         let log = std::fs::File::create(&log_path)?;

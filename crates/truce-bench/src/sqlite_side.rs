@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, params};
 
+use crate::cleanup::Scratch;
 use crate::driver::{self, Config, Race};
 use crate::stats::{Outcome, Recorder};
 use crate::truce_side::round_ms;
@@ -41,10 +42,8 @@ pub fn connect(path: &Path) -> rusqlite::Result<Connection> {
 }
 
 /// A fresh database file in a temporary directory under `config.dir`.
-pub fn create(config: &Config, schema: &str) -> BoxResult<(tempfile::TempDir, std::path::PathBuf)> {
-    let dir = tempfile::Builder::new()
-        .prefix("sqlite-bench-")
-        .tempdir_in(&config.dir)?;
+pub fn create(config: &Config, schema: &str) -> BoxResult<(Scratch, std::path::PathBuf)> {
+    let dir = crate::cleanup::scratch_dir("sqlite-bench-", &config.dir)?;
     let path = dir.path().join("bench.db");
     connect(&path)?.execute_batch(schema)?;
     Ok((dir, path))

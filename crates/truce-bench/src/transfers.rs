@@ -295,9 +295,7 @@ fn transfer(tx: &mut Transaction, from: usize, to: usize, amount: i64) -> truce:
 
 fn truce(config: &Config, zipf: &Zipf) -> BoxResult<TransferRun> {
     const SYSTEM: &str = "truce";
-    let dir = tempfile::Builder::new()
-        .prefix("truce-bench-")
-        .tempdir_in(&config.dir)?;
+    let dir = crate::cleanup::scratch_dir("truce-bench-", &config.dir)?;
     let options = Options {
         retry: RETRY,
         ..Options::default()

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use truce::{Collection, Db, Expect, Options, PendingWrite, Update};
 
+use crate::cleanup::Scratch;
 use crate::driver::{self, Config, Race};
 use crate::stats::{Outcome, Recorder};
 use crate::workload::{SPREAD_DOCS, doc_id, random_doc, spread_body};
@@ -26,10 +27,8 @@ const HOT_ID: &str = "hot";
 type BoxResult<T> = Result<T, Box<dyn Error + Send + Sync>>;
 
 /// Opens a fresh durable database in a temporary directory under `config.dir`.
-fn open(config: &Config) -> BoxResult<(tempfile::TempDir, Db, Collection)> {
-    let dir = tempfile::Builder::new()
-        .prefix("truce-bench-")
-        .tempdir_in(&config.dir)?;
+fn open(config: &Config) -> BoxResult<(Scratch, Db, Collection)> {
+    let dir = crate::cleanup::scratch_dir("truce-bench-", &config.dir)?;
     let db = Db::open(dir.path(), Options::default())?;
     let collection = db.collection("bench")?;
     Ok((dir, db, collection))

@@ -5,41 +5,10 @@
 //! them (or, as root, installs them). The figures are not judged, only that
 //! every system did work, without errors, and passed its post-run check.
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// The debug `truce` server binary beside the bench's, built if missing.
-fn server_binary() -> PathBuf {
-    let bench = Path::new(env!("CARGO_BIN_EXE_truce-bench"));
-    let server = bench.with_file_name("truce");
-    if !server.is_file() {
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "-p", "truce-server"])
-            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
-            .status()
-            .expect("cargo runs");
-        assert!(status.success(), "cargo build -p truce-server failed");
-    }
-    assert!(server.is_file(), "no server binary at {}", server.display());
-    server
-}
-
-/// Whether `program --version` runs.
-fn runs(program: &str) -> bool {
-    Command::new(program)
-        .arg("--version")
-        .output()
-        .is_ok_and(|out| out.status.success())
-}
-
-/// Whether PostgreSQL's binaries are where the bench looks for them.
-fn postgres_installed() -> bool {
-    runs("pg_ctl")
-        || std::fs::read_dir("/usr/lib/postgresql")
-            .map(|dirs| dirs.flatten().any(|d| d.path().join("bin/pg_ctl").is_file()))
-            .unwrap_or(false)
-}
+mod common;
+use common::{postgres_installed, runs, server_binary};
 
 #[test]
 fn every_workload_runs_against_every_available_peer() {

@@ -48,13 +48,13 @@ pub struct RedisServer {
     pub process: Process,
     /// Where it listens.
     pub addr: SocketAddr,
-    _scratch: tempfile::TempDir,
+    _scratch: crate::cleanup::Scratch,
 }
 
 impl RedisServer {
     /// Starts `binary` with its append-only file in a new directory under `dir`.
     pub fn start(binary: &Path, dir: &Path) -> BoxResult<RedisServer> {
-        let scratch = tempfile::Builder::new().prefix("redis-bench-").tempdir_in(dir)?;
+        let scratch = crate::cleanup::scratch_dir("redis-bench-", dir)?;
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_loopback_port()?));
         let mut process = Process::spawn(
             "redis-server",
