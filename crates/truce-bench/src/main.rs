@@ -75,7 +75,8 @@ struct Cli {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
     in_flight: u16,
     /// Where the temporary databases and the fsync probe file go: put it on the
-    /// disk you mean to measure (not a tmpfs). Defaults to the system temp dir.
+    /// disk you mean to measure (a tmpfs or ramfs is refused). Defaults to the
+    /// system temp dir.
     #[arg(long)]
     dir: Option<PathBuf>,
     /// The `truce` server binary for http-hot-counter. Default: build it with
@@ -212,6 +213,7 @@ fn run(cli: &Cli) -> BoxResult<Vec<Box<dyn Report>>> {
         in_flight: usize::from(cli.in_flight),
         dir: cli.dir.clone().unwrap_or_else(std::env::temp_dir),
     };
+    probe::check_on_disk(&config.dir)?;
     let machine = probe::probe(&config.dir)?;
     let mut done: Vec<Box<dyn Report>> = Vec::new();
     if matches!(cli.workload, Workload::HotCounter | Workload::All) {

@@ -127,6 +127,48 @@ fn round1(x: f64) -> f64 {
     (x * 10.0).round() / 10.0
 }
 
+/// tmpfs and ramfs, by `statfs`'s magic number: file systems in memory.
+const MEMORY_FS_MAGIC: [(u32, &str); 2] = [(0x0102_1994, "tmpfs"), (0x8584_58f6, "ramfs")];
+
+/// Refuses a `dir` whose file system lives in memory (tmpfs, ramfs, as `/tmp`
+/// is on several distributions): an fsync there makes nothing durable, so every
+/// durable system would be measured without its disk and the figures would
+/// compare nothing a user runs. The error says what to pass instead.
+pub fn check_on_disk(dir: &Path) -> Result<(), String> {
+    match memory_file_system(dir) {
+        Ok(None) => Ok(()),
+        Ok(Some(kind)) => Err(format!(
+            "{} is on a {kind} (memory): fsync there makes nothing durable, so nothing \
+             durable would be measured; pass --dir with a directory on the disk to \
+             measure (e.g. --dir target)",
+            dir.display()
+        )),
+        Err(e) => Err(format!(
+            "cannot tell which file system holds {}: {e}",
+            dir.display()
+        )),
+    }
+}
+
+/// The kind of in-memory file system holding `dir`, if it is one.
+fn memory_file_system(dir: &Path) -> io::Result<Option<&'static str>> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL byte in the path"))?;
+    // SAFETY: all-zero bytes are a valid `statfs` (plain integers).
+    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: statfs(2) with a NUL-terminated path and a struct it fills.
+    if unsafe { libc::statfs(path.as_ptr(), &mut stat) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // f_type's width differs between C libraries; the magic numbers are 32-bit.
+    let magic = stat.f_type as u64 as u32;
+    Ok(MEMORY_FS_MAGIC
+        .iter()
+        .find(|(m, _)| *m == magic)
+        .map(|(_, kind)| *kind))
+}
+
 /// Counts the cores, times wake-ups between them, and measures the disk under
 /// `dir`, for about two seconds.
 pub fn probe(dir: &Path) -> io::Result<Machine> {
@@ -373,6 +415,25 @@ fn pin_to(cpu: Option<usize>) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn directories_in_memory_are_refused() {
+        // /dev/shm is a tmpfs wherever glibc's shared memory lives; where it is
+        // not, there is nothing here to refuse.
+        let shm = Path::new("/dev/shm");
+        if matches!(memory_file_system(shm), Ok(Some("tmpfs"))) {
+            let refused = check_on_disk(shm).expect_err("a tmpfs is refused");
+            assert!(
+                refused.contains("tmpfs") && refused.contains("--dir"),
+                "{refused}"
+            );
+        }
+        let target = Path::new(env!("CARGO_MANIFEST_DIR"));
+        if memory_file_system(target).expect("statfs").is_none() {
+            check_on_disk(target).expect("the source tree's disk is accepted");
+        }
+        assert!(check_on_disk(Path::new("/no/such/dir")).is_err());
+    }
+
     use super::*;
 
     #[test]

@@ -97,7 +97,7 @@ fn wait_for(child: &mut Child, deadline: Duration) -> std::process::ExitStatus {
 /// Runs the hot counter against every installed system, sends `signal` once
 /// all of them are up and measuring, and checks what is left.
 fn interrupt_with(signal: i32) {
-    let dir = tempfile::tempdir().expect("a temp dir");
+    let dir = common::scratch_dir();
     let mut expected = vec!["truce"];
     let mut skip = Vec::new();
     for (system, installed) in [

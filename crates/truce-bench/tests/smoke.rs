@@ -12,7 +12,7 @@ use common::{postgres_installed, runs, server_binary};
 
 #[test]
 fn every_workload_runs_against_every_available_peer() {
-    let out = tempfile::tempdir().expect("a temp dir");
+    let out = common::scratch_dir();
     let (postgres, redis) = (postgres_installed(), runs("redis-server"));
     let output = Command::new(env!("CARGO_BIN_EXE_truce-bench"))
         .args([

@@ -36,3 +36,25 @@ pub fn postgres_installed() -> bool {
             .map(|dirs| dirs.flatten().any(|d| d.path().join("bin/pg_ctl").is_file()))
             .unwrap_or(false)
 }
+
+/// A scratch directory for one bench run (its `--dir`): in the system temp dir,
+/// unless that is a file system in memory, which the bench refuses — then
+/// under the target directory. (The system temp dir comes first because
+/// PostgreSQL, run as its own user when the tests run as root, must be able
+/// to reach its data directory, and a checkout may sit in a directory only
+/// root can enter.)
+pub fn scratch_dir() -> tempfile::TempDir {
+    let system = std::env::temp_dir();
+    let kind = Command::new("stat")
+        .args(["-f", "-c", "%T"])
+        .arg(&system)
+        .output()
+        .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_string())
+        .unwrap_or_default();
+    let parent = if matches!(kind.as_str(), "tmpfs" | "ramfs") {
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+    } else {
+        system
+    };
+    tempfile::tempdir_in(parent).expect("a scratch directory")
+}
