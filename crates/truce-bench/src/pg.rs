@@ -206,6 +206,15 @@ impl PgServer {
                 }
             }
             let (uid, gid) = lookup_user("postgres").ok_or("the postgres user has no passwd entry")?;
+            if let Some((dir, mode)) = closed_ancestor(scratch.path(), uid, gid) {
+                return Err(format!(
+                    "PostgreSQL runs as the postgres user when the bench runs as root, and that user \
+                     cannot enter {} (mode {mode:o}) to reach its data directory under --dir; pass a \
+                     --dir every user can reach (e.g. under /var/tmp), or --skip postgres",
+                    dir.display()
+                )
+                .into());
+            }
             std::os::unix::fs::chown(scratch.path(), Some(uid), Some(gid))?;
         }
         let data = scratch.path().join("data");
@@ -285,6 +294,27 @@ impl Drop for PgServer {
         let how = stop_postmaster(&self.bin, &self.data, self.as_postgres, self.pid);
         println!("postgresql (pid {}) {how}", self.pid);
     }
+}
+
+/// The first directory above `path` (the scratch directory, which is handed to
+/// the user itself) that user `uid` of group `gid` may not enter, with its
+/// mode; `None` when every one lets it through. Reads only the permission
+/// bits: enough for the usual culprit, a home or `mktemp -d` directory that
+/// only root can enter.
+fn closed_ancestor(path: &Path, uid: u32, gid: u32) -> Option<(PathBuf, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    path.ancestors().skip(1).find_map(|dir| {
+        let meta = std::fs::metadata(dir).ok()?;
+        let mode = meta.mode() & 0o7777;
+        let search = if meta.uid() == uid {
+            0o100
+        } else if meta.gid() == gid {
+            0o010
+        } else {
+            0o001
+        };
+        (mode & search == 0).then(|| (dir.to_path_buf(), mode))
+    })
 }
 
 /// The postmaster's id from `data/postmaster.pid`; 0 if there is none.
@@ -554,6 +584,27 @@ fn check(client: &mut Client) -> Result<Result<String, String>, postgres::Error>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_directory_the_postgres_user_cannot_enter_is_named() {
+        use std::os::unix::fs::PermissionsExt;
+        let top = tempfile::tempdir().unwrap();
+        let closed = top.path().join("closed");
+        let inner = closed.join("scratch");
+        std::fs::create_dir_all(&inner).unwrap();
+        std::fs::set_permissions(top.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o700)).unwrap();
+        // A user that owns none of it, in no group of it.
+        let (nobody, nogroup) = (4_000_000_001, 4_000_000_001);
+        let found = closed_ancestor(&inner, nobody, nogroup);
+        assert_eq!(found, Some((closed.clone(), 0o700)));
+        std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o711)).unwrap();
+        assert_eq!(closed_ancestor(&inner, nobody, nogroup), None);
+        // Its owner may enter it whatever the others' bits say.
+        std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let owner = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&closed).unwrap());
+        assert_eq!(closed_ancestor(&inner, owner, nogroup), None);
+    }
 
     #[test]
     fn finds_users_in_passwd() {
