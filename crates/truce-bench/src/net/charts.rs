@@ -149,6 +149,42 @@ where
     Ok(())
 }
 
+/// Height of one legend entry, and of the legend box's padding, in pixels.
+const LEGEND_ENTRY_PX: f64 = 20.0;
+const LEGEND_PADDING_PX: f64 = 16.0;
+
+/// Pixels of the latency panel's height that are not plot: caption, margins,
+/// the x labels.
+const LATENCY_FRAME_PX: f64 = 90.0;
+
+/// The latency axis (µs, log scale) for `rows` on a panel `panel_px` high:
+/// the values with room around them, and below the p99 and p99.9 columns room
+/// for the legend in the lower right corner, so that it hides no line.
+fn latency_range(rows: &[&Row], panel_px: f64) -> (f64, f64) {
+    let positive = |v: &u64| *v > 0;
+    let all = rows
+        .iter()
+        .flat_map(|r| [r.p50_us, r.p99_us, r.p999_us])
+        .filter(positive);
+    let (low, high) = all.fold((u64::MAX, 1), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    let (low, high) = ((low.min(high) as f64 / 2.0).max(1.0), high as f64 * 2.0);
+    let Some(right) = rows
+        .iter()
+        .flat_map(|r| [r.p99_us, r.p999_us])
+        .filter(positive)
+        .min()
+    else {
+        return (low, high);
+    };
+    // The legend's share of the plot's height; the lowest value it sits under
+    // must stay above it: ln(right) - ln(low) >= share * (ln(high) - ln(low)).
+    let legend_px = LEGEND_ENTRY_PX * rows.len() as f64 + LEGEND_PADDING_PX;
+    let plot_px = (panel_px - LATENCY_FRAME_PX).max(2.0 * legend_px);
+    let share = legend_px / plot_px;
+    let under_legend = (((right as f64).ln() - share * high.ln()) / (1.0 - share)).exp();
+    (low.min(under_legend).max(1.0), high)
+}
+
 /// p50, p99 and p99.9 of every row, one line each, on a log scale.
 fn latency<DB: DrawingBackend>(
     area: &DrawingArea<DB, plotters::coord::Shift>,
@@ -157,12 +193,7 @@ fn latency<DB: DrawingBackend>(
 where
     DB::ErrorType: 'static,
 {
-    let values = rows
-        .iter()
-        .flat_map(|r| [r.p50_us, r.p99_us, r.p999_us])
-        .filter(|v| *v > 0);
-    let (low, high) = values.fold((u64::MAX, 1), |(lo, hi), v| (lo.min(v), hi.max(v)));
-    let (low, high) = ((low.min(high) as f64 / 2.0).max(1.0), high as f64 * 2.0);
+    let (low, high) = latency_range(rows, f64::from(area.dim_in_pixel().1));
     let mut chart = ChartBuilder::on(area)
         .caption(
             "latency (µs, log scale): peak and at 50 % of peak",
@@ -226,6 +257,55 @@ mod tests {
     use super::*;
     use crate::stats::Recorder;
     use std::time::Duration;
+
+    #[test]
+    fn the_legend_hides_no_latency_line() {
+        let mut fast = Recorder::default();
+        fast.ok = 100;
+        for us in [400, 800, 2_000] {
+            fast.latency(Duration::from_micros(us));
+        }
+        let mut slow = Recorder::default();
+        slow.ok = 100;
+        for us in [7_000, 50_000, 80_000] {
+            slow.latency(Duration::from_micros(us));
+        }
+        let second = Duration::from_secs(1);
+        let rows: Vec<Row> = [System::Truce, System::Postgres, System::Redis]
+            .into_iter()
+            .flat_map(|system| {
+                let totals = if system == System::Postgres { &slow } else { &fast };
+                [
+                    Row::new("hot-counter", system, Mode::Closed, 32, totals, second),
+                    Row::new(
+                        "hot-counter",
+                        system,
+                        Mode::Open { target_ops_s: 1.0 },
+                        32,
+                        totals,
+                        second,
+                    ),
+                ]
+            })
+            .collect();
+        let rows: Vec<&Row> = rows.iter().collect();
+        let panel_px = f64::from(SIZE.1);
+        let (low, high) = latency_range(&rows, panel_px);
+        let lowest_right = rows.iter().map(|r| r.p99_us.min(r.p999_us)).min().unwrap() as f64;
+        // Where that value is drawn, as a share of the plot's height from the
+        // bottom, against the legend's share.
+        let at = (lowest_right.ln() - low.ln()) / (high.ln() - low.ln());
+        let legend =
+            (LEGEND_ENTRY_PX * rows.len() as f64 + LEGEND_PADDING_PX) / (panel_px - LATENCY_FRAME_PX);
+        assert!(
+            at >= legend - 1e-9,
+            "the lowest p99 is drawn at {at:.2}, the legend reaches {legend:.2}"
+        );
+        assert!(
+            (1.0..=400.0 / 2.0).contains(&low) && high >= 160_000.0,
+            "{low}..{high}"
+        );
+    }
 
     #[test]
     fn draws_one_png_per_workload() {
