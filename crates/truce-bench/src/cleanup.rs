@@ -7,20 +7,34 @@
 //! bench's child. So each such server and directory registers here how to
 //! undo it, for as long as it exists, and a thread of this module waits for
 //! those signals. On the first it undoes everything registered, newest first
-//! (a server stops before its directory goes), says what it did, and exits
-//! with 128 + the signal's number; a second signal meanwhile exits at once.
+//! (a server stops before its directory goes), waits for undos already under
+//! way on other threads, says what it did, and ends the process by that
+//! signal (so a shell loop around the bench stops too); a second signal
+//! meanwhile ends it at once.
 //!
 //! Once the undoing has begun, the rest of the program must not touch what it
 //! registered (a child it reaped could be replaced by another process with the
-//! same id before the undo signals it): [`Registered::release`] then parks the
-//! calling thread until the exit.
+//! same id before the undo signals it): [`Registered::release`] and
+//! [`Registered::reap_if`] then park the calling thread until the end.
+//!
+//! Nothing here may panic on the way: stderr may be gone (a closed terminal,
+//! a pipe whose reader was interrupted too), so its lines are written and
+//! their errors ignored, and an undo that panics is reported and passed over.
 
 use std::collections::BTreeMap;
+use std::io::Write;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
+
+/// How long the signal thread waits for undos under way on other threads (an
+/// owner stopping its server itself: up to 15 s for a SIGTERM, 30 s for
+/// PostgreSQL's fast stop) before it ends the process anyway.
+const IN_FLIGHT_WAIT: Duration = Duration::from_secs(40);
 
 /// How to undo one thing; returns how it went, for the log line.
 type Undo = Box<dyn FnOnce() -> String + Send>;
@@ -31,28 +45,65 @@ struct Registry {
     undos: BTreeMap<u64, (String, Undo)>,
     /// A signal came: the undos are running, and nothing new may register.
     undoing: bool,
+    /// Undos running outside the signal thread: owners stopping what they
+    /// released, and registrations that came after the signal.
+    in_flight: usize,
 }
 
 static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
     next: 0,
     undos: BTreeMap::new(),
     undoing: false,
+    in_flight: 0,
 });
+
+/// Signalled when `in_flight` drops.
+static LANDED: Condvar = Condvar::new();
 
 fn registry() -> MutexGuard<'static, Registry> {
     REGISTRY.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// The signal thread is exiting the process; this thread waits for that.
+/// The signal thread is ending the process; this thread waits for that.
 fn park_forever() -> ! {
     loop {
         std::thread::park();
     }
 }
 
-/// Something registered to be undone on a signal; dropping it (or
-/// [`release`](Registered::release)) takes the undo back, for the owner to do
-/// itself.
+/// One line on stderr, if there still is one.
+fn say(line: std::fmt::Arguments<'_>) {
+    let _ = writeln!(std::io::stderr(), "truce-bench: {line}");
+}
+
+/// Runs `undo`, turning a panic into a line instead of unwinding.
+fn run(undo: Undo) -> String {
+    catch_unwind(AssertUnwindSafe(undo)).unwrap_or_else(|_| "the undo panicked".into())
+}
+
+/// An undo under way outside the signal thread: the signal thread waits for it
+/// (up to [`IN_FLIGHT_WAIT`]) before it ends the process.
+#[must_use = "the undo counts as under way until this is dropped"]
+pub struct InFlight(bool);
+
+impl InFlight {
+    fn start(registry: &mut Registry) -> InFlight {
+        registry.in_flight += 1;
+        InFlight(true)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if self.0 {
+            registry().in_flight -= 1;
+            LANDED.notify_all();
+        }
+    }
+}
+
+/// Something registered to be undone on a signal; [`release`](Registered::release)
+/// (or dropping it) takes the undo back, for the owner to do itself.
 #[must_use = "dropping the registration at once takes the undo back"]
 pub struct Registered(Option<u64>);
 
@@ -63,8 +114,10 @@ pub struct Registered(Option<u64>);
 pub fn register(what: String, undo: impl FnOnce() -> String + Send + 'static) -> Registered {
     let mut registry = registry();
     if registry.undoing {
+        let in_flight = InFlight::start(&mut registry);
         drop(registry);
-        eprintln!("truce-bench: {what}: {}", undo());
+        say(format_args!("{what}: {}", run(Box::new(undo))));
+        drop(in_flight);
         park_forever();
     }
     let id = registry.next;
@@ -74,12 +127,13 @@ pub fn register(what: String, undo: impl FnOnce() -> String + Send + 'static) ->
 }
 
 impl Registered {
-    /// Takes the undo back: the owner is about to do it. Never returns if a
-    /// signal's undoing has already begun (it has this undo, and the process is
-    /// about to exit).
-    pub fn release(&mut self) {
+    /// Takes the undo back: the owner is about to do it, and the signal
+    /// thread will wait for it while the returned [`InFlight`] lives. Never
+    /// returns if a signal's undoing has already begun (the signal thread has
+    /// this undo, and the process is about to end).
+    pub fn release(&mut self) -> InFlight {
         let Some(id) = self.0.take() else {
-            return;
+            return InFlight(false);
         };
         let mut registry = registry();
         if registry.undoing {
@@ -87,12 +141,32 @@ impl Registered {
             park_forever();
         }
         registry.undos.remove(&id);
+        InFlight::start(&mut registry)
+    }
+
+    /// Runs `reap` (a `try_wait` on the child this registration ends) where the
+    /// signal thread cannot be undoing it meanwhile, and takes the undo back
+    /// if `reap` says the child is gone (reaped: its id is free for reuse).
+    /// Never returns if a signal's undoing has already begun.
+    pub fn reap_if<T>(&mut self, reap: impl FnOnce() -> T, reaped: impl FnOnce(&T) -> bool) -> T {
+        let mut registry = registry();
+        if registry.undoing && self.0.is_some() {
+            drop(registry);
+            park_forever();
+        }
+        let result = reap();
+        if reaped(&result)
+            && let Some(id) = self.0.take()
+        {
+            registry.undos.remove(&id);
+        }
+        result
     }
 }
 
 impl Drop for Registered {
     fn drop(&mut self) {
-        self.release();
+        drop(self.release());
     }
 }
 
@@ -112,32 +186,60 @@ pub fn install() -> std::io::Result<()> {
                 registry.undoing = true;
                 std::mem::take(&mut registry.undos)
             };
-            eprintln!(
-                "\ntruce-bench: {}: stopping the servers and removing the directories this run started ({})",
+            say(format_args!(
+                "{}: stopping the servers and removing the directories this run started ({})",
                 name(first),
                 undos.len()
-            );
+            ));
             let undoing = std::thread::spawn(move || {
                 undo_all(undos);
-                std::process::exit(128 + first);
+                wait_for_in_flight(IN_FLIGHT_WAIT);
+                end_by(first);
             });
             if let Some(second) = signals.next() {
-                eprintln!(
-                    "truce-bench: {} again: exiting before the undoing is done",
+                say(format_args!(
+                    "{} again: ending before the undoing is done",
                     name(second)
-                );
-                std::process::exit(128 + second);
+                ));
+                end_by(second);
             }
             drop(undoing.join());
         })?;
     Ok(())
 }
 
-/// Runs `undos` newest first, one log line each.
+/// Runs `undos` newest first, one line each.
 fn undo_all(undos: BTreeMap<u64, (String, Undo)>) {
     for (_, (what, undo)) in undos.into_iter().rev() {
-        eprintln!("truce-bench: {what}: {}", undo());
+        say(format_args!("{what}: {}", run(undo)));
     }
+}
+
+/// Waits until no undo is under way on another thread, or `limit` passed.
+fn wait_for_in_flight(limit: Duration) {
+    let until = Instant::now() + limit;
+    let mut registry = registry();
+    while registry.in_flight > 0 {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            say(format_args!(
+                "{} undo(s) still under way after {limit:?}: ending anyway",
+                registry.in_flight
+            ));
+            return;
+        }
+        registry = LANDED
+            .wait_timeout(registry, left)
+            .unwrap_or_else(|p| p.into_inner())
+            .0;
+    }
+}
+
+/// Ends the process the way `signal` would have: the shell then sees it was
+/// interrupted (and stops a loop around it), not a plain failure.
+fn end_by(signal: i32) -> ! {
+    let _ = signal_hook::low_level::emulate_default_handler(signal);
+    std::process::exit(128 + signal);
 }
 
 fn name(signal: i32) -> &'static str {
@@ -152,7 +254,7 @@ fn name(signal: i32) -> &'static str {
 /// A scratch directory (a [`tempfile::TempDir`] under `parent`), removed when
 /// dropped or, if the bench is interrupted first, by the signal thread.
 pub struct Scratch {
-    dir: tempfile::TempDir,
+    dir: Option<tempfile::TempDir>,
     registered: Registered,
 }
 
@@ -161,27 +263,41 @@ pub fn scratch_dir(prefix: &str, parent: &Path) -> std::io::Result<Scratch> {
     let dir = tempfile::Builder::new().prefix(prefix).tempdir_in(parent)?;
     let path = dir.path().to_path_buf();
     let registered = register(format!("directory {}", path.display()), move || remove(&path));
-    Ok(Scratch { dir, registered })
+    Ok(Scratch {
+        dir: Some(dir),
+        registered,
+    })
 }
 
+/// Removes `path`, trying again a few times: whatever still writes into it
+/// (a server being killed, an embedded database of the main thread) may
+/// create files while it goes.
 fn remove(path: &Path) -> String {
-    match std::fs::remove_dir_all(path) {
-        Ok(()) => "removed".into(),
-        Err(e) => format!("not removed: {e}"),
+    let mut tries = 0;
+    loop {
+        match std::fs::remove_dir_all(path) {
+            Ok(()) => return "removed".into(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return "removed".into(),
+            Err(e) if tries == 4 => return format!("not removed: {e}"),
+            Err(_) => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
     }
 }
 
 impl Scratch {
     /// The directory.
     pub fn path(&self) -> &Path {
-        self.dir.path()
+        self.dir.as_ref().expect("present until dropped").path()
     }
 }
 
 impl Drop for Scratch {
     fn drop(&mut self) {
-        // Before the directory goes (`dir` is dropped after this).
-        self.registered.release();
+        let _in_flight = self.registered.release();
+        drop(self.dir.take());
     }
 }
 
@@ -192,17 +308,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn undos_run_newest_first_and_released_ones_not_at_all() {
+    fn undos_run_newest_first_and_a_panicking_one_is_passed_over() {
         let order = Arc::new(StdMutex::new(Vec::new()));
         let note = |n: u32| {
             let order = Arc::clone(&order);
             move || {
                 order.lock().unwrap().push(n);
+                assert_ne!(n, 1, "undo 1 panics");
                 format!("undo {n}")
             }
         };
-        // Registered directly in a registry of the test's own, the way the
-        // signal thread takes them from the global one.
+        // Built the way the signal thread takes them from the global registry.
         let mut undos: BTreeMap<u64, (String, Undo)> = BTreeMap::new();
         for n in 0..4u32 {
             undos.insert(u64::from(n), (format!("thing {n}"), Box::new(note(n))));
@@ -218,13 +334,47 @@ mod tests {
         let mut released = register("released".into(), || "undone".into());
         let id = released.0.expect("an id");
         assert!(registry().undos.contains_key(&id));
-        released.release();
+        drop(released.release());
         assert!(!registry().undos.contains_key(&id));
         let dropped = register("dropped".into(), || "undone".into());
         let id = dropped.0.expect("an id");
         assert!(registry().undos.contains_key(&id));
         drop(dropped);
         assert!(!registry().undos.contains_key(&id));
+    }
+
+    #[test]
+    fn a_reaped_child_leaves_the_registry_and_a_running_one_stays() {
+        let mut registered = register("child".into(), || "undone".into());
+        let id = registered.0.expect("an id");
+        assert_eq!(registered.reap_if(|| None::<u32>, Option::is_some), None);
+        assert!(
+            registry().undos.contains_key(&id),
+            "still running: still registered"
+        );
+        assert_eq!(registered.reap_if(|| Some(0), Option::is_some), Some(0));
+        assert!(!registry().undos.contains_key(&id), "reaped: its id is free");
+    }
+
+    #[test]
+    fn the_signal_thread_waits_for_an_owner_stopping_its_server() {
+        let in_flight = || registry().in_flight;
+        let mut registered = register("server".into(), || "undone".into());
+        let stopping = registered.release();
+        assert!(in_flight() >= 1);
+        let owner = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            drop(stopping);
+        });
+        let started = Instant::now();
+        // Waits for every undo under way; other tests' end within milliseconds.
+        wait_for_in_flight(Duration::from_secs(10));
+        assert!(
+            started.elapsed() >= Duration::from_millis(150),
+            "{:?}",
+            started.elapsed()
+        );
+        owner.join().unwrap();
     }
 
     #[test]

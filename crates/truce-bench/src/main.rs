@@ -76,7 +76,7 @@ struct Cli {
     in_flight: u16,
     /// Where the temporary databases and the fsync probe file go: put it on the
     /// disk you mean to measure (a tmpfs or ramfs is refused). Defaults to the
-    /// system temp dir.
+    /// system temp dir, or `/var/tmp` where that is a tmpfs.
     #[arg(long)]
     dir: Option<PathBuf>,
     /// The `truce` server binary for http-hot-counter. Default: build it with
@@ -211,7 +211,7 @@ fn run(cli: &Cli) -> BoxResult<Vec<Box<dyn Report>>> {
         threads: threads.unwrap_or(COMPARISON_THREADS),
         duration: cli.duration,
         in_flight: usize::from(cli.in_flight),
-        dir: cli.dir.clone().unwrap_or_else(std::env::temp_dir),
+        dir: cli.dir.clone().unwrap_or_else(probe::default_dir),
     };
     probe::check_on_disk(&config.dir)?;
     let machine = probe::probe(&config.dir)?;

@@ -18,7 +18,9 @@ use std::error::Error;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Instant;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use postgres::error::SqlState;
 use postgres::{Client, NoTls, Statement};
@@ -32,6 +34,9 @@ use crate::server::{free_loopback_port, running};
 use crate::stats::{Outcome, Recorder};
 
 type BoxError = Box<dyn Error + Send + Sync>;
+
+/// How long `pg_ctl start` may take (`-t`).
+const PG_START_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The `campaign_metrics` row of each counter: campaign × 10 + counter.
 const CONFIRMED_ROW: i64 = CAMPAIGN as i64 * 10;
@@ -233,13 +238,25 @@ impl PgServer {
             "-c listen_addresses=127.0.0.1 -p {port} -c unix_socket_directories={}",
             scratch.path().display()
         );
-        // Registered before it starts: `pg_ctl start -w` may take seconds, and a
-        // stop of a server that never started is harmless.
+        // Registered before it starts: `pg_ctl start -w` may take seconds, and
+        // the postmaster (in a session of its own) would finish starting after
+        // the bench is gone. Until `pg_ctl start` has returned, the undo first
+        // waits for the postmaster to write its pid.
+        let start_returned = Arc::new(AtomicBool::new(false));
         let registered = {
-            let (bin, data) = (bin.to_path_buf(), data.clone());
+            let (bin, data, start_returned) = (bin.to_path_buf(), data.clone(), Arc::clone(&start_returned));
             cleanup::register(format!("postgresql ({})", data.display()), move || {
-                let pid = postmaster_pid(&data);
-                stop_postmaster(&bin, &data, as_postgres, pid)
+                let deadline = Instant::now() + PG_START_TIMEOUT;
+                while postmaster_pid(&data) == 0
+                    && !start_returned.load(Ordering::SeqCst)
+                    && Instant::now() < deadline
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                match postmaster_pid(&data) {
+                    0 => "not started".into(),
+                    pid => stop_postmaster(&bin, &data, as_postgres, pid),
+                }
             })
         };
         let started = Instant::now();
@@ -248,9 +265,18 @@ impl PgServer {
             .arg(&data)
             .arg("-l")
             .arg(&log)
-            .args(["-w", "-t", "60", "-o", &options, "start"])
+            .args([
+                "-w",
+                "-t",
+                &PG_START_TIMEOUT.as_secs().to_string(),
+                "-o",
+                &options,
+                "start",
+            ])
             .stdout(Stdio::null())
-            .output()?;
+            .output();
+        start_returned.store(true, Ordering::SeqCst);
+        let start = start?;
         // From here on the server may be running: build the guard first.
         let pid = postmaster_pid(&data);
         let server = PgServer {
@@ -290,7 +316,8 @@ impl PgServer {
 
 impl Drop for PgServer {
     fn drop(&mut self) {
-        self.registered.release();
+        // The signal thread waits for this stop if one comes meanwhile.
+        let _in_flight = self.registered.release();
         let how = stop_postmaster(&self.bin, &self.data, self.as_postgres, self.pid);
         println!("postgresql (pid {}) {how}", self.pid);
     }
@@ -344,12 +371,13 @@ fn stop_postmaster(bin: &Path, data: &Path, as_postgres: bool, pid: u32) -> Stri
     };
     // The postmaster is not our child (pg_ctl detached it): wait until it is
     // gone (or a zombie waiting for init), then kill it by id if it is not.
-    let deadline = Instant::now() + std::time::Duration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(5);
     while pid > 0 && postgres_alive(pid) && Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(20));
     }
     if pid > 0 && postgres_alive(pid) {
-        // SAFETY: kill(2) on the postmaster's id, checked to still be a live postgres process.
+        // SAFETY: kill(2) has no memory-safety preconditions. (The id was
+        // checked just now to be a live process named postgres.)
         unsafe {
             libc::kill(pid as libc::pid_t, libc::SIGKILL);
         }
@@ -598,12 +626,15 @@ mod tests {
         let (nobody, nogroup) = (4_000_000_001, 4_000_000_001);
         let found = closed_ancestor(&inner, nobody, nogroup);
         assert_eq!(found, Some((closed.clone(), 0o700)));
+        // Above the test's own directories the machine decides (a temp dir
+        // under a home only its owner enters): look at ours only.
+        let ours = |found: Option<(PathBuf, u32)>| found.filter(|(dir, _)| dir.starts_with(top.path()));
         std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o711)).unwrap();
-        assert_eq!(closed_ancestor(&inner, nobody, nogroup), None);
+        assert_eq!(ours(closed_ancestor(&inner, nobody, nogroup)), None);
         // Its owner may enter it whatever the others' bits say.
         std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o700)).unwrap();
         let owner = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&closed).unwrap());
-        assert_eq!(closed_ancestor(&inner, owner, nogroup), None);
+        assert_eq!(ours(closed_ancestor(&inner, owner, nogroup)), None);
     }
 
     #[test]

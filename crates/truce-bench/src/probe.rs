@@ -150,6 +150,22 @@ pub fn check_on_disk(dir: &Path) -> Result<(), String> {
     }
 }
 
+/// Where the bench works without `--dir`: the system temp dir, or `/var/tmp`
+/// where that is in memory (a tmpfs `/tmp`, as on several distributions,
+/// while `/var/tmp`, for files that outlive a reboot, is on disk).
+pub fn default_dir() -> PathBuf {
+    choose_dir(std::env::temp_dir(), memory_file_system)
+}
+
+fn choose_dir(temp: PathBuf, kind: impl Fn(&Path) -> io::Result<Option<&'static str>>) -> PathBuf {
+    let var_tmp = Path::new("/var/tmp");
+    if matches!(kind(&temp), Ok(Some(_))) && matches!(kind(var_tmp), Ok(None)) {
+        var_tmp.to_path_buf()
+    } else {
+        temp
+    }
+}
+
 /// The kind of in-memory file system holding `dir`, if it is one.
 fn memory_file_system(dir: &Path) -> io::Result<Option<&'static str>> {
     use std::os::unix::ffi::OsStrExt;
@@ -162,11 +178,15 @@ fn memory_file_system(dir: &Path) -> io::Result<Option<&'static str>> {
         return Err(io::Error::last_os_error());
     }
     // f_type's width differs between C libraries; the magic numbers are 32-bit.
-    let magic = stat.f_type as u64 as u32;
-    Ok(MEMORY_FS_MAGIC
+    Ok(memory_kind(stat.f_type as u64 as u32))
+}
+
+/// The in-memory file system a `statfs` magic number names, if it names one.
+fn memory_kind(magic: u32) -> Option<&'static str> {
+    MEMORY_FS_MAGIC
         .iter()
         .find(|(m, _)| *m == magic)
-        .map(|(_, kind)| *kind))
+        .map(|(_, kind)| *kind)
 }
 
 /// Counts the cores, times wake-ups between them, and measures the disk under
@@ -415,6 +435,25 @@ fn pin_to(cpu: Option<usize>) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn without_dir_the_bench_leaves_a_temp_dir_in_memory_for_var_tmp() {
+        let tmpfs_tmp = |dir: &Path| Ok((dir == Path::new("/tmp")).then_some("tmpfs"));
+        assert_eq!(choose_dir("/tmp".into(), tmpfs_tmp), PathBuf::from("/var/tmp"));
+        let on_disk = |_: &Path| Ok(None);
+        assert_eq!(choose_dir("/tmp".into(), on_disk), PathBuf::from("/tmp"));
+        // Both in memory: the temp dir stays, for check_on_disk to refuse.
+        let all_tmpfs = |_: &Path| Ok(Some("tmpfs"));
+        assert_eq!(choose_dir("/tmp".into(), all_tmpfs), PathBuf::from("/tmp"));
+    }
+
+    #[test]
+    fn memory_file_systems_are_known_by_their_magic_numbers() {
+        assert_eq!(memory_kind(0x0102_1994), Some("tmpfs"));
+        assert_eq!(memory_kind(0x8584_58f6), Some("ramfs"));
+        assert_eq!(memory_kind(0xEF53), None, "ext4");
+        assert_eq!(memory_kind(0x5846_5342), None, "xfs");
+    }
+
     #[test]
     fn directories_in_memory_are_refused() {
         // /dev/shm is a tmpfs wherever glibc's shared memory lives; where it is

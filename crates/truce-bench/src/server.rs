@@ -91,7 +91,10 @@ impl Process {
         // The signal thread cannot reap our child, so it watches /proc; the id
         // cannot be reused while the child is unreaped.
         let registered = cleanup::register(format!("{label} (pid {pid})"), move || {
-            terminate(pid, || (!running(pid)).then(String::new))
+            match terminate(pid, || (!running(pid)).then_some(())) {
+                Ended::AfterSigterm(_) => "exited after SIGTERM".into(),
+                Ended::Killed => format!("killed after {STOP_TIMEOUT:?}"),
+            }
         });
         Ok(Process {
             pid,
@@ -108,7 +111,14 @@ impl Process {
 
     /// Fails if the process has already exited.
     pub fn check_running(&mut self) -> BoxResult<()> {
-        match self.child.as_mut().map(Child::try_wait) {
+        let child = &mut self.child;
+        // A child that exited is reaped here, and its id is then free: the
+        // registration goes with it, under the registry's lock.
+        let state = self.registered.reap_if(
+            || child.as_mut().map(Child::try_wait),
+            |s| matches!(s, Some(Ok(Some(_)))),
+        );
+        match state {
             Some(Ok(None)) => Ok(()),
             Some(Ok(Some(status))) => Err(format!("{} exited early: {status}", self.label).into()),
             Some(Err(e)) => Err(format!("{}: {e}", self.label).into()),
@@ -126,46 +136,68 @@ impl Process {
     /// Sends SIGTERM and waits for the exit; SIGKILL (by id) after
     /// [`STOP_TIMEOUT`]. Returns how it ended.
     pub fn stop(&mut self) -> String {
-        self.registered.release();
+        // The signal thread waits for this stop if one comes meanwhile.
+        let _in_flight = self.registered.release();
         let Some(mut child) = self.child.take() else {
             return "already stopped".into();
         };
         if let Ok(Some(status)) = child.try_wait() {
             return format!("had exited: {status}");
         }
-        let how = terminate(self.pid, || Some(child.try_wait().ok()??.to_string()));
-        // Reaped above unless it had to be killed.
-        match child.wait() {
-            Ok(status) if how.starts_with("killed") => format!("{how}: {status}"),
-            Ok(_) => how,
-            Err(e) => format!("{how}; wait failed: {e}"),
+        match terminate(self.pid, || child.try_wait().ok().flatten()) {
+            Ended::AfterSigterm(status) => format!("exited after SIGTERM: {status}"),
+            Ended::Killed => match child.wait() {
+                Ok(status) => format!("killed after {STOP_TIMEOUT:?}: {status}"),
+                Err(e) => format!("killed after {STOP_TIMEOUT:?}; wait failed: {e}"),
+            },
         }
     }
 }
 
-/// SIGTERM to `pid`, then up to [`STOP_TIMEOUT`] for `exited` to say how it
-/// ended (its exit status, or nothing where it cannot be known); SIGKILL after
-/// that. Only for an id that cannot have been reused: a child not yet reaped.
-fn terminate(pid: u32, mut exited: impl FnMut() -> Option<String>) -> String {
-    // SAFETY: kill(2) on the id of a child not yet reaped (see above).
-    unsafe {
-        libc::kill(pid as libc::pid_t, libc::SIGTERM);
-    }
-    let deadline = Instant::now() + STOP_TIMEOUT;
-    while Instant::now() < deadline {
-        match exited() {
-            Some(how) if how.is_empty() => return "exited after SIGTERM".into(),
-            Some(how) => return format!("exited after SIGTERM: {how}"),
-            None => {}
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-    // SAFETY: as above.
-    unsafe {
-        libc::kill(pid as libc::pid_t, libc::SIGKILL);
-    }
-    format!("killed after {STOP_TIMEOUT:?}")
+/// How [`terminate`] ended a process.
+enum Ended<T> {
+    /// It exited after SIGTERM, with what `exited` saw (its status, for a
+    /// child the caller reaps).
+    AfterSigterm(T),
+    /// It was still there after [`STOP_TIMEOUT`]: SIGKILL.
+    Killed,
 }
+
+/// SIGTERM to `pid`, then up to [`STOP_TIMEOUT`] for `exited` to see it gone;
+/// SIGKILL after that, and up to [`KILL_WAIT`] more for it to go, so what it
+/// held (its directory) is free when this returns. Only for an id that cannot
+/// have been reused: a child not yet reaped.
+fn terminate<T>(pid: u32, mut exited: impl FnMut() -> Option<T>) -> Ended<T> {
+    let signal = |signal| {
+        // SAFETY: kill(2) has no memory-safety preconditions. (That the id is
+        // still our child's is the caller's promise above.)
+        unsafe {
+            libc::kill(pid as libc::pid_t, signal);
+        }
+    };
+    let mut gone = |limit: Duration| {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(seen) = exited() {
+                return Some(seen);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    };
+    signal(libc::SIGTERM);
+    if let Some(seen) = gone(STOP_TIMEOUT) {
+        return Ended::AfterSigterm(seen);
+    }
+    signal(libc::SIGKILL);
+    let _ = gone(KILL_WAIT);
+    Ended::Killed
+}
+
+/// How long a process may take to go after SIGKILL (a write in the kernel).
+const KILL_WAIT: Duration = Duration::from_secs(2);
 
 /// Whether `pid` is a live process (not a zombie waiting to be reaped).
 pub fn running(pid: u32) -> bool {

@@ -1,10 +1,12 @@
-//! An interrupted bench leaves nothing running: SIGINT (Ctrl-C) or SIGTERM in
-//! the middle of a measurement ends every server the bench started — `truce
-//! serve`, and PostgreSQL and Redis where they are installed (the postmaster is
-//! not even the bench's child) — removes their directories, and exits with
-//! 128 + the signal's number.
+//! An interrupted bench leaves nothing running: SIGINT (Ctrl-C), SIGTERM, or
+//! SIGHUP with its stderr gone (a closed terminal) in the middle of a
+//! measurement ends every server the bench started — `truce serve`, and
+//! PostgreSQL and Redis where they are installed (the postmaster is not even
+//! the bench's child) — removes their directories, and ends the bench by that
+//! signal.
 
 use std::io::{BufRead, BufReader};
+use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -49,8 +51,9 @@ impl Drop for Servers {
     fn drop(&mut self) {
         for (_, pid) in &self.0 {
             if running(*pid) {
-                // SAFETY: kill(2) on an id the bench printed for a server it
-                // started, checked to be live just now.
+                // SAFETY: kill(2) has no memory-safety preconditions. (The id
+                // is one the bench printed for a server it started, checked
+                // just now to be live.)
                 unsafe {
                     libc::kill(*pid as libc::pid_t, libc::SIGKILL);
                 }
@@ -66,7 +69,8 @@ struct Bench(Child);
 impl Drop for Bench {
     fn drop(&mut self) {
         if matches!(self.0.try_wait(), Ok(None)) {
-            // SAFETY: kill(2) on our own child, not yet reaped.
+            // SAFETY: kill(2) has no memory-safety preconditions; the id is
+            // our own child's, not yet reaped.
             unsafe {
                 libc::kill(self.0.id() as libc::pid_t, libc::SIGTERM);
             }
@@ -95,8 +99,9 @@ fn wait_for(child: &mut Child, deadline: Duration) -> std::process::ExitStatus {
 }
 
 /// Runs the hot counter against every installed system, sends `signal` once
-/// all of them are up and measuring, and checks what is left.
-fn interrupt_with(signal: i32) {
+/// all of them are up and measuring (with the bench's stderr closed first if
+/// `close_stderr`), and checks what is left.
+fn interrupt_with(signal: i32, close_stderr: bool) {
     let dir = common::scratch_dir();
     let mut expected = vec!["truce"];
     let mut skip = Vec::new();
@@ -133,6 +138,9 @@ fn interrupt_with(signal: i32) {
     if !skip.is_empty() {
         command.arg("--skip").arg(skip.join(","));
     }
+    // Declared before the bench, so dropped after it: on a failed check the
+    // bench is asked to clean up first, and only what it left is killed.
+    let mut servers = Servers(Vec::new());
     let mut bench = Bench(command.spawn().expect("the bench starts"));
     let stdout = bench.0.stdout.take().expect("stdout");
     let stderr = bench.0.stderr.take().expect("stderr");
@@ -142,17 +150,23 @@ fn interrupt_with(signal: i32) {
             let _ = lines.send(line);
         }
     });
+    // Read as it comes, unless it is to be closed: then it is left in its
+    // pipe (a few lines before the signal) and closed just before it.
     let (errors, stderr_text) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut text = String::new();
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            text.push_str(&line);
-            text.push('\n');
-        }
-        let _ = errors.send(text);
-    });
+    let mut unread = None;
+    if close_stderr {
+        unread = Some(stderr);
+    } else {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                text.push_str(&line);
+                text.push('\n');
+            }
+            let _ = errors.send(text);
+        });
+    }
 
-    let mut servers = Servers(Vec::new());
     let until = Instant::now() + START_DEADLINE;
     let mut seen = String::new();
     while servers.0.len() < expected.len() {
@@ -171,21 +185,27 @@ fn interrupt_with(signal: i32) {
             "{system} (pid {pid}) is not running before the signal"
         );
     }
-    // SAFETY: kill(2) on our own child, not yet reaped.
+    drop(unread.take());
+    // SAFETY: kill(2) has no memory-safety preconditions; the id is our own
+    // child's, not yet reaped.
     unsafe {
         libc::kill(bench.0.id() as libc::pid_t, signal);
     }
     let status = wait_for(&mut bench.0, EXIT_DEADLINE);
     // A server that outlived the bench may still hold the pipe open.
-    let stderr = stderr_text
-        .recv_timeout(Duration::from_secs(10))
-        .unwrap_or_else(|_| {
-            "(stderr still open 10 s after the exit: something the bench started holds it)".into()
-        });
+    let stderr = if close_stderr {
+        "(closed before the signal)".to_string()
+    } else {
+        stderr_text
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap_or_else(|_| {
+                "(still open 10 s after the exit: something the bench started holds it)".into()
+            })
+    };
     assert_eq!(
-        status.code(),
-        Some(128 + signal),
-        "exit status after signal {signal}: {status}\nstderr:\n{stderr}"
+        status.signal(),
+        Some(signal),
+        "after signal {signal} the bench ended with {status}, not by the signal\nstderr:\n{stderr}"
     );
     // The bench's own children are reaped by init once it has exited;
     // PostgreSQL's postmaster was stopped by pg_ctl. Give both a moment.
@@ -205,7 +225,7 @@ fn interrupt_with(signal: i32) {
         "left behind in --dir: {left:?}\nstderr:\n{stderr}"
     );
     assert!(
-        stderr.contains("stopping the servers and removing the directories this run started"),
+        close_stderr || stderr.contains("stopping the servers and removing the directories this run started"),
         "no word of the undoing on stderr:\n{stderr}"
     );
 }
@@ -223,7 +243,8 @@ fn leftovers(dir: &Path) -> Vec<String> {
 
 /// One after the other: two benches at once would share the 2 cores.
 #[test]
-fn ctrl_c_or_sigterm_ends_every_server_and_removes_their_directories() {
-    interrupt_with(libc::SIGINT);
-    interrupt_with(libc::SIGTERM);
+fn ctrl_c_sigterm_or_a_closed_terminal_ends_every_server_and_removes_their_directories() {
+    interrupt_with(libc::SIGINT, false);
+    interrupt_with(libc::SIGTERM, false);
+    interrupt_with(libc::SIGHUP, true);
 }
