@@ -6,11 +6,12 @@
 //! that the next run's figures would pay for, and PostgreSQL is not even the
 //! bench's child. So each such server and directory registers here how to
 //! undo it, for as long as it exists, and a thread of this module waits for
-//! those signals. On the first it undoes everything registered, newest first
-//! (a server stops before its directory goes), waits for undos already under
-//! way on other threads, says what it did, and ends the process by that
-//! signal (so a shell loop around the bench stops too); a second signal
-//! meanwhile ends it at once.
+//! those signals. On the first it stops every registered server, newest
+//! first, waits for stops already under way on other threads, and only then
+//! removes the directories (nothing that may still write into one runs any
+//! more); it says what it did, and ends the process by that signal (so a
+//! shell loop around the bench stops too). A second signal meanwhile ends it
+//! at once.
 //!
 //! Once the undoing has begun, the rest of the program must not touch what it
 //! registered (a child it reaped could be replaced by another process with the
@@ -39,10 +40,19 @@ const IN_FLIGHT_WAIT: Duration = Duration::from_secs(40);
 /// How to undo one thing; returns how it went, for the log line.
 type Undo = Box<dyn FnOnce() -> String + Send>;
 
+/// One registration.
+struct Entry {
+    /// What it is, for the log line.
+    what: String,
+    /// A directory: removed after every stop, not in registration order.
+    directory: bool,
+    undo: Undo,
+}
+
 struct Registry {
     next: u64,
-    /// What each registration is (for the log line) and how to undo it.
-    undos: BTreeMap<u64, (String, Undo)>,
+    /// Each registration, by id (registration order).
+    undos: BTreeMap<u64, Entry>,
     /// A signal came: the undos are running, and nothing new may register.
     undoing: bool,
     /// Undos running outside the signal thread: owners stopping what they
@@ -112,17 +122,28 @@ pub struct Registered(Option<u64>);
 /// interruption is already being handled, `undo` runs now and this never
 /// returns.
 pub fn register(what: String, undo: impl FnOnce() -> String + Send + 'static) -> Registered {
+    register_entry(what, false, Box::new(undo))
+}
+
+fn register_entry(what: String, directory: bool, undo: Undo) -> Registered {
     let mut registry = registry();
     if registry.undoing {
         let in_flight = InFlight::start(&mut registry);
         drop(registry);
-        say(format_args!("{what}: {}", run(Box::new(undo))));
+        say(format_args!("{what}: {}", run(undo)));
         drop(in_flight);
         park_forever();
     }
     let id = registry.next;
     registry.next += 1;
-    registry.undos.insert(id, (what, Box::new(undo)));
+    registry.undos.insert(
+        id,
+        Entry {
+            what,
+            directory,
+            undo,
+        },
+    );
     Registered(Some(id))
 }
 
@@ -192,8 +213,7 @@ pub fn install() -> std::io::Result<()> {
                 undos.len()
             ));
             let undoing = std::thread::spawn(move || {
-                undo_all(undos);
-                wait_for_in_flight(IN_FLIGHT_WAIT);
+                undo_everything(undos, || wait_for_in_flight(IN_FLIGHT_WAIT));
                 end_by(first);
             });
             if let Some(second) = signals.next() {
@@ -208,11 +228,15 @@ pub fn install() -> std::io::Result<()> {
     Ok(())
 }
 
-/// Runs `undos` newest first, one line each.
-fn undo_all(undos: BTreeMap<u64, (String, Undo)>) {
-    for (_, (what, undo)) in undos.into_iter().rev() {
-        say(format_args!("{what}: {}", run(undo)));
-    }
+/// Runs `undos`, one line each: the stops newest first, then `wait` (for
+/// stops under way elsewhere), then the directories newest first.
+fn undo_everything(undos: BTreeMap<u64, Entry>, wait: impl FnOnce()) {
+    let (directories, stops): (Vec<Entry>, Vec<Entry>) =
+        undos.into_values().rev().partition(|entry| entry.directory);
+    let undo = |entry: Entry| say(format_args!("{}: {}", entry.what, run(entry.undo)));
+    stops.into_iter().for_each(undo);
+    wait();
+    directories.into_iter().for_each(undo);
 }
 
 /// Waits until no undo is under way on another thread, or `limit` passed.
@@ -262,7 +286,11 @@ pub struct Scratch {
 pub fn scratch_dir(prefix: &str, parent: &Path) -> std::io::Result<Scratch> {
     let dir = tempfile::Builder::new().prefix(prefix).tempdir_in(parent)?;
     let path = dir.path().to_path_buf();
-    let registered = register(format!("directory {}", path.display()), move || remove(&path));
+    let registered = register_entry(
+        format!("directory {}", path.display()),
+        true,
+        Box::new(move || remove(&path)),
+    );
     Ok(Scratch {
         dir: Some(dir),
         registered,
@@ -308,24 +336,44 @@ mod tests {
     use super::*;
 
     #[test]
-    fn undos_run_newest_first_and_a_panicking_one_is_passed_over() {
+    fn stops_run_newest_first_then_the_wait_then_directories_and_a_panic_is_passed_over() {
         let order = Arc::new(StdMutex::new(Vec::new()));
-        let note = |n: u32| {
+        let note = |name: &'static str| {
             let order = Arc::clone(&order);
             move || {
-                order.lock().unwrap().push(n);
-                assert_ne!(n, 1, "undo 1 panics");
-                format!("undo {n}")
+                order.lock().unwrap().push(name);
+                assert_ne!(name, "server 1", "this undo panics");
+                format!("undid {name}")
             }
         };
-        // Built the way the signal thread takes them from the global registry.
-        let mut undos: BTreeMap<u64, (String, Undo)> = BTreeMap::new();
-        for n in 0..4u32 {
-            undos.insert(u64::from(n), (format!("thing {n}"), Box::new(note(n))));
+        // Registration order, the way the signal thread takes them from the
+        // global registry: each server's directory made before the server.
+        let mut undos = BTreeMap::new();
+        let names = [
+            ("dir 0", true),
+            ("server 0", false),
+            ("dir 1", true),
+            ("server 1", false),
+            ("dir 2", true),
+        ];
+        for (id, (name, directory)) in names.into_iter().enumerate() {
+            let undo: Undo = Box::new(note(name));
+            undos.insert(
+                id as u64,
+                Entry {
+                    what: name.into(),
+                    directory,
+                    undo,
+                },
+            );
         }
-        undos.remove(&2);
-        undo_all(undos);
-        assert_eq!(*order.lock().unwrap(), vec![3, 1, 0]);
+        undos.remove(&4);
+        let waited = Arc::clone(&order);
+        undo_everything(undos, move || waited.lock().unwrap().push("wait"));
+        assert_eq!(
+            *order.lock().unwrap(),
+            vec!["server 1", "server 0", "wait", "dir 1", "dir 0"]
+        );
     }
 
     #[test]
@@ -383,8 +431,8 @@ mod tests {
         let scratch = scratch_dir("scratch-test-", parent.path()).unwrap();
         let path = scratch.path().to_path_buf();
         let id = scratch.registered.0.expect("an id");
-        let what = registry().undos.get(&id).map(|(what, _)| what.clone());
-        assert_eq!(what, Some(format!("directory {}", path.display())));
+        let entry = registry().undos.get(&id).map(|e| (e.what.clone(), e.directory));
+        assert_eq!(entry, Some((format!("directory {}", path.display()), true)));
         drop(scratch);
         assert!(!path.exists());
         assert!(!registry().undos.contains_key(&id));
