@@ -30,7 +30,7 @@ use crate::cleanup::{self, Registered, Scratch};
 use crate::driver::{self, Config};
 use crate::install::{self, is_root};
 use crate::seed003::{CAMPAIGN, Counters, Mix, Op, PgRuns, check_counters, subscribers};
-use crate::server::{free_loopback_port, running};
+use crate::server::{free_loopback_port, proc_stat};
 use crate::stats::{Outcome, Recorder};
 
 type BoxError = Box<dyn Error + Send + Sync>;
@@ -389,9 +389,7 @@ fn stop_postmaster(bin: &Path, data: &Path, as_postgres: bool, pid: u32) -> Stri
 
 /// Whether `pid` is a running (not zombie) process named `postgres`.
 fn postgres_alive(pid: u32) -> bool {
-    let named_postgres =
-        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| stat.contains("(postgres)"));
-    named_postgres && running(pid)
+    proc_stat(pid).is_some_and(|stat| stat.comm == "postgres" && stat.live())
 }
 
 /// An error's text: PostgreSQL's own code and message when it sent one.

@@ -201,13 +201,38 @@ const KILL_WAIT: Duration = Duration::from_secs(2);
 
 /// Whether `pid` is a live process (not a zombie waiting to be reaped).
 pub fn running(pid: u32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    let state = stat
-        .rfind(')')
-        .and_then(|i| stat[i + 1..].split_whitespace().next());
-    !matches!(state, Some("Z" | "X") | None)
+    proc_stat(pid).is_some_and(|stat| stat.live())
+}
+
+/// What the bench reads of `/proc/PID/stat`.
+pub struct ProcStat {
+    /// The command name (without the parentheses).
+    pub comm: String,
+    /// The state letter (`R`, `S`, `Z`, …).
+    pub state: String,
+    /// The parent's process id.
+    pub ppid: u32,
+}
+
+impl ProcStat {
+    /// Not a zombie waiting to be reaped, nor dead.
+    pub fn live(&self) -> bool {
+        !matches!(self.state.as_str(), "Z" | "X")
+    }
+}
+
+/// `/proc/PID/stat` of `pid`, if it exists. The command name is in
+/// parentheses and may hold spaces, so the fields are counted after its
+/// last `)`.
+pub fn proc_stat(pid: u32) -> Option<ProcStat> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (open, close) = (stat.find('(')?, stat.rfind(')')?);
+    let mut rest = stat.get(close + 1..)?.split_whitespace();
+    Some(ProcStat {
+        comm: stat.get(open + 1..close)?.to_string(),
+        state: rest.next()?.to_string(),
+        ppid: rest.next()?.parse().ok()?,
+    })
 }
 
 impl Drop for Process {
@@ -283,15 +308,7 @@ pub fn children(parent: u32) -> Vec<u32> {
     };
     entries
         .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .ok()
-                .and_then(|stat| {
-                    let rest = &stat[stat.rfind(')')? + 1..];
-                    rest.split_whitespace().nth(1)?.parse::<u32>().ok()
-                })
-                == Some(parent)
-        })
+        .filter(|pid| proc_stat(*pid).is_some_and(|stat| stat.ppid == parent))
         .collect()
 }
 
@@ -366,6 +383,17 @@ mod tests {
             parse_response(b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\n{}").is_err(),
             "cut short"
         );
+    }
+
+    #[test]
+    fn reads_its_own_proc_stat() {
+        let me = proc_stat(std::process::id()).expect("our own /proc/PID/stat");
+        assert!(me.live(), "{}", me.state);
+        let parent = std::os::unix::process::parent_id();
+        assert_eq!(me.ppid, parent);
+        assert!(children(parent).contains(&std::process::id()));
+        assert!(!me.comm.is_empty() && !me.comm.contains(')'), "{}", me.comm);
+        assert!(proc_stat(u32::MAX).is_none());
     }
 
     #[test]
