@@ -176,13 +176,18 @@ fn latency_range(rows: &[&Row], panel_px: f64) -> (f64, f64) {
     else {
         return (low, high);
     };
-    // The legend's share of the plot's height; the lowest value it sits under
-    // must stay above it: ln(right) - ln(low) >= share * (ln(high) - ln(low)).
-    let legend_px = LEGEND_ENTRY_PX * rows.len() as f64 + LEGEND_PADDING_PX;
-    let plot_px = (panel_px - LATENCY_FRAME_PX).max(2.0 * legend_px);
-    let share = legend_px / plot_px;
+    // The lowest value the legend sits under must stay above it:
+    // ln(right) - ln(low) >= share * (ln(high) - ln(low)).
+    let share = legend_share(rows.len(), panel_px);
     let under_legend = (((right as f64).ln() - share * high.ln()) / (1.0 - share)).exp();
     (low.min(under_legend).max(1.0), high)
+}
+
+/// The share of the latency plot's height the legend of `entries` lines takes
+/// on a panel `panel_px` high (at most half).
+fn legend_share(entries: usize, panel_px: f64) -> f64 {
+    let legend_px = LEGEND_ENTRY_PX * entries as f64 + LEGEND_PADDING_PX;
+    legend_px / (panel_px - LATENCY_FRAME_PX).max(2.0 * legend_px)
 }
 
 /// p50, p99 and p99.9 of every row, one line each, on a log scale.
@@ -258,18 +263,20 @@ mod tests {
     use crate::stats::Recorder;
     use std::time::Duration;
 
+    /// A recorder of `ok` operations whose latencies are `us`.
+    fn recorder(ok: u64, us: [u64; 3]) -> Recorder {
+        let mut totals = Recorder::default();
+        totals.ok = ok;
+        for us in us {
+            totals.latency(Duration::from_micros(us));
+        }
+        totals
+    }
+
     #[test]
     fn the_legend_hides_no_latency_line() {
-        let mut fast = Recorder::default();
-        fast.ok = 100;
-        for us in [400, 800, 2_000] {
-            fast.latency(Duration::from_micros(us));
-        }
-        let mut slow = Recorder::default();
-        slow.ok = 100;
-        for us in [7_000, 50_000, 80_000] {
-            slow.latency(Duration::from_micros(us));
-        }
+        let fast = recorder(100, [400, 800, 2_000]);
+        let slow = recorder(100, [7_000, 50_000, 80_000]);
         let second = Duration::from_secs(1);
         let rows: Vec<Row> = [System::Truce, System::Postgres, System::Redis]
             .into_iter()
@@ -295,8 +302,7 @@ mod tests {
         // Where that value is drawn, as a share of the plot's height from the
         // bottom, against the legend's share.
         let at = (lowest_right.ln() - low.ln()) / (high.ln() - low.ln());
-        let legend =
-            (LEGEND_ENTRY_PX * rows.len() as f64 + LEGEND_PADDING_PX) / (panel_px - LATENCY_FRAME_PX);
+        let legend = legend_share(rows.len(), panel_px);
         assert!(
             at >= legend - 1e-9,
             "the lowest p99 is drawn at {at:.2}, the legend reaches {legend:.2}"
@@ -309,11 +315,7 @@ mod tests {
 
     #[test]
     fn draws_one_png_per_workload() {
-        let mut totals = Recorder::default();
-        totals.ok = 1000;
-        for us in [300, 900, 5000] {
-            totals.latency(Duration::from_micros(us));
-        }
+        let totals = recorder(1000, [300, 900, 5000]);
         let second = Duration::from_secs(1);
         let rows = vec![
             Row::new("hot-counter", System::Truce, Mode::Closed, 32, &totals, second),
