@@ -554,6 +554,38 @@ fn cases() -> Vec<Case> {
             400,
             "invalid_precondition",
         ),
+        // What the OpenAPI document says with `not` and `anyOf`
+        // (`one_precondition_per_body`, `UpdateBody`).
+        case(
+            "_version and _rev in one body",
+            put(
+                "/v1/c/t/a",
+                r#"{"_version": 1, "_rev": "1-00000000000000000000000000000000"}"#,
+            ),
+            400,
+            "invalid_precondition",
+        ),
+        case(
+            "_version and _rev in one update",
+            patch(
+                "/v1/c/t/a",
+                r#"{"$set": {"a": 1}, "_version": 1, "_rev": "1-00000000000000000000000000000000"}"#,
+            ),
+            400,
+            "invalid_precondition",
+        ),
+        case(
+            "an update whose operators name no path",
+            patch("/v1/c/t/a", r#"{"$set": {}, "$inc": {}, "$upsert": true}"#),
+            400,
+            "invalid_operator",
+        ),
+        case(
+            "an Idempotency-Key with a control character",
+            request("PUT", "/v1/c/t/a", &[("Idempotency-Key", b"k\tk")], b"{}"),
+            400,
+            "invalid_transaction",
+        ),
         case(
             "DELETE without a precondition",
             request("DELETE", "/v1/c/t/s", &[], b""),

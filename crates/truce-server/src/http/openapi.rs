@@ -7,8 +7,8 @@
 use serde_json::{Map, Value};
 use utoipa::openapi::path::{Operation, ParameterIn};
 use utoipa::openapi::schema::{
-    AdditionalProperties, ArrayBuilder, KnownFormat, ObjectBuilder, OneOfBuilder, Schema, SchemaFormat,
-    SchemaType, Type,
+    AdditionalProperties, AllOfBuilder, AnyOfBuilder, ArrayBuilder, KnownFormat, ObjectBuilder, OneOfBuilder,
+    Schema, SchemaFormat, SchemaType, Type,
 };
 use utoipa::openapi::{Content, Header, Ref, RefOr, ResponseBuilder};
 use utoipa::{Modify, OpenApi, ToSchema};
@@ -404,6 +404,8 @@ const IF_MATCH_PATTERN: &str = "^(\\*|\"?0*[1-9][0-9]{0,18}-[0-9a-f]{32}\"?)$";
 const WRITE_PATH_PATTERN: &str = "^[^_$.][^.]*(\\.[^$.][^.]*){0,31}$";
 /// A dotted field path that a filter or an index reads (`_` fields allowed).
 const READ_PATH_PATTERN: &str = "^[^$.][^.]*(\\.[^$.][^.]*){0,31}$";
+/// An idempotency key: no control characters (and 1–255 bytes).
+const IDEMPOTENCY_KEY_PATTERN: &str = "^[^\\u0000-\\u001f\\u007f-\\u009f]+$";
 /// Top-level fields of a PUT body: user fields, or the `_version` / `_rev` precondition.
 const DOC_FIELD_PATTERN: &str = "^([^_][\\s\\S]*|_version|_rev)?$";
 
@@ -431,8 +433,8 @@ impl utoipa::PartialSchema for DocBody {
         ObjectBuilder::new()
             .schema_type(Type::Object)
             .description(Some(
-                "The new content. `_version` or `_rev` is a precondition; other top-level `_` fields are \
-                 refused. At most 32 levels deep and 1 MiB.",
+                "The new content. `_version` or `_rev` (not both) is a precondition; other top-level `_` \
+                 fields are refused. At most 32 levels deep and 1 MiB.",
             ))
             .property("_version", version_precondition())
             .property("_rev", string_with_pattern(REV_PATTERN))
@@ -476,10 +478,7 @@ impl utoipa::PartialSchema for UpdateBody {
             )
             .item(date_type)
             .into();
-        let mut update = ObjectBuilder::new().schema_type(Type::Object).description(Some(
-            "MongoDB-style update operators over dotted paths, at least one path in all, at most 256; \
-             `$upsert`, `$if`, `$else` control it. Operators must not touch the same path twice.",
-        ));
+        let mut update = ObjectBuilder::new().schema_type(Type::Object);
         for operator in [
             "$set",
             "$unset",
@@ -495,7 +494,7 @@ impl utoipa::PartialSchema for UpdateBody {
         for operator in ["$inc", "$mul"] {
             update = update.property(operator, paths_to(number().into()));
         }
-        update
+        let update = update
             .property("$currentDate", paths_to(current_date))
             .property("$upsert", ObjectBuilder::new().schema_type(Type::Boolean))
             .property(
@@ -512,8 +511,25 @@ impl utoipa::PartialSchema for UpdateBody {
             )
             .property("_version", version_precondition())
             .property("_rev", string_with_pattern(REV_PATTERN))
-            .min_properties(Some(1))
-            .additional_properties(Some(AdditionalProperties::FreeForm(false)))
+            .additional_properties(Some(AdditionalProperties::FreeForm(false)));
+        // "At least one path in all": some operator names at least one path.
+        let some_path = truce::update::OPERATORS
+            .iter()
+            .fold(AnyOfBuilder::new(), |any_of, operator| {
+                any_of.item(
+                    ObjectBuilder::new()
+                        .property(*operator, ObjectBuilder::new().min_properties(Some(1)))
+                        .required(*operator),
+                )
+            });
+        AllOfBuilder::new()
+            .description(Some(
+                "MongoDB-style update operators over dotted paths, at least one path in all, at most 256; \
+                 `$upsert`, `$if`, `$else` control it. Operators must not touch the same path twice. \
+                 At most one of `_version` and `_rev`.",
+            ))
+            .item(update)
+            .item(some_path)
             .into()
     }
 }
@@ -573,6 +589,14 @@ fn constrain_parameters(path: &str, writes: bool, operation: &mut Operation) {
             (ParameterIn::Header, "If-None-Match") if writes => (
                 string_with_pattern("^\\*$"),
                 "Precondition: `*` (must not exist). One precondition per request.",
+            ),
+            (ParameterIn::Header, "Idempotency-Key") => (
+                // maxLength counts characters, the server bytes: a necessary bound only.
+                string_with_pattern(IDEMPOTENCY_KEY_PATTERN)
+                    .min_length(Some(1))
+                    .max_length(Some(truce::limits::IDEMPOTENCY_KEY_BYTES_MAX)),
+                "Makes the write safe to retry: the same key with the same request answers as the first \
+                 time; with another request, 422 `idempotency_key_reused`. 1–255 bytes, no control characters.",
             ),
             (ParameterIn::Query, "rev") => (
                 string_with_pattern(REV_PATTERN),
@@ -641,7 +665,24 @@ fn add_shared_responses(path: &str, operation: &mut Operation) {
 
 /// The document as JSON.
 pub fn document() -> Value {
-    serde_json::to_value(ApiDoc::openapi()).unwrap_or(Value::Null)
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or(Value::Null);
+    one_precondition_per_body(&mut doc);
+    doc
+}
+
+/// A PUT or PATCH body carries at most one of `_version` and `_rev` (two
+/// preconditions are 400 `invalid_precondition`). JSON Schema says that with
+/// `not`, which utoipa's builders lack, so it is added to the JSON.
+fn one_precondition_per_body(doc: &mut Value) {
+    for body in ["DocBody", "UpdateBody"] {
+        let schema = doc.pointer_mut(&format!("/components/schemas/{body}"));
+        if let Some(schema) = schema.and_then(Value::as_object_mut) {
+            schema.insert(
+                "not".into(),
+                serde_json::json!({"required": ["_version", "_rev"]}),
+            );
+        }
+    }
 }
 
 #[cfg(test)]
@@ -693,6 +734,40 @@ mod tests {
         assert!(WRITE_PATH_PATTERN.contains(&segments) && READ_PATH_PATTERN.contains(&segments));
         let name = format!("{{0,{}}}", limits::COLLECTION_NAME_BYTES_MAX - 1);
         assert!(NAME_PATTERN.contains(&name));
+    }
+
+    /// The PATCH body's schema knows every operator the engine applies, and
+    /// requires a path under one of them, as the engine does.
+    #[test]
+    fn the_update_body_is_the_engines() {
+        let doc = document();
+        let parts = doc["components"]["schemas"]["UpdateBody"]["allOf"]
+            .as_array()
+            .expect("UpdateBody is allOf");
+        let properties = parts[0]["properties"].as_object().expect("operators");
+        let some_path = parts[1]["anyOf"].as_array().expect("anyOf");
+        assert_eq!(some_path.len(), truce::update::OPERATORS.len());
+        for (operator, alternative) in truce::update::OPERATORS.iter().zip(some_path) {
+            assert!(properties.contains_key(*operator), "{operator} is not documented");
+            assert_eq!(alternative["required"], serde_json::json!([operator]));
+            assert_eq!(alternative["properties"][operator]["minProperties"], 1);
+        }
+    }
+
+    /// A write's body may carry one precondition, not two.
+    #[test]
+    fn bodies_carry_at_most_one_precondition() {
+        let doc = document();
+        for body in ["DocBody", "UpdateBody"] {
+            let schema = &doc["components"]["schemas"][body];
+            assert_eq!(
+                schema["not"],
+                serde_json::json!({"required": ["_version", "_rev"]}),
+                "{body}"
+            );
+        }
+        let key = parameter(&doc, "/v1/c/{coll}/{id}", "patch", "Idempotency-Key");
+        assert_eq!(key["pattern"], IDEMPOTENCY_KEY_PATTERN);
     }
 
     /// Every API route lists the answers of the layers in front of all handlers.

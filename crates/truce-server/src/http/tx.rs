@@ -107,7 +107,7 @@ fn parse_op(index: usize, value: Value) -> Result<(TxOp, bool), ApiError> {
 
 /// Runs a batch transaction.
 #[utoipa::path(post, path = "/v1/tx", tag = "transactions",
-    params(("Idempotency-Key" = Option<String>, Header, nullable = false, min_length = 1, max_length = 255)),
+    params(("Idempotency-Key" = Option<String>, Header, nullable = false)),
     request_body = super::openapi::TxBody,
     responses((status = 200, description = "Committed", body = super::openapi::TxAnswer),
                (status = 409, description = "Every op that did not hold", body = super::openapi::ErrorBody),

@@ -14,11 +14,12 @@ pub mod path;
 use serde_json::{Map, Value};
 
 pub use filter::{Condition, Filter};
+pub use operators::OPERATORS;
 pub use path::Path;
 
 use crate::error::Error;
 use crate::limits::{DOC_DEPTH_MAX, UPDATE_PATHS_MAX};
-use operators::{OPERATORS, Op};
+use operators::Op;
 
 /// What a write does when its `$if` condition is false.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

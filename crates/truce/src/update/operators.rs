@@ -12,7 +12,7 @@ use crate::value_order::compare;
 
 /// Operator names in the order an update applies them; fixed so that evaluation
 /// never depends on how the client ordered its keys.
-pub(super) const OPERATORS: [&str; 11] = [
+pub const OPERATORS: [&str; 11] = [
     "$set",
     "$unset",
     "$inc",
