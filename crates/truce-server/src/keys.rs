@@ -136,6 +136,30 @@ pub enum AuthFailure {
     Missing,
     /// Not a key of this server (or revoked).
     Invalid,
+    /// The server has no keys and may not serve without them.
+    NoKeys,
+}
+
+/// Who a server with no keys at all serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WithoutKeys {
+    /// Everyone, as an admin: the server listens on loopback only, or was
+    /// started with `--insecure-no-auth`.
+    Anyone,
+    /// No one: the server listens beyond loopback, and its last key was
+    /// revoked while it ran. It must not fall open.
+    NoOne,
+}
+
+impl WithoutKeys {
+    /// The rule for a server listening on `listen`.
+    pub fn for_listener(listen: std::net::SocketAddr, insecure_no_auth: bool) -> WithoutKeys {
+        if listen.ip().is_loopback() || insecure_no_auth {
+            WithoutKeys::Anyone
+        } else {
+            WithoutKeys::NoOne
+        }
+    }
 }
 
 impl KeyStore {
@@ -178,15 +202,27 @@ impl KeyStore {
         }
     }
 
-    /// Whether any key exists (if none, the server runs without authentication).
+    /// Whether no key exists (then `WithoutKeys` decides who is served).
     pub fn is_empty(&self) -> bool {
         self.refresh();
         self.state.read().map(|s| s.keys.is_empty()).unwrap_or(false)
     }
 
-    /// Verifies the value of an `Authorization` header.
-    pub fn verify(&self, authorization: Option<&str>) -> Result<Principal, AuthFailure> {
+    /// The caller the value of an `Authorization` header names; with no keys
+    /// at all, whoever `without_keys` says.
+    pub fn caller(
+        &self,
+        authorization: Option<&str>,
+        without_keys: WithoutKeys,
+    ) -> Result<Principal, AuthFailure> {
         self.refresh();
+        let state = self.state.read().unwrap_or_else(|p| p.into_inner());
+        if state.keys.is_empty() {
+            return match without_keys {
+                WithoutKeys::Anyone => Ok(Principal::anyone()),
+                WithoutKeys::NoOne => Err(AuthFailure::NoKeys),
+            };
+        }
         let token = authorization
             .and_then(|h| h.strip_prefix("Bearer "))
             .ok_or(AuthFailure::Missing)?;
@@ -194,7 +230,6 @@ impl KeyStore {
             .strip_prefix("truce_")
             .and_then(|rest| rest.split_once('_'))
             .ok_or(AuthFailure::Invalid)?;
-        let state = self.state.read().unwrap_or_else(|p| p.into_inner());
         let key = state
             .keys
             .iter()
@@ -285,6 +320,12 @@ pub fn run(command: KeysCommand) -> Result<(), String> {
             }
             save(&path, &keys)?;
             eprintln!("revoked key {id}");
+            if keys.is_empty() {
+                eprintln!(
+                    "that was the last key: a server listening on loopback now serves everyone without one; \
+                     a server listening beyond loopback refuses every request until a key is created"
+                );
+            }
             Ok(())
         }
     }
@@ -299,12 +340,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (_, key) = create(dir.path(), Role::Write, Some(vec!["a".into()])).unwrap();
         let store = KeyStore::open(dir.path()).unwrap();
-        let who = store.verify(Some(&format!("Bearer {key}"))).unwrap();
+        let who = store
+            .caller(Some(&format!("Bearer {key}")), WithoutKeys::NoOne)
+            .unwrap();
         assert_eq!(who.role, Role::Write);
         assert!(who.may_access("a") && !who.may_access("b"));
-        assert_eq!(store.verify(None).unwrap_err(), AuthFailure::Missing);
         assert_eq!(
-            store.verify(Some(&key)).unwrap_err(),
+            store.caller(None, WithoutKeys::NoOne).unwrap_err(),
+            AuthFailure::Missing
+        );
+        assert_eq!(
+            store.caller(Some(&key), WithoutKeys::NoOne).unwrap_err(),
             AuthFailure::Missing,
             "Bearer is required"
         );
@@ -312,17 +358,87 @@ mod tests {
         wrong.pop();
         wrong.push('x');
         assert_eq!(
-            store.verify(Some(&format!("Bearer {wrong}"))).unwrap_err(),
+            store
+                .caller(Some(&format!("Bearer {wrong}")), WithoutKeys::NoOne)
+                .unwrap_err(),
             AuthFailure::Invalid
         );
         assert_eq!(
-            store.verify(Some("Bearer truce_nope_00")).unwrap_err(),
+            store
+                .caller(Some("Bearer truce_nope_00"), WithoutKeys::NoOne)
+                .unwrap_err(),
             AuthFailure::Invalid
         );
         let text = std::fs::read_to_string(dir.path().join(KEYS_FILE)).unwrap();
         assert!(
             !text.contains(key.rsplit('_').next().unwrap()),
             "secrets are never stored"
+        );
+    }
+
+    /// A server beyond loopback whose last key goes while it runs refuses
+    /// everyone; on loopback (or with --insecure-no-auth) it serves everyone.
+    #[test]
+    fn without_keys_only_loopback_is_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = KeyStore::open(dir.path()).unwrap();
+        let anyone = store.caller(None, WithoutKeys::Anyone).unwrap();
+        assert_eq!(anyone.role, Role::Admin);
+        assert_eq!(
+            store.caller(None, WithoutKeys::NoOne).unwrap_err(),
+            AuthFailure::NoKeys
+        );
+
+        // A running server sees the keys file's changes within KEYS_RELOAD_MS.
+        let reloaded = || std::thread::sleep(std::time::Duration::from_millis(KEYS_RELOAD_MS as u64 + 50));
+        let (stored, key) = create(dir.path(), Role::Read, None).unwrap();
+        reloaded();
+        let bearer = format!("Bearer {key}");
+        for rule in [WithoutKeys::Anyone, WithoutKeys::NoOne] {
+            assert_eq!(store.caller(None, rule).unwrap_err(), AuthFailure::Missing);
+            assert_eq!(store.caller(Some(&bearer), rule).unwrap().role, Role::Read);
+        }
+        run(KeysCommand::Revoke {
+            id: stored.id,
+            data: Some(dir.path().to_path_buf()),
+        })
+        .unwrap();
+        reloaded();
+        for authorization in [None, Some(bearer.as_str())] {
+            assert_eq!(
+                store.caller(authorization, WithoutKeys::NoOne).unwrap_err(),
+                AuthFailure::NoKeys,
+                "a running server must not fall open when its last key is revoked"
+            );
+            assert_eq!(
+                store.caller(authorization, WithoutKeys::Anyone).unwrap().role,
+                Role::Admin
+            );
+        }
+    }
+
+    #[test]
+    fn only_loopback_listeners_serve_without_keys() {
+        let at = |address: &str| address.parse().unwrap();
+        assert_eq!(
+            WithoutKeys::for_listener(at("127.0.0.1:7070"), false),
+            WithoutKeys::Anyone
+        );
+        assert_eq!(
+            WithoutKeys::for_listener(at("[::1]:7070"), false),
+            WithoutKeys::Anyone
+        );
+        assert_eq!(
+            WithoutKeys::for_listener(at("0.0.0.0:7070"), false),
+            WithoutKeys::NoOne
+        );
+        assert_eq!(
+            WithoutKeys::for_listener(at("192.0.2.1:7070"), false),
+            WithoutKeys::NoOne
+        );
+        assert_eq!(
+            WithoutKeys::for_listener(at("0.0.0.0:7070"), true),
+            WithoutKeys::Anyone
         );
     }
 

@@ -32,7 +32,7 @@ mod queries;
 mod replication;
 mod tx;
 
-use crate::keys::{AuthFailure, KeyStore, Principal};
+use crate::keys::{AuthFailure, KeyStore, Principal, WithoutKeys};
 use error::ApiError;
 
 /// Longest `Truce-Source` label logged; longer ones are cut.
@@ -42,8 +42,10 @@ const SOURCE_BYTES_MAX: usize = 64;
 pub struct AppState {
     /// The database.
     pub db: Db,
-    /// API keys (empty: no authentication).
+    /// API keys.
     pub keys: KeyStore,
+    /// Who is served while there are no keys.
+    pub without_keys: WithoutKeys,
     /// Requests being served; none waits for a permit.
     pub permits: Arc<Semaphore>,
     /// Non-streaming requests time out after this.
@@ -139,20 +141,24 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         .with_state(state)
 }
 
-/// The caller named by the request's API key (anyone when the server has no
-/// keys); the refusal otherwise.
+/// The caller named by the request's API key (with no keys, whoever
+/// `without_keys` says); the refusal otherwise.
 fn principal(state: &AppState, headers: &HeaderMap) -> Result<Principal, Response> {
-    if state.keys.is_empty() {
-        return Ok(Principal::anyone());
-    }
     let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    match state.keys.verify(authorization) {
-        Ok(principal) => Ok(principal),
-        Err(AuthFailure::Missing) => {
-            Err(ApiError::Unauthorized("send Authorization: Bearer <key>").into_response())
-        }
-        Err(AuthFailure::Invalid) => Err(ApiError::Unauthorized("this key is not valid").into_response()),
-    }
+    state
+        .keys
+        .caller(authorization, state.without_keys)
+        .map_err(|failure| {
+            let why = match failure {
+                AuthFailure::Missing => "send Authorization: Bearer <key>",
+                AuthFailure::Invalid => "this key is not valid",
+                AuthFailure::NoKeys => {
+                    "this server listens beyond loopback and has no API keys (the last was revoked): \
+                 create one with `truce keys create`"
+                }
+            };
+            ApiError::Unauthorized(why).into_response()
+        })
 }
 
 /// Verifies the API key and attaches the caller; the refusal otherwise.
