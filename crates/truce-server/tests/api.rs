@@ -551,6 +551,22 @@ fn patch_operators_conditions_and_upsert() {
     // PATCH honours the PUT preconditions.
     api.patch("/v1/c/s/doc", json!({"$set": {"b": 1}, "_version": 1}))
         .conflict("version_mismatch");
+    // With $upsert absence is no failure: a precondition that needs the
+    // document is a 409 `not_found`, as for PUT, not a 404.
+    api.patch(
+        "/v1/c/s/absent",
+        json!({"$set": {"a": 1}, "$upsert": true, "_version": 5}),
+    )
+    .conflict("not_found");
+    api.patch_h(
+        "/v1/c/s/absent",
+        json!({"$set": {"a": 1}, "$upsert": true}),
+        &[("If-Match", "*")],
+    )
+    .conflict("not_found");
+    api.put("/v1/c/s/absent", json!({"a": 1, "_version": 5}))
+        .conflict("not_found");
+    api.get("/v1/c/s/absent").error(404, "not_found");
     let rev = api.get("/v1/c/s/doc").json["_rev"].as_str().unwrap().to_string();
     api.patch_h(
         "/v1/c/s/doc",

@@ -574,6 +574,61 @@ fn cases() -> Vec<Case> {
             400,
             "invalid_precondition",
         ),
+        // DELETE's query-string preconditions are refused on PUT and PATCH,
+        // on the direct path and (a percent-encoded id) through the router.
+        case(
+            "PATCH with ?version=",
+            patch("/v1/c/t/a?version=1", r#"{"$inc": {"n": 1}}"#),
+            400,
+            "invalid_precondition",
+        ),
+        case(
+            "PATCH through the router with ?version=",
+            patch("/v1/c/t/%61?limit=2&version=-1", r#"{"$inc": {"n": 1}}"#),
+            400,
+            "invalid_precondition",
+        ),
+        case(
+            "PUT with ?rev=",
+            put("/v1/c/t/a?rev=1-00000000000000000000000000000000", "{}"),
+            400,
+            "invalid_precondition",
+        ),
+        case(
+            "PUT through the router with ?rev=",
+            put("/v1/c/t/%61?rev=x", "{}"),
+            400,
+            "invalid_precondition",
+        ),
+        // A misspelt key in a transaction would drop a precondition.
+        case(
+            "a transaction op with a misspelt version",
+            request(
+                "POST",
+                "/v1/tx",
+                &[],
+                br#"{"ops": [{"op": "patch", "c": "t", "id": "s", "update": {"$inc": {"n": 1}}, "verison": 99}]}"#,
+            ),
+            400,
+            "invalid_transaction",
+        ),
+        case(
+            "a transaction check that carries a doc",
+            request(
+                "POST",
+                "/v1/tx",
+                &[],
+                br#"{"ops": [{"op": "check", "c": "t", "id": "s", "doc": {}}]}"#,
+            ),
+            400,
+            "invalid_transaction",
+        ),
+        case(
+            "a transaction with a key besides ops and source",
+            request("POST", "/v1/tx", &[], br#"{"ops": [{"op": "check", "c": "t", "id": "s"}], "sorce": "x"}"#),
+            400,
+            "invalid_transaction",
+        ),
         case(
             "an update whose operators name no path",
             patch("/v1/c/t/a", r#"{"$set": {}, "$inc": {}, "$upsert": true}"#),

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use axum::Extension;
-use axum::extract::State;
+use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
@@ -12,7 +12,8 @@ use truce::{ConflictReason, Expect, TxOp, Update, WriteResult, Written};
 use super::AppState;
 use super::error::ApiError;
 use super::extract::{
-    JsonBody, Params, PathParams, authorize, idempotency_key, object, origin, precondition,
+    JsonBody, Params, PathParams, authorize, idempotency_key, no_query_precondition, object, origin,
+    precondition,
 };
 use crate::keys::{Principal, Role};
 
@@ -128,7 +129,7 @@ pub async fn get_doc(
     PathParams((coll, id)): PathParams<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    read(DocumentCall::new(&state, &who, coll, id, &headers))
+    read(DocumentCall::new(&state, &who, (coll, id), &headers, None))
 }
 
 /// A document request taken apart: who asks for which document, with which
@@ -139,15 +140,17 @@ pub(super) struct DocumentCall<'a> {
     coll: String,
     id: String,
     headers: &'a HeaderMap,
+    /// The query string, undecoded.
+    query: Option<&'a str>,
 }
 
 impl<'a> DocumentCall<'a> {
     pub(super) fn new(
         state: &'a AppState,
         who: &'a Principal,
-        coll: String,
-        id: String,
+        (coll, id): (String, String),
         headers: &'a HeaderMap,
+        query: Option<&'a str>,
     ) -> DocumentCall<'a> {
         DocumentCall {
             state,
@@ -155,6 +158,7 @@ impl<'a> DocumentCall<'a> {
             coll,
             id,
             headers,
+            query,
         }
     }
 
@@ -200,16 +204,22 @@ pub async fn put_doc(
     State(state): State<Arc<AppState>>,
     Extension(who): Extension<Principal>,
     PathParams((coll, id)): PathParams<(String, String)>,
+    RawQuery(query): RawQuery,
     headers: HeaderMap,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
-    put(DocumentCall::new(&state, &who, coll, id, &headers), body).await
+    put(
+        DocumentCall::new(&state, &who, (coll, id), &headers, query.as_deref()),
+        body,
+    )
+    .await
 }
 
 /// `PUT /v1/c/{coll}/{id}` once the request is taken apart.
 pub(super) async fn put(call: DocumentCall<'_>, body: Value) -> Result<Response, ApiError> {
     call.authorize(Role::Write)?;
     let mut body = object(body)?;
+    no_query_precondition(call.query)?;
     let expect = precondition(&mut body, call.headers, Expect::Absent)?;
     let op = TxOp::Put {
         collection: call.coll,
@@ -235,10 +245,15 @@ pub async fn patch_doc(
     State(state): State<Arc<AppState>>,
     Extension(who): Extension<Principal>,
     PathParams((coll, id)): PathParams<(String, String)>,
+    RawQuery(query): RawQuery,
     headers: HeaderMap,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
-    patch(DocumentCall::new(&state, &who, coll, id, &headers), body).await
+    patch(
+        DocumentCall::new(&state, &who, (coll, id), &headers, query.as_deref()),
+        body,
+    )
+    .await
 }
 
 /// `PATCH /v1/c/{coll}/{id}` once the request is taken apart.
@@ -253,15 +268,20 @@ pub(super) async fn patch(call: DocumentCall<'_>, body: Value) -> Result<Respons
             ))));
         }
     };
+    no_query_precondition(call.query)?;
     let expect = precondition(&mut spec, call.headers, Expect::Any)?;
     let update = Update::parse(&Value::Object(spec))?;
+    // Without `$upsert` an absent document is 404, whatever the precondition;
+    // with it, absence is no failure, so `not_found` can only be a failed
+    // precondition, a 409 as for PUT.
+    let missing_is_404 = !update.upsert();
     let op = TxOp::Patch {
         collection: call.coll,
         id: call.id,
         update: Arc::new(update),
         expect,
     };
-    write(call.state, op, call.headers, true).await
+    write(call.state, op, call.headers, missing_is_404).await
 }
 
 /// Deletes a document (leaves a tombstone for the change feed and replication).

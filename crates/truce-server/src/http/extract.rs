@@ -169,6 +169,23 @@ pub fn precondition(
     }
 }
 
+/// PUT and PATCH take their precondition from the body or the headers. A
+/// `version` or `rev` query parameter (DELETE's form) is refused rather than
+/// ignored, so that a guard the client meant is never silently dropped.
+pub fn no_query_precondition(query: Option<&str>) -> Result<(), ApiError> {
+    let pairs = form_urlencoded::parse(query.unwrap_or_default().as_bytes());
+    match pairs
+        .map(|(name, _)| name)
+        .find(|name| name == "version" || name == "rev")
+    {
+        Some(name) => Err(ApiError::Engine(truce::Error::InvalidPrecondition(format!(
+            "a PUT or PATCH takes its precondition from the body (_version, _rev) or a header \
+             (If-Match, If-None-Match), not from the query parameter {name:?}"
+        )))),
+        None => Ok(()),
+    }
+}
+
 /// The `Idempotency-Key` header, if any.
 pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     headers

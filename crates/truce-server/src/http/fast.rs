@@ -122,7 +122,7 @@ async fn serve_document(
             Err(refusal) => return refusal,
         };
         timed(&state, async {
-            let call = DocumentCall::new(&state, &who, coll, id, &parts.headers);
+            let call = DocumentCall::new(&state, &who, (coll, id), &parts.headers, parts.uri.query());
             let answer = match parts.method {
                 Method::GET => documents::read(call),
                 ref method => match body_json(body, max_body_bytes).await {

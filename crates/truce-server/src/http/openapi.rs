@@ -130,8 +130,9 @@ pub enum TxOpKind {
 }
 
 /// One op of a transaction. The optional fields are absent or of their type:
-/// the server refuses `null` for any of them.
+/// the server refuses `null` for any of them, and any other key.
 #[derive(ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct TxOpBody {
     op: TxOpKind,
     #[schema(pattern = "^[A-Za-z][A-Za-z0-9_-]{0,63}$")]
@@ -153,6 +154,7 @@ pub struct TxOpBody {
 
 /// A transaction: up to 1,000 ops, all or nothing.
 #[derive(ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct TxBody {
     /// The caller's label (as `Truce-Source`).
     #[schema(nullable = false)]

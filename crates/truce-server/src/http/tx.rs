@@ -35,6 +35,28 @@ fn op_expect(index: usize, op: &Map<String, Value>, default: Option<Expect>) -> 
     }
 }
 
+/// Refuses a key that op `kind` does not take: a misspelt `version` would
+/// otherwise drop the op's precondition without a word.
+fn known_keys(index: usize, kind: &str, op: &Map<String, Value>) -> Result<(), ApiError> {
+    let payload = match kind {
+        "put" => Some("doc"),
+        "patch" => Some("update"),
+        "check" | "delete" => None,
+        _ => return Ok(()), // an unknown op is refused by name
+    };
+    let takes = |key: &str| matches!(key, "op" | "c" | "id" | "version" | "rev") || Some(key) == payload;
+    match op.keys().find(|key| !takes(key)) {
+        Some(key) => {
+            let payload = payload.map(|p| format!(", {p}")).unwrap_or_default();
+            Err(invalid(
+                index,
+                &format!("a {kind} op takes op, c, id{payload}, version and rev, not {key:?}"),
+            ))
+        }
+        None => Ok(()),
+    }
+}
+
 /// Parses one op of the wire form into a [`TxOp`]; whether it writes.
 fn parse_op(index: usize, value: Value) -> Result<(TxOp, bool), ApiError> {
     let mut op = match value {
@@ -49,6 +71,7 @@ fn parse_op(index: usize, value: Value) -> Result<(TxOp, bool), ApiError> {
     };
     let (collection, id) = (text(&op, "c")?, text(&op, "id")?);
     let kind = text(&op, "op")?;
+    known_keys(index, &kind, &op)?;
     Ok(match kind.as_str() {
         "check" => (
             TxOp::Check {
@@ -120,6 +143,11 @@ pub async fn transaction(
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
     let mut body = object(body).map_err(|_| invalid(0, "the body is an object with \"ops\""))?;
+    if let Some(key) = body.keys().find(|key| !matches!(key.as_str(), "ops" | "source")) {
+        return Err(ApiError::Engine(truce::Error::InvalidTransaction(format!(
+            "a transaction takes \"ops\" and \"source\", not {key:?}"
+        ))));
+    }
     if let Some(source) = body.get("source")
         && !source.is_string()
     {
