@@ -629,6 +629,25 @@ fn cases() -> Vec<Case> {
             400,
             "invalid_transaction",
         ),
+        // Index declarations: a typo must not give a different index for good.
+        case(
+            "an index declaration with a misspelt unique",
+            put("/v1/c/t/_indexes/by_k", r#"{"fields": ["k"], "uniq": true}"#),
+            400,
+            "invalid_index",
+        ),
+        case(
+            "an index on a metadata field",
+            put("/v1/c/t/_indexes/by_id", r#"{"fields": ["_id"]}"#),
+            400,
+            "invalid_index",
+        ),
+        case(
+            "an index that lists a field twice",
+            put("/v1/c/t/_indexes/by_kk", r#"{"fields": ["k", "k"]}"#),
+            400,
+            "invalid_index",
+        ),
         case(
             "an update whose operators name no path",
             patch("/v1/c/t/a", r#"{"$set": {}, "$inc": {}, "$upsert": true}"#),

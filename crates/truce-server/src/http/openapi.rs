@@ -74,10 +74,12 @@ pub struct IndexBody;
 
 impl utoipa::PartialSchema for IndexBody {
     fn schema() -> RefOr<Schema> {
+        // The fields a document body can hold: no top-level `_` field.
         let fields = ArrayBuilder::new()
-            .items(string_with_pattern(READ_PATH_PATTERN))
+            .items(string_with_pattern(WRITE_PATH_PATTERN))
             .min_items(Some(1))
-            .max_items(Some(8));
+            .max_items(Some(truce::limits::INDEX_FIELDS_MAX))
+            .unique_items(true);
         ObjectBuilder::new()
             .schema_type(Type::Object)
             .property("fields", fields)
@@ -88,6 +90,7 @@ impl utoipa::PartialSchema for IndexBody {
                     .schema_type(Type::Boolean)
                     .description(Some("Default false")),
             )
+            .additional_properties(Some(AdditionalProperties::FreeForm(false)))
             .into()
     }
 }

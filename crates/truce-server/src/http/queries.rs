@@ -71,6 +71,15 @@ pub async fn put_index(
 ) -> Result<Response, ApiError> {
     authorize(&who, Role::Admin, Some(&coll))?;
     let invalid = |m: &str| ApiError::Engine(truce::Error::InvalidIndex(m.into()));
+    // A misspelt `unique` would otherwise give a non-unique index, for good.
+    if let Some(key) = body.as_object().and_then(|map| {
+        map.keys()
+            .find(|key| !matches!(key.as_str(), "fields" | "unique"))
+    }) {
+        return Err(invalid(&format!(
+            "an index takes \"fields\" and \"unique\", not {key:?}"
+        )));
+    }
     let fields = body
         .get("fields")
         .and_then(Value::as_array)

@@ -224,6 +224,7 @@ impl Collection {
     /// the index from now on. Declaring the same index again is harmless; see
     /// [`index_status`](Self::index_status) for progress.
     pub fn create_index(&self, name: &str, spec: IndexSpec) -> Result<IndexProgress> {
+        spec.check_declared()?;
         let def = IndexDef::new(&self.name, name, spec)?;
         let progress = self.db.submit_define_index(def)?;
         if progress.state == crate::index::IndexState::Building {

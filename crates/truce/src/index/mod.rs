@@ -24,6 +24,28 @@ pub struct IndexSpec {
     pub unique: bool,
 }
 
+impl IndexSpec {
+    /// Refuses what a new declaration may not say, beyond what a stored one is
+    /// checked for ([`IndexDef::new`], which definitions declared before these
+    /// rules still pass when they are read back): a field listed twice, and a
+    /// top-level `_` field, which is server metadata that no document body
+    /// holds, so such an index would hold nothing.
+    pub fn check_declared(&self) -> Result<()> {
+        for (i, field) in self.fields.iter().enumerate() {
+            if field.starts_with('_') {
+                return Err(Error::InvalidIndex(format!(
+                    "field {field:?}: `_` fields are server metadata, which no index holds \
+                     (documents come in id order from a query without an index)"
+                )));
+            }
+            if self.fields[..i].contains(field) {
+                return Err(Error::InvalidIndex(format!("field {field:?} is listed twice")));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Where an index is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IndexState {
@@ -193,4 +215,33 @@ pub fn check_count(existing: usize) -> Result<()> {
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(fields: &[&str]) -> IndexSpec {
+        IndexSpec {
+            fields: fields.iter().map(|f| f.to_string()).collect(),
+            unique: false,
+        }
+    }
+
+    #[test]
+    fn a_declaration_names_each_body_field_once() {
+        assert!(spec(&["a", "b.c", "b._d"]).check_declared().is_ok());
+        for bad in [&["_id"][..], &["a", "_seq"], &["a", "b", "a"]] {
+            let err = spec(bad).check_declared().unwrap_err();
+            assert!(matches!(err, Error::InvalidIndex(_)), "{bad:?}: {err}");
+        }
+    }
+
+    /// A definition stored before `check_declared` existed still reads back.
+    #[test]
+    fn stored_definitions_read_back_under_the_old_rules() {
+        let stored = IndexDef::new("c", "by_id", spec(&["_id", "_id"])).unwrap();
+        let read = IndexDef::from_json(&stored.to_json()).unwrap();
+        assert_eq!(read.spec, stored.spec);
+    }
 }
