@@ -774,6 +774,28 @@ fn queries_indexes_and_collections() {
         paged_desc,
         (0..10).rev().map(|i| format!("p{i}")).collect::<Vec<_>>()
     );
+    // A cursor continues only the query that returned it: not in the other
+    // order, through another index, or in id order.
+    let desc = api.get("/v1/c/people?index=by_age&order=desc&limit=2");
+    let cursor = enc(desc.ok(200)["next"].as_str().expect("a next cursor"));
+    assert_eq!(
+        ids(api
+            .get(&format!(
+                "/v1/c/people?index=by_age&order=desc&limit=2&after={cursor}"
+            ))
+            .ok(200)["docs"]
+            .as_array()
+            .unwrap()),
+        ["p7", "p6"]
+    );
+    for other in [
+        "index=by_age&order=asc",
+        "index=by_city_age&order=desc",
+        "order=desc",
+    ] {
+        api.get(&format!("/v1/c/people?{other}&after={cursor}"))
+            .error(400, "invalid_query");
+    }
 
     // Compound index: eq as an array, a prefix allowed, then a range on the next field.
     assert_eq!(

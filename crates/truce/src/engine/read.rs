@@ -118,7 +118,7 @@ pub fn run_query(shared: &Shared, view: &dyn StorageRead, collection: &str, q: &
     }
     let full = docs.len() == limit;
     let next = if full {
-        last_key.as_deref().map(query::encode_cursor)
+        last_key.as_deref().map(|key| query::encode_cursor(q.order, key))
     } else {
         None
     };

@@ -2,8 +2,10 @@
 //! descending, a limit, and opaque cursors; or, without an index, id order.
 //!
 //! A query is turned into one key range `[start, end)` of the index (or document)
-//! space; a cursor is the last key returned, so the next page continues exactly
-//! after it however the documents changed in between.
+//! space; a cursor is the order and the last key returned, so the next page
+//! continues exactly after it however the documents changed in between. A
+//! cursor passed with another query (another order, index, collection or
+//! bounds) is refused rather than read as a position in it.
 
 use serde_json::Value;
 
@@ -21,6 +23,16 @@ pub enum Order {
     Asc,
     /// Descending key order.
     Desc,
+}
+
+impl Order {
+    /// The wire name: `asc` or `desc`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Order::Asc => "asc",
+            Order::Desc => "desc",
+        }
+    }
 }
 
 /// A query of one collection.
@@ -175,10 +187,25 @@ impl Query {
         let Some(cursor) = &self.after else {
             return Ok(range.clone());
         };
-        let key = decode_cursor(cursor)?;
-        let prefix_len = range.start.iter().position(|&b| b == 0).map_or(0, |i| i + 1);
-        if key.get(..prefix_len) != range.start.get(..prefix_len) {
-            return Err(invalid("the cursor belongs to another collection".into()));
+        let (order, key) = decode_cursor(cursor)?;
+        if order != self.order {
+            return Err(invalid(format!(
+                "the cursor continues a query in {} order, not {}",
+                order.name(),
+                self.order.name()
+            )));
+        }
+        // The last key of a page of this query lies in its range. In id order
+        // the key is `collection \0 id`, and ids hold no NUL: a key with a
+        // second one is an index entry of the same collection.
+        let inside = key >= range.start && range.end.as_ref().is_none_or(|end| key < *end);
+        let id_key = || key.iter().filter(|&&b| b == 0).count() == 1;
+        if !inside || self.index.is_none() && !id_key() {
+            return Err(invalid(
+                "the cursor belongs to another query: pass it with the collection, index and bounds \
+                 of the query that returned it"
+                    .into(),
+            ));
         }
         let mut rest = range.clone();
         match self.order {
@@ -189,26 +216,33 @@ impl Query {
     }
 }
 
-/// An opaque cursor naming the last key of a page.
-pub fn encode_cursor(key: &[u8]) -> String {
-    key.iter().map(|b| format!("{b:02x}")).collect()
+/// An opaque cursor naming the order and the last key of a page.
+pub fn encode_cursor(order: Order, key: &[u8]) -> String {
+    let mut cursor = format!("{}-", order.name());
+    cursor.extend(key.iter().map(|b| format!("{b:02x}")));
+    cursor
 }
 
 /// Reads a cursor back; anything that is not one is [`Error::InvalidQuery`].
-pub fn decode_cursor(cursor: &str) -> Result<Vec<u8>> {
+pub fn decode_cursor(cursor: &str) -> Result<(Order, Vec<u8>)> {
     let bad = || invalid("not a cursor returned by this server".into());
-    if !cursor.len().is_multiple_of(2) || cursor.len() > 2 * 4096 {
+    let (order, hex) = match cursor.split_once('-') {
+        Some(("asc", hex)) => (Order::Asc, hex),
+        Some(("desc", hex)) => (Order::Desc, hex),
+        _ => return Err(bad()),
+    };
+    if !hex.len().is_multiple_of(2) || hex.len() > 2 * 4096 {
         return Err(bad());
     }
-    (0..cursor.len())
+    let key = (0..hex.len())
         .step_by(2)
         .map(|i| {
-            cursor
-                .get(i..i + 2)
+            hex.get(i..i + 2)
                 .and_then(|h| u8::from_str_radix(h, 16).ok())
                 .ok_or_else(bad)
         })
-        .collect()
+        .collect::<Result<Vec<u8>>>()?;
+    Ok((order, key))
 }
 
 #[cfg(test)]
@@ -265,16 +299,49 @@ mod tests {
     #[test]
     fn cursors_round_trip_and_are_checked() {
         let k = key(json!("x"), json!(1), "id");
-        assert_eq!(decode_cursor(&encode_cursor(&k)).unwrap(), k);
-        for bad in ["0", "zz", "abc"] {
-            assert_eq!(decode_cursor(bad).unwrap_err().code(), "invalid_query");
+        assert_eq!(
+            decode_cursor(&encode_cursor(Order::Desc, &k)).unwrap(),
+            (Order::Desc, k.clone())
+        );
+        for bad in ["0", "zz", "abc", "asc-0", "asc-zz", "up-00", "6300"] {
+            assert_eq!(decode_cursor(bad).unwrap_err().code(), "invalid_query", "{bad}");
         }
-        let q = Query {
-            after: Some(encode_cursor(b"other\0x")),
+        let refused = |q: &Query, index: Option<&IndexDef>| {
+            let range = q.range("c", index).unwrap();
+            q.remaining(&range).unwrap_err().code()
+        };
+        let by_index = |order: Order, after: String| Query {
+            index: Some("i".into()),
+            order,
+            after: Some(after),
             ..Query::default()
         };
-        let range = q.range("c", None).unwrap();
-        assert_eq!(q.remaining(&range).unwrap_err().code(), "invalid_query");
+        // The cursor of a page of this index, in this order, continues it.
+        let q = by_index(Order::Asc, encode_cursor(Order::Asc, &k));
+        let range = q.range("c", Some(&def())).unwrap();
+        assert!(q.remaining(&range).is_ok());
+        // Another order, another index, another collection, an id-order query.
+        let q = by_index(Order::Desc, encode_cursor(Order::Asc, &k));
+        assert_eq!(refused(&q, Some(&def())), "invalid_query");
+        let other = IndexDef::new("c", "j", def().spec.clone()).unwrap();
+        assert_eq!(
+            refused(&by_index(Order::Asc, encode_cursor(Order::Asc, &k)), Some(&other)),
+            "invalid_query"
+        );
+        let other_collection = Query {
+            after: Some(encode_cursor(Order::Asc, b"other\0x")),
+            ..Query::default()
+        };
+        assert_eq!(refused(&other_collection, None), "invalid_query");
+        let index_cursor_in_id_order = Query {
+            after: Some(encode_cursor(Order::Asc, &k)),
+            ..Query::default()
+        };
+        assert_eq!(refused(&index_cursor_in_id_order, None), "invalid_query");
+        // Bounds that exclude the cursor's key.
+        let mut bounded = by_index(Order::Asc, encode_cursor(Order::Asc, &k));
+        bounded.eq = vec![json!("y")];
+        assert_eq!(refused(&bounded, Some(&def())), "invalid_query");
     }
 
     #[test]
