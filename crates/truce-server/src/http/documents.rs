@@ -183,11 +183,21 @@ pub(super) fn read(call: DocumentCall<'_>) -> Result<Response, ApiError> {
         .headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
-        && seen.split(',').any(|tag| tag.trim() == etag || tag.trim() == "*")
+        && if_none_match_hits(seen, &etag)
     {
         return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag_value)]).into_response());
     }
     Ok(([(header::ETAG, etag_value)], json_body(|out| doc.write_json(out))).into_response())
+}
+
+/// Whether an `If-None-Match` list names `etag` (or is `*`). The comparison
+/// is weak (RFC 9110, 13.1.2): `W/"…"` matches too, as a proxy that
+/// compressed the answer may have turned the ETag into.
+fn if_none_match_hits(list: &str, etag: &str) -> bool {
+    list.split(',').map(str::trim).any(|tag| {
+        let opaque = tag.strip_prefix("W/").unwrap_or(tag);
+        tag == "*" || opaque == etag
+    })
 }
 
 /// Writes a document's whole content.
@@ -328,6 +338,23 @@ pub async fn delete_doc(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn if_none_match_compares_weakly() {
+        let etag = "\"3-abc\"";
+        for hit in [
+            "\"3-abc\"",
+            "W/\"3-abc\"",
+            "\"1-x\", W/\"3-abc\"",
+            "*",
+            " \"3-abc\" ",
+        ] {
+            assert!(super::if_none_match_hits(hit, etag), "{hit}");
+        }
+        for miss in ["\"3-abd\"", "3-abc", "W/3-abc", "w/\"3-abc\"", ""] {
+            assert!(!super::if_none_match_hits(miss, etag), "{miss}");
+        }
+    }
+
     use serde_json::json;
     use truce::{Effect, Written};
 
