@@ -648,6 +648,78 @@ fn cases() -> Vec<Case> {
             400,
             "invalid_index",
         ),
+        // The rows of docs/http.md's "Limits" that one request reaches.
+        case(
+            "an update of 257 paths",
+            patch(
+                "/v1/c/t/s",
+                json!({"$set": (0..=truce::limits::UPDATE_PATHS_MAX)
+                    .map(|i| (format!("f{i}"), json!(1)))
+                    .collect::<serde_json::Map<_, _>>()})
+                .to_string(),
+            ),
+            413,
+            "limit_exceeded",
+        ),
+        case(
+            "a path of 33 segments",
+            patch(
+                "/v1/c/t/s",
+                json!({"$set": {vec!["a"; truce::limits::PATH_SEGMENTS_MAX + 1].join("."): 1}}).to_string(),
+            ),
+            413,
+            "limit_exceeded",
+        ),
+        case(
+            "a filter of 257 nodes",
+            patch(
+                "/v1/c/t/s",
+                json!({"$set": {"a": 1}, "$if": {"$or": (0..=truce::limits::FILTER_NODES_MAX)
+                    .map(|i| json!({"a": i}))
+                    .collect::<Vec<_>>()}})
+                .to_string(),
+            ),
+            413,
+            "limit_exceeded",
+        ),
+        case(
+            "an index of 9 fields",
+            put(
+                "/v1/c/t/_indexes/nine",
+                json!({"fields": (0..=truce::limits::INDEX_FIELDS_MAX).map(|i| format!("f{i}")).collect::<Vec<_>>()})
+                    .to_string(),
+            ),
+            400,
+            "invalid_index",
+        ),
+        case("a feed page of 0", get("/v1/c/t/_changes?limit=0"), 400, "invalid_query"),
+        case(
+            "a feed page over the maximum",
+            get(&format!("/v1/c/t/_changes?limit={}", truce::limits::CHANGES_LIMIT_MAX + 1)),
+            400,
+            "invalid_query",
+        ),
+        case(
+            "17 counters",
+            put(
+                "/v1/c/cc/_config",
+                json!({"counters": (0..=truce::limits::COUNTERS_PER_COLLECTION_MAX)
+                    .map(|i| json!({"name": format!("n{i}"), "target": {"c": "tot", "field": "n"}, "group_by": "g"}))
+                    .collect::<Vec<_>>()})
+                .to_string(),
+            ),
+            413,
+            "limit_exceeded",
+        ),
+        case(
+            "a TTL over ten years",
+            put(
+                "/v1/c/cc/_config",
+                json!({"ttl": {"field": "e", "seconds": truce::limits::TTL_SECONDS_MAX + 1}}).to_string(),
+            ),
+            400,
+            "invalid_config",
+        ),
         case(
             "an update whose operators name no path",
             patch("/v1/c/t/a", r#"{"$set": {}, "$inc": {}, "$upsert": true}"#),
@@ -748,6 +820,49 @@ fn every_malformed_request_gets_its_documented_error() {
     );
     let after = put("/v1/c/t/after", r#"{"ok": true}"#);
     assert_eq!(send_raw(server.addr, &after).unwrap().status, 201);
+}
+
+/// The rows of docs/http.md's "Limits" that take more than one request, or a
+/// body over the table's server's limit.
+#[test]
+fn limits_that_take_setup_answer_as_documented() {
+    let server = Server::start();
+    let expect = |request: Vec<u8>, status: u16, code: &str| {
+        let answer = send_raw(server.addr, &request).expect("an answer");
+        assert_eq!(
+            (answer.status, answer.body["error"].as_str().unwrap_or("")),
+            (status, code),
+            "{}",
+            answer.text
+        );
+    };
+    for i in 0..truce::limits::INDEXES_PER_COLLECTION_MAX {
+        let answer = send_raw(
+            server.addr,
+            &put(
+                &format!("/v1/c/ix/_indexes/i{i}"),
+                json!({"fields": [format!("f{i}")]}).to_string(),
+            ),
+        )
+        .expect("an answer");
+        assert!(matches!(answer.status, 200 | 202), "{}", answer.text);
+    }
+    expect(
+        put("/v1/c/ix/_indexes/one_more", r#"{"fields": ["g"]}"#),
+        413,
+        "limit_exceeded",
+    );
+    // 17 documents of ~1 MB each: under the 20 MiB body limit, over 16 MiB written.
+    let big = "a".repeat(1_000_000);
+    let ops: Vec<Value> = (0..17)
+        .map(|i| json!({"op": "put", "c": "t", "id": format!("w{i}"), "doc": {"x": big}}))
+        .collect();
+    let body = json!({ "ops": ops }).to_string();
+    expect(
+        request("POST", "/v1/tx", &[], body.as_bytes()),
+        413,
+        "limit_exceeded",
+    );
 }
 
 /// The server's `HEADER_READ_TIMEOUT_MS` (serve.rs): how long a client may take

@@ -117,7 +117,7 @@ pub async fn put_index(
 #[utoipa::path(get, path = "/v1/c/{coll}", tag = "queries",
     params(("coll" = String, Path), ("index" = Option<String>, Query), ("eq" = Option<String>, Query),
            ("gt" = Option<String>, Query), ("gte" = Option<String>, Query), ("lt" = Option<String>, Query),
-           ("lte" = Option<String>, Query), ("limit" = Option<usize>, Query, maximum = 1000),
+           ("lte" = Option<String>, Query), ("limit" = Option<usize>, Query, maximum = 1000, description = "Most documents per page; absent or 0: 100"),
            ("after" = Option<String>, Query), ("order" = Option<String>, Query, pattern = "^(asc|desc)$")),
     responses((status = 200, description = "One page", body = super::openapi::QueryPage),
                (status = 400, description = "Invalid query", body = super::openapi::ErrorBody),
