@@ -648,6 +648,17 @@ fn cases() -> Vec<Case> {
             400,
             "invalid_index",
         ),
+        // A misspelt query parameter would answer as if it were absent.
+        case("a feed with since misspelt", get("/v1/c/t/_changes?sinse=5"), 400, "invalid_query"),
+        case("the global feed with an unknown parameter", get("/v1/_changes?style=all_docs"), 400, "invalid_query"),
+        case("a query with where=", get("/v1/c/t?where=x"), 400, "invalid_query"),
+        case("insights with window misspelt", get("/v1/insights?windw=5"), 400, "invalid_query"),
+        case(
+            "DELETE with version misspelt",
+            request("DELETE", "/v1/c/t/s?versoin=1", &[], b""),
+            400,
+            "invalid_query",
+        ),
         // The rows of docs/http.md's "Limits" that one request reaches.
         case(
             "an update of 257 paths",

@@ -52,6 +52,7 @@ struct FeedRequest {
 }
 
 fn feed_request(db: &Db, collection: Option<String>, params: &Params) -> Result<FeedRequest, ApiError> {
+    params.only(&["since", "limit", "include_docs", "feed", "timeout"])?;
     let since = match params.0.get("since").map(String::as_str) {
         None => 0,
         Some("now") => db.durable_seq(),

@@ -312,6 +312,7 @@ pub async fn delete_doc(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     authorize(&who, Role::Write, Some(&coll))?;
+    params.only(&["version", "rev"])?;
     let mut given = serde_json::Map::new();
     if let Some(v) = params.parse::<i64>("version", "invalid_precondition")? {
         given.insert("_version".into(), json!(v));

@@ -76,6 +76,29 @@ impl<S: Send + Sync> FromRequestParts<S> for Params {
 }
 
 impl Params {
+    /// Refuses a parameter not in `names` (400 `invalid_query`): a misspelt
+    /// `since` or `index` would otherwise answer as if it were absent, with
+    /// data the caller did not ask for.
+    pub fn only(&self, names: &[&str]) -> Result<(), ApiError> {
+        let mut unknown: Vec<&str> = self
+            .0
+            .keys()
+            .map(String::as_str)
+            .filter(|n| !names.contains(n))
+            .collect();
+        unknown.sort_unstable();
+        match unknown.first() {
+            Some(name) => Err(ApiError::BadRequest(
+                "invalid_query",
+                format!(
+                    "unknown query parameter {name:?}: this route takes {}",
+                    names.join(", ")
+                ),
+            )),
+            None => Ok(()),
+        }
+    }
+
     /// A parameter parsed with `FromStr`, or `None` when absent.
     pub fn parse<T: std::str::FromStr>(&self, name: &str, code: &'static str) -> Result<Option<T>, ApiError> {
         self.0

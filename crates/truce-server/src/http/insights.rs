@@ -74,6 +74,7 @@ pub async fn insights(
     params: Params,
 ) -> Result<Response, ApiError> {
     authorize(&who, Role::Read, None)?;
+    params.only(&["window", "limit"])?;
     let window = params
         .parse::<u64>("window", "invalid_query")?
         .unwrap_or(WINDOW_S_DEFAULT);

@@ -130,6 +130,7 @@ pub async fn query(
 ) -> Result<Response, ApiError> {
     authorize(&who, Role::Read, Some(&coll))?;
     let collection = state.db.collection(&coll)?;
+    params.only(&["index", "eq", "gt", "gte", "lt", "lte", "order", "limit", "after"])?;
     let index = params.0.get("index").cloned();
     let eq = match (params.json("eq")?, &index) {
         (None, _) => Vec::new(),
