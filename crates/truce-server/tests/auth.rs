@@ -31,16 +31,38 @@ struct Reply {
     status: u16,
     text: String,
     json: Value,
+    /// `WWW-Authenticate`.
+    challenge: Option<String>,
 }
 
 impl Reply {
-    /// Asserts an error answer with `status` and stable `code`.
+    fn read(response: reqwest::blocking::Response, what: &str) -> Reply {
+        let status = response.status().as_u16();
+        let challenge = response
+            .headers()
+            .get("www-authenticate")
+            .map(|v| v.to_str().expect("text").to_string());
+        let text = response.text().unwrap_or_else(|e| panic!("{what}: body: {e}"));
+        let json = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Reply {
+            status,
+            text,
+            json,
+            challenge,
+        }
+    }
+
+    /// Asserts an error answer with `status` and stable `code`; a 401 names
+    /// its scheme.
     fn error(&self, status: u16, code: &str) {
         assert_eq!(
             self.status, status,
             "expected {status} {code}, got: {}",
             self.text
         );
+        if status == 401 {
+            assert_eq!(self.challenge.as_deref(), Some("Bearer realm=\"truce\""));
+        }
         assert_eq!(self.json["error"], code, "error code in {}", self.text);
         assert!(
             self.json["message"].is_string(),
@@ -84,10 +106,7 @@ impl Api {
                 .body(body.to_string());
         }
         let response = request.send().unwrap_or_else(|e| panic!("{what}: {e}"));
-        let status = response.status().as_u16();
-        let text = response.text().unwrap_or_else(|e| panic!("{what}: body: {e}"));
-        let json = serde_json::from_str(&text).unwrap_or(Value::Null);
-        Reply { status, text, json }
+        Reply::read(response, &what)
     }
 
     fn get(&self, key: Option<&str>, path: &str) -> Reply {
@@ -106,10 +125,7 @@ impl Api {
             .header("authorization", authorization)
             .send()
             .expect("request");
-        let status = response.status().as_u16();
-        let text = response.text().expect("body");
-        let json = serde_json::from_str(&text).unwrap_or(Value::Null);
-        Reply { status, text, json }
+        Reply::read(response, path)
     }
 
     /// Polls `path` with `key` until it answers `status`; how long that took.

@@ -166,9 +166,19 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
         }
+        if status == StatusCode::UNAUTHORIZED {
+            // RFC 9110 asks every 401 to name its scheme (RFC 6750's Bearer).
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(WWW_AUTHENTICATE),
+            );
+        }
         response
     }
 }
+
+/// The challenge of every 401.
+const WWW_AUTHENTICATE: &str = "Bearer realm=\"truce\"";
 
 #[cfg(test)]
 mod tests {
