@@ -284,6 +284,12 @@ fn cases() -> Vec<Case> {
             400,
             "invalid_id",
         ),
+        case(
+            "a collection name that is invalid UTF-8",
+            get("/v1/c/%FF/_indexes"),
+            400,
+            "invalid_collection",
+        ),
         case("id starting with _", get("/v1/c/t/_secret"), 400, "invalid_id"),
         case(
             "bad collection name",
@@ -539,6 +545,12 @@ fn cases() -> Vec<Case> {
         case(
             "If-Match that is garbage",
             request("PUT", "/v1/c/t/a", &[("If-Match", b"garbage")], b"{}"),
+            400,
+            "invalid_precondition",
+        ),
+        case(
+            "If-Match with a weak tag",
+            request("PUT", "/v1/c/t/a", &[("If-Match", b"W/\"1-00000000000000000000000000000000\"")], b"{}"),
             400,
             "invalid_precondition",
         ),

@@ -320,7 +320,9 @@ pub fn validate_id(id: &str) -> Result<()> {
 pub fn validate_body(body: &Body) -> Result<Vec<u8>> {
     if let Some(key) = body.keys().find(|k| k.starts_with('_')) {
         return Err(Error::ReservedField(format!(
-            "{key:?}: top-level fields starting with '_' are server metadata"
+            "{key:?}: top-level fields starting with '_' are server metadata. A document read back \
+             carries _id, _rev, _version, _seq and _ts: leave them out of what you write, and give a \
+             precondition as a PUT's _version or _rev, or a transaction op's version or rev"
         )));
     }
     check_depth(body)?;

@@ -5,6 +5,8 @@
 use std::collections::HashMap;
 
 use axum::body::Bytes;
+use axum::extract::path::ErrorKind;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderName, StatusCode, header};
@@ -57,8 +59,23 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for PathPar
         Path::<T>::from_request_parts(parts, state)
             .await
             .map(|Path(t)| PathParams(t))
-            .map_err(|e| ApiError::BadRequest("invalid_id", e.body_text()))
+            .map_err(path_refusal)
     }
+}
+
+/// Names the segment that failed, in the API's words rather than the router's.
+fn path_refusal(rejection: PathRejection) -> ApiError {
+    if let PathRejection::FailedToDeserializePathParams(failed) = &rejection
+        && let ErrorKind::InvalidUtf8InPathParam { key } = failed.kind()
+    {
+        let (code, what) = match key.as_str() {
+            "coll" => ("invalid_collection", "the collection name".to_string()),
+            "id" => ("invalid_id", "the document id".to_string()),
+            other => ("invalid_id", format!("the {other} segment")),
+        };
+        return ApiError::BadRequest(code, format!("{what} is not UTF-8 once percent-decoded"));
+    }
+    ApiError::BadRequest("invalid_id", rejection.body_text())
 }
 
 /// Query parameters as strings; undecodable ones are `invalid_query`.
@@ -169,10 +186,16 @@ pub fn precondition(
         found.push(parse_rev(text)?);
     }
     if let Some(m) = header_value(headers, &header::IF_MATCH)? {
-        found.push(if m.trim() == "*" {
-            Expect::Exists
-        } else {
-            parse_rev(m.trim().trim_matches('"'))?
+        found.push(match m.trim() {
+            "*" => Expect::Exists,
+            weak if weak.starts_with("W/") => {
+                return Err(ApiError::Engine(truce::Error::InvalidPrecondition(
+                    "If-Match takes a revision (the ETag of a GET, \"<rev>\") or *; a weak W/ tag \
+                     cannot guard a write"
+                        .into(),
+                )));
+            }
+            tag => parse_rev(tag.trim_matches('"'))?,
         });
     }
     if let Some(m) = header_value(headers, &header::IF_NONE_MATCH)? {
