@@ -97,14 +97,15 @@ impl Params {
     /// `since` or `index` would otherwise answer as if it were absent, with
     /// data the caller did not ask for.
     pub fn only(&self, names: &[&str]) -> Result<(), ApiError> {
-        let mut unknown: Vec<&str> = self
+        // The least unknown name, so that the answer does not depend on the
+        // map's order.
+        let unknown = self
             .0
             .keys()
             .map(String::as_str)
             .filter(|n| !names.contains(n))
-            .collect();
-        unknown.sort_unstable();
-        match unknown.first() {
+            .min();
+        match unknown {
             Some(name) => Err(ApiError::BadRequest(
                 "invalid_query",
                 format!(
