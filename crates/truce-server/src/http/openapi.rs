@@ -122,38 +122,56 @@ pub struct ChangesPage {
     last_seq: u64,
 }
 
-/// What a transaction op does.
-#[derive(ToSchema)]
-#[schema(rename_all = "lowercase")]
-pub enum TxOpKind {
-    Check,
-    Put,
-    Patch,
-    Delete,
+/// One op of a transaction, by kind: each takes `op`, `c`, `id`, at most one
+/// of `version` and `rev`, and its own payload (`doc` for a put, `update` for
+/// a patch), and nothing else; a delete needs `version` or `rev`.
+pub struct TxOpBody;
+
+impl utoipa::PartialSchema for TxOpBody {
+    fn schema() -> RefOr<Schema> {
+        let kind = |name: &str, payload: Option<(&str, RefOr<Schema>)>| {
+            let mut op = ObjectBuilder::new()
+                .schema_type(Type::Object)
+                .property(
+                    "op",
+                    ObjectBuilder::new()
+                        .schema_type(Type::String)
+                        .enum_values(Some([name])),
+                )
+                .required("op")
+                .property("c", string_with_pattern(NAME_PATTERN))
+                .required("c")
+                .property("id", id_schema())
+                .required("id")
+                .property("version", version_precondition())
+                .property("rev", string_with_pattern(REV_PATTERN));
+            if let Some((field, schema)) = payload {
+                op = op.property(field, schema).required(field);
+            }
+            op.additional_properties(Some(AdditionalProperties::FreeForm(false)))
+        };
+        let doc = ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .description(Some("The new content; no top-level `_` field"))
+            .property_names(Some(string_with_pattern(TX_DOC_FIELD_PATTERN)))
+            .additional_properties(Some(AdditionalProperties::FreeForm(true)));
+        let some_precondition = AnyOfBuilder::new()
+            .item(ObjectBuilder::new().required("version"))
+            .item(ObjectBuilder::new().required("rev"));
+        OneOfBuilder::new()
+            .item(kind("check", None))
+            .item(kind("put", Some(("doc", doc.into()))))
+            .item(kind("patch", Some(("update", update_schema(false)))))
+            .item(
+                AllOfBuilder::new()
+                    .item(kind("delete", None))
+                    .item(some_precondition),
+            )
+            .into()
+    }
 }
 
-/// One op of a transaction. The optional fields are absent or of their type:
-/// the server refuses `null` for any of them, and any other key.
-#[derive(ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct TxOpBody {
-    op: TxOpKind,
-    #[schema(pattern = "^[A-Za-z][A-Za-z0-9_-]{0,63}$")]
-    c: String,
-    #[schema(min_length = 1)]
-    id: String,
-    /// The new content, for `put`.
-    #[schema(nullable = false)]
-    doc: Option<Map<String, Value>>,
-    /// Update operators, for `patch`.
-    #[schema(nullable = false)]
-    update: Option<Map<String, Value>>,
-    #[schema(nullable = false, minimum = -1)]
-    version: Option<i64>,
-    /// A revision (`REV_PATTERN`).
-    #[schema(nullable = false, pattern = "^0*[1-9][0-9]{0,18}-[0-9a-f]{32}$")]
-    rev: Option<String>,
-}
+impl ToSchema for TxOpBody {}
 
 /// A transaction: up to 1,000 ops, all or nothing.
 #[derive(ToSchema)]
@@ -387,7 +405,7 @@ pub struct Insights {
         super::insights::insights, super::insights::dashboard, super::metrics::metrics,
     ),
     components(schemas(Doc, ErrorBody, WriteAnswer, Collections, Index, Indexes, IndexBody, QueryPage,
-                       ChangeItem, ChangesPage, TxOpKind, TxOpBody, TxBody, TxAnswer, Health, DocBody, UpdateBody,
+                       ChangeItem, ChangesPage, TxOpBody, TxBody, TxAnswer, Health, DocBody, UpdateBody,
                        PullAnswer, PushRow, ConfigBody, Config, ConfigAnswer, RecountFix, RecountAnswer,
                        OutboxStatus, Insights)),
     modifiers(&Conventions)
@@ -413,6 +431,16 @@ const READ_PATH_PATTERN: &str = "^[^$.][^.]*(\\.[^$.][^.]*){0,31}$";
 const IDEMPOTENCY_KEY_PATTERN: &str = "^[^\\u0000-\\u001f\\u007f-\\u009f]+$";
 /// Top-level fields of a PUT body: user fields, or the `_version` / `_rev` precondition.
 const DOC_FIELD_PATTERN: &str = "^([^_][\\s\\S]*|_version|_rev)?$";
+/// Top-level fields of a transaction's `doc`: user fields only.
+const TX_DOC_FIELD_PATTERN: &str = "^([^_][\\s\\S]*)?$";
+
+/// A document id.
+fn id_schema() -> ObjectBuilder {
+    // maxLength counts characters, the server bytes: a necessary bound only.
+    string_with_pattern(ID_PATTERN)
+        .min_length(Some(1))
+        .max_length(Some(truce::limits::ID_BYTES_MAX))
+}
 
 fn string_with_pattern(pattern: &str) -> ObjectBuilder {
     ObjectBuilder::new()
@@ -457,89 +485,100 @@ pub struct UpdateBody;
 
 impl utoipa::PartialSchema for UpdateBody {
     fn schema() -> RefOr<Schema> {
-        let any = || ObjectBuilder::new().schema_type(SchemaType::AnyValue);
-        let number = || ObjectBuilder::new().schema_type(Type::Number);
-        let paths_to = |operand: RefOr<Schema>| {
-            ObjectBuilder::new()
-                .schema_type(Type::Object)
-                .property_names(Some(string_with_pattern(WRITE_PATH_PATTERN)))
-                .additional_properties(Some(operand))
-        };
-        let date_type = ObjectBuilder::new()
-            .schema_type(Type::Object)
-            .property(
-                "$type",
-                ObjectBuilder::new()
-                    .schema_type(Type::String)
-                    .enum_values(Some(["date", "timestamp"])),
-            )
-            .required("$type")
-            .additional_properties(Some(AdditionalProperties::FreeForm(false)));
-        let current_date: RefOr<Schema> = OneOfBuilder::new()
-            .item(
-                ObjectBuilder::new()
-                    .schema_type(Type::Boolean)
-                    .enum_values(Some([true])),
-            )
-            .item(date_type)
-            .into();
-        let mut update = ObjectBuilder::new().schema_type(Type::Object);
-        for operator in [
-            "$set",
-            "$unset",
-            "$min",
-            "$max",
-            "$push",
-            "$addToSet",
-            "$pull",
-            "$setOnInsert",
-        ] {
-            update = update.property(operator, paths_to(any().into()));
-        }
-        for operator in ["$inc", "$mul"] {
-            update = update.property(operator, paths_to(number().into()));
-        }
-        let update = update
-            .property("$currentDate", paths_to(current_date))
-            .property("$upsert", ObjectBuilder::new().schema_type(Type::Boolean))
-            .property(
-                "$if",
-                ObjectBuilder::new()
-                    .schema_type(Type::Object)
-                    .description(Some("A filter")),
-            )
-            .property(
-                "$else",
-                ObjectBuilder::new()
-                    .schema_type(Type::String)
-                    .enum_values(Some(["conflict", "skip"])),
-            )
-            .property("_version", version_precondition())
-            .property("_rev", string_with_pattern(REV_PATTERN))
-            .additional_properties(Some(AdditionalProperties::FreeForm(false)));
-        // "At least one path in all": some operator names at least one path.
-        let some_path = truce::update::OPERATORS
-            .iter()
-            .fold(AnyOfBuilder::new(), |any_of, operator| {
-                any_of.item(
-                    ObjectBuilder::new()
-                        .property(*operator, ObjectBuilder::new().min_properties(Some(1)))
-                        .required(*operator),
-                )
-            });
-        AllOfBuilder::new()
-            .description(Some(
-                "MongoDB-style update operators over dotted paths, at least one path in all, at most 256; \
-                 `$upsert`, `$if`, `$else` control it. Operators must not touch the same path twice. \
-                 At most one of `_version` and `_rev`.",
-            ))
-            .item(update)
-            .item(some_path)
-            .into()
+        update_schema(true)
     }
 }
 
 impl ToSchema for UpdateBody {}
+
+/// Update operators and control keys, with the `_version` / `_rev`
+/// precondition keys where the update is a PATCH's body (a transaction's
+/// `patch` op gives them as the op's `version` / `rev`).
+fn update_schema(with_precondition: bool) -> RefOr<Schema> {
+    let any = || ObjectBuilder::new().schema_type(SchemaType::AnyValue);
+    let number = || ObjectBuilder::new().schema_type(Type::Number);
+    let paths_to = |operand: RefOr<Schema>| {
+        ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .property_names(Some(string_with_pattern(WRITE_PATH_PATTERN)))
+            .additional_properties(Some(operand))
+    };
+    let date_type = ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .property(
+            "$type",
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .enum_values(Some(["date", "timestamp"])),
+        )
+        .required("$type")
+        .additional_properties(Some(AdditionalProperties::FreeForm(false)));
+    let current_date: RefOr<Schema> = OneOfBuilder::new()
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::Boolean)
+                .enum_values(Some([true])),
+        )
+        .item(date_type)
+        .into();
+    let mut update = ObjectBuilder::new().schema_type(Type::Object);
+    for operator in [
+        "$set",
+        "$unset",
+        "$min",
+        "$max",
+        "$push",
+        "$addToSet",
+        "$pull",
+        "$setOnInsert",
+    ] {
+        update = update.property(operator, paths_to(any().into()));
+    }
+    for operator in ["$inc", "$mul"] {
+        update = update.property(operator, paths_to(number().into()));
+    }
+    let update = update
+        .property("$currentDate", paths_to(current_date))
+        .property("$upsert", ObjectBuilder::new().schema_type(Type::Boolean))
+        .property(
+            "$if",
+            ObjectBuilder::new()
+                .schema_type(Type::Object)
+                .description(Some("A filter")),
+        )
+        .property(
+            "$else",
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .enum_values(Some(["conflict", "skip"])),
+        )
+        .additional_properties(Some(AdditionalProperties::FreeForm(false)));
+    let update = if with_precondition {
+        update
+            .property("_version", version_precondition())
+            .property("_rev", string_with_pattern(REV_PATTERN))
+    } else {
+        update
+    };
+    // "At least one path in all": some operator names at least one path.
+    let some_path = truce::update::OPERATORS
+        .iter()
+        .fold(AnyOfBuilder::new(), |any_of, operator| {
+            any_of.item(
+                ObjectBuilder::new()
+                    .property(*operator, ObjectBuilder::new().min_properties(Some(1)))
+                    .required(*operator),
+            )
+        });
+    AllOfBuilder::new()
+        .description(Some(
+            "MongoDB-style update operators over dotted paths, at least one path in all, at most 256; \
+                 `$upsert`, `$if`, `$else` control it. Operators must not touch the same path twice.",
+        ))
+        .item(update)
+        .item(some_path)
+        .into()
+}
 
 /// What holds for every route, said once here rather than on each annotation:
 /// the shape of common parameters, and the answers that layers shared by all
@@ -579,10 +618,7 @@ fn constrain_parameters(path: &str, writes: bool, operation: &mut Operation) {
             (ParameterIn::Path, "coll") => (string_with_pattern(NAME_PATTERN), "Collection name"),
             (ParameterIn::Path, "name") => (string_with_pattern(NAME_PATTERN), name),
             (ParameterIn::Path, "id") => (
-                // maxLength counts characters, the server bytes: a necessary bound only.
-                string_with_pattern(ID_PATTERN)
-                    .min_length(Some(1))
-                    .max_length(Some(truce::limits::ID_BYTES_MAX)),
+                id_schema(),
                 "Document id: 1–512 bytes of UTF-8, no control characters, not starting with `_`",
             ),
             (ParameterIn::Header, "If-Match") => (
@@ -675,17 +711,19 @@ pub fn document() -> Value {
     doc
 }
 
-/// A PUT or PATCH body carries at most one of `_version` and `_rev` (two
-/// preconditions are 400 `invalid_precondition`). JSON Schema says that with
+/// A PUT or PATCH body carries at most one of `_version` and `_rev`, a
+/// transaction op at most one of `version` and `rev` (two preconditions are
+/// 400). JSON Schema says that with
 /// `not`, which utoipa's builders lack, so it is added to the JSON.
 fn one_precondition_per_body(doc: &mut Value) {
-    for body in ["DocBody", "UpdateBody"] {
+    for (body, keys) in [
+        ("DocBody", ["_version", "_rev"]),
+        ("UpdateBody", ["_version", "_rev"]),
+        ("TxOpBody", ["version", "rev"]),
+    ] {
         let schema = doc.pointer_mut(&format!("/components/schemas/{body}"));
         if let Some(schema) = schema.and_then(Value::as_object_mut) {
-            schema.insert(
-                "not".into(),
-                serde_json::json!({"required": ["_version", "_rev"]}),
-            );
+            schema.insert("not".into(), serde_json::json!({ "required": keys }));
         }
     }
 }
@@ -756,6 +794,35 @@ mod tests {
             assert!(properties.contains_key(*operator), "{operator} is not documented");
             assert_eq!(alternative["required"], serde_json::json!([operator]));
             assert_eq!(alternative["properties"][operator]["minProperties"], 1);
+        }
+    }
+
+    /// Each kind of transaction op takes in the document exactly the keys the
+    /// server takes, nothing else, and a delete needs a precondition.
+    #[test]
+    fn tx_ops_are_the_servers() {
+        let doc = document();
+        let op = &doc["components"]["schemas"]["TxOpBody"];
+        assert_eq!(op["not"], serde_json::json!({"required": ["version", "rev"]}));
+        let kinds = op["oneOf"].as_array().expect("oneOf");
+        assert_eq!(kinds.len(), super::super::tx::OP_KEYS.len());
+        for (kind, (name, keys)) in kinds.iter().zip(super::super::tx::OP_KEYS) {
+            let object = kind.get("allOf").map_or(kind, |all| &all[0]);
+            assert_eq!(object["properties"]["op"]["enum"], serde_json::json!([name]));
+            assert_eq!(object["additionalProperties"], false, "{name}");
+            let mut documented: Vec<&str> = object["properties"]
+                .as_object()
+                .expect("properties")
+                .keys()
+                .map(String::as_str)
+                .collect();
+            let mut taken = keys.to_vec();
+            documented.sort_unstable();
+            taken.sort_unstable();
+            assert_eq!(documented, taken, "{name}");
+            if name == "delete" {
+                assert_eq!(kind["allOf"][1]["anyOf"].as_array().map(Vec::len), Some(2));
+            }
         }
     }
 
