@@ -224,7 +224,11 @@ impl Collection {
     /// the index from now on. Declaring the same index again is harmless; see
     /// [`index_status`](Self::index_status) for progress.
     pub fn create_index(&self, name: &str, spec: IndexSpec) -> Result<IndexProgress> {
-        spec.check_declared()?;
+        // An index declared before the rules of `check_declared` may be
+        // declared again as it is (applications ensure their indexes at start).
+        if !self.indexes().iter().any(|d| d.name == name && d.spec == spec) {
+            spec.check_declared()?;
+        }
         let def = IndexDef::new(&self.name, name, spec)?;
         let progress = self.db.submit_define_index(def)?;
         if progress.state == crate::index::IndexState::Building {
@@ -308,5 +312,28 @@ impl Collection {
         let mut page = run_query(self.db.shared(), &*view, &self.name, query)?.page;
         page.docs.retain(|d| !self.expired(d));
         Ok(page)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::index::{IndexDef, IndexSpec};
+    use crate::{Db, Error, Options};
+
+    /// An index on a `_` field, as an older version let one be declared,
+    /// may be declared again the same way; a new one may not.
+    #[test]
+    fn an_index_declared_under_older_rules_may_be_declared_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), Options::default()).unwrap();
+        let spec = IndexSpec {
+            fields: vec!["_id".into()],
+            unique: false,
+        };
+        db.submit_define_index(IndexDef::new("c", "old", spec.clone()).unwrap())
+            .unwrap();
+        let c = db.collection("c").unwrap();
+        assert!(c.create_index("old", spec.clone()).is_ok());
+        assert!(matches!(c.create_index("new", spec), Err(Error::InvalidIndex(_))));
     }
 }
