@@ -115,6 +115,10 @@ struct Loaded {
     keys: Vec<StoredKey>,
     modified: Option<Stamp>,
     checked: Instant,
+    /// Whether this process has seen a key: a server that had keys never
+    /// falls open while it runs, whatever it listens on (a loopback server
+    /// behind a reverse proxy is reachable from anywhere).
+    had_keys: bool,
 }
 
 /// What says the keys file changed: its modification time and length. The time
@@ -136,7 +140,8 @@ pub enum AuthFailure {
     Missing,
     /// Not a key of this server (or revoked).
     Invalid,
-    /// The server has no keys and may not serve without them.
+    /// The server has no keys and may not serve without them: it listens
+    /// beyond loopback, or its last key was revoked while it ran.
     NoKeys,
 }
 
@@ -146,8 +151,9 @@ pub enum WithoutKeys {
     /// Everyone, as an admin: the server listens on loopback only, or was
     /// started with `--insecure-no-auth`.
     Anyone,
-    /// No one: the server listens beyond loopback, and its last key was
-    /// revoked while it ran. It must not fall open.
+    /// No one: the server listens beyond loopback without
+    /// `--insecure-no-auth` (it refuses to start so; this is for a store
+    /// emptied while it runs).
     NoOne,
 }
 
@@ -171,6 +177,7 @@ impl KeyStore {
         Ok(KeyStore {
             path,
             state: RwLock::new(Loaded {
+                had_keys: !keys.is_empty(),
                 keys,
                 modified,
                 checked: Instant::now(),
@@ -194,6 +201,7 @@ impl KeyStore {
             match load(&self.path) {
                 Ok(keys) => {
                     tracing::info!(keys = keys.len(), "API keys reloaded");
+                    state.had_keys |= !keys.is_empty();
                     state.keys = keys;
                     state.modified = modified;
                 }
@@ -208,8 +216,9 @@ impl KeyStore {
         self.state.read().map(|s| s.keys.is_empty()).unwrap_or(false)
     }
 
-    /// The caller the value of an `Authorization` header names; with no keys
-    /// at all, whoever `without_keys` says.
+    /// The caller the value of an `Authorization` header names. With no keys
+    /// at all, whoever `without_keys` says if this process never had a key,
+    /// and no one if it had: revoking the last key never opens a server.
     pub fn caller(
         &self,
         authorization: Option<&str>,
@@ -219,8 +228,8 @@ impl KeyStore {
         let state = self.state.read().unwrap_or_else(|p| p.into_inner());
         if state.keys.is_empty() {
             return match without_keys {
-                WithoutKeys::Anyone => Ok(Principal::anyone()),
-                WithoutKeys::NoOne => Err(AuthFailure::NoKeys),
+                WithoutKeys::Anyone if !state.had_keys => Ok(Principal::anyone()),
+                _ => Err(AuthFailure::NoKeys),
             };
         }
         let token = authorization
@@ -322,8 +331,9 @@ pub fn run(command: KeysCommand) -> Result<(), String> {
             eprintln!("revoked key {id}");
             if keys.is_empty() {
                 eprintln!(
-                    "that was the last key: a server listening on loopback now serves everyone without one; \
-                     a server listening beyond loopback refuses every request until a key is created"
+                    "that was the last key: a running server now refuses every API request until a key \
+                     is created; restarted without keys it listens on loopback only (or anywhere with \
+                     --insecure-no-auth) and serves everyone"
                 );
             }
             Ok(())
@@ -376,10 +386,11 @@ mod tests {
         );
     }
 
-    /// A server beyond loopback whose last key goes while it runs refuses
-    /// everyone; on loopback (or with --insecure-no-auth) it serves everyone.
+    /// A server that never had a key serves everyone on loopback (or with
+    /// --insecure-no-auth) and no one beyond it; one whose last key goes
+    /// while it runs refuses everyone, wherever it listens.
     #[test]
-    fn without_keys_only_loopback_is_open() {
+    fn a_server_that_had_keys_never_falls_open() {
         let dir = tempfile::tempdir().unwrap();
         let store = KeyStore::open(dir.path()).unwrap();
         let anyone = store.caller(None, WithoutKeys::Anyone).unwrap();
@@ -405,15 +416,13 @@ mod tests {
         .unwrap();
         reloaded();
         for authorization in [None, Some(bearer.as_str())] {
-            assert_eq!(
-                store.caller(authorization, WithoutKeys::NoOne).unwrap_err(),
-                AuthFailure::NoKeys,
-                "a running server must not fall open when its last key is revoked"
-            );
-            assert_eq!(
-                store.caller(authorization, WithoutKeys::Anyone).unwrap().role,
-                Role::Admin
-            );
+            for rule in [WithoutKeys::Anyone, WithoutKeys::NoOne] {
+                assert_eq!(
+                    store.caller(authorization, rule).unwrap_err(),
+                    AuthFailure::NoKeys,
+                    "a running server must not fall open when its last key is revoked ({rule:?})"
+                );
+            }
         }
     }
 

@@ -589,6 +589,18 @@ fn keys_created_and_revoked_while_running_take_effect_within_seconds() {
         .output()
         .unwrap();
     assert!(!out.status.success());
+
+    // Revoking the last key does not open the server again, though it
+    // listens on loopback only (a reverse proxy may make it reachable).
+    revoke_key(&data, &admin);
+    let took = api.wait_for_status(Some(&admin), "/v1/c", 401);
+    assert!(took < RELOAD_WITHIN, "the last key kept working for {took:?}");
+    std::thread::sleep(RELOAD_WITHIN);
+    let refused = api.get(None, "/v1/c");
+    refused.error(401, "unauthorized");
+    assert!(refused.text.contains("keys create"), "{}", refused.text);
+    api.put(None, "/v1/c/a/after-the-last-key", json!({}))
+        .error(401, "unauthorized");
 }
 
 #[test]

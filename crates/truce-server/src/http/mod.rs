@@ -153,8 +153,8 @@ fn principal(state: &AppState, headers: &HeaderMap) -> Result<Principal, Respons
                 AuthFailure::Missing => "send Authorization: Bearer <key>",
                 AuthFailure::Invalid => "this key is not valid",
                 AuthFailure::NoKeys => {
-                    "this server listens beyond loopback and has no API keys (the last was revoked): \
-                 create one with `truce keys create`"
+                    "this server has no API keys (the last was revoked while it ran), and it does not \
+                     fall open: create one with `truce keys create`"
                 }
             };
             ApiError::Unauthorized(why).into_response()
