@@ -116,8 +116,13 @@ fn main() {
         &dir,
         "cursor",
         vec![
+            // An index entry of `c`/`by_a`, read descending; an id of `c`,
+            // ascending (the target's two queries); an id-order key that is
+            // too short; a cursor from before cursors named their order.
+            b"desc-630062795f610004610001".to_vec(),
+            b"asc-63006964".to_vec(),
+            b"asc-6300".to_vec(),
             b"630062795f610004610001".to_vec(),
-            b"6300".to_vec(),
             b"zz".to_vec(),
         ],
     );

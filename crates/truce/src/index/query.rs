@@ -229,6 +229,12 @@ pub fn decode_cursor(cursor: &str) -> Result<(Order, Vec<u8>)> {
     let (order, hex) = match cursor.split_once('-') {
         Some(("asc", hex)) => (Order::Asc, hex),
         Some(("desc", hex)) => (Order::Desc, hex),
+        None if !cursor.is_empty() && cursor.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            return Err(invalid(
+                "a cursor from a server before 2026-12-05, which named no order: start the query again"
+                    .into(),
+            ));
+        }
         _ => return Err(bad()),
     };
     if !hex.len().is_multiple_of(2) || hex.len() > 2 * 4096 {
@@ -303,9 +309,11 @@ mod tests {
             decode_cursor(&encode_cursor(Order::Desc, &k)).unwrap(),
             (Order::Desc, k.clone())
         );
-        for bad in ["0", "zz", "abc", "asc-0", "asc-zz", "up-00", "6300"] {
+        for bad in ["0", "zz", "abc", "asc-0", "asc-zz", "up-00", "6300", ""] {
             assert_eq!(decode_cursor(bad).unwrap_err().code(), "invalid_query", "{bad}");
         }
+        let legacy = decode_cursor("630062795f610004610001").unwrap_err().to_string();
+        assert!(legacy.contains("start the query again"), "{legacy}");
         let refused = |q: &Query, index: Option<&IndexDef>| {
             let range = q.range("c", index).unwrap();
             q.remaining(&range).unwrap_err().code()
