@@ -285,6 +285,12 @@ fn cases() -> Vec<Case> {
             "invalid_id",
         ),
         case(
+            "an index name that is invalid UTF-8",
+            put("/v1/c/t/_indexes/%FF", r#"{"fields": ["k"]}"#),
+            400,
+            "invalid_index",
+        ),
+        case(
             "a collection name that is invalid UTF-8",
             get("/v1/c/%FF/_indexes"),
             400,
@@ -665,6 +671,19 @@ fn cases() -> Vec<Case> {
         case("the global feed with an unknown parameter", get("/v1/_changes?style=all_docs"), 400, "invalid_query"),
         case("a query with where=", get("/v1/c/t?where=x"), 400, "invalid_query"),
         case("insights with window misspelt", get("/v1/insights?windw=5"), 400, "invalid_query"),
+        case("a document read with ?rev=", get("/v1/c/t/s?rev=1-00000000000000000000000000000000"), 400, "invalid_query"),
+        case("a document read through the router with ?x=", get("/v1/c/t/%73?x=1"), 400, "invalid_query"),
+        case("a PATCH with ?x=", patch("/v1/c/t/s?x=1", r#"{"$inc": {"n": 1}}"#), 400, "invalid_query"),
+        case(
+            "a transaction with a query parameter",
+            request("POST", "/v1/tx?dry_run=true", &[], br#"{"ops": [{"op": "check", "c": "t", "id": "s"}]}"#),
+            400,
+            "invalid_query",
+        ),
+        case("the collections with a query parameter", get("/v1/c?prefix=a"), 400, "invalid_query"),
+        case("the indexes with a query parameter", get("/v1/c/t/_indexes?all=1"), 400, "invalid_query"),
+        case("the config with a query parameter", get("/v1/c/t/_config?x=1"), 400, "invalid_query"),
+        case("the outbox with a query parameter", get("/v1/_outbox?x=1"), 400, "invalid_query"),
         case(
             "DELETE with version misspelt",
             request("DELETE", "/v1/c/t/s?versoin=1", &[], b""),

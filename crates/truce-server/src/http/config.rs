@@ -13,7 +13,7 @@ use truce::engine::RecountReport;
 
 use super::AppState;
 use super::error::ApiError;
-use super::extract::{JsonBody, PathParams, authorize};
+use super::extract::{JsonBody, Params, PathParams, authorize};
 use crate::keys::{Principal, Role};
 
 /// A recount report as JSON: `{"checked", "fixed": [{"group", "was", "now"}], "seq"}`.
@@ -52,8 +52,10 @@ pub async fn get_config(
     State(state): State<Arc<AppState>>,
     Extension(who): Extension<Principal>,
     PathParams(coll): PathParams<String>,
+    params: Params,
 ) -> Result<Response, ApiError> {
     authorize(&who, Role::Read, Some(&coll))?;
+    params.only(&[])?;
     let config = state.db.collection(&coll)?.config();
     Ok(axum::Json(config.to_json()).into_response())
 }
@@ -68,9 +70,11 @@ pub async fn put_config(
     State(state): State<Arc<AppState>>,
     Extension(who): Extension<Principal>,
     PathParams(coll): PathParams<String>,
+    params: Params,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
     authorize(&who, Role::Admin, Some(&coll))?;
+    params.only(&[])?;
     let collection = state.db.collection(&coll)?;
     let config = CollectionConfig::from_json(&body)?;
     authorize_targets(&who, &config)?;
@@ -95,8 +99,10 @@ pub async fn recount(
     State(state): State<Arc<AppState>>,
     Extension(who): Extension<Principal>,
     PathParams((coll, name)): PathParams<(String, String)>,
+    params: Params,
 ) -> Result<Response, ApiError> {
     authorize(&who, Role::Admin, Some(&coll))?;
+    params.only(&[])?;
     let collection = state.db.collection(&coll)?;
     authorize_targets(&who, &collection.config())?;
     let report = blocking(move || collection.recount(&name)).await?;
@@ -109,8 +115,10 @@ pub async fn recount(
 pub async fn outbox(
     State(state): State<Arc<AppState>>,
     Extension(who): Extension<Principal>,
+    params: Params,
 ) -> Result<Response, ApiError> {
     authorize(&who, Role::Read, None)?;
+    params.only(&[])?;
     let (entries, oldest_age_ms) = state.db.outbox_status();
     Ok(axum::Json(json!({"entries": entries, "oldest_age_ms": oldest_age_ms})).into_response())
 }

@@ -12,8 +12,7 @@ use truce::{ConflictReason, Expect, TxOp, Update, WriteResult, Written};
 use super::AppState;
 use super::error::ApiError;
 use super::extract::{
-    JsonBody, Params, PathParams, authorize, idempotency_key, no_query_precondition, object, origin,
-    precondition,
+    JsonBody, Params, PathParams, authorize, idempotency_key, no_document_query, object, origin, precondition,
 };
 use crate::keys::{Principal, Role};
 
@@ -127,9 +126,16 @@ pub async fn get_doc(
     State(state): State<Arc<AppState>>,
     Extension(who): Extension<Principal>,
     PathParams((coll, id)): PathParams<(String, String)>,
+    RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    read(DocumentCall::new(&state, &who, (coll, id), &headers, None))
+    read(DocumentCall::new(
+        &state,
+        &who,
+        (coll, id),
+        &headers,
+        query.as_deref(),
+    ))
 }
 
 /// A document request taken apart: who asks for which document, with which
@@ -171,6 +177,7 @@ impl<'a> DocumentCall<'a> {
 /// `GET /v1/c/{coll}/{id}` once the request is taken apart.
 pub(super) fn read(call: DocumentCall<'_>) -> Result<Response, ApiError> {
     call.authorize(Role::Read)?;
+    no_document_query(call.query, false)?;
     let doc = call
         .state
         .db
@@ -229,7 +236,7 @@ pub async fn put_doc(
 pub(super) async fn put(call: DocumentCall<'_>, body: Value) -> Result<Response, ApiError> {
     call.authorize(Role::Write)?;
     let mut body = object(body)?;
-    no_query_precondition(call.query)?;
+    no_document_query(call.query, true)?;
     let expect = precondition(&mut body, call.headers, Expect::Absent)?;
     let op = TxOp::Put {
         collection: call.coll,
@@ -278,7 +285,7 @@ pub(super) async fn patch(call: DocumentCall<'_>, body: Value) -> Result<Respons
             ))));
         }
     };
-    no_query_precondition(call.query)?;
+    no_document_query(call.query, true)?;
     let expect = precondition(&mut spec, call.headers, Expect::Any)?;
     let update = Update::parse(&Value::Object(spec))?;
     // Without `$upsert` an absent document is 404, whatever the precondition;

@@ -59,18 +59,21 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for PathPar
         Path::<T>::from_request_parts(parts, state)
             .await
             .map(|Path(t)| PathParams(t))
-            .map_err(path_refusal)
+            .map_err(|rejection| path_refusal(rejection, parts.uri.path()))
     }
 }
 
-/// Names the segment that failed, in the API's words rather than the router's.
-fn path_refusal(rejection: PathRejection) -> ApiError {
+/// Names the segment of `path` that failed, in the API's words rather than
+/// the router's.
+fn path_refusal(rejection: PathRejection, path: &str) -> ApiError {
     if let PathRejection::FailedToDeserializePathParams(failed) = &rejection
         && let ErrorKind::InvalidUtf8InPathParam { key } = failed.kind()
     {
         let (code, what) = match key.as_str() {
             "coll" => ("invalid_collection", "the collection name".to_string()),
             "id" => ("invalid_id", "the document id".to_string()),
+            "name" if path.contains("/_counters/") => ("invalid_config", "the counter name".to_string()),
+            "name" => ("invalid_index", "the index name".to_string()),
             other => ("invalid_id", format!("the {other} segment")),
         };
         return ApiError::BadRequest(code, format!("{what} is not UTF-8 once percent-decoded"));
@@ -97,22 +100,8 @@ impl Params {
     /// `since` or `index` would otherwise answer as if it were absent, with
     /// data the caller did not ask for.
     pub fn only(&self, names: &[&str]) -> Result<(), ApiError> {
-        // The least unknown name, so that the answer does not depend on the
-        // map's order.
-        let unknown = self
-            .0
-            .keys()
-            .map(String::as_str)
-            .filter(|n| !names.contains(n))
-            .min();
-        match unknown {
-            Some(name) => Err(ApiError::BadRequest(
-                "invalid_query",
-                format!(
-                    "unknown query parameter {name:?}: this route takes {}",
-                    names.join(", ")
-                ),
-            )),
+        match first_unknown(self.0.keys().map(String::as_str), names) {
+            Some(name) => Err(unknown_parameter(name, names)),
             None => Ok(()),
         }
     }
@@ -216,21 +205,41 @@ pub fn precondition(
     }
 }
 
-/// PUT and PATCH take their precondition from the body or the headers. A
-/// `version` or `rev` query parameter (DELETE's form) is refused rather than
-/// ignored, so that a guard the client meant is never silently dropped.
-pub fn no_query_precondition(query: Option<&str>) -> Result<(), ApiError> {
+/// The least of `keys` that is not in `allowed`, if any (the least, so that
+/// an answer does not depend on a map's order).
+pub fn first_unknown<'a>(keys: impl IntoIterator<Item = &'a str>, allowed: &[&str]) -> Option<&'a str> {
+    keys.into_iter().filter(|key| !allowed.contains(key)).min()
+}
+
+fn unknown_parameter(name: &str, names: &[&str]) -> ApiError {
+    let takes = if names.is_empty() {
+        "no query parameters".to_string()
+    } else {
+        names.join(", ")
+    };
+    ApiError::BadRequest(
+        "invalid_query",
+        format!("unknown query parameter {name:?}: this route takes {takes}"),
+    )
+}
+
+/// Refuses any query parameter on a document's GET, PUT or PATCH, which take
+/// none. `version` or `rev` on a write (DELETE's form of a precondition) is
+/// `invalid_precondition`: PUT and PATCH take theirs from the body or the
+/// headers, and a guard the client meant must not be silently dropped.
+pub fn no_document_query(query: Option<&str>, writes: bool) -> Result<(), ApiError> {
     let pairs = form_urlencoded::parse(query.unwrap_or_default().as_bytes());
-    match pairs
-        .map(|(name, _)| name)
-        .find(|name| name == "version" || name == "rev")
-    {
-        Some(name) => Err(ApiError::Engine(truce::Error::InvalidPrecondition(format!(
+    let names: Vec<_> = pairs.map(|(name, _)| name).collect();
+    let Some(name) = first_unknown(names.iter().map(|n| n.as_ref()), &[]) else {
+        return Ok(());
+    };
+    if writes && let Some(guard) = names.iter().find(|n| *n == "version" || *n == "rev") {
+        return Err(ApiError::Engine(truce::Error::InvalidPrecondition(format!(
             "a PUT or PATCH takes its precondition from the body (_version, _rev) or a header \
-             (If-Match, If-None-Match), not from the query parameter {name:?}"
-        )))),
-        None => Ok(()),
+             (If-Match, If-None-Match), not from the query parameter {guard:?}"
+        ))));
     }
+    Err(unknown_parameter(name, &[]))
 }
 
 /// The `Idempotency-Key` header, if any.
@@ -300,5 +309,36 @@ pub fn origin(headers: &HeaderMap) -> Origin {
         (Some(n), None) => origin.attempt(n, None),
         (Some(n), Some(Some(max))) if n <= max => origin.attempt(n, Some(max)),
         _ => origin,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// If-Match compares strongly: a weak tag is refused with a message
+    /// that says so, not read as a malformed revision.
+    #[test]
+    fn if_match_refuses_a_weak_tag_and_says_why() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::IF_MATCH,
+            "W/\"1-00000000000000000000000000000000\"".parse().unwrap(),
+        );
+        let refused = precondition(&mut Map::new(), &headers, Expect::Any).unwrap_err();
+        let text = format!("{refused:?}");
+        assert!(text.contains("weak W/ tag"), "{text}");
+        headers.insert(
+            header::IF_MATCH,
+            "\"1-00000000000000000000000000000000\"".parse().unwrap(),
+        );
+        assert!(precondition(&mut Map::new(), &headers, Expect::Any).is_ok());
+    }
+
+    #[test]
+    fn the_least_unknown_key_is_named() {
+        assert_eq!(first_unknown(["b", "z", "a", "c"], &["a", "c"]), Some("b"));
+        assert_eq!(first_unknown(["a"], &["a"]), None);
+        assert_eq!(first_unknown(["x"], &[]), Some("x"));
     }
 }

@@ -427,8 +427,9 @@ const IF_MATCH_PATTERN: &str = "^(\\*|\"?0*[1-9][0-9]{0,18}-[0-9a-f]{32}\"?)$";
 const WRITE_PATH_PATTERN: &str = "^[^_$.][^.]*(\\.[^$.][^.]*){0,31}$";
 /// A dotted field path that a filter or an index reads (`_` fields allowed).
 const READ_PATH_PATTERN: &str = "^[^$.][^.]*(\\.[^$.][^.]*){0,31}$";
-/// An idempotency key: no control characters (and 1–255 bytes).
-const IDEMPOTENCY_KEY_PATTERN: &str = "^[^\\u0000-\\u001f\\u007f-\\u009f]+$";
+/// An idempotency key: visible ASCII and spaces (what an HTTP header value
+/// reads as text, less the tab, a control character).
+const IDEMPOTENCY_KEY_PATTERN: &str = "^[ -~]+$";
 /// Top-level fields of a PUT body: user fields, or the `_version` / `_rev` precondition.
 const DOC_FIELD_PATTERN: &str = "^([^_][\\s\\S]*|_version|_rev)?$";
 /// Top-level fields of a transaction's `doc`: user fields only.
@@ -632,12 +633,11 @@ fn constrain_parameters(path: &str, writes: bool, operation: &mut Operation) {
                 "Precondition: `*` (must not exist). One precondition per request.",
             ),
             (ParameterIn::Header, "Idempotency-Key") => (
-                // maxLength counts characters, the server bytes: a necessary bound only.
                 string_with_pattern(IDEMPOTENCY_KEY_PATTERN)
                     .min_length(Some(1))
                     .max_length(Some(truce::limits::IDEMPOTENCY_KEY_BYTES_MAX)),
                 "Makes the write safe to retry: the same key with the same request answers as the first \
-                 time; with another request, 422 `idempotency_key_reused`. 1–255 bytes, no control characters.",
+                 time; with another request, 422 `idempotency_key_reused`. 1–255 visible ASCII characters or spaces.",
             ),
             (ParameterIn::Query, "rev") => (
                 string_with_pattern(REV_PATTERN),
@@ -676,20 +676,21 @@ fn add_shared_responses(path: &str, operation: &mut Operation) {
     // The rest only for the API v1: `/healthz` is not authenticated and documents
     // its own 503, and CouchDB-compatible routes answer errors in CouchDB's shape.
     if path.starts_with("/v1") {
-        let takes_input =
-            operation.request_body.is_some() || operation.parameters.as_ref().is_some_and(|p| !p.is_empty());
-        if takes_input {
-            let invalid = "Invalid input: a stable `invalid_…` code says which";
-            shared.push(("400", error_response(invalid, false)));
-        }
+        // Every route can answer 400: a query parameter it does not take, if
+        // nothing else (replication routes: a malformed one).
+        let invalid = "Invalid input: a stable `invalid_…` code says which";
+        shared.push(("400", error_response(invalid, false)));
         if operation.request_body.is_some() {
             shared.push((
                 "413",
                 error_response("`payload_too_large` or `limit_exceeded`", false),
             ));
         }
-        let unauthorized = "`unauthorized`: the server has API keys and this one is missing or invalid";
-        shared.push(("401", error_response(unauthorized, false)));
+        let unauthorized = "`unauthorized`: the key is missing or invalid, or the server has no keys and \
+                            does not serve without them (beyond loopback, or after its last key was revoked)";
+        let challenge = Header::new(ObjectBuilder::new().schema_type(Type::String));
+        let unauthorized = error_response(unauthorized, false).header("WWW-Authenticate", challenge);
+        shared.push(("401", unauthorized));
         let forbidden = "`forbidden`: this key's role or collections do not allow it";
         shared.push(("403", error_response(forbidden, false)));
         let unavailable = "`unavailable` (storage failed, or the request timed out) or `index_building`";

@@ -12,7 +12,7 @@ use truce::{IndexDef, IndexSpec, IndexState, Order, Query};
 
 use super::AppState;
 use super::error::ApiError;
-use super::extract::{JsonBody, Params, PathParams, authorize};
+use super::extract::{JsonBody, Params, PathParams, authorize, first_unknown};
 use crate::keys::{Principal, Role};
 
 fn index_json(def: &IndexDef) -> Value {
@@ -26,8 +26,10 @@ fn index_json(def: &IndexDef) -> Value {
 pub async fn list_collections(
     State(state): State<Arc<AppState>>,
     Extension(who): Extension<Principal>,
+    params: Params,
 ) -> Result<Response, ApiError> {
     authorize(&who, Role::Read, None)?;
+    params.only(&[])?;
     let names: Vec<String> = state
         .db
         .collections()
@@ -44,8 +46,10 @@ pub async fn list_indexes(
     State(state): State<Arc<AppState>>,
     Extension(who): Extension<Principal>,
     PathParams(coll): PathParams<String>,
+    params: Params,
 ) -> Result<Response, ApiError> {
     authorize(&who, Role::Read, Some(&coll))?;
+    params.only(&[])?;
     let indexes: Vec<Value> = state
         .db
         .collection(&coll)?
@@ -67,15 +71,18 @@ pub async fn put_index(
     State(state): State<Arc<AppState>>,
     Extension(who): Extension<Principal>,
     PathParams((coll, name)): PathParams<(String, String)>,
+    params: Params,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
     authorize(&who, Role::Admin, Some(&coll))?;
+    params.only(&[])?;
     let invalid = |m: &str| ApiError::Engine(truce::Error::InvalidIndex(m.into()));
     // A misspelt `unique` would otherwise give a non-unique index, for good.
-    if let Some(key) = body.as_object().and_then(|map| {
-        map.keys()
-            .find(|key| !matches!(key.as_str(), "fields" | "unique"))
-    }) {
+    let keys = body
+        .as_object()
+        .into_iter()
+        .flat_map(|map| map.keys().map(String::as_str));
+    if let Some(key) = first_unknown(keys, &["fields", "unique"]) {
         return Err(invalid(&format!(
             "an index takes \"fields\" and \"unique\", not {key:?}"
         )));

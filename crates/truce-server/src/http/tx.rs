@@ -12,7 +12,9 @@ use truce::{Expect, TxFailure, TxOp, Update};
 use super::AppState;
 use super::documents::WriteAnswer;
 use super::error::ApiError;
-use super::extract::{JsonBody, authorize, expect_from_version, idempotency_key, object, origin};
+use super::extract::{
+    JsonBody, Params, authorize, expect_from_version, first_unknown, idempotency_key, object, origin,
+};
 use crate::keys::{Principal, Role};
 
 fn invalid(index: usize, message: &str) -> ApiError {
@@ -50,7 +52,7 @@ fn known_keys(index: usize, kind: &str, op: &Map<String, Value>) -> Result<(), A
     let Some((_, takes)) = OP_KEYS.iter().find(|(name, _)| *name == kind) else {
         return Ok(()); // an unknown op is refused by name
     };
-    match op.keys().find(|key| !takes.contains(&key.as_str())) {
+    match first_unknown(op.keys().map(String::as_str), takes) {
         Some(key) => Err(invalid(
             index,
             &format!("a {kind} op takes {}, not {key:?}", takes.join(", ")),
@@ -141,11 +143,13 @@ fn parse_op(index: usize, value: Value) -> Result<(TxOp, bool), ApiError> {
 pub async fn transaction(
     State(state): State<Arc<AppState>>,
     Extension(who): Extension<Principal>,
+    params: Params,
     headers: HeaderMap,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
+    params.only(&[])?;
     let mut body = object(body).map_err(|_| invalid(0, "the body is an object with \"ops\""))?;
-    if let Some(key) = body.keys().find(|key| !matches!(key.as_str(), "ops" | "source")) {
+    if let Some(key) = first_unknown(body.keys().map(String::as_str), &["ops", "source"]) {
         return Err(ApiError::Engine(truce::Error::InvalidTransaction(format!(
             "a transaction takes \"ops\" and \"source\", not {key:?}"
         ))));
