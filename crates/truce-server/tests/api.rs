@@ -18,75 +18,13 @@ use std::time::{Duration, Instant};
 
 use reqwest::Method;
 use reqwest::blocking::Client;
-use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
 
-use common::{RUN_BOUND, Server, Spawned, free_port, run_bounded, truce_bin};
+use common::{RUN_BOUND, Reply, Server, Spawned, free_port, run_bounded, truce_bin};
 
 // ---------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------
-
-/// One HTTP answer: status, headers, and the body as text and as JSON
-/// (`Value::Null` when the body is empty or not JSON).
-struct Reply {
-    status: u16,
-    headers: HeaderMap,
-    text: String,
-    json: Value,
-}
-
-impl Reply {
-    /// A header's value as text.
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-
-    /// Asserts a success status and returns the body.
-    fn ok(&self, status: u16) -> &Value {
-        assert_eq!(self.status, status, "expected {status}, got: {}", self.text);
-        &self.json
-    }
-
-    /// Asserts a 200 or 201 and returns the body.
-    fn ok_any(&self) -> &Value {
-        assert!(
-            [200, 201].contains(&self.status),
-            "expected 200 or 201, got {}: {}",
-            self.status,
-            self.text
-        );
-        &self.json
-    }
-
-    /// Asserts an error answer with `status` and stable `code` (and a message).
-    fn error(&self, status: u16, code: &str) -> &Value {
-        assert_eq!(
-            self.status, status,
-            "expected {status} {code}, got: {}",
-            self.text
-        );
-        assert_eq!(self.json["error"], code, "error code in {}", self.text);
-        assert!(
-            self.json["message"].is_string(),
-            "an error carries a message: {}",
-            self.text
-        );
-        &self.json
-    }
-
-    /// Asserts a 409 `conflict` with `reason`; returns `current`.
-    fn conflict(&self, reason: &str) -> &Value {
-        let body = self.error(409, "conflict");
-        assert_eq!(body["reason"], reason, "conflict reason in {}", self.text);
-        assert!(
-            body.get("current").is_some(),
-            "a conflict carries current: {}",
-            self.text
-        );
-        &body["current"]
-    }
-}
 
 /// A client of one server.
 struct Api {
@@ -121,16 +59,7 @@ impl Api {
             request = request.header("content-type", "application/json").body(body);
         }
         let response = request.send().unwrap_or_else(|e| panic!("{what}: {e}"));
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        let text = response.text().unwrap_or_else(|e| panic!("{what}: body: {e}"));
-        let json = serde_json::from_str(&text).unwrap_or(Value::Null);
-        Reply {
-            status,
-            headers,
-            text,
-            json,
-        }
+        Reply::read(response, &what)
     }
 
     fn get(&self, path: &str) -> Reply {

@@ -16,7 +16,7 @@ use reqwest::Method;
 use reqwest::blocking::Client;
 use serde_json::{Value, json};
 
-use common::{RUN_BOUND, Server, Spawned, free_port, run_bounded, truce_bin};
+use common::{RUN_BOUND, Reply, Server, Spawned, free_port, run_bounded, truce_bin};
 
 // ---------------------------------------------------------------------------
 // Helpers
@@ -25,56 +25,6 @@ use common::{RUN_BOUND, Server, Spawned, free_port, run_bounded, truce_bin};
 /// How long a running server may take to see a changed keys file (it looks about
 /// once a second; API.md and the brief say "within ~2 s").
 const RELOAD_WITHIN: Duration = Duration::from_millis(3000);
-
-/// One HTTP answer.
-struct Reply {
-    status: u16,
-    text: String,
-    json: Value,
-    /// `WWW-Authenticate`.
-    challenge: Option<String>,
-}
-
-impl Reply {
-    fn read(response: reqwest::blocking::Response, what: &str) -> Reply {
-        let status = response.status().as_u16();
-        let challenge = response
-            .headers()
-            .get("www-authenticate")
-            .map(|v| v.to_str().expect("text").to_string());
-        let text = response.text().unwrap_or_else(|e| panic!("{what}: body: {e}"));
-        let json = serde_json::from_str(&text).unwrap_or(Value::Null);
-        Reply {
-            status,
-            text,
-            json,
-            challenge,
-        }
-    }
-
-    /// Asserts an error answer with `status` and stable `code`; a 401 names
-    /// its scheme.
-    fn error(&self, status: u16, code: &str) {
-        assert_eq!(
-            self.status, status,
-            "expected {status} {code}, got: {}",
-            self.text
-        );
-        if status == 401 {
-            assert_eq!(self.challenge.as_deref(), Some("Bearer realm=\"truce\""));
-        }
-        assert_eq!(self.json["error"], code, "error code in {}", self.text);
-        assert!(
-            self.json["message"].is_string(),
-            "an error carries a message: {}",
-            self.text
-        );
-    }
-
-    fn is_success(&self) -> bool {
-        (200..300).contains(&self.status)
-    }
-}
 
 /// A client of one server, sending `Authorization: Bearer <key>` when given one.
 struct Api {

@@ -315,3 +315,87 @@ pub fn paste_readme_block(section: &str, server: &Server) -> Option<Vec<String>>
             .collect(),
     )
 }
+
+/// One HTTP answer of the `reqwest` clients of `api.rs` and `auth.rs`:
+/// status, headers, and the body as text and as JSON (`Value::Null` when the
+/// body is empty or not JSON).
+pub struct Reply {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub text: String,
+    pub json: serde_json::Value,
+}
+
+impl Reply {
+    /// Reads `response` whole; `what` names the request in a panic.
+    pub fn read(response: reqwest::blocking::Response, what: &str) -> Reply {
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let text = response.text().unwrap_or_else(|e| panic!("{what}: body: {e}"));
+        let json = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
+        Reply {
+            status,
+            headers,
+            text,
+            json,
+        }
+    }
+
+    /// A header's value as text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    pub fn is_success(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+
+    /// Asserts a success status and returns the body.
+    pub fn ok(&self, status: u16) -> &serde_json::Value {
+        assert_eq!(self.status, status, "expected {status}, got: {}", self.text);
+        &self.json
+    }
+
+    /// Asserts a 200 or 201 and returns the body.
+    pub fn ok_any(&self) -> &serde_json::Value {
+        assert!(
+            [200, 201].contains(&self.status),
+            "expected 200 or 201, got {}: {}",
+            self.status,
+            self.text
+        );
+        &self.json
+    }
+
+    /// Asserts an error answer with `status` and stable `code` (and a
+    /// message); a 401 names its scheme.
+    pub fn error(&self, status: u16, code: &str) -> &serde_json::Value {
+        assert_eq!(
+            self.status, status,
+            "expected {status} {code}, got: {}",
+            self.text
+        );
+        if status == 401 {
+            assert_eq!(self.header("www-authenticate"), Some("Bearer realm=\"truce\""));
+        }
+        assert_eq!(self.json["error"], code, "error code in {}", self.text);
+        assert!(
+            self.json["message"].is_string(),
+            "an error carries a message: {}",
+            self.text
+        );
+        &self.json
+    }
+
+    /// Asserts a 409 `conflict` with `reason`; returns `current`.
+    pub fn conflict(&self, reason: &str) -> &serde_json::Value {
+        let body = self.error(409, "conflict");
+        assert_eq!(body["reason"], reason, "conflict reason in {}", self.text);
+        assert!(
+            body.get("current").is_some(),
+            "a conflict carries current: {}",
+            self.text
+        );
+        &body["current"]
+    }
+}
