@@ -428,27 +428,16 @@ mod tests {
 
     #[test]
     fn only_loopback_listeners_serve_without_keys() {
-        let at = |address: &str| address.parse().unwrap();
-        assert_eq!(
-            WithoutKeys::for_listener(at("127.0.0.1:7070"), false),
-            WithoutKeys::Anyone
-        );
-        assert_eq!(
-            WithoutKeys::for_listener(at("[::1]:7070"), false),
-            WithoutKeys::Anyone
-        );
-        assert_eq!(
-            WithoutKeys::for_listener(at("0.0.0.0:7070"), false),
-            WithoutKeys::NoOne
-        );
-        assert_eq!(
-            WithoutKeys::for_listener(at("192.0.2.1:7070"), false),
-            WithoutKeys::NoOne
-        );
-        assert_eq!(
-            WithoutKeys::for_listener(at("0.0.0.0:7070"), true),
-            WithoutKeys::Anyone
-        );
+        for (listen, insecure, expected) in [
+            ("127.0.0.1:7070", false, WithoutKeys::Anyone),
+            ("[::1]:7070", false, WithoutKeys::Anyone),
+            ("0.0.0.0:7070", false, WithoutKeys::NoOne),
+            ("192.0.2.1:7070", false, WithoutKeys::NoOne),
+            ("0.0.0.0:7070", true, WithoutKeys::Anyone),
+        ] {
+            let listen = listen.parse().unwrap();
+            assert_eq!(WithoutKeys::for_listener(listen, insecure), expected, "{listen}");
+        }
     }
 
     #[test]
