@@ -115,9 +115,11 @@ struct Loaded {
     keys: Vec<StoredKey>,
     modified: Option<Stamp>,
     checked: Instant,
-    /// Whether this process has seen a key: a server that had keys never
+    /// Whether this process has seen a key. A server that had keys never
     /// falls open while it runs, whatever it listens on (a loopback server
-    /// behind a reverse proxy is reachable from anywhere).
+    /// behind a reverse proxy is reachable from anywhere). One that had none
+    /// listens on loopback or was started with `--insecure-no-auth`
+    /// (`serve.rs` refuses to start otherwise), and serves everyone.
     had_keys: bool,
 }
 
@@ -140,32 +142,8 @@ pub enum AuthFailure {
     Missing,
     /// Not a key of this server (or revoked).
     Invalid,
-    /// The server has no keys and may not serve without them: it listens
-    /// beyond loopback, or its last key was revoked while it ran.
+    /// The server has no keys: its last was revoked while it ran.
     NoKeys,
-}
-
-/// Who a server with no keys at all serves.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum WithoutKeys {
-    /// Everyone, as an admin: the server listens on loopback only, or was
-    /// started with `--insecure-no-auth`.
-    Anyone,
-    /// No one: the server listens beyond loopback without
-    /// `--insecure-no-auth` (it refuses to start so; this is for a store
-    /// emptied while it runs).
-    NoOne,
-}
-
-impl WithoutKeys {
-    /// The rule for a server listening on `listen`.
-    pub fn for_listener(listen: std::net::SocketAddr, insecure_no_auth: bool) -> WithoutKeys {
-        if listen.ip().is_loopback() || insecure_no_auth {
-            WithoutKeys::Anyone
-        } else {
-            WithoutKeys::NoOne
-        }
-    }
 }
 
 impl KeyStore {
@@ -210,26 +188,23 @@ impl KeyStore {
         }
     }
 
-    /// Whether no key exists (then `WithoutKeys` decides who is served).
+    /// Whether no key exists.
     pub fn is_empty(&self) -> bool {
         self.refresh();
         self.state.read().map(|s| s.keys.is_empty()).unwrap_or(false)
     }
 
     /// The caller the value of an `Authorization` header names. With no keys
-    /// at all, whoever `without_keys` says if this process never had a key,
-    /// and no one if it had: revoking the last key never opens a server.
-    pub fn caller(
-        &self,
-        authorization: Option<&str>,
-        without_keys: WithoutKeys,
-    ) -> Result<Principal, AuthFailure> {
+    /// at all, anyone if this process never had a key, and no one if it had:
+    /// revoking the last key never opens a server.
+    pub fn caller(&self, authorization: Option<&str>) -> Result<Principal, AuthFailure> {
         self.refresh();
         let state = self.state.read().unwrap_or_else(|p| p.into_inner());
         if state.keys.is_empty() {
-            return match without_keys {
-                WithoutKeys::Anyone if !state.had_keys => Ok(Principal::anyone()),
-                _ => Err(AuthFailure::NoKeys),
+            return if state.had_keys {
+                Err(AuthFailure::NoKeys)
+            } else {
+                Ok(Principal::anyone())
             };
         }
         let token = authorization
@@ -350,17 +325,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (_, key) = create(dir.path(), Role::Write, Some(vec!["a".into()])).unwrap();
         let store = KeyStore::open(dir.path()).unwrap();
-        let who = store
-            .caller(Some(&format!("Bearer {key}")), WithoutKeys::NoOne)
-            .unwrap();
+        let who = store.caller(Some(&format!("Bearer {key}"))).unwrap();
         assert_eq!(who.role, Role::Write);
         assert!(who.may_access("a") && !who.may_access("b"));
+        assert_eq!(store.caller(None).unwrap_err(), AuthFailure::Missing);
         assert_eq!(
-            store.caller(None, WithoutKeys::NoOne).unwrap_err(),
-            AuthFailure::Missing
-        );
-        assert_eq!(
-            store.caller(Some(&key), WithoutKeys::NoOne).unwrap_err(),
+            store.caller(Some(&key)).unwrap_err(),
             AuthFailure::Missing,
             "Bearer is required"
         );
@@ -368,15 +338,11 @@ mod tests {
         wrong.pop();
         wrong.push('x');
         assert_eq!(
-            store
-                .caller(Some(&format!("Bearer {wrong}")), WithoutKeys::NoOne)
-                .unwrap_err(),
+            store.caller(Some(&format!("Bearer {wrong}"))).unwrap_err(),
             AuthFailure::Invalid
         );
         assert_eq!(
-            store
-                .caller(Some("Bearer truce_nope_00"), WithoutKeys::NoOne)
-                .unwrap_err(),
+            store.caller(Some("Bearer truce_nope_00")).unwrap_err(),
             AuthFailure::Invalid
         );
         let text = std::fs::read_to_string(dir.path().join(KEYS_FILE)).unwrap();
@@ -386,29 +352,22 @@ mod tests {
         );
     }
 
-    /// A server that never had a key serves everyone on loopback (or with
-    /// --insecure-no-auth) and no one beyond it; one whose last key goes
-    /// while it runs refuses everyone, wherever it listens.
+    /// A server that never had a key serves everyone (it listens on loopback,
+    /// or was told `--insecure-no-auth`); one whose last key goes while it
+    /// runs refuses everyone.
     #[test]
     fn a_server_that_had_keys_never_falls_open() {
         let dir = tempfile::tempdir().unwrap();
         let store = KeyStore::open(dir.path()).unwrap();
-        let anyone = store.caller(None, WithoutKeys::Anyone).unwrap();
-        assert_eq!(anyone.role, Role::Admin);
-        assert_eq!(
-            store.caller(None, WithoutKeys::NoOne).unwrap_err(),
-            AuthFailure::NoKeys
-        );
+        assert_eq!(store.caller(None).unwrap().role, Role::Admin);
 
         // A running server sees the keys file's changes within KEYS_RELOAD_MS.
         let reloaded = || std::thread::sleep(std::time::Duration::from_millis(KEYS_RELOAD_MS as u64 + 50));
         let (stored, key) = create(dir.path(), Role::Read, None).unwrap();
         reloaded();
         let bearer = format!("Bearer {key}");
-        for rule in [WithoutKeys::Anyone, WithoutKeys::NoOne] {
-            assert_eq!(store.caller(None, rule).unwrap_err(), AuthFailure::Missing);
-            assert_eq!(store.caller(Some(&bearer), rule).unwrap().role, Role::Read);
-        }
+        assert_eq!(store.caller(None).unwrap_err(), AuthFailure::Missing);
+        assert_eq!(store.caller(Some(&bearer)).unwrap().role, Role::Read);
         run(KeysCommand::Revoke {
             id: stored.id,
             data: Some(dir.path().to_path_buf()),
@@ -416,27 +375,11 @@ mod tests {
         .unwrap();
         reloaded();
         for authorization in [None, Some(bearer.as_str())] {
-            for rule in [WithoutKeys::Anyone, WithoutKeys::NoOne] {
-                assert_eq!(
-                    store.caller(authorization, rule).unwrap_err(),
-                    AuthFailure::NoKeys,
-                    "a running server must not fall open when its last key is revoked ({rule:?})"
-                );
-            }
-        }
-    }
-
-    #[test]
-    fn only_loopback_listeners_serve_without_keys() {
-        for (listen, insecure, expected) in [
-            ("127.0.0.1:7070", false, WithoutKeys::Anyone),
-            ("[::1]:7070", false, WithoutKeys::Anyone),
-            ("0.0.0.0:7070", false, WithoutKeys::NoOne),
-            ("192.0.2.1:7070", false, WithoutKeys::NoOne),
-            ("0.0.0.0:7070", true, WithoutKeys::Anyone),
-        ] {
-            let listen = listen.parse().unwrap();
-            assert_eq!(WithoutKeys::for_listener(listen, insecure), expected, "{listen}");
+            assert_eq!(
+                store.caller(authorization).unwrap_err(),
+                AuthFailure::NoKeys,
+                "a running server must not fall open when its last key is revoked"
+            );
         }
     }
 

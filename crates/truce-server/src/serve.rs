@@ -12,7 +12,7 @@ use axum_server::accept::Accept;
 use crate::config::{LogFormat, ServeArgs, Settings};
 use crate::http::{self, AppState};
 use crate::http_threads::HttpThreads;
-use crate::keys::{KeyStore, WithoutKeys};
+use crate::keys::KeyStore;
 
 /// How long shutdown waits for in-flight requests before closing anyway.
 const SHUTDOWN_GRACE_MS: u64 = 10_000;
@@ -47,8 +47,8 @@ fn init_logging(format: LogFormat) {
 }
 
 /// Refuses to expose an unauthenticated server beyond loopback.
-fn check_exposure(settings: &Settings, keys: &KeyStore, without_keys: WithoutKeys) -> Result<(), String> {
-    if without_keys == WithoutKeys::NoOne && keys.is_empty() {
+fn check_exposure(settings: &Settings, keys: &KeyStore) -> Result<(), String> {
+    if !settings.listen.ip().is_loopback() && keys.is_empty() && !settings.insecure_no_auth {
         return Err(format!(
             "refusing to listen on {} without API keys: anyone reaching it could read and write everything. \
              Create a key with `truce keys create --role admin --data {}`, or pass --insecure-no-auth.",
@@ -68,8 +68,7 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
     std::fs::create_dir_all(&settings.data)
         .map_err(|e| format!("cannot create data directory {}: {e}", settings.data.display()))?;
     let keys = KeyStore::open(&settings.data)?;
-    let without_keys = WithoutKeys::for_listener(settings.listen, settings.insecure_no_auth);
-    check_exposure(&settings, &keys, without_keys)?;
+    check_exposure(&settings, &keys)?;
     let options = Options {
         hot_spots: settings.hot_spots,
         fjall: truce::storage::FjallOptions {
@@ -92,7 +91,6 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
     let state = Arc::new(AppState {
         db: db.clone(),
         keys,
-        without_keys,
         permits: Arc::new(Semaphore::new(settings.max_concurrent_requests)),
         request_timeout: Duration::from_millis(settings.request_timeout_ms),
         metrics: http::metrics::Metrics::new(db.clone()),

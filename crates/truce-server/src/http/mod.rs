@@ -32,7 +32,7 @@ mod queries;
 mod replication;
 mod tx;
 
-use crate::keys::{AuthFailure, KeyStore, Principal, WithoutKeys};
+use crate::keys::{AuthFailure, KeyStore, Principal};
 use error::ApiError;
 
 /// Longest `Truce-Source` label logged; longer ones are cut.
@@ -42,10 +42,8 @@ const SOURCE_BYTES_MAX: usize = 64;
 pub struct AppState {
     /// The database.
     pub db: Db,
-    /// API keys.
+    /// API keys (none since the start: no authentication).
     pub keys: KeyStore,
-    /// Who is served while there are no keys.
-    pub without_keys: WithoutKeys,
     /// Requests being served; none waits for a permit.
     pub permits: Arc<Semaphore>,
     /// Non-streaming requests time out after this.
@@ -141,24 +139,21 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         .with_state(state)
 }
 
-/// The caller named by the request's API key (with no keys, whoever
-/// `without_keys` says); the refusal otherwise.
+/// The caller named by the request's API key (anyone when the server never
+/// had keys); the refusal otherwise.
 fn principal(state: &AppState, headers: &HeaderMap) -> Result<Principal, Response> {
     let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    state
-        .keys
-        .caller(authorization, state.without_keys)
-        .map_err(|failure| {
-            let why = match failure {
-                AuthFailure::Missing => "send Authorization: Bearer <key>",
-                AuthFailure::Invalid => "this key is not valid",
-                AuthFailure::NoKeys => {
-                    "this server has no API keys (the last was revoked while it ran), and it does not \
+    state.keys.caller(authorization).map_err(|failure| {
+        let why = match failure {
+            AuthFailure::Missing => "send Authorization: Bearer <key>",
+            AuthFailure::Invalid => "this key is not valid",
+            AuthFailure::NoKeys => {
+                "this server has no API keys (the last was revoked while it ran), and it does not \
                      fall open: create one with `truce keys create`"
-                }
-            };
-            ApiError::Unauthorized(why).into_response()
-        })
+            }
+        };
+        ApiError::Unauthorized(why).into_response()
+    })
 }
 
 /// Verifies the API key and attaches the caller; the refusal otherwise.
