@@ -152,10 +152,9 @@ pub async fn query(
             }
         }
     };
-    let order = match params.0.get("order").map(String::as_str) {
-        None | Some("asc") => Order::Asc,
-        Some("desc") => Order::Desc,
-        Some(other) => return Err(bad(&format!("order={other}: use asc or desc"))),
+    let order = match params.0.get("order") {
+        None => Order::Asc,
+        Some(name) => Order::from_name(name).ok_or_else(|| bad(&format!("order={name}: use asc or desc")))?,
     };
     let q = Query {
         index,

@@ -33,6 +33,11 @@ impl Order {
             Order::Desc => "desc",
         }
     }
+
+    /// The order a wire name names.
+    pub fn from_name(name: &str) -> Option<Order> {
+        [Order::Asc, Order::Desc].into_iter().find(|o| o.name() == name)
+    }
 }
 
 /// A query of one collection.
@@ -227,8 +232,7 @@ pub fn encode_cursor(order: Order, key: &[u8]) -> String {
 pub fn decode_cursor(cursor: &str) -> Result<(Order, Vec<u8>)> {
     let bad = || invalid("not a cursor returned by this server".into());
     let (order, hex) = match cursor.split_once('-') {
-        Some(("asc", hex)) => (Order::Asc, hex),
-        Some(("desc", hex)) => (Order::Desc, hex),
+        Some((name, hex)) => (Order::from_name(name).ok_or_else(bad)?, hex),
         None if !cursor.is_empty() && cursor.bytes().all(|b| b.is_ascii_hexdigit()) => {
             return Err(invalid(
                 "a cursor from a server before 2026-12-05, which named no order: start the query again"
