@@ -346,6 +346,11 @@ pub async fn delete_doc(
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+    use truce::{Effect, Written};
+
+    use super::{WriteAnswer, if_none_match_hits, write_answer};
+
     #[test]
     fn if_none_match_compares_weakly() {
         let etag = "\"3-abc\"";
@@ -356,17 +361,12 @@ mod tests {
             "*",
             " \"3-abc\" ",
         ] {
-            assert!(super::if_none_match_hits(hit, etag), "{hit}");
+            assert!(if_none_match_hits(hit, etag), "{hit}");
         }
         for miss in ["\"3-abd\"", "3-abc", "W/3-abc", "w/\"3-abc\"", ""] {
-            assert!(!super::if_none_match_hits(miss, etag), "{miss}");
+            assert!(!if_none_match_hits(miss, etag), "{miss}");
         }
     }
-
-    use serde_json::json;
-    use truce::{Effect, Written};
-
-    use super::{WriteAnswer, write_answer};
 
     #[test]
     fn write_answer_gives_the_bytes_of_serialize() {
