@@ -1242,8 +1242,15 @@ fn every_documented_error_code_is_produced() {
     record(&api.put("/v1/c/e/_indexes/bad", json!({"fields": 1})));
     record(&api.put("/v1/c/e/_config", json!({"ttl": {"field": "t", "seconds": 0}})));
     record(&api.get("/v1/c/e?order=sideways"));
-    // 404, 409, 422, 428.
+    // 404, 405, 409, 422, 428.
     record(&api.get("/no/such/route"));
+    let wrong_method = api.call(Method::POST, "/v1/c/e/doc", &[], Some("{}".into()));
+    assert_eq!(
+        wrong_method.header("allow"),
+        Some("GET,HEAD,PUT,PATCH,DELETE"),
+        "405 names the methods the route has"
+    );
+    record(&wrong_method);
     record(&api.put("/v1/c/e/doc", json!({})));
     api.put("/v1/c/e/_indexes/u", json!({"fields": ["s"], "unique": true}));
     api.wait_index_ready("e", "u");
@@ -1427,7 +1434,8 @@ fn request_errors_in_context() {
     assert_eq!(not_a_filter.status, 400, "{}", not_a_filter.text);
     assert_eq!(api.get("/v1/c/e/x").json["a"], 1);
 
-    // Unknown routes and methods: 404 with a JSON error body.
+    // Unknown routes: 404 with a JSON error body; a method a route does not
+    // have: 405.
     let unknown = api.get("/nope");
     unknown.error(404, "not_found");
     assert!(
@@ -1437,7 +1445,7 @@ fn request_errors_in_context() {
             .starts_with("application/json")
     );
     api.call(Method::POST, "/v1/c/e/x", &[], Some("{}".into()))
-        .error(404, "not_found");
+        .error(405, "method_not_allowed");
     api.get("/v2/c").error(404, "not_found");
 
     // A transaction of more than 1,000 ops.

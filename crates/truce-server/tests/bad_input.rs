@@ -820,8 +820,8 @@ fn cases() -> Vec<Case> {
         case(
             "a method a route does not have",
             request("POST", "/v1/c/t/s", &[], b"{}"),
-            404,
-            "not_found",
+            405,
+            "method_not_allowed",
         ),
     ]
 }

@@ -30,6 +30,8 @@ pub enum ApiError {
     Forbidden(String),
     /// No such route or resource.
     NotFound(String),
+    /// The route exists but has no such method (the router adds `Allow`).
+    MethodNotAllowed,
     /// A DELETE without a precondition.
     PreconditionRequired,
     /// The request body is too large.
@@ -130,6 +132,11 @@ impl ApiError {
             }
             ApiError::Forbidden(message) => plain(StatusCode::FORBIDDEN, "forbidden", message.clone()),
             ApiError::NotFound(message) => plain(StatusCode::NOT_FOUND, "not_found", message.clone()),
+            ApiError::MethodNotAllowed => plain(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this route does not take this method; the Allow header lists those it takes".into(),
+            ),
             ApiError::PreconditionRequired => plain(
                 StatusCode::PRECONDITION_REQUIRED,
                 "precondition_required",

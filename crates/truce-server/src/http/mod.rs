@@ -69,6 +69,10 @@ async fn no_route() -> ApiError {
     ApiError::NotFound("no such route; see /openapi.json".into())
 }
 
+async fn no_method() -> ApiError {
+    ApiError::MethodNotAllowed
+}
+
 /// The server's service over `state`, with a body limit of `max_body_bytes`:
 /// the document routes' direct path (`fast.rs`) in front of the router.
 pub fn app(state: Arc<AppState>, max_body_bytes: usize) -> fast::App {
@@ -133,7 +137,7 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         .route("/openapi.json", get(openapi_json))
         .route("/dashboard", get(insights::dashboard))
         .fallback(no_route)
-        .method_not_allowed_fallback(no_route)
+        .method_not_allowed_fallback(no_method)
         .layer(middleware::from_fn_with_state(Arc::clone(&state), front))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(state)
