@@ -297,6 +297,21 @@ fn cases() -> Vec<Case> {
             "invalid_collection",
         ),
         case("id starting with _", get("/v1/c/t/_secret"), 400, "invalid_id"),
+        // URL resolution removes these segments, so no URL could name such a
+        // document again.
+        case("the id .", put("/v1/c/t/.", "{}"), 400, "invalid_id"),
+        case("the id .., percent-encoded", put("/v1/c/t/%2E%2E", "{}"), 400, "invalid_id"),
+        case(
+            "the id .. in a transaction",
+            request(
+                "POST",
+                "/v1/tx",
+                &[],
+                br#"{"ops": [{"op": "put", "c": "t", "id": "..", "doc": {}}]}"#,
+            ),
+            400,
+            "invalid_id",
+        ),
         case(
             "bad collection name",
             put("/v1/c/9lives/a", "{}"),

@@ -295,7 +295,8 @@ pub fn validate_collection_name(name: &str) -> Result<()> {
     }
 }
 
-/// Checks a document id: 1–512 bytes of UTF-8, no control characters, not starting with `_`.
+/// Checks a document id: 1–512 bytes of UTF-8, no control characters, not
+/// starting with `_`, not `.` or `..`.
 pub fn validate_id(id: &str) -> Result<()> {
     if id.is_empty() || id.len() > ID_BYTES_MAX {
         return Err(Error::InvalidId(format!(
@@ -310,6 +311,13 @@ pub fn validate_id(id: &str) -> Result<()> {
     }
     if id.chars().any(char::is_control) {
         return Err(Error::InvalidId(format!("{id:?} contains a control character")));
+    }
+    if id == "." || id == ".." {
+        // A document is addressed by a URL path segment, and URL resolution
+        // (RFC 3986, 5.2.4) removes these two, percent-encoded or not.
+        return Err(Error::InvalidId(format!(
+            "{id:?} is not an id: URLs resolve it as a path step, so no URL could name the document"
+        )));
     }
     Ok(())
 }
@@ -519,10 +527,10 @@ mod tests {
 
     #[test]
     fn ids() {
-        for ok in ["a", "é", "a b/c", &"x".repeat(512)] {
+        for ok in ["a", "é", "a b/c", ".a", "..a", "...", &"x".repeat(512)] {
             validate_id(ok).unwrap();
         }
-        for bad in ["", "_a", "a\nb", "a\u{0}", &"x".repeat(513)] {
+        for bad in ["", "_a", "a\nb", "a\u{0}", ".", "..", &"x".repeat(513)] {
             assert_eq!(validate_id(bad).unwrap_err().code(), "invalid_id", "{bad:?}");
         }
     }

@@ -414,9 +414,13 @@ pub struct ApiDoc;
 
 /// Collection and index names (API.md, "Conventions").
 const NAME_PATTERN: &str = "^[A-Za-z][A-Za-z0-9_-]{0,63}$";
-/// Document ids: not starting with `_`, no control characters (and 1–512 bytes,
-/// which a JSON Schema length in characters cannot say exactly).
-const ID_PATTERN: &str = "^[^_\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$";
+/// Document ids: not starting with `_`, no control characters, not `.` or `..`
+/// (and 1–512 bytes, which a JSON Schema length in characters cannot say
+/// exactly). Without lookahead: a first character other than `_` and `.`, or
+/// `.` and a second other than `.`, or `..` and at least one more.
+const ID_PATTERN: &str = "^([^_.\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*\
+                          |\\.[^.\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*\
+                          |\\.\\.[^\\u0000-\\u001f\\u007f-\\u009f]+)$";
 /// A revision, `{version}-{hash}`: a version from 1 to below 10^19 (a u64),
 /// and a hash of 32 lowercase hex digits.
 const REV_PATTERN: &str = "^0*[1-9][0-9]{0,18}-[0-9a-f]{32}$";
@@ -620,7 +624,8 @@ fn constrain_parameters(path: &str, writes: bool, operation: &mut Operation) {
             (ParameterIn::Path, "name") => (string_with_pattern(NAME_PATTERN), name),
             (ParameterIn::Path, "id") => (
                 id_schema(),
-                "Document id: 1–512 bytes of UTF-8, no control characters, not starting with `_`",
+                "Document id: 1–512 bytes of UTF-8, no control characters, not starting with `_`, \
+                 not `.` or `..`",
             ),
             (ParameterIn::Header, "If-Match") => (
                 string_with_pattern(IF_MATCH_PATTERN),
