@@ -15,7 +15,7 @@ pub type Target = fn(&[u8]);
 
 /// Every target, by the name of its directory under `fuzz/corpus/` and its
 /// file under `fuzz/fuzz_targets/`.
-pub const TARGETS: [(&str, Target); 7] = [
+pub const TARGETS: [(&str, Target); 8] = [
     ("record", record),
     ("recovery", recovery),
     ("filter", filter),
@@ -23,6 +23,7 @@ pub const TARGETS: [(&str, Target); 7] = [
     ("document", document),
     ("cursor", cursor),
     ("checkpoint", checkpoint),
+    ("json", json),
 ];
 
 /// A fixed time, so that runs are reproducible.
@@ -251,4 +252,19 @@ pub fn checkpoint(data: &[u8]) {
         return;
     };
     let _ = truce_server::wire::checkpoint(Some(value));
+}
+
+/// A request body or JSON parameter (`truce_server::wire::json`), against
+/// `serde_json`: the same value whenever both read the bytes, and a refusal
+/// of bytes `serde_json` reads only for an object that names a key twice.
+pub fn json(data: &[u8]) {
+    match (
+        truce_server::wire::json(data),
+        serde_json::from_slice::<Value>(data),
+    ) {
+        (Ok(ours), Ok(theirs)) => assert_eq!(ours, theirs, "both read it, differently"),
+        (Ok(_), Err(e)) => panic!("read bytes serde_json refuses ({e})"),
+        (Err(e), Ok(_)) => assert!(e.to_string().contains("appears twice"), "refused: {e}"),
+        (Err(_), Err(_)) => {}
+    }
 }

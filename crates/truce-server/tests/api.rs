@@ -1385,6 +1385,37 @@ fn request_errors_in_context() {
         .error(400, "invalid_json");
     api.call(Method::PATCH, "/v1/c/e/x", &[], Some("nope".into()))
         .error(400, "invalid_json");
+    // A key named twice: serde_json alone would keep the last one, so a create
+    // (`_version: 0`) would become a write guarded by version 5.
+    let twice = api.call(
+        Method::PUT,
+        "/v1/c/e/x",
+        &[],
+        Some(r#"{"_version": 0, "_version": 5}"#.into()),
+    );
+    let message = twice.error(400, "invalid_json")["message"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(message.contains("\"_version\" appears twice"), "{}", twice.text);
+    api.call(
+        Method::PATCH,
+        "/v1/c/e/x",
+        &[],
+        Some(r#"{"$inc": {"n": 1, "n": 2}, "$upsert": true}"#.into()),
+    )
+    .error(400, "invalid_json");
+    api.call(
+        Method::POST,
+        "/v1/tx",
+        &[],
+        Some(
+            r#"{"ops": [{"op": "put", "c": "e", "id": "t", "doc": {}, "version": 0, "version": 3}]}"#.into(),
+        ),
+    )
+    .error(400, "invalid_json");
+    api.get("/v1/c/e?eq=%7B%22a%22%3A1%2C%22a%22%3A2%7D")
+        .error(400, "invalid_query");
+    api.get("/v1/c/e/x").error(404, "not_found");
     api.put("/v1/c/e/x", json!([1, 2])).error(400, "invalid_document");
     api.put("/v1/c/e/x", json!("text")).error(400, "invalid_document");
     let deep = format!("{}1{}", "{\"a\":".repeat(40), "}".repeat(40));

@@ -312,6 +312,14 @@ fn cases() -> Vec<Case> {
             400,
             "invalid_id",
         ),
+        // serde_json alone keeps the last of two equal keys: the create asked
+        // for first would be a write guarded by version 5.
+        case(
+            "a key named twice",
+            put("/v1/c/t/a", r#"{"_version": 0, "_version": 5}"#),
+            400,
+            "invalid_json",
+        ),
         case(
             "bad collection name",
             put("/v1/c/9lives/a", "{}"),

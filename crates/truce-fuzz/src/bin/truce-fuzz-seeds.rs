@@ -132,5 +132,16 @@ fn main() {
         json!({"seq": -1, "id": 3}),
     ];
     write(&dir, "checkpoint", texts(&checkpoints));
+    write(
+        &dir,
+        "json",
+        vec![
+            br#"{"_version": 0, "_version": 5, "a": [1, 2.5, "x", null, true]}"#.to_vec(),
+            br#"{"a": {"k": 1}, "b": {"k": 1}, "c": [{"k": 1}, {"k": 1}]}"#.to_vec(),
+            br#"{"$inc": {"n": 1}, "$upsert": true}"#.to_vec(),
+            br#"[{"s": "\u00fc\ud83d\ude00"}, -0, 1e-7, 18446744073709551616]"#.to_vec(),
+            br#"{"a": 1,}"#.to_vec(),
+        ],
+    );
     println!("seeds written under {}", dir.display());
 }

@@ -44,9 +44,10 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
     }
 }
 
-/// A request body parsed as JSON, or `invalid_json`.
+/// A request body parsed as JSON, or `invalid_json` (an object that names a
+/// key twice too: [`truce_server::wire::json`]).
 pub fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
-    serde_json::from_slice(bytes).map_err(|e| ApiError::InvalidJson(format!("body: {e}")))
+    truce_server::wire::json(bytes).map_err(|e| ApiError::InvalidJson(format!("body: {e}")))
 }
 
 /// Path parameters; undecodable ones are `invalid_id`.
@@ -122,7 +123,7 @@ impl Params {
         self.0
             .get(name)
             .map(|v| {
-                serde_json::from_str(v)
+                truce_server::wire::json(v.as_bytes())
                     .map_err(|e| ApiError::BadRequest("invalid_query", format!("{name}: not JSON: {e}")))
             })
             .transpose()
