@@ -1,30 +1,39 @@
-//! The client against a real `truce serve`: create-only → 409 carrying the
-//! current document → versioned write → `$inc` → delete → 404 → transaction →
-//! index query → change feed (normal and long poll).
+//! The Rust client (`truce-client`) against a real `truce serve`: create-only
+//! → 409 carrying the current document → versioned write → `$inc` → delete →
+//! 404 → transaction → index query → change feed (normal and long
+//! poll).
 //!
-//! Skips (prints a line and passes) unless `TRUCE_TEST_URL` names a server,
-//! e.g. `TRUCE_TEST_URL=http://127.0.0.1:7070 cargo test -p truce-client --test against_server`.
-//! `TRUCE_TEST_KEY` is sent as the API key when set.
+//! Each test starts its own server on loopback. `TRUCE_TEST_URL` points them
+//! at another one instead, e.g.
+//! `TRUCE_TEST_URL=http://127.0.0.1:7070 cargo test -p truce-server --test client`;
+//! `TRUCE_TEST_KEY` is then sent as the API key when set.
+
+mod common;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use common::Server;
 use serde_json::json;
 use truce_client::{
     ChangesOptions, Client, ConflictReason, DeletePrecondition, IndexSpec, Precondition, Query, Transaction,
 };
 
-fn server() -> Option<Client> {
-    let Some(url) = std::env::var("TRUCE_TEST_URL").ok().filter(|u| !u.is_empty()) else {
-        eprintln!(
-            "against_server: skipped (set TRUCE_TEST_URL=http://127.0.0.1:7070 to run against a server)"
-        );
-        return None;
-    };
-    let mut builder = Client::builder(&url).source("clientIntegrationTest");
-    if let Ok(key) = std::env::var("TRUCE_TEST_KEY") {
-        builder = builder.api_key(&key);
+/// A client of the server named by `TRUCE_TEST_URL`, or else of a server of
+/// its own, which lives as long as the returned guard.
+fn server() -> (Client, Option<Server>) {
+    if let Some(url) = std::env::var("TRUCE_TEST_URL").ok().filter(|u| !u.is_empty()) {
+        let mut builder = Client::builder(&url).source("clientIntegrationTest");
+        if let Ok(key) = std::env::var("TRUCE_TEST_KEY") {
+            builder = builder.api_key(&key);
+        }
+        return (builder.build().expect("TRUCE_TEST_URL is a valid base URL"), None);
     }
-    Some(builder.build().expect("TRUCE_TEST_URL is a valid base URL"))
+    let own = Server::start();
+    let client = Client::builder(&own.url())
+        .source("clientIntegrationTest")
+        .build()
+        .expect("the server's URL");
+    (client, Some(own))
 }
 
 /// A collection of its own for each run, so runs do not see each other.
@@ -38,7 +47,7 @@ fn fresh_collection(prefix: &str) -> String {
 
 #[tokio::test]
 async fn single_document_writes_tell_their_story() {
-    let Some(client) = server() else { return };
+    let (client, _server) = server();
     let coll = fresh_collection("clientDocs");
 
     // Create only.
@@ -125,7 +134,7 @@ async fn single_document_writes_tell_their_story() {
 
 #[tokio::test]
 async fn transactions_queries_and_the_change_feed() {
-    let Some(client) = server() else { return };
+    let (client, _server) = server();
     let coll = fresh_collection("clientTx");
 
     let open = Transaction::new()
@@ -223,7 +232,6 @@ async fn transactions_queries_and_the_change_feed() {
             .iter()
             .any(|i| i.name == "by_kind")
     );
-
     // The feed: commit order, each document once at its latest change.
     let feed = client
         .changes(&coll, &ChangesOptions::new().include_docs(true))
@@ -267,7 +275,7 @@ async fn transactions_queries_and_the_change_feed() {
 
 #[tokio::test]
 async fn update_with_retry_survives_concurrent_writers() {
-    let Some(client) = server() else { return };
+    let (client, _server) = server();
     let coll = fresh_collection("clientUpdate");
     let writers = 8;
     let tasks: Vec<_> = (0..writers)
