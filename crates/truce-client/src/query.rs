@@ -250,6 +250,23 @@ impl Client {
         }
     }
 
+    /// Drops index `name` of `coll`: at once it is neither maintained,
+    /// enforced nor queryable. Its entries are deleted in the background;
+    /// until then declaring the name again answers 503 `index_dropping`
+    /// (retried by [`create_index`](Self::create_index) like any 503).
+    pub async fn drop_index(&self, coll: &str, name: &str) -> Result<IndexInfo, ClientError> {
+        let call = Call::repeatable(
+            Method::DELETE,
+            self.url(&["v1", "c", coll, "_indexes", name]),
+            None,
+        );
+        let answer = self.execute(&call).await?;
+        match answer.status {
+            202 => decode::<IndexInfo>(&answer.body, "the dropped index"),
+            status => Err(http_error(status, &answer.body)),
+        }
+    }
+
     /// The indexes of `coll` and their state.
     pub async fn list_indexes(&self, coll: &str) -> Result<Vec<IndexInfo>, ClientError> {
         let call = Call::get(self.url(&["v1", "c", coll, "_indexes"]));

@@ -1,6 +1,6 @@
 //! The Rust client (`truce-client`) against a real `truce serve`: create-only
 //! → 409 carrying the current document → versioned write → `$inc` → delete →
-//! 404 → transaction → index query → change feed (normal and long
+//! 404 → transaction → index query and drop → change feed (normal and long
 //! poll).
 //!
 //! Each test starts its own server on loopback. `TRUCE_TEST_URL` points them
@@ -232,6 +232,24 @@ async fn transactions_queries_and_the_change_feed() {
             .iter()
             .any(|i| i.name == "by_kind")
     );
+    // Dropped: answered as it was, then gone; the same name declared right
+    // away is retried (503 index_dropping) until its entries are deleted.
+    let dropped = client.drop_index(&coll, "by_kind").await.expect("drop");
+    assert_eq!(
+        (dropped.name.as_str(), dropped.state.as_str()),
+        ("by_kind", "dropping")
+    );
+    assert!(client.list_indexes(&coll).await.expect("ok").is_empty());
+    let gone = client
+        .drop_index(&coll, "by_kind")
+        .await
+        .expect_err("dropped once");
+    assert_eq!(gone.code(), "not_found", "{gone}");
+    client
+        .create_index(&coll, "by_kind", &spec)
+        .await
+        .expect("declared again");
+
     // The feed: commit order, each document once at its latest change.
     let feed = client
         .changes(&coll, &ChangesOptions::new().include_docs(true))

@@ -83,6 +83,10 @@ pub enum Error {
         /// Documents added so far.
         backfilled: u64,
     },
+    /// An index of this name is being dropped; it can be declared again once
+    /// its entries are gone.
+    #[error("index {0} is being dropped; declare it again once it is gone")]
+    IndexDropping(String),
     /// The idempotency key was used before with a different request.
     #[error("idempotency key {0:?} was used with a different request")]
     IdempotencyKeyReused(String),
@@ -127,6 +131,7 @@ impl Error {
         "invalid_transaction",
         "not_found",
         "index_building",
+        "index_dropping",
         "idempotency_key_reused",
         "transaction_failed",
     ];
@@ -154,6 +159,7 @@ impl Error {
             Error::InvalidTransaction(_) => "invalid_transaction",
             Error::NotFound(_) => "not_found",
             Error::IndexBuilding { .. } => "index_building",
+            Error::IndexDropping(_) => "index_dropping",
             Error::IdempotencyKeyReused(_) => "idempotency_key_reused",
             Error::TransactionFailed { .. } => "transaction_failed",
         }
@@ -166,6 +172,7 @@ impl Error {
             Error::Overloaded
                 | Error::RetriesExhausted { .. }
                 | Error::IndexBuilding { .. }
+                | Error::IndexDropping(_)
                 | Error::TransactionFailed { .. }
         )
     }

@@ -75,6 +75,10 @@ pub const QUERY_LIMIT_MAX: usize = 1000;
 /// queued behind a backfill step wait well under a millisecond more.
 pub const BACKFILL_CHUNK_DOCS: usize = 256;
 
+/// Entries a dropped index loses per commit, for the same reason: each step
+/// is one group's worth of deletions, never the whole index at once.
+pub const INDEX_PURGE_CHUNK_ENTRIES: usize = 1024;
+
 /// Most operations in one transaction (as DynamoDB's TransactWriteItems allows 100
 /// and Firestore 500; a bit more, still far from dominating a group commit).
 pub const TX_OPS_MAX: usize = 1000;

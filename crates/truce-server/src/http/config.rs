@@ -11,9 +11,9 @@ use serde_json::{Map, Value, json};
 use truce::CollectionConfig;
 use truce::engine::RecountReport;
 
-use super::AppState;
 use super::error::ApiError;
 use super::extract::{JsonBody, Params, PathParams, authorize};
+use super::{AppState, blocking};
 use crate::keys::{Principal, Role};
 
 /// A recount report as JSON: `{"checked", "fixed": [{"group", "was", "now"}], "seq"}`.
@@ -25,15 +25,6 @@ pub fn recount_json(report: &RecountReport) -> Value {
         .map(|f| json!({"group": f.group, "was": f.was, "now": f.now}))
         .collect();
     json!({"checked": report.checked, "fixed": fixed, "seq": report.seq})
-}
-
-/// Runs blocking engine work (recounts read a whole collection) off the async threads.
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> truce::Result<T> + Send + 'static,
-) -> Result<T, ApiError> {
-    Ok(tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| ApiError::Engine(truce::Error::Unavailable(e.to_string())))??)
 }
 
 /// Refuses unless `who` may also write every collection the counters write:

@@ -66,7 +66,7 @@ pub fn engine_status(code: &str) -> StatusCode {
         "payload_too_large" | "limit_exceeded" => StatusCode::PAYLOAD_TOO_LARGE,
         "idempotency_key_reused" => StatusCode::UNPROCESSABLE_ENTITY,
         "overloaded" => StatusCode::TOO_MANY_REQUESTS,
-        "unavailable" | "index_building" => StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable" | "index_building" | "index_dropping" => StatusCode::SERVICE_UNAVAILABLE,
         "retries_exhausted" | "transaction_failed" => StatusCode::CONFLICT,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }

@@ -65,6 +65,16 @@ async fn openapi_json() -> Response {
     Json(openapi::document()).into_response()
 }
 
+/// Runs blocking engine work (a recount reads a whole collection, an index
+/// declaration or drop waits for its commit) off the async threads.
+pub(crate) async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> truce::Result<T> + Send + 'static,
+) -> Result<T, ApiError> {
+    Ok(tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| ApiError::Engine(truce::Error::Unavailable(e.to_string())))??)
+}
+
 async fn no_route() -> ApiError {
     ApiError::NotFound("no such route; see /openapi.json".into())
 }
@@ -91,7 +101,10 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         .route("/v1/c", get(queries::list_collections))
         .route("/v1/c/{coll}", get(queries::query))
         .route("/v1/c/{coll}/_indexes", get(queries::list_indexes))
-        .route("/v1/c/{coll}/_indexes/{name}", put(queries::put_index))
+        .route(
+            "/v1/c/{coll}/_indexes/{name}",
+            put(queries::put_index).delete(queries::delete_index),
+        )
         .route(
             "/v1/c/{coll}/_config",
             get(config::get_config).put(config::put_config),

@@ -57,7 +57,7 @@ pub struct Index {
     name: String,
     fields: Vec<String>,
     unique: bool,
-    /// `building`, `ready` or `failed`.
+    /// `building`, `ready` or `failed`; `dropping` in the answer to a drop.
     state: String,
     backfilled: u64,
     failure: Option<String>,
@@ -398,7 +398,8 @@ pub struct Insights {
     paths(
         super::documents::get_doc, super::documents::put_doc, super::documents::patch_doc,
         super::documents::delete_doc, super::queries::list_collections, super::queries::query,
-        super::queries::list_indexes, super::queries::put_index, super::tx::transaction,
+        super::queries::list_indexes, super::queries::put_index, super::queries::delete_index,
+        super::tx::transaction,
         super::changes::collection_changes, super::changes::all_changes, super::healthz,
         super::replication::pull, super::replication::push, super::replication::pull_stream,
         super::config::get_config, super::config::put_config, super::config::recount, super::config::outbox,

@@ -10,9 +10,9 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use truce::{IndexDef, IndexSpec, IndexState, Order, Query};
 
-use super::AppState;
 use super::error::ApiError;
 use super::extract::{JsonBody, Params, PathParams, authorize, first_unknown};
+use super::{AppState, blocking};
 use crate::keys::{Principal, Role};
 
 fn index_json(def: &IndexDef) -> Value {
@@ -66,7 +66,9 @@ pub async fn list_indexes(
     request_body = super::openapi::IndexBody,
     responses((status = 200, description = "Ready", body = super::openapi::Index),
                (status = 202, description = "Building", body = super::openapi::Index),
-               (status = 400, description = "Invalid definition", body = super::openapi::ErrorBody)))]
+               (status = 400, description = "Invalid definition", body = super::openapi::ErrorBody),
+               (status = 503, description = "`index_dropping`: a dropped index of this name is still being \
+                deleted; retry after `Retry-After`", body = super::openapi::ErrorBody)))]
 pub async fn put_index(
     State(state): State<Arc<AppState>>,
     Extension(who): Extension<Principal>,
@@ -106,11 +108,8 @@ pub async fn put_index(
     };
     let collection = state.db.collection(&coll)?;
     let index_name = name.clone();
-    let progress = tokio::task::spawn_blocking(move || {
-        collection.create_index(&index_name, IndexSpec { fields, unique })
-    })
-    .await
-    .map_err(|e| ApiError::Engine(truce::Error::Unavailable(e.to_string())))??;
+    let progress =
+        blocking(move || collection.create_index(&index_name, IndexSpec { fields, unique })).await?;
     let def = state.db.collection(&coll)?.index_status(&name)?;
     let status = if progress.state == IndexState::Building {
         StatusCode::ACCEPTED
@@ -118,6 +117,29 @@ pub async fn put_index(
         StatusCode::OK
     };
     Ok((status, axum::Json(index_json(&def))).into_response())
+}
+
+/// Drops an index: at once it is neither maintained, enforced nor
+/// queryable; its entries are deleted in the background, and until they are
+/// gone the name cannot be declared again (503 `index_dropping`).
+#[utoipa::path(delete, path = "/v1/c/{coll}/_indexes/{name}", tag = "queries",
+    params(("coll" = String, Path), ("name" = String, Path)),
+    responses((status = 202, description = "Dropped; its entries are being deleted", body = super::openapi::Index),
+               (status = 400, description = "Invalid name", body = super::openapi::ErrorBody),
+               (status = 404, description = "No such index", body = super::openapi::ErrorBody)))]
+pub async fn delete_index(
+    State(state): State<Arc<AppState>>,
+    Extension(who): Extension<Principal>,
+    PathParams((coll, name)): PathParams<(String, String)>,
+    params: Params,
+) -> Result<Response, ApiError> {
+    authorize(&who, Role::Admin, Some(&coll))?;
+    params.only(&[])?;
+    let collection = state.db.collection(&coll)?;
+    let mut def = collection.index_status(&name)?;
+    blocking(move || collection.drop_index(&name)).await?;
+    def.state = IndexState::Dropping;
+    Ok((StatusCode::ACCEPTED, axum::Json(index_json(&def))).into_response())
 }
 
 /// Queries a collection through an index, or in id order.

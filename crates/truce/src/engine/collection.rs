@@ -237,6 +237,18 @@ impl Collection {
         Ok(progress)
     }
 
+    /// Drops index `name`: from the commit this answers with (its sequence)
+    /// on, writes neither maintain nor check it (a unique index no longer
+    /// refuses anything) and queries cannot name it. Transactions whose
+    /// snapshot is older than the drop fail as `snapshot_too_old` (they may
+    /// have read it) and are retried. Its entries are deleted in the
+    /// background in short commits; until they are gone, declaring an index
+    /// of the same name fails with `index_dropping`, and the dropped index
+    /// still counts towards the collection's limit.
+    pub fn drop_index(&self, name: &str) -> Result<u64> {
+        self.db.submit_drop_index(&self.name, name)
+    }
+
     /// Every index of the collection, with its state and backfill progress.
     pub fn indexes(&self) -> Vec<IndexDef> {
         let catalog = self.db.shared().catalog.read().unwrap_or_else(|p| p.into_inner());

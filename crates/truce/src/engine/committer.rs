@@ -16,8 +16,8 @@ use crate::error::{Error, Result};
 use crate::index::{self, IndexDef, IndexState};
 use crate::limits::{
     BACKFILL_CHUNK_DOCS, BACKGROUND_TICK_MS, COMMIT_BATCH_BYTES_MAX, COMMIT_BATCH_REQUESTS_MAX,
-    COMMITTER_IDLE_MS, IDEMPOTENCY_PURGE_BATCH_MAX, OUTBOX_DRAIN_ENTRIES_MAX, TTL_SWEEP_DELETES_MAX,
-    TTL_SWEEP_SCAN_DOCS,
+    COMMITTER_IDLE_MS, IDEMPOTENCY_PURGE_BATCH_MAX, INDEX_PURGE_CHUNK_ENTRIES, OUTBOX_DRAIN_ENTRIES_MAX,
+    TTL_SWEEP_DELETES_MAX, TTL_SWEEP_SCAN_DOCS,
 };
 use crate::record::{self, IdempotencyRecord};
 use crate::storage::{Direction, Durability, Space, Storage};
@@ -61,6 +61,26 @@ pub enum Request {
     SetConfig(String, Box<CollectionConfig>, oneshot::Sender<Result<u64>>),
     /// Add amounts to target fields in one commit (recount corrections).
     Increment(Vec<Increment>, oneshot::Sender<Result<u64>>),
+    /// Drop an index: from this commit on it is neither maintained nor read.
+    /// Answers the drop's sequence.
+    DropIndex {
+        /// Collection.
+        collection: String,
+        /// Index name.
+        name: String,
+        /// Where the drop's sequence goes.
+        reply: oneshot::Sender<Result<u64>>,
+    },
+    /// Delete the next chunk of a dropped index's entries (the last step also
+    /// its definition). Answers how many entries went.
+    PurgeIndex {
+        /// Collection.
+        collection: String,
+        /// Index name.
+        name: String,
+        /// Where the count goes.
+        reply: oneshot::Sender<Result<u64>>,
+    },
     /// Add the next chunk of existing documents to a building index.
     Backfill {
         /// Collection.
@@ -104,9 +124,10 @@ impl Request {
             Request::DefineIndex(_, tx) | Request::Backfill { reply: tx, .. } => {
                 drop(tx.send(Err(unavailable(error))))
             }
-            Request::SetConfig(_, _, tx) | Request::Increment(_, tx) => {
-                drop(tx.send(Err(unavailable(error))))
-            }
+            Request::SetConfig(_, _, tx)
+            | Request::Increment(_, tx)
+            | Request::DropIndex { reply: tx, .. }
+            | Request::PurgeIndex { reply: tx, .. } => drop(tx.send(Err(unavailable(error)))),
         }
     }
 }
@@ -145,6 +166,8 @@ pub struct Committer {
     last_seq: u64,
     last_ts_ms: u64,
     indexes: Catalog,
+    /// Dropped indexes whose entries are still being deleted (not in `indexes`).
+    dropping: Vec<IndexDef>,
     collections: BTreeSet<String>,
     configs: HashMap<String, CollectionConfig>,
     outbox_entries: u64,
@@ -176,6 +199,7 @@ fn scan_prefix(
     storage: &dyn crate::storage::StorageRead,
     space: Space,
     prefix: &[u8],
+    limit: usize,
 ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
     let end = index::keys::prefix_end(prefix);
     Ok(storage.scan(
@@ -184,7 +208,7 @@ fn scan_prefix(
         end.as_deref()
             .map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded),
         Direction::Forward,
-        usize::MAX,
+        limit,
     )?)
 }
 
@@ -246,6 +270,15 @@ fn check(op: &PreparedOp, current: Option<&Arc<Document>>) -> std::result::Resul
 }
 
 impl Committer {
+    /// Dropped indexes whose entries are still being deleted, as
+    /// `(collection, name)`: a purge resumes for each on open.
+    pub fn dropping(&self) -> Vec<(String, String)> {
+        self.dropping
+            .iter()
+            .map(|d| (d.collection.clone(), d.name.clone()))
+            .collect()
+    }
+
     /// Recovers the last sequence number, commit time and index definitions.
     /// `poll` is how it will wait for requests (`engine/poll.rs`).
     pub fn recover(shared: Arc<Shared>, poll: PollWindow) -> Result<Committer> {
@@ -258,6 +291,7 @@ impl Committer {
         }
         let last_ts_ms = read_meta_counter(storage, META_LAST_TS)?;
         let mut indexes: Catalog = HashMap::new();
+        let mut dropping = Vec::new();
         let end = index::keys::prefix_end(index::META_PREFIX);
         let defs = storage.scan(
             Space::Meta,
@@ -269,7 +303,11 @@ impl Committer {
         )?;
         for (_, bytes) in defs {
             let def = IndexDef::from_json(&record::decode_json(&bytes)?)?;
-            indexes.entry(def.collection.clone()).or_default().push(def);
+            if def.state == IndexState::Dropping {
+                dropping.push(def);
+            } else {
+                indexes.entry(def.collection.clone()).or_default().push(def);
+            }
         }
         let end = index::keys::prefix_end(META_COLLECTION_PREFIX);
         let names = storage.scan(
@@ -285,11 +323,11 @@ impl Committer {
             .map(|(key, _)| String::from_utf8_lossy(&key[META_COLLECTION_PREFIX.len()..]).into_owned())
             .collect();
         let mut configs = HashMap::new();
-        for (key, bytes) in scan_prefix(storage, Space::Meta, config::META_PREFIX)? {
+        for (key, bytes) in scan_prefix(storage, Space::Meta, config::META_PREFIX, usize::MAX)? {
             let name = String::from_utf8_lossy(&key[config::META_PREFIX.len()..]).into_owned();
             configs.insert(name, CollectionConfig::from_json(&record::decode_json(&bytes)?)?);
         }
-        let outbox = scan_prefix(storage, Space::Outbox, b"")?;
+        let outbox = scan_prefix(storage, Space::Outbox, b"", usize::MAX)?;
         let outbox_entries = outbox.len() as u64;
         let outbox_oldest_ms = match outbox.first() {
             Some((_, bytes)) => Some(counters::decode_outbox(bytes)?.1),
@@ -305,6 +343,7 @@ impl Committer {
             last_seq,
             last_ts_ms,
             indexes,
+            dropping,
             collections,
             configs,
             outbox_entries,
@@ -568,6 +607,19 @@ impl Committer {
                     catalog_changed = true;
                     Answer::Index(reply, self.define_index(&mut group, *def))
                 }
+                Request::DropIndex {
+                    collection,
+                    name,
+                    reply,
+                } => {
+                    catalog_changed = true;
+                    Answer::Seq(reply, self.drop_index(&mut group, &collection, &name))
+                }
+                Request::PurgeIndex {
+                    collection,
+                    name,
+                    reply,
+                } => Answer::Seq(reply, self.purge_index(&mut group, &collection, &name)),
                 Request::Backfill {
                     collection,
                     name,
@@ -900,6 +952,15 @@ impl Committer {
     }
 
     fn define_index(&mut self, group: &mut Group<'_>, def: IndexDef) -> Result<IndexProgress> {
+        let dropping = self
+            .dropping
+            .iter()
+            .filter(|d| d.collection == def.collection)
+            .collect::<Vec<_>>();
+        if dropping.iter().any(|d| d.name == def.name) {
+            return Err(Error::IndexDropping(def.name));
+        }
+        let dropping = dropping.len();
         let list = self.indexes.entry(def.collection.clone()).or_default();
         if let Some(existing) = list.iter().find(|d| d.name == def.name) {
             if existing.spec != def.spec {
@@ -914,7 +975,8 @@ impl Committer {
                 next: None,
             });
         }
-        index::check_count(list.len())?;
+        // A dropped index counts until its entries are gone.
+        index::check_count(list.len() + dropping)?;
         group.put(
             Space::Meta,
             def.meta_key(),
@@ -927,6 +989,74 @@ impl Committer {
         };
         list.push(def);
         Ok(progress)
+    }
+
+    /// Takes index `name` of `collection` out of use, as a commit of its own
+    /// (the next sequence): later commits neither maintain nor check it, and
+    /// no reader can find it once this group is stored. Its entries stay
+    /// until [`purge_index`](Self::purge_index) has deleted them.
+    fn drop_index(&mut self, group: &mut Group<'_>, collection: &str, name: &str) -> Result<u64> {
+        let list = self.indexes.get_mut(collection);
+        let Some((list, at)) = list.and_then(|l| l.iter().position(|d| d.name == name).map(|at| (l, at)))
+        else {
+            return Err(Error::NotFound(format!(
+                "index {name} of collection {collection}"
+            )));
+        };
+        let mut def = list.remove(at);
+        def.state = IndexState::Dropping;
+        group.put(
+            Space::Meta,
+            def.meta_key(),
+            Some(record::encode_json(&def.to_json())),
+        );
+        self.dropping.push(def);
+        group.seq += 1;
+        // Readers take their snapshot first and read the catalog after it
+        // (`read::run_query`), so with the index gone from the shared
+        // catalog before this group is stored, a reader that still finds it
+        // has a snapshot from before the drop.
+        let mut catalog = self.shared.catalog.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(list) = catalog.get_mut(collection) {
+            list.retain(|d| d.name != name);
+        }
+        drop(catalog);
+        // A transaction that read a range of this index before the drop would
+        // not see later writes into that range (they no longer write its
+        // entries): every transaction whose snapshot is older than the drop
+        // fails as too old and is retried.
+        self.recent.forget_through(group.seq);
+        Ok(group.seq)
+    }
+
+    /// Deletes up to [`INDEX_PURGE_CHUNK_ENTRIES`] entries of dropped index
+    /// `name` of `collection`, and with the last of them its definition, which
+    /// frees the name. Answers how many entries went: fewer than the chunk
+    /// means the index is gone.
+    fn purge_index(&mut self, group: &mut Group<'_>, collection: &str, name: &str) -> Result<u64> {
+        let at = self
+            .dropping
+            .iter()
+            .position(|d| d.collection == collection && d.name == name)
+            .ok_or_else(|| Error::NotFound(format!("dropped index {name} of collection {collection}")))?;
+        // Stored entries only: none are added after the drop, and this step
+        // comes after the drop's group was stored.
+        let prefix = self.dropping[at].prefix();
+        let entries = scan_prefix(
+            &*self.shared.storage,
+            Space::Index,
+            &prefix,
+            INDEX_PURGE_CHUNK_ENTRIES,
+        )?;
+        let gone = entries.len();
+        for (key, _) in entries {
+            group.put(Space::Index, key, None);
+        }
+        if gone < INDEX_PURGE_CHUNK_ENTRIES {
+            let def = self.dropping.remove(at);
+            group.put(Space::Meta, def.meta_key(), None);
+        }
+        Ok(gone as u64)
     }
 
     fn backfill(

@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::index::IndexState;
 use crate::limits::{
     COMMIT_POLL_US_DEFAULT, COMMIT_POLL_US_MAX, COMMIT_QUEUE_REQUESTS_MAX, HOT_SPOTS_TRACKED_DEFAULT,
-    IDEMPOTENCY_RETENTION_MS_DEFAULT,
+    IDEMPOTENCY_RETENTION_MS_DEFAULT, INDEX_PURGE_CHUNK_ENTRIES,
 };
 use crate::storage::{Durability, FjallOptions, FjallStorage, Storage};
 
@@ -168,6 +168,7 @@ impl Db {
             insights: insights::Insights::new(options.hot_spots)?,
         });
         let committer = Committer::recover(Arc::clone(&shared), poll)?;
+        let dropping = committer.dropping();
         let (queue, receiver) = mpsc::sync_channel(options.queue_capacity);
         let handle = std::thread::Builder::new()
             .name("truce-committer".into())
@@ -183,6 +184,9 @@ impl Db {
             inner: Arc::new(inner),
         };
         db.resume_backfills();
+        for (collection, name) in dropping {
+            db.spawn_purge(collection, name);
+        }
         Ok(db)
     }
 
@@ -460,65 +464,107 @@ impl Db {
         }
     }
 
-    /// Backfills index `name` of `collection` in short steps on a background
-    /// thread. Holds only a weak handle, so it never keeps a closed database open;
-    /// an unfinished backfill resumes on the next open.
-    pub(crate) fn spawn_backfill(&self, collection: String, name: String) {
+    /// Runs `step` on a background thread named `thread` until it answers
+    /// `Ok(false)` (done) or fails; a full queue is retried after a pause.
+    /// Holds only a weak handle, so it never keeps a closed database open;
+    /// unfinished work resumes on the next open.
+    fn spawn_steps(&self, thread: String, mut step: impl FnMut(&Db) -> Result<bool> + Send + 'static) {
         let weak: Weak<Inner> = Arc::downgrade(&self.inner);
-        let spawned = std::thread::Builder::new().name(format!("truce-backfill-{name}")).spawn(move || {
-            let mut after = None;
+        let name = thread.clone();
+        let spawned = std::thread::Builder::new().name(thread.clone()).spawn(move || {
             loop {
                 let Some(inner) = weak.upgrade() else { return };
-                let db = Db { inner };
-                let (reply, answer) = oneshot::channel();
-                let request =
-                    Request::Backfill { collection: collection.clone(), name: name.clone(), after: after.take(), reply };
-                let progress = match db.submit(request) {
-                    Ok(()) => answer.recv().unwrap_or_else(|_| Err(Error::Unavailable("committer stopped".into()))),
-                    Err(Error::Overloaded) => {
-                        std::thread::sleep(Duration::from_millis(10));
-                        continue;
-                    }
-                    Err(e) => Err(e),
-                };
-                match progress {
-                    Ok(p) if p.state == IndexState::Building => {
-                        tracing::info!(index = %name, collection = %collection, backfilled = p.backfilled, "index backfill");
-                        after = p.next;
-                    }
-                    Ok(p) => {
-                        tracing::info!(index = %name, collection = %collection, state = p.state.name(), "index backfill done");
-                        return;
-                    }
-                    Err(e) => return tracing::warn!(index = %name, "index backfill stopped: {e}"),
+                match step(&Db { inner }) {
+                    Ok(true) => {}
+                    Ok(false) => return,
+                    Err(Error::Overloaded) => std::thread::sleep(Duration::from_millis(10)),
+                    Err(e) => return tracing::warn!("{name} stopped: {e}"),
                 }
             }
         });
         if let Err(e) = spawned {
-            tracing::error!("cannot start the index backfill thread: {e}");
+            tracing::error!("cannot start the {thread} thread: {e}");
         }
+    }
+
+    /// Backfills index `name` of `collection` in short steps on a background
+    /// thread; an unfinished backfill resumes on the next open.
+    pub(crate) fn spawn_backfill(&self, collection: String, name: String) {
+        let mut after = None;
+        self.spawn_steps(format!("truce-backfill-{name}"), move |db| {
+            let request = |reply| Request::Backfill {
+                collection: collection.clone(),
+                name: name.clone(),
+                after: after.clone(),
+                reply,
+            };
+            let progress = match db.ask(request) {
+                Err(Error::NotFound(_)) => {
+                    tracing::info!(index = %name, collection = %collection, "index backfill stopped: the index was dropped");
+                    return Ok(false);
+                }
+                answer => answer?,
+            };
+            if progress.state == IndexState::Building {
+                tracing::info!(index = %name, collection = %collection, backfilled = progress.backfilled, "index backfill");
+                after = progress.next;
+                return Ok(true);
+            }
+            tracing::info!(index = %name, collection = %collection, state = progress.state.name(), "index backfill done");
+            Ok(false)
+        });
+    }
+
+    /// Deletes the entries of dropped index `name` of `collection` in short
+    /// steps on a background thread; an unfinished purge resumes on the next open.
+    pub(crate) fn spawn_purge(&self, collection: String, name: String) {
+        let mut purged = 0;
+        self.spawn_steps(format!("truce-purge-{name}"), move |db| {
+            let gone = db.ask(|reply| Request::PurgeIndex {
+                collection: collection.clone(),
+                name: name.clone(),
+                reply,
+            })?;
+            purged += gone;
+            let more = gone == INDEX_PURGE_CHUNK_ENTRIES as u64;
+            let what = if more {
+                "dropped index purge"
+            } else {
+                "dropped index purge done"
+            };
+            tracing::info!(index = %name, collection = %collection, purged, "{what}");
+            Ok(more)
+        });
+    }
+
+    /// Sends the request `make` builds to the committer and waits for its answer.
+    fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T>>) -> Request) -> Result<T> {
+        let (reply, answer) = oneshot::channel();
+        self.submit(make(reply))?;
+        answer
+            .recv()
+            .unwrap_or_else(|_| Err(Error::Unavailable("committer stopped".into())))
+    }
+
+    /// Drops index `name` of `collection` (see [`Collection::drop_index`]).
+    pub(crate) fn submit_drop_index(&self, collection: &str, name: &str) -> Result<u64> {
+        let seq = self.ask(|reply| Request::DropIndex {
+            collection: collection.to_string(),
+            name: name.to_string(),
+            reply,
+        })?;
+        self.spawn_purge(collection.to_string(), name.to_string());
+        Ok(seq)
     }
 
     /// Adds amounts to target fields in one commit; returns its sequence.
     pub(crate) fn submit_increments(&self, increments: Vec<counters::Increment>) -> Result<u64> {
-        let (reply, answer) = oneshot::channel();
-        self.submit(Request::Increment(increments, reply))?;
-        answer
-            .recv()
-            .unwrap_or_else(|_| Err(Error::Unavailable("committer stopped".into())))
+        self.ask(|reply| Request::Increment(increments, reply))
     }
 
     /// Replaces `collection`'s configuration; returns the sequence it applies after.
     pub(crate) fn submit_config(&self, collection: &str, config: config::CollectionConfig) -> Result<u64> {
-        let (reply, answer) = oneshot::channel();
-        self.submit(Request::SetConfig(
-            collection.to_string(),
-            Box::new(config),
-            reply,
-        ))?;
-        answer
-            .recv()
-            .unwrap_or_else(|_| Err(Error::Unavailable("committer stopped".into())))
+        self.ask(|reply| Request::SetConfig(collection.to_string(), Box::new(config), reply))
     }
 
     /// `after_commit` counter increments still waiting, and the age of the oldest in ms.
@@ -528,11 +574,7 @@ impl Db {
     }
 
     pub(crate) fn submit_define_index(&self, def: crate::index::IndexDef) -> Result<IndexProgress> {
-        let (reply, answer) = oneshot::channel();
-        self.submit(Request::DefineIndex(Box::new(def), reply))?;
-        answer
-            .recv()
-            .unwrap_or_else(|_| Err(Error::Unavailable("committer stopped".into())))
+        self.ask(|reply| Request::DefineIndex(Box::new(def), reply))
     }
 }
 

@@ -42,6 +42,10 @@ pub fn ready_index(shared: &Shared, collection: &str, name: &str) -> Result<Inde
             "index {name} failed to build: {}",
             def.failure.as_deref().unwrap_or("unknown reason")
         ))),
+        // The committer keeps dropped indexes out of the shared catalog.
+        IndexState::Dropping => Err(Error::NotFound(format!(
+            "index {name} of collection {collection}"
+        ))),
     }
 }
 

@@ -160,6 +160,13 @@ impl RecentWrites {
         }
     }
 
+    /// Treats every write up to `seq` as forgotten: a transaction whose
+    /// snapshot is older fails as too old, whatever it read (an index drop:
+    /// later writes into a range of the index no longer show here).
+    pub fn forget_through(&mut self, seq: u64) {
+        self.forgotten_through = self.forgotten_through.max(seq);
+    }
+
     /// Checks that no commit after `snapshot_seq` wrote anything `reads` saw.
     pub fn validate(&self, reads: &ReadSet, snapshot_seq: u64) -> std::result::Result<(), TxFailure> {
         if snapshot_seq < self.forgotten_through {

@@ -55,6 +55,10 @@ pub enum IndexState {
     Ready,
     /// Building found two documents that violate uniqueness; the index is unusable.
     Failed,
+    /// Dropped: no longer maintained or read, its entries being deleted in the
+    /// background. Only the committer knows such an index; its name is taken
+    /// until the last entry is gone.
+    Dropping,
 }
 
 impl IndexState {
@@ -64,6 +68,7 @@ impl IndexState {
             IndexState::Building => "building",
             IndexState::Ready => "ready",
             IndexState::Failed => "failed",
+            IndexState::Dropping => "dropping",
         }
     }
 
@@ -72,6 +77,7 @@ impl IndexState {
             "building" => Some(IndexState::Building),
             "ready" => Some(IndexState::Ready),
             "failed" => Some(IndexState::Failed),
+            "dropping" => Some(IndexState::Dropping),
             _ => None,
         }
     }

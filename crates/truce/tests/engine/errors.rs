@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use serde_json::json;
 use truce::storage::{Fault, MemoryStorage, Space, Storage, WriteBatch};
-use truce::{ConflictReason, Db, Error, Expect, IndexSpec, Options, Query, RetryPolicy, TxOp, Update};
+use truce::{ConflictReason, Db, Error, Expect, Options, Query, RetryPolicy, TxOp, Update};
 
+use crate::indexes::spec;
 use crate::{open_relaxed, update};
 
 fn memory_db() -> (Arc<MemoryStorage>, Db) {
@@ -127,11 +128,7 @@ fn every_error_code_is_produced() {
     errors.push(exhausted);
 
     // The codes of transactions, indexes and idempotency.
-    let spec = |fields: Vec<&str>, unique| IndexSpec {
-        fields: fields.into_iter().map(String::from).collect(),
-        unique,
-    };
-    errors.push(c.create_index("no_fields", spec(vec![], false)).unwrap_err());
+    errors.push(c.create_index("no_fields", spec(&[], false)).unwrap_err());
     errors.push(
         c.query(&Query {
             gt: Some(json!(1)),
@@ -182,7 +179,7 @@ fn every_error_code_is_produced() {
     bc.put("a", json!({"k": 1}), Expect::Absent).unwrap().unwrap();
     storage.inject(Fault::Delay(Duration::ZERO));
     storage.inject(Fault::Delay(Duration::from_millis(500)));
-    bc.create_index("by_k", spec(vec!["k"], false)).unwrap();
+    bc.create_index("by_k", spec(&["k"], false)).unwrap();
     errors.push(
         bc.query(&Query {
             index: Some("by_k".into()),
@@ -190,6 +187,19 @@ fn every_error_code_is_produced() {
         })
         .unwrap_err(),
     );
+
+    // index_dropping: the same name declared while the dropped index's
+    // entries are still being deleted (more than one purge step's worth, the
+    // first step held up by a slow disk).
+    let (storage, dropping) = memory_db();
+    let dc = dropping.collection("c").unwrap();
+    crate::indexes::put_many(&dropping, 3 * truce::limits::TX_OPS_MAX, |i| i);
+    dc.create_index("by_k", spec(&["k"], false)).unwrap();
+    crate::indexes::wait_ready(&dc, "by_k");
+    storage.inject(Fault::Delay(Duration::ZERO));
+    storage.inject(Fault::Delay(Duration::from_millis(500)));
+    dc.drop_index("by_k").unwrap();
+    errors.push(dc.create_index("by_k", spec(&["k"], false)).unwrap_err());
 
     errors
         .push(truce::CollectionConfig::from_json(&json!({"ttl": {"field": "t", "seconds": 0}})).unwrap_err());

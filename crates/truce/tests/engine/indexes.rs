@@ -2,11 +2,14 @@
 //! cursors, unique constraints and their races.
 
 use std::collections::BTreeSet;
+use std::ops::Bound;
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use truce::{Collection, ConflictReason, Expect, IndexSpec, IndexState, Order, Query};
+use truce::storage::{Direction, MemoryStorage, Space, StorageRead};
+use truce::{Collection, ConflictReason, Db, Expect, IndexSpec, IndexState, Order, Query, TxFailure, TxOp};
 
 use crate::{open, open_relaxed, update};
 
@@ -326,4 +329,156 @@ fn indexes_survive_reopen_and_unfinished_backfills_resume() {
     assert_eq!(page.unwrap().docs.len(), 500);
     let names: BTreeSet<String> = c.indexes().into_iter().map(|d| d.name).collect();
     assert_eq!(names, BTreeSet::from(["by_k".to_string()]));
+}
+
+/// The entries stored under index `name` of `collection`.
+fn stored_entries(storage: &MemoryStorage, collection: &str, name: &str) -> usize {
+    let prefix = format!("{collection}\0{name}\0").into_bytes();
+    let mut end = prefix.clone();
+    *end.last_mut().unwrap() += 1;
+    storage
+        .scan(
+            Space::Index,
+            Bound::Included(&prefix),
+            Bound::Excluded(&end),
+            Direction::Forward,
+            usize::MAX,
+        )
+        .unwrap()
+        .len()
+}
+
+/// An index over `fields`.
+pub fn spec(fields: &[&str], unique: bool) -> IndexSpec {
+    IndexSpec {
+        fields: fields.iter().map(|f| f.to_string()).collect(),
+        unique,
+    }
+}
+
+/// Documents `d00000`… of collection `c` with `k` from `k_of`, a
+/// transaction's worth at a time.
+pub fn put_many(db: &Db, docs: usize, k_of: impl Fn(usize) -> usize) {
+    let ids: Vec<usize> = (0..docs).collect();
+    for chunk in ids.chunks(truce::limits::TX_OPS_MAX) {
+        let ops = chunk
+            .iter()
+            .map(|&i| TxOp::Put {
+                collection: "c".into(),
+                id: format!("d{i:05}"),
+                body: json!({"k": k_of(i)}),
+                expect: Expect::Absent,
+            })
+            .collect();
+        db.batch(ops, None).unwrap().unwrap();
+    }
+}
+
+/// Declares index `name` again, waiting (bounded) while the dropped one of
+/// that name is still being purged.
+fn declare_after_drop(c: &Collection, name: &str, spec: IndexSpec) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match c.create_index(name, spec.clone()) {
+            Ok(_) => return,
+            Err(e) if e.code() == "index_dropping" && Instant::now() < deadline => {
+                thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => panic!("declaring {name} again: {e}"),
+        }
+    }
+}
+
+#[test]
+fn a_dropped_index_stops_at_once_is_purged_and_its_name_is_free_again() {
+    let storage = Arc::new(MemoryStorage::new());
+    let db = Db::open_with_storage(storage.clone(), truce::Options::default()).unwrap();
+    let c = db.collection("c").unwrap();
+    // Over two purge steps' worth of entries.
+    let docs = 2 * truce::limits::INDEX_PURGE_CHUNK_ENTRIES + 100;
+    put_many(&db, docs, |i| i);
+    c.create_index("by_k", spec(&["k"], true)).unwrap();
+    wait_ready(&c, "by_k");
+    assert_eq!(stored_entries(&storage, "c", "by_k"), docs);
+    let by_k = |value: Value| Query {
+        index: Some("by_k".into()),
+        eq: vec![value],
+        ..Query::default()
+    };
+
+    let seq = c.drop_index("by_k").unwrap();
+    assert!(seq > 0);
+    // From its answer on: not listed, not queryable, not enforced.
+    assert!(c.indexes().is_empty());
+    assert_eq!(c.index_status("by_k").unwrap_err().code(), "not_found");
+    assert_eq!(c.query(&by_k(json!(1))).unwrap_err().code(), "not_found");
+    c.put("d00000", json!({"k": 5}), Expect::Any).unwrap().unwrap();
+    assert_eq!(c.drop_index("by_k").unwrap_err().code(), "not_found");
+
+    // The name comes back once every entry is gone, and the new index holds
+    // only what the documents say now (a stale entry would answer k = 0).
+    declare_after_drop(&c, "by_k", spec(&["k"], false));
+    wait_ready(&c, "by_k");
+    assert_eq!(stored_entries(&storage, "c", "by_k"), docs);
+    assert!(c.query(&by_k(json!(0))).unwrap().docs.is_empty());
+    assert_eq!(ids(&c.query(&by_k(json!(5))).unwrap().docs), ["d00000", "d00005"]);
+}
+
+#[test]
+fn a_purge_cut_short_resumes_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = open_relaxed(dir.path());
+        let c = db.collection("c").unwrap();
+        put_many(&db, 3 * truce::limits::INDEX_PURGE_CHUNK_ENTRIES, |i| i % 7);
+        c.create_index("by_k", spec(&["k"], false)).unwrap();
+        wait_ready(&c, "by_k");
+        c.drop_index("by_k").unwrap();
+        // Closed right away: the purge may be anywhere.
+    }
+    let db = open_relaxed(dir.path());
+    let c = db.collection("c").unwrap();
+    assert!(c.indexes().is_empty(), "a dropped index stays dropped");
+    declare_after_drop(&c, "by_k", spec(&["k"], false));
+    wait_ready(&c, "by_k");
+    let page = c
+        .query(&Query {
+            index: Some("by_k".into()),
+            eq: vec![json!(3)],
+            limit: 1000,
+            ..Query::default()
+        })
+        .unwrap();
+    let docs = 3 * truce::limits::INDEX_PURGE_CHUNK_ENTRIES;
+    assert_eq!(page.docs.len(), (0..docs).filter(|i| i % 7 == 3).count());
+}
+
+#[test]
+fn a_transaction_that_read_a_dropped_index_is_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_relaxed(dir.path());
+    let c = db.collection("c").unwrap();
+    c.create_index("by_k", spec(&["k"], false)).unwrap();
+    wait_ready(&c, "by_k");
+    let mut tx = db.begin().unwrap();
+    let q = Query {
+        index: Some("by_k".into()),
+        eq: vec![json!(1)],
+        ..Query::default()
+    };
+    assert!(tx.query("c", &q).unwrap().docs.is_empty());
+    c.drop_index("by_k").unwrap();
+    // Into the range the transaction read: no longer an entry of by_k, so
+    // only the drop itself can tell the transaction that its read is stale.
+    c.put("a", json!({"k": 1}), Expect::Absent).unwrap().unwrap();
+    tx.put("c", "b", json!({"none_with_k_1": true}), Expect::Absent)
+        .unwrap();
+    match tx.commit().unwrap() {
+        Err(TxFailure::SnapshotTooOld { .. }) => {}
+        other => panic!("expected snapshot_too_old, got {other:?}"),
+    }
+    // A transaction begun after the drop is not disturbed by it.
+    let mut after = db.begin().unwrap();
+    after.put("c", "b", json!({"ok": true}), Expect::Absent).unwrap();
+    after.commit().unwrap().unwrap();
 }
