@@ -1250,6 +1250,35 @@ fn documented_error_codes() -> BTreeMap<String, u16> {
 /// or a server bug (`internal`). The engine's own tests cover them.
 const NOT_PRODUCIBLE_FROM_OUTSIDE: [&str; 4] = ["unavailable", "storage_error", "corrupt", "internal"];
 
+/// A `PUT` whose body stops after a few of its 100 bytes, and the server's
+/// answer once it gives up waiting for the rest.
+fn stalled_body(addr: SocketAddr) -> Reply {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("a read timeout");
+    stream
+        .write_all(
+            b"PUT /v1/c/e/stalled HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\
+              Connection: close\r\n\r\n{\"a\":",
+        )
+        .expect("send the start");
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).expect("an answer");
+    let status = raw.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let text = raw
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, body)| body)
+        .to_string();
+    Reply {
+        status,
+        headers: Default::default(),
+        json: serde_json::from_str(&text).unwrap_or(Value::Null),
+        text,
+    }
+}
+
 #[test]
 fn every_documented_error_code_is_produced() {
     let documented = documented_error_codes();
@@ -1265,6 +1294,9 @@ fn every_documented_error_code_is_produced() {
     let server = Server::start();
     let api = Api::new(&server);
     api.put("/v1/c/e/doc", json!({"s": "text"})).ok(201);
+    // 408: answered once the body has not come for 10 s, meanwhile the rest.
+    let addr = server.addr;
+    let stalled = std::thread::spawn(move || stalled_body(addr));
 
     // 400s.
     record(&api.call(Method::PUT, "/v1/c/e/x", &[], Some("{not json".into())));
@@ -1352,6 +1384,8 @@ fn every_documented_error_code_is_produced() {
         }
         api.wait_index_ready("big", "gone");
     }
+
+    record(&stalled.join().expect("the stalled body's answer"));
 
     // 503 timeout: the same data served with a 1 ms request timeout; reading a
     // thousand documents takes longer than that.

@@ -1016,6 +1016,44 @@ fn slow_loris_connections_are_cut_off_and_others_are_served() {
     assert_serving(addr, "after");
 }
 
+/// A body that stops arriving is answered 408 once
+/// `BODY_READ_TIMEOUT_MS` (10 s) has passed, on the document routes' direct
+/// path and through the router alike, and nothing is written.
+#[test]
+fn a_stalled_body_is_the_clients_timeout() {
+    let server = Server::start();
+    let addr = server.addr;
+    let stalled = |method: &'static str, path: &'static str| {
+        std::thread::spawn(move || {
+            let head = format!(
+                "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+                 Content-Length: 100\r\nConnection: close\r\n\r\n{{\"a\":"
+            );
+            let started = Instant::now();
+            (send_raw(addr, head.as_bytes()), started.elapsed())
+        })
+    };
+    let direct = stalled("PUT", "/v1/c/t/stalled");
+    let routed = stalled("POST", "/v1/tx");
+    for (what, client) in [("PUT of a document", direct), ("POST /v1/tx", routed)] {
+        let (answer, took) = client.join().unwrap();
+        let answer = answer.unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(
+            (answer.status, answer.body["error"].as_str()),
+            (408, Some("request_timeout")),
+            "{what}: {}",
+            answer.text
+        );
+        assert!(
+            took >= Duration::from_millis(9_900) && took < Duration::from_secs(10) + SLACK,
+            "{what}: answered after {took:?}"
+        );
+    }
+    let absent = send_raw(addr, &get("/v1/c/t/stalled")).unwrap();
+    assert_eq!(absent.status, 404, "{}", absent.text);
+    assert_serving(addr, "after-stalled-bodies");
+}
+
 /// Raises this process's soft limit of open files to at least `wanted` (and
 /// the hard limit too when privileged); returns the soft limit now in force.
 fn raise_open_files_limit(wanted: u64) -> u64 {

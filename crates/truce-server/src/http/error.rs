@@ -40,6 +40,8 @@ pub enum ApiError {
     Overloaded,
     /// The request took longer than its timeout.
     Timeout,
+    /// The request body stopped arriving.
+    BodyTimeout,
 }
 
 impl From<truce::Error> for ApiError {
@@ -151,6 +153,14 @@ impl ApiError {
                 StatusCode::TOO_MANY_REQUESTS,
                 "overloaded",
                 "too many requests at once; retry after a short pause".into(),
+            ),
+            ApiError::BodyTimeout => plain(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                format!(
+                    "the request body did not arrive within {} ms of its headers; nothing was done",
+                    super::extract::BODY_READ_TIMEOUT_MS
+                ),
             ),
             ApiError::Timeout => plain(
                 StatusCode::SERVICE_UNAVAILABLE,

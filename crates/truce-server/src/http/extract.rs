@@ -3,6 +3,9 @@
 //! Every failure is an [`ApiError`] with a stable code.
 
 use std::collections::HashMap;
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::path::ErrorKind;
@@ -25,21 +28,42 @@ pub const TRUCE_SOURCE: HeaderName = HeaderName::from_static("truce-source");
 /// Which attempt of a retried write this is (insights).
 pub const TRUCE_ATTEMPT: HeaderName = HeaderName::from_static("truce-attempt");
 
+/// How long a request body may take to arrive after its headers: a stalled
+/// upload is the client's doing, so it is 408 `request_timeout` rather than
+/// the request timeout's 503 (which answers first if it is set lower).
+pub const BODY_READ_TIMEOUT_MS: u64 = 10_000;
+
+/// The output of `read` (a request body being read), or 408
+/// `request_timeout` if it has not arrived within [`BODY_READ_TIMEOUT_MS`].
+/// A body that is already there — most are, in the packets of their
+/// headers — is read in a first poll and costs no timer.
+pub async fn body_within<F: Future>(read: F) -> Result<F::Output, ApiError> {
+    let mut read = pin!(read);
+    if let Poll::Ready(done) = read.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        return Ok(done);
+    }
+    tokio::time::timeout(Duration::from_millis(BODY_READ_TIMEOUT_MS), read)
+        .await
+        .map_err(|_| ApiError::BodyTimeout)
+}
+
 /// A JSON request body; a body that is not JSON is `invalid_json`, one over the
-/// size limit `payload_too_large`.
+/// size limit `payload_too_large`, one that stalls `request_timeout`.
 pub struct JsonBody(pub Value);
 
 impl<S: Send + Sync> FromRequest<S> for JsonBody {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<JsonBody, ApiError> {
-        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::PayloadTooLarge(rejection.body_text())
-            } else {
-                ApiError::InvalidJson(rejection.body_text())
-            }
-        })?;
+        let bytes = body_within(Bytes::from_request(req, state))
+            .await?
+            .map_err(|rejection| {
+                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::PayloadTooLarge(rejection.body_text())
+                } else {
+                    ApiError::InvalidJson(rejection.body_text())
+                }
+            })?;
         parse_json(&bytes).map(JsonBody)
     }
 }
