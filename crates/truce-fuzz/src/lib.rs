@@ -254,10 +254,19 @@ pub fn checkpoint(data: &[u8]) {
     let _ = truce_server::wire::checkpoint(Some(value));
 }
 
+/// serde_json's private marker of a raw value.
+const RAW_VALUE_KEY: &[u8] = b"$serde_json::private::RawValue";
+
 /// A request body or JSON parameter (`truce_server::wire::json`), against
 /// `serde_json`: the same value whenever both read the bytes, and a refusal
 /// of bytes `serde_json` reads only for an object that names a key twice.
 pub fn json(data: &[u8]) {
+    // With the `raw_value` feature (axum turns it on), serde_json's own `Value`
+    // reads an object holding only this key as the value it names; ours reads
+    // the object as written.
+    if data.windows(RAW_VALUE_KEY.len()).any(|w| w == RAW_VALUE_KEY) {
+        return;
+    }
     match (
         truce_server::wire::json(data),
         serde_json::from_slice::<Value>(data),

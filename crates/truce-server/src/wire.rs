@@ -11,7 +11,10 @@ use serde_json::{Map, Value};
 /// `{"_version": 0, "_version": 5}` would be a write guarded by version 5
 /// that its sender may have meant as a create: which one the client meant
 /// is not the server's to guess. Otherwise as `serde_json::from_slice`,
-/// recursion limit included.
+/// recursion limit included, but for one thing: an object whose only key is
+/// serde_json's private raw-value marker is read as the object it is, where
+/// serde_json's `Value` (with the `raw_value` feature, which axum turns on)
+/// would read it as the value the marker names.
 pub fn json(bytes: &[u8]) -> serde_json::Result<Value> {
     serde_json::from_slice::<Strict>(bytes).map(|Strict(value)| value)
 }
