@@ -298,9 +298,11 @@ fn cases() -> Vec<Case> {
         ),
         case("id starting with _", get("/v1/c/t/_secret"), 400, "invalid_id"),
         // URL resolution removes these segments, so no URL could name such a
-        // document again.
+        // document again: no write makes one.
         case("the id .", put("/v1/c/t/.", "{}"), 400, "invalid_id"),
         case("the id .., percent-encoded", put("/v1/c/t/%2E%2E", "{}"), 400, "invalid_id"),
+        // One stored before the rule can still be read (and deleted).
+        case("reading the id ..", get("/v1/c/t/%2E%2E"), 404, "not_found"),
         case(
             "the id .. in a transaction",
             request(

@@ -296,7 +296,7 @@ pub fn validate_collection_name(name: &str) -> Result<()> {
 }
 
 /// Checks a document id: 1–512 bytes of UTF-8, no control characters, not
-/// starting with `_`, not `.` or `..`.
+/// starting with `_`.
 pub fn validate_id(id: &str) -> Result<()> {
     if id.is_empty() || id.len() > ID_BYTES_MAX {
         return Err(Error::InvalidId(format!(
@@ -312,11 +312,20 @@ pub fn validate_id(id: &str) -> Result<()> {
     if id.chars().any(char::is_control) {
         return Err(Error::InvalidId(format!("{id:?} contains a control character")));
     }
+    Ok(())
+}
+
+/// Checks the id of a document being written: [`validate_id`], and not `.`
+/// or `..`. A document is addressed by a URL path segment, and URL
+/// resolution (RFC 3986, 5.2.4) removes these two, percent-encoded or not,
+/// so no URL could name such a document. One stored before this rule can
+/// still be read, checked and deleted.
+pub fn validate_written_id(id: &str) -> Result<()> {
+    validate_id(id)?;
     if id == "." || id == ".." {
-        // A document is addressed by a URL path segment, and URL resolution
-        // (RFC 3986, 5.2.4) removes these two, percent-encoded or not.
         return Err(Error::InvalidId(format!(
-            "{id:?} is not an id: URLs resolve it as a path step, so no URL could name the document"
+            "{id:?} is not an id for a new write: URLs resolve it as a path step, so no URL could \
+             name the document"
         )));
     }
     Ok(())
@@ -529,9 +538,19 @@ mod tests {
     fn ids() {
         for ok in ["a", "é", "a b/c", ".a", "..a", "...", &"x".repeat(512)] {
             validate_id(ok).unwrap();
+            validate_written_id(ok).unwrap();
         }
-        for bad in ["", "_a", "a\nb", "a\u{0}", ".", "..", &"x".repeat(513)] {
+        for bad in ["", "_a", "a\nb", "a\u{0}", &"x".repeat(513)] {
             assert_eq!(validate_id(bad).unwrap_err().code(), "invalid_id", "{bad:?}");
+            assert_eq!(
+                validate_written_id(bad).unwrap_err().code(),
+                "invalid_id",
+                "{bad:?}"
+            );
+        }
+        for dots in [".", ".."] {
+            validate_id(dots).unwrap();
+            assert_eq!(validate_written_id(dots).unwrap_err().code(), "invalid_id");
         }
     }
 

@@ -129,7 +129,10 @@ impl PreparedOp {
             } => (collection, id, Some(WriteOp::Delete), expect),
         };
         doc::validate_collection_name(&collection)?;
-        doc::validate_id(&id)?;
+        match write {
+            Some(WriteOp::Put { .. } | WriteOp::Patch(_)) => doc::validate_written_id(&id)?,
+            _ => doc::validate_id(&id)?,
+        }
         if let Some(write) = &write {
             super::evaluate::check_precondition(write, expect)?;
         }
@@ -310,7 +313,8 @@ pub enum TxFailure {
         /// The commit that changed it.
         seq: u64,
     },
-    /// The snapshot is older than the committer's window of recent writes; retry.
+    /// The snapshot is older than the committer's window of recent writes (or
+    /// than an index drop, which empties that window); retry.
     SnapshotTooOld {
         /// The transaction's snapshot.
         snapshot_seq: u64,
@@ -341,7 +345,8 @@ impl fmt::Display for TxFailure {
                 forgotten_through,
             } => write!(
                 f,
-                "snapshot {snapshot_seq} is older than the retained write log (through {forgotten_through})"
+                "snapshot {snapshot_seq} is older than the retained write log (through {forgotten_through}: \
+                 old writes are forgotten after a while, and all of them when an index is dropped)"
             ),
         }
     }
