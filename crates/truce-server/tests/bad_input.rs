@@ -1018,9 +1018,10 @@ fn slow_loris_connections_are_cut_off_and_others_are_served() {
     assert_serving(addr, "after");
 }
 
-/// A body that stops arriving is answered 408 once
-/// `BODY_READ_TIMEOUT_MS` (10 s) has passed, on the document routes' direct
-/// path and through the router alike, and nothing is written.
+/// A body that stops arriving is answered 408 once nothing of it has come
+/// for `BODY_IDLE_TIMEOUT_MS` (10 s), on the document routes' direct path and
+/// through the router alike, and nothing is written; a slow body that keeps
+/// coming, for longer than that in all, is served.
 #[test]
 fn a_stalled_body_is_the_clients_timeout() {
     let server = Server::start();
@@ -1037,6 +1038,27 @@ fn a_stalled_body_is_the_clients_timeout() {
     };
     let direct = stalled("PUT", "/v1/c/t/stalled");
     let routed = stalled("POST", "/v1/tx");
+    // 13 bytes, one every 1.2 s: about 15 s in all, never 10 s without one.
+    let slow = std::thread::spawn(move || {
+        let body = br#"{"slow": true}"#;
+        let head = format!(
+            "PUT /v1/c/t/slow HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\
+             Connection: close\r\n\r\n",
+            body.len()
+        );
+        let mut stream = TcpStream::connect(addr).expect("connect");
+        stream.write_all(head.as_bytes()).expect("headers");
+        for byte in body {
+            std::thread::sleep(Duration::from_millis(1200));
+            stream.write_all(&[*byte]).expect("a byte of the body");
+        }
+        stream
+            .set_read_timeout(Some(ANSWER_TIMEOUT))
+            .expect("a read timeout");
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).expect("an answer");
+        answer
+    });
     for (what, client) in [("PUT of a document", direct), ("POST /v1/tx", routed)] {
         let (answer, took) = client.join().unwrap();
         let answer = answer.unwrap_or_else(|e| panic!("{what}: {e}"));
@@ -1051,6 +1073,11 @@ fn a_stalled_body_is_the_clients_timeout() {
             "{what}: answered after {took:?}"
         );
     }
+    let slow = slow.join().unwrap();
+    assert!(
+        slow.starts_with("HTTP/1.1 201"),
+        "a slow, steady body: {slow:.300}"
+    );
     let absent = send_raw(addr, &get("/v1/c/t/stalled")).unwrap();
     assert_eq!(absent.status, 404, "{}", absent.text);
     assert_serving(addr, "after-stalled-bodies");

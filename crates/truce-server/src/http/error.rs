@@ -158,8 +158,8 @@ impl ApiError {
                 StatusCode::REQUEST_TIMEOUT,
                 "request_timeout",
                 format!(
-                    "the request body did not arrive within {} ms of its headers; nothing was done",
-                    super::extract::BODY_READ_TIMEOUT_MS
+                    "no byte of the request body arrived for {} ms; nothing was done",
+                    super::extract::BODY_IDLE_TIMEOUT_MS
                 ),
             ),
             ApiError::Timeout => plain(

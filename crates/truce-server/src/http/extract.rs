@@ -3,11 +3,12 @@
 //! Every failure is an [`ApiError`] with a stable code.
 
 use std::collections::HashMap;
-use std::pin::pin;
-use std::task::{Context, Poll, Waker};
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::body::Bytes;
+use axum::BoxError;
+use axum::body::{Body, Bytes};
 use axum::extract::path::ErrorKind;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
@@ -28,42 +29,111 @@ pub const TRUCE_SOURCE: HeaderName = HeaderName::from_static("truce-source");
 /// Which attempt of a retried write this is (insights).
 pub const TRUCE_ATTEMPT: HeaderName = HeaderName::from_static("truce-attempt");
 
-/// How long a request body may take to arrive after its headers: a stalled
-/// upload is the client's doing, so it is 408 `request_timeout` rather than
-/// the request timeout's 503 (which answers first if it is set lower).
-pub const BODY_READ_TIMEOUT_MS: u64 = 10_000;
+/// How long a request body may go without a byte arriving: a stalled upload
+/// is the client's doing, so it is 408 `request_timeout` rather than the
+/// request timeout's 503 (which answers first if it is set lower). A slow
+/// upload that keeps arriving is not cut off.
+pub const BODY_IDLE_TIMEOUT_MS: u64 = 10_000;
 
-/// The output of `read` (a request body being read), or 408
-/// `request_timeout` if it has not arrived within [`BODY_READ_TIMEOUT_MS`].
-/// A body that is already there — most are, in the packets of their
-/// headers — is read in a first poll and costs no timer.
-pub async fn body_within<F: Future>(read: F) -> Result<F::Output, ApiError> {
-    let mut read = pin!(read);
-    if let Poll::Ready(done) = read.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
-        return Ok(done);
+/// A request body that fails with [`BodyStalled`] once nothing has arrived
+/// for [`BODY_IDLE_TIMEOUT_MS`]. A frame that is there when asked for — a
+/// small body comes in the packets of its headers — arms no timer.
+pub struct Idle<B> {
+    inner: B,
+    stall: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// A frame arrived since the timer was armed.
+    moved: bool,
+}
+
+impl<B> Idle<B> {
+    /// `inner`, with the idle timeout.
+    pub fn new(inner: B) -> Idle<B> {
+        Idle {
+            inner,
+            stall: None,
+            moved: false,
+        }
     }
-    tokio::time::timeout(Duration::from_millis(BODY_READ_TIMEOUT_MS), read)
-        .await
-        .map_err(|_| ApiError::BodyTimeout)
+}
+
+/// What an [`Idle`] body fails with.
+#[derive(Debug)]
+pub struct BodyStalled;
+
+impl std::fmt::Display for BodyStalled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "no byte of the request body arrived for {BODY_IDLE_TIMEOUT_MS} ms"
+        )
+    }
+}
+
+impl std::error::Error for BodyStalled {}
+
+impl<B> hyper::body::Body for Idle<B>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
+            this.moved = true;
+            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        }
+        let idle = Duration::from_millis(BODY_IDLE_TIMEOUT_MS);
+        let stall = this
+            .stall
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+        if std::mem::take(&mut this.moved) {
+            stall.as_mut().reset(tokio::time::Instant::now() + idle);
+        }
+        match stall.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyStalled)))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Whether `error`, or an error it was caused by, is a stalled body.
+pub fn stalled(error: &(dyn std::error::Error + 'static)) -> bool {
+    std::iter::successors(Some(error), |e| e.source()).any(|e| e.is::<BodyStalled>())
 }
 
 /// A JSON request body; a body that is not JSON is `invalid_json`, one over the
-/// size limit `payload_too_large`, one that stalls `request_timeout`.
+/// size limit `payload_too_large`, one that stalls `request_timeout`
+/// ([`Idle`]).
 pub struct JsonBody(pub Value);
 
 impl<S: Send + Sync> FromRequest<S> for JsonBody {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<JsonBody, ApiError> {
-        let bytes = body_within(Bytes::from_request(req, state))
-            .await?
-            .map_err(|rejection| {
-                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError::PayloadTooLarge(rejection.body_text())
-                } else {
-                    ApiError::InvalidJson(rejection.body_text())
-                }
-            })?;
+        let req = req.map(|body| Body::new(Idle::new(body)));
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            if stalled(&rejection) {
+                ApiError::BodyTimeout
+            } else if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge(rejection.body_text())
+            } else {
+                ApiError::InvalidJson(rejection.body_text())
+            }
+        })?;
         parse_json(&bytes).map(JsonBody)
     }
 }

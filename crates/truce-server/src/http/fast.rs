@@ -29,7 +29,7 @@ use tower::Service;
 
 use super::documents::{self, DocumentCall};
 use super::error::ApiError;
-use super::extract::{body_within, parse_json};
+use super::extract::{BodyStalled, Idle, parse_json};
 use super::{AppState, Observed, RouteName, limited, principal, timed};
 
 /// The document route's template, as the router names it in metrics and logs.
@@ -144,8 +144,9 @@ async fn serve_document(
 /// extractor gives: `payload_too_large` over the limit, `invalid_json` for a
 /// body that cannot be read or is not JSON.
 async fn body_json(body: Incoming, max_body_bytes: usize) -> Result<serde_json::Value, ApiError> {
-    let bytes: Bytes = match body_within(Limited::new(body, max_body_bytes).collect()).await? {
+    let bytes: Bytes = match Limited::new(Idle::new(body), max_body_bytes).collect().await {
         Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<BodyStalled>() => return Err(ApiError::BodyTimeout),
         Err(e) if e.is::<LengthLimitError>() => {
             return Err(ApiError::PayloadTooLarge(format!(
                 "Failed to buffer the request body: {e}"
