@@ -250,11 +250,15 @@ impl Client {
         }
     }
 
-    /// Drops index `name` of `coll`: at once it is neither maintained,
-    /// enforced nor queryable. Its entries are deleted in the background;
-    /// until then declaring the name again answers 503 `index_dropping`
-    /// (retried by [`create_index`](Self::create_index) like any 503).
-    pub async fn drop_index(&self, coll: &str, name: &str) -> Result<IndexInfo, ClientError> {
+    /// Drops index `name` of `coll`, if there is one (as SQL's `DROP INDEX IF
+    /// EXISTS`): `Some` with the index this call dropped, `None` when there was
+    /// none — also when an attempt whose answer was lost had dropped it and
+    /// the retry found it gone, so retries are harmless. From the drop on the
+    /// index is neither maintained, enforced nor queryable. Its entries are
+    /// deleted in the background; until then declaring the name again
+    /// answers 503 `index_dropping` (retried by
+    /// [`create_index`](Self::create_index) like any 503).
+    pub async fn drop_index(&self, coll: &str, name: &str) -> Result<Option<IndexInfo>, ClientError> {
         let call = Call::repeatable(
             Method::DELETE,
             self.url(&["v1", "c", coll, "_indexes", name]),
@@ -262,7 +266,8 @@ impl Client {
         );
         let answer = self.execute(&call).await?;
         match answer.status {
-            202 => decode::<IndexInfo>(&answer.body, "the dropped index"),
+            202 => decode::<IndexInfo>(&answer.body, "the dropped index").map(Some),
+            404 => Ok(None),
             status => Err(http_error(status, &answer.body)),
         }
     }

@@ -125,7 +125,7 @@ pub async fn put_index(
 #[utoipa::path(delete, path = "/v1/c/{coll}/_indexes/{name}", tag = "queries",
     params(("coll" = String, Path), ("name" = String, Path)),
     responses((status = 202, description = "Dropped; its entries are being deleted", body = super::openapi::Index),
-               (status = 400, description = "Invalid name", body = super::openapi::ErrorBody),
+               (status = 400, description = "A query parameter (this route takes none)", body = super::openapi::ErrorBody),
                (status = 404, description = "No such index", body = super::openapi::ErrorBody)))]
 pub async fn delete_index(
     State(state): State<Arc<AppState>>,
@@ -136,10 +136,8 @@ pub async fn delete_index(
     authorize(&who, Role::Admin, Some(&coll))?;
     params.only(&[])?;
     let collection = state.db.collection(&coll)?;
-    let mut def = collection.index_status(&name)?;
-    blocking(move || collection.drop_index(&name)).await?;
-    def.state = IndexState::Dropping;
-    Ok((StatusCode::ACCEPTED, axum::Json(index_json(&def))).into_response())
+    let dropped = blocking(move || collection.drop_index(&name)).await?;
+    Ok((StatusCode::ACCEPTED, axum::Json(index_json(&dropped))).into_response())
 }
 
 /// Queries a collection through an index, or in id order.

@@ -232,20 +232,22 @@ impl Collection {
         let def = IndexDef::new(&self.name, name, spec)?;
         let progress = self.db.submit_define_index(def)?;
         if progress.state == crate::index::IndexState::Building {
-            self.db.spawn_backfill(self.name.to_string(), name.to_string());
+            self.db
+                .spawn_backfill(self.name.to_string(), name.to_string(), progress.declared_seq);
         }
         Ok(progress)
     }
 
-    /// Drops index `name`: from the commit this answers with (its sequence)
-    /// on, writes neither maintain nor check it (a unique index no longer
-    /// refuses anything) and queries cannot name it. Transactions whose
-    /// snapshot is older than the drop fail as `snapshot_too_old` (they may
-    /// have read it) and are retried. Its entries are deleted in the
-    /// background in short commits; until they are gone, declaring an index
-    /// of the same name fails with `index_dropping`, and the dropped index
-    /// still counts towards the collection's limit.
-    pub fn drop_index(&self, name: &str) -> Result<u64> {
+    /// Drops index `name` and answers its definition, in state `dropping`.
+    /// From that commit on, writes neither maintain nor check it (a unique
+    /// index no longer refuses anything) and queries cannot name it. A
+    /// transaction with writes whose snapshot is older than the drop (it may
+    /// have queried the index) fails to commit with `snapshot_too_old`,
+    /// which [`Db::transaction`](crate::Db::transaction) retries. Its entries
+    /// are deleted in the background in short commits; until they are gone,
+    /// declaring an index of the same name fails with `index_dropping`, and
+    /// the dropped index still counts towards the collection's limit.
+    pub fn drop_index(&self, name: &str) -> Result<IndexDef> {
         self.db.submit_drop_index(&self.name, name)
     }
 
@@ -320,8 +322,18 @@ impl Collection {
 
     /// One page of a query, read from one durable snapshot.
     pub fn query(&self, query: &Query) -> Result<QueryPage> {
-        let (view, _) = durable_snapshot(self.db.shared())?;
-        let mut page = run_query(self.db.shared(), &*view, &self.name, query)?.page;
+        let shared = self.db.shared();
+        let (view, seq) = durable_snapshot(shared)?;
+        let read = match run_query(shared, &*view, seq, &self.name, query) {
+            // The index became ready between the snapshot and the look at
+            // the catalog: it is ready in a snapshot taken now.
+            Err(Error::IndexBuilding { .. }) if query.index.is_some() => {
+                let (view, seq) = durable_snapshot(shared)?;
+                run_query(shared, &*view, seq, &self.name, query)
+            }
+            read => read,
+        };
+        let mut page = read?.page;
         page.docs.retain(|d| !self.expired(d));
         Ok(page)
     }
@@ -329,7 +341,8 @@ impl Collection {
 
 #[cfg(test)]
 mod tests {
-    use crate::index::{IndexDef, IndexSpec};
+    use crate::engine::committer::Request;
+    use crate::index::{IndexDef, IndexSpec, IndexState};
     use crate::{Db, Error, Options};
 
     /// An index on a `_` field, as an older version let one be declared,
@@ -347,5 +360,42 @@ mod tests {
         let c = db.collection("c").unwrap();
         assert!(c.create_index("old", spec.clone()).is_ok());
         assert!(matches!(c.create_index("new", spec), Err(Error::InvalidIndex(_))));
+    }
+
+    /// A backfill step of a declaration that was dropped since (a backfill
+    /// thread that slept through the drop) does not go on in the new
+    /// declaration of the same name from its own position.
+    #[test]
+    fn a_backfill_step_of_a_dropped_declaration_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), Options::default()).unwrap();
+        let c = db.collection("c").unwrap();
+        let spec = IndexSpec {
+            fields: vec!["k".into()],
+            unique: false,
+        };
+        // Declared without a backfill thread, so that this test takes its steps.
+        let first = db
+            .submit_define_index(IndexDef::new("c", "by_k", spec.clone()).unwrap())
+            .unwrap();
+        c.drop_index("by_k").unwrap();
+        let second = loop {
+            match db.submit_define_index(IndexDef::new("c", "by_k", spec.clone()).unwrap()) {
+                Err(Error::IndexDropping(_)) => std::thread::sleep(std::time::Duration::from_millis(2)),
+                declared => break declared.unwrap(),
+            }
+        };
+        assert!(second.declared_seq > first.declared_seq);
+        let step = |declared_seq| {
+            db.ask(|reply| Request::Backfill {
+                collection: "c".into(),
+                name: "by_k".into(),
+                declared_seq,
+                after: None,
+                reply,
+            })
+        };
+        assert!(matches!(step(first.declared_seq), Err(Error::NotFound(_))));
+        assert_eq!(step(second.declared_seq).unwrap().state, IndexState::Ready);
     }
 }

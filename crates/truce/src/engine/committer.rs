@@ -48,6 +48,20 @@ pub struct IndexProgress {
     pub backfilled: u64,
     /// Where the next backfill step starts (the last document key done).
     pub next: Option<Vec<u8>>,
+    /// Which declaration of its name the index is ([`IndexDef::declared_seq`]).
+    pub declared_seq: u64,
+}
+
+impl IndexDef {
+    /// Where this index stands, with the next backfill step at `next`.
+    fn progress(&self, next: Option<Vec<u8>>) -> IndexProgress {
+        IndexProgress {
+            state: self.state,
+            backfilled: self.backfilled,
+            next,
+            declared_seq: self.declared_seq,
+        }
+    }
 }
 
 /// A request waiting for the committer, with where its answer goes once the
@@ -62,24 +76,27 @@ pub enum Request {
     /// Add amounts to target fields in one commit (recount corrections).
     Increment(Vec<Increment>, oneshot::Sender<Result<u64>>),
     /// Drop an index: from this commit on it is neither maintained nor read.
-    /// Answers the drop's sequence.
+    /// Answers the definition dropped.
     DropIndex {
         /// Collection.
         collection: String,
         /// Index name.
         name: String,
-        /// Where the drop's sequence goes.
-        reply: oneshot::Sender<Result<u64>>,
+        /// Where the definition goes.
+        reply: oneshot::Sender<Result<IndexDef>>,
     },
     /// Delete the next chunk of a dropped index's entries (the last step also
-    /// its definition). Answers how many entries went.
+    /// its definition). Answers the last entry deleted while more may remain,
+    /// `None` once the index is gone.
     PurgeIndex {
         /// Collection.
         collection: String,
         /// Index name.
         name: String,
-        /// Where the count goes.
-        reply: oneshot::Sender<Result<u64>>,
+        /// The last entry already deleted.
+        after: Option<Vec<u8>>,
+        /// Where the cursor goes.
+        reply: oneshot::Sender<Result<Option<Vec<u8>>>>,
     },
     /// Add the next chunk of existing documents to a building index.
     Backfill {
@@ -87,6 +104,9 @@ pub enum Request {
         collection: String,
         /// Index name.
         name: String,
+        /// Which declaration of the name this step is for: a step of an
+        /// earlier declaration, dropped since, is refused.
+        declared_seq: u64,
         /// The last document key already done.
         after: Option<Vec<u8>>,
         /// Where the progress goes.
@@ -99,6 +119,8 @@ enum Answer {
     Commit(oneshot::Sender<Result<TxOutcome>>, Result<TxOutcome>),
     Index(oneshot::Sender<Result<IndexProgress>>, Result<IndexProgress>),
     Seq(oneshot::Sender<Result<u64>>, Result<u64>),
+    Dropped(oneshot::Sender<Result<IndexDef>>, Result<IndexDef>),
+    Cursor(oneshot::Sender<Result<Option<Vec<u8>>>>, Result<Option<Vec<u8>>>),
 }
 
 impl Answer {
@@ -109,9 +131,13 @@ impl Answer {
             (Answer::Commit(tx, answer), Ok(())) => drop(tx.send(answer)),
             (Answer::Index(tx, answer), Ok(())) => drop(tx.send(answer)),
             (Answer::Seq(tx, answer), Ok(())) => drop(tx.send(answer)),
+            (Answer::Dropped(tx, answer), Ok(())) => drop(tx.send(answer)),
+            (Answer::Cursor(tx, answer), Ok(())) => drop(tx.send(answer)),
             (Answer::Commit(tx, _), Err(e)) => drop(tx.send(Err(unavailable(e)))),
             (Answer::Index(tx, _), Err(e)) => drop(tx.send(Err(unavailable(e)))),
             (Answer::Seq(tx, _), Err(e)) => drop(tx.send(Err(unavailable(e)))),
+            (Answer::Dropped(tx, _), Err(e)) => drop(tx.send(Err(unavailable(e)))),
+            (Answer::Cursor(tx, _), Err(e)) => drop(tx.send(Err(unavailable(e)))),
         }
     }
 }
@@ -124,10 +150,11 @@ impl Request {
             Request::DefineIndex(_, tx) | Request::Backfill { reply: tx, .. } => {
                 drop(tx.send(Err(unavailable(error))))
             }
-            Request::SetConfig(_, _, tx)
-            | Request::Increment(_, tx)
-            | Request::DropIndex { reply: tx, .. }
-            | Request::PurgeIndex { reply: tx, .. } => drop(tx.send(Err(unavailable(error)))),
+            Request::SetConfig(_, _, tx) | Request::Increment(_, tx) => {
+                drop(tx.send(Err(unavailable(error))))
+            }
+            Request::DropIndex { reply, .. } => drop(reply.send(Err(unavailable(error)))),
+            Request::PurgeIndex { reply, .. } => drop(reply.send(Err(unavailable(error)))),
         }
     }
 }
@@ -199,7 +226,6 @@ fn scan_prefix(
     storage: &dyn crate::storage::StorageRead,
     space: Space,
     prefix: &[u8],
-    limit: usize,
 ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
     let end = index::keys::prefix_end(prefix);
     Ok(storage.scan(
@@ -208,7 +234,7 @@ fn scan_prefix(
         end.as_deref()
             .map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded),
         Direction::Forward,
-        limit,
+        usize::MAX,
     )?)
 }
 
@@ -323,11 +349,11 @@ impl Committer {
             .map(|(key, _)| String::from_utf8_lossy(&key[META_COLLECTION_PREFIX.len()..]).into_owned())
             .collect();
         let mut configs = HashMap::new();
-        for (key, bytes) in scan_prefix(storage, Space::Meta, config::META_PREFIX, usize::MAX)? {
+        for (key, bytes) in scan_prefix(storage, Space::Meta, config::META_PREFIX)? {
             let name = String::from_utf8_lossy(&key[config::META_PREFIX.len()..]).into_owned();
             configs.insert(name, CollectionConfig::from_json(&record::decode_json(&bytes)?)?);
         }
-        let outbox = scan_prefix(storage, Space::Outbox, b"", usize::MAX)?;
+        let outbox = scan_prefix(storage, Space::Outbox, b"")?;
         let outbox_entries = outbox.len() as u64;
         let outbox_oldest_ms = match outbox.first() {
             Some((_, bytes)) => Some(counters::decode_outbox(bytes)?.1),
@@ -613,21 +639,24 @@ impl Committer {
                     reply,
                 } => {
                     catalog_changed = true;
-                    Answer::Seq(reply, self.drop_index(&mut group, &collection, &name))
+                    Answer::Dropped(reply, self.drop_index(&mut group, &collection, &name))
                 }
                 Request::PurgeIndex {
                     collection,
                     name,
+                    after,
                     reply,
-                } => Answer::Seq(reply, self.purge_index(&mut group, &collection, &name)),
+                } => Answer::Cursor(reply, self.purge_index(&mut group, &collection, &name, after)),
                 Request::Backfill {
                     collection,
                     name,
+                    declared_seq,
                     after,
                     reply,
                 } => {
                     catalog_changed = true;
-                    Answer::Index(reply, self.backfill(&mut group, &collection, &name, after))
+                    let step = self.backfill(&mut group, &collection, &name, declared_seq, after);
+                    Answer::Index(reply, step)
                 }
                 Request::SetConfig(collection, config, reply) => {
                     config_changed = true;
@@ -969,24 +998,20 @@ impl Committer {
                     def.name, def.collection
                 )));
             }
-            return Ok(IndexProgress {
-                state: existing.state,
-                backfilled: existing.backfilled,
-                next: None,
-            });
+            return Ok(existing.progress(None));
         }
         // A dropped index counts until its entries are gone.
         index::check_count(list.len() + dropping)?;
+        let mut def = def;
+        // A sequence of its own names this declaration of the name.
+        group.seq += 1;
+        def.declared_seq = group.seq;
         group.put(
             Space::Meta,
             def.meta_key(),
             Some(record::encode_json(&def.to_json())),
         );
-        let progress = IndexProgress {
-            state: def.state,
-            backfilled: 0,
-            next: None,
-        };
+        let progress = def.progress(None);
         list.push(def);
         Ok(progress)
     }
@@ -995,7 +1020,7 @@ impl Committer {
     /// (the next sequence): later commits neither maintain nor check it, and
     /// no reader can find it once this group is stored. Its entries stay
     /// until [`purge_index`](Self::purge_index) has deleted them.
-    fn drop_index(&mut self, group: &mut Group<'_>, collection: &str, name: &str) -> Result<u64> {
+    fn drop_index(&mut self, group: &mut Group<'_>, collection: &str, name: &str) -> Result<IndexDef> {
         let list = self.indexes.get_mut(collection);
         let Some((list, at)) = list.and_then(|l| l.iter().position(|d| d.name == name).map(|at| (l, at)))
         else {
@@ -1010,7 +1035,7 @@ impl Committer {
             def.meta_key(),
             Some(record::encode_json(&def.to_json())),
         );
-        self.dropping.push(def);
+        self.dropping.push(def.clone());
         group.seq += 1;
         // Readers take their snapshot first and read the catalog after it
         // (`read::run_query`), so with the index gone from the shared
@@ -1026,14 +1051,21 @@ impl Committer {
         // entries): every transaction whose snapshot is older than the drop
         // fails as too old and is retried.
         self.recent.forget_through(group.seq);
-        Ok(group.seq)
+        Ok(def)
     }
 
     /// Deletes up to [`INDEX_PURGE_CHUNK_ENTRIES`] entries of dropped index
-    /// `name` of `collection`, and with the last of them its definition, which
-    /// frees the name. Answers how many entries went: fewer than the chunk
-    /// means the index is gone.
-    fn purge_index(&mut self, group: &mut Group<'_>, collection: &str, name: &str) -> Result<u64> {
+    /// `name` of `collection` after `after` (the last one a step deleted: the
+    /// deleted ones are not scanned again), and with the last of them its
+    /// definition, which frees the name. Answers where the next step starts,
+    /// `None` once the index is gone.
+    fn purge_index(
+        &mut self,
+        group: &mut Group<'_>,
+        collection: &str,
+        name: &str,
+        after: Option<Vec<u8>>,
+    ) -> Result<Option<Vec<u8>>> {
         let at = self
             .dropping
             .iter()
@@ -1042,21 +1074,28 @@ impl Committer {
         // Stored entries only: none are added after the drop, and this step
         // comes after the drop's group was stored.
         let prefix = self.dropping[at].prefix();
-        let entries = scan_prefix(
-            &*self.shared.storage,
+        let start = after.map_or_else(|| prefix.clone(), |k| crate::index::query::successor(&k));
+        let end = index::keys::prefix_end(&prefix);
+        let entries = self.shared.storage.scan(
             Space::Index,
-            &prefix,
+            std::ops::Bound::Included(&start),
+            end.as_deref()
+                .map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded),
+            Direction::Forward,
             INDEX_PURGE_CHUNK_ENTRIES,
         )?;
-        let gone = entries.len();
+        let next = match entries.last() {
+            Some((key, _)) if entries.len() == INDEX_PURGE_CHUNK_ENTRIES => Some(key.clone()),
+            _ => {
+                let def = self.dropping.remove(at);
+                group.put(Space::Meta, def.meta_key(), None);
+                None
+            }
+        };
         for (key, _) in entries {
             group.put(Space::Index, key, None);
         }
-        if gone < INDEX_PURGE_CHUNK_ENTRIES {
-            let def = self.dropping.remove(at);
-            group.put(Space::Meta, def.meta_key(), None);
-        }
-        Ok(gone as u64)
+        Ok(next)
     }
 
     fn backfill(
@@ -1064,19 +1103,21 @@ impl Committer {
         group: &mut Group<'_>,
         collection: &str,
         name: &str,
+        declared_seq: u64,
         after: Option<Vec<u8>>,
     ) -> Result<IndexProgress> {
+        // Only this declaration's steps: a backfill of an index dropped since
+        // would otherwise go on, from its own position, in the new one.
         let def = self
             .indexes
             .get_mut(collection)
-            .and_then(|list| list.iter_mut().find(|d| d.name == name))
-            .ok_or_else(|| Error::NotFound(format!("index {name} of {collection}")))?;
+            .and_then(|list| {
+                list.iter_mut()
+                    .find(|d| d.name == name && d.declared_seq == declared_seq)
+            })
+            .ok_or_else(|| Error::NotFound(format!("index {name} of collection {collection}")))?;
         if def.state != IndexState::Building {
-            return Ok(IndexProgress {
-                state: def.state,
-                backfilled: def.backfilled,
-                next: None,
-            });
+            return Ok(def.progress(None));
         }
         let base = tx::doc_key(collection, "");
         let start = after.map_or_else(|| base.clone(), |k| crate::index::query::successor(&k));
@@ -1108,11 +1149,7 @@ impl Committer {
                         def.meta_key(),
                         Some(record::encode_json(&def.to_json())),
                     );
-                    return Ok(IndexProgress {
-                        state: def.state,
-                        backfilled: def.backfilled,
-                        next: None,
-                    });
+                    return Ok(def.progress(None));
                 }
             }
             group.put(Space::Index, entry, Some(id.into_bytes()));
@@ -1121,7 +1158,11 @@ impl Committer {
         let next = match docs.last() {
             Some((key, _)) if docs.len() == BACKFILL_CHUNK_DOCS => Some(key.clone()),
             _ => {
+                // A sequence of its own: the first snapshot that holds every
+                // entry (`read::ready_index` refuses older ones).
+                group.seq += 1;
                 def.state = IndexState::Ready;
+                def.ready_seq = group.seq;
                 None
             }
         };
@@ -1130,11 +1171,7 @@ impl Committer {
             def.meta_key(),
             Some(record::encode_json(&def.to_json())),
         );
-        Ok(IndexProgress {
-            state: def.state,
-            backfilled: def.backfilled,
-            next,
-        })
+        Ok(def.progress(next))
     }
 
     /// Background upkeep between groups: forget expired idempotency keys.

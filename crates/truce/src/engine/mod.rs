@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 
 use crate::doc;
 use crate::error::{Error, Result};
-use crate::index::IndexState;
+use crate::index::{IndexDef, IndexState};
 use crate::limits::{
     COMMIT_POLL_US_DEFAULT, COMMIT_POLL_US_MAX, COMMIT_QUEUE_REQUESTS_MAX, HOT_SPOTS_TRACKED_DEFAULT,
-    IDEMPOTENCY_RETENTION_MS_DEFAULT, INDEX_PURGE_CHUNK_ENTRIES,
+    IDEMPOTENCY_RETENTION_MS_DEFAULT,
 };
 use crate::storage::{Durability, FjallOptions, FjallStorage, Storage};
 
@@ -460,7 +460,7 @@ impl Db {
             .flatten()
             .filter(|d| d.state == IndexState::Building)
         {
-            self.spawn_backfill(def.collection.clone(), def.name.clone());
+            self.spawn_backfill(def.collection.clone(), def.name.clone(), def.declared_seq);
         }
     }
 
@@ -487,14 +487,16 @@ impl Db {
         }
     }
 
-    /// Backfills index `name` of `collection` in short steps on a background
-    /// thread; an unfinished backfill resumes on the next open.
-    pub(crate) fn spawn_backfill(&self, collection: String, name: String) {
+    /// Backfills index `name` of `collection` (its declaration `declared_seq`)
+    /// in short steps on a background thread; an unfinished backfill resumes
+    /// on the next open.
+    pub(crate) fn spawn_backfill(&self, collection: String, name: String, declared_seq: u64) {
         let mut after = None;
         self.spawn_steps(format!("truce-backfill-{name}"), move |db| {
             let request = |reply| Request::Backfill {
                 collection: collection.clone(),
                 name: name.clone(),
+                declared_seq,
                 after: after.clone(),
                 reply,
             };
@@ -518,22 +520,23 @@ impl Db {
     /// Deletes the entries of dropped index `name` of `collection` in short
     /// steps on a background thread; an unfinished purge resumes on the next open.
     pub(crate) fn spawn_purge(&self, collection: String, name: String) {
-        let mut purged = 0;
+        let mut after = None;
+        let mut steps = 0;
         self.spawn_steps(format!("truce-purge-{name}"), move |db| {
-            let gone = db.ask(|reply| Request::PurgeIndex {
+            after = db.ask(|reply| Request::PurgeIndex {
                 collection: collection.clone(),
                 name: name.clone(),
+                after: after.clone(),
                 reply,
             })?;
-            purged += gone;
-            let more = gone == INDEX_PURGE_CHUNK_ENTRIES as u64;
-            let what = if more {
+            steps += 1;
+            let what = if after.is_some() {
                 "dropped index purge"
             } else {
                 "dropped index purge done"
             };
-            tracing::info!(index = %name, collection = %collection, purged, "{what}");
-            Ok(more)
+            tracing::info!(index = %name, collection = %collection, steps, "{what}");
+            Ok(after.is_some())
         });
     }
 
@@ -547,14 +550,14 @@ impl Db {
     }
 
     /// Drops index `name` of `collection` (see [`Collection::drop_index`]).
-    pub(crate) fn submit_drop_index(&self, collection: &str, name: &str) -> Result<u64> {
-        let seq = self.ask(|reply| Request::DropIndex {
+    pub(crate) fn submit_drop_index(&self, collection: &str, name: &str) -> Result<IndexDef> {
+        let dropped = self.ask(|reply| Request::DropIndex {
             collection: collection.to_string(),
             name: name.to_string(),
             reply,
         })?;
         self.spawn_purge(collection.to_string(), name.to_string());
-        Ok(seq)
+        Ok(dropped)
     }
 
     /// Adds amounts to target fields in one commit; returns its sequence.

@@ -25,15 +25,22 @@ pub fn durable_snapshot(shared: &Shared) -> Result<(Box<dyn StorageRead>, u64)> 
     Ok((view, seq))
 }
 
-/// The index `name` of `collection`, if it is ready for queries.
-pub fn ready_index(shared: &Shared, collection: &str, name: &str) -> Result<IndexDef> {
+/// The index `name` of `collection`, if it is ready for queries on a snapshot
+/// of the commits up to `snapshot_seq`. A snapshot from before the index was
+/// complete would miss entries, or hold those of a dropped index of the same
+/// name: `index_building`.
+pub fn ready_index(shared: &Shared, collection: &str, name: &str, snapshot_seq: u64) -> Result<IndexDef> {
     let catalog = shared.catalog.read().unwrap_or_else(|p| p.into_inner());
     let def = catalog
         .get(collection)
         .and_then(|list| list.iter().find(|d| d.name == name))
         .ok_or_else(|| Error::NotFound(format!("index {name} of collection {collection}")))?;
     match def.state {
-        IndexState::Ready => Ok(def.clone()),
+        IndexState::Ready if def.ready_seq <= snapshot_seq => Ok(def.clone()),
+        IndexState::Ready => Err(Error::IndexBuilding {
+            name: name.into(),
+            backfilled: def.backfilled,
+        }),
         IndexState::Building => Err(Error::IndexBuilding {
             name: name.into(),
             backfilled: def.backfilled,
@@ -59,12 +66,19 @@ pub struct QueryRead {
     pub consumed: KeyRange,
 }
 
-/// Runs `q` against `view`. Without an index, reads the collection in id order.
-pub fn run_query(shared: &Shared, view: &dyn StorageRead, collection: &str, q: &Query) -> Result<QueryRead> {
+/// Runs `q` against `view`, a snapshot of the commits up to `snapshot_seq`.
+/// Without an index, reads the collection in id order.
+pub fn run_query(
+    shared: &Shared,
+    view: &dyn StorageRead,
+    snapshot_seq: u64,
+    collection: &str,
+    q: &Query,
+) -> Result<QueryRead> {
     let def = q
         .index
         .as_deref()
-        .map(|name| ready_index(shared, collection, name))
+        .map(|name| ready_index(shared, collection, name, snapshot_seq))
         .transpose()?;
     let limit = q.page_size()?;
     let whole = q.range(collection, def.as_ref())?;

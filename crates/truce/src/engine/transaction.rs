@@ -192,7 +192,13 @@ impl Transaction {
     /// writes are not reflected in query results.
     pub fn query(&mut self, collection: &str, query: &Query) -> Result<QueryPage> {
         doc::validate_collection_name(collection)?;
-        let read = run_query(self.db.shared(), &*self.view, collection, query)?;
+        let read = run_query(
+            self.db.shared(),
+            &*self.view,
+            self.snapshot_seq,
+            collection,
+            query,
+        )?;
         self.reads.add_range(read.space, read.consumed)?;
         Ok(read.page)
     }

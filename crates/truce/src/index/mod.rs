@@ -100,6 +100,13 @@ pub struct IndexDef {
     pub backfilled: u64,
     /// Why the index failed, if it did.
     pub failure: Option<String>,
+    /// The commit that declared it: which declaration of its name this is
+    /// (0 for one declared before this was kept).
+    pub declared_seq: u64,
+    /// The commit that made it ready: a snapshot older than this does not hold
+    /// all its entries (0 until it is ready, and for one made ready before
+    /// this was kept).
+    pub ready_seq: u64,
 }
 
 impl IndexDef {
@@ -129,6 +136,8 @@ impl IndexDef {
             state: IndexState::Building,
             backfilled: 0,
             failure: None,
+            declared_seq: 0,
+            ready_seq: 0,
         })
     }
 
@@ -171,7 +180,7 @@ impl IndexDef {
         serde_json::json!({
             "collection": self.collection, "name": self.name, "fields": self.spec.fields,
             "unique": self.spec.unique, "state": self.state.name(), "backfilled": self.backfilled,
-            "failure": self.failure,
+            "failure": self.failure, "declared_seq": self.declared_seq, "ready_seq": self.ready_seq,
         })
     }
 
@@ -195,6 +204,8 @@ impl IndexDef {
         def.state = IndexState::parse(text("state")?).ok_or_else(corrupt)?;
         def.backfilled = value.get("backfilled").and_then(Value::as_u64).unwrap_or(0);
         def.failure = value.get("failure").and_then(Value::as_str).map(String::from);
+        def.declared_seq = value.get("declared_seq").and_then(Value::as_u64).unwrap_or(0);
+        def.ready_seq = value.get("ready_seq").and_then(Value::as_u64).unwrap_or(0);
         Ok(def)
     }
 
