@@ -297,7 +297,7 @@ async fn all_docs_for(
             .map(|key| {
                 Ok(all_docs_row(
                     key,
-                    collection.get_stored(key)?,
+                    collection.get_current(key)?,
                     include_docs,
                     tombstones,
                 ))
@@ -442,7 +442,7 @@ pub async fn bulk_docs(
             Ok(Pending::AbsentCheck(check)) => match check.await? {
                 Ok(_) => {
                     let rev = collection
-                        .get_stored(&id)?
+                        .get_current(&id)?
                         .map_or_else(|| "0-0".to_string(), |d| d.rev().to_string());
                     json!({"ok": true, "id": id, "rev": rev})
                 }
@@ -471,7 +471,7 @@ pub async fn get_doc(
     params: Params,
 ) -> CouchResult {
     authorize(&who, Role::Read, Some(&coll))?;
-    let doc = state.db.collection(&coll)?.get_stored(&id)?;
+    let doc = state.db.collection(&coll)?.get_current(&id)?;
     let wanted = params.0.get("rev");
     match doc {
         None => Err(CouchError(StatusCode::NOT_FOUND, "not_found", "missing".into())),

@@ -161,6 +161,16 @@ fn parse_rows(body: Value, pk: &str) -> Result<Vec<Row>, ApiError> {
             Some(Value::Object(a)) => Some(a),
             Some(_) => return Err(invalid(i, "assumedMasterState is a document or null")),
         };
+        if let Some(other) = assumed
+            .as_ref()
+            .and_then(|a| a.get(pk))
+            .filter(|other| other.as_str() != Some(id))
+        {
+            return Err(invalid(
+                i,
+                &format!("assumedMasterState is of document {other}, newDocumentState of {id:?}"),
+            ));
+        }
         let new_body = (!is_deleted(&new)).then(|| user_fields(&new, pk));
         out.push(Row {
             id: id.to_string(),
@@ -174,18 +184,24 @@ fn parse_rows(body: Value, pk: &str) -> Result<Vec<Row>, ApiError> {
 /// Whether the master state `current` is what the client assumed. Server
 /// metadata is ignored unless the client sent `_rev` or `_version`, which then decide.
 fn master_equals(assumed: Option<&Map<String, Value>>, current: Option<&Document>, pk: &str) -> bool {
-    let live = current.filter(|d| !d.is_deleted());
+    // No document and no tombstone: the row can overwrite nothing, and a
+    // conflict would have no master state to hand back (RxDB's own servers
+    // write such a row too).
+    let Some(current) = current else {
+        return true;
+    };
+    let live = Some(current).filter(|d| !d.is_deleted());
     let Some(assumed) = assumed else {
         return live.is_none();
     };
     if let Some(rev) = assumed.get("_rev").and_then(Value::as_str) {
-        return current.is_some_and(|d| d.rev().to_string() == rev);
+        return current.rev().to_string() == rev;
     }
     if let Some(version) = assumed.get("_version").and_then(Value::as_u64) {
-        return current.is_some_and(|d| d.version() == version);
+        return current.version() == version;
     }
     match live {
-        None => is_deleted(assumed) || current.is_none(),
+        None => is_deleted(assumed),
         Some(doc) => !is_deleted(assumed) && user_fields(assumed, pk) == doc.body,
     }
 }
@@ -234,9 +250,12 @@ pub async fn push(
         let mut ops = Vec::with_capacity(pending.len());
         let mut batch_rows = Vec::with_capacity(pending.len());
         for row in pending.drain(..) {
-            let current = collection.get_stored(&row.id)?;
-            if !master_equals(row.assumed.as_ref(), current.as_ref(), &pk) {
-                conflicts.push(current.map_or(Value::Null, |d| rx_doc(&d, &pk, false)));
+            let current = collection.get_current(&row.id)?;
+            if let Some(master) = current
+                .as_ref()
+                .filter(|_| !master_equals(row.assumed.as_ref(), current.as_ref(), &pk))
+            {
+                conflicts.push(rx_doc(master, &pk, false));
                 continue;
             }
             if let Some(op) = row_op(&coll, &row, current.as_ref()) {
@@ -250,11 +269,10 @@ pub async fn push(
         if round == PUSH_ROUNDS_MAX {
             // Still racing after every round: answer the rest with their master state.
             for row in batch_rows {
-                conflicts.push(
-                    collection
-                        .get_stored(&row.id)?
-                        .map_or(Value::Null, |d| rx_doc(&d, &pk, false)),
-                );
+                // Written by another writer meanwhile, so it exists.
+                if let Some(master) = collection.get_current(&row.id)? {
+                    conflicts.push(rx_doc(&master, &pk, false));
+                }
             }
             break;
         }
@@ -271,7 +289,6 @@ pub async fn push(
             }
         }
     }
-    let conflicts: Vec<Value> = conflicts.into_iter().filter(|c| !c.is_null()).collect();
     Ok(axum::Json(Value::Array(conflicts)).into_response())
 }
 

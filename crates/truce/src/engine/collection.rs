@@ -51,6 +51,20 @@ impl Collection {
             .filter(|d| !d.is_deleted() && !self.expired(d)))
     }
 
+    /// The state of `id` as a write meets it: [`get_stored`](Self::get_stored),
+    /// with a document past its TTL that the sweeper has not reached yet seen
+    /// as the tombstone it is about to become. What a replication peer is
+    /// told the master state is.
+    pub fn get_current(&self, id: &str) -> Result<Option<Document>> {
+        Ok(self.get_stored(id)?.map(|d| {
+            if !d.is_deleted() && self.expired(&d) {
+                super::committer::as_deleted(&d)
+            } else {
+                d
+            }
+        }))
+    }
+
     /// The stored state of `id`, tombstones included.
     pub fn get_stored(&self, id: &str) -> Result<Option<Document>> {
         doc::validate_id(id)?;

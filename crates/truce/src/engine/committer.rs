@@ -1552,14 +1552,19 @@ fn is_expired_for_writers(doc: &Document, ttl: &config::TtlConfig, now_ms: u64) 
 /// before the sweeper's tombstone: seen as deleted (so a new document
 /// continues its version history).
 fn expired_as_deleted(doc: &Document) -> Arc<Document> {
-    Arc::new(Document {
+    Arc::new(as_deleted(doc))
+}
+
+/// `doc` as the tombstone of its version: deleted, with no body.
+pub(crate) fn as_deleted(doc: &Document) -> Document {
+    Document {
         id: doc.id.clone(),
         meta: crate::doc::Meta {
             deleted: true,
             ..doc.meta
         },
         body: crate::doc::Body::new(),
-    })
+    }
 }
 
 /// Whether a document's TTL field says it has expired at `now_ms`.
