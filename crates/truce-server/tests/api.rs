@@ -995,6 +995,26 @@ fn transactions_all_or_nothing() {
     assert_eq!(conflicts[2]["current"], Value::Null);
     api.get("/v1/c/acc/fresh").error(404, "not_found");
 
+    // The body's `source` names the caller, as `Truce-Source` does (and over it).
+    api.call(
+        Method::POST,
+        "/v1/tx",
+        &[("Truce-Source", "header")],
+        Some(
+            json!({"source": "transferFunds", "ops": [{"op": "check", "c": "acc", "id": "a", "version": 1}]})
+                .to_string(),
+        ),
+    )
+    .error(409, "conflict");
+    let metrics = api.get("/metrics");
+    assert!(
+        metrics.text.lines().any(|l| l.starts_with(
+            r#"truce_conflicts_total{reason="version_mismatch",collection="acc",source="transferFunds"} 1"#
+        )),
+        "{}",
+        metrics.text
+    );
+
     // Invalid transactions.
     api.tx(json!({"ops": [{"op": "put", "c": "acc", "id": "d", "doc": {}},
                           {"op": "patch", "c": "acc", "id": "d", "update": {"$set": {"a": 1}}}]}))

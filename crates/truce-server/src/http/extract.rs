@@ -394,8 +394,16 @@ pub fn object(value: Value) -> Result<Map<String, Value>, ApiError> {
 /// `Truce-Attempt: n` or `n/max`. Both are advisory: a malformed attempt is
 /// ignored (counted as a first attempt), never refused.
 pub fn origin(headers: &HeaderMap) -> Origin {
+    origin_named(None, headers)
+}
+
+/// [`origin`], with `source` (a transaction body's) in place of the
+/// `Truce-Source` header when it is given.
+pub fn origin_named(source: Option<&str>, headers: &HeaderMap) -> Origin {
     let text = |name: HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
-    let origin = text(TRUCE_SOURCE).map_or_else(Origin::default, Origin::source);
+    let origin = source
+        .or_else(|| text(TRUCE_SOURCE))
+        .map_or_else(Origin::default, Origin::source);
     let Some(attempt) = text(TRUCE_ATTEMPT) else {
         return origin;
     };

@@ -13,7 +13,7 @@ use super::AppState;
 use super::documents::WriteAnswer;
 use super::error::ApiError;
 use super::extract::{
-    JsonBody, Params, authorize, expect_from_version, first_unknown, idempotency_key, object, origin,
+    JsonBody, Params, authorize, expect_from_version, first_unknown, idempotency_key, object, origin_named,
 };
 use crate::keys::{Principal, Role};
 
@@ -154,13 +154,15 @@ pub async fn transaction(
             "a transaction takes \"ops\" and \"source\", not {key:?}"
         ))));
     }
-    if let Some(source) = body.get("source")
-        && !source.is_string()
-    {
-        return Err(ApiError::Engine(truce::Error::InvalidTransaction(
-            "\"source\" is a string".into(),
-        )));
-    }
+    let source = match body.remove("source") {
+        None => None,
+        Some(Value::String(source)) => Some(source),
+        Some(_) => {
+            return Err(ApiError::Engine(truce::Error::InvalidTransaction(
+                "\"source\" is a string".into(),
+            )));
+        }
+    };
     let ops = match body.remove("ops") {
         Some(Value::Array(ops)) => ops,
         _ => {
@@ -188,7 +190,7 @@ pub async fn transaction(
     let key = idempotency_key(&headers)?;
     match state
         .db
-        .submit_batch_from(parsed, key.as_deref(), origin(&headers))?
+        .submit_batch_from(parsed, key.as_deref(), origin_named(source.as_deref(), &headers))?
         .await?
     {
         Ok(committed) => {
