@@ -83,12 +83,26 @@ fn text<'a>(object: &'a Map<String, Value>, key: &str, what: &str) -> Result<&'a
         .ok_or_else(|| invalid(format!("{what}.{key} must be a string")))
 }
 
+/// Refuses a key of `object` (`what`) that is not one of `allowed`: a
+/// misspelt `where` would otherwise count every document, a misspelt `mode`
+/// pick the other one.
+fn only(object: &serde_json::Map<String, Value>, allowed: &[&str], what: &str) -> Result<()> {
+    match object.keys().find(|k| !allowed.contains(&k.as_str())) {
+        Some(key) => Err(invalid(format!(
+            "{what} takes {}, not {key:?}",
+            allowed.join(", ")
+        ))),
+        None => Ok(()),
+    }
+}
+
 fn parse_ttl(value: &Value) -> Result<Option<TtlConfig>> {
     let ttl = match value {
         Value::Null => return Ok(None),
         Value::Object(ttl) => ttl,
         _ => return Err(invalid("ttl must be {\"field\", \"seconds\"} or null".into())),
     };
+    only(ttl, &["field", "seconds"], "ttl")?;
     let field = text(ttl, "field", "ttl")?;
     let path = Path::parse(field).map_err(|e| invalid(format!("ttl.field: {e}")))?;
     let seconds = ttl
@@ -112,6 +126,7 @@ fn parse_counter(value: &Value, index: usize) -> Result<CounterDef> {
     let Value::Object(c) = value else {
         return Err(invalid(format!("{what} must be an object")));
     };
+    only(c, &["name", "group_by", "where", "sum", "target", "mode"], &what)?;
     let name = text(c, "name", &what)?;
     doc::validate_collection_name(name)
         .map_err(|_| invalid(format!("{what}.name {name:?} is not a valid name")))?;
@@ -132,16 +147,18 @@ fn parse_counter(value: &Value, index: usize) -> Result<CounterDef> {
     let Some(Value::Object(target)) = c.get("target") else {
         return Err(invalid(format!("{what}.target must be {{\"c\", \"field\"}}")));
     };
+    only(target, &["c", "field"], &format!("{what}.target"))?;
     let target_collection = text(target, "c", &format!("{what}.target"))?;
     doc::validate_collection_name(target_collection)?;
     let target_field = text(target, "field", &format!("{what}.target"))?;
     Path::parse(target_field).map_err(|e| invalid(format!("{what}.target.field: {e}")))?;
-    let mode = match c.get("mode").and_then(Value::as_str) {
-        None | Some("in_commit") => CounterMode::InCommit,
-        Some("after_commit") => CounterMode::AfterCommit,
+    let mode = match c.get("mode") {
+        None | Some(Value::Null) => CounterMode::InCommit,
+        Some(Value::String(mode)) if mode == "in_commit" => CounterMode::InCommit,
+        Some(Value::String(mode)) if mode == "after_commit" => CounterMode::AfterCommit,
         Some(other) => {
             return Err(invalid(format!(
-                "{what}.mode {other:?}: use in_commit or after_commit"
+                "{what}.mode {other}: use \"in_commit\" or \"after_commit\""
             )));
         }
     };
@@ -163,11 +180,7 @@ impl CollectionConfig {
         let Value::Object(body) = value else {
             return Err(invalid("a config is a JSON object".into()));
         };
-        if let Some(key) = body.keys().find(|k| !["ttl", "counters"].contains(&k.as_str())) {
-            return Err(invalid(format!(
-                "unknown config key {key:?}: use ttl and counters"
-            )));
-        }
+        only(body, &["ttl", "counters"], "a config")?;
         let ttl = parse_ttl(body.get("ttl").unwrap_or(&Value::Null))?;
         let counters = match body.get("counters") {
             None | Some(Value::Null) => Vec::new(),
@@ -227,6 +240,33 @@ pub const META_PREFIX: &[u8] = b"config\0";
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A misspelt key anywhere in a configuration is refused, not read as
+    /// absent: a misspelt `where` would count every document.
+    #[test]
+    fn unknown_keys_are_refused_at_every_level() {
+        let counter = json!({"name": "conf", "group_by": "camp", "where": {"status": "confirmed"},
+                             "target": {"c": "metrics", "field": "conf"}, "mode": "in_commit"});
+        CollectionConfig::from_json(&json!({"counters": [counter.clone()]})).unwrap();
+        let mut misspelt = counter.clone();
+        let filter = misspelt.as_object_mut().unwrap().remove("where").unwrap();
+        misspelt["wehre"] = filter;
+        let mut target = counter.clone();
+        target["target"]["x"] = json!(1);
+        let mut mode = counter.clone();
+        mode["mode"] = json!(5);
+        for (config, says) in [
+            (json!({"counters": [misspelt]}), "\"wehre\""),
+            (json!({"counters": [target]}), "\"x\""),
+            (json!({"counters": [mode]}), "mode 5"),
+            (json!({"ttl": {"field": "t", "seconds": 5, "x": 1}}), "\"x\""),
+            (json!({"ttls": null}), "\"ttls\""),
+        ] {
+            let error = CollectionConfig::from_json(&config).unwrap_err();
+            assert_eq!(error.code(), "invalid_config", "{config}");
+            assert!(error.to_string().contains(says), "{config}: {error}");
+        }
+    }
 
     #[test]
     fn api_md_example_round_trips() {
