@@ -285,6 +285,12 @@ fn cases() -> Vec<Case> {
             "invalid_id",
         ),
         case(
+            "dropping an index by a name no index can have",
+            request("DELETE", "/v1/c/t/_indexes/1bad", &[], b""),
+            400,
+            "invalid_index",
+        ),
+        case(
             "an index name that is invalid UTF-8",
             put("/v1/c/t/_indexes/%FF", r#"{"fields": ["k"]}"#),
             400,

@@ -262,6 +262,7 @@ impl Collection {
     /// declaring an index of the same name fails with `index_dropping`, and
     /// the dropped index still counts towards the collection's limit.
     pub fn drop_index(&self, name: &str) -> Result<IndexDef> {
+        crate::index::validate_name(name)?;
         self.db.submit_drop_index(&self.name, name)
     }
 

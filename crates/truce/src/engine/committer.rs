@@ -998,6 +998,15 @@ impl Committer {
                     def.name, def.collection
                 )));
             }
+            if existing.state == IndexState::Failed {
+                // Declaring it again would not build it again: say how to.
+                return Err(Error::InvalidIndex(format!(
+                    "index {} of {} failed to build ({}); drop it and declare it again",
+                    def.name,
+                    def.collection,
+                    existing.failure.as_deref().unwrap_or("no reason kept")
+                )));
+            }
             return Ok(existing.progress(None));
         }
         // A dropped index counts until its entries are gone.

@@ -113,11 +113,7 @@ impl IndexDef {
     /// Validates a new index definition.
     pub fn new(collection: &str, name: &str, spec: IndexSpec) -> Result<IndexDef> {
         doc::validate_collection_name(collection)?;
-        doc::validate_collection_name(name).map_err(|_| {
-            Error::InvalidIndex(format!(
-                "index name {name:?} must match ^[A-Za-z][A-Za-z0-9_-]{{0,63}}$"
-            ))
-        })?;
+        validate_name(name)?;
         if spec.fields.is_empty() || spec.fields.len() > INDEX_FIELDS_MAX {
             return Err(Error::InvalidIndex(format!(
                 "an index has 1 to {INDEX_FIELDS_MAX} fields"
@@ -213,6 +209,15 @@ impl IndexDef {
     pub fn meta_key(&self) -> Vec<u8> {
         meta_key(&self.collection, &self.name)
     }
+}
+
+/// Checks an index name: the rules of collection names, as `invalid_index`.
+pub fn validate_name(name: &str) -> Result<()> {
+    doc::validate_collection_name(name).map_err(|_| {
+        Error::InvalidIndex(format!(
+            "index name {name:?} must match ^[A-Za-z][A-Za-z0-9_-]{{0,63}}$"
+        ))
+    })
 }
 
 /// The meta-space key of index `name` of `collection`.

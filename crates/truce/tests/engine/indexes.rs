@@ -294,6 +294,18 @@ fn a_unique_index_over_duplicates_fails_to_build() {
         })
         .unwrap_err();
     assert_eq!(err.code(), "invalid_index");
+    // Declaring it again does not build it again, and says what does.
+    let again = c.create_index("by_k", spec(&["k"], true)).unwrap_err();
+    assert_eq!(again.code(), "invalid_index");
+    assert!(
+        again.to_string().contains("drop it and declare it again"),
+        "{again}"
+    );
+    c.drop_index("by_k").unwrap();
+    c.put("b", json!({"k": 2}), Expect::Any).unwrap().unwrap();
+    declare_after_drop(&c, "by_k", spec(&["k"], true));
+    wait_ready(&c, "by_k");
+    assert_eq!(c.drop_index("1bad").unwrap_err().code(), "invalid_index");
 }
 
 #[test]
