@@ -1230,6 +1230,19 @@ fn change_feed_longpoll() {
     assert_eq!(change_ids(behind.ok(200)), ["first", "second"]);
     assert_eq!(behind.json["results"][0]["c"], "lp");
     assert!(started.elapsed() < Duration::from_secs(3));
+    // `limit` bounds a long poll's answer as it does a normal one's, on the
+    // CouchDB subset too; a stream has no answer to bound.
+    let one = api.get("/v1/_changes?feed=longpoll&since=0&limit=1&timeout=10000");
+    assert_eq!(change_ids(one.ok(200)), ["first"]);
+    let couch = api.get("/couch/lp/_changes?feed=longpoll&since=0&limit=1&timeout=10000");
+    assert_eq!(
+        couch.ok(200)["results"].as_array().map(Vec::len),
+        Some(1),
+        "{}",
+        couch.text
+    );
+    api.get("/v1/c/lp/_changes?feed=sse&limit=1")
+        .error(400, "invalid_query");
 }
 
 #[test]

@@ -101,10 +101,10 @@ async fn feed(
                 .parse::<u64>("timeout", "invalid_query")?
                 .unwrap_or(LONGPOLL_TIMEOUT_MS_DEFAULT)
                 .min(LONGPOLL_TIMEOUT_MS_MAX);
-            let mut sub =
-                state
-                    .db
-                    .subscribe(request.collection.as_deref(), request.since, request.include_docs)?;
+            let mut sub = state
+                .db
+                .subscribe(request.collection.as_deref(), request.since, request.include_docs)?
+                .page_limit(request.limit);
             let (results, last_seq) =
                 match tokio::time::timeout(Duration::from_millis(timeout), sub.next()).await {
                     Ok(page) => {
@@ -122,6 +122,14 @@ async fn feed(
             Ok(axum::Json(json!({"results": results, "last_seq": last_seq})).into_response())
         }
         "sse" => {
+            if params.0.contains_key("limit") {
+                // A stream has no answer for it to bound.
+                return Err(ApiError::BadRequest(
+                    "invalid_query",
+                    "limit bounds an answer of feed=normal or longpoll; a feed=sse stream sends every change"
+                        .into(),
+                ));
+            }
             let sub =
                 state
                     .db

@@ -214,7 +214,10 @@ pub async fn changes(
                 .parse::<u64>("timeout", "invalid_query")?
                 .unwrap_or(LONGPOLL_TIMEOUT_MS_DEFAULT)
                 .min(LONGPOLL_TIMEOUT_MS_MAX);
-            let mut sub = state.db.subscribe(Some(&coll), since, include_docs)?;
+            let mut sub = state
+                .db
+                .subscribe(Some(&coll), since, include_docs)?
+                .page_limit(limit);
             match tokio::time::timeout(Duration::from_millis(timeout), sub.next()).await {
                 Ok(page) => page?,
                 Err(_) => truce::ChangesPage {

@@ -443,6 +443,7 @@ impl Db {
             collection: collection.map(String::from),
             since,
             include_docs,
+            page: SUBSCRIPTION_PAGE,
         })
     }
 
@@ -588,12 +589,20 @@ pub struct Subscription {
     collection: Option<String>,
     since: u64,
     include_docs: bool,
+    page: usize,
 }
 
-/// Changes per page of a subscription.
+/// Changes per page of a subscription unless [`Subscription::page_limit`] says.
 const SUBSCRIPTION_PAGE: usize = 1000;
 
 impl Subscription {
+    /// At most `limit` changes per page (at least 1), as
+    /// [`Db::changes`]'s `limit`: a commit is never split.
+    pub fn page_limit(mut self, limit: usize) -> Subscription {
+        self.page = limit.max(1);
+        self
+    }
+
     /// Where the subscription stands: every change up to here has been returned.
     pub fn since(&self) -> u64 {
         self.since
@@ -603,7 +612,7 @@ impl Subscription {
         let page = self.db.changes(
             self.collection.as_deref(),
             self.since,
-            SUBSCRIPTION_PAGE,
+            self.page,
             self.include_docs,
         )?;
         self.since = page.last_seq;
