@@ -906,6 +906,53 @@ fn replication_push_edges() {
     assert_eq!(api.get("/v1/c/old/gone").ok(200)["v"], 2);
 }
 
+/// The CouchDB subset refuses what it cannot keep, before writing any
+/// document of the request.
+#[test]
+fn couch_writes_refuse_what_they_cannot_keep() {
+    let server = Server::start();
+    let api = Api::new(&server);
+    let bulk = |docs: Value| {
+        api.call(
+            Method::POST,
+            "/couch/cb/_bulk_docs",
+            &[],
+            Some(json!({ "docs": docs }).to_string()),
+        )
+    };
+    let attachment = json!({"f": {"data": "aGk=", "content_type": "text/plain"}});
+    for (docs, error) in [
+        (
+            json!([{"_id": "first"}, {"_id": "d", "_attachments": attachment}]),
+            "bad_request",
+        ),
+        (
+            json!([{"_id": "first"}, {"_id": "c", "_foo": 1}]),
+            "doc_validation",
+        ),
+    ] {
+        let answer = bulk(docs);
+        assert_eq!(answer.status, 400, "{}", answer.text);
+        assert_eq!(answer.json["error"], error, "{}", answer.text);
+        assert_eq!(
+            api.get("/v1/c/cb/first").status,
+            404,
+            "nothing of the request is written"
+        );
+    }
+    let answer = api.call(
+        Method::PUT,
+        "/couch/cb/e",
+        &[],
+        Some(json!({"_attachments": attachment}).to_string()),
+    );
+    assert_eq!(answer.status, 400, "{}", answer.text);
+    // CouchDB's own fields, and no attachments, are fine.
+    let answer = bulk(json!([{"_id": "ok", "_attachments": {}, "_conflicts": [], "n": 1}]));
+    assert_eq!(answer.ok(201)[0]["ok"], true, "{}", answer.text);
+    assert_eq!(api.get("/v1/c/cb/ok").ok(200)["n"], 1);
+}
+
 #[test]
 fn transactions_all_or_nothing() {
     let server = Server::start();

@@ -85,6 +85,18 @@ fn couch_doc(doc: &Document) -> Value {
     Value::Object(out)
 }
 
+/// The `_` fields CouchDB accepts in a document body (besides `_rev` and
+/// `_deleted`, read above them): none holds anything Truce keeps.
+const COUCH_SPECIAL_FIELDS: [&str; 7] = [
+    "_id",
+    "_attachments",
+    "_revisions",
+    "_conflicts",
+    "_deleted_conflicts",
+    "_local_seq",
+    "_revs_info",
+];
+
 /// The write a CouchDB document body asks for: `_rev` means "exactly that
 /// revision", none means create (also over a tombstone); `_deleted` deletes.
 fn couch_write(coll: &str, id: &str, mut doc: Map<String, Value>) -> Result<TxOp, CouchError> {
@@ -107,7 +119,29 @@ fn couch_write(coll: &str, id: &str, mut doc: Map<String, Value>) -> Result<TxOp
             ));
         }
     };
-    // CouchDB keeps special fields it understands; Truce stores none of them.
+    // CouchDB's own special fields carry nothing Truce keeps; attachments do
+    // (refused: dropping them would lose the client's data), and any other
+    // `_` field is refused as CouchDB refuses it.
+    if doc
+        .get("_attachments")
+        .is_some_and(|a| a.as_object().is_none_or(|a| !a.is_empty()))
+    {
+        return Err(CouchError(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "attachments are not supported: keep binary data elsewhere".into(),
+        ));
+    }
+    if let Some(key) = doc
+        .keys()
+        .find(|k| k.starts_with('_') && !COUCH_SPECIAL_FIELDS.contains(&k.as_str()))
+    {
+        return Err(CouchError(
+            StatusCode::BAD_REQUEST,
+            "doc_validation",
+            format!("Bad special document member: {key}"),
+        ));
+    }
     doc.retain(|k, _| !k.starts_with('_'));
     let (collection, id) = (coll.to_string(), id.to_string());
     Ok(match (deleted, expect) {
@@ -412,7 +446,9 @@ pub async fn bulk_docs(
         }
         .into());
     }
-    let mut pending = Vec::with_capacity(docs.len());
+    // Every document is read before any is written: a bad one refuses the
+    // request, and nothing of it is written.
+    let mut ops = Vec::with_capacity(docs.len());
     for doc in docs {
         let Value::Object(doc) = doc.clone() else {
             return Err(CouchError(
@@ -428,7 +464,10 @@ pub async fn bulk_docs(
                 "every doc needs an _id".into(),
             ));
         };
-        let op = couch_write(&coll, &id, doc)?;
+        ops.push((id.clone(), couch_write(&coll, &id, doc)?));
+    }
+    let mut pending = Vec::with_capacity(ops.len());
+    for (id, op) in ops {
         let submitted = match op {
             check @ TxOp::Check { .. } => state.db.submit_batch(vec![check], None).map(Pending::AbsentCheck),
             write => state.db.submit_write(write, None).map(Pending::Write),
