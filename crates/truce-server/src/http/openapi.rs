@@ -10,6 +10,7 @@ use utoipa::openapi::schema::{
     AdditionalProperties, AllOfBuilder, AnyOfBuilder, ArrayBuilder, KnownFormat, ObjectBuilder, OneOfBuilder,
     Schema, SchemaFormat, SchemaType, Type,
 };
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{Content, Header, Ref, RefOr, ResponseBuilder};
 use utoipa::{Modify, OpenApi, ToSchema};
 
@@ -593,9 +594,33 @@ fn update_schema(with_precondition: bool) -> RefOr<Schema> {
 /// server really answers (docs/http.md, "Error codes and statuses").
 struct Conventions;
 
+/// The documented routes that serve anyone, keys or not (so does
+/// `/openapi.json`, which does not describe itself).
+const OPEN_PATHS: [&str; 2] = ["/healthz", "/dashboard"];
+
 impl Modify for Conventions {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        // Every other route needs an API key (`Authorization: Bearer`) once
+        // the server has keys.
+        openapi
+            .components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme(
+                "bearer",
+                SecurityScheme::Http(
+                    HttpBuilder::new()
+                        .scheme(HttpAuthScheme::Bearer)
+                        .description(Some("An API key from `truce keys create`"))
+                        .build(),
+                ),
+            );
+        openapi.security = Some(vec![SecurityRequirement::new("bearer", Vec::<String>::new())]);
         for (path, item) in openapi.paths.paths.iter_mut() {
+            if OPEN_PATHS.contains(&path.as_str()) {
+                for operation in [&mut item.get].into_iter().flatten() {
+                    operation.security = Some(vec![SecurityRequirement::default()]);
+                }
+            }
             let operations = [
                 (false, &mut item.get),
                 (true, &mut item.put),
@@ -679,6 +704,10 @@ fn add_shared_responses(path: &str, operation: &mut Operation) {
         "429",
         error_response("`overloaded`: too many requests at once", true),
     )];
+    // `/metrics` needs a key too.
+    if path == "/metrics" {
+        shared.push(("401", unauthorized_response()));
+    }
     // The rest only for the API v1: `/healthz` is not authenticated and documents
     // its own 503, and CouchDB-compatible routes answer errors in CouchDB's shape.
     if path.starts_with("/v1") {
@@ -692,14 +721,11 @@ fn add_shared_responses(path: &str, operation: &mut Operation) {
                 error_response("`payload_too_large` or `limit_exceeded`", false),
             ));
         }
-        let unauthorized = "`unauthorized`: the key is missing or invalid, or the server has no keys and \
-                            does not serve without them (beyond loopback, or after its last key was revoked)";
-        let challenge = Header::new(ObjectBuilder::new().schema_type(Type::String));
-        let unauthorized = error_response(unauthorized, false).header("WWW-Authenticate", challenge);
-        shared.push(("401", unauthorized));
+        shared.push(("401", unauthorized_response()));
         let forbidden = "`forbidden`: this key's role or collections do not allow it";
         shared.push(("403", error_response(forbidden, false)));
-        let unavailable = "`unavailable` (storage failed, or the request timed out) or `index_building`";
+        let unavailable = "`unavailable` (storage failed), `timeout`, `index_building` or `index_dropping` \
+                           (a dropped index of that name is still being deleted)";
         shared.push(("503", error_response(unavailable, true)));
     }
     for (status, response) in shared {
@@ -709,6 +735,14 @@ fn add_shared_responses(path: &str, operation: &mut Operation) {
             .entry(status.to_string())
             .or_insert_with(|| RefOr::T(response.build()));
     }
+}
+
+/// A 401, with the challenge every 401 carries.
+fn unauthorized_response() -> ResponseBuilder {
+    let unauthorized = "`unauthorized`: the key is missing or invalid, or the server has no keys and \
+                        does not serve without them (beyond loopback, or after its last key was revoked)";
+    let challenge = Header::new(ObjectBuilder::new().schema_type(Type::String));
+    error_response(unauthorized, false).header("WWW-Authenticate", challenge)
 }
 
 /// The document as JSON.
@@ -738,6 +772,7 @@ fn one_precondition_per_body(doc: &mut Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
     use truce::limits;
 
     fn parameter<'a>(doc: &'a Value, path: &str, method: &str, name: &str) -> &'a Value {
@@ -784,6 +819,35 @@ mod tests {
         assert!(WRITE_PATH_PATTERN.contains(&segments) && READ_PATH_PATTERN.contains(&segments));
         let name = format!("{{0,{}}}", limits::COLLECTION_NAME_BYTES_MAX - 1);
         assert!(NAME_PATTERN.contains(&name));
+    }
+
+    /// Keys are documented as the server asks for them: a bearer scheme for
+    /// every route but the open ones, and a 401 with its challenge where a
+    /// key is needed; a 503 that can be `index_dropping` says `Retry-After`.
+    #[test]
+    fn the_document_says_which_routes_need_a_key() {
+        let doc = document();
+        assert_eq!(doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
+        assert_eq!(doc["security"], json!([{"bearer": []}]));
+        for open in OPEN_PATHS {
+            assert_eq!(doc["paths"][open]["get"]["security"], json!([{}]), "{open}");
+        }
+        for (path, method) in [("/metrics", "get"), ("/v1/c/{coll}/_indexes/{name}", "delete")] {
+            let operation = &doc["paths"][path][method];
+            assert!(operation.get("security").is_none(), "{path}");
+            assert!(
+                operation["responses"]["401"]["headers"]["WWW-Authenticate"].is_object(),
+                "{path}"
+            );
+        }
+        let put_index = &doc["paths"]["/v1/c/{coll}/_indexes/{name}"]["put"]["responses"]["503"];
+        assert!(
+            put_index["description"]
+                .as_str()
+                .unwrap()
+                .contains("index_dropping")
+        );
+        assert!(put_index["headers"]["Retry-After"].is_object(), "{put_index}");
     }
 
     /// The PATCH body's schema knows every operator the engine applies, and

@@ -66,9 +66,7 @@ pub async fn list_indexes(
     request_body = super::openapi::IndexBody,
     responses((status = 200, description = "Ready", body = super::openapi::Index),
                (status = 202, description = "Building", body = super::openapi::Index),
-               (status = 400, description = "Invalid definition", body = super::openapi::ErrorBody),
-               (status = 503, description = "`index_dropping`: a dropped index of this name is still being \
-                deleted; retry after `Retry-After`", body = super::openapi::ErrorBody)))]
+               (status = 400, description = "Invalid definition", body = super::openapi::ErrorBody)))]
 pub async fn put_index(
     State(state): State<Arc<AppState>>,
     Extension(who): Extension<Principal>,
