@@ -889,6 +889,11 @@ fn replication_push_edges() {
                  "newDocumentState": {"id": "q2", "v": 2}}]))
     .error(400, "invalid_transaction");
     assert_eq!(api.get("/v1/c/rx/q2").status, 404);
+    // Attachments would be dropped, not stored: refused, as on /couch.
+    push(json!([{"assumedMasterState": null,
+                 "newDocumentState": {"id": "att", "_attachments": {"f": {"data": "aGk="}}}}]))
+    .error(400, "invalid_transaction");
+    assert_eq!(api.get("/v1/c/rx/att").status, 404);
 
     // Past its TTL: a tombstone for reads and writes of every route.
     api.put("/v1/c/old/_config", json!({"ttl": {"field": "u", "seconds": 1}}))

@@ -149,6 +149,16 @@ fn parse_rows(body: Value, pk: &str) -> Result<Vec<Row>, ApiError> {
         let Some(Value::Object(new)) = row.remove("newDocumentState") else {
             return Err(invalid(i, "newDocumentState is a document"));
         };
+        // Only user fields are kept: attachments would be lost, not stored.
+        if new
+            .get("_attachments")
+            .is_some_and(|a| a.as_object().is_none_or(|a| !a.is_empty()))
+        {
+            return Err(invalid(
+                i,
+                "attachments are not supported: keep binary data elsewhere",
+            ));
+        }
         let id = new
             .get(pk)
             .and_then(Value::as_str)
@@ -267,11 +277,24 @@ pub async fn push(
             break;
         }
         if round == PUSH_ROUNDS_MAX {
-            // Still racing after every round: answer the rest with their master state.
-            for row in batch_rows {
-                // Written by another writer meanwhile, so it exists.
-                if let Some(master) = collection.get_current(&row.id)? {
-                    conflicts.push(rx_doc(&master, &pk, false));
+            // Still racing after every round, because of one row or another:
+            // each row on its own, so that one busy document does not keep the
+            // others from being written. A row that conflicts alone was written
+            // by someone else since, so it has a master state to answer with.
+            for (op, row) in ops.into_iter().zip(batch_rows) {
+                match state.db.submit_batch(vec![op], None)?.await? {
+                    Ok(_) => {}
+                    Err(TxFailure::Conflicts(_)) => {
+                        if let Some(master) = collection.get_current(&row.id)? {
+                            conflicts.push(rx_doc(&master, &pk, false));
+                        }
+                    }
+                    Err(other) => {
+                        return Err(ApiError::Engine(truce::Error::TransactionFailed {
+                            attempts: 1,
+                            failure: Box::new(other),
+                        }));
+                    }
                 }
             }
             break;
