@@ -190,7 +190,11 @@ pub async fn transaction(
     let key = idempotency_key(&headers)?;
     match state
         .db
-        .submit_batch_from(parsed, key.as_deref(), origin_named(source.as_deref(), &headers))?
+        .submit_batch_from(
+            parsed,
+            key.as_deref(),
+            origin_named(source.as_deref().filter(|s| !s.is_empty()), &headers),
+        )?
         .await?
     {
         Ok(committed) => {

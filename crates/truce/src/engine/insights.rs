@@ -43,11 +43,13 @@ pub struct Origin {
 }
 
 impl Origin {
-    /// An origin naming its source (cut to [`SOURCE_BYTES_MAX`] bytes on a
-    /// character boundary; control characters are dropped).
+    /// An origin naming its source: its printable ASCII characters but `"`
+    /// and `\` (it becomes a metrics label, written as is), cut to
+    /// [`SOURCE_BYTES_MAX`] bytes.
     pub fn source(source: &str) -> Origin {
         let mut cut = String::with_capacity(source.len().min(SOURCE_BYTES_MAX));
-        for c in source.chars().filter(|c| !c.is_control()) {
+        let kept = |c: &char| (c.is_ascii_graphic() || *c == ' ') && *c != '"' && *c != '\\';
+        for c in source.chars().filter(kept) {
             if cut.len() + c.len_utf8() > SOURCE_BYTES_MAX {
                 break;
             }
@@ -951,6 +953,17 @@ mod tests {
 
     fn coll() -> Arc<str> {
         Arc::from("c")
+    }
+
+    /// A source becomes a metrics label written as is: a `"` or `\` in it
+    /// would break every scrape.
+    #[test]
+    fn a_source_keeps_what_a_label_can_hold() {
+        let kept = |s: &str| Origin::source(s).source.map(|s| s.to_string());
+        assert_eq!(kept("transferFunds"), Some("transferFunds".into()));
+        assert_eq!(kept("a\"b\\c d\u{1}é"), Some("abc d".into()));
+        assert_eq!(kept("\"\\"), None);
+        assert_eq!(kept(&"x".repeat(100)).map(|s| s.len()), Some(SOURCE_BYTES_MAX));
     }
 
     #[test]
