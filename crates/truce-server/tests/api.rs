@@ -1295,6 +1295,8 @@ fn change_feed_longpoll() {
     );
     api.get("/v1/c/lp/_changes?feed=sse&limit=1")
         .error(400, "invalid_query");
+    api.get("/v1/_changes?feed=longpoll&since=0&limit=0")
+        .error(400, "invalid_query");
 }
 
 #[test]

@@ -61,6 +61,7 @@ fn feed_request(db: &Db, collection: Option<String>, params: &Params) -> Result<
     let limit = params
         .parse::<usize>("limit", "invalid_query")?
         .unwrap_or(CHANGES_LIMIT_DEFAULT);
+
     Ok(FeedRequest {
         collection,
         since,
@@ -104,7 +105,7 @@ async fn feed(
             let mut sub = state
                 .db
                 .subscribe(request.collection.as_deref(), request.since, request.include_docs)?
-                .page_limit(request.limit);
+                .page_limit(request.limit)?;
             let (results, last_seq) =
                 match tokio::time::timeout(Duration::from_millis(timeout), sub.next()).await {
                     Ok(page) => {

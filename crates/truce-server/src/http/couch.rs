@@ -251,7 +251,7 @@ pub async fn changes(
             let mut sub = state
                 .db
                 .subscribe(Some(&coll), since, include_docs)?
-                .page_limit(limit);
+                .page_limit(limit)?;
             match tokio::time::timeout(Duration::from_millis(timeout), sub.next()).await {
                 Ok(page) => page?,
                 Err(_) => truce::ChangesPage {

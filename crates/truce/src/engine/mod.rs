@@ -596,11 +596,13 @@ pub struct Subscription {
 const SUBSCRIPTION_PAGE: usize = 1000;
 
 impl Subscription {
-    /// At most `limit` changes per page (at least 1), as
-    /// [`Db::changes`]'s `limit`: a commit is never split.
-    pub fn page_limit(mut self, limit: usize) -> Subscription {
-        self.page = limit.max(1);
-        self
+    /// At most `limit` changes per page, as [`Db::changes`]'s `limit` (1 to
+    /// [`CHANGES_LIMIT_MAX`](crate::limits::CHANGES_LIMIT_MAX); a commit is
+    /// never split).
+    pub fn page_limit(mut self, limit: usize) -> Result<Subscription> {
+        read::check_changes_limit(limit)?;
+        self.page = limit;
+        Ok(self)
     }
 
     /// Where the subscription stands: every change up to here has been returned.

@@ -66,6 +66,16 @@ pub struct QueryRead {
     pub consumed: KeyRange,
 }
 
+/// Refuses a page of changes of no change or more than [`CHANGES_LIMIT_MAX`].
+pub fn check_changes_limit(limit: usize) -> Result<()> {
+    if limit == 0 || limit > CHANGES_LIMIT_MAX {
+        return Err(Error::InvalidQuery(format!(
+            "limit must be 1 to {CHANGES_LIMIT_MAX}"
+        )));
+    }
+    Ok(())
+}
+
 /// Runs `q` against `view`, a snapshot of the commits up to `snapshot_seq`.
 /// Without an index, reads the collection in id order.
 pub fn run_query(
@@ -195,11 +205,7 @@ pub fn read_changes(
     upto: u64,
     include_docs: bool,
 ) -> Result<ChangesPage> {
-    if limit == 0 || limit > CHANGES_LIMIT_MAX {
-        return Err(Error::InvalidQuery(format!(
-            "limit must be 1 to {CHANGES_LIMIT_MAX}"
-        )));
-    }
+    check_changes_limit(limit)?;
     if since >= upto {
         return Ok(ChangesPage {
             changes: Vec::new(),
