@@ -243,6 +243,7 @@ fn ttl_schema() -> ObjectBuilder {
         .required("field")
         .property("seconds", seconds)
         .required("seconds")
+        .additional_properties(Some(AdditionalProperties::FreeForm(false)))
 }
 
 /// One counter cache. `stored` is the shape the server answers (every key
@@ -254,7 +255,8 @@ fn counter_schema(stored: bool) -> ObjectBuilder {
         .property("c", string_with_pattern(NAME_PATTERN))
         .required("c")
         .property("field", string_with_pattern(WRITE_PATH_PATTERN))
-        .required("field");
+        .required("field")
+        .additional_properties(Some(AdditionalProperties::FreeForm(false)));
     let mode = ObjectBuilder::new()
         .schema_type(Type::String)
         .enum_values(Some(["in_commit", "after_commit"]))
@@ -284,7 +286,8 @@ fn counter_schema(stored: bool) -> ObjectBuilder {
         )
         .property("target", target)
         .required("target")
-        .property("mode", mode);
+        .property("mode", mode)
+        .additional_properties(Some(AdditionalProperties::FreeForm(false)));
     if stored {
         counter = counter.required("where").required("sum").required("mode");
     }

@@ -123,7 +123,7 @@ pub async fn put_index(
 #[utoipa::path(delete, path = "/v1/c/{coll}/_indexes/{name}", tag = "queries",
     params(("coll" = String, Path), ("name" = String, Path)),
     responses((status = 202, description = "Dropped; its entries are being deleted", body = super::openapi::Index),
-               (status = 400, description = "A query parameter (this route takes none)", body = super::openapi::ErrorBody),
+               (status = 400, description = "`invalid_index` (a name no index can have) or `invalid_query`", body = super::openapi::ErrorBody),
                (status = 404, description = "No such index", body = super::openapi::ErrorBody)))]
 pub async fn delete_index(
     State(state): State<Arc<AppState>>,
