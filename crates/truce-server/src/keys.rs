@@ -207,9 +207,7 @@ impl KeyStore {
                 Ok(Principal::anyone())
             };
         }
-        let token = authorization
-            .and_then(|h| h.strip_prefix("Bearer "))
-            .ok_or(AuthFailure::Missing)?;
+        let token = authorization.and_then(bearer_token).ok_or(AuthFailure::Missing)?;
         let (id, secret) = token
             .strip_prefix("truce_")
             .and_then(|rest| rest.split_once('_'))
@@ -316,6 +314,13 @@ pub fn run(command: KeysCommand) -> Result<(), String> {
     }
 }
 
+/// The token of an `Authorization: Bearer <token>` value; the scheme's name
+/// is case-insensitive (RFC 9110, 11.1).
+fn bearer_token(authorization: &str) -> Option<&str> {
+    let (scheme, token) = authorization.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then_some(token)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -333,6 +338,15 @@ mod tests {
             store.caller(Some(&key)).unwrap_err(),
             AuthFailure::Missing,
             "Bearer is required"
+        );
+        // The scheme's name is case-insensitive (RFC 9110, 11.1).
+        for scheme in ["bearer", "BEARER", "beaRer"] {
+            let who = store.caller(Some(&format!("{scheme} {key}"))).unwrap();
+            assert_eq!(who.role, Role::Write, "{scheme}");
+        }
+        assert_eq!(
+            store.caller(Some(&format!("Basic {key}"))).unwrap_err(),
+            AuthFailure::Missing
         );
         let mut wrong = key.clone();
         wrong.pop();
