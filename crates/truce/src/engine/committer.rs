@@ -221,21 +221,41 @@ struct CounterEffects {
     after_commit: Vec<Increment>,
 }
 
+/// Stored entries, key and value.
+type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// Every entry of `space` whose key starts with `prefix`.
-fn scan_prefix(
+fn scan_prefix(storage: &dyn crate::storage::StorageRead, space: Space, prefix: &[u8]) -> Result<Entries> {
+    Ok(scan_chunk(storage, space, prefix, None, usize::MAX)?.0)
+}
+
+/// The next at most `chunk` entries of `space` under `prefix`, after `after`
+/// (the last key of the chunk before, so what that chunk deleted is not
+/// stepped over again), and the key the chunk after them starts after:
+/// `None` when these reach the end of the prefix. The TTL sweep, index
+/// backfills and dropped-index purges walk their prefixes this way.
+fn scan_chunk(
     storage: &dyn crate::storage::StorageRead,
     space: Space,
     prefix: &[u8],
-) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    after: Option<&[u8]>,
+    chunk: usize,
+) -> Result<(Entries, Option<Vec<u8>>)> {
+    let start = after.map_or_else(|| prefix.to_vec(), crate::index::query::successor);
     let end = index::keys::prefix_end(prefix);
-    Ok(storage.scan(
+    let entries = storage.scan(
         space,
-        std::ops::Bound::Included(prefix),
+        std::ops::Bound::Included(&start),
         end.as_deref()
             .map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded),
         Direction::Forward,
-        usize::MAX,
-    )?)
+        chunk,
+    )?;
+    let next = match entries.last() {
+        Some((key, _)) if entries.len() == chunk => Some(key.clone()),
+        _ => None,
+    };
+    Ok((entries, next))
 }
 
 /// Now, in ms since the epoch.
@@ -318,16 +338,7 @@ impl Committer {
         let last_ts_ms = read_meta_counter(storage, META_LAST_TS)?;
         let mut indexes: Catalog = HashMap::new();
         let mut dropping = Vec::new();
-        let end = index::keys::prefix_end(index::META_PREFIX);
-        let defs = storage.scan(
-            Space::Meta,
-            std::ops::Bound::Included(index::META_PREFIX),
-            end.as_deref()
-                .map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded),
-            Direction::Forward,
-            usize::MAX,
-        )?;
-        for (_, bytes) in defs {
+        for (_, bytes) in scan_prefix(storage, Space::Meta, index::META_PREFIX)? {
             let def = IndexDef::from_json(&record::decode_json(&bytes)?)?;
             if def.state == IndexState::Dropping {
                 dropping.push(def);
@@ -335,16 +346,7 @@ impl Committer {
                 indexes.entry(def.collection.clone()).or_default().push(def);
             }
         }
-        let end = index::keys::prefix_end(META_COLLECTION_PREFIX);
-        let names = storage.scan(
-            Space::Meta,
-            std::ops::Bound::Included(META_COLLECTION_PREFIX),
-            end.as_deref()
-                .map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded),
-            Direction::Forward,
-            usize::MAX,
-        )?;
-        let collections: BTreeSet<String> = names
+        let collections: BTreeSet<String> = scan_prefix(storage, Space::Meta, META_COLLECTION_PREFIX)?
             .into_iter()
             .map(|(key, _)| String::from_utf8_lossy(&key[META_COLLECTION_PREFIX.len()..]).into_owned())
             .collect();
@@ -534,24 +536,11 @@ impl Committer {
         };
         let storage = Arc::clone(&self.shared.storage);
         let base = tx::doc_key(collection, "");
-        let start = self
-            .ttl_cursors
-            .get(collection)
-            .map_or_else(|| base.clone(), |k| crate::index::query::successor(k));
-        let end = index::keys::prefix_end(&base);
-        let docs = storage.scan(
-            Space::Documents,
-            std::ops::Bound::Included(&start),
-            end.as_deref()
-                .map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded),
-            Direction::Forward,
-            TTL_SWEEP_SCAN_DOCS,
-        )?;
-        match docs.last() {
-            Some((key, _)) if docs.len() == TTL_SWEEP_SCAN_DOCS => {
-                self.ttl_cursors.insert(collection.to_string(), key.clone())
-            }
-            _ => self.ttl_cursors.remove(collection),
+        let after = self.ttl_cursors.get(collection).map(Vec::as_slice);
+        let (docs, next) = scan_chunk(&*storage, Space::Documents, &base, after, TTL_SWEEP_SCAN_DOCS)?;
+        match next {
+            Some(key) => self.ttl_cursors.insert(collection.to_string(), key),
+            None => self.ttl_cursors.remove(collection),
         };
         let now = now_ms().max(self.last_ts_ms);
         let mut group = Group::new(&*storage, self.last_seq, now);
@@ -1083,24 +1072,17 @@ impl Committer {
         // Stored entries only: none are added after the drop, and this step
         // comes after the drop's group was stored.
         let prefix = self.dropping[at].prefix();
-        let start = after.map_or_else(|| prefix.clone(), |k| crate::index::query::successor(&k));
-        let end = index::keys::prefix_end(&prefix);
-        let entries = self.shared.storage.scan(
+        let (entries, next) = scan_chunk(
+            &*self.shared.storage,
             Space::Index,
-            std::ops::Bound::Included(&start),
-            end.as_deref()
-                .map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded),
-            Direction::Forward,
+            &prefix,
+            after.as_deref(),
             INDEX_PURGE_CHUNK_ENTRIES,
         )?;
-        let next = match entries.last() {
-            Some((key, _)) if entries.len() == INDEX_PURGE_CHUNK_ENTRIES => Some(key.clone()),
-            _ => {
-                let def = self.dropping.remove(at);
-                group.put(Space::Meta, def.meta_key(), None);
-                None
-            }
-        };
+        if next.is_none() {
+            let def = self.dropping.remove(at);
+            group.put(Space::Meta, def.meta_key(), None);
+        }
         for (key, _) in entries {
             group.put(Space::Index, key, None);
         }
@@ -1129,15 +1111,12 @@ impl Committer {
             return Ok(def.progress(None));
         }
         let base = tx::doc_key(collection, "");
-        let start = after.map_or_else(|| base.clone(), |k| crate::index::query::successor(&k));
-        let end = index::keys::prefix_end(&base);
         let storage = Arc::clone(&self.shared.storage);
-        let docs = storage.scan(
+        let (docs, next) = scan_chunk(
+            &*storage,
             Space::Documents,
-            std::ops::Bound::Included(&start),
-            end.as_deref()
-                .map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded),
-            Direction::Forward,
+            &base,
+            after.as_deref(),
             BACKFILL_CHUNK_DOCS,
         )?;
         for (key, _) in &docs {
@@ -1164,17 +1143,13 @@ impl Committer {
             group.put(Space::Index, entry, Some(id.into_bytes()));
         }
         def.backfilled += docs.len() as u64;
-        let next = match docs.last() {
-            Some((key, _)) if docs.len() == BACKFILL_CHUNK_DOCS => Some(key.clone()),
-            _ => {
-                // A sequence of its own: the first snapshot that holds every
-                // entry (`read::ready_index` refuses older ones).
-                group.seq += 1;
-                def.state = IndexState::Ready;
-                def.ready_seq = group.seq;
-                None
-            }
-        };
+        if next.is_none() {
+            // A sequence of its own: the first snapshot that holds every
+            // entry (`read::ready_index` refuses older ones).
+            group.seq += 1;
+            def.state = IndexState::Ready;
+            def.ready_seq = group.seq;
+        }
         group.put(
             Space::Meta,
             def.meta_key(),
