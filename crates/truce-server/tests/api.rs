@@ -94,12 +94,20 @@ impl Api {
         self.call(Method::DELETE, path, headers, None)
     }
 
+    fn post(&self, path: &str, body: Value) -> Reply {
+        self.post_h(path, body, &[])
+    }
+
+    fn post_h(&self, path: &str, body: Value, headers: &[(&str, &str)]) -> Reply {
+        self.call(Method::POST, path, headers, Some(body.to_string()))
+    }
+
     fn tx(&self, body: Value) -> Reply {
-        self.call(Method::POST, "/v1/tx", &[], Some(body.to_string()))
+        self.post("/v1/tx", body)
     }
 
     fn tx_h(&self, body: Value, headers: &[(&str, &str)]) -> Reply {
-        self.call(Method::POST, "/v1/tx", headers, Some(body.to_string()))
+        self.post_h("/v1/tx", body, headers)
     }
 
     /// The `last_seq` of the whole change feed now.
@@ -847,7 +855,7 @@ fn queries_indexes_and_collections() {
 }
 
 // ---------------------------------------------------------------------------
-// Transactions
+// Replication: RxDB push and the CouchDB subset (beyond tests/interop)
 // ---------------------------------------------------------------------------
 
 /// RxDB pushes that the interop suite's real clients do not make: an assumed
@@ -857,14 +865,7 @@ fn queries_indexes_and_collections() {
 fn replication_push_edges() {
     let server = Server::start();
     let api = Api::new(&server);
-    let push = |rows: Value| {
-        api.call(
-            Method::POST,
-            "/v1/c/rx/_push?primaryKey=id",
-            &[],
-            Some(rows.to_string()),
-        )
-    };
+    let push = |rows: Value| api.post("/v1/c/rx/_push?primaryKey=id", rows);
     // No document, not even a tombstone: nothing to overwrite, so the row is
     // written (an empty answer tells RxDB so), whatever form the assumed
     // state takes.
@@ -901,11 +902,9 @@ fn replication_push_edges() {
     api.put("/v1/c/old/gone", json!({"u": 0, "v": 1})).ok(201);
     api.get("/v1/c/old/gone").error(404, "not_found");
     assert_eq!(api.get("/couch/old/gone").status, 404);
-    let answer = api.call(
-        Method::POST,
+    let answer = api.post(
         "/v1/c/old/_push?primaryKey=id",
-        &[],
-        Some(json!([{"assumedMasterState": null, "newDocumentState": {"id": "gone", "v": 2}}]).to_string()),
+        json!([{"assumedMasterState": null, "newDocumentState": {"id": "gone", "v": 2}}]),
     );
     assert_eq!(answer.ok(200), &json!([]), "created anew over the expired one");
     assert_eq!(api.get("/v1/c/old/gone").ok(200)["v"], 2);
@@ -917,14 +916,7 @@ fn replication_push_edges() {
 fn couch_writes_refuse_what_they_cannot_keep() {
     let server = Server::start();
     let api = Api::new(&server);
-    let bulk = |docs: Value| {
-        api.call(
-            Method::POST,
-            "/couch/cb/_bulk_docs",
-            &[],
-            Some(json!({ "docs": docs }).to_string()),
-        )
-    };
+    let bulk = |docs: Value| api.post("/couch/cb/_bulk_docs", json!({ "docs": docs }));
     let attachment = json!({"f": {"data": "aGk=", "content_type": "text/plain"}});
     for (docs, error) in [
         (
@@ -945,18 +937,17 @@ fn couch_writes_refuse_what_they_cannot_keep() {
             "nothing of the request is written"
         );
     }
-    let answer = api.call(
-        Method::PUT,
-        "/couch/cb/e",
-        &[],
-        Some(json!({"_attachments": attachment}).to_string()),
-    );
+    let answer = api.put("/couch/cb/e", json!({"_attachments": attachment}));
     assert_eq!(answer.status, 400, "{}", answer.text);
     // CouchDB's own fields, and no attachments, are fine.
     let answer = bulk(json!([{"_id": "ok", "_attachments": {}, "_conflicts": [], "n": 1}]));
     assert_eq!(answer.ok(201)[0]["ok"], true, "{}", answer.text);
     assert_eq!(api.get("/v1/c/cb/ok").ok(200)["n"], 1);
 }
+
+// ---------------------------------------------------------------------------
+// Transactions
+// ---------------------------------------------------------------------------
 
 #[test]
 fn transactions_all_or_nothing() {
@@ -1048,14 +1039,9 @@ fn transactions_all_or_nothing() {
     api.get("/v1/c/acc/fresh").error(404, "not_found");
 
     // The body's `source` names the caller, as `Truce-Source` does (and over it).
-    api.call(
-        Method::POST,
-        "/v1/tx",
+    api.tx_h(
+        json!({"source": "transferFunds", "ops": [{"op": "check", "c": "acc", "id": "a", "version": 1}]}),
         &[("Truce-Source", "header")],
-        Some(
-            json!({"source": "transferFunds", "ops": [{"op": "check", "c": "acc", "id": "a", "version": 1}]})
-                .to_string(),
-        ),
     )
     .error(409, "conflict");
     let metrics = api.get("/metrics");
