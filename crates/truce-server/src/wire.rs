@@ -19,6 +19,17 @@ pub fn json(bytes: &[u8]) -> serde_json::Result<Value> {
     serde_json::from_slice::<Strict>(bytes).map(|Strict(value)| value)
 }
 
+/// Why a replicated document that [`carries_attachments`] is refused.
+pub const NO_ATTACHMENTS: &str = "attachments are not supported: keep binary data elsewhere";
+
+/// Whether a replicated document (RxDB's or CouchDB's) holds attachments: an
+/// `_attachments` that is not an empty object. Truce keeps user fields only,
+/// so such a document is refused rather than stored without them.
+pub fn carries_attachments(doc: &Map<String, Value>) -> bool {
+    doc.get("_attachments")
+        .is_some_and(|a| a.as_object().is_none_or(|a| !a.is_empty()))
+}
+
 /// A [`Value`] whose objects have no key twice.
 struct Strict(Value);
 

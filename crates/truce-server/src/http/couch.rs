@@ -122,14 +122,11 @@ fn couch_write(coll: &str, id: &str, mut doc: Map<String, Value>) -> Result<TxOp
     // CouchDB's own special fields carry nothing Truce keeps; attachments do
     // (refused: dropping them would lose the client's data), and any other
     // `_` field is refused as CouchDB refuses it.
-    if doc
-        .get("_attachments")
-        .is_some_and(|a| a.as_object().is_none_or(|a| !a.is_empty()))
-    {
+    if truce_server::wire::carries_attachments(&doc) {
         return Err(CouchError(
             StatusCode::BAD_REQUEST,
             "bad_request",
-            "attachments are not supported: keep binary data elsewhere".into(),
+            truce_server::wire::NO_ATTACHMENTS.into(),
         ));
     }
     if let Some(key) = doc

@@ -150,14 +150,8 @@ fn parse_rows(body: Value, pk: &str) -> Result<Vec<Row>, ApiError> {
             return Err(invalid(i, "newDocumentState is a document"));
         };
         // Only user fields are kept: attachments would be lost, not stored.
-        if new
-            .get("_attachments")
-            .is_some_and(|a| a.as_object().is_none_or(|a| !a.is_empty()))
-        {
-            return Err(invalid(
-                i,
-                "attachments are not supported: keep binary data elsewhere",
-            ));
+        if truce_server::wire::carries_attachments(&new) {
+            return Err(invalid(i, truce_server::wire::NO_ATTACHMENTS));
         }
         let id = new
             .get(pk)
