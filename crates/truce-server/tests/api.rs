@@ -1359,6 +1359,94 @@ fn change_feed_sse() {
     assert_eq!(first["c"], "ev");
 }
 
+/// The events of an SSE answer as `(id, data)`: `id` is `None` for an event
+/// without one. Reads `count` events.
+fn sse_events(response: reqwest::blocking::Response, count: usize) -> Vec<(Option<u64>, Value)> {
+    let mut lines = BufReader::new(response).lines();
+    let mut events = Vec::new();
+    let (mut id, mut data) = (None, None);
+    while events.len() < count {
+        let line = lines.next().expect("the stream ended").expect("SSE line");
+        if let Some(text) = line.strip_prefix("id:") {
+            id = Some(text.trim().parse::<u64>().expect("a numeric id"));
+        } else if let Some(text) = line.strip_prefix("data:") {
+            data = Some(serde_json::from_str::<Value>(text.trim()).expect("SSE data is JSON"));
+        } else if line.is_empty() {
+            if let Some(data) = data.take() {
+                events.push((id.take(), data));
+            }
+            id = None;
+        }
+    }
+    events
+}
+
+/// A browser's `EventSource` reconnects with the same URL and `Last-Event-ID`:
+/// the stream must go on after that event, not from the URL's `since` (with
+/// `since=now` everything committed meanwhile would be lost), and the id must
+/// never name a commit whose changes were not all sent.
+#[test]
+fn sse_resumes_after_the_last_event_id() {
+    let server = Server::start();
+    let api = Api::new(&server);
+    let since = api.last_seq();
+    let one = api.put("/v1/c/rs/one", json!({})).ok(201)["seq"]
+        .as_u64()
+        .expect("seq");
+    let pair = api.tx(json!({"ops": [
+        {"op": "put", "c": "rs", "id": "a", "doc": {}},
+        {"op": "put", "c": "rs", "id": "b", "doc": {}}
+    ]}));
+    let pair_seq = pair.ok(200)["seq"].as_u64().expect("seq");
+    api.put("/v1/c/rs/two", json!({})).ok(201);
+
+    let client = Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let url = format!("{}/v1/c/rs/_changes?feed=sse&since={since}", server.url());
+    let events = sse_events(client.get(&url).send().expect("SSE request"), 4);
+    let ids: Vec<(Option<u64>, &str)> = events
+        .iter()
+        .map(|(id, data)| (*id, data["id"].as_str().unwrap()))
+        .collect();
+    // The transaction's two changes share its seq; only the second carries it.
+    assert_eq!(ids[1], (None, "a"), "{events:?}");
+    assert_eq!(ids[2], (Some(pair_seq), "b"), "{events:?}");
+    assert_eq!(ids[0], (Some(one), "one"));
+    assert_eq!(ids[3].1, "two");
+
+    // Reconnecting after the first event, with a URL that says `now`: the
+    // transaction and the later write come, nothing before them.
+    let resumed = client
+        .get(format!("{}/v1/c/rs/_changes?feed=sse&since=now", server.url()))
+        .header("Last-Event-ID", one.to_string())
+        .send()
+        .expect("SSE request");
+    assert_eq!(resumed.status().as_u16(), 200);
+    let again: Vec<String> = sse_events(resumed, 3)
+        .iter()
+        .map(|(_, data)| data["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(again, ["a", "b", "two"]);
+    // The feed of every collection resumes the same way.
+    let all = client
+        .get(format!("{}/v1/_changes?feed=sse&since=now", server.url()))
+        .header("Last-Event-ID", pair_seq.to_string())
+        .send()
+        .expect("SSE request");
+    assert_eq!(sse_events(all, 1)[0].1["id"], "two");
+
+    // An id this feed cannot have sent is refused, not read as `since=0`; the
+    // other feeds have no events and ignore the header.
+    api.get_h("/v1/c/rs/_changes?feed=sse", &[("Last-Event-ID", "abc")])
+        .error(400, "invalid_query");
+    api.get_h("/v1/_changes?feed=sse", &[("Last-Event-ID", "-1")])
+        .error(400, "invalid_query");
+    let page = api.get_h("/v1/c/rs/_changes?since=0", &[("Last-Event-ID", "abc")]);
+    assert_eq!(change_ids(page.ok(200)), ["one", "a", "b", "two"]);
+}
+
 // ---------------------------------------------------------------------------
 // Errors: every code of docs/http.md's table
 // ---------------------------------------------------------------------------

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use axum::Extension;
 use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, Stream, StreamExt};
@@ -29,6 +30,8 @@ const CHANGES_LIMIT_DEFAULT: usize = 1000;
 /// them from the document would only measure its own timeout.
 const FEED_DESCRIPTION: &str = "`normal` (default), `longpoll` (waits up to `timeout` ms, at most 120000, \
                                 for a change) or `sse` (Server-Sent Events, one per change)";
+const LAST_EVENT_ID_DESCRIPTION: &str = "`feed=sse` only: the `id` of the last event received (what a reconnecting \
+                                         EventSource sends); the stream goes on after it, over `since`";
 /// How often an idle SSE stream sends a keep-alive comment.
 const SSE_KEEPALIVE_MS: u64 = 15_000;
 
@@ -51,12 +54,40 @@ struct FeedRequest {
     include_docs: bool,
 }
 
-fn feed_request(db: &Db, collection: Option<String>, params: &Params) -> Result<FeedRequest, ApiError> {
+/// The `Last-Event-ID` a reconnecting `EventSource` sends: the `id:` of the
+/// last event it received, which this feed sets to the `seq` of a commit whose
+/// every change it has sent. `None` when absent.
+fn last_event_id(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+    let Some(value) = headers.get("last-event-id") else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(|text| text.trim().parse::<u64>().ok())
+        .map(Some)
+        .ok_or_else(|| {
+            ApiError::BadRequest(
+                "invalid_query",
+                "Last-Event-ID must be the id of an event this feed sent (a sequence number)".into(),
+            )
+        })
+}
+
+fn feed_request(
+    db: &Db,
+    collection: Option<String>,
+    params: &Params,
+    resume_after: Option<u64>,
+) -> Result<FeedRequest, ApiError> {
     params.only(&["since", "limit", "include_docs", "feed", "timeout"])?;
-    let since = match params.0.get("since").map(String::as_str) {
-        None => 0,
-        Some("now") => db.durable_seq(),
-        Some(_) => params.parse::<u64>("since", "invalid_query")?.unwrap_or(0),
+    let since = match (resume_after, params.0.get("since").map(String::as_str)) {
+        // A reconnecting stream goes on from its last event, whatever `since`
+        // its URL had (`now` would skip what committed while it was away).
+        (Some(seq), _) => seq,
+        (None, None) => 0,
+        (None, Some("now")) => db.durable_seq(),
+        (None, Some(_)) => params.parse::<u64>("since", "invalid_query")?.unwrap_or(0),
     };
     let limit = params
         .parse::<usize>("limit", "invalid_query")?
@@ -74,10 +105,18 @@ async fn feed(
     state: Arc<AppState>,
     collection: Option<String>,
     params: Params,
+    headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
-    let request = feed_request(&state.db, collection, &params)?;
+    let kind = params.0.get("feed").map(String::as_str).unwrap_or("normal");
+    // Only an event stream has event ids; the other feeds resume by `since`.
+    let resume_after = if kind == "sse" {
+        last_event_id(headers)?
+    } else {
+        None
+    };
+    let request = feed_request(&state.db, collection, &params, resume_after)?;
     let with_collection = request.collection.is_none();
-    match params.0.get("feed").map(String::as_str).unwrap_or("normal") {
+    match kind {
         "normal" => {
             let db = state.db.clone();
             let page = tokio::task::spawn_blocking(move || {
@@ -147,8 +186,11 @@ async fn feed(
     }
 }
 
-/// One SSE event per change (`id:` is its sequence, so a client can resume),
-/// until the engine fails.
+/// One SSE event per change, until the engine fails. The last change of each
+/// commit carries `id:` its sequence, so that the `Last-Event-ID` a client
+/// reconnects with always names a commit it has every change of (the changes
+/// of one transaction share one sequence, and a connection can drop between
+/// them); a page never splits a commit.
 fn sse_events(
     sub: truce::Subscription,
     with_collection: bool,
@@ -157,13 +199,18 @@ fn sse_events(
         let mut sub = sub?;
         match sub.next().await {
             Ok(page) => {
-                let events: Vec<Result<Event, Infallible>> = page
-                    .changes
+                let changes = &page.changes;
+                let events: Vec<Result<Event, Infallible>> = changes
                     .iter()
-                    .map(|c| {
-                        Ok(Event::default()
-                            .id(c.seq.to_string())
-                            .data(change_json(c, with_collection).to_string()))
+                    .enumerate()
+                    .map(|(i, c)| {
+                        let event = Event::default().data(change_json(c, with_collection).to_string());
+                        let ends_commit = changes.get(i + 1).is_none_or(|next| next.seq != c.seq);
+                        Ok(if ends_commit {
+                            event.id(c.seq.to_string())
+                        } else {
+                            event
+                        })
                     })
                     .collect();
                 Some((stream::iter(events), Some(sub)))
@@ -183,28 +230,32 @@ fn sse_events(
 #[utoipa::path(get, path = "/v1/c/{coll}/_changes", tag = "changes",
     params(("coll" = String, Path), ("since" = Option<String>, Query, pattern = "^(0*[0-9]{1,19}|now)$"),
            ("limit" = Option<usize>, Query, minimum = 1, maximum = 10000),
-           ("include_docs" = Option<bool>, Query), ("feed" = Option<String>, Query, description = FEED_DESCRIPTION), ("timeout" = Option<u64>, Query)),
+           ("include_docs" = Option<bool>, Query), ("feed" = Option<String>, Query, description = FEED_DESCRIPTION), ("timeout" = Option<u64>, Query),
+           ("Last-Event-ID" = Option<u64>, Header, description = LAST_EVENT_ID_DESCRIPTION)),
     responses((status = 200, description = "Changes after `since`, in commit order", body = super::openapi::ChangesPage)))]
 pub async fn collection_changes(
     State(state): State<Arc<AppState>>,
     Extension(who): Extension<Principal>,
     PathParams(coll): PathParams<String>,
+    headers: HeaderMap,
     params: Params,
 ) -> Result<Response, ApiError> {
     authorize(&who, Role::Read, Some(&coll))?;
     truce::doc::validate_collection_name(&coll)?;
-    feed(state, Some(coll), params).await
+    feed(state, Some(coll), params, &headers).await
 }
 
 /// Changes of every collection (each result names its collection in `c`).
 #[utoipa::path(get, path = "/v1/_changes", tag = "changes",
     params(("since" = Option<String>, Query, pattern = "^(0*[0-9]{1,19}|now)$"),
            ("limit" = Option<usize>, Query, minimum = 1, maximum = 10000), ("include_docs" = Option<bool>, Query),
-           ("feed" = Option<String>, Query, description = FEED_DESCRIPTION), ("timeout" = Option<u64>, Query)),
+           ("feed" = Option<String>, Query, description = FEED_DESCRIPTION), ("timeout" = Option<u64>, Query),
+           ("Last-Event-ID" = Option<u64>, Header, description = LAST_EVENT_ID_DESCRIPTION)),
     responses((status = 200, description = "Changes after `since`, in commit order", body = super::openapi::ChangesPage)))]
 pub async fn all_changes(
     State(state): State<Arc<AppState>>,
     Extension(who): Extension<Principal>,
+    headers: HeaderMap,
     params: Params,
 ) -> Result<Response, ApiError> {
     authorize(&who, Role::Read, None)?;
@@ -213,5 +264,5 @@ pub async fn all_changes(
             "a key limited to collections cannot follow every collection".into(),
         ));
     }
-    feed(state, None, params).await
+    feed(state, None, params, &headers).await
 }
