@@ -1447,6 +1447,50 @@ fn sse_resumes_after_the_last_event_id() {
     assert_eq!(change_ids(page.ok(200)), ["one", "a", "b", "two"]);
 }
 
+/// A feed position the server never gave out (past its last commit: its data
+/// directory was replaced by an older copy) is refused on every feed, instead
+/// of being echoed back as the next position, which would make the reader
+/// skip every commit up to it.
+#[test]
+fn a_feed_position_past_the_last_commit_is_refused() {
+    let server = Server::start();
+    let api = Api::new(&server);
+    api.put("/v1/c/ahead/a", json!({})).ok(201);
+    let head = api.last_seq();
+    let past = head + 1;
+    for feed in ["normal", "longpoll", "sse"] {
+        api.get(&format!("/v1/c/ahead/_changes?feed={feed}&since={past}"))
+            .error(400, "invalid_query");
+        api.get(&format!("/v1/_changes?feed={feed}&since={past}"))
+            .error(400, "invalid_query");
+    }
+    api.get_h(
+        "/v1/c/ahead/_changes?feed=sse&since=0",
+        &[("Last-Event-ID", &past.to_string())],
+    )
+    .error(400, "invalid_query");
+    let checkpoint = format!("%7B%22seq%22%3A{past}%2C%22id%22%3A%22%22%7D");
+    let pull = api.get(&format!("/v1/c/ahead/_pull?checkpoint={checkpoint}"));
+    assert!(
+        pull.error(400, "invalid_query")["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("({head})"))
+    );
+    for feed in ["normal", "longpoll"] {
+        let couch = api.get(&format!("/couch/ahead/_changes?feed={feed}&since={past}"));
+        assert_eq!(
+            (couch.status, &couch.json["error"]),
+            (400, &json!("bad_request")),
+            "{}",
+            couch.text
+        );
+    }
+    // The head itself is a position the server gave out.
+    let at_head = api.get(&format!("/v1/c/ahead/_changes?since={head}"));
+    assert_eq!(at_head.ok(200)["last_seq"], head);
+}
+
 // ---------------------------------------------------------------------------
 // Errors: every code of docs/http.md's table
 // ---------------------------------------------------------------------------

@@ -396,6 +396,11 @@ impl Db {
     /// order, each document at its latest change; at most `limit`, never splitting
     /// a commit. Only durable commits are shown. The feed of all collections
     /// merges theirs: a page reads at least a few entries of every collection.
+    ///
+    /// A `since` past the last durable commit is [`Error::InvalidQuery`]: this
+    /// database never gave it out (its data may have been replaced by an older
+    /// copy), and a reader waiting for commits after it would miss every one
+    /// up to it.
     pub fn changes(
         &self,
         collection: Option<&str>,
@@ -407,6 +412,7 @@ impl Db {
             doc::validate_collection_name(c)?;
         }
         let (view, upto) = read::durable_snapshot(self.shared())?;
+        check_position(since, upto)?;
         read::read_changes(&*view, collection, since, limit, upto, include_docs)
     }
 
@@ -421,6 +427,7 @@ impl Db {
     ) -> Result<(Vec<Change>, u64)> {
         doc::validate_collection_name(collection)?;
         let (view, upto) = read::durable_snapshot(self.shared())?;
+        check_position(after.map_or(0, |(seq, _)| seq), upto)?;
         Ok((
             read::read_changes_after(&*view, collection, after, limit, upto)?,
             upto,
@@ -428,7 +435,9 @@ impl Db {
     }
 
     /// A live subscription to the change feed from `since`, with no gap and no
-    /// duplicate between what it catches up on and what it sees live.
+    /// duplicate between what it catches up on and what it sees live. A `since`
+    /// past the last durable commit is [`Error::InvalidQuery`], as in
+    /// [`changes`](Self::changes).
     pub fn subscribe(
         &self,
         collection: Option<&str>,
@@ -438,6 +447,7 @@ impl Db {
         if let Some(c) = collection {
             doc::validate_collection_name(c)?;
         }
+        check_position(since, self.durable_seq())?;
         Ok(Subscription {
             db: self.clone(),
             collection: collection.map(String::from),
@@ -580,6 +590,19 @@ impl Db {
     pub(crate) fn submit_define_index(&self, def: crate::index::IndexDef) -> Result<IndexProgress> {
         self.ask(|reply| Request::DefineIndex(Box::new(def), reply))
     }
+}
+
+/// Refuses a feed position this database cannot have given out: past `head`,
+/// its last durable commit.
+fn check_position(since: u64, head: u64) -> Result<()> {
+    if since > head {
+        return Err(Error::InvalidQuery(format!(
+            "position {since} is past this database's last commit ({head}): it was not given out by \
+             this data directory (was it replaced by an older copy?); read the feed again from 0, \
+             or from {head} to skip its history"
+        )));
+    }
+    Ok(())
 }
 
 /// A live change feed. Each call returns the next changes after the last ones it

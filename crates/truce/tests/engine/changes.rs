@@ -348,3 +348,36 @@ fn the_feed_of_every_collection_pages_through_the_model_at_any_limit() {
         )
         .unwrap();
 }
+
+/// A position this database never gave out (past its last commit: the data
+/// directory was replaced by an older copy, or the client mixed up servers)
+/// is refused, not echoed: a reader waiting for commits after it would miss
+/// every one up to it, with no sign.
+#[test]
+fn a_position_past_the_last_commit_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path());
+    let c = db.collection("c").unwrap();
+    c.put("a", json!({}), Expect::Absent).unwrap().unwrap();
+    let head = db.durable_seq();
+    assert!(head > 0);
+
+    let refused = |result: truce::Result<()>| match result {
+        Err(truce::Error::InvalidQuery(message)) => {
+            assert!(message.contains(&format!("({head})")), "{message}")
+        }
+        other => panic!("expected invalid_query, got {other:?}"),
+    };
+    refused(db.changes(Some("c"), head + 1, 10, false).map(drop));
+    refused(db.changes(None, u64::MAX, 10, false).map(drop));
+    refused(db.subscribe(Some("c"), head + 1, false).map(drop));
+    refused(db.changes_after("c", Some((head + 1, "")), 10).map(drop));
+
+    // The head itself is a position it gave out: nothing after it, yet.
+    assert!(db.changes(Some("c"), head, 10, false).unwrap().changes.is_empty());
+    let mut live = db.subscribe(Some("c"), head, false).unwrap();
+    c.put("b", json!({}), Expect::Absent).unwrap().unwrap();
+    let page = live.next_timeout(Duration::from_secs(5)).unwrap();
+    assert_eq!(page.changes[0].id, "b");
+    assert_eq!(db.changes_after("c", Some((head, "a")), 10).unwrap().0[0].id, "b");
+}
