@@ -955,6 +955,69 @@ fn couch_writes_refuse_what_they_cannot_keep() {
     assert_eq!(api.get("/v1/c/cb/ok").ok(200)["n"], 1);
 }
 
+/// `/couch` reads answer the range and order CouchDB's parameters ask for,
+/// or refuse a parameter they do not implement; none is ignored (ignoring
+/// `filter` or `key` would answer every document instead of the ones asked).
+#[test]
+fn couch_reads_answer_what_was_asked_or_refuse() {
+    let server = Server::start();
+    let api = Api::new(&server);
+    for id in ["a", "b", "c", "d"] {
+        api.put(&format!("/couch/cr/{id}"), json!({})).ok(201);
+    }
+    let ids = |query: &str| -> Vec<String> {
+        let answer = api.get(&format!("/couch/cr/_all_docs?{query}"));
+        answer.ok(200)["rows"]
+            .as_array()
+            .expect("rows")
+            .iter()
+            .map(|row| row["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(ids(""), ["a", "b", "c", "d"]);
+    assert_eq!(ids("key=%22b%22"), ["b"]);
+    assert_eq!(ids("startkey=%22b%22&endkey=%22c%22"), ["b", "c"]);
+    assert_eq!(ids("startkey=%22b%22&endkey=%22c%22&inclusive_end=false"), ["b"]);
+    assert_eq!(ids("descending=true"), ["d", "c", "b", "a"]);
+    assert_eq!(
+        ids("descending=true&startkey=%22c%22&endkey=%22a%22"),
+        ["c", "b", "a"]
+    );
+    assert_eq!(
+        ids("descending=true&start_key=%22c%22&end_key=%22a%22&inclusive_end=false&limit=5"),
+        ["c", "b"]
+    );
+    assert_eq!(ids("skip=0&limit=2"), ["a", "b"]);
+
+    let refused = |answer: Reply, name: &str| {
+        assert_eq!(answer.status, 400, "{}", answer.text);
+        assert_eq!(answer.json["error"], "bad_request", "{}", answer.text);
+        assert!(answer.text.contains(name), "{}", answer.text);
+    };
+    refused(api.get("/couch/cr/_all_docs?skip=1"), "skip");
+    refused(api.get("/couch/cr/_all_docs?key=%22a%22&startkey=%22a%22"), "key");
+    refused(
+        api.post("/couch/cr/_all_docs", json!({"startkey": "b"})),
+        "startkey",
+    );
+    refused(
+        api.get("/couch/cr/_changes?filter=_doc_ids&doc_ids=%5B%22a%22%5D"),
+        "filter",
+    );
+    refused(api.get("/couch/cr/_changes?doc_ids=%5B%22a%22%5D"), "doc_ids");
+    refused(api.get("/couch/cr/_changes?filter=_view&view=v%2Fv"), "filter");
+    refused(api.get("/couch/cr/_changes?descending=true"), "descending");
+    // What rxdb's plugin sends still works.
+    let posted = api.post(
+        "/couch/cr/_all_docs",
+        json!({"keys": ["a"], "include_docs": true, "deleted": "ok"}),
+    );
+    assert_eq!(posted.ok(200)["rows"][0]["doc"]["_id"], "a");
+    let changes =
+        api.get("/couch/cr/_changes?style=all_docs&feed=normal&since=0&heartbeat=60000&descending=false");
+    assert_eq!(changes.ok(200)["results"].as_array().map(Vec::len), Some(4));
+}
+
 // ---------------------------------------------------------------------------
 // Transactions
 // ---------------------------------------------------------------------------

@@ -217,6 +217,15 @@ pub async fn changes(
 ) -> CouchResult {
     authorize(&who, Role::Read, Some(&coll))?;
     truce::doc::validate_collection_name(&coll)?;
+    if let Some(name) = ["filter", "doc_ids", "view"]
+        .into_iter()
+        .find(|n| params.0.contains_key(*n))
+    {
+        return Err(unsupported(name, "read the whole feed and filter on the client"));
+    }
+    if params.flag("descending")? {
+        return Err(unsupported("descending", "the feed is read in commit order"));
+    }
     let since = match params.0.get("since").map(String::as_str) {
         None | Some("0") => 0,
         Some("now") => state.db.durable_seq(),
@@ -341,17 +350,57 @@ async fn all_docs_for(
             let limit = params
                 .parse::<usize>("limit", "invalid_query")?
                 .unwrap_or(ALL_DOCS_LIMIT_DEFAULT);
+            if params.parse::<usize>("skip", "invalid_query")?.unwrap_or(0) > 0 {
+                return Err(unsupported(
+                    "skip",
+                    "page with startkey (the last id, and limit + 1) instead",
+                ));
+            }
             let key_param = |name: &str| {
                 params
                     .json(name)
                     .map(|v| v.and_then(|v| v.as_str().map(|s| json!(s))))
             };
-            let query = truce::Query {
-                gte: key_param("startkey")?.or(key_param("start_key")?),
-                lte: key_param("endkey")?.or(key_param("end_key")?),
+            let (mut start, mut end) = (
+                key_param("startkey")?.or(key_param("start_key")?),
+                key_param("endkey")?.or(key_param("end_key")?),
+            );
+            if let Some(key) = key_param("key")? {
+                if start.is_some() || end.is_some() {
+                    return Err(CouchError(
+                        StatusCode::BAD_REQUEST,
+                        "bad_request",
+                        "`key` is incompatible with `startkey` and `endkey`".into(),
+                    ));
+                }
+                (start, end) = (Some(key.clone()), Some(key));
+            }
+            let descending = params.flag("descending")?;
+            let inclusive_end = params
+                .parse::<bool>("inclusive_end", "invalid_query")?
+                .unwrap_or(true);
+            // CouchDB reads from `startkey` towards `endkey`, so `startkey` is
+            // the upper bound when descending; `inclusive_end` is `endkey`'s.
+            let mut query = truce::Query {
                 limit,
                 ..truce::Query::default()
             };
+            if descending {
+                query.order = truce::Order::Desc;
+                query.lte = start;
+                if inclusive_end {
+                    query.gte = end
+                } else {
+                    query.gt = end
+                }
+            } else {
+                query.gte = start;
+                if inclusive_end {
+                    query.lte = end
+                } else {
+                    query.lt = end
+                }
+            }
             let page = tokio::task::spawn_blocking(move || collection.query(&query))
                 .await
                 .map_err(|e| CouchError::from(truce::Error::Unavailable(e.to_string())))??;
@@ -363,6 +412,29 @@ async fn all_docs_for(
     };
     Ok(axum::Json(json!({"total_rows": rows.len(), "offset": 0, "rows": rows})).into_response())
 }
+
+/// A CouchDB parameter that would change the answer and that this subset does
+/// not implement: refused, where ignoring it would answer what was not asked.
+fn unsupported(name: &str, instead: &str) -> CouchError {
+    CouchError(
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+        format!("`{name}` is not supported by Truce's CouchDB subset: {instead} (docs/replication.md)"),
+    )
+}
+
+/// `_all_docs` parameters read from the query string only.
+const ALL_DOCS_QUERY_ONLY: [&str; 9] = [
+    "startkey",
+    "start_key",
+    "endkey",
+    "end_key",
+    "key",
+    "limit",
+    "skip",
+    "descending",
+    "inclusive_end",
+];
 
 fn keys_of(value: Option<&Value>) -> Result<Option<Vec<String>>, CouchError> {
     match value {
@@ -404,7 +476,11 @@ pub async fn all_docs_post(
 ) -> CouchResult {
     authorize(&who, Role::Read, Some(&coll))?;
     let keys = keys_of(body.get("keys"))?;
-    // CouchDB accepts every _all_docs parameter in the POST body too.
+    if let Some(name) = ALL_DOCS_QUERY_ONLY.iter().find(|name| body.get(**name).is_some()) {
+        return Err(unsupported(name, "in a POST body; pass it in the query string"));
+    }
+    // CouchDB accepts every _all_docs parameter in the POST body; this subset
+    // reads `keys` and `include_docs` there.
     let include_docs = match body.get("include_docs") {
         Some(v) => v.as_bool().unwrap_or(false),
         None => params.flag("include_docs")?,
