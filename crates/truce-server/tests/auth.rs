@@ -473,6 +473,41 @@ fn collection_scoped_keys() {
         .error(403, "forbidden");
 }
 
+/// `/v1/insights` for a key limited to some collections counts only their
+/// conflicts. Past `INSIGHT_LABEL_SETS_MAX` label sets the engine counts the
+/// rest under `_other`, which cannot be told apart by collection: a scoped
+/// key must not see it (it would count other tenants' conflicts).
+#[test]
+fn insights_of_a_scoped_key_count_only_its_collections() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let admin = create_key(&data, "admin", None);
+    let only_a = create_key(&data, "read", Some("a"));
+    let server = Server::start_in(&data, &[]);
+    let api = Api::new(&server.url());
+    assert!(api.put(Some(&admin), "/v1/c/c/doc", json!({})).is_success());
+    // One conflict in a, then more distinct (collection, source) label sets
+    // in c than the engine keeps apart.
+    let conflict = |coll: &str, source: String| {
+        let tx = json!({"source": source,
+                        "ops": [{"op": "put", "c": coll, "id": "doc", "doc": {}, "version": 99}]});
+        let reply = api.call(Some(&admin), Method::POST, "/v1/tx", Some(&tx));
+        assert_eq!(reply.status, 409, "{}", reply.text);
+    };
+    conflict("a", "mine".into());
+    for i in 0..=truce::limits::INSIGHT_LABEL_SETS_MAX {
+        conflict("c", format!("s{i}"));
+    }
+    let everything = api.get(Some(&admin), "/v1/insights").json["totals"].clone();
+    assert!(
+        everything["conflicts_by_source"]["_other"].as_u64() > Some(0),
+        "{everything}"
+    );
+    let mine = api.get(Some(&only_a), "/v1/insights").json["totals"].clone();
+    assert_eq!(mine["conflicts"], 1, "{mine}");
+    assert_eq!(mine["conflicts_by_source"], json!({"mine": 1}), "{mine}");
+}
+
 #[test]
 fn keys_created_and_revoked_while_running_take_effect_within_seconds() {
     let server = Server::start();

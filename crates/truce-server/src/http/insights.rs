@@ -83,12 +83,15 @@ pub async fn insights(
         .unwrap_or(LIMIT_DEFAULT);
     let report = state.db.insights(Duration::from_secs(window), limit)?;
     let stats = state.db.stats();
+    // Counts past the engine's label limit are kept under `_other`, whatever
+    // their collection: a key limited to some collections cannot be shown
+    // them (no collection name starts with `_`, so only an unlimited key may).
     let visible = |collection: &str| who.may_access(collection);
     let totals_by = |family: Family| -> (u64, BTreeMap<String, u64>) {
         let mut total = 0;
         let mut by_source = BTreeMap::new();
         for (_, _, collection, source, n) in stats.labelled.iter().filter(|l| l.0 == family) {
-            if visible(collection) || collection == "_other" {
+            if visible(collection) {
                 total += n;
                 *by_source.entry(source.clone()).or_insert(0) += n;
             }
@@ -101,7 +104,7 @@ pub async fn insights(
     let (overwrites, _) = totals_by(Family::Overwrites);
     let mut conflicts_by_reason = BTreeMap::new();
     for (_, reason, collection, _, n) in stats.labelled.iter().filter(|l| l.0 == Family::Conflicts) {
-        if visible(collection) || collection == "_other" {
+        if visible(collection) {
             *conflicts_by_reason.entry(reason.to_string()).or_insert(0) += n;
         }
     }
