@@ -32,7 +32,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the server (HTTP API v1).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Manage API keys.
     #[command(subcommand)]
     Keys(KeysCommand),
@@ -161,6 +161,11 @@ pub struct ServeArgs {
     /// work (queries, feed pages) have threads of their own besides.
     #[arg(long, env = "TRUCE_HTTP_THREADS")]
     pub http_threads: Option<usize>,
+    /// Origins whose pages may call the API from a browser, comma-separated
+    /// (`https://app.example.com,http://localhost:3000`), or `*` for any
+    /// [default: none: no CORS headers]. API keys still apply.
+    #[arg(long, env = "TRUCE_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
 }
 
 /// The settings file: the same names as the flags.
@@ -182,6 +187,7 @@ struct FileSettings {
     commit_poll_us: Option<u64>,
     storage_workers_nice: Option<i32>,
     http_threads: Option<usize>,
+    cors_origins: Option<Vec<String>>,
 }
 
 /// The effective settings of a server.
@@ -215,6 +221,8 @@ pub struct Settings {
     pub storage_workers_nice: i32,
     /// HTTP threads.
     pub http_threads: usize,
+    /// Origins allowed cross-origin requests (`*`: any); empty: CORS off.
+    pub cors_origins: Vec<String>,
 }
 
 impl ServeArgs {
@@ -280,7 +288,13 @@ impl ServeArgs {
                     .map_or(1, |cpus| cpus.get())
                     .min(HTTP_THREADS_MAX)
             }),
+            cors_origins: if self.cors_origins.is_empty() {
+                file.cors_origins.unwrap_or_default()
+            } else {
+                self.cors_origins.clone()
+            },
         };
+        crate::http::cors::check_origins(&settings.cors_origins)?;
         if settings.commit_poll_us > truce::limits::COMMIT_POLL_US_MAX {
             return Err(format!(
                 "commit_poll_us must be 0 to {}",

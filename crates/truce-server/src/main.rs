@@ -21,7 +21,7 @@ use config::{Cli, Command};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve(args) => serve::run(args),
+        Command::Serve(args) => serve::run(*args),
         Command::Keys(command) => keys::run(command),
         Command::Recount(args) => recount::run(&args),
         Command::Top(args) => top::run(&args),

@@ -95,7 +95,7 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
         request_timeout: Duration::from_millis(settings.request_timeout_ms),
         metrics: http::metrics::Metrics::new(db.clone()),
     });
-    let app = http::app(state, settings.max_body_bytes);
+    let app = http::app(state, settings.max_body_bytes, &settings.cors_origins);
     let result = runtime.block_on(serve(app, &settings, threads));
     // Every acknowledged write is already durable. Closing joins the committer
     // once the last handle is gone (blocking work still running past the
@@ -146,7 +146,7 @@ fn signalled() -> impl std::future::Future<Output = ()> {
     }
 }
 
-async fn serve(app: http::fast::App, settings: &Settings, threads: HttpThreads) -> Result<(), String> {
+async fn serve(app: http::Service, settings: &Settings, threads: HttpThreads) -> Result<(), String> {
     let signal = shutdown_signal();
     let scheme = if settings.tls.is_some() { "https" } else { "http" };
     let listener =
@@ -179,7 +179,7 @@ async fn serve(app: http::fast::App, settings: &Settings, threads: HttpThreads) 
 async fn serve_connections<A>(
     listener: std::net::TcpListener,
     acceptor: A,
-    app: http::fast::App,
+    app: http::Service,
     mut threads: HttpThreads,
     signal: impl std::future::Future<Output = ()>,
 ) -> Result<(), String>
@@ -241,7 +241,7 @@ where
 async fn serve_connection<A>(
     stream: std::net::TcpStream,
     acceptor: A,
-    app: http::fast::App,
+    app: http::Service,
     mut stopping: tokio::sync::watch::Receiver<bool>,
     _open: tokio::sync::mpsc::Sender<()>,
 ) where

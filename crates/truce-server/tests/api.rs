@@ -2392,6 +2392,7 @@ fn serve_help_mentions_every_flag() {
         "--request-timeout-ms",
         "--max-concurrent-requests",
         "--http-threads",
+        "--cors-origins",
     ] {
         assert!(
             help.contains(flag),
@@ -2438,6 +2439,155 @@ fn http_threads_sets_how_many_threads_serve() {
     assert_eq!(http_threads, asked);
     let status = server.terminate();
     assert!(status.success(), "exit status {status}");
+}
+
+/// `--cors-origins`: a page of an allowed origin may call the API from a
+/// browser — its preflight is answered without a key (browsers send none),
+/// its answers carry `Access-Control-Allow-Origin` and expose `ETag` and
+/// `Retry-After` — and a page of any other origin gets no CORS header. Off
+/// by default: no CORS header at all, and a preflight is a 405.
+#[test]
+fn cors_lets_the_allowed_origins_call_from_a_browser() {
+    let app = "https://app.example.com";
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("cors.toml");
+    std::fs::write(
+        &file,
+        format!("cors_origins = [\"{app}\", \"http://localhost:3000\"]\n"),
+    )
+    .unwrap();
+    let server = Server::start_with(&["--config", file.to_str().unwrap()]);
+    let http = Client::new();
+    let preflight = |base: &str, origin: &str| {
+        http.request(Method::OPTIONS, format!("{base}/v1/c/cors/doc"))
+            .header("origin", origin)
+            .header("access-control-request-method", "PATCH")
+            .header(
+                "access-control-request-headers",
+                "authorization,content-type,idempotency-key,if-match,truce-source,truce-attempt",
+            )
+            .send()
+            .expect("preflight")
+    };
+    let header = |response: &reqwest::blocking::Response, name: &str| {
+        response
+            .headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_string())
+    };
+
+    let answer = preflight(&server.url(), app);
+    assert_eq!(answer.status().as_u16(), 200);
+    assert_eq!(
+        header(&answer, "access-control-allow-origin").as_deref(),
+        Some(app)
+    );
+    let methods = header(&answer, "access-control-allow-methods").unwrap_or_default();
+    assert!(
+        methods.contains("PATCH") && methods.contains("DELETE"),
+        "{methods}"
+    );
+    let allowed = header(&answer, "access-control-allow-headers").unwrap_or_default();
+    for name in [
+        "authorization",
+        "idempotency-key",
+        "if-match",
+        "truce-source",
+        "last-event-id",
+    ] {
+        assert!(allowed.contains(name), "{name} not in {allowed}");
+    }
+    assert_eq!(header(&answer, "access-control-max-age").as_deref(), Some("3600"));
+
+    let write = http
+        .put(format!("{}/v1/c/cors/doc", server.url()))
+        .header("origin", app)
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .unwrap();
+    assert_eq!(write.status().as_u16(), 201);
+    assert_eq!(
+        header(&write, "access-control-allow-origin").as_deref(),
+        Some(app)
+    );
+    let read = http
+        .get(format!("{}/v1/c/cors/doc", server.url()))
+        .header("origin", "http://localhost:3000")
+        .send()
+        .unwrap();
+    assert_eq!(
+        header(&read, "access-control-allow-origin").as_deref(),
+        Some("http://localhost:3000")
+    );
+    let exposed = header(&read, "access-control-expose-headers").unwrap_or_default();
+    assert!(
+        exposed.contains("etag") && exposed.contains("retry-after"),
+        "{exposed}"
+    );
+    // Routes the router serves get them too.
+    let feed = http
+        .get(format!("{}/v1/c/cors/_changes", server.url()))
+        .header("origin", app)
+        .send()
+        .unwrap();
+    assert_eq!(header(&feed, "access-control-allow-origin").as_deref(), Some(app));
+
+    // Another origin: no CORS header, so its page cannot read the answer.
+    let other = preflight(&server.url(), "https://evil.example");
+    assert_eq!(header(&other, "access-control-allow-origin"), None);
+    let read = http
+        .get(format!("{}/v1/c/cors/doc", server.url()))
+        .header("origin", "https://evil.example")
+        .send()
+        .unwrap();
+    assert_eq!(header(&read, "access-control-allow-origin"), None);
+
+    // `*` from the environment allows every origin.
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let data = dir.path().join("any");
+    let mut any = Spawned::start(
+        &[
+            "serve",
+            "--listen",
+            &addr.to_string(),
+            "--data",
+            data.to_str().unwrap(),
+        ],
+        &[("TRUCE_CORS_ORIGINS", "*")],
+    );
+    any.wait_listening(addr);
+    let answer = preflight(&format!("http://{addr}"), "https://evil.example");
+    assert_eq!(
+        header(&answer, "access-control-allow-origin").as_deref(),
+        Some("*")
+    );
+
+    // Off by default.
+    let plain = Server::start();
+    let answer = preflight(&plain.url(), app);
+    assert_eq!(answer.status().as_u16(), 405);
+    assert_eq!(header(&answer, "access-control-allow-origin"), None);
+
+    // A value that is not an origin is refused at start, saying why.
+    for bad in [
+        "https://app.example.com/",
+        "app.example.com",
+        "*,https://a.example",
+    ] {
+        let ran = run_bounded(
+            &[
+                "serve",
+                "--data",
+                dir.path().join("bad").to_str().unwrap(),
+                "--cors-origins",
+                bad,
+            ],
+            RUN_BOUND,
+        );
+        assert!(ran.status.is_some_and(|s| !s.success()), "{bad}: {}", ran.stderr);
+        assert!(ran.stderr.contains("cors_origins"), "{bad}: {}", ran.stderr);
+    }
 }
 
 #[test]

@@ -16,10 +16,12 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde_json::json;
 use tokio::sync::Semaphore;
+use tower::util::Either;
 use truce::Db;
 
 mod changes;
 pub(crate) mod config;
+pub mod cors;
 mod couch;
 mod documents;
 pub mod error;
@@ -84,11 +86,21 @@ async fn no_method() -> ApiError {
 }
 
 /// The server's service over `state`, with a body limit of `max_body_bytes`:
-/// the document routes' direct path (`fast.rs`) in front of the router.
-pub fn app(state: Arc<AppState>, max_body_bytes: usize) -> fast::App {
+/// the document routes' direct path (`fast.rs`) in front of the router, and
+/// CORS (`cors.rs`) in front of both when `cors_origins` allows any.
+pub fn app(state: Arc<AppState>, max_body_bytes: usize, cors_origins: &[String]) -> Service {
     let router = router(Arc::clone(&state), max_body_bytes);
-    fast::App::new(state, router, max_body_bytes)
+    let app = fast::App::new(state, router, max_body_bytes);
+    if cors_origins.is_empty() {
+        Either::Right(app)
+    } else {
+        Either::Left(cors::layer(cors_origins, app))
+    }
 }
+
+/// The server's service: [`fast::App`], behind CORS when origins are allowed
+/// (with none, nothing is in front of it).
+pub type Service = Either<tower_http::cors::Cors<fast::App>, fast::App>;
 
 /// Builds the router over `state`, with a body limit of `max_body_bytes`.
 ///

@@ -1,0 +1,119 @@
+//! Cross-origin requests from browsers (`--cors-origins`): an RxDB app or a
+//! heartbeat sent from a page served elsewhere than Truce. Off by default —
+//! then the server sends no CORS header and a browser keeps a page of another
+//! origin from reading its answers, as before.
+//!
+//! tower-http's `Cors` answers preflight requests itself (before
+//! authentication: a browser sends no `Authorization` on a preflight) and adds
+//! `Access-Control-Allow-Origin` to the answers of the origins allowed.
+
+use std::time::Duration;
+
+use axum::http::{HeaderName, HeaderValue, Method, header};
+use tower::Layer;
+use tower_http::cors::{AllowOrigin, Cors, CorsLayer};
+
+use super::extract::IDEMPOTENCY_KEY;
+
+/// How long a browser may cache a preflight's answer.
+pub const CORS_MAX_AGE_S: u64 = 3600;
+
+/// The request headers the API reads, which a page must be allowed to send.
+const ALLOWED_HEADERS: [HeaderName; 8] = [
+    header::AUTHORIZATION,
+    header::CONTENT_TYPE,
+    header::IF_MATCH,
+    header::IF_NONE_MATCH,
+    IDEMPOTENCY_KEY,
+    HeaderName::from_static("truce-source"),
+    HeaderName::from_static("truce-attempt"),
+    HeaderName::from_static("last-event-id"),
+];
+
+/// The answer headers a page's script may read besides the CORS-safelisted ones.
+const EXPOSED_HEADERS: [HeaderName; 4] = [
+    header::ETAG,
+    header::RETRY_AFTER,
+    header::ALLOW,
+    header::WWW_AUTHENTICATE,
+];
+
+/// Checks the `cors_origins` setting: `*` alone, or origins as a browser sends
+/// them in `Origin` (`scheme://host[:port]`, http or https, no path).
+pub fn check_origins(origins: &[String]) -> Result<(), String> {
+    if origins.iter().any(|o| o == "*") && origins.len() > 1 {
+        return Err("cors_origins: `*` allows every origin and cannot be listed with others".into());
+    }
+    for origin in origins.iter().filter(|o| *o != "*") {
+        let rest = origin
+            .strip_prefix("https://")
+            .or_else(|| origin.strip_prefix("http://"));
+        let plain = rest.is_some_and(|host| {
+            !host.is_empty()
+                && host
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'))
+        });
+        if !plain || HeaderValue::from_str(origin).is_err() {
+            return Err(format!(
+                "cors_origins: {origin:?} is not an origin: write it as a browser sends it in `Origin`, \
+                 scheme://host[:port] with http or https and no path (e.g. https://app.example.com), or `*`"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `service` behind CORS for `origins` (checked by [`check_origins`]).
+pub fn layer<S>(origins: &[String], service: S) -> Cors<S> {
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    CorsLayer::new()
+        .allow_origin(allow)
+        .allow_methods([
+            Method::GET,
+            Method::HEAD,
+            Method::POST,
+            Method::PUT,
+            Method::PATCH,
+            Method::DELETE,
+        ])
+        .allow_headers(ALLOWED_HEADERS)
+        .expose_headers(EXPOSED_HEADERS)
+        .max_age(Duration::from_secs(CORS_MAX_AGE_S))
+        .layer(service)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins_are_checked() {
+        let ok = |list: &[&str]| check_origins(&list.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert!(ok(&[]).is_ok());
+        assert!(ok(&["*"]).is_ok());
+        assert!(
+            ok(&[
+                "https://app.example.com",
+                "http://localhost:3000",
+                "http://[::1]:8080"
+            ])
+            .is_ok()
+        );
+        for bad in [
+            "app.example.com",
+            "https://app.example.com/",
+            "https://a.com/path",
+            "ftp://a.com",
+            "https://",
+            "https://a b",
+        ] {
+            assert!(ok(&[bad]).is_err(), "{bad}");
+        }
+        assert!(ok(&["*", "https://a.com"]).is_err());
+    }
+}
