@@ -281,3 +281,34 @@ fn the_dashboard_shows_a_live_workload_in_a_real_browser() {
         "a real screenshot"
     );
 }
+
+/// A page of another origin calls the API from a real browser once the server
+/// allows that origin (`--cors-origins`): Chromium's own CORS checks pass for
+/// a write with the API's headers, `ETag` is readable, `EventSource` follows
+/// the feed; a server that does not allow the origin is refused by the
+/// browser (`tests/dashboard/cors.mjs`).
+#[cfg(unix)]
+#[test]
+fn a_page_of_an_allowed_origin_calls_truce_from_a_real_browser() {
+    let dir = project_dir("dashboard");
+    if !node_project(&dir) {
+        return;
+    }
+    let Some(chromium) = chromium() else {
+        return skip("chromium is not installed (apt-get install chromium)");
+    };
+    let page_origin = format!("http://localhost:{}", common::free_port());
+    let allowed = Server::start_with(&["--cors-origins", &page_origin]);
+    let blocked = Server::start_with(&["--cors-origins", "https://another.example"]);
+    let mut cmd = Command::new("node");
+    cmd.arg("cors.mjs")
+        .args([allowed.url(), blocked.url(), page_origin])
+        .env("CHROMIUM", &chromium)
+        .current_dir(&dir);
+    let (status, tail) = run(cmd, "node cors.mjs (tests/dashboard)", NODE_TEST_TIMEOUT);
+    match status {
+        Some(s) if s.success() => {}
+        Some(s) => panic!("the browser CORS test failed ({s}):\n{tail}"),
+        None => panic!("the browser CORS test did not finish within {NODE_TEST_TIMEOUT:?}:\n{tail}"),
+    }
+}
