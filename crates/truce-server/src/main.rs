@@ -18,12 +18,31 @@ mod top;
 
 use config::{Cli, Command};
 
+/// For the commands that only print (`keys`, `recount`): a reader that goes
+/// away (`truce keys list | head -1`) ends the process quietly, as it ends
+/// `ls`, instead of a panic in `println!`. Rust ignores SIGPIPE so that a
+/// write returns an error; the server keeps that (its sockets' writes must
+/// not kill it), and so does `top`, which stops on the error itself.
+fn quiet_on_broken_pipe() {
+    #[cfg(unix)]
+    // SAFETY: restoring a signal's default action, before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve::run(*args),
-        Command::Keys(command) => keys::run(command),
-        Command::Recount(args) => recount::run(&args),
+        Command::Keys(command) => {
+            quiet_on_broken_pipe();
+            keys::run(command)
+        }
+        Command::Recount(args) => {
+            quiet_on_broken_pipe();
+            recount::run(&args)
+        }
         Command::Top(args) => top::run(&args),
     };
     match result {

@@ -45,14 +45,23 @@ async fn watch(args: &TopArgs) -> Result<(), String> {
             previous.as_ref().map(|(at, v)| (now - *at, v)),
         );
         let mut out = std::io::stdout().lock();
-        if tty {
+        let written = if tty {
             // Clear the screen and go home, then draw the frame.
-            let _ = write!(out, "\x1b[2J\x1b[H");
+            write!(out, "\x1b[2J\x1b[H")
         } else if shown > 0 {
-            let _ = writeln!(out, "---");
+            writeln!(out, "---")
+        } else {
+            Ok(())
         }
-        let _ = writeln!(out, "{frame}");
-        let _ = out.flush();
+        .and_then(|()| writeln!(out, "{frame}"))
+        .and_then(|()| out.flush());
+        match written {
+            Ok(()) => {}
+            // Whoever read the frames is gone (`truce top | head`): done,
+            // rather than asking the server for frames no one sees.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+            Err(e) => return Err(format!("cannot write to the terminal: {e}")),
+        }
         previous = Some((now, report));
         shown += 1;
         if args.iterations > 0 && shown >= args.iterations {
