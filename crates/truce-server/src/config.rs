@@ -68,12 +68,39 @@ pub struct TopArgs {
     pub iterations: u64,
 }
 
+/// The data directory of an administration command, found as `truce serve`
+/// finds its own: `--data` (or `TRUCE_DATA`), else the `data` of the
+/// `--config` file (or `TRUCE_CONFIG`'s), else `./truce-data`.
+#[derive(Args, Debug, Clone, Default)]
+pub struct DataArgs {
+    /// Data directory [default: the --config file's `data`, else ./truce-data].
+    #[arg(long, env = "TRUCE_DATA")]
+    pub data: Option<PathBuf>,
+    /// The server's TOML settings file, for its `data`.
+    #[arg(long, env = "TRUCE_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+impl DataArgs {
+    /// The data directory these arguments name.
+    pub fn dir(&self) -> Result<PathBuf, String> {
+        if let Some(data) = &self.data {
+            return Ok(data.clone());
+        }
+        let file = match &self.config {
+            Some(path) => read_file(path)?,
+            None => FileSettings::default(),
+        };
+        Ok(file.data.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA)))
+    }
+}
+
 /// `truce recount` arguments.
 #[derive(Args, Debug, Clone)]
 pub struct RecountArgs {
-    /// Data directory [default: ./truce-data].
-    #[arg(long, env = "TRUCE_DATA")]
-    pub data: Option<PathBuf>,
+    /// Where the data directory is.
+    #[command(flatten)]
+    pub data: DataArgs,
     /// The collection the counter is defined on (its source).
     pub collection: String,
     /// The counter's name.
@@ -347,23 +374,24 @@ pub enum KeysCommand {
         /// Limit the key to these collections (comma-separated).
         #[arg(long, value_delimiter = ',')]
         collections: Option<Vec<String>>,
-        /// Data directory whose server the key is for [default: ./truce-data].
-        #[arg(long, env = "TRUCE_DATA")]
-        data: Option<PathBuf>,
+        /// The data directory of the server the key is for.
+        #[command(flatten)]
+        data: DataArgs,
     },
     /// List keys (ids, roles, collections; never secrets).
     List {
-        /// Data directory [default: ./truce-data].
-        #[arg(long, env = "TRUCE_DATA")]
-        data: Option<PathBuf>,
+        /// The server's data directory.
+        #[command(flatten)]
+        data: DataArgs,
     },
     /// Revoke a key by its id.
     Revoke {
-        /// The key id (the part after `truce_`).
+        /// The key's id: the 16 hex digits between `truce_` and the next `_`
+        /// (as `keys list` shows it).
         id: String,
-        /// Data directory [default: ./truce-data].
-        #[arg(long, env = "TRUCE_DATA")]
-        data: Option<PathBuf>,
+        /// The server's data directory.
+        #[command(flatten)]
+        data: DataArgs,
     },
 }
 

@@ -15,10 +15,12 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::config::{DEFAULT_DATA, KeysCommand};
+use crate::config::{DataArgs, KeysCommand};
 
 /// File in the data directory that holds the keys (hashes only).
 pub const KEYS_FILE: &str = "api-keys.json";
+/// Taken by `truce keys create|revoke` while they change [`KEYS_FILE`].
+const KEYS_LOCK_FILE: &str = "api-keys.json.lock";
 /// How often a running server looks for a changed keys file, in ms.
 const KEYS_RELOAD_MS: u128 = 1000;
 
@@ -32,6 +34,17 @@ pub enum Role {
     Write,
     /// Also declare indexes and administer the server.
     Admin,
+}
+
+impl Role {
+    /// The role as `--role` takes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Read => "read",
+            Role::Write => "write",
+            Role::Admin => "admin",
+        }
+    }
 }
 
 /// A stored key: never the secret, only its hash.
@@ -95,14 +108,44 @@ fn load(path: &Path) -> Result<Vec<StoredKey>, String> {
     }
 }
 
-fn save(path: &Path, keys: &[StoredKey]) -> Result<(), String> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+/// Changes the keys file of data directory `data` with `change`, which sees
+/// the keys as they are and answers what to report. Two `truce keys` commands
+/// at once take turns (an exclusive lock on `api-keys.json.lock`): without it
+/// each read the file, changed its copy and wrote it back, so one's change was
+/// lost — a revoked admin key came back, a created key was never stored. The
+/// new file is written whole beside the old one, synced, renamed over it and
+/// the rename synced: a crash leaves the old keys or the new, never a torn file
+/// or a revocation undone.
+fn modify<T>(
+    data: &Path,
+    change: impl FnOnce(&mut Vec<StoredKey>) -> Result<T, String>,
+) -> Result<T, String> {
+    let lock_path = data.join(KEYS_LOCK_FILE);
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| format!("cannot open {}: {e}", lock_path.display()))?;
+    lock.lock()
+        .map_err(|e| format!("cannot lock {}: {e}", lock_path.display()))?;
+    let path = keys_path(data);
+    let mut keys = load(&path)?;
+    let answer = change(&mut keys)?;
+    let tmp = data.join(format!("{KEYS_FILE}.tmp.{}", std::process::id()));
+    let text = serde_json::to_vec_pretty(&keys).map_err(|e| e.to_string())?;
+    let written = std::fs::File::create(&tmp)
+        .and_then(|mut file| {
+            std::io::Write::write_all(&mut file, &text)?;
+            file.sync_all()
+        })
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .and_then(|()| std::fs::File::open(data)?.sync_all());
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(format!("cannot replace {}: {e}", path.display()));
     }
-    let tmp = path.with_extension("json.tmp");
-    let text = serde_json::to_vec_pretty(keys).map_err(|e| e.to_string())?;
-    std::fs::write(&tmp, text).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, path).map_err(|e| format!("cannot replace {}: {e}", path.display()))
+    Ok(answer)
 }
 
 /// The keys of a running server, reloaded when the file changes.
@@ -256,27 +299,59 @@ pub fn create(
         collections,
         created_ms,
     };
-    let path = keys_path(data);
-    let mut keys = load(&path)?;
-    keys.push(stored.clone());
-    save(&path, &keys)?;
+    std::fs::create_dir_all(data).map_err(|e| format!("cannot create {}: {e}", data.display()))?;
+    modify(data, |keys| {
+        keys.push(stored.clone());
+        Ok(())
+    })?;
     Ok((stored, format!("truce_{id}_{secret}")))
+}
+
+/// Revokes key `id` of data directory `data`; returns how many keys are left.
+pub fn revoke(data: &Path, id: &str) -> Result<usize, String> {
+    modify(data, |keys| {
+        let before = keys.len();
+        keys.retain(|k| k.id != id);
+        if keys.len() == before {
+            return Err(format!("no key with id {id}"));
+        }
+        Ok(keys.len())
+    })
 }
 
 /// Runs `truce keys …`.
 pub fn run(command: KeysCommand) -> Result<(), String> {
-    let data_or_default = |data: Option<PathBuf>| data.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA));
+    // A data directory that is not there is most likely a typo: listing or
+    // revoking in it would find no key, as if the server had none.
+    let existing = |data: &DataArgs| {
+        let dir = data.dir()?;
+        if dir.is_dir() {
+            Ok(dir)
+        } else {
+            Err(format!(
+                "no data directory at {}: name the server's with --data (or TRUCE_DATA, or its --config file)",
+                dir.display()
+            ))
+        }
+    };
     match command {
         KeysCommand::Create {
             role,
             collections,
             data,
         } => {
-            let (stored, key) = create(&data_or_default(data), role, collections)?;
+            let dir = data.dir()?;
+            if !dir.exists() {
+                eprintln!(
+                    "note: {} did not exist; it is created, and a server started on it will find the key",
+                    dir.display()
+                );
+            }
+            let (stored, key) = create(&dir, role, collections)?;
             eprintln!(
-                "created key {} (role {:?}, collections {}); it is shown only now:",
+                "created key {} (role {}, collections {}); it is shown only now:",
                 stored.id,
-                stored.role,
+                stored.role.name(),
                 stored
                     .collections
                     .as_ref()
@@ -286,23 +361,16 @@ pub fn run(command: KeysCommand) -> Result<(), String> {
             Ok(())
         }
         KeysCommand::List { data } => {
-            for key in load(&keys_path(&data_or_default(data)))? {
+            for key in load(&keys_path(&existing(&data)?))? {
                 let scope = key.collections.map_or("all".to_string(), |c| c.join(","));
-                println!("{}\t{:?}\t{}", key.id, key.role, scope);
+                println!("{}\t{}\t{}", key.id, key.role.name(), scope);
             }
             Ok(())
         }
         KeysCommand::Revoke { id, data } => {
-            let path = keys_path(&data_or_default(data));
-            let mut keys = load(&path)?;
-            let before = keys.len();
-            keys.retain(|k| k.id != id);
-            if keys.len() == before {
-                return Err(format!("no key with id {id}"));
-            }
-            save(&path, &keys)?;
+            let left = revoke(&existing(&data)?, &id)?;
             eprintln!("revoked key {id}");
-            if keys.is_empty() {
+            if left == 0 {
                 eprintln!(
                     "that was the last key: a running server now refuses every API request until a key \
                      is created; restarted without keys it listens on loopback only (or anywhere with \
@@ -324,6 +392,48 @@ fn bearer_token(authorization: &str) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `truce keys` commands run at once take turns on the file: every create
+    /// is stored and no revoked key comes back (each used to read the file,
+    /// change its copy and write it back over the others' changes).
+    #[test]
+    fn concurrent_creates_and_revokes_lose_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let early: Vec<String> = (0..8)
+            .map(|_| create(&data, Role::Admin, None).unwrap().0.id)
+            .collect();
+        let threads: Vec<_> = (0..16)
+            .map(|i| {
+                let (data, early) = (data.clone(), early.clone());
+                std::thread::spawn(move || match i % 2 {
+                    0 => revoke(&data, &early[i / 2]).map(|_| None),
+                    _ => create(&data, Role::Read, None).map(|(stored, _)| Some(stored.id)),
+                })
+            })
+            .collect();
+        let created: Vec<String> = threads
+            .into_iter()
+            .filter_map(|t| t.join().unwrap().unwrap())
+            .collect();
+        let stored: Vec<String> = load(&keys_path(&data))
+            .unwrap()
+            .into_iter()
+            .map(|k| k.id)
+            .collect();
+        let mut expected = created.clone();
+        expected.sort();
+        let mut got = stored.clone();
+        got.sort();
+        assert_eq!(got, expected, "exactly the 8 created later are left");
+        assert!(
+            !data
+                .read_dir()
+                .unwrap()
+                .any(|e| e.unwrap().file_name().to_string_lossy().contains(".tmp")),
+            "no temporary file is left"
+        );
+    }
 
     #[test]
     fn created_keys_verify_and_others_do_not() {
@@ -382,11 +492,7 @@ mod tests {
         let bearer = format!("Bearer {key}");
         assert_eq!(store.caller(None).unwrap_err(), AuthFailure::Missing);
         assert_eq!(store.caller(Some(&bearer)).unwrap().role, Role::Read);
-        run(KeysCommand::Revoke {
-            id: stored.id,
-            data: Some(dir.path().to_path_buf()),
-        })
-        .unwrap();
+        revoke(dir.path(), &stored.id).unwrap();
         reloaded();
         for authorization in [None, Some(bearer.as_str())] {
             assert_eq!(

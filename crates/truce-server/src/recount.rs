@@ -2,18 +2,24 @@
 //! when the server is stopped (a running server holds the directory's lock; then
 //! its HTTP endpoint does the same).
 
-use std::path::PathBuf;
-
 use truce::{Db, Options};
 
-use crate::config::{DEFAULT_DATA, RecountArgs};
+use crate::config::RecountArgs;
 use crate::http::config::recount_json;
 
 /// Opens the database, recounts, prints the report as JSON.
 pub fn run(args: &RecountArgs) -> Result<(), String> {
-    let data = args.data.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_DATA));
+    let data = args.data.dir()?;
     if !data.is_dir() {
         return Err(format!("no data directory at {}", data.display()));
+    }
+    // Opening would make a database of any directory (a typo's, say).
+    if !truce::storage::FjallStorage::holds_database(&data) {
+        return Err(format!(
+            "{} holds no Truce database: name the server's data directory with --data (or TRUCE_DATA, or its \
+             --config file)",
+            data.display()
+        ));
     }
     let endpoint = format!(
         "curl -X POST http://127.0.0.1:7070/v1/c/{}/_counters/{}/recount",

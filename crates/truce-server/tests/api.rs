@@ -2590,6 +2590,90 @@ fn cors_lets_the_allowed_origins_call_from_a_browser() {
     }
 }
 
+/// `truce keys` and `truce recount` find the data directory as `truce serve`
+/// does (`--data`, `TRUCE_DATA`, then the `--config` file's `data`, from the
+/// flag or `TRUCE_CONFIG`), and refuse a directory that is not the server's
+/// instead of answering as if it had no keys or making a database of it.
+#[test]
+fn administration_commands_find_the_data_directory_as_serve_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = dir.path().join("truce.toml");
+    std::fs::write(&config, format!("data = {:?}\n", data.display().to_string())).unwrap();
+    let truce = |args: &[&str], envs: &[(&str, &std::path::Path)]| {
+        let mut command = Command::new(truce_bin());
+        command
+            .args(args)
+            .current_dir(dir.path())
+            .env_remove("TRUCE_DATA")
+            .env_remove("TRUCE_CONFIG");
+        for (name, value) in envs {
+            command.env(name, value);
+        }
+        let out = command.output().expect("truce");
+        let text = |b: &[u8]| String::from_utf8_lossy(b).to_string();
+        (out.status.success(), text(&out.stdout), text(&out.stderr))
+    };
+    // Created through the config file named by the flag, listed through the
+    // variable, and the server started with that file finds it.
+    let (ok, key, stderr) = truce(
+        &[
+            "keys",
+            "create",
+            "--role",
+            "admin",
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(ok, "{stderr}");
+    assert!(
+        stderr.contains("did not exist"),
+        "a new directory is pointed out: {stderr}"
+    );
+    assert!(
+        data.join("api-keys.json").is_file(),
+        "the key went to the file's data directory"
+    );
+    let (ok, listed, stderr) = truce(&["keys", "list"], &[("TRUCE_CONFIG", &config)]);
+    assert!(ok, "{stderr}");
+    assert!(listed.contains("\tadmin\t"), "{listed}");
+    let key = key.trim().to_string();
+    assert!(
+        listed.contains(&key["truce_".len().."truce_".len() + 16]),
+        "{listed}"
+    );
+
+    // A directory that is not there is an error, not "no keys".
+    for command in [&["keys", "list"][..], &["keys", "revoke", "0123456789abcdef"]] {
+        let typo = dir.path().join("dta");
+        let (ok, _, stderr) = truce(&[command, &["--data", typo.to_str().unwrap()]].concat(), &[]);
+        assert!(
+            !ok && stderr.contains("no data directory"),
+            "{command:?}: {stderr}"
+        );
+        assert!(!typo.exists(), "{command:?} created {}", typo.display());
+    }
+    // `recount` on a directory that holds no database refuses, and leaves it
+    // as it was.
+    let other = dir.path().join("photos");
+    std::fs::create_dir(&other).unwrap();
+    std::fs::write(other.join("precious.jpg"), b"x").unwrap();
+    let (ok, _, stderr) = truce(&["recount", "c", "n", "--data", other.to_str().unwrap()], &[]);
+    assert!(!ok && stderr.contains("holds no Truce database"), "{stderr}");
+    assert_eq!(
+        std::fs::read_dir(&other).unwrap().count(),
+        1,
+        "nothing was written into it"
+    );
+    // With the server's data (through TRUCE_CONFIG) it reaches the database.
+    let server = Server::start_in(&data, &[]);
+    drop(server);
+    let (ok, _, stderr) = truce(&["recount", "c", "n"], &[("TRUCE_CONFIG", &config)]);
+    assert!(!ok && stderr.contains("has no counter n"), "{stderr}");
+}
+
 #[test]
 fn config_file_and_environment_set_the_listen_address() {
     let dir = tempfile::tempdir().unwrap();

@@ -88,7 +88,17 @@ fn backend(e: fjall::Error) -> StorageError {
     StorageError::Backend(e.to_string())
 }
 
+/// The file fjall writes first into a directory it makes a database of.
+const FJALL_VERSION_FILE: &str = "version";
+
 impl FjallStorage {
+    /// Whether `dir` holds a database of this backend (one [`open`](Self::open)
+    /// made), so that a tool meant for existing data can refuse any other
+    /// directory instead of making a database of it.
+    pub fn holds_database(dir: &Path) -> bool {
+        dir.join(FJALL_VERSION_FILE).is_file()
+    }
+
     /// Opens (or creates) the database in `dir`, recovering from its journal.
     ///
     /// A final journal batch torn by a crash mid-fsync is dropped (see
