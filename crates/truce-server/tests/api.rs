@@ -2674,6 +2674,55 @@ fn administration_commands_find_the_data_directory_as_serve_does() {
     assert!(!ok && stderr.contains("has no counter n"), "{stderr}");
 }
 
+/// A reader that goes away (`truce keys list | head -0`) ends the printing
+/// commands quietly — it used to panic in `println!` — and ends `truce top`,
+/// which used to poll the server until killed.
+#[cfg(unix)]
+#[test]
+fn a_closed_pipe_ends_the_commands_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::Stdio;
+    let server = Server::start();
+    let keys = tempfile::tempdir().unwrap();
+    let data = keys.path().to_str().unwrap().to_string();
+    let closed_pipe = |args: &[&str]| {
+        let mut child = Command::new(truce_bin())
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("truce");
+        drop(child.stdout.take());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("truce {args:?} kept running with no one reading");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+        assert!(!stderr.contains("panicked"), "truce {args:?}: {stderr}");
+        status
+    };
+    let created = closed_pipe(&["keys", "create", "--role", "read", "--data", &data]);
+    assert!(
+        created.success() || created.signal() == Some(libc::SIGPIPE),
+        "{created:?}"
+    );
+    let listed = closed_pipe(&["keys", "list", "--data", &data]);
+    assert!(
+        listed.success() || listed.signal() == Some(libc::SIGPIPE),
+        "{listed:?}"
+    );
+    let watched = closed_pipe(&["top", "--url", &server.url(), "--interval", "0.1"]);
+    assert!(watched.success(), "{watched:?}");
+}
+
 #[test]
 fn config_file_and_environment_set_the_listen_address() {
     let dir = tempfile::tempdir().unwrap();
