@@ -22,8 +22,10 @@ const CONNECT_TIMEOUT_DEFAULT: Duration = Duration::from_secs(5);
 /// A handle on one Truce server. Cheap to clone: clones share the connection pool.
 ///
 /// Every call sends `Truce-Source` (the label of the calling function) and
-/// `Truce-Attempt: n/max`, and retries as its [`RetryPolicy`] says; see the
-/// crate README for which calls retry and why that is safe.
+/// `Truce-Attempt` (which attempt of the caller's operation it is: `1`, or
+/// `n/max` for [`update_with_retry`](Client::update_with_retry)'s rounds), and
+/// retries as its [`RetryPolicy`] says; see the crate README for which calls
+/// retry and why that is safe.
 #[derive(Debug, Clone)]
 pub struct Client {
     pub(crate) http: reqwest::Client,

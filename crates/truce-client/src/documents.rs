@@ -65,8 +65,16 @@ impl Client {
         body: Value,
         precondition: Precondition,
     ) -> Result<WriteResult, ClientError> {
-        self.write_with(Method::PUT, WriteKind::Put, coll, id, body, &precondition)
-            .await
+        self.write_with(
+            Method::PUT,
+            WriteKind::Put,
+            (coll, id),
+            body,
+            &precondition,
+            1,
+            None,
+        )
+        .await
     }
 
     /// Applies update operators to a document (`PATCH`), if `precondition` holds.
@@ -81,18 +89,30 @@ impl Client {
         update: Value,
         precondition: Precondition,
     ) -> Result<WriteResult, ClientError> {
-        self.write_with(Method::PATCH, WriteKind::Patch, coll, id, update, &precondition)
-            .await
+        self.write_with(
+            Method::PATCH,
+            WriteKind::Patch,
+            (coll, id),
+            update,
+            &precondition,
+            1,
+            None,
+        )
+        .await
     }
 
-    async fn write_with(
+    /// A document write, as attempt `attempt` of at most `of` of the caller's
+    /// operation.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn write_with(
         &self,
         method: Method,
         kind: WriteKind,
-        coll: &str,
-        id: &str,
+        (coll, id): (&str, &str),
         body: Value,
         precondition: &Precondition,
+        attempt: u32,
+        of: Option<u32>,
     ) -> Result<WriteResult, ClientError> {
         let mut body = object(body)?;
         let header = precondition.apply(kind, &mut body);
@@ -100,7 +120,8 @@ impl Client {
             method,
             self.url(&["v1", "c", coll, id]),
             Some(Value::Object(body)),
-        );
+        )
+        .attempt(attempt, of);
         if let Some((name, value)) = header {
             call = call.header(name, value);
         }

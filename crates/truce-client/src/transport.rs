@@ -1,6 +1,6 @@
 //! One logical call, however many attempts it takes: the headers every attempt
-//! carries (`Truce-Source`, `Truce-Attempt: n/max`, `Idempotency-Key`), and the
-//! retry loop over transport failures and 429 / 503 answers.
+//! carries (`Truce-Source`, `Truce-Attempt`, `Idempotency-Key`), and the retry
+//! loop over transport failures and 429 / 503 answers.
 
 use std::time::Duration;
 
@@ -16,7 +16,9 @@ use crate::retry::{is_retryable_status, new_idempotency_key, parse_retry_after};
 
 /// Header naming the caller.
 pub(crate) const SOURCE_HEADER: &str = "Truce-Source";
-/// Header saying which attempt this is, as `n/max`.
+/// Header saying which attempt of the caller's operation this is: `n/max` or
+/// `n` (the server counts attempts above 1 as retries after a conflict, and a
+/// conflict answered to `n/n` as a permanent failure: docs/insights.md).
 pub(crate) const ATTEMPT_HEADER: &str = "Truce-Attempt";
 /// Header carrying the key that makes a write safe to repeat.
 pub(crate) const IDEMPOTENCY_HEADER: &str = "Idempotency-Key";
@@ -36,6 +38,11 @@ pub(crate) struct Call {
     retry_safe: bool,
     /// Added to the client's timeout (the server-side wait of a long poll).
     extra_timeout: Duration,
+    /// Which attempt of the caller's operation this call is, and of how many
+    /// when that is known (`update_with_retry`'s rounds). Resending the same
+    /// request after a transport failure or a 429 / 503 is the same attempt:
+    /// the operation has not been redone, only its request delivered again.
+    attempt: (u32, Option<u32>),
 }
 
 /// A final answer: status and the whole body.
@@ -74,12 +81,20 @@ impl Call {
             idempotency_key: None,
             retry_safe,
             extra_timeout: Duration::ZERO,
+            attempt: (1, None),
         }
     }
 
     /// Adds a header to every attempt.
     pub fn header(mut self, name: &'static str, value: impl Into<String>) -> Call {
         self.headers.push((name, value.into()));
+        self
+    }
+
+    /// Marks this call as attempt `n` of at most `max` of the caller's
+    /// operation (the default: the first, of a number the client does not know).
+    pub fn attempt(mut self, n: u32, max: Option<u32>) -> Call {
+        self.attempt = (n, max);
         self
     }
 
@@ -107,7 +122,7 @@ impl Client {
         };
         let mut attempt = 1;
         loop {
-            let request = self.attempt_request(call, attempt, max)?;
+            let request = self.attempt_request(call)?;
             let failure = match request.send().await {
                 Ok(response) => {
                     let status = response.status().as_u16();
@@ -145,18 +160,17 @@ impl Client {
         }
     }
 
-    fn attempt_request(
-        &self,
-        call: &Call,
-        attempt: u32,
-        max: u32,
-    ) -> Result<reqwest::RequestBuilder, ClientError> {
+    fn attempt_request(&self, call: &Call) -> Result<reqwest::RequestBuilder, ClientError> {
+        let attempt = match call.attempt {
+            (n, Some(max)) => format!("{n}/{max}"),
+            (n, None) => n.to_string(),
+        };
         let mut request = self
             .http
             .request(call.method.clone(), call.url.clone())
             .timeout(self.timeout.saturating_add(call.extra_timeout))
             .header(SOURCE_HEADER, self.source.clone())
-            .header(ATTEMPT_HEADER, format!("{attempt}/{max}"));
+            .header(ATTEMPT_HEADER, attempt);
         if let Some(key) = &self.api_key {
             request = request.header(reqwest::header::AUTHORIZATION, key.clone());
         }

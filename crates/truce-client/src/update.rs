@@ -2,13 +2,14 @@
 //! write it at exactly the version read, and on a conflict redo from the
 //! document the conflict answer carried.
 
+use reqwest::Method;
 use serde_json::Value;
 
 use crate::answer::WriteAnswer;
 use crate::client::Client;
 use crate::document::Document;
 use crate::error::ClientError;
-use crate::precondition::Precondition;
+use crate::precondition::{Precondition, WriteKind};
 
 impl Client {
     /// Updates `coll/id` with `modify`, which gets the current document (`None`
@@ -49,7 +50,21 @@ impl Client {
         loop {
             let body = modify(current.as_ref());
             let precondition = current.as_ref().map_or(Precondition::Absent, Precondition::from);
-            match self.put(coll, id, body, precondition).await? {
+            // Each round's write says which round it is of how many, so the
+            // server counts the rounds after a conflict as retries, and a
+            // conflict in the last as the permanent failure it is.
+            let written = self
+                .write_with(
+                    Method::PUT,
+                    WriteKind::Put,
+                    (coll, id),
+                    body,
+                    &precondition,
+                    round,
+                    Some(attempts),
+                )
+                .await?;
+            match written {
                 Ok(written) => return Ok(written),
                 Err(conflict) if conflict.reason.is_stale_read() && (!fresh || round < attempts) => {
                     current = conflict.current;

@@ -325,3 +325,87 @@ async fn update_with_retry_survives_concurrent_writers() {
     assert!(written >= 1);
     assert!(client.healthz().await.is_ok());
 }
+
+/// What the client says in `Truce-Attempt` is what the server's conflict
+/// insights count: a plain write's conflict, which the caller gets as a value,
+/// is neither a retry nor a permanent failure, whatever the retry policy;
+/// `update_with_retry`'s later rounds are retries, and its giving up is a
+/// permanent failure. (The header used to count deliveries of the request:
+/// `1/1` under `RetryPolicy::none()` made every conflict permanent, and every
+/// round of `update_with_retry` said `1/n`.) A server of its own: the totals
+/// are the whole server's.
+#[tokio::test]
+async fn conflict_insights_count_what_the_client_did() {
+    let server = Server::start();
+    let totals = |client: Client| async move {
+        client
+            .insights(Duration::from_secs(60), 10)
+            .await
+            .expect("insights")["totals"]
+            .clone()
+    };
+    let one_shot = Client::builder(&server.url())
+        .source("oneShot")
+        .retry_policy(truce_client::RetryPolicy::none())
+        .build()
+        .unwrap();
+    one_shot
+        .put("ins", "a", json!({}), Precondition::Absent)
+        .await
+        .unwrap()
+        .unwrap();
+    let conflict = one_shot
+        .put("ins", "a", json!({}), Precondition::Absent)
+        .await
+        .unwrap();
+    assert!(conflict.is_err(), "a conflict, as a value");
+    let after_one = totals(one_shot.clone()).await;
+    assert_eq!(after_one["conflicts_by_source"]["oneShot"], 1, "{after_one}");
+    assert_eq!(after_one["permanent_failures"], 0, "{after_one}");
+    assert_eq!(after_one["retries"], 0, "{after_one}");
+
+    // Every round of update_with_retry loses to a write made while it computes.
+    let rmw = Client::builder(&server.url())
+        .source("rmw")
+        .retry_policy(truce_client::RetryPolicy::new(
+            2,
+            Duration::from_millis(1),
+            Duration::from_millis(5),
+        ))
+        .build()
+        .unwrap();
+    let url = format!("{}/v1/c/ins/a", server.url());
+    let failed = rmw
+        .update_with_retry("ins", "a", |_| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                let bump = reqwest::blocking::Client::new()
+                    .patch(url)
+                    .header("content-type", "application/json")
+                    .body(r#"{"$inc": {"n": 1}}"#)
+                    .send()
+                    .expect("a competing write");
+                assert_eq!(bump.status().as_u16(), 200);
+            })
+            .join()
+            .unwrap();
+            json!({"n": 0})
+        })
+        .await;
+    assert!(
+        matches!(
+            failed,
+            Err(truce_client::ClientError::Conflicted { attempts: 2, .. })
+        ),
+        "{failed:?}"
+    );
+    let after = totals(rmw).await;
+    assert_eq!(
+        after["retries_by_source"]["rmw"], 2,
+        "the second round's writes: {after}"
+    );
+    assert!(
+        after["permanent_failures"].as_u64() >= Some(1),
+        "it gave up: {after}"
+    );
+}
