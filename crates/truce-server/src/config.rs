@@ -18,6 +18,10 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 20 * 1024 * 1024;
 pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 30_000;
 /// Requests served at once; past this they are refused with 429 at once.
 pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 4096;
+/// The largest `max_concurrent_requests`: far past what one process can hold
+/// open, and within what a semaphore counts (a larger value made tokio panic
+/// after the database had been opened).
+pub const MAX_CONCURRENT_REQUESTS_MAX: usize = 1_000_000;
 
 /// Truce: a document database that makes concurrent writes safe, fast and unsurprising.
 #[derive(Parser, Debug)]
@@ -138,11 +142,13 @@ pub struct ServeArgs {
     /// the port can then read and write everything.
     #[arg(long, env = "TRUCE_INSECURE_NO_AUTH")]
     pub insecure_no_auth: bool,
-    /// PEM certificate chain: serve HTTPS (with --tls-key).
-    #[arg(long, env = "TRUCE_TLS_CERT", requires = "tls_key")]
+    /// PEM certificate chain: serve HTTPS (with --tls-key). The two may come
+    /// from different sources (a flag and the --config file, say): each is
+    /// checked for its pair once all are merged.
+    #[arg(long, env = "TRUCE_TLS_CERT")]
     pub tls_cert: Option<PathBuf>,
     /// PEM private key for --tls-cert.
-    #[arg(long, env = "TRUCE_TLS_KEY", requires = "tls_cert")]
+    #[arg(long, env = "TRUCE_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
     /// Largest request body in bytes [default: 20971520].
     #[arg(long, env = "TRUCE_MAX_BODY_BYTES")]
@@ -150,7 +156,8 @@ pub struct ServeArgs {
     /// Longest a request may take, in ms (streams excepted) [default: 30000].
     #[arg(long, env = "TRUCE_REQUEST_TIMEOUT_MS")]
     pub request_timeout_ms: Option<u64>,
-    /// Requests served at once before refusing with 429 [default: 4096].
+    /// Requests served at once before refusing with 429, 1 to 1000000
+    /// [default: 4096].
     #[arg(long, env = "TRUCE_MAX_CONCURRENT_REQUESTS")]
     pub max_concurrent_requests: Option<usize>,
     /// Documents and ranges the hot-spot tracker keeps per minute, 1 to 4096
@@ -265,7 +272,12 @@ impl ServeArgs {
         ) {
             (Some(cert), Some(key)) => Some((cert, key)),
             (None, None) => None,
-            _ => return Err("TLS needs both tls_cert and tls_key".into()),
+            _ => {
+                return Err(
+                    "TLS needs both tls_cert and tls_key (from flags, TRUCE_TLS_* or the --config file)"
+                        .into(),
+                );
+            }
         };
         let default_listen: SocketAddr = DEFAULT_LISTEN.parse().map_err(|e| format!("{e}"))?;
         let settings = Settings {
@@ -346,6 +358,11 @@ impl ServeArgs {
                 truce::limits::HOT_SPOTS_TRACKED_MAX
             ));
         }
+        if settings.max_concurrent_requests > MAX_CONCURRENT_REQUESTS_MAX {
+            return Err(format!(
+                "max_concurrent_requests must be 1 to {MAX_CONCURRENT_REQUESTS_MAX}"
+            ));
+        }
         if settings.max_body_bytes == 0
             || settings.request_timeout_ms == 0
             || settings.max_concurrent_requests == 0
@@ -423,6 +440,47 @@ mod tests {
             args.settings().unwrap_err().contains("lisen"),
             "unknown keys are refused"
         );
+    }
+
+    /// TLS's two files may come from different sources; a lone one is an
+    /// error only once every source is merged. A concurrency limit past a
+    /// semaphore's is refused, not a panic.
+    #[test]
+    fn settings_are_checked_once_merged() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("tls.toml");
+        std::fs::write(&file, "tls_key = \"/etc/truce/key.pem\"\n").unwrap();
+        let cli = Cli::try_parse_from([
+            "truce",
+            "serve",
+            "--config",
+            file.to_str().unwrap(),
+            "--tls-cert",
+            "/etc/truce/cert.pem",
+        ])
+        .expect("a cert flag without a key flag parses");
+        let Command::Serve(args) = cli.command else {
+            panic!("serve")
+        };
+        let tls = args.settings().unwrap().tls.unwrap();
+        assert_eq!(tls.0, PathBuf::from("/etc/truce/cert.pem"));
+        assert_eq!(tls.1, PathBuf::from("/etc/truce/key.pem"));
+        let lone = ServeArgs {
+            tls_cert: Some("/c.pem".into()),
+            ..ServeArgs::default()
+        };
+        assert!(lone.settings().unwrap_err().contains("tls_key"));
+        for (n, ok) in [
+            (MAX_CONCURRENT_REQUESTS_MAX, true),
+            (MAX_CONCURRENT_REQUESTS_MAX + 1, false),
+            (usize::MAX, false),
+        ] {
+            let args = ServeArgs {
+                max_concurrent_requests: Some(n),
+                ..ServeArgs::default()
+            };
+            assert_eq!(args.settings().is_ok(), ok, "{n}");
+        }
     }
 
     #[test]

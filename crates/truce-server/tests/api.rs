@@ -2669,6 +2669,18 @@ fn administration_commands_find_the_data_directory_as_serve_does() {
     );
     // With the server's data (through TRUCE_CONFIG) it reaches the database.
     let server = Server::start_in(&data, &[]);
+    // A second server on the same directory says who holds it.
+    let listen = format!("127.0.0.1:{}", free_port());
+    let second = run_bounded(
+        &["serve", "--data", data.to_str().unwrap(), "--listen", &listen],
+        RUN_BOUND,
+    );
+    assert!(second.status.is_some_and(|s| !s.success()), "{}", second.stderr);
+    assert!(
+        second.stderr.contains("in use by another process"),
+        "{}",
+        second.stderr
+    );
     drop(server);
     let (ok, _, stderr) = truce(&["recount", "c", "n"], &[("TRUCE_CONFIG", &config)]);
     assert!(!ok && stderr.contains("has no counter n"), "{stderr}");
