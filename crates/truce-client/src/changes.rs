@@ -121,7 +121,7 @@ pub struct Changes {
 impl Client {
     /// Changes of collection `coll`.
     pub async fn changes(&self, coll: &str, options: &ChangesOptions) -> Result<Changes, ClientError> {
-        self.changes_at(self.url(&["v1", "c", coll, "_changes"]), options)
+        self.changes_at(self.url_for(&["v1", "c", coll, "_changes"])?, options)
             .await
     }
 

@@ -94,6 +94,20 @@ impl Client {
         self.policy
     }
 
+    /// [`url`](Self::url) for segments a caller named (collections, ids,
+    /// index and counter names): none may be empty, `.` or `..`, which the
+    /// URL would not carry as a segment (the server never sees the id, and
+    /// answers another route).
+    pub(crate) fn url_for(&self, segments: &[&str]) -> Result<Url, ClientError> {
+        if let Some(bad) = segments.iter().find(|s| matches!(**s, "" | "." | "..")) {
+            return Err(ClientError::InvalidArgument(format!(
+                "{bad:?} cannot be a collection, id or index name in a URL (a URL resolves `.` and `..` as \
+                 path steps); a document stored under such an id earlier is reached by a transaction's ops"
+            )));
+        }
+        Ok(self.url(segments))
+    }
+
     /// The URL of `segments` under the base URL, each segment percent-encoded
     /// (so ids may hold `/`, `?`, `#`, spaces and any UTF-8).
     pub(crate) fn url(&self, segments: &[&str]) -> Url {

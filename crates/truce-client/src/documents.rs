@@ -39,7 +39,7 @@ impl Client {
     }
 
     async fn fetch(&self, coll: &str, id: &str, if_none_match: Option<&str>) -> Result<Fetched, ClientError> {
-        let mut call = Call::get(self.url(&["v1", "c", coll, id]));
+        let mut call = Call::get(self.url_for(&["v1", "c", coll, id])?);
         if let Some(rev) = if_none_match {
             call = call.header("If-None-Match", format!("\"{rev}\""));
         }
@@ -118,7 +118,7 @@ impl Client {
         let header = precondition.apply(kind, &mut body);
         let mut call = Call::write(
             method,
-            self.url(&["v1", "c", coll, id]),
+            self.url_for(&["v1", "c", coll, id])?,
             Some(Value::Object(body)),
         )
         .attempt(attempt, of);
@@ -136,7 +136,7 @@ impl Client {
         id: &str,
         precondition: DeletePrecondition,
     ) -> Result<WriteResult, ClientError> {
-        let mut url = self.url(&["v1", "c", coll, id]);
+        let mut url = self.url_for(&["v1", "c", coll, id])?;
         let (name, value) = precondition.query_pair();
         url.query_pairs_mut().append_pair(name, &value);
         write_outcome(&self.execute(&Call::write(Method::DELETE, url, None)).await?)

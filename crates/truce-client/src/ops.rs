@@ -72,7 +72,7 @@ impl Client {
     /// `GET /v1/c/{coll}/_config`: the TTL and counters of a collection, as
     /// stored (`{"ttl": null, "counters": []}` when none).
     pub async fn config(&self, coll: &str) -> Result<Value, ClientError> {
-        let url = self.url(&["v1", "c", coll, "_config"]);
+        let url = self.url_for(&["v1", "c", coll, "_config"])?;
         self.fetch_json(&Call::get(url), "a config").await
     }
 
@@ -80,7 +80,7 @@ impl Client {
     /// (`config` as in the contract); answers the stored configuration plus
     /// `backfill`, the recount report of each counter that is new, by name.
     pub async fn set_config(&self, coll: &str, config: &Value) -> Result<Value, ClientError> {
-        let url = self.url(&["v1", "c", coll, "_config"]);
+        let url = self.url_for(&["v1", "c", coll, "_config"])?;
         self.fetch_json(
             &Call::repeatable(Method::PUT, url, Some(config.clone())),
             "a config answer",
@@ -91,7 +91,7 @@ impl Client {
     /// `POST /v1/c/{coll}/_counters/{name}/recount`: recomputes a counter and
     /// fixes the groups that drifted. Repeating it is harmless.
     pub async fn recount(&self, coll: &str, counter: &str) -> Result<Recount, ClientError> {
-        let url = self.url(&["v1", "c", coll, "_counters", counter, "recount"]);
+        let url = self.url_for(&["v1", "c", coll, "_counters", counter, "recount"])?;
         self.fetch_json(&Call::repeatable(Method::POST, url, None), "a recount answer")
             .await
     }

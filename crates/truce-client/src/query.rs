@@ -213,7 +213,7 @@ struct Indexes {
 impl Client {
     /// One page of documents of `coll` matching `query`.
     pub async fn query(&self, coll: &str, query: &Query) -> Result<Page, ClientError> {
-        let url = with_params(self.url(&["v1", "c", coll]), &query.params());
+        let url = with_params(self.url_for(&["v1", "c", coll])?, &query.params());
         let raw: RawPage = self.fetch_json(&Call::get(url), "a query page").await?;
         Ok(raw.into())
     }
@@ -237,7 +237,7 @@ impl Client {
         let body = serde_json::to_value(spec).map_err(|e| ClientError::InvalidArgument(e.to_string()))?;
         let call = Call::repeatable(
             Method::PUT,
-            self.url(&["v1", "c", coll, "_indexes", name]),
+            self.url_for(&["v1", "c", coll, "_indexes", name])?,
             Some(body),
         );
         let answer = self.execute(&call).await?;
@@ -261,7 +261,7 @@ impl Client {
     pub async fn drop_index(&self, coll: &str, name: &str) -> Result<Option<IndexInfo>, ClientError> {
         let call = Call::repeatable(
             Method::DELETE,
-            self.url(&["v1", "c", coll, "_indexes", name]),
+            self.url_for(&["v1", "c", coll, "_indexes", name])?,
             None,
         );
         let answer = self.execute(&call).await?;
@@ -274,7 +274,7 @@ impl Client {
 
     /// The indexes of `coll` and their state.
     pub async fn list_indexes(&self, coll: &str) -> Result<Vec<IndexInfo>, ClientError> {
-        let call = Call::get(self.url(&["v1", "c", coll, "_indexes"]));
+        let call = Call::get(self.url_for(&["v1", "c", coll, "_indexes"])?);
         let list: Indexes = self.fetch_json(&call, "the indexes").await?;
         Ok(list.indexes)
     }

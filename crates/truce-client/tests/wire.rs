@@ -428,3 +428,30 @@ async fn a_long_poll_asks_the_server_to_wait() {
         "/v1/c/events/_changes?since=9&feed=longpoll&timeout=1500"
     );
 }
+
+/// An id (or collection) a URL cannot carry as a segment is refused before
+/// anything is sent: `.` and `..` would be resolved as path steps (a `GET` of
+/// `..` reached the list of collections and failed to decode), and an empty
+/// one would name another route.
+#[tokio::test]
+async fn ids_a_url_cannot_carry_are_refused_before_sending() {
+    let (base, log) = serve(vec![]).await;
+    let client = client(&base, 1);
+    for id in ["", ".", ".."] {
+        let refused = |result: Result<(), ClientError>| match result {
+            Err(ClientError::InvalidArgument(message)) => assert!(message.contains("URL"), "{message}"),
+            other => panic!("{id:?}: {other:?}"),
+        };
+        refused(client.get("c", id).await.map(drop));
+        refused(client.put("c", id, json!({}), Precondition::Any).await.map(drop));
+        refused(
+            client
+                .patch("c", id, json!({"$inc": {"n": 1}}), Precondition::Any)
+                .await
+                .map(drop),
+        );
+        refused(client.delete("c", id, DeletePrecondition::Any).await.map(drop));
+        refused(client.get(id, "x").await.map(drop));
+    }
+    assert!(log.lock().expect("log").is_empty(), "nothing was sent");
+}
