@@ -20,7 +20,11 @@ export interface ReplicateTruceOptions<RxDocType = any> {
   replicationIdentifier?: string;
   /** Keep following the server's event stream. Default: true. */
   live?: boolean;
-  /** Documents per pull request and rows per push request. Default: 100. */
+  /**
+   * Documents per pull request and rows per push request, 1 to 1000 (the
+   * server takes at most 1000 rows per push); another value throws a
+   * RangeError. Default: 100.
+   */
   batchSize?: number;
   /**
    * Extra request headers, e.g. `{ Authorization: 'Bearer …' }`, or a

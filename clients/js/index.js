@@ -17,6 +17,10 @@ import { replicateRxCollection } from 'rxdb/plugins/replication';
 
 /** Defaults; every one can be overridden through the options. */
 const DEFAULT_BATCH_SIZE = 100;
+// The server takes at most 1000 rows per push (TX_OPS_MAX) and answers a
+// larger one 413, which rxdb would retry forever: replication would stall as
+// soon as more than this many changes were waiting.
+const MAX_BATCH_SIZE = 1000;
 const DEFAULT_RETRY_TIME = 5000; // ms between failed pull/push attempts (rxdb's default)
 const STREAM_BACKOFF_MIN = 250; // ms before the first reconnect of the event stream
 const STREAM_BACKOFF_MAX = 10000; // ms, the longest wait between reconnects
@@ -46,6 +50,12 @@ export function replicateTruce(options) {
     autoStart,
     streamTimeout = DEFAULT_STREAM_TIMEOUT,
   } = options;
+  if (!Number.isInteger(batchSize) || batchSize < 1 || batchSize > MAX_BATCH_SIZE) {
+    throw new RangeError(
+      `replicateTruce: batchSize must be an integer from 1 to ${MAX_BATCH_SIZE} ` +
+        `(a push carries at most ${MAX_BATCH_SIZE} rows), not ${batchSize}`,
+    );
+  }
   const fetchFn = options.fetch ?? globalThis.fetch.bind(globalThis);
   const base = `${String(url).replace(/\/+$/, '')}/v1/c/${encodeURIComponent(remoteCollection)}`;
   const replicationIdentifier = options.replicationIdentifier ?? `truce:${base}`;

@@ -43,6 +43,22 @@ test('with API keys: truce-rxdb sends the Authorization header on pull, push and
   ),
 );
 
+test('a batchSize the server cannot take is refused at once, not retried forever', async (t) => {
+  const client = await createClient();
+  t.after(() => closeAll(client.db));
+  // A push of more than 1000 rows is answered 413, which rxdb would retry
+  // every retryTime: replication would stall once that many changes waited.
+  for (const batchSize of [0, 1001, 2.5, '100']) {
+    assert.throws(
+      () => replicateTruce({ collection: client.items, url: 'http://127.0.0.1:9', batchSize, autoStart: false }),
+      (error) => error instanceof RangeError && /batchSize/.test(error.message),
+      `batchSize ${batchSize}`,
+    );
+  }
+  const state = replicateTruce({ collection: client.items, url: 'http://127.0.0.1:9', batchSize: 1000, autoStart: false });
+  await state.cancel();
+});
+
 async function scenario(t, replicateA, replicateB, serverOptions = {}) {
   const server = await startServer(serverOptions);
   const a = await createClient();
