@@ -1,6 +1,6 @@
 //! One logical call, however many attempts it takes: the headers every attempt
 //! carries (`Truce-Source`, `Truce-Attempt`, `Idempotency-Key`), and the retry
-//! loop over transport failures and 429 / 503 answers.
+//! loop over transport failures and 408 / 429 / 503 answers.
 
 use std::time::Duration;
 
@@ -24,7 +24,7 @@ pub(crate) const ATTEMPT_HEADER: &str = "Truce-Attempt";
 pub(crate) const IDEMPOTENCY_HEADER: &str = "Idempotency-Key";
 
 /// One logical call: sent once, or again (identically, same idempotency key) on
-/// a transport failure or a 429 / 503, up to the policy's attempts.
+/// a transport failure or a 408 / 429 / 503, up to the policy's attempts.
 #[derive(Debug)]
 pub(crate) struct Call {
     method: Method,
@@ -40,7 +40,7 @@ pub(crate) struct Call {
     extra_timeout: Duration,
     /// Which attempt of the caller's operation this call is, and of how many
     /// when that is known (`update_with_retry`'s rounds). Resending the same
-    /// request after a transport failure or a 429 / 503 is the same attempt:
+    /// request after a transport failure or a 408 / 429 / 503 is the same attempt:
     /// the operation has not been redone, only its request delivered again.
     attempt: (u32, Option<u32>),
 }
@@ -112,7 +112,7 @@ impl Call {
 }
 
 impl Client {
-    /// Sends `call`, retrying transport failures and 429 / 503 answers with
+    /// Sends `call`, retrying transport failures and 408 / 429 / 503 answers with
     /// backoff; returns the first other answer, or the last one when attempts run out.
     pub(crate) async fn execute(&self, call: &Call) -> Result<Answer, ClientError> {
         let max = if call.retry_safe {

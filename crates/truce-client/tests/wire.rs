@@ -27,7 +27,7 @@ fn client(base: &str, attempts: u32) -> Client {
 }
 
 #[tokio::test]
-async fn a_write_is_retried_on_503_and_429_under_one_idempotency_key() {
+async fn a_write_is_retried_on_503_429_and_408_under_one_idempotency_key() {
     let (base, log) = serve(vec![
         Reply::Json(
             503,
@@ -39,24 +39,25 @@ async fn a_write_is_retried_on_503_and_429_under_one_idempotency_key() {
             vec![("retry-after", "0")],
             json!({"error": "overloaded", "message": "m"}),
         ),
+        Reply::Json(408, vec![], json!({"error": "request_timeout", "message": "m"})),
         Reply::Json(201, vec![], written("a", 1, true, json!({"n": 1}))),
     ])
     .await;
-    let answer = client(&base, 3)
+    let answer = client(&base, 4)
         .put("users", "a", json!({"n": 1}), Precondition::Absent)
         .await;
     let written = answer.expect("no error").expect("no conflict");
     assert!(written.created);
 
     let log = log.lock().expect("log").clone();
-    assert_eq!(log.len(), 3);
+    assert_eq!(log.len(), 4);
     let attempts: Vec<_> = log
         .iter()
         .map(|r| r.header("truce-attempt").unwrap_or(""))
         .collect();
     // Delivering the same request again is not a new attempt of the caller's
     // write: the server would count a retry after a conflict there was not.
-    assert_eq!(attempts, ["1", "1", "1"]);
+    assert_eq!(attempts, ["1", "1", "1", "1"]);
     let key = log[0].header("idempotency-key").expect("a key");
     assert_eq!(key.len(), 32);
     assert!(
