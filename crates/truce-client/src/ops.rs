@@ -10,7 +10,7 @@ use serde_json::Value;
 use crate::client::Client;
 use crate::conflict::http_error;
 use crate::error::ClientError;
-use crate::transport::Call;
+use crate::transport::{Call, decode};
 
 /// The answer of a counter recount.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -101,6 +101,31 @@ impl Client {
     pub async fn outbox(&self) -> Result<Outbox, ClientError> {
         let url = self.url(&["v1", "_outbox"]);
         self.fetch_json(&Call::get(url), "the outbox status").await
+    }
+
+    /// `POST /v1/_backup` (admin): starts a backup of the whole database into
+    /// the new directory `path` on the server's machine; answers its status
+    /// (`state` `running`). Sent once: if the answer is lost, ask
+    /// [`backup_status`](Self::backup_status) rather than start it again.
+    pub async fn start_backup(&self, path: &str) -> Result<Value, ClientError> {
+        let call = Call::once(
+            Method::POST,
+            self.url(&["v1", "_backup"]),
+            Some(serde_json::json!({ "path": path })),
+        );
+        self.fetch_json(&call, "a backup status").await
+    }
+
+    /// `GET /v1/_backup` (admin): the running backup or the last one since
+    /// the server started (`state` `running`, `done` or `failed`), `None` if
+    /// there was none.
+    pub async fn backup_status(&self) -> Result<Option<Value>, ClientError> {
+        let answer = self.execute(&Call::get(self.url(&["v1", "_backup"]))).await?;
+        match answer.status {
+            404 => Ok(None),
+            200..=299 => decode(&answer.body, "a backup status").map(Some),
+            status => Err(http_error(status, &answer.body)),
+        }
     }
 
     async fn fetch_text(&self, call: &Call) -> Result<String, ClientError> {

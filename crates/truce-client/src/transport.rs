@@ -67,6 +67,12 @@ impl Call {
         }
     }
 
+    /// A request sent once: repeating it would not converge (starting a
+    /// backup: a second start of one that did start is refused).
+    pub fn once(method: Method, url: Url, body: Option<Value>) -> Call {
+        Call::new(method, url, body, false)
+    }
+
     /// A request that converges to the same state however often it is repeated.
     pub fn repeatable(method: Method, url: Url, body: Option<Value>) -> Call {
         Call::new(method, url, body, true)

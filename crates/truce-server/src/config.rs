@@ -47,6 +47,25 @@ pub enum Command {
     /// Watch a running server: commit and conflict rates and the hot spots with
     /// their remedies, refreshed every second (like `redis-cli --stat`).
     Top(TopArgs),
+    /// Back up a running server, online, into a new directory on its machine
+    /// (a data directory: `truce serve --data DIR` serves it); shows the
+    /// progress until it is done.
+    Backup(BackupArgs),
+}
+
+/// `truce backup` arguments.
+#[derive(Args, Debug, Clone)]
+pub struct BackupArgs {
+    /// The new directory to write the backup into, as an absolute path on the
+    /// server's machine, outside its data directory; it must not exist.
+    #[arg(long)]
+    pub to: PathBuf,
+    /// The server's base URL.
+    #[arg(long, env = "TRUCE_URL", default_value = "http://127.0.0.1:7070")]
+    pub url: String,
+    /// An admin API key not limited to some collections (when the server has keys).
+    #[arg(long, env = "TRUCE_KEY", hide_env_values = true)]
+    pub key: Option<String>,
 }
 
 /// `truce top` arguments.
@@ -200,6 +219,11 @@ pub struct ServeArgs {
     /// [default: none: no CORS headers]. API keys still apply.
     #[arg(long, env = "TRUCE_CORS_ORIGINS", value_delimiter = ',')]
     pub cors_origins: Vec<String>,
+    /// The directory `POST /v1/_backup` (`truce backup`) may write backups
+    /// into, and nowhere else [default: none: any absolute path outside the
+    /// data directory, for an admin key].
+    #[arg(long, env = "TRUCE_BACKUP_ROOT")]
+    pub backup_root: Option<PathBuf>,
 }
 
 /// The settings file: the same names as the flags.
@@ -222,6 +246,7 @@ struct FileSettings {
     storage_workers_nice: Option<i32>,
     http_threads: Option<usize>,
     cors_origins: Option<Vec<String>>,
+    backup_root: Option<PathBuf>,
 }
 
 /// The effective settings of a server.
@@ -257,6 +282,8 @@ pub struct Settings {
     pub http_threads: usize,
     /// Origins allowed cross-origin requests (`*`: any); empty: CORS off.
     pub cors_origins: Vec<String>,
+    /// Where backups may be written, when limited.
+    pub backup_root: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -332,7 +359,16 @@ impl ServeArgs {
             } else {
                 self.cors_origins.clone()
             },
+            backup_root: self.backup_root.clone().or(file.backup_root),
         };
+        if let Some(root) = &settings.backup_root
+            && !root.is_absolute()
+        {
+            return Err(format!(
+                "backup_root must be an absolute path, not {}",
+                root.display()
+            ));
+        }
         crate::http::cors::check_origins(&settings.cors_origins)?;
         if settings.commit_poll_us > truce::limits::COMMIT_POLL_US_MAX {
             return Err(format!(

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+mod backup;
 mod config;
 mod http;
 mod http_threads;
@@ -44,6 +45,7 @@ fn main() -> ExitCode {
             recount::run(&args)
         }
         Command::Top(args) => top::run(&args),
+        Command::Backup(args) => backup::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

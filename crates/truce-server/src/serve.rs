@@ -104,6 +104,8 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
         permits: Arc::new(Semaphore::new(settings.max_concurrent_requests)),
         request_timeout: Duration::from_millis(settings.request_timeout_ms),
         metrics: http::metrics::Metrics::new(db.clone()),
+        data: settings.data.clone(),
+        backups: http::backup::Backups::new(settings.backup_root.clone()),
     });
     let app = http::app(state, settings.max_body_bytes, &settings.cors_origins);
     let result = runtime.block_on(serve(app, &settings, threads));

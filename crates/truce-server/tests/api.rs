@@ -1588,10 +1588,15 @@ fn documented_error_codes() -> BTreeMap<String, u16> {
 /// or a server bug (`internal`). The engine's own tests cover them.
 const NOT_PRODUCIBLE_FROM_OUTSIDE: [&str; 4] = ["unavailable", "storage_error", "corrupt", "internal"];
 
-/// Codes another test binary produces, because it takes long: 408
+/// Codes another test produces, because they take long or need setup: 408
 /// `request_timeout` waits 10 s for a stalled body
 /// (`bad_input.rs`, `a_stalled_body_is_the_clients_timeout`).
-const PRODUCED_ELSEWHERE: [(&str, u16); 1] = [("request_timeout", 408)];
+/// The backup's two, `backups_run_online_and_open_as_a_data_directory`.
+const PRODUCED_ELSEWHERE: [(&str, u16); 3] = [
+    ("request_timeout", 408),
+    ("invalid_backup", 400),
+    ("backup_running", 409),
+];
 
 #[test]
 fn every_documented_error_code_is_produced() {
@@ -2369,6 +2374,131 @@ fn sigterm_with_open_streams_exits_within_the_grace_period() {
 }
 
 // ---------------------------------------------------------------------------
+// Backups
+// ---------------------------------------------------------------------------
+
+/// `POST /v1/_backup` copies the database, online, into a new directory that a
+/// server then serves as it is; one at a time; bad paths are refused at once.
+#[test]
+fn backups_run_online_and_open_as_a_data_directory() {
+    let server = Server::start();
+    let api = Api::new(&server);
+    let dir = tempfile::tempdir().unwrap();
+    api.get("/v1/_backup").error(404, "not_found");
+    // Enough documents that a backup takes a while.
+    let pad = "x".repeat(1000);
+    for batch in 0..20 {
+        let ops: Vec<Value> = (0..1000)
+            .map(|i| json!({"op": "put", "c": "big", "id": format!("d{batch}-{i}"), "doc": {"pad": pad}}))
+            .collect();
+        api.tx(json!({ "ops": ops })).ok(200);
+    }
+    api.put("/v1/c/small/a", json!({"n": 1})).ok(201);
+    let head = api.last_seq();
+
+    let target = dir.path().join("b1");
+    let started = api.post("/v1/_backup", json!({"path": target}));
+    assert_eq!(started.status, 202, "{}", started.text);
+    assert_eq!(started.json["state"], "running");
+    let second = api.post("/v1/_backup", json!({"path": dir.path().join("b2")}));
+    second.error(409, "backup_running");
+    // Writes go on meanwhile; they are not in the backup.
+    api.put("/v1/c/small/after", json!({})).ok(201);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let done = loop {
+        let status = api.get("/v1/_backup");
+        let status = status.ok(200).clone();
+        if status["state"] != "running" {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "still running: {status}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(done["state"], "done", "{done}");
+    assert_eq!(
+        done["seq"], started.json["seq"],
+        "the 202 said what it would hold"
+    );
+    assert!(done["seq"].as_u64() >= Some(head), "{done}");
+    assert!(done["entries"].as_u64() > Some(20_000), "{done}");
+    assert!(done["error"].is_null());
+
+    let copy = Server::start_in(&target, &[]);
+    let from_copy = Api::new(&copy);
+    from_copy.get("/v1/c/small/a").ok(200);
+    from_copy.get("/v1/c/big/d19-999").ok(200);
+    let feed = from_copy.get("/v1/c/small/_changes?since=0");
+    let feed = feed.ok(200);
+    assert_eq!(feed["last_seq"], done["seq"]);
+    assert_eq!(
+        change_ids(feed),
+        ["a"],
+        "the write made after it started is not in it"
+    );
+
+    // Refused at once, each saying why.
+    for (body, why) in [
+        (json!({"path": "relative/dir"}), "absolute"),
+        (json!({"path": target}), "exists already"),
+        (
+            json!({"path": server.data.join("inside")}),
+            "outside the data directory",
+        ),
+        (json!({"path": dir.path().join("no/parent")}), "parent"),
+        (
+            json!({"path": dir.path().join("b3"), "compress": true}),
+            "unknown field",
+        ),
+        (json!({}), "path"),
+    ] {
+        let refused = api.post("/v1/_backup", body.clone());
+        let message = refused.error(400, "invalid_backup")["message"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(message.contains(why), "{body}: {message}");
+    }
+    // The status still says the last backup, done.
+    assert_eq!(api.get("/v1/_backup").ok(200)["state"], "done");
+
+    // `truce backup` starts one and follows it to the end.
+    let by_cli = dir.path().join("by-cli");
+    let ran = run_bounded(
+        &["backup", "--url", &server.url(), "--to", by_cli.to_str().unwrap()],
+        RUN_BOUND,
+    );
+    assert!(ran.status.is_some_and(|s| s.success()), "{}", ran.stderr);
+    let status: Value = serde_json::from_str(ran.stdout.trim()).expect("the final status, as JSON");
+    assert_eq!(status["state"], "done");
+    assert!(
+        ran.stderr.contains("entries") && ran.stderr.contains("truce serve --data"),
+        "{}",
+        ran.stderr
+    );
+    assert!(by_cli.join("version").is_file());
+    let ran = run_bounded(
+        &["backup", "--url", &server.url(), "--to", by_cli.to_str().unwrap()],
+        RUN_BOUND,
+    );
+    assert!(ran.status.is_some_and(|s| !s.success()));
+    assert!(ran.stderr.contains("exists already"), "{}", ran.stderr);
+
+    // `--backup-root` keeps backups inside one directory.
+    let root = dir.path().join("allowed");
+    std::fs::create_dir(&root).unwrap();
+    let limited = Server::start_with(&["--backup-root", root.to_str().unwrap()]);
+    let api = Api::new(&limited);
+    let outside = api.post("/v1/_backup", json!({"path": dir.path().join("elsewhere")}));
+    let message = outside.error(400, "invalid_backup")["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(message.contains("--backup-root"), "{message}");
+    let inside = api.post("/v1/_backup", json!({"path": root.join("nightly")}));
+    assert_eq!(inside.status, 202, "{}", inside.text);
+}
+
+// ---------------------------------------------------------------------------
 // Settings
 // ---------------------------------------------------------------------------
 
@@ -2393,6 +2523,7 @@ fn serve_help_mentions_every_flag() {
         "--max-concurrent-requests",
         "--http-threads",
         "--cors-origins",
+        "--backup-root",
     ] {
         assert!(
             help.contains(flag),

@@ -508,6 +508,43 @@ fn insights_of_a_scoped_key_count_only_its_collections() {
     assert_eq!(mine["conflicts_by_source"], json!({"mine": 1}), "{mine}");
 }
 
+/// A backup holds every collection and the keys: only an admin key not
+/// limited to some collections may start or follow one, and a server started
+/// on the backup knows the same keys.
+#[test]
+fn backups_need_an_admin_of_everything_and_carry_the_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let admin = create_key(&data, "admin", None);
+    let scoped_admin = create_key(&data, "admin", Some("a"));
+    let writer = create_key(&data, "write", None);
+    let server = Server::start_in(&data, &[]);
+    let api = Api::new(&server.url());
+    assert!(api.put(Some(&admin), "/v1/c/a/doc", json!({"n": 1})).is_success());
+    let target = dir.path().join("backup");
+    let body = json!({"path": target});
+    for key in [None, Some(writer.as_str()), Some(scoped_admin.as_str())] {
+        let refused = api.call(key, Method::POST, "/v1/_backup", Some(&body));
+        assert!(matches!(refused.status, 401 | 403), "{key:?}: {}", refused.text);
+        let refused = api.get(key, "/v1/_backup");
+        assert!(matches!(refused.status, 401 | 403), "{key:?}: {}", refused.text);
+    }
+    assert!(!target.exists());
+    let started = api.call(Some(&admin), Method::POST, "/v1/_backup", Some(&body));
+    assert_eq!(started.status, 202, "{}", started.text);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while api.get(Some(&admin), "/v1/_backup").json["state"] == "running" {
+        assert!(Instant::now() < deadline, "the backup did not finish");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(api.get(Some(&admin), "/v1/_backup").json["state"], "done");
+    drop(server);
+    let restored = Server::start_in(&target, &[]);
+    let api = Api::new(&restored.url());
+    assert_eq!(api.get(Some(&admin), "/v1/c/a/doc").json["n"], 1);
+    assert_eq!(api.get(None, "/v1/c/a/doc").status, 401, "its keys came with it");
+}
+
 #[test]
 fn keys_created_and_revoked_while_running_take_effect_within_seconds() {
     let server = Server::start();

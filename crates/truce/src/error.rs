@@ -87,6 +87,13 @@ pub enum Error {
     /// its entries are gone.
     #[error("index {0} is being dropped; declare it again once it is gone")]
     IndexDropping(String),
+    /// A backup's target directory cannot be used (it exists, its parent does
+    /// not, a file could not be written there).
+    #[error("invalid backup: {0}")]
+    InvalidBackup(String),
+    /// Another backup of this database is running.
+    #[error("a backup of this database is running; one runs at a time")]
+    BackupRunning,
     /// The idempotency key was used before with a different request.
     #[error("idempotency key {0:?} was used with a different request")]
     IdempotencyKeyReused(String),
@@ -161,6 +168,8 @@ impl Error {
             Error::IndexBuilding { .. } => "index_building",
             Error::IndexDropping(_) => "index_dropping",
             Error::IdempotencyKeyReused(_) => "idempotency_key_reused",
+            Error::InvalidBackup(_) => "invalid_backup",
+            Error::BackupRunning => "backup_running",
             Error::TransactionFailed { .. } => "transaction_failed",
         }
     }
@@ -174,6 +183,7 @@ impl Error {
                 | Error::IndexBuilding { .. }
                 | Error::IndexDropping(_)
                 | Error::TransactionFailed { .. }
+                | Error::BackupRunning
         )
     }
 }

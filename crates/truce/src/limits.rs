@@ -187,3 +187,12 @@ pub const OUTBOX_BACKED_UP_MS: u64 = 1000;
 /// second, 2^62 takes 146,000 years: a stored `last_seq` above it is corrupt, and
 /// counting on from it could overflow.
 pub const COMMIT_SEQ_MAX: u64 = 1 << 62;
+
+/// Entries a backup copies per write into its new data directory (each write
+/// is one durable batch there): bounds the backup's memory whatever the
+/// database's size. See [`BACKUP_CHUNK_BYTES`].
+pub const BACKUP_CHUNK_ENTRIES: usize = 4096;
+
+/// Bytes (keys and values) past which a backup's write is cut short of
+/// [`BACKUP_CHUNK_ENTRIES`].
+pub const BACKUP_CHUNK_BYTES: usize = 8 << 20;

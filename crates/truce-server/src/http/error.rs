@@ -63,13 +63,14 @@ pub fn engine_status(code: &str) -> StatusCode {
         | "invalid_transaction"
         | "invalid_index"
         | "invalid_config"
+        | "invalid_backup"
         | "invalid_query" => StatusCode::BAD_REQUEST,
         "not_found" => StatusCode::NOT_FOUND,
         "payload_too_large" | "limit_exceeded" => StatusCode::PAYLOAD_TOO_LARGE,
         "idempotency_key_reused" => StatusCode::UNPROCESSABLE_ENTITY,
         "overloaded" => StatusCode::TOO_MANY_REQUESTS,
         "unavailable" | "index_building" | "index_dropping" => StatusCode::SERVICE_UNAVAILABLE,
-        "retries_exhausted" | "transaction_failed" => StatusCode::CONFLICT,
+        "retries_exhausted" | "transaction_failed" | "backup_running" => StatusCode::CONFLICT,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }

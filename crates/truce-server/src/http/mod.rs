@@ -19,6 +19,7 @@ use tokio::sync::Semaphore;
 use tower::util::Either;
 use truce::Db;
 
+pub mod backup;
 mod changes;
 pub(crate) mod config;
 pub mod cors;
@@ -52,6 +53,10 @@ pub struct AppState {
     pub request_timeout: Duration,
     /// `/metrics`: the engine's counters and request latency.
     pub metrics: metrics::Metrics,
+    /// The data directory (where the API keys are, and where a backup may not go).
+    pub data: std::path::PathBuf,
+    /// The running or last backup (`/v1/_backup`).
+    pub backups: backup::Backups,
 }
 
 /// Health: 200 while writes are accepted, 503 after a storage failure.
@@ -123,6 +128,7 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         )
         .route("/v1/c/{coll}/_counters/{name}/recount", post(config::recount))
         .route("/v1/_outbox", get(config::outbox))
+        .route("/v1/_backup", get(backup::status).post(backup::start))
         .route(
             "/v1/c/{coll}/{id}",
             get(documents::get_doc)

@@ -218,6 +218,30 @@ pub struct PushRow {
 /// Any JSON object.
 pub type Object = Map<String, Value>;
 
+/// Where to write a backup: a new directory, by its absolute path on the
+/// server's machine, outside the data directory.
+#[derive(ToSchema)]
+pub struct BackupBody {
+    path: String,
+}
+
+/// The running or last backup: `state` is `running`, `done` or `failed`;
+/// `seq` is the commit it holds everything up to (every write acknowledged
+/// before the backup was started, none after); `error` (once failed) is an
+/// error body.
+#[derive(ToSchema)]
+pub struct BackupStatus {
+    state: String,
+    path: String,
+    started_ms: u64,
+    finished_ms: Option<u64>,
+    space: String,
+    entries: u64,
+    bytes: u64,
+    seq: u64,
+    error: Option<ErrorBody>,
+}
+
 /// Health.
 #[derive(ToSchema)]
 pub struct Health {
@@ -408,11 +432,12 @@ pub struct Insights {
         super::replication::pull, super::replication::push, super::replication::pull_stream,
         super::config::get_config, super::config::put_config, super::config::recount, super::config::outbox,
         super::insights::insights, super::insights::dashboard, super::metrics::metrics,
+        super::backup::start, super::backup::status,
     ),
     components(schemas(Doc, ErrorBody, WriteAnswer, Collections, Index, Indexes, IndexBody, QueryPage,
                        ChangeItem, ChangesPage, TxOpBody, TxBody, TxAnswer, Health, DocBody, UpdateBody,
                        PullAnswer, PushRow, ConfigBody, Config, ConfigAnswer, RecountFix, RecountAnswer,
-                       OutboxStatus, Insights)),
+                       OutboxStatus, Insights, BackupBody, BackupStatus)),
     modifiers(&Conventions)
 )]
 pub struct ApiDoc;

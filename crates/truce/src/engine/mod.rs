@@ -20,6 +20,7 @@ use crate::limits::{
 };
 use crate::storage::{Durability, FjallOptions, FjallStorage, Storage};
 
+mod backup;
 mod collection;
 mod committer;
 pub mod config;
@@ -40,6 +41,7 @@ mod watermark;
 
 use poll::PollWindow;
 
+pub use backup::{Backup, BackupProgress, BackupReport};
 pub use collection::Collection;
 pub use committer::IndexProgress;
 pub use evaluate::WriteOp;
@@ -108,6 +110,8 @@ struct Inner {
     queue: Option<SyncSender<Request>>,
     committer: Option<JoinHandle<()>>,
     options: Options,
+    /// Taken while a backup runs.
+    backup: backup::BackupGate,
 }
 
 impl Drop for Inner {
@@ -179,6 +183,7 @@ impl Db {
             queue: Some(queue),
             committer: Some(handle),
             options,
+            backup: Default::default(),
         };
         let db = Db {
             inner: Arc::new(inner),

@@ -1,5 +1,6 @@
 //! Integration tests of the embedded engine, in one binary to keep builds short.
 
+mod backup;
 mod changes;
 mod concurrency;
 mod counters;

@@ -1,0 +1,239 @@
+//! Online backups over HTTP: `POST /v1/_backup` starts one into a new directory
+//! on the server's machine (the engine's `Db::backup`, on a thread of its own),
+//! `GET /v1/_backup` says how far it has come. One at a time; admin keys not
+//! limited to some collections only (a backup holds every collection).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::Extension;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use super::error::ApiError;
+use super::extract::{JsonBody, Params, authorize};
+use super::{AppState, blocking};
+use crate::keys::{KEYS_FILE, Principal, Role};
+
+/// The server's last backup since it started, if any, and where backups may go.
+pub struct Backups {
+    last: Mutex<Option<Status>>,
+    /// `--backup-root`: the one directory backups may be written into.
+    root: Option<PathBuf>,
+}
+
+impl Backups {
+    /// No backup yet; backups limited to `root` when given.
+    pub fn new(root: Option<PathBuf>) -> Backups {
+        Backups {
+            last: Mutex::default(),
+            root,
+        }
+    }
+}
+
+/// A backup's state, as `GET /v1/_backup` shows it.
+#[derive(Clone)]
+struct Status {
+    path: PathBuf,
+    started_ms: u64,
+    finished_ms: Option<u64>,
+    space: &'static str,
+    entries: u64,
+    bytes: u64,
+    /// The commit it holds everything up to (known from its start).
+    seq: u64,
+    /// Once failed: why.
+    error: Option<(&'static str, String)>,
+}
+
+impl Status {
+    fn json(&self) -> Value {
+        let state = match (self.finished_ms, &self.error) {
+            (None, _) => "running",
+            (Some(_), None) => "done",
+            (Some(_), Some(_)) => "failed",
+        };
+        json!({
+            "state": state,
+            "path": self.path.display().to_string(),
+            "started_ms": self.started_ms,
+            "finished_ms": self.finished_ms,
+            "space": self.space,
+            "entries": self.entries,
+            "bytes": self.bytes,
+            "seq": self.seq,
+            "error": self.error.as_ref().map(|(code, message)| json!({"error": code, "message": message})),
+        })
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn admin_of_everything(who: &Principal) -> Result<(), ApiError> {
+    authorize(who, Role::Admin, None)?;
+    if who.collections.is_some() {
+        return Err(ApiError::Forbidden(
+            "a backup holds every collection: it needs a key not limited to some".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The directory a backup may be written to: an absolute path (the server's
+/// working directory is no one's business), outside the data directory.
+fn target(
+    body: &serde_json::Map<String, Value>,
+    data: &Path,
+    root: Option<&Path>,
+) -> Result<PathBuf, ApiError> {
+    if let Some(key) = body.keys().find(|k| k.as_str() != "path") {
+        return Err(truce::Error::InvalidBackup(format!(
+            "unknown field {key:?}: the body is {{\"path\": DIR}}"
+        ))
+        .into());
+    }
+    let path = body
+        .get("path")
+        .and_then(Value::as_str)
+        .map(PathBuf::from)
+        .ok_or_else(|| truce::Error::InvalidBackup("the body is {\"path\": DIR}, DIR a string".into()))?;
+    if !path.is_absolute() {
+        return Err(truce::Error::InvalidBackup(format!(
+            "{}: give an absolute path on the server's machine",
+            path.display()
+        ))
+        .into());
+    }
+    let inside = |dir: &Path| {
+        let resolved = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+        let parent = path.parent().map(resolved).unwrap_or_default();
+        parent.starts_with(resolved(dir))
+    };
+    if inside(data) {
+        return Err(truce::Error::InvalidBackup(format!(
+            "{}: a backup goes outside the data directory",
+            path.display()
+        ))
+        .into());
+    }
+    if let Some(root) = root
+        && !inside(root)
+    {
+        return Err(truce::Error::InvalidBackup(format!(
+            "{}: this server writes backups only into {} (--backup-root)",
+            path.display(),
+            root.display()
+        ))
+        .into());
+    }
+    Ok(path)
+}
+
+/// Starts a backup of the whole database into a new directory.
+#[utoipa::path(post, path = "/v1/_backup", tag = "operations",
+    request_body = super::openapi::BackupBody,
+    responses((status = 202, description = "Started; `GET /v1/_backup` follows it", body = super::openapi::BackupStatus),
+               (status = 409, description = "A backup is running (`backup_running`)", body = super::openapi::ErrorBody)))]
+pub async fn start(
+    State(state): State<Arc<AppState>>,
+    Extension(who): Extension<Principal>,
+    params: Params,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
+    admin_of_everything(&who)?;
+    params.only(&[])?;
+    let body = body
+        .as_object()
+        .ok_or_else(|| truce::Error::InvalidBackup("the body is {\"path\": DIR}".into()))?;
+    let path = target(body, &state.data, state.backups.root.as_deref())?;
+    // The snapshot is taken before the answer: the backup holds every write
+    // acknowledged before it (and says up to which commit, `seq`).
+    let keys = state.data.join(KEYS_FILE);
+    let job = {
+        let (db, path) = (state.db.clone(), path.clone());
+        blocking(move || {
+            let files: Vec<&Path> = if keys.is_file() { vec![&keys] } else { Vec::new() };
+            db.start_backup(&path, &files)
+        })
+        .await?
+    };
+    let status = Status {
+        path: path.clone(),
+        started_ms: now_ms(),
+        finished_ms: None,
+        space: "",
+        entries: 0,
+        bytes: 0,
+        seq: job.seq(),
+        error: None,
+    };
+    *state.backups.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(status.clone());
+    let thread_state = Arc::clone(&state);
+    let spawned = std::thread::Builder::new()
+        .name("truce-backup".into())
+        .spawn(move || run(&thread_state, &path, job));
+    if let Err(e) = spawned {
+        let failed = truce::Error::Unavailable(format!("cannot start the backup thread: {e}"));
+        finish(&state, Err(&failed));
+        return Err(failed.into());
+    }
+    Ok((StatusCode::ACCEPTED, axum::Json(status.json())).into_response())
+}
+
+fn run(state: &AppState, path: &Path, job: truce::Backup) {
+    tracing::info!(path = %path.display(), seq = job.seq(), "backup started");
+    let result = job.run(&mut |progress| {
+        let mut last = state.backups.last.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(status) = last.as_mut() {
+            (status.space, status.entries, status.bytes) = (progress.space, progress.entries, progress.bytes);
+        }
+    });
+    match &result {
+        Ok(report) => {
+            tracing::info!(path = %path.display(), seq = report.seq, entries = report.entries, "backup done")
+        }
+        Err(e) => tracing::warn!(path = %path.display(), "backup failed: {e}"),
+    }
+    finish(state, result.as_ref().map(drop));
+}
+
+fn finish(state: &AppState, result: Result<(), &truce::Error>) {
+    let mut last = state.backups.last.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(status) = last.as_mut() {
+        status.finished_ms = Some(now_ms());
+        if let Err(e) = result {
+            status.error = Some((e.code(), e.to_string()));
+        }
+    }
+}
+
+/// The running backup, or the last one since the server started.
+#[utoipa::path(get, path = "/v1/_backup", tag = "operations",
+    responses((status = 200, description = "The running or last backup", body = super::openapi::BackupStatus),
+               (status = 404, description = "No backup since the server started", body = super::openapi::ErrorBody)))]
+pub async fn status(
+    State(state): State<Arc<AppState>>,
+    Extension(who): Extension<Principal>,
+    params: Params,
+) -> Result<Response, ApiError> {
+    admin_of_everything(&who)?;
+    params.only(&[])?;
+    let last = state
+        .backups
+        .last
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    match last {
+        Some(status) => Ok(axum::Json(status.json()).into_response()),
+        None => Err(ApiError::NotFound("no backup since the server started".into())),
+    }
+}

@@ -1,0 +1,235 @@
+//! Online backups: a consistent copy of the whole database as of one commit,
+//! written into a new data directory that [`Db::open`] (and `truce serve
+//! --data`) opens as it is.
+//!
+//! The copy reads one durable storage snapshot — every space at the same
+//! commit, so a transaction is in it whole or not at all — and writes it in
+//! chunks, each one durable batch of a new [`FjallStorage`] in `<dir>.partial`;
+//! writers go on meanwhile (the snapshot keeps the versions it sees alive
+//! until the copy ends). Only once everything is written and synced is the
+//! directory renamed to `<dir>` (and the rename synced): a backup that stopped
+//! half-way — an error, a crash — never looks like a complete one.
+
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use super::Db;
+use super::read;
+use crate::error::{Error, Result};
+use crate::limits::{BACKUP_CHUNK_BYTES, BACKUP_CHUNK_ENTRIES};
+use crate::storage::{
+    Direction, Durability, FjallOptions, FjallStorage, Space, Storage, StorageRead, WriteBatch,
+};
+
+/// How far a running backup has come (passed to its progress callback after
+/// every chunk).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BackupProgress {
+    /// The space being copied (`Space::name`).
+    pub space: &'static str,
+    /// Entries copied so far, over every space.
+    pub entries: u64,
+    /// Bytes of keys and values copied so far.
+    pub bytes: u64,
+}
+
+/// A finished backup.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackupReport {
+    /// The backup holds every commit up to this sequence and none after.
+    pub seq: u64,
+    /// Entries copied.
+    pub entries: u64,
+    /// Bytes of keys and values copied.
+    pub bytes: u64,
+}
+
+/// One backup at a time per database.
+#[derive(Default)]
+pub(super) struct BackupGate(AtomicBool);
+
+/// A backup that has its snapshot — it will hold exactly the commits up to
+/// [`seq`](Self::seq) — and has not copied it yet ([`run`](Self::run)). Holds
+/// the database's one backup slot until it is run or dropped.
+pub struct Backup {
+    db: Db,
+    view: Box<dyn StorageRead>,
+    seq: u64,
+    dir: PathBuf,
+    partial: PathBuf,
+    files: Vec<PathBuf>,
+}
+
+impl Drop for Backup {
+    fn drop(&mut self) {
+        self.db.inner.backup.0.store(false, Ordering::Release);
+    }
+}
+
+impl Db {
+    /// Writes a consistent copy of the database, as of the last durable commit
+    /// when it starts, into the new directory `dir`, together with `files`
+    /// (copied into it under their own names: the server's API keys). Blocks
+    /// until done, calling `progress` after every chunk; writes go on
+    /// meanwhile. [`start_backup`](Self::start_backup) then
+    /// [`Backup::run`].
+    pub fn backup(
+        &self,
+        dir: &Path,
+        files: &[&Path],
+        progress: &mut dyn FnMut(&BackupProgress),
+    ) -> Result<BackupReport> {
+        self.start_backup(dir, files)?.run(progress)
+    }
+
+    /// Checks `dir` and takes the snapshot a backup copies, without copying
+    /// it: a caller that runs the copy elsewhere knows at once what it will
+    /// hold. `dir` must not exist and its parent must; `<dir>.partial` is
+    /// where the copy is made, and must not exist either (a failed backup
+    /// removes it).
+    ///
+    /// [`Error::InvalidBackup`] for such a path, [`Error::BackupRunning`]
+    /// while another backup of this database is started or runs.
+    pub fn start_backup(&self, dir: &Path, files: &[&Path]) -> Result<Backup> {
+        if self.inner.backup.0.swap(true, Ordering::AcqRel) {
+            return Err(Error::BackupRunning);
+        }
+        let snapshot = partial_dir(dir).and_then(|partial| {
+            let (view, seq) = read::durable_snapshot(self.shared())?;
+            Ok((partial, view, seq))
+        });
+        let (partial, view, seq) = match snapshot {
+            Ok(taken) => taken,
+            Err(e) => {
+                self.inner.backup.0.store(false, Ordering::Release);
+                return Err(e);
+            }
+        };
+        Ok(Backup {
+            db: self.clone(),
+            view,
+            seq,
+            dir: dir.to_path_buf(),
+            partial,
+            files: files.iter().map(|f| f.to_path_buf()).collect(),
+        })
+    }
+}
+
+impl Backup {
+    /// The backup holds every commit up to this sequence and none after.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// Copies the snapshot into `<dir>.partial`, then renames it `<dir>`;
+    /// calls `progress` after every chunk. On an error nothing is left.
+    pub fn run(self, progress: &mut dyn FnMut(&BackupProgress)) -> Result<BackupReport> {
+        let report = self.copy(progress);
+        let published = report.and_then(|report| {
+            std::fs::rename(&self.partial, &self.dir)
+                .map_err(|e| io_error("cannot rename the finished backup", &self.dir, &e))?;
+            sync_dir(self.dir.parent().unwrap_or(Path::new(".")))?;
+            Ok(report)
+        });
+        if published.is_err() {
+            let _ = std::fs::remove_dir_all(&self.partial);
+        }
+        published
+    }
+
+    fn copy(&self, progress: &mut dyn FnMut(&BackupProgress)) -> Result<BackupReport> {
+        let target = FjallStorage::open_with(&self.partial, FjallOptions::default())?;
+        let mut done = BackupProgress::default();
+        for space in Space::ALL {
+            done.space = space.name();
+            let mut after: Option<Vec<u8>> = None;
+            loop {
+                let start = after.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
+                let entries = self.view.scan(
+                    space,
+                    start,
+                    Bound::Unbounded,
+                    Direction::Forward,
+                    BACKUP_CHUNK_ENTRIES,
+                )?;
+                let Some((last, _)) = entries.last() else { break };
+                after = Some(last.clone());
+                let full = entries.len() == BACKUP_CHUNK_ENTRIES;
+                let mut batch = WriteBatch::new();
+                for (key, value) in entries {
+                    done.entries += 1;
+                    done.bytes += (key.len() + value.len()) as u64;
+                    batch.put(space, key, value);
+                    if batch.bytes() >= BACKUP_CHUNK_BYTES {
+                        target.apply(std::mem::take(&mut batch), Durability::Immediate)?;
+                    }
+                }
+                if !batch.is_empty() {
+                    target.apply(batch, Durability::Immediate)?;
+                }
+                progress(&done);
+                if !full {
+                    break;
+                }
+            }
+        }
+        drop(target);
+        for file in &self.files {
+            let name = file
+                .file_name()
+                .ok_or_else(|| Error::InvalidBackup(format!("{} names no file", file.display())))?;
+            let copy = self.partial.join(name);
+            std::fs::copy(file, &copy).map_err(|e| io_error("cannot copy", file, &e))?;
+            std::fs::File::open(&copy)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| io_error("cannot sync", &copy, &e))?;
+        }
+        sync_dir(&self.partial)?;
+        Ok(BackupReport {
+            seq: self.seq,
+            entries: done.entries,
+            bytes: done.bytes,
+        })
+    }
+}
+
+/// `<dir>.partial`, once `dir` is a path a backup may take.
+fn partial_dir(dir: &Path) -> Result<PathBuf> {
+    let invalid = |why: &str| Err(Error::InvalidBackup(format!("{}: {why}", dir.display())));
+    let Some(name) = dir.file_name() else {
+        return invalid("a backup needs a directory name of its own");
+    };
+    if dir.exists() {
+        return invalid("it exists already: a backup is written into a new directory");
+    }
+    let parent = dir
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if !parent.is_dir() {
+        return invalid("its parent directory does not exist");
+    }
+    let mut partial_name = name.to_os_string();
+    partial_name.push(".partial");
+    let partial = parent.join(partial_name);
+    if partial.exists() {
+        return Err(Error::InvalidBackup(format!(
+            "{} exists: another backup is being written there, or one was stopped by a crash (remove it)",
+            partial.display()
+        )));
+    }
+    Ok(partial)
+}
+
+fn io_error(what: &str, path: &Path, e: &std::io::Error) -> Error {
+    Error::InvalidBackup(format!("{what} {}: {e}", path.display()))
+}
+
+/// Makes the names in `dir` (a rename, new files) durable.
+fn sync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_error("cannot sync", dir, &e))
+}

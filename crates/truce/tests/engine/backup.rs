@@ -1,0 +1,204 @@
+//! Online backups: a copy of the whole database at one commit, taken while
+//! transactions keep committing, that opens as a database of its own.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+
+use serde_json::json;
+use truce::{Db, Error, Expect, Query, TxOp};
+
+use crate::{open_relaxed, update};
+
+const ACCOUNTS: usize = 50;
+const BALANCE: i64 = 100;
+
+fn balances(db: &Db) -> Vec<truce::Document> {
+    let page = db
+        .collection("accounts")
+        .unwrap()
+        .query(&Query {
+            limit: ACCOUNTS + 1,
+            ..Query::default()
+        })
+        .unwrap();
+    assert_eq!(page.docs.len(), ACCOUNTS);
+    page.docs
+}
+
+/// Transfers between accounts commit while the backup copies: the copy holds
+/// every commit up to its `seq` and none after — the balances still add up
+/// (no transaction in it by half), its last commit is `seq`, and every
+/// document the original has not changed since is in it as it is there.
+#[test]
+fn a_backup_taken_under_writes_is_one_commit_of_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_relaxed(&dir.path().join("live"));
+    let accounts = db.collection("accounts").unwrap();
+    for i in 0..ACCOUNTS {
+        accounts
+            .put(&format!("a{i:02}"), json!({"balance": BALANCE}), Expect::Absent)
+            .unwrap()
+            .unwrap();
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..3)
+        .map(|w| {
+            let (db, stop) = (db.clone(), Arc::clone(&stop));
+            thread::spawn(move || {
+                let mut n = 0usize;
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    let (from, to) = ((n * 7 + w) % ACCOUNTS, (n * 13 + w + 1) % ACCOUNTS);
+                    if from == to {
+                        continue;
+                    }
+                    let transfer = |id: usize, amount: i64| TxOp::Patch {
+                        collection: "accounts".into(),
+                        id: format!("a{id:02}"),
+                        update: Arc::new(update(json!({"$inc": {"balance": amount}}))),
+                        expect: Expect::Any,
+                    };
+                    db.batch(vec![transfer(from, -3), transfer(to, 3)], None)
+                        .unwrap()
+                        .unwrap();
+                }
+                n
+            })
+        })
+        .collect();
+    // Let the writers get going, then back up while they run.
+    while db.durable_seq() < ACCOUNTS as u64 + 200 {
+        thread::yield_now();
+    }
+    let target = dir.path().join("backup");
+    let mut progress = Vec::new();
+    // Mid-copy, at least 100 more commits land: the copy must not see them.
+    let mut mid_copy = None;
+    let report = db
+        .backup(&target, &[], &mut |p| {
+            if mid_copy.is_none() {
+                let at = db.durable_seq();
+                while db.durable_seq() < at + 100 {
+                    thread::yield_now();
+                }
+                mid_copy = Some(at + 100);
+            }
+            progress.push(p.clone())
+        })
+        .expect("backup");
+    let seq_after = db.durable_seq();
+    assert!(seq_after >= report.seq + 100, "commits landed while it copied");
+    stop.store(true, Ordering::Relaxed);
+    let transfers: usize = writers.into_iter().map(|w| w.join().unwrap()).sum();
+    assert!(transfers > 0);
+    assert!(
+        report.seq > ACCOUNTS as u64 && report.seq <= seq_after,
+        "{report:?}"
+    );
+    assert!(report.entries > ACCOUNTS as u64, "{report:?}");
+    assert_eq!(progress.last().map(|p| p.entries), Some(report.entries));
+    assert!(progress.windows(2).all(|w| w[0].entries <= w[1].entries));
+    assert!(!dir.path().join("backup.partial").exists());
+
+    let copy = open_relaxed(&target);
+    assert_eq!(copy.durable_seq(), report.seq, "its last commit is the backup's");
+    let copied = balances(&copy);
+    assert_eq!(copied.len(), ACCOUNTS);
+    let total: i64 = copied.iter().map(|d| d.body["balance"].as_i64().unwrap()).sum();
+    assert_eq!(total, ACCOUNTS as i64 * BALANCE, "no transfer is in it by half");
+    assert!(copied.iter().all(|d| d.meta.seq <= report.seq));
+    let live = balances(&db);
+    for (now, then) in live.iter().zip(&copied) {
+        assert_eq!(now.id, then.id);
+        if now.meta.seq <= report.seq {
+            assert_eq!(now, then, "unchanged since the backup: the same in it");
+        } else {
+            assert!(then.version() < now.version());
+        }
+    }
+    // The copy is a database: its change feed and writes carry on from `seq`.
+    let page = copy.changes(Some("accounts"), 0, 1000, false).unwrap();
+    assert_eq!(page.last_seq, report.seq);
+    let written = copy
+        .collection("accounts")
+        .unwrap()
+        .patch("a00", update(json!({"$inc": {"balance": 1}})), Expect::Any)
+        .unwrap()
+        .unwrap();
+    assert_eq!(written.seq(), report.seq + 1);
+}
+
+/// A backup goes into a new directory, beside nothing half-written, one at a
+/// time; the files it is given go in with it.
+#[test]
+fn a_backup_refuses_what_it_cannot_do_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_relaxed(&dir.path().join("live"));
+    db.collection("c")
+        .unwrap()
+        .put("x", json!({}), Expect::Absent)
+        .unwrap()
+        .unwrap();
+    let invalid = |result: truce::Result<truce::BackupReport>, why: &str| match result {
+        Err(Error::InvalidBackup(message)) => assert!(message.contains(why), "{message}"),
+        other => panic!("expected invalid_backup ({why}), got {other:?}"),
+    };
+    let existing = dir.path().join("existing");
+    std::fs::create_dir(&existing).unwrap();
+    invalid(db.backup(&existing, &[], &mut |_| {}), "exists already");
+    invalid(
+        db.backup(&dir.path().join("no/such/parent"), &[], &mut |_| {}),
+        "parent",
+    );
+    std::fs::create_dir(dir.path().join("stale.partial")).unwrap();
+    invalid(
+        db.backup(&dir.path().join("stale"), &[], &mut |_| {}),
+        "stale.partial",
+    );
+
+    // One at a time: a second backup while the first is started and not
+    // done is refused; once it is done (or dropped) the next may go.
+    let first = db.start_backup(&dir.path().join("first"), &[]).unwrap();
+    let seq = first.seq();
+    assert!(matches!(
+        db.backup(&dir.path().join("second"), &[], &mut |_| {}),
+        Err(Error::BackupRunning)
+    ));
+    assert!(!dir.path().join("second").exists() && !dir.path().join("second.partial").exists());
+    // Writes after the start are not in it.
+    db.collection("c")
+        .unwrap()
+        .put("y", json!({}), Expect::Absent)
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.run(&mut |_| {}).unwrap().seq, seq);
+    let copy = open_relaxed(&dir.path().join("first"));
+    assert!(copy.collection("c").unwrap().get("y").unwrap().is_none());
+    drop(copy);
+    let dropped = db.start_backup(&dir.path().join("dropped"), &[]).unwrap();
+    drop(dropped);
+    assert!(
+        !dir.path().join("dropped.partial").exists(),
+        "a backup not run writes nothing"
+    );
+
+    // Files given are copied in; one that cannot be read fails the backup,
+    // which then leaves nothing behind.
+    let keys = dir.path().join("api-keys.json");
+    std::fs::write(&keys, b"[]").unwrap();
+    db.backup(&dir.path().join("with-keys"), &[&keys], &mut |_| {})
+        .unwrap();
+    assert_eq!(
+        std::fs::read(dir.path().join("with-keys/api-keys.json")).unwrap(),
+        b"[]"
+    );
+    let missing = dir.path().join("missing.json");
+    invalid(
+        db.backup(&dir.path().join("failed"), &[&missing], &mut |_| {}),
+        "missing.json",
+    );
+    assert!(!dir.path().join("failed").exists() && !dir.path().join("failed.partial").exists());
+    // And the next backup goes ahead.
+    db.backup(&dir.path().join("after"), &[], &mut |_| {}).unwrap();
+}
