@@ -2483,6 +2483,31 @@ fn backups_run_online_and_open_as_a_data_directory() {
     assert!(ran.status.is_some_and(|s| !s.success()));
     assert!(ran.stderr.contains("exists already"), "{}", ran.stderr);
 
+    // A server killed while a backup runs leaves no directory that looks
+    // like a backup (at most `.partial`, which a later backup there refuses),
+    // and its own data as it was.
+    let mut server = server;
+    let killed = dir.path().join("killed");
+    assert_eq!(api.post("/v1/_backup", json!({"path": killed})).status, 202);
+    server.kill9();
+    if killed.exists() {
+        // It finished first (a fast machine): then it is whole.
+        let copy = Server::start_in(&killed, &[]);
+        Api::new(&copy).get("/v1/c/big/d19-999").ok(200);
+    }
+    server.restart();
+    let api = Api::new(&server);
+    api.get("/v1/c/big/d19-999").ok(200);
+    if dir.path().join("killed.partial").exists() {
+        let refused = api.post("/v1/_backup", json!({"path": killed}));
+        assert!(
+            refused.error(400, "invalid_backup")["message"]
+                .as_str()
+                .unwrap()
+                .contains(".partial")
+        );
+    }
+
     // `--backup-root` keeps backups inside one directory.
     let root = dir.path().join("allowed");
     std::fs::create_dir(&root).unwrap();
