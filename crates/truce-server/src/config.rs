@@ -411,9 +411,25 @@ impl ServeArgs {
     }
 }
 
+/// Reads a settings file. A relative path in it (`data`, `tls_cert`,
+/// `tls_key`, `backup_root`) is taken from the file's own directory, not from
+/// wherever the server is started: `--config /etc/truce/truce.toml` with
+/// `data = "data"` means `/etc/truce/data` from any working directory.
 fn read_file(path: &Path) -> Result<FileSettings, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+    let mut file: FileSettings = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let base = path.parent().unwrap_or(Path::new(""));
+    for setting in [
+        &mut file.data,
+        &mut file.tls_cert,
+        &mut file.tls_key,
+        &mut file.backup_root,
+    ] {
+        if let Some(relative) = setting.as_mut().filter(|p| p.is_relative()) {
+            *relative = base.join(&*relative);
+        }
+    }
+    Ok(file)
 }
 
 /// `truce keys …`.
@@ -481,6 +497,30 @@ mod tests {
     /// TLS's two files may come from different sources; a lone one is an
     /// error only once every source is merged. A concurrency limit past a
     /// semaphore's is refused, not a panic.
+    /// Relative paths in a settings file are the file's directory's.
+    #[test]
+    fn relative_paths_in_the_file_are_taken_from_its_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("truce.toml");
+        std::fs::write(&file, "data = \"data\"\nbackup_root = \"/abs/backups\"\n").unwrap();
+        let args = ServeArgs {
+            config: Some(file.clone()),
+            ..ServeArgs::default()
+        };
+        let settings = args.settings().unwrap();
+        assert_eq!(settings.data, dir.path().join("data"));
+        assert_eq!(settings.backup_root, Some(PathBuf::from("/abs/backups")));
+        let data = DataArgs {
+            data: None,
+            config: Some(file),
+        };
+        assert_eq!(
+            data.dir().unwrap(),
+            dir.path().join("data"),
+            "keys and recount agree"
+        );
+    }
+
     #[test]
     fn settings_are_checked_once_merged() {
         let dir = tempfile::tempdir().unwrap();
