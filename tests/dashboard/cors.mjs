@@ -9,7 +9,9 @@
 // local-network rules do not apply); its script writes with the API's headers (a JSON body,
 // Idempotency-Key, If-Match: each needs a preflight), reads ETag, and follows
 // the SSE change feed with EventSource. Against BLOCKED_BASE (a server that
-// does not allow PAGE_ORIGIN) the same fetch must fail.
+// does not allow PAGE_ORIGIN) the same fetch must fail, and a write sent
+// without reading its answer (no-cors, text/plain: no preflight) must not
+// apply.
 //
 // usage: node cors.mjs ALLOWED_BASE BLOCKED_BASE PAGE_ORIGIN
 import { createServer } from "node:http";
@@ -65,6 +67,12 @@ try {
     } catch (error) {
       refused = error.name;
     }
+    // What CORS does not stop: a write the page sends without reading the
+    // answer (no preflight for a text/plain POST). The server must refuse it.
+    await fetch(`${blocked}/v1/tx`, {
+      method: "POST", mode: "no-cors", headers: { "content-type": "text/plain" },
+      body: JSON.stringify({ ops: [{ op: "put", c: "browser", id: "forged", doc: {} }] }),
+    });
     return {
       put: put.status, get: got.status, etag, patch: patch.status, stale: stale.status,
       staleBody: await stale.json(), feed, refused,
@@ -78,6 +86,9 @@ try {
   expect(result.stale === 409 && result.staleBody.error === "conflict", `a stale If-Match answered ${result.stale}`);
   expect(result.feed && result.feed.id === "tab1", `SSE event ${JSON.stringify(result.feed)}`);
   expect(result.refused === "TypeError", `the server without CORS for this origin: ${result.refused}`);
+  // Asked from here, with no Origin: the forged write must not be there.
+  const forged = await fetch(`${blocked}/v1/c/browser/forged`);
+  expect(forged.status === 404, `a no-cors text/plain POST from another origin wrote (${forged.status})`);
   if (problems.length) {
     console.error(problems.join("\n"), "\n", JSON.stringify(result));
     process.exit(1);

@@ -56,6 +56,14 @@ fn check_exposure(settings: &Settings, keys: &KeyStore) -> Result<(), String> {
             settings.data.display()
         ));
     }
+    if settings.cors_origins.iter().any(|o| o == "*") && keys.is_empty() && !settings.insecure_no_auth {
+        return Err(
+            "refusing --cors-origins '*' without API keys: any web page a user of this machine opens \
+             could read and write everything. Create a key with `truce keys create`, list the origins \
+             that may call it, or pass --insecure-no-auth."
+                .into(),
+        );
+    }
     Ok(())
 }
 
@@ -105,6 +113,7 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
         request_timeout: Duration::from_millis(settings.request_timeout_ms),
         metrics: http::metrics::Metrics::new(db.clone()),
         data: settings.data.clone(),
+        cors_origins: settings.cors_origins.clone(),
         backups: http::backup::Backups::new(settings.backup_root.clone()),
     });
     let app = http::app(state, settings.max_body_bytes, &settings.cors_origins);

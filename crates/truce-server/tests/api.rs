@@ -2699,16 +2699,33 @@ fn cors_lets_the_allowed_origins_call_from_a_browser() {
         .unwrap();
     assert_eq!(header(&read, "access-control-allow-origin"), None);
 
-    // `*` from the environment allows every origin.
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    // `*` from the environment allows every origin; without API keys only
+    // with --insecure-no-auth (any page a local user opens could write).
     let data = dir.path().join("any");
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let (listen, data_arg) = (addr.to_string(), data.to_str().unwrap().to_string());
+    let refused = run_bounded(
+        &[
+            "serve",
+            "--listen",
+            &listen,
+            "--data",
+            &data_arg,
+            "--cors-origins",
+            "*",
+        ],
+        RUN_BOUND,
+    );
+    assert!(refused.status.is_some_and(|s| !s.success()), "{}", refused.stderr);
+    assert!(refused.stderr.contains("without API keys"), "{}", refused.stderr);
     let mut any = Spawned::start(
         &[
             "serve",
             "--listen",
-            &addr.to_string(),
+            &listen,
             "--data",
-            data.to_str().unwrap(),
+            &data_arg,
+            "--insecure-no-auth",
         ],
         &[("TRUCE_CORS_ORIGINS", "*")],
     );
@@ -2724,6 +2741,43 @@ fn cors_lets_the_allowed_origins_call_from_a_browser() {
     let answer = preflight(&plain.url(), app);
     assert_eq!(answer.status().as_u16(), 405);
     assert_eq!(header(&answer, "access-control-allow-origin"), None);
+
+    // A page may send a text/plain POST anywhere without asking first: a
+    // write that names another origin is refused, whatever CORS allows it to
+    // read — on a server without keys it would otherwise apply. Clients that
+    // are not browsers send no Origin; the server's own pages send its own.
+    let api = Api::new(&plain);
+    let csrf = |path: &str, method: Method, origin: &str, body: &str| {
+        http.request(method, format!("{}{path}", plain.url()))
+            .header("origin", origin)
+            .header("content-type", "text/plain")
+            .body(body.to_string())
+            .send()
+            .unwrap()
+    };
+    let tx = r#"{"ops": [{"op": "put", "c": "csrf", "id": "a", "doc": {}}]}"#;
+    for (path, method, body) in [
+        ("/v1/tx", Method::POST, tx),
+        ("/v1/c/csrf/a", Method::PUT, "{}"),
+        (
+            "/v1/c/csrf/a",
+            Method::PATCH,
+            r#"{"$set": {"x": 1}, "$upsert": true}"#,
+        ),
+        (
+            "/couch/csrf/_bulk_docs",
+            Method::POST,
+            r#"{"docs": [{"_id": "a"}]}"#,
+        ),
+    ] {
+        let answer = csrf(path, method.clone(), "https://evil.example", body);
+        assert_eq!(answer.status().as_u16(), 403, "{method} {path}");
+    }
+    api.get("/v1/c/csrf/a").error(404, "not_found");
+    let own = csrf("/v1/tx", Method::POST, &plain.url(), tx);
+    assert_eq!(own.status().as_u16(), 200, "the server's own page");
+    api.get("/v1/c/csrf/a").ok(200);
+    api.delete("/v1/c/csrf/a?version=-1").ok(200);
 
     // A value that is not an origin is refused at start, saying why.
     for bad in [

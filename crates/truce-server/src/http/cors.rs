@@ -6,13 +6,21 @@
 //! tower-http's `Cors` answers preflight requests itself (before
 //! authentication: a browser sends no `Authorization` on a preflight) and adds
 //! `Access-Control-Allow-Origin` to the answers of the origins allowed.
+//!
+//! CORS only decides what a page may *read*: a page may still *send* a
+//! `POST` with a `text/plain` body anywhere, without asking first. A server
+//! with no API keys (loopback, the quick start) would apply it — any web page
+//! its user opens could write to it. So every write that carries an `Origin`
+//! (browsers send it on every cross-origin write) must come from an allowed
+//! origin or from the server's own (`cross_origin_write`).
 
 use std::time::Duration;
 
-use axum::http::{HeaderName, HeaderValue, Method, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, header};
 use tower::Layer;
 use tower_http::cors::{AllowOrigin, Cors, CorsLayer};
 
+use super::error::ApiError;
 use super::extract::IDEMPOTENCY_KEY;
 
 /// How long a browser may cache a preflight's answer.
@@ -37,6 +45,34 @@ const EXPOSED_HEADERS: [HeaderName; 4] = [
     header::ALLOW,
     header::WWW_AUTHENTICATE,
 ];
+
+/// The refusal of a write (any method but `GET`, `HEAD`, `OPTIONS`) that a
+/// browser sent from a page of an origin `allowed` does not list and that is
+/// not the server's own (`Origin` naming the `Host` the request was sent to);
+/// `None` for anything else, and for every request without `Origin` (clients
+/// that are not browsers send none).
+pub fn cross_origin_write(allowed: &[String], method: &Method, headers: &HeaderMap) -> Option<ApiError> {
+    if method.is_safe() {
+        return None;
+    }
+    let origin = headers.get(header::ORIGIN)?;
+    let origin = origin.to_str().unwrap_or("");
+    let own = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .is_some_and(|host| {
+            origin
+                .split_once("://")
+                .is_some_and(|(_, authority)| authority.eq_ignore_ascii_case(host))
+        });
+    if own || allowed.iter().any(|o| o == "*" || o == origin) {
+        return None;
+    }
+    Some(ApiError::Forbidden(format!(
+        "a write from a page of another origin ({origin:?}) is refused: allow the origin with --cors-origins \
+         (docs/http.md, \"Browsers (CORS)\")"
+    )))
+}
 
 /// Checks the `cors_origins` setting: `*` alone, or origins as a browser sends
 /// them in `Origin` (`scheme://host[:port]`, http or https, no path).
@@ -90,6 +126,56 @@ pub fn layer<S>(origins: &[String], service: S) -> Cors<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A write a browser sent from a page of an origin not allowed is
+    /// refused; reads, clients without `Origin`, the server's own pages and
+    /// the allowed origins pass.
+    #[test]
+    fn writes_from_pages_of_other_origins_are_refused() {
+        let headers = |pairs: &[(&'static str, &str)]| {
+            let mut map = HeaderMap::new();
+            for (name, value) in pairs {
+                map.insert(*name, HeaderValue::from_str(value).unwrap());
+            }
+            map
+        };
+        let host = ("host", "127.0.0.1:7070");
+        let allowed = vec!["https://app.example.com".to_string()];
+        let refused = |method: Method, pairs: &[(&'static str, &str)], allowed: &[String]| {
+            cross_origin_write(allowed, &method, &headers(pairs)).is_some()
+        };
+        for method in [Method::POST, Method::PUT, Method::PATCH, Method::DELETE] {
+            assert!(refused(
+                method.clone(),
+                &[host, ("origin", "https://evil.example")],
+                &allowed
+            ));
+            assert!(refused(method.clone(), &[host, ("origin", "null")], &allowed));
+            assert!(
+                !refused(method.clone(), &[host], &allowed),
+                "no Origin: not a browser's page"
+            );
+            assert!(!refused(
+                method.clone(),
+                &[host, ("origin", "https://app.example.com")],
+                &allowed
+            ));
+            assert!(
+                !refused(method.clone(), &[host, ("origin", "http://127.0.0.1:7070")], &[]),
+                "its own page"
+            );
+            assert!(!refused(
+                method,
+                &[host, ("origin", "https://evil.example")],
+                &["*".to_string()]
+            ));
+        }
+        assert!(!refused(
+            Method::GET,
+            &[host, ("origin", "https://evil.example")],
+            &[]
+        ));
+    }
 
     #[test]
     fn origins_are_checked() {

@@ -53,6 +53,9 @@ pub struct AppState {
     pub request_timeout: Duration,
     /// `/metrics`: the engine's counters and request latency.
     pub metrics: metrics::Metrics,
+    /// Origins whose pages may call the API (`--cors-origins`); a write from a
+    /// page of any other origin is refused (`cors::cross_origin_write`).
+    pub cors_origins: Vec<String>,
     /// The data directory (where the API keys are, and where a backup may not go).
     pub data: std::path::PathBuf,
     /// The running or last backup (`/v1/_backup`).
@@ -175,8 +178,12 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
 }
 
 /// The caller named by the request's API key (anyone when the server never
-/// had keys); the refusal otherwise.
-fn principal(state: &AppState, headers: &HeaderMap) -> Result<Principal, Response> {
+/// had keys); the refusal otherwise, also of a write a page of an origin not
+/// allowed sent (`cors::cross_origin_write`).
+fn principal(state: &AppState, method: &Method, headers: &HeaderMap) -> Result<Principal, Response> {
+    if let Some(refusal) = cors::cross_origin_write(&state.cors_origins, method, headers) {
+        return Err(refusal.into_response());
+    }
     let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     state.keys.caller(authorization).map_err(|failure| {
         let why = match failure {
@@ -193,7 +200,7 @@ fn principal(state: &AppState, headers: &HeaderMap) -> Result<Principal, Respons
 
 /// Verifies the API key and attaches the caller; the refusal otherwise.
 fn verify(state: &AppState, request: &mut Request) -> Result<(), Response> {
-    let principal = principal(state, request.headers())?;
+    let principal = principal(state, request.method(), request.headers())?;
     request.extensions_mut().insert(principal);
     Ok(())
 }
