@@ -50,9 +50,11 @@ impl Client {
         loop {
             let body = modify(current.as_ref());
             let precondition = current.as_ref().map_or(Precondition::Absent, Precondition::from);
-            // Each round's write says which round it is of how many, so the
-            // server counts the rounds after a conflict as retries, and a
-            // conflict in the last as the permanent failure it is.
+            // Each write says which round it is, so the server counts the
+            // rounds after a conflict as retries. Only a write made from a
+            // fresh document says of how many: it is the one whose conflict in
+            // the last round ends the call (a permanent failure); one made
+            // after a backoff is redone at once if it loses.
             let written = self
                 .write_with(
                     Method::PUT,
@@ -61,7 +63,7 @@ impl Client {
                     body,
                     &precondition,
                     round,
-                    Some(attempts),
+                    fresh.then_some(attempts),
                 )
                 .await?;
             match written {
