@@ -31,7 +31,7 @@ async fn follow(args: &BackupArgs) -> Result<(), String> {
     }
     let client = builder.build().map_err(|e| e.to_string())?;
     let to = args.to.to_str().ok_or("--to is not UTF-8")?;
-    client
+    let started = client
         .start_backup(to)
         .await
         .map_err(|e| format!("{}: {e}", args.url))?;
@@ -44,6 +44,14 @@ async fn follow(args: &BackupArgs) -> Result<(), String> {
             .await
             .map_err(|e| format!("{}: {e}", args.url))?
             .ok_or("the server has no backup any more (was it restarted?)")?;
+        // The server shows its last backup: another one started after this
+        // one ended would be shown instead.
+        if (&status["path"], &status["seq"]) != (&started["path"], &started["seq"]) {
+            return Err(format!(
+                "the server now shows another backup ({} at {}); this one's end was not seen",
+                status["path"], status["seq"]
+            ));
+        }
         let line = format!(
             "{} entries, {:.1} MiB copied{}",
             status["entries"],

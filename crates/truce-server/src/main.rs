@@ -19,7 +19,7 @@ mod top;
 
 use config::{Cli, Command};
 
-/// For the commands that only print (`keys`, `recount`): a reader that goes
+/// For the commands that only print (`keys`, `recount`, `backup`): a reader that goes
 /// away (`truce keys list | head -1`) ends the process quietly, as it ends
 /// `ls`, instead of a panic in `println!`. Rust ignores SIGPIPE so that a
 /// write returns an error; the server keeps that (its sockets' writes must
@@ -45,7 +45,10 @@ fn main() -> ExitCode {
             recount::run(&args)
         }
         Command::Top(args) => top::run(&args),
-        Command::Backup(args) => backup::run(&args),
+        Command::Backup(args) => {
+            quiet_on_broken_pipe();
+            backup::run(&args)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -4,6 +4,7 @@
 //! limited to some collections only (a backup holds every collection).
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -21,6 +22,8 @@ use crate::keys::{KEYS_FILE, Principal, Role};
 /// The server's last backup since it started, if any, and where backups may go.
 pub struct Backups {
     last: Mutex<Option<Status>>,
+    /// Numbers the backups, so that a finishing one updates its own status.
+    started: AtomicU64,
     /// `--backup-root`: the one directory backups may be written into.
     root: Option<PathBuf>,
 }
@@ -30,6 +33,7 @@ impl Backups {
     pub fn new(root: Option<PathBuf>) -> Backups {
         Backups {
             last: Mutex::default(),
+            started: AtomicU64::new(0),
             root,
         }
     }
@@ -38,6 +42,8 @@ impl Backups {
 /// A backup's state, as `GET /v1/_backup` shows it.
 #[derive(Clone)]
 struct Status {
+    /// Which backup since the server started (not shown).
+    id: u64,
     path: PathBuf,
     started_ms: u64,
     finished_ms: Option<u64>,
@@ -165,7 +171,9 @@ pub async fn start(
         })
         .await?
     };
+    let id = state.backups.started.fetch_add(1, Ordering::Relaxed);
     let status = Status {
+        id,
         path: path.clone(),
         started_ms: now_ms(),
         finished_ms: None,
@@ -179,40 +187,55 @@ pub async fn start(
     let thread_state = Arc::clone(&state);
     let spawned = std::thread::Builder::new()
         .name("truce-backup".into())
-        .spawn(move || run(&thread_state, &path, job));
+        .spawn(move || run(&thread_state, id, &path, job));
     if let Err(e) = spawned {
         let failed = truce::Error::Unavailable(format!("cannot start the backup thread: {e}"));
-        finish(&state, Err(&failed));
+        finish(&state, id, Err(&failed));
         return Err(failed.into());
     }
     Ok((StatusCode::ACCEPTED, axum::Json(status.json())).into_response())
 }
 
-fn run(state: &AppState, path: &Path, job: truce::Backup) {
+/// Runs backup `id` on this thread. Its status is finished also if it
+/// panics (else `GET` would say "running" for ever), and only its own: the
+/// slot is free once `job` is gone, so the next backup may already have
+/// replaced it.
+fn run(state: &AppState, id: u64, path: &Path, job: truce::Backup) {
     tracing::info!(path = %path.display(), seq = job.seq(), "backup started");
-    let result = job.run(&mut |progress| {
-        let mut last = state.backups.last.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(status) = last.as_mut() {
-            (status.space, status.entries, status.bytes) = (progress.space, progress.entries, progress.bytes);
-        }
+    let copy = std::panic::AssertUnwindSafe(|| {
+        job.run(&mut |progress| {
+            update(state, id, |status| {
+                (status.space, status.entries, status.bytes) =
+                    (progress.space, progress.entries, progress.bytes);
+            })
+        })
     });
+    let result = std::panic::catch_unwind(copy)
+        .unwrap_or_else(|_| Err(truce::Error::Unavailable("the backup thread panicked".into())));
     match &result {
         Ok(report) => {
             tracing::info!(path = %path.display(), seq = report.seq, entries = report.entries, "backup done")
         }
         Err(e) => tracing::warn!(path = %path.display(), "backup failed: {e}"),
     }
-    finish(state, result.as_ref().map(drop));
+    finish(state, id, result.as_ref().map(drop));
 }
 
-fn finish(state: &AppState, result: Result<(), &truce::Error>) {
+/// Changes backup `id`'s status, if it is still the last one.
+fn update(state: &AppState, id: u64, change: impl FnOnce(&mut Status)) {
     let mut last = state.backups.last.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(status) = last.as_mut() {
+    if let Some(status) = last.as_mut().filter(|s| s.id == id) {
+        change(status);
+    }
+}
+
+fn finish(state: &AppState, id: u64, result: Result<(), &truce::Error>) {
+    update(state, id, |status| {
         status.finished_ms = Some(now_ms());
         if let Err(e) = result {
             status.error = Some((e.code(), e.to_string()));
         }
-    }
+    });
 }
 
 /// The running backup, or the last one since the server started.

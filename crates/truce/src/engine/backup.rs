@@ -57,12 +57,22 @@ pub struct Backup {
     view: Box<dyn StorageRead>,
     seq: u64,
     dir: PathBuf,
+    /// `dir`'s parent (`.` for a bare name), whose entries the rename changes.
+    parent: PathBuf,
+    /// Made by [`Db::start_backup`] (so no one else's), removed unless the
+    /// backup was published.
     partial: PathBuf,
     files: Vec<PathBuf>,
+    published: bool,
 }
 
 impl Drop for Backup {
+    /// A backup not run, failed or unwound by a panic removes what it wrote
+    /// (a crash leaves `<dir>.partial`, never `<dir>`), then frees the slot.
     fn drop(&mut self) {
+        if !self.published {
+            let _ = std::fs::remove_dir_all(&self.partial);
+        }
         self.db.inner.backup.0.store(false, Ordering::Release);
     }
 }
@@ -95,24 +105,31 @@ impl Db {
         if self.inner.backup.0.swap(true, Ordering::AcqRel) {
             return Err(Error::BackupRunning);
         }
-        let snapshot = partial_dir(dir).and_then(|partial| {
-            let (view, seq) = read::durable_snapshot(self.shared())?;
-            Ok((partial, view, seq))
-        });
-        let (partial, view, seq) = match snapshot {
-            Ok(taken) => taken,
+        let made =
+            make_partial_dir(dir).and_then(|(parent, partial)| match read::durable_snapshot(self.shared()) {
+                Ok((view, seq)) => Ok((parent, partial, view, seq)),
+                Err(e) => {
+                    let _ = std::fs::remove_dir(&partial);
+                    Err(e)
+                }
+            });
+        let (parent, partial, view, seq) = match made {
+            Ok(made) => made,
             Err(e) => {
                 self.inner.backup.0.store(false, Ordering::Release);
                 return Err(e);
             }
         };
+        // From here `Backup`'s drop removes `partial` and frees the slot.
         Ok(Backup {
             db: self.clone(),
             view,
             seq,
             dir: dir.to_path_buf(),
+            parent,
             partial,
             files: files.iter().map(|f| f.to_path_buf()).collect(),
+            published: false,
         })
     }
 }
@@ -125,18 +142,13 @@ impl Backup {
 
     /// Copies the snapshot into `<dir>.partial`, then renames it `<dir>`;
     /// calls `progress` after every chunk. On an error nothing is left.
-    pub fn run(self, progress: &mut dyn FnMut(&BackupProgress)) -> Result<BackupReport> {
-        let report = self.copy(progress);
-        let published = report.and_then(|report| {
-            std::fs::rename(&self.partial, &self.dir)
-                .map_err(|e| io_error("cannot rename the finished backup", &self.dir, &e))?;
-            sync_dir(self.dir.parent().unwrap_or(Path::new(".")))?;
-            Ok(report)
-        });
-        if published.is_err() {
-            let _ = std::fs::remove_dir_all(&self.partial);
-        }
-        published
+    pub fn run(mut self, progress: &mut dyn FnMut(&BackupProgress)) -> Result<BackupReport> {
+        let report = self.copy(progress)?;
+        std::fs::rename(&self.partial, &self.dir)
+            .map_err(|e| io_error("cannot rename the finished backup", &self.dir, &e))?;
+        self.published = true;
+        sync_dir(&self.parent)?;
+        Ok(report)
     }
 
     fn copy(&self, progress: &mut dyn FnMut(&BackupProgress)) -> Result<BackupReport> {
@@ -195,8 +207,11 @@ impl Backup {
     }
 }
 
-/// `<dir>.partial`, once `dir` is a path a backup may take.
-fn partial_dir(dir: &Path) -> Result<PathBuf> {
+/// Makes `<dir>.partial` (readable by this user only: it will hold every
+/// document) once `dir` is a path a backup may take; answers `dir`'s parent
+/// and it. Made here, not found: a backup never writes into, or removes, a
+/// directory it did not make.
+fn make_partial_dir(dir: &Path) -> Result<(PathBuf, PathBuf)> {
     let invalid = |why: &str| Err(Error::InvalidBackup(format!("{}: {why}", dir.display())));
     let Some(name) = dir.file_name() else {
         return invalid("a backup needs a directory name of its own");
@@ -214,13 +229,17 @@ fn partial_dir(dir: &Path) -> Result<PathBuf> {
     let mut partial_name = name.to_os_string();
     partial_name.push(".partial");
     let partial = parent.join(partial_name);
-    if partial.exists() {
-        return Err(Error::InvalidBackup(format!(
+    let mut builder = std::fs::DirBuilder::new();
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    match builder.create(&partial) {
+        Ok(()) => Ok((parent.to_path_buf(), partial)),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(Error::InvalidBackup(format!(
             "{} exists: another backup is being written there, or one was stopped by a crash (remove it)",
             partial.display()
-        )));
+        ))),
+        Err(e) => Err(io_error("cannot create", &partial, &e)),
     }
-    Ok(partial)
 }
 
 fn io_error(what: &str, path: &Path, e: &std::io::Error) -> Error {

@@ -201,4 +201,24 @@ fn a_backup_refuses_what_it_cannot_do_cleanly() {
     assert!(!dir.path().join("failed").exists() && !dir.path().join("failed.partial").exists());
     // And the next backup goes ahead.
     db.backup(&dir.path().join("after"), &[], &mut |_| {}).unwrap();
+
+    // A backup stopped half-way (here a panic in its progress callback, as
+    // a crash would stop it) is never named as the directory it was for,
+    // leaves nothing behind, and frees the slot.
+    let stopped = dir.path().join("stopped");
+    let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        db.backup(&stopped, &[], &mut |_| panic!("stopped mid-copy"))
+    }));
+    assert!(unwound.is_err());
+    assert!(!stopped.exists() && !dir.path().join("stopped.partial").exists());
+    db.backup(&stopped, &[], &mut |_| {})
+        .expect("the slot is free again");
+    assert!(
+        open_relaxed(&stopped)
+            .collection("c")
+            .unwrap()
+            .get("x")
+            .unwrap()
+            .is_some()
+    );
 }
