@@ -995,6 +995,13 @@ fn couch_reads_answer_what_was_asked_or_refuse() {
         assert!(answer.text.contains(name), "{}", answer.text);
     };
     refused(api.get("/couch/cr/_all_docs?skip=1"), "skip");
+    refused(api.get("/couch/cr/_all_docs?key=5"), "key");
+    refused(api.get("/couch/cr/_all_docs?startkey=%5B%22a%22%5D"), "startkey");
+    refused(api.get("/couch/cr/_all_docs?keys=%5B%22a%22%5D&limit=1"), "limit");
+    refused(
+        api.post("/couch/cr/_all_docs?descending=true", json!({"keys": ["a"]})),
+        "descending",
+    );
     refused(api.get("/couch/cr/_all_docs?key=%22a%22&startkey=%22a%22"), "key");
     refused(
         api.post("/couch/cr/_all_docs", json!({"startkey": "b"})),

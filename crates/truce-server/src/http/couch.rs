@@ -334,6 +334,15 @@ async fn all_docs_for(
     tombstones: Tombstones,
 ) -> CouchResult {
     let collection = state.db.collection(coll)?;
+    if keys.is_some()
+        && let Some(name) = ALL_DOCS_QUERY_ONLY.iter().find(|n| params.0.contains_key(**n))
+    {
+        // CouchDB refuses them with `keys` too: the rows are the keys given.
+        return Err(unsupported(
+            name,
+            "with `keys`, whose rows are the keys given, in order",
+        ));
+    }
     let rows: Vec<Value> = match keys {
         Some(keys) => keys
             .iter()
@@ -356,10 +365,18 @@ async fn all_docs_for(
                     "page with startkey (the last id, and limit + 1) instead",
                 ));
             }
-            let key_param = |name: &str| {
-                params
-                    .json(name)
-                    .map(|v| v.and_then(|v| v.as_str().map(|s| json!(s))))
+            // Document ids are strings: another key (`key=5`, an array)
+            // would bound nothing, and answer every document.
+            let key_param = |name: &str| -> Result<Option<Value>, CouchError> {
+                match params.json(name)? {
+                    None => Ok(None),
+                    Some(Value::String(id)) => Ok(Some(Value::String(id))),
+                    Some(other) => Err(CouchError(
+                        StatusCode::BAD_REQUEST,
+                        "bad_request",
+                        format!("{name}={other}: keys of _all_docs are document ids, JSON strings"),
+                    )),
+                }
             };
             let (mut start, mut end) = (
                 key_param("startkey")?.or(key_param("start_key")?),
