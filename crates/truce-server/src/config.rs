@@ -418,6 +418,8 @@ impl ServeArgs {
 fn read_file(path: &Path) -> Result<FileSettings, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let mut file: FileSettings = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    // Absolute, so that the paths made from it are (`backup_root` must be).
+    let path = std::fs::canonicalize(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let base = path.parent().unwrap_or(Path::new(""));
     for setting in [
         &mut file.data,
@@ -497,6 +499,20 @@ mod tests {
     /// TLS's two files may come from different sources; a lone one is an
     /// error only once every source is merged. A concurrency limit past a
     /// semaphore's is refused, not a panic.
+    /// `path` relative to `base`, with `..` steps (both absolute).
+    fn pathdiff(path: &Path, base: &Path) -> PathBuf {
+        let (path, base): (Vec<_>, Vec<_>) = (path.components().collect(), base.components().collect());
+        let common = path.iter().zip(&base).take_while(|(a, b)| a == b).count();
+        let mut out = PathBuf::new();
+        for _ in common..base.len() {
+            out.push("..");
+        }
+        for part in &path[common..] {
+            out.push(part);
+        }
+        out
+    }
+
     /// Relative paths in a settings file are the file's directory's.
     #[test]
     fn relative_paths_in_the_file_are_taken_from_its_directory() {
@@ -510,6 +526,19 @@ mod tests {
         let settings = args.settings().unwrap();
         assert_eq!(settings.data, dir.path().join("data"));
         assert_eq!(settings.backup_root, Some(PathBuf::from("/abs/backups")));
+        // A relative --config path gives absolute paths too.
+        std::fs::write(&file, "backup_root = \"backups\"\n").unwrap();
+        let cwd = std::env::current_dir().unwrap();
+        let relative = pathdiff(&file, &cwd);
+        let args = ServeArgs {
+            config: Some(relative),
+            ..ServeArgs::default()
+        };
+        assert_eq!(
+            args.settings().unwrap().backup_root,
+            Some(dir.path().join("backups"))
+        );
+        std::fs::write(&file, "data = \"data\"\nbackup_root = \"/abs/backups\"\n").unwrap();
         let data = DataArgs {
             data: None,
             config: Some(file),

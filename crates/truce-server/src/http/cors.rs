@@ -84,16 +84,25 @@ pub fn check_origins(origins: &[String]) -> Result<(), String> {
         let rest = origin
             .strip_prefix("https://")
             .or_else(|| origin.strip_prefix("http://"));
+        // As a browser writes it in `Origin`, or it would never match:
+        // lowercase, and no port that is the scheme's default.
+        let default_port = if origin.starts_with("https://") {
+            ":443"
+        } else {
+            ":80"
+        };
         let plain = rest.is_some_and(|host| {
             !host.is_empty()
-                && host
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'))
+                && !host.ends_with(default_port)
+                && host.chars().all(|c| {
+                    c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '-' | ':' | '[' | ']')
+                })
         });
         if !plain || HeaderValue::from_str(origin).is_err() {
             return Err(format!(
                 "cors_origins: {origin:?} is not an origin: write it as a browser sends it in `Origin`, \
-                 scheme://host[:port] with http or https and no path (e.g. https://app.example.com), or `*`"
+                 scheme://host[:port] with http or https, in lowercase, with no path and no default port \
+                 (e.g. https://app.example.com), or `*`"
             ));
         }
     }
@@ -197,6 +206,9 @@ mod tests {
             "ftp://a.com",
             "https://",
             "https://a b",
+            "https://App.example.com",
+            "https://a.com:443",
+            "http://a.com:80",
         ] {
             assert!(ok(&[bad]).is_err(), "{bad}");
         }
