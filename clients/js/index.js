@@ -145,10 +145,11 @@ export function replicateTruce(options) {
           stream$.next('RESYNC');
         },
         onEvent: (type, data) => {
-          const body = JSON.parse(data);
-          if (type !== 'message' || !Array.isArray(body.documents)) {
-            // `event: error` (e.g. this reader fell too far behind): the
-            // server ends the stream; the reconnect's RESYNC catches up.
+          // `event: error` (e.g. this reader fell too far behind): the
+          // server ends the stream; the reconnect's RESYNC catches up. Its
+          // data is said as it came, JSON or not.
+          const body = type === 'message' ? JSON.parse(data) : null;
+          if (!Array.isArray(body?.documents)) {
             throw new Error(`truce: event stream ${type}: ${data}`);
           }
           // While paused, rxdb would still apply stream events; drop them:
