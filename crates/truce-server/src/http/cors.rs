@@ -16,7 +16,7 @@
 
 use std::time::Duration;
 
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Uri, header};
 use tower::Layer;
 use tower_http::cors::{AllowOrigin, Cors, CorsLayer};
 
@@ -48,23 +48,30 @@ const EXPOSED_HEADERS: [HeaderName; 4] = [
 
 /// The refusal of a write (any method but `GET`, `HEAD`, `OPTIONS`) that a
 /// browser sent from a page of an origin `allowed` does not list and that is
-/// not the server's own (`Origin` naming the `Host` the request was sent to);
+/// not the server's own (`Origin` naming the host the request was sent to:
+/// `Host`, or in HTTP/2 the request's `:authority`);
 /// `None` for anything else, and for every request without `Origin` (clients
 /// that are not browsers send none).
-pub fn cross_origin_write(allowed: &[String], method: &Method, headers: &HeaderMap) -> Option<ApiError> {
+pub fn cross_origin_write(
+    allowed: &[String],
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Option<ApiError> {
     if method.is_safe() {
         return None;
     }
     let origin = headers.get(header::ORIGIN)?;
     let origin = origin.to_str().unwrap_or("");
-    let own = headers
+    let host = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
-        .is_some_and(|host| {
-            origin
-                .split_once("://")
-                .is_some_and(|(_, authority)| authority.eq_ignore_ascii_case(host))
-        });
+        .or_else(|| uri.authority().map(|a| a.as_str()));
+    let own = host.is_some_and(|host| {
+        origin
+            .split_once("://")
+            .is_some_and(|(_, authority)| authority.eq_ignore_ascii_case(host))
+    });
     if own || allowed.iter().any(|o| o == "*" || o == origin) {
         return None;
     }
@@ -151,7 +158,7 @@ mod tests {
         let host = ("host", "127.0.0.1:7070");
         let allowed = vec!["https://app.example.com".to_string()];
         let refused = |method: Method, pairs: &[(&'static str, &str)], allowed: &[String]| {
-            cross_origin_write(allowed, &method, &headers(pairs)).is_some()
+            cross_origin_write(allowed, &method, &Uri::from_static("/v1/tx"), &headers(pairs)).is_some()
         };
         for method in [Method::POST, Method::PUT, Method::PATCH, Method::DELETE] {
             assert!(refused(
@@ -184,6 +191,14 @@ mod tests {
             &[host, ("origin", "https://evil.example")],
             &[]
         ));
+        // HTTP/2 carries no Host: the authority of the request's URI says it.
+        let h2 = |origin: &str| {
+            let headers = headers(&[("origin", origin)]);
+            let uri = Uri::from_static("https://db.example.com/v1/tx");
+            cross_origin_write(&[], &Method::POST, &uri, &headers).is_some()
+        };
+        assert!(!h2("https://db.example.com"), "its own page, over HTTP/2");
+        assert!(h2("https://evil.example"));
     }
 
     #[test]

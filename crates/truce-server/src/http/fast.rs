@@ -117,7 +117,7 @@ async fn serve_document(
         &parts.headers,
     );
     let response = limited(&state, async {
-        let who = match principal(&state, &parts.method, &parts.headers) {
+        let who = match principal(&state, &parts.method, &parts.uri, &parts.headers) {
             Ok(who) => who,
             Err(refusal) => return refusal,
         };

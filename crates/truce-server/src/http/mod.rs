@@ -180,8 +180,13 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
 /// The caller named by the request's API key (anyone when the server never
 /// had keys); the refusal otherwise, also of a write a page of an origin not
 /// allowed sent (`cors::cross_origin_write`).
-fn principal(state: &AppState, method: &Method, headers: &HeaderMap) -> Result<Principal, Response> {
-    if let Some(refusal) = cors::cross_origin_write(&state.cors_origins, method, headers) {
+fn principal(
+    state: &AppState,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Result<Principal, Response> {
+    if let Some(refusal) = cors::cross_origin_write(&state.cors_origins, method, uri, headers) {
         return Err(refusal.into_response());
     }
     let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
@@ -200,7 +205,7 @@ fn principal(state: &AppState, method: &Method, headers: &HeaderMap) -> Result<P
 
 /// Verifies the API key and attaches the caller; the refusal otherwise.
 fn verify(state: &AppState, request: &mut Request) -> Result<(), Response> {
-    let principal = principal(state, request.method(), request.headers())?;
+    let principal = principal(state, request.method(), request.uri(), request.headers())?;
     request.extensions_mut().insert(principal);
     Ok(())
 }
