@@ -99,8 +99,10 @@ impl RetryPolicy {
 }
 
 /// Whether an HTTP status asks the client to come back later: 429 `overloaded`,
-/// 503 `unavailable` / `index_building`, and 408 `request_timeout` (the body
-/// stopped arriving on the way: sent again, under the same idempotency key).
+/// 503 (`index_building`, `index_dropping`, `timeout`, or a proxy's; not
+/// Truce's `unavailable`, which lasts until a restart: `transport::lasts`),
+/// and 408 `request_timeout` (the body stopped arriving on the way: sent
+/// again, under the same idempotency key).
 pub(crate) fn is_retryable_status(status: u16) -> bool {
     matches!(status, 408 | 429 | 503)
 }

@@ -134,7 +134,7 @@ impl Client {
                     let status = response.status().as_u16();
                     let headers = response.headers().clone();
                     match response.bytes().await {
-                        Ok(body) if attempt < max && is_retryable_status(status) => {
+                        Ok(body) if attempt < max && is_retryable_status(status) && !lasts(status, &body) => {
                             let retry_after = headers
                                 .get(RETRY_AFTER)
                                 .and_then(|v| v.to_str().ok())
@@ -206,6 +206,13 @@ impl Client {
         }
         decode(&answer.body, what)
     }
+}
+
+/// Whether a retryable status is an error that lasts: Truce's 503
+/// `unavailable` is a storage failure, refused until the server restarts.
+fn lasts(status: u16, body: &[u8]) -> bool {
+    status == 503
+        && serde_json::from_slice::<Value>(body).is_ok_and(|answer| answer["error"] == "unavailable")
 }
 
 /// Decodes a JSON answer, naming `what` in the error.

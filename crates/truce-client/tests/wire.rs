@@ -32,7 +32,7 @@ async fn a_write_is_retried_on_503_429_and_408_under_one_idempotency_key() {
         Reply::Json(
             503,
             vec![("retry-after", "0")],
-            json!({"error": "unavailable", "message": "m"}),
+            json!({"error": "index_building", "message": "m"}),
         ),
         Reply::Json(
             429,
@@ -131,7 +131,7 @@ async fn retry_after_is_honoured_up_to_max_delay() {
         Reply::Json(
             503,
             vec![("retry-after", "30")],
-            json!({"error": "unavailable", "message": "m"}),
+            json!({"error": "index_building", "message": "m"}),
         ),
         Reply::Json(200, vec![], json!({"collections": []})),
     ])
@@ -191,17 +191,36 @@ async fn a_conflict_is_an_answer_and_is_not_retried() {
 
 #[tokio::test]
 async fn giving_up_on_503_returns_the_servers_error() {
-    let unavailable = || {
+    let building = || {
         Reply::Json(
             503,
             vec![("retry-after", "0")],
-            json!({"error": "unavailable", "message": "m"}),
+            json!({"error": "index_building", "message": "m"}),
         )
     };
-    let (base, log) = serve(vec![unavailable(), unavailable(), unavailable()]).await;
+    let (base, log) = serve(vec![building(), building(), building()]).await;
+    let error = client(&base, 3).get("c", "a").await.expect_err("an error");
+    assert_eq!((error.status(), error.code()), (Some(503), "index_building"));
+    assert_eq!(log.lock().expect("log").len(), 3);
+}
+
+/// 503 `unavailable` is Truce's storage failure, which lasts until the
+/// server restarts: answered at once, not retried (a 503 another server — a
+/// proxy — sends without Truce's code still is).
+#[tokio::test]
+async fn a_storage_failure_is_not_retried() {
+    let (base, log) = serve(vec![
+        Reply::Json(
+            503,
+            vec![],
+            json!({"error": "unavailable", "message": "storage failed"}),
+        ),
+        Reply::Json(200, vec![], doc("a", 1, json!({}))),
+    ])
+    .await;
     let error = client(&base, 3).get("c", "a").await.expect_err("an error");
     assert_eq!((error.status(), error.code()), (Some(503), "unavailable"));
-    assert_eq!(log.lock().expect("log").len(), 3);
+    assert_eq!(log.lock().expect("log").len(), 1);
 }
 
 #[tokio::test]
