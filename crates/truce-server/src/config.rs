@@ -159,8 +159,11 @@ pub struct ServeArgs {
     pub log_format: Option<LogFormat>,
     /// Allow listening beyond loopback without API keys. Anyone who can reach
     /// the port can then read and write everything.
-    #[arg(long, env = "TRUCE_INSECURE_NO_AUTH")]
-    pub insecure_no_auth: bool,
+    /// `--insecure-no-auth=false` (or `TRUCE_INSECURE_NO_AUTH=false`)
+    /// overrides a settings file's `true`.
+    #[arg(long, env = "TRUCE_INSECURE_NO_AUTH", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true")]
+    pub insecure_no_auth: Option<bool>,
     /// PEM certificate chain: serve HTTPS (with --tls-key). The two may come
     /// from different sources (a flag and the --config file, say): each is
     /// checked for its pair once all are merged.
@@ -315,7 +318,7 @@ impl ServeArgs {
                 .or(file.data)
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA)),
             log_format: self.log_format.or(file.log_format).unwrap_or_default(),
-            insecure_no_auth: self.insecure_no_auth || file.insecure_no_auth.unwrap_or(false),
+            insecure_no_auth: self.insecure_no_auth.or(file.insecure_no_auth).unwrap_or(false),
             tls,
             max_body_bytes: self
                 .max_body_bytes
@@ -511,6 +514,31 @@ mod tests {
             out.push(part);
         }
         out
+    }
+
+    /// `--insecure-no-auth` alone says true; `=false` overrides the file.
+    #[test]
+    fn insecure_no_auth_can_be_said_both_ways() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("open.toml");
+        std::fs::write(&file, "insecure_no_auth = true\n").unwrap();
+        let parsed = |extra: &[&str]| {
+            let mut args = vec!["truce", "serve", "--config", file.to_str().unwrap()];
+            args.extend_from_slice(extra);
+            let Command::Serve(serve) = Cli::try_parse_from(args).unwrap().command else {
+                panic!("serve")
+            };
+            serve.settings().unwrap().insecure_no_auth
+        };
+        assert!(parsed(&[]), "the file's true");
+        assert!(
+            !parsed(&["--insecure-no-auth=false"]),
+            "the flag's false beats the file"
+        );
+        assert!(parsed(&["--insecure-no-auth"]));
+        std::fs::write(&file, "").unwrap();
+        assert!(!parsed(&[]));
+        assert!(parsed(&["--insecure-no-auth=true"]));
     }
 
     /// Relative paths in a settings file are the file's directory's.
