@@ -69,6 +69,8 @@ pub struct Principal {
     pub role: Role,
     /// The collections it may touch; `None` = all.
     pub collections: Option<Vec<String>>,
+    /// No key was needed: the server has none (and never had one).
+    pub keyless: bool,
 }
 
 impl Principal {
@@ -77,6 +79,7 @@ impl Principal {
         Principal {
             role: Role::Admin,
             collections: None,
+            keyless: true,
         }
     }
 
@@ -265,6 +268,7 @@ impl KeyStore {
             Ok(Principal {
                 role: key.role,
                 collections: key.collections.clone(),
+                keyless: false,
             })
         } else {
             Err(AuthFailure::Invalid)

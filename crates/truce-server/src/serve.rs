@@ -114,6 +114,7 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
         metrics: http::metrics::Metrics::new(db.clone()),
         data: settings.data.clone(),
         cors_origins: settings.cors_origins.clone(),
+        any_host: settings.insecure_no_auth,
         backups: http::backup::Backups::new(settings.backup_root.clone()),
     });
     let app = http::app(state, settings.max_body_bytes, &settings.cors_origins);

@@ -2782,11 +2782,42 @@ fn cors_lets_the_allowed_origins_call_from_a_browser() {
         let answer = csrf(path, method.clone(), "https://evil.example", body);
         assert_eq!(answer.status().as_u16(), 403, "{method} {path}");
     }
-    api.get("/v1/c/csrf/a").error(404, "not_found");
+    // The server's own name is no exception: its pages only read, and a page
+    // whose name was pointed at it (DNS rebinding) would claim it.
     let own = csrf("/v1/tx", Method::POST, &plain.url(), tx);
-    assert_eq!(own.status().as_u16(), 200, "the server's own page");
-    api.get("/v1/c/csrf/a").ok(200);
-    api.delete("/v1/c/csrf/a?version=-1").ok(200);
+    assert_eq!(own.status().as_u16(), 403, "the server's own name");
+    api.get("/v1/c/csrf/a").error(404, "not_found");
+
+    // DNS rebinding: a page at attacker.example, its name pointed at
+    // 127.0.0.1, is same-origin with the server in the browser's eyes and
+    // sends no Origin on reads. A server without keys answers only loopback
+    // names.
+    let port = plain.addr.port();
+    for host in [format!("attacker.example:{port}"), "attacker.example".to_string()] {
+        let read = http
+            .get(format!("{}/v1/c", plain.url()))
+            .header("host", &host)
+            .send()
+            .unwrap();
+        assert_eq!(read.status().as_u16(), 403, "{host}");
+        let write = http
+            .post(format!("{}/v1/tx", plain.url()))
+            .header("host", &host)
+            .header("content-type", "text/plain")
+            .body(tx)
+            .send()
+            .unwrap();
+        assert_eq!(write.status().as_u16(), 403, "{host}");
+    }
+    api.get("/v1/c/csrf/a").error(404, "not_found");
+    for host in [format!("localhost:{port}"), format!("127.0.0.1:{port}")] {
+        let read = http
+            .get(format!("{}/v1/c", plain.url()))
+            .header("host", &host)
+            .send()
+            .unwrap();
+        assert_eq!(read.status().as_u16(), 200, "{host}");
+    }
 
     // A value that is not an origin is refused at start, saying why.
     for bad in [

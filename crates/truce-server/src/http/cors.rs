@@ -47,38 +47,51 @@ const EXPOSED_HEADERS: [HeaderName; 4] = [
 ];
 
 /// The refusal of a write (any method but `GET`, `HEAD`, `OPTIONS`) that a
-/// browser sent from a page of an origin `allowed` does not list and that is
-/// not the server's own (`Origin` naming the host the request was sent to:
-/// `Host`, or in HTTP/2 the request's `:authority`);
-/// `None` for anything else, and for every request without `Origin` (clients
-/// that are not browsers send none).
-pub fn cross_origin_write(
-    allowed: &[String],
-    method: &Method,
-    uri: &Uri,
-    headers: &HeaderMap,
-) -> Option<ApiError> {
+/// browser sent from a page of an origin `allowed` does not list; `None` for
+/// anything else, and for every request without `Origin` (clients that are
+/// not browsers send none). No origin counts as the server's own: Truce's own
+/// pages (the dashboard) only read, and a page whose name was pointed at the
+/// server (DNS rebinding) names itself in `Origin` and `Host` alike.
+pub fn cross_origin_write(allowed: &[String], method: &Method, headers: &HeaderMap) -> Option<ApiError> {
     if method.is_safe() {
         return None;
     }
     let origin = headers.get(header::ORIGIN)?;
     let origin = origin.to_str().unwrap_or("");
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| uri.authority().map(|a| a.as_str()));
-    let own = host.is_some_and(|host| {
-        origin
-            .split_once("://")
-            .is_some_and(|(_, authority)| authority.eq_ignore_ascii_case(host))
-    });
-    if own || allowed.iter().any(|o| o == "*" || o == origin) {
+    if allowed.iter().any(|o| o == "*" || o == origin) {
         return None;
     }
     Some(ApiError::Forbidden(format!(
         "a write from a page of another origin ({origin:?}) is refused: allow the origin with --cors-origins \
          (docs/http.md, \"Browsers (CORS)\")"
     )))
+}
+
+/// On a server without API keys (which listens on loopback), the refusal of
+/// a request addressed to it by a name that is not a loopback one (`Host`,
+/// or in HTTP/2 the request's authority): a web page whose own name an
+/// attacker pointed at 127.0.0.1 (DNS rebinding) would otherwise be
+/// same-origin with the server, and read and write everything. `None` for
+/// `localhost`, `127.x.x.x` and `[::1]`, with any port, and for a request
+/// naming no host (browsers always name one).
+pub fn rebound(uri: &Uri, headers: &HeaderMap) -> Option<ApiError> {
+    let host = match headers.get(header::HOST) {
+        Some(value) => value.to_str().unwrap_or("?"),
+        None => uri.authority()?.as_str(),
+    };
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    let loopback = name.eq_ignore_ascii_case("localhost")
+        || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    (!loopback).then(|| {
+        ApiError::Forbidden(format!(
+            "this server has no API keys, so it answers only requests addressed to it by a loopback name \
+             (localhost, 127.0.0.1, [::1]), not {host:?}: a page that reached it by another name may be \
+             a DNS-rebinding attack. Create a key (truce keys create) to serve other names"
+        ))
+    })
 }
 
 /// Checks the `cors_origins` setting: `*` alone, or origins as a browser sends
@@ -143,22 +156,23 @@ pub fn layer<S>(origins: &[String], service: S) -> Cors<S> {
 mod tests {
     use super::*;
 
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.insert(*name, HeaderValue::from_str(value).unwrap());
+        }
+        map
+    }
+
     /// A write a browser sent from a page of an origin not allowed is
-    /// refused; reads, clients without `Origin`, the server's own pages and
-    /// the allowed origins pass.
+    /// refused — the server's own name included, which a rebound page would
+    /// claim —; reads, clients without `Origin` and the allowed origins pass.
     #[test]
     fn writes_from_pages_of_other_origins_are_refused() {
-        let headers = |pairs: &[(&'static str, &str)]| {
-            let mut map = HeaderMap::new();
-            for (name, value) in pairs {
-                map.insert(*name, HeaderValue::from_str(value).unwrap());
-            }
-            map
-        };
         let host = ("host", "127.0.0.1:7070");
         let allowed = vec!["https://app.example.com".to_string()];
         let refused = |method: Method, pairs: &[(&'static str, &str)], allowed: &[String]| {
-            cross_origin_write(allowed, &method, &Uri::from_static("/v1/tx"), &headers(pairs)).is_some()
+            cross_origin_write(allowed, &method, &headers(pairs)).is_some()
         };
         for method in [Method::POST, Method::PUT, Method::PATCH, Method::DELETE] {
             assert!(refused(
@@ -167,6 +181,11 @@ mod tests {
                 &allowed
             ));
             assert!(refused(method.clone(), &[host, ("origin", "null")], &allowed));
+            assert!(refused(
+                method.clone(),
+                &[host, ("origin", "http://127.0.0.1:7070")],
+                &[]
+            ));
             assert!(
                 !refused(method.clone(), &[host], &allowed),
                 "no Origin: not a browser's page"
@@ -176,10 +195,6 @@ mod tests {
                 &[host, ("origin", "https://app.example.com")],
                 &allowed
             ));
-            assert!(
-                !refused(method.clone(), &[host, ("origin", "http://127.0.0.1:7070")], &[]),
-                "its own page"
-            );
             assert!(!refused(
                 method,
                 &[host, ("origin", "https://evil.example")],
@@ -191,14 +206,55 @@ mod tests {
             &[host, ("origin", "https://evil.example")],
             &[]
         ));
-        // HTTP/2 carries no Host: the authority of the request's URI says it.
-        let h2 = |origin: &str| {
-            let headers = headers(&[("origin", origin)]);
-            let uri = Uri::from_static("https://db.example.com/v1/tx");
-            cross_origin_write(&[], &Method::POST, &uri, &headers).is_some()
-        };
-        assert!(!h2("https://db.example.com"), "its own page, over HTTP/2");
-        assert!(h2("https://evil.example"));
+    }
+
+    /// A keyless server answers only loopback names: a page whose name was
+    /// pointed at 127.0.0.1 sends its own name in `Host`.
+    #[test]
+    fn a_keyless_server_answers_only_loopback_names() {
+        let uri = Uri::from_static("/v1/tx");
+        let rebound_to = |host: &str| rebound(&uri, &headers(&[("host", host)])).is_some();
+        for ok in [
+            "localhost",
+            "localhost:7070",
+            "LocalHost:1",
+            "127.0.0.1",
+            "127.0.0.1:7070",
+            "127.1.2.3:9",
+            "[::1]",
+            "[::1]:7070",
+        ] {
+            assert!(!rebound_to(ok), "{ok}");
+        }
+        for bad in [
+            "attacker.example",
+            "attacker.example:7070",
+            "10.0.0.1:7070",
+            "localhost.attacker.example",
+            "[::2]:1",
+            "",
+        ] {
+            assert!(rebound_to(bad), "{bad}");
+        }
+        // HTTP/2 carries no Host: the URI's authority says it.
+        assert!(
+            rebound(
+                &Uri::from_static("http://attacker.example/v1/tx"),
+                &HeaderMap::new()
+            )
+            .is_some()
+        );
+        assert!(
+            rebound(
+                &Uri::from_static("http://127.0.0.1:7070/v1/tx"),
+                &HeaderMap::new()
+            )
+            .is_none()
+        );
+        assert!(
+            rebound(&uri, &HeaderMap::new()).is_none(),
+            "no name at all: not a browser"
+        );
     }
 
     #[test]

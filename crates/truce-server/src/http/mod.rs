@@ -56,6 +56,9 @@ pub struct AppState {
     /// Origins whose pages may call the API (`--cors-origins`); a write from a
     /// page of any other origin is refused (`cors::cross_origin_write`).
     pub cors_origins: Vec<String>,
+    /// `--insecure-no-auth`: a server without keys answers requests addressed
+    /// to it by any name, not only by a loopback one (`cors::rebound`).
+    pub any_host: bool,
     /// The data directory (where the API keys are, and where a backup may not go).
     pub data: std::path::PathBuf,
     /// The running or last backup (`/v1/_backup`).
@@ -179,18 +182,20 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
 
 /// The caller named by the request's API key (anyone when the server never
 /// had keys); the refusal otherwise, also of a write a page of an origin not
-/// allowed sent (`cors::cross_origin_write`).
+/// allowed sent (`cors::cross_origin_write`), and, on a server without keys,
+/// of a request addressed to it by a name that is not a loopback one
+/// (`cors::rebound`).
 fn principal(
     state: &AppState,
     method: &Method,
     uri: &Uri,
     headers: &HeaderMap,
 ) -> Result<Principal, Response> {
-    if let Some(refusal) = cors::cross_origin_write(&state.cors_origins, method, uri, headers) {
+    if let Some(refusal) = cors::cross_origin_write(&state.cors_origins, method, headers) {
         return Err(refusal.into_response());
     }
     let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    state.keys.caller(authorization).map_err(|failure| {
+    let who = state.keys.caller(authorization).map_err(|failure| {
         let why = match failure {
             AuthFailure::Missing => "send Authorization: Bearer <key>",
             AuthFailure::Invalid => "this key is not valid",
@@ -200,7 +205,14 @@ fn principal(
             }
         };
         ApiError::Unauthorized(why).into_response()
-    })
+    })?;
+    if who.keyless
+        && !state.any_host
+        && let Some(refusal) = cors::rebound(uri, headers)
+    {
+        return Err(refusal.into_response());
+    }
+    Ok(who)
 }
 
 /// Verifies the API key and attaches the caller; the refusal otherwise.
