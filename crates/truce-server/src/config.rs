@@ -357,11 +357,16 @@ impl ServeArgs {
                     .map_or(1, |cpus| cpus.get())
                     .min(HTTP_THREADS_MAX)
             }),
+            // "a, b" reads as two origins, and an empty value as none.
             cors_origins: if self.cors_origins.is_empty() {
                 file.cors_origins.unwrap_or_default()
             } else {
                 self.cors_origins.clone()
-            },
+            }
+            .iter()
+            .map(|origin| origin.trim().to_string())
+            .filter(|origin| !origin.is_empty())
+            .collect(),
             backup_root: self.backup_root.clone().or(file.backup_root),
         };
         if let Some(root) = &settings.backup_root
@@ -514,6 +519,23 @@ mod tests {
             out.push(part);
         }
         out
+    }
+
+    /// Origins are trimmed, and an empty value means none.
+    #[test]
+    fn cors_origins_are_trimmed() {
+        let origins = |list: &[&str]| {
+            let args = ServeArgs {
+                cors_origins: list.iter().map(|s| s.to_string()).collect(),
+                ..ServeArgs::default()
+            };
+            args.settings().unwrap().cors_origins
+        };
+        assert_eq!(
+            origins(&["https://a.com", " https://b.com "]),
+            ["https://a.com", "https://b.com"]
+        );
+        assert!(origins(&[""]).is_empty());
     }
 
     /// `--insecure-no-auth` alone says true; `=false` overrides the file.

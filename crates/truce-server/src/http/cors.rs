@@ -101,23 +101,33 @@ pub fn check_origins(origins: &[String]) -> Result<(), String> {
         return Err("cors_origins: `*` allows every origin and cannot be listed with others".into());
     }
     for origin in origins.iter().filter(|o| *o != "*") {
-        let rest = origin
-            .strip_prefix("https://")
-            .or_else(|| origin.strip_prefix("http://"));
         // As a browser writes it in `Origin`, or it would never match:
-        // lowercase, and no port that is the scheme's default.
-        let default_port = if origin.starts_with("https://") {
-            ":443"
-        } else {
-            ":80"
+        // lowercase, no path, a port only if it is not the scheme's default.
+        let (scheme, authority) = origin.split_once("://").unwrap_or(("", ""));
+        let default_port = match scheme {
+            "https" => Some("443"),
+            "http" => Some("80"),
+            _ => None,
         };
-        let plain = rest.is_some_and(|host| {
-            !host.is_empty()
-                && !host.ends_with(default_port)
-                && host.chars().all(|c| {
-                    c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '-' | ':' | '[' | ']')
-                })
+        let (host, port) = match authority.strip_prefix('[') {
+            Some(v6) => match v6.split_once(']') {
+                Some((address, "")) => (address, None),
+                Some((address, rest)) => (address, Some(rest.strip_prefix(':').unwrap_or("x"))),
+                None => ("", None),
+            },
+            None => match authority.rsplit_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (authority, None),
+            },
+        };
+        let host_ok = !host.is_empty()
+            && host
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '-' | ':'));
+        let port_ok = port.is_none_or(|port| {
+            !port.starts_with('0') && port.parse::<u16>().is_ok_and(|n| n > 0) && Some(port) != default_port
         });
+        let plain = default_port.is_some() && host_ok && port_ok;
         if !plain || HeaderValue::from_str(origin).is_err() {
             return Err(format!(
                 "cors_origins: {origin:?} is not an origin: write it as a browser sends it in `Origin`, \
@@ -266,7 +276,10 @@ mod tests {
             ok(&[
                 "https://app.example.com",
                 "http://localhost:3000",
-                "http://[::1]:8080"
+                "http://[::1]:8080",
+                "http://[::1]",
+                "https://a.com:8443",
+                "http://127.0.0.1:65535"
             ])
             .is_ok()
         );
@@ -280,6 +293,13 @@ mod tests {
             "https://App.example.com",
             "https://a.com:443",
             "http://a.com:80",
+            "https://a.com:99999",
+            "https://a.com:abc",
+            "https://a.com:",
+            "https://:8080",
+            "https://a.com:0443",
+            "https://[::1",
+            "https://[::1]x",
         ] {
             assert!(ok(&[bad]).is_err(), "{bad}");
         }
