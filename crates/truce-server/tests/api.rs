@@ -2517,8 +2517,31 @@ fn backups_run_online_and_open_as_a_data_directory() {
         );
     }
 
-    // `--backup-root` keeps backups inside one directory.
+    // `--backup-root` keeps backups inside one directory; one no backup could
+    // go into stops the server at start.
     let root = dir.path().join("allowed");
+    for (bad, data) in [
+        (root.clone(), dir.path().join("d1")),
+        (dir.path().join("d2/inside"), dir.path().join("d2")),
+    ] {
+        if bad.starts_with(&data) {
+            std::fs::create_dir_all(&bad).unwrap();
+        }
+        let ran = run_bounded(
+            &[
+                "serve",
+                "--data",
+                data.to_str().unwrap(),
+                "--listen",
+                &format!("127.0.0.1:{}", free_port()),
+                "--backup-root",
+                bad.to_str().unwrap(),
+            ],
+            RUN_BOUND,
+        );
+        assert!(ran.status.is_some_and(|s| !s.success()), "{}", ran.stderr);
+        assert!(ran.stderr.contains("backup_root"), "{}", ran.stderr);
+    }
     std::fs::create_dir(&root).unwrap();
     let limited = Server::start_with(&["--backup-root", root.to_str().unwrap()]);
     let api = Api::new(&limited);

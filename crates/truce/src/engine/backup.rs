@@ -45,6 +45,9 @@ pub struct BackupReport {
     pub bytes: u64,
 }
 
+/// What the directory a backup is written into is named, after the backup's.
+const PARTIAL_SUFFIX: &str = ".partial";
+
 /// One backup at a time per database.
 #[derive(Default)]
 pub(super) struct BackupGate(AtomicBool);
@@ -212,12 +215,24 @@ impl Backup {
 /// and it. Made here, not found: a backup never writes into, or removes, a
 /// directory it did not make.
 fn make_partial_dir(dir: &Path) -> Result<(PathBuf, PathBuf)> {
+    /// The longest file name most file systems take.
+    const NAME_BYTES_MAX: usize = 255;
     let invalid = |why: &str| Err(Error::InvalidBackup(format!("{}: {why}", dir.display())));
     let Some(name) = dir.file_name() else {
         return invalid("a backup needs a directory name of its own");
     };
-    if dir.exists() {
-        return invalid("it exists already: a backup is written into a new directory");
+    // Not `exists`, which follows a link: a dangling one would pass, and
+    // the rename fail at the end of the copy.
+    if dir.symlink_metadata().is_ok() {
+        return invalid(
+            "it exists already (or a link of that name does): a backup is written into a new directory",
+        );
+    }
+    if name.len() + PARTIAL_SUFFIX.len() > NAME_BYTES_MAX {
+        return invalid(&format!(
+            "its name is too long: at most {} bytes, to leave room for `{PARTIAL_SUFFIX}`",
+            NAME_BYTES_MAX - PARTIAL_SUFFIX.len()
+        ));
     }
     let parent = dir
         .parent()
@@ -227,7 +242,7 @@ fn make_partial_dir(dir: &Path) -> Result<(PathBuf, PathBuf)> {
         return invalid("its parent directory does not exist");
     }
     let mut partial_name = name.to_os_string();
-    partial_name.push(".partial");
+    partial_name.push(PARTIAL_SUFFIX);
     let partial = parent.join(partial_name);
     let mut builder = std::fs::DirBuilder::new();
     #[cfg(unix)]

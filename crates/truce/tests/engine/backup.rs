@@ -151,6 +151,16 @@ fn a_backup_refuses_what_it_cannot_do_cleanly() {
         db.backup(&dir.path().join("no/such/parent"), &[], &mut |_| {}),
         "parent",
     );
+    #[cfg(unix)]
+    {
+        let dangling = dir.path().join("dangling");
+        std::os::unix::fs::symlink(dir.path().join("nowhere"), &dangling).unwrap();
+        invalid(db.backup(&dangling, &[], &mut |_| {}), "exists already");
+    }
+    invalid(
+        db.backup(&dir.path().join("n".repeat(250)), &[], &mut |_| {}),
+        "too long",
+    );
     std::fs::create_dir(dir.path().join("stale.partial")).unwrap();
     invalid(
         db.backup(&dir.path().join("stale"), &[], &mut |_| {}),
