@@ -139,8 +139,14 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
         any_host: settings.insecure_no_auth,
         backups: http::backup::Backups::new(settings.backup_root.clone()),
     });
-    let app = http::app(state, settings.max_body_bytes, &settings.cors_origins);
+    let app = http::app(
+        Arc::clone(&state),
+        settings.max_body_bytes,
+        &settings.cors_origins,
+    );
     let result = runtime.block_on(serve(app, &settings, threads));
+    // A backup cut short by the exit would leave its `.partial`.
+    state.backups.stop_and_wait();
     // Every acknowledged write is already durable. Closing joins the committer
     // once the last handle is gone (blocking work still running past the
     // grace period holds one, and the process exits without waiting for it).

@@ -2490,12 +2490,28 @@ fn backups_run_online_and_open_as_a_data_directory() {
     assert!(ran.status.is_some_and(|s| !s.success()));
     assert!(ran.stderr.contains("exists already"), "{}", ran.stderr);
 
+    // A server stopped (SIGTERM) while a backup runs stops the backup and
+    // leaves no `.partial` (or, had it finished first, a whole backup).
+    let mut server = server;
+    let halted = dir.path().join("halted");
+    assert_eq!(api.post("/v1/_backup", json!({"path": halted})).status, 202);
+    assert!(server.terminate().success());
+    assert!(
+        !dir.path().join("halted.partial").exists(),
+        "a graceful stop leaves no .partial"
+    );
+    if halted.exists() {
+        let copy = Server::start_in(&halted, &[]);
+        Api::new(&copy).get("/v1/c/big/d19-999").ok(200);
+    }
+    server.restart();
+    let api = Api::new(&server);
+
     // A server killed while a backup runs restarts with its own data; a
     // `.partial` left behind is refused as a target until removed. (Whether
     // the kill lands mid-copy is the machine's timing: the engine's
     // `a_backup_refuses_what_it_cannot_do_cleanly` stops one half-way for
     // certain, and checks that no directory is named like a backup.)
-    let mut server = server;
     let killed = dir.path().join("killed");
     assert_eq!(api.post("/v1/_backup", json!({"path": killed})).status, 202);
     server.kill9();

@@ -22,6 +22,8 @@ use crate::keys::{KEYS_FILE, Principal, Role};
 /// The server's last backup since it started, if any, and where backups may go.
 pub struct Backups {
     last: Mutex<Option<Status>>,
+    /// The running backup's stop handle and thread, for a shutdown.
+    running: Mutex<Option<(truce::BackupStop, std::thread::JoinHandle<()>)>>,
     /// Numbers the backups, so that a finishing one updates its own status.
     started: AtomicU64,
     /// `--backup-root`: the one directory backups may be written into.
@@ -33,8 +35,25 @@ impl Backups {
     pub fn new(root: Option<PathBuf>) -> Backups {
         Backups {
             last: Mutex::default(),
+            running: Mutex::default(),
             started: AtomicU64::new(0),
             root,
+        }
+    }
+}
+
+impl Backups {
+    /// Stops a running backup between two chunks and waits for it to have
+    /// removed what it wrote, so that a server shutting down leaves no
+    /// `DIR.partial` behind.
+    pub fn stop_and_wait(&self) {
+        let running = self.running.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some((stop, thread)) = running {
+            stop.stop();
+            if !thread.is_finished() {
+                tracing::info!("stopping the running backup");
+            }
+            let _ = thread.join();
         }
     }
 }
@@ -185,13 +204,17 @@ pub async fn start(
     };
     *state.backups.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(status.clone());
     let thread_state = Arc::clone(&state);
+    let stop = job.stopper();
     let spawned = std::thread::Builder::new()
         .name("truce-backup".into())
         .spawn(move || run(&thread_state, id, &path, job));
-    if let Err(e) = spawned {
-        let failed = truce::Error::Unavailable(format!("cannot start the backup thread: {e}"));
-        finish(&state, id, Err(&failed));
-        return Err(failed.into());
+    match spawned {
+        Ok(thread) => *state.backups.running.lock().unwrap_or_else(|p| p.into_inner()) = Some((stop, thread)),
+        Err(e) => {
+            let failed = truce::Error::Unavailable(format!("cannot start the backup thread: {e}"));
+            finish(&state, id, Err(&failed));
+            return Err(failed.into());
+        }
     }
     Ok((StatusCode::ACCEPTED, axum::Json(status.json())).into_response())
 }

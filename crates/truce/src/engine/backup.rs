@@ -12,6 +12,7 @@
 
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::Db;
@@ -67,6 +68,24 @@ pub struct Backup {
     partial: PathBuf,
     files: Vec<PathBuf>,
     published: bool,
+    stop: BackupStop,
+}
+
+/// Stops a running backup between two of its chunks: [`Backup::run`] then
+/// answers [`Error::Unavailable`] and leaves nothing behind. For a server
+/// that is shutting down.
+#[derive(Clone, Debug, Default)]
+pub struct BackupStop(Arc<AtomicBool>);
+
+impl BackupStop {
+    /// Asks the backup to stop.
+    pub fn stop(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+
+    fn stopped(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
 }
 
 impl Drop for Backup {
@@ -133,6 +152,7 @@ impl Db {
             partial,
             files: files.iter().map(|f| f.to_path_buf()).collect(),
             published: false,
+            stop: BackupStop::default(),
         })
     }
 }
@@ -141,6 +161,11 @@ impl Backup {
     /// The backup holds every commit up to this sequence and none after.
     pub fn seq(&self) -> u64 {
         self.seq
+    }
+
+    /// A handle that stops this backup from another thread.
+    pub fn stopper(&self) -> BackupStop {
+        self.stop.clone()
     }
 
     /// Copies the snapshot into `<dir>.partial`, then renames it `<dir>`;
@@ -161,6 +186,11 @@ impl Backup {
             done.space = space.name();
             let mut after: Option<Vec<u8>> = None;
             loop {
+                if self.stop.stopped() {
+                    return Err(Error::Unavailable(
+                        "the backup was stopped before it finished".into(),
+                    ));
+                }
                 let start = after.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
                 let entries = self.view.scan(
                     space,

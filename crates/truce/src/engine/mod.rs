@@ -41,7 +41,7 @@ mod watermark;
 
 use poll::PollWindow;
 
-pub use backup::{Backup, BackupProgress, BackupReport};
+pub use backup::{Backup, BackupProgress, BackupReport, BackupStop};
 pub use collection::Collection;
 pub use committer::IndexProgress;
 pub use evaluate::WriteOp;

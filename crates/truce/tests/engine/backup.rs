@@ -223,6 +223,17 @@ fn a_backup_refuses_what_it_cannot_do_cleanly() {
     assert!(!stopped.exists() && !dir.path().join("stopped.partial").exists());
     db.backup(&stopped, &[], &mut |_| {})
         .expect("the slot is free again");
+
+    // Stopped from another thread (a server shutting down): between two
+    // chunks, with nothing left behind.
+    let halted = dir.path().join("halted");
+    let job = db.start_backup(&halted, &[]).unwrap();
+    job.stopper().stop();
+    match job.run(&mut |_| {}) {
+        Err(Error::Unavailable(message)) => assert!(message.contains("stopped"), "{message}"),
+        other => panic!("expected a stopped backup, got {other:?}"),
+    }
+    assert!(!halted.exists() && !dir.path().join("halted.partial").exists());
     assert!(
         open_relaxed(&stopped)
             .collection("c")
