@@ -10,18 +10,16 @@
 //! directory renamed to `<dir>` (and the rename synced): a backup that stopped
 //! half-way — an error, a crash — never looks like a complete one.
 
-use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::Db;
+use super::committer::scan_chunk;
 use super::read;
 use crate::error::{Error, Result};
 use crate::limits::{BACKUP_CHUNK_BYTES, BACKUP_CHUNK_ENTRIES};
-use crate::storage::{
-    Direction, Durability, FjallOptions, FjallStorage, Space, Storage, StorageRead, WriteBatch,
-};
+use crate::storage::{Durability, FjallOptions, FjallStorage, Space, Storage, StorageRead, WriteBatch};
 
 /// How far a running backup has come (passed to its progress callback after
 /// every chunk).
@@ -57,18 +55,35 @@ pub(super) struct BackupGate(AtomicBool);
 /// [`seq`](Self::seq) — and has not copied it yet ([`run`](Self::run)). Holds
 /// the database's one backup slot until it is run or dropped.
 pub struct Backup {
-    db: Db,
     view: Box<dyn StorageRead>,
     seq: u64,
     dir: PathBuf,
-    /// `dir`'s parent (`.` for a bare name), whose entries the rename changes.
-    parent: PathBuf,
-    /// Made by [`Db::start_backup`] (so no one else's), removed unless the
-    /// backup was published.
+    /// Made by [`Db::start_backup`] (so no one else's), beside `dir`; removed
+    /// unless the backup was published.
     partial: PathBuf,
     files: Vec<PathBuf>,
     published: bool,
     stop: BackupStop,
+    /// Dropped last: the slot is free once `partial` is gone.
+    _slot: Slot,
+}
+
+/// The database's one backup slot, taken; freed on drop.
+struct Slot(Db);
+
+impl Slot {
+    fn take(db: &Db) -> Result<Slot> {
+        if db.inner.backup.0.swap(true, Ordering::AcqRel) {
+            return Err(Error::BackupRunning);
+        }
+        Ok(Slot(db.clone()))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.inner.backup.0.store(false, Ordering::Release);
+    }
 }
 
 /// Stops a running backup between two of its chunks: [`Backup::run`] then
@@ -90,12 +105,12 @@ impl BackupStop {
 
 impl Drop for Backup {
     /// A backup not run, failed or unwound by a panic removes what it wrote
-    /// (a crash leaves `<dir>.partial`, never `<dir>`), then frees the slot.
+    /// (a crash leaves `<dir>.partial`, never `<dir>`); its slot is freed
+    /// after.
     fn drop(&mut self) {
         if !self.published {
             let _ = std::fs::remove_dir_all(&self.partial);
         }
-        self.db.inner.backup.0.store(false, Ordering::Release);
     }
 }
 
@@ -124,35 +139,19 @@ impl Db {
     /// [`Error::InvalidBackup`] for such a path, [`Error::BackupRunning`]
     /// while another backup of this database is started or runs.
     pub fn start_backup(&self, dir: &Path, files: &[&Path]) -> Result<Backup> {
-        if self.inner.backup.0.swap(true, Ordering::AcqRel) {
-            return Err(Error::BackupRunning);
-        }
-        let made =
-            make_partial_dir(dir).and_then(|(parent, partial)| match read::durable_snapshot(self.shared()) {
-                Ok((view, seq)) => Ok((parent, partial, view, seq)),
-                Err(e) => {
-                    let _ = std::fs::remove_dir(&partial);
-                    Err(e)
-                }
-            });
-        let (parent, partial, view, seq) = match made {
-            Ok(made) => made,
-            Err(e) => {
-                self.inner.backup.0.store(false, Ordering::Release);
-                return Err(e);
-            }
-        };
-        // From here `Backup`'s drop removes `partial` and frees the slot.
+        let slot = Slot::take(self)?;
+        let (view, seq) = read::durable_snapshot(self.shared())?;
+        // Made last: from here `Backup`'s drop removes it.
+        let partial = make_partial_dir(dir)?;
         Ok(Backup {
-            db: self.clone(),
             view,
             seq,
             dir: dir.to_path_buf(),
-            parent,
             partial,
             files: files.iter().map(|f| f.to_path_buf()).collect(),
             published: false,
             stop: BackupStop::default(),
+            _slot: slot,
         })
     }
 }
@@ -175,7 +174,7 @@ impl Backup {
         std::fs::rename(&self.partial, &self.dir)
             .map_err(|e| io_error("cannot rename the finished backup", &self.dir, &e))?;
         self.published = true;
-        sync_dir(&self.parent)?;
+        sync_dir(self.partial.parent().unwrap_or(Path::new(".")))?;
         Ok(report)
     }
 
@@ -191,17 +190,8 @@ impl Backup {
                         "the backup was stopped before it finished".into(),
                     ));
                 }
-                let start = after.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
-                let entries = self.view.scan(
-                    space,
-                    start,
-                    Bound::Unbounded,
-                    Direction::Forward,
-                    BACKUP_CHUNK_ENTRIES,
-                )?;
-                let Some((last, _)) = entries.last() else { break };
-                after = Some(last.clone());
-                let full = entries.len() == BACKUP_CHUNK_ENTRIES;
+                let (entries, next) =
+                    scan_chunk(&*self.view, space, &[], after.as_deref(), BACKUP_CHUNK_ENTRIES)?;
                 let mut batch = WriteBatch::new();
                 for (key, value) in entries {
                     done.entries += 1;
@@ -215,8 +205,9 @@ impl Backup {
                     target.apply(batch, Durability::Immediate)?;
                 }
                 progress(&done);
-                if !full {
-                    break;
+                match next {
+                    Some(key) => after = Some(key),
+                    None => break,
                 }
             }
         }
@@ -241,10 +232,9 @@ impl Backup {
 }
 
 /// Makes `<dir>.partial` (readable by this user only: it will hold every
-/// document) once `dir` is a path a backup may take; answers `dir`'s parent
-/// and it. Made here, not found: a backup never writes into, or removes, a
-/// directory it did not make.
-fn make_partial_dir(dir: &Path) -> Result<(PathBuf, PathBuf)> {
+/// document) once `dir` is a path a backup may take. Made here, not found: a
+/// backup never writes into, or removes, a directory it did not make.
+fn make_partial_dir(dir: &Path) -> Result<PathBuf> {
     /// The longest file name most file systems take.
     const NAME_BYTES_MAX: usize = 255;
     let invalid = |why: &str| Err(Error::InvalidBackup(format!("{}: {why}", dir.display())));
@@ -278,7 +268,7 @@ fn make_partial_dir(dir: &Path) -> Result<(PathBuf, PathBuf)> {
     #[cfg(unix)]
     std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
     match builder.create(&partial) {
-        Ok(()) => Ok((parent.to_path_buf(), partial)),
+        Ok(()) => Ok(partial),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(Error::InvalidBackup(format!(
             "{} exists: another backup is being written there, or one was stopped by a crash (remove it)",
             partial.display()

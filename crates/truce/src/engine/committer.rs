@@ -233,8 +233,9 @@ fn scan_prefix(storage: &dyn crate::storage::StorageRead, space: Space, prefix: 
 /// (the last key of the chunk before, so what that chunk deleted is not
 /// stepped over again), and the key the chunk after them starts after:
 /// `None` when these reach the end of the prefix. The TTL sweep, index
-/// backfills and dropped-index purges walk their prefixes this way.
-fn scan_chunk(
+/// backfills, dropped-index purges and backups (the empty prefix) walk their
+/// prefixes this way.
+pub(super) fn scan_chunk(
     storage: &dyn crate::storage::StorageRead,
     space: Space,
     prefix: &[u8],
