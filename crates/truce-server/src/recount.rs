@@ -26,7 +26,7 @@ pub fn run(args: &RecountArgs) -> Result<(), String> {
         args.collection, args.counter
     );
     let db = Db::open(&data, Options::default()).map_err(|e| {
-        if e.to_string().to_lowercase().contains("lock") {
+        if let truce::Error::Storage(truce::storage::StorageError::InUse(_)) = e {
             format!(
                 "{} is in use by a running server (it holds the directory's lock). Recount through the \
                  server instead: {endpoint} (with the server's address, and an admin key if it has keys)",

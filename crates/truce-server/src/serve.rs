@@ -109,17 +109,7 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
         commit_poll: Duration::from_micros(settings.commit_poll_us),
         ..Options::default()
     };
-    let db = Db::open(&settings.data, options).map_err(|e| {
-        let text = e.to_string();
-        if text.contains("Locked") {
-            format!(
-                "{} is in use by another process (a running truce serve, or truce recount): {text}",
-                settings.data.display()
-            )
-        } else {
-            text
-        }
-    })?;
+    let db = Db::open(&settings.data, options).map_err(|e| e.to_string())?;
     // This thread accepts connections and waits for the signal; the HTTP
     // threads serve them (`http_threads.rs`).
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -130,7 +130,10 @@ impl FjallStorage {
             }
             other => other,
         }
-        .map_err(backend)?;
+        .map_err(|e| match e {
+            fjall::Error::Locked => StorageError::InUse(dir.display().to_string()),
+            other => backend(other),
+        })?;
         let spaces = Space::ALL
             .iter()
             .map(|&space| {

@@ -171,6 +171,9 @@ pub enum StorageError {
     /// Bytes read back do not decode or fail their checksum.
     #[error("corrupt record: {0}")]
     Corrupt(String),
+    /// Another process holds the data directory (a running server).
+    #[error("{0} is in use by another process (it holds the directory's lock)")]
+    InUse(String),
 }
 
 /// Reading: what both a live store and a snapshot offer.
