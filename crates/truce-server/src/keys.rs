@@ -293,9 +293,7 @@ pub fn create(
     rng.fill_bytes(&mut id);
     rng.fill_bytes(&mut secret);
     let (id, secret) = (hex(&id), hex(&secret));
-    let created_ms = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
+    let created_ms = truce::engine::now_ms();
     let stored = StoredKey {
         id: id.clone(),
         secret_sha256: sha256_hex(&secret),

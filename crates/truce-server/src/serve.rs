@@ -67,27 +67,6 @@ fn check_exposure(settings: &Settings, keys: &KeyStore) -> Result<(), String> {
     Ok(())
 }
 
-/// Refuses a `--backup-root` no backup could go into: not a directory, or
-/// inside the data directory (where backups are refused).
-fn check_backup_root(settings: &Settings) -> Result<(), String> {
-    let Some(root) = &settings.backup_root else {
-        return Ok(());
-    };
-    let resolved = std::fs::canonicalize(root)
-        .ok()
-        .filter(|r| r.is_dir())
-        .ok_or_else(|| format!("backup_root {} is not a directory", root.display()))?;
-    let data = std::fs::canonicalize(&settings.data).unwrap_or_else(|_| settings.data.clone());
-    if resolved.starts_with(&data) {
-        return Err(format!(
-            "backup_root {} is inside the data directory {}, where no backup may go",
-            root.display(),
-            settings.data.display()
-        ));
-    }
-    Ok(())
-}
-
 /// Runs the server until a shutdown signal.
 pub fn run(args: ServeArgs) -> Result<(), String> {
     let settings = args.settings()?;
@@ -96,7 +75,7 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
     raise_open_files_limit();
     std::fs::create_dir_all(&settings.data)
         .map_err(|e| format!("cannot create data directory {}: {e}", settings.data.display()))?;
-    check_backup_root(&settings)?;
+    let backups = http::backup::Backups::new(settings.backup_root.clone(), &settings.data)?;
     let keys = KeyStore::open(&settings.data)?;
     check_exposure(&settings, &keys)?;
     let options = Options {
@@ -127,7 +106,7 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
         data: settings.data.clone(),
         cors_origins: settings.cors_origins.clone(),
         any_host: settings.insecure_no_auth,
-        backups: http::backup::Backups::new(settings.backup_root.clone()),
+        backups,
     });
     let app = http::app(
         Arc::clone(&state),

@@ -6,7 +6,6 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Extension;
 use axum::extract::State;
@@ -31,18 +30,30 @@ pub struct Backups {
 }
 
 impl Backups {
-    /// No backup yet; backups limited to `root` when given.
-    pub fn new(root: Option<PathBuf>) -> Backups {
-        Backups {
+    /// No backup yet; backups limited to `root` when given, which must be a
+    /// directory outside the data directory `data` (else no backup could go
+    /// anywhere, and the server refuses to start).
+    pub fn new(root: Option<PathBuf>, data: &Path) -> Result<Backups, String> {
+        if let Some(root) = &root {
+            if !root.is_dir() {
+                return Err(format!("backup_root {} is not a directory", root.display()));
+            }
+            if within(root, data) {
+                return Err(format!(
+                    "backup_root {} is inside the data directory {}, where no backup may go",
+                    root.display(),
+                    data.display()
+                ));
+            }
+        }
+        Ok(Backups {
             last: Mutex::default(),
             running: Mutex::default(),
             started: AtomicU64::new(0),
             root,
-        }
+        })
     }
-}
 
-impl Backups {
     /// Stops a running backup between two chunks and waits for it to have
     /// removed what it wrote, so that a server shutting down leaves no
     /// `DIR.partial` behind.
@@ -96,10 +107,10 @@ impl Status {
     }
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+/// Whether `path` is `dir` or under it, links resolved where they exist.
+fn within(path: &Path, dir: &Path) -> bool {
+    let resolved = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    resolved(path).starts_with(resolved(dir))
 }
 
 fn admin_of_everything(who: &Principal) -> Result<(), ApiError> {
@@ -137,12 +148,8 @@ fn target(
         ))
         .into());
     }
-    let inside = |dir: &Path| {
-        let resolved = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
-        let parent = path.parent().map(resolved).unwrap_or_default();
-        parent.starts_with(resolved(dir))
-    };
-    if inside(data) {
+    let parent = path.parent().unwrap_or(Path::new("/"));
+    if within(parent, data) {
         return Err(truce::Error::InvalidBackup(format!(
             "{}: a backup goes outside the data directory",
             path.display()
@@ -150,7 +157,7 @@ fn target(
         .into());
     }
     if let Some(root) = root
-        && !inside(root)
+        && !within(parent, root)
     {
         return Err(truce::Error::InvalidBackup(format!(
             "{}: this server writes backups only into {} (--backup-root)",
@@ -194,7 +201,7 @@ pub async fn start(
     let status = Status {
         id,
         path: path.clone(),
-        started_ms: now_ms(),
+        started_ms: truce::engine::now_ms(),
         finished_ms: None,
         space: "",
         entries: 0,
@@ -254,7 +261,7 @@ fn update(state: &AppState, id: u64, change: impl FnOnce(&mut Status)) {
 
 fn finish(state: &AppState, id: u64, result: Result<(), &truce::Error>) {
     update(state, id, |status| {
-        status.finished_ms = Some(now_ms());
+        status.finished_ms = Some(truce::engine::now_ms());
         if let Err(e) = result {
             status.error = Some((e.code(), e.to_string()));
         }

@@ -43,7 +43,7 @@ use poll::PollWindow;
 
 pub use backup::{Backup, BackupProgress, BackupReport, BackupStop};
 pub use collection::Collection;
-pub use committer::IndexProgress;
+pub use committer::{IndexProgress, now_ms};
 pub use evaluate::WriteOp;
 pub use insights::{InsightsReport, Origin, Stats};
 pub use pending::{Pending, PendingFuture, PendingTx, PendingWrite};
