@@ -17,7 +17,7 @@ use truce::{Change, Db};
 
 use super::AppState;
 use super::error::ApiError;
-use super::extract::{Params, PathParams, authorize};
+use super::extract::{LAST_EVENT_ID, Params, PathParams, authorize};
 use crate::keys::{Principal, Role};
 
 /// Default and largest long-poll wait, in ms.
@@ -58,7 +58,7 @@ struct FeedRequest {
 /// last event it received, which this feed sets to the `seq` of a commit whose
 /// every change it has sent. `None` when absent.
 fn last_event_id(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
-    let Some(value) = headers.get("last-event-id") else {
+    let Some(value) = headers.get(LAST_EVENT_ID) else {
         return Ok(None);
     };
     value

@@ -11,8 +11,9 @@
 //! `POST` with a `text/plain` body anywhere, without asking first. A server
 //! with no API keys (loopback, the quick start) would apply it — any web page
 //! its user opens could write to it. So every write that carries an `Origin`
-//! (browsers send it on every cross-origin write) must come from an allowed
-//! origin or from the server's own (`cross_origin_write`).
+//! (browsers send it on every write) must come from an allowed origin
+//! (`cross_origin_write`), and a server without keys answers only loopback
+//! names, against DNS rebinding (`rebound`).
 
 use std::time::Duration;
 
@@ -21,7 +22,7 @@ use tower::Layer;
 use tower_http::cors::{AllowOrigin, Cors, CorsLayer};
 
 use super::error::ApiError;
-use super::extract::IDEMPOTENCY_KEY;
+use super::extract::{IDEMPOTENCY_KEY, LAST_EVENT_ID, TRUCE_ATTEMPT, TRUCE_SOURCE};
 
 /// How long a browser may cache a preflight's answer.
 pub const CORS_MAX_AGE_S: u64 = 3600;
@@ -33,9 +34,9 @@ const ALLOWED_HEADERS: [HeaderName; 8] = [
     header::IF_MATCH,
     header::IF_NONE_MATCH,
     IDEMPOTENCY_KEY,
-    HeaderName::from_static("truce-source"),
-    HeaderName::from_static("truce-attempt"),
-    HeaderName::from_static("last-event-id"),
+    TRUCE_SOURCE,
+    TRUCE_ATTEMPT,
+    LAST_EVENT_ID,
 ];
 
 /// The answer headers a page's script may read besides the CORS-safelisted ones.
@@ -79,10 +80,7 @@ pub fn rebound(uri: &Uri, headers: &HeaderMap) -> Option<ApiError> {
         Some(value) => value.to_str().unwrap_or("?"),
         None => uri.authority()?.as_str(),
     };
-    let name = match host.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or(""),
-        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
-    };
+    let name = split_authority(host).map_or("", |(name, _)| name);
     let loopback = name.eq_ignore_ascii_case("localhost")
         || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
     (!loopback).then(|| {
@@ -92,6 +90,22 @@ pub fn rebound(uri: &Uri, headers: &HeaderMap) -> Option<ApiError> {
              a DNS-rebinding attack. Create a key (truce keys create) to serve other names"
         ))
     })
+}
+
+/// `host[:port]` or `[v6 address][:port]`: the host (without brackets) and
+/// the port's text, if any; `None` when the brackets do not close or anything
+/// but a port follows them.
+fn split_authority(authority: &str) -> Option<(&str, Option<&str>)> {
+    match authority.strip_prefix('[') {
+        Some(v6) => match v6.split_once(']')? {
+            (address, "") => Some((address, None)),
+            (address, rest) => Some((address, Some(rest.strip_prefix(':')?))),
+        },
+        None => Some(match authority.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        }),
+    }
 }
 
 /// Checks the `cors_origins` setting: `*` alone, or origins as a browser sends
@@ -109,17 +123,7 @@ pub fn check_origins(origins: &[String]) -> Result<(), String> {
             "http" => Some("80"),
             _ => None,
         };
-        let (host, port) = match authority.strip_prefix('[') {
-            Some(v6) => match v6.split_once(']') {
-                Some((address, "")) => (address, None),
-                Some((address, rest)) => (address, Some(rest.strip_prefix(':').unwrap_or("x"))),
-                None => ("", None),
-            },
-            None => match authority.rsplit_once(':') {
-                Some((host, port)) => (host, Some(port)),
-                None => (authority, None),
-            },
-        };
+        let (host, port) = split_authority(authority).unwrap_or(("", None));
         let host_ok = !host.is_empty()
             && host
                 .chars()

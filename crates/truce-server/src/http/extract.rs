@@ -28,6 +28,8 @@ pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key
 pub const TRUCE_SOURCE: HeaderName = HeaderName::from_static("truce-source");
 /// Which attempt of a retried write this is (insights).
 pub const TRUCE_ATTEMPT: HeaderName = HeaderName::from_static("truce-attempt");
+/// What a reconnecting `EventSource` sends: the id of the last event it got.
+pub const LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
 
 /// How long a request body may go without a byte arriving: a stalled upload
 /// is the client's doing, so it is 408 `request_timeout` rather than the
