@@ -65,16 +65,8 @@ impl Client {
         body: Value,
         precondition: Precondition,
     ) -> Result<WriteResult, ClientError> {
-        self.write_with(
-            Method::PUT,
-            WriteKind::Put,
-            (coll, id),
-            body,
-            &precondition,
-            1,
-            None,
-        )
-        .await
+        self.send_write(&self.write_call(Method::PUT, WriteKind::Put, coll, id, body, &precondition)?)
+            .await
     }
 
     /// Applies update operators to a document (`PATCH`), if `precondition` holds.
@@ -89,43 +81,37 @@ impl Client {
         update: Value,
         precondition: Precondition,
     ) -> Result<WriteResult, ClientError> {
-        self.write_with(
-            Method::PATCH,
-            WriteKind::Patch,
-            (coll, id),
-            update,
-            &precondition,
-            1,
-            None,
-        )
-        .await
+        self.send_write(&self.write_call(Method::PATCH, WriteKind::Patch, coll, id, update, &precondition)?)
+            .await
     }
 
-    /// A document write, as attempt `attempt` of at most `of` of the caller's
-    /// operation.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) async fn write_with(
+    /// The call of a document write (a first attempt: `Call::attempt` says
+    /// another).
+    pub(crate) fn write_call(
         &self,
         method: Method,
         kind: WriteKind,
-        (coll, id): (&str, &str),
+        coll: &str,
+        id: &str,
         body: Value,
         precondition: &Precondition,
-        attempt: u32,
-        of: Option<u32>,
-    ) -> Result<WriteResult, ClientError> {
+    ) -> Result<Call, ClientError> {
         let mut body = object(body)?;
         let header = precondition.apply(kind, &mut body);
         let mut call = Call::write(
             method,
             self.url_for(&["v1", "c", coll, id])?,
             Some(Value::Object(body)),
-        )
-        .attempt(attempt, of);
+        );
         if let Some((name, value)) = header {
             call = call.header(name, value);
         }
-        write_outcome(&self.execute(&call).await?)
+        Ok(call)
+    }
+
+    /// Sends a document write; its answer as a write's.
+    pub(crate) async fn send_write(&self, call: &Call) -> Result<WriteResult, ClientError> {
+        write_outcome(&self.execute(call).await?)
     }
 
     /// Deletes a document if `precondition` holds; the answer's `doc` is the

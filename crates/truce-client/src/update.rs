@@ -55,17 +55,10 @@ impl Client {
             // fresh document says of how many: it is the one whose conflict in
             // the last round ends the call (a permanent failure); one made
             // after a backoff is redone at once if it loses.
-            let written = self
-                .write_with(
-                    Method::PUT,
-                    WriteKind::Put,
-                    (coll, id),
-                    body,
-                    &precondition,
-                    round,
-                    fresh.then_some(attempts),
-                )
-                .await?;
+            let call = self
+                .write_call(Method::PUT, WriteKind::Put, coll, id, body, &precondition)?
+                .attempt(round, fresh.then_some(attempts));
+            let written = self.send_write(&call).await?;
             match written {
                 Ok(written) => return Ok(written),
                 Err(conflict) if conflict.reason.is_stale_read() && (!fresh || round < attempts) => {
