@@ -30,6 +30,13 @@ const ALL_DOCS_LIMIT_DEFAULT: usize = 1000;
 /// An error in CouchDB's shape.
 pub struct CouchError(StatusCode, &'static str, String);
 
+impl CouchError {
+    /// A 400 `bad_request`, CouchDB's answer to a request it cannot take.
+    fn bad_request(reason: impl Into<String>) -> CouchError {
+        CouchError(StatusCode::BAD_REQUEST, "bad_request", reason.into())
+    }
+}
+
 impl IntoResponse for CouchError {
     fn into_response(self) -> Response {
         (self.0, axum::Json(json!({"error": self.1, "reason": self.2}))).into_response()
@@ -104,30 +111,19 @@ fn couch_write(coll: &str, id: &str, mut doc: Map<String, Value>) -> Result<TxOp
     let deleted = doc.remove("_deleted").and_then(|d| d.as_bool()).unwrap_or(false);
     let expect = match rev {
         None | Some(Value::Null) => Expect::Absent,
-        Some(Value::String(rev)) => Expect::Rev(rev.parse().map_err(|_| {
-            CouchError(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                format!("invalid rev {rev:?}"),
-            )
-        })?),
+        Some(Value::String(rev)) => Expect::Rev(
+            rev.parse()
+                .map_err(|_| CouchError::bad_request(format!("invalid rev {rev:?}")))?,
+        ),
         Some(_) => {
-            return Err(CouchError(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                "_rev is a string".into(),
-            ));
+            return Err(CouchError::bad_request("_rev is a string"));
         }
     };
     // CouchDB's own special fields carry nothing Truce keeps; attachments do
     // (refused: dropping them would lose the client's data), and any other
     // `_` field is refused as CouchDB refuses it.
     if truce_server::wire::carries_attachments(&doc) {
-        return Err(CouchError(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            truce_server::wire::NO_ATTACHMENTS.into(),
-        ));
+        return Err(CouchError::bad_request(truce_server::wire::NO_ATTACHMENTS));
     }
     if let Some(key) = doc
         .keys()
@@ -229,13 +225,10 @@ pub async fn changes(
     let since = match params.0.get("since").map(String::as_str) {
         None | Some("0") => 0,
         Some("now") => state.db.durable_seq(),
-        Some(s) => s.trim_matches('"').parse::<u64>().map_err(|_| {
-            CouchError(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                format!("since={s:?} is not a sequence"),
-            )
-        })?,
+        Some(s) => s
+            .trim_matches('"')
+            .parse::<u64>()
+            .map_err(|_| CouchError::bad_request(format!("since={s:?} is not a sequence")))?,
     };
     let limit = params
         .parse::<usize>("limit", "invalid_query")?
@@ -267,11 +260,7 @@ pub async fn changes(
             }
         }
         other => {
-            return Err(CouchError(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                format!("feed={other} is not supported"),
-            ));
+            return Err(CouchError::bad_request(format!("feed={other} is not supported")));
         }
     };
     let results: Vec<Value> = page
@@ -371,11 +360,9 @@ async fn all_docs_for(
                 match params.json(name)? {
                     None => Ok(None),
                     Some(Value::String(id)) => Ok(Some(Value::String(id))),
-                    Some(other) => Err(CouchError(
-                        StatusCode::BAD_REQUEST,
-                        "bad_request",
-                        format!("{name}={other}: keys of _all_docs are document ids, JSON strings"),
-                    )),
+                    Some(other) => Err(CouchError::bad_request(format!(
+                        "{name}={other}: keys of _all_docs are document ids, JSON strings"
+                    ))),
                 }
             };
             let (mut start, mut end) = (
@@ -384,10 +371,8 @@ async fn all_docs_for(
             );
             if let Some(key) = key_param("key")? {
                 if start.is_some() || end.is_some() {
-                    return Err(CouchError(
-                        StatusCode::BAD_REQUEST,
-                        "bad_request",
-                        "`key` is incompatible with `startkey` and `endkey`".into(),
+                    return Err(CouchError::bad_request(
+                        "`key` is incompatible with `startkey` and `endkey`",
                     ));
                 }
                 (start, end) = (Some(key.clone()), Some(key));
@@ -433,11 +418,9 @@ async fn all_docs_for(
 /// A CouchDB parameter that would change the answer and that this subset does
 /// not implement: refused, where ignoring it would answer what was not asked.
 fn unsupported(name: &str, instead: &str) -> CouchError {
-    CouchError(
-        StatusCode::BAD_REQUEST,
-        "bad_request",
-        format!("`{name}` is not supported by Truce's CouchDB subset: {instead} (docs/replication.md)"),
-    )
+    CouchError::bad_request(format!(
+        "`{name}` is not supported by Truce's CouchDB subset: {instead} (docs/replication.md)"
+    ))
 }
 
 /// `_all_docs` parameters read from the query string only.
@@ -461,12 +444,8 @@ fn keys_of(value: Option<&Value>) -> Result<Option<Vec<String>>, CouchError> {
             .map(|k| k.as_str().map(String::from))
             .collect::<Option<Vec<_>>>()
             .map(Some)
-            .ok_or_else(|| CouchError(StatusCode::BAD_REQUEST, "bad_request", "keys are strings".into())),
-        Some(_) => Err(CouchError(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            "`keys` must be an array".into(),
-        )),
+            .ok_or_else(|| CouchError::bad_request("keys are strings")),
+        Some(_) => Err(CouchError::bad_request("`keys` must be an array")),
     }
 }
 
@@ -515,19 +494,12 @@ pub async fn bulk_docs(
 ) -> CouchResult {
     authorize(&who, Role::Write, Some(&coll))?;
     if body.get("new_edits") == Some(&Value::Bool(false)) {
-        return Err(CouchError(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            "new_edits=false (client-assigned revisions) is not supported: Truce keeps one linear history"
-                .into(),
+        return Err(CouchError::bad_request(
+            "new_edits=false (client-assigned revisions) is not supported: Truce keeps one linear history",
         ));
     }
     let Some(Value::Array(docs)) = body.get("docs") else {
-        return Err(CouchError(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            "`docs` must be an array".into(),
-        ));
+        return Err(CouchError::bad_request("`docs` must be an array"));
     };
     if docs.len() > truce::limits::TX_OPS_MAX {
         return Err(truce::Error::LimitExceeded {
@@ -541,18 +513,10 @@ pub async fn bulk_docs(
     let mut ops = Vec::with_capacity(docs.len());
     for doc in docs {
         let Value::Object(doc) = doc.clone() else {
-            return Err(CouchError(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                "every doc is an object".into(),
-            ));
+            return Err(CouchError::bad_request("every doc is an object"));
         };
         let Some(id) = doc.get("_id").and_then(Value::as_str).map(String::from) else {
-            return Err(CouchError(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                "every doc needs an _id".into(),
-            ));
+            return Err(CouchError::bad_request("every doc needs an _id"));
         };
         ops.push((id.clone(), couch_write(&coll, &id, doc)?));
     }
@@ -647,11 +611,7 @@ pub async fn put_doc(
 ) -> CouchResult {
     authorize(&who, Role::Write, Some(&coll))?;
     let Value::Object(mut doc) = body else {
-        return Err(CouchError(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            "a document is a JSON object".into(),
-        ));
+        return Err(CouchError::bad_request("a document is a JSON object"));
     };
     if let Some(rev) = params.0.get("rev") {
         doc.entry("_rev").or_insert_with(|| json!(rev));
