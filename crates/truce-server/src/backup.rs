@@ -13,11 +13,7 @@ const POLL_MS: u64 = 500;
 
 /// Starts the backup and waits for its end; `Err` if it failed.
 pub fn run(args: &BackupArgs) -> Result<(), String> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the runtime: {e}"))?;
-    runtime.block_on(follow(args))
+    crate::remote::block_on(follow(args))
 }
 
 fn mib(bytes: &Value) -> f64 {
@@ -25,11 +21,7 @@ fn mib(bytes: &Value) -> f64 {
 }
 
 async fn follow(args: &BackupArgs) -> Result<(), String> {
-    let mut builder = truce_client::Client::builder(&args.url).source("truce-backup");
-    if let Some(key) = &args.key {
-        builder = builder.api_key(key);
-    }
-    let client = builder.build().map_err(|e| e.to_string())?;
+    let client = crate::remote::client(&args.url, args.key.as_deref(), "truce-backup")?;
     let to = args.to.to_str().ok_or("--to is not UTF-8")?;
     let started = client
         .start_backup(to)

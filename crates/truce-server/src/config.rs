@@ -107,15 +107,18 @@ pub struct DataArgs {
 impl DataArgs {
     /// The data directory these arguments name.
     pub fn dir(&self) -> Result<PathBuf, String> {
-        if let Some(data) = &self.data {
-            return Ok(data.clone());
-        }
-        let file = match &self.config {
-            Some(path) => read_file(path)?,
-            None => FileSettings::default(),
+        let file = match (&self.data, &self.config) {
+            (None, Some(path)) => read_file(path)?,
+            _ => FileSettings::default(),
         };
-        Ok(file.data.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA)))
+        Ok(data_dir(self.data.clone(), file.data))
     }
+}
+
+/// The data directory of a flag (or its variable), else of the settings file,
+/// else the default: `serve`, `keys` and `recount` alike.
+fn data_dir(flag: Option<PathBuf>, file: Option<PathBuf>) -> PathBuf {
+    flag.or(file).unwrap_or_else(|| PathBuf::from(DEFAULT_DATA))
 }
 
 /// `truce recount` arguments.
@@ -312,11 +315,7 @@ impl ServeArgs {
         let default_listen: SocketAddr = DEFAULT_LISTEN.parse().map_err(|e| format!("{e}"))?;
         let settings = Settings {
             listen: self.listen.or(file.listen).unwrap_or(default_listen),
-            data: self
-                .data
-                .clone()
-                .or(file.data)
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA)),
+            data: data_dir(self.data.clone(), file.data),
             log_format: self.log_format.or(file.log_format).unwrap_or_default(),
             insecure_no_auth: self.insecure_no_auth.or(file.insecure_no_auth).unwrap_or(false),
             tls,

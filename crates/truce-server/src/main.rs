@@ -14,6 +14,7 @@ mod http;
 mod http_threads;
 mod keys;
 mod recount;
+mod remote;
 mod serve;
 mod top;
 
@@ -34,21 +35,18 @@ fn quiet_on_broken_pipe() {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(
+        cli.command,
+        Command::Keys(_) | Command::Recount(_) | Command::Backup(_)
+    ) {
+        quiet_on_broken_pipe();
+    }
     let result = match cli.command {
         Command::Serve(args) => serve::run(*args),
-        Command::Keys(command) => {
-            quiet_on_broken_pipe();
-            keys::run(command)
-        }
-        Command::Recount(args) => {
-            quiet_on_broken_pipe();
-            recount::run(&args)
-        }
+        Command::Keys(command) => keys::run(command),
+        Command::Recount(args) => recount::run(&args),
         Command::Top(args) => top::run(&args),
-        Command::Backup(args) => {
-            quiet_on_broken_pipe();
-            backup::run(&args)
-        }
+        Command::Backup(args) => backup::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -17,19 +17,11 @@ pub fn run(args: &TopArgs) -> Result<(), String> {
     if !(args.interval > 0.0 && args.interval <= 3600.0) {
         return Err("--interval is more than 0 and at most 3600 seconds".into());
     }
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the runtime: {e}"))?;
-    runtime.block_on(watch(args))
+    crate::remote::block_on(watch(args))
 }
 
 async fn watch(args: &TopArgs) -> Result<(), String> {
-    let mut builder = truce_client::Client::builder(&args.url);
-    if let Some(key) = &args.key {
-        builder = builder.api_key(key);
-    }
-    let client = builder.build().map_err(|e| e.to_string())?;
+    let client = crate::remote::client(&args.url, args.key.as_deref(), truce_client::SOURCE_DEFAULT)?;
     let tty = std::io::stdout().is_terminal();
     let mut previous: Option<(Instant, Value)> = None;
     let mut shown = 0u64;
