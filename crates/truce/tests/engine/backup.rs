@@ -74,15 +74,15 @@ fn a_backup_taken_under_writes_is_one_commit_of_them() {
     let target = dir.path().join("backup");
     let mut progress = Vec::new();
     // Mid-copy, at least 100 more commits land: the copy must not see them.
-    let mut mid_copy = None;
+    let mut waited = false;
     let report = db
         .backup(&target, &[], &mut |p| {
-            if mid_copy.is_none() {
+            if !waited {
                 let at = db.durable_seq();
                 while db.durable_seq() < at + 100 {
                     thread::yield_now();
                 }
-                mid_copy = Some(at + 100);
+                waited = true;
             }
             progress.push(p.clone())
         })
