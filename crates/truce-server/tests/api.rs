@@ -1515,6 +1515,12 @@ fn sse_resumes_after_the_last_event_id() {
         .error(400, "invalid_query");
     let page = api.get_h("/v1/c/rs/_changes?since=0", &[("Last-Event-ID", "abc")]);
     assert_eq!(change_ids(page.ok(200)), ["one", "a", "b", "two"]);
+    // A valid id does not hide a malformed `since` in the URL.
+    api.get_h(
+        "/v1/c/rs/_changes?feed=sse&since=yesterday",
+        &[("Last-Event-ID", &one.to_string())],
+    )
+    .error(400, "invalid_query");
 }
 
 /// A feed position the server never gave out (past its last commit: its data

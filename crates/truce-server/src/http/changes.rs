@@ -81,14 +81,16 @@ fn feed_request(
     resume_after: Option<u64>,
 ) -> Result<FeedRequest, ApiError> {
     params.only(&["since", "limit", "include_docs", "feed", "timeout"])?;
-    let since = match (resume_after, params.0.get("since").map(String::as_str)) {
-        // A reconnecting stream goes on from its last event, whatever `since`
-        // its URL had (`now` would skip what committed while it was away).
-        (Some(seq), _) => seq,
-        (None, None) => 0,
-        (None, Some("now")) => db.durable_seq(),
-        (None, Some(_)) => params.parse::<u64>("since", "invalid_query")?.unwrap_or(0),
+    // The URL's `since` is checked even when a reconnecting stream's last
+    // event overrides it: a malformed URL is refused the same way every time.
+    let since = match params.0.get("since").map(String::as_str) {
+        None => 0,
+        Some("now") => db.durable_seq(),
+        Some(_) => params.parse::<u64>("since", "invalid_query")?.unwrap_or(0),
     };
+    // A reconnecting stream goes on from its last event, whatever `since` its
+    // URL had (`now` would skip what committed while it was away).
+    let since = resume_after.unwrap_or(since);
     let limit = params
         .parse::<usize>("limit", "invalid_query")?
         .unwrap_or(CHANGES_LIMIT_DEFAULT);
