@@ -51,6 +51,11 @@ pub enum Command {
     /// (a data directory: `truce serve --data DIR` serves it); shows the
     /// progress until it is done.
     Backup(BackupArgs),
+    /// Check a stopped server's data directory (or a backup) for damage: every
+    /// record decodes, and change logs, index entries, counters and idempotency
+    /// records agree with the documents. Prints the report as JSON; exits 1 if
+    /// anything is wrong.
+    Check(CheckArgs),
 }
 
 /// `truce backup` arguments.
@@ -131,6 +136,14 @@ pub struct RecountArgs {
     pub collection: String,
     /// The counter's name.
     pub counter: String,
+}
+
+/// `truce check` arguments.
+#[derive(Args, Debug, Clone)]
+pub struct CheckArgs {
+    /// Where the data directory is.
+    #[command(flatten)]
+    pub data: DataArgs,
 }
 
 /// How log lines are written.

@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 mod backup;
+mod check;
 mod config;
 mod http;
 mod http_threads;
@@ -20,7 +21,7 @@ mod top;
 
 use config::{Cli, Command};
 
-/// For the commands that only print (`keys`, `recount`, `backup`): a reader that goes
+/// For the commands that only print (`keys`, `recount`, `backup`, `check`): a reader that goes
 /// away (`truce keys list | head -1`) ends the process quietly, as it ends
 /// `ls`, instead of a panic in `println!`. Rust ignores SIGPIPE so that a
 /// write returns an error; the server keeps that (its sockets' writes must
@@ -37,7 +38,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     if matches!(
         cli.command,
-        Command::Keys(_) | Command::Recount(_) | Command::Backup(_)
+        Command::Keys(_) | Command::Recount(_) | Command::Backup(_) | Command::Check(_)
     ) {
         quiet_on_broken_pipe();
     }
@@ -47,6 +48,7 @@ fn main() -> ExitCode {
         Command::Recount(args) => recount::run(&args),
         Command::Top(args) => top::run(&args),
         Command::Backup(args) => backup::run(&args),
+        Command::Check(args) => check::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

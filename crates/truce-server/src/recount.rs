@@ -2,18 +2,20 @@
 //! when the server is stopped (a running server holds the directory's lock; then
 //! its HTTP endpoint does the same).
 
+use std::path::{Path, PathBuf};
+
 use truce::{Db, Options};
 
-use crate::config::RecountArgs;
+use crate::config::{DataArgs, RecountArgs};
 use crate::http::config::recount_json;
 
-/// Opens the database, recounts, prints the report as JSON.
-pub fn run(args: &RecountArgs) -> Result<(), String> {
-    let data = args.data.dir()?;
+/// The data directory `data` names, if it holds a database: opening would make
+/// one of any directory (a typo's, say). `truce check` reads it the same way.
+pub fn database_dir(data: &DataArgs) -> Result<PathBuf, String> {
+    let data = data.dir()?;
     if !data.is_dir() {
         return Err(format!("no data directory at {}", data.display()));
     }
-    // Opening would make a database of any directory (a typo's, say).
     if !truce::storage::FjallStorage::holds_database(&data) {
         return Err(format!(
             "{} holds no Truce database: name the server's data directory with --data (or TRUCE_DATA, or its \
@@ -21,20 +23,38 @@ pub fn run(args: &RecountArgs) -> Result<(), String> {
             data.display()
         ));
     }
+    Ok(data)
+}
+
+/// Why `data` could not be opened; `instead` is what to do while a server
+/// holds it.
+pub fn open_error(data: &Path, e: &truce::Error, instead: &str) -> String {
+    if let truce::Error::Storage(truce::storage::StorageError::InUse(_)) = e {
+        format!(
+            "{} is in use by a running server (it holds the directory's lock). {instead}",
+            data.display()
+        )
+    } else {
+        format!("cannot open {}: {e}", data.display())
+    }
+}
+
+/// Opens the database, recounts, prints the report as JSON.
+pub fn run(args: &RecountArgs) -> Result<(), String> {
+    let data = database_dir(&args.data)?;
     let endpoint = format!(
         "curl -X POST http://127.0.0.1:7070/v1/c/{}/_counters/{}/recount",
         args.collection, args.counter
     );
     let db = Db::open(&data, Options::default()).map_err(|e| {
-        if let truce::Error::Storage(truce::storage::StorageError::InUse(_)) = e {
-            format!(
-                "{} is in use by a running server (it holds the directory's lock). Recount through the \
-                 server instead: {endpoint} (with the server's address, and an admin key if it has keys)",
-                data.display()
-            )
-        } else {
-            format!("cannot open {}: {e}", data.display())
-        }
+        open_error(
+            &data,
+            &e,
+            &format!(
+                "Recount through the server instead: {endpoint} (with the server's address, and an admin key if it \
+                 has keys)"
+            ),
+        )
     })?;
     let collection = db.collection(&args.collection).map_err(|e| e.to_string())?;
     let report = collection.recount(&args.counter).map_err(|e| {

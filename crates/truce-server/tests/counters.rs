@@ -616,6 +616,73 @@ fn cli_recount_refuses_a_running_server_and_fixes_a_stopped_ones_data() {
     assert_eq!(stored(&http), expected, "the fix is durable");
 }
 
+/// `truce check` finds a counter's target written behind its back, in a backup
+/// of the running server and in the stopped server's own directory; after a
+/// recount it finds nothing.
+#[test]
+fn cli_check_finds_a_counter_written_behind_its_back() {
+    let mut server = Server::start();
+    let data = server.data.clone();
+    let http = Http::new(&server);
+    http.expect(
+        Method::PUT,
+        "/v1/c/subscribers/_config",
+        Some(&subscriber_counters("after_commit")),
+        200,
+    );
+    create_subscribers(&http);
+    let victim = campaign(1);
+    http.expect(
+        Method::PATCH,
+        &format!("/v1/c/campaign_metrics/{victim}"),
+        Some(&json!({"$inc": {"confirmed": 3}})),
+        200,
+    );
+
+    let (ok, _, stderr) = run_truce(&["check"], &data);
+    assert!(!ok, "check ran beside a live server");
+    assert!(
+        stderr.contains("running server") && stderr.contains("truce backup"),
+        "{stderr}"
+    );
+    // A backup of the running server is checked instead.
+    let copy = tempfile::tempdir().expect("tempdir");
+    let backup = copy.path().join("b");
+    let ran = common::run_bounded(
+        &["backup", "--url", &server.url(), "--to", backup.to_str().unwrap()],
+        Duration::from_secs(30),
+    );
+    assert!(ran.status.is_some_and(|s| s.success()), "{}", ran.stderr);
+    let (ok, stdout, stderr) = run_truce(&["check"], &backup);
+    assert!(!ok, "the damage was not found: {stdout}");
+    assert!(stderr.contains("1 problems found"), "{stderr}");
+    let report: Value = serde_json::from_str(&stdout).expect("a JSON report");
+    assert_eq!(report["clean"], false);
+    assert_eq!(report["problems"][0]["kind"], "counter_mismatch", "{stdout}");
+    let detail = report["problems"][0]["detail"].as_str().unwrap();
+    assert!(
+        detail.contains(&format!("campaign_metrics/{victim}.confirmed")),
+        "{detail}"
+    );
+    assert!(report["checked"]["documents"].as_u64().unwrap() > 0);
+
+    http.expect(
+        Method::POST,
+        "/v1/c/subscribers/_counters/confirmed/recount",
+        None,
+        200,
+    );
+    assert!(server.terminate().success());
+    let (ok, stdout, stderr) = run_truce(&["check"], &data);
+    assert!(ok, "{stdout} {stderr}");
+    let report: Value = serde_json::from_str(&stdout).expect("a JSON report");
+    assert_eq!(report["clean"], true);
+    assert_eq!(report["problems"], json!([]));
+    assert!(stderr.contains("holds no damage"), "{stderr}");
+    let (ok, _, stderr) = run_truce(&["check"], &data.join("missing"));
+    assert!(!ok && stderr.contains("no data directory"), "{stderr}");
+}
+
 // ---------------------------------------------------------------------------
 // README
 // ---------------------------------------------------------------------------

@@ -39,8 +39,9 @@ pub use engine::insights::{
 pub use engine::outcome::{Conflict, ConflictReason, Effect, Expect, WriteResult, Written};
 pub use engine::tx::{OpConflict, TxCommitted, TxFailure, TxOp, TxOutcome};
 pub use engine::{
-    Backup, BackupProgress, BackupReport, BackupStop, Change, ChangesPage, Collection, Db, IndexProgress,
-    Options, PendingTx, PendingWrite, RetryPolicy, Subscription, Transaction,
+    Backup, BackupProgress, BackupReport, BackupStop, Change, ChangesPage, CheckProblem, CheckProgress,
+    CheckReport, Collection, Db, IndexProgress, Options, PendingTx, PendingWrite, RetryPolicy, Subscription,
+    Transaction,
 };
 pub use error::{Error, Result};
 pub use index::query::{Order, Query, QueryPage};

@@ -196,3 +196,12 @@ pub const BACKUP_CHUNK_ENTRIES: usize = 4096;
 /// Bytes (keys and values) past which a backup's write is cut short of
 /// [`BACKUP_CHUNK_ENTRIES`].
 pub const BACKUP_CHUNK_BYTES: usize = 8 << 20;
+
+/// Entries a consistency check (`Db::check`, `truce check`) reads from a space
+/// at once: with documents of at most [`DOC_SIZE_BYTES_MAX`], at most 256 MiB
+/// held, and a few MiB for documents of usual sizes.
+pub const CHECK_CHUNK_ENTRIES: usize = 256;
+
+/// Problems a consistency check lists (it counts every one): a database
+/// damaged throughout would otherwise make a report as large as itself.
+pub const CHECK_PROBLEMS_MAX: usize = 1000;

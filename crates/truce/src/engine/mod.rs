@@ -21,6 +21,7 @@ use crate::limits::{
 use crate::storage::{Durability, FjallOptions, FjallStorage, Storage};
 
 mod backup;
+mod check;
 mod collection;
 mod committer;
 pub mod config;
@@ -42,6 +43,7 @@ mod watermark;
 use poll::PollWindow;
 
 pub use backup::{Backup, BackupProgress, BackupReport, BackupStop};
+pub use check::{CheckProblem, CheckProgress, CheckReport, check};
 pub use collection::Collection;
 pub use committer::{IndexProgress, now_ms};
 pub use evaluate::WriteOp;

@@ -2,16 +2,17 @@
 //! targets (plus increments still in the outbox), and fix the difference with
 //! commutative increments, so increments made meanwhile are never lost.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::storage::{Direction, Space};
+use crate::storage::{Direction, Space, StorageRead};
 use crate::update::path;
 
 use super::Db;
 use super::committer::now_ms;
+use super::config::CounterDef;
 use super::counters::{self, Amount, Increment};
 use super::read::{durable_snapshot, for_each_document};
 
@@ -52,11 +53,51 @@ pub fn recount(db: &Db, collection: &str, name: &str) -> Result<RecountReport> {
         .and_then(|c| c.counters.iter().find(|d| d.name == name).cloned())
         .ok_or_else(|| Error::NotFound(format!("counter {name} of collection {collection}")))?;
     let (view, seq) = durable_snapshot(shared)?;
-    let now = now_ms();
+    let mut fixed = Vec::new();
+    let mut corrections = Vec::new();
+    let groups = tally(&*view, collection, &def, now_ms())?;
+    for (group, expected, have) in &groups {
+        let difference = expected.add(have.negated());
+        if !difference.is_zero() {
+            fixed.push(RecountFix {
+                group: group.clone(),
+                was: number(*have),
+                now: number(*expected),
+            });
+            corrections.push(Increment {
+                collection: def.target_collection.clone(),
+                id: group.clone(),
+                field: def.target_field.clone(),
+                amount: difference,
+            });
+        }
+    }
+    let seq = if corrections.is_empty() {
+        seq
+    } else {
+        db.submit_increments(corrections)?
+    };
+    Ok(RecountReport {
+        checked: groups.len(),
+        fixed,
+        seq,
+    })
+}
+
+/// Every group of counter `def` of collection `source` in `view`, in group
+/// order, as `(group, what the source documents say, what the target says
+/// plus the increments still in the outbox)`. `now` resolves a `$ago` in the
+/// counter's filter.
+pub(super) fn tally(
+    view: &dyn StorageRead,
+    source: &str,
+    def: &CounterDef,
+    now: u64,
+) -> Result<Vec<(String, Amount, Amount)>> {
     let mut truth: BTreeMap<String, Amount> = BTreeMap::new();
-    for_each_document(&*view, collection, |doc| {
+    for_each_document(view, source, |doc| {
         if !doc.is_deleted()
-            && let Some((group, amount)) = counters::contribution(&def, &doc.body, now)
+            && let Some((group, amount)) = counters::contribution(def, &doc.body, now)
         {
             let entry = truth.entry(group).or_insert(Amount::Int(0));
             *entry = entry.add(amount);
@@ -65,7 +106,7 @@ pub fn recount(db: &Db, collection: &str, name: &str) -> Result<RecountReport> {
     })?;
     let target_path = crate::update::Path::parse(&def.target_field)?;
     let mut observed: BTreeMap<String, Amount> = BTreeMap::new();
-    for_each_document(&*view, &def.target_collection, |doc| {
+    for_each_document(view, &def.target_collection, |doc| {
         if !doc.is_deleted()
             && let Some(value @ Value::Number(_)) = path::get(&doc.body, &target_path)
         {
@@ -86,35 +127,12 @@ pub fn recount(db: &Db, collection: &str, name: &str) -> Result<RecountReport> {
             *entry = entry.add(inc.amount);
         }
     }
-    let groups: std::collections::BTreeSet<&String> = truth.keys().chain(observed.keys()).collect();
-    let mut fixed = Vec::new();
-    let mut corrections = Vec::new();
-    for group in &groups {
-        let expected = truth.get(*group).copied().unwrap_or(Amount::Int(0));
-        let have = observed.get(*group).copied().unwrap_or(Amount::Int(0));
-        let difference = expected.add(have.negated());
-        if !difference.is_zero() {
-            fixed.push(RecountFix {
-                group: (*group).clone(),
-                was: number(have),
-                now: number(expected),
-            });
-            corrections.push(Increment {
-                collection: def.target_collection.clone(),
-                id: (*group).clone(),
-                field: def.target_field.clone(),
-                amount: difference,
-            });
-        }
-    }
-    let seq = if corrections.is_empty() {
-        seq
-    } else {
-        db.submit_increments(corrections)?
-    };
-    Ok(RecountReport {
-        checked: groups.len(),
-        fixed,
-        seq,
-    })
+    let groups: BTreeSet<&String> = truth.keys().chain(observed.keys()).collect();
+    Ok(groups
+        .into_iter()
+        .map(|group| {
+            let of = |map: &BTreeMap<String, Amount>| map.get(group).copied().unwrap_or(Amount::Int(0));
+            (group.clone(), of(&truth), of(&observed))
+        })
+        .collect())
 }

@@ -2,6 +2,7 @@
 
 mod backup;
 mod changes;
+mod check;
 mod concurrency;
 mod counters;
 mod crash;

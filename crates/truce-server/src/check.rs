@@ -1,0 +1,86 @@
+//! `truce check`: the engine's consistency check (`truce::engine::check`) on a
+//! stopped server's data directory, or on a backup (`truce backup` takes one
+//! of a running server: checking it checks the database as of that commit).
+//! Reads only; opening recovers the journal as `truce serve` would.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use truce::CheckReport;
+use truce::storage::{FjallStorage, Storage};
+
+use crate::config::CheckArgs;
+use crate::recount::{database_dir, open_error};
+
+/// How often the progress is shown.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+
+/// The report as `truce check` prints it.
+fn report_json(report: &CheckReport) -> Value {
+    let problems: Vec<Value> = report
+        .problems
+        .iter()
+        .map(|p| json!({"kind": p.kind, "space": p.space, "detail": p.detail}))
+        .collect();
+    json!({
+        "seq": report.seq,
+        "clean": report.is_clean(),
+        "checked": {
+            "documents": report.documents,
+            "changes": report.changes,
+            "index_entries": report.index_entries,
+            "idempotency": report.idempotency,
+            "outbox": report.outbox,
+            "counter_groups": report.counter_groups,
+        },
+        "counters_skipped": report.counters_skipped,
+        "problems_total": report.problems_total,
+        "problems": problems,
+    })
+}
+
+/// Opens the directory, checks it, prints the report; an error if anything is
+/// wrong.
+pub fn run(args: &CheckArgs) -> Result<(), String> {
+    let data = database_dir(&args.data)?;
+    let storage = FjallStorage::open(&data).map_err(|e| {
+        open_error(
+            &data,
+            &truce::Error::Storage(e),
+            "Stop it, or check a backup of it: truce backup --to DIR, then truce check --data DIR",
+        )
+    })?;
+    let view = storage
+        .snapshot()
+        .map_err(|e| format!("cannot read {}: {e}", data.display()))?;
+    let started = Instant::now();
+    let mut shown = Instant::now();
+    let report = truce::engine::check(&*view, &mut |progress| {
+        if shown.elapsed() >= PROGRESS_EVERY {
+            shown = Instant::now();
+            eprintln!("checking {}: {} entries so far", progress.space, progress.entries);
+        }
+    })
+    .map_err(|e| format!("the check could not read {}: {e}", data.display()))?;
+    let text = serde_json::to_string_pretty(&report_json(&report)).map_err(|e| e.to_string())?;
+    println!("{text}");
+    let entries =
+        report.documents + report.changes + report.index_entries + report.idempotency + report.outbox;
+    if report.is_clean() {
+        eprintln!(
+            "{} holds no damage: {entries} entries and {} counter groups checked in {:.1} s, up to seq {}",
+            data.display(),
+            report.counter_groups,
+            started.elapsed().as_secs_f64(),
+            report.seq
+        );
+        Ok(())
+    } else {
+        Err(format!(
+            "{} problems found in {} (the report above lists the first {})",
+            report.problems_total,
+            data.display(),
+            report.problems.len()
+        ))
+    }
+}

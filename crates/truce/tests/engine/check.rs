@@ -1,0 +1,241 @@
+//! The consistency check: clean on a database the engine wrote, whatever it
+//! holds, and each kind of damage to a derived record is found and named.
+
+use std::sync::Arc;
+
+use serde_json::json;
+use truce::engine::check;
+use truce::record;
+use truce::storage::{Direction, MemoryStorage, Space, Storage, StorageRead, WriteBatch};
+use truce::{CheckReport, CollectionConfig, Db, Expect, IndexSpec, Options, TxOp};
+
+use crate::indexes::wait_ready;
+use crate::update;
+
+/// A database holding a bit of everything the check compares: documents
+/// rewritten and deleted, a ready index, counters of both modes (with a sum),
+/// idempotency records and a transaction.
+fn populated() -> (Arc<MemoryStorage>, Db) {
+    let storage = Arc::new(MemoryStorage::new());
+    let db = Db::open_with_storage(storage.clone(), Options::default()).unwrap();
+    let orders = db.collection("orders").unwrap();
+    orders
+        .set_config(
+            CollectionConfig::from_json(&json!({"counters": [
+                {"name": "placed", "group_by": "shop", "target": {"c": "shops", "field": "orders"}},
+                {"name": "revenue", "group_by": "shop", "sum": "total", "mode": "after_commit",
+                 "target": {"c": "shops", "field": "revenue"}}]}))
+            .unwrap(),
+        )
+        .unwrap();
+    orders
+        .create_index(
+            "by_shop",
+            IndexSpec {
+                fields: vec!["shop".into(), "total".into()],
+                unique: false,
+            },
+        )
+        .unwrap();
+    wait_ready(&orders, "by_shop");
+    for i in 0..40 {
+        let body = json!({"shop": format!("s{}", i % 3), "total": i});
+        orders
+            .put_idempotent(&format!("key-{i}"), &format!("o{i}"), body, Expect::Absent)
+            .unwrap()
+            .unwrap();
+    }
+    for i in 0..10 {
+        orders
+            .patch(
+                &format!("o{i}"),
+                update(json!({"$set": {"shop": "s9"}, "$inc": {"total": 1}})),
+                Expect::Any,
+            )
+            .unwrap()
+            .unwrap();
+        orders
+            .delete(&format!("o{}", 20 + i), Expect::Any)
+            .unwrap()
+            .unwrap();
+    }
+    db.batch(
+        vec![
+            TxOp::Put {
+                collection: "orders".into(),
+                id: "t1".into(),
+                body: json!({"shop": "s1", "total": 5}),
+                expect: Expect::Absent,
+            },
+            TxOp::Delete {
+                collection: "orders".into(),
+                id: "o39".into(),
+                expect: Expect::Any,
+            },
+        ],
+        None,
+    )
+    .unwrap()
+    .unwrap();
+    (storage, db)
+}
+
+fn check_of(storage: &MemoryStorage) -> CheckReport {
+    let mut chunks = 0;
+    let report = check(&*storage.snapshot().unwrap(), &mut |_| chunks += 1).unwrap();
+    assert!(chunks > 0, "progress was reported");
+    report
+}
+
+fn first_key(storage: &MemoryStorage, space: Space, prefix: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    storage
+        .scan(
+            space,
+            std::ops::Bound::Included(prefix),
+            std::ops::Bound::Unbounded,
+            Direction::Forward,
+            1,
+        )
+        .unwrap()
+        .pop()
+        .expect("an entry")
+}
+
+fn damage(storage: &MemoryStorage, edit: impl FnOnce(&mut WriteBatch)) {
+    let mut batch = WriteBatch::new();
+    edit(&mut batch);
+    storage.apply(batch, truce::Durability::Immediate).unwrap();
+}
+
+fn kinds(report: &CheckReport) -> Vec<&'static str> {
+    report.problems.iter().map(|p| p.kind).collect()
+}
+
+#[test]
+fn a_database_the_engine_wrote_is_clean() {
+    let (storage, db) = populated();
+    let online = db.check(&mut |_| {}).unwrap();
+    assert!(online.is_clean(), "{:?}", online.problems);
+    assert_eq!(online.seq, db.durable_seq());
+    // 41 orders (tombstones too) and 4 shop documents, each with its entry.
+    assert_eq!((online.documents, online.changes), (45, 45));
+    assert_eq!(online.index_entries, 30, "the live orders");
+    assert_eq!(online.idempotency, 80, "40 records and their expiry entries");
+    assert_eq!(online.counter_groups, 8, "four shops, two counters");
+    drop(db);
+    assert_eq!(check_of(&storage), online, "the same offline");
+}
+
+#[test]
+fn each_kind_of_damage_is_found() {
+    let (storage, db) = populated();
+    drop(db);
+    let (change_key, _) = first_key(&storage, Space::Changes, b"orders\0");
+    let (index_key, _) = first_key(&storage, Space::Index, b"orders\0by_shop\0");
+    let (expiry_key, _) = first_key(&storage, Space::IdempotencyExpiry, b"");
+    let (shop_key, shop_value) = first_key(&storage, Space::Documents, b"shops\0s1");
+    damage(&storage, |b| {
+        // A change-log entry lost, and one left behind by an older write.
+        b.remove(Space::Changes, change_key.clone());
+        b.put(
+            Space::Changes,
+            [&b"orders\0"[..], &1u64.to_be_bytes(), b"o1"].concat(),
+            Vec::new(),
+        );
+        // An index entry lost; one for values no document has; one of no index.
+        b.remove(Space::Index, index_key.clone());
+        b.put(
+            Space::Index,
+            [&b"orders\0by_shop\0"[..], b"\x7fjunk", b"o1"].concat(),
+            b"o1".to_vec(),
+        );
+        b.put(Space::Index, b"orders\0gone\0x".to_vec(), b"o1".to_vec());
+        // An expiry entry lost.
+        b.remove(Space::IdempotencyExpiry, expiry_key.clone());
+        // A counter target rewritten behind the counter's back.
+        let doc = record::decode_document("s1", &shop_value).unwrap();
+        let mut body = doc.body.clone();
+        body.insert("orders".into(), json!(1000));
+        let canonical = truce::doc::canonical_bytes(&body);
+        let meta = truce::Meta {
+            rev: truce::Rev::compute(doc.meta.version() + 1, &canonical, false),
+            ..doc.meta
+        };
+        b.put(
+            Space::Documents,
+            shop_key.clone(),
+            record::encode_document(&meta, &canonical),
+        );
+    });
+    let report = check_of(&storage);
+    let mut found = kinds(&report);
+    found.sort_unstable();
+    found.dedup();
+    assert_eq!(
+        found,
+        [
+            "counter_mismatch",
+            "missing_change",
+            "missing_idempotency_expiry",
+            "missing_index_entry",
+            "orphan_index_entry",
+            "stale_change",
+            "stale_index_entry",
+        ],
+        "{:#?}",
+        report.problems
+    );
+    assert_eq!(report.problems_total, report.problems.len() as u64);
+    let mismatch = report
+        .problems
+        .iter()
+        .find(|p| p.kind == "counter_mismatch")
+        .unwrap();
+    assert!(mismatch.detail.contains("shops/s1.orders"), "{}", mismatch.detail);
+}
+
+#[test]
+fn a_corrupt_record_a_stale_expiry_entry_and_a_record_past_the_last_commit_are_found() {
+    let (storage, db) = populated();
+    drop(db);
+    let (doc_key, doc_value) = first_key(&storage, Space::Documents, b"orders\0o2");
+    let (flipped_key, mut flipped) = first_key(&storage, Space::Documents, b"orders\0o1");
+    damage(&storage, |b| {
+        let last = flipped.len() - 2;
+        flipped[last] ^= 0x20;
+        b.put(Space::Documents, flipped_key.clone(), flipped);
+        b.put(
+            Space::IdempotencyExpiry,
+            [&7u64.to_be_bytes()[..], b"key-3"].concat(),
+            Vec::new(),
+        );
+        let doc = record::decode_document("o2", &doc_value).unwrap();
+        let meta = truce::Meta {
+            seq: 1 << 40,
+            ..doc.meta
+        };
+        let canonical = truce::doc::canonical_bytes(&doc.body);
+        b.put(
+            Space::Documents,
+            doc_key.clone(),
+            record::encode_document(&meta, &canonical),
+        );
+    });
+    let report = check_of(&storage);
+    let found = kinds(&report);
+    assert_eq!(
+        found.iter().filter(|k| **k == "corrupt_record").count(),
+        1,
+        "{found:?}"
+    );
+    // The counters of a collection holding it cannot be recounted: said, not failed.
+    assert_eq!(report.counters_skipped.len(), 2, "{:?}", report.counters_skipped);
+    assert!(report.counters_skipped[0].contains("does not decode"));
+    assert!(found.contains(&"stale_idempotency_expiry"), "{found:?}");
+    assert!(found.contains(&"ahead_of_last_seq"), "{found:?}");
+    // Its change-log entry is at its old seq: missing at the new one, stale at the old.
+    assert!(
+        found.contains(&"missing_change") && found.contains(&"stale_change"),
+        "{found:?}"
+    );
+}
