@@ -144,8 +144,9 @@ impl Update {
     ) -> Result<Map<String, Value>, Error> {
         let inserting = current.is_none();
         let mut doc = current.cloned().unwrap_or_default();
+        let mut pad = path::Padding::default();
         for (path, op) in &self.ops {
-            op.apply(&mut doc, path, now_ms, inserting)?;
+            op.apply(&mut doc, path, now_ms, inserting, &mut pad)?;
         }
         // The root object is level 1, so its children may nest DOC_DEPTH_MAX - 1 more.
         if doc.values().any(|v| deeper_than(v, DOC_DEPTH_MAX - 1)) {

@@ -125,16 +125,17 @@ impl Op {
         path: &Path,
         now_ms: u64,
         inserting: bool,
+        pad: &mut path::Padding,
     ) -> Result<(), Error> {
         match self {
-            Op::Set(v) => path::set(doc, path, v.clone()),
-            Op::SetOnInsert(v) if inserting => path::set(doc, path, v.clone()),
+            Op::Set(v) => path::set(doc, path, v.clone(), pad),
+            Op::SetOnInsert(v) if inserting => path::set(doc, path, v.clone(), pad),
             Op::SetOnInsert(_) => Ok(()),
             Op::Unset => {
                 path::remove(doc, path);
                 Ok(())
             }
-            Op::CurrentDate => path::set(doc, path, Value::from(now_ms)),
+            Op::CurrentDate => path::set(doc, path, Value::from(now_ms), pad),
             Op::Inc(n) | Op::Mul(n) => {
                 let is_inc = matches!(self, Op::Inc(_));
                 let new = match path::get_mut(doc, path) {
@@ -149,7 +150,7 @@ impl Op {
                     }
                     Some(other) => return Err(self.wrong_type(path, other, "a number")),
                 };
-                path::set(doc, path, Value::Number(new))
+                path::set(doc, path, Value::Number(new), pad)
             }
             Op::Min(v) | Op::Max(v) => {
                 let wanted = if matches!(self, Op::Min(_)) {
@@ -159,7 +160,7 @@ impl Op {
                 };
                 match path::get(doc, path) {
                     Some(cur) if compare(v, cur) != wanted => Ok(()),
-                    _ => path::set(doc, path, v.clone()),
+                    _ => path::set(doc, path, v.clone(), pad),
                 }
             }
             Op::Push(items) | Op::AddToSet(items) => {
@@ -173,7 +174,7 @@ impl Op {
                     Some(other) => Err(self.wrong_type(path, other, "an array")),
                     None => {
                         let new = if unique { not_in(&[], items) } else { items.clone() };
-                        path::set(doc, path, Value::Array(new))
+                        path::set(doc, path, Value::Array(new), pad)
                     }
                 }
             }

@@ -16,10 +16,23 @@ pub struct Path {
     segments: Vec<String>,
 }
 
-/// Highest array index a write may pad up to. Every padded `null` costs at least 5
-/// bytes of JSON, so past this the document could not be stored anyway; refusing
-/// early keeps a path like `a.999999999` from allocating gigabytes first.
+/// Highest array index a write may pad up to, and how many `null`s one update may
+/// pad with over all its paths. Every padded `null` costs at least 5 bytes of
+/// JSON, so past this the document could not be stored anyway; refusing early
+/// keeps a path like `a.999999999`, or 256 paths each padding just under it,
+/// from allocating gigabytes before the size check.
 const PAD_INDEX_MAX: usize = DOC_SIZE_BYTES_MAX / 5;
+
+/// What is left of one update's padding (`PAD_INDEX_MAX`): the `null`s
+/// [`set`] may still add to arrays.
+#[derive(Debug)]
+pub struct Padding(usize);
+
+impl Default for Padding {
+    fn default() -> Padding {
+        Padding(PAD_INDEX_MAX)
+    }
+}
 
 impl Path {
     /// Parses a path that an update writes through.
@@ -137,7 +150,7 @@ fn get_mut_segments<'a>(doc: &'a mut Map<String, Value>, segments: &[String]) ->
 ///
 /// Errors with [`Error::InvalidOperator`] naming the path when the walk meets a
 /// scalar, or a non-index segment on an array.
-pub fn set(doc: &mut Map<String, Value>, path: &Path, value: Value) -> Result<(), Error> {
+pub fn set(doc: &mut Map<String, Value>, path: &Path, value: Value, pad: &mut Padding) -> Result<(), Error> {
     let (last, init) = split(path);
     if init.is_empty() {
         doc.insert(last.to_owned(), value);
@@ -147,7 +160,7 @@ pub fn set(doc: &mut Map<String, Value>, path: &Path, value: Value) -> Result<()
         .entry(init[0].clone())
         .or_insert_with(|| Value::Object(Map::new()));
     for (depth, seg) in init.iter().enumerate().skip(1) {
-        cur = child_or_create(cur, seg, path, depth)?;
+        cur = child_or_create(cur, seg, path, depth, pad)?;
     }
     match cur {
         Value::Object(m) => {
@@ -155,7 +168,7 @@ pub fn set(doc: &mut Map<String, Value>, path: &Path, value: Value) -> Result<()
         }
         Value::Array(a) => {
             let i = array_index(last, path, init.len())?;
-            *slot(a, i, path)? = value;
+            *slot(a, i, path, pad)? = value;
         }
         other => return Err(descend_error(path, init.len(), other)),
     }
@@ -198,6 +211,7 @@ fn child_or_create<'a>(
     seg: &str,
     path: &Path,
     depth: usize,
+    pad: &mut Padding,
 ) -> Result<&'a mut Value, Error> {
     match cur {
         Value::Object(m) => Ok(m
@@ -206,7 +220,7 @@ fn child_or_create<'a>(
         Value::Array(a) => {
             let i = array_index(seg, path, depth)?;
             if i >= a.len() {
-                *slot(a, i, path)? = Value::Object(Map::new());
+                *slot(a, i, path, pad)? = Value::Object(Map::new());
             }
             Ok(&mut a[i])
         }
@@ -215,7 +229,7 @@ fn child_or_create<'a>(
 }
 
 /// Element `i` of `a`, padding with `null` when `i` is at or past the end.
-fn slot<'a>(a: &'a mut Vec<Value>, i: usize, path: &Path) -> Result<&'a mut Value, Error> {
+fn slot<'a>(a: &'a mut Vec<Value>, i: usize, path: &Path, pad: &mut Padding) -> Result<&'a mut Value, Error> {
     if i > PAD_INDEX_MAX {
         return Err(Error::InvalidOperator(format!(
             "array index {i} in path '{path}' is too large: padding up to it would exceed \
@@ -223,6 +237,14 @@ fn slot<'a>(a: &'a mut Vec<Value>, i: usize, path: &Path) -> Result<&'a mut Valu
         )));
     }
     if i >= a.len() {
+        let added = i + 1 - a.len();
+        if added > pad.0 {
+            return Err(Error::InvalidOperator(format!(
+                "array index {i} in path '{path}' is too large: with this update's other paths, padding up \
+                 to it would exceed DOC_SIZE_BYTES_MAX ({DOC_SIZE_BYTES_MAX} bytes)"
+            )));
+        }
+        pad.0 -= added;
         a.resize(i + 1, Value::Null);
     }
     Ok(&mut a[i])
@@ -341,9 +363,9 @@ mod tests {
     #[test]
     fn set_creates_intermediate_objects() {
         let mut doc = Map::new();
-        set(&mut doc, &p("a.b.c"), json!(1)).expect("set");
-        set(&mut doc, &p("a.d"), json!(2)).expect("set");
-        set(&mut doc, &p("top"), json!(3)).expect("set");
+        set(&mut doc, &p("a.b.c"), json!(1), &mut Padding::default()).expect("set");
+        set(&mut doc, &p("a.d"), json!(2), &mut Padding::default()).expect("set");
+        set(&mut doc, &p("top"), json!(3), &mut Padding::default()).expect("set");
         assert_eq!(
             Value::Object(doc),
             json!({"a": {"b": {"c": 1}, "d": 2}, "top": 3})
@@ -353,9 +375,9 @@ mod tests {
     #[test]
     fn set_into_arrays() {
         let mut doc = obj(json!({"a": [1, 2]}));
-        set(&mut doc, &p("a.0"), json!("x")).expect("replace");
-        set(&mut doc, &p("a.2"), json!("end")).expect("append");
-        set(&mut doc, &p("a.5.k"), json!(true)).expect("pad");
+        set(&mut doc, &p("a.0"), json!("x"), &mut Padding::default()).expect("replace");
+        set(&mut doc, &p("a.2"), json!("end"), &mut Padding::default()).expect("append");
+        set(&mut doc, &p("a.5.k"), json!(true), &mut Padding::default()).expect("pad");
         assert_eq!(
             Value::Object(doc),
             json!({"a": ["x", 2, "end", null, null, {"k": true}]})
@@ -365,17 +387,19 @@ mod tests {
     #[test]
     fn set_errors_name_the_path() {
         let mut doc = obj(json!({"a": 5, "arr": [1], "n": null}));
-        let err = set(&mut doc, &p("a.b.c"), json!(1)).expect_err("scalar");
+        let err = set(&mut doc, &p("a.b.c"), json!(1), &mut Padding::default()).expect_err("scalar");
         assert!(matches!(&err, Error::InvalidOperator(m) if m.contains("'a.b.c'") && m.contains("number")));
-        let err = set(&mut doc, &p("a.b"), json!(1)).expect_err("scalar parent");
+        let err = set(&mut doc, &p("a.b"), json!(1), &mut Padding::default()).expect_err("scalar parent");
         assert!(matches!(&err, Error::InvalidOperator(m) if m.contains("'a'")));
-        let err = set(&mut doc, &p("n.x"), json!(1)).expect_err("null parent");
+        let err = set(&mut doc, &p("n.x"), json!(1), &mut Padding::default()).expect_err("null parent");
         assert!(matches!(&err, Error::InvalidOperator(m) if m.contains("null")));
-        let err = set(&mut doc, &p("arr.x"), json!(1)).expect_err("field in array");
+        let err = set(&mut doc, &p("arr.x"), json!(1), &mut Padding::default()).expect_err("field in array");
         assert!(matches!(&err, Error::InvalidOperator(m) if m.contains("arr.x")));
-        let err = set(&mut doc, &p("arr.x.y"), json!(1)).expect_err("field in array");
+        let err =
+            set(&mut doc, &p("arr.x.y"), json!(1), &mut Padding::default()).expect_err("field in array");
         assert!(matches!(&err, Error::InvalidOperator(_)));
-        let err = set(&mut doc, &p("arr.999999999"), json!(1)).expect_err("huge pad");
+        let err =
+            set(&mut doc, &p("arr.999999999"), json!(1), &mut Padding::default()).expect_err("huge pad");
         assert!(matches!(&err, Error::InvalidOperator(m) if m.contains("DOC_SIZE_BYTES_MAX")));
         assert_eq!(Value::Object(doc), json!({"a": 5, "arr": [1], "n": null}));
     }

@@ -400,6 +400,27 @@ fn presence_heartbeat() {
     );
 }
 
+/// Each path may pad an array up to just under the bound, but not every path of
+/// one update: 256 of them would build ~54 million `null`s (gigabytes, seconds
+/// of the committer) before the document's size is checked.
+#[test]
+fn padding_is_bounded_over_the_whole_update() {
+    let index = crate::limits::DOC_SIZE_BYTES_MAX / 5;
+    let arrays: Map<String, Value> = (0..256).map(|i| (format!("a{i}"), json!([]))).collect();
+    let one = ok(
+        json!({"$set": {format!("a0.{}", index - 1): 1}}),
+        Value::Object(arrays.clone()),
+    );
+    assert_eq!(one["a0"].as_array().map(Vec::len), Some(index));
+    let all: Map<String, Value> = (0..256)
+        .map(|i| (format!("a{i}.{}", index - 1), json!(1)))
+        .collect();
+    op_err(
+        run(json!({"$set": all}), Value::Object(arrays)),
+        "with this update's other paths",
+    );
+}
+
 fn arb_update() -> impl Strategy<Value = Value> {
     let op = prop::sample::select(OPERATORS.to_vec());
     let path = prop::sample::select(vec!["a", "a.b", "b.0", "c.1.d", "arr", "n", "_x", "a.$"]);
