@@ -426,6 +426,11 @@ fn config_validates_round_trips_and_backfills() {
         counter(json!({"target": {"c": "t", "field": "_f"}})),
         counter(json!({"sum": 5})),
         counter(json!({"mode": "later"})),
+        // Bodies hold no `_` fields: these would count nothing.
+        counter(json!({"group_by": "_id"})),
+        counter(json!({"sum": "_version"})),
+        // A target among the documents it counts.
+        counter(json!({"target": {"c": "subscribers", "field": "n"}})),
         json!({"counters": [{"name": "c", "group_by": "g", "target": {"c": "t", "field": "f"}},
                             {"name": "c", "group_by": "h", "target": {"c": "t", "field": "f"}}]}),
     ];
@@ -500,6 +505,7 @@ fn config_routes_need_their_roles() {
     let writer = create_key(&data, &["--role", "write"]);
     let reader = create_key(&data, &["--role", "read"]);
     let subscribers_admin = create_key(&data, &["--role", "admin", "--collections", "subscribers"]);
+    let with_stats = create_key(&data, &["--role", "admin", "--collections", "subscribers,stats"]);
     let server = Server::start_in(&data, &[]);
     let http = Http::new(&server);
     let call = |key: &str, method: Method, path: &str, body: Option<&Value>| {
@@ -529,8 +535,9 @@ fn config_routes_need_their_roles() {
         Some(&config),
     );
     assert_eq!(status, 403, "{answer}");
+    // One that may write the target's collection too may.
     let own = json!({"counters": [{"name": "n", "group_by": "kind",
-                                   "target": {"c": "subscribers", "field": "n"}}]});
+                                   "target": {"c": "stats", "field": "n"}}]});
     assert_eq!(
         call(
             &subscribers_admin,
@@ -539,6 +546,10 @@ fn config_routes_need_their_roles() {
             Some(&own)
         )
         .0,
+        403
+    );
+    assert_eq!(
+        call(&with_stats, Method::PUT, "/v1/c/subscribers/_config", Some(&own)).0,
         200
     );
     assert_eq!(

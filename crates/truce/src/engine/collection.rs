@@ -291,6 +291,7 @@ impl Collection {
     /// (a recount), and its report returned.
     pub fn set_config(&self, config: CollectionConfig) -> Result<Vec<(String, RecountReport)>> {
         let before = self.config();
+        config.check_declared(&self.name, &before)?;
         let new_counters: Vec<String> = config
             .counters
             .iter()

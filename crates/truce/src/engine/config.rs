@@ -205,6 +205,45 @@ impl CollectionConfig {
         Ok(CollectionConfig { ttl, counters })
     }
 
+    /// Refuses what a new declaration of counters on `collection` may not say,
+    /// beyond what a stored configuration is checked for ([`Self::from_json`],
+    /// which configurations stored before these rules still pass): a
+    /// `group_by` or `sum` naming a `_` field (bodies have none: the counter
+    /// would count nothing), and a target in `collection` itself (a target is
+    /// then also a source: deleting it would bring it back as its own count).
+    /// A counter as it already is in `before` passes as it is.
+    pub fn check_declared(&self, collection: &str, before: &CollectionConfig) -> Result<()> {
+        let existing = before.to_json()["counters"].clone();
+        let current = self.to_json()["counters"].clone();
+        for (index, def) in self.counters.iter().enumerate() {
+            let unchanged = existing
+                .as_array()
+                .is_some_and(|list| list.contains(&current[index]));
+            if unchanged {
+                continue;
+            }
+            let what = format!("counters[{index}]");
+            for (key, path) in [("group_by", Some(&def.group_by)), ("sum", def.sum.as_ref())] {
+                if let Some(path) = path
+                    && path.segments()[0].starts_with('_')
+                {
+                    return Err(invalid(format!(
+                        "{what}.{key} {:?} names a `_` field, which documents' bodies never hold: the counter \
+                         would count nothing",
+                        path.to_string()
+                    )));
+                }
+            }
+            if def.target_collection == collection {
+                return Err(invalid(format!(
+                    "{what}.target is in {collection} itself: a counter's target must be in another collection \
+                     (its increments would be writes of the documents it counts)"
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// The JSON form, as stored and shown.
     pub fn to_json(&self) -> Value {
         let ttl = self
