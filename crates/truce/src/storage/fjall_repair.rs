@@ -54,8 +54,14 @@ fn end_marker_at(bytes: &[u8], end: usize) -> bool {
 
 /// Where the newest journal must be cut to drop a final batch that fails its
 /// checksum; `None` if the final batch is sound (or the file is not understood).
+///
+/// The journal's data ends before the zeroes that follow it: fjall makes each
+/// new journal 64 MiB long, `fjall_journal.rs` writes zeroes ahead of its end,
+/// and only a reopen shrinks it to its data. An End entry ends in `FJL\x03`,
+/// never a zero, so a complete final batch ends at the last byte that is not one.
 fn torn_tail_cut(bytes: &[u8]) -> Option<usize> {
-    let len = bytes.len();
+    let len = bytes.iter().rposition(|&b| b != 0).map_or(0, |last| last + 1);
+    let bytes = &bytes[..len];
     if !end_marker_at(bytes, len) {
         return None; // Incomplete tails are fjall's own business.
     }
@@ -122,5 +128,13 @@ mod tests {
             "incomplete tails are left to fjall"
         );
         assert_eq!(torn_tail_cut(b""), None);
+        // A new journal's data is followed by zeroes up to its preallocated length.
+        let zeroes = vec![0; 4096];
+        assert_eq!(torn_tail_cut(&[&good[..], &zeroes].concat()), None);
+        assert_eq!(
+            torn_tail_cut(&[&torn[..], &zeroes].concat()),
+            Some(batch(b"first items", false).len())
+        );
+        assert_eq!(torn_tail_cut(&zeroes), None);
     }
 }

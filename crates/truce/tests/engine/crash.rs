@@ -188,12 +188,7 @@ fn sigkill_at_random_moments_loses_no_acknowledged_write() {
                 .set_len(len - cut)
                 .unwrap(),
             _ => {
-                // Inside the last batch's items, before its 13-byte end marker:
-                // a complete-looking batch that fails its checksum.
-                let mut bytes = std::fs::read(newest).unwrap();
-                let at = bytes.len() - 13 - cut as usize;
-                bytes[at] ^= 0xFF;
-                std::fs::write(newest, bytes).unwrap();
+                corrupt_last_batch(newest, cut as usize);
             }
         }
         let db = Db::open(dir.path(), truce::Options::default())
@@ -201,4 +196,39 @@ fn sigkill_at_random_moments_loses_no_acknowledged_write() {
         let present = check_consistent(&db, acked.keys().cloned());
         assert!(present > 0);
     }
+}
+
+/// Flips a byte `back` bytes before the last batch's 13-byte end marker, inside
+/// its items: a complete-looking batch that fails its checksum, as a torn write
+/// leaves it. The journal's data ends where the zeroes after it start.
+fn corrupt_last_batch(journal: &Path, back: usize) -> usize {
+    let mut bytes = std::fs::read(journal).unwrap();
+    let end = bytes.iter().rposition(|&b| b != 0).unwrap() + 1;
+    bytes[end - 13 - back] ^= 0xFF;
+    std::fs::write(journal, &bytes).unwrap();
+    end
+}
+
+/// The same damage in a journal no reopen has shrunk yet — a new data
+/// directory's, or any journal fjall starts once the last one is full — which
+/// is zeroes from its data's end to its preallocated 64 MiB. Recovery used to
+/// fail there, at every start, until someone cut the file by hand.
+#[test]
+fn a_torn_last_batch_of_a_preallocated_journal_is_dropped() {
+    if std::env::var(CHILD_ENV).is_ok() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let acked = run_and_kill(dir.path(), 0);
+    assert!(!acked.is_empty(), "the child wrote nothing");
+    let journals = journal_files(dir.path());
+    let newest = journals.last().expect("a journal file");
+    let end = corrupt_last_batch(newest, 1);
+    let len = std::fs::metadata(newest).unwrap().len();
+    assert!(
+        len > end as u64 + 4096,
+        "the journal is preallocated: {len} bytes, data to {end}"
+    );
+    let db = Db::open(dir.path(), truce::Options::default()).unwrap_or_else(|e| panic!("recovery: {e}"));
+    assert!(check_consistent(&db, acked.keys().cloned()) > 0);
 }
