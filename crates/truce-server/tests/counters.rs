@@ -642,6 +642,8 @@ fn cli_check_finds_a_counter_written_behind_its_back() {
         200,
     );
     create_subscribers(&http);
+    // The targets exist once the outbox has drained.
+    http.wait_outbox_empty(Duration::from_secs(30));
     let victim = campaign(1);
     http.expect(
         Method::PATCH,

@@ -71,8 +71,9 @@ pub struct CheckReport {
     /// Counter groups compared with a recount.
     pub counter_groups: u64,
     /// Counters not compared, as `collection/name: why`: a filter that uses
-    /// `$ago` (what such a counter holds depends on when each write came), or
-    /// a document it reads that does not decode (a problem of its own).
+    /// `$ago` (what such a counter holds depends on when each write came), a
+    /// backfill not committed yet, or a document it reads that does not
+    /// decode (a problem of its own).
     pub counters_skipped: Vec<String>,
     /// The first [`CHECK_PROBLEMS_MAX`] problems found.
     pub problems: Vec<CheckProblem>,
@@ -140,7 +141,7 @@ fn catalog(view: &dyn StorageRead, report: &mut CheckReport) -> Result<Catalog> 
         let name = String::from_utf8_lossy(&key[config::META_PREFIX.len()..]).into_owned();
         match record::decode_json(&bytes)
             .map_err(crate::Error::from)
-            .and_then(|json| CollectionConfig::from_json(&json))
+            .and_then(|json| CollectionConfig::from_stored(&json))
         {
             Ok(config) => configs.push((name, config)),
             Err(e) => report.problem(
@@ -410,6 +411,12 @@ pub fn check(view: &dyn StorageRead, progress: &mut dyn FnMut(&CheckProgress)) -
                 report
                     .counters_skipped
                     .push(format!("{name}: its filter uses $ago"));
+                continue;
+            }
+            if config.backfilling.contains(&def.name) {
+                report.counters_skipped.push(format!(
+                    "{name}: its backfill has not committed yet (it resumes on open)"
+                ));
                 continue;
             }
             let groups = match tally(view, collection, def, now) {

@@ -287,19 +287,15 @@ impl Collection {
     }
 
     /// Replaces the collection's configuration. It applies from the next commit
-    /// on; a counter that is new is backfilled from the documents already there
-    /// (a recount), and its report returned.
+    /// on; a counter that is new or defined otherwise than before is
+    /// backfilled from the documents already there (a recount), and its report
+    /// returned — as is one whose backfill a crash interrupted (it also
+    /// resumes by itself on open).
     pub fn set_config(&self, config: CollectionConfig) -> Result<Vec<(String, RecountReport)>> {
-        let before = self.config();
-        config.check_declared(&self.name, &before)?;
-        let new_counters: Vec<String> = config
-            .counters
-            .iter()
-            .filter(|c| !before.counters.iter().any(|b| b.name == c.name))
-            .map(|c| c.name.clone())
-            .collect();
+        config.check_declared(&self.name, &self.config())?;
         self.db.submit_config(&self.name, config)?;
-        new_counters
+        self.config()
+            .backfilling
             .into_iter()
             .map(|name| Ok((name.clone(), self.recount(&name)?)))
             .collect()

@@ -73,8 +73,14 @@ pub enum Request {
     DefineIndex(Box<IndexDef>, oneshot::Sender<Result<IndexProgress>>),
     /// Replace a collection's configuration (TTL, counters).
     SetConfig(String, Box<CollectionConfig>, oneshot::Sender<Result<u64>>),
-    /// Add amounts to target fields in one commit (recount corrections).
-    Increment(Vec<Increment>, oneshot::Sender<Result<u64>>),
+    /// Add amounts to target fields in one commit (recount corrections); when
+    /// the recount was the backfill of a counter `(collection, name)` just
+    /// declared, the same commit records that it is done.
+    Increment(
+        Vec<Increment>,
+        Option<(String, String)>,
+        oneshot::Sender<Result<u64>>,
+    ),
     /// Drop an index: from this commit on it is neither maintained nor read.
     /// Answers the definition dropped.
     DropIndex {
@@ -150,7 +156,7 @@ impl Request {
             Request::DefineIndex(_, tx) | Request::Backfill { reply: tx, .. } => {
                 drop(tx.send(Err(unavailable(error))))
             }
-            Request::SetConfig(_, _, tx) | Request::Increment(_, tx) => {
+            Request::SetConfig(_, _, tx) | Request::Increment(_, _, tx) => {
                 drop(tx.send(Err(unavailable(error))))
             }
             Request::DropIndex { reply, .. } => drop(reply.send(Err(unavailable(error)))),
@@ -354,7 +360,10 @@ impl Committer {
         let mut configs = HashMap::new();
         for (key, bytes) in scan_prefix(storage, Space::Meta, config::META_PREFIX)? {
             let name = String::from_utf8_lossy(&key[config::META_PREFIX.len()..]).into_owned();
-            configs.insert(name, CollectionConfig::from_json(&record::decode_json(&bytes)?)?);
+            configs.insert(
+                name,
+                CollectionConfig::from_stored(&record::decode_json(&bytes)?)?,
+            );
         }
         let outbox = scan_prefix(storage, Space::Outbox, b"")?;
         let outbox_entries = outbox.len() as u64;
@@ -652,11 +661,21 @@ impl Committer {
                     config_changed = true;
                     Answer::Seq(reply, Ok(self.set_config(&mut group, collection, *config)))
                 }
-                Request::Increment(increments, reply) => {
+                Request::Increment(increments, backfilled, reply) => {
                     group.seq += 1;
                     let mut written = Vec::new();
                     self.apply_increments(&mut group, counters::coalesce(increments), &mut written);
-                    self.recent.record(group.seq, written);
+                    if written.is_empty() {
+                        // Every increment was skipped (or there were none): no
+                        // commit, so no sequence number of its own, which the
+                        // next commit would otherwise be answered with too.
+                        group.seq -= 1;
+                    } else {
+                        self.recent.record(group.seq, written);
+                    }
+                    if let Some((collection, name)) = backfilled {
+                        config_changed |= self.backfilled(&mut group, &collection, &name);
+                    }
                     Answer::Seq(reply, Ok(group.seq))
                 }
             });
@@ -958,16 +977,48 @@ impl Committer {
 
     /// Stores a collection's configuration; it applies from the next commit on.
     /// Returns the sequence the configuration is current as of.
-    fn set_config(&mut self, group: &mut Group<'_>, collection: String, config: CollectionConfig) -> u64 {
+    /// Stores `collection`'s configuration. Its counters that are new or
+    /// defined otherwise than before, and those still waiting for their
+    /// backfill, are stored as waiting for it (`CollectionConfig::backfilling`)
+    /// until a recount's commit says it is done ([`Self::backfilled`]).
+    fn set_config(&mut self, group: &mut Group<'_>, collection: String, mut config: CollectionConfig) -> u64 {
         let key = config::meta_key(&collection);
+        let before = self.configs.get(&collection).cloned().unwrap_or_default();
+        config.backfilling = config
+            .counters
+            .iter()
+            .map(|c| &c.name)
+            .filter(|name| {
+                before.backfilling.contains(*name) || before.counter_json(name) != config.counter_json(name)
+            })
+            .cloned()
+            .collect();
         if config.is_empty() {
             group.put(Space::Meta, key, None);
             self.configs.remove(&collection);
         } else {
-            group.put(Space::Meta, key, Some(record::encode_json(&config.to_json())));
+            group.put(
+                Space::Meta,
+                key,
+                Some(record::encode_json(&config.to_stored_json())),
+            );
             self.configs.insert(collection, config);
         }
         group.seq
+    }
+
+    /// Records that counter `name` of `collection` is backfilled; whether its
+    /// configuration changed.
+    fn backfilled(&mut self, group: &mut Group<'_>, collection: &str, name: &str) -> bool {
+        let Some(config) = self.configs.get_mut(collection) else {
+            return false;
+        };
+        if !config.backfilling.remove(name) {
+            return false;
+        }
+        let stored = record::encode_json(&config.to_stored_json());
+        group.put(Space::Meta, config::meta_key(collection), Some(stored));
+        true
     }
 
     fn define_index(&mut self, group: &mut Group<'_>, def: IndexDef) -> Result<IndexProgress> {

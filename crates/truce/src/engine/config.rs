@@ -2,6 +2,8 @@
 //! describes them. Validated here; stored durably in the meta space by the
 //! committer, which applies it in commit order.
 
+use std::collections::BTreeSet;
+
 use serde_json::{Map, Value, json};
 
 use crate::doc;
@@ -70,6 +72,11 @@ pub struct CollectionConfig {
     pub ttl: Option<TtlConfig>,
     /// Counter caches fed by this collection.
     pub counters: Vec<CounterDef>,
+    /// Counters declared whose backfill (a recount of the documents already
+    /// there) has not committed yet. Stored with the configuration, in the
+    /// commit that declares them, so that a backfill a crash interrupted is
+    /// run again on the next open; not part of the `_config` body.
+    pub backfilling: BTreeSet<String>,
 }
 
 fn invalid(message: String) -> Error {
@@ -202,7 +209,38 @@ impl CollectionConfig {
         if names.windows(2).any(|w| w[0] == w[1]) {
             return Err(invalid("counter names must be unique".into()));
         }
-        Ok(CollectionConfig { ttl, counters })
+        Ok(CollectionConfig {
+            ttl,
+            counters,
+            backfilling: BTreeSet::new(),
+        })
+    }
+
+    /// Reads a configuration as stored: the `_config` body and the counters
+    /// whose backfill is pending.
+    pub fn from_stored(value: &Value) -> Result<CollectionConfig> {
+        let mut body = value.clone();
+        let pending = body.as_object_mut().and_then(|b| b.remove(BACKFILLING_KEY));
+        let mut config = CollectionConfig::from_json(&body)?;
+        if let Some(Value::Array(names)) = pending {
+            config.backfilling = names.iter().filter_map(Value::as_str).map(String::from).collect();
+        }
+        Ok(config)
+    }
+
+    /// Counter `name`'s definition as `_config` shows it, if there is one.
+    pub fn counter_json(&self, name: &str) -> Option<Value> {
+        let index = self.counters.iter().position(|c| c.name == name)?;
+        Some(self.to_json()["counters"][index].clone())
+    }
+
+    /// The form stored in the meta space ([`Self::from_stored`] reads it).
+    pub fn to_stored_json(&self) -> Value {
+        let mut out = self.to_json();
+        if !self.backfilling.is_empty() {
+            out[BACKFILLING_KEY] = json!(self.backfilling);
+        }
+        out
     }
 
     /// Refuses what a new declaration of counters on `collection` may not say,
@@ -213,13 +251,8 @@ impl CollectionConfig {
     /// then also a source: deleting it would bring it back as its own count).
     /// A counter as it already is in `before` passes as it is.
     pub fn check_declared(&self, collection: &str, before: &CollectionConfig) -> Result<()> {
-        let existing = before.to_json()["counters"].clone();
-        let current = self.to_json()["counters"].clone();
         for (index, def) in self.counters.iter().enumerate() {
-            let unchanged = existing
-                .as_array()
-                .is_some_and(|list| list.contains(&current[index]));
-            if unchanged {
+            if before.counter_json(&def.name) == self.counter_json(&def.name) {
                 continue;
             }
             let what = format!("counters[{index}]");
@@ -267,6 +300,9 @@ impl CollectionConfig {
         self.ttl.is_none() && self.counters.is_empty()
     }
 }
+
+/// Where a stored configuration lists its counters whose backfill is pending.
+const BACKFILLING_KEY: &str = "backfilling";
 
 /// The meta-space key of `collection`'s configuration.
 pub fn meta_key(collection: &str) -> Vec<u8> {

@@ -114,6 +114,9 @@ struct Inner {
     options: Options,
     /// Taken while a backup runs.
     backup: backup::BackupGate,
+    /// Held by a recount from its snapshot to its corrections' commit: two at
+    /// once would each add the same difference.
+    recounting: std::sync::Mutex<()>,
 }
 
 impl Drop for Inner {
@@ -186,11 +189,13 @@ impl Db {
             committer: Some(handle),
             options,
             backup: Default::default(),
+            recounting: Default::default(),
         };
         let db = Db {
             inner: Arc::new(inner),
         };
         db.resume_backfills();
+        db.resume_counter_backfills();
         for (collection, name) in dropping {
             db.spawn_purge(collection, name);
         }
@@ -226,6 +231,11 @@ impl Db {
 
     pub(crate) fn shared(&self) -> &Shared {
         &self.inner.shared
+    }
+
+    /// Taken by a recount for its whole run (see `Inner::recounting`).
+    pub(crate) fn recounting(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.inner.recounting.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Queues a request for the committer.
@@ -578,9 +588,51 @@ impl Db {
         Ok(dropped)
     }
 
-    /// Adds amounts to target fields in one commit; returns its sequence.
-    pub(crate) fn submit_increments(&self, increments: Vec<counters::Increment>) -> Result<u64> {
-        self.ask(|reply| Request::Increment(increments, reply))
+    /// Adds amounts to target fields in one commit, which also records the
+    /// backfill of counter `backfilled` (collection, name) done; returns the
+    /// commit's sequence (the last one's if every increment was skipped).
+    pub(crate) fn submit_increments(
+        &self,
+        increments: Vec<counters::Increment>,
+        backfilled: Option<(String, String)>,
+    ) -> Result<u64> {
+        self.ask(|reply| Request::Increment(increments, backfilled, reply))
+    }
+
+    /// Runs again, on a background thread, the backfills of counters whose
+    /// declaration committed and whose backfill did not (a crash came between).
+    fn resume_counter_backfills(&self) {
+        let pending: Vec<(String, String)> = self
+            .shared()
+            .configs
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .flat_map(|(collection, config)| {
+                config
+                    .backfilling
+                    .iter()
+                    .map(|name| (collection.clone(), name.clone()))
+            })
+            .collect();
+        if pending.is_empty() {
+            return;
+        }
+        let mut pending = pending.into_iter();
+        self.spawn_steps("truce-counter-backfill".into(), move |db| {
+            let Some((collection, name)) = pending.next() else {
+                return Ok(false);
+            };
+            match recount::recount(db, &collection, &name) {
+                Ok(report) => {
+                    tracing::info!(collection = %collection, counter = %name, fixed = report.fixed.len(), "counter backfill done");
+                }
+                // Removed from the configuration since: nothing to backfill.
+                Err(Error::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+            Ok(true)
+        });
     }
 
     /// Replaces `collection`'s configuration; returns the sequence it applies after.

@@ -42,15 +42,21 @@ fn number(amount: Amount) -> Value {
     amount.to_json()
 }
 
-/// Recounts counter `name` of `collection`.
+/// Recounts counter `name` of `collection`. One recount runs at a time. A
+/// counter waiting for its backfill (declared, or defined anew) is
+/// backfilled by it: its corrections' commit records the backfill done.
 pub fn recount(db: &Db, collection: &str, name: &str) -> Result<RecountReport> {
+    let _one_at_a_time = db.recounting();
     let shared = db.shared();
-    let def = shared
+    let (def, backfilling) = shared
         .configs
         .read()
         .unwrap_or_else(|p| p.into_inner())
         .get(collection)
-        .and_then(|c| c.counters.iter().find(|d| d.name == name).cloned())
+        .and_then(|c| {
+            let def = c.counters.iter().find(|d| d.name == name)?.clone();
+            Some((def, c.backfilling.contains(name)))
+        })
         .ok_or_else(|| Error::NotFound(format!("counter {name} of collection {collection}")))?;
     let (view, seq) = durable_snapshot(shared)?;
     let mut fixed = Vec::new();
@@ -72,10 +78,11 @@ pub fn recount(db: &Db, collection: &str, name: &str) -> Result<RecountReport> {
             });
         }
     }
-    let seq = if corrections.is_empty() {
+    let backfilled = backfilling.then(|| (collection.to_string(), name.to_string()));
+    let seq = if corrections.is_empty() && backfilled.is_none() {
         seq
     } else {
-        db.submit_increments(corrections)?
+        db.submit_increments(corrections, backfilled)?
     };
     Ok(RecountReport {
         checked: groups.len(),

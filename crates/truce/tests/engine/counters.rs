@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use truce::storage::MemoryStorage;
-use truce::{CollectionConfig, Db, Expect, Options};
+use truce::storage::{MemoryStorage, Space, Storage, WriteBatch};
+use truce::{CollectionConfig, Db, Durability, Expect, Options};
 
 use crate::{open_relaxed, update};
 
@@ -208,6 +208,131 @@ fn recount_finds_and_fixes_a_corrupted_counter_and_backfills_new_ones() {
             .code(),
         "not_found"
     );
+}
+
+/// A crash between a counter's declaration and its backfill: the declaration
+/// stored it as waiting for one, and the next open runs it.
+#[test]
+fn a_backfill_a_crash_interrupted_runs_on_the_next_open() {
+    let storage = Arc::new(MemoryStorage::new());
+    let db = Db::open_with_storage(storage.clone(), Options::default()).unwrap();
+    workload(&db, 100, |_| {});
+    let expected = truth(&db);
+    drop(db);
+    // What the declaration's commit stores, before its backfill runs.
+    let mut declared = config("in_commit");
+    declared.backfilling = declared.counters.iter().map(|c| c.name.clone()).collect();
+    let mut batch = WriteBatch::new();
+    batch.put(
+        Space::Meta,
+        truce::engine::config::meta_key("subscribers"),
+        truce::record::encode_json(&declared.to_stored_json()),
+    );
+    storage.apply(batch, Durability::Immediate).unwrap();
+    let stored = truce::engine::check(&*storage.snapshot().unwrap(), &mut |_| {}).unwrap();
+    assert_eq!(stored.counters_skipped.len(), 3, "{:?}", stored.counters_skipped);
+
+    let db = Db::open_with_storage(storage.clone(), Options::default()).unwrap();
+    let subscribers = db.collection("subscribers").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !subscribers.config().backfilling.is_empty() {
+        assert!(Instant::now() < deadline, "the backfill did not resume");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(targets(&db), expected);
+    // Declaring it again, as a client retrying its PUT does, changes nothing.
+    assert!(subscribers.set_config(config("in_commit")).unwrap().is_empty());
+    drop(db);
+    let db = Db::open_with_storage(storage, Options::default()).unwrap();
+    assert!(db.check(&mut |_| {}).unwrap().is_clean());
+    assert_eq!(targets(&db), expected);
+}
+
+/// A counter defined otherwise under the same name counts by its new
+/// definition from its backfill on, not by the old one's counts plus the new
+/// one's deltas.
+#[test]
+fn a_counter_defined_anew_is_backfilled() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_relaxed(dir.path());
+    let subscribers = db.collection("subscribers").unwrap();
+    subscribers.set_config(config("in_commit")).unwrap();
+    workload(&db, 100, |_| {});
+    let mut changed = config("in_commit").to_json();
+    changed["counters"][0]["where"] = json!({"status": "pending"});
+    let reports = subscribers
+        .set_config(CollectionConfig::from_json(&changed).unwrap())
+        .unwrap();
+    assert_eq!(reports.len(), 1, "only the changed counter: {reports:?}");
+    assert_eq!(reports[0].0, "confirmed");
+    let (pending, _, _) = truth(&db).values().fold((0, 0, 0), |a, t| (a.0 + t.1, 0, 0));
+    let held: i64 = targets(&db).values().map(|t| t.0).sum();
+    assert_eq!(held, pending, "`confirmed` now counts the pending ones");
+}
+
+/// Recounts at once would each add the same difference; they run one at a time.
+#[test]
+fn recounts_at_once_fix_a_counter_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_relaxed(dir.path());
+    let subscribers = db.collection("subscribers").unwrap();
+    subscribers.set_config(config("in_commit")).unwrap();
+    workload(&db, 100, |_| {});
+    let victim = truth(&db).keys().next().unwrap().clone();
+    let metrics = db.collection("campaign_metrics").unwrap();
+    for round in 0..5 {
+        metrics
+            .patch(&victim, update(json!({"$inc": {"spent": 1000}})), Expect::Any)
+            .unwrap()
+            .unwrap();
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let subscribers = subscribers.clone();
+                std::thread::spawn(move || subscribers.recount("spend").unwrap())
+            })
+            .collect();
+        let fixed: usize = threads.into_iter().map(|t| t.join().unwrap().fixed.len()).sum();
+        assert_eq!(
+            fixed, 1,
+            "round {round}: one recount fixes it, the others find it right"
+        );
+        assert_eq!(targets(&db), truth(&db), "round {round}");
+    }
+}
+
+/// A recount whose every correction is skipped (the target field is not a
+/// number) commits nothing, so it answers the sequence it read, and the next
+/// commit gets a sequence of its own.
+#[test]
+fn a_recount_that_writes_nothing_takes_no_sequence_number() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_relaxed(dir.path());
+    let subscribers = db.collection("subscribers").unwrap();
+    subscribers.set_config(config("in_commit")).unwrap();
+    workload(&db, 30, |_| {});
+    let victim = truth(&db)
+        .into_iter()
+        .find(|(_, (_, _, spent))| *spent > 0)
+        .expect("a campaign that spent")
+        .0;
+    db.collection("campaign_metrics")
+        .unwrap()
+        .patch(&victim, update(json!({"$set": {"spent": "oops"}})), Expect::Any)
+        .unwrap()
+        .unwrap();
+    let before = db.durable_seq();
+    let report = subscribers.recount("spend").unwrap();
+    assert_eq!(report.fixed.len(), 1, "a fix it could not make: {report:?}");
+    assert_eq!(report.seq, before, "{report:?}");
+    let next = subscribers
+        .put(
+            "new",
+            json!({"campaign_id": "c1", "status": "pending"}),
+            Expect::Absent,
+        )
+        .unwrap()
+        .unwrap();
+    assert_eq!(next.doc.meta.seq, before + 1);
 }
 
 #[test]
