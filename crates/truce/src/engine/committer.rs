@@ -1162,6 +1162,11 @@ impl Committer {
         if def.state != IndexState::Building {
             return Ok(def.progress(None));
         }
+        if after.is_none() {
+            // A walk from the start (a resumed backfill begins again): what an
+            // interrupted one counted is walked again.
+            def.backfilled = 0;
+        }
         let base = tx::doc_key(collection, "");
         let storage = Arc::clone(&self.shared.storage);
         let (docs, next) = scan_chunk(
