@@ -833,9 +833,14 @@ impl Committer {
                 }
                 let mut prefix = def.prefix();
                 prefix.extend_from_slice(&def.values(&state.doc.body));
+                // A holder past its TTL is gone for writers, as for readers:
+                // it neither refuses the value nor shows in the conflict.
+                let ttl = self.configs.get(&*op.collection).and_then(|c| c.ttl.as_ref());
+                let now = group.ts_ms;
+                let gone = |doc: &Document| ttl.is_some_and(|ttl| is_expired_for_writers(doc, ttl, now));
                 let holder = match claimed.iter().find(|(p, id)| *p == prefix && *id != state.doc.id) {
                     Some((_, id)) => Some(id.to_string()),
-                    None => group.unique_holder(&prefix, &state.doc.id)?,
+                    None => group.unique_holder(&op.collection, &prefix, &state.doc.id, &gone)?,
                 };
                 match holder {
                     None => claimed.push((prefix, &state.doc.id)),
@@ -1184,7 +1189,7 @@ impl Committer {
             };
             if def.spec.unique && all_present {
                 let prefix = &entry[..entry.len() - id.len()];
-                if let Some(holder) = group.unique_holder(prefix, &id)? {
+                if let Some(holder) = group.unique_holder(collection, prefix, &id, &|_| false)? {
                     def.state = IndexState::Failed;
                     def.failure = Some(format!(
                         "documents {holder} and {id} share the values of unique index {name}"

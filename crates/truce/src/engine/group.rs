@@ -100,8 +100,27 @@ impl<'a> Group<'a> {
     }
 
     /// The id of a live entry of a unique index with `prefix` (index prefix and
-    /// values) held by a document other than `id`, as the group sees the index.
-    pub fn unique_holder(&self, prefix: &[u8], id: &str) -> Result<Option<String>> {
+    /// values) held by a document other than `id`, as the group sees the index,
+    /// passing over the holders `gone` says are gone (past their TTL).
+    pub fn unique_holder(
+        &mut self,
+        collection: &str,
+        prefix: &[u8],
+        id: &str,
+        gone: &dyn Fn(&Document) -> bool,
+    ) -> Result<Option<String>> {
+        for holder in self.unique_holders(prefix, id)? {
+            match self.current(&super::tx::doc_key(collection, &holder), &holder)? {
+                Some(doc) if gone(doc) => continue,
+                _ => return Ok(Some(holder)),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Every holder [`Self::unique_holder`] looks through, in index order.
+    fn unique_holders(&self, prefix: &[u8], id: &str) -> Result<Vec<String>> {
+        let mut holders = Vec::new();
         let end = prefix_end(prefix);
         let end_bound = end.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
         let own = (Space::Index, prefix.to_vec());
@@ -114,7 +133,7 @@ impl<'a> Group<'a> {
             if let (Space::Index, Some(holder)) = (space, value) {
                 let holder = String::from_utf8_lossy(holder).into_owned();
                 if holder != id {
-                    return Ok(Some(holder));
+                    holders.push(holder);
                 }
             }
         }
@@ -125,7 +144,7 @@ impl<'a> Group<'a> {
                 .storage
                 .scan(Space::Index, start_ref, end_bound, Direction::Forward, 16)?;
             let Some((last, _)) = entries.last() else {
-                return Ok(None);
+                return Ok(holders);
             };
             start = Bound::Excluded(last.clone());
             for (key, holder) in &entries {
@@ -134,12 +153,12 @@ impl<'a> Group<'a> {
                     .get(&(Space::Index, key.clone()))
                     .is_some_and(Option::is_none);
                 let holder = String::from_utf8_lossy(holder);
-                if !removed && holder != id {
-                    return Ok(Some(holder.into_owned()));
+                if !removed && holder != id && !holders.iter().any(|h| *h == holder) {
+                    holders.push(holder.into_owned());
                 }
             }
             if entries.len() < 16 {
-                return Ok(None);
+                return Ok(holders);
             }
         }
     }

@@ -399,6 +399,57 @@ fn writers_see_an_expired_document_as_gone_like_readers_do() {
     assert!(missing.is_err());
 }
 
+/// A unique index's value held by a document past its TTL is free: the
+/// document is gone for writers, and a conflict never shows it.
+#[test]
+fn a_unique_value_held_by_an_expired_document_is_free() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_relaxed(dir.path());
+    let c = db.collection("x").unwrap();
+    let long_ago = truce_now_ms() - 5000;
+    // Enough expired documents before it in id order that the sweeper's
+    // first steps do not reach the holder.
+    for i in 0..2000 {
+        c.put(&format!("a{i:04}"), json!({"t": long_ago}), Expect::Absent)
+            .unwrap()
+            .unwrap();
+    }
+    c.put("zz", json!({"t": long_ago, "email": "v@x"}), Expect::Absent)
+        .unwrap()
+        .unwrap();
+    let unique = truce::IndexSpec {
+        fields: vec!["email".into()],
+        unique: true,
+    };
+    c.create_index("by_email", unique).unwrap();
+    crate::indexes::wait_ready(&c, "by_email");
+    c.set_config(CollectionConfig::from_json(&json!({"ttl": {"field": "t", "seconds": 1}})).unwrap())
+        .unwrap();
+    assert!(c.get("zz").unwrap().is_none(), "hidden from readers");
+    let taken = c
+        .put(
+            "new",
+            json!({"t": truce_now_ms(), "email": "v@x"}),
+            Expect::Absent,
+        )
+        .unwrap();
+    assert!(taken.is_ok(), "refused for an expired holder: {taken:?}");
+    assert!(
+        c.get_stored("zz").unwrap().is_some_and(|d| !d.is_deleted()),
+        "the holder was not swept yet: the test proves nothing"
+    );
+    let refused = c
+        .put(
+            "other",
+            json!({"t": truce_now_ms(), "email": "v@x"}),
+            Expect::Absent,
+        )
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(refused.reason, truce::ConflictReason::UniqueViolation);
+    assert_eq!(refused.current.map(|d| d.id), Some("new".to_string()));
+}
+
 fn truce_now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
