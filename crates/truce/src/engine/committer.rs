@@ -935,7 +935,9 @@ impl Committer {
         increments: Vec<Increment>,
         written: &mut Vec<(Space, Vec<u8>)>,
     ) {
-        let mut by_target: Vec<(String, String, serde_json::Map<String, serde_json::Value>)> = Vec::new();
+        // (collection, id, [(field, amount)]) of each target document.
+        type Target = (String, String, Vec<(String, counters::Amount)>);
+        let mut by_target: Vec<Target> = Vec::new();
         for inc in increments {
             let fields = match by_target
                 .iter_mut()
@@ -943,21 +945,40 @@ impl Committer {
             {
                 Some((_, _, fields)) => fields,
                 None => {
-                    by_target.push((inc.collection.clone(), inc.id.clone(), serde_json::Map::new()));
+                    by_target.push((inc.collection.clone(), inc.id.clone(), Vec::new()));
                     &mut by_target.last_mut().expect("just pushed").2
                 }
             };
-            fields.insert(inc.field, inc.amount.to_json());
+            fields.push((inc.field, inc.amount));
         }
         let clock = CommitClock {
             seq: group.seq,
             ts_ms: group.ts_ms,
         };
         for (collection, id, fields) in by_target {
-            let spec = serde_json::json!({"$inc": fields, "$upsert": true});
             let key = tx::doc_key(&collection, &id);
-            let state = Update::parse(&spec).and_then(|update| {
-                let current = group.current(&key, &id)?;
+            // The committer is the one writer: it adds with the counters' own
+            // arithmetic (an integer sum past i64 goes on as a float, where
+            // `$inc` would refuse it and the counter would stop) and sets.
+            let state = group.current(&key, &id).and_then(|current| {
+                let body = current.filter(|d| !d.is_deleted()).map(|d| &d.body);
+                let mut sums = serde_json::Map::new();
+                for (field, amount) in fields {
+                    let have = body
+                        .and_then(|b| crate::update::path::get(b, &crate::update::Path::parse(&field).ok()?));
+                    let sum = match have {
+                        None => amount,
+                        Some(have) if have.is_number() => counters::Amount::from_json(have).add(amount),
+                        Some(other) => {
+                            return Err(Error::InvalidOperator(format!(
+                                "the counter's target field {field} holds {}, not a number",
+                                crate::doc::json_type_name(other)
+                            )));
+                        }
+                    };
+                    sums.insert(field, sum.to_json());
+                }
+                let update = Update::parse(&serde_json::json!({"$set": sums, "$upsert": true}))?;
                 let op = WriteOp::Patch(std::sync::Arc::new(update));
                 evaluate::evaluate(&id, &op, Expect::Any, current, &clock)
             });
@@ -980,9 +1001,8 @@ impl Committer {
         }
     }
 
-    /// Stores a collection's configuration; it applies from the next commit on.
-    /// Returns the sequence the configuration is current as of.
-    /// Stores `collection`'s configuration. Its counters that are new or
+    /// Stores `collection`'s configuration, which applies from the next commit
+    /// on; returns the sequence it is current as of. Its counters that are new or
     /// defined otherwise than before, and those still waiting for their
     /// backfill, are stored as waiting for it (`CollectionConfig::backfilling`)
     /// until a recount's commit says it is done ([`Self::backfilled`]).

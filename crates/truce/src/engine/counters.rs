@@ -26,10 +26,15 @@ impl Amount {
         }
     }
 
-    /// The sum of two amounts (saturating for integers).
+    /// The sum of two amounts: exact for integers while it fits in an `i64`,
+    /// a float past that (as a JSON number it goes on growing, rounded,
+    /// instead of stopping at the bound).
     pub fn add(self, other: Amount) -> Amount {
         match (self, other) {
-            (Amount::Int(a), Amount::Int(b)) => Amount::Int(a.saturating_add(b)),
+            (Amount::Int(a), Amount::Int(b)) => match a.checked_add(b) {
+                Some(sum) => Amount::Int(sum),
+                None => Amount::Float(a as f64 + b as f64),
+            },
             (a, b) => Amount::Float(a.as_f64() + b.as_f64()),
         }
     }
@@ -37,7 +42,7 @@ impl Amount {
     /// Minus this amount.
     pub fn negated(self) -> Amount {
         match self {
-            Amount::Int(a) => Amount::Int(a.saturating_neg()),
+            Amount::Int(a) => a.checked_neg().map_or(Amount::Float(-(a as f64)), Amount::Int),
             Amount::Float(a) => Amount::Float(-a),
         }
     }

@@ -450,6 +450,43 @@ fn a_unique_value_held_by_an_expired_document_is_free() {
     assert_eq!(refused.current.map(|d| d.id), Some("new".to_string()));
 }
 
+/// An integer sum past i64 goes on as a float (a JSON number), as `$inc`
+/// would not: the counter used to stop there, its increments dropped, and
+/// a recount could not see it.
+#[test]
+fn a_sum_past_i64_goes_on_as_a_float() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_relaxed(dir.path());
+    let orders = db.collection("orders").unwrap();
+    orders
+        .set_config(
+            CollectionConfig::from_json(
+                &json!({"counters": [{"name": "total", "group_by": "shop", "sum": "amt",
+                "target": {"c": "shops", "field": "total"}}]}),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+    let big = 9_000_000_000_000_000_000_i64;
+    for id in ["o1", "o2", "o3"] {
+        orders
+            .put(id, json!({"shop": "s", "amt": big}), Expect::Absent)
+            .unwrap()
+            .unwrap();
+    }
+    let total = || {
+        db.collection("shops").unwrap().get("s").unwrap().unwrap().body["total"]
+            .as_f64()
+            .unwrap()
+    };
+    assert_eq!(total(), 3.0 * big as f64);
+    assert!(orders.recount("total").unwrap().fixed.is_empty());
+    orders.delete("o1", Expect::Any).unwrap().unwrap();
+    orders.delete("o2", Expect::Any).unwrap().unwrap();
+    assert_eq!(total(), big as f64);
+    assert!(orders.recount("total").unwrap().fixed.is_empty());
+}
+
 fn truce_now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
