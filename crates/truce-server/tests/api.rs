@@ -1143,8 +1143,33 @@ fn transactions_all_or_nothing() {
         .error(400, "invalid_transaction");
     api.tx(json!({"ops": "nope"})).error(400, "invalid_transaction");
     api.tx(json!([1])).error(400, "invalid_transaction");
-    api.tx(json!({"ops": [{"op": "check", "c": "acc", "id": "a", "version": 2, "rev": "2-x"}]}))
-        .error(400, "invalid_transaction");
+    // A malformed precondition is what it is in a document's own request,
+    // and names its op.
+    for op in [
+        json!({"op": "check", "c": "acc", "id": "a", "version": 2, "rev": "2-x"}),
+        json!({"op": "check", "c": "acc", "id": "a", "rev": "not a revision"}),
+        json!({"op": "check", "c": "acc", "id": "a", "version": -7}),
+        json!({"op": "check", "c": "acc", "id": "a", "version": "2"}),
+    ] {
+        let ops = json!({"ops": [{"op": "check", "c": "acc", "id": "a"}, op]});
+        let reply = api.tx(ops.clone());
+        let refused = reply.error(400, "invalid_precondition");
+        assert!(
+            refused["message"].as_str().unwrap().contains("op 1: "),
+            "{ops}: {refused}"
+        );
+    }
+    // So does an update that fails on the document it meets (here an
+    // overflow), among ops that would conflict: the caller of a thousand
+    // ops is told which one.
+    api.put("/v1/c/acc/big", json!({"n": i64::MAX})).ok(201);
+    let reply = api.tx(json!({"ops": [{"op": "check", "c": "acc", "id": "a", "version": 99},
+                      {"op": "patch", "c": "acc", "id": "big", "update": {"$inc": {"n": 1}}, "version": -1}]}));
+    let refused = reply.error(400, "invalid_operator");
+    assert!(
+        refused["message"].as_str().unwrap().contains("op 1: "),
+        "{refused}"
+    );
     api.tx(json!({"ops": [{"op": "put", "c": "acc", "id": "d", "doc": [1]}]}))
         .error(400, "invalid_document");
     api.tx(json!({"ops": [{"op": "put", "c": "9acc", "id": "d", "doc": {}}]}))

@@ -116,6 +116,23 @@ pub enum Error {
 }
 
 impl Error {
+    /// This error with its message naming op `index` of a transaction, so
+    /// that the caller of a long one knows which op to look at. Errors whose
+    /// message is not text of their own (limits, sizes) are left as they are.
+    pub fn in_op(self, index: usize) -> Error {
+        let at = |message: String| format!("op {index}: {message}");
+        match self {
+            Error::InvalidDocument(m) => Error::InvalidDocument(at(m)),
+            Error::InvalidId(m) => Error::InvalidId(at(m)),
+            Error::InvalidCollection(m) => Error::InvalidCollection(at(m)),
+            Error::ReservedField(m) => Error::ReservedField(at(m)),
+            Error::InvalidOperator(m) => Error::InvalidOperator(at(m)),
+            Error::InvalidFilter(m) => Error::InvalidFilter(at(m)),
+            Error::InvalidPrecondition(m) => Error::InvalidPrecondition(at(m)),
+            other => other,
+        }
+    }
+
     /// Every code [`Error::code`] can return; tests check each is produced somewhere.
     pub const ALL_CODES: &'static [&'static str] = &[
         "invalid_document",

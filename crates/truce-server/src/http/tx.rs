@@ -21,20 +21,26 @@ fn invalid(index: usize, message: &str) -> ApiError {
     ApiError::Engine(truce::Error::InvalidTransaction(format!("op {index}: {message}")))
 }
 
-/// The precondition of op `index`: its `version` or `rev`, else `default`.
+/// The precondition of op `index`: its `version` or `rev`, else `default`. A
+/// malformed one is `invalid_precondition`, as in a document's own request.
 fn op_expect(index: usize, op: &Map<String, Value>, default: Option<Expect>) -> Result<Expect, ApiError> {
-    match (op.get("version"), op.get("rev")) {
-        (Some(_), Some(_)) => Err(invalid(index, "give version or rev, not both")),
-        (Some(v), None) => expect_from_version(
-            v.as_i64()
-                .ok_or_else(|| invalid(index, "version is an integer"))?,
-        ),
-        (None, Some(r)) => {
-            let text = r.as_str().ok_or_else(|| invalid(index, "rev is a string"))?;
-            Ok(Expect::Rev(text.parse()?))
-        }
-        (None, None) => default.ok_or(ApiError::PreconditionRequired),
-    }
+    let malformed = |message: &str| truce::Error::InvalidPrecondition(message.into());
+    let expect = match (op.get("version"), op.get("rev")) {
+        (Some(_), Some(_)) => Err(malformed("give version or rev, not both")),
+        (Some(v), None) => match v.as_i64() {
+            Some(v) => expect_from_version(v).map_err(|e| match e {
+                ApiError::Engine(e) => e,
+                _ => malformed("version is an integer from -1 up"),
+            }),
+            None => Err(malformed("version is an integer")),
+        },
+        (None, Some(r)) => match r.as_str() {
+            Some(text) => text.parse().map(Expect::Rev),
+            None => Err(malformed("rev is a string")),
+        },
+        (None, None) => return default.ok_or(ApiError::PreconditionRequired),
+    };
+    expect.map_err(|e| ApiError::Engine(e.in_op(index)))
 }
 
 /// The keys each kind of op takes (the OpenAPI document's `TxOpBody` says

@@ -754,7 +754,8 @@ impl Committer {
             let outcome = match &op.write {
                 None => check(op, current).map(|written| (written, None)),
                 Some(write) => {
-                    let (answer, state) = evaluate::evaluate(&op.id, write, op.expect, current, &clock)?;
+                    let (answer, state) = evaluate::evaluate(&op.id, write, op.expect, current, &clock)
+                        .map_err(|e| if commit.ops.len() > 1 { e.in_op(index) } else { e })?;
                     answer.map(|written| (Some(written), state))
                 }
             };
