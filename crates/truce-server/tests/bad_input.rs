@@ -182,6 +182,12 @@ fn cases() -> Vec<Case> {
             "invalid_document",
         ),
         case(
+            "an update sent as the document to store",
+            put("/v1/c/t/a", r#"{"$set": {"x": 1}}"#),
+            400,
+            "invalid_document",
+        ),
+        case(
             "a number beyond f64",
             put("/v1/c/t/a", r#"{"n": 1e400}"#),
             400,

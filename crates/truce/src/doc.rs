@@ -332,7 +332,7 @@ pub fn validate_written_id(id: &str) -> Result<()> {
 }
 
 /// Checks a body a client wants to store and returns its canonical encoding:
-/// no top-level `_` field, nesting within [`DOC_DEPTH_MAX`], size within
+/// no top-level `_` or `$` field, nesting within [`DOC_DEPTH_MAX`], size within
 /// [`DOC_SIZE_BYTES_MAX`].
 pub fn validate_body(body: &Body) -> Result<Vec<u8>> {
     if let Some(key) = body.keys().find(|k| k.starts_with('_')) {
@@ -340,6 +340,14 @@ pub fn validate_body(body: &Body) -> Result<Vec<u8>> {
             "{key:?}: top-level fields starting with '_' are server metadata. A document read back \
              carries _id, _rev, _version, _seq and _ts: leave them out of what you write, and give a \
              precondition as a PUT's _version or _rev, or a transaction op's version or rev"
+        )));
+    }
+    // A replacement that reads like an update (`{"$set": …}`) would be stored
+    // as it is, with fields no update path can reach: MongoDB refuses it too.
+    if let Some(key) = body.keys().find(|k| k.starts_with('$')) {
+        return Err(Error::InvalidDocument(format!(
+            "{key:?}: a top-level field may not start with '$'. To apply update operators, send them \
+             in a PATCH (or a transaction's patch op), not as the document"
         )));
     }
     check_depth(body)?;
