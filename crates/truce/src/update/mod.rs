@@ -92,6 +92,11 @@ impl Update {
             Some(f @ Value::Object(_)) => Some(Filter::parse(f)?),
             Some(_) => return Err(Error::InvalidFilter("'$if' must be a filter object".into())),
         };
+        if on_false.is_some() && condition.is_none() {
+            // Most likely a misspelt or forgotten `$if`: the write would apply
+            // unconditionally, whatever the caller meant to skip.
+            return Err(invalid("'$else' says what a false '$if' does, and there is no '$if'".into()));
+        }
         let on_false = match on_false.map(|v| v.as_str()) {
             None | Some(Some("conflict")) => OnFalse::Conflict,
             Some(Some("skip")) => OnFalse::Skip,

@@ -58,7 +58,7 @@ fn control_keys() {
     assert!(cond.matches(&obj(json!({"a": 4})), NOW));
     assert!(!cond.matches(&obj(json!({"a": 5})), NOW));
     assert_eq!(
-        upd(json!({"$set": {"a": 1}, "$else": "conflict"})).on_false(),
+        upd(json!({"$set": {"a": 1}, "$if": {"a": 0}, "$else": "conflict"})).on_false(),
         OnFalse::Conflict
     );
 }
@@ -398,6 +398,12 @@ fn presence_heartbeat() {
         Value::Object(u.apply(Some(&stale), NOW).expect("ok")),
         json!({"currentPath": "/blog", "lastSeen": NOW})
     );
+}
+
+#[test]
+fn else_without_if_is_refused() {
+    parse_err(json!({"$set": {"a": 1}, "$else": "skip"}), "there is no '$if'");
+    assert!(Update::parse(&json!({"$set": {"a": 1}, "$if": {"a": 0}, "$else": "skip"})).is_ok());
 }
 
 /// Each path may pad an array up to just under the bound, but not every path of
