@@ -706,6 +706,8 @@ fn cases() -> Vec<Case> {
         // A misspelt query parameter would answer as if it were absent.
         case("a feed with since misspelt", get("/v1/c/t/_changes?sinse=5"), 400, "invalid_query"),
         case("the global feed with an unknown parameter", get("/v1/_changes?style=all_docs"), 400, "invalid_query"),
+        case("a parameter given twice", get("/v1/c/t?limit=2&limit=3"), 400, "invalid_query"),
+        case("a feed parameter given twice", get("/v1/_changes?since=0&since=5"), 400, "invalid_query"),
         case("a query with where=", get("/v1/c/t?where=x"), 400, "invalid_query"),
         case("insights with window misspelt", get("/v1/insights?windw=5"), 400, "invalid_query"),
         case("a document read with ?rev=", get("/v1/c/t/s?rev=1-00000000000000000000000000000000"), 400, "invalid_query"),

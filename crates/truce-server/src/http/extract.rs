@@ -178,17 +178,29 @@ fn path_refusal(rejection: PathRejection, path: &str) -> ApiError {
     ApiError::BadRequest("invalid_id", rejection.body_text())
 }
 
-/// Query parameters as strings; undecodable ones are `invalid_query`.
+/// Query parameters as strings; undecodable ones are `invalid_query`, and so
+/// is one given twice (`limit=2&limit=3`: which one the caller meant is
+/// anyone's guess).
 pub struct Params(pub HashMap<String, String>);
 
 impl<S: Send + Sync> FromRequestParts<S> for Params {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Params, ApiError> {
-        Query::<HashMap<String, String>>::from_request_parts(parts, state)
+        let Query(pairs) = Query::<Vec<(String, String)>>::from_request_parts(parts, state)
             .await
-            .map(|Query(map)| Params(map))
-            .map_err(|e| ApiError::BadRequest("invalid_query", e.body_text()))
+            .map_err(|e| ApiError::BadRequest("invalid_query", e.body_text()))?;
+        let mut map = HashMap::with_capacity(pairs.len());
+        for (name, value) in pairs {
+            if map.contains_key(&name) {
+                return Err(ApiError::BadRequest(
+                    "invalid_query",
+                    format!("the parameter {name:?} is given twice"),
+                ));
+            }
+            map.insert(name, value);
+        }
+        Ok(Params(map))
     }
 }
 

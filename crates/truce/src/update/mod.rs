@@ -95,7 +95,9 @@ impl Update {
         if on_false.is_some() && condition.is_none() {
             // Most likely a misspelt or forgotten `$if`: the write would apply
             // unconditionally, whatever the caller meant to skip.
-            return Err(invalid("'$else' says what a false '$if' does, and there is no '$if'".into()));
+            return Err(invalid(
+                "'$else' says what a false '$if' does, and there is no '$if'".into(),
+            ));
         }
         let on_false = match on_false.map(|v| v.as_str()) {
             None | Some(Some("conflict")) => OnFalse::Conflict,
