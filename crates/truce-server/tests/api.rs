@@ -751,6 +751,21 @@ fn queries_indexes_and_collections() {
         ["p5", "p7", "p9"]
     );
 
+    // A one-field index's eq is the value itself, an array too.
+    api.put("/v1/c/tagged/t1", json!({"tags": [0, "x"]})).ok(201);
+    api.put("/v1/c/tagged/t2", json!({"tags": 0})).ok(201);
+    api.put("/v1/c/tagged/_indexes/by_tags", json!({"fields": ["tags"]}));
+    api.wait_index_ready("tagged", "by_tags");
+    let tagged = |eq: &str| {
+        ids(api
+            .get(&format!("/v1/c/tagged?index=by_tags&eq={}", enc(eq)))
+            .ok(200)["docs"]
+            .as_array()
+            .unwrap())
+    };
+    assert_eq!(tagged("[0, \"x\"]"), ["t1"]);
+    assert_eq!(tagged("0"), ["t2"], "not multikey");
+
     // Without an index: id order, bounds are ids.
     assert_eq!(q("limit=3"), ["p0", "p1", "p2"]);
     assert_eq!(q(&format!("gt={}", enc("\"p6\""))), ["p7", "p8", "p9"]);

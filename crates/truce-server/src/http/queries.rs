@@ -162,10 +162,11 @@ pub async fn query(
         (Some(_), None) => return Err(bad("eq needs an index")),
         (Some(value), Some(name)) => {
             let fields = collection.index_status(name)?.spec.fields.len();
+            // A one-field index's `eq` is the value itself, an array too (a
+            // field may hold one); a compound index's is the array of values.
             match value {
-                Value::Array(values) if fields > 1 => values,
-                Value::Array(_) => return Err(bad("eq of a one-field index is the value itself")),
                 value if fields == 1 => vec![value],
+                Value::Array(values) => values,
                 _ => return Err(bad("eq of a compound index is a JSON array of values")),
             }
         }
