@@ -154,7 +154,11 @@ pub async fn transaction(
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
     params.only(&[])?;
-    let mut body = object(body).map_err(|_| invalid(0, "the body is an object with \"ops\""))?;
+    let mut body = object(body).map_err(|_| {
+        ApiError::Engine(truce::Error::InvalidTransaction(
+            "the body is an object with \"ops\"".into(),
+        ))
+    })?;
     if let Some(key) = first_unknown(body.keys().map(String::as_str), &["ops", "source"]) {
         return Err(ApiError::Engine(truce::Error::InvalidTransaction(format!(
             "a transaction takes \"ops\" and \"source\", not {key:?}"
