@@ -1029,6 +1029,11 @@ fn couch_reads_answer_what_was_asked_or_refuse() {
     refused(api.get("/couch/cr/_changes?doc_ids=%5B%22a%22%5D"), "doc_ids");
     refused(api.get("/couch/cr/_changes?filter=_view&view=v%2Fv"), "filter");
     refused(api.get("/couch/cr/_changes?descending=true"), "descending");
+    // A route /couch does not have answers in CouchDB's shape too.
+    let missing = api.get("/couch/cr/_design/v");
+    assert_eq!(missing.status, 404);
+    assert_eq!(missing.json["error"], "not_found", "{}", missing.text);
+    assert!(missing.json["reason"].is_string(), "{}", missing.text);
     // What rxdb's plugin sends still works.
     let posted = api.post(
         "/couch/cr/_all_docs",

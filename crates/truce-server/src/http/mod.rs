@@ -88,8 +88,17 @@ pub(crate) async fn blocking<T: Send + 'static>(
         .map_err(|e| ApiError::Engine(truce::Error::Unavailable(e.to_string())))??)
 }
 
-async fn no_route() -> ApiError {
-    ApiError::NotFound("no such route; see /openapi.json".into())
+async fn no_route(uri: Uri) -> Response {
+    if uri.path().starts_with("/couch/") {
+        // CouchDB's clients read `reason`, as on every other /couch answer.
+        let missing = ApiError::NotFound(
+            "no such route: Truce serves the part of CouchDB's API that RxDB's CouchDB replication uses (see \
+             docs/replication.md)"
+                .into(),
+        );
+        return couch::CouchError::from(missing).into_response();
+    }
+    ApiError::NotFound("no such route; see /openapi.json".into()).into_response()
 }
 
 async fn no_method() -> ApiError {
