@@ -317,12 +317,17 @@ impl Collection {
     }
 
     /// Live and deleted documents of the collection, counted on one durable
-    /// snapshot. Reads every document: for status pages, not hot paths.
+    /// snapshot; one past its TTL counts as deleted, as reads see it. Reads
+    /// every document: for status pages, not hot paths.
     pub fn count(&self) -> Result<(u64, u64)> {
         let (view, _) = durable_snapshot(self.db.shared())?;
+        let (ttl, now) = (self.config().ttl, super::committer::now_ms());
         let (mut live, mut deleted) = (0, 0);
         for_each_document(&*view, &self.name, |doc| {
-            if doc.is_deleted() {
+            let expired = ttl
+                .as_ref()
+                .is_some_and(|ttl| super::committer::is_expired(&doc.body, ttl, now));
+            if doc.is_deleted() || expired {
                 deleted += 1;
             } else {
                 live += 1;

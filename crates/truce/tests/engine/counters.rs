@@ -448,6 +448,9 @@ fn a_unique_value_held_by_an_expired_document_is_free() {
         .unwrap_err();
     assert_eq!(refused.reason, truce::ConflictReason::UniqueViolation);
     assert_eq!(refused.current.map(|d| d.id), Some("new".to_string()));
+    // Counted as reads see them (CouchDB's `doc_count`): swept or not, the
+    // expired ones are not live.
+    assert_eq!(c.count().unwrap(), (1, 2001));
 }
 
 /// An integer sum past i64 goes on as a float (a JSON number), as `$inc`
