@@ -33,7 +33,11 @@ fn report_json(report: &CheckReport) -> Value {
             "outbox": report.outbox,
             "counter_groups": report.counter_groups,
         },
-        "counters_skipped": report.counters_skipped,
+        "counters_skipped": report
+            .counters_skipped
+            .iter()
+            .map(|s| json!({"counter": s.counter, "kind": s.kind, "detail": s.detail}))
+            .collect::<Vec<_>>(),
         "problems_total": report.problems_total,
         "problems": problems,
     })

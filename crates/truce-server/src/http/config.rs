@@ -52,10 +52,11 @@ pub async fn get_config(
 }
 
 /// Replaces a collection's configuration. It applies from the next commit on;
-/// counters that are new are backfilled from the documents already there.
+/// counters that are new or defined anew, or whose backfill a crash
+/// interrupted, are backfilled from the documents already there.
 #[utoipa::path(put, path = "/v1/c/{coll}/_config", tag = "configuration", params(("coll" = String, Path)),
     request_body = super::openapi::ConfigBody,
-    responses((status = 200, description = "The stored configuration, and the backfill of each new counter",
+    responses((status = 200, description = "The stored configuration, and the backfill of each counter that needed one",
                body = super::openapi::ConfigAnswer)))]
 pub async fn put_config(
     State(state): State<Arc<AppState>>,

@@ -331,7 +331,7 @@ impl utoipa::PartialSchema for ConfigBody {
             .schema_type(Type::Object)
             .description(Some(
                 "Replaces the whole configuration: an absent or null key is removed. Counter names are \
-                 unique; a counter that is new is backfilled from the documents already there.",
+                 unique; a counter that is new or defined anew is backfilled from the documents already there.",
             ))
             .property("ttl", ttl_schema())
             .property("counters", counters)
@@ -363,7 +363,8 @@ impl utoipa::PartialSchema for Config {
 impl ToSchema for Config {}
 
 /// The answer of `PUT /v1/c/{coll}/_config`: the stored configuration and, for
-/// each counter that is new, the report of its backfill (a recount).
+/// each counter that is new, defined anew or still waiting for its backfill,
+/// the report of that backfill (a recount).
 pub struct ConfigAnswer;
 
 impl utoipa::PartialSchema for ConfigAnswer {

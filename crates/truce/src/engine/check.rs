@@ -43,6 +43,20 @@ pub struct CheckProblem {
     pub detail: String,
 }
 
+/// A counter a check did not compare.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckSkip {
+    /// `collection/name`.
+    pub counter: String,
+    /// Why, a stable code: `time_relative` (its filter uses `$ago`: what it
+    /// holds depends on when each write came), `backfill_pending` (declared
+    /// or defined anew, its backfill has not committed yet), `unreadable` (a
+    /// document it reads does not decode: a problem of its own).
+    pub kind: &'static str,
+    /// The same in words.
+    pub detail: String,
+}
+
 /// How far a running check has come (passed to its progress callback after
 /// every chunk).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -70,11 +84,8 @@ pub struct CheckReport {
     pub outbox: u64,
     /// Counter groups compared with a recount.
     pub counter_groups: u64,
-    /// Counters not compared, as `collection/name: why`: a filter that uses
-    /// `$ago` (what such a counter holds depends on when each write came), a
-    /// backfill not committed yet, or a document it reads that does not
-    /// decode (a problem of its own).
-    pub counters_skipped: Vec<String>,
+    /// Counters not compared, and why.
+    pub counters_skipped: Vec<CheckSkip>,
     /// The first [`CHECK_PROBLEMS_MAX`] problems found.
     pub problems: Vec<CheckProblem>,
     /// Every problem found, including those past the first.
@@ -136,14 +147,16 @@ fn catalog(view: &dyn StorageRead, report: &mut CheckReport) -> Result<Catalog> 
             ),
         }
     }
-    let mut configs = Vec::new();
+    let mut configs = HashMap::new();
     for (key, bytes) in scan_chunk(view, Space::Meta, config::META_PREFIX, None, usize::MAX)?.0 {
         let name = String::from_utf8_lossy(&key[config::META_PREFIX.len()..]).into_owned();
         match record::decode_json(&bytes)
             .map_err(crate::Error::from)
-            .and_then(|json| CollectionConfig::from_stored(&json))
+            .and_then(|json| CollectionConfig::from_json(&json))
         {
-            Ok(config) => configs.push((name, config)),
+            Ok(config) => {
+                configs.insert(name, config);
+            }
             Err(e) => report.problem(
                 "corrupt_record",
                 Space::Meta,
@@ -151,6 +164,9 @@ fn catalog(view: &dyn StorageRead, report: &mut CheckReport) -> Result<Catalog> 
             ),
         }
     }
+    config::read_backfills(view, &mut configs)?;
+    let mut configs: Vec<(String, CollectionConfig)> = configs.into_iter().collect();
+    configs.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(Catalog { indexes, configs })
 }
 
@@ -406,33 +422,35 @@ pub fn check(view: &dyn StorageRead, progress: &mut dyn FnMut(&CheckProgress)) -
     let now = super::committer::now_ms();
     for (collection, config) in &catalog.configs {
         for def in &config.counters {
-            let name = format!("{collection}/{}", def.name);
+            let skip = |kind: &'static str, detail: String| CheckSkip {
+                counter: format!("{collection}/{}", def.name),
+                kind,
+                detail,
+            };
             if mentions_ago(&def.filter_json) {
-                report
-                    .counters_skipped
-                    .push(format!("{name}: its filter uses $ago"));
+                let why = "its filter uses $ago: what it holds depends on when each write came".into();
+                report.counters_skipped.push(skip("time_relative", why));
                 continue;
             }
-            if config.backfilling.contains(&def.name) {
-                report.counters_skipped.push(format!(
-                    "{name}: its backfill has not committed yet (it resumes on open)"
-                ));
+            if config.backfilling.contains_key(&def.name) {
+                let why = "declared or defined anew, its backfill has not committed yet (it resumes on open)"
+                    .into();
+                report.counters_skipped.push(skip("backfill_pending", why));
                 continue;
             }
             let groups = match tally(view, collection, def, now) {
                 Ok(groups) => groups,
                 // Reported where the walk of the documents met it.
                 Err(Error::Storage(StorageError::Corrupt(why))) => {
-                    report
-                        .counters_skipped
-                        .push(format!("{name}: a document it reads does not decode ({why})"));
+                    let why = format!("a document it reads does not decode ({why})");
+                    report.counters_skipped.push(skip("unreadable", why));
                     continue;
                 }
                 Err(other) => return Err(other),
             };
             for (group, expected, have) in groups {
                 report.counter_groups += 1;
-                if !expected.add(have.negated()).is_zero() {
+                if !expected.same(have) {
                     report.problem(
                         "counter_mismatch",
                         Space::Documents,

@@ -292,11 +292,10 @@ impl Collection {
     /// returned — as is one whose backfill a crash interrupted (it also
     /// resumes by itself on open).
     pub fn set_config(&self, config: CollectionConfig) -> Result<Vec<(String, RecountReport)>> {
-        config.check_declared(&self.name, &self.config())?;
         self.db.submit_config(&self.name, config)?;
         self.config()
             .backfilling
-            .into_iter()
+            .into_keys()
             .map(|name| Ok((name.clone(), self.recount(&name)?)))
             .collect()
     }

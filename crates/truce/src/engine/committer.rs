@@ -74,13 +74,9 @@ pub enum Request {
     /// Replace a collection's configuration (TTL, counters).
     SetConfig(String, Box<CollectionConfig>, oneshot::Sender<Result<u64>>),
     /// Add amounts to target fields in one commit (recount corrections); when
-    /// the recount was the backfill of a counter `(collection, name)` just
-    /// declared, the same commit records that it is done.
-    Increment(
-        Vec<Increment>,
-        Option<(String, String)>,
-        oneshot::Sender<Result<u64>>,
-    ),
+    /// the recount was the backfill of a counter declared, the same commit
+    /// records that it is done.
+    Increment(Vec<Increment>, Option<Backfilled>, oneshot::Sender<Result<u64>>),
     /// Drop an index: from this commit on it is neither maintained nor read.
     /// Answers the definition dropped.
     DropIndex {
@@ -165,6 +161,17 @@ impl Request {
     }
 }
 
+/// A counter's backfill done: counter `name` of `collection`, as declared in
+/// `generation` (`CollectionConfig::backfilling`).
+pub struct Backfilled {
+    /// The counter's collection (its source).
+    pub collection: String,
+    /// The counter's name.
+    pub name: String,
+    /// The declaration the recount read.
+    pub generation: u64,
+}
+
 /// The indexes of every collection, by collection name.
 pub type Catalog = HashMap<String, Vec<IndexDef>>;
 
@@ -203,6 +210,9 @@ pub struct Committer {
     dropping: Vec<IndexDef>,
     collections: BTreeSet<String>,
     configs: HashMap<String, CollectionConfig>,
+    /// The generation of the last counter declaration that waited for its
+    /// backfill (`CollectionConfig::backfilling`).
+    backfill_generation: u64,
     outbox_entries: u64,
     outbox_oldest_ms: Option<u64>,
     /// The last outbox key drained by this process (everything before it is gone).
@@ -360,11 +370,9 @@ impl Committer {
         let mut configs = HashMap::new();
         for (key, bytes) in scan_prefix(storage, Space::Meta, config::META_PREFIX)? {
             let name = String::from_utf8_lossy(&key[config::META_PREFIX.len()..]).into_owned();
-            configs.insert(
-                name,
-                CollectionConfig::from_stored(&record::decode_json(&bytes)?)?,
-            );
+            configs.insert(name, CollectionConfig::from_json(&record::decode_json(&bytes)?)?);
         }
+        let backfill_generation = config::read_backfills(storage, &mut configs)?;
         let outbox = scan_prefix(storage, Space::Outbox, b"")?;
         let outbox_entries = outbox.len() as u64;
         let outbox_oldest_ms = match outbox.first() {
@@ -384,6 +392,7 @@ impl Committer {
             dropping,
             collections,
             configs,
+            backfill_generation,
             outbox_entries,
             outbox_oldest_ms,
             outbox_cursor: None,
@@ -659,7 +668,7 @@ impl Committer {
                 }
                 Request::SetConfig(collection, config, reply) => {
                     config_changed = true;
-                    Answer::Seq(reply, Ok(self.set_config(&mut group, collection, *config)))
+                    Answer::Seq(reply, self.set_config(&mut group, collection, *config))
                 }
                 Request::Increment(increments, backfilled, reply) => {
                     group.seq += 1;
@@ -673,8 +682,8 @@ impl Committer {
                     } else {
                         self.recent.record(group.seq, written);
                     }
-                    if let Some((collection, name)) = backfilled {
-                        config_changed |= self.backfilled(&mut group, &collection, &name);
+                    if let Some(done) = backfilled {
+                        config_changed |= self.backfilled(&mut group, &done);
                     }
                     Answer::Seq(reply, Ok(group.seq))
                 }
@@ -825,6 +834,10 @@ impl Committer {
             if state.doc.is_deleted() {
                 continue;
             }
+            // A holder past its TTL is gone for writers, as for readers: it
+            // neither refuses the value nor shows in the conflict.
+            let ttl = self.configs.get(&*op.collection).and_then(|c| c.ttl.as_ref());
+            let gone = gone_at(ttl, group.ts_ms);
             for def in defs
                 .iter()
                 .filter(|d| d.spec.unique && d.state != IndexState::Failed)
@@ -834,11 +847,6 @@ impl Committer {
                 }
                 let mut prefix = def.prefix();
                 prefix.extend_from_slice(&def.values(&state.doc.body));
-                // A holder past its TTL is gone for writers, as for readers:
-                // it neither refuses the value nor shows in the conflict.
-                let ttl = self.configs.get(&*op.collection).and_then(|c| c.ttl.as_ref());
-                let now = group.ts_ms;
-                let gone = |doc: &Document| ttl.is_some_and(|ttl| is_expired_for_writers(doc, ttl, now));
                 let holder = match claimed.iter().find(|(p, id)| *p == prefix && *id != state.doc.id) {
                     Some((_, id)) => Some(id.to_string()),
                     None => group.unique_holder(&op.collection, &prefix, &state.doc.id, &gone)?,
@@ -1003,47 +1011,72 @@ impl Committer {
     }
 
     /// Stores `collection`'s configuration, which applies from the next commit
-    /// on; returns the sequence it is current as of. Its counters that are new or
-    /// defined otherwise than before, and those still waiting for their
-    /// backfill, are stored as waiting for it (`CollectionConfig::backfilling`)
-    /// until a recount's commit says it is done ([`Self::backfilled`]).
-    fn set_config(&mut self, group: &mut Group<'_>, collection: String, mut config: CollectionConfig) -> u64 {
-        let key = config::meta_key(&collection);
+    /// on; returns the sequence it is current as of. Refuses what a new
+    /// declaration may not say (`CollectionConfig::check_declared`). Its
+    /// counters that are new or defined otherwise than before wait for their
+    /// backfill, each under a generation of its own, until a recount's commit
+    /// says it is done ([`Self::backfilled`]); one still waiting keeps its
+    /// generation, and a removed one stops waiting.
+    fn set_config(
+        &mut self,
+        group: &mut Group<'_>,
+        collection: String,
+        mut config: CollectionConfig,
+    ) -> Result<u64> {
         let before = self.configs.get(&collection).cloned().unwrap_or_default();
-        config.backfilling = config
-            .counters
-            .iter()
-            .map(|c| &c.name)
-            .filter(|name| {
-                before.backfilling.contains(*name) || before.counter_json(name) != config.counter_json(name)
-            })
-            .cloned()
-            .collect();
+        config.check_declared(&collection, &before)?;
+        config.backfilling.clear();
+        for def in &config.counters {
+            let generation = if config.defines_anew(&def.name, &before) {
+                self.backfill_generation += 1;
+                let key = config::backfill_key(&collection, &def.name);
+                group.put(
+                    Space::Meta,
+                    key,
+                    Some(record::encode_counter(self.backfill_generation)),
+                );
+                self.backfill_generation
+            } else if let Some(&generation) = before.backfilling.get(&def.name) {
+                generation
+            } else {
+                continue;
+            };
+            config.backfilling.insert(def.name.clone(), generation);
+        }
+        for name in before
+            .backfilling
+            .keys()
+            .filter(|n| !config.backfilling.contains_key(*n))
+        {
+            group.put(Space::Meta, config::backfill_key(&collection, name), None);
+        }
+        let key = config::meta_key(&collection);
         if config.is_empty() {
             group.put(Space::Meta, key, None);
             self.configs.remove(&collection);
         } else {
-            group.put(
-                Space::Meta,
-                key,
-                Some(record::encode_json(&config.to_stored_json())),
-            );
+            group.put(Space::Meta, key, Some(record::encode_json(&config.to_json())));
             self.configs.insert(collection, config);
         }
-        group.seq
+        Ok(group.seq)
     }
 
-    /// Records that counter `name` of `collection` is backfilled; whether its
-    /// configuration changed.
-    fn backfilled(&mut self, group: &mut Group<'_>, collection: &str, name: &str) -> bool {
-        let Some(config) = self.configs.get_mut(collection) else {
+    /// Records the backfill `done` ended, if its counter still waits for that
+    /// declaration's (a recount of an earlier definition ends nothing);
+    /// whether the configuration changed.
+    fn backfilled(&mut self, group: &mut Group<'_>, done: &Backfilled) -> bool {
+        let Some(config) = self.configs.get_mut(&done.collection) else {
             return false;
         };
-        if !config.backfilling.remove(name) {
+        if config.backfilling.get(&done.name) != Some(&done.generation) {
             return false;
         }
-        let stored = record::encode_json(&config.to_stored_json());
-        group.put(Space::Meta, config::meta_key(collection), Some(stored));
+        config.backfilling.remove(&done.name);
+        group.put(
+            Space::Meta,
+            config::backfill_key(&done.collection, &done.name),
+            None,
+        );
         true
     }
 
@@ -1175,6 +1208,10 @@ impl Committer {
         declared_seq: u64,
         after: Option<Vec<u8>>,
     ) -> Result<IndexProgress> {
+        // Documents past their TTL are gone for the uniqueness a backfill
+        // checks, as for writers' (`check_unique`); they keep their entries.
+        let ttl = self.configs.get(collection).and_then(|c| c.ttl.clone());
+        let gone = gone_at(ttl.as_ref(), group.ts_ms);
         // Only this declaration's steps: a backfill of an index dropped since
         // would otherwise go on, from its own position, in the new one.
         let def = self
@@ -1204,13 +1241,16 @@ impl Committer {
         )?;
         for (key, _) in &docs {
             let id = String::from_utf8_lossy(&key[base.len()..]).into_owned();
-            let (entry, all_present) = match group.current(key, &id)?.filter(|d| !d.is_deleted()) {
-                Some(doc) => (def.entry_key(&id, &doc.body), def.all_present(&doc.body)),
+            let (entry, claims) = match group.current(key, &id)?.filter(|d| !d.is_deleted()) {
+                Some(doc) => (
+                    def.entry_key(&id, &doc.body),
+                    def.all_present(&doc.body) && !gone(doc),
+                ),
                 None => continue,
             };
-            if def.spec.unique && all_present {
+            if def.spec.unique && claims {
                 let prefix = &entry[..entry.len() - id.len()];
-                if let Some(holder) = group.unique_holder(collection, prefix, &id, &|_| false)? {
+                if let Some(holder) = group.unique_holder(collection, prefix, &id, &gone)? {
                     def.state = IndexState::Failed;
                     def.failure = Some(format!(
                         "documents {holder} and {id} share the values of unique index {name}"
@@ -1613,6 +1653,11 @@ fn settled(commit: &Commit, outcome: &Result<TxOutcome>, durable_seq: u64) -> bo
 /// Whether writers see `doc` as past its TTL: live, with an expired TTL field.
 fn is_expired_for_writers(doc: &Document, ttl: &config::TtlConfig, now_ms: u64) -> bool {
     !doc.is_deleted() && is_expired(&doc.body, ttl, now_ms)
+}
+
+/// Whether a document is gone for writers at `now_ms` under `ttl` (past it).
+fn gone_at(ttl: Option<&config::TtlConfig>, now_ms: u64) -> impl Fn(&Document) -> bool + '_ {
+    move |doc| ttl.is_some_and(|ttl| is_expired_for_writers(doc, ttl, now_ms))
 }
 
 /// A document past its TTL is gone for writers as it is for readers, even

@@ -2,7 +2,7 @@
 //! describes them. Validated here; stored durably in the meta space by the
 //! committer, which applies it in commit order.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 
 use serde_json::{Map, Value, json};
 
@@ -72,11 +72,14 @@ pub struct CollectionConfig {
     pub ttl: Option<TtlConfig>,
     /// Counter caches fed by this collection.
     pub counters: Vec<CounterDef>,
-    /// Counters declared whose backfill (a recount of the documents already
-    /// there) has not committed yet. Stored with the configuration, in the
-    /// commit that declares them, so that a backfill a crash interrupted is
-    /// run again on the next open; not part of the `_config` body.
-    pub backfilling: BTreeSet<String>,
+    /// Counters declared (or defined anew) whose backfill — a recount of the
+    /// documents already there — has not committed yet, by name, each with
+    /// the generation of its declaration: a recount of an earlier definition
+    /// does not end a later one's wait. Stored under their own meta keys
+    /// ([`backfill_key`]) in the commit that declares them, so that a backfill
+    /// a crash interrupted runs again on the next open; not part of the
+    /// `_config` body.
+    pub backfilling: BTreeMap<String, u64>,
 }
 
 fn invalid(message: String) -> Error {
@@ -212,35 +215,20 @@ impl CollectionConfig {
         Ok(CollectionConfig {
             ttl,
             counters,
-            backfilling: BTreeSet::new(),
+            backfilling: BTreeMap::new(),
         })
     }
 
-    /// Reads a configuration as stored: the `_config` body and the counters
-    /// whose backfill is pending.
-    pub fn from_stored(value: &Value) -> Result<CollectionConfig> {
-        let mut body = value.clone();
-        let pending = body.as_object_mut().and_then(|b| b.remove(BACKFILLING_KEY));
-        let mut config = CollectionConfig::from_json(&body)?;
-        if let Some(Value::Array(names)) = pending {
-            config.backfilling = names.iter().filter_map(Value::as_str).map(String::from).collect();
-        }
-        Ok(config)
+    /// Whether counter `name` is new here, or defined otherwise, against
+    /// `before`.
+    pub fn defines_anew(&self, name: &str, before: &CollectionConfig) -> bool {
+        before.counter_json(name) != self.counter_json(name)
     }
 
     /// Counter `name`'s definition as `_config` shows it, if there is one.
     pub fn counter_json(&self, name: &str) -> Option<Value> {
         let index = self.counters.iter().position(|c| c.name == name)?;
         Some(self.to_json()["counters"][index].clone())
-    }
-
-    /// The form stored in the meta space ([`Self::from_stored`] reads it).
-    pub fn to_stored_json(&self) -> Value {
-        let mut out = self.to_json();
-        if !self.backfilling.is_empty() {
-            out[BACKFILLING_KEY] = json!(self.backfilling);
-        }
-        out
     }
 
     /// Refuses what a new declaration of counters on `collection` may not say,
@@ -252,7 +240,7 @@ impl CollectionConfig {
     /// A counter as it already is in `before` passes as it is.
     pub fn check_declared(&self, collection: &str, before: &CollectionConfig) -> Result<()> {
         for (index, def) in self.counters.iter().enumerate() {
-            if before.counter_json(&def.name) == self.counter_json(&def.name) {
+            if !self.defines_anew(&def.name, before) {
                 continue;
             }
             let what = format!("counters[{index}]");
@@ -301,8 +289,56 @@ impl CollectionConfig {
     }
 }
 
-/// Where a stored configuration lists its counters whose backfill is pending.
-const BACKFILLING_KEY: &str = "backfilling";
+/// Meta-space prefix of the counters waiting for their backfill:
+/// `counter_backfill 0x00 collection 0x00 name` → the declaration's
+/// generation (a counter record).
+pub const BACKFILL_PREFIX: &[u8] = b"counter_backfill\0";
+
+/// The meta-space key of counter `name` of `collection` waiting for its backfill.
+pub fn backfill_key(collection: &str, name: &str) -> Vec<u8> {
+    [BACKFILL_PREFIX, collection.as_bytes(), b"\0", name.as_bytes()].concat()
+}
+
+/// Adds to `configs` the counters of theirs waiting for a backfill in `view`;
+/// a mark whose counter is gone (it cannot be, but a hand-edited directory
+/// may hold one) is left out. Returns the highest generation.
+pub fn read_backfills(
+    view: &dyn crate::storage::StorageRead,
+    configs: &mut std::collections::HashMap<String, CollectionConfig>,
+) -> Result<u64> {
+    let mut highest = 0;
+    let prefix_end = crate::index::keys::prefix_end(BACKFILL_PREFIX);
+    let marks = view.scan(
+        crate::storage::Space::Meta,
+        std::ops::Bound::Included(BACKFILL_PREFIX),
+        prefix_end
+            .as_deref()
+            .map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded),
+        crate::storage::Direction::Forward,
+        usize::MAX,
+    )?;
+    for (key, value) in marks {
+        let generation = crate::record::decode_counter(&value)?;
+        highest = highest.max(generation);
+        if let Some((collection, name)) = backfill_of(&key)
+            && let Some(config) = configs.get_mut(&collection)
+            && config.counters.iter().any(|c| c.name == name)
+        {
+            config.backfilling.insert(name, generation);
+        }
+    }
+    Ok(highest)
+}
+
+/// The collection and counter a [`backfill_key`] names.
+pub fn backfill_of(key: &[u8]) -> Option<(String, String)> {
+    let rest = key.strip_prefix(BACKFILL_PREFIX)?;
+    let at = rest.iter().position(|&b| b == 0)?;
+    Some((
+        String::from_utf8(rest[..at].to_vec()).ok()?,
+        String::from_utf8(rest[at + 1..].to_vec()).ok()?,
+    ))
+}
 
 /// The meta-space key of `collection`'s configuration.
 pub fn meta_key(collection: &str) -> Vec<u8> {

@@ -9,6 +9,10 @@ use crate::update::path;
 
 use super::config::CounterDef;
 
+/// How far apart two float sums may be and still be the same count, relative
+/// to the larger ([`Amount::same`]).
+const FLOAT_SUM_TOLERANCE: f64 = 1e-9;
+
 /// An amount to add: integers stay exact, anything else is a float.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Amount {
@@ -51,6 +55,20 @@ impl Amount {
         match self {
             Amount::Int(a) => a as f64,
             Amount::Float(a) => a,
+        }
+    }
+
+    /// Whether two amounts are the same count: exactly, for integers; within
+    /// a billionth of the larger (or of 1) once either is a float, since float
+    /// sums differ by their order (a target summed in commit order against a
+    /// recount summed in id order), which is no damage to repair.
+    pub fn same(self, other: Amount) -> bool {
+        match (self, other) {
+            (Amount::Int(a), Amount::Int(b)) => a == b,
+            (a, b) => {
+                let (a, b) = (a.as_f64(), b.as_f64());
+                (a - b).abs() <= FLOAT_SUM_TOLERANCE * a.abs().max(b.abs()).max(1.0)
+            }
         }
     }
 

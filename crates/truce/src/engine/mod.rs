@@ -43,7 +43,7 @@ mod watermark;
 use poll::PollWindow;
 
 pub use backup::{Backup, BackupProgress, BackupReport, BackupStop};
-pub use check::{CheckProblem, CheckProgress, CheckReport, check};
+pub use check::{CheckProblem, CheckProgress, CheckReport, CheckSkip, check};
 pub use collection::Collection;
 pub use committer::{IndexProgress, now_ms};
 pub use evaluate::WriteOp;
@@ -594,15 +594,17 @@ impl Db {
     pub(crate) fn submit_increments(
         &self,
         increments: Vec<counters::Increment>,
-        backfilled: Option<(String, String)>,
+        backfilled: Option<committer::Backfilled>,
     ) -> Result<u64> {
         self.ask(|reply| Request::Increment(increments, backfilled, reply))
     }
 
     /// Runs again, on a background thread, the backfills of counters whose
-    /// declaration committed and whose backfill did not (a crash came between).
+    /// declaration committed and whose backfill did not (a crash came
+    /// between). A full commit queue retries the same counter; another
+    /// failure is logged and leaves that one waiting for the next open.
     fn resume_counter_backfills(&self) {
-        let pending: Vec<(String, String)> = self
+        let mut pending: std::collections::VecDeque<(String, String)> = self
             .shared()
             .configs
             .read()
@@ -611,26 +613,29 @@ impl Db {
             .flat_map(|(collection, config)| {
                 config
                     .backfilling
-                    .iter()
+                    .keys()
                     .map(|name| (collection.clone(), name.clone()))
             })
             .collect();
         if pending.is_empty() {
             return;
         }
-        let mut pending = pending.into_iter();
         self.spawn_steps("truce-counter-backfill".into(), move |db| {
-            let Some((collection, name)) = pending.next() else {
+            let Some((collection, name)) = pending.front() else {
                 return Ok(false);
             };
-            match recount::recount(db, &collection, &name) {
+            match recount::recount(db, collection, name) {
                 Ok(report) => {
                     tracing::info!(collection = %collection, counter = %name, fixed = report.fixed.len(), "counter backfill done");
                 }
                 // Removed from the configuration since: nothing to backfill.
                 Err(Error::NotFound(_)) => {}
-                Err(e) => return Err(e),
+                Err(Error::Overloaded) => return Err(Error::Overloaded),
+                Err(e) => {
+                    tracing::warn!(collection = %collection, counter = %name, "counter backfill failed, left for the next open: {e}");
+                }
             }
+            pending.pop_front();
             Ok(true)
         });
     }

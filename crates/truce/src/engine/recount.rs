@@ -11,7 +11,7 @@ use crate::storage::{Direction, Space, StorageRead};
 use crate::update::path;
 
 use super::Db;
-use super::committer::now_ms;
+use super::committer::{Backfilled, now_ms};
 use super::config::CounterDef;
 use super::counters::{self, Amount, Increment};
 use super::read::{durable_snapshot, for_each_document};
@@ -48,6 +48,8 @@ fn number(amount: Amount) -> Value {
 pub fn recount(db: &Db, collection: &str, name: &str) -> Result<RecountReport> {
     let _one_at_a_time = db.recounting();
     let shared = db.shared();
+    // The definition and the declaration it waits a backfill for, read
+    // together: its commit records that backfill done, and no later one.
     let (def, backfilling) = shared
         .configs
         .read()
@@ -55,7 +57,7 @@ pub fn recount(db: &Db, collection: &str, name: &str) -> Result<RecountReport> {
         .get(collection)
         .and_then(|c| {
             let def = c.counters.iter().find(|d| d.name == name)?.clone();
-            Some((def, c.backfilling.contains(name)))
+            Some((def, c.backfilling.get(name).copied()))
         })
         .ok_or_else(|| Error::NotFound(format!("counter {name} of collection {collection}")))?;
     let (view, seq) = durable_snapshot(shared)?;
@@ -64,7 +66,7 @@ pub fn recount(db: &Db, collection: &str, name: &str) -> Result<RecountReport> {
     let groups = tally(&*view, collection, &def, now_ms())?;
     for (group, expected, have) in &groups {
         let difference = expected.add(have.negated());
-        if !difference.is_zero() {
+        if !expected.same(*have) {
             fixed.push(RecountFix {
                 group: group.clone(),
                 was: number(*have),
@@ -78,7 +80,11 @@ pub fn recount(db: &Db, collection: &str, name: &str) -> Result<RecountReport> {
             });
         }
     }
-    let backfilled = backfilling.then(|| (collection.to_string(), name.to_string()));
+    let backfilled = backfilling.map(|generation| Backfilled {
+        collection: collection.to_string(),
+        name: name.to_string(),
+        generation,
+    });
     let seq = if corrections.is_empty() && backfilled.is_none() {
         seq
     } else {
@@ -142,4 +148,66 @@ pub(super) fn tally(
             (group.clone(), of(&truth), of(&observed))
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use serde_json::json;
+
+    use super::super::committer::Backfilled;
+    use crate::engine::config::CollectionConfig;
+    use crate::storage::MemoryStorage;
+    use crate::{Db, Options};
+
+    fn counter(filter: serde_json::Value) -> CollectionConfig {
+        CollectionConfig::from_json(
+            &json!({"counters": [{"name": "n", "group_by": "g", "where": filter,
+            "target": {"c": "totals", "field": "n"}}]}),
+        )
+        .unwrap()
+    }
+
+    fn waiting(db: &Db) -> Option<u64> {
+        db.collection("src")
+            .unwrap()
+            .config()
+            .backfilling
+            .get("n")
+            .copied()
+    }
+
+    fn done(generation: u64) -> Option<Backfilled> {
+        Some(Backfilled {
+            collection: "src".into(),
+            name: "n".into(),
+            generation,
+        })
+    }
+
+    /// A recount that read an earlier definition (the counter was defined
+    /// anew while it read) does not end the later definition's wait: that
+    /// one's own backfill still has to come.
+    #[test]
+    fn a_backfill_ends_only_its_own_declarations_wait() {
+        let db = Db::open_with_storage(Arc::new(MemoryStorage::new()), Options::default()).unwrap();
+        db.submit_config("src", counter(json!(null))).unwrap();
+        let first = waiting(&db).expect("declared: waits for its backfill");
+        // Declared again as it is: the same wait.
+        db.submit_config("src", counter(json!(null))).unwrap();
+        assert_eq!(waiting(&db), Some(first));
+        // Defined anew: a wait of its own, which the first one's end leaves.
+        db.submit_config("src", counter(json!({"kind": "a"}))).unwrap();
+        let second = waiting(&db).expect("defined anew: waits");
+        assert_ne!(second, first);
+        db.submit_increments(Vec::new(), done(first)).unwrap();
+        assert_eq!(waiting(&db), Some(second), "a stale backfill ended a newer wait");
+        db.submit_increments(Vec::new(), done(second)).unwrap();
+        assert_eq!(waiting(&db), None);
+        // Removed while waiting: the wait goes with it.
+        db.submit_config("src", counter(json!({"kind": "b"}))).unwrap();
+        db.submit_config("src", CollectionConfig::default()).unwrap();
+        assert_eq!(waiting(&db), None);
+    }
 }
