@@ -467,6 +467,17 @@ fn a_unique_value_held_by_an_expired_document_is_free() {
     assert_eq!(c.count().unwrap(), (1, 6001));
 }
 
+/// The `orders` collection, its `amt` summed by `shop` into `shops/{shop}.total`.
+fn summed_orders(db: &Db) -> truce::Collection {
+    let orders = db.collection("orders").unwrap();
+    let config = json!({"counters": [{"name": "total", "group_by": "shop", "sum": "amt",
+                                      "target": {"c": "shops", "field": "total"}}]});
+    orders
+        .set_config(CollectionConfig::from_json(&config).unwrap())
+        .unwrap();
+    orders
+}
+
 /// An integer sum past i64 goes on as a float (a JSON number), as `$inc`
 /// would not: the counter used to stop there, its increments dropped, and
 /// a recount could not see it.
@@ -474,16 +485,7 @@ fn a_unique_value_held_by_an_expired_document_is_free() {
 fn a_sum_past_i64_goes_on_as_a_float() {
     let dir = tempfile::tempdir().unwrap();
     let db = open_relaxed(dir.path());
-    let orders = db.collection("orders").unwrap();
-    orders
-        .set_config(
-            CollectionConfig::from_json(
-                &json!({"counters": [{"name": "total", "group_by": "shop", "sum": "amt",
-                "target": {"c": "shops", "field": "total"}}]}),
-            )
-            .unwrap(),
-        )
-        .unwrap();
+    let orders = summed_orders(&db);
     let big = 9_000_000_000_000_000_000_i64;
     for id in ["o1", "o2", "o3"] {
         orders
@@ -511,16 +513,7 @@ fn a_sum_past_i64_goes_on_as_a_float() {
 fn float_sums_within_rounding_are_the_same_count() {
     let dir = tempfile::tempdir().unwrap();
     let db = open_relaxed(dir.path());
-    let orders = db.collection("orders").unwrap();
-    orders
-        .set_config(
-            CollectionConfig::from_json(
-                &json!({"counters": [{"name": "total", "group_by": "shop", "sum": "amt",
-                "target": {"c": "shops", "field": "total"}}]}),
-            )
-            .unwrap(),
-        )
-        .unwrap();
+    let orders = summed_orders(&db);
     for (i, amt) in [0.1, 0.2, 0.3, 0.7, 1.1, 0.6].iter().enumerate() {
         orders
             .put(&format!("o{i}"), json!({"shop": "a", "amt": amt}), Expect::Absent)
