@@ -80,11 +80,15 @@ pub fn run(args: &CheckArgs) -> Result<(), String> {
         );
         Ok(())
     } else {
-        Err(format!(
-            "{} problems found in {} (the report above lists the first {})",
-            report.problems_total,
-            data.display(),
-            report.problems.len()
-        ))
+        let listed = if report.problems.len() as u64 == report.problems_total {
+            "the report above lists them".to_string()
+        } else {
+            format!("the report above lists the first {}", report.problems.len())
+        };
+        let found = match report.problems_total {
+            1 => "1 problem".to_string(),
+            n => format!("{n} problems"),
+        };
+        Err(format!("{found} found in {} ({listed})", data.display()))
     }
 }

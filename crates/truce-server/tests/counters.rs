@@ -668,7 +668,7 @@ fn cli_check_finds_a_counter_written_behind_its_back() {
     assert!(ran.status.is_some_and(|s| s.success()), "{}", ran.stderr);
     let (ok, stdout, stderr) = run_truce(&["check"], &backup);
     assert!(!ok, "the damage was not found: {stdout}");
-    assert!(stderr.contains("1 problems found"), "{stderr}");
+    assert!(stderr.contains("1 problem found"), "{stderr}");
     let report: Value = serde_json::from_str(&stdout).expect("a JSON report");
     assert_eq!(report["clean"], false);
     assert_eq!(report["problems"][0]["kind"], "counter_mismatch", "{stdout}");
