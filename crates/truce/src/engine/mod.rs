@@ -494,8 +494,11 @@ impl Db {
 
     /// Runs `step` on a background thread named `thread` until it answers
     /// `Ok(false)` (done) or fails; a full queue is retried after a pause.
-    /// Holds only a weak handle, so it never keeps a closed database open;
-    /// unfinished work resumes on the next open.
+    /// Holds only a weak handle between steps, so a closed database stays
+    /// closed once the step running ends (an index backfill's or a purge's is
+    /// one chunk; a counter backfill's is a whole recount, which a reopen in
+    /// the same process waits for or meets as `InUse`); unfinished work
+    /// resumes on the next open.
     fn spawn_steps(&self, thread: String, mut step: impl FnMut(&Db) -> Result<bool> + Send + 'static) {
         let weak: Weak<Inner> = Arc::downgrade(&self.inner);
         let name = thread.clone();
