@@ -625,6 +625,77 @@ fn keys_created_and_revoked_while_running_take_effect_within_seconds() {
         .error(401, "unauthorized");
 }
 
+/// A feed open when its key is revoked ends (an event stream) or is refused
+/// (a long poll) within seconds, and never delivers what is written after:
+/// revoking a leaked key must end its access, and a stream would otherwise
+/// stay open for ever on its keep-alives.
+#[test]
+fn open_feeds_end_when_their_key_is_revoked() {
+    let server = Server::start();
+    let data = server.data.clone();
+    let api = Api::new(&server.url());
+    let admin = create_key(&data, "admin", None);
+    let reader = create_key(&data, "read", None);
+    let scoped = create_key(&data, "read", Some("a"));
+    api.wait_for_status(Some(&scoped), "/v1/c/a/x", 404);
+    api.put(Some(&admin), "/v1/c/a/before", json!({})).ok(201);
+    let streaming = Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .expect("client");
+    let feeds = [
+        (&reader, "/v1/_changes?feed=sse&since=now&include_docs=true"),
+        (&scoped, "/v1/c/a/_changes?feed=sse&since=now&include_docs=true"),
+        (&scoped, "/v1/c/a/_pull/stream"),
+        (
+            &reader,
+            "/v1/c/a/_changes?feed=longpoll&since=now&include_docs=true&timeout=15000",
+        ),
+        (
+            &scoped,
+            "/couch/a/_changes?feed=longpoll&since=now&include_docs=true&timeout=15000",
+        ),
+    ];
+    let readers: Vec<_> = feeds
+        .iter()
+        .map(|(key, path)| {
+            let request = streaming
+                .get(format!("{}{path}", server.url()))
+                .header("authorization", format!("Bearer {key}"));
+            let path = path.to_string();
+            std::thread::spawn(move || {
+                // Everything the feed sends until it ends: its status and body.
+                let response = request.send().unwrap_or_else(|e| panic!("{path}: {e}"));
+                let status = response.status().as_u16();
+                let body = response
+                    .text()
+                    .unwrap_or_else(|e| panic!("{path} did not end: {e}"));
+                (path, status, body)
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    revoke_key(&data, &reader);
+    revoke_key(&data, &scoped);
+    api.wait_for_status(Some(&reader), "/v1/c/a/x", 401);
+    api.wait_for_status(Some(&scoped), "/v1/c/a/x", 401);
+    std::thread::sleep(Duration::from_millis(1500));
+    api.put(Some(&admin), "/v1/c/a/after", json!({"secret": "s3cr3t"}))
+        .ok(201);
+    for reader in readers {
+        let (path, status, body) = reader.join().expect("a feed reader");
+        assert!(
+            !body.contains("s3cr3t"),
+            "{path} delivered a write made after its key was revoked: {body}"
+        );
+        if path.contains("longpoll") {
+            assert_eq!(status, 401, "{path}: {body}");
+        } else {
+            assert_eq!(status, 200, "{path}");
+        }
+    }
+}
+
 #[test]
 fn a_public_address_needs_keys() {
     let dir = tempfile::tempdir().unwrap();

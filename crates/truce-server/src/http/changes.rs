@@ -17,7 +17,7 @@ use truce::{Change, Db};
 
 use super::AppState;
 use super::error::ApiError;
-use super::extract::{LAST_EVENT_ID, Params, PathParams, authorize};
+use super::extract::{LAST_EVENT_ID, Params, PathParams, Standing, authorize};
 use crate::keys::{Principal, Role};
 
 /// Default and largest long-poll wait, in ms.
@@ -118,6 +118,7 @@ async fn feed(
     };
     let request = feed_request(&state.db, collection, &params, resume_after)?;
     let with_collection = request.collection.is_none();
+    let standing = Standing::of(&state, headers, request.collection.as_deref());
     match kind {
         "normal" => {
             let db = state.db.clone();
@@ -147,20 +148,29 @@ async fn feed(
                 .db
                 .subscribe(request.collection.as_deref(), request.since, request.include_docs)?
                 .page_limit(request.limit)?;
-            let (results, last_seq) =
-                match tokio::time::timeout(Duration::from_millis(timeout), sub.next()).await {
-                    Ok(page) => {
-                        let page = page?;
-                        (
-                            page.changes
-                                .iter()
-                                .map(|c| change_json(c, with_collection))
-                                .collect(),
-                            page.last_seq,
-                        )
-                    }
-                    Err(_) => (Vec::new(), sub.since()),
-                };
+            let (results, last_seq) = match tokio::time::timeout(
+                Duration::from_millis(timeout),
+                standing.next_page(&mut sub),
+            )
+            .await
+            {
+                Ok(None) => {
+                    return Err(ApiError::Unauthorized(
+                        "the key was revoked while the request waited",
+                    ));
+                }
+                Ok(Some(page)) => {
+                    let page = page?;
+                    (
+                        page.changes
+                            .iter()
+                            .map(|c| change_json(c, with_collection))
+                            .collect(),
+                        page.last_seq,
+                    )
+                }
+                Err(_) => (Vec::new(), sub.since()),
+            };
             Ok(axum::Json(json!({"results": results, "last_seq": last_seq})).into_response())
         }
         "sse" => {
@@ -177,7 +187,7 @@ async fn feed(
                     .db
                     .subscribe(request.collection.as_deref(), request.since, request.include_docs)?;
             let keep_alive = KeepAlive::new().interval(Duration::from_millis(SSE_KEEPALIVE_MS));
-            Ok(Sse::new(sse_events(sub, with_collection))
+            Ok(Sse::new(sse_events(sub, with_collection, standing))
                 .keep_alive(keep_alive)
                 .into_response())
         }
@@ -188,7 +198,8 @@ async fn feed(
     }
 }
 
-/// One SSE event per change, until the engine fails. The last change of each
+/// One SSE event per change, until the engine fails or the caller's key may
+/// no longer read the feed (`Standing`). The last change of each
 /// commit carries `id:` its sequence, so that the `Last-Event-ID` a client
 /// reconnects with always names a commit it has every change of (the changes
 /// of one transaction share one sequence, and a connection can drop between
@@ -196,32 +207,37 @@ async fn feed(
 fn sse_events(
     sub: truce::Subscription,
     with_collection: bool,
+    standing: Standing,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
-    stream::unfold(Some(sub), move |sub| async move {
-        let mut sub = sub?;
-        match sub.next().await {
-            Ok(page) => {
-                let changes = &page.changes;
-                let events: Vec<Result<Event, Infallible>> = changes
-                    .iter()
-                    .enumerate()
-                    .map(|(i, c)| {
-                        let event = Event::default().data(change_json(c, with_collection).to_string());
-                        let ends_commit = changes.get(i + 1).is_none_or(|next| next.seq != c.seq);
-                        Ok(if ends_commit {
-                            event.id(c.seq.to_string())
-                        } else {
-                            event
+    let standing = Arc::new(standing);
+    stream::unfold(Some(sub), move |sub| {
+        let standing = Arc::clone(&standing);
+        async move {
+            let mut sub = sub?;
+            match standing.next_page(&mut sub).await? {
+                Ok(page) => {
+                    let changes = &page.changes;
+                    let events: Vec<Result<Event, Infallible>> = changes
+                        .iter()
+                        .enumerate()
+                        .map(|(i, c)| {
+                            let event = Event::default().data(change_json(c, with_collection).to_string());
+                            let ends_commit = changes.get(i + 1).is_none_or(|next| next.seq != c.seq);
+                            Ok(if ends_commit {
+                                event.id(c.seq.to_string())
+                            } else {
+                                event
+                            })
                         })
-                    })
-                    .collect();
-                Some((stream::iter(events), Some(sub)))
-            }
-            Err(e) => {
-                let event = Event::default()
-                    .event("error")
-                    .data(json!({"error": e.code()}).to_string());
-                Some((stream::iter(vec![Ok(event)]), None))
+                        .collect();
+                    Some((stream::iter(events), Some(sub)))
+                }
+                Err(e) => {
+                    let event = Event::default()
+                        .event("error")
+                        .data(json!({"error": e.code()}).to_string());
+                    Some((stream::iter(vec![Ok(event)]), None))
+                }
             }
         }
     })

@@ -9,14 +9,14 @@ use std::time::Duration;
 
 use axum::Extension;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 use truce::{ConflictReason, Document, Expect, TxOp, WriteResult};
 
 use super::AppState;
 use super::error::ApiError;
-use super::extract::{JsonBody, Params, PathParams, authorize};
+use super::extract::{JsonBody, Params, PathParams, Standing, authorize};
 use crate::keys::{Principal, Role};
 
 /// Default and largest long-poll wait, in ms (CouchDB's default is 60 s).
@@ -209,6 +209,7 @@ pub async fn changes(
     State(state): State<Arc<AppState>>,
     Extension(who): Extension<Principal>,
     PathParams(coll): PathParams<String>,
+    headers: HeaderMap,
     params: Params,
 ) -> CouchResult {
     authorize(&who, Role::Read, Some(&coll))?;
@@ -251,8 +252,14 @@ pub async fn changes(
                 .db
                 .subscribe(Some(&coll), since, include_docs)?
                 .page_limit(limit)?;
-            match tokio::time::timeout(Duration::from_millis(timeout), sub.next()).await {
-                Ok(page) => page?,
+            let standing = Standing::of(&state, &headers, Some(&coll));
+            match tokio::time::timeout(Duration::from_millis(timeout), standing.next_page(&mut sub)).await {
+                Ok(None) => {
+                    return Err(
+                        ApiError::Unauthorized("the key was revoked while the request waited").into(),
+                    );
+                }
+                Ok(Some(page)) => page?,
                 Err(_) => truce::ChangesPage {
                     changes: Vec::new(),
                     last_seq: sub.since(),

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -18,6 +19,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 use truce::{Expect, Origin, Rev};
 
+use super::AppState;
 use super::error::ApiError;
 use crate::keys::{Principal, Role};
 
@@ -365,6 +367,64 @@ pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> 
             })
         })
         .transpose()
+}
+
+/// How often a long-lived read (a long poll, an event stream) checks that the
+/// key that opened it still may read: a revoked key's stream ends within it,
+/// as the server picks up revocations within a second.
+const STANDING_CHECK: Duration = Duration::from_secs(1);
+
+/// The right a long-lived read was opened with, checked again while it lasts:
+/// a stream open when its key is revoked, or narrowed, must not go on
+/// delivering what the key may no longer read.
+pub struct Standing {
+    state: Arc<AppState>,
+    authorization: Option<String>,
+    collection: Option<String>,
+}
+
+impl Standing {
+    /// The standing of the caller of a read of `collection` (`None`: every
+    /// collection) that sent `headers`.
+    pub fn of(state: &Arc<AppState>, headers: &HeaderMap, collection: Option<&str>) -> Standing {
+        Standing {
+            state: Arc::clone(state),
+            authorization: headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+            collection: collection.map(str::to_string),
+        }
+    }
+
+    /// Whether the key still may read what was asked.
+    pub fn holds(&self) -> bool {
+        self.state
+            .keys
+            .caller(self.authorization.as_deref())
+            .is_ok_and(|who| {
+                authorize(&who, Role::Read, self.collection.as_deref()).is_ok()
+                    && (self.collection.is_some() || who.collections.is_none())
+            })
+    }
+
+    /// The subscription's next page, if the caller still may read it; `None`
+    /// once it may not (checked every [`STANDING_CHECK`] while it waits, and
+    /// before a page goes out).
+    pub async fn next_page(
+        &self,
+        sub: &mut truce::Subscription,
+    ) -> Option<truce::Result<truce::ChangesPage>> {
+        loop {
+            // `Subscription::next` only moves on once it returns a page, so
+            // giving up a wait loses nothing.
+            match tokio::time::timeout(STANDING_CHECK, sub.next()).await {
+                Ok(page) => return self.holds().then_some(page),
+                Err(_) if self.holds() => {}
+                Err(_) => return None,
+            }
+        }
+    }
 }
 
 /// Refuses unless `who` has `role` and, when given, access to `collection`.

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use axum::Extension;
 use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, Stream, StreamExt};
@@ -21,7 +22,7 @@ use truce::{Change, Document, Expect, TxFailure, TxOp};
 
 use super::AppState;
 use super::error::ApiError;
-use super::extract::{JsonBody, Params, PathParams, authorize};
+use super::extract::{JsonBody, Params, PathParams, Standing, authorize};
 use crate::keys::{Principal, Role};
 
 /// Documents per pull unless `limit` says otherwise.
@@ -318,23 +319,33 @@ pub async fn pull_stream(
     State(state): State<Arc<AppState>>,
     Extension(who): Extension<Principal>,
     PathParams(coll): PathParams<String>,
+    headers: HeaderMap,
     params: Params,
 ) -> Result<Response, ApiError> {
     authorize(&who, Role::Read, Some(&coll))?;
     let pk = primary_key(&params)?;
+    let standing = Standing::of(&state, &headers, Some(&coll));
     let sub = state.db.subscribe(Some(&coll), state.db.durable_seq(), true)?;
     let keep_alive = KeepAlive::new().interval(Duration::from_millis(STREAM_KEEPALIVE_MS));
-    Ok(Sse::new(stream_events(sub, pk))
+    Ok(Sse::new(stream_events(sub, pk, standing))
         .keep_alive(keep_alive)
         .into_response())
 }
 
-fn stream_events(sub: truce::Subscription, pk: String) -> impl Stream<Item = Result<Event, Infallible>> {
+/// One event per commit batch, until the engine fails or the caller's key may
+/// no longer read the collection (`Standing`).
+fn stream_events(
+    sub: truce::Subscription,
+    pk: String,
+    standing: Standing,
+) -> impl Stream<Item = Result<Event, Infallible>> {
+    let standing = Arc::new(standing);
     stream::unfold(Some(sub), move |sub| {
         let pk = pk.clone();
+        let standing = Arc::clone(&standing);
         async move {
             let mut sub = sub?;
-            match sub.next().await {
+            match standing.next_page(&mut sub).await? {
                 Ok(page) => {
                     let documents: Vec<Value> = page
                         .changes
