@@ -910,6 +910,22 @@ fn replication_push_edges() {
                  "newDocumentState": {"id": "att", "_attachments": {"f": {"data": "aGk="}}}}]))
     .error(400, "invalid_transaction");
     assert_eq!(api.get("/v1/c/rx/att").status, 404);
+    // More than one transaction may write (16 MiB), within the body limit
+    // (20 MiB): written in as many transactions as it takes, not refused for
+    // ever (a client retries the same batch).
+    let blob = "x".repeat(170_000);
+    let rows: Vec<Value> = (0..100)
+        .map(|i| json!({"assumedMasterState": null, "newDocumentState": {"id": format!("big{i}"), "blob": blob}}))
+        .collect();
+    assert_eq!(push(Value::Array(rows)).ok(200), &json!([]));
+    for i in [0, 50, 99] {
+        assert_eq!(
+            api.get(&format!("/v1/c/rx/big{i}")).ok(200)["blob"]
+                .as_str()
+                .map(str::len),
+            Some(170_000)
+        );
+    }
 
     // Past its TTL: a tombstone for reads and writes of every route. The
     // sweeper writes the real tombstone within a tick or so; only a round

@@ -248,9 +248,52 @@ pub async fn push(
 ) -> Result<Response, ApiError> {
     authorize(&who, Role::Write, Some(&coll))?;
     let pk = primary_key(&params)?;
-    let mut pending = parse_rows(body, &pk)?;
+    let rows = parse_rows(body, &pk)?;
     let collection = state.db.collection(&coll)?;
     let mut conflicts = Vec::new();
+    for group in byte_groups(rows) {
+        push_group(&state, &collection, &pk, group, &mut conflicts).await?;
+    }
+    Ok(axum::Json(Value::Array(conflicts)).into_response())
+}
+
+/// The rows in groups each of which one transaction can write: at most
+/// `TX_WRITE_BYTES_MAX` of new documents (a push may carry more, up to the
+/// body limit), in the order they came.
+fn byte_groups(rows: Vec<Row>) -> Vec<Vec<Row>> {
+    let mut groups: Vec<Vec<Row>> = Vec::new();
+    let mut bytes = 0;
+    for row in rows {
+        let size = row
+            .new
+            .as_ref()
+            .map_or(0, |body| serde_json::to_vec(body).map_or(0, |b| b.len()));
+        match groups.last_mut() {
+            Some(group) if bytes + size <= truce::limits::TX_WRITE_BYTES_MAX => {
+                bytes += size;
+                group.push(row);
+            }
+            _ => {
+                bytes = size;
+                groups.push(vec![row]);
+            }
+        }
+    }
+    groups
+}
+
+/// Writes one group of a push's rows: those whose assumed master matches, in
+/// one transaction (read again and retried when another writer got there
+/// first); pushes onto `conflicts` the master state of every row whose master
+/// moved.
+async fn push_group(
+    state: &AppState,
+    collection: &truce::Collection,
+    pk: &str,
+    mut pending: Vec<Row>,
+    conflicts: &mut Vec<Value>,
+) -> Result<(), ApiError> {
+    let coll = collection.name().to_string();
     for round in 0..=PUSH_ROUNDS_MAX {
         let mut ops = Vec::with_capacity(pending.len());
         let mut batch_rows = Vec::with_capacity(pending.len());
@@ -258,9 +301,9 @@ pub async fn push(
             let current = collection.get_current(&row.id)?;
             if let Some(master) = current
                 .as_ref()
-                .filter(|_| !master_equals(row.assumed.as_ref(), current.as_ref(), &pk))
+                .filter(|_| !master_equals(row.assumed.as_ref(), current.as_ref(), pk))
             {
-                conflicts.push(rx_doc(master, &pk, false));
+                conflicts.push(rx_doc(master, pk, false));
                 continue;
             }
             if let Some(op) = row_op(&coll, &row, current.as_ref()) {
@@ -281,7 +324,7 @@ pub async fn push(
                     Ok(_) => {}
                     Err(TxFailure::Conflicts(_)) => {
                         if let Some(master) = collection.get_current(&row.id)? {
-                            conflicts.push(rx_doc(&master, &pk, false));
+                            conflicts.push(rx_doc(&master, pk, false));
                         }
                     }
                     Err(other) => {
@@ -307,7 +350,7 @@ pub async fn push(
             }
         }
     }
-    Ok(axum::Json(Value::Array(conflicts)).into_response())
+    Ok(())
 }
 
 /// Server-Sent Events: `{"documents","checkpoint"}` per commit batch touching the
