@@ -927,6 +927,38 @@ fn replication_push_edges() {
         );
     }
 
+    // A document written through /v1 with the client's primary-key field:
+    // holding its own id there, it replicates both ways without a conflict;
+    // holding anything else, the pull refuses it, rather than showing the id
+    // over the value (which a push of the pulled copy would then drop).
+    api.put("/v1/c/pk/same", json!({"id": "same", "name": "x"}))
+        .ok(201);
+    let pulled = api.get("/v1/c/pk/_pull?primaryKey=id");
+    let doc = pulled.ok(200)["documents"][0].clone();
+    assert_eq!(doc["id"], "same");
+    let mut renamed = doc.clone();
+    renamed["name"] = json!("y");
+    let answer = api.post(
+        "/v1/c/pk/_push?primaryKey=id",
+        json!([{"assumedMasterState": doc, "newDocumentState": renamed}]),
+    );
+    assert_eq!(
+        answer.ok(200),
+        &json!([]),
+        "pushing back what was pulled is no conflict"
+    );
+    assert_eq!(api.get("/v1/c/pk/same").ok(200)["name"], "y");
+    api.put("/v1/c/pk/other", json!({"id": 42, "name": "x"})).ok(201);
+    let refused = api.get("/v1/c/pk/_pull?primaryKey=id");
+    assert!(
+        refused.error(400, "invalid_query")["message"]
+            .as_str()
+            .unwrap()
+            .contains("other"),
+        "{}",
+        refused.text
+    );
+
     // Past its TTL: a tombstone for reads and writes of every route. The
     // sweeper writes the real tombstone within a tick or so; only a round
     // it did not reach first shows anything, and that one says so by the

@@ -48,7 +48,22 @@ fn primary_key(params: &Params) -> Result<String, ApiError> {
 }
 
 /// A document as RxDB sees it (`meta` adds Truce's `_rev`, `_version`, `_seq`, `_ts`).
-fn rx_doc(doc: &Document, primary_key: &str, meta: bool) -> Value {
+/// `doc` as RxDB sees it: its id under the client's primary-key field. A
+/// document whose body holds that field with another value (written through
+/// `/v1` under a name the client uses for its key) is refused: shown, the id
+/// would hide the value, and a push of what was pulled would drop it, or
+/// conflict with it for ever.
+fn rx_doc(doc: &Document, primary_key: &str, meta: bool) -> Result<Value, ApiError> {
+    if let Some(held) = doc.body.get(primary_key).filter(|v| v.as_str() != Some(&doc.id)) {
+        return Err(ApiError::BadRequest(
+            "invalid_query",
+            format!(
+                "document {} holds a field {primary_key:?} ({held}) other than its id: a replicated document may \
+                 not hold the client's primary-key field; rename the field, or replicate with another primaryKey",
+                doc.id
+            ),
+        ));
+    }
     let mut out = if meta {
         doc.to_json().as_object().cloned().unwrap_or_default()
     } else {
@@ -57,7 +72,12 @@ fn rx_doc(doc: &Document, primary_key: &str, meta: bool) -> Value {
     out.remove("_id");
     out.insert(primary_key.to_string(), json!(doc.id));
     out.insert("_deleted".into(), json!(doc.is_deleted()));
-    Value::Object(out)
+    Ok(Value::Object(out))
+}
+
+/// An `error` event, the stream's last.
+fn error_event(body: Value) -> Event {
+    Event::default().event("error").data(body.to_string())
 }
 
 fn checkpoint(change: &Change) -> Value {
@@ -98,11 +118,11 @@ pub async fn pull(
     })
     .await
     .map_err(|e| ApiError::Engine(truce::Error::Unavailable(e.to_string())))??;
-    let documents: Vec<Value> = changes
+    let documents = changes
         .iter()
         .filter_map(|c| c.doc.as_ref())
         .map(|d| rx_doc(d, &pk, meta))
-        .collect();
+        .collect::<Result<Vec<Value>, ApiError>>()?;
     let checkpoint = changes.last().map_or(given, checkpoint);
     Ok(axum::Json(json!({"documents": documents, "checkpoint": checkpoint})).into_response())
 }
@@ -207,7 +227,9 @@ fn master_equals(assumed: Option<&Map<String, Value>>, current: Option<&Document
     }
     match live {
         None => is_deleted(assumed),
-        Some(doc) => !is_deleted(assumed) && user_fields(assumed, pk) == doc.body,
+        // The stored body may hold the primary key's field with the id as
+        // its value (`rx_doc` refuses any other): the client's copy has it too.
+        Some(doc) => !is_deleted(assumed) && user_fields(assumed, pk) == user_fields(&doc.body, pk),
     }
 }
 
@@ -303,7 +325,7 @@ async fn push_group(
                 .as_ref()
                 .filter(|_| !master_equals(row.assumed.as_ref(), current.as_ref(), pk))
             {
-                conflicts.push(rx_doc(master, pk, false));
+                conflicts.push(rx_doc(master, pk, false)?);
                 continue;
             }
             if let Some(op) = row_op(&coll, &row, current.as_ref()) {
@@ -324,7 +346,7 @@ async fn push_group(
                     Ok(_) => {}
                     Err(TxFailure::Conflicts(_)) => {
                         if let Some(master) = collection.get_current(&row.id)? {
-                            conflicts.push(rx_doc(&master, pk, false));
+                            conflicts.push(rx_doc(&master, pk, false)?);
                         }
                     }
                     Err(other) => {
@@ -388,24 +410,23 @@ fn stream_events(
         let standing = Arc::clone(&standing);
         async move {
             let mut sub = sub?;
-            match standing.next_page(&mut sub).await? {
-                Ok(page) => {
-                    let documents: Vec<Value> = page
-                        .changes
-                        .iter()
-                        .filter_map(|c| c.doc.as_ref())
-                        .map(|d| rx_doc(d, &pk, false))
-                        .collect();
+            let page = match standing.next_page(&mut sub).await? {
+                Ok(page) => page,
+                Err(e) => return Some((Ok(error_event(json!({"error": e.code()}))), None)),
+            };
+            let documents = page
+                .changes
+                .iter()
+                .filter_map(|c| c.doc.as_ref())
+                .map(|d| rx_doc(d, &pk, false))
+                .collect::<Result<Vec<Value>, ApiError>>();
+            match documents {
+                Ok(documents) => {
                     let checkpoint = page.changes.last().map_or(Value::Null, checkpoint);
                     let data = json!({"documents": documents, "checkpoint": checkpoint});
                     Some((Ok(Event::default().data(data.to_string())), Some(sub)))
                 }
-                Err(e) => {
-                    let event = Event::default()
-                        .event("error")
-                        .data(json!({"error": e.code()}).to_string());
-                    Some((Ok(event), None))
-                }
+                Err(refused) => Some((Ok(error_event(refused.status_and_body().1)), None)),
             }
         }
     })
