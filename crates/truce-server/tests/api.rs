@@ -1077,6 +1077,25 @@ fn couch_reads_answer_what_was_asked_or_refuse() {
     refused(api.get("/couch/cr/_changes?doc_ids=%5B%22a%22%5D"), "doc_ids");
     refused(api.get("/couch/cr/_changes?filter=_view&view=v%2Fv"), "filter");
     refused(api.get("/couch/cr/_changes?descending=true"), "descending");
+    // Without a limit, _all_docs answers every row or none: past 1,000 it
+    // refuses rather than cut the list short without a word; limit=0 is no
+    // row, as in CouchDB.
+    let many: Vec<Value> = (0..1001).map(|i| json!({"_id": format!("m{i:04}")})).collect();
+    for docs in many.chunks(1000) {
+        api.post("/couch/many/_bulk_docs", json!({ "docs": docs }))
+            .ok(201);
+    }
+    refused(api.get("/couch/many/_all_docs"), "limit");
+    let page = api.get("/couch/many/_all_docs?limit=1000");
+    assert_eq!(page.ok(200)["rows"].as_array().map(Vec::len), Some(1000));
+    let none = api.get("/couch/many/_all_docs?limit=0");
+    assert_eq!(none.ok(200)["rows"], json!([]));
+    assert_eq!(
+        api.get("/couch/cr/_all_docs").ok(200)["rows"]
+            .as_array()
+            .map(Vec::len),
+        Some(4)
+    );
     // A route /couch does not have answers in CouchDB's shape too.
     let missing = api.get("/couch/cr/_design/v");
     assert_eq!(missing.status, 404);

@@ -352,9 +352,8 @@ async fn all_docs_for(
             })
             .collect::<Result<_, truce::Error>>()?,
         None => {
-            let limit = params
-                .parse::<usize>("limit", "invalid_query")?
-                .unwrap_or(ALL_DOCS_LIMIT_DEFAULT);
+            let asked = params.parse::<usize>("limit", "invalid_query")?;
+            let limit = asked.unwrap_or(ALL_DOCS_LIMIT_DEFAULT);
             if params.parse::<usize>("skip", "invalid_query")?.unwrap_or(0) > 0 {
                 return Err(unsupported(
                     "skip",
@@ -410,9 +409,22 @@ async fn all_docs_for(
                     query.lt = end
                 }
             }
+            if limit == 0 {
+                // CouchDB answers no rows (the engine's 0 means its default).
+                return Ok(axum::Json(json!({"total_rows": 0, "offset": 0, "rows": []})).into_response());
+            }
             let page = tokio::task::spawn_blocking(move || collection.query(&query))
                 .await
                 .map_err(|e| CouchError::from(truce::Error::Unavailable(e.to_string())))??;
+            if asked.is_none() && page.next.is_some() {
+                // CouchDB would answer every row; cutting them short without
+                // a word would look like the whole collection.
+                return Err(CouchError::bad_request(format!(
+                    "more than {ALL_DOCS_LIMIT_DEFAULT} documents in the range: page with limit (at most \
+                     {ALL_DOCS_LIMIT_DEFAULT}) and startkey (the last id of the page before, asking for \
+                     limit + 1 rows and dropping the first)"
+                )));
+            }
             page.docs
                 .into_iter()
                 .map(|doc| all_docs_row(&doc.id.clone(), Some(doc), include_docs, tombstones))
