@@ -895,11 +895,25 @@ fn replication_push_edges() {
         assert_eq!(answer.ok(200), &json!([]), "{id}");
         assert_eq!(api.get(&format!("/v1/c/rx/{id}")).ok(200)["v"], 2, "{id}");
     }
-    // A deleted master still conflicts with a live assumed state.
+    // A deleted master still conflicts with a live assumed state, and the
+    // conflict is counted as any write's, by collection and source.
     api.delete("/v1/c/rx/by-rev?version=-1").ok(200);
-    let answer = push(json!([{"assumedMasterState": {"id": "by-rev", "v": 2},
-                              "newDocumentState": {"id": "by-rev", "v": 3}}]));
+    let answer = api.post_h(
+        "/v1/c/rx/_push?primaryKey=id",
+        json!([{"assumedMasterState": {"id": "by-rev", "v": 2},
+                "newDocumentState": {"id": "by-rev", "v": 3}}]),
+        &[("Truce-Source", "rxclient")],
+    );
     assert_eq!(answer.ok(200)[0]["_deleted"], true, "{}", answer.text);
+    let metrics = api.get("/metrics");
+    assert!(
+        metrics
+            .text
+            .lines()
+            .any(|l| l == r#"truce_conflicts_total{reason="not_found",collection="rx",source="rxclient"} 1"#),
+        "{}",
+        metrics.text
+    );
     // One row, two documents.
     push(json!([{"assumedMasterState": {"id": "p2", "v": 1},
                  "newDocumentState": {"id": "q2", "v": 2}}]))

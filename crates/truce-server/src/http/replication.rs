@@ -22,7 +22,7 @@ use truce::{Change, Document, Expect, TxFailure, TxOp};
 
 use super::AppState;
 use super::error::ApiError;
-use super::extract::{JsonBody, Params, PathParams, Standing, authorize};
+use super::extract::{JsonBody, Params, PathParams, Standing, authorize, origin};
 use crate::keys::{Principal, Role};
 
 /// Documents per pull unless `limit` says otherwise.
@@ -265,6 +265,7 @@ pub async fn push(
     State(state): State<Arc<AppState>>,
     Extension(who): Extension<Principal>,
     PathParams(coll): PathParams<String>,
+    headers: HeaderMap,
     params: Params,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
@@ -272,11 +273,44 @@ pub async fn push(
     let pk = primary_key(&params)?;
     let rows = parse_rows(body, &pk)?;
     let collection = state.db.collection(&coll)?;
-    let mut conflicts = Vec::new();
+    let origin = origin(&headers);
+    let mut answer = Pushed::default();
     for group in byte_groups(rows) {
-        push_group(&state, &collection, &pk, group, &mut conflicts).await?;
+        push_group(&state, &collection, &pk, &origin, group, &mut answer).await?;
     }
+    // Counted as every write's conflicts are: by collection, document and source.
+    state.db.note_conflicts(&coll, &answer.noted, &origin);
+    let conflicts = answer.conflicts;
     Ok(axum::Json(Value::Array(conflicts)).into_response())
+}
+
+/// What a push answers: the master state of every row that conflicted, and
+/// the conflicts to count.
+#[derive(Default)]
+struct Pushed {
+    conflicts: Vec<Value>,
+    noted: Vec<(String, truce::ConflictReason)>,
+}
+
+impl Pushed {
+    /// A row whose assumed state is not `master`.
+    fn conflict(
+        &mut self,
+        master: &Document,
+        assumed: Option<&Map<String, Value>>,
+        pk: &str,
+    ) -> Result<(), ApiError> {
+        let live_master = !master.is_deleted();
+        let live_assumed = assumed.is_some_and(|a| !is_deleted(a));
+        let reason = match (live_master, live_assumed) {
+            (true, false) => truce::ConflictReason::AlreadyExists,
+            (false, true) => truce::ConflictReason::NotFound,
+            _ => truce::ConflictReason::VersionMismatch,
+        };
+        self.conflicts.push(rx_doc(master, pk, false)?);
+        self.noted.push((master.id.clone(), reason));
+        Ok(())
+    }
 }
 
 /// The rows in groups each of which one transaction can write: at most
@@ -312,8 +346,9 @@ async fn push_group(
     state: &AppState,
     collection: &truce::Collection,
     pk: &str,
+    origin: &truce::Origin,
     mut pending: Vec<Row>,
-    conflicts: &mut Vec<Value>,
+    answer: &mut Pushed,
 ) -> Result<(), ApiError> {
     let coll = collection.name().to_string();
     for round in 0..=PUSH_ROUNDS_MAX {
@@ -325,7 +360,7 @@ async fn push_group(
                 .as_ref()
                 .filter(|_| !master_equals(row.assumed.as_ref(), current.as_ref(), pk))
             {
-                conflicts.push(rx_doc(master, pk, false)?);
+                answer.conflict(master, row.assumed.as_ref(), pk)?;
                 continue;
             }
             if let Some(op) = row_op(&coll, &row, current.as_ref()) {
@@ -342,11 +377,15 @@ async fn push_group(
             // others from being written. A row that conflicts alone was written
             // by someone else since, so it has a master state to answer with.
             for (op, row) in ops.into_iter().zip(batch_rows) {
-                match state.db.submit_batch(vec![op], None)?.await? {
+                match state
+                    .db
+                    .submit_batch_from(vec![op], None, origin.clone())?
+                    .await?
+                {
                     Ok(_) => {}
                     Err(TxFailure::Conflicts(_)) => {
                         if let Some(master) = collection.get_current(&row.id)? {
-                            conflicts.push(rx_doc(&master, pk, false)?);
+                            answer.conflict(&master, row.assumed.as_ref(), pk)?;
                         }
                     }
                     Err(other) => {
@@ -359,7 +398,7 @@ async fn push_group(
             }
             break;
         }
-        match state.db.submit_batch(ops, None)?.await? {
+        match state.db.submit_batch_from(ops, None, origin.clone())?.await? {
             Ok(_) => break,
             // Someone wrote one of these documents since we read it: nothing of the
             // batch was written; read again and retry the rows.

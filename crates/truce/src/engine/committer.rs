@@ -1527,17 +1527,7 @@ pub(crate) fn observe(
                 }
             };
             for (collection, target, code, numbers_only) in refused {
-                events.push(hot(
-                    &collection,
-                    target.clone(),
-                    Kind::Conflict { code, numbers_only },
-                ));
-                if origin.is_retry() {
-                    events.push(hot(&collection, target.clone(), Kind::Retry));
-                }
-                if origin.is_last_attempt() {
-                    events.push(hot(&collection, target, Kind::PermanentFailure));
-                }
+                insights::refused(events, &collection, target, code, numbers_only, origin);
             }
         }
     }

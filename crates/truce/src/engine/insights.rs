@@ -160,6 +160,31 @@ pub(crate) enum Event {
     Expired(u64),
 }
 
+/// The events of a write refused on `target` (conflict `code`): the conflict,
+/// and the retry and permanent failure `origin`'s attempt makes it.
+pub(crate) fn refused(
+    events: &mut Vec<Event>,
+    collection: &Arc<str>,
+    target: Target,
+    code: usize,
+    numbers_only: bool,
+    origin: &Origin,
+) {
+    let hot = |target, kind| Event::Hot {
+        collection: Arc::clone(collection),
+        target,
+        kind,
+        source: origin.source.clone(),
+    };
+    events.push(hot(target.clone(), Kind::Conflict { code, numbers_only }));
+    if origin.is_retry() {
+        events.push(hot(target.clone(), Kind::Retry));
+    }
+    if origin.is_last_attempt() {
+        events.push(hot(target, Kind::PermanentFailure));
+    }
+}
+
 /// The hash a document or range is tracked under.
 pub(crate) fn target_hash(collection: &str, target: &Target) -> u64 {
     match target {

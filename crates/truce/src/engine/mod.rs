@@ -314,6 +314,30 @@ impl Db {
         self.submit_batch_from(ops, idempotency_key, Origin::default())
     }
 
+    /// Counts conflicts found outside the committer, as if a write had met
+    /// them: `(id, reason)` of documents of `collection`, on behalf of
+    /// `origin` (its retries and permanent failures too). Replication's push
+    /// compares a client's assumed state with the master's itself, and its
+    /// conflicts belong in [`stats`](Self::stats) and the hot spots like any.
+    pub fn note_conflicts(
+        &self,
+        collection: &str,
+        conflicts: &[(String, outcome::ConflictReason)],
+        origin: &Origin,
+    ) {
+        if conflicts.is_empty() {
+            return;
+        }
+        let collection: std::sync::Arc<str> = std::sync::Arc::from(collection);
+        let mut events = Vec::new();
+        for (id, reason) in conflicts {
+            let target = insights::Target::Document(id.clone());
+            let code = insights::conflict_index(reason.code());
+            insights::refused(&mut events, &collection, target, code, false, origin);
+        }
+        self.shared().insights.absorb(&mut events, 0, 0, None);
+    }
+
     /// [`submit_batch`](Self::submit_batch) on behalf of `origin`, to whom its
     /// conflicts, retries and failures are attributed in [`stats`](Self::stats)
     /// and [`insights`](Self::insights).
