@@ -54,7 +54,7 @@ pub enum Command {
     /// Check a stopped server's data directory (or a backup) for damage: every
     /// record decodes, and change logs, index entries, counters and idempotency
     /// records agree with the documents. Prints the report as JSON; exits 1 if
-    /// anything is wrong.
+    /// anything is wrong, 2 if it could not look.
     Check(CheckArgs),
 }
 

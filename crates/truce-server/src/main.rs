@@ -48,7 +48,15 @@ fn main() -> ExitCode {
         Command::Recount(args) => recount::run(&args),
         Command::Top(args) => top::run(&args),
         Command::Backup(args) => backup::run(&args),
-        Command::Check(args) => check::run(&args),
+        // 0 clean, 1 damaged, 2 could not look.
+        Command::Check(args) => match check::run(&args) {
+            Ok(true) => return ExitCode::SUCCESS,
+            Ok(false) => return ExitCode::from(1),
+            Err(message) => {
+                eprintln!("truce: {message}");
+                return ExitCode::from(2);
+            }
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

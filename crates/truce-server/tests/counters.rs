@@ -571,12 +571,18 @@ fn config_routes_need_their_roles() {
 /// Runs `truce args --data data` (killed by PID after 30 s, a failure);
 /// exit success, stdout, stderr.
 fn run_truce(args: &[&str], data: &Path) -> (bool, String, String) {
+    let (code, stdout, stderr) = run_truce_code(args, data);
+    (code == 0, stdout, stderr)
+}
+
+/// [`run_truce`], with the exit code.
+fn run_truce_code(args: &[&str], data: &Path) -> (i32, String, String) {
     let data = data.to_str().expect("a UTF-8 data path");
     let ran = common::run_bounded(&[args, &["--data", data]].concat(), Duration::from_secs(30));
     let status = ran
         .status
         .unwrap_or_else(|| panic!("truce {args:?} did not finish within 30 s"));
-    (status.success(), ran.stdout, ran.stderr)
+    (status.code().expect("an exit code"), ran.stdout, ran.stderr)
 }
 
 #[test]
@@ -652,8 +658,8 @@ fn cli_check_finds_a_counter_written_behind_its_back() {
         200,
     );
 
-    let (ok, _, stderr) = run_truce(&["check"], &data);
-    assert!(!ok, "check ran beside a live server");
+    let (code, _, stderr) = run_truce_code(&["check"], &data);
+    assert_eq!(code, 2, "could not look, which is not damage: {stderr}");
     assert!(
         stderr.contains("running server") && stderr.contains("truce backup"),
         "{stderr}"
@@ -666,8 +672,8 @@ fn cli_check_finds_a_counter_written_behind_its_back() {
         Duration::from_secs(30),
     );
     assert!(ran.status.is_some_and(|s| s.success()), "{}", ran.stderr);
-    let (ok, stdout, stderr) = run_truce(&["check"], &backup);
-    assert!(!ok, "the damage was not found: {stdout}");
+    let (code, stdout, stderr) = run_truce_code(&["check"], &backup);
+    assert_eq!(code, 1, "the damage was not found: {stdout}");
     assert!(stderr.contains("1 problem found"), "{stderr}");
     let report: Value = serde_json::from_str(&stdout).expect("a JSON report");
     assert_eq!(report["clean"], false);
@@ -692,8 +698,8 @@ fn cli_check_finds_a_counter_written_behind_its_back() {
     assert_eq!(report["clean"], true);
     assert_eq!(report["problems"], json!([]));
     assert!(stderr.contains("holds no damage"), "{stderr}");
-    let (ok, _, stderr) = run_truce(&["check"], &data.join("missing"));
-    assert!(!ok && stderr.contains("no data directory"), "{stderr}");
+    let (code, _, stderr) = run_truce_code(&["check"], &data.join("missing"));
+    assert!(code == 2 && stderr.contains("no data directory"), "{stderr}");
 }
 
 // ---------------------------------------------------------------------------

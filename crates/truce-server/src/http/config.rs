@@ -16,15 +16,21 @@ use super::extract::{JsonBody, Params, PathParams, authorize};
 use super::{AppState, blocking};
 use crate::keys::{Principal, Role};
 
-/// A recount report as JSON: `{"checked", "fixed": [{"group", "was", "now"}], "seq"}`.
-/// The CLI (`truce recount`) prints the same.
+/// A recount report as JSON: `{"checked", "fixed": [{"group", "was", "now"}],
+/// "unfixable": [{"group", "holds"}], "seq"}`. The CLI (`truce recount`)
+/// prints the same.
 pub fn recount_json(report: &RecountReport) -> Value {
     let fixed: Vec<Value> = report
         .fixed
         .iter()
         .map(|f| json!({"group": f.group, "was": f.was, "now": f.now}))
         .collect();
-    json!({"checked": report.checked, "fixed": fixed, "seq": report.seq})
+    let unfixable: Vec<Value> = report
+        .unfixable
+        .iter()
+        .map(|(group, holds)| json!({"group": group, "holds": holds}))
+        .collect();
+    json!({"checked": report.checked, "fixed": fixed, "unfixable": unfixable, "seq": report.seq})
 }
 
 /// Refuses unless `who` may also write every collection the counters write:

@@ -400,8 +400,20 @@ pub struct RecountAnswer {
     checked: u64,
     /// Groups that were wrong, now fixed.
     fixed: Vec<RecountFix>,
+    /// Groups whose target field holds something other than a number: no
+    /// increment can fix them (put a number back, then recount).
+    unfixable: Vec<RecountUnfixable>,
     /// The commit of the corrections (the snapshot's, when nothing was wrong).
     seq: u64,
+}
+
+/// A group whose target field holds something other than a number.
+#[derive(ToSchema)]
+pub struct RecountUnfixable {
+    /// The group: the id of the target document.
+    group: String,
+    /// What the target field holds (any JSON value but a number).
+    holds: serde_json::Value,
 }
 
 /// The `after_commit` counter outbox: increments not yet applied, and the age of the oldest.
@@ -437,7 +449,7 @@ pub struct Insights {
     ),
     components(schemas(Doc, ErrorBody, WriteAnswer, Collections, Index, Indexes, IndexBody, QueryPage,
                        ChangeItem, ChangesPage, TxOpBody, TxBody, TxAnswer, Health, DocBody, UpdateBody,
-                       PullAnswer, PushRow, ConfigBody, Config, ConfigAnswer, RecountFix, RecountAnswer,
+                       PullAnswer, PushRow, ConfigBody, Config, ConfigAnswer, RecountFix, RecountUnfixable, RecountAnswer,
                        OutboxStatus, Insights, BackupBody, BackupStatus)),
     modifiers(&Conventions)
 )]

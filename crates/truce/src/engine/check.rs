@@ -16,7 +16,7 @@ use serde_json::Value;
 
 use super::Db;
 use super::committer::{META_LAST_SEQ, read_meta_counter, scan_chunk};
-use super::config::{self, CollectionConfig, CounterDef};
+use super::config::{self, CollectionConfig};
 use super::counters;
 use super::read::durable_snapshot;
 use super::recount::tally;
@@ -448,13 +448,31 @@ pub fn check(view: &dyn StorageRead, progress: &mut dyn FnMut(&CheckProgress)) -
                 }
                 Err(other) => return Err(other),
             };
-            for (group, expected, have) in groups {
+            for tally in groups {
                 report.counter_groups += 1;
-                if !expected.same(have) {
+                let target = format!("{}/{}.{}", def.target_collection, tally.group, def.target_field);
+                if let Some(held) = tally.not_a_number {
+                    report.problem(
+                        "counter_target_not_a_number",
+                        Space::Documents,
+                        format!(
+                            "counter {collection}/{} cannot count into {target}, which holds {held}: put a number \
+                             back (what its documents say: {}), then recount",
+                            def.name,
+                            tally.expected.to_json()
+                        ),
+                    );
+                } else if !tally.expected.same(tally.have) {
                     report.problem(
                         "counter_mismatch",
                         Space::Documents,
-                        format_mismatch(collection, def, &group, expected.to_json(), have.to_json()),
+                        format!(
+                            "counter {collection}/{} holds {} in {target} (with the outbox), its documents say {}: \
+                             a recount fixes it",
+                            def.name,
+                            tally.have.to_json(),
+                            tally.expected.to_json()
+                        ),
                     );
                 }
             }
@@ -466,14 +484,6 @@ pub fn check(view: &dyn StorageRead, progress: &mut dyn FnMut(&CheckProgress)) -
         }
     }
     Ok(report)
-}
-
-fn format_mismatch(collection: &str, def: &CounterDef, group: &str, expected: Value, have: Value) -> String {
-    format!(
-        "counter {collection}/{} holds {have} in {}/{group}.{} (with the outbox), its documents say {expected}: \
-         a recount fixes it",
-        def.name, def.target_collection, def.target_field
-    )
 }
 
 /// Whether a filter uses `$ago` anywhere.

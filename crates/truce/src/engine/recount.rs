@@ -34,8 +34,25 @@ pub struct RecountReport {
     pub checked: usize,
     /// Groups that were wrong, now fixed.
     pub fixed: Vec<RecountFix>,
+    /// Groups whose target field holds something other than a number, as
+    /// `(group, what it holds)`: no increment can fix them (put a number back,
+    /// then recount).
+    pub unfixable: Vec<(String, Value)>,
     /// The commit of the corrections (the snapshot's, when nothing was wrong).
     pub seq: u64,
+}
+
+/// One group of a counter, as a recount sees it.
+pub(super) struct Tally {
+    /// The group (target document id).
+    pub group: String,
+    /// What the source documents say.
+    pub expected: Amount,
+    /// What the target says, plus the increments still in the outbox.
+    pub have: Amount,
+    /// What the target field holds when it is not a number (then `have` counts
+    /// only the outbox).
+    pub not_a_number: Option<Value>,
 }
 
 fn number(amount: Amount) -> Value {
@@ -62,21 +79,23 @@ pub fn recount(db: &Db, collection: &str, name: &str) -> Result<RecountReport> {
         .ok_or_else(|| Error::NotFound(format!("counter {name} of collection {collection}")))?;
     let (view, seq) = durable_snapshot(shared)?;
     let mut fixed = Vec::new();
+    let mut unfixable = Vec::new();
     let mut corrections = Vec::new();
     let groups = tally(&*view, collection, &def, now_ms())?;
-    for (group, expected, have) in &groups {
-        let difference = expected.add(have.negated());
-        if !expected.same(*have) {
+    for tally in &groups {
+        if let Some(held) = &tally.not_a_number {
+            unfixable.push((tally.group.clone(), held.clone()));
+        } else if !tally.expected.same(tally.have) {
             fixed.push(RecountFix {
-                group: group.clone(),
-                was: number(*have),
-                now: number(*expected),
+                group: tally.group.clone(),
+                was: number(tally.have),
+                now: number(tally.expected),
             });
             corrections.push(Increment {
                 collection: def.target_collection.clone(),
-                id: group.clone(),
+                id: tally.group.clone(),
                 field: def.target_field.clone(),
-                amount: difference,
+                amount: tally.expected.add(tally.have.negated()),
             });
         }
     }
@@ -93,20 +112,15 @@ pub fn recount(db: &Db, collection: &str, name: &str) -> Result<RecountReport> {
     Ok(RecountReport {
         checked: groups.len(),
         fixed,
+        unfixable,
         seq,
     })
 }
 
 /// Every group of counter `def` of collection `source` in `view`, in group
-/// order, as `(group, what the source documents say, what the target says
-/// plus the increments still in the outbox)`. `now` resolves a `$ago` in the
-/// counter's filter.
-pub(super) fn tally(
-    view: &dyn StorageRead,
-    source: &str,
-    def: &CounterDef,
-    now: u64,
-) -> Result<Vec<(String, Amount, Amount)>> {
+/// order: a group of the source documents, or of a target that holds the
+/// field. `now` resolves a `$ago` in the counter's filter.
+pub(super) fn tally(view: &dyn StorageRead, source: &str, def: &CounterDef, now: u64) -> Result<Vec<Tally>> {
     let mut truth: BTreeMap<String, Amount> = BTreeMap::new();
     for_each_document(view, source, |doc| {
         if !doc.is_deleted()
@@ -119,11 +133,16 @@ pub(super) fn tally(
     })?;
     let target_path = crate::update::Path::parse(&def.target_field)?;
     let mut observed: BTreeMap<String, Amount> = BTreeMap::new();
+    let mut not_numbers: BTreeMap<String, Value> = BTreeMap::new();
     for_each_document(view, &def.target_collection, |doc| {
-        if !doc.is_deleted()
-            && let Some(value @ Value::Number(_)) = path::get(&doc.body, &target_path)
-        {
-            observed.insert(doc.id.clone(), Amount::from_json(value));
+        match path::get(&doc.body, &target_path).filter(|_| !doc.is_deleted()) {
+            Some(value @ Value::Number(_)) => {
+                observed.insert(doc.id.clone(), Amount::from_json(value));
+            }
+            Some(other) => {
+                not_numbers.insert(doc.id.clone(), other.clone());
+            }
+            None => {}
         }
         Ok(())
     })?;
@@ -140,12 +159,21 @@ pub(super) fn tally(
             *entry = entry.add(inc.amount);
         }
     }
-    let groups: BTreeSet<&String> = truth.keys().chain(observed.keys()).collect();
+    let groups: BTreeSet<&String> = truth
+        .keys()
+        .chain(observed.keys())
+        .chain(not_numbers.keys())
+        .collect();
     Ok(groups
         .into_iter()
         .map(|group| {
             let of = |map: &BTreeMap<String, Amount>| map.get(group).copied().unwrap_or(Amount::Int(0));
-            (group.clone(), of(&truth), of(&observed))
+            Tally {
+                group: group.clone(),
+                expected: of(&truth),
+                have: of(&observed),
+                not_a_number: not_numbers.get(group).cloned(),
+            }
         })
         .collect())
 }
@@ -203,7 +231,10 @@ mod tests {
         assert_ne!(second, first);
         db.submit_increments(Vec::new(), done(first)).unwrap();
         assert_eq!(waiting(&db), Some(second), "a stale backfill ended a newer wait");
-        db.submit_increments(Vec::new(), done(second)).unwrap();
+        // A backfill with nothing to correct commits no change: it takes no
+        // sequence number, which would be a commit the feed has nothing for.
+        let seq = db.submit_increments(Vec::new(), done(second)).unwrap();
+        assert_eq!((seq, db.durable_seq()), (0, 0));
         assert_eq!(waiting(&db), None);
         // Removed while waiting: the wait goes with it.
         db.submit_config("src", counter(json!({"kind": "b"}))).unwrap();

@@ -308,11 +308,11 @@ fn recounts_at_once_fix_a_counter_once() {
     }
 }
 
-/// A recount whose every correction is skipped (the target field is not a
-/// number) commits nothing, so it answers the sequence it read, and the next
-/// commit gets a sequence of its own.
+/// A target field that someone set to a non-number cannot be fixed by an
+/// increment: the recount reports it as unfixable and writes nothing (so it
+/// takes no sequence number), and the check names it as such.
 #[test]
-fn a_recount_that_writes_nothing_takes_no_sequence_number() {
+fn a_target_that_is_not_a_number_is_reported_not_fixed() {
     let dir = tempfile::tempdir().unwrap();
     let db = open_relaxed(dir.path());
     let subscribers = db.collection("subscribers").unwrap();
@@ -330,8 +330,13 @@ fn a_recount_that_writes_nothing_takes_no_sequence_number() {
         .unwrap();
     let before = db.durable_seq();
     let report = subscribers.recount("spend").unwrap();
-    assert_eq!(report.fixed.len(), 1, "a fix it could not make: {report:?}");
+    assert!(report.fixed.is_empty(), "a fix it could not make: {report:?}");
+    assert_eq!(report.unfixable, [(victim.clone(), json!("oops"))]);
     assert_eq!(report.seq, before, "{report:?}");
+    let found = db.check(&mut |_| {}).unwrap();
+    let kinds: Vec<&str> = found.problems.iter().map(|p| p.kind).collect();
+    assert_eq!(kinds, ["counter_target_not_a_number"], "{:?}", found.problems);
+    assert!(found.problems[0].detail.contains("put a number back"));
     let next = subscribers
         .put(
             "new",
