@@ -941,6 +941,27 @@ fn replication_push_edges() {
         );
     }
 
+    // A row's errors name it; a _deleted that is not a boolean is refused,
+    // not read as false (which stored a live document).
+    let ok_row = json!({"assumedMasterState": null, "newDocumentState": {"id": "fine"}});
+    let reply = push(
+        json!([ok_row, {"assumedMasterState": null, "newDocumentState": {"id": "bad", "$set": {"a": 1}}}]),
+    );
+    let refused = reply.error(400, "invalid_document");
+    assert!(
+        refused["message"].as_str().unwrap().contains("row 1: "),
+        "{refused}"
+    );
+    let reply =
+        push(json!([{"assumedMasterState": null, "newDocumentState": {"id": "str", "_deleted": "true"}}]));
+    reply.error(400, "invalid_transaction");
+    assert_eq!(api.get("/v1/c/rx/str").status, 404);
+    assert_eq!(
+        api.get("/v1/c/rx/fine").status,
+        404,
+        "a refused push writes no row"
+    );
+
     // A document written through /v1 with the client's primary-key field:
     // holding its own id there, it replicates both ways without a conflict;
     // holding anything else, the pull refuses it, rather than showing the id
@@ -1110,6 +1131,32 @@ fn couch_reads_answer_what_was_asked_or_refuse() {
             .map(Vec::len),
         Some(4)
     );
+    // A GET option that changes the answer's shape is refused, not ignored.
+    refused(api.get("/couch/cr/a?open_revs=all"), "open_revs");
+    refused(api.get("/couch/cr/a?revs=true"), "revs");
+    // What is left after a page cut by `limit`.
+    let cut = api.get("/couch/cr/_changes?limit=1");
+    assert_eq!(cut.ok(200)["pending"], 3, "{}", cut.text);
+    let all = api.get("/couch/cr/_changes");
+    assert_eq!(all.ok(200)["pending"], 0);
+    // Errors made in front of the handlers are in CouchDB's shape too.
+    for (answer, status, error) in [
+        (api.post("/couch/cr/_revs_diff", json!({})), 404, "not_found"),
+        (api.post("/couch/cr/a", json!({})), 405, "method_not_allowed"),
+        (
+            api.call(Method::PUT, "/couch/cr/raw", &[], Some("{not json".into())),
+            400,
+            "bad_request",
+        ),
+    ] {
+        assert_eq!(answer.status, status, "{}", answer.text);
+        assert_eq!(answer.json["error"], error, "{}", answer.text);
+        assert!(
+            answer.json["reason"].is_string() && answer.json.get("message").is_none(),
+            "{}",
+            answer.text
+        );
+    }
     // A route /couch does not have answers in CouchDB's shape too.
     let missing = api.get("/couch/cr/_design/v");
     assert_eq!(missing.status, 404);

@@ -120,7 +120,13 @@ impl Error {
     /// that the caller of a long one knows which op to look at. Errors whose
     /// message is not text of their own (limits, sizes) are left as they are.
     pub fn in_op(self, index: usize) -> Error {
-        let at = |message: String| format!("op {index}: {message}");
+        self.at(&format!("op {index}"))
+    }
+
+    /// This error with its message starting with `place` (`"row 3"`), as
+    /// [`in_op`](Self::in_op) does for a transaction's ops.
+    pub fn at(self, place: &str) -> Error {
+        let at = |message: String| format!("{place}: {message}");
         match self {
             Error::InvalidDocument(m) => Error::InvalidDocument(at(m)),
             Error::InvalidId(m) => Error::InvalidId(at(m)),

@@ -51,17 +51,50 @@ impl From<ApiError> for CouchError {
             .and_then(Value::as_str)
             .unwrap_or("")
             .to_string();
-        let error = match status {
-            StatusCode::NOT_FOUND => "not_found",
-            StatusCode::CONFLICT => "conflict",
-            StatusCode::UNAUTHORIZED => "unauthorized",
-            StatusCode::FORBIDDEN => "forbidden",
-            StatusCode::PAYLOAD_TOO_LARGE => "too_large",
-            s if s.is_client_error() => "bad_request",
-            _ => "unknown_error",
-        };
-        CouchError(status, error, reason)
+        CouchError(status, error_name(status), reason)
     }
+}
+
+/// CouchDB's `error` for an answer of `status`.
+fn error_name(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::CONFLICT => "conflict",
+        StatusCode::UNAUTHORIZED => "unauthorized",
+        StatusCode::FORBIDDEN => "forbidden",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+        s if s.is_client_error() => "bad_request",
+        _ => "unknown_error",
+    }
+}
+
+/// Gives every error answer under `/couch/` CouchDB's shape, `{"error",
+/// "reason"}`, whoever made it: the handlers answer so themselves, but the
+/// authentication in front of them, the request body's extractor and the
+/// router's 405 answer as the `/v1` API does (`{"error", "message"}`).
+pub async fn error_shape(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let couch = request.uri().path().starts_with("/couch/");
+    let response = next.run(request).await;
+    let status = response.status();
+    if !couch || !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    // Error bodies are a line or two; a larger one is passed on untouched.
+    let Ok(bytes) = axum::body::to_bytes(body, 64 * 1024).await else {
+        return Response::from_parts(parts, axum::body::Body::empty());
+    };
+    let reason = match serde_json::from_slice::<Value>(&bytes) {
+        Ok(Value::Object(body)) if !body.contains_key("reason") => body.get("message").cloned(),
+        _ => None,
+    };
+    let Some(reason) = reason else {
+        return Response::from_parts(parts, axum::body::Body::from(bytes));
+    };
+    let couch = json!({"error": error_name(status), "reason": reason}).to_string();
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    Response::from_parts(parts, axum::body::Body::from(couch))
 }
 
 impl From<truce::Error> for CouchError {
@@ -284,7 +317,20 @@ pub async fn changes(
             row
         })
         .collect();
-    Ok(axum::Json(json!({"results": results, "last_seq": page.last_seq, "pending": 0})).into_response())
+    // What is left after this answer, counted up to a page's worth (CouchDB's
+    // readers use it to show progress and to read on).
+    let pending = match page.changes.is_empty() {
+        true => 0,
+        false => {
+            let (db, after) = (state.db.clone(), page.last_seq);
+            super::blocking(move || db.pending_changes(&coll, after, truce::limits::CHANGES_LIMIT_MAX))
+                .await?
+        }
+    };
+    Ok(
+        axum::Json(json!({"results": results, "last_seq": page.last_seq, "pending": pending}))
+            .into_response(),
+    )
 }
 
 /// How `_all_docs` shows a deleted document asked for by key.
@@ -586,6 +632,24 @@ pub async fn get_doc(
     params: Params,
 ) -> CouchResult {
     authorize(&who, Role::Read, Some(&coll))?;
+    // Each changes the answer's shape or content (`open_revs` answers an
+    // array): answering the plain document would answer what was not asked.
+    if let Some(name) = [
+        "open_revs",
+        "revs",
+        "revs_info",
+        "conflicts",
+        "deleted_conflicts",
+        "attachments",
+    ]
+    .into_iter()
+    .find(|n| params.0.contains_key(*n))
+    {
+        return Err(unsupported(
+            name,
+            "there are no revision trees: one linear history per document",
+        ));
+    }
     let doc = state.db.collection(&coll)?.get_current(&id)?;
     let wanted = params.0.get("rev");
     match doc {
@@ -599,6 +663,27 @@ pub async fn get_doc(
             Err(CouchError(StatusCode::NOT_FOUND, "not_found", "deleted".into()))
         }
         Some(doc) => Ok(axum::Json(couch_doc(&doc)).into_response()),
+    }
+}
+
+/// `POST /couch/{coll}/{name}`: CouchDB's other endpoints (`_revs_diff`,
+/// `_bulk_get`, `_find`, …), which this subset does not serve, are named as
+/// such rather than met with a 405 as if they were documents.
+pub async fn post_other(PathParams((_, name)): PathParams<(String, String)>) -> CouchError {
+    if name.starts_with('_') {
+        CouchError(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!(
+                "{name} is not served by Truce's CouchDB subset: it has no revision trees (docs/replication.md)"
+            ),
+        )
+    } else {
+        CouchError(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "a document takes GET, PUT and DELETE; create documents with PUT or _bulk_docs".into(),
+        )
     }
 }
 

@@ -174,7 +174,10 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         .route("/couch/{coll}/_bulk_docs", post(couch::bulk_docs))
         .route(
             "/couch/{coll}/{id}",
-            get(couch::get_doc).put(couch::put_doc).delete(couch::delete_doc),
+            get(couch::get_doc)
+                .put(couch::put_doc)
+                .delete(couch::delete_doc)
+                .post(couch::post_other),
         )
         .layer(middleware::from_fn_with_state(Arc::clone(&state), guard));
     api.merge(streams)
@@ -184,6 +187,7 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         .route("/dashboard", get(insights::dashboard))
         .fallback(no_route)
         .method_not_allowed_fallback(no_method)
+        .layer(middleware::from_fn(couch::error_shape))
         .layer(middleware::from_fn_with_state(Arc::clone(&state), front))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(state)

@@ -196,7 +196,17 @@ fn parse_rows(body: Value, pk: &str) -> Result<Vec<Row>, ApiError> {
                 &format!("assumedMasterState is of document {other}, newDocumentState of {id:?}"),
             ));
         }
+        if new.get("_deleted").is_some_and(|d| !d.is_boolean()) {
+            // `"true"` would be read as false, and store a live document.
+            return Err(invalid(i, "_deleted is true or false"));
+        }
+        // What the transaction would refuse, refused here with the row named.
+        let at = |e: truce::Error| ApiError::Engine(e.at(&format!("row {i}")));
+        truce::doc::validate_id(id).map_err(at)?;
         let new_body = (!is_deleted(&new)).then(|| user_fields(&new, pk));
+        if let Some(body) = &new_body {
+            truce::doc::validate_body(body).map_err(at)?;
+        }
         out.push(Row {
             id: id.to_string(),
             new: new_body,

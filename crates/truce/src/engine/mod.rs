@@ -457,6 +457,26 @@ impl Db {
         read::read_changes(&*view, collection, since, limit, upto, include_docs)
     }
 
+    /// How many changes of `collection` come after position `since`, counted
+    /// up to `cap` (the answer is then `cap`): what a feed's reader has left.
+    /// Reads only the change log's keys, from one durable snapshot.
+    pub fn pending_changes(&self, collection: &str, since: u64, cap: usize) -> Result<u64> {
+        doc::validate_collection_name(collection)?;
+        let (view, _) = read::durable_snapshot(self.shared())?;
+        let prefix = tx::changes_key(collection.as_bytes(), 0, b"");
+        let start = tx::changes_key(collection.as_bytes(), since.saturating_add(1), b"");
+        let end = crate::index::keys::prefix_end(&prefix[..=collection.len()]);
+        let counted = view.scan(
+            crate::storage::Space::Changes,
+            std::ops::Bound::Included(&start),
+            end.as_deref()
+                .map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded),
+            crate::storage::Direction::Forward,
+            cap,
+        )?;
+        Ok(counted.len() as u64)
+    }
+
     /// Changes of `collection` after a `(seq, id)` position (the RxDB checkpoint),
     /// with their documents, from one durable snapshot; also returns the
     /// snapshot's sequence.
