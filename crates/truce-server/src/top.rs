@@ -136,7 +136,11 @@ fn render(url: &str, report: &Value, previous: Option<(Duration, &Value)>) -> St
             .and_then(Value::as_array)
             .and_then(|s| s.first())
             .map(|s| {
-                let name = s.get("source").and_then(Value::as_str).unwrap_or("(none)");
+                let name = s
+                    .get("source")
+                    .and_then(Value::as_str)
+                    .filter(|n| !n.is_empty())
+                    .unwrap_or("(none)");
                 format!(
                     "{} ({})",
                     name,

@@ -10,7 +10,7 @@ use std::process::Command;
 
 use common::{Server, truce_bin};
 use reqwest::Method;
-use serde_json::Value;
+use serde_json::{Value, json};
 use support::{Http, conflict_workload};
 
 /// `/metrics` as a map from series (name with labels) to value.
@@ -181,6 +181,39 @@ fn a_known_workload_gives_exact_metrics_hot_spots_and_remedies() {
         .expect("truce top");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("window"));
+}
+
+/// A write without `Truce-Source` is the source "" in a hot spot, as in the
+/// totals and /metrics (it used to be null there).
+#[test]
+fn an_unnamed_source_is_the_empty_one_everywhere() {
+    let server = Server::start();
+    let http = Http::new(&server);
+    http.expect(Method::PUT, "/v1/c/anon/a", Some(&json!({"n": 1})), 201);
+    http.expect(
+        Method::PUT,
+        "/v1/c/anon/a",
+        Some(&json!({"n": 2, "_version": 1})),
+        200,
+    );
+    http.expect(
+        Method::PUT,
+        "/v1/c/anon/a",
+        Some(&json!({"n": 3, "_version": 1})),
+        409,
+    );
+    let report = http.expect(Method::GET, "/v1/insights?window=300", None, 200);
+    let spot = hot_spot(&report, "a");
+    assert_eq!(
+        spot["sources"],
+        json!([{"source": "", "events": 1}]),
+        "{report:#}"
+    );
+    assert_eq!(
+        report["totals"]["conflicts_by_source"],
+        json!({"": 1}),
+        "{report:#}"
+    );
 }
 
 #[test]

@@ -32,7 +32,9 @@ fn hot_spot_json(h: &HotSpot) -> Value {
     let sources: Vec<Value> = h
         .sources
         .iter()
-        .map(|(source, n)| json!({"source": source, "events": n}))
+        // A write without `Truce-Source` is the source "", as in the totals
+        // and in /metrics.
+        .map(|(source, n)| json!({"source": source.as_deref().unwrap_or(""), "events": n}))
         .collect();
     let mut spot = json!({
         "collection": h.collection,
