@@ -282,11 +282,20 @@ pub fn create(
     role: Role,
     collections: Option<Vec<String>>,
 ) -> Result<(StoredKey, String), String> {
-    if let Some(list) = &collections {
-        for name in list {
-            truce::doc::validate_collection_name(name).map_err(|e| e.to_string())?;
+    // Each collection once, in the order given (`a,a` names one collection).
+    let collections = match collections {
+        Some(list) => {
+            let mut unique: Vec<String> = Vec::with_capacity(list.len());
+            for name in list {
+                truce::doc::validate_collection_name(&name).map_err(|e| e.to_string())?;
+                if !unique.contains(&name) {
+                    unique.push(name);
+                }
+            }
+            Some(unique)
         }
-    }
+        None => None,
+    };
     let mut rng = rand::rng();
     let mut id = [0u8; 8];
     let mut secret = [0u8; 32];
@@ -343,13 +352,14 @@ pub fn run(command: KeysCommand) -> Result<(), String> {
             data,
         } => {
             let dir = data.dir()?;
-            if !dir.exists() {
+            let made = !dir.exists();
+            let (stored, key) = create(&dir, role, collections)?;
+            if made {
                 eprintln!(
-                    "note: {} did not exist; it is created, and a server started on it will find the key",
+                    "note: {} did not exist; it was created, and a server started on it will find the key",
                     dir.display()
                 );
             }
-            let (stored, key) = create(&dir, role, collections)?;
             eprintln!(
                 "created key {} (role {}, collections {}); it is shown only now:",
                 stored.id,
@@ -394,6 +404,14 @@ fn bearer_token(authorization: &str) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_collection_named_twice_is_stored_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = ["a", "b", "a"].map(String::from).to_vec();
+        let (stored, _) = create(dir.path(), Role::Read, Some(names)).unwrap();
+        assert_eq!(stored.collections, Some(vec!["a".to_string(), "b".to_string()]));
+    }
 
     /// `truce keys` commands run at once take turns on the file: every create
     /// is stored and no revoked key comes back (each used to read the file,
