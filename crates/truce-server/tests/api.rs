@@ -1051,6 +1051,21 @@ fn couch_writes_refuse_what_they_cannot_keep() {
     let answer = bulk(json!([{"_id": "ok", "_attachments": {}, "_conflicts": [], "n": 1}]));
     assert_eq!(answer.ok(201)[0]["ok"], true, "{}", answer.text);
     assert_eq!(api.get("/v1/c/cb/ok").ok(200)["n"], 1);
+    // A delete without _rev of a document that never existed writes nothing
+    // and answers the revision "0-0", which taken back as _rev means the
+    // same "nothing there"; a PUT of such a delete answers as _bulk_docs does.
+    let answer = bulk(json!([{"_id": "ghost", "_deleted": true}]));
+    assert_eq!(answer.ok(201)[0]["rev"], "0-0", "{}", answer.text);
+    let answer = api.put("/couch/cb/ghost", json!({"_rev": "0-0", "n": 2}));
+    assert_eq!(answer.status, 201, "{}", answer.text);
+    let answer = api.put("/couch/cb/ghost2", json!({"_deleted": true}));
+    assert_eq!(answer.ok(200)["rev"], "0-0", "{}", answer.text);
+    let answer = api.put("/couch/cb/ok", json!({"_deleted": true}));
+    assert_eq!(
+        answer.status, 409,
+        "a live document needs its _rev: {}",
+        answer.text
+    );
 }
 
 /// `/couch` reads answer the range and order CouchDB's parameters ask for,

@@ -143,7 +143,10 @@ fn couch_write(coll: &str, id: &str, mut doc: Map<String, Value>) -> Result<TxOp
     let rev = doc.remove("_rev");
     let deleted = doc.remove("_deleted").and_then(|d| d.as_bool()).unwrap_or(false);
     let expect = match rev {
+        // `0-0` is the revision a delete of a document that never existed
+        // answers (`NO_REVISION`): nothing is there, as without `_rev`.
         None | Some(Value::Null) => Expect::Absent,
+        Some(Value::String(rev)) if rev == NO_REVISION => Expect::Absent,
         Some(Value::String(rev)) => Expect::Rev(
             rev.parse()
                 .map_err(|_| CouchError::bad_request(format!("invalid rev {rev:?}")))?,
@@ -601,12 +604,7 @@ pub async fn bulk_docs(
             // A delete without `_rev` of what is already gone succeeds, as in
             // CouchDB; of a live document it is a conflict.
             Ok(Pending::AbsentCheck(check)) => match check.await? {
-                Ok(_) => {
-                    let rev = collection
-                        .get_current(&id)?
-                        .map_or_else(|| "0-0".to_string(), |d| d.rev().to_string());
-                    json!({"ok": true, "id": id, "rev": rev})
-                }
+                Ok(_) => json!({"ok": true, "id": id, "rev": gone_rev(&collection, &id)?}),
                 Err(_) => json!({"id": id, "error": "conflict", "reason": "Document update conflict."}),
             },
             Err(e) => write_row(&id, Err(e)),
@@ -614,6 +612,19 @@ pub async fn bulk_docs(
         rows.push(row);
     }
     Ok((StatusCode::CREATED, axum::Json(Value::Array(rows))).into_response())
+}
+
+/// The revision a delete without `_rev` of a document that never existed
+/// answers: it wrote nothing, so there is none; sent back as `_rev`, it means
+/// "nothing there" again.
+const NO_REVISION: &str = "0-0";
+
+/// The revision of what a delete without `_rev` found gone: its tombstone's,
+/// or [`NO_REVISION`] when it never existed.
+fn gone_rev(collection: &truce::Collection, id: &str) -> Result<String, CouchError> {
+    Ok(collection
+        .get_current(id)?
+        .map_or_else(|| NO_REVISION.to_string(), |d| d.rev().to_string()))
 }
 
 /// A `_bulk_docs` row on its way.
@@ -720,8 +731,18 @@ pub async fn put_doc(
     if let Some(rev) = params.0.get("rev") {
         doc.entry("_rev").or_insert_with(|| json!(rev));
     }
-    let op = couch_write(&coll, &id, doc)?;
-    write_one(&state, &id, op).await
+    match couch_write(&coll, &id, doc)? {
+        // A delete without `_rev`, as in `_bulk_docs`: right when nothing
+        // live is there, and then it writes nothing.
+        check @ TxOp::Check { .. } => match state.db.submit_batch(vec![check], None)?.await? {
+            Ok(_) => {
+                let rev = gone_rev(&state.db.collection(&coll)?, &id)?;
+                Ok(axum::Json(json!({"ok": true, "id": id, "rev": rev})).into_response())
+            }
+            Err(_) => Err(conflict()),
+        },
+        op => write_one(&state, &id, op).await,
+    }
 }
 
 /// `DELETE /couch/{coll}/{id}?rev=R`.
