@@ -172,6 +172,25 @@ pub struct Backfilled {
     pub generation: u64,
 }
 
+/// Fails the engine, stickily, if dropped while the committer's thread unwinds
+/// (a panic below it, in the storage engine say): every write would otherwise
+/// wait for a committer that is gone, and `Db::health` say all is well.
+/// Locals drop in reverse order, so one declared after the requests and
+/// answers of a loop or a group drops before their reply channels do: a
+/// writer that sees its channel closed finds the engine already failed.
+struct FailOnUnwind(Arc<Shared>);
+
+impl Drop for FailOnUnwind {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            tracing::error!("the committer thread panicked; the engine refuses writes until it is reopened");
+            self.0
+                .watermark
+                .fail("the committer stopped (it panicked): reopen the database (restart the server)".into());
+        }
+    }
+}
+
 /// The indexes of every collection, by collection name.
 pub type Catalog = HashMap<String, Vec<IndexDef>>;
 
@@ -416,6 +435,8 @@ impl Committer {
         let idle = Duration::from_millis(COMMITTER_IDLE_MS);
         let tick = Duration::from_millis(BACKGROUND_TICK_MS);
         let mut waiting = VecDeque::with_capacity(COMMIT_BATCH_REQUESTS_MAX);
+        // Declared after the requests it outlives in a panic (see the type).
+        let _failed_if_it_unwinds = FailOnUnwind(Arc::clone(&self.shared));
         loop {
             let wait = if self.busy_in_background() { tick } else { idle };
             let (next, polled) = self.poll.recv(&queue, wait);
@@ -614,6 +635,7 @@ impl Committer {
         let storage = Arc::clone(&self.shared.storage);
         let mut group = Group::new(&*storage, self.last_seq, now_ms().max(self.last_ts_ms));
         let mut answers = Vec::with_capacity(waiting.len());
+        let _failed_if_it_unwinds = FailOnUnwind(Arc::clone(&self.shared));
         let mut settled_early = 0;
         let mut catalog_changed = false;
         let mut config_changed = false;
@@ -715,6 +737,9 @@ impl Committer {
     /// Evaluates one transaction into the group: idempotency, read-set validation,
     /// every operation's precondition, unique indexes; then applies all or nothing.
     fn commit(&mut self, group: &mut Group<'_>, commit: &mut Commit) -> Result<TxOutcome> {
+        // A key used again after its record expired, before the purge took it:
+        // the new record replaces it, and so does its expiry entry.
+        let mut expired_record = None;
         if let Some(idem) = &commit.idempotency
             && let Some(bytes) = group.get(Space::Idempotency, idem.key.as_bytes())?
         {
@@ -725,6 +750,7 @@ impl Committer {
                 }
                 return Ok(Ok(tx::decode_committed(&stored.answer)?));
             }
+            expired_record = Some(stored.expires_ms);
         }
         if let Some((reads, snapshot_seq)) = &commit.reads
             && let Err(failure) = self.recent.validate(reads, *snapshot_seq)
@@ -808,9 +834,11 @@ impl Committer {
                 idem.key.as_bytes().to_vec(),
                 Some(record::encode_idempotency(&stored)),
             );
-            let mut expiry = expires_ms.to_be_bytes().to_vec();
-            expiry.extend_from_slice(idem.key.as_bytes());
-            group.put(Space::IdempotencyExpiry, expiry, Some(Vec::new()));
+            let expiry_key = |at: u64| [&at.to_be_bytes()[..], idem.key.as_bytes()].concat();
+            if let Some(expired) = expired_record {
+                group.put(Space::IdempotencyExpiry, expiry_key(expired), None);
+            }
+            group.put(Space::IdempotencyExpiry, expiry_key(expires_ms), Some(Vec::new()));
         }
         Ok(Ok(committed))
     }
@@ -1025,6 +1053,13 @@ impl Committer {
     ) -> Result<u64> {
         let before = self.configs.get(&collection).cloned().unwrap_or_default();
         config.check_declared(&collection, &before)?;
+        let others: Vec<(&str, &config::CounterDef)> = self
+            .configs
+            .iter()
+            .filter(|(name, _)| **name != collection)
+            .flat_map(|(name, c)| c.counters.iter().map(move |d| (name.as_str(), d)))
+            .collect();
+        config.check_alone(&collection, &before, &others)?;
         config.backfilling.clear();
         for def in &config.counters {
             let generation = if config.defines_anew(&def.name, &before) {

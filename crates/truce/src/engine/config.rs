@@ -219,6 +219,61 @@ impl CollectionConfig {
         })
     }
 
+    /// Refuses a counter of this configuration of `collection` that is new or
+    /// defined anew (against `before`) and would not count alone among
+    /// `others`, every other collection's counters as `(collection, def)`:
+    /// one writing a target field another counter writes (each recount would
+    /// undo the other's counts), one counting into a collection that has
+    /// counters, or one counting a collection other counters write into
+    /// (counters do not cascade: the chained one would miss every increment,
+    /// and a recount would count what the counter never saw).
+    pub fn check_alone(
+        &self,
+        collection: &str,
+        before: &CollectionConfig,
+        others: &[(&str, &CounterDef)],
+    ) -> Result<()> {
+        let all: Vec<(&str, &CounterDef)> = others
+            .iter()
+            .copied()
+            .chain(self.counters.iter().map(|d| (collection, d)))
+            .collect();
+        for (index, def) in self.counters.iter().enumerate() {
+            if !self.defines_anew(&def.name, before) {
+                continue;
+            }
+            let what = format!("counters[{index}]");
+            for &(other_collection, other) in &all {
+                if other_collection == collection && other.name == def.name {
+                    continue;
+                }
+                let name = format!("{other_collection}/{}", other.name);
+                if other.target_collection == def.target_collection && other.target_field == def.target_field
+                {
+                    return Err(invalid(format!(
+                        "{what}.target {}.{} is counter {name}'s target field too: two counters in one field \
+                         would each undo the other's recount; give each its own field",
+                        def.target_collection, def.target_field
+                    )));
+                }
+                if other_collection == def.target_collection {
+                    return Err(invalid(format!(
+                        "{what}.target is in {}, which counter {name} counts: counters do not cascade, so that \
+                         counter would miss every increment of this one",
+                        def.target_collection
+                    )));
+                }
+                if other.target_collection == collection {
+                    return Err(invalid(format!(
+                        "{collection} is counter {name}'s target: counters do not cascade, so counting its \
+                         documents would miss every increment of that counter"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Whether counter `name` is new here, or defined otherwise, against
     /// `before`.
     pub fn defines_anew(&self, name: &str, before: &CollectionConfig) -> bool {

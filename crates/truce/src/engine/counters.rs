@@ -11,7 +11,7 @@ use super::config::CounterDef;
 
 /// How far apart two float sums may be and still be the same count, relative
 /// to the larger ([`Amount::same`]).
-const FLOAT_SUM_TOLERANCE: f64 = 1e-9;
+const FLOAT_SUM_TOLERANCE: f64 = 1e-6;
 
 /// An amount to add: integers stay exact, anything else is a float.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -59,7 +59,7 @@ impl Amount {
     }
 
     /// Whether two amounts are the same count: exactly, for integers; within
-    /// a billionth of the larger (or of 1) once either is a float, since float
+    /// a millionth of the larger (or of 1) once either is a float, since float
     /// sums differ by their order (a target summed in commit order against a
     /// recount summed in id order), which is no damage to repair.
     pub fn same(self, other: Amount) -> bool {

@@ -19,6 +19,9 @@ pub enum Fault {
     FailSync,
     /// `apply` sleeps this long first, as a slow disk would, then proceeds.
     Delay(std::time::Duration),
+    /// `apply` panics before writing anything, as a bug in a storage engine
+    /// would (lsm-tree panics on a sequence number it cannot go past).
+    Panic,
 }
 
 #[derive(Default)]
@@ -169,6 +172,10 @@ impl Storage for MemoryStorage {
         }
         if fault == Some(Fault::FailWrite) {
             return Err(StorageError::Backend("injected write failure".into()));
+        }
+        if fault == Some(Fault::Panic) {
+            drop(state);
+            panic!("injected panic in the storage");
         }
         apply_to(&mut state.visible, &batch);
         if fault == Some(Fault::FailSync) {

@@ -590,6 +590,52 @@ fn a_unique_index_built_over_an_expired_holder_is_ready() {
     panic!("the sweeper deleted the expired holder before every build: nothing proved");
 }
 
+/// Counters that would not count alone are refused: two in one target field
+/// (each recount would undo the other), and chains (counters do not
+/// cascade, so the chained one would miss every increment).
+#[test]
+fn counters_that_would_not_count_alone_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_relaxed(dir.path());
+    let counter = |name: &str, target: &str, field: &str| {
+        CollectionConfig::from_json(&json!({"counters": [{"name": name, "group_by": "g",
+            "target": {"c": target, "field": field}}]}))
+        .unwrap()
+    };
+    let two = |a: (&str, &str, &str), b: (&str, &str, &str)| {
+        let first = counter(a.0, a.1, a.2).counters.remove(0);
+        let mut config = counter(b.0, b.1, b.2);
+        config.counters.insert(0, first);
+        config
+    };
+    let refused = |collection: &str, config: CollectionConfig, needle: &str| {
+        let e = db.collection(collection).unwrap().set_config(config).unwrap_err();
+        assert_eq!(e.code(), "invalid_config");
+        assert!(e.to_string().contains(needle), "{e}");
+    };
+    db.collection("a")
+        .unwrap()
+        .set_config(counter("n", "t", "n"))
+        .unwrap();
+    // Another collection's counter in the same field, and another of the same collection.
+    refused("b", counter("m", "t", "n"), "target field too");
+    refused("a", two(("n", "t", "n"), ("m", "t", "n")), "target field too");
+    // The same target document, another field: fine.
+    db.collection("b")
+        .unwrap()
+        .set_config(counter("m", "t", "m"))
+        .unwrap();
+    // Chains, both ways: into a collection that has counters, and counting
+    // a collection counters write into.
+    refused("c", counter("x", "a", "x"), "counts");
+    refused("t", counter("y", "u", "y"), "target");
+    // Declaring what is already there again is fine.
+    db.collection("a")
+        .unwrap()
+        .set_config(counter("n", "t", "n"))
+        .unwrap();
+}
+
 fn truce_now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -301,6 +301,30 @@ fn a_failed_write_stops_all_writes() {
     assert!(c.get("a").unwrap().is_none());
 }
 
+/// A committer that dies — a panic below it, in the storage engine — fails
+/// the engine for good, visibly: `health` says so, and every later write is
+/// refused at once instead of waiting for a committer that is gone.
+#[test]
+fn a_panicking_committer_fails_the_engine_visibly() {
+    let (storage, db) = memory_db();
+    let c = db.collection("c").unwrap();
+    c.put("before", json!({}), Expect::Any).unwrap().unwrap();
+    assert!(db.health().is_ok());
+    storage.inject(Fault::Panic);
+    assert_eq!(
+        c.put("a", json!({}), Expect::Any).unwrap_err().code(),
+        "unavailable"
+    );
+    let why = db.health().unwrap_err();
+    assert_eq!(why.code(), "unavailable");
+    assert!(why.to_string().contains("panicked"), "{why}");
+    assert_eq!(
+        c.put("b", json!({}), Expect::Any).unwrap_err().code(),
+        "unavailable"
+    );
+    assert!(c.get("before").unwrap().is_some(), "reads go on");
+}
+
 #[test]
 fn a_type_error_in_one_patch_changes_nothing_and_spares_the_others() {
     let dir = tempfile::tempdir().unwrap();
