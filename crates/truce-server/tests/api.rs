@@ -1060,6 +1060,8 @@ fn couch_writes_refuse_what_they_cannot_keep() {
     assert_eq!(answer.status, 201, "{}", answer.text);
     let answer = api.put("/couch/cb/ghost2", json!({"_deleted": true}));
     assert_eq!(answer.ok(200)["rev"], "0-0", "{}", answer.text);
+    let answer = api.delete("/couch/cb/ghost3?rev=0-0");
+    assert_eq!(answer.ok(200)["rev"], "0-0", "{}", answer.text);
     let answer = api.put("/couch/cb/ok", json!({"_deleted": true}));
     assert_eq!(
         answer.status, 409,

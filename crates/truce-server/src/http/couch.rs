@@ -24,6 +24,9 @@ const LONGPOLL_TIMEOUT_MS_DEFAULT: u64 = 60_000;
 const LONGPOLL_TIMEOUT_MS_MAX: u64 = 120_000;
 /// Changes per answer unless `limit` says otherwise.
 const CHANGES_LIMIT_DEFAULT: usize = 1000;
+/// How far `_changes` counts the changes left after a page (`pending`): a
+/// catch-up reading pages of 100 should not read 10,000 keys for each.
+const PENDING_COUNTED_MAX: usize = 1000;
 /// Rows of `GET _all_docs` unless `limit` says otherwise.
 const ALL_DOCS_LIMIT_DEFAULT: usize = 1000;
 
@@ -80,8 +83,14 @@ pub async fn error_shape(request: axum::extract::Request, next: axum::middleware
     if !couch || !(status.is_client_error() || status.is_server_error()) {
         return response;
     }
-    let (mut parts, body) = response.into_parts();
     // Error bodies are a line or two; a larger one is passed on untouched.
+    if axum::body::HttpBody::size_hint(response.body())
+        .upper()
+        .is_none_or(|size| size > 64 * 1024)
+    {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
     let Ok(bytes) = axum::body::to_bytes(body, 64 * 1024).await else {
         return Response::from_parts(parts, axum::body::Body::empty());
     };
@@ -326,8 +335,7 @@ pub async fn changes(
         true => 0,
         false => {
             let (db, after) = (state.db.clone(), page.last_seq);
-            super::blocking(move || db.pending_changes(&coll, after, truce::limits::CHANGES_LIMIT_MAX))
-                .await?
+            super::blocking(move || db.pending_changes(&coll, after, PENDING_COUNTED_MAX)).await?
         }
     };
     Ok(
@@ -654,8 +662,10 @@ pub async fn get_doc(
         "attachments",
     ]
     .into_iter()
-    .find(|n| params.0.contains_key(*n))
-    {
+    // `open_revs` asks whatever its value; the others ask unless `false`.
+    .find(|n| {
+        *n == "open_revs" && params.0.contains_key(*n) || params.0.get(*n).is_some_and(|v| v != "false")
+    }) {
         return Err(unsupported(
             name,
             "there are no revision trees: one linear history per document",
@@ -680,7 +690,7 @@ pub async fn get_doc(
 /// `POST /couch/{coll}/{name}`: CouchDB's other endpoints (`_revs_diff`,
 /// `_bulk_get`, `_find`, …), which this subset does not serve, are named as
 /// such rather than met with a 405 as if they were documents.
-pub async fn post_other(PathParams((_, name)): PathParams<(String, String)>) -> CouchError {
+pub async fn post_other(PathParams((_, name)): PathParams<(String, String)>) -> Response {
     if name.starts_with('_') {
         CouchError(
             StatusCode::NOT_FOUND,
@@ -689,16 +699,35 @@ pub async fn post_other(PathParams((_, name)): PathParams<(String, String)>) -> 
                 "{name} is not served by Truce's CouchDB subset: it has no revision trees (docs/replication.md)"
             ),
         )
+        .into_response()
     } else {
-        CouchError(
+        let refused = CouchError(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
             "a document takes GET, PUT and DELETE; create documents with PUT or _bulk_docs".into(),
-        )
+        );
+        let mut response = refused.into_response();
+        response.headers_mut().insert(
+            axum::http::header::ALLOW,
+            axum::http::HeaderValue::from_static("GET,HEAD,PUT,DELETE"),
+        );
+        response
     }
 }
 
-async fn write_one(state: &AppState, id: &str, op: TxOp) -> CouchResult {
+/// One document's write; a delete without `_rev` (or with `0-0`), which is a
+/// check that nothing live is there and writes nothing, answers as in
+/// `_bulk_docs`.
+async fn write_one(state: &AppState, coll: &str, id: &str, op: TxOp) -> CouchResult {
+    if let check @ TxOp::Check { .. } = op {
+        return match state.db.submit_batch(vec![check], None)?.await? {
+            Ok(_) => {
+                let rev = gone_rev(&state.db.collection(coll)?, id)?;
+                Ok(axum::Json(json!({"ok": true, "id": id, "rev": rev})).into_response())
+            }
+            Err(_) => Err(conflict()),
+        };
+    }
     match state.db.submit_write(op, None)?.await? {
         Ok(written) => {
             let status = if written.created() {
@@ -731,18 +760,8 @@ pub async fn put_doc(
     if let Some(rev) = params.0.get("rev") {
         doc.entry("_rev").or_insert_with(|| json!(rev));
     }
-    match couch_write(&coll, &id, doc)? {
-        // A delete without `_rev`, as in `_bulk_docs`: right when nothing
-        // live is there, and then it writes nothing.
-        check @ TxOp::Check { .. } => match state.db.submit_batch(vec![check], None)?.await? {
-            Ok(_) => {
-                let rev = gone_rev(&state.db.collection(&coll)?, &id)?;
-                Ok(axum::Json(json!({"ok": true, "id": id, "rev": rev})).into_response())
-            }
-            Err(_) => Err(conflict()),
-        },
-        op => write_one(&state, &id, op).await,
-    }
+    let op = couch_write(&coll, &id, doc)?;
+    write_one(&state, &coll, &id, op).await
 }
 
 /// `DELETE /couch/{coll}/{id}?rev=R`.
@@ -760,5 +779,5 @@ pub async fn delete_doc(
     doc.insert("_rev".into(), json!(rev));
     doc.insert("_deleted".into(), json!(true));
     let op = couch_write(&coll, &id, doc)?;
-    write_one(&state, &id, op).await
+    write_one(&state, &coll, &id, op).await
 }

@@ -415,13 +415,21 @@ impl Standing {
         &self,
         sub: &mut truce::Subscription,
     ) -> Option<truce::Result<truce::ChangesPage>> {
+        // One wait for the page, kept across the checks: a fresh one would
+        // read the change log again every second for every open feed.
+        let page = sub.next();
+        tokio::pin!(page);
+        let mut checks = tokio::time::interval(STANDING_CHECK);
+        checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        checks.tick().await; // the first tick is at once
         loop {
-            // `Subscription::next` only moves on once it returns a page, so
-            // giving up a wait loses nothing.
-            match tokio::time::timeout(STANDING_CHECK, sub.next()).await {
-                Ok(page) => return self.holds().then_some(page),
-                Err(_) if self.holds() => {}
-                Err(_) => return None,
+            tokio::select! {
+                page = &mut page => return self.holds().then_some(page),
+                _ = checks.tick() => {
+                    if !self.holds() {
+                        return None;
+                    }
+                }
             }
         }
     }

@@ -187,8 +187,9 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         .route("/dashboard", get(insights::dashboard))
         .fallback(no_route)
         .method_not_allowed_fallback(no_method)
-        .layer(middleware::from_fn(couch::error_shape))
         .layer(middleware::from_fn_with_state(Arc::clone(&state), front))
+        // Outside `front`, so that its 429 under /couch is CouchDB-shaped too.
+        .layer(middleware::from_fn(couch::error_shape))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(state)
 }

@@ -285,17 +285,24 @@ pub async fn push(
     let collection = state.db.collection(&coll)?;
     let origin = origin(&headers);
     let mut answer = Pushed::default();
+    let mut pushed = Ok(());
     for group in byte_groups(rows) {
-        push_group(&state, &collection, &pk, &origin, group, &mut answer).await?;
+        pushed = push_group(&state, &collection, &pk, &origin, group, &mut answer).await;
+        if pushed.is_err() {
+            break;
+        }
     }
-    // Counted as every write's conflicts are: by collection, document and source.
+    // Counted as every write's conflicts are, by collection, document and
+    // source, also when a later group failed.
     state.db.note_conflicts(&coll, &answer.noted, &origin);
+    pushed?;
     let conflicts = answer.conflicts;
     Ok(axum::Json(Value::Array(conflicts)).into_response())
 }
 
 /// What a push answers: the master state of every row that conflicted, and
-/// the conflicts to count.
+/// the conflicts to count (those the comparison found; the committer counts
+/// the ones it finds itself).
 #[derive(Default)]
 struct Pushed {
     conflicts: Vec<Value>,
@@ -393,9 +400,10 @@ async fn push_group(
                     .await?
                 {
                     Ok(_) => {}
+                    // The committer counted this one, as the write's conflict.
                     Err(TxFailure::Conflicts(_)) => {
                         if let Some(master) = collection.get_current(&row.id)? {
-                            answer.conflict(&master, row.assumed.as_ref(), pk)?;
+                            answer.conflicts.push(rx_doc(&master, pk, false)?);
                         }
                     }
                     Err(other) => {

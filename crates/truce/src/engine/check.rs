@@ -164,7 +164,14 @@ fn catalog(view: &dyn StorageRead, report: &mut CheckReport) -> Result<Catalog> 
             ),
         }
     }
-    config::read_backfills(view, &mut configs)?;
+    // A damaged mark is damage to report, not a reason not to look.
+    if let Err(e) = config::read_backfills(view, &mut configs) {
+        report.problem(
+            "corrupt_record",
+            Space::Meta,
+            format!("counter backfill marks: {e}"),
+        );
+    }
     let mut configs: Vec<(String, CollectionConfig)> = configs.into_iter().collect();
     configs.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(Catalog { indexes, configs })

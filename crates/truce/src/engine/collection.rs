@@ -293,11 +293,14 @@ impl Collection {
     /// resumes by itself on open).
     pub fn set_config(&self, config: CollectionConfig) -> Result<Vec<(String, RecountReport)>> {
         self.db.submit_config(&self.name, config)?;
-        self.config()
-            .backfilling
-            .into_keys()
-            .map(|name| Ok((name.clone(), self.recount(&name)?)))
-            .collect()
+        let mut reports = Vec::new();
+        for name in self.config().backfilling.into_keys() {
+            // `None`: the resumed backfill of the last open got there first.
+            if let Some(report) = super::recount::backfill(&self.db, &self.name, &name)? {
+                reports.push((name, report));
+            }
+        }
+        Ok(reports)
     }
 
     /// Recomputes counter `name` from a snapshot of this collection and fixes

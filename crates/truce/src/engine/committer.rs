@@ -177,7 +177,10 @@ pub struct Backfilled {
 /// wait for a committer that is gone, and `Db::health` say all is well.
 /// Locals drop in reverse order, so one declared after the requests and
 /// answers of a loop or a group drops before their reply channels do: a
-/// writer that sees its channel closed finds the engine already failed.
+/// writer whose channel closes because the storage panicked (every reply of
+/// the group is then in its answers) finds the engine already failed. A
+/// panic while one request is evaluated drops that request's reply first:
+/// its writer is told the committer stopped, and the engine fails just after.
 struct FailOnUnwind(Arc<Shared>);
 
 impl Drop for FailOnUnwind {

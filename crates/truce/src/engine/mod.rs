@@ -671,10 +671,12 @@ impl Db {
             let Some((collection, name)) = pending.front() else {
                 return Ok(false);
             };
-            match recount::recount(db, collection, name) {
-                Ok(report) => {
+            match recount::backfill(db, collection, name) {
+                Ok(Some(report)) => {
                     tracing::info!(collection = %collection, counter = %name, fixed = report.fixed.len(), "counter backfill done");
                 }
+                // A `PUT` of the configuration backfilled it meanwhile.
+                Ok(None) => {}
                 // Removed from the configuration since: nothing to backfill.
                 Err(Error::NotFound(_)) => {}
                 Err(Error::Overloaded) => return Err(Error::Overloaded),

@@ -63,6 +63,18 @@ fn number(amount: Amount) -> Value {
 /// counter waiting for its backfill (declared, or defined anew) is
 /// backfilled by it: its corrections' commit records the backfill done.
 pub fn recount(db: &Db, collection: &str, name: &str) -> Result<RecountReport> {
+    recount_with(db, collection, name, false)?
+        .ok_or_else(|| Error::NotFound(format!("counter {name} of collection {collection}")))
+}
+
+/// The backfill of counter `name` of `collection`, if it still waits for one
+/// once it is this recount's turn (`None`: another did it meanwhile, and a
+/// second full read of the collection would change nothing).
+pub fn backfill(db: &Db, collection: &str, name: &str) -> Result<Option<RecountReport>> {
+    recount_with(db, collection, name, true)
+}
+
+fn recount_with(db: &Db, collection: &str, name: &str, only_waiting: bool) -> Result<Option<RecountReport>> {
     let _one_at_a_time = db.recounting();
     let shared = db.shared();
     // The definition and the declaration it waits a backfill for, read
@@ -77,6 +89,9 @@ pub fn recount(db: &Db, collection: &str, name: &str) -> Result<RecountReport> {
             Some((def, c.backfilling.get(name).copied()))
         })
         .ok_or_else(|| Error::NotFound(format!("counter {name} of collection {collection}")))?;
+    if only_waiting && backfilling.is_none() {
+        return Ok(None);
+    }
     let (view, seq) = durable_snapshot(shared)?;
     let mut fixed = Vec::new();
     let mut unfixable = Vec::new();
@@ -109,12 +124,12 @@ pub fn recount(db: &Db, collection: &str, name: &str) -> Result<RecountReport> {
     } else {
         db.submit_increments(corrections, backfilled)?
     };
-    Ok(RecountReport {
+    Ok(Some(RecountReport {
         checked: groups.len(),
         fixed,
         unfixable,
         seq,
-    })
+    }))
 }
 
 /// Every group of counter `def` of collection `source` in `view`, in group

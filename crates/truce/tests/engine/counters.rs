@@ -627,8 +627,8 @@ fn counters_that_would_not_count_alone_are_refused() {
         .unwrap();
     // Chains, both ways: into a collection that has counters, and counting
     // a collection counters write into.
-    refused("c", counter("x", "a", "x"), "counts");
-    refused("t", counter("y", "u", "y"), "target");
+    refused("c", counter("x", "a", "x"), "which counter");
+    refused("t", counter("y", "u", "y"), "counting its documents");
     // Declaring what is already there again is fine.
     db.collection("a")
         .unwrap()
