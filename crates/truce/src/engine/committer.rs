@@ -895,6 +895,9 @@ impl Committer {
                             current,
                         };
                         conflicts.push(op_conflict(*index, op, conflict));
+                        // One conflict per op, whatever its other unique
+                        // indexes would say: a single write answers one.
+                        break;
                     }
                 }
             }

@@ -203,6 +203,46 @@ fn mixed_types_and_missing_fields_sort_as_documented() {
     assert_eq!(ids(&by_id.docs), ["c-num", "c-num2", "d-str"]);
 }
 
+/// A write that two unique indexes refuse is one conflict, not two: a single
+/// write answers one (two made it fail as `unavailable`, found by the API
+/// fuzzer), and a transaction names each failing op once.
+#[test]
+fn a_write_two_unique_indexes_refuse_is_one_conflict() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_relaxed(dir.path());
+    let users = db.collection("users").unwrap();
+    for (name, field) in [("by_email", "email"), ("by_phone", "phone")] {
+        let spec = IndexSpec {
+            fields: vec![field.into()],
+            unique: true,
+        };
+        users.create_index(name, spec).unwrap();
+        wait_ready(&users, name);
+    }
+    users
+        .put("u1", json!({"email": "a@x", "phone": 1}), Expect::Absent)
+        .unwrap()
+        .unwrap();
+    let conflict = users
+        .put("u2", json!({"email": "a@x", "phone": 1}), Expect::Absent)
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(conflict.reason, ConflictReason::UniqueViolation);
+    let put = |id: &str| TxOp::Put {
+        collection: "users".into(),
+        id: id.into(),
+        body: json!({"email": "a@x", "phone": 1}),
+        expect: Expect::Absent,
+    };
+    match db.batch(vec![put("u3"), put("u4")], None).unwrap() {
+        Err(TxFailure::Conflicts(conflicts)) => {
+            let ops: Vec<usize> = conflicts.iter().map(|c| c.index).collect();
+            assert_eq!(ops, [0, 1], "{conflicts:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
 #[test]
 fn unique_violations_name_the_holder_and_races_have_one_winner() {
     let dir = tempfile::tempdir().unwrap();
