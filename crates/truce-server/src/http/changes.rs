@@ -233,9 +233,7 @@ fn sse_events(
                     Some((stream::iter(events), Some(sub)))
                 }
                 Err(e) => {
-                    let event = Event::default()
-                        .event("error")
-                        .data(json!({"error": e.code()}).to_string());
+                    let event = super::replication::error_event(json!({"error": e.code()}));
                     Some((stream::iter(vec![Ok(event)]), None))
                 }
             }

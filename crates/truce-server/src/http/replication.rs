@@ -76,7 +76,7 @@ fn rx_doc(doc: &Document, primary_key: &str, meta: bool) -> Result<Value, ApiErr
 }
 
 /// An `error` event, the stream's last.
-fn error_event(body: Value) -> Event {
+pub(super) fn error_event(body: Value) -> Event {
     Event::default().event("error").data(body.to_string())
 }
 
@@ -132,6 +132,8 @@ struct Row {
     id: String,
     /// The new content (no `_` fields, no primary key), or `None` for a delete.
     new: Option<Map<String, Value>>,
+    /// The new content's canonical size (what a transaction's limit counts).
+    bytes: usize,
     assumed: Option<Map<String, Value>>,
 }
 
@@ -204,11 +206,13 @@ fn parse_rows(body: Value, pk: &str) -> Result<Vec<Row>, ApiError> {
         let at = |e: truce::Error| ApiError::Engine(e.at(&format!("row {i}")));
         truce::doc::validate_id(id).map_err(at)?;
         let new_body = (!is_deleted(&new)).then(|| user_fields(&new, pk));
-        if let Some(body) = &new_body {
-            truce::doc::validate_body(body).map_err(at)?;
-        }
+        let bytes = match &new_body {
+            Some(body) => truce::doc::validate_body(body).map_err(at)?.len(),
+            None => 0,
+        };
         out.push(Row {
             id: id.to_string(),
+            bytes,
             new: new_body,
             assumed,
         });
@@ -337,10 +341,7 @@ fn byte_groups(rows: Vec<Row>) -> Vec<Vec<Row>> {
     let mut groups: Vec<Vec<Row>> = Vec::new();
     let mut bytes = 0;
     for row in rows {
-        let size = row
-            .new
-            .as_ref()
-            .map_or(0, |body| serde_json::to_vec(body).map_or(0, |b| b.len()));
+        let size = row.bytes;
         match groups.last_mut() {
             Some(group) if bytes + size <= truce::limits::TX_WRITE_BYTES_MAX => {
                 bytes += size;
