@@ -227,13 +227,7 @@ fn create_subscribers(http: &Http) {
 fn recount_over_http_finds_and_fixes_a_corrupted_counter() {
     let server = Server::start();
     let http = Http::new(&server);
-    http.expect(
-        Method::PUT,
-        "/v1/c/subscribers/_config",
-        Some(&subscriber_counters("in_commit")),
-        200,
-    );
-    create_subscribers(&http);
+    counted_subscribers(&http, "in_commit");
     let expected = truth(&http);
     assert_eq!(stored(&http), expected);
 
@@ -568,6 +562,17 @@ fn config_routes_need_their_roles() {
 // `truce recount` on a data directory
 // ---------------------------------------------------------------------------
 
+/// Declares the subscriber counters in `mode`, then creates the subscribers.
+fn counted_subscribers(http: &Http, mode: &str) {
+    http.expect(
+        Method::PUT,
+        "/v1/c/subscribers/_config",
+        Some(&subscriber_counters(mode)),
+        200,
+    );
+    create_subscribers(http);
+}
+
 /// Runs `truce args --data data` (killed by PID after 30 s, a failure);
 /// exit success, stdout, stderr.
 fn run_truce(args: &[&str], data: &Path) -> (bool, String, String) {
@@ -590,13 +595,7 @@ fn cli_recount_refuses_a_running_server_and_fixes_a_stopped_ones_data() {
     let mut server = Server::start();
     let data = server.data.clone();
     let http = Http::new(&server);
-    http.expect(
-        Method::PUT,
-        "/v1/c/subscribers/_config",
-        Some(&subscriber_counters("in_commit")),
-        200,
-    );
-    create_subscribers(&http);
+    counted_subscribers(&http, "in_commit");
     let expected = truth(&http);
     let victim = campaign(0);
     http.expect(
@@ -641,13 +640,7 @@ fn cli_check_finds_a_counter_written_behind_its_back() {
     let mut server = Server::start();
     let data = server.data.clone();
     let http = Http::new(&server);
-    http.expect(
-        Method::PUT,
-        "/v1/c/subscribers/_config",
-        Some(&subscriber_counters("after_commit")),
-        200,
-    );
-    create_subscribers(&http);
+    counted_subscribers(&http, "after_commit");
     // The targets exist once the outbox has drained.
     http.wait_outbox_empty(Duration::from_secs(30));
     let victim = campaign(1);

@@ -66,6 +66,19 @@ fn targets(db: &Db) -> BTreeMap<String, (i64, i64, i64)> {
         .collect()
 }
 
+/// A database whose subscribers are counted `in_commit`, after `steps` of the
+/// workload (its directory goes with the first value).
+fn counted(steps: usize) -> (tempfile::TempDir, Db) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_relaxed(dir.path());
+    db.collection("subscribers")
+        .unwrap()
+        .set_config(config("in_commit"))
+        .unwrap();
+    workload(&db, steps, |_| {});
+    (dir, db)
+}
+
 /// A deterministic mix of inserts, confirmations, moves between campaigns and deletes.
 fn workload(db: &Db, steps: usize, mut after_each: impl FnMut(&Db)) {
     let subscribers = db.collection("subscribers").unwrap();
@@ -261,11 +274,8 @@ fn a_backfill_a_crash_interrupted_runs_on_the_next_open() {
 /// one's deltas.
 #[test]
 fn a_counter_defined_anew_is_backfilled() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = open_relaxed(dir.path());
+    let (_dir, db) = counted(100);
     let subscribers = db.collection("subscribers").unwrap();
-    subscribers.set_config(config("in_commit")).unwrap();
-    workload(&db, 100, |_| {});
     let mut changed = config("in_commit").to_json();
     changed["counters"][0]["where"] = json!({"status": "pending"});
     let reports = subscribers
@@ -281,11 +291,8 @@ fn a_counter_defined_anew_is_backfilled() {
 /// Recounts at once would each add the same difference; they run one at a time.
 #[test]
 fn recounts_at_once_fix_a_counter_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = open_relaxed(dir.path());
+    let (_dir, db) = counted(100);
     let subscribers = db.collection("subscribers").unwrap();
-    subscribers.set_config(config("in_commit")).unwrap();
-    workload(&db, 100, |_| {});
     let victim = truth(&db).keys().next().unwrap().clone();
     let metrics = db.collection("campaign_metrics").unwrap();
     for round in 0..5 {
@@ -313,11 +320,8 @@ fn recounts_at_once_fix_a_counter_once() {
 /// takes no sequence number), and the check names it as such.
 #[test]
 fn a_target_that_is_not_a_number_is_reported_not_fixed() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = open_relaxed(dir.path());
+    let (_dir, db) = counted(30);
     let subscribers = db.collection("subscribers").unwrap();
-    subscribers.set_config(config("in_commit")).unwrap();
-    workload(&db, 30, |_| {});
     let victim = truth(&db)
         .into_iter()
         .find(|(_, (_, _, spent))| *spent > 0)
