@@ -905,6 +905,27 @@ fn replication_push_edges() {
         &[("Truce-Source", "rxclient")],
     );
     assert_eq!(answer.ok(200)[0]["_deleted"], true, "{}", answer.text);
+    assert!(answer.ok(200)[0].get("_rev").is_none(), "{}", answer.text);
+    // With meta=true, as the client's pulls may ask, a conflict's master state
+    // carries the metadata its next assumed state can name.
+    let stale = json!([{"assumedMasterState": {"id": "by-version", "v": 1},
+                        "newDocumentState": {"id": "by-version", "v": 3}}]);
+    let answer = api.post("/v1/c/rx/_push?primaryKey=id&meta=true", stale.clone());
+    let master = api.get("/v1/c/rx/by-version").ok(200).clone();
+    let shown = &answer.ok(200)[0];
+    assert_eq!(
+        (&shown["_rev"], &shown["_version"], &shown["v"], &shown["id"]),
+        (
+            &master["_rev"],
+            &master["_version"],
+            &json!(2),
+            &json!("by-version")
+        ),
+        "{}",
+        answer.text
+    );
+    let answer = api.post("/v1/c/rx/_push?primaryKey=id", stale);
+    assert!(answer.ok(200)[0].get("_version").is_none(), "{}", answer.text);
     let metrics = api.get("/metrics");
     assert!(
         metrics
@@ -1639,6 +1660,42 @@ fn sse_events(response: reqwest::blocking::Response, count: usize) -> Vec<(Optio
         }
     }
     events
+}
+
+/// The RxDB pull stream shows documents as `_pull` does: the id under the
+/// client's primary key, and Truce's metadata only when `meta=true` asks.
+#[test]
+fn pull_stream_shows_documents_as_pull_does() {
+    let server = Server::start();
+    let api = Api::new(&server);
+    let client = Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let open = |query: &str| {
+        let response = client
+            .get(format!(
+                "{}/v1/c/rs/_pull/stream?primaryKey=key{query}",
+                server.url()
+            ))
+            .send()
+            .expect("stream request");
+        assert_eq!(response.status().as_u16(), 200);
+        response
+    };
+    // Both are subscribed once their headers are in.
+    let (plain, with_meta) = (open(""), open("&meta=true"));
+    let written = api.put("/v1/c/rs/d1", json!({"n": 1})).ok(201).clone();
+    let event = |response| sse_events(response, 1).remove(0).1["documents"][0].clone();
+    assert_eq!(event(plain), json!({"key": "d1", "n": 1, "_deleted": false}));
+    let shown = event(with_meta);
+    assert_eq!(
+        (&shown["key"], &shown["_rev"], &shown["_version"]),
+        (&json!("d1"), &written["rev"], &json!(1)),
+        "{shown}"
+    );
+    let pulled = api.get("/v1/c/rs/_pull?primaryKey=key&meta=true").ok(200).clone();
+    assert_eq!(pulled["documents"][0], shown);
 }
 
 /// A browser's `EventSource` reconnects with the same URL and `Last-Event-ID`:

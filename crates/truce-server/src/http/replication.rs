@@ -47,6 +47,28 @@ fn primary_key(params: &Params) -> Result<String, ApiError> {
     Ok(key)
 }
 
+/// How the replication routes show documents: the client's primary-key field
+/// (`primaryKey`), and whether Truce's metadata is asked for (`meta=true`).
+#[derive(Default, Clone)]
+struct Shape {
+    pk: String,
+    meta: bool,
+}
+
+impl Shape {
+    fn of(params: &Params) -> Result<Shape, ApiError> {
+        Ok(Shape {
+            pk: primary_key(params)?,
+            meta: params.flag("meta")?,
+        })
+    }
+
+    /// `doc` as the client sees it (`rx_doc`).
+    fn show(&self, doc: &Document) -> Result<Value, ApiError> {
+        rx_doc(doc, &self.pk, self.meta)
+    }
+}
+
 /// A document as RxDB sees it (`meta` adds Truce's `_rev`, `_version`, `_seq`, `_ts`).
 /// `doc` as RxDB sees it: its id under the client's primary-key field. A
 /// document whose body holds that field with another value (written through
@@ -105,12 +127,11 @@ pub async fn pull(
     params: Params,
 ) -> Result<Response, ApiError> {
     authorize(&who, Role::Read, Some(&coll))?;
-    let pk = primary_key(&params)?;
+    let shape = Shape::of(&params)?;
     let after = parse_checkpoint(&params)?;
     let limit = params
         .parse::<usize>("limit", "invalid_query")?
         .unwrap_or(PULL_LIMIT_DEFAULT);
-    let meta = params.flag("meta")?;
     let db = state.db.clone();
     let given = params.json("checkpoint")?.unwrap_or(Value::Null);
     let (changes, _) = tokio::task::spawn_blocking(move || {
@@ -121,7 +142,7 @@ pub async fn pull(
     let documents = changes
         .iter()
         .filter_map(|c| c.doc.as_ref())
-        .map(|d| rx_doc(d, &pk, meta))
+        .map(|d| shape.show(d))
         .collect::<Result<Vec<Value>, ApiError>>()?;
     let checkpoint = changes.last().map_or(given, checkpoint);
     Ok(axum::Json(json!({"documents": documents, "checkpoint": checkpoint})).into_response())
@@ -271,7 +292,8 @@ fn row_op(coll: &str, row: &Row, current: Option<&Document>) -> Option<TxOp> {
 /// Applies a push: rows whose assumed master matches are written in one
 /// transaction; rows whose master moved are answered with the master state.
 #[utoipa::path(post, path = "/v1/c/{coll}/_push", tag = "replication",
-    params(("coll" = String, Path), ("primaryKey" = Option<String>, Query)),
+    params(("coll" = String, Path), ("primaryKey" = Option<String>, Query),
+           ("meta" = Option<bool>, Query, description = "conflicts' master states carry _rev, _version, _seq, _ts")),
     request_body = Vec<super::openapi::PushRow>,
     responses((status = 200, description = "The master state of every row that conflicted", body = Vec<Object>),
               (status = 400, description = "Invalid rows", body = super::openapi::ErrorBody)))]
@@ -284,14 +306,17 @@ pub async fn push(
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
     authorize(&who, Role::Write, Some(&coll))?;
-    let pk = primary_key(&params)?;
-    let rows = parse_rows(body, &pk)?;
+    let shape = Shape::of(&params)?;
+    let rows = parse_rows(body, &shape.pk)?;
     let collection = state.db.collection(&coll)?;
     let origin = origin(&headers);
-    let mut answer = Pushed::default();
+    let mut answer = Pushed {
+        shape,
+        ..Pushed::default()
+    };
     let mut pushed = Ok(());
     for group in byte_groups(rows) {
-        pushed = push_group(&state, &collection, &pk, &origin, group, &mut answer).await;
+        pushed = push_group(&state, &collection, &origin, group, &mut answer).await;
         if pushed.is_err() {
             break;
         }
@@ -309,18 +334,14 @@ pub async fn push(
 /// the ones it finds itself).
 #[derive(Default)]
 struct Pushed {
+    shape: Shape,
     conflicts: Vec<Value>,
     noted: Vec<(String, truce::ConflictReason)>,
 }
 
 impl Pushed {
     /// A row whose assumed state is not `master`.
-    fn conflict(
-        &mut self,
-        master: &Document,
-        assumed: Option<&Map<String, Value>>,
-        pk: &str,
-    ) -> Result<(), ApiError> {
+    fn conflict(&mut self, master: &Document, assumed: Option<&Map<String, Value>>) -> Result<(), ApiError> {
         let live_master = !master.is_deleted();
         let live_assumed = assumed.is_some_and(|a| !is_deleted(a));
         let reason = match (live_master, live_assumed) {
@@ -328,8 +349,14 @@ impl Pushed {
             (false, true) => truce::ConflictReason::NotFound,
             _ => truce::ConflictReason::VersionMismatch,
         };
-        self.conflicts.push(rx_doc(master, pk, false)?);
+        self.answer(master)?;
         self.noted.push((master.id.clone(), reason));
+        Ok(())
+    }
+
+    /// Answers `master` as a conflicting row's master state.
+    fn answer(&mut self, master: &Document) -> Result<(), ApiError> {
+        self.conflicts.push(self.shape.show(master)?);
         Ok(())
     }
 }
@@ -363,7 +390,6 @@ fn byte_groups(rows: Vec<Row>) -> Vec<Vec<Row>> {
 async fn push_group(
     state: &AppState,
     collection: &truce::Collection,
-    pk: &str,
     origin: &truce::Origin,
     mut pending: Vec<Row>,
     answer: &mut Pushed,
@@ -376,9 +402,9 @@ async fn push_group(
             let current = collection.get_current(&row.id)?;
             if let Some(master) = current
                 .as_ref()
-                .filter(|_| !master_equals(row.assumed.as_ref(), current.as_ref(), pk))
+                .filter(|_| !master_equals(row.assumed.as_ref(), current.as_ref(), &answer.shape.pk))
             {
-                answer.conflict(master, row.assumed.as_ref(), pk)?;
+                answer.conflict(master, row.assumed.as_ref())?;
                 continue;
             }
             if let Some(op) = row_op(&coll, &row, current.as_ref()) {
@@ -404,7 +430,7 @@ async fn push_group(
                     // The committer counted this one, as the write's conflict.
                     Err(TxFailure::Conflicts(_)) => {
                         if let Some(master) = collection.get_current(&row.id)? {
-                            answer.conflicts.push(rx_doc(&master, pk, false)?);
+                            answer.answer(&master)?;
                         }
                     }
                     Err(other) => {
@@ -436,7 +462,7 @@ async fn push_group(
 /// Server-Sent Events: `{"documents","checkpoint"}` per commit batch touching the
 /// collection after the connection opened.
 #[utoipa::path(get, path = "/v1/c/{coll}/_pull/stream", tag = "replication",
-    params(("coll" = String, Path), ("primaryKey" = Option<String>, Query)),
+    params(("coll" = String, Path), ("primaryKey" = Option<String>, Query), ("meta" = Option<bool>, Query)),
     responses((status = 200, description = "text/event-stream of {documents, checkpoint}", content_type = "text/event-stream")))]
 pub async fn pull_stream(
     State(state): State<Arc<AppState>>,
@@ -446,11 +472,11 @@ pub async fn pull_stream(
     params: Params,
 ) -> Result<Response, ApiError> {
     authorize(&who, Role::Read, Some(&coll))?;
-    let pk = primary_key(&params)?;
+    let shape = Shape::of(&params)?;
     let standing = Standing::of(&state, &headers, Some(&coll));
     let sub = state.db.subscribe(Some(&coll), state.db.durable_seq(), true)?;
     let keep_alive = KeepAlive::new().interval(Duration::from_millis(STREAM_KEEPALIVE_MS));
-    Ok(Sse::new(stream_events(sub, pk, standing))
+    Ok(Sse::new(stream_events(sub, shape, standing))
         .keep_alive(keep_alive)
         .into_response())
 }
@@ -459,12 +485,12 @@ pub async fn pull_stream(
 /// no longer read the collection (`Standing`).
 fn stream_events(
     sub: truce::Subscription,
-    pk: String,
+    shape: Shape,
     standing: Standing,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     let standing = Arc::new(standing);
     stream::unfold(Some(sub), move |sub| {
-        let pk = pk.clone();
+        let shape = shape.clone();
         let standing = Arc::clone(&standing);
         async move {
             let mut sub = sub?;
@@ -476,7 +502,7 @@ fn stream_events(
                 .changes
                 .iter()
                 .filter_map(|c| c.doc.as_ref())
-                .map(|d| rx_doc(d, &pk, false))
+                .map(|d| shape.show(d))
                 .collect::<Result<Vec<Value>, ApiError>>();
             match documents {
                 Ok(documents) => {
