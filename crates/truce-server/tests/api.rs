@@ -1089,6 +1089,38 @@ fn couch_writes_refuse_what_they_cannot_keep() {
         "a live document needs its _rev: {}",
         answer.text
     );
+    // A revision of a deleted document is a stale copy, a conflict (as in
+    // CouchDB and `_bulk_docs`), not a missing document; one of a document
+    // never written is missing.
+    let live = api.get("/couch/cb/ok").ok(200)["_rev"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let tombstone = api.delete(&format!("/couch/cb/ok?rev={live}")).ok(200)["rev"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(api.get("/couch/cb/ok").json["reason"], "deleted");
+    for stale in [&live, &tombstone] {
+        let answer = api.delete(&format!("/couch/cb/ok?rev={stale}"));
+        assert_eq!(
+            (answer.status, &answer.json["error"]),
+            (409, &json!("conflict")),
+            "{}",
+            answer.text
+        );
+        let answer = api.put("/couch/cb/ok", json!({"_rev": stale, "n": 2}));
+        assert_eq!(answer.status, 409, "{}", answer.text);
+        let row = &bulk(json!([{"_id": "ok", "_rev": stale, "n": 2}])).json[0];
+        assert_eq!(row["error"], "conflict", "{row}");
+    }
+    let answer = api.delete(&format!("/couch/cb/never?rev={live}"));
+    assert_eq!(
+        (answer.status, &answer.json["reason"]),
+        (404, &json!("missing")),
+        "{}",
+        answer.text
+    );
 }
 
 /// `/couch` reads answer the range and order CouchDB's parameters ask for,

@@ -738,7 +738,14 @@ async fn write_one(state: &AppState, coll: &str, id: &str, op: TxOp) -> CouchRes
             let body = json!({"ok": true, "id": id, "rev": written.doc.rev().to_string()});
             Ok((status, axum::Json(body)).into_response())
         }
-        Err(c) if c.reason == ConflictReason::NotFound && c.current.is_none() => {
+        // A revision of a document that was never written. One of a deleted
+        // document (its tombstone's too, as in CouchDB 3) is a conflict, as in
+        // `_bulk_docs`: the client's copy is stale, not missing.
+        Err(c)
+            if c.reason == ConflictReason::NotFound
+                && c.current.is_none()
+                && state.db.collection(coll)?.get_current(id)?.is_none() =>
+        {
             Err(CouchError(StatusCode::NOT_FOUND, "not_found", "missing".into()))
         }
         Err(_) => Err(conflict()),
