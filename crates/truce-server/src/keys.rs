@@ -21,7 +21,9 @@ use crate::config::{DataArgs, KeysCommand};
 pub const KEYS_FILE: &str = "api-keys.json";
 /// Taken by `truce keys create|revoke` while they change [`KEYS_FILE`].
 const KEYS_LOCK_FILE: &str = "api-keys.json.lock";
-/// How often a running server looks for a changed keys file, in ms.
+/// How often a running server looks for a changed keys file, in ms: on a
+/// request's check at most this often, and on its own (`KeyStore::follow`)
+/// when no request comes.
 const KEYS_RELOAD_MS: u128 = 1000;
 
 /// What a key may do. Each role includes the ones before it.
@@ -155,6 +157,10 @@ fn modify<T>(
 pub struct KeyStore {
     path: PathBuf,
     state: RwLock<Loaded>,
+    /// How many times the keys were reloaded: long-lived reads wait on it to
+    /// check their key again (`http::extract::Standing`), rather than each
+    /// waking on a timer of its own.
+    reloads: tokio::sync::watch::Sender<u64>,
 }
 
 struct Loaded {
@@ -206,7 +212,24 @@ impl KeyStore {
                 modified,
                 checked: Instant::now(),
             }),
+            reloads: tokio::sync::watch::Sender::new(0),
         })
+    }
+
+    /// The reloads to come (see `reloads`).
+    pub fn reloads(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.reloads.subscribe()
+    }
+
+    /// Looks at the keys file every `KEYS_RELOAD_MS`, for ever: a revocation
+    /// then reaches the open streams when no request comes.
+    pub async fn follow(&self) {
+        let mut ticks = tokio::time::interval(std::time::Duration::from_millis(KEYS_RELOAD_MS as u64));
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            self.refresh();
+        }
     }
 
     fn refresh(&self) {
@@ -228,6 +251,7 @@ impl KeyStore {
                     state.had_keys |= !keys.is_empty();
                     state.keys = keys;
                     state.modified = modified;
+                    self.reloads.send_modify(|n| *n += 1);
                 }
                 Err(e) => tracing::error!("keeping the previous API keys: {e}"),
             }

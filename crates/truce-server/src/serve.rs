@@ -113,6 +113,9 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
         settings.max_body_bytes,
         &settings.cors_origins,
     );
+    // Revocations reach open streams when no request comes to reload the keys.
+    let keys = Arc::clone(&state);
+    runtime.spawn(async move { keys.keys.follow().await });
     let result = runtime.block_on(serve(app, &settings, threads));
     // A backup cut short by the exit would leave its `.partial`.
     state.backups.stop_and_wait();

@@ -696,6 +696,42 @@ fn open_feeds_end_when_their_key_is_revoked() {
     }
 }
 
+/// An idle stream of a revoked key ends although no request comes to make the
+/// server reload its keys: the server looks at the keys file on its own.
+#[test]
+fn an_idle_stream_ends_when_its_key_is_revoked() {
+    let server = Server::start();
+    let data = server.data.clone();
+    let api = Api::new(&server.url());
+    let reader = create_key(&data, "read", None);
+    let _admin = create_key(&data, "admin", None);
+    // The server has read the keys file once a request without a key is refused.
+    api.wait_for_status(None, "/v1/c/a/x", 401);
+    let streaming = Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .expect("client");
+    let response = streaming
+        .get(format!("{}/v1/c/a/_pull/stream", server.url()))
+        .header("authorization", format!("Bearer {reader}"))
+        .send()
+        .expect("the stream");
+    assert_eq!(response.status().as_u16(), 200);
+    let (ended, ends) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let started = Instant::now();
+        let body = response.text();
+        let _ = ended.send((started.elapsed(), body.is_ok()));
+    });
+    revoke_key(&data, &reader);
+    // No request from here on: the keys file is read every second.
+    let (after, cleanly) = ends
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the revoked key's stream is still open");
+    assert!(cleanly, "the stream ended with an error");
+    assert!(after < Duration::from_secs(5), "ended after {after:?}");
+}
+
 #[test]
 fn a_public_address_needs_keys() {
     let dir = tempfile::tempdir().unwrap();

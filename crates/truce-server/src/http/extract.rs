@@ -369,11 +369,6 @@ pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> 
         .transpose()
 }
 
-/// How often a long-lived read (a long poll, an event stream) checks that the
-/// key that opened it still may read: a revoked key's stream ends within it,
-/// as the server picks up revocations within a second.
-const STANDING_CHECK: Duration = Duration::from_secs(1);
-
 /// The right a long-lived read was opened with, checked again while it lasts:
 /// a stream open when its key is revoked, or narrowed, must not go on
 /// delivering what the key may no longer read.
@@ -381,6 +376,9 @@ pub struct Standing {
     state: Arc<AppState>,
     authorization: Option<String>,
     collection: Option<String>,
+    /// The keys' reload count when the key was last found to hold (`None`:
+    /// not checked yet).
+    checked_at: std::sync::Mutex<Option<u64>>,
 }
 
 impl Standing {
@@ -394,6 +392,7 @@ impl Standing {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string),
             collection: collection.map(str::to_string),
+            checked_at: std::sync::Mutex::new(None),
         }
     }
 
@@ -408,25 +407,38 @@ impl Standing {
             })
     }
 
+    /// Whether the key holds after the keys' `reload`: checked again only if
+    /// they were reloaded since it last held.
+    fn holds_after(&self, reload: u64) -> bool {
+        let mut checked_at = self.checked_at.lock().unwrap_or_else(|p| p.into_inner());
+        if *checked_at == Some(reload) {
+            return true;
+        }
+        let holds = self.holds();
+        if holds {
+            *checked_at = Some(reload);
+        }
+        holds
+    }
+
     /// The subscription's next page, if the caller still may read it; `None`
-    /// once it may not (checked every [`STANDING_CHECK`] while it waits, and
-    /// before a page goes out).
+    /// once it may not (checked whenever the server reloads its keys while
+    /// the page is awaited, and before a page goes out).
     pub async fn next_page(
         &self,
         sub: &mut truce::Subscription,
     ) -> Option<truce::Result<truce::ChangesPage>> {
-        // One wait for the page, kept across the checks: a fresh one would
-        // read the change log again every second for every open feed.
+        let mut reloads = self.state.keys.reloads();
+        if !self.holds_after(*reloads.borrow_and_update()) {
+            return None;
+        }
         let page = sub.next();
         tokio::pin!(page);
-        let mut checks = tokio::time::interval(STANDING_CHECK);
-        checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        checks.tick().await; // the first tick is at once
         loop {
             tokio::select! {
                 page = &mut page => return self.holds().then_some(page),
-                _ = checks.tick() => {
-                    if !self.holds() {
+                Ok(()) = reloads.changed() => {
+                    if !self.holds_after(*reloads.borrow_and_update()) {
                         return None;
                     }
                 }
