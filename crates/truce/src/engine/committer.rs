@@ -876,11 +876,27 @@ impl Committer {
                 if !def.all_present(&state.doc.body) {
                     continue;
                 }
-                let mut prefix = def.prefix();
-                prefix.extend_from_slice(&def.values(&state.doc.body));
+                let prefix = def.values_key(&state.doc.body);
+                // A holder this commit deletes or moves off the value leaves it
+                // free: a rename to a new id, a swap of two values, a value
+                // freed and taken again are one transaction's end state.
+                let leaves = |holder: &Document| {
+                    gone(holder)
+                        || states
+                            .iter()
+                            .rev()
+                            .find(|(i, s)| {
+                                s.doc.id == holder.id && commit.ops[*i].collection == op.collection
+                            })
+                            .is_some_and(|(_, s)| {
+                                s.doc.is_deleted()
+                                    || !def.all_present(&s.doc.body)
+                                    || def.values_key(&s.doc.body) != prefix
+                            })
+                };
                 let holder = match claimed.iter().find(|(p, id)| *p == prefix && *id != state.doc.id) {
                     Some((_, id)) => Some(id.to_string()),
-                    None => group.unique_holder(&op.collection, &prefix, &state.doc.id, &gone)?,
+                    None => group.unique_holder(&op.collection, &prefix, &state.doc.id, &leaves)?,
                 };
                 match holder {
                     None => claimed.push((prefix, &state.doc.id)),

@@ -163,10 +163,17 @@ impl IndexDef {
             .all(|p| crate::update::path::get(body, p).is_some())
     }
 
-    /// The full entry key of document `id` with `body`.
-    pub fn entry_key(&self, id: &str, body: &Body) -> Vec<u8> {
+    /// The start of `body`'s entry key: the prefix and the values. Two
+    /// documents with the same one collide in a unique index.
+    pub fn values_key(&self, body: &Body) -> Vec<u8> {
         let mut key = self.prefix();
         key.extend_from_slice(&self.values(body));
+        key
+    }
+
+    /// The full entry key of document `id` with `body`.
+    pub fn entry_key(&self, id: &str, body: &Body) -> Vec<u8> {
+        let mut key = self.values_key(body);
         key.extend_from_slice(id.as_bytes());
         key
     }

@@ -243,6 +243,106 @@ fn a_write_two_unique_indexes_refuse_is_one_conflict() {
     }
 }
 
+/// A unique index judges a transaction by its end state: a value that one of
+/// its ops frees (a delete, a rename to a new id, a swap, a value moved on)
+/// may be taken by another of its ops. The check used to look only at what
+/// was stored, and refused these with the leaving document as the holder.
+#[test]
+fn a_transaction_may_move_a_unique_value_between_its_documents() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_relaxed(dir.path());
+    let users = db.collection("users").unwrap();
+    users.create_index("by_email", spec(&["email"], true)).unwrap();
+    wait_ready(&users, "by_email");
+    for (id, email) in [
+        ("old", "a@x"),
+        ("s1", "s1@x"),
+        ("s2", "s2@x"),
+        ("f1", "f@x"),
+        ("u1", "u@x"),
+    ] {
+        users
+            .put(id, json!({ "email": email }), Expect::Absent)
+            .unwrap()
+            .unwrap();
+    }
+    let put = |id: &str, email: &str| TxOp::Put {
+        collection: "users".into(),
+        id: id.into(),
+        body: json!({ "email": email }),
+        expect: Expect::Any,
+    };
+    let patch = |id: &str, spec: Value| TxOp::Patch {
+        collection: "users".into(),
+        id: id.into(),
+        update: Arc::new(update(spec)),
+        expect: Expect::Any,
+    };
+    let delete = |id: &str| TxOp::Delete {
+        collection: "users".into(),
+        id: id.into(),
+        expect: Expect::Any,
+    };
+    let commits = [
+        // A rename: the old id deleted, the new one takes its value.
+        vec![delete("old"), put("new", "a@x")],
+        // A swap.
+        vec![patch("s1", json!({"$set": {"email": "s2@x"}})), put("s2", "s1@x")],
+        // Freed after it is taken, in op order.
+        vec![
+            put("f2", "f@x"),
+            patch("f1", json!({"$set": {"email": "f1-new@x"}})),
+        ],
+        // Freed by removing the field.
+        vec![patch("u1", json!({"$unset": {"email": ""}})), put("u2", "u@x")],
+    ];
+    for ops in commits {
+        let described = format!("{ops:?}");
+        db.batch(ops, None)
+            .unwrap()
+            .unwrap_or_else(|e| panic!("{described}: {e:?}"));
+    }
+    let holder = |email: &str| {
+        let page = users
+            .query(&Query {
+                index: Some("by_email".into()),
+                eq: vec![json!(email)],
+                limit: 10,
+                ..Query::default()
+            })
+            .unwrap();
+        ids(&page.docs)
+    };
+    for (email, id) in [
+        ("a@x", "new"),
+        ("s1@x", "s2"),
+        ("s2@x", "s1"),
+        ("f@x", "f2"),
+        ("u@x", "u2"),
+    ] {
+        assert_eq!(holder(email), [id], "{email}");
+    }
+    // A holder that keeps the value still refuses it, inside a transaction as
+    // outside.
+    let kept = db
+        .batch(
+            vec![patch("new", json!({"$set": {"n": 1}})), put("other", "a@x")],
+            None,
+        )
+        .unwrap();
+    match kept {
+        Err(TxFailure::Conflicts(conflicts)) => {
+            assert_eq!(conflicts.len(), 1, "{conflicts:?}");
+            assert_eq!(conflicts[0].index, 1);
+            assert_eq!(conflicts[0].conflict.reason, ConflictReason::UniqueViolation);
+            assert_eq!(conflicts[0].conflict.current.as_ref().unwrap().id, "new");
+        }
+        other => panic!("{other:?}"),
+    }
+    let report = db.check(&mut |_| {}).unwrap();
+    assert!(report.is_clean(), "{report:?}");
+}
+
 #[test]
 fn unique_violations_name_the_holder_and_races_have_one_winner() {
     let dir = tempfile::tempdir().unwrap();
