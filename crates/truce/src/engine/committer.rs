@@ -17,7 +17,7 @@ use crate::index::{self, IndexDef, IndexState};
 use crate::limits::{
     BACKFILL_CHUNK_DOCS, BACKGROUND_TICK_MS, COMMIT_BATCH_BYTES_MAX, COMMIT_BATCH_REQUESTS_MAX,
     COMMITTER_IDLE_MS, IDEMPOTENCY_PURGE_BATCH_MAX, INDEX_PURGE_CHUNK_ENTRIES, OUTBOX_DRAIN_ENTRIES_MAX,
-    TTL_SWEEP_DELETES_MAX, TTL_SWEEP_SCAN_DOCS,
+    TTL_SWEEP_DELETES_MAX, TTL_SWEEP_SCAN_DOCS, TX_WRITE_BYTES_MAX,
 };
 use crate::record::{self, IdempotencyRecord};
 use crate::storage::{Direction, Durability, Space, Storage};
@@ -769,6 +769,10 @@ impl Committer {
         let mut conflicts = Vec::new();
         let mut results = Vec::with_capacity(commit.ops.len());
         let mut states = Vec::new();
+        // The new states' bytes: a patch's are known only here, and a
+        // transaction of small patches of large documents may not write
+        // more than one of large puts (`tx::check_batch`).
+        let mut bytes = 0;
         for (index, op) in commit.ops.iter().enumerate() {
             let ttl = self.configs.get(&*op.collection).and_then(|c| c.ttl.as_ref());
             let now = group.ts_ms;
@@ -800,7 +804,16 @@ impl Committer {
             match outcome {
                 Ok((written, state)) => {
                     results.push(written);
-                    states.extend(state.map(|s| (index, s)));
+                    if let Some(state) = state {
+                        bytes += state.canonical.len();
+                        if bytes > TX_WRITE_BYTES_MAX {
+                            return Err(Error::LimitExceeded {
+                                what: "TX_WRITE_BYTES_MAX",
+                                limit: TX_WRITE_BYTES_MAX as u64,
+                            });
+                        }
+                        states.push((index, state));
+                    }
                 }
                 Err(conflict) => conflicts.push(op_conflict(index, op, conflict)),
             }

@@ -146,8 +146,8 @@ impl PreparedOp {
         })
     }
 
-    /// Bytes of new content this operation carries (puts only; patches are
-    /// bounded by the document size limit when evaluated).
+    /// Bytes of new content this operation carries (puts only: the committer
+    /// counts every new state against the same limit when it evaluates them).
     fn bytes(&self) -> usize {
         match &self.write {
             Some(WriteOp::Put { canonical, .. }) => canonical.len(),

@@ -406,3 +406,43 @@ fn the_storage_workers_nice_is_bounded() {
     let c = db.collection("c").unwrap();
     assert!(c.put("a", json!({"n": 0}), Expect::Absent).unwrap().is_ok());
 }
+
+/// A transaction's new documents are bounded by `TX_WRITE_BYTES_MAX` whatever
+/// the ops that make them: small patches of large documents used to pass (only
+/// puts were counted), so a 7 KB request could have the committer write a
+/// gigabyte in one commit while every other writer waited.
+#[test]
+fn patches_count_toward_a_transactions_write_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_relaxed(dir.path());
+    let c = db.collection("big").unwrap();
+    let blob = "x".repeat(900_000);
+    let docs = truce::limits::TX_WRITE_BYTES_MAX / blob.len() + 2;
+    for i in 0..docs {
+        let put = c.put(&format!("d{i}"), json!({"s": blob, "n": 0}), Expect::Absent);
+        assert!(put.unwrap().is_ok());
+    }
+    let patches = |count: usize| {
+        (0..count)
+            .map(|i| TxOp::Patch {
+                collection: "big".into(),
+                id: format!("d{i}"),
+                update: Arc::new(update(json!({"$inc": {"n": 1}}))),
+                expect: Expect::Any,
+            })
+            .collect::<Vec<_>>()
+    };
+    match db.batch(patches(docs), None) {
+        Err(Error::LimitExceeded { what, .. }) => assert_eq!(what, "TX_WRITE_BYTES_MAX"),
+        // Not the documents: megabytes each.
+        other => panic!("expected LimitExceeded, got {:?}", other.map(|r| r.is_ok())),
+    }
+    assert!(
+        (0..docs).all(|i| c.get(&format!("d{i}")).unwrap().unwrap().body["n"] == 0),
+        "nothing of the refused transaction is written"
+    );
+    // Within the bound they commit, and the committer goes on.
+    let fits = truce::limits::TX_WRITE_BYTES_MAX / blob.len() - 1;
+    assert!(db.batch(patches(fits), None).unwrap().is_ok());
+    assert_eq!(c.get("d0").unwrap().unwrap().body["n"], 1);
+}
