@@ -423,6 +423,7 @@ fn config_validates_round_trips_and_backfills() {
         // Bodies hold no `_` fields: these would count nothing.
         counter(json!({"group_by": "_id"})),
         counter(json!({"sum": "_version"})),
+        counter(json!({"where": {"$or": [{"status": "x"}, {"_deleted": false}]}})),
         // A target among the documents it counts.
         counter(json!({"target": {"c": "subscribers", "field": "n"}})),
         json!({"counters": [{"name": "c", "group_by": "g", "target": {"c": "t", "field": "f"}},

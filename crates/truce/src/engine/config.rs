@@ -289,8 +289,8 @@ impl CollectionConfig {
     /// Refuses what a new declaration of counters on `collection` may not say,
     /// beyond what a stored configuration is checked for ([`Self::from_json`],
     /// which configurations stored before these rules still pass): a
-    /// `group_by` or `sum` naming a `_` field (bodies have none: the counter
-    /// would count nothing), and a target in `collection` itself (a target is
+    /// `group_by`, `sum` or `where` naming a `_` field (bodies have none: the
+    /// counter would count nothing, or a condition be about nothing), and a target in `collection` itself (a target is
     /// then also a source: deleting it would bring it back as its own count).
     /// A counter as it already is in `before` passes as it is.
     pub fn check_declared(&self, collection: &str, before: &CollectionConfig) -> Result<()> {
@@ -309,6 +309,12 @@ impl CollectionConfig {
                         path.to_string()
                     )));
                 }
+            }
+            if let Some(path) = def.filter.as_ref().and_then(Filter::reserved_path) {
+                return Err(invalid(format!(
+                    "{what}.where names {path}, a `_` field, which documents' bodies never hold: the condition \
+                     would be about nothing it sees"
+                )));
             }
             if def.target_collection == collection {
                 return Err(invalid(format!(

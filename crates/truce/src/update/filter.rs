@@ -84,6 +84,17 @@ impl Filter {
         Parser { nodes: 0 }.filter(spec, 1)
     }
 
+    /// A path the filter names whose top-level field starts with `_`, if any.
+    /// A document's body never holds one (`_version`, `_ts` and the rest are
+    /// its metadata), so a condition on it is about nothing the filter sees.
+    pub fn reserved_path(&self) -> Option<&Path> {
+        self.clauses.iter().find_map(|c| match c {
+            Clause::Field(p, _) => p.segments()[0].starts_with('_').then_some(p),
+            Clause::And(fs) | Clause::Or(fs) => fs.iter().find_map(Filter::reserved_path),
+            Clause::Not(f) => f.reserved_path(),
+        })
+    }
+
     /// Whether `doc` satisfies the filter, with `$ago` resolved against `now_ms`.
     pub fn matches(&self, doc: &Map<String, Value>, now_ms: u64) -> bool {
         self.clauses.iter().all(|c| match c {

@@ -92,6 +92,14 @@ impl Update {
             Some(f @ Value::Object(_)) => Some(Filter::parse(f)?),
             Some(_) => return Err(Error::InvalidFilter("'$if' must be a filter object".into())),
         };
+        if let Some(path) = condition.as_ref().and_then(Filter::reserved_path) {
+            // It would never match (or always, negated): the body has no such
+            // field. A version or revision is a precondition's to check.
+            return Err(Error::InvalidFilter(format!(
+                "'$if' names {path}, a `_` field: conditions see the document's own fields, not its metadata; to \
+                 write only at a version, send a precondition (`_version`, `If-Match`)"
+            )));
+        }
         if on_false.is_some() && condition.is_none() {
             // Most likely a misspelt or forgotten `$if`: the write would apply
             // unconditionally, whatever the caller meant to skip.

@@ -400,6 +400,25 @@ fn presence_heartbeat() {
     );
 }
 
+/// `$if` sees the body, which holds no `_` field: a condition on one never
+/// matched (or always, negated), and a 409 showed the very `_version` asked for.
+#[test]
+fn if_on_a_metadata_field_is_refused() {
+    for condition in [
+        json!({"_version": 1}),
+        json!({"_ts": {"$lt": {"$ago": 0}}}),
+        json!({"$or": [{"a": 1}, {"$not": {"_id": "x"}}]}),
+        json!({"$and": [{"_rev.x": {"$exists": false}}]}),
+    ] {
+        match Update::parse(&json!({"$inc": {"n": 1}, "$if": condition})) {
+            Err(Error::InvalidFilter(m)) => assert!(m.contains("a `_` field"), "{m}"),
+            other => panic!("{condition}: expected InvalidFilter, got {other:?}"),
+        }
+    }
+    // A `_` field inside the body's own objects is the user's.
+    assert!(Update::parse(&json!({"$inc": {"n": 1}, "$if": {"meta._v": 1}})).is_ok());
+}
+
 #[test]
 fn else_without_if_is_refused() {
     parse_err(json!({"$set": {"a": 1}, "$else": "skip"}), "there is no '$if'");
