@@ -1363,15 +1363,53 @@ fn transactions_all_or_nothing() {
     api.tx(json!([1])).error(400, "invalid_transaction");
     // A malformed precondition is what it is in a document's own request,
     // and names its op.
-    for op in [
-        json!({"op": "check", "c": "acc", "id": "a", "version": 2, "rev": "2-x"}),
-        json!({"op": "check", "c": "acc", "id": "a", "rev": "not a revision"}),
-        json!({"op": "check", "c": "acc", "id": "a", "version": -7}),
-        json!({"op": "check", "c": "acc", "id": "a", "version": "2"}),
+    // So does every other op that cannot be read: of a thousand ops, the
+    // caller is told which one.
+    for (op, code) in [
+        (
+            json!({"op": "check", "c": "acc", "id": "a", "version": 2, "rev": "2-x"}),
+            "invalid_precondition",
+        ),
+        (
+            json!({"op": "check", "c": "acc", "id": "a", "rev": "not a revision"}),
+            "invalid_precondition",
+        ),
+        (
+            json!({"op": "check", "c": "acc", "id": "a", "version": -7}),
+            "invalid_precondition",
+        ),
+        (
+            json!({"op": "check", "c": "acc", "id": "a", "version": "2"}),
+            "invalid_precondition",
+        ),
+        (
+            json!({"op": "patch", "c": "acc", "id": "b", "update": {"$inc": {"n": "1"}}}),
+            "invalid_operator",
+        ),
+        (
+            json!({"op": "patch", "c": "acc", "id": "b", "update": {"$inc": {"n": 1}, "$if": {"a": {"$bogus": 1}}}}),
+            "invalid_filter",
+        ),
+        (
+            json!({"op": "put", "c": "acc", "id": "_bad", "doc": {}}),
+            "invalid_id",
+        ),
+        (
+            json!({"op": "put", "c": "acc", "id": "b", "doc": {"_x": 1}}),
+            "reserved_field",
+        ),
+        (
+            json!({"op": "put", "c": "acc", "id": "b", "doc": [1]}),
+            "invalid_document",
+        ),
+        (
+            json!({"op": "check", "c": "bad coll", "id": "b"}),
+            "invalid_collection",
+        ),
     ] {
         let ops = json!({"ops": [{"op": "check", "c": "acc", "id": "a"}, op]});
         let reply = api.tx(ops.clone());
-        let refused = reply.error(400, "invalid_precondition");
+        let refused = reply.error(400, code);
         assert!(
             refused["message"].as_str().unwrap().contains("op 1: "),
             "{ops}: {refused}"

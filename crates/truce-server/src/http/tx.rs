@@ -67,6 +67,14 @@ fn known_keys(index: usize, kind: &str, op: &Map<String, Value>) -> Result<(), A
     }
 }
 
+/// `error` naming op `index`.
+fn in_op(error: ApiError, index: usize) -> ApiError {
+    match error {
+        ApiError::Engine(e) => ApiError::Engine(e.in_op(index)),
+        other => other,
+    }
+}
+
 /// Parses one op of the wire form into a [`TxOp`]; whether it writes.
 fn parse_op(index: usize, value: Value) -> Result<(TxOp, bool), ApiError> {
     let mut op = match value {
@@ -100,7 +108,7 @@ fn parse_op(index: usize, value: Value) -> Result<(TxOp, bool), ApiError> {
                 TxOp::Put {
                     collection,
                     id,
-                    body: Value::Object(object(body)?),
+                    body: Value::Object(object(body).map_err(|e| in_op(e, index))?),
                     expect,
                 },
                 true,
@@ -110,7 +118,7 @@ fn parse_op(index: usize, value: Value) -> Result<(TxOp, bool), ApiError> {
             let spec = op
                 .get("update")
                 .ok_or_else(|| invalid(index, "a patch carries \"update\""))?;
-            let update = Arc::new(Update::parse(spec)?);
+            let update = Arc::new(Update::parse(spec).map_err(|e| in_op(ApiError::Engine(e), index))?);
             (
                 TxOp::Patch {
                     collection,

@@ -183,9 +183,12 @@ pub fn prepare_all(ops: Vec<TxOp>) -> Result<Vec<PreparedOp>> {
             limit: TX_OPS_MAX as u64,
         });
     }
+    // Errors name their op, as the committer's do, when there are several.
+    let several = ops.len() > 1;
     let prepared = ops
         .into_iter()
-        .map(PreparedOp::prepare)
+        .enumerate()
+        .map(|(index, op)| PreparedOp::prepare(op).map_err(|e| if several { e.in_op(index) } else { e }))
         .collect::<Result<Vec<_>>>()?;
     check_batch(&prepared)?;
     Ok(prepared)
