@@ -31,7 +31,18 @@ pub struct Watermark {
     lock: Mutex<()>,
     changed: Condvar,
     /// Tasks waiting for the watermark to move.
-    wakers: Mutex<Vec<Waker>>,
+    wakers: Mutex<Waiting>,
+}
+
+/// The wakers of pending [`Beyond`]s, one each, by registration: a future
+/// polled again replaces its own, and one dropped takes it out. (A list that
+/// only a commit emptied grew by one waker per poll: on a quiet database,
+/// every timed-out long poll and closed stream left its connection's task
+/// allocated until the next commit.)
+#[derive(Default)]
+struct Waiting {
+    next: u64,
+    wakers: foldhash::HashMap<u64, Waker>,
 }
 
 impl Watermark {
@@ -56,13 +67,23 @@ impl Watermark {
         let guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         self.changed.notify_all();
         drop(guard);
-        let wakers = std::mem::take(&mut *self.wakers.lock().unwrap_or_else(|p| p.into_inner()));
-        wakers.into_iter().for_each(Waker::wake);
+        let wakers = std::mem::take(&mut self.wakers.lock().unwrap_or_else(|p| p.into_inner()).wakers);
+        wakers.into_values().for_each(Waker::wake);
+    }
+
+    /// How many futures wait to be woken.
+    #[cfg(test)]
+    fn waiting(&self) -> usize {
+        self.wakers.lock().unwrap_or_else(|p| p.into_inner()).wakers.len()
     }
 
     /// Resolves once the durable sequence is above `seq` or the engine failed.
     pub fn beyond(&self, seq: u64) -> Beyond<'_> {
-        Beyond { watermark: self, seq }
+        Beyond {
+            watermark: self,
+            seq,
+            registered: None,
+        }
     }
 
     /// Marks the engine failed: no more writes, and readers stop waiting.
@@ -126,25 +147,80 @@ impl Watermark {
 pub struct Beyond<'a> {
     watermark: &'a Watermark,
     seq: u64,
+    /// Its entry among the watermark's wakers, while it may have one.
+    registered: Option<u64>,
 }
 
 impl Future for Beyond<'_> {
     type Output = Result<()>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
-        let ready = |w: &Watermark| w.durable_seq() > self.seq || w.check().is_err();
-        if ready(self.watermark) {
-            return Poll::Ready(self.watermark.check());
+        let this = self.get_mut();
+        let seq = this.seq;
+        let ready = |w: &Watermark| w.durable_seq() > seq || w.check().is_err();
+        if ready(this.watermark) {
+            return Poll::Ready(this.watermark.check());
         }
-        self.watermark
-            .wakers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(cx.waker().clone());
+        {
+            let mut waiting = this.watermark.wakers.lock().unwrap_or_else(|p| p.into_inner());
+            match this.registered.and_then(|id| waiting.wakers.get_mut(&id)) {
+                Some(waker) => waker.clone_from(cx.waker()),
+                // Not yet, or woken (and taken out) since.
+                None => {
+                    let id = waiting.next;
+                    waiting.next += 1;
+                    waiting.wakers.insert(id, cx.waker().clone());
+                    this.registered = Some(id);
+                }
+            }
+        }
         // Checked again after registering, so an advance in between is not missed.
-        if ready(self.watermark) {
-            return Poll::Ready(self.watermark.check());
+        if ready(this.watermark) {
+            return Poll::Ready(this.watermark.check());
         }
         Poll::Pending
+    }
+}
+
+impl Drop for Beyond<'_> {
+    fn drop(&mut self) {
+        if let Some(id) = self.registered {
+            let mut waiting = self.watermark.wakers.lock().unwrap_or_else(|p| p.into_inner());
+            waiting.wakers.remove(&id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Waiting futures hold one waker each, however often polled, and none once
+    /// dropped; an advance wakes and forgets them all.
+    #[test]
+    fn waiters_are_forgotten_when_dropped() {
+        let watermark = Watermark::default();
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut pending: Vec<Beyond<'_>> = (0..100).map(|_| watermark.beyond(0)).collect();
+        for _ in 0..10 {
+            for future in &mut pending {
+                assert!(Pin::new(future).poll(&mut cx).is_pending());
+            }
+        }
+        assert_eq!(watermark.waiting(), 100, "one waker per future, not per poll");
+        pending.truncate(40);
+        assert_eq!(watermark.waiting(), 40, "a dropped future's waker goes with it");
+        watermark.advance(1);
+        assert_eq!(watermark.waiting(), 0);
+        for future in &mut pending {
+            assert!(Pin::new(future).poll(&mut cx).is_ready());
+        }
+        // Waiting again after a wake registers again.
+        let mut later = watermark.beyond(1);
+        assert!(Pin::new(&mut later).poll(&mut cx).is_pending());
+        assert_eq!(watermark.waiting(), 1);
+        drop(later);
+        drop(pending);
+        assert_eq!(watermark.waiting(), 0);
     }
 }
