@@ -873,6 +873,59 @@ fn queries_indexes_and_collections() {
 // Replication: RxDB push and the CouchDB subset (beyond tests/interop)
 // ---------------------------------------------------------------------------
 
+/// A pushed row that takes a value a unique index holds is neither a race to
+/// retry nor a conflict a master state answers (the row's document may not
+/// exist): the push is refused naming the row, and nothing of its
+/// transaction is written. It used to answer `[]` (the row silently
+/// dropped: client and server diverged for good) or a "master state" equal
+/// to the assumed one (a conflict no retry could resolve).
+#[test]
+fn a_push_that_takes_a_unique_value_is_refused_naming_the_row() {
+    let server = Server::start();
+    let api = Api::new(&server);
+    api.put(
+        "/v1/c/users/_indexes/email",
+        json!({"fields": ["email"], "unique": true}),
+    )
+    .ok(202);
+    api.wait_index_ready("users", "email");
+    api.put("/v1/c/users/alice", json!({"email": "a@x"})).ok(201);
+    api.put("/v1/c/users/bob", json!({"email": "b@x"})).ok(201);
+    let push = |rows: Value| api.post("/v1/c/users/_push?primaryKey=id", rows);
+    let carol = json!({"assumedMasterState": null, "newDocumentState": {"id": "carol", "email": "a@x"}});
+    let dave = json!({"assumedMasterState": null, "newDocumentState": {"id": "dave", "email": "d@x"}});
+    let bob_takes_alices = json!({"assumedMasterState": {"id": "bob", "email": "b@x"},
+                                  "newDocumentState": {"id": "bob", "email": "a@x"}});
+    for (rows, row, id) in [
+        (json!([carol]), 0, "carol"),
+        (json!([dave, carol]), 1, "carol"),
+        (json!([bob_takes_alices]), 0, "bob"),
+    ] {
+        let reply = push(rows.clone());
+        let refused = reply.error(409, "conflict");
+        let conflict = &refused["conflicts"][0];
+        assert_eq!(
+            (
+                &conflict["index"],
+                &conflict["id"],
+                &conflict["reason"],
+                &conflict["current"]["_id"]
+            ),
+            (
+                &json!(row),
+                &json!(id),
+                &json!("unique_violation"),
+                &json!("alice")
+            ),
+            "{rows}: {refused}"
+        );
+    }
+    for id in ["carol", "dave"] {
+        assert_eq!(api.get(&format!("/v1/c/users/{id}")).status, 404, "{id}");
+    }
+    assert_eq!(api.get("/v1/c/users/bob").ok(200)["email"], "b@x");
+}
+
 /// RxDB pushes that the interop suite's real clients do not make: an assumed
 /// state for a document the server has never had, rows naming two ids, and a
 /// master past its TTL that the sweeper has not reached.

@@ -150,6 +150,8 @@ pub async fn pull(
 
 /// One row of a push, parsed.
 struct Row {
+    /// Its position in the push.
+    index: usize,
     id: String,
     /// The new content (no `_` fields, no primary key), or `None` for a delete.
     new: Option<Map<String, Value>>,
@@ -232,6 +234,7 @@ fn parse_rows(body: Value, pk: &str) -> Result<Vec<Row>, ApiError> {
             None => 0,
         };
         out.push(Row {
+            index: i,
             id: id.to_string(),
             bytes,
             new: new_body,
@@ -361,6 +364,28 @@ impl Pushed {
     }
 }
 
+/// Refuses the push when a row of `rows` (the transaction's ops, in order)
+/// took a value a unique index holds: that is no race to retry, and no
+/// master state answers it (the row's document may not even exist), so the
+/// client is told which row, as a write is (409 `unique_violation`, the
+/// holder as `current`; `index` is the row's place in the push). Nothing of
+/// that transaction was written.
+fn refuse_unique(conflicts: &[truce::OpConflict], rows: &[Row]) -> Result<(), ApiError> {
+    let unique: Vec<truce::OpConflict> = conflicts
+        .iter()
+        .filter(|c| c.conflict.reason == truce::ConflictReason::UniqueViolation)
+        .map(|c| truce::OpConflict {
+            index: rows[c.index].index,
+            ..c.clone()
+        })
+        .collect();
+    if unique.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::TxConflicts(unique))
+    }
+}
+
 /// The rows in groups each of which one transaction can write: at most
 /// `TX_WRITE_BYTES_MAX` of new documents (a push may carry more, up to the
 /// body limit), in the order they came.
@@ -428,7 +453,8 @@ async fn push_group(
                 {
                     Ok(_) => {}
                     // The committer counted this one, as the write's conflict.
-                    Err(TxFailure::Conflicts(_)) => {
+                    Err(TxFailure::Conflicts(conflicts)) => {
+                        refuse_unique(&conflicts, std::slice::from_ref(&row))?;
                         if let Some(master) = collection.get_current(&row.id)? {
                             answer.answer(&master)?;
                         }
@@ -445,9 +471,12 @@ async fn push_group(
         }
         match state.db.submit_batch_from(ops, None, origin.clone())?.await? {
             Ok(_) => break,
-            // Someone wrote one of these documents since we read it: nothing of the
-            // batch was written; read again and retry the rows.
-            Err(TxFailure::Conflicts(_)) => pending = batch_rows,
+            Err(TxFailure::Conflicts(conflicts)) => {
+                refuse_unique(&conflicts, &batch_rows)?;
+                // Someone wrote one of these documents since we read it:
+                // nothing of the batch was written; read again and retry the rows.
+                pending = batch_rows;
+            }
             Err(other) => {
                 return Err(ApiError::Engine(truce::Error::TransactionFailed {
                     attempts: 1,
