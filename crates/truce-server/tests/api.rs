@@ -873,6 +873,42 @@ fn queries_indexes_and_collections() {
 // Replication: RxDB push and the CouchDB subset (beyond tests/interop)
 // ---------------------------------------------------------------------------
 
+/// A JavaScript client holds numbers as doubles: the `1.0` a pull showed (the
+/// server's `$inc` of floats stores one) comes back as `1`, and an integer
+/// past 2^53 comes back rounded. Its assumed state is the master all the
+/// same: compared exactly, such a row conflicted on every retry and its edit
+/// was lost.
+#[test]
+fn a_push_compares_numbers_as_its_client_holds_them() {
+    let server = Server::start();
+    let api = Api::new(&server);
+    api.put(
+        "/v1/c/fl/item",
+        json!({"price": 0.5, "big": 9007199254740993u64, "list": [2.0]}),
+    )
+    .ok(201);
+    api.patch("/v1/c/fl/item", json!({"$inc": {"price": 0.5}}))
+        .ok(200);
+    let pulled = api.get("/v1/c/fl/_pull?primaryKey=id").ok(200).clone();
+    assert!(pulled.to_string().contains("\"price\":1.0"), "{pulled}");
+    let as_js_holds = json!({"id": "item", "price": 1, "big": 9007199254740992u64, "list": [2]});
+    let mut edited = as_js_holds.clone();
+    edited["name"] = json!("edited");
+    let reply = api.post(
+        "/v1/c/fl/_push?primaryKey=id",
+        json!([{"assumedMasterState": as_js_holds, "newDocumentState": edited}]),
+    );
+    assert_eq!(reply.ok(200), &json!([]), "{}", reply.text);
+    assert_eq!(api.get("/v1/c/fl/item").ok(200)["name"], "edited");
+    // A number that differs is still a conflict.
+    let stale = json!({"id": "item", "price": 2, "big": 9007199254740992u64, "list": [2], "name": "edited"});
+    let reply = api.post(
+        "/v1/c/fl/_push?primaryKey=id",
+        json!([{"assumedMasterState": stale, "newDocumentState": {"id": "item"}}]),
+    );
+    assert_eq!(reply.ok(200)[0]["price"], 1, "{}", reply.text);
+}
+
 /// A pushed row that takes a value a unique index holds is neither a race to
 /// retry nor a conflict a master state answers (the row's document may not
 /// exist): the push is refused naming the row, and nothing of its

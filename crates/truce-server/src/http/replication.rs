@@ -267,7 +267,32 @@ fn master_equals(assumed: Option<&Map<String, Value>>, current: Option<&Document
         None => is_deleted(assumed),
         // The stored body may hold the primary key's field with the id as
         // its value (`rx_doc` refuses any other): the client's copy has it too.
-        Some(doc) => !is_deleted(assumed) && user_fields(assumed, pk) == user_fields(&doc.body, pk),
+        Some(doc) => {
+            !is_deleted(assumed) && same_fields(&user_fields(assumed, pk), &user_fields(&doc.body, pk))
+        }
+    }
+}
+
+/// Whether a client's copy of some fields is the master's as a JavaScript
+/// client sees them: numbers by their double value (it cannot hold `1.0`
+/// apart from `1`, which the server's own `$inc` of floats may store, nor an
+/// integer past 2^53 exactly), everything else exactly. Compared exactly, a
+/// pull's `1.0` pushed back as `1` was a conflict for ever.
+fn same_fields(client: &Map<String, Value>, master: &Map<String, Value>) -> bool {
+    client.len() == master.len()
+        && client
+            .iter()
+            .all(|(key, value)| master.get(key).is_some_and(|m| same_value(value, m)))
+}
+
+fn same_value(client: &Value, master: &Value) -> bool {
+    match (client, master) {
+        (Value::Number(c), Value::Number(m)) => c.as_f64() == m.as_f64(),
+        (Value::Array(c), Value::Array(m)) => {
+            c.len() == m.len() && c.iter().zip(m).all(|(c, m)| same_value(c, m))
+        }
+        (Value::Object(c), Value::Object(m)) => same_fields(c, m),
+        _ => client == master,
     }
 }
 
