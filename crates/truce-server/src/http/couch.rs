@@ -276,10 +276,12 @@ pub async fn changes(
             .parse::<u64>()
             .map_err(|_| CouchError::bad_request(format!("since={s:?} is not a sequence")))?,
     };
+    // CouchDB has no cap: a larger limit gets a page of the most this feed
+    // serves, and the client goes on from its last_seq as after any page.
     let limit = params
         .parse::<usize>("limit", "invalid_query")?
         .unwrap_or(CHANGES_LIMIT_DEFAULT)
-        .max(1);
+        .clamp(1, truce::limits::CHANGES_LIMIT_MAX);
     let include_docs = params.flag("include_docs")?;
     let page = match params.0.get("feed").map(String::as_str).unwrap_or("normal") {
         "normal" => {
