@@ -956,6 +956,25 @@ fn a_push_that_takes_a_unique_value_is_refused_naming_the_row() {
             "{rows}: {refused}"
         );
     }
+    // Through /couch it is what a validation function's refusal is in
+    // CouchDB: forbidden, not a conflict a newer revision would resolve.
+    let rows = api.post(
+        "/couch/users/_bulk_docs",
+        json!({"docs": [{"_id": "carol", "email": "a@x"}]}),
+    );
+    assert_eq!(rows.ok(201)[0]["error"], "forbidden", "{}", rows.text);
+    let put = api.put("/couch/users/carol", json!({"email": "a@x"}));
+    assert_eq!(
+        (put.status, &put.json["error"]),
+        (403, &json!("forbidden")),
+        "{}",
+        put.text
+    );
+    assert!(
+        put.json["reason"].as_str().unwrap().contains("alice"),
+        "{}",
+        put.text
+    );
     for id in ["carol", "dave"] {
         assert_eq!(api.get(&format!("/v1/c/users/{id}")).status, 404, "{id}");
     }

@@ -207,8 +207,28 @@ fn couch_write(coll: &str, id: &str, mut doc: Map<String, Value>) -> Result<TxOp
 fn write_row(id: &str, result: Result<WriteResult, truce::Error>) -> Value {
     match result {
         Ok(Ok(written)) => json!({"ok": true, "id": id, "rev": written.doc.rev().to_string()}),
-        Ok(Err(_)) => json!({"id": id, "error": "conflict", "reason": "Document update conflict."}),
+        Ok(Err(refused)) => {
+            let CouchError(_, error, reason) = refused_write(&refused);
+            json!({"id": id, "error": error, "reason": reason})
+        }
         Err(e) => json!({"id": id, "error": e.code(), "reason": e.to_string()}),
+    }
+}
+
+/// A write the committer refused, in CouchDB's terms: a stale revision is a
+/// conflict; a value a unique index holds is `forbidden`, as a validation
+/// function's refusal is (no revision would make it pass).
+fn refused_write(refused: &truce::Conflict) -> CouchError {
+    match (&refused.reason, &refused.current) {
+        (ConflictReason::UniqueViolation, holder) => CouchError(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "a unique index holds this value (document {})",
+                holder.as_ref().map_or("another", |d| d.id.as_str())
+            ),
+        ),
+        _ => conflict(),
     }
 }
 
@@ -750,7 +770,7 @@ async fn write_one(state: &AppState, coll: &str, id: &str, op: TxOp) -> CouchRes
         {
             Err(CouchError(StatusCode::NOT_FOUND, "not_found", "missing".into()))
         }
-        Err(_) => Err(conflict()),
+        Err(refused) => Err(refused_write(&refused)),
     }
 }
 
