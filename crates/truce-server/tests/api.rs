@@ -1573,7 +1573,16 @@ fn idempotency_keys() {
     )
     .error(422, "idempotency_key_reused");
     // Without the key it increments again.
-    assert_eq!(api.patch("/v1/c/idem/k", inc).ok(200)["doc"]["n"], 2);
+    assert_eq!(api.patch("/v1/c/idem/k", inc.clone()).ok(200)["doc"]["n"], 2);
+    // Two keys guard nothing (a retry under the one not kept would write
+    // again): refused, and nothing written.
+    api.patch_h(
+        "/v1/c/idem/k",
+        inc,
+        &[("Idempotency-Key", "key-2"), ("Idempotency-Key", "key-3")],
+    )
+    .error(400, "invalid_transaction");
+    assert_eq!(api.get("/v1/c/idem/k").ok(200)["n"], 2);
 
     // A create-only PUT retried with its key answers 201 again instead of a conflict.
     let put = api.put_h("/v1/c/idem/p", json!({"a": 1}), &[("Idempotency-Key", "put-1")]);

@@ -359,6 +359,14 @@ pub fn no_document_query(query: Option<&str>, writes: bool) -> Result<(), ApiErr
 
 /// The `Idempotency-Key` header, if any.
 pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    // Two keys (a proxy's and the client's, say) guard nothing: whichever was
+    // kept, a retry under the other would write again.
+    if headers.get_all(IDEMPOTENCY_KEY).iter().nth(1).is_some() {
+        return Err(ApiError::BadRequest(
+            "invalid_transaction",
+            "Idempotency-Key is sent twice; a request has one".into(),
+        ));
+    }
     headers
         .get(IDEMPOTENCY_KEY)
         .map(|v| {
