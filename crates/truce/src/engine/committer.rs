@@ -830,7 +830,22 @@ impl Committer {
                 let op = &commit.ops[index];
                 self.apply_source(group, &op.collection, &op.key, state, &mut written, &mut effects)?;
             }
+            let incremented = !effects.in_commit.is_empty();
             self.finish_counters(group, effects, &mut written);
+            if incremented {
+                // A counter's target that this commit also wrote (beside what
+                // the counter counts) is answered as the commit left it, not
+                // as its op did: the version a client sends next must be the
+                // stored one. (A delete's answer stays its tombstone.)
+                for (result, op) in results.iter_mut().zip(&commit.ops) {
+                    if let Some(answer) = result.as_mut().filter(|w| !w.doc.is_deleted())
+                        && let Some(now) = group.current(&op.key, &op.id)?
+                        && !Arc::ptr_eq(now, &answer.doc)
+                    {
+                        answer.doc = Arc::clone(now);
+                    }
+                }
+            }
             self.recent.record(group.seq, written);
         }
         let committed = TxCommitted {

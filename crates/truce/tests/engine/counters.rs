@@ -646,3 +646,50 @@ fn truce_now_ms() -> i64 {
         .unwrap()
         .as_millis() as i64
 }
+
+/// A transaction that writes a counter's target document beside a document
+/// the counter counts is answered with the target as the commit left it: the
+/// op's own state was never stored (the increment went on top in the same
+/// commit), and a client sending its version next met a conflict.
+#[test]
+fn a_target_written_beside_what_it_counts_is_answered_as_stored() {
+    let (_dir, db) = counted(0);
+    let metrics = db.collection("campaign_metrics").unwrap();
+    metrics
+        .put("c1", json!({"confirmed": 0, "label": "x"}), Expect::Absent)
+        .unwrap()
+        .unwrap();
+    let ops = vec![
+        truce::TxOp::Put {
+            collection: "subscribers".into(),
+            id: "s1".into(),
+            body: json!({"campaign_id": "c1", "status": "confirmed"}),
+            expect: Expect::Absent,
+        },
+        truce::TxOp::Put {
+            collection: "campaign_metrics".into(),
+            id: "c1".into(),
+            body: json!({"confirmed": 0, "label": "y"}),
+            expect: Expect::Version(1),
+        },
+    ];
+    let committed = db.batch(ops, None).unwrap().unwrap();
+    let answered = &committed.results[1].as_ref().unwrap().doc;
+    let stored = metrics.get("c1").unwrap().unwrap();
+    assert_eq!(
+        (answered.version(), &answered.body),
+        (stored.version(), &stored.body),
+        "the answer is the stored document"
+    );
+    assert_eq!(
+        (stored.body["confirmed"].as_i64(), stored.body["label"].as_str()),
+        (Some(1), Some("y"))
+    );
+    // Its version is the one the next write may name.
+    let next = metrics.put(
+        "c1",
+        json!({"confirmed": 1, "label": "z"}),
+        Expect::Version(answered.version()),
+    );
+    assert!(next.unwrap().is_ok());
+}
