@@ -282,6 +282,26 @@ fn put_preconditions() {
     assert_eq!(v4.ok(200)["version"], 4);
     api.put_h("/v1/c/p/a", json!({"x": 9}), &[("If-Match", &quoted)])
         .conflict("version_mismatch");
+    // One guard per write: a list of tags, or the header twice, is refused
+    // (the second was ignored), and nothing written.
+    let current = format!("\"{}\"", v4.json["rev"].as_str().unwrap());
+    let list = format!("{quoted}, {current}");
+    let refused = api.put_h("/v1/c/p/a", json!({"x": 9}), &[("If-Match", &list)]);
+    assert!(
+        refused.error(400, "invalid_precondition")["message"]
+            .as_str()
+            .unwrap()
+            .contains("not a list"),
+        "{}",
+        refused.text
+    );
+    api.put_h(
+        "/v1/c/p/a",
+        json!({"x": 9}),
+        &[("If-Match", &current), ("If-Match", &quoted)],
+    )
+    .error(400, "invalid_precondition");
+    assert_eq!(api.get("/v1/c/p/a").ok(200)["x"], 4);
 
     // `If-Match: *`: must exist, any version.
     assert_eq!(

@@ -255,6 +255,14 @@ fn parse_rev(text: &str) -> Result<Expect, ApiError> {
 }
 
 fn header_value<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Result<Option<&'a str>, ApiError> {
+    // A second one would be ignored, and the write guarded by another
+    // condition than the client meant.
+    if headers.get_all(name).iter().nth(1).is_some() {
+        return Err(ApiError::BadRequest(
+            "invalid_precondition",
+            format!("{name} is sent twice; a write takes one"),
+        ));
+    }
     headers
         .get(name)
         .map(|v| {
@@ -293,6 +301,13 @@ pub fn precondition(
                 return Err(ApiError::Engine(truce::Error::InvalidPrecondition(
                     "If-Match takes a revision (the ETag of a GET, \"<rev>\") or *; a weak W/ tag \
                      cannot guard a write"
+                        .into(),
+                )));
+            }
+            list if list.contains(',') => {
+                return Err(ApiError::Engine(truce::Error::InvalidPrecondition(
+                    "If-Match takes one revision (the ETag of a GET, \"<rev>\") or *, not a list: a write is \
+                     guarded by the one version it was made from"
                         .into(),
                 )));
             }
