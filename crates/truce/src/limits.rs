@@ -71,6 +71,13 @@ pub const INDEXES_PER_COLLECTION_MAX: usize = 32;
 /// Largest page a query returns; bigger reads page with cursors.
 pub const QUERY_LIMIT_MAX: usize = 1000;
 
+/// Bytes of stored documents past which a page of a query or of a feed with
+/// documents ends early (it holds at least one): a query then gives a `next`
+/// cursor, the change feed ends with the commit it is in, a pull gives its
+/// checkpoint. Without it a page of 10,000 documents of 1 MiB each was built
+/// whole in memory for one request.
+pub const PAGE_BYTES_MAX: usize = 16 * 1024 * 1024;
+
 /// Documents the index backfill adds per commit: small enough that writers
 /// queued behind a backfill step wait well under a millisecond more.
 pub const BACKFILL_CHUNK_DOCS: usize = 256;

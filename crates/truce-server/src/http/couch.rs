@@ -306,7 +306,9 @@ pub async fn changes(
     let page = match params.0.get("feed").map(String::as_str).unwrap_or("normal") {
         "normal" => {
             let (db, coll) = (state.db.clone(), coll.clone());
-            tokio::task::spawn_blocking(move || db.changes(Some(&coll), since, limit, include_docs))
+            // Whole pages: RxDB's CouchDB replication takes a short page for
+            // the end of the feed, and goes on live from "now".
+            tokio::task::spawn_blocking(move || db.changes_whole(Some(&coll), since, limit, include_docs))
                 .await
                 .map_err(|e| CouchError::from(truce::Error::Unavailable(e.to_string())))??
         }
@@ -318,7 +320,8 @@ pub async fn changes(
             let mut sub = state
                 .db
                 .subscribe(Some(&coll), since, include_docs)?
-                .page_limit(limit)?;
+                .page_limit(limit)?
+                .whole_pages();
             let standing = Standing::of(&state, &headers, Some(&coll));
             match tokio::time::timeout(Duration::from_millis(timeout), standing.next_page(&mut sub)).await {
                 Ok(None) => {

@@ -310,9 +310,19 @@ pub fn read_document(
     key: &[u8],
     id: &str,
 ) -> Result<Option<Document>> {
+    Ok(read_document_sized(storage, key, id)?.map(|(doc, _)| doc))
+}
+
+/// [`read_document`], with the size of its stored record (what a page of
+/// documents counts against `PAGE_BYTES_MAX`).
+pub fn read_document_sized(
+    storage: &dyn crate::storage::StorageRead,
+    key: &[u8],
+    id: &str,
+) -> Result<Option<(Document, usize)>> {
     match storage.get(Space::Documents, key)? {
         None => Ok(None),
-        Some(bytes) => Ok(Some(record::decode_document(id, &bytes)?)),
+        Some(bytes) => Ok(Some((record::decode_document(id, &bytes)?, bytes.len()))),
     }
 }
 

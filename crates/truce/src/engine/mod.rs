@@ -442,6 +442,11 @@ impl Db {
     /// database never gave it out (its data may have been replaced by an older
     /// copy), and a reader waiting for commits after it would miss every one
     /// up to it.
+    ///
+    /// With documents, a page also ends (with its commit) once it holds
+    /// [`PAGE_BYTES_MAX`](crate::limits::PAGE_BYTES_MAX) of them: it may hold
+    /// fewer than `limit` changes with more to come. Go on from its
+    /// `last_seq` until a page is empty.
     pub fn changes(
         &self,
         collection: Option<&str>,
@@ -449,12 +454,44 @@ impl Db {
         limit: usize,
         include_docs: bool,
     ) -> Result<ChangesPage> {
+        self.changes_within(
+            collection,
+            since,
+            limit,
+            include_docs,
+            crate::limits::PAGE_BYTES_MAX,
+        )
+    }
+
+    /// [`Self::changes`], its page bounded by `limit` alone: for a client that
+    /// takes a page shorter than `limit` for the end of the feed, and would
+    /// skip what follows (RxDB's CouchDB replication starts its live feed
+    /// from "now" once a page comes short).
+    pub fn changes_whole(
+        &self,
+        collection: Option<&str>,
+        since: u64,
+        limit: usize,
+        include_docs: bool,
+    ) -> Result<ChangesPage> {
+        self.changes_within(collection, since, limit, include_docs, usize::MAX)
+    }
+
+    fn changes_within(
+        &self,
+        collection: Option<&str>,
+        since: u64,
+        limit: usize,
+        include_docs: bool,
+        bytes_max: usize,
+    ) -> Result<ChangesPage> {
         if let Some(c) = collection {
             doc::validate_collection_name(c)?;
         }
         let (view, upto) = read::durable_snapshot(self.shared())?;
         check_position(since, upto)?;
-        read::read_changes(&*view, collection, since, limit, upto, include_docs)
+        let page = read::Page { limit, bytes_max };
+        read::read_changes(&*view, collection, since, page, upto, include_docs)
     }
 
     /// How many changes of `collection` come after position `since`, counted
@@ -515,6 +552,7 @@ impl Db {
             since,
             include_docs,
             page: SUBSCRIPTION_PAGE,
+            page_bytes: crate::limits::PAGE_BYTES_MAX,
         })
     }
 
@@ -726,6 +764,8 @@ pub struct Subscription {
     since: u64,
     include_docs: bool,
     page: usize,
+    /// Bytes of documents past which a page ends, as in [`Db::changes`].
+    page_bytes: usize,
 }
 
 /// Changes per page of a subscription unless [`Subscription::page_limit`] says.
@@ -741,17 +781,24 @@ impl Subscription {
         Ok(self)
     }
 
+    /// Pages bounded by their limit alone, as [`Db::changes_whole`]'s.
+    pub fn whole_pages(mut self) -> Subscription {
+        self.page_bytes = usize::MAX;
+        self
+    }
+
     /// Where the subscription stands: every change up to here has been returned.
     pub fn since(&self) -> u64 {
         self.since
     }
 
     fn poll_page(&mut self) -> Result<ChangesPage> {
-        let page = self.db.changes(
+        let page = self.db.changes_within(
             self.collection.as_deref(),
             self.since,
             self.page,
             self.include_docs,
+            self.page_bytes,
         )?;
         self.since = page.last_seq;
         Ok(page)

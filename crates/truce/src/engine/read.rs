@@ -9,10 +9,10 @@ use crate::doc::{Document, Rev};
 use crate::error::{Error, Result};
 use crate::index::query::{self, KeyRange, Order, Query, QueryPage};
 use crate::index::{IndexDef, IndexState};
-use crate::limits::CHANGES_LIMIT_MAX;
+use crate::limits::{CHANGES_LIMIT_MAX, PAGE_BYTES_MAX};
 use crate::storage::{Direction, Space, StorageRead};
 
-use super::committer::{META_LAST_SEQ, Shared, read_document, read_meta_counter};
+use super::committer::{META_LAST_SEQ, Shared, read_document_sized, read_meta_counter};
 use super::tx::{changes_key, doc_key};
 
 /// A snapshot and the sequence number it reflects, once that sequence is durable.
@@ -104,6 +104,7 @@ pub fn run_query(
     };
     let id_offset = collection.len() + 1;
     let mut docs = Vec::with_capacity(limit);
+    let mut bytes = 0;
     let mut last_key = None;
     let mut cursor = range.clone();
     // Tombstones occupy document keys, so an id-order page may need several scans.
@@ -121,21 +122,22 @@ pub fn run_query(
             let doc = match &def {
                 Some(_) => {
                     let id = String::from_utf8_lossy(&value).into_owned();
-                    read_document(view, &doc_key(collection, &id), &id)?
+                    read_document_sized(view, &doc_key(collection, &id), &id)?
                 }
                 None => {
                     let id = String::from_utf8_lossy(&key[id_offset..]).into_owned();
-                    Some(crate::record::decode_document(&id, &value)?)
+                    Some((crate::record::decode_document(&id, &value)?, value.len()))
                 }
             };
             match direction {
                 Direction::Forward => cursor.start = query::successor(&key),
                 Direction::Reverse => cursor.end = Some(key.clone()),
             }
-            if let Some(doc) = doc.filter(|d| !d.is_deleted()) {
+            if let Some((doc, size)) = doc.filter(|(d, _)| !d.is_deleted()) {
                 docs.push(doc);
+                bytes += size;
                 last_key = Some(key);
-                if docs.len() == limit {
+                if docs.len() == limit || bytes >= PAGE_BYTES_MAX {
                     break 'scan;
                 }
             }
@@ -144,7 +146,9 @@ pub fn run_query(
             break;
         }
     }
-    let full = docs.len() == limit;
+    // Full: the rest of the range goes on after it (cut by `limit` or by
+    // `PAGE_BYTES_MAX`).
+    let full = docs.len() == limit || bytes >= PAGE_BYTES_MAX;
     let next = if full {
         last_key.as_deref().map(|key| query::encode_cursor(q.order, key))
     } else {
@@ -195,16 +199,28 @@ pub struct ChangesPage {
     pub last_seq: u64,
 }
 
-/// Changes after `since` up to `upto` (the snapshot's sequence), of one collection
-/// or of all, at most `limit` (rounded up to finish the last commit).
+/// What ends a page of the change feed: `limit` changes, or `bytes_max` of
+/// their documents when they are sent (each rounded up to finish the last
+/// commit).
+#[derive(Clone, Copy, Debug)]
+pub struct Page {
+    /// Most changes.
+    pub limit: usize,
+    /// Bytes of documents past which the page ends.
+    pub bytes_max: usize,
+}
+
+/// Changes after `since` up to `upto` (the snapshot's sequence), of one
+/// collection or of all, as many as `page` holds.
 pub fn read_changes(
     view: &dyn StorageRead,
     collection: Option<&str>,
     since: u64,
-    limit: usize,
+    page: Page,
     upto: u64,
     include_docs: bool,
 ) -> Result<ChangesPage> {
+    let Page { limit, bytes_max } = page;
     check_changes_limit(limit)?;
     if since >= upto {
         return Ok(ChangesPage {
@@ -234,11 +250,14 @@ pub fn read_changes(
         }
         cursors.push(cursor);
     }
-    let mut positions: Vec<(u64, String, String)> = Vec::new();
+    let mut changes: Vec<Change> = Vec::new();
+    // The documents' bytes, when they are sent.
+    let mut bytes = 0;
+    let full = |changes: &Vec<Change>, bytes: usize| changes.len() >= limit || bytes >= bytes_max;
     let mut last_seq = upto;
     while let Some(Reverse((seq, coll, id, at))) = heads.pop() {
-        if positions.len() >= limit {
-            let last = positions[positions.len() - 1].0;
+        if full(&changes, bytes) {
+            let last = changes[changes.len() - 1].seq;
             if seq != last {
                 // A full page ends at its last commit, whole.
                 last_seq = last;
@@ -248,37 +267,37 @@ pub fn read_changes(
         if let Some((next_seq, next_id)) = cursors[at].next(view, chunk)? {
             heads.push(Reverse((next_seq, coll.clone(), next_id, at)));
         }
-        positions.push((seq, coll, id));
+        let (change, size) = change_at(view, seq, coll, id, include_docs)?;
+        bytes += if include_docs { size } else { 0 };
+        changes.push(change);
     }
-    if positions.len() >= limit && heads.is_empty() {
-        last_seq = positions[positions.len() - 1].0;
+    if full(&changes, bytes) && heads.is_empty() {
+        last_seq = changes[changes.len() - 1].seq;
     }
-    let changes = positions
-        .into_iter()
-        .map(|(seq, coll, id)| change_at(view, seq, coll, id, include_docs))
-        .collect::<Result<_>>()?;
     Ok(ChangesPage { changes, last_seq })
 }
 
 /// The change at a change-log position: the document's state now (which is
-/// the state that change wrote: the position moves with every later write).
+/// the state that change wrote: the position moves with every later write),
+/// and the size of its stored record.
 fn change_at(
     view: &dyn StorageRead,
     seq: u64,
     collection: String,
     id: String,
     include_doc: bool,
-) -> Result<Change> {
-    let doc = read_document(view, &doc_key(&collection, &id), &id)?
+) -> Result<(Change, usize)> {
+    let (doc, size) = read_document_sized(view, &doc_key(&collection, &id), &id)?
         .ok_or_else(|| corrupt("change without document"))?;
-    Ok(Change {
+    let change = Change {
         seq,
         collection,
         id,
         rev: doc.rev(),
         deleted: doc.is_deleted(),
         doc: include_doc.then_some(doc),
-    })
+    };
+    Ok((change, size))
 }
 
 /// Change-log entries of each collection a page of every collection fetches
@@ -414,11 +433,13 @@ pub fn read_changes_after(
     };
     let chunk = limit.min(CHANGES_CHUNK_MAX);
     let mut cursor = FeedCursor::from(collection.to_string(), start, upto, chunk);
+    // Bounded by `limit` alone: RxDB takes a page shorter than its batch for
+    // the end, and its live stream would then go on past what it skipped.
     let mut changes = Vec::new();
     while changes.len() < limit
         && let Some((seq, id)) = cursor.next(view, chunk)?
     {
-        changes.push(change_at(view, seq, collection.to_string(), id, true)?);
+        changes.push(change_at(view, seq, collection.to_string(), id, true)?.0);
     }
     Ok(changes)
 }

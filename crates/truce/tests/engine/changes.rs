@@ -381,3 +381,71 @@ fn a_position_past_the_last_commit_is_refused() {
     assert_eq!(page.changes[0].id, "b");
     assert_eq!(db.changes_after("c", Some((head, "a")), 10).unwrap().0[0].id, "b");
 }
+
+/// Pages of documents end past `PAGE_BYTES_MAX` (holding at least one), and
+/// the next page goes on exactly after: a query with a cursor, the feed after
+/// the commit it ended with. Nothing is skipped or repeated. (Without the
+/// bound, 10,000 documents of 1 MiB were one page.) Pages for RxDB, which
+/// takes a short page for the end of the feed, are bounded by their limit
+/// alone: a pull's and `changes_whole`'s.
+#[test]
+fn pages_of_large_documents_end_by_bytes_and_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = crate::open_relaxed(dir.path());
+    let big = db.collection("big").unwrap();
+    let blob = "x".repeat(700_000);
+    let count = truce::limits::PAGE_BYTES_MAX / blob.len() * 2 + 3;
+    for i in 0..count {
+        let put = big.put(&format!("d{i:03}"), json!({"blob": blob, "i": i}), Expect::Absent);
+        assert!(put.unwrap().is_ok());
+    }
+    let all: Vec<String> = (0..count).map(|i| format!("d{i:03}")).collect();
+    let most = truce::limits::PAGE_BYTES_MAX / blob.len() + 1;
+
+    // A query: pages by cursor.
+    let mut seen = Vec::new();
+    let mut query = truce::Query {
+        limit: 1000,
+        ..truce::Query::default()
+    };
+    loop {
+        let page = big.query(&query).unwrap();
+        assert!(
+            !page.docs.is_empty() && page.docs.len() <= most,
+            "{}",
+            page.docs.len()
+        );
+        seen.extend(page.docs.iter().map(|d| d.id.clone()));
+        match page.next {
+            Some(next) => query.after = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(seen, all, "query pages");
+
+    // The change feed with documents: pages end with a commit.
+    let (mut seen, mut since, mut pages) = (Vec::new(), 0, 0);
+    loop {
+        let page = db.changes(Some("big"), since, 10_000, true).unwrap();
+        if page.changes.is_empty() {
+            break;
+        }
+        assert!(page.changes.len() <= most, "{}", page.changes.len());
+        seen.extend(page.changes.iter().map(|c| c.id.clone()));
+        since = page.last_seq;
+        pages += 1;
+    }
+    assert_eq!(seen, all, "feed pages");
+    assert!(pages >= 3, "{pages} pages");
+    // Without documents, the page is not cut by their size.
+    assert_eq!(
+        db.changes(Some("big"), 0, 10_000, false).unwrap().changes.len(),
+        count
+    );
+
+    // Whole pages: a pull, and the feed as /couch reads it.
+    let (pulled, _) = db.changes_after("big", None, 10_000).unwrap();
+    assert_eq!(pulled.len(), count);
+    let whole = db.changes_whole(Some("big"), 0, 10_000, true).unwrap();
+    assert_eq!(whole.changes.len(), count);
+}
