@@ -1089,6 +1089,21 @@ fn replication_push_edges() {
             Some(170_000)
         );
     }
+    // Large documents pushed small: one transaction would meet more than
+    // TX_READ_BYTES_MAX of them, so each row goes alone, and all are written.
+    let large = "y".repeat(1_000_000);
+    for i in 0..18 {
+        api.put(&format!("/v1/c/rx/large{i}"), json!({ "blob": large }))
+            .ok(201);
+    }
+    let rows: Vec<Value> = (0..18)
+        .map(|i| {
+            json!({"assumedMasterState": {"id": format!("large{i}"), "blob": large},
+                   "newDocumentState": {"id": format!("large{i}"), "blob": "small"}})
+        })
+        .collect();
+    assert_eq!(push(Value::Array(rows)).ok(200), &json!([]));
+    assert_eq!(api.get("/v1/c/rx/large17").ok(200)["blob"], "small");
 
     // A row's errors name it; a _deleted that is not a boolean is refused,
     // not read as false (which stored a live document).

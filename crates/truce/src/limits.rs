@@ -97,6 +97,12 @@ pub const TX_READ_SET_ENTRIES_MAX: usize = 10_000;
 /// Most bytes of documents one transaction may write.
 pub const TX_WRITE_BYTES_MAX: usize = 16 * 1024 * 1024;
 
+/// Most bytes of documents the ops of one transaction may meet (the current
+/// state of each op's document, which the committer holds and a `check` or a
+/// conflict answers with): a thousand checks of 1 MiB documents held a
+/// gigabyte in the committer and in the answer.
+pub const TX_READ_BYTES_MAX: usize = 16 * 1024 * 1024;
+
 /// Longest a transaction may live from its snapshot to its commit, in ms. Must be
 /// well inside [`RECENT_WRITES_RETAIN_MS`] so a live transaction can always be validated.
 pub const TX_LIFETIME_MS_MAX: u64 = 10_000;

@@ -445,6 +445,10 @@ async fn push_group(
     answer: &mut Pushed,
 ) -> Result<(), ApiError> {
     let coll = collection.name().to_string();
+    // Each row in a transaction of its own, when together they meet more
+    // than one transaction may (`TX_READ_BYTES_MAX`: large documents pushed
+    // smaller, which `byte_groups` cannot know).
+    let mut alone = false;
     for round in 0..=PUSH_ROUNDS_MAX {
         let mut ops = Vec::with_capacity(pending.len());
         let mut batch_rows = Vec::with_capacity(pending.len());
@@ -465,7 +469,7 @@ async fn push_group(
         if ops.is_empty() {
             break;
         }
-        if round == PUSH_ROUNDS_MAX {
+        if round == PUSH_ROUNDS_MAX || alone {
             // Still racing after every round, because of one row or another:
             // each row on its own, so that one busy document does not keep the
             // others from being written. A row that conflicts alone was written
@@ -494,7 +498,17 @@ async fn push_group(
             }
             break;
         }
-        match state.db.submit_batch_from(ops, None, origin.clone())?.await? {
+        let submitted = state.db.submit_batch_from(ops, None, origin.clone())?.await;
+        if let Err(truce::Error::LimitExceeded {
+            what: "TX_READ_BYTES_MAX",
+            ..
+        }) = submitted
+        {
+            alone = true;
+            pending = batch_rows;
+            continue;
+        }
+        match submitted? {
             Ok(_) => break,
             Err(TxFailure::Conflicts(conflicts)) => {
                 refuse_unique(&conflicts, &batch_rows)?;

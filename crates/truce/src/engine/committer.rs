@@ -17,7 +17,7 @@ use crate::index::{self, IndexDef, IndexState};
 use crate::limits::{
     BACKFILL_CHUNK_DOCS, BACKGROUND_TICK_MS, COMMIT_BATCH_BYTES_MAX, COMMIT_BATCH_REQUESTS_MAX,
     COMMITTER_IDLE_MS, IDEMPOTENCY_PURGE_BATCH_MAX, INDEX_PURGE_CHUNK_ENTRIES, OUTBOX_DRAIN_ENTRIES_MAX,
-    TTL_SWEEP_DELETES_MAX, TTL_SWEEP_SCAN_DOCS, TX_WRITE_BYTES_MAX,
+    TTL_SWEEP_DELETES_MAX, TTL_SWEEP_SCAN_DOCS, TX_READ_BYTES_MAX, TX_WRITE_BYTES_MAX,
 };
 use crate::record::{self, IdempotencyRecord};
 use crate::storage::{Direction, Durability, Space, Storage};
@@ -783,7 +783,19 @@ impl Committer {
         // transaction of small patches of large documents may not write
         // more than one of large puts (`tx::check_batch`).
         let mut bytes = 0;
+        // The bytes of the documents its ops meet.
+        let mut met = 0;
         for (index, op) in commit.ops.iter().enumerate() {
+            if commit.ops.len() > 1 {
+                group.current(&op.key, &op.id)?;
+                met += group.current_bytes(&op.key);
+                if met > TX_READ_BYTES_MAX {
+                    return Err(Error::LimitExceeded {
+                        what: "TX_READ_BYTES_MAX",
+                        limit: TX_READ_BYTES_MAX as u64,
+                    });
+                }
+            }
             let ttl = self.configs.get(&*op.collection).and_then(|c| c.ttl.as_ref());
             let now = group.ts_ms;
             // A single write's read by its caller (only those carry one), if

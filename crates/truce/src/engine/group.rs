@@ -19,7 +19,7 @@ use crate::index::keys::prefix_end;
 use crate::record;
 use crate::storage::{Direction, Space, Storage, WriteBatch};
 
-use super::committer::read_document;
+use super::committer::read_document_sized;
 use super::evaluate::NewState;
 use super::tx::changes_key;
 
@@ -32,6 +32,9 @@ struct Slot {
     /// The sequence number of the stored state (tombstones included) the group
     /// read: its change-log entries give way to the group's last write.
     stored_seq: Option<u64>,
+    /// Bytes of the stored record the group read (0 when a caller's read
+    /// was used instead).
+    stored_bytes: usize,
     /// Bytes of the collection name at the start of the document key (the
     /// key is `collection 0x00 id`).
     collection_len: usize,
@@ -69,21 +72,36 @@ impl<'a> Group<'a> {
         if self.slots.contains_key(key) {
             return Ok(self.slots.get(key).and_then(|s| s.current.as_ref()));
         }
-        let stored = read_document(self.storage, key, id)?;
-        Ok(self.current_seen(key, stored.map(Arc::new)))
+        let (stored, bytes) = match read_document_sized(self.storage, key, id)? {
+            Some((doc, bytes)) => (Some(Arc::new(doc)), bytes),
+            None => (None, 0),
+        };
+        Ok(self.slot(key, stored, bytes).current.as_ref())
     }
 
     /// [`current`](Self::current) when the caller knows the stored state
     /// (`stored`, read before the group and unchanged since): the group's own
     /// write if it has one, else `stored`, without reading storage.
     pub fn current_seen(&mut self, key: &[u8], stored: Option<Arc<Document>>) -> Option<&Arc<Document>> {
-        let slot = self.slots.entry(key.to_vec()).or_insert_with(|| Slot {
+        self.slot(key, stored, 0).current.as_ref()
+    }
+
+    fn slot(&mut self, key: &[u8], stored: Option<Arc<Document>>, stored_bytes: usize) -> &Slot {
+        self.slots.entry(key.to_vec()).or_insert_with(|| Slot {
             stored_seq: stored.as_ref().map(|d| d.meta.seq),
             current: stored,
             written: None,
+            stored_bytes,
             collection_len: 0,
-        });
-        slot.current.as_ref()
+        })
+    }
+
+    /// Bytes of the state of document `key` that [`current`](Self::current)
+    /// answers: the group's own write of it, else the stored record read.
+    pub fn current_bytes(&self, key: &[u8]) -> usize {
+        self.slots
+            .get(key)
+            .map_or(0, |s| s.written.as_ref().map_or(s.stored_bytes, Vec::len))
     }
 
     /// A non-document key as the group sees it: its own writes, else storage.
@@ -210,6 +228,7 @@ impl<'a> Group<'a> {
                         current: Some(state.doc),
                         written: Some(state.canonical),
                         stored_seq: None,
+                        stored_bytes: 0,
                         collection_len: collection.len(),
                     },
                 );

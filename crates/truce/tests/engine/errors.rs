@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::json;
+use serde_json::{Value, json};
 use truce::storage::{Fault, MemoryStorage, Space, Storage, WriteBatch};
 use truce::{ConflictReason, Db, Error, Expect, Options, Query, RetryPolicy, TxOp, Update};
 
@@ -407,42 +407,71 @@ fn the_storage_workers_nice_is_bounded() {
     assert!(c.put("a", json!({"n": 0}), Expect::Absent).unwrap().is_ok());
 }
 
-/// A transaction's new documents are bounded by `TX_WRITE_BYTES_MAX` whatever
-/// the ops that make them: small patches of large documents used to pass (only
-/// puts were counted), so a 7 KB request could have the committer write a
-/// gigabyte in one commit while every other writer waited.
+/// A transaction's documents are bounded whatever its ops: those it writes
+/// by `TX_WRITE_BYTES_MAX` (only puts were counted: patches that grew small
+/// documents passed), and those its ops meet by `TX_READ_BYTES_MAX` (a 7 KB
+/// request of a hundred `$inc`s of 1 MB documents had the committer write
+/// 100 MB in one commit while every other writer waited, and a thousand
+/// checks held a gigabyte). Nothing of a refused transaction is written.
 #[test]
-fn patches_count_toward_a_transactions_write_bytes() {
+fn a_transactions_documents_are_bounded_whatever_its_ops() {
     let dir = tempfile::tempdir().unwrap();
     let db = open_relaxed(dir.path());
     let c = db.collection("big").unwrap();
     let blob = "x".repeat(900_000);
-    let docs = truce::limits::TX_WRITE_BYTES_MAX / blob.len() + 2;
-    for i in 0..docs {
-        let put = c.put(&format!("d{i}"), json!({"s": blob, "n": 0}), Expect::Absent);
+    let many = truce::limits::TX_WRITE_BYTES_MAX / blob.len() + 2;
+    let fits = truce::limits::TX_WRITE_BYTES_MAX / blob.len() - 1;
+    for i in 0..many {
+        let put = c.put(&format!("big{i}"), json!({"s": blob, "n": 0}), Expect::Absent);
+        assert!(put.unwrap().is_ok());
+        let put = c.put(&format!("small{i}"), json!({"n": 0}), Expect::Absent);
         assert!(put.unwrap().is_ok());
     }
-    let patches = |count: usize| {
+    let ops = |prefix: &str, count: usize, spec: Value| {
         (0..count)
             .map(|i| TxOp::Patch {
                 collection: "big".into(),
-                id: format!("d{i}"),
-                update: Arc::new(update(json!({"$inc": {"n": 1}}))),
+                id: format!("{prefix}{i}"),
+                update: Arc::new(update(spec.clone())),
                 expect: Expect::Any,
             })
             .collect::<Vec<_>>()
     };
-    match db.batch(patches(docs), None) {
-        Err(Error::LimitExceeded { what, .. }) => assert_eq!(what, "TX_WRITE_BYTES_MAX"),
+    let checks = |count: usize| {
+        (0..count)
+            .map(|i| TxOp::Check {
+                collection: "big".into(),
+                id: format!("big{i}"),
+                expect: Expect::Exists,
+            })
+            .collect::<Vec<_>>()
+    };
+    let refused = |ops: Vec<TxOp>, limit: &str| match db.batch(ops, None) {
+        Err(Error::LimitExceeded { what, .. }) => assert_eq!(what, limit),
         // Not the documents: megabytes each.
-        other => panic!("expected LimitExceeded, got {:?}", other.map(|r| r.is_ok())),
-    }
-    assert!(
-        (0..docs).all(|i| c.get(&format!("d{i}")).unwrap().unwrap().body["n"] == 0),
-        "nothing of the refused transaction is written"
+        other => panic!("expected {limit}, got {:?}", other.map(|r| r.is_ok())),
+    };
+    refused(
+        ops("small", many, json!({"$set": {"s": blob}})),
+        "TX_WRITE_BYTES_MAX",
     );
-    // Within the bound they commit, and the committer goes on.
-    let fits = truce::limits::TX_WRITE_BYTES_MAX / blob.len() - 1;
-    assert!(db.batch(patches(fits), None).unwrap().is_ok());
-    assert_eq!(c.get("d0").unwrap().unwrap().body["n"], 1);
+    refused(ops("big", many, json!({"$inc": {"n": 1}})), "TX_READ_BYTES_MAX");
+    refused(checks(many), "TX_READ_BYTES_MAX");
+    for i in 0..many {
+        let small = c.get(&format!("small{i}")).unwrap().unwrap();
+        let big = c.get(&format!("big{i}")).unwrap().unwrap();
+        assert_eq!(
+            (small.body.get("s"), &big.body["n"]),
+            (None, &json!(0)),
+            "nothing written"
+        );
+    }
+    // Within the bounds they commit, and the committer goes on.
+    assert!(
+        db.batch(ops("big", fits, json!({"$inc": {"n": 1}})), None)
+            .unwrap()
+            .is_ok()
+    );
+    assert!(db.batch(checks(fits), None).unwrap().is_ok());
+    assert_eq!(c.get("big0").unwrap().unwrap().body["n"], 1);
 }
