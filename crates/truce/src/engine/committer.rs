@@ -1044,21 +1044,20 @@ impl Committer {
         increments: Vec<Increment>,
         written: &mut Vec<(Space, Vec<u8>)>,
     ) {
-        // (collection, id, [(field, amount)]) of each target document.
+        // (collection, id, [(field, amount)]) of each target document, in
+        // the order first met, and where each is (a search of the list for
+        // each increment was quadratic in a recount's groups).
         type Target = (String, String, Vec<(String, counters::Amount)>);
         let mut by_target: Vec<Target> = Vec::new();
+        let mut at: foldhash::HashMap<(String, String), usize> = Default::default();
         for inc in increments {
-            let fields = match by_target
-                .iter_mut()
-                .find(|(c, id, _)| *c == inc.collection && *id == inc.id)
-            {
-                Some((_, _, fields)) => fields,
-                None => {
-                    by_target.push((inc.collection.clone(), inc.id.clone(), Vec::new()));
-                    &mut by_target.last_mut().expect("just pushed").2
-                }
-            };
-            fields.push((inc.field, inc.amount));
+            let index = *at
+                .entry((inc.collection.clone(), inc.id.clone()))
+                .or_insert_with(|| {
+                    by_target.push((inc.collection, inc.id, Vec::new()));
+                    by_target.len() - 1
+                });
+            by_target[index].2.push((inc.field, inc.amount));
         }
         let clock = CommitClock {
             seq: group.seq,
@@ -1078,21 +1077,29 @@ impl Committer {
                     let sum = match have {
                         None => amount,
                         Some(have) if have.is_number() => counters::Amount::from_json(have).add(amount),
+                        // This field's increments are dropped (a recount
+                        // reports it unfixable); the target's other counters
+                        // go on.
                         Some(other) => {
-                            return Err(Error::InvalidOperator(format!(
-                                "the counter's target field {field} holds {}, not a number",
+                            tracing::warn!(
+                                target_doc = %format!("{collection}/{id}"),
+                                "counter increment skipped: the target field {field} holds {}, not a number",
                                 crate::doc::json_type_name(other)
-                            )));
+                            );
+                            continue;
                         }
                     };
                     sums.insert(field, sum.to_json());
                 }
+                if sums.is_empty() {
+                    return Ok(None);
+                }
                 let update = Update::parse(&serde_json::json!({"$set": sums, "$upsert": true}))?;
                 let op = WriteOp::Patch(std::sync::Arc::new(update));
-                evaluate::evaluate(&id, &op, Expect::Any, current, &clock)
+                Ok(evaluate::evaluate(&id, &op, Expect::Any, current, &clock)?.1)
             });
             match state {
-                Ok((_, Some(state))) => {
+                Ok(Some(state)) => {
                     if !self.collections.contains(&collection) {
                         self.collections.insert(collection.clone());
                         let mut registry = META_COLLECTION_PREFIX.to_vec();
@@ -1102,7 +1109,7 @@ impl Committer {
                     let indexes = self.indexes.get(&collection).map_or(&[][..], Vec::as_slice);
                     group.apply(&collection, &key, state, indexes, written);
                 }
-                Ok((_, None)) => {}
+                Ok(None) => {}
                 Err(e) => {
                     tracing::warn!(target_doc = %format!("{collection}/{id}"), "counter increment skipped: {e}")
                 }

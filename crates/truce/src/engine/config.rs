@@ -248,12 +248,14 @@ impl CollectionConfig {
                     continue;
                 }
                 let name = format!("{other_collection}/{}", other.name);
-                if other.target_collection == def.target_collection && other.target_field == def.target_field
+                if other.target_collection == def.target_collection
+                    && overlap(&other.target_field, &def.target_field)
                 {
                     return Err(invalid(format!(
-                        "{what}.target {}.{} is counter {name}'s target field too: two counters in one field \
-                         would each undo the other's recount; give each its own field",
-                        def.target_collection, def.target_field
+                        "{what}.target {}.{} is counter {name}'s target field {} too, or holds it, or is held by \
+                         it: two counters in one field would each undo the other's recount (and `x` with `x.y` \
+                         could not both be numbers); give each its own field",
+                        def.target_collection, def.target_field, other.target_field
                     )));
                 }
                 if other_collection == def.target_collection {
@@ -408,6 +410,12 @@ pub fn meta_key(collection: &str) -> Vec<u8> {
 
 /// The meta-space prefix of every configuration.
 pub const META_PREFIX: &[u8] = b"config\0";
+
+/// Whether two dotted field paths are one field, or one holds the other.
+fn overlap(a: &str, b: &str) -> bool {
+    let holds = |outer: &str, inner: &str| inner.strip_prefix(outer).is_some_and(|rest| rest.starts_with('.'));
+    a == b || holds(a, b) || holds(b, a)
+}
 
 #[cfg(test)]
 mod tests {

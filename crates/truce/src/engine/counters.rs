@@ -151,13 +151,20 @@ pub fn deltas(def: &CounterDef, old: Option<&Body>, new: Option<&Body>, now_ms: 
 /// Sums increments per target field, dropping those that cancel out.
 pub fn coalesce(increments: impl IntoIterator<Item = Increment>) -> Vec<Increment> {
     let mut out: Vec<Increment> = Vec::new();
+    // Where each target field is in `out`: a search of `out` for each made a
+    // recount's commit of 200,000 groups take minutes of the committer.
+    let mut at: foldhash::HashMap<(String, String, String), usize> = Default::default();
     for inc in increments {
-        match out
-            .iter_mut()
-            .find(|o| o.collection == inc.collection && o.id == inc.id && o.field == inc.field)
-        {
-            Some(existing) => existing.amount = existing.amount.add(inc.amount),
-            None => out.push(inc),
+        let key = (inc.collection.clone(), inc.id.clone(), inc.field.clone());
+        match at.entry(key) {
+            std::collections::hash_map::Entry::Occupied(seen) => {
+                let existing = &mut out[*seen.get()];
+                existing.amount = existing.amount.add(inc.amount);
+            }
+            std::collections::hash_map::Entry::Vacant(new) => {
+                new.insert(out.len());
+                out.push(inc);
+            }
         }
     }
     out.retain(|i| !i.amount.is_zero());

@@ -622,8 +622,17 @@ fn counters_that_would_not_count_alone_are_refused() {
         .set_config(counter("n", "t", "n"))
         .unwrap();
     // Another collection's counter in the same field, and another of the same collection.
-    refused("b", counter("m", "t", "n"), "target field too");
-    refused("a", two(("n", "t", "n"), ("m", "t", "n")), "target field too");
+    refused("b", counter("m", "t", "n"), "target field n too");
+    refused("a", two(("n", "t", "n"), ("m", "t", "n")), "target field n too");
+    // A field that holds the other, or is held by it: `x` and `x.y` cannot
+    // both be numbers, and each increment of the document was refused whole.
+    refused("a", two(("n", "t", "n"), ("m", "t", "n.deep")), "holds it");
+    refused("b", counter("m", "t", "n.deep"), "holds it");
+    db.collection("b")
+        .unwrap()
+        .set_config(counter("m", "t", "nn"))
+        .unwrap();
+    db.collection("b").unwrap().set_config(CollectionConfig::default()).unwrap();
     // The same target document, another field: fine.
     db.collection("b")
         .unwrap()
@@ -692,4 +701,30 @@ fn a_target_written_beside_what_it_counts_is_answered_as_stored() {
         Expect::Version(answered.version()),
     );
     assert!(next.unwrap().is_ok());
+}
+
+/// A target field that holds something other than a number drops its own
+/// increments, not those of the other counters writing into the same target
+/// document (each increment of the document was refused whole).
+#[test]
+fn a_broken_target_field_stops_only_its_own_counter() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_relaxed(dir.path());
+    let config = CollectionConfig::from_json(&json!({"counters": [
+        {"name": "a", "group_by": "g", "target": {"c": "m", "field": "a"}},
+        {"name": "b", "group_by": "g", "target": {"c": "m", "field": "b"}}]}))
+    .unwrap();
+    let src = db.collection("src").unwrap();
+    src.set_config(config).unwrap();
+    src.put("d1", json!({"g": "G"}), Expect::Absent).unwrap().unwrap();
+    let m = db.collection("m").unwrap();
+    m.patch("G", update(json!({"$set": {"b": "oops"}})), Expect::Any)
+        .unwrap()
+        .unwrap();
+    for id in ["d2", "d3"] {
+        src.put(id, json!({"g": "G"}), Expect::Absent).unwrap().unwrap();
+    }
+    let target = m.get("G").unwrap().unwrap();
+    assert_eq!((&target.body["a"], &target.body["b"]), (&json!(3), &json!("oops")));
+    assert!(src.recount("a").unwrap().fixed.is_empty());
 }
