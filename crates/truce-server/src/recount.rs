@@ -39,7 +39,8 @@ pub fn open_error(data: &Path, e: &truce::Error, instead: &str) -> String {
     }
 }
 
-/// Opens the database, recounts, prints the report as JSON.
+/// Opens the database, recounts, prints the report as JSON; an error (exit 1)
+/// when groups are left unfixable.
 pub fn run(args: &RecountArgs) -> Result<(), String> {
     let data = database_dir(&args.data)?;
     let endpoint = format!(
@@ -75,5 +76,14 @@ pub fn run(args: &RecountArgs) -> Result<(), String> {
     })?;
     let text = serde_json::to_string_pretty(&recount_json(&report)).map_err(|e| e.to_string())?;
     println!("{text}");
+    // The counter is not exact yet: a script must not take it for repaired.
+    if !report.unfixable.is_empty() {
+        return Err(format!(
+            "{} group(s) of counter {} hold something other than a number in the target field (\"unfixable\" \
+             above): put a number back, then recount again",
+            report.unfixable.len(),
+            args.counter
+        ));
+    }
     Ok(())
 }

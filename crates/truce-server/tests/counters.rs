@@ -631,6 +631,21 @@ fn cli_recount_refuses_a_running_server_and_fixes_a_stopped_ones_data() {
 
     server.restart();
     assert_eq!(stored(&http), expected, "the fix is durable");
+
+    // A target field no increment can fix: the report says so, and so does
+    // the exit code (a script must not take the counter for repaired).
+    http.expect(
+        Method::PATCH,
+        &format!("/v1/c/campaign_metrics/{victim}"),
+        Some(&json!({"$set": {"spent": "oops"}})),
+        200,
+    );
+    assert!(server.terminate().success());
+    let (code, stdout, stderr) = run_truce_code(&["recount", "subscribers", "spent"], &data);
+    assert_eq!(code, 1, "{stdout} {stderr}");
+    let report: Value = serde_json::from_str(&stdout).expect("a JSON report");
+    assert_eq!(report["unfixable"][0]["group"], json!(victim), "{stdout}");
+    assert!(stderr.contains("put a number back"), "{stderr}");
 }
 
 /// `truce check` finds a counter's target written behind its back, in a backup

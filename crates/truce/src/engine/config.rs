@@ -413,7 +413,11 @@ pub const META_PREFIX: &[u8] = b"config\0";
 
 /// Whether two dotted field paths are one field, or one holds the other.
 fn overlap(a: &str, b: &str) -> bool {
-    let holds = |outer: &str, inner: &str| inner.strip_prefix(outer).is_some_and(|rest| rest.starts_with('.'));
+    let holds = |outer: &str, inner: &str| {
+        inner
+            .strip_prefix(outer)
+            .is_some_and(|rest| rest.starts_with('.'))
+    };
     a == b || holds(a, b) || holds(b, a)
 }
 

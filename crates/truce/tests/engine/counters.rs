@@ -632,7 +632,10 @@ fn counters_that_would_not_count_alone_are_refused() {
         .unwrap()
         .set_config(counter("m", "t", "nn"))
         .unwrap();
-    db.collection("b").unwrap().set_config(CollectionConfig::default()).unwrap();
+    db.collection("b")
+        .unwrap()
+        .set_config(CollectionConfig::default())
+        .unwrap();
     // The same target document, another field: fine.
     db.collection("b")
         .unwrap()
@@ -725,6 +728,9 @@ fn a_broken_target_field_stops_only_its_own_counter() {
         src.put(id, json!({"g": "G"}), Expect::Absent).unwrap().unwrap();
     }
     let target = m.get("G").unwrap().unwrap();
-    assert_eq!((&target.body["a"], &target.body["b"]), (&json!(3), &json!("oops")));
+    assert_eq!(
+        (&target.body["a"], &target.body["b"]),
+        (&json!(3), &json!("oops"))
+    );
     assert!(src.recount("a").unwrap().fixed.is_empty());
 }
