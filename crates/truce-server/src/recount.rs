@@ -16,6 +16,9 @@ pub fn database_dir(data: &DataArgs) -> Result<PathBuf, String> {
     if !data.is_dir() {
         return Err(format!("no data directory at {}", data.display()));
     }
+    if let Some(why) = truce::engine::unfinished_backup(&data) {
+        return Err(why);
+    }
     if !truce::storage::FjallStorage::holds_database(&data) {
         return Err(format!(
             "{} holds no Truce database: name the server's data directory with --data (or TRUCE_DATA, or its \

@@ -47,6 +47,28 @@ pub struct BackupReport {
 /// What the directory a backup is written into is named, after the backup's.
 const PARTIAL_SUFFIX: &str = ".partial";
 
+/// A file in `<dir>.partial` from its making until its copy is complete and
+/// synced: a directory holding it is part of a database.
+const UNFINISHED_MARKER: &str = "UNFINISHED-BACKUP";
+
+/// Why `dir` must not be opened as a database, if it is an unfinished backup
+/// (a copy cut short by a crash or a stop: it holds part of the data, and
+/// served it would take writes as if it were whole).
+pub fn unfinished(dir: &Path) -> Option<String> {
+    let marked = dir.join(UNFINISHED_MARKER).exists();
+    let named = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.ends_with(PARTIAL_SUFFIX));
+    (marked || named).then(|| {
+        format!(
+            "{} is an unfinished backup (its copy was cut short, and it holds part of the data): take the \
+             backup again, and remove this directory",
+            dir.display()
+        )
+    })
+}
+
 /// One backup at a time per database.
 #[derive(Default)]
 pub(super) struct BackupGate(AtomicBool);
@@ -223,6 +245,10 @@ impl Backup {
                 .map_err(|e| io_error("cannot sync", &copy, &e))?;
         }
         sync_dir(&self.partial)?;
+        // Whole and durable: no longer unfinished (the rename follows).
+        let marker = self.partial.join(UNFINISHED_MARKER);
+        std::fs::remove_file(&marker).map_err(|e| io_error("cannot remove", &marker, &e))?;
+        sync_dir(&self.partial)?;
         Ok(BackupReport {
             seq: self.seq,
             entries: done.entries,
@@ -268,7 +294,14 @@ fn make_partial_dir(dir: &Path) -> Result<PathBuf> {
     #[cfg(unix)]
     std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
     match builder.create(&partial) {
-        Ok(()) => Ok(partial),
+        Ok(()) => {
+            let marker = partial.join(UNFINISHED_MARKER);
+            std::fs::File::create(&marker)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| io_error("cannot create", &marker, &e))?;
+            sync_dir(&partial)?;
+            Ok(partial)
+        }
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(Error::InvalidBackup(format!(
             "{} exists: another backup is being written there, or one was stopped by a crash (remove it)",
             partial.display()

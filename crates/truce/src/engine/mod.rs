@@ -42,7 +42,7 @@ mod watermark;
 
 use poll::PollWindow;
 
-pub use backup::{Backup, BackupProgress, BackupReport, BackupStop};
+pub use backup::{Backup, BackupProgress, BackupReport, BackupStop, unfinished as unfinished_backup};
 pub use check::{CheckProblem, CheckProgress, CheckReport, CheckSkip, check};
 pub use collection::Collection;
 pub use committer::{IndexProgress, now_ms};
@@ -139,6 +139,9 @@ impl Db {
                 what: "FJALL_WORKERS_NICE_MAX",
                 limit: crate::storage::FJALL_WORKERS_NICE_MAX as u64,
             });
+        }
+        if let Some(why) = backup::unfinished(path.as_ref()) {
+            return Err(Error::InvalidBackup(why));
         }
         let storage = FjallStorage::open_with(path.as_ref(), options.fjall)?;
         Db::open_with_storage(Arc::new(storage), options)

@@ -243,3 +243,59 @@ fn a_backup_refuses_what_it_cannot_do_cleanly() {
             .is_some()
     );
 }
+
+/// A backup cut short (by a crash: a stop removes it) leaves `<dir>.partial`
+/// holding part of the data. Opened as a database it would be served and take
+/// writes as if whole: it is refused, by its marker wherever it is moved to,
+/// and by its name.
+#[test]
+fn an_unfinished_backup_is_not_opened() {
+    fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            let target = to.join(entry.file_name());
+            if entry.file_type().unwrap().is_dir() {
+                copy_dir(&entry.path(), &target);
+            } else {
+                std::fs::copy(entry.path(), &target).unwrap();
+            }
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_relaxed(&dir.path().join("live"));
+    let c = db.collection("c").unwrap();
+    for i in 0..10 {
+        c.put(&format!("d{i}"), json!({"i": i}), Expect::Absent)
+            .unwrap()
+            .unwrap();
+    }
+    // What a crash in the middle of the copy would leave, copied aside.
+    let (crashed, moved) = (dir.path().join("crashed.partial"), dir.path().join("moved"));
+    let target = dir.path().join("backup");
+    let mut copied = false;
+    db.backup(&target, &[], &mut |_| {
+        if !copied {
+            copy_dir(&dir.path().join("backup.partial"), &crashed);
+            copy_dir(&crashed, &moved);
+            copied = true;
+        }
+    })
+    .unwrap();
+    for unfinished in [&crashed, &moved] {
+        match Db::open(unfinished, truce::Options::default()) {
+            Err(Error::InvalidBackup(message)) => assert!(message.contains("unfinished backup"), "{message}"),
+            other => panic!(
+                "{}: expected invalid_backup, got {:?}",
+                unfinished.display(),
+                other.map(|_| ())
+            ),
+        }
+    }
+    // The finished one opens, with no marker left in it.
+    let finished = open_relaxed(&target);
+    assert_eq!(
+        finished.collection("c").unwrap().get("d9").unwrap().unwrap().body["i"],
+        9
+    );
+}
