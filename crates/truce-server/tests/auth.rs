@@ -471,6 +471,40 @@ fn collection_scoped_keys() {
     // A write key cannot declare indexes, even in its own collection.
     api.put(key, "/v1/c/a/_indexes/i", json!({"fields": ["n"]}))
         .error(403, "forbidden");
+
+    // An admin of a alone may neither declare a counter that writes into b
+    // nor take away one that does: its targets would change either way.
+    let admin_of_a = create_key(&data, "admin", Some("a"));
+    api.wait_for_status(Some(&admin_of_a), "/v1/c/a/_config", 200);
+    let into_b = json!({"counters": [{"name": "n", "group_by": "g", "target": {"c": "b", "field": "n"}}]});
+    api.put(Some(&admin_of_a), "/v1/c/a/_config", into_b.clone())
+        .error(403, "forbidden");
+    assert!(
+        api.put(Some(&admin), "/v1/c/a/_config", into_b.clone())
+            .is_success()
+    );
+    api.put(Some(&admin_of_a), "/v1/c/a/_config", json!({}))
+        .error(403, "forbidden");
+    api.put(
+        Some(&admin_of_a),
+        "/v1/c/a/_config",
+        json!({"ttl": {"field": "t", "seconds": 60}}),
+    )
+    .error(403, "forbidden");
+    assert_eq!(
+        api.get(Some(&admin), "/v1/c/a/_config").json["counters"][0]["name"],
+        "n"
+    );
+    // Without such a counter, its own collection's configuration is its own.
+    assert!(api.put(Some(&admin), "/v1/c/a/_config", json!({})).is_success());
+    assert!(
+        api.put(
+            Some(&admin_of_a),
+            "/v1/c/a/_config",
+            json!({"ttl": {"field": "t", "seconds": 60}})
+        )
+        .is_success()
+    );
 }
 
 /// `/v1/insights` for a key limited to some collections counts only their

@@ -76,6 +76,9 @@ pub async fn put_config(
     let collection = state.db.collection(&coll)?;
     let config = CollectionConfig::from_json(&body)?;
     authorize_targets(&who, &config)?;
+    // Removing or redefining a counter changes what its targets hold too: a
+    // key that could not declare it may not take it away.
+    authorize_targets(&who, &collection.config())?;
     let stored = config.to_json();
     let reports = blocking(move || collection.set_config(config)).await?;
     let backfill: Map<String, Value> = reports
