@@ -331,6 +331,15 @@ pub fn remedy(target: &Target, c: &HotCounts, outbox_backed_up: bool) -> Remedy 
                      split the counter (e.g. per day or per shard) or lower the number of sources per target",
         };
     }
+    let missing = c.conflicts[conflict_index("not_found")];
+    if missing > 0 && missing * 2 >= conflicts {
+        return Remedy {
+            code: "write_missing_document",
+            advice: "most writes failed because this document does not exist (a PATCH without $upsert, a DELETE \
+                     or a must-exist precondition of an absent document): create it first, send $upsert: true, \
+                     or stop writing it once it is deleted; this is not contention",
+        };
+    }
     if conflicts > 0 {
         return Remedy {
             code: "reduce_contention",
@@ -1088,6 +1097,12 @@ mod tests {
         assert_eq!(remedy(&doc, &c, false).code, "use_update_operators");
         c.numbers_only = 2;
         assert_eq!(remedy(&doc, &c, false).code, "reduce_contention");
+        // Writes of a document that is not there are no contention.
+        let mut absent = HotCounts::default();
+        absent.conflicts[conflict_index("not_found")] = 3;
+        assert_eq!(remedy(&doc, &absent, false).code, "write_missing_document");
+        absent.conflicts[0] = 4;
+        assert_eq!(remedy(&doc, &absent, false).code, "reduce_contention");
         let mut c = HotCounts {
             overwrites: 5,
             ..HotCounts::default()
