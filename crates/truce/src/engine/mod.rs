@@ -117,6 +117,28 @@ struct Inner {
     /// Held by a recount from its snapshot to its corrections' commit: two at
     /// once would each add the same difference.
     recounting: std::sync::Mutex<()>,
+    /// The index backfills running, by collection, name and declaration: an
+    /// index declared again as it is while it builds needs no second walk
+    /// (which walked every document again and counted each twice).
+    backfilling: std::sync::Mutex<std::collections::HashSet<(String, String, u64)>>,
+}
+
+/// A backfill's walk, taken out of `Inner::backfilling` when its thread ends.
+struct Running {
+    db: Weak<Inner>,
+    walk: (String, String, u64),
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(inner) = self.db.upgrade() {
+            inner
+                .backfilling
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&self.walk);
+        }
+    }
 }
 
 impl Drop for Inner {
@@ -193,6 +215,7 @@ impl Db {
             options,
             backup: Default::default(),
             recounting: Default::default(),
+            backfilling: Default::default(),
         };
         let db = Db {
             inner: Arc::new(inner),
@@ -607,8 +630,19 @@ impl Db {
     /// in short steps on a background thread; an unfinished backfill resumes
     /// on the next open.
     pub(crate) fn spawn_backfill(&self, collection: String, name: String, declared_seq: u64) {
+        let walk = (collection.clone(), name.clone(), declared_seq);
+        if !self.backfilling().insert(walk.clone()) {
+            return; // already walking
+        }
+        // Its walk is over however its thread ends (done, dropped, failed):
+        // declared again, the index then gets a new one.
+        let running = Running {
+            db: Arc::downgrade(&self.inner),
+            walk,
+        };
         let mut after = None;
         self.spawn_steps(format!("truce-backfill-{name}"), move |db| {
+            let _running = &running;
             let request = |reply| Request::Backfill {
                 collection: collection.clone(),
                 name: name.clone(),
@@ -631,6 +665,10 @@ impl Db {
             tracing::info!(index = %name, collection = %collection, state = progress.state.name(), "index backfill done");
             Ok(false)
         });
+    }
+
+    fn backfilling(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<(String, String, u64)>> {
+        self.inner.backfilling.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Deletes the entries of dropped index `name` of `collection` in short

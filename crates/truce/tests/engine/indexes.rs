@@ -725,3 +725,21 @@ fn a_resumed_backfill_counts_each_document_once() {
     wait_ready(&people, "by_age");
     assert_eq!(people.index_status("by_age").unwrap().backfilled, 300);
 }
+
+/// An index declared again as it is while it builds (an application that
+/// ensures its indexes at start, twice) walks the documents once: each
+/// declaration started a walk of its own, which counted every document again.
+#[test]
+fn an_index_declared_again_while_it_builds_is_walked_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_relaxed(dir.path());
+    let c = db.collection("c").unwrap();
+    let docs = 6 * truce::limits::BACKFILL_CHUNK_DOCS * 4;
+    put_many(&db, docs, |i| i % 7);
+    for _ in 0..4 {
+        let progress = c.create_index("by_k", spec(&["k"], false)).unwrap();
+        assert_ne!(progress.state, IndexState::Failed);
+    }
+    wait_ready(&c, "by_k");
+    assert_eq!(c.index_status("by_k").unwrap().backfilled, docs as u64);
+}
