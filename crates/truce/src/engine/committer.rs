@@ -1139,6 +1139,19 @@ impl Committer {
             .flat_map(|(name, c)| c.counters.iter().map(move |d| (name.as_str(), d)))
             .collect();
         config.check_alone(&collection, &before, &others)?;
+        for (index, def) in config.counters.iter().enumerate() {
+            if let Some(unique) = config
+                .defines_anew(&def.name, &before)
+                .then(|| self.unique_over(&def.target_collection, &def.target_field))
+                .flatten()
+            {
+                return Err(Error::InvalidConfig(format!(
+                    "counters[{index}].target {}.{} is covered by unique index {unique}: counters' increments \
+                     are not checked against unique indexes, and two targets could come to hold one value",
+                    def.target_collection, def.target_field
+                )));
+            }
+        }
         config.backfilling.clear();
         for def in &config.counters {
             let generation = if config.defines_anew(&def.name, &before) {
@@ -1194,6 +1207,17 @@ impl Committer {
         true
     }
 
+    /// The name of a unique index of `collection` (not failed) one of whose
+    /// fields is `field`, holds it, or is held by it.
+    fn unique_over(&self, collection: &str, field: &str) -> Option<String> {
+        self.indexes.get(collection)?.iter().find_map(|d| {
+            (d.spec.unique
+                && d.state != IndexState::Failed
+                && d.spec.fields.iter().any(|f| config::overlap(f, field)))
+            .then(|| d.name.clone())
+        })
+    }
+
     fn define_index(&mut self, group: &mut Group<'_>, def: IndexDef) -> Result<IndexProgress> {
         let dropping = self
             .dropping
@@ -1225,6 +1249,25 @@ impl Committer {
         }
         // A dropped index counts until its entries are gone.
         index::check_count(list.len() + dropping)?;
+        if def.spec.unique
+            && let Some((source, counter, field)) = self.configs.iter().find_map(|(source, config)| {
+                config.counters.iter().find_map(|c| {
+                    (c.target_collection == def.collection
+                        && def
+                            .spec
+                            .fields
+                            .iter()
+                            .any(|f| config::overlap(f, &c.target_field)))
+                    .then(|| (source.clone(), c.name.clone(), c.target_field.clone()))
+                })
+            })
+        {
+            return Err(Error::InvalidIndex(format!(
+                "unique index {} would cover {field}, which counter {source}/{counter} writes: counters' \
+                 increments are not checked against unique indexes, and two targets could come to hold one value",
+                def.name
+            )));
+        }
         let mut def = def;
         // A sequence of its own names this declaration of the name.
         group.seq += 1;

@@ -412,7 +412,7 @@ pub fn meta_key(collection: &str) -> Vec<u8> {
 pub const META_PREFIX: &[u8] = b"config\0";
 
 /// Whether two dotted field paths are one field, or one holds the other.
-fn overlap(a: &str, b: &str) -> bool {
+pub(crate) fn overlap(a: &str, b: &str) -> bool {
     let holds = |outer: &str, inner: &str| {
         inner
             .strip_prefix(outer)

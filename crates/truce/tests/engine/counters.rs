@@ -734,3 +734,36 @@ fn a_broken_target_field_stops_only_its_own_counter() {
     );
     assert!(src.recount("a").unwrap().fixed.is_empty());
 }
+
+/// Counter increments are not checked against unique indexes (two target
+/// documents could come to hold one count, in an index that says it is
+/// unique), so a counter into a field a unique index covers is refused, in
+/// either order of declaration.
+#[test]
+fn a_counter_and_a_unique_index_over_its_target_field_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_relaxed(dir.path());
+    let counter = |field: &str| {
+        CollectionConfig::from_json(&json!({"counters": [{"name": "n", "group_by": "g",
+            "target": {"c": "t", "field": field}}]}))
+        .unwrap()
+    };
+    let spec = |field: &str, unique: bool| truce::IndexSpec {
+        fields: vec![field.into()],
+        unique,
+    };
+    let t = db.collection("t").unwrap();
+    t.create_index("by_n", spec("n", true)).unwrap();
+    t.create_index("by_m", spec("m", false)).unwrap();
+    let src = db.collection("src").unwrap();
+    let e = src.set_config(counter("n")).unwrap_err();
+    assert_eq!(e.code(), "invalid_config", "{e}");
+    assert!(e.to_string().contains("unique index by_n"), "{e}");
+    // A field no unique index covers is fine; then a unique index over it is
+    // refused, and one over another field is not.
+    src.set_config(counter("m")).unwrap();
+    let e = t.create_index("by_m_unique", spec("m", true)).unwrap_err();
+    assert_eq!(e.code(), "invalid_index", "{e}");
+    assert!(e.to_string().contains("src/n"), "{e}");
+    t.create_index("by_other", spec("other", true)).unwrap();
+}
