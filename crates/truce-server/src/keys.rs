@@ -228,33 +228,44 @@ impl KeyStore {
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticks.tick().await;
-            self.refresh();
+            // Not `refresh`: its gate, a tick after a request's look, would
+            // skip every other tick.
+            self.reload_if_changed();
         }
     }
 
+    /// Reloads the keys if the file changed and they were last looked at
+    /// `KEYS_RELOAD_MS` ago or more.
     fn refresh(&self) {
         let stale = self
             .state
             .read()
             .map(|s| s.checked.elapsed().as_millis() >= KEYS_RELOAD_MS)
             .unwrap_or(true);
-        if !stale {
-            return;
+        if stale {
+            self.reload_if_changed();
         }
+    }
+
+    /// Reloads the keys if the file changed; then tells the waiting feeds,
+    /// with no lock held (a feed checks its key while it is told).
+    fn reload_if_changed(&self) {
         let modified = stamp(&self.path);
         let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
         state.checked = Instant::now();
-        if modified != state.modified {
-            match load(&self.path) {
-                Ok(keys) => {
-                    tracing::info!(keys = keys.len(), "API keys reloaded");
-                    state.had_keys |= !keys.is_empty();
-                    state.keys = keys;
-                    state.modified = modified;
-                    self.reloads.send_modify(|n| *n += 1);
-                }
-                Err(e) => tracing::error!("keeping the previous API keys: {e}"),
+        if modified == state.modified {
+            return;
+        }
+        match load(&self.path) {
+            Ok(keys) => {
+                tracing::info!(keys = keys.len(), "API keys reloaded");
+                state.had_keys |= !keys.is_empty();
+                state.keys = keys;
+                state.modified = modified;
+                drop(state);
+                self.reloads.send_modify(|n| *n += 1);
             }
+            Err(e) => tracing::error!("keeping the previous API keys: {e}"),
         }
     }
 

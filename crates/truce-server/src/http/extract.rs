@@ -452,7 +452,11 @@ impl Standing {
         sub: &mut truce::Subscription,
     ) -> Option<truce::Result<truce::ChangesPage>> {
         let mut reloads = self.state.keys.reloads();
-        if !self.holds_after(*reloads.borrow_and_update()) {
+        // The count is copied out before the key is checked: the channel's
+        // read guard, held across `holds_after`, would deadlock a reload
+        // (`KeyStore::refresh` sends on the channel).
+        let reload = *reloads.borrow_and_update();
+        if !self.holds_after(reload) {
             return None;
         }
         let page = sub.next();
@@ -461,7 +465,8 @@ impl Standing {
             tokio::select! {
                 page = &mut page => return self.holds().then_some(page),
                 Ok(()) = reloads.changed() => {
-                    if !self.holds_after(*reloads.borrow_and_update()) {
+                    let reload = *reloads.borrow_and_update();
+                    if !self.holds_after(reload) {
                         return None;
                     }
                 }
