@@ -1096,6 +1096,18 @@ fn replication_push_edges() {
         api.put(&format!("/v1/c/rx/large{i}"), json!({ "blob": large }))
             .ok(201);
     }
+    // Past 16 MiB of documents a query page comes short; /couch's
+    // _all_docs still answers every row of the range (a CouchDB client
+    // takes a short answer for the end), not a refusal.
+    let count = api.get("/couch/rx/").ok(200)["doc_count"].as_u64().unwrap();
+    assert!(count > 100, "{count}");
+    let all = api.get("/couch/rx/_all_docs");
+    assert_eq!(all.ok(200)["rows"].as_array().map(Vec::len), Some(count as usize));
+    let limited = api.get(&format!("/couch/rx/_all_docs?limit={count}"));
+    assert_eq!(
+        limited.ok(200)["rows"].as_array().map(Vec::len),
+        Some(count as usize)
+    );
     let rows: Vec<Value> = (0..18)
         .map(|i| {
             json!({"assumedMasterState": {"id": format!("large{i}"), "blob": large},

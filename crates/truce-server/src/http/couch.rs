@@ -495,10 +495,27 @@ async fn all_docs_for(
                 // CouchDB answers no rows (the engine's 0 means its default).
                 return Ok(axum::Json(json!({"total_rows": 0, "offset": 0, "rows": []})).into_response());
             }
-            let page = tokio::task::spawn_blocking(move || collection.query(&query))
-                .await
-                .map_err(|e| CouchError::from(truce::Error::Unavailable(e.to_string())))??;
-            if asked.is_none() && page.next.is_some() {
+            // `limit` rows, or all there are: a page of the engine may come
+            // short with more to come (past `PAGE_BYTES_MAX` of documents, or
+            // over documents past their TTL), and a CouchDB client takes a
+            // short answer for the end of the range.
+            let (docs, more) = tokio::task::spawn_blocking(move || -> truce::Result<_> {
+                let mut docs = Vec::new();
+                loop {
+                    let page = collection.query(&query)?;
+                    docs.extend(page.docs);
+                    match page.next {
+                        Some(next) if docs.len() < limit => {
+                            query.after = Some(next);
+                            query.limit = limit - docs.len();
+                        }
+                        next => return Ok((docs, next.is_some())),
+                    }
+                }
+            })
+            .await
+            .map_err(|e| CouchError::from(truce::Error::Unavailable(e.to_string())))??;
+            if asked.is_none() && more {
                 // CouchDB would answer every row; cutting them short without
                 // a word would look like the whole collection.
                 return Err(CouchError::bad_request(format!(
@@ -507,8 +524,7 @@ async fn all_docs_for(
                      limit + 1 rows and dropping the first)"
                 )));
             }
-            page.docs
-                .into_iter()
+            docs.into_iter()
                 .map(|doc| all_docs_row(&doc.id.clone(), Some(doc), include_docs, tombstones))
                 .collect()
         }
