@@ -1072,15 +1072,24 @@ impl Committer {
                 let body = current.filter(|d| !d.is_deleted()).map(|d| &d.body);
                 let mut sums = serde_json::Map::new();
                 for (field, amount) in fields {
-                    let have = body
-                        .and_then(|b| crate::update::path::get(b, &crate::update::Path::parse(&field).ok()?));
+                    let Ok(path) = crate::update::Path::parse(&field) else {
+                        continue; // declared fields parse
+                    };
+                    // A value above the field that is no object (`stats` a
+                    // string, for `stats.n`) holds it as much as a non-number
+                    // in it: `$set` could not write it.
+                    let have = body.and_then(|b| {
+                        crate::update::path::blocking_parent(b, &path)
+                            .map(Err)
+                            .or_else(|| crate::update::path::get(b, &path).map(Ok))
+                    });
                     let sum = match have {
                         None => amount,
-                        Some(have) if have.is_number() => counters::Amount::from_json(have).add(amount),
+                        Some(Ok(have)) if have.is_number() => counters::Amount::from_json(have).add(amount),
                         // This field's increments are dropped (a recount
                         // reports it unfixable); the target's other counters
                         // go on.
-                        Some(other) => {
+                        Some(Ok(other) | Err(other)) => {
                             tracing::warn!(
                                 target_doc = %format!("{collection}/{id}"),
                                 "counter increment skipped: the target field {field} holds {}, not a number",

@@ -157,7 +157,14 @@ pub(super) fn tally(view: &dyn StorageRead, source: &str, def: &CounterDef, now:
             Some(other) => {
                 not_numbers.insert(doc.id.clone(), other.clone());
             }
-            None => {}
+            // Absent, unless a value above it keeps it from being written.
+            None => {
+                if let Some(above) =
+                    path::blocking_parent(&doc.body, &target_path).filter(|_| !doc.is_deleted())
+                {
+                    not_numbers.insert(doc.id.clone(), above.clone());
+                }
+            }
         }
         Ok(())
     })?;

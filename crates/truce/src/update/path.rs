@@ -131,6 +131,29 @@ pub fn get<'a>(doc: &'a Map<String, Value>, path: &Path) -> Option<&'a Value> {
     })
 }
 
+/// The value above `path` in `doc` that keeps `$set` from writing it, if
+/// any: the first one on the way that is neither an object nor (before an
+/// index) an array. A field below it cannot be counted into.
+pub fn blocking_parent<'a>(doc: &'a Map<String, Value>, path: &Path) -> Option<&'a Value> {
+    let (_, parents) = path.segments.split_last()?;
+    let mut at = doc.get(parents.first()?)?;
+    for (depth, seg) in path.segments.iter().enumerate().skip(1) {
+        let next = match at {
+            Value::Object(m) => m.get(seg),
+            Value::Array(a) => match index(seg) {
+                Some(i) => a.get(i),
+                None => return Some(at),
+            },
+            _ => return Some(at),
+        };
+        if depth == path.segments.len() - 1 {
+            return None;
+        }
+        at = next?;
+    }
+    None
+}
+
 /// The value at `path` in `doc`, mutably, if there is one; creates nothing.
 pub fn get_mut<'a>(doc: &'a mut Map<String, Value>, path: &Path) -> Option<&'a mut Value> {
     get_mut_segments(doc, &path.segments)

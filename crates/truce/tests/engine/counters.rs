@@ -706,33 +706,44 @@ fn a_target_written_beside_what_it_counts_is_answered_as_stored() {
     assert!(next.unwrap().is_ok());
 }
 
-/// A target field that holds something other than a number drops its own
-/// increments, not those of the other counters writing into the same target
-/// document (each increment of the document was refused whole).
+/// A target field that holds something other than a number, or sits below
+/// a value that is no object, drops its own increments, not those of the
+/// other counters writing into the same target document (each increment of
+/// the document was refused whole); a recount says it cannot fix it.
 #[test]
 fn a_broken_target_field_stops_only_its_own_counter() {
     let dir = tempfile::tempdir().unwrap();
     let db = open_relaxed(dir.path());
     let config = CollectionConfig::from_json(&json!({"counters": [
         {"name": "a", "group_by": "g", "target": {"c": "m", "field": "a"}},
-        {"name": "b", "group_by": "g", "target": {"c": "m", "field": "b"}}]}))
+        {"name": "b", "group_by": "g", "target": {"c": "m", "field": "b"}},
+        {"name": "c", "group_by": "g", "target": {"c": "m", "field": "stats.n"}}]}))
     .unwrap();
     let src = db.collection("src").unwrap();
     src.set_config(config).unwrap();
     src.put("d1", json!({"g": "G"}), Expect::Absent).unwrap().unwrap();
     let m = db.collection("m").unwrap();
-    m.patch("G", update(json!({"$set": {"b": "oops"}})), Expect::Any)
-        .unwrap()
-        .unwrap();
+    m.patch(
+        "G",
+        update(json!({"$set": {"b": "oops", "stats": "oops"}})),
+        Expect::Any,
+    )
+    .unwrap()
+    .unwrap();
     for id in ["d2", "d3"] {
         src.put(id, json!({"g": "G"}), Expect::Absent).unwrap().unwrap();
     }
     let target = m.get("G").unwrap().unwrap();
     assert_eq!(
-        (&target.body["a"], &target.body["b"]),
-        (&json!(3), &json!("oops"))
+        (&target.body["a"], &target.body["b"], &target.body["stats"]),
+        (&json!(3), &json!("oops"), &json!("oops"))
     );
     assert!(src.recount("a").unwrap().fixed.is_empty());
+    for counter in ["b", "c"] {
+        let report = src.recount(counter).unwrap();
+        assert!(report.fixed.is_empty(), "{counter}: {:?}", report.fixed);
+        assert_eq!(report.unfixable, [("G".to_string(), json!("oops"))], "{counter}");
+    }
 }
 
 /// Counter increments are not checked against unique indexes (two target
