@@ -1108,13 +1108,31 @@ fn replication_push_edges() {
         limited.ok(200)["rows"].as_array().map(Vec::len),
         Some(count as usize)
     );
-    let rows: Vec<Value> = (0..18)
+    // Among them, a rename whose new id comes before the old one's delete:
+    // written alone, the new one is refused at first (the old one holds its
+    // unique value), and goes once more after the others.
+    api.put(
+        "/v1/c/rx/_indexes/email",
+        json!({"fields": ["email"], "unique": true}),
+    )
+    .ok(202);
+    api.wait_index_ready("rx", "email");
+    api.put("/v1/c/rx/orig", json!({"email": "x@y"})).ok(201);
+    let mut rows: Vec<Value> = (0..18)
         .map(|i| {
             json!({"assumedMasterState": {"id": format!("large{i}"), "blob": large},
                    "newDocumentState": {"id": format!("large{i}"), "blob": "small"}})
         })
         .collect();
+    rows.insert(
+        0,
+        json!({"assumedMasterState": null, "newDocumentState": {"id": "renamed", "email": "x@y"}}),
+    );
+    rows.push(json!({"assumedMasterState": {"id": "orig", "email": "x@y"},
+                     "newDocumentState": {"id": "orig", "email": "x@y", "_deleted": true}}));
     assert_eq!(push(Value::Array(rows)).ok(200), &json!([]));
+    assert_eq!(api.get("/v1/c/rx/renamed").ok(200)["email"], "x@y");
+    assert_eq!(api.get("/v1/c/rx/orig").status, 404);
     assert_eq!(api.get("/v1/c/rx/large17").ok(200)["blob"], "small");
 
     // A row's errors name it; a _deleted that is not a boolean is refused,

@@ -8,6 +8,9 @@ use truce::{Conflict, ConflictReason, OpConflict};
 /// Seconds a client should wait before retrying an overloaded or building server.
 const RETRY_AFTER_SECS: &str = "1";
 
+/// What a refused transaction's answer says it wrote.
+pub const NOTHING_WRITTEN: &str = "nothing was written";
+
 /// Everything a handler can answer besides success.
 #[derive(Debug)]
 pub enum ApiError {
@@ -18,8 +21,9 @@ pub enum ApiError {
     /// A single-document write to a document that is not there (PATCH without
     /// `$upsert`, DELETE).
     Missing,
-    /// Transaction operations that did not hold.
-    TxConflicts(Vec<OpConflict>),
+    /// Transaction operations that did not hold, and what the answer says
+    /// was written (`NOTHING_WRITTEN` for a transaction).
+    TxConflicts(Vec<OpConflict>, &'static str),
     /// The body is not JSON (or not the expected shape).
     InvalidJson(String),
     /// A bad request that is not the engine's to judge (headers, parameters).
@@ -110,7 +114,7 @@ impl ApiError {
                 StatusCode::NOT_FOUND,
                 json!({"error": "not_found", "message": "no such document", "current": null}),
             ),
-            ApiError::TxConflicts(conflicts) => {
+            ApiError::TxConflicts(conflicts, written) => {
                 let list: Vec<Value> = conflicts
                     .iter()
                     .map(|c| {
@@ -122,7 +126,7 @@ impl ApiError {
                                "current": doc_or_null(c.conflict.current.as_ref())})
                     })
                     .collect();
-                let message = format!("{} operation(s) did not hold; nothing was written", list.len());
+                let message = format!("{} operation(s) did not hold; {written}", list.len());
                 (
                     StatusCode::CONFLICT,
                     json!({"error": "conflict", "message": message, "conflicts": list}),

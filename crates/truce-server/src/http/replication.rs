@@ -389,6 +389,33 @@ impl Pushed {
     }
 }
 
+/// Writes one row's op in a transaction of its own: `Some` with the
+/// conflicts that refused it.
+async fn write_alone(
+    state: &AppState,
+    origin: &truce::Origin,
+    op: TxOp,
+) -> Result<Option<Vec<truce::OpConflict>>, ApiError> {
+    match state
+        .db
+        .submit_batch_from(vec![op], None, origin.clone())?
+        .await?
+    {
+        Ok(_) => Ok(None),
+        Err(TxFailure::Conflicts(conflicts)) => Ok(Some(conflicts)),
+        Err(other) => Err(ApiError::Engine(truce::Error::TransactionFailed {
+            attempts: 1,
+            failure: Box::new(other),
+        })),
+    }
+}
+
+fn is_unique(conflicts: &[truce::OpConflict]) -> bool {
+    conflicts
+        .iter()
+        .any(|c| c.conflict.reason == truce::ConflictReason::UniqueViolation)
+}
+
 /// Refuses the push when a row of `rows` (the transaction's ops, in order)
 /// took a value a unique index holds: that is no race to retry, and no
 /// master state answers it (the row's document may not even exist), so the
@@ -398,7 +425,7 @@ impl Pushed {
 fn refuse_unique(conflicts: &[truce::OpConflict], rows: &[Row]) -> Result<(), ApiError> {
     let unique: Vec<truce::OpConflict> = conflicts
         .iter()
-        .filter(|c| c.conflict.reason == truce::ConflictReason::UniqueViolation)
+        .filter(|c| is_unique(std::slice::from_ref(c)))
         .map(|c| truce::OpConflict {
             index: rows[c.index].index,
             ..c.clone()
@@ -407,7 +434,11 @@ fn refuse_unique(conflicts: &[truce::OpConflict], rows: &[Row]) -> Result<(), Ap
     if unique.is_empty() {
         Ok(())
     } else {
-        Err(ApiError::TxConflicts(unique))
+        Err(ApiError::TxConflicts(
+            unique,
+            "nothing of the refused rows' transaction was written (rows of the push's earlier transactions, or \
+             written alone, were)",
+        ))
     }
 }
 
@@ -474,25 +505,38 @@ async fn push_group(
             // each row on its own, so that one busy document does not keep the
             // others from being written. A row that conflicts alone was written
             // by someone else since, so it has a master state to answer with.
+            // A row refused for a unique value goes once more after the
+            // others, which may free it (a rename whose delete comes after its
+            // put), compared again with its master then.
+            let mut deferred = Vec::new();
             for (op, row) in ops.into_iter().zip(batch_rows) {
-                match state
-                    .db
-                    .submit_batch_from(vec![op], None, origin.clone())?
-                    .await?
-                {
-                    Ok(_) => {}
+                match write_alone(state, origin, op).await? {
+                    None => {}
+                    Some(conflicts) if is_unique(&conflicts) => deferred.push(row),
                     // The committer counted this one, as the write's conflict.
-                    Err(TxFailure::Conflicts(conflicts)) => {
-                        refuse_unique(&conflicts, std::slice::from_ref(&row))?;
+                    Some(_) => {
                         if let Some(master) = collection.get_current(&row.id)? {
                             answer.answer(&master)?;
                         }
                     }
-                    Err(other) => {
-                        return Err(ApiError::Engine(truce::Error::TransactionFailed {
-                            attempts: 1,
-                            failure: Box::new(other),
-                        }));
+                }
+            }
+            for row in deferred {
+                let current = collection.get_current(&row.id)?;
+                if let Some(master) = current
+                    .as_ref()
+                    .filter(|_| !master_equals(row.assumed.as_ref(), current.as_ref(), &answer.shape.pk))
+                {
+                    answer.conflict(master, row.assumed.as_ref())?;
+                    continue;
+                }
+                let Some(op) = row_op(&coll, &row, current.as_ref()) else {
+                    continue;
+                };
+                if let Some(conflicts) = write_alone(state, origin, op).await? {
+                    refuse_unique(&conflicts, std::slice::from_ref(&row))?;
+                    if let Some(master) = collection.get_current(&row.id)? {
+                        answer.answer(&master)?;
                     }
                 }
             }

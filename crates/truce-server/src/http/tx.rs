@@ -227,7 +227,9 @@ pub async fn transaction(
                 .collect();
             Ok(axum::Json(json!({"seq": committed.seq, "results": results})).into_response())
         }
-        Err(TxFailure::Conflicts(conflicts)) => Err(ApiError::TxConflicts(conflicts)),
+        Err(TxFailure::Conflicts(conflicts)) => {
+            Err(ApiError::TxConflicts(conflicts, super::error::NOTHING_WRITTEN))
+        }
         Err(other) => Err(ApiError::Engine(truce::Error::TransactionFailed {
             attempts: 1,
             failure: Box::new(other),
