@@ -254,22 +254,31 @@ fn parse_rev(text: &str) -> Result<Expect, ApiError> {
     Ok(Expect::Rev(text.parse::<Rev>()?))
 }
 
-fn header_value<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Result<Option<&'a str>, ApiError> {
-    // A second one would be ignored, and the write guarded by another
-    // condition than the client meant.
+/// Header `name` as text, if sent, refused with `code` when it is not text
+/// or is sent twice: a second one would be ignored, and the write guarded
+/// by another condition (or key) than the client meant.
+fn single_header<'a>(
+    headers: &'a HeaderMap,
+    name: &HeaderName,
+    code: &'static str,
+) -> Result<Option<&'a str>, ApiError> {
     if headers.get_all(name).iter().nth(1).is_some() {
         return Err(ApiError::BadRequest(
-            "invalid_precondition",
-            format!("{name} is sent twice; a write takes one"),
+            code,
+            format!("{name} is sent twice; a request takes one"),
         ));
     }
     headers
         .get(name)
         .map(|v| {
             v.to_str()
-                .map_err(|_| ApiError::BadRequest("invalid_precondition", format!("{name} is not text")))
+                .map_err(|_| ApiError::BadRequest(code, format!("{name} is not text")))
         })
         .transpose()
+}
+
+fn header_value<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Result<Option<&'a str>, ApiError> {
+    single_header(headers, name, "invalid_precondition")
 }
 
 /// Removes `_version` / `_rev` from a body and turns them, or the `If-Match` /
@@ -376,20 +385,7 @@ pub fn no_document_query(query: Option<&str>, writes: bool) -> Result<(), ApiErr
 pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     // Two keys (a proxy's and the client's, say) guard nothing: whichever was
     // kept, a retry under the other would write again.
-    if headers.get_all(IDEMPOTENCY_KEY).iter().nth(1).is_some() {
-        return Err(ApiError::BadRequest(
-            "invalid_transaction",
-            "Idempotency-Key is sent twice; a request has one".into(),
-        ));
-    }
-    headers
-        .get(IDEMPOTENCY_KEY)
-        .map(|v| {
-            v.to_str().map(str::to_string).map_err(|_| {
-                ApiError::BadRequest("invalid_transaction", "Idempotency-Key is not text".into())
-            })
-        })
-        .transpose()
+    Ok(single_header(headers, &IDEMPOTENCY_KEY, "invalid_transaction")?.map(str::to_string))
 }
 
 /// The right a long-lived read was opened with, checked again while it lasts:

@@ -274,6 +274,10 @@ fn make_partial_dir(dir: &Path) -> Result<PathBuf> {
             "it exists already (or a link of that name does): a backup is written into a new directory",
         );
     }
+    if name.to_str().is_some_and(|n| n.ends_with(PARTIAL_SUFFIX)) {
+        // It would be taken for an unfinished one (`unfinished`).
+        return invalid(&format!("a backup's name may not end in `{PARTIAL_SUFFIX}`"));
+    }
     if name.len() + PARTIAL_SUFFIX.len() > NAME_BYTES_MAX {
         return invalid(&format!(
             "its name is too long: at most {} bytes, to leave room for `{PARTIAL_SUFFIX}`",

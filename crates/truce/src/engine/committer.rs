@@ -827,7 +827,11 @@ impl Committer {
                 Ok((written, state)) => {
                     results.push(written);
                     if let Some(state) = state {
-                        bytes += state.canonical.len();
+                        // New documents, as `tx::check_batch` counts puts: a
+                        // tombstone writes no body.
+                        if !state.doc.is_deleted() {
+                            bytes += state.canonical.len();
+                        }
                         if bytes > TX_WRITE_BYTES_MAX {
                             return Err(Error::LimitExceeded {
                                 what: "TX_WRITE_BYTES_MAX",

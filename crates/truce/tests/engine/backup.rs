@@ -161,6 +161,11 @@ fn a_backup_refuses_what_it_cannot_do_cleanly() {
         db.backup(&dir.path().join("n".repeat(250)), &[], &mut |_| {}),
         "too long",
     );
+    // A finished backup of that name would be taken for an unfinished one.
+    invalid(
+        db.backup(&dir.path().join("nightly.partial"), &[], &mut |_| {}),
+        "may not end in",
+    );
     std::fs::create_dir(dir.path().join("stale.partial")).unwrap();
     invalid(
         db.backup(&dir.path().join("stale"), &[], &mut |_| {}),
@@ -282,6 +287,8 @@ fn an_unfinished_backup_is_not_opened() {
         }
     })
     .unwrap();
+    // One by its name alone, one by its marker alone.
+    std::fs::remove_file(crashed.join("UNFINISHED-BACKUP")).unwrap();
     for unfinished in [&crashed, &moved] {
         match Db::open(unfinished, truce::Options::default()) {
             Err(Error::InvalidBackup(message)) => assert!(message.contains("unfinished backup"), "{message}"),
