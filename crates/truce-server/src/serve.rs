@@ -101,6 +101,7 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
         db: db.clone(),
         keys,
         permits: Arc::new(Semaphore::new(settings.max_concurrent_requests)),
+        long_polls: Arc::new(Semaphore::new(settings.max_concurrent_requests)),
         request_timeout: Duration::from_millis(settings.request_timeout_ms),
         metrics: http::metrics::Metrics::new(db.clone()),
         data: settings.data.clone(),

@@ -2423,37 +2423,57 @@ fn body_limit_and_overload() {
         .error(413, "payload_too_large");
     api.get("/v1/c/small/b").error(404, "not_found");
 
-    let url = format!(
+    // A long poll holds a slot of its own: it does not starve requests (nor
+    // /healthz, which takes none); a second long poll is refused.
+    let poll = format!(
         "{}/v1/c/small/_changes?feed=longpoll&since=now&timeout=3000",
         server.url()
     );
+    let url = poll.clone();
     let holder = std::thread::spawn(move || Api::at("").call(Method::GET, &url, &[], None));
-    let deadline = Instant::now() + Duration::from_millis(2500);
-    // Writes that succeed whenever they are served (create or overwrite), each
-    // with its own content, until one is refused.
-    let mut refused = None;
-    for attempt in 0.. {
-        if Instant::now() > deadline {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-        let reply = api.put("/v1/c/small/z", json!({"_version": -1, "attempt": attempt}));
-        if ![200, 201].contains(&reply.status) {
-            refused = Some((attempt, reply));
-            break;
-        }
-    }
-    let (attempt, refused) = refused.expect("a second request while the long poll holds the only slot");
+    let second = wait_for_refusal(|| Api::at("").call(Method::GET, &poll.replace("3000", "100"), &[], None));
+    second.error(429, "overloaded");
+    api.put("/v1/c/small/y", json!({"_version": -1})).ok_any();
+    assert_eq!(api.get("/healthz").status, 200);
+    assert_eq!(holder.join().expect("long poll").status, 200);
+
+    // A request whose body is still coming holds the only request slot:
+    // another is refused at once, /healthz is answered.
+    let mut slow = std::net::TcpStream::connect(server.addr).expect("connect");
+    let body = json!({"pad": "x".repeat(500)}).to_string();
+    let head = format!(
+        "PUT /v1/c/small/slow HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    std::io::Write::write_all(&mut slow, format!("{head}{}", &body[..10]).as_bytes()).expect("send");
+    let refused = wait_for_refusal(|| api.put("/v1/c/small/z", json!({"_version": -1, "attempt": "during"})));
     refused.error(429, "overloaded");
     assert_eq!(refused.header("retry-after"), Some("1"));
-    assert_eq!(holder.join().expect("long poll").status, 200);
-    let after = api.get("/v1/c/small/z");
-    assert!(
-        after.status == 404 || after.json["attempt"] != attempt,
+    assert_eq!(api.get("/healthz").status, 200);
+    std::io::Write::write_all(&mut slow, body[10..].as_bytes()).expect("send the rest");
+    let mut answer = String::new();
+    let mut reader = BufReader::new(&slow);
+    reader.read_line(&mut answer).expect("status line");
+    assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
+    assert_eq!(
+        api.get("/v1/c/small/z").status,
+        404,
         "the refused write was not applied"
     );
     api.put("/v1/c/small/z", json!({"_version": -1, "attempt": "last"}))
         .ok_any();
+}
+
+/// Sends `request` every 50 ms, for at most 2.5 s, until one is refused.
+fn wait_for_refusal(request: impl Fn() -> Reply) -> Reply {
+    let deadline = Instant::now() + Duration::from_millis(2500);
+    loop {
+        std::thread::sleep(Duration::from_millis(50));
+        let reply = request();
+        if reply.status == 429 || Instant::now() > deadline {
+            return reply;
+        }
+    }
 }
 
 /// A request of a document route: method, id, headers, body.

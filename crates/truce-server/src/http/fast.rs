@@ -116,7 +116,7 @@ async fn serve_document(
         &parts.uri,
         &parts.headers,
     );
-    let response = limited(&state, async {
+    let response = limited(&state.permits, async {
         let who = match principal(&state, &parts.method, &parts.uri, &parts.headers) {
             Ok(who) => who,
             Err(refusal) => return refusal,

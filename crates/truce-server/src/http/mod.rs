@@ -49,6 +49,9 @@ pub struct AppState {
     pub keys: KeyStore,
     /// Requests being served; none waits for a permit.
     pub permits: Arc<Semaphore>,
+    /// Long polls waiting, as many again: held for up to two minutes each,
+    /// they would otherwise take every request's permit (and `/healthz`'s).
+    pub long_polls: Arc<Semaphore>,
     /// Non-streaming requests time out after this.
     pub request_timeout: Duration,
     /// `/metrics`: the engine's counters and request latency.
@@ -275,14 +278,36 @@ async fn front(State(state): State<Arc<AppState>>, request: Request, next: Next)
         None => RouteName::Unmatched,
     };
     let observed = Observed::begin(request.method(), route, request.uri(), request.headers());
-    let response = limited(&state, next.run(request)).await;
+    let response = match permits_of(&state, request.uri()) {
+        // A load balancer's check is answered whatever the load.
+        None => next.run(request).await,
+        Some(permits) => limited(permits, next.run(request)).await,
+    };
     observed.end(&state, &response);
     response
 }
 
-/// `serve`'s response while a permit is free, `overloaded` at once otherwise.
-async fn limited(state: &AppState, serve: impl Future<Output = Response>) -> Response {
-    match state.permits.try_acquire() {
+/// The permits a request takes: none for `/healthz`, its own for a long
+/// poll of the change feed.
+fn permits_of<'a>(state: &'a AppState, uri: &Uri) -> Option<&'a Semaphore> {
+    let path = uri.path();
+    if path == "/healthz" {
+        None
+    } else if path.ends_with("/_changes")
+        && uri
+            .query()
+            .is_some_and(|q| q.split('&').any(|p| p == "feed=longpoll"))
+    {
+        Some(&state.long_polls)
+    } else {
+        Some(&state.permits)
+    }
+}
+
+/// `serve`'s response while one of `permits` is free, `overloaded` at once
+/// otherwise.
+async fn limited(permits: &Semaphore, serve: impl Future<Output = Response>) -> Response {
+    match permits.try_acquire() {
         Ok(_permit) => serve.await,
         Err(_) => ApiError::Overloaded.into_response(),
     }
