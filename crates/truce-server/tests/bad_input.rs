@@ -994,6 +994,31 @@ fn dribble_headers(addr: SocketAddr, give_up: Duration) -> Option<Duration> {
     None
 }
 
+/// Opens an HTTP/2 connection (the preface and an empty SETTINGS frame) and
+/// says nothing more, answering none of the server's pings; how long until
+/// the server closes it (`None` if it has not within `give_up`). It used to
+/// be held for ever: HTTP/2 had no timeout of any kind.
+fn silent_http2(addr: SocketAddr, give_up: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .expect("the preface");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .expect("set a read timeout");
+    let mut buffer = [0u8; 512];
+    while started.elapsed() < give_up {
+        match stream.read(&mut buffer) {
+            Ok(0) => return Some(started.elapsed()),
+            Ok(_) => {} // the server's SETTINGS, its pings
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => return Some(started.elapsed()),
+        }
+    }
+    None
+}
+
 /// Whether the server has closed `stream` (or answered on it before closing,
 /// as with a 408), waiting at most `wait` for a sign.
 fn cut_off(mut stream: &TcpStream, wait: Duration) -> bool {
@@ -1014,6 +1039,9 @@ fn slow_loris_connections_are_cut_off_and_others_are_served() {
     let slow: Vec<_> = (0..32)
         .map(|_| std::thread::spawn(move || dribble_headers(addr, give_up)))
         .collect();
+    let silent: Vec<_> = (0..4)
+        .map(|_| std::thread::spawn(move || silent_http2(addr, give_up)))
+        .collect();
     std::thread::sleep(Duration::from_secs(2));
     for round in 0..3 {
         assert_serving(addr, &format!("during-{round}"));
@@ -1026,6 +1054,17 @@ fn slow_loris_connections_are_cut_off_and_others_are_served() {
             .expect("a slow-loris connection is never cut off");
         assert!(
             cut_off < HEADER_READ_TIMEOUT + SLACK,
+            "cut off only after {cut_off:?}"
+        );
+    }
+    // A ping every HEADER_READ_TIMEOUT, unanswered for as long.
+    for client in silent {
+        let cut_off = client
+            .join()
+            .unwrap()
+            .expect("a silent HTTP/2 connection is never cut off");
+        assert!(
+            cut_off < HEADER_READ_TIMEOUT * 2 + SLACK,
             "cut off only after {cut_off:?}"
         );
     }
