@@ -2450,7 +2450,7 @@ fn body_limit_and_overload() {
     refused.error(429, "overloaded");
     assert_eq!(refused.header("retry-after"), Some("1"));
     assert_eq!(api.get("/healthz").status, 200);
-    std::io::Write::write_all(&mut slow, body[10..].as_bytes()).expect("send the rest");
+    std::io::Write::write_all(&mut slow, &body.as_bytes()[10..]).expect("send the rest");
     let mut answer = String::new();
     let mut reader = BufReader::new(&slow);
     reader.read_line(&mut answer).expect("status line");
