@@ -389,6 +389,24 @@ impl Pushed {
     }
 }
 
+/// The write a row needs against the master as it is now: `None` when its
+/// master moved (answered as a conflict) or there is nothing to do.
+fn row_against_master(
+    collection: &truce::Collection,
+    row: &Row,
+    answer: &mut Pushed,
+) -> Result<Option<TxOp>, ApiError> {
+    let current = collection.get_current(&row.id)?;
+    if let Some(master) = current
+        .as_ref()
+        .filter(|_| !master_equals(row.assumed.as_ref(), current.as_ref(), &answer.shape.pk))
+    {
+        answer.conflict(master, row.assumed.as_ref())?;
+        return Ok(None);
+    }
+    Ok(row_op(collection.name(), row, current.as_ref()))
+}
+
 /// Writes one row's op in a transaction of its own: `Some` with the
 /// conflicts that refused it.
 async fn write_alone(
@@ -475,7 +493,6 @@ async fn push_group(
     mut pending: Vec<Row>,
     answer: &mut Pushed,
 ) -> Result<(), ApiError> {
-    let coll = collection.name().to_string();
     // Each row in a transaction of its own, when together they meet more
     // than one transaction may (`TX_READ_BYTES_MAX`: large documents pushed
     // smaller, which `byte_groups` cannot know).
@@ -484,15 +501,7 @@ async fn push_group(
         let mut ops = Vec::with_capacity(pending.len());
         let mut batch_rows = Vec::with_capacity(pending.len());
         for row in pending.drain(..) {
-            let current = collection.get_current(&row.id)?;
-            if let Some(master) = current
-                .as_ref()
-                .filter(|_| !master_equals(row.assumed.as_ref(), current.as_ref(), &answer.shape.pk))
-            {
-                answer.conflict(master, row.assumed.as_ref())?;
-                continue;
-            }
-            if let Some(op) = row_op(&coll, &row, current.as_ref()) {
+            if let Some(op) = row_against_master(collection, &row, answer)? {
                 ops.push(op);
                 batch_rows.push(row);
             }
@@ -522,15 +531,7 @@ async fn push_group(
                 }
             }
             for row in deferred {
-                let current = collection.get_current(&row.id)?;
-                if let Some(master) = current
-                    .as_ref()
-                    .filter(|_| !master_equals(row.assumed.as_ref(), current.as_ref(), &answer.shape.pk))
-                {
-                    answer.conflict(master, row.assumed.as_ref())?;
-                    continue;
-                }
-                let Some(op) = row_op(&coll, &row, current.as_ref()) else {
+                let Some(op) = row_against_master(collection, &row, answer)? else {
                     continue;
                 };
                 if let Some(conflicts) = write_alone(state, origin, op).await? {
