@@ -948,8 +948,15 @@ impl Committer {
                                     || def.values_key(&s.doc.body) != prefix
                             })
                 };
-                let holder = match claimed.iter().find(|(p, id)| *p == prefix && *id != state.doc.id) {
-                    Some((_, id)) => Some(id.to_string()),
+                // Another op of this commit may take it: its document is the
+                // holder shown if it holds the value already, else none is
+                // (its stored state, holding another value, is not one).
+                let by_op = claimed
+                    .iter()
+                    .find(|(p, id)| *p == prefix && *id != state.doc.id)
+                    .map(|(_, id)| id.to_string());
+                let holder = match &by_op {
+                    Some(id) => Some(id.clone()),
                     None => group.unique_holder(&op.collection, &prefix, &state.doc.id, &leaves)?,
                 };
                 match holder {
@@ -959,6 +966,7 @@ impl Committer {
                         let current = group
                             .current(&key, &holder)?
                             .filter(|d| !d.is_deleted())
+                            .filter(|d| by_op.is_none() || def.values_key(&d.body) == prefix)
                             .map(|d| Document::clone(d));
                         let conflict = Conflict {
                             reason: ConflictReason::UniqueViolation,

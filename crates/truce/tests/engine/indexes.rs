@@ -339,6 +339,25 @@ fn a_transaction_may_move_a_unique_value_between_its_documents() {
         }
         other => panic!("{other:?}"),
     }
+    // Two ops taking one value: the second's conflict names no holder (the
+    // first op's document, as stored, does not hold it).
+    let twice = db
+        .batch(
+            vec![
+                patch("new", json!({"$set": {"email": "q@x"}})),
+                put("other", "q@x"),
+            ],
+            None,
+        )
+        .unwrap();
+    match twice {
+        Err(TxFailure::Conflicts(conflicts)) => {
+            assert_eq!(conflicts.len(), 1, "{conflicts:?}");
+            assert_eq!(conflicts[0].index, 1);
+            assert_eq!(conflicts[0].conflict.current, None);
+        }
+        other => panic!("{other:?}"),
+    }
     let report = db.check(&mut |_| {}).unwrap();
     assert!(report.is_clean(), "{report:?}");
 }
