@@ -296,29 +296,28 @@ async fn serve_connection<A>(
     let _ = connection.await;
 }
 
-/// Streams one HTTP/2 connection may have open at once: each holds its
-/// answer in memory until the client reads it.
-const HTTP2_STREAMS_MAX: u32 = 64;
+/// How long an HTTP/2 connection may go without receiving anything before
+/// it is pinged, and how long the ping's answer may take: long enough for a
+/// pong queued behind megabytes of answers on a slow link (gRPC's default).
+pub const HTTP2_PING_MS: u64 = 20_000;
 
 /// Closes an HTTP/1 connection whose request headers take longer than
 /// [`HEADER_READ_TIMEOUT_MS`] to arrive once they have begun (also an idle
 /// keep-alive connection between requests), and an HTTP/2 connection whose
-/// peer does not answer a ping within as long (one sent every as long): a
-/// client that opened it and went silent, or never spoke HTTP/2 past its
-/// preface, no longer holds it for ever. At most [`HTTP2_STREAMS_MAX`]
-/// streams at once.
+/// peer does not answer a ping (sent after [`HTTP2_PING_MS`] without a
+/// frame) within as long: a client that opened it and went silent, or never
+/// spoke HTTP/2 past its preface, no longer holds it for ever.
 fn limit_header_time(builder: &mut hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>) {
-    let within = Duration::from_millis(HEADER_READ_TIMEOUT_MS);
+    let ping = Duration::from_millis(HTTP2_PING_MS);
     builder
         .http1()
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(within);
+        .header_read_timeout(Duration::from_millis(HEADER_READ_TIMEOUT_MS));
     builder
         .http2()
         .timer(hyper_util::rt::TokioTimer::new())
-        .keep_alive_interval(Some(within))
-        .keep_alive_timeout(within)
-        .max_concurrent_streams(HTTP2_STREAMS_MAX);
+        .keep_alive_interval(Some(ping))
+        .keep_alive_timeout(ping);
 }
 
 /// A listening socket with a backlog of [`LISTEN_BACKLOG_CONNECTIONS`].
