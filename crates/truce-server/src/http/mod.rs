@@ -288,16 +288,18 @@ async fn front(State(state): State<Arc<AppState>>, request: Request, next: Next)
 }
 
 /// The permits a request takes: none for `/healthz`, its own for a long
-/// poll of the change feed.
+/// poll of the change feed (`feed=longpoll` as the handler decodes it, so a
+/// percent-encoded one counts too).
 fn permits_of<'a>(state: &'a AppState, uri: &Uri) -> Option<&'a Semaphore> {
     let path = uri.path();
+    let long_poll = || {
+        uri.query().is_some_and(|q| {
+            form_urlencoded::parse(q.as_bytes()).any(|(name, value)| name == "feed" && value == "longpoll")
+        })
+    };
     if path == "/healthz" {
         None
-    } else if path.ends_with("/_changes")
-        && uri
-            .query()
-            .is_some_and(|q| q.split('&').any(|p| p == "feed=longpoll"))
-    {
+    } else if path.ends_with("/_changes") && long_poll() {
         Some(&state.long_polls)
     } else {
         Some(&state.permits)
