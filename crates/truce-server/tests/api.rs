@@ -2245,7 +2245,7 @@ fn every_documented_error_code_is_produced() {
     record(&api.put_h("/v1/c/e/doc", json!({}), &[("Authorization", &reader)]));
     let big = json!({"pad": "x".repeat(2000)});
     record(&api.put_h("/v1/c/e/doc", big, &[("Authorization", &admin)]));
-    // Hold the only request slot with a long poll, then ask for anything else.
+    // Hold the only long-poll slot with a long poll, then ask for another.
     let url = format!(
         "{}/v1/c/e/_changes?feed=longpoll&since=now&timeout=3000",
         strict.url()
@@ -2258,7 +2258,10 @@ fn every_documented_error_code_is_produced() {
     let mut overloaded = None;
     while overloaded.is_none() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
-        let reply = api.get("/healthz");
+        let reply = api.get_h(
+            "/v1/c/e/_changes?feed=longpoll&since=now&timeout=100",
+            &[("Authorization", &admin)],
+        );
         if reply.status == 429 {
             overloaded = Some(reply);
         }
