@@ -1130,9 +1130,27 @@ fn replication_push_edges() {
     );
     rows.push(json!({"assumedMasterState": {"id": "orig", "email": "x@y"},
                      "newDocumentState": {"id": "orig", "email": "x@y", "_deleted": true}}));
+    // And a chain: c1 takes c2's value, c2 takes c3's, c3 is deleted last;
+    // each pass over the refused rows frees one value.
+    for i in 1..=3 {
+        api.put(&format!("/v1/c/rx/c{i}"), json!({ "email": format!("v{i}") }))
+            .ok(201);
+    }
+    // (Inserted in reverse: the rows go c1, c2, ..., c3's delete.)
+    for (id, from, to) in [("c2", "v2", "v3"), ("c1", "v1", "v2")] {
+        rows.insert(
+            1,
+            json!({"assumedMasterState": {"id": id, "email": from},
+                   "newDocumentState": {"id": id, "email": to}}),
+        );
+    }
+    rows.push(json!({"assumedMasterState": {"id": "c3", "email": "v3"},
+                     "newDocumentState": {"id": "c3", "email": "v3", "_deleted": true}}));
     assert_eq!(push(Value::Array(rows)).ok(200), &json!([]));
     assert_eq!(api.get("/v1/c/rx/renamed").ok(200)["email"], "x@y");
     assert_eq!(api.get("/v1/c/rx/orig").status, 404);
+    assert_eq!(api.get("/v1/c/rx/c1").ok(200)["email"], "v2");
+    assert_eq!(api.get("/v1/c/rx/c2").ok(200)["email"], "v3");
     assert_eq!(api.get("/v1/c/rx/large17").ok(200)["blob"], "small");
 
     // A row's errors name it; a _deleted that is not a boolean is refused,

@@ -530,16 +530,34 @@ async fn push_group(
                     }
                 }
             }
-            for row in deferred {
-                let Some(op) = row_against_master(collection, &row, answer)? else {
-                    continue;
-                };
-                if let Some(conflicts) = write_alone(state, origin, op).await? {
-                    refuse_unique(&conflicts, std::slice::from_ref(&row))?;
-                    if let Some(master) = collection.get_current(&row.id)? {
-                        answer.answer(&master)?;
+            // Pass after pass while one gets a row through (a chain of moves
+            // frees a value a pass), at most PUSH_ROUNDS_MAX.
+            for pass in 1..=PUSH_ROUNDS_MAX {
+                if deferred.is_empty() {
+                    break;
+                }
+                let waiting = deferred.len();
+                let mut refused = Vec::new();
+                for row in std::mem::take(&mut deferred) {
+                    let Some(op) = row_against_master(collection, &row, answer)? else {
+                        continue;
+                    };
+                    match write_alone(state, origin, op).await? {
+                        None => {}
+                        Some(conflicts) if is_unique(&conflicts) => refused.push((row, conflicts)),
+                        Some(_) => {
+                            if let Some(master) = collection.get_current(&row.id)? {
+                                answer.answer(&master)?;
+                            }
+                        }
                     }
                 }
+                if let Some((row, conflicts)) = refused.first()
+                    && (refused.len() == waiting || pass == PUSH_ROUNDS_MAX)
+                {
+                    refuse_unique(conflicts, std::slice::from_ref(row))?;
+                }
+                deferred = refused.into_iter().map(|(row, _)| row).collect();
             }
             break;
         }
