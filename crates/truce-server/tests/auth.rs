@@ -659,6 +659,14 @@ fn keys_created_and_revoked_while_running_take_effect_within_seconds() {
         .error(401, "unauthorized");
 }
 
+/// A client for feeds that last: one answer may take up to 20 s.
+fn streaming_client() -> Client {
+    Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .expect("client")
+}
+
 /// A feed open when its key is revoked ends (an event stream) or is refused
 /// (a long poll) within seconds, and never delivers what is written after:
 /// revoking a leaked key must end its access, and a stream would otherwise
@@ -673,10 +681,7 @@ fn open_feeds_end_when_their_key_is_revoked() {
     let scoped = create_key(&data, "read", Some("a"));
     api.wait_for_status(Some(&scoped), "/v1/c/a/x", 404);
     api.put(Some(&admin), "/v1/c/a/before", json!({})).ok(201);
-    let streaming = Client::builder()
-        .timeout(Duration::from_secs(20))
-        .build()
-        .expect("client");
+    let streaming = streaming_client();
     let feeds = [
         (&reader, "/v1/_changes?feed=sse&since=now&include_docs=true"),
         (&scoped, "/v1/c/a/_changes?feed=sse&since=now&include_docs=true"),
@@ -741,10 +746,7 @@ fn an_idle_stream_ends_when_its_key_is_revoked() {
     let _admin = create_key(&data, "admin", None);
     // The server has read the keys file once a request without a key is refused.
     api.wait_for_status(None, "/v1/c/a/x", 401);
-    let streaming = Client::builder()
-        .timeout(Duration::from_secs(20))
-        .build()
-        .expect("client");
+    let streaming = streaming_client();
     let response = streaming
         .get(format!("{}/v1/c/a/_pull/stream", server.url()))
         .header("authorization", format!("Bearer {reader}"))

@@ -66,17 +66,23 @@ fn targets(db: &Db) -> BTreeMap<String, (i64, i64, i64)> {
         .collect()
 }
 
-/// A database whose subscribers are counted `in_commit`, after `steps` of the
-/// workload (its directory goes with the first value).
-fn counted(steps: usize) -> (tempfile::TempDir, Db) {
+/// A database whose subscribers are counted in `mode`, after `steps` of the
+/// workload, `after_each` called after each (its directory goes with the
+/// first value).
+fn counted_with(mode: &str, steps: usize, after_each: impl FnMut(&Db)) -> (tempfile::TempDir, Db) {
     let dir = tempfile::tempdir().unwrap();
     let db = open_relaxed(dir.path());
     db.collection("subscribers")
         .unwrap()
-        .set_config(config("in_commit"))
+        .set_config(config(mode))
         .unwrap();
-    workload(&db, steps, |_| {});
+    workload(&db, steps, after_each);
     (dir, db)
+}
+
+/// [`counted_with`], `in_commit`, nothing after each step.
+fn counted(steps: usize) -> (tempfile::TempDir, Db) {
+    counted_with("in_commit", steps, |_| {})
 }
 
 /// A deterministic mix of inserts, confirmations, moves between campaigns and deletes.
@@ -117,25 +123,13 @@ fn wait_for_outbox(db: &Db) {
 
 #[test]
 fn in_commit_counters_are_exact_at_every_commit() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = open_relaxed(dir.path());
-    db.collection("subscribers")
-        .unwrap()
-        .set_config(config("in_commit"))
-        .unwrap();
-    workload(&db, 150, |db| assert_eq!(targets(db), truth(db)));
+    let (_dir, db) = counted_with("in_commit", 150, |db| assert_eq!(targets(db), truth(db)));
     assert!(!truth(&db).is_empty());
 }
 
 #[test]
 fn after_commit_counters_converge_and_coalesce() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = open_relaxed(dir.path());
-    db.collection("subscribers")
-        .unwrap()
-        .set_config(config("after_commit"))
-        .unwrap();
-    workload(&db, 300, |_| {});
+    let (_dir, db) = counted_with("after_commit", 300, |_| {});
     wait_for_outbox(&db);
     assert_eq!(targets(&db), truth(&db));
     // Coalescing: far fewer target revisions than source writes.
