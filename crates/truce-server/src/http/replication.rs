@@ -428,10 +428,13 @@ async fn write_alone(
     }
 }
 
+/// Whether a conflict is a unique index's refusal.
+fn unique(conflict: &truce::OpConflict) -> bool {
+    conflict.conflict.reason == truce::ConflictReason::UniqueViolation
+}
+
 fn is_unique(conflicts: &[truce::OpConflict]) -> bool {
-    conflicts
-        .iter()
-        .any(|c| c.conflict.reason == truce::ConflictReason::UniqueViolation)
+    conflicts.iter().any(unique)
 }
 
 /// Refuses the push when a row of `rows` (the transaction's ops, in order)
@@ -443,7 +446,7 @@ fn is_unique(conflicts: &[truce::OpConflict]) -> bool {
 fn refuse_unique(conflicts: &[truce::OpConflict], rows: &[Row]) -> Result<(), ApiError> {
     let unique: Vec<truce::OpConflict> = conflicts
         .iter()
-        .filter(|c| is_unique(std::slice::from_ref(c)))
+        .filter(|c| unique(c))
         .map(|c| truce::OpConflict {
             index: rows[c.index].index,
             ..c.clone()

@@ -1160,19 +1160,7 @@ impl Committer {
             .flat_map(|(name, c)| c.counters.iter().map(move |d| (name.as_str(), d)))
             .collect();
         config.check_alone(&collection, &before, &others)?;
-        for (index, def) in config.counters.iter().enumerate() {
-            if let Some(unique) = config
-                .defines_anew(&def.name, &before)
-                .then(|| self.unique_over(&def.target_collection, &def.target_field))
-                .flatten()
-            {
-                return Err(Error::InvalidConfig(format!(
-                    "counters[{index}].target {}.{} is covered by unique index {unique}: counters' increments \
-                     are not checked against unique indexes, and two targets could come to hold one value",
-                    def.target_collection, def.target_field
-                )));
-            }
-        }
+        config.check_targets_not_unique(&before, &self.indexes)?;
         config.backfilling.clear();
         for def in &config.counters {
             let generation = if config.defines_anew(&def.name, &before) {
@@ -1226,17 +1214,6 @@ impl Committer {
             None,
         );
         true
-    }
-
-    /// The name of a unique index of `collection` (not failed) one of whose
-    /// fields is `field`, holds it, or is held by it.
-    fn unique_over(&self, collection: &str, field: &str) -> Option<String> {
-        self.indexes.get(collection)?.iter().find_map(|d| {
-            (d.spec.unique
-                && d.state != IndexState::Failed
-                && d.spec.fields.iter().any(|f| config::overlap(f, field)))
-            .then(|| d.name.clone())
-        })
     }
 
     fn define_index(&mut self, group: &mut Group<'_>, def: IndexDef) -> Result<IndexProgress> {

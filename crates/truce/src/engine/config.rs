@@ -276,6 +276,37 @@ impl CollectionConfig {
         Ok(())
     }
 
+    /// Refuses a counter, new or defined anew against `before`, whose target
+    /// field a unique index of its target collection (in `catalog`) covers:
+    /// increments are not checked against unique indexes, and two targets
+    /// could come to hold one value.
+    pub fn check_targets_not_unique(
+        &self,
+        before: &CollectionConfig,
+        catalog: &std::collections::HashMap<String, Vec<crate::index::IndexDef>>,
+    ) -> Result<()> {
+        for (index, def) in self.counters.iter().enumerate() {
+            if !self.defines_anew(&def.name, before) {
+                continue;
+            }
+            let covering = catalog.get(&def.target_collection).and_then(|indexes| {
+                indexes.iter().find(|d| {
+                    d.spec.unique
+                        && d.state != crate::index::IndexState::Failed
+                        && d.spec.fields.iter().any(|f| overlap(f, &def.target_field))
+                })
+            });
+            if let Some(unique) = covering {
+                return Err(invalid(format!(
+                    "counters[{index}].target {}.{} is covered by unique index {}: counters' increments are not \
+                     checked against unique indexes, and two targets could come to hold one value",
+                    def.target_collection, def.target_field, unique.name
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Whether counter `name` is new here, or defined otherwise, against
     /// `before`.
     pub fn defines_anew(&self, name: &str, before: &CollectionConfig) -> bool {
