@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
 
+use crate::http::answers::{DEFAULT_ANSWER_MEMORY_MIB, DEFAULT_ANSWER_STALL_MS};
 use crate::http_threads::HTTP_THREADS_MAX;
 
 /// Default listen address: loopback only, so an unconfigured server is never exposed.
@@ -199,6 +200,17 @@ pub struct ServeArgs {
     /// their own, and /healthz is always answered.
     #[arg(long, env = "TRUCE_MAX_CONCURRENT_REQUESTS")]
     pub max_concurrent_requests: Option<usize>,
+    /// Memory for answers waiting for their clients to read them, in MiB, 1 to
+    /// 65536 [default: 64]. Answers of 16 KiB or more count until their last
+    /// byte is handed to the connection; past this, those that made no
+    /// progress for --answer-stall-ms are dropped, and if that frees too
+    /// little, reads are answered 429.
+    #[arg(long, env = "TRUCE_ANSWER_MEMORY_MIB")]
+    pub answer_memory_mib: Option<u64>,
+    /// How long an answer may make no progress before it may be dropped to
+    /// make room for others, in ms, 1000 to 3600000 [default: 30000].
+    #[arg(long, env = "TRUCE_ANSWER_STALL_MS")]
+    pub answer_stall_ms: Option<u64>,
     /// Documents and ranges the hot-spot tracker keeps per minute, 1 to 4096
     /// [default: 128]. Its memory is about 60 × this × 400 bytes at most.
     #[arg(long, env = "TRUCE_HOT_SPOTS")]
@@ -259,6 +271,8 @@ struct FileSettings {
     max_body_bytes: Option<usize>,
     request_timeout_ms: Option<u64>,
     max_concurrent_requests: Option<usize>,
+    answer_memory_mib: Option<u64>,
+    answer_stall_ms: Option<u64>,
     hot_spots: Option<usize>,
     cache_mib: Option<u64>,
     memtable_mib: Option<u64>,
@@ -288,6 +302,10 @@ pub struct Settings {
     pub request_timeout_ms: u64,
     /// Concurrency limit.
     pub max_concurrent_requests: usize,
+    /// Memory for answers being sent, MiB.
+    pub answer_memory_mib: u64,
+    /// How long an answer may stall before it may be dropped, ms.
+    pub answer_stall_ms: u64,
     /// Hot-spot tracker capacity per minute.
     pub hot_spots: usize,
     /// Storage block cache, MiB.
@@ -345,6 +363,14 @@ impl ServeArgs {
                 .max_concurrent_requests
                 .or(file.max_concurrent_requests)
                 .unwrap_or(DEFAULT_MAX_CONCURRENT_REQUESTS),
+            answer_memory_mib: self
+                .answer_memory_mib
+                .or(file.answer_memory_mib)
+                .unwrap_or(DEFAULT_ANSWER_MEMORY_MIB),
+            answer_stall_ms: self
+                .answer_stall_ms
+                .or(file.answer_stall_ms)
+                .unwrap_or(DEFAULT_ANSWER_STALL_MS),
             hot_spots: self
                 .hot_spots
                 .or(file.hot_spots)
@@ -408,6 +434,12 @@ impl ServeArgs {
         }
         if !(1..=65_536).contains(&settings.cache_mib) || !(1..=1024).contains(&settings.memtable_mib) {
             return Err("cache_mib must be 1 to 65536 and memtable_mib 1 to 1024".into());
+        }
+        if !(1..=65_536).contains(&settings.answer_memory_mib) {
+            return Err("answer_memory_mib must be 1 to 65536".into());
+        }
+        if !(1_000..=3_600_000).contains(&settings.answer_stall_ms) {
+            return Err("answer_stall_ms must be 1000 to 3600000".into());
         }
         if !(1..=truce::limits::HOT_SPOTS_TRACKED_MAX).contains(&settings.hot_spots) {
             return Err(format!(

@@ -97,13 +97,18 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
     let threads = HttpThreads::start(settings.http_threads)
         .map_err(|e| format!("cannot start the HTTP threads: {e}"))?;
+    let answers = http::answers::Answers::new(
+        usize::try_from(settings.answer_memory_mib << 20).unwrap_or(usize::MAX),
+        Duration::from_millis(settings.answer_stall_ms),
+    );
     let state = Arc::new(AppState {
+        metrics: http::metrics::Metrics::new(db.clone(), &answers),
+        answers,
         db: db.clone(),
         keys,
         permits: Arc::new(Semaphore::new(settings.max_concurrent_requests)),
         long_polls: Arc::new(Semaphore::new(settings.max_concurrent_requests)),
         request_timeout: Duration::from_millis(settings.request_timeout_ms),
-        metrics: http::metrics::Metrics::new(db.clone()),
         data: settings.data.clone(),
         cors_origins: settings.cors_origins.clone(),
         any_host: settings.insecure_no_auth,

@@ -1233,3 +1233,159 @@ fn a_connection_to_itself_is_not_a_listening_server() {
     assert!(!common::listening(held.local_addr().expect("its address")));
     drop(listener);
 }
+
+/// A value of the server's `/metrics`.
+fn metric(addr: SocketAddr, name: &str) -> f64 {
+    let text = reqwest::blocking::get(format!("http://{addr}/metrics"))
+        .and_then(|response| response.text())
+        .expect("/metrics");
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in /metrics"))
+}
+
+/// Waits until the server counts an answer being sent.
+fn wait_until_held(addr: SocketAddr) {
+    let deadline = Instant::now() + ANSWER_TIMEOUT;
+    while metric(addr, "truce_answer_held_bytes") == 0.0 {
+        assert!(Instant::now() < deadline, "the unread answer is never counted");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// An HTTP/2 request for `path` from a client that grants no flow-control
+/// credit (SETTINGS_INITIAL_WINDOW_SIZE 0): the server sends the answer's
+/// headers and can send none of its body. The connection is kept (settings
+/// acknowledged) until `until` is dropped.
+fn http2_without_credit(addr: SocketAddr, path: &str, until: std::sync::mpsc::Receiver<()>) {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    let frame = |kind: u8, flags: u8, stream_id: u32, payload: &[u8]| {
+        let mut out = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+        out.extend([kind, flags]);
+        out.extend(stream_id.to_be_bytes());
+        out.extend(payload);
+        out
+    };
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend(frame(0x4, 0, 0, &[0x00, 0x04, 0, 0, 0, 0]));
+    // HPACK: :method GET, :scheme http (static table), :path and :authority
+    // as literals with an indexed name.
+    let mut headers = vec![0x82, 0x86, 0x44, path.len() as u8];
+    headers.extend(path.as_bytes());
+    headers.extend([0x41, 9]);
+    headers.extend(b"localhost");
+    hello.extend(frame(0x1, 0x5, 1, &headers));
+    stream.write_all(&hello).expect("the request");
+    stream
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .expect("set a read timeout");
+    let mut pending = Vec::new();
+    let mut buffer = [0u8; 16 * 1024];
+    while let Err(std::sync::mpsc::TryRecvError::Empty) = until.try_recv() {
+        match stream.read(&mut buffer) {
+            Ok(0) => return,
+            Ok(n) => pending.extend(&buffer[..n]),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => continue,
+            Err(_) => return,
+        }
+        while pending.len() >= 9 {
+            let len = u32::from_be_bytes([0, pending[0], pending[1], pending[2]]) as usize;
+            if pending.len() < 9 + len {
+                break;
+            }
+            let (kind, flags) = (pending[3], pending[4]);
+            let payload: Vec<u8> = pending[9..9 + len].to_vec();
+            pending.drain(..9 + len);
+            let reply = match (kind, flags & 1) {
+                (0x4, 0) => frame(0x4, 1, 0, &[]),      // SETTINGS: acknowledged
+                (0x6, 0) => frame(0x6, 1, 0, &payload), // PING: answered
+                _ => continue,
+            };
+            stream.write_all(&reply).expect("a reply");
+        }
+    }
+}
+
+/// Answers a client does not read hold memory only up to
+/// `--answer-memory-mib`: past it, a read is answered 429 `overloaded` while
+/// the unread answer is young, and once that answer has made no progress for
+/// `--answer-stall-ms` it is dropped to make room and the read is served. An
+/// HTTP/1 client that stops reading gets fewer bytes than announced; an
+/// HTTP/2 client that grants no credit holds nothing once its answer is
+/// dropped. (Without the bound, every such answer stayed whole in memory: 40
+/// HTTP/1 connections that never read a 17.5 MB page held 1.2 GB.)
+#[test]
+fn answers_a_client_does_not_read_hold_memory_only_up_to_the_limit() {
+    const STALL: Duration = Duration::from_secs(5);
+    let server = Server::start_with(&["--answer-memory-mib", "16", "--answer-stall-ms", "5000"]);
+    let addr = server.addr;
+    // 15 documents of 900 kB: a page of 13.5 MB, past what the kernel's
+    // socket buffers take, and two of them past the 16 MiB.
+    let filler = "x".repeat(900_000);
+    for i in 0..15 {
+        let body = json!({ "filler": filler }).to_string();
+        let answer = send_raw(addr, &put(&format!("/v1/c/big/d{i:02}"), body)).expect("a put");
+        assert_eq!(answer.status, 201, "{}", answer.text);
+    }
+    let page = get("/v1/c/big?limit=15");
+    let served = |what: &str| {
+        let answer = send_raw(addr, &page).expect("an answer");
+        assert_eq!(answer.status, 200, "{what}: {}", answer.text);
+        assert_eq!(answer.body["docs"].as_array().map(Vec::len), Some(15), "{what}");
+    };
+    let refused = |what: &str| {
+        let answer = send_raw(addr, &page).expect("an answer");
+        assert_eq!(answer.status, 429, "{what}: {}", answer.text);
+        assert_eq!(answer.body["error"], "overloaded", "{what}: {}", answer.text);
+        assert!(answer.text.contains("retry-after: 1"), "{what}: {}", answer.text);
+    };
+    served("alone");
+
+    // HTTP/1: a client that sends its request and reads nothing.
+    let mut unread = TcpStream::connect(addr).expect("connect");
+    unread.write_all(&page).expect("the request");
+    wait_until_held(addr);
+    refused("beside an HTTP/1 answer not read");
+    std::thread::sleep(STALL + Duration::from_millis(500));
+    served("once that answer stalled");
+    assert_eq!(metric(addr, "truce_answers_refused_total"), 1.0);
+    assert_eq!(metric(addr, "truce_answers_dropped_total"), 1.0);
+    unread
+        .set_read_timeout(Some(ANSWER_TIMEOUT))
+        .expect("set a read timeout");
+    let mut got = Vec::new();
+    let _ = unread.read_to_end(&mut got);
+    let text = String::from_utf8_lossy(&got[..got.len().min(4096)]).into_owned();
+    let (head, _) = text.split_once("\r\n\r\n").expect("the answer's headers");
+    let announced: usize = head
+        .lines()
+        .find_map(|line| {
+            line.to_ascii_lowercase()
+                .strip_prefix("content-length: ")?
+                .parse()
+                .ok()
+        })
+        .expect("a Content-Length");
+    let body = got.len() - head.len() - 4;
+    assert!(
+        body < announced,
+        "the dropped answer was sent whole ({body} of {announced} bytes)"
+    );
+
+    // HTTP/2: a client that grants no flow-control credit.
+    let (keep, until) = std::sync::mpsc::channel();
+    let creditless = std::thread::spawn(move || http2_without_credit(addr, "/v1/c/big?limit=15", until));
+    wait_until_held(addr);
+    refused("beside an HTTP/2 answer without credit");
+    std::thread::sleep(STALL + Duration::from_millis(500));
+    served("once that answer stalled");
+    assert_eq!(metric(addr, "truce_answers_dropped_total"), 2.0);
+    assert_eq!(
+        metric(addr, "truce_answer_held_bytes"),
+        0.0,
+        "the dropped answer is freed"
+    );
+    drop(keep);
+    creditless.join().expect("the HTTP/2 client");
+    assert_serving(addr, "after");
+}

@@ -42,6 +42,8 @@ pub enum ApiError {
     PayloadTooLarge(String),
     /// Too many requests at once.
     Overloaded,
+    /// Too many answers not read yet by their clients (`answers.rs`).
+    AnswersUnread,
     /// The request took longer than its timeout.
     Timeout,
     /// The request body stopped arriving.
@@ -158,6 +160,13 @@ impl ApiError {
                 StatusCode::TOO_MANY_REQUESTS,
                 "overloaded",
                 "too many requests at once; retry after a short pause".into(),
+            ),
+            ApiError::AnswersUnread => plain(
+                StatusCode::TOO_MANY_REQUESTS,
+                "overloaded",
+                "too many answers are waiting for their clients to read them (answer_memory_mib); nothing was \
+                 done; retry after a short pause"
+                    .into(),
             ),
             ApiError::BodyTimeout => plain(
                 StatusCode::REQUEST_TIMEOUT,

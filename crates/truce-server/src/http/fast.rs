@@ -136,6 +136,7 @@ async fn serve_document(
         .await
     })
     .await;
+    let response = state.answers.hold(parts.method == Method::GET, response).await;
     observed.end(&state, &response);
     Ok(response)
 }

@@ -64,8 +64,9 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// A registry over `db`'s counters plus the HTTP request histogram.
-    pub fn new(db: Db) -> Metrics {
+    /// A registry over `db`'s counters, the HTTP request histogram and the
+    /// answers being sent.
+    pub fn new(db: Db, answers: &super::answers::Answers) -> Metrics {
         let mut registry = Registry::with_prefix("truce");
         let requests = Family::<RequestLabels, Histogram>::new_with_constructor(|| {
             // 50 µs to about 13 s.
@@ -77,6 +78,7 @@ impl Metrics {
             requests.clone(),
         );
         registry.register_collector(Box::new(EngineCollector(db)));
+        answers.register(&mut registry);
         Metrics { registry, requests }
     }
 

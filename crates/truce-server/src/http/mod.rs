@@ -19,6 +19,7 @@ use tokio::sync::Semaphore;
 use tower::util::Either;
 use truce::Db;
 
+pub mod answers;
 pub mod backup;
 mod changes;
 pub(crate) mod config;
@@ -52,6 +53,8 @@ pub struct AppState {
     /// Long polls waiting, as many again: held for up to two minutes each,
     /// they would otherwise take every request's permit (and `/healthz`'s).
     pub long_polls: Arc<Semaphore>,
+    /// Answers being sent, counted against `--answer-memory-mib`.
+    pub answers: Arc<answers::Answers>,
     /// Non-streaming requests time out after this.
     pub request_timeout: Duration,
     /// `/metrics`: the engine's counters and request latency.
@@ -278,11 +281,13 @@ async fn front(State(state): State<Arc<AppState>>, request: Request, next: Next)
         None => RouteName::Unmatched,
     };
     let observed = Observed::begin(request.method(), route, request.uri(), request.headers());
+    let read = request.method().is_safe();
     let response = match permits_of(&state, request.uri()) {
         // A load balancer's check is answered whatever the load.
         None => next.run(request).await,
         Some(permits) => limited(permits, next.run(request)).await,
     };
+    let response = state.answers.hold(read, response).await;
     observed.end(&state, &response);
     response
 }
