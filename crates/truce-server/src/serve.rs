@@ -1,8 +1,13 @@
 //! `truce serve`: open the database, check the security settings, serve HTTP(S)
 //! until SIGTERM/SIGINT, then finish what is in flight and close cleanly.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use tokio::sync::Semaphore;
 use truce::{Db, Options};
@@ -180,7 +185,10 @@ async fn serve(app: http::Service, settings: &Settings, threads: HttpThreads) ->
     let listener =
         listen(settings.listen).map_err(|e| format!("cannot listen on {}: {e}", settings.listen))?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
-    let first_byte = FirstByteWithin(HEADER_READ_TIMEOUT_MS);
+    let first_byte = FirstByteWithin {
+        first_byte_ms: HEADER_READ_TIMEOUT_MS,
+        write_stall: Duration::from_millis(settings.answer_stall_ms),
+    };
     match &settings.tls {
         None => {
             tracing::info!(data = %settings.data.display(), "listening on {scheme}://{local}");
@@ -274,7 +282,7 @@ async fn serve_connection<A>(
     _open: tokio::sync::mpsc::Sender<()>,
 ) where
     A: Accept<tokio::net::TcpStream, (), Service = ()>,
-    A::Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    A::Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let Ok(stream) = tokio::net::TcpStream::from_std(stream) else {
         return;
@@ -336,33 +344,132 @@ fn listen(addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpListener> 
     socket.listen(LISTEN_BACKLOG_CONNECTIONS)?.into_std()
 }
 
-/// Drops a connection that sends nothing for `.0` ms after it is accepted.
-/// hyper's header read timeout starts only once a first byte has told HTTP/1
-/// from HTTP/2, so without this an idle connection would be held forever.
-/// Sets `TCP_NODELAY` on the rest: an answer is written whole, and Nagle's
-/// algorithm would only hold it back behind the client's delayed ACK.
+/// Drops a connection that sends nothing for `first_byte_ms` after it is
+/// accepted. hyper's header read timeout starts only once a first byte has
+/// told HTTP/1 from HTTP/2, so without this an idle connection would be held
+/// forever. Sets `TCP_NODELAY` on the rest: an answer is written whole, and
+/// Nagle's algorithm would only hold it back behind the client's delayed ACK.
+/// Each accepted connection's writes may stay blocked for `write_stall` at
+/// most ([`WriteStall`]).
 #[derive(Clone, Copy)]
-struct FirstByteWithin(u64);
+struct FirstByteWithin {
+    first_byte_ms: u64,
+    write_stall: Duration,
+}
 
 impl<S: Send + 'static> axum_server::accept::Accept<tokio::net::TcpStream, S> for FirstByteWithin {
-    type Stream = tokio::net::TcpStream;
+    type Stream = WriteStall<tokio::net::TcpStream>;
     type Service = S;
-    type Future = std::pin::Pin<
-        Box<dyn std::future::Future<Output = std::io::Result<(tokio::net::TcpStream, S)>> + Send>,
-    >;
+    type Future = Pin<Box<dyn Future<Output = std::io::Result<(Self::Stream, S)>> + Send>>;
 
     fn accept(&self, stream: tokio::net::TcpStream, service: S) -> Self::Future {
-        let within = Duration::from_millis(self.0);
+        let within = Duration::from_millis(self.first_byte_ms);
+        let write_stall = self.write_stall;
         Box::pin(async move {
             match tokio::time::timeout(within, stream.peek(&mut [0u8; 1])).await {
                 Ok(peeked) => {
                     peeked?;
                     stream.set_nodelay(true)?;
-                    Ok((stream, service))
+                    Ok((WriteStall::new(stream, write_stall), service))
                 }
                 Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
             }
         })
+    }
+}
+
+/// A connection whose writes may stay blocked for at most `limit` in a row
+/// (`--answer-stall-ms`), after which the write fails and hyper closes the
+/// connection. A client that stops reading otherwise holds for ever what the
+/// socket's buffers and hyper's write buffer (up to about 400 KB) keep for
+/// it, answers `http::answers` no longer counts. Costs nothing while writes go
+/// through; the timer is made on the first blocked write and re-armed after.
+struct WriteStall<S> {
+    inner: S,
+    limit: Duration,
+    /// Armed while a write is blocked.
+    blocked: Option<Pin<Box<tokio::time::Sleep>>>,
+    armed: bool,
+}
+
+impl<S> WriteStall<S> {
+    fn new(inner: S, limit: Duration) -> WriteStall<S> {
+        WriteStall {
+            inner,
+            limit,
+            blocked: None,
+            armed: false,
+        }
+    }
+
+    /// `polled`, or an error once writes have been blocked for the limit.
+    fn watch<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<std::io::Result<T>>,
+    ) -> Poll<std::io::Result<T>> {
+        if polled.is_ready() {
+            self.armed = false;
+            return polled;
+        }
+        let deadline = tokio::time::Instant::now() + self.limit;
+        let timer = self
+            .blocked
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if !self.armed {
+            timer.as_mut().reset(deadline);
+            self.armed = true;
+        }
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client read nothing of its answers for the stall time",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for WriteStall<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for WriteStall<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.watch(cx, polled)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.watch(cx, polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let polled = Pin::new(&mut self.inner).poll_flush(cx);
+        self.watch(cx, polled)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -394,34 +501,89 @@ fn raise_open_files_limit() {}
 
 #[cfg(test)]
 mod tests {
-    use super::Accept;
-    use super::FirstByteWithin;
+    use super::{Accept, FirstByteWithin, WriteStall};
+    use std::time::{Duration, Instant};
     use tokio::io::AsyncWriteExt;
+
+    fn on_a_runtime(test: impl std::future::Future<Output = ()>) {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(test);
+    }
+
+    fn within(first_byte_ms: u64) -> FirstByteWithin {
+        FirstByteWithin {
+            first_byte_ms,
+            write_stall: Duration::from_secs(30),
+        }
+    }
 
     #[test]
     fn an_accepted_connection_has_nodelay_and_a_silent_one_is_dropped() {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        runtime.block_on(async {
+        on_a_runtime(async {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
             let addr = listener.local_addr().expect("address");
             let mut talking = tokio::net::TcpStream::connect(addr).await.expect("connect");
             talking.write_all(b"G").await.expect("first byte");
             let (stream, _) = listener.accept().await.expect("accept");
             assert!(!stream.nodelay().expect("nodelay"), "off until accepted");
-            let (stream, ()) = FirstByteWithin(1_000).accept(stream, ()).await.expect("accepted");
-            assert!(stream.nodelay().expect("nodelay"));
+            let (stream, ()) = within(1_000).accept(stream, ()).await.expect("accepted");
+            assert!(stream.inner.nodelay().expect("nodelay"));
 
             let _silent = tokio::net::TcpStream::connect(addr).await.expect("connect");
             let (stream, _) = listener.accept().await.expect("accept");
-            let refused = FirstByteWithin(50)
+            let refused = within(50)
                 .accept(stream, ())
                 .await
                 .map(|_| ())
                 .expect_err("silent");
             assert_eq!(refused.kind(), std::io::ErrorKind::TimedOut);
+        });
+    }
+
+    /// Writes to a peer that reads nothing fail once blocked for the limit;
+    /// writes that go through are never failed, however long the connection
+    /// lives.
+    #[test]
+    fn a_write_blocked_for_the_limit_fails() {
+        on_a_runtime(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let addr = listener.local_addr().expect("address");
+            let mut peer = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            let (stream, _) = listener.accept().await.expect("accept");
+            let limit = Duration::from_millis(300);
+            let mut stream = WriteStall::new(stream, limit);
+            // Slow but steady: each write goes through, over twice the limit.
+            let started = Instant::now();
+            while started.elapsed() < limit * 2 {
+                stream
+                    .write_all(b"tick")
+                    .await
+                    .expect("a write that goes through");
+                let mut got = [0u8; 4];
+                tokio::io::AsyncReadExt::read_exact(&mut peer, &mut got)
+                    .await
+                    .expect("read");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            // Now the peer reads nothing: the buffers fill, then the limit.
+            let chunk = vec![0u8; 64 * 1024];
+            let blocked = async {
+                loop {
+                    let before = Instant::now();
+                    if let Err(e) = stream.write_all(&chunk).await {
+                        break (e, before.elapsed());
+                    }
+                }
+            };
+            let failed = tokio::time::timeout(limit * 10, blocked)
+                .await
+                .expect("a blocked write never fails");
+            assert_eq!(failed.0.kind(), std::io::ErrorKind::TimedOut);
+            assert!(failed.1 >= limit, "failed after {:?}", failed.1);
+            drop(peer);
         });
     }
 }
