@@ -325,7 +325,22 @@ pub fn check(view: &dyn StorageRead, progress: &mut dyn FnMut(&CheckProgress)) -
     })?;
 
     // Index entries: each belongs to a declared index, and one being kept
-    // holds only its live documents' current entries.
+    // holds only its live documents' current entries; in a ready unique
+    // index, no two live documents with every field present share values,
+    // but where all holders but one are past their TTL (writers treat those
+    // as gone until the sweeper deletes them). Entries come in key order, so
+    // a value's holders are adjacent.
+    let now = super::committer::now_ms();
+    let ttl_of = |collection: &str| {
+        catalog
+            .configs
+            .iter()
+            .find(|(name, _)| name == collection)
+            .and_then(|(_, config)| config.ttl.as_ref())
+    };
+    // The values (index prefix included) of the last unique entry seen, and
+    // the first of their holders that is not past its TTL.
+    let mut unique_run: Option<(Vec<u8>, Option<String>)> = None;
     walk(view, Space::Index, &mut entries, progress, |key, value| {
         report.index_entries += 1;
         let owner = split_collection(key).and_then(|(collection, rest)| {
@@ -347,10 +362,8 @@ pub fn check(view: &dyn StorageRead, progress: &mut dyn FnMut(&CheckProgress)) -
             return Ok(()); // a dropped or failed index's entries, being deleted
         }
         let id = String::from_utf8_lossy(value);
-        let current = document(&def.collection, &id)?
-            .filter(|d| !d.is_deleted())
-            .map(|d| def.entry_key(&id, &d.body));
-        if current.as_deref() != Some(key) {
+        let doc = document(&def.collection, &id)?.filter(|d| !d.is_deleted());
+        let Some(doc) = doc.filter(|d| def.entry_key(&id, &d.body) == key) else {
             report.problem(
                 "stale_index_entry",
                 Space::Index,
@@ -359,6 +372,35 @@ pub fn check(view: &dyn StorageRead, progress: &mut dyn FnMut(&CheckProgress)) -
                     def.collection, def.name
                 ),
             );
+            return Ok(());
+        };
+        if !(def.spec.unique && def.state == IndexState::Ready && def.all_present(&doc.body)) {
+            return Ok(());
+        }
+        let values = &key[..key.len() - id.len()];
+        let gone =
+            ttl_of(&def.collection).is_some_and(|ttl| super::committer::is_expired(&doc.body, ttl, now));
+        match &mut unique_run {
+            Some((run, holder)) if run.as_slice() == values => match holder {
+                Some(first) if !gone => report.problem(
+                    "duplicate_unique_value",
+                    Space::Index,
+                    format!(
+                        "unique index {}.{}: {first} and {id} both hold {}",
+                        def.collection,
+                        def.name,
+                        Value::Array(
+                            def.paths
+                                .iter()
+                                .filter_map(|path| crate::update::path::get(&doc.body, path).cloned())
+                                .collect()
+                        )
+                    ),
+                ),
+                Some(_) => {}
+                None => *holder = (!gone).then(|| id.into_owned()),
+            },
+            _ => unique_run = Some((values.to_vec(), (!gone).then(|| id.into_owned()))),
         }
         Ok(())
     })?;
@@ -426,7 +468,6 @@ pub fn check(view: &dyn StorageRead, progress: &mut dyn FnMut(&CheckProgress)) -
     })?;
 
     // Counters: each group's target (plus the outbox) equals a recount.
-    let now = super::committer::now_ms();
     for (collection, config) in &catalog.configs {
         for def in &config.counters {
             let skip = |kind: &'static str, detail: String| CheckSkip {

@@ -9,7 +9,7 @@ use truce::record;
 use truce::storage::{Direction, MemoryStorage, Space, Storage, StorageRead, WriteBatch};
 use truce::{CheckReport, CollectionConfig, Db, Expect, IndexSpec, Options, TxOp};
 
-use crate::indexes::wait_ready;
+use crate::indexes::{spec, wait_ready};
 use crate::update;
 
 /// A database holding a bit of everything the check compares: documents
@@ -241,5 +241,118 @@ fn a_corrupt_record_a_stale_expiry_entry_and_a_record_past_the_last_commit_are_f
     assert!(
         found.contains(&"missing_change") && found.contains(&"stale_change"),
         "{found:?}"
+    );
+}
+
+/// The entry of `id` in `users.by_email`.
+fn entry_of(storage: &MemoryStorage, id: &str) -> Vec<u8> {
+    let prefix = b"users\0by_email\0";
+    storage
+        .scan(
+            Space::Index,
+            std::ops::Bound::Included(&prefix[..]),
+            std::ops::Bound::Unbounded,
+            Direction::Forward,
+            usize::MAX,
+        )
+        .unwrap()
+        .into_iter()
+        .find(|(key, value)| key.starts_with(prefix) && value == id.as_bytes())
+        .expect("an index entry")
+        .0
+}
+
+/// Rewrites `id`'s body in place, as the engine would have written it (same
+/// version and seq, so its change-log entry still matches), and moves its
+/// index entry to `entry` (the caller's key for the new body).
+fn rewrite(
+    batch: &mut WriteBatch,
+    storage: &MemoryStorage,
+    id: &str,
+    body: serde_json::Value,
+    entry: Vec<u8>,
+) {
+    let key = [&b"users\0"[..], id.as_bytes()].concat();
+    let old = storage
+        .get(Space::Documents, &key)
+        .unwrap()
+        .expect("the document");
+    let doc = record::decode_document(id, &old).unwrap();
+    let body = body.as_object().unwrap().clone();
+    let canonical = truce::doc::canonical_bytes(&body);
+    let meta = truce::Meta {
+        rev: truce::Rev::compute(doc.meta.version(), &canonical, false),
+        ..doc.meta
+    };
+    batch.put(Space::Documents, key, record::encode_document(&meta, &canonical));
+    batch.remove(Space::Index, entry_of(storage, id));
+    batch.put(Space::Index, entry, id.as_bytes().to_vec());
+}
+
+/// The entry key `holder`'s entry would have if `id` held its values.
+fn beside(storage: &MemoryStorage, holder: &str, id: &str) -> Vec<u8> {
+    let entry = entry_of(storage, holder);
+    [&entry[..entry.len() - holder.len()], id.as_bytes()].concat()
+}
+
+/// Two live documents that hold one value of a unique index are a finding;
+/// a holder past its TTL is not (writers take it for gone, so another may
+/// take its value before the sweeper deletes it), nor are documents without
+/// the field.
+#[test]
+fn a_unique_value_held_twice_is_found_unless_a_holder_is_past_its_ttl() {
+    let storage = Arc::new(MemoryStorage::new());
+    let db = Db::open_with_storage(storage.clone(), Options::default()).unwrap();
+    let users = db.collection("users").unwrap();
+    users
+        .set_config(CollectionConfig::from_json(&json!({"ttl": {"field": "exp", "seconds": 1}})).unwrap())
+        .unwrap();
+    users.create_index("by_email", spec(&["email"], true)).unwrap();
+    wait_ready(&users, "by_email");
+    let later = 4_000_000_000_000u64; // ms: the year 2096
+    for (id, email) in [("u1", "a"), ("u2", "b"), ("u3", "c"), ("u4", "d")] {
+        let body = json!({"email": email, "exp": later});
+        users.put(id, body, Expect::Absent).unwrap().unwrap();
+    }
+    for id in ["n1", "n2"] {
+        users
+            .put(id, json!({"name": id}), Expect::Absent)
+            .unwrap()
+            .unwrap();
+    }
+    drop(users);
+    drop(db);
+    assert!(check_of(&storage).is_clean());
+    let (u2_beside_u1, u4_beside_u3) = (beside(&storage, "u1", "u2"), beside(&storage, "u3", "u4"));
+    let u3_entry = entry_of(&storage, "u3");
+    damage(&storage, |b| {
+        // u2 takes u1's value, both live.
+        rewrite(
+            b,
+            &storage,
+            "u2",
+            json!({"email": "a", "exp": later}),
+            u2_beside_u1,
+        );
+        // u3 is past its TTL (not yet swept), and u4 takes its value.
+        rewrite(b, &storage, "u3", json!({"email": "c", "exp": 0}), u3_entry);
+        rewrite(
+            b,
+            &storage,
+            "u4",
+            json!({"email": "c", "exp": later}),
+            u4_beside_u3,
+        );
+    });
+    let report = check_of(&storage);
+    assert_eq!(
+        kinds(&report),
+        ["duplicate_unique_value"],
+        "{:#?}",
+        report.problems
+    );
+    assert_eq!(
+        report.problems[0].detail,
+        r#"unique index users.by_email: u1 and u2 both hold ["a"]"#
     );
 }

@@ -367,15 +367,7 @@ fn unique_violations_name_the_holder_and_races_have_one_winner() {
     let dir = tempfile::tempdir().unwrap();
     let db = open(dir.path());
     let users = db.collection("users").unwrap();
-    users
-        .create_index(
-            "by_email",
-            IndexSpec {
-                fields: vec!["email".into()],
-                unique: true,
-            },
-        )
-        .unwrap();
+    users.create_index("by_email", spec(&["email"], true)).unwrap();
     wait_ready(&users, "by_email");
     users
         .put("u1", json!({"email": "a@x"}), Expect::Absent)
