@@ -118,6 +118,7 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
         cors_origins: settings.cors_origins.clone(),
         any_host: settings.insecure_no_auth,
         backups,
+        config_changes: Arc::default(),
     });
     let app = http::app(
         Arc::clone(&state),

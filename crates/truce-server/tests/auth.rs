@@ -507,6 +507,72 @@ fn collection_scoped_keys() {
     );
 }
 
+/// A scoped admin's change of its collection's configuration is judged by
+/// the configuration it replaces, even when a global admin changes it at the
+/// same moment: a counter the global admin declares into a collection the
+/// scoped key may not write is never removed by the scoped key. (Before, the
+/// server read the configuration, judged, then stored the new one: a counter
+/// declared between the two was replaced without being judged. A race, so
+/// the test runs many rounds of it; without the lock it failed in each of
+/// several runs.)
+#[test]
+fn a_scoped_admin_never_replaces_a_counter_it_may_not_remove() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    const ROUNDS: usize = 100;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let admin = create_key(&data, "admin", None);
+    let admin_of_a = create_key(&data, "admin", Some("a"));
+    let server = Server::start_in(&data, &[]);
+    let api = Api::new(&server.url());
+    let into_b = json!({"counters": [{"name": "n", "group_by": "g", "target": {"c": "b", "field": "n"}}]});
+    let stop = Arc::new(AtomicBool::new(false));
+    let answered = Arc::new(AtomicU64::new(0));
+    let scoped = {
+        let (stop, answered, base) = (Arc::clone(&stop), Arc::clone(&answered), server.url());
+        std::thread::spawn(move || {
+            let api = Api::new(&base);
+            let mut replaced = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let reply = api.put(Some(&admin_of_a), "/v1/c/a/_config", json!({}));
+                match reply.status {
+                    200 => replaced += 1,
+                    _ => assert_eq!(reply.error(403, "forbidden")["error"], "forbidden"),
+                }
+                answered.fetch_add(1, Ordering::SeqCst);
+            }
+            replaced
+        })
+    };
+    // Waits until every scoped request sent before now has been answered.
+    let settle = || {
+        let (seen, deadline) = (
+            answered.load(Ordering::SeqCst),
+            Instant::now() + Duration::from_secs(20),
+        );
+        while answered.load(Ordering::SeqCst) < seen + 2 {
+            assert!(Instant::now() < deadline, "the scoped admin stopped");
+            std::thread::yield_now();
+        }
+    };
+    for round in 0..ROUNDS {
+        api.put(Some(&admin), "/v1/c/a/_config", into_b.clone()).ok(200);
+        settle();
+        let config = api.get(Some(&admin), "/v1/c/a/_config");
+        assert_eq!(
+            config.ok(200)["counters"][0]["name"],
+            "n",
+            "round {round}: the scoped key removed the global admin's counter"
+        );
+        api.put(Some(&admin), "/v1/c/a/_config", json!({})).ok(200);
+        settle();
+    }
+    stop.store(true, Ordering::Relaxed);
+    let replaced = scoped.join().expect("the scoped admin");
+    assert!(replaced > 0, "the scoped key never changed its configuration");
+}
+
 /// `/v1/insights` for a key limited to some collections counts only their
 /// conflicts. Past `INSIGHT_LABEL_SETS_MAX` label sets the engine counts the
 /// rest under `_other`, which cannot be told apart by collection: a scoped

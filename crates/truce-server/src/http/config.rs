@@ -76,11 +76,22 @@ pub async fn put_config(
     let collection = state.db.collection(&coll)?;
     let config = CollectionConfig::from_json(&body)?;
     authorize_targets(&who, &config)?;
-    // Removing or redefining a counter changes what its targets hold too: a
-    // key that could not declare it may not take it away.
-    authorize_targets(&who, &collection.config())?;
     let stored = config.to_json();
-    let reports = blocking(move || collection.set_config(config)).await?;
+    // Removing or redefining a counter changes what its targets hold too: a
+    // key that could not declare it may not take it away. Judged by the
+    // configuration it replaces, read and replaced under the lock, so that no
+    // change slips in between (a global admin's counter into a collection
+    // this key may not write, which it would then remove); the guard goes
+    // with the store, so a request that times out still holds it until then.
+    let one_at_a_time = Arc::clone(&state.config_changes).lock_owned().await;
+    authorize_targets(&who, &collection.config())?;
+    let storing = collection.clone();
+    blocking(move || {
+        let _one_at_a_time = one_at_a_time;
+        storing.store_config(config)
+    })
+    .await?;
+    let reports = blocking(move || collection.backfill_pending()).await?;
     let backfill: Map<String, Value> = reports
         .iter()
         .map(|(name, report)| (name.clone(), recount_json(report)))

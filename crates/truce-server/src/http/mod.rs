@@ -67,6 +67,9 @@ pub struct AppState {
     pub any_host: bool,
     /// The data directory (where the API keys are, and where a backup may not go).
     pub data: std::path::PathBuf,
+    /// Held while a collection's configuration is judged and replaced
+    /// (`config::put_config`), one change at a time.
+    pub config_changes: Arc<tokio::sync::Mutex<()>>,
     /// The running or last backup (`/v1/_backup`).
     pub backups: backup::Backups,
 }

@@ -292,7 +292,23 @@ impl Collection {
     /// returned — as is one whose backfill a crash interrupted (it also
     /// resumes by itself on open).
     pub fn set_config(&self, config: CollectionConfig) -> Result<Vec<(String, RecountReport)>> {
-        self.db.submit_config(&self.name, config)?;
+        self.store_config(config)?;
+        self.backfill_pending()
+    }
+
+    /// [`Self::set_config`]'s first step: the configuration is committed (and
+    /// [`Self::config`] shows it) when this returns, its backfills not yet
+    /// run. A caller that judges a change by the configuration it replaces
+    /// (the server's scoped keys) holds its own lock across reading it and
+    /// this, but not across the backfills, which may take long.
+    pub fn store_config(&self, config: CollectionConfig) -> Result<()> {
+        self.db.submit_config(&self.name, config).map(drop)
+    }
+
+    /// [`Self::set_config`]'s second step: runs the backfills the stored
+    /// configuration waits for (those a concurrent change declared too), and
+    /// returns the report of each this call ran.
+    pub fn backfill_pending(&self) -> Result<Vec<(String, RecountReport)>> {
         let mut reports = Vec::new();
         for name in self.config().backfilling.into_keys() {
             // `None`: the resumed backfill of the last open got there first.
