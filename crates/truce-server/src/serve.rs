@@ -119,12 +119,9 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
         any_host: settings.insecure_no_auth,
         backups,
         config_changes: Arc::default(),
+        max_body_bytes: settings.max_body_bytes,
     });
-    let app = http::app(
-        Arc::clone(&state),
-        settings.max_body_bytes,
-        &settings.cors_origins,
-    );
+    let app = http::app(Arc::clone(&state));
     // Revocations reach open streams when no request comes to reload the keys.
     let keys = Arc::clone(&state);
     runtime.spawn(async move { keys.keys.follow().await });

@@ -1429,3 +1429,61 @@ fn a_connection_that_reads_nothing_is_closed_after_the_stall_time() {
     assert_cut_short(unread, "the answer to a closed connection");
     assert_serving(addr, "after");
 }
+
+/// A body whose `Content-Length` is over the limit is refused before any of
+/// it is read: a client that asks `Expect: 100-continue` gets the 413 at
+/// once, not a 100 and then an upload cut off at the limit — on the document
+/// routes' direct path, through the router, and under `/couch`.
+#[test]
+fn a_body_declared_over_the_limit_is_refused_before_it_is_sent() {
+    let server = Server::start_with(&["--max-body-bytes", &BODY_LIMIT_BYTES.to_string()]);
+    let over = BODY_LIMIT_BYTES + 1;
+    for (method, path, code) in [
+        ("PUT", "/v1/c/t/doc", "payload_too_large"),
+        ("PATCH", "/v1/c/t/doc", "payload_too_large"),
+        ("POST", "/v1/tx", "payload_too_large"),
+        ("PUT", "/v1/c/t/_config", "payload_too_large"),
+        ("POST", "/couch/t/_bulk_docs", "too_large"), // CouchDB's name
+    ] {
+        let mut stream = TcpStream::connect(server.addr).expect("connect");
+        stream
+            .set_read_timeout(Some(ANSWER_TIMEOUT))
+            .expect("set a read timeout");
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+             Content-Length: {over}\r\nExpect: 100-continue\r\n\r\n"
+        );
+        stream.write_all(head.as_bytes()).expect("the headers");
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer);
+        let text = String::from_utf8_lossy(&answer);
+        assert!(
+            text.starts_with("HTTP/1.1 413 "),
+            "{method} {path}: {:.300}",
+            text
+        );
+        assert!(
+            text.contains(&format!(r#""error":"{code}""#)) && text.contains("nothing was read"),
+            "{method} {path}: {text:.600}"
+        );
+    }
+    // Within the limit, the 100 comes and the body is read.
+    let mut stream = TcpStream::connect(server.addr).expect("connect");
+    stream
+        .set_read_timeout(Some(ANSWER_TIMEOUT))
+        .expect("set a read timeout");
+    let body = br#"{"n": 1}"#;
+    let head = format!(
+        "PUT /v1/c/t/doc HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).expect("the headers");
+    let mut continued = [0u8; 25];
+    stream.read_exact(&mut continued).expect("the 100");
+    assert_eq!(&continued, b"HTTP/1.1 100 Continue\r\n\r\n");
+    stream.write_all(body).expect("the body");
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 201 "), "{answer:.300}");
+}

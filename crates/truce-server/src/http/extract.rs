@@ -114,6 +114,22 @@ where
     }
 }
 
+/// Refuses a body whose `Content-Length` says it is over `limit` before any
+/// of it is read: a client that sent `Expect: 100-continue` gets the 413
+/// instead of a 100 and an upload cut off at the limit.
+pub fn declared_within(headers: &HeaderMap, limit: usize) -> Result<(), ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(length) if length > limit as u64 => Err(ApiError::PayloadTooLarge(format!(
+            "the body is {length} bytes, over the limit of {limit} (--max-body-bytes); nothing was read"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// Whether `error`, or an error it was caused by, is a stalled body.
 pub fn stalled(error: &(dyn std::error::Error + 'static)) -> bool {
     std::iter::successors(Some(error), |e| e.source()).any(|e| e.is::<BodyStalled>())
@@ -124,10 +140,11 @@ pub fn stalled(error: &(dyn std::error::Error + 'static)) -> bool {
 /// ([`Idle`]).
 pub struct JsonBody(pub Value);
 
-impl<S: Send + Sync> FromRequest<S> for JsonBody {
+impl FromRequest<Arc<AppState>> for JsonBody {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<JsonBody, ApiError> {
+    async fn from_request(req: Request, state: &Arc<AppState>) -> Result<JsonBody, ApiError> {
+        declared_within(req.headers(), state.max_body_bytes)?;
         let req = req.map(|body| Body::new(Idle::new(body)));
         let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
             if stalled(&rejection) {

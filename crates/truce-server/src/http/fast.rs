@@ -20,7 +20,7 @@ use std::task::{Context, Poll};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::http::{Method, Request};
+use axum::http::{HeaderMap, Method, Request};
 use axum::response::{IntoResponse, Response};
 use futures_util::future::Either;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
@@ -29,7 +29,7 @@ use tower::Service;
 
 use super::documents::{self, DocumentCall};
 use super::error::ApiError;
-use super::extract::{BodyStalled, Idle, parse_json};
+use super::extract::{BodyStalled, Idle, declared_within, parse_json};
 use super::{AppState, Observed, RouteName, limited, principal, timed};
 
 /// The document route's template, as the router names it in metrics and logs.
@@ -40,7 +40,6 @@ const DOCUMENT_ROUTE: &str = "/v1/c/{coll}/{id}";
 pub struct App {
     state: Arc<AppState>,
     router: Router,
-    max_body_bytes: usize,
 }
 
 /// A boxed direct answer, or the router's own future.
@@ -50,14 +49,10 @@ type Answer = Either<
 >;
 
 impl App {
-    /// `router` (built by `http::router` over `state` with `max_body_bytes`)
-    /// behind the direct document path.
-    pub fn new(state: Arc<AppState>, router: Router, max_body_bytes: usize) -> App {
-        App {
-            state,
-            router,
-            max_body_bytes,
-        }
+    /// `router` (built by `http::router` over `state`) behind the direct
+    /// document path.
+    pub fn new(state: Arc<AppState>, router: Router) -> App {
+        App { state, router }
     }
 }
 
@@ -82,7 +77,6 @@ impl Service<Request<Incoming>> for App {
                     request,
                     coll,
                     id,
-                    self.max_body_bytes,
                 )))
             }
             None => Either::Right(self.router.call(request.map(Body::new))),
@@ -107,7 +101,6 @@ async fn serve_document(
     request: Request<Incoming>,
     coll: String,
     id: String,
-    max_body_bytes: usize,
 ) -> Result<Response, Infallible> {
     let (parts, body) = request.into_parts();
     let observed = Observed::begin(
@@ -125,7 +118,7 @@ async fn serve_document(
             let call = DocumentCall::new(&state, &who, (coll, id), &parts.headers, parts.uri.query());
             let answer = match parts.method {
                 Method::GET => documents::read(call),
-                ref method => match body_json(body, max_body_bytes).await {
+                ref method => match body_json(&parts.headers, body, state.max_body_bytes).await {
                     Ok(value) if method == Method::PUT => documents::put(call, value).await,
                     Ok(value) => documents::patch(call, value).await,
                     Err(e) => Err(e),
@@ -144,7 +137,12 @@ async fn serve_document(
 /// The body read within the limit and parsed, with the errors the `JsonBody`
 /// extractor gives: `payload_too_large` over the limit, `invalid_json` for a
 /// body that cannot be read or is not JSON.
-async fn body_json(body: Incoming, max_body_bytes: usize) -> Result<serde_json::Value, ApiError> {
+async fn body_json(
+    headers: &HeaderMap,
+    body: Incoming,
+    max_body_bytes: usize,
+) -> Result<serde_json::Value, ApiError> {
+    declared_within(headers, max_body_bytes)?;
     let bytes: Bytes = match Limited::new(Idle::new(body), max_body_bytes).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.is::<BodyStalled>() => return Err(ApiError::BodyTimeout),

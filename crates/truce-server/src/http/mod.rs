@@ -55,6 +55,8 @@ pub struct AppState {
     pub long_polls: Arc<Semaphore>,
     /// Answers being sent, counted against `--answer-memory-mib`.
     pub answers: Arc<answers::Answers>,
+    /// The largest request body (`--max-body-bytes`).
+    pub max_body_bytes: usize,
     /// Non-streaming requests time out after this.
     pub request_timeout: Duration,
     /// `/metrics`: the engine's counters and request latency.
@@ -114,16 +116,16 @@ async fn no_method() -> ApiError {
     ApiError::MethodNotAllowed
 }
 
-/// The server's service over `state`, with a body limit of `max_body_bytes`:
-/// the document routes' direct path (`fast.rs`) in front of the router, and
-/// CORS (`cors.rs`) in front of both when `cors_origins` allows any.
-pub fn app(state: Arc<AppState>, max_body_bytes: usize, cors_origins: &[String]) -> Service {
-    let router = router(Arc::clone(&state), max_body_bytes);
-    let app = fast::App::new(state, router, max_body_bytes);
-    if cors_origins.is_empty() {
-        Either::Right(app)
-    } else {
-        Either::Left(cors::layer(cors_origins, app))
+/// The server's service over `state`: the document routes' direct path
+/// (`fast.rs`) in front of the router, and CORS (`cors.rs`) in front of both
+/// when `state.cors_origins` allows any.
+pub fn app(state: Arc<AppState>) -> Service {
+    let router = router(Arc::clone(&state));
+    let cors = (!state.cors_origins.is_empty()).then(|| state.cors_origins.clone());
+    let app = fast::App::new(state, router);
+    match cors {
+        None => Either::Right(app),
+        Some(origins) => Either::Left(cors::layer(&origins, app)),
     }
 }
 
@@ -131,13 +133,13 @@ pub fn app(state: Arc<AppState>, max_body_bytes: usize, cors_origins: &[String])
 /// (with none, nothing is in front of it).
 pub type Service = Either<tower_http::cors::Cors<fast::App>, fast::App>;
 
-/// Builds the router over `state`, with a body limit of `max_body_bytes`.
+/// Builds the router over `state`, with its body limit.
 ///
 /// Every request passes one `front` layer (log line, latency metric,
 /// concurrency limit); API routes pass one `guard` layer (authentication and
 /// the request timeout), streams only the authentication. Few layers: each
 /// costs a boxed service clone per request.
-pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
+pub fn router(state: Arc<AppState>) -> Router {
     let api = Router::new()
         .route("/v1/c", get(queries::list_collections))
         .route("/v1/c/{coll}", get(queries::query))
@@ -199,7 +201,7 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         .layer(middleware::from_fn_with_state(Arc::clone(&state), front))
         // Outside `front`, so that its 429 under /couch is CouchDB-shaped too.
         .layer(middleware::from_fn(couch::error_shape))
-        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(DefaultBodyLimit::max(state.max_body_bytes))
         .with_state(state)
 }
 
