@@ -36,6 +36,15 @@ pub fn tag(value: Option<&Value>) -> u8 {
     }
 }
 
+/// The first and last tag of `value`'s type bracket: `false` and `true`
+/// have a tag each, in one bracket, as `value_order` has them.
+pub fn bracket(value: &Value) -> (u8, u8) {
+    match tag(Some(value)) {
+        TAG_FALSE | TAG_TRUE => (TAG_FALSE, TAG_TRUE),
+        other => (other, other),
+    }
+}
+
 /// Appends the encoding of one value (`None` = the field is missing).
 pub fn encode_value(out: &mut Vec<u8>, value: Option<&Value>) {
     out.push(tag(value));

@@ -10,7 +10,7 @@
 use serde_json::Value;
 
 use super::IndexDef;
-use super::keys::{encode_value, prefix_end, tag};
+use super::keys::{bracket, encode_value, prefix_end};
 use crate::doc::Document;
 use crate::error::{Error, Result};
 use crate::limits::QUERY_LIMIT_MAX;
@@ -148,13 +148,13 @@ impl Query {
         let start = match (&self.gt, &self.gte, self.lt.as_ref().or(self.lte.as_ref())) {
             (Some(v), _, _) => prefix_end(&encoded(v)).unwrap_or_else(|| encoded(v)),
             (_, Some(v), _) => encoded(v),
-            (None, None, Some(upper)) => with_tag(tag(Some(upper))),
+            (None, None, Some(upper)) => with_tag(bracket(upper).0),
             (None, None, None) => prefix.clone(),
         };
         let end = match (&self.lt, &self.lte, self.gt.as_ref().or(self.gte.as_ref())) {
             (Some(v), _, _) => Some(encoded(v)),
             (_, Some(v), _) => prefix_end(&encoded(v)),
-            (None, None, Some(lower)) => Some(with_tag(tag(Some(lower)) + 1)),
+            (None, None, Some(lower)) => Some(with_tag(bracket(lower).1 + 1)),
             (None, None, None) => prefix_end(&prefix),
         };
         Ok(KeyRange { start, end })
@@ -302,6 +302,16 @@ mod tests {
             !lower_only.contains(&key(json!("x"), json!("a string"), "id")),
             "type bracketing"
         );
+        // false and true are one bracket: each bounds the other.
+        let bools = |gt: Option<Value>, lt: Option<Value>| {
+            q(vec![json!("x")], gt, lt).range("c", Some(&def())).unwrap()
+        };
+        assert!(bools(Some(json!(false)), None).contains(&key(json!("x"), json!(true), "id")));
+        assert!(!bools(Some(json!(false)), None).contains(&key(json!("x"), json!(false), "id")));
+        let up_to_true = bools(None, Some(json!(true)));
+        assert!(up_to_true.contains(&key(json!("x"), json!(false), "id")));
+        assert!(up_to_true.contains(&key(json!("x"), json!(true), "id")));
+        assert!(!up_to_true.contains(&key(json!("x"), json!([1]), "id")));
         let all = Query::default().range("c", Some(&def())).unwrap();
         assert!(all.contains(&key(json!(null), json!(null), "id")));
     }
