@@ -608,6 +608,9 @@ impl Committer {
             if !doc.is_deleted() && is_expired(&doc.body, &ttl, now) {
                 expired.push((key.clone(), id));
                 if expired.len() == TTL_SWEEP_DELETES_MAX {
+                    // The next step goes on after this one, not after the
+                    // documents looked at past it.
+                    self.ttl_cursors.insert(collection.to_string(), key.clone());
                     break;
                 }
             }

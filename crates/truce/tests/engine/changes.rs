@@ -449,3 +449,74 @@ fn pages_of_large_documents_end_by_bytes_and_go_on() {
     let whole = db.changes_whole(Some("big"), 0, 10_000, true).unwrap();
     assert_eq!(whole.changes.len(), count);
 }
+
+/// The TTL sweeper goes on from the document where a step stopped at its
+/// delete cap, not from the end of the documents that step looked at: more
+/// expired documents than one step deletes, then a long run of live ones,
+/// then one more expired document — the first ones are all deleted before
+/// the last, instead of waiting a whole pass over the collection (before,
+/// a step looked at 2,000 documents, deleted 500 and went on past all
+/// 2,000).
+#[test]
+fn the_ttl_sweeper_goes_on_where_its_delete_cap_stopped_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = crate::open_relaxed(dir.path());
+    let c = db.collection("sessions").unwrap();
+    let expired = |id: String| (id, json!({"exp": 0}));
+    let live = |id: String| (id, json!({"exp": 4_000_000_000_000u64}));
+    let docs: Vec<(String, serde_json::Value)> = (0..2000)
+        .map(|i| expired(format!("a{i:04}")))
+        .chain((0..6000).map(|i| live(format!("b{i:04}"))))
+        .chain(std::iter::once(expired("c".into())))
+        .collect();
+    for chunk in docs.chunks(1000) {
+        let ops = chunk
+            .iter()
+            .map(|(id, body)| TxOp::Put {
+                collection: "sessions".into(),
+                id: id.clone(),
+                body: body.clone(),
+                expect: Expect::Absent,
+            })
+            .collect();
+        db.batch(ops, None).unwrap().unwrap();
+    }
+    c.set_config(
+        truce::CollectionConfig::from_json(&json!({"ttl": {"field": "exp", "seconds": 1}})).unwrap(),
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let tombstones = loop {
+        let mut tombstones: HashMap<String, u64> = HashMap::new();
+        let mut since = 0;
+        loop {
+            let page = db.changes(Some("sessions"), since, 10_000, false).unwrap();
+            if page.changes.is_empty() {
+                break;
+            }
+            for change in page.changes.iter().filter(|change| change.deleted) {
+                tombstones.insert(change.id.clone(), change.seq);
+            }
+            since = page.last_seq;
+        }
+        if tombstones.len() == 2001 {
+            break tombstones;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of 2001 swept",
+            tombstones.len()
+        );
+        thread::sleep(Duration::from_millis(50));
+    };
+    let last_of_the_first = tombstones
+        .iter()
+        .filter(|(id, _)| id.starts_with('a'))
+        .map(|(_, seq)| *seq)
+        .max();
+    assert!(
+        last_of_the_first < Some(tombstones["c"]),
+        "the last of a0000..a1999 was deleted at {last_of_the_first:?}, after c at {}",
+        tombstones["c"]
+    );
+}
