@@ -68,6 +68,23 @@ pub const INDEX_FIELDS_MAX: usize = 8;
 /// collection in the committer, so each one costs all writers.
 pub const INDEXES_PER_COLLECTION_MAX: usize = 32;
 
+/// Bytes of values one document puts into one index, as encoded (a string
+/// takes its UTF-8 bytes plus 3, a number 25; see `index/keys.rs`): a write
+/// past it is refused, an index built over a document past it fails. With
+/// the index's prefix and the id, every entry key then fits in a query
+/// cursor ([`CURSOR_KEY_BYTES_MAX`]), so a query can page through any index.
+/// PostgreSQL (2,704 bytes per B-tree entry) and DynamoDB (1,024 bytes of
+/// sort key) refuse such writes too.
+pub const INDEX_VALUES_BYTES_MAX: usize = 3072;
+
+/// The longest key a query cursor may carry (hex-encoded in the cursor).
+pub const CURSOR_KEY_BYTES_MAX: usize = 4096;
+
+// An index entry: `collection \0 name \0`, the values, the id.
+const _: () = assert!(
+    2 * COLLECTION_NAME_BYTES_MAX + 2 + INDEX_VALUES_BYTES_MAX + ID_BYTES_MAX <= CURSOR_KEY_BYTES_MAX
+);
+
 /// Largest page a query returns; bigger reads page with cursors.
 pub const QUERY_LIMIT_MAX: usize = 1000;
 

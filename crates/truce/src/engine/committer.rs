@@ -16,8 +16,9 @@ use crate::error::{Error, Result};
 use crate::index::{self, IndexDef, IndexState};
 use crate::limits::{
     BACKFILL_CHUNK_DOCS, BACKGROUND_TICK_MS, COMMIT_BATCH_BYTES_MAX, COMMIT_BATCH_REQUESTS_MAX,
-    COMMITTER_IDLE_MS, IDEMPOTENCY_PURGE_BATCH_MAX, INDEX_PURGE_CHUNK_ENTRIES, OUTBOX_DRAIN_ENTRIES_MAX,
-    TTL_SWEEP_DELETES_MAX, TTL_SWEEP_SCAN_DOCS, TX_READ_BYTES_MAX, TX_WRITE_BYTES_MAX,
+    COMMITTER_IDLE_MS, IDEMPOTENCY_PURGE_BATCH_MAX, INDEX_PURGE_CHUNK_ENTRIES, INDEX_VALUES_BYTES_MAX,
+    OUTBOX_DRAIN_ENTRIES_MAX, TTL_SWEEP_DELETES_MAX, TTL_SWEEP_SCAN_DOCS, TX_READ_BYTES_MAX,
+    TX_WRITE_BYTES_MAX,
 };
 use crate::record::{self, IdempotencyRecord};
 use crate::storage::{Direction, Durability, Space, Storage};
@@ -834,6 +835,7 @@ impl Committer {
                         // tombstone writes no body.
                         if !state.doc.is_deleted() {
                             bytes += state.canonical.len();
+                            self.check_index_values(&op.collection, &state.doc.body)?;
                         }
                         if bytes > TX_WRITE_BYTES_MAX {
                             return Err(Error::LimitExceeded {
@@ -901,6 +903,14 @@ impl Committer {
             group.put(Space::IdempotencyExpiry, expiry_key(expires_ms), Some(Vec::new()));
         }
         Ok(Ok(committed))
+    }
+
+    /// Refuses a document whose values in one of its collection's indexes are
+    /// over `INDEX_VALUES_BYTES_MAX` (an index that failed is not kept).
+    fn check_index_values(&self, collection: &str, body: &crate::doc::Body) -> Result<()> {
+        let defs = self.indexes.get(collection).into_iter().flatten();
+        defs.filter(|d| d.state != IndexState::Failed)
+            .try_for_each(|def| def.check_values(body))
     }
 
     /// Adds a `unique_violation` conflict for every new live state whose values a
@@ -1399,27 +1409,38 @@ impl Committer {
         )?;
         for (key, _) in &docs {
             let id = String::from_utf8_lossy(&key[base.len()..]).into_owned();
-            let (entry, claims) = match group.current(key, &id)?.filter(|d| !d.is_deleted()) {
+            let (entry, claims, fits) = match group.current(key, &id)?.filter(|d| !d.is_deleted()) {
                 Some(doc) => (
                     def.entry_key(&id, &doc.body),
                     def.all_present(&doc.body) && !gone(doc),
+                    def.check_values(&doc.body).is_ok(),
                 ),
                 None => continue,
             };
-            if def.spec.unique && claims {
+            let failure = if !fits {
+                Some(format!(
+                    "document {id} puts more than INDEX_VALUES_BYTES_MAX ({INDEX_VALUES_BYTES_MAX}) bytes of \
+                     values into index {name}"
+                ))
+            } else if def.spec.unique && claims {
                 let prefix = &entry[..entry.len() - id.len()];
-                if let Some(holder) = group.unique_holder(collection, prefix, &id, &gone)? {
-                    def.state = IndexState::Failed;
-                    def.failure = Some(format!(
-                        "documents {holder} and {id} share the values of unique index {name}"
-                    ));
-                    group.put(
-                        Space::Meta,
-                        def.meta_key(),
-                        Some(record::encode_json(&def.to_json())),
-                    );
-                    return Ok(def.progress(None));
-                }
+                group
+                    .unique_holder(collection, prefix, &id, &gone)?
+                    .map(|holder| {
+                        format!("documents {holder} and {id} share the values of unique index {name}")
+                    })
+            } else {
+                None
+            };
+            if failure.is_some() {
+                def.state = IndexState::Failed;
+                def.failure = failure;
+                group.put(
+                    Space::Meta,
+                    def.meta_key(),
+                    Some(record::encode_json(&def.to_json())),
+                );
+                return Ok(def.progress(None));
             }
             group.put(Space::Index, entry, Some(id.into_bytes()));
         }

@@ -156,6 +156,19 @@ impl IndexDef {
         out
     }
 
+    /// Refuses `body` when its values in this index are over
+    /// [`INDEX_VALUES_BYTES_MAX`](crate::limits::INDEX_VALUES_BYTES_MAX).
+    pub fn check_values(&self, body: &Body) -> Result<()> {
+        let limit = crate::limits::INDEX_VALUES_BYTES_MAX;
+        if self.values(body).len() > limit {
+            return Err(Error::LimitExceeded {
+                what: "INDEX_VALUES_BYTES_MAX",
+                limit: limit as u64,
+            });
+        }
+        Ok(())
+    }
+
     /// Whether every indexed field of `body` is present (uniqueness only applies then).
     pub fn all_present(&self, body: &Body) -> bool {
         self.paths

@@ -241,7 +241,7 @@ pub fn decode_cursor(cursor: &str) -> Result<(Order, Vec<u8>)> {
         }
         _ => return Err(bad()),
     };
-    if !hex.len().is_multiple_of(2) || hex.len() > 2 * 4096 {
+    if !hex.len().is_multiple_of(2) || hex.len() > 2 * crate::limits::CURSOR_KEY_BYTES_MAX {
         return Err(bad());
     }
     let key = (0..hex.len())

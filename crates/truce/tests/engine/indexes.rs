@@ -28,6 +28,19 @@ pub fn wait_ready(c: &Collection, name: &str) {
     }
 }
 
+/// The status of index `name` once its build has ended, ready or failed.
+fn wait_built(c: &Collection, name: &str) -> IndexDef {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = c.index_status(name).unwrap();
+        if status.state != IndexState::Building {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "index {name} still building");
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
 fn ids(docs: &[truce::Document]) -> Vec<String> {
     docs.iter().map(|d| d.id.clone()).collect()
 }
@@ -432,12 +445,7 @@ fn a_unique_index_over_duplicates_fails_to_build() {
         },
     )
     .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while c.index_status("by_k").unwrap().state == IndexState::Building {
-        assert!(Instant::now() < deadline);
-        thread::sleep(Duration::from_millis(5));
-    }
-    let status = c.index_status("by_k").unwrap();
+    let status = wait_built(&c, "by_k");
     assert_eq!(status.state, IndexState::Failed);
     assert!(status.failure.unwrap().contains("share"));
     let err = c
@@ -753,4 +761,108 @@ fn an_index_declared_again_while_it_builds_is_walked_once() {
     }
     wait_ready(&c, "by_k");
     assert_eq!(c.index_status("by_k").unwrap().backfilled, docs as u64);
+}
+
+/// The values a document puts into an index are bounded
+/// (`INDEX_VALUES_BYTES_MAX`), so every entry fits in a query cursor: a
+/// write past the bound is refused (a transaction as a whole), an
+/// index built over a document past it fails, and an index of values just
+/// within it pages through every document, in both orders. (Before, such
+/// entries were written, and the cursor the first page handed out was
+/// refused as "not a cursor returned by this server".)
+#[test]
+fn index_values_are_bounded_so_that_every_cursor_is_taken_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_relaxed(dir.path());
+    let c = db.collection("c").unwrap();
+    // A string takes its bytes plus 3 in an entry (tag and terminator).
+    let longest = |tail: &str| format!("{}{tail}", "x".repeat(3069 - tail.len()));
+    c.put("old", json!({"k": longest("") + "y"}), Expect::Absent)
+        .unwrap()
+        .unwrap();
+    c.create_index("by_old", spec(&["k"], false)).unwrap();
+    let status = wait_built(&c, "by_old");
+    assert_eq!(status.state, IndexState::Failed);
+    assert!(
+        status
+            .failure
+            .unwrap()
+            .contains("document old puts more than INDEX_VALUES_BYTES_MAX")
+    );
+    c.delete("old", Expect::Any).unwrap().unwrap();
+
+    c.create_index("by_k", spec(&["k"], false)).unwrap();
+    wait_ready(&c, "by_k");
+    for i in 0..3 {
+        c.put(
+            &format!("d{i}"),
+            json!({"k": longest(&i.to_string())}),
+            Expect::Absent,
+        )
+        .unwrap()
+        .unwrap();
+    }
+    let refused = c
+        .put("long", json!({"k": longest("") + "y"}), Expect::Absent)
+        .unwrap_err();
+    assert_eq!(refused.code(), "limit_exceeded");
+    assert!(
+        refused.to_string().contains("INDEX_VALUES_BYTES_MAX"),
+        "{refused}"
+    );
+    let patched = c
+        .patch(
+            "d0",
+            update(json!({"$set": {"k": longest("") + "y"}})),
+            Expect::Any,
+        )
+        .unwrap_err();
+    assert_eq!(patched.code(), "limit_exceeded");
+    let in_tx = db
+        .batch(
+            vec![
+                TxOp::Put {
+                    collection: "c".into(),
+                    id: "short".into(),
+                    body: json!({"k": "short"}),
+                    expect: Expect::Absent,
+                },
+                TxOp::Put {
+                    collection: "c".into(),
+                    id: "long".into(),
+                    body: json!({"k": longest("") + "y"}),
+                    expect: Expect::Absent,
+                },
+            ],
+            None,
+        )
+        .unwrap_err();
+    assert_eq!(in_tx.code(), "limit_exceeded");
+    assert!(
+        c.get("short").unwrap().is_none(),
+        "nothing of the transaction was written"
+    );
+
+    for order in [Order::Asc, Order::Desc] {
+        let mut query = Query {
+            index: Some("by_k".into()),
+            limit: 1,
+            order,
+            ..Query::default()
+        };
+        let mut ids = Vec::new();
+        loop {
+            let page = c.query(&query).unwrap();
+            ids.extend(page.docs.iter().map(|d| d.id.clone()));
+            match page.next {
+                Some(next) => query.after = Some(next),
+                None => break,
+            }
+        }
+        let mut expected = vec!["d0", "d1", "d2"];
+        if order == Order::Desc {
+            expected.reverse();
+        }
+        assert_eq!(ids, expected, "{order:?}");
+    }
 }
