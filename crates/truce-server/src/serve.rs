@@ -368,6 +368,7 @@ impl<S: Send + 'static> axum_server::accept::Accept<tokio::net::TcpStream, S> fo
                 Ok(peeked) => {
                     peeked?;
                     stream.set_nodelay(true)?;
+                    limit_unsent(&stream);
                     Ok((WriteStall::new(stream, write_stall), service))
                 }
                 Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
@@ -496,6 +497,40 @@ fn raise_open_files_limit() {
 
 #[cfg(not(unix))]
 fn raise_open_files_limit() {}
+
+/// Bytes a connection's socket may hold that its client has not been sent
+/// yet (`TCP_NOTSENT_LOWAT`): past them a write waits. Without it the kernel
+/// takes megabytes of an answer at once and wakes the writer only once about
+/// a third of that has drained, so a client reading a large answer slowly
+/// (under 40 KB/s) showed no progress for longer than the stall time, and
+/// lost its answer when the memory of answers was at its limit
+/// (`http::answers`). The data in flight is not bounded by it.
+pub const UNSENT_BYTES_MAX: u32 = 64 * 1024;
+
+#[cfg(target_os = "linux")]
+fn limit_unsent(stream: &tokio::net::TcpStream) {
+    use std::os::fd::AsRawFd;
+    let bytes = UNSENT_BYTES_MAX as libc::c_int;
+    // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from `&bytes`, a live c_int.
+    let set = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_NOTSENT_LOWAT,
+            (&bytes as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if set != 0 {
+        tracing::debug!(
+            "cannot set TCP_NOTSENT_LOWAT: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn limit_unsent(_stream: &tokio::net::TcpStream) {}
 
 #[cfg(test)]
 mod tests {

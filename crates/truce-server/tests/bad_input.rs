@@ -1320,17 +1320,12 @@ fn serving_a_big_page(args: &[&str]) -> (Server, Vec<u8>) {
     (server, get("/v1/c/big?limit=15"))
 }
 
-/// Reads what `stream` gets of its answer and checks it was cut short: fewer
-/// bytes than its `Content-Length`, then the end of the connection.
-fn assert_cut_short(mut stream: TcpStream, what: &str) {
-    stream
-        .set_read_timeout(Some(ANSWER_TIMEOUT))
-        .expect("set a read timeout");
-    let mut got = Vec::new();
-    let _ = stream.read_to_end(&mut got);
-    let text = String::from_utf8_lossy(&got[..got.len().min(4096)]).into_owned();
+/// The bytes of body in `answer` (an HTTP/1 answer as read off the wire),
+/// and the length its `Content-Length` announced.
+fn body_and_announced(answer: &[u8]) -> (usize, usize) {
+    let text = String::from_utf8_lossy(&answer[..answer.len().min(4096)]).into_owned();
     let (head, _) = text.split_once("\r\n\r\n").expect("the answer's headers");
-    let announced: usize = head
+    let announced = head
         .lines()
         .find_map(|line| {
             line.to_ascii_lowercase()
@@ -1339,7 +1334,18 @@ fn assert_cut_short(mut stream: TcpStream, what: &str) {
                 .ok()
         })
         .expect("a Content-Length");
-    let body = got.len() - head.len() - 4;
+    (answer.len() - head.len() - 4, announced)
+}
+
+/// Reads what `stream` gets of its answer and checks it was cut short: fewer
+/// bytes than its `Content-Length`, then the end of the connection.
+fn assert_cut_short(mut stream: TcpStream, what: &str) {
+    stream
+        .set_read_timeout(Some(ANSWER_TIMEOUT))
+        .expect("set a read timeout");
+    let mut got = Vec::new();
+    let _ = stream.read_to_end(&mut got);
+    let (body, announced) = body_and_announced(&got);
     assert!(
         body < announced,
         "{what} was sent whole ({body} of {announced} bytes)"
@@ -1486,4 +1492,67 @@ fn a_body_declared_over_the_limit_is_refused_before_it_is_sent() {
     let mut answer = String::new();
     let _ = stream.read_to_string(&mut answer);
     assert!(answer.starts_with("HTTP/1.1 201 "), "{answer:.300}");
+}
+
+/// A client that reads a large answer slowly but steadily keeps it, even
+/// while the answers being sent are at the limit and others are refused:
+/// each bit it reads shows as progress, as the socket holds at most
+/// `UNSENT_BYTES_MAX` of unsent bytes. Before, the kernel took megabytes at
+/// once and woke the server only once a third of them had drained, so a
+/// reader of 128 KB/s went seconds without progress, and its connection was
+/// closed as stalled, or its answer dropped to make room.
+#[test]
+fn a_slow_steady_reader_keeps_its_answer_under_pressure() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    const RATE_BYTES_PER_SEC: usize = 128 * 1024;
+    let (server, page) = serving_a_big_page(&["--answer-memory-mib", "16", "--answer-stall-ms", "3000"]);
+    let addr = server.addr;
+    let mut slow = TcpStream::connect(addr).expect("connect");
+    slow.set_read_timeout(Some(ANSWER_TIMEOUT))
+        .expect("set a read timeout");
+    slow.write_all(&page).expect("the request");
+    wait_until_held(addr);
+    // Someone else asks for room all the while, and is refused.
+    let done = Arc::new(AtomicBool::new(false));
+    let pressing = {
+        let (done, page) = (Arc::clone(&done), page.clone());
+        std::thread::spawn(move || {
+            let mut refused = 0;
+            while !done.load(Ordering::Relaxed) {
+                let answer = send_raw(addr, &page).expect("an answer");
+                assert_eq!(answer.status, 429, "{}", answer.text);
+                refused += 1;
+                std::thread::sleep(Duration::from_millis(300));
+            }
+            refused
+        })
+    };
+    let mut got = Vec::new();
+    let mut buffer = vec![0u8; RATE_BYTES_PER_SEC / 10];
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(8) {
+        // A tenth of a second's worth, then the rest of the tenth asleep.
+        let tick = Instant::now();
+        let mut want = buffer.len();
+        while want > 0 {
+            let n = slow.read(&mut buffer[..want]).expect("the slow read");
+            assert!(
+                n > 0,
+                "the answer ended after {} bytes, {:?}",
+                got.len(),
+                started.elapsed()
+            );
+            got.extend_from_slice(&buffer[..n]);
+            want -= n;
+        }
+        std::thread::sleep(Duration::from_millis(100).saturating_sub(tick.elapsed()));
+    }
+    done.store(true, Ordering::Relaxed);
+    let refused = pressing.join().expect("the other client was refused each time");
+    assert!(refused >= 5, "only {refused} requests asked for room");
+    assert_eq!(metric(addr, "truce_answers_dropped_total"), 0.0);
+    let _ = slow.read_to_end(&mut got);
+    let (body, announced) = body_and_announced(&got);
+    assert_eq!(body, announced, "the answer came whole");
 }

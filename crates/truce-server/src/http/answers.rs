@@ -3,19 +3,23 @@
 //! An answer is built whole before it is sent, and it stays in memory until
 //! the client has read it: an HTTP/1 client that stops reading, or an HTTP/2
 //! client that grants no flow-control credit, would otherwise hold any number
-//! of them (a 16 MiB query page each). Every answer of
-//! [`HELD_ANSWER_BYTES_MIN`] or more is counted here until its last byte is
-//! handed to the connection, and sent in frames of [`ANSWER_FRAME_BYTES`], so
-//! that each frame the connection takes shows that the client reads.
+//! of them (a 16 MiB query page each). Every answer larger than one frame
+//! ([`ANSWER_FRAME_BYTES`]) is counted here until its last byte is handed to
+//! the connection, and handed over a frame at a time, each one a copy: what
+//! the connection holds of it is a frame or a few (HTTP/2 takes one before it
+//! waits for credit; HTTP/1 queues a few), never the whole answer, and each
+//! frame taken shows that the client reads.
 //!
 //! When a new answer would take the total past the limit
 //! (`--answer-memory-mib`), the answers that made no progress for the stall
-//! time (`--answer-stall-ms`) are dropped first — their stream is reset, their
-//! HTTP/1 connection closed, their memory freed. If it still does not fit, the
-//! answer to a read (`GET`, `HEAD`: nothing was done) is replaced by 429
-//! `overloaded`; the answer to a write is always sent, since the write is done
-//! and a 429 would say it was not. The first answer always fits, so an answer
-//! larger than the limit is sent when it is alone.
+//! time (`--answer-stall-ms`) are dropped first — their memory freed at once,
+//! their stream reset or HTTP/1 connection closed when the connection asks
+//! for more. If it still does not fit, an answer that reports nothing done —
+//! to a `GET` or `HEAD`, a 4xx, or one its handler marks [`Unwritten`] (a
+//! `POST` that only reads) — is replaced by 429 `overloaded`; the answer to a
+//! write is always sent, since the write is done and a 429 would say it was
+//! not. The first answer always fits, so an answer larger than the limit is
+//! sent when it is alone.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -33,13 +37,11 @@ use prometheus_client::registry::Registry;
 
 use super::error::ApiError;
 
-/// Answers smaller than this are not counted: a connection holds at most one
-/// unread HTTP/1 answer, or one per HTTP/2 stream, and most answers are a
-/// document or less.
-pub const HELD_ANSWER_BYTES_MIN: usize = 16 * 1024;
-
-/// The frames a counted answer is sent in.
-pub const ANSWER_FRAME_BYTES: usize = 64 * 1024;
+/// The frames a counted answer is handed over in; answers of at most this
+/// are not counted, as a connection would hold them whole anyway (one unread
+/// HTTP/1 answer, or one per HTTP/2 stream). Small, as HTTP/2 holds one
+/// frame of each stream whose client grants no credit.
+pub const ANSWER_FRAME_BYTES: usize = 16 * 1024;
 
 /// The default limit on counted answers, MiB.
 pub const DEFAULT_ANSWER_MEMORY_MIB: u64 = 64;
@@ -47,6 +49,12 @@ pub const DEFAULT_ANSWER_MEMORY_MIB: u64 = 64;
 /// The default time a counted answer may make no progress before it may be
 /// dropped to make room, ms.
 pub const DEFAULT_ANSWER_STALL_MS: u64 = 30_000;
+
+/// A response extension: the request wrote nothing (a `POST` that only
+/// reads), so its answer may be refused when the answers being sent are at
+/// the limit.
+#[derive(Clone, Copy, Debug)]
+pub struct Unwritten;
 
 /// The answers being sent, and their bytes.
 pub struct Answers {
@@ -64,14 +72,14 @@ pub struct Answers {
 struct Ledger {
     /// Bytes of the answers not yet handed whole to their connection.
     bytes: usize,
-    /// Every counted answer that may still be held (dead entries are pruned
-    /// when the next one is counted).
+    /// The counted answers (those sent, given up or dropped are pruned when
+    /// the next one is counted).
     answers: Vec<Weak<Held>>,
 }
 
 /// One counted answer.
 struct Held {
-    /// What is left to send; `None` once sent whole, given up or dropped.
+    /// What is left to hand over; `None` once sent whole, given up or dropped.
     rest: Mutex<Option<Bytes>>,
     /// Its size, as counted.
     len: usize,
@@ -79,6 +87,12 @@ struct Held {
     progressed_ms: AtomicU64,
     /// Dropped for lack of progress: the connection gets an error, not an end.
     dropped: AtomicBool,
+}
+
+impl Held {
+    fn rest(&self) -> MutexGuard<'_, Option<Bytes>> {
+        self.rest.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 impl Answers {
@@ -101,12 +115,12 @@ impl Answers {
     pub fn register(&self, registry: &mut Registry) {
         registry.register(
             "answer_held_bytes",
-            "Bytes of answers of 16 KiB or more not yet handed whole to their connection",
+            "Bytes of answers over 16 KiB not yet handed whole to their connection",
             self.held_bytes.clone(),
         );
         registry.register(
             "answers_refused",
-            "Answers to reads replaced by 429 overloaded: the answers held were at the limit",
+            "Answers reporting nothing done, replaced by 429 overloaded: the answers held were at the limit",
             self.refused.clone(),
         );
         registry.register(
@@ -116,16 +130,19 @@ impl Answers {
         );
     }
 
-    /// `response`, counted and sent in frames when it is
-    /// [`HELD_ANSWER_BYTES_MIN`] or more, or 429 `overloaded` in its place
-    /// when it does not fit and `refusable` (the request was a read).
-    pub async fn hold(self: &Arc<Self>, refusable: bool, response: Response) -> Response {
+    /// `response`, counted and handed over in frames when it is larger than
+    /// [`ANSWER_FRAME_BYTES`], or 429 `overloaded` in its place when it does
+    /// not fit and reports nothing done (`read`: the request's method is a
+    /// safe one; a 4xx; an [`Unwritten`] answer).
+    pub async fn hold(self: &Arc<Self>, read: bool, response: Response) -> Response {
         let Some(len) = response.body().size_hint().exact() else {
             return response; // a stream: it builds its pages as they are read
         };
-        if len < HELD_ANSWER_BYTES_MIN as u64 {
+        if len <= ANSWER_FRAME_BYTES as u64 {
             return response;
         }
+        let refusable =
+            read || response.status().is_client_error() || response.extensions().get::<Unwritten>().is_some();
         let (parts, body) = response.into_parts();
         // Our answers are whole bytes already: this does not wait.
         let bytes = match body.collect().await {
@@ -135,9 +152,8 @@ impl Answers {
                     .into_response();
             }
         };
-        match self.admit(bytes.len(), refusable) {
+        match self.admit(bytes, refusable) {
             Some(held) => {
-                *held.rest.lock().unwrap_or_else(|e| e.into_inner()) = Some(bytes);
                 let body = HeldBody {
                     held,
                     answers: Arc::clone(self),
@@ -159,9 +175,10 @@ impl Answers {
         self.ledger.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Counts `len` more bytes, dropping stalled answers first if they do not
-    /// fit; `None` if they still do not and `refusable`.
-    fn admit(&self, len: usize, refusable: bool) -> Option<Arc<Held>> {
+    /// Counts `bytes`, dropping stalled answers first if they do not fit;
+    /// `None` if they still do not and `refusable`.
+    fn admit(&self, bytes: Bytes, refusable: bool) -> Option<Arc<Held>> {
+        let len = bytes.len();
         let now = self.now_ms();
         let mut ledger = self.ledger();
         let fits =
@@ -172,9 +189,12 @@ impl Answers {
                 return None;
             }
         }
-        ledger.answers.retain(|held| held.strong_count() > 0);
+        // Those sent whole, given up or dropped are counted no more.
+        ledger
+            .answers
+            .retain(|held| held.upgrade().is_some_and(|held| held.rest().is_some()));
         let held = Arc::new(Held {
-            rest: Mutex::new(None),
+            rest: Mutex::new(Some(bytes)),
             len,
             progressed_ms: AtomicU64::new(now),
             dropped: AtomicBool::new(false),
@@ -191,13 +211,7 @@ impl Answers {
             if now.saturating_sub(held.progressed_ms.load(Ordering::Relaxed)) < self.stall_ms {
                 continue;
             }
-            if held
-                .rest
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .take()
-                .is_some()
-            {
+            if held.rest().take().is_some() {
                 held.dropped.store(true, Ordering::Relaxed);
                 ledger.bytes -= held.len;
                 self.dropped.inc();
@@ -245,20 +259,20 @@ impl hyper::body::Body for HeldBody {
         _cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, AnswerDropped>>> {
         let this = self.get_mut();
-        let mut rest = this.held.rest.lock().unwrap_or_else(|e| e.into_inner());
+        let mut rest = this.held.rest();
         let Some(bytes) = rest.as_mut() else {
             let dropped = this.held.dropped.load(Ordering::Relaxed);
             return Poll::Ready(dropped.then_some(Err(AnswerDropped)));
         };
-        let frame = if bytes.len() > ANSWER_FRAME_BYTES {
-            bytes.split_to(ANSWER_FRAME_BYTES)
-        } else {
-            let last = std::mem::take(bytes);
+        // A copy: a slice would keep the whole answer alive for as long as
+        // the connection holds the frame, dropped or not.
+        let frame = Bytes::copy_from_slice(&bytes[..bytes.len().min(ANSWER_FRAME_BYTES)]);
+        let _ = bytes.split_to(frame.len());
+        if bytes.is_empty() {
             *rest = None;
             drop(rest);
             this.answers.release(this.held.len);
-            last
-        };
+        }
         this.held
             .progressed_ms
             .store(this.answers.now_ms(), Ordering::Relaxed);
@@ -266,20 +280,18 @@ impl hyper::body::Body for HeldBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.held.rest.lock().unwrap_or_else(|e| e.into_inner()).is_none()
-            && !self.held.dropped.load(Ordering::Relaxed)
+        self.held.rest().is_none() && !self.held.dropped.load(Ordering::Relaxed)
     }
 
     fn size_hint(&self) -> SizeHint {
-        let rest = self.held.rest.lock().unwrap_or_else(|e| e.into_inner());
-        SizeHint::with_exact(rest.as_ref().map_or(0, |bytes| bytes.len() as u64))
+        SizeHint::with_exact(self.held.rest().as_ref().map_or(0, |bytes| bytes.len() as u64))
     }
 }
 
 impl Drop for HeldBody {
     /// The connection gave up on the answer (closed, reset): its bytes are free.
     fn drop(&mut self) {
-        let given_up = self.held.rest.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let given_up = self.held.rest().take();
         if given_up.is_some() {
             self.answers.release(self.held.len);
         }
@@ -289,6 +301,7 @@ impl Drop for HeldBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::http::StatusCode;
 
     fn answer(len: usize) -> Response {
         Body::from(vec![b'x'; len]).into_response()
@@ -303,30 +316,48 @@ mod tests {
         sizes
     }
 
+    async fn first_frame(body: &mut Body) -> Bytes {
+        body.frame()
+            .await
+            .expect("a frame")
+            .expect("data")
+            .into_data()
+            .expect("data")
+    }
+
     fn held_bytes(answers: &Answers) -> usize {
         answers.ledger().bytes
     }
 
     #[tokio::test]
-    async fn a_counted_answer_goes_in_frames_and_is_freed_when_sent() {
+    async fn a_counted_answer_goes_in_copied_frames_and_is_freed_when_sent() {
         let answers = Answers::new(1 << 20, Duration::from_secs(30));
-        let small = answers.hold(true, answer(100)).await;
-        assert_eq!(held_bytes(&answers), 0, "small answers are not counted");
-        assert_eq!(frames(small).await, [100]);
-        let big = answers.hold(true, answer(150_000)).await;
-        assert_eq!(big.body().size_hint().exact(), Some(150_000));
-        assert_eq!(held_bytes(&answers), 150_000);
-        assert_eq!(frames(big).await, [65_536, 65_536, 18_928]);
+        let small = answers.hold(true, answer(ANSWER_FRAME_BYTES)).await;
+        assert_eq!(held_bytes(&answers), 0, "an answer of one frame is not counted");
+        assert_eq!(frames(small).await, [ANSWER_FRAME_BYTES]);
+        let big = answers.hold(true, answer(40_000)).await;
+        assert_eq!(big.body().size_hint().exact(), Some(40_000));
+        assert_eq!(held_bytes(&answers), 40_000);
+        assert_eq!(frames(big).await, [16_384, 16_384, 7_232]);
         assert_eq!(held_bytes(&answers), 0);
         // Given up half-sent (the connection closed): freed too.
-        let mut big = answers.hold(true, answer(150_000)).await.into_body();
-        body_frame(&mut big).await;
+        let mut big = answers.hold(true, answer(40_000)).await.into_body();
+        first_frame(&mut big).await;
         drop(big);
         assert_eq!(held_bytes(&answers), 0);
-    }
-
-    async fn body_frame(body: &mut Body) {
-        body.frame().await.expect("a frame").expect("data");
+        // Each frame is a copy: one the connection still holds does not keep
+        // the answer's memory alive.
+        let whole = Bytes::from(vec![b'y'; 40_000]);
+        let answer_memory = whole.as_ptr() as usize..whole.as_ptr() as usize + whole.len();
+        let mut big = answers
+            .hold(true, Body::from(whole).into_response())
+            .await
+            .into_body();
+        let frame = first_frame(&mut big).await;
+        assert!(
+            !answer_memory.contains(&(frame.as_ptr() as usize)),
+            "a slice of the answer"
+        );
     }
 
     #[tokio::test]
@@ -334,10 +365,17 @@ mod tests {
         let answers = Answers::new(100_000, Duration::from_millis(200));
         // The first answer fits whatever its size.
         let mut first = answers.hold(true, answer(150_000)).await.into_body();
-        body_frame(&mut first).await;
+        first_frame(&mut first).await;
         let refused = answers.hold(true, answer(20_000)).await;
         assert_eq!(refused.status(), 429);
-        assert_eq!(answers.refused.get(), 1);
+        // So are a 4xx (nothing was done) and an answer its handler marks
+        // as a read sent as a POST.
+        let conflict = (StatusCode::CONFLICT, Body::from(vec![b'x'; 20_000])).into_response();
+        assert_eq!(answers.hold(false, conflict).await.status(), 429);
+        let mut unwritten = answer(20_000);
+        unwritten.extensions_mut().insert(Unwritten);
+        assert_eq!(answers.hold(false, unwritten).await.status(), 429);
+        assert_eq!(answers.refused.get(), 3);
         // A write's answer is sent anyway: the write is done.
         let write = answers.hold(false, answer(20_000)).await;
         assert_eq!(write.status(), 200);
@@ -349,9 +387,10 @@ mod tests {
         assert_eq!(read.status(), 200);
         assert_eq!(answers.dropped.get(), 2);
         assert_eq!(held_bytes(&answers), 20_000);
+        assert_eq!(answers.ledger().answers.len(), 1, "the dropped ones are pruned");
         let end = first.frame().await.expect("an error, not an end");
         assert!(end.is_err(), "a dropped answer ends in an error");
-        assert_eq!(frames(read).await, [20_000]);
+        assert_eq!(frames(read).await, [16_384, 3_616]);
         drop(write);
         drop(first);
         assert_eq!(held_bytes(&answers), 0);

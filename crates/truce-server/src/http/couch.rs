@@ -598,7 +598,10 @@ pub async fn all_docs_post(
         Some(v) => v.as_bool().unwrap_or(false),
         None => params.flag("include_docs")?,
     };
-    all_docs_for(&state, &coll, &params, keys, include_docs, Tombstones::Null).await
+    let mut answer = all_docs_for(&state, &coll, &params, keys, include_docs, Tombstones::Null).await?;
+    // A read sent as a POST: under memory pressure it may be refused.
+    answer.extensions_mut().insert(super::answers::Unwritten);
+    Ok(answer)
 }
 
 /// `POST /couch/{coll}/_bulk_docs`: each row applies on its own (as in CouchDB);

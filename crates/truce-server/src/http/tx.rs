@@ -225,7 +225,12 @@ pub async fn transaction(
                     })
                 })
                 .collect();
-            Ok(axum::Json(json!({"seq": committed.seq, "results": results})).into_response())
+            let mut answer = axum::Json(json!({"seq": committed.seq, "results": results})).into_response();
+            if !writes {
+                // Only checks: under memory pressure the answer may be refused.
+                answer.extensions_mut().insert(super::answers::Unwritten);
+            }
+            Ok(answer)
         }
         Err(TxFailure::Conflicts(conflicts)) => {
             Err(ApiError::TxConflicts(conflicts, super::error::NOTHING_WRITTEN))
