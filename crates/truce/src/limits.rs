@@ -85,6 +85,12 @@ const _: () = assert!(
     2 * COLLECTION_NAME_BYTES_MAX + 2 + INDEX_VALUES_BYTES_MAX + ID_BYTES_MAX <= CURSOR_KEY_BYTES_MAX
 );
 
+/// Most entries one scan of a query reads when the page needs fewer: scans
+/// grow to it while tombstones (deleted documents, which keep their key for
+/// the change feed) fill them. Bounded, as each entry of an id-order query is
+/// a whole document.
+pub const QUERY_SCAN_ENTRIES_MAX: usize = 64;
+
 /// Largest page a query returns; bigger reads page with cursors.
 pub const QUERY_LIMIT_MAX: usize = 1000;
 

@@ -9,7 +9,7 @@ use crate::doc::{Document, Rev};
 use crate::error::{Error, Result};
 use crate::index::query::{self, KeyRange, Order, Query, QueryPage};
 use crate::index::{IndexDef, IndexState};
-use crate::limits::{CHANGES_LIMIT_MAX, PAGE_BYTES_MAX};
+use crate::limits::{CHANGES_LIMIT_MAX, PAGE_BYTES_MAX, QUERY_SCAN_ENTRIES_MAX};
 use crate::storage::{Direction, Space, StorageRead};
 
 use super::committer::{META_LAST_SEQ, Shared, read_document_sized, read_meta_counter};
@@ -107,17 +107,15 @@ pub fn run_query(
     let mut bytes = 0;
     let mut last_key = None;
     let mut cursor = range.clone();
-    // Tombstones occupy document keys, so an id-order page may need several scans.
+    // Tombstones occupy document keys, so an id-order page may need several
+    // scans; while they keep coming, each scan reads twice as many entries
+    // as the last (up to `QUERY_SCAN_ENTRIES_MAX` past what the page still
+    // needs), or a page of one after a million tombstones took a million.
+    let mut take = limit;
     'scan: loop {
         let end = cursor.end.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
-        let entries = view.scan(
-            space,
-            Bound::Included(&cursor.start),
-            end,
-            direction,
-            limit - docs.len(),
-        )?;
-        let exhausted = entries.len() < limit - docs.len();
+        let entries = view.scan(space, Bound::Included(&cursor.start), end, direction, take)?;
+        let exhausted = entries.len() < take;
         for (key, value) in entries {
             let doc = match &def {
                 Some(_) => {
@@ -145,6 +143,8 @@ pub fn run_query(
         if exhausted {
             break;
         }
+        let need = limit - docs.len();
+        take = need.max((take * 2).min(QUERY_SCAN_ENTRIES_MAX));
     }
     // Full: the rest of the range goes on after it (cut by `limit` or by
     // `PAGE_BYTES_MAX`).
