@@ -241,7 +241,7 @@ pub fn cursor(data: &[u8]) {
             ..Query::default()
         };
         if let Ok(range) = query.range("c", index) {
-            let _ = query.remaining(&range);
+            let _ = query.remaining(&range, index);
         }
     }
 }

@@ -92,7 +92,7 @@ pub fn run_query(
         .transpose()?;
     let limit = q.page_size()?;
     let whole = q.range(collection, def.as_ref())?;
-    let range = q.remaining(&whole)?;
+    let range = q.remaining(&whole, def.as_ref())?;
     let space = if def.is_some() {
         Space::Index
     } else {
@@ -150,7 +150,10 @@ pub fn run_query(
     // `PAGE_BYTES_MAX`).
     let full = docs.len() == limit || bytes >= PAGE_BYTES_MAX;
     let next = if full {
-        last_key.as_deref().map(|key| query::encode_cursor(q.order, key))
+        let declared_seq = def.as_ref().map_or(0, |d| d.declared_seq);
+        last_key
+            .as_deref()
+            .map(|key| query::encode_cursor(q.order, declared_seq, key))
     } else {
         None
     };

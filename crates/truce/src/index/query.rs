@@ -187,18 +187,26 @@ impl Query {
         Ok(KeyRange { start, end })
     }
 
-    /// The part of `range` still to read after the cursor.
-    pub fn remaining(&self, range: &KeyRange) -> Result<KeyRange> {
+    /// The part of `range` (of index `def`, or of the ids) still to read
+    /// after the cursor.
+    pub fn remaining(&self, range: &KeyRange, def: Option<&IndexDef>) -> Result<KeyRange> {
         let Some(cursor) = &self.after else {
             return Ok(range.clone());
         };
-        let (order, key) = decode_cursor(cursor)?;
+        let (order, declared_seq, key) = decode_cursor(cursor)?;
         if order != self.order {
             return Err(invalid(format!(
                 "the cursor continues a query in {} order, not {}",
                 order.name(),
                 self.order.name()
             )));
+        }
+        if declared_seq != def.map_or(0, |d| d.declared_seq) {
+            return Err(invalid(
+                "the cursor belongs to another index (one of this name dropped since, or another query): \
+                 start the query again"
+                    .into(),
+            ));
         }
         // The last key of a page of this query lies in its range. In id order
         // the key is `collection \0 id`, and ids hold no NUL: a key with a
@@ -221,23 +229,35 @@ impl Query {
     }
 }
 
-/// An opaque cursor naming the order and the last key of a page.
-pub fn encode_cursor(order: Order, key: &[u8]) -> String {
-    let mut cursor = format!("{}-", order.name());
+/// An opaque cursor naming the order, the index (by the commit that declared
+/// it: one declared anew under the same name is another; 0 for id order) and
+/// the last key of a page.
+pub fn encode_cursor(order: Order, declared_seq: u64, key: &[u8]) -> String {
+    let mut cursor = format!("{}-{declared_seq}-", order.name());
     cursor.extend(key.iter().map(|b| format!("{b:02x}")));
     cursor
 }
 
 /// Reads a cursor back; anything that is not one is [`Error::InvalidQuery`].
-pub fn decode_cursor(cursor: &str) -> Result<(Order, Vec<u8>)> {
+pub fn decode_cursor(cursor: &str) -> Result<(Order, u64, Vec<u8>)> {
     let bad = || invalid("not a cursor returned by this server".into());
-    let (order, hex) = match cursor.split_once('-') {
-        Some((name, hex)) => (Order::from_name(name).ok_or_else(bad)?, hex),
-        None if !cursor.is_empty() && cursor.bytes().all(|b| b.is_ascii_hexdigit()) => {
-            return Err(invalid(
-                "a cursor from a server before 2026-12-05, which named no order: start the query again"
-                    .into(),
-            ));
+    let before = |what: &str| {
+        Err(invalid(format!(
+            "a cursor from a server before {what}: start the query again"
+        )))
+    };
+    let mut parts = cursor.splitn(3, '-');
+    let (order, declared_seq, hex) = match (parts.next(), parts.next(), parts.next()) {
+        (Some(name), Some(seq), Some(hex)) => (
+            Order::from_name(name).ok_or_else(bad)?,
+            seq.parse::<u64>().map_err(|_| bad())?,
+            hex,
+        ),
+        (Some(name), Some(_), None) if Order::from_name(name).is_some() => {
+            return before("2026-12-06, which named no index");
+        }
+        (Some(hex), None, None) if !hex.is_empty() && hex.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            return before("2026-12-05, which named no order");
         }
         _ => return Err(bad()),
     };
@@ -252,7 +272,7 @@ pub fn decode_cursor(cursor: &str) -> Result<(Order, Vec<u8>)> {
                 .ok_or_else(bad)
         })
         .collect::<Result<Vec<u8>>>()?;
-    Ok((order, key))
+    Ok((order, declared_seq, key))
 }
 
 #[cfg(test)]
@@ -320,17 +340,19 @@ mod tests {
     fn cursors_round_trip_and_are_checked() {
         let k = key(json!("x"), json!(1), "id");
         assert_eq!(
-            decode_cursor(&encode_cursor(Order::Desc, &k)).unwrap(),
-            (Order::Desc, k.clone())
+            decode_cursor(&encode_cursor(Order::Desc, 7, &k)).unwrap(),
+            (Order::Desc, 7, k.clone())
         );
-        for bad in ["0", "zz", "abc", "asc-0", "asc-zz", "up-00", "6300", ""] {
+        for bad in ["0", "zz", "abc", "asc-0-0", "asc-0-zz", "asc-x-00", "up-0-00", ""] {
             assert_eq!(decode_cursor(bad).unwrap_err().code(), "invalid_query", "{bad}");
         }
-        let legacy = decode_cursor("630062795f610004610001").unwrap_err().to_string();
-        assert!(legacy.contains("start the query again"), "{legacy}");
+        for legacy in ["630062795f610004610001", "asc-630062795f610004610001"] {
+            let refused = decode_cursor(legacy).unwrap_err().to_string();
+            assert!(refused.contains("start the query again"), "{refused}");
+        }
         let refused = |q: &Query, index: Option<&IndexDef>| {
             let range = q.range("c", index).unwrap();
-            q.remaining(&range).unwrap_err().code()
+            q.remaining(&range, index).unwrap_err().code()
         };
         let by_index = |order: Order, after: String| Query {
             index: Some("i".into()),
@@ -338,32 +360,48 @@ mod tests {
             after: Some(after),
             ..Query::default()
         };
+        let mut declared = def();
+        declared.declared_seq = 7;
         // The cursor of a page of this index, in this order, continues it.
-        let q = by_index(Order::Asc, encode_cursor(Order::Asc, &k));
-        let range = q.range("c", Some(&def())).unwrap();
-        assert!(q.remaining(&range).is_ok());
-        // Another order, another index, another collection, an id-order query.
-        let q = by_index(Order::Desc, encode_cursor(Order::Asc, &k));
-        assert_eq!(refused(&q, Some(&def())), "invalid_query");
-        let other = IndexDef::new("c", "j", def().spec.clone()).unwrap();
+        let q = by_index(Order::Asc, encode_cursor(Order::Asc, 7, &k));
+        let range = q.range("c", Some(&declared)).unwrap();
+        assert!(q.remaining(&range, Some(&declared)).is_ok());
+        // Another order, another index, the same name declared anew, another
+        // collection, an id-order query.
+        let q = by_index(Order::Desc, encode_cursor(Order::Asc, 7, &k));
+        assert_eq!(refused(&q, Some(&declared)), "invalid_query");
+        let mut other = IndexDef::new("c", "j", def().spec.clone()).unwrap();
+        other.declared_seq = 7;
         assert_eq!(
-            refused(&by_index(Order::Asc, encode_cursor(Order::Asc, &k)), Some(&other)),
+            refused(
+                &by_index(Order::Asc, encode_cursor(Order::Asc, 7, &k)),
+                Some(&other)
+            ),
+            "invalid_query"
+        );
+        let mut anew = declared.clone();
+        anew.declared_seq = 9;
+        assert_eq!(
+            refused(
+                &by_index(Order::Asc, encode_cursor(Order::Asc, 7, &k)),
+                Some(&anew)
+            ),
             "invalid_query"
         );
         let other_collection = Query {
-            after: Some(encode_cursor(Order::Asc, b"other\0x")),
+            after: Some(encode_cursor(Order::Asc, 0, b"other\0x")),
             ..Query::default()
         };
         assert_eq!(refused(&other_collection, None), "invalid_query");
         let index_cursor_in_id_order = Query {
-            after: Some(encode_cursor(Order::Asc, &k)),
+            after: Some(encode_cursor(Order::Asc, 0, &k)),
             ..Query::default()
         };
         assert_eq!(refused(&index_cursor_in_id_order, None), "invalid_query");
         // Bounds that exclude the cursor's key.
-        let mut bounded = by_index(Order::Asc, encode_cursor(Order::Asc, &k));
+        let mut bounded = by_index(Order::Asc, encode_cursor(Order::Asc, 7, &k));
         bounded.eq = vec![json!("y")];
-        assert_eq!(refused(&bounded, Some(&def())), "invalid_query");
+        assert_eq!(refused(&bounded, Some(&declared)), "invalid_query");
     }
 
     #[test]
