@@ -133,6 +133,7 @@ fn get(path: &str) -> Vec<u8> {
 
 fn cases() -> Vec<Case> {
     let deep = nested_object(10_000);
+    let deep_path = vec!["a"; 33].join(".");
     let deep_array = nested_array(10_000);
     let too_deep_for_a_document = nested_object(40);
     let big_string = "x".repeat(truce::limits::DOC_SIZE_BYTES_MAX + 10);
@@ -702,6 +703,32 @@ fn cases() -> Vec<Case> {
             put("/v1/c/t/_indexes/by_kk", r#"{"fields": ["k", "k"]}"#),
             400,
             "invalid_index",
+        ),
+        case("a query of an index named nothing", get("/v1/c/t?index="), 400, "invalid_index"),
+        case("a query of an index named 1bad", get("/v1/c/t?index=1bad"), 400, "invalid_index"),
+        // A path past PATH_SEGMENTS_MAX is the limit wherever it is met.
+        case(
+            "an index on a path of 33 segments",
+            put("/v1/c/t/_indexes/deep", format!(r#"{{"fields": ["{deep_path}"]}}"#)),
+            413,
+            "limit_exceeded",
+        ),
+        case(
+            "a TTL field of 33 segments",
+            put("/v1/c/t/_config", format!(r#"{{"ttl": {{"field": "{deep_path}", "seconds": 60}}}}"#)),
+            413,
+            "limit_exceeded",
+        ),
+        case(
+            "a counter grouping by a path of 33 segments",
+            put(
+                "/v1/c/t/_config",
+                format!(
+                    r#"{{"counters": [{{"name": "n", "group_by": "{deep_path}", "target": {{"c": "u", "field": "n"}}}}]}}"#
+                ),
+            ),
+            413,
+            "limit_exceeded",
         ),
         // A misspelt query parameter would answer as if it were absent.
         case("a feed with since misspelt", get("/v1/c/t/_changes?sinse=5"), 400, "invalid_query"),

@@ -116,6 +116,16 @@ pub enum Error {
 }
 
 impl Error {
+    /// `wrap(self)`, unless this is a limit: a limit keeps its code
+    /// (`limit_exceeded`) wherever it is met, in a document or in a
+    /// declaration (an index's field, a configuration's).
+    pub fn unless_limit(self, wrap: impl FnOnce(Error) -> Error) -> Error {
+        match self {
+            Error::LimitExceeded { .. } => self,
+            other => wrap(other),
+        }
+    }
+
     /// This error with its message naming op `index` of a transaction, so
     /// that the caller of a long one knows which op to look at. Errors whose
     /// message is not text of their own (limits, sizes) are left as they are.

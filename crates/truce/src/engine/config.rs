@@ -114,7 +114,7 @@ fn parse_ttl(value: &Value) -> Result<Option<TtlConfig>> {
     };
     only(ttl, &["field", "seconds"], "ttl")?;
     let field = text(ttl, "field", "ttl")?;
-    let path = Path::parse(field).map_err(|e| invalid(format!("ttl.field: {e}")))?;
+    let path = Path::parse(field).map_err(|e| e.unless_limit(|e| invalid(format!("ttl.field: {e}"))))?;
     let seconds = ttl
         .get("seconds")
         .and_then(Value::as_u64)
@@ -141,7 +141,7 @@ fn parse_counter(value: &Value, index: usize) -> Result<CounterDef> {
     doc::validate_collection_name(name)
         .map_err(|_| invalid(format!("{what}.name {name:?} is not a valid name")))?;
     let group_by = Path::parse_filter(text(c, "group_by", &what)?)
-        .map_err(|e| invalid(format!("{what}.group_by: {e}")))?;
+        .map_err(|e| e.unless_limit(|e| invalid(format!("{what}.group_by: {e}"))))?;
     let filter_json = c.get("where").cloned().unwrap_or(Value::Null);
     let filter = match &filter_json {
         Value::Null => None,
@@ -150,7 +150,7 @@ fn parse_counter(value: &Value, index: usize) -> Result<CounterDef> {
     let sum = match c.get("sum") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => {
-            Some(Path::parse_filter(s).map_err(|e| invalid(format!("{what}.sum: {e}")))?)
+            Some(Path::parse_filter(s).map_err(|e| e.unless_limit(|e| invalid(format!("{what}.sum: {e}"))))?)
         }
         Some(_) => return Err(invalid(format!("{what}.sum must be a field name or null"))),
     };
@@ -161,7 +161,8 @@ fn parse_counter(value: &Value, index: usize) -> Result<CounterDef> {
     let target_collection = text(target, "c", &format!("{what}.target"))?;
     doc::validate_collection_name(target_collection)?;
     let target_field = text(target, "field", &format!("{what}.target"))?;
-    Path::parse(target_field).map_err(|e| invalid(format!("{what}.target.field: {e}")))?;
+    Path::parse(target_field)
+        .map_err(|e| e.unless_limit(|e| invalid(format!("{what}.target.field: {e}"))))?;
     let mode = match c.get("mode") {
         None | Some(Value::Null) => CounterMode::InCommit,
         Some(Value::String(mode)) if mode == "in_commit" => CounterMode::InCommit,

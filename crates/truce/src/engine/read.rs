@@ -30,6 +30,8 @@ pub fn durable_snapshot(shared: &Shared) -> Result<(Box<dyn StorageRead>, u64)> 
 /// complete would miss entries, or hold those of a dropped index of the same
 /// name: `index_building`.
 pub fn ready_index(shared: &Shared, collection: &str, name: &str, snapshot_seq: u64) -> Result<IndexDef> {
+    // A name no index can have is the caller's mistake, not a missing index.
+    crate::index::validate_name(name)?;
     let catalog = shared.catalog.read().unwrap_or_else(|p| p.into_inner());
     let def = catalog
         .get(collection)

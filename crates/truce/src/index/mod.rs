@@ -122,7 +122,10 @@ impl IndexDef {
         let paths = spec
             .fields
             .iter()
-            .map(|f| Path::parse_filter(f).map_err(|e| Error::InvalidIndex(format!("field {f:?}: {e}"))))
+            .map(|f| {
+                Path::parse_filter(f)
+                    .map_err(|e| e.unless_limit(|e| Error::InvalidIndex(format!("field {f:?}: {e}"))))
+            })
             .collect::<Result<Vec<_>>>()?;
         Ok(IndexDef {
             collection: collection.into(),
