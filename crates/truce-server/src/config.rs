@@ -201,10 +201,10 @@ pub struct ServeArgs {
     #[arg(long, env = "TRUCE_MAX_CONCURRENT_REQUESTS")]
     pub max_concurrent_requests: Option<usize>,
     /// Memory for answers waiting for their clients to read them, in MiB, 1 to
-    /// 65536 [default: 64]. Answers of 16 KiB or more count until their last
-    /// byte is handed to the connection; past this, those that made no
-    /// progress for --answer-stall-ms are dropped, and if that frees too
-    /// little, reads are answered 429.
+    /// 65536 [default: 64]. Answers over 16 KiB count until their last byte
+    /// is handed to the connection; past this, those that made no progress
+    /// for --answer-stall-ms are dropped, and if that frees too little,
+    /// answers that report nothing done (reads, 4xx) are replaced by 429.
     #[arg(long, env = "TRUCE_ANSWER_MEMORY_MIB")]
     pub answer_memory_mib: Option<u64>,
     /// How long an answer may make no progress before it may be dropped to

@@ -87,9 +87,10 @@ const _: () = assert!(
 
 /// Most entries one scan of a query reads when the page needs fewer: scans
 /// grow to it while tombstones (deleted documents, which keep their key for
-/// the change feed) fill them. Bounded, as each entry of an id-order query is
-/// a whole document.
-pub const QUERY_SCAN_ENTRIES_MAX: usize = 64;
+/// the change feed) fill them. Small, as each entry of an id-order query is a
+/// whole document: a page of one reads at most 16 of them (16 MiB, one
+/// page's bytes).
+pub const QUERY_SCAN_ENTRIES_MAX: usize = 16;
 
 /// Largest page a query returns; bigger reads page with cursors.
 pub const QUERY_LIMIT_MAX: usize = 1000;

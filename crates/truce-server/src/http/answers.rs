@@ -17,9 +17,9 @@
 //! for more. If it still does not fit, an answer that reports nothing done —
 //! to a `GET` or `HEAD`, a 4xx, or one its handler marks [`Unwritten`] (a
 //! `POST` that only reads) — is replaced by 429 `overloaded`; the answer to a
-//! write is always sent, since the write is done and a 429 would say it was
-//! not. The first answer always fits, so an answer larger than the limit is
-//! sent when it is alone.
+//! write is never refused, since the write is done and a 429 would say it
+//! was not (it is dropped when it stalls, as any answer). The first answer
+//! always fits, so an answer larger than the limit is sent when it is alone.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -81,17 +81,20 @@ pub async fn put_config(
     // key that could not declare it may not take it away. Judged by the
     // configuration it replaces, read and replaced under the lock, so that no
     // change slips in between (a global admin's counter into a collection
-    // this key may not write, which it would then remove); the guard goes
-    // with the store, so a request that times out still holds it until then.
+    // this key may not write, which it would then remove). The guard goes
+    // with the store, so a request that times out still holds it until then,
+    // and the backfills run in the same blocking task after it is released:
+    // a request dropped between the two would otherwise leave them waiting
+    // for the next open.
     let one_at_a_time = Arc::clone(&state.config_changes).lock_owned().await;
     authorize_targets(&who, &collection.config())?;
-    let storing = collection.clone();
-    blocking(move || {
-        let _one_at_a_time = one_at_a_time;
-        storing.store_config(config)
+    let reports = blocking(move || {
+        let stored = collection.store_config(config);
+        drop(one_at_a_time);
+        stored?;
+        collection.backfill_pending()
     })
     .await?;
-    let reports = blocking(move || collection.backfill_pending()).await?;
     let backfill: Map<String, Value> = reports
         .iter()
         .map(|(name, report)| (name.clone(), recount_json(report)))

@@ -34,8 +34,9 @@ pub struct CheckProblem {
     /// What is wrong, a stable code (see `docs/reliability.md`, "Checking a
     /// database"): `corrupt_record`, `bad_key`, `ahead_of_last_seq`,
     /// `missing_change`, `stale_change`, `missing_index_entry`,
-    /// `stale_index_entry`, `orphan_index_entry`, `missing_idempotency_expiry`,
-    /// `stale_idempotency_expiry`, `counter_mismatch`.
+    /// `stale_index_entry`, `orphan_index_entry`, `duplicate_unique_value`,
+    /// `missing_idempotency_expiry`, `stale_idempotency_expiry`,
+    /// `counter_mismatch`, `counter_target_not_a_number`.
     pub kind: &'static str,
     /// The space it was found in (`Space::name`).
     pub space: &'static str,

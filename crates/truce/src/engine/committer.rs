@@ -835,7 +835,8 @@ impl Committer {
                         // tombstone writes no body.
                         if !state.doc.is_deleted() {
                             bytes += state.canonical.len();
-                            self.check_index_values(&op.collection, &state.doc.body)?;
+                            let before = current.filter(|d| !d.is_deleted()).map(|d| &d.body);
+                            self.check_index_values(&op.collection, &state, before)?;
                         }
                         if bytes > TX_WRITE_BYTES_MAX {
                             return Err(Error::LimitExceeded {
@@ -905,12 +906,29 @@ impl Committer {
         Ok(Ok(committed))
     }
 
-    /// Refuses a document whose values in one of its collection's indexes are
-    /// over `INDEX_VALUES_BYTES_MAX` (an index that failed is not kept).
-    fn check_index_values(&self, collection: &str, body: &crate::doc::Body) -> Result<()> {
+    /// Refuses a new state whose values in one of its collection's indexes
+    /// are over `INDEX_VALUES_BYTES_MAX` (an index that failed is not kept),
+    /// unless the document held those values `before` (an entry stored before
+    /// the limit: a write that leaves it as it is goes through).
+    fn check_index_values(
+        &self,
+        collection: &str,
+        state: &evaluate::NewState,
+        before: Option<&crate::doc::Body>,
+    ) -> Result<()> {
         let defs = self.indexes.get(collection).into_iter().flatten();
-        defs.filter(|d| d.state != IndexState::Failed)
-            .try_for_each(|def| def.check_values(body))
+        // Each field's encoding takes at most its JSON text (part of the
+        // document's) and 25 bytes: most documents need no look.
+        let may_pass = |def: &&IndexDef| {
+            (state.canonical.len() + 25).saturating_mul(def.paths.len()) > INDEX_VALUES_BYTES_MAX
+        };
+        for def in defs.filter(|d| d.state != IndexState::Failed).filter(may_pass) {
+            let refused = def.check_values(&state.doc.body);
+            if refused.is_err() && before.is_none_or(|b| def.values(b) != def.values(&state.doc.body)) {
+                return refused;
+            }
+        }
+        Ok(())
     }
 
     /// Adds a `unique_violation` conflict for every new live state whose values a

@@ -111,8 +111,9 @@ pub fn run_query(
     let mut cursor = range.clone();
     // Tombstones occupy document keys, so an id-order page may need several
     // scans; while they keep coming, each scan reads twice as many entries
-    // as the last (up to `QUERY_SCAN_ENTRIES_MAX` past what the page still
-    // needs), or a page of one after a million tombstones took a million.
+    // as the last, up to what the page still needs or
+    // `QUERY_SCAN_ENTRIES_MAX`, whichever is more (a page of one after a
+    // million tombstones took a million scans).
     let mut take = limit;
     'scan: loop {
         let end = cursor.end.as_deref().map_or(Bound::Unbounded, Bound::Excluded);

@@ -356,3 +356,45 @@ fn a_unique_value_held_twice_is_found_unless_a_holder_is_past_its_ttl() {
         r#"unique index users.by_email: u1 and u2 both hold ["a"]"#
     );
 }
+
+/// A document whose values in an index are over `INDEX_VALUES_BYTES_MAX`
+/// but were stored before the limit (planted here as such a database holds
+/// them) may still be written as long as the write leaves those values as
+/// they are; a write that changes them must bring them within the limit.
+#[test]
+fn an_entry_stored_before_the_limit_does_not_refuse_unrelated_writes() {
+    let storage = Arc::new(MemoryStorage::new());
+    let db = Db::open_with_storage(storage.clone(), Options::default()).unwrap();
+    let users = db.collection("users").unwrap();
+    users.create_index("by_email", spec(&["email"], true)).unwrap();
+    wait_ready(&users, "by_email");
+    users
+        .put("u1", json!({"email": "a"}), Expect::Absent)
+        .unwrap()
+        .unwrap();
+    drop(users);
+    drop(db);
+    let long = "x".repeat(4000);
+    let def = truce::IndexDef::new("users", "by_email", spec(&["email"], true)).unwrap();
+    let body = json!({"email": long});
+    let entry = def.entry_key("u1", body.as_object().unwrap());
+    damage(&storage, |b| rewrite(b, &storage, "u1", body.clone(), entry));
+    let db = Db::open_with_storage(storage.clone(), Options::default()).unwrap();
+    let users = db.collection("users").unwrap();
+    users
+        .patch("u1", update(json!({"$set": {"seen": 1}})), Expect::Any)
+        .unwrap()
+        .unwrap();
+    let changed = users
+        .patch(
+            "u1",
+            update(json!({"$set": {"email": format!("{long}y")}})),
+            Expect::Any,
+        )
+        .unwrap_err();
+    assert_eq!(changed.code(), "limit_exceeded");
+    users
+        .patch("u1", update(json!({"$set": {"email": "short"}})), Expect::Any)
+        .unwrap()
+        .unwrap();
+}
