@@ -208,9 +208,9 @@ pub struct ServeArgs {
     #[arg(long, env = "TRUCE_ANSWER_MEMORY_MIB")]
     pub answer_memory_mib: Option<u64>,
     /// How long an answer may make no progress before it may be dropped to
-    /// make room for others, and how long a connection's writes may stay
-    /// blocked (its client reading nothing) before it is closed, in ms, 1000
-    /// to 3600000 [default: 30000].
+    /// make room for others, in ms, 1000 to 3600000 [default: 30000]; a
+    /// connection whose writes stay blocked (its client reading nothing) for
+    /// twice this is closed.
     #[arg(long, env = "TRUCE_ANSWER_STALL_MS")]
     pub answer_stall_ms: Option<u64>,
     /// Documents and ranges the hot-spot tracker keeps per minute, 1 to 4096

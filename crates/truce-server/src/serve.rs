@@ -125,7 +125,8 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
     // Revocations reach open streams when no request comes to reload the keys.
     let keys = Arc::clone(&state);
     runtime.spawn(async move { keys.keys.follow().await });
-    let result = runtime.block_on(serve(app, &settings, threads));
+    let write_stalls = state.answers.write_stalls();
+    let result = runtime.block_on(serve(app, &settings, threads, write_stalls));
     // A backup cut short by the exit would leave its `.partial`.
     state.backups.stop_and_wait();
     // Every acknowledged write is already durable. Closing joins the committer
@@ -177,7 +178,12 @@ fn signalled() -> impl std::future::Future<Output = ()> {
     }
 }
 
-async fn serve(app: http::Service, settings: &Settings, threads: HttpThreads) -> Result<(), String> {
+async fn serve(
+    app: http::Service,
+    settings: &Settings,
+    threads: HttpThreads,
+    write_stalls: prometheus_client::metrics::counter::Counter,
+) -> Result<(), String> {
     let signal = shutdown_signal();
     let scheme = if settings.tls.is_some() { "https" } else { "http" };
     let listener =
@@ -185,7 +191,8 @@ async fn serve(app: http::Service, settings: &Settings, threads: HttpThreads) ->
     let local = listener.local_addr().map_err(|e| e.to_string())?;
     let first_byte = FirstByteWithin {
         first_byte_ms: HEADER_READ_TIMEOUT_MS,
-        write_stall: Duration::from_millis(settings.answer_stall_ms),
+        write_stall: Duration::from_millis(settings.answer_stall_ms) * WRITE_STALL_TIMES_ANSWER_STALL,
+        write_stalls,
     };
     match &settings.tls {
         None => {
@@ -348,12 +355,20 @@ fn listen(addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpListener> 
 /// forever. Sets `TCP_NODELAY` on the rest: an answer is written whole, and
 /// Nagle's algorithm would only hold it back behind the client's delayed ACK.
 /// Each accepted connection's writes may stay blocked for `write_stall` at
-/// most ([`WriteStall`]).
-#[derive(Clone, Copy)]
+/// most ([`WriteStall`]), each time counted in `write_stalls`.
+#[derive(Clone)]
 struct FirstByteWithin {
     first_byte_ms: u64,
     write_stall: Duration,
+    write_stalls: prometheus_client::metrics::counter::Counter,
 }
+
+/// A connection's writes may stay blocked for this many times
+/// `--answer-stall-ms` (60 s by default, as nginx's `send_timeout`): longer
+/// than an answer may stall before it is dropped to make room, as some
+/// clients read in bursts — curl's `--limit-rate` takes megabytes at once,
+/// then reads nothing for tens of seconds — and are cut only when needed.
+pub const WRITE_STALL_TIMES_ANSWER_STALL: u32 = 2;
 
 impl<S: Send + 'static> axum_server::accept::Accept<tokio::net::TcpStream, S> for FirstByteWithin {
     type Stream = WriteStall<tokio::net::TcpStream>;
@@ -362,14 +377,14 @@ impl<S: Send + 'static> axum_server::accept::Accept<tokio::net::TcpStream, S> fo
 
     fn accept(&self, stream: tokio::net::TcpStream, service: S) -> Self::Future {
         let within = Duration::from_millis(self.first_byte_ms);
-        let write_stall = self.write_stall;
+        let (write_stall, write_stalls) = (self.write_stall, self.write_stalls.clone());
         Box::pin(async move {
             match tokio::time::timeout(within, stream.peek(&mut [0u8; 1])).await {
                 Ok(peeked) => {
                     peeked?;
                     stream.set_nodelay(true)?;
                     limit_unsent(&stream);
-                    Ok((WriteStall::new(stream, write_stall), service))
+                    Ok((WriteStall::new(stream, write_stall, write_stalls), service))
                 }
                 Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
             }
@@ -378,24 +393,26 @@ impl<S: Send + 'static> axum_server::accept::Accept<tokio::net::TcpStream, S> fo
 }
 
 /// A connection whose writes may stay blocked for at most `limit` in a row
-/// (`--answer-stall-ms`), after which the write fails and hyper closes the
-/// connection. A client that stops reading otherwise holds for ever what the
+/// (`WRITE_STALL_TIMES_ANSWER_STALL` × `--answer-stall-ms`), after which the
+/// write fails, hyper closes the connection, and `stalls` counts it. A client that stops reading otherwise holds for ever what the
 /// socket's buffers and hyper's write buffer (up to about 400 KB) keep for
 /// it, answers `http::answers` no longer counts. Costs nothing while writes go
 /// through; the timer is made on the first blocked write and re-armed after.
 struct WriteStall<S> {
     inner: S,
     limit: Duration,
+    stalls: prometheus_client::metrics::counter::Counter,
     /// Armed while a write is blocked.
     blocked: Option<Pin<Box<tokio::time::Sleep>>>,
     armed: bool,
 }
 
 impl<S> WriteStall<S> {
-    fn new(inner: S, limit: Duration) -> WriteStall<S> {
+    fn new(inner: S, limit: Duration, stalls: prometheus_client::metrics::counter::Counter) -> WriteStall<S> {
         WriteStall {
             inner,
             limit,
+            stalls,
             blocked: None,
             armed: false,
         }
@@ -420,10 +437,13 @@ impl<S> WriteStall<S> {
             self.armed = true;
         }
         match timer.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "the client read nothing of its answers for the stall time",
-            ))),
+            Poll::Ready(()) => {
+                self.stalls.inc();
+                Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the client read nothing of its answers for the write stall time",
+                )))
+            }
             Poll::Pending => Poll::Pending,
         }
     }
@@ -570,6 +590,7 @@ mod tests {
         FirstByteWithin {
             first_byte_ms,
             write_stall: Duration::from_secs(30),
+            write_stalls: Default::default(),
         }
     }
 
@@ -610,7 +631,8 @@ mod tests {
             let peer = tokio::net::TcpStream::connect(addr).await.expect("connect");
             let (stream, _) = listener.accept().await.expect("accept");
             let limit = Duration::from_millis(300);
-            let mut stream = WriteStall::new(stream, limit);
+            let stalls = prometheus_client::metrics::counter::Counter::<u64>::default();
+            let mut stream = WriteStall::new(stream, limit, stalls.clone());
             // The peer reads nothing: the buffers fill, then the limit.
             let chunk = vec![0u8; 64 * 1024];
             let blocked = async {
@@ -625,6 +647,7 @@ mod tests {
                 .await
                 .expect("a blocked write never fails");
             assert_eq!(failed.0.kind(), std::io::ErrorKind::TimedOut);
+            assert_eq!(stalls.get(), 1, "counted");
             assert!(failed.1 >= limit, "failed after {:?}", failed.1);
             drop(peer);
         });

@@ -1440,7 +1440,7 @@ fn answers_a_client_does_not_read_hold_memory_only_up_to_the_limit() {
 }
 
 /// A connection whose client reads nothing is closed once the server's
-/// writes to it have been blocked for `--answer-stall-ms`, even with room to
+/// writes to it have been blocked for twice `--answer-stall-ms`, even with room to
 /// spare under `--answer-memory-mib`: what it held (the answer, hyper's and
 /// the socket's buffers) is freed, and nothing was dropped to make room.
 #[test]
@@ -1459,6 +1459,7 @@ fn a_connection_that_reads_nothing_is_closed_after_the_stall_time() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(metric(addr, "truce_answers_dropped_total"), 0.0);
+    assert_eq!(metric(addr, "truce_connections_write_stalled_total"), 1.0);
     assert_cut_short(unread, "the answer to a closed connection");
     assert_serving(addr, "after");
 }

@@ -65,6 +65,7 @@ pub struct Answers {
     held_bytes: Gauge,
     refused: Counter,
     dropped: Counter,
+    write_stalls: Counter,
 }
 
 /// Under [`Answers::ledger`]'s lock.
@@ -107,6 +108,7 @@ impl Answers {
             held_bytes: Gauge::default(),
             refused: Counter::default(),
             dropped: Counter::default(),
+            write_stalls: Counter::default(),
         })
     }
 
@@ -128,6 +130,17 @@ impl Answers {
             "Answers dropped half-sent: no progress for the stall time while the held ones were at the limit",
             self.dropped.clone(),
         );
+        registry.register(
+            "connections_write_stalled",
+            "Connections closed because their writes stayed blocked for twice the stall time",
+            self.write_stalls.clone(),
+        );
+    }
+
+    /// The counter of connections closed for writes blocked too long (the
+    /// accepting side's `WriteStall` counts them).
+    pub fn write_stalls(&self) -> Counter {
+        self.write_stalls.clone()
     }
 
     /// `response`, counted and handed over in frames when it is larger than

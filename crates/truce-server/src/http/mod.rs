@@ -286,7 +286,8 @@ async fn front(State(state): State<Arc<AppState>>, request: Request, next: Next)
         None => RouteName::Unmatched,
     };
     let observed = Observed::begin(request.method(), route, request.uri(), request.headers());
-    let read = request.method().is_safe();
+    // What monitoring reads during an incident is never refused.
+    let read = request.method().is_safe() && request.uri().path() != "/metrics";
     let response = match permits_of(&state, request.uri()) {
         // A load balancer's check is answered whatever the load.
         None => next.run(request).await,
