@@ -256,12 +256,19 @@ fn seed000_heartbeats_never_conflict_write_once_per_window_and_expire() {
             (least..=most).contains(&seen),
             "{id}: {seen} change events, expected {least}..={most}"
         );
-        assert_eq!(
-            seen, written,
-            "{id}: one change event per write answered as written"
+        // The feed shows a document's latest change: two writes of it
+        // between two of the follower's polls (a path flip of lagging
+        // workers, ms apart) show as one. The versions count every write.
+        assert!(
+            seen <= written,
+            "{id}: {seen} change events for {written} writes answered as written"
         );
         let doc = http.expect(Method::GET, &format!("/v1/c/activeSessions/{id}"), None, 200);
-        assert_eq!(doc["_version"], json!(seen), "{id}: one version per write");
+        assert_eq!(
+            doc["_version"],
+            json!(written),
+            "{id}: one version per write answered as written"
+        );
         assert_eq!(doc["currentPath"], path_at(s, BEATS - 1), "{id}");
         assert_eq!(doc["sessionId"], id.as_str());
     }
