@@ -117,6 +117,15 @@ impl Api {
             .expect("last_seq")
     }
 
+    /// Declares a unique index `name` of `coll` over `field`, waits until it
+    /// is ready, and returns the declaration's status (202 while it builds).
+    fn unique_index(&self, coll: &str, name: &str, field: &str) -> u16 {
+        let spec = json!({"fields": [field], "unique": true});
+        let declared = self.put(&format!("/v1/c/{coll}/_indexes/{name}"), spec);
+        self.wait_index_ready(coll, name);
+        declared.status
+    }
+
     /// Waits (bounded) until index `name` of `coll` is ready.
     fn wait_index_ready(&self, coll: &str, name: &str) {
         let deadline = Instant::now() + Duration::from_secs(15);
@@ -811,11 +820,7 @@ fn queries_indexes_and_collections() {
         .error(400, "invalid_index");
 
     // A unique index: the second holder of a value is refused, current = the holder.
-    api.put(
-        "/v1/c/people/_indexes/by_email",
-        json!({"fields": ["email"], "unique": true}),
-    );
-    api.wait_index_ready("people", "by_email");
+    api.unique_index("people", "by_email", "email");
     let clash = api.put("/v1/c/people/q1", json!({"email": "3@x"}));
     let holder = clash.error(409, "unique_violation")["current"].clone();
     assert_eq!(holder["_id"], "p3");
@@ -939,12 +944,7 @@ fn a_push_compares_numbers_as_its_client_holds_them() {
 fn a_push_that_takes_a_unique_value_is_refused_naming_the_row() {
     let server = Server::start();
     let api = Api::new(&server);
-    api.put(
-        "/v1/c/users/_indexes/email",
-        json!({"fields": ["email"], "unique": true}),
-    )
-    .ok(202);
-    api.wait_index_ready("users", "email");
+    assert_eq!(api.unique_index("users", "email", "email"), 202);
     api.put("/v1/c/users/alice", json!({"email": "a@x"})).ok(201);
     api.put("/v1/c/users/bob", json!({"email": "b@x"})).ok(201);
     let push = |rows: Value| api.post("/v1/c/users/_push?primaryKey=id", rows);
@@ -1111,12 +1111,7 @@ fn replication_push_edges() {
     // Among them, a rename whose new id comes before the old one's delete:
     // written alone, the new one is refused at first (the old one holds its
     // unique value), and goes once more after the others.
-    api.put(
-        "/v1/c/rx/_indexes/email",
-        json!({"fields": ["email"], "unique": true}),
-    )
-    .ok(202);
-    api.wait_index_ready("rx", "email");
+    assert_eq!(api.unique_index("rx", "email", "email"), 202);
     api.put("/v1/c/rx/orig", json!({"email": "x@y"})).ok(201);
     let mut rows: Vec<Value> = (0..18)
         .map(|i| {

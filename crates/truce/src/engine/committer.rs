@@ -923,8 +923,9 @@ impl Committer {
             (state.canonical.len() + 25).saturating_mul(def.paths.len()) > INDEX_VALUES_BYTES_MAX
         };
         for def in defs.filter(|d| d.state != IndexState::Failed).filter(may_pass) {
-            let refused = def.check_values(&state.doc.body);
-            if refused.is_err() && before.is_none_or(|b| def.values(b) != def.values(&state.doc.body)) {
+            let values = def.values(&state.doc.body);
+            let refused = crate::index::check_values(&values);
+            if refused.is_err() && before.is_none_or(|b| def.values(b) != values) {
                 return refused;
             }
         }
@@ -1428,11 +1429,14 @@ impl Committer {
         for (key, _) in &docs {
             let id = String::from_utf8_lossy(&key[base.len()..]).into_owned();
             let (entry, claims, fits) = match group.current(key, &id)?.filter(|d| !d.is_deleted()) {
-                Some(doc) => (
-                    def.entry_key(&id, &doc.body),
-                    def.all_present(&doc.body) && !gone(doc),
-                    def.check_values(&doc.body).is_ok(),
-                ),
+                Some(doc) => {
+                    let values = def.values(&doc.body);
+                    (
+                        def.entry_key_of(&values, &id),
+                        def.all_present(&doc.body) && !gone(doc),
+                        crate::index::check_values(&values).is_ok(),
+                    )
+                }
                 None => continue,
             };
             let failure = if !fits {

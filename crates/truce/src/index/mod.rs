@@ -159,19 +159,6 @@ impl IndexDef {
         out
     }
 
-    /// Refuses `body` when its values in this index are over
-    /// [`INDEX_VALUES_BYTES_MAX`](crate::limits::INDEX_VALUES_BYTES_MAX).
-    pub fn check_values(&self, body: &Body) -> Result<()> {
-        let limit = crate::limits::INDEX_VALUES_BYTES_MAX;
-        if self.values(body).len() > limit {
-            return Err(Error::LimitExceeded {
-                what: "INDEX_VALUES_BYTES_MAX",
-                limit: limit as u64,
-            });
-        }
-        Ok(())
-    }
-
     /// Whether every indexed field of `body` is present (uniqueness only applies then).
     pub fn all_present(&self, body: &Body) -> bool {
         self.paths
@@ -189,9 +176,12 @@ impl IndexDef {
 
     /// The full entry key of document `id` with `body`.
     pub fn entry_key(&self, id: &str, body: &Body) -> Vec<u8> {
-        let mut key = self.values_key(body);
-        key.extend_from_slice(id.as_bytes());
-        key
+        self.entry_key_of(&self.values(body), id)
+    }
+
+    /// The full entry key of document `id` whose [`Self::values`] are `values`.
+    pub fn entry_key_of(&self, values: &[u8], id: &str) -> Vec<u8> {
+        [&self.prefix(), values, id.as_bytes()].concat()
     }
 
     /// The definition as stored in the meta space.
@@ -232,6 +222,19 @@ impl IndexDef {
     pub fn meta_key(&self) -> Vec<u8> {
         meta_key(&self.collection, &self.name)
     }
+}
+
+/// Refuses an entry's values (from [`IndexDef::values`]) over
+/// [`INDEX_VALUES_BYTES_MAX`](crate::limits::INDEX_VALUES_BYTES_MAX).
+pub fn check_values(values: &[u8]) -> Result<()> {
+    let limit = crate::limits::INDEX_VALUES_BYTES_MAX;
+    if values.len() > limit {
+        return Err(Error::LimitExceeded {
+            what: "INDEX_VALUES_BYTES_MAX",
+            limit: limit as u64,
+        });
+    }
+    Ok(())
 }
 
 /// Checks an index name: the rules of collection names, as `invalid_index`.
