@@ -2443,7 +2443,7 @@ fn body_limit_and_overload() {
     // /healthz, which takes none); a second long poll is refused.
     // (On /couch, and percent-encoded on /v1: long polls all the same.)
     let url = format!(
-        "{}/couch/small/_changes?feed=longpoll&since=now&timeout=3000",
+        "{}/couch/small/_changes?feed=longpoll&since=now&timeout=10000",
         server.url()
     );
     let holder = std::thread::spawn(move || Api::at("").call(Method::GET, &url, &[], None));
@@ -2453,6 +2453,12 @@ fn body_limit_and_overload() {
     );
     let second = wait_for_refusal(|| Api::at("").call(Method::GET, &poll, &[], None));
     second.error(429, "overloaded");
+    // (The write ends the long poll, as a change of its collection: it still
+    // holds its slot as the write comes.)
+    assert!(
+        !holder.is_finished(),
+        "the long poll ended before the write was tried"
+    );
     api.put("/v1/c/small/y", json!({"_version": -1})).ok_any();
     assert_eq!(api.get("/healthz").status, 200);
     assert_eq!(holder.join().expect("long poll").status, 200);

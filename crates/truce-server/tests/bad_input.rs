@@ -1094,6 +1094,10 @@ fn slow_loris_connections_are_cut_off_and_others_are_served() {
             .unwrap()
             .expect("a silent HTTP/2 connection is never cut off");
         assert!(cut_off < HTTP2_PING * 2 + SLACK, "cut off only after {cut_off:?}");
+        assert!(
+            cut_off >= HTTP2_PING,
+            "cut off after {cut_off:?}, before any ping was due"
+        );
     }
     assert_serving(addr, "after");
 }

@@ -407,12 +407,16 @@ fn row_against_master(
     Ok(row_op(collection.name(), row, current.as_ref()))
 }
 
-/// Writes one row's op in a transaction of its own: `Some` with the
-/// conflicts that refused it.
+/// Writes `row`'s op in a transaction of its own. A row that conflicts alone
+/// was written by someone else since, so it is answered with its master
+/// state (the committer counted the conflict); one refused for a unique
+/// value is `Some` with its conflicts, for the caller to try again.
 async fn write_alone(
     state: &AppState,
+    collection: &truce::Collection,
     origin: &truce::Origin,
-    op: TxOp,
+    (op, row): (TxOp, &Row),
+    answer: &mut Pushed,
 ) -> Result<Option<Vec<truce::OpConflict>>, ApiError> {
     match state
         .db
@@ -420,7 +424,13 @@ async fn write_alone(
         .await?
     {
         Ok(_) => Ok(None),
-        Err(TxFailure::Conflicts(conflicts)) => Ok(Some(conflicts)),
+        Err(TxFailure::Conflicts(conflicts)) if is_unique(&conflicts) => Ok(Some(conflicts)),
+        Err(TxFailure::Conflicts(_)) => {
+            if let Some(master) = collection.get_current(&row.id)? {
+                answer.answer(&master)?;
+            }
+            Ok(None)
+        }
         Err(other) => Err(ApiError::Engine(truce::Error::TransactionFailed {
             attempts: 1,
             failure: Box::new(other),
@@ -515,22 +525,17 @@ async fn push_group(
         if round == PUSH_ROUNDS_MAX || alone {
             // Still racing after every round, because of one row or another:
             // each row on its own, so that one busy document does not keep the
-            // others from being written. A row that conflicts alone was written
-            // by someone else since, so it has a master state to answer with.
-            // A row refused for a unique value goes once more after the
-            // others, which may free it (a rename whose delete comes after its
-            // put), compared again with its master then.
+            // others from being written (`write_alone`). A row refused for a
+            // unique value goes once more after the others, which may free it
+            // (a rename whose delete comes after its put), compared again with
+            // its master then.
             let mut deferred = Vec::new();
             for (op, row) in ops.into_iter().zip(batch_rows) {
-                match write_alone(state, origin, op).await? {
-                    None => {}
-                    Some(conflicts) if is_unique(&conflicts) => deferred.push(row),
-                    // The committer counted this one, as the write's conflict.
-                    Some(_) => {
-                        if let Some(master) = collection.get_current(&row.id)? {
-                            answer.answer(&master)?;
-                        }
-                    }
+                if write_alone(state, collection, origin, (op, &row), answer)
+                    .await?
+                    .is_some()
+                {
+                    deferred.push(row);
                 }
             }
             // Pass after pass while one gets a row through (a chain of moves
@@ -545,14 +550,10 @@ async fn push_group(
                     let Some(op) = row_against_master(collection, &row, answer)? else {
                         continue;
                     };
-                    match write_alone(state, origin, op).await? {
-                        None => {}
-                        Some(conflicts) if is_unique(&conflicts) => refused.push((row, conflicts)),
-                        Some(_) => {
-                            if let Some(master) = collection.get_current(&row.id)? {
-                                answer.answer(&master)?;
-                            }
-                        }
+                    if let Some(conflicts) =
+                        write_alone(state, collection, origin, (op, &row), answer).await?
+                    {
+                        refused.push((row, conflicts));
                     }
                 }
                 if let Some((row, conflicts)) = refused.first()

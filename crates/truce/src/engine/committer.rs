@@ -986,9 +986,9 @@ impl Committer {
                 let by_op = claimed
                     .iter()
                     .find(|(p, id)| *p == prefix && *id != state.doc.id)
-                    .map(|(_, id)| id.to_string());
-                let holder = match &by_op {
-                    Some(id) => Some(id.clone()),
+                    .map(|(_, id)| *id);
+                let holder = match by_op {
+                    Some(id) => Some(id.to_string()),
                     None => group.unique_holder(&op.collection, &prefix, &state.doc.id, &leaves)?,
                 };
                 match holder {
@@ -1122,10 +1122,11 @@ impl Committer {
                     // A value above the field that is no object (`stats` a
                     // string, for `stats.n`) holds it as much as a non-number
                     // in it: `$set` could not write it.
+                    // (A field that is there has nothing blocking above it.)
                     let have = body.and_then(|b| {
-                        crate::update::path::blocking_parent(b, &path)
-                            .map(Err)
-                            .or_else(|| crate::update::path::get(b, &path).map(Ok))
+                        crate::update::path::get(b, &path)
+                            .map(Ok)
+                            .or_else(|| crate::update::path::blocking_parent(b, &path).map(Err))
                     });
                     let sum = match have {
                         None => amount,
@@ -1279,19 +1280,15 @@ impl Committer {
         }
         // A dropped index counts until its entries are gone.
         index::check_count(list.len() + dropping)?;
-        if def.spec.unique
-            && let Some((source, counter, field)) = self.configs.iter().find_map(|(source, config)| {
-                config.counters.iter().find_map(|c| {
-                    (c.target_collection == def.collection
-                        && def
-                            .spec
-                            .fields
-                            .iter()
-                            .any(|f| config::overlap(f, &c.target_field)))
-                    .then(|| (source.clone(), c.name.clone(), c.target_field.clone()))
-                })
-            })
+        let counters = self
+            .configs
+            .iter()
+            .flat_map(|(source, config)| config.counters.iter().map(move |c| (source, c)));
+        if let Some((source, c)) = counters
+            .filter(|(_, c)| c.target_collection == def.collection)
+            .find(|(_, c)| config::unique_covers(&def.spec, c))
         {
+            let (counter, field) = (&c.name, &c.target_field);
             return Err(Error::InvalidIndex(format!(
                 "unique index {} would cover {field}, which counter {source}/{counter} writes: counters' \
                  increments are not checked against unique indexes, and two targets could come to hold one value",

@@ -291,11 +291,9 @@ impl CollectionConfig {
                 continue;
             }
             let covering = catalog.get(&def.target_collection).and_then(|indexes| {
-                indexes.iter().find(|d| {
-                    d.spec.unique
-                        && d.state != crate::index::IndexState::Failed
-                        && d.spec.fields.iter().any(|f| overlap(f, &def.target_field))
-                })
+                indexes
+                    .iter()
+                    .find(|d| d.state != crate::index::IndexState::Failed && unique_covers(&d.spec, def))
             });
             if let Some(unique) = covering {
                 return Err(invalid(format!(
@@ -442,6 +440,13 @@ pub fn meta_key(collection: &str) -> Vec<u8> {
 
 /// The meta-space prefix of every configuration.
 pub const META_PREFIX: &[u8] = b"config\0";
+
+/// Whether a unique index of `spec` covers `counter`'s target field (in the
+/// target's collection): the rule that refuses either being declared over
+/// the other, as counters' increments are not checked against unique indexes.
+pub(crate) fn unique_covers(spec: &crate::index::IndexSpec, counter: &CounterDef) -> bool {
+    spec.unique && spec.fields.iter().any(|f| overlap(f, &counter.target_field))
+}
 
 /// Whether two dotted field paths are one field, or one holds the other.
 pub(crate) fn overlap(a: &str, b: &str) -> bool {

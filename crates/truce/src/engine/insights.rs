@@ -98,6 +98,8 @@ pub(crate) fn conflict_index(code: &str) -> usize {
     CONFLICT_CODES.iter().position(|c| *c == code).unwrap_or(0)
 }
 
+/// Position of `not_found` in [`CONFLICT_CODES`].
+pub(crate) const NOT_FOUND: usize = 2;
 /// Position of `read_conflict` in [`CONFLICT_CODES`].
 pub(crate) const READ_CONFLICT: usize = 5;
 /// Position of `snapshot_too_old` in [`CONFLICT_CODES`].
@@ -331,7 +333,7 @@ pub fn remedy(target: &Target, c: &HotCounts, outbox_backed_up: bool) -> Remedy 
                      split the counter (e.g. per day or per shard) or lower the number of sources per target",
         };
     }
-    let missing = c.conflicts[conflict_index("not_found")];
+    let missing = c.conflicts[NOT_FOUND];
     if missing > 0 && missing * 2 >= conflicts {
         return Remedy {
             code: "write_missing_document",
@@ -983,6 +985,13 @@ pub(crate) fn numbers_only(new: &crate::doc::Body, current: &crate::doc::Body) -
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_position_constants_name_their_codes() {
+        assert_eq!(CONFLICT_CODES[NOT_FOUND], "not_found");
+        assert_eq!(CONFLICT_CODES[READ_CONFLICT], "read_conflict");
+        assert_eq!(CONFLICT_CODES[SNAPSHOT_TOO_OLD], "snapshot_too_old");
+    }
     use super::*;
 
     fn coll() -> Arc<str> {
@@ -1099,7 +1108,7 @@ mod tests {
         assert_eq!(remedy(&doc, &c, false).code, "reduce_contention");
         // Writes of a document that is not there are no contention.
         let mut absent = HotCounts::default();
-        absent.conflicts[conflict_index("not_found")] = 3;
+        absent.conflicts[NOT_FOUND] = 3;
         assert_eq!(remedy(&doc, &absent, false).code, "write_missing_document");
         absent.conflicts[0] = 4;
         assert_eq!(remedy(&doc, &absent, false).code, "reduce_contention");

@@ -150,7 +150,10 @@ pub(super) fn tally(view: &dyn StorageRead, source: &str, def: &CounterDef, now:
     let mut observed: BTreeMap<String, Amount> = BTreeMap::new();
     let mut not_numbers: BTreeMap<String, Value> = BTreeMap::new();
     for_each_document(view, &def.target_collection, |doc| {
-        match path::get(&doc.body, &target_path).filter(|_| !doc.is_deleted()) {
+        if doc.is_deleted() {
+            return Ok(());
+        }
+        match path::get(&doc.body, &target_path) {
             Some(value @ Value::Number(_)) => {
                 observed.insert(doc.id.clone(), Amount::from_json(value));
             }
@@ -159,9 +162,7 @@ pub(super) fn tally(view: &dyn StorageRead, source: &str, def: &CounterDef, now:
             }
             // Absent, unless a value above it keeps it from being written.
             None => {
-                if let Some(above) =
-                    path::blocking_parent(&doc.body, &target_path).filter(|_| !doc.is_deleted())
-                {
+                if let Some(above) = path::blocking_parent(&doc.body, &target_path) {
                     not_numbers.insert(doc.id.clone(), above.clone());
                 }
             }
