@@ -23,6 +23,10 @@ pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 4096;
 /// open, and within what a semaphore counts (a larger value made tokio panic
 /// after the database had been opened).
 pub const MAX_CONCURRENT_REQUESTS_MAX: usize = 1_000_000;
+/// Largest `min_free_disk_mib`: 1 PiB, more than any one filesystem a
+/// server writes to has free (so it also means "refuse every write that
+/// adds data").
+pub const MIN_FREE_DISK_MIB_MAX: u64 = 1 << 30;
 
 /// Truce: a document database that makes concurrent writes safe, fast and unsurprising.
 #[derive(Parser, Debug)]
@@ -243,6 +247,14 @@ pub struct ServeArgs {
     /// writers down itself. Linux only.
     #[arg(long, env = "TRUCE_STORAGE_WORKERS_NICE")]
     pub storage_workers_nice: Option<i32>,
+    /// Free space to keep on the data directory's filesystem, in MiB, 0 to
+    /// 1073741824 [default: 256]. While less is free, writes that add data
+    /// are refused with 507 insufficient_storage (deletes, reads and the
+    /// server's own work such as TTL sweeps go on), so the disk never fills
+    /// under the storage, which would stop every write until a restart;
+    /// writes resume within a second of space being freed. 0 refuses nothing.
+    #[arg(long, env = "TRUCE_MIN_FREE_DISK_MIB")]
+    pub min_free_disk_mib: Option<u64>,
     /// Threads serving HTTP, 1 to 256 [default: one per CPU]. Each runs its
     /// connections on its own and keeps them; the committer and the blocking
     /// work (queries, feed pages) have threads of their own besides.
@@ -280,6 +292,7 @@ struct FileSettings {
     memtable_mib: Option<u64>,
     commit_poll_us: Option<u64>,
     storage_workers_nice: Option<i32>,
+    min_free_disk_mib: Option<u64>,
     http_threads: Option<usize>,
     cors_origins: Option<Vec<String>>,
     backup_root: Option<PathBuf>,
@@ -318,6 +331,8 @@ pub struct Settings {
     pub commit_poll_us: u64,
     /// Nice steps between the storage's workers and the server's threads.
     pub storage_workers_nice: i32,
+    /// Free space kept on the data directory's filesystem, MiB.
+    pub min_free_disk_mib: u64,
     /// HTTP threads.
     pub http_threads: usize,
     /// Origins allowed cross-origin requests (`*`: any); empty: CORS off.
@@ -393,6 +408,10 @@ impl ServeArgs {
                 .storage_workers_nice
                 .or(file.storage_workers_nice)
                 .unwrap_or(truce::storage::FJALL_WORKERS_NICE_SERVER),
+            min_free_disk_mib: self
+                .min_free_disk_mib
+                .or(file.min_free_disk_mib)
+                .unwrap_or(truce::limits::MIN_FREE_DISK_BYTES_DEFAULT >> 20),
             http_threads: self.http_threads.or(file.http_threads).unwrap_or_else(|| {
                 std::thread::available_parallelism()
                     .map_or(1, |cpus| cpus.get())
@@ -430,6 +449,9 @@ impl ServeArgs {
                 "storage_workers_nice must be 0 to {}",
                 truce::storage::FJALL_WORKERS_NICE_MAX
             ));
+        }
+        if settings.min_free_disk_mib > MIN_FREE_DISK_MIB_MAX {
+            return Err(format!("min_free_disk_mib must be 0 to {MIN_FREE_DISK_MIB_MAX}"));
         }
         if !(1..=HTTP_THREADS_MAX).contains(&settings.http_threads) {
             return Err(format!("http_threads must be 1 to {HTTP_THREADS_MAX}"));
@@ -739,6 +761,30 @@ mod tests {
             };
             assert_eq!(args.settings().unwrap_err(), "http_threads must be 1 to 256");
         }
+    }
+
+    #[test]
+    fn the_free_space_reserve_is_bounded() {
+        assert_eq!(ServeArgs::default().settings().unwrap().min_free_disk_mib, 256);
+        let (_dir, filed) = with_settings_file("min_free_disk_mib = 0\n");
+        assert_eq!(
+            filed.settings().unwrap().min_free_disk_mib,
+            0,
+            "0 refuses nothing"
+        );
+        let at_bound = ServeArgs {
+            min_free_disk_mib: Some(MIN_FREE_DISK_MIB_MAX),
+            ..ServeArgs::default()
+        };
+        assert_eq!(at_bound.settings().unwrap().min_free_disk_mib, 1 << 30);
+        let past = ServeArgs {
+            min_free_disk_mib: Some(MIN_FREE_DISK_MIB_MAX + 1),
+            ..ServeArgs::default()
+        };
+        assert_eq!(
+            past.settings().unwrap_err(),
+            "min_free_disk_mib must be 0 to 1073741824"
+        );
     }
 
     #[test]

@@ -91,6 +91,7 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
             workers_nice: settings.storage_workers_nice,
         },
         commit_poll: Duration::from_micros(settings.commit_poll_us),
+        min_free_disk_bytes: settings.min_free_disk_mib << 20,
         ..Options::default()
     };
     let db = Db::open(&settings.data, options).map_err(|e| e.to_string())?;

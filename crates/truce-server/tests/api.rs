@@ -2120,11 +2120,84 @@ const NOT_PRODUCIBLE_FROM_OUTSIDE: [&str; 4] = ["unavailable", "storage_error", 
 /// `request_timeout` waits 10 s for a stalled body
 /// (`bad_input.rs`, `a_stalled_body_is_the_clients_timeout`).
 /// The backup's two, `backups_run_online_and_open_as_a_data_directory`.
-const PRODUCED_ELSEWHERE: [(&str, u16); 3] = [
+/// And 507 `insufficient_storage`, `writes_that_add_data_are_refused_while_the_disk_is_short`
+/// (a server of its own with a reserve no disk has free).
+const PRODUCED_ELSEWHERE: [(&str, u16); 4] = [
     ("request_timeout", 408),
     ("invalid_backup", 400),
     ("backup_running", 409),
+    ("insufficient_storage", 507),
 ];
+
+/// With a reserve larger than any disk's free space (`--min-free-disk-mib`
+/// at its bound, 1 PiB), every write that adds data is refused with 507
+/// `insufficient_storage`, through each route that writes; reads and deletes
+/// go on, and `/healthz` and `/metrics` say so. The engine's tests fill and
+/// free a disk (`errors.rs`); this one checks the real filesystem's figure
+/// reaches the server's answers.
+#[test]
+fn writes_that_add_data_are_refused_while_the_disk_is_short() {
+    let data = tempfile::tempdir().unwrap();
+    let mut server = Server::start_in(data.path(), &[]);
+    let api = Api::new(&server);
+    api.put("/v1/c/d/kept", json!({"n": 1})).ok(201);
+    api.put("/v1/c/d/gone", json!({"n": 1})).ok(201);
+    let health = api.get("/healthz").ok(200).clone();
+    assert_eq!(health["status"], "ok", "{health}");
+    assert_eq!(health["disk"]["min_free_bytes"], 256 << 20, "{health}");
+    assert_eq!(health["disk"]["refusing_writes"], false, "{health}");
+    assert!(health["disk"]["free_bytes"].as_u64().unwrap() > 0, "{health}");
+    server.terminate();
+
+    let server = Server::start_in(data.path(), &["--min-free-disk-mib", "1073741824"]);
+    let api = Api::new(&server);
+    let refused = |reply: Reply| {
+        let body = reply.error(507, "insufficient_storage");
+        assert!(body["message"].as_str().unwrap().contains("reserve"), "{body}");
+        assert_eq!(reply.header("retry-after"), Some("1"), "{}", reply.text);
+    };
+    refused(api.put("/v1/c/d/new", json!({"n": 1})));
+    refused(api.patch("/v1/c/d/kept", json!({"$inc": {"n": 1}})));
+    refused(api.tx(json!({"ops": [{"op": "put", "c": "d", "id": "new", "doc": {}}]})));
+    refused(api.post(
+        "/v1/c/d/_push?primaryKey=id",
+        json!([{"newDocumentState": {"id": "new", "n": 1}}]),
+    ));
+    refused(api.put("/v1/c/d/_indexes/by_n", json!({"fields": ["n"]})));
+    let couch = api.put("/couch/d/new", json!({"n": 1}));
+    assert_eq!(
+        (couch.status, &couch.json["error"]),
+        (507, &json!("insufficient_storage")),
+        "CouchDB's shape: {}",
+        couch.text
+    );
+    assert_eq!(api.get("/v1/c/d/kept").ok(200)["n"], 1, "reads go on");
+    api.get("/v1/c/d/new").error(404, "not_found");
+    api.delete("/v1/c/d/gone?version=-1").ok(200);
+    api.get("/v1/c/d/gone").error(404, "not_found");
+    let health = api.get("/healthz").ok(200).clone();
+    assert_eq!(health["status"], "insufficient_storage", "{health}");
+    assert_eq!(health["disk"]["refusing_writes"], true, "{health}");
+    assert_eq!(health["disk"]["min_free_bytes"], 1u64 << 50, "{health}");
+    let free = health["disk"]["free_bytes"].as_u64().unwrap();
+    let metrics = api.get("/metrics").text;
+    let gauge = |name: &str| -> f64 {
+        let line = metrics
+            .lines()
+            .find(|l| l.split(' ').next() == Some(name))
+            .unwrap_or_else(|| panic!("{name} in {metrics}"));
+        line[name.len() + 1..].parse().unwrap()
+    };
+    assert_eq!(gauge("truce_disk_refusing_writes"), 1.0);
+    assert_eq!(gauge("truce_disk_min_free_bytes"), (1u64 << 50) as f64);
+    assert!(free > 0 && free < 1 << 50, "{health}");
+    // Both looked at the same filesystem, at most a second apart.
+    let seen = gauge("truce_disk_free_bytes");
+    assert!(
+        (seen - free as f64).abs() < (1u64 << 30) as f64,
+        "{seen} and {free}"
+    );
+}
 
 #[test]
 fn every_documented_error_code_is_produced() {

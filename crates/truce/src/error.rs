@@ -54,6 +54,20 @@ pub enum Error {
     /// The commit queue is full. Retry after a short pause.
     #[error("the commit queue is full; retry later")]
     Overloaded,
+    /// Less than the reserve ([`Options::min_free_disk_bytes`](crate::Options::min_free_disk_bytes))
+    /// is free on the storage's filesystem: writes that add data are refused
+    /// until space is freed (deletes go on). Nothing was written.
+    #[error(
+        "insufficient storage: {free} bytes free on the data directory's filesystem, below the reserve of \
+         {min_free} bytes; writes that add data are refused until space is freed (deletes go on); nothing was \
+         written"
+    )]
+    InsufficientStorage {
+        /// Bytes free when last looked at.
+        free: u64,
+        /// The reserve.
+        min_free: u64,
+    },
     /// A storage write or fsync failed earlier: the engine refuses writes until reopened.
     #[error("storage unavailable: {0}")]
     Unavailable(String),
@@ -190,6 +204,7 @@ impl Error {
             Error::LimitExceeded { .. } => "limit_exceeded",
             Error::Overloaded => "overloaded",
             Error::Unavailable(_) => "unavailable",
+            Error::InsufficientStorage { .. } => "insufficient_storage",
             Error::Storage(StorageError::Corrupt(_)) => "corrupt",
             Error::Storage(_) => "storage_error",
             Error::RetriesExhausted { .. } => "retries_exhausted",
@@ -217,6 +232,7 @@ impl Error {
                 | Error::IndexDropping(_)
                 | Error::TransactionFailed { .. }
                 | Error::BackupRunning
+                | Error::InsufficientStorage { .. }
         )
     }
 }

@@ -151,6 +151,13 @@ pub const IDEMPOTENCY_RETENTION_MS_DEFAULT: u64 = 24 * 60 * 60 * 1000;
 /// delays writers by more than a short commit.
 pub const IDEMPOTENCY_PURGE_BATCH_MAX: usize = 1000;
 
+/// Default reserve of free space on the data directory's filesystem, in
+/// bytes: below it writes that add data are refused (`engine/disk.rs`). It is
+/// room for what goes on without a client's write: the journal's next file
+/// (up to 64 MiB, filled ahead), memtable flushes (8 MiB per keyspace) and the
+/// compactions that follow them, TTL sweeps and deletes.
+pub const MIN_FREE_DISK_BYTES_DEFAULT: u64 = 256 * 1024 * 1024;
+
 /// How long the committer waits for work before doing maintenance, in ms.
 pub const COMMITTER_IDLE_MS: u64 = 1000;
 

@@ -67,6 +67,7 @@ fn error_name(status: StatusCode) -> &'static str {
         StatusCode::FORBIDDEN => "forbidden",
         StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
         StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+        StatusCode::INSUFFICIENT_STORAGE => "insufficient_storage",
         s if s.is_client_error() => "bad_request",
         _ => "unknown_error",
     }

@@ -5,7 +5,8 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use truce::{Conflict, ConflictReason, OpConflict};
 
-/// Seconds a client should wait before retrying an overloaded or building server.
+/// Seconds a client should wait before retrying an overloaded or building
+/// server, or one short of disk space.
 const RETRY_AFTER_SECS: &str = "1";
 
 /// What a refused transaction's answer says it wrote.
@@ -77,6 +78,7 @@ pub fn engine_status(code: &str) -> StatusCode {
         "overloaded" => StatusCode::TOO_MANY_REQUESTS,
         "unavailable" | "index_building" | "index_dropping" => StatusCode::SERVICE_UNAVAILABLE,
         "retries_exhausted" | "transaction_failed" | "backup_running" => StatusCode::CONFLICT,
+        "insufficient_storage" => StatusCode::INSUFFICIENT_STORAGE,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -191,7 +193,9 @@ impl IntoResponse for ApiError {
         let mut response = (status, axum::Json(body)).into_response();
         if matches!(
             status,
-            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+            StatusCode::TOO_MANY_REQUESTS
+                | StatusCode::SERVICE_UNAVAILABLE
+                | StatusCode::INSUFFICIENT_STORAGE
         ) {
             response
                 .headers_mut()

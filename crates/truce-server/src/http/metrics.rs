@@ -240,6 +240,27 @@ impl Collector for EngineCollector {
             "Age of the oldest waiting after_commit increment (0 when none)",
             s.outbox_oldest_age_ms.unwrap_or(0) as f64 / 1000.0,
         )?;
+        let disk = self.0.disk();
+        if let Some(free) = disk.free_bytes {
+            gauge(
+                e,
+                "disk_free_bytes",
+                "Bytes free to the server on the data directory's filesystem, as last looked at (at least once a second)",
+                free as f64,
+            )?;
+        }
+        gauge(
+            e,
+            "disk_min_free_bytes",
+            "The reserve (--min-free-disk-mib) below which writes that add data are refused",
+            disk.min_free_bytes as f64,
+        )?;
+        gauge(
+            e,
+            "disk_refusing_writes",
+            "1 while writes that add data are refused for want of disk space (507 insufficient_storage), else 0",
+            f64::from(u8::from(disk.refusing)),
+        )?;
         gauge(
             e,
             "insights_tracked_keys",

@@ -76,13 +76,24 @@ pub struct AppState {
     pub backups: backup::Backups,
 }
 
-/// Health: 200 while writes are accepted, 503 after a storage failure.
+/// Health: 200 while the storage works (`status` says whether writes that add
+/// data are refused for want of disk space), 503 after a storage failure.
 #[utoipa::path(get, path = "/healthz", tag = "operations",
-    responses((status = 200, description = "Accepting writes", body = openapi::Health),
+    responses((status = 200, description = "The storage works: `ok`, or `insufficient_storage` while writes that add data are refused for want of disk space", body = openapi::Health),
                (status = 503, description = "Storage failed; writes are refused", body = openapi::ErrorBody)))]
 pub async fn healthz(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
     state.db.health()?;
-    Ok(Json(json!({"status": "ok", "durable_seq": state.db.durable_seq()})).into_response())
+    let disk = state.db.disk();
+    Ok(Json(json!({
+        "status": if disk.refusing { "insufficient_storage" } else { "ok" },
+        "durable_seq": state.db.durable_seq(),
+        "disk": {
+            "free_bytes": disk.free_bytes,
+            "min_free_bytes": disk.min_free_bytes,
+            "refusing_writes": disk.refusing,
+        },
+    }))
+    .into_response())
 }
 
 async fn openapi_json() -> Response {

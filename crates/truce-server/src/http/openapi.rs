@@ -245,8 +245,21 @@ pub struct BackupStatus {
 /// Health.
 #[derive(ToSchema)]
 pub struct Health {
+    /// `ok`, or `insufficient_storage` while writes that add data are refused.
     status: String,
     durable_seq: u64,
+    disk: DiskHealth,
+}
+
+/// The data directory's filesystem as last looked at (at most a second ago).
+#[derive(ToSchema)]
+pub struct DiskHealth {
+    /// Bytes free to the server; `null` when the storage cannot say.
+    free_bytes: Option<u64>,
+    /// The reserve (`--min-free-disk-mib`) below which writes that add data are refused.
+    min_free_bytes: u64,
+    /// Whether such writes are being refused (507 `insufficient_storage`).
+    refusing_writes: bool,
 }
 
 /// The TTL of a collection: documents expire `seconds` after the time (ms since
@@ -768,6 +781,11 @@ fn add_shared_responses(path: &str, operation: &mut Operation) {
         let unavailable = "`unavailable` (storage failed), `timeout`, `index_building` or `index_dropping` \
                            (a dropped index of that name is still being deleted)";
         shared.push(("503", error_response(unavailable, true)));
+        if adds_data(path, operation) {
+            let short = "`insufficient_storage`: less than `--min-free-disk-mib` is free on the data \
+                         directory's filesystem; nothing was written";
+            shared.push(("507", error_response(short, true)));
+        }
     }
     for (status, response) in shared {
         operation
@@ -776,6 +794,13 @@ fn add_shared_responses(path: &str, operation: &mut Operation) {
             .entry(status.to_string())
             .or_insert_with(|| RefOr::T(response.build()));
     }
+}
+
+/// Whether an API route's write may add data, and so be refused while the
+/// disk is short: those with a body, but for `_config` (allowed then: a TTL
+/// frees space) and `_backup` (written elsewhere).
+fn adds_data(path: &str, operation: &Operation) -> bool {
+    operation.request_body.is_some() && !matches!(path, "/v1/c/{coll}/_config" | "/v1/_backup")
 }
 
 /// A 401, with the challenge every 401 carries.
@@ -966,6 +991,15 @@ mod tests {
                     expected.extend(["401", "403", "503"]);
                     if operation.get("requestBody").is_some() {
                         expected.extend(["400", "413"]);
+                    }
+                    if [
+                        ("/v1/c/{coll}/{id}", "put"),
+                        ("/v1/c/{coll}/{id}", "patch"),
+                        ("/v1/tx", "post"),
+                    ]
+                    .contains(&(path.as_str(), method.as_str()))
+                    {
+                        expected.push("507");
                     }
                 }
                 for status in expected {

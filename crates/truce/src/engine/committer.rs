@@ -218,6 +218,8 @@ pub struct Shared {
     pub outbox: RwLock<(u64, Option<u64>)>,
     /// Counters and hot spots.
     pub insights: Insights,
+    /// The storage's free space, and whether writes are refused for want of it.
+    pub disk: super::disk::DiskSpace,
 }
 
 /// Meta-space prefix of the collection registry: `coll 0x00 name` → empty.
@@ -481,13 +483,15 @@ impl Committer {
         }
     }
 
-    /// Background work between groups: drain the counter outbox and sweep expired
-    /// documents (every tick), purge idempotency keys (every idle period).
+    /// Background work between groups: look at the free space, drain the
+    /// counter outbox and sweep expired documents (every tick), purge
+    /// idempotency keys (every idle period).
     fn background(&mut self) {
         self.last_background = Instant::now();
         if self.shared.watermark.check().is_err() {
             return;
         }
+        self.shared.disk.observe(self.shared.storage.free_bytes());
         if self.outbox_entries > 0
             && let Err(e) = self.drain_outbox()
         {

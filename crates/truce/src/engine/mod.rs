@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::index::{IndexDef, IndexState};
 use crate::limits::{
     COMMIT_POLL_US_DEFAULT, COMMIT_POLL_US_MAX, COMMIT_QUEUE_REQUESTS_MAX, HOT_SPOTS_TRACKED_DEFAULT,
-    IDEMPOTENCY_RETENTION_MS_DEFAULT,
+    IDEMPOTENCY_RETENTION_MS_DEFAULT, MIN_FREE_DISK_BYTES_DEFAULT,
 };
 use crate::storage::{Durability, FjallOptions, FjallStorage, Storage};
 
@@ -26,6 +26,7 @@ mod collection;
 mod committer;
 pub mod config;
 mod counters;
+mod disk;
 mod evaluate;
 mod group;
 pub mod insights;
@@ -46,6 +47,7 @@ pub use backup::{Backup, BackupProgress, BackupReport, BackupStop, unfinished as
 pub use check::{CheckProblem, CheckProgress, CheckReport, CheckSkip, check};
 pub use collection::Collection;
 pub use committer::{IndexProgress, now_ms};
+pub use disk::DiskStatus;
 pub use evaluate::WriteOp;
 pub use insights::{InsightsReport, Origin, Stats};
 pub use pending::{Pending, PendingFuture, PendingTx, PendingWrite};
@@ -84,6 +86,11 @@ pub struct Options {
     /// zero never polls. Default [`COMMIT_POLL_US_DEFAULT`], at most
     /// [`COMMIT_POLL_US_MAX`].
     pub commit_poll: Duration,
+    /// Free space to keep on the storage's filesystem: while less is free,
+    /// writes that add data fail with [`Error::InsufficientStorage`] and
+    /// deletes go on (`engine/disk.rs`). Default
+    /// [`MIN_FREE_DISK_BYTES_DEFAULT`] (256 MiB); 0 refuses nothing.
+    pub min_free_disk_bytes: u64,
 }
 
 impl Default for Options {
@@ -96,6 +103,7 @@ impl Default for Options {
             hot_spots: HOT_SPOTS_TRACKED_DEFAULT,
             fjall: FjallOptions::default(),
             commit_poll: Duration::from_micros(COMMIT_POLL_US_DEFAULT),
+            min_free_disk_bytes: MIN_FREE_DISK_BYTES_DEFAULT,
         }
     }
 }
@@ -200,7 +208,9 @@ impl Db {
             configs: RwLock::default(),
             outbox: RwLock::default(),
             insights: insights::Insights::new(options.hot_spots)?,
+            disk: disk::DiskSpace::new(options.min_free_disk_bytes),
         });
+        shared.disk.observe(shared.storage.free_bytes());
         let committer = Committer::recover(Arc::clone(&shared), poll)?;
         let dropping = committer.dropping();
         let (queue, receiver) = mpsc::sync_channel(options.queue_capacity);
@@ -267,6 +277,7 @@ impl Db {
     /// Queues a request for the committer.
     fn submit(&self, request: Request) -> Result<()> {
         self.inner.shared.watermark.check()?;
+        self.inner.shared.disk.admit(&request)?;
         let stopped = || Error::Unavailable("the committer has stopped".into());
         let queue = self.inner.queue.as_ref().ok_or_else(stopped)?;
         let depth = &self.inner.shared.insights.queue_depth;
@@ -452,6 +463,12 @@ impl Db {
     /// `Ok` while the database accepts writes; the sticky failure otherwise.
     pub fn health(&self) -> Result<()> {
         self.inner.shared.watermark.check()
+    }
+
+    /// The free space of the storage's filesystem as last looked at, and
+    /// whether writes that add data are refused for want of it.
+    pub fn disk(&self) -> DiskStatus {
+        self.inner.shared.disk.status()
     }
 
     /// [`submit_batch`](Self::submit_batch) and wait for the answer.

@@ -80,6 +80,8 @@ fn keyspace_of(spaces: &[(Space, Keyspace)], space: Space) -> &Keyspace {
 /// A fjall database with one keyspace per [`Space`].
 pub struct FjallStorage {
     db: Database,
+    /// The data directory, whose filesystem's free space `free_bytes` reports.
+    dir: std::path::PathBuf,
     spaces: Arc<Vec<(Space, Keyspace)>>,
     zero_ahead: Mutex<ZeroAhead>,
 }
@@ -149,6 +151,7 @@ impl FjallStorage {
         drop_legacy_log(&db)?;
         Ok(FjallStorage {
             db,
+            dir: dir.to_path_buf(),
             spaces: Arc::new(spaces),
             zero_ahead: Mutex::new(ZeroAhead::new(dir)),
         })
@@ -175,6 +178,26 @@ impl FjallStorage {
         }
         zero_ahead
     }
+}
+
+/// Bytes an unprivileged process may still write on the filesystem holding
+/// `dir` (`statvfs`'s available blocks: root's reserved blocks left out), or
+/// `None` if it cannot be asked.
+fn available_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut stats = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `path` is a NUL-terminated string that outlives the call, and
+    // `stats` is a buffer of the struct's size that `statvfs` fills on success,
+    // the only case in which it is read.
+    let stats = unsafe {
+        if libc::statvfs(path.as_ptr(), stats.as_mut_ptr()) != 0 {
+            return None;
+        }
+        stats.assume_init()
+    };
+    #[allow(clippy::unnecessary_cast)] // The field types differ between platforms.
+    Some((stats.f_bavail as u64).saturating_mul(stats.f_frsize as u64))
 }
 
 /// Collects up to `limit` entries of a fjall iterator in `direction`.
@@ -271,6 +294,10 @@ impl StorageRead for FjallSnapshot {
 }
 
 impl Storage for FjallStorage {
+    fn free_bytes(&self) -> Option<u64> {
+        available_bytes(&self.dir)
+    }
+
     fn snapshot(&self) -> Result<Box<dyn StorageRead>, StorageError> {
         Ok(Box::new(FjallSnapshot {
             snapshot: self.db.snapshot(),
@@ -313,6 +340,21 @@ impl Storage for FjallStorage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_free_space_is_that_of_the_data_directorys_filesystem() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = FjallStorage::open(dir.path()).unwrap();
+        let free = storage
+            .free_bytes()
+            .expect("statvfs answers for a directory that exists");
+        assert!(
+            free > 0,
+            "the test could not have written its data directory otherwise"
+        );
+        assert_eq!(available_bytes(&dir.path().join("missing")), None);
+        assert_eq!(available_bytes(Path::new("nul\0in the name")), None);
+    }
 
     #[test]
     fn the_legacy_global_log_of_an_old_data_directory_is_dropped_at_open() {

@@ -33,6 +33,8 @@ struct State {
     /// Relaxed batches applied since the last sync, oldest first.
     unsynced: Vec<WriteBatch>,
     faults: Vec<Fault>,
+    /// What `free_bytes` reports (`set_free_bytes`).
+    free_bytes: Option<u64>,
 }
 
 /// A [`Storage`] kept in memory. Thread-safe; every call takes one lock.
@@ -65,6 +67,12 @@ impl MemoryStorage {
     /// Makes the next `apply` calls fail, one fault per call, in order.
     pub fn inject(&self, fault: Fault) {
         self.lock().faults.push(fault);
+    }
+
+    /// Makes [`free_bytes`](Storage::free_bytes) report `free` from now on, as
+    /// a filesystem filling up or freed would (`None`, the default: unknown).
+    pub fn set_free_bytes(&self, free: Option<u64>) {
+        self.lock().free_bytes = free;
     }
 
     /// A new store holding exactly what a machine crash now would leave: every
@@ -154,6 +162,10 @@ impl StorageRead for MemorySnapshot {
 }
 
 impl Storage for MemoryStorage {
+    fn free_bytes(&self) -> Option<u64> {
+        self.lock().free_bytes
+    }
+
     fn snapshot(&self) -> Result<Box<dyn StorageRead>, StorageError> {
         Ok(Box::new(MemorySnapshot(self.lock().visible.clone())))
     }

@@ -211,4 +211,11 @@ pub trait Storage: StorageRead + 'static {
 
     /// A consistent, unchanging view of the store as of now.
     fn snapshot(&self) -> Result<Box<dyn StorageRead>, StorageError>;
+
+    /// Bytes available to this process on the filesystem the store writes
+    /// to; `None` when the backend cannot say (the engine then refuses
+    /// nothing for want of space: `engine/disk.rs`).
+    fn free_bytes(&self) -> Option<u64> {
+        None
+    }
 }

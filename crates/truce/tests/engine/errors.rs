@@ -475,3 +475,160 @@ fn a_transactions_documents_are_bounded_whatever_its_ops() {
     assert!(db.batch(checks(fits), None).unwrap().is_ok());
     assert_eq!(c.get("big0").unwrap().unwrap().body["n"], 1);
 }
+
+/// Polls `done` every 20 ms for up to 5 s: the committer looks at the free
+/// space on its background tick (each second when idle).
+fn within_seconds(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} did not happen within 5 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn writes_that_add_data_are_refused_while_the_disk_is_short_and_resume_when_it_is_not() {
+    let storage = Arc::new(MemoryStorage::new());
+    storage.set_free_bytes(Some(10_000));
+    let db = Db::open_with_storage(
+        storage.clone(),
+        Options {
+            min_free_disk_bytes: 1_000,
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    let c = db.collection("c").unwrap();
+    for id in ["kept", "gone", "tx-gone"] {
+        c.put(id, json!({"n": 1}), Expect::Absent).unwrap().unwrap();
+    }
+    assert_eq!(
+        db.disk(),
+        truce::DiskStatus {
+            free_bytes: Some(10_000),
+            min_free_bytes: 1_000,
+            refusing: false
+        }
+    );
+
+    // The filesystem fills up: below the reserve within a tick.
+    storage.set_free_bytes(Some(999));
+    within_seconds("refusing writes", || db.disk().refusing);
+    assert_eq!(db.disk().free_bytes, Some(999));
+    fn refused<T>(result: truce::Result<T>) {
+        match result {
+            Err(
+                e @ Error::InsufficientStorage {
+                    free: 999,
+                    min_free: 1_000,
+                },
+            ) => {
+                assert_eq!(e.code(), "insufficient_storage");
+                assert!(e.is_retryable(), "it may succeed once space is freed");
+            }
+            other => panic!("expected insufficient_storage, got {:?}", other.map(|_| ())),
+        }
+    }
+    refused(c.put("new", json!({"n": 1}), Expect::Absent));
+    refused(c.put_idempotent("k1", "kept", json!({"n": 2}), Expect::Any));
+    refused(c.patch("kept", update(json!({"$inc": {"n": 1}})), Expect::Any));
+    refused(db.batch(
+        vec![
+            TxOp::Delete {
+                collection: "c".into(),
+                id: "tx-gone".into(),
+                expect: Expect::Any,
+            },
+            TxOp::Put {
+                collection: "c".into(),
+                id: "other".into(),
+                body: json!({}),
+                expect: Expect::Any,
+            },
+        ],
+        None,
+    ));
+    refused(c.create_index("by_n", spec(&["n"], false)));
+    // Nothing of those was written.
+    assert_eq!(c.get("kept").unwrap().unwrap().body["n"], 1);
+    assert!(c.get("new").unwrap().is_none());
+    assert!(
+        c.get("tx-gone").unwrap().is_some(),
+        "the refused transaction wrote none of its ops"
+    );
+    assert!(c.indexes().is_empty());
+
+    // What frees space, or adds none, goes on: deletes (alone or with
+    // checks), and configuration (a TTL is how space is freed).
+    assert!(c.delete("gone", Expect::Any).unwrap().is_ok());
+    assert!(
+        db.batch(
+            vec![
+                TxOp::Check {
+                    collection: "c".into(),
+                    id: "kept".into(),
+                    expect: Expect::Version(1),
+                },
+                TxOp::Delete {
+                    collection: "c".into(),
+                    id: "tx-gone".into(),
+                    expect: Expect::Any,
+                },
+            ],
+            None,
+        )
+        .unwrap()
+        .is_ok()
+    );
+    c.set_config(
+        truce::CollectionConfig::from_json(&json!({"ttl": {"field": "exp", "seconds": 60}})).unwrap(),
+    )
+    .unwrap();
+    assert!(c.get("gone").unwrap().is_none() && c.get("tx-gone").unwrap().is_none());
+
+    // Space is freed: writes resume within a tick, and a key refused before
+    // was never recorded, so its write now applies.
+    storage.set_free_bytes(Some(1_000));
+    within_seconds("accepting writes again", || !db.disk().refusing);
+    let written = c
+        .put_idempotent("k1", "kept", json!({"n": 2}), Expect::Any)
+        .unwrap()
+        .unwrap();
+    assert_eq!(written.doc.version(), 2);
+    c.create_index("by_n", spec(&["n"], false)).unwrap();
+    assert!(c.put("new", json!({"n": 1}), Expect::Absent).unwrap().is_ok());
+}
+
+#[test]
+fn a_database_opened_on_a_full_disk_refuses_its_first_write() {
+    let storage = Arc::new(MemoryStorage::new());
+    storage.set_free_bytes(Some(0));
+    let db = Db::open_with_storage(storage.clone(), Options::default()).unwrap();
+    assert!(db.disk().refusing, "looked at before the first write");
+    let c = db.collection("c").unwrap();
+    assert!(matches!(
+        c.put("a", json!({}), Expect::Absent),
+        Err(Error::InsufficientStorage { free: 0, .. })
+    ));
+    // A reserve of 0 refuses nothing, even with no byte free.
+    drop(db);
+    let off = Db::open_with_storage(
+        storage,
+        Options {
+            min_free_disk_bytes: 0,
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    assert!(!off.disk().refusing);
+    assert!(
+        off.collection("c")
+            .unwrap()
+            .put("a", json!({}), Expect::Absent)
+            .unwrap()
+            .is_ok()
+    );
+}
