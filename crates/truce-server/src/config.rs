@@ -8,6 +8,7 @@ use serde::Deserialize;
 
 use crate::http::answers::{DEFAULT_ANSWER_MEMORY_MIB, DEFAULT_ANSWER_STALL_MS};
 use crate::http_threads::HTTP_THREADS_MAX;
+use crate::serve::{MAX_CONNECTIONS_DEFAULT, MAX_CONNECTIONS_MAX};
 
 /// Default listen address: loopback only, so an unconfigured server is never exposed.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
@@ -255,6 +256,11 @@ pub struct ServeArgs {
     /// writes resume within a second of space being freed. 0 refuses nothing.
     #[arg(long, env = "TRUCE_MIN_FREE_DISK_MIB")]
     pub min_free_disk_mib: Option<u64>,
+    /// Connections open at once, 1 to 1000000 [default: 16384]; past this a
+    /// new connection is closed as soon as it is accepted (and counted in
+    /// truce_connections_refused_total).
+    #[arg(long, env = "TRUCE_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
     /// Threads serving HTTP, 1 to 256 [default: one per CPU]. Each runs its
     /// connections on its own and keeps them; the committer and the blocking
     /// work (queries, feed pages) have threads of their own besides.
@@ -293,6 +299,7 @@ struct FileSettings {
     commit_poll_us: Option<u64>,
     storage_workers_nice: Option<i32>,
     min_free_disk_mib: Option<u64>,
+    max_connections: Option<usize>,
     http_threads: Option<usize>,
     cors_origins: Option<Vec<String>>,
     backup_root: Option<PathBuf>,
@@ -333,6 +340,8 @@ pub struct Settings {
     pub storage_workers_nice: i32,
     /// Free space kept on the data directory's filesystem, MiB.
     pub min_free_disk_mib: u64,
+    /// Connections open at once.
+    pub max_connections: usize,
     /// HTTP threads.
     pub http_threads: usize,
     /// Origins allowed cross-origin requests (`*`: any); empty: CORS off.
@@ -412,6 +421,10 @@ impl ServeArgs {
                 .min_free_disk_mib
                 .or(file.min_free_disk_mib)
                 .unwrap_or(truce::limits::MIN_FREE_DISK_BYTES_DEFAULT >> 20),
+            max_connections: self
+                .max_connections
+                .or(file.max_connections)
+                .unwrap_or(MAX_CONNECTIONS_DEFAULT),
             http_threads: self.http_threads.or(file.http_threads).unwrap_or_else(|| {
                 std::thread::available_parallelism()
                     .map_or(1, |cpus| cpus.get())
@@ -449,6 +462,9 @@ impl ServeArgs {
                 "storage_workers_nice must be 0 to {}",
                 truce::storage::FJALL_WORKERS_NICE_MAX
             ));
+        }
+        if !(1..=MAX_CONNECTIONS_MAX).contains(&settings.max_connections) {
+            return Err(format!("max_connections must be 1 to {MAX_CONNECTIONS_MAX}"));
         }
         if settings.min_free_disk_mib > MIN_FREE_DISK_MIB_MAX {
             return Err(format!("min_free_disk_mib must be 0 to {MIN_FREE_DISK_MIB_MAX}"));
@@ -760,6 +776,23 @@ mod tests {
                 ..ServeArgs::default()
             };
             assert_eq!(args.settings().unwrap_err(), "http_threads must be 1 to 256");
+        }
+    }
+
+    #[test]
+    fn the_connection_limit_is_bounded() {
+        assert_eq!(ServeArgs::default().settings().unwrap().max_connections, 16_384);
+        let (_dir, filed) = with_settings_file("max_connections = 1\n");
+        assert_eq!(filed.settings().unwrap().max_connections, 1);
+        for wrong in [0, MAX_CONNECTIONS_MAX + 1] {
+            let args = ServeArgs {
+                max_connections: Some(wrong),
+                ..ServeArgs::default()
+            };
+            assert_eq!(
+                args.settings().unwrap_err(),
+                "max_connections must be 1 to 1000000"
+            );
         }
     }
 

@@ -37,6 +37,72 @@ const LISTEN_BACKLOG_CONNECTIONS: u32 = 1024;
 /// Wait before accepting again after `accept` failed (out of files).
 const ACCEPT_RETRY_MS: u64 = 50;
 
+/// Connections open at once by default (`--max-connections`): past this a
+/// new one is closed as soon as it is accepted. Each open connection costs
+/// a file, a task and its buffers; this bounds them all, far above what a
+/// server serves at once (requests in flight: `--max-concurrent-requests`).
+pub const MAX_CONNECTIONS_DEFAULT: usize = 16_384;
+/// The largest `--max-connections`.
+pub const MAX_CONNECTIONS_MAX: usize = 1_000_000;
+
+/// The open connections (a gauge) and those closed at once because
+/// `--max-connections` were open (a counter), for `/metrics`.
+#[derive(Clone)]
+pub struct Connections {
+    max: i64,
+    open: prometheus_client::metrics::gauge::Gauge,
+    refused: prometheus_client::metrics::counter::Counter,
+}
+
+/// One open connection's place in [`Connections`], given back when dropped.
+pub struct Open(prometheus_client::metrics::gauge::Gauge);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+impl Connections {
+    /// At most `max` open at once.
+    pub fn new(max: usize) -> Connections {
+        Connections {
+            max: i64::try_from(max).unwrap_or(i64::MAX),
+            open: Default::default(),
+            refused: Default::default(),
+        }
+    }
+
+    /// Registers the gauge and the counter.
+    pub fn register(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register("connections_open", "Connections open", self.open.clone());
+        registry.register(
+            "connections_refused",
+            "Connections closed as soon as accepted because --max-connections were open",
+            self.refused.clone(),
+        );
+    }
+
+    /// A place for one more connection, or `None` (counted, and logged at
+    /// the first refusal and every 1,000th after) when all are taken. Only
+    /// the accepting thread takes places, so the count never passes `max`.
+    fn admit(&self) -> Option<Open> {
+        if self.open.get() >= self.max {
+            let before = self.refused.inc();
+            if before.is_multiple_of(1000) {
+                tracing::warn!(
+                    refused = before + 1,
+                    "refusing connections: {} are open (--max-connections)",
+                    self.max
+                );
+            }
+            return None;
+        }
+        self.open.inc();
+        Some(Open(self.open.clone()))
+    }
+}
+
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TRUCE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -107,8 +173,9 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
         usize::try_from(settings.answer_memory_mib << 20).unwrap_or(usize::MAX),
         Duration::from_millis(settings.answer_stall_ms),
     );
+    let connections = Connections::new(settings.max_connections);
     let state = Arc::new(AppState {
-        metrics: http::metrics::Metrics::new(db.clone(), &answers),
+        metrics: http::metrics::Metrics::new(db.clone(), &answers, &connections),
         answers,
         db: db.clone(),
         keys,
@@ -127,7 +194,7 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
     let keys = Arc::clone(&state);
     runtime.spawn(async move { keys.keys.follow().await });
     let write_stalls = state.answers.write_stalls();
-    let result = runtime.block_on(serve(app, &settings, threads, write_stalls));
+    let result = runtime.block_on(serve(app, &settings, threads, write_stalls, connections));
     // A backup cut short by the exit would leave its `.partial`.
     state.backups.stop_and_wait();
     // Every acknowledged write is already durable. Closing joins the committer
@@ -184,6 +251,7 @@ async fn serve(
     settings: &Settings,
     threads: HttpThreads,
     write_stalls: prometheus_client::metrics::counter::Counter,
+    connections: Connections,
 ) -> Result<(), String> {
     let signal = shutdown_signal();
     let scheme = if settings.tls.is_some() { "https" } else { "http" };
@@ -198,7 +266,7 @@ async fn serve(
     match &settings.tls {
         None => {
             tracing::info!(data = %settings.data.display(), "listening on {scheme}://{local}");
-            serve_connections(listener, first_byte, app, threads, signal).await
+            serve_connections(listener, first_byte, app, threads, connections, signal).await
         }
         Some((cert, key)) => {
             let _ = rustls::crypto::ring::default_provider().install_default();
@@ -207,14 +275,14 @@ async fn serve(
                 .map_err(|e| format!("cannot load TLS certificate/key: {e}"))?;
             tracing::info!(data = %settings.data.display(), "listening on {scheme}://{local}");
             let tls = axum_server::tls_rustls::RustlsAcceptor::new(config).acceptor(first_byte);
-            serve_connections(listener, tls, app, threads, signal).await
+            serve_connections(listener, tls, app, threads, connections, signal).await
         }
     }
 }
 
 /// Accepts connections until `signal` and hands each to the next
 /// HTTP thread, which runs `acceptor` (the first-byte wait, TLS) and then
-/// HTTP on it. After the signal: no new connections; each open one finishes
+/// HTTP on it; one past `connections`' limit is closed at once. After the signal: no new connections; each open one finishes
 /// the request it is serving and closes, for at most [`SHUTDOWN_GRACE_MS`]
 /// (change-feed streams never finish: the grace period bounds them); then the
 /// HTTP threads stop, closing whatever is left.
@@ -223,6 +291,7 @@ async fn serve_connections<A>(
     acceptor: A,
     app: http::Service,
     mut threads: HttpThreads,
+    connections: Connections,
     signal: impl std::future::Future<Output = ()>,
 ) -> Result<(), String>
 where
@@ -250,6 +319,10 @@ where
                 continue;
             }
         };
+        let Some(place) = connections.admit() else {
+            drop(stream);
+            continue;
+        };
         // Registered with the HTTP thread's runtime instead of this one.
         let stream = match stream.into_std() {
             Ok(stream) => stream,
@@ -263,7 +336,7 @@ where
             acceptor.clone(),
             app.clone(),
             stopping.clone(),
-            open.clone(),
+            (open.clone(), place),
         ));
     }
     // Refuse new connections at once rather than leave them waiting.
@@ -285,7 +358,7 @@ async fn serve_connection<A>(
     acceptor: A,
     app: http::Service,
     mut stopping: tokio::sync::watch::Receiver<bool>,
-    _open: tokio::sync::mpsc::Sender<()>,
+    _open: (tokio::sync::mpsc::Sender<()>, Open),
 ) where
     A: Accept<tokio::net::TcpStream, (), Service = ()>,
     A::Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static,

@@ -1227,6 +1227,89 @@ fn ten_thousand_idle_connections_do_not_stop_anyone_else() {
     assert_serving(server.addr, "after");
 }
 
+/// A value of the server's `/metrics`, asked on `stream`, kept alive.
+fn metric_on(stream: &mut TcpStream, name: &str) -> f64 {
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .expect("ask for /metrics");
+    stream
+        .set_read_timeout(Some(ANSWER_TIMEOUT))
+        .expect("set a read timeout");
+    let mut raw = Vec::new();
+    let mut buffer = [0u8; 16 * 1024];
+    let text = loop {
+        let read = stream.read(&mut buffer).expect("read /metrics");
+        assert!(read > 0, "closed before the whole answer");
+        raw.extend_from_slice(&buffer[..read]);
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length: usize = head
+                .lines()
+                .find_map(|line| {
+                    line.to_ascii_lowercase()
+                        .strip_prefix("content-length:")?
+                        .trim()
+                        .parse()
+                        .ok()
+                })
+                .expect("a Content-Length");
+            if body.len() >= length {
+                break body.to_string();
+            }
+        }
+    };
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in /metrics"))
+}
+
+/// Asks `watcher` for `truce_connections_open` until it is `open`.
+fn wait_for_open(watcher: &mut TcpStream, open: f64) {
+    let deadline = Instant::now() + PROMPT;
+    while metric_on(watcher, "truce_connections_open") != open {
+        assert!(Instant::now() < deadline, "never {open} connections open");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn connections_past_the_limit_are_closed_at_once() {
+    let server = Server::start_with(&["--max-connections", "3"]);
+    // The start's readiness probe connected too: once it is gone, the
+    // watcher is the only one.
+    let mut watcher = TcpStream::connect(server.addr).expect("connect");
+    wait_for_open(&mut watcher, 1.0);
+    // Two hold their places with a request begun and never finished.
+    let held: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let mut stream = TcpStream::connect(server.addr).expect("connect");
+            stream
+                .write_all(b"GET /healthz HTTP/1.1\r\n")
+                .expect("begin a request");
+            stream
+        })
+        .collect();
+    wait_for_open(&mut watcher, 3.0);
+
+    // A fourth is closed as soon as it is accepted, answered nothing.
+    let mut fourth = TcpStream::connect(server.addr).expect("the kernel accepts it");
+    let _ = fourth.write_all(&get("/healthz"));
+    fourth.set_read_timeout(Some(PROMPT)).expect("set a read timeout");
+    let mut answer = Vec::new();
+    match fourth.read_to_end(&mut answer) {
+        Ok(_) => assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer)),
+        Err(e) => assert_eq!(e.kind(), ErrorKind::ConnectionReset, "{e}"),
+    }
+    assert_eq!(metric_on(&mut watcher, "truce_connections_refused_total"), 1.0);
+    assert_eq!(metric_on(&mut watcher, "truce_connections_open"), 3.0);
+
+    // A place given back is taken again.
+    drop(held);
+    wait_for_open(&mut watcher, 1.0);
+    let answer = send_raw(server.addr, &get("/healthz")).expect("served again");
+    assert_eq!(answer.status, 200, "{}", answer.text);
+}
+
 /// The readiness check every test relies on (`common::listening`) does not
 /// take a socket connected to itself for a server: bound to a port and
 /// connected to that same port, a socket on Linux opens a connection with no

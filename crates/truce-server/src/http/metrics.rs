@@ -66,7 +66,11 @@ pub struct Metrics {
 impl Metrics {
     /// A registry over `db`'s counters, the HTTP request histogram and the
     /// answers being sent.
-    pub fn new(db: Db, answers: &super::answers::Answers) -> Metrics {
+    pub fn new(
+        db: Db,
+        answers: &super::answers::Answers,
+        connections: &crate::serve::Connections,
+    ) -> Metrics {
         let mut registry = Registry::with_prefix("truce");
         let requests = Family::<RequestLabels, Histogram>::new_with_constructor(|| {
             // 50 µs to about 13 s.
@@ -79,6 +83,7 @@ impl Metrics {
         );
         registry.register_collector(Box::new(EngineCollector(db)));
         answers.register(&mut registry);
+        connections.register(&mut registry);
         Metrics { registry, requests }
     }
 
