@@ -2199,6 +2199,61 @@ fn writes_that_add_data_are_refused_while_the_disk_is_short() {
     );
 }
 
+/// Answers that must be whole — a pull's page, `/couch` `_changes` and
+/// `_all_docs` (their clients take a short page for the end) — are refused
+/// with 413 once their documents pass `WHOLE_PAGE_BYTES_MAX`, instead of
+/// being built (a pull of 10,000 documents of 1 MiB was 10 GB); a smaller
+/// batch is served.
+#[test]
+fn whole_pages_past_their_bound_are_refused_not_built() {
+    let server = Server::start();
+    let api = Api::new(&server);
+    let blob = "x".repeat(1_000_000);
+    let count = truce::limits::WHOLE_PAGE_BYTES_MAX / blob.len() + 2;
+    for i in 0..count {
+        api.put(
+            &format!("/v1/c/big/d{i:03}"),
+            json!({"id": format!("d{i:03}"), "blob": blob}),
+        )
+        .ok(201);
+    }
+    let limit = api.get("/v1/c/big/_pull?primaryKey=id&limit=10000");
+    assert!(
+        limit.error(413, "limit_exceeded")["message"]
+            .as_str()
+            .unwrap()
+            .contains("WHOLE_PAGE_BYTES_MAX"),
+        "{}",
+        limit.text
+    );
+    let fits = api.get("/v1/c/big/_pull?primaryKey=id&limit=50");
+    assert_eq!(fits.ok(200)["documents"].as_array().unwrap().len(), 50);
+
+    let couch_refused = |reply: Reply| {
+        assert_eq!(
+            (reply.status, &reply.json["error"]),
+            (413, &json!("too_large")),
+            "CouchDB's shape: {:.300}",
+            reply.text
+        );
+    };
+    couch_refused(api.get("/couch/big/_changes?include_docs=true&limit=10000"));
+    couch_refused(api.get("/couch/big/_all_docs?include_docs=true&limit=1000"));
+    // One document named again and again.
+    let keys: Vec<String> = vec!["d000".into(); count];
+    couch_refused(api.post("/couch/big/_all_docs?include_docs=true", json!({"keys": keys})));
+    let rows = api.get("/couch/big/_all_docs?include_docs=true&limit=50");
+    let rows = rows.ok(200);
+    assert_eq!(rows["rows"].as_array().unwrap().len(), 50);
+    assert_eq!(rows["total_rows"], 50);
+    assert_eq!(rows["rows"][49]["doc"]["_id"], "d049");
+    // Without documents, the rows are small and all there.
+    let ids = api.post("/couch/big/_all_docs", json!({"keys": keys}));
+    assert_eq!(ids.ok(200)["rows"].as_array().unwrap().len(), count);
+    let changes = api.get("/couch/big/_changes?limit=10000");
+    assert_eq!(changes.ok(200)["results"].as_array().unwrap().len(), count);
+}
+
 #[test]
 fn every_documented_error_code_is_produced() {
     let documented = documented_error_codes();

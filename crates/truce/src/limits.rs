@@ -102,6 +102,15 @@ pub const QUERY_LIMIT_MAX: usize = 1000;
 /// whole in memory for one request.
 pub const PAGE_BYTES_MAX: usize = 16 * 1024 * 1024;
 
+/// Bytes of documents a page that must be whole may hold: one bounded by
+/// its `limit` alone, for clients that take a page shorter than their batch
+/// for the end of the feed (RxDB's `_pull`, CouchDB's `_changes` and
+/// `_all_docs`). Past this the request is refused (`limit_exceeded`) as
+/// soon as the page passes it, instead of being built: 10,000 documents of
+/// 1 MiB would have been 10 GB for one request. The client lowers its batch
+/// size. Four pages of [`PAGE_BYTES_MAX`].
+pub const WHOLE_PAGE_BYTES_MAX: usize = 4 * PAGE_BYTES_MAX;
+
 /// Documents the index backfill adds per commit: small enough that writers
 /// queued behind a backfill step wait well under a millisecond more.
 pub const BACKFILL_CHUNK_DOCS: usize = 256;

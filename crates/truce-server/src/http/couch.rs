@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use axum::Extension;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 use truce::{ConflictReason, Document, Expect, TxOp, WriteResult};
@@ -422,18 +422,19 @@ async fn all_docs_for(
             "with `keys`, whose rows are the keys given, in order",
         ));
     }
-    let rows: Vec<Value> = match keys {
-        Some(keys) => keys
-            .iter()
-            .map(|key| {
-                Ok(all_docs_row(
+    let rows = match keys {
+        Some(keys) => {
+            let mut rows = Rows::default();
+            for key in &keys {
+                rows.push(&all_docs_row(
                     key,
                     collection.get_current(key)?,
                     include_docs,
                     tombstones,
-                ))
-            })
-            .collect::<Result<_, truce::Error>>()?,
+                ))?;
+            }
+            rows
+        }
         None => {
             let asked = params.parse::<usize>("limit", "invalid_query")?;
             let limit = asked.unwrap_or(ALL_DOCS_LIMIT_DEFAULT);
@@ -500,17 +501,24 @@ async fn all_docs_for(
             // short with more to come (past `PAGE_BYTES_MAX` of documents, or
             // over documents past their TTL), and a CouchDB client takes a
             // short answer for the end of the range.
-            let (docs, more) = tokio::task::spawn_blocking(move || -> truce::Result<_> {
-                let mut docs = Vec::new();
+            let (rows, more) = tokio::task::spawn_blocking(move || -> truce::Result<_> {
+                let mut rows = Rows::default();
                 loop {
                     let page = collection.query(&query)?;
-                    docs.extend(page.docs);
+                    for doc in page.docs {
+                        rows.push(&all_docs_row(
+                            &doc.id.clone(),
+                            Some(doc),
+                            include_docs,
+                            tombstones,
+                        ))?;
+                    }
                     match page.next {
-                        Some(next) if docs.len() < limit => {
+                        Some(next) if rows.count < limit => {
                             query.after = Some(next);
-                            query.limit = limit - docs.len();
+                            query.limit = limit - rows.count;
                         }
-                        next => return Ok((docs, next.is_some())),
+                        next => return Ok((rows, next.is_some())),
                     }
                 }
             })
@@ -525,12 +533,43 @@ async fn all_docs_for(
                      limit + 1 rows and dropping the first)"
                 )));
             }
-            docs.into_iter()
-                .map(|doc| all_docs_row(&doc.id.clone(), Some(doc), include_docs, tombstones))
-                .collect()
+            rows
         }
     };
-    Ok(axum::Json(json!({"total_rows": rows.len(), "offset": 0, "rows": rows})).into_response())
+    Ok(rows.answer())
+}
+
+/// `_all_docs` rows written out as they are made: a CouchDB client takes a
+/// short answer for the end of the range, so the rows cannot be cut short,
+/// and they are refused once they pass
+/// [`WHOLE_PAGE_BYTES_MAX`](truce::limits::WHOLE_PAGE_BYTES_MAX) (413
+/// `too_large`; `keys` may name one large document any number of times)
+/// instead of being built whole.
+#[derive(Default)]
+struct Rows {
+    json: Vec<u8>,
+    count: usize,
+}
+
+impl Rows {
+    fn push(&mut self, row: &Value) -> truce::Result<()> {
+        self.json.push(if self.count == 0 { b'[' } else { b',' });
+        serde_json::to_writer(&mut self.json, row)
+            .map_err(|e| truce::Error::Unavailable(format!("cannot write a row: {e}")))?;
+        self.count += 1;
+        truce::engine::read::whole_page_holds(self.json.len())
+    }
+
+    /// `{"total_rows": N, "offset": 0, "rows": [...]}`.
+    fn answer(self) -> Response {
+        let mut json = format!(r#"{{"total_rows":{},"offset":0,"rows":"#, self.count).into_bytes();
+        if self.count == 0 {
+            json.push(b'[');
+        }
+        json.extend_from_slice(&self.json);
+        json.extend_from_slice(b"]}");
+        ([(header::CONTENT_TYPE, "application/json")], json).into_response()
+    }
 }
 
 /// A CouchDB parameter that would change the answer and that this subset does

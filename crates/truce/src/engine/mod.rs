@@ -509,7 +509,9 @@ impl Db {
     /// [`Self::changes`], its page bounded by `limit` alone: for a client that
     /// takes a page shorter than `limit` for the end of the feed, and would
     /// skip what follows (RxDB's CouchDB replication starts its live feed
-    /// from "now" once a page comes short).
+    /// from "now" once a page comes short). With documents, a page past
+    /// [`WHOLE_PAGE_BYTES_MAX`](crate::limits::WHOLE_PAGE_BYTES_MAX) of them
+    /// is refused ([`Error::LimitExceeded`]): the client lowers its `limit`.
     pub fn changes_whole(
         &self,
         collection: Option<&str>,
@@ -517,7 +519,7 @@ impl Db {
         limit: usize,
         include_docs: bool,
     ) -> Result<ChangesPage> {
-        self.changes_within(collection, since, limit, include_docs, usize::MAX)
+        self.changes_within(collection, since, limit, include_docs, read::Page::WHOLE)
     }
 
     fn changes_within(
@@ -559,7 +561,9 @@ impl Db {
 
     /// Changes of `collection` after a `(seq, id)` position (the RxDB checkpoint),
     /// with their documents, from one durable snapshot; also returns the
-    /// snapshot's sequence.
+    /// snapshot's sequence. The page is bounded by `limit` alone, and refused
+    /// past [`WHOLE_PAGE_BYTES_MAX`](crate::limits::WHOLE_PAGE_BYTES_MAX) of
+    /// documents ([`Error::LimitExceeded`]).
     pub fn changes_after(
         &self,
         collection: &str,
@@ -839,9 +843,10 @@ impl Subscription {
         Ok(self)
     }
 
-    /// Pages bounded by their limit alone, as [`Db::changes_whole`]'s.
+    /// Pages bounded by their limit alone, as [`Db::changes_whole`]'s (and
+    /// refused as they are).
     pub fn whole_pages(mut self) -> Subscription {
-        self.page_bytes = usize::MAX;
+        self.page_bytes = read::Page::WHOLE;
         self
     }
 

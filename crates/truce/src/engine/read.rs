@@ -9,7 +9,7 @@ use crate::doc::{Document, Rev};
 use crate::error::{Error, Result};
 use crate::index::query::{self, KeyRange, Order, Query, QueryPage};
 use crate::index::{IndexDef, IndexState};
-use crate::limits::{CHANGES_LIMIT_MAX, PAGE_BYTES_MAX, QUERY_SCAN_ENTRIES_MAX};
+use crate::limits::{CHANGES_LIMIT_MAX, PAGE_BYTES_MAX, QUERY_SCAN_ENTRIES_MAX, WHOLE_PAGE_BYTES_MAX};
 use crate::storage::{Direction, Space, StorageRead};
 
 use super::committer::{META_LAST_SEQ, Shared, read_document_sized, read_meta_counter};
@@ -212,8 +212,28 @@ pub struct ChangesPage {
 pub struct Page {
     /// Most changes.
     pub limit: usize,
-    /// Bytes of documents past which the page ends.
+    /// Bytes of documents past which the page ends (see [`Page::WHOLE`]).
     pub bytes_max: usize,
+}
+
+impl Page {
+    /// The `bytes_max` of a page that must be whole (bounded by its `limit`
+    /// alone): it never ends early, and is refused past
+    /// [`WHOLE_PAGE_BYTES_MAX`] of documents ([`whole_page_holds`]).
+    pub const WHOLE: usize = usize::MAX;
+}
+
+/// `Err(limit_exceeded)` once a page that must be whole holds more than
+/// [`WHOLE_PAGE_BYTES_MAX`] bytes of documents (or of answer): checked as
+/// it grows, so that it is refused before it is built.
+pub fn whole_page_holds(bytes: usize) -> Result<()> {
+    if bytes > WHOLE_PAGE_BYTES_MAX {
+        return Err(Error::LimitExceeded {
+            what: "WHOLE_PAGE_BYTES_MAX",
+            limit: WHOLE_PAGE_BYTES_MAX as u64,
+        });
+    }
+    Ok(())
 }
 
 /// Changes after `since` up to `upto` (the snapshot's sequence), of one
@@ -275,6 +295,9 @@ pub fn read_changes(
         }
         let (change, size) = change_at(view, seq, coll, id, include_docs)?;
         bytes += if include_docs { size } else { 0 };
+        if bytes_max == Page::WHOLE {
+            whole_page_holds(bytes)?;
+        }
         changes.push(change);
     }
     if full(&changes, bytes) && heads.is_empty() {
@@ -441,11 +464,16 @@ pub fn read_changes_after(
     let mut cursor = FeedCursor::from(collection.to_string(), start, upto, chunk);
     // Bounded by `limit` alone: RxDB takes a page shorter than its batch for
     // the end, and its live stream would then go on past what it skipped.
+    // Refused past `WHOLE_PAGE_BYTES_MAX` instead.
     let mut changes = Vec::new();
+    let mut bytes = 0;
     while changes.len() < limit
         && let Some((seq, id)) = cursor.next(view, chunk)?
     {
-        changes.push(change_at(view, seq, collection.to_string(), id, true)?.0);
+        let (change, size) = change_at(view, seq, collection.to_string(), id, true)?;
+        bytes += size;
+        whole_page_holds(bytes)?;
+        changes.push(change);
     }
     Ok(changes)
 }

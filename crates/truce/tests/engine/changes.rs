@@ -450,6 +450,70 @@ fn pages_of_large_documents_end_by_bytes_and_go_on() {
     assert_eq!(whole.changes.len(), count);
 }
 
+/// A page that must be whole (a pull's, `changes_whole`'s, a whole-page
+/// subscription's) is refused once its documents pass
+/// `WHOLE_PAGE_BYTES_MAX`, instead of being built: 10,000 documents of 1 MiB
+/// were 10 GB for one request. A smaller batch is served, and without
+/// documents the page is not bounded by their size.
+#[test]
+fn whole_pages_past_their_bound_are_refused_not_built() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = crate::open_relaxed(dir.path());
+    let big = db.collection("big").unwrap();
+    let blob = "x".repeat(1_000_000);
+    let count = truce::limits::WHOLE_PAGE_BYTES_MAX / blob.len() + 2;
+    for i in 0..count {
+        let put = big.put(&format!("d{i:03}"), json!({"blob": blob}), Expect::Absent);
+        assert!(put.unwrap().is_ok());
+    }
+    fn refused<T>(result: truce::Result<T>) {
+        match result {
+            Err(truce::Error::LimitExceeded { what, limit }) => {
+                assert_eq!(
+                    (what, limit),
+                    ("WHOLE_PAGE_BYTES_MAX", truce::limits::WHOLE_PAGE_BYTES_MAX as u64)
+                );
+            }
+            other => panic!("expected WHOLE_PAGE_BYTES_MAX, got {:?}", other.map(|_| ())),
+        }
+    }
+    refused(db.changes_after("big", None, 10_000));
+    refused(db.changes_whole(Some("big"), 0, 10_000, true));
+    let mut live = db
+        .subscribe(Some("big"), 0, true)
+        .unwrap()
+        .page_limit(10_000)
+        .unwrap()
+        .whole_pages();
+    refused(live.next_timeout(Duration::from_millis(10)));
+
+    // A batch that fits is served whole, and the next goes on after it.
+    let fits = truce::limits::WHOLE_PAGE_BYTES_MAX / (blob.len() + 1_000);
+    let (first, _) = db.changes_after("big", None, fits).unwrap();
+    assert_eq!(first.len(), fits);
+    let last = first.last().unwrap();
+    let (rest, _) = db.changes_after("big", Some((last.seq, &last.id)), fits).unwrap();
+    assert_eq!(fits + rest.len(), count);
+    assert_eq!(
+        db.changes_whole(Some("big"), 0, fits, true)
+            .unwrap()
+            .changes
+            .len(),
+        fits
+    );
+    assert_eq!(
+        db.changes_whole(Some("big"), 0, 10_000, false)
+            .unwrap()
+            .changes
+            .len(),
+        count,
+        "without documents, not bounded by their size"
+    );
+    // A page that may end early still does, with its commit.
+    let page = db.changes(Some("big"), 0, 10_000, true).unwrap();
+    assert!(page.changes.len() < count && !page.changes.is_empty());
+}
+
 /// The TTL sweeper goes on from the document where a step stopped at its
 /// delete cap, not from the end of the documents that step looked at: more
 /// expired documents than one step deletes, then a long run of live ones,
