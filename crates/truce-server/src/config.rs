@@ -249,11 +249,13 @@ pub struct ServeArgs {
     #[arg(long, env = "TRUCE_STORAGE_WORKERS_NICE")]
     pub storage_workers_nice: Option<i32>,
     /// Free space to keep on the data directory's filesystem, in MiB, 0 to
-    /// 1073741824 [default: 256]. While less is free, writes that add data
-    /// are refused with 507 insufficient_storage (deletes, reads and the
-    /// server's own work such as TTL sweeps go on), so the disk never fills
-    /// under the storage, which would stop every write until a restart;
-    /// writes resume within a second of space being freed. 0 refuses nothing.
+    /// 1073741824 [default: 256], beyond room for the storage's compactions
+    /// (as much as the database takes on disk). While less is free, writes
+    /// that add data are refused with 507 insufficient_storage (deletes,
+    /// reads and the server's own work such as TTL sweeps go on), so the disk
+    /// never fills under the storage, which would stop every write until a
+    /// restart; writes resume within a second of space being freed. 0 turns
+    /// the reserve off, room for compactions included.
     #[arg(long, env = "TRUCE_MIN_FREE_DISK_MIB")]
     pub min_free_disk_mib: Option<u64>,
     /// Connections open at once, 1 to 1000000 [default: 16384]; past this a

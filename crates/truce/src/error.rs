@@ -54,19 +54,20 @@ pub enum Error {
     /// The commit queue is full. Retry after a short pause.
     #[error("the commit queue is full; retry later")]
     Overloaded,
-    /// Less than the reserve ([`Options::min_free_disk_bytes`](crate::Options::min_free_disk_bytes))
-    /// is free on the storage's filesystem: writes that add data are refused
-    /// until space is freed (deletes go on). Nothing was written.
+    /// Less than the reserve ([`Options::min_free_disk_bytes`](crate::Options::min_free_disk_bytes)
+    /// plus room for the storage's compactions) is free on the storage's
+    /// filesystem: writes that add data are refused until space is freed
+    /// (deletes go on). Nothing was written.
     #[error(
         "insufficient storage: {free} bytes free on the data directory's filesystem, below the reserve of \
-         {min_free} bytes; writes that add data are refused until space is freed (deletes go on); nothing was \
-         written"
+         {reserve} bytes (min_free_disk_mib and room for compactions); writes that add data are refused until \
+         space is freed (deletes go on); nothing was written"
     )]
     InsufficientStorage {
         /// Bytes free when last looked at.
         free: u64,
         /// The reserve.
-        min_free: u64,
+        reserve: u64,
     },
     /// A storage write or fsync failed earlier: the engine refuses writes until reopened.
     #[error("storage unavailable: {0}")]

@@ -42,7 +42,9 @@ impl CouchError {
 
 impl IntoResponse for CouchError {
     fn into_response(self) -> Response {
-        (self.0, axum::Json(json!({"error": self.1, "reason": self.2}))).into_response()
+        let mut response = (self.0, axum::Json(json!({"error": self.1, "reason": self.2}))).into_response();
+        super::error::add_retry_after(&mut response);
+        response
     }
 }
 

@@ -187,20 +187,24 @@ impl ApiError {
     }
 }
 
+/// `Retry-After` on an answer that asks the client to come back later (429,
+/// 503, 507), in either error shape.
+pub fn add_retry_after(response: &mut Response) {
+    if matches!(
+        response.status(),
+        StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE | StatusCode::INSUFFICIENT_STORAGE
+    ) {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, body) = self.status_and_body();
         let mut response = (status, axum::Json(body)).into_response();
-        if matches!(
-            status,
-            StatusCode::TOO_MANY_REQUESTS
-                | StatusCode::SERVICE_UNAVAILABLE
-                | StatusCode::INSUFFICIENT_STORAGE
-        ) {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
-        }
+        add_retry_after(&mut response);
         if status == StatusCode::UNAUTHORIZED {
             // RFC 9110 asks every 401 to name its scheme (RFC 6750's Bearer).
             response.headers_mut().insert(

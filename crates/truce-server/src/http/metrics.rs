@@ -256,9 +256,9 @@ impl Collector for EngineCollector {
         }
         gauge(
             e,
-            "disk_min_free_bytes",
-            "The reserve (--min-free-disk-mib) below which writes that add data are refused",
-            disk.min_free_bytes as f64,
+            "disk_reserve_bytes",
+            "The space kept free (--min-free-disk-mib and room for compactions) below which writes that add data are refused",
+            disk.reserve_bytes as f64,
         )?;
         gauge(
             e,

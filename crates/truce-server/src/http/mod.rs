@@ -89,7 +89,7 @@ pub async fn healthz(State(state): State<Arc<AppState>>) -> Result<Response, Api
         "durable_seq": state.db.durable_seq(),
         "disk": {
             "free_bytes": disk.free_bytes,
-            "min_free_bytes": disk.min_free_bytes,
+            "reserve_bytes": disk.reserve_bytes,
             "refusing_writes": disk.refusing,
         },
     }))

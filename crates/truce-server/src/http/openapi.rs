@@ -256,8 +256,9 @@ pub struct Health {
 pub struct DiskHealth {
     /// Bytes free to the server; `null` when the storage cannot say.
     free_bytes: Option<u64>,
-    /// The reserve (`--min-free-disk-mib`) below which writes that add data are refused.
-    min_free_bytes: u64,
+    /// The space kept free (`--min-free-disk-mib`, and room for compactions as large
+    /// as the database) below which writes that add data are refused.
+    reserve_bytes: u64,
     /// Whether such writes are being refused (507 `insufficient_storage`).
     refusing_writes: bool,
 }

@@ -491,7 +491,14 @@ impl Committer {
         if self.shared.watermark.check().is_err() {
             return;
         }
-        self.shared.disk.observe(self.shared.storage.free_bytes());
+        if let Some(why) = self.shared.storage.failed() {
+            tracing::error!("{why}; the database refuses writes until reopened");
+            self.shared.watermark.fail(why);
+            return;
+        }
+        self.shared
+            .disk
+            .observe(self.shared.storage.free_bytes(), self.shared.storage.used_bytes());
         if self.outbox_entries > 0
             && let Err(e) = self.drain_outbox()
         {
@@ -773,6 +780,9 @@ impl Committer {
             }
             expired_record = Some(stored.expires_ms);
         }
+        // After a replay was answered, and for commits queued before space
+        // ran short (`engine/disk.rs`).
+        self.shared.disk.admit(commit)?;
         if let Some((reads, snapshot_seq)) = &commit.reads
             && let Err(failure) = self.recent.validate(reads, *snapshot_seq)
         {
@@ -1534,6 +1544,7 @@ impl Committer {
             return Ok(());
         }
         let (seq, ts_ms) = (group.seq, group.ts_ms);
+        self.shared.disk.stored(group.bytes as u64);
         let before = self.last_seq;
         let mut batch = group.into_batch();
         if seq > self.last_seq {

@@ -298,6 +298,19 @@ impl Storage for FjallStorage {
         available_bytes(&self.dir)
     }
 
+    fn used_bytes(&self) -> Option<u64> {
+        self.db.disk_space().ok()
+    }
+
+    fn failed(&self) -> Option<String> {
+        // Writes nothing while the journal's buffer is empty (every batch is
+        // written through): it only says whether fjall is poisoned.
+        self.db
+            .persist(PersistMode::Buffer)
+            .err()
+            .map(|e| format!("the storage failed in its background work (see the log): {e}"))
+    }
+
     fn snapshot(&self) -> Result<Box<dyn StorageRead>, StorageError> {
         Ok(Box::new(FjallSnapshot {
             snapshot: self.db.snapshot(),

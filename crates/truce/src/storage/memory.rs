@@ -35,6 +35,8 @@ struct State {
     faults: Vec<Fault>,
     /// What `free_bytes` reports (`set_free_bytes`).
     free_bytes: Option<u64>,
+    /// What `failed` reports (`fail_background`).
+    failed: Option<String>,
 }
 
 /// A [`Storage`] kept in memory. Thread-safe; every call takes one lock.
@@ -73,6 +75,12 @@ impl MemoryStorage {
     /// a filesystem filling up or freed would (`None`, the default: unknown).
     pub fn set_free_bytes(&self, free: Option<u64>) {
         self.lock().free_bytes = free;
+    }
+
+    /// Makes [`failed`](Storage::failed) report `why` from now on, as a
+    /// storage whose own flush or compaction failed would.
+    pub fn fail_background(&self, why: &str) {
+        self.lock().failed = Some(why.to_string());
     }
 
     /// A new store holding exactly what a machine crash now would leave: every
@@ -164,6 +172,10 @@ impl StorageRead for MemorySnapshot {
 impl Storage for MemoryStorage {
     fn free_bytes(&self) -> Option<u64> {
         self.lock().free_bytes
+    }
+
+    fn failed(&self) -> Option<String> {
+        self.lock().failed.clone()
     }
 
     fn snapshot(&self) -> Result<Box<dyn StorageRead>, StorageError> {

@@ -218,4 +218,17 @@ pub trait Storage: StorageRead + 'static {
     fn free_bytes(&self) -> Option<u64> {
         None
     }
+
+    /// Bytes the store takes on disk (its compactions need room to match);
+    /// `None` when the backend cannot say.
+    fn used_bytes(&self) -> Option<u64> {
+        None
+    }
+
+    /// Why the store can no longer write, if it has failed on its own (a
+    /// background flush or compaction that failed: the next write would
+    /// fail too); `None` while it works.
+    fn failed(&self) -> Option<String> {
+        None
+    }
 }

@@ -505,11 +505,15 @@ fn writes_that_add_data_are_refused_while_the_disk_is_short_and_resume_when_it_i
     for id in ["kept", "gone", "tx-gone"] {
         c.put(id, json!({"n": 1}), Expect::Absent).unwrap().unwrap();
     }
+    let first = c
+        .put_idempotent("k0", "done", json!({}), Expect::Absent)
+        .unwrap()
+        .unwrap();
     assert_eq!(
         db.disk(),
         truce::DiskStatus {
             free_bytes: Some(10_000),
-            min_free_bytes: 1_000,
+            reserve_bytes: 1_000,
             refusing: false
         }
     );
@@ -523,7 +527,7 @@ fn writes_that_add_data_are_refused_while_the_disk_is_short_and_resume_when_it_i
             Err(
                 e @ Error::InsufficientStorage {
                     free: 999,
-                    min_free: 1_000,
+                    reserve: 1_000,
                 },
             ) => {
                 assert_eq!(e.code(), "insufficient_storage");
@@ -534,6 +538,24 @@ fn writes_that_add_data_are_refused_while_the_disk_is_short_and_resume_when_it_i
     }
     refused(c.put("new", json!({"n": 1}), Expect::Absent));
     refused(c.put_idempotent("k1", "kept", json!({"n": 2}), Expect::Any));
+    // A keyed transaction of checks would store the documents it read in
+    // its record: refused too (without a key it writes nothing).
+    let checks = || {
+        vec![TxOp::Check {
+            collection: "c".into(),
+            id: "kept".into(),
+            expect: Expect::Exists,
+        }]
+    };
+    refused(db.batch(checks(), Some("k2")));
+    assert!(db.batch(checks(), None).unwrap().is_ok());
+    // A write retried with the key it committed under gets its answer, not
+    // a refusal that would say it was never written.
+    let replayed = c
+        .put_idempotent("k0", "done", json!({}), Expect::Absent)
+        .unwrap()
+        .unwrap();
+    assert_eq!(replayed.doc.rev(), first.doc.rev());
     refused(c.patch("kept", update(json!({"$inc": {"n": 1}})), Expect::Any));
     refused(db.batch(
         vec![
@@ -563,7 +585,7 @@ fn writes_that_add_data_are_refused_while_the_disk_is_short_and_resume_when_it_i
 
     // What frees space, or adds none, goes on: deletes (alone or with
     // checks), and configuration (a TTL is how space is freed).
-    assert!(c.delete("gone", Expect::Any).unwrap().is_ok());
+    assert!(c.delete_idempotent("k3", "gone", Expect::Any).unwrap().is_ok());
     assert!(
         db.batch(
             vec![
@@ -591,7 +613,7 @@ fn writes_that_add_data_are_refused_while_the_disk_is_short_and_resume_when_it_i
 
     // Space is freed: writes resume within a tick, and a key refused before
     // was never recorded, so its write now applies.
-    storage.set_free_bytes(Some(1_000));
+    storage.set_free_bytes(Some(100_000));
     within_seconds("accepting writes again", || !db.disk().refusing);
     let written = c
         .put_idempotent("k1", "kept", json!({"n": 2}), Expect::Any)
@@ -600,6 +622,29 @@ fn writes_that_add_data_are_refused_while_the_disk_is_short_and_resume_when_it_i
     assert_eq!(written.doc.version(), 2);
     c.create_index("by_n", spec(&["n"], false)).unwrap();
     assert!(c.put("new", json!({"n": 1}), Expect::Absent).unwrap().is_ok());
+}
+
+/// A storage that fails in its own background work (fjall's flush or
+/// compaction, for want of space or of files) would fail the next write:
+/// the engine says so at its next tick instead, so that `/healthz` and the
+/// answers tell the truth (a disk-full audit found 200 and 507 "free space
+/// and retry" seconds after the storage had failed).
+#[test]
+fn a_storage_that_failed_on_its_own_is_reported_within_a_tick() {
+    let (storage, db) = memory_db();
+    let c = db.collection("c").unwrap();
+    c.put("a", json!({}), Expect::Absent).unwrap().unwrap();
+    storage.fail_background("compaction failed: No space left on device");
+    within_seconds("the failure seen", || db.health().is_err());
+    match db.health() {
+        Err(Error::Unavailable(why)) => assert!(why.contains("No space left"), "{why}"),
+        other => panic!("expected unavailable, got {other:?}"),
+    }
+    assert!(matches!(
+        c.put("b", json!({}), Expect::Absent),
+        Err(Error::Unavailable(_))
+    ));
+    assert!(c.get("a").unwrap().is_some(), "reads go on");
 }
 
 #[test]
