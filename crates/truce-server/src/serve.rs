@@ -143,7 +143,7 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
     let settings = args.settings()?;
     init_logging(settings.log_format);
     truce::failpoints::setup_from_env(); // no-op unless built with the `failpoints` feature
-    raise_open_files_limit();
+    let files = FilesPlan::new(open_files_limit(), settings.max_connections)?;
     std::fs::create_dir_all(&settings.data)
         .map_err(|e| format!("cannot create data directory {}: {e}", settings.data.display()))?;
     let backups = http::backup::Backups::new(settings.backup_root.clone(), &settings.data)?;
@@ -155,6 +155,7 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
             cache_bytes: settings.cache_mib << 20,
             memtable_bytes: settings.memtable_mib << 20,
             workers_nice: settings.storage_workers_nice,
+            cached_files: files.cached_files,
         },
         commit_poll: Duration::from_micros(settings.commit_poll_us),
         min_free_disk_bytes: settings.min_free_disk_mib << 20,
@@ -173,7 +174,7 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
         usize::try_from(settings.answer_memory_mib << 20).unwrap_or(usize::MAX),
         Duration::from_millis(settings.answer_stall_ms),
     );
-    let connections = Connections::new(settings.max_connections);
+    let connections = Connections::new(files.connections);
     let state = Arc::new(AppState {
         metrics: http::metrics::Metrics::new(db.clone(), &answers, &connections),
         answers,
@@ -570,27 +571,106 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for WriteStall<S> {
 /// nginx do: each connection is a file, and a low soft limit (often 1024) would
 /// make the server stop accepting at a thousand idle clients.
 #[cfg(unix)]
-fn raise_open_files_limit() {
+fn open_files_limit() -> Option<u64> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: getrlimit and setrlimit only read and write the struct passed.
     unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return None;
+        }
+        if limit.rlim_cur < limit.rlim_max {
             let wanted = libc::rlimit {
                 rlim_cur: limit.rlim_max,
                 rlim_max: limit.rlim_max,
             };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) != 0 {
-                tracing::warn!(soft = limit.rlim_cur, "cannot raise the open files limit");
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) == 0 {
+                return Some(limit.rlim_max);
             }
+            tracing::warn!(soft = limit.rlim_cur, "cannot raise the open files limit");
         }
     }
+    Some(limit.rlim_cur)
 }
 
 #[cfg(not(unix))]
-fn raise_open_files_limit() {}
+fn open_files_limit() -> Option<u64> {
+    None
+}
+
+/// Files the server keeps for itself beyond its databases': standard
+/// streams, the listener, each HTTP thread's and runtime's polling and
+/// waking files, the keys file, certificates, the logs.
+const FILES_OF_THE_SERVER: u64 = 64;
+
+/// How the open-files limit is shared: the storage's files for the
+/// database and for a backup being written (each a fjall database with
+/// `cached_files` tables open at most), the server's own, and connections
+/// — fewer than `--max-connections` when the limit is low. Connections
+/// that took the storage's files made a flush fail with EMFILE, which
+/// stops every write until a restart (an audit of 8f3cf1a, `ulimit -n
+/// 1024` and 1,100 connections).
+#[derive(Debug, PartialEq, Eq)]
+struct FilesPlan {
+    cached_files: usize,
+    connections: usize,
+}
+
+impl FilesPlan {
+    /// The table cache at an open-files limit of `limit` (a low limit
+    /// shrinks it too, down to fjall's least), and the files kept for the
+    /// storage and the server.
+    fn kept(limit: u64) -> (usize, u64) {
+        use truce::storage::{FJALL_CACHED_FILES, FJALL_CACHED_FILES_MIN, FJALL_FILES_BESIDES_CACHED};
+        let cached_files = usize::try_from(limit / 8)
+            .unwrap_or(usize::MAX)
+            .clamp(FJALL_CACHED_FILES_MIN, FJALL_CACHED_FILES);
+        let kept = 2 * (cached_files + FJALL_FILES_BESIDES_CACHED) as u64 + FILES_OF_THE_SERVER;
+        (cached_files, kept)
+    }
+
+    /// The plan for an open-files limit of `limit` (`None`: unknown, the
+    /// defaults) and at most `max_connections`.
+    fn new(limit: Option<u64>, max_connections: usize) -> Result<FilesPlan, String> {
+        let Some(limit) = limit else {
+            return Ok(FilesPlan {
+                cached_files: truce::storage::FJALL_CACHED_FILES,
+                connections: max_connections,
+            });
+        };
+        let (cached_files, kept) = FilesPlan::kept(limit);
+        if limit < kept + CONNECTIONS_LEAST {
+            // The kept files grow with the limit: the least that works is
+            // found, not computed from this one.
+            let least = (limit..)
+                .find(|&l| l >= FilesPlan::kept(l).1 + CONNECTIONS_LEAST)
+                .unwrap_or(u64::MAX);
+            return Err(format!(
+                "the open-files limit is {limit}: the storage and the server keep {kept} files, which leaves \
+                 too few for connections; raise it to at least {least} (ulimit -n, or LimitNOFILE= in a systemd \
+                 unit)"
+            ));
+        }
+        let room = usize::try_from(limit - kept).unwrap_or(usize::MAX);
+        if room < max_connections {
+            tracing::info!(
+                open_files = limit,
+                kept_for_storage = kept,
+                "at most {room} connections at once (not --max-connections {max_connections}): the open-files \
+                 limit leaves no more"
+            );
+        }
+        Ok(FilesPlan {
+            cached_files,
+            connections: room.min(max_connections),
+        })
+    }
+}
+
+/// The fewest connections an open-files limit must leave room for.
+const CONNECTIONS_LEAST: u64 = 16;
 
 /// Bytes a connection's socket may hold that its client has not been sent
 /// yet (`TCP_NOTSENT_LOWAT`): past them a write waits. Without it the kernel
@@ -628,7 +708,49 @@ fn limit_unsent(_stream: &tokio::net::TcpStream) {}
 
 #[cfg(test)]
 mod tests {
-    use super::{Accept, FirstByteWithin, WriteStall};
+    use super::{Accept, FilesPlan, FirstByteWithin, WriteStall};
+
+    #[test]
+    fn the_open_files_limit_is_shared_between_storage_and_connections() {
+        let plan = |limit, max| FilesPlan::new(limit, max);
+        let share = |cached_files, connections| {
+            Ok(FilesPlan {
+                cached_files,
+                connections,
+            })
+        };
+        // Unknown, or plenty: the defaults.
+        assert_eq!(plan(None, 16_384), share(512, 16_384));
+        assert_eq!(plan(Some(1 << 20), 16_384), share(512, 16_384));
+        assert_eq!(plan(Some(u64::MAX), 7), share(512, 7));
+        // 1,024 (a common hard limit): a smaller table cache; two databases'
+        // files (the backup's too) and the server's are kept.
+        let kept = 2 * (128 + 64) + 64;
+        assert_eq!(plan(Some(1024), 16_384), share(128, 1024 - kept));
+        // Too low for anything: refused, saying how high it must be — the
+        // least limit that leaves 16 connections.
+        let refused = plan(Some(64), 16_384).unwrap_err();
+        let least: u64 = refused
+            .split("at least ")
+            .nth(1)
+            .unwrap()
+            .split(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(
+            plan(Some(least), 16_384).is_ok_and(|p| p.connections >= 16),
+            "{least}"
+        );
+        assert!(plan(Some(least - 1), 16_384).is_err(), "{least}");
+        // The same from any limit below it.
+        assert!(
+            plan(Some(least - 40), 16_384)
+                .unwrap_err()
+                .contains(&format!("at least {least} "))
+        );
+    }
     use std::time::{Duration, Instant};
     use tokio::io::AsyncWriteExt;
 

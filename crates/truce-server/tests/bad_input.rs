@@ -1227,18 +1227,17 @@ fn ten_thousand_idle_connections_do_not_stop_anyone_else() {
     assert_serving(server.addr, "after");
 }
 
-/// A value of the server's `/metrics`, asked on `stream`, kept alive.
-fn metric_on(stream: &mut TcpStream, name: &str) -> f64 {
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        .expect("ask for /metrics");
+/// Sends `request` on `stream`, kept alive, and reads its answer: the status
+/// and the body.
+fn exchange(stream: &mut TcpStream, request: &[u8]) -> (u16, String) {
+    stream.write_all(request).expect("send a request");
     stream
         .set_read_timeout(Some(ANSWER_TIMEOUT))
         .expect("set a read timeout");
     let mut raw = Vec::new();
     let mut buffer = [0u8; 16 * 1024];
-    let text = loop {
-        let read = stream.read(&mut buffer).expect("read /metrics");
+    loop {
+        let read = stream.read(&mut buffer).expect("read an answer");
         assert!(read > 0, "closed before the whole answer");
         raw.extend_from_slice(&buffer[..read]);
         let text = String::from_utf8_lossy(&raw).into_owned();
@@ -1254,10 +1253,16 @@ fn metric_on(stream: &mut TcpStream, name: &str) -> f64 {
                 })
                 .expect("a Content-Length");
             if body.len() >= length {
-                break body.to_string();
+                let status = head.get(9..12).and_then(|s| s.parse().ok()).expect("a status");
+                return (status, body.to_string());
             }
         }
-    };
+    }
+}
+
+/// A value of the server's `/metrics`, asked on `stream`, kept alive.
+fn metric_on(stream: &mut TcpStream, name: &str) -> f64 {
+    let (_, text) = exchange(stream, b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n");
     text.lines()
         .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
         .unwrap_or_else(|| panic!("no {name} in /metrics"))
@@ -1308,6 +1313,56 @@ fn connections_past_the_limit_are_closed_at_once() {
     wait_for_open(&mut watcher, 1.0);
     let answer = send_raw(server.addr, &get("/healthz")).expect("served again");
     assert_eq!(answer.status, 200, "{}", answer.text);
+}
+
+/// Connections never take the files the storage needs: a crowd larger than
+/// the open-files limit used to take them all, and the next memtable flush
+/// failed with EMFILE, which stops every write until a restart (an audit of
+/// 8f3cf1a: `ulimit -n 1024`, 1,100 connections). The limit is shared out
+/// at startup; the connections past their share are closed at once.
+#[cfg(target_os = "linux")]
+#[test]
+fn connections_leave_the_storage_its_files() {
+    let data = tempfile::tempdir().expect("a data directory");
+    let addr: SocketAddr = format!("127.0.0.1:{}", common::free_port()).parse().unwrap();
+    let listen = addr.to_string();
+    let args = [
+        "serve",
+        "--listen",
+        &listen,
+        "--data",
+        data.path().to_str().unwrap(),
+        "--memtable-mib",
+        "1",
+    ];
+    let mut server = common::Spawned::start_with_files_limit(&args, 300);
+    server.wait_listening(addr);
+    let mut writer = TcpStream::connect(addr).expect("connect");
+    let crowd: Vec<TcpStream> = (0..400)
+        .filter_map(|_| TcpStream::connect(addr).ok())
+        .map(|mut stream| {
+            let _ = stream.write_all(b"GET /healthz HTTP/1.1\r\n");
+            stream
+        })
+        .collect();
+    assert!(crowd.len() > 300, "{} connected", crowd.len());
+    // Enough documents to flush 1 MiB memtables over and over: each flush
+    // writes a new table file.
+    let blob = "x".repeat(100_000);
+    for i in 0..60 {
+        let body = format!(r#"{{"blob": "{blob}"}}"#);
+        let request = format!(
+            "PUT /v1/c/t/d{i} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let (status, answer) = exchange(&mut writer, request.as_bytes());
+        assert_eq!(status, 201, "write {i}: {answer:.300}");
+    }
+    let (status, health) = exchange(&mut writer, b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    assert_eq!(status, 200, "{health}");
+    assert!(metric_on(&mut writer, "truce_connections_refused_total") > 0.0);
+    assert!(metric_on(&mut writer, "truce_connections_open") < 300.0);
+    drop(crowd);
 }
 
 /// The readiness check every test relies on (`common::listening`) does not

@@ -88,6 +88,22 @@ impl Spawned {
         Spawned(command.spawn().expect("start truce"))
     }
 
+    /// Starts `truce args` as [`start`](Self::start) does, with its
+    /// open-files limit (soft and hard) set to `files` by the shell that
+    /// execs it (so the PID is truce's).
+    pub fn start_with_files_limit(args: &[&str], files: u64) -> Spawned {
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(format!("ulimit -n {files} && exec \"$0\" \"$@\""))
+            .arg(truce_bin())
+            .args(args)
+            .env("TRUCE_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        Spawned(command.spawn().expect("start sh"))
+    }
+
     /// Waits (bounded) until `addr` accepts connections; panics if the process exits.
     pub fn wait_listening(&mut self, addr: SocketAddr) {
         if let Err(status) = wait_listening(&mut self.0, addr) {

@@ -87,7 +87,7 @@ pub struct Backup {
     published: bool,
     stop: BackupStop,
     /// Dropped last: the slot is free once `partial` is gone.
-    _slot: Slot,
+    slot: Slot,
 }
 
 /// The database's one backup slot, taken; freed on drop.
@@ -173,7 +173,7 @@ impl Db {
             files: files.iter().map(|f| f.to_path_buf()).collect(),
             published: false,
             stop: BackupStop::default(),
-            _slot: slot,
+            slot,
         })
     }
 }
@@ -201,7 +201,12 @@ impl Backup {
     }
 
     fn copy(&self, progress: &mut dyn FnMut(&BackupProgress)) -> Result<BackupReport> {
-        let target = FjallStorage::open_with(&self.partial, FjallOptions::default())?;
+        // As many files as the database's own: `truce serve` keeps room for both.
+        let options = FjallOptions {
+            cached_files: self.slot.0.options().fjall.cached_files,
+            ..FjallOptions::default()
+        };
+        let target = FjallStorage::open_with(&self.partial, options)?;
         let mut done = BackupProgress::default();
         for space in Space::ALL {
             done.space = space.name();

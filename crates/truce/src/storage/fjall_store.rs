@@ -36,7 +36,21 @@ pub const FJALL_MEMTABLE_BYTES: u64 = 8 * 1024 * 1024;
 /// pins the whole journal.
 pub const FJALL_JOURNAL_BYTES_MAX: u64 = 64 * 1024 * 1024;
 
-/// How much memory the embedded backend may hold, and how it shares the CPU.
+/// Table files fjall keeps open by default (its own default is 900 on Linux).
+/// With [`FJALL_FILES_BESIDES_CACHED`], what a database may have open: `truce
+/// serve` keeps that many files of its open-files limit for each database
+/// (its own and a backup's) and gives the rest to connections.
+pub const FJALL_CACHED_FILES: usize = 512;
+
+/// Files a fjall database holds open beyond its cached table files: its
+/// journals, the tables its flushes and compactions are writing, version
+/// files and directories being synced, the lock file.
+pub const FJALL_FILES_BESIDES_CACHED: usize = 64;
+
+/// The fewest cached files fjall takes (it panics on fewer).
+pub const FJALL_CACHED_FILES_MIN: usize = 10;
+
+/// How much memory the embedded backend may hold, how many files, and how it shares the CPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FjallOptions {
     /// Block cache, shared by every keyspace.
@@ -51,6 +65,9 @@ pub struct FjallOptions {
     /// serve` sets [`FJALL_WORKERS_NICE_SERVER`]. It applies to this
     /// database's workers only (see `fjall_workers.rs`).
     pub workers_nice: i32,
+    /// Table files kept open at most ([`FJALL_CACHED_FILES`]; at least
+    /// [`FJALL_CACHED_FILES_MIN`]): more are opened and closed as they are read.
+    pub cached_files: usize,
 }
 
 /// The nice steps `truce serve` puts between fjall's workers and its own
@@ -64,6 +81,7 @@ impl Default for FjallOptions {
             cache_bytes: FJALL_CACHE_BYTES,
             memtable_bytes: FJALL_MEMTABLE_BYTES,
             workers_nice: 0,
+            cached_files: FJALL_CACHED_FILES,
         }
     }
 }
@@ -119,6 +137,7 @@ impl FjallStorage {
                 Database::builder(dir)
                     .cache_size(options.cache_bytes)
                     .max_journaling_size(FJALL_JOURNAL_BYTES_MAX)
+                    .max_cached_files(Some(options.cached_files.max(FJALL_CACHED_FILES_MIN)))
                     .open()
             })
             .map_err(|e| StorageError::Backend(format!("cannot start a thread to open the storage on: {e}")))

@@ -18,7 +18,8 @@ mod memory;
 
 pub use crash::{CrashStorage, Tail};
 pub use fjall_store::{
-    FJALL_CACHE_BYTES, FJALL_MEMTABLE_BYTES, FJALL_WORKERS_NICE_SERVER, FjallOptions, FjallStorage,
+    FJALL_CACHE_BYTES, FJALL_CACHED_FILES, FJALL_CACHED_FILES_MIN, FJALL_FILES_BESIDES_CACHED,
+    FJALL_MEMTABLE_BYTES, FJALL_WORKERS_NICE_SERVER, FjallOptions, FjallStorage,
 };
 pub use fjall_workers::FJALL_WORKERS_NICE_MAX;
 pub use memory::{Fault, MemoryStorage};
