@@ -107,14 +107,56 @@ fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TRUCE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    // A log line that cannot be written (its reader gone: `truce serve 2>&1
+    // | logger` after the logger exits) is dropped: reporting it would panic
+    // on the same stream, and a log line must never stop the server.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(ansi);
+        .with_ansi(ansi)
+        .log_internal_errors(false);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
+}
+
+/// What a directory may hold before `truce serve` makes a database of it: an
+/// API keys file made first (`truce keys create --data DIR`) and its lock,
+/// and a filesystem's `lost+found` (a volume mounted there).
+const DATA_DIRECTORY_MAY_HOLD: [&str; 3] = [crate::keys::KEYS_FILE, "api-keys.json.lock", "lost+found"];
+
+/// Creates the data directory, or refuses one that is a file, or that holds
+/// other things and no Truce database (a mistyped `--data` would otherwise
+/// get a database written in among someone's files).
+fn prepare_data_directory(data: &std::path::Path) -> Result<(), String> {
+    if data.exists() && !data.is_dir() {
+        return Err(format!(
+            "data directory {} is a file, not a directory",
+            data.display()
+        ));
+    }
+    std::fs::create_dir_all(data)
+        .map_err(|e| format!("cannot create data directory {}: {e}", data.display()))?;
+    if truce::storage::FjallStorage::holds_database(data) {
+        return Ok(());
+    }
+    let entries =
+        std::fs::read_dir(data).map_err(|e| format!("cannot read data directory {}: {e}", data.display()))?;
+    for entry in entries {
+        let name = entry
+            .map_err(|e| format!("cannot read data directory {}: {e}", data.display()))?
+            .file_name();
+        let name = name.to_string_lossy();
+        if !DATA_DIRECTORY_MAY_HOLD.contains(&name.as_ref()) {
+            return Err(format!(
+                "data directory {} holds no Truce database but is not empty ({name}, …): give a new or empty \
+                 directory, or the one a Truce server made",
+                data.display()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Refuses to expose an unauthenticated server beyond loopback.
@@ -144,8 +186,11 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
     init_logging(settings.log_format);
     truce::failpoints::setup_from_env(); // no-op unless built with the `failpoints` feature
     let files = FilesPlan::new(open_files_limit(), settings.max_connections)?;
-    std::fs::create_dir_all(&settings.data)
-        .map_err(|e| format!("cannot create data directory {}: {e}", settings.data.display()))?;
+    // A port already taken is said before the database is opened (its
+    // recovery can take long) — bound, not listened on, so that no client
+    // waits in a backlog while the database opens.
+    bind(settings.listen).map_err(|e| cannot_listen(settings.listen, &e))?;
+    prepare_data_directory(&settings.data)?;
     let backups = http::backup::Backups::new(settings.backup_root.clone(), &settings.data)?;
     let keys = KeyStore::open(&settings.data)?;
     check_exposure(&settings, &keys)?;
@@ -232,11 +277,38 @@ fn signalled() -> impl std::future::Future<Output = ()> {
     }
     let terminate = on(signal(SignalKind::terminate()));
     let interrupt = on(signal(SignalKind::interrupt()));
+    // What a closing terminal or SSH session sends: the same clean stop
+    // (the default action killed the process mid-request, and left a
+    // running backup's `.partial`) — unless the server was started to
+    // ignore it (`nohup`), which it keeps doing.
+    let hangup = if hangup_ignored() {
+        None
+    } else {
+        Some(signal(SignalKind::hangup()))
+    };
+    let hangup = async move {
+        match hangup {
+            Some(installed) => on(installed).await,
+            None => std::future::pending().await,
+        }
+    };
     async move {
         tokio::select! {
             () = terminate => {},
             () = interrupt => {},
+            () = hangup => {},
         }
+    }
+}
+
+/// Whether SIGHUP is ignored (`nohup`, `trap '' HUP`), as it was inherited.
+#[cfg(unix)]
+fn hangup_ignored() -> bool {
+    // SAFETY: a null new action makes sigaction only read the current one
+    // into `old`, a zeroed struct of the right type.
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(libc::SIGHUP, std::ptr::null(), &mut old) == 0 && old.sa_sigaction == libc::SIG_IGN
     }
 }
 
@@ -256,8 +328,7 @@ async fn serve(
 ) -> Result<(), String> {
     let signal = shutdown_signal();
     let scheme = if settings.tls.is_some() { "https" } else { "http" };
-    let listener =
-        listen(settings.listen).map_err(|e| format!("cannot listen on {}: {e}", settings.listen))?;
+    let listener = listen(settings.listen).map_err(|e| cannot_listen(settings.listen, &e))?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
     let first_byte = FirstByteWithin {
         first_byte_ms: HEADER_READ_TIMEOUT_MS,
@@ -345,8 +416,13 @@ where
     let _ = stop.send(true);
     drop(open);
     let grace = Duration::from_millis(SHUTDOWN_GRACE_MS);
-    if tokio::time::timeout(grace, all_closed.recv()).await.is_err() {
-        tracing::warn!("connections still open after {SHUTDOWN_GRACE_MS} ms: closing them");
+    // A second signal ends the grace period at once.
+    let again = signalled();
+    tokio::select! {
+        closed = tokio::time::timeout(grace, all_closed.recv()) => if closed.is_err() {
+            tracing::warn!("connections still open after {SHUTDOWN_GRACE_MS} ms: closing them");
+        },
+        () = again => tracing::warn!("a second signal: closing the connections still open"),
     }
     threads.stop();
     Ok(())
@@ -415,13 +491,22 @@ fn limit_header_time(builder: &mut hyper_util::server::conn::auto::Builder<hyper
 
 /// A listening socket with a backlog of [`LISTEN_BACKLOG_CONNECTIONS`].
 fn listen(addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    bind(addr)?.listen(LISTEN_BACKLOG_CONNECTIONS)?.into_std()
+}
+
+/// A socket bound to `addr`, not listening yet.
+fn bind(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpSocket> {
     let socket = match addr {
         std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
         std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
     };
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
-    socket.listen(LISTEN_BACKLOG_CONNECTIONS)?.into_std()
+    Ok(socket)
+}
+
+fn cannot_listen(addr: std::net::SocketAddr, e: &std::io::Error) -> String {
+    format!("cannot listen on {addr}: {e}")
 }
 
 /// Drops a connection that sends nothing for `first_byte_ms` after it is

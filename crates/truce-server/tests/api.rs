@@ -2196,6 +2196,7 @@ fn writes_that_add_data_are_refused_while_the_disk_is_short() {
         line[name.len() + 1..].parse().unwrap()
     };
     assert_eq!(gauge("truce_disk_refusing_writes"), 1.0);
+    assert_eq!(gauge("truce_storage_failed"), 0.0, "refusing is not failing");
     assert!(gauge("truce_disk_reserve_bytes") >= (1u64 << 50) as f64);
     assert!(free > 0 && free < 1 << 50, "{health}");
     // Both looked at the same filesystem, at most a second apart.
@@ -3237,6 +3238,8 @@ fn backups_run_online_and_open_as_a_data_directory() {
         (dir.path().join("d2/inside"), dir.path().join("d2")),
     ] {
         if bad.starts_with(&data) {
+            // A data directory (a server made it), with the root inside.
+            drop(Server::start_in(&data, &[]));
             std::fs::create_dir_all(&bad).unwrap();
         }
         let ran = run_bounded(
@@ -3669,6 +3672,75 @@ fn administration_commands_find_the_data_directory_as_serve_does() {
     drop(server);
     let (ok, _, stderr) = truce(&["recount", "c", "n"], &[("TRUCE_CONFIG", &config)]);
     assert!(!ok && stderr.contains("has no counter n"), "{stderr}");
+}
+
+/// `truce serve --data DIR` makes a database only of a new or empty
+/// directory (or one holding just what `truce keys create` wrote first, or a
+/// volume's `lost+found`): a mistyped `--data` pointing at someone's files
+/// used to get a 64 MiB journal and keyspaces written in among them. A
+/// path that is a file says so.
+#[test]
+fn serve_makes_a_database_only_of_an_empty_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let listen = || format!("127.0.0.1:{}", free_port());
+    let serve = |data: &Path| {
+        run_bounded(
+            &["serve", "--data", data.to_str().unwrap(), "--listen", &listen()],
+            RUN_BOUND,
+        )
+    };
+    let photos = dir.path().join("photos");
+    std::fs::create_dir(&photos).unwrap();
+    std::fs::write(photos.join("precious.jpg"), b"x").unwrap();
+    let ran = serve(&photos);
+    assert!(ran.status.is_some_and(|s| !s.success()), "{}", ran.stderr);
+    assert!(
+        ran.stderr.contains("holds no Truce database but is not empty"),
+        "{}",
+        ran.stderr
+    );
+    assert_eq!(
+        std::fs::read_dir(&photos).unwrap().count(),
+        1,
+        "nothing was written into it"
+    );
+
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    let ran = serve(&file);
+    assert!(
+        ran.stderr.contains("is a file, not a directory"),
+        "{}",
+        ran.stderr
+    );
+
+    // Keys made first, then the server: served.
+    let keyed = dir.path().join("keyed");
+    create_key(&keyed, "admin");
+    std::fs::create_dir(keyed.join("lost+found")).unwrap();
+    let server = Server::start_in(&keyed, &[]);
+    drop(server);
+}
+
+/// A port another process listens on is said at once, before the data
+/// directory is made or its database opened (whose recovery can take long).
+#[test]
+fn a_port_in_use_is_refused_before_the_database_is_opened() {
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let listen = held.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("new");
+    let ran = run_bounded(
+        &["serve", "--data", data.to_str().unwrap(), "--listen", &listen],
+        RUN_BOUND,
+    );
+    assert!(ran.status.is_some_and(|s| !s.success()), "{}", ran.stderr);
+    assert!(
+        ran.stderr.contains(&format!("cannot listen on {listen}")),
+        "{}",
+        ran.stderr
+    );
+    assert!(!data.exists(), "the data directory was not made");
 }
 
 /// A reader that goes away (`truce keys list | head -0`) ends the printing

@@ -1365,6 +1365,101 @@ fn connections_leave_the_storage_its_files() {
     drop(crowd);
 }
 
+/// `truce serve` on a fresh data directory and port, through `sh -c
+/// "{prelude} exec truce …"` (so the PID is truce's), its standard error
+/// piped; with the address it listens on, once it does.
+#[cfg(unix)]
+fn serve_via_shell(prelude: &str, data: &std::path::Path) -> (common::Spawned, SocketAddr) {
+    let addr: SocketAddr = format!("127.0.0.1:{}", common::free_port()).parse().unwrap();
+    let mut command = std::process::Command::new("sh");
+    command
+        .arg("-c")
+        .arg(format!("{prelude} exec \"$0\" \"$@\""))
+        .arg(common::truce_bin())
+        .args(["serve", "--listen", &addr.to_string(), "--data"])
+        .arg(data)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let mut server = common::Spawned::from_command(command);
+    server.wait_listening(addr);
+    (server, addr)
+}
+
+/// A log nobody reads any more (`truce serve 2>&1 | logger`, the logger
+/// gone) is not a crash: the next log line — here the shutdown's — used to
+/// panic on the broken pipe, and the server exited with 101 instead of
+/// stopping cleanly.
+#[cfg(unix)]
+#[test]
+fn a_log_nobody_reads_does_not_stop_the_server() {
+    let data = tempfile::tempdir().expect("a data directory");
+    let (mut server, addr) = serve_via_shell("", data.path());
+    drop(server.take_stderr());
+    assert_serving(addr, "unlogged");
+    server.signal(libc::SIGTERM);
+    let status = server.exit_within(Duration::from_secs(15)).expect("exits");
+    assert!(status.success(), "{status}");
+}
+
+/// SIGHUP (a closing terminal or SSH session) stops the server as SIGTERM
+/// does, cleanly; it used to kill it mid-request. Started to ignore it
+/// (`nohup`, `trap '' HUP`), the server goes on ignoring it.
+#[cfg(unix)]
+#[test]
+fn a_hangup_stops_the_server_cleanly_unless_it_is_ignored() {
+    let data = tempfile::tempdir().expect("a data directory");
+    let (mut server, _) = serve_via_shell("", data.path());
+    server.signal(libc::SIGHUP);
+    let status = server.exit_within(Duration::from_secs(15)).expect("exits");
+    assert!(status.success(), "{status}");
+
+    let data = tempfile::tempdir().expect("a data directory");
+    let (mut ignoring, addr) = serve_via_shell("trap '' HUP;", data.path());
+    ignoring.signal(libc::SIGHUP);
+    assert!(
+        ignoring.exit_within(Duration::from_millis(500)).is_none(),
+        "nohup: goes on"
+    );
+    assert_serving(addr, "hung-up");
+    ignoring.signal(libc::SIGTERM);
+    assert!(
+        ignoring
+            .exit_within(Duration::from_secs(15))
+            .expect("exits")
+            .success()
+    );
+}
+
+/// At a signal the server waits up to 10 s for the requests in flight (a
+/// long poll may hold one that long); a second signal ends the wait at
+/// once. The second used to be ignored.
+#[cfg(unix)]
+#[test]
+fn a_second_signal_ends_the_grace_period() {
+    let data = tempfile::tempdir().expect("a data directory");
+    let (mut server, addr) = serve_via_shell("", data.path());
+    let mut poll = TcpStream::connect(addr).expect("connect");
+    poll.write_all(&get("/v1/_changes?feed=longpoll&timeout=60000&since=now"))
+        .expect("a long poll");
+    std::thread::sleep(Duration::from_millis(200));
+    let started = Instant::now();
+    server.signal(libc::SIGTERM);
+    assert!(
+        server.exit_within(Duration::from_millis(700)).is_none(),
+        "the first signal waits for the long poll"
+    );
+    server.signal(libc::SIGTERM);
+    let status = server
+        .exit_within(Duration::from_secs(5))
+        .expect("exits at the second");
+    assert!(status.success(), "{status}");
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
 /// The readiness check every test relies on (`common::listening`) does not
 /// take a socket connected to itself for a server: bound to a port and
 /// connected to that same port, a socket on Linux opens a connection with no

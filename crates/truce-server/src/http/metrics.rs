@@ -245,6 +245,12 @@ impl Collector for EngineCollector {
             "Age of the oldest waiting after_commit increment (0 when none)",
             s.outbox_oldest_age_ms.unwrap_or(0) as f64 / 1000.0,
         )?;
+        gauge(
+            e,
+            "storage_failed",
+            "1 once a storage write failed (writes are refused until a restart; /healthz says why), else 0",
+            f64::from(u8::from(self.0.health().is_err())),
+        )?;
         let disk = self.0.disk();
         if let Some(free) = disk.free_bytes {
             gauge(

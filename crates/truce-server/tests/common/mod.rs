@@ -88,6 +88,39 @@ impl Spawned {
         Spawned(command.spawn().expect("start truce"))
     }
 
+    /// Spawns `command` (which must run truce in this process, `exec` from a
+    /// shell included), killed by PID when dropped.
+    pub fn from_command(mut command: Command) -> Spawned {
+        Spawned(command.spawn().expect("start truce"))
+    }
+
+    /// Sends `signal` to the process by its PID.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill only sends a signal to our own child's PID.
+        assert_eq!(
+            unsafe { libc::kill(self.0.id() as libc::pid_t, signal) },
+            0,
+            "kill"
+        );
+    }
+
+    /// The exit status, if the process exits within `bound`.
+    pub fn exit_within(&mut self, bound: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + bound;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.0.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// The process's standard error, if it was piped and not taken yet.
+    pub fn take_stderr(&mut self) -> Option<std::process::ChildStderr> {
+        self.0.stderr.take()
+    }
+
     /// Starts `truce args` as [`start`](Self::start) does, with its
     /// open-files limit (soft and hard) set to `files` by the shell that
     /// execs it (so the PID is truce's).

@@ -153,7 +153,9 @@ impl FjallStorage {
         }
         .map_err(|e| match e {
             fjall::Error::Locked => StorageError::InUse(dir.display().to_string()),
-            other => backend(other),
+            // Which directory: a permission or a read-only filesystem is
+            // about the path, which fjall's error does not name.
+            other => StorageError::Backend(format!("{}: {other}", dir.display())),
         })?;
         let spaces = Space::ALL
             .iter()
