@@ -260,7 +260,8 @@ pub struct ServeArgs {
     pub min_free_disk_mib: Option<u64>,
     /// Connections open at once, 1 to 1000000 [default: 16384]; past this a
     /// new connection is closed as soon as it is accepted (and counted in
-    /// truce_connections_refused_total).
+    /// truce_connections_refused_total). A low open-files limit lowers it:
+    /// the storage's files are kept first (the log says so).
     #[arg(long, env = "TRUCE_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
     /// Threads serving HTTP, 1 to 256 [default: one per CPU]. Each runs its

@@ -20,7 +20,7 @@ use crate::config::{DataArgs, KeysCommand};
 /// File in the data directory that holds the keys (hashes only).
 pub const KEYS_FILE: &str = "api-keys.json";
 /// Taken by `truce keys create|revoke` while they change [`KEYS_FILE`].
-const KEYS_LOCK_FILE: &str = "api-keys.json.lock";
+pub const KEYS_LOCK_FILE: &str = "api-keys.json.lock";
 /// How often a running server looks for a changed keys file, in ms: on a
 /// request's check at most this often, and on its own (`KeyStore::follow`)
 /// when no request comes.

@@ -124,7 +124,8 @@ fn init_logging(format: LogFormat) {
 /// What a directory may hold before `truce serve` makes a database of it: an
 /// API keys file made first (`truce keys create --data DIR`) and its lock,
 /// and a filesystem's `lost+found` (a volume mounted there).
-const DATA_DIRECTORY_MAY_HOLD: [&str; 3] = [crate::keys::KEYS_FILE, "api-keys.json.lock", "lost+found"];
+const DATA_DIRECTORY_MAY_HOLD: [&str; 3] =
+    [crate::keys::KEYS_FILE, crate::keys::KEYS_LOCK_FILE, "lost+found"];
 
 /// Creates the data directory, or refuses one that is a file, or that holds
 /// other things and no Truce database (a mistyped `--data` would otherwise
@@ -185,7 +186,11 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
     let settings = args.settings()?;
     init_logging(settings.log_format);
     truce::failpoints::setup_from_env(); // no-op unless built with the `failpoints` feature
-    let files = FilesPlan::new(open_files_limit(), settings.max_connections)?;
+    let files = FilesPlan::new(
+        open_files_limit(),
+        settings.max_connections,
+        settings.http_threads,
+    )?;
     // A port already taken is said before the database is opened (its
     // recovery can take long) — bound, not listened on, so that no client
     // waits in a backlog while the database opens.
@@ -685,10 +690,13 @@ fn open_files_limit() -> Option<u64> {
     None
 }
 
-/// Files the server keeps for itself beyond its databases': standard
-/// streams, the listener, each HTTP thread's and runtime's polling and
-/// waking files, the keys file, certificates, the logs.
+/// Files the server keeps for itself beyond its databases' and its HTTP
+/// threads': standard streams, the listener, the accepting runtime's
+/// polling and waking files, the keys file, certificates, the logs.
 const FILES_OF_THE_SERVER: u64 = 64;
+
+/// Files each HTTP thread's runtime holds: its epoll and its waker.
+const FILES_PER_HTTP_THREAD: u64 = 2;
 
 /// How the open-files limit is shared: the storage's files for the
 /// database and for a backup being written (each a fjall database with
@@ -707,30 +715,32 @@ impl FilesPlan {
     /// The table cache at an open-files limit of `limit` (a low limit
     /// shrinks it too, down to fjall's least), and the files kept for the
     /// storage and the server.
-    fn kept(limit: u64) -> (usize, u64) {
+    fn kept(limit: u64, http_threads: usize) -> (usize, u64) {
         use truce::storage::{FJALL_CACHED_FILES, FJALL_CACHED_FILES_MIN, FJALL_FILES_BESIDES_CACHED};
         let cached_files = usize::try_from(limit / 8)
             .unwrap_or(usize::MAX)
             .clamp(FJALL_CACHED_FILES_MIN, FJALL_CACHED_FILES);
-        let kept = 2 * (cached_files + FJALL_FILES_BESIDES_CACHED) as u64 + FILES_OF_THE_SERVER;
+        let kept = 2 * (cached_files + FJALL_FILES_BESIDES_CACHED) as u64
+            + FILES_OF_THE_SERVER
+            + FILES_PER_HTTP_THREAD * http_threads as u64;
         (cached_files, kept)
     }
 
     /// The plan for an open-files limit of `limit` (`None`: unknown, the
-    /// defaults) and at most `max_connections`.
-    fn new(limit: Option<u64>, max_connections: usize) -> Result<FilesPlan, String> {
+    /// defaults), at most `max_connections` and `http_threads`.
+    fn new(limit: Option<u64>, max_connections: usize, http_threads: usize) -> Result<FilesPlan, String> {
         let Some(limit) = limit else {
             return Ok(FilesPlan {
                 cached_files: truce::storage::FJALL_CACHED_FILES,
                 connections: max_connections,
             });
         };
-        let (cached_files, kept) = FilesPlan::kept(limit);
+        let (cached_files, kept) = FilesPlan::kept(limit, http_threads);
         if limit < kept + CONNECTIONS_LEAST {
             // The kept files grow with the limit: the least that works is
             // found, not computed from this one.
             let least = (limit..)
-                .find(|&l| l >= FilesPlan::kept(l).1 + CONNECTIONS_LEAST)
+                .find(|&l| l >= FilesPlan::kept(l, http_threads).1 + CONNECTIONS_LEAST)
                 .unwrap_or(u64::MAX);
             return Err(format!(
                 "the open-files limit is {limit}: the storage and the server keep {kept} files, which leaves \
@@ -797,7 +807,7 @@ mod tests {
 
     #[test]
     fn the_open_files_limit_is_shared_between_storage_and_connections() {
-        let plan = |limit, max| FilesPlan::new(limit, max);
+        let plan = |limit, max| FilesPlan::new(limit, max, 2);
         let share = |cached_files, connections| {
             Ok(FilesPlan {
                 cached_files,
@@ -810,8 +820,13 @@ mod tests {
         assert_eq!(plan(Some(u64::MAX), 7), share(512, 7));
         // 1,024 (a common hard limit): a smaller table cache; two databases'
         // files (the backup's too) and the server's are kept.
-        let kept = 2 * (128 + 64) + 64;
+        let kept = 2 * (128 + 64) + 64 + 2 * 2;
         assert_eq!(plan(Some(1024), 16_384), share(128, 1024 - kept));
+        // Each HTTP thread's runtime holds two files of its own.
+        assert_eq!(
+            FilesPlan::new(Some(1024), 16_384, 256),
+            share(128, 1024 - kept - 2 * 254)
+        );
         // Too low for anything: refused, saying how high it must be — the
         // least limit that leaves 16 connections.
         let refused = plan(Some(64), 16_384).unwrap_err();

@@ -497,7 +497,7 @@ async fn all_docs_for(
             }
             if limit == 0 {
                 // CouchDB answers no rows (the engine's 0 means its default).
-                return Ok(axum::Json(json!({"total_rows": 0, "offset": 0, "rows": []})).into_response());
+                return Ok(Rows::default().answer());
             }
             // `limit` rows, or all there are: a page of the engine may come
             // short with more to come (past `PAGE_BYTES_MAX` of documents, or

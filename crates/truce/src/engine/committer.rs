@@ -1292,6 +1292,8 @@ impl Committer {
             }
             return Ok(existing.progress(None));
         }
+        // A new index adds entries (declared again as it is, it adds none).
+        self.shared.disk.admit_any()?;
         // A dropped index counts until its entries are gone.
         index::check_count(list.len() + dropping)?;
         let counters = self

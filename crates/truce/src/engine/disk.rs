@@ -8,12 +8,14 @@
 //! documents, fjall's own work took 242 MiB more at 400 MB written, 633 MiB
 //! at 992 MB, 1,433 MiB at 2 GB, 2,923 MiB at 3.5 GB: no constant covers
 //! it.) While less is free, writes that add data
-//! are refused with [`Error::InsufficientStorage`]: before they are queued,
-//! and again in the committer (after an idempotent replay was answered, and
-//! for requests queued before the space ran short). Deletes, checks,
-//! configuration changes (a TTL is how space is freed) and the engine's own
-//! work (TTL sweeps, the counter outbox, backfills of indexes declared
-//! earlier) go on inside the reserve.
+//! are refused with [`Error::InsufficientStorage`]: commits before they are
+//! queued, and again in the committer (after an idempotent replay was
+//! answered, and for those queued before the space ran short); a new index
+//! in the committer (one declared again as it is writes nothing). Deletes,
+//! checks, configuration changes (a TTL is how space is freed) and the
+//! engine's own work (TTL sweeps, the counter outbox, counter backfills and
+//! recounts, backfills of indexes declared earlier) go on inside the
+//! reserve.
 //!
 //! The committer looks at the filesystem at start and on every background
 //! tick ([`BACKGROUND_TICK_MS`](crate::limits::BACKGROUND_TICK_MS) while
@@ -131,7 +133,7 @@ impl DiskSpace {
     }
 
     /// `Err(InsufficientStorage)` while space is short, for a request that
-    /// adds data whatever it holds (an index declaration).
+    /// adds data whatever it holds (a new index).
     pub(crate) fn admit_any(&self) -> Result<()> {
         if self.low.load(Ordering::Relaxed) {
             return Err(self.refusal());

@@ -279,14 +279,12 @@ impl Db {
     /// Queues a request for the committer.
     fn submit(&self, request: Request) -> Result<()> {
         self.inner.shared.watermark.check()?;
-        match &request {
-            // A keyed commit may be a replay, which writes nothing: the
-            // committer judges it once it has looked the key up.
-            Request::Commit(commit, _) if commit.idempotency.is_none() => {
-                self.inner.shared.disk.admit(commit)?
-            }
-            Request::DefineIndex(..) => self.inner.shared.disk.admit_any()?,
-            _ => {}
+        // A keyed commit may be a replay, which writes nothing, and an index
+        // declared again as it is writes nothing: the committer judges those.
+        if let Request::Commit(commit, _) = &request
+            && commit.idempotency.is_none()
+        {
+            self.inner.shared.disk.admit(commit)?;
         }
         let stopped = || Error::Unavailable("the committer has stopped".into());
         let queue = self.inner.queue.as_ref().ok_or_else(stopped)?;
