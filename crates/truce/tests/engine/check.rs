@@ -77,6 +77,15 @@ fn populated() -> (Arc<MemoryStorage>, Db) {
     )
     .unwrap()
     .unwrap();
+    // The after_commit counter's outbox is drained by commits of the
+    // committer's background tick: wait for the last, so that nothing
+    // commits while a test checks (a clean-clone CI run saw the check's
+    // snapshot at 63 and the durable sequence at 64 a moment later).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while db.stats().outbox_entries > 0 {
+        assert!(std::time::Instant::now() < deadline, "the outbox never drained");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
     (storage, db)
 }
 
