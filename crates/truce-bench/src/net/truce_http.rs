@@ -415,12 +415,15 @@ async fn preload(http: &mut Http, docs: u64) -> BoxResult<()> {
 }
 
 /// The post-run check: the counter (hot counter, read-modify-write) equals the
-/// successful operations; nothing to check for the other workloads.
+/// successful operations; for versioned writes, the sum of every document's
+/// `_version - 1` does, as PostgreSQL's sum of `version - 1`; nothing to
+/// check for heartbeats.
 pub fn check(addr: SocketAddr, workload: Workload, successes: u64) -> Result<String, String> {
     let path = match workload {
         Workload::HotCounter => HOT_PATH,
         Workload::ContendedRmw => RMW_PATH,
-        Workload::VersionedWrites | Workload::Heartbeats => return Ok("no check".into()),
+        Workload::VersionedWrites => return check_versions(addr, successes),
+        Workload::Heartbeats => return Ok("no check".into()),
     };
     let (status, body) =
         server::http_once(addr, "GET", path, None).map_err(|e| format!("GET {path}: {e}"))?;
@@ -432,6 +435,42 @@ pub fn check(addr: SocketAddr, workload: Workload, successes: u64) -> Result<Str
     match doc["n"].as_u64() {
         Some(n) if n == successes => Ok(format!("n = {n} = successful operations (read back over HTTP)")),
         _ => Err(format!("n = {}, but {successes} operations succeeded", doc["n"])),
+    }
+}
+
+/// Sums `_version - 1` over the versioned-writes documents, read back in
+/// query pages of 1,000: every successful write added one version.
+fn check_versions(addr: SocketAddr, successes: u64) -> Result<String, String> {
+    let (mut sum, mut docs, mut after) = (0u64, 0u64, String::new());
+    loop {
+        let path = format!("/v1/c/{DOCS}?limit=1000{after}");
+        let (status, body) =
+            server::http_once(addr, "GET", &path, None).map_err(|e| format!("GET {path}: {e}"))?;
+        let page: serde_json::Value =
+            serde_json::from_str(&body).map_err(|e| format!("GET {path} answered {status}: {e}"))?;
+        let Some(found) = page["docs"].as_array() else {
+            return Err(format!("GET {path} answered {status}: {body:.200}"));
+        };
+        for doc in found {
+            let version = doc["_version"]
+                .as_u64()
+                .ok_or_else(|| format!("no _version in {doc}"))?;
+            sum += version - 1;
+            docs += 1;
+        }
+        match page["next"].as_str() {
+            Some(next) => after = format!("&after={next}"),
+            None => break,
+        }
+    }
+    if sum == successes {
+        Ok(format!(
+            "sum of (_version - 1) over {docs} documents = {sum} = successful operations (read back over HTTP)"
+        ))
+    } else {
+        Err(format!(
+            "sum of (_version - 1) = {sum}, but {successes} operations succeeded"
+        ))
     }
 }
 
