@@ -60,6 +60,8 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // Empty: already logged (`truce serve --log-format json`).
+        Err(message) if message.is_empty() => ExitCode::FAILURE,
         Err(message) => {
             eprintln!("truce: {message}");
             ExitCode::FAILURE

@@ -185,6 +185,21 @@ fn check_exposure(settings: &Settings, keys: &KeyStore) -> Result<(), String> {
 pub fn run(args: ServeArgs) -> Result<(), String> {
     let settings = args.settings()?;
     init_logging(settings.log_format);
+    let format = settings.log_format;
+    match serve_with(settings) {
+        // With JSON logs the reason goes through the log too, as one JSON
+        // line, so that a pipeline reading them sees why the server
+        // stopped; the empty message tells `main` it was said.
+        Err(message) if format == LogFormat::Json => {
+            tracing::error!("{message}");
+            Err(String::new())
+        }
+        result => result,
+    }
+}
+
+/// [`run`] once its logging is set up.
+fn serve_with(settings: Settings) -> Result<(), String> {
     truce::failpoints::setup_from_env(); // no-op unless built with the `failpoints` feature
     let files = FilesPlan::new(
         open_files_limit(),

@@ -3743,6 +3743,41 @@ fn a_port_in_use_is_refused_before_the_database_is_opened() {
     assert!(!data.exists(), "the data directory was not made");
 }
 
+/// With `--log-format json`, the reason a server stops at startup is a JSON
+/// log line like every other (it was a plain `truce: …` line, the one line a
+/// JSON log pipeline could not read).
+#[test]
+fn a_startup_failure_is_logged_as_json_with_json_logs() {
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let listen = held.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("new");
+    let args = [
+        "serve",
+        "--log-format",
+        "json",
+        "--data",
+        data.to_str().unwrap(),
+        "--listen",
+        &listen,
+    ];
+    let ran = run_bounded(&args, RUN_BOUND);
+    assert!(ran.status.is_some_and(|s| !s.success()), "{}", ran.stderr);
+    let lines: Vec<serde_json::Value> = ran
+        .stderr
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
+        .collect();
+    assert!(
+        lines.iter().any(|l| l["level"] == "ERROR"
+            && l["message"]
+                .as_str()
+                .is_some_and(|m| m.contains(&format!("cannot listen on {listen}")))),
+        "{}",
+        ran.stderr
+    );
+}
+
 /// A reader that goes away (`truce keys list | head -0`) ends the printing
 /// commands quietly — it used to panic in `println!` — and ends `truce top`,
 /// which used to poll the server until killed.
