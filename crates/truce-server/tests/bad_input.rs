@@ -1263,9 +1263,7 @@ fn exchange(stream: &mut TcpStream, request: &[u8]) -> (u16, String) {
 /// A value of the server's `/metrics`, asked on `stream`, kept alive.
 fn metric_on(stream: &mut TcpStream, name: &str) -> f64 {
     let (_, text) = exchange(stream, b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n");
-    text.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in /metrics"))
+    metric_in(&text, name)
 }
 
 /// Asks `watcher` for `truce_connections_open` until it is `open`.
@@ -1375,25 +1373,12 @@ fn connections_leave_the_storage_its_files() {
 #[cfg(unix)]
 fn serve_via_shell(prelude: &str, data: &std::path::Path) -> (common::Spawned, SocketAddr) {
     let addr: SocketAddr = format!("127.0.0.1:{}", common::free_port()).parse().unwrap();
-    let mut command = std::process::Command::new("sh");
+    let listen = addr.to_string();
+    let args = ["serve", "--listen", &listen, "--data", data.to_str().unwrap()];
+    let mut command = common::Spawned::shell_command(prelude, &args);
     command
-        .arg("-c")
-        .arg(format!("{prelude} exec \"$0\" \"$@\""))
-        .arg(common::truce_bin())
-        .args(["serve", "--listen", &addr.to_string(), "--data"])
-        .arg(data)
-        .stdout(std::process::Stdio::null())
+        .env_remove("TRUCE_LOG")
         .stderr(std::process::Stdio::piped());
-    // SIGHUP as a terminal would leave it, even when this test runs under
-    // `nohup` (a shell cannot undo an ignored signal it inherited).
-    use std::os::unix::process::CommandExt;
-    // SAFETY: between fork and exec, only restores a signal's default action.
-    unsafe {
-        command.pre_exec(|| {
-            libc::signal(libc::SIGHUP, libc::SIG_DFL);
-            Ok(())
-        });
-    }
     let mut server = common::Spawned::from_command(command);
     server.wait_listening(addr);
     (server, addr)
@@ -1517,6 +1502,11 @@ fn metric(addr: SocketAddr, name: &str) -> f64 {
     let text = reqwest::blocking::get(format!("http://{addr}/metrics"))
         .and_then(|response| response.text())
         .expect("/metrics");
+    metric_in(&text, name)
+}
+
+/// The value of metric `name` in `/metrics`' text.
+fn metric_in(text: &str, name: &str) -> f64 {
     text.lines()
         .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
         .unwrap_or_else(|| panic!("no {name} in /metrics"))

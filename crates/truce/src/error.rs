@@ -60,8 +60,8 @@ pub enum Error {
     /// (deletes go on). Nothing was written.
     #[error(
         "insufficient storage: {free} bytes free on the data directory's filesystem, below the reserve of \
-         {reserve} bytes (min_free_disk_mib and room for compactions); writes that add data are refused until \
-         space is freed (deletes go on); nothing was written"
+         {reserve} bytes (the minimum kept free and room for compactions); writes that add data are refused \
+         until space is freed (deletes go on); nothing was written"
     )]
     InsufficientStorage {
         /// Bytes free when last looked at.

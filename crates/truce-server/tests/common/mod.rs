@@ -121,20 +121,38 @@ impl Spawned {
         self.0.stderr.take()
     }
 
-    /// Starts `truce args` as [`start`](Self::start) does, with its
-    /// open-files limit (soft and hard) set to `files` by the shell that
-    /// execs it (so the PID is truce's).
-    pub fn start_with_files_limit(args: &[&str], files: u64) -> Spawned {
+    /// `sh -c "{prelude} exec truce args…"` (so the PID is truce's), its
+    /// output discarded, with SIGHUP at its default action even when the
+    /// tests run under `nohup` (a shell cannot undo an ignored signal it
+    /// inherited). Set the command's streams otherwise before spawning it
+    /// with [`from_command`](Self::from_command).
+    #[cfg(unix)]
+    pub fn shell_command(prelude: &str, args: &[&str]) -> Command {
+        use std::os::unix::process::CommandExt;
         let mut command = Command::new("sh");
         command
             .arg("-c")
-            .arg(format!("ulimit -n {files} && exec \"$0\" \"$@\""))
+            .arg(format!("{prelude} exec \"$0\" \"$@\""))
             .arg(truce_bin())
             .args(args)
             .env("TRUCE_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        Spawned(command.spawn().expect("start sh"))
+        // SAFETY: between fork and exec, only restores a signal's default action.
+        unsafe {
+            command.pre_exec(|| {
+                libc::signal(libc::SIGHUP, libc::SIG_DFL);
+                Ok(())
+            });
+        }
+        command
+    }
+
+    /// Starts `truce args` with its open-files limit (soft and hard) set to
+    /// `files` by the shell that execs it.
+    #[cfg(unix)]
+    pub fn start_with_files_limit(args: &[&str], files: u64) -> Spawned {
+        Spawned::from_command(Spawned::shell_command(&format!("ulimit -n {files} &&"), args))
     }
 
     /// Waits (bounded) until `addr` accepts connections; panics if the process exits.

@@ -390,17 +390,11 @@ fn a_position_past_the_last_commit_is_refused() {
 /// alone: a pull's and `changes_whole`'s.
 #[test]
 fn pages_of_large_documents_end_by_bytes_and_go_on() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = crate::open_relaxed(dir.path());
-    let big = db.collection("big").unwrap();
-    let blob = "x".repeat(700_000);
-    let count = truce::limits::PAGE_BYTES_MAX / blob.len() * 2 + 3;
-    for i in 0..count {
-        let put = big.put(&format!("d{i:03}"), json!({"blob": blob, "i": i}), Expect::Absent);
-        assert!(put.unwrap().is_ok());
-    }
+    let blob_len = 700_000;
+    let count = truce::limits::PAGE_BYTES_MAX / blob_len * 2 + 3;
+    let (_dir, db, big) = large_documents(blob_len, count);
     let all: Vec<String> = (0..count).map(|i| format!("d{i:03}")).collect();
-    let most = truce::limits::PAGE_BYTES_MAX / blob.len() + 1;
+    let most = truce::limits::PAGE_BYTES_MAX / blob_len + 1;
 
     // A query: pages by cursor.
     let mut seen = Vec::new();
@@ -450,6 +444,20 @@ fn pages_of_large_documents_end_by_bytes_and_go_on() {
     assert_eq!(whole.changes.len(), count);
 }
 
+/// Collection `big` of a fresh database: `count` documents `d000`… of
+/// `{"blob": <blob_len bytes>, "i": i}`.
+fn large_documents(blob_len: usize, count: usize) -> (tempfile::TempDir, truce::Db, truce::Collection) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = crate::open_relaxed(dir.path());
+    let big = db.collection("big").unwrap();
+    let blob = "x".repeat(blob_len);
+    for i in 0..count {
+        let put = big.put(&format!("d{i:03}"), json!({"blob": blob, "i": i}), Expect::Absent);
+        assert!(put.unwrap().is_ok());
+    }
+    (dir, db, big)
+}
+
 /// A page that must be whole (a pull's, `changes_whole`'s, a whole-page
 /// subscription's) is refused once its documents pass
 /// `WHOLE_PAGE_BYTES_MAX`, instead of being built: 10,000 documents of 1 MiB
@@ -457,15 +465,9 @@ fn pages_of_large_documents_end_by_bytes_and_go_on() {
 /// documents the page is not bounded by their size.
 #[test]
 fn whole_pages_past_their_bound_are_refused_not_built() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = crate::open_relaxed(dir.path());
-    let big = db.collection("big").unwrap();
-    let blob = "x".repeat(1_000_000);
-    let count = truce::limits::WHOLE_PAGE_BYTES_MAX / blob.len() + 2;
-    for i in 0..count {
-        let put = big.put(&format!("d{i:03}"), json!({"blob": blob}), Expect::Absent);
-        assert!(put.unwrap().is_ok());
-    }
+    let blob_len = 1_000_000;
+    let count = truce::limits::WHOLE_PAGE_BYTES_MAX / blob_len + 2;
+    let (_dir, db, _) = large_documents(blob_len, count);
     fn refused<T>(result: truce::Result<T>) {
         match result {
             Err(truce::Error::LimitExceeded { what, limit }) => {
@@ -488,7 +490,7 @@ fn whole_pages_past_their_bound_are_refused_not_built() {
     refused(live.next_timeout(Duration::from_millis(10)));
 
     // A batch that fits is served whole, and the next goes on after it.
-    let fits = truce::limits::WHOLE_PAGE_BYTES_MAX / (blob.len() + 1_000);
+    let fits = truce::limits::WHOLE_PAGE_BYTES_MAX / (blob_len + 1_000);
     let (first, _) = db.changes_after("big", None, fits).unwrap();
     assert_eq!(first.len(), fits);
     let last = first.last().unwrap();
