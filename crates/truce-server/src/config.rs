@@ -176,7 +176,8 @@ pub struct ServeArgs {
     /// Data directory [default: ./truce-data].
     #[arg(long, env = "TRUCE_DATA")]
     pub data: Option<PathBuf>,
-    /// Log format [default: text].
+    /// Log format [default: text]. Which lines are logged is `TRUCE_LOG`
+    /// (`warn`, `info,truce_server=debug`, …) [default: info].
     #[arg(long, env = "TRUCE_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
     /// Allow listening beyond loopback without API keys. Anyone who can reach

@@ -14,6 +14,7 @@ mod config;
 mod http;
 mod http_threads;
 mod keys;
+mod log;
 mod recount;
 mod remote;
 mod serve;

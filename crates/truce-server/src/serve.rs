@@ -103,24 +103,6 @@ impl Connections {
     }
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("TRUCE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    // A log line that cannot be written (its reader gone: `truce serve 2>&1
-    // | logger` after the logger exits) is dropped: reporting it would panic
-    // on the same stream, and a log line must never stop the server.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi)
-        .log_internal_errors(false);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-    }
-}
-
 /// What a directory may hold before `truce serve` makes a database of it: an
 /// API keys file made first (`truce keys create --data DIR`) and its lock,
 /// and a filesystem's `lost+found` (a volume mounted there).
@@ -184,7 +166,7 @@ fn check_exposure(settings: &Settings, keys: &KeyStore) -> Result<(), String> {
 /// Runs the server until a shutdown signal.
 pub fn run(args: ServeArgs) -> Result<(), String> {
     let settings = args.settings()?;
-    init_logging(settings.log_format);
+    crate::log::init(settings.log_format)?;
     let format = settings.log_format;
     match serve_with(settings) {
         // With JSON logs the reason goes through the log too, as one JSON
@@ -240,6 +222,8 @@ fn serve_with(settings: Settings) -> Result<(), String> {
         Duration::from_millis(settings.answer_stall_ms),
     );
     let connections = Connections::new(files.connections);
+    // Turned at the shutdown signal: connections close, long-lived reads end.
+    let (stop, stopping) = tokio::sync::watch::channel(false);
     let state = Arc::new(AppState {
         metrics: http::metrics::Metrics::new(db.clone(), &answers, &connections),
         answers,
@@ -254,13 +238,15 @@ fn serve_with(settings: Settings) -> Result<(), String> {
         backups,
         config_changes: Arc::default(),
         max_body_bytes: settings.max_body_bytes,
+        stopping,
+        server_errors: Default::default(),
     });
     let app = http::app(Arc::clone(&state));
     // Revocations reach open streams when no request comes to reload the keys.
     let keys = Arc::clone(&state);
     runtime.spawn(async move { keys.keys.follow().await });
     let write_stalls = state.answers.write_stalls();
-    let result = runtime.block_on(serve(app, &settings, threads, write_stalls, connections));
+    let result = runtime.block_on(serve(app, &settings, threads, write_stalls, connections, stop));
     // A backup cut short by the exit would leave its `.partial`.
     state.backups.stop_and_wait();
     // Every acknowledged write is already durable. Closing joins the committer
@@ -345,6 +331,7 @@ async fn serve(
     threads: HttpThreads,
     write_stalls: prometheus_client::metrics::counter::Counter,
     connections: Connections,
+    stop: tokio::sync::watch::Sender<bool>,
 ) -> Result<(), String> {
     let signal = shutdown_signal();
     let scheme = if settings.tls.is_some() { "https" } else { "http" };
@@ -358,7 +345,7 @@ async fn serve(
     match &settings.tls {
         None => {
             tracing::info!(data = %settings.data.display(), "listening on {scheme}://{local}");
-            serve_connections(listener, first_byte, app, threads, connections, signal).await
+            serve_connections(listener, first_byte, app, threads, connections, signal, stop).await
         }
         Some((cert, key)) => {
             let _ = rustls::crypto::ring::default_provider().install_default();
@@ -367,17 +354,19 @@ async fn serve(
                 .map_err(|e| format!("cannot load TLS certificate/key: {e}"))?;
             tracing::info!(data = %settings.data.display(), "listening on {scheme}://{local}");
             let tls = axum_server::tls_rustls::RustlsAcceptor::new(config).acceptor(first_byte);
-            serve_connections(listener, tls, app, threads, connections, signal).await
+            serve_connections(listener, tls, app, threads, connections, signal, stop).await
         }
     }
 }
 
 /// Accepts connections until `signal` and hands each to the next
 /// HTTP thread, which runs `acceptor` (the first-byte wait, TLS) and then
-/// HTTP on it; one past `connections`' limit is closed at once. After the signal: no new connections; each open one finishes
-/// the request it is serving and closes, for at most [`SHUTDOWN_GRACE_MS`]
-/// (change-feed streams never finish: the grace period bounds them); then the
-/// HTTP threads stop, closing whatever is left.
+/// HTTP on it; one past `connections`' limit is closed at once. After the
+/// signal, `stop` turns true: no new connections; long polls answer and
+/// change-feed streams end (`Waited::Stopping`); each open connection
+/// finishes the request it is serving and closes, for at most
+/// [`SHUTDOWN_GRACE_MS`]; then the HTTP threads stop, closing whatever is
+/// left.
 async fn serve_connections<A>(
     listener: std::net::TcpListener,
     acceptor: A,
@@ -385,6 +374,7 @@ async fn serve_connections<A>(
     mut threads: HttpThreads,
     connections: Connections,
     signal: impl std::future::Future<Output = ()>,
+    stop: tokio::sync::watch::Sender<bool>,
 ) -> Result<(), String>
 where
     A: Accept<tokio::net::TcpStream, (), Service = ()> + Clone + Send + Sync + 'static,
@@ -393,7 +383,8 @@ where
 {
     listener.set_nonblocking(true).map_err(|e| e.to_string())?;
     let listener = tokio::net::TcpListener::from_std(listener).map_err(|e| e.to_string())?;
-    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let stopping = stop.subscribe();
+    let accept_failures = crate::log::Throttle::default();
     // Each connection holds a sender; the receiver ends when all are gone.
     let (open, mut all_closed) = tokio::sync::mpsc::channel::<()>(1);
     tokio::pin!(signal);
@@ -406,7 +397,9 @@ where
             Ok((stream, _)) => stream,
             Err(e) => {
                 // Out of files or memory: back off instead of spinning.
-                tracing::warn!("cannot accept a connection: {e}");
+                if let Some(left_out) = accept_failures.admit() {
+                    tracing::warn!(left_out, "cannot accept a connection: {e}");
+                }
                 tokio::time::sleep(Duration::from_millis(ACCEPT_RETRY_MS)).await;
                 continue;
             }

@@ -1430,22 +1430,25 @@ fn a_hangup_stops_the_server_cleanly_unless_it_is_ignored() {
 }
 
 /// At a signal the server waits up to 10 s for the requests in flight (a
-/// long poll may hold one that long); a second signal ends the wait at
-/// once. The second used to be ignored.
+/// body still arriving may hold one that long); a second signal ends the
+/// wait at once. The second used to be ignored.
 #[cfg(unix)]
 #[test]
 fn a_second_signal_ends_the_grace_period() {
     let data = tempfile::tempdir().expect("a data directory");
     let (mut server, addr) = serve_via_shell("", data.path());
-    let mut poll = TcpStream::connect(addr).expect("connect");
-    poll.write_all(&get("/v1/_changes?feed=longpoll&timeout=60000&since=now"))
-        .expect("a long poll");
+    let mut slow = TcpStream::connect(addr).expect("connect");
+    slow.write_all(
+        b"PUT /v1/c/slow/a HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n\
+          content-length: 100\r\n\r\n{\"a\":",
+    )
+    .expect("a request whose body has not all come");
     std::thread::sleep(Duration::from_millis(200));
     let started = Instant::now();
     server.signal(libc::SIGTERM);
     assert!(
         server.exit_within(Duration::from_millis(700)).is_none(),
-        "the first signal waits for the long poll"
+        "the first signal waits for the request in flight"
     );
     server.signal(libc::SIGTERM);
     let status = server

@@ -17,7 +17,7 @@ use truce::{Change, Db};
 
 use super::AppState;
 use super::error::ApiError;
-use super::extract::{LAST_EVENT_ID, Params, PathParams, Standing, authorize};
+use super::extract::{LAST_EVENT_ID, Params, PathParams, Standing, Waited, authorize};
 use crate::keys::{Principal, Role};
 
 /// Default and largest long-poll wait, in ms.
@@ -154,12 +154,12 @@ async fn feed(
             )
             .await
             {
-                Ok(None) => {
+                Ok(Waited::Revoked) => {
                     return Err(ApiError::Unauthorized(
                         "the key was revoked while the request waited",
                     ));
                 }
-                Ok(Some(page)) => {
+                Ok(Waited::Page(page)) => {
                     let page = page?;
                     (
                         page.changes
@@ -169,7 +169,7 @@ async fn feed(
                         page.last_seq,
                     )
                 }
-                Err(_) => (Vec::new(), sub.since()),
+                Ok(Waited::Stopping) | Err(_) => (Vec::new(), sub.since()),
             };
             Ok(axum::Json(json!({"results": results, "last_seq": last_seq})).into_response())
         }
@@ -214,7 +214,10 @@ fn sse_events(
         let standing = Arc::clone(&standing);
         async move {
             let mut sub = sub?;
-            match standing.next_page(&mut sub).await? {
+            let Waited::Page(page) = standing.next_page(&mut sub).await else {
+                return None;
+            };
+            match page {
                 Ok(page) => {
                     let changes = &page.changes;
                     let events: Vec<Result<Event, Infallible>> = changes

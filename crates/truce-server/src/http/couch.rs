@@ -16,7 +16,7 @@ use truce::{ConflictReason, Document, Expect, TxOp, WriteResult};
 
 use super::AppState;
 use super::error::ApiError;
-use super::extract::{JsonBody, Params, PathParams, Standing, authorize};
+use super::extract::{JsonBody, Params, PathParams, Standing, Waited, authorize};
 use crate::keys::{Principal, Role};
 
 /// Default and largest long-poll wait, in ms (CouchDB's default is 60 s).
@@ -327,13 +327,13 @@ pub async fn changes(
                 .whole_pages();
             let standing = Standing::of(&state, &headers, Some(&coll));
             match tokio::time::timeout(Duration::from_millis(timeout), standing.next_page(&mut sub)).await {
-                Ok(None) => {
+                Ok(Waited::Revoked) => {
                     return Err(
                         ApiError::Unauthorized("the key was revoked while the request waited").into(),
                     );
                 }
-                Ok(Some(page)) => page?,
-                Err(_) => truce::ChangesPage {
+                Ok(Waited::Page(page)) => page?,
+                Ok(Waited::Stopping) | Err(_) => truce::ChangesPage {
                     changes: Vec::new(),
                     last_seq: sub.since(),
                 },

@@ -405,6 +405,19 @@ pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> 
     Ok(single_header(headers, &IDEMPOTENCY_KEY, "invalid_transaction")?.map(str::to_string))
 }
 
+/// What a long-lived read's wait for its next page ended with.
+pub enum Waited {
+    /// The page (or the engine's error).
+    Page(truce::Result<truce::ChangesPage>),
+    /// The caller's key may no longer read what was asked.
+    Revoked,
+    /// The server is shutting down: a long poll answers what it has (no
+    /// change, its position), a stream ends, so that its client resumes
+    /// from where it was at once, on this server's successor, rather than
+    /// at the end of the shutdown's grace period when the connection is cut.
+    Stopping,
+}
+
 /// The right a long-lived read was opened with, checked again while it lasts:
 /// a stream open when its key is revoked, or narrowed, must not go on
 /// delivering what the key may no longer read.
@@ -457,32 +470,33 @@ impl Standing {
         holds
     }
 
-    /// The subscription's next page, if the caller still may read it; `None`
-    /// once it may not (checked whenever the server reloads its keys while
-    /// the page is awaited, and before a page goes out).
-    pub async fn next_page(
-        &self,
-        sub: &mut truce::Subscription,
-    ) -> Option<truce::Result<truce::ChangesPage>> {
+    /// The subscription's next page, if the caller still may read it
+    /// (checked whenever the server reloads its keys while the page is
+    /// awaited, and before a page goes out) and the server is not stopping.
+    pub async fn next_page(&self, sub: &mut truce::Subscription) -> Waited {
         let mut reloads = self.state.keys.reloads();
         // The count is copied out before the key is checked: the channel's
         // read guard, held across `holds_after`, would deadlock a reload
         // (`KeyStore::refresh` sends on the channel).
         let reload = *reloads.borrow_and_update();
         if !self.holds_after(reload) {
-            return None;
+            return Waited::Revoked;
         }
+        let mut stopping = self.state.stopping.clone();
         let page = sub.next();
         tokio::pin!(page);
         loop {
             tokio::select! {
-                page = &mut page => return self.holds().then_some(page),
+                page = &mut page => {
+                    return if self.holds() { Waited::Page(page) } else { Waited::Revoked };
+                }
                 Ok(()) = reloads.changed() => {
                     let reload = *reloads.borrow_and_update();
                     if !self.holds_after(reload) {
-                        return None;
+                        return Waited::Revoked;
                     }
                 }
+                _ = stopping.wait_for(|stop| *stop) => return Waited::Stopping,
             }
         }
     }

@@ -74,6 +74,10 @@ pub struct AppState {
     pub config_changes: Arc<tokio::sync::Mutex<()>>,
     /// The running or last backup (`/v1/_backup`).
     pub backups: backup::Backups,
+    /// Turns true when the server starts shutting down (`Waited::Stopping`).
+    pub stopping: tokio::sync::watch::Receiver<bool>,
+    /// The `warn` line of a 5xx answer, at most one a second.
+    pub server_errors: crate::log::Throttle,
 }
 
 /// Health: 200 while the storage works (`status` says whether writes that add
@@ -407,7 +411,9 @@ impl Observed {
         );
         let latency_us = elapsed.as_micros() as u64;
         if status.is_server_error() {
-            tracing::warn!(%method, route, status = status.as_u16(), latency_us, "request");
+            if let Some(left_out) = state.server_errors.admit() {
+                tracing::warn!(%method, route, status = status.as_u16(), latency_us, left_out, "request");
+            }
         } else if let Some((path, source, attempt)) = &self.detail {
             let route = matched.unwrap_or(path.as_str());
             tracing::debug!(%method, route, status = status.as_u16(), latency_us, source, attempt, "request");

@@ -22,7 +22,7 @@ use truce::{Change, Document, Expect, TxFailure, TxOp};
 
 use super::AppState;
 use super::error::ApiError;
-use super::extract::{JsonBody, Params, PathParams, Standing, authorize, origin};
+use super::extract::{JsonBody, Params, PathParams, Standing, Waited, authorize, origin};
 use crate::keys::{Principal, Role};
 
 /// Documents per pull unless `limit` says otherwise.
@@ -630,9 +630,10 @@ fn stream_events(
         let standing = Arc::clone(&standing);
         async move {
             let mut sub = sub?;
-            let page = match standing.next_page(&mut sub).await? {
-                Ok(page) => page,
-                Err(e) => return Some((Ok(error_event(json!({"error": e.code()}))), None)),
+            let page = match standing.next_page(&mut sub).await {
+                Waited::Page(Ok(page)) => page,
+                Waited::Page(Err(e)) => return Some((Ok(error_event(json!({"error": e.code()}))), None)),
+                Waited::Revoked | Waited::Stopping => return None,
             };
             let documents = page
                 .changes

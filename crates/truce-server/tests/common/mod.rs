@@ -186,10 +186,15 @@ pub struct Ran {
 /// Runs `truce` with `args` until it exits, or kills it by PID once `bound`
 /// has passed (status `None`).
 pub fn run_bounded(args: &[&str], bound: Duration) -> Ran {
+    run_bounded_with_log(args, "warn", bound)
+}
+
+/// [`run_bounded`] with `TRUCE_LOG` set to `log`.
+pub fn run_bounded_with_log(args: &[&str], log: &str, bound: Duration) -> Ran {
     let started = Instant::now();
     let mut child = Command::new(truce_bin())
         .args(args)
-        .env("TRUCE_LOG", "warn")
+        .env("TRUCE_LOG", log)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -294,6 +299,11 @@ impl Server {
     /// `http://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// What the server wrote to standard error so far (its first 64 KiB).
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// The server's process id.
