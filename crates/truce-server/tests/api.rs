@@ -1402,6 +1402,7 @@ fn couch_reads_answer_what_was_asked_or_refuse() {
     for (answer, status, error) in [
         (api.post("/couch/cr/_revs_diff", json!({})), 404, "not_found"),
         (api.post("/couch/cr/a", json!({})), 405, "method_not_allowed"),
+        (api.patch("/couch/cr/a", json!({})), 405, "method_not_allowed"),
         (
             api.call(Method::PUT, "/couch/cr/raw", &[], Some("{not json".into())),
             400,
@@ -1409,6 +1410,15 @@ fn couch_reads_answer_what_was_asked_or_refuse() {
         ),
     ] {
         assert_eq!(answer.status, status, "{}", answer.text);
+        if status == 405 {
+            // The methods a document takes: not POST, which is refused.
+            assert_eq!(
+                answer.header("allow"),
+                Some("GET,HEAD,PUT,DELETE"),
+                "{}",
+                answer.text
+            );
+        }
         assert_eq!(answer.json["error"], error, "{}", answer.text);
         assert!(
             answer.json["reason"].is_string() && answer.json.get("message").is_none(),

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use axum::Extension;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 use truce::{ConflictReason, Document, Expect, TxOp, WriteResult};
@@ -773,11 +773,16 @@ pub async fn get_doc(
     }
 }
 
-/// `POST /couch/{coll}/{name}`: CouchDB's other endpoints (`_revs_diff`,
-/// `_bulk_get`, `_find`, …), which this subset does not serve, are named as
-/// such rather than met with a 405 as if they were documents.
-pub async fn post_other(PathParams((_, name)): PathParams<(String, String)>) -> Response {
-    if name.starts_with('_') {
+/// Any other method on `/couch/{coll}/{name}`. A `POST` of one of CouchDB's
+/// other endpoints (`_revs_diff`, `_bulk_get`, `_find`, …), which this
+/// subset does not serve, is named as such rather than met with a 405 as if
+/// it were a document; anything else is 405 with `Allow` naming the methods
+/// a document takes (axum's own 405 would list `POST`, which is refused).
+pub async fn doc_other_method(
+    method: Method,
+    PathParams((_, name)): PathParams<(String, String)>,
+) -> Response {
+    if method == Method::POST && name.starts_with('_') {
         CouchError(
             StatusCode::NOT_FOUND,
             "not_found",

@@ -203,7 +203,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(couch::get_doc)
                 .put(couch::put_doc)
                 .delete(couch::delete_doc)
-                .post(couch::post_other),
+                .fallback(couch::doc_other_method),
         )
         .layer(middleware::from_fn_with_state(Arc::clone(&state), guard));
     api.merge(streams)
