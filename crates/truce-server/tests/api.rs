@@ -1147,6 +1147,30 @@ fn replication_push_edges() {
     assert_eq!(api.get("/v1/c/rx/c1").ok(200)["email"], "v2");
     assert_eq!(api.get("/v1/c/rx/c2").ok(200)["email"], "v3");
     assert_eq!(api.get("/v1/c/rx/large17").ok(200)["blob"], "small");
+    // A push refused in its second transaction says that its first was
+    // written (it said "nothing"), and how many rows.
+    let mut rows: Vec<Value> = (0..99)
+        .map(|i| json!({"assumedMasterState": null, "newDocumentState": {"id": format!("g{i}"), "blob": blob}}))
+        .collect();
+    rows.push(json!({"assumedMasterState": null, "newDocumentState": {"id": "g-taken", "email": "x@y"}}));
+    let reply = push(Value::Array(rows));
+    let refused = reply.error(409, "conflict");
+    let written = (0..99)
+        .filter(|i| api.get(&format!("/v1/c/rx/g{i}")).status == 200)
+        .count();
+    assert!(
+        (90..99).contains(&written),
+        "the first transaction's rows: {written}"
+    );
+    assert_eq!(refused["written_rows"], written, "{refused}");
+    assert!(
+        refused["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("; {written} row(s) of this push were written before it")),
+        "{refused}"
+    );
+    assert_eq!(refused["conflicts"][0]["index"], 99, "{refused}");
 
     // A row's errors name it; a _deleted that is not a boolean is refused,
     // not read as false (which stored a live document).

@@ -49,6 +49,10 @@ pub enum ApiError {
     Timeout,
     /// The request body stopped arriving.
     BodyTimeout,
+    /// What a push met after this many of its rows were written (by its
+    /// earlier transactions, or alone): the error's own answer, saying so
+    /// where it would say that nothing was.
+    PartlyWritten(Box<ApiError>, usize),
 }
 
 impl From<truce::Error> for ApiError {
@@ -183,6 +187,20 @@ impl ApiError {
                 "timeout",
                 "the request took longer than the server's request timeout; a write may still commit".into(),
             ),
+            ApiError::PartlyWritten(error, rows) => {
+                let (status, mut body) = error.status_and_body();
+                let said = body["message"].as_str().unwrap_or_default();
+                let said = match said.strip_suffix(NOTHING_WRITTEN) {
+                    Some(before) => format!("{before}nothing of its transaction was written"),
+                    None => said.to_string(),
+                };
+                body["message"] = json!(format!(
+                    "{said}; {rows} row(s) of this push were written before it (sent again, they come back as \
+                     conflicts whose master state is what was written)"
+                ));
+                body["written_rows"] = json!(rows);
+                (status, body)
+            }
         }
     }
 }

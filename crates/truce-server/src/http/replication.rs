@@ -353,7 +353,10 @@ pub async fn push(
     // Counted as every write's conflicts are, by collection, document and
     // source, also when a later group failed.
     state.db.note_conflicts(&coll, &answer.noted, &origin);
-    pushed?;
+    pushed.map_err(|e| match answer.written {
+        0 => e,
+        rows => ApiError::PartlyWritten(Box::new(e), rows),
+    })?;
     let conflicts = answer.conflicts;
     Ok(axum::Json(Value::Array(conflicts)).into_response())
 }
@@ -366,6 +369,8 @@ struct Pushed {
     shape: Shape,
     conflicts: Vec<Value>,
     noted: Vec<(String, truce::ConflictReason)>,
+    /// Rows written so far.
+    written: usize,
 }
 
 impl Pushed {
@@ -424,7 +429,10 @@ async fn write_alone(
         .submit_batch_from(vec![op], None, origin.clone())?
         .await?
     {
-        Ok(_) => Ok(None),
+        Ok(_) => {
+            answer.written += 1;
+            Ok(None)
+        }
         Err(TxFailure::Conflicts(conflicts)) if is_unique(&conflicts) => Ok(Some(conflicts)),
         Err(TxFailure::Conflicts(_)) => {
             if let Some(master) = collection.get_current(&row.id)? {
@@ -466,10 +474,11 @@ fn refuse_unique(conflicts: &[truce::OpConflict], rows: &[Row]) -> Result<(), Ap
     if unique.is_empty() {
         Ok(())
     } else {
+        // Rows written before (earlier transactions, or alone) are said by
+        // `ApiError::PartlyWritten`.
         Err(ApiError::TxConflicts(
             unique,
-            "nothing of the refused rows' transaction was written (rows of the push's earlier transactions, or \
-             written alone, were)",
+            "nothing of the refused rows' transaction was written",
         ))
     }
 }
@@ -577,7 +586,10 @@ async fn push_group(
             continue;
         }
         match submitted? {
-            Ok(_) => break,
+            Ok(_) => {
+                answer.written += batch_rows.len();
+                break;
+            }
             Err(TxFailure::Conflicts(conflicts)) => {
                 refuse_unique(&conflicts, &batch_rows)?;
                 // Someone wrote one of these documents since we read it:
