@@ -23,6 +23,11 @@ pub struct Config {
     pub duration: Duration,
     /// Writes each Truce thread keeps outstanding where pipelining makes sense.
     pub in_flight: usize,
+    /// Open loop: operations per second in all, each thread sending its
+    /// share on a fixed schedule (`Pacer`); `None`: closed loop, each thread
+    /// as fast as its answers come. Workers that wait for each answer follow
+    /// it (the embedded hot counter's synchronous side, SQLite's loops).
+    pub pace: Option<f64>,
     /// Where the temporary databases are created.
     pub dir: PathBuf,
 }
@@ -32,6 +37,8 @@ pub struct Race {
     start: Barrier,
     duration: Duration,
     done: AtomicU64,
+    threads: usize,
+    pace: Option<f64>,
 }
 
 impl Race {
@@ -45,6 +52,57 @@ impl Race {
     /// Counts one finished operation for the progress line.
     pub fn tick(&self) {
         self.done.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Waits at the start line as [`Race::start`] does, and gives thread
+    /// `thread`'s schedule.
+    pub fn start_paced(&self, thread: usize) -> Pacer {
+        let deadline = self.start();
+        let interval = self
+            .pace
+            .map(|ops_per_s| Duration::from_secs_f64(self.threads.max(1) as f64 / ops_per_s.max(1e-3)));
+        // Thread i's first send is i/threads of an interval in, so that the
+        // threads' sends interleave rather than come in bursts.
+        let first = deadline - self.duration
+            + interval.map_or(Duration::ZERO, |every| {
+                every * thread as u32 / self.threads.max(1) as u32
+            });
+        Pacer {
+            next: first,
+            interval,
+            deadline,
+        }
+    }
+}
+
+/// When a worker's operations start: as soon as the last answered (closed
+/// loop), or on a fixed schedule (open loop, [`Config::pace`]), in which an
+/// operation that had to wait for the one before counts its latency from
+/// when it should have started (coordinated omission corrected, as wrk2
+/// and the network load generator do).
+pub struct Pacer {
+    next: Instant,
+    interval: Option<Duration>,
+    deadline: Instant,
+}
+
+impl Pacer {
+    /// Waits until the next operation is due and gives the time its latency
+    /// counts from; `None` once the run's deadline has come.
+    pub fn next(&mut self) -> Option<Instant> {
+        let now = Instant::now();
+        let Some(interval) = self.interval else {
+            return (now < self.deadline).then_some(now);
+        };
+        let due = self.next;
+        if due >= self.deadline {
+            return None;
+        }
+        if due > now {
+            thread::sleep(due - now);
+        }
+        self.next = due + interval;
+        Some(due)
     }
 }
 
@@ -60,6 +118,8 @@ where
         start: Barrier::new(config.threads + 1),
         duration: config.duration,
         done: AtomicU64::new(0),
+        threads: config.threads,
+        pace: config.pace,
     };
     let (totals, elapsed, (usage, per_second)) = thread::scope(|scope| {
         let handles: Vec<_> = (0..config.threads)
@@ -121,6 +181,7 @@ mod tests {
             threads: 3,
             duration: Duration::from_millis(30),
             in_flight: 1,
+            pace: None,
             dir: std::env::temp_dir(),
         };
         let (totals, elapsed) = run("test", &config, |i, race| {
@@ -138,5 +199,39 @@ mod tests {
         assert_eq!(totals.attempts, 3);
         assert!(elapsed >= Duration::from_millis(30));
         assert_eq!(timeline(&[3, 2, 1]), "3 2 1");
+    }
+
+    /// Open loop: each thread sends its share of the rate on schedule, and an
+    /// operation that started late counts its latency from when it was due.
+    #[test]
+    fn paced_workers_keep_their_schedule() {
+        let config = Config {
+            threads: 2,
+            duration: Duration::from_millis(400),
+            in_flight: 1,
+            pace: Some(100.0),
+            dir: std::env::temp_dir(),
+        };
+        let (totals, _) = run("test", &config, |i, race| {
+            let mut recorder = Recorder::default();
+            let mut pacer = race.start_paced(i);
+            let mut first = true;
+            while let Some(due) = pacer.next() {
+                // Thread 0's first operation takes three intervals (60 ms):
+                // the two due meanwhile start late, and count from when due.
+                thread::sleep(Duration::from_millis(if i == 0 && first { 60 } else { 1 }));
+                first = false;
+                recorder.latency(due.elapsed());
+                recorder.ok += 1;
+                race.tick();
+            }
+            recorder
+        });
+        // 100/s for 0.4 s, in all.
+        assert_eq!(totals.ok, 40, "every due operation ran, none more");
+        assert!(
+            totals.percentile_us(1.0) >= 55_000,
+            "the worst counts from when it was due"
+        );
     }
 }

@@ -211,6 +211,7 @@ fn run(cli: &Cli) -> BoxResult<Vec<Box<dyn Report>>> {
         threads: threads.unwrap_or(COMPARISON_THREADS),
         duration: cli.duration,
         in_flight: usize::from(cli.in_flight),
+        pace: None,
         dir: cli.dir.clone().unwrap_or_else(probe::default_dir),
     };
     probe::check_on_disk(&config.dir)?;

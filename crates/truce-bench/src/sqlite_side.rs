@@ -76,10 +76,10 @@ fn run_loop<Op>(config: &Config, path: &Path, op: Op) -> (Recorder, Duration)
 where
     Op: Fn(&Connection) -> rusqlite::Result<bool> + Sync,
 {
-    driver::run(SYSTEM, config, |_, race: &Race| {
+    driver::run(SYSTEM, config, |thread, race: &Race| {
         let mut recorder = Recorder::default();
         let conn = retry_busy(|| connect(path));
-        let deadline = race.start();
+        let mut pacer = race.start_paced(thread);
         let conn = match conn {
             Ok(conn) => conn,
             Err(e) => {
@@ -87,8 +87,7 @@ where
                 return recorder;
             }
         };
-        while Instant::now() < deadline {
-            let t0 = Instant::now();
+        while let Some(t0) = pacer.next() {
             let answer = retry_busy(|| op(&conn));
             recorder.latency(t0.elapsed());
             match answer {

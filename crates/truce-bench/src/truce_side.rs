@@ -56,9 +56,9 @@ pub fn hot_counter_observed(config: &Config) -> BoxResult<(Outcome, [truce::Stat
     let before = db.stats();
     let update = Arc::new(Update::parse(&json!({"$inc": {"n": 1}, "$upsert": true}))?);
     let in_flight = config.in_flight.max(1);
-    let (totals, elapsed) = driver::run(SYSTEM, config, |_, race| {
+    let (totals, elapsed) = driver::run(SYSTEM, config, |thread, race| {
         if in_flight == 1 {
-            increment_synchronously(&collection, &update, race)
+            increment_synchronously(&collection, &update, race, thread)
         } else {
             increment_pipelined(&collection, &update, in_flight, race)
         }
@@ -88,11 +88,17 @@ pub fn hot_counter_observed(config: &Config) -> BoxResult<(Outcome, [truce::Stat
     ))
 }
 
-fn increment_synchronously(collection: &Collection, update: &Arc<Update>, race: &Race) -> Recorder {
+/// Each write waits for its answer; on the run's schedule in an open loop
+/// (`Config::pace`).
+fn increment_synchronously(
+    collection: &Collection,
+    update: &Arc<Update>,
+    race: &Race,
+    thread: usize,
+) -> Recorder {
     let mut recorder = Recorder::default();
-    let deadline = race.start();
-    while Instant::now() < deadline {
-        let t0 = Instant::now();
+    let mut pacer = race.start_paced(thread);
+    while let Some(t0) = pacer.next() {
         let answer = collection.patch(HOT_ID, Arc::clone(update), Expect::Any);
         recorder.latency(t0.elapsed());
         tally(&mut recorder, answer);

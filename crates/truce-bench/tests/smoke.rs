@@ -94,6 +94,9 @@ fn every_workload_runs_against_every_available_peer() {
         ("embedded-hot-counter", "sqlite", "closed"),
         ("embedded-hot-counter-pipelined", "truce", "closed"),
         ("embedded-hot-counter-pipelined", "sqlite", "closed"),
+        // Latency under load for the synchronous embedded row too.
+        ("embedded-hot-counter", "truce", "open"),
+        ("embedded-hot-counter", "sqlite", "open"),
     ]);
     for (workload, system, mode) in expected {
         let r = row(workload, system, mode);
@@ -103,6 +106,12 @@ fn every_workload_runs_against_every_available_peer() {
         );
         assert_eq!(r["errors"], 0, "errors: {r}");
         assert_eq!(r["check_ok"], true, "check failed: {r}");
+        if mode == "open" {
+            // Held to its schedule: half the peak, never more than asked.
+            let target = r["target_ops_s"].as_f64().expect("an open loop's rate");
+            let ops = r["ops_s"].as_f64().unwrap_or_default();
+            assert!(ops <= target * 1.05 + 1.0, "{ops} ops/s at {target}/s: {r}");
+        }
         if system != "truce" && mode == "closed" {
             assert!(r["ratio_truce_over_this"].as_f64().is_some(), "no ratio: {r}");
         }

@@ -280,6 +280,7 @@ fn start_postgres(options: &Options) -> Result<PgServer, PgError> {
         threads: options.clients,
         duration: options.duration,
         in_flight: 1,
+        pace: None,
         dir: options.dir.clone(),
     };
     let server = PgServer::start(&bin, &config)?;
@@ -599,12 +600,16 @@ fn summarize(workload: Workload, system: System, mode: Mode, clients: usize, mea
 /// The embedded hot counter: Truce's Rust API against SQLite, in process —
 /// Truce synchronous (each thread waits for its answer) and pipelined (writes
 /// in flight); SQLite cannot pipeline, so its one synchronous run is the peer
-/// of both rows.
+/// of both rows. Then, unless `--no-open-loop`, the synchronous row under a
+/// fixed arrival rate of half each system's own peak, as the network
+/// workloads are (the pipelined row measures a peak: its threads never wait
+/// for an answer, so a schedule has nothing to hold them to).
 fn embedded_rows(options: &Options) -> BoxResult<Vec<Row>> {
     let config = Config {
         threads: options.embedded_threads,
         duration: options.duration,
         in_flight: 1,
+        pace: None,
         dir: options.dir.clone(),
     };
     let pipelined = if options.in_flight > 1 {
@@ -613,28 +618,71 @@ fn embedded_rows(options: &Options) -> BoxResult<Vec<Row>> {
         EMBEDDED_PIPELINED_IN_FLIGHT
     };
     println!(
-        "== {EMBEDDED}: {} threads, {:?} per system; {EMBEDDED_PIPELINED}: Truce with {pipelined} writes in flight per thread",
-        config.threads, config.duration
+        "== {EMBEDDED}: {} threads, {:?} per system; {EMBEDDED_PIPELINED}: Truce with {pipelined} writes in flight per thread{}",
+        config.threads,
+        config.duration,
+        if options.open_loop {
+            format!("; then {EMBEDDED} in an open loop at 50 % of each peak")
+        } else {
+            String::new()
+        }
     );
+    let truce = |workload: &'static str, mode: Mode, config: &Config| -> BoxResult<Row> {
+        let (outcome, stats) = truce_side::hot_counter_observed(config)?;
+        let committer = Committer::from_stats(&stats, outcome.elapsed.as_secs_f64());
+        println!("truce {workload} {}: {committer}", mode.name());
+        Ok(Row {
+            committer: Some(committer),
+            ..Row::embedded(workload, System::Truce, mode, config.threads, &outcome)
+        })
+    };
     let mut rows = Vec::new();
     if !options.skip.contains(&System::Truce) {
         for (workload, in_flight) in [(EMBEDDED, 1), (EMBEDDED_PIPELINED, pipelined)] {
-            let (outcome, stats) = truce_side::hot_counter_observed(&Config {
+            let config = Config {
                 in_flight,
                 ..config.clone()
-            })?;
-            let committer = Committer::from_stats(&stats, outcome.elapsed.as_secs_f64());
-            println!("truce {workload}: {committer}");
-            rows.push(Row {
-                committer: Some(committer),
-                ..Row::embedded(workload, System::Truce, config.threads, &outcome)
-            });
+            };
+            rows.push(truce(workload, Mode::Closed, &config)?);
         }
     }
     if !options.skip.contains(&System::Sqlite) {
         let outcome = sqlite_side::hot_counter(&config)?;
         for workload in [EMBEDDED, EMBEDDED_PIPELINED] {
-            rows.push(Row::embedded(workload, System::Sqlite, config.threads, &outcome));
+            rows.push(Row::embedded(
+                workload,
+                System::Sqlite,
+                Mode::Closed,
+                config.threads,
+                &outcome,
+            ));
+        }
+    }
+    if options.open_loop {
+        let peaks: Vec<(System, f64)> = rows
+            .iter()
+            .filter(|row| row.workload == EMBEDDED && row.ops_s > 0.0)
+            .map(|row| (row.system, row.ops_s))
+            .collect();
+        for (system, peak) in peaks {
+            let target_ops_s = peak * OPEN_LOOP_FRACTION;
+            let (mode, config) = (
+                Mode::Open { target_ops_s },
+                Config {
+                    pace: Some(target_ops_s),
+                    ..config.clone()
+                },
+            );
+            rows.push(match system {
+                System::Truce => truce(EMBEDDED, mode, &config)?,
+                _ => Row::embedded(
+                    EMBEDDED,
+                    system,
+                    mode,
+                    config.threads,
+                    &sqlite_side::hot_counter(&config)?,
+                ),
+            });
         }
     }
     Ok(rows)

@@ -23,6 +23,16 @@ pub enum Mode {
     },
 }
 
+impl Mode {
+    /// `closed` or `open`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Closed => "closed",
+            Mode::Open { .. } => "open",
+        }
+    }
+}
+
 /// One system's run of one workload.
 pub struct Row {
     /// The workload's name.
@@ -96,27 +106,23 @@ impl Row {
     }
 
     /// A row from an embedded (in-process, threads) run.
-    pub fn embedded(workload: &'static str, system: System, threads: usize, outcome: &Outcome) -> Row {
+    pub fn embedded(
+        workload: &'static str,
+        system: System,
+        mode: Mode,
+        threads: usize,
+        outcome: &Outcome,
+    ) -> Row {
         Row {
             check: outcome.check.clone(),
             memory_kind: "in process",
-            ..Row::new(
-                workload,
-                system,
-                Mode::Closed,
-                threads,
-                &outcome.totals,
-                outcome.elapsed,
-            )
+            ..Row::new(workload, system, mode, threads, &outcome.totals, outcome.elapsed)
         }
     }
 
     /// `closed` or `open`.
     pub fn mode_name(&self) -> &'static str {
-        match self.mode {
-            Mode::Closed => "closed",
-            Mode::Open { .. } => "open",
-        }
+        self.mode.name()
     }
 
     /// The row as one JSON object.
