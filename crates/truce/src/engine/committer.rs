@@ -16,8 +16,7 @@ use crate::error::{Error, Result};
 use crate::index::{self, IndexDef, IndexState};
 use crate::limits::{
     BACKFILL_CHUNK_DOCS, BACKGROUND_TICK_MS, COMMIT_BATCH_BYTES_MAX, COMMIT_BATCH_REQUESTS_MAX,
-    COMMITTER_IDLE_MS, IDEMPOTENCY_PURGE_BATCH_MAX, INDEX_PURGE_CHUNK_ENTRIES, INDEX_VALUES_BYTES_MAX,
-    OUTBOX_DRAIN_ENTRIES_MAX, TTL_SWEEP_DELETES_MAX, TTL_SWEEP_SCAN_DOCS, TX_READ_BYTES_MAX,
+    COMMITTER_IDLE_MS, INDEX_PURGE_CHUNK_ENTRIES, INDEX_VALUES_BYTES_MAX, TX_READ_BYTES_MAX,
     TX_WRITE_BYTES_MAX,
 };
 use crate::record::{self, IdempotencyRecord};
@@ -34,6 +33,8 @@ use super::poll::PollWindow;
 use super::readset::RecentWrites;
 use super::tx::{self, Commit, OpConflict, PreparedOp, Seen, TxCommitted, TxFailure, TxOutcome};
 use super::watermark::Watermark;
+
+mod background;
 
 /// Meta key of the last committed sequence number.
 pub const META_LAST_SEQ: &[u8] = b"last_seq";
@@ -481,174 +482,6 @@ impl Committer {
                 self.background();
             }
         }
-    }
-
-    /// Background work between groups: look at the free space, drain the
-    /// counter outbox and sweep expired documents (every tick), purge
-    /// idempotency keys (every idle period).
-    fn background(&mut self) {
-        self.last_background = Instant::now();
-        if self.shared.watermark.check().is_err() {
-            return;
-        }
-        if let Some(why) = self.shared.storage.failed() {
-            tracing::error!("{why}; the database refuses writes until reopened");
-            self.shared.watermark.fail(why);
-            return;
-        }
-        self.shared
-            .disk
-            .observe(self.shared.storage.free_bytes(), self.shared.storage.used_bytes());
-        if self.outbox_entries > 0
-            && let Err(e) = self.drain_outbox()
-        {
-            tracing::error!("counter outbox drain failed: {e}");
-        }
-        let ttl_collections: Vec<String> = self
-            .configs
-            .iter()
-            .filter(|(_, c)| c.ttl.is_some())
-            .map(|(n, _)| n.clone())
-            .collect();
-        for collection in ttl_collections {
-            if let Err(e) = self.sweep_ttl(&collection) {
-                tracing::error!(collection = %collection, "TTL sweep failed: {e}");
-            }
-        }
-        if self.last_maintenance.elapsed() >= Duration::from_millis(COMMITTER_IDLE_MS) {
-            self.maintain();
-        }
-    }
-
-    /// Applies up to [`OUTBOX_DRAIN_ENTRIES_MAX`] outbox entries, coalesced per
-    /// target, in one commit that also removes them: each delta lands exactly once.
-    fn drain_outbox(&mut self) -> Result<()> {
-        let storage = Arc::clone(&self.shared.storage);
-        // Entries are keyed by commit sequence, so everything before the last
-        // drained key is gone: start after it rather than stepping over the
-        // deleted entries again.
-        let start = self
-            .outbox_cursor
-            .as_deref()
-            .map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
-        let entries = storage.scan(
-            Space::Outbox,
-            start,
-            std::ops::Bound::Unbounded,
-            Direction::Forward,
-            OUTBOX_DRAIN_ENTRIES_MAX,
-        )?;
-        if entries.is_empty() {
-            self.outbox_entries = 0;
-            self.outbox_oldest_ms = None;
-            return Ok(());
-        }
-        let mut group = Group::new(&*storage, self.last_seq, now_ms().max(self.last_ts_ms));
-        group.seq += 1;
-        let mut increments = Vec::with_capacity(entries.len());
-        for (key, bytes) in &entries {
-            increments.push(counters::decode_outbox(bytes)?.0);
-            group.put(Space::Outbox, key.clone(), None);
-        }
-        let backed_up = self
-            .outbox_oldest_ms
-            .is_some_and(|ms| group.ts_ms.saturating_sub(ms) > crate::limits::OUTBOX_BACKED_UP_MS);
-        if backed_up {
-            self.observe_outbox(&increments);
-        }
-        let targets = counters::coalesce(increments);
-        let mut written = Vec::new();
-        self.apply_increments(&mut group, targets, &mut written);
-        let seq = group.seq;
-        self.store(group, 1)?;
-        self.recent.record(seq, written);
-        self.outbox_cursor = entries.last().map(|(key, _)| key.clone());
-        let after = self
-            .outbox_cursor
-            .as_deref()
-            .map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
-        let rest = storage.scan(
-            Space::Outbox,
-            after,
-            std::ops::Bound::Unbounded,
-            Direction::Forward,
-            1,
-        )?;
-        self.outbox_entries = self.outbox_entries.saturating_sub(entries.len() as u64);
-        self.outbox_oldest_ms = match rest.first() {
-            Some((_, bytes)) => Some(counters::decode_outbox(bytes)?.1),
-            None => {
-                self.outbox_entries = 0;
-                None
-            }
-        };
-        self.publish_outbox();
-        Ok(())
-    }
-
-    fn publish_outbox(&self) {
-        *self.shared.outbox.write().unwrap_or_else(|p| p.into_inner()) =
-            (self.outbox_entries, self.outbox_oldest_ms);
-    }
-
-    /// Deletes expired documents of `collection`: looks at the next
-    /// [`TTL_SWEEP_SCAN_DOCS`] documents from where the last sweep stopped, and
-    /// deletes up to [`TTL_SWEEP_DELETES_MAX`] of them in one commit, as normal
-    /// tombstones (change events, index and counter maintenance included).
-    fn sweep_ttl(&mut self, collection: &str) -> Result<()> {
-        let Some(ttl) = self.configs.get(collection).and_then(|c| c.ttl.clone()) else {
-            return Ok(());
-        };
-        let storage = Arc::clone(&self.shared.storage);
-        let base = tx::doc_key(collection, "");
-        let after = self.ttl_cursors.get(collection).map(Vec::as_slice);
-        let (docs, next) = scan_chunk(&*storage, Space::Documents, &base, after, TTL_SWEEP_SCAN_DOCS)?;
-        match next {
-            Some(key) => self.ttl_cursors.insert(collection.to_string(), key),
-            None => self.ttl_cursors.remove(collection),
-        };
-        let now = now_ms().max(self.last_ts_ms);
-        let mut group = Group::new(&*storage, self.last_seq, now);
-        let clock = CommitClock {
-            seq: group.seq + 1,
-            ts_ms: now,
-        };
-        let mut expired = Vec::new();
-        for (key, bytes) in &docs {
-            let id = String::from_utf8_lossy(&key[base.len()..]).into_owned();
-            let doc = record::decode_document(&id, bytes)?;
-            if !doc.is_deleted() && is_expired(&doc.body, &ttl, now) {
-                expired.push((key.clone(), id));
-                if expired.len() == TTL_SWEEP_DELETES_MAX {
-                    // The next step goes on after this one, not after the
-                    // documents looked at past it.
-                    self.ttl_cursors.insert(collection.to_string(), key.clone());
-                    break;
-                }
-            }
-        }
-        if expired.is_empty() {
-            return Ok(());
-        }
-        group.seq += 1;
-        let mut written = Vec::new();
-        let mut effects = CounterEffects::default();
-        let expired_count = expired.len() as u64;
-        for (key, id) in expired {
-            let current = group.current(&key, &id)?;
-            if let (Ok(_), Some(state)) =
-                evaluate::evaluate(&id, &WriteOp::Delete, Expect::Any, current, &clock)?
-            {
-                self.apply_source(&mut group, collection, &key, state, &mut written, &mut effects)?;
-            }
-        }
-        self.finish_counters(&mut group, effects, &mut written);
-        let seq = group.seq;
-        self.events.push(Event::Expired(expired_count));
-        self.store(group, 1)?;
-        self.recent.record(seq, written);
-        self.publish_outbox();
-        Ok(())
     }
 
     /// Evaluates requests from the front of `waiting` until it is empty or the
@@ -1493,47 +1326,6 @@ impl Committer {
             Some(record::encode_json(&def.to_json())),
         );
         Ok(def.progress(next))
-    }
-
-    /// Background upkeep between groups: forget expired idempotency keys.
-    fn maintain(&mut self) {
-        self.last_maintenance = Instant::now();
-        self.recent.trim();
-        if self.shared.watermark.check().is_err() {
-            return;
-        }
-        let now = now_ms().to_be_bytes();
-        let storage = Arc::clone(&self.shared.storage);
-        let expired = match storage.scan(
-            Space::IdempotencyExpiry,
-            std::ops::Bound::Unbounded,
-            std::ops::Bound::Excluded(&now),
-            Direction::Forward,
-            IDEMPOTENCY_PURGE_BATCH_MAX,
-        ) {
-            Ok(expired) if !expired.is_empty() => expired,
-            Ok(_) => return,
-            Err(e) => return tracing::warn!("idempotency purge skipped: {e}"),
-        };
-        let mut group = Group::new(&*storage, self.last_seq, self.last_ts_ms);
-        for (key, _) in expired {
-            let Some((expiry, idem_key)) = key.split_first_chunk::<8>() else {
-                continue;
-            };
-            let expires_ms = u64::from_be_bytes(*expiry);
-            let live = group.get(Space::Idempotency, idem_key).ok().flatten();
-            // A key reused after it expired has a newer record: leave that one.
-            if live
-                .and_then(|b| record::decode_idempotency(&b).ok())
-                .is_some_and(|r| r.expires_ms == expires_ms)
-            {
-                group.put(Space::Idempotency, idem_key.to_vec(), None);
-            }
-            group.put(Space::IdempotencyExpiry, key.clone(), None);
-        }
-        if let Err(e) = self.store(group, 1) {
-            tracing::error!("idempotency purge failed: {e}");
-        }
     }
 
     /// Writes a group as one atomic storage batch (with the new last sequence and
