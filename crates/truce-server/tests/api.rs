@@ -2241,6 +2241,27 @@ fn writes_that_add_data_are_refused_while_the_disk_is_short() {
     );
 }
 
+/// Request metrics label a method HTTP does not define `other`: labelled by
+/// name, each made-up method any client (no key needed) sent added a label
+/// set to `/metrics` for good.
+#[test]
+fn made_up_methods_share_one_metrics_label() {
+    let server = Server::start();
+    let api = Api::new(&server);
+    for i in 0..20 {
+        let method = Method::from_bytes(format!("M{i:04}").as_bytes()).unwrap();
+        let answer = api.call(method, "/healthz", &[], None);
+        assert_eq!(answer.status, 405, "{}", answer.text);
+    }
+    let metrics = api.get("/metrics").text;
+    assert!(!metrics.contains("M0001"), "a label per made-up method");
+    let other = metrics
+        .lines()
+        .find(|l| l.starts_with("truce_http_request_duration_seconds_count") && l.contains(r#"method="other""#))
+        .unwrap_or_else(|| panic!("no method=\"other\" series:\n{metrics}"));
+    assert!(other.ends_with(" 20"), "{other}");
+}
+
 /// A fault that fails every request does not bury the log: 5xx answers
 /// are logged at most once a second, each line counting those left out (it
 /// was one line per answer, thousands a second with a failed storage).
