@@ -2257,7 +2257,9 @@ fn made_up_methods_share_one_metrics_label() {
     assert!(!metrics.contains("M0001"), "a label per made-up method");
     let other = metrics
         .lines()
-        .find(|l| l.starts_with("truce_http_request_duration_seconds_count") && l.contains(r#"method="other""#))
+        .find(|l| {
+            l.starts_with("truce_http_request_duration_seconds_count") && l.contains(r#"method="other""#)
+        })
         .unwrap_or_else(|| panic!("no method=\"other\" series:\n{metrics}"));
     assert!(other.ends_with(" 20"), "{other}");
 }

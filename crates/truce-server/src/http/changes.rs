@@ -122,7 +122,7 @@ async fn feed(
     match kind {
         "normal" => {
             let db = state.db.clone();
-            let page = tokio::task::spawn_blocking(move || {
+            let page = super::blocking(move || {
                 db.changes(
                     request.collection.as_deref(),
                     request.since,
@@ -130,8 +130,7 @@ async fn feed(
                     request.include_docs,
                 )
             })
-            .await
-            .map_err(|e| ApiError::Engine(truce::Error::Unavailable(e.to_string())))??;
+            .await?;
             let results: Vec<Value> = page
                 .changes
                 .iter()

@@ -244,9 +244,7 @@ pub async fn info(
     authorize(&who, Role::Read, Some(&coll))?;
     let collection = state.db.collection(&coll)?;
     let seq = state.db.durable_seq();
-    let (live, deleted) = tokio::task::spawn_blocking(move || collection.count())
-        .await
-        .map_err(|e| CouchError::from(truce::Error::Unavailable(e.to_string())))??;
+    let (live, deleted) = super::blocking(move || collection.count()).await?;
     Ok(axum::Json(json!({
         "db_name": coll, "doc_count": live, "doc_del_count": deleted, "update_seq": seq,
         "instance_start_time": "0", "purge_seq": 0,
@@ -311,9 +309,7 @@ pub async fn changes(
             let (db, coll) = (state.db.clone(), coll.clone());
             // Whole pages: RxDB's CouchDB replication takes a short page for
             // the end of the feed, and goes on live from "now".
-            tokio::task::spawn_blocking(move || db.changes_whole(Some(&coll), since, limit, include_docs))
-                .await
-                .map_err(|e| CouchError::from(truce::Error::Unavailable(e.to_string())))??
+            super::blocking(move || db.changes_whole(Some(&coll), since, limit, include_docs)).await?
         }
         "longpoll" => {
             let timeout = params
@@ -425,17 +421,22 @@ async fn all_docs_for(
         ));
     }
     let rows = match keys {
+        // Off the HTTP thread, as the range below: up to a body's worth of
+        // keys, each a read.
         Some(keys) => {
-            let mut rows = Rows::default();
-            for key in &keys {
-                rows.push(&all_docs_row(
-                    key,
-                    collection.get_current(key)?,
-                    include_docs,
-                    tombstones,
-                ))?;
-            }
-            rows
+            super::blocking(move || -> truce::Result<_> {
+                let mut rows = Rows::default();
+                for key in &keys {
+                    rows.push(&all_docs_row(
+                        key,
+                        collection.get_current(key)?,
+                        include_docs,
+                        tombstones,
+                    ))?;
+                }
+                Ok(rows)
+            })
+            .await?
         }
         None => {
             let asked = params.parse::<usize>("limit", "invalid_query")?;
@@ -503,7 +504,7 @@ async fn all_docs_for(
             // short with more to come (past `PAGE_BYTES_MAX` of documents, or
             // over documents past their TTL), and a CouchDB client takes a
             // short answer for the end of the range.
-            let (rows, more) = tokio::task::spawn_blocking(move || -> truce::Result<_> {
+            let (rows, more) = super::blocking(move || -> truce::Result<_> {
                 let mut rows = Rows::default();
                 loop {
                     let page = collection.query(&query)?;
@@ -524,8 +525,7 @@ async fn all_docs_for(
                     }
                 }
             })
-            .await
-            .map_err(|e| CouchError::from(truce::Error::Unavailable(e.to_string())))??;
+            .await?;
             if asked.is_none() && more {
                 // CouchDB would answer every row; cutting them short without
                 // a word would look like the whole collection.

@@ -186,9 +186,7 @@ pub async fn query(
         limit: params.parse::<usize>("limit", "invalid_query")?.unwrap_or(0),
         after: params.0.get("after").cloned(),
     };
-    let page = tokio::task::spawn_blocking(move || collection.query(&q))
-        .await
-        .map_err(|e| ApiError::Engine(truce::Error::Unavailable(e.to_string())))??;
+    let page = super::blocking(move || collection.query(&q)).await?;
     let docs: Vec<Value> = page.docs.iter().map(truce::Document::to_json).collect();
     Ok(axum::Json(json!({"docs": docs, "next": page.next})).into_response())
 }

@@ -135,11 +135,10 @@ pub async fn pull(
         .unwrap_or(PULL_LIMIT_DEFAULT);
     let db = state.db.clone();
     let given = params.json("checkpoint")?.unwrap_or(Value::Null);
-    let (changes, _) = tokio::task::spawn_blocking(move || {
+    let (changes, _) = super::blocking(move || {
         db.changes_after(&coll, after.as_ref().map(|(s, id)| (*s, id.as_str())), limit)
     })
-    .await
-    .map_err(|e| ApiError::Engine(truce::Error::Unavailable(e.to_string())))??;
+    .await?;
     let documents = changes
         .iter()
         .filter_map(|c| c.doc.as_ref())
