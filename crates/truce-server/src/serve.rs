@@ -28,6 +28,14 @@ const SHUTDOWN_GRACE_MS: u64 = 10_000;
 /// any client on any real network needs for a few hundred bytes.
 pub const HEADER_READ_TIMEOUT_MS: u64 = 10_000;
 
+/// The most an HTTP/1 request line and its headers may take together, in
+/// bytes (hyper's read buffer; past it, 431). With hyper's default, about
+/// 400 KiB, a connection that sent that much of a head and never finished
+/// it held half a megabyte until its header timeout (the buffer grows by
+/// doubling): 5,000 of them took 2.6 GB. 32 KiB is twice Node's default and
+/// nginx's; ids are at most 512 bytes, cursors 4 KiB.
+pub const HTTP1_HEAD_BYTES_MAX: usize = 32 * 1024;
+
 /// Connections the kernel holds for the server to accept. The usual default
 /// (128) is filled by one burst of clients, whose connects are then retried
 /// only after a second; 1024 is nginx's and Go's order (the kernel caps it at
@@ -464,7 +472,7 @@ async fn serve_connection<A>(
         return;
     };
     let mut builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
-    limit_header_time(&mut builder);
+    limit_heads(&mut builder);
     let connection = builder.serve_connection_with_upgrades(
         hyper_util::rt::TokioIo::new(stream),
         hyper_util::service::TowerToHyperService::new(app),
@@ -488,13 +496,15 @@ pub const HTTP2_PING_MS: u64 = 20_000;
 /// keep-alive connection between requests), and an HTTP/2 connection whose
 /// peer does not answer a ping (sent after [`HTTP2_PING_MS`] without a
 /// frame) within as long: a client that opened it and went silent, or never
-/// spoke HTTP/2 past its preface, no longer holds it for ever.
-fn limit_header_time(builder: &mut hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>) {
+/// spoke HTTP/2 past its preface, no longer holds it for ever. An HTTP/1
+/// request line and headers may take [`HTTP1_HEAD_BYTES_MAX`] bytes at most.
+fn limit_heads(builder: &mut hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>) {
     let ping = Duration::from_millis(HTTP2_PING_MS);
     builder
         .http1()
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(Duration::from_millis(HEADER_READ_TIMEOUT_MS));
+        .header_read_timeout(Duration::from_millis(HEADER_READ_TIMEOUT_MS))
+        .max_buf_size(HTTP1_HEAD_BYTES_MAX);
     builder
         .http2()
         .timer(hyper_util::rt::TokioTimer::new())
