@@ -1,8 +1,9 @@
 //! Decoders of wire inputs that need no server state.
 
+use std::cell::Cell;
 use std::fmt;
 
-use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::map::Entry;
 use serde_json::{Map, Value};
 
@@ -15,8 +16,52 @@ use serde_json::{Map, Value};
 /// serde_json's private raw-value marker is read as the object it is, where
 /// serde_json's `Value` (with the `raw_value` feature, which axum turns on)
 /// would read it as the value the marker names.
-pub fn json(bytes: &[u8]) -> serde_json::Result<Value> {
-    serde_json::from_slice::<Strict>(bytes).map(|Strict(value)| value)
+///
+/// At most [`JSON_VALUES_MAX`] values: each takes 32 to 80 bytes once read,
+/// for as little as 2 bytes of text (`[],`), so 20 MiB of empty arrays took
+/// 1.3 GB to read, and any key that may send a body could send them.
+pub fn json(bytes: &[u8]) -> Result<Value, JsonRefusal> {
+    let left = Cell::new(JSON_VALUES_MAX);
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let value = Budget(&left)
+        .deserialize(&mut deserializer)
+        .and_then(|value| deserializer.end().map(|()| value));
+    value.map_err(|e| {
+        // Only `Budget::take` says this, and only with none left.
+        if left.get() == 0 && e.to_string().starts_with(TOO_MANY_VALUES) {
+            JsonRefusal::TooManyValues
+        } else {
+            JsonRefusal::Invalid(e)
+        }
+    })
+}
+
+/// The most values one JSON text may hold (objects, arrays and scalars
+/// alike): about 64 MiB once read. A document of the largest size holds
+/// half as many at most (1 MiB of `0,`).
+pub const JSON_VALUES_MAX: usize = 1 << 20;
+
+const TOO_MANY_VALUES: &str = "more than JSON_VALUES_MAX values";
+
+/// Why [`json`] refused a text.
+#[derive(Debug)]
+pub enum JsonRefusal {
+    /// Not JSON, or an object that names a key twice.
+    Invalid(serde_json::Error),
+    /// More than [`JSON_VALUES_MAX`] values.
+    TooManyValues,
+}
+
+impl fmt::Display for JsonRefusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            JsonRefusal::Invalid(e) => e.fmt(f),
+            JsonRefusal::TooManyValues => write!(
+                f,
+                "more than {JSON_VALUES_MAX} JSON values (JSON_VALUES_MAX) in one text: send less at once"
+            ),
+        }
+    }
 }
 
 /// Why a replicated document that [`carries_attachments`] is refused.
@@ -30,65 +75,91 @@ pub fn carries_attachments(doc: &Map<String, Value>) -> bool {
         .is_some_and(|a| a.as_object().is_none_or(|a| !a.is_empty()))
 }
 
-/// A [`Value`] whose objects have no key twice.
-struct Strict(Value);
+/// Reads a [`Value`] whose objects have no key twice, counting its values
+/// down from what is left.
+#[derive(Clone, Copy)]
+struct Budget<'a>(&'a Cell<usize>);
 
-impl<'de> Deserialize<'de> for Strict {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Strict, D::Error> {
-        deserializer.deserialize_any(StrictVisitor).map(Strict)
+impl<'de> DeserializeSeed<'de> for Budget<'_> {
+    type Value = Value;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+        deserializer.deserialize_any(StrictVisitor(self))
     }
 }
 
-struct StrictVisitor;
+impl Budget<'_> {
+    /// Counts one value.
+    fn take<E: de::Error>(self) -> Result<(), E> {
+        match self.0.get() {
+            0 => Err(E::custom(TOO_MANY_VALUES)),
+            left => {
+                self.0.set(left - 1);
+                Ok(())
+            }
+        }
+    }
+}
 
-impl<'de> Visitor<'de> for StrictVisitor {
+struct StrictVisitor<'a>(Budget<'a>);
+
+impl<'de> Visitor<'de> for StrictVisitor<'_> {
     type Value = Value;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a JSON value")
     }
 
-    fn visit_bool<E>(self, b: bool) -> Result<Value, E> {
+    fn visit_bool<E: de::Error>(self, b: bool) -> Result<Value, E> {
+        self.0.take()?;
         Ok(Value::Bool(b))
     }
 
-    fn visit_i64<E>(self, n: i64) -> Result<Value, E> {
+    fn visit_i64<E: de::Error>(self, n: i64) -> Result<Value, E> {
+        self.0.take()?;
         Ok(Value::Number(n.into()))
     }
 
-    fn visit_u64<E>(self, n: u64) -> Result<Value, E> {
+    fn visit_u64<E: de::Error>(self, n: u64) -> Result<Value, E> {
+        self.0.take()?;
         Ok(Value::Number(n.into()))
     }
 
-    fn visit_f64<E>(self, n: f64) -> Result<Value, E> {
+    fn visit_f64<E: de::Error>(self, n: f64) -> Result<Value, E> {
+        self.0.take()?;
         // As serde_json's own `Value`: JSON text has no non-finite numbers.
         Ok(serde_json::Number::from_f64(n).map_or(Value::Null, Value::Number))
     }
 
-    fn visit_str<E>(self, s: &str) -> Result<Value, E> {
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<Value, E> {
+        self.0.take()?;
         Ok(Value::String(s.to_owned()))
     }
 
-    fn visit_string<E>(self, s: String) -> Result<Value, E> {
+    fn visit_string<E: de::Error>(self, s: String) -> Result<Value, E> {
+        self.0.take()?;
         Ok(Value::String(s))
     }
 
-    fn visit_unit<E>(self) -> Result<Value, E> {
+    fn visit_unit<E: de::Error>(self) -> Result<Value, E> {
+        self.0.take()?;
         Ok(Value::Null)
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        self.0.take()?;
         let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0));
-        while let Some(Strict(item)) = seq.next_element()? {
+        while let Some(item) = seq.next_element_seed(self.0)? {
             items.push(item);
         }
         Ok(Value::Array(items))
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        self.0.take()?;
         let mut object = Map::new();
         while let Some(key) = map.next_key::<String>()? {
-            let Strict(value) = map.next_value()?;
+            let value = map.next_value_seed(self.0)?;
             match object.entry(key) {
                 Entry::Vacant(slot) => {
                     slot.insert(value);
@@ -127,7 +198,30 @@ pub fn checkpoint(value: Option<Value>) -> Result<Option<(u64, String)>, &'stati
 mod tests {
     use serde_json::json;
 
-    use super::json;
+    use super::{JSON_VALUES_MAX, JsonRefusal, json};
+
+    #[test]
+    fn a_text_holds_at_most_json_values_max_values() {
+        let n = JSON_VALUES_MAX;
+        // An array and n - 1 numbers: n values.
+        let most = format!("[{}0]", "0,".repeat(n - 2));
+        assert_eq!(
+            json(most.as_bytes()).unwrap().as_array().map(Vec::len),
+            Some(n - 1)
+        );
+        let over = format!("[{}0]", "0,".repeat(n - 1));
+        assert!(matches!(json(over.as_bytes()), Err(JsonRefusal::TooManyValues)));
+        // Containers count as values too, nested or not.
+        let arrays = format!("[{}[]]", "[],".repeat(n));
+        assert!(matches!(json(arrays.as_bytes()), Err(JsonRefusal::TooManyValues)));
+        let objects = format!("{{\"a\":[{}{{}}]}}", "{\"b\":null},".repeat(n / 2));
+        assert!(matches!(
+            json(objects.as_bytes()),
+            Err(JsonRefusal::TooManyValues)
+        ));
+        // A syntax error is not a count.
+        assert!(matches!(json(b"[1,"), Err(JsonRefusal::Invalid(_))));
+    }
 
     #[test]
     fn json_reads_what_serde_json_reads() {

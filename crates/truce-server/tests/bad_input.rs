@@ -985,6 +985,28 @@ fn limits_that_take_setup_answer_as_documented() {
         413,
         "limit_exceeded",
     );
+    // More values than a body may hold (JSON_VALUES_MAX): 3 MB of empty
+    // arrays took some 200 MB to read; the fast path's PATCH likewise.
+    let values = truce_server::wire::JSON_VALUES_MAX;
+    let arrays = format!("[{}[]]", "[],".repeat(values));
+    for (method, path) in [
+        ("POST", "/v1/tx"),
+        ("PATCH", "/v1/c/t/w0"),
+        ("POST", "/v1/c/t/_push"),
+    ] {
+        let answer =
+            send_raw(server.addr, &request(method, path, &[], arrays.as_bytes())).expect("an answer");
+        assert_eq!(answer.status, 413, "{method} {path}: {}", answer.text);
+        assert_eq!(answer.body["error"], "limit_exceeded", "{}", answer.text);
+        assert!(answer.text.contains("JSON_VALUES_MAX"), "{}", answer.text);
+    }
+    // As many as it may: read (and then refused for its shape).
+    let most = format!("[{}0]", "0,".repeat(values - 2));
+    expect(
+        request("POST", "/v1/tx", &[], most.as_bytes()),
+        400,
+        "invalid_transaction",
+    );
 }
 
 /// The server's `HEADER_READ_TIMEOUT_MS` (serve.rs): how long a client may take

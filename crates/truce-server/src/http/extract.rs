@@ -160,9 +160,16 @@ impl FromRequest<Arc<AppState>> for JsonBody {
 }
 
 /// A request body parsed as JSON, or `invalid_json` (an object that names a
-/// key twice too: [`truce_server::wire::json`]).
+/// key twice too: [`truce_server::wire::json`]); 413 `limit_exceeded` past
+/// [`truce_server::wire::JSON_VALUES_MAX`] values.
 pub fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
-    truce_server::wire::json(bytes).map_err(|e| ApiError::InvalidJson(format!("body: {e}")))
+    truce_server::wire::json(bytes).map_err(|e| match e {
+        truce_server::wire::JsonRefusal::TooManyValues => ApiError::Engine(truce::Error::LimitExceeded {
+            what: "JSON_VALUES_MAX",
+            limit: truce_server::wire::JSON_VALUES_MAX as u64,
+        }),
+        truce_server::wire::JsonRefusal::Invalid(_) => ApiError::InvalidJson(format!("body: {e}")),
+    })
 }
 
 /// Path parameters; undecodable ones are `invalid_id`.
