@@ -16,6 +16,11 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
 pub const DEFAULT_DATA: &str = "./truce-data";
 /// Largest request body: a full transaction (16 MiB of documents) plus JSON overhead.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 20 * 1024 * 1024;
+/// Default memory for request bodies being received, MiB (`--body-memory-mib`):
+/// a dozen of the largest bodies at once, and thousands of ordinary ones.
+/// Without it, bodies sent a byte at a time were bounded only by the requests
+/// in flight, 4,096 of 20 MiB (an audit held 2.4 GB with 100).
+pub const DEFAULT_BODY_MEMORY_MIB: u64 = 256;
 /// Longest a non-streaming request may take before it is answered 503.
 pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 30_000;
 /// Requests served at once; past this they are refused with 429 at once.
@@ -213,6 +218,12 @@ pub struct ServeArgs {
     /// answers that report nothing done (reads, 4xx) are replaced by 429.
     #[arg(long, env = "TRUCE_ANSWER_MEMORY_MIB")]
     pub answer_memory_mib: Option<u64>,
+    /// Memory for request bodies being received, in MiB, 1 to 65536, at least
+    /// --max-body-bytes [default: 256]. A body counts from its first byte
+    /// until it is read whole; a request whose body would pass this is
+    /// answered 429.
+    #[arg(long, env = "TRUCE_BODY_MEMORY_MIB")]
+    pub body_memory_mib: Option<u64>,
     /// How long an answer may make no progress before it may be dropped to
     /// make room for others, in ms, 1000 to 3600000 [default: 30000]; a
     /// connection whose writes stay blocked (its client reading nothing) for
@@ -296,6 +307,7 @@ struct FileSettings {
     request_timeout_ms: Option<u64>,
     max_concurrent_requests: Option<usize>,
     answer_memory_mib: Option<u64>,
+    body_memory_mib: Option<u64>,
     answer_stall_ms: Option<u64>,
     hot_spots: Option<usize>,
     cache_mib: Option<u64>,
@@ -330,6 +342,8 @@ pub struct Settings {
     pub max_concurrent_requests: usize,
     /// Memory for answers being sent, MiB.
     pub answer_memory_mib: u64,
+    /// Memory for request bodies being received, MiB.
+    pub body_memory_mib: u64,
     /// How long an answer may stall before it may be dropped, ms.
     pub answer_stall_ms: u64,
     /// Hot-spot tracker capacity per minute.
@@ -397,6 +411,10 @@ impl ServeArgs {
                 .answer_memory_mib
                 .or(file.answer_memory_mib)
                 .unwrap_or(DEFAULT_ANSWER_MEMORY_MIB),
+            body_memory_mib: self
+                .body_memory_mib
+                .or(file.body_memory_mib)
+                .unwrap_or(DEFAULT_BODY_MEMORY_MIB),
             answer_stall_ms: self
                 .answer_stall_ms
                 .or(file.answer_stall_ms)
@@ -481,6 +499,14 @@ impl ServeArgs {
         }
         if !(1..=65_536).contains(&settings.answer_memory_mib) {
             return Err("answer_memory_mib must be 1 to 65536".into());
+        }
+        if !(1..=65_536).contains(&settings.body_memory_mib)
+            || (settings.body_memory_mib << 20) < settings.max_body_bytes as u64
+        {
+            return Err(
+                "body_memory_mib must be 1 to 65536, and hold a body of max_body_bytes (or no request could send one)"
+                    .into(),
+            );
         }
         if !(1_000..=3_600_000).contains(&settings.answer_stall_ms) {
             return Err("answer_stall_ms must be 1000 to 3600000".into());

@@ -246,6 +246,9 @@ fn serve_with(settings: Settings) -> Result<(), String> {
         backups,
         config_changes: Arc::default(),
         max_body_bytes: settings.max_body_bytes,
+        bodies: Arc::new(Semaphore::new(
+            usize::try_from(settings.body_memory_mib << 20).unwrap_or(Semaphore::MAX_PERMITS),
+        )),
         stopping,
         server_errors: Default::default(),
     });

@@ -1138,6 +1138,71 @@ fn slow_loris_connections_are_cut_off_and_others_are_served() {
     assert_serving(addr, "after");
 }
 
+/// Bodies being received count against `--body-memory-mib`: while one
+/// sent in part holds most of it, a body that would pass it is refused with
+/// 429 (through the document routes' direct path and the router alike), and
+/// once that one is gone the same requests are served. A body sent a byte at
+/// a time used to be held whatever the others held.
+#[test]
+fn bodies_being_received_share_a_memory_budget() {
+    let server = Server::start_with(&["--max-body-bytes", "1000000", "--body-memory-mib", "1"]);
+    let addr = server.addr;
+    let mut held = TcpStream::connect(addr).expect("connect");
+    held.write_all(
+        b"PUT /v1/c/t/held HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n\
+          content-length: 1000000\r\n\r\n{\"a\":\"",
+    )
+    .expect("headers");
+    held.write_all(&vec![b'x'; 900_000]).expect("most of a body");
+    // Written whatever is there (version -1), as often as it takes.
+    let big = "y".repeat(200_000);
+    let doc = format!(r#"{{"_version":-1,"a":"{big}"}}"#);
+    let tx = format!(r#"{{"ops":[{{"op":"put","c":"t","id":"tx","version":-1,"doc":{{"a":"{big}"}}}}]}}"#);
+    let sent = || {
+        [
+            send_raw(addr, &put("/v1/c/t/direct", &doc)).expect("an answer"),
+            send_raw(addr, &request("POST", "/v1/tx", &[], tx.as_bytes())).expect("an answer"),
+        ]
+    };
+    // The held body's bytes reach the server in a moment.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let refused = loop {
+        let answers = sent();
+        if answers.iter().all(|a| a.status == 429) || Instant::now() > deadline {
+            break answers;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    for answer in &refused {
+        assert_eq!(answer.status, 429, "{}", answer.text);
+        assert_eq!(answer.body["error"], "overloaded", "{}", answer.text);
+        assert!(answer.text.contains("body_memory_mib"), "{}", answer.text);
+        assert!(
+            answer.text.to_lowercase().contains("retry-after: 1"),
+            "{}",
+            answer.text
+        );
+    }
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let served = loop {
+        let answers = sent();
+        if answers.iter().all(|a| a.status == 201 || a.status == 200) || Instant::now() > deadline {
+            break answers;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    for answer in &served {
+        assert!(matches!(answer.status, 200 | 201), "{}", answer.text);
+    }
+    // A budget that could not hold one largest body is refused at startup.
+    let ran = common::run_bounded(
+        &["serve", "--max-body-bytes", "2000000", "--body-memory-mib", "1"],
+        common::RUN_BOUND,
+    );
+    assert!(ran.stderr.contains("body_memory_mib must be"), "{}", ran.stderr);
+}
+
 /// A body that stops arriving is answered 408 once nothing of it has come
 /// for `BODY_IDLE_TIMEOUT_MS` (10 s), on the document routes' direct path and
 /// through the router alike, and nothing is written; a slow body that keeps

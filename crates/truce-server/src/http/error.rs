@@ -45,6 +45,8 @@ pub enum ApiError {
     Overloaded,
     /// Too many answers not read yet by their clients (`answers.rs`).
     AnswersUnread,
+    /// The request bodies being received take all of `--body-memory-mib`.
+    BodiesOverBudget,
     /// The request took longer than its timeout.
     Timeout,
     /// The request body stopped arriving.
@@ -172,6 +174,13 @@ impl ApiError {
                 "overloaded",
                 "too many answers are waiting for their clients to read them (answer_memory_mib); nothing was \
                  done; retry after a short pause"
+                    .into(),
+            ),
+            ApiError::BodiesOverBudget => plain(
+                StatusCode::TOO_MANY_REQUESTS,
+                "overloaded",
+                "the request bodies being received take all the memory the server keeps for them \
+                 (body_memory_mib); nothing was done; retry after a short pause"
                     .into(),
             ),
             ApiError::BodyTimeout => plain(

@@ -130,6 +130,85 @@ pub fn declared_within(headers: &HeaderMap, limit: usize) -> Result<(), ApiError
     }
 }
 
+/// A request body whose bytes are counted against the server's memory for
+/// bodies being received (`--body-memory-mib`, `AppState::bodies`) from the
+/// frame they arrive in until the body is dropped (read whole, or given up):
+/// a frame the budget cannot hold fails the body with [`BodiesOverBudget`].
+pub struct Charged<B> {
+    inner: B,
+    budget: Arc<tokio::sync::Semaphore>,
+    held: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl<B> Charged<B> {
+    /// `inner`, counted against `budget` (one permit a byte).
+    pub fn new(inner: B, budget: Arc<tokio::sync::Semaphore>) -> Charged<B> {
+        Charged {
+            inner,
+            budget,
+            held: None,
+        }
+    }
+}
+
+/// What a [`Charged`] body fails with.
+#[derive(Debug)]
+pub struct BodiesOverBudget;
+
+impl std::fmt::Display for BodiesOverBudget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the request bodies being received take all of --body-memory-mib")
+    }
+}
+
+impl std::error::Error for BodiesOverBudget {}
+
+impl<B> hyper::body::Body for Charged<B>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let frame = match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => frame,
+            Poll::Ready(other) => return Poll::Ready(other.map(|f| f.map_err(Into::into))),
+            Poll::Pending => return Poll::Pending,
+        };
+        if let Some(data) = frame.data_ref().filter(|d| !d.is_empty()) {
+            let bytes = u32::try_from(data.len()).unwrap_or(u32::MAX);
+            match Arc::clone(&this.budget).try_acquire_many_owned(bytes) {
+                Ok(permit) => match &mut this.held {
+                    Some(held) => held.merge(permit),
+                    None => this.held = Some(permit),
+                },
+                Err(_) => return Poll::Ready(Some(Err(Box::new(BodiesOverBudget)))),
+            }
+        }
+        Poll::Ready(Some(Ok(frame)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Whether `error`, or an error it was caused by, is a body the budget for
+/// bodies could not hold.
+pub fn over_budget(error: &(dyn std::error::Error + 'static)) -> bool {
+    std::iter::successors(Some(error), |e| e.source()).any(|e| e.is::<BodiesOverBudget>())
+}
+
 /// Whether `error`, or an error it was caused by, is a stalled body.
 pub fn stalled(error: &(dyn std::error::Error + 'static)) -> bool {
     std::iter::successors(Some(error), |e| e.source()).any(|e| e.is::<BodyStalled>())
@@ -145,9 +224,11 @@ impl FromRequest<Arc<AppState>> for JsonBody {
 
     async fn from_request(req: Request, state: &Arc<AppState>) -> Result<JsonBody, ApiError> {
         declared_within(req.headers(), state.max_body_bytes)?;
-        let req = req.map(|body| Body::new(Idle::new(body)));
+        let req = req.map(|body| Body::new(Idle::new(Charged::new(body, Arc::clone(&state.bodies)))));
         let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
-            if stalled(&rejection) {
+            if over_budget(&rejection) {
+                ApiError::BodiesOverBudget
+            } else if stalled(&rejection) {
                 ApiError::BodyTimeout
             } else if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::PayloadTooLarge(rejection.body_text())

@@ -29,7 +29,7 @@ use tower::Service;
 
 use super::documents::{self, DocumentCall};
 use super::error::ApiError;
-use super::extract::{BodyStalled, Idle, declared_within, parse_json};
+use super::extract::{BodyStalled, Charged, Idle, declared_within, over_budget, parse_json};
 use super::{AppState, Observed, RouteName, limited, principal, timed};
 
 /// The document route's template, as the router names it in metrics and logs.
@@ -118,7 +118,7 @@ async fn serve_document(
             let call = DocumentCall::new(&state, &who, (coll, id), &parts.headers, parts.uri.query());
             let answer = match parts.method {
                 Method::GET => documents::read(call),
-                ref method => match body_json(&parts.headers, body, state.max_body_bytes).await {
+                ref method => match body_json(&parts.headers, body, &state).await {
                     Ok(value) if method == Method::PUT => documents::put(call, value).await,
                     Ok(value) => documents::patch(call, value).await,
                     Err(e) => Err(e),
@@ -136,15 +136,21 @@ async fn serve_document(
 
 /// The body read within the limit and parsed, with the errors the `JsonBody`
 /// extractor gives: `payload_too_large` over the limit, `invalid_json` for a
-/// body that cannot be read or is not JSON.
+/// body that cannot be read or is not JSON, `overloaded` past the memory for
+/// bodies.
 async fn body_json(
     headers: &HeaderMap,
     body: Incoming,
-    max_body_bytes: usize,
+    state: &AppState,
 ) -> Result<serde_json::Value, ApiError> {
-    declared_within(headers, max_body_bytes)?;
-    let bytes: Bytes = match Limited::new(Idle::new(body), max_body_bytes).collect().await {
+    declared_within(headers, state.max_body_bytes)?;
+    let charged = Charged::new(body, Arc::clone(&state.bodies));
+    let bytes: Bytes = match Limited::new(Idle::new(charged), state.max_body_bytes)
+        .collect()
+        .await
+    {
         Ok(collected) => collected.to_bytes(),
+        Err(e) if over_budget(&*e) => return Err(ApiError::BodiesOverBudget),
         Err(e) if e.is::<BodyStalled>() => return Err(ApiError::BodyTimeout),
         Err(e) if e.is::<LengthLimitError>() => {
             return Err(ApiError::PayloadTooLarge(format!(

@@ -57,6 +57,9 @@ pub struct AppState {
     pub answers: Arc<answers::Answers>,
     /// The largest request body (`--max-body-bytes`).
     pub max_body_bytes: usize,
+    /// Memory for request bodies being received, one permit a byte
+    /// (`--body-memory-mib`, `extract::Charged`).
+    pub bodies: Arc<Semaphore>,
     /// Non-streaming requests time out after this.
     pub request_timeout: Duration,
     /// `/metrics`: the engine's counters and request latency.
