@@ -102,6 +102,17 @@ pub struct FjallStorage {
     dir: std::path::PathBuf,
     spaces: Arc<Vec<(Space, Keyspace)>>,
     zero_ahead: Mutex<ZeroAhead>,
+    /// Held to write while a batch is committed, to read while a snapshot
+    /// is opened: a snapshot holds whole batches. fjall publishes a batch's
+    /// sequence number once all of it is in the memtables, but a flush or
+    /// compaction finishing meanwhile publishes a later one (lsm-tree's
+    /// `SuperVersions::upgrade_version` takes the next number and makes it
+    /// visible without the journal's lock), and a snapshot opened then saw
+    /// the batch's first inserts and not the rest: half a transaction, a
+    /// document past the snapshot's own `last_seq`, and a recount that
+    /// "fixed" an exact counter wrongly (found by a history check under
+    /// load, 2026-12-06). A snapshot waits at most for one commit.
+    commits: std::sync::RwLock<()>,
 }
 
 fn backend(e: fjall::Error) -> StorageError {
@@ -175,6 +186,7 @@ impl FjallStorage {
             dir: dir.to_path_buf(),
             spaces: Arc::new(spaces),
             zero_ahead: Mutex::new(ZeroAhead::new(dir)),
+            commits: std::sync::RwLock::new(()),
         })
     }
 
@@ -333,8 +345,12 @@ impl Storage for FjallStorage {
     }
 
     fn snapshot(&self) -> Result<Box<dyn StorageRead>, StorageError> {
+        let snapshot = {
+            let _between_commits = self.commits.read().unwrap_or_else(|p| p.into_inner());
+            self.db.snapshot()
+        };
         Ok(Box::new(FjallSnapshot {
-            snapshot: self.db.snapshot(),
+            snapshot,
             spaces: Arc::clone(&self.spaces),
         }))
     }
@@ -361,7 +377,10 @@ impl Storage for FjallStorage {
                 None => fjall_batch.remove(keyspace, write.key),
             }
         }
-        fjall_batch.commit().map_err(backend)?;
+        {
+            let _committing = self.commits.write().unwrap_or_else(|p| p.into_inner());
+            fjall_batch.commit().map_err(backend)?;
+        }
         // The batch reached the journal; pretend its fsync failed. Whether it
         // survives is then unknown, as after a real fsync error.
         fail::fail_point!("storage::fsync", durability == Durability::Immediate, |_| Err(
@@ -374,6 +393,73 @@ impl Storage for FjallStorage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A snapshot holds whole batches: none opened while a batch is being put
+    /// into the memtables sees part of it. fjall publishes a batch's
+    /// sequence number only after its inserts, but a flush worker finishing
+    /// meanwhile publishes a later one of its own (lsm-tree's
+    /// `upgrade_version`), which a snapshot opened then would read past the
+    /// batch's first inserts. Here every batch writes all keys with one
+    /// generation while memtables are rotated (so flushed) all along; every
+    /// snapshot must see one generation.
+    #[test]
+    fn a_snapshot_never_holds_part_of_a_batch() {
+        const KEYS: u32 = 200;
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Arc::new(FjallStorage::open(dir.path()).unwrap());
+        let value = |generation: u32| generation.to_be_bytes().repeat(64);
+        let write = |generation: u32| {
+            let mut batch = WriteBatch::new();
+            for key in 0..KEYS {
+                batch.put(Space::Documents, key.to_be_bytes().to_vec(), value(generation));
+            }
+            storage.apply(batch, Durability::Relaxed).unwrap();
+        };
+        write(0);
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let torn = std::thread::scope(|scope| {
+            scope.spawn(|| {
+                for generation in 1.. {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
+                    write(generation);
+                }
+            });
+            scope.spawn(|| {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = storage.keyspace(Space::Documents).rotate_memtable();
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+            });
+            let mut torn = None;
+            while torn.is_none() && std::time::Instant::now() < deadline {
+                let view = storage.snapshot().unwrap();
+                let entries = view
+                    .scan(
+                        Space::Documents,
+                        Bound::Unbounded,
+                        Bound::Unbounded,
+                        Direction::Forward,
+                        usize::MAX,
+                    )
+                    .unwrap();
+                let mut generations: Vec<&[u8]> = entries.iter().map(|(_, v)| &v[..4]).collect();
+                generations.dedup();
+                if entries.len() != KEYS as usize || generations.len() != 1 {
+                    torn = Some(format!(
+                        "{} keys, {} generations",
+                        entries.len(),
+                        generations.len()
+                    ));
+                }
+            }
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            torn
+        });
+        assert_eq!(torn, None, "a snapshot held part of a batch");
+    }
 
     #[test]
     fn the_free_space_is_that_of_the_data_directorys_filesystem() {
