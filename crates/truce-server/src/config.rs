@@ -207,7 +207,7 @@ pub struct ServeArgs {
     #[arg(long, env = "TRUCE_REQUEST_TIMEOUT_MS")]
     pub request_timeout_ms: Option<u64>,
     /// Requests served at once before refusing with 429, 1 to 1000000
-    /// [default: 4096]; long polls of the change feed have as many again of
+    /// [default: 4096]; long polls and event streams of the change feed have as many again of
     /// their own, and /healthz is always answered.
     #[arg(long, env = "TRUCE_MAX_CONCURRENT_REQUESTS")]
     pub max_concurrent_requests: Option<usize>,

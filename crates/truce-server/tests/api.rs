@@ -3103,6 +3103,60 @@ fn sigterm_under_load_exits_cleanly_and_keeps_acknowledged_writes() {
     );
 }
 
+/// Event streams count against the long polls' places
+/// (`--max-concurrent-requests` of them) for as long as they are open: past
+/// that a stream or long poll is refused with 429, other requests are
+/// served, and a stream whose client went away gives its place back. They
+/// were unbounded, and every commit wakes every open stream.
+#[test]
+fn event_streams_are_bounded_and_give_their_place_back() {
+    let server = Server::start_with(&["--max-concurrent-requests", "2"]);
+    let api = Api::new(&server);
+    api.put("/v1/c/st/first", json!({})).ok(201);
+    let client = Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let open = |path: &str| {
+        client
+            .get(format!("{}{path}", server.url()))
+            .send()
+            .expect("a stream request")
+    };
+    let sse = open("/v1/c/st/_changes?feed=sse&since=now");
+    assert_eq!(sse.status(), 200);
+    let pull = open("/v1/c/st/_pull/stream");
+    assert_eq!(pull.status(), 200);
+    for path in [
+        "/v1/c/st/_changes?feed=sse&since=now",
+        "/v1/c/st/_pull/stream",
+        "/v1/c/st/_changes?feed=longpoll&since=now&timeout=100",
+    ] {
+        let refused = open(path);
+        assert_eq!(refused.status(), 429, "{path}");
+        assert!(refused.headers().contains_key("retry-after"), "{path}");
+    }
+    api.get("/v1/c/st/first").ok(200);
+    // The client goes; the server finds out at its next event and lets the
+    // place go.
+    drop(pull);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let written = api.put(
+            "/v1/c/st/next",
+            json!({"_version": -1, "at": format!("{:?}", Instant::now())}),
+        );
+        assert!(matches!(written.status, 200 | 201), "{}", written.text);
+        let again = open("/v1/c/st/_pull/stream");
+        if again.status() == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the place was not given back");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(sse);
+}
+
 /// At a shutdown signal, long-lived reads end at once and cleanly, so that
 /// their clients resume on the next server without waiting out the grace
 /// period: a long poll (`/v1` and `/couch`) answers what it has — no change,

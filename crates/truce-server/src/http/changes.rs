@@ -181,14 +181,17 @@ async fn feed(
                         .into(),
                 ));
             }
+            let place = super::stream_permit(&state)?;
             let sub =
                 state
                     .db
                     .subscribe(request.collection.as_deref(), request.since, request.include_docs)?;
             let keep_alive = KeepAlive::new().interval(Duration::from_millis(SSE_KEEPALIVE_MS));
-            Ok(Sse::new(sse_events(sub, with_collection, standing))
-                .keep_alive(keep_alive)
-                .into_response())
+            Ok(
+                Sse::new(super::holding(sse_events(sub, with_collection, standing), place))
+                    .keep_alive(keep_alive)
+                    .into_response(),
+            )
         }
         other => Err(ApiError::BadRequest(
             "invalid_query",

@@ -50,8 +50,11 @@ pub struct AppState {
     pub keys: KeyStore,
     /// Requests being served; none waits for a permit.
     pub permits: Arc<Semaphore>,
-    /// Long polls waiting, as many again: held for up to two minutes each,
-    /// they would otherwise take every request's permit (and `/healthz`'s).
+    /// Long polls waiting and event streams open, as many again: held for
+    /// up to two minutes (a long poll) or for good (a stream), they would
+    /// otherwise take every request's permit (and `/healthz`'s). A stream
+    /// holds its permit until it ends (`stream_permit`): every commit wakes
+    /// every open stream, so an unbounded number of them slowed all writes.
     pub long_polls: Arc<Semaphore>,
     /// Answers being sent, counted against `--answer-memory-mib`.
     pub answers: Arc<answers::Answers>,
@@ -333,6 +336,26 @@ fn permits_of<'a>(state: &'a AppState, uri: &Uri) -> Option<&'a Semaphore> {
     } else {
         Some(&state.permits)
     }
+}
+
+/// A place among [`AppState::long_polls`] for an event stream, held until
+/// the stream is dropped; `overloaded` when none is free.
+pub fn stream_permit(state: &AppState) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+    Arc::clone(&state.long_polls)
+        .try_acquire_owned()
+        .map_err(|_| ApiError::Overloaded)
+}
+
+/// `stream`, holding `place` until it is dropped (its client gone, or its
+/// end).
+pub fn holding<S: futures_util::Stream>(
+    stream: S,
+    place: tokio::sync::OwnedSemaphorePermit,
+) -> impl futures_util::Stream<Item = S::Item> {
+    futures_util::StreamExt::map(stream, move |item| {
+        let _held = &place;
+        item
+    })
 }
 
 /// `serve`'s response while one of `permits` is free, `overloaded` at once

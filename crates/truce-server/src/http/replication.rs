@@ -621,11 +621,14 @@ pub async fn pull_stream(
     authorize(&who, Role::Read, Some(&coll))?;
     let shape = Shape::of(&params)?;
     let standing = Standing::of(&state, &headers, Some(&coll));
+    let place = super::stream_permit(&state)?;
     let sub = state.db.subscribe(Some(&coll), state.db.durable_seq(), true)?;
     let keep_alive = KeepAlive::new().interval(Duration::from_millis(STREAM_KEEPALIVE_MS));
-    Ok(Sse::new(stream_events(sub, shape, standing))
-        .keep_alive(keep_alive)
-        .into_response())
+    Ok(
+        Sse::new(super::holding(stream_events(sub, shape, standing), place))
+            .keep_alive(keep_alive)
+            .into_response(),
+    )
 }
 
 /// One event per commit batch, until the engine fails or the caller's key may
