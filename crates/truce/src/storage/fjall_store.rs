@@ -102,17 +102,20 @@ pub struct FjallStorage {
     dir: std::path::PathBuf,
     spaces: Arc<Vec<(Space, Keyspace)>>,
     zero_ahead: Mutex<ZeroAhead>,
-    /// Held to write while a batch is committed, to read while a snapshot
-    /// is opened: a snapshot holds whole batches. fjall publishes a batch's
-    /// sequence number once all of it is in the memtables, but a flush or
-    /// compaction finishing meanwhile publishes a later one (lsm-tree's
-    /// `SuperVersions::upgrade_version` takes the next number and makes it
-    /// visible without the journal's lock), and a snapshot opened then saw
-    /// the batch's first inserts and not the rest: half a transaction, a
-    /// document past the snapshot's own `last_seq`, and a recount that
-    /// "fixed" an exact counter wrongly (found by a history check under
-    /// load, 2026-12-06). A snapshot waits at most for one commit.
-    commits: std::sync::RwLock<()>,
+    /// The snapshot every reader is handed a copy of: taken by the writer
+    /// right after each batch, while no other batch can be in flight, so it
+    /// holds whole batches. fjall's own `snapshot()` does not promise that:
+    /// it publishes a batch's sequence number once all of it is in the
+    /// memtables, but a flush or compaction finishing meanwhile publishes a
+    /// later one (lsm-tree's `SuperVersions::upgrade_version` takes the next
+    /// number and makes it visible without the journal's lock), and a
+    /// snapshot opened then saw the batch's first inserts and not the rest:
+    /// half a transaction, a document past the snapshot's own `last_seq`,
+    /// and a recount that "fixed" an exact counter wrongly (found by a
+    /// history check under load, 2026-12-06). A reader never waits for a
+    /// commit: while one is in flight it gets the one before, which is all
+    /// that was acknowledged.
+    latest: Mutex<fjall::Snapshot>,
 }
 
 fn backend(e: fjall::Error) -> StorageError {
@@ -181,12 +184,14 @@ impl FjallStorage {
             })
             .collect::<Result<Vec<_>, StorageError>>()?;
         drop_legacy_log(&db)?;
+        // Nothing is being written while the database opens.
+        let latest = Mutex::new(db.snapshot());
         Ok(FjallStorage {
             db,
             dir: dir.to_path_buf(),
             spaces: Arc::new(spaces),
             zero_ahead: Mutex::new(ZeroAhead::new(dir)),
-            commits: std::sync::RwLock::new(()),
+            latest,
         })
     }
 
@@ -345,10 +350,7 @@ impl Storage for FjallStorage {
     }
 
     fn snapshot(&self) -> Result<Box<dyn StorageRead>, StorageError> {
-        let snapshot = {
-            let _between_commits = self.commits.read().unwrap_or_else(|p| p.into_inner());
-            self.db.snapshot()
-        };
+        let snapshot = self.latest.lock().unwrap_or_else(|p| p.into_inner()).clone();
         Ok(Box::new(FjallSnapshot {
             snapshot,
             spaces: Arc::clone(&self.spaces),
@@ -377,10 +379,9 @@ impl Storage for FjallStorage {
                 None => fjall_batch.remove(keyspace, write.key),
             }
         }
-        {
-            let _committing = self.commits.write().unwrap_or_else(|p| p.into_inner());
-            fjall_batch.commit().map_err(backend)?;
-        }
+        fjall_batch.commit().map_err(backend)?;
+        // Still holding `_appending`: no other batch is in flight.
+        *self.latest.lock().unwrap_or_else(|p| p.into_inner()) = self.db.snapshot();
         // The batch reached the journal; pretend its fsync failed. Whether it
         // survives is then unknown, as after a real fsync error.
         fail::fail_point!("storage::fsync", durability == Durability::Immediate, |_| Err(
@@ -417,7 +418,7 @@ mod tests {
         };
         write(0);
         let stop = std::sync::atomic::AtomicBool::new(false);
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         let torn = std::thread::scope(|scope| {
             scope.spawn(|| {
                 for generation in 1.. {
