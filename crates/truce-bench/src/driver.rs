@@ -218,7 +218,8 @@ mod tests {
             let mut first = true;
             while let Some(due) = pacer.next() {
                 // Thread 0's first operation takes three intervals (60 ms):
-                // the two due meanwhile start late, and count from when due.
+                // the two due meanwhile (at 20 and 40 ms) start late, and
+                // count from when due (about 41 and 22 ms, not 1).
                 thread::sleep(Duration::from_millis(if i == 0 && first { 60 } else { 1 }));
                 first = false;
                 recorder.latency(due.elapsed());
@@ -229,9 +230,12 @@ mod tests {
         });
         // 100/s for 0.4 s, in all.
         assert_eq!(totals.ok, 40, "every due operation ran, none more");
+        // Three of the 40 took 15 ms or more: the slow one and the two
+        // that waited behind it.
         assert!(
-            totals.percentile_us(1.0) >= 55_000,
-            "the worst counts from when it was due"
+            totals.percentile_us(0.93) >= 15_000,
+            "the late ones count from when they were due: p93 {} µs",
+            totals.percentile_us(0.93)
         );
     }
 }

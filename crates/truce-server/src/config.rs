@@ -219,7 +219,7 @@ pub struct ServeArgs {
     #[arg(long, env = "TRUCE_ANSWER_MEMORY_MIB")]
     pub answer_memory_mib: Option<u64>,
     /// Memory for request bodies being received, in MiB, 1 to 65536, at least
-    /// --max-body-bytes [default: 256]. A body counts from its first byte
+    /// --max-body-bytes [default: 256, or --max-body-bytes if more]. A body counts from its first byte
     /// until it is read whole; a request whose body would pass this is
     /// answered 429.
     #[arg(long, env = "TRUCE_BODY_MEMORY_MIB")]
@@ -389,16 +389,17 @@ impl ServeArgs {
             }
         };
         let default_listen: SocketAddr = DEFAULT_LISTEN.parse().map_err(|e| format!("{e}"))?;
+        let max_body_bytes = self
+            .max_body_bytes
+            .or(file.max_body_bytes)
+            .unwrap_or(DEFAULT_MAX_BODY_BYTES);
         let settings = Settings {
             listen: self.listen.or(file.listen).unwrap_or(default_listen),
             data: data_dir(self.data.clone(), file.data),
             log_format: self.log_format.or(file.log_format).unwrap_or_default(),
             insecure_no_auth: self.insecure_no_auth.or(file.insecure_no_auth).unwrap_or(false),
             tls,
-            max_body_bytes: self
-                .max_body_bytes
-                .or(file.max_body_bytes)
-                .unwrap_or(DEFAULT_MAX_BODY_BYTES),
+            max_body_bytes,
             request_timeout_ms: self
                 .request_timeout_ms
                 .or(file.request_timeout_ms)
@@ -411,10 +412,12 @@ impl ServeArgs {
                 .answer_memory_mib
                 .or(file.answer_memory_mib)
                 .unwrap_or(DEFAULT_ANSWER_MEMORY_MIB),
+            // By default room for one body of the largest size at least, so
+            // that a server set to take bodies past 256 MiB still starts.
             body_memory_mib: self
                 .body_memory_mib
                 .or(file.body_memory_mib)
-                .unwrap_or(DEFAULT_BODY_MEMORY_MIB),
+                .unwrap_or_else(|| DEFAULT_BODY_MEMORY_MIB.max((max_body_bytes as u64).div_ceil(1 << 20))),
             answer_stall_ms: self
                 .answer_stall_ms
                 .or(file.answer_stall_ms)

@@ -20,8 +20,10 @@
 //! gets at most one thread's CPU (open more connections than threads); and
 //! connections are dealt out in turn whatever they turn out to do, so long
 //! change-feed streams may gather on one thread. The work that can take
-//! long — queries, feed pages, counts — runs on the blocking pool
-//! (`spawn_blocking`), of which each runtime has its own share.
+//! long — queries, feed pages asked for at once, counts — runs on the
+//! blocking pool (`spawn_blocking`), of which each runtime has its own
+//! share; the pages of a long poll or stream are read on the HTTP thread
+//! when a commit wakes them (bounded by `--max-concurrent-requests`).
 
 use std::future::Future;
 use std::time::Duration;

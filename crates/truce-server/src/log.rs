@@ -14,8 +14,8 @@ pub const THROTTLE_MS: u64 = 1000;
 /// storage answers every write 503; with no files left every accept fails):
 /// logged once per [`THROTTLE_MS`] at most, each line saying how many were
 /// left out before it, so that the log says what happened and how often
-/// without thousands of lines a second burying the rest. `/metrics` counts
-/// every one.
+/// without thousands of lines a second burying the rest. `/metrics`
+/// counts every 5xx answer (failed accepts only in these lines).
 pub struct Throttle {
     started: Instant,
     /// Milliseconds since `started` before which no line is logged.

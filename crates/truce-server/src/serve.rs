@@ -29,10 +29,12 @@ const SHUTDOWN_GRACE_MS: u64 = 10_000;
 pub const HEADER_READ_TIMEOUT_MS: u64 = 10_000;
 
 /// The most an HTTP/1 request line and its headers may take together, in
-/// bytes (hyper's read buffer; past it, 431). With hyper's default, about
-/// 400 KiB, a connection that sent that much of a head and never finished
-/// it held half a megabyte until its header timeout (the buffer grows by
-/// doubling): 5,000 of them took 2.6 GB. 32 KiB is twice Node's default and
+/// bytes (hyper's read buffer, past which a head is 431; bodies are then
+/// read through it 32 KiB at a time, and answers flushed at that size).
+/// With hyper's default, about 400 KiB, a connection that sent that much of
+/// a head and never finished it held half a megabyte until its header
+/// timeout (the buffer grows by doubling): 5,000 of them took 2.6 GB in an
+/// audit's run against a release build. 32 KiB is twice Node's default and
 /// nginx's; ids are at most 512 bytes, cursors 4 KiB.
 pub const HTTP1_HEAD_BYTES_MAX: usize = 32 * 1024;
 
@@ -246,8 +248,8 @@ fn serve_with(settings: Settings) -> Result<(), String> {
         backups,
         config_changes: Arc::default(),
         max_body_bytes: settings.max_body_bytes,
-        bodies: Arc::new(Semaphore::new(
-            usize::try_from(settings.body_memory_mib << 20).unwrap_or(Semaphore::MAX_PERMITS),
+        bodies: Arc::new(http::extract::BodyBudget::new(
+            usize::try_from(settings.body_memory_mib << 20).unwrap_or(usize::MAX),
         )),
         stopping,
         server_errors: Default::default(),

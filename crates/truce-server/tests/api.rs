@@ -2277,31 +2277,43 @@ fn server_errors_are_logged_once_a_second_with_a_count() {
                 .error(507, "insufficient_storage");
         }
     };
+    let started = Instant::now();
     refused(200);
+    // A second later the next one is logged, with the count of those left out.
     std::thread::sleep(Duration::from_millis(1100));
     refused(1);
-    std::thread::sleep(Duration::from_millis(100)); // the log's reader
-    let log = server.log();
-    let lines: Vec<&str> = log.lines().filter(|l| l.contains("status=507")).collect();
+    let took = started.elapsed().as_secs();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let (log, lines, counted) = loop {
+        let log = server.log();
+        let lines: Vec<String> = log
+            .lines()
+            .filter(|l| l.contains("status=507"))
+            .map(str::to_string)
+            .collect();
+        let counted: u64 = lines
+            .iter()
+            .map(|l| {
+                let n = l.split("left_out=").nth(1).and_then(|r| r.split(' ').next());
+                n.and_then(|n| n.parse::<u64>().ok())
+                    .unwrap_or_else(|| panic!("{l}"))
+            })
+            .sum::<u64>()
+            + lines.len() as u64;
+        // The log's reader is a thread of the test: wait for it.
+        if counted >= 201 || Instant::now() > deadline {
+            break (log, lines, counted);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(counted, 201, "every answer logged or counted:\n{log}");
+    // One line a second at most (and the first), not one per answer.
     assert!(
-        (2..=5).contains(&lines.len()),
-        "{} lines of 201 answers:\n{log}",
+        lines.len() >= 2 && lines.len() as u64 <= took + 2,
+        "{} lines of 201 answers in {took} s:\n{log}",
         lines.len()
     );
     assert!(lines[0].contains("left_out=0"), "{log}");
-    let counted: u64 = lines
-        .iter()
-        .map(|l| {
-            let n = l.split("left_out=").nth(1).and_then(|r| r.split(' ').next());
-            n.and_then(|n| n.parse::<u64>().ok())
-                .unwrap_or_else(|| panic!("{l}"))
-        })
-        .sum();
-    assert_eq!(
-        counted + lines.len() as u64,
-        201,
-        "every answer logged or counted:\n{log}"
-    );
 }
 
 /// Answers that must be whole — a pull's page, `/couch` `_changes` and
@@ -3220,13 +3232,16 @@ fn sigterm_answers_long_polls_and_ends_streams() {
         })
     })
     .collect();
-    std::thread::sleep(Duration::from_millis(300));
+    // Time for the long polls to be sent and read.
+    std::thread::sleep(Duration::from_millis(800));
 
     let started = Instant::now();
     let status = server.terminate(); // one SIGTERM (a second would cut the grace short)
     let took = started.elapsed();
     assert!(status.success(), "exit status {status}");
-    let prompt = Duration::from_secs(3);
+    // Under the 10 s grace they used to be held for, with room for a
+    // loaded machine.
+    let prompt = Duration::from_secs(8);
     assert!(
         took < prompt,
         "the long-lived reads held the shutdown for {took:?}"

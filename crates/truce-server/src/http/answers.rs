@@ -56,6 +56,11 @@ pub const DEFAULT_ANSWER_STALL_MS: u64 = 30_000;
 #[derive(Clone, Copy, Debug)]
 pub struct Unwritten;
 
+/// Marks a 4xx that reports something written (a push refused after some
+/// of its rows were): never replaced by 429, which would say nothing was.
+#[derive(Clone, Copy, Debug)]
+pub struct PartlyWritten;
+
 /// The answers being sent, and their bytes.
 pub struct Answers {
     limit_bytes: usize,
@@ -154,8 +159,10 @@ impl Answers {
         if len <= ANSWER_FRAME_BYTES as u64 {
             return response;
         }
-        let refusable =
-            read || response.status().is_client_error() || response.extensions().get::<Unwritten>().is_some();
+        let refusable = (read
+            || response.status().is_client_error()
+            || response.extensions().get::<Unwritten>().is_some())
+            && response.extensions().get::<PartlyWritten>().is_none();
         let (parts, body) = response.into_parts();
         // Our answers are whole bytes already: this does not wait.
         let bytes = match body.collect().await {
@@ -389,9 +396,15 @@ mod tests {
         unwritten.extensions_mut().insert(Unwritten);
         assert_eq!(answers.hold(false, unwritten).await.status(), 429);
         assert_eq!(answers.refused.get(), 3);
-        // A write's answer is sent anyway: the write is done.
+        // A write's answer is sent anyway: the write is done; and so is a
+        // 4xx that reports something written (a push refused part-way).
         let write = answers.hold(false, answer(20_000)).await;
         assert_eq!(write.status(), 200);
+        let mut partly = (StatusCode::CONFLICT, Body::from(vec![b'x'; 20_000])).into_response();
+        partly.extensions_mut().insert(PartlyWritten);
+        let partly = answers.hold(false, partly).await;
+        assert_eq!(partly.status(), 409);
+        drop(partly);
         assert_eq!(held_bytes(&answers), 170_000);
         std::thread::sleep(Duration::from_millis(300));
         // Now the first has made no progress for the stall time (the write's

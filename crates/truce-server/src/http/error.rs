@@ -231,6 +231,9 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, body) = self.status_and_body();
         let mut response = (status, axum::Json(body)).into_response();
+        if let ApiError::PartlyWritten(..) = self {
+            response.extensions_mut().insert(super::answers::PartlyWritten);
+        }
         add_retry_after(&mut response);
         if status == StatusCode::UNAUTHORIZED {
             // RFC 9110 asks every 401 to name its scheme (RFC 6750's Bearer).
@@ -266,6 +269,29 @@ mod tests {
         assert_eq!(
             engine_status("idempotency_key_reused"),
             StatusCode::UNPROCESSABLE_ENTITY
+        );
+    }
+
+    /// A push refused after some rows were written says so, keeps its
+    /// error's status, and is marked so that no answer budget replaces it.
+    #[test]
+    fn a_partly_written_answer_says_how_much_and_is_never_refused() {
+        let error = ApiError::Engine(truce::Error::InsufficientStorage { free: 1, reserve: 2 });
+        let (status, body) = ApiError::PartlyWritten(Box::new(error), 3).status_and_body();
+        assert_eq!(status, StatusCode::INSUFFICIENT_STORAGE);
+        assert_eq!(body["written_rows"], 3);
+        let message = body["message"].as_str().unwrap();
+        assert!(!message.contains("nothing was written"), "{message}");
+        assert!(
+            message.contains("3 row(s) of this push were written"),
+            "{message}"
+        );
+        let response = ApiError::PartlyWritten(Box::new(ApiError::Overloaded), 1).into_response();
+        assert!(
+            response
+                .extensions()
+                .get::<super::super::answers::PartlyWritten>()
+                .is_some()
         );
     }
 

@@ -9,12 +9,12 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::BoxError;
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::path::ErrorKind;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderName, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, header};
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 use truce::{Expect, Origin, Rev};
@@ -130,24 +130,64 @@ pub fn declared_within(headers: &HeaderMap, limit: usize) -> Result<(), ApiError
     }
 }
 
-/// A request body whose bytes are counted against the server's memory for
-/// bodies being received (`--body-memory-mib`, `AppState::bodies`) from the
-/// frame they arrive in until the body is dropped (read whole, or given up):
-/// a frame the budget cannot hold fails the body with [`BodiesOverBudget`].
+/// The server's memory for request bodies being received
+/// (`--body-memory-mib`): bytes taken as they arrive, given back when their
+/// body is dropped. A counter, not a semaphore: nothing waits for room (a
+/// body that finds none is refused), and it is on every write's path.
+pub struct BodyBudget {
+    held: std::sync::atomic::AtomicUsize,
+    max: usize,
+}
+
+impl BodyBudget {
+    /// Room for `max` bytes.
+    pub fn new(max: usize) -> BodyBudget {
+        BodyBudget {
+            held: std::sync::atomic::AtomicUsize::new(0),
+            max,
+        }
+    }
+
+    /// Takes `bytes` if they fit.
+    fn take(&self, bytes: usize) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        let before = self.held.fetch_add(bytes, Relaxed);
+        if before.saturating_add(bytes) > self.max {
+            self.held.fetch_sub(bytes, Relaxed);
+            return false;
+        }
+        true
+    }
+
+    fn give(&self, bytes: usize) {
+        self.held.fetch_sub(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// A request body whose bytes are counted against [`BodyBudget`]
+/// (`AppState::bodies`) from the frame they arrive in until the body is
+/// dropped (read whole, or given up): a frame the budget cannot hold fails
+/// the body with [`BodiesOverBudget`].
 pub struct Charged<B> {
     inner: B,
-    budget: Arc<tokio::sync::Semaphore>,
-    held: Option<tokio::sync::OwnedSemaphorePermit>,
+    budget: Arc<BodyBudget>,
+    held: usize,
 }
 
 impl<B> Charged<B> {
-    /// `inner`, counted against `budget` (one permit a byte).
-    pub fn new(inner: B, budget: Arc<tokio::sync::Semaphore>) -> Charged<B> {
+    /// `inner`, counted against `budget`.
+    pub fn new(inner: B, budget: Arc<BodyBudget>) -> Charged<B> {
         Charged {
             inner,
             budget,
-            held: None,
+            held: 0,
         }
+    }
+}
+
+impl<B> Drop for Charged<B> {
+    fn drop(&mut self) {
+        self.budget.give(self.held);
     }
 }
 
@@ -181,15 +221,11 @@ where
             Poll::Ready(other) => return Poll::Ready(other.map(|f| f.map_err(Into::into))),
             Poll::Pending => return Poll::Pending,
         };
-        if let Some(data) = frame.data_ref().filter(|d| !d.is_empty()) {
-            let bytes = u32::try_from(data.len()).unwrap_or(u32::MAX);
-            match Arc::clone(&this.budget).try_acquire_many_owned(bytes) {
-                Ok(permit) => match &mut this.held {
-                    Some(held) => held.merge(permit),
-                    None => this.held = Some(permit),
-                },
-                Err(_) => return Poll::Ready(Some(Err(Box::new(BodiesOverBudget)))),
+        if let Some(data) = frame.data_ref() {
+            if !this.budget.take(data.len()) {
+                return Poll::Ready(Some(Err(Box::new(BodiesOverBudget))));
             }
+            this.held += data.len();
         }
         Poll::Ready(Some(Ok(frame)))
     }
@@ -203,15 +239,34 @@ where
     }
 }
 
-/// Whether `error`, or an error it was caused by, is a body the budget for
-/// bodies could not hold.
-pub fn over_budget(error: &(dyn std::error::Error + 'static)) -> bool {
-    std::iter::successors(Some(error), |e| e.source()).any(|e| e.is::<BodiesOverBudget>())
+/// Whether `error`, or an error it was caused by, is a `T`.
+fn caused_by<T: std::error::Error + 'static>(error: &(dyn std::error::Error + 'static)) -> bool {
+    std::iter::successors(Some(error), |e| e.source()).any(|e| e.is::<T>())
 }
 
-/// Whether `error`, or an error it was caused by, is a stalled body.
-pub fn stalled(error: &(dyn std::error::Error + 'static)) -> bool {
-    std::iter::successors(Some(error), |e| e.source()).any(|e| e.is::<BodyStalled>())
+/// A request body read whole, within `--max-body-bytes` (`payload_too_large`
+/// past it, before any of it is read when `Content-Length` says so), the
+/// memory for bodies (`overloaded`) and the idle timeout (`request_timeout`);
+/// a body that cannot be read is `invalid_json`. The router's extractor and
+/// the document routes' direct path both read bodies here.
+pub async fn read_body<B>(headers: &HeaderMap, body: B, state: &AppState) -> Result<Bytes, ApiError>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    declared_within(headers, state.max_body_bytes)?;
+    let body = Idle::new(Charged::new(body, Arc::clone(&state.bodies)));
+    match http_body_util::BodyExt::collect(http_body_util::Limited::new(body, state.max_body_bytes)).await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if caused_by::<BodiesOverBudget>(&*e) => Err(ApiError::BodiesOverBudget),
+        Err(e) if caused_by::<BodyStalled>(&*e) => Err(ApiError::BodyTimeout),
+        Err(e) if caused_by::<http_body_util::LengthLimitError>(&*e) => Err(ApiError::PayloadTooLarge(
+            format!("Failed to buffer the request body: {e}"),
+        )),
+        Err(e) => Err(ApiError::InvalidJson(format!(
+            "Failed to buffer the request body: {e}"
+        ))),
+    }
 }
 
 /// A JSON request body; a body that is not JSON is `invalid_json`, one over the
@@ -223,19 +278,8 @@ impl FromRequest<Arc<AppState>> for JsonBody {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &Arc<AppState>) -> Result<JsonBody, ApiError> {
-        declared_within(req.headers(), state.max_body_bytes)?;
-        let req = req.map(|body| Body::new(Idle::new(Charged::new(body, Arc::clone(&state.bodies)))));
-        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
-            if over_budget(&rejection) {
-                ApiError::BodiesOverBudget
-            } else if stalled(&rejection) {
-                ApiError::BodyTimeout
-            } else if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::PayloadTooLarge(rejection.body_text())
-            } else {
-                ApiError::InvalidJson(rejection.body_text())
-            }
-        })?;
+        let (parts, body) = req.into_parts();
+        let bytes = read_body(&parts.headers, body, state).await?;
         parse_json(&bytes).map(JsonBody)
     }
 }

@@ -19,17 +19,16 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use axum::Router;
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::http::{HeaderMap, Method, Request};
 use axum::response::{IntoResponse, Response};
 use futures_util::future::Either;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use tower::Service;
 
 use super::documents::{self, DocumentCall};
 use super::error::ApiError;
-use super::extract::{BodyStalled, Charged, Idle, declared_within, over_budget, parse_json};
+use super::extract::{parse_json, read_body};
 use super::{AppState, Observed, RouteName, limited, principal, timed};
 
 /// The document route's template, as the router names it in metrics and logs.
@@ -134,36 +133,13 @@ async fn serve_document(
     Ok(response)
 }
 
-/// The body read within the limit and parsed, with the errors the `JsonBody`
-/// extractor gives: `payload_too_large` over the limit, `invalid_json` for a
-/// body that cannot be read or is not JSON, `overloaded` past the memory for
-/// bodies.
+/// The body read and parsed as the `JsonBody` extractor does.
 async fn body_json(
     headers: &HeaderMap,
     body: Incoming,
     state: &AppState,
 ) -> Result<serde_json::Value, ApiError> {
-    declared_within(headers, state.max_body_bytes)?;
-    let charged = Charged::new(body, Arc::clone(&state.bodies));
-    let bytes: Bytes = match Limited::new(Idle::new(charged), state.max_body_bytes)
-        .collect()
-        .await
-    {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if over_budget(&*e) => return Err(ApiError::BodiesOverBudget),
-        Err(e) if e.is::<BodyStalled>() => return Err(ApiError::BodyTimeout),
-        Err(e) if e.is::<LengthLimitError>() => {
-            return Err(ApiError::PayloadTooLarge(format!(
-                "Failed to buffer the request body: {e}"
-            )));
-        }
-        Err(e) => {
-            return Err(ApiError::InvalidJson(format!(
-                "Failed to buffer the request body: {e}"
-            )));
-        }
-    };
-    parse_json(&bytes)
+    parse_json(&read_body(headers, body, state).await?)
 }
 
 #[cfg(test)]

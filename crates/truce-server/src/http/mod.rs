@@ -27,7 +27,7 @@ pub mod cors;
 mod couch;
 mod documents;
 pub mod error;
-mod extract;
+pub mod extract;
 pub mod fast;
 mod insights;
 pub mod metrics;
@@ -60,9 +60,9 @@ pub struct AppState {
     pub answers: Arc<answers::Answers>,
     /// The largest request body (`--max-body-bytes`).
     pub max_body_bytes: usize,
-    /// Memory for request bodies being received, one permit a byte
-    /// (`--body-memory-mib`, `extract::Charged`).
-    pub bodies: Arc<Semaphore>,
+    /// Memory for request bodies being received (`--body-memory-mib`,
+    /// `extract::Charged`).
+    pub bodies: Arc<extract::BodyBudget>,
     /// Non-streaming requests time out after this.
     pub request_timeout: Duration,
     /// `/metrics`: the engine's counters and request latency.
