@@ -119,10 +119,10 @@ async fn feed(
     let request = feed_request(&state.db, collection, &params, resume_after)?;
     let with_collection = request.collection.is_none();
     let standing = Standing::of(&state, headers, request.collection.as_deref());
-    match kind {
+    let page = match kind {
         "normal" => {
             let db = state.db.clone();
-            let page = super::blocking(move || {
+            super::blocking(move || {
                 db.changes(
                     request.collection.as_deref(),
                     request.since,
@@ -130,13 +130,7 @@ async fn feed(
                     request.include_docs,
                 )
             })
-            .await?;
-            let results: Vec<Value> = page
-                .changes
-                .iter()
-                .map(|c| change_json(c, with_collection))
-                .collect();
-            Ok(axum::Json(json!({"results": results, "last_seq": page.last_seq})).into_response())
+            .await?
         }
         "longpoll" => {
             let timeout = params
@@ -147,30 +141,9 @@ async fn feed(
                 .db
                 .subscribe(request.collection.as_deref(), request.since, request.include_docs)?
                 .page_limit(request.limit)?;
-            let (results, last_seq) = match tokio::time::timeout(
-                Duration::from_millis(timeout),
-                standing.next_page(&mut sub),
-            )
-            .await
-            {
-                Ok(Waited::Revoked) => {
-                    return Err(ApiError::Unauthorized(
-                        "the key was revoked while the request waited",
-                    ));
-                }
-                Ok(Waited::Page(page)) => {
-                    let page = page?;
-                    (
-                        page.changes
-                            .iter()
-                            .map(|c| change_json(c, with_collection))
-                            .collect(),
-                        page.last_seq,
-                    )
-                }
-                Ok(Waited::Stopping) | Err(_) => (Vec::new(), sub.since()),
-            };
-            Ok(axum::Json(json!({"results": results, "last_seq": last_seq})).into_response())
+            standing
+                .long_poll(&mut sub, Duration::from_millis(timeout))
+                .await?
         }
         "sse" => {
             if params.0.contains_key("limit") {
@@ -187,17 +160,25 @@ async fn feed(
                     .db
                     .subscribe(request.collection.as_deref(), request.since, request.include_docs)?;
             let keep_alive = KeepAlive::new().interval(Duration::from_millis(SSE_KEEPALIVE_MS));
-            Ok(
+            return Ok(
                 Sse::new(super::holding(sse_events(sub, with_collection, standing), place))
                     .keep_alive(keep_alive)
                     .into_response(),
-            )
+            );
         }
-        other => Err(ApiError::BadRequest(
-            "invalid_query",
-            format!("feed={other}: use normal, longpoll or sse"),
-        )),
-    }
+        other => {
+            return Err(ApiError::BadRequest(
+                "invalid_query",
+                format!("feed={other}: use normal, longpoll or sse"),
+            ));
+        }
+    };
+    let results: Vec<Value> = page
+        .changes
+        .iter()
+        .map(|c| change_json(c, with_collection))
+        .collect();
+    Ok(axum::Json(json!({"results": results, "last_seq": page.last_seq})).into_response())
 }
 
 /// One SSE event per change, until the engine fails or the caller's key may

@@ -16,7 +16,7 @@ use truce::{ConflictReason, Document, Expect, TxOp, WriteResult};
 
 use super::AppState;
 use super::error::ApiError;
-use super::extract::{JsonBody, Params, PathParams, Standing, Waited, authorize};
+use super::extract::{JsonBody, Params, PathParams, Standing, authorize};
 use crate::keys::{Principal, Role};
 
 /// Default and largest long-poll wait, in ms (CouchDB's default is 60 s).
@@ -322,18 +322,9 @@ pub async fn changes(
                 .page_limit(limit)?
                 .whole_pages();
             let standing = Standing::of(&state, &headers, Some(&coll));
-            match tokio::time::timeout(Duration::from_millis(timeout), standing.next_page(&mut sub)).await {
-                Ok(Waited::Revoked) => {
-                    return Err(
-                        ApiError::Unauthorized("the key was revoked while the request waited").into(),
-                    );
-                }
-                Ok(Waited::Page(page)) => page?,
-                Ok(Waited::Stopping) | Err(_) => truce::ChangesPage {
-                    changes: Vec::new(),
-                    last_seq: sub.since(),
-                },
-            }
+            standing
+                .long_poll(&mut sub, Duration::from_millis(timeout))
+                .await?
         }
         other => {
             return Err(CouchError::bad_request(format!("feed={other} is not supported")));

@@ -39,28 +39,75 @@ pub const LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
 /// upload that keeps arriving is not cut off.
 pub const BODY_IDLE_TIMEOUT_MS: u64 = 10_000;
 
-/// A request body that fails with [`BodyStalled`] once nothing has arrived
-/// for [`BODY_IDLE_TIMEOUT_MS`]. A frame that is there when asked for — a
-/// small body comes in the packets of its headers — arms no timer.
-pub struct Idle<B> {
+/// The server's memory for request bodies being received
+/// (`--body-memory-mib`): bytes taken as they arrive, given back when their
+/// body is dropped. A counter, not a semaphore: nothing waits for room (a
+/// body that finds none is refused), and it is on every write's path.
+pub struct BodyBudget {
+    held: std::sync::atomic::AtomicUsize,
+    max: usize,
+}
+
+impl BodyBudget {
+    /// Room for `max` bytes.
+    pub fn new(max: usize) -> BodyBudget {
+        BodyBudget {
+            held: std::sync::atomic::AtomicUsize::new(0),
+            max,
+        }
+    }
+
+    /// Takes `bytes` if they fit.
+    fn take(&self, bytes: usize) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        let before = self.held.fetch_add(bytes, Relaxed);
+        if before.saturating_add(bytes) > self.max {
+            self.held.fetch_sub(bytes, Relaxed);
+            return false;
+        }
+        true
+    }
+
+    fn give(&self, bytes: usize) {
+        self.held.fetch_sub(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// A request body being received. It fails with [`BodyStalled`] once
+/// nothing has arrived for [`BODY_IDLE_TIMEOUT_MS`] (a frame that is there
+/// when asked for — a small body comes in the packets of its headers — arms
+/// no timer), and its bytes count against a [`BodyBudget`] from the frame
+/// they arrive in until it is dropped (read whole, or given up): a frame the
+/// budget cannot hold fails it with [`BodiesOverBudget`].
+pub struct Receiving<B> {
     inner: B,
     stall: Option<Pin<Box<tokio::time::Sleep>>>,
     /// A frame arrived since the timer was armed.
     moved: bool,
+    budget: Arc<BodyBudget>,
+    held: usize,
 }
 
-impl<B> Idle<B> {
-    /// `inner`, with the idle timeout.
-    pub fn new(inner: B) -> Idle<B> {
-        Idle {
+impl<B> Receiving<B> {
+    /// `inner`, with the idle timeout, counted against `budget`.
+    pub fn new(inner: B, budget: Arc<BodyBudget>) -> Receiving<B> {
+        Receiving {
             inner,
             stall: None,
             moved: false,
+            budget,
+            held: 0,
         }
     }
 }
 
-/// What an [`Idle`] body fails with.
+impl<B> Drop for Receiving<B> {
+    fn drop(&mut self) {
+        self.budget.give(self.held);
+    }
+}
+
+/// What a [`Receiving`] body fails with when nothing arrives.
 #[derive(Debug)]
 pub struct BodyStalled;
 
@@ -75,7 +122,19 @@ impl std::fmt::Display for BodyStalled {
 
 impl std::error::Error for BodyStalled {}
 
-impl<B> hyper::body::Body for Idle<B>
+/// What a [`Receiving`] body fails with when its budget is full.
+#[derive(Debug)]
+pub struct BodiesOverBudget;
+
+impl std::fmt::Display for BodiesOverBudget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the request bodies being received take all of --body-memory-mib")
+    }
+}
+
+impl std::error::Error for BodiesOverBudget {}
+
+impl<B> hyper::body::Body for Receiving<B>
 where
     B: hyper::body::Body<Data = Bytes> + Unpin,
     B::Error: Into<BoxError>,
@@ -90,6 +149,14 @@ where
         let this = &mut *self;
         if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
             this.moved = true;
+            if let Some(Ok(arrived)) = &frame
+                && let Some(data) = arrived.data_ref()
+            {
+                if !this.budget.take(data.len()) {
+                    return Poll::Ready(Some(Err(Box::new(BodiesOverBudget))));
+                }
+                this.held += data.len();
+            }
             return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
         }
         let idle = Duration::from_millis(BODY_IDLE_TIMEOUT_MS);
@@ -130,148 +197,48 @@ pub fn declared_within(headers: &HeaderMap, limit: usize) -> Result<(), ApiError
     }
 }
 
-/// The server's memory for request bodies being received
-/// (`--body-memory-mib`): bytes taken as they arrive, given back when their
-/// body is dropped. A counter, not a semaphore: nothing waits for room (a
-/// body that finds none is refused), and it is on every write's path.
-pub struct BodyBudget {
-    held: std::sync::atomic::AtomicUsize,
-    max: usize,
-}
-
-impl BodyBudget {
-    /// Room for `max` bytes.
-    pub fn new(max: usize) -> BodyBudget {
-        BodyBudget {
-            held: std::sync::atomic::AtomicUsize::new(0),
-            max,
-        }
-    }
-
-    /// Takes `bytes` if they fit.
-    fn take(&self, bytes: usize) -> bool {
-        use std::sync::atomic::Ordering::Relaxed;
-        let before = self.held.fetch_add(bytes, Relaxed);
-        if before.saturating_add(bytes) > self.max {
-            self.held.fetch_sub(bytes, Relaxed);
-            return false;
-        }
-        true
-    }
-
-    fn give(&self, bytes: usize) {
-        self.held.fetch_sub(bytes, std::sync::atomic::Ordering::Relaxed);
-    }
-}
-
-/// A request body whose bytes are counted against [`BodyBudget`]
-/// (`AppState::bodies`) from the frame they arrive in until the body is
-/// dropped (read whole, or given up): a frame the budget cannot hold fails
-/// the body with [`BodiesOverBudget`].
-pub struct Charged<B> {
-    inner: B,
-    budget: Arc<BodyBudget>,
-    held: usize,
-}
-
-impl<B> Charged<B> {
-    /// `inner`, counted against `budget`.
-    pub fn new(inner: B, budget: Arc<BodyBudget>) -> Charged<B> {
-        Charged {
-            inner,
-            budget,
-            held: 0,
-        }
-    }
-}
-
-impl<B> Drop for Charged<B> {
-    fn drop(&mut self) {
-        self.budget.give(self.held);
-    }
-}
-
-/// What a [`Charged`] body fails with.
-#[derive(Debug)]
-pub struct BodiesOverBudget;
-
-impl std::fmt::Display for BodiesOverBudget {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("the request bodies being received take all of --body-memory-mib")
-    }
-}
-
-impl std::error::Error for BodiesOverBudget {}
-
-impl<B> hyper::body::Body for Charged<B>
-where
-    B: hyper::body::Body<Data = Bytes> + Unpin,
-    B::Error: Into<BoxError>,
-{
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
-        let frame = match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => frame,
-            Poll::Ready(other) => return Poll::Ready(other.map(|f| f.map_err(Into::into))),
-            Poll::Pending => return Poll::Pending,
-        };
-        if let Some(data) = frame.data_ref() {
-            if !this.budget.take(data.len()) {
-                return Poll::Ready(Some(Err(Box::new(BodiesOverBudget))));
-            }
-            this.held += data.len();
-        }
-        Poll::Ready(Some(Ok(frame)))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
 /// Whether `error`, or an error it was caused by, is a `T`.
 fn caused_by<T: std::error::Error + 'static>(error: &(dyn std::error::Error + 'static)) -> bool {
     std::iter::successors(Some(error), |e| e.source()).any(|e| e.is::<T>())
 }
 
-/// A request body read whole, within `--max-body-bytes` (`payload_too_large`
-/// past it, before any of it is read when `Content-Length` says so), the
-/// memory for bodies (`overloaded`) and the idle timeout (`request_timeout`);
-/// a body that cannot be read is `invalid_json`. The router's extractor and
-/// the document routes' direct path both read bodies here.
-pub async fn read_body<B>(headers: &HeaderMap, body: B, state: &AppState) -> Result<Bytes, ApiError>
+/// A request body read whole and parsed as JSON: within `--max-body-bytes`
+/// (`payload_too_large` past it, before any of it is read when
+/// `Content-Length` says so), the memory for bodies (`overloaded`) and the
+/// idle timeout (`request_timeout`); a body that cannot be read, or is not
+/// JSON, is `invalid_json` ([`parse_json`]). The router's extractor and the
+/// document routes' direct path both read bodies here.
+pub async fn read_json<B>(headers: &HeaderMap, body: B, state: &AppState) -> Result<Value, ApiError>
 where
     B: hyper::body::Body<Data = Bytes> + Unpin,
     B::Error: Into<BoxError>,
 {
     declared_within(headers, state.max_body_bytes)?;
-    let body = Idle::new(Charged::new(body, Arc::clone(&state.bodies)));
-    match http_body_util::BodyExt::collect(http_body_util::Limited::new(body, state.max_body_bytes)).await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if caused_by::<BodiesOverBudget>(&*e) => Err(ApiError::BodiesOverBudget),
-        Err(e) if caused_by::<BodyStalled>(&*e) => Err(ApiError::BodyTimeout),
-        Err(e) if caused_by::<http_body_util::LengthLimitError>(&*e) => Err(ApiError::PayloadTooLarge(
-            format!("Failed to buffer the request body: {e}"),
-        )),
-        Err(e) => Err(ApiError::InvalidJson(format!(
-            "Failed to buffer the request body: {e}"
-        ))),
-    }
+    let body = Receiving::new(body, Arc::clone(&state.bodies));
+    let bytes = match http_body_util::BodyExt::collect(http_body_util::Limited::new(
+        body,
+        state.max_body_bytes,
+    ))
+    .await
+    {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if caused_by::<BodiesOverBudget>(&*e) => return Err(ApiError::BodiesOverBudget),
+        Err(e) if caused_by::<BodyStalled>(&*e) => return Err(ApiError::BodyTimeout),
+        Err(e) if caused_by::<http_body_util::LengthLimitError>(&*e) => {
+            return Err(ApiError::PayloadTooLarge(format!(
+                "Failed to buffer the request body: {e}"
+            )));
+        }
+        Err(e) => {
+            return Err(ApiError::InvalidJson(format!(
+                "Failed to buffer the request body: {e}"
+            )));
+        }
+    };
+    parse_json(&bytes)
 }
 
-/// A JSON request body; a body that is not JSON is `invalid_json`, one over the
-/// size limit `payload_too_large`, one that stalls `request_timeout`
-/// ([`Idle`]).
+/// A JSON request body, read by [`read_json`].
 pub struct JsonBody(pub Value);
 
 impl FromRequest<Arc<AppState>> for JsonBody {
@@ -279,8 +246,7 @@ impl FromRequest<Arc<AppState>> for JsonBody {
 
     async fn from_request(req: Request, state: &Arc<AppState>) -> Result<JsonBody, ApiError> {
         let (parts, body) = req.into_parts();
-        let bytes = read_body(&parts.headers, body, state).await?;
-        parse_json(&bytes).map(JsonBody)
+        read_json(&parts.headers, body, state).await.map(JsonBody)
     }
 }
 
@@ -600,6 +566,26 @@ impl Standing {
             *checked_at = Some(reload);
         }
         holds
+    }
+
+    /// A long poll's page: the subscription's next, or an empty one at its
+    /// position once `timeout` has passed or the server is stopping (its
+    /// client asks again from there); 401 once the key may no longer read.
+    pub async fn long_poll(
+        &self,
+        sub: &mut truce::Subscription,
+        timeout: Duration,
+    ) -> Result<truce::ChangesPage, ApiError> {
+        match tokio::time::timeout(timeout, self.next_page(sub)).await {
+            Ok(Waited::Revoked) => Err(ApiError::Unauthorized(
+                "the key was revoked while the request waited",
+            )),
+            Ok(Waited::Page(page)) => Ok(page?),
+            Ok(Waited::Stopping) | Err(_) => Ok(truce::ChangesPage {
+                changes: Vec::new(),
+                last_seq: sub.since(),
+            }),
+        }
     }
 
     /// The subscription's next page, if the caller still may read it

@@ -20,15 +20,14 @@ use std::task::{Context, Poll};
 
 use axum::Router;
 use axum::body::Body;
-use axum::http::{HeaderMap, Method, Request};
+use axum::http::{Method, Request};
 use axum::response::{IntoResponse, Response};
 use futures_util::future::Either;
 use hyper::body::Incoming;
 use tower::Service;
 
 use super::documents::{self, DocumentCall};
-use super::error::ApiError;
-use super::extract::{parse_json, read_body};
+use super::extract::read_json;
 use super::{AppState, Observed, RouteName, limited, principal, timed};
 
 /// The document route's template, as the router names it in metrics and logs.
@@ -117,7 +116,7 @@ async fn serve_document(
             let call = DocumentCall::new(&state, &who, (coll, id), &parts.headers, parts.uri.query());
             let answer = match parts.method {
                 Method::GET => documents::read(call),
-                ref method => match body_json(&parts.headers, body, &state).await {
+                ref method => match read_json(&parts.headers, body, &state).await {
                     Ok(value) if method == Method::PUT => documents::put(call, value).await,
                     Ok(value) => documents::patch(call, value).await,
                     Err(e) => Err(e),
@@ -131,15 +130,6 @@ async fn serve_document(
     let response = state.answers.hold(parts.method == Method::GET, response).await;
     observed.end(&state, &response);
     Ok(response)
-}
-
-/// The body read and parsed as the `JsonBody` extractor does.
-async fn body_json(
-    headers: &HeaderMap,
-    body: Incoming,
-    state: &AppState,
-) -> Result<serde_json::Value, ApiError> {
-    parse_json(&read_body(headers, body, state).await?)
 }
 
 #[cfg(test)]

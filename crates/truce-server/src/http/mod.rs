@@ -8,7 +8,7 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderMap, HeaderName, Method, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -61,7 +61,7 @@ pub struct AppState {
     /// The largest request body (`--max-body-bytes`).
     pub max_body_bytes: usize,
     /// Memory for request bodies being received (`--body-memory-mib`,
-    /// `extract::Charged`).
+    /// `extract::Receiving`).
     pub bodies: Arc<extract::BodyBudget>,
     /// Non-streaming requests time out after this.
     pub request_timeout: Duration,
@@ -222,7 +222,6 @@ pub fn router(state: Arc<AppState>) -> Router {
         .layer(middleware::from_fn_with_state(Arc::clone(&state), front))
         // Outside `front`, so that its 429 under /couch is CouchDB-shaped too.
         .layer(middleware::from_fn(couch::error_shape))
-        .layer(DefaultBodyLimit::max(state.max_body_bytes))
         .with_state(state)
 }
 
