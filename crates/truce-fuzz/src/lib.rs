@@ -182,7 +182,7 @@ pub fn filter(data: &[u8]) {
     };
     let Ok(filter) = Filter::parse(&spec) else { return };
     for sample in samples() {
-        let _ = filter.matches(&sample, NOW_MS);
+        let _ = filter.matches(&sample, NOW_MS, &mut truce::update::Work::new());
     }
 }
 
@@ -195,7 +195,7 @@ pub fn update(data: &[u8]) {
     let Ok(update) = Update::parse(&spec) else { return };
     let samples = samples();
     for current in std::iter::once(None).chain(samples.iter().map(Some)) {
-        if let Ok(body) = update.apply(current, NOW_MS) {
+        if let Ok(body) = update.apply(current, NOW_MS, &mut truce::update::Work::new()) {
             let _ = doc::validate_body(&body);
         }
     }

@@ -1007,6 +1007,55 @@ fn limits_that_take_setup_answer_as_documented() {
         400,
         "invalid_transaction",
     );
+    filters_that_would_compare_too_much_are_refused(&server);
+}
+
+/// FILTER_STEPS_MAX: filters over a 140,000-element array, alone and
+/// shared by the ops of a transaction.
+fn filters_that_would_compare_too_much_are_refused(server: &Server) {
+    let send = |request: Vec<u8>| send_raw(server.addr, &request).expect("an answer");
+    let numbers: Vec<u64> = (0..140_000).collect();
+    for id in ["a", "b", "c"] {
+        let answer = send(put(
+            &format!("/v1/c/big/{id}"),
+            json!({ "a": numbers }).to_string(),
+        ));
+        assert_eq!(answer.status, 201, "{}", answer.text);
+    }
+    // An `$if` of `clauses` equality tests of `a`, 140,001 steps each; the
+    // last holds.
+    let update = |clauses: i64| {
+        let mut or: Vec<Value> = (1..clauses).map(|k| json!({"a": -k})).collect();
+        or.push(json!({"a": 139_999}));
+        json!({"$inc": {"b": 1}, "$if": {"$or": or}})
+    };
+    let version = || send(request("GET", "/v1/c/big/a", &[], b"")).body["_version"].clone();
+    let refused = |answer: &Answer| {
+        assert_eq!(answer.status, 413, "{}", answer.text);
+        assert_eq!(answer.body["error"], "limit_exceeded", "{}", answer.text);
+        assert!(answer.text.contains("FILTER_STEPS_MAX"), "{}", answer.text);
+    };
+    refused(&send(patch("/v1/c/big/a", update(30).to_string())));
+    // Three ops of 10 clauses: each would fit alone, not together.
+    let ops: Vec<Value> = ["a", "b", "c"]
+        .iter()
+        .map(|id| json!({"op": "patch", "c": "big", "id": id, "update": update(10)}))
+        .collect();
+    refused(&send(request(
+        "POST",
+        "/v1/tx",
+        &[],
+        json!({ "ops": ops }).to_string().as_bytes(),
+    )));
+    assert_eq!(version(), 1, "nothing was written");
+    let answer = send(request(
+        "POST",
+        "/v1/tx",
+        &[],
+        json!({ "ops": &ops[..1] }).to_string().as_bytes(),
+    ));
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    assert_eq!(version(), 2);
 }
 
 /// The server's `HEADER_READ_TIMEOUT_MS` (serve.rs): how long a client may take

@@ -28,6 +28,20 @@ pub const UPDATE_PATHS_MAX: usize = 256;
 /// the committer for every `$if`, so their cost must be bounded.
 pub const FILTER_NODES_MAX: usize = 256;
 
+/// Most steps the filters of one request may take (`update::filter::Work`):
+/// each `$if`, and each condition `$pull` tests array elements with, over
+/// all the ops of a transaction. A step is about one comparison of two
+/// scalars, ~8 ns on a release build here (an `$if` of 28 equality tests
+/// over 140,000 numbers, 3.9M steps, made a `PATCH` 32 ms slower), so this
+/// is some 30 ms of the committer, during which no other write commits:
+/// about three times what storing a 1 MiB document takes. A filter tests
+/// each array element, so a filter of [`FILTER_NODES_MAX`] nodes over a
+/// large array would take far more: a `$pull` and an `$if` with a 120-value
+/// `$in` over 140,000 elements took 119 ms before `$in` became a binary
+/// search (18 ms after), and a transaction of 15 of them 1.8 s. A `$pull` of
+/// one condition over that array takes 140,000 steps.
+pub const FILTER_STEPS_MAX: u64 = 4_000_000;
+
 /// Most segments in a dotted path; a path cannot be deeper than a document.
 pub const PATH_SEGMENTS_MAX: usize = DOC_DEPTH_MAX;
 

@@ -21,7 +21,7 @@ use crate::limits::{
 };
 use crate::record::{self, IdempotencyRecord};
 use crate::storage::{Direction, Durability, Space, Storage};
-use crate::update::Update;
+use crate::update::{Update, Work};
 
 use super::config::{self, CollectionConfig, CounterMode};
 use super::counters::{self, Increment};
@@ -627,6 +627,8 @@ impl Committer {
         };
         let mut seen = commit.seen.take();
         let commit = &*commit;
+        // One meter for the filters of all its ops.
+        let mut work = Work::new();
         let mut conflicts = Vec::new();
         let mut results = Vec::with_capacity(commit.ops.len());
         let mut states = Vec::new();
@@ -669,8 +671,9 @@ impl Committer {
             let outcome = match &op.write {
                 None => check(op, current).map(|written| (written, None)),
                 Some(write) => {
-                    let (answer, state) = evaluate::evaluate(&op.id, write, op.expect, current, &clock)
-                        .map_err(|e| if commit.ops.len() > 1 { e.in_op(index) } else { e })?;
+                    let (answer, state) =
+                        evaluate::evaluate(&op.id, write, op.expect, current, &clock, &mut work)
+                            .map_err(|e| if commit.ops.len() > 1 { e.in_op(index) } else { e })?;
                     answer.map(|written| (Some(written), state))
                 }
             };
@@ -997,7 +1000,7 @@ impl Committer {
                 }
                 let update = Update::parse(&serde_json::json!({"$set": sums, "$upsert": true}))?;
                 let op = WriteOp::Patch(std::sync::Arc::new(update));
-                Ok(evaluate::evaluate(&id, &op, Expect::Any, current, &clock)?.1)
+                Ok(evaluate::evaluate(&id, &op, Expect::Any, current, &clock, &mut Work::new())?.1)
             });
             match state {
                 Ok(Some(state)) => {
@@ -1597,6 +1600,7 @@ pub(crate) fn settle_from_durable(shared: &Shared, commit: &mut Commit) -> Resul
         op.expect,
         expired_view.as_ref().or(current.as_ref()),
         &clock,
+        &mut Work::new(),
     )?;
     let settled = match answer {
         _ if state.is_some() => None,

@@ -5,7 +5,7 @@ use serde_json::{Number, Value, json};
 
 use crate::doc::{self, Body};
 use crate::error::Result;
-use crate::update::path;
+use crate::update::{Work, path};
 
 use super::config::CounterDef;
 
@@ -105,9 +105,12 @@ pub struct Increment {
 }
 
 /// The group and amount a source body contributes to `def`, if it counts.
+///
+/// The counter's filter is not metered: it is the administrator's, not the
+/// writer's, and a write cannot be refused once its counters are evaluated.
 pub fn contribution(def: &CounterDef, body: &Body, now_ms: u64) -> Option<(String, Amount)> {
     if let Some(filter) = &def.filter
-        && !filter.matches(body, now_ms)
+        && !filter.test(body, now_ms, &mut Work::unmetered())
     {
         return None;
     }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use crate::doc::{self, Body, Document, Meta, Rev};
 use crate::error::{Error, Result};
 use crate::storage::StorageError;
-use crate::update::{OnFalse, Update};
+use crate::update::{OnFalse, Update, Work};
 
 use super::outcome::{Conflict, ConflictReason, Effect, Expect, WriteResult, Written};
 
@@ -80,13 +80,15 @@ fn precondition_fails(expect: Expect, live: Option<&Document>) -> Option<Conflic
 ///
 /// Returns the answer and, when the write changes something, the new state to
 /// store. An `Err` is a bad request (an operator's type error, a result too
-/// large) and changes nothing.
+/// large, filters that ran out of `work`, which the request's writes share)
+/// and changes nothing.
 pub fn evaluate(
     id: &str,
     op: &WriteOp,
     expect: Expect,
     current: Option<&Arc<Document>>,
     clock: &CommitClock,
+    work: &mut Work,
 ) -> Result<(WriteResult, Option<NewState>)> {
     let live = current.filter(|d| !d.is_deleted());
     if let Some(reason) = precondition_fails(expect, live.map(|d| &**d)) {
@@ -104,17 +106,17 @@ pub fn evaluate(
         WriteOp::Patch(update) => {
             let body = match live {
                 None if !update.upsert() => return conflict(ConflictReason::NotFound, None),
-                None => update.apply(None, clock.ts_ms)?,
+                None => update.apply(None, clock.ts_ms, work)?,
                 Some(doc) => {
                     if let Some(condition) = update.condition()
-                        && !condition.matches(&doc.body, clock.ts_ms)
+                        && !condition.matches(&doc.body, clock.ts_ms, work)?
                     {
                         return match update.on_false() {
                             OnFalse::Conflict => conflict(ConflictReason::ConditionFailed, Some(doc)),
                             OnFalse::Skip => unchanged(doc, Effect::Skipped),
                         };
                     }
-                    let body = update.apply(Some(&doc.body), clock.ts_ms)?;
+                    let body = update.apply(Some(&doc.body), clock.ts_ms, work)?;
                     if body == doc.body {
                         return unchanged(doc, Effect::NoOp);
                     }
@@ -182,7 +184,7 @@ mod tests {
     fn patch(spec: serde_json::Value, current: Option<&Arc<Document>>) -> (WriteResult, Option<NewState>) {
         let op = WriteOp::Patch(Arc::new(Update::parse(&spec).expect("a valid update")));
         let clock = CommitClock { seq: 7, ts_ms: 1_000 };
-        evaluate("a", &op, Expect::Any, current, &clock).expect("evaluated")
+        evaluate("a", &op, Expect::Any, current, &clock, &mut Work::new()).expect("evaluated")
     }
 
     #[test]

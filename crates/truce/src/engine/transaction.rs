@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::index::query::{Query, QueryPage};
 use crate::limits::{TX_LIFETIME_MS_MAX, TX_OPS_MAX};
 use crate::storage::{Space, StorageRead};
-use crate::update::Update;
+use crate::update::{Update, Work};
 
 use super::Db;
 use super::committer::{now_ms, read_document};
@@ -235,9 +235,10 @@ impl Transaction {
 /// The body after `update` on `base` (`None` = absent), or `None` if the update
 /// does not create an absent document. `$if` is evaluated at commit, not here.
 fn patched(update: &Update, base: Option<&Body>) -> Result<Option<Body>> {
+    let work = &mut Work::new();
     match base {
-        Some(body) => Ok(Some(update.apply(Some(body), now_ms())?)),
-        None if update.upsert() => Ok(Some(update.apply(None, now_ms())?)),
+        Some(body) => Ok(Some(update.apply(Some(body), now_ms(), work)?)),
+        None if update.upsert() => Ok(Some(update.apply(None, now_ms(), work)?)),
         None => Ok(None),
     }
 }

@@ -13,7 +13,7 @@ pub mod path;
 
 use serde_json::{Map, Value};
 
-pub use filter::{Condition, Filter};
+pub use filter::{Condition, Filter, Work};
 pub use operators::OPERATORS;
 pub use path::Path;
 
@@ -146,22 +146,23 @@ impl Update {
 
     /// Computes the new body from `current` (`None` when inserting, which starts from
     /// an empty object and also applies `$setOnInsert`), with `now_ms` for
-    /// `$currentDate` and `$ago`.
+    /// `$currentDate` and `$ago`, charging `$pull`'s conditions to `work`.
     ///
     /// `current` is never modified. Errors: [`Error::InvalidOperator`] when an
     /// operator meets a value of the wrong type or overflows; [`Error::InvalidDocument`]
-    /// when the result nests deeper than [`DOC_DEPTH_MAX`]. The size limit is the
-    /// caller's to check.
+    /// when the result nests deeper than [`DOC_DEPTH_MAX`]; [`Error::LimitExceeded`]
+    /// when `work` runs out. The size limit is the caller's to check.
     pub fn apply(
         &self,
         current: Option<&Map<String, Value>>,
         now_ms: u64,
+        work: &mut Work,
     ) -> Result<Map<String, Value>, Error> {
         let inserting = current.is_none();
         let mut doc = current.cloned().unwrap_or_default();
         let mut pad = path::Padding::default();
         for (path, op) in &self.ops {
-            op.apply(&mut doc, path, now_ms, inserting, &mut pad)?;
+            op.apply(&mut doc, path, (now_ms, work), inserting, &mut pad)?;
         }
         // The root object is level 1, so its children may nest DOC_DEPTH_MAX - 1 more.
         if doc.values().any(|v| deeper_than(v, DOC_DEPTH_MAX - 1)) {

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 use serde_json::{Map, Number, Value};
 
-use super::filter::{Condition, Filter, parse_condition};
+use super::filter::{Condition, Filter, Work, parse_condition};
 use super::path::{self, Path, type_name};
 use crate::error::Error;
 use crate::value_order::compare;
@@ -118,12 +118,13 @@ impl Op {
         }
     }
 
-    /// Applies the operator at `path`; `inserting` says whether the document is new.
+    /// Applies the operator at `path` at time `now_ms`, charging `$pull`'s
+    /// conditions to `work`; `inserting` says whether the document is new.
     pub(super) fn apply(
         &self,
         doc: &mut Map<String, Value>,
         path: &Path,
-        now_ms: u64,
+        (now_ms, work): (u64, &mut Work),
         inserting: bool,
         pad: &mut path::Padding,
     ) -> Result<(), Error> {
@@ -180,8 +181,10 @@ impl Op {
             }
             Op::Pull(p) => match path::get_mut(doc, path) {
                 Some(Value::Array(a)) => {
-                    a.retain(|e| !p.matches(e, now_ms));
-                    Ok(())
+                    // Once `work` runs out nothing more is removed, and the
+                    // whole update is refused.
+                    a.retain(|e| !p.matches(e, now_ms, work));
+                    work.check()
                 }
                 Some(other) => Err(self.wrong_type(path, other, "an array")),
                 None => Ok(()),
@@ -199,11 +202,13 @@ impl Op {
 }
 
 impl Pull {
-    fn matches(&self, e: &Value, now_ms: u64) -> bool {
+    /// Whether `e` goes. Removing equal values is linear in the array, and
+    /// charges nothing.
+    fn matches(&self, e: &Value, now_ms: u64, work: &mut Work) -> bool {
         match self {
             Pull::Equal(v) => compare(e, v).is_eq(),
-            Pull::Condition(c) => c.matches_value(Some(e), now_ms),
-            Pull::Filter(f) => matches!(e, Value::Object(m) if f.matches(m, now_ms)),
+            Pull::Condition(c) => c.test(Some(e), now_ms, work),
+            Pull::Filter(f) => matches!(e, Value::Object(m) if f.test(m, now_ms, work)),
         }
     }
 }

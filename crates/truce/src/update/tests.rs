@@ -20,7 +20,9 @@ fn upd(spec: Value) -> Update {
 
 /// Applies `spec` to `doc` (an existing document) and returns the new body.
 fn run(spec: Value, doc: Value) -> Result<Value, Error> {
-    upd(spec).apply(Some(&obj(doc)), NOW).map(Value::Object)
+    upd(spec)
+        .apply(Some(&obj(doc)), NOW, &mut Work::new())
+        .map(Value::Object)
 }
 
 fn ok(spec: Value, doc: Value) -> Value {
@@ -55,8 +57,15 @@ fn control_keys() {
     assert!(u.upsert());
     assert_eq!(u.on_false(), OnFalse::Skip);
     let cond = u.condition().expect("has $if");
-    assert!(cond.matches(&obj(json!({"a": 4})), NOW));
-    assert!(!cond.matches(&obj(json!({"a": 5})), NOW));
+    assert!(
+        cond.matches(&obj(json!({"a": 4})), NOW, &mut Work::new())
+            .expect("within the meter")
+    );
+    assert!(
+        !cond
+            .matches(&obj(json!({"a": 5})), NOW, &mut Work::new())
+            .expect("within the meter")
+    );
     assert_eq!(
         upd(json!({"$set": {"a": 1}, "$if": {"a": 0}, "$else": "conflict"})).on_false(),
         OnFalse::Conflict
@@ -212,7 +221,8 @@ fn inc_and_mul_change_a_nested_or_array_number_and_nothing_else() {
     // A failing operator after one that succeeded leaves the document as it was:
     // the update works on a copy.
     let before = obj(doc.clone());
-    let failed = upd(json!({"$inc": {"a.b.1": 1, "a.b.2.c.d": 1}})).apply(Some(&before), NOW);
+    let failed =
+        upd(json!({"$inc": {"a.b.1": 1, "a.b.2.c.d": 1}})).apply(Some(&before), NOW, &mut Work::new());
     assert!(failed.is_err());
     assert_eq!(Value::Object(before), doc);
 }
@@ -316,6 +326,26 @@ fn pull() {
 }
 
 #[test]
+fn a_pull_that_would_compare_too_much_is_refused() {
+    let doc = json!({"a": (0..140_000).collect::<Vec<_>>()});
+    // Each element against an operand of 42 values: 5.9M steps.
+    let wide: Vec<i64> = (0..41).collect();
+    match run(json!({"$pull": {"a": {"$in": [wide]}}}), doc.clone()) {
+        Err(Error::LimitExceeded { what, .. }) => assert_eq!(what, "FILTER_STEPS_MAX"),
+        other => panic!("expected FILTER_STEPS_MAX, got {:?}", other.map(|_| "a document")),
+    }
+    // Half as wide fits (and no element is that array); scalars fit easily.
+    let narrow: Vec<i64> = (0..20).collect();
+    let pulled = ok(json!({"$pull": {"a": {"$in": [narrow]}}}), doc.clone());
+    assert_eq!(pulled["a"].as_array().map(Vec::len), Some(140_000));
+    let pulled = ok(json!({"$pull": {"a": {"$in": [7, 139_999]}}}), doc.clone());
+    assert_eq!(pulled["a"].as_array().map(Vec::len), Some(139_998));
+    // A value to remove is compared, not filtered: linear, and never refused.
+    let pulled = ok(json!({"$pull": {"a": wide}}), doc);
+    assert_eq!(pulled["a"].as_array().map(Vec::len), Some(140_000));
+}
+
+#[test]
 fn current_date() {
     let got = ok(
         json!({"$currentDate": {"at": true, "meta.t": {"$type": "timestamp"}}}),
@@ -327,13 +357,19 @@ fn current_date() {
 #[test]
 fn set_on_insert_only_when_inserting() {
     let u = upd(json!({"$set": {"a": 1}, "$setOnInsert": {"created": true}, "$upsert": true}));
-    let inserted = u.apply(None, NOW).expect("insert");
+    let inserted = u.apply(None, NOW, &mut Work::new()).expect("insert");
     assert_eq!(Value::Object(inserted), json!({"a": 1, "created": true}));
-    let updated = u.apply(Some(&obj(json!({"a": 0}))), NOW).expect("update");
+    let updated = u
+        .apply(Some(&obj(json!({"a": 0}))), NOW, &mut Work::new())
+        .expect("update");
     assert_eq!(Value::Object(updated), json!({"a": 1}));
     let only_insert = upd(json!({"$setOnInsert": {"x": 1}}));
     assert_eq!(
-        Value::Object(only_insert.apply(Some(&obj(json!({"y": 2}))), NOW).expect("noop")),
+        Value::Object(
+            only_insert
+                .apply(Some(&obj(json!({"y": 2}))), NOW, &mut Work::new())
+                .expect("noop")
+        ),
         json!({"y": 2})
     );
 }
@@ -343,10 +379,13 @@ fn current_is_never_modified() {
     let current = obj(json!({"a": 1, "s": "x"}));
     let before = current.clone();
     let u = upd(json!({"$set": {"a": 2}, "$inc": {"s": 1}}));
-    assert!(u.apply(Some(&current), NOW).is_err());
+    assert!(u.apply(Some(&current), NOW, &mut Work::new()).is_err());
     assert_eq!(current, before);
     let u = upd(json!({"$set": {"a": 2}}));
-    assert_eq!(u.apply(Some(&current), NOW).expect("ok")["a"], json!(2));
+    assert_eq!(
+        u.apply(Some(&current), NOW, &mut Work::new()).expect("ok")["a"],
+        json!(2)
+    );
     assert_eq!(current, before);
 }
 
@@ -370,7 +409,7 @@ fn operators_apply_in_fixed_order() {
     // $set runs before $push whatever the key order, so the pushed array exists.
     let u = upd(json!({"$push": {"list": 2}, "$set": {"other": 1}}));
     assert_eq!(
-        Value::Object(u.apply(None, NOW).expect("ok")),
+        Value::Object(u.apply(None, NOW, &mut Work::new()).expect("ok")),
         json!({"list": [2], "other": 1})
     );
     let doc = json!({"n": 1});
@@ -391,11 +430,18 @@ fn presence_heartbeat() {
     }));
     let cond = u.condition().expect("has $if");
     let fresh = obj(json!({"currentPath": "/blog", "lastSeen": NOW - 3000}));
-    assert!(!cond.matches(&fresh, NOW));
+    assert!(
+        !cond
+            .matches(&fresh, NOW, &mut Work::new())
+            .expect("within the meter")
+    );
     let stale = obj(json!({"currentPath": "/blog", "lastSeen": NOW - 20000}));
-    assert!(cond.matches(&stale, NOW));
+    assert!(
+        cond.matches(&stale, NOW, &mut Work::new())
+            .expect("within the meter")
+    );
     assert_eq!(
-        Value::Object(u.apply(Some(&stale), NOW).expect("ok")),
+        Value::Object(u.apply(Some(&stale), NOW, &mut Work::new()).expect("ok")),
         json!({"currentPath": "/blog", "lastSeen": NOW})
     );
 }
@@ -467,7 +513,7 @@ proptest! {
         let _ = Update::parse(&raw);
         if let Ok(u) = Update::parse(&spec) {
             let current = match doc { Value::Object(m) => Some(m), _ => None };
-            if let Ok(new) = u.apply(current.as_ref(), NOW) {
+            if let Ok(new) = u.apply(current.as_ref(), NOW, &mut Work::new()) {
                 prop_assert!(!new.values().any(|v| deeper_than(v, DOC_DEPTH_MAX - 1)));
             }
         }

@@ -12,6 +12,7 @@ use crate::limits::{
 };
 use crate::record;
 use crate::storage::{Direction, Space};
+use crate::update::Work;
 
 use super::super::counters;
 use super::super::evaluate::{self, CommitClock, WriteOp};
@@ -175,9 +176,14 @@ impl Committer {
         let expired_count = expired.len() as u64;
         for (key, id) in expired {
             let current = group.current(&key, &id)?;
-            if let (Ok(_), Some(state)) =
-                evaluate::evaluate(&id, &WriteOp::Delete, Expect::Any, current, &clock)?
-            {
+            if let (Ok(_), Some(state)) = evaluate::evaluate(
+                &id,
+                &WriteOp::Delete,
+                Expect::Any,
+                current,
+                &clock,
+                &mut Work::new(),
+            )? {
                 self.apply_source(&mut group, collection, &key, state, &mut written, &mut effects)?;
             }
         }

@@ -16,7 +16,10 @@ fn doc(v: Value) -> Map<String, Value> {
 
 /// Whether filter `f` matches document `d`.
 fn m(f: Value, d: Value) -> bool {
-    Filter::parse(&f).expect("valid filter").matches(&doc(d), NOW)
+    Filter::parse(&f)
+        .expect("valid filter")
+        .matches(&doc(d), NOW, &mut Work::new())
+        .expect("within the meter")
 }
 
 fn err(f: Value) -> Error {
@@ -229,13 +232,28 @@ fn size_and_depth_are_bounded() {
 #[test]
 fn conditions_match_single_values() {
     let c = parse_condition(&json!({"$gte": 6})).expect("valid");
-    assert!(c.matches_value(Some(&json!(6)), NOW));
-    assert!(!c.matches_value(Some(&json!(5)), NOW));
-    assert!(!c.matches_value(None, NOW));
+    assert!(
+        c.matches_value(Some(&json!(6)), NOW, &mut Work::new())
+            .expect("within the meter")
+    );
+    assert!(
+        !c.matches_value(Some(&json!(5)), NOW, &mut Work::new())
+            .expect("within the meter")
+    );
+    assert!(
+        !c.matches_value(None, NOW, &mut Work::new())
+            .expect("within the meter")
+    );
     let c = parse_condition(&json!("x")).expect("valid");
-    assert!(c.matches_value(Some(&json!("x")), NOW));
+    assert!(
+        c.matches_value(Some(&json!("x")), NOW, &mut Work::new())
+            .expect("within the meter")
+    );
     let c = parse_condition(&json!({"$ago": 1})).expect("valid");
-    assert!(c.matches_value(Some(&json!(NOW - 1)), NOW));
+    assert!(
+        c.matches_value(Some(&json!(NOW - 1)), NOW, &mut Work::new())
+            .expect("within the meter")
+    );
     assert!(parse_condition(&json!({"$bad": 1})).is_err());
 }
 
@@ -243,10 +261,102 @@ proptest! {
     #[test]
     fn random_json_never_panics(spec in arb_json(), d in arb_json()) {
         if let (Ok(f), Value::Object(d)) = (Filter::parse(&spec), d) {
-            let _ = f.matches(&d, NOW);
+            let _ = f.matches(&d, NOW, &mut Work::new());
         }
         if let Ok(c) = parse_condition(&spec) {
-            let _ = c.matches_value(Some(&spec), NOW);
+            let _ = c.matches_value(Some(&spec), NOW, &mut Work::new());
         }
+    }
+}
+
+/// A document whose field `a` holds the numbers `0..n`.
+fn counting(n: u64) -> Map<String, Value> {
+    doc(json!({"a": (0..n).collect::<Vec<_>>()}))
+}
+
+/// An `$or` of `clauses` equality tests of `a`, none of which holds.
+fn or_of(clauses: i64) -> Filter {
+    let or: Vec<Value> = (1..=clauses).map(|k| json!({"a": -k})).collect();
+    Filter::parse(&json!({"$or": or})).expect("valid")
+}
+
+#[test]
+fn a_filter_that_would_compare_too_much_is_refused() {
+    // 30 clauses over 140,001 values (the array and each element): 4.2M steps.
+    let big = counting(140_000);
+    match or_of(30).matches(&big, NOW, &mut Work::new()) {
+        Err(Error::LimitExceeded { what, limit }) => {
+            assert_eq!((what, limit), ("FILTER_STEPS_MAX", FILTER_STEPS_MAX));
+        }
+        other => panic!("expected FILTER_STEPS_MAX, got {other:?}"),
+    }
+    // 28 clauses fit, and so does the same filter over a small array.
+    assert!(
+        !or_of(28)
+            .matches(&big, NOW, &mut Work::new())
+            .expect("within the meter")
+    );
+    assert!(
+        !or_of(30)
+            .matches(&counting(1000), NOW, &mut Work::new())
+            .expect("within the meter")
+    );
+}
+
+#[test]
+fn one_meter_serves_every_filter_it_is_given() {
+    let big = counting(140_000);
+    let mut work = Work::new();
+    // 15 clauses each: 2.1M steps, so the second call runs out.
+    assert!(!or_of(15).matches(&big, NOW, &mut work).expect("within the meter"));
+    assert!(or_of(15).matches(&big, NOW, &mut work).is_err());
+    // Spent for good, however little is asked next.
+    assert!(or_of(1).matches(&counting(1), NOW, &mut work).is_err());
+    // A `$not` of a filter that ran out is not a match either.
+    let not = Filter::parse(&json!({"$not": {"a": -1}})).expect("valid");
+    assert!(
+        not.matches(&counting(1), NOW, &mut Work::new())
+            .expect("within the meter")
+    );
+    assert!(!not.test(&counting(1), NOW, &mut work));
+}
+
+#[test]
+fn in_charges_a_binary_search_not_a_scan() {
+    // 250 operands over 140,001 values: 8 probes each, 1.1M steps, where
+    // a scan of the operands would be 35M.
+    let many: Vec<i64> = (1..=250).map(|k| -k).collect();
+    for (op, holds) in [("$in", false), ("$nin", true)] {
+        let f = Filter::parse(&json!({"a": {op: many}})).expect("valid");
+        let found = f.matches(&counting(140_000), NOW, &mut Work::new());
+        assert_eq!(found.expect("within the meter"), holds, "{op}");
+    }
+    // Its operand's size counts: comparing with an array visits its elements.
+    let wide = Filter::parse(&json!({"a": vec![0; 40]})).expect("valid");
+    assert!(wide.matches(&counting(140_000), NOW, &mut Work::new()).is_err());
+}
+
+proptest! {
+    /// `$in` and `$nin` by binary search agree with the definition: equality
+    /// with any operand, whatever the operands' order, types and repeats.
+    #[test]
+    fn in_is_equality_with_any_operand(
+        xs in prop::collection::vec(arb_json(), 0..8),
+        v in prop::option::of(arb_json()),
+        repeat in any::<bool>(),
+    ) {
+        let mut operands = xs.clone();
+        if repeat {
+            operands.extend(xs.iter().rev().cloned());
+        }
+        let Ok(f) = Filter::parse(&json!({"a": {"$in": operands}})) else { return Ok(()) };
+        let Ok(not) = Filter::parse(&json!({"a": {"$nin": operands}})) else { return Ok(()) };
+        let d = doc(match &v {
+            Some(v) => json!({"a": v}),
+            None => json!({}),
+        });
+        let want = operands.iter().any(|x| equals(v.as_ref(), x));
+        prop_assert_eq!(f.matches(&d, NOW, &mut Work::new()).expect("within the meter"), want);
+        prop_assert_eq!(not.matches(&d, NOW, &mut Work::new()).expect("within the meter"), !want);
     }
 }
