@@ -1811,6 +1811,50 @@ fn change_feed_normal_and_continuation() {
     api.get("/v1/c/9feed/_changes").error(400, "invalid_collection");
 }
 
+/// A commit wakes the long polls of the collections it writes, those a
+/// counter writes in the same commit included, and no others.
+#[test]
+fn a_long_poll_wakes_for_its_own_collections_commits() {
+    let server = Server::start();
+    let api = Api::new(&server);
+    let counter = json!({"name": "n", "group_by": "g", "mode": "in_commit",
+                         "target": {"c": "totals", "field": "n"}});
+    api.put("/v1/c/src/_config", json!({ "counters": [counter] }))
+        .ok(200);
+    let since = api.get("/v1/_changes").ok(200)["last_seq"].as_u64().unwrap();
+    let poll = |collection: &str, timeout_ms: u64| {
+        let url = format!(
+            "{}/v1/c/{collection}/_changes?feed=longpoll&since={since}&timeout={timeout_ms}",
+            server.url()
+        );
+        std::thread::spawn(move || {
+            let reply = Api::at("").call(Method::GET, &url, &[], None);
+            (reply.status, reply.json, Instant::now())
+        })
+    };
+    let totals = poll("totals", 10_000);
+    let quiet = poll("quiet", 1_500);
+    std::thread::sleep(Duration::from_millis(300));
+    for i in 0..20 {
+        api.put(&format!("/v1/c/busy/d{i}"), json!({})).ok(201);
+    }
+    let written = Instant::now();
+    api.put("/v1/c/src/s1", json!({"g": "x"})).ok(201);
+    let (status, body, answered) = totals.join().expect("long poll thread");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        change_ids(&body),
+        ["x"],
+        "the counter's document, from the source's commit"
+    );
+    assert!(
+        answered.duration_since(written) < Duration::from_secs(3),
+        "answered when the commit landed, not at the timeout"
+    );
+    let (status, body, _) = quiet.join().expect("long poll thread");
+    assert_eq!((status, &body["results"]), (200, &json!([])), "{body}");
+}
+
 #[test]
 fn change_feed_longpoll() {
     let server = Server::start();
@@ -3119,7 +3163,7 @@ fn sigterm_under_load_exits_cleanly_and_keeps_acknowledged_writes() {
 /// (`--max-concurrent-requests` of them) for as long as they are open: past
 /// that a stream or long poll is refused with 429, other requests are
 /// served, and a stream whose client went away gives its place back. They
-/// were unbounded, and every commit wakes every open stream.
+/// were unbounded, and each commit wakes every open stream of its collections.
 #[test]
 fn event_streams_are_bounded_and_give_their_place_back() {
     let server = Server::start_with(&["--max-concurrent-requests", "2"]);

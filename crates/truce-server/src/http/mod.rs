@@ -53,8 +53,9 @@ pub struct AppState {
     /// Long polls waiting and event streams open, as many again: held for
     /// up to two minutes (a long poll) or for good (a stream), they would
     /// otherwise take every request's permit (and `/healthz`'s). A stream
-    /// holds its permit until it ends (`stream_permit`): every commit wakes
-    /// every open stream, so an unbounded number of them slowed all writes.
+    /// holds its permit until it ends (`stream_permit`): each commit wakes
+    /// the open streams of its collections (and all of the feed of every
+    /// collection), so an unbounded number of them slowed all writes.
     pub long_polls: Arc<Semaphore>,
     /// Answers being sent, counted against `--answer-memory-mib`.
     pub answers: Arc<answers::Answers>,

@@ -417,7 +417,7 @@ impl Committer {
         };
         *shared.configs.write().unwrap_or_else(|p| p.into_inner()) = configs.clone();
         *shared.outbox.write().unwrap_or_else(|p| p.into_inner()) = (outbox_entries, outbox_oldest_ms);
-        shared.watermark.advance(last_seq);
+        shared.watermark.advance(last_seq, None);
         *shared.catalog.write().unwrap_or_else(|p| p.into_inner()) = indexes.clone();
         *shared.collections.write().unwrap_or_else(|p| p.into_inner()) = collections.clone();
         Ok(Committer {
@@ -1343,6 +1343,7 @@ impl Committer {
         let (seq, ts_ms) = (group.seq, group.ts_ms);
         self.shared.disk.stored(group.bytes as u64);
         let before = self.last_seq;
+        let collections = group.collections();
         let mut batch = group.into_batch();
         if seq > self.last_seq {
             batch.put(Space::Meta, META_LAST_SEQ.to_vec(), record::encode_counter(seq));
@@ -1356,7 +1357,7 @@ impl Committer {
             Ok(()) => {
                 self.last_seq = seq;
                 self.last_ts_ms = self.last_ts_ms.max(ts_ms);
-                self.shared.watermark.advance(seq);
+                self.shared.watermark.advance(seq, Some(&collections));
                 Ok(())
             }
             Err(e) => {

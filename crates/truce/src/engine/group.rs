@@ -241,6 +241,17 @@ impl<'a> Group<'a> {
         self.others.is_empty() && self.slots.values().all(|s| s.written.is_none())
     }
 
+    /// The collections whose change feeds the group writes to, each once.
+    pub fn collections(&self) -> Vec<Vec<u8>> {
+        let mut seen: foldhash::HashSet<&[u8]> = Default::default();
+        for (key, slot) in &self.slots {
+            if slot.written.is_some() {
+                seen.insert(&key[..slot.collection_len]);
+            }
+        }
+        seen.into_iter().map(<[u8]>::to_vec).collect()
+    }
+
     /// The storage batch of everything the group wrote.
     pub fn into_batch(self) -> WriteBatch {
         let mut batch = WriteBatch::new();

@@ -903,7 +903,8 @@ impl Subscription {
                 return Ok(page);
             }
             let db = self.db.clone();
-            db.shared().watermark.beyond(self.since).await?;
+            let collection = self.collection.as_deref();
+            db.shared().watermark.beyond(self.since, collection).await?;
         }
     }
 }
