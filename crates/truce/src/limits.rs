@@ -194,9 +194,14 @@ pub const COUNTERS_PER_COLLECTION_MAX: usize = 16;
 /// Longest TTL, in seconds (ten years): beyond that a TTL is a mistake.
 pub const TTL_SECONDS_MAX: u64 = 10 * 365 * 24 * 3600;
 
-/// Documents the TTL sweeper looks at per collection and step, and the most it
-/// deletes in one commit: a sweep step never delays writers by more than a
-/// short commit.
+/// Documents the TTL sweeper looks at per tick, over all TTL collections
+/// (which take turns, each going on where its last turn stopped), and the
+/// most it deletes then, in one commit: a sweep never delays writers by more
+/// than a short commit, however many TTL collections there are. A pass over
+/// a collection of N documents takes N / 2,000 ticks (of
+/// [`BACKGROUND_TICK_MS`] while writes come, [`COMMITTER_IDLE_MS`] when idle)
+/// when it is the only one; readers and writers treat an expired document as
+/// gone meanwhile.
 pub const TTL_SWEEP_SCAN_DOCS: usize = 2000;
 /// See [`TTL_SWEEP_SCAN_DOCS`].
 pub const TTL_SWEEP_DELETES_MAX: usize = 500;

@@ -245,6 +245,11 @@ pub struct Committer {
     outbox_cursor: Option<Vec<u8>>,
     /// Where each TTL collection's sweep continues (the last document key looked at).
     ttl_cursors: HashMap<String, Vec<u8>>,
+    /// The collections with a TTL, in the order the sweep takes turns
+    /// (those of `configs` with one; `set_config` keeps them so).
+    ttl_collections: BTreeSet<String>,
+    /// The TTL collection whose turn came last: the next sweep starts after it.
+    ttl_last: Option<String>,
     last_background: Instant,
     recent: RecentWrites,
     last_maintenance: Instant,
@@ -416,6 +421,11 @@ impl Committer {
             None => None,
         };
         *shared.configs.write().unwrap_or_else(|p| p.into_inner()) = configs.clone();
+        let ttl_collections = configs
+            .iter()
+            .filter(|(_, c)| c.ttl.is_some())
+            .map(|(name, _)| name.clone())
+            .collect();
         *shared.outbox.write().unwrap_or_else(|p| p.into_inner()) = (outbox_entries, outbox_oldest_ms);
         shared.watermark.advance(last_seq, None);
         *shared.catalog.write().unwrap_or_else(|p| p.into_inner()) = indexes.clone();
@@ -433,6 +443,8 @@ impl Committer {
             outbox_oldest_ms,
             outbox_cursor: None,
             ttl_cursors: HashMap::new(),
+            ttl_collections,
+            ttl_last: None,
             last_background: Instant::now(),
             recent: RecentWrites::new(last_seq),
             last_maintenance: Instant::now(),
@@ -444,7 +456,7 @@ impl Committer {
 
     /// Whether background work (outbox, TTL) wants the short tick.
     fn busy_in_background(&self) -> bool {
-        self.outbox_entries > 0 || self.configs.values().any(|c| c.ttl.is_some())
+        self.outbox_entries > 0 || !self.ttl_collections.is_empty()
     }
 
     /// Runs until every sender of `queue` is gone.
@@ -1070,6 +1082,12 @@ impl Committer {
             group.put(Space::Meta, config::backfill_key(&collection, name), None);
         }
         let key = config::meta_key(&collection);
+        if config.ttl.is_some() {
+            self.ttl_collections.insert(collection.clone());
+        } else {
+            self.ttl_collections.remove(&collection);
+            self.ttl_cursors.remove(&collection);
+        }
         if config.is_empty() {
             group.put(Space::Meta, key, None);
             self.configs.remove(&collection);

@@ -535,46 +535,17 @@ fn the_ttl_sweeper_goes_on_where_its_delete_cap_stopped_it() {
         .chain((0..6000).map(|i| live(format!("b{i:04}"))))
         .chain(std::iter::once(expired("c".into())))
         .collect();
-    for chunk in docs.chunks(1000) {
-        let ops = chunk
-            .iter()
-            .map(|(id, body)| TxOp::Put {
-                collection: "sessions".into(),
-                id: id.clone(),
-                body: body.clone(),
-                expect: Expect::Absent,
-            })
-            .collect();
-        db.batch(ops, None).unwrap().unwrap();
-    }
+    let docs: Vec<(&str, String, serde_json::Value)> = docs
+        .into_iter()
+        .map(|(id, body)| ("sessions", id, body))
+        .collect();
+    put_all(&db, &docs);
     c.set_config(
         truce::CollectionConfig::from_json(&json!({"ttl": {"field": "exp", "seconds": 1}})).unwrap(),
     )
     .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let tombstones = loop {
-        let mut tombstones: HashMap<String, u64> = HashMap::new();
-        let mut since = 0;
-        loop {
-            let page = db.changes(Some("sessions"), since, 10_000, false).unwrap();
-            if page.changes.is_empty() {
-                break;
-            }
-            for change in page.changes.iter().filter(|change| change.deleted) {
-                tombstones.insert(change.id.clone(), change.seq);
-            }
-            since = page.last_seq;
-        }
-        if tombstones.len() == 2001 {
-            break tombstones;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{} of 2001 swept",
-            tombstones.len()
-        );
-        thread::sleep(Duration::from_millis(50));
-    };
+    let tombstones = swept(&db, 2001);
+    let tombstones: HashMap<String, u64> = tombstones.into_iter().map(|((_, id), seq)| (id, seq)).collect();
     let last_of_the_first = tombstones
         .iter()
         .filter(|(id, _)| id.starts_with('a'))
@@ -584,5 +555,104 @@ fn the_ttl_sweeper_goes_on_where_its_delete_cap_stopped_it() {
         last_of_the_first < Some(tombstones["c"]),
         "the last of a0000..a1999 was deleted at {last_of_the_first:?}, after c at {}",
         tombstones["c"]
+    );
+}
+
+/// Writes `docs` (collection, id, body), a thousand to a commit.
+fn put_all(db: &truce::Db, docs: &[(&str, String, serde_json::Value)]) {
+    for chunk in docs.chunks(1000) {
+        let ops = chunk
+            .iter()
+            .map(|(collection, id, body)| TxOp::Put {
+                collection: collection.to_string(),
+                id: id.clone(),
+                body: body.clone(),
+                expect: Expect::Absent,
+            })
+            .collect();
+        db.batch(ops, None).unwrap().unwrap();
+    }
+}
+
+/// The tombstones of the feed of every collection, (collection, id) → seq,
+/// once there are `count` of them (within a minute).
+fn swept(db: &truce::Db, count: usize) -> BTreeMap<(String, String), u64> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut tombstones = BTreeMap::new();
+        let mut since = 0;
+        loop {
+            let page = db.changes(None, since, 10_000, false).unwrap();
+            if page.changes.is_empty() {
+                break;
+            }
+            for change in page.changes.iter().filter(|change| change.deleted) {
+                tombstones.insert((change.collection.clone(), change.id.clone()), change.seq);
+            }
+            since = page.last_seq;
+        }
+        if tombstones.len() == count {
+            return tombstones;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of {count} swept",
+            tombstones.len()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn ttl_config(field: &str) -> truce::CollectionConfig {
+    truce::CollectionConfig::from_json(&json!({"ttl": {"field": field, "seconds": 1}})).unwrap()
+}
+
+/// One sweep deletes what expired in all TTL collections in one commit:
+/// each collection's sweep was a commit (an fsync) of its own, every tick.
+#[test]
+fn one_sweep_deletes_the_expired_documents_of_many_collections_in_one_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = crate::open_relaxed(dir.path());
+    let names: Vec<String> = (0..50).map(|i| format!("t{i:02}")).collect();
+    for name in &names {
+        db.collection(name)
+            .unwrap()
+            .set_config(ttl_config("exp"))
+            .unwrap();
+    }
+    // All expired already, and all in one commit.
+    let docs: Vec<(&str, String, serde_json::Value)> = names
+        .iter()
+        .map(|c| (c.as_str(), "d".to_string(), json!({"exp": 0})))
+        .collect();
+    put_all(&db, &docs);
+    let seqs: std::collections::BTreeSet<u64> = swept(&db, 50).into_values().collect();
+    assert_eq!(seqs.len(), 1, "swept in commits {seqs:?}");
+}
+
+/// TTL collections take turns: a collection after a large one is swept
+/// in the next tick, not once the large one's pass is done.
+#[test]
+fn a_large_ttl_collection_does_not_hold_up_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = crate::open_relaxed(dir.path());
+    // `a`: 5,000 live documents, then one expired; `b`: one expired.
+    let mut docs: Vec<(&str, String, serde_json::Value)> = (0..5000)
+        .map(|i| ("a", format!("d{i:04}"), json!({"exp": 4_000_000_000_000u64})))
+        .collect();
+    docs.push(("a", "zz".into(), json!({"exp": 0})));
+    docs.push(("b", "x".into(), json!({"exp": 0})));
+    put_all(&db, &docs);
+    // A pass over `a` takes three sweeps of 2,000 documents.
+    db.collection("a").unwrap().set_config(ttl_config("exp")).unwrap();
+    db.collection("b").unwrap().set_config(ttl_config("exp")).unwrap();
+    let tombstones = swept(&db, 2);
+    let (last_of_a, b) = (
+        tombstones[&("a".into(), "zz".into())],
+        tombstones[&("b".into(), "x".into())],
+    );
+    assert!(
+        b < last_of_a,
+        "b swept at {b}, with or after the end of a's pass at {last_of_a}"
     );
 }
