@@ -215,6 +215,10 @@ pub struct Shared {
     pub collections: RwLock<BTreeSet<String>>,
     /// Collection configurations as of the last durable group.
     pub configs: RwLock<HashMap<String, CollectionConfig>>,
+    /// Which collections' change logs moved since the database was opened,
+    /// for the feed of every collection; set before a group's commits are
+    /// durable, so a durable snapshot never holds a change it does not name.
+    pub feed_heads: RwLock<super::read::FeedHeads>,
     /// `after_commit` increments waiting in the outbox, and the time of the oldest.
     pub outbox: RwLock<(u64, Option<u64>)>,
     /// Counters and hot spots.
@@ -427,6 +431,11 @@ impl Committer {
             .map(|(name, _)| name.clone())
             .collect();
         *shared.outbox.write().unwrap_or_else(|p| p.into_inner()) = (outbox_entries, outbox_oldest_ms);
+        shared
+            .feed_heads
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .opened(last_seq);
         shared.watermark.advance(last_seq, None);
         *shared.catalog.write().unwrap_or_else(|p| p.into_inner()) = indexes.clone();
         *shared.collections.write().unwrap_or_else(|p| p.into_inner()) = collections.clone();
@@ -1375,6 +1384,11 @@ impl Committer {
             Ok(()) => {
                 self.last_seq = seq;
                 self.last_ts_ms = self.last_ts_ms.max(ts_ms);
+                self.shared
+                    .feed_heads
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .wrote(&collections, seq);
                 self.shared.watermark.advance(seq, Some(&collections));
                 Ok(())
             }

@@ -206,6 +206,7 @@ impl Db {
             idempotency_retention_ms: options.idempotency_retention.as_millis() as u64,
             collections: RwLock::default(),
             configs: RwLock::default(),
+            feed_heads: RwLock::default(),
             outbox: RwLock::default(),
             insights: insights::Insights::new(options.hot_spots)?,
             disk: disk::DiskSpace::new(options.min_free_disk_bytes),
@@ -544,7 +545,20 @@ impl Db {
         let (view, upto) = read::durable_snapshot(self.shared())?;
         check_position(since, upto)?;
         let page = read::Page { limit, bytes_max };
-        read::read_changes(&*view, collection, since, page, upto, include_docs)
+        let collections = match collection {
+            Some(c) => vec![c.to_string()],
+            None => {
+                let heads = self.shared().feed_heads.read().unwrap_or_else(|p| p.into_inner());
+                match heads.collections_after(since) {
+                    Some(moved) => moved,
+                    None => {
+                        drop(heads);
+                        read::feed_collections(&*view)?
+                    }
+                }
+            }
+        };
+        read::read_changes(&*view, collections, since, page, upto, include_docs)
     }
 
     /// How many changes of `collection` come after position `since`, counted
