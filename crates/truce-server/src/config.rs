@@ -1,6 +1,6 @@
 //! Command line, environment and TOML settings, merged in that order of priority.
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -12,6 +12,26 @@ use crate::serve::{MAX_CONNECTIONS_DEFAULT, MAX_CONNECTIONS_MAX};
 
 /// Default listen address: loopback only, so an unconfigured server is never exposed.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
+/// Reads a listen address: `IP:PORT`, or `HOST:PORT` resolved now, taking
+/// its first IPv4 address (`localhost` may name `::1` first, where a client
+/// asking for `localhost` most often tries `127.0.0.1`), or its first
+/// address if it has none.
+pub fn listen_addr(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = text.parse() {
+        return Ok(addr);
+    }
+    let addrs: Vec<SocketAddr> = text
+        .to_socket_addrs()
+        .map_err(|e| format!("{text:?} is not IP:PORT or HOST:PORT ({e})"))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| format!("{text:?} names no address"))
+}
+
 /// Default data directory, relative to the working directory.
 pub const DEFAULT_DATA: &str = "./truce-data";
 /// Largest request body: a full transaction (16 MiB of documents) plus JSON overhead.
@@ -175,8 +195,10 @@ pub struct ServeArgs {
     /// TOML file with any of the settings below (keys as the flags, with `_`).
     #[arg(long, env = "TRUCE_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Address to listen on [default: 127.0.0.1:7070].
-    #[arg(long, env = "TRUCE_LISTEN")]
+    /// Address to listen on, `IP:PORT` or `HOST:PORT` (a host name is
+    /// resolved at startup; its first IPv4 address is taken, or its first
+    /// address if it has none) [default: 127.0.0.1:7070].
+    #[arg(long, env = "TRUCE_LISTEN", value_parser = listen_addr)]
     pub listen: Option<SocketAddr>,
     /// Data directory [default: ./truce-data].
     #[arg(long, env = "TRUCE_DATA")]
@@ -297,7 +319,7 @@ pub struct ServeArgs {
 #[derive(Deserialize, Default, Debug)]
 #[serde(deny_unknown_fields)]
 struct FileSettings {
-    listen: Option<SocketAddr>,
+    listen: Option<String>,
     data: Option<PathBuf>,
     log_format: Option<LogFormat>,
     insecure_no_auth: Option<bool>,
@@ -394,7 +416,11 @@ impl ServeArgs {
             .or(file.max_body_bytes)
             .unwrap_or(DEFAULT_MAX_BODY_BYTES);
         let settings = Settings {
-            listen: self.listen.or(file.listen).unwrap_or(default_listen),
+            listen: match (self.listen, file.listen) {
+                (Some(flag), _) => flag,
+                (None, Some(text)) => listen_addr(&text).map_err(|e| format!("listen: {e}"))?,
+                (None, None) => default_listen,
+            },
             data: data_dir(self.data.clone(), file.data),
             log_format: self.log_format.or(file.log_format).unwrap_or_default(),
             insecure_no_auth: self.insecure_no_auth.or(file.insecure_no_auth).unwrap_or(false),
@@ -754,6 +780,35 @@ mod tests {
             };
             assert_eq!(args.settings().is_ok(), ok, "{n}");
         }
+    }
+
+    #[test]
+    fn listen_takes_a_host_name() {
+        assert_eq!(
+            listen_addr("127.0.0.1:9000"),
+            Ok("127.0.0.1:9000".parse().unwrap())
+        );
+        assert_eq!(listen_addr("[::1]:9000"), Ok("[::1]:9000".parse().unwrap()));
+        // `localhost` names loopback addresses only, IPv4 first when it has one.
+        let local = listen_addr("localhost:9000").unwrap();
+        assert!(local.ip().is_loopback() && local.port() == 9000, "{local}");
+        let v4 = ("localhost", 9000)
+            .to_socket_addrs()
+            .unwrap()
+            .any(|a| a.is_ipv4());
+        assert_eq!(local.is_ipv4(), v4, "{local}");
+        // None of these is looked up: each fails before (no port, or a bad one).
+        for bad in ["localhost", "localhost:port", "127.0.0.1:70000", ""] {
+            assert!(listen_addr(bad).is_err(), "{bad:?}");
+        }
+        let (_dir, args) = with_settings_file("listen = \"localhost:9001\"\n");
+        assert_eq!(args.settings().unwrap().listen, SocketAddr::new(local.ip(), 9001));
+        let (_dir, args) = with_settings_file("listen = \"nowhere\"\n");
+        let refused = args.settings().unwrap_err();
+        assert!(
+            refused.contains("listen") && refused.contains("nowhere"),
+            "{refused}"
+        );
     }
 
     #[test]
