@@ -55,6 +55,16 @@ pub const COMMIT_BATCH_REQUESTS_MAX: usize = 4096;
 /// (the disk writes about 1.3 GB/s).
 pub const COMMIT_BATCH_BYTES_MAX: usize = 8 * 1024 * 1024;
 
+/// Most bytes of documents the requests of one group commit may meet (each
+/// op's document, as often as ops meet it: the committer evaluates it for
+/// each), past which the group closes early, as it does past
+/// [`COMMIT_BATCH_BYTES_MAX`] written and [`FILTER_STEPS_MAX`] filtered: every
+/// request of a group waits for all of them. Requests that write nothing (a
+/// `$set` of the value already there) or little (an `$inc`) on a 1 MiB
+/// document take a few ms each, and a group held 4,096 of them. As much as
+/// one transaction may meet ([`TX_READ_BYTES_MAX`]).
+pub const COMMIT_BATCH_MET_BYTES_MAX: usize = TX_READ_BYTES_MAX;
+
 /// Most write requests waiting for the committer. Past this a write fails at once
 /// with [`Error::Overloaded`](crate::Error::Overloaded) (HTTP 429) instead of
 /// queueing without bound; two full batches keep the committer busy while
@@ -197,11 +207,11 @@ pub const TTL_SECONDS_MAX: u64 = 10 * 365 * 24 * 3600;
 /// Documents the TTL sweeper looks at per tick, over all TTL collections
 /// (which take turns, each going on where its last turn stopped), and the
 /// most it deletes then, in one commit: a sweep never delays writers by more
-/// than a short commit, however many TTL collections there are. A pass over
-/// a collection of N documents takes N / 2,000 ticks (of
-/// [`BACKGROUND_TICK_MS`] while writes come, [`COMMITTER_IDLE_MS`] when idle)
-/// when it is the only one; readers and writers treat an expired document as
-/// gone meanwhile.
+/// than a short commit, however many TTL collections there are (an empty
+/// collection's turn counts as one document). A pass over a collection of N
+/// documents takes N / 2,000 ticks of [`BACKGROUND_TICK_MS`] (the tick while
+/// any collection has a TTL) when it is the only one; readers and writers
+/// treat an expired document as gone meanwhile.
 pub const TTL_SWEEP_SCAN_DOCS: usize = 2000;
 /// See [`TTL_SWEEP_SCAN_DOCS`].
 pub const TTL_SWEEP_DELETES_MAX: usize = 500;

@@ -15,9 +15,9 @@ use crate::doc::Document;
 use crate::error::{Error, Result};
 use crate::index::{self, IndexDef, IndexState};
 use crate::limits::{
-    BACKFILL_CHUNK_DOCS, BACKGROUND_TICK_MS, COMMIT_BATCH_BYTES_MAX, COMMIT_BATCH_REQUESTS_MAX,
-    COMMITTER_IDLE_MS, INDEX_PURGE_CHUNK_ENTRIES, INDEX_VALUES_BYTES_MAX, TX_READ_BYTES_MAX,
-    TX_WRITE_BYTES_MAX,
+    BACKFILL_CHUNK_DOCS, BACKGROUND_TICK_MS, COMMIT_BATCH_BYTES_MAX, COMMIT_BATCH_MET_BYTES_MAX,
+    COMMIT_BATCH_REQUESTS_MAX, COMMITTER_IDLE_MS, FILTER_STEPS_MAX, INDEX_PURGE_CHUNK_ENTRIES,
+    INDEX_VALUES_BYTES_MAX, TX_READ_BYTES_MAX, TX_WRITE_BYTES_MAX,
 };
 use crate::record::{self, IdempotencyRecord};
 use crate::storage::{Direction, Durability, Space, Storage};
@@ -506,8 +506,9 @@ impl Committer {
     }
 
     /// Evaluates requests from the front of `waiting` until it is empty or the
-    /// group reaches [`COMMIT_BATCH_BYTES_MAX`], stores them with one fsync, and
-    /// answers them.
+    /// group reaches [`COMMIT_BATCH_BYTES_MAX`] written,
+    /// [`COMMIT_BATCH_MET_BYTES_MAX`] met or [`FILTER_STEPS_MAX`] of filtering,
+    /// stores them with one fsync, and answers them.
     fn run_group(&mut self, waiting: &mut VecDeque<Request>) {
         if let Err(e) = self.shared.watermark.check() {
             self.dequeued(waiting.len());
@@ -521,13 +522,19 @@ impl Committer {
         let mut settled_early = 0;
         let mut catalog_changed = false;
         let mut config_changed = false;
+        // A group closes early once it has written, met or filtered enough:
+        // every request in it waits for all of them before its fsync.
         while group.bytes < COMMIT_BATCH_BYTES_MAX
+            && group.met < COMMIT_BATCH_MET_BYTES_MAX
+            && group.filter_steps < FILTER_STEPS_MAX
             && let Some(request) = waiting.pop_front()
         {
             self.dequeued(1);
             answers.push(match request {
                 Request::Commit(mut commit, reply) => {
-                    let outcome = self.commit(&mut group, &mut commit);
+                    let mut work = Work::new();
+                    let outcome = self.commit(&mut group, &mut commit, &mut work);
+                    group.filter_steps += work.used();
                     let mark = self.events.len();
                     self.observe(&commit, &outcome);
                     if settled(&commit, &outcome, self.last_seq) {
@@ -618,7 +625,7 @@ impl Committer {
 
     /// Evaluates one transaction into the group: idempotency, read-set validation,
     /// every operation's precondition, unique indexes; then applies all or nothing.
-    fn commit(&mut self, group: &mut Group<'_>, commit: &mut Commit) -> Result<TxOutcome> {
+    fn commit(&mut self, group: &mut Group<'_>, commit: &mut Commit, work: &mut Work) -> Result<TxOutcome> {
         // A key used again after its record expired, before the purge took it:
         // the new record replaces it, and so does its expiry entry.
         let mut expired_record = None;
@@ -648,8 +655,6 @@ impl Committer {
         };
         let mut seen = commit.seen.take();
         let commit = &*commit;
-        // One meter for the filters of all its ops.
-        let mut work = Work::new();
         let mut conflicts = Vec::new();
         let mut results = Vec::with_capacity(commit.ops.len());
         let mut states = Vec::new();
@@ -677,10 +682,7 @@ impl Committer {
             let seen = seen
                 .take()
                 .filter(|seen| self.recent.untouched_since(Space::Documents, &op.key, seen.seq));
-            let current = match seen {
-                Some(seen) => group.current_seen(&op.key, seen.doc),
-                None => group.current(&op.key, &op.id)?,
-            };
+            let current = group.meet(&op.key, &op.id, seen.map(|seen| seen.doc))?;
             let expired_view;
             let current = match (ttl, current) {
                 (Some(ttl), Some(doc)) if is_expired_for_writers(doc, ttl, now) => {
@@ -692,9 +694,8 @@ impl Committer {
             let outcome = match &op.write {
                 None => check(op, current).map(|written| (written, None)),
                 Some(write) => {
-                    let (answer, state) =
-                        evaluate::evaluate(&op.id, write, op.expect, current, &clock, &mut work)
-                            .map_err(|e| if commit.ops.len() > 1 { e.in_op(index) } else { e })?;
+                    let (answer, state) = evaluate::evaluate(&op.id, write, op.expect, current, &clock, work)
+                        .map_err(|e| if commit.ops.len() > 1 { e.in_op(index) } else { e })?;
                     answer.map(|written| (Some(written), state))
                 }
             };
@@ -1021,7 +1022,7 @@ impl Committer {
                 }
                 let update = Update::parse(&serde_json::json!({"$set": sums, "$upsert": true}))?;
                 let op = WriteOp::Patch(std::sync::Arc::new(update));
-                Ok(evaluate::evaluate(&id, &op, Expect::Any, current, &clock, &mut Work::new())?.1)
+                Ok(evaluate::evaluate(&id, &op, Expect::Any, current, &clock, &mut Work::unmetered())?.1)
             });
             match state {
                 Ok(Some(state)) => {
@@ -1384,11 +1385,13 @@ impl Committer {
             Ok(()) => {
                 self.last_seq = seq;
                 self.last_ts_ms = self.last_ts_ms.max(ts_ms);
-                self.shared
-                    .feed_heads
-                    .write()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .wrote(&collections, seq);
+                if !collections.is_empty() {
+                    self.shared
+                        .feed_heads
+                        .write()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .wrote(&collections, seq);
+                }
                 self.shared.watermark.advance(seq, Some(&collections));
                 Ok(())
             }

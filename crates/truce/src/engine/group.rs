@@ -51,6 +51,11 @@ pub struct Group<'a> {
     pub ts_ms: u64,
     /// Bytes of document records written so far.
     pub bytes: usize,
+    /// Bytes of the documents its requests' ops met, each op's own (a group
+    /// of requests on one large document evaluates it once for each).
+    pub met: usize,
+    /// Steps its requests' filters took (`update::Work`).
+    pub filter_steps: u64,
 }
 
 impl<'a> Group<'a> {
@@ -63,6 +68,8 @@ impl<'a> Group<'a> {
             seq: last_seq,
             ts_ms,
             bytes: 0,
+            met: 0,
+            filter_steps: 0,
         }
     }
 
@@ -79,11 +86,32 @@ impl<'a> Group<'a> {
         Ok(self.slot(key, stored, bytes).current.as_ref())
     }
 
-    /// [`current`](Self::current) when the caller knows the stored state
-    /// (`stored`, read before the group and unchanged since): the group's own
-    /// write if it has one, else `stored`, without reading storage.
-    pub fn current_seen(&mut self, key: &[u8], stored: Option<Arc<Document>>) -> Option<&Arc<Document>> {
-        self.slot(key, stored, 0).current.as_ref()
+    /// [`current`](Self::current) for an op of a request, counting the
+    /// bytes of the state it answers in [`met`](Self::met). With `seen` (the
+    /// stored state as its caller read it, unchanged since), the group's own
+    /// write if it has one, else that, without reading storage (and with no
+    /// size: such a write writes, and its new state counts in `bytes`).
+    pub fn meet(
+        &mut self,
+        key: &[u8],
+        id: &str,
+        seen: Option<Option<Arc<Document>>>,
+    ) -> Result<Option<&Arc<Document>>> {
+        if !self.slots.contains_key(key) {
+            let (stored, bytes) = match seen {
+                Some(stored) => (stored, 0),
+                None => match read_document_sized(self.storage, key, id)? {
+                    Some((doc, bytes)) => (Some(Arc::new(doc)), bytes),
+                    None => (None, 0),
+                },
+            };
+            self.slot(key, stored, bytes);
+        }
+        let Some(slot) = self.slots.get(key) else {
+            return Ok(None);
+        };
+        self.met += slot.written.as_ref().map_or(slot.stored_bytes, Vec::len);
+        Ok(slot.current.as_ref())
     }
 
     fn slot(&mut self, key: &[u8], stored: Option<Arc<Document>>, stored_bytes: usize) -> &Slot {

@@ -16,11 +16,13 @@
 //! over arrays of objects (`items.sku` does not look inside each element of `items`),
 //! so a filter on a path sees exactly the value an index on that path would.
 //!
-//! Evaluation runs on the committer, so it is metered: every operator tested
-//! against a value charges a [`Work`] meter for the comparisons it may make
-//! (the values it meets, an array's elements each, times the size of its
-//! operand; a binary search for `$in`), and past [`FILTER_STEPS_MAX`] over one
-//! request the request is refused. Without it a `$pull` and an `$if` with a
+//! Evaluation runs on the committer, so it is metered: each filter tested and
+//! each operator tested against a field charges a [`Work`] meter for the
+//! comparisons it may make (a step per value it meets, an array's elements
+//! each, and the size of its operand for a value of the operand's own kind;
+//! times the probes of a binary search for `$in`), and past [`FILTER_STEPS_MAX`]
+//! over one request the request is refused. (Comparisons visit no more than
+//! the smaller value, `value_order::compare`.) Without it a `$pull` and an `$if` with a
 //! 120-value `$in` over a 140,000-element array took 0.12 s of the committer,
 //! and a transaction of 15 of them 1.8 s, during which no other write committed.
 
@@ -52,8 +54,40 @@ enum Clause {
 /// form of a filter, e.g. `{"$gte": 6}` or a plain comparison value.
 #[derive(Clone, Debug)]
 pub struct Condition {
-    /// All must hold; each with the steps it charges per value it tests.
-    ops: Vec<(Op, u64)>,
+    /// All must hold; each with what testing a field against it charges.
+    ops: Vec<(Op, Charge)>,
+}
+
+/// What testing a field against an operator charges to [`Work`].
+#[derive(Clone, Copy, Debug)]
+enum Charge {
+    /// So many steps, whatever the field holds (`$exists`, and `$not`,
+    /// which charges what it holds besides).
+    Flat(u64),
+    /// Per value tested — the field's value, and each element of an array —
+    /// by the value's kind.
+    PerValue(Cost),
+}
+
+/// The steps testing one value charges, by the value's kind. A comparison
+/// visits at most the smaller of its two values, and stops at once between
+/// values of different types, so only a value of the operand's own kind (an
+/// array with an array operand, an object with an object) may cost the
+/// operand's size.
+#[derive(Clone, Copy, Debug)]
+struct Cost {
+    scalar: u64,
+    array: u64,
+    object: u64,
+}
+
+/// The values a condition tests in one field, by kind: the field's value
+/// (a missing field is tested as `null`) and, if it is an array, each element.
+#[derive(Default)]
+struct Kinds {
+    scalar: u64,
+    array: u64,
+    object: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -121,14 +155,17 @@ impl Filter {
         work.check().map(|()| found)
     }
 
-    /// As [`Filter::matches`]; once `work` runs out, false, and `work` says so.
+    /// As [`Filter::matches`]; once `work` runs out, false, and `work` says
+    /// so. Each filter tested takes a step, and each of its clauses what its
+    /// conditions charge.
     pub(crate) fn test(&self, doc: &Map<String, Value>, now_ms: u64, work: &mut Work) -> bool {
-        self.clauses.iter().all(|c| match c {
-            Clause::Field(p, cond) => cond.test(path::get(doc, p), now_ms, work),
-            Clause::And(fs) => fs.iter().all(|f| f.test(doc, now_ms, work)),
-            Clause::Or(fs) => fs.iter().any(|f| f.test(doc, now_ms, work)),
-            Clause::Not(f) => !f.test(doc, now_ms, work) && !work.spent(),
-        })
+        work.charge(1)
+            && self.clauses.iter().all(|c| match c {
+                Clause::Field(p, cond) => cond.test(path::get(doc, p), now_ms, work),
+                Clause::And(fs) => fs.iter().all(|f| f.test(doc, now_ms, work)),
+                Clause::Or(fs) => fs.iter().any(|f| f.test(doc, now_ms, work)),
+                Clause::Not(f) => !f.test(doc, now_ms, work) && !work.spent(),
+            })
     }
 }
 
@@ -143,8 +180,8 @@ impl Condition {
         let ops = ops
             .into_iter()
             .map(|op| {
-                let steps = op.steps();
-                (op, steps)
+                let charge = op.charge();
+                (op, charge)
             })
             .collect();
         Condition { ops }
@@ -159,10 +196,13 @@ impl Condition {
 
     /// As [`Condition::matches_value`]; once `work` runs out, false, and `work` says so.
     pub(crate) fn test(&self, v: Option<&Value>, now_ms: u64, work: &mut Work) -> bool {
-        // An array is tested itself and element by element.
-        let values = 1 + v.and_then(Value::as_array).map_or(0, Vec::len) as u64;
-        self.ops.iter().all(|(op, steps)| {
-            work.charge(values.saturating_mul(*steps))
+        let mut kinds = None;
+        self.ops.iter().all(|(op, charge)| {
+            let steps = match charge {
+                Charge::Flat(steps) => *steps,
+                Charge::PerValue(cost) => kinds.get_or_insert_with(|| Kinds::of(v)).steps(*cost),
+            };
+            work.charge(steps)
                 && match op {
                     Op::Eq(x) => equals(v, &x.resolve(now_ms)),
                     Op::Ne(x) => !equals(v, &x.resolve(now_ms)),
@@ -177,21 +217,72 @@ impl Condition {
 }
 
 impl Op {
-    /// The steps testing one value against this operator charges: the nodes of
-    /// its operand, which a comparison may visit, or for a set its largest
-    /// operand's times the probes of a binary search, and one per `$ago`
-    /// operand. `$exists` looks at no value, and a `$not` charges what it
-    /// holds.
-    fn steps(&self) -> u64 {
+    /// What testing a field against this operator charges: per value tested,
+    /// one step, or the nodes of its operand for a value of the operand's
+    /// kind; for a set, that times the probes of a binary search (its
+    /// largest operand of the value's kind), and one per `$ago` operand.
+    fn charge(&self) -> Charge {
+        let one = Cost {
+            scalar: 1,
+            array: 1,
+            object: 1,
+        };
         match self {
-            Op::Eq(x) | Op::Ne(x) | Op::Range(_, x) => x.nodes(),
+            Op::Eq(x) | Op::Ne(x) | Op::Range(_, x) => Charge::PerValue(match x {
+                Operand::Value(v @ Value::Array(_)) => Cost {
+                    array: nodes(v),
+                    ..one
+                },
+                Operand::Value(v @ Value::Object(_)) => Cost {
+                    object: nodes(v),
+                    ..one
+                },
+                Operand::Value(_) | Operand::Ago(_) => one,
+            }),
             Op::In(set) | Op::Nin(set) => {
-                let largest = set.sorted.iter().map(nodes).max().unwrap_or(0);
-                let probes = u64::from(usize::BITS - set.sorted.len().leading_zeros());
-                largest * probes + set.ago.len() as u64
+                let largest = |kind: fn(&Value) -> bool| {
+                    set.sorted
+                        .iter()
+                        .filter(|v| kind(v))
+                        .map(nodes)
+                        .max()
+                        .unwrap_or(1)
+                };
+                let probes = u64::from(usize::BITS - set.sorted.len().leading_zeros()).max(1);
+                let ago = set.ago.len() as u64;
+                Charge::PerValue(Cost {
+                    scalar: probes + ago,
+                    array: probes * largest(Value::is_array) + ago,
+                    object: probes * largest(Value::is_object) + ago,
+                })
             }
-            Op::Exists(_) | Op::Not(_) => 0,
+            Op::Exists(_) | Op::Not(_) => Charge::Flat(1),
         }
+    }
+}
+
+impl Kinds {
+    fn of(v: Option<&Value>) -> Kinds {
+        let mut kinds = Kinds::default();
+        kinds.add(v);
+        if let Some(Value::Array(a)) = v {
+            a.iter().for_each(|e| kinds.add(Some(e)));
+        }
+        kinds
+    }
+
+    fn add(&mut self, v: Option<&Value>) {
+        match v {
+            Some(Value::Array(_)) => self.array += 1,
+            Some(Value::Object(_)) => self.object += 1,
+            _ => self.scalar += 1,
+        }
+    }
+
+    fn steps(&self, cost: Cost) -> u64 {
+        (self.scalar.saturating_mul(cost.scalar))
+            .saturating_add(self.array.saturating_mul(cost.array))
+            .saturating_add(self.object.saturating_mul(cost.object))
     }
 }
 
@@ -232,13 +323,6 @@ impl Operand {
             Operand::Ago(ms) => Cow::Owned(Value::from(now_ms.saturating_sub(*ms))),
         }
     }
-
-    fn nodes(&self) -> u64 {
-        match self {
-            Operand::Value(v) => nodes(v),
-            Operand::Ago(_) => 1,
-        }
-    }
 }
 
 /// The values in `v`, itself included: a bound on what comparing with it visits.
@@ -254,7 +338,8 @@ fn nodes(v: &Value) -> u64 {
 /// comparison of two scalars each (about 8 ns on this project's machine).
 /// One meter serves every filter of a request — each op's `$if` and `$pull`
 /// in a transaction — so that no request holds the committer for more than
-/// [`FILTER_STEPS_MAX`] steps of filtering.
+/// [`FILTER_STEPS_MAX`] steps of filtering; and a group of requests closes
+/// once they have taken that many together (`Committer::run_group`).
 #[derive(Debug)]
 pub struct Work {
     left: u64,
@@ -276,7 +361,8 @@ impl Work {
         }
     }
 
-    /// A meter that never runs out, for filters a request did not send.
+    /// A meter that never runs out, for filters a request did not send (and
+    /// writes that run none).
     pub(crate) fn unmetered() -> Work {
         Work {
             left: u64::MAX,
@@ -295,6 +381,15 @@ impl Work {
                 self.spent = true;
                 false
             }
+        }
+    }
+
+    /// The steps taken so far (all of them once it ran out).
+    pub fn used(&self) -> u64 {
+        if self.spent {
+            FILTER_STEPS_MAX
+        } else {
+            FILTER_STEPS_MAX.saturating_sub(self.left)
         }
     }
 

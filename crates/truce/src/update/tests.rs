@@ -327,22 +327,36 @@ fn pull() {
 
 #[test]
 fn a_pull_that_would_compare_too_much_is_refused() {
-    let doc = json!({"a": (0..140_000).collect::<Vec<_>>()});
-    // Each element against an operand of 42 values: 5.9M steps.
+    let arrays = json!({"a": vec![json!([0]); 100_000]});
+    // Each array element against an operand of 42 values: 4.2M steps.
     let wide: Vec<i64> = (0..41).collect();
-    match run(json!({"$pull": {"a": {"$in": [wide]}}}), doc.clone()) {
+    let limit = |r: Result<Value, Error>| match r {
         Err(Error::LimitExceeded { what, .. }) => assert_eq!(what, "FILTER_STEPS_MAX"),
         other => panic!("expected FILTER_STEPS_MAX, got {:?}", other.map(|_| "a document")),
-    }
-    // Half as wide fits (and no element is that array); scalars fit easily.
+    };
+    limit(run(json!({"$pull": {"a": {"$in": [wide]}}}), arrays.clone()));
+    // Half as wide fits (and no element is that array); against numbers,
+    // each compared at once, the wide one fits too.
     let narrow: Vec<i64> = (0..20).collect();
-    let pulled = ok(json!({"$pull": {"a": {"$in": [narrow]}}}), doc.clone());
-    assert_eq!(pulled["a"].as_array().map(Vec::len), Some(140_000));
-    let pulled = ok(json!({"$pull": {"a": {"$in": [7, 139_999]}}}), doc.clone());
+    let pulled = ok(json!({"$pull": {"a": {"$in": [narrow]}}}), arrays.clone());
+    assert_eq!(pulled["a"].as_array().map(Vec::len), Some(100_000));
+    let numbers = json!({"a": (0..140_000).collect::<Vec<_>>()});
+    let pulled = ok(json!({"$pull": {"a": {"$in": [wide, 7, 139_999]}}}), numbers);
     assert_eq!(pulled["a"].as_array().map(Vec::len), Some(139_998));
     // A value to remove is compared, not filtered: linear, and never refused.
-    let pulled = ok(json!({"$pull": {"a": wide}}), doc);
-    assert_eq!(pulled["a"].as_array().map(Vec::len), Some(140_000));
+    let pulled = ok(json!({"$pull": {"a": [0]}}), arrays);
+    assert_eq!(pulled["a"].as_array().map(Vec::len), Some(0));
+    // Every clause charges, `$exists` too: 300,000 objects, each one step
+    // for the filter and one per clause.
+    let objects = json!({"a": vec![json!({}); 300_000]});
+    let absent = |fields: usize| -> Map<String, Value> {
+        (0..fields)
+            .map(|i| (format!("x{i}"), json!({"$exists": false})))
+            .collect()
+    };
+    limit(run(json!({"$pull": {"a": absent(13)}}), objects.clone()));
+    let pulled = ok(json!({"$pull": {"a": absent(5)}}), objects);
+    assert_eq!(pulled["a"].as_array().map(Vec::len), Some(0));
 }
 
 #[test]

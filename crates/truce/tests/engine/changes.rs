@@ -713,3 +713,59 @@ fn the_feed_of_every_collection_is_the_merge_of_their_feeds_across_a_reopen() {
     write(&db, 2);
     assert!(check(&db) > before);
 }
+
+/// A subscriber to the feed of every collection, started mid-stream while
+/// writers keep creating collections, sees every write after its start
+/// exactly once and in commit order: the collections it reads come from the
+/// committer's record of which moved, which must name each before its
+/// commit is durable.
+#[test]
+fn the_feed_of_every_collection_keeps_up_with_new_collections() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = crate::open_relaxed(dir.path());
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..3)
+        .map(|w| {
+            let (db, stop) = (db.clone(), Arc::clone(&stop));
+            thread::spawn(move || {
+                let mut acked = Vec::new();
+                let mut i = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    // A new collection every third write.
+                    let collection = format!("w{w}c{}", i / 3);
+                    let c = db.collection(&collection).unwrap();
+                    let id = format!("d{i}");
+                    let seq = c.put(&id, json!({}), Expect::Absent).unwrap().unwrap().seq();
+                    acked.push((seq, collection, id));
+                    i += 1;
+                }
+                acked
+            })
+        })
+        .collect();
+    thread::sleep(Duration::from_millis(100));
+    let start = db.durable_seq();
+    let mut sub = db.subscribe(None, start, false).unwrap();
+    let mut seen = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_millis(800);
+    while std::time::Instant::now() < deadline {
+        seen.extend(sub.next_timeout(Duration::from_millis(20)).unwrap().changes);
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut acked: Vec<(u64, String, String)> = writers.into_iter().flat_map(|w| w.join().unwrap()).collect();
+    loop {
+        let page = sub.next_timeout(Duration::from_millis(50)).unwrap();
+        if page.changes.is_empty() {
+            break;
+        }
+        seen.extend(page.changes);
+    }
+    let seen: Vec<(u64, String, String)> = seen
+        .into_iter()
+        .map(|ch| (ch.seq, ch.collection, ch.id))
+        .collect();
+    acked.retain(|(seq, _, _)| *seq > start);
+    acked.sort();
+    assert!(acked.len() > 100, "only {} writes", acked.len());
+    assert_eq!(seen, acked, "every write after the start, once, in order");
+}

@@ -681,3 +681,122 @@ fn a_database_opened_on_a_full_disk_refuses_its_first_write() {
             .is_ok()
     );
 }
+
+/// Runs `threads` × `each` requests made by `request` at once on `db`, and
+/// the sizes of the groups that held them: (largest group's bucket bound,
+/// groups).
+fn grouped(db: &Db, threads: usize, each: usize, request: impl Fn(&Db) + Sync) -> (f64, u64) {
+    let before = db.stats().group_size;
+    let start = std::sync::Barrier::new(threads);
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| {
+                start.wait();
+                for _ in 0..each {
+                    request(db);
+                }
+            });
+        }
+    });
+    let after = db.stats().group_size;
+    let largest = (0..after.counts.len())
+        .rev()
+        .find(|&b| after.counts[b] > before.counts[b])
+        .map_or(0.0, |b| after.bounds.get(b).copied().unwrap_or(f64::INFINITY));
+    (largest, after.count - before.count)
+}
+
+/// A group closes once its requests' filters have taken FILTER_STEPS_MAX
+/// steps, or its requests have met COMMIT_BATCH_MET_BYTES_MAX of documents:
+/// each request was bounded, but a group held up to 4,096 of them, all
+/// waiting for the last before their fsync.
+#[test]
+fn a_group_closes_once_its_requests_have_done_enough() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_relaxed(dir.path());
+    let c = db.collection("c").unwrap();
+    let numbers: Vec<u64> = (0..140_000).collect();
+    c.put("big", json!({ "a": numbers }), Expect::Absent)
+        .unwrap()
+        .unwrap();
+    // 3M steps each: an `$if` of 21 equality tests over 140,001 values, the
+    // last of which holds.
+    let mut or: Vec<Value> = (1..21).map(|k| json!({"a": -k})).collect();
+    or.push(json!({"a": 139_999}));
+    let filtered = update(json!({"$inc": {"n": 1}, "$if": {"$or": or}}));
+    let (largest, groups) = grouped(&db, 8, 2, |db| {
+        let c = db.collection("c").unwrap();
+        c.patch("big", filtered.clone(), Expect::Any).unwrap().unwrap();
+    });
+    assert!(
+        largest <= 2.0,
+        "a group of up to {largest} requests of 3M steps ({groups} groups)"
+    );
+    let n = c.get("big").unwrap().unwrap().body["n"].clone();
+    assert_eq!(n, 16);
+    // Transactions that meet a document of 140,000 numbers (~890 kB) with a
+    // `$set` of the value it holds (a no-op, which writes nothing, so the
+    // bytes written never close the group, but rebuilds and compares the
+    // document) and write a small one: a group closes at its 19th (16 MiB
+    // met).
+    let same = Arc::new(update(json!({"$set": {"n": 16}})));
+    let small = std::sync::atomic::AtomicU64::new(0);
+    let (largest, groups) = grouped(&db, 48, 2, |db| {
+        let i = small.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let ops = vec![
+            TxOp::Patch {
+                collection: "c".into(),
+                id: "big".into(),
+                update: Arc::clone(&same),
+                expect: Expect::Any,
+            },
+            TxOp::Put {
+                collection: "c".into(),
+                id: format!("s{i}"),
+                body: json!({}),
+                expect: Expect::Absent,
+            },
+        ];
+        db.batch(ops, None).unwrap().unwrap();
+    });
+    assert!(
+        largest <= 32.0,
+        "a group of up to {largest} requests meeting 890 kB ({groups} groups)"
+    );
+}
+
+/// A document the TTL sweep cannot read is left, and reported: the others
+/// after it are swept. (Its turn ended at the first such document, and the
+/// next turn started over from the same place, so none past it was ever
+/// deleted.)
+#[test]
+fn the_ttl_sweep_goes_past_a_document_it_cannot_read() {
+    let (storage, db) = memory_db();
+    let c = db.collection("c").unwrap();
+    for id in ["a", "c"] {
+        c.put(id, json!({"exp": 0}), Expect::Absent).unwrap().unwrap();
+    }
+    let mut garbage = WriteBatch::new();
+    garbage.put(Space::Documents, b"c\x00b".to_vec(), vec![1, 1, 0, 0, 0, 0, 9]);
+    storage.apply(garbage, truce::Durability::Immediate).unwrap();
+    let ttl = json!({"ttl": {"field": "exp", "seconds": 1}});
+    c.set_config(truce::CollectionConfig::from_json(&ttl).unwrap())
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while db.stats().ttl_deleted < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of 2 swept",
+            db.stats().ttl_deleted
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let page = db.changes(Some("c"), 0, 100, false).unwrap();
+    let deleted: BTreeSet<String> = page
+        .changes
+        .into_iter()
+        .filter(|ch| ch.deleted)
+        .map(|ch| ch.id)
+        .collect();
+    assert_eq!(deleted, BTreeSet::from(["a".to_string(), "c".to_string()]));
+}

@@ -189,7 +189,15 @@ impl Committer {
         };
         for (key, bytes) in &docs {
             let id = String::from_utf8_lossy(&key[base.len()..]).into_owned();
-            let doc = record::decode_document(&id, bytes)?;
+            // One document that cannot be read is left (and reported); the
+            // rest of the turn goes on.
+            let doc = match record::decode_document(&id, bytes) {
+                Ok(doc) => doc,
+                Err(e) => {
+                    tracing::error!(collection, id, "TTL sweep skipped a document: {e}");
+                    continue;
+                }
+            };
             if !doc.is_deleted() && is_expired(&doc.body, &ttl, now) {
                 expired.push((collection.to_string(), key.clone(), id));
                 if expired.len() == TTL_SWEEP_DELETES_MAX {
@@ -217,23 +225,32 @@ impl Committer {
         group.seq += 1;
         let mut written = Vec::new();
         let mut effects = CounterEffects::default();
-        let expired_count = expired.len() as u64;
+        let mut deleted = 0;
         for (collection, key, id) in expired {
-            let current = group.current(&key, &id)?;
-            if let (Ok(_), Some(state)) = evaluate::evaluate(
-                &id,
-                &WriteOp::Delete,
-                Expect::Any,
-                current,
-                &clock,
-                &mut Work::new(),
-            )? {
-                self.apply_source(&mut group, &collection, &key, state, &mut written, &mut effects)?;
+            // One document that cannot be read or deleted is left (and
+            // reported), not the sweep's other collections.
+            let evaluated = group.current(&key, &id).and_then(|current| {
+                evaluate::evaluate(
+                    &id,
+                    &WriteOp::Delete,
+                    Expect::Any,
+                    current,
+                    &clock,
+                    &mut Work::unmetered(),
+                )
+            });
+            match evaluated {
+                Ok((Ok(_), Some(state))) => {
+                    self.apply_source(&mut group, &collection, &key, state, &mut written, &mut effects)?;
+                    deleted += 1;
+                }
+                Ok(_) => {}
+                Err(e) => tracing::error!(collection, id, "TTL sweep could not delete a document: {e}"),
             }
         }
         self.finish_counters(&mut group, effects, &mut written);
         let seq = group.seq;
-        self.events.push(Event::Expired(expired_count));
+        self.events.push(Event::Expired(deleted));
         self.store(group, 1)?;
         self.recent.record(seq, written);
         self.publish_outbox();

@@ -312,13 +312,21 @@ fn one_meter_serves_every_filter_it_is_given() {
     assert!(or_of(15).matches(&big, NOW, &mut work).is_err());
     // Spent for good, however little is asked next.
     assert!(or_of(1).matches(&counting(1), NOW, &mut work).is_err());
-    // A `$not` of a filter that ran out is not a match either.
-    let not = Filter::parse(&json!({"$not": {"a": -1}})).expect("valid");
-    assert!(
-        not.matches(&counting(1), NOW, &mut Work::new())
-            .expect("within the meter")
-    );
-    assert!(!not.test(&counting(1), NOW, &mut work));
+    // A `$not` of a filter, or of a condition, that ran out is not a match
+    // either, nor is an empty filter.
+    for spec in [
+        json!({"$not": {"a": -1}}),
+        json!({"a": {"$not": {"$eq": -1}}}),
+        json!({}),
+    ] {
+        let f = Filter::parse(&spec).expect("valid");
+        assert!(
+            f.matches(&counting(1), NOW, &mut Work::new())
+                .expect("within the meter")
+        );
+        assert!(!f.test(&counting(1), NOW, &mut work), "{spec}");
+        assert!(f.matches(&counting(1), NOW, &mut work).is_err(), "{spec}");
+    }
 }
 
 #[test]
@@ -331,9 +339,53 @@ fn in_charges_a_binary_search_not_a_scan() {
         let found = f.matches(&counting(140_000), NOW, &mut Work::new());
         assert_eq!(found.expect("within the meter"), holds, "{op}");
     }
-    // Its operand's size counts: comparing with an array visits its elements.
+}
+
+#[test]
+fn an_operand_costs_its_size_against_values_of_its_kind_alone() {
+    // An array operand of 41 values: against 140,000 numbers (each compared
+    // at once) and the array itself, 140,041 steps; against 100,000 arrays,
+    // 4.1M.
     let wide = Filter::parse(&json!({"a": vec![0; 40]})).expect("valid");
-    assert!(wide.matches(&counting(140_000), NOW, &mut Work::new()).is_err());
+    assert!(
+        !wide
+            .matches(&counting(140_000), NOW, &mut Work::new())
+            .expect("within the meter")
+    );
+    let arrays = doc(json!({"a": vec![json!([0]); 100_000]}));
+    assert!(wide.matches(&arrays, NOW, &mut Work::new()).is_err());
+    // A compare-and-set on a whole array: its length twice, not squared
+    // (2,001 × 2,001 steps were charged for one at first).
+    let list: Vec<u64> = (0..2000).collect();
+    let (d, f) = (
+        doc(json!({"list": list})),
+        Filter::parse(&json!({"list": list})).expect("valid"),
+    );
+    let mut work = Work::new();
+    for _ in 0..100 {
+        assert!(f.matches(&d, NOW, &mut work).expect("within the meter"));
+    }
+}
+
+#[test]
+fn in_finds_numbers_by_value_and_ago_operands_by_the_clock() {
+    assert!(m(json!({"a": {"$in": [2, 1.0, "x"]}}), json!({"a": 1})));
+    assert!(m(json!({"a": {"$in": [2, 1]}}), json!({"a": 1.0})));
+    assert!(m(json!({"a": {"$in": [[1, 2.0]]}}), json!({"a": [1.0, 2]})));
+    assert!(!m(json!({"a": {"$nin": [5, 1.0]}}), json!({"a": [3, 1]})));
+    assert!(m(
+        json!({"t": {"$in": ["x", {"$ago": 10}, 3]}}),
+        json!({"t": NOW - 10})
+    ));
+    assert!(!m(
+        json!({"t": {"$in": ["x", {"$ago": 10}]}}),
+        json!({"t": NOW - 11})
+    ));
+    assert!(m(
+        json!({"t": {"$in": [{"$ago": 10}]}}),
+        json!({"t": [0, NOW - 10]})
+    ));
+    assert!(m(json!({"t": {"$nin": [{"$ago": 10}]}}), json!({})));
 }
 
 proptest! {
