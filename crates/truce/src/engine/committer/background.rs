@@ -54,20 +54,7 @@ impl Committer {
     /// target, in one commit that also removes them: each delta lands exactly once.
     pub(super) fn drain_outbox(&mut self) -> Result<()> {
         let storage = Arc::clone(&self.shared.storage);
-        // Entries are keyed by commit sequence, so everything before the last
-        // drained key is gone: start after it rather than stepping over the
-        // deleted entries again.
-        let start = self
-            .outbox_cursor
-            .as_deref()
-            .map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
-        let entries = storage.scan(
-            Space::Outbox,
-            start,
-            std::ops::Bound::Unbounded,
-            Direction::Forward,
-            OUTBOX_DRAIN_ENTRIES_MAX,
-        )?;
+        let entries = self.outbox_ahead(OUTBOX_DRAIN_ENTRIES_MAX)?;
         if entries.is_empty() {
             self.outbox_entries = 0;
             self.outbox_oldest_ms = None;
@@ -93,17 +80,7 @@ impl Committer {
         self.store(group, 1)?;
         self.recent.record(seq, written);
         self.outbox_cursor = entries.last().map(|(key, _)| key.clone());
-        let after = self
-            .outbox_cursor
-            .as_deref()
-            .map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
-        let rest = storage.scan(
-            Space::Outbox,
-            after,
-            std::ops::Bound::Unbounded,
-            Direction::Forward,
-            1,
-        )?;
+        let rest = self.outbox_ahead(1)?;
         self.outbox_entries = self.outbox_entries.saturating_sub(entries.len() as u64);
         self.outbox_oldest_ms = match rest.first() {
             Some((_, bytes)) => Some(counters::decode_outbox(bytes)?.1),
@@ -114,6 +91,23 @@ impl Committer {
         };
         self.publish_outbox();
         Ok(())
+    }
+
+    /// Up to `limit` outbox entries after the last one drained. Entries are
+    /// keyed by commit sequence, so everything before it is gone: start after
+    /// it rather than stepping over the deleted entries again.
+    fn outbox_ahead(&self, limit: usize) -> Result<super::Entries> {
+        let after = self
+            .outbox_cursor
+            .as_deref()
+            .map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
+        Ok(self.shared.storage.scan(
+            Space::Outbox,
+            after,
+            std::ops::Bound::Unbounded,
+            Direction::Forward,
+            limit,
+        )?)
     }
 
     pub(super) fn publish_outbox(&self) {
