@@ -44,24 +44,14 @@ pub const JSON_VALUES_MAX: usize = 1 << 20;
 const TOO_MANY_VALUES: &str = "more than JSON_VALUES_MAX values";
 
 /// Why [`json`] refused a text.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum JsonRefusal {
     /// Not JSON, or an object that names a key twice.
+    #[error(transparent)]
     Invalid(serde_json::Error),
     /// More than [`JSON_VALUES_MAX`] values.
+    #[error("more than {JSON_VALUES_MAX} JSON values (JSON_VALUES_MAX) in one text: send less at once")]
     TooManyValues,
-}
-
-impl fmt::Display for JsonRefusal {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            JsonRefusal::Invalid(e) => e.fmt(f),
-            JsonRefusal::TooManyValues => write!(
-                f,
-                "more than {JSON_VALUES_MAX} JSON values (JSON_VALUES_MAX) in one text: send less at once"
-            ),
-        }
-    }
 }
 
 /// Why a replicated document that [`carries_attachments`] is refused.

@@ -259,16 +259,9 @@ struct HeldBody {
 }
 
 /// What a connection gets for an answer dropped half-sent.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("answer dropped: the client read none of it for the stall time")]
 pub struct AnswerDropped;
-
-impl std::fmt::Display for AnswerDropped {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("answer dropped: the client read none of it for the stall time")
-    }
-}
-
-impl std::error::Error for AnswerDropped {}
 
 impl hyper::body::Body for HeldBody {
     type Data = Bytes;

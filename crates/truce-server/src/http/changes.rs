@@ -9,7 +9,7 @@ use std::time::Duration;
 use axum::Extension;
 use axum::extract::State;
 use axum::http::HeaderMap;
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, Stream, StreamExt};
 use serde_json::{Value, json};
@@ -32,8 +32,6 @@ const FEED_DESCRIPTION: &str = "`normal` (default), `longpoll` (waits up to `tim
                                 for a change) or `sse` (Server-Sent Events, one per change)";
 const LAST_EVENT_ID_DESCRIPTION: &str = "`feed=sse` only: the `id` of the last event received (what a reconnecting \
                                          EventSource sends); the stream goes on after it, over `since`";
-/// How often an idle SSE stream sends a keep-alive comment.
-const SSE_KEEPALIVE_MS: u64 = 15_000;
 
 fn change_json(change: &Change, with_collection: bool) -> Value {
     let mut out =
@@ -159,12 +157,10 @@ async fn feed(
                 state
                     .db
                     .subscribe(request.collection.as_deref(), request.since, request.include_docs)?;
-            let keep_alive = KeepAlive::new().interval(Duration::from_millis(SSE_KEEPALIVE_MS));
-            return Ok(
-                Sse::new(super::holding(sse_events(sub, with_collection, standing), place))
-                    .keep_alive(keep_alive)
-                    .into_response(),
-            );
+            return Ok(super::event_stream(
+                sse_events(sub, with_collection, standing),
+                place,
+            ));
         }
         other => {
             return Err(ApiError::BadRequest(

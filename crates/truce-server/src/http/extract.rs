@@ -108,31 +108,14 @@ impl<B> Drop for Receiving<B> {
 }
 
 /// What a [`Receiving`] body fails with when nothing arrives.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("no byte of the request body arrived for {BODY_IDLE_TIMEOUT_MS} ms")]
 pub struct BodyStalled;
 
-impl std::fmt::Display for BodyStalled {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "no byte of the request body arrived for {BODY_IDLE_TIMEOUT_MS} ms"
-        )
-    }
-}
-
-impl std::error::Error for BodyStalled {}
-
 /// What a [`Receiving`] body fails with when its budget is full.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("the request bodies being received take all of --body-memory-mib")]
 pub struct BodiesOverBudget;
-
-impl std::fmt::Display for BodiesOverBudget {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("the request bodies being received take all of --body-memory-mib")
-    }
-}
-
-impl std::error::Error for BodiesOverBudget {}
 
 impl<B> hyper::body::Body for Receiving<B>
 where

@@ -346,16 +346,25 @@ pub fn stream_permit(state: &AppState) -> Result<tokio::sync::OwnedSemaphorePerm
         .map_err(|_| ApiError::Overloaded)
 }
 
-/// `stream`, holding `place` until it is dropped (its client gone, or its
-/// end).
-pub fn holding<S: futures_util::Stream>(
-    stream: S,
-    place: tokio::sync::OwnedSemaphorePermit,
-) -> impl futures_util::Stream<Item = S::Item> {
-    futures_util::StreamExt::map(stream, move |item| {
+/// How often an idle event stream sends a keep-alive comment.
+const SSE_KEEPALIVE_MS: u64 = 15_000;
+
+/// An event stream's answer: `events`, holding `place` until the stream is
+/// dropped (its client gone, or its end), with a keep-alive comment every
+/// [`SSE_KEEPALIVE_MS`] while it is idle.
+pub fn event_stream<S>(events: S, place: tokio::sync::OwnedSemaphorePermit) -> Response
+where
+    S: futures_util::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>
+        + Send
+        + 'static,
+{
+    let events = futures_util::StreamExt::map(events, move |event| {
         let _held = &place;
-        item
-    })
+        event
+    });
+    axum::response::sse::Sse::new(events)
+        .keep_alive(axum::response::sse::KeepAlive::new().interval(Duration::from_millis(SSE_KEEPALIVE_MS)))
+        .into_response()
 }
 
 /// `serve`'s response while one of `permits` is free, `overloaded` at once

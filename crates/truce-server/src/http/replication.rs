@@ -9,12 +9,11 @@
 use std::collections::HashSet;
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Extension;
 use axum::extract::State;
 use axum::http::HeaderMap;
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, Stream, StreamExt};
 use serde_json::{Map, Value, json};
@@ -32,8 +31,6 @@ const PUSH_ROWS_MAX: usize = truce::limits::TX_OPS_MAX;
 /// Times a push re-reads and re-commits rows whose master changed meanwhile,
 /// before answering them as conflicts with the latest master state.
 const PUSH_ROUNDS_MAX: usize = 5;
-/// How often an idle stream sends a keep-alive comment.
-const STREAM_KEEPALIVE_MS: u64 = 15_000;
 
 /// The client's primary-key field (`primaryKey`, default `id`).
 fn primary_key(params: &Params) -> Result<String, ApiError> {
@@ -623,12 +620,7 @@ pub async fn pull_stream(
     let standing = Standing::of(&state, &headers, Some(&coll));
     let place = super::stream_permit(&state)?;
     let sub = state.db.subscribe(Some(&coll), state.db.durable_seq(), true)?;
-    let keep_alive = KeepAlive::new().interval(Duration::from_millis(STREAM_KEEPALIVE_MS));
-    Ok(
-        Sse::new(super::holding(stream_events(sub, shape, standing), place))
-            .keep_alive(keep_alive)
-            .into_response(),
-    )
+    Ok(super::event_stream(stream_events(sub, shape, standing), place))
 }
 
 /// One event per commit batch, until the engine fails or the caller's key may
