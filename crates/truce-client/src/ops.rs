@@ -69,14 +69,16 @@ impl Client {
         self.fetch_json(&Call::get(url), "insights").await
     }
 
-    /// `GET /v1/c/{coll}/_config`: the TTL and counters of a collection, as
-    /// stored (`{"ttl": null, "counters": []}` when none).
+    /// `GET /v1/c/{coll}/_config`: the TTL, counters and tombstone retention
+    /// of a collection, as stored (`{"ttl": null, "counters": [],
+    /// "tombstones": null}` when none).
     pub async fn config(&self, coll: &str) -> Result<Value, ClientError> {
         let url = self.url_for(&["v1", "c", coll, "_config"])?;
         self.fetch_json(&Call::get(url), "a config").await
     }
 
-    /// `PUT /v1/c/{coll}/_config`: sets the TTL and counters of a collection
+    /// `PUT /v1/c/{coll}/_config`: sets the TTL, counters and tombstone
+    /// retention of a collection
     /// (`config` as in the contract); answers the stored configuration plus
     /// `backfill`, the recount report of each counter that is new, by name.
     pub async fn set_config(&self, coll: &str, config: &Value) -> Result<Value, ClientError> {

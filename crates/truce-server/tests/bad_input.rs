@@ -843,6 +843,25 @@ fn cases() -> Vec<Case> {
             "invalid_config",
         ),
         case(
+            "tombstones kept for no time",
+            put(
+                "/v1/c/cc/_config",
+                json!({"tombstones": {"keep_seconds": 0}}).to_string(),
+            ),
+            400,
+            "invalid_config",
+        ),
+        case(
+            "tombstones kept over ten years",
+            put(
+                "/v1/c/cc/_config",
+                json!({"tombstones": {"keep_seconds": truce::limits::TOMBSTONE_KEEP_SECONDS_MAX + 1}})
+                    .to_string(),
+            ),
+            400,
+            "invalid_config",
+        ),
+        case(
             "an update whose operators name no path",
             patch("/v1/c/t/a", r#"{"$set": {}, "$inc": {}, "$upsert": true}"#),
             400,

@@ -84,6 +84,20 @@ pub enum Error {
     /// A query is malformed (bounds, limit, cursor).
     #[error("invalid query: {0}")]
     InvalidQuery(String),
+    /// A change-feed position before the last change-log entry whose
+    /// tombstone was purged (`tombstones.keep_seconds`): a reader there may
+    /// have missed a delete, so it must read the feed again from 0.
+    #[error(
+        "position {since} is before commit {purged}, whose tombstones were purged \
+         (the collection's tombstones.keep_seconds): a reader there may have missed deletes; \
+         read the feed again from 0 (replicas: drop the local copy and pull it anew)"
+    )]
+    HistoryPurged {
+        /// The position asked for.
+        since: u64,
+        /// The commit of the last tombstone purged.
+        purged: u64,
+    },
     /// A transaction is malformed (e.g. the same document twice, too many operations).
     #[error("invalid transaction: {0}")]
     InvalidTransaction(String),
@@ -183,6 +197,7 @@ impl Error {
         "invalid_index",
         "invalid_config",
         "invalid_query",
+        "history_purged",
         "invalid_transaction",
         "not_found",
         "index_building",
@@ -212,6 +227,7 @@ impl Error {
             Error::InvalidIndex(_) => "invalid_index",
             Error::InvalidConfig(_) => "invalid_config",
             Error::InvalidQuery(_) => "invalid_query",
+            Error::HistoryPurged { .. } => "history_purged",
             Error::InvalidTransaction(_) => "invalid_transaction",
             Error::NotFound(_) => "not_found",
             Error::IndexBuilding { .. } => "index_building",

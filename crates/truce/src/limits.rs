@@ -216,6 +216,20 @@ pub const TTL_SWEEP_SCAN_DOCS: usize = 2000;
 /// See [`TTL_SWEEP_SCAN_DOCS`].
 pub const TTL_SWEEP_DELETES_MAX: usize = 500;
 
+/// Longest a collection may keep its tombstones before they are purged
+/// (`tombstones.keep_seconds`), in seconds: ten years, as [`TTL_SECONDS_MAX`].
+pub const TOMBSTONE_KEEP_SECONDS_MAX: u64 = TTL_SECONDS_MAX;
+
+/// Change-log entries the tombstone purge looks at per maintenance pass
+/// (about once a second, [`COMMITTER_IDLE_MS`]), over all collections that
+/// purge theirs (which take turns, each going on where its last turn
+/// stopped), and the most it purges then, in one commit of its own: the purge
+/// never delays writers by more than a short commit. Each entry looked at is
+/// one read of its document's record header (the body is not parsed).
+pub const TOMBSTONE_PURGE_SCAN_ENTRIES: usize = 2000;
+/// See [`TOMBSTONE_PURGE_SCAN_ENTRIES`].
+pub const TOMBSTONE_PURGES_MAX: usize = 1000;
+
 /// How often the committer sweeps expired documents and drains the counter
 /// outbox when there is something to do, in ms. Longer coalesces more
 /// `after_commit` increments per write; shorter lowers their lag.

@@ -99,6 +99,19 @@ pub fn encode_document(meta: &Meta, canonical_body: &[u8]) -> Vec<u8> {
 /// Decodes and verifies a document record: checksum, layout, JSON, and that the
 /// revision hash matches the content (which also catches engine bugs).
 pub fn decode_document(id: &str, bytes: &[u8]) -> Result<Document, StorageError> {
+    let (meta, body_bytes) = decode_document_meta(id, bytes)?;
+    let body: Body = serde_json::from_slice(body_bytes)
+        .map_err(|e| StorageError::Corrupt(format!("document {id:?}: body is not a JSON object: {e}")))?;
+    Ok(Document {
+        id: id.to_string(),
+        meta,
+        body,
+    })
+}
+
+/// [`decode_document`] but for the body's JSON, which is returned as its
+/// bytes, unparsed: for a reader of the metadata alone (the tombstone purge).
+pub fn decode_document_meta<'a>(id: &str, bytes: &'a [u8]) -> Result<(Meta, &'a [u8]), StorageError> {
     let payload = open(bytes, RecordKind::Document)?;
     if payload.len() < DOC_FIXED_BYTES {
         return Err(StorageError::Corrupt("document record too short".into()));
@@ -132,13 +145,7 @@ pub fn decode_document(id: &str, bytes: &[u8]) -> Result<Document, StorageError>
             "document {id:?}: revision hash does not match content"
         )));
     }
-    let body: Body = serde_json::from_slice(body_bytes)
-        .map_err(|e| StorageError::Corrupt(format!("document {id:?}: body is not a JSON object: {e}")))?;
-    Ok(Document {
-        id: id.to_string(),
-        meta,
-        body,
-    })
+    Ok((meta, body_bytes))
 }
 
 /// Encodes a `u64` meta value.

@@ -33,6 +33,11 @@ const FEED_DESCRIPTION: &str = "`normal` (default), `longpoll` (waits up to `tim
 const LAST_EVENT_ID_DESCRIPTION: &str = "`feed=sse` only: the `id` of the last event received (what a reconnecting \
                                          EventSource sends); the stream goes on after it, over `since`";
 
+/// The 410 of every feed route.
+pub const HISTORY_PURGED_DESCRIPTION: &str = "`history_purged`: the position is before the last tombstone the \
+                                              collection purged (`tombstones.keep_seconds` in its `_config`), so \
+                                              a reader there may have missed deletes; read the feed again from 0";
+
 fn change_json(change: &Change, with_collection: bool) -> Value {
     let mut out =
         json!({"seq": change.seq, "id": change.id, "rev": change.rev.to_string(), "deleted": change.deleted});
@@ -230,7 +235,8 @@ fn sse_events(
            ("limit" = Option<usize>, Query, minimum = 1, maximum = 10000),
            ("include_docs" = Option<bool>, Query), ("feed" = Option<String>, Query, description = FEED_DESCRIPTION), ("timeout" = Option<u64>, Query),
            ("Last-Event-ID" = Option<u64>, Header, description = LAST_EVENT_ID_DESCRIPTION)),
-    responses((status = 200, description = "Changes after `since`, in commit order", body = super::openapi::ChangesPage)))]
+    responses((status = 200, description = "Changes after `since`, in commit order", body = super::openapi::ChangesPage),
+              (status = 410, description = HISTORY_PURGED_DESCRIPTION, body = super::openapi::ErrorBody)))]
 pub async fn collection_changes(
     State(state): State<Arc<AppState>>,
     Extension(who): Extension<Principal>,
@@ -249,7 +255,8 @@ pub async fn collection_changes(
            ("limit" = Option<usize>, Query, minimum = 1, maximum = 10000), ("include_docs" = Option<bool>, Query),
            ("feed" = Option<String>, Query, description = FEED_DESCRIPTION), ("timeout" = Option<u64>, Query),
            ("Last-Event-ID" = Option<u64>, Header, description = LAST_EVENT_ID_DESCRIPTION)),
-    responses((status = 200, description = "Changes after `since`, in commit order", body = super::openapi::ChangesPage)))]
+    responses((status = 200, description = "Changes after `since`, in commit order", body = super::openapi::ChangesPage),
+              (status = 410, description = HISTORY_PURGED_DESCRIPTION, body = super::openapi::ErrorBody)))]
 pub async fn all_changes(
     State(state): State<Arc<AppState>>,
     Extension(who): Extension<Principal>,

@@ -79,6 +79,7 @@ pub fn engine_status(code: &str) -> StatusCode {
         | "invalid_backup"
         | "invalid_query" => StatusCode::BAD_REQUEST,
         "not_found" => StatusCode::NOT_FOUND,
+        "history_purged" => StatusCode::GONE,
         "payload_too_large" | "limit_exceeded" => StatusCode::PAYLOAD_TOO_LARGE,
         "idempotency_key_reused" => StatusCode::UNPROCESSABLE_ENTITY,
         "overloaded" => StatusCode::TOO_MANY_REQUESTS,

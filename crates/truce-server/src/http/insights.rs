@@ -134,6 +134,7 @@ pub async fn insights(
             "skipped": stats.skipped,
             "replays": stats.replays,
             "ttl_deletions": stats.ttl_deleted,
+            "tombstones_purged": stats.tombstones_purged,
             "queue_depth": stats.queue_depth,
             "outbox": {"entries": stats.outbox_entries, "oldest_age_ms": stats.outbox_oldest_age_ms},
         },

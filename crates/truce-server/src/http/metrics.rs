@@ -238,6 +238,12 @@ impl Collector for EngineCollector {
             "Documents deleted by the TTL sweeper",
             s.ttl_deleted,
         )?;
+        counter(
+            e,
+            "tombstones_purged",
+            "Tombstones purged after their collection's tombstones.keep_seconds",
+            s.tombstones_purged,
+        )?;
         gauge(
             e,
             "outbox_entries",

@@ -263,14 +263,18 @@ pub struct DiskHealth {
     refusing_writes: bool,
 }
 
-/// The TTL of a collection: documents expire `seconds` after the time (ms since
-/// the epoch, as `$currentDate` writes it) in `field`.
-fn ttl_schema() -> ObjectBuilder {
-    let seconds = ObjectBuilder::new()
+/// A duration in whole seconds, from 1 to `max`.
+fn seconds_schema(max: u64) -> ObjectBuilder {
+    ObjectBuilder::new()
         .schema_type(Type::Integer)
         .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
         .minimum(Some(1))
-        .maximum(Some(truce::limits::TTL_SECONDS_MAX as f64));
+        .maximum(Some(max as f64))
+}
+
+/// The TTL of a collection: documents expire `seconds` after the time (ms since
+/// the epoch, as `$currentDate` writes it) in `field`.
+fn ttl_schema() -> ObjectBuilder {
     ObjectBuilder::new()
         .schema_type(SchemaType::from_iter([Type::Object, Type::Null]))
         .description(Some(
@@ -279,8 +283,24 @@ fn ttl_schema() -> ObjectBuilder {
         ))
         .property("field", string_with_pattern(WRITE_PATH_PATTERN))
         .required("field")
-        .property("seconds", seconds)
+        .property("seconds", seconds_schema(truce::limits::TTL_SECONDS_MAX))
         .required("seconds")
+        .additional_properties(Some(AdditionalProperties::FreeForm(false)))
+}
+
+/// How long a collection keeps its tombstones before they are purged.
+fn tombstones_schema() -> ObjectBuilder {
+    ObjectBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::Object, Type::Null]))
+        .description(Some(
+            "Tombstones (deleted documents) older than `keep_seconds` are purged; a change-feed position \
+             before the last one purged is then refused with 410 `history_purged`. `null`: kept for ever.",
+        ))
+        .property(
+            "keep_seconds",
+            seconds_schema(truce::limits::TOMBSTONE_KEEP_SECONDS_MAX),
+        )
+        .required("keep_seconds")
         .additional_properties(Some(AdditionalProperties::FreeForm(false)))
 }
 
@@ -349,6 +369,7 @@ impl utoipa::PartialSchema for ConfigBody {
             ))
             .property("ttl", ttl_schema())
             .property("counters", counters)
+            .property("tombstones", tombstones_schema())
             .additional_properties(Some(AdditionalProperties::FreeForm(false)))
             .into()
     }
@@ -363,9 +384,12 @@ fn config_schema() -> ObjectBuilder {
         .required("ttl")
         .property("counters", ArrayBuilder::new().items(counter_schema(true)))
         .required("counters")
+        .property("tombstones", tombstones_schema())
+        .required("tombstones")
 }
 
-/// A collection's configuration as stored (`ttl` null and `counters` empty when none).
+/// A collection's configuration as stored (`ttl` and `tombstones` null and
+/// `counters` empty when none).
 pub struct Config;
 
 impl utoipa::PartialSchema for Config {
@@ -979,6 +1003,22 @@ mod tests {
         }
         let key = parameter(&doc, "/v1/c/{coll}/{id}", "patch", "Idempotency-Key");
         assert_eq!(key["pattern"], IDEMPOTENCY_KEY_PATTERN);
+    }
+
+    /// Every feed that takes a position documents its refusal of one from
+    /// before a purged tombstone.
+    #[test]
+    fn feeds_document_history_purged() {
+        let doc = document();
+        for path in ["/v1/_changes", "/v1/c/{coll}/_changes", "/v1/c/{coll}/_pull"] {
+            let answer = &doc["paths"][path]["get"]["responses"]["410"];
+            assert!(
+                answer["description"]
+                    .as_str()
+                    .is_some_and(|d| d.contains("history_purged")),
+                "{path}: {answer}"
+            );
+        }
     }
 
     /// Every API route lists the answers of the layers in front of all handlers.

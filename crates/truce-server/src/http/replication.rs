@@ -117,6 +117,7 @@ fn parse_checkpoint(params: &Params) -> Result<Option<(u64, String)>, ApiError> 
     responses((status = 200, description = "Documents after the checkpoint, and the new checkpoint",
                body = super::openapi::PullAnswer),
               (status = 400, description = "Invalid parameters", body = super::openapi::ErrorBody),
+              (status = 410, description = super::changes::HISTORY_PURGED_DESCRIPTION, body = super::openapi::ErrorBody),
               (status = 413, description = "`limit_exceeded`: the page's documents pass WHOLE_PAGE_BYTES_MAX (64 MiB); ask for fewer", body = super::openapi::ErrorBody)))]
 pub async fn pull(
     State(state): State<Arc<AppState>>,

@@ -35,6 +35,9 @@ use super::tx::{self, Commit, OpConflict, PreparedOp, Seen, TxCommitted, TxFailu
 use super::watermark::Watermark;
 
 mod background;
+mod turns;
+
+use turns::Turns;
 
 /// Meta key of the last committed sequence number.
 pub const META_LAST_SEQ: &[u8] = b"last_seq";
@@ -247,13 +250,13 @@ pub struct Committer {
     outbox_oldest_ms: Option<u64>,
     /// The last outbox key drained by this process (everything before it is gone).
     outbox_cursor: Option<Vec<u8>>,
-    /// Where each TTL collection's sweep continues (the last document key looked at).
-    ttl_cursors: HashMap<String, Vec<u8>>,
-    /// The collections with a TTL, in the order the sweep takes turns
-    /// (those of `configs` with one; `set_config` keeps them so).
-    ttl_collections: BTreeSet<String>,
-    /// The TTL collection whose turn came last: the next sweep starts after it.
-    ttl_last: Option<String>,
+    /// The collections with a TTL, taking turns at the sweep (those of
+    /// `configs` with one; `set_config` keeps them so), each cursor the
+    /// last document key looked at.
+    ttl: Turns,
+    /// The collections that purge their tombstones, taking turns at the
+    /// purge, each cursor the last change-log key looked at.
+    purge: Turns,
     last_background: Instant,
     recent: RecentWrites,
     last_maintenance: Instant,
@@ -425,11 +428,8 @@ impl Committer {
             None => None,
         };
         *shared.configs.write().unwrap_or_else(|p| p.into_inner()) = configs.clone();
-        let ttl_collections = configs
-            .iter()
-            .filter(|(_, c)| c.ttl.is_some())
-            .map(|(name, _)| name.clone())
-            .collect();
+        let ttl = Turns::new(&configs, |c| c.ttl.is_some());
+        let purge = Turns::new(&configs, |c| c.tombstones.is_some());
         *shared.outbox.write().unwrap_or_else(|p| p.into_inner()) = (outbox_entries, outbox_oldest_ms);
         shared
             .feed_heads
@@ -451,9 +451,8 @@ impl Committer {
             outbox_entries,
             outbox_oldest_ms,
             outbox_cursor: None,
-            ttl_cursors: HashMap::new(),
-            ttl_collections,
-            ttl_last: None,
+            ttl,
+            purge,
             last_background: Instant::now(),
             recent: RecentWrites::new(last_seq),
             last_maintenance: Instant::now(),
@@ -465,7 +464,7 @@ impl Committer {
 
     /// Whether background work (outbox, TTL) wants the short tick.
     fn busy_in_background(&self) -> bool {
-        self.outbox_entries > 0 || !self.ttl_collections.is_empty()
+        self.outbox_entries > 0 || !self.ttl.is_empty()
     }
 
     /// Runs until every sender of `queue` is gone.
@@ -1092,12 +1091,8 @@ impl Committer {
             group.put(Space::Meta, config::backfill_key(&collection, name), None);
         }
         let key = config::meta_key(&collection);
-        if config.ttl.is_some() {
-            self.ttl_collections.insert(collection.clone());
-        } else {
-            self.ttl_collections.remove(&collection);
-            self.ttl_cursors.remove(&collection);
-        }
+        self.ttl.configured(&collection, &config);
+        self.purge.configured(&collection, &config);
         if config.is_empty() {
             group.put(Space::Meta, key, None);
             self.configs.remove(&collection);

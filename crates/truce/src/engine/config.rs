@@ -1,5 +1,5 @@
-//! Collection configuration: TTL and counter caches, as API.md's `_config` body
-//! describes them. Validated here; stored durably in the meta space by the
+//! Collection configuration: TTL, counter caches and how long tombstones are
+//! kept, as API.md's `_config` body describes them. Validated here; stored durably in the meta space by the
 //! committer, which applies it in commit order.
 
 use std::collections::BTreeMap;
@@ -8,7 +8,7 @@ use serde_json::{Map, Value, json};
 
 use crate::doc;
 use crate::error::{Error, Result};
-use crate::limits::{COUNTERS_PER_COLLECTION_MAX, TTL_SECONDS_MAX};
+use crate::limits::{COUNTERS_PER_COLLECTION_MAX, TOMBSTONE_KEEP_SECONDS_MAX, TTL_SECONDS_MAX};
 use crate::update::{Filter, Path};
 
 /// Documents expire `seconds` after the time (ms since the epoch) in `field`.
@@ -20,6 +20,16 @@ pub struct TtlConfig {
     pub path: Path,
     /// Lifetime after that time.
     pub seconds: u64,
+}
+
+/// Tombstones older than `keep_seconds` are purged: the document record and
+/// its change-log entry are removed, and a feed position before the last
+/// one purged is refused (`Error::HistoryPurged`), since a reader there
+/// could miss a delete.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TombstonesConfig {
+    /// How long a tombstone is kept after its delete committed.
+    pub keep_seconds: u64,
 }
 
 /// When a counter's deltas reach its target.
@@ -72,6 +82,8 @@ pub struct CollectionConfig {
     pub ttl: Option<TtlConfig>,
     /// Counter caches fed by this collection.
     pub counters: Vec<CounterDef>,
+    /// How long tombstones are kept; `None`: for ever.
+    pub tombstones: Option<TombstonesConfig>,
     /// Counters declared (or defined anew) whose backfill — a recount of the
     /// documents already there — has not committed yet, by name, each with
     /// the generation of its declaration: a recount of an earlier definition
@@ -106,6 +118,15 @@ fn only(object: &serde_json::Map<String, Value>, allowed: &[&str], what: &str) -
     }
 }
 
+/// A duration in whole seconds, from 1 to `max`, at `key` of `object` (`what`).
+fn seconds(object: &Map<String, Value>, key: &str, what: &str, max: u64) -> Result<u64> {
+    object
+        .get(key)
+        .and_then(Value::as_u64)
+        .filter(|s| (1..=max).contains(s))
+        .ok_or_else(|| invalid(format!("{what}.{key} must be an integer from 1 to {max}")))
+}
+
 fn parse_ttl(value: &Value) -> Result<Option<TtlConfig>> {
     let ttl = match value {
         Value::Null => return Ok(None),
@@ -115,20 +136,28 @@ fn parse_ttl(value: &Value) -> Result<Option<TtlConfig>> {
     only(ttl, &["field", "seconds"], "ttl")?;
     let field = text(ttl, "field", "ttl")?;
     let path = Path::parse(field).map_err(|e| e.unless_limit(|e| invalid(format!("ttl.field: {e}"))))?;
-    let seconds = ttl
-        .get("seconds")
-        .and_then(Value::as_u64)
-        .filter(|s| (1..=TTL_SECONDS_MAX).contains(s))
-        .ok_or_else(|| {
-            invalid(format!(
-                "ttl.seconds must be an integer from 1 to {TTL_SECONDS_MAX}"
-            ))
-        })?;
+    let seconds = seconds(ttl, "seconds", "ttl", TTL_SECONDS_MAX)?;
     Ok(Some(TtlConfig {
         field: field.to_string(),
         path,
         seconds,
     }))
+}
+
+fn parse_tombstones(value: &Value) -> Result<Option<TombstonesConfig>> {
+    let tombstones = match value {
+        Value::Null => return Ok(None),
+        Value::Object(t) => t,
+        _ => return Err(invalid("tombstones must be {\"keep_seconds\"} or null".into())),
+    };
+    only(tombstones, &["keep_seconds"], "tombstones")?;
+    let keep_seconds = seconds(
+        tombstones,
+        "keep_seconds",
+        "tombstones",
+        TOMBSTONE_KEEP_SECONDS_MAX,
+    )?;
+    Ok(Some(TombstonesConfig { keep_seconds }))
 }
 
 fn parse_counter(value: &Value, index: usize) -> Result<CounterDef> {
@@ -191,8 +220,9 @@ impl CollectionConfig {
         let Value::Object(body) = value else {
             return Err(invalid("a config is a JSON object".into()));
         };
-        only(body, &["ttl", "counters"], "a config")?;
+        only(body, &["ttl", "counters", "tombstones"], "a config")?;
         let ttl = parse_ttl(body.get("ttl").unwrap_or(&Value::Null))?;
+        let tombstones = parse_tombstones(body.get("tombstones").unwrap_or(&Value::Null))?;
         let counters = match body.get("counters") {
             None | Some(Value::Null) => Vec::new(),
             Some(Value::Array(list)) => list
@@ -216,6 +246,7 @@ impl CollectionConfig {
         Ok(CollectionConfig {
             ttl,
             counters,
+            tombstones,
             backfilling: BTreeMap::new(),
         })
     }
@@ -373,12 +404,15 @@ impl CollectionConfig {
                        "target": {"c": c.target_collection, "field": c.target_field}, "mode": c.mode.name()})
             })
             .collect();
-        json!({"ttl": ttl, "counters": counters})
+        let tombstones = self
+            .tombstones
+            .map_or(Value::Null, |t| json!({"keep_seconds": t.keep_seconds}));
+        json!({"ttl": ttl, "counters": counters, "tombstones": tombstones})
     }
 
     /// Whether the configuration asks for nothing.
     pub fn is_empty(&self) -> bool {
-        self.ttl.is_none() && self.counters.is_empty()
+        self.ttl.is_none() && self.counters.is_empty() && self.tombstones.is_none()
     }
 }
 
@@ -482,6 +516,8 @@ mod tests {
             (json!({"counters": [mode]}), "mode 5"),
             (json!({"ttl": {"field": "t", "seconds": 5, "x": 1}}), "\"x\""),
             (json!({"ttls": null}), "\"ttls\""),
+            (json!({"tombstones": {"keep_seconds": 5, "x": 1}}), "\"x\""),
+            (json!({"tombstones": {"keep": 5}}), "\"keep\""),
         ] {
             let error = CollectionConfig::from_json(&config).unwrap_err();
             assert_eq!(error.code(), "invalid_config", "{config}");
@@ -497,11 +533,24 @@ mod tests {
                           "target": {"c": "campaign_metrics", "field": "confirmed_subscribers_count"},
                           "mode": "in_commit"}]});
         let config = CollectionConfig::from_json(&body).unwrap();
-        assert_eq!(config.to_json(), body);
+        // Shown with every key, `tombstones` null: kept for ever.
+        let mut shown = body.clone();
+        shown["tombstones"] = Value::Null;
+        assert_eq!(config.to_json(), shown);
         assert_eq!(
             CollectionConfig::from_json(&config.to_json()).unwrap().to_json(),
-            body
+            shown
         );
+        let purging = json!({"ttl": null, "counters": [], "tombstones": {"keep_seconds": 2_592_000}});
+        let config = CollectionConfig::from_json(&purging).unwrap();
+        assert_eq!(
+            config.tombstones,
+            Some(TombstonesConfig {
+                keep_seconds: 2_592_000
+            })
+        );
+        assert!(!config.is_empty());
+        assert_eq!(config.to_json(), purging);
     }
 
     #[test]
@@ -515,6 +564,11 @@ mod tests {
             json!({"counters": [{"name": "c", "group_by": "g", "target": {"c": "t", "field": "f"}},
                                 {"name": "c", "group_by": "g", "target": {"c": "t", "field": "f"}}]}),
             json!({"indexes": []}),
+            json!({"tombstones": {"keep_seconds": 0}}),
+            json!({"tombstones": {"keep_seconds": TOMBSTONE_KEEP_SECONDS_MAX + 1}}),
+            json!({"tombstones": {"keep_seconds": "30d"}}),
+            json!({"tombstones": {}}),
+            json!({"tombstones": 30}),
         ];
         for body in bad {
             assert!(

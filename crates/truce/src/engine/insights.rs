@@ -160,6 +160,8 @@ pub(crate) enum Event {
     Replayed,
     /// Documents deleted by the TTL sweeper.
     Expired(u64),
+    /// Tombstones purged.
+    Purged(u64),
 }
 
 /// The events of a write refused on `target` (conflict `code`): the conflict,
@@ -537,6 +539,8 @@ pub struct Stats {
     pub replays: u64,
     /// Documents deleted by the TTL sweeper.
     pub ttl_deleted: u64,
+    /// Tombstones purged (`tombstones.keep_seconds`).
+    pub tombstones_purged: u64,
     /// Requests waiting for the committer now.
     pub queue_depth: u64,
     /// Seconds the committer has spent polling its empty queue before
@@ -611,6 +615,7 @@ struct Tracker {
     skipped: u64,
     replays: u64,
     ttl_deleted: u64,
+    tombstones_purged: u64,
     group_size: Histogram,
     fsync_seconds: Histogram,
 }
@@ -651,6 +656,7 @@ impl Insights {
                 skipped: 0,
                 replays: 0,
                 ttl_deleted: 0,
+                tombstones_purged: 0,
                 group_size: Histogram::new(GROUP_SIZE_BOUNDS),
                 fsync_seconds: Histogram::new(FSYNC_SECONDS_BOUNDS),
             }),
@@ -716,6 +722,7 @@ impl Insights {
             skipped: t.skipped,
             replays: t.replays,
             ttl_deleted: t.ttl_deleted,
+            tombstones_purged: t.tombstones_purged,
             queue_depth: self.queue_depth.load(Ordering::Relaxed) as u64,
             commit_poll_seconds: self.polled_ns.load(Ordering::Relaxed) as f64 / 1e9,
             outbox_entries: outbox.0,
@@ -883,6 +890,7 @@ impl Tracker {
         match event {
             Event::Replayed => self.replays += 1,
             Event::Expired(n) => self.ttl_deleted += n,
+            Event::Purged(n) => self.tombstones_purged += n,
             Event::Hot {
                 collection,
                 target,

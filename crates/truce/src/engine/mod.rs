@@ -33,6 +33,7 @@ pub mod insights;
 pub mod outcome;
 mod pending;
 mod poll;
+mod purge;
 pub mod read;
 mod readset;
 mod recount;
@@ -544,6 +545,7 @@ impl Db {
         }
         let (view, upto) = read::durable_snapshot(self.shared())?;
         check_position(since, upto)?;
+        purge::check_since(&*view, collection, since)?;
         let page = read::Page { limit, bytes_max };
         let collections = match collection {
             Some(c) => vec![c.to_string()],
@@ -595,6 +597,9 @@ impl Db {
         doc::validate_collection_name(collection)?;
         let (view, upto) = read::durable_snapshot(self.shared())?;
         check_position(after.map_or(0, |(seq, _)| seq), upto)?;
+        if let Some(after) = after {
+            purge::check_after(&*view, collection, after)?;
+        }
         Ok((
             read::read_changes_after(&*view, collection, after, limit, upto)?,
             upto,
@@ -614,7 +619,9 @@ impl Db {
         if let Some(c) = collection {
             doc::validate_collection_name(c)?;
         }
-        check_position(since, self.durable_seq())?;
+        let (view, upto) = read::durable_snapshot(self.shared())?;
+        check_position(since, upto)?;
+        purge::check_since(&*view, collection, since)?;
         Ok(Subscription {
             db: self.clone(),
             collection: collection.map(String::from),

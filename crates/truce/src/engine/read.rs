@@ -490,7 +490,9 @@ fn corrupt(what: &str) -> Error {
     )))
 }
 
-fn seq_at(key: &[u8], offset: usize) -> Result<u64> {
+/// The sequence number of a change-log key whose collection prefix is
+/// `offset` bytes long.
+pub(crate) fn seq_at(key: &[u8], offset: usize) -> Result<u64> {
     key.get(offset..offset + 8)
         .and_then(|b| b.try_into().ok())
         .map(u64::from_be_bytes)

@@ -204,6 +204,12 @@ fn every_error_code_is_produced() {
     errors
         .push(truce::CollectionConfig::from_json(&json!({"ttl": {"field": "t", "seconds": 0}})).unwrap_err());
 
+    // history_purged: a feed from before a purged tombstone.
+    let purged_dir = tempfile::tempdir().unwrap();
+    let purged = open_relaxed(purged_dir.path());
+    crate::purge::with_purged_tombstones(&purged);
+    errors.push(purged.changes(Some("c"), 1, 10, false).unwrap_err());
+
     let produced: BTreeSet<&str> = errors.iter().map(Error::code).collect();
     let all: BTreeSet<&str> = Error::ALL_CODES.iter().copied().collect();
     assert_eq!(produced, all, "each code in ALL_CODES is produced once above");

@@ -13,6 +13,7 @@ mod idempotency;
 mod indexes;
 mod insights;
 mod model;
+mod purge;
 mod storage_conformance;
 mod transactions;
 

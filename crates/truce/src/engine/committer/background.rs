@@ -1,14 +1,14 @@
 //! The committer's work between groups, on its own thread and in its own
-//! commits: the free-space look, the counter outbox's drain, the TTL sweep
-//! and the purge of expired idempotency keys.
+//! commits: the free-space look, the counter outbox's drain, the TTL sweep,
+//! the tombstone purge and the purge of expired idempotency keys.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::error::Result;
 use crate::limits::{
-    COMMITTER_IDLE_MS, IDEMPOTENCY_PURGE_BATCH_MAX, OUTBOX_DRAIN_ENTRIES_MAX, TTL_SWEEP_DELETES_MAX,
-    TTL_SWEEP_SCAN_DOCS,
+    COMMITTER_IDLE_MS, IDEMPOTENCY_PURGE_BATCH_MAX, OUTBOX_DRAIN_ENTRIES_MAX, TOMBSTONE_PURGE_SCAN_ENTRIES,
+    TOMBSTONE_PURGES_MAX, TTL_SWEEP_DELETES_MAX, TTL_SWEEP_SCAN_DOCS,
 };
 use crate::record;
 use crate::storage::{Direction, Space};
@@ -19,13 +19,13 @@ use super::super::evaluate::{self, CommitClock, WriteOp};
 use super::super::group::Group;
 use super::super::insights::Event;
 use super::super::outcome::Expect;
-use super::super::tx;
-use super::{Committer, CounterEffects, is_expired, now_ms, scan_chunk};
+use super::super::{purge, read, tx};
+use super::{Committer, CounterEffects, is_expired, now_ms, read_meta_counter, scan_chunk};
 
 impl Committer {
     /// Background work between groups: look at the free space, drain the
     /// counter outbox and sweep expired documents (every tick), purge
-    /// idempotency keys (every idle period).
+    /// idempotency keys and old tombstones (about once a second).
     pub(super) fn background(&mut self) {
         self.last_background = Instant::now();
         if self.shared.watermark.check().is_err() {
@@ -47,6 +47,7 @@ impl Committer {
         self.sweep_ttl();
         if self.last_maintenance.elapsed() >= Duration::from_millis(COMMITTER_IDLE_MS) {
             self.maintain();
+            self.purge_tombstones();
         }
     }
 
@@ -127,19 +128,8 @@ impl Committer {
     /// up the others for its whole pass.
     pub(super) fn sweep_ttl(&mut self) {
         let now = now_ms().max(self.last_ts_ms);
-        let start = self.ttl_last.take().unwrap_or_default();
-        let after = (
-            std::ops::Bound::Excluded(start.clone()),
-            std::ops::Bound::Unbounded,
-        );
         // Each turn takes at least one of the budget, so no more turns than that.
-        let turns: Vec<String> = self
-            .ttl_collections
-            .range(after)
-            .chain(self.ttl_collections.range(..=start))
-            .take(TTL_SWEEP_SCAN_DOCS)
-            .cloned()
-            .collect();
+        let turns = self.ttl.order(TTL_SWEEP_SCAN_DOCS);
         let mut budget = TTL_SWEEP_SCAN_DOCS;
         let mut expired = Vec::new();
         for collection in turns {
@@ -153,7 +143,7 @@ impl Committer {
                     budget -= 1;
                 }
             }
-            self.ttl_last = Some(collection);
+            self.ttl.took(collection);
         }
         if let Err(e) = self.delete_expired(expired, now) {
             tracing::error!("TTL sweep failed: {e}");
@@ -175,12 +165,14 @@ impl Committer {
         };
         let storage = Arc::clone(&self.shared.storage);
         let base = tx::doc_key(collection, "");
-        let after = self.ttl_cursors.get(collection).map(Vec::as_slice);
-        let (docs, next) = scan_chunk(&*storage, Space::Documents, &base, after, budget)?;
-        match next {
-            Some(key) => self.ttl_cursors.insert(collection.to_string(), key),
-            None => self.ttl_cursors.remove(collection),
-        };
+        let (docs, next) = scan_chunk(
+            &*storage,
+            Space::Documents,
+            &base,
+            self.ttl.cursor(collection),
+            budget,
+        )?;
+        self.ttl.set_cursor(collection, next);
         for (key, bytes) in &docs {
             let id = String::from_utf8_lossy(&key[base.len()..]).into_owned();
             // One document that cannot be read is left (and reported); the
@@ -197,7 +189,7 @@ impl Committer {
                 if expired.len() == TTL_SWEEP_DELETES_MAX {
                     // Its next turn goes on after this document, not after
                     // the documents looked at past it.
-                    self.ttl_cursors.insert(collection.to_string(), key.clone());
+                    self.ttl.set_cursor(collection, Some(key.clone()));
                     break;
                 }
             }
@@ -249,6 +241,139 @@ impl Committer {
         self.recent.record(seq, written);
         self.publish_outbox();
         Ok(())
+    }
+
+    /// Purges old tombstones: looks at up to [`TOMBSTONE_PURGE_SCAN_ENTRIES`]
+    /// change-log entries of the collections with `tombstones.keep_seconds`,
+    /// taking turns as the TTL sweep does, each from where its last turn
+    /// stopped (past its horizon when this process has not looked yet), and
+    /// removes up to [`TOMBSTONE_PURGES_MAX`] tombstones that old — record
+    /// and change-log entry — in one commit that also moves each purged
+    /// collection's horizon (`engine/purge.rs`). The commit takes no sequence
+    /// number and wakes no reader: no document changes state (a purged
+    /// tombstone reads as absent, as it did).
+    pub(super) fn purge_tombstones(&mut self) {
+        if self.purge.is_empty() || self.shared.watermark.check().is_err() {
+            return;
+        }
+        let now = now_ms().max(self.last_ts_ms);
+        let storage = Arc::clone(&self.shared.storage);
+        let mut group = Group::new(&*storage, self.last_seq, self.last_ts_ms);
+        let mut budget = TOMBSTONE_PURGE_SCAN_ENTRIES;
+        let mut purged = 0;
+        let mut horizon = 0;
+        for collection in self.purge.order(TOMBSTONE_PURGE_SCAN_ENTRIES) {
+            if budget == 0 || purged == TOMBSTONE_PURGES_MAX {
+                break;
+            }
+            match self.purge_turn(&mut group, &collection, budget, now, &mut purged) {
+                Ok((looked, last)) => {
+                    budget -= looked.clamp(1, budget);
+                    horizon = horizon.max(last);
+                }
+                Err(e) => {
+                    tracing::error!(collection = %collection, "tombstone purge failed: {e}");
+                    budget -= 1;
+                }
+            }
+            self.purge.took(collection);
+        }
+        if purged == 0 {
+            return;
+        }
+        match read_meta_counter(&*storage, purge::HORIZON_MAX) {
+            Ok(stored) if stored >= horizon => {}
+            Ok(_) => group.put(
+                Space::Meta,
+                purge::HORIZON_MAX.to_vec(),
+                Some(record::encode_counter(horizon)),
+            ),
+            Err(e) => return tracing::error!("tombstone purge skipped: {e}"),
+        }
+        self.events.push(Event::Purged(purged as u64));
+        if let Err(e) = self.store(group, 1) {
+            tracing::error!("tombstone purge failed: {e}");
+        }
+    }
+
+    /// Looks at up to `budget` change-log entries of `collection` from where
+    /// its last turn stopped, putting the removal of each tombstone older
+    /// than its `keep_seconds` into `group` (and its horizon, if any was),
+    /// until `purged` reaches [`TOMBSTONE_PURGES_MAX`]. Stops at the first
+    /// entry younger than that: every later one is younger still (commit
+    /// times never decrease). Returns how many entries it looked at and the
+    /// commit of the last tombstone it purged (0 if none).
+    fn purge_turn(
+        &mut self,
+        group: &mut Group<'_>,
+        collection: &str,
+        budget: usize,
+        now: u64,
+        purged: &mut usize,
+    ) -> Result<(usize, u64)> {
+        let Some(keep) = self.configs.get(collection).and_then(|c| c.tombstones) else {
+            return Ok((0, 0));
+        };
+        let cutoff = now.saturating_sub(keep.keep_seconds.saturating_mul(1000));
+        let storage = Arc::clone(&self.shared.storage);
+        let start = match self.purge.cursor(collection) {
+            Some(key) => std::ops::Bound::Excluded(key.to_vec()),
+            None => purge::resume_after(&*storage, collection)?,
+        };
+        let prefix = tx::doc_key(collection, "");
+        let end = crate::index::keys::prefix_end(&prefix);
+        let entries = storage.scan(
+            Space::Changes,
+            start.as_ref().map(Vec::as_slice),
+            end.as_deref()
+                .map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded),
+            Direction::Forward,
+            budget,
+        )?;
+        let mut looked = 0;
+        let mut passed = None;
+        let mut last = None;
+        for (key, _) in entries {
+            looked += 1;
+            let seq = read::seq_at(&key, prefix.len())?;
+            let id = String::from_utf8_lossy(&key[prefix.len() + 8..]).into_owned();
+            let doc_key = tx::doc_key(collection, &id);
+            // An entry whose document cannot be read is left (and reported);
+            // the turn goes on past it.
+            let meta = match storage.get(Space::Documents, &doc_key)? {
+                Some(bytes) => record::decode_document_meta(&id, &bytes).map(|(meta, _)| meta),
+                None => Err(crate::storage::StorageError::Corrupt("no document record".into())),
+            };
+            match meta {
+                Ok(meta) if meta.ts_ms > cutoff => break,
+                Ok(meta) if meta.deleted && meta.seq == seq => {
+                    group.put(Space::Documents, doc_key, None);
+                    group.put(Space::Changes, key.clone(), None);
+                    *purged += 1;
+                    last = Some((seq, id));
+                }
+                Ok(_) => {}
+                Err(e) => tracing::error!(collection, id, "tombstone purge skipped a change-log entry: {e}"),
+            }
+            passed = Some(key);
+            if *purged == TOMBSTONE_PURGES_MAX {
+                break;
+            }
+        }
+        if passed.is_some() {
+            self.purge.set_cursor(collection, passed);
+        }
+        Ok(match last {
+            Some((seq, id)) => {
+                group.put(
+                    Space::Meta,
+                    purge::horizon_key(collection),
+                    Some(purge::encode_horizon(seq, &id)),
+                );
+                (looked, seq)
+            }
+            None => (looked, 0),
+        })
     }
 
     /// Background upkeep between groups: forget expired idempotency keys.
