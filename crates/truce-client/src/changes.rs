@@ -28,6 +28,7 @@ pub enum Feed {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ChangesOptions {
     since: Option<u64>,
+    from: Option<u64>,
     limit: Option<u32>,
     include_docs: bool,
     feed: Feed,
@@ -42,6 +43,16 @@ impl ChangesOptions {
     /// Only changes after commit sequence `seq` (a previous answer's `last_seq`).
     pub fn since(mut self, seq: u64) -> ChangesOptions {
         self.since = Some(seq);
+        self
+    }
+
+    /// Where this reader's history began: the [`Changes::from`] of its
+    /// first page, read from the start. With it the server refuses (410
+    /// `history_purged`) a `since` that could miss a delete whose tombstone
+    /// the collection has purged (`tombstones.keep_seconds`); without it, it
+    /// does not check.
+    pub fn from(mut self, from: Option<u64>) -> ChangesOptions {
+        self.from = from;
         self
     }
 
@@ -67,6 +78,9 @@ impl ChangesOptions {
         let mut params = Vec::new();
         if let Some(since) = self.since {
             params.push(("since", since.to_string()));
+        }
+        if let Some(from) = self.from {
+            params.push(("from", from.to_string()));
         }
         if let Some(limit) = self.limit {
             params.push(("limit", limit.to_string()));
@@ -116,6 +130,9 @@ pub struct Changes {
     pub results: Vec<Change>,
     /// Where to continue: pass it as `since` next time.
     pub last_seq: u64,
+    /// Where this reader's history began: pass it as `from` next time.
+    #[serde(default)]
+    pub from: Option<u64>,
 }
 
 impl Client {

@@ -70,8 +70,8 @@ impl Client {
     }
 
     /// `GET /v1/c/{coll}/_config`: the TTL, counters and tombstone retention
-    /// of a collection, as stored (`{"ttl": null, "counters": [],
-    /// "tombstones": null}` when none).
+    /// of a collection, as stored (`{"ttl": null, "counters": []}` when none;
+    /// `tombstones` only when set).
     pub async fn config(&self, coll: &str) -> Result<Value, ClientError> {
         let url = self.url_for(&["v1", "c", coll, "_config"])?;
         self.fetch_json(&Call::get(url), "a config").await

@@ -451,6 +451,27 @@ async fn a_long_poll_asks_the_server_to_wait() {
     );
 }
 
+/// A reader passes back where its history began, as the server said.
+#[tokio::test]
+async fn a_page_says_where_the_readers_history_began_and_it_is_sent_back() {
+    let (base, log) = serve(vec![
+        Reply::Json(200, vec![], json!({"results": [], "last_seq": 9, "from": 7})),
+        Reply::Json(200, vec![], json!({"results": [], "last_seq": 9})),
+    ])
+    .await;
+    let client = client(&base, 1);
+    let page = client
+        .changes("events", &ChangesOptions::new().limit(1))
+        .await
+        .expect("ok");
+    assert_eq!(page.from, Some(7));
+    let next = ChangesOptions::new().since(page.last_seq).from(page.from);
+    let page = client.changes("events", &next).await.expect("ok");
+    assert_eq!(page.from, None, "an answer without it");
+    let log = log.lock().expect("log").clone();
+    assert_eq!(log[1].target, "/v1/c/events/_changes?since=9&from=7");
+}
+
 /// An id (or collection) a URL cannot carry as a segment is refused before
 /// anything is sent: `.` and `..` would be resolved as path steps (a `GET` of
 /// `..` reached the list of collections and failed to decode), and an empty

@@ -159,7 +159,7 @@ pub fn recovery(data: &[u8]) {
         }
         let _ = c.count();
         let _ = db.changes(Some(&name), 0, 100, true);
-        let _ = db.changes_after(&name, Some((0, "")), 100);
+        let _ = db.changes_after(&name, Some((0, "")), None, 100);
         for counter in c.config().counters {
             let _ = c.recount(&counter.name);
         }

@@ -166,10 +166,24 @@ impl<'de> Visitor<'de> for StrictVisitor<'_> {
     }
 }
 
-/// An RxDB replication checkpoint, `{"seq": N, "id": "…"}`, or `null` / absent for
-/// "from the start": the `(seq, id)` position after which to pull. The error
-/// says what is wrong, for an `invalid_query` answer.
-pub fn checkpoint(value: Option<Value>) -> Result<Option<(u64, String)>, &'static str> {
+/// An RxDB replication checkpoint: the `(seq, id)` position after which to
+/// pull, and `from`, the commit at which the client's history began (what a
+/// purge of tombstones is checked against: `docs/http.md`, "Tombstones").
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// The commit of the last document pulled.
+    pub seq: u64,
+    /// The last document pulled.
+    pub id: String,
+    /// Where the client's history began; absent in a checkpoint given out
+    /// before the server said it.
+    pub from: Option<u64>,
+}
+
+/// Parses a checkpoint, `{"seq": N, "id": "…", "from": B}` (`from` optional),
+/// or `null` / absent for "from the start". The error says what is wrong,
+/// for an `invalid_query` answer.
+pub fn checkpoint(value: Option<Value>) -> Result<Option<Checkpoint>, &'static str> {
     match value {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Object(c)) => {
@@ -178,9 +192,17 @@ pub fn checkpoint(value: Option<Value>) -> Result<Option<(u64, String)>, &'stati
                 .and_then(Value::as_u64)
                 .ok_or("\"seq\" is a number")?;
             let id = c.get("id").and_then(Value::as_str).ok_or("\"id\" is a string")?;
-            Ok(Some((seq, id.to_string())))
+            let from = match c.get("from") {
+                None | Some(Value::Null) => None,
+                Some(from) => Some(from.as_u64().ok_or("\"from\" is a number")?),
+            };
+            Ok(Some(Checkpoint {
+                seq,
+                id: id.to_string(),
+                from,
+            }))
         }
-        Some(_) => Err("an object {\"seq\", \"id\"} or null"),
+        Some(_) => Err("an object {\"seq\", \"id\", \"from\"} or null"),
     }
 }
 

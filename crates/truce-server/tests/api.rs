@@ -2199,12 +2199,15 @@ const NOT_PRODUCIBLE_FROM_OUTSIDE: [&str; 4] = ["unavailable", "storage_error", 
 /// (`bad_input.rs`, `a_stalled_body_is_the_clients_timeout`).
 /// The backup's two, `backups_run_online_and_open_as_a_data_directory`.
 /// And 507 `insufficient_storage`, `writes_that_add_data_are_refused_while_the_disk_is_short`
-/// (a server of its own with a reserve no disk has free).
-const PRODUCED_ELSEWHERE: [(&str, u16); 4] = [
+/// (a server of its own with a reserve no disk has free). 410 `history_purged`
+/// waits for a tombstone purge (`counters.rs`,
+/// `old_tombstones_are_purged_and_only_readers_that_could_miss_them_are_refused`).
+const PRODUCED_ELSEWHERE: [(&str, u16); 5] = [
     ("request_timeout", 408),
     ("invalid_backup", 400),
     ("backup_running", 409),
     ("insufficient_storage", 507),
+    ("history_purged", 410),
 ];
 
 /// With a reserve larger than any disk's free space (`--min-free-disk-mib`

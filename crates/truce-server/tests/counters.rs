@@ -319,15 +319,6 @@ fn recount_over_http_finds_and_fixes_a_corrupted_counter() {
 // ---------------------------------------------------------------------------
 
 /// API.md's `_config` example.
-/// `config` as the server shows it: every key, `tombstones` null (kept for ever)
-/// when it does not say.
-fn as_stored(mut config: Value) -> Value {
-    if config.get("tombstones").is_none() {
-        config["tombstones"] = Value::Null;
-    }
-    config
-}
-
 fn api_md_example() -> Value {
     json!({"ttl": {"field": "lastSeen", "seconds": 30},
            "counters": [{"name": "confirmed", "group_by": "campaign_id",
@@ -340,7 +331,7 @@ fn api_md_example() -> Value {
 fn config_validates_round_trips_and_backfills() {
     let server = Server::start();
     let http = Http::new(&server);
-    let empty = json!({"ttl": null, "counters": [], "tombstones": null});
+    let empty = json!({"ttl": null, "counters": []});
     assert_eq!(
         http.expect(Method::GET, "/v1/c/subscribers/_config", None, 200),
         empty
@@ -371,9 +362,9 @@ fn config_validates_round_trips_and_backfills() {
         .as_object_mut()
         .expect("object")
         .remove("backfill");
-    assert_eq!(without_backfill, as_stored(api_md_example()));
+    assert_eq!(without_backfill, api_md_example());
     let stored = http.expect(Method::GET, "/v1/c/subscribers/_config", None, 200);
-    assert_eq!(stored, as_stored(api_md_example()), "GET answers what was PUT");
+    assert_eq!(stored, api_md_example(), "GET answers what was PUT");
     let metrics = http.expect(Method::GET, "/v1/c/campaign_metrics/c1", None, 200);
     assert_eq!(metrics["confirmed_subscribers_count"], 1);
 
@@ -392,8 +383,7 @@ fn config_validates_round_trips_and_backfills() {
     assert_eq!(
         http.expect(Method::GET, "/v1/c/other/_config", None, 200),
         json!({"ttl": null, "counters": [{"name": "all", "group_by": "campaign_id", "where": null, "sum": null,
-               "target": {"c": "campaign_metrics", "field": "subscribers"}, "mode": "in_commit"}],
-               "tombstones": null})
+               "target": {"c": "campaign_metrics", "field": "subscribers"}, "mode": "in_commit"}]})
     );
 
     // Refused configurations change nothing.
@@ -472,16 +462,13 @@ fn config_validates_round_trips_and_backfills() {
     assert_eq!(refused["error"], "invalid_collection");
     assert_eq!(
         http.expect(Method::GET, "/v1/c/subscribers/_config", None, 200),
-        as_stored(api_md_example()),
+        api_md_example(),
         "refused configurations changed nothing"
     );
 
     // An empty body removes everything.
     let cleared = http.expect(Method::PUT, "/v1/c/subscribers/_config", Some(&json!({})), 200);
-    assert_eq!(
-        cleared,
-        json!({"ttl": null, "counters": [], "tombstones": null, "backfill": {}})
-    );
+    assert_eq!(cleared, json!({"ttl": null, "counters": [], "backfill": {}}));
     assert_eq!(
         http.expect(Method::GET, "/v1/c/subscribers/_config", None, 200),
         empty
@@ -568,7 +555,7 @@ fn config_routes_need_their_roles() {
     assert_eq!(call(&admin, Method::POST, recount, None).0, 200);
     // Reading needs only read.
     let (status, stored) = call(&reader, Method::GET, "/v1/c/subscribers/_config", None);
-    assert_eq!((status, stored), (200, as_stored(config)));
+    assert_eq!((status, stored), (200, config));
     assert_eq!(call(&reader, Method::GET, "/v1/_outbox", None).0, 200);
 }
 
@@ -742,11 +729,7 @@ fn the_readme_counters_section_works_when_pasted() {
     let mut config = answers[0].clone();
     assert_eq!(config["backfill"]["confirmed"]["checked"], 0, "{config}");
     config.as_object_mut().expect("object").remove("backfill");
-    assert_eq!(
-        config,
-        as_stored(api_md_example()),
-        "the README uses API.md's example"
-    );
+    assert_eq!(config, api_md_example(), "the README uses API.md's example");
     assert_eq!(answers[1]["created"], true);
     assert_eq!(answers[2]["version"], 2);
     assert_eq!(answers[3]["confirmed_subscribers_count"], 1, "{}", answers[3]);
@@ -754,17 +737,18 @@ fn the_readme_counters_section_works_when_pasted() {
     assert_eq!(answers[5]["entries"], 0);
 }
 
-/// `tombstones.keep_seconds`: old tombstones are purged, and every feed from
-/// a position before the last one purged answers 410 `history_purged`
-/// rather than a history with a delete missing.
+/// `tombstones.keep_seconds`: old tombstones are purged; a reader that may
+/// have missed one of its deletes is answered 410 `history_purged` rather
+/// than a history with the delete missing, and one that reads from the start
+/// is never refused, however many pages it takes.
 #[test]
-fn old_tombstones_are_purged_and_feeds_from_before_them_answer_410() {
+fn old_tombstones_are_purged_and_only_readers_that_could_miss_them_are_refused() {
     let server = Server::start();
     let http = Http::new(&server);
     let config = json!({"tombstones": {"keep_seconds": 1}});
     let answer = http.expect(Method::PUT, "/v1/c/presence/_config", Some(&config), 200);
     assert_eq!(answer["tombstones"], json!({"keep_seconds": 1}), "{answer}");
-    for tab in ["tab1", "tab2"] {
+    for tab in ["tab1", "tab2", "tab3", "tab4"] {
         http.expect(
             Method::PUT,
             &format!("/v1/c/presence/{tab}"),
@@ -772,57 +756,82 @@ fn old_tombstones_are_purged_and_feeds_from_before_them_answer_410() {
             201,
         );
     }
+    // Readers that have read tab1 and will go on from where they stopped.
+    let first = http.expect(Method::GET, "/v1/c/presence/_changes?since=0&limit=1", None, 200);
+    assert_eq!(first["results"][0]["id"], "tab1", "{first}");
+    let (since, from) = (&first["last_seq"], &first["from"]);
+    assert!(
+        from.as_u64().is_some(),
+        "a read from 0 says where its history began: {first}"
+    );
+    let pulled = http.expect(Method::GET, "/v1/c/presence/_pull?limit=1", None, 200);
+    let checkpoint = pulled["checkpoint"].to_string();
+    assert!(pulled["checkpoint"]["from"].as_u64().is_some(), "{pulled}");
+
     http.expect(Method::DELETE, "/v1/c/presence/tab1?version=-1", None, 200);
     let deadline = Instant::now() + Duration::from_secs(30);
-    let refused = loop {
-        let (status, body) = http.get("/v1/c/presence/_changes?since=1");
-        if status == 410 {
-            break body;
-        }
-        assert_eq!(status, 200, "{body}");
-        assert!(Instant::now() < deadline, "not purged: {body}");
+    while http.expect(Method::GET, "/v1/insights", None, 200)["totals"]["tombstones_purged"] != 1 {
+        assert!(Instant::now() < deadline, "the tombstone was not purged");
         thread::sleep(Duration::from_millis(100));
-    };
-    assert_eq!(refused["error"], "history_purged", "{refused}");
+    }
+
+    // They would miss tab1's delete: refused, on every feed.
+    let refused = [
+        format!("/v1/c/presence/_changes?since={since}&from={from}"),
+        format!("/v1/c/presence/_changes?since={since}&from={from}&feed=longpoll&timeout=10"),
+        format!("/v1/c/presence/_changes?since={since}&from={from}&feed=sse"),
+        format!("/v1/_changes?since={since}&from={from}"),
+        format!("/v1/c/presence/_pull?checkpoint={}", support::enc(&checkpoint)),
+    ];
+    for path in &refused {
+        let (status, body) = http.get(path);
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (410, Some("history_purged")),
+            "{path}: {body}"
+        );
+    }
+    let (_, body) = http.get(&refused[0]);
     assert!(
-        refused["message"].as_str().unwrap_or("").contains("from 0"),
-        "{refused}"
-    );
-    let (status, body) = http.get("/v1/_changes?since=1");
-    assert_eq!(
-        (status, body["error"].as_str()),
-        (410, Some("history_purged")),
+        body["message"].as_str().unwrap_or("").contains("from 0"),
         "{body}"
     );
-    let checkpoint = support::enc(r#"{"seq":1,"id":"tab1"}"#);
-    let (status, body) = http.get(&format!("/v1/c/presence/_pull?checkpoint={checkpoint}"));
-    assert_eq!(
-        (status, body["error"].as_str()),
-        (410, Some("history_purged")),
-        "{body}"
-    );
-    // `/couch` answers in CouchDB's shape.
-    let (status, body) = http.get("/couch/presence/_changes?since=1");
-    assert_eq!(
-        (status, body["error"].as_str()),
-        (410, Some("bad_request")),
-        "{body}"
-    );
-    let (status, body) = http.get("/v1/c/presence/_changes?feed=sse&since=1");
-    assert_eq!(
-        (status, body["error"].as_str()),
-        (410, Some("history_purged")),
-        "{body}"
-    );
-    // From 0 the feed is whole: what is there, and no tombstone.
-    let whole = http.expect(Method::GET, "/v1/c/presence/_changes?since=0", None, 200);
-    let ids: Vec<&str> = whole["results"]
-        .as_array()
-        .expect("results")
-        .iter()
-        .filter_map(|c| c["id"].as_str())
-        .collect();
-    assert_eq!(ids, ["tab2"], "{whole}");
-    let insights = http.expect(Method::GET, "/v1/insights", None, 200);
-    assert_eq!(insights["totals"]["tombstones_purged"], 1, "{insights}");
+
+    // A reader from the start, a page at a time, passing back what each
+    // answer said, reads everything there is and is never refused.
+    let mut ids = Vec::new();
+    let mut next = "/v1/c/presence/_changes?since=0&limit=1".to_string();
+    loop {
+        let page = http.expect(Method::GET, &next, None, 200);
+        let results = page["results"].as_array().expect("results");
+        if results.is_empty() {
+            break;
+        }
+        ids.extend(results.iter().map(|c| c["id"].as_str().unwrap_or("").to_string()));
+        next = format!(
+            "/v1/c/presence/_changes?since={}&from={}&limit=1",
+            page["last_seq"], page["from"]
+        );
+    }
+    assert_eq!(ids, ["tab2", "tab3", "tab4"]);
+    let mut pulled = Vec::new();
+    let mut checkpoint = Value::Null;
+    loop {
+        let path = format!(
+            "/v1/c/presence/_pull?limit=1&checkpoint={}",
+            support::enc(&checkpoint.to_string())
+        );
+        let page = http.expect(Method::GET, &path, None, 200);
+        let documents = page["documents"].as_array().expect("documents");
+        if documents.is_empty() {
+            break;
+        }
+        pulled.extend(
+            documents
+                .iter()
+                .map(|d| d["id"].as_str().unwrap_or("").to_string()),
+        );
+        checkpoint = page["checkpoint"].clone();
+    }
+    assert_eq!(pulled, ["tab2", "tab3", "tab4"]);
 }

@@ -84,12 +84,12 @@ pub enum Error {
     /// A query is malformed (bounds, limit, cursor).
     #[error("invalid query: {0}")]
     InvalidQuery(String),
-    /// A change-feed position before the last change-log entry whose
-    /// tombstone was purged (`tombstones.keep_seconds`): a reader there may
-    /// have missed a delete, so it must read the feed again from 0.
+    /// A change-feed position that does not reach the last tombstone purged
+    /// (`tombstones.keep_seconds`) of a delete made after the reader began:
+    /// the reader may have missed it, so it must read the feed again from 0.
     #[error(
-        "position {since} is before commit {purged}, whose tombstones were purged \
-         (the collection's tombstones.keep_seconds): a reader there may have missed deletes; \
+        "position {since} does not reach the last tombstone purged (in commit {purged}; the collection's \
+         tombstones.keep_seconds), of deletes made after this reader began: it may have missed them; \
          read the feed again from 0 (replicas: drop the local copy and pull it anew)"
     )]
     HistoryPurged {

@@ -223,10 +223,14 @@ pub const TOMBSTONE_KEEP_SECONDS_MAX: u64 = TTL_SECONDS_MAX;
 /// Change-log entries the tombstone purge looks at per maintenance pass
 /// (about once a second, [`COMMITTER_IDLE_MS`]), over all collections that
 /// purge theirs (which take turns, each going on where its last turn
-/// stopped), and the most it purges then, in one commit of its own: the purge
-/// never delays writers by more than a short commit. Each entry looked at is
-/// one read of its document's record header (the body is not parsed).
+/// stopped), the bytes of document records it reads for them, and the most
+/// it purges then, in one commit of its own: the purge never delays writers
+/// by more than a short commit. Each entry looked at is one read of its
+/// document's record, whose checksums are verified and whose body is not
+/// parsed; live documents count as much as tombstones.
 pub const TOMBSTONE_PURGE_SCAN_ENTRIES: usize = 2000;
+/// See [`TOMBSTONE_PURGE_SCAN_ENTRIES`].
+pub const TOMBSTONE_PURGE_READ_BYTES: usize = 4 * 1024 * 1024;
 /// See [`TOMBSTONE_PURGE_SCAN_ENTRIES`].
 pub const TOMBSTONE_PURGES_MAX: usize = 1000;
 

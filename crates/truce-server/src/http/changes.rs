@@ -33,6 +33,11 @@ const FEED_DESCRIPTION: &str = "`normal` (default), `longpoll` (waits up to `tim
 const LAST_EVENT_ID_DESCRIPTION: &str = "`feed=sse` only: the `id` of the last event received (what a reconnecting \
                                          EventSource sends); the stream goes on after it, over `since`";
 
+/// The `from` parameter of the feeds.
+const FROM_DESCRIPTION: &str = "Where this reader's history began: the `from` of the answer to its read from 0 \
+                                (or `now`). With it, a `since` that could miss a delete whose tombstone was \
+                                purged is refused (410); without it, not checked";
+
 /// The 410 of every feed route.
 pub const HISTORY_PURGED_DESCRIPTION: &str = "`history_purged`: the position is before the last tombstone the \
                                               collection purged (`tombstones.keep_seconds` in its `_config`), so \
@@ -53,6 +58,9 @@ fn change_json(change: &Change, with_collection: bool) -> Value {
 struct FeedRequest {
     collection: Option<String>,
     since: u64,
+    /// Where the reader's history began (`from`), when it says or reads from
+    /// now (`engine/purge.rs`).
+    from: Option<u64>,
     limit: usize,
     include_docs: bool,
 }
@@ -83,12 +91,18 @@ fn feed_request(
     params: &Params,
     resume_after: Option<u64>,
 ) -> Result<FeedRequest, ApiError> {
-    params.only(&["since", "limit", "include_docs", "feed", "timeout"])?;
+    params.only(&["since", "from", "limit", "include_docs", "feed", "timeout"])?;
     // The URL's `since` is checked even when a reconnecting stream's last
     // event overrides it: a malformed URL is refused the same way every time.
+    let mut from = params.parse::<u64>("from", "invalid_query")?;
     let since = match params.0.get("since").map(String::as_str) {
         None => 0,
-        Some("now") => db.durable_seq(),
+        Some("now") => {
+            // A reader from now holds nothing from before it.
+            let now = db.durable_seq();
+            from = from.or(Some(now));
+            now
+        }
         Some(_) => params.parse::<u64>("since", "invalid_query")?.unwrap_or(0),
     };
     // A reconnecting stream goes on from its last event, whatever `since` its
@@ -101,6 +115,7 @@ fn feed_request(
     Ok(FeedRequest {
         collection,
         since,
+        from,
         limit,
         include_docs: params.flag("include_docs")?,
     })
@@ -126,9 +141,10 @@ async fn feed(
         "normal" => {
             let db = state.db.clone();
             super::blocking(move || {
-                db.changes(
+                db.changes_from(
                     request.collection.as_deref(),
                     request.since,
+                    request.from,
                     request.limit,
                     request.include_docs,
                 )
@@ -142,7 +158,12 @@ async fn feed(
                 .min(LONGPOLL_TIMEOUT_MS_MAX);
             let mut sub = state
                 .db
-                .subscribe(request.collection.as_deref(), request.since, request.include_docs)?
+                .subscribe_from(
+                    request.collection.as_deref(),
+                    request.since,
+                    request.from,
+                    request.include_docs,
+                )?
                 .page_limit(request.limit)?;
             standing
                 .long_poll(&mut sub, Duration::from_millis(timeout))
@@ -158,10 +179,12 @@ async fn feed(
                 ));
             }
             let place = super::stream_permit(&state)?;
-            let sub =
-                state
-                    .db
-                    .subscribe(request.collection.as_deref(), request.since, request.include_docs)?;
+            let sub = state.db.subscribe_from(
+                request.collection.as_deref(),
+                request.since,
+                request.from,
+                request.include_docs,
+            )?;
             return Ok(super::event_stream(
                 sse_events(sub, with_collection, standing),
                 place,
@@ -179,7 +202,11 @@ async fn feed(
         .iter()
         .map(|c| change_json(c, with_collection))
         .collect();
-    Ok(axum::Json(json!({"results": results, "last_seq": page.last_seq})).into_response())
+    let mut answer = json!({"results": results, "last_seq": page.last_seq});
+    if let Some(from) = page.from {
+        answer["from"] = json!(from);
+    }
+    Ok(axum::Json(answer).into_response())
 }
 
 /// One SSE event per change, until the engine fails or the caller's key may
@@ -232,6 +259,7 @@ fn sse_events(
 /// Changes of one collection.
 #[utoipa::path(get, path = "/v1/c/{coll}/_changes", tag = "changes",
     params(("coll" = String, Path), ("since" = Option<String>, Query, pattern = "^(0*[0-9]{1,19}|now)$"),
+           ("from" = Option<u64>, Query, description = FROM_DESCRIPTION),
            ("limit" = Option<usize>, Query, minimum = 1, maximum = 10000),
            ("include_docs" = Option<bool>, Query), ("feed" = Option<String>, Query, description = FEED_DESCRIPTION), ("timeout" = Option<u64>, Query),
            ("Last-Event-ID" = Option<u64>, Header, description = LAST_EVENT_ID_DESCRIPTION)),
@@ -252,6 +280,7 @@ pub async fn collection_changes(
 /// Changes of every collection (each result names its collection in `c`).
 #[utoipa::path(get, path = "/v1/_changes", tag = "changes",
     params(("since" = Option<String>, Query, pattern = "^(0*[0-9]{1,19}|now)$"),
+           ("from" = Option<u64>, Query, description = FROM_DESCRIPTION),
            ("limit" = Option<usize>, Query, minimum = 1, maximum = 10000), ("include_docs" = Option<bool>, Query),
            ("feed" = Option<String>, Query, description = FEED_DESCRIPTION), ("timeout" = Option<u64>, Query),
            ("Last-Event-ID" = Option<u64>, Header, description = LAST_EVENT_ID_DESCRIPTION)),

@@ -567,6 +567,7 @@ impl Standing {
             Ok(Waited::Stopping) | Err(_) => Ok(truce::ChangesPage {
                 changes: Vec::new(),
                 last_seq: sub.since(),
+                from: sub.from(),
             }),
         }
     }

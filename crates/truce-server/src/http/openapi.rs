@@ -121,6 +121,10 @@ pub struct ChangeItem {
 pub struct ChangesPage {
     results: Vec<ChangeItem>,
     last_seq: u64,
+    /// Where the reader's history began (a read from 0 or `now`, or the
+    /// `from` it sent): send it back with `since` to be refused, rather than
+    /// miss a delete, after the collection purges tombstones.
+    from: Option<u64>,
 }
 
 /// One op of a transaction, by kind: each takes `op`, `c`, `id`, at most one
@@ -205,6 +209,8 @@ pub struct PullAnswer {
 pub struct Checkpoint {
     seq: u64,
     id: String,
+    /// Where the client's history began (checked against purged tombstones).
+    from: Option<u64>,
 }
 
 /// One row of `_push`.
@@ -385,11 +391,10 @@ fn config_schema() -> ObjectBuilder {
         .property("counters", ArrayBuilder::new().items(counter_schema(true)))
         .required("counters")
         .property("tombstones", tombstones_schema())
-        .required("tombstones")
 }
 
-/// A collection's configuration as stored (`ttl` and `tombstones` null and
-/// `counters` empty when none).
+/// A collection's configuration as stored (`ttl` null and `counters` empty
+/// when none; `tombstones` only when set).
 pub struct Config;
 
 impl utoipa::PartialSchema for Config {

@@ -99,11 +99,16 @@ pub(super) fn error_event(body: Value) -> Event {
     Event::default().event("error").data(body.to_string())
 }
 
-fn checkpoint(change: &Change) -> Value {
-    json!({"seq": change.seq, "id": change.id})
+/// The checkpoint after `change`, for a client whose history began at `from`.
+fn checkpoint(change: &Change, from: Option<u64>) -> Value {
+    let mut checkpoint = json!({"seq": change.seq, "id": change.id});
+    if let Some(from) = from {
+        checkpoint["from"] = json!(from);
+    }
+    checkpoint
 }
 
-fn parse_checkpoint(params: &Params) -> Result<Option<(u64, String)>, ApiError> {
+fn parse_checkpoint(params: &Params) -> Result<Option<truce_server::wire::Checkpoint>, ApiError> {
     truce_server::wire::checkpoint(params.json("checkpoint")?)
         .map_err(|m| ApiError::BadRequest("invalid_query", format!("checkpoint: {m}")))
 }
@@ -133,8 +138,11 @@ pub async fn pull(
         .unwrap_or(PULL_LIMIT_DEFAULT);
     let db = state.db.clone();
     let given = params.json("checkpoint")?.unwrap_or(Value::Null);
-    let (changes, _) = super::blocking(move || {
-        db.changes_after(&coll, after.as_ref().map(|(s, id)| (*s, id.as_str())), limit)
+    // A checkpoint without `from` was given out before the server said where
+    // a client's history began: checked by its position alone.
+    let from = after.as_ref().map(|c| c.from.unwrap_or(0));
+    let (changes, from) = super::blocking(move || {
+        db.changes_after(&coll, after.as_ref().map(|c| (c.seq, c.id.as_str())), from, limit)
     })
     .await?;
     let documents = changes
@@ -142,7 +150,7 @@ pub async fn pull(
         .filter_map(|c| c.doc.as_ref())
         .map(|d| shape.show(d))
         .collect::<Result<Vec<Value>, ApiError>>()?;
-    let checkpoint = changes.last().map_or(given, checkpoint);
+    let checkpoint = changes.last().map_or(given, |c| checkpoint(c, from));
     Ok(axum::Json(json!({"documents": documents, "checkpoint": checkpoint})).into_response())
 }
 
@@ -620,7 +628,10 @@ pub async fn pull_stream(
     let shape = Shape::of(&params)?;
     let standing = Standing::of(&state, &headers, Some(&coll));
     let place = super::stream_permit(&state)?;
-    let sub = state.db.subscribe(Some(&coll), state.db.durable_seq(), true)?;
+    // The stream's client holds nothing it did not read before it: where
+    // the stream starts is where its checkpoints' history begins.
+    let now = state.db.durable_seq();
+    let sub = state.db.subscribe_from(Some(&coll), now, Some(now), true)?;
     Ok(super::event_stream(stream_events(sub, shape, standing), place))
 }
 
@@ -650,7 +661,10 @@ fn stream_events(
                 .collect::<Result<Vec<Value>, ApiError>>();
             match documents {
                 Ok(documents) => {
-                    let checkpoint = page.changes.last().map_or(Value::Null, checkpoint);
+                    let checkpoint = page
+                        .changes
+                        .last()
+                        .map_or(Value::Null, |c| checkpoint(c, page.from));
                     let data = json!({"documents": documents, "checkpoint": checkpoint});
                     Some((Ok(Event::default().data(data.to_string())), Some(sub)))
                 }

@@ -1387,7 +1387,11 @@ impl Committer {
                         .unwrap_or_else(|p| p.into_inner())
                         .wrote(&collections, seq);
                 }
-                self.shared.watermark.advance(seq, Some(&collections));
+                // A store without a commit (idempotency keys and tombstones
+                // purged) changes nothing a reader waits for.
+                if seq > before {
+                    self.shared.watermark.advance(seq, Some(&collections));
+                }
                 Ok(())
             }
             Err(e) => {

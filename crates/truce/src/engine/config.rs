@@ -404,10 +404,13 @@ impl CollectionConfig {
                        "target": {"c": c.target_collection, "field": c.target_field}, "mode": c.mode.name()})
             })
             .collect();
-        let tombstones = self
-            .tombstones
-            .map_or(Value::Null, |t| json!({"keep_seconds": t.keep_seconds}));
-        json!({"ttl": ttl, "counters": counters, "tombstones": tombstones})
+        let mut config = json!({"ttl": ttl, "counters": counters});
+        // Only when set: a configuration stored without it can still be read
+        // by a server from before the setting (which refuses unknown keys).
+        if let Some(t) = self.tombstones {
+            config["tombstones"] = json!({"keep_seconds": t.keep_seconds});
+        }
+        config
     }
 
     /// Whether the configuration asks for nothing.
@@ -533,13 +536,11 @@ mod tests {
                           "target": {"c": "campaign_metrics", "field": "confirmed_subscribers_count"},
                           "mode": "in_commit"}]});
         let config = CollectionConfig::from_json(&body).unwrap();
-        // Shown with every key, `tombstones` null: kept for ever.
-        let mut shown = body.clone();
-        shown["tombstones"] = Value::Null;
-        assert_eq!(config.to_json(), shown);
+        // `tombstones` is left out when not set (kept for ever).
+        assert_eq!(config.to_json(), body);
         assert_eq!(
             CollectionConfig::from_json(&config.to_json()).unwrap().to_json(),
-            shown
+            body
         );
         let purging = json!({"ttl": null, "counters": [], "tombstones": {"keep_seconds": 2_592_000}});
         let config = CollectionConfig::from_json(&purging).unwrap();

@@ -500,6 +500,10 @@ impl Db {
     /// [`PAGE_BYTES_MAX`](crate::limits::PAGE_BYTES_MAX) of them: it may hold
     /// fewer than `limit` changes with more to come. Go on from its
     /// `last_seq` until a page is empty.
+    ///
+    /// A reader of a collection that purges its tombstones passes back the
+    /// page's `from` with [`changes_from`](Self::changes_from) to be refused
+    /// rather than miss a delete; this method does not check.
     pub fn changes(
         &self,
         collection: Option<&str>,
@@ -507,9 +511,25 @@ impl Db {
         limit: usize,
         include_docs: bool,
     ) -> Result<ChangesPage> {
+        self.changes_from(collection, since, None, limit, include_docs)
+    }
+
+    /// [`Self::changes`] for a reader whose history began at commit `from`
+    /// (the `from` of its first page, read from 0): a `since` before the
+    /// last tombstone purged of a delete after `from` is
+    /// [`Error::HistoryPurged`], since the reader may have missed it
+    /// (`engine/purge.rs`). `None`: not checked.
+    pub fn changes_from(
+        &self,
+        collection: Option<&str>,
+        since: u64,
+        from: Option<u64>,
+        limit: usize,
+        include_docs: bool,
+    ) -> Result<ChangesPage> {
         self.changes_within(
             collection,
-            since,
+            (since, from),
             limit,
             include_docs,
             crate::limits::PAGE_BYTES_MAX,
@@ -529,13 +549,14 @@ impl Db {
         limit: usize,
         include_docs: bool,
     ) -> Result<ChangesPage> {
-        self.changes_within(collection, since, limit, include_docs, read::Page::WHOLE)
+        self.changes_within(collection, (since, None), limit, include_docs, read::Page::WHOLE)
     }
 
+    /// A page after `since` for a reader whose history began at `from`.
     fn changes_within(
         &self,
         collection: Option<&str>,
-        since: u64,
+        (since, from): (u64, Option<u64>),
         limit: usize,
         include_docs: bool,
         bytes_max: usize,
@@ -545,7 +566,8 @@ impl Db {
         }
         let (view, upto) = read::durable_snapshot(self.shared())?;
         check_position(since, upto)?;
-        purge::check_since(&*view, collection, since)?;
+        let from = reader_start(since, from, upto)?;
+        purge::check(&*view, collection, (since, None), from)?;
         let page = read::Page { limit, bytes_max };
         let collections = match collection {
             Some(c) => vec![c.to_string()],
@@ -560,7 +582,9 @@ impl Db {
                 }
             }
         };
-        read::read_changes(&*view, collections, since, page, upto, include_docs)
+        let mut page = read::read_changes(&*view, collections, since, page, upto, include_docs)?;
+        page.from = from;
+        Ok(page)
     }
 
     /// How many changes of `collection` come after position `since`, counted
@@ -588,32 +612,52 @@ impl Db {
     /// snapshot's sequence. The page is bounded by `limit` alone, and refused
     /// past [`WHOLE_PAGE_BYTES_MAX`](crate::limits::WHOLE_PAGE_BYTES_MAX) of
     /// documents ([`Error::LimitExceeded`]).
+    ///
+    /// `from` is where the reader's history began, as
+    /// [`changes_from`](Self::changes_from) takes it; the answer's second
+    /// element is what to pass next time (the snapshot's sequence for a
+    /// read from the start).
     pub fn changes_after(
         &self,
         collection: &str,
         after: Option<(u64, &str)>,
+        from: Option<u64>,
         limit: usize,
-    ) -> Result<(Vec<Change>, u64)> {
+    ) -> Result<(Vec<Change>, Option<u64>)> {
         doc::validate_collection_name(collection)?;
         let (view, upto) = read::durable_snapshot(self.shared())?;
-        check_position(after.map_or(0, |(seq, _)| seq), upto)?;
-        if let Some(after) = after {
-            purge::check_after(&*view, collection, after)?;
-        }
+        let at = after.map_or(0, |(seq, _)| seq);
+        check_position(at, upto)?;
+        let from = reader_start(at, from, upto)?;
+        purge::check(&*view, Some(collection), (at, after.map(|(_, id)| id)), from)?;
         Ok((
             read::read_changes_after(&*view, collection, after, limit, upto)?,
-            upto,
+            from,
         ))
     }
 
     /// A live subscription to the change feed from `since`, with no gap and no
     /// duplicate between what it catches up on and what it sees live. A `since`
     /// past the last durable commit is [`Error::InvalidQuery`], as in
-    /// [`changes`](Self::changes).
+    /// [`changes`](Self::changes). From 0 it is refused, on any page, rather
+    /// than miss a delete whose tombstone was purged; from elsewhere only
+    /// with [`subscribe_from`](Self::subscribe_from).
     pub fn subscribe(
         &self,
         collection: Option<&str>,
         since: u64,
+        include_docs: bool,
+    ) -> Result<Subscription> {
+        self.subscribe_from(collection, since, None, include_docs)
+    }
+
+    /// [`Self::subscribe`] for a reader whose history began at `from`, as
+    /// [`changes_from`](Self::changes_from) takes it.
+    pub fn subscribe_from(
+        &self,
+        collection: Option<&str>,
+        since: u64,
+        from: Option<u64>,
         include_docs: bool,
     ) -> Result<Subscription> {
         if let Some(c) = collection {
@@ -621,11 +665,13 @@ impl Db {
         }
         let (view, upto) = read::durable_snapshot(self.shared())?;
         check_position(since, upto)?;
-        purge::check_since(&*view, collection, since)?;
+        let from = reader_start(since, from, upto)?;
+        purge::check(&*view, collection, (since, None), from)?;
         Ok(Subscription {
             db: self.clone(),
             collection: collection.map(String::from),
             since,
+            from,
             include_docs,
             page: SUBSCRIPTION_PAGE,
             page_bytes: crate::limits::PAGE_BYTES_MAX,
@@ -836,6 +882,19 @@ impl Db {
 
 /// Refuses a feed position this database cannot have given out: past `head`,
 /// its last durable commit.
+/// Where a reader's history began: at the snapshot of its first read when it
+/// reads from 0 (it holds nothing yet), else where it says (`from`, which
+/// this database must have given out).
+fn reader_start(since: u64, from: Option<u64>, head: u64) -> Result<Option<u64>> {
+    if since == 0 {
+        return Ok(Some(head));
+    }
+    if let Some(from) = from {
+        check_position(from, head)?;
+    }
+    Ok(from)
+}
+
 fn check_position(since: u64, head: u64) -> Result<()> {
     if since > head {
         return Err(Error::InvalidQuery(format!(
@@ -853,6 +912,8 @@ pub struct Subscription {
     db: Db,
     collection: Option<String>,
     since: u64,
+    /// Where its history began, as [`Db::changes_from`] takes it.
+    from: Option<u64>,
     include_docs: bool,
     page: usize,
     /// Bytes of documents past which a page ends, as in [`Db::changes`].
@@ -884,15 +945,21 @@ impl Subscription {
         self.since
     }
 
+    /// Where its reader's history began, as [`Db::changes_from`] takes it.
+    pub fn from(&self) -> Option<u64> {
+        self.from
+    }
+
     fn poll_page(&mut self) -> Result<ChangesPage> {
         let page = self.db.changes_within(
             self.collection.as_deref(),
-            self.since,
+            (self.since, self.from),
             self.page,
             self.include_docs,
             self.page_bytes,
         )?;
         self.since = page.last_seq;
+        self.from = page.from;
         Ok(page)
     }
 

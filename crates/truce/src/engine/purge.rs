@@ -50,39 +50,51 @@ pub fn horizon(view: &dyn StorageRead, collection: &str) -> Result<Option<(u64, 
 }
 
 /// Refuses a reader of the feed of `collection` (`None`: every collection)
-/// from position `since`, a whole commit, when tombstones after it were
-/// purged: a reader there has seen every change up to and including commit
-/// `since`, so the purge of anything in a later commit could hide a delete.
-pub fn check_since(view: &dyn StorageRead, collection: Option<&str>, since: u64) -> Result<()> {
-    if since == 0 {
+/// at position `at` — a whole commit, `(seq, None)`, or a place within one,
+/// `(seq, Some(id))` (an RxDB checkpoint) — whose history began at commit
+/// `from`, when a tombstone it may not have seen was purged.
+///
+/// The reader holds a document only from a read of it that came after its
+/// start; a delete that committed before that read left a tombstone the
+/// reader's later pages pass, or (when purged) a document it never holds. So
+/// what it can miss is the purge of a delete after `from`, at a position
+/// after `at`: refused while the horizon is past both. A reader from 0 holds
+/// nothing (`at` 0); one whose start is not known (`from` `None`) is not
+/// checked. The feed of every collection is checked against the highest
+/// horizon of all.
+pub fn check(
+    view: &dyn StorageRead,
+    collection: Option<&str>,
+    at: (u64, Option<&str>),
+    from: Option<u64>,
+) -> Result<()> {
+    let Some(from) = from else {
+        return Ok(());
+    };
+    if at.0 == 0 {
         return Ok(());
     }
-    let purged = match collection {
-        Some(c) => horizon(view, c)?.map(|(seq, _)| seq),
+    let (seq, id) = match collection {
+        Some(c) => match horizon(view, c)? {
+            Some((seq, id)) => (seq, Some(id)),
+            None => return Ok(()),
+        },
         None => match view.get(Space::Meta, HORIZON_MAX)? {
-            Some(bytes) => Some(record::decode_counter(&bytes)?),
-            None => None,
+            Some(bytes) => (record::decode_counter(&bytes)?, None),
+            None => return Ok(()),
         },
     };
-    match purged {
-        Some(purged) if purged > since => Err(Error::HistoryPurged { since, purged }),
-        _ => Ok(()),
-    }
-}
-
-/// [`check_since`] for a position within a commit, `(seq, id)` (an RxDB
-/// checkpoint): a reader there has seen commit `seq` up to document `id`.
-pub fn check_after(view: &dyn StorageRead, collection: &str, after: (u64, &str)) -> Result<()> {
-    if after.0 == 0 {
+    let reached = match (at.1, id.as_deref()) {
+        (Some(at_id), Some(id)) => (at.0, at_id) >= (seq, id),
+        _ => at.0 >= seq,
+    };
+    if from >= seq || reached {
         return Ok(());
     }
-    match horizon(view, collection)? {
-        Some((seq, id)) if (seq, id.as_str()) > after => Err(Error::HistoryPurged {
-            since: after.0,
-            purged: seq,
-        }),
-        _ => Ok(()),
-    }
+    Err(Error::HistoryPurged {
+        since: at.0,
+        purged: seq,
+    })
 }
 
 /// The bound after which a collection's purge goes on when this process has

@@ -203,6 +203,10 @@ pub struct ChangesPage {
     pub changes: Vec<Change>,
     /// Pass this as `since` to continue exactly after this page.
     pub last_seq: u64,
+    /// Where the reader's history began, to pass back with `last_seq`
+    /// ([`Db::changes_from`](crate::Db::changes_from)): the snapshot of a
+    /// read from 0, else what the reader said (`None`: not known).
+    pub from: Option<u64>,
 }
 
 /// What ends a page of the change feed: `limit` changes, or `bytes_max` of
@@ -252,6 +256,7 @@ pub fn read_changes(
         return Ok(ChangesPage {
             changes: Vec::new(),
             last_seq: since.max(upto),
+            from: None,
         });
     }
     // Each collection's log is in commit order; merge them by (seq,
@@ -299,7 +304,11 @@ pub fn read_changes(
     if full(&changes, bytes) && heads.is_empty() {
         last_seq = changes[changes.len() - 1].seq;
     }
-    Ok(ChangesPage { changes, last_seq })
+    Ok(ChangesPage {
+        changes,
+        last_seq,
+        from: None,
+    })
 }
 
 /// The change at a change-log position: the document's state now (which is
@@ -335,7 +344,7 @@ const CHANGES_CHUNK_MAX: usize = 256;
 
 /// One collection's change log from `since` (exclusive) to `upto`
 /// (inclusive), read a chunk at a time.
-struct FeedCursor {
+pub(crate) struct FeedCursor {
     collection: String,
     prefix: Vec<u8>,
     start: Bound<Vec<u8>>,
@@ -354,7 +363,7 @@ impl FeedCursor {
     }
 
     /// The changes from `start`, a bound on positions within the collection.
-    fn from(collection: String, start: Bound<Vec<u8>>, upto: u64, first: usize) -> FeedCursor {
+    pub(crate) fn from(collection: String, start: Bound<Vec<u8>>, upto: u64, first: usize) -> FeedCursor {
         let prefix = doc_key(&collection, "");
         FeedCursor {
             start,
@@ -369,7 +378,7 @@ impl FeedCursor {
 
     /// The next `(seq, id)`, reading more entries (at most `chunk`) when none
     /// is left.
-    fn next(&mut self, view: &dyn StorageRead, chunk: usize) -> Result<Option<(u64, String)>> {
+    pub(crate) fn next(&mut self, view: &dyn StorageRead, chunk: usize) -> Result<Option<(u64, String)>> {
         if self.buffered.is_empty() && !self.done {
             let chunk = self.want.min(chunk);
             self.want = (self.want * 2).min(CHANGES_CHUNK_MAX);

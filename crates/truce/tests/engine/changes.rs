@@ -335,7 +335,7 @@ fn the_feed_of_every_collection_pages_through_the_model_at_any_limit() {
                     let mut after: Option<(u64, String)> = None;
                     loop {
                         let checkpoint = after.as_ref().map(|(seq, id)| (*seq, id.as_str()));
-                        let (page, _) = db.changes_after(name, checkpoint, limit).unwrap();
+                        let (page, _) = db.changes_after(name, checkpoint, None, limit).unwrap();
                         prop_assert!(page.len() <= limit);
                         let Some(last) = page.last() else { break };
                         after = Some((last.seq, last.id.clone()));
@@ -371,7 +371,7 @@ fn a_position_past_the_last_commit_is_refused() {
     refused(db.changes(Some("c"), head + 1, 10, false).map(drop));
     refused(db.changes(None, u64::MAX, 10, false).map(drop));
     refused(db.subscribe(Some("c"), head + 1, false).map(drop));
-    refused(db.changes_after("c", Some((head + 1, "")), 10).map(drop));
+    refused(db.changes_after("c", Some((head + 1, "")), None, 10).map(drop));
 
     // The head itself is a position it gave out: nothing after it, yet.
     assert!(db.changes(Some("c"), head, 10, false).unwrap().changes.is_empty());
@@ -379,7 +379,10 @@ fn a_position_past_the_last_commit_is_refused() {
     c.put("b", json!({}), Expect::Absent).unwrap().unwrap();
     let page = live.next_timeout(Duration::from_secs(5)).unwrap();
     assert_eq!(page.changes[0].id, "b");
-    assert_eq!(db.changes_after("c", Some((head, "a")), 10).unwrap().0[0].id, "b");
+    assert_eq!(
+        db.changes_after("c", Some((head, "a")), None, 10).unwrap().0[0].id,
+        "b"
+    );
 }
 
 /// Pages of documents end past `PAGE_BYTES_MAX` (holding at least one), and
@@ -438,7 +441,7 @@ fn pages_of_large_documents_end_by_bytes_and_go_on() {
     );
 
     // Whole pages: a pull, and the feed as /couch reads it.
-    let (pulled, _) = db.changes_after("big", None, 10_000).unwrap();
+    let (pulled, _) = db.changes_after("big", None, None, 10_000).unwrap();
     assert_eq!(pulled.len(), count);
     let whole = db.changes_whole(Some("big"), 0, 10_000, true).unwrap();
     assert_eq!(whole.changes.len(), count);
@@ -479,7 +482,7 @@ fn whole_pages_past_their_bound_are_refused_not_built() {
             other => panic!("expected WHOLE_PAGE_BYTES_MAX, got {:?}", other.map(|_| ())),
         }
     }
-    refused(db.changes_after("big", None, 10_000));
+    refused(db.changes_after("big", None, None, 10_000));
     refused(db.changes_whole(Some("big"), 0, 10_000, true));
     let mut live = db
         .subscribe(Some("big"), 0, true)
@@ -491,10 +494,12 @@ fn whole_pages_past_their_bound_are_refused_not_built() {
 
     // A batch that fits is served whole, and the next goes on after it.
     let fits = truce::limits::WHOLE_PAGE_BYTES_MAX / (blob_len + 1_000);
-    let (first, _) = db.changes_after("big", None, fits).unwrap();
+    let (first, _) = db.changes_after("big", None, None, fits).unwrap();
     assert_eq!(first.len(), fits);
     let last = first.last().unwrap();
-    let (rest, _) = db.changes_after("big", Some((last.seq, &last.id)), fits).unwrap();
+    let (rest, _) = db
+        .changes_after("big", Some((last.seq, &last.id)), None, fits)
+        .unwrap();
     assert_eq!(fits + rest.len(), count);
     assert_eq!(
         db.changes_whole(Some("big"), 0, fits, true)

@@ -44,57 +44,128 @@ fn is_purged(result: truce::Result<impl std::fmt::Debug>) -> bool {
     matches!(result, Err(Error::HistoryPurged { .. }))
 }
 
-/// A database whose collection `c` had `a` and `b` deleted, and both
-/// tombstones purged; `d` is live. Returns the commit of the last delete.
-pub fn with_purged_tombstones(db: &Db) -> u64 {
+/// A reader that has read one change of collection `c` (`None`: of every
+/// collection), before the deletes of `with_purged_tombstones`.
+pub struct Reader {
+    collection: Option<&'static str>,
+    since: u64,
+    from: Option<u64>,
+}
+
+impl Reader {
+    fn start(db: &Db, collection: Option<&'static str>) -> Reader {
+        let page = db.changes(collection, 0, 1, false).unwrap();
+        assert_eq!(page.changes.len(), 1);
+        assert!(page.from.is_some(), "a read from 0 says where its history began");
+        Reader {
+            collection,
+            since: page.last_seq,
+            from: page.from,
+        }
+    }
+
+    /// Its next page.
+    pub fn next(&self, db: &Db) -> truce::Result<truce::ChangesPage> {
+        db.changes_from(self.collection, self.since, self.from, 10, false)
+    }
+}
+
+/// Collection `c` with `a`, `b` and `d`; `a` and `b` deleted and their
+/// tombstones purged, `d` live. Returns the commit of the last delete, and a
+/// reader of `c` that had read `a` before it was deleted.
+pub fn with_purged_tombstones(db: &Db) -> (u64, Reader) {
     let c = db.collection("c").unwrap();
     c.set_config(keep(1)).unwrap();
     for id in ["a", "b", "d"] {
         c.put(id, json!({"n": 1}), Expect::Absent).unwrap().unwrap();
     }
+    let reader = Reader::start(db, Some("c"));
     c.delete("a", Expect::Any).unwrap().unwrap();
     let last = c.delete("b", Expect::Any).unwrap().unwrap().doc.meta.seq;
     purged(db, 2);
-    last
+    (last, reader)
+}
+
+/// Every change of `collection` from 0, a page of one at a time, each page
+/// asked for as the last one's answer says (`since` and `from`): never
+/// refused.
+fn paged(db: &Db, collection: Option<&str>) -> Vec<(String, bool)> {
+    let mut all = Vec::new();
+    let (mut since, mut from) = (0, None);
+    loop {
+        let page = db.changes_from(collection, since, from, 1, false).unwrap();
+        if page.changes.is_empty() {
+            return all;
+        }
+        all.extend(page.changes.iter().map(|c| (c.id.clone(), c.deleted)));
+        (since, from) = (page.last_seq, page.from);
+    }
 }
 
 #[test]
-fn old_tombstones_are_purged_and_a_feed_from_before_them_is_refused() {
+fn old_tombstones_are_purged_and_readers_that_could_miss_them_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let db = crate::open_relaxed(dir.path());
-    let last_delete = with_purged_tombstones(&db);
+    let everything = {
+        // A reader of every collection, started before the deletes too.
+        db.collection("c")
+            .unwrap()
+            .put("first", json!({}), Expect::Absent)
+            .unwrap()
+            .unwrap();
+        Reader::start(&db, None)
+    };
+    let (last_delete, reader) = with_purged_tombstones(&db);
     let c = db.collection("c").unwrap();
 
     // Gone from the feeds, read as absent as before, and the data checks clean.
-    assert_eq!(feed(&db, Some("c")), vec![("d".to_string(), false)]);
-    assert_eq!(feed(&db, None), vec![("d".to_string(), false)]);
+    let live = vec![("first".to_string(), false), ("d".to_string(), false)];
+    assert_eq!(feed(&db, Some("c")), live);
+    assert_eq!(feed(&db, None), live);
     assert!(c.get("a").unwrap().is_none());
     let report = db.check(&mut |_| {}).unwrap();
     assert!(report.is_clean(), "{:?}", report.problems);
-    assert_eq!(report.documents, 1);
+    assert_eq!(report.documents, 2);
 
-    // A reader that had read up to before a purged delete could have missed
-    // it: refused on every feed. From the last delete on, or from 0, whole.
-    for since in [1, last_delete - 1] {
-        assert!(
-            is_purged(db.changes(Some("c"), since, 10, false)),
-            "since {since}"
-        );
-        assert!(is_purged(db.changes(None, since, 10, false)), "since {since}");
-        assert!(is_purged(db.subscribe(Some("c"), since, false).map(|_| ())));
-        assert!(is_purged(db.changes_whole(Some("c"), since, 10, false)));
+    // The readers that had read `a` before its delete would miss it.
+    assert!(is_purged(reader.next(&db)));
+    assert!(is_purged(everything.next(&db)));
+    assert!(is_purged(
+        db.subscribe_from(Some("c"), reader.since, reader.from, false)
+            .map(|_| ())
+    ));
+    // A reader whose start is not known is not checked.
+    assert!(db.changes(Some("c"), reader.since, 10, false).is_ok());
+    // Readers from the start are never refused, one page at a time too:
+    // every live document comes before the last purged tombstone's commit.
+    assert_eq!(paged(&db, Some("c")), live);
+    assert_eq!(paged(&db, None), live);
+    let mut sub = db.subscribe(Some("c"), 0, false).unwrap().page_limit(1).unwrap();
+    for _ in 0..2 {
+        assert_eq!(sub.next_timeout(Duration::ZERO).unwrap().changes.len(), 1);
     }
-    assert!(db.changes(Some("c"), last_delete, 10, false).is_ok());
-    assert!(db.changes(None, last_delete, 10, false).is_ok());
-    assert!(db.subscribe(Some("c"), 0, false).is_ok());
+    // Past the last purged tombstone, a position is safe whatever its start.
+    assert!(
+        db.changes_from(Some("c"), last_delete, Some(1), 10, false)
+            .is_ok()
+    );
     // RxDB checkpoints are positions within a commit: the last one purged
-    // is `(last_delete, "b")`.
-    assert!(is_purged(db.changes_after("c", Some((1, "d")), 10)));
-    assert!(is_purged(db.changes_after("c", Some((last_delete, "a")), 10)));
-    assert!(db.changes_after("c", Some((last_delete, "b")), 10).is_ok());
-    assert!(db.changes_after("c", None, 10).is_ok());
+    // is `(last_delete, "b")`. Checked by their position alone from 0.
+    assert!(is_purged(db.changes_after("c", Some((1, "d")), Some(0), 10)));
+    assert!(is_purged(db.changes_after(
+        "c",
+        Some((last_delete, "a")),
+        Some(0),
+        10
+    )));
+    assert!(
+        db.changes_after("c", Some((last_delete, "b")), Some(0), 10)
+            .is_ok()
+    );
+    let (_, from) = db.changes_after("c", None, None, 10).unwrap();
+    assert!(db.changes_after("c", Some((1, "d")), from, 10).is_ok());
     // Another collection's feed has nothing purged.
-    assert!(db.changes(Some("other"), 1, 10, false).is_ok());
+    assert!(db.changes_from(Some("other"), 1, Some(1), 10, false).is_ok());
 
     // A document written again over a purged tombstone starts a new history.
     let again = c.put("a", json!({"n": 2}), Expect::Absent).unwrap().unwrap();
@@ -183,8 +254,20 @@ fn the_purge_goes_on_in_passes_and_across_a_reopen() {
     let db = crate::open_relaxed(dir.path());
     assert!(feed(&db, Some("c")).is_empty());
     // The horizon was stored: the refusal outlives the process.
-    assert!(is_purged(db.changes(Some("c"), last_delete - 1, 10, false)));
-    assert!(is_purged(db.changes(None, last_delete - 1, 10, false)));
+    assert!(is_purged(db.changes_from(
+        Some("c"),
+        last_delete - 1,
+        Some(1),
+        10,
+        false
+    )));
+    assert!(is_purged(db.changes_from(
+        None,
+        last_delete - 1,
+        Some(1),
+        10,
+        false
+    )));
     // And the purge goes on after it, with tombstones written since.
     let c = db.collection("c").unwrap();
     c.put("new", json!({}), Expect::Absent).unwrap().unwrap();

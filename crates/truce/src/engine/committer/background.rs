@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use crate::error::Result;
 use crate::limits::{
-    COMMITTER_IDLE_MS, IDEMPOTENCY_PURGE_BATCH_MAX, OUTBOX_DRAIN_ENTRIES_MAX, TOMBSTONE_PURGE_SCAN_ENTRIES,
-    TOMBSTONE_PURGES_MAX, TTL_SWEEP_DELETES_MAX, TTL_SWEEP_SCAN_DOCS,
+    COMMITTER_IDLE_MS, IDEMPOTENCY_PURGE_BATCH_MAX, OUTBOX_DRAIN_ENTRIES_MAX, TOMBSTONE_PURGE_READ_BYTES,
+    TOMBSTONE_PURGE_SCAN_ENTRIES, TOMBSTONE_PURGES_MAX, TTL_SWEEP_DELETES_MAX, TTL_SWEEP_SCAN_DOCS,
 };
 use crate::record;
 use crate::storage::{Direction, Space};
@@ -244,36 +244,66 @@ impl Committer {
     }
 
     /// Purges old tombstones: looks at up to [`TOMBSTONE_PURGE_SCAN_ENTRIES`]
-    /// change-log entries of the collections with `tombstones.keep_seconds`,
+    /// change-log entries (and [`TOMBSTONE_PURGE_READ_BYTES`] of their
+    /// documents' records) of the collections with `tombstones.keep_seconds`,
     /// taking turns as the TTL sweep does, each from where its last turn
     /// stopped (past its horizon when this process has not looked yet), and
     /// removes up to [`TOMBSTONE_PURGES_MAX`] tombstones that old — record
     /// and change-log entry — in one commit that also moves each purged
     /// collection's horizon (`engine/purge.rs`). The commit takes no sequence
-    /// number and wakes no reader: no document changes state (a purged
-    /// tombstone reads as absent, as it did).
+    /// number: no document changes state (a purged tombstone reads as
+    /// absent, as it did).
     pub(super) fn purge_tombstones(&mut self) {
         if self.purge.is_empty() || self.shared.watermark.check().is_err() {
             return;
         }
-        let now = now_ms().max(self.last_ts_ms);
         let storage = Arc::clone(&self.shared.storage);
+        // Read before any turn moves a cursor: a pass cut short here would
+        // leave its tombstones behind the cursors until a restart.
+        let mut horizon_max = match read_meta_counter(&*storage, purge::HORIZON_MAX) {
+            Ok(max) => max,
+            Err(e) => return tracing::error!("tombstone purge skipped: {e}"),
+        };
+        let now = now_ms().max(self.last_ts_ms);
         let mut group = Group::new(&*storage, self.last_seq, self.last_ts_ms);
-        let mut budget = TOMBSTONE_PURGE_SCAN_ENTRIES;
+        let mut budget = PurgeBudget {
+            entries: TOMBSTONE_PURGE_SCAN_ENTRIES,
+            bytes: TOMBSTONE_PURGE_READ_BYTES,
+            purges: TOMBSTONE_PURGES_MAX,
+        };
         let mut purged = 0;
-        let mut horizon = 0;
+        let mut moved = false;
         for collection in self.purge.order(TOMBSTONE_PURGE_SCAN_ENTRIES) {
-            if budget == 0 || purged == TOMBSTONE_PURGES_MAX {
+            if budget.spent() {
                 break;
             }
-            match self.purge_turn(&mut group, &collection, budget, now, &mut purged) {
-                Ok((looked, last)) => {
-                    budget -= looked.clamp(1, budget);
-                    horizon = horizon.max(last);
+            // A turn that fails leaves nothing in the group and its cursor
+            // where it was: a purge is never stored without its horizon.
+            match self.purge_turn(&collection, now, &mut budget) {
+                Ok(turn) => {
+                    if let Some(cursor) = turn.cursor {
+                        self.purge.set_cursor(&collection, Some(cursor));
+                    }
+                    if let Some((seq, id)) = turn.last {
+                        for (doc_key, change_key) in turn.removals {
+                            group.put(Space::Documents, doc_key, None);
+                            group.put(Space::Changes, change_key, None);
+                            purged += 1;
+                        }
+                        group.put(
+                            Space::Meta,
+                            purge::horizon_key(&collection),
+                            Some(purge::encode_horizon(seq, &id)),
+                        );
+                        if seq > horizon_max {
+                            horizon_max = seq;
+                            moved = true;
+                        }
+                    }
                 }
                 Err(e) => {
                     tracing::error!(collection = %collection, "tombstone purge failed: {e}");
-                    budget -= 1;
+                    budget.entries = budget.entries.saturating_sub(1);
                 }
             }
             self.purge.took(collection);
@@ -281,99 +311,66 @@ impl Committer {
         if purged == 0 {
             return;
         }
-        match read_meta_counter(&*storage, purge::HORIZON_MAX) {
-            Ok(stored) if stored >= horizon => {}
-            Ok(_) => group.put(
+        if moved {
+            group.put(
                 Space::Meta,
                 purge::HORIZON_MAX.to_vec(),
-                Some(record::encode_counter(horizon)),
-            ),
-            Err(e) => return tracing::error!("tombstone purge skipped: {e}"),
+                Some(record::encode_counter(horizon_max)),
+            );
         }
-        self.events.push(Event::Purged(purged as u64));
+        self.events.push(Event::Purged(purged));
         if let Err(e) = self.store(group, 1) {
             tracing::error!("tombstone purge failed: {e}");
         }
     }
 
-    /// Looks at up to `budget` change-log entries of `collection` from where
-    /// its last turn stopped, putting the removal of each tombstone older
-    /// than its `keep_seconds` into `group` (and its horizon, if any was),
-    /// until `purged` reaches [`TOMBSTONE_PURGES_MAX`]. Stops at the first
-    /// entry younger than that: every later one is younger still (commit
-    /// times never decrease). Returns how many entries it looked at and the
-    /// commit of the last tombstone it purged (0 if none).
-    fn purge_turn(
-        &mut self,
-        group: &mut Group<'_>,
-        collection: &str,
-        budget: usize,
-        now: u64,
-        purged: &mut usize,
-    ) -> Result<(usize, u64)> {
+    /// Looks at `collection`'s change-log entries from where its last turn
+    /// stopped, within `budget`, for tombstones older than its
+    /// `keep_seconds`. Stops at the first entry younger than that: every
+    /// later one is younger still (commit times never decrease). An entry
+    /// whose document cannot be read is reported and passed.
+    fn purge_turn(&self, collection: &str, now: u64, budget: &mut PurgeBudget) -> Result<PurgeTurn> {
+        let mut turn = PurgeTurn::default();
         let Some(keep) = self.configs.get(collection).and_then(|c| c.tombstones) else {
-            return Ok((0, 0));
+            return Ok(turn);
         };
         let cutoff = now.saturating_sub(keep.keep_seconds.saturating_mul(1000));
-        let storage = Arc::clone(&self.shared.storage);
+        let storage = &*self.shared.storage;
         let start = match self.purge.cursor(collection) {
             Some(key) => std::ops::Bound::Excluded(key.to_vec()),
-            None => purge::resume_after(&*storage, collection)?,
+            None => purge::resume_after(storage, collection)?,
         };
-        let prefix = tx::doc_key(collection, "");
-        let end = crate::index::keys::prefix_end(&prefix);
-        let entries = storage.scan(
-            Space::Changes,
-            start.as_ref().map(Vec::as_slice),
-            end.as_deref()
-                .map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded),
-            Direction::Forward,
-            budget,
-        )?;
-        let mut looked = 0;
-        let mut passed = None;
-        let mut last = None;
-        for (key, _) in entries {
-            looked += 1;
-            let seq = read::seq_at(&key, prefix.len())?;
-            let id = String::from_utf8_lossy(&key[prefix.len() + 8..]).into_owned();
+        // Most turns stop at once, at a young entry: a few entries first.
+        let mut entries =
+            read::FeedCursor::from(collection.to_string(), start, self.last_seq, PURGE_SCAN_FIRST);
+        // Every turn takes at least one entry of the budget.
+        budget.entries = budget.entries.saturating_sub(1);
+        while let Some((seq, id)) = entries.next(storage, budget.entries + 1)? {
             let doc_key = tx::doc_key(collection, &id);
-            // An entry whose document cannot be read is left (and reported);
-            // the turn goes on past it.
-            let meta = match storage.get(Space::Documents, &doc_key)? {
-                Some(bytes) => record::decode_document_meta(&id, &bytes).map(|(meta, _)| meta),
+            let record = storage.get(Space::Documents, &doc_key)?;
+            budget.bytes = budget.bytes.saturating_sub(record.as_ref().map_or(0, Vec::len));
+            let meta = match &record {
+                Some(bytes) => record::decode_document_meta(&id, bytes).map(|(meta, _)| meta),
                 None => Err(crate::storage::StorageError::Corrupt("no document record".into())),
             };
+            let key = tx::changes_key(collection.as_bytes(), seq, id.as_bytes());
             match meta {
                 Ok(meta) if meta.ts_ms > cutoff => break,
                 Ok(meta) if meta.deleted && meta.seq == seq => {
-                    group.put(Space::Documents, doc_key, None);
-                    group.put(Space::Changes, key.clone(), None);
-                    *purged += 1;
-                    last = Some((seq, id));
+                    turn.removals.push((doc_key, key.clone()));
+                    turn.last = Some((seq, id));
+                    budget.purges -= 1;
                 }
                 Ok(_) => {}
-                Err(e) => tracing::error!(collection, id, "tombstone purge skipped a change-log entry: {e}"),
+                Err(e) => tracing::error!(collection, id, "tombstone purge passed a change-log entry: {e}"),
             }
-            passed = Some(key);
-            if *purged == TOMBSTONE_PURGES_MAX {
+            turn.cursor = Some(key);
+            if budget.spent() {
                 break;
             }
+            budget.entries -= 1;
         }
-        if passed.is_some() {
-            self.purge.set_cursor(collection, passed);
-        }
-        Ok(match last {
-            Some((seq, id)) => {
-                group.put(
-                    Space::Meta,
-                    purge::horizon_key(collection),
-                    Some(purge::encode_horizon(seq, &id)),
-                );
-                (looked, seq)
-            }
-            None => (looked, 0),
-        })
+        Ok(turn)
     }
 
     /// Background upkeep between groups: forget expired idempotency keys.
@@ -416,4 +413,35 @@ impl Committer {
             tracing::error!("idempotency purge failed: {e}");
         }
     }
+}
+
+/// Change-log entries a purge turn reads first (then twice as many each
+/// time, as a feed does).
+const PURGE_SCAN_FIRST: usize = 16;
+
+/// What is left of one tombstone-purge pass's work.
+struct PurgeBudget {
+    /// Change-log entries it may still look at.
+    entries: usize,
+    /// Bytes of document records it may still read.
+    bytes: usize,
+    /// Tombstones it may still purge.
+    purges: usize,
+}
+
+impl PurgeBudget {
+    fn spent(&self) -> bool {
+        self.entries == 0 || self.bytes == 0 || self.purges == 0
+    }
+}
+
+/// What one collection's turn at the purge found.
+#[derive(Default)]
+struct PurgeTurn {
+    /// Each old tombstone's document key and change-log key.
+    removals: Vec<(Vec<u8>, Vec<u8>)>,
+    /// The position of the last of them: the collection's new horizon.
+    last: Option<(u64, String)>,
+    /// The last change-log key passed: where its next turn goes on.
+    cursor: Option<Vec<u8>>,
 }
