@@ -275,3 +275,36 @@ fn the_purge_goes_on_in_passes_and_across_a_reopen() {
     purged(&db, 1);
     assert!(feed(&db, Some("c")).is_empty());
 }
+
+/// A change-log entry whose document cannot be read is reported and passed:
+/// the tombstones after it are still purged.
+#[test]
+fn an_unreadable_entry_does_not_stop_the_purge() {
+    use truce::storage::{MemoryStorage, Space, Storage, WriteBatch};
+    let storage = std::sync::Arc::new(MemoryStorage::new());
+    let db = Db::open_with_storage(storage.clone(), truce::Options::default()).unwrap();
+    let c = db.collection("c").unwrap();
+    c.set_config(keep(1)).unwrap();
+    let at = c
+        .put("a", json!({}), Expect::Absent)
+        .unwrap()
+        .unwrap()
+        .doc
+        .meta
+        .seq;
+    // An entry beside `a`'s whose document does not exist.
+    let mut orphan = WriteBatch::new();
+    orphan.put(
+        Space::Changes,
+        truce::engine::tx::changes_key(b"c", at, b"ghost"),
+        Vec::new(),
+    );
+    storage.apply(orphan, truce::Durability::Immediate).unwrap();
+    c.put("b", json!({}), Expect::Absent).unwrap().unwrap();
+    c.delete("b", Expect::Any).unwrap().unwrap();
+    purged(&db, 1);
+    // (The feeds refuse the orphan: read the storage itself.)
+    use truce::storage::StorageRead;
+    let record = storage.get(Space::Documents, &truce::engine::tx::doc_key("c", "b"));
+    assert_eq!(record.unwrap(), None, "b's tombstone was purged");
+}
