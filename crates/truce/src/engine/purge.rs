@@ -1,14 +1,15 @@
 //! Tombstone purge, the part readers share: where each collection's purge
 //! has got to (its horizon), stored in the meta space in the commit that
-//! purges, and the check that refuses a feed position before it.
+//! purges, and the check that refuses a reader that could have missed a
+//! purged delete.
 //!
 //! A collection configured with `tombstones.keep_seconds` has its tombstones
 //! removed once they are that old: the document record and its change-log
 //! entry go, in one commit of the committer's own (`committer/background.rs`,
-//! `purge_tombstones`). A reader of the feed from a position before the last
-//! entry purged could have missed a delete, so it is refused
-//! ([`Error::HistoryPurged`]) rather than shown a history with holes; from 0
-//! (a reader that holds nothing) the feed is whole.
+//! `purge_tombstones`). A reader that could have missed one of their
+//! deletes is refused ([`Error::HistoryPurged`]) rather than shown a history
+//! with holes ([`check`]); from 0 (a reader that holds nothing) the feed is
+//! whole.
 
 use std::ops::Bound;
 
