@@ -796,6 +796,41 @@ fn old_tombstones_are_purged_and_only_readers_that_could_miss_them_are_refused()
         body["message"].as_str().unwrap_or("").contains("from 0"),
         "{body}"
     );
+    // An event stream resumed by its last event id, which does not say where
+    // its history began, is checked by its position, even from `now`.
+    for url in [
+        "/v1/c/presence/_changes?feed=sse&since=now",
+        "/v1/c/presence/_changes?feed=sse",
+    ] {
+        let since = since.to_string();
+        let headers = [("Last-Event-ID", since.as_str())];
+        let (status, body) = http
+            .try_call_with(Method::GET, url, &headers, None)
+            .expect("an answer");
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (410, Some("history_purged")),
+            "{url}: {body}"
+        );
+    }
+    // A read from `now` says where it began too; a start this server never
+    // gave out is refused.
+    let now = http.expect(Method::GET, "/v1/c/presence/_changes?since=now", None, 200);
+    assert_eq!(now["from"], now["last_seq"], "{now}");
+    let past = now["last_seq"].as_u64().expect("a number") + 1;
+    let (status, body) = http.get(&format!("/v1/c/presence/_changes?since=1&from={past}"));
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_query")),
+        "{body}"
+    );
+    let bad = support::enc(r#"{"seq":1,"id":"tab1","from":"x"}"#);
+    let (status, body) = http.get(&format!("/v1/c/presence/_pull?checkpoint={bad}"));
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_query")),
+        "{body}"
+    );
 
     // A reader from the start, a page at a time, passing back what each
     // answer said, reads everything there is and is never refused.

@@ -39,9 +39,11 @@ const FROM_DESCRIPTION: &str = "Where this reader's history began: the `from` of
                                 purged is refused (410); without it, not checked";
 
 /// The 410 of every feed route.
-pub const HISTORY_PURGED_DESCRIPTION: &str = "`history_purged`: the position is before the last tombstone the \
-                                              collection purged (`tombstones.keep_seconds` in its `_config`), so \
-                                              a reader there may have missed deletes; read the feed again from 0";
+pub const HISTORY_PURGED_DESCRIPTION: &str = "`history_purged`: a tombstone after this position, of a delete made \
+                                              after the reader's history began (`from`), was purged \
+                                              (`tombstones.keep_seconds` in a collection's `_config`; for the feed of \
+                                              every collection, any collection's), so the reader may have missed \
+                                              it; read the feed again from 0";
 
 fn change_json(change: &Change, with_collection: bool) -> Value {
     let mut out =
@@ -106,8 +108,17 @@ fn feed_request(
         Some(_) => params.parse::<u64>("since", "invalid_query")?.unwrap_or(0),
     };
     // A reconnecting stream goes on from its last event, whatever `since` its
-    // URL had (`now` would skip what committed while it was away).
-    let since = resume_after.unwrap_or(since);
+    // URL had (`now` would skip what committed while it was away). Where its
+    // history began is not in the event id: unless the URL says, it is
+    // checked by its position alone (start 0), as a `_pull` checkpoint
+    // without `from` is, never as a reader starting now.
+    let since = match resume_after {
+        Some(after) => {
+            from = params.parse::<u64>("from", "invalid_query")?.or(Some(0));
+            after
+        }
+        None => since,
+    };
     let limit = params
         .parse::<usize>("limit", "invalid_query")?
         .unwrap_or(CHANGES_LIMIT_DEFAULT);

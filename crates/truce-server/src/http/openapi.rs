@@ -299,8 +299,9 @@ fn tombstones_schema() -> ObjectBuilder {
     ObjectBuilder::new()
         .schema_type(SchemaType::from_iter([Type::Object, Type::Null]))
         .description(Some(
-            "Tombstones (deleted documents) older than `keep_seconds` are purged; a change-feed position \
-             before the last one purged is then refused with 410 `history_purged`. `null`: kept for ever.",
+            "Tombstones (deleted documents) older than `keep_seconds` are purged; a change-feed reader that \
+             could have missed one of their deletes is then refused with 410 `history_purged`. `null`: kept \
+             for ever.",
         ))
         .property(
             "keep_seconds",

@@ -115,7 +115,7 @@ fn parse_checkpoint(params: &Params) -> Result<Option<truce_server::wire::Checkp
 
 /// Documents changed after the checkpoint, in commit order, at their latest state.
 #[utoipa::path(get, path = "/v1/c/{coll}/_pull", tag = "replication",
-    params(("coll" = String, Path), ("checkpoint" = Option<String>, Query, description = "JSON {\"seq\", \"id\"} or null"),
+    params(("coll" = String, Path), ("checkpoint" = Option<String>, Query, description = "JSON {\"seq\", \"id\", \"from\"} as a previous answer gave it, or null"),
            ("limit" = Option<usize>, Query, minimum = 1, maximum = 10000),
            ("primaryKey" = Option<String>, Query, description = "the client's primary-key field (default id)"),
            ("meta" = Option<bool>, Query)),
@@ -628,8 +628,9 @@ pub async fn pull_stream(
     let shape = Shape::of(&params)?;
     let standing = Standing::of(&state, &headers, Some(&coll));
     let place = super::stream_permit(&state)?;
-    // The stream's client holds nothing it did not read before it: where
-    // the stream starts is where its checkpoints' history begins.
+    // The stream's checkpoints carry its start as `from`: every position it
+    // gives out is after its start, so a `_pull` from one of them is checked
+    // by its position alone, however early the client's history began.
     let now = state.db.durable_seq();
     let sub = state.db.subscribe_from(Some(&coll), now, Some(now), true)?;
     Ok(super::event_stream(stream_events(sub, shape, standing), place))

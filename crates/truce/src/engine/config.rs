@@ -23,9 +23,8 @@ pub struct TtlConfig {
 }
 
 /// Tombstones older than `keep_seconds` are purged: the document record and
-/// its change-log entry are removed, and a feed position before the last
-/// one purged is refused (`Error::HistoryPurged`), since a reader there
-/// could miss a delete.
+/// its change-log entry are removed, and a feed reader that could have
+/// missed one of their deletes is refused (`Error::HistoryPurged`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TombstonesConfig {
     /// How long a tombstone is kept after its delete committed.

@@ -639,9 +639,10 @@ impl Db {
     /// A live subscription to the change feed from `since`, with no gap and no
     /// duplicate between what it catches up on and what it sees live. A `since`
     /// past the last durable commit is [`Error::InvalidQuery`], as in
-    /// [`changes`](Self::changes). From 0 it is refused, on any page, rather
-    /// than miss a delete whose tombstone was purged; from elsewhere only
-    /// with [`subscribe_from`](Self::subscribe_from).
+    /// [`changes`](Self::changes). A subscription from 0 knows where its
+    /// history began, and a page that could miss a delete whose tombstone
+    /// was purged is refused ([`Error::HistoryPurged`]); from elsewhere it
+    /// is checked only with [`subscribe_from`](Self::subscribe_from).
     pub fn subscribe(
         &self,
         collection: Option<&str>,
@@ -880,8 +881,6 @@ impl Db {
     }
 }
 
-/// Refuses a feed position this database cannot have given out: past `head`,
-/// its last durable commit.
 /// Where a reader's history began: at the snapshot of its first read when it
 /// reads from 0 (it holds nothing yet), else where it says (`from`, which
 /// this database must have given out).
@@ -889,12 +888,19 @@ fn reader_start(since: u64, from: Option<u64>, head: u64) -> Result<Option<u64>>
     if since == 0 {
         return Ok(Some(head));
     }
-    if let Some(from) = from {
-        check_position(from, head)?;
+    if let Some(from) = from
+        && from > head
+    {
+        return Err(Error::InvalidQuery(format!(
+            "from {from} is past this database's last commit ({head}): it was not given out by this data \
+             directory; read the feed again from 0"
+        )));
     }
     Ok(from)
 }
 
+/// Refuses a feed position this database cannot have given out: past `head`,
+/// its last durable commit.
 fn check_position(since: u64, head: u64) -> Result<()> {
     if since > head {
         return Err(Error::InvalidQuery(format!(

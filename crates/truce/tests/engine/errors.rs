@@ -204,7 +204,7 @@ fn every_error_code_is_produced() {
     errors
         .push(truce::CollectionConfig::from_json(&json!({"ttl": {"field": "t", "seconds": 0}})).unwrap_err());
 
-    // history_purged: a feed from before a purged tombstone.
+    // history_purged: a reader that had read a document whose delete was purged.
     let purged_dir = tempfile::tempdir().unwrap();
     let purged = open_relaxed(purged_dir.path());
     let (_, reader) = crate::purge::with_purged_tombstones(&purged);

@@ -1,6 +1,7 @@
 //! Tombstone purge (`tombstones.keep_seconds`): old tombstones go, record and
-//! change-log entry, and a feed position from before the last one purged is
-//! refused rather than shown a history with holes.
+//! change-log entry, and a feed reader that could have missed one of their
+//! deletes is refused rather than shown a history with holes, while readers
+//! from the start never are.
 
 use std::thread;
 use std::time::{Duration, Instant};
@@ -307,4 +308,23 @@ fn an_unreadable_entry_does_not_stop_the_purge() {
     use truce::storage::StorageRead;
     let record = storage.get(Space::Documents, &truce::engine::tx::doc_key("c", "b"));
     assert_eq!(record.unwrap(), None, "b's tombstone was purged");
+}
+
+/// A subscription from 0 carries where it began from page to page: one that
+/// read a document before its delete was purged is refused on a later page.
+#[test]
+fn a_subscription_is_refused_on_a_later_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = crate::open_relaxed(dir.path());
+    let c = db.collection("c").unwrap();
+    c.set_config(keep(1)).unwrap();
+    for id in ["a", "b", "d"] {
+        c.put(id, json!({}), Expect::Absent).unwrap().unwrap();
+    }
+    let mut sub = db.subscribe(Some("c"), 0, false).unwrap().page_limit(1).unwrap();
+    assert_eq!(sub.next_timeout(Duration::ZERO).unwrap().changes[0].id, "a");
+    c.delete("a", Expect::Any).unwrap().unwrap();
+    c.delete("b", Expect::Any).unwrap().unwrap();
+    purged(&db, 2);
+    assert!(is_purged(sub.next_timeout(Duration::ZERO).map(|_| ())));
 }
