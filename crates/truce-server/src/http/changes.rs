@@ -96,28 +96,24 @@ fn feed_request(
     params.only(&["since", "from", "limit", "include_docs", "feed", "timeout"])?;
     // The URL's `since` is checked even when a reconnecting stream's last
     // event overrides it: a malformed URL is refused the same way every time.
-    let mut from = params.parse::<u64>("from", "invalid_query")?;
-    let since = match params.0.get("since").map(String::as_str) {
-        None => 0,
+    let given = params.parse::<u64>("from", "invalid_query")?;
+    let (since, from) = match params.0.get("since").map(String::as_str) {
+        None => (0, given),
         Some("now") => {
             // A reader from now holds nothing from before it.
             let now = db.durable_seq();
-            from = from.or(Some(now));
-            now
+            (now, given.or(Some(now)))
         }
-        Some(_) => params.parse::<u64>("since", "invalid_query")?.unwrap_or(0),
+        Some(_) => (params.parse::<u64>("since", "invalid_query")?.unwrap_or(0), given),
     };
     // A reconnecting stream goes on from its last event, whatever `since` its
     // URL had (`now` would skip what committed while it was away). Where its
     // history began is not in the event id: unless the URL says, it is
     // checked by its position alone (start 0), as a `_pull` checkpoint
     // without `from` is, never as a reader starting now.
-    let since = match resume_after {
-        Some(after) => {
-            from = params.parse::<u64>("from", "invalid_query")?.or(Some(0));
-            after
-        }
-        None => since,
+    let (since, from) = match resume_after {
+        Some(after) => (after, given.or(Some(0))),
+        None => (since, from),
     };
     let limit = params
         .parse::<usize>("limit", "invalid_query")?
