@@ -664,10 +664,15 @@ impl Db {
         if let Some(c) = collection {
             doc::validate_collection_name(c)?;
         }
-        let (view, upto) = read::durable_snapshot(self.shared())?;
+        let upto = self.durable_seq();
         check_position(since, upto)?;
         let from = reader_start(since, from, upto)?;
-        purge::check(&*view, collection, (since, None), from)?;
+        // Refused here rather than on its first page, so that a stream is
+        // answered 410 before it starts; a snapshot only when it can be.
+        if purge::is_checked(since, from) {
+            let (view, _) = read::durable_snapshot(self.shared())?;
+            purge::check(&*view, collection, (since, None), from)?;
+        }
         Ok(Subscription {
             db: self.clone(),
             collection: collection.map(String::from),

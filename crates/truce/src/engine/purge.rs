@@ -69,12 +69,9 @@ pub fn check(
     at: (u64, Option<&str>),
     from: Option<u64>,
 ) -> Result<()> {
-    let Some(from) = from else {
+    let Some(from) = from.filter(|_| is_checked(at.0, from)) else {
         return Ok(());
     };
-    if at.0 == 0 {
-        return Ok(());
-    }
     let (seq, id) = match collection {
         Some(c) => match horizon(view, c)? {
             Some((seq, id)) => (seq, Some(id)),
@@ -96,6 +93,13 @@ pub fn check(
         since: at.0,
         purged: seq,
     })
+}
+
+/// Whether [`check`] looks at the horizon for a reader at commit `at`
+/// whose history began at `from`: not for one that holds nothing (`at` 0),
+/// nor for one whose start is not known.
+pub fn is_checked(at: u64, from: Option<u64>) -> bool {
+    at > 0 && from.is_some()
 }
 
 /// The bound after which a collection's purge goes on when this process has

@@ -501,7 +501,7 @@ fn corrupt(what: &str) -> Error {
 
 /// The sequence number of a change-log key whose collection prefix is
 /// `offset` bytes long.
-pub(crate) fn seq_at(key: &[u8], offset: usize) -> Result<u64> {
+fn seq_at(key: &[u8], offset: usize) -> Result<u64> {
     key.get(offset..offset + 8)
         .and_then(|b| b.try_into().ok())
         .map(u64::from_be_bytes)
