@@ -76,14 +76,9 @@ impl<'a> Group<'a> {
     /// The current state of document `key` (tombstones included), read from storage
     /// the first time the group touches it.
     pub fn current(&mut self, key: &[u8], id: &str) -> Result<Option<&Arc<Document>>> {
-        if self.slots.contains_key(key) {
-            return Ok(self.slots.get(key).and_then(|s| s.current.as_ref()));
-        }
-        let (stored, bytes) = match read_document_sized(self.storage, key, id)? {
-            Some((doc, bytes)) => (Some(Arc::new(doc)), bytes),
-            None => (None, 0),
-        };
-        Ok(self.slot(key, stored, bytes).current.as_ref())
+        Ok(Self::load(&mut self.slots, self.storage, key, id, None)?
+            .current
+            .as_ref())
     }
 
     /// [`current`](Self::current) for an op of a request, counting the
@@ -97,31 +92,38 @@ impl<'a> Group<'a> {
         id: &str,
         seen: Option<Option<Arc<Document>>>,
     ) -> Result<Option<&Arc<Document>>> {
-        if !self.slots.contains_key(key) {
-            let (stored, bytes) = match seen {
-                Some(stored) => (stored, 0),
-                None => match read_document_sized(self.storage, key, id)? {
-                    Some((doc, bytes)) => (Some(Arc::new(doc)), bytes),
-                    None => (None, 0),
-                },
-            };
-            self.slot(key, stored, bytes);
-        }
-        let Some(slot) = self.slots.get(key) else {
-            return Ok(None);
-        };
+        let slot = Self::load(&mut self.slots, self.storage, key, id, seen)?;
         self.met += slot.written.as_ref().map_or(slot.stored_bytes, Vec::len);
         Ok(slot.current.as_ref())
     }
 
-    fn slot(&mut self, key: &[u8], stored: Option<Arc<Document>>, stored_bytes: usize) -> &Slot {
-        self.slots.entry(key.to_vec()).or_insert_with(|| Slot {
-            stored_seq: stored.as_ref().map(|d| d.meta.seq),
-            current: stored,
-            written: None,
-            stored_bytes,
-            collection_len: 0,
-        })
+    /// The slot of document `key` in `slots`, made the first time the group
+    /// touches it from `seen` (the stored state as a caller read it) if
+    /// given, else from storage.
+    fn load<'s>(
+        slots: &'s mut HashMap<Vec<u8>, Slot>,
+        storage: &dyn Storage,
+        key: &[u8],
+        id: &str,
+        seen: Option<Option<Arc<Document>>>,
+    ) -> Result<&'s Slot> {
+        if !slots.contains_key(key) {
+            let (stored, stored_bytes) = match seen {
+                Some(stored) => (stored, 0),
+                None => match read_document_sized(storage, key, id)? {
+                    Some((doc, bytes)) => (Some(Arc::new(doc)), bytes),
+                    None => (None, 0),
+                },
+            };
+            return Ok(slots.entry(key.to_vec()).or_insert_with(|| Slot {
+                stored_seq: stored.as_ref().map(|d| d.meta.seq),
+                current: stored,
+                written: None,
+                stored_bytes,
+                collection_len: 0,
+            }));
+        }
+        Ok(&slots[key])
     }
 
     /// Bytes of the state of document `key` that [`current`](Self::current)
