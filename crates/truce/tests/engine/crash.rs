@@ -59,9 +59,21 @@ fn crash_child_process() {
     threads.into_iter().for_each(|t| t.join().unwrap());
 }
 
+/// When `run_and_kill` starts the moment it waits before the kill.
+#[derive(Clone, Copy)]
+enum KillWindow {
+    /// At the child's start, so a kill can also land while it opens and
+    /// recovers the last cycle's data.
+    FromSpawn,
+    /// At the child's first acknowledged write, for a test that needs data
+    /// written: on a machine busy with a build the child may take longer than
+    /// the whole window to start.
+    FromFirstAck,
+}
+
 /// Starts the child on `dir`, lets it write for a random moment, SIGKILLs it by
 /// its PID, and returns every write it acknowledged (id → highest version).
-fn run_and_kill(dir: &Path, cycle: usize) -> HashMap<String, u64> {
+fn run_and_kill(dir: &Path, cycle: usize, window: KillWindow) -> HashMap<String, u64> {
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
@@ -76,7 +88,9 @@ fn run_and_kill(dir: &Path, cycle: usize) -> HashMap<String, u64> {
         .spawn()
         .expect("spawn child");
     let stdout = child.stdout.take().unwrap();
+    let (first_ack, acking) = std::sync::mpsc::channel();
     let reader = std::thread::spawn(move || {
+        let mut first_ack = Some(first_ack);
         let mut acked = HashMap::new();
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
@@ -86,10 +100,18 @@ fn run_and_kill(dir: &Path, cycle: usize) -> HashMap<String, u64> {
             {
                 let entry = acked.entry(id.to_string()).or_insert(0);
                 *entry = (*entry).max(version);
+                if let Some(first_ack) = first_ack.take() {
+                    let _ = first_ack.send(());
+                }
             }
         }
         acked
     });
+    if let KillWindow::FromFirstAck = window {
+        // A child that ends (or never acknowledges) within the minute is
+        // killed anyway, and the caller's assertions say what it wrote.
+        let _ = acking.recv_timeout(Duration::from_secs(60));
+    }
     std::thread::sleep(Duration::from_millis(rand::rng().random_range(150..500)));
     child.kill().expect("SIGKILL the child"); // std sends SIGKILL to the child's PID.
     child.wait().expect("reap the child");
@@ -146,7 +168,7 @@ fn sigkill_at_random_moments_loses_no_acknowledged_write() {
     let mut acked: HashMap<String, u64> = HashMap::new();
     let mut total_acks = 0;
     for cycle in 0..CYCLES {
-        let this_cycle = run_and_kill(dir.path(), cycle);
+        let this_cycle = run_and_kill(dir.path(), cycle, KillWindow::FromSpawn);
         total_acks += this_cycle.len();
         for (id, version) in this_cycle {
             let entry = acked.entry(id).or_insert(0);
@@ -175,7 +197,7 @@ fn sigkill_at_random_moments_loses_no_acknowledged_write() {
     // The tail of the journal is torn (truncated) or corrupted: recovery succeeds,
     // and whatever it recovers is whole.
     for damage in ["truncate", "corrupt"] {
-        run_and_kill(dir.path(), CYCLES);
+        run_and_kill(dir.path(), CYCLES, KillWindow::FromSpawn);
         let journals = journal_files(dir.path());
         let newest = journals.last().expect("a journal file");
         let len = std::fs::metadata(newest).unwrap().len();
@@ -219,7 +241,7 @@ fn a_torn_last_batch_of_a_preallocated_journal_is_dropped() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let acked = run_and_kill(dir.path(), 0);
+    let acked = run_and_kill(dir.path(), 0, KillWindow::FromFirstAck);
     assert!(!acked.is_empty(), "the child wrote nothing");
     let journals = journal_files(dir.path());
     let newest = journals.last().expect("a journal file");
