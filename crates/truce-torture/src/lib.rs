@@ -27,7 +27,7 @@ use check::Anomaly;
 use history::Op;
 use nemesis::{NemesisKind, Stats};
 use server::Server;
-use workloads::{Ctx, Workload, counter, feed, list_append, register, set};
+use workloads::{Ctx, Workload, counter, feed, list_append, register, replica, set};
 
 /// Concurrent clients of each workload (the feed has one subscriber besides).
 pub const CLIENTS_DEFAULT: usize = 3;
@@ -83,6 +83,10 @@ pub struct Report {
     pub workloads: BTreeMap<String, Counts>,
     /// What the nemesis did.
     pub nemesis: Stats,
+    /// Pages of the replica workload refused with 410 `history_purged`
+    /// (each replica so refused started again from an empty copy): how often
+    /// the purge's refusal was exercised.
+    pub purge_refusals: u64,
     /// Everything the checkers flagged; empty means the run passed.
     pub anomalies: Vec<Anomaly>,
 }
@@ -105,6 +109,12 @@ impl Report {
             out.push_str(&format!(
                 "  {name:<12} {:>7} ok {:>6} fail {:>6} info\n",
                 c.ok, c.fail, c.info
+            ));
+        }
+        if self.workloads.contains_key(Workload::Replica.name()) {
+            out.push_str(&format!(
+                "  {} replica pages refused for purged history\n",
+                self.purge_refusals
             ));
         }
         let n = &self.nemesis;
@@ -179,8 +189,12 @@ async fn run_async(config: &Config) -> Result<Report, String> {
     let ctr = Arc::new(counter::State::default());
     let set_state = Arc::new(set::State::default());
     let feed_state = Arc::new(feed::State::default());
+    let replica_state = Arc::new(replica::State::default());
+    if config.workloads.contains(&Workload::Replica) {
+        replica::setup(&ctx).await?;
+    }
     let mut clients = Vec::new();
-    let mut subscriber = None;
+    let mut subscribers = Vec::new();
     for (w, workload) in config.workloads.iter().enumerate() {
         for c in 0..config.clients {
             let ctx = Arc::clone(&ctx);
@@ -191,16 +205,27 @@ async fn run_async(config: &Config) -> Result<Report, String> {
                 Workload::Counter => tokio::spawn(counter::client(ctx, Arc::clone(&ctr), rng, config.seed)),
                 Workload::Set => tokio::spawn(set::inserter(ctx, Arc::clone(&set_state))),
                 Workload::Feed => tokio::spawn(feed::writer(ctx, Arc::clone(&feed_state))),
+                Workload::Replica => tokio::spawn(replica::writer(ctx, Arc::clone(&replica_state), rng)),
             });
         }
         if *workload == Workload::Set {
             clients.push(tokio::spawn(set::reader(Arc::clone(&ctx))));
         }
         if *workload == Workload::Feed {
-            subscriber = Some(tokio::spawn(feed::subscriber(
+            subscribers.push(tokio::spawn(feed::subscriber(
                 Arc::clone(&ctx),
                 Arc::clone(&feed_state),
             )));
+        }
+        if *workload == Workload::Replica {
+            for (r, route) in replica::Route::ALL.into_iter().enumerate() {
+                subscribers.push(tokio::spawn(replica::replica(
+                    Arc::clone(&ctx),
+                    Arc::clone(&replica_state),
+                    route,
+                    client_rng(w, config.clients + r),
+                )));
+            }
         }
     }
 
@@ -227,12 +252,13 @@ async fn run_async(config: &Config) -> Result<Report, String> {
             Workload::Counter => counter::finish(&ctx).await,
             Workload::Set => set::finish(&ctx).await,
             Workload::Feed => feed_state.finish(),
+            Workload::Replica => replica_state.finish(),
         }
     }
-    if let Some(subscriber) = subscriber {
+    for subscriber in subscribers {
         subscriber
             .await
-            .map_err(|e| format!("the subscriber panicked: {e}"))?;
+            .map_err(|e| format!("a subscriber panicked: {e}"))?;
     }
     drop(server);
 
@@ -256,6 +282,7 @@ async fn run_async(config: &Config) -> Result<Report, String> {
             })
             .collect(),
         nemesis: stats,
+        purge_refusals: replica_state.refusals.load(std::sync::atomic::Ordering::Relaxed),
         anomalies,
     };
     if let Some(dir) = &config.out {
@@ -275,6 +302,7 @@ pub fn check_all(ops: &[Op], workloads: &[Workload]) -> Vec<Anomaly> {
             Workload::Counter => check::counter::check(ops, w.name()),
             Workload::Set => check::set::check(ops, w.name()),
             Workload::Feed => check::feed::check(ops, w.name()),
+            Workload::Replica => check::replica::check(ops, w.name()),
         })
         .collect()
 }

@@ -25,7 +25,7 @@ struct Cli {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "list-append,register,counter,set,feed"
+        default_value = "list-append,register,counter,set,feed,replica"
     )]
     workloads: Vec<Workload>,
     /// Faults to inflict (comma-separated): kill, pause, failpoint; `none` for none.
@@ -152,6 +152,7 @@ struct Totals {
     workloads: std::collections::BTreeMap<String, truce_torture::Counts>,
     kills: u64,
     pauses: u64,
+    purge_refusals: u64,
     failpoints_armed: std::collections::BTreeMap<String, u64>,
     failpoints_fired: std::collections::BTreeMap<String, u64>,
     anomalies: Vec<truce_torture::check::Anomaly>,
@@ -171,6 +172,7 @@ impl Totals {
         let n = &report.nemesis;
         self.kills += n.kills;
         self.pauses += n.pauses;
+        self.purge_refusals += report.purge_refusals;
         for (name, count) in &n.failpoints_armed {
             *self.failpoints_armed.entry(name.clone()).or_default() += count;
         }
@@ -195,11 +197,13 @@ impl Totals {
             ));
         }
         out.push_str(&format!(
-            "  {} kills, {} pauses, failpoints armed {:?}, fired {:?}\n  {} anomalies\n",
+            "  {} kills, {} pauses, failpoints armed {:?}, fired {:?}\n  \
+             {} replica pages refused for purged history\n  {} anomalies\n",
             self.kills,
             self.pauses,
             self.failpoints_armed,
             self.failpoints_fired,
+            self.purge_refusals,
             self.anomalies.len()
         ));
         out

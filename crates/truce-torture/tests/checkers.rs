@@ -443,6 +443,87 @@ fn feed_flags_a_failed_insert_delivered() {
     assert_flags(&feed(&h), kinds::ABORTED_READ);
 }
 
+// ---- replicas of a collection that purges its tombstones ----
+
+fn replica(h: &History) -> Vec<Anomaly> {
+    check::replica::check(&h.ops, h.workload)
+}
+
+/// Puts `w` into `id` (process 0), deletes `deleted` (process 1), then the
+/// `pull` replica (process 9) reads one page of `changes` and ends with its
+/// copy `mine` beside the server's `theirs`.
+fn replica_history(changes: Value, mine: Value, theirs: Value) -> History {
+    let mut h = History::new("replica");
+    let put = json!({"id": "r1", "w": 1});
+    h.alone(Kind::Ok, "put", 0, put.clone(), put);
+    let put = json!({"id": "r2", "w": 2});
+    h.alone(Kind::Ok, "put", 0, put.clone(), put);
+    let delete = json!({"id": "r2"});
+    h.alone(Kind::Ok, "delete", 1, delete.clone(), delete);
+    h.alone(
+        Kind::Ok,
+        "pull",
+        9,
+        json!({"checkpoint": null}),
+        json!({"at": {"checkpoint": null}, "changes": changes}),
+    );
+    h.alone(
+        Kind::Ok,
+        "final",
+        9,
+        json!({"route": "pull"}),
+        json!({"route": "pull", "replica": mine, "server": theirs}),
+    );
+    h
+}
+
+#[test]
+fn replica_passes_a_copy_equal_to_the_server() {
+    let h = replica_history(
+        json!([["r1", 1], ["r2", null]]),
+        json!({"r1": 1}),
+        json!({"r1": 1}),
+    );
+    assert_eq!(replica(&h), vec![]);
+}
+
+#[test]
+fn replica_flags_a_missed_delete() {
+    let h = replica_history(
+        json!([["r1", 1], ["r2", 2]]),
+        json!({"r1": 1, "r2": 2}),
+        json!({"r1": 1}),
+    );
+    assert_eq!(kinds_of(&replica(&h)), vec![kinds::REPLICA_DIVERGED]);
+}
+
+#[test]
+fn replica_flags_a_missed_or_stale_write() {
+    let missed = replica_history(json!([]), json!({}), json!({"r1": 1}));
+    assert_eq!(kinds_of(&replica(&missed)), vec![kinds::REPLICA_DIVERGED]);
+    let stale = replica_history(json!([["r1", 2]]), json!({"r1": 2}), json!({"r1": 1}));
+    assert_eq!(kinds_of(&replica(&stale)), vec![kinds::REPLICA_DIVERGED]);
+}
+
+#[test]
+fn replica_flags_a_value_no_put_wrote() {
+    let h = replica_history(json!([["r1", 7]]), json!({"r1": 1}), json!({"r1": 1}));
+    assert_eq!(kinds_of(&replica(&h)), vec![kinds::GARBAGE_READ]);
+}
+
+#[test]
+fn replica_flags_a_replica_that_never_compared() {
+    let mut h = replica_history(json!([]), json!({}), json!({}));
+    h.alone(
+        Kind::Ok,
+        "changes",
+        8,
+        json!({"since": 0, "from": null}),
+        json!({"at": {"since": 0, "from": null}, "changes": []}),
+    );
+    assert_eq!(kinds_of(&replica(&h)), vec![kinds::REPLICA_DIVERGED]);
+}
+
 /// `check_all` runs every checker named: a bad history fails the whole run.
 #[test]
 fn check_all_reports_each_workloads_anomalies() {

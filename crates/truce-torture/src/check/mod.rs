@@ -9,6 +9,7 @@ pub mod counter;
 pub mod feed;
 pub mod list_append;
 pub mod register;
+pub mod replica;
 pub mod set;
 
 /// One thing the history shows that the database promised would not happen.
@@ -59,6 +60,8 @@ pub mod kinds {
     pub const FEED_REORDER: &str = "feed-reorder";
     /// A change at another sequence than its write was acknowledged with.
     pub const FEED_WRONG_SEQ: &str = "feed-wrong-seq";
+    /// A replica that caught up holds other documents than the server.
+    pub const REPLICA_DIVERGED: &str = "replica-diverged";
     /// A write answered 2xx after the server reported a storage failure.
     pub const WRITE_AFTER_FAILURE: &str = "write-after-storage-failure";
     /// An answer the harness did not expect (a 400, a 422): a harness or server bug.

@@ -16,6 +16,7 @@ pub mod counter;
 pub mod feed;
 pub mod list_append;
 pub mod register;
+pub mod replica;
 pub mod set;
 
 /// How long a client waits after an error before its next try, so a dead
@@ -35,16 +36,19 @@ pub enum Workload {
     Set,
     /// The change feed followed across restarts.
     Feed,
+    /// Replicas of a collection that purges its tombstones.
+    Replica,
 }
 
 impl Workload {
     /// Every workload.
-    pub const ALL: [Workload; 5] = [
+    pub const ALL: [Workload; 6] = [
         Workload::ListAppend,
         Workload::Register,
         Workload::Counter,
         Workload::Set,
         Workload::Feed,
+        Workload::Replica,
     ];
 
     /// Its name.
@@ -55,6 +59,7 @@ impl Workload {
             Workload::Counter => "counter",
             Workload::Set => "set",
             Workload::Feed => "feed",
+            Workload::Replica => "replica",
         }
     }
 }
@@ -64,7 +69,8 @@ impl FromStr for Workload {
 
     fn from_str(s: &str) -> Result<Workload, String> {
         Workload::ALL.into_iter().find(|w| w.name() == s).ok_or_else(|| {
-            format!("unknown workload {s:?} (one of list-append, register, counter, set, feed)")
+            let names: Vec<&str> = Workload::ALL.iter().map(|w| w.name()).collect();
+            format!("unknown workload {s:?} (one of {})", names.join(", "))
         })
     }
 }
@@ -166,6 +172,16 @@ pub fn kind_of(outcome: &Outcome) -> Kind {
         Outcome::Fail { .. } => Kind::Fail,
         Outcome::Info(_) => Kind::Info,
     }
+}
+
+/// `text` as a query parameter value.
+pub fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// Sleeps `ERROR_PAUSE` when `kind` is not `ok`.

@@ -8,7 +8,7 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use super::{Ctx, Process, Workload, pause_after};
+use super::{Ctx, Process, Workload, pause_after, percent_encode};
 use crate::history::Kind;
 use crate::http::Outcome;
 
@@ -85,14 +85,4 @@ pub async fn finish(ctx: &Arc<Ctx>) {
     if kind != Kind::Ok {
         process.unexpected(format!("the final read of the set ended {kind:?}"));
     }
-}
-
-/// `text` as a query parameter value.
-fn percent_encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
