@@ -251,11 +251,12 @@ pub const SOURCE_BYTES_MAX: usize = 64;
 /// are counted under `_other`. Bounds the size of `/metrics` whatever clients send.
 pub const INSIGHT_LABEL_SETS_MAX: usize = 1024;
 
-/// Minutes of hot-spot history kept (the longest insights window is one hour).
+/// The longest insights window, in minutes (one hour). One minute more is kept:
+/// a window reaches into the minute it starts in.
 pub const HOT_SPOT_MINUTES: u64 = 60;
 
-/// Keys each minute's hot-spot summary tracks by default. With 60 minutes kept
-/// this bounds the tracker to 7,680 entries (a few MiB) whatever the number of
+/// Keys each minute's hot-spot summary tracks by default. With 61 minutes kept
+/// this bounds the tracker to 7,808 entries (a few MiB) whatever the number of
 /// conflicting documents; any key with more than 1/128 of a minute's events is
 /// guaranteed to be among them.
 pub const HOT_SPOTS_TRACKED_DEFAULT: usize = 128;

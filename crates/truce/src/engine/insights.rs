@@ -595,7 +595,8 @@ pub struct HotSpot {
 pub struct InsightsReport {
     /// The window asked for, in seconds.
     pub window_s: u64,
-    /// Seconds the kept minutes actually cover (less after a restart).
+    /// Seconds the minutes counted cover: the window and up to a minute more
+    /// (less on a server started since).
     pub covered_s: f64,
     /// The hottest first.
     pub hot_spots: Vec<HotSpot>,
@@ -735,8 +736,9 @@ impl Insights {
         }
     }
 
-    /// The `limit` hottest keys over the last `window` (whole minutes, at most
-    /// [`HOT_SPOT_MINUTES`]); `outbox_backed_up` enables the counter-target rule.
+    /// The `limit` hottest keys over the last `window` (at most
+    /// [`HOT_SPOT_MINUTES`]), counted by whole minutes, so over up to a minute
+    /// more; `outbox_backed_up` enables the counter-target rule.
     pub(crate) fn report(
         &self,
         window: Duration,
@@ -757,9 +759,9 @@ impl Insights {
         }
         let t = self.lock();
         let elapsed = t.started.elapsed();
-        let current = elapsed.as_secs() / 60;
-        let minutes = window_s.div_ceil(60);
-        let first = (current + 1).saturating_sub(minutes);
+        // Every minute the window reaches into, the one it starts in
+        // included: they cover the window and up to a minute more.
+        let first = elapsed.as_secs().saturating_sub(window_s) / 60;
         let mut merged: HashMap<u64, Entry> = HashMap::new();
         for minute in t.minutes.iter().filter(|m| m.index >= first) {
             for (hash, entry) in &minute.entries {
@@ -779,7 +781,7 @@ impl Insights {
                 }
             }
         }
-        let covered_s = (elapsed.as_secs_f64() - (first * 60) as f64).clamp(1.0, (minutes * 60) as f64);
+        let covered_s = (elapsed.as_secs_f64() - (first * 60) as f64).max(1.0);
         let mut entries: Vec<Entry> = merged.into_values().collect();
         entries.sort_by(|a, b| {
             b.score
@@ -828,7 +830,7 @@ impl Tracker {
         while self
             .minutes
             .front()
-            .is_some_and(|m| m.index + HOT_SPOT_MINUTES <= index)
+            .is_some_and(|m| m.index + HOT_SPOT_MINUTES < index)
         {
             self.minutes.pop_front();
         }
@@ -1074,6 +1076,58 @@ mod tests {
         );
         let conflicts: u64 = stats.labelled.iter().map(|l| l.4).sum();
         assert_eq!(conflicts, 1_000_000);
+    }
+
+    /// Puts the tracker's start `ago` before now, as if it had run that long.
+    fn started_ago(insights: &Insights, ago: Duration) {
+        insights.lock().started = Instant::now()
+            .checked_sub(ago)
+            .expect("the clock goes back that far");
+    }
+
+    fn hot(report: &InsightsReport) -> Vec<String> {
+        report
+            .hot_spots
+            .iter()
+            .map(|h| format!("{:?}", h.target))
+            .collect()
+    }
+
+    #[test]
+    fn a_window_covers_every_minute_it_reaches_into() {
+        let insights = Insights::new(16).unwrap();
+        started_ago(&insights, Duration::from_secs(55));
+        insights.absorb(&mut vec![conflict("early", "s")], 1, 0, None);
+        // 61 s in: the conflict of 6 s ago is in the last minute, though in
+        // the minute before the current one.
+        started_ago(&insights, Duration::from_secs(61));
+        let report = insights.report(Duration::from_secs(60), 10, false).unwrap();
+        assert_eq!(
+            hot(&report),
+            vec![format!("{:?}", Target::Document("early".into()))]
+        );
+        assert!((61.0..62.0).contains(&report.covered_s), "{}", report.covered_s);
+        // The longest window reaches into 61 minutes, and they are kept.
+        started_ago(&insights, Duration::from_secs(3630));
+        insights.absorb(&mut vec![conflict("late", "s")], 1, 0, None);
+        let report = insights.report(Duration::from_secs(3600), 10, false).unwrap();
+        assert_eq!(report.hot_spots.len(), 2, "{:?}", hot(&report));
+        assert!(
+            (3630.0..3631.0).contains(&report.covered_s),
+            "{}",
+            report.covered_s
+        );
+        // Past it, the first minute is out of every window, and dropped.
+        started_ago(&insights, Duration::from_secs(3670));
+        insights.absorb(&mut vec![conflict("later", "s")], 1, 0, None);
+        // (Only minutes with events are kept: the next is the "late" one's.)
+        assert_eq!(insights.lock().minutes.front().map(|m| m.index), Some(60));
+        let report = insights.report(Duration::from_secs(3600), 10, false).unwrap();
+        assert!(
+            !hot(&report).iter().any(|h| h.contains("early")),
+            "{:?}",
+            hot(&report)
+        );
     }
 
     #[test]
