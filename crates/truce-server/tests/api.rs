@@ -609,6 +609,11 @@ fn delete_preconditions_and_tombstones() {
     let since = api.last_seq();
 
     api.delete("/v1/c/del/a").error(428, "precondition_required");
+    // If-None-Match guards no delete: refused for what it is, not taken for
+    // no precondition at all.
+    let answer = api.delete_h("/v1/c/del/a", &[("If-None-Match", "*")]);
+    answer.error(400, "invalid_precondition");
+    assert!(answer.text.contains("If-None-Match"), "{}", answer.text);
     api.delete("/v1/c/del/a?version=2").conflict("version_mismatch");
     let gone = api.delete("/v1/c/del/a?version=1");
     let body = gone.ok(200);
@@ -1068,6 +1073,28 @@ fn replication_push_edges() {
                  "newDocumentState": {"id": "q2", "v": 2}}]))
     .error(400, "invalid_transaction");
     assert_eq!(api.get("/v1/c/rx/q2").status, 404);
+    // Other `_` fields would be dropped too: refused, naming the row. The
+    // metadata a client holds is not.
+    let answer = push(
+        json!([{"assumedMasterState": null, "newDocumentState": {"id": "m1", "v": 1}},
+                             {"assumedMasterState": null, "newDocumentState": {"id": "m2", "_foo": 1}}]),
+    );
+    answer.error(400, "reserved_field");
+    assert!(
+        answer.text.contains("row 1") && answer.text.contains("_foo"),
+        "{}",
+        answer.text
+    );
+    assert_eq!(api.get("/v1/c/rx/m1").status, 404);
+    let held = json!({"id": "m3", "v": 1, "_deleted": false, "_attachments": {}, "_meta": {"lwt": 1.5},
+                      "_rev": rev, "_version": 1, "_seq": 1, "_ts": 1});
+    assert_eq!(
+        push(json!([{"assumedMasterState": null, "newDocumentState": held}])).ok(200),
+        &json!([])
+    );
+    assert_eq!(api.get("/v1/c/rx/m3").ok(200)["v"], 1);
+    // A body of another shape than an array of rows.
+    push(json!({"assumedMasterState": null})).error(400, "invalid_transaction");
     // Attachments would be dropped, not stored: refused, as on /couch.
     push(json!([{"assumedMasterState": null,
                  "newDocumentState": {"id": "att", "_attachments": {"f": {"data": "aGk="}}}}]))
@@ -1385,6 +1412,25 @@ fn couch_reads_answer_what_was_asked_or_refuse() {
         api.post("/couch/cr/_all_docs", json!({"startkey": "b"})),
         "startkey",
     );
+    // A misspelt `keys`, or a body of another shape, would answer every row.
+    refused(api.post("/couch/cr/_all_docs", json!({"kyes": ["a"]})), "kyes");
+    refused(api.post("/couch/cr/_all_docs", json!("x")), "object");
+    refused(api.post("/couch/cr/_all_docs", json!([])), "object");
+    refused(
+        api.post(
+            "/couch/cr/_all_docs",
+            json!({"keys": ["a"], "include_docs": "yes"}),
+        ),
+        "include_docs",
+    );
+    assert_eq!(
+        api.post(
+            "/couch/cr/_all_docs",
+            json!({"keys": ["a"], "include_docs": true})
+        )
+        .ok(200)["rows"][0]["doc"]["_id"],
+        "a"
+    );
     refused(
         api.get("/couch/cr/_changes?filter=_doc_ids&doc_ids=%5B%22a%22%5D"),
         "filter",
@@ -1578,8 +1624,17 @@ fn transactions_all_or_nothing() {
     api.tx(json!({"ops": [{"op": "put", "c": "acc", "id": "d", "doc": {}},
                           {"op": "patch", "c": "acc", "id": "d", "update": {"$set": {"a": 1}}}]}))
         .error(400, "invalid_transaction");
-    api.tx(json!({"ops": [{"op": "delete", "c": "acc", "id": "a"}]}))
-        .error(428, "precondition_required");
+    let answer = api.tx(json!({"ops": [{"op": "check", "c": "acc", "id": "a"},
+                                       {"op": "delete", "c": "acc", "id": "a"}]}));
+    answer.error(428, "precondition_required");
+    // It names the op, and the op's keys, not a request's query or headers.
+    assert!(
+        answer
+            .text
+            .contains(r#"op 1: a delete needs a precondition: the op's \"version\""#),
+        "{}",
+        answer.text
+    );
     api.tx(json!({"ops": [{"op": "frob", "c": "acc", "id": "a"}]}))
         .error(400, "invalid_transaction");
     api.tx(json!({"ops": "nope"})).error(400, "invalid_transaction");

@@ -573,6 +573,11 @@ fn unsupported(name: &str, instead: &str) -> CouchError {
     ))
 }
 
+/// `POST _all_docs` body keys that change nothing here: rows asked for by key
+/// show deleted documents anyway (RxDB's plugin sends `"deleted": "ok"`),
+/// and no document has conflicts or attachments.
+const ALL_DOCS_BODY_IGNORED: [&str; 4] = ["deleted", "conflicts", "attachments", "att_encoding_info"];
+
 /// `_all_docs` parameters read from the query string only.
 const ALL_DOCS_QUERY_ONLY: [&str; 9] = [
     "startkey",
@@ -621,14 +626,37 @@ pub async fn all_docs_post(
     JsonBody(body): JsonBody,
 ) -> CouchResult {
     authorize(&who, Role::Read, Some(&coll))?;
-    let keys = keys_of(body.get("keys"))?;
-    if let Some(name) = ALL_DOCS_QUERY_ONLY.iter().find(|name| body.get(**name).is_some()) {
+    // A body of another shape, or a misspelt `keys`, would answer every
+    // document where the client asked for some.
+    let Value::Object(fields) = &body else {
+        return Err(CouchError::bad_request(
+            "the body is an object: {\"keys\": [ids]}",
+        ));
+    };
+    let keys = keys_of(fields.get("keys"))?;
+    if let Some(name) = ALL_DOCS_QUERY_ONLY
+        .iter()
+        .find(|name| fields.contains_key(**name))
+    {
         return Err(unsupported(name, "in a POST body; pass it in the query string"));
+    }
+    if let Some(name) = fields.keys().find(|k| {
+        !matches!(k.as_str(), "keys" | "include_docs") && !ALL_DOCS_BODY_IGNORED.contains(&k.as_str())
+    }) {
+        return Err(CouchError::bad_request(format!(
+            "unknown key `{name}` in the body: it takes `keys` and `include_docs` (and ignores {})",
+            ALL_DOCS_BODY_IGNORED.join(", ")
+        )));
     }
     // CouchDB accepts every _all_docs parameter in the POST body; this subset
     // reads `keys` and `include_docs` there.
-    let include_docs = match body.get("include_docs") {
-        Some(v) => v.as_bool().unwrap_or(false),
+    let include_docs = match fields.get("include_docs") {
+        Some(Value::Bool(flag)) => *flag,
+        Some(other) => {
+            return Err(CouchError::bad_request(format!(
+                "include_docs is true or false, not {other}"
+            )));
+        }
         None => params.flag("include_docs")?,
     };
     let mut answer = all_docs_for(&state, &coll, &params, keys, include_docs, Tombstones::Null).await?;

@@ -327,8 +327,17 @@ pub async fn delete_doc(
     if let Some(r) = params.0.get("rev") {
         given.insert("_rev".into(), json!(r));
     }
+    if headers.contains_key(header::IF_NONE_MATCH) {
+        // "Only if absent" (or "unless at this revision") cannot guard a
+        // delete: read as no precondition, it would have been a 428 that
+        // said none was sent.
+        return Err(ApiError::Engine(truce::Error::InvalidPrecondition(
+            "If-None-Match does not guard a delete: give version=N, rev=R, If-Match, or version=-1 for any"
+                .into(),
+        )));
+    }
     if given.is_empty() && !headers.contains_key(header::IF_MATCH) {
-        return Err(ApiError::PreconditionRequired);
+        return Err(ApiError::PreconditionRequired(None));
     }
     let expect = precondition(&mut given, &headers, Expect::Any)?;
     write(

@@ -37,8 +37,8 @@ pub enum ApiError {
     NotFound(String),
     /// The route exists but has no such method (the router adds `Allow`).
     MethodNotAllowed,
-    /// A DELETE without a precondition.
-    PreconditionRequired,
+    /// A DELETE without a precondition (in a transaction: that op's index).
+    PreconditionRequired(Option<usize>),
     /// The request body is too large.
     PayloadTooLarge(String),
     /// Too many requests at once.
@@ -155,10 +155,16 @@ impl ApiError {
                 "method_not_allowed",
                 "this route does not take this method; the Allow header lists those it takes".into(),
             ),
-            ApiError::PreconditionRequired => plain(
+            ApiError::PreconditionRequired(op) => plain(
                 StatusCode::PRECONDITION_REQUIRED,
                 "precondition_required",
-                "a delete needs a precondition: version=N, rev=R, If-Match, or version=-1 for any".into(),
+                match op {
+                    None => "a delete needs a precondition: version=N, rev=R, If-Match, or version=-1 for any"
+                        .into(),
+                    Some(i) => format!(
+                        "op {i}: a delete needs a precondition: the op's \"version\" (N, or -1 for any) or \"rev\""
+                    ),
+                },
             ),
             ApiError::PayloadTooLarge(message) => plain(
                 StatusCode::PAYLOAD_TOO_LARGE,

@@ -652,9 +652,17 @@ pub fn origin(headers: &HeaderMap) -> Origin {
 /// `Truce-Source` header when it is given.
 pub fn origin_named(source: Option<&str>, headers: &HeaderMap) -> Origin {
     let text = |name: HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
-    let origin = source
-        .or_else(|| text(TRUCE_SOURCE))
-        .map_or_else(Origin::default, Origin::source);
+    // Bytes past ASCII are dropped with the other characters a label cannot
+    // hold, not the whole header with them.
+    let header_source = || {
+        headers
+            .get(TRUCE_SOURCE)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()))
+    };
+    let origin = match source {
+        Some(source) => Origin::source(source),
+        None => header_source().map_or_else(Origin::default, |s| Origin::source(&s)),
+    };
     let Some(attempt) = text(TRUCE_ATTEMPT) else {
         return origin;
     };
@@ -673,6 +681,28 @@ pub fn origin_named(source: Option<&str>, headers: &HeaderMap) -> Origin {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A `Truce-Source` with bytes past ASCII loses those, as a body's
+    /// `source` does, not the whole label.
+    #[test]
+    fn a_source_header_drops_only_what_a_label_cannot_hold() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            TRUCE_SOURCE,
+            axum::http::HeaderValue::from_bytes("é-source".as_bytes()).unwrap(),
+        );
+        let shown = |o: Origin| o.source.map(|s| s.to_string());
+        assert_eq!(shown(origin(&headers)), Some("-source".to_string()));
+        assert_eq!(
+            shown(origin_named(Some("é-src"), &headers)),
+            Some("-src".to_string())
+        );
+        headers.insert(
+            TRUCE_SOURCE,
+            axum::http::HeaderValue::from_bytes(&[0xC3, 0xA9]).unwrap(),
+        );
+        assert_eq!(shown(origin(&headers)), None);
+    }
 
     /// If-Match compares strongly: a weak tag is refused with a message
     /// that says so, not read as a malformed revision.

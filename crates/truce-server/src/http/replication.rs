@@ -178,13 +178,26 @@ fn is_deleted(doc: &Map<String, Value>) -> bool {
     doc.get("_deleted").and_then(Value::as_bool).unwrap_or(false)
 }
 
+/// The `_` fields a pushed document may carry, none of them stored: RxDB's
+/// `_deleted`, `_attachments` (empty) and `_meta`, and Truce's metadata,
+/// which a client pulling with `meta=true` holds.
+const PUSHED_METADATA: [&str; 7] = [
+    "_deleted",
+    "_attachments",
+    "_meta",
+    "_rev",
+    "_version",
+    "_seq",
+    "_ts",
+];
+
 fn parse_rows(body: Value, pk: &str) -> Result<Vec<Row>, ApiError> {
     let invalid =
         |i: usize, m: &str| ApiError::Engine(truce::Error::InvalidTransaction(format!("row {i}: {m}")));
     let Value::Array(rows) = body else {
-        return Err(ApiError::InvalidJson(
+        return Err(ApiError::Engine(truce::Error::InvalidTransaction(
             "a push is an array of {assumedMasterState, newDocumentState}".into(),
-        ));
+        )));
     };
     if rows.len() > PUSH_ROWS_MAX {
         return Err(ApiError::Engine(truce::Error::LimitExceeded {
@@ -225,6 +238,21 @@ fn parse_rows(body: Value, pk: &str) -> Result<Vec<Row>, ApiError> {
             return Err(invalid(
                 i,
                 &format!("assumedMasterState is of document {other}, newDocumentState of {id:?}"),
+            ));
+        }
+        // Any other `_` field would be dropped, not stored: refused, as `/v1`
+        // and `/couch` refuse it.
+        if let Some(key) = new
+            .keys()
+            .find(|k| k.starts_with('_') && !PUSHED_METADATA.contains(&k.as_str()))
+        {
+            return Err(ApiError::Engine(
+                truce::Error::ReservedField(format!(
+                    "{key:?}: fields starting with '_' are metadata; a pushed document may carry \
+                     {} (not stored), and no other",
+                    PUSHED_METADATA.join(", ")
+                ))
+                .at(&format!("row {i}")),
             ));
         }
         if new.get("_deleted").is_some_and(|d| !d.is_boolean()) {
@@ -330,7 +358,8 @@ fn row_op(coll: &str, row: &Row, current: Option<&Document>) -> Option<TxOp> {
            ("meta" = Option<bool>, Query, description = "conflicts' master states carry _rev, _version, _seq, _ts")),
     request_body = Vec<super::openapi::PushRow>,
     responses((status = 200, description = "The master state of every row that conflicted", body = Vec<Object>),
-              (status = 400, description = "Invalid rows", body = super::openapi::ErrorBody)))]
+              (status = 400, description = "Invalid rows", body = super::openapi::ErrorBody),
+              (status = 409, description = "Rows would take values a unique index holds: conflict, each such row in conflicts with reason unique_violation", body = super::openapi::ErrorBody)))]
 pub async fn push(
     State(state): State<Arc<AppState>>,
     Extension(who): Extension<Principal>,

@@ -38,7 +38,7 @@ fn op_expect(index: usize, op: &Map<String, Value>, default: Option<Expect>) -> 
             Some(text) => text.parse().map(Expect::Rev),
             None => Err(malformed("rev is a string")),
         },
-        (None, None) => return default.ok_or(ApiError::PreconditionRequired),
+        (None, None) => return default.ok_or(ApiError::PreconditionRequired(Some(index))),
     };
     expect.map_err(|e| ApiError::Engine(e.in_op(index)))
 }
