@@ -816,6 +816,12 @@ fn cases() -> Vec<Case> {
         ),
         case("a feed page of 0", get("/v1/c/t/_changes?limit=0"), 400, "invalid_query"),
         case(
+            "a malformed long-poll timeout on a feed that does not wait",
+            get("/v1/c/t/_changes?timeout=abc"),
+            400,
+            "invalid_query",
+        ),
+        case(
             "a feed page over the maximum",
             get(&format!("/v1/c/t/_changes?limit={}", truce::limits::CHANGES_LIMIT_MAX + 1)),
             400,

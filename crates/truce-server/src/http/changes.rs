@@ -65,6 +65,9 @@ struct FeedRequest {
     from: Option<u64>,
     limit: usize,
     include_docs: bool,
+    /// How long a long poll waits for a change (read, and so checked, on
+    /// every feed, as every other parameter is).
+    timeout_ms: u64,
 }
 
 /// The `Last-Event-ID` a reconnecting `EventSource` sends: the `id:` of the
@@ -125,6 +128,10 @@ fn feed_request(
         from,
         limit,
         include_docs: params.flag("include_docs")?,
+        timeout_ms: params
+            .parse::<u64>("timeout", "invalid_query")?
+            .unwrap_or(LONGPOLL_TIMEOUT_MS_DEFAULT)
+            .min(LONGPOLL_TIMEOUT_MS_MAX),
     })
 }
 
@@ -159,10 +166,7 @@ async fn feed(
             .await?
         }
         "longpoll" => {
-            let timeout = params
-                .parse::<u64>("timeout", "invalid_query")?
-                .unwrap_or(LONGPOLL_TIMEOUT_MS_DEFAULT)
-                .min(LONGPOLL_TIMEOUT_MS_MAX);
+            let timeout = request.timeout_ms;
             let mut sub = state
                 .db
                 .subscribe_from(

@@ -806,7 +806,8 @@ pub async fn doc_other_method(
             StatusCode::NOT_FOUND,
             "not_found",
             format!(
-                "{name} is not served by Truce's CouchDB subset: it has no revision trees (docs/replication.md)"
+                "{name} is not served by Truce's CouchDB subset, which serves what replication needs \
+                 (docs/replication.md lists it); query through /v1"
             ),
         )
         .into_response()

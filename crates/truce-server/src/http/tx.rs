@@ -206,14 +206,21 @@ pub async fn transaction(
         authorize(&who, role, Some(collection))?;
     }
     let key = idempotency_key(&headers)?;
+    // The engine names the op of an error only in a transaction of several
+    // (one op is also what a document's own write sends it); here there is
+    // always a list of ops to point into.
+    let single = parsed.len() == 1;
+    let name_op = |e: truce::Error| if single { e.in_op(0) } else { e };
     match state
         .db
         .submit_batch_from(
             parsed,
             key.as_deref(),
             origin_named(source.as_deref().filter(|s| !s.is_empty()), &headers),
-        )?
-        .await?
+        )
+        .map_err(name_op)?
+        .await
+        .map_err(name_op)?
     {
         Ok(committed) => {
             let results: Vec<Value> = committed
