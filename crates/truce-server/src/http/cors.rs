@@ -93,19 +93,21 @@ pub fn rebound(uri: &Uri, headers: &HeaderMap) -> Option<ApiError> {
 }
 
 /// `host[:port]` or `[v6 address][:port]`: the host (without brackets) and
-/// the port's text, if any; `None` when the brackets do not close or anything
-/// but a port follows them.
+/// the port's text, if any; `None` when the brackets do not close, or
+/// anything but a port (digits) follows the host (`127.0.0.1:1@elsewhere`).
 fn split_authority(authority: &str) -> Option<(&str, Option<&str>)> {
-    match authority.strip_prefix('[') {
+    let (host, port) = match authority.strip_prefix('[') {
         Some(v6) => match v6.split_once(']')? {
-            (address, "") => Some((address, None)),
-            (address, rest) => Some((address, Some(rest.strip_prefix(':')?))),
+            (address, "") => (address, None),
+            (address, rest) => (address, Some(rest.strip_prefix(':')?)),
         },
-        None => Some(match authority.rsplit_once(':') {
+        None => match authority.rsplit_once(':') {
             Some((host, port)) => (host, Some(port)),
             None => (authority, None),
-        }),
-    }
+        },
+    };
+    port.is_none_or(|port| port.bytes().all(|b| b.is_ascii_digit()))
+        .then_some((host, port))
 }
 
 /// Checks the `cors_origins` setting: `*` alone, or origins as a browser sends
@@ -247,6 +249,9 @@ mod tests {
             "localhost.attacker.example",
             "[::2]:1",
             "",
+            "127.0.0.1:7070@attacker.example",
+            "localhost:x",
+            "[::1]:7070@attacker.example",
         ] {
             assert!(rebound_to(bad), "{bad}");
         }
