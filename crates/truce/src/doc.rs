@@ -212,6 +212,30 @@ impl Document {
     }
 }
 
+/// About what `body` takes in memory once decoded: a [`Value`] per value,
+/// each object entry's key and overhead, and the bytes of strings. A page's
+/// bound counts the larger of this and the stored bytes: an array of small
+/// numbers takes some 16 times its JSON text as values (an audit's page of
+/// 64 MiB of them took 2.7 GB to answer).
+pub fn decoded_size(body: &Body) -> usize {
+    const VALUE: usize = std::mem::size_of::<Value>();
+    const ENTRY: usize = std::mem::size_of::<String>() + 2 * std::mem::size_of::<usize>();
+    fn value(v: &Value) -> usize {
+        VALUE
+            + match v {
+                Value::String(s) => s.len(),
+                Value::Array(a) => a.iter().map(value).sum(),
+                Value::Object(m) => object(m),
+                _ => 0,
+            }
+    }
+    fn object(m: &Body) -> usize {
+        m.iter().map(|(k, v)| ENTRY + k.len() + value(v)).sum()
+    }
+    // Nesting is bounded (`DOC_DEPTH_MAX`), so the recursion is too.
+    object(body)
+}
+
 /// `"key":value`, after a comma unless it is the object's first entry.
 fn write_entry(out: &mut Vec<u8>, first: &mut bool, key: &str, value: &Value) -> serde_json::Result<()> {
     if !std::mem::take(first) {

@@ -64,6 +64,82 @@ impl Shape {
     fn show(&self, doc: &Document) -> Result<Value, ApiError> {
         rx_doc(doc, &self.pk, self.meta)
     }
+
+    /// A pull's answer, `{"documents": [...], "checkpoint": ...}`, for the
+    /// page `changes` of a reader whose history began at `from`
+    /// (`checkpoint` when the page is empty), written straight to bytes: a
+    /// page's documents are not copied into values of their own first (a
+    /// page of small numbers took some 40 times its stored bytes that way).
+    fn pull_answer(&self, changes: &[Change], from: Option<u64>, given: &Value) -> Result<Vec<u8>, ApiError> {
+        let encode = |e: serde_json::Error| {
+            ApiError::Engine(truce::Error::Unavailable(format!(
+                "cannot encode the answer: {e}"
+            )))
+        };
+        let mut out = Vec::with_capacity(256);
+        out.extend_from_slice(b"{\"documents\":[");
+        for (i, doc) in changes.iter().filter_map(|c| c.doc.as_ref()).enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            self.write(doc, &mut out).map_err(encode)??;
+        }
+        out.extend_from_slice(b"],\"checkpoint\":");
+        let checkpoint = changes.last().map(|c| checkpoint(c, from));
+        serde_json::to_writer(&mut out, checkpoint.as_ref().unwrap_or(given)).map_err(encode)?;
+        out.push(b'}');
+        Ok(out)
+    }
+
+    /// Appends what [`Shape::show`] gives, without building it.
+    fn write(&self, doc: &Document, out: &mut Vec<u8>) -> serde_json::Result<Result<(), ApiError>> {
+        if let Err(refused) = holds_no_other_key(doc, &self.pk) {
+            return Ok(Err(refused));
+        }
+        out.push(b'{');
+        for (k, v) in doc.body.iter().filter(|(k, _)| **k != self.pk) {
+            serde_json::to_writer(&mut *out, k)?;
+            out.push(b':');
+            serde_json::to_writer(&mut *out, v)?;
+            out.push(b',');
+        }
+        if self.meta {
+            out.extend_from_slice(b"\"_rev\":\"");
+            out.extend_from_slice(doc.meta.rev.text().as_str().as_bytes());
+            out.extend_from_slice(b"\",\"_seq\":");
+            serde_json::to_writer(&mut *out, &doc.meta.seq)?;
+            out.extend_from_slice(b",\"_ts\":");
+            serde_json::to_writer(&mut *out, &doc.meta.ts_ms)?;
+            out.extend_from_slice(b",\"_version\":");
+            serde_json::to_writer(&mut *out, &doc.meta.rev.version)?;
+            out.push(b',');
+        }
+        serde_json::to_writer(&mut *out, &self.pk)?;
+        out.push(b':');
+        serde_json::to_writer(&mut *out, &doc.id)?;
+        out.extend_from_slice(if doc.is_deleted() {
+            b",\"_deleted\":true}"
+        } else {
+            b",\"_deleted\":false}"
+        });
+        Ok(Ok(()))
+    }
+}
+
+/// Refuses a document whose body holds the client's primary-key field with
+/// another value than its id (see [`rx_doc`]).
+fn holds_no_other_key(doc: &Document, primary_key: &str) -> Result<(), ApiError> {
+    match doc.body.get(primary_key).filter(|v| v.as_str() != Some(&doc.id)) {
+        None => Ok(()),
+        Some(held) => Err(ApiError::BadRequest(
+            "invalid_query",
+            format!(
+                "document {} holds a field {primary_key:?} ({held}) other than its id: a replicated document may \
+                 not hold the client's primary-key field; rename the field, or replicate with another primaryKey",
+                doc.id
+            ),
+        )),
+    }
 }
 
 /// A document as RxDB sees it (`meta` adds Truce's `_rev`, `_version`, `_seq`, `_ts`).
@@ -73,16 +149,7 @@ impl Shape {
 /// would hide the value, and a push of what was pulled would drop it, or
 /// conflict with it for ever.
 fn rx_doc(doc: &Document, primary_key: &str, meta: bool) -> Result<Value, ApiError> {
-    if let Some(held) = doc.body.get(primary_key).filter(|v| v.as_str() != Some(&doc.id)) {
-        return Err(ApiError::BadRequest(
-            "invalid_query",
-            format!(
-                "document {} holds a field {primary_key:?} ({held}) other than its id: a replicated document may \
-                 not hold the client's primary-key field; rename the field, or replicate with another primaryKey",
-                doc.id
-            ),
-        ));
-    }
+    holds_no_other_key(doc, primary_key)?;
     let mut out = if meta {
         doc.to_json().as_object().cloned().unwrap_or_default()
     } else {
@@ -141,17 +208,16 @@ pub async fn pull(
     // A checkpoint without `from` was given out before the server said where
     // a client's history began: checked by its position alone.
     let from = after.as_ref().map(|c| c.from.unwrap_or(0));
-    let (changes, from) = super::blocking(move || {
-        db.changes_after(&coll, after.as_ref().map(|c| (c.seq, c.id.as_str())), from, limit)
+    // The answer is written off the HTTP thread too: a page of large
+    // documents takes a while to encode, and every connection of that thread
+    // would wait for it.
+    let answer = super::blocking(move || {
+        let (changes, from) =
+            db.changes_after(&coll, after.as_ref().map(|c| (c.seq, c.id.as_str())), from, limit)?;
+        Ok(shape.pull_answer(&changes, from, &given))
     })
-    .await?;
-    let documents = changes
-        .iter()
-        .filter_map(|c| c.doc.as_ref())
-        .map(|d| shape.show(d))
-        .collect::<Result<Vec<Value>, ApiError>>()?;
-    let checkpoint = changes.last().map_or(given, |c| checkpoint(c, from));
-    Ok(axum::Json(json!({"documents": documents, "checkpoint": checkpoint})).into_response())
+    .await??;
+    Ok(([(axum::http::header::CONTENT_TYPE, "application/json")], answer).into_response())
 }
 
 /// One row of a push, parsed.
@@ -683,20 +749,10 @@ fn stream_events(
                 Waited::Page(Err(e)) => return Some((Ok(error_event(json!({"error": e.code()}))), None)),
                 Waited::Revoked | Waited::Stopping => return None,
             };
-            let documents = page
-                .changes
-                .iter()
-                .filter_map(|c| c.doc.as_ref())
-                .map(|d| shape.show(d))
-                .collect::<Result<Vec<Value>, ApiError>>();
-            match documents {
-                Ok(documents) => {
-                    let checkpoint = page
-                        .changes
-                        .last()
-                        .map_or(Value::Null, |c| checkpoint(c, page.from));
-                    let data = json!({"documents": documents, "checkpoint": checkpoint});
-                    Some((Ok(Event::default().data(data.to_string())), Some(sub)))
+            match shape.pull_answer(&page.changes, page.from, &Value::Null) {
+                Ok(data) => {
+                    let data = String::from_utf8(data).expect("serde_json writes UTF-8");
+                    Some((Ok(Event::default().data(data)), Some(sub)))
                 }
                 Err(refused) => Some((Ok(error_event(refused.status_and_body().1)), None)),
             }

@@ -129,7 +129,11 @@ pub fn run_query(
                     let id = String::from_utf8_lossy(&key[id_offset..]).into_owned();
                     Some((crate::record::decode_document(&id, &value)?, value.len()))
                 }
-            };
+            }
+            .map(|(doc, stored)| {
+                let held = page_bytes(&doc, stored);
+                (doc, held)
+            });
             match direction {
                 Direction::Forward => cursor.start = query::successor(&key),
                 Direction::Reverse => cursor.end = Some(key.clone()),
@@ -321,8 +325,13 @@ fn change_at(
     id: String,
     include_doc: bool,
 ) -> Result<(Change, usize)> {
-    let (doc, size) = read_document_sized(view, &doc_key(&collection, &id), &id)?
+    let (doc, stored) = read_document_sized(view, &doc_key(&collection, &id), &id)?
         .ok_or_else(|| corrupt("change without document"))?;
+    let size = if include_doc {
+        page_bytes(&doc, stored)
+    } else {
+        stored
+    };
     let change = Change {
         seq,
         collection,
@@ -332,6 +341,13 @@ fn change_at(
         doc: include_doc.then_some(doc),
     };
     Ok((change, size))
+}
+
+/// What a document counts against a page's bytes (`PAGE_BYTES_MAX`,
+/// `WHOLE_PAGE_BYTES_MAX`): its stored bytes, or what it takes in memory
+/// decoded when that is more.
+fn page_bytes(doc: &Document, stored: usize) -> usize {
+    stored.max(crate::doc::decoded_size(&doc.body))
 }
 
 /// Change-log entries of each collection a page of every collection fetches

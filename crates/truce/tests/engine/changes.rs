@@ -447,6 +447,51 @@ fn pages_of_large_documents_end_by_bytes_and_go_on() {
     assert_eq!(whole.changes.len(), count);
 }
 
+/// A page's bytes are what its documents take decoded when that is more
+/// than their stored bytes: documents of small numbers, a few MiB stored in
+/// all, end a page and refuse a whole one as tens of MiB of values would (an
+/// audit's pull of 64 MiB of them took 2.7 GB to answer).
+#[test]
+fn pages_count_what_documents_take_decoded() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = crate::open_relaxed(dir.path());
+    let nums = db.collection("nums").unwrap();
+    let numbers = vec![1; 60_000];
+    let decoded = truce::doc::decoded_size(json!({"a": numbers}).as_object().unwrap());
+    assert!(decoded > 60_000 * 16, "{decoded}");
+    let count = truce::limits::WHOLE_PAGE_BYTES_MAX / decoded + 2;
+    for i in 0..count {
+        let put = nums.put(&format!("d{i:03}"), json!({"a": numbers}), Expect::Absent);
+        assert!(put.unwrap().is_ok());
+    }
+    // Stored, they would all fit in one page.
+    assert!(count * 120_100 < truce::limits::PAGE_BYTES_MAX, "{count}");
+    let most = truce::limits::PAGE_BYTES_MAX / decoded + 1;
+    let page = db.changes(Some("nums"), 0, 10_000, true).unwrap();
+    assert!(
+        !page.changes.is_empty() && page.changes.len() <= most,
+        "{} of {count}, at most {most}",
+        page.changes.len()
+    );
+    let page = nums
+        .query(&truce::Query {
+            limit: 1000,
+            ..truce::Query::default()
+        })
+        .unwrap();
+    assert!(
+        page.docs.len() <= most && page.next.is_some(),
+        "{}",
+        page.docs.len()
+    );
+    match db.changes_after("nums", None, None, 10_000) {
+        Err(truce::Error::LimitExceeded { what, .. }) => assert_eq!(what, "WHOLE_PAGE_BYTES_MAX"),
+        other => panic!("expected WHOLE_PAGE_BYTES_MAX, got {:?}", other.map(|_| ())),
+    }
+    let (pulled, _) = db.changes_after("nums", None, None, most).unwrap();
+    assert_eq!(pulled.len(), most);
+}
+
 /// Collection `big` of a fresh database: `count` documents `d000`… of
 /// `{"blob": <blob_len bytes>, "i": i}`.
 fn large_documents(blob_len: usize, count: usize) -> (tempfile::TempDir, truce::Db, truce::Collection) {
