@@ -253,7 +253,7 @@ pub struct ServeArgs {
     #[arg(long, env = "TRUCE_ANSWER_STALL_MS")]
     pub answer_stall_ms: Option<u64>,
     /// Documents and ranges the hot-spot tracker keeps per minute, 1 to 4096
-    /// [default: 128]. Its memory is about 61 × this × 400 bytes at most.
+    /// [default: 128]. Its memory is about 61 (`HOT_SPOT_MINUTES_KEPT`) × this × 400 bytes at most.
     #[arg(long, env = "TRUCE_HOT_SPOTS")]
     pub hot_spots: Option<usize>,
     /// Storage block cache in MiB, 1 to 65536 [default: 32].

@@ -282,7 +282,7 @@ async fn run_async(config: &Config) -> Result<Report, String> {
             })
             .collect(),
         nemesis: stats,
-        purge_refusals: replica_state.refusals.load(std::sync::atomic::Ordering::Relaxed),
+        purge_refusals: replica::refusals(&ops),
         anomalies,
     };
     if let Some(dir) = &config.out {

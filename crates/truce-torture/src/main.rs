@@ -197,15 +197,16 @@ impl Totals {
             ));
         }
         out.push_str(&format!(
-            "  {} kills, {} pauses, failpoints armed {:?}, fired {:?}\n  \
-             {} replica pages refused for purged history\n  {} anomalies\n",
-            self.kills,
-            self.pauses,
-            self.failpoints_armed,
-            self.failpoints_fired,
-            self.purge_refusals,
-            self.anomalies.len()
+            "  {} kills, {} pauses, failpoints armed {:?}, fired {:?}\n",
+            self.kills, self.pauses, self.failpoints_armed, self.failpoints_fired,
         ));
+        if self.workloads.contains_key(Workload::Replica.name()) {
+            out.push_str(&format!(
+                "  {} replica pages refused for purged history\n",
+                self.purge_refusals
+            ));
+        }
+        out.push_str(&format!("  {} anomalies\n", self.anomalies.len()));
         out
     }
 }

@@ -512,6 +512,21 @@ fn replica_flags_a_value_no_put_wrote() {
 }
 
 #[test]
+fn replica_flags_a_value_of_a_failed_put() {
+    let mut h = replica_history(json!([]), json!({}), json!({}));
+    let put = json!({"id": "r3", "w": 3});
+    h.alone(Kind::Fail, "put", 0, put.clone(), put);
+    h.alone(
+        Kind::Ok,
+        "pull",
+        9,
+        json!({"checkpoint": null}),
+        json!({"at": {"checkpoint": null}, "changes": [["r3", 3]]}),
+    );
+    assert_eq!(kinds_of(&replica(&h)), vec![kinds::ABORTED_READ]);
+}
+
+#[test]
 fn replica_flags_a_replica_that_never_compared() {
     let mut h = replica_history(json!([]), json!({}), json!({}));
     h.alone(

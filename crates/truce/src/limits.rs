@@ -251,12 +251,15 @@ pub const SOURCE_BYTES_MAX: usize = 64;
 /// are counted under `_other`. Bounds the size of `/metrics` whatever clients send.
 pub const INSIGHT_LABEL_SETS_MAX: usize = 1024;
 
-/// The longest insights window, in minutes (one hour). One minute more is kept:
-/// a window reaches into the minute it starts in.
+/// The longest insights window, in minutes (one hour).
 pub const HOT_SPOT_MINUTES: u64 = 60;
 
-/// Keys each minute's hot-spot summary tracks by default. With 61 minutes kept
-/// this bounds the tracker to 7,808 entries (a few MiB) whatever the number of
+/// Minutes of hot-spot counts kept: a window reaches into the minute it
+/// starts in, so the longest takes one more than [`HOT_SPOT_MINUTES`].
+pub const HOT_SPOT_MINUTES_KEPT: u64 = HOT_SPOT_MINUTES + 1;
+
+/// Keys each minute's hot-spot summary tracks by default. With
+/// [`HOT_SPOT_MINUTES_KEPT`] minutes kept this bounds the tracker to 7,808 entries (a few MiB) whatever the number of
 /// conflicting documents; any key with more than 1/128 of a minute's events is
 /// guaranteed to be among them.
 pub const HOT_SPOTS_TRACKED_DEFAULT: usize = 128;

@@ -307,6 +307,7 @@ pub(super) async fn patch(call: DocumentCall<'_>, body: Value) -> Result<Respons
            ("rev" = Option<String>, Query), ("If-Match" = Option<String>, Header, nullable = false),
            ("Idempotency-Key" = Option<String>, Header, nullable = false)),
     responses((status = 200, description = "Deleted; doc is the tombstone", body = super::openapi::WriteAnswer),
+               (status = 400, description = "A malformed precondition, or If-None-Match (which cannot guard a delete)", body = super::openapi::ErrorBody),
                (status = 404, description = "Absent", body = super::openapi::ErrorBody),
                (status = 409, description = "Conflict", body = super::openapi::ErrorBody),
                (status = 422, description = "Idempotency key reused with another request", body = super::openapi::ErrorBody),

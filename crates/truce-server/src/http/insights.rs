@@ -65,7 +65,7 @@ fn hot_spot_json(h: &HotSpot) -> Value {
 /// Hot spots over a window, with totals since the server started.
 #[utoipa::path(get, path = "/v1/insights", tag = "operations",
     params(("window" = Option<u64>, Query, minimum = 1, maximum = 3600,
-               description = "Seconds, 1 to 3600 (default 300), rounded up to whole minutes"),
+               description = "Seconds, 1 to 3600 (default 300); counted by whole minutes, so the hot spots cover the window and up to a minute more (covered_s)"),
            ("limit" = Option<usize>, Query, minimum = 1, maximum = 100,
                description = "Hot spots listed, 1 to 100 (default 10)")),
     responses((status = 200, description = "Hot spots with remedies, and totals", body = super::openapi::Insights),

@@ -1,6 +1,7 @@
 //! Replicas of a collection that purges its tombstones: each replica, caught
 //! up once the writers were done, holds exactly the server's documents, and
-//! holds only values some writer wrote.
+//! holds only values some writer wrote (or may have: a put that certainly
+//! failed wrote nothing).
 //!
 //! Events (`value`): a writer's `put` invokes `{"id", "w"}` (`w` unique per
 //! put), a `delete` invokes `{"id"}`; each page a replica read completes
@@ -8,7 +9,7 @@
 //! refused page is `fail` and followed by a `reset`; and each replica ends with
 //! `final` completing `{"route", "replica": {id: w}, "server": {id: w}}`.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap};
 
 use serde_json::Value;
 
@@ -18,19 +19,28 @@ use crate::history::{Kind, Op, pair};
 /// Anomalies in the `workload` part of `ops`.
 pub fn check(ops: &[Op], workload: &str) -> Vec<Anomaly> {
     let completed = pair(ops, workload);
-    let written: HashSet<i64> = completed
+    // Each put writes a `w` of its own: how it ended.
+    let puts: HashMap<i64, Kind> = completed
         .iter()
         .filter(|op| op.invoke.f == "put")
-        .filter_map(|op| op.invoke.value["w"].as_i64())
+        .filter_map(|op| Some((op.invoke.value["w"].as_i64()?, op.kind())))
         .collect();
     let mut out = Vec::new();
     let mut flag = |kind: &str, detail: String| out.push(Anomaly::new(workload, kind, detail));
     let mut garbage = |at: String, w: &Value| {
-        if !w.is_null() && !w.as_i64().is_some_and(|w| written.contains(&w)) {
-            flag(
+        if w.is_null() {
+            return;
+        }
+        match w.as_i64().and_then(|w| puts.get(&w)) {
+            None => flag(
                 kinds::GARBAGE_READ,
                 format!("{at} holds w = {w}, which no put wrote"),
-            );
+            ),
+            Some(Kind::Fail) => flag(
+                kinds::ABORTED_READ,
+                format!("{at} holds w = {w}, whose put certainly failed"),
+            ),
+            Some(_) => {}
         }
     };
     let mut routes_read = BTreeSet::new();

@@ -8,12 +8,13 @@
 //! missed a purged delete still holds a document the server does not.
 //!
 //! The writers work on a window of `KEYS` documents that moves on: each new
-//! document retires the oldest one with a delete, after which no writer picks
-//! it (a writer that picked it just before may still write it once). A
-//! delete missed by a replica is so most often the document's last change,
-//! which the final comparison sees; a document deleted and written again
-//! within the window is then at its next version, or, once its tombstone is
-//! purged, a new document.
+//! document pushes the oldest out, and a writer deletes each document that
+//! left the window, in order, until the delete succeeds (or finds it gone);
+//! no writer picks it again (one that picked it just before may still write
+//! it once). A delete missed by a replica is so most often the document's
+//! last change, which the final comparison sees; a document deleted and
+//! written again within the window is then at its next version, or, once
+//! its tombstone is purged, a new document.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -26,7 +27,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use super::{Ctx, Process, Workload, pause_after, percent_encode};
-use crate::history::Kind;
+use crate::history::{Kind, Op};
 use crate::http::{Outcome, send};
 
 const COLLECTION: &str = "replica";
@@ -82,10 +83,10 @@ pub struct State {
     writes: AtomicU64,
     /// The next new document's number: the window is the `KEYS` before it.
     next_key: AtomicU64,
+    /// Every document below this number that left the window is deleted.
+    retired: AtomicU64,
     /// Set once every writer is done: the replicas catch up and compare.
     finishing: AtomicBool,
-    /// Pages refused with `history_purged`.
-    pub refusals: AtomicU64,
 }
 
 impl State {
@@ -108,22 +109,45 @@ pub async fn setup(ctx: &Ctx) -> Result<(), String> {
     }
 }
 
+/// Pages refused with `history_purged` in `ops`: each was followed by a
+/// `reset` of its replica.
+pub fn refusals(ops: &[Op]) -> u64 {
+    let name = Workload::Replica.name();
+    ops.iter()
+        .filter(|op| op.workload == name && op.f == "reset" && op.kind == Kind::Ok)
+        .count() as u64
+}
+
 /// One writer until the run stops: puts (last writer wins) and deletes.
 pub async fn writer(ctx: Arc<Ctx>, state: Arc<State>, mut rng: StdRng) {
     let mut process = Process::new(&ctx, Workload::Replica);
     while !ctx.stopped() {
         let next = state.next_key.load(Ordering::Relaxed);
-        let kind = if next < KEYS || rng.random_bool(NEW_PROBABILITY) {
-            let n = state.next_key.fetch_add(1, Ordering::Relaxed);
-            let kind = put(&mut process, &state, n).await;
-            match n.checked_sub(KEYS) {
-                Some(oldest) if kind == Kind::Ok => delete(&mut process, oldest).await,
-                _ => kind,
+        let retired = state.retired.load(Ordering::Relaxed);
+        let kind = if next >= KEYS && retired < next - KEYS {
+            // The oldest document out of the window and not yet deleted:
+            // until it is, the writers retry (two may race: one finds it gone).
+            let (kind, gone) = delete(&mut process, retired).await;
+            if gone {
+                let _ = state.retired.compare_exchange(
+                    retired,
+                    retired + 1,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
             }
+            kind
+        } else if next < KEYS || rng.random_bool(NEW_PROBABILITY) {
+            put(
+                &mut process,
+                &state,
+                state.next_key.fetch_add(1, Ordering::Relaxed),
+            )
+            .await
         } else {
             let n = rng.random_range(next - KEYS..next);
             if rng.random_bool(DELETE_PROBABILITY) {
-                delete(&mut process, n).await
+                delete(&mut process, n).await.0
             } else {
                 put(&mut process, &state, n).await
             }
@@ -144,13 +168,15 @@ async fn put(process: &mut Process, state: &State, n: u64) -> Kind {
     process.complete_with("put", &outcome, invoked.clone(), invoked)
 }
 
-/// Deletes document `n`, whatever it holds (a 404 if it is not there).
-async fn delete(process: &mut Process, n: u64) -> Kind {
+/// Deletes document `n`, whatever it holds; also whether it is certainly
+/// gone now (deleted, or a 404: not there).
+async fn delete(process: &mut Process, n: u64) -> (Kind, bool) {
     let invoked = json!({"id": format!("r{n}")});
     process.invoke("delete", invoked.clone());
     let path = format!("/v1/c/{COLLECTION}/r{n}?version=-1");
     let outcome = send(process.ctx().http.request(Method::DELETE, &path)).await;
-    process.complete_with("delete", &outcome, invoked.clone(), invoked)
+    let kind = process.complete_with("delete", &outcome, invoked.clone(), invoked);
+    (kind, kind == Kind::Ok || outcome.is_not_found())
 }
 
 /// Where a replica stands in the collection's history.
@@ -279,7 +305,6 @@ pub async fn replica(ctx: Arc<Ctx>, state: Arc<State>, route: Route, mut rng: St
                 status: 410, code, ..
             } if code == "history_purged" => {
                 process.complete(f, Kind::Fail, invoked, outcome.error());
-                state.refusals.fetch_add(1, Ordering::Relaxed);
                 process.invoke("reset", json!({"route": f}));
                 copy.clear();
                 at = Position::default();
@@ -293,28 +318,32 @@ pub async fn replica(ctx: Arc<Ctx>, state: Arc<State>, route: Route, mut rng: St
     }
 }
 
-/// Reads every document the server holds and records it beside the
-/// replica's copy (`final`); returns whether it could read them.
+/// Reads every document the server holds, page by page, and records it
+/// beside the replica's copy (`final`); returns whether it could read them.
 async fn compare(process: &mut Process, route: Route, copy: &BTreeMap<String, i64>) -> bool {
     process.invoke("final", json!({"route": route.name()}));
-    let outcome = process
-        .ctx()
-        .http
-        .get(&format!("/v1/c/{COLLECTION}?limit=1000"))
-        .await;
-    let Outcome::Ok { body, .. } = &outcome else {
-        let kind = process.complete_with("final", &outcome, Value::Null, Value::Null);
-        pause_after(kind).await;
-        return false;
-    };
-    let server: BTreeMap<String, Option<i64>> = body["docs"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|d| Some((d["_id"].as_str()?.to_string(), d["w"].as_i64())))
-        .collect();
-    if !body["next"].is_null() {
-        process.unexpected(format!("the {COLLECTION} collection holds over 1,000 documents"));
+    let mut server: BTreeMap<String, Option<i64>> = BTreeMap::new();
+    let mut after: Option<String> = None;
+    loop {
+        let mut path = format!("/v1/c/{COLLECTION}?limit=1000");
+        if let Some(cursor) = &after {
+            path.push_str(&format!("&after={}", percent_encode(cursor)));
+        }
+        let outcome = process.ctx().http.get(&path).await;
+        let Outcome::Ok { body, .. } = &outcome else {
+            let kind = process.complete_with("final", &outcome, Value::Null, Value::Null);
+            pause_after(kind).await;
+            return false;
+        };
+        let docs = body["docs"].as_array().map(Vec::as_slice).unwrap_or_default();
+        server.extend(
+            docs.iter()
+                .filter_map(|d| Some((d["_id"].as_str()?.to_string(), d["w"].as_i64()))),
+        );
+        match body["next"].as_str() {
+            Some(next) if !docs.is_empty() => after = Some(next.to_string()),
+            _ => break,
+        }
     }
     process.complete(
         "final",

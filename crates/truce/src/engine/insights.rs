@@ -8,7 +8,7 @@
 //! Memory is bounded whatever the workload: label sets by
 //! [`INSIGHT_LABEL_SETS_MAX`], hot spots by one top-K summary (capacity set by
 //! [`Options::hot_spots`](super::Options::hot_spots)) per minute for
-//! [`HOT_SPOT_MINUTES`] minutes, and the last-writer map by
+//! [`HOT_SPOT_MINUTES_KEPT`] minutes, and the last-writer map by
 //! [`LAST_WRITERS_MAX`]. Document ids never become metric labels.
 //!
 //! The top-K summary is Space-Saving (Metwally et al.): a key already tracked
@@ -25,9 +25,9 @@ use foldhash::{HashMap, HashMapExt};
 
 use crate::error::{Error, Result};
 use crate::limits::{
-    COLLECTION_NAME_BYTES_MAX, HOT_SPOT_MINUTES, HOT_SPOT_SOURCES_MAX, HOT_SPOTS_LIMIT_MAX,
-    HOT_SPOTS_TRACKED_MAX, ID_BYTES_MAX, INSIGHT_LABEL_SETS_MAX, LAST_WRITER_WINDOW_MS, LAST_WRITERS_MAX,
-    SOURCE_BYTES_MAX,
+    COLLECTION_NAME_BYTES_MAX, HOT_SPOT_MINUTES, HOT_SPOT_MINUTES_KEPT, HOT_SPOT_SOURCES_MAX,
+    HOT_SPOTS_LIMIT_MAX, HOT_SPOTS_TRACKED_MAX, ID_BYTES_MAX, INSIGHT_LABEL_SETS_MAX, LAST_WRITER_WINDOW_MS,
+    LAST_WRITERS_MAX, SOURCE_BYTES_MAX,
 };
 
 /// Who is writing, and which attempt this is. Conflicts, retries and permanent
@@ -830,7 +830,7 @@ impl Tracker {
         while self
             .minutes
             .front()
-            .is_some_and(|m| m.index + HOT_SPOT_MINUTES < index)
+            .is_some_and(|m| m.index + HOT_SPOT_MINUTES_KEPT <= index)
         {
             self.minutes.pop_front();
         }
@@ -1106,14 +1106,15 @@ mod tests {
             hot(&report),
             vec![format!("{:?}", Target::Document("early".into()))]
         );
-        assert!((61.0..62.0).contains(&report.covered_s), "{}", report.covered_s);
+        // (Bands wide enough for a test thread descheduled a while.)
+        assert!((61.0..70.0).contains(&report.covered_s), "{}", report.covered_s);
         // The longest window reaches into 61 minutes, and they are kept.
         started_ago(&insights, Duration::from_secs(3630));
         insights.absorb(&mut vec![conflict("late", "s")], 1, 0, None);
         let report = insights.report(Duration::from_secs(3600), 10, false).unwrap();
         assert_eq!(report.hot_spots.len(), 2, "{:?}", hot(&report));
         assert!(
-            (3630.0..3631.0).contains(&report.covered_s),
+            (3630.0..3639.0).contains(&report.covered_s),
             "{}",
             report.covered_s
         );

@@ -459,8 +459,8 @@ impl Db {
         shared.insights.stats(outbox, committer::now_ms())
     }
 
-    /// The `limit` hottest documents and ranges of the last `window` (rounded up
-    /// to whole minutes, at most an hour): where conflicts, retries, overwrites
+    /// The `limit` hottest documents and ranges of the last `window` (at most
+    /// an hour; counted by whole minutes, so over up to a minute more): where conflicts, retries, overwrites
     /// and duplicate writes come from, each with a remedy (docs/insights.md).
     pub fn insights(&self, window: Duration, limit: usize) -> Result<InsightsReport> {
         let shared = &self.inner.shared;
