@@ -1414,6 +1414,7 @@ fn couch_reads_answer_what_was_asked_or_refuse() {
     );
     // A misspelt `keys`, or a body of another shape, would answer every row.
     refused(api.post("/couch/cr/_all_docs", json!({"kyes": ["a"]})), "kyes");
+    refused(api.post("/couch/cr/_all_docs", json!({"keys": null})), "keys");
     refused(api.post("/couch/cr/_all_docs", json!("x")), "object");
     refused(api.post("/couch/cr/_all_docs", json!([])), "object");
     refused(
@@ -1624,6 +1625,13 @@ fn transactions_all_or_nothing() {
     api.tx(json!({"ops": [{"op": "put", "c": "acc", "id": "d", "doc": {}},
                           {"op": "patch", "c": "acc", "id": "d", "update": {"$set": {"a": 1}}}]}))
         .error(400, "invalid_transaction");
+    let answer = api.tx(json!({"ops": [{"op": "delete", "c": "acc", "id": "a"}]}));
+    answer.error(428, "precondition_required");
+    assert!(
+        answer.text.contains("op 0: a delete needs a precondition"),
+        "{}",
+        answer.text
+    );
     let answer = api.tx(json!({"ops": [{"op": "check", "c": "acc", "id": "a"},
                                        {"op": "delete", "c": "acc", "id": "a"}]}));
     answer.error(428, "precondition_required");

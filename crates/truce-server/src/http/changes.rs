@@ -12,7 +12,7 @@ use axum::http::HeaderMap;
 use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, Stream, StreamExt};
-use serde_json::{Value, json};
+use serde_json::json;
 use truce::{Change, Db};
 
 use super::AppState;
@@ -20,9 +20,9 @@ use super::error::ApiError;
 use super::extract::{LAST_EVENT_ID, Params, PathParams, Standing, Waited, authorize};
 use crate::keys::{Principal, Role};
 
-/// Default and largest long-poll wait, in ms.
+/// Default and largest long-poll wait, in ms (`/couch` has its own default).
 const LONGPOLL_TIMEOUT_MS_DEFAULT: u64 = 30_000;
-const LONGPOLL_TIMEOUT_MS_MAX: u64 = 120_000;
+pub(super) const LONGPOLL_TIMEOUT_MS_MAX: u64 = 120_000;
 /// Changes per answer unless `limit` says otherwise.
 const CHANGES_LIMIT_DEFAULT: usize = 1000;
 /// The `feed` parameter as documented. Deliberately not an enum in the schema:
@@ -45,16 +45,57 @@ pub const HISTORY_PURGED_DESCRIPTION: &str = "`history_purged`: a tombstone afte
                                               every collection, any collection's), so the reader may have missed \
                                               it; read the feed again from 0";
 
-fn change_json(change: &Change, with_collection: bool) -> Value {
-    let mut out =
-        json!({"seq": change.seq, "id": change.id, "rev": change.rev.to_string(), "deleted": change.deleted});
+/// Appends one change as the feeds show it, `{"seq", "id", "rev",
+/// "deleted"}` with `"c"` (the feed of every collection) and `"doc"` when
+/// asked for, its document written straight from the page (not copied into
+/// values of its own first).
+fn write_change(change: &Change, with_collection: bool, out: &mut Vec<u8>) -> serde_json::Result<()> {
+    out.extend_from_slice(b"{\"seq\":");
+    serde_json::to_writer(&mut *out, &change.seq)?;
+    out.extend_from_slice(b",\"id\":");
+    serde_json::to_writer(&mut *out, &change.id)?;
+    out.extend_from_slice(b",\"rev\":\"");
+    out.extend_from_slice(change.rev.text().as_str().as_bytes());
+    out.extend_from_slice(if change.deleted {
+        b"\",\"deleted\":true"
+    } else {
+        b"\",\"deleted\":false"
+    });
     if with_collection {
-        out["c"] = json!(change.collection);
+        out.extend_from_slice(b",\"c\":");
+        serde_json::to_writer(&mut *out, &change.collection)?;
     }
     if let Some(doc) = &change.doc {
-        out["doc"] = doc.to_json();
+        out.extend_from_slice(b",\"doc\":");
+        doc.write_json(out)?;
     }
-    out
+    out.push(b'}');
+    Ok(())
+}
+
+/// A page's answer, `{"results": [...], "last_seq", "from"}` (`from` when
+/// known), as bytes.
+fn page_answer(page: &truce::ChangesPage, with_collection: bool) -> truce::Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(128);
+    let written = (|| {
+        out.extend_from_slice(b"{\"results\":[");
+        for (i, change) in page.changes.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            write_change(change, with_collection, &mut out)?;
+        }
+        out.extend_from_slice(b"],\"last_seq\":");
+        serde_json::to_writer(&mut out, &page.last_seq)?;
+        if let Some(from) = page.from {
+            out.extend_from_slice(b",\"from\":");
+            serde_json::to_writer(&mut out, &from)?;
+        }
+        out.push(b'}');
+        Ok::<(), serde_json::Error>(())
+    })();
+    written.map_err(|e| truce::Error::Unavailable(format!("cannot encode the answer: {e}")))?;
+    Ok(out)
 }
 
 struct FeedRequest {
@@ -151,19 +192,23 @@ async fn feed(
     let request = feed_request(&state.db, collection, &params, resume_after)?;
     let with_collection = request.collection.is_none();
     let standing = Standing::of(&state, headers, request.collection.as_deref());
+    // Pages are written as JSON off the HTTP thread: one of large documents
+    // takes a while, and every connection of that thread would wait for it.
     let page = match kind {
         "normal" => {
             let db = state.db.clone();
-            super::blocking(move || {
-                db.changes_from(
+            let answer = super::blocking(move || {
+                let page = db.changes_from(
                     request.collection.as_deref(),
                     request.since,
                     request.from,
                     request.limit,
                     request.include_docs,
-                )
+                )?;
+                page_answer(&page, with_collection)
             })
-            .await?
+            .await?;
+            return Ok(json_answer(answer));
         }
         "longpoll" => {
             let timeout = request.timeout_ms;
@@ -208,16 +253,12 @@ async fn feed(
             ));
         }
     };
-    let results: Vec<Value> = page
-        .changes
-        .iter()
-        .map(|c| change_json(c, with_collection))
-        .collect();
-    let mut answer = json!({"results": results, "last_seq": page.last_seq});
-    if let Some(from) = page.from {
-        answer["from"] = json!(from);
-    }
-    Ok(axum::Json(answer).into_response())
+    let answer = super::blocking(move || page_answer(&page, with_collection)).await?;
+    Ok(json_answer(answer))
+}
+
+fn json_answer(bytes: Vec<u8>) -> Response {
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], bytes).into_response()
 }
 
 /// One SSE event per change, until the engine fails or the caller's key may
@@ -246,7 +287,12 @@ fn sse_events(
                         .iter()
                         .enumerate()
                         .map(|(i, c)| {
-                            let event = Event::default().data(change_json(c, with_collection).to_string());
+                            let mut data = Vec::new();
+                            // Writing to memory fails only on a map key that is
+                            // not a string, which a document cannot hold.
+                            let _ = write_change(c, with_collection, &mut data);
+                            let data = String::from_utf8(data).expect("serde_json writes UTF-8");
+                            let event = Event::default().data(data);
                             let ends_commit = changes.get(i + 1).is_none_or(|next| next.seq != c.seq);
                             Ok(if ends_commit {
                                 event.id(c.seq.to_string())

@@ -19,9 +19,10 @@ use super::error::ApiError;
 use super::extract::{JsonBody, Params, PathParams, Standing, authorize};
 use crate::keys::{Principal, Role};
 
-/// Default and largest long-poll wait, in ms (CouchDB's default is 60 s).
+/// Default long-poll wait, in ms (CouchDB's default is 60 s); the largest
+/// is `/v1`'s.
 const LONGPOLL_TIMEOUT_MS_DEFAULT: u64 = 60_000;
-const LONGPOLL_TIMEOUT_MS_MAX: u64 = 120_000;
+use super::changes::LONGPOLL_TIMEOUT_MS_MAX;
 /// Changes per answer unless `limit` says otherwise.
 const CHANGES_LIMIT_DEFAULT: usize = 1000;
 /// How far `_changes` counts the changes left after a page (`pending`): a
@@ -633,6 +634,9 @@ pub async fn all_docs_post(
             "the body is an object: {\"keys\": [ids]}",
         ));
     };
+    if fields.get("keys").is_some_and(Value::is_null) {
+        return Err(CouchError::bad_request("`keys` must be an array"));
+    }
     let keys = keys_of(fields.get("keys"))?;
     if let Some(name) = ALL_DOCS_QUERY_ONLY
         .iter()
