@@ -726,12 +726,20 @@ impl Committer {
             return Ok(Err(TxFailure::Conflicts(conflicts)));
         }
         if !states.is_empty() {
+            // The counters first, while nothing is applied: their filters
+            // are charged to the request's meter, and a write they take past
+            // it is refused whole.
+            let mut effects = CounterEffects::default();
+            for (index, state) in &states {
+                let op = &commit.ops[*index];
+                self.counter_deltas(group, &op.collection, &op.key, state, work, &mut effects)?;
+            }
+            work.check()?;
             group.seq += 1;
             let mut written = Vec::with_capacity(states.len() * 2);
-            let mut effects = CounterEffects::default();
             for (index, state) in states {
                 let op = &commit.ops[index];
-                self.apply_source(group, &op.collection, &op.key, state, &mut written, &mut effects)?;
+                self.apply_source(group, &op.collection, &op.key, state, &mut written);
             }
             let incremented = !effects.in_commit.is_empty();
             self.finish_counters(group, effects, &mut written);
@@ -886,8 +894,38 @@ impl Committer {
         Ok(())
     }
 
-    /// Applies a new state of a document of `collection` to the group: registers
-    /// the collection, maintains its indexes, and collects its counters' deltas.
+    /// Collects the deltas a new state of a document of `collection` implies
+    /// for its collection's counters, their filters charged to `work`
+    /// (which the caller checks), before the state is applied.
+    fn counter_deltas(
+        &self,
+        group: &mut Group<'_>,
+        collection: &str,
+        key: &[u8],
+        state: &evaluate::NewState,
+        work: &mut Work,
+        effects: &mut CounterEffects,
+    ) -> Result<()> {
+        let Some(config) = self.configs.get(collection).filter(|c| !c.counters.is_empty()) else {
+            return Ok(());
+        };
+        let ts_ms = group.ts_ms;
+        let old = group.current(key, &state.doc.id)?.filter(|d| !d.is_deleted());
+        let old = old.map(|d| &d.body);
+        let new = (!state.doc.is_deleted()).then_some(&state.doc.body);
+        for def in &config.counters {
+            let deltas = counters::deltas(def, old, new, ts_ms, work);
+            match def.mode {
+                CounterMode::InCommit => effects.in_commit.extend(deltas),
+                CounterMode::AfterCommit => effects.after_commit.extend(deltas),
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies a new state of a document of `collection` to the group:
+    /// registers the collection and maintains its indexes (its counters'
+    /// deltas were collected before: [`Committer::counter_deltas`]).
     fn apply_source(
         &mut self,
         group: &mut Group<'_>,
@@ -895,33 +933,15 @@ impl Committer {
         key: &[u8],
         state: evaluate::NewState,
         written: &mut Vec<(Space, Vec<u8>)>,
-        effects: &mut CounterEffects,
-    ) -> Result<()> {
+    ) {
         if !self.collections.contains(collection) {
             self.collections.insert(collection.to_string());
             let mut registry = META_COLLECTION_PREFIX.to_vec();
             registry.extend_from_slice(collection.as_bytes());
             group.put(Space::Meta, registry, Some(Vec::new()));
         }
-        if let Some(config) = self.configs.get(collection)
-            && !config.counters.is_empty()
-        {
-            let old = group
-                .current(key, &state.doc.id)?
-                .filter(|d| !d.is_deleted())
-                .map(|d| d.body.clone());
-            let new = (!state.doc.is_deleted()).then_some(&state.doc.body);
-            for def in &config.counters {
-                let deltas = counters::deltas(def, old.as_ref(), new, group.ts_ms);
-                match def.mode {
-                    CounterMode::InCommit => effects.in_commit.extend(deltas),
-                    CounterMode::AfterCommit => effects.after_commit.extend(deltas),
-                }
-            }
-        }
         let indexes = self.indexes.get(collection).map_or(&[][..], Vec::as_slice);
         group.apply(collection, key, state, indexes, written);
-        Ok(())
     }
 
     /// Applies a commit's `in_commit` counter increments in the same commit, and

@@ -105,12 +105,13 @@ pub struct Increment {
 }
 
 /// The group and amount a source body contributes to `def`, if it counts.
-///
-/// The counter's filter is not metered: it is the administrator's, not the
-/// writer's, and a write cannot be refused once its counters are evaluated.
-pub fn contribution(def: &CounterDef, body: &Body, now_ms: u64) -> Option<(String, Amount)> {
+/// The counter's filter is charged to `work`: a client's write pays for the
+/// counters its collection evaluates on it (`FILTER_STEPS_MAX`, with its own
+/// filters), and the caller refuses it once `work` ran out. The server's own
+/// writes (TTL sweeps, backfills, recounts) pass an unmetered one.
+pub fn contribution(def: &CounterDef, body: &Body, now_ms: u64, work: &mut Work) -> Option<(String, Amount)> {
     if let Some(filter) = &def.filter
-        && !filter.test(body, now_ms, &mut Work::unmetered())
+        && !filter.test(body, now_ms, work)
     {
         return None;
     }
@@ -133,9 +134,23 @@ pub fn contribution(def: &CounterDef, body: &Body, now_ms: u64) -> Option<(Strin
 
 /// The increments a write from `old` to `new` (live bodies; `None` = absent or
 /// deleted) implies for `def`: minus the old contribution, plus the new one.
-pub fn deltas(def: &CounterDef, old: Option<&Body>, new: Option<&Body>, now_ms: u64) -> Vec<Increment> {
-    let before = old.and_then(|b| contribution(def, b, now_ms));
-    let after = new.and_then(|b| contribution(def, b, now_ms));
+/// The new body's filter is charged to `work`, as in [`contribution`]; the
+/// old one's is not, so that every document stays deletable (one stored
+/// before its collection's counters were declared may cost more than a
+/// write may), and it is tested only once the new one passed: a stored
+/// body's test costs at most what the write that stored it paid.
+pub fn deltas(
+    def: &CounterDef,
+    old: Option<&Body>,
+    new: Option<&Body>,
+    now_ms: u64,
+    work: &mut Work,
+) -> Vec<Increment> {
+    let after = new.and_then(|b| contribution(def, b, now_ms, work));
+    if work.spent() {
+        return Vec::new();
+    }
+    let before = old.and_then(|b| contribution(def, b, now_ms, &mut Work::unmetered()));
     if before == after {
         return Vec::new();
     }
@@ -222,20 +237,20 @@ mod tests {
         let off = body(json!({"g": "y", "status": "no"}));
         let amounts = |v: Vec<Increment>| v.into_iter().map(|i| (i.id, i.amount)).collect::<Vec<_>>();
         assert_eq!(
-            amounts(deltas(&d, None, Some(&a), 0)),
+            amounts(deltas(&d, None, Some(&a), 0, &mut Work::new())),
             [("x".into(), Amount::Int(1))]
         );
         assert_eq!(
-            amounts(deltas(&d, Some(&a), Some(&b), 0)),
+            amounts(deltas(&d, Some(&a), Some(&b), 0, &mut Work::new())),
             [("x".into(), Amount::Int(-1)), ("y".into(), Amount::Int(1))]
         );
         assert_eq!(
-            amounts(deltas(&d, Some(&b), Some(&off), 0)),
+            amounts(deltas(&d, Some(&b), Some(&off), 0, &mut Work::new())),
             [("y".into(), Amount::Int(-1))]
         );
-        assert!(deltas(&d, Some(&a), Some(&a), 0).is_empty());
+        assert!(deltas(&d, Some(&a), Some(&a), 0, &mut Work::new()).is_empty());
         assert_eq!(
-            amounts(deltas(&d, Some(&a), None, 0)),
+            amounts(deltas(&d, Some(&a), None, 0, &mut Work::new())),
             [("x".into(), Amount::Int(-1))]
         );
     }
@@ -248,15 +263,28 @@ mod tests {
             Some(&body(json!({"g": 1, "price": 2.5}))),
             Some(&body(json!({"g": 1, "price": 4}))),
             0,
+            &mut Work::new(),
         );
         let total = coalesce(incs);
         assert_eq!(total.len(), 1);
         assert_eq!(total[0].id, "1");
         assert_eq!(total[0].amount, Amount::Float(1.5));
         let cancel = coalesce(
-            deltas(&d, None, Some(&body(json!({"g": "z", "price": 3}))), 0)
-                .into_iter()
-                .chain(deltas(&d, Some(&body(json!({"g": "z", "price": 3}))), None, 0)),
+            deltas(
+                &d,
+                None,
+                Some(&body(json!({"g": "z", "price": 3}))),
+                0,
+                &mut Work::new(),
+            )
+            .into_iter()
+            .chain(deltas(
+                &d,
+                Some(&body(json!({"g": "z", "price": 3}))),
+                None,
+                0,
+                &mut Work::new(),
+            )),
         );
         assert!(cancel.is_empty());
         let (back, ms) = decode_outbox(&encode_outbox(&total[0], 7)).unwrap();

@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::storage::{Direction, Space, StorageRead};
-use crate::update::path;
+use crate::update::{Work, path};
 
 use super::Db;
 use super::committer::{Backfilled, now_ms};
@@ -139,7 +139,7 @@ pub(super) fn tally(view: &dyn StorageRead, source: &str, def: &CounterDef, now:
     let mut truth: BTreeMap<String, Amount> = BTreeMap::new();
     for_each_document(view, source, |doc| {
         if !doc.is_deleted()
-            && let Some((group, amount)) = counters::contribution(def, &doc.body, now)
+            && let Some((group, amount)) = counters::contribution(def, &doc.body, now, &mut Work::unmetered())
         {
             let entry = truth.entry(group).or_insert(Amount::Int(0));
             *entry = entry.add(amount);

@@ -227,7 +227,10 @@ impl Committer {
             });
             match evaluated {
                 Ok((Ok(_), Some(state))) => {
-                    self.apply_source(&mut group, &collection, &key, state, &mut written, &mut effects)?;
+                    // The server's own write: its counters are not metered.
+                    let unmetered = &mut Work::unmetered();
+                    self.counter_deltas(&mut group, &collection, &key, &state, unmetered, &mut effects)?;
+                    self.apply_source(&mut group, &collection, &key, state, &mut written);
                     deleted += 1;
                 }
                 Ok(_) => {}
