@@ -9,8 +9,8 @@ use std::time::Duration;
 use axum::Extension;
 use axum::extract::State;
 use axum::http::HeaderMap;
+use axum::response::Response;
 use axum::response::sse::Event;
-use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, Stream, StreamExt};
 use serde_json::json;
 use truce::{Change, Db};
@@ -94,7 +94,7 @@ fn page_answer(page: &truce::ChangesPage, with_collection: bool) -> truce::Resul
         out.push(b'}');
         Ok::<(), serde_json::Error>(())
     })();
-    written.map_err(|e| truce::Error::Unavailable(format!("cannot encode the answer: {e}")))?;
+    written.map_err(super::unencodable)?;
     Ok(out)
 }
 
@@ -208,7 +208,7 @@ async fn feed(
                 page_answer(&page, with_collection)
             })
             .await?;
-            return Ok(json_answer(answer));
+            return Ok(super::json_bytes(answer));
         }
         "longpoll" => {
             let timeout = request.timeout_ms;
@@ -254,11 +254,7 @@ async fn feed(
         }
     };
     let answer = super::blocking(move || page_answer(&page, with_collection)).await?;
-    Ok(json_answer(answer))
-}
-
-fn json_answer(bytes: Vec<u8>) -> Response {
-    ([(axum::http::header::CONTENT_TYPE, "application/json")], bytes).into_response()
+    Ok(super::json_bytes(answer))
 }
 
 /// One SSE event per change, until the engine fails or the caller's key may

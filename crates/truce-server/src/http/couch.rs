@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use axum::Extension;
 use axum::extract::State;
-use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 use truce::{ConflictReason, Document, Expect, TxOp, WriteResult};
@@ -562,7 +562,7 @@ impl Rows {
         }
         json.extend_from_slice(&self.json);
         json.extend_from_slice(b"]}");
-        ([(header::CONTENT_TYPE, "application/json")], json).into_response()
+        super::json_bytes(json)
     }
 }
 

@@ -52,11 +52,8 @@ impl<'a> WriteAnswer<'a> {
 fn json_body(write: impl FnOnce(&mut Vec<u8>) -> serde_json::Result<()>) -> Response {
     let mut bytes = Vec::with_capacity(512);
     match write(&mut bytes) {
-        Ok(()) => ([(header::CONTENT_TYPE, "application/json")], bytes).into_response(),
-        Err(e) => ApiError::Engine(truce::Error::Unavailable(format!(
-            "cannot encode the answer: {e}"
-        )))
-        .into_response(),
+        Ok(()) => super::json_bytes(bytes),
+        Err(e) => ApiError::Engine(super::unencodable(e)).into_response(),
     }
 }
 

@@ -121,6 +121,18 @@ pub(crate) async fn blocking<T: Send + 'static>(
         .map_err(|e| ApiError::Engine(truce::Error::Unavailable(e.to_string())))??)
 }
 
+/// An answer already written as JSON bytes (large answers are, off the HTTP
+/// threads, without a `Value` of their own first).
+pub(crate) fn json_bytes(bytes: Vec<u8>) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], bytes).into_response()
+}
+
+/// Why an answer could not be written as JSON: into memory, only a map key
+/// that is not a string fails, which no stored document holds.
+pub(crate) fn unencodable(e: serde_json::Error) -> truce::Error {
+    truce::Error::Unavailable(format!("cannot encode the answer: {e}"))
+}
+
 async fn no_route(uri: Uri) -> Response {
     if uri.path().starts_with("/couch/") {
         // CouchDB's clients read `reason`, as on every other /couch answer.

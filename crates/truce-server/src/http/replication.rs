@@ -71,11 +71,7 @@ impl Shape {
     /// page's documents are not copied into values of their own first (a
     /// page of small numbers took some 40 times its stored bytes that way).
     fn pull_answer(&self, changes: &[Change], from: Option<u64>, given: &Value) -> Result<Vec<u8>, ApiError> {
-        let encode = |e: serde_json::Error| {
-            ApiError::Engine(truce::Error::Unavailable(format!(
-                "cannot encode the answer: {e}"
-            )))
-        };
+        let encode = |e: serde_json::Error| ApiError::Engine(super::unencodable(e));
         let mut out = Vec::with_capacity(256);
         out.extend_from_slice(b"{\"documents\":[");
         for (i, doc) in changes.iter().filter_map(|c| c.doc.as_ref()).enumerate() {
@@ -217,7 +213,7 @@ pub async fn pull(
         Ok(shape.pull_answer(&changes, from, &given))
     })
     .await??;
-    Ok(([(axum::http::header::CONTENT_TYPE, "application/json")], answer).into_response())
+    Ok(super::json_bytes(answer))
 }
 
 /// One row of a push, parsed.
