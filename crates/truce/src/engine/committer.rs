@@ -732,7 +732,15 @@ impl Committer {
             let mut effects = CounterEffects::default();
             for (index, state) in &states {
                 let op = &commit.ops[*index];
-                self.counter_deltas(group, &op.collection, &op.key, state, work, &mut effects)?;
+                let charge_old = commit.ops.len() > 1;
+                self.counter_deltas(
+                    group,
+                    &op.collection,
+                    &op.key,
+                    state,
+                    (work, charge_old),
+                    &mut effects,
+                )?;
             }
             work.check()?;
             group.seq += 1;
@@ -895,15 +903,16 @@ impl Committer {
     }
 
     /// Collects the deltas a new state of a document of `collection` implies
-    /// for its collection's counters, their filters charged to `work`
-    /// (which the caller checks), before the state is applied.
+    /// for its collection's counters, their filters charged to `work` (the
+    /// replaced state's only when `charge_old`: `counters::deltas`), which
+    /// the caller checks, before the state is applied.
     fn counter_deltas(
         &self,
         group: &mut Group<'_>,
         collection: &str,
         key: &[u8],
         state: &evaluate::NewState,
-        work: &mut Work,
+        (work, charge_old): (&mut Work, bool),
         effects: &mut CounterEffects,
     ) -> Result<()> {
         let Some(config) = self.configs.get(collection).filter(|c| !c.counters.is_empty()) else {
@@ -914,7 +923,7 @@ impl Committer {
         let old = old.map(|d| &d.body);
         let new = (!state.doc.is_deleted()).then_some(&state.doc.body);
         for def in &config.counters {
-            let deltas = counters::deltas(def, old, new, ts_ms, work);
+            let deltas = counters::deltas(def, old, new, ts_ms, work, charge_old);
             match def.mode {
                 CounterMode::InCommit => effects.in_commit.extend(deltas),
                 CounterMode::AfterCommit => effects.after_commit.extend(deltas),

@@ -134,23 +134,34 @@ pub fn contribution(def: &CounterDef, body: &Body, now_ms: u64, work: &mut Work)
 
 /// The increments a write from `old` to `new` (live bodies; `None` = absent or
 /// deleted) implies for `def`: minus the old contribution, plus the new one.
-/// The new body's filter is charged to `work`, as in [`contribution`]; the
-/// old one's is not, so that every document stays deletable (one stored
-/// before its collection's counters were declared may cost more than a
-/// write may), and it is tested only once the new one passed: a stored
-/// body's test costs at most what the write that stored it paid.
+/// The new body's filter is charged to `work`, as in [`contribution`], and
+/// the old one's only when `charge_old` (a transaction of several ops): a
+/// write of one document is not refused for it, so that every document
+/// stays deletable (one stored before its collection's counters were
+/// declared may cost more than a write may); its steps are noted in `work`
+/// all the same, so that the group closes on them. The old body is tested
+/// only once the new one passed.
 pub fn deltas(
     def: &CounterDef,
     old: Option<&Body>,
     new: Option<&Body>,
     now_ms: u64,
     work: &mut Work,
+    charge_old: bool,
 ) -> Vec<Increment> {
     let after = new.and_then(|b| contribution(def, b, now_ms, work));
     if work.spent() {
         return Vec::new();
     }
-    let before = old.and_then(|b| contribution(def, b, now_ms, &mut Work::unmetered()));
+    let before = old.and_then(|b| {
+        if charge_old {
+            return contribution(def, b, now_ms, work);
+        }
+        let mut counted = Work::unmetered();
+        let before = contribution(def, b, now_ms, &mut counted);
+        work.note(counted.used());
+        before
+    });
     if before == after {
         return Vec::new();
     }
@@ -237,20 +248,20 @@ mod tests {
         let off = body(json!({"g": "y", "status": "no"}));
         let amounts = |v: Vec<Increment>| v.into_iter().map(|i| (i.id, i.amount)).collect::<Vec<_>>();
         assert_eq!(
-            amounts(deltas(&d, None, Some(&a), 0, &mut Work::new())),
+            amounts(deltas(&d, None, Some(&a), 0, &mut Work::new(), false)),
             [("x".into(), Amount::Int(1))]
         );
         assert_eq!(
-            amounts(deltas(&d, Some(&a), Some(&b), 0, &mut Work::new())),
+            amounts(deltas(&d, Some(&a), Some(&b), 0, &mut Work::new(), false)),
             [("x".into(), Amount::Int(-1)), ("y".into(), Amount::Int(1))]
         );
         assert_eq!(
-            amounts(deltas(&d, Some(&b), Some(&off), 0, &mut Work::new())),
+            amounts(deltas(&d, Some(&b), Some(&off), 0, &mut Work::new(), false)),
             [("y".into(), Amount::Int(-1))]
         );
-        assert!(deltas(&d, Some(&a), Some(&a), 0, &mut Work::new()).is_empty());
+        assert!(deltas(&d, Some(&a), Some(&a), 0, &mut Work::new(), false).is_empty());
         assert_eq!(
-            amounts(deltas(&d, Some(&a), None, 0, &mut Work::new())),
+            amounts(deltas(&d, Some(&a), None, 0, &mut Work::new(), false)),
             [("x".into(), Amount::Int(-1))]
         );
     }
@@ -264,6 +275,7 @@ mod tests {
             Some(&body(json!({"g": 1, "price": 4}))),
             0,
             &mut Work::new(),
+            false,
         );
         let total = coalesce(incs);
         assert_eq!(total.len(), 1);
@@ -276,6 +288,7 @@ mod tests {
                 Some(&body(json!({"g": "z", "price": 3}))),
                 0,
                 &mut Work::new(),
+                false,
             )
             .into_iter()
             .chain(deltas(
@@ -284,6 +297,7 @@ mod tests {
                 None,
                 0,
                 &mut Work::new(),
+                false,
             )),
         );
         assert!(cancel.is_empty());

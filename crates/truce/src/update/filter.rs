@@ -342,8 +342,13 @@ fn nodes(v: &Value) -> u64 {
 /// once they have taken that many together (`Committer::run_group`).
 #[derive(Debug)]
 pub struct Work {
+    /// What it started with.
+    start: u64,
     left: u64,
     spent: bool,
+    /// Steps the request caused without being refused for them
+    /// ([`Work::note`]), counted in [`Work::used`].
+    noted: u64,
 }
 
 impl Default for Work {
@@ -355,19 +360,28 @@ impl Default for Work {
 impl Work {
     /// A full meter: [`FILTER_STEPS_MAX`] steps.
     pub fn new() -> Work {
-        Work {
-            left: FILTER_STEPS_MAX,
-            spent: false,
-        }
+        Work::with(FILTER_STEPS_MAX)
     }
 
     /// A meter that never runs out, for filters a request did not send (and
-    /// writes that run none).
+    /// writes that run none); it still counts what it is charged.
     pub(crate) fn unmetered() -> Work {
+        Work::with(u64::MAX)
+    }
+
+    fn with(steps: u64) -> Work {
         Work {
-            left: u64::MAX,
+            start: steps,
+            left: steps,
             spent: false,
+            noted: 0,
         }
+    }
+
+    /// Counts `steps` the request caused (in [`Work::used`], so that a group
+    /// closes on them too) without refusing it for them.
+    pub(crate) fn note(&mut self, steps: u64) {
+        self.noted = self.noted.saturating_add(steps);
     }
 
     /// Takes `steps`; false, for good, if fewer are left.
@@ -384,13 +398,14 @@ impl Work {
         }
     }
 
-    /// The steps taken so far (all of them once it ran out).
+    /// The steps taken so far (all of them once it ran out), and those noted.
     pub fn used(&self) -> u64 {
-        if self.spent {
-            FILTER_STEPS_MAX
+        let taken = if self.spent {
+            self.start
         } else {
-            FILTER_STEPS_MAX.saturating_sub(self.left)
-        }
+            self.start - self.left
+        };
+        taken.saturating_add(self.noted)
     }
 
     /// Whether the meter ran out.

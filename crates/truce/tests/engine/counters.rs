@@ -778,7 +778,7 @@ fn a_counter_and_a_unique_index_over_its_target_field_are_refused() {
 /// for the collection's counters is refused whole instead of holding every
 /// writer for seconds (an audit's 16 counters of 255 nodes on a 140,000-number
 /// array took 2-6 s a write). Removing a stored document's contribution is not
-/// charged: such a document stays deletable.
+/// charged in a write of one document: such a document stays deletable.
 #[test]
 fn counter_filters_are_charged_to_the_write() {
     let dir = tempfile::tempdir().unwrap();
@@ -810,7 +810,26 @@ fn counter_filters_are_charged_to_the_write() {
         .unwrap();
     let counted = db.collection("t").unwrap().get("x").unwrap().unwrap();
     assert_eq!(counted.body["n"], 2, "{:?}", counted.body);
-    // The old one goes, and its count with it.
+    // In a transaction of several ops, taking it out of its count is
+    // charged too: a thousand such deletes would hold the committer.
+    let ops = vec![
+        truce::TxOp::Delete {
+            collection: "src".into(),
+            id: "old".into(),
+            expect: Expect::Any,
+        },
+        truce::TxOp::Delete {
+            collection: "src".into(),
+            id: "small".into(),
+            expect: Expect::Any,
+        },
+    ];
+    match db.batch(ops, None) {
+        Err(truce::Error::LimitExceeded { what, .. }) => assert_eq!(what, "FILTER_STEPS_MAX"),
+        other => panic!("expected FILTER_STEPS_MAX, got {:?}", other.map(|_| ())),
+    }
+    assert!(src.get("old").unwrap().is_some());
+    // On its own, the old one goes, and its count with it.
     src.delete("old", Expect::Any).unwrap().unwrap();
     let counted = db.collection("t").unwrap().get("x").unwrap().unwrap();
     assert_eq!(counted.body["n"], 1, "{:?}", counted.body);

@@ -228,7 +228,7 @@ impl Committer {
             match evaluated {
                 Ok((Ok(_), Some(state))) => {
                     // The server's own write: its counters are not metered.
-                    let unmetered = &mut Work::unmetered();
+                    let unmetered = (&mut Work::unmetered(), false);
                     self.counter_deltas(&mut group, &collection, &key, &state, unmetered, &mut effects)?;
                     self.apply_source(&mut group, &collection, &key, state, &mut written);
                     deleted += 1;
