@@ -353,3 +353,53 @@ pub async fn all_changes(
     }
     feed(state, None, params, &headers).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A feed page written as bytes is the JSON the feed documents: each
+    /// change's keys, `c` on the feed of every collection, the document as
+    /// `Document::to_json` shows it, `from` when known.
+    #[test]
+    fn a_page_is_written_as_the_feed_shows_it() {
+        let doc = truce::Document {
+            id: "\"a\n".into(),
+            meta: truce::doc::Meta {
+                rev: truce::doc::Rev { version: 2, hash: 7 },
+                seq: 9,
+                ts_ms: 1,
+                deleted: false,
+            },
+            body: json!({"x": [1, "é"]}).as_object().cloned().unwrap(),
+        };
+        let change = |doc: Option<truce::Document>, deleted| Change {
+            seq: 9,
+            collection: "c1".into(),
+            id: "\"a\n".into(),
+            rev: truce::doc::Rev { version: 2, hash: 7 },
+            deleted,
+            doc,
+        };
+        let page = truce::ChangesPage {
+            changes: vec![change(Some(doc.clone()), false), change(None, true)],
+            last_seq: 9,
+            from: Some(3),
+        };
+        let rev = doc.meta.rev.to_string();
+        let written: serde_json::Value = serde_json::from_slice(&page_answer(&page, true).unwrap()).unwrap();
+        assert_eq!(
+            written,
+            json!({"results": [
+                {"seq": 9, "id": "\"a\n", "rev": rev, "deleted": false, "c": "c1", "doc": doc.to_json()},
+                {"seq": 9, "id": "\"a\n", "rev": rev, "deleted": true, "c": "c1"}],
+                "last_seq": 9, "from": 3})
+        );
+        let page = truce::ChangesPage { from: None, ..page };
+        let written: serde_json::Value = serde_json::from_slice(&page_answer(&page, false).unwrap()).unwrap();
+        assert!(
+            written.get("from").is_none() && written["results"][0].get("c").is_none(),
+            "{written}"
+        );
+    }
+}

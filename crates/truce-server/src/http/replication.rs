@@ -756,3 +756,79 @@ fn stream_events(
     })
     .boxed()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn doc(id: &str, body: Value, deleted: bool) -> Document {
+        Document {
+            id: id.into(),
+            meta: truce::doc::Meta {
+                rev: truce::doc::Rev {
+                    version: 3,
+                    hash: 0xabc,
+                },
+                seq: 17,
+                ts_ms: 1_700_000_000_000,
+                deleted,
+            },
+            body: body.as_object().cloned().unwrap_or_default(),
+        }
+    }
+
+    /// A pull writes each document as bytes (`Shape::write`), a push's
+    /// conflicts show it as a value (`rx_doc`): the same document either way.
+    #[test]
+    fn a_pulled_document_is_what_a_conflict_shows() {
+        let docs = [
+            doc("a", json!({"n": 1, "s": "x"}), false),
+            doc("gone", json!({}), true),
+            doc("pk-held", json!({"id": "pk-held", "v": [1, {"w": null}]}), false),
+            doc("\"\n\u{2028}é", json!({"k\"\n": "\u{2028}", "é": 1.5}), false),
+        ];
+        for meta in [false, true] {
+            let shape = Shape {
+                pk: "id".into(),
+                meta,
+            };
+            for d in &docs {
+                let mut out = Vec::new();
+                shape.write(d, &mut out).unwrap().unwrap();
+                let written: Value = serde_json::from_slice(&out).unwrap();
+                assert_eq!(written, shape.show(d).unwrap(), "meta {meta}: {}", d.id);
+            }
+            // A body holding the primary key with another value is refused by both.
+            let clash = doc("c", json!({"id": "other"}), false);
+            assert!(shape.write(&clash, &mut Vec::new()).unwrap().is_err());
+            assert!(shape.show(&clash).is_err());
+        }
+        // And a page's answer is JSON holding them, with its checkpoint.
+        let shape = Shape::default();
+        let page: Vec<Change> = docs
+            .iter()
+            .map(|d| Change {
+                seq: d.meta.seq,
+                collection: "c".into(),
+                id: d.id.clone(),
+                rev: d.meta.rev,
+                deleted: d.meta.deleted,
+                doc: Some(d.clone()),
+            })
+            .collect();
+        let shape = Shape {
+            pk: "id".into(),
+            ..shape
+        };
+        let answer: Value =
+            serde_json::from_slice(&shape.pull_answer(&page, Some(5), &Value::Null).unwrap()).unwrap();
+        assert_eq!(answer["documents"].as_array().map(Vec::len), Some(docs.len()));
+        assert_eq!(
+            answer["checkpoint"],
+            json!({"seq": 17, "id": docs[3].id, "from": 5})
+        );
+        let empty: Value =
+            serde_json::from_slice(&shape.pull_answer(&[], None, &json!({"seq": 1})).unwrap()).unwrap();
+        assert_eq!(empty, json!({"documents": [], "checkpoint": {"seq": 1}}));
+    }
+}
