@@ -127,6 +127,26 @@ fn conflict() -> CouchError {
 }
 
 /// A document in CouchDB's shape: `_id`, `_rev`, the fields (`_deleted` on a tombstone).
+/// Appends what [`couch_doc`] gives, without building it.
+fn write_couch_doc(doc: &Document, out: &mut Vec<u8>) -> serde_json::Result<()> {
+    out.extend_from_slice(b"{\"_id\":");
+    serde_json::to_writer(&mut *out, &doc.id)?;
+    out.extend_from_slice(b",\"_rev\":\"");
+    out.extend_from_slice(doc.rev().text().as_str().as_bytes());
+    out.push(b'"');
+    if doc.is_deleted() {
+        out.extend_from_slice(b",\"_deleted\":true");
+    }
+    for (k, v) in &doc.body {
+        out.push(b',');
+        serde_json::to_writer(&mut *out, k)?;
+        out.push(b':');
+        serde_json::to_writer(&mut *out, v)?;
+    }
+    out.push(b'}');
+    Ok(())
+}
+
 fn couch_doc(doc: &Document) -> Value {
     let mut out = Map::with_capacity(doc.body.len() + 3);
     out.insert("_id".into(), json!(doc.id));
@@ -331,33 +351,53 @@ pub async fn changes(
             return Err(CouchError::bad_request(format!("feed={other} is not supported")));
         }
     };
-    let results: Vec<Value> = page
-        .changes
-        .iter()
-        .map(|c| {
-            let mut row = json!({"seq": c.seq, "id": c.id, "changes": [{"rev": c.rev.to_string()}]});
-            if c.deleted {
-                row["deleted"] = json!(true);
-            }
-            if let Some(doc) = &c.doc {
-                row["doc"] = couch_doc(doc);
-            }
-            row
-        })
-        .collect();
     // What is left after this answer, counted up to a page's worth (CouchDB's
-    // readers use it to show progress and to read on).
-    let pending = match page.changes.is_empty() {
-        true => 0,
-        false => {
-            let (db, after) = (state.db.clone(), page.last_seq);
-            super::blocking(move || db.pending_changes(&coll, after, PENDING_COUNTED_MAX)).await?
+    // readers use it to show progress and to read on); then the answer,
+    // written as JSON off the HTTP thread, each document straight from the
+    // page (a whole page of large documents takes a while).
+    let db = state.db.clone();
+    let answer = super::blocking(move || {
+        let pending = match page.changes.is_empty() {
+            true => 0,
+            false => db.pending_changes(&coll, page.last_seq, PENDING_COUNTED_MAX)?,
+        };
+        changes_answer(&page, pending).map_err(super::unencodable)
+    })
+    .await?;
+    Ok(super::json_bytes(answer))
+}
+
+/// `{"results": [{"seq", "id", "changes": [{"rev"}], "deleted", "doc"}],
+/// "last_seq", "pending"}` for `page`, as bytes.
+fn changes_answer(page: &truce::ChangesPage, pending: impl serde::Serialize) -> serde_json::Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(128);
+    out.extend_from_slice(b"{\"results\":[");
+    for (i, c) in page.changes.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
         }
-    };
-    Ok(
-        axum::Json(json!({"results": results, "last_seq": page.last_seq, "pending": pending}))
-            .into_response(),
-    )
+        out.extend_from_slice(b"{\"seq\":");
+        serde_json::to_writer(&mut out, &c.seq)?;
+        out.extend_from_slice(b",\"id\":");
+        serde_json::to_writer(&mut out, &c.id)?;
+        out.extend_from_slice(b",\"changes\":[{\"rev\":\"");
+        out.extend_from_slice(c.rev.text().as_str().as_bytes());
+        out.extend_from_slice(b"\"}]");
+        if c.deleted {
+            out.extend_from_slice(b",\"deleted\":true");
+        }
+        if let Some(doc) = &c.doc {
+            out.extend_from_slice(b",\"doc\":");
+            write_couch_doc(doc, &mut out)?;
+        }
+        out.push(b'}');
+    }
+    out.extend_from_slice(b"],\"last_seq\":");
+    serde_json::to_writer(&mut out, &page.last_seq)?;
+    out.extend_from_slice(b",\"pending\":");
+    serde_json::to_writer(&mut out, &pending)?;
+    out.push(b'}');
+    Ok(out)
 }
 
 /// How `_all_docs` shows a deleted document asked for by key.
@@ -902,4 +942,48 @@ pub async fn delete_doc(
     doc.insert("_deleted".into(), json!(true));
     let op = couch_write(&coll, &id, doc)?;
     write_one(&state, &coll, &id, op).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `_changes` written as bytes is the JSON it was built as before: each
+    /// row's keys, `deleted` only when true, the document as `couch_doc`
+    /// shows it.
+    #[test]
+    fn a_changes_page_is_written_as_couch_shows_it() {
+        let doc = |deleted| Document {
+            id: "\"a\n".into(),
+            meta: truce::doc::Meta {
+                rev: truce::doc::Rev { version: 2, hash: 7 },
+                seq: 9,
+                ts_ms: 1,
+                deleted,
+            },
+            body: json!({"x": [1, "é"], "k\"": null}).as_object().cloned().unwrap(),
+        };
+        let change = |d: Document| truce::Change {
+            seq: 9,
+            collection: "c".into(),
+            id: d.id.clone(),
+            rev: d.meta.rev,
+            deleted: d.meta.deleted,
+            doc: Some(d),
+        };
+        let page = truce::ChangesPage {
+            changes: vec![change(doc(false)), change(doc(true))],
+            last_seq: 9,
+            from: None,
+        };
+        let written: Value = serde_json::from_slice(&changes_answer(&page, 4).unwrap()).unwrap();
+        let rev = doc(false).rev().to_string();
+        assert_eq!(
+            written,
+            json!({"results": [
+                {"seq": 9, "id": "\"a\n", "changes": [{"rev": rev}], "doc": couch_doc(&doc(false))},
+                {"seq": 9, "id": "\"a\n", "changes": [{"rev": rev}], "deleted": true, "doc": couch_doc(&doc(true))}],
+                "last_seq": 9, "pending": 4})
+        );
+    }
 }
