@@ -100,14 +100,7 @@ impl Shape {
             out.push(b',');
         }
         if self.meta {
-            out.extend_from_slice(b"\"_rev\":\"");
-            out.extend_from_slice(doc.meta.rev.text().as_str().as_bytes());
-            out.extend_from_slice(b"\",\"_seq\":");
-            serde_json::to_writer(&mut *out, &doc.meta.seq)?;
-            out.extend_from_slice(b",\"_ts\":");
-            serde_json::to_writer(&mut *out, &doc.meta.ts_ms)?;
-            out.extend_from_slice(b",\"_version\":");
-            serde_json::to_writer(&mut *out, &doc.meta.rev.version)?;
+            doc.write_meta(out)?;
             out.push(b',');
         }
         serde_json::to_writer(&mut *out, &self.pk)?;

@@ -174,6 +174,33 @@ pub fn kind_of(outcome: &Outcome) -> Kind {
     }
 }
 
+/// Every live document of `collection`, page by page (`after` the last
+/// page's `next`); or the outcome of a page that did not come.
+pub async fn read_collection(ctx: &Ctx, collection: &str) -> Result<Vec<Value>, Outcome> {
+    /// Documents per page: the server's most.
+    const PAGE_DOCS: u32 = 1000;
+    let mut docs = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let mut path = format!("/v1/c/{collection}?limit={PAGE_DOCS}");
+        if let Some(cursor) = &after {
+            path.push_str(&format!("&after={}", percent_encode(cursor)));
+        }
+        let outcome = ctx.http.get(&path).await;
+        let Outcome::Ok { body, .. } = outcome else {
+            return Err(outcome);
+        };
+        let page = body["docs"].as_array().cloned().unwrap_or_default();
+        let next = body["next"].as_str().map(String::from);
+        let empty = page.is_empty();
+        docs.extend(page);
+        match next {
+            Some(next) if !empty => after = Some(next),
+            _ => return Ok(docs),
+        }
+    }
+}
+
 /// `text` as a query parameter value.
 pub fn percent_encode(text: &str) -> String {
     text.bytes()

@@ -26,7 +26,7 @@ use rand::rngs::StdRng;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use super::{Ctx, Process, Workload, pause_after, percent_encode};
+use super::{Ctx, Process, Workload, pause_after, percent_encode, read_collection};
 use crate::history::{Kind, Op};
 use crate::http::{Outcome, send};
 
@@ -322,29 +322,18 @@ pub async fn replica(ctx: Arc<Ctx>, state: Arc<State>, route: Route, mut rng: St
 /// beside the replica's copy (`final`); returns whether it could read them.
 async fn compare(process: &mut Process, route: Route, copy: &BTreeMap<String, i64>) -> bool {
     process.invoke("final", json!({"route": route.name()}));
-    let mut server: BTreeMap<String, Option<i64>> = BTreeMap::new();
-    let mut after: Option<String> = None;
-    loop {
-        let mut path = format!("/v1/c/{COLLECTION}?limit=1000");
-        if let Some(cursor) = &after {
-            path.push_str(&format!("&after={}", percent_encode(cursor)));
-        }
-        let outcome = process.ctx().http.get(&path).await;
-        let Outcome::Ok { body, .. } = &outcome else {
+    let docs = match read_collection(process.ctx(), COLLECTION).await {
+        Ok(docs) => docs,
+        Err(outcome) => {
             let kind = process.complete_with("final", &outcome, Value::Null, Value::Null);
             pause_after(kind).await;
             return false;
-        };
-        let docs = body["docs"].as_array().map(Vec::as_slice).unwrap_or_default();
-        server.extend(
-            docs.iter()
-                .filter_map(|d| Some((d["_id"].as_str()?.to_string(), d["w"].as_i64()))),
-        );
-        match body["next"].as_str() {
-            Some(next) if !docs.is_empty() => after = Some(next.to_string()),
-            _ => break,
         }
-    }
+    };
+    let server: BTreeMap<String, Option<i64>> = docs
+        .iter()
+        .filter_map(|d| Some((d["_id"].as_str()?.to_string(), d["w"].as_i64())))
+        .collect();
     process.complete(
         "final",
         Kind::Ok,

@@ -8,13 +8,10 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use super::{Ctx, Process, Workload, pause_after, percent_encode};
+use super::{Ctx, Process, Workload, pause_after, read_collection};
 use crate::history::Kind;
-use crate::http::Outcome;
 
 const COLLECTION: &str = "set";
-/// Documents per page of a read (the server's maximum).
-const PAGE_DOCS: u32 = 1000;
 /// Between two reads of the whole set: each is many pages.
 const READ_EVERY: Duration = Duration::from_millis(2000);
 /// Between two inserts of one client: keeps the set, and its reads, small.
@@ -56,24 +53,11 @@ pub async fn reader(ctx: Arc<Ctx>) {
 /// Reads the whole set; returns how it ended.
 async fn read(process: &mut Process) -> Kind {
     process.invoke("read", Value::Null);
-    let mut elements = Vec::new();
-    let mut after: Option<String> = None;
-    loop {
-        let mut path = format!("/v1/c/{COLLECTION}?limit={PAGE_DOCS}");
-        if let Some(cursor) = &after {
-            path.push_str(&format!("&after={}", percent_encode(cursor)));
-        }
-        let outcome = process.ctx().http.get(&path).await;
-        let Outcome::Ok { body, .. } = &outcome else {
-            return process.complete_with("read", &outcome, Value::Null, Value::Null);
-        };
-        let docs = body["docs"].as_array().cloned().unwrap_or_default();
-        elements.extend(docs.iter().filter_map(|d| d["e"].as_i64()));
-        match body["next"].as_str() {
-            Some(next) if !docs.is_empty() => after = Some(next.to_string()),
-            _ => break,
-        }
-    }
+    let docs = match read_collection(process.ctx(), COLLECTION).await {
+        Ok(docs) => docs,
+        Err(outcome) => return process.complete_with("read", &outcome, Value::Null, Value::Null),
+    };
+    let elements: Vec<i64> = docs.iter().filter_map(|d| d["e"].as_i64()).collect();
     process.complete("read", Kind::Ok, json!({"elements": elements}), None);
     Kind::Ok
 }
