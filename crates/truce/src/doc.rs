@@ -177,20 +177,6 @@ impl Document {
         serde_json::to_value(self).unwrap_or(Value::Null)
     }
 
-    /// Appends `"_rev":…,"_seq":…,"_ts":…,"_version":…`, the metadata a
-    /// document shows besides its id (and `_deleted`), as [`Document::write_json`]
-    /// writes them.
-    pub fn write_meta(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
-        out.extend_from_slice(b"\"_rev\":\"");
-        out.extend_from_slice(self.meta.rev.text().as_str().as_bytes());
-        out.extend_from_slice(b"\",\"_seq\":");
-        serde_json::to_writer(&mut *out, &self.meta.seq)?;
-        out.extend_from_slice(b",\"_ts\":");
-        serde_json::to_writer(&mut *out, &self.meta.ts_ms)?;
-        out.extend_from_slice(b",\"_version\":");
-        serde_json::to_writer(&mut *out, &self.meta.rev.version)
-    }
-
     /// Appends the bytes `serde_json::to_vec(self)` gives, without serde's map
     /// machinery: the metadata keys are constants, written as they are instead
     /// of escaped again for every answer (through `Serialize`, each field of a
@@ -209,8 +195,14 @@ impl Document {
         }
         out.extend_from_slice(b"\"_id\":");
         serde_json::to_writer(&mut *out, &self.id)?;
-        out.push(b',');
-        self.write_meta(out)?;
+        out.extend_from_slice(b",\"_rev\":\"");
+        out.extend_from_slice(self.meta.rev.text().as_str().as_bytes());
+        out.extend_from_slice(b"\",\"_seq\":");
+        serde_json::to_writer(&mut *out, &self.meta.seq)?;
+        out.extend_from_slice(b",\"_ts\":");
+        serde_json::to_writer(&mut *out, &self.meta.ts_ms)?;
+        out.extend_from_slice(b",\"_version\":");
+        serde_json::to_writer(&mut *out, &self.meta.rev.version)?;
         for (k, v) in self.body.iter().filter(|(k, _)| k.as_str() > "_") {
             out.push(b',');
             write_entry(out, &mut true, k, v)?;

@@ -75,26 +75,22 @@ fn write_change(change: &Change, with_collection: bool, out: &mut Vec<u8>) -> se
 
 /// A page's answer, `{"results": [...], "last_seq", "from"}` (`from` when
 /// known), as bytes.
-fn page_answer(page: &truce::ChangesPage, with_collection: bool) -> truce::Result<Vec<u8>> {
+fn page_answer(page: &truce::ChangesPage, with_collection: bool) -> serde_json::Result<Vec<u8>> {
     let mut out = Vec::with_capacity(128);
-    let written = (|| {
-        out.extend_from_slice(b"{\"results\":[");
-        for (i, change) in page.changes.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            write_change(change, with_collection, &mut out)?;
+    out.extend_from_slice(b"{\"results\":[");
+    for (i, change) in page.changes.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
         }
-        out.extend_from_slice(b"],\"last_seq\":");
-        serde_json::to_writer(&mut out, &page.last_seq)?;
-        if let Some(from) = page.from {
-            out.extend_from_slice(b",\"from\":");
-            serde_json::to_writer(&mut out, &from)?;
-        }
-        out.push(b'}');
-        Ok::<(), serde_json::Error>(())
-    })();
-    written.map_err(super::unencodable)?;
+        write_change(change, with_collection, &mut out)?;
+    }
+    out.extend_from_slice(b"],\"last_seq\":");
+    serde_json::to_writer(&mut out, &page.last_seq)?;
+    if let Some(from) = page.from {
+        out.extend_from_slice(b",\"from\":");
+        serde_json::to_writer(&mut out, &from)?;
+    }
+    out.push(b'}');
     Ok(out)
 }
 
@@ -205,7 +201,7 @@ async fn feed(
                     request.limit,
                     request.include_docs,
                 )?;
-                page_answer(&page, with_collection)
+                page_answer(&page, with_collection).map_err(super::unencodable)
             })
             .await?;
             return Ok(super::json_bytes(answer));
@@ -253,7 +249,8 @@ async fn feed(
             ));
         }
     };
-    let answer = super::blocking(move || page_answer(&page, with_collection)).await?;
+    let answer =
+        super::blocking(move || page_answer(&page, with_collection).map_err(super::unencodable)).await?;
     Ok(super::json_bytes(answer))
 }
 

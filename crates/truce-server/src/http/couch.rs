@@ -126,36 +126,30 @@ fn conflict() -> CouchError {
     )
 }
 
-/// A document in CouchDB's shape: `_id`, `_rev`, the fields (`_deleted` on a tombstone).
-/// Appends what [`couch_doc`] gives, without building it.
-fn write_couch_doc(doc: &Document, out: &mut Vec<u8>) -> serde_json::Result<()> {
-    out.extend_from_slice(b"{\"_id\":");
-    serde_json::to_writer(&mut *out, &doc.id)?;
-    out.extend_from_slice(b",\"_rev\":\"");
-    out.extend_from_slice(doc.rev().text().as_str().as_bytes());
-    out.push(b'"');
-    if doc.is_deleted() {
-        out.extend_from_slice(b",\"_deleted\":true");
+/// A document in CouchDB's shape: `_id`, `_rev`, the fields (`_deleted` on a
+/// tombstone), serialised straight to an answer's bytes or, for the rows
+/// built as values, by [`couch_doc`].
+struct CouchDoc<'a>(&'a Document);
+
+impl serde::Serialize for CouchDoc<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let doc = self.0;
+        let mut map = serializer.serialize_map(Some(doc.body.len() + 2 + usize::from(doc.is_deleted())))?;
+        map.serialize_entry("_id", &doc.id)?;
+        map.serialize_entry("_rev", &doc.rev())?;
+        if doc.is_deleted() {
+            map.serialize_entry("_deleted", &true)?;
+        }
+        for (k, v) in &doc.body {
+            map.serialize_entry(k, v)?;
+        }
+        map.end()
     }
-    for (k, v) in &doc.body {
-        out.push(b',');
-        serde_json::to_writer(&mut *out, k)?;
-        out.push(b':');
-        serde_json::to_writer(&mut *out, v)?;
-    }
-    out.push(b'}');
-    Ok(())
 }
 
 fn couch_doc(doc: &Document) -> Value {
-    let mut out = Map::with_capacity(doc.body.len() + 3);
-    out.insert("_id".into(), json!(doc.id));
-    out.insert("_rev".into(), json!(doc.rev().to_string()));
-    if doc.is_deleted() {
-        out.insert("_deleted".into(), json!(true));
-    }
-    out.extend(doc.body.iter().map(|(k, v)| (k.clone(), v.clone())));
-    Value::Object(out)
+    serde_json::to_value(CouchDoc(doc)).unwrap_or(Value::Null)
 }
 
 /// The `_` fields CouchDB accepts in a document body (besides `_rev` and
@@ -388,7 +382,7 @@ fn changes_answer(page: &truce::ChangesPage, pending: impl serde::Serialize) -> 
         }
         if let Some(doc) = &c.doc {
             out.extend_from_slice(b",\"doc\":");
-            write_couch_doc(doc, &mut out)?;
+            serde_json::to_writer(&mut out, &CouchDoc(doc))?;
         }
         out.push(b'}');
     }
@@ -832,7 +826,7 @@ pub async fn get_doc(
         Some(doc) if doc.is_deleted() && wanted.is_none() => {
             Err(CouchError(StatusCode::NOT_FOUND, "not_found", "deleted".into()))
         }
-        Some(doc) => Ok(axum::Json(couch_doc(&doc)).into_response()),
+        Some(doc) => Ok(axum::Json(CouchDoc(&doc)).into_response()),
     }
 }
 
@@ -949,8 +943,8 @@ mod tests {
     use super::*;
 
     /// `_changes` written as bytes is the JSON it was built as before: each
-    /// row's keys, `deleted` only when true, the document as `couch_doc`
-    /// shows it.
+    /// row's keys, `deleted` only when true, the document as CouchDB shows
+    /// it (`_id`, `_rev`, `_deleted` on a tombstone, the fields).
     #[test]
     fn a_changes_page_is_written_as_couch_shows_it() {
         let doc = |deleted| Document {
@@ -978,12 +972,15 @@ mod tests {
         };
         let written: Value = serde_json::from_slice(&changes_answer(&page, 4).unwrap()).unwrap();
         let rev = doc(false).rev().to_string();
+        let live = json!({"_id": "\"a\n", "_rev": rev, "x": [1, "é"], "k\"": null});
+        let gone = json!({"_id": "\"a\n", "_rev": rev, "_deleted": true, "x": [1, "é"], "k\"": null});
         assert_eq!(
             written,
             json!({"results": [
-                {"seq": 9, "id": "\"a\n", "changes": [{"rev": rev}], "doc": couch_doc(&doc(false))},
-                {"seq": 9, "id": "\"a\n", "changes": [{"rev": rev}], "deleted": true, "doc": couch_doc(&doc(true))}],
+                {"seq": 9, "id": "\"a\n", "changes": [{"rev": rev}], "doc": live},
+                {"seq": 9, "id": "\"a\n", "changes": [{"rev": rev}], "deleted": true, "doc": gone}],
                 "last_seq": 9, "pending": 4})
         );
+        assert_eq!(couch_doc(&doc(true)), gone);
     }
 }

@@ -60,9 +60,10 @@ impl Shape {
         })
     }
 
-    /// `doc` as the client sees it (`rx_doc`).
+    /// `doc` as the client sees it, as a value (a push's conflicts).
     fn show(&self, doc: &Document) -> Result<Value, ApiError> {
-        rx_doc(doc, &self.pk, self.meta)
+        holds_no_other_key(doc, &self.pk)?;
+        Ok(serde_json::to_value(RxDoc { doc, shape: self }).unwrap_or(Value::Null))
     }
 
     /// A pull's answer, `{"documents": [...], "checkpoint": ...}`, for the
@@ -75,10 +76,11 @@ impl Shape {
         let mut out = Vec::with_capacity(256);
         out.extend_from_slice(b"{\"documents\":[");
         for (i, doc) in changes.iter().filter_map(|c| c.doc.as_ref()).enumerate() {
+            holds_no_other_key(doc, &self.pk)?;
             if i > 0 {
                 out.push(b',');
             }
-            self.write(doc, &mut out).map_err(encode)??;
+            serde_json::to_writer(&mut out, &RxDoc { doc, shape: self }).map_err(encode)?;
         }
         out.extend_from_slice(b"],\"checkpoint\":");
         let checkpoint = changes.last().map(|c| checkpoint(c, from));
@@ -86,37 +88,42 @@ impl Shape {
         out.push(b'}');
         Ok(out)
     }
+}
 
-    /// Appends what [`Shape::show`] gives, without building it.
-    fn write(&self, doc: &Document, out: &mut Vec<u8>) -> serde_json::Result<Result<(), ApiError>> {
-        if let Err(refused) = holds_no_other_key(doc, &self.pk) {
-            return Ok(Err(refused));
+/// A document as RxDB sees it: the user fields, its id under the client's
+/// primary-key field and `_deleted` (and with `meta`, Truce's `_rev`,
+/// `_version`, `_seq`, `_ts`). Serialised straight to a pull's bytes, or to
+/// a value by [`Shape::show`]; both refuse first a document whose body holds
+/// that field with another value ([`holds_no_other_key`]).
+struct RxDoc<'a> {
+    doc: &'a Document,
+    shape: &'a Shape,
+}
+
+impl serde::Serialize for RxDoc<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let (doc, pk) = (self.doc, &self.shape.pk);
+        let mut map = serializer.serialize_map(None)?;
+        for (k, v) in doc.body.iter().filter(|(k, _)| *k != pk) {
+            map.serialize_entry(k, v)?;
         }
-        out.push(b'{');
-        for (k, v) in doc.body.iter().filter(|(k, _)| **k != self.pk) {
-            serde_json::to_writer(&mut *out, k)?;
-            out.push(b':');
-            serde_json::to_writer(&mut *out, v)?;
-            out.push(b',');
+        if self.shape.meta {
+            map.serialize_entry("_rev", &doc.meta.rev)?;
+            map.serialize_entry("_seq", &doc.meta.seq)?;
+            map.serialize_entry("_ts", &doc.meta.ts_ms)?;
+            map.serialize_entry("_version", &doc.meta.rev.version)?;
         }
-        if self.meta {
-            doc.write_meta(out)?;
-            out.push(b',');
-        }
-        serde_json::to_writer(&mut *out, &self.pk)?;
-        out.push(b':');
-        serde_json::to_writer(&mut *out, &doc.id)?;
-        out.extend_from_slice(if doc.is_deleted() {
-            b",\"_deleted\":true}"
-        } else {
-            b",\"_deleted\":false}"
-        });
-        Ok(Ok(()))
+        map.serialize_entry(pk, &doc.id)?;
+        map.serialize_entry("_deleted", &doc.is_deleted())?;
+        map.end()
     }
 }
 
 /// Refuses a document whose body holds the client's primary-key field with
-/// another value than its id (see [`rx_doc`]).
+/// another value than its id (written through `/v1` under a name the client
+/// uses for its key): shown, the id would hide the value, and a push of what
+/// was pulled would drop it, or conflict with it for ever.
 fn holds_no_other_key(doc: &Document, primary_key: &str) -> Result<(), ApiError> {
     match doc.body.get(primary_key).filter(|v| v.as_str() != Some(&doc.id)) {
         None => Ok(()),
@@ -129,25 +136,6 @@ fn holds_no_other_key(doc: &Document, primary_key: &str) -> Result<(), ApiError>
             ),
         )),
     }
-}
-
-/// A document as RxDB sees it (`meta` adds Truce's `_rev`, `_version`, `_seq`, `_ts`).
-/// `doc` as RxDB sees it: its id under the client's primary-key field. A
-/// document whose body holds that field with another value (written through
-/// `/v1` under a name the client uses for its key) is refused: shown, the id
-/// would hide the value, and a push of what was pulled would drop it, or
-/// conflict with it for ever.
-fn rx_doc(doc: &Document, primary_key: &str, meta: bool) -> Result<Value, ApiError> {
-    holds_no_other_key(doc, primary_key)?;
-    let mut out = if meta {
-        doc.to_json().as_object().cloned().unwrap_or_default()
-    } else {
-        doc.body.clone()
-    };
-    out.remove("_id");
-    out.insert(primary_key.to_string(), json!(doc.id));
-    out.insert("_deleted".into(), json!(doc.is_deleted()));
-    Ok(Value::Object(out))
 }
 
 /// An `error` event, the stream's last.
@@ -770,34 +758,25 @@ mod tests {
         }
     }
 
-    /// A pull writes each document as bytes (`Shape::write`), a push's
-    /// conflicts show it as a value (`rx_doc`): the same document either way.
+    /// A document as RxDB sees it, the same in a pull's bytes and a push
+    /// conflict's value: user fields, the id under the primary key,
+    /// `_deleted`, and with `meta` Truce's metadata; `_id` never.
     #[test]
-    fn a_pulled_document_is_what_a_conflict_shows() {
+    fn a_document_is_shown_as_rxdb_sees_it() {
         let docs = [
             doc("a", json!({"n": 1, "s": "x"}), false),
             doc("gone", json!({}), true),
             doc("pk-held", json!({"id": "pk-held", "v": [1, {"w": null}]}), false),
             doc("\"\n\u{2028}é", json!({"k\"\n": "\u{2028}", "é": 1.5}), false),
         ];
-        for meta in [false, true] {
-            let shape = Shape {
-                pk: "id".into(),
-                meta,
-            };
-            for d in &docs {
-                let mut out = Vec::new();
-                shape.write(d, &mut out).unwrap().unwrap();
-                let written: Value = serde_json::from_slice(&out).unwrap();
-                assert_eq!(written, shape.show(d).unwrap(), "meta {meta}: {}", d.id);
-            }
-            // A body holding the primary key with another value is refused by both.
-            let clash = doc("c", json!({"id": "other"}), false);
-            assert!(shape.write(&clash, &mut Vec::new()).unwrap().is_err());
-            assert!(shape.show(&clash).is_err());
-        }
-        // And a page's answer is JSON holding them, with its checkpoint.
-        let shape = Shape::default();
+        let rev = docs[0].meta.rev.to_string();
+        let meta = json!({"_rev": rev, "_seq": 17, "_ts": 1_700_000_000_000u64, "_version": 3});
+        let expected = [
+            json!({"n": 1, "s": "x", "id": "a", "_deleted": false}),
+            json!({"id": "gone", "_deleted": true}),
+            json!({"id": "pk-held", "v": [1, {"w": null}], "_deleted": false}),
+            json!({"k\"\n": "\u{2028}", "é": 1.5, "id": "\"\n\u{2028}é", "_deleted": false}),
+        ];
         let page: Vec<Change> = docs
             .iter()
             .map(|d| Change {
@@ -809,9 +788,38 @@ mod tests {
                 doc: Some(d.clone()),
             })
             .collect();
+        for with_meta in [false, true] {
+            let shape = Shape {
+                pk: "id".into(),
+                meta: with_meta,
+            };
+            let pulled: Value =
+                serde_json::from_slice(&shape.pull_answer(&page, None, &Value::Null).unwrap()).unwrap();
+            for ((d, want), pulled) in docs
+                .iter()
+                .zip(&expected)
+                .zip(pulled["documents"].as_array().unwrap())
+            {
+                let mut want = want.clone();
+                if with_meta {
+                    want.as_object_mut()
+                        .unwrap()
+                        .extend(meta.as_object().unwrap().clone());
+                }
+                assert_eq!(pulled, &want, "meta {with_meta}: {}", d.id);
+                assert_eq!(shape.show(d).unwrap(), want, "meta {with_meta}: {}", d.id);
+            }
+            // A body holding the primary key with another value is refused by both.
+            let clash = doc("c", json!({"id": "other"}), false);
+            assert!(shape.show(&clash).is_err());
+            let mut clashing = page.clone();
+            clashing[0].doc = Some(clash);
+            assert!(shape.pull_answer(&clashing, None, &Value::Null).is_err());
+        }
+        // And a page's answer carries its checkpoint, or the one given.
         let shape = Shape {
             pk: "id".into(),
-            ..shape
+            meta: false,
         };
         let answer: Value =
             serde_json::from_slice(&shape.pull_answer(&page, Some(5), &Value::Null).unwrap()).unwrap();

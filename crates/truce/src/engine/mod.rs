@@ -460,8 +460,9 @@ impl Db {
     }
 
     /// The `limit` hottest documents and ranges of the last `window` (at most
-    /// an hour; counted by whole minutes, so over up to a minute more): where conflicts, retries, overwrites
-    /// and duplicate writes come from, each with a remedy (docs/insights.md).
+    /// an hour; counted by whole minutes, so over up to a minute more): where
+    /// conflicts, retries, overwrites and duplicate writes come from, each
+    /// with a remedy (docs/insights.md).
     pub fn insights(&self, window: Duration, limit: usize) -> Result<InsightsReport> {
         let shared = &self.inner.shared;
         let (_, oldest) = *shared.outbox.read().unwrap_or_else(|p| p.into_inner());
