@@ -246,6 +246,13 @@ pub struct ServeArgs {
     /// answered 429.
     #[arg(long, env = "TRUCE_BODY_MEMORY_MIB")]
     pub body_memory_mib: Option<u64>,
+    /// Memory for the pages being read at once (queries, change feeds,
+    /// pulls), in MiB, 1 to 65536 [default: 256]. A page's documents count
+    /// from when they are read until its answer is written; past this, a
+    /// page that may end early does, and one that may not is answered 429.
+    /// A page read alone always fits.
+    #[arg(long, env = "TRUCE_PAGE_MEMORY_MIB")]
+    pub page_memory_mib: Option<u64>,
     /// How long an answer may make no progress before it may be dropped to
     /// make room for others, in ms, 1000 to 3600000 [default: 30000]; a
     /// connection whose writes stay blocked (its client reading nothing) for
@@ -330,6 +337,7 @@ struct FileSettings {
     max_concurrent_requests: Option<usize>,
     answer_memory_mib: Option<u64>,
     body_memory_mib: Option<u64>,
+    page_memory_mib: Option<u64>,
     answer_stall_ms: Option<u64>,
     hot_spots: Option<usize>,
     cache_mib: Option<u64>,
@@ -366,6 +374,8 @@ pub struct Settings {
     pub answer_memory_mib: u64,
     /// Memory for request bodies being received, MiB.
     pub body_memory_mib: u64,
+    /// Memory for the pages being read, MiB.
+    pub page_memory_mib: u64,
     /// How long an answer may stall before it may be dropped, ms.
     pub answer_stall_ms: u64,
     /// Hot-spot tracker capacity per minute.
@@ -444,6 +454,10 @@ impl ServeArgs {
                 .body_memory_mib
                 .or(file.body_memory_mib)
                 .unwrap_or_else(|| DEFAULT_BODY_MEMORY_MIB.max((max_body_bytes as u64).div_ceil(1 << 20))),
+            page_memory_mib: self
+                .page_memory_mib
+                .or(file.page_memory_mib)
+                .unwrap_or((truce::limits::PAGE_MEMORY_BYTES_DEFAULT >> 20) as u64),
             answer_stall_ms: self
                 .answer_stall_ms
                 .or(file.answer_stall_ms)
@@ -528,6 +542,9 @@ impl ServeArgs {
         }
         if !(1..=65_536).contains(&settings.answer_memory_mib) {
             return Err("answer_memory_mib must be 1 to 65536".into());
+        }
+        if !(1..=65_536).contains(&settings.page_memory_mib) {
+            return Err("page_memory_mib must be 1 to 65536".into());
         }
         if !(1..=65_536).contains(&settings.body_memory_mib)
             || (settings.body_memory_mib << 20) < settings.max_body_bytes as u64
@@ -663,6 +680,28 @@ mod tests {
             out.push(part);
         }
         out
+    }
+
+    /// The memory of the pages being read: 256 MiB unless said, from the
+    /// file or a flag, and 0 refused (no page could be read beside another).
+    #[test]
+    fn page_memory_is_said_in_mib_and_never_zero() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("truce.toml");
+        std::fs::write(&file, "page_memory_mib = 64\n").unwrap();
+        let mib = |config: Option<PathBuf>, flag: Option<u64>| {
+            ServeArgs {
+                config,
+                page_memory_mib: flag,
+                ..ServeArgs::default()
+            }
+            .settings()
+            .map(|s| s.page_memory_mib)
+        };
+        assert_eq!(mib(None, None), Ok(256));
+        assert_eq!(mib(Some(file.clone()), None), Ok(64));
+        assert_eq!(mib(Some(file), Some(512)), Ok(512));
+        assert!(mib(None, Some(0)).unwrap_err().contains("page_memory_mib"));
     }
 
     /// Origins are trimmed, and an empty value means none.

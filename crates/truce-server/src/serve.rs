@@ -216,6 +216,7 @@ fn serve_with(settings: Settings) -> Result<(), String> {
         },
         commit_poll: Duration::from_micros(settings.commit_poll_us),
         min_free_disk_bytes: settings.min_free_disk_mib << 20,
+        page_memory_bytes: usize::try_from(settings.page_memory_mib << 20).unwrap_or(usize::MAX),
         ..Options::default()
     };
     let db = Db::open(&settings.data, options).map_err(|e| e.to_string())?;
@@ -248,9 +249,9 @@ fn serve_with(settings: Settings) -> Result<(), String> {
         backups,
         config_changes: Arc::default(),
         max_body_bytes: settings.max_body_bytes,
-        bodies: Arc::new(http::extract::BodyBudget::new(
+        bodies: truce::budget::Budget::new(
             usize::try_from(settings.body_memory_mib << 20).unwrap_or(usize::MAX),
-        )),
+        ),
         stopping,
         server_errors: Default::default(),
     });

@@ -238,6 +238,45 @@ pub fn decoded_size(body: &Body) -> usize {
     VALUE + object(body)
 }
 
+/// At least [`decoded_size`] of the object whose JSON is `json`, found
+/// from its bytes in one pass without decoding them, so that a reader can
+/// see that it has room for a document before it decodes it (ten pulls
+/// refused for want of room had each decoded a document of 15 MiB first).
+/// Strings take at most their JSON's bytes; every element of an array
+/// follows a comma or opens it, and an array's room is at most twice its
+/// length, or four; every object entry has a colon. At most some twice
+/// the decoded size (arrays of small numbers), and no less.
+pub fn decoded_size_bound(json: &[u8]) -> usize {
+    const VALUE: usize = std::mem::size_of::<Value>();
+    const NODE: usize = 11 * (std::mem::size_of::<String>() + VALUE) + 16;
+    let (mut commas, mut opens, mut colons, mut objects) = (0usize, 0usize, 0usize, 0usize);
+    let (mut in_string, mut escaped) = (false, false);
+    for &b in json {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b',' => commas += 1,
+            b'[' => opens += 1,
+            b'{' => {
+                opens += 1;
+                objects += 1;
+            }
+            b':' => colons += 1,
+            _ => {}
+        }
+    }
+    json.len() + VALUE * (2 * commas + 6 * opens + 2) + NODE * (colons / 5 + objects + 1)
+}
+
 /// `"key":value`, after a comma unless it is the object's first entry.
 fn write_entry(out: &mut Vec<u8>, first: &mut bool, key: &str, value: &Value) -> serde_json::Result<()> {
     if !std::mem::take(first) {
@@ -459,6 +498,63 @@ mod tests {
                 .join(",")
         );
         assert!(decoded_size(&parse(&keys)) >= 1000 / 5 * 600);
+    }
+
+    /// The bound a reader checks its room against before it decodes is
+    /// never below what the document comes to decoded, whatever its shape
+    /// (strings that hold the JSON's own punctuation, escapes, empty and
+    /// small arrays, nesting), and not far above it for the shape that
+    /// decodes largest per byte.
+    #[test]
+    fn the_bound_before_decoding_is_never_below_the_decoded_size() {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            (-1e20..1e20_f64).prop_map(Value::from),
+            "[a,:\\[\\]{}\"\\\\\n\u{e9}]{0,8}".prop_map(Value::String),
+        ];
+        let value = leaf.prop_recursive(5, 64, 9, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..9).prop_map(Value::Array),
+                prop::collection::btree_map("[a,:\\[{\"]{0,4}", inner, 0..12)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        });
+        let body = prop::collection::btree_map("[a-z,\"]{0,4}", value, 0..12);
+        proptest!(|(entries in body)| {
+            let json = serde_json::to_vec(&entries).unwrap();
+            let decoded: Body = serde_json::from_slice(&json).unwrap();
+            prop_assert!(
+                decoded_size_bound(&json) >= decoded_size(&decoded),
+                "{} < {} for {}",
+                decoded_size_bound(&json),
+                decoded_size(&decoded),
+                String::from_utf8_lossy(&json)
+            );
+        });
+        // Shapes where a term of the bound is all that holds it up: arrays
+        // of one element (their room of four), of empty objects, a string
+        // whose escaped quote must not end it before the commas that follow.
+        for json in [
+            format!(r#"{{"a":[{}]}}"#, vec!["[1]"; 1000].join(",")),
+            format!(r#"{{"a":[{}]}}"#, vec!["{}"; 1000].join(",")),
+            format!(r#"{{"a":"\"","b":[{}]}}"#, vec!["1"; 1000].join(",")),
+        ] {
+            let decoded = decoded_size(&serde_json::from_str(&json).unwrap());
+            let bound = decoded_size_bound(json.as_bytes());
+            assert!(bound >= decoded, "{bound} < {decoded} for {json:.40}");
+        }
+        for n in [1, 5, 100, 100_000] {
+            let numbers = format!(r#"{{"a":[{}]}}"#, vec!["1"; n].join(","));
+            let decoded = decoded_size(&serde_json::from_str(&numbers).unwrap());
+            let bound = decoded_size_bound(numbers.as_bytes());
+            assert!(
+                bound >= decoded && bound <= 3 * decoded,
+                "{n}: {bound} vs {decoded}"
+            );
+        }
     }
     use serde_json::json;
 

@@ -54,6 +54,14 @@ pub enum Error {
     /// The commit queue is full. Retry after a short pause.
     #[error("the commit queue is full; retry later")]
     Overloaded,
+    /// The pages being read hold all the memory kept for them
+    /// ([`Options::page_memory_bytes`](crate::Options::page_memory_bytes)):
+    /// nothing was read. Retry after a short pause.
+    #[error(
+        "the pages being read hold all the memory kept for them (page_memory_bytes); nothing was read; \
+         retry after a short pause"
+    )]
+    PagesOverBudget,
     /// Less than the reserve ([`Options::min_free_disk_bytes`](crate::Options::min_free_disk_bytes)
     /// plus room for the storage's compactions) is free on the storage's
     /// filesystem: writes that add data are refused until space is freed
@@ -218,7 +226,7 @@ impl Error {
             Error::InvalidPrecondition(_) => "invalid_precondition",
             Error::DocumentTooLarge { .. } => "payload_too_large",
             Error::LimitExceeded { .. } => "limit_exceeded",
-            Error::Overloaded => "overloaded",
+            Error::Overloaded | Error::PagesOverBudget => "overloaded",
             Error::Unavailable(_) => "unavailable",
             Error::InsufficientStorage { .. } => "insufficient_storage",
             Error::Storage(StorageError::Corrupt(_)) => "corrupt",
@@ -244,6 +252,7 @@ impl Error {
         matches!(
             self,
             Error::Overloaded
+                | Error::PagesOverBudget
                 | Error::RetriesExhausted { .. }
                 | Error::IndexBuilding { .. }
                 | Error::IndexDropping(_)

@@ -20,6 +20,7 @@
 //! # Ok::<_, truce::Error>(())
 //! ```
 
+pub mod budget;
 pub mod doc;
 pub mod engine;
 pub mod error;
@@ -40,8 +41,8 @@ pub use engine::outcome::{Conflict, ConflictReason, Effect, Expect, WriteResult,
 pub use engine::tx::{OpConflict, TxCommitted, TxFailure, TxOp, TxOutcome};
 pub use engine::{
     Backup, BackupProgress, BackupReport, BackupStop, Change, ChangesPage, CheckProblem, CheckProgress,
-    CheckReport, Collection, Db, DiskStatus, IndexProgress, Options, PendingTx, PendingWrite, RetryPolicy,
-    Subscription, Transaction,
+    CheckReport, CheckpointPage, Collection, Db, DiskStatus, IndexProgress, Options, PendingTx, PendingWrite,
+    RetryPolicy, Subscription, Transaction,
 };
 pub use error::{Error, Result};
 pub use index::query::{Order, Query, QueryPage};

@@ -135,6 +135,17 @@ pub const PAGE_BYTES_MAX: usize = 16 * 1024 * 1024;
 /// size. Four pages of [`PAGE_BYTES_MAX`].
 pub const WHOLE_PAGE_BYTES_MAX: usize = 4 * PAGE_BYTES_MAX;
 
+/// Default memory for the pages being read at once (queries, feeds, pulls),
+/// counted as pages bound theirs (a document's stored bytes, or its decoded
+/// size when more) from the document read until the page is dropped: four
+/// pages of [`WHOLE_PAGE_BYTES_MAX`], thousands of ordinary ones. Past it a
+/// page that may end early does (it holds at least one document, or one
+/// commit), and one that may not, or that holds nothing yet, is refused
+/// with [`Error::PagesOverBudget`](crate::Error::PagesOverBudget); a page
+/// read alone always fits. Ten pulls of such documents at once peaked at
+/// 11.6 GB before pages counted decoded sizes, and at 700 MB after.
+pub const PAGE_MEMORY_BYTES_DEFAULT: usize = 256 * 1024 * 1024;
+
 /// Documents the index backfill adds per commit: small enough that writers
 /// queued behind a backfill step wait well under a millisecond more.
 pub const BACKFILL_CHUNK_DOCS: usize = 256;

@@ -100,6 +100,12 @@ pub fn encode_document(meta: &Meta, canonical_body: &[u8]) -> Vec<u8> {
 /// revision hash matches the content (which also catches engine bugs).
 pub fn decode_document(id: &str, bytes: &[u8]) -> Result<Document, StorageError> {
     let (meta, body_bytes) = decode_document_meta(id, bytes)?;
+    decode_body(id, meta, body_bytes)
+}
+
+/// The document of `meta` and the body JSON that [`decode_document_meta`]
+/// returned with it.
+pub fn decode_body(id: &str, meta: Meta, body_bytes: &[u8]) -> Result<Document, StorageError> {
     let body: Body = serde_json::from_slice(body_bytes)
         .map_err(|e| StorageError::Corrupt(format!("document {id:?}: body is not a JSON object: {e}")))?;
     Ok(Document {

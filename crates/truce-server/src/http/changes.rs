@@ -382,6 +382,7 @@ mod tests {
             changes: vec![change(Some(doc.clone()), false), change(None, true)],
             last_seq: 9,
             from: Some(3),
+            memory: Default::default(),
         };
         let rev = doc.meta.rev.to_string();
         let written: serde_json::Value = serde_json::from_slice(&page_answer(&page, true).unwrap()).unwrap();

@@ -969,6 +969,7 @@ mod tests {
             changes: vec![change(doc(false)), change(doc(true))],
             last_seq: 9,
             from: None,
+            memory: Default::default(),
         };
         let written: Value = serde_json::from_slice(&changes_answer(&page, 4).unwrap()).unwrap();
         let rev = doc(false).rev().to_string();

@@ -17,6 +17,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderName, header};
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
+use truce::budget::{Budget, Taken};
 use truce::{Expect, Origin, Rev};
 
 use super::AppState;
@@ -33,50 +34,22 @@ pub const TRUCE_ATTEMPT: HeaderName = HeaderName::from_static("truce-attempt");
 /// What a reconnecting `EventSource` sends: the id of the last event it got.
 pub const LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
 
+/// How long a long poll or an event stream waits before it reads its page
+/// again when the pages being read had no room for it
+/// (`truce::Error::PagesOverBudget`), ms.
+pub const PAGES_OVER_BUDGET_RETRY_MS: u64 = 50;
+
 /// How long a request body may go without a byte arriving: a stalled upload
 /// is the client's doing, so it is 408 `request_timeout` rather than the
 /// request timeout's 503 (which answers first if it is set lower). A slow
 /// upload that keeps arriving is not cut off.
 pub const BODY_IDLE_TIMEOUT_MS: u64 = 10_000;
 
-/// The server's memory for request bodies being received
-/// (`--body-memory-mib`): bytes taken as they arrive, given back when their
-/// body is dropped. A counter, not a semaphore: nothing waits for room (a
-/// body that finds none is refused), and it is on every write's path.
-pub struct BodyBudget {
-    held: std::sync::atomic::AtomicUsize,
-    max: usize,
-}
-
-impl BodyBudget {
-    /// Room for `max` bytes.
-    pub fn new(max: usize) -> BodyBudget {
-        BodyBudget {
-            held: std::sync::atomic::AtomicUsize::new(0),
-            max,
-        }
-    }
-
-    /// Takes `bytes` if they fit.
-    fn take(&self, bytes: usize) -> bool {
-        use std::sync::atomic::Ordering::Relaxed;
-        let before = self.held.fetch_add(bytes, Relaxed);
-        if before.saturating_add(bytes) > self.max {
-            self.held.fetch_sub(bytes, Relaxed);
-            return false;
-        }
-        true
-    }
-
-    fn give(&self, bytes: usize) {
-        self.held.fetch_sub(bytes, std::sync::atomic::Ordering::Relaxed);
-    }
-}
-
 /// A request body being received. It fails with [`BodyStalled`] once
 /// nothing has arrived for [`BODY_IDLE_TIMEOUT_MS`] (a frame that is there
 /// when asked for — a small body comes in the packets of its headers — arms
-/// no timer), and its bytes count against a [`BodyBudget`] from the frame
+/// no timer), and its bytes count against the server's memory for request
+/// bodies being received (`--body-memory-mib`, a [`Budget`]) from the frame
 /// they arrive in until it is dropped (read whole, or given up): a frame the
 /// budget cannot hold fails it with [`BodiesOverBudget`].
 pub struct Receiving<B> {
@@ -84,26 +57,18 @@ pub struct Receiving<B> {
     stall: Option<Pin<Box<tokio::time::Sleep>>>,
     /// A frame arrived since the timer was armed.
     moved: bool,
-    budget: Arc<BodyBudget>,
-    held: usize,
+    held: Taken,
 }
 
 impl<B> Receiving<B> {
     /// `inner`, with the idle timeout, counted against `budget`.
-    pub fn new(inner: B, budget: Arc<BodyBudget>) -> Receiving<B> {
+    pub fn new(inner: B, budget: &Arc<Budget>) -> Receiving<B> {
         Receiving {
             inner,
             stall: None,
             moved: false,
-            budget,
-            held: 0,
+            held: Taken::new(budget),
         }
-    }
-}
-
-impl<B> Drop for Receiving<B> {
-    fn drop(&mut self) {
-        self.budget.give(self.held);
     }
 }
 
@@ -134,11 +99,9 @@ where
             this.moved = true;
             if let Some(Ok(arrived)) = &frame
                 && let Some(data) = arrived.data_ref()
+                && !this.held.take(data.len())
             {
-                if !this.budget.take(data.len()) {
-                    return Poll::Ready(Some(Err(Box::new(BodiesOverBudget))));
-                }
-                this.held += data.len();
+                return Poll::Ready(Some(Err(Box::new(BodiesOverBudget))));
             }
             return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
         }
@@ -197,7 +160,7 @@ where
     B::Error: Into<BoxError>,
 {
     declared_within(headers, state.max_body_bytes)?;
-    let body = Receiving::new(body, Arc::clone(&state.bodies));
+    let body = Receiving::new(body, &state.bodies);
     let bytes = match http_body_util::BodyExt::collect(http_body_util::Limited::new(
         body,
         state.max_body_bytes,
@@ -568,6 +531,7 @@ impl Standing {
                 changes: Vec::new(),
                 last_seq: sub.since(),
                 from: sub.from(),
+                memory: Default::default(),
             }),
         }
     }
@@ -585,7 +549,7 @@ impl Standing {
             return Waited::Revoked;
         }
         let mut stopping = self.state.stopping.clone();
-        let page = sub.next();
+        let page = next_with_room(sub);
         tokio::pin!(page);
         loop {
             tokio::select! {
@@ -600,6 +564,20 @@ impl Standing {
                 }
                 _ = stopping.wait_for(|stop| *stop) => return Waited::Stopping,
             }
+        }
+    }
+}
+
+/// The subscription's next page; when the pages being read have no room for
+/// it, read again every [`PAGES_OVER_BUDGET_RETRY_MS`] until they do (a
+/// long poll's timeout still ends the wait; a stream is not ended for it).
+pub async fn next_with_room(sub: &mut truce::Subscription) -> truce::Result<truce::ChangesPage> {
+    loop {
+        match sub.next().await {
+            Err(truce::Error::PagesOverBudget) => {
+                tokio::time::sleep(Duration::from_millis(PAGES_OVER_BUDGET_RETRY_MS)).await;
+            }
+            page => return page,
         }
     }
 }
@@ -681,6 +659,39 @@ pub fn origin_named(source: Option<&str>, headers: &HeaderMap) -> Origin {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A stream's or a long poll's page that finds the pages being read
+    /// holding all their memory waits for room instead of failing, and is
+    /// served once it is given back.
+    #[tokio::test]
+    async fn a_subscription_waits_for_room_among_the_pages_being_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = truce::Options {
+            durability: truce::Durability::Relaxed,
+            page_memory_bytes: 150_000,
+            ..truce::Options::default()
+        };
+        let db = truce::Db::open(dir.path(), options).unwrap();
+        let c = db.collection("c").unwrap();
+        for id in ["a", "b"] {
+            let body = serde_json::json!({"blob": "x".repeat(100_000)});
+            c.put(id, body, truce::Expect::Absent).unwrap().unwrap();
+        }
+        let held = db.changes_after("c", None, None, 1).unwrap();
+        let mut sub = db.subscribe(Some("c"), 1, true).unwrap();
+        assert!(matches!(sub.next().await, Err(truce::Error::PagesOverBudget)));
+        let mut sub = db.subscribe(Some("c"), 1, true).unwrap();
+        let reader = tokio::spawn(async move { next_with_room(&mut sub).await });
+        tokio::time::sleep(Duration::from_millis(5 * PAGES_OVER_BUDGET_RETRY_MS)).await;
+        assert!(!reader.is_finished(), "it waits while the room is held");
+        drop(held);
+        let page = tokio::time::timeout(Duration::from_secs(5), reader)
+            .await
+            .expect("served once the room is given back")
+            .unwrap()
+            .unwrap();
+        assert_eq!(page.changes[0].id, "b");
+    }
 
     /// A `Truce-Source` with bytes past ASCII loses those, as a body's
     /// `source` does, not the whole label.

@@ -283,6 +283,19 @@ impl Collector for EngineCollector {
             "1 while writes that add data are refused for want of disk space (507 insufficient_storage), else 0",
             f64::from(u8::from(disk.refusing)),
         )?;
+        let pages = self.0.page_memory();
+        gauge(
+            e,
+            "page_memory_held_bytes",
+            "Bytes the pages being read hold of --page-memory-mib (their documents, from when they are read until the answer is written)",
+            pages.held() as f64,
+        )?;
+        counter(
+            e,
+            "page_memory_refusals",
+            "Times a page being read found no room in --page-memory-mib: it ended early, or was refused with 429 overloaded",
+            pages.refused(),
+        )?;
         gauge(
             e,
             "insights_tracked_keys",

@@ -63,7 +63,7 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// Memory for request bodies being received (`--body-memory-mib`,
     /// `extract::Receiving`).
-    pub bodies: Arc<extract::BodyBudget>,
+    pub bodies: Arc<truce::budget::Budget>,
     /// Non-streaming requests time out after this.
     pub request_timeout: Duration,
     /// `/metrics`: the engine's counters and request latency.

@@ -189,9 +189,8 @@ pub async fn pull(
     // documents takes a while to encode, and every connection of that thread
     // would wait for it.
     let answer = super::blocking(move || {
-        let (changes, from) =
-            db.changes_after(&coll, after.as_ref().map(|c| (c.seq, c.id.as_str())), from, limit)?;
-        Ok(shape.pull_answer(&changes, from, &given))
+        let page = db.changes_after(&coll, after.as_ref().map(|c| (c.seq, c.id.as_str())), from, limit)?;
+        Ok(shape.pull_answer(&page.changes, page.from, &given))
     })
     .await??;
     Ok(super::json_bytes(answer))

@@ -228,6 +228,8 @@ pub struct Shared {
     pub insights: Insights,
     /// The storage's free space, and whether writes are refused for want of it.
     pub disk: super::disk::DiskSpace,
+    /// The memory of the pages being read (`Options::page_memory_bytes`).
+    pub pages: Arc<crate::budget::Budget>,
 }
 
 /// Meta-space prefix of the collection registry: `coll 0x00 name` → empty.

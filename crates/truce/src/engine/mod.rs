@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::index::{IndexDef, IndexState};
 use crate::limits::{
     COMMIT_POLL_US_DEFAULT, COMMIT_POLL_US_MAX, COMMIT_QUEUE_REQUESTS_MAX, HOT_SPOTS_TRACKED_DEFAULT,
-    IDEMPOTENCY_RETENTION_MS_DEFAULT, MIN_FREE_DISK_BYTES_DEFAULT,
+    IDEMPOTENCY_RETENTION_MS_DEFAULT, MIN_FREE_DISK_BYTES_DEFAULT, PAGE_MEMORY_BYTES_DEFAULT,
 };
 use crate::storage::{Durability, FjallOptions, FjallStorage, Storage};
 
@@ -52,7 +52,7 @@ pub use disk::DiskStatus;
 pub use evaluate::WriteOp;
 pub use insights::{InsightsReport, Origin, Stats};
 pub use pending::{Pending, PendingFuture, PendingTx, PendingWrite};
-pub use read::{Change, ChangesPage};
+pub use read::{Change, ChangesPage, CheckpointPage};
 pub use recount::{RecountFix, RecountReport};
 pub use retry::RetryPolicy;
 pub use transaction::Transaction;
@@ -92,6 +92,11 @@ pub struct Options {
     /// deletes go on (`engine/disk.rs`). Default
     /// [`MIN_FREE_DISK_BYTES_DEFAULT`] (256 MiB); 0 refuses nothing.
     pub min_free_disk_bytes: u64,
+    /// Memory for the pages being read at once (queries, feeds, pulls):
+    /// past it, pages end early or are refused with
+    /// [`Error::PagesOverBudget`]. Default [`PAGE_MEMORY_BYTES_DEFAULT`]
+    /// (256 MiB); a page read alone always fits.
+    pub page_memory_bytes: usize,
 }
 
 impl Default for Options {
@@ -105,6 +110,7 @@ impl Default for Options {
             fjall: FjallOptions::default(),
             commit_poll: Duration::from_micros(COMMIT_POLL_US_DEFAULT),
             min_free_disk_bytes: MIN_FREE_DISK_BYTES_DEFAULT,
+            page_memory_bytes: PAGE_MEMORY_BYTES_DEFAULT,
         }
     }
 }
@@ -211,6 +217,7 @@ impl Db {
             outbox: RwLock::default(),
             insights: insights::Insights::new(options.hot_spots)?,
             disk: disk::DiskSpace::new(options.min_free_disk_bytes),
+            pages: crate::budget::Budget::new(options.page_memory_bytes),
         });
         shared
             .disk
@@ -482,6 +489,12 @@ impl Db {
         self.inner.shared.disk.status()
     }
 
+    /// The memory of the pages being read ([`Options::page_memory_bytes`]):
+    /// what they hold now, and how often one found no room.
+    pub fn page_memory(&self) -> &crate::budget::Budget {
+        &self.inner.shared.pages
+    }
+
     /// [`submit_batch`](Self::submit_batch) and wait for the answer.
     pub fn batch(&self, ops: Vec<TxOp>, idempotency_key: Option<&str>) -> Result<TxOutcome> {
         self.submit_batch(ops, idempotency_key)?.wait()
@@ -583,7 +596,13 @@ impl Db {
                 }
             }
         };
-        let mut page = read::read_changes(&*view, collections, since, page, upto, include_docs)?;
+        let mut page = read::read_changes(
+            &*view,
+            (collections, since, upto),
+            page,
+            include_docs,
+            &self.shared().pages,
+        )?;
         page.from = from;
         Ok(page)
     }
@@ -609,32 +628,36 @@ impl Db {
     }
 
     /// Changes of `collection` after a `(seq, id)` position (the RxDB checkpoint),
-    /// with their documents, from one durable snapshot; also returns the
-    /// snapshot's sequence. The page is bounded by `limit` alone, and refused
-    /// past [`WHOLE_PAGE_BYTES_MAX`](crate::limits::WHOLE_PAGE_BYTES_MAX) of
-    /// documents ([`Error::LimitExceeded`]).
+    /// with their documents, from one durable snapshot. The page is bounded
+    /// by `limit` alone, and refused past
+    /// [`WHOLE_PAGE_BYTES_MAX`](crate::limits::WHOLE_PAGE_BYTES_MAX) of
+    /// documents ([`Error::LimitExceeded`]), or when the pages being read
+    /// have no room for it ([`Error::PagesOverBudget`]).
     ///
     /// `from` is where the reader's history began, as
-    /// [`changes_from`](Self::changes_from) takes it; the answer's second
-    /// element is what to pass next time (the snapshot's sequence for a
-    /// read from the start).
+    /// [`changes_from`](Self::changes_from) takes it; the page's `from` is
+    /// what to pass next time (the snapshot's sequence for a read from the
+    /// start).
     pub fn changes_after(
         &self,
         collection: &str,
         after: Option<(u64, &str)>,
         from: Option<u64>,
         limit: usize,
-    ) -> Result<(Vec<Change>, Option<u64>)> {
+    ) -> Result<CheckpointPage> {
         doc::validate_collection_name(collection)?;
         let (view, upto) = read::durable_snapshot(self.shared())?;
         let at = after.map_or(0, |(seq, _)| seq);
         check_position(at, upto)?;
         let from = reader_start(at, from, upto)?;
         purge::check(&*view, Some(collection), (at, after.map(|(_, id)| id)), from)?;
-        Ok((
-            read::read_changes_after(&*view, collection, after, limit, upto)?,
+        let (changes, memory) =
+            read::read_changes_after(&*view, (collection, after, upto), limit, &self.shared().pages)?;
+        Ok(CheckpointPage {
+            changes,
             from,
-        ))
+            memory,
+        })
     }
 
     /// A live subscription to the change feed from `since`, with no gap and no

@@ -5,6 +5,7 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::ops::Bound;
 
+use crate::budget::{Budget, Holding, Taken};
 use crate::doc::{Document, Rev};
 use crate::error::{Error, Result};
 use crate::index::query::{self, KeyRange, Order, Query, QueryPage};
@@ -12,7 +13,7 @@ use crate::index::{IndexDef, IndexState};
 use crate::limits::{CHANGES_LIMIT_MAX, PAGE_BYTES_MAX, QUERY_SCAN_ENTRIES_MAX, WHOLE_PAGE_BYTES_MAX};
 use crate::storage::{Direction, Space, StorageRead};
 
-use super::committer::{META_LAST_SEQ, Shared, read_document_sized, read_meta_counter};
+use super::committer::{META_LAST_SEQ, Shared, read_meta_counter};
 use super::tx::{changes_key, doc_key};
 
 /// A snapshot and the sequence number it reflects, once that sequence is durable.
@@ -107,6 +108,9 @@ pub fn run_query(
     let id_offset = collection.len() + 1;
     let mut docs = Vec::with_capacity(limit);
     let mut bytes = 0;
+    let mut taken = Taken::new(&shared.pages);
+    // The pages being read hold all their memory: this one ends early.
+    let mut cut = false;
     let mut last_key = None;
     let mut cursor = range.clone();
     // Tombstones occupy document keys, so an id-order page may need several
@@ -120,25 +124,32 @@ pub fn run_query(
         let entries = view.scan(space, Bound::Included(&cursor.start), end, direction, take)?;
         let exhausted = entries.len() < take;
         for (key, value) in entries {
-            let doc = match &def {
+            let (id, stored) = match &def {
                 Some(_) => {
                     let id = String::from_utf8_lossy(&value).into_owned();
-                    read_document_sized(view, &doc_key(collection, &id), &id)?
+                    let stored = view.get(Space::Documents, &doc_key(collection, &id))?;
+                    (id, stored)
                 }
-                None => {
-                    let id = String::from_utf8_lossy(&key[id_offset..]).into_owned();
-                    Some((crate::record::decode_document(&id, &value)?, value.len()))
-                }
-            }
-            .map(|(doc, stored)| {
-                let held = page_bytes(&doc, stored);
-                (doc, held)
-            });
+                None => (
+                    String::from_utf8_lossy(&key[id_offset..]).into_owned(),
+                    Some(value),
+                ),
+            };
             match direction {
                 Direction::Forward => cursor.start = query::successor(&key),
                 Direction::Reverse => cursor.end = Some(key.clone()),
             }
-            if let Some((doc, size)) = doc.filter(|(d, _)| !d.is_deleted()) {
+            let Some(stored) = stored else { continue };
+            let Some((doc, size)) = decode_within(&id, &stored, &mut taken)? else {
+                if docs.is_empty() {
+                    return Err(Error::PagesOverBudget);
+                }
+                cut = true;
+                break 'scan;
+            };
+            if doc.is_deleted() {
+                taken.give(size);
+            } else {
                 docs.push(doc);
                 bytes += size;
                 last_key = Some(key);
@@ -153,9 +164,9 @@ pub fn run_query(
         let need = limit - docs.len();
         take = need.max((take * 2).min(QUERY_SCAN_ENTRIES_MAX));
     }
-    // Full: the rest of the range goes on after it (cut by `limit` or by
-    // `PAGE_BYTES_MAX`).
-    let full = docs.len() == limit || bytes >= PAGE_BYTES_MAX;
+    // Full: the rest of the range goes on after it (cut by `limit`, by
+    // `PAGE_BYTES_MAX` or by the memory of the pages being read).
+    let full = cut || docs.len() == limit || bytes >= PAGE_BYTES_MAX;
     let next = if full {
         let declared_seq = def.as_ref().map_or(0, |d| d.declared_seq);
         last_key
@@ -177,7 +188,11 @@ pub fn run_query(
         _ => range,
     };
     Ok(QueryRead {
-        page: QueryPage { docs, next },
+        page: QueryPage {
+            docs,
+            next,
+            memory: taken.into(),
+        },
         space,
         consumed,
     })
@@ -211,6 +226,22 @@ pub struct ChangesPage {
     /// ([`Db::changes_from`](crate::Db::changes_from)): the snapshot of a
     /// read from 0, else what the reader said (`None`: not known).
     pub from: Option<u64>,
+    /// What its documents hold of the memory of the pages being read, until
+    /// the page is dropped ([`Options::page_memory_bytes`](crate::Options::page_memory_bytes)).
+    pub memory: Holding,
+}
+
+/// A page of one collection's changes after a checkpoint
+/// ([`Db::changes_after`](crate::Db::changes_after)).
+#[derive(Clone, Debug, PartialEq)]
+pub struct CheckpointPage {
+    /// Changes in position order, documents included.
+    pub changes: Vec<Change>,
+    /// Where the reader's history began, to pass back next time
+    /// ([`ChangesPage::from`]).
+    pub from: Option<u64>,
+    /// As [`ChangesPage::memory`].
+    pub memory: Holding,
 }
 
 /// What ends a page of the change feed: `limit` changes, or `bytes_max` of
@@ -245,14 +276,15 @@ pub fn whole_page_holds(bytes: usize) -> Result<()> {
 }
 
 /// Changes after `since` up to `upto` (the snapshot's sequence), of one
-/// collection or of all, as many as `page` holds.
+/// collection or of all, as many as `page` holds and `pages` has room for:
+/// a page that may end early ends with the last commit that fits, one that
+/// may not (or that no commit fits) is [`Error::PagesOverBudget`].
 pub fn read_changes(
     view: &dyn StorageRead,
-    collections: Vec<String>,
-    since: u64,
+    (collections, since, upto): (Vec<String>, u64, u64),
     page: Page,
-    upto: u64,
     include_docs: bool,
+    pages: &std::sync::Arc<Budget>,
 ) -> Result<ChangesPage> {
     let Page { limit, bytes_max } = page;
     check_changes_limit(limit)?;
@@ -261,6 +293,7 @@ pub fn read_changes(
             changes: Vec::new(),
             last_seq: since.max(upto),
             from: None,
+            memory: Holding::default(),
         });
     }
     // Each collection's log is in commit order; merge them by (seq,
@@ -284,63 +317,110 @@ pub fn read_changes(
     let mut changes: Vec<Change> = Vec::new();
     // The documents' bytes, when they are sent.
     let mut bytes = 0;
+    let mut taken = Taken::new(pages);
+    // Where the last commit's changes begin in the page, and what the
+    // page held before them.
+    let mut commit_start = (0, 0);
     let full = |changes: &Vec<Change>, bytes: usize| changes.len() >= limit || bytes >= bytes_max;
     let mut last_seq = upto;
+    let mut cut = false;
     while let Some(Reverse((seq, coll, id, at))) = heads.pop() {
-        if full(&changes, bytes) {
-            let last = changes[changes.len() - 1].seq;
-            if seq != last {
-                // A full page ends at its last commit, whole.
-                last_seq = last;
-                break;
-            }
+        let last = changes.last().map(|c| c.seq);
+        if full(&changes, bytes) && last != Some(seq) {
+            // A full page ends at its last commit, whole.
+            cut = true;
+            break;
         }
         if let Some((next_seq, next_id)) = cursors[at].next(view, chunk)? {
             heads.push(Reverse((next_seq, coll.clone(), next_id, at)));
         }
-        let (change, size) = change_at(view, seq, coll, id, include_docs)?;
-        bytes += if include_docs { size } else { 0 };
-        if bytes_max == Page::WHOLE {
-            whole_page_holds(bytes)?;
+        if last != Some(seq) {
+            commit_start = (changes.len(), taken.bytes());
+        }
+        let Some((change, size)) = change_at(view, seq, (coll, id), include_docs.then_some(&mut taken))?
+        else {
+            // Ends with the last commit that fitted whole, if it may.
+            let (start, held) = commit_start;
+            if bytes_max == Page::WHOLE || start == 0 {
+                return Err(Error::PagesOverBudget);
+            }
+            changes.truncate(start);
+            taken.give(taken.bytes() - held);
+            cut = true;
+            break;
+        };
+        if include_docs {
+            bytes += size;
+            if bytes_max == Page::WHOLE {
+                whole_page_holds(bytes)?;
+            }
         }
         changes.push(change);
     }
-    if full(&changes, bytes) && heads.is_empty() {
+    if cut || (full(&changes, bytes) && heads.is_empty()) {
         last_seq = changes[changes.len() - 1].seq;
     }
     Ok(ChangesPage {
         changes,
         last_seq,
         from: None,
+        memory: taken.into(),
     })
 }
 
 /// The change at a change-log position: the document's state now (which is
 /// the state that change wrote: the position moves with every later write),
-/// and the size of its stored record.
+/// with the document itself when it is to count against `taken`, and what
+/// it counts (`decode_within`; `Ok(None)` when there is no room for it).
+/// Without it, the body is not decoded.
 fn change_at(
     view: &dyn StorageRead,
     seq: u64,
-    collection: String,
-    id: String,
-    include_doc: bool,
-) -> Result<(Change, usize)> {
-    let (doc, stored) = read_document_sized(view, &doc_key(&collection, &id), &id)?
+    (collection, id): (String, String),
+    taken: Option<&mut Taken>,
+) -> Result<Option<(Change, usize)>> {
+    let stored = view
+        .get(Space::Documents, &doc_key(&collection, &id))?
         .ok_or_else(|| corrupt("change without document"))?;
-    let size = if include_doc {
-        page_bytes(&doc, stored)
-    } else {
-        stored
+    let (meta, doc, size) = match taken {
+        Some(taken) => match decode_within(&id, &stored, taken)? {
+            Some((doc, size)) => (doc.meta, Some(doc), size),
+            None => return Ok(None),
+        },
+        None => (
+            crate::record::decode_document_meta(&id, &stored)?.0,
+            None,
+            stored.len(),
+        ),
     };
-    let change = Change {
-        seq,
-        collection,
-        id,
-        rev: doc.rev(),
-        deleted: doc.is_deleted(),
-        doc: include_doc.then_some(doc),
-    };
-    Ok((change, size))
+    Ok(Some((
+        Change {
+            seq,
+            collection,
+            id,
+            rev: meta.rev,
+            deleted: meta.deleted,
+            doc,
+        },
+        size,
+    )))
+}
+
+/// A stored document decoded for a page, once `taken` has room for what it
+/// may take decoded (`doc::decoded_size_bound` of its JSON: `Ok(None)`, and
+/// nothing decoded or taken, when it has not), holding what it does take
+/// (`page_bytes`), which is returned with it.
+fn decode_within(id: &str, stored: &[u8], taken: &mut Taken) -> Result<Option<(Document, usize)>> {
+    let (meta, body) = crate::record::decode_document_meta(id, stored)?;
+    let bound = stored.len().max(crate::doc::decoded_size_bound(body));
+    if !taken.take(bound) {
+        return Ok(None);
+    }
+    let doc = crate::record::decode_body(id, meta, body)?;
+    let size = page_bytes(&doc, stored.len());
+    debug_assert!(size <= bound, "{size} past its bound {bound}");
+    taken.give(bound.saturating_sub(size));
+    Ok(Some((doc, size)))
 }
 
 /// What a document counts against a page's bytes (`PAGE_BYTES_MAX`,
@@ -530,11 +610,10 @@ fn seq_at(key: &[u8], offset: usize) -> Result<u64> {
 /// repeats a document, even within one commit.
 pub fn read_changes_after(
     view: &dyn StorageRead,
-    collection: &str,
-    after: Option<(u64, &str)>,
+    (collection, after, upto): (&str, Option<(u64, &str)>, u64),
     limit: usize,
-    upto: u64,
-) -> Result<Vec<Change>> {
+    pages: &std::sync::Arc<Budget>,
+) -> Result<(Vec<Change>, Holding)> {
     if limit == 0 || limit > CHANGES_LIMIT_MAX {
         return Err(Error::InvalidQuery(format!(
             "limit must be 1 to {CHANGES_LIMIT_MAX}"
@@ -548,18 +627,21 @@ pub fn read_changes_after(
     let mut cursor = FeedCursor::from(collection.to_string(), start, upto, chunk);
     // Bounded by `limit` alone: RxDB takes a page shorter than its batch for
     // the end, and its live stream would then go on past what it skipped.
-    // Refused past `WHOLE_PAGE_BYTES_MAX` instead.
+    // Refused past `WHOLE_PAGE_BYTES_MAX` instead, or when the pages being
+    // read have no room for it.
     let mut changes = Vec::new();
     let mut bytes = 0;
+    let mut taken = Taken::new(pages);
     while changes.len() < limit
         && let Some((seq, id)) = cursor.next(view, chunk)?
     {
-        let (change, size) = change_at(view, seq, collection.to_string(), id, true)?;
+        let (change, size) = change_at(view, seq, (collection.to_string(), id), Some(&mut taken))?
+            .ok_or(Error::PagesOverBudget)?;
         bytes += size;
         whole_page_holds(bytes)?;
         changes.push(change);
     }
-    Ok(changes)
+    Ok((changes, taken.into()))
 }
 
 /// Calls `visit` with every stored document of `collection` in `view`

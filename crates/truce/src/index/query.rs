@@ -70,6 +70,9 @@ pub struct QueryPage {
     pub docs: Vec<Document>,
     /// A cursor for the next page, or `None` when this page reached the end.
     pub next: Option<String>,
+    /// What its documents hold of the memory of the pages being read, until
+    /// the page is dropped ([`Options::page_memory_bytes`](crate::Options::page_memory_bytes)).
+    pub memory: crate::budget::Holding,
 }
 
 /// A key range `[start, end)`; `end == None` means unbounded.

@@ -335,7 +335,7 @@ fn the_feed_of_every_collection_pages_through_the_model_at_any_limit() {
                     let mut after: Option<(u64, String)> = None;
                     loop {
                         let checkpoint = after.as_ref().map(|(seq, id)| (*seq, id.as_str()));
-                        let (page, _) = db.changes_after(name, checkpoint, None, limit).unwrap();
+                        let page = db.changes_after(name, checkpoint, None, limit).unwrap().changes;
                         prop_assert!(page.len() <= limit);
                         let Some(last) = page.last() else { break };
                         after = Some((last.seq, last.id.clone()));
@@ -380,7 +380,10 @@ fn a_position_past_the_last_commit_is_refused() {
     let page = live.next_timeout(Duration::from_secs(5)).unwrap();
     assert_eq!(page.changes[0].id, "b");
     assert_eq!(
-        db.changes_after("c", Some((head, "a")), None, 10).unwrap().0[0].id,
+        db.changes_after("c", Some((head, "a")), None, 10)
+            .unwrap()
+            .changes[0]
+            .id,
         "b"
     );
 }
@@ -441,7 +444,7 @@ fn pages_of_large_documents_end_by_bytes_and_go_on() {
     );
 
     // Whole pages: a pull, and the feed as /couch reads it.
-    let (pulled, _) = db.changes_after("big", None, None, 10_000).unwrap();
+    let pulled = db.changes_after("big", None, None, 10_000).unwrap().changes;
     assert_eq!(pulled.len(), count);
     let whole = db.changes_whole(Some("big"), 0, 10_000, true).unwrap();
     assert_eq!(whole.changes.len(), count);
@@ -488,8 +491,113 @@ fn pages_count_what_documents_take_decoded() {
         Err(truce::Error::LimitExceeded { what, .. }) => assert_eq!(what, "WHOLE_PAGE_BYTES_MAX"),
         other => panic!("expected WHOLE_PAGE_BYTES_MAX, got {:?}", other.map(|_| ())),
     }
-    let (pulled, _) = db.changes_after("nums", None, None, most).unwrap();
+    let pulled = db.changes_after("nums", None, None, most).unwrap().changes;
     assert_eq!(pulled.len(), most);
+}
+
+/// The pages being read share `Options::page_memory_bytes`. Beside a page
+/// that holds most of it, a query page and a feed page end early (the feed
+/// with the last commit that fits whole, never inside one) and the reader
+/// goes on from there; a page that must be whole, or that not one commit
+/// fits, is refused with `PagesOverBudget`; a page read alone is served
+/// whatever its size; and dropped pages give back all they held (ten pulls
+/// of large documents at once held 700 MB before).
+#[test]
+fn the_pages_being_read_share_their_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = truce::Options {
+        durability: truce::Durability::Relaxed,
+        page_memory_bytes: 1_000_000,
+        ..truce::Options::default()
+    };
+    let db = truce::Db::open(dir.path(), options).unwrap();
+    let big = db.collection("big").unwrap();
+    let blob = "x".repeat(100_000);
+    // Ten documents of a commit each, then one commit of five.
+    for i in 0..10 {
+        let put = big.put(&format!("d{i:02}"), json!({"blob": blob}), Expect::Absent);
+        assert!(put.unwrap().is_ok());
+    }
+    let ops = (0..5)
+        .map(|i| TxOp::Put {
+            collection: "big".into(),
+            id: format!("t{i}"),
+            body: json!({"blob": blob}),
+            expect: Expect::Absent,
+        })
+        .collect();
+    let five = db.batch(ops, None).unwrap().unwrap().seq;
+    let pages = db.page_memory();
+
+    // Seven documents held: room for two more.
+    let held = db.changes_after("big", None, None, 7).unwrap();
+    let each = held.memory.bytes() / 7;
+    assert!(
+        each >= 100_000 && pages.held() == 7 * each,
+        "{each} {}",
+        pages.held()
+    );
+    let refusals = pages.refused();
+
+    let mut query = truce::Query {
+        limit: 100,
+        ..truce::Query::default()
+    };
+    let mut ids = Vec::new();
+    loop {
+        let page = big.query(&query).unwrap();
+        assert!(
+            !page.docs.is_empty() && page.docs.len() <= 2,
+            "{}",
+            page.docs.len()
+        );
+        ids.extend(page.docs.iter().map(|d| d.id.clone()));
+        match page.next {
+            Some(next) => query.after = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(ids.len(), 15, "every document, two at a time: {ids:?}");
+    assert!(pages.refused() > refusals, "the query pages found no room");
+
+    // The feed: single commits two at a time; the commit of five fits
+    // nowhere beside the held page, and is not split.
+    let page = db.changes(Some("big"), 0, 100, true).unwrap();
+    assert_eq!(page.changes.len(), 2);
+    assert_eq!(page.last_seq, page.changes[1].seq);
+    assert_eq!(page.memory.bytes(), 2 * each);
+    drop(page);
+    let before_five = five - 1;
+    let page = db.changes(Some("big"), before_five - 1, 100, true).unwrap();
+    assert_eq!(
+        (page.changes.len(), page.last_seq, page.memory.bytes()),
+        (1, before_five, each),
+        "cut back to the commit before the five, which did not fit whole"
+    );
+    drop(page);
+    fn over_budget<T>(result: truce::Result<T>) {
+        match result {
+            Err(e @ truce::Error::PagesOverBudget) => assert!(e.is_retryable() && e.code() == "overloaded"),
+            other => panic!("expected PagesOverBudget, got {:?}", other.map(|_| ())),
+        }
+    }
+    over_budget(db.changes(Some("big"), before_five, 100, true));
+    over_budget(db.changes_whole(Some("big"), 0, 100, true));
+    over_budget(db.changes_after("big", None, None, 3));
+    assert_eq!(pages.held(), 7 * each, "what was refused gave back what it took");
+    // Without documents, a page holds nothing.
+    assert_eq!(db.changes(Some("big"), 0, 100, false).unwrap().changes.len(), 15);
+
+    // Alone, a page of all fifteen (past the budget) is served whole.
+    drop(held);
+    assert_eq!(pages.held(), 0);
+    let all = db.changes_after("big", None, None, 100).unwrap();
+    assert_eq!((all.changes.len(), all.memory.bytes()), (15, 15 * each));
+    let copy = all.clone();
+    drop(all);
+    assert_eq!(pages.held(), 15 * each, "a clone holds it still");
+    drop(copy);
+    assert_eq!(pages.held(), 0);
 }
 
 /// Collection `big` of a fresh database: `count` documents `d000`… of
@@ -539,12 +647,13 @@ fn whole_pages_past_their_bound_are_refused_not_built() {
 
     // A batch that fits is served whole, and the next goes on after it.
     let fits = truce::limits::WHOLE_PAGE_BYTES_MAX / (blob_len + 1_000);
-    let (first, _) = db.changes_after("big", None, None, fits).unwrap();
+    let first = db.changes_after("big", None, None, fits).unwrap().changes;
     assert_eq!(first.len(), fits);
     let last = first.last().unwrap();
-    let (rest, _) = db
+    let rest = db
         .changes_after("big", Some((last.seq, &last.id)), None, fits)
-        .unwrap();
+        .unwrap()
+        .changes;
     assert_eq!(fits + rest.len(), count);
     assert_eq!(
         db.changes_whole(Some("big"), 0, fits, true)

@@ -163,7 +163,7 @@ fn old_tombstones_are_purged_and_readers_that_could_miss_them_are_refused() {
         db.changes_after("c", Some((last_delete, "b")), Some(0), 10)
             .is_ok()
     );
-    let (_, from) = db.changes_after("c", None, None, 10).unwrap();
+    let from = db.changes_after("c", None, None, 10).unwrap().from;
     assert!(db.changes_after("c", Some((1, "d")), from, 10).is_ok());
     // Another collection's feed has nothing purged.
     assert!(db.changes_from(Some("other"), 1, Some(1), 10, false).is_ok());
