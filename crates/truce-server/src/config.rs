@@ -248,9 +248,9 @@ pub struct ServeArgs {
     pub body_memory_mib: Option<u64>,
     /// Memory for the pages being read at once (queries, change feeds,
     /// pulls), in MiB, 1 to 65536 [default: 256]. A page's documents count
-    /// from when they are read until its answer is written; past this, a
-    /// page that may end early does, and one that may not is answered 429.
-    /// A page read alone always fits.
+    /// from when they are read until its answer is encoded; past this, a
+    /// page that may end early does, and one that may not (or that nothing
+    /// fits) is answered 429. A page read alone always fits.
     #[arg(long, env = "TRUCE_PAGE_MEMORY_MIB")]
     pub page_memory_mib: Option<u64>,
     /// How long an answer may make no progress before it may be dropped to

@@ -16,6 +16,7 @@ pub struct Budget {
     held: AtomicUsize,
     max: usize,
     refused: AtomicU64,
+    given: AtomicU64,
 }
 
 impl Budget {
@@ -25,6 +26,7 @@ impl Budget {
             held: AtomicUsize::new(0),
             max,
             refused: AtomicU64::new(0),
+            given: AtomicU64::new(0),
         })
     }
 
@@ -41,6 +43,19 @@ impl Budget {
     /// How many times [`Taken::take`] was refused.
     pub fn refused(&self) -> u64 {
         self.refused.load(Relaxed)
+    }
+
+    /// How many times bytes were given back: a holder refused for want of
+    /// room need not try again until this has moved.
+    pub fn given(&self) -> u64 {
+        self.given.load(Relaxed)
+    }
+
+    fn give(&self, bytes: usize) {
+        if bytes > 0 {
+            self.held.fetch_sub(bytes, Relaxed);
+            self.given.fetch_add(1, Relaxed);
+        }
     }
 }
 
@@ -64,9 +79,14 @@ impl Taken {
     /// budget has given out (it is alone); `false`, and nothing taken,
     /// otherwise.
     pub fn take(&mut self, bytes: usize) -> bool {
-        let before = self.budget.held.fetch_add(bytes, Relaxed);
-        if before.saturating_add(bytes) > self.budget.max && before != self.bytes {
-            self.budget.held.fetch_sub(bytes, Relaxed);
+        let (max, own) = (self.budget.max, self.bytes);
+        // Decided on the total as it is, and only then added to it: a
+        // refused holder never moves the total, so it never makes one that
+        // holds all of it look not alone.
+        let taken = self.budget.held.fetch_update(Relaxed, Relaxed, |before| {
+            (before.saturating_add(bytes) <= max || before == own).then(|| before.saturating_add(bytes))
+        });
+        if taken.is_err() {
             self.budget.refused.fetch_add(1, Relaxed);
             return false;
         }
@@ -77,7 +97,7 @@ impl Taken {
     /// Gives back `bytes` of those taken (at most all of them).
     pub fn give(&mut self, bytes: usize) {
         let bytes = bytes.min(self.bytes);
-        self.budget.held.fetch_sub(bytes, Relaxed);
+        self.budget.give(bytes);
         self.bytes -= bytes;
     }
 
@@ -89,7 +109,7 @@ impl Taken {
 
 impl Drop for Taken {
     fn drop(&mut self) {
-        self.budget.held.fetch_sub(self.bytes, Relaxed);
+        self.budget.give(self.bytes);
     }
 }
 
@@ -145,6 +165,39 @@ mod tests {
         assert_eq!((copy.bytes(), budget.held()), (40, 100), "a clone still holds");
         drop((a, copy));
         assert_eq!(budget.held(), 0);
+    }
+
+    /// Another thread's refused takes never make a holder that is alone
+    /// look otherwise (they used to add their bytes, then take them back).
+    #[test]
+    fn refused_takes_elsewhere_never_refuse_the_one_alone() {
+        let budget = Budget::new(100);
+        let mut alone = Taken::new(&budget);
+        assert!(alone.take(150));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let other = {
+            let (budget, stop) = (Arc::clone(&budget), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                let mut refused = 0u64;
+                while !stop.load(Relaxed) {
+                    refused += u64::from(!Taken::new(&budget).take(1));
+                }
+                refused
+            })
+        };
+        while budget.refused() < 1000 {
+            std::thread::yield_now();
+        }
+        for _ in 0..100_000 {
+            assert!(alone.take(1), "alone, it may always take more");
+            alone.give(1);
+        }
+        stop.store(true, Relaxed);
+        assert!(other.join().unwrap() >= 1000);
+        assert_eq!(budget.held(), 150);
+        let given = budget.given();
+        drop(alone);
+        assert_eq!((budget.held(), budget.given()), (0, given + 1));
     }
 
     #[test]

@@ -137,8 +137,10 @@ pub const WHOLE_PAGE_BYTES_MAX: usize = 4 * PAGE_BYTES_MAX;
 
 /// Default memory for the pages being read at once (queries, feeds, pulls),
 /// counted as pages bound theirs (a document's stored bytes, or its decoded
-/// size when more) from the document read until the page is dropped: four
-/// pages of [`WHOLE_PAGE_BYTES_MAX`], thousands of ordinary ones. Past it a
+/// size when more) from the document read until the page is dropped: three
+/// or four pages of [`WHOLE_PAGE_BYTES_MAX`] (each may pass it by one
+/// document's bound, `doc::decoded_size_bound`), thousands of ordinary
+/// ones. Past it a
 /// page that may end early does (it holds at least one document, or one
 /// commit), and one that may not, or that holds nothing yet, is refused
 /// with [`Error::PagesOverBudget`](crate::Error::PagesOverBudget); a page

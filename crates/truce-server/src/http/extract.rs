@@ -34,9 +34,9 @@ pub const TRUCE_ATTEMPT: HeaderName = HeaderName::from_static("truce-attempt");
 /// What a reconnecting `EventSource` sends: the id of the last event it got.
 pub const LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
 
-/// How long a long poll or an event stream waits before it reads its page
-/// again when the pages being read had no room for it
-/// (`truce::Error::PagesOverBudget`), ms.
+/// How often, about, a long poll or an event stream whose page the pages
+/// being read had no room for (`truce::Error::PagesOverBudget`) looks for
+/// room given back, to read it again, ms.
 pub const PAGES_OVER_BUDGET_RETRY_MS: u64 = 50;
 
 /// How long a request body may go without a byte arriving: a stalled upload
@@ -549,7 +549,7 @@ impl Standing {
             return Waited::Revoked;
         }
         let mut stopping = self.state.stopping.clone();
-        let page = next_with_room(sub);
+        let page = next_with_room(self.state.db.page_memory(), sub);
         tokio::pin!(page);
         loop {
             tokio::select! {
@@ -569,13 +569,24 @@ impl Standing {
 }
 
 /// The subscription's next page; when the pages being read have no room for
-/// it, read again every [`PAGES_OVER_BUDGET_RETRY_MS`] until they do (a
-/// long poll's timeout still ends the wait; a stream is not ended for it).
-pub async fn next_with_room(sub: &mut truce::Subscription) -> truce::Result<truce::ChangesPage> {
+/// it, read again once some was given back, looked at every
+/// [`PAGES_OVER_BUDGET_RETRY_MS`] or so (jittered, so that waiting readers
+/// do not all try at once; a long poll's timeout still ends the wait, and a
+/// stream is not ended for it).
+pub async fn next_with_room(
+    pages: &truce::budget::Budget,
+    sub: &mut truce::Subscription,
+) -> truce::Result<truce::ChangesPage> {
     loop {
+        let given = pages.given();
         match sub.next().await {
             Err(truce::Error::PagesOverBudget) => {
-                tokio::time::sleep(Duration::from_millis(PAGES_OVER_BUDGET_RETRY_MS)).await;
+                while pages.given() == given {
+                    let wait = rand::random_range(
+                        PAGES_OVER_BUDGET_RETRY_MS / 2..=PAGES_OVER_BUDGET_RETRY_MS * 3 / 2,
+                    );
+                    tokio::time::sleep(Duration::from_millis(wait)).await;
+                }
             }
             page => return page,
         }
@@ -681,7 +692,8 @@ mod tests {
         let mut sub = db.subscribe(Some("c"), 1, true).unwrap();
         assert!(matches!(sub.next().await, Err(truce::Error::PagesOverBudget)));
         let mut sub = db.subscribe(Some("c"), 1, true).unwrap();
-        let reader = tokio::spawn(async move { next_with_room(&mut sub).await });
+        let pages = Arc::clone(db.page_memory());
+        let reader = tokio::spawn(async move { next_with_room(&pages, &mut sub).await });
         tokio::time::sleep(Duration::from_millis(5 * PAGES_OVER_BUDGET_RETRY_MS)).await;
         assert!(!reader.is_finished(), "it waits while the room is held");
         drop(held);

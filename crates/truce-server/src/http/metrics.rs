@@ -287,13 +287,13 @@ impl Collector for EngineCollector {
         gauge(
             e,
             "page_memory_held_bytes",
-            "Bytes the pages being read hold of --page-memory-mib (their documents, from when they are read until the answer is written)",
+            "Bytes the pages being read hold of --page-memory-mib (their documents, from when they are read until the answer is encoded)",
             pages.held() as f64,
         )?;
         counter(
             e,
             "page_memory_refusals",
-            "Times a page being read found no room in --page-memory-mib: it ended early, or was refused with 429 overloaded",
+            "Times a document of a page being read found no room in --page-memory-mib: the page ended early, was refused with 429 overloaded, or will be read again (long polls, streams)",
             pages.refused(),
         )?;
         gauge(

@@ -491,7 +491,7 @@ impl Db {
 
     /// The memory of the pages being read ([`Options::page_memory_bytes`]):
     /// what they hold now, and how often one found no room.
-    pub fn page_memory(&self) -> &crate::budget::Budget {
+    pub fn page_memory(&self) -> &Arc<crate::budget::Budget> {
         &self.inner.shared.pages
     }
 

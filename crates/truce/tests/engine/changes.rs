@@ -264,7 +264,14 @@ fn the_feed_of_every_collection_pages_through_the_model_at_any_limit() {
             &(prop::collection::vec(commit, 1..40), 1..40usize),
             |(commits, limit)| {
                 let dir = tempfile::tempdir().unwrap();
-                let db = crate::open_relaxed(dir.path());
+                // Room for some 28 documents of a page with their bodies:
+                // pages of larger limits end by it, with a commit.
+                let options = truce::Options {
+                    durability: truce::Durability::Relaxed,
+                    page_memory_bytes: 20_000,
+                    ..truce::Options::default()
+                };
+                let db = truce::Db::open(dir.path(), options).unwrap();
                 let collections = ["a", "b", "c", "d"];
                 // (collection, id) → seq of its latest change; and which are live.
                 let mut latest: BTreeMap<(String, String), u64> = BTreeMap::new();
@@ -306,29 +313,47 @@ fn the_feed_of_every_collection_pages_through_the_model_at_any_limit() {
                         .filter(|(_, c, _)| collection.is_none_or(|name| name == c))
                         .cloned()
                         .collect();
-                    let mut got = Vec::new();
-                    let mut since = 0;
-                    loop {
-                        let page = db.changes(collection, since, limit, false).unwrap();
-                        if page.changes.is_empty() {
-                            break;
+                    // Without documents; and with them, beside a holder of
+                    // the pages' memory (never alone, so each page ends
+                    // where its room does, with a whole commit).
+                    for include_docs in [false, true] {
+                        let mut beside = truce::budget::Taken::new(db.page_memory());
+                        prop_assert!(!include_docs || beside.take(1));
+                        let mut got = Vec::new();
+                        let mut since = 0;
+                        loop {
+                            let page = db.changes(collection, since, limit, include_docs).unwrap();
+                            if page.changes.is_empty() {
+                                break;
+                            }
+                            let seqs: Vec<u64> = page.changes.iter().map(|c| c.seq).collect();
+                            let last = *seqs.last().unwrap();
+                            prop_assert!(page.last_seq >= last, "a page's last_seq covers its changes");
+                            if seqs.len() >= limit {
+                                prop_assert_eq!(page.last_seq, last, "a full page ends at its last commit");
+                            }
+                            prop_assert!(
+                                page.last_seq == last || page.last_seq == db.durable_seq(),
+                                "a page ends at its last commit, or at the end of the feed"
+                            );
+                            prop_assert!(
+                                seqs.iter().filter(|&&s| s < last).count() < limit,
+                                "over the limit {} only to finish the last commit: {:?}",
+                                limit,
+                                seqs
+                            );
+                            got.extend(page.changes.into_iter().map(|c| (c.seq, c.collection, c.id)));
+                            since = page.last_seq;
                         }
-                        let seqs: Vec<u64> = page.changes.iter().map(|c| c.seq).collect();
-                        let last = *seqs.last().unwrap();
-                        prop_assert!(page.last_seq >= last, "a page's last_seq covers its changes");
-                        if seqs.len() >= limit {
-                            prop_assert_eq!(page.last_seq, last, "a full page ends at its last commit");
-                        }
-                        prop_assert!(
-                            seqs.iter().filter(|&&s| s < last).count() < limit,
-                            "over the limit {} only to finish the last commit: {:?}",
+                        prop_assert_eq!(
+                            &got,
+                            &want,
+                            "collection {:?}, limit {}, documents {}",
+                            collection,
                             limit,
-                            seqs
+                            include_docs
                         );
-                        got.extend(page.changes.into_iter().map(|c| (c.seq, c.collection, c.id)));
-                        since = page.last_seq;
                     }
-                    prop_assert_eq!(&got, &want, "collection {:?}, limit {}", collection, limit);
                     // The replication path pages the same by `(seq, id)` checkpoints.
                     let Some(name) = collection else { continue };
                     let mut got = Vec::new();
@@ -557,7 +582,11 @@ fn the_pages_being_read_share_their_memory() {
             None => break,
         }
     }
-    assert_eq!(ids.len(), 15, "every document, two at a time: {ids:?}");
+    let all: Vec<String> = (0..10)
+        .map(|i| format!("d{i:02}"))
+        .chain((0..5).map(|i| format!("t{i}")))
+        .collect();
+    assert_eq!(ids, all, "every document once, in order, two at a time");
     assert!(pages.refused() > refusals, "the query pages found no room");
 
     // The feed: single commits two at a time; the commit of five fits
@@ -586,7 +615,8 @@ fn the_pages_being_read_share_their_memory() {
     over_budget(db.changes_after("big", None, None, 3));
     assert_eq!(pages.held(), 7 * each, "what was refused gave back what it took");
     // Without documents, a page holds nothing.
-    assert_eq!(db.changes(Some("big"), 0, 100, false).unwrap().changes.len(), 15);
+    let page = db.changes(Some("big"), 0, 100, false).unwrap();
+    assert_eq!((page.changes.len(), page.memory.bytes()), (15, 0));
 
     // Alone, a page of all fifteen (past the budget) is served whole.
     drop(held);
