@@ -482,6 +482,43 @@ fn a_transactions_documents_are_bounded_whatever_its_ops() {
     assert_eq!(c.get("big0").unwrap().unwrap().body["n"], 1);
 }
 
+/// The documents a transaction's ops meet count what they take decoded
+/// when that is more than their stored bytes: two `$inc`s on documents of
+/// 300,000 small numbers (0.6 MB stored, some 10 MiB decoded each) are
+/// refused whole, while each document alone is still written (17 such ops,
+/// 16 MiB stored, held every other writer 1.5 s).
+#[test]
+fn a_transaction_meets_its_documents_as_they_take_decoded() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_relaxed(dir.path());
+    let c = db.collection("nums").unwrap();
+    let numbers = vec![1; 300_000];
+    let body = json!({"a": numbers, "n": 0});
+    let decoded = truce::doc::decoded_size(body.as_object().unwrap());
+    assert!(
+        2 * decoded > truce::limits::TX_READ_BYTES_MAX && 4 * 700_000 < truce::limits::TX_READ_BYTES_MAX,
+        "{decoded}"
+    );
+    for id in ["a", "b"] {
+        assert!(c.put(id, body.clone(), Expect::Absent).unwrap().is_ok());
+    }
+    let inc = |id: &str| TxOp::Patch {
+        collection: "nums".into(),
+        id: id.into(),
+        update: Arc::new(update(json!({"$inc": {"n": 1}}))),
+        expect: Expect::Any,
+    };
+    match db.batch(vec![inc("a"), inc("b")], None) {
+        Err(Error::LimitExceeded { what, .. }) => assert_eq!(what, "TX_READ_BYTES_MAX"),
+        other => panic!("expected TX_READ_BYTES_MAX, got {:?}", other.map(|r| r.is_ok())),
+    }
+    assert_eq!(c.get("a").unwrap().unwrap().body["n"], 0, "nothing written");
+    for id in ["a", "b"] {
+        assert!(db.batch(vec![inc(id)], None).unwrap().is_ok());
+        assert_eq!(c.get(id).unwrap().unwrap().body["n"], 1);
+    }
+}
+
 /// Polls `done` every 20 ms for up to 5 s: the committer looks at the free
 /// space on its background tick (each second when idle).
 fn within_seconds(what: &str, mut done: impl FnMut() -> bool) {
