@@ -190,19 +190,7 @@ impl Document {
         if !first {
             out.push(b',');
         }
-        if self.meta.deleted {
-            out.extend_from_slice(b"\"_deleted\":true,");
-        }
-        out.extend_from_slice(b"\"_id\":");
-        serde_json::to_writer(&mut *out, &self.id)?;
-        out.extend_from_slice(b",\"_rev\":\"");
-        out.extend_from_slice(self.meta.rev.text().as_str().as_bytes());
-        out.extend_from_slice(b"\",\"_seq\":");
-        serde_json::to_writer(&mut *out, &self.meta.seq)?;
-        out.extend_from_slice(b",\"_ts\":");
-        serde_json::to_writer(&mut *out, &self.meta.ts_ms)?;
-        out.extend_from_slice(b",\"_version\":");
-        serde_json::to_writer(&mut *out, &self.meta.rev.version)?;
+        write_meta(out, &self.id, &self.meta);
         for (k, v) in self.body.iter().filter(|(k, _)| k.as_str() > "_") {
             out.push(b',');
             write_entry(out, &mut true, k, v)?;
@@ -210,6 +198,100 @@ impl Document {
         out.push(b'}');
         Ok(())
     }
+}
+
+/// The metadata fields, in their order among a document's keys (all of
+/// them sort together, as body keys never start with `_`), from
+/// `"_deleted"` (on a tombstone) to `"_version"`, without a comma around.
+fn write_meta(out: &mut Vec<u8>, id: &str, meta: &Meta) {
+    if meta.deleted {
+        out.extend_from_slice(b"\"_deleted\":true,");
+    }
+    out.extend_from_slice(b"\"_id\":");
+    // Writing a string or a number to memory cannot fail.
+    let _ = serde_json::to_writer(&mut *out, id);
+    out.extend_from_slice(b",\"_rev\":\"");
+    out.extend_from_slice(meta.rev.text().as_str().as_bytes());
+    out.extend_from_slice(b"\",\"_seq\":");
+    let _ = serde_json::to_writer(&mut *out, &meta.seq);
+    out.extend_from_slice(b",\"_ts\":");
+    let _ = serde_json::to_writer(&mut *out, &meta.ts_ms);
+    out.extend_from_slice(b",\"_version\":");
+    let _ = serde_json::to_writer(&mut *out, &meta.rev.version);
+}
+
+/// [`Document::write_json`]'s bytes for the document of `id` and `meta`
+/// whose body is stored as `canonical` (its [`canonical_bytes`], which the
+/// record's revision hash vouches for), without decoding it: the body's
+/// entries are copied around the metadata, split where the first key that
+/// sorts after `_` begins. A read of a 1 MiB document decoded and encoded
+/// again ~85 MiB of values for each `GET` on the HTTP thread (4 such
+/// readers took other `GET`s from 5,216 to 137 a second).
+pub fn write_stored_json(id: &str, meta: &Meta, canonical: &[u8], out: &mut Vec<u8>) {
+    let split = first_key_after_underscore(canonical);
+    let before = canonical[1..split]
+        .strip_suffix(b",")
+        .unwrap_or(&canonical[1..split]);
+    let after = &canonical[split..canonical.len().saturating_sub(1).max(split)];
+    out.reserve(canonical.len() + 160);
+    out.push(b'{');
+    out.extend_from_slice(before);
+    if !before.is_empty() {
+        out.push(b',');
+    }
+    write_meta(out, id, meta);
+    if !after.is_empty() {
+        out.push(b',');
+        out.extend_from_slice(after);
+    }
+    out.push(b'}');
+}
+
+/// In the canonical JSON of an object, where the first entry whose key
+/// sorts after `_` begins (its opening quote), or the closing brace. Keys
+/// are sorted and none starts with `_`, so it is the first key whose first
+/// byte is past it: an escape (`\\`) stands for a character below it (a
+/// quote, a backslash or a control character), as an empty key sorts before.
+fn first_key_after_underscore(canonical: &[u8]) -> usize {
+    let (mut depth, mut key_next) = (0usize, false);
+    for (at, b) in outside_strings(canonical) {
+        match b {
+            b'{' | b'[' => {
+                depth += 1;
+                key_next = depth == 1;
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            b',' => key_next = depth == 1,
+            b'"' if std::mem::take(&mut key_next)
+                && canonical.get(at + 1).is_some_and(|&first| first > b'_') =>
+            {
+                return at;
+            }
+            _ => {}
+        }
+    }
+    canonical.len().saturating_sub(1)
+}
+
+/// The bytes of the JSON text `json` outside its strings, with where they
+/// are: punctuation, the bytes of numbers and literals, and each string's
+/// opening quote (none of what it holds, nor its closing quote).
+fn outside_strings(json: &[u8]) -> impl Iterator<Item = (usize, u8)> + '_ {
+    let (mut in_string, mut escaped) = (false, false);
+    json.iter().enumerate().filter_map(move |(at, &b)| {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            return None;
+        }
+        in_string = b == b'"';
+        Some((at, b))
+    })
 }
 
 /// About what `body` takes in memory once decoded: an array's values in
@@ -252,18 +334,8 @@ pub fn decoded_size_bound(json: &[u8]) -> usize {
     const VALUE: usize = std::mem::size_of::<Value>();
     const NODE: usize = 11 * (std::mem::size_of::<String>() + VALUE) + 16;
     let (mut commas, mut colons, mut arrays, mut objects) = (0usize, 0usize, 0usize, 0usize);
-    let (mut in_string, mut escaped, mut last) = (false, false, 0u8);
-    for &b in json {
-        if in_string {
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_string = false;
-            }
-            continue;
-        }
+    let mut last = 0u8;
+    for (_, b) in outside_strings(json) {
         // An array or object just opened is not empty unless this closes it
         // (a canonical body has no space between brackets; with one, an
         // empty one counts as not empty, which only overstates).
@@ -274,7 +346,6 @@ pub fn decoded_size_bound(json: &[u8]) -> usize {
             _ => {}
         }
         match b {
-            b'"' => in_string = true,
             b',' => commas += 1,
             b':' => colons += 1,
             _ => {}
@@ -507,6 +578,57 @@ mod tests {
         assert!(decoded_size(&parse(&keys)) >= 1000 / 5 * 600);
     }
 
+    /// JSON values of every kind, nested, whose strings and keys hold the
+    /// JSON's own punctuation, escapes and other scripts.
+    fn punctuated_values() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            (-1e20..1e20_f64).prop_map(Value::from),
+            "[a_,:{}\\[\\]\"\\\\\n\u{e9}]{0,8}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(5, 64, 9, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..9).prop_map(Value::Array),
+                prop::collection::btree_map("[a_,:\\[{\"]{0,4}", inner, 0..12)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// A stored document is written from its canonical body exactly as
+    /// from its decoded one, whatever its keys sort like around `_` (upper
+    /// and lower case, digits, escapes, other scripts, the empty key) and
+    /// whatever its values hold (nesting, strings of JSON punctuation).
+    #[test]
+    fn a_stored_body_is_written_as_its_decoded_document() {
+        use proptest::prelude::*;
+        let value = punctuated_values();
+        let key = "[A-Za-z0-9_\"\\\\\\n~\\u{e9}\\u{1}]{0,4}"
+            .prop_filter("not metadata", |k: &String| !k.starts_with('_'));
+        let body = prop::collection::btree_map(key, value, 0..10);
+        proptest!(|(entries in body, deleted in any::<bool>(), seq in any::<u64>())| {
+            let body: Body = entries.into_iter().collect();
+            let canonical = canonical_bytes(&body);
+            let doc = Document {
+                id: "id \"é\"".into(),
+                meta: Meta {
+                    rev: Rev::compute(3, &canonical, deleted),
+                    seq,
+                    ts_ms: seq / 7,
+                    deleted,
+                },
+                body,
+            };
+            let (mut decoded, mut stored) = (Vec::new(), Vec::new());
+            doc.write_json(&mut decoded).unwrap();
+            write_stored_json(&doc.id, &doc.meta, &canonical, &mut stored);
+            prop_assert_eq!(String::from_utf8(stored).unwrap(), String::from_utf8(decoded).unwrap());
+        });
+    }
+
     /// The bound a reader checks its room against before it decodes is
     /// never below what the document comes to decoded, whatever its shape
     /// (strings that hold the JSON's own punctuation, escapes, empty and
@@ -515,20 +637,7 @@ mod tests {
     #[test]
     fn the_bound_before_decoding_is_never_below_the_decoded_size() {
         use proptest::prelude::*;
-        let leaf = prop_oneof![
-            Just(Value::Null),
-            any::<bool>().prop_map(Value::Bool),
-            any::<i64>().prop_map(Value::from),
-            (-1e20..1e20_f64).prop_map(Value::from),
-            "[a,:\\[\\]{}\"\\\\\n\u{e9}]{0,8}".prop_map(Value::String),
-        ];
-        let value = leaf.prop_recursive(5, 64, 9, |inner| {
-            prop_oneof![
-                prop::collection::vec(inner.clone(), 0..9).prop_map(Value::Array),
-                prop::collection::btree_map("[a,:\\[{\"]{0,4}", inner, 0..12)
-                    .prop_map(|m| Value::Object(m.into_iter().collect())),
-            ]
-        });
+        let value = punctuated_values();
         let body = prop::collection::btree_map("[a-z,\"]{0,4}", value, 0..12);
         proptest!(|(entries in body)| {
             let json = serde_json::to_vec(&entries).unwrap();

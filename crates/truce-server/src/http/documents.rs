@@ -175,13 +175,13 @@ impl<'a> DocumentCall<'a> {
 pub(super) fn read(call: DocumentCall<'_>) -> Result<Response, ApiError> {
     call.authorize(Role::Read)?;
     no_document_query(call.query, false)?;
-    let doc = call
+    let (rev, json) = call
         .state
         .db
         .collection(&call.coll)?
-        .get(&call.id)?
+        .get_json(&call.id)?
         .ok_or_else(|| ApiError::NotFound(format!("{}/{}", call.coll, call.id)))?;
-    let etag = format!("\"{}\"", doc.rev());
+    let etag = format!("\"{rev}\"");
     let etag_value = HeaderValue::from_str(&etag).map_err(|_| ApiError::NotFound(call.id))?;
     if let Some(seen) = call
         .headers
@@ -191,7 +191,7 @@ pub(super) fn read(call: DocumentCall<'_>) -> Result<Response, ApiError> {
     {
         return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag_value)]).into_response());
     }
-    Ok(([(header::ETAG, etag_value)], json_body(|out| doc.write_json(out))).into_response())
+    Ok(([(header::ETAG, etag_value)], super::json_bytes(json)).into_response())
 }
 
 /// Whether an `If-None-Match` list names `etag` (or is `*`). The comparison

@@ -51,6 +51,44 @@ impl Collection {
             .filter(|d| !d.is_deleted() && !self.expired(d)))
     }
 
+    /// [`get`](Self::get)'s document as its JSON with its metadata
+    /// ([`Document::write_json`]'s bytes), and its revision: written from
+    /// the stored record without decoding the body
+    /// ([`doc::write_stored_json`]), so that a read of a large document
+    /// costs a copy of its bytes, not the values it holds. A collection with
+    /// a TTL decodes it, to see whether it has expired.
+    pub fn get_json(&self, id: &str) -> Result<Option<(crate::Rev, Vec<u8>)>> {
+        let ttl = {
+            let configs = self.db.shared().configs.read().unwrap_or_else(|p| p.into_inner());
+            configs.get(&*self.name).is_some_and(|c| c.ttl.is_some())
+        };
+        if ttl {
+            return Ok(self.get(id)?.map(|doc| {
+                let mut out = Vec::new();
+                // A document's keys are strings: writing it cannot fail.
+                let _ = doc.write_json(&mut out);
+                (doc.rev(), out)
+            }));
+        }
+        doc::validate_id(id)?;
+        let shared = self.db.shared();
+        let Some(stored) = shared
+            .storage
+            .get(crate::storage::Space::Documents, &doc_key(&self.name, id))?
+        else {
+            return Ok(None);
+        };
+        // The revision hash is checked against the body's bytes here.
+        let (meta, body) = crate::record::decode_document_meta(id, &stored)?;
+        shared.watermark.wait_for(meta.seq)?;
+        if meta.deleted {
+            return Ok(None);
+        }
+        let mut out = Vec::new();
+        doc::write_stored_json(id, &meta, body, &mut out);
+        Ok(Some((meta.rev, out)))
+    }
+
     /// The state of `id` as a write meets it: [`get_stored`](Self::get_stored),
     /// with a document past its TTL that the sweeper has not reached yet seen
     /// as the tombstone it is about to become. What a replication peer is
@@ -379,6 +417,40 @@ mod tests {
     use crate::engine::committer::Request;
     use crate::index::{IndexDef, IndexSpec, IndexState};
     use crate::{Db, Error, Options};
+
+    /// A document read as JSON from its stored bytes is what its decoded
+    /// state writes, byte for byte; a deleted, missing or (in a collection
+    /// with a TTL, read the decoded way) expired document is none.
+    #[test]
+    fn a_document_read_as_json_is_its_decoded_state() {
+        use serde_json::json;
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), Options::default()).unwrap();
+        let (c, t) = (db.collection("c").unwrap(), db.collection("t").unwrap());
+        let config =
+            crate::CollectionConfig::from_json(&json!({"ttl": {"field": "at", "seconds": 60}})).unwrap();
+        t.set_config(config).unwrap();
+        let body = json!({"A": 1, "b": [{"_x": "\"_"}], "": null, "~": "é", "Z\"": {}, "at": 0});
+        for coll in [&c, &t] {
+            coll.put("d", body.clone(), crate::Expect::Absent)
+                .unwrap()
+                .unwrap();
+            let doc = coll.get("d").unwrap();
+            let json = coll.get_json("d").unwrap();
+            if std::ptr::eq(coll, &t) {
+                assert!(doc.is_none() && json.is_none(), "expired at 0 + 60 s");
+                continue;
+            }
+            let doc = doc.unwrap();
+            let mut written = Vec::new();
+            doc.write_json(&mut written).unwrap();
+            assert_eq!(json, Some((doc.rev(), written)));
+            coll.delete("d", crate::Expect::Any).unwrap().unwrap();
+            assert_eq!(coll.get_json("d").unwrap(), None);
+        }
+        assert_eq!(c.get_json("nothing").unwrap(), None);
+        assert!(matches!(c.get_json(""), Err(Error::InvalidId(_))));
+    }
 
     /// An index on a `_` field, as an older version let one be declared,
     /// may be declared again the same way; a new one may not.
