@@ -167,6 +167,7 @@ pub fn recovery(data: &[u8]) {
     for (collection, id) in ids {
         if let Ok(c) = db.collection(&collection) {
             let _ = c.get_stored(&id);
+            let _ = c.get_json(&id);
             let _ = c.put(&id, json!({"fuzz": 1}), Expect::Any);
         }
     }

@@ -61,8 +61,9 @@ pub const COMMIT_BATCH_BYTES_MAX: usize = 8 * 1024 * 1024;
 /// [`COMMIT_BATCH_BYTES_MAX`] written and [`FILTER_STEPS_MAX`] filtered: every
 /// request of a group waits for all of them. Requests that write nothing (a
 /// `$set` of the value already there) or little (an `$inc`) on a 1 MiB
-/// document take a few ms each, and a group held 4,096 of them. As much as
-/// one transaction may meet ([`TX_READ_BYTES_MAX`]).
+/// document take a few ms each, and a group held 4,096 of them. As many
+/// bytes as one transaction may meet ([`TX_READ_BYTES_MAX`]), but of stored
+/// documents only: a group's documents are not measured by their values.
 pub const COMMIT_BATCH_MET_BYTES_MAX: usize = TX_READ_BYTES_MAX;
 
 /// Most write requests waiting for the committer. Past this a write fails at once
@@ -170,7 +171,8 @@ pub const TX_WRITE_BYTES_MAX: usize = 16 * 1024 * 1024;
 /// Most bytes of documents the ops of one transaction may meet (the current
 /// state of each op's document, which the committer holds, evaluates and a
 /// `check` or a conflict answers with), each counting its stored bytes or
-/// what it takes decoded, whichever is more: a thousand checks of 1 MiB
+/// what its values take decoded (`doc::decoded_len_size`), whichever is
+/// more: a thousand checks of 1 MiB
 /// documents held a gigabyte in the committer and in the answer, and 17
 /// `$inc`s on documents of 375,000 small numbers (16 MiB stored, 255 MiB
 /// decoded) held every other writer 1.5 s.

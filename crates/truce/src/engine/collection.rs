@@ -80,6 +80,12 @@ impl Collection {
         };
         // The revision hash is checked against the body's bytes here.
         let (meta, body) = crate::record::decode_document_meta(id, &stored)?;
+        if !doc::is_object_json(body) {
+            return Err(crate::storage::StorageError::Corrupt(format!(
+                "document {id:?}: body is not a JSON object"
+            ))
+            .into());
+        }
         shared.watermark.wait_for(meta.seq)?;
         if meta.deleted {
             return Ok(None);
@@ -450,6 +456,37 @@ mod tests {
         }
         assert_eq!(c.get_json("nothing").unwrap(), None);
         assert!(matches!(c.get_json(""), Err(Error::InvalidId(_))));
+    }
+
+    /// A stored body that is not an object's JSON, though its revision hash
+    /// matches (a forged or damaged record), is refused as corrupt, as a
+    /// decoding read refuses it, not written out nor a panic.
+    #[test]
+    fn a_stored_body_that_is_not_an_object_is_corrupt_to_a_json_read() {
+        use crate::storage::{MemoryStorage, Space, Storage, WriteBatch};
+        let storage = std::sync::Arc::new(MemoryStorage::new());
+        let db = Db::open_with_storage(storage.clone(), Options::default()).unwrap();
+        let c = db.collection("c").unwrap();
+        c.put("d", serde_json::json!({"a": 1}), crate::Expect::Absent)
+            .unwrap()
+            .unwrap();
+        for body in [&b"[1]"[..], b"", b"{"] {
+            let meta = crate::Meta {
+                rev: crate::Rev::compute(2, body, false),
+                seq: 1,
+                ts_ms: 0,
+                deleted: false,
+            };
+            let mut batch = WriteBatch::default();
+            batch.put(
+                Space::Documents,
+                super::doc_key("c", "d"),
+                crate::record::encode_document(&meta, body),
+            );
+            storage.apply(batch, crate::Durability::Immediate).unwrap();
+            assert!(matches!(c.get_json("d"), Err(Error::Storage(_))), "{body:?}");
+            assert!(matches!(c.get("d"), Err(Error::Storage(_))), "{body:?}");
+        }
     }
 
     /// An index on a `_` field, as an older version let one be declared,

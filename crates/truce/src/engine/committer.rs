@@ -664,16 +664,18 @@ impl Committer {
         // more than one of large puts (`tx::check_batch`).
         let mut bytes = 0;
         // The bytes of the documents its ops meet, each its stored bytes or
-        // what it takes decoded, whichever is more (as pages count them):
-        // the work of evaluating an op grows with its document's values, and
-        // 17 `$inc`s on documents of 375,000 numbers, 16 MiB stored, held
-        // every other writer 1.5 s.
+        // what its values take decoded, whichever is more: the work of
+        // evaluating an op grows with its document's values, and 17 `$inc`s
+        // on documents of 375,000 numbers, 16 MiB stored, held every other
+        // writer 1.5 s. Values by their length, not their room, so that a
+        // document counts the same read from storage or copied by an
+        // earlier write of the group (`doc::decoded_len_size`).
         let mut met = 0;
         for (index, op) in commit.ops.iter().enumerate() {
             if commit.ops.len() > 1 {
                 let decoded = group
                     .current(&op.key, &op.id)?
-                    .map_or(0, |doc| crate::doc::decoded_size(&doc.body));
+                    .map_or(0, |doc| crate::doc::decoded_len_size(&doc.body));
                 met += group.current_bytes(&op.key).max(decoded);
                 if met > TX_READ_BYTES_MAX {
                     return Err(Error::LimitExceeded {

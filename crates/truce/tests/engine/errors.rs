@@ -482,26 +482,34 @@ fn a_transactions_documents_are_bounded_whatever_its_ops() {
     assert_eq!(c.get("big0").unwrap().unwrap().body["n"], 1);
 }
 
-/// The documents a transaction's ops meet count what they take decoded
-/// when that is more than their stored bytes: two `$inc`s on documents of
-/// 300,000 small numbers (0.6 MB stored, some 10 MiB decoded each) are
-/// refused whole, while each document alone is still written (17 such ops,
-/// 16 MiB stored, held every other writer 1.5 s).
+/// The documents a transaction's ops meet count what their values take
+/// decoded when that is more than their stored bytes: two `$inc`s on
+/// documents of 300,000 small numbers (0.6 MB stored, some 9.6 MB of
+/// values each) are refused whole, while each alone, or beside a small
+/// document, is still written (17 such ops, 16 MiB stored, held every other
+/// writer 1.5 s). The values count by their length, so that the same
+/// transaction meets the same bytes whether its documents come from
+/// storage or from an earlier write of its group.
 #[test]
 fn a_transaction_meets_its_documents_as_they_take_decoded() {
     let dir = tempfile::tempdir().unwrap();
     let db = open_relaxed(dir.path());
     let c = db.collection("nums").unwrap();
-    let numbers = vec![1; 300_000];
-    let body = json!({"a": numbers, "n": 0});
-    let decoded = truce::doc::decoded_size(body.as_object().unwrap());
-    assert!(
-        2 * decoded > truce::limits::TX_READ_BYTES_MAX && 4 * 700_000 < truce::limits::TX_READ_BYTES_MAX,
-        "{decoded}"
-    );
+    let body = json!({"a": vec![1; 300_000], "n": 0});
     for id in ["a", "b"] {
         assert!(c.put(id, body.clone(), Expect::Absent).unwrap().is_ok());
     }
+    assert!(c.put("small", json!({"n": 0}), Expect::Absent).unwrap().is_ok());
+    let stored = c.get("a").unwrap().unwrap();
+    let decoded = truce::doc::decoded_len_size(&stored.body);
+    assert!(
+        decoded < truce::limits::TX_READ_BYTES_MAX && 2 * decoded > truce::limits::TX_READ_BYTES_MAX,
+        "{decoded}"
+    );
+    assert!(
+        truce::doc::decoded_size(&stored.body) > truce::limits::TX_READ_BYTES_MAX,
+        "by its room, one such document read from storage would be refused alone"
+    );
     let inc = |id: &str| TxOp::Patch {
         collection: "nums".into(),
         id: id.into(),
@@ -514,9 +522,10 @@ fn a_transaction_meets_its_documents_as_they_take_decoded() {
     }
     assert_eq!(c.get("a").unwrap().unwrap().body["n"], 0, "nothing written");
     for id in ["a", "b"] {
-        assert!(db.batch(vec![inc(id)], None).unwrap().is_ok());
+        assert!(db.batch(vec![inc(id), inc("small")], None).unwrap().is_ok());
         assert_eq!(c.get(id).unwrap().unwrap().body["n"], 1);
     }
+    assert_eq!(c.get("small").unwrap().unwrap().body["n"], 2);
 }
 
 /// Polls `done` every 20 ms for up to 5 s: the committer looks at the free
