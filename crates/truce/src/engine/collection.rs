@@ -80,15 +80,15 @@ impl Collection {
         };
         // The revision hash is checked against the body's bytes here.
         let (meta, body) = crate::record::decode_document_meta(id, &stored)?;
+        shared.watermark.wait_for(meta.seq)?;
+        if meta.deleted {
+            return Ok(None);
+        }
         if !doc::is_object_json(body) {
             return Err(crate::storage::StorageError::Corrupt(format!(
                 "document {id:?}: body is not a JSON object"
             ))
             .into());
-        }
-        shared.watermark.wait_for(meta.seq)?;
-        if meta.deleted {
-            return Ok(None);
         }
         let mut out = Vec::new();
         doc::write_stored_json(id, &meta, body, &mut out);
