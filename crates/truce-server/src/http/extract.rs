@@ -568,18 +568,30 @@ impl Standing {
     }
 }
 
-/// The subscription's next page; when the pages being read have no room for
-/// it, read again once some was given back, looked at every
-/// [`PAGES_OVER_BUDGET_RETRY_MS`] or so (jittered, so that waiting readers
-/// do not all try at once; a long poll's timeout still ends the wait, and a
-/// stream is not ended for it).
+/// The subscription's next page, read off the HTTP thread (a page of large
+/// documents took every connection of its thread 100 to 200 ms to decode);
+/// when the pages being read have no room for it, read again once some was
+/// given back, looked at every [`PAGES_OVER_BUDGET_RETRY_MS`] or so
+/// (jittered, so that waiting readers do not all try at once; a long poll's
+/// timeout still ends the wait, and a stream is not ended for it).
 pub async fn next_with_room(
     pages: &truce::budget::Budget,
     sub: &mut truce::Subscription,
 ) -> truce::Result<truce::ChangesPage> {
     loop {
         let given = pages.given();
-        match sub.next().await {
+        // A clone reads, and takes this one's place once it has: dropped
+        // half-way (a long poll's timeout), this one stands where it stood.
+        let mut reader = sub.clone();
+        let (reader, page) = tokio::task::spawn_blocking(move || {
+            let page = reader.poll();
+            (reader, page)
+        })
+        .await
+        .map_err(|e| truce::Error::Unavailable(format!("a feed's page was not read: {e}")))?;
+        *sub = reader;
+        match page {
+            Ok(page) if page.changes.is_empty() => sub.changed().await?,
             Err(truce::Error::PagesOverBudget) => {
                 while pages.given() == given {
                     let wait = rand::random_range(

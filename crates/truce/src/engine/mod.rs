@@ -942,7 +942,9 @@ fn check_position(since: u64, head: u64) -> Result<()> {
 }
 
 /// A live change feed. Each call returns the next changes after the last ones it
-/// returned; a commit is never split or repeated.
+/// returned; a commit is never split or repeated. A clone goes on from where
+/// this one stands, on its own.
+#[derive(Clone)]
 pub struct Subscription {
     db: Db,
     collection: Option<String>,
@@ -985,7 +987,12 @@ impl Subscription {
         self.from
     }
 
-    fn poll_page(&mut self) -> Result<ChangesPage> {
+    /// The next changes there are now, without waiting: an empty page when
+    /// none came. Reads storage and decodes documents: a caller on an async
+    /// runtime's thread that others share runs it on a blocking one (a
+    /// clone, [`poll`](Self::poll)ed there, then put back), and waits with
+    /// [`changed`](Self::changed).
+    pub fn poll(&mut self) -> Result<ChangesPage> {
         let page = self.db.changes_within(
             self.collection.as_deref(),
             (self.since, self.from),
@@ -998,12 +1005,22 @@ impl Subscription {
         Ok(page)
     }
 
+    /// Waits (asynchronously) until a commit after where it stands is
+    /// durable that may hold changes for it (of its collection, or any).
+    pub async fn changed(&self) -> Result<()> {
+        let shared = self.db.shared();
+        shared
+            .watermark
+            .beyond(self.since, self.collection.as_deref())
+            .await
+    }
+
     /// The next changes, waiting up to `timeout` for some; an empty page when
     /// none came.
     pub fn next_timeout(&mut self, timeout: Duration) -> Result<ChangesPage> {
         let deadline = Instant::now() + timeout;
         loop {
-            let page = self.poll_page()?;
+            let page = self.poll()?;
             if !page.changes.is_empty() {
                 return Ok(page);
             }
@@ -1021,13 +1038,11 @@ impl Subscription {
     /// The next changes, waiting (asynchronously) until there are some.
     pub async fn next(&mut self) -> Result<ChangesPage> {
         loop {
-            let page = self.poll_page()?;
+            let page = self.poll()?;
             if !page.changes.is_empty() {
                 return Ok(page);
             }
-            let db = self.db.clone();
-            let collection = self.collection.as_deref();
-            db.shared().watermark.beyond(self.since, collection).await?;
+            self.changed().await?;
         }
     }
 }
