@@ -266,12 +266,7 @@ fn the_feed_of_every_collection_pages_through_the_model_at_any_limit() {
                 let dir = tempfile::tempdir().unwrap();
                 // Room for some 28 documents of a page with their bodies:
                 // pages of larger limits end by it, with a commit.
-                let options = truce::Options {
-                    durability: truce::Durability::Relaxed,
-                    page_memory_bytes: 20_000,
-                    ..truce::Options::default()
-                };
-                let db = truce::Db::open(dir.path(), options).unwrap();
+                let db = crate::open_with_page_memory(dir.path(), 20_000);
                 let collections = ["a", "b", "c", "d"];
                 // (collection, id) → seq of its latest change; and which are live.
                 let mut latest: BTreeMap<(String, String), u64> = BTreeMap::new();
@@ -530,12 +525,7 @@ fn pages_count_what_documents_take_decoded() {
 #[test]
 fn the_pages_being_read_share_their_memory() {
     let dir = tempfile::tempdir().unwrap();
-    let options = truce::Options {
-        durability: truce::Durability::Relaxed,
-        page_memory_bytes: 1_000_000,
-        ..truce::Options::default()
-    };
-    let db = truce::Db::open(dir.path(), options).unwrap();
+    let db = crate::open_with_page_memory(dir.path(), 1_000_000);
     let big = db.collection("big").unwrap();
     let blob = "x".repeat(100_000);
     // Ten documents of a commit each, then one commit of five.

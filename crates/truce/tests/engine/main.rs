@@ -37,6 +37,20 @@ pub fn open_relaxed(dir: &std::path::Path) -> Db {
     .expect("open")
 }
 
+/// [`open_relaxed`], with `bytes` of memory for the pages being read
+/// (`Options::page_memory_bytes`).
+pub fn open_with_page_memory(dir: &std::path::Path, bytes: usize) -> Db {
+    Db::open(
+        dir,
+        Options {
+            durability: Durability::Relaxed,
+            page_memory_bytes: bytes,
+            ..Options::default()
+        },
+    )
+    .expect("open")
+}
+
 /// Parses an update, panicking on a malformed one.
 pub fn update(spec: Value) -> Update {
     Update::parse(&spec).expect("valid update")
