@@ -655,7 +655,7 @@ impl Committer {
             ts_ms: group.ts_ms,
         };
         let mut seen = commit.seen.take();
-        let commit = &*commit;
+        let several = commit.ops.len() > 1;
         let mut conflicts = Vec::new();
         let mut results = Vec::with_capacity(commit.ops.len());
         let mut states = Vec::new();
@@ -671,8 +671,9 @@ impl Committer {
         // document counts the same read from storage or copied by an
         // earlier write of the group (`doc::decoded_len_size`).
         let mut met = 0;
-        for (index, op) in commit.ops.iter().enumerate() {
-            if commit.ops.len() > 1 {
+        // Mutable: a put's body moves into its new state (`evaluate::build`).
+        for (index, op) in commit.ops.iter_mut().enumerate() {
+            if several {
                 let decoded = group
                     .current(&op.key, &op.id)?
                     .map_or(0, |doc| crate::doc::decoded_len_size(&doc.body));
@@ -700,11 +701,11 @@ impl Committer {
                 }
                 (_, current) => current,
             };
-            let outcome = match &op.write {
+            let outcome = match op.write.as_mut() {
                 None => check(op, current).map(|written| (written, None)),
                 Some(write) => {
                     let (answer, state) = evaluate::evaluate(&op.id, write, op.expect, current, &clock, work)
-                        .map_err(|e| if commit.ops.len() > 1 { e.in_op(index) } else { e })?;
+                        .map_err(|e| if several { e.in_op(index) } else { e })?;
                     answer.map(|written| (Some(written), state))
                 }
             };
@@ -731,6 +732,7 @@ impl Committer {
                 Err(conflict) => conflicts.push(op_conflict(index, op, conflict)),
             }
         }
+        let commit = &*commit;
         self.check_unique(group, commit, &states, &mut conflicts)?;
         if !conflicts.is_empty() {
             return Ok(Err(TxFailure::Conflicts(conflicts)));
@@ -1059,8 +1061,8 @@ impl Committer {
                     return Ok(None);
                 }
                 let update = Update::parse(&serde_json::json!({"$set": sums, "$upsert": true}))?;
-                let op = WriteOp::Patch(std::sync::Arc::new(update));
-                Ok(evaluate::evaluate(&id, &op, Expect::Any, current, &clock, &mut Work::unmetered())?.1)
+                let mut op = WriteOp::Patch(std::sync::Arc::new(update));
+                Ok(evaluate::evaluate(&id, &mut op, Expect::Any, current, &clock, &mut Work::unmetered())?.1)
             });
             match state {
                 Ok(Some(state)) => {
@@ -1621,7 +1623,8 @@ pub(crate) fn observe(
 /// shows it writes nothing: a no-op, a skip, or a refused precondition. Tried
 /// for guarded updates (`$if`) and writes with a precondition only. `None`
 /// when it may write (or the document has a change still being synced, or the
-/// write carries an idempotency key): then it goes through the queue as usual.
+/// write carries an idempotency key): then it goes through the queue as usual,
+/// with the state read here for the committer (`Commit::seen`).
 ///
 /// Sound for the same reason as [`settled`]: the answer reads only durable
 /// state, so it linearizes at the read, before any write not yet acknowledged.
@@ -1668,23 +1671,28 @@ pub(crate) fn settle_from_durable(shared: &Shared, commit: &mut Commit) -> Resul
         seq: durable_seq + 1,
         ts_ms: now,
     };
-    let (answer, state) = evaluate::evaluate(
-        &op.id,
+    let decision = evaluate::decide(
         write,
         op.expect,
         expired_view.as_ref().or(current.as_ref()),
         &clock,
         &mut Work::new(),
     )?;
-    let settled = match answer {
-        _ if state.is_some() => None,
-        Ok(written) if matches!(written.effect, Effect::NoOp | Effect::Skipped) => Some(Ok(TxCommitted {
-            seq: durable_seq,
-            results: vec![Some(written)],
-            replayed: false,
-        })),
-        Err(conflict) => Some(Err(TxFailure::Conflicts(vec![op_conflict(0, op, conflict)]))),
-        Ok(_) => None,
+    let settled = match decision {
+        evaluate::Decision::Writes(_) => None,
+        evaluate::Decision::Settled(Ok(written))
+            if matches!(written.effect, Effect::NoOp | Effect::Skipped) =>
+        {
+            Some(Ok(TxCommitted {
+                seq: durable_seq,
+                results: vec![Some(written)],
+                replayed: false,
+            }))
+        }
+        evaluate::Decision::Settled(Err(conflict)) => {
+            Some(Err(TxFailure::Conflicts(vec![op_conflict(0, op, conflict)])))
+        }
+        evaluate::Decision::Settled(Ok(_)) => None,
     };
     if settled.is_none() {
         // It writes: the committer evaluates it again, on this read if nothing

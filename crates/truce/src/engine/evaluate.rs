@@ -44,24 +44,18 @@ pub struct CommitClock {
     pub ts_ms: u64,
 }
 
-fn conflict(reason: ConflictReason, current: Option<&Document>) -> Result<(WriteResult, Option<NewState>)> {
-    Ok((
-        Err(Conflict {
-            reason,
-            current: current.cloned(),
-        }),
-        None,
-    ))
+fn conflict(reason: ConflictReason, current: Option<&Document>) -> Decision {
+    Decision::Settled(Err(Conflict {
+        reason,
+        current: current.cloned(),
+    }))
 }
 
-fn unchanged(current: &Arc<Document>, effect: Effect) -> Result<(WriteResult, Option<NewState>)> {
-    Ok((
-        Ok(Written {
-            doc: Arc::clone(current),
-            effect,
-        }),
-        None,
-    ))
+fn unchanged(current: &Arc<Document>, effect: Effect) -> Decision {
+    Decision::Settled(Ok(Written {
+        doc: Arc::clone(current),
+        effect,
+    }))
 }
 
 /// Checks `expect` against the live document; `None` means it holds.
@@ -76,61 +70,139 @@ fn precondition_fails(expect: Expect, live: Option<&Document>) -> Option<Conflic
     }
 }
 
+/// What a write does to its document, decided before its new state is built
+/// ([`decide`]).
+pub enum Decision {
+    /// It writes nothing: a conflict, a no-op or a skip, answered as it is.
+    Settled(WriteResult),
+    /// It writes this ([`build`] makes the new state).
+    Writes(Change),
+}
+
+/// The content a write that writes leaves.
+pub enum Change {
+    /// The put's own body, whose content hash this is.
+    Put(u128),
+    /// A patch's new body and its canonical encoding.
+    Patched(Body, Vec<u8>),
+    /// A tombstone.
+    Delete,
+}
+
 /// Evaluates one write on `current` (the stored state: live, tombstone or absent).
 ///
 /// Returns the answer and, when the write changes something, the new state to
 /// store. An `Err` is a bad request (an operator's type error, a result too
 /// large, filters that ran out of `work`, which the request's writes share)
-/// and changes nothing.
+/// and changes nothing. A put that writes moves its body and canonical bytes
+/// into the new state ([`build`]): an op is evaluated once.
 pub fn evaluate(
     id: &str,
-    op: &WriteOp,
+    op: &mut WriteOp,
     expect: Expect,
     current: Option<&Arc<Document>>,
     clock: &CommitClock,
     work: &mut Work,
 ) -> Result<(WriteResult, Option<NewState>)> {
+    match decide(op, expect, current, clock, work)? {
+        Decision::Settled(answer) => Ok((answer, None)),
+        Decision::Writes(change) => {
+            let (written, state) = build(id, op, change, current, clock)?;
+            Ok((Ok(written), Some(state)))
+        }
+    }
+}
+
+/// Whether one write on `current` writes, and what: its precondition, its
+/// update operators and no-op detection, without building the new state (a
+/// caller that only needs to know, such as `settle_from_durable`, builds
+/// nothing). Errors as for [`evaluate`].
+pub fn decide(
+    op: &WriteOp,
+    expect: Expect,
+    current: Option<&Arc<Document>>,
+    clock: &CommitClock,
+    work: &mut Work,
+) -> Result<Decision> {
     let live = current.filter(|d| !d.is_deleted());
     if let Some(reason) = precondition_fails(expect, live.map(|d| &**d)) {
-        return conflict(reason, live.map(|d| &**d));
+        return Ok(conflict(reason, live.map(|d| &**d)));
     }
-    let (body, canonical, deleted) = match op {
+    Ok(Decision::Writes(match op {
         WriteOp::Put { body, canonical } => {
+            let hash = doc::content_hash(canonical, false);
+            // The stored revision's hash is of the stored content: a
+            // different hash is a different body without walking either
+            // (a million-value document took milliseconds to compare), and
+            // an equal one is confirmed value by value.
             if let Some(doc) = live
+                && doc.meta.rev.hash == hash
                 && &doc.body == body
             {
-                return unchanged(doc, Effect::NoOp);
+                return Ok(unchanged(doc, Effect::NoOp));
             }
-            (body.clone(), canonical.clone(), false)
+            Change::Put(hash)
         }
         WriteOp::Patch(update) => {
             let body = match live {
-                None if !update.upsert() => return conflict(ConflictReason::NotFound, None),
+                None if !update.upsert() => return Ok(conflict(ConflictReason::NotFound, None)),
                 None => update.apply(None, clock.ts_ms, work)?,
                 Some(doc) => {
                     if let Some(condition) = update.condition()
                         && !condition.matches(&doc.body, clock.ts_ms, work)?
                     {
-                        return match update.on_false() {
+                        return Ok(match update.on_false() {
                             OnFalse::Conflict => conflict(ConflictReason::ConditionFailed, Some(doc)),
                             OnFalse::Skip => unchanged(doc, Effect::Skipped),
-                        };
+                        });
                     }
                     let body = update.apply(Some(&doc.body), clock.ts_ms, work)?;
                     if body == doc.body {
-                        return unchanged(doc, Effect::NoOp);
+                        return Ok(unchanged(doc, Effect::NoOp));
                     }
                     body
                 }
             };
             let canonical = doc::canonical_bytes(&body);
             doc::check_size(canonical.len())?;
-            (body, canonical, false)
+            Change::Patched(body, canonical)
         }
         WriteOp::Delete => match live {
-            None => return conflict(ConflictReason::NotFound, None),
-            Some(_) => (Body::new(), doc::canonical_bytes(&Body::new()), true),
+            None => return Ok(conflict(ConflictReason::NotFound, None)),
+            Some(_) => Change::Delete,
         },
+    }))
+}
+
+/// The new state of a write [`decide`] found writes `change` on `current`,
+/// and its answer. A put's body and canonical bytes are moved out of `op`
+/// into the state, not copied: copying a large put cost the committer as
+/// much again as decoding it.
+pub fn build(
+    id: &str,
+    op: &mut WriteOp,
+    change: Change,
+    current: Option<&Arc<Document>>,
+    clock: &CommitClock,
+) -> Result<(Written, NewState)> {
+    let (body, canonical, hash, deleted) = match change {
+        Change::Put(hash) => match op {
+            WriteOp::Put { body, canonical } => {
+                (std::mem::take(body), std::mem::take(canonical), hash, false)
+            }
+            WriteOp::Patch(_) | WriteOp::Delete => {
+                unreachable!("`decide` answers `Change::Put` for puts only")
+            }
+        },
+        Change::Patched(body, canonical) => {
+            let hash = doc::content_hash(&canonical, false);
+            (body, canonical, hash, false)
+        }
+        Change::Delete => {
+            let canonical = doc::canonical_bytes(&Body::new());
+            let hash = doc::content_hash(&canonical, true);
+            (Body::new(), canonical, hash, true)
+        }
     };
     // A document created over a tombstone continues its version history, so a
     // revision string never names two different states.
@@ -140,7 +212,7 @@ pub fn evaluate(
         )))
     })?;
     let meta = Meta {
-        rev: Rev::compute(version, &canonical, deleted),
+        rev: Rev { version, hash },
         seq: clock.seq,
         ts_ms: clock.ts_ms,
         deleted,
@@ -150,17 +222,17 @@ pub fn evaluate(
         meta,
         body,
     });
-    let effect = match (deleted, live) {
+    let effect = match (deleted, current.filter(|d| !d.is_deleted())) {
         (true, _) => Effect::Deleted,
         (false, None) => Effect::Created,
         (false, Some(_)) => Effect::Updated,
     };
     Ok((
-        Ok(Written {
+        Written {
             doc: Arc::clone(&doc),
             effect,
-        }),
-        Some(NewState { doc, canonical }),
+        },
+        NewState { doc, canonical },
     ))
 }
 
@@ -182,9 +254,9 @@ mod tests {
 
     /// Evaluates the update `spec` on `current` at a fixed commit clock.
     fn patch(spec: serde_json::Value, current: Option<&Arc<Document>>) -> (WriteResult, Option<NewState>) {
-        let op = WriteOp::Patch(Arc::new(Update::parse(&spec).expect("a valid update")));
+        let mut op = WriteOp::Patch(Arc::new(Update::parse(&spec).expect("a valid update")));
         let clock = CommitClock { seq: 7, ts_ms: 1_000 };
-        evaluate("a", &op, Expect::Any, current, &clock, &mut Work::new()).expect("evaluated")
+        evaluate("a", &mut op, Expect::Any, current, &clock, &mut Work::new()).expect("evaluated")
     }
 
     #[test]
@@ -194,6 +266,76 @@ mod tests {
         assert_eq!(written.effect, Effect::Created);
         assert_eq!(written.doc.body["n"], 1);
         assert!(Arc::ptr_eq(&written.doc, &state.doc));
+    }
+
+    /// Evaluates a put of `body` on `current`, returning the op as it is left.
+    fn put(
+        body: serde_json::Value,
+        current: Option<&Arc<Document>>,
+    ) -> (WriteResult, Option<NewState>, WriteOp) {
+        let body = match body {
+            serde_json::Value::Object(body) => body,
+            other => panic!("not an object: {other}"),
+        };
+        let canonical = doc::canonical_bytes(&body);
+        let mut op = WriteOp::Put { body, canonical };
+        let clock = CommitClock { seq: 7, ts_ms: 1_000 };
+        let (answer, state) =
+            evaluate("a", &mut op, Expect::Any, current, &clock, &mut Work::new()).expect("evaluated");
+        (answer, state, op)
+    }
+
+    #[test]
+    fn a_put_that_writes_moves_its_body_into_the_state_and_its_revision_is_of_that_body() {
+        let (answer, state, op) = put(json!({"n": 1, "s": "x"}), None);
+        let state = state.expect("a new state");
+        assert_eq!(answer.expect("no conflict").effect, Effect::Created);
+        assert_eq!(
+            serde_json::Value::Object(state.doc.body.clone()),
+            json!({"n": 1, "s": "x"})
+        );
+        assert_eq!(state.canonical, doc::canonical_bytes(&state.doc.body));
+        assert_eq!(state.doc.meta.rev, Rev::compute(1, &state.canonical, false));
+        match op {
+            WriteOp::Put { body, canonical } => assert!(body.is_empty() && canonical.is_empty()),
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn a_put_of_the_stored_content_is_a_no_op_and_of_any_other_is_not() {
+        let (_, created, _) = put(json!({"n": 1, "s": "x"}), None);
+        let current = created.expect("a new state").doc;
+        // The same content, keys in another order.
+        let (answer, state, _) = put(json!({"s": "x", "n": 1}), Some(&current));
+        assert!(state.is_none());
+        assert_eq!(answer.expect("no conflict").effect, Effect::NoOp);
+        for other in [
+            json!({"n": 1}),
+            json!({"n": 1.5, "s": "x"}),
+            json!({"n": 1, "s": "y"}),
+            json!({}),
+        ] {
+            let (answer, state, _) = put(other.clone(), Some(&current));
+            assert_eq!(answer.expect("no conflict").effect, Effect::Updated, "{other}");
+            let state = state.expect("a new state");
+            assert_eq!(state.doc.version(), 2);
+            assert_eq!(serde_json::Value::Object(state.doc.body.clone()), other);
+        }
+        // Over a tombstone, the same content is a write again, not a no-op.
+        let (_, tombstone) = evaluate(
+            "a",
+            &mut WriteOp::Delete,
+            Expect::Any,
+            Some(&current),
+            &CommitClock { seq: 8, ts_ms: 1_000 },
+            &mut Work::new(),
+        )
+        .expect("evaluated");
+        let tombstone = tombstone.expect("a tombstone").doc;
+        let (answer, state, _) = put(json!({"n": 1, "s": "x"}), Some(&tombstone));
+        assert_eq!(answer.expect("no conflict").effect, Effect::Created);
+        assert_eq!(state.expect("a new state").doc.version(), 3);
     }
 
     #[test]

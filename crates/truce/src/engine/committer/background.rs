@@ -218,7 +218,7 @@ impl Committer {
             let evaluated = group.current(&key, &id).and_then(|current| {
                 evaluate::evaluate(
                     &id,
-                    &WriteOp::Delete,
+                    &mut WriteOp::Delete,
                     Expect::Any,
                     current,
                     &clock,
