@@ -463,7 +463,7 @@ mod tests {
     /// decoding read refuses it, not written out nor a panic.
     #[test]
     fn a_stored_body_that_is_not_an_object_is_corrupt_to_a_json_read() {
-        use crate::storage::{MemoryStorage, Space, Storage, WriteBatch};
+        use crate::storage::MemoryStorage;
         let storage = std::sync::Arc::new(MemoryStorage::new());
         let db = Db::open_with_storage(storage.clone(), Options::default()).unwrap();
         let c = db.collection("c").unwrap();
@@ -471,19 +471,7 @@ mod tests {
             .unwrap()
             .unwrap();
         for body in [&b"[1]"[..], b"", b"{"] {
-            let meta = crate::Meta {
-                rev: crate::Rev::compute(2, body, false),
-                seq: 1,
-                ts_ms: 0,
-                deleted: false,
-            };
-            let mut batch = WriteBatch::default();
-            batch.put(
-                Space::Documents,
-                super::doc_key("c", "d"),
-                crate::record::encode_document(&meta, body),
-            );
-            storage.apply(batch, crate::Durability::Immediate).unwrap();
+            crate::engine::group::tests::forge_body(&storage, "c", "d", body);
             assert!(matches!(c.get_json("d"), Err(Error::Storage(_))), "{body:?}");
             assert!(matches!(c.get("d"), Err(Error::Storage(_))), "{body:?}");
         }

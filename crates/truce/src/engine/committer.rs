@@ -686,27 +686,57 @@ impl Committer {
                 }
             }
             let ttl = self.configs.get(&*op.collection).and_then(|c| c.ttl.as_ref());
+            let indexed = self
+                .indexes
+                .get(&*op.collection)
+                .is_some_and(|defs| !defs.is_empty());
             let now = group.ts_ms;
             // A single write's read by its caller (only those carry one), if
             // it is still the stored state.
             let seen = seen
                 .take()
-                .filter(|seen| self.recent.untouched_since(Space::Documents, &op.key, seen.seq));
-            let current = group.meet(&op.key, &op.id, seen.map(|seen| seen.doc))?;
+                .filter(|seen| self.recent.untouched_since(Space::Documents, &op.key, seen.seq))
+                .map(|seen| seen.doc);
+            let in_op = |e: Error| if several { e.in_op(index) } else { e };
+            // A put or a delete replaces the state whatever its body: it
+            // decodes it only to answer a conflict or to confirm a no-op,
+            // unless its collection has a TTL (is the state expired?) or
+            // indexes (`Group::apply` compares the old entries). Single
+            // writes only: a transaction's ops were measured by their
+            // values above, which decoded them.
+            let lazy = !several
+                && ttl.is_none()
+                && !indexed
+                && matches!(op.write, Some(WriteOp::Put { .. } | WriteOp::Delete));
             let expired_view;
-            let current = match (ttl, current) {
-                (Some(ttl), Some(doc)) if is_expired_for_writers(doc, ttl, now) => {
-                    expired_view = expired_as_deleted(doc);
-                    Some(&expired_view)
+            let (outcome, current) = match op.write.as_mut() {
+                Some(write) if lazy => {
+                    let mut met = group.meet_lazily(&op.key, &op.id, seen)?;
+                    let (answer, state) =
+                        evaluate::evaluate(&op.id, write, op.expect, &mut met, &clock, work)
+                            .map_err(in_op)?;
+                    // Nothing compares the old body: no indexes.
+                    (answer.map(|written| (Some(written), state)), None)
                 }
-                (_, current) => current,
-            };
-            let outcome = match op.write.as_mut() {
-                None => check(op, current).map(|written| (written, None)),
-                Some(write) => {
-                    let (answer, state) = evaluate::evaluate(&op.id, write, op.expect, current, &clock, work)
-                        .map_err(|e| if several { e.in_op(index) } else { e })?;
-                    answer.map(|written| (Some(written), state))
+                write => {
+                    let current = group.meet(&op.key, &op.id, seen)?;
+                    let current = match (ttl, current) {
+                        (Some(ttl), Some(doc)) if is_expired_for_writers(doc, ttl, now) => {
+                            expired_view = expired_as_deleted(doc);
+                            Some(&expired_view)
+                        }
+                        (_, current) => current,
+                    };
+                    let outcome = match write {
+                        None => check(op, current).map(|written| (written, None)),
+                        Some(write) => {
+                            let (answer, state) =
+                                evaluate::evaluate(&op.id, write, op.expect, &mut { current }, &clock, work)
+                                    .map_err(in_op)?;
+                            answer.map(|written| (Some(written), state))
+                        }
+                    };
+                    (outcome, current)
                 }
             };
             match outcome {
@@ -1062,7 +1092,15 @@ impl Committer {
                 }
                 let update = Update::parse(&serde_json::json!({"$set": sums, "$upsert": true}))?;
                 let mut op = WriteOp::Patch(std::sync::Arc::new(update));
-                Ok(evaluate::evaluate(&id, &mut op, Expect::Any, current, &clock, &mut Work::unmetered())?.1)
+                Ok(evaluate::evaluate(
+                    &id,
+                    &mut op,
+                    Expect::Any,
+                    &mut { current },
+                    &clock,
+                    &mut Work::unmetered(),
+                )?
+                .1)
             });
             match state {
                 Ok(Some(state)) => {
@@ -1674,7 +1712,7 @@ pub(crate) fn settle_from_durable(shared: &Shared, commit: &mut Commit) -> Resul
     let decision = evaluate::decide(
         write,
         op.expect,
-        expired_view.as_ref().or(current.as_ref()),
+        &mut expired_view.as_ref().or(current.as_ref()),
         &clock,
         &mut Work::new(),
     )?;

@@ -58,16 +58,42 @@ fn unchanged(current: &Arc<Document>, effect: Effect) -> Decision {
     }))
 }
 
-/// Checks `expect` against the live document; `None` means it holds.
-fn precondition_fails(expect: Expect, live: Option<&Document>) -> Option<ConflictReason> {
+/// Checks `expect` against the live document's metadata; `None` means it holds.
+fn precondition_fails(expect: Expect, live: Option<&Meta>) -> Option<ConflictReason> {
     match (expect, live) {
         (Expect::Any, _) | (Expect::Absent, None) => None,
         (Expect::Absent, Some(_)) => Some(ConflictReason::AlreadyExists),
         (Expect::Version(_) | Expect::Rev(_) | Expect::Exists, None) => Some(ConflictReason::NotFound),
-        (Expect::Version(v), Some(doc)) if doc.version() != v => Some(ConflictReason::VersionMismatch),
-        (Expect::Rev(r), Some(doc)) if doc.rev() != r => Some(ConflictReason::VersionMismatch),
+        (Expect::Version(v), Some(meta)) if meta.rev.version != v => Some(ConflictReason::VersionMismatch),
+        (Expect::Rev(r), Some(meta)) if meta.rev != r => Some(ConflictReason::VersionMismatch),
         (Expect::Version(_) | Expect::Rev(_) | Expect::Exists, Some(_)) => None,
     }
+}
+
+/// The stored state a write meets (live, tombstone or absent): its metadata
+/// at once, the decoded document only when asked, so that a put or a delete
+/// that neither conflicts nor may be a no-op never decodes the state it
+/// replaces (`group::Met`). A state already decoded is one too.
+pub trait Current {
+    /// The state's metadata; `None` when absent.
+    fn meta(&self) -> Option<&Meta>;
+    /// The state, decoded if it was not yet.
+    fn doc(&mut self) -> Result<Option<&Arc<Document>>>;
+}
+
+impl Current for Option<&Arc<Document>> {
+    fn meta(&self) -> Option<&Meta> {
+        self.map(|d| &d.meta)
+    }
+
+    fn doc(&mut self) -> Result<Option<&Arc<Document>>> {
+        Ok(*self)
+    }
+}
+
+/// The live document of `current`, decoded.
+fn live_doc(current: &mut (impl Current + ?Sized)) -> Result<Option<&Arc<Document>>> {
+    Ok(current.doc()?.filter(|d| !d.is_deleted()))
 }
 
 /// What a write does to its document, decided before its new state is built
@@ -100,14 +126,14 @@ pub fn evaluate(
     id: &str,
     op: &mut WriteOp,
     expect: Expect,
-    current: Option<&Arc<Document>>,
+    current: &mut (impl Current + ?Sized),
     clock: &CommitClock,
     work: &mut Work,
 ) -> Result<(WriteResult, Option<NewState>)> {
     match decide(op, expect, current, clock, work)? {
         Decision::Settled(answer) => Ok((answer, None)),
         Decision::Writes(change) => {
-            let (written, state) = build(id, op, change, current, clock)?;
+            let (written, state) = build(id, op, change, current.meta(), clock)?;
             Ok((Ok(written), Some(state)))
         }
     }
@@ -120,23 +146,23 @@ pub fn evaluate(
 pub fn decide(
     op: &WriteOp,
     expect: Expect,
-    current: Option<&Arc<Document>>,
+    current: &mut (impl Current + ?Sized),
     clock: &CommitClock,
     work: &mut Work,
 ) -> Result<Decision> {
-    let live = current.filter(|d| !d.is_deleted());
-    if let Some(reason) = precondition_fails(expect, live.map(|d| &**d)) {
-        return Ok(conflict(reason, live.map(|d| &**d)));
+    let live = current.meta().filter(|m| !m.deleted).copied();
+    if let Some(reason) = precondition_fails(expect, live.as_ref()) {
+        return Ok(conflict(reason, live_doc(current)?.map(|d| &**d)));
     }
     Ok(Decision::Writes(match op {
         WriteOp::Put { body, canonical } => {
             let hash = doc::content_hash(canonical, false);
             // The stored revision's hash is of the stored content: a
-            // different hash is a different body without walking either
-            // (a million-value document took milliseconds to compare), and
-            // an equal one is confirmed value by value.
-            if let Some(doc) = live
-                && doc.meta.rev.hash == hash
+            // different hash is a different body without decoding or
+            // walking either (a million-value document took milliseconds
+            // to compare), and an equal one is confirmed value by value.
+            if live.is_some_and(|m| m.rev.hash == hash)
+                && let Some(doc) = live_doc(current)?
                 && &doc.body == body
             {
                 return Ok(unchanged(doc, Effect::NoOp));
@@ -144,7 +170,7 @@ pub fn decide(
             Change::Put(hash)
         }
         WriteOp::Patch(update) => {
-            let body = match live {
+            let body = match live_doc(current)? {
                 None if !update.upsert() => return Ok(conflict(ConflictReason::NotFound, None)),
                 None => update.apply(None, clock.ts_ms, work)?,
                 Some(doc) => {
@@ -174,15 +200,15 @@ pub fn decide(
     }))
 }
 
-/// The new state of a write [`decide`] found writes `change` on `current`,
-/// and its answer. A put's body and canonical bytes are moved out of `op`
+/// The new state of a write [`decide`] found writes `change` on the state
+/// of metadata `current`, and its answer. A put's body and canonical bytes are moved out of `op`
 /// into the state, not copied: copying a large put cost the committer as
 /// much again as decoding it.
 pub fn build(
     id: &str,
     op: &mut WriteOp,
     change: Change,
-    current: Option<&Arc<Document>>,
+    current: Option<&Meta>,
     clock: &CommitClock,
 ) -> Result<(Written, NewState)> {
     let (body, canonical, hash, deleted) = match change {
@@ -206,11 +232,14 @@ pub fn build(
     };
     // A document created over a tombstone continues its version history, so a
     // revision string never names two different states.
-    let version = current.map_or(0, |d| d.version()).checked_add(1).ok_or_else(|| {
-        Error::Storage(StorageError::Corrupt(format!(
-            "document {id:?}: version at its maximum"
-        )))
-    })?;
+    let version = current
+        .map_or(0, |m| m.rev.version)
+        .checked_add(1)
+        .ok_or_else(|| {
+            Error::Storage(StorageError::Corrupt(format!(
+                "document {id:?}: version at its maximum"
+            )))
+        })?;
     let meta = Meta {
         rev: Rev { version, hash },
         seq: clock.seq,
@@ -222,7 +251,7 @@ pub fn build(
         meta,
         body,
     });
-    let effect = match (deleted, current.filter(|d| !d.is_deleted())) {
+    let effect = match (deleted, current.filter(|m| !m.deleted)) {
         (true, _) => Effect::Deleted,
         (false, None) => Effect::Created,
         (false, Some(_)) => Effect::Updated,
@@ -252,11 +281,18 @@ mod tests {
 
     use super::*;
 
-    /// Evaluates the update `spec` on `current` at a fixed commit clock.
-    fn patch(spec: serde_json::Value, current: Option<&Arc<Document>>) -> (WriteResult, Option<NewState>) {
-        let mut op = WriteOp::Patch(Arc::new(Update::parse(&spec).expect("a valid update")));
+    /// Evaluates `op` on `current`, expecting anything, at commit 7.
+    fn run(op: &mut WriteOp, current: Option<&Arc<Document>>) -> (WriteResult, Option<NewState>) {
         let clock = CommitClock { seq: 7, ts_ms: 1_000 };
-        evaluate("a", &mut op, Expect::Any, current, &clock, &mut Work::new()).expect("evaluated")
+        evaluate("a", op, Expect::Any, &mut { current }, &clock, &mut Work::new()).expect("evaluated")
+    }
+
+    /// Evaluates the update `spec` on `current`.
+    fn patch(spec: serde_json::Value, current: Option<&Arc<Document>>) -> (WriteResult, Option<NewState>) {
+        run(
+            &mut WriteOp::Patch(Arc::new(Update::parse(&spec).expect("a valid update"))),
+            current,
+        )
     }
 
     #[test]
@@ -279,9 +315,7 @@ mod tests {
         };
         let canonical = doc::canonical_bytes(&body);
         let mut op = WriteOp::Put { body, canonical };
-        let clock = CommitClock { seq: 7, ts_ms: 1_000 };
-        let (answer, state) =
-            evaluate("a", &mut op, Expect::Any, current, &clock, &mut Work::new()).expect("evaluated");
+        let (answer, state) = run(&mut op, current);
         (answer, state, op)
     }
 
@@ -323,15 +357,7 @@ mod tests {
             assert_eq!(serde_json::Value::Object(state.doc.body.clone()), other);
         }
         // Over a tombstone, the same content is a write again, not a no-op.
-        let (_, tombstone) = evaluate(
-            "a",
-            &mut WriteOp::Delete,
-            Expect::Any,
-            Some(&current),
-            &CommitClock { seq: 8, ts_ms: 1_000 },
-            &mut Work::new(),
-        )
-        .expect("evaluated");
+        let (_, tombstone) = run(&mut WriteOp::Delete, Some(&current));
         let tombstone = tombstone.expect("a tombstone").doc;
         let (answer, state, _) = put(json!({"n": 1, "s": "x"}), Some(&tombstone));
         assert_eq!(answer.expect("no conflict").effect, Effect::Created);

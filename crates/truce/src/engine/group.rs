@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use foldhash::{HashMap, HashMapExt};
 
-use crate::doc::Document;
+use crate::doc::{Document, Meta};
 use crate::error::Result;
 use crate::index::IndexDef;
 use crate::index::keys::prefix_end;
@@ -20,13 +20,13 @@ use crate::record;
 use crate::storage::{Direction, Space, Storage, WriteBatch};
 
 use super::committer::read_document_sized;
-use super::evaluate::NewState;
+use super::evaluate::{self, NewState};
 use super::tx::changes_key;
 
 /// A document touched by the group.
 struct Slot {
     /// Shared with the answers of the group's writes of it.
-    current: Option<Arc<Document>>,
+    current: Held,
     /// Canonical body bytes of `current` if the group wrote it.
     written: Option<Vec<u8>>,
     /// The sequence number of the stored state (tombstones included) the group
@@ -38,6 +38,68 @@ struct Slot {
     /// Bytes of the collection name at the start of the document key (the
     /// key is `collection 0x00 id`).
     collection_len: usize,
+}
+
+/// A document's state as its slot holds it.
+enum Held {
+    /// Decoded (`None`: absent).
+    Doc(Option<Arc<Document>>),
+    /// Read from storage by [`Group::meet_lazily`] and verified (checksum,
+    /// revision hash), its body not yet decoded: a put or a delete needs only
+    /// the metadata unless it conflicts or may be a no-op, and decoding a
+    /// large document of many small values took the committer tens of
+    /// milliseconds. Decoded the first time anything asks for the document.
+    Record {
+        /// The record's metadata.
+        meta: Meta,
+        /// The whole record; its body starts at `body_at`.
+        record: Vec<u8>,
+        body_at: usize,
+    },
+}
+
+impl Held {
+    /// The metadata of the state, without decoding it.
+    fn meta(&self) -> Option<&Meta> {
+        match self {
+            Held::Doc(doc) => doc.as_deref().map(|d| &d.meta),
+            Held::Record { meta, .. } => Some(meta),
+        }
+    }
+
+    /// The state, decoding it now if it was not yet.
+    fn doc(&mut self, id: &str) -> Result<Option<&Arc<Document>>> {
+        if let Held::Record {
+            meta,
+            record,
+            body_at,
+        } = self
+        {
+            let doc = record::decode_body(id, *meta, &record[*body_at..])?;
+            *self = Held::Doc(Some(Arc::new(doc)));
+        }
+        match self {
+            Held::Doc(doc) => Ok(doc.as_ref()),
+            Held::Record { .. } => unreachable!("decoded just above"),
+        }
+    }
+}
+
+/// A document's stored state met by [`Group::meet_lazily`]: its metadata at
+/// once, the document decoded only if [`evaluate::decide`] asks for it.
+pub struct Met<'s> {
+    held: &'s mut Held,
+    id: &'s str,
+}
+
+impl evaluate::Current for Met<'_> {
+    fn meta(&self) -> Option<&Meta> {
+        self.held.meta()
+    }
+
+    fn doc(&mut self) -> Result<Option<&Arc<Document>>> {
+        self.held.doc(self.id)
+    }
 }
 
 /// The state of one group commit.
@@ -76,9 +138,9 @@ impl<'a> Group<'a> {
     /// The current state of document `key` (tombstones included), read from storage
     /// the first time the group touches it.
     pub fn current(&mut self, key: &[u8], id: &str) -> Result<Option<&Arc<Document>>> {
-        Ok(Self::load(&mut self.slots, self.storage, key, id, None)?
+        Self::load(&mut self.slots, self.storage, key, id, None)?
             .current
-            .as_ref())
+            .doc(id)
     }
 
     /// [`current`](Self::current) for an op of a request, counting the
@@ -94,7 +156,53 @@ impl<'a> Group<'a> {
     ) -> Result<Option<&Arc<Document>>> {
         let slot = Self::load(&mut self.slots, self.storage, key, id, seen)?;
         self.met += slot.written.as_ref().map_or(slot.stored_bytes, Vec::len);
-        Ok(slot.current.as_ref())
+        slot.current.doc(id)
+    }
+
+    /// [`meet`](Self::meet), but a document the group reads from storage
+    /// now is held undecoded until something asks for it (`Held::Record`).
+    /// Only for a write whose new state [`Group::apply`] will not compare
+    /// with the old one: no indexes in its collection.
+    pub fn meet_lazily<'s>(
+        &'s mut self,
+        key: &[u8],
+        id: &'s str,
+        seen: Option<Option<Arc<Document>>>,
+    ) -> Result<Met<'s>> {
+        if seen.is_none() && !self.slots.contains_key(key) {
+            let (held, stored_bytes) = match self.storage.get(Space::Documents, key)? {
+                None => (Held::Doc(None), 0),
+                Some(record) => {
+                    let (meta, body) = record::decode_document_meta(id, &record)?;
+                    let body_at = record.len() - body.len();
+                    let bytes = record.len();
+                    (
+                        Held::Record {
+                            meta,
+                            record,
+                            body_at,
+                        },
+                        bytes,
+                    )
+                }
+            };
+            self.slots.insert(
+                key.to_vec(),
+                Slot {
+                    stored_seq: held.meta().map(|m| m.seq),
+                    current: held,
+                    written: None,
+                    stored_bytes,
+                    collection_len: 0,
+                },
+            );
+        }
+        let slot = Self::load(&mut self.slots, self.storage, key, id, seen)?;
+        self.met += slot.written.as_ref().map_or(slot.stored_bytes, Vec::len);
+        Ok(Met {
+            held: &mut slot.current,
+            id,
+        })
     }
 
     /// The slot of document `key` in `slots`, made the first time the group
@@ -106,7 +214,7 @@ impl<'a> Group<'a> {
         key: &[u8],
         id: &str,
         seen: Option<Option<Arc<Document>>>,
-    ) -> Result<&'s Slot> {
+    ) -> Result<&'s mut Slot> {
         if !slots.contains_key(key) {
             let (stored, stored_bytes) = match seen {
                 Some(stored) => (stored, 0),
@@ -117,13 +225,13 @@ impl<'a> Group<'a> {
             };
             return Ok(slots.entry(key.to_vec()).or_insert_with(|| Slot {
                 stored_seq: stored.as_ref().map(|d| d.meta.seq),
-                current: stored,
+                current: Held::Doc(stored),
                 written: None,
                 stored_bytes,
                 collection_len: 0,
             }));
         }
-        Ok(&slots[key])
+        Ok(slots.get_mut(key).expect("checked just above"))
     }
 
     /// Bytes of the state of document `key` that [`current`](Self::current)
@@ -225,7 +333,17 @@ impl<'a> Group<'a> {
     ) {
         if !indexes.is_empty() {
             let id = &state.doc.id;
-            let previous = self.slots.get(key).and_then(|s| s.current.as_ref());
+            // Decoded: `meet_lazily` is not used where there are indexes, and
+            // every other way the group reads a document decodes it. A
+            // record that verified but does not decode is corrupt storage;
+            // the committer's unwinding marks the database failed.
+            let previous = match self.slots.get_mut(key) {
+                Some(slot) => slot
+                    .current
+                    .doc(id)
+                    .unwrap_or_else(|e| panic!("an index's previous state: {e}")),
+                None => None,
+            };
             let old_live = previous.filter(|d| !d.is_deleted()).map(|d| &d.body);
             let new_live = (!state.doc.is_deleted()).then_some(&state.doc.body);
             let mut index_writes = Vec::new();
@@ -247,7 +365,7 @@ impl<'a> Group<'a> {
         // The group's own map copies the key only for a document new to it.
         match self.slots.get_mut(key) {
             Some(slot) => {
-                slot.current = Some(state.doc);
+                slot.current = Held::Doc(Some(state.doc));
                 slot.written = Some(state.canonical);
                 slot.collection_len = collection.len();
             }
@@ -255,7 +373,7 @@ impl<'a> Group<'a> {
                 self.slots.insert(
                     key.to_vec(),
                     Slot {
-                        current: Some(state.doc),
+                        current: Held::Doc(Some(state.doc)),
                         written: Some(state.canonical),
                         stored_seq: None,
                         stored_bytes: 0,
@@ -286,7 +404,7 @@ impl<'a> Group<'a> {
     pub fn into_batch(self) -> WriteBatch {
         let mut batch = WriteBatch::new();
         for (key, slot) in self.slots {
-            if let (Some(canonical), Some(doc)) = (&slot.written, &slot.current) {
+            if let (Some(canonical), Held::Doc(Some(doc))) = (&slot.written, &slot.current) {
                 let (collection, id) = (&key[..slot.collection_len], &key[slot.collection_len + 1..]);
                 if let Some(old_seq) = slot.stored_seq {
                     batch.remove(Space::Changes, changes_key(collection, old_seq, id));
@@ -310,5 +428,145 @@ impl<'a> Group<'a> {
             }
         }
         batch
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::sync::Arc;
+
+    use serde_json::json;
+
+    use crate::CollectionConfig;
+    use crate::storage::{MemoryStorage, Space, Storage, WriteBatch};
+    use crate::{Db, Durability, Error, Expect, IndexSpec, Options};
+
+    /// Stores, as document `id` of `collection`, a record of `body` whose
+    /// checksum and revision hash hold, whatever `body` is: only a read that
+    /// decodes the body can tell a body that is not an object's JSON.
+    pub(crate) fn forge_body(storage: &MemoryStorage, collection: &str, id: &str, body: &[u8]) {
+        let meta = crate::Meta {
+            rev: crate::Rev::compute(2, body, false),
+            seq: 1,
+            ts_ms: 0,
+            deleted: false,
+        };
+        let mut batch = WriteBatch::default();
+        batch.put(
+            Space::Documents,
+            crate::engine::tx::doc_key(collection, id),
+            crate::record::encode_document(&meta, body),
+        );
+        storage.apply(batch, Durability::Immediate).unwrap();
+    }
+
+    fn forge(storage: &MemoryStorage, collection: &str, id: &str) {
+        forge_body(storage, collection, id, b"{not json");
+    }
+
+    fn corrupt<T: std::fmt::Debug>(result: crate::Result<T>) -> bool {
+        matches!(result, Err(Error::Storage(_)))
+    }
+
+    /// A put or a delete that expects nothing of the state it replaces
+    /// never decodes it (`Held::Record`); one that must answer a conflict,
+    /// or whose collection has indexes or a TTL, or a patch, does.
+    #[test]
+    fn a_put_or_a_delete_replaces_a_state_it_never_decodes() {
+        let storage = Arc::new(MemoryStorage::new());
+        let db = Db::open_with_storage(storage.clone(), Options::default()).unwrap();
+        let plain = db.collection("plain").unwrap();
+
+        forge(&storage, "plain", "p");
+        let written = plain.put("p", json!({"n": 1}), Expect::Any).unwrap().unwrap();
+        assert_eq!(written.doc.version(), 3);
+        assert_eq!(plain.get("p").unwrap().unwrap().body["n"], 1);
+
+        forge(&storage, "plain", "d");
+        let deleted = plain.delete("d", Expect::Any).unwrap().unwrap();
+        assert!(deleted.doc.is_deleted());
+        assert_eq!(deleted.doc.version(), 3);
+
+        // A conflict's answer carries the state: decoded, so refused.
+        forge(&storage, "plain", "absent");
+        assert!(corrupt(plain.put("absent", json!({"n": 1}), Expect::Absent)));
+        forge(&storage, "plain", "stale");
+        assert!(corrupt(plain.put("stale", json!({"n": 1}), Expect::Version(1))));
+        // A patch works on the body.
+        forge(&storage, "plain", "patched");
+        assert!(corrupt(plain.patch(
+            "patched",
+            crate::Update::parse(&json!({"$set": {"n": 1}})).unwrap(),
+            Expect::Any
+        )));
+
+        let indexed = db.collection("indexed").unwrap();
+        indexed
+            .create_index(
+                "by_n",
+                IndexSpec {
+                    fields: vec!["n".into()],
+                    unique: false,
+                },
+            )
+            .unwrap();
+        forge(&storage, "indexed", "i");
+        assert!(corrupt(indexed.put("i", json!({"n": 1}), Expect::Any)));
+
+        let expiring = db.collection("expiring").unwrap();
+        expiring
+            .set_config(CollectionConfig::from_json(&json!({"ttl": {"field": "at", "seconds": 60}})).unwrap())
+            .unwrap();
+        forge(&storage, "expiring", "e");
+        assert!(corrupt(expiring.put("e", json!({"n": 1}), Expect::Any)));
+    }
+
+    /// A document met undecoded is the stored state to the rest of its
+    /// group: its metadata at once, its body decoded when asked (and a
+    /// record that does not decode refused then), and its change-log entry
+    /// replaced when the group writes it.
+    #[test]
+    fn a_document_met_undecoded_is_the_stored_state_to_the_rest_of_its_group() {
+        use crate::engine::evaluate::Current;
+        let storage = Arc::new(MemoryStorage::new());
+        let db = Db::open_with_storage(storage.clone(), Options::default()).unwrap();
+        let c = db.collection("c").unwrap();
+        let stored = c.put("d", json!({"n": 1}), Expect::Absent).unwrap().unwrap().doc;
+        forge(&storage, "c", "forged");
+        drop(db);
+
+        let key = crate::engine::tx::doc_key("c", "d");
+        let mut group = super::Group::new(&*storage, stored.meta.seq, 0);
+        let met = group.meet_lazily(&key, "d", None).unwrap();
+        assert_eq!(met.meta(), Some(&stored.meta));
+        assert!(matches!(met.held, super::Held::Record { .. }));
+        assert_eq!(group.met, group.current_bytes(&key));
+        assert!(group.met > 0);
+        // Met again: still undecoded, and counted again.
+        assert!(matches!(
+            group.meet_lazily(&key, "d", None).unwrap().held,
+            super::Held::Record { .. }
+        ));
+        assert_eq!(group.met, 2 * group.current_bytes(&key));
+        let current = group.current(&key, "d").unwrap().unwrap();
+        assert_eq!(current.body, stored.body);
+        assert_eq!(current.meta, stored.meta);
+        assert!(matches!(group.slots[&key].current, super::Held::Doc(Some(_))));
+
+        let forged = crate::engine::tx::doc_key("c", "forged");
+        assert!(
+            group
+                .meet_lazily(&forged, "forged", None)
+                .unwrap()
+                .meta()
+                .is_some()
+        );
+        assert!(corrupt(group.current(&forged, "forged")));
+
+        // Absent: nothing to decode.
+        let absent = crate::engine::tx::doc_key("c", "absent");
+        let mut met = group.meet_lazily(&absent, "absent", None).unwrap();
+        assert!(met.meta().is_none());
+        assert!(met.doc().unwrap().is_none());
     }
 }

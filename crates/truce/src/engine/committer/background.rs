@@ -220,7 +220,7 @@ impl Committer {
                     &id,
                     &mut WriteOp::Delete,
                     Expect::Any,
-                    current,
+                    &mut { current },
                     &clock,
                     &mut Work::unmetered(),
                 )
