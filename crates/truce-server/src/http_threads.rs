@@ -13,17 +13,17 @@
 //! runtime per HTTP thread").
 //!
 //! The cost is that no thread takes work off a busy one. A connection whose
-//! request keeps its thread's CPU busy (a large body to parse, a TLS
-//! handshake) delays the other connections of that thread; every stream of
+//! request keeps its thread's CPU busy (a TLS handshake, a large answer to
+//! encode) delays the other connections of that thread; every stream of
 //! an HTTP/2 connection runs on its connection's thread, so one HTTP/2
 //! client, or a proxy that funnels its clients through a few connections,
 //! gets at most one thread's CPU (open more connections than threads); and
 //! connections are dealt out in turn whatever they turn out to do, so long
 //! change-feed streams may gather on one thread. The work that can take
-//! long — queries, feed pages asked for at once, counts — runs on the
-//! blocking pool (`spawn_blocking`), of which each runtime has its own
-//! share; the pages of a long poll or stream are read on the HTTP thread
-//! when a commit wakes them (bounded by `--max-concurrent-requests`).
+//! long — queries, feed pages (those of long polls and streams too, when a
+//! commit wakes them), counts, and the parsing of request bodies over 64 KiB
+//! — runs on the blocking pool (`spawn_blocking`), of which each runtime has
+//! its own share.
 
 use std::future::Future;
 use std::time::Duration;
