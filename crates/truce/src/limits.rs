@@ -172,7 +172,10 @@ pub const TX_WRITE_BYTES_MAX: usize = 16 * 1024 * 1024;
 /// state of each op's document, which the committer holds, evaluates and a
 /// `check` or a conflict answers with), each counting its stored bytes or
 /// what its values take decoded (`doc::decoded_len_size`), whichever is
-/// more: a thousand checks of 1 MiB
+/// more — but a put or a delete outside collections with indexes or a TTL
+/// counts its stored bytes only, unless it decodes the document after all
+/// (a conflict's answer, a no-op's confirmation): it replaces the document
+/// without decoding it. A thousand checks of 1 MiB
 /// documents held a gigabyte in the committer and in the answer, and 17
 /// `$inc`s on documents of 375,000 small numbers (16 MiB stored, 255 MiB
 /// decoded) held every other writer 1.5 s.

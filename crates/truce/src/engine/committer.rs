@@ -669,27 +669,41 @@ impl Committer {
         // on documents of 375,000 numbers, 16 MiB stored, held every other
         // writer 1.5 s. Values by their length, not their room, so that a
         // document counts the same read from storage or copied by an
-        // earlier write of the group (`doc::decoded_len_size`).
+        // earlier write of the group (`doc::decoded_len_size`). An op that
+        // meets its document undecoded (`lazy`, below) counts its stored
+        // bytes, and its values too if it decodes them after all.
         let mut met = 0;
+        let measured = |met: &mut usize, more: usize| {
+            *met += more;
+            if *met > TX_READ_BYTES_MAX {
+                return Err(Error::LimitExceeded {
+                    what: "TX_READ_BYTES_MAX",
+                    limit: TX_READ_BYTES_MAX as u64,
+                });
+            }
+            Ok(())
+        };
         // Mutable: a put's body moves into its new state (`evaluate::build`).
         for (index, op) in commit.ops.iter_mut().enumerate() {
-            if several {
-                let decoded = group
-                    .current(&op.key, &op.id)?
-                    .map_or(0, |doc| crate::doc::decoded_len_size(&doc.body));
-                met += group.current_bytes(&op.key).max(decoded);
-                if met > TX_READ_BYTES_MAX {
-                    return Err(Error::LimitExceeded {
-                        what: "TX_READ_BYTES_MAX",
-                        limit: TX_READ_BYTES_MAX as u64,
-                    });
-                }
-            }
             let ttl = self.configs.get(&*op.collection).and_then(|c| c.ttl.as_ref());
             let indexed = self
                 .indexes
                 .get(&*op.collection)
                 .is_some_and(|defs| !defs.is_empty());
+            // A put or a delete replaces the state whatever its body: it
+            // decodes it only to answer a conflict or to confirm a no-op,
+            // unless its collection has a TTL (is the state expired?) or
+            // indexes (`Group::apply` compares the old entries).
+            let lazy =
+                ttl.is_none() && !indexed && matches!(op.write, Some(WriteOp::Put { .. } | WriteOp::Delete));
+            if several && lazy {
+                measured(&mut met, group.stored_bytes_lazily(&op.key, &op.id)?)?;
+            } else if several {
+                let decoded = group
+                    .current(&op.key, &op.id)?
+                    .map_or(0, |doc| crate::doc::decoded_len_size(&doc.body));
+                measured(&mut met, group.current_bytes(&op.key).max(decoded))?;
+            }
             let now = group.ts_ms;
             // A single write's read by its caller (only those carry one), if
             // it is still the stored state.
@@ -698,23 +712,18 @@ impl Committer {
                 .filter(|seen| self.recent.untouched_since(Space::Documents, &op.key, seen.seq))
                 .map(|seen| seen.doc);
             let in_op = |e: Error| if several { e.in_op(index) } else { e };
-            // A put or a delete replaces the state whatever its body: it
-            // decodes it only to answer a conflict or to confirm a no-op,
-            // unless its collection has a TTL (is the state expired?) or
-            // indexes (`Group::apply` compares the old entries). Single
-            // writes only: a transaction's ops were measured by their
-            // values above, which decoded them.
-            let lazy = !several
-                && ttl.is_none()
-                && !indexed
-                && matches!(op.write, Some(WriteOp::Put { .. } | WriteOp::Delete));
             let expired_view;
             let (outcome, current) = match op.write.as_mut() {
                 Some(write) if lazy => {
-                    let mut met = group.meet_lazily(&op.key, &op.id, seen)?;
+                    let mut state_met = group.meet_lazily(&op.key, &op.id, seen)?;
                     let (answer, state) =
-                        evaluate::evaluate(&op.id, write, op.expect, &mut met, &clock, work)
+                        evaluate::evaluate(&op.id, write, op.expect, &mut state_met, &clock, work)
                             .map_err(in_op)?;
+                    if several && let Some(decoded) = state_met.decoded_here() {
+                        // Counted by its stored bytes above; now the larger.
+                        let stored = state_met.stored_bytes();
+                        measured(&mut met, decoded.saturating_sub(stored))?;
+                    }
                     // Nothing compares the old body: no indexes.
                     (answer.map(|written| (Some(written), state)), None)
                 }

@@ -90,6 +90,25 @@ impl Held {
 pub struct Met<'s> {
     held: &'s mut Held,
     id: &'s str,
+    stored_bytes: usize,
+    /// Whether [`doc`](evaluate::Current::doc) decoded the record.
+    decoded: bool,
+}
+
+impl Met<'_> {
+    /// What the document's values take (`doc::decoded_len_size`), if this
+    /// decoded it (a conflict's answer, a no-op's confirmation).
+    pub fn decoded_here(&self) -> Option<usize> {
+        match &*self.held {
+            Held::Doc(Some(doc)) if self.decoded => Some(crate::doc::decoded_len_size(&doc.body)),
+            _ => None,
+        }
+    }
+
+    /// The bytes [`Group::meet_lazily`] counted for it in [`Group::met`].
+    pub fn stored_bytes(&self) -> usize {
+        self.stored_bytes
+    }
 }
 
 impl evaluate::Current for Met<'_> {
@@ -98,6 +117,7 @@ impl evaluate::Current for Met<'_> {
     }
 
     fn doc(&mut self) -> Result<Option<&Arc<Document>>> {
+        self.decoded |= matches!(self.held, Held::Record { .. });
         self.held.doc(self.id)
     }
 }
@@ -169,8 +189,36 @@ impl<'a> Group<'a> {
         id: &'s str,
         seen: Option<Option<Arc<Document>>>,
     ) -> Result<Met<'s>> {
-        if seen.is_none() && !self.slots.contains_key(key) {
-            let (held, stored_bytes) = match self.storage.get(Space::Documents, key)? {
+        let slot = Self::load_lazily(&mut self.slots, self.storage, key, id, seen)?;
+        let stored_bytes = slot.written.as_ref().map_or(slot.stored_bytes, Vec::len);
+        self.met += stored_bytes;
+        Ok(Met {
+            held: &mut slot.current,
+            id,
+            stored_bytes,
+            decoded: false,
+        })
+    }
+
+    /// The bytes of document `key` as [`current_bytes`](Self::current_bytes)
+    /// counts them, its slot made undecoded as by
+    /// [`meet_lazily`](Self::meet_lazily) if the group has none yet.
+    pub fn stored_bytes_lazily(&mut self, key: &[u8], id: &str) -> Result<usize> {
+        Self::load_lazily(&mut self.slots, self.storage, key, id, None)?;
+        Ok(self.current_bytes(key))
+    }
+
+    /// [`load`](Self::load), but a document read from storage now is held
+    /// undecoded (`Held::Record`).
+    fn load_lazily<'s>(
+        slots: &'s mut HashMap<Vec<u8>, Slot>,
+        storage: &dyn Storage,
+        key: &[u8],
+        id: &str,
+        seen: Option<Option<Arc<Document>>>,
+    ) -> Result<&'s mut Slot> {
+        if seen.is_none() && !slots.contains_key(key) {
+            let (held, stored_bytes) = match storage.get(Space::Documents, key)? {
                 None => (Held::Doc(None), 0),
                 Some(record) => {
                     let (meta, body) = record::decode_document_meta(id, &record)?;
@@ -186,7 +234,7 @@ impl<'a> Group<'a> {
                     )
                 }
             };
-            self.slots.insert(
+            slots.insert(
                 key.to_vec(),
                 Slot {
                     stored_seq: held.meta().map(|m| m.seq),
@@ -197,12 +245,7 @@ impl<'a> Group<'a> {
                 },
             );
         }
-        let slot = Self::load(&mut self.slots, self.storage, key, id, seen)?;
-        self.met += slot.written.as_ref().map_or(slot.stored_bytes, Vec::len);
-        Ok(Met {
-            held: &mut slot.current,
-            id,
-        })
+        Self::load(slots, storage, key, id, seen)
     }
 
     /// The slot of document `key` in `slots`, made the first time the group

@@ -526,6 +526,34 @@ fn a_transaction_meets_its_documents_as_they_take_decoded() {
         assert_eq!(c.get(id).unwrap().unwrap().body["n"], 1);
     }
     assert_eq!(c.get("small").unwrap().unwrap().body["n"], 2);
+
+    // Puts replace their documents whatever their values and meet them
+    // undecoded, by their stored bytes: two pass. Two that conflict decode
+    // both documents for their answers and count them so: refused.
+    let put = |id: &str, expect| TxOp::Put {
+        collection: "nums".into(),
+        id: id.into(),
+        body: json!({"a": vec![2; 300_000], "n": 5}),
+        expect,
+    };
+    let stale = vec![put("a", Expect::Version(1)), put("b", Expect::Version(1))];
+    match db.batch(stale, None) {
+        Err(Error::LimitExceeded { what, .. }) => assert_eq!(what, "TX_READ_BYTES_MAX"),
+        other => panic!("expected TX_READ_BYTES_MAX, got {:?}", other.map(|r| r.is_ok())),
+    }
+    let conflicts = db.batch(
+        vec![put("a", Expect::Version(1)), put("small", Expect::Any)],
+        None,
+    );
+    assert!(conflicts.unwrap().is_err(), "one such conflict is answered");
+    assert!(
+        db.batch(vec![put("a", Expect::Any), put("b", Expect::Any)], None)
+            .unwrap()
+            .is_ok()
+    );
+    for id in ["a", "b"] {
+        assert_eq!(c.get(id).unwrap().unwrap().body["n"], 5);
+    }
 }
 
 /// Polls `done` every 20 ms for up to 5 s: the committer looks at the free
