@@ -5,12 +5,11 @@ use std::sync::Arc;
 use axum::Extension;
 use axum::extract::State;
 use axum::http::HeaderMap;
-use axum::response::{IntoResponse, Response};
-use serde_json::{Map, Value, json};
+use axum::response::Response;
+use serde_json::{Map, Value};
 use truce::{Expect, TxFailure, TxOp, Update};
 
 use super::AppState;
-use super::documents::WriteAnswer;
 use super::error::ApiError;
 use super::extract::{
     JsonBody, Params, authorize, expect_from_version, first_unknown, idempotency_key, object, origin_named,
@@ -223,16 +222,8 @@ pub async fn transaction(
         .map_err(name_op)?
     {
         Ok(committed) => {
-            let results: Vec<Value> = committed
-                .results
-                .iter()
-                .map(|r| {
-                    r.as_ref().map_or(Value::Null, |w| {
-                        serde_json::to_value(WriteAnswer::new(w)).unwrap_or_default()
-                    })
-                })
-                .collect();
-            let mut answer = axum::Json(json!({"seq": committed.seq, "results": results})).into_response();
+            let mut answer =
+                super::documents::json_body(|out| super::documents::write_tx_answer(&committed, out));
             if !writes {
                 // Only checks: under memory pressure the answer may be refused.
                 answer.extensions_mut().insert(super::answers::Unwritten);
