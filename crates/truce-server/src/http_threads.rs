@@ -22,8 +22,8 @@
 //! change-feed streams may gather on one thread. The work that can take
 //! long — queries, feed pages (those of long polls and streams too, when a
 //! commit wakes them), counts, and the parsing of request bodies over 64 KiB
-//! — runs on the blocking pool (`spawn_blocking`), of which each runtime has
-//! its own share.
+//! (as many at once as there are HTTP threads) — runs on the blocking pool
+//! (`spawn_blocking`), of which each runtime has its own share.
 
 use std::future::Future;
 use std::time::Duration;
@@ -35,7 +35,7 @@ const HTTP_THREAD_NAME: &str = "truce-http";
 /// Most HTTP threads `--http-threads` accepts.
 pub const HTTP_THREADS_MAX: usize = 256;
 
-/// Blocking-pool threads (queries, feed pages) the HTTP threads may start
+/// Blocking-pool threads (queries, feed pages, large bodies' parsing) the HTTP threads may start
 /// together: tokio's default for one runtime, split between them…
 const BLOCKING_THREADS_MAX: usize = 512;
 

@@ -172,7 +172,7 @@ pub const TX_WRITE_BYTES_MAX: usize = 16 * 1024 * 1024;
 /// state of each op's document, which the committer holds, evaluates and a
 /// `check` or a conflict answers with), each counting its stored bytes or
 /// what its values take decoded (`doc::decoded_len_size`), whichever is
-/// more — but a put or a delete outside collections with indexes or a TTL
+/// more — but a put or a delete outside collections with indexes, counters or a TTL
 /// counts its stored bytes only, unless it decodes the document after all
 /// (a conflict's answer, a no-op's confirmation): it replaces the document
 /// without decoding it. A thousand checks of 1 MiB

@@ -181,21 +181,28 @@ where
             )));
         }
     };
-    if bytes.len() < PARSE_ON_THREAD_BYTES_MAX {
+    if bytes.len() <= PARSE_ON_THREAD_BYTES_MAX {
         return parse_json(&bytes);
     }
     // Each HTTP thread serves its own connections (`http_threads.rs`): a
-    // large body parsed here would hold all of them.
+    // large body parsed here would hold all of them. No more at once than
+    // there are HTTP threads (`AppState::parses`).
+    let unavailable = |e: String| ApiError::Engine(truce::Error::Unavailable(e));
+    let _parsing = state
+        .parses
+        .acquire()
+        .await
+        .map_err(|e| unavailable(e.to_string()))?;
     tokio::task::spawn_blocking(move || parse_json(&bytes))
         .await
-        .map_err(|e| ApiError::Engine(truce::Error::Unavailable(e.to_string())))?
+        .map_err(|e| unavailable(e.to_string()))?
 }
 
 /// Largest request body parsed on the HTTP thread itself; larger ones (a
 /// megabyte of small values takes tens of milliseconds) are parsed in the
 /// blocking pool, so that the thread's other connections are not held.
 /// About half a millisecond of parsing.
-const PARSE_ON_THREAD_BYTES_MAX: usize = 64 * 1024;
+pub const PARSE_ON_THREAD_BYTES_MAX: usize = 64 * 1024;
 
 /// A JSON request body, read by [`read_json`].
 pub struct JsonBody(pub Value);

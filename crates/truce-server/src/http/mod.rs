@@ -61,6 +61,11 @@ pub struct AppState {
     pub answers: Arc<answers::Answers>,
     /// The largest request body (`--max-body-bytes`).
     pub max_body_bytes: usize,
+    /// Request bodies over `extract::PARSE_ON_THREAD_BYTES_MAX` parsed at
+    /// once in the blocking pool: one per HTTP thread, as many as when each
+    /// was parsed on its own HTTP thread (a body's parsed values take many
+    /// times its bytes).
+    pub parses: Arc<Semaphore>,
     /// Memory for request bodies being received (`--body-memory-mib`,
     /// `extract::Receiving`).
     pub bodies: Arc<truce::budget::Budget>,

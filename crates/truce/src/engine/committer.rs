@@ -26,7 +26,7 @@ use crate::update::{Update, Work};
 use super::config::{self, CollectionConfig, CounterMode};
 use super::counters::{self, Increment};
 use super::evaluate::{self, CommitClock, WriteOp};
-use super::group::Group;
+use super::group::{Group, Held, Met};
 use super::insights::{self, Event, Insights, Kind, Target};
 use super::outcome::{Conflict, ConflictReason, Effect, Expect, Written};
 use super::poll::PollWindow;
@@ -692,10 +692,17 @@ impl Committer {
                 .is_some_and(|defs| !defs.is_empty());
             // A put or a delete replaces the state whatever its body: it
             // decodes it only to answer a conflict or to confirm a no-op,
-            // unless its collection has a TTL (is the state expired?) or
-            // indexes (`Group::apply` compares the old entries).
-            let lazy =
-                ttl.is_none() && !indexed && matches!(op.write, Some(WriteOp::Put { .. } | WriteOp::Delete));
+            // unless its collection has a TTL (is the state expired?),
+            // indexes (`Group::apply` compares the old entries) or counters
+            // (`counter_deltas` reads the old values).
+            let counted = self
+                .configs
+                .get(&*op.collection)
+                .is_some_and(|c| !c.counters.is_empty());
+            let lazy = ttl.is_none()
+                && !indexed
+                && !counted
+                && matches!(op.write, Some(WriteOp::Put { .. } | WriteOp::Delete));
             if several && lazy {
                 measured(&mut met, group.stored_bytes_lazily(&op.key, &op.id)?)?;
             } else if several {
@@ -710,7 +717,7 @@ impl Committer {
             let seen = seen
                 .take()
                 .filter(|seen| self.recent.untouched_since(Space::Documents, &op.key, seen.seq))
-                .map(|seen| seen.doc);
+                .map(|seen| seen.held);
             let in_op = |e: Error| if several { e.in_op(index) } else { e };
             let expired_view;
             let (outcome, current) = match op.write.as_mut() {
@@ -719,7 +726,7 @@ impl Committer {
                     let (answer, state) =
                         evaluate::evaluate(&op.id, write, op.expect, &mut state_met, &clock, work)
                             .map_err(in_op)?;
-                    if several && let Some(decoded) = state_met.decoded_here() {
+                    if several && let Some(decoded) = state_met.values_read() {
                         // Counted by its stored bytes above; now the larger.
                         let stored = state_met.stored_bytes();
                         measured(&mut met, decoded.saturating_sub(stored))?;
@@ -1698,8 +1705,10 @@ pub(crate) fn settle_from_durable(shared: &Shared, commit: &mut Commit) -> Resul
         return Ok(None);
     }
     let durable_seq = shared.watermark.durable_seq();
-    let current = read_document(&*shared.storage, &op.key, &op.id)?.map(Arc::new);
-    if current.as_ref().is_some_and(|d| d.meta.seq > durable_seq) {
+    // Undecoded: a put or a delete that neither conflicts nor may be a
+    // no-op needs only the metadata, here as in the committer.
+    let (mut held, _) = Held::read(&*shared.storage, &op.key, &op.id)?;
+    if held.meta().is_some_and(|m| m.seq > durable_seq) {
         return Ok(None);
     }
     let now = now_ms();
@@ -1709,22 +1718,28 @@ pub(crate) fn settle_from_durable(shared: &Shared, commit: &mut Commit) -> Resul
         .unwrap_or_else(|p| p.into_inner())
         .get(&*op.collection)
         .and_then(|c| c.ttl.clone());
-    // As in `commit`: past its TTL, a document is gone for writers too.
-    let expired_view = match (&ttl, &current) {
-        (Some(ttl), Some(doc)) if is_expired_for_writers(doc, ttl, now) => Some(expired_as_deleted(doc)),
-        _ => None,
-    };
     let clock = CommitClock {
         seq: durable_seq + 1,
         ts_ms: now,
     };
-    let decision = evaluate::decide(
-        write,
-        op.expect,
-        &mut expired_view.as_ref().or(current.as_ref()),
-        &clock,
-        &mut Work::new(),
-    )?;
+    let decision = match &ttl {
+        // As in `commit`: past its TTL, a document is gone for writers too.
+        Some(ttl) => {
+            let current = held.doc(&op.id)?;
+            let expired_view = current
+                .filter(|doc| is_expired_for_writers(doc, ttl, now))
+                .map(|doc| expired_as_deleted(doc));
+            let mut current = expired_view.as_ref().or(current);
+            evaluate::decide(write, op.expect, &mut current, &clock, &mut Work::new())?
+        }
+        None => evaluate::decide(
+            write,
+            op.expect,
+            &mut Met::new(&mut held, &op.id),
+            &clock,
+            &mut Work::new(),
+        )?,
+    };
     let settled = match decision {
         evaluate::Decision::Writes(_) => None,
         evaluate::Decision::Settled(Ok(written))
@@ -1746,7 +1761,7 @@ pub(crate) fn settle_from_durable(shared: &Shared, commit: &mut Commit) -> Resul
         // has written the document since.
         commit.seen = Some(Seen {
             seq: durable_seq,
-            doc: current,
+            held,
         });
     }
     Ok(settled)

@@ -1,6 +1,7 @@
 //! One write evaluated against the current state of its document: precondition,
-//! update operators, no-op detection. Pure: the committer supplies the state, the
-//! sequence number and the clock, and stores what comes out.
+//! update operators, no-op detection. No I/O: the committer supplies the state
+//! (read through [`Current`], which may decode it on first need), the sequence
+//! number and the clock, and stores what comes out.
 
 use std::sync::Arc;
 
@@ -20,6 +21,9 @@ pub enum WriteOp {
         /// The new content.
         body: Body,
         /// `doc::canonical_bytes(&body)`.
+        ///
+        /// Both are moved into the new state by `evaluate::build`, which leaves them
+        /// empty: an op is evaluated once.
         canonical: Vec<u8>,
     },
     /// Apply update operators to the latest state.
@@ -91,9 +95,16 @@ impl Current for Option<&Arc<Document>> {
     }
 }
 
-/// The live document of `current`, decoded.
-fn live_doc(current: &mut (impl Current + ?Sized)) -> Result<Option<&Arc<Document>>> {
-    Ok(current.doc()?.filter(|d| !d.is_deleted()))
+/// The live document of `current`, decoded; a tombstone or an absent
+/// document is not decoded (`live`: its live metadata).
+fn live_doc<'c>(
+    current: &'c mut (impl Current + ?Sized),
+    live: Option<&Meta>,
+) -> Result<Option<&'c Arc<Document>>> {
+    match live {
+        Some(_) => Ok(current.doc()?.filter(|d| !d.is_deleted())),
+        None => Ok(None),
+    }
 }
 
 /// What a write does to its document, decided before its new state is built
@@ -152,17 +163,20 @@ pub fn decide(
 ) -> Result<Decision> {
     let live = current.meta().filter(|m| !m.deleted).copied();
     if let Some(reason) = precondition_fails(expect, live.as_ref()) {
-        return Ok(conflict(reason, live_doc(current)?.map(|d| &**d)));
+        return Ok(conflict(reason, live_doc(current, live.as_ref())?.map(|d| &**d)));
     }
     Ok(Decision::Writes(match op {
         WriteOp::Put { body, canonical } => {
             let hash = doc::content_hash(canonical, false);
-            // The stored revision's hash is of the stored content: a
-            // different hash is a different body without decoding or
-            // walking either (a million-value document took milliseconds
-            // to compare), and an equal one is confirmed value by value.
+            // The stored revision's hash is of the stored canonical bytes: a
+            // different hash is different bytes, found without decoding or
+            // walking either (a million-value document took milliseconds to
+            // compare), and an equal one is confirmed value by value. So a
+            // put is a no-op when its canonical bytes are the stored ones: a
+            // `-0.0` over a stored `0.0` writes (a patch's result is
+            // compared by value, and `$set` of `-0.0` there does not).
             if live.is_some_and(|m| m.rev.hash == hash)
-                && let Some(doc) = live_doc(current)?
+                && let Some(doc) = live_doc(current, live.as_ref())?
                 && &doc.body == body
             {
                 return Ok(unchanged(doc, Effect::NoOp));
@@ -170,7 +184,7 @@ pub fn decide(
             Change::Put(hash)
         }
         WriteOp::Patch(update) => {
-            let body = match live_doc(current)? {
+            let body = match live_doc(current, live.as_ref())? {
                 None if !update.upsert() => return Ok(conflict(ConflictReason::NotFound, None)),
                 None => update.apply(None, clock.ts_ms, work)?,
                 Some(doc) => {
@@ -214,6 +228,11 @@ pub fn build(
     let (body, canonical, hash, deleted) = match change {
         Change::Put(hash) => match op {
             WriteOp::Put { body, canonical } => {
+                debug_assert_eq!(
+                    hash,
+                    doc::content_hash(canonical, false),
+                    "`decide` hashed this op"
+                );
                 (std::mem::take(body), std::mem::take(canonical), hash, false)
             }
             WriteOp::Patch(_) | WriteOp::Delete => {
@@ -340,10 +359,14 @@ mod tests {
     fn a_put_of_the_stored_content_is_a_no_op_and_of_any_other_is_not() {
         let (_, created, _) = put(json!({"n": 1, "s": "x"}), None);
         let current = created.expect("a new state").doc;
-        // The same content, keys in another order.
         let (answer, state, _) = put(json!({"s": "x", "n": 1}), Some(&current));
         assert!(state.is_none());
         assert_eq!(answer.expect("no conflict").effect, Effect::NoOp);
+        // Other canonical bytes are a write, even of values that compare
+        // equal (`-0.0` and `0.0`).
+        let (_, zero, _) = put(json!({"z": 0.0}), None);
+        let (answer, _, _) = put(json!({"z": -0.0}), Some(&zero.expect("a new state").doc));
+        assert_eq!(answer.expect("no conflict").effect, Effect::Updated);
         for other in [
             json!({"n": 1}),
             json!({"n": 1.5, "s": "x"}),

@@ -17,9 +17,8 @@ use crate::error::Result;
 use crate::index::IndexDef;
 use crate::index::keys::prefix_end;
 use crate::record;
-use crate::storage::{Direction, Space, Storage, WriteBatch};
+use crate::storage::{Direction, Space, Storage, StorageRead, WriteBatch};
 
-use super::committer::read_document_sized;
 use super::evaluate::{self, NewState};
 use super::tx::changes_key;
 
@@ -40,15 +39,16 @@ struct Slot {
     collection_len: usize,
 }
 
-/// A document's state as its slot holds it.
-enum Held {
+/// A document's state as a group (or a single write's caller, `Seen`)
+/// holds it.
+pub enum Held {
     /// Decoded (`None`: absent).
     Doc(Option<Arc<Document>>),
-    /// Read from storage by [`Group::meet_lazily`] and verified (checksum,
-    /// revision hash), its body not yet decoded: a put or a delete needs only
-    /// the metadata unless it conflicts or may be a no-op, and decoding a
-    /// large document of many small values took the committer tens of
-    /// milliseconds. Decoded the first time anything asks for the document.
+    /// Read from storage and verified (checksum, revision hash), its body
+    /// not yet decoded: a put or a delete needs only the metadata unless it
+    /// conflicts or may be a no-op, and decoding a large document of many
+    /// small values took the committer tens of milliseconds. Decoded the
+    /// first time anything asks for the document.
     Record {
         /// The record's metadata.
         meta: Meta,
@@ -59,8 +59,29 @@ enum Held {
 }
 
 impl Held {
+    /// Document `key`'s stored state, read and verified but not decoded,
+    /// with the bytes of its record.
+    pub fn read(storage: &dyn StorageRead, key: &[u8], id: &str) -> Result<(Held, usize)> {
+        Ok(match storage.get(Space::Documents, key)? {
+            None => (Held::Doc(None), 0),
+            Some(record) => {
+                let (meta, body) = record::decode_document_meta(id, &record)?;
+                let body_at = record.len() - body.len();
+                let bytes = record.len();
+                (
+                    Held::Record {
+                        meta,
+                        record,
+                        body_at,
+                    },
+                    bytes,
+                )
+            }
+        })
+    }
+
     /// The metadata of the state, without decoding it.
-    fn meta(&self) -> Option<&Meta> {
+    pub fn meta(&self) -> Option<&Meta> {
         match self {
             Held::Doc(doc) => doc.as_deref().map(|d| &d.meta),
             Held::Record { meta, .. } => Some(meta),
@@ -68,7 +89,7 @@ impl Held {
     }
 
     /// The state, decoding it now if it was not yet.
-    fn doc(&mut self, id: &str) -> Result<Option<&Arc<Document>>> {
+    pub fn doc(&mut self, id: &str) -> Result<Option<&Arc<Document>>> {
         if let Held::Record {
             meta,
             record,
@@ -91,16 +112,30 @@ pub struct Met<'s> {
     held: &'s mut Held,
     id: &'s str,
     stored_bytes: usize,
-    /// Whether [`doc`](evaluate::Current::doc) decoded the record.
-    decoded: bool,
+    /// Whether [`doc`](evaluate::Current::doc) was asked for (the body
+    /// read, decoded here or before).
+    read: bool,
 }
 
-impl Met<'_> {
-    /// What the document's values take (`doc::decoded_len_size`), if this
-    /// decoded it (a conflict's answer, a no-op's confirmation).
-    pub fn decoded_here(&self) -> Option<usize> {
+impl<'s> Met<'s> {
+    /// `held`, document `id`'s state, as a write meets it outside a group
+    /// (`settle_from_durable`).
+    pub fn new(held: &'s mut Held, id: &'s str) -> Met<'s> {
+        Met {
+            held,
+            id,
+            stored_bytes: 0,
+            read: false,
+        }
+    }
+
+    /// What the document's values take (`doc::decoded_len_size`), if the
+    /// write read its body (a conflict's answer, a no-op's confirmation),
+    /// whether this decoded it or an earlier write of the group had: a
+    /// transaction counts the same whatever came before it.
+    pub fn values_read(&self) -> Option<usize> {
         match &*self.held {
-            Held::Doc(Some(doc)) if self.decoded => Some(crate::doc::decoded_len_size(&doc.body)),
+            Held::Doc(Some(doc)) if self.read => Some(crate::doc::decoded_len_size(&doc.body)),
             _ => None,
         }
     }
@@ -117,7 +152,7 @@ impl evaluate::Current for Met<'_> {
     }
 
     fn doc(&mut self) -> Result<Option<&Arc<Document>>> {
-        self.decoded |= matches!(self.held, Held::Record { .. });
+        self.read = true;
         self.held.doc(self.id)
     }
 }
@@ -168,71 +203,49 @@ impl<'a> Group<'a> {
     /// stored state as its caller read it, unchanged since), the group's own
     /// write if it has one, else that, without reading storage (and with no
     /// size: such a write writes, and its new state counts in `bytes`).
-    pub fn meet(
-        &mut self,
-        key: &[u8],
-        id: &str,
-        seen: Option<Option<Arc<Document>>>,
-    ) -> Result<Option<&Arc<Document>>> {
+    pub fn meet(&mut self, key: &[u8], id: &str, seen: Option<Held>) -> Result<Option<&Arc<Document>>> {
         let slot = Self::load(&mut self.slots, self.storage, key, id, seen)?;
         self.met += slot.written.as_ref().map_or(slot.stored_bytes, Vec::len);
         slot.current.doc(id)
     }
 
-    /// [`meet`](Self::meet), but a document the group reads from storage
-    /// now is held undecoded until something asks for it (`Held::Record`).
-    /// Only for a write whose new state [`Group::apply`] will not compare
-    /// with the old one: no indexes in its collection.
-    pub fn meet_lazily<'s>(
-        &'s mut self,
-        key: &[u8],
-        id: &'s str,
-        seen: Option<Option<Arc<Document>>>,
-    ) -> Result<Met<'s>> {
-        let slot = Self::load_lazily(&mut self.slots, self.storage, key, id, seen)?;
+    /// [`meet`](Self::meet), but the document is not decoded until
+    /// something asks for it (`Held::Record`). Only for a write whose new
+    /// state [`Group::apply`] will not compare with the old one: no indexes
+    /// in its collection.
+    pub fn meet_lazily<'s>(&'s mut self, key: &[u8], id: &'s str, seen: Option<Held>) -> Result<Met<'s>> {
+        let slot = Self::load(&mut self.slots, self.storage, key, id, seen)?;
         let stored_bytes = slot.written.as_ref().map_or(slot.stored_bytes, Vec::len);
         self.met += stored_bytes;
         Ok(Met {
             held: &mut slot.current,
             id,
             stored_bytes,
-            decoded: false,
+            read: false,
         })
     }
 
     /// The bytes of document `key` as [`current_bytes`](Self::current_bytes)
-    /// counts them, its slot made undecoded as by
-    /// [`meet_lazily`](Self::meet_lazily) if the group has none yet.
+    /// counts them, without decoding it.
     pub fn stored_bytes_lazily(&mut self, key: &[u8], id: &str) -> Result<usize> {
-        Self::load_lazily(&mut self.slots, self.storage, key, id, None)?;
+        Self::load(&mut self.slots, self.storage, key, id, None)?;
         Ok(self.current_bytes(key))
     }
 
-    /// [`load`](Self::load), but a document read from storage now is held
-    /// undecoded (`Held::Record`).
-    fn load_lazily<'s>(
+    /// The slot of document `key` in `slots`, made the first time the group
+    /// touches it from `seen` (the stored state as a caller read it) if
+    /// given, else from storage, undecoded ([`Held::read`]).
+    fn load<'s>(
         slots: &'s mut HashMap<Vec<u8>, Slot>,
         storage: &dyn Storage,
         key: &[u8],
         id: &str,
-        seen: Option<Option<Arc<Document>>>,
+        seen: Option<Held>,
     ) -> Result<&'s mut Slot> {
-        if seen.is_none() && !slots.contains_key(key) {
-            let (held, stored_bytes) = match storage.get(Space::Documents, key)? {
-                None => (Held::Doc(None), 0),
-                Some(record) => {
-                    let (meta, body) = record::decode_document_meta(id, &record)?;
-                    let body_at = record.len() - body.len();
-                    let bytes = record.len();
-                    (
-                        Held::Record {
-                            meta,
-                            record,
-                            body_at,
-                        },
-                        bytes,
-                    )
-                }
+        if !slots.contains_key(key) {
+            let (held, stored_bytes) = match seen {
+                Some(held) => (held, 0),
+                None => Held::read(storage, key, id)?,
             };
             slots.insert(
                 key.to_vec(),
@@ -245,36 +258,7 @@ impl<'a> Group<'a> {
                 },
             );
         }
-        Self::load(slots, storage, key, id, seen)
-    }
-
-    /// The slot of document `key` in `slots`, made the first time the group
-    /// touches it from `seen` (the stored state as a caller read it) if
-    /// given, else from storage.
-    fn load<'s>(
-        slots: &'s mut HashMap<Vec<u8>, Slot>,
-        storage: &dyn Storage,
-        key: &[u8],
-        id: &str,
-        seen: Option<Option<Arc<Document>>>,
-    ) -> Result<&'s mut Slot> {
-        if !slots.contains_key(key) {
-            let (stored, stored_bytes) = match seen {
-                Some(stored) => (stored, 0),
-                None => match read_document_sized(storage, key, id)? {
-                    Some((doc, bytes)) => (Some(Arc::new(doc)), bytes),
-                    None => (None, 0),
-                },
-            };
-            return Ok(slots.entry(key.to_vec()).or_insert_with(|| Slot {
-                stored_seq: stored.as_ref().map(|d| d.meta.seq),
-                current: Held::Doc(stored),
-                written: None,
-                stored_bytes,
-                collection_len: 0,
-            }));
-        }
-        Ok(slots.get_mut(key).expect("checked just above"))
+        Ok(slots.get_mut(key).expect("made just above"))
     }
 
     /// Bytes of the state of document `key` that [`current`](Self::current)
@@ -376,10 +360,12 @@ impl<'a> Group<'a> {
     ) {
         if !indexes.is_empty() {
             let id = &state.doc.id;
-            // Decoded: `meet_lazily` is not used where there are indexes, and
-            // every other way the group reads a document decodes it. A
-            // record that verified but does not decode is corrupt storage;
-            // the committer's unwinding marks the database failed.
+            // Decoded: a written document was met first, and only
+            // `meet_lazily` leaves it undecoded, which the committer does
+            // not use where there are indexes (nor `stored_bytes_lazily`,
+            // which only measures). A record that verified but does not
+            // decode is corrupt storage; the committer's unwinding marks
+            // the database failed.
             let previous = match self.slots.get_mut(key) {
                 Some(slot) => slot
                     .current
@@ -530,11 +516,47 @@ pub(crate) mod tests {
         assert!(deleted.doc.is_deleted());
         assert_eq!(deleted.doc.version(), 3);
 
-        // A conflict's answer carries the state: decoded, so refused.
+        // With a precondition that holds: the caller's own read, before the
+        // queue (`settle_from_durable`), is undecoded too, and so is what it
+        // hands the committer (`Seen`).
+        forge(&storage, "plain", "v");
+        let written = plain
+            .put("v", json!({"n": 2}), Expect::Version(2))
+            .unwrap()
+            .unwrap();
+        assert_eq!(written.doc.version(), 3);
+        forge(&storage, "plain", "dv");
+        assert!(
+            plain
+                .delete("dv", Expect::Version(2))
+                .unwrap()
+                .unwrap()
+                .doc
+                .is_deleted()
+        );
+
+        // A conflict's answer carries the state: decoded, so refused, by the
+        // caller's read and by the committer's (a batch is not tried
+        // before the queue).
         forge(&storage, "plain", "absent");
         assert!(corrupt(plain.put("absent", json!({"n": 1}), Expect::Absent)));
         forge(&storage, "plain", "stale");
         assert!(corrupt(plain.put("stale", json!({"n": 1}), Expect::Version(1))));
+        let put = |id: &str, expect| crate::TxOp::Put {
+            collection: "plain".into(),
+            id: id.into(),
+            body: json!({"n": 1}),
+            expect,
+        };
+        for expect in [Expect::Absent, Expect::Version(1)] {
+            assert!(corrupt(db.batch(vec![put("stale", expect)], None)));
+        }
+        forge(&storage, "plain", "queued");
+        assert!(
+            db.batch(vec![put("queued", Expect::Version(2))], None)
+                .unwrap()
+                .is_ok()
+        );
         // A patch works on the body.
         forge(&storage, "plain", "patched");
         assert!(corrupt(plain.patch(
@@ -566,8 +588,7 @@ pub(crate) mod tests {
 
     /// A document met undecoded is the stored state to the rest of its
     /// group: its metadata at once, its body decoded when asked (and a
-    /// record that does not decode refused then), and its change-log entry
-    /// replaced when the group writes it.
+    /// record that does not decode refused then).
     #[test]
     fn a_document_met_undecoded_is_the_stored_state_to_the_rest_of_its_group() {
         use crate::engine::evaluate::Current;

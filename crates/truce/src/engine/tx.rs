@@ -267,12 +267,13 @@ pub struct Commit {
 }
 
 /// A document as storage held it once every commit up to `seq` had been
-/// applied (`None`: absent). The committer uses it in place of its own read if
-/// no commit after `seq` wrote the document (`RecentWrites::untouched_since` in `engine/readset.rs`):
-/// then it is still the stored state.
+/// applied, decoded only if the caller needed its body (`group::Held`). The
+/// committer uses it in place of its own read if no commit after `seq`
+/// wrote the document (`RecentWrites::untouched_since` in
+/// `engine/readset.rs`): then it is still the stored state.
 pub struct Seen {
     pub seq: u64,
-    pub doc: Option<std::sync::Arc<crate::doc::Document>>,
+    pub held: super::group::Held,
 }
 
 /// A committed transaction.

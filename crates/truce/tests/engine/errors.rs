@@ -554,6 +554,27 @@ fn a_transaction_meets_its_documents_as_they_take_decoded() {
     for id in ["a", "b"] {
         assert_eq!(c.get(id).unwrap().unwrap().body["n"], 5);
     }
+
+    // Where a counter reads the old values, the puts count them too.
+    let counted = db.collection("counted").unwrap();
+    let counter = json!({"counters": [{"name": "total", "group_by": "g", "sum": "n",
+        "target": {"c": "totals", "field": "n"}}]});
+    counted
+        .set_config(truce::CollectionConfig::from_json(&counter).unwrap())
+        .unwrap();
+    for id in ["a", "b"] {
+        assert!(counted.put(id, body.clone(), Expect::Absent).unwrap().is_ok());
+    }
+    let put = |id: &str| TxOp::Put {
+        collection: "counted".into(),
+        id: id.into(),
+        body: json!({"a": vec![2; 300_000], "n": 5}),
+        expect: Expect::Any,
+    };
+    match db.batch(vec![put("a"), put("b")], None) {
+        Err(Error::LimitExceeded { what, .. }) => assert_eq!(what, "TX_READ_BYTES_MAX"),
+        other => panic!("expected TX_READ_BYTES_MAX, got {:?}", other.map(|r| r.is_ok())),
+    }
 }
 
 /// Polls `done` every 20 ms for up to 5 s: the committer looks at the free
