@@ -173,9 +173,10 @@ pub const TX_WRITE_BYTES_MAX: usize = 16 * 1024 * 1024;
 /// `check` or a conflict answers with), each counting its stored bytes or
 /// what its values take decoded (`doc::decoded_len_size`), whichever is
 /// more — but a put or a delete outside collections with indexes, counters or a TTL
-/// counts its stored bytes only, unless it decodes the document after all
-/// (a conflict's answer, a no-op's confirmation): it replaces the document
-/// without decoding it. A thousand checks of 1 MiB
+/// counts its stored bytes only, unless it reads the body after all (a
+/// conflict's answer, a no-op's confirmation), whether it decodes it or an
+/// earlier write of the group did: it replaces the document without
+/// decoding it. A thousand checks of 1 MiB
 /// documents held a gigabyte in the committer and in the answer, and 17
 /// `$inc`s on documents of 375,000 small numbers (16 MiB stored, 255 MiB
 /// decoded) held every other writer 1.5 s.

@@ -328,19 +328,9 @@ pub fn read_document(
     key: &[u8],
     id: &str,
 ) -> Result<Option<Document>> {
-    Ok(read_document_sized(storage, key, id)?.map(|(doc, _)| doc))
-}
-
-/// [`read_document`], with the size of its stored record (what a page of
-/// documents counts against `PAGE_BYTES_MAX`).
-pub fn read_document_sized(
-    storage: &dyn crate::storage::StorageRead,
-    key: &[u8],
-    id: &str,
-) -> Result<Option<(Document, usize)>> {
     match storage.get(Space::Documents, key)? {
         None => Ok(None),
-        Some(bytes) => Ok(Some((record::decode_document(id, &bytes)?, bytes.len()))),
+        Some(bytes) => Ok(Some(record::decode_document(id, &bytes)?)),
     }
 }
 
@@ -671,7 +661,9 @@ impl Committer {
         // document counts the same read from storage or copied by an
         // earlier write of the group (`doc::decoded_len_size`). An op that
         // meets its document undecoded (`lazy`, below) counts its stored
-        // bytes, and its values too if it decodes them after all.
+        // bytes, and its values too if it reads its body after all (a
+        // conflict's answer, a no-op's confirmation), decoded by it or
+        // earlier in the group (`Met::values_read`).
         let mut met = 0;
         let measured = |met: &mut usize, more: usize| {
             *met += more;

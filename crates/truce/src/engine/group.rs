@@ -106,8 +106,9 @@ impl Held {
     }
 }
 
-/// A document's stored state met by [`Group::meet_lazily`]: its metadata at
-/// once, the document decoded only if [`evaluate::decide`] asks for it.
+/// A document's stored state met by [`Group::meet_lazily`] (or by a single
+/// write's caller, [`Met::new`]): its metadata at once, the document decoded
+/// only if [`evaluate::decide`] asks for it.
 pub struct Met<'s> {
     held: &'s mut Held,
     id: &'s str,
@@ -211,8 +212,9 @@ impl<'a> Group<'a> {
 
     /// [`meet`](Self::meet), but the document is not decoded until
     /// something asks for it (`Held::Record`). Only for a write whose new
-    /// state [`Group::apply`] will not compare with the old one: no indexes
-    /// in its collection.
+    /// state [`Group::apply`] will not compare with the old one (no indexes
+    /// in its collection); the committer also leaves out collections with a
+    /// TTL or counters, which read the old body anyway.
     pub fn meet_lazily<'s>(&'s mut self, key: &[u8], id: &'s str, seen: Option<Held>) -> Result<Met<'s>> {
         let slot = Self::load(&mut self.slots, self.storage, key, id, seen)?;
         let stored_bytes = slot.written.as_ref().map_or(slot.stored_bytes, Vec::len);
@@ -247,18 +249,15 @@ impl<'a> Group<'a> {
                 Some(held) => (held, 0),
                 None => Held::read(storage, key, id)?,
             };
-            slots.insert(
-                key.to_vec(),
-                Slot {
-                    stored_seq: held.meta().map(|m| m.seq),
-                    current: held,
-                    written: None,
-                    stored_bytes,
-                    collection_len: 0,
-                },
-            );
+            return Ok(slots.entry(key.to_vec()).or_insert(Slot {
+                stored_seq: held.meta().map(|m| m.seq),
+                current: held,
+                written: None,
+                stored_bytes,
+                collection_len: 0,
+            }));
         }
-        Ok(slots.get_mut(key).expect("made just above"))
+        Ok(slots.get_mut(key).expect("checked just above"))
     }
 
     /// Bytes of the state of document `key` that [`current`](Self::current)
@@ -616,6 +615,13 @@ pub(crate) mod tests {
         assert_eq!(current.body, stored.body);
         assert_eq!(current.meta, stored.meta);
         assert!(matches!(group.slots[&key].current, super::Held::Doc(Some(_))));
+        // Met again, decoded before: its values count once its body is
+        // read, as if this had decoded it (`Met::values_read`).
+        let values = crate::doc::decoded_len_size(&stored.body);
+        let mut met = group.meet_lazily(&key, "d", None).unwrap();
+        assert_eq!(met.values_read(), None);
+        met.doc().unwrap();
+        assert_eq!(met.values_read(), Some(values));
 
         let forged = crate::engine::tx::doc_key("c", "forged");
         assert!(

@@ -267,7 +267,8 @@ pub struct Commit {
 }
 
 /// A document as storage held it once every commit up to `seq` had been
-/// applied, decoded only if the caller needed its body (`group::Held`). The
+/// applied, decoded only if the caller needed its body or the collection has
+/// a TTL (is it expired?) (`group::Held`). The
 /// committer uses it in place of its own read if no commit after `seq`
 /// wrote the document (`RecentWrites::untouched_since` in
 /// `engine/readset.rs`): then it is still the stored state.
