@@ -187,19 +187,17 @@ where
     // Each HTTP thread serves its own connections (`http_threads.rs`): a
     // large body parsed here would hold all of them. No more at once than
     // there are HTTP threads (`AppState::parses`).
-    let unavailable = |e: String| ApiError::Engine(truce::Error::Unavailable(e));
     // Owned by the parse, not the request: a request that times out or is
     // dropped leaves its parse running, and the parse holds the permit.
     let parsing = Arc::clone(&state.parses)
         .acquire_owned()
         .await
-        .map_err(|e| unavailable(e.to_string()))?;
-    tokio::task::spawn_blocking(move || {
+        .map_err(|e| ApiError::Engine(truce::Error::Unavailable(e.to_string())))?;
+    super::blocking(move || {
         let _parsing = parsing;
-        parse_json(&bytes)
+        Ok(parse_json(&bytes))
     })
-    .await
-    .map_err(|e| unavailable(e.to_string()))?
+    .await?
 }
 
 /// Largest request body parsed on the HTTP thread itself; larger ones (a

@@ -12,8 +12,9 @@ use crate::index::{IndexDef, IndexSpec};
 use crate::update::Update;
 
 use super::Db;
-use super::committer::{IndexProgress, read_document};
+use super::committer::IndexProgress;
 use super::config::CollectionConfig;
+use super::group::Held;
 use super::outcome::{Expect, WriteResult, Written};
 use super::pending::PendingWrite;
 use super::read::{durable_snapshot, for_each_document, run_query};
@@ -70,20 +71,16 @@ impl Collection {
                 (doc.rev(), out)
             }));
         }
-        doc::validate_id(id)?;
-        let shared = self.db.shared();
-        let Some(stored) = shared
-            .storage
-            .get(crate::storage::Space::Documents, &doc_key(&self.name, id))?
-        else {
-            return Ok(None);
+        // The revision hash was checked against the body's bytes.
+        let (meta, record, body_at) = match self.read_durable(id)? {
+            Held::Record {
+                meta,
+                record,
+                body_at,
+            } if !meta.deleted => (meta, record, body_at),
+            Held::Record { .. } | Held::Doc(_) => return Ok(None),
         };
-        // The revision hash is checked against the body's bytes here.
-        let (meta, body) = crate::record::decode_document_meta(id, &stored)?;
-        shared.watermark.wait_for(meta.seq)?;
-        if meta.deleted {
-            return Ok(None);
-        }
+        let body = &record[body_at..];
         if !doc::is_object_json(body) {
             return Err(crate::storage::StorageError::Corrupt(format!(
                 "document {id:?}: body is not a JSON object"
@@ -93,6 +90,18 @@ impl Collection {
         let mut out = Vec::new();
         doc::write_stored_json(id, &meta, body, &mut out);
         Ok(Some((meta.rev, out)))
+    }
+
+    /// The stored state of `id`, read and verified but not decoded
+    /// ([`Held::read`]), once every commit up to it is durable.
+    fn read_durable(&self, id: &str) -> Result<Held> {
+        doc::validate_id(id)?;
+        let shared = self.db.shared();
+        let (held, _) = Held::read(&*shared.storage, &doc_key(&self.name, id), id)?;
+        if let Some(meta) = held.meta() {
+            shared.watermark.wait_for(meta.seq)?;
+        }
+        Ok(held)
     }
 
     /// The state of `id` as a write meets it: [`get_stored`](Self::get_stored),
@@ -111,13 +120,7 @@ impl Collection {
 
     /// The stored state of `id`, tombstones included.
     pub fn get_stored(&self, id: &str) -> Result<Option<Document>> {
-        doc::validate_id(id)?;
-        let shared = self.db.shared();
-        let stored = read_document(&*shared.storage, &doc_key(&self.name, id), id)?;
-        if let Some(doc) = &stored {
-            shared.watermark.wait_for(doc.meta.seq)?;
-        }
-        Ok(stored)
+        self.read_durable(id)?.into_doc(id)
     }
 
     fn submit(&self, op: TxOp, idempotency_key: Option<&str>) -> Result<PendingWrite> {

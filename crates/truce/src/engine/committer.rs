@@ -677,7 +677,8 @@ impl Committer {
         };
         // Mutable: a put's body moves into its new state (`evaluate::build`).
         for (index, op) in commit.ops.iter_mut().enumerate() {
-            let ttl = self.configs.get(&*op.collection).and_then(|c| c.ttl.as_ref());
+            let config = self.configs.get(&*op.collection);
+            let ttl = config.and_then(|c| c.ttl.as_ref());
             let indexed = self
                 .indexes
                 .get(&*op.collection)
@@ -687,10 +688,7 @@ impl Committer {
             // unless its collection has a TTL (is the state expired?),
             // indexes (`Group::apply` compares the old entries) or counters
             // (`counter_deltas` reads the old values).
-            let counted = self
-                .configs
-                .get(&*op.collection)
-                .is_some_and(|c| !c.counters.is_empty());
+            let counted = config.is_some_and(|c| !c.counters.is_empty());
             let lazy = ttl.is_none()
                 && !indexed
                 && !counted

@@ -88,6 +88,18 @@ impl Held {
         }
     }
 
+    /// The state, decoded, as a document of its own.
+    pub fn into_doc(self, id: &str) -> Result<Option<Document>> {
+        Ok(match self {
+            Held::Doc(doc) => doc.map(Arc::unwrap_or_clone),
+            Held::Record {
+                meta,
+                record,
+                body_at,
+            } => Some(record::decode_body(id, meta, &record[body_at..])?),
+        })
+    }
+
     /// The state, decoding it now if it was not yet.
     pub fn doc(&mut self, id: &str) -> Result<Option<&Arc<Document>>> {
         if let Held::Record {
