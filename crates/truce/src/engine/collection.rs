@@ -319,8 +319,10 @@ impl Collection {
         catalog.get(&*self.name).cloned().unwrap_or_default()
     }
 
-    /// The state of index `name`.
+    /// The state of index `name`: [`Error::InvalidIndex`] for a name no index
+    /// can have, [`Error::NotFound`] for one no index has.
     pub fn index_status(&self, name: &str) -> Result<IndexDef> {
+        crate::index::validate_name(name)?;
         self.indexes()
             .into_iter()
             .find(|d| d.name == name)

@@ -8,7 +8,9 @@ use serde_json::{Map, Value, json};
 
 use crate::doc;
 use crate::error::{Error, Result};
-use crate::limits::{COUNTERS_PER_COLLECTION_MAX, TOMBSTONE_KEEP_SECONDS_MAX, TTL_SECONDS_MAX};
+use crate::limits::{
+    CONFIG_BYTES_MAX, COUNTERS_PER_COLLECTION_MAX, TOMBSTONE_KEEP_SECONDS_MAX, TTL_SECONDS_MAX,
+};
 use crate::update::{Filter, Path};
 
 /// Documents expire `seconds` after the time (ms since the epoch) in `field`.
@@ -352,10 +354,19 @@ impl CollectionConfig {
     /// beyond what a stored configuration is checked for ([`Self::from_json`],
     /// which configurations stored before these rules still pass): a
     /// `group_by`, `sum` or `where` naming a `_` field (bodies have none: the
-    /// counter would count nothing, or a condition be about nothing), and a target in `collection` itself (a target is
-    /// then also a source: deleting it would bring it back as its own count).
+    /// counter would count nothing, or a condition be about nothing), a target in `collection` itself (a target is
+    /// then also a source: deleting it would bring it back as its own count),
+    /// and a configuration whose JSON passes [`CONFIG_BYTES_MAX`] unless it
+    /// is `before` as it was.
     /// A counter as it already is in `before` passes as it is.
     pub fn check_declared(&self, collection: &str, before: &CollectionConfig) -> Result<()> {
+        let json = self.to_json();
+        if json.to_string().len() > CONFIG_BYTES_MAX && json != before.to_json() {
+            return Err(Error::LimitExceeded {
+                what: "CONFIG_BYTES_MAX",
+                limit: CONFIG_BYTES_MAX as u64,
+            });
+        }
         for (index, def) in self.counters.iter().enumerate() {
             if !self.defines_anew(&def.name, before) {
                 continue;
@@ -525,6 +536,38 @@ mod tests {
             assert_eq!(error.code(), "invalid_config", "{config}");
             assert!(error.to_string().contains(says), "{config}: {error}");
         }
+    }
+
+    /// A declaration is bounded by its JSON, whatever holds the bytes; one
+    /// stored as it is passes again.
+    #[test]
+    fn a_declared_configuration_is_bounded() {
+        let with = |filler: usize| {
+            CollectionConfig::from_json(&json!({"ttl": {"field": "t", "seconds": 5},
+                "counters": [{"name": "n", "group_by": "g", "where": {"s": "x".repeat(filler)},
+                              "target": {"c": "metrics", "field": "n"}}]}))
+            .unwrap()
+        };
+        let overhead = with(0).to_json().to_string().len();
+        let largest = with(CONFIG_BYTES_MAX - overhead);
+        assert_eq!(largest.to_json().to_string().len(), CONFIG_BYTES_MAX);
+        let none = CollectionConfig::default();
+        largest.check_declared("c", &none).unwrap();
+        let larger = with(CONFIG_BYTES_MAX - overhead + 1);
+        match larger.check_declared("c", &none) {
+            Err(Error::LimitExceeded { what, limit }) => {
+                assert_eq!((what, limit), ("CONFIG_BYTES_MAX", CONFIG_BYTES_MAX as u64));
+            }
+            other => panic!("{other:?}"),
+        }
+        let long_ttl = CollectionConfig::from_json(
+            &json!({"ttl": {"field": "t".repeat(CONFIG_BYTES_MAX), "seconds": 5}}),
+        )
+        .unwrap();
+        assert!(long_ttl.check_declared("c", &none).is_err());
+        // Stored before the bound: declared again as it is, it passes.
+        larger.check_declared("c", &larger).unwrap();
+        long_ttl.check_declared("c", &long_ttl).unwrap();
     }
 
     #[test]

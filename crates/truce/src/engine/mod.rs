@@ -912,11 +912,9 @@ impl Db {
 
 /// Where a reader's history began: at the snapshot of its first read when it
 /// reads from 0 (it holds nothing yet), else where it says (`from`, which
-/// this database must have given out).
+/// this database must have given out: one past its last commit is refused
+/// even from 0, as a `_pull` checkpoint's is).
 fn reader_start(since: u64, from: Option<u64>, head: u64) -> Result<Option<u64>> {
-    if since == 0 {
-        return Ok(Some(head));
-    }
     if let Some(from) = from
         && from > head
     {
@@ -924,6 +922,9 @@ fn reader_start(since: u64, from: Option<u64>, head: u64) -> Result<Option<u64>>
             "from {from} is past this database's last commit ({head}): it was not given out by this data \
              directory; read the feed again from 0"
         )));
+    }
+    if since == 0 {
+        return Ok(Some(head));
     }
     Ok(from)
 }

@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use crate::doc::{self, Body};
 use crate::error::{Error, Result};
-use crate::limits::{INDEX_FIELDS_MAX, INDEXES_PER_COLLECTION_MAX};
+use crate::limits::{INDEX_FIELD_BYTES_MAX, INDEX_FIELDS_MAX, INDEXES_PER_COLLECTION_MAX};
 use crate::update::Path;
 
 /// What an index is declared as.
@@ -27,11 +27,18 @@ pub struct IndexSpec {
 impl IndexSpec {
     /// Refuses what a new declaration may not say, beyond what a stored one is
     /// checked for ([`IndexDef::new`], which definitions declared before these
-    /// rules still pass when they are read back): a field listed twice, and a
+    /// rules still pass when they are read back): a field listed twice, a
     /// top-level `_` field, which is server metadata that no document body
-    /// holds, so such an index would hold nothing.
+    /// holds, so such an index would hold nothing, and a field path longer
+    /// than [`INDEX_FIELD_BYTES_MAX`].
     pub fn check_declared(&self) -> Result<()> {
         for (i, field) in self.fields.iter().enumerate() {
+            if field.len() > INDEX_FIELD_BYTES_MAX {
+                return Err(Error::LimitExceeded {
+                    what: "INDEX_FIELD_BYTES_MAX",
+                    limit: INDEX_FIELD_BYTES_MAX as u64,
+                });
+            }
             if field.starts_with('_') {
                 return Err(Error::InvalidIndex(format!(
                     "field {field:?}: `_` fields are server metadata, which no index holds \
@@ -283,6 +290,25 @@ mod tests {
             let err = spec(bad).check_declared().unwrap_err();
             assert!(matches!(err, Error::InvalidIndex(_)), "{bad:?}: {err}");
         }
+    }
+
+    #[test]
+    fn a_declared_field_path_is_bounded() {
+        let longest = "é".repeat(INDEX_FIELD_BYTES_MAX / 2);
+        assert!(spec(&["a", &longest]).check_declared().is_ok());
+        let longer = format!("{longest}x");
+        match spec(&["a", &longer]).check_declared() {
+            Err(Error::LimitExceeded { what, limit }) => {
+                assert_eq!(
+                    (what, limit),
+                    ("INDEX_FIELD_BYTES_MAX", INDEX_FIELD_BYTES_MAX as u64)
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // Stored before the bound, such a definition still reads back.
+        let stored = IndexDef::new("c", "long", spec(&[&longer])).unwrap();
+        assert_eq!(IndexDef::from_json(&stored.to_json()).unwrap().spec, stored.spec);
     }
 
     /// A definition stored before `check_declared` existed still reads back.

@@ -281,7 +281,9 @@ impl Ord for ByOrder<'_> {
 }
 
 /// `cur + n` or `cur * n` as MongoDB does it: integers stay integers and must not
-/// overflow i64 (values already beyond i64, up to u64::MAX, may stay there); any
+/// overflow i64 (a stored value already beyond i64, up to u64::MAX, may stay
+/// there; an operand beyond i64 does not take the result there, or `$mul` of 1
+/// by `u64::MAX` would pass where `$inc` of 1 by `i64::MAX` is refused); any
 /// float makes the result a float, which must be finite.
 fn arith(cur: &Number, n: &Number, add: bool, name: &str, path: &Path) -> Result<Number, Error> {
     let overflow = || Error::InvalidOperator(format!("'{name}' at '{path}' overflows ({cur} and {n})"));
@@ -291,7 +293,7 @@ fn arith(cur: &Number, n: &Number, add: bool, name: &str, path: &Path) -> Result
         if let Ok(r) = i64::try_from(r) {
             return Ok(Number::from(r));
         }
-        let beyond_i64 = a > i128::from(i64::MAX) || b > i128::from(i64::MAX);
+        let beyond_i64 = a > i128::from(i64::MAX);
         return match u64::try_from(r) {
             Ok(r) if beyond_i64 => Ok(Number::from(r)),
             _ => Err(overflow()),
@@ -350,6 +352,10 @@ mod tests {
             add(json!(u64::MAX), json!(i64::MIN)).expect("ok"),
             json!(i64::MAX as u64)
         );
+        // An operand beyond i64 leaves the result to i64, as any other.
+        assert!(overflows(add(json!(1), json!(1_u64 << 63))));
+        assert!(overflows(mul(json!(1), json!(u64::MAX))));
+        assert_eq!(add(json!(-1), json!(1_u64 << 63)).expect("ok"), json!(i64::MAX));
     }
 
     #[test]
