@@ -784,6 +784,34 @@ fn queries_indexes_and_collections() {
         q(&format!("index=by_city_age&eq={}&gt=24", enc("[\"rome\"]"))),
         ["p5", "p7", "p9"]
     );
+    // ... and its bounds as API.md gives them: the eq values and one more
+    // (an array read as an array value found nothing, without an error).
+    assert_eq!(
+        q(&format!("index=by_city_age&gt={}", enc("[\"paris\"]"))),
+        ["p1", "p3", "p5", "p7", "p9"]
+    );
+    assert_eq!(
+        q(&format!(
+            "index=by_city_age&eq={}&gte={}&lt={}",
+            enc("[\"rome\"]"),
+            enc("[\"rome\", 23]"),
+            enc("[\"rome\", 27.0]")
+        )),
+        ["p3", "p5"]
+    );
+    for bounds in [
+        format!("gt={}", enc("[\"rome\", 24]")),
+        format!("eq={}&gt={}", enc("[\"rome\"]"), enc("[\"paris\", 24]")),
+        format!("eq={}&gt={}", enc("[\"rome\"]"), enc("[24]")),
+        format!("lte={}", enc("[]")),
+    ] {
+        let refused = api.get(&format!("/v1/c/people?index=by_city_age&{bounds}"));
+        let message = refused.error(400, "invalid_query")["message"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(message.contains("eq values"), "{bounds}: {message}");
+    }
 
     // A one-field index's eq is the value itself, an array too.
     api.put("/v1/c/tagged/t1", json!({"tags": [0, "x"]})).ok(201);
@@ -1095,6 +1123,25 @@ fn replication_push_edges() {
     assert_eq!(api.get("/v1/c/rx/m3").ok(200)["v"], 1);
     // A body of another shape than an array of rows.
     push(json!({"assumedMasterState": null})).error(400, "invalid_transaction");
+    // An id no URL could name is refused with its row named.
+    let dots = push(json!([{"assumedMasterState": null, "newDocumentState": {"id": "..", "v": 1}}]));
+    let message = dots.error(400, "invalid_id")["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(message.contains("row 0: \"..\""), "{message}");
+    // A misspelt assumedMasterState was read as absent: an insert.
+    let misspelt =
+        push(json!([{"assumedMasterStat": {"id": "m3", "v": 1}, "newDocumentState": {"id": "m3", "v": 2}}]));
+    assert!(
+        misspelt.error(400, "invalid_transaction")["message"]
+            .as_str()
+            .unwrap()
+            .contains("row 0: \"assumedMasterStat\""),
+        "{}",
+        misspelt.text
+    );
+    assert_eq!(api.get("/v1/c/rx/m3").ok(200)["v"], 1);
     // Attachments would be dropped, not stored: refused, as on /couch.
     push(json!([{"assumedMasterState": null,
                  "newDocumentState": {"id": "att", "_attachments": {"f": {"data": "aGk="}}}}]))
@@ -1293,6 +1340,11 @@ fn couch_writes_refuse_what_they_cannot_keep() {
             json!([{"_id": "first"}, {"_id": "c", "_foo": 1}]),
             "doc_validation",
         ),
+        // Read as false, `"yes"` wrote a live document for a delete.
+        (
+            json!([{"_id": "first"}, {"_id": "g", "_deleted": "yes"}]),
+            "bad_request",
+        ),
     ] {
         let answer = bulk(docs);
         assert_eq!(answer.status, 400, "{}", answer.text);
@@ -1305,6 +1357,25 @@ fn couch_writes_refuse_what_they_cannot_keep() {
     }
     let answer = api.put("/couch/cb/e", json!({"_attachments": attachment}));
     assert_eq!(answer.status, 400, "{}", answer.text);
+    let answer = api.put("/couch/cb/e", json!({"_deleted": 1}));
+    assert_eq!(
+        (answer.status, &answer.json["error"]),
+        (400, &json!("bad_request")),
+        "{}",
+        answer.text
+    );
+    // `new_edits` of another type was read as true.
+    let answer = api.post(
+        "/couch/cb/_bulk_docs",
+        json!({"docs": [{"_id": "first"}], "new_edits": "no"}),
+    );
+    assert_eq!(
+        (answer.status, &answer.json["error"]),
+        (400, &json!("bad_request")),
+        "{}",
+        answer.text
+    );
+    assert_eq!(api.get("/v1/c/cb/first").status, 404);
     // CouchDB's own fields, and no attachments, are fine.
     let answer = bulk(json!([{"_id": "ok", "_attachments": {}, "_conflicts": [], "n": 1}]));
     assert_eq!(answer.ok(201)[0]["ok"], true, "{}", answer.text);
@@ -2203,6 +2274,13 @@ fn a_feed_position_past_the_last_commit_is_refused() {
             .error(400, "invalid_query");
         api.get(&format!("/v1/_changes?feed={feed}&since={past}"))
             .error(400, "invalid_query");
+        // Where a reader's history began, likewise, read from 0 or not.
+        for since in [0, head] {
+            api.get(&format!(
+                "/v1/c/ahead/_changes?feed={feed}&since={since}&from={past}"
+            ))
+            .error(400, "invalid_query");
+        }
     }
     api.get_h(
         "/v1/c/ahead/_changes?feed=sse&since=0",
@@ -2523,6 +2601,7 @@ fn every_documented_error_code_is_produced() {
     record(&api.put("/v1/c/e/_indexes/bad", json!({"fields": 1})));
     record(&api.put("/v1/c/e/_config", json!({"ttl": {"field": "t", "seconds": 0}})));
     record(&api.get("/v1/c/e?order=sideways"));
+    record(&api.get_h("/v1/c/e/doc", &[("Host", "localhost"), ("Host", "localhost")]));
     // 404, 405, 409, 422, 428.
     record(&api.get("/no/such/route"));
     let wrong_method = api.call(Method::POST, "/v1/c/e/doc", &[], Some("{}".into()));

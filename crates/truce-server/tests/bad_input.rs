@@ -145,6 +145,42 @@ fn cases() -> Vec<Case> {
     vec![
         // Bodies that are not JSON, or not the JSON asked for.
         case("invalid JSON", put("/v1/c/t/a", "not json"), 400, "invalid_json"),
+        // The body's framing, not its JSON: a chunk's size that is not hex.
+        case(
+            "a malformed chunk of a document's body",
+            b"PUT /v1/c/t/chunky HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
+              Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n"
+                .to_vec(),
+            400,
+            "invalid_request",
+        ),
+        case(
+            "a malformed chunk of a transaction's body",
+            b"POST /v1/tx HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
+              Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n"
+                .to_vec(),
+            400,
+            "invalid_request",
+        ),
+        // RFC 9112, §3.2: a request names its host once.
+        case(
+            "Host sent twice",
+            request("GET", "/v1/c/t/a", &[("Host", b"localhost")], b""),
+            400,
+            "invalid_request",
+        ),
+        case(
+            "Host sent twice, on a document write",
+            request("PUT", "/v1/c/t/a", &[("Host", b"localhost")], b"{}"),
+            400,
+            "invalid_request",
+        ),
+        case(
+            "an HTTP/1.1 request without Host",
+            b"GET /v1/c/t/a HTTP/1.1\r\nConnection: close\r\n\r\n".to_vec(),
+            400,
+            "invalid_request",
+        ),
         case(
             "truncated JSON",
             put("/v1/c/t/a", r#"{"a": [1, 2"#),
@@ -323,6 +359,17 @@ fn cases() -> Vec<Case> {
             400,
             "invalid_collection",
         ),
+        // Kept as it is, `a%zz` named the document `a%25zz` names.
+        case("an id with a malformed escape", put("/v1/c/t/a%zz", "{}"), 400, "invalid_id"),
+        case("an id ending in a bare %", get("/v1/c/t/a%"), 400, "invalid_id"),
+        case("an id ending in half an escape", request("DELETE", "/v1/c/t/a%2", &[], b""), 400, "invalid_id"),
+        case(
+            "an index name with a malformed escape",
+            put("/v1/c/t/_indexes/a%g1", r#"{"fields": ["k"]}"#),
+            400,
+            "invalid_index",
+        ),
+        case("a collection name with a malformed escape", get("/v1/c/t%/a"), 400, "invalid_collection"),
         case("id starting with _", get("/v1/c/t/_secret"), 400, "invalid_id"),
         // URL resolution removes these segments, so no URL could name such a
         // document again: no write makes one.
@@ -744,11 +791,43 @@ fn cases() -> Vec<Case> {
             413,
             "limit_exceeded",
         ),
-        // A misspelt query parameter would answer as if it were absent.
-        case("a feed with since misspelt", get("/v1/c/t/_changes?sinse=5"), 400, "invalid_query"),
+        // A declaration stays in memory while it stands: its bytes are bounded.
+        case(
+            "an index on a field path past INDEX_FIELD_BYTES_MAX",
+            put(
+                "/v1/c/t/_indexes/long",
+                format!(r#"{{"fields": ["{}"]}}"#, "f".repeat(truce::limits::INDEX_FIELD_BYTES_MAX + 1)),
+            ),
+            413,
+            "limit_exceeded",
+        ),
+        case(
+            "a configuration past CONFIG_BYTES_MAX",
+            put(
+                "/v1/c/t/_config",
+                format!(
+                    r#"{{"counters": [{{"name": "n", "group_by": "g", "where": {{"s": "{}"}}, "target": {{"c": "u", "field": "n"}}}}]}}"#,
+                    "x".repeat(truce::limits::CONFIG_BYTES_MAX)
+                ),
+            ),
+            413,
+            "limit_exceeded",
+        ),
+        // A misspelt query parameter would answer as if it were absent. get("/v1/c/t/_changes?sinse=5"), 400, "invalid_query"),
         case("the global feed with an unknown parameter", get("/v1/_changes?style=all_docs"), 400, "invalid_query"),
         case("a parameter given twice", get("/v1/c/t?limit=2&limit=3"), 400, "invalid_query"),
         case("a feed parameter given twice", get("/v1/_changes?since=0&since=5"), 400, "invalid_query"),
+        case(
+            "a stream's Last-Event-ID given twice",
+            request(
+                "GET",
+                "/v1/c/t/_changes?feed=sse",
+                &[("Last-Event-ID", b"0"), ("Last-Event-ID", b"1")],
+                b"",
+            ),
+            400,
+            "invalid_query",
+        ),
         case("a query with where=", get("/v1/c/t?where=x"), 400, "invalid_query"),
         case("insights with window misspelt", get("/v1/insights?windw=5"), 400, "invalid_query"),
         case("a document read with ?rev=", get("/v1/c/t/s?rev=1-00000000000000000000000000000000"), 400, "invalid_query"),
@@ -1342,6 +1421,43 @@ fn a_stalled_body_is_the_clients_timeout() {
     let absent = send_raw(addr, &get("/v1/c/t/stalled")).unwrap();
     assert_eq!(absent.status, 404, "{}", absent.text);
     assert_serving(addr, "after-stalled-bodies");
+}
+
+/// A body still arriving when the request timeout passes is the client's
+/// doing too: 408, nothing written (it was 503 `timeout`, "a write may still
+/// commit", and logged as the server's failure).
+#[test]
+fn a_body_slower_than_the_request_timeout_is_the_clients_timeout() {
+    let server = Server::start_with(&["--request-timeout-ms", "1500"]);
+    let addr = server.addr;
+    // A byte every 300 ms, never 10 s without one, but 3 s in all.
+    let body = br#"{"slow": 1}"#;
+    let head = format!(
+        "PUT /v1/c/t/trickled HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream.write_all(head.as_bytes()).expect("headers");
+    for byte in body {
+        std::thread::sleep(Duration::from_millis(300));
+        // The answer may come, and the connection close, before the last bytes.
+        if stream.write_all(&[*byte]).is_err() {
+            break;
+        }
+    }
+    stream
+        .set_read_timeout(Some(ANSWER_TIMEOUT))
+        .expect("a read timeout");
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:.400}");
+    assert!(
+        answer.contains("\"request_timeout\"") && answer.contains("had not all arrived after 1500 ms"),
+        "{answer:.400}"
+    );
+    let absent = send_raw(addr, &get("/v1/c/t/trickled")).unwrap();
+    assert_eq!(absent.status, 404, "{}", absent.text);
 }
 
 /// Raises this process's soft limit of open files to at least `wanted` (and

@@ -110,21 +110,18 @@ struct FeedRequest {
 /// The `Last-Event-ID` a reconnecting `EventSource` sends: the `id:` of the
 /// last event it received, which this feed sets to the `seq` of a commit whose
 /// every change it has sent. `None` when absent.
+/// Sent twice, it is refused: whichever were taken, the other position may
+/// be the reader's.
 fn last_event_id(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
-    let Some(value) = headers.get(LAST_EVENT_ID) else {
+    let Some(value) = super::extract::single_header(headers, &LAST_EVENT_ID, "invalid_query")? else {
         return Ok(None);
     };
-    value
-        .to_str()
-        .ok()
-        .and_then(|text| text.trim().parse::<u64>().ok())
-        .map(Some)
-        .ok_or_else(|| {
-            ApiError::BadRequest(
-                "invalid_query",
-                "Last-Event-ID must be the id of an event this feed sent (a sequence number)".into(),
-            )
-        })
+    value.trim().parse::<u64>().ok().map(Some).ok_or_else(|| {
+        ApiError::BadRequest(
+            "invalid_query",
+            "Last-Event-ID must be the id of an event this feed sent (a sequence number)".into(),
+        )
+    })
 }
 
 fn feed_request(

@@ -17,7 +17,7 @@
 
 use std::time::Duration;
 
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Uri, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Uri, Version, header};
 use tower::Layer;
 use tower_http::cors::{AllowOrigin, Cors, CorsLayer};
 
@@ -68,6 +68,24 @@ pub fn cross_origin_write(allowed: &[String], method: &Method, headers: &HeaderM
     )))
 }
 
+/// The refusal of a request that does not name its host once, as RFC 9112
+/// (§3.2) has a server refuse it: `Host` sent twice (which of them a
+/// request is addressed to would depend on who reads it), or an HTTP/1.1
+/// request in origin form without one. An HTTP/1.0 request may name none,
+/// and in HTTP/2 and in absolute form (`GET http://host/path`) the target
+/// names it.
+pub fn host_refusal(version: Version, uri: &Uri, headers: &HeaderMap) -> Option<ApiError> {
+    let mut hosts = headers.get_all(header::HOST).iter();
+    let refuse = |why: &str| Some(ApiError::BadRequest("invalid_request", why.into()));
+    match (hosts.next(), hosts.next()) {
+        (Some(_), Some(_)) => refuse("Host is sent twice; a request names one host"),
+        (None, _) if version == Version::HTTP_11 && uri.authority().is_none() => {
+            refuse("an HTTP/1.1 request names its host in Host")
+        }
+        _ => None,
+    }
+}
+
 /// On a server without API keys (which listens on loopback), the refusal of
 /// a request addressed to it by a name that is not a loopback one (`Host`,
 /// or in HTTP/2 the request's authority): a web page whose own name an
@@ -76,9 +94,12 @@ pub fn cross_origin_write(allowed: &[String], method: &Method, headers: &HeaderM
 /// `localhost`, `127.x.x.x` and `[::1]`, with any port, and for a request
 /// naming no host (browsers always name one).
 pub fn rebound(uri: &Uri, headers: &HeaderMap) -> Option<ApiError> {
-    let host = match headers.get(header::HOST) {
-        Some(value) => value.to_str().unwrap_or("?"),
-        None => uri.authority()?.as_str(),
+    // In absolute form the target's authority is the host, whatever `Host`
+    // says (RFC 9112, §3.2.2).
+    let host = match (uri.authority(), headers.get(header::HOST)) {
+        (Some(authority), _) => authority.as_str(),
+        (None, Some(value)) => value.to_str().unwrap_or("?"),
+        (None, None) => return None,
     };
     let name = split_authority(host).map_or("", |(name, _)| name);
     let loopback = name.eq_ignore_ascii_case("localhost")
@@ -274,6 +295,33 @@ mod tests {
             rebound(&uri, &HeaderMap::new()).is_none(),
             "no name at all: not a browser"
         );
+        // In absolute form the target names the host, whatever Host says.
+        assert!(
+            rebound(
+                &Uri::from_static("http://attacker.example/v1/tx"),
+                &headers(&[("host", "localhost")])
+            )
+            .is_some()
+        );
+    }
+
+    /// RFC 9112, §3.2: one Host, and an HTTP/1.1 request in origin form has one.
+    #[test]
+    fn a_request_names_its_host_once() {
+        let origin_form = Uri::from_static("/v1/tx");
+        let absolute = Uri::from_static("http://localhost/v1/tx");
+        let one = headers(&[("host", "localhost")]);
+        let mut two = one.clone();
+        two.append(header::HOST, HeaderValue::from_static("localhost"));
+        let none = HeaderMap::new();
+        let refused = |version, uri: &Uri, headers: &HeaderMap| host_refusal(version, uri, headers).is_some();
+        assert!(!refused(Version::HTTP_11, &origin_form, &one));
+        assert!(refused(Version::HTTP_11, &origin_form, &two));
+        assert!(refused(Version::HTTP_2, &absolute, &two));
+        assert!(refused(Version::HTTP_11, &origin_form, &none));
+        assert!(!refused(Version::HTTP_10, &origin_form, &none));
+        assert!(!refused(Version::HTTP_11, &absolute, &none));
+        assert!(!refused(Version::HTTP_2, &absolute, &none));
     }
 
     #[test]

@@ -168,7 +168,13 @@ const COUCH_SPECIAL_FIELDS: [&str; 7] = [
 /// revision", none means create (also over a tombstone); `_deleted` deletes.
 fn couch_write(coll: &str, id: &str, mut doc: Map<String, Value>) -> Result<TxOp, CouchError> {
     let rev = doc.remove("_rev");
-    let deleted = doc.remove("_deleted").and_then(|d| d.as_bool()).unwrap_or(false);
+    // Anything but a boolean is refused, as CouchDB refuses it: `"yes"` read
+    // as false wrote a live document where the client meant a delete.
+    let deleted = match doc.remove("_deleted") {
+        None => false,
+        Some(Value::Bool(deleted)) => deleted,
+        Some(_) => return Err(CouchError::bad_request("_deleted is true or false")),
+    };
     let expect = match rev {
         // `0-0` is the revision a delete of a document that never existed
         // answers (`NO_REVISION`): nothing is there, as without `_rev`.
@@ -712,10 +718,14 @@ pub async fn bulk_docs(
     JsonBody(body): JsonBody,
 ) -> CouchResult {
     authorize(&who, Role::Write, Some(&coll))?;
-    if body.get("new_edits") == Some(&Value::Bool(false)) {
-        return Err(CouchError::bad_request(
-            "new_edits=false (client-assigned revisions) is not supported: Truce keeps one linear history",
-        ));
+    match body.get("new_edits") {
+        None | Some(Value::Bool(true)) => {}
+        Some(Value::Bool(false)) => {
+            return Err(CouchError::bad_request(
+                "new_edits=false (client-assigned revisions) is not supported: Truce keeps one linear history",
+            ));
+        }
+        Some(_) => return Err(CouchError::bad_request("new_edits is true or false")),
     }
     let Some(Value::Array(docs)) = body.get("docs") else {
         return Err(CouchError::bad_request("`docs` must be an array"));

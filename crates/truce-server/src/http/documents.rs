@@ -205,7 +205,7 @@ pub(super) fn read(call: DocumentCall<'_>) -> Result<Response, ApiError> {
         .db
         .collection(&call.coll)?
         .get_json(&call.id)?
-        .ok_or_else(|| ApiError::NotFound(format!("{}/{}", call.coll, call.id)))?;
+        .ok_or_else(|| ApiError::NotFound(format!("no such document: {}/{}", call.coll, call.id)))?;
     let etag = format!("\"{rev}\"");
     let etag_value = HeaderValue::from_str(&etag).map_err(|_| ApiError::NotFound(call.id))?;
     if let Some(seen) = call

@@ -51,6 +51,9 @@ pub enum ApiError {
     Timeout,
     /// The request body stopped arriving.
     BodyTimeout,
+    /// The request body was still arriving when the request timeout (this)
+    /// passed.
+    BodyTooSlow(std::time::Duration),
     /// What a push met after this many of its rows were written (by its
     /// earlier transactions, or alone): the error's own answer, saying so
     /// where it would say that nothing was.
@@ -196,6 +199,15 @@ impl ApiError {
                 format!(
                     "no byte of the request body arrived for {} ms; nothing was done",
                     super::extract::BODY_IDLE_TIMEOUT_MS
+                ),
+            ),
+            ApiError::BodyTooSlow(timeout) => plain(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                format!(
+                    "the request body had not all arrived after {} ms, the server's request timeout; \
+                     nothing was done",
+                    timeout.as_millis()
                 ),
             ),
             ApiError::Timeout => plain(

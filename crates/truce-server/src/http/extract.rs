@@ -45,6 +45,13 @@ pub const PAGES_OVER_BUDGET_RETRY_MS: u64 = 50;
 /// upload that keeps arriving is not cut off.
 pub const BODY_IDLE_TIMEOUT_MS: u64 = 10_000;
 
+tokio::task_local! {
+    /// Whether the request's body is being received ([`read_json`]), for
+    /// the request timeout to tell a client too slow to send its body from
+    /// a request too slow to serve (`timed`).
+    pub static RECEIVING: std::cell::Cell<bool>;
+}
+
 /// A request body being received. It fails with [`BodyStalled`] once
 /// nothing has arrived for [`BODY_IDLE_TIMEOUT_MS`] (a frame that is there
 /// when asked for — a small body comes in the packets of its headers — arms
@@ -151,8 +158,9 @@ fn caused_by<T: std::error::Error + 'static>(error: &(dyn std::error::Error + 's
 /// A request body read whole and parsed as JSON: within `--max-body-bytes`
 /// (`payload_too_large` past it, before any of it is read when
 /// `Content-Length` says so), the memory for bodies (`overloaded`) and the
-/// idle timeout (`request_timeout`); a body that cannot be read, or is not
-/// JSON, is `invalid_json` ([`parse_json`]). The router's extractor and the
+/// idle timeout (`request_timeout`); a body that cannot be read (its
+/// chunks are malformed) is `invalid_request`, one that is not JSON
+/// `invalid_json` ([`parse_json`]). The router's extractor and the
 /// document routes' direct path both read bodies here.
 pub async fn read_json<B>(headers: &HeaderMap, body: B, state: &AppState) -> Result<Value, ApiError>
 where
@@ -161,24 +169,29 @@ where
 {
     declared_within(headers, state.max_body_bytes)?;
     let body = Receiving::new(body, &state.bodies);
-    let bytes = match http_body_util::BodyExt::collect(http_body_util::Limited::new(
-        body,
-        state.max_body_bytes,
-    ))
-    .await
-    {
+    let receiving = |now: bool| {
+        let _outside_a_timed_request = RECEIVING.try_with(|receiving| receiving.set(now));
+    };
+    receiving(true);
+    let collected =
+        http_body_util::BodyExt::collect(http_body_util::Limited::new(body, state.max_body_bytes)).await;
+    receiving(false);
+    let bytes = match collected {
         Ok(collected) => collected.to_bytes(),
         Err(e) if caused_by::<BodiesOverBudget>(&*e) => return Err(ApiError::BodiesOverBudget),
         Err(e) if caused_by::<BodyStalled>(&*e) => return Err(ApiError::BodyTimeout),
         Err(e) if caused_by::<http_body_util::LengthLimitError>(&*e) => {
             return Err(ApiError::PayloadTooLarge(format!(
-                "Failed to buffer the request body: {e}"
+                "the body passed the limit of {} bytes (--max-body-bytes) as it arrived; nothing was done",
+                state.max_body_bytes
             )));
         }
+        // Its framing (a chunk's size that is not hex, say), not its JSON.
         Err(e) => {
-            return Err(ApiError::InvalidJson(format!(
-                "Failed to buffer the request body: {e}"
-            )));
+            return Err(ApiError::BadRequest(
+                "invalid_request",
+                format!("the request body could not be read: {e}"),
+            ));
         }
     };
     if bytes.len() <= PARSE_ON_THREAD_BYTES_MAX {
@@ -238,10 +251,50 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for PathPar
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<PathParams<T>, ApiError> {
+        if let Some(template) = parts.extensions.get::<axum::extract::MatchedPath>()
+            && let Some(refusal) = malformed_escape(template.as_str(), parts.uri.path())
+        {
+            return Err(refusal);
+        }
         Path::<T>::from_request_parts(parts, state)
             .await
             .map(|Path(t)| PathParams(t))
             .map_err(|rejection| path_refusal(rejection, parts.uri.path()))
+    }
+}
+
+/// The refusal of a parameter of `path` (matched by route `template`) with
+/// a `%` that two hex digits do not follow: decoding would keep it as it is
+/// (`a%zz` and `a%25zz` would name one document).
+fn malformed_escape(template: &str, path: &str) -> Option<ApiError> {
+    let malformed = |segment: &str| {
+        let bytes = segment.as_bytes();
+        bytes.iter().enumerate().any(|(i, &b)| {
+            b == b'%'
+                && !(bytes.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+                    && bytes.get(i + 2).is_some_and(u8::is_ascii_hexdigit))
+        })
+    };
+    let (key, segment) = template
+        .split('/')
+        .zip(path.split('/'))
+        .filter_map(|(t, p)| Some((t.strip_prefix('{')?.strip_suffix('}')?, p)))
+        .find(|(_, p)| malformed(p))?;
+    let (code, what) = segment_named(key, path);
+    Some(ApiError::BadRequest(
+        code,
+        format!("{what} {segment:?} has a % that two hex digits do not follow (send % as %25)"),
+    ))
+}
+
+/// The error code and the words for path parameter `key` of `path`.
+fn segment_named(key: &str, path: &str) -> (&'static str, String) {
+    match key {
+        "coll" => ("invalid_collection", "the collection name".to_string()),
+        "id" => ("invalid_id", "the document id".to_string()),
+        "name" if path.contains("/_counters/") => ("invalid_config", "the counter name".to_string()),
+        "name" => ("invalid_index", "the index name".to_string()),
+        other => ("invalid_id", format!("the {other} segment")),
     }
 }
 
@@ -251,13 +304,7 @@ fn path_refusal(rejection: PathRejection, path: &str) -> ApiError {
     if let PathRejection::FailedToDeserializePathParams(failed) = &rejection
         && let ErrorKind::InvalidUtf8InPathParam { key } = failed.kind()
     {
-        let (code, what) = match key.as_str() {
-            "coll" => ("invalid_collection", "the collection name".to_string()),
-            "id" => ("invalid_id", "the document id".to_string()),
-            "name" if path.contains("/_counters/") => ("invalid_config", "the counter name".to_string()),
-            "name" => ("invalid_index", "the index name".to_string()),
-            other => ("invalid_id", format!("the {other} segment")),
-        };
+        let (code, what) = segment_named(key, path);
         return ApiError::BadRequest(code, format!("{what} is not UTF-8 once percent-decoded"));
     }
     ApiError::BadRequest("invalid_id", rejection.body_text())
@@ -340,7 +387,7 @@ fn parse_rev(text: &str) -> Result<Expect, ApiError> {
 /// Header `name` as text, if sent, refused with `code` when it is not text
 /// or is sent twice: a second one would be ignored, and the write guarded
 /// by another condition (or key) than the client meant.
-fn single_header<'a>(
+pub(super) fn single_header<'a>(
     headers: &'a HeaderMap,
     name: &HeaderName,
     code: &'static str,

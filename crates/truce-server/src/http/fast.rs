@@ -108,7 +108,7 @@ async fn serve_document(
         &parts.headers,
     );
     let response = limited(&state.permits, async {
-        let who = match principal(&state, &parts.method, &parts.uri, &parts.headers) {
+        let who = match principal(&state, parts.version, &parts.method, &parts.uri, &parts.headers) {
             Ok(who) => who,
             Err(refusal) => return refusal,
         };

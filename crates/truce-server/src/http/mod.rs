@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderMap, HeaderName, Method, Uri, header};
+use axum::http::{HeaderMap, HeaderName, Method, Uri, Version, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -253,10 +253,14 @@ pub fn router(state: Arc<AppState>) -> Router {
 /// (`cors::rebound`).
 fn principal(
     state: &AppState,
+    version: Version,
     method: &Method,
     uri: &Uri,
     headers: &HeaderMap,
 ) -> Result<Principal, Response> {
+    if let Some(refusal) = cors::host_refusal(version, uri, headers) {
+        return Err(refusal.into_response());
+    }
     if let Some(refusal) = cors::cross_origin_write(&state.cors_origins, method, headers) {
         return Err(refusal.into_response());
     }
@@ -283,7 +287,13 @@ fn principal(
 
 /// Verifies the API key and attaches the caller; the refusal otherwise.
 fn verify(state: &AppState, request: &mut Request) -> Result<(), Response> {
-    let principal = principal(state, request.method(), request.uri(), request.headers())?;
+    let principal = principal(
+        state,
+        request.version(),
+        request.method(),
+        request.uri(),
+        request.headers(),
+    )?;
     request.extensions_mut().insert(principal);
     Ok(())
 }
@@ -304,12 +314,20 @@ async fn guard(State(state): State<Arc<AppState>>, mut request: Request, next: N
     timed(&state, next.run(request)).await
 }
 
-/// `serve`'s response, or `timeout` once the request timeout has passed.
+/// `serve`'s response, or `timeout` once the request timeout has passed;
+/// `request_timeout` (408) instead if the request's body was still arriving
+/// then ([`extract::RECEIVING`]): nothing was done, the client was too slow.
 async fn timed(state: &AppState, serve: impl Future<Output = Response>) -> Response {
-    match tokio::time::timeout(state.request_timeout, serve).await {
-        Ok(response) => response,
-        Err(_) => ApiError::Timeout.into_response(),
-    }
+    let timed = async {
+        match tokio::time::timeout(state.request_timeout, serve).await {
+            Ok(response) => response,
+            Err(_) if extract::RECEIVING.with(std::cell::Cell::get) => {
+                ApiError::BodyTooSlow(state.request_timeout).into_response()
+            }
+            Err(_) => ApiError::Timeout.into_response(),
+        }
+    };
+    extract::RECEIVING.scope(std::cell::Cell::new(false), timed).await
 }
 
 fn header_text(headers: &HeaderMap, name: HeaderName) -> String {

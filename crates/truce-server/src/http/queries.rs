@@ -157,20 +157,23 @@ pub async fn query(
     let collection = state.db.collection(&coll)?;
     params.only(&["index", "eq", "gt", "gte", "lt", "lte", "order", "limit", "after"])?;
     let index = params.0.get("index").cloned();
+    let compound = match &index {
+        Some(name) => collection.index_status(name)?.spec.fields.len() > 1,
+        None => false,
+    };
+    // A one-field index's `eq` is the value itself, an array too (a field
+    // may hold one); a compound index's is the array of values.
     let eq = match (params.json("eq")?, &index) {
         (None, _) => Vec::new(),
         (Some(_), None) => return Err(bad("eq needs an index")),
-        (Some(value), Some(name)) => {
-            let fields = collection.index_status(name)?.spec.fields.len();
-            // A one-field index's `eq` is the value itself, an array too (a
-            // field may hold one); a compound index's is the array of values.
-            match value {
-                value if fields == 1 => vec![value],
-                Value::Array(values) => values,
-                _ => return Err(bad("eq of a compound index is a JSON array of values")),
-            }
+        (Some(Value::Array(values)), Some(_)) if compound => values,
+        (Some(_), Some(_)) if compound => {
+            return Err(bad("eq of a compound index is a JSON array of values"));
         }
+        (Some(value), Some(_)) => vec![value],
     };
+    let bound = |name: &str| bound(params.json(name)?, name, compound, &eq);
+    let (gt, gte, lt, lte) = (bound("gt")?, bound("gte")?, bound("lt")?, bound("lte")?);
     let order = match params.0.get("order") {
         None => Order::Asc,
         Some(name) => Order::from_name(name).ok_or_else(|| bad(&format!("order={name}: use asc or desc")))?,
@@ -178,10 +181,10 @@ pub async fn query(
     let q = Query {
         index,
         eq,
-        gt: params.json("gt")?,
-        gte: params.json("gte")?,
-        lt: params.json("lt")?,
-        lte: params.json("lte")?,
+        gt,
+        gte,
+        lt,
+        lte,
         order,
         limit: params.parse::<usize>("limit", "invalid_query")?.unwrap_or(0),
         after: params.0.get("after").cloned(),
@@ -205,6 +208,32 @@ pub async fn query(
     })
     .await?;
     Ok(super::json_bytes(answer))
+}
+
+/// Range bound `name` of a query, as the engine takes it: the value of the
+/// index's field after the `eq` prefix. On a compound index the bound is
+/// given as API.md has it, the array of the `eq` values and that one more,
+/// or as that value alone; an array of another shape is refused, as it
+/// would otherwise be read as an array value and find nothing.
+fn bound(value: Option<Value>, name: &str, compound: bool, eq: &[Value]) -> Result<Option<Value>, ApiError> {
+    match value {
+        Some(Value::Array(mut values)) if compound => {
+            let extends_eq = values.len() == eq.len() + 1
+                && values
+                    .iter()
+                    .zip(eq)
+                    .all(|(v, e)| truce::value_order::compare(v, e).is_eq());
+            if !extends_eq {
+                return Err(bad(&format!(
+                    "{name} of a compound index is the array of the eq values ({}) and one value more \
+                     for the next field, or that value alone",
+                    Value::Array(eq.to_vec())
+                )));
+            }
+            Ok(values.pop())
+        }
+        value => Ok(value),
+    }
 }
 
 fn bad(message: &str) -> ApiError {

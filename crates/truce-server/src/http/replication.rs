@@ -272,6 +272,13 @@ fn parse_rows(body: Value, pk: &str) -> Result<Vec<Row>, ApiError> {
             Some(Value::Object(a)) => Some(a),
             Some(_) => return Err(invalid(i, "assumedMasterState is a document or null")),
         };
+        // A misspelt `assumedMasterState` would be read as absent: an insert.
+        if let Some(key) = row.keys().next() {
+            return Err(invalid(
+                i,
+                &format!("{key:?}: a row holds assumedMasterState and newDocumentState only"),
+            ));
+        }
         if let Some(other) = assumed
             .as_ref()
             .and_then(|a| a.get(pk))
@@ -303,8 +310,12 @@ fn parse_rows(body: Value, pk: &str) -> Result<Vec<Row>, ApiError> {
         }
         // What the transaction would refuse, refused here with the row named.
         let at = |e: truce::Error| ApiError::Engine(e.at(&format!("row {i}")));
-        truce::doc::validate_id(id).map_err(at)?;
         let new_body = (!is_deleted(&new)).then(|| user_fields(&new, pk));
+        match new_body {
+            Some(_) => truce::doc::validate_written_id(id),
+            None => truce::doc::validate_id(id),
+        }
+        .map_err(at)?;
         let bytes = match &new_body {
             Some(body) => truce::doc::validate_body(body).map_err(at)?.len(),
             None => 0,

@@ -31,7 +31,10 @@ fn op_expect(index: usize, op: &Map<String, Value>, default: Option<Expect>) -> 
                 ApiError::Engine(e) => e,
                 _ => malformed("version is an integer from -1 up"),
             }),
-            None => Err(malformed("version is an integer")),
+            None => Err(malformed(&format!(
+                "version is an integer from -1 to {} (a document's versions), not {v}",
+                i64::MAX
+            ))),
         },
         (None, Some(r)) => match r.as_str() {
             Some(text) => text.parse().map(Expect::Rev),
