@@ -204,7 +204,8 @@ pub struct ServeArgs {
     #[arg(long, env = "TRUCE_DATA")]
     pub data: Option<PathBuf>,
     /// Log format [default: text]. Which lines are logged is `TRUCE_LOG`
-    /// (`warn`, `info,truce_server=debug`, …) [default: info].
+    /// (`warn`; `info,truce::http=debug` for a line per request; …)
+    /// [default: info].
     #[arg(long, env = "TRUCE_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
     /// Allow listening beyond loopback without API keys. Anyone who can reach

@@ -53,15 +53,17 @@ impl Throttle {
 }
 
 /// The log filter: `TRUCE_LOG` (tracing's directives: `warn`,
-/// `info,truce_server=debug`, …), `info` when it is unset or empty. One that
+/// `info,truce::http=debug`, …), `info` when it is unset or empty. One that
 /// does not parse is refused rather than ignored, and so is a bare word that
 /// is not a level (`verbose`, `warning`): tracing reads it as a module name,
 /// leaving every other line out. An operator who asked for more lines to
 /// find a fault would otherwise look at a quiet log and conclude there were
 /// none.
 fn log_filter(value: Option<std::ffi::OsString>) -> Result<tracing_subscriber::EnvFilter, String> {
+    // The binary's crate is `truce`, as the engine's is: `truce::http` is
+    // the request lines' module, `truce=debug` would add the engine's.
     const HINT: &str = "give a level (off, error, warn, info, debug, trace), optionally with levels per module, \
-                        e.g. TRUCE_LOG=info,truce_server=debug";
+                        e.g. TRUCE_LOG=info,truce::http=debug for a line per request";
     let Some(value) = value.filter(|v| !v.is_empty()) else {
         return Ok(tracing_subscriber::EnvFilter::new("info"));
     };
@@ -125,6 +127,7 @@ mod tests {
         for good in [
             "warn",
             "WARN",
+            "info,truce::http=debug",
             "info,truce_server=debug",
             "off",
             "3",
@@ -138,7 +141,7 @@ mod tests {
         );
         for bad in ["verbose", "info,warning", "truce=loud", "info,["] {
             let why = filter(bad).err().unwrap_or_else(|| panic!("{bad} taken"));
-            assert!(why.contains("TRUCE_LOG=info,truce_server=debug"), "{why}");
+            assert!(why.contains("TRUCE_LOG=info,truce::http=debug"), "{why}");
         }
     }
 }

@@ -4095,15 +4095,62 @@ fn a_log_filter_that_means_nothing_is_refused() {
         assert!(ran.status.is_some_and(|s| !s.success()), "{log}: {}", ran.stderr);
         assert!(ran.stderr.contains(says), "{log}: {}", ran.stderr);
         assert!(
-            ran.stderr.contains("TRUCE_LOG=info,truce_server=debug"),
+            ran.stderr.contains("TRUCE_LOG=info,truce::http=debug"),
             "{log}: {}",
             ran.stderr
         );
         assert!(!data.exists(), "{log}: the data directory was not made");
     }
     // Levels, per module, any case: served.
-    let mut server = Spawned::start(&args, &[("TRUCE_LOG", "WARN,truce_server=debug")]);
+    let mut server = Spawned::start(&args, &[("TRUCE_LOG", "WARN,truce::http=debug")]);
     server.wait_listening(listen.parse().unwrap());
+}
+
+/// The filter the server recommends for a line per request (in the refusal
+/// of a `TRUCE_LOG` that means nothing, and in docs/http.md) logs one, and
+/// turns on no other debug line. It used to be `info,truce_server=debug`,
+/// which named no module of the binary (its crate is `truce`, the request
+/// lines' target `truce::http`) and so added nothing; `truce=debug` would
+/// also turn on the engine's (`truce::engine::…`, `truce::storage::…`).
+#[cfg(unix)]
+#[test]
+fn the_recommended_log_filter_logs_a_line_per_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("new");
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let listen = addr.to_string();
+    let args = ["serve", "--data", data.to_str().unwrap(), "--listen", &listen];
+    let refused = common::run_bounded_with_log(&args, "verbose", RUN_BOUND);
+    let recommended = refused
+        .stderr
+        .split("e.g. TRUCE_LOG=")
+        .nth(1)
+        .and_then(|rest| rest.split([';', ' ', '\n']).next())
+        .unwrap_or_else(|| panic!("no filter recommended: {}", refused.stderr));
+    let mut command = Command::new(truce_bin());
+    command
+        .args(args)
+        .env("TRUCE_LOG", recommended)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let mut server = Spawned::from_command(command);
+    server.wait_listening(addr);
+    let answer = reqwest::blocking::get(format!("http://{listen}/v1/c")).unwrap();
+    assert_eq!(answer.status(), 200);
+    server.signal(libc::SIGTERM);
+    assert!(server.exit_within(Duration::from_secs(15)).is_some(), "stops");
+    let mut log = String::new();
+    std::io::Read::read_to_string(&mut server.take_stderr().unwrap(), &mut log).unwrap();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("DEBUG truce::http: request") && l.contains("route=\"/v1/c\"")),
+        "{recommended}: no request line\n{log}"
+    );
+    let others: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(" DEBUG ") && !l.contains(" DEBUG truce::http: "))
+        .collect();
+    assert!(others.is_empty(), "{recommended}: other debug lines {others:#?}");
 }
 
 /// With `--log-format json`, the reason a server stops at startup is a JSON
