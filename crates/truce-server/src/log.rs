@@ -86,9 +86,15 @@ fn log_filter(value: Option<std::ffi::OsString>) -> Result<tracing_subscriber::E
         .map_err(|e| format!("TRUCE_LOG={text:?} is not a log filter ({e}): {HINT}"))
 }
 
-/// Logs to standard error, in `format`, what `TRUCE_LOG` asks for.
+/// Logs to standard error, in `format`, what `TRUCE_LOG` asks for. A
+/// `TRUCE_LOG` that means nothing is the error, returned once the log is set
+/// up with the default filter, so that the reason the server stops can be
+/// logged in `format` like any other.
 pub fn init(format: LogFormat) -> Result<(), String> {
-    let filter = log_filter(std::env::var_os("TRUCE_LOG"))?;
+    let (filter, refused) = match log_filter(std::env::var_os("TRUCE_LOG")) {
+        Ok(filter) => (filter, None),
+        Err(why) => (tracing_subscriber::EnvFilter::new("info"), Some(why)),
+    };
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     // A log line that cannot be written (its reader gone: `truce serve 2>&1
     // | logger` after the logger exits) is dropped: reporting it would panic
@@ -102,7 +108,7 @@ pub fn init(format: LogFormat) -> Result<(), String> {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
-    Ok(())
+    refused.map_or(Ok(()), Err)
 }
 
 #[cfg(test)]

@@ -4156,12 +4156,74 @@ fn the_recommended_log_filter_logs_a_line_per_request() {
 /// With `--log-format json`, the reason a server stops at startup is a JSON
 /// log line like every other (it was a plain `truce: …` line, the one line a
 /// JSON log pipeline could not read).
+///
+/// So is every other reason once the format is known: settings that do not
+/// hold (they were checked before the log was set up, and printed as
+/// plain text), a settings file that does not read when the flag says
+/// JSON, and a `TRUCE_LOG` that means nothing (said through a log set up
+/// with the default filter). A log that leaves errors out (`TRUCE_LOG=off`)
+/// still says why, as a plain line: it used to say nothing.
 #[test]
 fn a_startup_failure_is_logged_as_json_with_json_logs() {
+    // Held, so that a server that wrongly started would stop at once.
     let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let listen = held.local_addr().unwrap().to_string();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("new");
+    let unreadable = dir.path().join("truce.toml");
+    std::fs::write(&unreadable, "[unclosed").unwrap();
+    let cannot_listen = format!("cannot listen on {listen}");
+    let cases: [(&[&str], &str, &str); 6] = [
+        (&[], "warn", &cannot_listen),
+        (&["--cors-origins", "bad"], "warn", "\"bad\" is not an origin"),
+        (&["--hot-spots", "0"], "warn", "hot_spots must be 1 to"),
+        (
+            &["--tls-cert", "cert.pem"],
+            "warn",
+            "TLS needs both tls_cert and tls_key",
+        ),
+        (&[], "verbose", "\"verbose\" is not a level"),
+        (
+            &["--config", unreadable.to_str().unwrap()],
+            "warn",
+            "unclosed table",
+        ),
+    ];
+    for (extra, log, says) in cases {
+        let mut args = vec![
+            "serve",
+            "--log-format",
+            "json",
+            "--data",
+            data.to_str().unwrap(),
+            "--listen",
+            &listen,
+        ];
+        args.extend_from_slice(extra);
+        let ran = common::run_bounded_with_log(&args, log, RUN_BOUND);
+        assert!(
+            ran.status.is_some_and(|s| !s.success()),
+            "{extra:?}: {}",
+            ran.stderr
+        );
+        let lines: Vec<serde_json::Value> = ran
+            .stderr
+            .lines()
+            .map(|line| {
+                serde_json::from_str(line)
+                    .unwrap_or_else(|e| panic!("{extra:?} {log}: not JSON ({e}): {line}"))
+            })
+            .collect();
+        assert!(
+            lines
+                .iter()
+                .any(|l| l["level"] == "ERROR" && l["message"].as_str().is_some_and(|m| m.contains(says))),
+            "{extra:?} {log}: {}",
+            ran.stderr
+        );
+        assert!(!data.exists(), "{extra:?} {log}: the data directory was not made");
+    }
+    // A log that leaves errors out still says why, as plain text.
     let args = [
         "serve",
         "--log-format",
@@ -4171,21 +4233,19 @@ fn a_startup_failure_is_logged_as_json_with_json_logs() {
         "--listen",
         &listen,
     ];
-    let ran = run_bounded(&args, RUN_BOUND);
-    assert!(ran.status.is_some_and(|s| !s.success()), "{}", ran.stderr);
-    let lines: Vec<serde_json::Value> = ran
-        .stderr
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
-        .collect();
-    assert!(
-        lines.iter().any(|l| l["level"] == "ERROR"
-            && l["message"]
-                .as_str()
-                .is_some_and(|m| m.contains(&format!("cannot listen on {listen}")))),
-        "{}",
-        ran.stderr
-    );
+    for (extra, says) in [
+        (&["--hot-spots", "0"][..], "truce: hot_spots must be 1 to"),
+        (&[], "truce: cannot listen on"),
+    ] {
+        let args = [&args[..], extra].concat();
+        let ran = common::run_bounded_with_log(&args, "off", RUN_BOUND);
+        assert!(
+            ran.status.is_some_and(|s| !s.success()),
+            "{extra:?}: {}",
+            ran.stderr
+        );
+        assert!(ran.stderr.contains(says), "{extra:?}: {}", ran.stderr);
+    }
 }
 
 /// A reader that goes away (`truce keys list | head -0`) ends the printing
