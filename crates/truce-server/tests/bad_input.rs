@@ -142,6 +142,12 @@ fn cases() -> Vec<Case> {
     let many_ops: Vec<Value> = (0..=truce::limits::TX_OPS_MAX)
         .map(|i| json!({"op": "put", "c": "t", "id": format!("tx{i}"), "doc": {}}))
         .collect();
+    let many_push_rows: Vec<Value> = (0..=truce::limits::TX_OPS_MAX)
+        .map(|i| json!({"newDocumentState": {"id": format!("push{i}")}}))
+        .collect();
+    let many_couch_docs: Vec<Value> = (0..=truce::limits::TX_OPS_MAX)
+        .map(|i| json!({"_id": format!("bulk{i}")}))
+        .collect();
     vec![
         // Bodies that are not JSON, or not the JSON asked for.
         case("invalid JSON", put("/v1/c/t/a", "not json"), 400, "invalid_json"),
@@ -494,6 +500,30 @@ fn cases() -> Vec<Case> {
             ),
             413,
             "limit_exceeded",
+        ),
+        // Rows applied one by one, but refused whole past TX_OPS_MAX (the
+        // test checks after the table that none was written).
+        case(
+            "a push of too many rows",
+            request(
+                "POST",
+                "/v1/c/t/_push",
+                &[],
+                json!(many_push_rows).to_string().as_bytes(),
+            ),
+            413,
+            "limit_exceeded",
+        ),
+        case(
+            "a /couch _bulk_docs of too many rows",
+            request(
+                "POST",
+                "/couch/t/_bulk_docs",
+                &[],
+                json!({"docs": many_couch_docs}).to_string().as_bytes(),
+            ),
+            413,
+            "too_large",
         ),
         // Transactions.
         case(
@@ -967,6 +997,11 @@ fn every_malformed_request_gets_its_documented_error() {
     );
     let after = put("/v1/c/t/after", r#"{"ok": true}"#);
     assert_eq!(send_raw(server.addr, &after).unwrap().status, 201);
+    // Nothing of a push or `_bulk_docs` refused for its rows was written.
+    for id in ["push0", "push1000", "bulk0", "bulk1000"] {
+        let answer = send_raw(server.addr, &get(&format!("/v1/c/t/{id}"))).unwrap();
+        assert_eq!(answer.status, 404, "{id}: {}", answer.text);
+    }
 }
 
 /// The rows of docs/http.md's "Limits" that take more than one request, or a
