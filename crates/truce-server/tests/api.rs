@@ -1466,6 +1466,16 @@ fn couch_reads_answer_what_was_asked_or_refuse() {
     assert_eq!(cut.ok(200)["pending"], 3, "{}", cut.text);
     let all = api.get("/couch/cr/_changes");
     assert_eq!(all.ok(200)["pending"], 0);
+    // Without `limit`, a page of 1,000 (CouchDB would answer every change):
+    // `pending` says there is more, read from `last_seq`.
+    let first = api.get("/couch/many/_changes");
+    let first = first.ok(200);
+    assert_eq!(first["results"].as_array().map(Vec::len), Some(1000));
+    assert_eq!(first["pending"], 1);
+    let rest = api.get(&format!("/couch/many/_changes?since={}", first["last_seq"]));
+    let rest = rest.ok(200);
+    assert_eq!(rest["results"].as_array().map(Vec::len), Some(1));
+    assert_eq!(rest["pending"], 0);
     // CouchDB has no cap on `limit`: past this feed's, a page, not a 400.
     let large = api.get("/couch/cr/_changes?limit=20000");
     assert_eq!(large.ok(200)["results"], all.json["results"], "{}", large.text);
