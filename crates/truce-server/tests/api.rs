@@ -568,6 +568,61 @@ fn patch_operators_conditions_and_upsert() {
         .error(400, "invalid_operator");
 }
 
+/// A top-level field name holding `.` is stored, but paths read the dot as a
+/// step (as MongoDB's do), so no update or filter reaches it; a replication
+/// `primaryKey` is a field name taken as written (docs/http.md, Conventions).
+#[test]
+fn a_dotted_field_name_is_stored_but_no_path_reaches_it() {
+    let server = Server::start();
+    let api = Api::new(&server);
+    api.put("/v1/c/dots/d", json!({"a.b": 1, "a": {"b": 5, "c": 1}}))
+        .ok(201);
+    let unset = api.patch("/v1/c/dots/d", json!({"$unset": {"a.b": 1}}));
+    assert_eq!(unset.ok(200)["doc"]["a"], json!({"c": 1}), "{}", unset.text);
+    assert_eq!(unset.json["doc"]["a.b"], 1, "{}", unset.text);
+    api.put("/v1/c/dots/e", json!({"a.b": 1})).ok(201);
+    let inc = api.patch("/v1/c/dots/e", json!({"$inc": {"a.b": 1}}));
+    assert_eq!(inc.ok(200)["doc"]["a"], json!({"b": 1}), "{}", inc.text);
+    assert_eq!(inc.json["doc"]["a.b"], 1, "{}", inc.text);
+    api.put("/v1/c/dots/f", json!({"a.b": 1})).ok(201);
+    let tested = api.patch(
+        "/v1/c/dots/f",
+        json!({"$set": {"x": 1}, "$if": {"a.b": 1}, "$else": "skip"}),
+    );
+    assert_eq!(tested.ok(200)["skipped"], true, "{}", tested.text);
+    // An index over `a.b` holds `a`'s `b`: 1 only in `e`, though `d` and `f`
+    // hold `"a.b": 1`.
+    let declared = api.put("/v1/c/dots/_indexes/ab", json!({"fields": ["a.b"]}));
+    assert!([200, 202].contains(&declared.status), "{}", declared.text);
+    api.wait_index_ready("dots", "ab");
+    let found = api.get("/v1/c/dots?index=ab&eq=1");
+    let ids: Vec<&Value> = found.ok(200)["docs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| &d["_id"])
+        .collect();
+    assert_eq!(ids, [&json!("e")], "{}", found.text);
+    // `primaryKey=a.b` is the top-level field `a.b`: pulled documents carry
+    // their id there, and a pushed one is read from there.
+    api.put("/v1/c/pk/p", json!({"v": 1})).ok(201);
+    let pulled = api.get("/v1/c/pk/_pull?checkpoint=null&primaryKey=a.b");
+    assert_eq!(
+        pulled.ok(200)["documents"][0],
+        json!({"a.b": "p", "v": 1, "_deleted": false}),
+        "{}",
+        pulled.text
+    );
+    let pushed = api.post(
+        "/v1/c/pk/_push?primaryKey=a.b",
+        json!([{"newDocumentState": {"a.b": "q", "v": 2}}]),
+    );
+    assert_eq!(pushed.ok(200), &json!([]), "{}", pushed.text);
+    let stored = api.get("/v1/c/pk/q");
+    assert_eq!(stored.ok(200)["v"], 2, "{}", stored.text);
+    assert!(stored.json.get("a.b").is_none(), "{}", stored.text);
+}
+
 #[test]
 fn patch_heartbeat_example_of_api_md() {
     let server = Server::start();
