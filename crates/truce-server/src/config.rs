@@ -204,7 +204,8 @@ pub struct ServeArgs {
     #[arg(long, env = "TRUCE_DATA")]
     pub data: Option<PathBuf>,
     /// Log format [default: text]. Which lines are logged is `TRUCE_LOG`
-    /// (`warn`, `info,truce_server=debug`, …) [default: info].
+    /// (`warn`; `info,truce::http=debug` for a line per request; …)
+    /// [default: info].
     #[arg(long, env = "TRUCE_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
     /// Allow listening beyond loopback without API keys. Anyone who can reach
@@ -325,7 +326,7 @@ pub struct ServeArgs {
 /// The settings file: the same names as the flags.
 #[derive(Deserialize, Default, Debug)]
 #[serde(deny_unknown_fields)]
-struct FileSettings {
+pub struct FileSettings {
     listen: Option<String>,
     data: Option<PathBuf>,
     log_format: Option<LogFormat>,
@@ -358,8 +359,6 @@ pub struct Settings {
     pub listen: SocketAddr,
     /// The data directory.
     pub data: PathBuf,
-    /// Log format.
-    pub log_format: LogFormat,
     /// Whether to allow a non-loopback address without keys.
     pub insecure_no_auth: bool,
     /// Certificate and key, for HTTPS.
@@ -401,12 +400,34 @@ pub struct Settings {
 }
 
 impl ServeArgs {
-    /// Merges flags and environment (already in `self`) over the file over the defaults.
+    /// Merges flags and environment (already in `self`) over the file over
+    /// the defaults (the log format apart: [`log_format`](Self::log_format)).
+    #[cfg(test)]
     pub fn settings(&self) -> Result<Settings, String> {
-        let file = match &self.config {
-            Some(path) => read_file(path)?,
-            None => FileSettings::default(),
-        };
+        self.settings_with(self.file()?)
+    }
+
+    /// The `--config` file read (empty without one).
+    pub fn file(&self) -> Result<FileSettings, String> {
+        match &self.config {
+            Some(path) => read_file(path),
+            None => Ok(FileSettings::default()),
+        }
+    }
+
+    /// The log format alone, known before the other settings are checked so
+    /// that what is wrong with them can be logged in it: the flag (or its
+    /// variable), else `file`'s, else text. A file that does not read
+    /// (`None`) says none.
+    pub fn log_format(&self, file: Option<&FileSettings>) -> LogFormat {
+        self.log_format
+            .or(file.and_then(|file| file.log_format))
+            .unwrap_or_default()
+    }
+
+    /// Merges flags and environment (already in `self`) over `file` (read by
+    /// [`file`](Self::file)) over the defaults, the log format apart.
+    pub fn settings_with(&self, file: FileSettings) -> Result<Settings, String> {
         let tls = match (
             self.tls_cert.clone().or(file.tls_cert),
             self.tls_key.clone().or(file.tls_key),
@@ -432,7 +453,6 @@ impl ServeArgs {
                 (None, None) => default_listen,
             },
             data: data_dir(self.data.clone(), file.data),
-            log_format: self.log_format.or(file.log_format).unwrap_or_default(),
             insecure_no_auth: self.insecure_no_auth.or(file.insecure_no_auth).unwrap_or(false),
             tls,
             max_body_bytes,
@@ -663,6 +683,34 @@ mod tests {
             args.settings().unwrap_err().contains("lisen"),
             "unknown keys are refused"
         );
+    }
+
+    /// The log format is known before the other settings are checked: the
+    /// flag's, else the file's, else text, and the flag's even when the file
+    /// does not read (so that the file's error is said in it).
+    #[test]
+    fn the_log_format_is_known_before_the_settings_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("truce.toml");
+        std::fs::write(&file, "log_format = \"json\"\nhot_spots = 0\n").unwrap();
+        let args = |flag: Option<LogFormat>| ServeArgs {
+            config: Some(file.clone()),
+            log_format: flag,
+            ..ServeArgs::default()
+        };
+        let format = |args: &ServeArgs| args.log_format(args.file().ok().as_ref());
+        assert_eq!(format(&args(None)), LogFormat::Json);
+        assert_eq!(format(&args(Some(LogFormat::Text))), LogFormat::Text);
+        assert!(args(None).settings().is_err(), "hot_spots = 0 is refused after");
+        std::fs::write(&file, "log_format = \"json\"\n[unclosed").unwrap();
+        assert!(args(None).file().is_err());
+        assert_eq!(
+            format(&args(None)),
+            LogFormat::Text,
+            "a file that does not read says none"
+        );
+        assert_eq!(format(&args(Some(LogFormat::Json))), LogFormat::Json);
+        assert_eq!(ServeArgs::default().log_format(None), LogFormat::Text);
     }
 
     /// TLS's two files may come from different sources; a lone one is an

@@ -53,15 +53,17 @@ impl Throttle {
 }
 
 /// The log filter: `TRUCE_LOG` (tracing's directives: `warn`,
-/// `info,truce_server=debug`, …), `info` when it is unset or empty. One that
+/// `info,truce::http=debug`, …), `info` when it is unset or empty. One that
 /// does not parse is refused rather than ignored, and so is a bare word that
 /// is not a level (`verbose`, `warning`): tracing reads it as a module name,
 /// leaving every other line out. An operator who asked for more lines to
 /// find a fault would otherwise look at a quiet log and conclude there were
 /// none.
 fn log_filter(value: Option<std::ffi::OsString>) -> Result<tracing_subscriber::EnvFilter, String> {
+    // The binary's crate is `truce`, as the engine's is: `truce::http` is
+    // the request lines' module, `truce=debug` would add the engine's.
     const HINT: &str = "give a level (off, error, warn, info, debug, trace), optionally with levels per module, \
-                        e.g. TRUCE_LOG=info,truce_server=debug";
+                        e.g. TRUCE_LOG=info,truce::http=debug for a line per request";
     let Some(value) = value.filter(|v| !v.is_empty()) else {
         return Ok(tracing_subscriber::EnvFilter::new("info"));
     };
@@ -84,9 +86,15 @@ fn log_filter(value: Option<std::ffi::OsString>) -> Result<tracing_subscriber::E
         .map_err(|e| format!("TRUCE_LOG={text:?} is not a log filter ({e}): {HINT}"))
 }
 
-/// Logs to standard error, in `format`, what `TRUCE_LOG` asks for.
+/// Logs to standard error, in `format`, what `TRUCE_LOG` asks for. A
+/// `TRUCE_LOG` that means nothing is the error, returned once the log is set
+/// up with the default filter, so that the reason the server stops can be
+/// logged in `format` like any other.
 pub fn init(format: LogFormat) -> Result<(), String> {
-    let filter = log_filter(std::env::var_os("TRUCE_LOG"))?;
+    let (filter, refused) = match log_filter(std::env::var_os("TRUCE_LOG")) {
+        Ok(filter) => (filter, None),
+        Err(why) => (tracing_subscriber::EnvFilter::new("info"), Some(why)),
+    };
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     // A log line that cannot be written (its reader gone: `truce serve 2>&1
     // | logger` after the logger exits) is dropped: reporting it would panic
@@ -100,7 +108,7 @@ pub fn init(format: LogFormat) -> Result<(), String> {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
-    Ok(())
+    refused.map_or(Ok(()), Err)
 }
 
 #[cfg(test)]
@@ -125,6 +133,7 @@ mod tests {
         for good in [
             "warn",
             "WARN",
+            "info,truce::http=debug",
             "info,truce_server=debug",
             "off",
             "3",
@@ -138,7 +147,7 @@ mod tests {
         );
         for bad in ["verbose", "info,warning", "truce=loud", "info,["] {
             let why = filter(bad).err().unwrap_or_else(|| panic!("{bad} taken"));
-            assert!(why.contains("TRUCE_LOG=info,truce_server=debug"), "{why}");
+            assert!(why.contains("TRUCE_LOG=info,truce::http=debug"), "{why}");
         }
     }
 }

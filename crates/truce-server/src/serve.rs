@@ -175,14 +175,23 @@ fn check_exposure(settings: &Settings, keys: &KeyStore) -> Result<(), String> {
 
 /// Runs the server until a shutdown signal.
 pub fn run(args: ServeArgs) -> Result<(), String> {
-    let settings = args.settings()?;
-    crate::log::init(settings.log_format)?;
-    let format = settings.log_format;
-    match serve_with(settings) {
+    // The log is set up first, in the format the flag or the file asks for
+    // (a file that does not read names none), so that every reason not to
+    // start after that — settings that do not hold, a `TRUCE_LOG` that means
+    // nothing — is said in it.
+    let file = args.file();
+    let format = args.log_format(file.as_ref().ok());
+    let result = crate::log::init(format)
+        .and(file)
+        .and_then(|file| args.settings_with(file))
+        .and_then(serve_with);
+    match result {
         // With JSON logs the reason goes through the log too, as one JSON
         // line, so that a pipeline reading them sees why the server
-        // stopped; the empty message tells `main` it was said.
-        Err(message) if format == LogFormat::Json => {
+        // stopped; the empty message tells `main` it was said. A log that
+        // leaves errors out (`TRUCE_LOG=off`) would say nothing: `main`
+        // says it then, as plain text.
+        Err(message) if format == LogFormat::Json && tracing::enabled!(tracing::Level::ERROR) => {
             tracing::error!("{message}");
             Err(String::new())
         }

@@ -568,6 +568,61 @@ fn patch_operators_conditions_and_upsert() {
         .error(400, "invalid_operator");
 }
 
+/// A top-level field name holding `.` is stored, but paths read the dot as a
+/// step (as MongoDB's do), so no update or filter reaches it; a replication
+/// `primaryKey` is a field name taken as written (docs/http.md, Conventions).
+#[test]
+fn a_dotted_field_name_is_stored_but_no_path_reaches_it() {
+    let server = Server::start();
+    let api = Api::new(&server);
+    api.put("/v1/c/dots/d", json!({"a.b": 1, "a": {"b": 5, "c": 1}}))
+        .ok(201);
+    let unset = api.patch("/v1/c/dots/d", json!({"$unset": {"a.b": 1}}));
+    assert_eq!(unset.ok(200)["doc"]["a"], json!({"c": 1}), "{}", unset.text);
+    assert_eq!(unset.json["doc"]["a.b"], 1, "{}", unset.text);
+    api.put("/v1/c/dots/e", json!({"a.b": 1})).ok(201);
+    let inc = api.patch("/v1/c/dots/e", json!({"$inc": {"a.b": 1}}));
+    assert_eq!(inc.ok(200)["doc"]["a"], json!({"b": 1}), "{}", inc.text);
+    assert_eq!(inc.json["doc"]["a.b"], 1, "{}", inc.text);
+    api.put("/v1/c/dots/f", json!({"a.b": 1})).ok(201);
+    let tested = api.patch(
+        "/v1/c/dots/f",
+        json!({"$set": {"x": 1}, "$if": {"a.b": 1}, "$else": "skip"}),
+    );
+    assert_eq!(tested.ok(200)["skipped"], true, "{}", tested.text);
+    // An index over `a.b` holds `a`'s `b`: 1 only in `e`, though `d` and `f`
+    // hold `"a.b": 1`.
+    let declared = api.put("/v1/c/dots/_indexes/ab", json!({"fields": ["a.b"]}));
+    assert!([200, 202].contains(&declared.status), "{}", declared.text);
+    api.wait_index_ready("dots", "ab");
+    let found = api.get("/v1/c/dots?index=ab&eq=1");
+    let ids: Vec<&Value> = found.ok(200)["docs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| &d["_id"])
+        .collect();
+    assert_eq!(ids, [&json!("e")], "{}", found.text);
+    // `primaryKey=a.b` is the top-level field `a.b`: pulled documents carry
+    // their id there, and a pushed one is read from there.
+    api.put("/v1/c/pk/p", json!({"v": 1})).ok(201);
+    let pulled = api.get("/v1/c/pk/_pull?checkpoint=null&primaryKey=a.b");
+    assert_eq!(
+        pulled.ok(200)["documents"][0],
+        json!({"a.b": "p", "v": 1, "_deleted": false}),
+        "{}",
+        pulled.text
+    );
+    let pushed = api.post(
+        "/v1/c/pk/_push?primaryKey=a.b",
+        json!([{"newDocumentState": {"a.b": "q", "v": 2}}]),
+    );
+    assert_eq!(pushed.ok(200), &json!([]), "{}", pushed.text);
+    let stored = api.get("/v1/c/pk/q");
+    assert_eq!(stored.ok(200)["v"], 2, "{}", stored.text);
+    assert!(stored.json.get("a.b").is_none(), "{}", stored.text);
+}
+
 #[test]
 fn patch_heartbeat_example_of_api_md() {
     let server = Server::start();
@@ -1537,6 +1592,16 @@ fn couch_reads_answer_what_was_asked_or_refuse() {
     assert_eq!(cut.ok(200)["pending"], 3, "{}", cut.text);
     let all = api.get("/couch/cr/_changes");
     assert_eq!(all.ok(200)["pending"], 0);
+    // Without `limit`, a page of 1,000 (CouchDB would answer every change):
+    // `pending` says there is more, read from `last_seq`.
+    let first = api.get("/couch/many/_changes");
+    let first = first.ok(200);
+    assert_eq!(first["results"].as_array().map(Vec::len), Some(1000));
+    assert_eq!(first["pending"], 1);
+    let rest = api.get(&format!("/couch/many/_changes?since={}", first["last_seq"]));
+    let rest = rest.ok(200);
+    assert_eq!(rest["results"].as_array().map(Vec::len), Some(1));
+    assert_eq!(rest["pending"], 0);
     // CouchDB has no cap on `limit`: past this feed's, a page, not a 400.
     let large = api.get("/couch/cr/_changes?limit=20000");
     assert_eq!(large.ok(200)["results"], all.json["results"], "{}", large.text);
@@ -4174,26 +4239,135 @@ fn a_log_filter_that_means_nothing_is_refused() {
         assert!(ran.status.is_some_and(|s| !s.success()), "{log}: {}", ran.stderr);
         assert!(ran.stderr.contains(says), "{log}: {}", ran.stderr);
         assert!(
-            ran.stderr.contains("TRUCE_LOG=info,truce_server=debug"),
+            ran.stderr.contains("TRUCE_LOG=info,truce::http=debug"),
             "{log}: {}",
             ran.stderr
         );
         assert!(!data.exists(), "{log}: the data directory was not made");
     }
     // Levels, per module, any case: served.
-    let mut server = Spawned::start(&args, &[("TRUCE_LOG", "WARN,truce_server=debug")]);
+    let mut server = Spawned::start(&args, &[("TRUCE_LOG", "WARN,truce::http=debug")]);
     server.wait_listening(listen.parse().unwrap());
+}
+
+/// The filter the server recommends for a line per request (in the refusal
+/// of a `TRUCE_LOG` that means nothing, and in docs/http.md) logs one, and
+/// turns on no other debug line. It used to be `info,truce_server=debug`,
+/// which named no module of the binary (its crate is `truce`, the request
+/// lines' target `truce::http`) and so added nothing; `truce=debug` would
+/// also turn on the engine's (`truce::engine::…`, `truce::storage::…`).
+#[cfg(unix)]
+#[test]
+fn the_recommended_log_filter_logs_a_line_per_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("new");
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let listen = addr.to_string();
+    let args = ["serve", "--data", data.to_str().unwrap(), "--listen", &listen];
+    let refused = common::run_bounded_with_log(&args, "verbose", RUN_BOUND);
+    let recommended = refused
+        .stderr
+        .split("e.g. TRUCE_LOG=")
+        .nth(1)
+        .and_then(|rest| rest.split([';', ' ', '\n']).next())
+        .unwrap_or_else(|| panic!("no filter recommended: {}", refused.stderr));
+    let mut command = Command::new(truce_bin());
+    command
+        .args(args)
+        .env("TRUCE_LOG", recommended)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let mut server = Spawned::from_command(command);
+    server.wait_listening(addr);
+    let answer = reqwest::blocking::get(format!("http://{listen}/v1/c")).unwrap();
+    assert_eq!(answer.status(), 200);
+    server.signal(libc::SIGTERM);
+    assert!(server.exit_within(Duration::from_secs(15)).is_some(), "stops");
+    let mut log = String::new();
+    std::io::Read::read_to_string(&mut server.take_stderr().unwrap(), &mut log).unwrap();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("DEBUG truce::http: request") && l.contains("route=\"/v1/c\"")),
+        "{recommended}: no request line\n{log}"
+    );
+    let others: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(" DEBUG ") && !l.contains(" DEBUG truce::http: "))
+        .collect();
+    assert!(others.is_empty(), "{recommended}: other debug lines {others:#?}");
 }
 
 /// With `--log-format json`, the reason a server stops at startup is a JSON
 /// log line like every other (it was a plain `truce: …` line, the one line a
 /// JSON log pipeline could not read).
+///
+/// So is every other reason once the format is known: settings that do not
+/// hold (they were checked before the log was set up, and printed as
+/// plain text), a settings file that does not read when the flag says
+/// JSON, and a `TRUCE_LOG` that means nothing (said through a log set up
+/// with the default filter). A log that leaves errors out (`TRUCE_LOG=off`)
+/// still says why, as a plain line: it used to say nothing.
 #[test]
 fn a_startup_failure_is_logged_as_json_with_json_logs() {
+    // Held, so that a server that wrongly started would stop at once.
     let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let listen = held.local_addr().unwrap().to_string();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("new");
+    let unreadable = dir.path().join("truce.toml");
+    std::fs::write(&unreadable, "[unclosed").unwrap();
+    let cannot_listen = format!("cannot listen on {listen}");
+    let cases: [(&[&str], &str, &str); 6] = [
+        (&[], "warn", &cannot_listen),
+        (&["--cors-origins", "bad"], "warn", "\"bad\" is not an origin"),
+        (&["--hot-spots", "0"], "warn", "hot_spots must be 1 to"),
+        (
+            &["--tls-cert", "cert.pem"],
+            "warn",
+            "TLS needs both tls_cert and tls_key",
+        ),
+        (&[], "verbose", "\"verbose\" is not a level"),
+        (
+            &["--config", unreadable.to_str().unwrap()],
+            "warn",
+            "unclosed table",
+        ),
+    ];
+    for (extra, log, says) in cases {
+        let mut args = vec![
+            "serve",
+            "--log-format",
+            "json",
+            "--data",
+            data.to_str().unwrap(),
+            "--listen",
+            &listen,
+        ];
+        args.extend_from_slice(extra);
+        let ran = common::run_bounded_with_log(&args, log, RUN_BOUND);
+        assert!(
+            ran.status.is_some_and(|s| !s.success()),
+            "{extra:?}: {}",
+            ran.stderr
+        );
+        let lines: Vec<serde_json::Value> = ran
+            .stderr
+            .lines()
+            .map(|line| {
+                serde_json::from_str(line)
+                    .unwrap_or_else(|e| panic!("{extra:?} {log}: not JSON ({e}): {line}"))
+            })
+            .collect();
+        assert!(
+            lines
+                .iter()
+                .any(|l| l["level"] == "ERROR" && l["message"].as_str().is_some_and(|m| m.contains(says))),
+            "{extra:?} {log}: {}",
+            ran.stderr
+        );
+        assert!(!data.exists(), "{extra:?} {log}: the data directory was not made");
+    }
+    // A log that leaves errors out still says why, as plain text.
     let args = [
         "serve",
         "--log-format",
@@ -4203,21 +4377,19 @@ fn a_startup_failure_is_logged_as_json_with_json_logs() {
         "--listen",
         &listen,
     ];
-    let ran = run_bounded(&args, RUN_BOUND);
-    assert!(ran.status.is_some_and(|s| !s.success()), "{}", ran.stderr);
-    let lines: Vec<serde_json::Value> = ran
-        .stderr
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
-        .collect();
-    assert!(
-        lines.iter().any(|l| l["level"] == "ERROR"
-            && l["message"]
-                .as_str()
-                .is_some_and(|m| m.contains(&format!("cannot listen on {listen}")))),
-        "{}",
-        ran.stderr
-    );
+    for (extra, says) in [
+        (&["--hot-spots", "0"][..], "truce: hot_spots must be 1 to"),
+        (&[], "truce: cannot listen on"),
+    ] {
+        let args = [&args[..], extra].concat();
+        let ran = common::run_bounded_with_log(&args, "off", RUN_BOUND);
+        assert!(
+            ran.status.is_some_and(|s| !s.success()),
+            "{extra:?}: {}",
+            ran.stderr
+        );
+        assert!(ran.stderr.contains(says), "{extra:?}: {}", ran.stderr);
+    }
 }
 
 /// A reader that goes away (`truce keys list | head -0`) ends the printing

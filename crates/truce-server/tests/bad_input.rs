@@ -142,6 +142,12 @@ fn cases() -> Vec<Case> {
     let many_ops: Vec<Value> = (0..=truce::limits::TX_OPS_MAX)
         .map(|i| json!({"op": "put", "c": "t", "id": format!("tx{i}"), "doc": {}}))
         .collect();
+    let many_push_rows: Vec<Value> = (0..=truce::limits::TX_OPS_MAX)
+        .map(|i| json!({"newDocumentState": {"id": format!("push{i}")}}))
+        .collect();
+    let many_couch_docs: Vec<Value> = (0..=truce::limits::TX_OPS_MAX)
+        .map(|i| json!({"_id": format!("bulk{i}")}))
+        .collect();
     vec![
         // Bodies that are not JSON, or not the JSON asked for.
         case("invalid JSON", put("/v1/c/t/a", "not json"), 400, "invalid_json"),
@@ -541,6 +547,30 @@ fn cases() -> Vec<Case> {
             ),
             413,
             "limit_exceeded",
+        ),
+        // Rows applied one by one, but refused whole past TX_OPS_MAX (the
+        // test checks after the table that none was written).
+        case(
+            "a push of too many rows",
+            request(
+                "POST",
+                "/v1/c/t/_push",
+                &[],
+                json!(many_push_rows).to_string().as_bytes(),
+            ),
+            413,
+            "limit_exceeded",
+        ),
+        case(
+            "a /couch _bulk_docs of too many rows",
+            request(
+                "POST",
+                "/couch/t/_bulk_docs",
+                &[],
+                json!({"docs": many_couch_docs}).to_string().as_bytes(),
+            ),
+            413,
+            "too_large",
         ),
         // Transactions.
         case(
@@ -1046,6 +1076,110 @@ fn every_malformed_request_gets_its_documented_error() {
     );
     let after = put("/v1/c/t/after", r#"{"ok": true}"#);
     assert_eq!(send_raw(server.addr, &after).unwrap().status, 201);
+    // Nothing of a push or `_bulk_docs` refused for its rows was written.
+    for id in ["push0", "push1000", "bulk0", "bulk1000"] {
+        let answer = send_raw(server.addr, &get(&format!("/v1/c/t/{id}"))).unwrap();
+        assert_eq!(answer.status, 404, "{id}: {}", answer.text);
+    }
+}
+
+/// The malformed requests docs/http.md says hyper refuses before Truce sees
+/// them: 400 with an empty body, the connection closed. Their neighbours
+/// that pass hyper are Truce's to answer (here with its JSON errors).
+#[test]
+fn requests_hyper_refuses_get_an_empty_400() {
+    let server = Server::start();
+    let head = |line: &str, headers: &[u8]| {
+        let mut raw = format!("{line}\r\nHost: localhost\r\nConnection: close\r\n").into_bytes();
+        raw.extend_from_slice(headers);
+        raw.extend_from_slice(b"\r\n");
+        raw
+    };
+    // Each to a new document: a PUT over one is a conflict.
+    let next = std::cell::Cell::new(0);
+    let put = |headers: &[u8], body: &[u8]| {
+        next.set(next.get() + 1);
+        let mut raw = head(&format!("PUT /v1/c/h/{} HTTP/1.1", next.get()), headers);
+        raw.extend_from_slice(body);
+        raw
+    };
+    let refused: [(&str, Vec<u8>); 12] = [
+        (
+            "a control byte in a header value",
+            head("GET /healthz HTTP/1.1", b"X-A: a\x01b\r\n"),
+        ),
+        (
+            "DEL in a header value",
+            head("GET /healthz HTTP/1.1", b"X-A: a\x7fb\r\n"),
+        ),
+        ("obs-fold", head("GET /healthz HTTP/1.1", b"X-A: a\r\n b\r\n")),
+        (
+            "conflicting Content-Length",
+            put(b"Content-Length: 2\r\nContent-Length: 3\r\n", b"{}"),
+        ),
+        ("a Content-Length list", put(b"Content-Length: 2, 2\r\n", b"{}")),
+        (
+            "a Content-Length that is no number",
+            put(b"Content-Length: -2\r\n", b"{}"),
+        ),
+        (
+            "Transfer-Encoding gzip",
+            put(b"Transfer-Encoding: gzip\r\n", b"{}"),
+        ),
+        (
+            "Transfer-Encoding chunked, gzip",
+            put(b"Transfer-Encoding: chunked, gzip\r\n", b"{}"),
+        ),
+        ("a method that is no token", head("G(T /healthz HTTP/1.1", b"")),
+        ("a control byte in the target", head("GET /a\x01b HTTP/1.1", b"")),
+        ("< in the target", head("GET /a<b HTTP/1.1", b"")),
+        ("HTTP/1.7", head("GET /healthz HTTP/1.7", b"")),
+    ];
+    for (what, raw) in refused {
+        let answer = send_raw(server.addr, &raw).unwrap_or_else(|e| panic!("{what}: {e}"));
+        let (head, body) = answer.text.split_once("\r\n\r\n").unwrap_or((&answer.text, ""));
+        assert_eq!(answer.status, 400, "{what}: {}", answer.text);
+        assert_eq!(body, "", "{what}: {}", answer.text);
+        assert!(
+            head.to_ascii_lowercase().contains("connection: close"),
+            "{what}: {}",
+            answer.text
+        );
+    }
+    // Their neighbours reach Truce: a tab or UTF-8 in a header value, the
+    // same Content-Length twice, `chunked` last, `{` in the target.
+    let passed: [(&str, Vec<u8>, u16); 5] = [
+        (
+            "a tab and UTF-8 in a header value",
+            head("GET /healthz HTTP/1.1", "X-A: a\tb \u{e9}\r\n".as_bytes()),
+            200,
+        ),
+        (
+            "the same Content-Length twice",
+            put(b"Content-Length: 2\r\nContent-Length: 2\r\n", b"{}"),
+            201,
+        ),
+        (
+            "Transfer-Encoding gzip, chunked (read as chunked, not decompressed)",
+            put(b"Transfer-Encoding: gzip, chunked\r\n", b"2\r\n{}\r\n0\r\n\r\n"),
+            201,
+        ),
+        (
+            "a malformed chunk",
+            put(b"Transfer-Encoding: chunked\r\n", b"zz\r\n{}\r\n0\r\n\r\n"),
+            400,
+        ),
+        ("{ in the target", head("GET /v1/c/h/{a} HTTP/1.1", b""), 404),
+    ];
+    for (what, raw, status) in passed {
+        let answer = send_raw(server.addr, &raw).unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(answer.status, status, "{what}: {}", answer.text);
+        assert!(
+            answer.body["error"].is_string() || status < 400,
+            "{what}: {}",
+            answer.text
+        );
+    }
 }
 
 /// The rows of docs/http.md's "Limits" that take more than one request, or a

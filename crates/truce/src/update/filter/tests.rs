@@ -216,6 +216,27 @@ fn size_and_depth_are_bounded() {
             ..
         }
     ));
+    // What counts, as docs/http.md says: `{"a": 1}` as an element of `$or`
+    // is two nodes (the element and its field), so 127 fit and 128 do not;
+    // `$in` takes its field, itself and each operand; a value matched whole
+    // (an object without operators, `$ago`) adds nothing to its field.
+    let or_of = |n: usize| json!({"$or": (0..n).map(|i| json!({"a": i})).collect::<Vec<_>>()});
+    assert!(Filter::parse(&or_of(127)).is_ok());
+    assert!(matches!(
+        err(or_of(128)),
+        Error::LimitExceeded {
+            what: "FILTER_NODES_MAX",
+            ..
+        }
+    ));
+    assert!(Filter::parse(&json!({"a": {"$in": vec![1; FILTER_NODES_MAX - 2]}})).is_ok());
+    let whole: Map<String, Value> = (0..FILTER_NODES_MAX)
+        .map(|i| match i % 2 {
+            0 => (format!("f{i}"), json!({"$ago": 5})),
+            _ => (format!("f{i}"), json!({"k": [1, 2, 3], "j": {"x": 1}})),
+        })
+        .collect();
+    assert!(Filter::parse(&Value::Object(whole)).is_ok());
     let mut deep = json!({"a": 1});
     for _ in 0..DOC_DEPTH_MAX {
         deep = json!({"$not": deep});
