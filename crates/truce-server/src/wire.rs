@@ -54,6 +54,10 @@ pub enum JsonRefusal {
     TooManyValues,
 }
 
+/// Why a replicated document whose `_deleted` is not a boolean is refused
+/// (`"yes"` read as false would store a live document for a delete).
+pub const DELETED_IS_BOOLEAN: &str = "_deleted is true or false";
+
 /// Why a replicated document that [`carries_attachments`] is refused.
 pub const NO_ATTACHMENTS: &str = "attachments are not supported: keep binary data elsewhere";
 

@@ -168,6 +168,19 @@ fn cases() -> Vec<Case> {
             400,
             "invalid_request",
         ),
+        // Read as it is, a gzipped body was invalid_json, a plain one stored.
+        case(
+            "a body in Content-Encoding gzip",
+            request("PUT", "/v1/c/t/zipped", &[("Content-Encoding", b"gzip")], b"{}"),
+            415,
+            "unsupported_media_type",
+        ),
+        case(
+            "a transaction in Content-Encoding identity, br",
+            request("POST", "/v1/tx", &[("Content-Encoding", b"identity, br")], br#"{"ops": []}"#),
+            415,
+            "unsupported_media_type",
+        ),
         // RFC 9112, §3.2: a request names its host once.
         case(
             "Host sent twice",
@@ -369,13 +382,6 @@ fn cases() -> Vec<Case> {
         case("an id with a malformed escape", put("/v1/c/t/a%zz", "{}"), 400, "invalid_id"),
         case("an id ending in a bare %", get("/v1/c/t/a%"), 400, "invalid_id"),
         case("an id ending in half an escape", request("DELETE", "/v1/c/t/a%2", &[], b""), 400, "invalid_id"),
-        case(
-            "an index name with a malformed escape",
-            put("/v1/c/t/_indexes/a%g1", r#"{"fields": ["k"]}"#),
-            400,
-            "invalid_index",
-        ),
-        case("a collection name with a malformed escape", get("/v1/c/t%/a"), 400, "invalid_collection"),
         case("id starting with _", get("/v1/c/t/_secret"), 400, "invalid_id"),
         // URL resolution removes these segments, so no URL could name such a
         // document again: no write makes one.
@@ -843,21 +849,11 @@ fn cases() -> Vec<Case> {
             413,
             "limit_exceeded",
         ),
-        // A misspelt query parameter would answer as if it were absent. get("/v1/c/t/_changes?sinse=5"), 400, "invalid_query"),
+        // A misspelt query parameter would answer as if it were absent.
+        case("a feed with since misspelt", get("/v1/c/t/_changes?sinse=5"), 400, "invalid_query"),
         case("the global feed with an unknown parameter", get("/v1/_changes?style=all_docs"), 400, "invalid_query"),
         case("a parameter given twice", get("/v1/c/t?limit=2&limit=3"), 400, "invalid_query"),
         case("a feed parameter given twice", get("/v1/_changes?since=0&since=5"), 400, "invalid_query"),
-        case(
-            "a stream's Last-Event-ID given twice",
-            request(
-                "GET",
-                "/v1/c/t/_changes?feed=sse",
-                &[("Last-Event-ID", b"0"), ("Last-Event-ID", b"1")],
-                b"",
-            ),
-            400,
-            "invalid_query",
-        ),
         case("a query with where=", get("/v1/c/t?where=x"), 400, "invalid_query"),
         case("insights with window misspelt", get("/v1/insights?windw=5"), 400, "invalid_query"),
         case("a document read with ?rev=", get("/v1/c/t/s?rev=1-00000000000000000000000000000000"), 400, "invalid_query"),

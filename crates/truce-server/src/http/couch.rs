@@ -173,7 +173,7 @@ fn couch_write(coll: &str, id: &str, mut doc: Map<String, Value>) -> Result<TxOp
     let deleted = match doc.remove("_deleted") {
         None => false,
         Some(Value::Bool(deleted)) => deleted,
-        Some(_) => return Err(CouchError::bad_request("_deleted is true or false")),
+        Some(_) => return Err(CouchError::bad_request(truce_server::wire::DELETED_IS_BOOLEAN)),
     };
     let expect = match rev {
         // `0-0` is the revision a delete of a document that never existed

@@ -51,6 +51,9 @@ pub enum ApiError {
     Timeout,
     /// The request body stopped arriving.
     BodyTimeout,
+    /// The body is in an encoding the server does not decode (its
+    /// `Content-Encoding`, as sent).
+    UnsupportedEncoding(String),
     /// The request body was still arriving when the request timeout (this)
     /// passed.
     BodyTooSlow(std::time::Duration),
@@ -168,6 +171,14 @@ impl ApiError {
                         "op {i}: a delete needs a precondition: the op's \"version\" (N, or -1 for any) or \"rev\""
                     ),
                 },
+            ),
+            ApiError::UnsupportedEncoding(encoding) => plain(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                format!(
+                    "a body in Content-Encoding {encoding:?} is not decoded by this server: send it \
+                     uncompressed (JSON, no Content-Encoding); nothing was done"
+                ),
             ),
             ApiError::PayloadTooLarge(message) => plain(
                 StatusCode::PAYLOAD_TOO_LARGE,

@@ -134,6 +134,23 @@ where
     }
 }
 
+/// Refuses a body in an encoding other than `identity` (`gzip`, …) before
+/// any of it is read: read as it is, a compressed body was `invalid_json`,
+/// and a plain one labelled compressed was stored.
+fn plain_encoding(headers: &HeaderMap) -> Result<(), ApiError> {
+    for value in headers.get_all(header::CONTENT_ENCODING) {
+        let text = String::from_utf8_lossy(value.as_bytes());
+        let identity = text
+            .split(',')
+            .map(str::trim)
+            .all(|coding| coding.is_empty() || coding.eq_ignore_ascii_case("identity"));
+        if !identity {
+            return Err(ApiError::UnsupportedEncoding(text.into_owned()));
+        }
+    }
+    Ok(())
+}
+
 /// Refuses a body whose `Content-Length` says it is over `limit` before any
 /// of it is read: a client that sent `Expect: 100-continue` gets the 413
 /// instead of a 100 and an upload cut off at the limit.
@@ -155,7 +172,8 @@ fn caused_by<T: std::error::Error + 'static>(error: &(dyn std::error::Error + 's
     std::iter::successors(Some(error), |e| e.source()).any(|e| e.is::<T>())
 }
 
-/// A request body read whole and parsed as JSON: within `--max-body-bytes`
+/// A request body read whole and parsed as JSON: not compressed
+/// (`unsupported_media_type`), within `--max-body-bytes`
 /// (`payload_too_large` past it, before any of it is read when
 /// `Content-Length` says so), the memory for bodies (`overloaded`) and the
 /// idle timeout (`request_timeout`); a body that cannot be read (its
@@ -167,6 +185,7 @@ where
     B: hyper::body::Body<Data = Bytes> + Unpin,
     B::Error: Into<BoxError>,
 {
+    plain_encoding(headers)?;
     declared_within(headers, state.max_body_bytes)?;
     let body = Receiving::new(body, &state.bodies);
     let receiving = |now: bool| {
@@ -751,6 +770,28 @@ pub fn origin_named(source: Option<&str>, headers: &HeaderMap) -> Origin {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_body_in_identity_is_read() {
+        let with = |value: &'static str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                header::CONTENT_ENCODING,
+                axum::http::HeaderValue::from_static(value),
+            );
+            headers
+        };
+        assert!(plain_encoding(&HeaderMap::new()).is_ok());
+        for identity in ["identity", "Identity, ", ""] {
+            assert!(plain_encoding(&with(identity)).is_ok(), "{identity}");
+        }
+        for other in ["gzip", "identity, br", "x-gzip"] {
+            assert!(
+                matches!(plain_encoding(&with(other)), Err(ApiError::UnsupportedEncoding(e)) if e == other),
+                "{other}"
+            );
+        }
+    }
 
     /// A stream's or a long poll's page that finds the pages being read
     /// holding all their memory waits for room instead of failing, and is

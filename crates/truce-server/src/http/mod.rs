@@ -258,7 +258,7 @@ fn principal(
     uri: &Uri,
     headers: &HeaderMap,
 ) -> Result<Principal, Response> {
-    if let Some(refusal) = cors::host_refusal(version, uri, headers) {
+    if let Some(refusal) = cors::host_refusal(version, headers) {
         return Err(refusal.into_response());
     }
     if let Some(refusal) = cors::cross_origin_write(&state.cors_origins, method, headers) {

@@ -158,7 +158,7 @@ pub async fn query(
     params.only(&["index", "eq", "gt", "gte", "lt", "lte", "order", "limit", "after"])?;
     let index = params.0.get("index").cloned();
     let compound = match &index {
-        Some(name) => collection.index_status(name)?.spec.fields.len() > 1,
+        Some(name) => collection.index_fields(name)? > 1,
         None => false,
     };
     // A one-field index's `eq` is the value itself, an array too (a field

@@ -274,6 +274,7 @@ fn parse_rows(body: Value, pk: &str) -> Result<Vec<Row>, ApiError> {
         };
         // A misspelt `assumedMasterState` would be read as absent: an insert.
         if let Some(key) = row.keys().next() {
+            let key: String = key.chars().take(64).collect();
             return Err(invalid(
                 i,
                 &format!("{key:?}: a row holds assumedMasterState and newDocumentState only"),
@@ -306,7 +307,7 @@ fn parse_rows(body: Value, pk: &str) -> Result<Vec<Row>, ApiError> {
         }
         if new.get("_deleted").is_some_and(|d| !d.is_boolean()) {
             // `"true"` would be read as false, and store a live document.
-            return Err(invalid(i, "_deleted is true or false"));
+            return Err(invalid(i, truce_server::wire::DELETED_IS_BOOLEAN));
         }
         // What the transaction would refuse, refused here with the row named.
         let at = |e: truce::Error| ApiError::Engine(e.at(&format!("row {i}")));

@@ -31,10 +31,12 @@ fn op_expect(index: usize, op: &Map<String, Value>, default: Option<Expect>) -> 
                 ApiError::Engine(e) => e,
                 _ => malformed("version is an integer from -1 up"),
             }),
-            None => Err(malformed(&format!(
-                "version is an integer from -1 to {} (a document's versions), not {v}",
+            // A number is named (it is short); any other value by its kind.
+            None if v.is_number() => Err(malformed(&format!(
+                "version is an integer from -1 to {}, not {v}",
                 i64::MAX
             ))),
+            None => Err(malformed("version is an integer")),
         },
         (None, Some(r)) => match r.as_str() {
             Some(text) => text.parse().map(Expect::Rev),

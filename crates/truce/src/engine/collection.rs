@@ -322,10 +322,23 @@ impl Collection {
     /// The state of index `name`: [`Error::InvalidIndex`] for a name no index
     /// can have, [`Error::NotFound`] for one no index has.
     pub fn index_status(&self, name: &str) -> Result<IndexDef> {
+        self.with_index(name, IndexDef::clone)
+    }
+
+    /// How many fields index `name` has, errors as [`Self::index_status`]'s,
+    /// without a copy of its definition (a query asks on every request).
+    pub fn index_fields(&self, name: &str) -> Result<usize> {
+        self.with_index(name, |def| def.spec.fields.len())
+    }
+
+    /// `read` of index `name`'s definition, under the catalog's lock.
+    fn with_index<T>(&self, name: &str, read: impl FnOnce(&IndexDef) -> T) -> Result<T> {
         crate::index::validate_name(name)?;
-        self.indexes()
-            .into_iter()
-            .find(|d| d.name == name)
+        let catalog = self.db.shared().catalog.read().unwrap_or_else(|p| p.into_inner());
+        catalog
+            .get(&*self.name)
+            .and_then(|defs| defs.iter().find(|d| d.name == name))
+            .map(read)
             .ok_or_else(|| Error::NotFound(format!("index {name} of collection {}", self.name)))
     }
 
@@ -351,6 +364,7 @@ impl Collection {
     /// (the server's scoped keys) holds its own lock across reading it and
     /// this, but not across the backfills, which may take long.
     pub fn store_config(&self, config: CollectionConfig) -> Result<()> {
+        config.check_size(&self.config())?;
         self.db.submit_config(&self.name, config).map(drop)
     }
 
@@ -497,6 +511,21 @@ mod tests {
         let c = db.collection("c").unwrap();
         assert!(c.create_index("old", spec.clone()).is_ok());
         assert!(matches!(c.create_index("new", spec), Err(Error::InvalidIndex(_))));
+        // A field path longer than INDEX_FIELD_BYTES_MAX, likewise.
+        let long = IndexSpec {
+            fields: vec!["f".repeat(crate::limits::INDEX_FIELD_BYTES_MAX + 1)],
+            unique: false,
+        };
+        db.submit_define_index(IndexDef::new("c", "long", long.clone()).unwrap())
+            .unwrap();
+        assert!(c.create_index("long", long.clone()).is_ok());
+        assert!(matches!(
+            c.create_index("longer", long),
+            Err(Error::LimitExceeded {
+                what: "INDEX_FIELD_BYTES_MAX",
+                ..
+            })
+        ));
     }
 
     /// A backfill step of a declaration that was dropped since (a backfill

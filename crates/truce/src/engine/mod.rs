@@ -920,7 +920,7 @@ fn reader_start(since: u64, from: Option<u64>, head: u64) -> Result<Option<u64>>
     {
         return Err(Error::InvalidQuery(format!(
             "from {from} is past this database's last commit ({head}): it was not given out by this data \
-             directory; read the feed again from 0"
+             directory; read the feed again from 0, without from"
         )));
     }
     if since == 0 {

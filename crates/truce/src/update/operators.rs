@@ -140,7 +140,11 @@ impl Op {
             Op::Inc(n) | Op::Mul(n) => {
                 let is_inc = matches!(self, Op::Inc(_));
                 let new = match path::get_mut(doc, path) {
-                    None if is_inc => n.clone(),
+                    // The operand itself, past i64 as anywhere else (`arith`).
+                    None if is_inc => {
+                        arith(&Number::from(0), n, true, self.name(), path)?;
+                        n.clone()
+                    }
                     // MongoDB: a missing field becomes zero of the multiplier's kind.
                     None if n.is_f64() => Number::from_f64(0.0).unwrap_or_else(|| Number::from(0)),
                     None => Number::from(0),

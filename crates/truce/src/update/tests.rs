@@ -190,6 +190,16 @@ fn inc_and_mul() {
         "'$inc' at 's' needs a number there, found a string",
     );
     op_err(run(json!({"$inc": {"big": 1}}), doc.clone()), "overflows");
+    // An operand past i64 does not take a missing field there either.
+    op_err(
+        run(json!({"$inc": {"m": 1_u64 << 63}}), doc.clone()),
+        "'$inc' at 'm' overflows",
+    );
+    let signed = ok(json!({"$inc": {"m": -0.0}}), doc.clone())["m"].as_f64();
+    assert!(
+        signed.is_some_and(f64::is_sign_negative),
+        "the operand as it is: {signed:?}"
+    );
     assert_eq!(ok(json!({"$mul": {"n": 3}}), doc.clone())["n"], json!(15));
     assert_eq!(ok(json!({"$mul": {"n": 0.5}}), doc.clone())["n"], json!(2.5));
     let missing = ok(json!({"$mul": {"i": 7, "x": 7.5}}), doc.clone());
