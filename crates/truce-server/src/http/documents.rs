@@ -62,14 +62,19 @@ pub(super) fn json_body(write: impl FnOnce(&mut Vec<u8>) -> serde_json::Result<(
 }
 
 /// Appends the bytes of `serde_json::to_vec(&WriteAnswer::new(written))`, its
-/// keys written as the constants they are (see `Document::write_json`).
+/// keys written as the constants they are (see `Document::write_json`), and
+/// the document's body copied from its canonical bytes when the write built
+/// them (`Written::canonical`), as a read copies the stored ones.
 fn write_answer(written: &Written, out: &mut Vec<u8>) -> serde_json::Result<()> {
     let flag = |set: bool| if set { &b"true"[..] } else { &b"false"[..] };
     let doc = &written.doc;
     out.extend_from_slice(b"{\"created\":");
     out.extend_from_slice(flag(written.created()));
     out.extend_from_slice(b",\"doc\":");
-    doc.write_json(out)?;
+    match &written.canonical {
+        Some(canonical) => truce::doc::write_stored_json(&doc.id, &doc.meta, canonical, out),
+        None => doc.write_json(out)?,
+    }
     out.extend_from_slice(b",\"id\":");
     serde_json::to_writer(&mut *out, &doc.id)?;
     out.extend_from_slice(b",\"noop\":");
@@ -410,18 +415,43 @@ mod tests {
             .expect("put")
             .expect("written");
         let doc = users.get("u\"1").expect("get").expect("present");
-        for effect in [Effect::Created, Effect::Updated, Effect::NoOp, Effect::Skipped] {
-            let written = Written {
-                doc: doc.clone().into(),
-                effect,
-            };
-            let mut bytes = Vec::new();
-            write_answer(&written, &mut bytes).expect("written");
-            assert_eq!(
-                String::from_utf8(bytes).expect("text"),
-                serde_json::to_string(&WriteAnswer::new(&written)).expect("serialized"),
-                "{effect:?}"
-            );
+        // Whether the body is encoded or copied from its canonical bytes;
+        // keys before and after the metadata's, none, and a tombstone's.
+        let mut docs = vec![doc.clone()];
+        for (id, body) in [
+            ("a", json!({"A": [1.5, {"z": null}], "b": "é\n"})),
+            ("b", json!({})),
+        ] {
+            users
+                .put(id, body, truce::Expect::Any)
+                .expect("put")
+                .expect("written");
+            docs.push(users.get(id).expect("get").expect("present"));
+        }
+        let gone = users
+            .delete("b", truce::Expect::Any)
+            .expect("delete")
+            .expect("deleted");
+        docs.push(truce::Document::clone(&gone.doc));
+        for doc in &docs {
+            let canonical = std::sync::Arc::new(truce::doc::canonical_bytes(&doc.body));
+            for effect in [Effect::Created, Effect::Updated, Effect::NoOp, Effect::Skipped] {
+                for canonical in [None, Some(std::sync::Arc::clone(&canonical))] {
+                    let written = Written {
+                        doc: doc.clone().into(),
+                        effect,
+                        canonical,
+                    };
+                    let mut bytes = Vec::new();
+                    write_answer(&written, &mut bytes).expect("written");
+                    assert_eq!(
+                        String::from_utf8(bytes).expect("text"),
+                        serde_json::to_string(&WriteAnswer::new(&written)).expect("serialized"),
+                        "{effect:?} {:?}",
+                        written.canonical.is_some()
+                    );
+                }
+            }
         }
         let committed = truce::TxCommitted {
             seq: 7,
@@ -429,11 +459,13 @@ mod tests {
                 Some(Written {
                     doc: doc.clone().into(),
                     effect: Effect::Updated,
+                    canonical: None,
                 }),
                 None,
                 Some(Written {
                     doc: doc.clone().into(),
                     effect: Effect::Checked,
+                    canonical: None,
                 }),
             ],
             replayed: false,

@@ -368,6 +368,7 @@ fn check(op: &PreparedOp, current: Option<&Arc<Document>>) -> std::result::Resul
         None => Ok(live.map(|doc| Written {
             doc: Arc::clone(doc),
             effect: Effect::Checked,
+            canonical: None,
         })),
     }
 }

@@ -36,8 +36,9 @@ pub enum WriteOp {
 pub struct NewState {
     /// The state, shared with the write's answer.
     pub doc: Arc<Document>,
-    /// `doc::canonical_bytes(&doc.body)`.
-    pub canonical: Vec<u8>,
+    /// `doc::canonical_bytes(&doc.body)`, shared with the write's answer
+    /// (`Written::canonical`).
+    pub canonical: Arc<Vec<u8>>,
 }
 
 /// The commit context of one write: its sequence number if it writes, and the time.
@@ -59,6 +60,7 @@ fn unchanged(current: &Arc<Document>, effect: Effect) -> Decision {
     Decision::Settled(Ok(Written {
         doc: Arc::clone(current),
         effect,
+        canonical: None,
     }))
 }
 
@@ -275,10 +277,12 @@ pub fn build(
         (false, None) => Effect::Created,
         (false, Some(_)) => Effect::Updated,
     };
+    let canonical = Arc::new(canonical);
     Ok((
         Written {
             doc: Arc::clone(&doc),
             effect,
+            canonical: Some(Arc::clone(&canonical)),
         },
         NewState { doc, canonical },
     ))
@@ -342,12 +346,19 @@ mod tests {
     fn a_put_that_writes_moves_its_body_into_the_state_and_its_revision_is_of_that_body() {
         let (answer, state, op) = put(json!({"n": 1, "s": "x"}), None);
         let state = state.expect("a new state");
-        assert_eq!(answer.expect("no conflict").effect, Effect::Created);
+        let answer = answer.expect("no conflict");
+        assert_eq!(answer.effect, Effect::Created);
+        // The answer shares the state's bytes, not a copy of them.
+        assert!(
+            answer
+                .canonical
+                .is_some_and(|c| Arc::ptr_eq(&c, &state.canonical))
+        );
         assert_eq!(
             serde_json::Value::Object(state.doc.body.clone()),
             json!({"n": 1, "s": "x"})
         );
-        assert_eq!(state.canonical, doc::canonical_bytes(&state.doc.body));
+        assert_eq!(*state.canonical, doc::canonical_bytes(&state.doc.body));
         assert_eq!(state.doc.meta.rev, Rev::compute(1, &state.canonical, false));
         match op {
             WriteOp::Put { body, canonical } => assert!(body.is_empty() && canonical.is_empty()),
@@ -361,7 +372,9 @@ mod tests {
         let current = created.expect("a new state").doc;
         let (answer, state, _) = put(json!({"s": "x", "n": 1}), Some(&current));
         assert!(state.is_none());
-        assert_eq!(answer.expect("no conflict").effect, Effect::NoOp);
+        let answer = answer.expect("no conflict");
+        assert_eq!(answer.effect, Effect::NoOp);
+        assert!(answer.canonical.is_none(), "a no-op built no bytes");
         // Other canonical bytes are a write, even of values that compare
         // equal (`-0.0` and `0.0`).
         let (_, zero, _) = put(json!({"z": 0.0}), None);

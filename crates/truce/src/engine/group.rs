@@ -26,8 +26,9 @@ use super::tx::changes_key;
 struct Slot {
     /// Shared with the answers of the group's writes of it.
     current: Held,
-    /// Canonical body bytes of `current` if the group wrote it.
-    written: Option<Vec<u8>>,
+    /// Canonical body bytes of `current` if the group wrote it (shared
+    /// with the write's answer).
+    written: Option<Arc<Vec<u8>>>,
     /// The sequence number of the stored state (tombstones included) the group
     /// read: its change-log entries give way to the group's last write.
     stored_seq: Option<u64>,
@@ -218,7 +219,7 @@ impl<'a> Group<'a> {
     /// size: such a write writes, and its new state counts in `bytes`).
     pub fn meet(&mut self, key: &[u8], id: &str, seen: Option<Held>) -> Result<Option<&Arc<Document>>> {
         let slot = Self::load(&mut self.slots, self.storage, key, id, seen)?;
-        self.met += slot.written.as_ref().map_or(slot.stored_bytes, Vec::len);
+        self.met += slot.written.as_ref().map_or(slot.stored_bytes, |c| c.len());
         slot.current.doc(id)
     }
 
@@ -229,7 +230,7 @@ impl<'a> Group<'a> {
     /// TTL or counters, which read the old body anyway.
     pub fn meet_lazily<'s>(&'s mut self, key: &[u8], id: &'s str, seen: Option<Held>) -> Result<Met<'s>> {
         let slot = Self::load(&mut self.slots, self.storage, key, id, seen)?;
-        let stored_bytes = slot.written.as_ref().map_or(slot.stored_bytes, Vec::len);
+        let stored_bytes = slot.written.as_ref().map_or(slot.stored_bytes, |c| c.len());
         self.met += stored_bytes;
         Ok(Met {
             held: &mut slot.current,
@@ -277,7 +278,7 @@ impl<'a> Group<'a> {
     pub fn current_bytes(&self, key: &[u8]) -> usize {
         self.slots
             .get(key)
-            .map_or(0, |s| s.written.as_ref().map_or(s.stored_bytes, Vec::len))
+            .map_or(0, |s| s.written.as_ref().map_or(s.stored_bytes, |c| c.len()))
     }
 
     /// A non-document key as the group sees it: its own writes, else storage.

@@ -129,7 +129,7 @@ pub fn effect_from_name(name: &str) -> Option<Effect> {
 }
 
 /// The answer to a write that did not conflict.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct Written {
     /// The document after the write (for a delete, the tombstone; for a no-op or
     /// a skip, the unchanged current document). Usually shared with the
@@ -137,6 +137,20 @@ pub struct Written {
     pub doc: Arc<Document>,
     /// What happened.
     pub effect: Effect,
+    /// `doc::canonical_bytes(&doc.body)`, shared with the state the write
+    /// stores, when the write built one: an answer copies them around the
+    /// metadata (`doc::write_stored_json`) instead of encoding the body's
+    /// values again, which for a large document of small values took the
+    /// HTTP threads milliseconds. `None` for a no-op, a skip, a check and an
+    /// answer read back from an idempotency record. Not compared by `==`:
+    /// it is the encoding of `doc`.
+    pub canonical: Option<Arc<Vec<u8>>>,
+}
+
+impl PartialEq for Written {
+    fn eq(&self, other: &Written) -> bool {
+        self.doc == other.doc && self.effect == other.effect
+    }
 }
 
 impl Written {

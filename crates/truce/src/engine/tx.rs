@@ -402,6 +402,7 @@ pub fn decode_committed(bytes: &[u8]) -> Result<TxCommitted> {
             Ok(Some(Written {
                 doc: doc.into(),
                 effect,
+                canonical: None,
             }))
         })
         .collect::<Result<Vec<_>>>()?;
