@@ -4345,17 +4345,17 @@ fn a_startup_failure_is_logged_as_json_with_json_logs() {
             "unclosed table",
         ),
     ];
+    let base = [
+        "serve",
+        "--log-format",
+        "json",
+        "--data",
+        data.to_str().unwrap(),
+        "--listen",
+        &listen,
+    ];
     for (extra, log, says) in cases {
-        let mut args = vec![
-            "serve",
-            "--log-format",
-            "json",
-            "--data",
-            data.to_str().unwrap(),
-            "--listen",
-            &listen,
-        ];
-        args.extend_from_slice(extra);
+        let args = [&base[..], extra].concat();
         let ran = common::run_bounded_with_log(&args, log, RUN_BOUND);
         assert!(
             ran.status.is_some_and(|s| !s.success()),
@@ -4380,20 +4380,11 @@ fn a_startup_failure_is_logged_as_json_with_json_logs() {
         assert!(!data.exists(), "{extra:?} {log}: the data directory was not made");
     }
     // A log that leaves errors out still says why, as plain text.
-    let args = [
-        "serve",
-        "--log-format",
-        "json",
-        "--data",
-        data.to_str().unwrap(),
-        "--listen",
-        &listen,
-    ];
     for (extra, says) in [
         (&["--hot-spots", "0"][..], "truce: hot_spots must be 1 to"),
         (&[], "truce: cannot listen on"),
     ] {
-        let args = [&args[..], extra].concat();
+        let args = [&base[..], extra].concat();
         let ran = common::run_bounded_with_log(&args, "off", RUN_BOUND);
         assert!(
             ran.status.is_some_and(|s| !s.success()),

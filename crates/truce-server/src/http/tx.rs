@@ -31,7 +31,8 @@ fn op_expect(index: usize, op: &Map<String, Value>, default: Option<Expect>) -> 
                 ApiError::Engine(e) => e,
                 _ => malformed("version is an integer from -1 up"),
             }),
-            // A number is named (it is short); any other value by its kind.
+            // A number is named (it is short); any other value is not
+            // echoed (a string may be megabytes).
             None if v.is_number() => Err(malformed(&format!(
                 "version is an integer from -1 to {}, not {v}",
                 i64::MAX
