@@ -203,6 +203,9 @@ pub struct IndexCreated {
 #[derive(Deserialize)]
 struct Collections {
     collections: Vec<String>,
+    /// Absent from servers before pages: all names came at once.
+    #[serde(default)]
+    next: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -218,12 +221,22 @@ impl Client {
         Ok(raw.into())
     }
 
-    /// The names of all collections.
+    /// The names of all collections, in name order (asked for a page of
+    /// 10,000 at a time).
     pub async fn list_collections(&self) -> Result<Vec<String>, ClientError> {
-        let list: Collections = self
-            .fetch_json(&Call::get(self.url(&["v1", "c"])), "the collections")
-            .await?;
-        Ok(list.collections)
+        let mut names = Vec::new();
+        let mut after = None;
+        loop {
+            let mut params = vec![("limit", "10000".to_string())];
+            params.extend(after.take().map(|name| ("after", name)));
+            let url = with_params(self.url(&["v1", "c"]), &params);
+            let page: Collections = self.fetch_json(&Call::get(url), "the collections").await?;
+            names.extend(page.collections);
+            match page.next {
+                Some(next) => after = Some(next),
+                None => return Ok(names),
+            }
+        }
     }
 
     /// Creates (or confirms) index `name` on `coll` and starts building it over

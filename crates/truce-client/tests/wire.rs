@@ -100,6 +100,24 @@ async fn each_logical_write_gets_its_own_key() {
     assert_eq!(log[0].header("if-match"), None);
 }
 
+/// `list_collections` asks for pages until one has no `next`, each after
+/// the last.
+#[tokio::test]
+async fn collections_are_listed_page_after_page() {
+    let (base, log) = serve(vec![
+        Reply::Json(200, vec![], json!({"collections": ["a", "b"], "next": "b"})),
+        Reply::Json(200, vec![], json!({"collections": ["c"], "next": null})),
+    ])
+    .await;
+    assert_eq!(
+        client(&base, 1).list_collections().await.expect("ok"),
+        ["a", "b", "c"]
+    );
+    let log = log.lock().unwrap();
+    let targets: Vec<&str> = log.iter().map(|r| r.target.as_str()).collect();
+    assert_eq!(targets, ["/v1/c?limit=10000", "/v1/c?limit=10000&after=b"]);
+}
+
 #[tokio::test]
 async fn retry_after_is_honoured_up_to_max_delay() {
     let (base, _log) = serve(vec![

@@ -264,6 +264,12 @@ pub struct ServeArgs {
     /// [default: 128]. Its memory is about 61 (`HOT_SPOT_MINUTES_KEPT`) × this × 400 bytes at most.
     #[arg(long, env = "TRUCE_HOT_SPOTS")]
     pub hot_spots: Option<usize>,
+    /// Most collections the database may hold, 1 to 1000000 [default:
+    /// 100000]: a write that would make one more is answered 413
+    /// `limit_exceeded`. Collections are made by their first write and never
+    /// removed; each keeps its name in memory (~270 bytes resident).
+    #[arg(long, env = "TRUCE_MAX_COLLECTIONS")]
+    pub max_collections: Option<usize>,
     /// Storage block cache in MiB, 1 to 65536 [default: 32].
     #[arg(long, env = "TRUCE_CACHE_MIB")]
     pub cache_mib: Option<u64>,
@@ -341,6 +347,7 @@ pub struct FileSettings {
     page_memory_mib: Option<u64>,
     answer_stall_ms: Option<u64>,
     hot_spots: Option<usize>,
+    max_collections: Option<usize>,
     cache_mib: Option<u64>,
     memtable_mib: Option<u64>,
     commit_poll_us: Option<u64>,
@@ -379,6 +386,8 @@ pub struct Settings {
     pub answer_stall_ms: u64,
     /// Hot-spot tracker capacity per minute.
     pub hot_spots: usize,
+    /// Most collections the database may hold.
+    pub max_collections: usize,
     /// Storage block cache, MiB.
     pub cache_mib: u64,
     /// Per-keyspace memtable bound, MiB.
@@ -486,6 +495,10 @@ impl ServeArgs {
                 .hot_spots
                 .or(file.hot_spots)
                 .unwrap_or(truce::limits::HOT_SPOTS_TRACKED_DEFAULT),
+            max_collections: self
+                .max_collections
+                .or(file.max_collections)
+                .unwrap_or(truce::limits::COLLECTIONS_DEFAULT),
             cache_mib: self
                 .cache_mib
                 .or(file.cache_mib)
@@ -581,6 +594,12 @@ impl ServeArgs {
             return Err(format!(
                 "hot_spots must be 1 to {}",
                 truce::limits::HOT_SPOTS_TRACKED_MAX
+            ));
+        }
+        if !(1..=truce::limits::COLLECTIONS_MAX).contains(&settings.max_collections) {
+            return Err(format!(
+                "max_collections must be 1 to {}",
+                truce::limits::COLLECTIONS_MAX
             ));
         }
         if settings.max_concurrent_requests > MAX_CONCURRENT_REQUESTS_MAX {
@@ -750,6 +769,31 @@ mod tests {
         assert_eq!(mib(Some(file.clone()), None), Ok(64));
         assert_eq!(mib(Some(file), Some(512)), Ok(512));
         assert!(mib(None, Some(0)).unwrap_err().contains("page_memory_mib"));
+    }
+
+    /// The bound on collections: the engine's default unless said, from the
+    /// file or a flag, 1 to `COLLECTIONS_MAX`.
+    #[test]
+    fn max_collections_is_bounded_both_ways() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("truce.toml");
+        std::fs::write(&file, "max_collections = 7\n").unwrap();
+        let max = |config: Option<PathBuf>, flag: Option<usize>| {
+            ServeArgs {
+                config,
+                max_collections: flag,
+                ..ServeArgs::default()
+            }
+            .settings()
+            .map(|s| s.max_collections)
+        };
+        assert_eq!(max(None, None), Ok(truce::limits::COLLECTIONS_DEFAULT));
+        assert_eq!(max(Some(file.clone()), None), Ok(7));
+        assert_eq!(max(Some(file), Some(1_000_000)), Ok(1_000_000));
+        for refused in [0, 1_000_001] {
+            let error = max(None, Some(refused)).unwrap_err();
+            assert_eq!(error, "max_collections must be 1 to 1000000");
+        }
     }
 
     /// Origins are trimmed, and an empty value means none.

@@ -226,6 +226,7 @@ fn serve_with(settings: Settings) -> Result<(), String> {
         commit_poll: Duration::from_micros(settings.commit_poll_us),
         min_free_disk_bytes: settings.min_free_disk_mib << 20,
         page_memory_bytes: usize::try_from(settings.page_memory_mib << 20).unwrap_or(usize::MAX),
+        collections_max: settings.max_collections,
         ..Options::default()
     };
     let db = Db::open(&settings.data, options).map_err(|e| e.to_string())?;

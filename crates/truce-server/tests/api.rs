@@ -982,6 +982,89 @@ fn queries_indexes_and_collections() {
     );
 }
 
+/// `--max-collections`: a write that would make one collection more is
+/// 413 `limit_exceeded` naming the flag, whatever route it takes, and writes
+/// nothing; `GET /v1/c` answers in pages of names, `next` naming where the
+/// next one starts.
+#[test]
+fn collections_are_bounded_and_listed_in_pages() {
+    let server = Server::start_with(&["--max-collections", "3"]);
+    let api = Api::new(&server);
+    for c in ["b", "a", "c"] {
+        api.put(&format!("/v1/c/{c}/x"), json!({})).ok(201);
+    }
+    let refused = |reply: Reply| {
+        let message = reply.error(413, "limit_exceeded")["message"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(
+            message.contains("collection d ") && message.contains("--max-collections"),
+            "{message}"
+        );
+    };
+    refused(api.put("/v1/c/d/x", json!({})));
+    refused(api.patch("/v1/c/d/x", json!({"$inc": {"n": 1}, "$upsert": true})));
+    refused(
+        api.tx(json!({"ops": [{"op": "put", "c": "a", "id": "y", "doc": {}},
+                                  {"op": "put", "c": "d", "id": "x", "doc": {}}]})),
+    );
+    // CouchDB's side: a database is made by its first write, and one that
+    // could not be is not announced as made.
+    let couch = api.put("/couch/d", json!({}));
+    assert_eq!(
+        (couch.status, couch.json["error"].as_str()),
+        (413, Some("too_large")),
+        "{}",
+        couch.text
+    );
+    // `_bulk_docs` answers each row (CouchDB's way).
+    let couch = api.post("/couch/d/_bulk_docs", json!({"docs": [{"_id": "x"}]}));
+    assert_eq!(
+        (couch.status, couch.json[0]["error"].as_str()),
+        (201, Some("limit_exceeded")),
+        "{}",
+        couch.text
+    );
+    assert_eq!(api.put("/couch/a", json!({})).status, 412, "a database there");
+    api.get("/v1/c/a/y").error(404, "not_found");
+    api.get("/v1/c/d/x").error(404, "not_found");
+    api.put("/v1/c/a/y", json!({})).ok(201);
+
+    assert_eq!(
+        api.get("/v1/c").ok(200),
+        &json!({"collections": ["a", "b", "c"], "next": null})
+    );
+    assert_eq!(
+        api.get("/v1/c?limit=2").ok(200),
+        &json!({"collections": ["a", "b"], "next": "b"})
+    );
+    assert_eq!(
+        api.get("/v1/c?limit=2&after=b").ok(200),
+        &json!({"collections": ["c"], "next": null})
+    );
+    assert_eq!(
+        api.get("/v1/c?limit=1&after=a").ok(200),
+        &json!({"collections": ["b"], "next": "b"})
+    );
+    assert_eq!(
+        api.get("/v1/c?limit=0&after=c").ok(200),
+        &json!({"collections": [], "next": null})
+    );
+    assert_eq!(api.get("/v1/c?limit=10000").ok(200)["next"], Value::Null);
+    for bad in [
+        "limit=10001",
+        "limit=-1",
+        "limit=x",
+        "after=",
+        "after=..",
+        "after=1a",
+        "since=0",
+    ] {
+        api.get(&format!("/v1/c?{bad}")).error(400, "invalid_query");
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Replication: RxDB push and the CouchDB subset (beyond tests/interop)
 // ---------------------------------------------------------------------------

@@ -455,10 +455,22 @@ fn collection_scoped_keys() {
     api.get(key, "/v1/_changes").error(403, "forbidden");
     api.get(key, "/v1/_changes?feed=longpoll&timeout=100")
         .error(403, "forbidden");
-    assert_eq!(api.get(key, "/v1/c").json, json!({"collections": ["a"]}));
+    assert_eq!(
+        api.get(key, "/v1/c").json,
+        json!({"collections": ["a"], "next": null})
+    );
     assert_eq!(
         api.get(Some(&a_and_b), "/v1/c").json,
-        json!({"collections": ["a", "b"]})
+        json!({"collections": ["a", "b"], "next": null})
+    );
+    // Pages hold only the key's collections: `c`, after `b`, is no next page.
+    assert_eq!(
+        api.get(Some(&a_and_b), "/v1/c?limit=1").json,
+        json!({"collections": ["a"], "next": "a"})
+    );
+    assert_eq!(
+        api.get(Some(&a_and_b), "/v1/c?limit=1&after=a").json,
+        json!({"collections": ["b"], "next": null})
     );
     let all = api.get(Some(&admin), "/v1/c").json["collections"].clone();
     assert!(all.as_array().unwrap().len() >= 3, "{all}");

@@ -51,6 +51,19 @@ pub enum Error {
         /// Its value.
         limit: u64,
     },
+    /// A write would make a collection when the database already holds
+    /// [`Options::collections_max`](crate::Options::collections_max) of them.
+    /// Nothing was written.
+    #[error(
+        "collection {collection} does not exist, and the database already holds {limit} collections, its \
+         limit (collections_max; `truce serve --max-collections`); nothing was written"
+    )]
+    TooManyCollections {
+        /// The first collection the write would have made.
+        collection: String,
+        /// The limit.
+        limit: usize,
+    },
     /// The commit queue is full. Retry after a short pause.
     #[error("the commit queue is full; retry later")]
     Overloaded,
@@ -158,7 +171,7 @@ impl Error {
     /// declaration (an index's field, a configuration's).
     pub fn unless_limit(self, wrap: impl FnOnce(Error) -> Error) -> Error {
         match self {
-            Error::LimitExceeded { .. } => self,
+            Error::LimitExceeded { .. } | Error::TooManyCollections { .. } => self,
             other => wrap(other),
         }
     }
@@ -225,7 +238,7 @@ impl Error {
             Error::InvalidFilter(_) => "invalid_filter",
             Error::InvalidPrecondition(_) => "invalid_precondition",
             Error::DocumentTooLarge { .. } => "payload_too_large",
-            Error::LimitExceeded { .. } => "limit_exceeded",
+            Error::LimitExceeded { .. } | Error::TooManyCollections { .. } => "limit_exceeded",
             Error::Overloaded | Error::PagesOverBudget => "overloaded",
             Error::Unavailable(_) => "unavailable",
             Error::InsufficientStorage { .. } => "insufficient_storage",

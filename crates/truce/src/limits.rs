@@ -107,6 +107,20 @@ pub const INDEX_FIELD_BYTES_MAX: usize = 1024;
 /// more; a filter of 15 MB of values may not.
 pub const CONFIG_BYTES_MAX: usize = 64 * 1024;
 
+/// Collections a database holds by default
+/// ([`Options::collections_max`](crate::Options::collections_max)): a write
+/// that would add one more is refused. Collections are made by their first
+/// write and never removed, and each keeps its name in memory several times
+/// over (the committer's registry, the readers' copy, the feed's heads), so a
+/// client that writes to a collection per user or per request would
+/// otherwise grow the server's memory and its listing without bound.
+pub const COLLECTIONS_DEFAULT: usize = 100_000;
+
+/// Most collections [`Options::collections_max`](crate::Options::collections_max)
+/// may allow: at ~270 bytes each resident (`scripts/many-collections`), a
+/// million take ~260 MiB.
+pub const COLLECTIONS_MAX: usize = 1_000_000;
+
 /// Most indexes per collection. Every write maintains every index of its
 /// collection in the committer, so each one costs all writers.
 pub const INDEXES_PER_COLLECTION_MAX: usize = 32;

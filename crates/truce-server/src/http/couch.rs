@@ -281,7 +281,7 @@ pub async fn create(
 ) -> CouchResult {
     authorize(&who, Role::Write, Some(&coll))?;
     truce::doc::validate_collection_name(&coll)?;
-    if state.db.collections().contains(&coll) {
+    if state.db.has_collection(&coll)? {
         return Err(CouchError(
             StatusCode::PRECONDITION_FAILED,
             "file_exists",

@@ -50,6 +50,8 @@ pub struct WriteAnswer {
 #[derive(ToSchema)]
 pub struct Collections {
     collections: Vec<String>,
+    /// Pass as `after` for the next page; null when this page is the last.
+    next: Option<String>,
 }
 
 /// An index and its state.

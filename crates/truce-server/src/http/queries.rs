@@ -20,23 +20,45 @@ fn index_json(def: &IndexDef) -> Value {
            "state": def.state.name(), "backfilled": def.backfilled, "failure": def.failure})
 }
 
-/// Lists the collections this key may see.
+/// Names a page of `GET /v1/c` holds without `limit` (or with 0).
+const COLLECTIONS_PAGE_DEFAULT: usize = 1000;
+
+/// Most names a page of `GET /v1/c` holds.
+const COLLECTIONS_PAGE_MAX: usize = 10_000;
+
+/// Lists the collections this key may see, in name order, a page at a time.
 #[utoipa::path(get, path = "/v1/c", tag = "queries",
-    responses((status = 200, description = "Collection names", body = super::openapi::Collections)))]
+    params(("limit" = Option<usize>, Query, maximum = 10000, description = "Most names per page; absent or 0: 1000"),
+           ("after" = Option<String>, Query, description = "The `next` of the page before: names after it")),
+    responses((status = 200, description = "Collection names, and the `after` of the next page (null at the end)", body = super::openapi::Collections),
+              (status = 400, description = "invalid_query: a limit above 10000 or not a number, an after that is no collection name", body = super::openapi::ErrorBody)))]
 pub async fn list_collections(
     State(state): State<Arc<AppState>>,
     Extension(who): Extension<Principal>,
     params: Params,
 ) -> Result<Response, ApiError> {
     authorize(&who, Role::Read, None)?;
-    params.only(&[])?;
-    let names: Vec<String> = state
-        .db
-        .collections()
-        .into_iter()
-        .filter(|c| who.may_access(c))
-        .collect();
-    Ok(axum::Json(json!({"collections": names})).into_response())
+    params.only(&["limit", "after"])?;
+    let limit = match params.parse::<usize>("limit", "invalid_query")? {
+        None | Some(0) => COLLECTIONS_PAGE_DEFAULT,
+        Some(n) if n <= COLLECTIONS_PAGE_MAX => n,
+        Some(n) => {
+            return Err(ApiError::BadRequest(
+                "invalid_query",
+                format!("limit {n} exceeds {COLLECTIONS_PAGE_MAX}"),
+            ));
+        }
+    };
+    let after = params.0.get("after").map(String::as_str);
+    if after.is_some_and(|after| truce::doc::validate_collection_name(after).is_err()) {
+        return Err(ApiError::BadRequest(
+            "invalid_query",
+            "after must be a collection name (^[A-Za-z][A-Za-z0-9_-]{0,63}$), as a page's next is".into(),
+        ));
+    }
+    let (names, more) = state.db.collections_page(after, limit, |c| who.may_access(c));
+    let next = names.last().filter(|_| more);
+    Ok(axum::Json(json!({"collections": names, "next": next})).into_response())
 }
 
 /// Lists a collection's indexes with their state.

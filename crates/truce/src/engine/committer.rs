@@ -216,6 +216,8 @@ pub struct Shared {
     pub idempotency_retention_ms: u64,
     /// Names of every collection that was ever written, as of the last durable group.
     pub collections: RwLock<BTreeSet<String>>,
+    /// Most collections a write may make (`Options::collections_max`).
+    pub collections_max: usize,
     /// Collection configurations as of the last durable group.
     pub configs: RwLock<HashMap<String, CollectionConfig>>,
     /// Which collections' change logs moved since the database was opened,
@@ -244,6 +246,9 @@ pub struct Committer {
     /// Dropped indexes whose entries are still being deleted (not in `indexes`).
     dropping: Vec<IndexDef>,
     collections: BTreeSet<String>,
+    /// Collections this group made, published to `Shared::collections`
+    /// once it is stored.
+    made: Vec<String>,
     configs: HashMap<String, CollectionConfig>,
     /// The generation of the last counter declaration that waited for its
     /// backfill (`CollectionConfig::backfilling`).
@@ -439,6 +444,7 @@ impl Committer {
             indexes,
             dropping,
             collections,
+            made: Vec::new(),
             configs,
             backfill_generation,
             outbox_entries,
@@ -601,15 +607,6 @@ impl Committer {
         }
         if stored.is_ok() {
             self.publish_outbox();
-        }
-        let published = self
-            .shared
-            .collections
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .len();
-        if stored.is_ok() && published != self.collections.len() {
-            *self.shared.collections.write().unwrap_or_else(|p| p.into_inner()) = self.collections.clone();
         }
         answers.into_iter().for_each(|answer| answer.deliver(&stored));
         self.recent.trim();
@@ -774,6 +771,7 @@ impl Committer {
         if !conflicts.is_empty() {
             return Ok(Err(TxFailure::Conflicts(conflicts)));
         }
+        self.check_new_collections(commit, &states)?;
         if !states.is_empty() {
             // The counters first, while nothing is applied: their filters
             // are charged to the request's meter, and a write they take past
@@ -992,14 +990,42 @@ impl Committer {
         state: evaluate::NewState,
         written: &mut Vec<(Space, Vec<u8>)>,
     ) {
+        self.register(group, collection);
+        let indexes = self.indexes.get(collection).map_or(&[][..], Vec::as_slice);
+        group.apply(collection, key, state, indexes, written);
+    }
+
+    /// Registers `collection` in the group if it is new.
+    fn register(&mut self, group: &mut Group<'_>, collection: &str) {
         if !self.collections.contains(collection) {
             self.collections.insert(collection.to_string());
+            self.made.push(collection.to_string());
             let mut registry = META_COLLECTION_PREFIX.to_vec();
             registry.extend_from_slice(collection.as_bytes());
             group.put(Space::Meta, registry, Some(Vec::new()));
         }
-        let indexes = self.indexes.get(collection).map_or(&[][..], Vec::as_slice);
-        group.apply(collection, key, state, indexes, written);
+    }
+
+    /// Refuses a commit whose `states` would make collections past
+    /// `collections_max`. A counter's increments may still make its target
+    /// collection (`finish_counters`): they cannot be refused once their
+    /// source is written, and there are at most 16 targets per collection.
+    fn check_new_collections(&self, commit: &Commit, states: &[(usize, evaluate::NewState)]) -> Result<()> {
+        let mut new = BTreeSet::new();
+        for (index, _) in states {
+            let collection = &*commit.ops[*index].collection;
+            if !self.collections.contains(collection) {
+                new.insert(collection);
+            }
+        }
+        let limit = self.shared.collections_max;
+        match new.first() {
+            Some(first) if self.collections.len() + new.len() > limit => Err(Error::TooManyCollections {
+                collection: first.to_string(),
+                limit,
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// Applies a commit's `in_commit` counter increments in the same commit, and
@@ -1111,12 +1137,7 @@ impl Committer {
             });
             match state {
                 Ok(Some(state)) => {
-                    if !self.collections.contains(&collection) {
-                        self.collections.insert(collection.clone());
-                        let mut registry = META_COLLECTION_PREFIX.to_vec();
-                        registry.extend_from_slice(collection.as_bytes());
-                        group.put(Space::Meta, registry, Some(Vec::new()));
-                    }
+                    self.register(group, &collection);
                     let indexes = self.indexes.get(&collection).map_or(&[][..], Vec::as_slice);
                     group.apply(&collection, &key, state, indexes, written);
                 }
@@ -1466,6 +1487,10 @@ impl Committer {
             Ok(()) => {
                 self.last_seq = seq;
                 self.last_ts_ms = self.last_ts_ms.max(ts_ms);
+                if !self.made.is_empty() {
+                    let mut published = self.shared.collections.write().unwrap_or_else(|p| p.into_inner());
+                    published.extend(self.made.drain(..));
+                }
                 if !collections.is_empty() {
                     self.shared
                         .feed_heads

@@ -15,8 +15,9 @@ use crate::doc;
 use crate::error::{Error, Result};
 use crate::index::{IndexDef, IndexState};
 use crate::limits::{
-    COMMIT_POLL_US_DEFAULT, COMMIT_POLL_US_MAX, COMMIT_QUEUE_REQUESTS_MAX, HOT_SPOTS_TRACKED_DEFAULT,
-    IDEMPOTENCY_RETENTION_MS_DEFAULT, MIN_FREE_DISK_BYTES_DEFAULT, PAGE_MEMORY_BYTES_DEFAULT,
+    COLLECTIONS_DEFAULT, COLLECTIONS_MAX, COMMIT_POLL_US_DEFAULT, COMMIT_POLL_US_MAX,
+    COMMIT_QUEUE_REQUESTS_MAX, HOT_SPOTS_TRACKED_DEFAULT, IDEMPOTENCY_RETENTION_MS_DEFAULT,
+    MIN_FREE_DISK_BYTES_DEFAULT, PAGE_MEMORY_BYTES_DEFAULT,
 };
 use crate::storage::{Durability, FjallOptions, FjallStorage, Storage};
 
@@ -97,6 +98,11 @@ pub struct Options {
     /// [`Error::PagesOverBudget`]. Default [`PAGE_MEMORY_BYTES_DEFAULT`]
     /// (256 MiB); a page read alone always fits.
     pub page_memory_bytes: usize,
+    /// Most collections the database holds: a write that would make one
+    /// more is refused with [`Error::TooManyCollections`] (collections are
+    /// never removed; a database that already holds more keeps them all).
+    /// Default [`COLLECTIONS_DEFAULT`], at most [`COLLECTIONS_MAX`].
+    pub collections_max: usize,
 }
 
 impl Default for Options {
@@ -111,6 +117,7 @@ impl Default for Options {
             commit_poll: Duration::from_micros(COMMIT_POLL_US_DEFAULT),
             min_free_disk_bytes: MIN_FREE_DISK_BYTES_DEFAULT,
             page_memory_bytes: PAGE_MEMORY_BYTES_DEFAULT,
+            collections_max: COLLECTIONS_DEFAULT,
         }
     }
 }
@@ -192,6 +199,12 @@ impl Db {
                 limit: COMMIT_QUEUE_REQUESTS_MAX as u64,
             });
         }
+        if options.collections_max > COLLECTIONS_MAX {
+            return Err(Error::LimitExceeded {
+                what: "COLLECTIONS_MAX",
+                limit: COLLECTIONS_MAX as u64,
+            });
+        }
         if options.commit_poll > Duration::from_micros(COMMIT_POLL_US_MAX) {
             return Err(Error::LimitExceeded {
                 what: "COMMIT_POLL_US_MAX",
@@ -212,6 +225,7 @@ impl Db {
             catalog: RwLock::default(),
             idempotency_retention_ms: options.idempotency_retention.as_millis() as u64,
             collections: RwLock::default(),
+            collections_max: options.collections_max,
             configs: RwLock::default(),
             feed_heads: RwLock::default(),
             outbox: RwLock::default(),
@@ -257,13 +271,49 @@ impl Db {
 
     /// The names of every collection that has ever been written, in order.
     pub fn collections(&self) -> Vec<String> {
-        self.shared()
+        self.collections_page(None, usize::MAX, |_| true).0
+    }
+
+    /// Whether collection `name` was ever written; if not, whether a write
+    /// may make it (else [`Error::TooManyCollections`]: it would be refused).
+    pub fn has_collection(&self, name: &str) -> Result<bool> {
+        let names = self
+            .shared()
             .collections
             .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .cloned()
-            .collect()
+            .unwrap_or_else(|p| p.into_inner());
+        let limit = self.shared().collections_max;
+        match names.contains(name) {
+            false if names.len() >= limit => Err(Error::TooManyCollections {
+                collection: name.to_string(),
+                limit,
+            }),
+            has => Ok(has),
+        }
+    }
+
+    /// At most `limit` names of the collections ever written that `keep`
+    /// takes, in order, from the first after `after`; and whether more
+    /// follow the last of them.
+    pub fn collections_page(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+        keep: impl Fn(&str) -> bool,
+    ) -> (Vec<String>, bool) {
+        use std::ops::Bound;
+        let names = self
+            .shared()
+            .collections
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut kept = names
+            .range::<str, _>((from, Bound::Unbounded))
+            .filter(|name| keep(name));
+        let page: Vec<String> = kept.by_ref().take(limit).cloned().collect();
+        let more = page.len() == limit && kept.next().is_some();
+        (page, more)
     }
 
     /// The highest commit sequence number that is durable.
