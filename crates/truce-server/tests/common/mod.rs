@@ -69,6 +69,31 @@ pub fn wait_listening(child: &mut Child, addr: SocketAddr) -> Result<(), ExitSta
     panic!("truce did not listen on {addr} within {STARTUP_TIMEOUT:?}");
 }
 
+/// Makes the kernel kill `command`'s process (SIGKILL) when the thread that
+/// starts it ends: a test binary killed from outside, or one whose test
+/// thread panicked past a leaked handle, runs no `Drop`, and its servers
+/// were left listening. Every test starts its servers on its own thread and
+/// ends them before it returns. A process whose parent is already gone
+/// when it starts exits at once.
+#[cfg(unix)]
+pub fn ends_with_its_starter(command: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: between fork and exec, only async-signal-safe calls: prctl,
+    // getppid and _exit.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
+            Ok(())
+        })
+    }
+}
+
 /// A `truce` process started with arguments of a test's choosing, killed by
 /// PID when dropped.
 pub struct Spawned(Child);
@@ -85,13 +110,13 @@ impl Spawned {
         for (name, value) in envs {
             command.env(name, value);
         }
-        Spawned(command.spawn().expect("start truce"))
+        Spawned(ends_with_its_starter(&mut command).spawn().expect("start truce"))
     }
 
     /// Spawns `command` (which must run truce in this process, `exec` from a
     /// shell included), killed by PID when dropped.
     pub fn from_command(mut command: Command) -> Spawned {
-        Spawned(command.spawn().expect("start truce"))
+        Spawned(ends_with_its_starter(&mut command).spawn().expect("start truce"))
     }
 
     /// Sends `signal` to the process by its PID.
@@ -192,13 +217,15 @@ pub fn run_bounded(args: &[&str], bound: Duration) -> Ran {
 /// [`run_bounded`] with `TRUCE_LOG` set to `log`.
 pub fn run_bounded_with_log(args: &[&str], log: &str, bound: Duration) -> Ran {
     let started = Instant::now();
-    let mut child = Command::new(truce_bin())
-        .args(args)
-        .env("TRUCE_LOG", log)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start truce");
+    let mut child = ends_with_its_starter(
+        Command::new(truce_bin())
+            .args(args)
+            .env("TRUCE_LOG", log)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    )
+    .spawn()
+    .expect("start truce");
     let status = loop {
         if let Ok(Some(status)) = child.try_wait() {
             break Some(status);
@@ -257,15 +284,17 @@ impl Server {
     }
 
     fn spawn(&mut self) {
-        let child = Command::new(truce_bin())
-            .args(["serve", "--listen", &self.addr.to_string(), "--data"])
-            .arg(&self.data)
-            .args(&self.args)
-            .env("TRUCE_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start truce serve");
+        let child = ends_with_its_starter(
+            Command::new(truce_bin())
+                .args(["serve", "--listen", &self.addr.to_string(), "--data"])
+                .arg(&self.data)
+                .args(&self.args)
+                .env("TRUCE_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped()),
+        )
+        .spawn()
+        .expect("start truce serve");
         // Drain stderr on a thread, so a chatty server never blocks on a full pipe;
         // what it said is kept for the report if it dies before listening.
         let mut child = child;
