@@ -399,13 +399,46 @@ fn get_etag_not_modified_and_absent() {
             .status,
         200
     );
+    // Unquoted, as writes take it; in a list; over two lines.
+    let stale = "\"1-00000000000000000000000000000000\"";
+    let (etag, weak, listed) = (etag.as_str(), weak.as_str(), format!("{stale}, {etag}"));
+    let listed = listed.as_str();
+    for (given, status) in [
+        (vec![("If-None-Match", rev.as_str())], 304),
+        (vec![("If-None-Match", listed)], 304),
+        (vec![("If-None-Match", stale), ("If-None-Match", etag)], 304),
+        (vec![("If-None-Match", stale)], 200),
+        // If-Match (RFC 9110, 13.1.1): the strong comparison; 412 with the
+        // current ETag when none is the document's. Then If-None-Match.
+        (vec![("If-Match", etag)], 200),
+        (vec![("If-Match", rev.as_str())], 200),
+        (vec![("If-Match", "*")], 200),
+        (vec![("If-Match", listed)], 200),
+        (vec![("If-Match", stale), ("If-Match", etag)], 200),
+        (vec![("If-Match", stale)], 412),
+        (vec![("If-Match", weak)], 412),
+        (vec![("If-Match", "")], 412),
+        (vec![("If-Match", stale), ("If-None-Match", etag)], 412),
+        (vec![("If-Match", etag), ("If-None-Match", etag)], 304),
+    ] {
+        let reply = api.get_h("/v1/c/g/doc", &given);
+        assert_eq!(reply.status, status, "{given:?}: {}", reply.text);
+        assert_eq!(reply.header("etag"), Some(etag), "{given:?}");
+        if status == 412 {
+            reply.error(412, "precondition_failed");
+        }
+    }
 
     // Absent (also in a collection that does not exist), then deleted.
     api.get("/v1/c/g/missing").error(404, "not_found");
     api.get("/v1/c/never/missing").error(404, "not_found");
     api.delete("/v1/c/g/doc?version=1").ok(200);
     api.get("/v1/c/g/doc").error(404, "not_found");
-    api.get_h("/v1/c/g/doc", &[("If-None-Match", &etag)])
+    api.get_h("/v1/c/g/doc", &[("If-None-Match", etag)])
+        .error(404, "not_found");
+    // A document that is not there is not there, whatever If-Match says
+    // (RFC 9110, 13.2.1).
+    api.get_h("/v1/c/g/doc", &[("If-Match", "*")])
         .error(404, "not_found");
 
     // Ids are path segments: percent-encoded characters round-trip.
@@ -2510,8 +2543,10 @@ const NOT_PRODUCIBLE_FROM_OUTSIDE: [&str; 4] = ["unavailable", "storage_error", 
 /// (a server of its own with a reserve no disk has free). 410 `history_purged`
 /// waits for a tombstone purge (`counters.rs`,
 /// `old_tombstones_are_purged_and_only_readers_that_could_miss_them_are_refused`).
-const PRODUCED_ELSEWHERE: [(&str, u16); 5] = [
+const PRODUCED_ELSEWHERE: [(&str, u16); 6] = [
     ("request_timeout", 408),
+    // A raw request in `tests/bad_input.rs` (`Transfer-Encoding: gzip, chunked`).
+    ("not_implemented", 501),
     ("invalid_backup", 400),
     ("backup_running", 409),
     ("insufficient_storage", 507),
@@ -2762,7 +2797,8 @@ fn every_documented_error_code_is_produced() {
     record(&api.get("/v1/c/e?order=sideways"));
     record(&api.get_h("/v1/c/e/doc", &[("Host", "localhost"), ("Host", "localhost")]));
     record(&api.put_h("/v1/c/e/doc", json!({}), &[("Content-Encoding", "gzip")]));
-    // 404, 405, 409, 422, 428.
+    record(&api.get_h("/v1/c/e/doc", &[("If-Match", "\"1-stale\"")]));
+    // 404, 405, 409, 412, 422, 428.
     record(&api.get("/no/such/route"));
     let wrong_method = api.call(Method::POST, "/v1/c/e/doc", &[], Some("{}".into()));
     assert_eq!(

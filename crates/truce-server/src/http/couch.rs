@@ -70,7 +70,9 @@ fn error_name(status: StatusCode) -> &'static str {
         StatusCode::FORBIDDEN => "forbidden",
         StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
         StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "bad_content_type",
         StatusCode::INSUFFICIENT_STORAGE => "insufficient_storage",
+        StatusCode::NOT_IMPLEMENTED => "not_implemented",
         s if s.is_client_error() => "bad_request",
         _ => "unknown_error",
     }

@@ -145,9 +145,11 @@ async fn write(
 
 /// Reads a document.
 #[utoipa::path(get, path = "/v1/c/{coll}/{id}", tag = "documents",
-    params(("coll" = String, Path), ("id" = String, Path), ("If-None-Match" = Option<String>, Header, nullable = false)),
+    params(("coll" = String, Path), ("id" = String, Path), ("If-Match" = Option<String>, Header, nullable = false),
+           ("If-None-Match" = Option<String>, Header, nullable = false)),
     responses((status = 200, description = "The document with its metadata", body = super::openapi::Doc),
                (status = 304, description = "Unchanged since the revision in If-None-Match"),
+               (status = 412, description = "If-Match names none of the document's revisions", body = super::openapi::ErrorBody),
                (status = 404, description = "Absent or deleted", body = super::openapi::ErrorBody)))]
 pub async fn get_doc(
     State(state): State<Arc<AppState>>,
@@ -212,26 +214,44 @@ pub(super) fn read(call: DocumentCall<'_>) -> Result<Response, ApiError> {
         .get_json(&call.id)?
         .ok_or_else(|| ApiError::NotFound(format!("no such document: {}/{}", call.coll, call.id)))?;
     let etag = format!("\"{rev}\"");
+    let rev = etag.trim_matches('"');
     let etag_value = HeaderValue::from_str(&etag).map_err(|_| ApiError::NotFound(call.id))?;
-    if let Some(seen) = call
-        .headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        && if_none_match_hits(seen, &etag)
+    // RFC 9110, 13.2.2: If-Match first; a missing document was 404 above,
+    // whatever the preconditions (13.2.1).
+    if tags(call.headers, header::IF_MATCH).is_some_and(|mut tags| !tags.any(|tag| names(tag, rev, false))) {
+        return Err(ApiError::PreconditionFailed(etag.clone()));
+    }
+    if tags(call.headers, header::IF_NONE_MATCH).is_some_and(|mut tags| tags.any(|tag| names(tag, rev, true)))
     {
         return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag_value)]).into_response());
     }
     Ok(([(header::ETAG, etag_value)], super::json_bytes(json)).into_response())
 }
 
-/// Whether an `If-None-Match` list names `etag` (or is `*`). The comparison
-/// is weak (RFC 9110, 13.1.2): `W/"…"` matches too, as a proxy that
-/// compressed the answer may have turned the ETag into.
-fn if_none_match_hits(list: &str, etag: &str) -> bool {
-    list.split(',').map(str::trim).any(|tag| {
-        let opaque = tag.strip_prefix("W/").unwrap_or(tag);
-        tag == "*" || opaque == etag
-    })
+/// The entity tags of every `name` header of a read, `None` without one. A
+/// header that is not text names none.
+fn tags(headers: &HeaderMap, name: header::HeaderName) -> Option<impl Iterator<Item = &str>> {
+    let mut values = headers.get_all(name).into_iter().peekable();
+    values.peek()?;
+    Some(
+        values
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|list| list.split(',').map(str::trim)),
+    )
+}
+
+/// Whether entity tag `tag` of a read's precondition names revision `rev`
+/// (or is `*`). Quotes may be left out, as writes take them. The weak
+/// comparison of `If-None-Match` (RFC 9110, 13.1.2) takes `W/"…"` too, as a
+/// proxy that compressed the answer may have turned the ETag into; the
+/// strong one of `If-Match` never does.
+fn names(tag: &str, rev: &str, weak: bool) -> bool {
+    let opaque = match tag.strip_prefix("W/") {
+        Some(_) if !weak => return false,
+        Some(opaque) => opaque,
+        None => tag,
+    };
+    tag == "*" || opaque.trim_matches('"') == rev
 }
 
 /// Writes a document's whole content.
@@ -386,22 +406,27 @@ mod tests {
     use serde_json::json;
     use truce::{Effect, Written};
 
-    use super::{WriteAnswer, if_none_match_hits, write_answer, write_tx_answer};
+    use super::{WriteAnswer, names, write_answer, write_tx_answer};
 
+    /// If-None-Match compares weakly, If-Match strongly; quotes may be left out.
     #[test]
-    fn if_none_match_compares_weakly() {
-        let etag = "\"3-abc\"";
-        for hit in [
-            "\"3-abc\"",
-            "W/\"3-abc\"",
-            "\"1-x\", W/\"3-abc\"",
-            "*",
-            " \"3-abc\" ",
+    fn a_reads_preconditions_compare_tags() {
+        for (tag, weakly, strongly) in [
+            ("\"3-abc\"", true, true),
+            ("3-abc", true, true),
+            ("*", true, true),
+            ("W/\"3-abc\"", true, false),
+            ("W/3-abc", true, false),
+            ("\"3-abd\"", false, false),
+            ("w/\"3-abc\"", false, false),
+            ("", false, false),
+            ("\"\"", false, false),
         ] {
-            assert!(if_none_match_hits(hit, etag), "{hit}");
-        }
-        for miss in ["\"3-abd\"", "3-abc", "W/3-abc", "w/\"3-abc\"", ""] {
-            assert!(!if_none_match_hits(miss, etag), "{miss}");
+            assert_eq!(
+                (names(tag, "3-abc", true), names(tag, "3-abc", false)),
+                (weakly, strongly),
+                "{tag}"
+            );
         }
     }
 

@@ -54,6 +54,12 @@ pub enum ApiError {
     /// The body is in an encoding the server does not decode (its
     /// `Content-Encoding`, as sent).
     UnsupportedEncoding(String),
+    /// The body is sent in a transfer coding besides `chunked` (its
+    /// `Transfer-Encoding`, as sent), which the server does not decode.
+    UnsupportedTransferCoding(String),
+    /// A read's `If-Match` names none of the document's revision (or a
+    /// weak tag): its ETag.
+    PreconditionFailed(String),
     /// The request body was still arriving when the request timeout (this)
     /// passed.
     BodyTooSlow(std::time::Duration),
@@ -180,6 +186,21 @@ impl ApiError {
                      uncompressed (JSON, no Content-Encoding); nothing was done"
                 ),
             ),
+            ApiError::UnsupportedTransferCoding(coding) => plain(
+                StatusCode::NOT_IMPLEMENTED,
+                "not_implemented",
+                format!(
+                    "a body in Transfer-Encoding {coding:?} is not decoded by this server, which takes only \
+                     chunked: send it uncompressed (JSON); nothing was done"
+                ),
+            ),
+            ApiError::PreconditionFailed(_) => plain(
+                StatusCode::PRECONDITION_FAILED,
+                "precondition_failed",
+                "If-Match names none of the document's revisions (its ETag is in this answer; a weak W/ tag \
+                 never matches)"
+                    .into(),
+            ),
             ApiError::PayloadTooLarge(message) => plain(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload_too_large",
@@ -263,6 +284,11 @@ impl IntoResponse for ApiError {
         let mut response = (status, axum::Json(body)).into_response();
         if let ApiError::PartlyWritten(..) = self {
             response.extensions_mut().insert(super::answers::PartlyWritten);
+        }
+        if let ApiError::PreconditionFailed(etag) = &self
+            && let Ok(etag) = HeaderValue::from_str(etag)
+        {
+            response.headers_mut().insert(header::ETAG, etag);
         }
         add_retry_after(&mut response);
         if status == StatusCode::UNAUTHORIZED {

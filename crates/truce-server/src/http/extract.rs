@@ -136,8 +136,20 @@ where
 
 /// Refuses a body in an encoding other than `identity` (`gzip`, …) before
 /// any of it is read: read as it is, a compressed body was `invalid_json`,
-/// and a plain one labelled compressed was stored.
+/// and a plain one labelled compressed was stored. So for a transfer coding
+/// besides `chunked` (`gzip, chunked`: the HTTP library takes the chunks
+/// and leaves the rest to us), as RFC 9112 (§6.1) has it: 501.
 fn plain_encoding(headers: &HeaderMap) -> Result<(), ApiError> {
+    for value in headers.get_all(header::TRANSFER_ENCODING) {
+        let text = String::from_utf8_lossy(value.as_bytes());
+        if !text
+            .split(',')
+            .map(str::trim)
+            .all(|coding| coding.is_empty() || coding.eq_ignore_ascii_case("chunked"))
+        {
+            return Err(ApiError::UnsupportedTransferCoding(text.into_owned()));
+        }
+    }
     for value in headers.get_all(header::CONTENT_ENCODING) {
         let text = String::from_utf8_lossy(value.as_bytes());
         let identity = text

@@ -740,6 +740,12 @@ fn constrain_parameters(path: &str, writes: bool, operation: &mut Operation) {
                 "Document id: 1–512 bytes of UTF-8, no control characters, not starting with `_`, \
                  not `.` or `..`",
             ),
+            // On a read, a precondition of its answer: any list of ETags.
+            (ParameterIn::Header, "If-Match") if !writes => (
+                ObjectBuilder::new().schema_type(Type::String),
+                "Answer only if the document's revision is one of these ETags (or `*`), strongly \
+                 compared; else 412 `precondition_failed`.",
+            ),
             (ParameterIn::Header, "If-Match") => (
                 string_with_pattern(IF_MATCH_PATTERN),
                 "Precondition: `*` (must exist) or a revision. One precondition per request (header, \
@@ -807,6 +813,10 @@ fn add_shared_responses(path: &str, operation: &mut Operation) {
                 "413",
                 error_response("`payload_too_large` or `limit_exceeded`", false),
             ));
+            let compressed = "`unsupported_media_type`: a `Content-Encoding` other than identity";
+            shared.push(("415", error_response(compressed, false)));
+            let coded = "`not_implemented`: a `Transfer-Encoding` besides chunked";
+            shared.push(("501", error_response(coded, false)));
         }
         shared.push(("401", unauthorized_response()));
         let forbidden = "`forbidden`: this key's role or collections do not allow it";
