@@ -1063,6 +1063,13 @@ fn collections_are_bounded_and_listed_in_pages() {
     api.get("/v1/c/a/y").error(404, "not_found");
     api.get("/v1/c/d/x").error(404, "not_found");
     api.put("/v1/c/a/y", json!({})).ok(201);
+    let metrics = api.get("/metrics").text;
+    for (line, value) in [("truce_collections", "3.0"), ("truce_collections_max", "3.0")] {
+        assert!(
+            metrics.lines().any(|l| l == format!("{line} {value}")),
+            "{line} in {metrics}"
+        );
+    }
 
     assert_eq!(
         api.get("/v1/c").ok(200),

@@ -283,6 +283,18 @@ impl Collector for EngineCollector {
             "1 while writes that add data are refused for want of disk space (507 insufficient_storage), else 0",
             f64::from(u8::from(disk.refusing)),
         )?;
+        gauge(
+            e,
+            "collections",
+            "Collections the database holds (each made by its first write, never removed)",
+            self.0.collection_count() as f64,
+        )?;
+        gauge(
+            e,
+            "collections_max",
+            "The most collections the database may hold (--max-collections): a write that would make one more is refused",
+            self.0.options().collections_max as f64,
+        )?;
         let pages = self.0.page_memory();
         gauge(
             e,

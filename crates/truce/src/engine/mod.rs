@@ -274,6 +274,16 @@ impl Db {
         self.collections_page(None, usize::MAX, |_| true).0
     }
 
+    /// How many collections were ever written (of at most
+    /// [`Options::collections_max`]).
+    pub fn collection_count(&self) -> usize {
+        self.shared()
+            .collections
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
+    }
+
     /// Whether collection `name` was ever written; if not, whether a write
     /// may make it (else [`Error::TooManyCollections`]: it would be refused).
     pub fn has_collection(&self, name: &str) -> Result<bool> {
