@@ -221,14 +221,13 @@ impl Client {
         Ok(raw.into())
     }
 
-    /// The names of all collections, in name order (asked for a page of
-    /// 10,000 at a time).
+    /// The names of all collections, in name order, a page at a time (the
+    /// server's default page; a server before pages answers all at once).
     pub async fn list_collections(&self) -> Result<Vec<String>, ClientError> {
         let mut names = Vec::new();
         let mut after = None;
         loop {
-            let mut params = vec![("limit", "10000".to_string())];
-            params.extend(after.take().map(|name| ("after", name)));
+            let params: Vec<_> = after.take().map(|name| ("after", name)).into_iter().collect();
             let url = with_params(self.url(&["v1", "c"]), &params);
             let page: Collections = self.fetch_json(&Call::get(url), "the collections").await?;
             names.extend(page.collections);

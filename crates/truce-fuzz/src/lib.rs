@@ -148,7 +148,7 @@ pub fn recovery(data: &[u8]) {
         }
     }
     let _ = db.changes(None, 0, 100, true);
-    for name in db.collections_page(None, 8, |_| true).0 {
+    for name in db.collections_page(None, 8).0 {
         let Ok(c) = db.collection(&name) else { continue };
         let _ = c.query(&Query::default());
         for def in c.indexes() {

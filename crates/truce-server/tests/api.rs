@@ -1042,6 +1042,15 @@ fn collections_are_bounded_and_listed_in_pages() {
         api.tx(json!({"ops": [{"op": "put", "c": "a", "id": "y", "doc": {}},
                                   {"op": "put", "c": "d", "id": "x", "doc": {}}]})),
     );
+    refused(api.post(
+        "/v1/c/d/_push?primaryKey=id",
+        json!([{"newDocumentState": {"id": "x"}}]),
+    ));
+    // A declaration makes its collection too, and a counter's target.
+    refused(api.put("/v1/c/d/_indexes/n", json!({"fields": ["n"]})));
+    refused(api.put("/v1/c/d/_config", json!({"ttl": {"field": "t", "seconds": 60}})));
+    let counter = json!({"counters": [{"name": "n", "group_by": "g", "target": {"c": "d", "field": "n"}}]});
+    refused(api.put("/v1/c/a/_config", counter));
     // CouchDB's side: a database is made by its first write, and one that
     // could not be is not announced as made.
     let couch = api.put("/couch/d", json!({}));
@@ -1091,7 +1100,6 @@ fn collections_are_bounded_and_listed_in_pages() {
         api.get("/v1/c?limit=0&after=c").ok(200),
         &json!({"collections": [], "next": null})
     );
-    assert_eq!(api.get("/v1/c?limit=10000").ok(200)["next"], Value::Null);
     for bad in [
         "limit=10001",
         "limit=-1",
@@ -1103,6 +1111,30 @@ fn collections_are_bounded_and_listed_in_pages() {
     ] {
         api.get(&format!("/v1/c?{bad}")).error(400, "invalid_query");
     }
+
+    // Without `limit`, pages of 1,000; at most 10,000.
+    let server = Server::start();
+    let api = Api::new(&server);
+    let names: Vec<String> = (0..1001).map(|i| format!("c{i:04}")).collect();
+    for part in names.chunks(500) {
+        let ops: Vec<Value> = part
+            .iter()
+            .map(|c| json!({"op": "put", "c": c, "id": "x", "doc": {}}))
+            .collect();
+        api.tx(json!({ "ops": ops })).ok(200);
+    }
+    let first = api.get("/v1/c").ok(200).clone();
+    assert_eq!(first["collections"].as_array().unwrap().len(), 1000);
+    assert_eq!(first["next"], "c0999");
+    assert_eq!(
+        api.get("/v1/c?after=c0999").ok(200),
+        &json!({"collections": ["c1000"], "next": null})
+    );
+    let all = api.get("/v1/c?limit=10000").ok(200).clone();
+    assert_eq!(
+        (all["collections"].as_array().unwrap().len(), &all["next"]),
+        (1001, &Value::Null)
+    );
 }
 
 // ---------------------------------------------------------------------------

@@ -187,6 +187,14 @@ fn cases() -> Vec<Case> {
         ),
         // CouchDB's name for it (was bad_request).
         case(
+            "a /couch _bulk_docs in Transfer-Encoding gzip, chunked",
+            b"POST /couch/t/_bulk_docs HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
+              Content-Type: application/json\r\nTransfer-Encoding: gzip, chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n"
+                .to_vec(),
+            501,
+            "not_implemented",
+        ),
+        case(
             "a /couch _bulk_docs in Content-Encoding gzip",
             request("POST", "/couch/t/_bulk_docs", &[("Content-Encoding", b"gzip")], br#"{"docs": []}"#),
             415,
@@ -1161,7 +1169,7 @@ fn requests_hyper_refuses_get_an_empty_400() {
     }
     // Their neighbours reach Truce: a tab or UTF-8 in a header value, the
     // same Content-Length twice, `chunked` last, `{` in the target.
-    let passed: [(&str, Vec<u8>, u16); 5] = [
+    let passed: [(&str, Vec<u8>, u16); 6] = [
         (
             "a tab and UTF-8 in a header value",
             head("GET /healthz HTTP/1.1", "X-A: a\tb \u{e9}\r\n".as_bytes()),
@@ -1176,6 +1184,11 @@ fn requests_hyper_refuses_get_an_empty_400() {
             "Transfer-Encoding gzip, chunked (read as chunked; Truce refuses the gzip it would not undo)",
             put(b"Transfer-Encoding: gzip, chunked\r\n", b"2\r\n{}\r\n0\r\n\r\n"),
             501,
+        ),
+        (
+            "Transfer-Encoding Chunked, in any case",
+            put(b"Transfer-Encoding:  Chunked \r\n", b"2\r\n{}\r\n0\r\n\r\n"),
+            201,
         ),
         (
             "a malformed chunk",

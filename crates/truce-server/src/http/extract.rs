@@ -785,21 +785,33 @@ mod tests {
 
     #[test]
     fn only_a_body_in_identity_is_read() {
-        let with = |value: &'static str| {
+        let with = |name, value: &'static str| {
             let mut headers = HeaderMap::new();
-            headers.insert(
-                header::CONTENT_ENCODING,
-                axum::http::HeaderValue::from_static(value),
-            );
+            headers.insert(name, axum::http::HeaderValue::from_static(value));
             headers
         };
         assert!(plain_encoding(&HeaderMap::new()).is_ok());
         for identity in ["identity", "Identity, ", ""] {
-            assert!(plain_encoding(&with(identity)).is_ok(), "{identity}");
+            assert!(
+                plain_encoding(&with(header::CONTENT_ENCODING, identity)).is_ok(),
+                "{identity}"
+            );
         }
         for other in ["gzip", "identity, br", "x-gzip"] {
             assert!(
-                matches!(plain_encoding(&with(other)), Err(ApiError::UnsupportedEncoding(e)) if e == other),
+                matches!(plain_encoding(&with(header::CONTENT_ENCODING, other)), Err(ApiError::UnsupportedEncoding(e)) if e == other),
+                "{other}"
+            );
+        }
+        for chunked in ["chunked", "Chunked", " CHUNKED ", ", chunked"] {
+            assert!(
+                plain_encoding(&with(header::TRANSFER_ENCODING, chunked)).is_ok(),
+                "{chunked}"
+            );
+        }
+        for other in ["gzip, chunked", "identity, chunked", "x, Chunked"] {
+            assert!(
+                matches!(plain_encoding(&with(header::TRANSFER_ENCODING, other)), Err(ApiError::UnsupportedTransferCoding(e)) if e == other),
                 "{other}"
             );
         }

@@ -75,7 +75,7 @@ pub fn wait_listening(child: &mut Child, addr: SocketAddr) -> Result<(), ExitSta
 /// were left listening. Every test starts its servers on its own thread and
 /// ends them before it returns. A process whose parent is already gone
 /// when it starts exits at once.
-#[cfg(unix)]
+#[cfg(target_os = "linux")]
 pub fn ends_with_its_starter(command: &mut Command) -> &mut Command {
     use std::os::unix::process::CommandExt;
     let parent = std::process::id() as libc::pid_t;
@@ -83,7 +83,7 @@ pub fn ends_with_its_starter(command: &mut Command) -> &mut Command {
     // getppid and _exit.
     unsafe {
         command.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
             if libc::getppid() != parent {
@@ -92,6 +92,12 @@ pub fn ends_with_its_starter(command: &mut Command) -> &mut Command {
             Ok(())
         })
     }
+}
+
+/// Elsewhere the kernel has no such request: `command` as it is.
+#[cfg(not(target_os = "linux"))]
+pub fn ends_with_its_starter(command: &mut Command) -> &mut Command {
+    command
 }
 
 /// A `truce` process started with arguments of a test's choosing, killed by

@@ -234,6 +234,19 @@ pub struct Shared {
     pub pages: Arc<crate::budget::Budget>,
 }
 
+/// Refuses making the collections `new` (none of the `held` there) when
+/// they would take the database past `limit`
+/// ([`Error::TooManyCollections`], naming the first by name).
+pub(crate) fn room(held: usize, new: &BTreeSet<&str>, limit: usize) -> Result<()> {
+    match new.first() {
+        Some(first) if held + new.len() > limit => Err(Error::TooManyCollections {
+            collection: first.to_string(),
+            limit,
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// Meta-space prefix of the collection registry: `coll 0x00 name` → empty.
 pub const META_COLLECTION_PREFIX: &[u8] = b"coll\0";
 
@@ -771,7 +784,7 @@ impl Committer {
         if !conflicts.is_empty() {
             return Ok(Err(TxFailure::Conflicts(conflicts)));
         }
-        self.check_new_collections(commit, &states)?;
+        self.check_room(states.iter().map(|(index, _)| &*commit.ops[*index].collection))?;
         if !states.is_empty() {
             // The counters first, while nothing is applied: their filters
             // are charged to the request's meter, and a write they take past
@@ -1006,26 +1019,16 @@ impl Committer {
         }
     }
 
-    /// Refuses a commit whose `states` would make collections past
-    /// `collections_max`. A counter's increments may still make its target
-    /// collection (`finish_counters`): they cannot be refused once their
-    /// source is written, and there are at most 16 targets per collection.
-    fn check_new_collections(&self, commit: &Commit, states: &[(usize, evaluate::NewState)]) -> Result<()> {
-        let mut new = BTreeSet::new();
-        for (index, _) in states {
-            let collection = &*commit.ops[*index].collection;
-            if !self.collections.contains(collection) {
-                new.insert(collection);
-            }
-        }
-        let limit = self.shared.collections_max;
-        match new.first() {
-            Some(first) if self.collections.len() + new.len() > limit => Err(Error::TooManyCollections {
-                collection: first.to_string(),
-                limit,
-            }),
-            _ => Ok(()),
-        }
+    /// Refuses to make the collections of `names` that are new when they
+    /// would take the database past `collections_max`. Writes, index and
+    /// configuration declarations (a counter's target too) make them, so a
+    /// counter's increments never do.
+    fn check_room<'n>(&self, names: impl IntoIterator<Item = &'n str>) -> Result<()> {
+        let new: BTreeSet<&str> = names
+            .into_iter()
+            .filter(|name| !self.collections.contains(*name))
+            .collect();
+        room(self.collections.len(), &new, self.shared.collections_max)
     }
 
     /// Applies a commit's `in_commit` counter increments in the same commit, and
@@ -1172,6 +1175,18 @@ impl Committer {
             .collect();
         config.check_alone(&collection, &before, &others)?;
         config.check_targets_not_unique(&before, &self.indexes)?;
+        // The collection and its counters' targets are made by the
+        // declaration (removing one makes none).
+        let made: Vec<String> = match config.is_empty() {
+            true => Vec::new(),
+            false => std::iter::once(collection.clone())
+                .chain(config.counters.iter().map(|d| d.target_collection.clone()))
+                .collect(),
+        };
+        self.check_room(made.iter().map(String::as_str))?;
+        for name in &made {
+            self.register(group, name);
+        }
         config.backfilling.clear();
         for def in &config.counters {
             let generation = if config.defines_anew(&def.name, &before) {
@@ -1258,10 +1273,12 @@ impl Committer {
             }
             return Ok(existing.progress(None));
         }
+        let held = list.len();
         // A new index adds entries (declared again as it is, it adds none).
         self.shared.disk.admit_any()?;
         // A dropped index counts until its entries are gone.
-        index::check_count(list.len() + dropping)?;
+        index::check_count(held + dropping)?;
+        self.check_room([def.collection.as_str()])?;
         let counters = self
             .configs
             .iter()
@@ -1287,7 +1304,9 @@ impl Committer {
             Some(record::encode_json(&def.to_json())),
         );
         let progress = def.progress(None);
-        list.push(def);
+        let collection = def.collection.clone();
+        self.register(group, &collection);
+        self.indexes.entry(collection).or_default().push(def);
         Ok(progress)
     }
 
@@ -1487,10 +1506,6 @@ impl Committer {
             Ok(()) => {
                 self.last_seq = seq;
                 self.last_ts_ms = self.last_ts_ms.max(ts_ms);
-                if !self.made.is_empty() {
-                    let mut published = self.shared.collections.write().unwrap_or_else(|p| p.into_inner());
-                    published.extend(self.made.drain(..));
-                }
                 if !collections.is_empty() {
                     self.shared
                         .feed_heads
@@ -1502,6 +1517,11 @@ impl Committer {
                 // purged) changes nothing a reader waits for.
                 if seq > before {
                     self.shared.watermark.advance(seq, Some(&collections));
+                }
+                // Listed once a reader can see what made them.
+                if !self.made.is_empty() {
+                    let mut published = self.shared.collections.write().unwrap_or_else(|p| p.into_inner());
+                    published.extend(self.made.drain(..));
                 }
                 Ok(())
             }

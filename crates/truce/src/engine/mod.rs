@@ -271,7 +271,7 @@ impl Db {
 
     /// The names of every collection that has ever been written, in order.
     pub fn collections(&self) -> Vec<String> {
-        self.collections_page(None, usize::MAX, |_| true).0
+        self.collections_page(None, usize::MAX).0
     }
 
     /// How many collections were ever written (of at most
@@ -292,25 +292,17 @@ impl Db {
             .collections
             .read()
             .unwrap_or_else(|p| p.into_inner());
-        let limit = self.shared().collections_max;
-        match names.contains(name) {
-            false if names.len() >= limit => Err(Error::TooManyCollections {
-                collection: name.to_string(),
-                limit,
-            }),
-            has => Ok(has),
+        if names.contains(name) {
+            return Ok(true);
         }
+        committer::room(names.len(), &[name].into(), self.shared().collections_max)?;
+        Ok(false)
     }
 
-    /// At most `limit` names of the collections ever written that `keep`
-    /// takes, in order, from the first after `after`; and whether more
-    /// follow the last of them.
-    pub fn collections_page(
-        &self,
-        after: Option<&str>,
-        limit: usize,
-        keep: impl Fn(&str) -> bool,
-    ) -> (Vec<String>, bool) {
+    /// At most `limit` names of the collections ever written, in order,
+    /// from the first after `after`; and whether more follow the last of
+    /// them.
+    pub fn collections_page(&self, after: Option<&str>, limit: usize) -> (Vec<String>, bool) {
         use std::ops::Bound;
         let names = self
             .shared()
@@ -318,9 +310,7 @@ impl Db {
             .read()
             .unwrap_or_else(|p| p.into_inner());
         let from = after.map_or(Bound::Unbounded, Bound::Excluded);
-        let mut kept = names
-            .range::<str, _>((from, Bound::Unbounded))
-            .filter(|name| keep(name));
+        let mut kept = names.range::<str, _>((from, Bound::Unbounded));
         let page: Vec<String> = kept.by_ref().take(limit).cloned().collect();
         let more = page.len() == limit && kept.next().is_some();
         (page, more)

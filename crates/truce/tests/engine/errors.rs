@@ -413,17 +413,12 @@ fn the_storage_workers_nice_is_bounded() {
     assert!(c.put("a", json!({"n": 0}), Expect::Absent).unwrap().is_ok());
 }
 
-/// A transaction's documents are bounded whatever its ops: those it writes
-/// by `TX_WRITE_BYTES_MAX` (only puts were counted: patches that grew small
-/// documents passed), and those its ops meet by `TX_READ_BYTES_MAX` (a 7 KB
-/// request of a hundred `$inc`s of 1 MB documents had the committer write
-/// 100 MB in one commit while every other writer waited, and a thousand
-/// checks held a gigabyte). Nothing of a refused transaction is written.
 /// A write that would make a collection past `collections_max` is refused
-/// whole, before anything is written; writes to the collections there go on;
-/// the bound holds across a reopen and moves with the option. A counter's
-/// increments still make their target collection (refusing them would lose
-/// counts of a write already taken).
+/// whole, before anything is written, and so is a declaration of an index
+/// or a configuration (a counter's target too) that would; writes to the
+/// collections there go on; the bound holds across a reopen and moves with
+/// the option. A declaration makes its collections, so a counter's
+/// increments never make one.
 #[test]
 fn collections_are_bounded_and_listed_in_pages() {
     let dir = tempfile::tempdir().unwrap();
@@ -447,99 +442,97 @@ fn collections_are_bounded_and_listed_in_pages() {
         body: json!({"amt": 1, "shop": "s"}),
         expect: Expect::Any,
     };
-    let refused = |db: &Db, ops: Vec<TxOp>, first: &str| match db.batch(ops, None) {
+    let too_many = |result: Result<(), Error>, first: &str, max: usize| match result {
         Err(e @ Error::TooManyCollections { .. }) => {
             assert_eq!(e.code(), "limit_exceeded");
             let Error::TooManyCollections { collection, limit } = &e else {
                 unreachable!()
             };
-            assert_eq!((collection.as_str(), *limit), (first, 3));
+            assert_eq!((collection.as_str(), *limit), (first, max));
             assert!(e.to_string().contains("--max-collections"), "{e}");
         }
-        other => panic!("expected TooManyCollections, got {:?}", other.map(|r| r.is_ok())),
+        other => panic!("expected TooManyCollections, got {other:?}"),
+    };
+    let batch = |db: &Db, ops| db.batch(ops, None).map(|r| assert!(r.is_ok()));
+    let counter = json!({"counters": [{"name": "total", "group_by": "shop", "sum": "amt",
+                                       "target": {"c": "shops", "field": "total"}, "mode": "in_commit"}]});
+    let counted = |db: &Db| {
+        let config = truce::CollectionConfig::from_json(&counter).unwrap();
+        db.collection("a").unwrap().set_config(config).map(drop)
     };
     {
         let db = open(3).unwrap();
-        assert!(
-            db.batch(vec![put("a", "1"), put("b", "1")], None)
-                .unwrap()
-                .is_ok()
-        );
+        batch(&db, vec![put("a", "1"), put("b", "1")]).unwrap();
         assert_eq!(
             (db.has_collection("a").unwrap(), db.has_collection("c").unwrap()),
             (true, false)
         );
-        // One slot left: a transaction making two is refused whole.
-        refused(&db, vec![put("a", "2"), put("d", "1"), put("c", "1")], "c");
+        // One slot left: a transaction making two is refused whole, naming
+        // the first by name.
+        too_many(
+            batch(&db, vec![put("a", "2"), put("d", "1"), put("c", "1")]),
+            "c",
+            3,
+        );
         assert!(
             db.collection("a").unwrap().get("2").unwrap().is_none(),
             "nothing written"
         );
-        assert!(db.batch(vec![put("c", "1")], None).unwrap().is_ok());
-        refused(&db, vec![put("d", "1")], "d");
-        assert!(matches!(
-            db.has_collection("d"),
-            Err(Error::TooManyCollections { .. })
-        ));
+        batch(&db, vec![put("c", "1")]).unwrap();
+        too_many(batch(&db, vec![put("d", "1")]), "d", 3);
+        too_many(db.has_collection("d").map(drop), "d", 3);
         assert!(db.has_collection("c").unwrap());
         // Reads, and writes that make nothing, are not refused.
         assert!(db.collection("d").unwrap().get("1").unwrap().is_none());
-        assert!(
-            db.batch(vec![put("a", "2"), put("c", "2")], None)
+        batch(&db, vec![put("a", "2"), put("c", "2")]).unwrap();
+        // Declarations that would make one are refused, others are not.
+        too_many(counted(&db), "shops", 3);
+        let index = |c: &str| {
+            db.collection(c)
                 .unwrap()
-                .is_ok()
-        );
-        // A counter's target is made even past the bound.
-        let config = json!({"counters": [{"name": "total", "group_by": "shop", "sum": "amt",
-                                          "target": {"c": "shops", "field": "total"}, "mode": "in_commit"}]});
-        let a = db.collection("a").unwrap();
-        a.set_config(truce::CollectionConfig::from_json(&config).unwrap())
-            .unwrap();
-        assert!(db.batch(vec![put("a", "3")], None).unwrap().is_ok());
-        // (`a/1` and `a/2` by the declaration's backfill, `a/3` in its commit.)
-        assert_eq!(
-            db.collection("shops").unwrap().get("s").unwrap().unwrap().body["total"],
-            3
-        );
-        assert_eq!(db.collections(), ["a", "b", "c", "shops"]);
-    }
-    // Reopened with the same bound, the four stand and none is made; with a
-    // larger one, more are.
-    {
-        let db = open(3).unwrap();
-        let Err(Error::TooManyCollections { .. }) = db.batch(vec![put("d", "1")], None) else {
-            panic!("the bound holds after a reopen");
+                .create_index("by_amt", spec(&["amt"], false))
+                .map(drop)
         };
+        too_many(index("e"), "e", 3);
+        index("a").unwrap();
+        assert_eq!(db.collections(), ["a", "b", "c"]);
     }
+    // Reopened with the same bound, the three stand and none is made; with
+    // a larger one, more are: the counter's target by its declaration.
+    too_many(batch(&open(3).unwrap(), vec![put("d", "1")]), "d", 3);
     let db = open(5).unwrap();
-    assert!(db.batch(vec![put("d", "1")], None).unwrap().is_ok());
-    assert_eq!(db.collections(), ["a", "b", "c", "d", "shops"]);
-    // Pages, in name order, with whether more follow; the filter is applied
-    // before the limit.
-    let page =
-        |after: Option<&str>, limit, keep: &dyn Fn(&str) -> bool| db.collections_page(after, limit, keep);
-    let all = |_: &str| true;
-    assert_eq!(page(None, 2, &all), (vec!["a".into(), "b".into()], true));
-    assert_eq!(page(Some("b"), 2, &all), (vec!["c".into(), "d".into()], true));
-    assert_eq!(page(Some("d"), 2, &all), (vec!["shops".into()], false));
+    counted(&db).unwrap();
+    assert_eq!(db.collections(), ["a", "b", "c", "shops"]);
+    batch(&db, vec![put("a", "3")]).unwrap();
+    // (`a/1` and `a/2` by the declaration's backfill, `a/3` in its commit.)
     assert_eq!(
-        page(Some("c"), 3, &all),
-        (vec!["d".into(), "shops".into()], false)
+        db.collection("shops").unwrap().get("s").unwrap().unwrap().body["total"],
+        3
     );
+    batch(&db, vec![put("d", "1")]).unwrap();
+    too_many(batch(&db, vec![put("e", "1")]), "e", 5);
+    assert_eq!(db.collection_count(), 5);
+    // Pages, in name order, with whether more follow.
+    let page = |after: Option<&str>, limit| db.collections_page(after, limit);
+    let names = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+    assert_eq!(page(None, 2), (names(&["a", "b"]), true));
+    assert_eq!(page(Some("b"), 2), (names(&["c", "d"]), true));
+    assert_eq!(page(Some("d"), 2), (names(&["shops"]), false));
+    assert_eq!(page(Some("c"), 3), (names(&["d", "shops"]), false));
     assert_eq!(
-        page(Some("bb"), 1, &all),
-        (vec!["c".into()], true),
+        page(Some("bb"), 1),
+        (names(&["c"]), true),
         "after need not be a collection"
     );
-    assert_eq!(page(Some("shops"), 2, &all), (vec![], false));
-    let not_b_or_c = |c: &str| c != "b" && c != "c";
-    assert_eq!(page(Some("a"), 1, &not_b_or_c), (vec!["d".into()], true));
-    assert_eq!(
-        page(None, 3, &not_b_or_c),
-        (vec!["a".into(), "d".into(), "shops".into()], false)
-    );
+    assert_eq!(page(Some("shops"), 2), (names(&[]), false));
 }
 
+/// A transaction's documents are bounded whatever its ops: those it writes
+/// by `TX_WRITE_BYTES_MAX` (only puts were counted: patches that grew small
+/// documents passed), and those its ops meet by `TX_READ_BYTES_MAX` (a 7 KB
+/// request of a hundred `$inc`s of 1 MB documents had the committer write
+/// 100 MB in one commit while every other writer waited, and a thousand
+/// checks held a gigabyte). Nothing of a refused transaction is written.
 #[test]
 fn a_transactions_documents_are_bounded_whatever_its_ops() {
     let dir = tempfile::tempdir().unwrap();
