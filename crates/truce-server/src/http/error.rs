@@ -108,7 +108,7 @@ pub fn doc_or_null(doc: Option<&truce::Document>) -> Value {
 }
 
 fn conflict_body(conflict: &Conflict) -> Value {
-    let current = doc_or_null(conflict.current.as_ref());
+    let current = doc_or_null(conflict.current.as_deref());
     match conflict.reason {
         ConflictReason::UniqueViolation => json!({
             "error": "unique_violation",
@@ -146,7 +146,7 @@ impl ApiError {
                             other => other.code(),
                         };
                         json!({"index": c.index, "c": c.collection, "id": c.id, "reason": reason,
-                               "current": doc_or_null(c.conflict.current.as_ref())})
+                               "current": doc_or_null(c.conflict.current.as_deref())})
                     })
                     .collect();
                 let message = format!("{} operation(s) did not hold; {written}", list.len());

@@ -381,7 +381,7 @@ fn check(op: &PreparedOp, current: Option<&Arc<Document>>) -> std::result::Resul
     match failed {
         Some(reason) => Err(Conflict {
             reason,
-            current: live.map(|d| Document::clone(d)),
+            current: live.cloned(),
         }),
         None => Ok(live.map(|doc| Written {
             doc: Arc::clone(doc),
@@ -946,7 +946,7 @@ impl Committer {
                             .current(&key, &holder)?
                             .filter(|d| !d.is_deleted())
                             .filter(|d| by_op.is_none() || def.values_key(&d.body) == prefix)
-                            .map(|d| Document::clone(d));
+                            .cloned();
                         let conflict = Conflict {
                             reason: ConflictReason::UniqueViolation,
                             current,
@@ -1826,7 +1826,7 @@ fn settled(commit: &Commit, outcome: &Result<TxOutcome>, durable_seq: u64) -> bo
         }
         Ok(Err(TxFailure::Conflicts(conflicts))) => conflicts
             .iter()
-            .all(|c| c.conflict.current.as_ref().is_some_and(durable)),
+            .all(|c| c.conflict.current.as_deref().is_some_and(durable)),
         _ => false,
     }
 }

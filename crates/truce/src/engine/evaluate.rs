@@ -49,7 +49,7 @@ pub struct CommitClock {
     pub ts_ms: u64,
 }
 
-fn conflict(reason: ConflictReason, current: Option<&Document>) -> Decision {
+fn conflict(reason: ConflictReason, current: Option<&Arc<Document>>) -> Decision {
     Decision::Settled(Err(Conflict {
         reason,
         current: current.cloned(),
@@ -165,7 +165,7 @@ pub fn decide(
 ) -> Result<Decision> {
     let live = current.meta().filter(|m| !m.deleted).copied();
     if let Some(reason) = precondition_fails(expect, live.as_ref()) {
-        return Ok(conflict(reason, live_doc(current, live.as_ref())?.map(|d| &**d)));
+        return Ok(conflict(reason, live_doc(current, live.as_ref())?));
     }
     Ok(Decision::Writes(match op {
         WriteOp::Put { body, canonical } => {

@@ -72,8 +72,9 @@ impl ConflictReason {
 pub struct Conflict {
     /// Why.
     pub reason: ConflictReason,
-    /// The current live document, or `None` if there is none.
-    pub current: Option<Document>,
+    /// The current live document, or `None` if there is none (shared with
+    /// the committer's view of it: a conflict copies no document).
+    pub current: Option<Arc<Document>>,
 }
 
 impl fmt::Display for Conflict {
