@@ -102,26 +102,67 @@ pub fn engine_status(code: &str) -> StatusCode {
     }
 }
 
-/// The JSON of a document, or `null`.
-pub fn doc_or_null(doc: Option<&truce::Document>) -> Value {
-    doc.map_or(Value::Null, truce::Document::to_json)
+/// `object` (a JSON object's fields but `current`) with `"current"`, the
+/// document or `null`, written straight from it (`Document::write_json`).
+fn with_current(object: &Value, current: Option<&truce::Document>, out: &mut Vec<u8>) {
+    // An object of strings and numbers: writing it cannot fail, and it
+    // ends with its closing brace.
+    let _ = serde_json::to_writer(&mut *out, object);
+    out.pop();
+    out.extend_from_slice(b",\"current\":");
+    match current {
+        Some(doc) => {
+            // A document's keys are strings: writing it cannot fail.
+            let _ = doc.write_json(out);
+        }
+        None => out.extend_from_slice(b"null"),
+    }
+    out.push(b'}');
 }
 
-fn conflict_body(conflict: &Conflict) -> Value {
-    let current = doc_or_null(conflict.current.as_deref());
-    match conflict.reason {
-        ConflictReason::UniqueViolation => json!({
-            "error": "unique_violation",
-            "message": "a unique index already holds these values for another document",
-            "current": current,
-        }),
-        reason => json!({
-            "error": "conflict",
-            "reason": reason.code(),
-            "message": format!("the write did not apply: {}", reason.code()),
-            "current": current,
-        }),
+/// The body of a conflict's answer (a single write's, or a transaction's
+/// with its `written` message), each current document written straight
+/// from it: built as a `Value`, a conflict over a document of 100,000
+/// values copied them all once more on the HTTP thread before encoding
+/// them.
+fn conflicts_json(error: &ApiError) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    match error {
+        ApiError::Conflict(conflict) => {
+            let fields = match conflict.reason {
+                ConflictReason::UniqueViolation => json!({
+                    "error": "unique_violation",
+                    "message": "a unique index already holds these values for another document",
+                }),
+                reason => json!({
+                    "error": "conflict",
+                    "reason": reason.code(),
+                    "message": format!("the write did not apply: {}", reason.code()),
+                }),
+            };
+            with_current(&fields, conflict.current.as_deref(), &mut out);
+        }
+        ApiError::TxConflicts(conflicts, written) => {
+            let message = format!("{} operation(s) did not hold; {written}", conflicts.len());
+            let _ = serde_json::to_writer(&mut out, &json!({"error": "conflict", "message": message}));
+            out.pop();
+            out.extend_from_slice(b",\"conflicts\":[");
+            for (i, c) in conflicts.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                let reason = match c.conflict.reason {
+                    ConflictReason::UniqueViolation => "unique_violation",
+                    other => other.code(),
+                };
+                let fields = json!({"index": c.index, "c": c.collection, "id": c.id, "reason": reason});
+                with_current(&fields, c.conflict.current.as_deref(), &mut out);
+            }
+            out.extend_from_slice(b"]}");
+        }
+        _ => return None,
     }
+    Some(out)
 }
 
 impl ApiError {
@@ -132,29 +173,18 @@ impl ApiError {
         };
         match self {
             ApiError::Engine(e) => plain(engine_status(e.code()), e.code(), e.to_string()),
-            ApiError::Conflict(conflict) => (StatusCode::CONFLICT, conflict_body(conflict)),
+            // Written as bytes for an answer (`conflicts_json`); read back
+            // where a `Value` is wanted (`/couch`, an event of a stream).
+            ApiError::Conflict(_) | ApiError::TxConflicts(..) => (
+                StatusCode::CONFLICT,
+                conflicts_json(self)
+                    .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+                    .unwrap_or(Value::Null),
+            ),
             ApiError::Missing => (
                 StatusCode::NOT_FOUND,
                 json!({"error": "not_found", "message": "no such document", "current": null}),
             ),
-            ApiError::TxConflicts(conflicts, written) => {
-                let list: Vec<Value> = conflicts
-                    .iter()
-                    .map(|c| {
-                        let reason = match c.conflict.reason {
-                            ConflictReason::UniqueViolation => "unique_violation",
-                            other => other.code(),
-                        };
-                        json!({"index": c.index, "c": c.collection, "id": c.id, "reason": reason,
-                               "current": doc_or_null(c.conflict.current.as_deref())})
-                    })
-                    .collect();
-                let message = format!("{} operation(s) did not hold; {written}", list.len());
-                (
-                    StatusCode::CONFLICT,
-                    json!({"error": "conflict", "message": message, "conflicts": list}),
-                )
-            }
             ApiError::InvalidJson(message) => plain(StatusCode::BAD_REQUEST, "invalid_json", message.clone()),
             ApiError::BadRequest(code, message) => plain(StatusCode::BAD_REQUEST, code, message.clone()),
             ApiError::Unauthorized(message) => {
@@ -280,8 +310,19 @@ pub fn add_retry_after(response: &mut Response) {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let (status, body) = self.status_and_body();
-        let mut response = (status, axum::Json(body)).into_response();
+        let (status, mut response) = match conflicts_json(&self) {
+            Some(bytes) => {
+                let json = [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))];
+                (
+                    StatusCode::CONFLICT,
+                    (StatusCode::CONFLICT, json, bytes).into_response(),
+                )
+            }
+            None => {
+                let (status, body) = self.status_and_body();
+                (status, (status, axum::Json(body)).into_response())
+            }
+        };
         if let ApiError::PartlyWritten(..) = self {
             response.extensions_mut().insert(super::answers::PartlyWritten);
         }
@@ -308,6 +349,63 @@ const WWW_AUTHENTICATE: &str = "Bearer realm=\"truce\"";
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A conflict's answer written as bytes holds what its `Value` held:
+    /// the reason, the message and the current document as `to_json` gives
+    /// it (or `null`), for a single write and for each op of a transaction.
+    #[test]
+    fn conflict_answers_are_their_json() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let db = truce::Db::open(dir.path(), truce::Options::default()).expect("open");
+        let c = db.collection("c").expect("collection");
+        let body = json!({"a": [1, {"b": "é\n"}], "z": null});
+        c.put("d\"1", body, truce::Expect::Any)
+            .expect("put")
+            .expect("written");
+        let conflict = c
+            .put("d\"1", json!({}), truce::Expect::Absent)
+            .expect("put")
+            .expect_err("conflict");
+        let current = conflict.current.as_deref().expect("current").to_json();
+        let parsed = |error: &ApiError| -> Value {
+            serde_json::from_slice(&conflicts_json(error).expect("a conflict")).expect("JSON")
+        };
+        let single = ApiError::Conflict(conflict.clone());
+        assert_eq!(
+            parsed(&single),
+            json!({"error": "conflict", "reason": "already_exists",
+                   "message": "the write did not apply: already_exists", "current": current})
+        );
+        assert_eq!(single.status_and_body(), (StatusCode::CONFLICT, parsed(&single)));
+        let unique = truce::Conflict {
+            reason: ConflictReason::UniqueViolation,
+            current: None,
+        };
+        assert_eq!(
+            parsed(&ApiError::Conflict(unique)),
+            json!({"error": "unique_violation", "current": null,
+                   "message": "a unique index already holds these values for another document"})
+        );
+        let op = |index, conflict| OpConflict {
+            index,
+            collection: "c".into(),
+            id: "d\"1".into(),
+            conflict,
+        };
+        let none = truce::Conflict {
+            reason: ConflictReason::NotFound,
+            current: None,
+        };
+        let tx = ApiError::TxConflicts(vec![op(0, conflict), op(3, none)], NOTHING_WRITTEN);
+        assert_eq!(
+            parsed(&tx),
+            json!({"error": "conflict", "message": "2 operation(s) did not hold; nothing was written",
+                   "conflicts": [
+                       {"index": 0, "c": "c", "id": "d\"1", "reason": "already_exists", "current": current},
+                       {"index": 3, "c": "c", "id": "d\"1", "reason": "not_found", "current": null}]})
+        );
+        assert!(conflicts_json(&ApiError::Missing).is_none());
+    }
 
     /// Every engine code has a deliberate status; none falls through to 500 by accident.
     #[test]
