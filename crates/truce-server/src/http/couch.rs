@@ -283,13 +283,14 @@ pub async fn create(
 ) -> CouchResult {
     authorize(&who, Role::Write, Some(&coll))?;
     truce::doc::validate_collection_name(&coll)?;
-    if state.db.has_collection(&coll)? {
+    if state.db.has_collection(&coll) {
         return Err(CouchError(
             StatusCode::PRECONDITION_FAILED,
             "file_exists",
             "The database already exists.".into(),
         ));
     }
+    state.db.room_for_collection(&coll)?;
     Ok((StatusCode::CREATED, axum::Json(json!({"ok": true}))).into_response())
 }
 

@@ -102,22 +102,27 @@ pub fn engine_status(code: &str) -> StatusCode {
     }
 }
 
-/// `object` (a JSON object's fields but `current`) with `"current"`, the
-/// document or `null`, written straight from it (`Document::write_json`).
-fn with_current(object: &Value, current: Option<&truce::Document>, out: &mut Vec<u8>) {
-    // An object of strings and numbers: writing it cannot fail, and it
-    // ends with its closing brace.
+/// `object` (a non-empty JSON object of strings and numbers) with one more
+/// field, `key` (a plain name, written as it is), whose value `value` writes.
+fn with_field(object: &Value, key: &'static str, out: &mut Vec<u8>, value: impl FnOnce(&mut Vec<u8>)) {
+    // Writing it cannot fail, and it ends with its closing brace.
     let _ = serde_json::to_writer(&mut *out, object);
     out.pop();
-    out.extend_from_slice(b",\"current\":");
-    match current {
-        Some(doc) => {
-            // A document's keys are strings: writing it cannot fail.
-            let _ = doc.write_json(out);
-        }
-        None => out.extend_from_slice(b"null"),
-    }
+    out.extend_from_slice(b",\"");
+    out.extend_from_slice(key.as_bytes());
+    out.extend_from_slice(b"\":");
+    value(out);
     out.push(b'}');
+}
+
+/// `object` with `"current"`, the document or `null`, written straight from
+/// it (`Document::write_json`).
+fn with_current(object: &Value, current: Option<&truce::Document>, out: &mut Vec<u8>) {
+    with_field(object, "current", out, |out| match current {
+        // A document's keys are strings: writing it cannot fail.
+        Some(doc) => drop(doc.write_json(out)),
+        None => out.extend_from_slice(b"null"),
+    });
 }
 
 /// The body of a conflict's answer (a single write's, or a transaction's
@@ -144,21 +149,22 @@ fn conflicts_json(error: &ApiError) -> Option<Vec<u8>> {
         }
         ApiError::TxConflicts(conflicts, written) => {
             let message = format!("{} operation(s) did not hold; {written}", conflicts.len());
-            let _ = serde_json::to_writer(&mut out, &json!({"error": "conflict", "message": message}));
-            out.pop();
-            out.extend_from_slice(b",\"conflicts\":[");
-            for (i, c) in conflicts.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
+            let fields = json!({"error": "conflict", "message": message});
+            with_field(&fields, "conflicts", &mut out, |out| {
+                out.push(b'[');
+                for (i, c) in conflicts.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    let reason = match c.conflict.reason {
+                        ConflictReason::UniqueViolation => "unique_violation",
+                        other => other.code(),
+                    };
+                    let fields = json!({"index": c.index, "c": c.collection, "id": c.id, "reason": reason});
+                    with_current(&fields, c.conflict.current.as_deref(), out);
                 }
-                let reason = match c.conflict.reason {
-                    ConflictReason::UniqueViolation => "unique_violation",
-                    other => other.code(),
-                };
-                let fields = json!({"index": c.index, "c": c.collection, "id": c.id, "reason": reason});
-                with_current(&fields, c.conflict.current.as_deref(), &mut out);
-            }
-            out.extend_from_slice(b"]}");
+                out.push(b']');
+            });
         }
         _ => return None,
     }

@@ -69,7 +69,7 @@ pub async fn list_collections(
             own.dedup();
             let mut held = own
                 .into_iter()
-                .filter(|c| matches!(state.db.has_collection(c), Ok(true)))
+                .filter(|c| state.db.has_collection(c))
                 .map(str::to_string);
             let page: Vec<String> = held.by_ref().take(limit).collect();
             let more = page.len() == limit && held.next().is_some();

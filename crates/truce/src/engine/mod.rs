@@ -284,19 +284,30 @@ impl Db {
             .len()
     }
 
-    /// Whether collection `name` was ever written; if not, whether a write
-    /// may make it (else [`Error::TooManyCollections`]: it would be refused).
-    pub fn has_collection(&self, name: &str) -> Result<bool> {
+    /// Whether collection `name` was ever written.
+    pub fn has_collection(&self, name: &str) -> bool {
         let names = self
             .shared()
             .collections
             .read()
             .unwrap_or_else(|p| p.into_inner());
-        if names.contains(name) {
-            return Ok(true);
-        }
-        committer::room(names.len(), &[name].into(), self.shared().collections_max)?;
-        Ok(false)
+        names.contains(name)
+    }
+
+    /// Refuses ([`Error::TooManyCollections`]) when a write could not make
+    /// collection `name`: it is not there and the database holds
+    /// [`Options::collections_max`].
+    pub fn room_for_collection(&self, name: &str) -> Result<()> {
+        let names = self
+            .shared()
+            .collections
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
+        let new = Some(name)
+            .filter(|name| !names.contains(*name))
+            .into_iter()
+            .collect();
+        committer::room(names.len(), &new, self.shared().collections_max)
     }
 
     /// At most `limit` names of the collections ever written, in order,
