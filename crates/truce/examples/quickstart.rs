@@ -41,7 +41,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Err(conflict) => println!(
             "stale write refused: {} — current is version {}",
             conflict.reason.code(),
-            conflict.current.as_ref().map_or(0, |d| d.version())
+            conflict.current()?.map_or(0, |d| d.version())
         ),
     }
 

@@ -245,13 +245,13 @@ fn write_row(id: &str, result: Result<WriteResult, truce::Error>) -> Value {
 /// conflict; a value a unique index holds is `forbidden`, as a validation
 /// function's refusal is (no revision would make it pass).
 fn refused_write(refused: &truce::Conflict) -> CouchError {
-    match (&refused.reason, &refused.current) {
+    match (&refused.reason, refused.current_meta()) {
         (ConflictReason::UniqueViolation, holder) => CouchError(
             StatusCode::FORBIDDEN,
             "forbidden",
             format!(
                 "a unique index holds this value (document {})",
-                holder.as_ref().map_or("another", |d| d.id.as_str())
+                holder.map_or("another", |(id, _)| id)
             ),
         ),
         _ => conflict(),
@@ -905,7 +905,7 @@ async fn write_one(state: &AppState, coll: &str, id: &str, op: TxOp) -> CouchRes
         // `_bulk_docs`: the client's copy is stale, not missing.
         Err(c)
             if c.reason == ConflictReason::NotFound
-                && c.current.is_none()
+                && c.current_meta().is_none()
                 && state.db.collection(coll)?.get_current(id)?.is_none() =>
         {
             Err(CouchError(StatusCode::NOT_FOUND, "not_found", "missing".into()))

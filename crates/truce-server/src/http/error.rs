@@ -115,14 +115,11 @@ fn with_field(object: &Value, key: &'static str, out: &mut Vec<u8>, value: impl 
     out.push(b'}');
 }
 
-/// `object` with `"current"`, the document or `null`, written straight from
-/// it (`Document::write_json`).
-fn with_current(object: &Value, current: Option<&truce::Document>, out: &mut Vec<u8>) {
-    with_field(object, "current", out, |out| match current {
-        // A document's keys are strings: writing it cannot fail.
-        Some(doc) => drop(doc.write_json(out)),
-        None => out.extend_from_slice(b"null"),
-    });
+/// `object` with `"current"`, the conflict's document or `null`, written
+/// straight from it or from its stored record
+/// (`Conflict::write_current_json`).
+fn with_current(object: &Value, conflict: &truce::Conflict, out: &mut Vec<u8>) {
+    with_field(object, "current", out, |out| conflict.write_current_json(out));
 }
 
 /// The body of a conflict's answer (a single write's, or a transaction's
@@ -145,7 +142,7 @@ fn conflicts_json(error: &ApiError) -> Option<Vec<u8>> {
                     "message": format!("the write did not apply: {}", reason.code()),
                 }),
             };
-            with_current(&fields, conflict.current.as_deref(), &mut out);
+            with_current(&fields, conflict, &mut out);
         }
         ApiError::TxConflicts(conflicts, written) => {
             let message = format!("{} operation(s) did not hold; {written}", conflicts.len());
@@ -161,7 +158,7 @@ fn conflicts_json(error: &ApiError) -> Option<Vec<u8>> {
                         other => other.code(),
                     };
                     let fields = json!({"index": c.index, "c": c.collection, "id": c.id, "reason": reason});
-                    with_current(&fields, c.conflict.current.as_deref(), out);
+                    with_current(&fields, &c.conflict, out);
                 }
                 out.push(b']');
             });
@@ -372,21 +369,22 @@ mod tests {
             .put("d\"1", json!({}), truce::Expect::Absent)
             .expect("put")
             .expect_err("conflict");
-        let current = conflict.current.as_deref().expect("current").to_json();
         let parsed = |error: &ApiError| -> Value {
             serde_json::from_slice(&conflicts_json(error).expect("a conflict")).expect("JSON")
         };
         let single = ApiError::Conflict(conflict.clone());
+        // Written from the stored record (the write was refused before the
+        // committer, from durable state), then from the decoded document.
+        let stored = parsed(&single);
+        let current = conflict.current().expect("decodes").expect("current").to_json();
         assert_eq!(
-            parsed(&single),
+            stored,
             json!({"error": "conflict", "reason": "already_exists",
                    "message": "the write did not apply: already_exists", "current": current})
         );
+        assert_eq!(parsed(&single), stored);
         assert_eq!(single.status_and_body(), (StatusCode::CONFLICT, parsed(&single)));
-        let unique = truce::Conflict {
-            reason: ConflictReason::UniqueViolation,
-            current: None,
-        };
+        let unique = truce::Conflict::new(ConflictReason::UniqueViolation, None);
         assert_eq!(
             parsed(&ApiError::Conflict(unique)),
             json!({"error": "unique_violation", "current": null,
@@ -398,10 +396,7 @@ mod tests {
             id: "d\"1".into(),
             conflict,
         };
-        let none = truce::Conflict {
-            reason: ConflictReason::NotFound,
-            current: None,
-        };
+        let none = truce::Conflict::new(ConflictReason::NotFound, None);
         let tx = ApiError::TxConflicts(vec![op(0, conflict), op(3, none)], NOTHING_WRITTEN);
         assert_eq!(
             parsed(&tx),

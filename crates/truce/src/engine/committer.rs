@@ -11,7 +11,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::doc::Document;
+use crate::doc::{Document, Meta};
 use crate::error::{Error, Result};
 use crate::index::{self, IndexDef, IndexState};
 use crate::limits::{
@@ -379,10 +379,7 @@ fn check(op: &PreparedOp, current: Option<&Arc<Document>>) -> std::result::Resul
         _ => None,
     };
     match failed {
-        Some(reason) => Err(Conflict {
-            reason,
-            current: live.cloned(),
-        }),
+        Some(reason) => Err(Conflict::new(reason, live.cloned())),
         None => Ok(live.map(|doc| Written {
             doc: Arc::clone(doc),
             effect: Effect::Checked,
@@ -947,10 +944,7 @@ impl Committer {
                             .filter(|d| !d.is_deleted())
                             .filter(|d| by_op.is_none() || def.values_key(&d.body) == prefix)
                             .cloned();
-                        let conflict = Conflict {
-                            reason: ConflictReason::UniqueViolation,
-                            current,
-                        };
+                        let conflict = Conflict::new(ConflictReason::UniqueViolation, current);
                         conflicts.push(op_conflict(*index, op, conflict));
                         // One conflict per op, whatever its other unique
                         // indexes would say: a single write answers one.
@@ -1662,9 +1656,9 @@ pub(crate) fn observe(
                     .map(|c| {
                         let op = &commit.ops[c.index];
                         let numbers_only = c.conflict.reason == ConflictReason::VersionMismatch
-                            && match (&op.write, &c.conflict.current) {
-                                (Some(WriteOp::Put { body, .. }), Some(current)) => {
-                                    insights::numbers_only(body, &current.body)
+                            && match (&op.write, c.conflict.current_canonical()) {
+                                (Some(WriteOp::Put { canonical, .. }), Some(current)) => {
+                                    insights::numbers_only(canonical, &current)
                                 }
                                 _ => false,
                             };
@@ -1813,20 +1807,20 @@ fn settled(commit: &Commit, outcome: &Result<TxOutcome>, durable_seq: u64) -> bo
     if commit.idempotency.is_some() {
         return false;
     }
-    let durable = |doc: &Document| doc.meta.seq <= durable_seq;
+    let durable = |meta: &Meta| meta.seq <= durable_seq;
     match outcome {
         Ok(Ok(committed)) => {
             !committed.replayed
                 && committed.results.iter().all(|r| {
                     r.as_ref().is_some_and(|w| {
                         matches!(w.effect, Effect::NoOp | Effect::Skipped | Effect::Checked)
-                            && durable(&w.doc)
+                            && durable(&w.doc.meta)
                     })
                 })
         }
         Ok(Err(TxFailure::Conflicts(conflicts))) => conflicts
             .iter()
-            .all(|c| c.conflict.current.as_deref().is_some_and(durable)),
+            .all(|c| c.conflict.current_meta().is_some_and(|(_, meta)| durable(meta))),
         _ => false,
     }
 }

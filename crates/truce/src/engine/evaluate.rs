@@ -50,10 +50,7 @@ pub struct CommitClock {
 }
 
 fn conflict(reason: ConflictReason, current: Option<&Arc<Document>>) -> Decision {
-    Decision::Settled(Err(Conflict {
-        reason,
-        current: current.cloned(),
-    }))
+    Decision::Settled(Err(Conflict::new(reason, current.cloned())))
 }
 
 fn unchanged(current: &Arc<Document>, effect: Effect) -> Decision {
@@ -85,6 +82,12 @@ pub trait Current {
     fn meta(&self) -> Option<&Meta>;
     /// The state, decoded if it was not yet.
     fn doc(&mut self) -> Result<Option<&Arc<Document>>>;
+
+    /// A conflict for `reason` carrying the live state, if it is live
+    /// (`live`, its metadata), without decoding a state not decoded yet.
+    fn refuse(&mut self, reason: ConflictReason, live: Option<&Meta>) -> Result<Conflict> {
+        Ok(Conflict::new(reason, live_doc(self, live)?.cloned()))
+    }
 }
 
 impl Current for Option<&Arc<Document>> {
@@ -99,7 +102,7 @@ impl Current for Option<&Arc<Document>> {
 
 /// The live document of `current`, decoded; a tombstone or an absent
 /// document is not decoded (`live`: its live metadata).
-fn live_doc<'c>(
+pub(crate) fn live_doc<'c>(
     current: &'c mut (impl Current + ?Sized),
     live: Option<&Meta>,
 ) -> Result<Option<&'c Arc<Document>>> {
@@ -165,7 +168,7 @@ pub fn decide(
 ) -> Result<Decision> {
     let live = current.meta().filter(|m| !m.deleted).copied();
     if let Some(reason) = precondition_fails(expect, live.as_ref()) {
-        return Ok(conflict(reason, live_doc(current, live.as_ref())?));
+        return Ok(Decision::Settled(Err(current.refuse(reason, live.as_ref())?)));
     }
     Ok(Decision::Writes(match op {
         WriteOp::Put { body, canonical } => {

@@ -20,6 +20,7 @@ use crate::record;
 use crate::storage::{Direction, Space, Storage, StorageRead, WriteBatch};
 
 use super::evaluate::{self, NewState};
+use super::outcome::{Conflict, ConflictReason};
 use super::tx::changes_key;
 
 /// A document touched by the group.
@@ -53,8 +54,9 @@ pub enum Held {
     Record {
         /// The record's metadata.
         meta: Meta,
-        /// The whole record; its body starts at `body_at`.
-        record: Vec<u8>,
+        /// The whole record; its body starts at `body_at`. Shared with a
+        /// conflict that carries it (`Conflict::stored`).
+        record: Arc<Vec<u8>>,
         body_at: usize,
     },
 }
@@ -72,7 +74,7 @@ impl Held {
                 (
                     Held::Record {
                         meta,
-                        record,
+                        record: Arc::new(record),
                         body_at,
                     },
                     bytes,
@@ -168,6 +170,23 @@ impl evaluate::Current for Met<'_> {
     fn doc(&mut self) -> Result<Option<&Arc<Document>>> {
         self.read = true;
         self.held.doc(self.id)
+    }
+
+    /// A record not decoded yet stays so: the conflict carries it, and its
+    /// answer is written from its bytes. Its values are not read.
+    fn refuse(&mut self, reason: ConflictReason, live: Option<&Meta>) -> Result<Conflict> {
+        if let (
+            Held::Record {
+                meta,
+                record,
+                body_at,
+            },
+            Some(_),
+        ) = (&*self.held, live)
+        {
+            return Conflict::stored(reason, self.id, *meta, Arc::clone(record), *body_at);
+        }
+        Ok(Conflict::new(reason, evaluate::live_doc(self, live)?.cloned()))
     }
 }
 

@@ -970,27 +970,39 @@ impl Tracker {
 
 /// Whether a refused full replace differs from the current document only in
 /// numbers: same fields, and every differing value a number on both sides.
-pub(crate) fn numbers_only(new: &crate::doc::Body, current: &crate::doc::Body) -> bool {
-    use serde_json::Value;
-    fn same_shape(a: &Value, b: &Value) -> bool {
-        match (a, b) {
-            (Value::Number(_), Value::Number(_)) => true,
-            (Value::Object(x), Value::Object(y)) => {
-                x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same_shape(v, w)))
-            }
-            (Value::Array(x), Value::Array(y)) => {
-                x.len() == y.len() && x.iter().zip(y).all(|(v, w)| same_shape(v, w))
-            }
-            (a, b) => a == b,
+/// Read from the canonical JSON of both bodies (keys sorted, no `_` keys),
+/// walked in step, decoding neither: the same bytes but for the numbers,
+/// one of which differs.
+pub(crate) fn numbers_only(new: &[u8], current: &[u8]) -> bool {
+    let starts_number = |b: u8| b == b'-' || b.is_ascii_digit();
+    let number_len = |json: &[u8]| {
+        json.iter()
+            .take_while(|b| matches!(b, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E'))
+            .count()
+    };
+    let (mut i, mut j, mut differs) = (0, 0, false);
+    let (mut in_string, mut escaped) = (false, false);
+    while i < new.len() && j < current.len() {
+        let b = new[i];
+        if !in_string && starts_number(b) && starts_number(current[j]) {
+            let (n, m) = (number_len(&new[i..]), number_len(&current[j..]));
+            differs |= new[i..i + n] != current[j..j + m];
+            (i, j) = (i + n, j + m);
+            continue;
         }
+        if b != current[j] {
+            return false;
+        }
+        if escaped {
+            escaped = false;
+        } else if in_string && b == b'\\' {
+            escaped = true;
+        } else if b == b'"' {
+            in_string = !in_string;
+        }
+        (i, j) = (i + 1, j + 1);
     }
-    let visible = |k: &String| !k.starts_with('_');
-    new.keys().filter(|k| visible(k)).count() == current.keys().filter(|k| visible(k)).count()
-        && new
-            .iter()
-            .filter(|(k, _)| visible(k))
-            .all(|(k, v)| current.get(k).is_some_and(|w| same_shape(v, w)))
-        && new != current
+    i == new.len() && j == current.len() && differs
 }
 
 #[cfg(test)]
@@ -1206,23 +1218,35 @@ mod tests {
 
     #[test]
     fn numbers_only_compares_fields_and_values() {
-        let body = |v: serde_json::Value| crate::doc::body_from_value(v).unwrap();
+        let json =
+            |v: serde_json::Value| crate::doc::canonical_bytes(&crate::doc::body_from_value(v).unwrap());
+        let numbers_only = |new, current| numbers_only(&json(new), &json(current));
+        use serde_json::json;
         assert!(numbers_only(
-            &body(serde_json::json!({"n": 2, "name": "a"})),
-            &body(serde_json::json!({"n": 1, "name": "a"}))
+            json!({"n": 2, "name": "a"}),
+            json!({"n": 1, "name": "a"})
         ));
+        assert!(numbers_only(
+            json!({"a": [1, {"x": -2.5}], "s": "1"}),
+            json!({"a": [10, {"x": 3e40}], "s": "1"})
+        ));
+        // Another string, another key, a missing field, no change at all.
         assert!(!numbers_only(
-            &body(serde_json::json!({"n": 2, "name": "b"})),
-            &body(serde_json::json!({"n": 1, "name": "a"}))
+            json!({"n": 2, "name": "b"}),
+            json!({"n": 1, "name": "a"})
         ));
-        assert!(!numbers_only(
-            &body(serde_json::json!({"n": 2, "m": 1})),
-            &body(serde_json::json!({"n": 1}))
-        ));
-        assert!(!numbers_only(
-            &body(serde_json::json!({"n": 1})),
-            &body(serde_json::json!({"n": 1}))
-        ));
+        assert!(!numbers_only(json!({"n": 2, "m": 1}), json!({"n": 1})));
+        assert!(!numbers_only(json!({"n": 2}), json!({"n": 1, "m": 1})));
+        assert!(!numbers_only(json!({"m": 2}), json!({"n": 1})));
+        assert!(!numbers_only(json!({"n": 1}), json!({"n": 1})));
+        // Digits in a string are text; a number against anything else, or
+        // arrays of other lengths, differ in shape.
+        assert!(!numbers_only(json!({"s": "12"}), json!({"s": "13"})));
+        assert!(!numbers_only(json!({"s": "a\\\"1"}), json!({"s": "a\\\"2"})));
+        assert!(!numbers_only(json!({"n": 1}), json!({"n": "1"})));
+        assert!(!numbers_only(json!({"n": 1}), json!({"n": null})));
+        assert!(!numbers_only(json!({"a": [1, 2]}), json!({"a": [1]})));
+        assert!(!numbers_only(json!({"a": [1]}), json!({"a": [1, 2]})));
     }
 
     #[test]

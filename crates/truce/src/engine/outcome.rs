@@ -2,10 +2,11 @@
 //! conflict carrying the current document. Conflicts are values, not errors.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
-use crate::doc::{Document, Rev};
+use crate::doc::{self, Document, Meta, Rev};
 use crate::error::{Error, Result};
+use crate::record;
 
 /// The precondition of a write: what the writer believes the document is now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,19 +69,171 @@ impl ConflictReason {
 
 /// A write that did not apply because the document is not what the writer
 /// expected. Carries the current document so the caller can decide what to do.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone)]
 pub struct Conflict {
     /// Why.
     pub reason: ConflictReason,
-    /// The current live document, or `None` if there is none (shared with
-    /// the committer's view of it: a conflict copies no document).
-    pub current: Option<Arc<Document>>,
+    /// The current live document, `None` if there is none.
+    current: Option<Current>,
+}
+
+/// A conflict's current document: shared with the committer's view of it
+/// (a conflict copies no document), or the stored record a refused
+/// precondition met undecoded, decoded only if something asks for the
+/// document ([`Conflict::current`]). An answer writes a record's JSON from
+/// its bytes ([`Conflict::write_current_json`]): decoding a large document
+/// of many small values to refuse a stale write took an HTTP thread
+/// milliseconds.
+#[derive(Clone)]
+enum Current {
+    Doc(Arc<Document>),
+    Stored(Arc<Stored>),
+}
+
+struct Stored {
+    id: String,
+    meta: Meta,
+    /// The whole record; its body (an object's canonical JSON,
+    /// `doc::is_object_json`) starts at `body_at`.
+    record: Arc<Vec<u8>>,
+    body_at: usize,
+    decoded: OnceLock<Arc<Document>>,
+}
+
+impl Stored {
+    fn body(&self) -> &[u8] {
+        &self.record[self.body_at..]
+    }
+}
+
+impl Conflict {
+    /// A conflict carrying `current`, the live document (`None`: there is none).
+    pub fn new(reason: ConflictReason, current: Option<Arc<Document>>) -> Conflict {
+        Conflict {
+            reason,
+            current: current.map(Current::Doc),
+        }
+    }
+
+    /// A conflict carrying live document `id`'s stored record, verified but
+    /// not decoded (`group::Held::Record`). A body that is not an object's
+    /// JSON is decoded at once, to refuse it as corrupt here.
+    pub(crate) fn stored(
+        reason: ConflictReason,
+        id: &str,
+        meta: Meta,
+        record: Arc<Vec<u8>>,
+        body_at: usize,
+    ) -> Result<Conflict> {
+        let stored = Stored {
+            id: id.to_string(),
+            meta,
+            record,
+            body_at,
+            decoded: OnceLock::new(),
+        };
+        if !doc::is_object_json(stored.body()) {
+            let doc = record::decode_body(id, meta, stored.body())?;
+            return Ok(Conflict::new(reason, Some(Arc::new(doc))));
+        }
+        Ok(Conflict {
+            reason,
+            current: Some(Current::Stored(Arc::new(stored))),
+        })
+    }
+
+    /// The current live document, or `None` if there is none: decoded now
+    /// if the conflict carries its stored record (an `Err` only for a record
+    /// whose verified bytes do not decode).
+    pub fn current(&self) -> Result<Option<&Arc<Document>>> {
+        match &self.current {
+            None => Ok(None),
+            Some(Current::Doc(doc)) => Ok(Some(doc)),
+            Some(Current::Stored(stored)) => {
+                if stored.decoded.get().is_none() {
+                    let doc = record::decode_body(&stored.id, stored.meta, stored.body())?;
+                    // Another thread may have decoded it meanwhile: either is it.
+                    let _ = stored.decoded.set(Arc::new(doc));
+                }
+                Ok(stored.decoded.get())
+            }
+        }
+    }
+
+    /// The current live document's id and metadata, without decoding it.
+    pub fn current_meta(&self) -> Option<(&str, &Meta)> {
+        match &self.current {
+            None => None,
+            Some(Current::Doc(doc)) => Some((&doc.id, &doc.meta)),
+            Some(Current::Stored(stored)) => Some((&stored.id, &stored.meta)),
+        }
+    }
+
+    /// Writes the current live document's JSON with its metadata
+    /// ([`Document::write_json`]'s bytes), or `null`: a stored record
+    /// from its bytes, without decoding it ([`doc::write_stored_json`]).
+    pub fn write_current_json(&self, out: &mut Vec<u8>) {
+        match &self.current {
+            None => out.extend_from_slice(b"null"),
+            // A document's keys are strings: writing it cannot fail.
+            Some(Current::Doc(doc)) => drop(doc.write_json(out)),
+            Some(Current::Stored(stored)) => match stored.decoded.get() {
+                Some(doc) => drop(doc.write_json(out)),
+                None => doc::write_stored_json(&stored.id, &stored.meta, stored.body(), out),
+            },
+        }
+    }
+
+    /// The canonical JSON of the current live document's body, from its
+    /// record or encoded now.
+    pub(crate) fn current_canonical(&self) -> Option<std::borrow::Cow<'_, [u8]>> {
+        match &self.current {
+            None => None,
+            Some(Current::Doc(doc)) => Some(doc::canonical_bytes(&doc.body).into()),
+            Some(Current::Stored(stored)) => Some(stored.body().into()),
+        }
+    }
+}
+
+impl PartialEq for Conflict {
+    /// The same reason and the same current document (decoding either if
+    /// need be; one that does not decode equals nothing).
+    fn eq(&self, other: &Conflict) -> bool {
+        self.reason == other.reason
+            && match (self.current(), other.current()) {
+                (Ok(a), Ok(b)) => a == b,
+                _ => false,
+            }
+    }
+}
+
+impl fmt::Debug for Conflict {
+    /// The reason and the current document, a stored record by its id and
+    /// revision (not decoded to be printed).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut out = f.debug_struct("Conflict");
+        out.field("reason", &self.reason);
+        match &self.current {
+            None => out.field("current", &None::<Document>),
+            Some(Current::Doc(doc)) => out.field("current", doc),
+            Some(Current::Stored(stored)) => out.field(
+                "current",
+                &format_args!(
+                    "stored {:?} at {} ({} bytes)",
+                    stored.id,
+                    stored.meta.rev,
+                    stored.body().len()
+                ),
+            ),
+        };
+        out.finish()
+    }
 }
 
 impl fmt::Display for Conflict {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.current {
-            Some(doc) => write!(f, "{} (current: {} at {})", self.reason.code(), doc.id, doc.rev()),
+        match self.current_meta() {
+            Some((id, meta)) => write!(f, "{} (current: {} at {})", self.reason.code(), id, meta.rev),
             None => write!(f, "{} (no current document)", self.reason.code()),
         }
     }
@@ -178,3 +331,80 @@ impl Written {
 
 /// The result of one write: an expected outcome either way.
 pub type WriteResult = std::result::Result<Written, Conflict>;
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use serde_json::json;
+
+    use super::{Conflict, ConflictReason, Current};
+    use crate::{Db, Expect, Options, TxFailure, TxOp};
+
+    /// Whether `conflict` carries a stored record not decoded yet.
+    fn undecoded(conflict: &Conflict) -> bool {
+        matches!(&conflict.current, Some(Current::Stored(s)) if s.decoded.get().is_none())
+    }
+
+    /// A write refused by its precondition carries its document's stored
+    /// record undecoded, whether refused from durable state (a single write)
+    /// or in the committer's group (a batch): its answer's JSON is the
+    /// decoded document's, byte for byte, written without decoding it, and
+    /// `current` decodes it once.
+    #[test]
+    fn a_refused_write_carries_its_document_undecoded() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), Options::default()).unwrap();
+        let c = db.collection("c").unwrap();
+        let body = json!({"A": 1, "b": [{"_x": "\"_"}], "": null, "~": "é", "Z\"": {}});
+        c.put("d", body, Expect::Absent).unwrap().unwrap();
+        let single = c.put("d", json!({}), Expect::Version(7)).unwrap().unwrap_err();
+        let failure = db
+            .batch(
+                vec![TxOp::Put {
+                    collection: "c".into(),
+                    id: "d".into(),
+                    body: json!({}),
+                    expect: Expect::Absent,
+                }],
+                None,
+            )
+            .unwrap()
+            .unwrap_err();
+        let TxFailure::Conflicts(mut batch) = failure else {
+            panic!("expected a conflict, got {failure:?}")
+        };
+        let stored = c.get("d").unwrap().unwrap();
+        let mut expected = Vec::new();
+        stored.write_json(&mut expected).unwrap();
+        for (conflict, reason) in [
+            (single, ConflictReason::VersionMismatch),
+            (batch.remove(0).conflict, ConflictReason::AlreadyExists),
+        ] {
+            assert_eq!(conflict.reason, reason);
+            assert!(undecoded(&conflict), "{conflict:?}");
+            assert_eq!(conflict.current_meta(), Some(("d", &stored.meta)));
+            let mut json = Vec::new();
+            conflict.write_current_json(&mut json);
+            assert_eq!(
+                String::from_utf8(json).unwrap(),
+                String::from_utf8(expected.clone()).unwrap()
+            );
+            assert!(undecoded(&conflict), "writing its JSON decodes nothing");
+            let shared = conflict.clone();
+            let decoded = Arc::clone(conflict.current().unwrap().unwrap());
+            assert_eq!(*decoded, stored);
+            assert!(
+                Arc::ptr_eq(shared.current().unwrap().unwrap(), &decoded),
+                "decoded once"
+            );
+            assert_eq!(conflict, Conflict::new(reason, Some(Arc::new(stored.clone()))));
+        }
+        // A missing document is no record.
+        let missing = c.put("none", json!({}), Expect::Version(1)).unwrap().unwrap_err();
+        assert_eq!(missing.current().unwrap(), None);
+        let mut json = Vec::new();
+        missing.write_current_json(&mut json);
+        assert_eq!(json, b"null");
+    }
+}

@@ -106,7 +106,10 @@ fn seed_001_second_writer_gets_a_conflict_with_the_current_document() {
         .unwrap()
         .unwrap_err();
     assert_eq!(conflict.reason, ConflictReason::VersionMismatch);
-    let current = conflict.current.expect("a conflict carries the current document");
+    let current = conflict
+        .current()
+        .unwrap()
+        .expect("a conflict carries the current document");
     assert_eq!(
         (current.version(), current.body["name"].as_str()),
         (2, Some("A's name"))
@@ -205,7 +208,7 @@ fn answers_from_durable_state_do_not_wait_for_the_group_fsync() {
         assert!(skip.wait().unwrap().unwrap().skipped());
         let refused = stale.wait().unwrap().unwrap_err();
         assert_eq!(refused.reason, ConflictReason::VersionMismatch);
-        assert_eq!(refused.current.unwrap().version(), 1);
+        assert_eq!(refused.current().unwrap().unwrap().version(), 1);
         let fast = started.elapsed();
         assert!(
             fast < Duration::from_millis(250),
@@ -282,7 +285,8 @@ fn no_answer_shows_a_state_before_it_is_durable() {
                                 c.submit_patch(&id, update(spec), Expect::Any).unwrap()
                             })
                             .collect();
-                        let current = stale.wait().unwrap().unwrap_err().current.unwrap();
+                        let current =
+                            Arc::clone(stale.wait().unwrap().unwrap_err().current().unwrap().unwrap());
                         let durable = db.durable_seq();
                         assert!(
                             current.meta.seq <= durable,

@@ -464,7 +464,10 @@ fn a_unique_value_held_by_an_expired_document_is_free() {
         .unwrap()
         .unwrap_err();
     assert_eq!(refused.reason, truce::ConflictReason::UniqueViolation);
-    assert_eq!(refused.current.map(|d| d.id.clone()), Some("new".to_string()));
+    assert_eq!(
+        refused.current().unwrap().map(|d| d.id.clone()),
+        Some("new".to_string())
+    );
     // Counted as reads see them (CouchDB's `doc_count`): swept or not, the
     // expired ones are not live.
     assert_eq!(c.count().unwrap(), (1, 6001));

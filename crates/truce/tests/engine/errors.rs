@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use truce::storage::{Fault, MemoryStorage, Space, Storage, WriteBatch};
-use truce::{ConflictReason, Db, Error, Expect, Options, Query, RetryPolicy, TxOp, Update};
+use truce::{ConflictReason, Db, Error, Expect, Options, Query, RetryPolicy, TxFailure, TxOp, Update};
 
 use crate::indexes::spec;
 use crate::{open_relaxed, update};
@@ -121,7 +121,7 @@ fn every_error_code_is_produced() {
         Error::RetriesExhausted { attempts, last } => {
             assert_eq!(*attempts, 2);
             assert_eq!(last.reason, ConflictReason::VersionMismatch);
-            assert_eq!(last.current.as_ref().unwrap().body["n"], 2);
+            assert_eq!(last.current().unwrap().unwrap().body["n"], 2);
         }
         other => panic!("expected RetriesExhausted, got {other:?}"),
     }
@@ -227,16 +227,16 @@ fn every_conflict_reason_carries_the_current_document() {
     let reason = |r: truce::WriteResult| r.unwrap_err();
     let exists = reason(c.put("a", json!({"n": 2}), Expect::Absent).unwrap());
     assert_eq!(exists.reason, ConflictReason::AlreadyExists);
-    assert_eq!(exists.current.unwrap().body["n"], 1);
+    assert_eq!(exists.current().unwrap().unwrap().body["n"], 1);
     let mismatch = reason(c.put("a", json!({"n": 2}), Expect::Version(7)).unwrap());
     assert_eq!(mismatch.reason, ConflictReason::VersionMismatch);
-    assert_eq!(mismatch.current.unwrap().version(), 1);
+    assert_eq!(mismatch.current().unwrap().unwrap().version(), 1);
     let missing = reason(
         c.patch("nope", update(json!({"$inc": {"n": 1}})), Expect::Any)
             .unwrap(),
     );
     assert_eq!(
-        (missing.reason, missing.current),
+        (missing.reason, missing.current().unwrap()),
         (ConflictReason::NotFound, None)
     );
     let failed = reason(
@@ -248,7 +248,7 @@ fn every_conflict_reason_carries_the_current_document() {
         .unwrap(),
     );
     assert_eq!(failed.reason, ConflictReason::ConditionFailed);
-    assert_eq!(failed.current.unwrap().body["n"], 1);
+    assert_eq!(failed.current().unwrap().unwrap().body["n"], 1);
     let codes: BTreeSet<_> = [exists.reason, mismatch.reason, missing.reason, failed.reason]
         .iter()
         .map(|r| r.code())
@@ -639,8 +639,10 @@ fn a_transaction_meets_its_documents_as_they_take_decoded() {
     assert_eq!(c.get("small").unwrap().unwrap().body["n"], 2);
 
     // Puts replace their documents whatever their values and meet them
-    // undecoded, by their stored bytes: two pass. Two that conflict decode
-    // both documents for their answers and count them so: refused.
+    // undecoded, by their stored bytes: two pass. Two that conflict carry
+    // both documents undecoded for their answers (`Conflict::current`
+    // decodes one when asked), so they count their stored bytes too: both
+    // are answered.
     let put = |id: &str, expect| TxOp::Put {
         collection: "nums".into(),
         id: id.into(),
@@ -649,14 +651,16 @@ fn a_transaction_meets_its_documents_as_they_take_decoded() {
     };
     let stale = vec![put("a", Expect::Version(1)), put("b", Expect::Version(1))];
     match db.batch(stale, None) {
-        Err(Error::LimitExceeded { what, .. }) => assert_eq!(what, "TX_READ_BYTES_MAX"),
-        other => panic!("expected TX_READ_BYTES_MAX, got {:?}", other.map(|r| r.is_ok())),
+        Ok(Err(TxFailure::Conflicts(conflicts))) => {
+            let answered: Vec<(usize, Option<u64>)> = conflicts
+                .iter()
+                .map(|c| (c.index, c.conflict.current_meta().map(|(_, m)| m.version())))
+                .collect();
+            assert_eq!(answered, vec![(0, Some(2)), (1, Some(2))]);
+            assert_eq!(conflicts[1].conflict.current().unwrap().unwrap().body["n"], 1);
+        }
+        other => panic!("expected two conflicts, got {:?}", other.map(|r| r.is_ok())),
     }
-    let conflicts = db.batch(
-        vec![put("a", Expect::Version(1)), put("small", Expect::Any)],
-        None,
-    );
-    assert!(conflicts.unwrap().is_err(), "one such conflict is answered");
     assert!(
         db.batch(vec![put("a", Expect::Any), put("b", Expect::Any)], None)
             .unwrap()

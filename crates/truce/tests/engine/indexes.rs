@@ -348,7 +348,7 @@ fn a_transaction_may_move_a_unique_value_between_its_documents() {
             assert_eq!(conflicts.len(), 1, "{conflicts:?}");
             assert_eq!(conflicts[0].index, 1);
             assert_eq!(conflicts[0].conflict.reason, ConflictReason::UniqueViolation);
-            assert_eq!(conflicts[0].conflict.current.as_ref().unwrap().id, "new");
+            assert_eq!(conflicts[0].conflict.current().unwrap().unwrap().id, "new");
         }
         other => panic!("{other:?}"),
     }
@@ -367,7 +367,7 @@ fn a_transaction_may_move_a_unique_value_between_its_documents() {
         Err(TxFailure::Conflicts(conflicts)) => {
             assert_eq!(conflicts.len(), 1, "{conflicts:?}");
             assert_eq!(conflicts[0].index, 1);
-            assert_eq!(conflicts[0].conflict.current, None);
+            assert_eq!(conflicts[0].conflict.current().unwrap(), None);
         }
         other => panic!("{other:?}"),
     }
@@ -391,7 +391,7 @@ fn unique_violations_name_the_holder_and_races_have_one_winner() {
         .unwrap()
         .unwrap_err();
     assert_eq!(conflict.reason, ConflictReason::UniqueViolation);
-    assert_eq!(conflict.current.unwrap().id, "u1");
+    assert_eq!(conflict.current().unwrap().unwrap().id, "u1");
     // Rewriting the holder itself, or freeing the value, is fine.
     users
         .put("u1", json!({"email": "a@x", "n": 1}), Expect::Any)
@@ -425,7 +425,7 @@ fn unique_violations_name_the_holder_and_races_have_one_winner() {
         assert_eq!(winners.len(), 1, "round {round}: exactly one insert wins");
         for loser in results.iter().filter_map(|r| r.as_ref().err()) {
             assert_eq!(loser.reason, ConflictReason::UniqueViolation);
-            assert_eq!(loser.current.as_ref().unwrap().id, winners[0].doc.id);
+            assert_eq!(loser.current().unwrap().unwrap().id, winners[0].doc.id);
         }
     }
 }

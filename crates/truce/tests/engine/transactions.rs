@@ -342,7 +342,7 @@ fn batches_are_all_or_nothing_and_name_every_failed_op() {
         ]
     );
     assert_eq!(
-        conflicts[2].conflict.current.as_ref().unwrap().body["balance"],
+        conflicts[2].conflict.current().unwrap().unwrap().body["balance"],
         10
     );
     assert!(
