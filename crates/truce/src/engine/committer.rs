@@ -1770,16 +1770,24 @@ pub(crate) fn settle_from_durable(shared: &Shared, commit: &mut Commit) -> Resul
             &mut Work::new(),
         )?,
     };
+    let unchanged = |written| {
+        Some(Ok(TxCommitted {
+            seq: durable_seq,
+            results: vec![Some(written)],
+            replayed: false,
+        }))
+    };
     let settled = match decision {
         evaluate::Decision::Writes(_) => None,
         evaluate::Decision::Settled(Ok(written))
             if matches!(written.effect, Effect::NoOp | Effect::Skipped) =>
         {
-            Some(Ok(TxCommitted {
-                seq: durable_seq,
-                results: vec![Some(written)],
-                replayed: false,
-            }))
+            unchanged(written)
+        }
+        evaluate::Decision::SamePut(meta) => {
+            let op = &mut commit.ops[0];
+            let write = op.write.as_mut().expect("a write: looked at above");
+            unchanged(evaluate::same_put(&op.id, write, meta))
         }
         evaluate::Decision::Settled(Err(conflict)) => {
             Some(Err(TxFailure::Conflicts(vec![op_conflict(0, op, conflict)])))

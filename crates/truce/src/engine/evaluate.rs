@@ -83,6 +83,12 @@ pub trait Current {
     /// The state, decoded if it was not yet.
     fn doc(&mut self) -> Result<Option<&Arc<Document>>>;
 
+    /// The state's canonical body bytes when it is held undecoded (its
+    /// stored record); `None` once decoded, or when absent.
+    fn stored_body(&self) -> Option<&[u8]> {
+        None
+    }
+
     /// A conflict for `reason` carrying the live state, if it is live
     /// (`live`, its metadata), without decoding a state not decoded yet.
     fn refuse(&mut self, reason: ConflictReason, live: Option<&Meta>) -> Result<Conflict> {
@@ -119,6 +125,10 @@ pub enum Decision {
     Settled(WriteResult),
     /// It writes this ([`build`] makes the new state).
     Writes(Change),
+    /// It writes nothing: a put of the live state's content (this is its
+    /// metadata), found from the stored bytes without decoding them. Its
+    /// answer is the put's own body and bytes ([`same_put`]).
+    SamePut(Meta),
 }
 
 /// The content a write that writes leaves.
@@ -148,6 +158,7 @@ pub fn evaluate(
 ) -> Result<(WriteResult, Option<NewState>)> {
     match decide(op, expect, current, clock, work)? {
         Decision::Settled(answer) => Ok((answer, None)),
+        Decision::SamePut(meta) => Ok((Ok(same_put(id, op, meta)), None)),
         Decision::Writes(change) => {
             let (written, state) = build(id, op, change, current.meta(), clock)?;
             Ok((Ok(written), Some(state)))
@@ -180,11 +191,18 @@ pub fn decide(
             // put is a no-op when its canonical bytes are the stored ones: a
             // `-0.0` over a stored `0.0` writes (a patch's result is
             // compared by value, and `$set` of `-0.0` there does not).
-            if live.is_some_and(|m| m.rev.hash == hash)
-                && let Some(doc) = live_doc(current, live.as_ref())?
-                && &doc.body == body
-            {
-                return Ok(unchanged(doc, Effect::NoOp));
+            // A state not decoded yet is confirmed by its stored bytes, the
+            // ones the hash is of, and stays undecoded.
+            if let Some(meta) = live.filter(|m| m.rev.hash == hash) {
+                if let Some(stored) = current.stored_body() {
+                    if stored == canonical.as_slice() {
+                        return Ok(Decision::SamePut(meta));
+                    }
+                } else if let Some(doc) = live_doc(current, live.as_ref())?
+                    && &doc.body == body
+                {
+                    return Ok(unchanged(doc, Effect::NoOp));
+                }
             }
             Change::Put(hash)
         }
@@ -217,6 +235,25 @@ pub fn decide(
             Some(_) => Change::Delete,
         },
     }))
+}
+
+/// The answer to a put [`decide`] found is of the live state's content
+/// ([`Decision::SamePut`], `meta` its metadata): a no-op whose document is
+/// the put's own body, moved out of `op` with its canonical bytes, so that
+/// neither the stored state is decoded nor the answer encoded.
+pub fn same_put(id: &str, op: &mut WriteOp, meta: Meta) -> Written {
+    let WriteOp::Put { body, canonical } = op else {
+        unreachable!("`decide` answers `SamePut` for puts only")
+    };
+    Written {
+        doc: Arc::new(Document {
+            id: id.to_string(),
+            meta,
+            body: std::mem::take(body),
+        }),
+        effect: Effect::NoOp,
+        canonical: Some(Arc::new(std::mem::take(canonical))),
+    }
 }
 
 /// The new state of a write [`decide`] found writes `change` on the state

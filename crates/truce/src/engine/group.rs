@@ -172,6 +172,13 @@ impl evaluate::Current for Met<'_> {
         self.held.doc(self.id)
     }
 
+    fn stored_body(&self) -> Option<&[u8]> {
+        match &*self.held {
+            Held::Record { record, body_at, .. } => Some(&record[*body_at..]),
+            Held::Doc(_) => None,
+        }
+    }
+
     /// A record not decoded yet stays so: the conflict carries it, and its
     /// answer is written from its bytes. Its values are not read.
     fn refuse(&mut self, reason: ConflictReason, live: Option<&Meta>) -> Result<Conflict> {
@@ -670,5 +677,64 @@ pub(crate) mod tests {
         let mut met = group.meet_lazily(&absent, "absent", None).unwrap();
         assert!(met.meta().is_none());
         assert!(met.doc().unwrap().is_none());
+    }
+
+    /// A put of the stored content over a document met undecoded is a
+    /// no-op found from the stored bytes: nothing is decoded, and the answer
+    /// is the put's own body and bytes with the stored metadata. Other
+    /// content writes, decoding nothing either.
+    #[test]
+    fn a_put_of_the_stored_content_met_undecoded_decodes_nothing() {
+        use crate::engine::evaluate::{self, CommitClock, WriteOp};
+        let storage = Arc::new(MemoryStorage::new());
+        let db = Db::open_with_storage(storage.clone(), Options::default()).unwrap();
+        let c = db.collection("c").unwrap();
+        let body = json!({"n": 1, "s": ["x", {"y": null}]});
+        let stored = c.put("d", body.clone(), Expect::Absent).unwrap().unwrap().doc;
+        // Through the database: settled from durable state (a precondition)
+        // and in the committer (none), each answering with its own bytes.
+        for expect in [Expect::Version(1), Expect::Any] {
+            let same = c.put("d", body.clone(), expect).unwrap().unwrap();
+            assert_eq!((same.effect, &*same.doc), (crate::Effect::NoOp, &*stored));
+            assert!(
+                same.canonical.is_some(),
+                "{expect:?}: found from the stored bytes"
+            );
+        }
+        drop(db);
+
+        let key = crate::engine::tx::doc_key("c", "d");
+        let put = |value: serde_json::Value| {
+            let body = crate::doc::body_from_value(value).unwrap();
+            let canonical = crate::doc::canonical_bytes(&body);
+            WriteOp::Put { body, canonical }
+        };
+        let clock = CommitClock {
+            seq: stored.meta.seq + 1,
+            ts_ms: 0,
+        };
+        let mut group = super::Group::new(&*storage, stored.meta.seq, 0);
+        for (value, effect) in [
+            (body, crate::Effect::NoOp),
+            (json!({"n": 2}), crate::Effect::Updated),
+        ] {
+            let mut op = put(value);
+            let mut met = group.meet_lazily(&key, "d", None).unwrap();
+            let work = &mut crate::update::Work::new();
+            let (answer, state) =
+                evaluate::evaluate("d", &mut op, Expect::Any, &mut met, &clock, work).unwrap();
+            let written = answer.unwrap();
+            assert_eq!(written.effect, effect);
+            assert!(matches!(met.held, super::Held::Record { .. }), "not decoded");
+            assert_eq!(met.values_read(), None);
+            if effect == crate::Effect::NoOp {
+                assert!(state.is_none());
+                assert_eq!(*written.doc, *stored);
+                let bytes = crate::doc::canonical_bytes(&stored.body);
+                assert_eq!(written.canonical.as_deref(), Some(&bytes), "its own bytes");
+            } else {
+                assert_eq!(state.unwrap().doc.version(), 2);
+            }
+        }
     }
 }

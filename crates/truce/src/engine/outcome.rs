@@ -295,8 +295,9 @@ pub struct Written {
     /// stores, when the write built one: an answer copies them around the
     /// metadata (`doc::write_stored_json`) instead of encoding the body's
     /// values again, which for a large document of small values took the
-    /// HTTP threads milliseconds. `None` for a no-op, a skip, a check and an
-    /// answer read back from an idempotency record. Not compared by `==`:
+    /// HTTP threads milliseconds. A put of the stored content answers with
+    /// its own (`evaluate::same_put`). `None` for other no-ops, a skip, a check and
+    /// an answer read back from an idempotency record. Not compared by `==`:
     /// it is the encoding of `doc`.
     pub canonical: Option<Arc<Vec<u8>>>,
 }
