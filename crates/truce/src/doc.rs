@@ -587,7 +587,7 @@ pub fn json_type_name(value: &Value) -> &'static str {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// What a decoded document takes, by a count of its values, is not far
@@ -613,7 +613,7 @@ mod tests {
 
     /// JSON values of every kind, nested, whose strings and keys hold the
     /// JSON's own punctuation, escapes and other scripts.
-    fn punctuated_values() -> impl proptest::strategy::Strategy<Value = Value> {
+    pub(crate) fn punctuated_values() -> impl proptest::strategy::Strategy<Value = Value> {
         use proptest::prelude::*;
         let leaf = prop_oneof![
             Just(Value::Null),

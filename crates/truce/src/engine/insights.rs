@@ -1249,6 +1249,76 @@ mod tests {
         assert!(!numbers_only(json!({"a": [1]}), json!({"a": [1, 2]})));
     }
 
+    /// The walk over canonical bytes answers as a comparison of the decoded
+    /// bodies would (the reference below): for a body against itself with
+    /// some of its numbers changed, and against another body.
+    #[test]
+    fn numbers_only_answers_as_the_decoded_bodies_compare() {
+        use proptest::prelude::*;
+        use serde_json::Value;
+        fn same_shape(a: &Value, b: &Value) -> bool {
+            match (a, b) {
+                (Value::Number(_), Value::Number(_)) => true,
+                (Value::Object(x), Value::Object(y)) => {
+                    x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same_shape(v, w)))
+                }
+                (Value::Array(x), Value::Array(y)) => {
+                    x.len() == y.len() && x.iter().zip(y).all(|(v, w)| same_shape(v, w))
+                }
+                (a, b) => a == b,
+            }
+        }
+        /// `value` with its numbers replaced, in order, by `by`'s (`None`:
+        /// kept), after its last one by none.
+        fn renumber(value: &Value, by: &mut impl Iterator<Item = Option<Value>>) -> Value {
+            match value {
+                Value::Number(_) => by.next().flatten().unwrap_or_else(|| value.clone()),
+                Value::Array(items) => Value::Array(items.iter().map(|v| renumber(v, by)).collect()),
+                Value::Object(map) => {
+                    Value::Object(map.iter().map(|(k, v)| (k.clone(), renumber(v, by))).collect())
+                }
+                other => other.clone(),
+            }
+        }
+        let body = || {
+            prop::collection::btree_map(
+                "[a-z_\"\\\\0-9]{0,3}",
+                crate::doc::tests::punctuated_values(),
+                0..6,
+            )
+            .prop_map(|m| Value::Object(m.into_iter().filter(|(k, _)| !k.starts_with('_')).collect()))
+        };
+        let number = prop_oneof![
+            any::<i64>().prop_map(Value::from),
+            (-1e20..1e20_f64)
+                .prop_filter("not -0", |f| *f != 0.0)
+                .prop_map(Value::from),
+        ];
+        let numbers = prop::collection::vec(prop::option::of(number), 0..40);
+        // How often each answer came: both must.
+        let seen = [
+            std::sync::atomic::AtomicUsize::new(0),
+            std::sync::atomic::AtomicUsize::new(0),
+        ];
+        proptest!(|(current in body(), other in body(), numbers in numbers)| {
+            let renumbered = renumber(&current, &mut numbers.into_iter());
+            for new in [renumbered, other] {
+                let (n, c) = (
+                    crate::doc::body_from_value(new).unwrap(),
+                    crate::doc::body_from_value(current.clone()).unwrap(),
+                );
+                let reference = n.len() == c.len()
+                    && n.iter().all(|(k, v)| c.get(k).is_some_and(|w| same_shape(v, w)))
+                    && n != c;
+                let walked = numbers_only(&crate::doc::canonical_bytes(&n), &crate::doc::canonical_bytes(&c));
+                prop_assert_eq!(walked, reference, "{:?} against {:?}", n, c);
+                seen[usize::from(walked)].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        });
+        let seen = seen.map(|n| n.into_inner());
+        assert!(seen[0] > 0 && seen[1] > 0, "false and true answers: {seen:?}");
+    }
+
     #[test]
     fn origins_cut_sources_and_read_attempts() {
         let long = "x".repeat(200);
