@@ -124,7 +124,8 @@ fn with_current(object: &Value, conflict: &truce::Conflict, out: &mut Vec<u8>) {
 
 /// The body of a conflict's answer (a single write's, or a transaction's
 /// with its `written` message), each current document written straight
-/// from it: built as a `Value`, a conflict over a document of 100,000
+/// from it or from its stored record (`with_current`): built as a `Value`,
+/// a conflict over a document of 100,000
 /// values copied them all once more on the HTTP thread before encoding
 /// them.
 fn conflicts_json(error: &ApiError) -> Option<Vec<u8>> {

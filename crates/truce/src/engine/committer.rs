@@ -669,9 +669,8 @@ impl Committer {
         // document counts the same read from storage or copied by an
         // earlier write of the group (`doc::decoded_len_size`). An op that
         // meets its document undecoded (`lazy`, below) counts its stored
-        // bytes, and its values too if it reads its body after all (a
-        // conflict's answer, a no-op's confirmation), decoded by it or
-        // earlier in the group (`Met::values_read`).
+        // bytes only: it never decodes it (`group::Met`), whatever came
+        // before it in the group.
         let mut met = 0;
         let measured = |met: &mut usize, more: usize| {
             *met += more;
@@ -692,9 +691,10 @@ impl Committer {
                 .get(&*op.collection)
                 .is_some_and(|defs| !defs.is_empty());
             // A put or a delete replaces the state whatever its body: it
-            // decodes it only to answer a conflict or to confirm a no-op,
-            // unless its collection has a TTL (is the state expired?),
-            // indexes (`Group::apply` compares the old entries) or counters
+            // never decodes it (a conflict carries the stored record, a put
+            // of the same content is found by its bytes), unless its
+            // collection has a TTL (is the state expired?), indexes
+            // (`Group::apply` compares the old entries) or counters
             // (`counter_deltas` reads the old values).
             let counted = config.is_some_and(|c| !c.counters.is_empty());
             let lazy = ttl.is_none()
@@ -724,11 +724,6 @@ impl Committer {
                     let (answer, state) =
                         evaluate::evaluate(&op.id, write, op.expect, &mut state_met, &clock, work)
                             .map_err(in_op)?;
-                    if several && let Some(decoded) = state_met.values_read() {
-                        // Counted by its stored bytes above; now the larger.
-                        let stored = state_met.stored_bytes();
-                        measured(&mut met, decoded.saturating_sub(stored))?;
-                    }
                     // Nothing compares the old body: no indexes.
                     (answer.map(|written| (Some(written), state)), None)
                 }
@@ -813,12 +808,16 @@ impl Committer {
                 // the counter counts) is answered as the commit left it, not
                 // as its op did: the version a client sends next must be the
                 // stored one. (A delete's answer stays its tombstone.)
+                // Its bytes too: the op's own were of the body it wrote.
                 for (result, op) in results.iter_mut().zip(&commit.ops) {
                     if let Some(answer) = result.as_mut().filter(|w| !w.doc.is_deleted())
-                        && let Some(now) = group.current(&op.key, &op.id)?
-                        && !Arc::ptr_eq(now, &answer.doc)
+                        && let Some(now) = group
+                            .current(&op.key, &op.id)?
+                            .filter(|now| !Arc::ptr_eq(now, &answer.doc))
+                            .cloned()
                     {
-                        answer.doc = Arc::clone(now);
+                        answer.doc = now;
+                        answer.canonical = group.written_bytes(&op.key);
                     }
                 }
             }
@@ -1656,9 +1655,9 @@ pub(crate) fn observe(
                     .map(|c| {
                         let op = &commit.ops[c.index];
                         let numbers_only = c.conflict.reason == ConflictReason::VersionMismatch
-                            && match (&op.write, c.conflict.current_canonical()) {
-                                (Some(WriteOp::Put { canonical, .. }), Some(current)) => {
-                                    insights::numbers_only(canonical, &current)
+                            && match (&op.write, c.conflict.current_body()) {
+                                (Some(WriteOp::Put { body, canonical }), Some(current)) => {
+                                    insights::numbers_only((body, canonical), current)
                                 }
                                 _ => false,
                             };
@@ -1735,8 +1734,8 @@ pub(crate) fn settle_from_durable(shared: &Shared, commit: &mut Commit) -> Resul
         return Ok(None);
     }
     let durable_seq = shared.watermark.durable_seq();
-    // Undecoded: a put or a delete that neither conflicts nor may be a
-    // no-op needs only the metadata, here as in the committer.
+    // Undecoded: a put or a delete needs only the metadata and the body's
+    // bytes, here as in the committer (`group::Met`).
     let (mut held, _) = Held::read(&*shared.storage, &op.key, &op.id)?;
     if held.meta().is_some_and(|m| m.seq > durable_seq) {
         return Ok(None);

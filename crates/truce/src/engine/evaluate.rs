@@ -75,8 +75,10 @@ fn precondition_fails(expect: Expect, live: Option<&Meta>) -> Option<ConflictRea
 
 /// The stored state a write meets (live, tombstone or absent): its metadata
 /// at once, the decoded document only when asked, so that a put or a delete
-/// that neither conflicts nor may be a no-op never decodes the state it
-/// replaces (`group::Met`). A state already decoded is one too.
+/// never decodes the state it replaces (`group::Met`: a conflict carries
+/// the stored record, [`refuse`](Current::refuse), and a put of the same
+/// content is told by its bytes, [`stored_body`](Current::stored_body)). A
+/// state already decoded is one too.
 pub trait Current {
     /// The state's metadata; `None` when absent.
     fn meta(&self) -> Option<&Meta>;

@@ -47,10 +47,10 @@ pub enum Held {
     /// Decoded (`None`: absent).
     Doc(Option<Arc<Document>>),
     /// Read from storage and verified (checksum, revision hash), its body
-    /// not yet decoded: a put or a delete needs only the metadata unless it
-    /// conflicts or may be a no-op, and decoding a large document of many
-    /// small values took the committer tens of milliseconds. Decoded the
-    /// first time anything asks for the document.
+    /// not yet decoded: a put or a delete needs only the metadata and the
+    /// body's bytes (`Met`), and decoding a large document of many small
+    /// values took the committer tens of milliseconds. Decoded the first
+    /// time anything asks for the document.
     Record {
         /// The record's metadata.
         meta: Meta,
@@ -122,43 +122,22 @@ impl Held {
 }
 
 /// A document's stored state met by [`Group::meet_lazily`] (or by a single
-/// write's caller, [`Met::new`]): its metadata at once, the document decoded
-/// only if [`evaluate::decide`] asks for it.
+/// write's caller, [`Met::new`]) for a put or a delete: its metadata at
+/// once, and never its body decoded by [`evaluate::decide`] — a conflict
+/// carries the record ([`refuse`](evaluate::Current::refuse)), and a put
+/// of the same content is found by the record's bytes
+/// ([`stored_body`](evaluate::Current::stored_body)). A state an earlier
+/// write of the group decoded is used as it is.
 pub struct Met<'s> {
     held: &'s mut Held,
     id: &'s str,
-    stored_bytes: usize,
-    /// Whether [`doc`](evaluate::Current::doc) was asked for (the body
-    /// read, decoded here or before).
-    read: bool,
 }
 
 impl<'s> Met<'s> {
     /// `held`, document `id`'s state, as a write meets it outside a group
     /// (`settle_from_durable`).
     pub fn new(held: &'s mut Held, id: &'s str) -> Met<'s> {
-        Met {
-            held,
-            id,
-            stored_bytes: 0,
-            read: false,
-        }
-    }
-
-    /// What the document's values take (`doc::decoded_len_size`), if the
-    /// write read its body (a conflict's answer, a no-op's confirmation),
-    /// whether this decoded it or an earlier write of the group had: a
-    /// transaction counts the same whatever came before it.
-    pub fn values_read(&self) -> Option<usize> {
-        match &*self.held {
-            Held::Doc(Some(doc)) if self.read => Some(crate::doc::decoded_len_size(&doc.body)),
-            _ => None,
-        }
-    }
-
-    /// The bytes [`Group::meet_lazily`] counted for it in [`Group::met`].
-    pub fn stored_bytes(&self) -> usize {
-        self.stored_bytes
+        Met { held, id }
     }
 }
 
@@ -168,7 +147,6 @@ impl evaluate::Current for Met<'_> {
     }
 
     fn doc(&mut self) -> Result<Option<&Arc<Document>>> {
-        self.read = true;
         self.held.doc(self.id)
     }
 
@@ -180,20 +158,21 @@ impl evaluate::Current for Met<'_> {
     }
 
     /// A record not decoded yet stays so: the conflict carries it, and its
-    /// answer is written from its bytes. Its values are not read.
+    /// answer is written from its bytes.
     fn refuse(&mut self, reason: ConflictReason, live: Option<&Meta>) -> Result<Conflict> {
-        if let (
-            Held::Record {
-                meta,
-                record,
-                body_at,
-            },
-            Some(_),
-        ) = (&*self.held, live)
-        {
-            return Conflict::stored(reason, self.id, *meta, Arc::clone(record), *body_at);
+        match (&*self.held, live) {
+            (_, None) => Ok(Conflict::new(reason, None)),
+            (
+                Held::Record {
+                    meta,
+                    record,
+                    body_at,
+                },
+                Some(_),
+            ) => Conflict::stored(reason, self.id, *meta, Arc::clone(record), *body_at),
+            // Live by its metadata.
+            (Held::Doc(doc), Some(_)) => Ok(Conflict::new(reason, doc.clone())),
         }
-        Ok(Conflict::new(reason, evaluate::live_doc(self, live)?.cloned()))
     }
 }
 
@@ -249,21 +228,24 @@ impl<'a> Group<'a> {
         slot.current.doc(id)
     }
 
-    /// [`meet`](Self::meet), but the document is not decoded until
-    /// something asks for it (`Held::Record`). Only for a write whose new
-    /// state [`Group::apply`] will not compare with the old one (no indexes
-    /// in its collection); the committer also leaves out collections with a
-    /// TTL or counters, which read the old body anyway.
+    /// [`meet`](Self::meet), but the document is not decoded (`Held::Record`,
+    /// [`Met`]). Only for a put or a delete whose new state [`Group::apply`]
+    /// will not compare with the old one (no indexes in its collection); the
+    /// committer also leaves out collections with a TTL or counters, which
+    /// read the old body anyway.
     pub fn meet_lazily<'s>(&'s mut self, key: &[u8], id: &'s str, seen: Option<Held>) -> Result<Met<'s>> {
         let slot = Self::load(&mut self.slots, self.storage, key, id, seen)?;
-        let stored_bytes = slot.written.as_ref().map_or(slot.stored_bytes, |c| c.len());
-        self.met += stored_bytes;
+        self.met += slot.written.as_ref().map_or(slot.stored_bytes, |c| c.len());
         Ok(Met {
             held: &mut slot.current,
             id,
-            stored_bytes,
-            read: false,
         })
+    }
+
+    /// The canonical body bytes of the group's last write of document
+    /// `key`, if it wrote it.
+    pub fn written_bytes(&self, key: &[u8]) -> Option<Arc<Vec<u8>>> {
+        self.slots.get(key).and_then(|s| s.written.clone())
     }
 
     /// The bytes of document `key` as [`current_bytes`](Self::current_bytes)
@@ -535,9 +517,10 @@ pub(crate) mod tests {
         matches!(result, Err(Error::Storage(_)))
     }
 
-    /// A put or a delete that expects nothing of the state it replaces
-    /// never decodes it (`Held::Record`); one that must answer a conflict,
-    /// or whose collection has indexes or a TTL, or a patch, does.
+    /// A put or a delete never decodes the state it replaces
+    /// (`Held::Record`), even to answer a conflict (but checks that its body
+    /// has an object's braces); one whose collection has indexes or a TTL,
+    /// or a patch, does.
     #[test]
     fn a_put_or_a_delete_replaces_a_state_it_never_decodes() {
         let storage = Arc::new(MemoryStorage::new());
@@ -573,9 +556,18 @@ pub(crate) mod tests {
                 .is_deleted()
         );
 
-        // A conflict's answer carries the state: decoded, so refused, by the
+        // A conflict carries the record undecoded, once it has an object's
+        // braces (`Conflict::stored`): without them it is refused, by the
         // caller's read and by the committer's (a batch is not tried
-        // before the queue).
+        // before the queue); with them it is carried, as a `GET` copies it,
+        // and refused when decoded.
+        forge_body(&storage, "plain", "braced", b"{not json}");
+        let carried = plain
+            .put("braced", json!({"n": 1}), Expect::Version(1))
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(carried.current_meta().map(|(_, m)| m.version()), Some(2));
+        assert!(corrupt(carried.current()));
         forge(&storage, "plain", "absent");
         assert!(corrupt(plain.put("absent", json!({"n": 1}), Expect::Absent)));
         forge(&storage, "plain", "stale");
@@ -654,13 +646,11 @@ pub(crate) mod tests {
         assert_eq!(current.body, stored.body);
         assert_eq!(current.meta, stored.meta);
         assert!(matches!(group.slots[&key].current, super::Held::Doc(Some(_))));
-        // Met again, decoded before: its values count once its body is
-        // read, as if this had decoded it (`Met::values_read`).
-        let values = crate::doc::decoded_len_size(&stored.body);
+        // Met again, decoded before: used as it is, and counted by its
+        // stored bytes as the first time.
         let mut met = group.meet_lazily(&key, "d", None).unwrap();
-        assert_eq!(met.values_read(), None);
-        met.doc().unwrap();
-        assert_eq!(met.values_read(), Some(values));
+        assert_eq!(met.doc().unwrap().map(|d| d.meta), Some(stored.meta));
+        assert_eq!(group.met, 3 * group.current_bytes(&key));
 
         let forged = crate::engine::tx::doc_key("c", "forged");
         assert!(
@@ -726,7 +716,6 @@ pub(crate) mod tests {
             let written = answer.unwrap();
             assert_eq!(written.effect, effect);
             assert!(matches!(met.held, super::Held::Record { .. }), "not decoded");
-            assert_eq!(met.values_read(), None);
             if effect == crate::Effect::NoOp {
                 assert!(state.is_none());
                 assert_eq!(*written.doc, *stored);

@@ -30,6 +30,8 @@ use crate::limits::{
     LAST_WRITERS_MAX, SOURCE_BYTES_MAX,
 };
 
+use super::outcome::BodyForm;
+
 /// Who is writing, and which attempt this is. Conflicts, retries and permanent
 /// failures are attributed to it; nothing else depends on it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -968,12 +970,44 @@ impl Tracker {
     }
 }
 
-/// Whether a refused full replace differs from the current document only in
-/// numbers: same fields, and every differing value a number on both sides.
-/// Read from the canonical JSON of both bodies (keys sorted, no `_` keys),
-/// walked in step, decoding neither: the same bytes but for the numbers,
-/// one of which differs.
-pub(crate) fn numbers_only(new: &[u8], current: &[u8]) -> bool {
+/// Whether a refused full replace (`new`: its body and canonical JSON)
+/// differs from the current document only in numbers: same fields, and every
+/// differing value a number on both sides. Read from the form the conflict
+/// holds the current body in, neither decoded nor encoded for this.
+pub(crate) fn numbers_only(new: (&crate::doc::Body, &[u8]), current: BodyForm<'_>) -> bool {
+    match current {
+        BodyForm::Decoded(current) => numbers_only_values(new.0, current),
+        BodyForm::Canonical(current) => numbers_only_json(new.1, current),
+    }
+}
+
+/// [`numbers_only`] of two decoded bodies, walking their values.
+fn numbers_only_values(new: &crate::doc::Body, current: &crate::doc::Body) -> bool {
+    use serde_json::Value;
+    fn same_shape(a: &Value, b: &Value) -> bool {
+        match (a, b) {
+            (Value::Number(_), Value::Number(_)) => true,
+            (Value::Object(x), Value::Object(y)) => {
+                x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same_shape(v, w)))
+            }
+            (Value::Array(x), Value::Array(y)) => {
+                x.len() == y.len() && x.iter().zip(y).all(|(v, w)| same_shape(v, w))
+            }
+            (a, b) => a == b,
+        }
+    }
+    // A body holds no `_` field.
+    new.len() == current.len()
+        && new
+            .iter()
+            .all(|(k, v)| current.get(k).is_some_and(|w| same_shape(v, w)))
+        && new != current
+}
+
+/// [`numbers_only`] of two canonical encodings (keys sorted, no `_` keys),
+/// walked in step: the same bytes but for the numbers, one of which
+/// differs. Held to [`numbers_only_values`] by a property test.
+fn numbers_only_json(new: &[u8], current: &[u8]) -> bool {
     let starts_number = |b: u8| b == b'-' || b.is_ascii_digit();
     let number_len = |json: &[u8]| {
         json.iter()
@@ -1218,9 +1252,16 @@ mod tests {
 
     #[test]
     fn numbers_only_compares_fields_and_values() {
-        let json =
-            |v: serde_json::Value| crate::doc::canonical_bytes(&crate::doc::body_from_value(v).unwrap());
-        let numbers_only = |new, current| numbers_only(&json(new), &json(current));
+        let body = |v: serde_json::Value| crate::doc::body_from_value(v).unwrap();
+        // Both forms of the current body answer each case.
+        let numbers_only = |new, current| {
+            let (new, current) = (body(new), body(current));
+            let canonical = [&new, &current].map(crate::doc::canonical_bytes);
+            let by_values = numbers_only((&new, &canonical[0]), BodyForm::Decoded(&current));
+            let by_json = numbers_only((&new, &canonical[0]), BodyForm::Canonical(&canonical[1]));
+            assert_eq!(by_values, by_json, "{new:?} against {current:?}");
+            by_json
+        };
         use serde_json::json;
         assert!(numbers_only(
             json!({"n": 2, "name": "a"}),
@@ -1249,25 +1290,13 @@ mod tests {
         assert!(!numbers_only(json!({"a": [1]}), json!({"a": [1, 2]})));
     }
 
-    /// The walk over canonical bytes answers as a comparison of the decoded
-    /// bodies would (the reference below): for a body against itself with
-    /// some of its numbers changed, and against another body.
+    /// The walk over canonical bytes answers as the walk over decoded
+    /// values: for a body against itself with some of its numbers changed,
+    /// and against another body.
     #[test]
     fn numbers_only_answers_as_the_decoded_bodies_compare() {
         use proptest::prelude::*;
         use serde_json::Value;
-        fn same_shape(a: &Value, b: &Value) -> bool {
-            match (a, b) {
-                (Value::Number(_), Value::Number(_)) => true,
-                (Value::Object(x), Value::Object(y)) => {
-                    x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same_shape(v, w)))
-                }
-                (Value::Array(x), Value::Array(y)) => {
-                    x.len() == y.len() && x.iter().zip(y).all(|(v, w)| same_shape(v, w))
-                }
-                (a, b) => a == b,
-            }
-        }
         /// `value` with its numbers replaced, in order, by `by`'s (`None`:
         /// kept), after its last one by none.
         fn renumber(value: &Value, by: &mut impl Iterator<Item = Option<Value>>) -> Value {
@@ -1307,10 +1336,8 @@ mod tests {
                     crate::doc::body_from_value(new).unwrap(),
                     crate::doc::body_from_value(current.clone()).unwrap(),
                 );
-                let reference = n.len() == c.len()
-                    && n.iter().all(|(k, v)| c.get(k).is_some_and(|w| same_shape(v, w)))
-                    && n != c;
-                let walked = numbers_only(&crate::doc::canonical_bytes(&n), &crate::doc::canonical_bytes(&c));
+                let reference = numbers_only_values(&n, &c);
+                let walked = numbers_only_json(&crate::doc::canonical_bytes(&n), &crate::doc::canonical_bytes(&c));
                 prop_assert_eq!(walked, reference, "{:?} against {:?}", n, c);
                 seen[usize::from(walked)].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }

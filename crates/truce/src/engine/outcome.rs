@@ -90,6 +90,14 @@ enum Current {
     Stored(Arc<Stored>),
 }
 
+/// A body as a conflict holds it ([`Conflict::current_body`]).
+pub(crate) enum BodyForm<'a> {
+    /// Its values.
+    Decoded(&'a doc::Body),
+    /// Its canonical JSON (`doc::canonical_bytes`).
+    Canonical(&'a [u8]),
+}
+
 struct Stored {
     id: String,
     meta: Meta,
@@ -177,20 +185,20 @@ impl Conflict {
             None => out.extend_from_slice(b"null"),
             // A document's keys are strings: writing it cannot fail.
             Some(Current::Doc(doc)) => drop(doc.write_json(out)),
-            Some(Current::Stored(stored)) => match stored.decoded.get() {
-                Some(doc) => drop(doc.write_json(out)),
-                None => doc::write_stored_json(&stored.id, &stored.meta, stored.body(), out),
-            },
+            // From the bytes even once decoded: copying them is cheaper.
+            Some(Current::Stored(stored)) => {
+                doc::write_stored_json(&stored.id, &stored.meta, stored.body(), out)
+            }
         }
     }
 
-    /// The canonical JSON of the current live document's body, from its
-    /// record or encoded now.
-    pub(crate) fn current_canonical(&self) -> Option<std::borrow::Cow<'_, [u8]>> {
+    /// The current live document's body as the conflict holds it: its
+    /// record's canonical JSON, or decoded.
+    pub(crate) fn current_body(&self) -> Option<BodyForm<'_>> {
         match &self.current {
             None => None,
-            Some(Current::Doc(doc)) => Some(doc::canonical_bytes(&doc.body).into()),
-            Some(Current::Stored(stored)) => Some(stored.body().into()),
+            Some(Current::Doc(doc)) => Some(BodyForm::Decoded(&doc.body)),
+            Some(Current::Stored(stored)) => Some(BodyForm::Canonical(stored.body())),
         }
     }
 }
@@ -215,15 +223,15 @@ impl fmt::Debug for Conflict {
         out.field("reason", &self.reason);
         match &self.current {
             None => out.field("current", &None::<Document>),
-            Some(Current::Doc(doc)) => out.field("current", doc),
+            Some(Current::Doc(doc)) => out.field("current", &Some(doc)),
             Some(Current::Stored(stored)) => out.field(
                 "current",
-                &format_args!(
+                &Some(format_args!(
                     "stored {:?} at {} ({} bytes)",
                     stored.id,
                     stored.meta.rev,
                     stored.body().len()
-                ),
+                )),
             ),
         };
         out.finish()

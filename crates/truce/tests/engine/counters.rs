@@ -668,38 +668,43 @@ fn a_target_written_beside_what_it_counts_is_answered_as_stored() {
         .put("c1", json!({"confirmed": 0, "label": "x"}), Expect::Absent)
         .unwrap()
         .unwrap();
-    let ops = vec![
-        truce::TxOp::Put {
-            collection: "subscribers".into(),
-            id: "s1".into(),
-            body: json!({"campaign_id": "c1", "status": "confirmed"}),
-            expect: Expect::Absent,
-        },
-        truce::TxOp::Put {
-            collection: "campaign_metrics".into(),
-            id: "c1".into(),
-            body: json!({"confirmed": 0, "label": "y"}),
-            expect: Expect::Version(1),
-        },
-    ];
-    let committed = db.batch(ops, None).unwrap().unwrap();
-    let answered = &committed.results[1].as_ref().unwrap().doc;
-    let stored = metrics.get("c1").unwrap().unwrap();
-    assert_eq!(
-        (answered.version(), &answered.body),
-        (stored.version(), &stored.body),
-        "the answer is the stored document"
-    );
-    assert_eq!(
-        (stored.body["confirmed"].as_i64(), stored.body["label"].as_str()),
-        (Some(1), Some("y"))
-    );
-    // Its version is the one the next write may name.
-    let next = metrics.put(
-        "c1",
-        json!({"confirmed": 1, "label": "z"}),
-        Expect::Version(answered.version()),
-    );
+    // A put that writes, then one of the content it finds (a no-op until
+    // the counter writes the document).
+    for (n, (version, after)) in [(1, 3), (3, 4)].into_iter().enumerate() {
+        let ops = vec![
+            truce::TxOp::Put {
+                collection: "subscribers".into(),
+                id: format!("s{n}"),
+                body: json!({"campaign_id": "c1", "status": "confirmed"}),
+                expect: Expect::Absent,
+            },
+            truce::TxOp::Put {
+                collection: "campaign_metrics".into(),
+                id: "c1".into(),
+                body: json!({"confirmed": n, "label": "y"}),
+                expect: Expect::Version(version),
+            },
+        ];
+        let committed = db.batch(ops, None).unwrap().unwrap();
+        let answer = committed.results[1].as_ref().unwrap();
+        let answered = &answer.doc;
+        let stored = metrics.get("c1").unwrap().unwrap();
+        assert_eq!(
+            (answered.version(), &answered.body),
+            (stored.version(), &stored.body),
+            "the answer is the stored document"
+        );
+        assert_eq!(
+            (stored.body["confirmed"].as_i64(), stored.body["label"].as_str()),
+            (Some(n as i64 + 1), Some("y"))
+        );
+        // The bytes an answer is written from are that document's too.
+        let canonical = truce::doc::canonical_bytes(&stored.body);
+        assert_eq!(answer.canonical.as_deref(), Some(&canonical), "put {n}");
+        // Its version is the one the next write may name.
+        assert_eq!(answered.version(), after);
+    }
+    let next = metrics.put("c1", json!({"confirmed": 2, "label": "z"}), Expect::Version(4));
     assert!(next.unwrap().is_ok());
 }
 

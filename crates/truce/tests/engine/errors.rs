@@ -669,6 +669,17 @@ fn a_transaction_meets_its_documents_as_they_take_decoded() {
     for id in ["a", "b"] {
         assert_eq!(c.get(id).unwrap().unwrap().body["n"], 5);
     }
+    // Two puts of the content they find are told from the stored bytes,
+    // decoding nothing: answered as no-ops.
+    let same = db.batch(vec![put("a", Expect::Version(3)), put("b", Expect::Any)], None);
+    let effects: Vec<_> = same
+        .unwrap()
+        .unwrap()
+        .results
+        .iter()
+        .map(|r| r.as_ref().map(|w| w.effect))
+        .collect();
+    assert_eq!(effects, vec![Some(truce::Effect::NoOp); 2]);
 
     // Where a counter reads the old values, the puts count them too.
     let counted = db.collection("counted").unwrap();
