@@ -264,8 +264,27 @@ pub fn is_object_json(json: &[u8]) -> bool {
 /// byte is past it: an escape (`\\`) stands for a character below it (a
 /// quote, a backslash or a control character), as an empty key sorts before.
 fn first_key_after_underscore(canonical: &[u8]) -> usize {
+    top_level_keys(canonical)
+        .find(|&at| canonical.get(at + 1).is_some_and(|&first| first > b'_'))
+        .unwrap_or(canonical.len().saturating_sub(1))
+}
+
+/// Whether the canonical JSON of an object (a stored body) has an entry
+/// named `key`, found without decoding it.
+pub fn holds_key(canonical: &[u8], key: &str) -> bool {
+    // Keys are written as `serde_json` writes strings, in the body as here.
+    let Ok(quoted) = serde_json::to_vec(key) else {
+        return false;
+    };
+    top_level_keys(canonical)
+        .any(|at| canonical[at..].starts_with(&quoted) && canonical.get(at + quoted.len()) == Some(&b':'))
+}
+
+/// Where each key of the outermost object of the JSON text `json` begins
+/// (its opening quote), in order.
+fn top_level_keys(json: &[u8]) -> impl Iterator<Item = usize> + '_ {
     let (mut depth, mut key_next) = (0usize, false);
-    for (at, b) in outside_strings(canonical) {
+    outside_strings(json).filter_map(move |(at, b)| {
         match b {
             b'{' | b'[' => {
                 depth += 1;
@@ -273,15 +292,11 @@ fn first_key_after_underscore(canonical: &[u8]) -> usize {
             }
             b'}' | b']' => depth = depth.saturating_sub(1),
             b',' => key_next = depth == 1,
-            b'"' if std::mem::take(&mut key_next)
-                && canonical.get(at + 1).is_some_and(|&first| first > b'_') =>
-            {
-                return at;
-            }
+            b'"' if std::mem::take(&mut key_next) => return Some(at),
             _ => {}
         }
-    }
-    canonical.len().saturating_sub(1)
+        None
+    })
 }
 
 /// The bytes of the JSON text `json` outside its strings, with where they
@@ -659,6 +674,14 @@ pub(crate) mod tests {
             doc.write_json(&mut decoded).unwrap();
             write_stored_json(&doc.id, &doc.meta, &canonical, &mut stored);
             prop_assert_eq!(String::from_utf8(stored).unwrap(), String::from_utf8(decoded).unwrap());
+            // Each of its keys is found in its bytes, and no other: one
+            // only nested, a value that reads like a key, a prefix.
+            for key in doc.body.keys() {
+                prop_assert!(holds_key(&canonical, key), "{:?}", key);
+            }
+            for other in ["id", "a", "\"", "A\\", "", "~é"] {
+                prop_assert_eq!(holds_key(&canonical, other), doc.body.contains_key(other), "{:?}", other);
+            }
         });
     }
 

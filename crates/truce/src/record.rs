@@ -115,6 +115,67 @@ pub fn decode_body(id: &str, meta: Meta, body_bytes: &[u8]) -> Result<Document, 
     })
 }
 
+/// A document record read and verified (checksum, revision hash), its body
+/// not decoded: its metadata and the body's canonical JSON, shared by whoever
+/// holds it rather than copied. Decoding a large document of many small
+/// values takes milliseconds; replacing it, refusing a write over it or
+/// copying it into an answer (`doc::write_stored_json`) needs none of that.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredDoc {
+    meta: Meta,
+    /// The whole record; its body starts at `body_at`.
+    record: std::sync::Arc<Vec<u8>>,
+    body_at: usize,
+}
+
+impl StoredDoc {
+    /// Document `id`'s record `record`, verified.
+    pub fn read(id: &str, record: Vec<u8>) -> Result<StoredDoc, StorageError> {
+        let (meta, body) = decode_document_meta(id, &record)?;
+        let body_at = record.len() - body.len();
+        Ok(StoredDoc {
+            meta,
+            record: std::sync::Arc::new(record),
+            body_at,
+        })
+    }
+
+    /// Its metadata.
+    pub fn meta(&self) -> &Meta {
+        &self.meta
+    }
+
+    /// Its body's canonical JSON (an object's, unless the record was
+    /// forged: `doc::is_object_json` tells).
+    pub fn body_json(&self) -> &[u8] {
+        &self.record[self.body_at..]
+    }
+
+    /// The bytes of the whole record.
+    pub fn record_len(&self) -> usize {
+        self.record.len()
+    }
+
+    /// The document, decoded.
+    pub fn decode(&self, id: &str) -> Result<Document, StorageError> {
+        decode_body(id, self.meta, self.body_json())
+    }
+
+    /// Appends the document's JSON with its metadata, the bytes
+    /// `Document::write_json` writes of it decoded, copied from the body's
+    /// (`doc::write_stored_json`). A body that is not an object's JSON (a
+    /// forged record) is refused as corrupt, as a decoding read would.
+    pub fn write_json(&self, id: &str, out: &mut Vec<u8>) -> Result<(), StorageError> {
+        if !crate::doc::is_object_json(self.body_json()) {
+            return Err(StorageError::Corrupt(format!(
+                "document {id:?}: body is not a JSON object"
+            )));
+        }
+        crate::doc::write_stored_json(id, &self.meta, self.body_json(), out);
+        Ok(())
+    }
+}
+
 /// [`decode_document`] but for the body's JSON, which is returned as its
 /// bytes, unparsed: for a reader of the metadata alone (the tombstone purge).
 pub fn decode_document_meta<'a>(id: &str, bytes: &'a [u8]) -> Result<(Meta, &'a [u8]), StorageError> {

@@ -63,24 +63,32 @@ impl Shape {
     /// `doc` as the client sees it, as a value (a push's conflicts).
     fn show(&self, doc: &Document) -> Result<Value, ApiError> {
         holds_no_other_key(doc, &self.pk)?;
-        Ok(serde_json::to_value(RxDoc { doc, shape: self }).unwrap_or(Value::Null))
+        Ok(serde_json::to_value(RxDoc::of(doc, self)).unwrap_or(Value::Null))
     }
 
     /// A pull's answer, `{"documents": [...], "checkpoint": ...}`, for the
     /// page `changes` of a reader whose history began at `from`
     /// (`checkpoint` when the page is empty), written straight to bytes: a
     /// page's documents are not copied into values of their own first (a
-    /// page of small numbers took some 40 times its stored bytes that way).
-    fn pull_answer(&self, changes: &[Change], from: Option<u64>, given: &Value) -> Result<Vec<u8>, ApiError> {
-        let encode = |e: serde_json::Error| ApiError::Engine(super::unencodable(e));
+    /// page of small numbers took some 40 times its stored bytes that way),
+    /// and a page read as stored is not decoded at all ([`PulledDoc`]).
+    fn pull_answer<D: PulledDoc>(
+        &self,
+        changes: &[Change<D>],
+        from: Option<u64>,
+        given: &Value,
+    ) -> Result<Vec<u8>, ApiError> {
         let mut out = Vec::with_capacity(256);
         out.extend_from_slice(b"{\"documents\":[");
-        for (i, doc) in changes.iter().filter_map(|c| c.doc.as_ref()).enumerate() {
-            holds_no_other_key(doc, &self.pk)?;
+        for (i, (id, doc)) in changes
+            .iter()
+            .filter_map(|c| c.doc.as_ref().map(|d| (&c.id, d)))
+            .enumerate()
+        {
             if i > 0 {
                 out.push(b',');
             }
-            serde_json::to_writer(&mut out, &RxDoc { doc, shape: self }).map_err(encode)?;
+            doc.write_pulled(id, self, &mut out)?;
         }
         out.extend_from_slice(b"],\"checkpoint\":");
         let checkpoint = changes.last().map(|c| checkpoint(c, from));
@@ -90,32 +98,100 @@ impl Shape {
     }
 }
 
+fn encode(e: serde_json::Error) -> ApiError {
+    ApiError::Engine(super::unencodable(e))
+}
+
+/// A page's document as a pull writes it ([`RxDoc`]'s JSON).
+trait PulledDoc {
+    /// Appends document `id` as `shape` shows it, or refuses it
+    /// ([`holds_no_other_key`]).
+    fn write_pulled(&self, id: &str, shape: &Shape, out: &mut Vec<u8>) -> Result<(), ApiError>;
+}
+
+impl PulledDoc for Document {
+    fn write_pulled(&self, _id: &str, shape: &Shape, out: &mut Vec<u8>) -> Result<(), ApiError> {
+        holds_no_other_key(self, &shape.pk)?;
+        serde_json::to_writer(out, &RxDoc::of(self, shape)).map_err(encode)
+    }
+}
+
+/// From its stored bytes: the body's entries copied, then the fields
+/// [`RxDoc`] adds. One whose body holds the client's primary-key field is
+/// decoded, to be compared with its id as a decoded one is.
+impl PulledDoc for truce::record::StoredDoc {
+    fn write_pulled(&self, id: &str, shape: &Shape, out: &mut Vec<u8>) -> Result<(), ApiError> {
+        let body = self.body_json();
+        if !truce::doc::is_object_json(body) || truce::doc::holds_key(body, &shape.pk) {
+            return self
+                .decode(id)
+                .map_err(truce::Error::from)?
+                .write_pulled(id, shape, out);
+        }
+        let added = RxDoc {
+            id,
+            meta: self.meta(),
+            body: None,
+            shape,
+        };
+        // `{` and the body's entries, then the added fields after their `{`.
+        let entries = &body[1..body.len() - 1];
+        let at = out.len();
+        if !entries.is_empty() {
+            out.push(b'{');
+            out.extend_from_slice(entries);
+            out.push(b',');
+        }
+        let brace = out.len();
+        serde_json::to_writer(&mut *out, &added).map_err(encode)?;
+        if !entries.is_empty() {
+            out.remove(brace);
+        }
+        debug_assert_eq!(out.get(at), Some(&b'{'));
+        Ok(())
+    }
+}
+
 /// A document as RxDB sees it: the user fields, its id under the client's
 /// primary-key field and `_deleted` (and with `meta`, Truce's `_rev`,
 /// `_version`, `_seq`, `_ts`). Serialised straight to a pull's bytes, or to
 /// a value by [`Shape::show`]; both refuse first a document whose body holds
-/// that field with another value ([`holds_no_other_key`]).
+/// that field with another value ([`holds_no_other_key`]). Without `body`,
+/// the fields it adds alone (a stored body's bytes go before them).
 struct RxDoc<'a> {
-    doc: &'a Document,
+    id: &'a str,
+    meta: &'a truce::Meta,
+    body: Option<&'a truce::Body>,
     shape: &'a Shape,
+}
+
+impl<'a> RxDoc<'a> {
+    fn of(doc: &'a Document, shape: &'a Shape) -> RxDoc<'a> {
+        RxDoc {
+            id: &doc.id,
+            meta: &doc.meta,
+            body: Some(&doc.body),
+            shape,
+        }
+    }
 }
 
 impl serde::Serialize for RxDoc<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
-        let (doc, pk) = (self.doc, &self.shape.pk);
+        let (meta, pk) = (self.meta, &self.shape.pk);
         let mut map = serializer.serialize_map(None)?;
-        for (k, v) in doc.body.iter().filter(|(k, _)| *k != pk) {
+        for (k, v) in self.body.into_iter().flatten().filter(|(k, _)| *k != pk) {
             map.serialize_entry(k, v)?;
         }
         if self.shape.meta {
-            map.serialize_entry("_rev", &doc.meta.rev)?;
-            map.serialize_entry("_seq", &doc.meta.seq)?;
-            map.serialize_entry("_ts", &doc.meta.ts_ms)?;
-            map.serialize_entry("_version", &doc.meta.rev.version)?;
+            map.serialize_entry("_rev", &meta.rev)?;
+            map.serialize_entry("_seq", &meta.seq)?;
+            map.serialize_entry("_ts", &meta.ts_ms)?;
+            map.serialize_entry("_version", &meta.rev.version)?;
         }
-        map.serialize_entry(pk, &doc.id)?;
-        map.serialize_entry("_deleted", &doc.is_deleted())?;
+        map.serialize_entry(pk, self.id)?;
+        map.serialize_entry("_deleted", &meta.deleted)?;
         map.end()
     }
 }
@@ -144,7 +220,7 @@ pub(super) fn error_event(body: Value) -> Event {
 }
 
 /// The checkpoint after `change`, for a client whose history began at `from`.
-fn checkpoint(change: &Change, from: Option<u64>) -> Value {
+fn checkpoint<D>(change: &Change<D>, from: Option<u64>) -> Value {
     let mut checkpoint = json!({"seq": change.seq, "id": change.id});
     if let Some(from) = from {
         checkpoint["from"] = json!(from);
@@ -189,7 +265,8 @@ pub async fn pull(
     // documents takes a while to encode, and every connection of that thread
     // would wait for it.
     let answer = super::blocking(move || {
-        let page = db.changes_after(&coll, after.as_ref().map(|c| (c.seq, c.id.as_str())), from, limit)?;
+        let page =
+            db.changes_after_stored(&coll, after.as_ref().map(|c| (c.seq, c.id.as_str())), from, limit)?;
         Ok(shape.pull_answer(&page.changes, page.from, &given))
     })
     .await??;
@@ -754,19 +831,35 @@ mod tests {
     use super::*;
 
     fn doc(id: &str, body: Value, deleted: bool) -> Document {
+        let body = body.as_object().cloned().unwrap_or_default();
         Document {
             id: id.into(),
             meta: truce::doc::Meta {
-                rev: truce::doc::Rev {
-                    version: 3,
-                    hash: 0xabc,
-                },
+                rev: truce::doc::Rev::compute(3, &truce::doc::canonical_bytes(&body), deleted),
                 seq: 17,
                 ts_ms: 1_700_000_000_000,
                 deleted,
             },
-            body: body.as_object().cloned().unwrap_or_default(),
+            body,
         }
+    }
+
+    /// `page` with each document as stored (`changes_after_stored`).
+    fn stored(page: &[Change]) -> Vec<Change<truce::record::StoredDoc>> {
+        page.iter()
+            .map(|c| {
+                let d = c.doc.as_ref().unwrap();
+                let record = truce::record::encode_document(&d.meta, &truce::doc::canonical_bytes(&d.body));
+                Change {
+                    seq: c.seq,
+                    collection: c.collection.clone(),
+                    id: c.id.clone(),
+                    rev: c.rev,
+                    deleted: c.deleted,
+                    doc: Some(truce::record::StoredDoc::read(&c.id, record).unwrap()),
+                }
+            })
+            .collect()
     }
 
     /// A document as RxDB sees it, the same in a pull's bytes and a push
@@ -780,8 +873,6 @@ mod tests {
             doc("pk-held", json!({"id": "pk-held", "v": [1, {"w": null}]}), false),
             doc("\"\n\u{2028}é", json!({"k\"\n": "\u{2028}", "é": 1.5}), false),
         ];
-        let rev = docs[0].meta.rev.to_string();
-        let meta = json!({"_rev": rev, "_seq": 17, "_ts": 1_700_000_000_000u64, "_version": 3});
         let expected = [
             json!({"n": 1, "s": "x", "id": "a", "_deleted": false}),
             json!({"id": "gone", "_deleted": true}),
@@ -804,8 +895,22 @@ mod tests {
                 pk: "id".into(),
                 meta: with_meta,
             };
-            let pulled: Value =
-                serde_json::from_slice(&shape.pull_answer(&page, None, &Value::Null).unwrap()).unwrap();
+            // Written from the stored bytes: the same bytes, under the key
+            // some bodies hold and under one that none does.
+            let same_bytes = |shape: &Shape| {
+                let bytes = shape.pull_answer(&page, None, &Value::Null).unwrap();
+                let from_stored = shape.pull_answer(&stored(&page), None, &Value::Null).unwrap();
+                assert_eq!(
+                    String::from_utf8(from_stored).unwrap(),
+                    String::from_utf8(bytes.clone()).unwrap()
+                );
+                bytes
+            };
+            same_bytes(&Shape {
+                pk: "key".into(),
+                meta: with_meta,
+            });
+            let pulled: Value = serde_json::from_slice(&same_bytes(&shape)).unwrap();
             for ((d, want), pulled) in docs
                 .iter()
                 .zip(&expected)
@@ -813,6 +918,8 @@ mod tests {
             {
                 let mut want = want.clone();
                 if with_meta {
+                    let rev = d.meta.rev.to_string();
+                    let meta = json!({"_rev": rev, "_seq": 17, "_ts": 1_700_000_000_000u64, "_version": 3});
                     want.as_object_mut()
                         .unwrap()
                         .extend(meta.as_object().unwrap().clone());
@@ -826,6 +933,7 @@ mod tests {
             let mut clashing = page.clone();
             clashing[0].doc = Some(clash);
             assert!(shape.pull_answer(&clashing, None, &Value::Null).is_err());
+            assert!(shape.pull_answer(&stored(&clashing), None, &Value::Null).is_err());
         }
         // And a page's answer carries its checkpoint, or the one given.
         let shape = Shape {
@@ -839,8 +947,12 @@ mod tests {
             answer["checkpoint"],
             json!({"seq": 17, "id": docs[3].id, "from": 5})
         );
-        let empty: Value =
-            serde_json::from_slice(&shape.pull_answer(&[], None, &json!({"seq": 1})).unwrap()).unwrap();
+        let empty: Value = serde_json::from_slice(
+            &shape
+                .pull_answer::<Document>(&[], None, &json!({"seq": 1}))
+                .unwrap(),
+        )
+        .unwrap();
         assert_eq!(empty, json!({"documents": [], "checkpoint": {"seq": 1}}));
     }
 }

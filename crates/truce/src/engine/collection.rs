@@ -72,24 +72,13 @@ impl Collection {
             }));
         }
         // The revision hash was checked against the body's bytes.
-        let (meta, record, body_at) = match self.read_durable(id)? {
-            Held::Record {
-                meta,
-                record,
-                body_at,
-            } if !meta.deleted => (meta, record, body_at),
-            Held::Record { .. } | Held::Doc(_) => return Ok(None),
+        let stored = match self.read_durable(id)? {
+            Held::Record(stored) if !stored.meta().deleted => stored,
+            Held::Record(_) | Held::Doc(_) => return Ok(None),
         };
-        let body = &record[body_at..];
-        if !doc::is_object_json(body) {
-            return Err(crate::storage::StorageError::Corrupt(format!(
-                "document {id:?}: body is not a JSON object"
-            ))
-            .into());
-        }
         let mut out = Vec::new();
-        doc::write_stored_json(id, &meta, body, &mut out);
-        Ok(Some((meta.rev, out)))
+        stored.write_json(id, &mut out)?;
+        Ok(Some((stored.meta().rev, out)))
     }
 
     /// The stored state of `id`, read and verified but not decoded

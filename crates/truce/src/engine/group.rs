@@ -16,7 +16,7 @@ use crate::doc::{Document, Meta};
 use crate::error::Result;
 use crate::index::IndexDef;
 use crate::index::keys::prefix_end;
-use crate::record;
+use crate::record::{self, StoredDoc};
 use crate::storage::{Direction, Space, Storage, StorageRead, WriteBatch};
 
 use super::evaluate::{self, NewState};
@@ -50,15 +50,9 @@ pub enum Held {
     /// not yet decoded: a put or a delete needs only the metadata and the
     /// body's bytes (`Met`), and decoding a large document of many small
     /// values took the committer tens of milliseconds. Decoded the first
-    /// time anything asks for the document.
-    Record {
-        /// The record's metadata.
-        meta: Meta,
-        /// The whole record; its body starts at `body_at`. Shared with a
-        /// conflict that carries it (`Conflict::stored`).
-        record: Arc<Vec<u8>>,
-        body_at: usize,
-    },
+    /// time anything asks for the document. Shared with a conflict that
+    /// carries it (`Conflict::stored`).
+    Record(StoredDoc),
 }
 
 impl Held {
@@ -68,17 +62,8 @@ impl Held {
         Ok(match storage.get(Space::Documents, key)? {
             None => (Held::Doc(None), 0),
             Some(record) => {
-                let (meta, body) = record::decode_document_meta(id, &record)?;
-                let body_at = record.len() - body.len();
                 let bytes = record.len();
-                (
-                    Held::Record {
-                        meta,
-                        record: Arc::new(record),
-                        body_at,
-                    },
-                    bytes,
-                )
+                (Held::Record(StoredDoc::read(id, record)?), bytes)
             }
         })
     }
@@ -87,7 +72,7 @@ impl Held {
     pub fn meta(&self) -> Option<&Meta> {
         match self {
             Held::Doc(doc) => doc.as_deref().map(|d| &d.meta),
-            Held::Record { meta, .. } => Some(meta),
+            Held::Record(stored) => Some(stored.meta()),
         }
     }
 
@@ -95,28 +80,18 @@ impl Held {
     pub fn into_doc(self, id: &str) -> Result<Option<Document>> {
         Ok(match self {
             Held::Doc(doc) => doc.map(Arc::unwrap_or_clone),
-            Held::Record {
-                meta,
-                record,
-                body_at,
-            } => Some(record::decode_body(id, meta, &record[body_at..])?),
+            Held::Record(stored) => Some(stored.decode(id)?),
         })
     }
 
     /// The state, decoding it now if it was not yet.
     pub fn doc(&mut self, id: &str) -> Result<Option<&Arc<Document>>> {
-        if let Held::Record {
-            meta,
-            record,
-            body_at,
-        } = self
-        {
-            let doc = record::decode_body(id, *meta, &record[*body_at..])?;
-            *self = Held::Doc(Some(Arc::new(doc)));
+        if let Held::Record(stored) = self {
+            *self = Held::Doc(Some(Arc::new(stored.decode(id)?)));
         }
         match self {
             Held::Doc(doc) => Ok(doc.as_ref()),
-            Held::Record { .. } => unreachable!("decoded just above"),
+            Held::Record(_) => unreachable!("decoded just above"),
         }
     }
 }
@@ -152,7 +127,7 @@ impl evaluate::Current for Met<'_> {
 
     fn stored_body(&self) -> Option<&[u8]> {
         match &*self.held {
-            Held::Record { record, body_at, .. } => Some(&record[*body_at..]),
+            Held::Record(stored) => Some(stored.body_json()),
             Held::Doc(_) => None,
         }
     }
@@ -162,14 +137,7 @@ impl evaluate::Current for Met<'_> {
     fn refuse(&mut self, reason: ConflictReason, live: Option<&Meta>) -> Result<Conflict> {
         match (&*self.held, live) {
             (_, None) => Ok(Conflict::new(reason, None)),
-            (
-                Held::Record {
-                    meta,
-                    record,
-                    body_at,
-                },
-                Some(_),
-            ) => Conflict::stored(reason, self.id, *meta, Arc::clone(record), *body_at),
+            (Held::Record(stored), Some(_)) => Conflict::stored(reason, self.id, stored.clone()),
             // Live by its metadata.
             (Held::Doc(doc), Some(_)) => Ok(Conflict::new(reason, doc.clone())),
         }
@@ -633,13 +601,13 @@ pub(crate) mod tests {
         let mut group = super::Group::new(&*storage, stored.meta.seq, 0);
         let met = group.meet_lazily(&key, "d", None).unwrap();
         assert_eq!(met.meta(), Some(&stored.meta));
-        assert!(matches!(met.held, super::Held::Record { .. }));
+        assert!(matches!(met.held, super::Held::Record(_)));
         assert_eq!(group.met, group.current_bytes(&key));
         assert!(group.met > 0);
         // Met again: still undecoded, and counted again.
         assert!(matches!(
             group.meet_lazily(&key, "d", None).unwrap().held,
-            super::Held::Record { .. }
+            super::Held::Record(_)
         ));
         assert_eq!(group.met, 2 * group.current_bytes(&key));
         let current = group.current(&key, "d").unwrap().unwrap();
@@ -715,7 +683,7 @@ pub(crate) mod tests {
                 evaluate::evaluate("d", &mut op, Expect::Any, &mut met, &clock, work).unwrap();
             let written = answer.unwrap();
             assert_eq!(written.effect, effect);
-            assert!(matches!(met.held, super::Held::Record { .. }), "not decoded");
+            assert!(matches!(met.held, super::Held::Record(_)), "not decoded");
             if effect == crate::Effect::NoOp {
                 assert!(state.is_none());
                 assert_eq!(*written.doc, *stored);

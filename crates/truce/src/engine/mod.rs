@@ -706,6 +706,32 @@ impl Db {
         from: Option<u64>,
         limit: usize,
     ) -> Result<CheckpointPage> {
+        self.changes_after_as(collection, after, from, limit)
+    }
+
+    /// [`changes_after`](Self::changes_after) with each document as stored,
+    /// verified but not decoded ([`StoredDoc`](crate::record::StoredDoc)),
+    /// for a reader that copies its JSON into an answer
+    /// (`StoredDoc::write_json`): decoding took about half of the server's
+    /// time for an RxDB pull. Each counts its stored bytes against the
+    /// page's limits.
+    pub fn changes_after_stored(
+        &self,
+        collection: &str,
+        after: Option<(u64, &str)>,
+        from: Option<u64>,
+        limit: usize,
+    ) -> Result<CheckpointPage<crate::record::StoredDoc>> {
+        self.changes_after_as(collection, after, from, limit)
+    }
+
+    fn changes_after_as<D: read::PageDoc>(
+        &self,
+        collection: &str,
+        after: Option<(u64, &str)>,
+        from: Option<u64>,
+        limit: usize,
+    ) -> Result<CheckpointPage<D>> {
         doc::validate_collection_name(collection)?;
         let (view, upto) = read::durable_snapshot(self.shared())?;
         let at = after.map_or(0, |(seq, _)| seq);

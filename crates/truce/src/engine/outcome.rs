@@ -6,7 +6,7 @@ use std::sync::{Arc, OnceLock};
 
 use crate::doc::{self, Document, Meta, Rev};
 use crate::error::{Error, Result};
-use crate::record;
+use crate::record::StoredDoc;
 
 /// The precondition of a write: what the writer believes the document is now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -100,18 +100,9 @@ pub(crate) enum BodyForm<'a> {
 
 struct Stored {
     id: String,
-    meta: Meta,
-    /// The whole record; its body (an object's canonical JSON,
-    /// `doc::is_object_json`) starts at `body_at`.
-    record: Arc<Vec<u8>>,
-    body_at: usize,
+    /// Its body an object's canonical JSON (`doc::is_object_json`).
+    doc: StoredDoc,
     decoded: OnceLock<Arc<Document>>,
-}
-
-impl Stored {
-    fn body(&self) -> &[u8] {
-        &self.record[self.body_at..]
-    }
 }
 
 impl Conflict {
@@ -126,24 +117,15 @@ impl Conflict {
     /// A conflict carrying live document `id`'s stored record, verified but
     /// not decoded (`group::Held::Record`). A body that is not an object's
     /// JSON is decoded at once, to refuse it as corrupt here.
-    pub(crate) fn stored(
-        reason: ConflictReason,
-        id: &str,
-        meta: Meta,
-        record: Arc<Vec<u8>>,
-        body_at: usize,
-    ) -> Result<Conflict> {
+    pub(crate) fn stored(reason: ConflictReason, id: &str, doc: StoredDoc) -> Result<Conflict> {
+        if !doc::is_object_json(doc.body_json()) {
+            return Ok(Conflict::new(reason, Some(Arc::new(doc.decode(id)?))));
+        }
         let stored = Stored {
             id: id.to_string(),
-            meta,
-            record,
-            body_at,
+            doc,
             decoded: OnceLock::new(),
         };
-        if !doc::is_object_json(stored.body()) {
-            let doc = record::decode_body(id, meta, stored.body())?;
-            return Ok(Conflict::new(reason, Some(Arc::new(doc))));
-        }
         Ok(Conflict {
             reason,
             current: Some(Current::Stored(Arc::new(stored))),
@@ -159,7 +141,7 @@ impl Conflict {
             Some(Current::Doc(doc)) => Ok(Some(doc)),
             Some(Current::Stored(stored)) => {
                 if stored.decoded.get().is_none() {
-                    let doc = record::decode_body(&stored.id, stored.meta, stored.body())?;
+                    let doc = stored.doc.decode(&stored.id)?;
                     // Another thread may have decoded it meanwhile: either is it.
                     let _ = stored.decoded.set(Arc::new(doc));
                 }
@@ -173,7 +155,7 @@ impl Conflict {
         match &self.current {
             None => None,
             Some(Current::Doc(doc)) => Some((&doc.id, &doc.meta)),
-            Some(Current::Stored(stored)) => Some((&stored.id, &stored.meta)),
+            Some(Current::Stored(stored)) => Some((&stored.id, stored.doc.meta())),
         }
     }
 
@@ -186,8 +168,9 @@ impl Conflict {
             // A document's keys are strings: writing it cannot fail.
             Some(Current::Doc(doc)) => drop(doc.write_json(out)),
             // From the bytes even once decoded: copying them is cheaper.
+            // Its braces were checked (`stored`).
             Some(Current::Stored(stored)) => {
-                doc::write_stored_json(&stored.id, &stored.meta, stored.body(), out)
+                doc::write_stored_json(&stored.id, stored.doc.meta(), stored.doc.body_json(), out)
             }
         }
     }
@@ -198,7 +181,7 @@ impl Conflict {
         match &self.current {
             None => None,
             Some(Current::Doc(doc)) => Some(BodyForm::Decoded(&doc.body)),
-            Some(Current::Stored(stored)) => Some(BodyForm::Canonical(stored.body())),
+            Some(Current::Stored(stored)) => Some(BodyForm::Canonical(stored.doc.body_json())),
         }
     }
 }
@@ -229,8 +212,8 @@ impl fmt::Debug for Conflict {
                 &Some(format_args!(
                     "stored {:?} at {} ({} bytes)",
                     stored.id,
-                    stored.meta.rev,
-                    stored.body().len()
+                    stored.doc.meta().rev,
+                    stored.doc.body_json().len()
                 )),
             ),
         };

@@ -6,11 +6,12 @@ use std::collections::BinaryHeap;
 use std::ops::Bound;
 
 use crate::budget::{Budget, Holding, Taken};
-use crate::doc::{Document, Rev};
+use crate::doc::{Document, Meta, Rev};
 use crate::error::{Error, Result};
 use crate::index::query::{self, KeyRange, Order, Query, QueryPage};
 use crate::index::{IndexDef, IndexState};
 use crate::limits::{CHANGES_LIMIT_MAX, PAGE_BYTES_MAX, QUERY_SCAN_ENTRIES_MAX, WHOLE_PAGE_BYTES_MAX};
+use crate::record::StoredDoc;
 use crate::storage::{Direction, Space, StorageRead};
 
 use super::committer::{META_LAST_SEQ, Shared, read_meta_counter};
@@ -198,9 +199,10 @@ pub fn run_query(
     })
 }
 
-/// One entry of the change feed: a document at its latest change.
+/// One entry of the change feed: a document at its latest change, held
+/// decoded (`Document`) or as stored (`StoredDoc`, [`PageDoc`]).
 #[derive(Clone, Debug, PartialEq)]
-pub struct Change {
+pub struct Change<D = Document> {
     /// The commit of the change.
     pub seq: u64,
     /// The collection.
@@ -212,7 +214,7 @@ pub struct Change {
     /// Whether the change was a delete.
     pub deleted: bool,
     /// The document after the change, when asked for.
-    pub doc: Option<Document>,
+    pub doc: Option<D>,
 }
 
 /// A page of the change feed.
@@ -232,11 +234,12 @@ pub struct ChangesPage {
 }
 
 /// A page of one collection's changes after a checkpoint
-/// ([`Db::changes_after`](crate::Db::changes_after)).
+/// ([`Db::changes_after`](crate::Db::changes_after), or with the documents
+/// as stored, [`Db::changes_after_stored`](crate::Db::changes_after_stored)).
 #[derive(Clone, Debug, PartialEq)]
-pub struct CheckpointPage {
+pub struct CheckpointPage<D = Document> {
     /// Changes in position order, documents included.
-    pub changes: Vec<Change>,
+    pub changes: Vec<Change<D>>,
     /// Where the reader's history began, to pass back next time
     /// ([`ChangesPage::from`]).
     pub from: Option<u64>,
@@ -373,18 +376,18 @@ pub fn read_changes(
 /// with the document itself when it is to count against `taken`, and what
 /// it counts (`decode_within`; `Ok(None)` when there is no room for it).
 /// Without it, the body is not decoded.
-fn change_at(
+fn change_at<D: PageDoc>(
     view: &dyn StorageRead,
     seq: u64,
     (collection, id): (String, String),
     taken: Option<&mut Taken>,
-) -> Result<Option<(Change, usize)>> {
+) -> Result<Option<(Change<D>, usize)>> {
     let stored = view
         .get(Space::Documents, &doc_key(&collection, &id))?
         .ok_or_else(|| corrupt("change without document"))?;
     let (meta, doc, size) = match taken {
-        Some(taken) => match decode_within(&id, &stored, taken)? {
-            Some((doc, size)) => (doc.meta, Some(doc), size),
+        Some(taken) => match D::within(&id, stored, taken)? {
+            Some((doc, meta, size)) => (meta, Some(doc), size),
             None => return Ok(None),
         },
         None => (
@@ -404,6 +407,38 @@ fn change_at(
         },
         size,
     )))
+}
+
+/// How a page holds each document it reads ([`Change::doc`]).
+pub trait PageDoc: Sized {
+    /// Document `id` of its record `stored`, once `taken` has room for what
+    /// it holds (`Ok(None)`, and nothing taken, when it has not), with its
+    /// metadata and what it counts against a page's bytes.
+    fn within(id: &str, stored: Vec<u8>, taken: &mut Taken) -> Result<Option<(Self, Meta, usize)>>;
+}
+
+/// Decoded (`decode_within`).
+impl PageDoc for Document {
+    fn within(id: &str, stored: Vec<u8>, taken: &mut Taken) -> Result<Option<(Self, Meta, usize)>> {
+        Ok(decode_within(id, &stored, taken)?.map(|(doc, size)| {
+            let meta = doc.meta;
+            (doc, meta, size)
+        }))
+    }
+}
+
+/// As stored, verified but not decoded, for a reader that copies its bytes
+/// into an answer: it holds, and counts, its stored bytes.
+impl PageDoc for StoredDoc {
+    fn within(id: &str, stored: Vec<u8>, taken: &mut Taken) -> Result<Option<(Self, Meta, usize)>> {
+        let size = stored.len();
+        if !taken.take(size) {
+            return Ok(None);
+        }
+        let doc = StoredDoc::read(id, stored)?;
+        let meta = *doc.meta();
+        Ok(Some((doc, meta, size)))
+    }
 }
 
 /// A stored document decoded for a page, once `taken` has room for what it
@@ -608,12 +643,12 @@ fn seq_at(key: &[u8], offset: usize) -> Result<u64> {
 /// `None` = from the start), up to `upto`, at most `limit`, documents included.
 /// Positions are unique per document, so iterating by them never skips or
 /// repeats a document, even within one commit.
-pub fn read_changes_after(
+pub fn read_changes_after<D: PageDoc>(
     view: &dyn StorageRead,
     (collection, after, upto): (&str, Option<(u64, &str)>, u64),
     limit: usize,
     pages: &std::sync::Arc<Budget>,
-) -> Result<(Vec<Change>, Holding)> {
+) -> Result<(Vec<Change<D>>, Holding)> {
     if limit == 0 || limit > CHANGES_LIMIT_MAX {
         return Err(Error::InvalidQuery(format!(
             "limit must be 1 to {CHANGES_LIMIT_MAX}"
