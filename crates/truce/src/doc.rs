@@ -2,6 +2,7 @@
 //! and the validation of ids, collection names and bodies.
 
 use std::fmt;
+use std::ops::Range;
 use std::str::FromStr;
 
 use serde_json::{Map, Value};
@@ -269,15 +270,21 @@ fn first_key_after_underscore(canonical: &[u8]) -> usize {
         .unwrap_or(canonical.len().saturating_sub(1))
 }
 
-/// Whether the canonical JSON of an object (a stored body) has an entry
-/// named `key`, found without decoding it.
-pub fn holds_key(canonical: &[u8], key: &str) -> bool {
+/// In the canonical JSON of an object (a stored body), where its entry
+/// named `key` is, found without decoding it: the entry (its key's opening
+/// quote to its value's end) and its value's JSON.
+pub fn entry_at(canonical: &[u8], key: &str) -> Option<(Range<usize>, Range<usize>)> {
     // Keys are written as `serde_json` writes strings, in the body as here.
-    let Ok(quoted) = serde_json::to_vec(key) else {
-        return false;
-    };
-    top_level_keys(canonical)
-        .any(|at| canonical[at..].starts_with(&quoted) && canonical.get(at + quoted.len()) == Some(&b':'))
+    let quoted = serde_json::to_vec(key).ok()?;
+    let mut keys = top_level_keys(canonical);
+    let start = keys.find(|&at| {
+        canonical[at..].starts_with(&quoted) && canonical.get(at + quoted.len()) == Some(&b':')
+    })?;
+    // Up to the comma before the next key, or the closing brace.
+    let end = keys
+        .next()
+        .map_or(canonical.len().saturating_sub(1), |next| next - 1);
+    Some((start..end, start + quoted.len() + 1..end))
 }
 
 /// Where each key of the outermost object of the JSON text `json` begins
@@ -674,13 +681,16 @@ pub(crate) mod tests {
             doc.write_json(&mut decoded).unwrap();
             write_stored_json(&doc.id, &doc.meta, &canonical, &mut stored);
             prop_assert_eq!(String::from_utf8(stored).unwrap(), String::from_utf8(decoded).unwrap());
-            // Each of its keys is found in its bytes, and no other: one
+            // Each of its entries is found in its bytes, and no other: one
             // only nested, a value that reads like a key, a prefix.
-            for key in doc.body.keys() {
-                prop_assert!(holds_key(&canonical, key), "{:?}", key);
+            for (key, value) in &doc.body {
+                let (entry, at) = entry_at(&canonical, key).unwrap();
+                prop_assert_eq!(&canonical[at], &serde_json::to_vec(value).unwrap()[..]);
+                let written = [serde_json::to_vec(key).unwrap(), b":".to_vec(), serde_json::to_vec(value).unwrap()];
+                prop_assert_eq!(&canonical[entry], &written.concat()[..]);
             }
             for other in ["id", "a", "\"", "A\\", "", "~é"] {
-                prop_assert_eq!(holds_key(&canonical, other), doc.body.contains_key(other), "{:?}", other);
+                prop_assert_eq!(entry_at(&canonical, other).is_some(), doc.body.contains_key(other), "{:?}", other);
             }
         });
     }

@@ -120,7 +120,9 @@ pub fn decode_body(id: &str, meta: Meta, body_bytes: &[u8]) -> Result<Document, 
 /// holds it rather than copied. Decoding a large document of many small
 /// values takes milliseconds; replacing it, refusing a write over it or
 /// copying it into an answer (`doc::write_stored_json`) needs none of that.
-#[derive(Clone, Debug, PartialEq)]
+///
+/// Its methods that take the document's id take the one it was read with.
+#[derive(Clone, PartialEq, Eq)]
 pub struct StoredDoc {
     meta: Meta,
     /// The whole record; its body starts at `body_at`.
@@ -151,28 +153,41 @@ impl StoredDoc {
         &self.record[self.body_at..]
     }
 
-    /// The bytes of the whole record.
-    pub fn record_len(&self) -> usize {
-        self.record.len()
-    }
-
     /// The document, decoded.
     pub fn decode(&self, id: &str) -> Result<Document, StorageError> {
         decode_body(id, self.meta, self.body_json())
     }
 
-    /// Appends the document's JSON with its metadata, the bytes
-    /// `Document::write_json` writes of it decoded, copied from the body's
-    /// (`doc::write_stored_json`). A body that is not an object's JSON (a
-    /// forged record) is refused as corrupt, as a decoding read would.
-    pub fn write_json(&self, id: &str, out: &mut Vec<u8>) -> Result<(), StorageError> {
-        if !crate::doc::is_object_json(self.body_json()) {
+    /// [`body_json`](Self::body_json), checked to have an object's braces
+    /// (`doc::is_object_json`): a forged record's other bytes are refused as
+    /// corrupt, as a decoding read would refuse them.
+    pub fn object_json(&self, id: &str) -> Result<&[u8], StorageError> {
+        let json = self.body_json();
+        if !crate::doc::is_object_json(json) {
             return Err(StorageError::Corrupt(format!(
                 "document {id:?}: body is not a JSON object"
             )));
         }
-        crate::doc::write_stored_json(id, &self.meta, self.body_json(), out);
+        Ok(json)
+    }
+
+    /// Appends the document's JSON with its metadata, the bytes
+    /// `Document::write_json` writes of it decoded, copied from the body's
+    /// (`doc::write_stored_json`; refused as [`object_json`](Self::object_json)
+    /// refuses).
+    pub fn write_json(&self, id: &str, out: &mut Vec<u8>) -> Result<(), StorageError> {
+        crate::doc::write_stored_json(id, &self.meta, self.object_json(id)?, out);
         Ok(())
+    }
+}
+
+impl std::fmt::Debug for StoredDoc {
+    /// Its metadata and the length of its body, not the bytes.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredDoc")
+            .field("meta", &self.meta)
+            .field("body_bytes", &self.body_json().len())
+            .finish()
     }
 }
 

@@ -116,38 +116,41 @@ impl PulledDoc for Document {
     }
 }
 
-/// From its stored bytes: the body's entries copied, then the fields
-/// [`RxDoc`] adds. One whose body holds the client's primary-key field is
-/// decoded, to be compared with its id as a decoded one is.
+/// From its stored bytes, never decoded: the body's entries copied, then
+/// the fields [`RxDoc`] adds. An entry under the client's primary-key field
+/// is left out when it holds the id (the id is written under it, as for a
+/// decoded body), and refuses the document otherwise.
 impl PulledDoc for truce::record::StoredDoc {
     fn write_pulled(&self, id: &str, shape: &Shape, out: &mut Vec<u8>) -> Result<(), ApiError> {
-        let body = self.body_json();
-        if !truce::doc::is_object_json(body) || truce::doc::holds_key(body, &shape.pk) {
-            return self
-                .decode(id)
-                .map_err(truce::Error::from)?
-                .write_pulled(id, shape, out);
+        let body = self.object_json(id).map_err(truce::Error::from)?;
+        let inner = 1..body.len() - 1;
+        let (before, after) = match truce::doc::entry_at(body, &shape.pk) {
+            None => (inner, 0..0),
+            Some((_, value)) if body[value.clone()] != serde_json::to_vec(id).map_err(encode)? => {
+                return Err(other_key(id, &shape.pk, String::from_utf8_lossy(&body[value])));
+            }
+            // The entries before it and after it, without the commas
+            // around it.
+            Some((entry, _)) => (
+                inner.start..entry.start.saturating_sub(1).max(inner.start),
+                (entry.end + 1).min(inner.end)..inner.end,
+            ),
+        };
+        out.push(b'{');
+        for entries in [before, after].into_iter().filter(|r| !r.is_empty()) {
+            out.extend_from_slice(&body[entries]);
+            out.push(b',');
         }
+        // The added fields, after the `{` that begins them.
+        let brace = out.len();
         let added = RxDoc {
             id,
             meta: self.meta(),
             body: None,
             shape,
         };
-        // `{` and the body's entries, then the added fields after their `{`.
-        let entries = &body[1..body.len() - 1];
-        let at = out.len();
-        if !entries.is_empty() {
-            out.push(b'{');
-            out.extend_from_slice(entries);
-            out.push(b',');
-        }
-        let brace = out.len();
         serde_json::to_writer(&mut *out, &added).map_err(encode)?;
-        if !entries.is_empty() {
-            out.remove(brace);
-        }
-        debug_assert_eq!(out.get(at), Some(&b'{'));
+        out.remove(brace);
         Ok(())
     }
 }
@@ -203,15 +206,20 @@ impl serde::Serialize for RxDoc<'_> {
 fn holds_no_other_key(doc: &Document, primary_key: &str) -> Result<(), ApiError> {
     match doc.body.get(primary_key).filter(|v| v.as_str() != Some(&doc.id)) {
         None => Ok(()),
-        Some(held) => Err(ApiError::BadRequest(
-            "invalid_query",
-            format!(
-                "document {} holds a field {primary_key:?} ({held}) other than its id: a replicated document may \
-                 not hold the client's primary-key field; rename the field, or replicate with another primaryKey",
-                doc.id
-            ),
-        )),
+        Some(held) => Err(other_key(&doc.id, primary_key, held)),
     }
+}
+
+/// The refusal of document `id`, whose body holds `held` (its JSON) under
+/// the client's primary-key field.
+fn other_key(id: &str, primary_key: &str, held: impl std::fmt::Display) -> ApiError {
+    ApiError::BadRequest(
+        "invalid_query",
+        format!(
+            "document {id} holds a field {primary_key:?} ({held}) other than its id: a replicated document may not \
+             hold the client's primary-key field; rename the field, or replicate with another primaryKey"
+        ),
+    )
 }
 
 /// An `error` event, the stream's last.
@@ -844,6 +852,64 @@ mod tests {
         }
     }
 
+    /// A page of `docs`, decoded.
+    fn page_of(docs: &[Document]) -> Vec<Change> {
+        docs.iter()
+            .map(|d| Change {
+                seq: d.meta.seq,
+                collection: "c".into(),
+                id: d.id.clone(),
+                rev: d.meta.rev,
+                deleted: d.meta.deleted,
+                doc: Some(d.clone()),
+            })
+            .collect()
+    }
+
+    /// A pull of each document alone is answered from its stored bytes as
+    /// from its values, or refused the same way, under every primary key:
+    /// the key's entry first, between others, last, alone, only nested,
+    /// named with escapes, holding another value.
+    #[test]
+    fn a_pull_from_stored_bytes_is_the_pull_of_the_values() {
+        let docs = [
+            doc("first", json!({"id": "first", "z": [2]}), false),
+            doc("mid", json!({"a": 1, "id": "mid", "z": [2]}), false),
+            doc("last", json!({"a": 1, "id": "last"}), false),
+            doc("only", json!({"id": "only"}), false),
+            doc("nested", json!({"v": {"id": "x"}}), false),
+            doc("q\"\n", json!({"k\"\n": "q\"\n", "é": 1}), false),
+            doc("clash", json!({"a": 1, "id": "other", "k\"\n": 2}), false),
+            doc("gone", json!({}), true),
+        ];
+        let (mut answered, mut refused) = (0, 0);
+        for pk in ["id", "k\"\n", "key"] {
+            for meta in [false, true] {
+                let shape = Shape { pk: pk.into(), meta };
+                for d in &docs {
+                    let page = page_of(std::slice::from_ref(d));
+                    let decoded = shape.pull_answer(&page, None, &Value::Null);
+                    match (decoded, shape.pull_answer(&stored(&page), None, &Value::Null)) {
+                        (Ok(a), Ok(b)) => {
+                            answered += 1;
+                            assert_eq!(
+                                String::from_utf8(b).unwrap(),
+                                String::from_utf8(a).unwrap(),
+                                "{pk}"
+                            )
+                        }
+                        (Err(a), Err(b)) => {
+                            refused += 1;
+                            assert_eq!(b.status_and_body(), a.status_and_body(), "{pk}")
+                        }
+                        (a, b) => panic!("{pk} {}: {:?} against {:?}", d.id, a.is_ok(), b.is_ok()),
+                    }
+                }
+            }
+        }
+        assert_eq!((answered, refused), (44, 4));
+    }
+
     /// `page` with each document as stored (`changes_after_stored`).
     fn stored(page: &[Change]) -> Vec<Change<truce::record::StoredDoc>> {
         page.iter()
@@ -879,17 +945,7 @@ mod tests {
             json!({"id": "pk-held", "v": [1, {"w": null}], "_deleted": false}),
             json!({"k\"\n": "\u{2028}", "é": 1.5, "id": "\"\n\u{2028}é", "_deleted": false}),
         ];
-        let page: Vec<Change> = docs
-            .iter()
-            .map(|d| Change {
-                seq: d.meta.seq,
-                collection: "c".into(),
-                id: d.id.clone(),
-                rev: d.meta.rev,
-                deleted: d.meta.deleted,
-                doc: Some(d.clone()),
-            })
-            .collect();
+        let page = page_of(&docs);
         for with_meta in [false, true] {
             let shape = Shape {
                 pk: "id".into(),

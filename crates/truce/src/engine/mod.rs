@@ -712,9 +712,10 @@ impl Db {
     /// [`changes_after`](Self::changes_after) with each document as stored,
     /// verified but not decoded ([`StoredDoc`](crate::record::StoredDoc)),
     /// for a reader that copies its JSON into an answer
-    /// (`StoredDoc::write_json`): decoding took about half of the server's
-    /// time for an RxDB pull. Each counts its stored bytes against the
-    /// page's limits.
+    /// ([`StoredDoc::write_json`](crate::record::StoredDoc::write_json), or
+    /// its entries from [`object_json`](crate::record::StoredDoc::object_json)):
+    /// decoding took about half of the server's time for an RxDB pull. Each
+    /// counts its stored bytes against the page's limits, all it holds.
     pub fn changes_after_stored(
         &self,
         collection: &str,

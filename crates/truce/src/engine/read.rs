@@ -374,7 +374,7 @@ pub fn read_changes(
 /// The change at a change-log position: the document's state now (which is
 /// the state that change wrote: the position moves with every later write),
 /// with the document itself when it is to count against `taken`, and what
-/// it counts (`decode_within`; `Ok(None)` when there is no room for it).
+/// it counts ([`PageDoc::within`]; `Ok(None)` when there is no room for it).
 /// Without it, the body is not decoded.
 fn change_at<D: PageDoc>(
     view: &dyn StorageRead,
@@ -409,12 +409,19 @@ fn change_at<D: PageDoc>(
     )))
 }
 
-/// How a page holds each document it reads ([`Change::doc`]).
-pub trait PageDoc: Sized {
+/// How a page holds each document it reads ([`Change::doc`]): implemented
+/// here for `Document` and `StoredDoc` only (sealed).
+pub trait PageDoc: Sized + sealed::Sealed {
     /// Document `id` of its record `stored`, once `taken` has room for what
     /// it holds (`Ok(None)`, and nothing taken, when it has not), with its
     /// metadata and what it counts against a page's bytes.
     fn within(id: &str, stored: Vec<u8>, taken: &mut Taken) -> Result<Option<(Self, Meta, usize)>>;
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for crate::Document {}
+    impl Sealed for crate::record::StoredDoc {}
 }
 
 /// Decoded (`decode_within`).
@@ -432,10 +439,10 @@ impl PageDoc for Document {
 impl PageDoc for StoredDoc {
     fn within(id: &str, stored: Vec<u8>, taken: &mut Taken) -> Result<Option<(Self, Meta, usize)>> {
         let size = stored.len();
+        let doc = StoredDoc::read(id, stored)?;
         if !taken.take(size) {
             return Ok(None);
         }
-        let doc = StoredDoc::read(id, stored)?;
         let meta = *doc.meta();
         Ok(Some((doc, meta, size)))
     }

@@ -362,6 +362,20 @@ fn the_feed_of_every_collection_pages_through_the_model_at_any_limit() {
                         got.extend(page.into_iter().map(|c| (c.seq, c.collection, c.id)));
                     }
                     prop_assert_eq!(&got, &want, "changes_after {:?}, limit {}", name, limit);
+                    // And the same pages read as stored.
+                    let mut stored = Vec::new();
+                    let mut after: Option<(u64, String)> = None;
+                    loop {
+                        let checkpoint = after.as_ref().map(|(seq, id)| (*seq, id.as_str()));
+                        let page = db
+                            .changes_after_stored(name, checkpoint, None, limit)
+                            .unwrap()
+                            .changes;
+                        let Some(last) = page.last() else { break };
+                        after = Some((last.seq, last.id.clone()));
+                        stored.extend(page.into_iter().map(|c| (c.seq, c.collection, c.id)));
+                    }
+                    prop_assert_eq!(&stored, &want, "changes_after_stored {:?}, limit {}", name, limit);
                 }
                 Ok(())
             },
@@ -473,7 +487,9 @@ fn pages_of_large_documents_end_by_bytes_and_go_on() {
 /// A page's bytes are what its documents take decoded when that is more
 /// than their stored bytes: documents of small numbers, a few MiB stored in
 /// all, end a page and refuse a whole one as tens of MiB of values would (an
-/// audit's pull of 64 MiB of them took 2.7 GB to answer).
+/// audit's pull of 64 MiB of them took 2.7 GB to answer). Read as stored
+/// (`changes_after_stored`), which is all they then hold, they count their
+/// stored bytes.
 #[test]
 fn pages_count_what_documents_take_decoded() {
     let dir = tempfile::tempdir().unwrap();
@@ -513,6 +529,24 @@ fn pages_count_what_documents_take_decoded() {
     }
     let pulled = db.changes_after("nums", None, None, most).unwrap().changes;
     assert_eq!(pulled.len(), most);
+    // Read as stored, they hold their stored bytes only: one page holds
+    // them all, each the decoded one's document.
+    let stored = db.changes_after_stored("nums", None, None, 10_000).unwrap();
+    assert_eq!(stored.changes.len(), count);
+    assert!(
+        stored.memory.bytes() < count * 130_000,
+        "{}",
+        stored.memory.bytes()
+    );
+    for (stored, decoded) in stored.changes.iter().zip(&pulled) {
+        assert_eq!(
+            (stored.seq, &stored.id, stored.rev),
+            (decoded.seq, &decoded.id, decoded.rev)
+        );
+        let doc = stored.doc.as_ref().unwrap();
+        assert_eq!(doc.meta(), &decoded.doc.as_ref().unwrap().meta);
+        assert_eq!(&doc.decode(&stored.id).unwrap(), decoded.doc.as_ref().unwrap());
+    }
 }
 
 /// The pages being read share `Options::page_memory_bytes`. Beside a page
@@ -656,6 +690,7 @@ fn whole_pages_past_their_bound_are_refused_not_built() {
         }
     }
     refused(db.changes_after("big", None, None, 10_000));
+    refused(db.changes_after_stored("big", None, None, 10_000));
     refused(db.changes_whole(Some("big"), 0, 10_000, true));
     let mut live = db
         .subscribe(Some("big"), 0, true)
