@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use crate::doc::{self, Body, Document, Meta, Rev};
 use crate::error::{Error, Result};
+use crate::record::StoredDoc;
 use crate::storage::StorageError;
 use crate::update::{OnFalse, Update, Work};
 
@@ -76,25 +77,19 @@ fn precondition_fails(expect: Expect, live: Option<&Meta>) -> Option<ConflictRea
 /// The stored state a write meets (live, tombstone or absent): its metadata
 /// at once, the decoded document only when asked, so that a put or a delete
 /// never decodes the state it replaces (`group::Met`: a conflict carries
-/// the stored record, [`refuse`](Current::refuse), and a put of the same
-/// content is told by its bytes, [`stored_body`](Current::stored_body)). A
-/// state already decoded is one too.
+/// the stored record, and a put of the same content is told by its bytes,
+/// both from [`stored`](Current::stored)). A state already decoded is one
+/// too.
 pub trait Current {
     /// The state's metadata; `None` when absent.
     fn meta(&self) -> Option<&Meta>;
     /// The state, decoded if it was not yet.
     fn doc(&mut self) -> Result<Option<&Arc<Document>>>;
 
-    /// The state's canonical body bytes when it is held undecoded (its
-    /// stored record); `None` once decoded, or when absent.
-    fn stored_body(&self) -> Option<&[u8]> {
+    /// The document's id and its stored record while it is held undecoded;
+    /// `None` once decoded, or when absent.
+    fn stored(&self) -> Option<(&str, &StoredDoc)> {
         None
-    }
-
-    /// A conflict for `reason` carrying the live state, if it is live
-    /// (`live`, its metadata), without decoding a state not decoded yet.
-    fn refuse(&mut self, reason: ConflictReason, live: Option<&Meta>) -> Result<Conflict> {
-        Ok(Conflict::new(reason, live_doc(self, live)?.cloned()))
     }
 }
 
@@ -110,7 +105,7 @@ impl Current for Option<&Arc<Document>> {
 
 /// The live document of `current`, decoded; a tombstone or an absent
 /// document is not decoded (`live`: its live metadata).
-pub(crate) fn live_doc<'c>(
+fn live_doc<'c>(
     current: &'c mut (impl Current + ?Sized),
     live: Option<&Meta>,
 ) -> Result<Option<&'c Arc<Document>>> {
@@ -181,7 +176,12 @@ pub fn decide(
 ) -> Result<Decision> {
     let live = current.meta().filter(|m| !m.deleted).copied();
     if let Some(reason) = precondition_fails(expect, live.as_ref()) {
-        return Ok(Decision::Settled(Err(current.refuse(reason, live.as_ref())?)));
+        // A record not decoded yet stays so: the conflict carries it.
+        let conflict = match (current.stored(), live) {
+            (Some((id, stored)), Some(_)) => Conflict::stored(reason, id, stored.clone())?,
+            _ => Conflict::new(reason, live_doc(current, live.as_ref())?.cloned()),
+        };
+        return Ok(Decision::Settled(Err(conflict)));
     }
     Ok(Decision::Writes(match op {
         WriteOp::Put { body, canonical } => {
@@ -196,8 +196,8 @@ pub fn decide(
             // A state not decoded yet is confirmed by its stored bytes, the
             // ones the hash is of, and stays undecoded.
             if let Some(meta) = live.filter(|m| m.rev.hash == hash) {
-                if let Some(stored) = current.stored_body() {
-                    if stored == canonical.as_slice() {
+                if let Some((_, stored)) = current.stored() {
+                    if stored.body_json() == canonical.as_slice() {
                         return Ok(Decision::SamePut(meta));
                     }
                 } else if let Some(doc) = live_doc(current, live.as_ref())?

@@ -20,7 +20,6 @@ use crate::record::{self, StoredDoc};
 use crate::storage::{Direction, Space, Storage, StorageRead, WriteBatch};
 
 use super::evaluate::{self, NewState};
-use super::outcome::{Conflict, ConflictReason};
 use super::tx::changes_key;
 
 /// A document touched by the group.
@@ -97,12 +96,12 @@ impl Held {
 }
 
 /// A document's stored state met by [`Group::meet_lazily`] (or by a single
-/// write's caller, [`Met::new`]) for a put or a delete: its metadata at
-/// once, and never its body decoded by [`evaluate::decide`] — a conflict
-/// carries the record ([`refuse`](evaluate::Current::refuse)), and a put
-/// of the same content is found by the record's bytes
-/// ([`stored_body`](evaluate::Current::stored_body)). A state an earlier
-/// write of the group decoded is used as it is.
+/// write's caller, [`Met::new`]): its metadata at once, and its record
+/// ([`stored`](evaluate::Current::stored)), from which
+/// [`evaluate::decide`] refuses a precondition and tells a put of the same
+/// content without decoding it. Only a patch decodes it (a single write's
+/// guarded update, `settle_from_durable`). A state an earlier write of the
+/// group decoded is used as it is.
 pub struct Met<'s> {
     held: &'s mut Held,
     id: &'s str,
@@ -125,21 +124,10 @@ impl evaluate::Current for Met<'_> {
         self.held.doc(self.id)
     }
 
-    fn stored_body(&self) -> Option<&[u8]> {
+    fn stored(&self) -> Option<(&str, &StoredDoc)> {
         match &*self.held {
-            Held::Record(stored) => Some(stored.body_json()),
+            Held::Record(stored) => Some((self.id, stored)),
             Held::Doc(_) => None,
-        }
-    }
-
-    /// A record not decoded yet stays so: the conflict carries it, and its
-    /// answer is written from its bytes.
-    fn refuse(&mut self, reason: ConflictReason, live: Option<&Meta>) -> Result<Conflict> {
-        match (&*self.held, live) {
-            (_, None) => Ok(Conflict::new(reason, None)),
-            (Held::Record(stored), Some(_)) => Conflict::stored(reason, self.id, stored.clone()),
-            // Live by its metadata.
-            (Held::Doc(doc), Some(_)) => Ok(Conflict::new(reason, doc.clone())),
         }
     }
 }

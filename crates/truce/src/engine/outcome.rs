@@ -116,11 +116,9 @@ impl Conflict {
 
     /// A conflict carrying live document `id`'s stored record, verified but
     /// not decoded (`group::Held::Record`). A body that is not an object's
-    /// JSON is decoded at once, to refuse it as corrupt here.
+    /// JSON is refused as corrupt here (`StoredDoc::object_json`).
     pub(crate) fn stored(reason: ConflictReason, id: &str, doc: StoredDoc) -> Result<Conflict> {
-        if !doc::is_object_json(doc.body_json()) {
-            return Ok(Conflict::new(reason, Some(Arc::new(doc.decode(id)?))));
-        }
+        doc.object_json(id)?;
         let stored = Stored {
             id: id.to_string(),
             doc,
@@ -168,10 +166,8 @@ impl Conflict {
             // A document's keys are strings: writing it cannot fail.
             Some(Current::Doc(doc)) => drop(doc.write_json(out)),
             // From the bytes even once decoded: copying them is cheaper.
-            // Its braces were checked (`stored`).
-            Some(Current::Stored(stored)) => {
-                doc::write_stored_json(&stored.id, stored.doc.meta(), stored.doc.body_json(), out)
-            }
+            // Its braces were checked (`stored`): writing it cannot fail.
+            Some(Current::Stored(stored)) => drop(stored.doc.write_json(&stored.id, out)),
         }
     }
 
