@@ -13,7 +13,8 @@ use axum::response::Response;
 use axum::response::sse::Event;
 use futures_util::stream::{self, Stream, StreamExt};
 use serde_json::json;
-use truce::{Change, Db};
+use truce::record::StoredDoc;
+use truce::{Change, Db, Document};
 
 use super::AppState;
 use super::error::ApiError;
@@ -45,15 +46,38 @@ pub const HISTORY_PURGED_DESCRIPTION: &str = "`history_purged`: a tombstone afte
                                               every collection, any collection's), so the reader may have missed \
                                               it; read the feed again from 0";
 
+/// A page's document as the feeds show it (`doc`): as `GET` answers it.
+trait FeedDoc {
+    /// Appends document `id`'s JSON.
+    fn write_doc(&self, id: &str, out: &mut Vec<u8>) -> truce::Result<()>;
+}
+
+impl FeedDoc for Document {
+    fn write_doc(&self, _id: &str, out: &mut Vec<u8>) -> truce::Result<()> {
+        self.write_json(out).map_err(super::unencodable)
+    }
+}
+
+/// From its stored bytes, never decoded (the feeds read their pages so).
+impl FeedDoc for StoredDoc {
+    fn write_doc(&self, id: &str, out: &mut Vec<u8>) -> truce::Result<()> {
+        Ok(self.write_json(id, out)?)
+    }
+}
+
 /// Appends one change as the feeds show it, `{"seq", "id", "rev",
 /// "deleted"}` with `"c"` (the feed of every collection) and `"doc"` when
 /// asked for, its document written straight from the page (not copied into
 /// values of its own first).
-fn write_change(change: &Change, with_collection: bool, out: &mut Vec<u8>) -> serde_json::Result<()> {
+fn write_change<D: FeedDoc>(
+    change: &Change<D>,
+    with_collection: bool,
+    out: &mut Vec<u8>,
+) -> truce::Result<()> {
     out.extend_from_slice(b"{\"seq\":");
-    serde_json::to_writer(&mut *out, &change.seq)?;
+    serde_json::to_writer(&mut *out, &change.seq).map_err(super::unencodable)?;
     out.extend_from_slice(b",\"id\":");
-    serde_json::to_writer(&mut *out, &change.id)?;
+    serde_json::to_writer(&mut *out, &change.id).map_err(super::unencodable)?;
     out.extend_from_slice(b",\"rev\":\"");
     out.extend_from_slice(change.rev.text().as_str().as_bytes());
     out.extend_from_slice(if change.deleted {
@@ -63,11 +87,11 @@ fn write_change(change: &Change, with_collection: bool, out: &mut Vec<u8>) -> se
     });
     if with_collection {
         out.extend_from_slice(b",\"c\":");
-        serde_json::to_writer(&mut *out, &change.collection)?;
+        serde_json::to_writer(&mut *out, &change.collection).map_err(super::unencodable)?;
     }
     if let Some(doc) = &change.doc {
         out.extend_from_slice(b",\"doc\":");
-        doc.write_json(out)?;
+        doc.write_doc(&change.id, out)?;
     }
     out.push(b'}');
     Ok(())
@@ -75,7 +99,7 @@ fn write_change(change: &Change, with_collection: bool, out: &mut Vec<u8>) -> se
 
 /// A page's answer, `{"results": [...], "last_seq", "from"}` (`from` when
 /// known), as bytes.
-fn page_answer(page: &truce::ChangesPage, with_collection: bool) -> serde_json::Result<Vec<u8>> {
+fn page_answer<D: FeedDoc>(page: &truce::ChangesPage<D>, with_collection: bool) -> truce::Result<Vec<u8>> {
     let mut out = Vec::with_capacity(128);
     out.extend_from_slice(b"{\"results\":[");
     for (i, change) in page.changes.iter().enumerate() {
@@ -85,10 +109,10 @@ fn page_answer(page: &truce::ChangesPage, with_collection: bool) -> serde_json::
         write_change(change, with_collection, &mut out)?;
     }
     out.extend_from_slice(b"],\"last_seq\":");
-    serde_json::to_writer(&mut out, &page.last_seq)?;
+    out.extend_from_slice(page.last_seq.to_string().as_bytes());
     if let Some(from) = page.from {
         out.extend_from_slice(b",\"from\":");
-        serde_json::to_writer(&mut out, &from)?;
+        out.extend_from_slice(from.to_string().as_bytes());
     }
     out.push(b'}');
     Ok(out)
@@ -191,14 +215,14 @@ async fn feed(
         "normal" => {
             let db = state.db.clone();
             let answer = super::blocking(move || {
-                let page = db.changes_from(
+                let page = db.changes_from_stored(
                     request.collection.as_deref(),
                     request.since,
                     request.from,
                     request.limit,
                     request.include_docs,
                 )?;
-                page_answer(&page, with_collection).map_err(super::unencodable)
+                page_answer(&page, with_collection)
             })
             .await?;
             return Ok(super::json_bytes(answer));
@@ -213,6 +237,7 @@ async fn feed(
                     request.from,
                     request.include_docs,
                 )?
+                .stored()
                 .page_limit(request.limit)?;
             standing
                 .long_poll(&mut sub, Duration::from_millis(timeout))
@@ -228,12 +253,15 @@ async fn feed(
                 ));
             }
             let place = super::stream_permit(&state)?;
-            let sub = state.db.subscribe_from(
-                request.collection.as_deref(),
-                request.since,
-                request.from,
-                request.include_docs,
-            )?;
+            let sub = state
+                .db
+                .subscribe_from(
+                    request.collection.as_deref(),
+                    request.since,
+                    request.from,
+                    request.include_docs,
+                )?
+                .stored();
             return Ok(super::event_stream(
                 sse_events(sub, with_collection, standing),
                 place,
@@ -246,8 +274,7 @@ async fn feed(
             ));
         }
     };
-    let answer =
-        super::blocking(move || page_answer(&page, with_collection).map_err(super::unencodable)).await?;
+    let answer = super::blocking(move || page_answer(&page, with_collection)).await?;
     Ok(super::json_bytes(answer))
 }
 
@@ -258,7 +285,7 @@ async fn feed(
 /// of one transaction share one sequence, and a connection can drop between
 /// them); a page never splits a commit.
 fn sse_events(
-    sub: truce::Subscription,
+    sub: truce::Subscription<StoredDoc>,
     with_collection: bool,
     standing: Standing,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
@@ -270,34 +297,36 @@ fn sse_events(
             let Waited::Page(page) = standing.next_page(&mut sub).await else {
                 return None;
             };
-            match page {
-                Ok(page) => {
-                    let changes = &page.changes;
-                    let events: Vec<Result<Event, Infallible>> = changes
-                        .iter()
-                        .enumerate()
-                        .map(|(i, c)| {
-                            let mut data = Vec::new();
-                            // Writing to memory fails only on a map key that is
-                            // not a string, which a document cannot hold.
-                            let _ = write_change(c, with_collection, &mut data);
-                            let data = String::from_utf8(data).expect("serde_json writes UTF-8");
-                            let event = Event::default().data(data);
-                            let ends_commit = changes.get(i + 1).is_none_or(|next| next.seq != c.seq);
-                            Ok(if ends_commit {
-                                event.id(c.seq.to_string())
-                            } else {
-                                event
-                            })
-                        })
-                        .collect();
-                    Some((stream::iter(events), Some(sub)))
-                }
+            let changes = match page {
+                Ok(page) => page.changes,
                 Err(e) => {
                     let event = super::replication::error_event(json!({"error": e.code()}));
-                    Some((stream::iter(vec![Ok(event)]), None))
+                    return Some((stream::iter(vec![Ok(event)]), None));
                 }
+            };
+            let mut events: Vec<Result<Event, Infallible>> = Vec::with_capacity(changes.len());
+            for (i, c) in changes.iter().enumerate() {
+                let mut data = Vec::new();
+                // A stored document that cannot be written (its record
+                // damaged) ends the stream as a page that cannot be read does.
+                let data = match write_change(c, with_collection, &mut data)
+                    .and_then(|()| super::event_text(data))
+                {
+                    Ok(data) => data,
+                    Err(e) => {
+                        events.push(Ok(super::replication::error_event(json!({"error": e.code()}))));
+                        return Some((stream::iter(events), None));
+                    }
+                };
+                let event = Event::default().data(data);
+                let ends_commit = changes.get(i + 1).is_none_or(|next| next.seq != c.seq);
+                events.push(Ok(if ends_commit {
+                    event.id(c.seq.to_string())
+                } else {
+                    event
+                }));
             }
+            Some((stream::iter(events), Some(sub)))
         }
     })
     .flatten()
@@ -354,24 +383,31 @@ mod tests {
 
     /// A feed page written as bytes is the JSON the feed documents: each
     /// change's keys, `c` on the feed of every collection, the document as
-    /// `Document::to_json` shows it, `from` when known.
+    /// `Document::to_json` shows it, `from` when known; the same bytes from
+    /// the documents as stored (what the feeds read) as from their values.
     #[test]
     fn a_page_is_written_as_the_feed_shows_it() {
+        let body = json!({"x": [1, "é"], "Z\"": {"a": null}, "": 0})
+            .as_object()
+            .cloned()
+            .unwrap();
+        let hash = truce::doc::content_hash(&truce::doc::canonical_bytes(&body), false);
+        let stored_rev = truce::doc::Rev { version: 2, hash };
         let doc = truce::Document {
             id: "\"a\n".into(),
             meta: truce::doc::Meta {
-                rev: truce::doc::Rev { version: 2, hash: 7 },
+                rev: stored_rev,
                 seq: 9,
                 ts_ms: 1,
                 deleted: false,
             },
-            body: json!({"x": [1, "é"]}).as_object().cloned().unwrap(),
+            body,
         };
         let change = |doc: Option<truce::Document>, deleted| Change {
             seq: 9,
             collection: "c1".into(),
             id: "\"a\n".into(),
-            rev: truce::doc::Rev { version: 2, hash: 7 },
+            rev: stored_rev,
             deleted,
             doc,
         };
@@ -382,6 +418,18 @@ mod tests {
             memory: Default::default(),
         };
         let rev = doc.meta.rev.to_string();
+        for with_collection in [true, false] {
+            let stored = truce::ChangesPage {
+                changes: crate::http::stored_changes(&page.changes),
+                last_seq: page.last_seq,
+                from: page.from,
+                memory: Default::default(),
+            };
+            assert_eq!(
+                String::from_utf8(page_answer(&stored, with_collection).unwrap()).unwrap(),
+                String::from_utf8(page_answer(&page, with_collection).unwrap()).unwrap(),
+            );
+        }
         let written: serde_json::Value = serde_json::from_slice(&page_answer(&page, true).unwrap()).unwrap();
         assert_eq!(
             written,
@@ -395,6 +443,39 @@ mod tests {
         assert!(
             written.get("from").is_none() && written["results"][0].get("c").is_none(),
             "{written}"
+        );
+    }
+
+    /// A stored record whose body is not an object (damaged, though its
+    /// checksum holds) is refused as storage corruption, not written.
+    #[test]
+    fn a_damaged_stored_document_is_refused_not_written() {
+        let meta = truce::doc::Meta {
+            rev: truce::doc::Rev {
+                version: 1,
+                hash: truce::doc::content_hash(b"[1]", false),
+            },
+            seq: 1,
+            ts_ms: 1,
+            deleted: false,
+        };
+        let record = truce::record::encode_document(&meta, b"[1]");
+        let page = truce::ChangesPage {
+            changes: vec![Change {
+                seq: 1,
+                collection: "c".into(),
+                id: "a".into(),
+                rev: meta.rev,
+                deleted: false,
+                doc: Some(StoredDoc::read("a", record).unwrap()),
+            }],
+            last_seq: 1,
+            from: None,
+            memory: Default::default(),
+        };
+        assert!(
+            matches!(page_answer(&page, false), Err(truce::Error::Storage(_))),
+            "refused"
         );
     }
 }

@@ -12,6 +12,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
+use truce::record::StoredDoc;
 use truce::{ConflictReason, Document, Expect, TxOp, WriteResult};
 
 use super::AppState;
@@ -147,6 +148,41 @@ impl serde::Serialize for CouchDoc<'_> {
             map.serialize_entry(k, v)?;
         }
         map.end()
+    }
+}
+
+/// A page's document as a `/couch` feed writes it ([`CouchDoc`]'s JSON).
+trait CouchPaged {
+    /// Appends document `id` in CouchDB's shape.
+    fn write_couch(&self, id: &str, out: &mut Vec<u8>) -> truce::Result<()>;
+}
+
+impl CouchPaged for Document {
+    fn write_couch(&self, _id: &str, out: &mut Vec<u8>) -> truce::Result<()> {
+        serde_json::to_writer(out, &CouchDoc(self)).map_err(super::unencodable)
+    }
+}
+
+/// From its stored bytes, never decoded: the fields [`CouchDoc`] puts
+/// first, then the body's entries (no body key begins with `_`).
+impl CouchPaged for StoredDoc {
+    fn write_couch(&self, id: &str, out: &mut Vec<u8>) -> truce::Result<()> {
+        let body = self.object_json(id)?;
+        out.extend_from_slice(b"{\"_id\":");
+        serde_json::to_writer(&mut *out, id).map_err(super::unencodable)?;
+        out.extend_from_slice(b",\"_rev\":\"");
+        out.extend_from_slice(self.meta().rev.text().as_str().as_bytes());
+        out.push(b'"');
+        if self.meta().deleted {
+            out.extend_from_slice(b",\"_deleted\":true");
+        }
+        let entries = &body[1..body.len() - 1];
+        if !entries.is_empty() {
+            out.push(b',');
+            out.extend_from_slice(entries);
+        }
+        out.push(b'}');
+        Ok(())
     }
 }
 
@@ -333,7 +369,7 @@ pub async fn changes(
             let (db, coll) = (state.db.clone(), coll.clone());
             // Whole pages: RxDB's CouchDB replication takes a short page for
             // the end of the feed, and goes on live from "now".
-            super::blocking(move || db.changes_whole(Some(&coll), since, limit, include_docs)).await?
+            super::blocking(move || db.changes_whole_stored(Some(&coll), since, limit, include_docs)).await?
         }
         "longpoll" => {
             let timeout = params
@@ -343,6 +379,7 @@ pub async fn changes(
             let mut sub = state
                 .db
                 .subscribe(Some(&coll), since, include_docs)?
+                .stored()
                 .page_limit(limit)?
                 .whole_pages();
             let standing = Standing::of(&state, &headers, Some(&coll));
@@ -364,7 +401,7 @@ pub async fn changes(
             true => 0,
             false => db.pending_changes(&coll, page.last_seq, PENDING_COUNTED_MAX)?,
         };
-        changes_answer(&page, pending).map_err(super::unencodable)
+        changes_answer(&page, pending)
     })
     .await?;
     Ok(super::json_bytes(answer))
@@ -372,7 +409,7 @@ pub async fn changes(
 
 /// `{"results": [{"seq", "id", "changes": [{"rev"}], "deleted", "doc"}],
 /// "last_seq", "pending"}` for `page`, as bytes.
-fn changes_answer(page: &truce::ChangesPage, pending: impl serde::Serialize) -> serde_json::Result<Vec<u8>> {
+fn changes_answer<D: CouchPaged>(page: &truce::ChangesPage<D>, pending: u64) -> truce::Result<Vec<u8>> {
     let mut out = Vec::with_capacity(128);
     out.extend_from_slice(b"{\"results\":[");
     for (i, c) in page.changes.iter().enumerate() {
@@ -380,9 +417,9 @@ fn changes_answer(page: &truce::ChangesPage, pending: impl serde::Serialize) -> 
             out.push(b',');
         }
         out.extend_from_slice(b"{\"seq\":");
-        serde_json::to_writer(&mut out, &c.seq)?;
+        out.extend_from_slice(c.seq.to_string().as_bytes());
         out.extend_from_slice(b",\"id\":");
-        serde_json::to_writer(&mut out, &c.id)?;
+        serde_json::to_writer(&mut out, &c.id).map_err(super::unencodable)?;
         out.extend_from_slice(b",\"changes\":[{\"rev\":\"");
         out.extend_from_slice(c.rev.text().as_str().as_bytes());
         out.extend_from_slice(b"\"}]");
@@ -391,14 +428,14 @@ fn changes_answer(page: &truce::ChangesPage, pending: impl serde::Serialize) -> 
         }
         if let Some(doc) = &c.doc {
             out.extend_from_slice(b",\"doc\":");
-            serde_json::to_writer(&mut out, &CouchDoc(doc))?;
+            doc.write_couch(&c.id, &mut out)?;
         }
         out.push(b'}');
     }
     out.extend_from_slice(b"],\"last_seq\":");
-    serde_json::to_writer(&mut out, &page.last_seq)?;
+    out.extend_from_slice(page.last_seq.to_string().as_bytes());
     out.extend_from_slice(b",\"pending\":");
-    serde_json::to_writer(&mut out, &pending)?;
+    out.extend_from_slice(pending.to_string().as_bytes());
     out.push(b'}');
     Ok(out)
 }
@@ -960,15 +997,19 @@ mod tests {
     /// it (`_id`, `_rev`, `_deleted` on a tombstone, the fields).
     #[test]
     fn a_changes_page_is_written_as_couch_shows_it() {
-        let doc = |deleted| Document {
-            id: "\"a\n".into(),
-            meta: truce::doc::Meta {
-                rev: truce::doc::Rev { version: 2, hash: 7 },
-                seq: 9,
-                ts_ms: 1,
-                deleted,
-            },
-            body: json!({"x": [1, "é"], "k\"": null}).as_object().cloned().unwrap(),
+        let doc = |deleted| {
+            let body = json!({"x": [1, "é"], "k\"": null}).as_object().cloned().unwrap();
+            let hash = truce::doc::content_hash(&truce::doc::canonical_bytes(&body), deleted);
+            Document {
+                id: "\"a\n".into(),
+                meta: truce::doc::Meta {
+                    rev: truce::doc::Rev { version: 2, hash },
+                    seq: 9,
+                    ts_ms: 1,
+                    deleted,
+                },
+                body,
+            }
         };
         let change = |d: Document| truce::Change {
             seq: 9,
@@ -984,15 +1025,43 @@ mod tests {
             from: None,
             memory: Default::default(),
         };
+        // Written from the documents as stored (what the feed reads), the
+        // same bytes as from their values, an empty body too.
+        let mut empty = doc(true);
+        empty.body.clear();
+        empty.meta.rev.hash = truce::doc::content_hash(b"{}", true);
+        let mut changes = page.changes.clone();
+        changes.push(change(empty));
+        let stored = truce::ChangesPage {
+            changes: crate::http::stored_changes(&changes),
+            last_seq: 9,
+            from: None,
+            memory: Default::default(),
+        };
+        let decoded = truce::ChangesPage {
+            changes,
+            ..page.clone()
+        };
+        assert_eq!(
+            String::from_utf8(changes_answer(&stored, 4).unwrap()).unwrap(),
+            String::from_utf8(changes_answer(&decoded, 4).unwrap()).unwrap()
+        );
+        let mut meta = doc(false).meta;
+        meta.rev.hash = truce::doc::content_hash(b"[1]", false);
+        let damaged = StoredDoc::read("a", truce::record::encode_document(&meta, b"[1]")).unwrap();
+        assert!(matches!(
+            damaged.write_couch("a", &mut Vec::new()),
+            Err(truce::Error::Storage(_))
+        ));
         let written: Value = serde_json::from_slice(&changes_answer(&page, 4).unwrap()).unwrap();
-        let rev = doc(false).rev().to_string();
+        let (rev, tombstone) = (doc(false).rev().to_string(), doc(true).rev().to_string());
         let live = json!({"_id": "\"a\n", "_rev": rev, "x": [1, "é"], "k\"": null});
-        let gone = json!({"_id": "\"a\n", "_rev": rev, "_deleted": true, "x": [1, "é"], "k\"": null});
+        let gone = json!({"_id": "\"a\n", "_rev": tombstone, "_deleted": true, "x": [1, "é"], "k\"": null});
         assert_eq!(
             written,
             json!({"results": [
                 {"seq": 9, "id": "\"a\n", "changes": [{"rev": rev}], "doc": live},
-                {"seq": 9, "id": "\"a\n", "changes": [{"rev": rev}], "deleted": true, "doc": gone}],
+                {"seq": 9, "id": "\"a\n", "changes": [{"rev": tombstone}], "deleted": true, "doc": gone}],
                 "last_seq": 9, "pending": 4})
         );
         assert_eq!(couch_doc(&doc(true)), gone);

@@ -18,6 +18,7 @@ use axum::http::{HeaderMap, HeaderName, header};
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 use truce::budget::{Budget, Taken};
+use truce::record::StoredDoc;
 use truce::{Expect, Origin, Rev};
 
 use super::AppState;
@@ -551,7 +552,7 @@ pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> 
 /// What a long-lived read's wait for its next page ended with.
 pub enum Waited {
     /// The page (or the engine's error).
-    Page(truce::Result<truce::ChangesPage>),
+    Page(truce::Result<truce::ChangesPage<StoredDoc>>),
     /// The caller's key may no longer read what was asked.
     Revoked,
     /// The server is shutting down: a long poll answers what it has (no
@@ -618,9 +619,9 @@ impl Standing {
     /// client asks again from there); 401 once the key may no longer read.
     pub async fn long_poll(
         &self,
-        sub: &mut truce::Subscription,
+        sub: &mut truce::Subscription<StoredDoc>,
         timeout: Duration,
-    ) -> Result<truce::ChangesPage, ApiError> {
+    ) -> Result<truce::ChangesPage<StoredDoc>, ApiError> {
         match tokio::time::timeout(timeout, self.next_page(sub)).await {
             Ok(Waited::Revoked) => Err(ApiError::Unauthorized(
                 "the key was revoked while the request waited",
@@ -638,7 +639,7 @@ impl Standing {
     /// The subscription's next page, if the caller still may read it
     /// (checked whenever the server reloads its keys while the page is
     /// awaited, and before a page goes out) and the server is not stopping.
-    pub async fn next_page(&self, sub: &mut truce::Subscription) -> Waited {
+    pub async fn next_page(&self, sub: &mut truce::Subscription<StoredDoc>) -> Waited {
         let mut reloads = self.state.keys.reloads();
         // The count is copied out before the key is checked: the channel's
         // read guard, held across `holds_after`, would deadlock a reload
@@ -675,8 +676,8 @@ impl Standing {
 /// timeout still ends the wait, and a stream is not ended for it).
 pub async fn next_with_room(
     pages: &truce::budget::Budget,
-    sub: &mut truce::Subscription,
-) -> truce::Result<truce::ChangesPage> {
+    sub: &mut truce::Subscription<StoredDoc>,
+) -> truce::Result<truce::ChangesPage<StoredDoc>> {
     loop {
         let given = pages.given();
         // A clone reads, and takes this one's place once it has: dropped
@@ -845,9 +846,9 @@ mod tests {
             c.put(id, body, truce::Expect::Absent).unwrap().unwrap();
         }
         let held = db.changes_after("c", None, None, 1).unwrap();
-        let mut sub = db.subscribe(Some("c"), 1, true).unwrap();
+        let mut sub = db.subscribe(Some("c"), 1, true).unwrap().stored();
         assert!(matches!(sub.next().await, Err(truce::Error::PagesOverBudget)));
-        let mut sub = db.subscribe(Some("c"), 1, true).unwrap();
+        let mut sub = db.subscribe(Some("c"), 1, true).unwrap().stored();
         let pages = Arc::clone(db.page_memory());
         let reader = tokio::spawn(async move { next_with_room(&pages, &mut sub).await });
         tokio::time::sleep(Duration::from_millis(5 * PAGES_OVER_BUDGET_RETRY_MS)).await;

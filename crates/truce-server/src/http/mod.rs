@@ -138,6 +138,36 @@ pub(crate) fn unencodable(e: serde_json::Error) -> truce::Error {
     truce::Error::Unavailable(format!("cannot encode the answer: {e}"))
 }
 
+/// An event's data from an answer's bytes, which hold UTF-8 unless a
+/// stored document's record was damaged (its bytes are copied, not decoded).
+pub(crate) fn event_text(data: Vec<u8>) -> truce::Result<String> {
+    String::from_utf8(data).map_err(|_| {
+        truce::Error::Storage(truce::storage::StorageError::Corrupt(
+            "a stored document is not UTF-8".into(),
+        ))
+    })
+}
+
+/// `page` with each document as stored, as the feeds read them
+/// (`changes_from_stored`, `changes_after_stored`): for tests that hold what
+/// is written from the bytes equal to what is written from the values.
+#[cfg(test)]
+pub(crate) fn stored_changes(page: &[truce::Change]) -> Vec<truce::Change<truce::record::StoredDoc>> {
+    page.iter()
+        .map(|c| truce::Change {
+            seq: c.seq,
+            collection: c.collection.clone(),
+            id: c.id.clone(),
+            rev: c.rev,
+            deleted: c.deleted,
+            doc: c.doc.as_ref().map(|d| {
+                let record = truce::record::encode_document(&d.meta, &truce::doc::canonical_bytes(&d.body));
+                truce::record::StoredDoc::read(&c.id, record).unwrap()
+            }),
+        })
+        .collect()
+}
+
 async fn no_route(uri: Uri) -> Response {
     if uri.path().starts_with("/couch/") {
         // CouchDB's clients read `reason`, as on every other /couch answer.

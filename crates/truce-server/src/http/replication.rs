@@ -17,6 +17,7 @@ use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, Stream, StreamExt};
 use serde_json::{Map, Value, json};
+use truce::record::StoredDoc;
 use truce::{Change, Document, Expect, TxFailure, TxOp};
 
 use super::AppState;
@@ -120,7 +121,7 @@ impl PulledDoc for Document {
 /// the fields [`RxDoc`] adds. An entry under the client's primary-key field
 /// is left out when it holds the id (the id is written under it, as for a
 /// decoded body), and refuses the document otherwise.
-impl PulledDoc for truce::record::StoredDoc {
+impl PulledDoc for StoredDoc {
     fn write_pulled(&self, id: &str, shape: &Shape, out: &mut Vec<u8>) -> Result<(), ApiError> {
         let body = self.object_json(id).map_err(truce::Error::from)?;
         let inner = 1..body.len() - 1;
@@ -800,14 +801,17 @@ pub async fn pull_stream(
     // gives out is after its start, so a `_pull` from one of them is checked
     // by its position alone, however early the client's history began.
     let now = state.db.durable_seq();
-    let sub = state.db.subscribe_from(Some(&coll), now, Some(now), true)?;
+    let sub = state
+        .db
+        .subscribe_from(Some(&coll), now, Some(now), true)?
+        .stored();
     Ok(super::event_stream(stream_events(sub, shape, standing), place))
 }
 
 /// One event per commit batch, until the engine fails or the caller's key may
 /// no longer read the collection (`Standing`).
 fn stream_events(
-    sub: truce::Subscription,
+    sub: truce::Subscription<StoredDoc>,
     shape: Shape,
     standing: Standing,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
@@ -822,11 +826,11 @@ fn stream_events(
                 Waited::Page(Err(e)) => return Some((Ok(error_event(json!({"error": e.code()}))), None)),
                 Waited::Revoked | Waited::Stopping => return None,
             };
-            match shape.pull_answer(&page.changes, page.from, &Value::Null) {
-                Ok(data) => {
-                    let data = String::from_utf8(data).expect("serde_json writes UTF-8");
-                    Some((Ok(Event::default().data(data)), Some(sub)))
-                }
+            let data = shape
+                .pull_answer(&page.changes, page.from, &Value::Null)
+                .and_then(|data| Ok(super::event_text(data)?));
+            match data {
+                Ok(data) => Some((Ok(Event::default().data(data)), Some(sub))),
                 Err(refused) => Some((Ok(error_event(refused.status_and_body().1)), None)),
             }
         }
@@ -837,6 +841,7 @@ fn stream_events(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::stored_changes as stored;
 
     fn doc(id: &str, body: Value, deleted: bool) -> Document {
         let body = body.as_object().cloned().unwrap_or_default();
@@ -908,24 +913,6 @@ mod tests {
             }
         }
         assert_eq!((answered, refused), (44, 4));
-    }
-
-    /// `page` with each document as stored (`changes_after_stored`).
-    fn stored(page: &[Change]) -> Vec<Change<truce::record::StoredDoc>> {
-        page.iter()
-            .map(|c| {
-                let d = c.doc.as_ref().unwrap();
-                let record = truce::record::encode_document(&d.meta, &truce::doc::canonical_bytes(&d.body));
-                Change {
-                    seq: c.seq,
-                    collection: c.collection.clone(),
-                    id: c.id.clone(),
-                    rev: c.rev,
-                    deleted: c.deleted,
-                    doc: Some(truce::record::StoredDoc::read(&c.id, record).unwrap()),
-                }
-            })
-            .collect()
     }
 
     /// A document as RxDB sees it, the same in a pull's bytes and a push

@@ -11,7 +11,7 @@ use std::sync::{Arc, RwLock, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::doc;
+use crate::doc::{self, Document};
 use crate::error::{Error, Result};
 use crate::index::{IndexDef, IndexState};
 use crate::limits::{
@@ -19,6 +19,7 @@ use crate::limits::{
     COMMIT_QUEUE_REQUESTS_MAX, HOT_SPOTS_TRACKED_DEFAULT, IDEMPOTENCY_RETENTION_MS_DEFAULT,
     MIN_FREE_DISK_BYTES_DEFAULT, PAGE_MEMORY_BYTES_DEFAULT,
 };
+use crate::record::StoredDoc;
 use crate::storage::{Durability, FjallOptions, FjallStorage, Storage};
 
 mod backup;
@@ -627,15 +628,49 @@ impl Db {
         self.changes_within(collection, (since, None), limit, include_docs, read::Page::WHOLE)
     }
 
+    /// [`changes_from`](Self::changes_from) with each document as stored,
+    /// verified but not decoded, as
+    /// [`changes_after_stored`](Self::changes_after_stored) reads them: for a
+    /// reader that copies their JSON into an answer. Each counts its stored
+    /// bytes against the page's limits.
+    pub fn changes_from_stored(
+        &self,
+        collection: Option<&str>,
+        since: u64,
+        from: Option<u64>,
+        limit: usize,
+        include_docs: bool,
+    ) -> Result<ChangesPage<StoredDoc>> {
+        self.changes_within(
+            collection,
+            (since, from),
+            limit,
+            include_docs,
+            crate::limits::PAGE_BYTES_MAX,
+        )
+    }
+
+    /// [`changes_whole`](Self::changes_whole) with each document as stored,
+    /// as [`changes_from_stored`](Self::changes_from_stored) reads them.
+    pub fn changes_whole_stored(
+        &self,
+        collection: Option<&str>,
+        since: u64,
+        limit: usize,
+        include_docs: bool,
+    ) -> Result<ChangesPage<StoredDoc>> {
+        self.changes_within(collection, (since, None), limit, include_docs, read::Page::WHOLE)
+    }
+
     /// A page after `since` for a reader whose history began at `from`.
-    fn changes_within(
+    fn changes_within<D: read::PageDoc>(
         &self,
         collection: Option<&str>,
         (since, from): (u64, Option<u64>),
         limit: usize,
         include_docs: bool,
         bytes_max: usize,
-    ) -> Result<ChangesPage> {
+    ) -> Result<ChangesPage<D>> {
         if let Some(c) = collection {
             doc::validate_collection_name(c)?;
         }
@@ -722,7 +757,7 @@ impl Db {
         after: Option<(u64, &str)>,
         from: Option<u64>,
         limit: usize,
-    ) -> Result<CheckpointPage<crate::record::StoredDoc>> {
+    ) -> Result<CheckpointPage<StoredDoc>> {
         self.changes_after_as(collection, after, from, limit)
     }
 
@@ -793,6 +828,7 @@ impl Db {
             include_docs,
             page: SUBSCRIPTION_PAGE,
             page_bytes: crate::limits::PAGE_BYTES_MAX,
+            held: std::marker::PhantomData,
         })
     }
 
@@ -1032,9 +1068,9 @@ fn check_position(since: u64, head: u64) -> Result<()> {
 
 /// A live change feed. Each call returns the next changes after the last ones it
 /// returned; a commit is never split or repeated. A clone goes on from where
-/// this one stands, on its own.
-#[derive(Clone)]
-pub struct Subscription {
+/// this one stands, on its own. Its pages hold their documents decoded, or
+/// as stored once it is [`stored`](Self::stored).
+pub struct Subscription<D = Document> {
     db: Db,
     collection: Option<String>,
     since: u64,
@@ -1044,16 +1080,47 @@ pub struct Subscription {
     page: usize,
     /// Bytes of documents past which a page ends, as in [`Db::changes`].
     page_bytes: usize,
+    /// How its pages hold their documents.
+    held: std::marker::PhantomData<fn() -> D>,
+}
+
+// By hand: a derive would ask `D: Clone`, which nothing here holds.
+impl<D> Clone for Subscription<D> {
+    fn clone(&self) -> Self {
+        Subscription {
+            db: self.db.clone(),
+            collection: self.collection.clone(),
+            held: std::marker::PhantomData,
+            ..*self
+        }
+    }
 }
 
 /// Changes per page of a subscription unless [`Subscription::page_limit`] says.
 const SUBSCRIPTION_PAGE: usize = 1000;
 
-impl Subscription {
+impl Subscription<Document> {
+    /// The same subscription, its pages holding each document as stored,
+    /// verified but not decoded, as [`Db::changes_from_stored`] reads them.
+    pub fn stored(self) -> Subscription<StoredDoc> {
+        Subscription {
+            db: self.db,
+            collection: self.collection,
+            since: self.since,
+            from: self.from,
+            include_docs: self.include_docs,
+            page: self.page,
+            page_bytes: self.page_bytes,
+            held: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<D: read::PageDoc> Subscription<D> {
     /// At most `limit` changes per page, as [`Db::changes`]'s `limit` (1 to
     /// [`CHANGES_LIMIT_MAX`](crate::limits::CHANGES_LIMIT_MAX); a commit is
     /// never split).
-    pub fn page_limit(mut self, limit: usize) -> Result<Subscription> {
+    pub fn page_limit(mut self, limit: usize) -> Result<Subscription<D>> {
         read::check_changes_limit(limit)?;
         self.page = limit;
         Ok(self)
@@ -1061,7 +1128,7 @@ impl Subscription {
 
     /// Pages bounded by their limit alone, as [`Db::changes_whole`]'s (and
     /// refused as they are).
-    pub fn whole_pages(mut self) -> Subscription {
+    pub fn whole_pages(mut self) -> Subscription<D> {
         self.page_bytes = read::Page::WHOLE;
         self
     }
@@ -1081,7 +1148,7 @@ impl Subscription {
     /// runtime's thread that others share runs it on a blocking one (a
     /// clone, [`poll`](Self::poll)ed there, then put back), and waits with
     /// [`changed`](Self::changed).
-    pub fn poll(&mut self) -> Result<ChangesPage> {
+    pub fn poll(&mut self) -> Result<ChangesPage<D>> {
         let page = self.db.changes_within(
             self.collection.as_deref(),
             (self.since, self.from),
@@ -1106,7 +1173,7 @@ impl Subscription {
 
     /// The next changes, waiting up to `timeout` for some; an empty page when
     /// none came.
-    pub fn next_timeout(&mut self, timeout: Duration) -> Result<ChangesPage> {
+    pub fn next_timeout(&mut self, timeout: Duration) -> Result<ChangesPage<D>> {
         let deadline = Instant::now() + timeout;
         loop {
             let page = self.poll()?;
@@ -1125,7 +1192,7 @@ impl Subscription {
     }
 
     /// The next changes, waiting (asynchronously) until there are some.
-    pub async fn next(&mut self) -> Result<ChangesPage> {
+    pub async fn next(&mut self) -> Result<ChangesPage<D>> {
         loop {
             let page = self.poll()?;
             if !page.changes.is_empty() {

@@ -217,11 +217,12 @@ pub struct Change<D = Document> {
     pub doc: Option<D>,
 }
 
-/// A page of the change feed.
+/// A page of the change feed, its documents decoded (`Document`) or as
+/// stored (`StoredDoc`, [`PageDoc`]).
 #[derive(Clone, Debug, PartialEq)]
-pub struct ChangesPage {
+pub struct ChangesPage<D = Document> {
     /// Changes in commit order; a commit is never split across pages.
-    pub changes: Vec<Change>,
+    pub changes: Vec<Change<D>>,
     /// Pass this as `since` to continue exactly after this page.
     pub last_seq: u64,
     /// Where the reader's history began, to pass back with `last_seq`
@@ -282,13 +283,13 @@ pub fn whole_page_holds(bytes: usize) -> Result<()> {
 /// collection or of all, as many as `page` holds and `pages` has room for:
 /// a page that may end early ends with the last commit that fits, one that
 /// may not (or that no commit fits) is [`Error::PagesOverBudget`].
-pub fn read_changes(
+pub fn read_changes<D: PageDoc>(
     view: &dyn StorageRead,
     (collections, since, upto): (Vec<String>, u64, u64),
     page: Page,
     include_docs: bool,
     pages: &std::sync::Arc<Budget>,
-) -> Result<ChangesPage> {
+) -> Result<ChangesPage<D>> {
     let Page { limit, bytes_max } = page;
     check_changes_limit(limit)?;
     if since >= upto {
@@ -317,14 +318,14 @@ pub fn read_changes(
         }
         cursors.push(cursor);
     }
-    let mut changes: Vec<Change> = Vec::new();
+    let mut changes: Vec<Change<D>> = Vec::new();
     // The documents' bytes, when they are sent.
     let mut bytes = 0;
     let mut taken = Taken::new(pages);
     // Where the last commit's changes begin in the page, and what the
     // page held before them.
     let mut commit_start = (0, 0);
-    let full = |changes: &Vec<Change>, bytes: usize| changes.len() >= limit || bytes >= bytes_max;
+    let full = |changes: &Vec<Change<D>>, bytes: usize| changes.len() >= limit || bytes >= bytes_max;
     let mut last_seq = upto;
     let mut cut = false;
     while let Some(Reverse((seq, coll, id, at))) = heads.pop() {

@@ -308,27 +308,40 @@ fn the_feed_of_every_collection_pages_through_the_model_at_any_limit() {
                         .filter(|(_, c, _)| collection.is_none_or(|name| name == c))
                         .cloned()
                         .collect();
-                    // Without documents; and with them, beside a holder of
-                    // the pages' memory (never alone, so each page ends
-                    // where its room does, with a whole commit).
-                    for include_docs in [false, true] {
+                    // Without documents; and with them, decoded or as
+                    // stored, beside a holder of the pages' memory (never
+                    // alone, so each page ends where its room does, with a
+                    // whole commit).
+                    for (include_docs, stored) in [(false, false), (true, false), (true, true)] {
                         let mut beside = truce::budget::Taken::new(db.page_memory());
                         prop_assert!(!include_docs || beside.take(1));
                         let mut got = Vec::new();
                         let mut since = 0;
                         loop {
-                            let page = db.changes(collection, since, limit, include_docs).unwrap();
-                            if page.changes.is_empty() {
+                            fn key<D>(c: truce::Change<D>) -> (u64, String, String) {
+                                (c.seq, c.collection, c.id)
+                            }
+                            let (changes, last_seq): (Vec<(u64, String, String)>, u64) = if stored {
+                                let page = db
+                                    .changes_from_stored(collection, since, None, limit, include_docs)
+                                    .unwrap();
+                                prop_assert!(page.changes.iter().all(|c| c.doc.is_some()));
+                                (page.changes.into_iter().map(key).collect(), page.last_seq)
+                            } else {
+                                let page = db.changes(collection, since, limit, include_docs).unwrap();
+                                (page.changes.into_iter().map(key).collect(), page.last_seq)
+                            };
+                            if changes.is_empty() {
                                 break;
                             }
-                            let seqs: Vec<u64> = page.changes.iter().map(|c| c.seq).collect();
+                            let seqs: Vec<u64> = changes.iter().map(|c| c.0).collect();
                             let last = *seqs.last().unwrap();
-                            prop_assert!(page.last_seq >= last, "a page's last_seq covers its changes");
+                            prop_assert!(last_seq >= last, "a page's last_seq covers its changes");
                             if seqs.len() >= limit {
-                                prop_assert_eq!(page.last_seq, last, "a full page ends at its last commit");
+                                prop_assert_eq!(last_seq, last, "a full page ends at its last commit");
                             }
                             prop_assert!(
-                                page.last_seq == last || page.last_seq == db.durable_seq(),
+                                last_seq == last || last_seq == db.durable_seq(),
                                 "a page ends at its last commit, or at the end of the feed"
                             );
                             prop_assert!(
@@ -337,16 +350,17 @@ fn the_feed_of_every_collection_pages_through_the_model_at_any_limit() {
                                 limit,
                                 seqs
                             );
-                            got.extend(page.changes.into_iter().map(|c| (c.seq, c.collection, c.id)));
-                            since = page.last_seq;
+                            got.extend(changes);
+                            since = last_seq;
                         }
                         prop_assert_eq!(
                             &got,
                             &want,
-                            "collection {:?}, limit {}, documents {}",
+                            "collection {:?}, limit {}, documents {}, stored {}",
                             collection,
                             limit,
-                            include_docs
+                            include_docs,
+                            stored
                         );
                     }
                     // The replication path pages the same by `(seq, id)` checkpoints.
@@ -547,6 +561,15 @@ fn pages_count_what_documents_take_decoded() {
         assert_eq!(doc.meta(), &decoded.doc.as_ref().unwrap().meta);
         assert_eq!(&doc.decode(&stored.id).unwrap(), decoded.doc.as_ref().unwrap());
     }
+    // So do the change feed's pages read as stored, and a subscription's.
+    let feed = db
+        .changes_from_stored(Some("nums"), 0, None, 10_000, true)
+        .unwrap();
+    assert_eq!(feed.changes.len(), count);
+    let whole = db.changes_whole_stored(Some("nums"), 0, 10_000, true).unwrap();
+    assert_eq!(whole.changes.len(), count);
+    let mut sub = db.subscribe(Some("nums"), 0, true).unwrap().stored();
+    assert_eq!(sub.poll().unwrap().changes.len(), count);
 }
 
 /// The pages being read share `Options::page_memory_bytes`. Beside a page
