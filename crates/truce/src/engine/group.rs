@@ -358,6 +358,12 @@ impl<'a> Group<'a> {
                 if old_entry != new_entry {
                     index_writes.extend(old_entry.map(|old| (old, None)));
                     index_writes.extend(new_entry.map(|new| (new, Some(id.as_bytes().to_vec()))));
+                } else if let Some(entry) = new_entry {
+                    // The entry stays, but what it points to changed: a
+                    // transaction that read the index over it (and was
+                    // given the document, or filtered it out) read the old
+                    // state, as surely as a read of the document itself.
+                    written.push((Space::Index, entry));
                 }
             }
             for (entry, value) in index_writes {

@@ -236,6 +236,84 @@ fn a_phantom_insert_into_a_read_range_conflicts() {
     );
 }
 
+/// A transaction that read documents through an index depends on them, not
+/// only on the index's entries: a commit that changes one of them without
+/// moving its entry (its indexed fields unchanged) fails the transaction,
+/// whether it writes that document (a lost update otherwise) or another
+/// one from what it read. A change outside the range read does not.
+#[test]
+fn documents_read_through_an_index_conflict_when_they_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_tx_db(dir.path());
+    let accounts = db.collection("accounts").unwrap();
+    accounts
+        .create_index(
+            "by_owner",
+            IndexSpec {
+                fields: vec!["owner".into()],
+                unique: false,
+            },
+        )
+        .unwrap();
+    crate::indexes::wait_ready(&accounts, "by_owner");
+    for (id, owner) in [("a", "alice"), ("b", "alice"), ("c", "carol")] {
+        accounts
+            .put(id, json!({"owner": owner, "balance": 100}), Expect::Absent)
+            .unwrap()
+            .unwrap();
+    }
+    let alices = Query {
+        index: Some("by_owner".into()),
+        eq: vec![json!("alice")],
+        ..Query::default()
+    };
+    let debit = || update(json!({"$inc": {"balance": -50}}));
+    // Read-modify-write of a document found by the query.
+    let mut tx = db.begin().unwrap();
+    let found = tx.query("accounts", &alices).unwrap().docs;
+    assert_eq!(found.len(), 2);
+    accounts.patch("a", debit(), Expect::Any).unwrap().unwrap();
+    tx.put(
+        "accounts",
+        "a",
+        json!({"owner": "alice", "balance": 70}),
+        Expect::Any,
+    )
+    .unwrap();
+    match tx.commit().unwrap() {
+        Err(TxFailure::ReadConflict { what, .. }) => assert_eq!(what, "index by_owner range"),
+        other => panic!("expected a read conflict, got {other:?}"),
+    }
+    assert_eq!(
+        accounts.get("a").unwrap().unwrap().body["balance"],
+        50,
+        "nothing lost"
+    );
+    // A write elsewhere, made from what was read.
+    let mut tx = db.begin().unwrap();
+    let total: i64 = tx
+        .query("accounts", &alices)
+        .unwrap()
+        .docs
+        .iter()
+        .map(|d| d.body["balance"].as_i64().unwrap())
+        .sum();
+    accounts.patch("b", debit(), Expect::Any).unwrap().unwrap();
+    tx.put("accounts", "total", json!({"alice": total}), Expect::Any)
+        .unwrap();
+    assert!(matches!(
+        tx.commit().unwrap(),
+        Err(TxFailure::ReadConflict { .. })
+    ));
+    // A change outside the range read is no conflict.
+    let mut tx = db.begin().unwrap();
+    tx.query("accounts", &alices).unwrap();
+    accounts.patch("c", debit(), Expect::Any).unwrap().unwrap();
+    tx.put("accounts", "total", json!({"alice": 100}), Expect::Any)
+        .unwrap();
+    assert!(tx.commit().unwrap().is_ok());
+}
+
 #[test]
 fn reading_an_absent_document_counts() {
     let dir = tempfile::tempdir().unwrap();
