@@ -550,7 +550,7 @@ impl Committer {
                         // every other answer.
                         let mut own = self.events.split_off(mark);
                         self.shared.insights.absorb(&mut own, 0, 0, None);
-                        drop(reply.send(outcome));
+                        drop(reply.send(as_of_durable(outcome, self.last_seq)));
                         settled_early += 1;
                         continue;
                     }
@@ -1830,6 +1830,19 @@ fn settled(commit: &Commit, outcome: &Result<TxOutcome>, durable_seq: u64) -> bo
             .all(|c| c.conflict.current_meta().is_some_and(|(_, meta)| durable(meta))),
         _ => false,
     }
+}
+
+/// A [`settled`] answer, which read only durable state, as of the last
+/// durable commit: a commit that writes nothing takes the group's sequence
+/// so far, which may be an earlier commit of the same group, not durable
+/// yet when this answer goes out (and never, if its fsync fails).
+fn as_of_durable(outcome: Result<TxOutcome>, durable_seq: u64) -> Result<TxOutcome> {
+    outcome.map(|answer| {
+        answer.map(|mut committed| {
+            committed.seq = committed.seq.min(durable_seq);
+            committed
+        })
+    })
 }
 
 /// Whether writers see `doc` as past its TTL: live, with an expired TTL field.

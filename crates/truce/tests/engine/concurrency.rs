@@ -222,8 +222,27 @@ fn answers_from_durable_state_do_not_wait_for_the_group_fsync() {
         });
         let write = c.submit_put("b", json!({}), Expect::Any).unwrap();
         let same = c.submit_put("beat", json!({"tab": "open"}), Expect::Any).unwrap();
+        // A batch that writes nothing, answered early behind that write in
+        // its group, gives a position that is durable already.
+        let check = db
+            .submit_batch(
+                vec![truce::TxOp::Check {
+                    collection: "c".into(),
+                    id: "beat".into(),
+                    expect: Expect::Exists,
+                }],
+                None,
+            )
+            .unwrap();
         assert!(first.wait().unwrap().is_ok());
         assert!(same.wait().unwrap().unwrap().noop());
+        let checked = check.wait().unwrap().unwrap();
+        assert!(
+            checked.seq <= db.durable_seq(),
+            "a check answered early at {} with {} durable",
+            checked.seq,
+            db.durable_seq()
+        );
         let early = started.elapsed();
         let written = write.wait();
         let late = started.elapsed();
