@@ -379,11 +379,7 @@ impl Collection {
 
     /// Whether `doc` has expired under the collection's TTL but is not yet swept.
     fn expired(&self, doc: &Document) -> bool {
-        let configs = self.db.shared().configs.read().unwrap_or_else(|p| p.into_inner());
-        configs
-            .get(&*self.name)
-            .and_then(|c| c.ttl.as_ref())
-            .is_some_and(|ttl| super::committer::is_expired(&doc.body, ttl, super::committer::now_ms()))
+        expired_now(self.db.shared(), &self.name, doc)
     }
 
     /// Live and deleted documents of the collection, counted on one durable
@@ -424,6 +420,16 @@ impl Collection {
         page.docs.retain(|d| !self.expired(d));
         Ok(page)
     }
+}
+
+/// Whether `doc` of `collection` is past the collection's TTL now: gone
+/// for readers (`Collection::get`, `query`, a transaction's reads).
+pub(crate) fn expired_now(shared: &super::committer::Shared, collection: &str, doc: &Document) -> bool {
+    let configs = shared.configs.read().unwrap_or_else(|p| p.into_inner());
+    configs
+        .get(collection)
+        .and_then(|c| c.ttl.as_ref())
+        .is_some_and(|ttl| super::committer::is_expired(&doc.body, ttl, super::committer::now_ms()))
 }
 
 #[cfg(test)]

@@ -13,16 +13,16 @@ use crate::error::{Error, Result};
 use crate::index::query::{Query, QueryPage};
 use crate::limits::{TX_LIFETIME_MS_MAX, TX_OPS_MAX};
 use crate::storage::{Space, StorageRead};
-use crate::update::{Update, Work};
+use crate::update::{OnFalse, Update, Work};
 
 use super::Db;
 use super::committer::{now_ms, read_document};
 use super::evaluate::WriteOp;
 use super::insights::Origin;
-use super::outcome::Expect;
+use super::outcome::{Conflict, ConflictReason, Expect};
 use super::read::{durable_snapshot, run_query};
 use super::readset::ReadSet;
-use super::tx::{self, Commit, PreparedOp, TxCommitted, TxOp, TxOutcome};
+use super::tx::{self, Commit, OpConflict, PreparedOp, TxCommitted, TxFailure, TxOp, TxOutcome};
 
 /// A transaction in progress. Build it with [`Db::transaction`] (retried) or
 /// [`Db::begin`] (one attempt).
@@ -35,6 +35,12 @@ pub struct Transaction {
     ops: Vec<PreparedOp>,
     by_key: HashMap<Vec<u8>, usize>,
     origin: Origin,
+    /// Ops already known to fail: a conditional patch (`$if`, failing with
+    /// a conflict) of a document this transaction writes twice, its
+    /// condition judged on what the transaction read when the writes were
+    /// folded into one. The commit fails with them, as the committer would
+    /// have failed it.
+    refused: Vec<OpConflict>,
 }
 
 impl Transaction {
@@ -49,6 +55,7 @@ impl Transaction {
             ops: Vec::new(),
             by_key: HashMap::new(),
             origin: Origin::default(),
+            refused: Vec::new(),
         })
     }
 
@@ -68,10 +75,13 @@ impl Transaction {
         self.snapshot_seq
     }
 
-    /// Reads the snapshot's state of a document and records the read.
-    fn read_snapshot(&mut self, key: &[u8], id: &str) -> Result<Option<Document>> {
+    /// Reads the snapshot's live state of a document of `collection` and
+    /// records the read: none when deleted or past the collection's TTL, as
+    /// [`Collection::get`](crate::Collection::get) and the committer see it.
+    fn read_snapshot(&mut self, collection: &str, key: &[u8], id: &str) -> Result<Option<Document>> {
         self.reads.add_point(Space::Documents, key.to_vec())?;
-        Ok(read_document(&*self.view, key, id)?.filter(|d| !d.is_deleted()))
+        Ok(read_document(&*self.view, key, id)?
+            .filter(|d| !d.is_deleted() && !super::collection::expired_now(self.db.shared(), collection, d)))
     }
 
     /// The live document `id` of `collection` as this transaction sees it: its own
@@ -82,19 +92,22 @@ impl Transaction {
         doc::validate_id(id)?;
         let key = tx::doc_key(collection, id);
         let Some(&index) = self.by_key.get(&key) else {
-            return self.read_snapshot(&key, id);
+            return self.read_snapshot(collection, &key, id);
         };
-        let base = match &self.ops[index].write {
+        let update = match &self.ops[index].write {
             Some(WriteOp::Put { body, .. }) => return Ok(Some(self.own(id, body.clone()))),
             Some(WriteOp::Delete) => return Ok(None),
-            Some(WriteOp::Patch(update)) => {
-                let update = Arc::clone(update);
-                let base = self.read_snapshot(&key, id)?;
-                patched(&update, base.as_ref().map(|d| &d.body))?
-            }
-            None => return self.read_snapshot(&key, id),
+            Some(WriteOp::Patch(update)) => Arc::clone(update),
+            None => return self.read_snapshot(collection, &key, id),
         };
-        Ok(base.map(|body| self.own(id, body)))
+        let base = self.read_snapshot(collection, &key, id)?;
+        Ok(match patched(&update, base.as_ref())? {
+            Patched::Body(body) => Some(self.own(id, body)),
+            // The document as it stands: the patch leaves it so, or fails
+            // the commit.
+            Patched::Unchanged | Patched::Refused => base,
+            Patched::Absent => None,
+        })
     }
 
     /// A document showing this transaction's own write.
@@ -114,7 +127,11 @@ impl Transaction {
     }
 
     /// Queues a write. A document written twice keeps the first write's
-    /// precondition and ends as the last write left it.
+    /// precondition and ends as the writes in their order leave it: they are
+    /// folded into one on what this transaction reads of it (so the commit
+    /// checks that read), a patch's `$if` judged there (skipped, or failing
+    /// the commit with `condition_failed`), and a write over anything then
+    /// a delete ending with the document absent.
     fn write(&mut self, op: TxOp) -> Result<()> {
         let prepared = PreparedOp::prepare(op)?;
         let Some(&index) = self.by_key.get(&prepared.key) else {
@@ -128,16 +145,24 @@ impl Transaction {
             self.ops.push(prepared);
             return Ok(());
         };
+        // The write it folds into must hold first: a conditional patch
+        // that fails with a conflict fails the commit, whatever follows it.
+        self.judge_condition(index)?;
+        let (collection, id) = (prepared.collection.clone(), prepared.id.clone());
         let folded = match prepared.write {
             Some(WriteOp::Patch(update)) => {
-                let id = prepared.id.clone();
-                let current = self.get(&prepared.collection, &id)?;
-                match patched(&update, current.as_ref().map(|d| &d.body))? {
-                    Some(body) => put_op(body)?,
-                    None => {
+                let current = self.get(&collection, &id)?;
+                match patched(&update, current.as_ref())? {
+                    Patched::Body(body) => put_op(body)?,
+                    // Skipped: what the earlier writes leave stands.
+                    Patched::Unchanged => return Ok(()),
+                    Patched::Refused => {
+                        self.refuse(index, ConflictReason::ConditionFailed, current);
+                        return Ok(());
+                    }
+                    Patched::Absent => {
                         return Err(Error::InvalidTransaction(format!(
-                            "patch of {}/{id}, which this transaction deleted or never saw, without $upsert",
-                            prepared.collection
+                            "patch of {collection}/{id}, which this transaction deleted or never saw, without $upsert"
                         )));
                     }
                 }
@@ -145,10 +170,62 @@ impl Transaction {
             // Created and deleted within the transaction: nothing to write, but
             // the creation's "must be absent" still has to hold.
             Some(WriteOp::Delete) if self.ops[index].expect == Expect::Absent => None,
+            // Written (put, or patched with or without `$upsert`) over
+            // whatever was there, then deleted: the document ends absent.
+            // A delete is `not_found` where the snapshot has none, so there
+            // the commit writes nothing (the read makes it check that no
+            // one created the document since).
+            Some(WriteOp::Delete)
+                if self.ops[index].expect == Expect::Any
+                    && matches!(
+                        self.ops[index].write,
+                        Some(WriteOp::Put { .. } | WriteOp::Patch(_))
+                    ) =>
+            {
+                let key = prepared.key.clone();
+                self.read_snapshot(&collection, &key, &id)?
+                    .map(|_| WriteOp::Delete)
+            }
             other => other,
         };
         self.ops[index].write = folded;
         Ok(())
+    }
+
+    /// When op `index` is a patch whose `$if` fails with a conflict on the
+    /// state this transaction reads, the commit fails with it: what the op
+    /// is folded with next must not drop the condition.
+    fn judge_condition(&mut self, index: usize) -> Result<()> {
+        let Some(WriteOp::Patch(update)) = &self.ops[index].write else {
+            return Ok(());
+        };
+        if update.condition().is_none() || update.on_false() != OnFalse::Conflict {
+            return Ok(());
+        }
+        let update = Arc::clone(update);
+        let (collection, key, id) = {
+            let op = &self.ops[index];
+            (op.collection.clone(), op.key.clone(), op.id.clone())
+        };
+        let base = self.read_snapshot(&collection, &key, &id)?;
+        if let Patched::Refused = patched(&update, base.as_ref())? {
+            self.refuse(index, ConflictReason::ConditionFailed, base);
+            // Judged: what follows folds into a patch that does nothing.
+            self.ops[index].write = None;
+        }
+        Ok(())
+    }
+
+    /// Op `index` fails the commit for `reason`, `current` being the
+    /// document as this transaction sees it.
+    fn refuse(&mut self, index: usize, reason: ConflictReason, current: Option<Document>) {
+        let op = &self.ops[index];
+        self.refused.push(OpConflict {
+            index,
+            collection: op.collection.to_string(),
+            id: op.id.clone(),
+            conflict: Conflict::new(reason, current.map(Arc::new)),
+        });
     }
 
     /// Queues a full-content write.
@@ -200,13 +277,19 @@ impl Transaction {
             query,
         )?;
         self.reads.add_range(read.space, read.consumed)?;
-        Ok(read.page)
+        let mut page = read.page;
+        page.docs
+            .retain(|d| !super::collection::expired_now(self.db.shared(), collection, d));
+        Ok(page)
     }
 
     /// Commits: validated against everything committed since the snapshot, then
     /// all writes apply atomically, or none does. A transaction that wrote nothing
     /// never conflicts.
     pub fn commit(self) -> Result<TxOutcome> {
+        if !self.refused.is_empty() {
+            return Ok(Err(TxFailure::Conflicts(self.refused)));
+        }
         if self.ops.is_empty() {
             return Ok(Ok(TxCommitted {
                 seq: self.snapshot_seq,
@@ -232,14 +315,37 @@ impl Transaction {
     }
 }
 
-/// The body after `update` on `base` (`None` = absent), or `None` if the update
-/// does not create an absent document. `$if` is evaluated at commit, not here.
-fn patched(update: &Update, base: Option<&Body>) -> Result<Option<Body>> {
+/// What a patch makes of a document as this transaction sees it.
+enum Patched {
+    /// The body it writes.
+    Body(Body),
+    /// Its `$if` does not hold, and it is skipped (`$else: "skip"`).
+    Unchanged,
+    /// Its `$if` does not hold, and it fails with `condition_failed`.
+    Refused,
+    /// The document is absent, and the patch does not upsert.
+    Absent,
+}
+
+/// `update` on `base` (`None` = absent), as the committer would judge it
+/// (`evaluate::decide`): `$if` on a live document only.
+fn patched(update: &Update, base: Option<&Document>) -> Result<Patched> {
     let work = &mut Work::new();
+    let now = now_ms();
     match base {
-        Some(body) => Ok(Some(update.apply(Some(body), now_ms(), work)?)),
-        None if update.upsert() => Ok(Some(update.apply(None, now_ms(), work)?)),
-        None => Ok(None),
+        Some(doc) => {
+            if let Some(condition) = update.condition()
+                && !condition.matches(&doc.body, now, work)?
+            {
+                return Ok(match update.on_false() {
+                    OnFalse::Skip => Patched::Unchanged,
+                    OnFalse::Conflict => Patched::Refused,
+                });
+            }
+            Ok(Patched::Body(update.apply(Some(&doc.body), now, work)?))
+        }
+        None if update.upsert() => Ok(Patched::Body(update.apply(None, now, work)?)),
+        None => Ok(Patched::Absent),
     }
 }
 

@@ -353,6 +353,144 @@ fn own_writes_are_visible_and_fold() {
     assert_eq!(committed.results.len(), 2);
 }
 
+/// A document written twice in a transaction is written once, as the writes
+/// in their order leave it; a patch's `$if` is judged on what the
+/// transaction sees when it is folded, not dropped: skipped, or failing the
+/// commit with `condition_failed` as the committer would fail it.
+#[test]
+fn folded_writes_keep_a_patchs_condition() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_tx_db(dir.path());
+    let c = db.collection("c").unwrap();
+    c.put("x", json!({"n": 10}), Expect::Absent).unwrap().unwrap();
+    let guarded =
+        |on_false: &str| update(json!({"$if": {"n": {"$lt": 5}}, "$else": on_false, "$inc": {"n": 1}}));
+    let set_m = || update(json!({"$set": {"m": 1}}));
+    // A failing `$if` (conflict), then a patch, or a put, of the document.
+    for then_put in [false, true] {
+        let mut tx = db.begin().unwrap();
+        tx.patch("c", "x", guarded("conflict"), Expect::Any).unwrap();
+        if then_put {
+            tx.put("c", "x", json!({"n": 0}), Expect::Any).unwrap();
+        } else {
+            tx.patch("c", "x", set_m(), Expect::Any).unwrap();
+        }
+        match tx.commit().unwrap() {
+            Err(TxFailure::Conflicts(conflicts)) => {
+                assert_eq!(conflicts.len(), 1);
+                assert_eq!(
+                    (conflicts[0].index, conflicts[0].conflict.reason),
+                    (0, ConflictReason::ConditionFailed)
+                );
+                assert_eq!(conflicts[0].conflict.current().unwrap().unwrap().body["n"], 10);
+            }
+            other => panic!("expected condition_failed, got {other:?}"),
+        }
+        assert_eq!(
+            c.get("x").unwrap().unwrap().body,
+            json!({"n": 10}).as_object().cloned().unwrap()
+        );
+    }
+    // The second patch's `$if` failing, after a first write.
+    let mut tx = db.begin().unwrap();
+    tx.patch("c", "x", set_m(), Expect::Any).unwrap();
+    tx.patch("c", "x", guarded("conflict"), Expect::Any).unwrap();
+    assert!(matches!(tx.commit().unwrap(), Err(TxFailure::Conflicts(_))));
+    // Skipped: the other write stands; the transaction sees the document
+    // as the skip leaves it.
+    let mut tx = db.begin().unwrap();
+    tx.patch("c", "x", guarded("skip"), Expect::Any).unwrap();
+    assert_eq!(tx.get("c", "x").unwrap().unwrap().body["n"], 10);
+    tx.patch("c", "x", set_m(), Expect::Any).unwrap();
+    tx.patch("c", "x", guarded("skip"), Expect::Any).unwrap();
+    tx.commit().unwrap().unwrap();
+    assert_eq!(
+        c.get("x").unwrap().unwrap().body,
+        json!({"n": 10, "m": 1}).as_object().cloned().unwrap()
+    );
+    // Judged on the transaction's own write: it holds there.
+    let mut tx = db.begin().unwrap();
+    tx.put("c", "x", json!({"n": 1}), Expect::Any).unwrap();
+    tx.patch("c", "x", guarded("conflict"), Expect::Any).unwrap();
+    assert_eq!(tx.get("c", "x").unwrap().unwrap().body["n"], 2);
+    tx.commit().unwrap().unwrap();
+    assert_eq!(c.get("x").unwrap().unwrap().body["n"], 2);
+}
+
+/// A document written over whatever was there (a put or a patch with
+/// `Expect::Any`), then deleted in the same transaction, ends absent: the
+/// commit deletes it where it exists and writes nothing where it does not
+/// (it was refused as `not_found` every time, so `Db::transaction` never
+/// committed it), and fails if someone created it meanwhile.
+#[test]
+fn a_document_written_then_deleted_in_a_transaction_ends_absent() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_tx_db(dir.path());
+    let c = db.collection("c").unwrap();
+    c.put("old", json!({"n": 1}), Expect::Absent).unwrap().unwrap();
+    let upsert = || update(json!({"$inc": {"n": 1}, "$upsert": true}));
+    db.transaction(|tx| {
+        tx.put("c", "new", json!({"n": 1}), Expect::Any)?;
+        tx.delete("c", "new", Expect::Any)?;
+        tx.patch("c", "fresh", upsert(), Expect::Any)?;
+        tx.delete("c", "fresh", Expect::Any)?;
+        tx.put("c", "old", json!({"n": 2}), Expect::Any)?;
+        tx.delete("c", "old", Expect::Any)?;
+        Ok(())
+    })
+    .unwrap();
+    for id in ["new", "fresh", "old"] {
+        assert!(c.get(id).unwrap().is_none(), "{id}");
+    }
+    let mut tx = db.begin().unwrap();
+    tx.put("c", "new", json!({}), Expect::Any).unwrap();
+    tx.delete("c", "new", Expect::Any).unwrap();
+    c.put("new", json!({"by": "someone"}), Expect::Absent)
+        .unwrap()
+        .unwrap();
+    assert!(matches!(
+        tx.commit().unwrap(),
+        Err(TxFailure::ReadConflict { .. })
+    ));
+    assert_eq!(c.get("new").unwrap().unwrap().body["by"], "someone");
+}
+
+/// A transaction reads a document past its collection's TTL as absent, as
+/// `Collection::get` and `query` do and as the committer judges it.
+#[test]
+fn a_transaction_reads_an_expired_document_as_absent() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_tx_db(dir.path());
+    let c = db.collection("s").unwrap();
+    c.set_config(
+        truce::CollectionConfig::from_json(&json!({"ttl": {"field": "exp", "seconds": 1}})).unwrap(),
+    )
+    .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    c.put("gone", json!({"exp": now}), Expect::Absent)
+        .unwrap()
+        .unwrap();
+    c.put("kept", json!({"exp": now + 3_600_000}), Expect::Absent)
+        .unwrap()
+        .unwrap();
+    // The snapshot holds it live; it expires while the transaction runs.
+    let mut tx = db.begin().unwrap();
+    thread::sleep(Duration::from_millis(1_300));
+    assert!(tx.get("s", "gone").unwrap().is_none());
+    assert!(tx.get("s", "kept").unwrap().is_some());
+    let ids: Vec<String> = tx
+        .query("s", &Query::default())
+        .unwrap()
+        .docs
+        .into_iter()
+        .map(|d| d.id)
+        .collect();
+    assert_eq!(ids, ["kept"]);
+}
+
 #[test]
 fn blind_patches_in_transactions_never_conflict() {
     let dir = tempfile::tempdir().unwrap();
