@@ -1247,6 +1247,35 @@ fn a_push_that_takes_a_unique_value_is_refused_naming_the_row() {
 /// RxDB pushes that the interop suite's real clients do not make: an assumed
 /// state for a document the server has never had, rows naming two ids, and a
 /// master past its TTL that the sweeper has not reached.
+/// A push's answer holds the master state of every row that conflicted,
+/// written as a pull writes them, within a whole page's bytes
+/// (`WHOLE_PAGE_BYTES_MAX`): a push of a few kilobytes whose rows all met
+/// large documents answered 52.8 MB and took the server to 1.1 GB. Past it,
+/// 413 `limit_exceeded`, as a pull of as many: push fewer rows at once.
+#[test]
+fn a_push_answers_its_conflicts_within_a_whole_page() {
+    let server = Server::start();
+    let api = Api::new(&server);
+    let blob = "x".repeat(truce::limits::DOC_SIZE_BYTES_MAX - 100);
+    let whole = truce::limits::WHOLE_PAGE_BYTES_MAX / blob.len() + 1;
+    for i in 0..whole {
+        api.put(&format!("/v1/c/big/d{i}"), json!({"blob": blob})).ok(201);
+    }
+    // Each row assumes no document: each meets one and conflicts.
+    let rows = |n: usize| {
+        json!((0..n)
+            .map(|i| json!({"assumedMasterState": null, "newDocumentState": {"id": format!("d{i}"), "v": 1}}))
+            .collect::<Vec<_>>())
+    };
+    let answer = api.post("/v1/c/big/_push?primaryKey=id", rows(3));
+    let masters = answer.ok(200).as_array().unwrap();
+    assert_eq!(masters.len(), 3);
+    assert_eq!(masters[2], json!({"id": "d2", "blob": blob, "_deleted": false}));
+    let answer = api.post("/v1/c/big/_push?primaryKey=id", rows(whole));
+    answer.error(413, "limit_exceeded");
+    assert!(answer.text.contains("WHOLE_PAGE_BYTES_MAX"), "{}", answer.text);
+}
+
 #[test]
 fn replication_push_edges() {
     let server = Server::start();
@@ -1297,6 +1326,32 @@ fn replication_push_edges() {
     );
     let answer = api.post("/v1/c/rx/_push?primaryKey=id", stale);
     assert!(answer.ok(200)[0].get("_version").is_none(), "{}", answer.text);
+    // A guard that cannot be read is refused, naming the row: dropped, the
+    // row would be compared by its fields alone, and a write made from an
+    // older state with the same fields (A, B, A) would pass.
+    for guard in [
+        json!({"_version": "2"}),
+        json!({"_version": -5}),
+        json!({"_version": 0}),
+        json!({"_version": 1.5}),
+        json!({"_rev": 2}),
+        json!({"_rev": "2-not-a-hash"}),
+    ] {
+        let mut assumed = json!({"id": "by-version", "v": 2});
+        assumed
+            .as_object_mut()
+            .unwrap()
+            .extend(guard.as_object().unwrap().clone());
+        let answer = push(json!([{"assumedMasterState": assumed,
+                                  "newDocumentState": {"id": "by-version", "v": 9}}]));
+        let body = answer.error(400, "invalid_precondition");
+        assert!(
+            body["message"].as_str().unwrap().contains("row 0"),
+            "{guard}: {}",
+            answer.text
+        );
+    }
+    assert_eq!(api.get("/v1/c/rx/by-version").ok(200)["v"], 2);
     let metrics = api.get("/metrics");
     assert!(
         metrics

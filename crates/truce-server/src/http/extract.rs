@@ -453,7 +453,7 @@ pub fn precondition(
     if let Some(v) = body.remove("_version") {
         let n = v.as_i64().ok_or_else(|| {
             ApiError::Engine(truce::Error::InvalidPrecondition(
-                "_version must be an integer".into(),
+                "_version must be an integer: -1 (anything), 0 (absent) or a version, 1 to 2^63 - 1".into(),
             ))
         })?;
         found.push(expect_from_version(n)?);

@@ -13,8 +13,8 @@ use std::sync::Arc;
 use axum::Extension;
 use axum::extract::State;
 use axum::http::HeaderMap;
+use axum::response::Response;
 use axum::response::sse::Event;
-use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, Stream, StreamExt};
 use serde_json::{Map, Value, json};
 use truce::record::StoredDoc;
@@ -59,12 +59,6 @@ impl Shape {
             pk: primary_key(params)?,
             meta: params.flag("meta")?,
         })
-    }
-
-    /// `doc` as the client sees it, as a value (a push's conflicts).
-    fn show(&self, doc: &Document) -> Result<Value, ApiError> {
-        holds_no_other_key(doc, &self.pk)?;
-        Ok(serde_json::to_value(RxDoc::of(doc, self)).unwrap_or(Value::Null))
     }
 
     /// A pull's answer, `{"documents": [...], "checkpoint": ...}`, for the
@@ -158,9 +152,9 @@ impl PulledDoc for StoredDoc {
 
 /// A document as RxDB sees it: the user fields, its id under the client's
 /// primary-key field and `_deleted` (and with `meta`, Truce's `_rev`,
-/// `_version`, `_seq`, `_ts`). Serialised straight to a pull's bytes, or to
-/// a value by [`Shape::show`]; both refuse first a document whose body holds
-/// that field with another value ([`holds_no_other_key`]). Without `body`,
+/// `_version`, `_seq`, `_ts`). Serialised straight to a pull's (or a push
+/// conflict's) bytes, refusing first a document whose body holds that field
+/// with another value ([`holds_no_other_key`]). Without `body`,
 /// the fields it adds alone (a stored body's bytes go before them).
 struct RxDoc<'a> {
     id: &'a str,
@@ -366,6 +360,26 @@ fn parse_rows(body: Value, pk: &str) -> Result<Vec<Row>, ApiError> {
                 &format!("{key:?}: a row holds assumedMasterState and newDocumentState only"),
             ));
         }
+        // A guard the client sent decides (`master_equals`): one it cannot
+        // be read as would be dropped, and the row compared by its fields.
+        if let Some(assumed) = &assumed {
+            let guard = |m: &str| {
+                ApiError::Engine(truce::Error::InvalidPrecondition(m.into()).at(&format!("row {i}")))
+            };
+            if let Some(rev) = assumed.get("_rev") {
+                rev.as_str()
+                    .and_then(|text| text.parse::<truce::Rev>().ok())
+                    .ok_or_else(|| {
+                        guard("assumedMasterState's _rev must be a revision, as a pull gave it")
+                    })?;
+            }
+            if let Some(version) = assumed.get("_version") {
+                version
+                    .as_u64()
+                    .filter(|v| *v >= 1)
+                    .ok_or_else(|| guard("assumedMasterState's _version must be a version, 1 or more"))?;
+            }
+        }
         if let Some(other) = assumed
             .as_ref()
             .and_then(|a| a.get(pk))
@@ -515,7 +529,9 @@ pub async fn push(
     let origin = origin(&headers);
     let mut answer = Pushed {
         shape,
-        ..Pushed::default()
+        conflicts: vec![b'['],
+        noted: Vec::new(),
+        written: 0,
     };
     let mut pushed = Ok(());
     for group in byte_groups(rows) {
@@ -531,17 +547,20 @@ pub async fn push(
         0 => e,
         rows => ApiError::PartlyWritten(Box::new(e), rows),
     })?;
-    let conflicts = answer.conflicts;
-    Ok(axum::Json(Value::Array(conflicts)).into_response())
+    let mut conflicts = answer.conflicts;
+    conflicts.push(b']');
+    Ok(super::json_bytes(conflicts))
 }
 
 /// What a push answers: the master state of every row that conflicted, and
 /// the conflicts to count (those the comparison found; the committer counts
 /// the ones it finds itself).
-#[derive(Default)]
 struct Pushed {
     shape: Shape,
-    conflicts: Vec<Value>,
+    /// The answer so far: `[` and the master states, written as a pull
+    /// writes them (never held as values: a few kilobytes of push made
+    /// gigabytes of them), at most `WHOLE_PAGE_BYTES_MAX` of them.
+    conflicts: Vec<u8>,
     noted: Vec<(String, truce::ConflictReason)>,
     /// Rows written so far.
     written: usize,
@@ -564,7 +583,11 @@ impl Pushed {
 
     /// Answers `master` as a conflicting row's master state.
     fn answer(&mut self, master: &Document) -> Result<(), ApiError> {
-        self.conflicts.push(self.shape.show(master)?);
+        if self.conflicts.len() > 1 {
+            self.conflicts.push(b',');
+        }
+        master.write_pulled(&master.id, &self.shape, &mut self.conflicts)?;
+        truce::engine::read::whole_page_holds(self.conflicts.len())?;
         Ok(())
     }
 }
@@ -915,9 +938,10 @@ mod tests {
         assert_eq!((answered, refused), (44, 4));
     }
 
-    /// A document as RxDB sees it, the same in a pull's bytes and a push
-    /// conflict's value: user fields, the id under the primary key,
-    /// `_deleted`, and with `meta` Truce's metadata; `_id` never.
+    /// A document as RxDB sees it in a pull's (and a push conflict's) bytes,
+    /// written from its values or its stored bytes: user fields, the id
+    /// under the primary key, `_deleted`, and with `meta` Truce's metadata;
+    /// `_id` never.
     #[test]
     fn a_document_is_shown_as_rxdb_sees_it() {
         let docs = [
@@ -968,11 +992,9 @@ mod tests {
                         .extend(meta.as_object().unwrap().clone());
                 }
                 assert_eq!(pulled, &want, "meta {with_meta}: {}", d.id);
-                assert_eq!(shape.show(d).unwrap(), want, "meta {with_meta}: {}", d.id);
             }
             // A body holding the primary key with another value is refused by both.
             let clash = doc("c", json!({"id": "other"}), false);
-            assert!(shape.show(&clash).is_err());
             let mut clashing = page.clone();
             clashing[0].doc = Some(clash);
             assert!(shape.pull_answer(&clashing, None, &Value::Null).is_err());
