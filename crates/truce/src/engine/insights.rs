@@ -102,6 +102,8 @@ pub(crate) fn conflict_index(code: &str) -> usize {
 
 /// Position of `not_found` in [`CONFLICT_CODES`].
 pub(crate) const NOT_FOUND: usize = 2;
+/// Position of `unique_violation` in [`CONFLICT_CODES`].
+pub(crate) const UNIQUE_VIOLATION: usize = 4;
 /// Position of `read_conflict` in [`CONFLICT_CODES`].
 pub(crate) const READ_CONFLICT: usize = 5;
 /// Position of `snapshot_too_old` in [`CONFLICT_CODES`].
@@ -344,6 +346,15 @@ pub fn remedy(target: &Target, c: &HotCounts, outbox_backed_up: bool) -> Remedy 
             advice: "most writes failed because this document does not exist (a PATCH without $upsert, a DELETE \
                      or a must-exist precondition of an absent document): create it first, send $upsert: true, \
                      or stop writing it once it is deleted; this is not contention",
+        };
+    }
+    let taken = c.conflicts[UNIQUE_VIOLATION];
+    if taken > 0 && taken * 2 >= conflicts {
+        return Remedy {
+            code: "unique_value_taken",
+            advice: "most writes were refused because a unique index already holds the value they write, for \
+                     another document: a duplicate, not a race, and a retry will fail again; look the value up \
+                     first (a query on the index), or write another value",
         };
     }
     if conflicts > 0 {
@@ -1221,6 +1232,12 @@ mod tests {
         assert_eq!(remedy(&doc, &absent, false).code, "write_missing_document");
         absent.conflicts[0] = 4;
         assert_eq!(remedy(&doc, &absent, false).code, "reduce_contention");
+        // Nor are writes of a value a unique index holds.
+        let mut taken = HotCounts::default();
+        taken.conflicts[UNIQUE_VIOLATION] = 2;
+        assert_eq!(remedy(&doc, &taken, false).code, "unique_value_taken");
+        taken.conflicts[0] = 3;
+        assert_eq!(remedy(&doc, &taken, false).code, "reduce_contention");
         let mut c = HotCounts {
             overwrites: 5,
             ..HotCounts::default()
