@@ -194,11 +194,14 @@ pub fn checkpoint(value: Option<Value>) -> Result<Option<Checkpoint>, &'static s
             let seq = c
                 .get("seq")
                 .and_then(Value::as_u64)
-                .ok_or("\"seq\" is a number")?;
+                .ok_or("\"seq\" is a position: an integer, 0 or more, as a pull gave it")?;
             let id = c.get("id").and_then(Value::as_str).ok_or("\"id\" is a string")?;
             let from = match c.get("from") {
                 None | Some(Value::Null) => None,
-                Some(from) => Some(from.as_u64().ok_or("\"from\" is a number")?),
+                Some(from) => Some(
+                    from.as_u64()
+                        .ok_or("\"from\" is a position: an integer, 0 or more, as a pull gave it")?,
+                ),
             };
             Ok(Some(Checkpoint {
                 seq,

@@ -1588,6 +1588,46 @@ fn replication_push_edges() {
     assert!(before_the_sweeper, "the sweeper was first in every round");
 }
 
+/// `_bulk_docs` queues a bounded number of its rows at once: 24 requests
+/// of 1,000 rows at a time, 24,000 writes, no longer fill the
+/// commit queue's 8,192 places, so none of their rows, and no other
+/// client's write, is refused as `overloaded`.
+#[test]
+fn bulk_requests_at_once_do_not_fill_the_commit_queue() {
+    let server = Server::start();
+    let rows: Vec<Vec<Value>> = std::thread::scope(|scope| {
+        let bulks: Vec<_> = (0..24)
+            .map(|b| {
+                let api = Api::new(&server);
+                scope.spawn(move || {
+                    let docs: Vec<Value> = (0..1000)
+                        .map(|i| json!({"_id": format!("b{b}-{i}"), "n": i}))
+                        .collect();
+                    let answer = api.post("/couch/bulk/_bulk_docs", json!({ "docs": docs }));
+                    answer.ok(201).as_array().unwrap().clone()
+                })
+            })
+            .collect();
+        let api = Api::new(&server);
+        for i in 0..50 {
+            api.put(&format!("/v1/c/other/o{i}"), json!({"n": i})).ok(201);
+        }
+        bulks.into_iter().map(|b| b.join().unwrap()).collect()
+    });
+    for rows in rows {
+        assert_eq!(rows.len(), 1000);
+        let refused: Vec<&Value> = rows.iter().filter(|r| r["ok"] != true).collect();
+        assert!(
+            refused.is_empty(),
+            "{} rows refused, the first {}",
+            refused.len(),
+            refused[0]
+        );
+    }
+    let info = Api::new(&server).get("/couch/bulk/");
+    assert_eq!(info.ok(200)["doc_count"], 24_000);
+}
+
 /// The CouchDB subset refuses what it cannot keep, before writing any
 /// document of the request.
 #[test]
@@ -1610,6 +1650,7 @@ fn couch_writes_refuse_what_they_cannot_keep() {
             json!([{"_id": "first"}, {"_id": "g", "_deleted": "yes"}]),
             "bad_request",
         ),
+        (json!([{"_id": "first"}, {"_id": 5}]), "bad_request"),
     ] {
         let answer = bulk(docs);
         assert_eq!(answer.status, 400, "{}", answer.text);

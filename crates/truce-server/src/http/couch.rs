@@ -31,6 +31,10 @@ const CHANGES_LIMIT_DEFAULT: usize = 1000;
 const PENDING_COUNTED_MAX: usize = 1000;
 /// Rows of `GET _all_docs` unless `limit` says otherwise.
 const ALL_DOCS_LIMIT_DEFAULT: usize = 1000;
+/// Rows of one `_bulk_docs` request queued for the committer at once: they
+/// still share group commits, and a request of 1,000 takes at most this
+/// many of the commit queue's places.
+const BULK_ROWS_IN_FLIGHT: usize = 128;
 
 /// An error in CouchDB's shape.
 pub struct CouchError(StatusCode, &'static str, String);
@@ -74,6 +78,10 @@ fn error_name(status: StatusCode) -> &'static str {
         StatusCode::UNSUPPORTED_MEDIA_TYPE => "bad_content_type",
         StatusCode::INSUFFICIENT_STORAGE => "insufficient_storage",
         StatusCode::NOT_IMPLEMENTED => "not_implemented",
+        // Busy, not wrong: a client that reads `error` must not take them
+        // for a request to give up on.
+        StatusCode::TOO_MANY_REQUESTS => "too_many_requests",
+        StatusCode::SERVICE_UNAVAILABLE => "service_unavailable",
         s if s.is_client_error() => "bad_request",
         _ => "unknown_error",
     }
@@ -784,22 +792,36 @@ pub async fn bulk_docs(
         let Value::Object(doc) = doc.clone() else {
             return Err(CouchError::bad_request("every doc is an object"));
         };
-        let Some(id) = doc.get("_id").and_then(Value::as_str).map(String::from) else {
-            return Err(CouchError::bad_request("every doc needs an _id"));
+        let id = match doc.get("_id") {
+            Some(Value::String(id)) => id.clone(),
+            Some(_) => return Err(CouchError::bad_request("a doc's _id must be a string")),
+            None => return Err(CouchError::bad_request("every doc needs an _id")),
         };
         ops.push((id.clone(), couch_write(&coll, &id, doc)?));
     }
-    let mut pending = Vec::with_capacity(ops.len());
-    for (id, op) in ops {
-        let submitted = match op {
-            check @ TxOp::Check { .. } => state.db.submit_batch(vec![check], None).map(Pending::AbsentCheck),
-            write => state.db.submit_write(write, None).map(Pending::Write),
-        };
-        pending.push((id, submitted));
-    }
+    // At most `BULK_ROWS_IN_FLIGHT` rows queued at once, so that a few bulk
+    // requests share the commit queue with every other writer instead of
+    // filling it (1,000 rows each: nine requests filled its 8,192 places,
+    // and other clients' writes were refused with 429).
     let collection = state.db.collection(&coll)?;
-    let mut rows = Vec::with_capacity(pending.len());
-    for (id, submitted) in pending {
+    let mut rows = Vec::with_capacity(ops.len());
+    let mut pending = std::collections::VecDeque::with_capacity(BULK_ROWS_IN_FLIGHT);
+    let mut ops = ops.into_iter();
+    loop {
+        while pending.len() < BULK_ROWS_IN_FLIGHT
+            && let Some((id, op)) = ops.next()
+        {
+            let submitted = match op {
+                check @ TxOp::Check { .. } => {
+                    state.db.submit_batch(vec![check], None).map(Pending::AbsentCheck)
+                }
+                write => state.db.submit_write(write, None).map(Pending::Write),
+            };
+            pending.push_back((id, submitted));
+        }
+        let Some((id, submitted)) = pending.pop_front() else {
+            break;
+        };
         let row = match submitted {
             Ok(Pending::Write(write)) => write_row(&id, write.await),
             // A delete without `_rev` of what is already gone succeeds, as in
@@ -991,6 +1013,15 @@ pub async fn delete_doc(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A busy server's refusals are not named as requests to give up on:
+    /// a client that reads `error` retries them.
+    #[test]
+    fn busy_answers_are_not_named_bad_requests() {
+        assert_eq!(error_name(StatusCode::TOO_MANY_REQUESTS), "too_many_requests");
+        assert_eq!(error_name(StatusCode::SERVICE_UNAVAILABLE), "service_unavailable");
+        assert_eq!(error_name(StatusCode::UNPROCESSABLE_ENTITY), "bad_request");
+    }
 
     /// `_changes` written as bytes is the JSON it was built as before: each
     /// row's keys, `deleted` only when true, the document as CouchDB shows
