@@ -141,7 +141,9 @@ pub struct Group<'a> {
     pub seq: u64,
     /// The group's commit time.
     pub ts_ms: u64,
-    /// Bytes of document records written so far.
+    /// Bytes written so far: document records, and every other entry
+    /// ([`put`](Self::put): index entries, counters, an idempotency record,
+    /// which holds a transaction's whole answer).
     pub bytes: usize,
     /// Bytes of the documents its requests' ops met, each op's own (a group
     /// of requests on one large document evaluates it once for each).
@@ -255,6 +257,7 @@ impl<'a> Group<'a> {
 
     /// Writes (or with `None` removes) a non-document key.
     pub fn put(&mut self, space: Space, key: Vec<u8>, value: Option<Vec<u8>>) {
+        self.bytes += key.len() + value.as_ref().map_or(0, Vec::len);
         self.others.insert((space, key), value);
     }
 
@@ -469,6 +472,19 @@ pub(crate) mod tests {
             crate::record::encode_document(&meta, body),
         );
         storage.apply(batch, Durability::Immediate).unwrap();
+    }
+
+    /// Every entry a group stores counts in its bytes, not only document
+    /// records: an idempotency record holds a transaction's whole answer,
+    /// documents included, and the group's bound
+    /// (`COMMIT_BATCH_BYTES_MAX`) and the disk's reserve must see it.
+    #[test]
+    fn every_entry_a_group_stores_counts_in_its_bytes() {
+        let storage = MemoryStorage::new();
+        let mut group = super::Group::new(&storage, 0, 0);
+        group.put(Space::Idempotency, b"key".to_vec(), Some(vec![0; 1000]));
+        group.put(Space::Index, b"entry".to_vec(), None);
+        assert_eq!(group.bytes, 3 + 1000 + 5);
     }
 
     fn forge(storage: &MemoryStorage, collection: &str, id: &str) {
