@@ -2634,6 +2634,16 @@ fn a_feed_position_past_the_last_commit_is_refused() {
     // The head itself is a position the server gave out.
     let at_head = api.get(&format!("/v1/c/ahead/_changes?since={head}"));
     assert_eq!(at_head.ok(200)["last_seq"], head);
+    // A checkpoint comes back as read, with nothing else the client put in
+    // it (an empty page answers the one given).
+    api.put("/v1/c/echo/a", json!({})).ok(201);
+    let first = api.get("/v1/c/echo/_pull").ok(200)["checkpoint"].clone();
+    let mut junk = first.clone();
+    junk["junk"] = json!({"big": "x".repeat(100)});
+    let encoded: String = junk.to_string().bytes().map(|b| format!("%{b:02X}")).collect();
+    let again = api.get(&format!("/v1/c/echo/_pull?checkpoint={encoded}"));
+    assert_eq!(again.ok(200)["documents"], json!([]));
+    assert_eq!(again.ok(200)["checkpoint"], first);
 }
 
 // ---------------------------------------------------------------------------
