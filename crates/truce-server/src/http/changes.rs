@@ -131,6 +131,21 @@ struct FeedRequest {
     timeout_ms: u64,
 }
 
+impl FeedRequest {
+    /// A subscription from where the request stands, its pages read as
+    /// stored.
+    fn subscribe(&self, db: &Db) -> truce::Result<truce::Subscription<StoredDoc>> {
+        Ok(db
+            .subscribe_from(
+                self.collection.as_deref(),
+                self.since,
+                self.from,
+                self.include_docs,
+            )?
+            .stored())
+    }
+}
+
 /// The `Last-Event-ID` a reconnecting `EventSource` sends: the `id:` of the
 /// last event it received, which this feed sets to the `seq` of a commit whose
 /// every change it has sent. `None` when absent.
@@ -229,16 +244,7 @@ async fn feed(
         }
         "longpoll" => {
             let timeout = request.timeout_ms;
-            let mut sub = state
-                .db
-                .subscribe_from(
-                    request.collection.as_deref(),
-                    request.since,
-                    request.from,
-                    request.include_docs,
-                )?
-                .stored()
-                .page_limit(request.limit)?;
+            let mut sub = request.subscribe(&state.db)?.page_limit(request.limit)?;
             standing
                 .long_poll(&mut sub, Duration::from_millis(timeout))
                 .await?
@@ -253,15 +259,7 @@ async fn feed(
                 ));
             }
             let place = super::stream_permit(&state)?;
-            let sub = state
-                .db
-                .subscribe_from(
-                    request.collection.as_deref(),
-                    request.since,
-                    request.from,
-                    request.include_docs,
-                )?
-                .stored();
+            let sub = request.subscribe(&state.db)?;
             return Ok(super::event_stream(
                 sse_events(sub, with_collection, standing),
                 place,

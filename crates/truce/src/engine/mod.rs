@@ -745,7 +745,7 @@ impl Db {
     }
 
     /// [`changes_after`](Self::changes_after) with each document as stored,
-    /// verified but not decoded ([`StoredDoc`](crate::record::StoredDoc)),
+    /// verified but not decoded ([`StoredDoc`]),
     /// for a reader that copies its JSON into an answer
     /// ([`StoredDoc::write_json`](crate::record::StoredDoc::write_json), or
     /// its entries from [`object_json`](crate::record::StoredDoc::object_json)):
