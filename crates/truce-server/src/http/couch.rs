@@ -12,6 +12,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
+use truce::budget::{Budget, Taken};
 use truce::record::StoredDoc;
 use truce::{ConflictReason, Document, Expect, TxOp, WriteResult};
 
@@ -504,8 +505,9 @@ async fn all_docs_for(
         // Off the HTTP thread, as the range below: up to a body's worth of
         // keys, each a read.
         Some(keys) => {
+            let pages = Arc::clone(state.db.page_memory());
             super::blocking(move || -> truce::Result<_> {
-                let mut rows = Rows::default();
+                let mut rows = Rows::counted(&pages);
                 for key in &keys {
                     rows.push(&all_docs_row(
                         key,
@@ -631,15 +633,37 @@ async fn all_docs_for(
 struct Rows {
     json: Vec<u8>,
     count: usize,
+    /// What the rows hold of the memory of the pages being read, when they
+    /// count against it themselves (rows by `keys`: those of a range are
+    /// made from query pages, which count).
+    taken: Option<Taken>,
 }
 
 impl Rows {
+    /// Rows whose bytes count against `pages` as they are written: past its
+    /// room, beside the other pages being read, they are
+    /// [`PagesOverBudget`](truce::Error::PagesOverBudget) (429) instead of
+    /// being built (forty requests of 63 keys naming 1 MB documents held
+    /// 2.97 GB at once).
+    fn counted(pages: &Arc<Budget>) -> Rows {
+        Rows {
+            taken: Some(Taken::new(pages)),
+            ..Rows::default()
+        }
+    }
+
     fn push(&mut self, row: &Value) -> truce::Result<()> {
+        let before = self.json.len();
         self.json.push(if self.count == 0 { b'[' } else { b',' });
         serde_json::to_writer(&mut self.json, row)
             .map_err(|e| truce::Error::Unavailable(format!("cannot write a row: {e}")))?;
         self.count += 1;
-        truce::engine::read::whole_page_holds(self.json.len())
+        truce::engine::read::whole_page_holds(self.json.len())?;
+        let grown = self.json.len() - before;
+        if self.taken.as_mut().is_some_and(|taken| !taken.take(grown)) {
+            return Err(truce::Error::PagesOverBudget);
+        }
+        Ok(())
     }
 
     /// `{"total_rows": N, "offset": 0, "rows": [...]}`.
@@ -1013,6 +1037,28 @@ pub async fn delete_doc(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Rows asked for by `keys` count against the memory of the pages being
+    /// read as they are written: beside another holder, past the room, the
+    /// next row is refused (429) instead of built; alone, they are served
+    /// whatever their size; dropped, they give it all back.
+    #[test]
+    fn rows_by_key_count_against_the_pages_memory() {
+        let pages = Budget::new(1_000);
+        let row = json!({"id": "a", "doc": {"blob": "x".repeat(600)}});
+        let mut alone = Rows::counted(&pages);
+        alone.push(&row).unwrap();
+        alone.push(&row).unwrap();
+        assert!(pages.held() > 1_000);
+        drop(alone);
+        let mut beside = Taken::new(&pages);
+        assert!(beside.take(1));
+        let mut rows = Rows::counted(&pages);
+        rows.push(&row).unwrap();
+        assert!(matches!(rows.push(&row), Err(truce::Error::PagesOverBudget)));
+        drop(rows);
+        assert_eq!(pages.held(), 1);
+    }
 
     /// A busy server's refusals are not named as requests to give up on:
     /// a client that reads `error` retries them.
