@@ -1244,9 +1244,6 @@ fn a_push_that_takes_a_unique_value_is_refused_naming_the_row() {
     assert_eq!(api.get("/v1/c/users/bob").ok(200)["email"], "b@x");
 }
 
-/// RxDB pushes that the interop suite's real clients do not make: an assumed
-/// state for a document the server has never had, rows naming two ids, and a
-/// master past its TTL that the sweeper has not reached.
 /// A push's answer holds the master state of every row that conflicted,
 /// written as a pull writes them, within a whole page's bytes
 /// (`WHOLE_PAGE_BYTES_MAX`): a push of a few kilobytes whose rows all met
@@ -1276,6 +1273,9 @@ fn a_push_answers_its_conflicts_within_a_whole_page() {
     assert!(answer.text.contains("WHOLE_PAGE_BYTES_MAX"), "{}", answer.text);
 }
 
+/// RxDB pushes that the interop suite's real clients do not make: an assumed
+/// state for a document the server has never had, rows naming two ids, and a
+/// master past its TTL that the sweeper has not reached.
 #[test]
 fn replication_push_edges() {
     let server = Server::start();

@@ -295,13 +295,16 @@ fn sse_events(
             let Waited::Page(page) = standing.next_page(&mut sub).await else {
                 return None;
             };
-            let changes = match page {
-                Ok(page) => page.changes,
+            // Held (with what it holds of the pages' memory) until its
+            // events are written.
+            let page = match page {
+                Ok(page) => page,
                 Err(e) => {
                     let event = super::replication::error_event(json!({"error": e.code()}));
                     return Some((stream::iter(vec![Ok(event)]), None));
                 }
             };
+            let changes = &page.changes;
             let mut events: Vec<Result<Event, Infallible>> = Vec::with_capacity(changes.len());
             for (i, c) in changes.iter().enumerate() {
                 let mut data = Vec::new();

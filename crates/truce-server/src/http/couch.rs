@@ -12,13 +12,13 @@ use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
-use truce::budget::{Budget, Taken};
+use truce::budget::Budget;
 use truce::record::StoredDoc;
 use truce::{ConflictReason, Document, Expect, TxOp, WriteResult};
 
-use super::AppState;
 use super::error::ApiError;
 use super::extract::{JsonBody, Params, PathParams, Standing, authorize};
+use super::{AppState, WholeArray};
 use crate::keys::{Principal, Role};
 
 /// Default long-poll wait, in ms (CouchDB's default is 60 s); the largest
@@ -599,9 +599,9 @@ async fn all_docs_for(
                         ))?;
                     }
                     match page.next {
-                        Some(next) if rows.count < limit => {
+                        Some(next) if rows.0.len() < limit => {
                             query.after = Some(next);
-                            query.limit = limit - rows.count;
+                            query.limit = limit - rows.0.len();
                         }
                         next => return Ok((rows, next.is_some())),
                     }
@@ -630,50 +630,27 @@ async fn all_docs_for(
 /// `too_large`; `keys` may name one large document any number of times)
 /// instead of being built whole.
 #[derive(Default)]
-struct Rows {
-    json: Vec<u8>,
-    count: usize,
-    /// What the rows hold of the memory of the pages being read, when they
-    /// count against it themselves (rows by `keys`: those of a range are
-    /// made from query pages, which count).
-    taken: Option<Taken>,
-}
+struct Rows(WholeArray);
 
 impl Rows {
-    /// Rows whose bytes count against `pages` as they are written: past its
-    /// room, beside the other pages being read, they are
-    /// [`PagesOverBudget`](truce::Error::PagesOverBudget) (429) instead of
-    /// being built (forty requests of 63 keys naming 1 MB documents held
-    /// 2.97 GB at once).
+    /// Rows by `keys`, which count against the memory of the pages being
+    /// read themselves (forty requests of 63 keys naming 1 MB documents held
+    /// 2.97 GB at once); those of a range are made from query pages, which
+    /// count.
     fn counted(pages: &Arc<Budget>) -> Rows {
-        Rows {
-            taken: Some(Taken::new(pages)),
-            ..Rows::default()
-        }
+        Rows(WholeArray::counted(pages))
     }
 
     fn push(&mut self, row: &Value) -> truce::Result<()> {
-        let before = self.json.len();
-        self.json.push(if self.count == 0 { b'[' } else { b',' });
-        serde_json::to_writer(&mut self.json, row)
-            .map_err(|e| truce::Error::Unavailable(format!("cannot write a row: {e}")))?;
-        self.count += 1;
-        truce::engine::read::whole_page_holds(self.json.len())?;
-        let grown = self.json.len() - before;
-        if self.taken.as_mut().is_some_and(|taken| !taken.take(grown)) {
-            return Err(truce::Error::PagesOverBudget);
-        }
-        Ok(())
+        self.0
+            .push(|out| serde_json::to_writer(out, row).map_err(super::unencodable))
     }
 
     /// `{"total_rows": N, "offset": 0, "rows": [...]}`.
     fn answer(self) -> Response {
-        let mut json = format!(r#"{{"total_rows":{},"offset":0,"rows":"#, self.count).into_bytes();
-        if self.count == 0 {
-            json.push(b'[');
-        }
-        json.extend_from_slice(&self.json);
-        json.extend_from_slice(b"]}");
+        let mut json = format!(r#"{{"total_rows":{},"offset":0,"rows":"#, self.0.len()).into_bytes();
+        self.0.write_into(&mut json);
+        json.push(b'}');
         super::json_bytes(json)
     }
 }
@@ -850,10 +827,22 @@ pub async fn bulk_docs(
             Ok(Pending::Write(write)) => write_row(&id, write.await),
             // A delete without `_rev` of what is already gone succeeds, as in
             // CouchDB; of a live document it is a conflict.
-            Ok(Pending::AbsentCheck(check)) => match check.await? {
-                Ok(_) => json!({"ok": true, "id": id, "rev": gone_rev(&collection, &id)?}),
-                Err(_) => json!({"id": id, "error": "conflict", "reason": "Document update conflict."}),
-            },
+            Ok(Pending::AbsentCheck(check)) => {
+                let answered = match check.await {
+                    Ok(Ok(_)) => {
+                        gone_rev(&collection, &id).map(|rev| json!({"ok": true, "id": id, "rev": rev}))
+                    }
+                    Ok(Err(_)) => {
+                        Ok(json!({"id": id, "error": "conflict", "reason": "Document update conflict."}))
+                    }
+                    Err(e) => Err(CouchError::from(e)),
+                };
+                // An error answers its own row, as a write's does: the rows
+                // before it were written, and those after it are tried.
+                answered.unwrap_or_else(
+                    |CouchError(_, error, reason)| json!({"id": id, "error": error, "reason": reason}),
+                )
+            }
             Err(e) => write_row(&id, Err(e)),
         };
         rows.push(row);
@@ -1051,7 +1040,7 @@ mod tests {
         alone.push(&row).unwrap();
         assert!(pages.held() > 1_000);
         drop(alone);
-        let mut beside = Taken::new(&pages);
+        let mut beside = truce::budget::Taken::new(&pages);
         assert!(beside.take(1));
         let mut rows = Rows::counted(&pages);
         rows.push(&row).unwrap();

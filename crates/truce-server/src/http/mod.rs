@@ -121,9 +121,13 @@ async fn openapi_json() -> Response {
 pub(crate) async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> truce::Result<T> + Send + 'static,
 ) -> Result<T, ApiError> {
-    Ok(tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| ApiError::Engine(truce::Error::Unavailable(e.to_string())))??)
+    Ok(tokio::task::spawn_blocking(work).await.map_err(not_joined)??)
+}
+
+/// A blocking task that did not finish (it panicked, or the runtime is
+/// going away).
+pub(crate) fn not_joined(e: tokio::task::JoinError) -> ApiError {
+    ApiError::Engine(truce::Error::Unavailable(e.to_string()))
 }
 
 /// An answer already written as JSON bytes (large answers are, off the HTTP
@@ -136,6 +140,62 @@ pub(crate) fn json_bytes(bytes: Vec<u8>) -> Response {
 /// that is not a string fails, which no stored document holds.
 pub(crate) fn unencodable(e: serde_json::Error) -> truce::Error {
     truce::Error::Unavailable(format!("cannot encode the answer: {e}"))
+}
+
+/// A JSON array of an answer that must be whole, written as its elements
+/// come: refused past [`WHOLE_PAGE_BYTES_MAX`](truce::limits::WHOLE_PAGE_BYTES_MAX)
+/// (413) as it grows, instead of being built whole, and, when
+/// [`counted`](Self::counted), its bytes taken from the memory of the pages
+/// being read until it is dropped: past its room, beside the other pages
+/// being read, [`PagesOverBudget`](truce::Error::PagesOverBudget) (429).
+#[derive(Default)]
+pub(crate) struct WholeArray {
+    /// The elements, comma-separated.
+    json: Vec<u8>,
+    len: usize,
+    taken: Option<truce::budget::Taken>,
+}
+
+impl WholeArray {
+    /// An array whose bytes count against `pages`.
+    pub(crate) fn counted(pages: &Arc<truce::budget::Budget>) -> WholeArray {
+        WholeArray {
+            taken: Some(truce::budget::Taken::new(pages)),
+            ..WholeArray::default()
+        }
+    }
+
+    /// Appends the element `write` writes.
+    pub(crate) fn push<E: From<truce::Error>>(
+        &mut self,
+        write: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let before = self.json.len();
+        if self.len > 0 {
+            self.json.push(b',');
+        }
+        write(&mut self.json)?;
+        self.len += 1;
+        truce::engine::read::whole_page_holds(self.json.len())?;
+        let grown = self.json.len() - before;
+        if self.taken.as_mut().is_some_and(|taken| !taken.take(grown)) {
+            return Err(truce::Error::PagesOverBudget.into());
+        }
+        Ok(())
+    }
+
+    /// How many elements it holds.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Appends `[`, the elements, `]` to `out`.
+    pub(crate) fn write_into(&self, out: &mut Vec<u8>) {
+        out.reserve(self.json.len() + 2);
+        out.push(b'[');
+        out.extend_from_slice(&self.json);
+        out.push(b']');
+    }
 }
 
 /// An event's data from an answer's bytes, which hold UTF-8 unless a

@@ -20,9 +20,9 @@ use serde_json::{Map, Value, json};
 use truce::record::StoredDoc;
 use truce::{Change, Document, Expect, TxFailure, TxOp};
 
-use super::AppState;
 use super::error::ApiError;
 use super::extract::{JsonBody, Params, PathParams, Standing, Waited, authorize, origin};
+use super::{AppState, WholeArray};
 use crate::keys::{Principal, Role};
 
 /// Documents per pull unless `limit` says otherwise.
@@ -538,6 +538,7 @@ pub async fn push(
     let origin = origin(&headers);
     let mut answer = Pushed {
         shape,
+        conflicts: WholeArray::counted(state.db.page_memory()),
         ..Pushed::default()
     };
     let mut pushed = Ok(());
@@ -554,10 +555,8 @@ pub async fn push(
         0 => e,
         rows => ApiError::PartlyWritten(Box::new(e), rows),
     })?;
-    let mut conflicts = Vec::with_capacity(answer.conflicts.len() + 2);
-    conflicts.push(b'[');
-    conflicts.extend_from_slice(&answer.conflicts);
-    conflicts.push(b']');
+    let mut conflicts = Vec::new();
+    answer.conflicts.write_into(&mut conflicts);
     Ok(super::json_bytes(conflicts))
 }
 
@@ -567,10 +566,11 @@ pub async fn push(
 #[derive(Default)]
 struct Pushed {
     shape: Shape,
-    /// The master states answered so far, comma-separated, written as a
-    /// pull writes them (never held as values: a few kilobytes of push made
-    /// gigabytes of them), at most `WHOLE_PAGE_BYTES_MAX` of them.
-    conflicts: Vec<u8>,
+    /// The master states answered so far, written as a pull writes them
+    /// (never held as values: a few kilobytes of push made gigabytes of
+    /// them), at most `WHOLE_PAGE_BYTES_MAX` of them, counted against the
+    /// memory of the pages being read.
+    conflicts: WholeArray,
     noted: Vec<(String, truce::ConflictReason)>,
     /// Rows written so far.
     written: usize,
@@ -593,12 +593,9 @@ impl Pushed {
 
     /// Answers `master` as a conflicting row's master state.
     fn answer(&mut self, master: &Document) -> Result<(), ApiError> {
-        if !self.conflicts.is_empty() {
-            self.conflicts.push(b',');
-        }
-        master.write_pulled(&master.id, &self.shape, &mut self.conflicts)?;
-        truce::engine::read::whole_page_holds(self.conflicts.len())?;
-        Ok(())
+        let shape = &self.shape;
+        self.conflicts
+            .push(|out| master.write_pulled(&master.id, shape, out))
     }
 }
 
@@ -620,32 +617,41 @@ fn row_against_master(
     Ok(row_op(collection.name(), row, current.as_ref()))
 }
 
-/// [`row_against_master`] for each of `rows`, in the blocking pool: reading
-/// master states, comparing them with the assumed ones and writing the
-/// conflicts' answer decodes documents, which on the HTTP thread held up
-/// every other connection of that thread (a push of four rows meeting
-/// 800 KB documents of small objects took readers beside it to 1 s at p99).
-/// The rows that need a write, with it, in their order.
+/// `work` on the push's answer, in the blocking pool: reading master
+/// states, comparing them with the assumed ones and writing the conflicts'
+/// answer decodes documents, which on the HTTP thread held up every other
+/// connection of that thread (a push of four rows meeting 800 KB documents
+/// of small objects took readers beside it to 1 s at p99).
+async fn off_thread<T: Send + 'static>(
+    answer: &mut Pushed,
+    work: impl FnOnce(&mut Pushed) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let mut taken = std::mem::take(answer);
+    let (done, taken) = tokio::task::spawn_blocking(move || (work(&mut taken), taken))
+        .await
+        .map_err(super::not_joined)?;
+    *answer = taken;
+    done
+}
+
+/// [`row_against_master`] for each of `rows`, off the HTTP thread: the rows
+/// that need a write, with it, in their order.
 async fn against_masters(
     collection: &truce::Collection,
     rows: Vec<Row>,
     answer: &mut Pushed,
 ) -> Result<Vec<(TxOp, Row)>, ApiError> {
-    let (collection, mut taken) = (collection.clone(), std::mem::take(answer));
-    let (compared, taken) = tokio::task::spawn_blocking(move || {
+    let collection = collection.clone();
+    off_thread(answer, move |answer| {
         let mut writes = Vec::with_capacity(rows.len());
-        let compared = rows.into_iter().try_for_each(|row| {
-            if let Some(op) = row_against_master(&collection, &row, &mut taken)? {
+        for row in rows {
+            if let Some(op) = row_against_master(&collection, &row, answer)? {
                 writes.push((op, row));
             }
-            Ok(())
-        });
-        (compared.map(|()| writes), taken)
+        }
+        Ok(writes)
     })
     .await
-    .map_err(|e| ApiError::Engine(truce::Error::Unavailable(e.to_string())))?;
-    *answer = taken;
-    compared
 }
 
 /// Writes `row`'s op in a transaction of its own. A row that conflicts alone
@@ -670,9 +676,14 @@ async fn write_alone(
         }
         Err(TxFailure::Conflicts(conflicts)) if is_unique(&conflicts) => Ok(Some(conflicts)),
         Err(TxFailure::Conflicts(_)) => {
-            if let Some(master) = collection.get_current(&row.id)? {
-                answer.answer(&master)?;
-            }
+            let (collection, id) = (collection.clone(), row.id.clone());
+            off_thread(answer, move |answer| {
+                if let Some(master) = collection.get_current(&id)? {
+                    answer.answer(&master)?;
+                }
+                Ok(())
+            })
+            .await?;
             Ok(None)
         }
         Err(other) => Err(ApiError::Engine(truce::Error::TransactionFailed {

@@ -379,7 +379,7 @@ impl Collection {
 
     /// Whether `doc` has expired under the collection's TTL but is not yet swept.
     fn expired(&self, doc: &Document) -> bool {
-        expired_now(self.db.shared(), &self.name, doc)
+        expiry(self.db.shared(), &self.name)(doc)
     }
 
     /// Live and deleted documents of the collection, counted on one durable
@@ -417,19 +417,28 @@ impl Collection {
             read => read,
         };
         let mut page = read?.page;
-        page.docs.retain(|d| !self.expired(d));
+        let expired = expiry(shared, &self.name);
+        page.docs.retain(|d| !expired(d));
         Ok(page)
     }
 }
 
-/// Whether `doc` of `collection` is past the collection's TTL now: gone
-/// for readers (`Collection::get`, `query`, a transaction's reads).
-pub(crate) fn expired_now(shared: &super::committer::Shared, collection: &str, doc: &Document) -> bool {
-    let configs = shared.configs.read().unwrap_or_else(|p| p.into_inner());
-    configs
-        .get(collection)
-        .and_then(|c| c.ttl.as_ref())
-        .is_some_and(|ttl| super::committer::is_expired(&doc.body, ttl, super::committer::now_ms()))
+/// Whether a document of `collection` is past the collection's TTL now:
+/// gone for readers (`Collection::get`, `query`, a transaction's reads).
+/// The TTL is looked up once, for a page of documents.
+pub(crate) fn expiry(
+    shared: &super::committer::Shared,
+    collection: &str,
+) -> impl Fn(&Document) -> bool + use<> {
+    let ttl = {
+        let configs = shared.configs.read().unwrap_or_else(|p| p.into_inner());
+        configs.get(collection).and_then(|c| c.ttl.clone())
+    };
+    let now = super::committer::now_ms();
+    move |doc| {
+        ttl.as_ref()
+            .is_some_and(|ttl| super::committer::is_expired(&doc.body, ttl, now))
+    }
 }
 
 #[cfg(test)]

@@ -14,8 +14,8 @@ use foldhash::{HashMap, HashMapExt};
 
 use crate::doc::{Document, Meta};
 use crate::error::Result;
-use crate::index::IndexDef;
 use crate::index::keys::prefix_end;
+use crate::index::{IndexDef, IndexState};
 use crate::record::{self, StoredDoc};
 use crate::storage::{Direction, Space, Storage, StorageRead, WriteBatch};
 
@@ -143,7 +143,8 @@ pub struct Group<'a> {
     pub ts_ms: u64,
     /// Bytes written so far: document records, and every other entry
     /// ([`put`](Self::put): index entries, counters, an idempotency record,
-    /// which holds a transaction's whole answer).
+    /// which holds a transaction's whole answer; an entry put twice in one
+    /// group counts twice, an overcount that only closes the group sooner).
     pub bytes: usize,
     /// Bytes of the documents its requests' ops met, each op's own (a group
     /// of requests on one large document evaluates it once for each).
@@ -361,11 +362,15 @@ impl<'a> Group<'a> {
                 if old_entry != new_entry {
                     index_writes.extend(old_entry.map(|old| (old, None)));
                     index_writes.extend(new_entry.map(|new| (new, Some(id.as_bytes().to_vec()))));
-                } else if let Some(entry) = new_entry {
+                } else if let Some(entry) = new_entry.filter(|_| def.state == IndexState::Ready) {
                     // The entry stays, but what it points to changed: a
                     // transaction that read the index over it (and was
                     // given the document, or filtered it out) read the old
                     // state, as surely as a read of the document itself.
+                    // Only a ready index is read (a query of another is
+                    // refused), so only its entries are logged: each costs
+                    // the recent-writes log's room, which bounds how old a
+                    // snapshot may be validated.
                     written.push((Space::Index, entry));
                 }
             }

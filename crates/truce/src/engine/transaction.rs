@@ -39,7 +39,7 @@ pub struct Transaction {
     /// a conflict) of a document this transaction writes twice, its
     /// condition judged on what the transaction read when the writes were
     /// folded into one. The commit fails with them, as the committer would
-    /// have failed it.
+    /// have failed it, once its reads are found current.
     refused: Vec<OpConflict>,
 }
 
@@ -81,7 +81,7 @@ impl Transaction {
     fn read_snapshot(&mut self, collection: &str, key: &[u8], id: &str) -> Result<Option<Document>> {
         self.reads.add_point(Space::Documents, key.to_vec())?;
         Ok(read_document(&*self.view, key, id)?
-            .filter(|d| !d.is_deleted() && !super::collection::expired_now(self.db.shared(), collection, d)))
+            .filter(|d| !d.is_deleted() && !super::collection::expiry(self.db.shared(), collection)(d)))
     }
 
     /// The live document `id` of `collection` as this transaction sees it: its own
@@ -170,17 +170,19 @@ impl Transaction {
             // Created and deleted within the transaction: nothing to write, but
             // the creation's "must be absent" still has to hold.
             Some(WriteOp::Delete) if self.ops[index].expect == Expect::Absent => None,
-            // Written (put, or patched with or without `$upsert`) over
-            // whatever was there, then deleted: the document ends absent.
-            // A delete is `not_found` where the snapshot has none, so there
-            // the commit writes nothing (the read makes it check that no
-            // one created the document since).
+            // Written over whatever was there (a put, or a patch with
+            // `$upsert`), then deleted: the document ends absent. A delete
+            // is `not_found` where the snapshot has none, so there the
+            // commit writes nothing (the read makes it check that no one
+            // created the document since). A patch without `$upsert` of a
+            // missing document stays `not_found`, as in order.
             Some(WriteOp::Delete)
                 if self.ops[index].expect == Expect::Any
-                    && matches!(
-                        self.ops[index].write,
-                        Some(WriteOp::Put { .. } | WriteOp::Patch(_))
-                    ) =>
+                    && match &self.ops[index].write {
+                        Some(WriteOp::Put { .. }) => true,
+                        Some(WriteOp::Patch(update)) => update.upsert(),
+                        _ => false,
+                    } =>
             {
                 let key = prepared.key.clone();
                 self.read_snapshot(&collection, &key, &id)?
@@ -217,8 +219,11 @@ impl Transaction {
     }
 
     /// Op `index` fails the commit for `reason`, `current` being the
-    /// document as this transaction sees it.
+    /// document as this transaction sees it (once per op).
     fn refuse(&mut self, index: usize, reason: ConflictReason, current: Option<Document>) {
+        if self.refused.iter().any(|r| r.index == index) {
+            return;
+        }
         let op = &self.ops[index];
         self.refused.push(OpConflict {
             index,
@@ -278,8 +283,8 @@ impl Transaction {
         )?;
         self.reads.add_range(read.space, read.consumed)?;
         let mut page = read.page;
-        page.docs
-            .retain(|d| !super::collection::expired_now(self.db.shared(), collection, d));
+        let expired = super::collection::expiry(self.db.shared(), collection);
+        page.docs.retain(|d| !expired(d));
         Ok(page)
     }
 
@@ -288,6 +293,24 @@ impl Transaction {
     /// never conflicts.
     pub fn commit(self) -> Result<TxOutcome> {
         if !self.refused.is_empty() {
+            // Judged on what the transaction read: the verdict is the
+            // commit's only if that is still current (else the answer is the
+            // read conflict, and a retry judges it again).
+            let reads = Commit {
+                ops: Vec::new(),
+                reads: Some((self.reads, self.snapshot_seq)),
+                idempotency: None,
+                origin: self.origin.clone(),
+                seen: None,
+            };
+            if let Err(failure) = self.db.submit_commit(reads)?.wait()? {
+                return Ok(Err(failure));
+            }
+            for refused in &self.refused {
+                let conflict = [(refused.id.clone(), refused.conflict.reason)];
+                self.db
+                    .note_conflicts(&refused.collection, &conflict, &self.origin);
+            }
             return Ok(Err(TxFailure::Conflicts(self.refused)));
         }
         if self.ops.is_empty() {

@@ -391,11 +391,44 @@ fn folded_writes_keep_a_patchs_condition() {
             json!({"n": 10}).as_object().cloned().unwrap()
         );
     }
-    // The second patch's `$if` failing, after a first write.
+    // The second patch's `$if` failing, after a first write (and a third
+    // write after it: one refusal).
     let mut tx = db.begin().unwrap();
+    tx.put("c", "other", json!({}), Expect::Any).unwrap();
     tx.patch("c", "x", set_m(), Expect::Any).unwrap();
     tx.patch("c", "x", guarded("conflict"), Expect::Any).unwrap();
-    assert!(matches!(tx.commit().unwrap(), Err(TxFailure::Conflicts(_))));
+    tx.patch("c", "x", guarded("conflict"), Expect::Any).unwrap();
+    match tx.commit().unwrap() {
+        Err(TxFailure::Conflicts(conflicts)) => {
+            let refused: Vec<_> = conflicts.iter().map(|c| (c.index, c.conflict.reason)).collect();
+            assert_eq!(refused, [(1, ConflictReason::ConditionFailed)]);
+        }
+        other => panic!("expected condition_failed, got {other:?}"),
+    }
+    // Judged on the snapshot, the verdict stands only while that is
+    // current: changed since, the answer is the read conflict (a retry
+    // judges again, and here the condition holds).
+    let mut tx = db.begin().unwrap();
+    tx.patch("c", "x", guarded("conflict"), Expect::Any).unwrap();
+    tx.patch("c", "x", set_m(), Expect::Any).unwrap();
+    c.put("x", json!({"n": 1}), Expect::Any).unwrap().unwrap();
+    assert!(matches!(
+        tx.commit().unwrap(),
+        Err(TxFailure::ReadConflict { .. })
+    ));
+    let mut attempts = 0;
+    db.transaction(|tx| {
+        attempts += 1;
+        tx.patch("c", "x", guarded("conflict"), Expect::Any)?;
+        tx.patch("c", "x", set_m(), Expect::Any)
+    })
+    .unwrap();
+    assert_eq!(attempts, 1);
+    assert_eq!(
+        c.get("x").unwrap().unwrap().body,
+        json!({"n": 2, "m": 1}).as_object().cloned().unwrap()
+    );
+    c.put("x", json!({"n": 10}), Expect::Any).unwrap().unwrap();
     // Skipped: the other write stands; the transaction sees the document
     // as the skip leaves it.
     let mut tx = db.begin().unwrap();
@@ -441,6 +474,18 @@ fn a_document_written_then_deleted_in_a_transaction_ends_absent() {
     .unwrap();
     for id in ["new", "fresh", "old"] {
         assert!(c.get(id).unwrap().is_none(), "{id}");
+    }
+    // A patch without `$upsert` of a missing document is `not_found`, in
+    // order, whatever follows it.
+    let mut tx = db.begin().unwrap();
+    tx.patch("c", "never", update(json!({"$inc": {"n": 1}})), Expect::Any)
+        .unwrap();
+    tx.delete("c", "never", Expect::Any).unwrap();
+    match tx.commit().unwrap() {
+        Err(TxFailure::Conflicts(conflicts)) => {
+            assert_eq!(conflicts[0].conflict.reason, ConflictReason::NotFound)
+        }
+        other => panic!("expected not_found, got {other:?}"),
     }
     let mut tx = db.begin().unwrap();
     tx.put("c", "new", json!({}), Expect::Any).unwrap();
