@@ -356,7 +356,12 @@ impl<'a> Group<'a> {
             let old_live = previous.filter(|d| !d.is_deleted()).map(|d| &d.body);
             let new_live = (!state.doc.is_deleted()).then_some(&state.doc.body);
             let mut index_writes = Vec::new();
-            for def in indexes {
+            // A failed index is neither read nor held to the values' limit
+            // (`INDEX_VALUES_BYTES_MAX`): its entries wait for its drop,
+            // and a document's written now could pass the storage's
+            // largest key (an entry over 65,535 bytes panicked the
+            // committer).
+            for def in indexes.iter().filter(|d| d.state != IndexState::Failed) {
                 let old_entry = old_live.map(|body| def.entry_key(id, body));
                 let new_entry = new_live.map(|body| def.entry_key(id, body));
                 if old_entry != new_entry {

@@ -373,6 +373,15 @@ impl Storage for FjallStorage {
         let _appending = self.zero_ahead_of(&batch);
         let mut fjall_batch = self.db.batch().durability(Some(mode));
         for write in batch.into_writes() {
+            // fjall panics on a key it cannot hold: refused here instead,
+            // which fails the write (the engine's own limits keep every key
+            // far below it).
+            if write.key.is_empty() || write.key.len() > usize::from(u16::MAX) {
+                return Err(StorageError::Backend(format!(
+                    "a key of {} bytes: the storage holds keys of 1 to 65,535 bytes",
+                    write.key.len()
+                )));
+            }
             let keyspace = self.keyspace(write.space);
             match write.value {
                 Some(value) => fjall_batch.insert(keyspace, write.key, value),
@@ -460,6 +469,28 @@ mod tests {
             torn
         });
         assert_eq!(torn, None, "a snapshot held part of a batch");
+    }
+
+    /// A key fjall cannot hold (empty, or past 65,535 bytes) fails the
+    /// write with an error, not a panic in fjall, and nothing of its batch
+    /// is written.
+    #[test]
+    fn a_key_the_store_cannot_hold_fails_the_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = FjallStorage::open(dir.path()).unwrap();
+        for bad in [Vec::new(), vec![b'k'; usize::from(u16::MAX) + 1]] {
+            let mut batch = WriteBatch::default();
+            batch.put(Space::Documents, b"fine".to_vec(), b"v".to_vec());
+            batch.put(Space::Documents, bad, b"v".to_vec());
+            assert!(matches!(
+                storage.apply(batch, Durability::Immediate),
+                Err(StorageError::Backend(_))
+            ));
+            assert_eq!(storage.get(Space::Documents, b"fine").unwrap(), None);
+        }
+        let mut batch = WriteBatch::default();
+        batch.put(Space::Documents, vec![b'k'; usize::from(u16::MAX)], b"v".to_vec());
+        storage.apply(batch, Durability::Immediate).unwrap();
     }
 
     #[test]
