@@ -280,6 +280,11 @@ pub struct Committer {
     last_background: Instant,
     recent: RecentWrites,
     last_maintenance: Instant,
+    /// The last upkeep left expired idempotency keys or tombstones to purge
+    /// (it purges a bounded batch of each): the next runs at the next
+    /// background tick, not a second later, so that writers faster than a
+    /// batch a second are kept up with.
+    maintenance_backlog: bool,
     /// What this group did, for the insights (handed over when it is stored).
     events: Vec<Event>,
     /// Documents this group changed, by hash: a second change is contended.
@@ -465,15 +470,17 @@ impl Committer {
             last_background: Instant::now(),
             recent: RecentWrites::new(last_seq),
             last_maintenance: Instant::now(),
+            maintenance_backlog: false,
             events: Vec::new(),
             group_docs: GroupDocs::default(),
             poll,
         })
     }
 
-    /// Whether background work (outbox, TTL) wants the short tick.
+    /// Whether background work (outbox, TTL, a purge's backlog) wants the
+    /// short tick.
     fn busy_in_background(&self) -> bool {
-        self.outbox_entries > 0 || !self.ttl.is_empty()
+        self.outbox_entries > 0 || !self.ttl.is_empty() || self.maintenance_backlog
     }
 
     /// Runs until every sender of `queue` is gone.

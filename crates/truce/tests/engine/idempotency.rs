@@ -88,6 +88,56 @@ fn expired_keys_are_forgotten_and_purged() {
     assert_eq!(c.get("x").unwrap().unwrap().body["n"], 7);
 }
 
+/// Expired keys are purged as fast as they come: a batch of 1,000 at a
+/// time, the next at the next background tick while a batch comes back
+/// full (at one batch a second, any writer of more than 1,000 keyed writes
+/// a second grew the keys without end).
+#[test]
+fn expired_keys_are_purged_faster_than_a_batch_a_second() {
+    use std::time::Instant;
+    use truce::storage::{Direction, MemoryStorage, Space, StorageRead};
+    let storage = std::sync::Arc::new(MemoryStorage::new());
+    let options = Options {
+        idempotency_retention: Duration::from_millis(1),
+        ..Options::default()
+    };
+    let db = Db::open_with_storage(storage.clone(), options).unwrap();
+    let c = db.collection("c").unwrap();
+    const KEYED: usize = 5_000;
+    for i in 0..KEYED {
+        let inc = update(json!({"$inc": {"n": 1}, "$upsert": true}));
+        c.patch_idempotent(&format!("k{i}"), "x", inc, Expect::Any)
+            .unwrap()
+            .unwrap();
+    }
+    let stored = || {
+        let all = |space| {
+            storage
+                .scan(
+                    space,
+                    std::ops::Bound::Unbounded,
+                    std::ops::Bound::Unbounded,
+                    Direction::Forward,
+                    usize::MAX,
+                )
+                .unwrap()
+                .len()
+        };
+        (all(Space::Idempotency), all(Space::IdempotencyExpiry))
+    };
+    // The first upkeep comes within a second; at a batch a second, 2,000
+    // of them would be left 2.5 s after the writes.
+    let deadline = Instant::now() + Duration::from_millis(2_500);
+    while stored() != (0, 0) {
+        assert!(
+            Instant::now() < deadline,
+            "still stored: {:?} of {KEYED}",
+            stored()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn bad_keys_are_refused() {
     let dir = tempfile::tempdir().unwrap();

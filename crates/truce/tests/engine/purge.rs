@@ -277,6 +277,51 @@ fn the_purge_goes_on_in_passes_and_across_a_reopen() {
     assert!(feed(&db, Some("c")).is_empty());
 }
 
+/// The purge keeps up with deletes faster than one batch a second
+/// (`TOMBSTONE_PURGES_MAX`): while a pass stops at its count, the next one
+/// comes at the next background tick (a TTL deleting more than 1,000
+/// documents a second left tombstones behind without end).
+#[test]
+fn tombstones_are_purged_faster_than_a_batch_a_second() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = crate::open_relaxed(dir.path());
+    db.collection("c").unwrap().set_config(keep(1)).unwrap();
+    let total = 5 * truce::limits::TOMBSTONE_PURGES_MAX;
+    for delete in [false, true] {
+        let ops: Vec<TxOp> = (0..total)
+            .map(|i| {
+                let (collection, id) = ("c".to_string(), format!("{i:05}"));
+                match delete {
+                    true => TxOp::Delete {
+                        collection,
+                        id,
+                        expect: Expect::Any,
+                    },
+                    false => TxOp::Put {
+                        collection,
+                        id,
+                        body: json!({}),
+                        expect: Expect::Any,
+                    },
+                }
+            })
+            .collect();
+        for chunk in ops.chunks(truce::limits::TX_OPS_MAX) {
+            db.batch(chunk.to_vec(), None).unwrap().unwrap();
+        }
+    }
+    // From the first pass that finds them old enough, at a batch a second
+    // the last would go 4 s later.
+    purged(&db, 1);
+    let first = Instant::now();
+    purged(&db, total as u64);
+    assert!(
+        first.elapsed() < Duration::from_millis(2_000),
+        "{total} tombstones took {:?}",
+        first.elapsed()
+    );
+}
+
 /// A change-log entry whose document cannot be read is reported and passed:
 /// the tombstones after it are still purged.
 #[test]

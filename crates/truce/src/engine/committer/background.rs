@@ -45,7 +45,10 @@ impl Committer {
             tracing::error!("counter outbox drain failed: {e}");
         }
         self.sweep_ttl();
-        if self.last_maintenance.elapsed() >= Duration::from_millis(COMMITTER_IDLE_MS) {
+        if self.maintenance_backlog
+            || self.last_maintenance.elapsed() >= Duration::from_millis(COMMITTER_IDLE_MS)
+        {
+            self.maintenance_backlog = false;
             self.maintain();
             self.purge_tombstones();
         }
@@ -314,6 +317,8 @@ impl Committer {
         if purged == 0 {
             return;
         }
+        // Stopped by its count of purges: there may be more.
+        self.maintenance_backlog |= budget.purges == 0;
         if moved {
             group.put(
                 Space::Meta,
@@ -396,6 +401,8 @@ impl Committer {
             Ok(_) => return,
             Err(e) => return tracing::warn!("idempotency purge skipped: {e}"),
         };
+        // A full batch: there may be more.
+        self.maintenance_backlog |= expired.len() == IDEMPOTENCY_PURGE_BATCH_MAX;
         let mut group = Group::new(&*storage, self.last_seq, self.last_ts_ms);
         for (key, _) in expired {
             let Some((expiry, idem_key)) = key.split_first_chunk::<8>() else {
