@@ -1121,6 +1121,15 @@ impl Committer {
                             continue;
                         }
                     };
+                    if !sum.is_finite() {
+                        // JSON has no number for it: the field keeps its last
+                        // one (written as 0, it looked like a recount's).
+                        tracing::warn!(
+                            target_doc = %format!("{collection}/{id}"),
+                            "counter increment skipped: the sum in {field} would pass the largest number JSON holds"
+                        );
+                        continue;
+                    }
                     sums.insert(field, sum.to_json());
                 }
                 if sums.is_empty() {

@@ -76,6 +76,22 @@ pub struct CounterDef {
     pub mode: CounterMode,
 }
 
+impl CounterDef {
+    /// Whether its `where` uses `$ago` anywhere: what it counts then
+    /// depends on when each write came (`check` skips such a counter, and a
+    /// new declaration of one is refused).
+    pub fn is_time_relative(&self) -> bool {
+        fn mentions_ago(filter: &Value) -> bool {
+            match filter {
+                Value::Object(map) => map.iter().any(|(k, v)| k == "$ago" || mentions_ago(v)),
+                Value::Array(items) => items.iter().any(mentions_ago),
+                _ => false,
+            }
+        }
+        mentions_ago(&self.filter_json)
+    }
+}
+
 /// The configuration of one collection.
 #[derive(Clone, Debug, Default)]
 pub struct CollectionConfig {
@@ -353,6 +369,10 @@ impl CollectionConfig {
     /// Refuses what a new declaration of counters on `collection` may not say,
     /// beyond what a stored configuration is checked for ([`Self::from_json`],
     /// which configurations stored before these rules still pass): a
+    /// `where` that uses `$ago` (a document is counted by how old it was
+    /// when it was written, and a delete judges it by how old it is then:
+    /// one that stopped matching since is never taken out, and the count
+    /// drifts for good), a
     /// `group_by`, `sum` or `where` naming a `_` field (bodies have none: the
     /// counter would count nothing, or a condition be about nothing), and a target in `collection` itself (a target is
     /// then also a source: deleting it would bring it back as its own count).
@@ -373,6 +393,13 @@ impl CollectionConfig {
                         path.to_string()
                     )));
                 }
+            }
+            if def.is_time_relative() {
+                return Err(invalid(format!(
+                    "{what}.where uses $ago: a document would be counted by how old it was when written, \
+                     and one that stopped matching since would never be taken out; count by fields that \
+                     writes change (a flag a write sets, or a day bucket)"
+                )));
             }
             if let Some(path) = def.filter.as_ref().and_then(Filter::reserved_path) {
                 return Err(invalid(format!(

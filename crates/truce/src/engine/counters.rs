@@ -62,9 +62,11 @@ impl Amount {
     /// a millionth of the larger (or of 1) once either is a float, since float
     /// sums differ by their order (a target summed in commit order against a
     /// recount summed in id order), which is no damage to repair.
+    /// A sum past the largest float is no count: the same as nothing.
     pub fn same(self, other: Amount) -> bool {
         match (self, other) {
             (Amount::Int(a), Amount::Int(b)) => a == b,
+            (a, b) if !a.is_finite() || !b.is_finite() => false,
             (a, b) => {
                 let (a, b) = (a.as_f64(), b.as_f64());
                 (a - b).abs() <= FLOAT_SUM_TOLERANCE * a.abs().max(b.abs()).max(1.0)
@@ -72,12 +74,19 @@ impl Amount {
         }
     }
 
+    /// Whether it is a number JSON holds: a float sum can pass the largest
+    /// float (two amounts of `1e308`), and JSON has no infinity.
+    pub fn is_finite(self) -> bool {
+        self.as_f64().is_finite()
+    }
+
     /// Whether adding this changes nothing.
     pub fn is_zero(self) -> bool {
         self.as_f64() == 0.0
     }
 
-    /// As a JSON number.
+    /// As a JSON number (0 for a sum that is not finite, which the
+    /// committer never stores: [`is_finite`](Self::is_finite)).
     pub fn to_json(self) -> Value {
         match self {
             Amount::Int(a) => json!(a),
@@ -121,7 +130,8 @@ pub fn contribution(def: &CounterDef, body: &Body, now_ms: u64, work: &mut Work)
         Value::Bool(b) => b.to_string(),
         _ => return None,
     };
-    doc::validate_id(&group).ok()?;
+    // A target's id must be one a URL can name (not `.` or `..`).
+    doc::validate_written_id(&group).ok()?;
     let amount = match &def.sum {
         None => Amount::Int(1),
         Some(field) => match path::get(body, field) {
@@ -264,6 +274,20 @@ mod tests {
             amounts(deltas(&d, Some(&a), None, 0, &mut Work::new(), false)),
             [("x".into(), Amount::Int(-1))]
         );
+    }
+
+    /// A group that no URL could name as a target's id (`.`, `..`) is no
+    /// group: the document counts nowhere, as one with no valid id does.
+    #[test]
+    fn a_group_no_url_can_name_counts_nowhere() {
+        let d = def(Value::Null, Value::Null);
+        for group in [".", "..", ""] {
+            assert!(
+                contribution(&d, &body(json!({"g": group})), 0, &mut Work::new()).is_none(),
+                "{group:?}"
+            );
+        }
+        assert!(contribution(&d, &body(json!({"g": "..."})), 0, &mut Work::new()).is_some());
     }
 
     #[test]

@@ -100,6 +100,9 @@ fn recount_with(db: &Db, collection: &str, name: &str, only_waiting: bool) -> Re
     for tally in &groups {
         if let Some(held) = &tally.not_a_number {
             unfixable.push((tally.group.clone(), held.clone()));
+        } else if !tally.expected.is_finite() {
+            // No number could hold the count: none is written.
+            unfixable.push((tally.group.clone(), tally.have.to_json()));
         } else if !tally.expected.same(tally.have) {
             fixed.push(RecountFix {
                 group: tally.group.clone(),

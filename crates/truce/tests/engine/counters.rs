@@ -512,6 +512,34 @@ fn a_sum_past_i64_goes_on_as_a_float() {
     assert!(orders.recount("total").unwrap().fixed.is_empty());
 }
 
+/// A float sum past the largest number JSON holds is not stored (it was
+/// written as 0, and a check and a recount took 0 for it): the target
+/// keeps its last sum, and a recount reports the group unfixable.
+#[test]
+fn a_float_sum_past_the_largest_number_is_not_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_relaxed(dir.path());
+    let orders = summed_orders(&db);
+    for id in ["o1", "o2"] {
+        orders
+            .put(id, json!({"shop": "s", "amt": 1e308}), Expect::Absent)
+            .unwrap()
+            .unwrap();
+    }
+    let shop = db.collection("shops").unwrap().get("s").unwrap().unwrap();
+    assert_eq!(shop.body["total"], json!(1e308));
+    let report = orders.recount("total").unwrap();
+    assert!(report.fixed.is_empty(), "{:?}", report.fixed);
+    assert_eq!(report.unfixable, [("s".to_string(), json!(1e308))]);
+    // Back within reach, the next write's sum is stored again.
+    orders.delete("o2", Expect::Any).unwrap().unwrap();
+    let report = orders.recount("total").unwrap();
+    assert!(
+        report.unfixable.is_empty() && report.fixed.len() == 1,
+        "{report:?}"
+    );
+}
+
 /// Fractional sums differ by the order they were added in — the target in
 /// commit order, a recount in id order — which is rounding, not damage: the
 /// check and a recount let it be.
@@ -594,6 +622,32 @@ fn a_unique_index_built_over_an_expired_holder_is_ready() {
 /// Counters that would not count alone are refused: two in one target field
 /// (each recount would undo the other), and chains (counters do not
 /// cascade, so the chained one would miss every increment).
+/// A counter whose `where` uses `$ago` is refused: a document counted by
+/// how old it was when written is judged by how old it is when deleted, and
+/// one that stopped matching since was never taken out (the count stayed
+/// at 1 with no document left).
+#[test]
+fn a_time_relative_counter_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_relaxed(dir.path());
+    for filter in [
+        json!({"t": {"$gt": {"$ago": 300}}}),
+        json!({"$or": [{"a": 1}, {"t": {"$lt": {"$ago": 5}}}]}),
+    ] {
+        let config = CollectionConfig::from_json(&json!({"counters": [{"name": "recent", "group_by": "g",
+            "where": filter, "target": {"c": "totals", "field": "n"}}]}))
+        .unwrap();
+        let e = db.collection("src").unwrap().set_config(config).unwrap_err();
+        assert_eq!(e.code(), "invalid_config");
+        assert!(e.to_string().contains("$ago"), "{e}");
+    }
+    // `$ago` as a plain value is a string, not a time.
+    let config = CollectionConfig::from_json(&json!({"counters": [{"name": "tagged", "group_by": "g",
+        "where": {"tag": "$ago"}, "target": {"c": "totals", "field": "n"}}]}))
+    .unwrap();
+    db.collection("src").unwrap().set_config(config).unwrap();
+}
+
 #[test]
 fn counters_that_would_not_count_alone_are_refused() {
     let dir = tempfile::tempdir().unwrap();
