@@ -81,7 +81,11 @@ pub enum Request {
     /// Add amounts to target fields in one commit (recount corrections); when
     /// the recount was the backfill of a counter declared, the same commit
     /// records that it is done.
-    Increment(Vec<Increment>, Option<Backfilled>, oneshot::Sender<Result<u64>>),
+    Increment(
+        Vec<Increment>,
+        Option<Backfilled>,
+        oneshot::Sender<Result<Corrected>>,
+    ),
     /// Drop an index: from this commit on it is neither maintained nor read.
     /// Answers the definition dropped.
     DropIndex {
@@ -126,6 +130,7 @@ enum Answer {
     Commit(oneshot::Sender<Result<TxOutcome>>, Result<TxOutcome>),
     Index(oneshot::Sender<Result<IndexProgress>>, Result<IndexProgress>),
     Seq(oneshot::Sender<Result<u64>>, Result<u64>),
+    Corrected(oneshot::Sender<Result<Corrected>>, Result<Corrected>),
     Dropped(oneshot::Sender<Result<IndexDef>>, Result<IndexDef>),
     Cursor(oneshot::Sender<Result<Option<Vec<u8>>>>, Result<Option<Vec<u8>>>),
 }
@@ -138,11 +143,13 @@ impl Answer {
             (Answer::Commit(tx, answer), Ok(())) => drop(tx.send(answer)),
             (Answer::Index(tx, answer), Ok(())) => drop(tx.send(answer)),
             (Answer::Seq(tx, answer), Ok(())) => drop(tx.send(answer)),
+            (Answer::Corrected(tx, answer), Ok(())) => drop(tx.send(answer)),
             (Answer::Dropped(tx, answer), Ok(())) => drop(tx.send(answer)),
             (Answer::Cursor(tx, answer), Ok(())) => drop(tx.send(answer)),
             (Answer::Commit(tx, _), Err(e)) => drop(tx.send(Err(unavailable(e)))),
             (Answer::Index(tx, _), Err(e)) => drop(tx.send(Err(unavailable(e)))),
             (Answer::Seq(tx, _), Err(e)) => drop(tx.send(Err(unavailable(e)))),
+            (Answer::Corrected(tx, _), Err(e)) => drop(tx.send(Err(unavailable(e)))),
             (Answer::Dropped(tx, _), Err(e)) => drop(tx.send(Err(unavailable(e)))),
             (Answer::Cursor(tx, _), Err(e)) => drop(tx.send(Err(unavailable(e)))),
         }
@@ -157,13 +164,22 @@ impl Request {
             Request::DefineIndex(_, tx) | Request::Backfill { reply: tx, .. } => {
                 drop(tx.send(Err(unavailable(error))))
             }
-            Request::SetConfig(_, _, tx) | Request::Increment(_, _, tx) => {
-                drop(tx.send(Err(unavailable(error))))
-            }
+            Request::SetConfig(_, _, tx) => drop(tx.send(Err(unavailable(error)))),
+            Request::Increment(_, _, tx) => drop(tx.send(Err(unavailable(error)))),
             Request::DropIndex { reply, .. } => drop(reply.send(Err(unavailable(error)))),
             Request::PurgeIndex { reply, .. } => drop(reply.send(Err(unavailable(error)))),
         }
     }
+}
+
+/// What a commit of corrections did: its sequence, and the target documents
+/// (collection, id) whose increments could not be applied (`skipped`: the
+/// target would pass a limit, or its field holds no number), each logged.
+pub struct Corrected {
+    /// The commit's sequence (the last one's, when nothing was written).
+    pub seq: u64,
+    /// Targets left as they were.
+    pub skipped: Vec<(String, String)>,
 }
 
 /// A counter's backfill done: counter `name` of `collection`, as declared in
@@ -599,7 +615,8 @@ impl Committer {
                 Request::Increment(increments, backfilled, reply) => {
                     group.seq += 1;
                     let mut written = Vec::new();
-                    self.apply_increments(&mut group, counters::coalesce(increments), &mut written);
+                    let skipped =
+                        self.apply_increments(&mut group, counters::coalesce(increments), &mut written);
                     if written.is_empty() {
                         // Every increment was skipped (or there were none): no
                         // commit, so no sequence number of its own, which the
@@ -611,7 +628,8 @@ impl Committer {
                     if let Some(done) = backfilled {
                         config_changed |= self.backfilled(&mut group, &done);
                     }
-                    Answer::Seq(reply, Ok(group.seq))
+                    let seq = group.seq;
+                    Answer::Corrected(reply, Ok(Corrected { seq, skipped }))
                 }
             });
         }
@@ -1060,12 +1078,15 @@ impl Committer {
     /// Adds each increment to its target document in the current commit
     /// (`group.seq`), creating targets that are missing; the targets' other fields
     /// are untouched. Counters do not cascade: increments feed no further counters.
+    /// Returns the targets (collection, id) some of whose increments could
+    /// not be applied, each logged.
     fn apply_increments(
         &mut self,
         group: &mut Group<'_>,
         increments: Vec<Increment>,
         written: &mut Vec<(Space, Vec<u8>)>,
-    ) {
+    ) -> Vec<(String, String)> {
+        let mut skipped = Vec::new();
         // (collection, id, [(field, amount)]) of each target document, in
         // the order first met, and where each is (a search of the list for
         // each increment was quadratic in a recount's groups).
@@ -1087,6 +1108,7 @@ impl Committer {
         };
         for (collection, id, fields) in by_target {
             let key = tx::doc_key(&collection, &id);
+            let mut field_skipped = false;
             // The committer is the one writer: it adds with the counters' own
             // arithmetic (an integer sum past i64 goes on as a float, where
             // `$inc` would refuse it and the counter would stop) and sets.
@@ -1118,6 +1140,7 @@ impl Committer {
                                 "counter increment skipped: the target field {field} holds {}, not a number",
                                 crate::doc::json_type_name(other)
                             );
+                            field_skipped = true;
                             continue;
                         }
                     };
@@ -1128,6 +1151,7 @@ impl Committer {
                             target_doc = %format!("{collection}/{id}"),
                             "counter increment skipped: the sum in {field} would pass the largest number JSON holds"
                         );
+                        field_skipped = true;
                         continue;
                     }
                     sums.insert(field, sum.to_json());
@@ -1155,10 +1179,15 @@ impl Committer {
                 }
                 Ok(None) => {}
                 Err(e) => {
-                    tracing::warn!(target_doc = %format!("{collection}/{id}"), "counter increment skipped: {e}")
+                    tracing::warn!(target_doc = %format!("{collection}/{id}"), "counter increment skipped: {e}");
+                    field_skipped = true;
                 }
             }
+            if field_skipped {
+                skipped.push((collection, id));
+            }
         }
+        skipped
     }
 
     /// Stores `collection`'s configuration, which applies from the next commit

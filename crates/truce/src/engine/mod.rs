@@ -971,7 +971,7 @@ impl Db {
         &self,
         increments: Vec<counters::Increment>,
         backfilled: Option<committer::Backfilled>,
-    ) -> Result<u64> {
+    ) -> Result<committer::Corrected> {
         self.ask(|reply| Request::Increment(increments, backfilled, reply))
     }
 

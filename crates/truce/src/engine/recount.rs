@@ -125,7 +125,16 @@ fn recount_with(db: &Db, collection: &str, name: &str, only_waiting: bool) -> Re
     let seq = if corrections.is_empty() && backfilled.is_none() {
         seq
     } else {
-        db.submit_increments(corrections, backfilled)?
+        let corrected = db.submit_increments(corrections, backfilled)?;
+        // A correction the committer could not apply (the target would pass
+        // a limit) fixed nothing: reported so, not as fixed.
+        for (_, id) in corrected.skipped {
+            if let Some(at) = fixed.iter().position(|f| f.group == id) {
+                let was = fixed.remove(at).was;
+                unfixable.push((id, was));
+            }
+        }
+        corrected.seq
     };
     Ok(Some(RecountReport {
         checked: groups.len(),
@@ -259,7 +268,7 @@ mod tests {
         assert_eq!(waiting(&db), Some(second), "a stale backfill ended a newer wait");
         // A backfill with nothing to correct commits no change: it takes no
         // sequence number, which would be a commit the feed has nothing for.
-        let seq = db.submit_increments(Vec::new(), done(second)).unwrap();
+        let seq = db.submit_increments(Vec::new(), done(second)).unwrap().seq;
         assert_eq!((seq, db.durable_seq()), (0, 0));
         assert_eq!(waiting(&db), None);
         // Removed while waiting: the wait goes with it.

@@ -484,6 +484,33 @@ fn summed_orders(db: &Db) -> truce::Collection {
     orders
 }
 
+/// A correction the committer cannot apply (its target would pass the
+/// document size limit) is reported unfixable by the recount, not fixed.
+#[test]
+fn a_correction_that_cannot_be_applied_is_not_reported_fixed() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_relaxed(dir.path());
+    let orders = summed_orders(&db);
+    // The target, written by hand just under the size limit: the counter's
+    // field does not fit in it.
+    let blob = "x".repeat(truce::limits::DOC_SIZE_BYTES_MAX - 16);
+    db.collection("shops")
+        .unwrap()
+        .put("s", json!({"blob": blob}), Expect::Any)
+        .unwrap()
+        .unwrap();
+    orders
+        .put("o1", json!({"shop": "s", "amt": 5}), Expect::Absent)
+        .unwrap()
+        .unwrap();
+    let shop = db.collection("shops").unwrap().get("s").unwrap().unwrap();
+    assert!(shop.body.get("total").is_none(), "the increment did not fit");
+    let report = orders.recount("total").unwrap();
+    assert!(report.fixed.is_empty(), "{report:?}");
+    assert_eq!(report.unfixable.len(), 1, "{report:?}");
+    assert_eq!(report.unfixable[0].0, "s");
+}
+
 /// An integer sum past i64 goes on as a float (a JSON number), as `$inc`
 /// would not: the counter used to stop there, its increments dropped, and
 /// a recount could not see it.
