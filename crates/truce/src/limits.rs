@@ -275,7 +275,8 @@ pub const TTL_SWEEP_DELETES_MAX: usize = 500;
 pub const TOMBSTONE_KEEP_SECONDS_MAX: u64 = TTL_SECONDS_MAX;
 
 /// Change-log entries the tombstone purge looks at per maintenance pass
-/// (about once a second, [`COMMITTER_IDLE_MS`]), over all collections that
+/// (about once a second, [`COMMITTER_IDLE_MS`]; at the next background tick
+/// while the last pass stopped at [`TOMBSTONE_PURGES_MAX`]), over all collections that
 /// purge theirs (which take turns, each going on where its last turn
 /// stopped), the bytes of document records it reads for them, and the most
 /// it purges then, in one commit of its own: the purge never delays writers

@@ -13,6 +13,7 @@ use axum::response::Response;
 use axum::response::sse::Event;
 use futures_util::stream::{self, Stream, StreamExt};
 use serde_json::json;
+use truce::budget::Holding;
 use truce::record::StoredDoc;
 use truce::{Change, Db, Document};
 
@@ -288,15 +289,17 @@ fn sse_events(
     standing: Standing,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     let standing = Arc::new(standing);
-    stream::unfold(Some(sub), move |sub| {
+    // The last page's hold on the memory of the pages being read goes with
+    // the state: given back when the next page is asked for, once its events
+    // were taken by the connection, not when they were built.
+    stream::unfold(Some((sub, Holding::default())), move |state| {
         let standing = Arc::clone(&standing);
         async move {
-            let mut sub = sub?;
+            let (mut sub, held) = state?;
+            drop(held);
             let Waited::Page(page) = standing.next_page(&mut sub).await else {
                 return None;
             };
-            // Held (with what it holds of the pages' memory) until its
-            // events are written.
             let page = match page {
                 Ok(page) => page,
                 Err(e) => {
@@ -327,7 +330,7 @@ fn sse_events(
                     event
                 }));
             }
-            Some((stream::iter(events), Some(sub)))
+            Some((stream::iter(events), Some((sub, page.memory))))
         }
     })
     .flatten()

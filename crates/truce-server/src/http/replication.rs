@@ -882,11 +882,15 @@ fn stream_events(
     standing: Standing,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     let standing = Arc::new(standing);
-    stream::unfold(Some(sub), move |sub| {
+    // The last page's hold on the memory of the pages being read goes with
+    // the state, given back when the next page is asked for (its event was
+    // taken by the connection by then), as on `/v1`'s stream.
+    stream::unfold(Some((sub, truce::budget::Holding::default())), move |state| {
         let shape = shape.clone();
         let standing = Arc::clone(&standing);
         async move {
-            let mut sub = sub?;
+            let (mut sub, held) = state?;
+            drop(held);
             let page = match standing.next_page(&mut sub).await {
                 Waited::Page(Ok(page)) => page,
                 Waited::Page(Err(e)) => return Some((Ok(error_event(json!({"error": e.code()}))), None)),
@@ -896,7 +900,7 @@ fn stream_events(
                 .pull_answer(&page.changes, page.from, &Value::Null)
                 .and_then(|data| Ok(super::event_text(data)?));
             match data {
-                Ok(data) => Some((Ok(Event::default().data(data)), Some(sub))),
+                Ok(data) => Some((Ok(Event::default().data(data)), Some((sub, page.memory)))),
                 Err(refused) => Some((Ok(error_event(refused.status_and_body().1)), None)),
             }
         }

@@ -511,6 +511,18 @@ pub fn check(view: &dyn StorageRead, progress: &mut dyn FnMut(&CheckProgress)) -
                             tally.expected.to_json()
                         ),
                     );
+                } else if !tally.expected.is_finite() {
+                    report.problem(
+                        "counter_sum_overflow",
+                        Space::Documents,
+                        format!(
+                            "counter {collection}/{} cannot hold what its documents say in {target}, a sum past \
+                             the largest number JSON holds (it keeps {}); no recount fixes it until their sum is \
+                             back within reach",
+                            def.name,
+                            tally.have.to_json()
+                        ),
+                    );
                 } else if !tally.expected.same(tally.have) {
                     report.problem(
                         "counter_mismatch",

@@ -1063,6 +1063,16 @@ impl Committer {
         }
         self.apply_increments(group, counters::coalesce(effects.in_commit), written);
         for (n, inc) in counters::coalesce(effects.after_commit).into_iter().enumerate() {
+            if !inc.amount.is_finite() {
+                // One commit's increments of one target, merged past the
+                // largest number JSON holds: no outbox entry can carry it.
+                tracing::warn!(
+                    target_doc = %format!("{}/{}", inc.collection, inc.id),
+                    "counter increment skipped: the sum in {} would pass the largest number JSON holds",
+                    inc.field
+                );
+                continue;
+            }
             let mut key = group.seq.to_be_bytes().to_vec();
             key.extend_from_slice(&(n as u32).to_be_bytes());
             group.put(

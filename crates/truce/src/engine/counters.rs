@@ -62,7 +62,8 @@ impl Amount {
     /// a millionth of the larger (or of 1) once either is a float, since float
     /// sums differ by their order (a target summed in commit order against a
     /// recount summed in id order), which is no damage to repair.
-    /// A sum past the largest float is no count: the same as nothing.
+    /// A sum past the largest float (not finite) is the same as no amount,
+    /// itself included: no target can hold it.
     pub fn same(self, other: Amount) -> bool {
         match (self, other) {
             (Amount::Int(a), Amount::Int(b)) => a == b,

@@ -368,20 +368,26 @@ impl Storage for FjallStorage {
         fail::fail_point!("storage::apply", |_| Err(StorageError::Backend(
             "failpoint storage::apply: the write failed".into()
         )));
+        // fjall panics on a key it cannot hold (inside the committer, which
+        // then stopped): an error instead, which fails the database as any
+        // failed write does (until it is reopened) but says why. The
+        // engine's own limits keep every key far below it.
+        if let Some(key) = batch
+            .writes()
+            .iter()
+            .map(|w| &w.key)
+            .find(|k| k.is_empty() || k.len() > usize::from(u16::MAX))
+        {
+            return Err(StorageError::Backend(format!(
+                "a key of {} bytes: the storage holds keys of 1 to 65,535 bytes",
+                key.len()
+            )));
+        }
         // Held until the batch is in the journal: no append runs while zeroes
         // are written ahead of the journal's end.
         let _appending = self.zero_ahead_of(&batch);
         let mut fjall_batch = self.db.batch().durability(Some(mode));
         for write in batch.into_writes() {
-            // fjall panics on a key it cannot hold: refused here instead,
-            // which fails the write (the engine's own limits keep every key
-            // far below it).
-            if write.key.is_empty() || write.key.len() > usize::from(u16::MAX) {
-                return Err(StorageError::Backend(format!(
-                    "a key of {} bytes: the storage holds keys of 1 to 65,535 bytes",
-                    write.key.len()
-                )));
-            }
             let keyspace = self.keyspace(write.space);
             match write.value {
                 Some(value) => fjall_batch.insert(keyspace, write.key, value),

@@ -646,9 +646,6 @@ fn a_unique_index_built_over_an_expired_holder_is_ready() {
     panic!("the sweeper deleted the expired holder before every build: nothing proved");
 }
 
-/// Counters that would not count alone are refused: two in one target field
-/// (each recount would undo the other), and chains (counters do not
-/// cascade, so the chained one would miss every increment).
 /// A counter whose `where` uses `$ago` is refused: a document counted by
 /// how old it was when written is judged by how old it is when deleted, and
 /// one that stopped matching since was never taken out (the count stayed
@@ -675,6 +672,9 @@ fn a_time_relative_counter_is_refused() {
     db.collection("src").unwrap().set_config(config).unwrap();
 }
 
+/// Counters that would not count alone are refused: two in one target field
+/// (each recount would undo the other), and chains (counters do not
+/// cascade, so the chained one would miss every increment).
 #[test]
 fn counters_that_would_not_count_alone_are_refused() {
     let dir = tempfile::tempdir().unwrap();

@@ -483,7 +483,8 @@ fn a_document_written_then_deleted_in_a_transaction_ends_absent() {
     tx.delete("c", "never", Expect::Any).unwrap();
     match tx.commit().unwrap() {
         Err(TxFailure::Conflicts(conflicts)) => {
-            assert_eq!(conflicts[0].conflict.reason, ConflictReason::NotFound)
+            let refused: Vec<_> = conflicts.iter().map(|c| (c.index, c.conflict.reason)).collect();
+            assert_eq!(refused, [(0, ConflictReason::NotFound)]);
         }
         other => panic!("expected not_found, got {other:?}"),
     }

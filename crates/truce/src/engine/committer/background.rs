@@ -406,6 +406,9 @@ impl Committer {
         let mut group = Group::new(&*storage, self.last_seq, self.last_ts_ms);
         for (key, _) in expired {
             let Some((expiry, idem_key)) = key.split_first_chunk::<8>() else {
+                // Damaged (too short to hold a time): removed, so that it
+                // does not come back first in every batch.
+                group.put(Space::IdempotencyExpiry, key.clone(), None);
                 continue;
             };
             let expires_ms = u64::from_be_bytes(*expiry);
