@@ -108,6 +108,19 @@ impl Client {
         Ok(self.url(segments))
     }
 
+    /// The URL of document `id` of `coll`. An id starting with `_` is
+    /// refused here: no document has one (the server refuses it), and its
+    /// URL names another route (`_config`, `_changes`, `_indexes`), whose
+    /// answer would be read as the document's, or a write sent to it.
+    pub(crate) fn doc_url(&self, coll: &str, id: &str) -> Result<Url, ClientError> {
+        if id.starts_with('_') {
+            return Err(ClientError::InvalidArgument(format!(
+                "document id {id:?} starts with '_', which is reserved: its URL names another route"
+            )));
+        }
+        self.url_for(&["v1", "c", coll, id])
+    }
+
     /// The URL of `segments` under the base URL, each segment percent-encoded
     /// (so ids may hold `/`, `?`, `#`, spaces and any UTF-8).
     pub(crate) fn url(&self, segments: &[&str]) -> Url {
@@ -217,6 +230,21 @@ mod tests {
         assert_eq!(prefixed.url(&["healthz"]).as_str(), "http://host/truce/healthz");
         let no_slash = Client::new("http://host/truce").expect("valid");
         assert_eq!(no_slash.url(&["v1", "tx"]).as_str(), "http://host/truce/v1/tx");
+    }
+
+    /// An id starting with `_` is refused before anything is sent: `PUT
+    /// /v1/c/users/_config` would have replaced the collection's
+    /// configuration with an admin key.
+    #[test]
+    fn reserved_ids_are_refused_not_sent_to_other_routes() {
+        let client = Client::new("http://127.0.0.1:7070").expect("valid");
+        for id in ["_config", "_changes", "_"] {
+            assert!(
+                matches!(client.doc_url("users", id), Err(ClientError::InvalidArgument(_))),
+                "{id}"
+            );
+        }
+        assert!(client.doc_url("users", "a_b").is_ok());
     }
 
     #[test]

@@ -39,7 +39,7 @@ impl Client {
     }
 
     async fn fetch(&self, coll: &str, id: &str, if_none_match: Option<&str>) -> Result<Fetched, ClientError> {
-        let mut call = Call::get(self.url_for(&["v1", "c", coll, id])?);
+        let mut call = Call::get(self.doc_url(coll, id)?);
         if let Some(rev) = if_none_match {
             call = call.header("If-None-Match", format!("\"{rev}\""));
         }
@@ -98,11 +98,7 @@ impl Client {
     ) -> Result<Call, ClientError> {
         let mut body = object(body)?;
         let header = precondition.apply(kind, &mut body);
-        let mut call = Call::write(
-            method,
-            self.url_for(&["v1", "c", coll, id])?,
-            Some(Value::Object(body)),
-        );
+        let mut call = Call::write(method, self.doc_url(coll, id)?, Some(Value::Object(body)));
         if let Some((name, value)) = header {
             call = call.header(name, value);
         }
@@ -122,7 +118,7 @@ impl Client {
         id: &str,
         precondition: DeletePrecondition,
     ) -> Result<WriteResult, ClientError> {
-        let mut url = self.url_for(&["v1", "c", coll, id])?;
+        let mut url = self.doc_url(coll, id)?;
         let (name, value) = precondition.query_pair();
         url.query_pairs_mut().append_pair(name, &value);
         write_outcome(&self.execute(&Call::write(Method::DELETE, url, None)).await?)

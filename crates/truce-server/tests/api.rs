@@ -4019,6 +4019,15 @@ fn backups_run_online_and_open_as_a_data_directory() {
         .unwrap()
         .to_string();
     assert!(message.contains("--backup-root"), "{message}");
+    // A `..` under a directory not made yet passed as written, and led
+    // outside the root once the directory was made.
+    let climbing = root.join("not-yet/../../elsewhere");
+    let refused = api.post("/v1/_backup", json!({ "path": climbing }));
+    let message = refused.error(400, "invalid_backup")["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(message.contains(".."), "{message}");
     let inside = api.post("/v1/_backup", json!({"path": root.join("nightly")}));
     assert_eq!(inside.status, 202, "{}", inside.text);
 }

@@ -148,6 +148,15 @@ fn target(
         ))
         .into());
     }
+    // `..` is resolved only where the directories exist: one under a
+    // directory not made yet passed the checks below as written, and led
+    // elsewhere (outside `--backup-root`, into the data directory) once it
+    // was made.
+    if path.components().any(|c| c == std::path::Component::ParentDir) {
+        return Err(
+            truce::Error::InvalidBackup(format!("{}: give the path without `..`", path.display())).into(),
+        );
+    }
     let parent = path.parent().unwrap_or(Path::new("/"));
     if within(parent, data) {
         return Err(truce::Error::InvalidBackup(format!(
