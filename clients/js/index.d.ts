@@ -1,11 +1,37 @@
 import type { RxCollection } from 'rxdb';
 import type { RxReplicationState } from 'rxdb/plugins/replication';
 
-/** Truce's replication checkpoint: the commit sequence and id of the last document pulled. */
+/**
+ * Truce's replication checkpoint: the commit sequence and id of the last
+ * document pulled, and where this replica's history began (`from`).
+ */
 export interface TruceCheckpoint {
   seq: number;
   id: string;
+  from?: number;
 }
+
+/**
+ * A request Truce answered with an error, or that got no answer. RxDB's
+ * `error$` carries it as an `RC_PULL`/`RC_PUSH` error whose
+ * `parameters.errors[0]` has the same `name`, `code` and `url`.
+ */
+export class TruceError extends Error {
+  name: 'TruceError';
+  method: string;
+  url: string;
+  /** The HTTP status; 0 when there was no answer (network error, timeout). */
+  status: number;
+  /** The body's stable `error` code (API.md), `http_{status}` for a body without one, or `'network'` / `'timeout'`. */
+  code: string;
+  /** The parsed error body, when it was JSON. */
+  body: unknown;
+  /** Whether the same request can succeed later (no answer, 408, 429, 5xx); false for other 4xx. */
+  retryable: boolean;
+}
+
+/** What to do when the server no longer holds every delete since the checkpoint (410 `history_purged`). */
+export type HistoryPurgedChoice = 'resync' | 'cancel';
 
 export interface ReplicateTruceOptions<RxDocType = any> {
   /** The RxDB collection to replicate. */
@@ -41,6 +67,20 @@ export interface ReplicateTruceOptions<RxDocType = any> {
   autoStart?: boolean;
   /** Milliseconds of silence on the event stream (no event, no keep-alive) before reconnecting. Default: 60000. */
   streamTimeout?: number;
+  /**
+   * Milliseconds a pull or push may take, answer body included, before it
+   * fails with a TruceError of code `'timeout'` (and is retried). Default: 30000.
+   */
+  requestTimeout?: number;
+  /**
+   * On a 410 `history_purged` (this replica was away longer than the
+   * collection keeps tombstones): `'resync'` pulls the whole collection
+   * again, deleting local documents the server no longer has, except those
+   * with local writes not yet pushed; `'cancel'` cancels the replication
+   * and reports the error on `error$`. A function is called with the
+   * TruceError and answers one of the two. Default: `'resync'`.
+   */
+  historyPurged?: HistoryPurgedChoice | ((error: TruceError) => HistoryPurgedChoice | Promise<HistoryPurgedChoice>);
 }
 
 /**

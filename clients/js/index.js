@@ -25,6 +25,45 @@ const DEFAULT_RETRY_TIME = 5000; // ms between failed pull/push attempts (rxdb's
 const STREAM_BACKOFF_MIN = 250; // ms before the first reconnect of the event stream
 const STREAM_BACKOFF_MAX = 10000; // ms, the longest wait between reconnects
 const DEFAULT_STREAM_TIMEOUT = 60000; // ms of silence (no event, no keep-alive) before reconnecting
+const DEFAULT_REQUEST_TIMEOUT = 30000; // ms a pull or push may take before it counts as failed
+// Documents per page while pulling the whole collection again after a 410
+// `history_purged`: the most a page may ask for, to keep the round trips few.
+const REPULL_PAGE = 1000;
+
+/**
+ * A request Truce answered with an error (or that never got an answer).
+ * `status` is the HTTP status (0 when there was no answer: network error,
+ * timeout); `code` is the stable code of the body's `error` field (API.md),
+ * or `'network'`/`'timeout'`; `retryable` says whether the same request can
+ * succeed later (429, 503, 5xx, no answer) or never will as sent (other 4xx).
+ * RxDB's `error$` carries it as an `RC_PULL`/`RC_PUSH` error whose
+ * `parameters.errors[0]` has the same `name` ('TruceError'), `code` and `url`.
+ */
+export class TruceError extends Error {
+  constructor({ method, url, status, code, message, body }) {
+    super(`truce: ${method} ${url} ${status ? `answered ${status} ${code}` : `failed (${code})`}: ${message}`);
+    this.name = 'TruceError';
+    this.method = method;
+    this.url = url;
+    this.status = status;
+    this.code = code;
+    this.body = body;
+    this.retryable = status === 0 || status === 408 || status === 429 || status >= 500;
+  }
+}
+
+/** The TruceError for an answer that is not a 2xx. */
+async function errorOf(method, url, res) {
+  const text = await res.text().catch(() => '');
+  let body = null;
+  try {
+    body = JSON.parse(text);
+  } catch {
+    // not JSON (a proxy's page, say): its text is the message
+  }
+  const code = typeof body?.error === 'string' ? body.error : `http_${res.status}`;
+  return new TruceError({ method, url, status: res.status, code, message: body?.message ?? text, body });
+}
 
 /**
  * Starts replicating `collection` with the Truce server at `url`.
@@ -49,31 +88,84 @@ export function replicateTruce(options) {
     waitForLeadership,
     autoStart,
     streamTimeout = DEFAULT_STREAM_TIMEOUT,
+    requestTimeout = DEFAULT_REQUEST_TIMEOUT,
+    historyPurged = 'resync',
   } = options;
+  if (!Number.isInteger(requestTimeout) || requestTimeout < 1) {
+    throw new RangeError(`replicateTruce: requestTimeout must be a positive integer of milliseconds, not ${requestTimeout}`);
+  }
   if (!Number.isInteger(batchSize) || batchSize < 1 || batchSize > MAX_BATCH_SIZE) {
     throw new RangeError(
       `replicateTruce: batchSize must be an integer from 1 to ${MAX_BATCH_SIZE} ` +
         `(a push carries at most ${MAX_BATCH_SIZE} rows), not ${batchSize}`,
     );
   }
+  if (!['resync', 'cancel'].includes(historyPurged) && typeof historyPurged !== 'function') {
+    throw new TypeError(`replicateTruce: historyPurged must be 'resync', 'cancel' or a function, not ${historyPurged}`);
+  }
   const fetchFn = options.fetch ?? globalThis.fetch.bind(globalThis);
   const base = `${String(url).replace(/\/+$/, '')}/v1/c/${encodeURIComponent(remoteCollection)}`;
   const replicationIdentifier = options.replicationIdentifier ?? `truce:${base}`;
 
   // One request with the caller's headers (a function may refresh a token
-  // per request); a non-2xx answer is an error, which rxdb reports on
-  // error$ and retries after `retryTime`.
+  // per request), answered within `requestTimeout` ms, body included; a
+  // non-2xx answer, no answer or a late one is a TruceError, which rxdb
+  // reports on error$ and retries after `retryTime`.
   async function request(path, init = {}) {
+    const method = init.method ?? 'GET';
+    const url = base + path;
     const extra = typeof headers === 'function' ? await headers() : headers;
-    const res = await fetchFn(base + path, {
-      ...init,
-      headers: { accept: 'application/json', ...init.headers, ...extra },
-    });
-    if (!res.ok) {
-      const text = await res.text().catch(() => '');
-      throw new Error(`truce: ${init.method ?? 'GET'} ${base + path} answered ${res.status}: ${text}`);
+    const signal = AbortSignal.timeout(requestTimeout);
+    try {
+      const res = await fetchFn(url, {
+        ...init,
+        signal,
+        headers: { accept: 'application/json', ...init.headers, ...extra },
+      });
+      if (!res.ok) throw await errorOf(method, url, res);
+      return await res.json();
+    } catch (err) {
+      if (err instanceof TruceError) throw err;
+      const code = signal.aborted ? 'timeout' : 'network';
+      const message = signal.aborted ? `no answer within ${requestTimeout} ms` : String(err?.cause?.message ?? err?.message ?? err);
+      throw new TruceError({ method, url, status: 0, code, message, body: null });
     }
-    return res;
+  }
+
+  // One page of the collection's changes after `checkpoint` (null: from the start).
+  function pullPage(checkpoint, limit) {
+    const cp = checkpoint ? `&checkpoint=${encodeURIComponent(JSON.stringify(checkpoint))}` : '';
+    return request(`/_pull?limit=${limit}&primaryKey=${pk}${cp}`);
+  }
+
+  // After a 410 `history_purged`: the server no longer holds every delete
+  // since our checkpoint, so pull the whole collection again, in one answer
+  // to rxdb, so that its checkpoint moves only once all of it is here. Local
+  // documents the server no longer has were deleted there (their tombstones
+  // purged): they come back as deletes. Each is the local document with
+  // `_deleted: true`, which rxdb applies only to a document whose local
+  // state is the server's last one; a document written locally and not yet
+  // pushed is kept, and pushed (rxdb's own rule for a pulled change of a
+  // document with local changes). A page that comes back empty, not a
+  // short one, ends the pull: the server may cut a page short by size.
+  async function repullWhole() {
+    const documents = [];
+    const seen = new Set();
+    let checkpoint = null;
+    for (;;) {
+      const page = await pullPage(checkpoint, REPULL_PAGE);
+      if (page.documents.length === 0) break;
+      for (const doc of page.documents) {
+        seen.add(doc[primaryKey]);
+        documents.push(doc);
+      }
+      checkpoint = page.checkpoint;
+    }
+    const local = await collection.find().exec(); // live documents only
+    for (const doc of local) {
+      if (!seen.has(doc.primary)) documents.push({ ...doc.toJSON(), _deleted: true });
+    }
+    return { documents, checkpoint };
   }
 
   const pk = encodeURIComponent(primaryKey);
@@ -91,9 +183,19 @@ export function replicateTruce(options) {
       batchSize,
       stream$: stream$.asObservable(),
       async handler(checkpoint, limit) {
-        const cp = checkpoint ? `&checkpoint=${encodeURIComponent(JSON.stringify(checkpoint))}` : '';
-        const res = await request(`/_pull?limit=${limit}&primaryKey=${pk}${cp}`);
-        const body = await res.json();
+        let body;
+        try {
+          body = await pullPage(checkpoint, limit);
+        } catch (err) {
+          if (!(err instanceof TruceError && err.code === 'history_purged' && checkpoint)) throw err;
+          const choice = typeof historyPurged === 'function' ? await historyPurged(err) : historyPurged;
+          if (choice !== 'resync') {
+            // Not awaited: cancel() waits for the pull that is running this.
+            setTimeout(() => replicationState.cancel(), 0);
+            throw err; // reported on error$ (RC_PULL, parameters.errors[0].code)
+          }
+          return repullWhole();
+        }
         // The server answers the checkpoint it was given when nothing
         // follows; keep ours if it ever answers null.
         return { documents: body.documents, checkpoint: body.checkpoint ?? checkpoint ?? null };
@@ -108,12 +210,12 @@ export function replicateTruce(options) {
           assumedMasterState: r.assumedMasterState ?? null,
           newDocumentState: r.newDocumentState,
         }));
-        const res = await request(`/_push?primaryKey=${pk}`, {
+        // The master state of each conflicting row.
+        return request(`/_push?primaryKey=${pk}`, {
           method: 'POST',
           headers: { 'content-type': 'application/json' },
           body: JSON.stringify(body),
         });
-        return res.json(); // the master state of each conflicting row
       },
     },
   });
@@ -190,12 +292,13 @@ async function followEvents({ url, fetchFn, headers, signal, timeout, onOpen, on
         headers: { accept: 'text/event-stream', 'cache-control': 'no-cache', ...extra },
         signal: conn.signal,
       });
-      if (!res.ok || !res.body) {
-        throw new Error(`truce: GET ${url} answered ${res.status}`);
-      }
-      backoff = STREAM_BACKOFF_MIN; // connected: the next failure starts over
+      if (!res.ok || !res.body) throw await errorOf('GET', url, res);
       onOpen();
       await readEvents(res.body, (type, data) => {
+        // The stream delivered something (an event or a keep-alive): only
+        // then does the next failure start the backoff over. A server or
+        // proxy that answers 200 and hangs up at once keeps backing off.
+        backoff = STREAM_BACKOFF_MIN;
         feed();
         if (type !== null) onEvent(type, data);
       });
@@ -232,21 +335,31 @@ async function followEvents({ url, fetchFn, headers, signal, timeout, onOpen, on
  */
 async function readEvents(body, deliver) {
   const decoder = new TextDecoder();
-  let buffer = '';
+  // What has arrived of the line being read: its earlier chunks, and the
+  // rest of the last chunk. Each chunk is scanned once, so a large event
+  // that arrives in many chunks costs its length, not its length squared.
+  let partial = [];
   let data = [];
   let type = 'message';
+  let pendingCr = false; // the last chunk ended in "\r", maybe half of "\r\n"
   // getReader() rather than `for await`: Safari's streams are not iterable.
   const reader = body.getReader();
   for (;;) {
     const { value, done } = await reader.read();
     if (done) return;
-    buffer += decoder.decode(value, { stream: true });
-    let nl;
-    while ((nl = buffer.search(/\r\n|\r|\n/)) >= 0) {
-      // A lone "\r" at the end of a chunk may be the first half of "\r\n".
-      if (buffer[nl] === '\r' && nl === buffer.length - 1) break;
-      const line = buffer.slice(0, nl);
-      buffer = buffer.slice(nl + (buffer.startsWith('\r\n', nl) ? 2 : 1));
+    const chunk = decoder.decode(value, { stream: true });
+    let start = 0;
+    if (pendingCr && chunk.startsWith('\n')) start = 1;
+    pendingCr = false;
+    const eol = /\r\n|\r|\n/g;
+    eol.lastIndex = start;
+    let m;
+    while ((m = eol.exec(chunk)) !== null) {
+      partial.push(chunk.slice(start, m.index));
+      start = m.index + m[0].length;
+      if (m[0] === '\r' && start === chunk.length) pendingCr = true;
+      const line = partial.join('');
+      partial = [];
       const colon = line.indexOf(':');
       const field = colon < 0 ? line : line.slice(0, colon);
       let value = colon < 0 ? '' : line.slice(colon + 1);
@@ -264,5 +377,6 @@ async function readEvents(body, deliver) {
         type = value || 'message';
       }
     }
+    if (start < chunk.length) partial.push(chunk.slice(start));
   }
 }

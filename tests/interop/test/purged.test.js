@@ -1,0 +1,241 @@
+// A replica that stayed away longer than the server keeps tombstones
+// (`tombstones.keep_seconds`) is answered 410 `history_purged` on its next
+// pull. truce-rxdb then pulls the whole collection again: the deletes it
+// missed land locally, its own unpushed writes are kept and pushed, and the
+// replication goes on — or, with `historyPurged: 'cancel'`, it stops and says
+// why. Also here: the rest of truce-rxdb's failure handling against a real
+// server (typed errors, request timeouts, an event stream read in tiny
+// chunks, the stream's backoff).
+
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
+
+import { replicateTruce } from 'truce-rxdb';
+
+import {
+  clientDocs,
+  closeAll,
+  collectErrors,
+  createClient,
+  serverDocs,
+  serverPut,
+  startServer,
+  waitConverged,
+  waitUntil,
+  within,
+} from '../lib/harness.js';
+
+async function send(url, method, path, body) {
+  const res = await fetch(`${url}${path}`, {
+    method,
+    headers: body === undefined ? {} : { 'content-type': 'application/json' },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const text = await res.text();
+  if (!res.ok) throw new Error(`${method} ${path} answered ${res.status}: ${text}`);
+  return JSON.parse(text);
+}
+
+/** The checkpoint of a whole pull from the start, as a replica that is up to date holds it. */
+async function currentCheckpoint(url) {
+  let checkpoint = null;
+  for (;;) {
+    const cp = checkpoint ? `&checkpoint=${encodeURIComponent(JSON.stringify(checkpoint))}` : '';
+    const page = await send(url, 'GET', `/v1/c/items/_pull?primaryKey=id&limit=1000${cp}`);
+    if (page.documents.length === 0) return checkpoint;
+    checkpoint = page.checkpoint;
+  }
+}
+
+/** A server and a client, both ended when the test is. */
+async function serverAndClient(t) {
+  const server = await startServer();
+  const client = await createClient();
+  t.after(async () => {
+    await closeAll(client.db);
+    await server.stop();
+  });
+  return { server, client };
+}
+
+/**
+ * A server whose `items` keep tombstones 1 s, and a client that replicated
+ * its four documents, then stopped replicating (its checkpoint stays in RxDB).
+ */
+async function replicaThatWentAway(t) {
+  const { server, client } = await serverAndClient(t);
+  await send(server.url, 'PUT', '/v1/c/items/_config', { tombstones: { keep_seconds: 1 } });
+  for (const n of [1, 2, 3, 4]) await serverPut(server.url, 'items', `d${n}`, { name: `server ${n}`, count: n });
+  const first = replicateTruce({ collection: client.items, url: server.url, retryTime: 250 });
+  const errors = collectErrors(first, 'first');
+  await within(15_000, first.awaitInitialReplication(), 'initial replication');
+  await waitConverged([() => clientDocs(client.items), () => serverDocs(server.url)]);
+  assert.equal((await clientDocs(client.items)).length, 4, errors.join('\n'));
+  const checkpoint = await currentCheckpoint(server.url);
+  await first.cancel();
+  return { server, client, checkpoint };
+}
+
+/** Waits until the server refuses `checkpoint` (a delete after it was purged). */
+async function waitPurged(url, checkpoint) {
+  const path = `/v1/c/items/_pull?primaryKey=id&checkpoint=${encodeURIComponent(JSON.stringify(checkpoint))}`;
+  await waitUntil(async () => (await fetch(`${url}${path}`)).status === 410, {
+    timeout: 20_000,
+    message: 'the tombstone purge (a 410 for the old checkpoint)',
+  });
+}
+
+test('history purged while away: pulled again whole, server deletes land, local writes are kept', { timeout: 90_000 }, async (t) => {
+  const { server, client, checkpoint } = await replicaThatWentAway(t);
+
+  // While the client is away: the server deletes d1 and changes d2, another
+  // client adds d5; this client edits d3 and adds d6, unpushed.
+  await send(server.url, 'DELETE', '/v1/c/items/d1?version=-1');
+  await send(server.url, 'PATCH', '/v1/c/items/d2', { $set: { name: 'server 2, changed', count: 20 } });
+  await serverPut(server.url, 'items', 'd5', { name: 'server 5', count: 5 });
+  await (await client.items.findOne('d3').exec()).incrementalPatch({ name: 'edited offline' });
+  await client.items.insert({ id: 'd6', name: 'added offline', count: 6 });
+  await waitPurged(server.url, checkpoint);
+
+  const again = replicateTruce({ collection: client.items, url: server.url, retryTime: 250 });
+  const errors = collectErrors(again, 'again');
+  await within(30_000, again.awaitInitialReplication(), 'replication after the purge');
+  const expected = [
+    { id: 'd2', name: 'server 2, changed', count: 20 },
+    { id: 'd3', name: 'edited offline', count: 3 },
+    { id: 'd4', name: 'server 4', count: 4 },
+    { id: 'd5', name: 'server 5', count: 5 },
+    { id: 'd6', name: 'added offline', count: 6 },
+  ];
+  await waitConverged([() => clientDocs(client.items), () => serverDocs(server.url)], { expect: expected });
+  assert.deepEqual(errors, [], 'a purged history is recovered from, not reported as a failure');
+
+  // And it goes on replicating live: a server delete arrives through the stream.
+  await send(server.url, 'DELETE', '/v1/c/items/d4?version=-1');
+  await waitConverged([() => clientDocs(client.items)], { expect: expected.filter((d) => d.id !== 'd4') });
+});
+
+test("history purged with historyPurged: a function answering 'cancel' stops and says why", { timeout: 60_000 }, async (t) => {
+  const { server, client, checkpoint } = await replicaThatWentAway(t);
+  await send(server.url, 'DELETE', '/v1/c/items/d1?version=-1');
+  await waitPurged(server.url, checkpoint);
+
+  const told = [];
+  const again = replicateTruce({
+    collection: client.items,
+    url: server.url,
+    retryTime: 250,
+    historyPurged: (err) => {
+      told.push(err);
+      return 'cancel';
+    },
+  });
+  const reported = [];
+  again.error$.subscribe((err) => reported.push(err));
+  await waitUntil(() => again.isStopped(), { message: 'the replication cancelled' });
+  assert.equal(told.length, 1);
+  assert.equal(told[0].name, 'TruceError');
+  assert.equal(told[0].status, 410);
+  assert.equal(told[0].code, 'history_purged');
+  assert.equal(told[0].retryable, false);
+  assert.ok(
+    reported.some((e) => e.code === 'RC_PULL' && e.parameters?.errors?.[0]?.code === 'history_purged'),
+    `error$ says why: ${reported.map((e) => e.message).join('; ')}`,
+  );
+  // Nothing was applied: d1 is still here, as it was.
+  assert.deepEqual(
+    (await clientDocs(client.items)).map((d) => d.id),
+    ['d1', 'd2', 'd3', 'd4'],
+  );
+});
+
+test('a pull that gets no answer fails after requestTimeout with a TruceError, and is retried', { timeout: 30_000 }, async (t) => {
+  const { server, client } = await serverAndClient(t);
+  let hang = true;
+  // A fetch whose pulls hang (until aborted) while `hang` is set.
+  const fetchFn = (url, init) => {
+    if (hang && String(url).includes('/_pull?')) {
+      return new Promise((_, reject) => {
+        init.signal.addEventListener('abort', () => reject(init.signal.reason));
+      });
+    }
+    return fetch(url, init);
+  };
+  const rep = replicateTruce({ collection: client.items, url: server.url, retryTime: 100, requestTimeout: 300, fetch: fetchFn, live: false });
+  const reported = [];
+  rep.error$.subscribe((err) => reported.push(err));
+  await waitUntil(() => reported.length > 0, { timeout: 10_000, message: 'an error for the hanging pull' });
+  const cause = reported[0].parameters?.errors?.[0];
+  assert.equal(cause?.name, 'TruceError', JSON.stringify(cause));
+  assert.equal(cause.code, 'timeout');
+  hang = false;
+  await serverPut(server.url, 'items', 'x', { name: 'after the hang' });
+  await within(10_000, rep.awaitInitialReplication(), 'the retried pull');
+  assert.deepEqual(await clientDocs(client.items), [{ id: 'x', name: 'after the hang' }]);
+});
+
+test('the event stream read in chunks of 1 to 7 bytes delivers every change, multi-byte text and large events included', { timeout: 60_000 }, async (t) => {
+  const { server, client } = await serverAndClient(t);
+  // Every stream body cut into tiny pieces, splitting lines, "\r\n" and
+  // UTF-8 sequences wherever they fall.
+  let streams = 0;
+  const fetchFn = async (url, init) => {
+    const res = await fetch(url, init);
+    if (!String(url).includes('/_pull/stream')) return res;
+    streams++;
+    const reader = res.body.getReader();
+    let seed = 7;
+    const body = new ReadableStream({
+      async pull(controller) {
+        const { value, done } = await reader.read();
+        if (done) return controller.close();
+        for (let i = 0; i < value.length; ) {
+          seed = (seed * 1103515245 + 12345) % 2147483648;
+          const n = 1 + (seed % 7);
+          controller.enqueue(value.subarray(i, i + n));
+          i += n;
+        }
+      },
+      cancel: (why) => reader.cancel(why),
+    });
+    return new Response(body, { status: res.status, headers: res.headers });
+  };
+  const rep = replicateTruce({ collection: client.items, url: server.url, retryTime: 250, fetch: fetchFn });
+  const errors = collectErrors(rep, 'chunked');
+  await within(15_000, rep.awaitInitialReplication(), 'initial replication');
+  await waitUntil(() => streams > 0, { message: 'the event stream opened' });
+  await sleep(200); // the stream is listening before the writes start
+
+  const large = 'é✓🚀 '.repeat(40_000); // ~440 KB of multi-byte text in one event
+  const expected = [];
+  for (let i = 0; i < 30; i++) {
+    const doc = { name: i === 10 ? large : `naïve ☕ ${i}\r\nline two`, count: i };
+    await serverPut(server.url, 'items', `s${String(i).padStart(2, '0')}`, doc);
+    expected.push({ id: `s${String(i).padStart(2, '0')}`, ...doc });
+  }
+  await waitConverged([() => clientDocs(client.items)], { expect: expected });
+  // A misread event would have been an error (and a reconnect that pulls).
+  assert.deepEqual(errors, []);
+  assert.equal(streams, 1, 'the stream never had to reconnect');
+});
+
+test('a stream answered 200 and closed at once is retried with a growing backoff', { timeout: 30_000 }, async (t) => {
+  const { server, client } = await serverAndClient(t);
+  const opened = [];
+  const fetchFn = (url, init) => {
+    if (!String(url).includes('/_pull/stream')) return fetch(url, init);
+    opened.push(Date.now());
+    return Promise.resolve(new Response('', { status: 200, headers: { 'content-type': 'text/event-stream' } }));
+  };
+  const rep = replicateTruce({ collection: client.items, url: server.url, retryTime: 250, fetch: fetchFn });
+  await within(15_000, rep.awaitInitialReplication(), 'initial replication');
+  await waitUntil(() => opened.length > 0, { message: 'the event stream opened' });
+  const start = opened[0];
+  await sleep(2_500);
+  const within2500 = opened.filter((t0) => t0 - start < 2_500).length;
+  await rep.cancel();
+  // Waits of 125-250, 250-500, 500-1000, 1000-2000 ms: at most 5 tries in
+  // 2.5 s. A backoff that starts over at every 200 tries every 125-250 ms.
+  assert.ok(within2500 >= 2 && within2500 <= 5, `${within2500} connections in 2.5 s: ${opened.map((x) => x - start)}`);
+});
