@@ -65,8 +65,32 @@ impl Client {
         body: Value,
         precondition: Precondition,
     ) -> Result<WriteResult, ClientError> {
-        self.send_write(&self.write_call(Method::PUT, WriteKind::Put, coll, id, body, &precondition)?)
-            .await
+        let call = self.write_call(Method::PUT, WriteKind::Put, (coll, id), body, &precondition, None)?;
+        self.send_write(&call).await
+    }
+
+    /// [`put`](Self::put) under the caller's idempotency key (1–255 visible
+    /// ASCII characters or spaces): sent again with the same key and request,
+    /// after an answer that was lost, it is answered as it was the first time
+    /// (within 24 h), and never written twice. With another request, the key
+    /// is refused (422 `idempotency_key_reused`).
+    pub async fn put_with_key(
+        &self,
+        coll: &str,
+        id: &str,
+        body: Value,
+        precondition: Precondition,
+        key: &str,
+    ) -> Result<WriteResult, ClientError> {
+        let call = self.write_call(
+            Method::PUT,
+            WriteKind::Put,
+            (coll, id),
+            body,
+            &precondition,
+            Some(key),
+        )?;
+        self.send_write(&call).await
     }
 
     /// Applies update operators to a document (`PATCH`), if `precondition` holds.
@@ -81,24 +105,52 @@ impl Client {
         update: Value,
         precondition: Precondition,
     ) -> Result<WriteResult, ClientError> {
-        self.send_write(&self.write_call(Method::PATCH, WriteKind::Patch, coll, id, update, &precondition)?)
-            .await
+        let call = self.write_call(
+            Method::PATCH,
+            WriteKind::Patch,
+            (coll, id),
+            update,
+            &precondition,
+            None,
+        )?;
+        self.send_write(&call).await
+    }
+
+    /// [`patch`](Self::patch) under the caller's idempotency key, as
+    /// [`put_with_key`](Self::put_with_key).
+    pub async fn patch_with_key(
+        &self,
+        coll: &str,
+        id: &str,
+        update: Value,
+        precondition: Precondition,
+        key: &str,
+    ) -> Result<WriteResult, ClientError> {
+        let call = self.write_call(
+            Method::PATCH,
+            WriteKind::Patch,
+            (coll, id),
+            update,
+            &precondition,
+            Some(key),
+        )?;
+        self.send_write(&call).await
     }
 
     /// The call of a document write (a first attempt: `Call::attempt` says
-    /// another).
+    /// another), under `key` or else a fresh idempotency key.
     pub(crate) fn write_call(
         &self,
         method: Method,
         kind: WriteKind,
-        coll: &str,
-        id: &str,
+        (coll, id): (&str, &str),
         body: Value,
         precondition: &Precondition,
+        key: Option<&str>,
     ) -> Result<Call, ClientError> {
         let mut body = object(body)?;
         let header = precondition.apply(kind, &mut body);
-        let mut call = Call::write(method, self.doc_url(coll, id)?, Some(Value::Object(body)));
+        let mut call = Call::write(method, self.doc_url(coll, id)?, Some(Value::Object(body)), key)?;
         if let Some((name, value)) = header {
             call = call.header(name, value);
         }
@@ -118,10 +170,33 @@ impl Client {
         id: &str,
         precondition: DeletePrecondition,
     ) -> Result<WriteResult, ClientError> {
+        self.delete_keyed(coll, id, precondition, None).await
+    }
+
+    /// [`delete`](Self::delete) under the caller's idempotency key, as
+    /// [`put_with_key`](Self::put_with_key).
+    pub async fn delete_with_key(
+        &self,
+        coll: &str,
+        id: &str,
+        precondition: DeletePrecondition,
+        key: &str,
+    ) -> Result<WriteResult, ClientError> {
+        self.delete_keyed(coll, id, precondition, Some(key)).await
+    }
+
+    async fn delete_keyed(
+        &self,
+        coll: &str,
+        id: &str,
+        precondition: DeletePrecondition,
+        key: Option<&str>,
+    ) -> Result<WriteResult, ClientError> {
         let mut url = self.doc_url(coll, id)?;
         let (name, value) = precondition.query_pair();
         url.query_pairs_mut().append_pair(name, &value);
-        write_outcome(&self.execute(&Call::write(Method::DELETE, url, None)).await?)
+        self.send_write(&Call::write(Method::DELETE, url, None, key)?)
+            .await
     }
 }
 

@@ -24,6 +24,10 @@ pub enum ClientError {
         message: String,
     },
     /// The request did not get an answer: connection refused or reset, timeout.
+    /// A write's outcome is then unknown: it may have committed. Sending it
+    /// again under the same `idempotency_key` (the `*_with_key` calls, such
+    /// as [`Client::put_with_key`](crate::Client::put_with_key)) is safe: if it
+    /// did commit, the server answers what it answered then.
     #[error("no answer after {attempts} attempt(s): {source}")]
     Transport {
         /// How many attempts were made.
@@ -31,6 +35,9 @@ pub enum ClientError {
         /// The last transport failure.
         #[source]
         source: reqwest::Error,
+        /// The idempotency key every attempt of a write carried; `None` for
+        /// calls that carry none.
+        idempotency_key: Option<String>,
     },
     /// The server's answer did not have the expected shape.
     #[error("unexpected answer to {what}: {message}")]
@@ -65,6 +72,15 @@ impl ClientError {
             ClientError::Decode { .. } => "decode",
             ClientError::InvalidArgument(_) => "invalid_argument",
             ClientError::Conflicted { .. } => "conflict",
+        }
+    }
+
+    /// The idempotency key of a write that got no answer (see
+    /// [`ClientError::Transport`]).
+    pub fn idempotency_key(&self) -> Option<&str> {
+        match self {
+            ClientError::Transport { idempotency_key, .. } => idempotency_key.as_deref(),
+            _ => None,
         }
     }
 

@@ -84,7 +84,7 @@ impl Client {
     pub async fn set_config(&self, coll: &str, config: &Value) -> Result<Value, ClientError> {
         let url = self.url_for(&["v1", "c", coll, "_config"])?;
         self.fetch_json(
-            &Call::repeatable(Method::PUT, url, Some(config.clone())),
+            &Call::change(Method::PUT, url, Some(config.clone())),
             "a config answer",
         )
         .await
@@ -107,10 +107,11 @@ impl Client {
 
     /// `POST /v1/_backup` (admin): starts a backup of the whole database into
     /// the new directory `path` on the server's machine; answers its status
-    /// (`state` `running`). Sent once: if the answer is lost, ask
+    /// (`state` `running`). Sent again only when it certainly did not start
+    /// (no connection, 429): if the answer is lost, ask
     /// [`backup_status`](Self::backup_status) rather than start it again.
     pub async fn start_backup(&self, path: &str) -> Result<Value, ClientError> {
-        let call = Call::once(
+        let call = Call::change(
             Method::POST,
             self.url(&["v1", "_backup"]),
             Some(serde_json::json!({ "path": path })),

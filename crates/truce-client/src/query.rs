@@ -247,7 +247,7 @@ impl Client {
         spec: &IndexSpec,
     ) -> Result<IndexCreated, ClientError> {
         let body = serde_json::to_value(spec).map_err(|e| ClientError::InvalidArgument(e.to_string()))?;
-        let call = Call::repeatable(
+        let call = Call::change(
             Method::PUT,
             self.url_for(&["v1", "c", coll, "_indexes", name])?,
             Some(body),
@@ -271,7 +271,7 @@ impl Client {
     /// answers 503 `index_dropping` (retried by
     /// [`create_index`](Self::create_index) like any 503).
     pub async fn drop_index(&self, coll: &str, name: &str) -> Result<Option<IndexInfo>, ClientError> {
-        let call = Call::repeatable(
+        let call = Call::change(
             Method::DELETE,
             self.url_for(&["v1", "c", coll, "_indexes", name])?,
             None,

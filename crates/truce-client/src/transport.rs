@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::client::Client;
-use crate::conflict::http_error;
+use crate::conflict::{ErrorBody, http_error};
 use crate::error::ClientError;
 use crate::retry::{is_retryable_status, new_idempotency_key, parse_retry_after};
 
@@ -23,8 +23,28 @@ pub(crate) const ATTEMPT_HEADER: &str = "Truce-Attempt";
 /// Header carrying the key that makes a write safe to repeat.
 pub(crate) const IDEMPOTENCY_HEADER: &str = "Idempotency-Key";
 
+/// The longest `Idempotency-Key` the server takes.
+const IDEMPOTENCY_KEY_BYTES_MAX: usize = 255;
+
+/// When a call may be sent again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Resend {
+    /// After a transport failure or a 408 / 429 / 503 of any kind: repeating
+    /// it is harmless (a read, a recount), or its idempotency key makes a
+    /// repeat answer the first outcome (a write).
+    Always,
+    /// Only when the request certainly did nothing: the connection was never
+    /// made, or the server refused it before doing anything (408, 429, a 503
+    /// with a code of Truce's other than `timeout`). A change that may have
+    /// applied is not sent again: by then someone else may have changed the
+    /// same thing, and the repeat would undo it (configuration, indexes,
+    /// starting a backup).
+    IfNotApplied,
+}
+
 /// One logical call: sent once, or again (identically, same idempotency key) on
-/// a transport failure or a 408 / 429 / 503, up to the policy's attempts.
+/// a transport failure or a 408 / 429 / 503, up to the policy's attempts, as
+/// its [`Resend`] allows.
 #[derive(Debug)]
 pub(crate) struct Call {
     method: Method,
@@ -32,10 +52,7 @@ pub(crate) struct Call {
     headers: Vec<(&'static str, String)>,
     body: Option<Value>,
     idempotency_key: Option<String>,
-    /// Whether repeating the request is harmless. Every call this crate makes is:
-    /// reads are, writes carry an idempotency key, the rest (index and config
-    /// PUTs, recounts) converge to the same state however often they run.
-    retry_safe: bool,
+    resend: Resend,
     /// Added to the client's timeout (the server-side wait of a long poll).
     extra_timeout: Duration,
     /// Which attempt of the caller's operation this call is, and of how many
@@ -55,37 +72,59 @@ pub(crate) struct Answer {
 impl Call {
     /// A read.
     pub fn get(url: Url) -> Call {
-        Call::new(Method::GET, url, None, true)
+        Call::new(Method::GET, url, None, Resend::Always)
     }
 
-    /// A document write or a transaction: gets a fresh idempotency key, used by
-    /// every attempt of this call.
-    pub fn write(method: Method, url: Url, body: Option<Value>) -> Call {
-        Call {
-            idempotency_key: Some(new_idempotency_key()),
-            ..Call::new(method, url, body, true)
-        }
+    /// A document write or a transaction, under the caller's idempotency key
+    /// or else a fresh one; every attempt of this call carries it. A key the
+    /// server would refuse (not 1–255 visible ASCII characters or spaces) is
+    /// an argument error.
+    pub fn write(
+        method: Method,
+        url: Url,
+        body: Option<Value>,
+        key: Option<&str>,
+    ) -> Result<Call, ClientError> {
+        let key = match key {
+            Some(key) => {
+                if key.is_empty()
+                    || key.len() > IDEMPOTENCY_KEY_BYTES_MAX
+                    || !key.bytes().all(|b| b == b' ' || b.is_ascii_graphic())
+                {
+                    return Err(ClientError::InvalidArgument(format!(
+                        "an idempotency key is 1 to {IDEMPOTENCY_KEY_BYTES_MAX} visible ASCII characters or spaces, not {key:?}"
+                    )));
+                }
+                key.to_string()
+            }
+            None => new_idempotency_key(),
+        };
+        Ok(Call {
+            idempotency_key: Some(key),
+            ..Call::new(method, url, body, Resend::Always)
+        })
     }
 
-    /// A request sent once: repeating it would not converge (starting a
-    /// backup: a second start of one that did start is refused).
-    pub fn once(method: Method, url: Url, body: Option<Value>) -> Call {
-        Call::new(method, url, body, false)
+    /// A change without an idempotency key (configuration, indexes, a
+    /// backup): sent again only when it certainly did nothing.
+    pub fn change(method: Method, url: Url, body: Option<Value>) -> Call {
+        Call::new(method, url, body, Resend::IfNotApplied)
     }
 
-    /// A request that converges to the same state however often it is repeated.
+    /// A request that converges to the same state however often it is
+    /// repeated, and changes nothing anyone else set (a recount).
     pub fn repeatable(method: Method, url: Url, body: Option<Value>) -> Call {
-        Call::new(method, url, body, true)
+        Call::new(method, url, body, Resend::Always)
     }
 
-    fn new(method: Method, url: Url, body: Option<Value>, retry_safe: bool) -> Call {
+    fn new(method: Method, url: Url, body: Option<Value>, resend: Resend) -> Call {
         Call {
             method,
             url,
             headers: Vec::new(),
             body,
             idempotency_key: None,
-            retry_safe,
+            resend,
             extra_timeout: Duration::ZERO,
             attempt: (1, None),
         }
@@ -119,13 +158,10 @@ impl Call {
 
 impl Client {
     /// Sends `call`, retrying transport failures and 408 / 429 / 503 answers with
-    /// backoff; returns the first other answer, or the last one when attempts run out.
+    /// backoff, as far as its [`Resend`] allows; returns the first other
+    /// answer, or the last one when attempts run out.
     pub(crate) async fn execute(&self, call: &Call) -> Result<Answer, ClientError> {
-        let max = if call.retry_safe {
-            self.policy.attempts()
-        } else {
-            1
-        };
+        let max = self.policy.attempts();
         let mut attempt = 1;
         loop {
             let request = self.attempt_request(call)?;
@@ -134,7 +170,7 @@ impl Client {
                     let status = response.status().as_u16();
                     let headers = response.headers().clone();
                     match response.bytes().await {
-                        Ok(body) if attempt < max && is_retryable_status(status) && !lasts(status, &body) => {
+                        Ok(body) if attempt < max && comes_back(call.resend, status, &body) => {
                             let retry_after = headers
                                 .get(RETRY_AFTER)
                                 .and_then(|v| v.to_str().ok())
@@ -155,10 +191,12 @@ impl Client {
                 }
                 Err(e) => e,
             };
-            if failure.is_builder() || attempt >= max {
+            let unsent = failure.is_connect();
+            if failure.is_builder() || attempt >= max || (call.resend == Resend::IfNotApplied && !unsent) {
                 return Err(ClientError::Transport {
                     attempts: attempt,
                     source: failure,
+                    idempotency_key: call.idempotency_key.clone(),
                 });
             }
             tokio::time::sleep(self.policy.delay(attempt, None)).await;
@@ -208,11 +246,21 @@ impl Client {
     }
 }
 
-/// Whether a retryable status is an error that lasts: Truce's 503
-/// `unavailable` is a storage failure, refused until the server restarts.
-fn lasts(status: u16, body: &[u8]) -> bool {
-    status == 503
-        && serde_json::from_slice::<Value>(body).is_ok_and(|answer| answer["error"] == "unavailable")
+/// Whether an answer asks a call of this kind to come back later. Not
+/// Truce's 503 `unavailable`: a storage failure, refused until the server
+/// restarts. For a change sent only if it did nothing, not a 503 `timeout`
+/// (the request ran too long, and may yet apply) nor a 503 without a code of
+/// Truce's (a proxy's: who knows).
+fn comes_back(resend: Resend, status: u16, body: &[u8]) -> bool {
+    if !is_retryable_status(status) {
+        return false;
+    }
+    let code = (status == 503).then(|| ErrorBody::parse(body).map(|b| b.code));
+    match (resend, code) {
+        (_, Some(Some(code))) if code == "unavailable" => false,
+        (Resend::Always, _) | (Resend::IfNotApplied, None) => true,
+        (Resend::IfNotApplied, Some(code)) => code.is_some_and(|code| code != "timeout"),
+    }
 }
 
 /// Decodes a JSON answer, naming `what` in the error.
@@ -229,13 +277,49 @@ mod tests {
         let url = Url::parse("http://h/v1/tx").expect("valid");
         assert!(Call::get(url.clone()).idempotency_key().is_none());
         assert!(
-            Call::repeatable(Method::PUT, url.clone(), None)
+            Call::repeatable(Method::POST, url.clone(), None)
                 .idempotency_key()
                 .is_none()
         );
-        let a = Call::write(Method::POST, url.clone(), None);
-        let b = Call::write(Method::POST, url, None);
+        let a = Call::write(Method::POST, url.clone(), None, None).expect("a call");
+        let b = Call::write(Method::POST, url.clone(), None, None).expect("a call");
         assert_eq!(a.idempotency_key().map(str::len), Some(32));
         assert_ne!(a.idempotency_key(), b.idempotency_key());
+        let mine = Call::write(Method::POST, url.clone(), None, Some("order 17 / try 1")).expect("a call");
+        assert_eq!(mine.idempotency_key(), Some("order 17 / try 1"));
+        assert!(Call::change(Method::PUT, url, None).idempotency_key().is_none());
+    }
+
+    #[test]
+    fn a_key_the_server_would_refuse_is_an_argument_error() {
+        let url = Url::parse("http://h/v1/tx").expect("valid");
+        let long = "k".repeat(256);
+        for bad in ["", "tab\there", "é", "line\n", long.as_str()] {
+            let err = Call::write(Method::POST, url.clone(), None, Some(bad)).expect_err(bad);
+            assert_eq!(err.code(), "invalid_argument", "{bad:?}");
+        }
+        assert!(Call::write(Method::POST, url, None, Some(&"k".repeat(255))).is_ok());
+    }
+
+    #[test]
+    fn a_change_comes_back_only_when_it_certainly_did_nothing() {
+        let truce = |code: &str| format!(r#"{{"error":"{code}","message":"m"}}"#).into_bytes();
+        for (status, body, always, if_not_applied) in [
+            (429, truce("overloaded"), true, true),
+            (408, truce("request_timeout"), true, true),
+            (503, truce("index_building"), true, true),
+            (503, truce("timeout"), true, false),
+            (503, b"<html>proxy</html>".to_vec(), true, false),
+            (503, truce("unavailable"), false, false),
+            (500, truce("internal"), false, false),
+            (409, truce("conflict"), false, false),
+        ] {
+            assert_eq!(comes_back(Resend::Always, status, &body), always, "{status}");
+            assert_eq!(
+                comes_back(Resend::IfNotApplied, status, &body),
+                if_not_applied,
+                "{status}"
+            );
+        }
     }
 }

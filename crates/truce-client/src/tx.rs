@@ -191,9 +191,24 @@ impl Client {
     /// Commits `tx` all or nothing. A conflict lists every op that did not hold,
     /// each with the current document. Retried safely under one idempotency key.
     pub async fn transaction(&self, tx: &Transaction) -> Result<TxResult, ClientError> {
+        self.transaction_keyed(tx, None).await
+    }
+
+    /// [`transaction`](Self::transaction) under the caller's idempotency key,
+    /// as [`put_with_key`](Self::put_with_key).
+    pub async fn transaction_with_key(&self, tx: &Transaction, key: &str) -> Result<TxResult, ClientError> {
+        self.transaction_keyed(tx, Some(key)).await
+    }
+
+    async fn transaction_keyed(&self, tx: &Transaction, key: Option<&str>) -> Result<TxResult, ClientError> {
         let body = tx.to_json(self.source())?;
         let answer = self
-            .execute(&Call::write(Method::POST, self.url(&["v1", "tx"]), Some(body)))
+            .execute(&Call::write(
+                Method::POST,
+                self.url(&["v1", "tx"]),
+                Some(body),
+                key,
+            )?)
             .await?;
         match answer.status {
             200 | 201 => decode(&answer.body, "a transaction answer").map(Ok),

@@ -56,7 +56,7 @@ impl Client {
             // the last round ends the call (a permanent failure); one made
             // after a backoff is redone at once if it loses.
             let call = self
-                .write_call(Method::PUT, WriteKind::Put, coll, id, body, &precondition)?
+                .write_call(Method::PUT, WriteKind::Put, (coll, id), body, &precondition, None)?
                 .attempt(round, fresh.then_some(attempts));
             let written = self.send_write(&call).await?;
             match written {

@@ -516,3 +516,144 @@ async fn ids_a_url_cannot_carry_are_refused_before_sending() {
     }
     assert!(log.lock().expect("log").is_empty(), "nothing was sent");
 }
+
+/// A write whose every attempt went unanswered may have committed: the error
+/// gives the key it was sent under, and sending it again under that key
+/// carries it unchanged (the server answers a committed one as it did).
+#[tokio::test]
+async fn a_write_without_an_answer_says_its_key_and_can_be_sent_again_under_it() {
+    let (base, log) = serve(vec![
+        Reply::Drop,
+        Reply::Drop,
+        Reply::Json(200, vec![], written("a", 2, false, json!({"n": 2}))),
+    ])
+    .await;
+    let c = client(&base, 2);
+    let error = c
+        .put("users", "a", json!({"n": 2}), Precondition::Version(1))
+        .await
+        .expect_err("no answer");
+    assert!(
+        matches!(error, ClientError::Transport { attempts: 2, .. }),
+        "{error:?}"
+    );
+    let key = error.idempotency_key().expect("the write's key").to_string();
+    let again = c
+        .put_with_key("users", "a", json!({"n": 2}), Precondition::Version(1), &key)
+        .await
+        .expect("an answer")
+        .expect("no conflict");
+    assert_eq!(again.version, 2);
+    let log = log.lock().expect("log").clone();
+    assert_eq!(log.len(), 3);
+    assert!(
+        log.iter()
+            .all(|r| r.header("idempotency-key") == Some(key.as_str()))
+    );
+
+    // Every kind of write takes the caller's key.
+    let (base, log) = serve(vec![
+        Reply::Json(200, vec![], written("a", 3, false, json!({"n": 3}))),
+        Reply::Json(200, vec![], written("a", 4, false, json!({}))),
+        Reply::Json(200, vec![], json!({"seq": 9, "results": [null]})),
+    ])
+    .await;
+    let c = client(&base, 1);
+    c.patch_with_key(
+        "users",
+        "a",
+        json!({"$inc": {"n": 1}}),
+        Precondition::Any,
+        "k-patch",
+    )
+    .await
+    .expect("ok")
+    .expect("no conflict");
+    c.delete_with_key("users", "a", DeletePrecondition::Any, "k-delete")
+        .await
+        .expect("ok")
+        .expect("no conflict");
+    let tx = Transaction::new().check("users", "b", Precondition::Absent);
+    c.transaction_with_key(&tx, "k-tx")
+        .await
+        .expect("ok")
+        .expect("committed");
+    let keys: Vec<_> = log
+        .lock()
+        .expect("log")
+        .iter()
+        .map(|r| r.header("idempotency-key").map(str::to_string))
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            Some("k-patch".into()),
+            Some("k-delete".into()),
+            Some("k-tx".into())
+        ]
+    );
+}
+
+/// A configuration or index change carries no idempotency key: one that may
+/// have applied is not sent again (another admin's change in between would be
+/// undone), one that certainly did not (429, 503 `index_dropping`) is.
+#[tokio::test]
+async fn a_change_is_sent_again_only_when_it_certainly_did_nothing() {
+    let (base, log) = serve(vec![Reply::Drop, Reply::Json(200, vec![], json!({"ttl": null}))]).await;
+    let error = client(&base, 4)
+        .set_config("c", &json!({"ttl": null}))
+        .await
+        .expect_err("the lost answer is the caller's to judge");
+    assert!(
+        matches!(
+            error,
+            ClientError::Transport {
+                attempts: 1,
+                idempotency_key: None,
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    assert_eq!(log.lock().expect("log").len(), 1);
+
+    let timeout = Reply::Json(503, vec![], json!({"error": "timeout", "message": "m"}));
+    let (base, log) = serve(vec![timeout, Reply::Json(202, vec![], json!({}))]).await;
+    let error = client(&base, 4)
+        .drop_index("c", "by_n")
+        .await
+        .expect_err("503 timeout");
+    assert_eq!((error.status(), error.code()), (Some(503), "timeout"));
+    assert_eq!(log.lock().expect("log").len(), 1);
+
+    let (base, log) = serve(vec![
+        Reply::Json(
+            429,
+            vec![("retry-after", "0")],
+            json!({"error": "overloaded", "message": "m"}),
+        ),
+        Reply::Json(
+            503,
+            vec![("retry-after", "0")],
+            json!({"error": "index_dropping", "message": "m"}),
+        ),
+        Reply::Json(
+            200,
+            vec![],
+            json!({"name": "by_n", "fields": ["n"], "unique": false, "state": "ready"}),
+        ),
+    ])
+    .await;
+    client(&base, 4)
+        .create_index(
+            "c",
+            "by_n",
+            &truce_client::IndexSpec {
+                fields: vec!["n".into()],
+                unique: false,
+            },
+        )
+        .await
+        .expect("created on the third attempt");
+    assert_eq!(log.lock().expect("log").len(), 3);
+}

@@ -406,3 +406,50 @@ async fn conflict_insights_count_what_the_client_did() {
     );
     assert_eq!(after["permanent_failures"], 1, "it gave up, once: {after}");
 }
+
+/// A write sent again under the caller's idempotency key is answered as the
+/// first time, not written twice (a create-only put would conflict); the same
+/// key with another request is refused.
+#[tokio::test]
+async fn a_write_sent_again_under_its_key_is_answered_once() {
+    let (client, _server) = server();
+    let coll = fresh_collection("clientKeys");
+    let key = format!("order {} / create", fresh_collection(""));
+    let first = client
+        .put_with_key(&coll, "o-1", json!({"n": 1}), Precondition::Absent, &key)
+        .await
+        .expect("ok")
+        .expect("created");
+    let again = client
+        .put_with_key(&coll, "o-1", json!({"n": 1}), Precondition::Absent, &key)
+        .await
+        .expect("ok")
+        .expect("the first answer, not a conflict");
+    assert_eq!(again, first);
+    assert!(again.created);
+
+    let tx = Transaction::new().patch(&coll, "o-1", json!({"$inc": {"n": 1}}), Precondition::Any);
+    let tx_key = format!("{key} / tx");
+    let committed = client
+        .transaction_with_key(&tx, &tx_key)
+        .await
+        .expect("ok")
+        .expect("committed");
+    let repeated = client
+        .transaction_with_key(&tx, &tx_key)
+        .await
+        .expect("ok")
+        .expect("committed");
+    assert_eq!(repeated, committed);
+    let doc = client.get(&coll, "o-1").await.expect("ok").expect("found");
+    assert_eq!(doc.get("n"), Some(&json!(2)), "the $inc applied once");
+
+    let reused = client
+        .put_with_key(&coll, "o-1", json!({"n": 5}), Precondition::Any, &key)
+        .await
+        .expect_err("another request under the same key");
+    assert_eq!(
+        (reused.status(), reused.code()),
+        (Some(422), "idempotency_key_reused")
+    );
+}
