@@ -73,6 +73,8 @@ pub struct Principal {
     pub collections: Option<Vec<String>>,
     /// No key was needed: the server has none (and never had one).
     pub keyless: bool,
+    /// The public id of the key it presented (`None` when keyless).
+    pub key_id: Option<String>,
 }
 
 impl Principal {
@@ -82,6 +84,7 @@ impl Principal {
             role: Role::Admin,
             collections: None,
             keyless: true,
+            key_id: None,
         }
     }
 
@@ -97,7 +100,7 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn sha256_hex(secret: &str) -> String {
+pub(crate) fn sha256_hex(secret: &str) -> String {
     hex(&Sha256::digest(secret.as_bytes()))
 }
 
@@ -304,6 +307,7 @@ impl KeyStore {
                 role: key.role,
                 collections: key.collections.clone(),
                 keyless: false,
+                key_id: Some(key.id.clone()),
             })
         } else {
             Err(AuthFailure::Invalid)

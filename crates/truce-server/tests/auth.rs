@@ -67,6 +67,20 @@ impl Api {
         self.call(key, Method::PUT, path, Some(&body))
     }
 
+    /// A `PUT` under an `Idempotency-Key`.
+    fn put_keyed(&self, key: &str, path: &str, body: Value, idempotency_key: &str) -> Reply {
+        let response = self
+            .http
+            .put(format!("{}{path}", self.base))
+            .header("authorization", format!("Bearer {key}"))
+            .header("idempotency-key", idempotency_key)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .expect("request");
+        Reply::read(response, path)
+    }
+
     /// Sends a raw `Authorization` header value.
     fn get_with_authorization(&self, authorization: &str, path: &str) -> Reply {
         let response = self
@@ -618,6 +632,47 @@ fn insights_of_a_scoped_key_count_only_its_collections() {
     let mine = api.get(Some(&only_a), "/v1/insights").json["totals"].clone();
     assert_eq!(mine["conflicts"], 1, "{mine}");
     assert_eq!(mine["conflicts_by_source"], json!({"mine": 1}), "{mine}");
+}
+
+/// Idempotency keys belong to the API key that sent them: a client limited to
+/// collection `a` cannot take (or learn of) a key a client of `b` will use,
+/// and each API key's retries still get their first answers.
+#[test]
+fn idempotency_keys_are_kept_apart_by_api_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let only_a = create_key(&data, "write", Some("a"));
+    let only_b = create_key(&data, "write", Some("b"));
+    let server = Server::start_in(&data, &[]);
+    let api = Api::new(&server.url());
+
+    let first = api.put_keyed(&only_a, "/v1/c/a/x", json!({"by": "a"}), "order-1");
+    assert_eq!(first.status, 201, "{}", first.text);
+    // The same key from another API key is another key: written, not refused
+    // as reused (nor answered with a's answer).
+    let other = api.put_keyed(&only_b, "/v1/c/b/y", json!({"by": "b"}), "order-1");
+    assert_eq!(other.status, 201, "{}", other.text);
+    assert_eq!(other.json["id"], "y");
+    // Each one's retry is answered as the first time.
+    let again = api.put_keyed(&only_a, "/v1/c/a/x", json!({"by": "a"}), "order-1");
+    assert_eq!((again.status, &again.json), (201, &first.json));
+    // Reused with another request, the error names the key as it was sent.
+    let reused = api.put_keyed(&only_b, "/v1/c/b/z", json!({"by": "b"}), "order-1");
+    assert_eq!(reused.status, 422, "{}", reused.text);
+    assert_eq!(reused.json["error"], "idempotency_key_reused");
+    assert!(
+        reused.json["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("\"order-1\"")),
+        "{}",
+        reused.text
+    );
+    // The key is still checked as sent.
+    let long = api.put_keyed(&only_a, "/v1/c/a/w", json!({}), &"k".repeat(256));
+    assert_eq!(
+        (long.status, long.json["error"].as_str()),
+        (400, Some("invalid_transaction"))
+    );
 }
 
 /// A backup holds every collection and the keys: only an admin key not

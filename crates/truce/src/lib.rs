@@ -38,7 +38,7 @@ pub use engine::insights::{
     CONFLICT_CODES, Family, HotCounts, HotSpot, InsightsReport, Origin, Remedy, Stats, Target,
 };
 pub use engine::outcome::{Conflict, ConflictReason, Effect, Expect, WriteResult, Written};
-pub use engine::tx::{OpConflict, TxCommitted, TxFailure, TxOp, TxOutcome};
+pub use engine::tx::{OpConflict, TxCommitted, TxFailure, TxOp, TxOutcome, validate_idempotency_key};
 pub use engine::{
     Backup, BackupProgress, BackupReport, BackupStop, Change, ChangesPage, CheckProblem, CheckProgress,
     CheckReport, CheckpointPage, Collection, Db, DiskStatus, IndexProgress, Options, PendingTx, PendingWrite,

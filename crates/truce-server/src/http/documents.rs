@@ -133,14 +133,21 @@ fn answer(result: WriteResult, missing_is_404: bool) -> Result<Response, ApiErro
 
 /// Queues one write and waits for its durable answer.
 async fn write(
-    state: &AppState,
+    (state, who): (&AppState, &Principal),
     op: TxOp,
     headers: &HeaderMap,
     missing_is_404: bool,
 ) -> Result<Response, ApiError> {
-    let key = idempotency_key(headers)?;
-    let pending = state.db.submit_write_from(op, key.as_deref(), origin(headers))?;
-    answer(pending.await?, missing_is_404)
+    let key = idempotency_key(headers, who)?;
+    let as_sent = |e| match &key {
+        Some(k) => k.as_sent(e),
+        None => e,
+    };
+    let pending = state
+        .db
+        .submit_write_from(op, key.as_ref().map(|k| k.stored()), origin(headers))
+        .map_err(as_sent)?;
+    answer(pending.await.map_err(as_sent)?, missing_is_404)
 }
 
 /// Reads a document.
@@ -291,7 +298,7 @@ pub(super) async fn put(call: DocumentCall<'_>, body: Value) -> Result<Response,
         body: Value::Object(body),
         expect,
     };
-    write(call.state, op, call.headers, false).await
+    write((call.state, call.who), op, call.headers, false).await
 }
 
 /// Applies update operators at the serialization point.
@@ -345,7 +352,7 @@ pub(super) async fn patch(call: DocumentCall<'_>, body: Value) -> Result<Respons
         update: Arc::new(update),
         expect,
     };
-    write(call.state, op, call.headers, missing_is_404).await
+    write((call.state, call.who), op, call.headers, missing_is_404).await
 }
 
 /// Deletes a document (leaves a tombstone for the change feed and replication).
@@ -389,7 +396,7 @@ pub async fn delete_doc(
     }
     let expect = precondition(&mut given, &headers, Expect::Any)?;
     write(
-        &state,
+        (&state, &who),
         TxOp::Delete {
             collection: coll,
             id,

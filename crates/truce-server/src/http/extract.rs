@@ -542,11 +542,48 @@ pub fn no_document_query(query: Option<&str>, writes: bool) -> Result<(), ApiErr
     }
 }
 
-/// The `Idempotency-Key` header, if any.
-pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+/// An `Idempotency-Key` as the client sent it, and as the engine stores it.
+pub struct IdempotencyKey {
+    sent: String,
+    stored: String,
+}
+
+impl IdempotencyKey {
+    /// What the engine stores: the key as sent on a server without API keys;
+    /// else the sending API key's id and the SHA-256 of the key, so that each
+    /// API key has keys of its own. A caller cannot take, or learn of, a key
+    /// another API key's client will use (limited to other collections, say),
+    /// and the stored form fits the engine's limit whatever the key's length.
+    pub fn stored(&self) -> &str {
+        &self.stored
+    }
+
+    /// The engine's error, naming the key as the client sent it.
+    pub fn as_sent(&self, error: truce::Error) -> truce::Error {
+        match error {
+            truce::Error::IdempotencyKeyReused(_) => truce::Error::IdempotencyKeyReused(self.sent.clone()),
+            other => other,
+        }
+    }
+}
+
+/// The `Idempotency-Key` header, if any, checked as sent and scoped to the
+/// API key `who` presented.
+pub fn idempotency_key(headers: &HeaderMap, who: &Principal) -> Result<Option<IdempotencyKey>, ApiError> {
     // Two keys (a proxy's and the client's, say) guard nothing: whichever was
     // kept, a retry under the other would write again.
-    Ok(single_header(headers, &IDEMPOTENCY_KEY, "invalid_transaction")?.map(str::to_string))
+    let Some(sent) = single_header(headers, &IDEMPOTENCY_KEY, "invalid_transaction")? else {
+        return Ok(None);
+    };
+    truce::validate_idempotency_key(sent)?;
+    let stored = match &who.key_id {
+        Some(id) => format!("{id}/{}", crate::keys::sha256_hex(sent)),
+        None => sent.to_string(),
+    };
+    Ok(Some(IdempotencyKey {
+        sent: sent.to_string(),
+        stored,
+    }))
 }
 
 /// What a long-lived read's wait for its next page ended with.

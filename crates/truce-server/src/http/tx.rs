@@ -210,17 +210,23 @@ pub async fn transaction(
         | TxOp::Delete { collection, .. }) = op;
         authorize(&who, role, Some(collection))?;
     }
-    let key = idempotency_key(&headers)?;
+    let key = idempotency_key(&headers, &who)?;
     // The engine names the op of an error only in a transaction of several
     // (one op is also what a document's own write sends it); here there is
     // always a list of ops to point into.
     let single = parsed.len() == 1;
-    let name_op = |e: truce::Error| if single { e.in_op(0) } else { e };
+    let name_op = |e: truce::Error| {
+        let e = match &key {
+            Some(k) => k.as_sent(e),
+            None => e,
+        };
+        if single { e.in_op(0) } else { e }
+    };
     match state
         .db
         .submit_batch_from(
             parsed,
-            key.as_deref(),
+            key.as_ref().map(|k| k.stored()),
             origin_named(source.as_deref().filter(|s| !s.is_empty()), &headers),
         )
         .map_err(name_op)?

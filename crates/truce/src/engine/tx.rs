@@ -222,6 +222,19 @@ pub fn check_batch(ops: &[PreparedOp]) -> Result<()> {
     Ok(())
 }
 
+/// Refuses an idempotency key that is empty, longer than
+/// [`IDEMPOTENCY_KEY_BYTES_MAX`] or holds a control character. Every write
+/// checks its key so; a server that stores a caller's key in another form
+/// (scoped to who sent it, say) checks the key as sent first.
+pub fn validate_idempotency_key(key: &str) -> Result<()> {
+    if key.is_empty() || key.len() > IDEMPOTENCY_KEY_BYTES_MAX || key.chars().any(char::is_control) {
+        return Err(Error::InvalidTransaction(format!(
+            "idempotency keys are 1 to {IDEMPOTENCY_KEY_BYTES_MAX} bytes without control characters"
+        )));
+    }
+    Ok(())
+}
+
 /// An idempotency key and the fingerprint of the request it guards.
 #[derive(Clone, Debug)]
 pub struct IdempotencyKey {
@@ -234,11 +247,7 @@ pub struct IdempotencyKey {
 impl IdempotencyKey {
     /// Validates `key` and fingerprints `ops` under it.
     pub fn new(key: &str, ops: &[PreparedOp]) -> Result<IdempotencyKey> {
-        if key.is_empty() || key.len() > IDEMPOTENCY_KEY_BYTES_MAX || key.chars().any(char::is_control) {
-            return Err(Error::InvalidTransaction(format!(
-                "idempotency keys are 1 to {IDEMPOTENCY_KEY_BYTES_MAX} bytes without control characters"
-            )));
-        }
+        validate_idempotency_key(key)?;
         let mut hasher = xxhash_rust::xxh3::Xxh3::new();
         hasher.update(&(ops.len() as u64).to_le_bytes());
         for op in ops {
