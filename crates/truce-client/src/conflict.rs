@@ -160,6 +160,14 @@ impl ErrorBody {
         })
     }
 
+    /// Whether this is Truce's 404 for something that is not there (a
+    /// document, an index, a backup), not for a route it does not have
+    /// (`"no_route": true`: a wrong base URL, which must not read as absent
+    /// data).
+    pub fn is_missing(&self) -> bool {
+        self.code == "not_found" && self.fields.get("no_route") != Some(&Value::Bool(true))
+    }
+
     fn current(&self) -> Result<Option<Document>, ClientError> {
         optional_document(self.fields.get("current"), "the current document of a conflict")
     }
@@ -172,6 +180,12 @@ fn optional_document(value: Option<&Value>, what: &str) -> Result<Option<Documen
             .map(Some)
             .map_err(|e| ClientError::decode(what, e)),
     }
+}
+
+/// Whether an answer is Truce's 404 for something that is not there
+/// ([`ErrorBody::is_missing`]).
+pub(crate) fn missing(status: u16, bytes: &[u8]) -> bool {
+    status == 404 && ErrorBody::parse(bytes).is_some_and(|b| b.is_missing())
 }
 
 /// The error for an answer that is neither success nor conflict.
@@ -214,7 +228,7 @@ pub(crate) fn write_conflict(status: u16, bytes: &[u8]) -> Result<Conflict, Clie
                 .and_then(Value::as_str)
                 .map(str::to_string),
         },
-        (404, "not_found") => ConflictReason::NotFound,
+        (404, _) if body.is_missing() => ConflictReason::NotFound,
         _ => {
             return Err(ClientError::Http {
                 status,

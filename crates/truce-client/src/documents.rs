@@ -6,7 +6,7 @@ use serde_json::{Map, Value};
 
 use crate::answer::{WriteResult, write_outcome};
 use crate::client::Client;
-use crate::conflict::{ErrorBody, http_error};
+use crate::conflict::{http_error, missing};
 use crate::document::Document;
 use crate::error::ClientError;
 use crate::precondition::{DeletePrecondition, Precondition, WriteKind};
@@ -47,9 +47,7 @@ impl Client {
         match answer.status {
             200 => decode(&answer.body, "a document").map(Fetched::Found),
             304 => Ok(Fetched::NotModified),
-            404 if ErrorBody::parse(&answer.body).is_some_and(|b| b.code == "not_found") => {
-                Ok(Fetched::NotFound)
-            }
+            404 if missing(404, &answer.body) => Ok(Fetched::NotFound),
             status => Err(http_error(status, &answer.body)),
         }
     }

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::client::Client;
-use crate::conflict::http_error;
+use crate::conflict::{http_error, missing};
 use crate::error::ClientError;
 use crate::transport::{Call, decode};
 
@@ -125,7 +125,7 @@ impl Client {
     pub async fn backup_status(&self) -> Result<Option<Value>, ClientError> {
         let answer = self.execute(&Call::get(self.url(&["v1", "_backup"]))).await?;
         match answer.status {
-            404 => Ok(None),
+            404 if missing(404, &answer.body) => Ok(None),
             200..=299 => decode(&answer.body, "a backup status").map(Some),
             status => Err(http_error(status, &answer.body)),
         }

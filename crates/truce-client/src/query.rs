@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::client::Client;
-use crate::conflict::http_error;
+use crate::conflict::{http_error, missing};
 use crate::document::Document;
 use crate::error::ClientError;
 use crate::transport::{Call, decode};
@@ -279,7 +279,7 @@ impl Client {
         let answer = self.execute(&call).await?;
         match answer.status {
             202 => decode::<IndexInfo>(&answer.body, "the dropped index").map(Some),
-            404 => Ok(None),
+            404 if missing(404, &answer.body) => Ok(None),
             status => Err(http_error(status, &answer.body)),
         }
     }

@@ -657,3 +657,30 @@ async fn a_change_is_sent_again_only_when_it_certainly_did_nothing() {
         .expect("created on the third attempt");
     assert_eq!(log.lock().expect("log").len(), 3);
 }
+
+/// A base URL with a path the server does not serve is answered 404 "no
+/// route": an error, not a missing document, index or backup (empty data).
+#[tokio::test]
+async fn a_route_the_server_does_not_have_is_an_error_not_absent_data() {
+    let no_route = || {
+        Reply::Json(
+            404,
+            vec![],
+            json!({"error": "not_found", "no_route": true, "message": "no such route"}),
+        )
+    };
+    let (base, _log) = serve(vec![no_route(), no_route(), no_route(), no_route()]).await;
+    let c = client(&format!("{base}/api"), 1);
+    let error = c.get("users", "a").await.expect_err("not a missing document");
+    assert_eq!((error.status(), error.code()), (Some(404), "not_found"));
+    let error = c
+        .put("users", "a", json!({}), Precondition::Exists)
+        .await
+        .expect_err("not a not_found conflict");
+    assert_eq!(error.status(), Some(404));
+    assert!(
+        c.drop_index("users", "by_n").await.is_err(),
+        "not an index that was not there"
+    );
+    assert!(c.backup_status().await.is_err(), "not a server without backups");
+}

@@ -3187,10 +3187,15 @@ fn request_errors_in_context() {
     assert_eq!(not_a_filter.status, 400, "{}", not_a_filter.text);
     assert_eq!(api.get("/v1/c/e/x").json["a"], 1);
 
-    // Unknown routes: 404 with a JSON error body; a method a route does not
+    // Unknown routes: 404 with a JSON error body, marked apart from a
+    // missing document (which carries `current`); a method a route does not
     // have: 405.
     let unknown = api.get("/nope");
     unknown.error(404, "not_found");
+    assert_eq!(unknown.json["no_route"], true, "{}", unknown.text);
+    let missing = api.get("/v1/c/e/no-such-doc");
+    missing.error(404, "not_found");
+    assert_eq!(missing.json.get("no_route"), None, "{}", missing.text);
     assert!(
         unknown
             .header("content-type")

@@ -33,8 +33,12 @@ pub enum ApiError {
     Unauthorized(&'static str),
     /// The key may not do this.
     Forbidden(String),
-    /// No such route or resource.
+    /// No such resource.
     NotFound(String),
+    /// No such route: `not_found` too (API.md), marked `"no_route": true` so
+    /// that a client whose base URL is wrong does not read it as a missing
+    /// document, and empty data.
+    NoRoute,
     /// The route exists but has no such method (the router adds `Allow`).
     MethodNotAllowed,
     /// A DELETE without a precondition (in a transaction: that op's index).
@@ -196,6 +200,11 @@ impl ApiError {
             }
             ApiError::Forbidden(message) => plain(StatusCode::FORBIDDEN, "forbidden", message.clone()),
             ApiError::NotFound(message) => plain(StatusCode::NOT_FOUND, "not_found", message.clone()),
+            ApiError::NoRoute => (
+                StatusCode::NOT_FOUND,
+                json!({"error": "not_found", "no_route": true,
+                       "message": "no such route; see /openapi.json (the /v1 API) and docs/replication.md (/couch)"}),
+            ),
             ApiError::MethodNotAllowed => plain(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method_not_allowed",

@@ -238,10 +238,7 @@ async fn no_route(uri: Uri) -> Response {
         );
         return couch::CouchError::from(missing).into_response();
     }
-    ApiError::NotFound(
-        "no such route; see /openapi.json (the /v1 API) and docs/replication.md (/couch)".into(),
-    )
-    .into_response()
+    ApiError::NoRoute.into_response()
 }
 
 async fn no_method() -> ApiError {
