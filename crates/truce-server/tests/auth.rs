@@ -375,8 +375,20 @@ fn every_role_against_every_route_class() {
         "unauthenticated writes wrote nothing"
     );
 
-    // Health and the API description stay open.
-    assert_eq!(api.get(None, "/healthz").status, 200);
+    // Health and the API description stay open. Without a valid key,
+    // health is its status alone; any valid key sees the details.
+    let health = api.get(None, "/healthz");
+    assert_eq!((health.status, &health.json), (200, &json!({"status": "ok"})));
+    let health = api.get_with_authorization("Bearer truce_0000000000000000_00", "/healthz");
+    assert_eq!((health.status, &health.json), (200, &json!({"status": "ok"})));
+    let health = api.get(Some(&keys[0].1), "/healthz");
+    assert_eq!(health.status, 200);
+    assert!(health.json["durable_seq"].as_u64().is_some(), "{}", health.text);
+    assert!(
+        health.json["disk"]["free_bytes"].as_u64().is_some(),
+        "{}",
+        health.text
+    );
     let openapi = api.get(None, "/openapi.json");
     assert_eq!(openapi.status, 200);
     assert!(openapi.json["openapi"].as_str().unwrap().starts_with("3."));

@@ -97,11 +97,23 @@ pub struct AppState {
 #[utoipa::path(get, path = "/healthz", tag = "operations",
     responses((status = 200, description = "The storage works: `ok`, or `insufficient_storage` while writes that add data are refused for want of disk space", body = openapi::Health),
                (status = 503, description = "Storage failed; writes are refused", body = openapi::ErrorBody)))]
-pub async fn healthz(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
+pub async fn healthz(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Response, ApiError> {
     state.db.health()?;
     let disk = state.db.disk();
+    let status = if disk.refusing {
+        "insufficient_storage"
+    } else {
+        "ok"
+    };
+    // A load balancer needs no key, and gets the status alone: how fast the
+    // database commits and how much disk it has are not for anyone who can
+    // reach the port of a server with keys. Any valid key sees them.
+    let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    if state.keys.caller(authorization).is_err() {
+        return Ok(Json(json!({ "status": status })).into_response());
+    }
     Ok(Json(json!({
-        "status": if disk.refusing { "insufficient_storage" } else { "ok" },
+        "status": status,
         "durable_seq": state.db.durable_seq(),
         "disk": {
             "free_bytes": disk.free_bytes,
