@@ -21,8 +21,9 @@ use crate::keys::{KEYS_FILE, Principal, Role};
 /// The server's last backup since it started, if any, and where backups may go.
 pub struct Backups {
     last: Mutex<Option<Status>>,
-    /// The running backup's stop handle and thread, for a shutdown.
-    running: Mutex<Option<(truce::BackupStop, std::thread::JoinHandle<()>)>>,
+    /// The running backup's stop handle and thread, for a shutdown; `closed`
+    /// once the shutdown has stopped it, so that no backup starts after.
+    running: Mutex<Running>,
     /// Numbers the backups, so that a finishing one updates its own status.
     started: AtomicU64,
     /// `--backup-root`: the one directory backups may be written into.
@@ -57,8 +58,14 @@ impl Backups {
     /// Stops a running backup between two chunks and waits for it to have
     /// removed what it wrote, so that a server shutting down leaves no
     /// `DIR.partial` behind.
+    /// A backup started after (its snapshot was being taken) is dropped
+    /// instead of run, which removes its `DIR.partial` too.
     pub fn stop_and_wait(&self) {
-        let running = self.running.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let running = {
+            let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+            running.closed = true;
+            running.job.take()
+        };
         if let Some((stop, thread)) = running {
             stop.stop();
             if !thread.is_finished() {
@@ -67,6 +74,13 @@ impl Backups {
             let _ = thread.join();
         }
     }
+}
+
+/// What [`Backups::stop_and_wait`] needs.
+#[derive(Default)]
+struct Running {
+    job: Option<(truce::BackupStop, std::thread::JoinHandle<()>)>,
+    closed: bool,
 }
 
 /// A backup's state, as `GET /v1/_backup` shows it.
@@ -221,12 +235,23 @@ pub async fn start(
     *state.backups.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(status.clone());
     let thread_state = Arc::clone(&state);
     let stop = job.stopper();
+    // Under the lock a shutdown takes: either it finds this backup running
+    // and stops it, or this one sees the shutdown and does not start.
+    let mut running = state.backups.running.lock().unwrap_or_else(|p| p.into_inner());
+    if running.closed {
+        drop(running);
+        drop(job); // removes its DIR.partial
+        let closing = truce::Error::Unavailable("the server is shutting down; no backup starts".into());
+        finish(&state, id, Err(&closing));
+        return Err(closing.into());
+    }
     let spawned = std::thread::Builder::new()
         .name("truce-backup".into())
         .spawn(move || run(&thread_state, id, &path, job));
     match spawned {
-        Ok(thread) => *state.backups.running.lock().unwrap_or_else(|p| p.into_inner()) = Some((stop, thread)),
+        Ok(thread) => running.job = Some((stop, thread)),
         Err(e) => {
+            drop(running);
             let failed = truce::Error::Unavailable(format!("cannot start the backup thread: {e}"));
             finish(&state, id, Err(&failed));
             return Err(failed.into());

@@ -193,10 +193,15 @@ impl Backup {
     /// calls `progress` after every chunk. On an error nothing is left.
     pub fn run(mut self, progress: &mut dyn FnMut(&BackupProgress)) -> Result<BackupReport> {
         let report = self.copy(progress)?;
-        std::fs::rename(&self.partial, &self.dir)
-            .map_err(|e| io_error("cannot rename the finished backup", &self.dir, &e))?;
+        rename_no_replace(&self.partial, &self.dir)
+            .map_err(|e| io_error("cannot rename the finished backup to", &self.dir, &e))?;
         self.published = true;
-        sync_dir(self.partial.parent().unwrap_or(Path::new(".")))?;
+        sync_dir(self.partial.parent().unwrap_or(Path::new("."))).map_err(|e| {
+            Error::InvalidBackup(format!(
+                "the backup is whole at {}, but its name may not survive a power loss: {e}",
+                self.dir.display()
+            ))
+        })?;
         Ok(report)
     }
 
@@ -317,6 +322,47 @@ fn make_partial_dir(dir: &Path) -> Result<PathBuf> {
         ))),
         Err(e) => Err(io_error("cannot create", &partial, &e)),
     }
+}
+
+/// Renames `from` to `to` unless something is there: a plain rename
+/// replaces an empty directory, which another program may have made at `to`
+/// while the copy ran. Linux's `renameat2(RENAME_NOREPLACE)` checks and
+/// renames at once; where the file system does not take it, `to` is looked
+/// at first.
+fn rename_no_replace(from: &Path, to: &Path) -> std::io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let c_path = |p: &Path| {
+            std::ffi::CString::new(p.as_os_str().as_bytes())
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
+        };
+        let (from_c, to_c) = (c_path(from)?, c_path(to)?);
+        // SAFETY: both are NUL-terminated paths that live across the call.
+        let rc = unsafe {
+            libc::renameat2(
+                libc::AT_FDCWD,
+                from_c.as_ptr(),
+                libc::AT_FDCWD,
+                to_c.as_ptr(),
+                libc::RENAME_NOREPLACE,
+            )
+        };
+        if rc == 0 {
+            return Ok(());
+        }
+        let error = std::io::Error::last_os_error();
+        if !matches!(error.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS)) {
+            return Err(error);
+        }
+    }
+    if to.symlink_metadata().is_ok() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            "something was made there while the backup ran",
+        ));
+    }
+    std::fs::rename(from, to)
 }
 
 fn io_error(what: &str, path: &Path, e: &std::io::Error) -> Error {

@@ -229,6 +229,19 @@ fn a_backup_refuses_what_it_cannot_do_cleanly() {
     db.backup(&stopped, &[], &mut |_| {})
         .expect("the slot is free again");
 
+    // A directory made at the backup's path while it ran (by another
+    // program) is not replaced, even an empty one, which a plain rename
+    // would take over; the copy is removed.
+    let raced = dir.path().join("raced");
+    let job = db.start_backup(&raced, &[]).unwrap();
+    std::fs::create_dir(&raced).unwrap();
+    invalid(job.run(&mut |_| {}), "raced");
+    assert!(
+        raced.is_dir() && std::fs::read_dir(&raced).unwrap().next().is_none(),
+        "left as it was made"
+    );
+    assert!(!dir.path().join("raced.partial").exists());
+
     // Stopped from another thread (a server shutting down): between two
     // chunks, with nothing left behind.
     let halted = dir.path().join("halted");
