@@ -1737,18 +1737,22 @@ pub(crate) fn observe(
                         false,
                     )]
                 }
-                TxFailure::SnapshotTooOld { .. } => {
-                    let collection = commit
-                        .ops
-                        .first()
-                        .map_or_else(|| Arc::from(""), |op| Arc::clone(&op.collection));
-                    vec![(
-                        collection,
-                        Target::Range(String::new()),
-                        insights::SNAPSHOT_TOO_OLD,
-                        false,
-                    )]
-                }
+                // A commit of reads alone (a transaction's refusal, checked
+                // against what it read) names no collection: its caller
+                // counts it (`Transaction::commit`).
+                TxFailure::SnapshotTooOld { .. } => commit
+                    .ops
+                    .first()
+                    .map(|op| {
+                        (
+                            Arc::clone(&op.collection),
+                            Target::Range(String::new()),
+                            insights::SNAPSHOT_TOO_OLD,
+                            false,
+                        )
+                    })
+                    .into_iter()
+                    .collect(),
             };
             for (collection, target, code, numbers_only) in refused {
                 insights::refused(events, &collection, target, code, numbers_only, origin);

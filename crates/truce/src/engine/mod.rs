@@ -454,6 +454,23 @@ impl Db {
         self.shared().insights.absorb(&mut events, 0, 0, None);
     }
 
+    /// Counts a transaction of `collection` refused as `snapshot_too_old`
+    /// where the committer could not name its collection (a commit of reads
+    /// alone).
+    pub(crate) fn note_snapshot_too_old(&self, collection: &str, origin: &Origin) {
+        let mut events = Vec::new();
+        let target = insights::Target::Range(String::new());
+        insights::refused(
+            &mut events,
+            &Arc::from(collection),
+            target,
+            insights::SNAPSHOT_TOO_OLD,
+            false,
+            origin,
+        );
+        self.shared().insights.absorb(&mut events, 0, 0, None);
+    }
+
     /// [`submit_batch`](Self::submit_batch) on behalf of `origin`, to whom its
     /// conflicts, retries and failures are attributed in [`stats`](Self::stats)
     /// and [`insights`](Self::insights).

@@ -304,6 +304,11 @@ impl Transaction {
                 seen: None,
             };
             if let Err(failure) = self.db.submit_commit(reads)?.wait()? {
+                if let TxFailure::SnapshotTooOld { .. } = failure {
+                    // The committer cannot tell whose reads these were.
+                    self.db
+                        .note_snapshot_too_old(&self.refused[0].collection, &self.origin);
+                }
                 return Ok(Err(failure));
             }
             for refused in &self.refused {

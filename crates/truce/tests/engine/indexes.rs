@@ -704,6 +704,44 @@ fn a_transaction_that_read_a_dropped_index_fails_as_too_old() {
     after.commit().unwrap().unwrap();
 }
 
+/// A transaction refused by a folded `$if` is checked against what it read
+/// by a commit of reads alone; found too old, it is counted under its own
+/// collection, not under none.
+#[test]
+fn a_refused_transaction_too_old_is_counted_under_its_collection() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_relaxed(dir.path());
+    let c = db.collection("c").unwrap();
+    c.put("x", json!({"n": 10}), Expect::Absent).unwrap().unwrap();
+    c.create_index("by_k", spec(&["k"], false)).unwrap();
+    wait_ready(&c, "by_k");
+    let mut tx = db.begin().unwrap();
+    let q = Query {
+        index: Some("by_k".into()),
+        eq: vec![json!(1)],
+        ..Query::default()
+    };
+    assert!(tx.query("c", &q).unwrap().docs.is_empty());
+    let guarded = update(json!({"$if": {"n": {"$lt": 5}}, "$else": "conflict", "$inc": {"n": 1}}));
+    tx.patch("c", "x", guarded, Expect::Any).unwrap();
+    // Folded into one write of x: the `$if` is judged now, and fails.
+    tx.patch("c", "x", update(json!({"$set": {"m": 1}})), Expect::Any)
+        .unwrap();
+    c.drop_index("by_k").unwrap();
+    match tx.commit().unwrap() {
+        Err(TxFailure::SnapshotTooOld { .. }) => {}
+        other => panic!("expected snapshot_too_old, got {other:?}"),
+    }
+    let counted: Vec<_> = db
+        .stats()
+        .labelled
+        .iter()
+        .filter(|l| l.1 == "snapshot_too_old")
+        .map(|l| (l.2.to_string(), l.4))
+        .collect();
+    assert_eq!(counted, [("c".to_string(), 1)]);
+}
+
 /// A backfill interrupted (a crash, a close) walks the documents again from
 /// the start on the next open; what it had counted is not added twice.
 #[test]
