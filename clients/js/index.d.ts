@@ -22,7 +22,7 @@ export class TruceError extends Error {
   url: string;
   /** The HTTP status; 0 when there was no answer (network error, timeout). */
   status: number;
-  /** The body's stable `error` code (API.md), `http_{status}` for a body without one, or `'network'` / `'timeout'`. */
+  /** The body's stable `error` code (API.md), `http_{status}` for a body without one, `'network'` / `'timeout'` when no answer came, `'invalid_answer'` for a 2xx that is not JSON. */
   code: string;
   /** The parsed error body, when it was JSON. */
   body: unknown;

@@ -26,9 +26,10 @@ const STREAM_BACKOFF_MIN = 250; // ms before the first reconnect of the event st
 const STREAM_BACKOFF_MAX = 10000; // ms, the longest wait between reconnects
 const DEFAULT_STREAM_TIMEOUT = 60000; // ms of silence (no event, no keep-alive) before reconnecting
 const DEFAULT_REQUEST_TIMEOUT = 30000; // ms a pull or push may take before it counts as failed
-// Documents per page while pulling the whole collection again after a 410
-// `history_purged`: the most a page may ask for, to keep the round trips few.
-const REPULL_PAGE = 1000;
+// The checkpoint of a replica that has pulled everything of a collection
+// that holds nothing: a pull from it is a pull from the start, which no purge
+// can refuse. (rxdb keeps its old checkpoint when a pull answers null.)
+const START_CHECKPOINT = Object.freeze({ seq: 0, id: '', from: 0 });
 
 /**
  * A request Truce answered with an error (or that never got an answer).
@@ -100,7 +101,8 @@ export function replicateTruce(options) {
         `(a push carries at most ${MAX_BATCH_SIZE} rows), not ${batchSize}`,
     );
   }
-  if (!['resync', 'cancel'].includes(historyPurged) && typeof historyPurged !== 'function') {
+  const HISTORY_PURGED_CHOICES = ['resync', 'cancel'];
+  if (!HISTORY_PURGED_CHOICES.includes(historyPurged) && typeof historyPurged !== 'function') {
     throw new TypeError(`replicateTruce: historyPurged must be 'resync', 'cancel' or a function, not ${historyPurged}`);
   }
   const fetchFn = options.fetch ?? globalThis.fetch.bind(globalThis);
@@ -123,7 +125,13 @@ export function replicateTruce(options) {
         headers: { accept: 'application/json', ...init.headers, ...extra },
       });
       if (!res.ok) throw await errorOf(method, url, res);
-      return await res.json();
+      const text = await res.text();
+      try {
+        return JSON.parse(text);
+      } catch {
+        const message = `the answer is not JSON: ${text.slice(0, 200)}`;
+        throw new TruceError({ method, url, status: res.status, code: 'invalid_answer', message, body: null });
+      }
     } catch (err) {
       if (err instanceof TruceError) throw err;
       const code = signal.aborted ? 'timeout' : 'network';
@@ -139,33 +147,41 @@ export function replicateTruce(options) {
   }
 
   // After a 410 `history_purged`: the server no longer holds every delete
-  // since our checkpoint, so pull the whole collection again, in one answer
-  // to rxdb, so that its checkpoint moves only once all of it is here. Local
-  // documents the server no longer has were deleted there (their tombstones
-  // purged): they come back as deletes. Each is the local document with
-  // `_deleted: true`, which rxdb applies only to a document whose local
-  // state is the server's last one; a document written locally and not yet
-  // pushed is kept, and pushed (rxdb's own rule for a pulled change of a
-  // document with local changes). A page that comes back empty, not a
-  // short one, ends the pull: the server may cut a page short by size.
-  async function repullWhole() {
+  // since our checkpoint, so pull the whole collection again, in pages of
+  // the replication's own size (a page is refused, not cut, past the
+  // server's page memory), and give it to rxdb in one answer, so that its
+  // checkpoint moves only once all of it is here. Local documents the server
+  // no longer has were deleted there (their tombstones purged): they come
+  // back as deletes. Each is the local document with `_deleted: true`, which
+  // rxdb applies only to a document whose local state is the server's last
+  // one; a document written locally and not yet pushed is kept, and pushed
+  // (rxdb's own rule for a pulled change of a document with local changes).
+  // The feed is read to its end (an empty page) once more after the local
+  // documents are listed: a document pushed meanwhile is on the server, not
+  // a delete. (One pushed in the moment between that read and rxdb applying
+  // the answer is deleted locally, and back with the stream's next event.)
+  async function repullWhole(limit) {
     const documents = [];
     const seen = new Set();
     let checkpoint = null;
-    for (;;) {
-      const page = await pullPage(checkpoint, REPULL_PAGE);
-      if (page.documents.length === 0) break;
-      for (const doc of page.documents) {
-        seen.add(doc[primaryKey]);
-        documents.push(doc);
+    const readToEnd = async () => {
+      for (;;) {
+        const page = await pullPage(checkpoint, limit);
+        if (page.documents.length === 0) return;
+        for (const doc of page.documents) {
+          seen.add(doc[primaryKey]);
+          documents.push(doc);
+        }
+        checkpoint = page.checkpoint;
       }
-      checkpoint = page.checkpoint;
-    }
+    };
+    await readToEnd();
     const local = await collection.find().exec(); // live documents only
+    await readToEnd();
     for (const doc of local) {
       if (!seen.has(doc.primary)) documents.push({ ...doc.toJSON(), _deleted: true });
     }
-    return { documents, checkpoint };
+    return { documents, checkpoint: checkpoint ?? START_CHECKPOINT };
   }
 
   const pk = encodeURIComponent(primaryKey);
@@ -189,12 +205,16 @@ export function replicateTruce(options) {
         } catch (err) {
           if (!(err instanceof TruceError && err.code === 'history_purged' && checkpoint)) throw err;
           const choice = typeof historyPurged === 'function' ? await historyPurged(err) : historyPurged;
-          if (choice !== 'resync') {
+          if (!HISTORY_PURGED_CHOICES.includes(choice)) {
+            // Reported on error$, and asked again at the next retry.
+            throw new TypeError(`replicateTruce: historyPurged answered ${choice}, not 'resync' or 'cancel'`);
+          }
+          if (choice === 'cancel') {
             // Not awaited: cancel() waits for the pull that is running this.
             setTimeout(() => replicationState.cancel(), 0);
             throw err; // reported on error$ (RC_PULL, parameters.errors[0].code)
           }
-          return repullWhole();
+          return repullWhole(limit);
         }
         // The server answers the checkpoint it was given when nothing
         // follows; keep ours if it ever answers null.
@@ -348,6 +368,9 @@ async function readEvents(body, deliver) {
     const { value, done } = await reader.read();
     if (done) return;
     const chunk = decoder.decode(value, { stream: true });
+    // An empty chunk (a proxy's, or bytes of a character yet to end) says
+    // nothing, not even whether a "\r" before it was half of "\r\n".
+    if (chunk === '') continue;
     let start = 0;
     if (pendingCr && chunk.startsWith('\n')) start = 1;
     pendingCr = false;
