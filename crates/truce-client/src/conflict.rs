@@ -195,6 +195,7 @@ pub(crate) fn http_error(status: u16, bytes: &[u8]) -> ClientError {
             status,
             code: body.code,
             message: body.message,
+            idempotency_key: None,
         },
         None => {
             let text: String = String::from_utf8_lossy(bytes)
@@ -205,6 +206,7 @@ pub(crate) fn http_error(status: u16, bytes: &[u8]) -> ClientError {
                 status,
                 code: UNKNOWN_CODE.to_string(),
                 message: text,
+                idempotency_key: None,
             }
         }
     }
@@ -234,6 +236,7 @@ pub(crate) fn write_conflict(status: u16, bytes: &[u8]) -> Result<Conflict, Clie
                 status,
                 code: body.code,
                 message: body.message,
+                idempotency_key: None,
             });
         }
     };

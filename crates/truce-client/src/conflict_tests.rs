@@ -102,6 +102,7 @@ fn other_error_bodies_become_http_errors_with_their_code() {
                 status: s,
                 code: c,
                 message,
+                ..
             }) => {
                 assert_eq!((s, c.as_str()), (status, code));
                 assert!(!message.is_empty());
@@ -118,6 +119,7 @@ fn a_body_that_is_not_a_truce_error_keeps_its_text() {
             status: 502,
             code,
             message,
+            ..
         } => {
             assert_eq!(code, UNKNOWN_CODE);
             assert_eq!(message, "<html>Bad Gateway</html>");

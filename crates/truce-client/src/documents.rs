@@ -157,7 +157,9 @@ impl Client {
 
     /// Sends a document write; its answer as a write's.
     pub(crate) async fn send_write(&self, call: &Call) -> Result<WriteResult, ClientError> {
-        write_outcome(&self.execute(call).await?)
+        let key = call.idempotency_key();
+        let answer = self.execute(call).await?;
+        write_outcome(&answer).map_err(|e| e.of_write(key))
     }
 
     /// Deletes a document if `precondition` holds; the answer's `doc` is the

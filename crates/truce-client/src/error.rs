@@ -15,6 +15,7 @@ pub enum ClientError {
     /// (`invalid_document`, `precondition_required`, `overloaded`, …), or
     /// [`UNKNOWN_CODE`] when the body did not carry one.
     #[error("HTTP {status} {code}: {message}")]
+    #[non_exhaustive]
     Http {
         /// The HTTP status.
         status: u16,
@@ -22,6 +23,10 @@ pub enum ClientError {
         code: String,
         /// The server's human-readable message.
         message: String,
+        /// For a write answered 5xx (a 503 `timeout`, say, or a proxy's 502
+        /// or 504), whose outcome is unknown: the idempotency key it was
+        /// sent under, as for [`ClientError::Transport`].
+        idempotency_key: Option<String>,
     },
     /// The request did not get an answer: connection refused or reset, timeout.
     /// A write's outcome is then unknown: it may have committed. Sending it
@@ -29,6 +34,7 @@ pub enum ClientError {
     /// as [`Client::put_with_key`](crate::Client::put_with_key)) is safe: if it
     /// did commit, the server answers what it answered then.
     #[error("no answer after {attempts} attempt(s): {source}")]
+    #[non_exhaustive]
     Transport {
         /// How many attempts were made.
         attempts: u32,
@@ -75,12 +81,34 @@ impl ClientError {
         }
     }
 
-    /// The idempotency key of a write that got no answer (see
-    /// [`ClientError::Transport`]).
+    /// The idempotency key of a write whose outcome is unknown: it got no
+    /// answer ([`ClientError::Transport`]), or a 5xx
+    /// ([`ClientError::Http`]). Sent again under it, it is written at most
+    /// once.
     pub fn idempotency_key(&self) -> Option<&str> {
         match self {
-            ClientError::Transport { idempotency_key, .. } => idempotency_key.as_deref(),
+            ClientError::Transport { idempotency_key, .. } | ClientError::Http { idempotency_key, .. } => {
+                idempotency_key.as_deref()
+            }
             _ => None,
+        }
+    }
+
+    /// This error, naming `key` if it leaves a write's outcome unknown (a 5xx).
+    pub(crate) fn of_write(self, key: Option<&str>) -> ClientError {
+        match self {
+            ClientError::Http {
+                status,
+                code,
+                message,
+                idempotency_key: None,
+            } if status >= 500 => ClientError::Http {
+                status,
+                code,
+                message,
+                idempotency_key: key.map(str::to_string),
+            },
+            other => other,
         }
     }
 
@@ -112,6 +140,7 @@ mod tests {
             status: 428,
             code: "precondition_required".into(),
             message: "m".into(),
+            idempotency_key: None,
         };
         assert_eq!(http.code(), "precondition_required");
         assert_eq!(http.status(), Some(428));

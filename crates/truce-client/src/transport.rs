@@ -87,12 +87,16 @@ impl Call {
     ) -> Result<Call, ClientError> {
         let key = match key {
             Some(key) => {
+                // A space at either end would be dropped on the way (HTTP
+                // trims a header's value): another key than the caller's.
                 if key.is_empty()
                     || key.len() > IDEMPOTENCY_KEY_BYTES_MAX
                     || !key.bytes().all(|b| b == b' ' || b.is_ascii_graphic())
+                    || key.starts_with(' ')
+                    || key.ends_with(' ')
                 {
                     return Err(ClientError::InvalidArgument(format!(
-                        "an idempotency key is 1 to {IDEMPOTENCY_KEY_BYTES_MAX} visible ASCII characters or spaces, not {key:?}"
+                        "an idempotency key is 1 to {IDEMPOTENCY_KEY_BYTES_MAX} visible ASCII characters or inner spaces, not {key:?}"
                     )));
                 }
                 key.to_string()
@@ -150,7 +154,6 @@ impl Call {
     }
 
     /// The idempotency key of this call, if it is a write.
-    #[cfg(test)]
     pub fn idempotency_key(&self) -> Option<&str> {
         self.idempotency_key.as_deref()
     }
@@ -294,7 +297,16 @@ mod tests {
     fn a_key_the_server_would_refuse_is_an_argument_error() {
         let url = Url::parse("http://h/v1/tx").expect("valid");
         let long = "k".repeat(256);
-        for bad in ["", "tab\there", "é", "line\n", long.as_str()] {
+        for bad in [
+            "",
+            "tab\there",
+            "é",
+            "line\n",
+            " lead",
+            "trail ",
+            "   ",
+            long.as_str(),
+        ] {
             let err = Call::write(Method::POST, url.clone(), None, Some(bad)).expect_err(bad);
             assert_eq!(err.code(), "invalid_argument", "{bad:?}");
         }

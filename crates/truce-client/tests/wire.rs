@@ -684,3 +684,40 @@ async fn a_route_the_server_does_not_have_is_an_error_not_absent_data() {
     );
     assert!(c.backup_status().await.is_err(), "not a server without backups");
 }
+
+/// A write answered 5xx to its last attempt (a 503 `timeout`: it may yet
+/// commit; a proxy's 502) has an unknown outcome too: the error names its
+/// key. A 4xx does not: nothing was written.
+#[tokio::test]
+async fn a_write_answered_5xx_says_its_key() {
+    let (base, log) = serve(vec![
+        Reply::Json(503, vec![], json!({"error": "timeout", "message": "m"})),
+        Reply::Json(502, vec![], json!({"error": "bad_gateway", "message": "proxy"})),
+        Reply::Json(400, vec![], json!({"error": "invalid_document", "message": "m"})),
+    ])
+    .await;
+    let c = client(&base, 1);
+    let error = c
+        .patch("c", "a", json!({"$inc": {"n": 1}}), Precondition::Any)
+        .await
+        .expect_err("503");
+    assert_eq!((error.status(), error.code()), (Some(503), "timeout"));
+    let sent = log.lock().expect("log")[0]
+        .header("idempotency-key")
+        .map(str::to_string);
+    assert_eq!(error.idempotency_key(), sent.as_deref());
+    assert!(sent.is_some());
+
+    let tx = Transaction::new().check("c", "a", Precondition::Absent);
+    let error = c.transaction_with_key(&tx, "tx-1").await.expect_err("502");
+    assert_eq!(
+        (error.status(), error.idempotency_key()),
+        (Some(502), Some("tx-1"))
+    );
+
+    let error = c
+        .put("c", "a", json!({}), Precondition::Any)
+        .await
+        .expect_err("400");
+    assert_eq!((error.status(), error.idempotency_key()), (Some(400), None));
+}
