@@ -526,6 +526,85 @@ fn replica_flags_a_value_of_a_failed_put() {
     assert_eq!(kinds_of(&replica(&h)), vec![kinds::ABORTED_READ]);
 }
 
+/// Writes of `r2` with their commits (`w` 2 at 2, the delete at 3, then
+/// `later`), and the `pull` replica's `pages` (`[changes, upto]`), then a
+/// reset of its copy and an empty copy equal to an empty server: whatever
+/// the pages did, the final comparison passes.
+fn replica_pages(later: &[(Kind, Value)], pages: &[(Value, u64)]) -> History {
+    let mut h = History::new("replica");
+    h.alone(
+        Kind::Ok,
+        "put",
+        0,
+        json!({"id": "r2", "w": 2}),
+        json!({"id": "r2", "w": 2, "seq": 2}),
+    );
+    h.alone(
+        Kind::Ok,
+        "delete",
+        1,
+        json!({"id": "r2"}),
+        json!({"id": "r2", "seq": 3}),
+    );
+    for (kind, done) in later {
+        let invoked = json!({"id": done["id"], "w": done["w"]});
+        h.alone(*kind, "put", 0, invoked, done.clone());
+    }
+    for (changes, upto) in pages {
+        h.alone(
+            Kind::Ok,
+            "pull",
+            9,
+            json!({"checkpoint": null}),
+            json!({"at": {"checkpoint": null}, "changes": changes, "upto": upto}),
+        );
+    }
+    h.alone(
+        Kind::Ok,
+        "reset",
+        9,
+        json!({"route": "pull"}),
+        json!({"route": "pull"}),
+    );
+    h.alone(
+        Kind::Ok,
+        "final",
+        9,
+        json!({"route": "pull"}),
+        json!({"route": "pull", "replica": {}, "server": {}}),
+    );
+    h
+}
+
+/// A replica refused later drops its copy: a delete it missed must be
+/// flagged at the page that read past it, not only at the end.
+#[test]
+fn replica_flags_a_missed_delete_at_the_page_though_a_reset_follows() {
+    let h = replica_pages(&[], &[(json!([["r2", 2]]), 2), (json!([]), 5)]);
+    assert_eq!(kinds_of(&replica(&h)), vec![kinds::REPLICA_DIVERGED]);
+    // Read up to the delete's own commit only (a `_pull` checkpoint may
+    // stand before the document within it): not yet judged.
+    let h = replica_pages(&[], &[(json!([["r2", 2]]), 2), (json!([]), 3)]);
+    assert_eq!(replica(&h), vec![]);
+}
+
+/// A delete that is not the document's last change may be superseded in
+/// the feed (each document appears at its latest change): no anomaly; nor
+/// for a document with a write of unknown outcome, which may have landed
+/// after the delete.
+#[test]
+fn replica_judges_only_deletes_known_to_be_a_documents_last_change() {
+    let later = (Kind::Ok, json!({"id": "r2", "w": 4, "seq": 6}));
+    let h = replica_pages(
+        &[later],
+        &[(json!([["r2", 2]]), 2), (json!([]), 5), (json!([["r2", 4]]), 6)],
+    );
+    assert_eq!(replica(&h), vec![]);
+    let unknown = (Kind::Info, json!({"id": "r2", "w": 5}));
+    let h = replica_pages(&[unknown], &[(json!([["r2", 2]]), 2), (json!([]), 5)]);
+    assert_eq!(replica(&h), vec![]);
+}
+
 #[test]
 fn replica_flags_a_replica_that_never_compared() {
     let mut h = replica_history(json!([]), json!({}), json!({}));

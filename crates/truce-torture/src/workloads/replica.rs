@@ -49,9 +49,10 @@ const PAGE_DOCS: u32 = 7;
 const IDLE: Duration = Duration::from_millis(50);
 /// A replica lags after about one page in this many.
 const LAG_ONE_IN: u32 = 40;
-/// How long it lags: longer than a tombstone is kept, and than the purge's
-/// second between passes.
-const LAG: (Duration, Duration) = (Duration::from_millis(2200), Duration::from_millis(3200));
+/// How long it lags: from well under a tombstone's keeping to longer than
+/// it and the purge's second between passes, so that a replica resumes
+/// before, during and after the purge of what it missed.
+const LAG: (Duration, Duration) = (Duration::from_millis(300), Duration::from_millis(3200));
 /// How long a replica may take to catch up once the run is over.
 const CATCH_UP: Duration = Duration::from_secs(60);
 
@@ -165,7 +166,17 @@ async fn put(process: &mut Process, state: &State, n: u64) -> Kind {
     let path = format!("/v1/c/{COLLECTION}/r{n}");
     let body = json!({"w": w, "_version": -1});
     let outcome = process.ctx().http.send_json(Method::PUT, &path, &body).await;
-    process.complete_with("put", &outcome, invoked.clone(), invoked)
+    let done = with_seq(&invoked, &outcome);
+    process.complete_with("put", &outcome, done, invoked)
+}
+
+/// A write's completion: what it was, and the commit it landed in.
+fn with_seq(invoked: &Value, outcome: &Outcome) -> Value {
+    let mut done = invoked.clone();
+    if let Outcome::Ok { body, .. } = outcome {
+        done["seq"] = body["seq"].clone();
+    }
+    done
 }
 
 /// Deletes document `n`, whatever it holds; also whether it is certainly
@@ -175,7 +186,8 @@ async fn delete(process: &mut Process, n: u64) -> (Kind, bool) {
     process.invoke("delete", invoked.clone());
     let path = format!("/v1/c/{COLLECTION}/r{n}?version=-1");
     let outcome = send(process.ctx().http.request(Method::DELETE, &path)).await;
-    let kind = process.complete_with("delete", &outcome, invoked.clone(), invoked);
+    let done = with_seq(&invoked, &outcome);
+    let kind = process.complete_with("delete", &outcome, done, invoked);
     (kind, kind == Kind::Ok || outcome.is_not_found())
 }
 
@@ -218,6 +230,15 @@ impl Position {
         match route {
             Route::Pull => json!({"checkpoint": self.checkpoint}),
             Route::Changes => json!({"since": self.since, "from": self.from}),
+        }
+    }
+
+    /// The commit position this replica has read up to (within that
+    /// commit, for a `_pull` checkpoint), 0 at the start.
+    fn upto(&self, route: Route) -> u64 {
+        match route {
+            Route::Pull => self.checkpoint["seq"].as_u64().unwrap_or(0),
+            Route::Changes => self.since,
         }
     }
 
@@ -283,7 +304,9 @@ pub async fn replica(ctx: Arc<Ctx>, state: Arc<State>, route: Route, mut rng: St
             Outcome::Ok { body, .. } => {
                 let docs = at.page(route, body);
                 let changes: Vec<Value> = docs.iter().map(|(id, w)| json!([id, w])).collect();
-                process.complete(f, Kind::Ok, json!({"at": invoked, "changes": changes}), None);
+                let upto = at.upto(route);
+                let page = json!({"at": invoked, "changes": changes, "upto": upto});
+                process.complete(f, Kind::Ok, page, None);
                 let empty = docs.is_empty();
                 for (id, w) in docs {
                     match w {
