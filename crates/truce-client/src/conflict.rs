@@ -163,9 +163,12 @@ impl ErrorBody {
     /// Whether this is Truce's 404 for something that is not there (a
     /// document, an index, a backup), not for a route it does not have
     /// (`"no_route": true`: a wrong base URL, which must not read as absent
-    /// data).
+    /// data), nor another server's (`/couch`'s and CouchDB's carry a
+    /// `reason`).
     pub fn is_missing(&self) -> bool {
-        self.code == "not_found" && self.fields.get("no_route") != Some(&Value::Bool(true))
+        self.code == "not_found"
+            && self.fields.get("no_route") != Some(&Value::Bool(true))
+            && !self.fields.contains_key("reason")
     }
 
     fn current(&self) -> Result<Option<Document>, ClientError> {

@@ -94,7 +94,9 @@ impl ClientError {
         }
     }
 
-    /// This error, naming `key` if it leaves a write's outcome unknown (a 5xx).
+    /// This error, naming `key` if it leaves a write's outcome unknown: a
+    /// 5xx, but for 507 `insufficient_storage` (nothing was written, and the
+    /// key was not taken).
     pub(crate) fn of_write(self, key: Option<&str>) -> ClientError {
         match self {
             ClientError::Http {
@@ -102,7 +104,7 @@ impl ClientError {
                 code,
                 message,
                 idempotency_key: None,
-            } if status >= 500 => ClientError::Http {
+            } if status >= 500 && status != 507 => ClientError::Http {
                 status,
                 code,
                 message,

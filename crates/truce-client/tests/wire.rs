@@ -683,6 +683,15 @@ async fn a_route_the_server_does_not_have_is_an_error_not_absent_data() {
         "not an index that was not there"
     );
     assert!(c.backup_status().await.is_err(), "not a server without backups");
+
+    // A 404 in CouchDB's shape (a base URL ending in /couch, say) neither.
+    let couch = Reply::Json(404, vec![], json!({"error": "not_found", "reason": "missing"}));
+    let (base, _log) = serve(vec![couch]).await;
+    let error = client(&base, 1)
+        .get("users", "a")
+        .await
+        .expect_err("not Truce's missing document");
+    assert_eq!(error.status(), Some(404));
 }
 
 /// A write answered 5xx to its last attempt (a 503 `timeout`: it may yet
@@ -694,6 +703,11 @@ async fn a_write_answered_5xx_says_its_key() {
         Reply::Json(503, vec![], json!({"error": "timeout", "message": "m"})),
         Reply::Json(502, vec![], json!({"error": "bad_gateway", "message": "proxy"})),
         Reply::Json(400, vec![], json!({"error": "invalid_document", "message": "m"})),
+        Reply::Json(
+            507,
+            vec![],
+            json!({"error": "insufficient_storage", "message": "m"}),
+        ),
     ])
     .await;
     let c = client(&base, 1);
@@ -720,4 +734,10 @@ async fn a_write_answered_5xx_says_its_key() {
         .await
         .expect_err("400");
     assert_eq!((error.status(), error.idempotency_key()), (Some(400), None));
+    // Nothing was written, and the key not taken.
+    let error = c
+        .put("c", "a", json!({}), Precondition::Any)
+        .await
+        .expect_err("507");
+    assert_eq!((error.status(), error.idempotency_key()), (Some(507), None));
 }

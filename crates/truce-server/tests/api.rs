@@ -1889,6 +1889,14 @@ fn couch_reads_answer_what_was_asked_or_refuse() {
     assert_eq!(missing.status, 404);
     assert_eq!(missing.json["error"], "not_found", "{}", missing.text);
     assert!(missing.json["reason"].is_string(), "{}", missing.text);
+    // Marked as no route, as /v1's (a /v1 client given a base URL ending in
+    // /couch must not read it as a missing document).
+    assert_eq!(missing.json["no_route"], true, "{}", missing.text);
+    let v1_under_couch = api.get("/couch/v1/c/users/a");
+    assert_eq!(
+        (v1_under_couch.status, &v1_under_couch.json["no_route"]),
+        (404, &json!(true))
+    );
     // What rxdb's plugin sends still works.
     let posted = api.post(
         "/couch/cr/_all_docs",
@@ -3188,8 +3196,7 @@ fn request_errors_in_context() {
     assert_eq!(api.get("/v1/c/e/x").json["a"], 1);
 
     // Unknown routes: 404 with a JSON error body, marked apart from a
-    // missing document (which carries `current`); a method a route does not
-    // have: 405.
+    // missing document; a method a route does not have: 405.
     let unknown = api.get("/nope");
     unknown.error(404, "not_found");
     assert_eq!(unknown.json["no_route"], true, "{}", unknown.text);

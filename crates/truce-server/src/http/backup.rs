@@ -21,9 +21,8 @@ use crate::keys::{KEYS_FILE, Principal, Role};
 /// The server's last backup since it started, if any, and where backups may go.
 pub struct Backups {
     last: Mutex<Option<Status>>,
-    /// The running backup's stop handle and thread, for a shutdown; `closed`
-    /// once the shutdown has stopped it, so that no backup starts after.
-    running: Mutex<Running>,
+    /// The running backup's stop handle and thread, for a shutdown.
+    running: Mutex<Option<(truce::BackupStop, std::thread::JoinHandle<()>)>>,
     /// Numbers the backups, so that a finishing one updates its own status.
     started: AtomicU64,
     /// `--backup-root`: the one directory backups may be written into.
@@ -58,14 +57,8 @@ impl Backups {
     /// Stops a running backup between two chunks and waits for it to have
     /// removed what it wrote, so that a server shutting down leaves no
     /// `DIR.partial` behind.
-    /// A backup started after (its snapshot was being taken) is dropped
-    /// instead of run, which removes its `DIR.partial` too.
     pub fn stop_and_wait(&self) {
-        let running = {
-            let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
-            running.closed = true;
-            running.job.take()
-        };
+        let running = self.running.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some((stop, thread)) = running {
             stop.stop();
             if !thread.is_finished() {
@@ -74,13 +67,6 @@ impl Backups {
             let _ = thread.join();
         }
     }
-}
-
-/// What [`Backups::stop_and_wait`] needs.
-#[derive(Default)]
-struct Running {
-    job: Option<(truce::BackupStop, std::thread::JoinHandle<()>)>,
-    closed: bool,
 }
 
 /// A backup's state, as `GET /v1/_backup` shows it.
@@ -235,10 +221,11 @@ pub async fn start(
     *state.backups.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(status.clone());
     let thread_state = Arc::clone(&state);
     let stop = job.stopper();
-    // Under the lock a shutdown takes: either it finds this backup running
-    // and stops it, or this one sees the shutdown and does not start.
+    // A shutdown that began while the snapshot was taken (its grace period
+    // lets requests finish) would cut the copy short at the exit: it does
+    // not start. One that begins after finds it running, and stops it.
     let mut running = state.backups.running.lock().unwrap_or_else(|p| p.into_inner());
-    if running.closed {
+    if *state.stopping.borrow() {
         drop(running);
         drop(job); // removes its DIR.partial
         let closing = truce::Error::Unavailable("the server is shutting down; no backup starts".into());
@@ -249,7 +236,7 @@ pub async fn start(
         .name("truce-backup".into())
         .spawn(move || run(&thread_state, id, &path, job));
     match spawned {
-        Ok(thread) => running.job = Some((stop, thread)),
+        Ok(thread) => *running = Some((stop, thread)),
         Err(e) => {
             drop(running);
             let failed = truce::Error::Unavailable(format!("cannot start the backup thread: {e}"));

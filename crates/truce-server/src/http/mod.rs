@@ -242,13 +242,16 @@ pub(crate) fn stored_changes(page: &[truce::Change]) -> Vec<truce::Change<truce:
 
 async fn no_route(uri: Uri) -> Response {
     if uri.path().starts_with("/couch/") {
-        // CouchDB's clients read `reason`, as on every other /couch answer.
-        let missing = ApiError::NotFound(
-            "no such route: Truce serves the part of CouchDB's API that RxDB's CouchDB replication uses (see \
-             docs/replication.md)"
-                .into(),
-        );
-        return couch::CouchError::from(missing).into_response();
+        // CouchDB's clients read `reason`, as on every other /couch answer;
+        // marked as `/v1`'s is (a base URL of `…/couch` given to a client of
+        // the `/v1` API must not read as missing data).
+        let body = json!({
+            "error": "not_found",
+            "no_route": true,
+            "reason": "no such route: Truce serves the part of CouchDB's API that RxDB's CouchDB replication \
+                       uses (see docs/replication.md)",
+        });
+        return (axum::http::StatusCode::NOT_FOUND, Json(body)).into_response();
     }
     ApiError::NoRoute.into_response()
 }

@@ -250,13 +250,16 @@ pub struct BackupStatus {
     error: Option<ErrorBody>,
 }
 
-/// Health.
+/// Health. On a server with API keys, a request without a valid key gets
+/// `status` alone.
 #[derive(ToSchema)]
 pub struct Health {
     /// `ok`, or `insufficient_storage` while writes that add data are refused.
     status: String,
-    durable_seq: u64,
-    disk: DiskHealth,
+    /// The last durable commit (absent without a valid key on a server with keys).
+    durable_seq: Option<u64>,
+    /// The data directory's filesystem (absent without a valid key on a server with keys).
+    disk: Option<DiskHealth>,
 }
 
 /// The data directory's filesystem as last looked at (at most a second ago).

@@ -327,8 +327,10 @@ fn make_partial_dir(dir: &Path) -> Result<PathBuf> {
 /// Renames `from` to `to` unless something is there: a plain rename
 /// replaces an empty directory, which another program may have made at `to`
 /// while the copy ran. Linux's `renameat2(RENAME_NOREPLACE)` checks and
-/// renames at once; where the file system does not take it, `to` is looked
-/// at first.
+/// renames at once (called as a system call: glibc before 2.28 has no
+/// wrapper); where the file system does not take it (EINVAL), the kernel
+/// does not have it (ENOSYS) or a sandbox refuses the call (EPERM), `to` is
+/// looked at first.
 fn rename_no_replace(from: &Path, to: &Path) -> std::io::Result<()> {
     #[cfg(target_os = "linux")]
     {
@@ -338,9 +340,11 @@ fn rename_no_replace(from: &Path, to: &Path) -> std::io::Result<()> {
                 .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
         };
         let (from_c, to_c) = (c_path(from)?, c_path(to)?);
-        // SAFETY: both are NUL-terminated paths that live across the call.
+        // SAFETY: both are NUL-terminated paths that live across the call;
+        // the arguments are renameat2's.
         let rc = unsafe {
-            libc::renameat2(
+            libc::syscall(
+                libc::SYS_renameat2,
                 libc::AT_FDCWD,
                 from_c.as_ptr(),
                 libc::AT_FDCWD,
@@ -352,7 +356,10 @@ fn rename_no_replace(from: &Path, to: &Path) -> std::io::Result<()> {
             return Ok(());
         }
         let error = std::io::Error::last_os_error();
-        if !matches!(error.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS)) {
+        if !matches!(
+            error.raw_os_error(),
+            Some(libc::EINVAL | libc::ENOSYS | libc::EPERM)
+        ) {
             return Err(error);
         }
     }

@@ -305,9 +305,14 @@ impl Transaction {
             };
             if let Err(failure) = self.db.submit_commit(reads)?.wait()? {
                 if let TxFailure::SnapshotTooOld { .. } = failure {
-                    // The committer cannot tell whose reads these were.
-                    self.db
-                        .note_snapshot_too_old(&self.refused[0].collection, &self.origin);
+                    // The committer cannot tell whose reads these were;
+                    // counted as it counts a transaction's: under its first
+                    // write's collection.
+                    let collection = self
+                        .ops
+                        .first()
+                        .map_or(self.refused[0].collection.as_str(), |op| &*op.collection);
+                    self.db.note_snapshot_too_old(collection, &self.origin);
                 }
                 return Ok(Err(failure));
             }

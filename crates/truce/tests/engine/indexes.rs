@@ -705,8 +705,8 @@ fn a_transaction_that_read_a_dropped_index_fails_as_too_old() {
 }
 
 /// A transaction refused by a folded `$if` is checked against what it read
-/// by a commit of reads alone; found too old, it is counted under its own
-/// collection, not under none.
+/// by a commit of reads alone; found too old, it is counted as any
+/// transaction is, under its first write's collection, not under none.
 #[test]
 fn a_refused_transaction_too_old_is_counted_under_its_collection() {
     let dir = tempfile::tempdir().unwrap();
@@ -722,6 +722,7 @@ fn a_refused_transaction_too_old_is_counted_under_its_collection() {
         ..Query::default()
     };
     assert!(tx.query("c", &q).unwrap().docs.is_empty());
+    tx.put("first", "z", json!({}), Expect::Any).unwrap();
     let guarded = update(json!({"$if": {"n": {"$lt": 5}}, "$else": "conflict", "$inc": {"n": 1}}));
     tx.patch("c", "x", guarded, Expect::Any).unwrap();
     // Folded into one write of x: the `$if` is judged now, and fails.
@@ -739,7 +740,7 @@ fn a_refused_transaction_too_old_is_counted_under_its_collection() {
         .filter(|l| l.1 == "snapshot_too_old")
         .map(|l| (l.2.to_string(), l.4))
         .collect();
-    assert_eq!(counted, [("c".to_string(), 1)]);
+    assert_eq!(counted, [("first".to_string(), 1)]);
 }
 
 /// A backfill interrupted (a crash, a close) walks the documents again from
