@@ -674,11 +674,11 @@ fn a_transaction_older_than_an_index_cannot_query_it() {
     assert_eq!(ids(&c.query(&q).unwrap().docs), ["a"]);
 }
 
-#[test]
-fn a_transaction_that_read_a_dropped_index_fails_as_too_old() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = open_relaxed(dir.path());
+/// A transaction that read `k = 1` of collection `c` through index `by_k`
+/// (and found nothing), begun after `before` ran.
+fn tx_that_read_by_k(db: &Db, before: impl FnOnce(&Collection)) -> truce::Transaction {
     let c = db.collection("c").unwrap();
+    before(&c);
     c.create_index("by_k", spec(&["k"], false)).unwrap();
     wait_ready(&c, "by_k");
     let mut tx = db.begin().unwrap();
@@ -688,6 +688,15 @@ fn a_transaction_that_read_a_dropped_index_fails_as_too_old() {
         ..Query::default()
     };
     assert!(tx.query("c", &q).unwrap().docs.is_empty());
+    tx
+}
+
+#[test]
+fn a_transaction_that_read_a_dropped_index_fails_as_too_old() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_relaxed(dir.path());
+    let mut tx = tx_that_read_by_k(&db, |_| {});
+    let c = db.collection("c").unwrap();
     c.drop_index("by_k").unwrap();
     // Into the range the transaction read: no longer an entry of by_k, so
     // only the drop itself can tell the transaction that its read is stale.
@@ -711,24 +720,16 @@ fn a_transaction_that_read_a_dropped_index_fails_as_too_old() {
 fn a_refused_transaction_too_old_is_counted_under_its_collection() {
     let dir = tempfile::tempdir().unwrap();
     let db = open_relaxed(dir.path());
-    let c = db.collection("c").unwrap();
-    c.put("x", json!({"n": 10}), Expect::Absent).unwrap().unwrap();
-    c.create_index("by_k", spec(&["k"], false)).unwrap();
-    wait_ready(&c, "by_k");
-    let mut tx = db.begin().unwrap();
-    let q = Query {
-        index: Some("by_k".into()),
-        eq: vec![json!(1)],
-        ..Query::default()
-    };
-    assert!(tx.query("c", &q).unwrap().docs.is_empty());
+    let mut tx = tx_that_read_by_k(&db, |c| {
+        c.put("x", json!({"n": 10}), Expect::Absent).unwrap().unwrap();
+    });
     tx.put("first", "z", json!({}), Expect::Any).unwrap();
     let guarded = update(json!({"$if": {"n": {"$lt": 5}}, "$else": "conflict", "$inc": {"n": 1}}));
     tx.patch("c", "x", guarded, Expect::Any).unwrap();
     // Folded into one write of x: the `$if` is judged now, and fails.
     tx.patch("c", "x", update(json!({"$set": {"m": 1}})), Expect::Any)
         .unwrap();
-    c.drop_index("by_k").unwrap();
+    db.collection("c").unwrap().drop_index("by_k").unwrap();
     match tx.commit().unwrap() {
         Err(TxFailure::SnapshotTooOld { .. }) => {}
         other => panic!("expected snapshot_too_old, got {other:?}"),
