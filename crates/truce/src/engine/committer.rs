@@ -172,6 +172,15 @@ impl Request {
     }
 }
 
+/// Logs an increment of `collection/id`'s `field` skipped because the sum
+/// would pass the largest number JSON holds.
+fn warn_sum_not_finite(collection: &str, id: &str, field: &str) {
+    tracing::warn!(
+        target_doc = %format!("{collection}/{id}"),
+        "counter increment skipped: the sum in {field} would pass the largest number JSON holds"
+    );
+}
+
 /// What a commit of corrections did: its sequence, and the target documents
 /// (collection, id) whose increments could not be applied (`skipped`: the
 /// target would pass a limit, or its field holds no number), each logged.
@@ -1066,11 +1075,7 @@ impl Committer {
             if !inc.amount.is_finite() {
                 // One commit's increments of one target, merged past the
                 // largest number JSON holds: no outbox entry can carry it.
-                tracing::warn!(
-                    target_doc = %format!("{}/{}", inc.collection, inc.id),
-                    "counter increment skipped: the sum in {} would pass the largest number JSON holds",
-                    inc.field
-                );
+                warn_sum_not_finite(&inc.collection, &inc.id, &inc.field);
                 continue;
             }
             let mut key = group.seq.to_be_bytes().to_vec();
@@ -1157,10 +1162,7 @@ impl Committer {
                     if !sum.is_finite() {
                         // JSON has no number for it: the field keeps its last
                         // one (written as 0, it looked like a recount's).
-                        tracing::warn!(
-                            target_doc = %format!("{collection}/{id}"),
-                            "counter increment skipped: the sum in {field} would pass the largest number JSON holds"
-                        );
+                        warn_sum_not_finite(&collection, &id, &field);
                         field_skipped = true;
                         continue;
                     }

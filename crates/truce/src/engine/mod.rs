@@ -441,34 +441,39 @@ impl Db {
         conflicts: &[(String, outcome::ConflictReason)],
         origin: &Origin,
     ) {
-        if conflicts.is_empty() {
-            return;
-        }
-        let collection: std::sync::Arc<str> = std::sync::Arc::from(collection);
-        let mut events = Vec::new();
-        for (id, reason) in conflicts {
-            let target = insights::Target::Document(id.clone());
-            let code = insights::conflict_index(reason.code());
-            insights::refused(&mut events, &collection, target, code, false, origin);
-        }
-        self.shared().insights.absorb(&mut events, 0, 0, None);
+        let refusals = conflicts.iter().map(|(id, reason)| {
+            (
+                insights::Target::Document(id.clone()),
+                insights::conflict_index(reason.code()),
+            )
+        });
+        self.note_refusals(collection, refusals, origin);
     }
 
     /// Counts a transaction of `collection` refused as `snapshot_too_old`
     /// where the committer could not name its collection (a commit of reads
     /// alone).
     pub(crate) fn note_snapshot_too_old(&self, collection: &str, origin: &Origin) {
+        let refusal = (insights::Target::Range(String::new()), insights::SNAPSHOT_TOO_OLD);
+        self.note_refusals(collection, [refusal], origin);
+    }
+
+    /// Counts refusals `(target, conflict code)` of `collection` met outside
+    /// the committer, on behalf of `origin`.
+    fn note_refusals(
+        &self,
+        collection: &str,
+        refusals: impl IntoIterator<Item = (insights::Target, usize)>,
+        origin: &Origin,
+    ) {
+        let collection: Arc<str> = Arc::from(collection);
         let mut events = Vec::new();
-        let target = insights::Target::Range(String::new());
-        insights::refused(
-            &mut events,
-            &Arc::from(collection),
-            target,
-            insights::SNAPSHOT_TOO_OLD,
-            false,
-            origin,
-        );
-        self.shared().insights.absorb(&mut events, 0, 0, None);
+        for (target, code) in refusals {
+            insights::refused(&mut events, &collection, target, code, false, origin);
+        }
+        if !events.is_empty() {
+            self.shared().insights.absorb(&mut events, 0, 0, None);
+        }
     }
 
     /// [`submit_batch`](Self::submit_batch) on behalf of `origin`, to whom its
