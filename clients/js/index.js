@@ -53,6 +53,12 @@ export class TruceError extends Error {
   }
 }
 
+/** `choice` if it is one `historyPurged` may be or answer, else a TypeError. */
+function historyPurgedChoice(choice, how) {
+  if (choice === 'resync' || choice === 'cancel') return choice;
+  throw new TypeError(`replicateTruce: historyPurged ${how} 'resync' or 'cancel' (or a function answering one), not ${choice}`);
+}
+
 /** The TruceError for an answer that is not a 2xx. */
 async function errorOf(method, url, res) {
   const text = await res.text().catch(() => '');
@@ -101,10 +107,7 @@ export function replicateTruce(options) {
         `(a push carries at most ${MAX_BATCH_SIZE} rows), not ${batchSize}`,
     );
   }
-  const HISTORY_PURGED_CHOICES = ['resync', 'cancel'];
-  if (!HISTORY_PURGED_CHOICES.includes(historyPurged) && typeof historyPurged !== 'function') {
-    throw new TypeError(`replicateTruce: historyPurged must be 'resync', 'cancel' or a function, not ${historyPurged}`);
-  }
+  if (typeof historyPurged !== 'function') historyPurgedChoice(historyPurged, 'must be');
   const fetchFn = options.fetch ?? globalThis.fetch.bind(globalThis);
   const base = `${String(url).replace(/\/+$/, '')}/v1/c/${encodeURIComponent(remoteCollection)}`;
   const replicationIdentifier = options.replicationIdentifier ?? `truce:${base}`;
@@ -205,10 +208,8 @@ export function replicateTruce(options) {
         } catch (err) {
           if (!(err instanceof TruceError && err.code === 'history_purged' && checkpoint)) throw err;
           const choice = typeof historyPurged === 'function' ? await historyPurged(err) : historyPurged;
-          if (!HISTORY_PURGED_CHOICES.includes(choice)) {
-            // Reported on error$, and asked again at the next retry.
-            throw new TypeError(`replicateTruce: historyPurged answered ${choice}, not 'resync' or 'cancel'`);
-          }
+          // Another answer is reported on error$, and asked again at the next retry.
+          historyPurgedChoice(choice, 'answered');
           if (choice === 'cancel') {
             // Not awaited: cancel() waits for the pull that is running this.
             setTimeout(() => replicationState.cancel(), 0);

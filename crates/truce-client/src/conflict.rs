@@ -185,10 +185,10 @@ fn optional_document(value: Option<&Value>, what: &str) -> Result<Option<Documen
     }
 }
 
-/// Whether an answer is Truce's 404 for something that is not there
+/// Whether a 404's body is Truce's for something that is not there
 /// ([`ErrorBody::is_missing`]).
-pub(crate) fn missing(status: u16, bytes: &[u8]) -> bool {
-    status == 404 && ErrorBody::parse(bytes).is_some_and(|b| b.is_missing())
+pub(crate) fn missing(bytes: &[u8]) -> bool {
+    ErrorBody::parse(bytes).is_some_and(|b| b.is_missing())
 }
 
 /// The error for an answer that is neither success nor conflict.

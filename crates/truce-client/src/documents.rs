@@ -10,7 +10,7 @@ use crate::conflict::{http_error, missing};
 use crate::document::Document;
 use crate::error::ClientError;
 use crate::precondition::{DeletePrecondition, Precondition, WriteKind};
-use crate::transport::{Call, decode};
+use crate::transport::{Answer, Call, decode};
 
 /// The answer to a conditional read ([`Client::get_if_none_match`]).
 #[derive(Debug, Clone, PartialEq)]
@@ -47,7 +47,7 @@ impl Client {
         match answer.status {
             200 => decode(&answer.body, "a document").map(Fetched::Found),
             304 => Ok(Fetched::NotModified),
-            404 if missing(404, &answer.body) => Ok(Fetched::NotFound),
+            404 if missing(&answer.body) => Ok(Fetched::NotFound),
             status => Err(http_error(status, &answer.body)),
         }
     }
@@ -63,8 +63,8 @@ impl Client {
         body: Value,
         precondition: Precondition,
     ) -> Result<WriteResult, ClientError> {
-        let call = self.write_call(Method::PUT, WriteKind::Put, (coll, id), body, &precondition, None)?;
-        self.send_write(&call).await
+        self.write_doc(WriteKind::Put, (coll, id), body, &precondition, None)
+            .await
     }
 
     /// [`put`](Self::put) under the caller's idempotency key (1–255 visible
@@ -80,15 +80,8 @@ impl Client {
         precondition: Precondition,
         key: &str,
     ) -> Result<WriteResult, ClientError> {
-        let call = self.write_call(
-            Method::PUT,
-            WriteKind::Put,
-            (coll, id),
-            body,
-            &precondition,
-            Some(key),
-        )?;
-        self.send_write(&call).await
+        self.write_doc(WriteKind::Put, (coll, id), body, &precondition, Some(key))
+            .await
     }
 
     /// Applies update operators to a document (`PATCH`), if `precondition` holds.
@@ -103,15 +96,8 @@ impl Client {
         update: Value,
         precondition: Precondition,
     ) -> Result<WriteResult, ClientError> {
-        let call = self.write_call(
-            Method::PATCH,
-            WriteKind::Patch,
-            (coll, id),
-            update,
-            &precondition,
-            None,
-        )?;
-        self.send_write(&call).await
+        self.write_doc(WriteKind::Patch, (coll, id), update, &precondition, None)
+            .await
     }
 
     /// [`patch`](Self::patch) under the caller's idempotency key, as
@@ -124,14 +110,20 @@ impl Client {
         precondition: Precondition,
         key: &str,
     ) -> Result<WriteResult, ClientError> {
-        let call = self.write_call(
-            Method::PATCH,
-            WriteKind::Patch,
-            (coll, id),
-            update,
-            &precondition,
-            Some(key),
-        )?;
+        self.write_doc(WriteKind::Patch, (coll, id), update, &precondition, Some(key))
+            .await
+    }
+
+    /// A `PUT` or `PATCH` of a document, sent.
+    async fn write_doc(
+        &self,
+        kind: WriteKind,
+        (coll, id): (&str, &str),
+        body: Value,
+        precondition: &Precondition,
+        key: Option<&str>,
+    ) -> Result<WriteResult, ClientError> {
+        let call = self.write_call(kind, (coll, id), body, precondition, key)?;
         self.send_write(&call).await
     }
 
@@ -139,13 +131,16 @@ impl Client {
     /// another), under `key` or else a fresh idempotency key.
     pub(crate) fn write_call(
         &self,
-        method: Method,
         kind: WriteKind,
         (coll, id): (&str, &str),
         body: Value,
         precondition: &Precondition,
         key: Option<&str>,
     ) -> Result<Call, ClientError> {
+        let method = match kind {
+            WriteKind::Put => Method::PUT,
+            WriteKind::Patch => Method::PATCH,
+        };
         let mut body = object(body)?;
         let header = precondition.apply(kind, &mut body);
         let mut call = Call::write(method, self.doc_url(coll, id)?, Some(Value::Object(body)), key)?;
@@ -157,9 +152,18 @@ impl Client {
 
     /// Sends a document write; its answer as a write's.
     pub(crate) async fn send_write(&self, call: &Call) -> Result<WriteResult, ClientError> {
-        let key = call.idempotency_key();
+        self.send_keyed(call, write_outcome).await
+    }
+
+    /// Sends a write and reads its answer with `interpret`; an error that
+    /// leaves its outcome unknown names its key ([`ClientError::of_write`]).
+    pub(crate) async fn send_keyed<T>(
+        &self,
+        call: &Call,
+        interpret: impl FnOnce(&Answer) -> Result<T, ClientError>,
+    ) -> Result<T, ClientError> {
         let answer = self.execute(call).await?;
-        write_outcome(&answer).map_err(|e| e.of_write(key))
+        interpret(&answer).map_err(|e| e.of_write(call.idempotency_key()))
     }
 
     /// Deletes a document if `precondition` holds; the answer's `doc` is the

@@ -97,21 +97,18 @@ impl ClientError {
     /// This error, naming `key` if it leaves a write's outcome unknown: a
     /// 5xx, but for 507 `insufficient_storage` (nothing was written, and the
     /// key was not taken).
-    pub(crate) fn of_write(self, key: Option<&str>) -> ClientError {
-        match self {
-            ClientError::Http {
-                status,
-                code,
-                message,
-                idempotency_key: None,
-            } if status >= 500 && status != 507 => ClientError::Http {
-                status,
-                code,
-                message,
-                idempotency_key: key.map(str::to_string),
-            },
-            other => other,
+    pub(crate) fn of_write(mut self, key: Option<&str>) -> ClientError {
+        if let ClientError::Http {
+            status,
+            idempotency_key,
+            ..
+        } = &mut self
+            && *status >= 500
+            && *status != 507
+        {
+            *idempotency_key = key.map(str::to_string);
         }
+        self
     }
 
     /// The HTTP status, for errors the server answered.

@@ -125,7 +125,7 @@ impl Client {
     pub async fn backup_status(&self) -> Result<Option<Value>, ClientError> {
         let answer = self.execute(&Call::get(self.url(&["v1", "_backup"]))).await?;
         match answer.status {
-            404 if missing(404, &answer.body) => Ok(None),
+            404 if missing(&answer.body) => Ok(None),
             200..=299 => decode(&answer.body, "a backup status").map(Some),
             status => Err(http_error(status, &answer.body)),
         }

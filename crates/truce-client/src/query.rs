@@ -279,7 +279,7 @@ impl Client {
         let answer = self.execute(&call).await?;
         match answer.status {
             202 => decode::<IndexInfo>(&answer.body, "the dropped index").map(Some),
-            404 if missing(404, &answer.body) => Ok(None),
+            404 if missing(&answer.body) => Ok(None),
             status => Err(http_error(status, &answer.body)),
         }
     }

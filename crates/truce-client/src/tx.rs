@@ -203,13 +203,11 @@ impl Client {
     async fn transaction_keyed(&self, tx: &Transaction, key: Option<&str>) -> Result<TxResult, ClientError> {
         let body = tx.to_json(self.source())?;
         let call = Call::write(Method::POST, self.url(&["v1", "tx"]), Some(body), key)?;
-        let answer = self.execute(&call).await?;
-        match answer.status {
+        self.send_keyed(&call, |answer| match answer.status {
             200 | 201 => decode(&answer.body, "a transaction answer").map(Ok),
-            status => tx_conflict(status, &answer.body)
-                .map(Err)
-                .map_err(|e| e.of_write(call.idempotency_key())),
-        }
+            status => tx_conflict(status, &answer.body).map(Err),
+        })
+        .await
     }
 }
 

@@ -2,7 +2,6 @@
 //! write it at exactly the version read, and on a conflict redo from the
 //! document the conflict answer carried.
 
-use reqwest::Method;
 use serde_json::Value;
 
 use crate::answer::WriteAnswer;
@@ -56,7 +55,7 @@ impl Client {
             // the last round ends the call (a permanent failure); one made
             // after a backoff is redone at once if it loses.
             let call = self
-                .write_call(Method::PUT, WriteKind::Put, (coll, id), body, &precondition, None)?
+                .write_call(WriteKind::Put, (coll, id), body, &precondition, None)?
                 .attempt(round, fresh.then_some(attempts));
             let written = self.send_write(&call).await?;
             match written {
