@@ -139,15 +139,11 @@ async fn write(
     missing_is_404: bool,
 ) -> Result<Response, ApiError> {
     let key = idempotency_key(headers, who)?;
-    let as_sent = |e| match &key {
-        Some(k) => k.as_sent(e),
-        None => e,
-    };
     let pending = state
         .db
-        .submit_write_from(op, key.as_ref().map(|k| k.stored()), origin(headers))
-        .map_err(as_sent)?;
-    answer(pending.await.map_err(as_sent)?, missing_is_404)
+        .submit_write_from(op, key.stored(), origin(headers))
+        .map_err(|e| key.as_sent(e))?;
+    answer(pending.await.map_err(|e| key.as_sent(e))?, missing_is_404)
 }
 
 /// Reads a document.

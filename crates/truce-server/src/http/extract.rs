@@ -542,11 +542,9 @@ pub fn no_document_query(query: Option<&str>, writes: bool) -> Result<(), ApiErr
     }
 }
 
-/// An `Idempotency-Key` as the client sent it, and as the engine stores it.
-pub struct IdempotencyKey {
-    sent: String,
-    stored: String,
-}
+/// A request's `Idempotency-Key`, if it sent one: as sent, and as the
+/// engine stores it.
+pub struct IdempotencyKey(Option<(String, String)>);
 
 impl IdempotencyKey {
     /// What the engine stores: the key as sent on a server without API keys;
@@ -554,36 +552,35 @@ impl IdempotencyKey {
     /// API key has keys of its own. A caller cannot take, or learn of, a key
     /// another API key's client will use (limited to other collections, say),
     /// and the stored form fits the engine's limit whatever the key's length.
-    pub fn stored(&self) -> &str {
-        &self.stored
+    pub fn stored(&self) -> Option<&str> {
+        self.0.as_ref().map(|(_, stored)| stored.as_str())
     }
 
     /// The engine's error, naming the key as the client sent it.
     pub fn as_sent(&self, error: truce::Error) -> truce::Error {
-        match error {
-            truce::Error::IdempotencyKeyReused(_) => truce::Error::IdempotencyKeyReused(self.sent.clone()),
-            other => other,
+        match (error, &self.0) {
+            (truce::Error::IdempotencyKeyReused(_), Some((sent, _))) => {
+                truce::Error::IdempotencyKeyReused(sent.clone())
+            }
+            (other, _) => other,
         }
     }
 }
 
-/// The `Idempotency-Key` header, if any, checked as sent and scoped to the
-/// API key `who` presented.
-pub fn idempotency_key(headers: &HeaderMap, who: &Principal) -> Result<Option<IdempotencyKey>, ApiError> {
+/// The `Idempotency-Key` header, checked as sent and scoped to the API key
+/// `who` presented.
+pub fn idempotency_key(headers: &HeaderMap, who: &Principal) -> Result<IdempotencyKey, ApiError> {
     // Two keys (a proxy's and the client's, say) guard nothing: whichever was
     // kept, a retry under the other would write again.
     let Some(sent) = single_header(headers, &IDEMPOTENCY_KEY, "invalid_transaction")? else {
-        return Ok(None);
+        return Ok(IdempotencyKey(None));
     };
     truce::validate_idempotency_key(sent)?;
     let stored = match &who.key_id {
         Some(id) => format!("{id}/{}", crate::keys::sha256_hex(sent)),
         None => sent.to_string(),
     };
-    Ok(Some(IdempotencyKey {
-        sent: sent.to_string(),
-        stored,
-    }))
+    Ok(IdempotencyKey(Some((sent.to_string(), stored))))
 }
 
 /// What a long-lived read's wait for its next page ended with.

@@ -216,17 +216,14 @@ pub async fn transaction(
     // always a list of ops to point into.
     let single = parsed.len() == 1;
     let name_op = |e: truce::Error| {
-        let e = match &key {
-            Some(k) => k.as_sent(e),
-            None => e,
-        };
+        let e = key.as_sent(e);
         if single { e.in_op(0) } else { e }
     };
     match state
         .db
         .submit_batch_from(
             parsed,
-            key.as_ref().map(|k| k.stored()),
+            key.stored(),
             origin_named(source.as_deref().filter(|s| !s.is_empty()), &headers),
         )
         .map_err(name_op)?
