@@ -173,7 +173,7 @@ impl Client {
                     let status = response.status().as_u16();
                     let headers = response.headers().clone();
                     match response.bytes().await {
-                        Ok(body) if attempt < max && comes_back(call.resend, status, &body) => {
+                        Ok(body) if attempt < max && call.resend.after_answer(status, &body) => {
                             let retry_after = headers
                                 .get(RETRY_AFTER)
                                 .and_then(|v| v.to_str().ok())
@@ -194,8 +194,7 @@ impl Client {
                 }
                 Err(e) => e,
             };
-            let unsent = failure.is_connect();
-            if failure.is_builder() || attempt >= max || (call.resend == Resend::IfNotApplied && !unsent) {
+            if failure.is_builder() || attempt >= max || !call.resend.after_failure(failure.is_connect()) {
                 return Err(ClientError::Transport {
                     attempts: attempt,
                     source: failure,
@@ -249,20 +248,29 @@ impl Client {
     }
 }
 
-/// Whether an answer asks a call of this kind to come back later. Not
-/// Truce's 503 `unavailable`: a storage failure, refused until the server
-/// restarts. For a change sent only if it did nothing, not a 503 `timeout`
-/// (the request ran too long, and may yet apply) nor a 503 without a code of
-/// Truce's (a proxy's: who knows).
-fn comes_back(resend: Resend, status: u16, body: &[u8]) -> bool {
-    if !is_retryable_status(status) {
-        return false;
+impl Resend {
+    /// Whether an answer asks a call of this kind to come back later. Not
+    /// Truce's 503 `unavailable`: a storage failure, refused until the server
+    /// restarts. For a change sent only if it did nothing, not a 503 `timeout`
+    /// (the request ran too long, and may yet apply) nor a 503 without a code
+    /// of Truce's (a proxy's: who knows).
+    fn after_answer(self, status: u16, body: &[u8]) -> bool {
+        if !is_retryable_status(status) {
+            return false;
+        }
+        let code = (status == 503).then(|| ErrorBody::parse(body).map(|b| b.code));
+        match (self, code) {
+            (_, Some(Some(code))) if code == "unavailable" => false,
+            (Resend::Always, _) | (Resend::IfNotApplied, None) => true,
+            (Resend::IfNotApplied, Some(code)) => code.is_some_and(|code| code != "timeout"),
+        }
     }
-    let code = (status == 503).then(|| ErrorBody::parse(body).map(|b| b.code));
-    match (resend, code) {
-        (_, Some(Some(code))) if code == "unavailable" => false,
-        (Resend::Always, _) | (Resend::IfNotApplied, None) => true,
-        (Resend::IfNotApplied, Some(code)) => code.is_some_and(|code| code != "timeout"),
+
+    /// Whether a call of this kind is sent again after the transport failed:
+    /// always, or, for a change sent only if it did nothing, when the
+    /// connection was never made (once it was, the request may have arrived).
+    fn after_failure(self, never_connected: bool) -> bool {
+        self == Resend::Always || never_connected
     }
 }
 
@@ -326,12 +334,17 @@ mod tests {
             (500, truce("internal"), false, false),
             (409, truce("conflict"), false, false),
         ] {
-            assert_eq!(comes_back(Resend::Always, status, &body), always, "{status}");
+            assert_eq!(Resend::Always.after_answer(status, &body), always, "{status}");
             assert_eq!(
-                comes_back(Resend::IfNotApplied, status, &body),
+                Resend::IfNotApplied.after_answer(status, &body),
                 if_not_applied,
                 "{status}"
             );
         }
+        for never_connected in [true, false] {
+            assert!(Resend::Always.after_failure(never_connected));
+        }
+        assert!(Resend::IfNotApplied.after_failure(true));
+        assert!(!Resend::IfNotApplied.after_failure(false));
     }
 }
