@@ -1,6 +1,7 @@
-//! Fault injection for the torture harness: the storage backend's `fail_point!`s
-//! (`storage::apply`, `storage::fsync`) exist only with the `failpoints` feature,
-//! and are armed at runtime from the `FAILPOINTS` environment variable.
+//! Fault injection for the torture harness and tests: the storage backend's
+//! `fail_point!`s (`storage::apply`, `storage::fsync`) and a backup's start
+//! (`backup::start`) exist only with the `failpoints` feature, and are armed
+//! at runtime from the `FAILPOINTS` environment variable.
 
 /// Arms the failpoints named in `FAILPOINTS` (the `fail` crate's syntax, e.g.
 /// `storage::fsync=40*off->return`), once per process. Without the

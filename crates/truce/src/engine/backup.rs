@@ -165,6 +165,9 @@ impl Db {
         let (view, seq) = read::durable_snapshot(self.shared())?;
         // Made last: from here `Backup`'s drop removes it.
         let partial = make_partial_dir(dir)?;
+        // A test's stand-in for a long snapshot (inert unless built with
+        // `failpoints` and named in `FAILPOINTS`).
+        fail::fail_point!("backup::start");
         Ok(Backup {
             view,
             seq,
@@ -363,6 +366,13 @@ fn rename_no_replace(from: &Path, to: &Path) -> std::io::Result<()> {
             return Err(error);
         }
     }
+    rename_if_absent(from, to)
+}
+
+/// `rename_no_replace` where the file system has no renameat2: look, then
+/// rename (a name made between the two is replaced, the window the look
+/// narrows to a moment).
+fn rename_if_absent(from: &Path, to: &Path) -> std::io::Result<()> {
     if to.symlink_metadata().is_ok() {
         return Err(std::io::Error::new(
             std::io::ErrorKind::AlreadyExists,
@@ -381,4 +391,32 @@ fn sync_dir(dir: &Path) -> Result<()> {
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| io_error("cannot sync", dir, &e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The look-then-rename fallback, which this machine's file systems
+    /// never reach (they take renameat2): it refuses whatever is at `to`, a
+    /// dangling link included, and renames otherwise.
+    #[test]
+    fn the_fallback_rename_replaces_nothing() {
+        let root = tempfile::tempdir().expect("a temporary directory");
+        let from = root.path().join("b.partial");
+        std::fs::create_dir(&from).expect("the copy");
+        std::fs::write(from.join("f"), b"x").expect("a file in it");
+        let to = root.path().join("b");
+        std::fs::create_dir(&to).expect("an empty directory made meanwhile");
+        let refused = rename_if_absent(&from, &to).expect_err("an empty directory is there");
+        assert_eq!(refused.kind(), std::io::ErrorKind::AlreadyExists);
+        std::fs::remove_dir(&to).expect("removed");
+        std::os::unix::fs::symlink(root.path().join("nowhere"), &to).expect("a dangling link");
+        let refused = rename_if_absent(&from, &to).expect_err("a link is there");
+        assert_eq!(refused.kind(), std::io::ErrorKind::AlreadyExists);
+        std::fs::remove_file(&to).expect("removed");
+        rename_if_absent(&from, &to).expect("nothing is there");
+        assert_eq!(std::fs::read(to.join("f")).expect("moved"), b"x");
+        assert!(!from.exists());
+    }
 }
