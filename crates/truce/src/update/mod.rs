@@ -226,6 +226,9 @@ fn parse_ops(operands: &[Option<&Value>; OPERATORS.len()]) -> Result<Vec<(Path, 
             )));
         }
     }
+    // No path is another's prefix, so each write has its own part of the
+    // document, except for the `null`s that pad an array: by index they go.
+    ops.sort_by(|a, b| a.0.cmp_writes(&b.0));
     Ok(ops)
 }
 

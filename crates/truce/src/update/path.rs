@@ -91,6 +91,22 @@ impl Path {
         other.segments.starts_with(&self.segments)
     }
 
+    /// The order an update writes its paths in: segment by segment, array
+    /// indexes (canonical digits) by number, before any other key. Writes in
+    /// one array then go from its lowest index up, so none lands below a
+    /// `null` another padded in (`a.10` first would pad `a.2` with one, and
+    /// `a.2.x` could no longer be written), whatever order the client listed
+    /// them in.
+    pub fn cmp_writes(&self, other: &Path) -> std::cmp::Ordering {
+        fn key(seg: &String) -> (u8, usize, &str) {
+            match index(seg) {
+                Some(_) => (0, seg.len(), seg),
+                None => (1, 0, seg),
+            }
+        }
+        self.segments.iter().map(key).cmp(other.segments.iter().map(key))
+    }
+
     /// The first `n` segments joined, for error messages that name where a walk stopped.
     fn prefix(&self, n: usize) -> String {
         self.segments[..n].join(".")

@@ -516,6 +516,28 @@ fn padding_is_bounded_over_the_whole_update() {
     );
 }
 
+/// Writes into one array succeed whatever index comes first in the update,
+/// within an operator (`"a.10"` sorts before `"a.2"` as text) or across two
+/// (`$set` runs before `$inc`): the lower index is written first, so the
+/// higher one's padding never puts a `null` where a field is to be made.
+#[test]
+fn writes_into_one_array_go_by_index_not_by_text_or_operator() {
+    let doc = json!({"a": [0, 1], "o": {"10": {}}});
+    assert_eq!(
+        ok(json!({"$set": {"a.10.x": 1, "a.2.x": 2}}), doc.clone())["a"],
+        json!([0, 1, {"x": 2}, null, null, null, null, null, null, null, {"x": 1}])
+    );
+    assert_eq!(
+        ok(json!({"$set": {"a.5": 1}, "$inc": {"a.2.n": 1}}), doc.clone())["a"],
+        json!([0, 1, {"n": 1}, null, null, 1])
+    );
+    // Object keys made of digits are keys: written as any other.
+    assert_eq!(
+        ok(json!({"$set": {"o.9.x": 1, "o.10.y": 2}}), doc)["o"],
+        json!({"10": {"y": 2}, "9": {"x": 1}})
+    );
+}
+
 fn arb_update() -> impl Strategy<Value = Value> {
     let op = prop::sample::select(OPERATORS.to_vec());
     let path = prop::sample::select(vec!["a", "a.b", "b.0", "c.1.d", "arr", "n", "_x", "a.$"]);
