@@ -862,7 +862,7 @@ impl Committer {
             results,
             replayed: false,
         };
-        if let Some(idem) = &commit.idempotency {
+        if let Some(idem) = commit.idempotency.as_ref().filter(|_| commit.keeps_record()) {
             let expires_ms = group.ts_ms.saturating_add(self.shared.idempotency_retention_ms);
             let stored = IdempotencyRecord {
                 fingerprint: idem.fingerprint,
@@ -1872,7 +1872,7 @@ pub(crate) fn settle_from_durable(shared: &Shared, commit: &mut Commit) -> Resul
 /// state, so it stays true whatever happens to the group; a heartbeat that is
 /// skipped, or a stale write refused, does not wait for other writers' fsync.
 fn settled(commit: &Commit, outcome: &Result<TxOutcome>, durable_seq: u64) -> bool {
-    if commit.idempotency.is_some() {
+    if commit.keeps_record() {
         return false;
     }
     let durable = |meta: &Meta| meta.seq <= durable_seq;

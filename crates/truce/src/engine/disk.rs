@@ -123,7 +123,8 @@ impl DiskSpace {
         if !self.low.load(Ordering::Relaxed) {
             return Ok(());
         }
-        let keyed = commit.idempotency.is_some();
+        // A record keeps the documents its checks read.
+        let keyed = commit.keeps_record();
         let adds = commit.ops.iter().any(|op| match op.write {
             Some(WriteOp::Put { .. } | WriteOp::Patch(_)) => true,
             Some(WriteOp::Delete) => false,

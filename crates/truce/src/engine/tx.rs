@@ -275,6 +275,17 @@ pub struct Commit {
     pub seen: Option<Seen>,
 }
 
+impl Commit {
+    /// Whether its idempotency key keeps a record of its answer: when it
+    /// writes. A commit of checks alone changes nothing that a retry could
+    /// repeat (run again, it checks again), and its record would keep every
+    /// document it read for the key's whole retention; its key is still
+    /// looked up, so one a write took answers as for that write.
+    pub fn keeps_record(&self) -> bool {
+        self.idempotency.is_some() && self.ops.iter().any(|op| op.write.is_some())
+    }
+}
+
 /// A document as storage held it once every commit up to `seq` had been
 /// applied, decoded only if the caller needed its body or the collection has
 /// a TTL (is it expired?) (`group::Held`). The

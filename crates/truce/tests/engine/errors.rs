@@ -766,17 +766,27 @@ fn writes_that_add_data_are_refused_while_the_disk_is_short_and_resume_when_it_i
     }
     refused(c.put("new", json!({"n": 1}), Expect::Absent));
     refused(c.put_idempotent("k1", "kept", json!({"n": 2}), Expect::Any));
-    // A keyed transaction of checks would store the documents it read in
-    // its record: refused too (without a key it writes nothing).
-    let checks = || {
-        vec![TxOp::Check {
-            collection: "c".into(),
-            id: "kept".into(),
-            expect: Expect::Exists,
-        }]
+    // A transaction of checks writes nothing, its key no record either:
+    // answered, keyed or not. With a delete, its key's record would keep
+    // the documents its checks read: refused.
+    let check = || TxOp::Check {
+        collection: "c".into(),
+        id: "kept".into(),
+        expect: Expect::Exists,
     };
-    refused(db.batch(checks(), Some("k2")));
-    assert!(db.batch(checks(), None).unwrap().is_ok());
+    assert!(db.batch(vec![check()], Some("k2")).unwrap().is_ok());
+    assert!(db.batch(vec![check()], None).unwrap().is_ok());
+    refused(db.batch(
+        vec![
+            check(),
+            TxOp::Delete {
+                collection: "c".into(),
+                id: "gone".into(),
+                expect: Expect::Any,
+            },
+        ],
+        Some("k4"),
+    ));
     // A write retried with the key it committed under gets its answer, not
     // a refusal that would say it was never written.
     let replayed = c

@@ -58,6 +58,46 @@ fn a_replay_returns_the_first_answer_also_after_reopen() {
     assert_eq!(tx1.seq, tx2.seq);
 }
 
+/// A transaction of checks alone keeps no record under its key: it wrote
+/// nothing a retry could repeat, and the record would hold every document it
+/// read for a day (a read-only API key could fill the disk with them). Its
+/// key is still looked up: one a write took answers as for that write.
+#[test]
+fn a_transaction_of_checks_keeps_no_record() {
+    use std::ops::Bound::Unbounded;
+    use truce::storage::{Direction, MemoryStorage, Space, StorageRead};
+    let storage = std::sync::Arc::new(MemoryStorage::new());
+    let db = Db::open_with_storage(storage.clone(), Options::default()).unwrap();
+    let records = || {
+        storage
+            .scan(Space::Idempotency, Unbounded, Unbounded, Direction::Forward, 10)
+            .unwrap()
+            .len()
+    };
+    let c = db.collection("c").unwrap();
+    c.put("x", json!({"n": 1}), Expect::Absent).unwrap().unwrap();
+    let check = |version| {
+        vec![TxOp::Check {
+            collection: "c".into(),
+            id: "x".into(),
+            expect: Expect::Version(version),
+        }]
+    };
+    let first = db.batch(check(1), Some("checks")).unwrap();
+    assert!(first.is_ok());
+    c.put("x", json!({"n": 2}), Expect::Any).unwrap().unwrap();
+    let again = db.batch(check(1), Some("checks")).unwrap();
+    assert!(again.is_err(), "checked again, not the first answer: {again:?}");
+    assert!(db.batch(check(2), Some("checks")).unwrap().is_ok());
+    assert_eq!(records(), 0, "no record was stored");
+    c.put_idempotent("w", "y", json!({}), Expect::Absent)
+        .unwrap()
+        .unwrap();
+    assert_eq!(records(), 1);
+    let reused = db.batch(check(2), Some("w")).unwrap_err();
+    assert_eq!(reused.code(), "idempotency_key_reused");
+}
+
 #[test]
 fn expired_keys_are_forgotten_and_purged() {
     let dir = tempfile::tempdir().unwrap();
