@@ -1735,6 +1735,39 @@ fn couch_writes_refuse_what_they_cannot_keep() {
         "{}",
         answer.text
     );
+    // A PUT's revision in the query and in the body agree, or it is refused
+    // (as CouchDB refuses it): the body's won, and the query's guard was
+    // never checked. The query's alone, or both the same, guard the write.
+    let rev = api.put("/couch/cb/q", json!({"n": 1})).ok(201)["rev"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for body_rev in [json!(tombstone), json!(null), json!(5)] {
+        let answer = api.put(
+            &format!("/couch/cb/q?rev={rev}"),
+            json!({"_rev": body_rev, "n": 2}),
+        );
+        assert_eq!(
+            (answer.status, &answer.json["error"]),
+            (400, &json!("bad_request")),
+            "{body_rev}: {}",
+            answer.text
+        );
+    }
+    let answer = api.put(
+        &format!("/couch/cb/q?rev={tombstone}"),
+        json!({"_rev": rev, "n": 2}),
+    );
+    assert_eq!(answer.status, 400, "{}", answer.text);
+    let answer = api.put(&format!("/couch/cb/q?rev={tombstone}"), json!({"n": 2}));
+    assert_eq!(
+        answer.status, 409,
+        "the query's stale revision guards: {}",
+        answer.text
+    );
+    let answer = api.put(&format!("/couch/cb/q?rev={rev}"), json!({"_rev": rev, "n": 2}));
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    assert_eq!(api.get("/v1/c/cb/q").ok(200)["n"], 2);
 }
 
 /// `/couch` reads answer the range and order CouchDB's parameters ask for,

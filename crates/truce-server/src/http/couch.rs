@@ -1001,8 +1001,20 @@ pub async fn put_doc(
     let Value::Object(mut doc) = body else {
         return Err(CouchError::bad_request("a document is a JSON object"));
     };
+    // Two revisions that disagree are refused, as CouchDB refuses them: the
+    // body's won, and a guard sent in the query was never checked.
     if let Some(rev) = params.0.get("rev") {
-        doc.entry("_rev").or_insert_with(|| json!(rev));
+        match doc.get("_rev") {
+            None => {
+                doc.insert("_rev".into(), json!(rev));
+            }
+            Some(Value::String(body_rev)) if body_rev == rev => {}
+            Some(_) => {
+                return Err(CouchError::bad_request(
+                    "Document rev from request body and query string have different values",
+                ));
+            }
+        }
     }
     let op = couch_write(&coll, &id, doc)?;
     write_one(&state, &coll, &id, op).await
