@@ -98,13 +98,14 @@ impl Path {
     /// `a.2.x` could no longer be written), whatever order the client listed
     /// them in.
     pub fn cmp_writes(&self, other: &Path) -> std::cmp::Ordering {
-        fn key(seg: &String) -> (u8, usize, &str) {
+        fn key(seg: &str) -> (u8, usize, &str) {
             match index(seg) {
                 Some(_) => (0, seg.len(), seg),
                 None => (1, 0, seg),
             }
         }
-        self.segments.iter().map(key).cmp(other.segments.iter().map(key))
+        let theirs = other.segments.iter().map(|s| key(s));
+        self.segments.iter().map(|s| key(s)).cmp(theirs)
     }
 
     /// The first `n` segments joined, for error messages that name where a walk stopped.
