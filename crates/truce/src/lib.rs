@@ -45,6 +45,7 @@ pub use engine::{
     RetryPolicy, Subscription, Transaction,
 };
 pub use error::{Error, Result};
+pub use index::keys::KeyFormat;
 pub use index::query::{Order, Query, QueryPage};
 pub use index::{IndexDef, IndexSpec, IndexState};
 pub use storage::Durability;

@@ -446,6 +446,15 @@ impl Committer {
             if def.state == IndexState::Dropping {
                 dropping.push(def);
             } else {
+                if def.key_format != index::keys::KeyFormat::CURRENT {
+                    tracing::warn!(
+                        collection = %def.collection,
+                        index = %def.name,
+                        "this index was declared before 2026-12-07: arrays and objects holding equal numbers \
+                         written differently (1 and 1.0) are different values to it, so a unique index lets \
+                         both in and an equality finds one; drop it and declare it again to have them equal"
+                    );
+                }
                 indexes.entry(def.collection.clone()).or_default().push(def);
             }
         }
@@ -894,10 +903,13 @@ impl Committer {
         before: Option<&crate::doc::Body>,
     ) -> Result<()> {
         let defs = self.indexes.get(collection).into_iter().flatten();
-        // Each field's encoding takes at most its JSON text (part of the
-        // document's) and 25 bytes: most documents need no look.
+        // Each field's JSON text is part of the document's: most documents
+        // need no look.
         let may_pass = |def: &&IndexDef| {
-            (state.canonical.len() + 25).saturating_mul(def.paths.len()) > INDEX_VALUES_BYTES_MAX
+            def.key_format
+                .most_bytes(state.canonical.len())
+                .saturating_mul(def.paths.len())
+                > INDEX_VALUES_BYTES_MAX
         };
         for def in defs.filter(|d| d.state != IndexState::Failed).filter(may_pass) {
             let values = def.values(&state.doc.body);

@@ -5,8 +5,9 @@
 //! MongoDB's type brackets ([`value_order`](crate::value_order)), with a missing
 //! field first. Within numbers and strings the order is exactly `value_order`'s
 //! (numbers by value, `1` equal to `1.0`; strings by UTF-8 bytes). Objects and
-//! arrays are ordered by their canonical JSON bytes, which groups equal values
-//! together but is not `value_order`'s element-wise order.
+//! arrays are ordered by their canonical JSON bytes (keys sorted, and, in
+//! [`KeyFormat::V2`], every number in one form, so that equal values are
+//! equal keys), which is not `value_order`'s element-wise order.
 //!
 //! Every encoding is self-delimiting, so compound keys are concatenations and an
 //! equality prefix on the first fields is a byte prefix.
@@ -45,14 +46,114 @@ pub fn bracket(value: &Value) -> (u8, u8) {
     }
 }
 
+/// How an index encodes objects and arrays; an index keeps the format it
+/// was declared with, as its entries were written in it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyFormat {
+    /// Their JSON text with numbers as written: `[1]` and `[1.0]` are two
+    /// keys (indexes declared before 2026-12-07).
+    V1,
+    /// Their JSON text with every number in one form ([`write_json`]):
+    /// equal values are equal keys.
+    V2,
+}
+
+impl KeyFormat {
+    /// The format of indexes declared now.
+    pub const CURRENT: KeyFormat = KeyFormat::V2;
+
+    /// The number stored with a definition.
+    pub fn number(self) -> u64 {
+        match self {
+            KeyFormat::V1 => 1,
+            KeyFormat::V2 => 2,
+        }
+    }
+
+    /// The most bytes one value's encoding takes, for a value whose JSON text
+    /// (serde_json's) takes `json_bytes`: a tag, the text escaped (JSON text
+    /// holds no NUL byte) and its terminator, or 25 bytes for a number. In
+    /// `V2` a float with an integer's value is written as the integer, up
+    /// to 20 digits and a sign where its text may be 4 (`1e19`).
+    pub fn most_bytes(self, json_bytes: usize) -> usize {
+        match self {
+            KeyFormat::V1 => json_bytes.saturating_add(25),
+            KeyFormat::V2 => json_bytes.saturating_mul(6).saturating_add(25),
+        }
+    }
+
+    /// The format a stored number names.
+    pub fn from_number(n: u64) -> Option<KeyFormat> {
+        [KeyFormat::V1, KeyFormat::V2]
+            .into_iter()
+            .find(|f| f.number() == n)
+    }
+}
+
 /// Appends the encoding of one value (`None` = the field is missing).
-pub fn encode_value(out: &mut Vec<u8>, value: Option<&Value>) {
+pub fn encode_value(out: &mut Vec<u8>, value: Option<&Value>, format: KeyFormat) {
     out.push(tag(value));
     match value {
         None | Some(Value::Null | Value::Bool(_)) => {}
         Some(Value::Number(n)) => encode_number(out, n),
         Some(Value::String(s)) => encode_bytes(out, s.as_bytes()),
-        Some(other) => encode_bytes(out, &serde_json::to_vec(other).unwrap_or_default()),
+        Some(other) => {
+            let mut text = Vec::new();
+            match format {
+                KeyFormat::V1 => serde_json::to_writer(&mut text, other).unwrap_or_default(),
+                KeyFormat::V2 => write_json(&mut text, other),
+            }
+            encode_bytes(out, &text);
+        }
+    }
+}
+
+/// `value`'s JSON text, object keys sorted (as serde_json's maps are), with
+/// each number in one form for its value: an integral float that an `i64` or
+/// `u64` holds as the integer (`1.0` as `1`, `-0.0` as `0`), any other float
+/// as its shortest round-trip text, which one value has one of.
+pub fn write_json(out: &mut Vec<u8>, value: &Value) {
+    match value {
+        Value::Number(n) => {
+            // -0.0 is in the first range (it equals 0.0); both casts are
+            // exact for an integral float within their range.
+            let as_integer = n
+                .as_f64()
+                .filter(|f| n.is_f64() && f.fract() == 0.0)
+                .and_then(|f| {
+                    if (0.0..18_446_744_073_709_551_616.0).contains(&f) {
+                        Some(Number::from(f as u64))
+                    } else if (-9_223_372_036_854_775_808.0..0.0).contains(&f) {
+                        Some(Number::from(f as i64))
+                    } else {
+                        None
+                    }
+                });
+            out.extend_from_slice(as_integer.as_ref().unwrap_or(n).to_string().as_bytes());
+        }
+        Value::Array(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_json(out, item);
+            }
+            out.push(b']');
+        }
+        Value::Object(fields) => {
+            out.push(b'{');
+            for (i, (key, item)) in fields.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                serde_json::to_writer(&mut *out, key).unwrap_or_default();
+                out.push(b':');
+                write_json(out, item);
+            }
+            out.push(b'}');
+        }
+        other => serde_json::to_writer(out, other).unwrap_or_default(),
     }
 }
 
@@ -112,7 +213,7 @@ mod tests {
 
     fn enc(v: Option<Value>) -> Vec<u8> {
         let mut out = Vec::new();
-        encode_value(&mut out, v.as_ref());
+        encode_value(&mut out, v.as_ref(), KeyFormat::CURRENT);
         out
     }
 
@@ -166,12 +267,81 @@ mod tests {
         assert_eq!(enc(Some(json!(0.0))), enc(Some(json!(-0.0))));
     }
 
+    /// Equal objects and arrays are one key whatever form their numbers
+    /// take (`value_order` says they are equal), and unequal ones two: a
+    /// unique index over `[1]` refused `[1.0]` only in the current format.
+    #[test]
+    fn equal_objects_and_arrays_encode_equally() {
+        let equal = [
+            (json!([1]), json!([1.0])),
+            (json!({"k": 1, "l": [2, -0.0]}), json!({"l": [2.0, 0], "k": 1.0})),
+            (json!([-9223372036854775808i64]), json!([-9223372036854775808.0])),
+            (json!([9223372036854775808u64]), json!([9223372036854775808.0])),
+            (json!([1e20]), json!([100000000000000000000.0])),
+        ];
+        for (a, b) in equal {
+            assert_eq!(
+                crate::value_order::compare(&a, &b),
+                std::cmp::Ordering::Equal,
+                "{a} {b}"
+            );
+            assert_eq!(enc(Some(a.clone())), enc(Some(b.clone())), "{a} {b}");
+        }
+        let unequal = [
+            (json!([1]), json!([1.5])),
+            (json!([9007199254740993u64]), json!([9007199254740992.0])),
+            (json!([0.1]), json!([0.10000000000000002])),
+            (json!({"k": 1}), json!({"k": "1"})),
+            (json!([u64::MAX]), json!([18446744073709551616.0])),
+        ];
+        for (a, b) in unequal {
+            assert_ne!(enc(Some(a.clone())), enc(Some(b.clone())), "{a} {b}");
+        }
+        // Indexes declared before keep their keys: their entries hold them.
+        let v1 = |v: Value| {
+            let mut out = Vec::new();
+            encode_value(&mut out, Some(&v), KeyFormat::V1);
+            out
+        };
+        assert_ne!(v1(json!([1])), v1(json!([1.0])));
+        assert_eq!(v1(json!([1.5, {"a": 1}])), enc(Some(json!([1.5, {"a": 1}]))));
+    }
+
+    /// `most_bytes` bounds every value's encoding by its JSON text: the
+    /// committer skips the bound's look for documents it clears.
+    #[test]
+    fn most_bytes_bounds_each_encoding() {
+        let values = [
+            json!(0),
+            json!(-1e300),
+            json!(""),
+            json!(null),
+            json!(true),
+            json!([]),
+            json!([1e19, -1e18, 1e16, 1.0, -0.0]),
+            json!({"": [1e19], "k": {"": -9.2e18}}),
+            json!(["\u{0}", "é"]),
+        ];
+        for value in values {
+            let text = serde_json::to_vec(&value).unwrap().len();
+            for format in [KeyFormat::V1, KeyFormat::V2] {
+                let mut out = Vec::new();
+                encode_value(&mut out, Some(&value), format);
+                assert!(
+                    out.len() <= format.most_bytes(text),
+                    "{value} in {format:?}: {}",
+                    out.len()
+                );
+            }
+        }
+    }
+
     #[test]
     fn compound_keys_keep_field_order() {
         let key = |a: Value, b: Value| {
             let mut out = Vec::new();
-            encode_value(&mut out, Some(&a));
-            encode_value(&mut out, Some(&b));
+            encode_value(&mut out, Some(&a), KeyFormat::CURRENT);
+            encode_value(&mut out, Some(&b), KeyFormat::CURRENT);
             out
         };
         assert!(key(json!("a"), json!(9)) < key(json!("ab"), json!(0)));

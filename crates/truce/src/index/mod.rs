@@ -114,6 +114,9 @@ pub struct IndexDef {
     /// all its entries (0 until it is ready, and for one made ready before
     /// this was kept).
     pub ready_seq: u64,
+    /// How its keys encode objects and arrays: the format it was declared
+    /// with (`V1` for one declared before formats were kept).
+    pub key_format: keys::KeyFormat,
 }
 
 impl IndexDef {
@@ -144,6 +147,7 @@ impl IndexDef {
             failure: None,
             declared_seq: 0,
             ready_seq: 0,
+            key_format: keys::KeyFormat::CURRENT,
         })
     }
 
@@ -161,7 +165,7 @@ impl IndexDef {
     pub fn values(&self, body: &Body) -> Vec<u8> {
         let mut out = Vec::new();
         for path in &self.paths {
-            keys::encode_value(&mut out, crate::update::path::get(body, path));
+            keys::encode_value(&mut out, crate::update::path::get(body, path), self.key_format);
         }
         out
     }
@@ -197,6 +201,7 @@ impl IndexDef {
             "collection": self.collection, "name": self.name, "fields": self.spec.fields,
             "unique": self.spec.unique, "state": self.state.name(), "backfilled": self.backfilled,
             "failure": self.failure, "declared_seq": self.declared_seq, "ready_seq": self.ready_seq,
+            "key_format": self.key_format.number(),
         })
     }
 
@@ -222,6 +227,13 @@ impl IndexDef {
         def.failure = value.get("failure").and_then(Value::as_str).map(String::from);
         def.declared_seq = value.get("declared_seq").and_then(Value::as_u64).unwrap_or(0);
         def.ready_seq = value.get("ready_seq").and_then(Value::as_u64).unwrap_or(0);
+        def.key_format = match value.get("key_format") {
+            None => keys::KeyFormat::V1,
+            Some(n) => n
+                .as_u64()
+                .and_then(keys::KeyFormat::from_number)
+                .ok_or_else(corrupt)?,
+        };
         Ok(def)
     }
 

@@ -135,11 +135,11 @@ impl Query {
         }
         let mut prefix = def.prefix();
         for value in &self.eq {
-            encode_value(&mut prefix, Some(value));
+            encode_value(&mut prefix, Some(value), def.key_format);
         }
         let encoded = |v: &Value| {
             let mut key = prefix.clone();
-            encode_value(&mut key, Some(v));
+            encode_value(&mut key, Some(v), def.key_format);
             key
         };
         let with_tag = |t: u8| {
@@ -147,7 +147,18 @@ impl Query {
             key.push(t);
             key
         };
-        // Bounds on one side only stay within that value's type bracket, as in MongoDB.
+        // Bounds on one side only stay within that value's type bracket, as in
+        // MongoDB; bounds of two brackets hold nothing, as a filter's do.
+        let lower = self.gt.as_ref().or(self.gte.as_ref());
+        let upper = self.lt.as_ref().or(self.lte.as_ref());
+        if let (Some(lower), Some(upper)) = (lower, upper)
+            && bracket(lower) != bracket(upper)
+        {
+            return Ok(KeyRange {
+                start: prefix.clone(),
+                end: Some(prefix),
+            });
+        }
         let start = match (&self.gt, &self.gte, self.lt.as_ref().or(self.lte.as_ref())) {
             (Some(v), _, _) => prefix_end(&encoded(v)).unwrap_or_else(|| encoded(v)),
             (_, Some(v), _) => encoded(v),

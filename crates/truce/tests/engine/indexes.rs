@@ -206,6 +206,22 @@ fn mixed_types_and_missing_fields_sort_as_documented() {
         })
         .unwrap();
     assert_eq!(ids(&numbers.docs), ["c-num", "c-num2"]);
+    // Bounds of two types hold nothing, as a filter's `$gt` and `$lt` of
+    // two types match nothing (they answered everything between them); the
+    // two booleans are one type.
+    let two_sided = |lower: Value, upper: Value| {
+        let query = Query {
+            index: Some("by_v".into()),
+            gt: Some(lower),
+            lte: Some(upper),
+            ..Query::default()
+        };
+        ids(&c.query(&query).unwrap().docs)
+    };
+    assert!(two_sided(json!(-100), json!("b")).is_empty());
+    assert!(two_sided(json!(null), json!(true)).is_empty());
+    assert_eq!(two_sided(json!(-100), json!(100)), ["c-num", "c-num2"]);
+    assert_eq!(two_sided(json!(false), json!(true)), ["h-true"]);
     let by_id = c
         .query(&Query {
             gte: Some(json!("c")),
@@ -1005,4 +1021,89 @@ fn a_page_after_many_tombstones_reads_them_in_growing_scans() {
         used < 300,
         "{used} scans for a page of one after 3,000 tombstones"
     );
+}
+
+/// Equal arrays and objects are one index value whatever form their numbers
+/// take (`[1]` and `[1.0]`, `{"k": 1}` and `{"k": 1.0}`): a unique index
+/// refuses the second, and an equality finds both. They were two keys, as
+/// their JSON text. An index declared before the fix keeps its keys (its
+/// entries hold them), so its entries are still found and removed.
+#[test]
+fn equal_arrays_and_objects_are_one_index_value() {
+    let storage = Arc::new(MemoryStorage::new());
+    let db = Db::open_with_storage(storage.clone(), truce::Options::default()).unwrap();
+    let c = db.collection("c").unwrap();
+    for (name, field, unique) in [("u", "v", true), ("by_w", "w", false), ("old", "x", false)] {
+        c.create_index(name, spec(&[field], unique)).unwrap();
+        wait_ready(&c, name);
+    }
+    assert_eq!(c.index_status("u").unwrap().key_format, truce::KeyFormat::V2);
+    c.put("a", json!({"v": [1], "w": {"k": 1}}), Expect::Absent)
+        .unwrap()
+        .unwrap();
+    let refused = c
+        .put("b", json!({"v": [1.0]}), Expect::Absent)
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(refused.reason, ConflictReason::UniqueViolation);
+    c.put("b", json!({"v": [2], "w": {"k": 1.0}}), Expect::Absent)
+        .unwrap()
+        .unwrap();
+    let equal_to = |index: &str, value: Value| {
+        let page = c
+            .query(&Query {
+                index: Some(index.into()),
+                eq: vec![value],
+                ..Query::default()
+            })
+            .unwrap();
+        ids(&page.docs)
+    };
+    assert_eq!(equal_to("by_w", json!({"k": 1.0})), ["a", "b"]);
+    drop(c);
+    drop(db);
+
+    // `old` as an index declared before key formats were kept: its stored
+    // definition has none.
+    let (key, stored) = storage
+        .scan(
+            Space::Meta,
+            Bound::Unbounded,
+            Bound::Unbounded,
+            Direction::Forward,
+            usize::MAX,
+        )
+        .unwrap()
+        .into_iter()
+        .find(|(key, _)| key.ends_with(b"\0old"))
+        .expect("the index's definition");
+    let mut old = truce::record::decode_json(&stored).unwrap();
+    old.as_object_mut().unwrap().remove("key_format").expect("kept");
+    let mut batch = truce::storage::WriteBatch::new();
+    batch.put(Space::Meta, key, truce::record::encode_json(&old));
+    truce::storage::Storage::apply(&*storage, batch, truce::Durability::Immediate).unwrap();
+    let db = Db::open_with_storage(storage, truce::Options::default()).unwrap();
+    let c = db.collection("c").unwrap();
+    assert_eq!(c.index_status("old").unwrap().key_format, truce::KeyFormat::V1);
+    for (id, x) in [("c", json!({"k": 1.0})), ("d", json!({"k": 1}))] {
+        c.put(id, json!({ "x": x }), Expect::Absent).unwrap().unwrap();
+    }
+    let old_equal = ids(&c
+        .query(&Query {
+            index: Some("old".into()),
+            eq: vec![json!({"k": 1.0})],
+            ..Query::default()
+        })
+        .unwrap()
+        .docs);
+    assert_eq!(old_equal, ["c"], "its keys as they were written");
+    let checked = || {
+        let report = db.check(&mut |_| {}).unwrap();
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+    };
+    checked();
+    for id in ["a", "b", "c", "d"] {
+        c.delete(id, Expect::Any).unwrap().unwrap();
+    }
+    checked();
 }
