@@ -10,7 +10,8 @@
 //! clock on the client.
 //!
 //! Matching follows MongoDB: equality against an array matches the array itself or
-//! any element; `null` matches a missing field; `$ne`/`$nin` negate `$eq`/`$in` (so
+//! any element; `null` matches a missing field (to `$eq`, `$in`, `$gte` and `$lte`);
+//! `$ne`/`$nin` negate `$eq`/`$in` (so
 //! they match missing fields); range operators only match values in the operand's
 //! [type bracket](crate::value_order), elementwise for arrays. Paths do not fan out
 //! over arrays of objects (`items.sku` does not look inside each element of `items`),
@@ -436,6 +437,8 @@ fn equals(v: Option<&Value>, x: &Value) -> bool {
 }
 
 /// Range comparison within `x`'s type bracket; an array matches if any element does.
+/// A missing field is `null` to the inclusive bounds of `null`, as to `$eq`
+/// (MongoDB's `{"$gte": null}` and `{"$lte": null}` match it too).
 fn in_range(v: Option<&Value>, r: Range, x: &Value) -> bool {
     let hit = |e: &Value| {
         type_bracket(e) == type_bracket(x) && {
@@ -449,7 +452,7 @@ fn in_range(v: Option<&Value>, r: Range, x: &Value) -> bool {
         }
     };
     match v {
-        None => false,
+        None => x.is_null() && matches!(r, Range::Gte | Range::Lte),
         Some(v) => hit(v) || matches!(v, Value::Array(a) if a.iter().any(hit)),
     }
 }

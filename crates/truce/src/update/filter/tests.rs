@@ -115,6 +115,18 @@ fn ranges_stay_in_their_type_bracket() {
     assert!(!m(json!({"n": {"$gt": 5}}), json!({"n": [1, "9"]})));
     assert!(m(json!({"n": {"$gt": [1]}}), json!({"n": [1, 2]})));
     assert!(m(json!({"o": {"$gte": {"a": 1}}}), json!({"o": {"a": 2}})));
+    // A missing field is null to the inclusive bounds of null, as to $eq
+    // (MongoDB's rule); nothing is above or below null.
+    for op in ["$gte", "$lte", "$eq"] {
+        assert!(m(json!({"n": {op: null}}), json!({})), "{op}");
+        assert!(m(json!({"n": {op: null}}), json!({"n": null})), "{op}");
+        assert!(!m(json!({"n": {op: null}}), json!({"n": 0})), "{op}");
+    }
+    for op in ["$gt", "$lt"] {
+        assert!(!m(json!({"n": {op: null}}), json!({})), "{op}");
+        assert!(!m(json!({"n": {op: null}}), json!({"n": null})), "{op}");
+    }
+    assert!(!m(json!({"n": {"$gte": 0}}), json!({})));
 }
 
 #[test]
