@@ -103,7 +103,8 @@ pub struct IndexDef {
     pub paths: Vec<Path>,
     /// Building, ready or failed.
     pub state: IndexState,
-    /// Documents added by the backfill so far.
+    /// Documents the backfill has walked so far, deleted ones (tombstones,
+    /// which add no entry) included: its progress.
     pub backfilled: u64,
     /// Why the index failed, if it did.
     pub failure: Option<String>,
