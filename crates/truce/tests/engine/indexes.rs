@@ -782,7 +782,22 @@ fn a_resumed_backfill_counts_each_document_once() {
     drop(db);
     // As a crash half-way leaves it: still building, 200 counted.
     let mut def = truce::IndexDef::new("people", "by_age", spec).unwrap();
-    let (key, stored) = storage
+    let stored = IndexDef::from_json(&stored_definition(&storage, "by_age")).unwrap();
+    def.declared_seq = stored.declared_seq;
+    def.state = IndexState::Building;
+    def.backfilled = 200;
+    store_definition(&storage, "by_age", &def.to_json());
+
+    let db = Db::open_with_storage(storage, truce::Options::default()).unwrap();
+    let people = db.collection("people").unwrap();
+    wait_ready(&people, "by_age");
+    assert_eq!(people.index_status("by_age").unwrap().backfilled, 300);
+}
+
+/// The stored definition of the one index named `name`, as JSON.
+fn stored_definition(storage: &MemoryStorage, name: &str) -> Value {
+    let suffix = format!("\0{name}").into_bytes();
+    let (_, stored) = storage
         .scan(
             Space::Meta,
             Bound::Unbounded,
@@ -792,20 +807,23 @@ fn a_resumed_backfill_counts_each_document_once() {
         )
         .unwrap()
         .into_iter()
-        .find(|(key, _)| key.ends_with(b"by_age"))
+        .find(|(key, _)| key.starts_with(b"index\0") && key.ends_with(&suffix))
         .expect("the index's definition");
-    let stored = IndexDef::from_json(&truce::record::decode_json(&stored).unwrap()).unwrap();
-    def.declared_seq = stored.declared_seq;
-    def.state = IndexState::Building;
-    def.backfilled = 200;
-    let mut batch = truce::storage::WriteBatch::new();
-    batch.put(Space::Meta, key, truce::record::encode_json(&def.to_json()));
-    truce::storage::Storage::apply(&*storage, batch, truce::Durability::Immediate).unwrap();
+    truce::record::decode_json(&stored).unwrap()
+}
 
-    let db = Db::open_with_storage(storage, truce::Options::default()).unwrap();
-    let people = db.collection("people").unwrap();
-    wait_ready(&people, "by_age");
-    assert_eq!(people.index_status("by_age").unwrap().backfilled, 300);
+/// Stores `definition` as the index's, as a crash or an older version
+/// left it, behind a closed database's back.
+fn store_definition(storage: &MemoryStorage, name: &str, definition: &Value) {
+    let def = IndexDef::from_json(definition).unwrap();
+    assert_eq!(def.name, name);
+    let mut batch = truce::storage::WriteBatch::new();
+    batch.put(
+        Space::Meta,
+        def.meta_key(),
+        truce::record::encode_json(definition),
+    );
+    truce::storage::Storage::apply(storage, batch, truce::Durability::Immediate).unwrap();
 }
 
 /// An index declared again as it is while it builds (an application that
@@ -1065,23 +1083,9 @@ fn equal_arrays_and_objects_are_one_index_value() {
 
     // `old` as an index declared before key formats were kept: its stored
     // definition has none.
-    let (key, stored) = storage
-        .scan(
-            Space::Meta,
-            Bound::Unbounded,
-            Bound::Unbounded,
-            Direction::Forward,
-            usize::MAX,
-        )
-        .unwrap()
-        .into_iter()
-        .find(|(key, _)| key.ends_with(b"\0old"))
-        .expect("the index's definition");
-    let mut old = truce::record::decode_json(&stored).unwrap();
+    let mut old = stored_definition(&storage, "old");
     old.as_object_mut().unwrap().remove("key_format").expect("kept");
-    let mut batch = truce::storage::WriteBatch::new();
-    batch.put(Space::Meta, key, truce::record::encode_json(&old));
-    truce::storage::Storage::apply(&*storage, batch, truce::Durability::Immediate).unwrap();
+    store_definition(&storage, "old", &old);
     let db = Db::open_with_storage(storage, truce::Options::default()).unwrap();
     let c = db.collection("c").unwrap();
     assert_eq!(c.index_status("old").unwrap().key_format, truce::KeyFormat::V1);
