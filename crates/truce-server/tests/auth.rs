@@ -644,6 +644,18 @@ fn insights_of_a_scoped_key_count_only_its_collections() {
     let mine = api.get(Some(&only_a), "/v1/insights").json["totals"].clone();
     assert_eq!(mine["conflicts"], 1, "{mine}");
     assert_eq!(mine["conflicts_by_source"], json!({"mine": 1}), "{mine}");
+    // Its hot spots are its own `limit` hottest: c's, hotter, took its one
+    // place and left it an empty list (and stepping `limit` told how many
+    // of others' rank above).
+    let top = api.get(Some(&only_a), "/v1/insights?limit=1").json["hot_spots"].clone();
+    assert_eq!(top.as_array().map(Vec::len), Some(1), "{top}");
+    assert_eq!(
+        (&top[0]["collection"], &top[0]["document"]),
+        (&json!("a"), &json!("doc")),
+        "{top}"
+    );
+    let all = api.get(Some(&admin), "/v1/insights?limit=1").json["hot_spots"].clone();
+    assert_eq!(all[0]["collection"], "c", "{all}");
 }
 
 /// Idempotency keys belong to the API key that sent them: a client limited to

@@ -83,12 +83,16 @@ pub async fn insights(
     let limit = params
         .parse::<usize>("limit", "invalid_query")?
         .unwrap_or(LIMIT_DEFAULT);
-    let report = state.db.insights(Duration::from_secs(window), limit)?;
-    let stats = state.db.stats();
     // Counts past the engine's label limit are kept under `_other`, whatever
     // their collection: a key limited to some collections cannot be shown
     // them (no collection name starts with `_`, so only an unlimited key may).
     let visible = |collection: &str| who.may_access(collection);
+    // Its own `limit` hottest: cut after the others are left out, they
+    // would take its places (and say how many rank above).
+    let report = state
+        .db
+        .insights_of(Duration::from_secs(window), limit, &visible)?;
+    let stats = state.db.stats();
     let totals_by = |family: Family| -> (u64, BTreeMap<String, u64>) {
         let mut total = 0;
         let mut by_source = BTreeMap::new();
@@ -110,12 +114,7 @@ pub async fn insights(
             *conflicts_by_reason.entry(reason.to_string()).or_insert(0) += n;
         }
     }
-    let hot_spots: Vec<Value> = report
-        .hot_spots
-        .iter()
-        .filter(|h| visible(&h.collection))
-        .map(hot_spot_json)
-        .collect();
+    let hot_spots: Vec<Value> = report.hot_spots.iter().map(hot_spot_json).collect();
     Ok(axum::Json(json!({
         "window_s": report.window_s,
         "covered_s": (report.covered_s * 10.0).round() / 10.0,

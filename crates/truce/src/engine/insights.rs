@@ -749,13 +749,15 @@ impl Insights {
         }
     }
 
-    /// The `limit` hottest keys over the last `window` (at most
-    /// [`HOT_SPOT_MINUTES`]), counted by whole minutes, so over up to a minute
-    /// more; `outbox_backed_up` enables the counter-target rule.
+    /// The `limit` hottest keys of the collections `shown` accepts over the
+    /// last `window` (at most [`HOT_SPOT_MINUTES`]), counted by whole
+    /// minutes, so over up to a minute more; `outbox_backed_up` enables the
+    /// counter-target rule.
     pub(crate) fn report(
         &self,
         window: Duration,
         limit: usize,
+        shown: &dyn Fn(&str) -> bool,
         outbox_backed_up: bool,
     ) -> Result<InsightsReport> {
         let window_s = window.as_secs();
@@ -795,7 +797,7 @@ impl Insights {
             }
         }
         let covered_s = (elapsed.as_secs_f64() - (first * 60) as f64).max(1.0);
-        let mut entries: Vec<Entry> = merged.into_values().collect();
+        let mut entries: Vec<Entry> = merged.into_values().filter(|e| shown(&e.collection)).collect();
         entries.sort_by(|a, b| {
             b.score
                 .cmp(&a.score)

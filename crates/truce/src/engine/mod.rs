@@ -555,11 +555,22 @@ impl Db {
     /// conflicts, retries, overwrites and duplicate writes come from, each
     /// with a remedy (docs/insights.md).
     pub fn insights(&self, window: Duration, limit: usize) -> Result<InsightsReport> {
+        self.insights_of(window, limit, &|_| true)
+    }
+
+    /// [`insights`](Self::insights) of the collections `shown` accepts: the
+    /// `limit` hottest among them, however many of others rank above.
+    pub fn insights_of(
+        &self,
+        window: Duration,
+        limit: usize,
+        shown: &dyn Fn(&str) -> bool,
+    ) -> Result<InsightsReport> {
         let shared = &self.inner.shared;
         let (_, oldest) = *shared.outbox.read().unwrap_or_else(|p| p.into_inner());
         let backed_up = oldest
             .is_some_and(|ms| committer::now_ms().saturating_sub(ms) > crate::limits::OUTBOX_BACKED_UP_MS);
-        shared.insights.report(window, limit, backed_up)
+        shared.insights.report(window, limit, shown, backed_up)
     }
 
     /// `Ok` while the database accepts writes; the sticky failure otherwise.
