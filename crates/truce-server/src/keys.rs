@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use clap::ValueEnum;
 use rand::RngCore;
@@ -109,10 +109,23 @@ fn keys_path(data: &Path) -> PathBuf {
 }
 
 fn load(path: &Path) -> Result<Vec<StoredKey>, String> {
+    parse(path, &read_file(path)?)
+}
+
+/// The keys file's bytes, `None` when there is none.
+fn read_file(path: &Path) -> Result<Option<Vec<u8>>, String> {
     match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+    }
+}
+
+/// The keys in the keys file's bytes (none without a file).
+fn parse(path: &Path, bytes: &Option<Vec<u8>>) -> Result<Vec<StoredKey>, String> {
+    match bytes {
+        Some(bytes) => serde_json::from_slice(bytes).map_err(|e| format!("{}: {e}", path.display())),
+        None => Ok(Vec::new()),
     }
 }
 
@@ -168,7 +181,8 @@ pub struct KeyStore {
 
 struct Loaded {
     keys: Vec<StoredKey>,
-    modified: Option<Stamp>,
+    /// The file as last read, whether its keys were taken or refused.
+    read: Stamp,
     checked: Instant,
     /// Whether this process has seen a key. A server that had keys never
     /// falls open while it runs, whatever it listens on (a loopback server
@@ -178,17 +192,13 @@ struct Loaded {
     had_keys: bool,
 }
 
-/// What says the keys file changed: its modification time and length. The time
-/// alone is not enough: on file systems with coarse timestamps two writes in the
-/// same tick (`keys create` then `keys revoke`) share one, and a revocation would
-/// go unseen. Every create or revoke changes the length.
-type Stamp = (SystemTime, u64);
-
-fn stamp(path: &Path) -> Option<Stamp> {
-    std::fs::metadata(path)
-        .and_then(|m| Ok((m.modified()?, m.len())))
-        .ok()
-}
+/// What says the keys file changed: the outcome of reading it, its bytes
+/// compared whole (a few hundred bytes a key, read once a second). Its
+/// modification time and length were not enough: with coarse timestamps a
+/// revoke then a create in one tick (a key rotated) left both as they were,
+/// and the revoked key was taken until the next change; nor is its inode,
+/// which the next change's file may reuse.
+type Stamp = Result<Option<Vec<u8>>, String>;
 
 /// Why a key was refused.
 #[derive(Debug, PartialEq, Eq)]
@@ -205,14 +215,14 @@ impl KeyStore {
     /// Loads the keys of data directory `data`.
     pub fn open(data: &Path) -> Result<KeyStore, String> {
         let path = keys_path(data);
-        let keys = load(&path)?;
-        let modified = stamp(&path);
+        let read = read_file(&path);
+        let keys = parse(&path, read.as_ref().map_err(Clone::clone)?)?;
         Ok(KeyStore {
             path,
             state: RwLock::new(Loaded {
                 had_keys: !keys.is_empty(),
                 keys,
-                modified,
+                read,
                 checked: Instant::now(),
             }),
             reloads: tokio::sync::watch::Sender::new(0),
@@ -251,24 +261,30 @@ impl KeyStore {
     }
 
     /// Reloads the keys if the file changed; then tells the waiting feeds,
-    /// with no lock held (a feed checks its key while it is told).
+    /// with no lock held (a feed checks its key while it is told). A file
+    /// that cannot be read or taken keeps the keys as they were, and says so
+    /// once, not every second until it changes.
     fn reload_if_changed(&self) {
-        let modified = stamp(&self.path);
+        let read = read_file(&self.path);
         let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
         state.checked = Instant::now();
-        if modified == state.modified {
+        if read == state.read {
             return;
         }
-        match load(&self.path) {
+        let parsed = read
+            .as_ref()
+            .map_err(Clone::clone)
+            .and_then(|bytes| parse(&self.path, bytes));
+        state.read = read;
+        match parsed {
             Ok(keys) => {
                 tracing::info!(keys = keys.len(), "API keys reloaded");
                 state.had_keys |= !keys.is_empty();
                 state.keys = keys;
-                state.modified = modified;
                 drop(state);
                 self.reloads.send_modify(|n| *n += 1);
             }
-            Err(e) => tracing::error!("keeping the previous API keys: {e}"),
+            Err(e) => tracing::error!("keeping the previous API keys until the file changes again: {e}"),
         }
     }
 
@@ -491,6 +507,51 @@ mod tests {
                 .unwrap()
                 .any(|e| e.unwrap().file_name().to_string_lossy().contains(".tmp")),
             "no temporary file is left"
+        );
+    }
+
+    /// A key rotated (revoked, and one of the same role and collections
+    /// made) within one tick of a coarse clock leaves the file's length and
+    /// time as they were: the server took that for no change, and kept
+    /// taking the revoked key and refusing the new one until the next
+    /// change (found by an access review).
+    #[test]
+    fn a_rotation_that_keeps_the_files_length_and_time_is_seen() {
+        let dir = tempfile::tempdir().unwrap();
+        let (old, old_key) = create(dir.path(), Role::Write, Some(vec!["a".into()])).unwrap();
+        let store = KeyStore::open(dir.path()).unwrap();
+        let bearer = |key: &str| format!("Bearer {key}");
+        assert!(store.caller(Some(&bearer(&old_key))).is_ok());
+        let path = keys_path(dir.path());
+        let before = std::fs::metadata(&path).unwrap();
+        revoke(dir.path(), &old.id).unwrap();
+        let (_, new_key) = create(dir.path(), Role::Write, Some(vec!["a".into()])).unwrap();
+        let file = std::fs::File::options().write(true).open(&path).unwrap();
+        file.set_modified(before.modified().unwrap()).unwrap();
+        let after = std::fs::metadata(&path).unwrap();
+        assert_eq!(
+            (after.len(), after.modified().unwrap()),
+            (before.len(), before.modified().unwrap())
+        );
+        store.reload_if_changed();
+        assert_eq!(
+            store.caller(Some(&bearer(&old_key))).unwrap_err(),
+            AuthFailure::Invalid
+        );
+        assert!(store.caller(Some(&bearer(&new_key))).is_ok());
+        // A file that cannot be taken keeps the keys, and is looked at again
+        // only once it changes.
+        std::fs::write(&path, b"[{").unwrap();
+        store.reload_if_changed();
+        assert!(store.caller(Some(&bearer(&new_key))).is_ok());
+        assert!(
+            store
+                .state
+                .read()
+                .unwrap()
+                .read
+                .as_ref()
+                .is_ok_and(|b| b.as_deref() == Some(&b"[{"[..]))
         );
     }
 
