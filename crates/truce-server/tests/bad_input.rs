@@ -219,6 +219,19 @@ fn cases() -> Vec<Case> {
             400,
             "invalid_request",
         ),
+        // Two keys: the server took the first, the caller may have meant the
+        // other (a proxy adding its own to the client's).
+        case(
+            "Authorization sent twice",
+            request(
+                "GET",
+                "/v1/c/t/a",
+                &[("Authorization", b"Bearer a"), ("Authorization", b"Bearer b")],
+                b"",
+            ),
+            400,
+            "invalid_request",
+        ),
         case(
             "an HTTP/1.1 request without Host",
             b"GET /v1/c/t/a HTTP/1.1\r\nConnection: close\r\n\r\n".to_vec(),

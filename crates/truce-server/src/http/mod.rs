@@ -366,6 +366,12 @@ fn principal(
     if let Some(refusal) = cors::cross_origin_write(&state.cors_origins, method, headers) {
         return Err(refusal.into_response());
     }
+    // Two keys: whichever were taken, the caller may have meant the other
+    // (a proxy adding its own to the client's).
+    if headers.get_all(header::AUTHORIZATION).iter().nth(1).is_some() {
+        let twice = "Authorization is sent twice; a request takes one key".to_string();
+        return Err(ApiError::BadRequest("invalid_request", twice).into_response());
+    }
     let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     let who = state.keys.caller(authorization).map_err(|failure| {
         let why = match failure {
