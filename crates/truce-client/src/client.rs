@@ -45,6 +45,9 @@ pub struct ClientBuilder {
     policy: RetryPolicy,
     timeout: Duration,
     connect_timeout: Duration,
+    /// Roots trusted beside the platform's (a server's self-signed
+    /// certificate, a private authority's).
+    roots: Vec<reqwest::Certificate>,
 }
 
 impl Client {
@@ -63,6 +66,7 @@ impl Client {
             policy: RetryPolicy::default(),
             timeout: REQUEST_TIMEOUT_DEFAULT,
             connect_timeout: CONNECT_TIMEOUT_DEFAULT,
+            roots: Vec::new(),
         }
     }
 
@@ -164,6 +168,21 @@ impl ClientBuilder {
         self
     }
 
+    /// Also trusts the certificates of `pem` (one or more, PEM-encoded) as
+    /// roots for an `https` server: its own self-signed certificate, or a
+    /// private authority's. The platform's roots are trusted without it.
+    pub fn root_certificates_pem(mut self, pem: &[u8]) -> Result<ClientBuilder, ClientError> {
+        let certs = reqwest::Certificate::from_pem_bundle(pem)
+            .map_err(|e| ClientError::InvalidArgument(format!("root certificates: {e}")))?;
+        if certs.is_empty() {
+            return Err(ClientError::InvalidArgument(
+                "root certificates: no PEM certificate found".into(),
+            ));
+        }
+        self.roots.extend(certs);
+        Ok(self)
+    }
+
     /// Checks the options and builds the client.
     pub fn build(self) -> Result<Client, ClientError> {
         let base = Url::parse(&self.base_url)
@@ -189,7 +208,16 @@ impl ClientBuilder {
             }
             None => None,
         };
-        let http = reqwest::Client::builder()
+        // rustls's provider for this process, unless it has one (the server's
+        // own, or the application's): ring, which the server uses too.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = self
+            .roots
+            .into_iter()
+            .fold(
+                reqwest::Client::builder(),
+                reqwest::ClientBuilder::add_root_certificate,
+            )
             .connect_timeout(self.connect_timeout)
             .build()
             .map_err(|e| ClientError::InvalidArgument(format!("HTTP client: {e}")))?;

@@ -21,12 +21,12 @@ fn mib(bytes: &Value) -> f64 {
 }
 
 async fn follow(args: &BackupArgs) -> Result<(), String> {
-    let client = crate::remote::client(&args.url, args.key.as_deref(), "truce-backup")?;
+    let client = crate::remote::client(&args.url, args.key.as_deref(), &args.tls, "truce-backup")?;
     let to = args.to.to_str().ok_or("--to is not UTF-8")?;
     let started = client
         .start_backup(to)
         .await
-        .map_err(|e| format!("{}: {e}", args.url))?;
+        .map_err(|e| crate::remote::failure(&args.url, &e))?;
     eprintln!("backup of {} into {to} started", args.url);
     let mut shown = String::new();
     loop {
@@ -34,7 +34,7 @@ async fn follow(args: &BackupArgs) -> Result<(), String> {
         let status = client
             .backup_status()
             .await
-            .map_err(|e| format!("{}: {e}", args.url))?
+            .map_err(|e| crate::remote::failure(&args.url, &e))?
             .ok_or("the server has no backup any more (was it restarted?)")?;
         // The server shows its last backup: another one started after this
         // one ended would be shown instead.

@@ -102,6 +102,18 @@ pub struct BackupArgs {
     /// An admin API key not limited to some collections (when the server has keys).
     #[arg(long, env = "TRUCE_KEY", hide_env_values = true)]
     pub key: Option<String>,
+    #[command(flatten)]
+    pub tls: RemoteTls,
+}
+
+/// How a command that talks to a running server trusts an `https` one.
+#[derive(Args, Debug, Clone)]
+pub struct RemoteTls {
+    /// A PEM file of certificates to trust for an `https` URL besides the
+    /// system's: the server's own self-signed `--tls-cert`, or the authority
+    /// that signed it.
+    #[arg(long, env = "TRUCE_CACERT", value_name = "PEM")]
+    pub cacert: Option<PathBuf>,
 }
 
 /// `truce top` arguments.
@@ -113,10 +125,12 @@ pub struct TopArgs {
     /// An API key with the read role (when the server has keys).
     #[arg(long, env = "TRUCE_KEY", hide_env_values = true)]
     pub key: Option<String>,
+    #[command(flatten)]
+    pub tls: RemoteTls,
     /// The insights window in seconds (1 to 3600).
     #[arg(long, default_value_t = 60)]
     pub window: u64,
-    /// Hot spots shown.
+    /// Hot spots shown (1 to 100).
     #[arg(long, default_value_t = 10)]
     pub limit: usize,
     /// Seconds between refreshes.

@@ -21,7 +21,12 @@ pub fn run(args: &TopArgs) -> Result<(), String> {
 }
 
 async fn watch(args: &TopArgs) -> Result<(), String> {
-    let client = crate::remote::client(&args.url, args.key.as_deref(), truce_client::SOURCE_DEFAULT)?;
+    let client = crate::remote::client(
+        &args.url,
+        args.key.as_deref(),
+        &args.tls,
+        truce_client::SOURCE_DEFAULT,
+    )?;
     let tty = std::io::stdout().is_terminal();
     let mut previous: Option<(Instant, Value)> = None;
     let mut shown = 0u64;
@@ -29,7 +34,7 @@ async fn watch(args: &TopArgs) -> Result<(), String> {
         let report = client
             .insights(Duration::from_secs(args.window), args.limit)
             .await
-            .map_err(|e| format!("{}: {e}", args.url))?;
+            .map_err(|e| crate::remote::failure(&args.url, &e))?;
         let now = Instant::now();
         let frame = render(
             &args.url,

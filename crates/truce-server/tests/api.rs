@@ -38,7 +38,7 @@ impl Api {
     }
 
     fn at(base: &str) -> Api {
-        let http = Client::builder()
+        let http = common::http_client()
             .timeout(Duration::from_secs(20))
             .build()
             .expect("client");
@@ -2429,7 +2429,7 @@ fn change_feed_sse() {
     // A write before connecting, from `since`, so the stream has something at once.
     api.put("/v1/c/ev/before", json!({"n": 0})).ok(201);
 
-    let client = Client::builder()
+    let client = common::http_client()
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap();
@@ -2513,7 +2513,7 @@ fn sse_events(response: reqwest::blocking::Response, count: usize) -> Vec<(Optio
 fn pull_stream_shows_documents_as_pull_does() {
     let server = Server::start();
     let api = Api::new(&server);
-    let client = Client::builder()
+    let client = common::http_client()
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap();
@@ -2562,7 +2562,7 @@ fn sse_resumes_after_the_last_event_id() {
     let pair_seq = pair.ok(200)["seq"].as_u64().expect("seq");
     api.put("/v1/c/rs/two", json!({})).ok(201);
 
-    let client = Client::builder()
+    let client = common::http_client()
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap();
@@ -3661,7 +3661,7 @@ fn sigterm_under_load_exits_cleanly_and_keeps_acknowledged_writes() {
         .map(|t| {
             let (url, acked) = (url.clone(), Arc::clone(&acked));
             std::thread::spawn(move || {
-                let client = Client::builder()
+                let client = common::http_client()
                     .timeout(Duration::from_secs(15))
                     .build()
                     .unwrap();
@@ -3730,7 +3730,7 @@ fn event_streams_are_bounded_and_give_their_place_back() {
     let server = Server::start_with(&["--max-concurrent-requests", "2"]);
     let api = Api::new(&server);
     api.put("/v1/c/st/first", json!({})).ok(201);
-    let client = Client::builder()
+    let client = common::http_client()
         .timeout(Duration::from_secs(30))
         .build()
         .unwrap();
@@ -3787,7 +3787,7 @@ fn sigterm_answers_long_polls_and_ends_streams() {
     let since = api.last_seq();
     api.put("/v1/c/st/first", json!({})).ok(201);
     let client = || {
-        Client::builder()
+        common::http_client()
             .timeout(Duration::from_secs(30))
             .build()
             .unwrap()
@@ -4165,7 +4165,9 @@ fn http_threads_sets_how_many_threads_serve() {
     let mut server = Server::start_with(&["--http-threads", &asked.to_string()]);
     let url = server.url();
     // Two connections per thread, dealt out in turn.
-    let clients: Vec<Client> = (0..2 * asked).map(|_| Client::new()).collect();
+    let clients: Vec<Client> = (0..2 * asked)
+        .map(|_| common::http_client().build().expect("an HTTP client"))
+        .collect();
     for round in 0..3 {
         for (i, client) in clients.iter().enumerate() {
             let answer = client
@@ -4207,7 +4209,7 @@ fn cors_lets_the_allowed_origins_call_from_a_browser() {
     )
     .unwrap();
     let server = Server::start_with(&["--config", file.to_str().unwrap()]);
-    let http = Client::new();
+    let http = common::http_client().build().expect("an HTTP client");
     let preflight = |base: &str, origin: &str| {
         http.request(Method::OPTIONS, format!("{base}/v1/c/cors/doc"))
             .header("origin", origin)

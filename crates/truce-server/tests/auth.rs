@@ -34,7 +34,7 @@ struct Api {
 
 impl Api {
     fn new(base: &str) -> Api {
-        let http = Client::builder()
+        let http = common::http_client()
             .timeout(Duration::from_secs(20))
             .build()
             .expect("client");
@@ -818,7 +818,7 @@ fn keys_created_and_revoked_while_running_take_effect_within_seconds() {
 
 /// A client for feeds that last: one answer may take up to 20 s.
 fn streaming_client() -> Client {
-    Client::builder()
+    common::http_client()
         .timeout(Duration::from_secs(20))
         .build()
         .expect("client")
@@ -1027,7 +1027,7 @@ fn tls_with_a_self_signed_certificate() {
     let port = server.addr.port();
 
     // Plain HTTP to the TLS port does not get an answer.
-    let plain = Client::builder()
+    let plain = common::http_client()
         .timeout(Duration::from_secs(5))
         .build()
         .unwrap()
@@ -1037,6 +1037,37 @@ fn tls_with_a_self_signed_certificate() {
         !plain.is_ok_and(|r| r.status().is_success()),
         "plain HTTP must not be served on the TLS port"
     );
+
+    // `truce top` and `truce backup` reach it at its https URL, trusting
+    // the certificate `--cacert` names (they had no TLS at all, and failed
+    // as if the server were down); without it they say why they refuse.
+    let https = format!("https://127.0.0.1:{port}");
+    let top = |extra: &[&str]| {
+        let mut args = vec!["top", "--url", &https, "--iterations", "1"];
+        args.extend_from_slice(extra);
+        run_bounded(&args, RUN_BOUND)
+    };
+    let shown = top(&["--cacert", cert.to_str().unwrap()]);
+    assert!(shown.status.is_some_and(|s| s.success()), "{}", shown.stderr);
+    assert!(shown.stdout.contains("no hot spots"), "{}", shown.stdout);
+    let refused = top(&[]);
+    assert!(refused.status.is_some_and(|s| !s.success()));
+    assert!(refused.stderr.contains("certificate"), "{}", refused.stderr);
+    let copy = dir.path().join("copy");
+    let backup = run_bounded(
+        &[
+            "backup",
+            "--url",
+            &https,
+            "--cacert",
+            cert.to_str().unwrap(),
+            "--to",
+            copy.to_str().unwrap(),
+        ],
+        RUN_BOUND,
+    );
+    assert!(backup.status.is_some_and(|s| s.success()), "{}", backup.stderr);
+    assert!(copy.join("version").is_file(), "the backup was written");
 
     let curl = |extra: &[&str], url: &str| {
         Command::new("curl")

@@ -379,7 +379,9 @@ async fn conflict_insights_count_what_the_client_did() {
         .update_with_retry("ins", "a", |_| {
             let url = url.clone();
             std::thread::spawn(move || {
-                let bump = reqwest::blocking::Client::new()
+                let bump = common::http_client()
+                    .build()
+                    .expect("an HTTP client")
                     .patch(url)
                     .header("content-type", "application/json")
                     .body(r#"{"$inc": {"n": 1}}"#)

@@ -38,7 +38,7 @@ const TEST_DEADLINE: Duration = Duration::from_secs(60);
 /// A blocking client with its own connection pool (keep-alive), as one
 /// independent caller would have.
 fn http() -> Client {
-    Client::builder()
+    common::http_client()
         .timeout(REQUEST_TIMEOUT)
         .connect_timeout(Duration::from_secs(2))
         .build()

@@ -62,6 +62,10 @@ impl Http {
     /// A client for `base` (`http://127.0.0.1:PORT`); each request gives up
     /// after `timeout`, which makes it `info`.
     pub fn new(base: &str, timeout: Duration) -> Http {
+        // rustls (in every build of the workspace, through the Rust
+        // client's HTTPS) has no crypto provider of its own: without one,
+        // building a client panics.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let client = Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout)

@@ -10,6 +10,15 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// A blocking HTTP client's builder. rustls, which the Rust client's HTTPS
+/// brings into every build of the workspace without a crypto provider of its
+/// own, gets ring as this process's first: without one, building any
+/// client panics.
+pub fn http_client() -> reqwest::blocking::ClientBuilder {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::blocking::Client::builder()
+}
+
 /// How long a server may take to start answering `/healthz`.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
 

@@ -37,7 +37,7 @@ impl Http {
     }
 
     pub fn at(base: &str) -> Http {
-        let client = Client::builder()
+        let client = crate::common::http_client()
             .timeout(REQUEST_TIMEOUT)
             .connect_timeout(Duration::from_secs(2))
             .build()

@@ -1160,7 +1160,9 @@ mod tests {
         // 61 s in: the conflict of 6 s ago is in the last minute, though in
         // the minute before the current one.
         started_ago(&insights, Duration::from_secs(61));
-        let report = insights.report(Duration::from_secs(60), 10, &|_| true, false).unwrap();
+        let report = insights
+            .report(Duration::from_secs(60), 10, &|_| true, false)
+            .unwrap();
         assert_eq!(
             hot(&report),
             vec![format!("{:?}", Target::Document("early".into()))]
@@ -1170,7 +1172,9 @@ mod tests {
         // The longest window reaches into 61 minutes, and they are kept.
         started_ago(&insights, Duration::from_secs(3630));
         insights.absorb(&mut vec![conflict("late", "s")], 1, 0, None);
-        let report = insights.report(Duration::from_secs(3600), 10, &|_| true, false).unwrap();
+        let report = insights
+            .report(Duration::from_secs(3600), 10, &|_| true, false)
+            .unwrap();
         assert_eq!(report.hot_spots.len(), 2, "{:?}", hot(&report));
         assert!(
             (3630.0..3639.0).contains(&report.covered_s),
@@ -1182,7 +1186,9 @@ mod tests {
         insights.absorb(&mut vec![conflict("later", "s")], 1, 0, None);
         // (Only minutes with events are kept: the next is the "late" one's.)
         assert_eq!(insights.lock().minutes.front().map(|m| m.index), Some(60));
-        let report = insights.report(Duration::from_secs(3600), 10, &|_| true, false).unwrap();
+        let report = insights
+            .report(Duration::from_secs(3600), 10, &|_| true, false)
+            .unwrap();
         assert!(
             !hot(&report).iter().any(|h| h.contains("early")),
             "{:?}",
@@ -1201,7 +1207,9 @@ mod tests {
             }
         }
         insights.absorb(&mut events, 1, 0, None);
-        let report = insights.report(Duration::from_secs(60), 1, &|_| true, false).unwrap();
+        let report = insights
+            .report(Duration::from_secs(60), 1, &|_| true, false)
+            .unwrap();
         assert_eq!(report.hot_spots[0].target, Target::Document("hot".into()));
         assert!(report.hot_spots[0].score >= 2000);
     }
