@@ -3899,9 +3899,13 @@ fn backups_run_online_and_open_as_a_data_directory() {
     let head = api.last_seq();
 
     let target = dir.path().join("b1");
-    let started = api.post("/v1/_backup", json!({"path": target}));
+    // `.` steps and a slash at the end name the directory without them
+    // (`DIR/.` was copied whole, then its rename failed).
+    let spelled = format!("{}/./b1/.", dir.path().display());
+    let started = api.post("/v1/_backup", json!({ "path": spelled }));
     assert_eq!(started.status, 202, "{}", started.text);
     assert_eq!(started.json["state"], "running");
+    assert_eq!(started.json["path"], json!(target), "{}", started.text);
     let second = api.post("/v1/_backup", json!({"path": dir.path().join("b2")}));
     second.error(409, "backup_running");
     // Writes go on meanwhile; they are not in the backup.

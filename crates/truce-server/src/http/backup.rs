@@ -157,6 +157,10 @@ fn target(
             truce::Error::InvalidBackup(format!("{}: give the path without `..`", path.display())).into(),
         );
     }
+    // Without `.` steps, `//` or a slash at the end: `DIR/.` passed every
+    // check as DIR (which is what `components` sees), and was copied whole
+    // before its final rename failed on the name as written.
+    let path: PathBuf = path.components().collect();
     let parent = path.parent().unwrap_or(Path::new("/"));
     if within(parent, data) {
         return Err(truce::Error::InvalidBackup(format!(
