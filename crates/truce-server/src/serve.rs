@@ -229,13 +229,20 @@ fn serve_with(settings: Settings) -> Result<(), String> {
         collections_max: settings.max_collections,
         ..Options::default()
     };
-    let db = Db::open(&settings.data, options).map_err(|e| e.to_string())?;
     // This thread accepts connections and waits for the signal; the HTTP
-    // threads serve them (`http_threads.rs`).
+    // threads serve them (`http_threads.rs`). Its runtime comes first, to
+    // install the signal handlers before the database opens (its recovery
+    // can take long): a signal meanwhile is then a clean stop once it has
+    // opened, not the default action (the process killed mid-recovery).
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let signal = {
+        let _in_runtime = runtime.enter();
+        shutdown_signal()
+    };
+    let db = Db::open(&settings.data, options).map_err(|e| e.to_string())?;
     let threads = HttpThreads::start(settings.http_threads)
         .map_err(|e| format!("cannot start the HTTP threads: {e}"))?;
     let answers = http::answers::Answers::new(
@@ -271,7 +278,15 @@ fn serve_with(settings: Settings) -> Result<(), String> {
     let keys = Arc::clone(&state);
     runtime.spawn(async move { keys.keys.follow().await });
     let write_stalls = state.answers.write_stalls();
-    let result = runtime.block_on(serve(app, &settings, threads, write_stalls, connections, stop));
+    let result = runtime.block_on(serve(
+        app,
+        &settings,
+        threads,
+        write_stalls,
+        connections,
+        signal,
+        stop,
+    ));
     // A backup cut short by the exit would leave its `.partial`.
     state.backups.stop_and_wait();
     // Every acknowledged write is already durable. Closing joins the committer
@@ -284,9 +299,9 @@ fn serve_with(settings: Settings) -> Result<(), String> {
 }
 
 /// Resolves at SIGTERM or SIGINT (Ctrl-C). The handlers are installed when
-/// this is called, not when it is first awaited: called before the server
-/// listens, a signal that comes while it starts is a clean shutdown rather
-/// than the default action (the process killed).
+/// this is called (within a runtime), not when it is first awaited: called
+/// before the database opens, a signal that comes while it starts is a clean
+/// shutdown rather than the default action (the process killed).
 fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     let signalled = signalled();
     async move {
@@ -356,9 +371,9 @@ async fn serve(
     threads: HttpThreads,
     write_stalls: prometheus_client::metrics::counter::Counter,
     connections: Connections,
+    signal: impl std::future::Future<Output = ()>,
     stop: tokio::sync::watch::Sender<bool>,
 ) -> Result<(), String> {
-    let signal = shutdown_signal();
     let scheme = if settings.tls.is_some() { "https" } else { "http" };
     let listener = listen(settings.listen).map_err(|e| cannot_listen(settings.listen, &e))?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;

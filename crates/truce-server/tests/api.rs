@@ -4081,6 +4081,34 @@ fn backups_run_online_and_open_as_a_data_directory() {
     assert_eq!(inside.status, 202, "{}", inside.text);
 }
 
+/// A stop signal while the database opens (its recovery can take long; a
+/// failpoint, which the test build has, holds it here) is a clean stop once
+/// it has opened: the handlers were installed only after, and the signal's
+/// default action killed the process mid-recovery.
+#[cfg(unix)]
+#[test]
+fn a_signal_while_the_database_opens_is_a_clean_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    for (i, signal) in [libc::SIGTERM, libc::SIGINT].into_iter().enumerate() {
+        let data = dir.path().join(format!("data{i}"));
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut server = Spawned::start(
+            &[
+                "serve",
+                "--data",
+                data.to_str().unwrap(),
+                "--listen",
+                &addr.to_string(),
+            ],
+            &[("FAILPOINTS", "db::open=sleep(1500)")],
+        );
+        std::thread::sleep(Duration::from_millis(500));
+        server.signal(signal);
+        let status = server.exit_within(Duration::from_secs(20)).expect("it stops");
+        assert!(status.success(), "signal {signal}: {status}");
+    }
+}
+
 /// A backup asked for while the server is stopping is refused, not started
 /// and then cut short at the exit: its snapshot (held here by a failpoint,
 /// which the test build has) is still being taken when SIGTERM arrives; the

@@ -1,7 +1,8 @@
 //! Fault injection for the torture harness and tests: the storage backend's
-//! `fail_point!`s (`storage::apply`, `storage::fsync`) and a backup's start
-//! (`backup::start`) exist only with the `failpoints` feature, and are armed
-//! at runtime from the `FAILPOINTS` environment variable.
+//! `fail_point!`s (`storage::apply`, `storage::fsync`), a backup's start
+//! (`backup::start`) and the database's opening (`db::open`) exist only with
+//! the `failpoints` feature, and are armed at runtime from the `FAILPOINTS`
+//! environment variable.
 
 /// Arms the failpoints named in `FAILPOINTS` (the `fail` crate's syntax, e.g.
 /// `storage::fsync=40*off->return`), once per process. Without the

@@ -189,6 +189,9 @@ impl Db {
             return Err(Error::InvalidBackup(why));
         }
         let storage = FjallStorage::open_with(path.as_ref(), options.fjall)?;
+        // A test's stand-in for a long recovery (inert unless built with
+        // `failpoints` and named in `FAILPOINTS`).
+        fail::fail_point!("db::open");
         Db::open_with_storage(Arc::new(storage), options)
     }
 
