@@ -119,16 +119,9 @@ impl Connections {
 const DATA_DIRECTORY_MAY_HOLD: [&str; 3] =
     [crate::keys::KEYS_FILE, crate::keys::KEYS_LOCK_FILE, "lost+found"];
 
-/// Creates the data directory, or refuses one that is a file, or that holds
-/// other things and no Truce database (a mistyped `--data` would otherwise
+/// Creates the data directory, or refuses one that holds other things and no Truce database (a mistyped `--data` would otherwise
 /// get a database written in among someone's files).
 fn prepare_data_directory(data: &std::path::Path) -> Result<(), String> {
-    if data.exists() && !data.is_dir() {
-        return Err(format!(
-            "data directory {} is a file, not a directory",
-            data.display()
-        ));
-    }
     std::fs::create_dir_all(data)
         .map_err(|e| format!("cannot create data directory {}: {e}", data.display()))?;
     if truce::storage::FjallStorage::holds_database(data) {
@@ -211,10 +204,22 @@ fn serve_with(settings: Settings) -> Result<(), String> {
     // recovery can take long) — bound, not listened on, so that no client
     // waits in a backlog while the database opens.
     bind(settings.listen).map_err(|e| cannot_listen(settings.listen, &e))?;
-    prepare_data_directory(&settings.data)?;
-    let backups = http::backup::Backups::new(settings.backup_root.clone(), &settings.data)?;
+    // What refuses to start refuses before the data directory is made: a
+    // server refused leaves none behind (a data directory not made yet
+    // has no keys).
+    if settings.data.exists() && !settings.data.is_dir() {
+        return Err(format!(
+            "data directory {} is a file, not a directory",
+            settings.data.display()
+        ));
+    }
     let keys = KeyStore::open(&settings.data)?;
     check_exposure(&settings, &keys)?;
+    if let Some(why) = truce::engine::unfinished_backup(&settings.data) {
+        return Err(why);
+    }
+    prepare_data_directory(&settings.data)?;
+    let backups = http::backup::Backups::new(settings.backup_root.clone(), &settings.data)?;
     let options = Options {
         hot_spots: settings.hot_spots,
         fjall: truce::storage::FjallOptions {

@@ -947,6 +947,17 @@ fn a_public_address_needs_keys() {
         stderr.contains("--insecure-no-auth"),
         "the message mentions the way out: {stderr}"
     );
+    assert!(!data.exists(), "refused, it made no data directory");
+    // Nor does a data directory named as an unfinished backup's.
+    let partial = dir.path().join("copy.partial");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let ran = run_bounded(
+        &["serve", "--listen", &listen, "--data", partial.to_str().unwrap()],
+        RUN_BOUND,
+    );
+    assert!(ran.status.is_some_and(|s| !s.success()), "{}", ran.stderr);
+    assert!(ran.stderr.contains("unfinished backup"), "{}", ran.stderr);
+    assert!(!partial.exists(), "refused, it made no data directory");
 
     // --insecure-no-auth: it starts, and answers without a key.
     {
