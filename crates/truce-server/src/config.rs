@@ -680,7 +680,8 @@ pub enum KeysCommand {
     /// Revoke a key by its id.
     Revoke {
         /// The key's id: the 16 hex digits between `truce_` and the next `_`
-        /// (as `keys list` shows it).
+        /// (as `keys list` shows it); the whole key is taken too (only its
+        /// id is read).
         id: String,
         /// The server's data directory.
         #[command(flatten)]

@@ -308,10 +308,7 @@ impl KeyStore {
             };
         }
         let token = authorization.and_then(bearer_token).ok_or(AuthFailure::Missing)?;
-        let (id, secret) = token
-            .strip_prefix("truce_")
-            .and_then(|rest| rest.split_once('_'))
-            .ok_or(AuthFailure::Invalid)?;
+        let (id, secret) = key_parts(token).ok_or(AuthFailure::Invalid)?;
         let key = state
             .keys
             .iter()
@@ -373,8 +370,16 @@ pub fn create(
     Ok((stored, format!("truce_{id}_{secret}")))
 }
 
-/// Revokes key `id` of data directory `data`; returns how many keys are left.
+/// A key's id and secret: `truce_<id>_<secret>`.
+fn key_parts(key: &str) -> Option<(&str, &str)> {
+    key.strip_prefix("truce_").and_then(|rest| rest.split_once('_'))
+}
+
+/// Revokes key `id` of data directory `data` (or the key whose whole text
+/// `id` is: only its id is read, and no message repeats its secret);
+/// returns how many keys are left.
 pub fn revoke(data: &Path, id: &str) -> Result<usize, String> {
+    let id = key_parts(id).map_or(id, |(id, _)| id);
     modify(data, |keys| {
         let before = keys.len();
         keys.retain(|k| k.id != id);
@@ -553,6 +558,20 @@ mod tests {
                 .as_ref()
                 .is_ok_and(|b| b.as_deref() == Some(&b"[{"[..]))
         );
+    }
+
+    /// `keys revoke` takes the whole key too, and never says its secret
+    /// (a message echoing it put the key into terminals and CI logs).
+    #[test]
+    fn a_key_is_revoked_by_its_id_or_its_whole_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, first) = create(dir.path(), Role::Read, None).unwrap();
+        let (second, _) = create(dir.path(), Role::Read, None).unwrap();
+        assert_eq!(revoke(dir.path(), &first), Ok(1));
+        let again = revoke(dir.path(), &first).unwrap_err();
+        let secret = key_parts(&first).unwrap().1;
+        assert!(!again.contains(secret), "{again}");
+        assert_eq!(revoke(dir.path(), &second.id), Ok(0));
     }
 
     #[test]
