@@ -369,8 +369,27 @@ pub struct FileSettings {
     min_free_disk_mib: Option<u64>,
     max_connections: Option<usize>,
     http_threads: Option<usize>,
+    #[serde(default, deserialize_with = "comma_list")]
     cors_origins: Option<Vec<String>>,
     backup_root: Option<PathBuf>,
+}
+
+/// A list as the flag's value is (`"a,b"`) or as an array (`["a", "b"]`):
+/// the file takes its keys "as the flags", and a string was refused.
+fn comma_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Given {
+        Text(String),
+        List(Vec<String>),
+    }
+    let given = Given::deserialize(d).map_err(|_| {
+        serde::de::Error::custom("expected origins as one comma-separated string or an array of strings")
+    })?;
+    Ok(Some(match given {
+        Given::Text(text) => text.split(',').map(str::to_string).collect(),
+        Given::List(list) => list,
+    }))
 }
 
 /// The effective settings of a server.
@@ -977,6 +996,29 @@ mod tests {
             ..ServeArgs::default()
         };
         (dir, args)
+    }
+
+    /// `cors_origins` in the file is written as the flag's value or as an
+    /// array (a string was refused: "expected a sequence").
+    #[test]
+    fn cors_origins_in_the_file_are_a_string_or_an_array() {
+        for text in [
+            "cors_origins = \"https://a.com, https://b.com\"\n",
+            "cors_origins = [\"https://a.com\", \"https://b.com\"]\n",
+        ] {
+            let (_dir, filed) = with_settings_file(text);
+            assert_eq!(
+                filed.settings().unwrap().cors_origins,
+                ["https://a.com", "https://b.com"],
+                "{text}"
+            );
+        }
+        let (_dir, filed) = with_settings_file("cors_origins = 5\n");
+        let refused = filed.settings().unwrap_err();
+        assert!(
+            refused.contains("comma-separated string or an array"),
+            "{refused}"
+        );
     }
 
     #[test]
