@@ -204,9 +204,26 @@ fn serve_with(settings: Settings) -> Result<(), String> {
     // recovery can take long) — bound, not listened on, so that no client
     // waits in a backlog while the database opens.
     bind(settings.listen).map_err(|e| cannot_listen(settings.listen, &e))?;
+    // This thread accepts connections and waits for the signal; the HTTP
+    // threads serve them (`http_threads.rs`). Its runtime comes first, to
+    // install the signal handlers before the database opens (its recovery
+    // can take long): a signal meanwhile is then a clean stop once it has
+    // opened, not the default action (the process killed mid-recovery).
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let signal = {
+        let _in_runtime = runtime.enter();
+        shutdown_signal()
+    };
     // What refuses to start refuses before the data directory is made: a
     // server refused leaves none behind (a data directory not made yet
-    // has no keys).
+    // has no keys, and holds no backup root).
+    let tls = match &settings.tls {
+        Some((cert, key)) => Some(runtime.block_on(load_tls(cert, key))?),
+        None => None,
+    };
     if settings.data.exists() && !settings.data.is_dir() {
         return Err(format!(
             "data directory {} is a file, not a directory",
@@ -218,8 +235,8 @@ fn serve_with(settings: Settings) -> Result<(), String> {
     if let Some(why) = truce::engine::unfinished_backup(&settings.data) {
         return Err(why);
     }
-    prepare_data_directory(&settings.data)?;
     let backups = http::backup::Backups::new(settings.backup_root.clone(), &settings.data)?;
+    prepare_data_directory(&settings.data)?;
     let options = Options {
         hot_spots: settings.hot_spots,
         fjall: truce::storage::FjallOptions {
@@ -233,19 +250,6 @@ fn serve_with(settings: Settings) -> Result<(), String> {
         page_memory_bytes: usize::try_from(settings.page_memory_mib << 20).unwrap_or(usize::MAX),
         collections_max: settings.max_collections,
         ..Options::default()
-    };
-    // This thread accepts connections and waits for the signal; the HTTP
-    // threads serve them (`http_threads.rs`). Its runtime comes first, to
-    // install the signal handlers before the database opens (its recovery
-    // can take long): a signal meanwhile is then a clean stop once it has
-    // opened, not the default action (the process killed mid-recovery).
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the runtime: {e}"))?;
-    let signal = {
-        let _in_runtime = runtime.enter();
-        shutdown_signal()
     };
     let db = Db::open(&settings.data, options).map_err(|e| e.to_string())?;
     let threads = HttpThreads::start(settings.http_threads)
@@ -283,15 +287,12 @@ fn serve_with(settings: Settings) -> Result<(), String> {
     let keys = Arc::clone(&state);
     runtime.spawn(async move { keys.keys.follow().await });
     let write_stalls = state.answers.write_stalls();
-    let result = runtime.block_on(serve(
-        app,
-        &settings,
+    let serving = Serving {
         threads,
         write_stalls,
         connections,
-        signal,
-        stop,
-    ));
+    };
+    let result = runtime.block_on(serve(app, &settings, tls, serving, signal, stop));
     // A backup cut short by the exit would leave its `.partial`.
     state.backups.stop_and_wait();
     // Every acknowledged write is already durable. Closing joins the committer
@@ -370,16 +371,40 @@ fn signalled() -> impl std::future::Future<Output = ()> {
     }
 }
 
-async fn serve(
-    app: http::Service,
-    settings: &Settings,
+/// What serves the connections: the HTTP threads, the count of answers
+/// whose writes stalled, and the connections' cap.
+struct Serving {
     threads: HttpThreads,
     write_stalls: prometheus_client::metrics::counter::Counter,
     connections: Connections,
+}
+
+/// The TLS configuration of `--tls-cert` and `--tls-key`, loaded (and so
+/// checked) before anything else starts.
+async fn load_tls(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<axum_server::tls_rustls::RustlsConfig, String> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
+        .await
+        .map_err(|e| format!("cannot load TLS certificate/key: {e}"))
+}
+
+async fn serve(
+    app: http::Service,
+    settings: &Settings,
+    tls: Option<axum_server::tls_rustls::RustlsConfig>,
+    serving: Serving,
     signal: impl std::future::Future<Output = ()>,
     stop: tokio::sync::watch::Sender<bool>,
 ) -> Result<(), String> {
-    let scheme = if settings.tls.is_some() { "https" } else { "http" };
+    let Serving {
+        threads,
+        write_stalls,
+        connections,
+    } = serving;
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let listener = listen(settings.listen).map_err(|e| cannot_listen(settings.listen, &e))?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
     let first_byte = FirstByteWithin {
@@ -387,16 +412,12 @@ async fn serve(
         write_stall: Duration::from_millis(settings.answer_stall_ms) * WRITE_STALL_TIMES_ANSWER_STALL,
         write_stalls,
     };
-    match &settings.tls {
+    match tls {
         None => {
             tracing::info!(data = %settings.data.display(), "listening on {scheme}://{local}");
             serve_connections(listener, first_byte, app, threads, connections, signal, stop).await
         }
-        Some((cert, key)) => {
-            let _ = rustls::crypto::ring::default_provider().install_default();
-            let config = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
-                .await
-                .map_err(|e| format!("cannot load TLS certificate/key: {e}"))?;
+        Some(config) => {
             tracing::info!(data = %settings.data.display(), "listening on {scheme}://{local}");
             let tls = axum_server::tls_rustls::RustlsAcceptor::new(config).acceptor(first_byte);
             serve_connections(listener, tls, app, threads, connections, signal, stop).await

@@ -958,6 +958,25 @@ fn a_public_address_needs_keys() {
     assert!(ran.status.is_some_and(|s| !s.success()), "{}", ran.stderr);
     assert!(ran.stderr.contains("unfinished backup"), "{}", ran.stderr);
     assert!(!partial.exists(), "refused, it made no data directory");
+    // Nor a TLS certificate it cannot load (it was loaded after the
+    // database had opened), nor a backup root that is not there.
+    let refused = dir.path().join("refused");
+    let missing = dir.path().join("missing");
+    let missing = missing.to_str().unwrap();
+    for bad in [
+        &["--tls-cert", missing, "--tls-key", missing][..],
+        &["--backup-root", missing],
+    ] {
+        let mut args = vec!["serve", "--listen", &listen, "--data", refused.to_str().unwrap()];
+        args.extend_from_slice(bad);
+        let ran = run_bounded(&args, RUN_BOUND);
+        assert!(
+            ran.status.is_some_and(|s| !s.success()),
+            "{bad:?}: {}",
+            ran.stderr
+        );
+        assert!(!refused.exists(), "{bad:?}: refused, it made no data directory");
+    }
 
     // --insecure-no-auth: it starts, and answers without a key.
     {
