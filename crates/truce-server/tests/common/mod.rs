@@ -10,13 +10,20 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// A blocking HTTP client's builder. rustls, which the Rust client's HTTPS
-/// brings into every build of the workspace without a crypto provider of its
-/// own, gets ring as this process's first: without one, building any
-/// client panics.
+/// A blocking HTTP client's builder, once rustls has a provider
+/// ([`tls_provider`]).
 pub fn http_client() -> reqwest::blocking::ClientBuilder {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    tls_provider();
     reqwest::blocking::Client::builder()
+}
+
+/// Gives rustls ring as this process's crypto provider, unless it has one.
+/// The Rust client's HTTPS brings rustls without a provider of its own
+/// into every build of the workspace, and building any reqwest client
+/// without one panics: every way a test starts a server calls this, so
+/// that a client the test builds itself never meets that.
+pub fn tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 /// How long a server may take to start answering `/healthz`.
@@ -87,6 +94,7 @@ pub fn wait_listening(child: &mut Child, addr: SocketAddr) -> Result<(), ExitSta
 #[cfg(target_os = "linux")]
 pub fn ends_with_its_starter(command: &mut Command) -> &mut Command {
     use std::os::unix::process::CommandExt;
+    tls_provider(); // every way a test starts a process comes here
     let parent = std::process::id() as libc::pid_t;
     // SAFETY: between fork and exec, only async-signal-safe calls: prctl,
     // getppid and _exit.
@@ -106,6 +114,7 @@ pub fn ends_with_its_starter(command: &mut Command) -> &mut Command {
 /// Elsewhere the kernel has no such request: `command` as it is.
 #[cfg(not(target_os = "linux"))]
 pub fn ends_with_its_starter(command: &mut Command) -> &mut Command {
+    tls_provider(); // every way a test starts a process comes here
     command
 }
 
