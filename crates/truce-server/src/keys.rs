@@ -265,8 +265,11 @@ impl KeyStore {
     /// that cannot be read or taken keeps the keys as they were, and says so
     /// once, not every second until it changes.
     fn reload_if_changed(&self) {
-        let read = read_file(&self.path);
+        // Read under the lock: two threads that read on either side of a
+        // change could otherwise apply them in the other order, and bring
+        // a revoked key back until the next look.
         let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+        let read = read_file(&self.path);
         state.checked = Instant::now();
         if read == state.read {
             return;
