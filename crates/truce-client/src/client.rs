@@ -47,7 +47,7 @@ pub struct ClientBuilder {
     connect_timeout: Duration,
     /// Roots trusted beside the platform's (a server's self-signed
     /// certificate, a private authority's).
-    roots: Vec<reqwest::Certificate>,
+    roots: Vec<rustls::pki_types::CertificateDer<'static>>,
 }
 
 impl Client {
@@ -172,7 +172,9 @@ impl ClientBuilder {
     /// roots for an `https` server: its own self-signed certificate, or a
     /// private authority's. The platform's roots are trusted without it.
     pub fn root_certificates_pem(mut self, pem: &[u8]) -> Result<ClientBuilder, ClientError> {
-        let certs = reqwest::Certificate::from_pem_bundle(pem)
+        use rustls::pki_types::pem::PemObject;
+        let certs = rustls::pki_types::CertificateDer::pem_slice_iter(pem)
+            .collect::<Result<Vec<_>, _>>()
             .map_err(|e| ClientError::InvalidArgument(format!("root certificates: {e}")))?;
         if certs.is_empty() {
             return Err(ClientError::InvalidArgument(
@@ -208,16 +210,8 @@ impl ClientBuilder {
             }
             None => None,
         };
-        // rustls's provider for this process, unless it has one (the server's
-        // own, or the application's): ring, which the server uses too.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = self
-            .roots
-            .into_iter()
-            .fold(
-                reqwest::Client::builder(),
-                reqwest::ClientBuilder::add_root_certificate,
-            )
+        let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls_config(self.roots)?)
             .connect_timeout(self.connect_timeout)
             .build()
             .map_err(|e| ClientError::InvalidArgument(format!("HTTP client: {e}")))?;
@@ -230,6 +224,25 @@ impl ClientBuilder {
             timeout: self.timeout,
         })
     }
+}
+
+/// rustls with ring (the server's provider: no second crypto library to
+/// build), given to this client alone rather than made the process's
+/// default, which is the application's to choose; certificates verified
+/// against the platform's roots and `roots`.
+fn tls_config(
+    roots: Vec<rustls::pki_types::CertificateDer<'static>>,
+) -> Result<rustls::ClientConfig, ClientError> {
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let tls_error = |e: rustls::Error| ClientError::InvalidArgument(format!("TLS: {e}"));
+    let verifier = rustls_platform_verifier::Verifier::new_with_extra_roots(roots, provider.clone())
+        .map_err(tls_error)?;
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(tls_error)?
+        .dangerous()
+        .with_custom_certificate_verifier(std::sync::Arc::new(verifier))
+        .with_no_client_auth())
 }
 
 /// A checked `Truce-Source` value: 1–64 printable ASCII characters.
@@ -246,6 +259,19 @@ fn source_header(label: &str) -> Result<HeaderValue, ClientError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The client brings its own TLS provider and leaves the process's
+    /// default to the application (installing it made an application's
+    /// own `install_default().unwrap()` panic); PEM roots are read, and a
+    /// file holding none is refused.
+    #[test]
+    fn tls_is_the_clients_own_and_roots_come_from_pem() {
+        let client = Client::new("https://127.0.0.1:7070");
+        assert!(client.is_ok());
+        assert!(rustls::crypto::CryptoProvider::get_default().is_none());
+        let refused = Client::builder("https://h").root_certificates_pem(b"not a certificate");
+        assert!(matches!(refused, Err(ClientError::InvalidArgument(_))));
+    }
 
     #[test]
     fn urls_encode_each_segment_and_keep_a_path_prefix() {
