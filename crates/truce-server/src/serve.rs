@@ -119,8 +119,9 @@ impl Connections {
 const DATA_DIRECTORY_MAY_HOLD: [&str; 3] =
     [crate::keys::KEYS_FILE, crate::keys::KEYS_LOCK_FILE, "lost+found"];
 
-/// Creates the data directory, or refuses one that holds other things and no Truce database (a mistyped `--data` would otherwise
-/// get a database written in among someone's files).
+/// Creates the data directory, or refuses one that holds other things and no
+/// Truce database (a mistyped `--data` would otherwise get a database written
+/// in among someone's files).
 fn prepare_data_directory(data: &std::path::Path) -> Result<(), String> {
     std::fs::create_dir_all(data)
         .map_err(|e| format!("cannot create data directory {}: {e}", data.display()))?;

@@ -4100,9 +4100,11 @@ fn a_signal_while_the_database_opens_is_a_clean_stop() {
                 "--listen",
                 &addr.to_string(),
             ],
-            &[("FAILPOINTS", "db::open=sleep(1500)")],
+            &[("FAILPOINTS", "db::open=sleep(3000)")],
         );
         std::thread::sleep(Duration::from_millis(500));
+        // Still opening: it listens only once the database is open.
+        assert!(!common::listening(addr), "the signal must come while it opens");
         server.signal(signal);
         let status = server.exit_within(Duration::from_secs(20)).expect("it stops");
         assert!(status.success(), "signal {signal}: {status}");

@@ -447,12 +447,13 @@ impl Committer {
                 dropping.push(def);
             } else {
                 if def.key_format != index::keys::KeyFormat::CURRENT {
-                    tracing::warn!(
+                    tracing::info!(
                         collection = %def.collection,
                         index = %def.name,
-                        "this index was declared before 2026-12-07: arrays and objects holding equal numbers \
-                         written differently (1 and 1.0) are different values to it, so a unique index lets \
-                         both in and an equality finds one; drop it and declare it again to have them equal"
+                        "this index was declared before 2026-12-07: if its fields hold arrays or objects, \
+                         those with equal numbers written differently (1 and 1.0) are different values to it \
+                         (a unique index lets both in, an equality finds one); drop it and declare it again \
+                         to have them equal. An index over other values needs nothing"
                     );
                 }
                 indexes.entry(def.collection.clone()).or_default().push(def);

@@ -108,7 +108,7 @@ pub fn encode_value(out: &mut Vec<u8>, value: Option<&Value>, format: KeyFormat)
     }
 }
 
-/// `value`'s JSON text, object keys sorted (as serde_json's maps are), with
+/// `value`'s JSON text, object keys sorted by their bytes, with
 /// each number in one form for its value: an integral float that an `i64` or
 /// `u64` holds as the integer (`1.0` as `1`, `-0.0` as `0`), any other float
 /// as its shortest round-trip text, which one value has one of.
@@ -142,8 +142,12 @@ pub fn write_json(out: &mut Vec<u8>, value: &Value) {
             out.push(b']');
         }
         Value::Object(fields) => {
+            // Sorted here, not by the map: serde_json's keeps insertion
+            // order once any crate turns on `preserve_order`.
+            let mut fields: Vec<_> = fields.iter().collect();
+            fields.sort_unstable_by(|a, b| a.0.cmp(b.0));
             out.push(b'{');
-            for (i, (key, item)) in fields.iter().enumerate() {
+            for (i, (key, item)) in fields.into_iter().enumerate() {
                 if i > 0 {
                     out.push(b',');
                 }

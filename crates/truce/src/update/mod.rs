@@ -34,7 +34,8 @@ pub enum OnFalse {
 /// A parsed, validated update.
 #[derive(Clone, Debug)]
 pub struct Update {
-    /// In application order: operators in [`OPERATORS`] order, then paths in key order.
+    /// In application order: by path, array indexes by number
+    /// ([`Path::cmp_writes`]), whatever operator holds them.
     ops: Vec<(Path, Op)>,
     upsert: bool,
     condition: Option<Filter>,

@@ -429,8 +429,9 @@ fn depth_is_bounded() {
 }
 
 #[test]
-fn operators_apply_in_fixed_order() {
-    // $set runs before $push whatever the key order, so the pushed array exists.
+fn operators_of_disjoint_paths_apply_as_one() {
+    // Paths never overlap, so each operator's result is as if it ran alone,
+    // whatever order its keys and operators come in.
     let u = upd(json!({"$push": {"list": 2}, "$set": {"other": 1}}));
     assert_eq!(
         Value::Object(u.apply(None, NOW, &mut Work::new()).expect("ok")),
