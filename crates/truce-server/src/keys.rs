@@ -365,7 +365,10 @@ pub fn create(
         collections,
         created_ms,
     };
-    std::fs::create_dir_all(data).map_err(|e| format!("cannot create {}: {e}", data.display()))?;
+    if !data.exists() {
+        crate::serve::make_private_directory(data)
+            .map_err(|e| format!("cannot create {}: {e}", data.display()))?;
+    }
     modify(data, |keys| {
         keys.push(stored.clone());
         Ok(())

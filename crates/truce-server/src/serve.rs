@@ -123,8 +123,10 @@ const DATA_DIRECTORY_MAY_HOLD: [&str; 3] =
 /// Truce database (a mistyped `--data` would otherwise get a database written
 /// in among someone's files).
 fn prepare_data_directory(data: &std::path::Path) -> Result<(), String> {
-    std::fs::create_dir_all(data)
-        .map_err(|e| format!("cannot create data directory {}: {e}", data.display()))?;
+    if !data.exists() {
+        make_private_directory(data)
+            .map_err(|e| format!("cannot create data directory {}: {e}", data.display()))?;
+    }
     if truce::storage::FjallStorage::holds_database(data) {
         return Ok(());
     }
@@ -144,6 +146,18 @@ fn prepare_data_directory(data: &std::path::Path) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Makes `dir` (and its missing parents) readable by its owner alone, as
+/// PostgreSQL keeps its data directory: the documents are in files the
+/// umask would leave readable by every local user. A directory given that
+/// exists keeps the permissions it has.
+pub(crate) fn make_private_directory(dir: &std::path::Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)
 }
 
 /// Refuses to expose an unauthenticated server beyond loopback.

@@ -996,7 +996,18 @@ fn a_public_address_needs_keys() {
             Api::new(&format!("http://{local}")).get(None, "/v1/c").status,
             200
         );
+        // The data directory it made is its owner's alone (the documents'
+        // files were readable by every local user).
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&data).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700, "{mode:o}");
     } // ended by PID
+    // So is one `truce keys create` makes first.
+    let fresh = dir.path().join("fresh").join("data");
+    create_key(&fresh, "admin", None);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&fresh).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700, "{mode:o}");
 
     // With a key present: it starts, and requires the key.
     let key = create_key(&data, "admin", None);
