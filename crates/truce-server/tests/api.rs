@@ -4685,12 +4685,7 @@ fn the_recommended_log_filter_logs_a_line_per_request() {
         .stderr(std::process::Stdio::piped());
     let mut server = Spawned::from_command(command);
     server.wait_listening(addr);
-    let answer = common::http_client()
-        .build()
-        .expect("an HTTP client")
-        .get(format!("http://{listen}/v1/c"))
-        .send()
-        .unwrap();
+    let answer = common::http_get(&format!("http://{listen}/v1/c"));
     assert_eq!(answer.status(), 200);
     server.signal(libc::SIGTERM);
     assert!(server.exit_within(Duration::from_secs(15)).is_some(), "stops");

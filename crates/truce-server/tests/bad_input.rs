@@ -1968,12 +1968,8 @@ fn a_connection_to_itself_is_not_a_listening_server() {
 
 /// A value of the server's `/metrics`.
 fn metric(addr: SocketAddr, name: &str) -> f64 {
-    let text = common::http_client()
-        .build()
-        .expect("an HTTP client")
-        .get(format!("http://{addr}/metrics"))
-        .send()
-        .and_then(|response| response.text())
+    let text = common::http_get(&format!("http://{addr}/metrics"))
+        .text()
         .expect("/metrics");
     metric_in(&text, name)
 }

@@ -15,12 +15,7 @@ use support::{Http, conflict_workload};
 
 /// `/metrics` as a map from series (name with labels) to value.
 fn scrape(http: &Http) -> HashMap<String, f64> {
-    let response = common::http_client()
-        .build()
-        .expect("an HTTP client")
-        .get(format!("{}/metrics", http.base()))
-        .send()
-        .expect("GET /metrics");
+    let response = common::http_get(&format!("{}/metrics", http.base()));
     assert_eq!(response.status(), 200);
     let content_type = response.headers()["content-type"].to_str().unwrap().to_string();
     assert!(
@@ -224,12 +219,7 @@ fn an_unnamed_source_is_the_empty_one_everywhere() {
 #[test]
 fn the_dashboard_page_is_self_contained() {
     let server = Server::start();
-    let response = common::http_client()
-        .build()
-        .expect("an HTTP client")
-        .get(format!("{}/dashboard", server.url()))
-        .send()
-        .expect("GET /dashboard");
+    let response = common::http_get(&format!("{}/dashboard", server.url()));
     assert_eq!(response.status(), 200);
     assert!(
         response.headers()["content-type"]

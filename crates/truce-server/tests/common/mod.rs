@@ -17,6 +17,16 @@ pub fn http_client() -> reqwest::blocking::ClientBuilder {
     reqwest::blocking::Client::builder()
 }
 
+/// `GET url`, answered (a transport failure panics, naming the URL).
+pub fn http_get(url: &str) -> reqwest::blocking::Response {
+    http_client()
+        .build()
+        .expect("an HTTP client")
+        .get(url)
+        .send()
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+}
+
 /// Gives rustls ring as this process's crypto provider, unless it has one.
 /// The Rust client's HTTPS brings rustls without a provider of its own
 /// into every build of the workspace, and building any reqwest client
