@@ -311,6 +311,29 @@ mod tests {
         assert_eq!(v1(json!([1.5, {"a": 1}])), enc(Some(json!([1.5, {"a": 1}]))));
     }
 
+    /// The text stored keys hold for objects and arrays, pinned: their
+    /// floats are written by serde_json's formatter, and an update of it
+    /// that wrote one differently would leave stored entries that no write
+    /// or query finds again. Should this fail after a dependency update,
+    /// keep the old text (or add a key format), never change it in place.
+    #[test]
+    fn stored_key_text_does_not_change() {
+        let value = json!([0.1, -2.5e-8, 1.5e300, 1e20, -1e19, 1e19, 2.0, {"b": 1.0, "a": "x"}]);
+        let text = |format| {
+            let mut out = Vec::new();
+            encode_value(&mut out, Some(&value), format);
+            String::from_utf8_lossy(&out[1..out.len() - 2]).into_owned()
+        };
+        assert_eq!(
+            text(KeyFormat::V2),
+            r#"[0.1,-2.5e-8,1.5e+300,1e+20,-1e+19,10000000000000000000,2,{"a":"x","b":1}]"#
+        );
+        assert_eq!(
+            text(KeyFormat::V1),
+            r#"[0.1,-2.5e-8,1.5e+300,1e+20,-1e+19,1e+19,2.0,{"a":"x","b":1.0}]"#
+        );
+    }
+
     /// `most_bytes` bounds every value's encoding by its JSON text: the
     /// committer skips the bound's look for documents it clears.
     #[test]
