@@ -7,7 +7,6 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
-use std::time::Instant;
 
 use clap::ValueEnum;
 use rand::RngCore;
@@ -21,10 +20,9 @@ use crate::config::{DataArgs, KeysCommand};
 pub const KEYS_FILE: &str = "api-keys.json";
 /// Taken by `truce keys create|revoke` while they change [`KEYS_FILE`].
 pub const KEYS_LOCK_FILE: &str = "api-keys.json.lock";
-/// How often a running server looks for a changed keys file, in ms: on a
-/// request's check at most this often, and on its own (`KeyStore::follow`)
-/// when no request comes.
-const KEYS_RELOAD_MS: u128 = 1000;
+/// How often a running server looks for a changed keys file, in ms
+/// (`KeyStore::follow`, on its own thread: a request never reads the file).
+const KEYS_RELOAD_MS: u64 = 1000;
 
 /// What a key may do. Each role includes the ones before it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, ValueEnum, Serialize, Deserialize)]
@@ -109,7 +107,7 @@ fn keys_path(data: &Path) -> PathBuf {
 }
 
 fn load(path: &Path) -> Result<Vec<StoredKey>, String> {
-    parse(path, &read_file(path)?)
+    parse(path, read_file(path)?.as_deref())
 }
 
 /// The keys file's bytes, `None` when there is none.
@@ -122,7 +120,7 @@ fn read_file(path: &Path) -> Result<Option<Vec<u8>>, String> {
 }
 
 /// The keys in the keys file's bytes (none without a file).
-fn parse(path: &Path, bytes: &Option<Vec<u8>>) -> Result<Vec<StoredKey>, String> {
+fn parse(path: &Path, bytes: Option<&[u8]>) -> Result<Vec<StoredKey>, String> {
     match bytes {
         Some(bytes) => serde_json::from_slice(bytes).map_err(|e| format!("{}: {e}", path.display())),
         None => Ok(Vec::new()),
@@ -173,6 +171,10 @@ fn modify<T>(
 pub struct KeyStore {
     path: PathBuf,
     state: RwLock<Loaded>,
+    /// Taken by a reload for its whole look: files are applied in the order
+    /// they were read (two reads on either side of a revoke, applied the
+    /// other way round, would bring the revoked key back).
+    reloading: std::sync::Mutex<()>,
     /// How many times the keys were reloaded: long-lived reads wait on it to
     /// check their key again (`http::extract::Standing`), rather than each
     /// waking on a timer of its own.
@@ -183,7 +185,6 @@ struct Loaded {
     keys: Vec<StoredKey>,
     /// The file as last read, whether its keys were taken or refused.
     read: Stamp,
-    checked: Instant,
     /// Whether this process has seen a key. A server that had keys never
     /// falls open while it runs, whatever it listens on (a loopback server
     /// behind a reverse proxy is reachable from anywhere). One that had none
@@ -216,15 +217,15 @@ impl KeyStore {
     pub fn open(data: &Path) -> Result<KeyStore, String> {
         let path = keys_path(data);
         let read = read_file(&path);
-        let keys = parse(&path, read.as_ref().map_err(Clone::clone)?)?;
+        let keys = parse(&path, read.as_ref().map_err(Clone::clone)?.as_deref())?;
         Ok(KeyStore {
             path,
             state: RwLock::new(Loaded {
                 had_keys: !keys.is_empty(),
                 keys,
                 read,
-                checked: Instant::now(),
             }),
+            reloading: std::sync::Mutex::default(),
             reloads: tokio::sync::watch::Sender::new(0),
         })
     }
@@ -235,27 +236,12 @@ impl KeyStore {
     }
 
     /// Looks at the keys file every `KEYS_RELOAD_MS`, for ever: a revocation
-    /// then reaches the open streams when no request comes.
+    /// reaches requests and open streams alike within that.
     pub async fn follow(&self) {
-        let mut ticks = tokio::time::interval(std::time::Duration::from_millis(KEYS_RELOAD_MS as u64));
+        let mut ticks = tokio::time::interval(std::time::Duration::from_millis(KEYS_RELOAD_MS));
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticks.tick().await;
-            // Not `refresh`: its gate, a tick after a request's look, would
-            // skip every other tick.
-            self.reload_if_changed();
-        }
-    }
-
-    /// Reloads the keys if the file changed and they were last looked at
-    /// `KEYS_RELOAD_MS` ago or more.
-    fn refresh(&self) {
-        let stale = self
-            .state
-            .read()
-            .map(|s| s.checked.elapsed().as_millis() >= KEYS_RELOAD_MS)
-            .unwrap_or(true);
-        if stale {
             self.reload_if_changed();
         }
     }
@@ -265,19 +251,18 @@ impl KeyStore {
     /// that cannot be read or taken keeps the keys as they were, and says so
     /// once, not every second until it changes.
     fn reload_if_changed(&self) {
-        // Read under the lock: two threads that read on either side of a
-        // change could otherwise apply them in the other order, and bring
-        // a revoked key back until the next look.
-        let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+        let _turn = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
+        // Read with no lock that requests take: they wait only while new
+        // keys are put in place.
         let read = read_file(&self.path);
-        state.checked = Instant::now();
-        if read == state.read {
+        if self.state.read().is_ok_and(|state| read == state.read) {
             return;
         }
+        let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
         let parsed = read
             .as_ref()
             .map_err(Clone::clone)
-            .and_then(|bytes| parse(&self.path, bytes));
+            .and_then(|bytes| parse(&self.path, bytes.as_deref()));
         state.read = read;
         match parsed {
             Ok(keys) => {
@@ -293,7 +278,6 @@ impl KeyStore {
 
     /// Whether no key exists.
     pub fn is_empty(&self) -> bool {
-        self.refresh();
         self.state.read().map(|s| s.keys.is_empty()).unwrap_or(false)
     }
 
@@ -301,7 +285,6 @@ impl KeyStore {
     /// at all, anyone if this process never had a key, and no one if it had:
     /// revoking the last key never opens a server.
     pub fn caller(&self, authorization: Option<&str>) -> Result<Principal, AuthFailure> {
-        self.refresh();
         let state = self.state.read().unwrap_or_else(|p| p.into_inner());
         if state.keys.is_empty() {
             return if state.had_keys {
@@ -365,10 +348,8 @@ pub fn create(
         collections,
         created_ms,
     };
-    if !data.exists() {
-        crate::serve::make_private_directory(data)
-            .map_err(|e| format!("cannot create {}: {e}", data.display()))?;
-    }
+    crate::serve::make_private_directory(data)
+        .map_err(|e| format!("cannot create {}: {e}", data.display()))?;
     modify(data, |keys| {
         keys.push(stored.clone());
         Ok(())
@@ -630,8 +611,8 @@ mod tests {
         let store = KeyStore::open(dir.path()).unwrap();
         assert_eq!(store.caller(None).unwrap().role, Role::Admin);
 
-        // A running server sees the keys file's changes within KEYS_RELOAD_MS.
-        let reloaded = || std::thread::sleep(std::time::Duration::from_millis(KEYS_RELOAD_MS as u64 + 50));
+        // A running server's `follow` looks at the keys file every KEYS_RELOAD_MS.
+        let reloaded = || store.reload_if_changed();
         let (stored, key) = create(dir.path(), Role::Read, None).unwrap();
         reloaded();
         let bearer = format!("Bearer {key}");

@@ -123,10 +123,8 @@ const DATA_DIRECTORY_MAY_HOLD: [&str; 3] =
 /// Truce database (a mistyped `--data` would otherwise get a database written
 /// in among someone's files).
 fn prepare_data_directory(data: &std::path::Path) -> Result<(), String> {
-    if !data.exists() {
-        make_private_directory(data)
-            .map_err(|e| format!("cannot create data directory {}: {e}", data.display()))?;
-    }
+    make_private_directory(data)
+        .map_err(|e| format!("cannot create data directory {}: {e}", data.display()))?;
     if truce::storage::FjallStorage::holds_database(data) {
         return Ok(());
     }
@@ -150,8 +148,8 @@ fn prepare_data_directory(data: &std::path::Path) -> Result<(), String> {
 
 /// Makes `dir` (and its missing parents) readable by its owner alone, as
 /// PostgreSQL keeps its data directory: the documents are in files the
-/// umask would leave readable by every local user. A directory given that
-/// exists keeps the permissions it has.
+/// umask would leave readable by every local user. A directory that exists
+/// is left as it is, permissions included.
 pub(crate) fn make_private_directory(dir: &std::path::Path) -> std::io::Result<()> {
     let mut builder = std::fs::DirBuilder::new();
     builder.recursive(true);
