@@ -872,7 +872,9 @@ impl Committer {
             results,
             replayed: false,
         };
-        if let Some(idem) = commit.idempotency.as_ref().filter(|_| commit.keeps_record()) {
+        if commit.keeps_record()
+            && let Some(idem) = &commit.idempotency
+        {
             let expires_ms = group.ts_ms.saturating_add(self.shared.idempotency_retention_ms);
             let stored = IdempotencyRecord {
                 fingerprint: idem.fingerprint,
@@ -904,8 +906,9 @@ impl Committer {
         before: Option<&crate::doc::Body>,
     ) -> Result<()> {
         let defs = self.indexes.get(collection).into_iter().flatten();
-        // Each field's JSON text is part of the document's: most documents
-        // need no look.
+        // Each field's JSON text is part of the document's, and bounds its
+        // encoding (`KeyFormat::most_bytes`): a document small enough for
+        // that bound needs no look.
         let may_pass = |def: &&IndexDef| {
             def.key_format
                 .most_bytes(state.canonical.len())
