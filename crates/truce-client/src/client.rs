@@ -211,7 +211,7 @@ impl ClientBuilder {
             None => None,
         };
         let http = reqwest::Client::builder()
-            .tls_backend_preconfigured(tls_config(self.roots)?)
+            .tls_backend_preconfigured(tls_config(base.scheme() == "https", self.roots)?)
             .connect_timeout(self.connect_timeout)
             .build()
             .map_err(|e| ClientError::InvalidArgument(format!("HTTP client: {e}")))?;
@@ -228,18 +228,27 @@ impl ClientBuilder {
 
 /// rustls with ring (the server's provider: no second crypto library to
 /// build), given to this client alone rather than made the process's
-/// default, which is the application's to choose; certificates verified
-/// against the platform's roots and `roots`.
+/// default, which is the application's to choose. For an `https` base URL,
+/// certificates are verified against the platform's roots and `roots`; the
+/// platform's are read only then (each build reads and parses every system
+/// certificate, and fails on a machine that has none), never for `http`.
 fn tls_config(
+    https: bool,
     roots: Vec<rustls::pki_types::CertificateDer<'static>>,
 ) -> Result<rustls::ClientConfig, ClientError> {
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
     let tls_error = |e: rustls::Error| ClientError::InvalidArgument(format!("TLS: {e}"));
-    let verifier = rustls_platform_verifier::Verifier::new_with_extra_roots(roots, provider.clone())
-        .map_err(tls_error)?;
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(tls_error)?
+        .map_err(tls_error)?;
+    if !https {
+        return Ok(config
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth());
+    }
+    let verifier =
+        rustls_platform_verifier::Verifier::new_with_extra_roots(roots, provider).map_err(tls_error)?;
+    Ok(config
         .dangerous()
         .with_custom_certificate_verifier(std::sync::Arc::new(verifier))
         .with_no_client_auth())

@@ -1109,6 +1109,31 @@ fn tls_with_a_self_signed_certificate() {
     );
     assert!(backup.status.is_some_and(|s| s.success()), "{}", backup.stderr);
     assert!(copy.join("version").is_file(), "the backup was written");
+    // On a machine without system certificates (a small container) a
+    // client of plain HTTP never looks for them (each client build read
+    // them all, and failed without), and one of HTTPS takes `--cacert`'s.
+    let plain_server = Server::start();
+    let nowhere = dir.path().join("no-certificates");
+    let without_system_roots = |url: &str, extra: &[&str]| {
+        Command::new(truce_bin())
+            .args(["top", "--url", url, "--iterations", "1"])
+            .args(extra)
+            .env("SSL_CERT_FILE", &nowhere)
+            .env("SSL_CERT_DIR", &nowhere)
+            .output()
+            .expect("truce top")
+    };
+    for (url, extra) in [
+        (plain_server.url(), &[][..]),
+        (https.clone(), &["--cacert", cert.to_str().unwrap()][..]),
+    ] {
+        let shown = without_system_roots(&url, extra);
+        assert!(
+            shown.status.success(),
+            "{url}: {}",
+            String::from_utf8_lossy(&shown.stderr)
+        );
+    }
 
     let curl = |extra: &[&str], url: &str| {
         Command::new("curl")

@@ -52,6 +52,22 @@ impl Outcome {
 }
 
 /// The server's address and an HTTP client with the run's timeouts.
+/// The TLS configuration of a client that speaks plain HTTP to loopback:
+/// ring, and no roots. rustls is in every build of the workspace without a
+/// provider of its own (the Rust client's HTTPS brings it; features unify),
+/// and a reqwest client left to its own builds the platform's verifier,
+/// which reads and parses every system certificate, for each client (16
+/// test writers building theirs at once missed a kill 300 ms in), and
+/// fails on a machine that has none.
+pub fn plain_http_tls() -> rustls::ClientConfig {
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions")
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth()
+}
+
 #[derive(Clone)]
 pub struct Http {
     client: Client,
@@ -62,11 +78,8 @@ impl Http {
     /// A client for `base` (`http://127.0.0.1:PORT`); each request gives up
     /// after `timeout`, which makes it `info`.
     pub fn new(base: &str, timeout: Duration) -> Http {
-        // rustls (in every build of the workspace, through the Rust
-        // client's HTTPS) has no crypto provider of its own: without one,
-        // building a client panics.
-        let _ = rustls::crypto::ring::default_provider().install_default();
         let client = Client::builder()
+            .tls_backend_preconfigured(plain_http_tls())
             .timeout(timeout)
             .connect_timeout(timeout)
             .build()

@@ -10,11 +10,11 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// A blocking HTTP client's builder, once rustls has a provider
-/// ([`tls_provider`]).
+/// A blocking HTTP client's builder, for plain HTTP
+/// ([`truce_torture::http::plain_http_tls`] says why it brings its TLS
+/// configuration).
 pub fn http_client() -> reqwest::blocking::ClientBuilder {
-    tls_provider();
-    reqwest::blocking::Client::builder()
+    reqwest::blocking::Client::builder().tls_backend_preconfigured(truce_torture::http::plain_http_tls())
 }
 
 /// `GET url`, answered (a transport failure panics, naming the URL).
@@ -25,15 +25,6 @@ pub fn http_get(url: &str) -> reqwest::blocking::Response {
         .get(url)
         .send()
         .unwrap_or_else(|e| panic!("GET {url}: {e}"))
-}
-
-/// Gives rustls ring as this process's crypto provider, unless it has one.
-/// The Rust client's HTTPS brings rustls without a provider of its own
-/// into every build of the workspace, and building any reqwest client
-/// without one panics: every way a test starts a server calls this, so
-/// that a client the test builds itself never meets that.
-pub fn tls_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 /// How long a server may take to start answering `/healthz`.
@@ -104,7 +95,6 @@ pub fn wait_listening(child: &mut Child, addr: SocketAddr) -> Result<(), ExitSta
 #[cfg(target_os = "linux")]
 pub fn ends_with_its_starter(command: &mut Command) -> &mut Command {
     use std::os::unix::process::CommandExt;
-    tls_provider(); // every way a test starts a process comes here
     let parent = std::process::id() as libc::pid_t;
     // SAFETY: between fork and exec, only async-signal-safe calls: prctl,
     // getppid and _exit.
@@ -124,7 +114,6 @@ pub fn ends_with_its_starter(command: &mut Command) -> &mut Command {
 /// Elsewhere the kernel has no such request: `command` as it is.
 #[cfg(not(target_os = "linux"))]
 pub fn ends_with_its_starter(command: &mut Command) -> &mut Command {
-    tls_provider(); // every way a test starts a process comes here
     command
 }
 
