@@ -248,6 +248,13 @@ pub struct ServeArgs {
     /// their own, and /healthz is always answered.
     #[arg(long, env = "TRUCE_MAX_CONCURRENT_REQUESTS")]
     pub max_concurrent_requests: Option<usize>,
+    /// Long polls and event streams of the change feed one API key may hold
+    /// at once, 1 to 1000000, past which its next is refused with 429
+    /// [default: as many as --max-concurrent-requests, the places all keys
+    /// share]. Set it when keys belong to different tenants, so that one
+    /// cannot take every place from the others.
+    #[arg(long, env = "TRUCE_MAX_STREAMS_PER_KEY")]
+    pub max_streams_per_key: Option<usize>,
     /// Memory for answers waiting for their clients to read them, in MiB, 1 to
     /// 65536 [default: 64]. Answers over 16 KiB count until their last byte
     /// is handed to the connection; past this, those that made no progress
@@ -356,6 +363,7 @@ pub struct FileSettings {
     max_body_bytes: Option<usize>,
     request_timeout_ms: Option<u64>,
     max_concurrent_requests: Option<usize>,
+    max_streams_per_key: Option<usize>,
     answer_memory_mib: Option<u64>,
     body_memory_mib: Option<u64>,
     page_memory_mib: Option<u64>,
@@ -409,6 +417,8 @@ pub struct Settings {
     pub request_timeout_ms: u64,
     /// Concurrency limit.
     pub max_concurrent_requests: usize,
+    /// Long polls and event streams one API key may hold at once.
+    pub max_streams_per_key: usize,
     /// Memory for answers being sent, MiB.
     pub answer_memory_mib: u64,
     /// Memory for request bodies being received, MiB.
@@ -488,6 +498,10 @@ impl ServeArgs {
             .max_body_bytes
             .or(file.max_body_bytes)
             .unwrap_or(DEFAULT_MAX_BODY_BYTES);
+        let max_concurrent_requests = self
+            .max_concurrent_requests
+            .or(file.max_concurrent_requests)
+            .unwrap_or(DEFAULT_MAX_CONCURRENT_REQUESTS);
         let settings = Settings {
             listen: match (self.listen, file.listen) {
                 (Some(flag), _) => flag,
@@ -502,10 +516,11 @@ impl ServeArgs {
                 .request_timeout_ms
                 .or(file.request_timeout_ms)
                 .unwrap_or(DEFAULT_REQUEST_TIMEOUT_MS),
-            max_concurrent_requests: self
-                .max_concurrent_requests
-                .or(file.max_concurrent_requests)
-                .unwrap_or(DEFAULT_MAX_CONCURRENT_REQUESTS),
+            max_concurrent_requests,
+            max_streams_per_key: self
+                .max_streams_per_key
+                .or(file.max_streams_per_key)
+                .unwrap_or(max_concurrent_requests),
             answer_memory_mib: self
                 .answer_memory_mib
                 .or(file.answer_memory_mib)
@@ -638,6 +653,11 @@ impl ServeArgs {
         if settings.max_concurrent_requests > MAX_CONCURRENT_REQUESTS_MAX {
             return Err(format!(
                 "max_concurrent_requests must be 1 to {MAX_CONCURRENT_REQUESTS_MAX}"
+            ));
+        }
+        if !(1..=MAX_CONCURRENT_REQUESTS_MAX).contains(&settings.max_streams_per_key) {
+            return Err(format!(
+                "max_streams_per_key must be 1 to {MAX_CONCURRENT_REQUESTS_MAX}"
             ));
         }
         if settings.max_body_bytes == 0
@@ -944,6 +964,19 @@ mod tests {
                 ..ServeArgs::default()
             };
             assert_eq!(args.settings().is_ok(), ok, "{n}");
+        }
+        // A key's places are the shared ones unless set apart.
+        let shared = ServeArgs {
+            max_concurrent_requests: Some(10),
+            ..ServeArgs::default()
+        };
+        assert_eq!(shared.settings().unwrap().max_streams_per_key, 10);
+        for (n, ok) in [(0, false), (1, true), (MAX_CONCURRENT_REQUESTS_MAX + 1, false)] {
+            let args = ServeArgs {
+                max_streams_per_key: Some(n),
+                ..ServeArgs::default()
+            };
+            assert_eq!(args.settings().is_ok(), ok, "max_streams_per_key {n}");
         }
     }
 

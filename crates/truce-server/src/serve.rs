@@ -281,6 +281,7 @@ fn serve_with(settings: Settings) -> Result<(), String> {
         keys,
         permits: Arc::new(Semaphore::new(settings.max_concurrent_requests)),
         long_polls: Arc::new(Semaphore::new(settings.max_concurrent_requests)),
+        key_streams: http::extract::KeyStreams::new(settings.max_streams_per_key),
         parses: Arc::new(Semaphore::new(settings.http_threads.max(1))),
         request_timeout: Duration::from_millis(settings.request_timeout_ms),
         data: settings.data.clone(),

@@ -892,6 +892,81 @@ fn open_feeds_end_when_their_key_is_revoked() {
     }
 }
 
+/// `--max-streams-per-key`: one key holds at most that many long polls and
+/// event streams at once, on every route that opens one; its next is 429
+/// `overloaded`, while another key still opens its own; a long poll's place
+/// comes back when it answers, a stream's when its client goes. One key
+/// could take every place the server has, from every other tenant.
+#[test]
+fn each_key_holds_at_most_its_streams() {
+    let server = Server::start_with(&["--max-streams-per-key", "2"]);
+    let data = server.data.clone();
+    let api = Api::new(&server.url());
+    let admin = create_key(&data, "admin", None);
+    let tenant = create_key(&data, "read", Some("a"));
+    let other = create_key(&data, "read", Some("a"));
+    // Until the server has read the keys, it serves anyone, uncounted.
+    api.wait_for_status(None, "/v1/c/a/x", 401);
+    let streaming = streaming_client();
+    let open = |key: &str, path: &str| {
+        streaming
+            .get(format!("{}{path}", server.url()))
+            .header("authorization", format!("Bearer {key}"))
+            .send()
+            .unwrap_or_else(|e| panic!("{path}: {e}"))
+    };
+    // A long poll that answered holds nothing.
+    let polled = open(&tenant, "/v1/c/a/_changes?feed=longpoll&since=now&timeout=50");
+    assert_eq!(polled.status(), 200);
+    drop(polled);
+    let sse = open(&tenant, "/v1/c/a/_changes?feed=sse&since=now");
+    assert_eq!(sse.status(), 200);
+    let pull = open(&tenant, "/v1/c/a/_pull/stream");
+    assert_eq!(pull.status(), 200);
+    for path in [
+        "/v1/c/a/_changes?feed=sse&since=now",
+        "/v1/c/a/_pull/stream",
+        "/v1/c/a/_changes?feed=longpoll&since=now&timeout=50",
+        "/couch/a/_changes?feed=longpoll&since=now&timeout=50",
+    ] {
+        let refused = open(&tenant, path);
+        assert_eq!(refused.status(), 429, "{path}");
+        assert!(refused.headers().contains_key("retry-after"), "{path}");
+        // `/couch` answers in CouchDB's shape.
+        let (code, said) = if path.starts_with("/couch") {
+            ("too_many_requests", "reason")
+        } else {
+            ("overloaded", "message")
+        };
+        let body: Value = refused.json().expect("a JSON error");
+        assert_eq!(body["error"], code, "{path}: {body}");
+        assert!(
+            body[said].as_str().unwrap().contains("max_streams_per_key"),
+            "{path}: {body}"
+        );
+    }
+    // Reads that end at once are not counted.
+    api.get(Some(&tenant), "/v1/c/a/_changes").ok(200);
+    let others: Vec<_> = (0..2).map(|_| open(&other, "/v1/c/a/_pull/stream")).collect();
+    assert!(others.iter().all(|r| r.status() == 200), "another key's places");
+    // The client goes; the server finds out at its next event and gives
+    // the place back.
+    drop(pull);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut n = 0;
+    loop {
+        n += 1;
+        api.put(Some(&admin), &format!("/v1/c/a/w{n}"), json!({})).ok(201);
+        let again = open(&tenant, "/v1/c/a/_pull/stream");
+        if again.status() == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the place was not given back");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(sse);
+}
+
 /// An idle stream of a revoked key ends although no request comes to make the
 /// server reload its keys: the server looks at the keys file on its own.
 #[test]

@@ -214,6 +214,7 @@ fn feed_request(
 
 async fn feed(
     state: Arc<AppState>,
+    who: &Principal,
     collection: Option<String>,
     params: Params,
     headers: &HeaderMap,
@@ -227,7 +228,7 @@ async fn feed(
     };
     let request = feed_request(&state.db, collection, &params, resume_after)?;
     let with_collection = request.collection.is_none();
-    let standing = Standing::of(&state, headers, request.collection.as_deref());
+    let standing = || Standing::of(&state, who, headers, request.collection.as_deref());
     // Pages are written as JSON off the HTTP thread: one of large documents
     // takes a while, and every connection of that thread would wait for it.
     let page = match kind {
@@ -249,7 +250,7 @@ async fn feed(
         "longpoll" => {
             let timeout = request.timeout_ms;
             let mut sub = request.subscribe(&state.db)?.page_limit(request.limit)?;
-            standing
+            standing()?
                 .long_poll(&mut sub, Duration::from_millis(timeout))
                 .await?
         }
@@ -262,6 +263,7 @@ async fn feed(
                         .into(),
                 ));
             }
+            let standing = standing()?;
             let place = super::stream_permit(&state)?;
             let sub = request.subscribe(&state.db)?;
             return Ok(super::event_stream(
@@ -357,7 +359,7 @@ pub async fn collection_changes(
 ) -> Result<Response, ApiError> {
     authorize(&who, Role::Read, Some(&coll))?;
     truce::doc::validate_collection_name(&coll)?;
-    feed(state, Some(coll), params, &headers).await
+    feed(state, &who, Some(coll), params, &headers).await
 }
 
 /// Changes of every collection (each result names its collection in `c`).
@@ -381,7 +383,7 @@ pub async fn all_changes(
             "a key limited to collections cannot follow every collection".into(),
         ));
     }
-    feed(state, None, params, &headers).await
+    feed(state, &who, None, params, &headers).await
 }
 
 #[cfg(test)]

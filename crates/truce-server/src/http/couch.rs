@@ -394,7 +394,7 @@ pub async fn changes(
                 .stored()
                 .page_limit(limit)?
                 .whole_pages();
-            let standing = Standing::of(&state, &headers, Some(&coll));
+            let standing = Standing::of(&state, &who, &headers, Some(&coll))?;
             standing
                 .long_poll(&mut sub, Duration::from_millis(timeout))
                 .await?

@@ -47,6 +47,9 @@ pub enum ApiError {
     PayloadTooLarge(String),
     /// Too many requests at once.
     Overloaded,
+    /// The caller's API key holds this many long polls and event streams,
+    /// its most (`--max-streams-per-key`).
+    KeyStreamsFull(usize),
     /// Too many answers not read yet by their clients (`answers.rs`).
     AnswersUnread,
     /// The request bodies being received take all of `--body-memory-mib`.
@@ -253,6 +256,14 @@ impl ApiError {
                 StatusCode::TOO_MANY_REQUESTS,
                 "overloaded",
                 "too many requests at once; retry after a short pause".into(),
+            ),
+            ApiError::KeyStreamsFull(max) => plain(
+                StatusCode::TOO_MANY_REQUESTS,
+                "overloaded",
+                format!(
+                    "this API key holds {max} long polls and event streams, the most one key may \
+                     (max_streams_per_key); end one, or retry after a short pause"
+                ),
             ),
             ApiError::AnswersUnread => plain(
                 StatusCode::TOO_MANY_REQUESTS,

@@ -599,6 +599,10 @@ pub enum Waited {
 /// The right a long-lived read was opened with, checked again while it lasts:
 /// a stream open when its key is revoked, or narrowed, must not go on
 /// delivering what the key may no longer read.
+///
+/// It holds one of its API key's places among the long-lived reads
+/// (`--max-streams-per-key`, [`KeyStreams`]) until it is dropped: when the
+/// long poll answers, or when the stream it was moved into ends.
 pub struct Standing {
     state: Arc<AppState>,
     authorization: Option<String>,
@@ -606,13 +610,22 @@ pub struct Standing {
     /// The keys' reload count when the key was last found to hold (`None`:
     /// not checked yet).
     checked_at: std::sync::Mutex<Option<u64>>,
+    /// The public id of the key whose place this holds (`None`: no key).
+    place_of: Option<String>,
 }
 
 impl Standing {
-    /// The standing of the caller of a read of `collection` (`None`: every
-    /// collection) that sent `headers`.
-    pub fn of(state: &Arc<AppState>, headers: &HeaderMap, collection: Option<&str>) -> Standing {
-        Standing {
+    /// The standing of `who`, the caller of a long-lived read of
+    /// `collection` (`None`: every collection) that sent `headers`, and
+    /// one of its key's places; `overloaded` when the key holds them all.
+    pub fn of(
+        state: &Arc<AppState>,
+        who: &Principal,
+        headers: &HeaderMap,
+        collection: Option<&str>,
+    ) -> Result<Standing, ApiError> {
+        let place_of = state.key_streams.take(who)?;
+        Ok(Standing {
             state: Arc::clone(state),
             authorization: headers
                 .get(header::AUTHORIZATION)
@@ -620,7 +633,8 @@ impl Standing {
                 .map(str::to_string),
             collection: collection.map(str::to_string),
             checked_at: std::sync::Mutex::new(None),
-        }
+            place_of,
+        })
     }
 
     /// Whether the key still may read what was asked.
@@ -699,6 +713,70 @@ impl Standing {
                 _ = stopping.wait_for(|stop| *stop) => return Waited::Stopping,
             }
         }
+    }
+}
+
+impl Drop for Standing {
+    fn drop(&mut self) {
+        if let Some(key_id) = &self.place_of {
+            self.state.key_streams.give_back(key_id);
+        }
+    }
+}
+
+/// The long polls and event streams each API key holds at once, at most
+/// `--max-streams-per-key` of them, so that one key — one tenant, or one
+/// leaked key — cannot take every place among them
+/// ([`AppState::long_polls`]) from the others. A server without keys has
+/// one caller, bounded by the shared places alone.
+pub struct KeyStreams {
+    max: usize,
+    /// The places each key holds; a key holding none is not in it.
+    held: std::sync::Mutex<HashMap<String, usize>>,
+}
+
+impl KeyStreams {
+    /// At most `max` places per key.
+    pub fn new(max: usize) -> KeyStreams {
+        KeyStreams {
+            max,
+            held: Default::default(),
+        }
+    }
+
+    /// A place for `who`'s key: its id, to give back (`None` without a key).
+    fn take(&self, who: &Principal) -> Result<Option<String>, ApiError> {
+        let Some(key_id) = &who.key_id else {
+            return Ok(None);
+        };
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let places = held.entry(key_id.clone()).or_default();
+        if *places >= self.max {
+            return Err(ApiError::KeyStreamsFull(self.max));
+        }
+        *places += 1;
+        Ok(Some(key_id.clone()))
+    }
+
+    fn give_back(&self, key_id: &str) {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(places) = held.get_mut(key_id) {
+            *places -= 1;
+            if *places == 0 {
+                held.remove(key_id);
+            }
+        }
+    }
+
+    /// The places `key_id` holds now.
+    #[cfg(test)]
+    fn held_by(&self, key_id: &str) -> usize {
+        self.held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key_id)
+            .copied()
+            .unwrap_or(0)
     }
 }
 
@@ -816,6 +894,37 @@ pub fn origin_named(source: Option<&str>, headers: &HeaderMap) -> Origin {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A key holds at most its number of places, gives each back once, and
+    /// is forgotten when it holds none; other keys and a keyless caller are
+    /// not counted against it.
+    #[test]
+    fn each_key_holds_at_most_its_places() {
+        let key = |id: &str| Principal {
+            key_id: Some(id.into()),
+            ..Principal::anyone()
+        };
+        let streams = KeyStreams::new(2);
+        let (a, b) = (key("a"), key("b"));
+        assert_eq!(streams.take(&a).unwrap().as_deref(), Some("a"));
+        assert_eq!(streams.take(&a).unwrap().as_deref(), Some("a"));
+        assert!(matches!(streams.take(&a), Err(ApiError::KeyStreamsFull(2))));
+        assert_eq!(streams.held_by("a"), 2, "a refusal takes no place");
+        assert!(streams.take(&b).is_ok(), "another key has places of its own");
+        for _ in 0..5 {
+            assert_eq!(streams.take(&Principal::anyone()).unwrap(), None);
+        }
+        streams.give_back("a");
+        assert_eq!(streams.held_by("a"), 1);
+        assert!(streams.take(&a).is_ok(), "a place given back is taken again");
+        streams.give_back("a");
+        streams.give_back("a");
+        streams.give_back("b");
+        assert!(
+            streams.held.lock().unwrap().is_empty(),
+            "keys holding nothing are forgotten"
+        );
+    }
 
     #[test]
     fn only_a_body_in_identity_is_read() {

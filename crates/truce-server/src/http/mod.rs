@@ -57,6 +57,9 @@ pub struct AppState {
     /// the open streams of its collections (and all of the feed of every
     /// collection), so an unbounded number of them slowed all writes.
     pub long_polls: Arc<Semaphore>,
+    /// The places among them each API key holds (`--max-streams-per-key`),
+    /// taken with its [`extract::Standing`].
+    pub key_streams: extract::KeyStreams,
     /// Answers being sent, counted against `--answer-memory-mib`.
     pub answers: Arc<answers::Answers>,
     /// The largest request body (`--max-body-bytes`).

@@ -861,7 +861,7 @@ pub async fn pull_stream(
 ) -> Result<Response, ApiError> {
     authorize(&who, Role::Read, Some(&coll))?;
     let shape = Shape::of(&params)?;
-    let standing = Standing::of(&state, &headers, Some(&coll));
+    let standing = Standing::of(&state, &who, &headers, Some(&coll))?;
     let place = super::stream_permit(&state)?;
     // The stream's checkpoints carry its start as `from`: every position it
     // gives out is after its start, so a `_pull` from one of them is checked
