@@ -29,42 +29,81 @@ async fn watch(args: &TopArgs) -> Result<(), String> {
     )?;
     let tty = std::io::stdout().is_terminal();
     let mut previous: Option<(Instant, Value)> = None;
+    // Since when the server has not answered, once it had.
+    let mut lost: Option<Instant> = None;
     let mut shown = 0u64;
     loop {
-        let report = client
+        let frame = match client
             .insights(Duration::from_secs(args.window), args.limit)
             .await
-            .map_err(|e| crate::remote::failure(&args.url, &e))?;
-        let now = Instant::now();
-        let frame = render(
-            &args.url,
-            &report,
-            previous.as_ref().map(|(at, v)| (now - *at, v)),
-        );
-        let mut out = std::io::stdout().lock();
-        let written = if tty {
-            // Clear the screen and go home, then draw the frame.
-            write!(out, "\x1b[2J\x1b[H")
-        } else if shown > 0 {
-            writeln!(out, "---")
-        } else {
-            Ok(())
+        {
+            Ok(report) => {
+                let now = Instant::now();
+                let frame = render(
+                    &args.url,
+                    &report,
+                    previous.as_ref().map(|(at, v)| (now - *at, v)),
+                );
+                previous = Some((now, report));
+                lost = None;
+                Some(frame)
+            }
+            // A server that answered before and is gone or failing now is
+            // being restarted, or will be: watched through it, not left.
+            // One that never answered, or refuses the key, is a mistake to
+            // say at once.
+            Err(e) if shown > 0 && passing(&e) => {
+                let first = lost.is_none();
+                let since = *lost.get_or_insert_with(Instant::now);
+                // Its totals start again from zero: no rates across it.
+                previous = None;
+                // Once, where frames scroll; redrawn on a terminal.
+                (tty || first).then(|| {
+                    format!(
+                        "truce top — {url}: no answer for {:.0} s, asking again every {} s — {}",
+                        since.elapsed().as_secs_f64(),
+                        args.interval,
+                        crate::remote::failure(&args.url, &e),
+                        url = args.url,
+                    )
+                })
+            }
+            Err(e) => return Err(crate::remote::failure(&args.url, &e)),
+        };
+        if let Some(frame) = frame {
+            let mut out = std::io::stdout().lock();
+            let written = if tty {
+                // Clear the screen and go home, then draw the frame.
+                write!(out, "\x1b[2J\x1b[H")
+            } else if shown > 0 {
+                writeln!(out, "---")
+            } else {
+                Ok(())
+            }
+            .and_then(|()| writeln!(out, "{frame}"))
+            .and_then(|()| out.flush());
+            match written {
+                Ok(()) => {}
+                // Whoever read the frames is gone (`truce top | head`): done,
+                // rather than asking the server for frames no one sees.
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+                Err(e) => return Err(format!("cannot write to the terminal: {e}")),
+            }
         }
-        .and_then(|()| writeln!(out, "{frame}"))
-        .and_then(|()| out.flush());
-        match written {
-            Ok(()) => {}
-            // Whoever read the frames is gone (`truce top | head`): done,
-            // rather than asking the server for frames no one sees.
-            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
-            Err(e) => return Err(format!("cannot write to the terminal: {e}")),
-        }
-        previous = Some((now, report));
         shown += 1;
         if args.iterations > 0 && shown >= args.iterations {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_secs_f64(args.interval)).await;
+    }
+}
+
+/// Whether `error` may pass as the server comes back: no answer at all, or
+/// one that asks to come back later (429, 5xx).
+fn passing(error: &truce_client::ClientError) -> bool {
+    match error {
+        truce_client::ClientError::Transport { .. } => true,
+        _ => error.status().is_some_and(|s| s == 429 || s >= 500),
     }
 }
 

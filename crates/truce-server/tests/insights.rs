@@ -254,3 +254,59 @@ fn the_readme_insights_section_works_when_pasted() {
         "truce_conflicts_total{reason=\"version_mismatch\",collection=\"stock\",source=\"importer\"} 1"
     );
 }
+
+/// `truce top` watches through a restart of its server: while the server is
+/// gone it says since when, and it shows frames again once the server is
+/// back. It used to exit at the first failed refresh, so an operator
+/// watching a restart lost the view just when it mattered. A server that
+/// never answered is still an error at once.
+#[test]
+fn top_watches_through_a_restart() {
+    use std::io::BufRead;
+    let mut server = Server::start();
+    let url = server.url();
+    let mut command = Command::new(truce_bin());
+    command
+        .args(["top", "--url", &url, "--interval", "0.2"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null());
+    let mut top = common::Spawned::from_command(command);
+    let stdout = top.take_stdout().expect("piped");
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let frame = format!("truce top — {url} — window");
+    let wait_for = |what: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match lines.recv_timeout(left) {
+                Ok(line) if line.contains(what) => return line,
+                Ok(_) => {}
+                Err(e) => panic!("truce top never printed {what:?}: {e}"),
+            }
+        }
+    };
+    wait_for(&frame);
+    server.kill9();
+    let gone = wait_for("no answer for");
+    assert!(gone.contains(&url), "{gone}");
+    server.restart();
+    wait_for(&frame);
+    assert_eq!(top.exit_within(std::time::Duration::ZERO), None, "top still runs");
+    drop(top);
+    drop(server);
+
+    // Nothing ever answered at this address: an error, at once.
+    let out = Command::new(truce_bin())
+        .args(["top", "--url", &url, "--interval", "0.2"])
+        .output()
+        .expect("truce top");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&url));
+}

@@ -164,6 +164,11 @@ impl Spawned {
         None
     }
 
+    /// The process's standard output, if it was piped and not taken yet.
+    pub fn take_stdout(&mut self) -> Option<std::process::ChildStdout> {
+        self.0.stdout.take()
+    }
+
     /// The process's standard error, if it was piped and not taken yet.
     pub fn take_stderr(&mut self) -> Option<std::process::ChildStderr> {
         self.0.stderr.take()
