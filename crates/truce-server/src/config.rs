@@ -682,12 +682,20 @@ fn read_file(path: &Path) -> Result<FileSettings, String> {
     // Absolute, so that the paths made from it are (`backup_root` must be).
     let path = std::fs::canonicalize(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let base = path.parent().unwrap_or(Path::new(""));
-    for setting in [
-        &mut file.data,
-        &mut file.tls_cert,
-        &mut file.tls_key,
-        &mut file.backup_root,
+    for (name, setting) in [
+        ("data", &mut file.data),
+        ("tls_cert", &mut file.tls_cert),
+        ("tls_key", &mut file.tls_key),
+        ("backup_root", &mut file.backup_root),
     ] {
+        // Joined to the file's directory, "" would name that directory (as
+        // the flags refuse an empty value, so does the file).
+        if setting.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+            return Err(format!(
+                "{}: {name} is empty; name a path, or leave the setting out",
+                path.display()
+            ));
+        }
         if let Some(relative) = setting.as_mut().filter(|p| p.is_relative()) {
             *relative = base.join(&*relative);
         }
@@ -920,13 +928,30 @@ mod tests {
         std::fs::write(&file, "data = \"data\"\nbackup_root = \"/abs/backups\"\n").unwrap();
         let data = DataArgs {
             data: None,
-            config: Some(file),
+            config: Some(file.clone()),
         };
         assert_eq!(
             data.dir().unwrap(),
             dir.path().join("data"),
             "keys and recount agree"
         );
+        // An empty path would be the file's own directory: refused, as an
+        // empty flag is.
+        for setting in ["data", "tls_cert", "tls_key", "backup_root"] {
+            std::fs::write(&file, format!("{setting} = \"\"\n")).unwrap();
+            let args = ServeArgs {
+                config: Some(file.clone()),
+                ..ServeArgs::default()
+            };
+            let refused = args.settings().unwrap_err();
+            assert!(refused.contains(&format!("{setting} is empty")), "{refused}");
+        }
+        let data = DataArgs {
+            data: None,
+            config: Some(file),
+        };
+        std::fs::write(data.config.as_ref().unwrap(), "data = \"\"\n").unwrap();
+        assert!(data.dir().unwrap_err().contains("data is empty"));
     }
 
     #[test]
