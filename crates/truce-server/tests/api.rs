@@ -3945,6 +3945,10 @@ fn backups_run_online_and_open_as_a_data_directory() {
     // Refused at once, each saying why.
     for (body, why) in [
         (json!({"path": "relative/dir"}), "absolute"),
+        (
+            json!({"path": format!("{}/b\n2026-12-07T00:00:00Z ERROR forged", dir.path().display())}),
+            "control characters",
+        ),
         (json!({"path": target}), "exists already"),
         (
             json!({"path": server.data.join("inside")}),

@@ -141,6 +141,16 @@ fn target(
         .and_then(Value::as_str)
         .map(PathBuf::from)
         .ok_or_else(|| truce::Error::InvalidBackup("the body is {\"path\": DIR}, DIR a string".into()))?;
+    // A line break in a directory's name wrote lines of the caller's
+    // choosing into the server's log, and made a directory no shell lists
+    // plainly.
+    if path.as_os_str().to_string_lossy().chars().any(char::is_control) {
+        return Err(truce::Error::InvalidBackup(format!(
+            "{:?}: give a path without control characters (line breaks, tabs, escapes)",
+            path
+        ))
+        .into());
+    }
     if !path.is_absolute() {
         return Err(truce::Error::InvalidBackup(format!(
             "{}: give an absolute path on the server's machine",
@@ -256,7 +266,7 @@ pub async fn start(
 /// slot is free once `job` is gone, so the next backup may already have
 /// replaced it.
 fn run(state: &AppState, id: u64, path: &Path, job: truce::Backup) {
-    tracing::info!(path = %path.display(), seq = job.seq(), "backup started");
+    tracing::info!(path = ?path, seq = job.seq(), "backup started");
     let copy = std::panic::AssertUnwindSafe(|| {
         job.run(&mut |progress| {
             update(state, id, |status| {
@@ -269,9 +279,9 @@ fn run(state: &AppState, id: u64, path: &Path, job: truce::Backup) {
         .unwrap_or_else(|_| Err(truce::Error::Unavailable("the backup thread panicked".into())));
     match &result {
         Ok(report) => {
-            tracing::info!(path = %path.display(), seq = report.seq, entries = report.entries, "backup done")
+            tracing::info!(path = ?path, seq = report.seq, entries = report.entries, "backup done")
         }
-        Err(e) => tracing::warn!(path = %path.display(), "backup failed: {e}"),
+        Err(e) => tracing::warn!(path = ?path, "backup failed: {e}"),
     }
     finish(state, id, result.as_ref().map(drop));
 }
