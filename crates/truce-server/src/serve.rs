@@ -283,6 +283,7 @@ fn serve_with(settings: Settings) -> Result<(), String> {
         long_polls: Arc::new(Semaphore::new(settings.max_concurrent_requests)),
         key_streams: http::extract::KeyStreams::new(settings.max_streams_per_key),
         parses: Arc::new(Semaphore::new(settings.http_threads.max(1))),
+        scrapes: Semaphore::new(http::SCRAPES_AT_ONCE),
         request_timeout: Duration::from_millis(settings.request_timeout_ms),
         data: settings.data.clone(),
         cors_origins: settings.cors_origins.clone(),

@@ -3311,6 +3311,8 @@ fn body_limit_and_overload() {
     refused.error(429, "overloaded");
     assert_eq!(refused.header("retry-after"), Some("1"));
     assert_eq!(api.get("/healthz").status, 200);
+    // Monitoring sees the overload: `/metrics` has places of its own.
+    assert_eq!(api.get("/metrics").status, 200);
     std::io::Write::write_all(&mut slow, &body.as_bytes()[10..]).expect("send the rest");
     let mut answer = String::new();
     let mut reader = BufReader::new(&slow);

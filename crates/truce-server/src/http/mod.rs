@@ -42,6 +42,11 @@ use error::ApiError;
 /// Longest `Truce-Source` label logged; longer ones are cut.
 const SOURCE_BYTES_MAX: usize = 64;
 
+/// Scrapes of `/metrics` served at once, on places of their own: an
+/// overload that takes every request's place is what monitoring must see,
+/// and a scraper gone wild takes no request's place either.
+pub const SCRAPES_AT_ONCE: usize = 8;
+
 /// What every handler shares.
 pub struct AppState {
     /// The database.
@@ -60,6 +65,8 @@ pub struct AppState {
     /// The places among them each API key holds (`--max-streams-per-key`),
     /// taken with its [`extract::Standing`].
     pub key_streams: extract::KeyStreams,
+    /// Scrapes of `/metrics` being served (`SCRAPES_AT_ONCE`).
+    pub scrapes: Semaphore,
     /// Answers being sent, counted against `--answer-memory-mib`.
     pub answers: Arc<answers::Answers>,
     /// The largest request body (`--max-body-bytes`).
@@ -468,9 +475,9 @@ async fn front(State(state): State<Arc<AppState>>, request: Request, next: Next)
     response
 }
 
-/// The permits a request takes: none for `/healthz`, its own for a long
-/// poll of the change feed (`feed=longpoll` as the handler decodes it, so a
-/// percent-encoded one counts too).
+/// The permits a request takes: none for `/healthz`, their own for
+/// `/metrics` and for a long poll of the change feed (`feed=longpoll` as
+/// the handler decodes it, so a percent-encoded one counts too).
 fn permits_of<'a>(state: &'a AppState, uri: &Uri) -> Option<&'a Semaphore> {
     let path = uri.path();
     let long_poll = || {
@@ -480,6 +487,8 @@ fn permits_of<'a>(state: &'a AppState, uri: &Uri) -> Option<&'a Semaphore> {
     };
     if path == "/healthz" {
         None
+    } else if path == "/metrics" {
+        Some(&state.scrapes)
     } else if path.ends_with("/_changes") && long_poll() {
         Some(&state.long_polls)
     } else {
