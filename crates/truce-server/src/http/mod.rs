@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderMap, HeaderName, Method, Uri, Version, header};
+use axum::http::{HeaderMap, HeaderName, Method, StatusCode, Uri, Version, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -603,7 +603,10 @@ impl Observed {
             elapsed.as_secs_f64(),
         );
         let latency_us = elapsed.as_micros() as u64;
-        if status.is_server_error() {
+        // A 501 is the client's transfer coding (`UnsupportedTransferCoding`),
+        // not the server's fault: logged as one, a client's flood of them
+        // took the throttled line a real fault needs.
+        if status.is_server_error() && status != StatusCode::NOT_IMPLEMENTED {
             if let Some(left_out) = state.server_errors.admit() {
                 tracing::warn!(%method, route, status = status.as_u16(), latency_us, left_out, "request");
             }
