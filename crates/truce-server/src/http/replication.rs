@@ -463,9 +463,16 @@ fn master_equals(assumed: Option<&Map<String, Value>>, current: Option<&Document
     match live {
         None => is_deleted(assumed),
         // The stored body may hold the primary key's field with the id as
-        // its value (`rx_doc` refuses any other): the client's copy has it too.
+        // its value: the client's copy has it too. Any other value there
+        // (written through `/v1`) is a field the client's copy cannot hold
+        // (`rx_doc` refuses to show it), so not what it assumed: the row
+        // replaced the document, dropping that field, without a conflict.
         Some(doc) => {
-            !is_deleted(assumed) && same_fields(&user_fields(assumed, pk), &user_fields(&doc.body, pk))
+            doc.body
+                .get(pk)
+                .is_none_or(|v| v.as_str() == Some(doc.id.as_str()))
+                && !is_deleted(assumed)
+                && same_fields(&user_fields(assumed, pk), &user_fields(&doc.body, pk))
         }
     }
 }
@@ -939,6 +946,26 @@ mod tests {
                 doc: Some(d.clone()),
             })
             .collect()
+    }
+
+    /// A push's assumed state is compared without the primary key's field,
+    /// which holds the id; a master holding anything else there (written
+    /// through `/v1`) is not the state assumed, so the row is a conflict,
+    /// not a replacement that drops that field.
+    #[test]
+    fn a_master_with_another_key_value_is_not_the_one_assumed() {
+        let assumed = json!({"id": "w", "v": 1, "_deleted": false});
+        let assumed = assumed.as_object();
+        for (master, equal) in [
+            (json!({"v": 1}), true),
+            (json!({"id": "w", "v": 1}), true),
+            (json!({"id": "ext-123", "v": 1}), false),
+            (json!({"id": 7, "v": 1}), false),
+            (json!({"v": 2}), false),
+        ] {
+            let current = doc("w", master.clone(), false);
+            assert_eq!(master_equals(assumed, Some(&current), "id"), equal, "{master}");
+        }
     }
 
     /// A pull of each document alone is answered from its stored bytes as
