@@ -1842,6 +1842,19 @@ fn couch_reads_answer_what_was_asked_or_refuse() {
         .ok(200)["rows"][0]["doc"]["_id"],
         "a"
     );
+    // A key no document could have is a row of its own, as CouchDB
+    // answers it, not a refusal of every key.
+    let long = "x".repeat(600);
+    let rows = api.post(
+        "/couch/cr/_all_docs",
+        json!({"keys": ["a", "", "_design/x", long, "zz"]}),
+    );
+    let rows = rows.ok(200)["rows"].as_array().cloned().expect("rows");
+    assert_eq!(rows.len(), 5);
+    assert_eq!(rows[0]["id"], "a");
+    for (row, key) in rows[1..].iter().zip(["", "_design/x", long.as_str(), "zz"]) {
+        assert_eq!(row, &json!({"key": key, "error": "not_found"}));
+    }
     refused(
         api.get("/couch/cr/_changes?filter=_doc_ids&doc_ids=%5B%22a%22%5D"),
         "filter",
@@ -1860,6 +1873,18 @@ fn couch_reads_answer_what_was_asked_or_refuse() {
     refused(api.get("/couch/many/_all_docs"), "limit");
     let page = api.get("/couch/many/_all_docs?limit=1000");
     assert_eq!(page.ok(200)["rows"].as_array().map(Vec::len), Some(1000));
+    // Exactly 1,000 is every row, not "more than 1,000" (a full page of
+    // the engine has a `next` whether or not a document follows), in the
+    // whole collection and in a range alike.
+    let whole = |query: &str| {
+        api.get(&format!("/couch/many/_all_docs{query}")).ok(200)["rows"]
+            .as_array()
+            .map(Vec::len)
+    };
+    assert_eq!(whole("?startkey=%22m0001%22"), Some(1000));
+    assert_eq!(whole("?endkey=%22m0999%22"), Some(1000));
+    api.delete("/v1/c/many/m1000?version=1").ok(200);
+    assert_eq!(whole(""), Some(1000));
     let none = api.get("/couch/many/_all_docs?limit=0");
     assert_eq!(none.ok(200)["rows"], json!([]));
     assert_eq!(

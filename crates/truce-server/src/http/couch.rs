@@ -512,12 +512,15 @@ async fn all_docs_for(
             super::blocking(move || -> truce::Result<_> {
                 let mut rows = Rows::counted(&pages);
                 for key in &keys {
-                    rows.push(&all_docs_row(
-                        key,
-                        collection.get_current(key)?,
-                        include_docs,
-                        tombstones,
-                    ))?;
+                    // A key no document could have (`""`, `_design/x`, one
+                    // past the id's length) is a row of its own, as CouchDB
+                    // answers it, not a refusal of every key: RxDB asks for
+                    // the ids of the documents it pushes.
+                    let doc = match truce::doc::validate_id(key) {
+                        Ok(()) => collection.get_current(key)?,
+                        Err(_) => None,
+                    };
+                    rows.push(&all_docs_row(key, doc, include_docs, tombstones))?;
                 }
                 Ok(rows)
             })
@@ -589,6 +592,7 @@ async fn all_docs_for(
             // short with more to come (past `PAGE_BYTES_MAX` of documents, or
             // over documents past their TTL), and a CouchDB client takes a
             // short answer for the end of the range.
+            let whole = asked.is_none();
             let (rows, more) = super::blocking(move || -> truce::Result<_> {
                 let mut rows = Rows::default();
                 loop {
@@ -606,6 +610,15 @@ async fn all_docs_for(
                             query.after = Some(next);
                             query.limit = limit - rows.0.len();
                         }
+                        // A full page has a `next` whether or not a
+                        // document follows: a range of exactly the default
+                        // number was refused as one of more. Looked for,
+                        // when it decides the answer.
+                        Some(next) if whole => {
+                            query.after = Some(next);
+                            query.limit = 1;
+                            return Ok((rows, any_left(&collection, query)?));
+                        }
                         next => return Ok((rows, next.is_some())),
                     }
                 }
@@ -616,14 +629,29 @@ async fn all_docs_for(
                 // a word would look like the whole collection.
                 return Err(CouchError::bad_request(format!(
                     "more than {ALL_DOCS_LIMIT_DEFAULT} documents in the range: page with limit (at most \
-                     {ALL_DOCS_LIMIT_DEFAULT}) and startkey (the last id of the page before, asking for \
-                     limit + 1 rows and dropping the first)"
+                     {ALL_DOCS_LIMIT_DEFAULT}) and startkey, the last id of the page before, whose row \
+                     comes first again: drop it"
                 )));
             }
             rows
         }
     };
     Ok(rows.answer())
+}
+
+/// Whether `query` (from some `after`) finds a document: its pages may come
+/// empty with more to come (over documents past their TTL).
+fn any_left(collection: &truce::Collection, mut query: truce::Query) -> truce::Result<bool> {
+    loop {
+        let page = collection.query(&query)?;
+        if !page.docs.is_empty() {
+            return Ok(true);
+        }
+        match page.next {
+            Some(next) => query.after = Some(next),
+            None => return Ok(false),
+        }
+    }
 }
 
 /// `_all_docs` rows written out as they are made: a CouchDB client takes a
