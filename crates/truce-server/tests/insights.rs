@@ -310,3 +310,47 @@ fn top_watches_through_a_restart() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains(&url));
 }
+
+/// Pushes that race for the same documents: each conflict a client is
+/// answered is counted once. A row whose batch lost the race in the
+/// committer was counted there, and again when the push compared it with
+/// its master once more (a review measured 240 counted for 200 answered).
+#[test]
+fn racing_pushes_count_each_conflict_once() {
+    let server = Server::start();
+    let http = Http::new(&server);
+    let (writers, rounds, rows) = (6, 4, 40);
+    let mut answered = 0;
+    for round in 0..rounds {
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(writers));
+        let pushes: Vec<_> = (0..writers)
+            .map(|w| {
+                let barrier = std::sync::Arc::clone(&barrier);
+                let url = format!("{}/v1/c/race/_push", http.base());
+                std::thread::spawn(move || {
+                    let docs: Vec<Value> = (0..rows)
+                        .map(|i| json!({"newDocumentState": {"id": format!("r{round}-{i}"), "by": w}}))
+                        .collect();
+                    let client = common::http_client().build().unwrap();
+                    barrier.wait();
+                    let answer = client.post(url).json(&docs).send().expect("push");
+                    assert_eq!(answer.status(), 200);
+                    answer.json::<Vec<Value>>().expect("conflicts").len()
+                })
+            })
+            .collect();
+        answered += pushes.into_iter().map(|p| p.join().unwrap()).sum::<usize>();
+    }
+    assert_eq!(answered, (writers - 1) * rounds * rows, "one winner a row");
+    let counted: f64 = scrape(&http)
+        .iter()
+        .filter(|(series, _)| {
+            series.starts_with("truce_conflicts_total{") && series.contains("collection=\"race\"")
+        })
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(
+        counted as usize, answered,
+        "conflicts counted, against those answered"
+    );
+}

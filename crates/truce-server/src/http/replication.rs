@@ -579,6 +579,10 @@ struct Pushed {
     /// memory of the pages being read.
     conflicts: WholeArray,
     noted: Vec<(String, truce::ConflictReason)>,
+    /// Documents whose conflict the committer counted when a batch of this
+    /// push lost a race: the comparison that then finds their master moved
+    /// answers the row without counting it a second time.
+    counted: std::collections::HashSet<String>,
     /// Rows written so far.
     written: usize,
 }
@@ -594,7 +598,9 @@ impl Pushed {
             _ => truce::ConflictReason::VersionMismatch,
         };
         self.answer(master)?;
-        self.noted.push((master.id.clone(), reason));
+        if !self.counted.remove(&master.id) {
+            self.noted.push((master.id.clone(), reason));
+        }
         Ok(())
     }
 
@@ -840,7 +846,9 @@ async fn push_group(
             Err(TxFailure::Conflicts(conflicts)) => {
                 refuse_unique(&conflicts, &batch_rows)?;
                 // Someone wrote one of these documents since we read it:
-                // nothing of the batch was written; read again and retry the rows.
+                // nothing of the batch was written; read again and retry the
+                // rows. The committer counted these conflicts.
+                answer.counted.extend(conflicts.into_iter().map(|c| c.id));
                 pending = batch_rows;
             }
             Err(other) => {
