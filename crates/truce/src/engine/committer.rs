@@ -1241,6 +1241,11 @@ impl Committer {
             .collect();
         config.check_alone(&collection, &before, &others)?;
         config.check_targets_not_unique(&before, &self.indexes)?;
+        let ttl_of = |name: &str| match name == collection {
+            true => config.ttl.as_ref(),
+            false => self.configs.get(name).and_then(|c| c.ttl.as_ref()),
+        };
+        config.check_ttl_apart(&collection, &before, ttl_of, &others)?;
         // The collection and its counters' targets are made by the
         // declaration (removing one makes none).
         let made: Vec<String> = match config.is_empty() {

@@ -354,6 +354,47 @@ impl CollectionConfig {
         Ok(())
     }
 
+    /// Refuses, against `before`, a counter new or defined anew whose target
+    /// field is its target collection's TTL field (`ttl_of`), holds it or is
+    /// held by it, and a TTL new or changed on a field of `collection` that
+    /// a counter of another collection (`others`, as `(collection, def)`)
+    /// counts into: a count read as a time in ms expires its document at
+    /// once, and each recount's fix is swept again.
+    pub fn check_ttl_apart<'a>(
+        &self,
+        collection: &str,
+        before: &CollectionConfig,
+        ttl_of: impl Fn(&str) -> Option<&'a TtlConfig>,
+        others: &[(&str, &CounterDef)],
+    ) -> Result<()> {
+        for (index, def) in self.counters.iter().enumerate() {
+            if let Some(ttl) = ttl_of(&def.target_collection)
+                && self.defines_anew(&def.name, before)
+                && overlap(&ttl.field, &def.target_field)
+            {
+                return Err(invalid(format!(
+                    "counters[{index}].target {}.{} is that collection's TTL field {}, or holds it, or is held \
+                     by it: a count read as a time would expire its document at once; give the counter \
+                     another field",
+                    def.target_collection, def.target_field, ttl.field
+                )));
+            }
+        }
+        if let Some(ttl) = &self.ttl
+            && before.ttl.as_ref().is_none_or(|b| b.field != ttl.field)
+            && let Some((source, def)) = others
+                .iter()
+                .find(|(_, d)| d.target_collection == collection && overlap(&ttl.field, &d.target_field))
+        {
+            return Err(invalid(format!(
+                "ttl.field {} is counter {source}/{}'s target field {}, or holds it, or is held by it: a count \
+                 read as a time would expire its document at once; give the TTL another field",
+                ttl.field, def.name, def.target_field
+            )));
+        }
+        Ok(())
+    }
+
     /// Whether counter `name` is new here, or defined otherwise, against
     /// `before`.
     pub fn defines_anew(&self, name: &str, before: &CollectionConfig) -> bool {

@@ -730,6 +730,50 @@ fn counters_that_would_not_count_alone_are_refused() {
         .unwrap();
 }
 
+/// A counter may not count into its target collection's TTL field, nor a
+/// TTL be declared on a field a counter counts into, in either order: each
+/// count was read as a time in ms, so its document expired at once, was
+/// swept, and every recount's fix was swept again.
+#[test]
+fn a_counter_and_a_ttl_never_share_a_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_relaxed(dir.path());
+    let config = |json: Value| CollectionConfig::from_json(&json).unwrap();
+    let counter = |target: &str, field: &str| {
+        config(json!({"counters": [{"name": "x", "group_by": "g", "target": {"c": target, "field": field}}]}))
+    };
+    let ttl = |field: &str| config(json!({"ttl": {"field": field, "seconds": 60}}));
+    let refused = |collection: &str, config: CollectionConfig, needle: &str| {
+        let e = db.collection(collection).unwrap().set_config(config).unwrap_err();
+        assert_eq!(e.code(), "invalid_config");
+        assert!(e.to_string().contains(needle), "{e}");
+    };
+    // The TTL first, then counters into its field, a field it holds, a
+    // field that holds it.
+    db.collection("tt").unwrap().set_config(ttl("stats.n")).unwrap();
+    refused("src", counter("tt", "stats.n"), "TTL field stats.n");
+    refused("src", counter("tt", "stats"), "TTL field");
+    refused("src", counter("tt", "stats.n.deep"), "TTL field");
+    db.collection("src")
+        .unwrap()
+        .set_config(counter("tt", "count"))
+        .unwrap();
+    // The counter first, then a TTL on its field.
+    db.collection("src2")
+        .unwrap()
+        .set_config(counter("tt2", "seen"))
+        .unwrap();
+    refused("tt2", ttl("seen"), "counter src2/x's target field seen");
+    refused("tt2", ttl("seen.at"), "counter src2/x");
+    db.collection("tt2").unwrap().set_config(ttl("at")).unwrap();
+    // Declaring what is already there again is fine.
+    db.collection("tt").unwrap().set_config(ttl("stats.n")).unwrap();
+    db.collection("src")
+        .unwrap()
+        .set_config(counter("tt", "count"))
+        .unwrap();
+}
+
 fn truce_now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
