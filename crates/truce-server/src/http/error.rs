@@ -356,6 +356,12 @@ impl IntoResponse for ApiError {
             response.headers_mut().insert(header::ETAG, etag);
         }
         add_retry_after(&mut response);
+        if let ApiError::UnsupportedEncoding(_) = self {
+            // RFC 9110, 15.5.16: the encodings it takes, which is none.
+            response
+                .headers_mut()
+                .insert(header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+        }
         if status == StatusCode::UNAUTHORIZED {
             // RFC 9110 asks every 401 to name its scheme (RFC 6750's Bearer).
             response.headers_mut().insert(
@@ -373,6 +379,17 @@ const WWW_AUTHENTICATE: &str = "Bearer realm=\"truce\"";
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A body refused for its `Content-Encoding` is answered with the one
+    /// the server takes (RFC 9110, 15.5.16).
+    #[test]
+    fn an_unsupported_encoding_names_the_one_taken() {
+        let response = ApiError::UnsupportedEncoding("gzip".into()).into_response();
+        assert_eq!(response.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        assert_eq!(response.headers()[header::ACCEPT_ENCODING], "identity");
+        let other = ApiError::Overloaded.into_response();
+        assert!(!other.headers().contains_key(header::ACCEPT_ENCODING));
+    }
 
     /// A conflict's answer written as bytes holds what its `Value` held:
     /// the reason, the message and the current document as `to_json` gives
