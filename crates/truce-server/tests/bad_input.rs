@@ -659,6 +659,32 @@ fn cases() -> Vec<Case> {
             "invalid_query",
         ),
         case("a negative limit", get("/v1/c/t?limit=-1"), 400, "invalid_query"),
+        // Decoded leniently, `%zz` was kept as typed and `%FF` became
+        // U+FFFD: bounds and keys that matched documents never named.
+        case(
+            "a query value with a % that two hex digits do not follow",
+            get("/v1/c/t?gte=%22a%zz%22"),
+            400,
+            "invalid_query",
+        ),
+        case(
+            "a query value that is not UTF-8 once decoded",
+            get("/v1/c/t?gte=%22%FF%22"),
+            400,
+            "invalid_query",
+        ),
+        case(
+            "a query name with a malformed escape",
+            get("/v1/c/t?li%mit=1"),
+            400,
+            "invalid_query",
+        ),
+        case(
+            "a /couch key that is not UTF-8 once decoded",
+            get("/couch/t/_all_docs?keys=%5B%22%FF%22%5D"),
+            400,
+            "bad_request",
+        ),
         case(
             "a bound that is not JSON",
             get("/v1/c/t?gt=%7Bnope"),

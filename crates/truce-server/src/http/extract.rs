@@ -12,7 +12,7 @@ use axum::BoxError;
 use axum::body::Bytes;
 use axum::extract::path::ErrorKind;
 use axum::extract::rejection::PathRejection;
-use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
+use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderName, header};
 use serde::de::DeserializeOwned;
@@ -298,19 +298,11 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for PathPar
 /// a `%` that two hex digits do not follow: decoding would keep it as it is
 /// (`a%zz` and `a%25zz` would name one document).
 fn malformed_escape(template: &str, path: &str) -> Option<ApiError> {
-    let malformed = |segment: &str| {
-        let bytes = segment.as_bytes();
-        bytes.iter().enumerate().any(|(i, &b)| {
-            b == b'%'
-                && !(bytes.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
-                    && bytes.get(i + 2).is_some_and(u8::is_ascii_hexdigit))
-        })
-    };
     let (key, segment) = template
         .split('/')
         .zip(path.split('/'))
         .filter_map(|(t, p)| Some((t.strip_prefix('{')?.strip_suffix('}')?, p)))
-        .find(|(_, p)| malformed(p))?;
+        .find(|(_, p)| has_malformed_escape(p))?;
     let (code, what) = segment_named(key, path);
     Some(ApiError::BadRequest(
         code,
@@ -349,10 +341,8 @@ pub struct Params(pub HashMap<String, String>);
 impl<S: Send + Sync> FromRequestParts<S> for Params {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Params, ApiError> {
-        let Query(pairs) = Query::<Vec<(String, String)>>::from_request_parts(parts, state)
-            .await
-            .map_err(|e| ApiError::BadRequest("invalid_query", e.body_text()))?;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Params, ApiError> {
+        let pairs = query_pairs(parts.uri.query().unwrap_or(""))?;
         let mut map = HashMap::with_capacity(pairs.len());
         for (name, value) in pairs {
             if map.contains_key(&name) {
@@ -365,6 +355,48 @@ impl<S: Send + Sync> FromRequestParts<S> for Params {
         }
         Ok(Params(map))
     }
+}
+
+/// The `name=value` pairs of a query string, decoded as a form is (`+` a
+/// space, `%XX` a byte), strictly: a `%` that two hex digits do not follow,
+/// and bytes that are not UTF-8 once decoded, are `invalid_query`. Decoded
+/// leniently, `%zz` was kept as typed and `%FF` became U+FFFD, so
+/// `keys=["a%zz"]` and `gte="%FF"` matched documents the caller never named.
+fn query_pairs(query: &str) -> Result<Vec<(String, String)>, ApiError> {
+    let decode = |text: &str| -> Result<String, ApiError> {
+        let refused = |why: &str| {
+            let shown: String = text.chars().take(64).collect();
+            ApiError::BadRequest("invalid_query", format!("{shown:?} {why}"))
+        };
+        if has_malformed_escape(text) {
+            return Err(refused(
+                "has a % that two hex digits do not follow (send % as %25)",
+            ));
+        }
+        let plus = text.replace('+', " ");
+        percent_encoding::percent_decode_str(&plus)
+            .decode_utf8()
+            .map(std::borrow::Cow::into_owned)
+            .map_err(|_| refused("is not UTF-8 once percent-decoded"))
+    };
+    query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            Ok((decode(name)?, decode(value)?))
+        })
+        .collect()
+}
+
+/// Whether `text` has a `%` that two hex digits do not follow.
+fn has_malformed_escape(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    bytes.iter().enumerate().any(|(i, &b)| {
+        b == b'%'
+            && !(bytes.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+                && bytes.get(i + 2).is_some_and(u8::is_ascii_hexdigit))
+    })
 }
 
 impl Params {
@@ -894,6 +926,21 @@ pub fn origin_named(source: Option<&str>, headers: &HeaderMap) -> Origin {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Query strings decode as forms do, strictly: a malformed escape or
+    /// bytes that are not UTF-8 are refused, never kept or replaced.
+    #[test]
+    fn query_strings_decode_strictly() {
+        let pairs = query_pairs("a=1&b=x+y%2Bz&&c&d=%C3%A9&e=").unwrap();
+        let expected = [("a", "1"), ("b", "x y+z"), ("c", ""), ("d", "é"), ("e", "")];
+        assert_eq!(pairs, expected.map(|(n, v)| (n.to_string(), v.to_string())));
+        for bad in ["a=%zz", "a=%2", "a=%", "a=%FF", "%zz=1", "a=%C3"] {
+            assert!(
+                matches!(query_pairs(bad), Err(ApiError::BadRequest("invalid_query", _))),
+                "{bad}"
+            );
+        }
+    }
 
     /// A key holds at most its number of places, gives each back once, and
     /// is forgotten when it holds none; other keys and a keyless caller are
