@@ -4350,6 +4350,37 @@ fn cors_lets_the_allowed_origins_call_from_a_browser() {
         .unwrap();
     assert_eq!(header(&feed, "access-control-allow-origin").as_deref(), Some(app));
 
+    // An OPTIONS that is no preflight (no Origin, or no
+    // Access-Control-Request-Method) is the app's to answer, as without
+    // CORS: 405 with Allow on a route, 404 on none; it was 200 on any path,
+    // and neither logged nor counted.
+    let options = |path: &str, headers: &[(&str, &str)]| {
+        let mut request = http.request(Method::OPTIONS, format!("{}{path}", server.url()));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.send().expect("OPTIONS")
+    };
+    let plain = options("/v1/c/cors/doc", &[]);
+    assert_eq!(plain.status().as_u16(), 405);
+    assert!(header(&plain, "allow").is_some_and(|a| a.contains("PUT")));
+    let half = options("/v1/c/cors/doc", &[("origin", app)]);
+    assert_eq!(half.status().as_u16(), 405);
+    let nowhere = options("/definitely/not/a/route", &[]);
+    assert_eq!(nowhere.status().as_u16(), 404);
+    let metrics = http
+        .get(format!("{}/metrics", server.url()))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.contains("method=\"OPTIONS\"") && l.contains("status=\"405\"")),
+        "OPTIONS answers are counted"
+    );
+
     // Another origin: no CORS header, so its page cannot read the answer.
     let other = preflight(&server.url(), "https://evil.example");
     assert_eq!(header(&other, "access-control-allow-origin"), None);

@@ -41,7 +41,7 @@ pub struct App {
 }
 
 /// A boxed direct answer, or the router's own future.
-type Answer = Either<
+pub type Answer = Either<
     Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>,
     <Router as Service<Request<Body>>>::Future,
 >;

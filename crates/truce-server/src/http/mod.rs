@@ -279,13 +279,13 @@ pub fn app(state: Arc<AppState>) -> Service {
     let app = fast::App::new(state, router);
     match cors {
         None => Either::Right(app),
-        Some(origins) => Either::Left(cors::layer(&origins, app)),
+        Some(origins) => Either::Left(cors::WithCors::new(&origins, app)),
     }
 }
 
 /// The server's service: [`fast::App`], behind CORS when origins are allowed
 /// (with none, nothing is in front of it).
-pub type Service = Either<tower_http::cors::Cors<fast::App>, fast::App>;
+pub type Service = Either<cors::WithCors, fast::App>;
 
 /// Builds the router over `state`, with its body limit.
 ///
