@@ -892,6 +892,65 @@ fn open_feeds_end_when_their_key_is_revoked() {
     }
 }
 
+/// A request that can only write, from a key that may not write there, is
+/// refused before its body is read: a body that is not JSON is 403, not
+/// 400, on every write route (the direct document path, the router's, and
+/// `/couch`). The handler refused it only after taking and parsing the
+/// body, so a read key could make the server parse bodies up to
+/// `--max-body-bytes`. Reads with a body still pass: a transaction of
+/// checks, `_all_docs` by keys.
+#[test]
+fn a_key_that_may_not_write_is_refused_before_its_body() {
+    let server = Server::start();
+    let data = server.data.clone();
+    let api = Api::new(&server.url());
+    let admin = create_key(&data, "admin", None);
+    let reader = create_key(&data, "read", None);
+    let elsewhere = create_key(&data, "write", Some("other"));
+    api.wait_for_status(None, "/v1/c/a/x", 401);
+    api.put(Some(&admin), "/v1/c/a/doc", json!({"n": 1})).ok(201);
+    let http = streaming_client();
+    let send = |key: &str, method: Method, path: &str| {
+        http.request(method, format!("{}{path}", server.url()))
+            .header("authorization", format!("Bearer {key}"))
+            .header("content-type", "application/json")
+            .body("this is not JSON")
+            .send()
+            .expect("request")
+    };
+    for (method, path) in [
+        (Method::PUT, "/v1/c/a/doc"),
+        (Method::PATCH, "/v1/c/a/doc"),
+        (Method::PUT, "/v1/c/a/_config"),
+        (Method::PUT, "/v1/c/a/_indexes/by_n"),
+        (Method::POST, "/v1/c/a/_push"),
+        (Method::POST, "/v1/_backup"),
+        (Method::POST, "/couch/a/_bulk_docs"),
+        (Method::PUT, "/couch/a/doc"),
+    ] {
+        // A write key of other collections, where the path names one (a
+        // backup's admin role is its handler's to check, after the body).
+        let keys = match path.contains("/a") {
+            true => vec![&reader, &elsewhere],
+            false => vec![&reader],
+        };
+        for key in keys {
+            let answer = send(key, method.clone(), path);
+            assert_eq!(answer.status(), 403, "{method} {path}");
+        }
+    }
+    // Reads that carry a body are the handlers' to judge.
+    let checks = json!({"ops": [{"op": "check", "c": "a", "id": "doc", "version": 1}]});
+    api.call(Some(&reader), Method::POST, "/v1/tx", Some(&checks))
+        .ok(200);
+    let keys = json!({"keys": ["doc"]});
+    api.call(Some(&reader), Method::POST, "/couch/a/_all_docs", Some(&keys))
+        .ok(200);
+    assert_eq!(send(&reader, Method::POST, "/v1/tx").status(), 400);
+    // A key that may write there gets its body read: 400 for this one.
+    assert_eq!(send(&admin, Method::PUT, "/v1/c/a/doc").status(), 400);
+}
+
 /// `--max-streams-per-key`: one key holds at most that many long polls and
 /// event streams at once, on every route that opens one; its next is 429
 /// `overloaded`, while another key still opens its own; a long poll's place

@@ -36,7 +36,7 @@ mod queries;
 mod replication;
 mod tx;
 
-use crate::keys::{AuthFailure, KeyStore, Principal};
+use crate::keys::{AuthFailure, KeyStore, Principal, Role};
 use error::ApiError;
 
 /// Longest `Truce-Source` label logged; longer ones are cut.
@@ -400,7 +400,35 @@ fn principal(
     {
         return Err(refusal.into_response());
     }
+    refused_before_body(&who, method, uri.path()).map_err(IntoResponse::into_response)?;
     Ok(who)
+}
+
+/// Refuses, before its body is read, a request that can only write (a
+/// `PUT`, `PATCH`, `DELETE`, or a `POST` but a transaction's, whose ops
+/// decide its role, and `/couch`'s `_all_docs`, a read) from a key that may
+/// not write, or not to its collection. The handler refused it only after
+/// taking and parsing its body, so a read key could make the server parse
+/// bodies up to `--max-body-bytes`, and was told 400 for one that was not
+/// JSON. The handlers still check the role each route needs (admin for
+/// some).
+fn refused_before_body(who: &Principal, method: &Method, path: &str) -> Result<(), ApiError> {
+    let writes = match *method {
+        Method::PUT | Method::PATCH | Method::DELETE => true,
+        Method::POST => path != "/v1/tx" && !path.ends_with("/_all_docs"),
+        _ => false,
+    };
+    if !writes {
+        return Ok(());
+    }
+    // The collection as named in the path; an encoded one is the
+    // handler's to judge (no collection name needs encoding).
+    let collection = path
+        .strip_prefix("/v1/c/")
+        .or_else(|| path.strip_prefix("/couch/"))
+        .and_then(|rest| rest.split('/').next())
+        .filter(|name| !name.is_empty() && !name.contains('%'));
+    extract::authorize(who, Role::Write, collection)
 }
 
 /// Verifies the API key and attaches the caller; the refusal otherwise.
