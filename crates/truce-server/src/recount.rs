@@ -82,8 +82,10 @@ pub fn run(args: &RecountArgs) -> Result<(), String> {
     // The counter is not exact yet: a script must not take it for repaired.
     if !report.unfixable.is_empty() {
         return Err(format!(
-            "{} group(s) of counter {} hold something other than a number in the target field (\"unfixable\" \
-             above): put a number back, then recount again",
+            "{} group(s) of counter {} could not be fixed (\"unfixable\" above, with what each target holds): \
+             a target field that holds no number (put a number back), a sum past the largest number JSON \
+             holds, or a target document the correction would take past 1 MiB (make room in it); then \
+             recount again (docs/counters.md, \"Recount\")",
             report.unfixable.len(),
             args.counter
         ));

@@ -529,7 +529,8 @@ pub fn check(view: &dyn StorageRead, progress: &mut dyn FnMut(&CheckProgress)) -
                         Space::Documents,
                         format!(
                             "counter {collection}/{} holds {} in {target} (with the outbox), its documents say {}: \
-                             a recount fixes it",
+                             a recount fixes it, unless the correction would take the target document past \
+                             1 MiB (the recount then reports it unfixable: make room in it first)",
                             def.name,
                             tally.have.to_json(),
                             tally.expected.to_json()
