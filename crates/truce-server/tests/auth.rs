@@ -939,6 +939,20 @@ fn a_key_that_may_not_write_is_refused_before_its_body() {
             assert_eq!(answer.status(), 403, "{method} {path}");
         }
     }
+    // The collection as the router decodes it: `%61` is `a`.
+    for path in ["/v1/c/%61/doc", "/v1/c/%61/_push", "/couch/%61/_bulk_docs"] {
+        let method = if path.ends_with("doc") {
+            Method::PUT
+        } else {
+            Method::POST
+        };
+        assert_eq!(send(&elsewhere, method, path).status(), 403, "{path}");
+    }
+    // A method a route does not have, and a path none has, answer as they
+    // did: 405 and 404, not a write refused.
+    assert_eq!(send(&reader, Method::DELETE, "/v1/c/a/_config").status(), 405);
+    assert_eq!(send(&reader, Method::PUT, "/couch/a/_all_docs").status(), 405);
+    assert_eq!(send(&reader, Method::POST, "/couch/a/_bulk_get").status(), 404);
     // Reads that carry a body are the handlers' to judge.
     let checks = json!({"ops": [{"op": "check", "c": "a", "id": "doc", "version": 1}]});
     api.call(Some(&reader), Method::POST, "/v1/tx", Some(&checks))

@@ -28,7 +28,7 @@ use tower::Service;
 
 use super::documents::{self, DocumentCall};
 use super::extract::read_json;
-use super::{AppState, Observed, RouteName, limited, principal, timed};
+use super::{AppState, Observed, RouteName, limited, principal, refused_before_body, timed};
 
 /// The document route's template, as the router names it in metrics and logs.
 const DOCUMENT_ROUTE: &str = "/v1/c/{coll}/{id}";
@@ -112,6 +112,9 @@ async fn serve_document(
             Ok(who) => who,
             Err(refusal) => return refusal,
         };
+        if let Err(refusal) = refused_before_body(&who, &parts.method, DOCUMENT_ROUTE, parts.uri.path()) {
+            return refusal.into_response();
+        }
         timed(&state, async {
             let call = DocumentCall::new(&state, &who, (coll, id), &parts.headers, parts.uri.query());
             let answer = match parts.method {

@@ -400,38 +400,57 @@ fn principal(
     {
         return Err(refusal.into_response());
     }
-    refused_before_body(&who, method, uri.path()).map_err(IntoResponse::into_response)?;
     Ok(who)
 }
 
-/// Refuses, before its body is read, a request that can only write (a
-/// `PUT`, `PATCH`, `DELETE`, or a `POST` but a transaction's, whose ops
-/// decide its role, and `/couch`'s `_all_docs`, a read) from a key that may
-/// not write, or not to its collection. The handler refused it only after
-/// taking and parsing its body, so a read key could make the server parse
-/// bodies up to `--max-body-bytes`, and was told 400 for one that was not
-/// JSON. The handlers still check the role each route needs (admin for
-/// some).
-fn refused_before_body(who: &Principal, method: &Method, path: &str) -> Result<(), ApiError> {
-    let writes = match *method {
-        Method::PUT | Method::PATCH | Method::DELETE => true,
-        Method::POST => path != "/v1/tx" && !path.ends_with("/_all_docs"),
+/// Whether `method` on route `template` can only write: every write route
+/// but `/v1/tx` (whose ops decide its role). A method a route lacks is
+/// not one (its 405 or 404 stays), nor is a read that carries a body
+/// (`/couch`'s `_all_docs`).
+fn only_writes(method: &Method, template: &str) -> bool {
+    const DOCUMENT: &str = "/v1/c/{coll}/{id}";
+    const INDEX: &str = "/v1/c/{coll}/_indexes/{name}";
+    const COUCH_DOCUMENT: &str = "/couch/{coll}/{id}";
+    match *method {
+        Method::PUT => matches!(
+            template,
+            DOCUMENT | INDEX | "/v1/c/{coll}/_config" | COUCH_DOCUMENT | "/couch/{coll}/" | "/couch/{coll}"
+        ),
+        Method::PATCH => template == DOCUMENT,
+        Method::DELETE => matches!(template, DOCUMENT | INDEX | COUCH_DOCUMENT),
+        Method::POST => matches!(
+            template,
+            "/v1/c/{coll}/_push"
+                | "/v1/c/{coll}/_counters/{name}/recount"
+                | "/v1/_backup"
+                | "/couch/{coll}/_bulk_docs"
+        ),
         _ => false,
-    };
-    if !writes {
+    }
+}
+
+/// Refuses, before its body is read, a request to a route that can only
+/// write ([`only_writes`]) from a key that may not write, or not to the
+/// collection its path names. The handler refused it only after taking and
+/// parsing its body, so a read key could make the server parse bodies up
+/// to `--max-body-bytes`, and was told 400 for one that was not JSON. The
+/// handlers still check the role each route needs (admin for some).
+fn refused_before_body(who: &Principal, method: &Method, template: &str, path: &str) -> Result<(), ApiError> {
+    if !only_writes(method, template) {
         return Ok(());
     }
-    // The collection as named in the path; an encoded one is the
-    // handler's to judge (no collection name needs encoding).
+    // The collection as the router decodes it (`%61` is `a`); one that
+    // does not decode is refused by the route before its body is read.
     let collection = path
         .strip_prefix("/v1/c/")
         .or_else(|| path.strip_prefix("/couch/"))
         .and_then(|rest| rest.split('/').next())
-        .filter(|name| !name.is_empty() && !name.contains('%'));
-    extract::authorize(who, Role::Write, collection)
+        .and_then(|name| percent_encoding::percent_decode_str(name).decode_utf8().ok());
+    extract::authorize(who, Role::Write, collection.as_deref())
 }
 
-/// Verifies the API key and attaches the caller; the refusal otherwise.
+/// Verifies the API key and attaches the caller; the refusal otherwise
+/// (also of a write its key may not make: [`refused_before_body`]).
 fn verify(state: &AppState, request: &mut Request) -> Result<(), Response> {
     let principal = principal(
         state,
@@ -440,6 +459,15 @@ fn verify(state: &AppState, request: &mut Request) -> Result<(), Response> {
         request.uri(),
         request.headers(),
     )?;
+    if let Some(template) = request.extensions().get::<MatchedPath>() {
+        refused_before_body(
+            &principal,
+            request.method(),
+            template.as_str(),
+            request.uri().path(),
+        )
+        .map_err(IntoResponse::into_response)?;
+    }
     request.extensions_mut().insert(principal);
     Ok(())
 }
