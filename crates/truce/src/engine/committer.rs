@@ -6,7 +6,7 @@
 //! locking out of them.
 
 use std::collections::hash_map::Entry;
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -299,6 +299,9 @@ pub struct Committer {
     /// `configs` with one; `set_config` keeps them so), each cursor the
     /// last document key looked at.
     ttl: Turns,
+    /// The TTL collections the sweeper found a time in seconds in (which
+    /// never expires), each logged once by this process.
+    ttl_in_seconds: HashSet<String>,
     /// The collections that purge their tombstones, taking turns at the
     /// purge, each cursor the last change-log key looked at.
     purge: Turns,
@@ -501,6 +504,7 @@ impl Committer {
             outbox_oldest_ms,
             outbox_cursor: None,
             ttl,
+            ttl_in_seconds: HashSet::new(),
             purge,
             last_background: Instant::now(),
             recent: RecentWrites::new(last_seq),
@@ -1958,8 +1962,7 @@ pub(crate) fn as_deleted(doc: &Document) -> Document {
 
 /// Whether a document's TTL field says it has expired at `now_ms`.
 pub fn is_expired(body: &crate::doc::Body, ttl: &config::TtlConfig, now_ms: u64) -> bool {
-    crate::update::path::get(body, &ttl.path)
-        .and_then(serde_json::Value::as_f64)
+    ttl.time_of(body)
         .is_some_and(|t| t + (ttl.seconds as f64) * 1000.0 < now_ms as f64)
 }
 

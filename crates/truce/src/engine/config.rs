@@ -24,6 +24,30 @@ pub struct TtlConfig {
     pub seconds: u64,
 }
 
+/// TTL field values that are times in seconds of this era (2001 to 2286)
+/// written by mistake, not times in ms (as ms, January to April 1970): a
+/// document holding one never expires. Taken as ms, a collection of them
+/// expired whole, for good, the moment its TTL was declared.
+pub const TTL_SECONDS_LIKE: std::ops::Range<f64> = 1e9..1e10;
+
+impl TtlConfig {
+    /// The time in ms a document's life counts from: its field's number,
+    /// unless that reads as seconds ([`TTL_SECONDS_LIKE`]); `None` when the
+    /// document does not expire.
+    pub fn time_of(&self, body: &crate::doc::Body) -> Option<f64> {
+        crate::update::path::get(body, &self.path)
+            .and_then(Value::as_f64)
+            .filter(|t| !TTL_SECONDS_LIKE.contains(t))
+    }
+
+    /// Whether `body` holds a time in seconds where ms are meant.
+    pub fn holds_seconds(&self, body: &crate::doc::Body) -> bool {
+        crate::update::path::get(body, &self.path)
+            .and_then(Value::as_f64)
+            .is_some_and(|t| TTL_SECONDS_LIKE.contains(&t))
+    }
+}
+
 /// Tombstones older than `keep_seconds` are purged: the document record and
 /// its change-log entry are removed, and a feed reader that could have
 /// missed one of their deletes is refused (`Error::HistoryPurged`).
@@ -357,8 +381,8 @@ impl CollectionConfig {
     /// Refuses, against `before`, a counter new or defined anew whose target
     /// field is its target collection's TTL field (`ttl_of`), holds it or is
     /// held by it, and a TTL new or changed on a field of `collection` that
-    /// a counter of another collection (`others`, as `(collection, def)`)
-    /// counts into: a count read as a time in ms expires its document at
+    /// a counter (of `others`, as `(collection, def)`, or its own) counts
+    /// into: a count read as a time in ms expires its document at
     /// once, and each recount's fix is swept again.
     pub fn check_ttl_apart<'a>(
         &self,
@@ -384,6 +408,10 @@ impl CollectionConfig {
             && before.ttl.as_ref().is_none_or(|b| b.field != ttl.field)
             && let Some((source, def)) = others
                 .iter()
+                .copied()
+                // Its own, too: one counting into its own collection is
+                // refused now, but one stored before that rule loads.
+                .chain(self.counters.iter().map(|d| (collection, d)))
                 .find(|(_, d)| d.target_collection == collection && overlap(&ttl.field, &d.target_field))
         {
             return Err(invalid(format!(
@@ -582,6 +610,22 @@ pub(crate) fn overlap(a: &str, b: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A TTL declared over the field of a counter that counts into its own
+    /// collection (stored before such counters were refused) is refused as
+    /// one over another collection's counter is.
+    #[test]
+    fn a_ttl_over_an_own_counters_field_is_refused() {
+        let stored = CollectionConfig::from_json(&json!({"counters": [{"name": "self", "group_by": "g",
+            "target": {"c": "c", "field": "n"}}]}))
+        .unwrap();
+        let mut declared = stored.clone();
+        declared.ttl = CollectionConfig::from_json(&json!({"ttl": {"field": "n", "seconds": 60}}))
+            .unwrap()
+            .ttl;
+        let e = declared.check_ttl_apart("c", &stored, |_| None, &[]).unwrap_err();
+        assert!(e.to_string().contains("counter c/self"), "{e}");
+    }
 
     /// A misspelt key anywhere in a configuration is refused, not read as
     /// absent: a misspelt `where` would count every document.

@@ -410,6 +410,42 @@ fn writers_see_an_expired_document_as_gone_like_readers_do() {
     assert!(missing.is_err());
 }
 
+/// A TTL field holding a time in seconds (written by mistake for ms) never
+/// expires its document, nor is it swept: declared over a collection of
+/// them, the TTL took every document at once, for good. Times in ms, `0`
+/// included, expire as before.
+#[test]
+fn a_time_in_seconds_never_expires() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_relaxed(dir.path());
+    let c = db.collection("secs").unwrap();
+    let now_s = truce_now_ms() / 1000;
+    for (id, t) in [
+        ("s0", now_s - 86_400),
+        ("s1", 1_000_000_000),
+        ("s2", 9_999_999_999),
+    ] {
+        c.put(id, json!({ "t": t }), Expect::Absent).unwrap().unwrap();
+    }
+    for (id, t) in [("m0", 0), ("m1", 10_000_000_000), ("m2", truce_now_ms() - 5000)] {
+        c.put(id, json!({ "t": t }), Expect::Absent).unwrap().unwrap();
+    }
+    c.set_config(CollectionConfig::from_json(&json!({"ttl": {"field": "t", "seconds": 1}})).unwrap())
+        .unwrap();
+    for id in ["m0", "m1", "m2"] {
+        assert!(c.get(id).unwrap().is_none(), "{id} expired");
+    }
+    // Past several sweeps (one every 50 ms): still there.
+    std::thread::sleep(Duration::from_millis(300));
+    for id in ["s0", "s1", "s2"] {
+        assert!(c.get(id).unwrap().is_some(), "{id} is not taken for 1970");
+        assert!(
+            c.get_stored(id).unwrap().is_some_and(|d| !d.is_deleted()),
+            "{id} not swept"
+        );
+    }
+}
+
 /// A unique index's value held by a document past its TTL is free: the
 /// document is gone for writers, and a conflict never shows it.
 #[test]

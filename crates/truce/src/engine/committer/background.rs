@@ -187,6 +187,18 @@ impl Committer {
                     continue;
                 }
             };
+            if !doc.is_deleted()
+                && ttl.holds_seconds(&doc.body)
+                && self.ttl_in_seconds.insert(collection.to_string())
+            {
+                tracing::warn!(
+                    collection,
+                    id,
+                    field = %ttl.field,
+                    "a TTL field holds a time in seconds, not ms: the document never expires \
+                     (write ms, as $currentDate does; docs/counters.md, TTL); logged once per collection"
+                );
+            }
             if !doc.is_deleted() && is_expired(&doc.body, &ttl, now) {
                 expired.push((collection.to_string(), key.clone(), id));
                 if expired.len() == TTL_SWEEP_DELETES_MAX {
