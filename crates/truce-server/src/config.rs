@@ -161,14 +161,14 @@ impl DataArgs {
             (None, Some(path)) => read_file(path)?,
             _ => FileSettings::default(),
         };
-        Ok(data_dir(self.data.clone(), file.data))
+        data_dir(self.data.clone(), file.data)
     }
 }
 
 /// The data directory of a flag (or its variable), else of the settings file,
 /// else the default: `serve`, `keys` and `recount` alike.
-fn data_dir(flag: Option<PathBuf>, file: Option<PathBuf>) -> PathBuf {
-    flag.or(file).unwrap_or_else(|| PathBuf::from(DEFAULT_DATA))
+fn data_dir(flag: Option<PathBuf>, file: Option<PathBuf>) -> Result<PathBuf, String> {
+    Ok(path_setting("data", flag, file)?.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA)))
 }
 
 /// `truce recount` arguments.
@@ -481,8 +481,8 @@ impl ServeArgs {
     /// [`file`](Self::file)) over the defaults, the log format apart.
     pub fn settings_with(&self, file: FileSettings) -> Result<Settings, String> {
         let tls = match (
-            self.tls_cert.clone().or(file.tls_cert),
-            self.tls_key.clone().or(file.tls_key),
+            path_setting("tls_cert", self.tls_cert.clone(), file.tls_cert)?,
+            path_setting("tls_key", self.tls_key.clone(), file.tls_key)?,
         ) {
             (Some(cert), Some(key)) => Some((cert, key)),
             (None, None) => None,
@@ -508,7 +508,7 @@ impl ServeArgs {
                 (None, Some(text)) => listen_addr(&text).map_err(|e| format!("listen: {e}"))?,
                 (None, None) => default_listen,
             },
-            data: data_dir(self.data.clone(), file.data),
+            data: data_dir(self.data.clone(), file.data)?,
             insecure_no_auth: self.insecure_no_auth.or(file.insecure_no_auth).unwrap_or(false),
             tls,
             max_body_bytes,
@@ -586,7 +586,7 @@ impl ServeArgs {
             .map(|origin| origin.trim().to_string())
             .filter(|origin| !origin.is_empty())
             .collect(),
-            backup_root: self.backup_root.clone().or(file.backup_root),
+            backup_root: path_setting("backup_root", self.backup_root.clone(), file.backup_root)?,
         };
         if let Some(root) = &settings.backup_root
             && !root.is_absolute()
@@ -682,25 +682,37 @@ fn read_file(path: &Path) -> Result<FileSettings, String> {
     // Absolute, so that the paths made from it are (`backup_root` must be).
     let path = std::fs::canonicalize(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let base = path.parent().unwrap_or(Path::new(""));
-    for (name, setting) in [
-        ("data", &mut file.data),
-        ("tls_cert", &mut file.tls_cert),
-        ("tls_key", &mut file.tls_key),
-        ("backup_root", &mut file.backup_root),
+    for setting in [
+        &mut file.data,
+        &mut file.tls_cert,
+        &mut file.tls_key,
+        &mut file.backup_root,
     ] {
-        // Joined to the file's directory, "" would name that directory (as
-        // the flags refuse an empty value, so does the file).
-        if setting.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
-            return Err(format!(
-                "{}: {name} is empty; name a path, or leave the setting out",
-                path.display()
-            ));
-        }
-        if let Some(relative) = setting.as_mut().filter(|p| p.is_relative()) {
+        // An empty one is left empty, for `path_setting` to refuse.
+        if let Some(relative) = setting
+            .as_mut()
+            .filter(|p| p.is_relative() && !p.as_os_str().is_empty())
+        {
             *relative = base.join(&*relative);
         }
     }
     Ok(file)
+}
+
+/// A path setting: the flag's (or its variable's), else the file's, which
+/// may not be empty: joined to the file's directory, `""` named that
+/// directory, so `data = ""` made it the data directory (the flags refuse
+/// an empty value). Refused only when it is the value used: a flag still
+/// overrides such a file.
+fn path_setting(name: &str, flag: Option<PathBuf>, file: Option<PathBuf>) -> Result<Option<PathBuf>, String> {
+    match (flag, file) {
+        (Some(flag), _) => Ok(Some(flag)),
+        (None, Some(file)) if file.as_os_str().is_empty() => Err(format!(
+            "{name} is empty in the --config file: name a path, or leave the setting out (before \
+             2026-12-07 an empty path meant the file's own directory)"
+        )),
+        (None, file) => Ok(file),
+    }
 }
 
 /// `truce keys …`.
@@ -946,6 +958,14 @@ mod tests {
             let refused = args.settings().unwrap_err();
             assert!(refused.contains(&format!("{setting} is empty")), "{refused}");
         }
+        // A flag that overrides it leaves it unused, and unrefused.
+        std::fs::write(&file, "data = \"\"\n").unwrap();
+        let overridden = ServeArgs {
+            config: Some(file.clone()),
+            data: Some(dir.path().join("flagged")),
+            ..ServeArgs::default()
+        };
+        assert_eq!(overridden.settings().unwrap().data, dir.path().join("flagged"));
         let data = DataArgs {
             data: None,
             config: Some(file),

@@ -373,8 +373,11 @@ fn query_pairs(query: &str) -> Result<Vec<(String, String)>, ApiError> {
                 "has a % that two hex digits do not follow (send % as %25)",
             ));
         }
-        let plus = text.replace('+', " ");
-        percent_encoding::percent_decode_str(&plus)
+        let spaced = match text.contains('+') {
+            true => std::borrow::Cow::Owned(text.replace('+', " ")),
+            false => std::borrow::Cow::Borrowed(text),
+        };
+        percent_encoding::percent_decode_str(&spaced)
             .decode_utf8()
             .map(std::borrow::Cow::into_owned)
             .map_err(|_| refused("is not UTF-8 once percent-decoded"))

@@ -468,9 +468,7 @@ fn master_equals(assumed: Option<&Map<String, Value>>, current: Option<&Document
         // (`rx_doc` refuses to show it), so not what it assumed: the row
         // replaced the document, dropping that field, without a conflict.
         Some(doc) => {
-            doc.body
-                .get(pk)
-                .is_none_or(|v| v.as_str() == Some(doc.id.as_str()))
+            holds_no_other_key(doc, pk).is_ok()
                 && !is_deleted(assumed)
                 && same_fields(&user_fields(assumed, pk), &user_fields(&doc.body, pk))
         }
