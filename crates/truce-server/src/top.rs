@@ -12,6 +12,12 @@ use crate::config::TopArgs;
 /// Widest document or range shown; longer ones are cut with `…`.
 const TARGET_CHARS_MAX: usize = 32;
 
+/// How long a refresh waits for the server. The client's own timeout is
+/// 30 s an attempt, retried, so a server that took the connection and never
+/// answered (hung, or stopped by SIGSTOP) left the view frozen on its last
+/// frame, or blank, for a minute and more.
+const REFRESH_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Runs until interrupted (or for `--iterations` refreshes).
 pub fn run(args: &TopArgs) -> Result<(), String> {
     if !(args.interval > 0.0 && args.interval <= 3600.0) {
@@ -33,10 +39,18 @@ async fn watch(args: &TopArgs) -> Result<(), String> {
     let mut lost: Option<Instant> = None;
     let mut shown = 0u64;
     loop {
-        let frame = match client
-            .insights(Duration::from_secs(args.window), args.limit)
-            .await
-        {
+        let asked = client.insights(Duration::from_secs(args.window), args.limit);
+        // The report, or why there is none: whether the failure may pass as
+        // the server comes back, and what it was.
+        let answer = match tokio::time::timeout(REFRESH_TIMEOUT, asked).await {
+            Ok(Ok(report)) => Ok(report),
+            Ok(Err(e)) => Err((passing(&e), crate::remote::failure(&args.url, &e))),
+            Err(_) => Err((
+                true,
+                format!("{}: no answer within {} s", args.url, REFRESH_TIMEOUT.as_secs()),
+            )),
+        };
+        let frame = match answer {
             Ok(report) => {
                 let now = Instant::now();
                 let frame = render(
@@ -52,7 +66,7 @@ async fn watch(args: &TopArgs) -> Result<(), String> {
             // being restarted, or will be: watched through it, not left.
             // One that never answered, or refuses the key, is a mistake to
             // say at once.
-            Err(e) if shown > 0 && passing(&e) => {
+            Err((true, cause)) if shown > 0 => {
                 let first = lost.is_none();
                 let since = *lost.get_or_insert_with(Instant::now);
                 // Its totals start again from zero: no rates across it.
@@ -60,15 +74,13 @@ async fn watch(args: &TopArgs) -> Result<(), String> {
                 // Once, where frames scroll; redrawn on a terminal.
                 (tty || first).then(|| {
                     format!(
-                        "truce top — {url}: no answer for {:.0} s, asking again every {} s — {}",
+                        "truce top — {url}: no answer for {:.0} s, still asking — {cause}",
                         since.elapsed().as_secs_f64(),
-                        args.interval,
-                        crate::remote::failure(&args.url, &e),
                         url = args.url,
                     )
                 })
             }
-            Err(e) => return Err(crate::remote::failure(&args.url, &e)),
+            Err((_, cause)) => return Err(cause),
         };
         if let Some(frame) = frame {
             let mut out = std::io::stdout().lock();

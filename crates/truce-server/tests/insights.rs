@@ -311,6 +311,25 @@ fn top_watches_through_a_restart() {
         .expect("truce top");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains(&nowhere));
+
+    // A server that takes the connection and never answers (hung): an
+    // error within the refresh's timeout, not a wait of a minute and more.
+    let hung = std::net::TcpListener::bind("127.0.0.1:0").expect("a listener");
+    let hung_url = format!("http://{}", hung.local_addr().unwrap());
+    let started = std::time::Instant::now();
+    let out = Command::new(truce_bin())
+        .args(["top", "--url", &hung_url, "--iterations", "1"])
+        .output()
+        .expect("truce top");
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("no answer within"), "{said}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(hung);
 }
 
 /// Pushes that race for the same documents: each conflict a client is
