@@ -3976,6 +3976,10 @@ fn backups_run_online_and_open_as_a_data_directory() {
             json!({"path": format!("{}/b\n2026-12-07T00:00:00Z ERROR forged", dir.path().display())}),
             "control characters",
         ),
+        (
+            json!({"path": format!("{}/b\u{2028}forged", dir.path().display())}),
+            "control characters",
+        ),
         (json!({"path": target}), "exists already"),
         (
             json!({"path": server.data.join("inside")}),

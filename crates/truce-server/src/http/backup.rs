@@ -144,7 +144,9 @@ fn target(
     // A line break in a directory's name wrote lines of the caller's
     // choosing into the server's log, and made a directory no shell lists
     // plainly.
-    if path.as_os_str().to_string_lossy().chars().any(char::is_control) {
+    // (U+2028 and U+2029 break lines too, where they are read as text.)
+    let breaks = |c: char| c.is_control() || matches!(c, '\u{2028}' | '\u{2029}');
+    if path.as_os_str().to_string_lossy().chars().any(breaks) {
         return Err(truce::Error::InvalidBackup(format!(
             "{:?}: give a path without control characters (line breaks, tabs, escapes)",
             path
