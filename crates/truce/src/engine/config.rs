@@ -35,16 +35,18 @@ impl TtlConfig {
     /// unless that reads as seconds ([`TTL_SECONDS_LIKE`]); `None` when the
     /// document does not expire.
     pub fn time_of(&self, body: &crate::doc::Body) -> Option<f64> {
-        crate::update::path::get(body, &self.path)
-            .and_then(Value::as_f64)
-            .filter(|t| !TTL_SECONDS_LIKE.contains(t))
+        self.number_in(body).filter(|t| !TTL_SECONDS_LIKE.contains(t))
     }
 
     /// Whether `body` holds a time in seconds where ms are meant.
     pub fn holds_seconds(&self, body: &crate::doc::Body) -> bool {
-        crate::update::path::get(body, &self.path)
-            .and_then(Value::as_f64)
+        self.number_in(body)
             .is_some_and(|t| TTL_SECONDS_LIKE.contains(&t))
+    }
+
+    /// The number in `body`'s TTL field, if it holds one.
+    fn number_in(&self, body: &crate::doc::Body) -> Option<f64> {
+        crate::update::path::get(body, &self.path).and_then(Value::as_f64)
     }
 }
 
