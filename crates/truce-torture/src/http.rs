@@ -51,7 +51,6 @@ impl Outcome {
     }
 }
 
-/// The server's address and an HTTP client with the run's timeouts.
 /// The TLS configuration of a client that speaks plain HTTP to loopback:
 /// ring, and no roots. rustls is in every build of the workspace without a
 /// provider of its own (the Rust client's HTTPS brings it; features unify),
@@ -68,6 +67,7 @@ pub fn plain_http_tls() -> rustls::ClientConfig {
         .with_no_client_auth()
 }
 
+/// The server's address and an HTTP client with the run's timeouts.
 #[derive(Clone)]
 pub struct Http {
     client: Client,
