@@ -895,7 +895,7 @@ fn open_feeds_end_when_their_key_is_revoked() {
 /// A request that can only write, from a key that may not write there, is
 /// refused before its body is read: a body that is not JSON is 403, not
 /// 400, on every write route (the direct document path, the router's, and
-/// `/couch`). The handler refused it only after taking and parsing the
+/// `/couch`), and from a write key on every route that only administers. The handler refused it only after taking and parsing the
 /// body, so a read key could make the server parse bodies up to
 /// `--max-body-bytes`. Reads with a body still pass: a transaction of
 /// checks, `_all_docs` by keys.
@@ -907,6 +907,7 @@ fn a_key_that_may_not_write_is_refused_before_its_body() {
     let admin = create_key(&data, "admin", None);
     let reader = create_key(&data, "read", None);
     let elsewhere = create_key(&data, "write", Some("other"));
+    let writer = create_key(&data, "write", None);
     api.wait_for_status(None, "/v1/c/a/x", 401);
     api.put(Some(&admin), "/v1/c/a/doc", json!({"n": 1})).ok(201);
     let http = streaming_client();
@@ -961,7 +962,22 @@ fn a_key_that_may_not_write_is_refused_before_its_body() {
     api.call(Some(&reader), Method::POST, "/couch/a/_all_docs", Some(&keys))
         .ok(200);
     assert_eq!(send(&reader, Method::POST, "/v1/tx").status(), 400);
-    // A key that may write there gets its body read: 400 for this one.
+    // A route that only administers refuses a write key before its body,
+    // too; a write key's writes get their bodies read: 400 for this one.
+    for (method, path) in [
+        (Method::PUT, "/v1/c/a/_config"),
+        (Method::PUT, "/v1/c/a/_indexes/by_n"),
+        (Method::POST, "/v1/_backup"),
+    ] {
+        let answer = send(&writer, method.clone(), path);
+        assert_eq!(answer.status(), 403, "{method} {path}");
+        assert_eq!(
+            send(&admin, method.clone(), path).status(),
+            400,
+            "{method} {path}"
+        );
+    }
+    assert_eq!(send(&writer, Method::PUT, "/v1/c/a/doc").status(), 400);
     assert_eq!(send(&admin, Method::PUT, "/v1/c/a/doc").status(), 400);
 }
 

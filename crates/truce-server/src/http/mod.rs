@@ -403,42 +403,51 @@ fn principal(
     Ok(who)
 }
 
-/// Whether `method` on route `template` can only write: every write route
-/// but `/v1/tx` (whose ops decide its role). A method a route lacks is
-/// not one (its 405 or 404 stays), nor is a read that carries a body
+/// The role a request needs before its body is read: `method` on route
+/// `template` where it can only write (every write route but `/v1/tx`,
+/// whose ops decide its role), or only administer. `None` for a method a
+/// route lacks (its 405 or 404 stays), and for a read that carries a body
 /// (`/couch`'s `_all_docs`).
-fn only_writes(method: &Method, template: &str) -> bool {
+fn role_before_body(method: &Method, template: &str) -> Option<Role> {
     const DOCUMENT: &str = "/v1/c/{coll}/{id}";
     const INDEX: &str = "/v1/c/{coll}/_indexes/{name}";
     const COUCH_DOCUMENT: &str = "/couch/{coll}/{id}";
-    match *method {
+    let administers = match *method {
+        Method::PUT => matches!(template, INDEX | "/v1/c/{coll}/_config"),
+        Method::DELETE => template == INDEX,
+        Method::POST => matches!(template, "/v1/c/{coll}/_counters/{name}/recount" | "/v1/_backup"),
+        _ => false,
+    };
+    let writes = match *method {
         Method::PUT => matches!(
             template,
-            DOCUMENT | INDEX | "/v1/c/{coll}/_config" | COUCH_DOCUMENT | "/couch/{coll}/" | "/couch/{coll}"
+            DOCUMENT | COUCH_DOCUMENT | "/couch/{coll}/" | "/couch/{coll}"
         ),
         Method::PATCH => template == DOCUMENT,
-        Method::DELETE => matches!(template, DOCUMENT | INDEX | COUCH_DOCUMENT),
-        Method::POST => matches!(
-            template,
-            "/v1/c/{coll}/_push"
-                | "/v1/c/{coll}/_counters/{name}/recount"
-                | "/v1/_backup"
-                | "/couch/{coll}/_bulk_docs"
-        ),
+        Method::DELETE => matches!(template, DOCUMENT | COUCH_DOCUMENT),
+        Method::POST => matches!(template, "/v1/c/{coll}/_push" | "/couch/{coll}/_bulk_docs"),
         _ => false,
+    };
+    if administers {
+        Some(Role::Admin)
+    } else if writes {
+        Some(Role::Write)
+    } else {
+        None
     }
 }
 
 /// Refuses, before its body is read, a request to a route that can only
-/// write ([`only_writes`]) from a key that may not write, or not to the
-/// collection its path names. The handler refused it only after taking and
-/// parsing its body, so a read key could make the server parse bodies up
-/// to `--max-body-bytes`, and was told 400 for one that was not JSON. The
-/// handlers still check the role each route needs (admin for some).
+/// write or administer ([`role_before_body`]) from a key whose role is
+/// short of it, or that may not use the collection its path names. The
+/// handler refused it only after taking and parsing its body, so a read
+/// key could make the server parse bodies up to `--max-body-bytes`, and
+/// was told 400 for one that was not JSON. The handlers still check the
+/// role each route needs.
 fn refused_before_body(who: &Principal, method: &Method, template: &str, path: &str) -> Result<(), ApiError> {
-    if !only_writes(method, template) {
+    let Some(role) = role_before_body(method, template) else {
         return Ok(());
-    }
+    };
     // The collection as the router decodes it (`%61` is `a`); one that
     // does not decode is refused by the route before its body is read.
     let collection = path
@@ -446,7 +455,7 @@ fn refused_before_body(who: &Principal, method: &Method, template: &str, path: &
         .or_else(|| path.strip_prefix("/couch/"))
         .and_then(|rest| rest.split('/').next())
         .and_then(|name| percent_encoding::percent_decode_str(name).decode_utf8().ok());
-    extract::authorize(who, Role::Write, collection.as_deref())
+    extract::authorize(who, role, collection.as_deref())
 }
 
 /// Verifies the API key and attaches the caller; the refusal otherwise
