@@ -703,16 +703,32 @@ fn read_file(path: &Path) -> Result<FileSettings, String> {
 /// may not be empty: joined to the file's directory, `""` named that
 /// directory, so `data = ""` made it the data directory (the flags refuse
 /// an empty value). Refused only when it is the value used: a flag still
-/// overrides such a file.
+/// overrides such a file. From either, a part of the path that starts or
+/// ends with white space is refused too: `data = " "` made a directory
+/// named " ", and a stray space in a script's variable would do the same.
 fn path_setting(name: &str, flag: Option<PathBuf>, file: Option<PathBuf>) -> Result<Option<PathBuf>, String> {
-    match (flag, file) {
-        (Some(flag), _) => Ok(Some(flag)),
-        (None, Some(file)) if file.as_os_str().is_empty() => Err(format!(
-            "{name} is empty in the --config file: name a path, or leave the setting out (before \
-             2026-12-07 an empty path meant the file's own directory)"
-        )),
-        (None, file) => Ok(file),
+    let (path, from) = match (flag, file) {
+        (Some(flag), _) => (flag, "its flag"),
+        (None, Some(file)) if file.as_os_str().is_empty() => {
+            return Err(format!(
+                "{name} is empty in the --config file: name a path, or leave the setting out \
+                 (before 2026-12-07 an empty path meant the file's own directory)"
+            ));
+        }
+        (None, Some(file)) => (file, "the --config file"),
+        (None, None) => return Ok(None),
+    };
+    let padded = path.components().any(|part| {
+        let part = part.as_os_str().to_string_lossy();
+        part.trim() != part
+    });
+    if padded {
+        return Err(format!(
+            "{name} {path:?} (from {from}) has a part that starts or ends with white space; a \
+             stray space is the likely cause: take it out"
+        ));
     }
+    Ok(Some(path))
 }
 
 /// `truce keys …`.
@@ -972,6 +988,31 @@ mod tests {
         };
         std::fs::write(data.config.as_ref().unwrap(), "data = \"\"\n").unwrap();
         assert!(data.dir().unwrap_err().contains("data is empty"));
+        // White space at either end of a part of the path, from the file or
+        // a flag, is refused: `data = " "` made a directory named " ".
+        let file = data.config.clone().unwrap();
+        for padded in [" ", "data ", " data", "/srv/ data/x", "a/\\tb"] {
+            std::fs::write(&file, format!("data = \"{padded}\"\n")).unwrap();
+            let args = ServeArgs {
+                config: Some(file.clone()),
+                ..ServeArgs::default()
+            };
+            let refused = args.settings().unwrap_err();
+            assert!(refused.contains("white space"), "{padded:?}: {refused}");
+            let flagged = ServeArgs {
+                data: Some(PathBuf::from(padded.replace("\\t", "\t"))),
+                ..ServeArgs::default()
+            };
+            let refused = flagged.settings().unwrap_err();
+            assert!(refused.contains("(from its flag)"), "{padded:?}: {refused}");
+        }
+        // A space inside a part is a name like any other.
+        std::fs::write(&file, "data = \"my data\"\n").unwrap();
+        let args = ServeArgs {
+            config: Some(file.clone()),
+            ..ServeArgs::default()
+        };
+        assert_eq!(args.settings().unwrap().data, dir.path().join("my data"));
     }
 
     #[test]
