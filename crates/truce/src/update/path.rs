@@ -16,8 +16,8 @@ pub struct Path {
     segments: Vec<String>,
 }
 
-/// Highest array index a write may pad up to, and how many `null`s one update may
-/// pad with over all its paths. Every padded `null` costs at least 5 bytes of
+/// How many `null`s one path may pad an array with, and one update over all
+/// its paths. Every padded `null` costs at least 5 bytes of
 /// JSON, so past this the document could not be stored anyway; refusing early
 /// keeps a path like `a.999999999`, or 256 paths each padding just under it,
 /// from allocating gigabytes before the size check.
@@ -269,15 +269,18 @@ fn child_or_create<'a>(
 }
 
 /// Element `i` of `a`, padding with `null` when `i` is at or past the end.
+/// Only the `null`s added are bounded, not the index: an element past
+/// [`PAD_INDEX_MAX`] of an array that long already is written as any other
+/// (the index alone was bounded before 2026-12-07, which refused it).
 fn slot<'a>(a: &'a mut Vec<Value>, i: usize, path: &Path, pad: &mut Padding) -> Result<&'a mut Value, Error> {
-    if i > PAD_INDEX_MAX {
-        return Err(Error::InvalidOperator(format!(
-            "array index {i} in path '{path}' is too large: padding up to it would exceed \
-             DOC_SIZE_BYTES_MAX ({DOC_SIZE_BYTES_MAX} bytes)"
-        )));
-    }
     if i >= a.len() {
-        let added = i + 1 - a.len();
+        let added = (i - a.len()).saturating_add(1);
+        if added > PAD_INDEX_MAX {
+            return Err(Error::InvalidOperator(format!(
+                "array index {i} in path '{path}' is too large: padding up to it would exceed \
+                 DOC_SIZE_BYTES_MAX ({DOC_SIZE_BYTES_MAX} bytes)"
+            )));
+        }
         if added > pad.0 {
             return Err(Error::InvalidOperator(format!(
                 "array index {i} in path '{path}' is too large: with this update's other paths, padding up \

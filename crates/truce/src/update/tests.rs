@@ -517,6 +517,39 @@ fn padding_is_bounded_over_the_whole_update() {
     );
 }
 
+/// The bound is on the `null`s added, not on the index: an array longer
+/// than the bound already (300,000 small numbers fit a document) takes
+/// writes past it, and a few `null`s more; the index alone was bounded,
+/// which refused even `$set` of an element that was there.
+#[test]
+fn a_long_array_takes_writes_past_the_padding_bound() {
+    let bound = crate::limits::DOC_SIZE_BYTES_MAX / 5;
+    let long = json!({"a": vec![1; 300_000]});
+    let set = ok(
+        json!({"$set": {"a.250000": 7}, "$inc": {"a.260000": 1}}),
+        long.clone(),
+    );
+    assert_eq!(
+        (set["a"][250_000].clone(), set["a"][260_000].clone()),
+        (json!(7), json!(2))
+    );
+    let padded = ok(json!({"$set": {"a.300002": 7}}), long.clone());
+    assert_eq!(padded["a"].as_array().map(Vec::len), Some(300_003));
+    assert_eq!(padded["a"][300_001], Value::Null);
+    // Past the end by more than the bound is refused, however long the array.
+    op_err(
+        run(
+            json!({"$set": {format!("a.{}", 300_000 + bound): 1}}),
+            long.clone(),
+        ),
+        "is too large",
+    );
+    op_err(
+        run(json!({"$set": {"a.18446744073709551615": 1}}), long),
+        "is too large",
+    );
+}
+
 /// Writes into one array succeed whatever index comes first in the update,
 /// within an operator (`"a.10"` sorts before `"a.2"` as text) or across two
 /// (`$set` runs before `$inc`): the lower index is written first, so the
