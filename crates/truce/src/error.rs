@@ -56,7 +56,8 @@ pub enum Error {
     /// Nothing was written.
     #[error(
         "collection {collection} does not exist, and the database already holds {limit} collections, its \
-         limit (collections_max; `truce serve --max-collections`); nothing was written"
+         limit (`truce serve --max-collections`, or `max_collections` in its settings file; \
+         `Options::collections_max` embedded); nothing was written"
     )]
     TooManyCollections {
         /// The first collection the write would have made.
