@@ -63,6 +63,7 @@ mod tests {
         Answer {
             status,
             body: serde_json::to_vec(&body).expect("encodes"),
+            earlier_unknown: false,
         }
     }
 

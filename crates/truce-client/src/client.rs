@@ -103,6 +103,15 @@ impl Client {
     /// URL would not carry as a segment (the server never sees the id, and
     /// answers another route).
     pub(crate) fn url_for(&self, segments: &[&str]) -> Result<Url, ClientError> {
+        // The URL parser drops a tab, LF or CR rather than encode it, so
+        // `"bob\n"` would name document bob, and `"\t_config"` the
+        // collection's configuration, past the checks on the text. No
+        // collection, id or index name holds a control character.
+        if let Some(bad) = segments.iter().find(|s| s.chars().any(char::is_control)) {
+            return Err(ClientError::InvalidArgument(format!(
+                "{bad:?} holds a control character, which no collection, id or index name may hold"
+            )));
+        }
         if let Some(bad) = segments.iter().find(|s| matches!(**s, "" | "." | "..")) {
             return Err(ClientError::InvalidArgument(format!(
                 "{bad:?} cannot be a collection, id or index name in a URL (a URL resolves `.` and `..` as \
@@ -126,7 +135,8 @@ impl Client {
     }
 
     /// The URL of `segments` under the base URL, each segment percent-encoded
-    /// (so ids may hold `/`, `?`, `#`, spaces and any UTF-8).
+    /// (so ids may hold `/`, `?`, `#`, spaces and any UTF-8 but control
+    /// characters, which [`url_for`](Self::url_for) refuses).
     pub(crate) fn url(&self, segments: &[&str]) -> Url {
         let mut url = self.base.clone();
         if let Ok(mut path) = url.path_segments_mut() {
@@ -308,6 +318,20 @@ mod tests {
             );
         }
         assert!(client.doc_url("users", "a_b").is_ok());
+        // A tab, LF or CR would be dropped by the URL parser, not encoded:
+        // "bob\n" named bob, "\t_config" the configuration, ".\t." a step up.
+        for (coll, id) in [
+            ("users", "bob\n"),
+            ("users", "\t_config"),
+            ("users", ".\t."),
+            ("us\rers", "bob"),
+        ] {
+            let refused = client.doc_url(coll, id).expect_err(id);
+            assert_eq!(refused.code(), "invalid_argument", "{coll:?} {id:?}");
+        }
+        for bad in ["a\u{7f}", "a\u{85}"] {
+            assert!(client.doc_url("users", bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

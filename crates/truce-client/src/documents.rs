@@ -163,7 +163,7 @@ impl Client {
         interpret: impl FnOnce(&Answer) -> Result<T, ClientError>,
     ) -> Result<T, ClientError> {
         let answer = self.execute(call).await?;
-        interpret(&answer).map_err(|e| e.of_write(call.idempotency_key()))
+        interpret(&answer).map_err(|e| e.of_write(call.idempotency_key(), answer.earlier_unknown))
     }
 
     /// Deletes a document if `precondition` holds; the answer's `doc` is the

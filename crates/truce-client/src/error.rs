@@ -23,9 +23,12 @@ pub enum ClientError {
         code: String,
         /// The server's human-readable message.
         message: String,
-        /// For a write answered 5xx (a 503 `timeout`, say, or a proxy's 502
-        /// or 504), whose outcome is unknown: the idempotency key it was
-        /// sent under, as for [`ClientError::Transport`].
+        /// For a write whose outcome is unknown, the idempotency key it was
+        /// sent under, as for [`ClientError::Transport`]: one answered 5xx (a
+        /// 503 `timeout`, say, or a proxy's 502 or 504), or one whose
+        /// earlier attempt got no answer or such a 503 before its last was
+        /// refused (a 429 `overloaded` after a timeout: the first attempt
+        /// may have committed).
         idempotency_key: Option<String>,
     },
     /// The request did not get an answer: connection refused or reset, timeout.
@@ -82,9 +85,9 @@ impl ClientError {
     }
 
     /// The idempotency key of a write whose outcome is unknown: it got no
-    /// answer ([`ClientError::Transport`]), or a 5xx
-    /// ([`ClientError::Http`]). Sent again under it, it is written at most
-    /// once.
+    /// answer ([`ClientError::Transport`]), or a 5xx, or an earlier attempt
+    /// of it may have applied ([`ClientError::Http`]). Sent again under it,
+    /// it is written at most once.
     pub fn idempotency_key(&self) -> Option<&str> {
         match self {
             ClientError::Transport { idempotency_key, .. } | ClientError::Http { idempotency_key, .. } => {
@@ -96,15 +99,15 @@ impl ClientError {
 
     /// This error, naming `key` if it leaves a write's outcome unknown: a
     /// 5xx, but for 507 `insufficient_storage` (nothing was written, and the
-    /// key was not taken).
-    pub(crate) fn of_write(mut self, key: Option<&str>) -> ClientError {
+    /// key was not taken); or any answer, when an earlier attempt may have
+    /// applied the write (`earlier_unknown`).
+    pub(crate) fn of_write(mut self, key: Option<&str>, earlier_unknown: bool) -> ClientError {
         if let ClientError::Http {
             status,
             idempotency_key,
             ..
         } = &mut self
-            && *status >= 500
-            && *status != 507
+            && (earlier_unknown || (*status >= 500 && *status != 507))
         {
             *idempotency_key = key.map(str::to_string);
         }

@@ -44,7 +44,7 @@ pub use conflict::{Conflict, ConflictReason, OpConflict, TxConflict};
 pub use document::Document;
 pub use documents::Fetched;
 pub use error::{ClientError, UNKNOWN_CODE};
-pub use ops::{Outbox, Recount, RecountFix};
+pub use ops::{Outbox, Recount, RecountFix, RecountUnfixable};
 pub use precondition::{DeletePrecondition, Precondition};
 pub use query::{Cursor, IndexCreated, IndexInfo, IndexSpec, Order, Page, Query};
 pub use retry::RetryPolicy;

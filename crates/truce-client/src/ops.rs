@@ -20,6 +20,11 @@ pub struct Recount {
     /// The groups whose stored count was wrong and has been fixed.
     #[serde(default)]
     pub fixed: Vec<RecountFix>,
+    /// The groups whose stored count is wrong and could not be fixed (the
+    /// target's field holds something that is not a number): a recount that
+    /// fixed nothing is not yet a correct counter while this is not empty.
+    #[serde(default)]
+    pub unfixable: Vec<RecountUnfixable>,
     /// The commit of the corrections (the snapshot's, when nothing was wrong).
     #[serde(default)]
     pub seq: u64,
@@ -34,6 +39,15 @@ pub struct RecountFix {
     pub was: Value,
     /// What the source documents say, now stored.
     pub now: Value,
+}
+
+/// A group whose counter is wrong and could not be fixed.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct RecountUnfixable {
+    /// The group: the id of the target document.
+    pub group: String,
+    /// What the target's field holds instead of a number.
+    pub holds: Value,
 }
 
 /// The `after_commit` counter outbox of the server (`GET /v1/_outbox`).
@@ -91,10 +105,14 @@ impl Client {
     }
 
     /// `POST /v1/c/{coll}/_counters/{name}/recount`: recomputes a counter and
-    /// fixes the groups that drifted. Repeating it is harmless.
+    /// fixes the groups that drifted. Sent again only when it certainly did
+    /// not start: a recount of a large collection can outlast the request
+    /// timeout (503 `timeout`) and goes on running, and each repeat would
+    /// start another scan of the whole collection beside it. Repeating it
+    /// once it is done is harmless.
     pub async fn recount(&self, coll: &str, counter: &str) -> Result<Recount, ClientError> {
         let url = self.url_for(&["v1", "c", coll, "_counters", counter, "recount"])?;
-        self.fetch_json(&Call::repeatable(Method::POST, url, None), "a recount answer")
+        self.fetch_json(&Call::change(Method::POST, url, None), "a recount answer")
             .await
     }
 

@@ -264,8 +264,10 @@ impl Client {
 
     /// Drops index `name` of `coll`, if there is one (as SQL's `DROP INDEX IF
     /// EXISTS`): `Some` with the index this call dropped, `None` when there was
-    /// none — also when an attempt whose answer was lost had dropped it and
-    /// the retry found it gone, so retries are harmless. From the drop on the
+    /// none. It is sent again only when it certainly did nothing (as every
+    /// change without a key): after a lost answer it is an error, and a
+    /// caller that sends it again gets `None` if the first had dropped it.
+    /// From the drop on the
     /// index is neither maintained, enforced nor queryable. Its entries are
     /// deleted in the background; until then declaring the name again
     /// answers 503 `index_dropping` (retried by

@@ -17,9 +17,9 @@ const MAX_DELAY_DEFAULT: Duration = Duration::from_secs(5);
 ///
 /// The wait after failed attempt `n` (1-based) is drawn uniformly from
 /// `[0, min(max_delay, base_delay · 2^(n-1))]` ("full jitter", so that clients that
-/// failed together do not retry together). When the server answered 429 or 503
-/// with `Retry-After`, the wait is the larger of that and the jittered delay,
-/// capped by `max_delay`.
+/// failed together do not retry together). When the server answered 408, 429
+/// or 503 with `Retry-After`, the wait is that (at most `max_delay`) plus the
+/// jittered delay, so clients told the same wait still spread out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {
     /// Attempts per logical call, the first included; 1 means "never retry".
@@ -86,8 +86,11 @@ impl RetryPolicy {
         let ceiling = self.ceiling(failed_attempt);
         let ceiling_nanos = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
         let jittered = Duration::from_nanos(rng.random_range(0..=ceiling_nanos));
+        // The server's wait, capped, and the jitter after it: as a floor
+        // under the jitter, every client told `Retry-After: 1` came back
+        // after exactly one second, together.
         match retry_after {
-            Some(asked) => asked.max(jittered).min(self.max_delay),
+            Some(asked) => asked.min(self.max_delay) + jittered,
             None => jittered,
         }
     }
@@ -185,23 +188,32 @@ mod tests {
     }
 
     #[test]
-    fn retry_after_is_a_floor_under_the_jitter_and_max_delay_caps_it() {
+    fn retry_after_comes_first_and_the_jitter_after_it() {
         let p = policy();
         let mut rng = StdRng::seed_from_u64(3);
+        let mut told_one_second = std::collections::BTreeSet::new();
         for _ in 0..200 {
-            // Larger than any jitter of attempt 1 (≤ 100 ms): exactly Retry-After.
+            // Retry-After, then the jitter of attempt 1 (≤ 100 ms): clients
+            // told the same wait do not all come back at once.
             let d = p.delay_with(1, Some(Duration::from_secs(1)), &mut rng);
-            assert_eq!(d, Duration::from_secs(1));
-            // Smaller than the ceiling: at least Retry-After, at most the ceiling.
-            let d = p.delay_with(4, Some(Duration::from_millis(300)), &mut rng);
             assert!(
-                d >= Duration::from_millis(300) && d <= Duration::from_millis(800),
+                d >= Duration::from_secs(1) && d <= Duration::from_millis(1100),
                 "{d:?}"
             );
-            // Larger than max_delay: capped.
+            told_one_second.insert(d);
+            let d = p.delay_with(4, Some(Duration::from_millis(300)), &mut rng);
+            assert!(
+                d >= Duration::from_millis(300) && d <= Duration::from_millis(1100),
+                "{d:?}"
+            );
+            // Larger than max_delay: capped, the jitter after it.
             let d = p.delay_with(1, Some(Duration::from_secs(60)), &mut rng);
-            assert_eq!(d, Duration::from_secs(2));
+            assert!(
+                d >= Duration::from_secs(2) && d <= Duration::from_millis(2100),
+                "{d:?}"
+            );
         }
+        assert!(told_one_second.len() > 150, "{}", told_one_second.len());
     }
 
     #[test]

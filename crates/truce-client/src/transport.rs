@@ -30,7 +30,7 @@ const IDEMPOTENCY_KEY_BYTES_MAX: usize = 255;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Resend {
     /// After a transport failure or a 408 / 429 / 503 of any kind: repeating
-    /// it is harmless (a read, a recount), or its idempotency key makes a
+    /// it is harmless (a read), or its idempotency key makes a
     /// repeat answer the first outcome (a write).
     Always,
     /// Only when the request certainly did nothing: the connection was never
@@ -62,11 +62,15 @@ pub(crate) struct Call {
     attempt: (u32, Option<u32>),
 }
 
-/// A final answer: status and the whole body.
+/// A final answer: status and the whole body, and whether an earlier
+/// attempt of the call may have applied it (it got no answer once
+/// connected, or a 503 `timeout` or a proxy's 503), so that a write's
+/// outcome is unknown whatever this answer says that is not its own.
 #[derive(Debug)]
 pub(crate) struct Answer {
     pub status: u16,
     pub body: Vec<u8>,
+    pub earlier_unknown: bool,
 }
 
 impl Call {
@@ -110,15 +114,9 @@ impl Call {
     }
 
     /// A change without an idempotency key (configuration, indexes, a
-    /// backup): sent again only when it certainly did nothing.
+    /// backup, a recount): sent again only when it certainly did nothing.
     pub fn change(method: Method, url: Url, body: Option<Value>) -> Call {
         Call::new(method, url, body, Resend::IfNotApplied)
-    }
-
-    /// A request that converges to the same state however often it is
-    /// repeated, and changes nothing anyone else set (a recount).
-    pub fn repeatable(method: Method, url: Url, body: Option<Value>) -> Call {
-        Call::new(method, url, body, Resend::Always)
     }
 
     fn new(method: Method, url: Url, body: Option<Value>, resend: Resend) -> Call {
@@ -166,6 +164,9 @@ impl Client {
     pub(crate) async fn execute(&self, call: &Call) -> Result<Answer, ClientError> {
         let max = self.policy.attempts();
         let mut attempt = 1;
+        // An attempt sent again that may have applied: what a change sent
+        // only if it did nothing would not have been sent again after.
+        let mut earlier_unknown = false;
         loop {
             let request = self.attempt_request(call)?;
             let failure = match request.send().await {
@@ -174,6 +175,7 @@ impl Client {
                     let headers = response.headers().clone();
                     match response.bytes().await {
                         Ok(body) if attempt < max && call.resend.after_answer(status, &body) => {
+                            earlier_unknown |= !Resend::IfNotApplied.after_answer(status, &body);
                             let retry_after = headers
                                 .get(RETRY_AFTER)
                                 .and_then(|v| v.to_str().ok())
@@ -187,6 +189,7 @@ impl Client {
                             return Ok(Answer {
                                 status,
                                 body: body.to_vec(),
+                                earlier_unknown,
                             });
                         }
                         Err(e) => e,
@@ -201,6 +204,7 @@ impl Client {
                     idempotency_key: call.idempotency_key.clone(),
                 });
             }
+            earlier_unknown |= !Resend::IfNotApplied.after_failure(failure.is_connect());
             tokio::time::sleep(self.policy.delay(attempt, None)).await;
             attempt += 1;
         }
@@ -287,11 +291,6 @@ mod tests {
     fn only_writes_carry_an_idempotency_key_and_it_is_drawn_per_call() {
         let url = Url::parse("http://h/v1/tx").expect("valid");
         assert!(Call::get(url.clone()).idempotency_key().is_none());
-        assert!(
-            Call::repeatable(Method::POST, url.clone(), None)
-                .idempotency_key()
-                .is_none()
-        );
         let a = Call::write(Method::POST, url.clone(), None, None).expect("a call");
         let b = Call::write(Method::POST, url.clone(), None, None).expect("a call");
         assert_eq!(a.idempotency_key().map(str::len), Some(32));

@@ -741,3 +741,64 @@ async fn a_write_answered_5xx_says_its_key() {
         .expect_err("507");
     assert_eq!((error.status(), error.idempotency_key()), (Some(507), None));
 }
+
+/// A write whose first attempt got no answer, or a 503 `timeout`, may have
+/// committed; when its last attempt is then refused (429 `overloaded`, 408),
+/// its outcome is still unknown, and the error names its key: read as
+/// "nothing was done", a new call under a new key would apply it twice.
+/// Refusals alone leave nothing unknown, and no key.
+#[tokio::test]
+async fn a_write_refused_after_an_unanswered_attempt_says_its_key() {
+    let overloaded = || Reply::Json(429, vec![], json!({"error": "overloaded", "message": "m"}));
+    let timeout = Reply::Json(503, vec![], json!({"error": "timeout", "message": "m"}));
+    let (base, log) = serve(vec![
+        Reply::Drop,
+        overloaded(),
+        timeout,
+        overloaded(),
+        overloaded(),
+        overloaded(),
+    ])
+    .await;
+    let c = client(&base, 2);
+    let error = c
+        .patch("c", "a", json!({"$inc": {"n": 1}}), Precondition::Any)
+        .await
+        .expect_err("429");
+    assert_eq!((error.status(), error.code()), (Some(429), "overloaded"));
+    let sent = log.lock().expect("log")[0]
+        .header("idempotency-key")
+        .map(str::to_string);
+    assert!(sent.is_some());
+    assert_eq!(error.idempotency_key(), sent.as_deref());
+    let tx = Transaction::new().check("c", "a", Precondition::Absent);
+    let error = c.transaction_with_key(&tx, "tx-1").await.expect_err("429");
+    assert_eq!(
+        (error.status(), error.idempotency_key()),
+        (Some(429), Some("tx-1"))
+    );
+    let error = c
+        .patch("c", "a", json!({"$inc": {"n": 1}}), Precondition::Any)
+        .await
+        .expect_err("429");
+    assert_eq!((error.status(), error.idempotency_key()), (Some(429), None));
+}
+
+/// A recount's groups it could not fix come through: a caller that looks
+/// only at `fixed` would take a still-wrong counter for a right one.
+#[tokio::test]
+async fn a_recount_says_what_it_could_not_fix() {
+    let (base, _log) = serve(vec![Reply::Json(
+        200,
+        vec![],
+        json!({"checked": 2, "fixed": [], "unfixable": [{"group": "c1", "holds": "oops"}], "seq": 9}),
+    )])
+    .await;
+    let recount = client(&base, 1).recount("c", "n").await.expect("answer");
+    assert!(recount.fixed.is_empty());
+    assert_eq!(recount.unfixable.len(), 1);
+    assert_eq!(
+        (recount.unfixable[0].group.as_str(), &recount.unfixable[0].holds),
+        ("c1", &json!("oops"))
+    );
+}
