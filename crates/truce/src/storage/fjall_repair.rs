@@ -9,25 +9,45 @@
 //! previous batch. We only cut when we have verified that the final batch really
 //! fails its checksum; any other damage is left alone and reported.
 //!
-//! fjall 3 journal entries: `Start = 0x01 count:u32 seqno:u64`, items, then
-//! `End = 0x03 checksum:u64 "FJL" 0x03`, the checksum being XXH3-64 of the raw
-//! item bytes between them.
+//! Damage anywhere else is worse than an error in fjall: its journal reader
+//! takes any entry it cannot decode for the end of the journal and cuts the
+//! file there, so one bad byte in the middle silently dropped every later,
+//! acknowledged commit, for good. [`buried_damage`] looks for that before
+//! fjall opens the journal, and the open is refused instead.
+//!
+//! fjall 3 journal entries: `Start = 0x01 count:u32 seqno:u64`, then `count`
+//! items — `Item = 0x02 value_type:u8 compression:u8 keyspace:u64 key_len:u16
+//! value_len:u32 stored_len:u32 key value` or `Clear = 0x04 keyspace:u64` —,
+//! then `End = 0x03 checksum:u64 "FJL" 0x03`, the checksum being XXH3-64 of the
+//! raw item bytes between them.
 
 use std::path::{Path, PathBuf};
 
+const START_TAG: u8 = 1;
+const ITEM_TAG: u8 = 2;
 const END_TAG: u8 = 3;
+const CLEAR_TAG: u8 = 4;
 const END_TRAILER: &[u8] = b"FJL\x03";
 /// Tag, checksum, trailer.
 const END_BYTES: usize = 1 + 8 + END_TRAILER.len();
 /// Tag, item count, seqno.
 const START_BYTES: usize = 1 + 4 + 8;
+/// Tag, value type, compression, keyspace, key length, value length, stored
+/// value length.
+const ITEM_HEADER_BYTES: usize = 1 + 1 + 1 + 8 + 2 + 4 + 4;
+/// Tag, keyspace.
+const CLEAR_BYTES: usize = 1 + 8;
 
-/// The newest journal file under `dir` and its number (fjall names them `N.jnl`).
-pub(super) fn newest_journal(dir: &Path) -> Option<(u64, PathBuf)> {
-    let mut newest: Option<(u64, PathBuf)> = None;
+/// The journal files under `dir` with their numbers (fjall names them
+/// `N.jnl`), oldest first.
+fn journals(dir: &Path) -> Vec<(u64, PathBuf)> {
+    let mut found = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(path) = stack.pop() {
-        for entry in std::fs::read_dir(&path).ok()?.flatten() {
+        let Ok(entries) = std::fs::read_dir(&path) else {
+            continue;
+        };
+        for entry in entries.flatten() {
             let p = entry.path();
             if p.is_dir() {
                 stack.push(p);
@@ -36,13 +56,126 @@ pub(super) fn newest_journal(dir: &Path) -> Option<(u64, PathBuf)> {
                     .file_stem()
                     .and_then(|s| s.to_str())
                     .and_then(|s| s.parse::<u64>().ok())
-                && newest.as_ref().is_none_or(|(m, _)| n > *m)
             {
-                newest = Some((n, p));
+                found.push((n, p));
             }
         }
     }
-    newest
+    found.sort();
+    found
+}
+
+/// The newest journal file under `dir` and its number.
+pub(super) fn newest_journal(dir: &Path) -> Option<(u64, PathBuf)> {
+    journals(dir).pop()
+}
+
+/// How much of a journal file is data: up to its last byte that is not zero
+/// (`torn_tail_cut` says why).
+fn data_len(bytes: &[u8]) -> usize {
+    bytes.iter().rposition(|&b| b != 0).map_or(0, |last| last + 1)
+}
+
+/// Where the batch that starts at `pos` of `bytes` ends, if a whole one
+/// does: a Start, as many items as it says, and an End whose checksum
+/// matches them.
+fn batch_end(bytes: &[u8], pos: usize) -> Option<usize> {
+    let read = |at: usize, n: usize| bytes.get(at..at.checked_add(n)?);
+    let number = |at: usize, n: usize| {
+        read(at, n).map(|b| {
+            b.iter()
+                .rev()
+                .fold(0u64, |sum, &byte| (sum << 8) | u64::from(byte))
+        })
+    };
+    if *bytes.get(pos)? != START_TAG {
+        return None;
+    }
+    let count = number(pos + 1, 4)?;
+    let items = pos + START_BYTES;
+    let mut at = items;
+    for _ in 0..count {
+        at = match *bytes.get(at)? {
+            ITEM_TAG => {
+                let key = number(at + 11, 2)? as usize;
+                let stored = number(at + 17, 4)? as usize;
+                at.checked_add(ITEM_HEADER_BYTES + key)?.checked_add(stored)?
+            }
+            CLEAR_TAG => at + CLEAR_BYTES,
+            _ => return None,
+        };
+    }
+    let end = at.checked_add(END_BYTES)?;
+    let checksum = number(at + 1, 8)?;
+    let sound = *bytes.get(at)? == END_TAG
+        && read(end - END_TRAILER.len(), END_TRAILER.len())? == END_TRAILER
+        && xxhash_rust::xxh3::xxh3_64(bytes.get(items..at)?) == checksum;
+    sound.then_some(end)
+}
+
+/// Journal damage with intact commits after it, which opening would drop.
+#[derive(Debug, PartialEq, Eq)]
+pub struct BuriedDamage {
+    /// The journal file where the damage is.
+    pub journal: PathBuf,
+    /// Its offset: the start of the first batch that is not whole.
+    pub at: usize,
+    /// The file and offset of the first whole batch found after it.
+    pub intact: (PathBuf, usize),
+}
+
+impl std::fmt::Display for BuriedDamage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the journal {} is damaged at byte {}, and intact commits follow it ({} from byte {}); \
+             opening would drop them for good, so it is refused. Restore the data directory from a \
+             backup; or, to keep only the commits before the damage, copy the directory, then cut \
+             that file at byte {} (truncate -s {} FILE) and remove any newer journal files",
+            self.journal.display(),
+            self.at,
+            self.intact.0.display(),
+            self.intact.1,
+            self.at,
+            self.at
+        )
+    }
+}
+
+/// Damage in the journal files under `dir` that is not a torn tail: a
+/// batch that is not whole with a whole batch after it, in the same file
+/// or a newer one. Only the last batch can be torn by a crash (each is
+/// synced before the next is written), so a whole batch after damage is
+/// one that was acknowledged.
+pub fn buried_damage(dir: &Path) -> std::io::Result<Option<BuriedDamage>> {
+    let mut damage: Option<(PathBuf, usize)> = None;
+    for (_, path) in journals(dir) {
+        let bytes = std::fs::read(&path)?;
+        let bytes = &bytes[..data_len(&bytes)];
+        let mut from = 0;
+        if damage.is_none() {
+            while from < bytes.len() {
+                match batch_end(bytes, from) {
+                    Some(end) => from = end,
+                    None => {
+                        damage = Some((path.clone(), from));
+                        from += 1;
+                        break;
+                    }
+                }
+            }
+        }
+        if let Some((journal, at)) = &damage
+            && let Some(intact) = (from..bytes.len()).find(|&q| batch_end(bytes, q).is_some())
+        {
+            return Ok(Some(BuriedDamage {
+                journal: journal.clone(),
+                at: *at,
+                intact: (path, intact),
+            }));
+        }
+    }
+    Ok(None)
 }
 
 /// Whether an End entry ends exactly at `end` in `bytes`.
@@ -60,7 +193,7 @@ fn end_marker_at(bytes: &[u8], end: usize) -> bool {
 /// and only a reopen shrinks it to its data. An End entry ends in `FJL\x03`,
 /// never a zero, so a complete final batch ends at the last byte that is not one.
 fn torn_tail_cut(bytes: &[u8]) -> Option<usize> {
-    let len = bytes.iter().rposition(|&b| b != 0).map_or(0, |last| last + 1);
+    let len = data_len(bytes);
     let bytes = &bytes[..len];
     if !end_marker_at(bytes, len) {
         return None; // Incomplete tails are fjall's own business.

@@ -136,7 +136,9 @@ impl FjallStorage {
     /// Opens (or creates) the database in `dir`, recovering from its journal.
     ///
     /// A final journal batch torn by a crash mid-fsync is dropped (see
-    /// `storage/fjall_repair.rs`); any other damage is an error.
+    /// `storage/fjall_repair.rs`); any other damage is an error:
+    /// [`StorageError::Corrupt`] for damage in the journal with intact
+    /// commits after it, which fjall would have cut away with them.
     pub fn open(dir: &Path) -> Result<FjallStorage, StorageError> {
         FjallStorage::open_with(dir, FjallOptions::default())
     }
@@ -144,6 +146,12 @@ impl FjallStorage {
     /// [`open`](Self::open) with explicit memory bounds. The memtable bound
     /// applies to keyspaces this call creates; existing ones keep theirs.
     pub fn open_with(dir: &Path, options: FjallOptions) -> Result<FjallStorage, StorageError> {
+        let buried = super::fjall_repair::buried_damage(dir).map_err(|e| {
+            StorageError::Backend(format!("cannot read the journal of {}: {e}", dir.display()))
+        })?;
+        if let Some(damage) = buried {
+            return Err(StorageError::Corrupt(damage.to_string()));
+        }
         // The workers fjall starts in the open inherit the opening thread's
         // priority (`fjall_workers.rs`).
         let open = || {
@@ -497,6 +505,63 @@ mod tests {
         let mut batch = WriteBatch::default();
         batch.put(Space::Documents, vec![b'k'; usize::from(u16::MAX)], b"v".to_vec());
         storage.apply(batch, Durability::Immediate).unwrap();
+    }
+
+    /// One bad byte in the middle of the journal: fjall's reader took it for
+    /// the journal's end and cut the file there, dropping every later,
+    /// acknowledged commit for good, without a word. The open is refused, and
+    /// the file is left as it was; a torn last batch still opens, without it.
+    #[test]
+    fn damage_before_intact_commits_refuses_the_open_and_keeps_the_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let put = |storage: &FjallStorage, n: u32| {
+            let mut batch = WriteBatch::new();
+            batch.put(Space::Documents, n.to_be_bytes().to_vec(), vec![b'v'; 100]);
+            storage.apply(batch, Durability::Immediate).unwrap();
+        };
+        {
+            let storage = FjallStorage::open(dir.path()).unwrap();
+            (0..200).for_each(|n| put(&storage, n));
+        }
+        let (_, journal) = super::super::fjall_repair::newest_journal(dir.path()).unwrap();
+        let sound = std::fs::read(&journal).unwrap();
+        let data = sound.iter().rposition(|&b| b != 0).unwrap() + 1;
+        assert!(data > 200 * 100, "the writes are in the journal: {data} bytes");
+        assert_eq!(
+            super::super::fjall_repair::buried_damage(dir.path()).unwrap(),
+            None
+        );
+        // A byte of a batch's framing (its Start tag), then one inside an item.
+        let start = (data / 2..data)
+            .find(|&i| sound[i] == 1 && sound[i - 4..i] == *b"FJL\x03")
+            .unwrap();
+        for at in [start, data / 2] {
+            let mut damaged = sound.clone();
+            damaged[at] ^= 0x5a;
+            std::fs::write(&journal, &damaged).unwrap();
+            match FjallStorage::open(dir.path()) {
+                Err(StorageError::Corrupt(why)) => assert!(why.contains("intact commits follow"), "{why}"),
+                other => panic!("byte {at}: {:?}", other.map(|_| "opened")),
+            }
+            assert_eq!(
+                std::fs::read(&journal).unwrap(),
+                damaged,
+                "the journal is left as it was"
+            );
+        }
+        // A last batch torn by a crash is the journal's end: it opens without it.
+        std::fs::write(&journal, &sound[..data - 20]).unwrap();
+        let storage = FjallStorage::open(dir.path()).unwrap();
+        assert!(
+            storage
+                .get(Space::Documents, &198u32.to_be_bytes())
+                .unwrap()
+                .is_some()
+        );
+        assert_eq!(
+            storage.get(Space::Documents, &199u32.to_be_bytes()).unwrap(),
+            None
+        );
     }
 
     #[test]
