@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use truce::CheckReport;
-use truce::storage::{FjallStorage, Storage};
+use truce::storage::{FjallStorage, Storage, StorageError};
 
 use crate::config::CheckArgs;
 use crate::recount::{database_dir, open_error};
@@ -43,30 +43,59 @@ fn report_json(report: &CheckReport) -> Value {
     })
 }
 
+/// Damage the storage itself reports, which stops the check where it is
+/// (a table or the journal that fails its checksum, a manifest that does not
+/// decode): a report with that one problem, `storage_damaged`, and exit 1:
+/// damage found, not a check that could not look.
+fn storage_damaged(data: &std::path::Path, why: &str) -> Result<bool, String> {
+    let report = json!({
+        "seq": null,
+        "clean": false,
+        "problems_total": 1,
+        "problems": [{"kind": "storage_damaged", "space": null, "detail": why}],
+    });
+    let text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+    println!("{text}");
+    eprintln!(
+        "truce: {} is damaged where the storage itself reads it, and the check stopped there: {why}. \
+         Restore it from a backup",
+        data.display()
+    );
+    Ok(false)
+}
+
 /// Opens the directory, checks it, prints the report; whether nothing was
 /// wrong (exit 0, else 1), or why it could not check (exit 2: a monitoring
 /// script tells "damaged" from "could not look").
 pub fn run(args: &CheckArgs) -> Result<bool, String> {
     let data = database_dir(&args.data)?;
-    let storage = FjallStorage::open(&data).map_err(|e| {
-        open_error(
-            &data,
-            &truce::Error::Storage(e),
-            "Stop it, or check a backup of it: truce backup --to DIR, then truce check --data DIR",
-        )
-    })?;
+    let storage = match FjallStorage::open(&data) {
+        Ok(storage) => storage,
+        Err(StorageError::Corrupt(why)) => return storage_damaged(&data, &why),
+        Err(e) => {
+            return Err(open_error(
+                &data,
+                &truce::Error::Storage(e),
+                "Stop it, or check a backup of it: truce backup --to DIR, then truce check --data DIR",
+            ));
+        }
+    };
     let view = storage
         .snapshot()
         .map_err(|e| format!("cannot read {}: {e}", data.display()))?;
     let started = Instant::now();
     let mut shown = Instant::now();
-    let report = truce::engine::check(&*view, &mut |progress| {
+    let checked = truce::engine::check(&*view, &mut |progress| {
         if shown.elapsed() >= PROGRESS_EVERY {
             shown = Instant::now();
             eprintln!("checking {}: {} entries so far", progress.space, progress.entries);
         }
-    })
-    .map_err(|e| format!("the check could not read {}: {e}", data.display()))?;
+    });
+    let report = match checked {
+        Ok(report) => report,
+        Err(truce::Error::Storage(StorageError::Corrupt(why))) => return storage_damaged(&data, &why),
+        Err(e) => return Err(format!("the check could not read {}: {e}", data.display())),
+    };
     let text = serde_json::to_string_pretty(&report_json(&report)).map_err(|e| e.to_string())?;
     println!("{text}");
     let entries =

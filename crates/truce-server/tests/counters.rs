@@ -711,6 +711,88 @@ fn cli_check_finds_a_counter_written_behind_its_back() {
     assert!(code == 2 && stderr.contains("no data directory"), "{stderr}");
 }
 
+/// One bad byte in the middle of the journal, with acknowledged commits
+/// after it: `truce check` reports the damage (exit 1, `storage_damaged`)
+/// and `truce serve` refuses to start, both leaving the journal as it was.
+/// Before, both opened it as fjall does, cutting the journal at the bad
+/// byte: every later commit was dropped for good, and check said "holds no
+/// damage".
+#[test]
+fn a_journal_damaged_before_acknowledged_commits_is_reported_not_cut() {
+    let mut server = Server::start();
+    let data = server.data.clone();
+    let http = Http::new(&server);
+    for n in 0..200 {
+        http.expect(
+            Method::PUT,
+            &format!("/v1/c/notes/n{n}"),
+            Some(&json!({"n": n})),
+            201,
+        );
+    }
+    assert!(server.terminate().success());
+    let journal = walkdir(&data)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "jnl"))
+        .max_by_key(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+        .expect("a journal");
+    let mut bytes = std::fs::read(&journal).expect("the journal");
+    let data_end = bytes.iter().rposition(|&b| b != 0).expect("data") + 1;
+    // The Start tag of a batch in the middle (it follows the last's End).
+    let start = (data_end / 2..data_end)
+        .find(|&i| bytes[i] == 1 && bytes[i - 4..i] == *b"FJL\x03")
+        .expect("a batch in the second half");
+    bytes[start] ^= 0x5a;
+    std::fs::write(&journal, &bytes).expect("damage it");
+
+    let (code, stdout, stderr) = run_truce_code(&["check"], &data);
+    assert_eq!(code, 1, "damage found, not 'could not look': {stdout} {stderr}");
+    let report: Value = serde_json::from_str(&stdout).expect("a JSON report");
+    assert_eq!(report["problems"][0]["kind"], "storage_damaged", "{stdout}");
+    assert!(stderr.contains("intact commits follow"), "{stderr}");
+    assert_eq!(
+        std::fs::read(&journal).expect("the journal"),
+        bytes,
+        "check cut the journal"
+    );
+
+    let ran = common::run_bounded(
+        &[
+            "serve",
+            "--data",
+            data.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        Duration::from_secs(30),
+    );
+    let status = ran.status.expect("serve refuses at once, it does not start");
+    assert!(!status.success());
+    assert!(ran.stderr.contains("intact commits follow"), "{}", ran.stderr);
+    assert_eq!(
+        std::fs::read(&journal).expect("the journal"),
+        bytes,
+        "serve cut the journal"
+    );
+}
+
+/// Every file under `dir`.
+fn walkdir(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        for entry in std::fs::read_dir(&path).expect("a directory").flatten() {
+            let p = entry.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                files.push(p);
+            }
+        }
+    }
+    files
+}
+
 // ---------------------------------------------------------------------------
 // README
 // ---------------------------------------------------------------------------

@@ -331,6 +331,84 @@ struct CounterEffects {
 /// Stored entries, key and value.
 type Entries = Vec<(Vec<u8>, Vec<u8>)>;
 
+/// Checks, at open, that the storage holds what its last commit says: the
+/// newest change of each collection is no later than `last_seq`, and its
+/// document is there, written at that change. Two reads per collection. A
+/// journal removed or cut (each of fjall's spaces flushes on its own, so
+/// the others may hold later commits than the meta space's `last_seq`), or
+/// a space's files removed, failed nothing before: the server handed out
+/// the lost sequence numbers again, or served the documents as absent and
+/// took create-only writes over them.
+fn check_log_heads(storage: &dyn crate::storage::StorageRead, last_seq: u64) -> Result<()> {
+    let corrupt = |why: String| {
+        Err(Error::Storage(crate::storage::StorageError::Corrupt(format!(
+            "{why}: the storage has lost commits (a journal or a space's files removed or damaged). \
+             Restore the data directory from a backup; `truce check` lists what is wrong"
+        ))))
+    };
+    let mut from: Option<Vec<u8>> = None;
+    loop {
+        let start = from
+            .as_deref()
+            .map_or(std::ops::Bound::Unbounded, std::ops::Bound::Included);
+        let Some((first, _)) = storage
+            .scan(
+                Space::Changes,
+                start,
+                std::ops::Bound::Unbounded,
+                Direction::Forward,
+                1,
+            )?
+            .pop()
+        else {
+            return Ok(());
+        };
+        let Some(name_end) = first.iter().position(|&b| b == 0) else {
+            return corrupt(format!("a change-log key holds no collection: {first:?}"));
+        };
+        let prefix = &first[..=name_end];
+        let end = index::keys::prefix_end(prefix);
+        let (last, _) = storage
+            .scan(
+                Space::Changes,
+                std::ops::Bound::Included(prefix),
+                end.as_deref()
+                    .map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded),
+                Direction::Reverse,
+                1,
+            )?
+            .pop()
+            .unwrap_or((first.clone(), Vec::new()));
+        let collection = String::from_utf8_lossy(&first[..name_end]).into_owned();
+        let Some(seq) = last.get(name_end + 1..name_end + 9) else {
+            return corrupt(format!("a change-log key of {collection} is too short"));
+        };
+        let seq = u64::from_be_bytes(seq.try_into().expect("8 bytes"));
+        let id = String::from_utf8_lossy(&last[name_end + 9..]).into_owned();
+        if seq > last_seq {
+            return corrupt(format!(
+                "the change log of {collection} holds seq {seq} ({id}), past the last commit, {last_seq}"
+            ));
+        }
+        let written = match storage.get(Space::Documents, &tx::doc_key(&collection, &id))? {
+            Some(bytes) => Some(record::decode_document_meta(&id, &bytes)?.0.seq),
+            None => None,
+        };
+        if written != Some(seq) {
+            return corrupt(format!(
+                "the newest change of {collection}, {id} at seq {seq}, has {} in the documents",
+                written.map_or("no document".to_string(), |s| format!(
+                    "a document written at seq {s}"
+                ))
+            ));
+        }
+        match end {
+            Some(end) => from = Some(end),
+            None => return Ok(()),
+        }
+    }
+}
+
 /// Every entry of `space` whose key starts with `prefix`.
 fn scan_prefix(storage: &dyn crate::storage::StorageRead, space: Space, prefix: &[u8]) -> Result<Entries> {
     Ok(scan_chunk(storage, space, prefix, None, usize::MAX)?.0)
@@ -441,6 +519,7 @@ impl Committer {
                 "last_seq {last_seq} is beyond COMMIT_SEQ_MAX"
             ))));
         }
+        check_log_heads(storage, last_seq)?;
         let last_ts_ms = read_meta_counter(storage, META_LAST_TS)?;
         let mut indexes: Catalog = HashMap::new();
         let mut dropping = Vec::new();

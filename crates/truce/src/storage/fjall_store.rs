@@ -118,8 +118,34 @@ pub struct FjallStorage {
     latest: Mutex<fjall::Snapshot>,
 }
 
+/// fjall's error as ours: [`StorageError::Corrupt`] for bytes on disk that
+/// fail their checksum or do not decode (a damaged table, journal or
+/// manifest), so that `truce check` reports them as damage found, not as
+/// a check that could not look; else [`StorageError::Backend`].
 fn backend(e: fjall::Error) -> StorageError {
-    StorageError::Backend(e.to_string())
+    use fjall::LsmError;
+    let damaged = matches!(
+        &e,
+        fjall::Error::Storage(
+            LsmError::ChecksumMismatch { .. }
+                | LsmError::Decompress(_)
+                | LsmError::InvalidVersion(_)
+                | LsmError::Unrecoverable
+                | LsmError::InvalidTag(_)
+                | LsmError::InvalidTrailer
+                | LsmError::InvalidHeader(_)
+                | LsmError::Utf8(_)
+        ) | fjall::Error::JournalRecovery(_)
+            | fjall::Error::InvalidVersion(_)
+            | fjall::Error::Decompress(_)
+            | fjall::Error::InvalidTrailer
+            | fjall::Error::InvalidTag(_)
+            | fjall::Error::Unrecoverable
+    );
+    match damaged {
+        true => StorageError::Corrupt(e.to_string()),
+        false => StorageError::Backend(e.to_string()),
+    }
 }
 
 /// The file fjall writes first into a directory it makes a database of.
@@ -177,7 +203,11 @@ impl FjallStorage {
             fjall::Error::Locked => StorageError::InUse(dir.display().to_string()),
             // Which directory: a permission or a read-only filesystem is
             // about the path, which fjall's error does not name.
-            other => StorageError::Backend(format!("{}: {other}", dir.display())),
+            other => match backend(other) {
+                StorageError::Corrupt(why) => StorageError::Corrupt(format!("{}: {why}", dir.display())),
+                StorageError::Backend(why) => StorageError::Backend(format!("{}: {why}", dir.display())),
+                named => named,
+            },
         })?;
         let spaces = Space::ALL
             .iter()

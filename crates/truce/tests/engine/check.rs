@@ -407,3 +407,64 @@ fn an_entry_stored_before_the_limit_does_not_refuse_unrelated_writes() {
         .unwrap()
         .unwrap();
 }
+
+/// A database whose storage lost commits is refused at open, not served: a
+/// journal removed or cut took the meta space's last commits (fjall's
+/// spaces flush on their own, so the change log held later ones), and a
+/// space's files removed took documents the change log still names. The
+/// first handed the lost sequence numbers out again; the second served
+/// the documents as absent and took create-only writes over them.
+#[test]
+fn a_database_that_lost_commits_is_refused_at_open() {
+    let (storage, db) = populated();
+    drop(db);
+    let last_seq = record::decode_counter(&storage.get(Space::Meta, b"last_seq").unwrap().unwrap()).unwrap();
+    let refusal =
+        |storage: &Arc<MemoryStorage>| match Db::open_with_storage(storage.clone(), Options::default()) {
+            Err(truce::Error::Storage(truce::storage::StorageError::Corrupt(why))) => why,
+            Err(e) => panic!("refused for another reason: {e}"),
+            Ok(_) => panic!("opened a database that lost commits"),
+        };
+    damage(&storage, |b| {
+        b.put(
+            Space::Meta,
+            b"last_seq".to_vec(),
+            record::encode_counter(last_seq - 1),
+        )
+    });
+    let why = refusal(&storage);
+    assert!(
+        why.contains("past the last commit") && why.contains("Restore"),
+        "{why}"
+    );
+    damage(&storage, |b| {
+        b.put(
+            Space::Meta,
+            b"last_seq".to_vec(),
+            record::encode_counter(last_seq),
+        )
+    });
+    drop(Db::open_with_storage(storage.clone(), Options::default()).expect("opens as it was"));
+
+    // The newest change of "orders" names a document; take it away.
+    let (newest, _) = storage
+        .scan(
+            Space::Changes,
+            std::ops::Bound::Included(&b"orders\0"[..]),
+            std::ops::Bound::Excluded(&b"orders\x01"[..]),
+            Direction::Reverse,
+            1,
+        )
+        .unwrap()
+        .pop()
+        .expect("a change");
+    let id = String::from_utf8(newest[b"orders\0".len() + 8..].to_vec()).unwrap();
+    damage(&storage, |b| {
+        b.remove(Space::Documents, truce::engine::tx::doc_key("orders", &id))
+    });
+    let why = refusal(&storage);
+    assert!(
+        why.contains(&format!("{id} at seq")) && why.contains("no document"),
+        "{why}"
+    );
+}
