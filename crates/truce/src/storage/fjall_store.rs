@@ -203,6 +203,21 @@ impl FjallStorage {
             fjall::Error::Locked => StorageError::InUse(dir.display().to_string()),
             // Which directory: a permission or a read-only filesystem is
             // about the path, which fjall's error does not name.
+            // fjall's I/O errors name no file: say what the kind means here.
+            fjall::Error::Io(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                StorageError::Backend(format!(
+                    "{}: {e}: the process must be able to read and write every file in it (is it owned by \
+                 another user, or on a read-only filesystem?)",
+                    dir.display()
+                ))
+            }
+            fjall::Error::Io(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                StorageError::Backend(format!(
+                    "{}: {e}: a file of the database is missing (was something in the directory removed?); \
+                 restore it from a backup",
+                    dir.display()
+                ))
+            }
             other => match backend(other) {
                 StorageError::Corrupt(why) => StorageError::Corrupt(format!("{}: {why}", dir.display())),
                 StorageError::Backend(why) => StorageError::Backend(format!("{}: {why}", dir.display())),
