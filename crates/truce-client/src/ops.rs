@@ -138,10 +138,25 @@ impl Client {
     }
 
     /// `GET /v1/_backup` (admin): the running backup or the last one since
-    /// the server started (`state` `running`, `done` or `failed`), `None` if
-    /// there was none.
+    /// the server started (`state` `running`, `done`, `failed` or
+    /// `stopped`), `None` if there was none.
     pub async fn backup_status(&self) -> Result<Option<Value>, ClientError> {
-        let answer = self.execute(&Call::get(self.url(&["v1", "_backup"]))).await?;
+        self.backup_answer(&Call::get(self.url(&["v1", "_backup"]))).await
+    }
+
+    /// `DELETE /v1/_backup` (admin): stops the running backup and answers
+    /// once nothing of it is left, with its status (`state` `stopped`); with
+    /// none running, the last one's status (a backup that finished first
+    /// answers `done`); `None` if there was none since the server started.
+    pub async fn stop_backup(&self) -> Result<Option<Value>, ClientError> {
+        let call = Call::change(Method::DELETE, self.url(&["v1", "_backup"]), None);
+        self.backup_answer(&call).await
+    }
+
+    /// A backup's status, `None` for a 404 of "no backup since the server
+    /// started".
+    async fn backup_answer(&self, call: &Call) -> Result<Option<Value>, ClientError> {
+        let answer = self.execute(call).await?;
         match answer.status {
             404 if missing(&answer.body) => Ok(None),
             200..=299 => decode(&answer.body, "a backup status").map(Some),

@@ -1,6 +1,8 @@
 //! `truce backup`: asks a running server for an online backup into a new
 //! directory on its machine (`POST /v1/_backup`) and shows its progress until
-//! it is done (`GET /v1/_backup`).
+//! it is done (`GET /v1/_backup`). Ctrl-C (SIGINT) stops it in the server
+//! (`DELETE /v1/_backup`) and waits until nothing of it is left: before, the
+//! command died and the server went on copying.
 
 use std::time::Duration;
 
@@ -23,18 +25,32 @@ fn mib(bytes: &Value) -> f64 {
 async fn follow(args: &BackupArgs) -> Result<(), String> {
     let client = crate::remote::client(&args.url, args.key.as_deref(), &args.tls, "truce-backup")?;
     let to = args.to.to_str().ok_or("--to is not UTF-8")?;
+    // Listening from before the backup starts: a Ctrl-C at any moment after
+    // stops it rather than leave it running without anyone watching.
+    let mut interrupted = interrupts().map_err(|e| format!("cannot listen for Ctrl-C: {e}"))?;
     let started = client
         .start_backup(to)
         .await
         .map_err(|e| crate::remote::failure(&args.url, &e))?;
-    eprintln!("backup of {} into {to} started", args.url);
+    eprintln!("backup of {} into {to} started (Ctrl-C stops it)", args.url);
+    let lost = |e: &truce_client::ClientError| {
+        format!(
+            "{}. If the server was killed meanwhile, {to}.partial may be left on its machine: \
+             remove it before backing up there again",
+            crate::remote::failure(&args.url, e)
+        )
+    };
     let mut shown = String::new();
     loop {
-        tokio::time::sleep(Duration::from_millis(POLL_MS)).await;
-        let status = client
-            .backup_status()
-            .await
-            .map_err(|e| crate::remote::failure(&args.url, &e))?
+        let status = tokio::select! {
+            _ = interrupted.recv() => return stop(&client, to, &lost).await,
+            status = async {
+                tokio::time::sleep(Duration::from_millis(POLL_MS)).await;
+                client.backup_status().await
+            } => status,
+        };
+        let status = status
+            .map_err(|e| lost(&e))?
             .ok_or("the server has no backup any more (was it restarted?)")?;
         // The server shows its last backup: another one started after this
         // one ended would be shown instead.
@@ -71,6 +87,12 @@ async fn follow(args: &BackupArgs) -> Result<(), String> {
                 println!("{status}");
                 return Ok(());
             }
+            Some("stopped") => {
+                return Err(format!(
+                    "the backup was stopped (the server is shutting down, or it was asked to stop \
+                     it: DELETE /v1/_backup); nothing of it is left at {to}"
+                ));
+            }
             _ => {
                 return Err(format!(
                     "the backup failed: {}",
@@ -79,4 +101,37 @@ async fn follow(args: &BackupArgs) -> Result<(), String> {
             }
         }
     }
+}
+
+/// Ctrl-C: asks the server to stop the backup, and says what came of it.
+async fn stop(
+    client: &truce_client::Client,
+    to: &str,
+    lost: &dyn Fn(&truce_client::ClientError) -> String,
+) -> Result<(), String> {
+    eprintln!("interrupted: stopping the backup (the server removes what it wrote)...");
+    let status = client.stop_backup().await.map_err(|e| {
+        format!(
+            "{}; the backup may go on in the server (GET /v1/_backup follows it, DELETE /v1/_backup \
+             stops it)",
+            lost(&e)
+        )
+    })?;
+    match status.as_ref().and_then(|s| s["state"].as_str()) {
+        Some("stopped") => Err(format!("the backup was stopped; nothing of it is left at {to}")),
+        Some("done") => {
+            eprintln!("it had finished first: {to} holds the backup");
+            Ok(())
+        }
+        _ => Err(format!(
+            "the backup was not stopped: the server answered {}",
+            status.unwrap_or_default()
+        )),
+    }
+}
+
+/// SIGINT, from now on (a `ctrl_c()` future sees only signals that come
+/// while it is being polled).
+fn interrupts() -> std::io::Result<tokio::signal::unix::Signal> {
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
 }

@@ -4155,14 +4155,7 @@ fn a_signal_while_the_database_opens_is_a_clean_stop() {
 #[test]
 fn a_backup_asked_for_as_the_server_stops_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let listen = addr.to_string();
-    let mut server = Spawned::start(
-        &["serve", "--data", data.to_str().unwrap(), "--listen", &listen],
-        &[("FAILPOINTS", "backup::start=sleep(1500)")],
-    );
-    server.wait_listening(addr);
+    let (mut server, listen) = serve_with_failpoints(dir.path(), "backup::start=sleep(1500)");
     let api = Api::at(&format!("http://{listen}"));
     api.put("/v1/c/a/x", json!({"n": 1})).ok(201);
     let target = dir.path().join("late");
@@ -4184,6 +4177,84 @@ fn a_backup_asked_for_as_the_server_stops_is_refused() {
     assert!(status.success(), "{status}");
     assert!(!target.exists(), "no backup was made");
     assert!(!dir.path().join("late.partial").exists(), "and no .partial left");
+}
+
+/// A server on `dir/data` with `failpoints` armed (the test build has
+/// them), listening; its address.
+#[cfg(unix)]
+fn serve_with_failpoints(dir: &Path, failpoints: &str) -> (Spawned, String) {
+    let data = dir.join("data");
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let listen = addr.to_string();
+    let mut server = Spawned::start(
+        &["serve", "--data", data.to_str().unwrap(), "--listen", &listen],
+        &[("FAILPOINTS", failpoints)],
+    );
+    server.wait_listening(addr);
+    (server, listen)
+}
+
+/// A running backup is stopped by `DELETE /v1/_backup`, which answers once
+/// nothing of it is left (`stopped`), and by Ctrl-C of `truce backup`, which
+/// asks for that: before, the command died and the server went on copying
+/// with no one watching. Each chunk of the copy is slowed by a failpoint
+/// (the test build has them), so the backup is still running when stopped.
+#[cfg(unix)]
+#[test]
+fn a_running_backup_is_stopped_and_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut server, listen) = serve_with_failpoints(dir.path(), "backup::chunk=sleep(200)");
+    let api = Api::at(&format!("http://{listen}"));
+    api.delete("/v1/_backup").error(404, "not_found");
+    for i in 0..600 {
+        api.put(&format!("/v1/c/a/d{i}"), json!({"n": i})).ok(201);
+    }
+    let target = dir.path().join("b1");
+    let started = api.post("/v1/_backup", json!({ "path": target }));
+    assert_eq!(started.status, 202, "{}", started.text);
+    let stopped = api.delete("/v1/_backup");
+    let stopped = stopped.ok(200).clone();
+    assert_eq!(stopped["state"], "stopped", "{stopped}");
+    assert_eq!(stopped["error"]["error"], "backup_stopped", "{stopped}");
+    assert!(
+        !target.exists() && !dir.path().join("b1.partial").exists(),
+        "nothing is left"
+    );
+    // Asked again, or read: what it came to.
+    assert_eq!(api.delete("/v1/_backup").ok(200)["state"], "stopped");
+    assert_eq!(api.get("/v1/_backup").ok(200)["state"], "stopped");
+
+    // Ctrl-C of the command stops the backup in the server.
+    let url = format!("http://{listen}");
+    let cli_target = dir.path().join("b2");
+    let mut command = Command::new(truce_bin());
+    command
+        .args(["backup", "--url", &url, "--to", cli_target.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let mut cli = Spawned::from_command(command);
+    let mut stderr = BufReader::new(cli.take_stderr().expect("piped")).lines();
+    let first = stderr.next().expect("a line").expect("text");
+    assert!(first.contains("started"), "{first}");
+    cli.signal(libc::SIGINT);
+    let status = cli.exit_within(Duration::from_secs(30)).expect("it exits");
+    assert_eq!(status.code(), Some(1), "{status}");
+    let said: Vec<String> = stderr.map_while(Result::ok).collect();
+    assert!(
+        said.iter().any(|l| l.contains("nothing of it is left")),
+        "{said:?}"
+    );
+    assert_eq!(api.get("/v1/_backup").ok(200)["state"], "stopped");
+    assert!(
+        !cli_target.exists() && !dir.path().join("b2.partial").exists(),
+        "nothing is left"
+    );
+    server.signal(libc::SIGTERM);
+    assert!(
+        server
+            .exit_within(Duration::from_secs(20))
+            .is_some_and(|s| s.success())
+    );
 }
 
 // ---------------------------------------------------------------------------

@@ -145,6 +145,11 @@ pub enum Error {
     /// Another backup of this database is running.
     #[error("a backup of this database is running; one runs at a time")]
     BackupRunning,
+    /// A backup was stopped before it finished (see
+    /// [`BackupStop`](crate::BackupStop)); nothing of it is
+    /// left.
+    #[error("the backup was stopped before it finished; nothing of it is left")]
+    BackupStopped,
     /// The idempotency key was used before with a different request.
     #[error("idempotency key {0:?} was used with a different request")]
     IdempotencyKeyReused(String),
@@ -257,6 +262,7 @@ impl Error {
             Error::IdempotencyKeyReused(_) => "idempotency_key_reused",
             Error::InvalidBackup(_) => "invalid_backup",
             Error::BackupRunning => "backup_running",
+            Error::BackupStopped => "backup_stopped",
             Error::TransactionFailed { .. } => "transaction_failed",
         }
     }

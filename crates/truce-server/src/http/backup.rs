@@ -1,7 +1,8 @@
 //! Online backups over HTTP: `POST /v1/_backup` starts one into a new directory
 //! on the server's machine (the engine's `Db::backup`, on a thread of its own),
-//! `GET /v1/_backup` says how far it has come. One at a time; admin keys not
-//! limited to some collections only (a backup holds every collection).
+//! `GET /v1/_backup` says how far it has come, `DELETE /v1/_backup` stops it.
+//! One at a time; admin keys not limited to some collections only (a backup
+//! holds every collection).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -55,8 +56,8 @@ impl Backups {
     }
 
     /// Stops a running backup between two chunks and waits for it to have
-    /// removed what it wrote, so that a server shutting down leaves no
-    /// `DIR.partial` behind.
+    /// removed what it wrote, so that a server shutting down (or a `DELETE
+    /// /v1/_backup`) leaves no `DIR.partial` behind.
     pub fn stop_and_wait(&self) {
         let running = self.running.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some((stop, thread)) = running {
@@ -91,6 +92,7 @@ impl Status {
         let state = match (self.finished_ms, &self.error) {
             (None, _) => "running",
             (Some(_), None) => "done",
+            (Some(_), Some((code, _))) if *code == truce::Error::BackupStopped.code() => "stopped",
             (Some(_), Some(_)) => "failed",
         };
         json!({
@@ -316,6 +318,11 @@ pub async fn status(
 ) -> Result<Response, ApiError> {
     admin_of_everything(&who)?;
     params.only(&[])?;
+    last_status(&state)
+}
+
+/// The last backup's status as an answer.
+fn last_status(state: &AppState) -> Result<Response, ApiError> {
     let last = state
         .backups
         .last
@@ -326,4 +333,27 @@ pub async fn status(
         Some(status) => Ok(axum::Json(status.json()).into_response()),
         None => Err(ApiError::NotFound("no backup since the server started".into())),
     }
+}
+
+/// Stops the running backup between two of its chunks, and answers once it
+/// has removed what it wrote (`DIR.partial`): its status, `stopped`. With
+/// none running, the last one's status, as `GET` (so a repeat, or a backup
+/// that finished first, answers what it came to).
+#[utoipa::path(delete, path = "/v1/_backup", tag = "operations",
+    responses((status = 200, description = "The backup, stopped, or the last one if none was running", body = super::openapi::BackupStatus),
+               (status = 404, description = "No backup since the server started", body = super::openapi::ErrorBody)))]
+pub async fn stop(
+    State(state): State<Arc<AppState>>,
+    Extension(who): Extension<Principal>,
+    params: Params,
+) -> Result<Response, ApiError> {
+    admin_of_everything(&who)?;
+    params.only(&[])?;
+    let stopping = Arc::clone(&state);
+    blocking(move || {
+        stopping.backups.stop_and_wait();
+        Ok(())
+    })
+    .await?;
+    last_status(&state)
 }

@@ -308,7 +308,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/v1/c/{coll}/_counters/{name}/recount", post(config::recount))
         .route("/v1/_outbox", get(config::outbox))
-        .route("/v1/_backup", get(backup::status).post(backup::start))
+        .route(
+            "/v1/_backup",
+            get(backup::status).post(backup::start).delete(backup::stop),
+        )
         .route(
             "/v1/c/{coll}/{id}",
             get(documents::get_doc)

@@ -233,10 +233,11 @@ pub struct BackupBody {
     path: String,
 }
 
-/// The running or last backup: `state` is `running`, `done` or `failed`;
-/// `seq` is the commit it holds everything up to (every write acknowledged
-/// before the backup was started, none after); `error` (once failed) is an
-/// error body.
+/// The running or last backup: `state` is `running`, `done`, `failed` or
+/// `stopped` (by `DELETE /v1/_backup` or the server's shutdown: nothing of
+/// it is left); `seq` is the commit it holds everything up to (every write
+/// acknowledged before the backup was started, none after); `error` (once
+/// failed or stopped) is an error body (`backup_stopped` once stopped).
 #[derive(ToSchema)]
 pub struct BackupStatus {
     state: String,
@@ -494,7 +495,7 @@ pub struct Insights {
         super::replication::pull, super::replication::push, super::replication::pull_stream,
         super::config::get_config, super::config::put_config, super::config::recount, super::config::outbox,
         super::insights::insights, super::insights::dashboard, super::metrics::metrics,
-        super::backup::start, super::backup::status,
+        super::backup::start, super::backup::status, super::backup::stop,
     ),
     components(schemas(Doc, ErrorBody, WriteAnswer, Collections, Index, Indexes, IndexBody, QueryPage,
                        ChangeItem, ChangesPage, TxOpBody, TxBody, TxAnswer, Health, DocBody, UpdateBody,

@@ -109,8 +109,8 @@ impl Drop for Slot {
 }
 
 /// Stops a running backup between two of its chunks: [`Backup::run`] then
-/// answers [`Error::Unavailable`] and leaves nothing behind. For a server
-/// that is shutting down.
+/// answers [`Error::BackupStopped`] and leaves nothing behind. For a server
+/// that is shutting down, or asked to stop it (`DELETE /v1/_backup`).
 #[derive(Clone, Debug, Default)]
 pub struct BackupStop(Arc<AtomicBool>);
 
@@ -221,10 +221,9 @@ impl Backup {
             let mut after: Option<Vec<u8>> = None;
             loop {
                 if self.stop.stopped() {
-                    return Err(Error::Unavailable(
-                        "the backup was stopped before it finished".into(),
-                    ));
+                    return Err(Error::BackupStopped);
                 }
+                fail::fail_point!("backup::chunk");
                 let (entries, next) =
                     scan_chunk(&*self.view, space, &[], after.as_deref(), BACKUP_CHUNK_ENTRIES)?;
                 let mut batch = WriteBatch::new();
@@ -302,7 +301,10 @@ fn make_partial_dir(dir: &Path) -> Result<PathBuf> {
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     if !parent.is_dir() {
-        return invalid("its parent directory does not exist");
+        return invalid(match parent.exists() {
+            true => "its parent is not a directory",
+            false => "its parent directory does not exist",
+        });
     }
     let mut partial_name = name.to_os_string();
     partial_name.push(PARTIAL_SUFFIX);
