@@ -150,6 +150,8 @@ fn backend(e: fjall::Error) -> StorageError {
 
 /// The file fjall writes first into a directory it makes a database of.
 const FJALL_VERSION_FILE: &str = "version";
+/// The file fjall holds a lock on (flock) while the database is open.
+const FJALL_LOCK_FILE: &str = "lock";
 
 impl FjallStorage {
     /// Whether `dir` holds a database of this backend (one [`open`](Self::open)
@@ -172,9 +174,35 @@ impl FjallStorage {
     /// [`open`](Self::open) with explicit memory bounds. The memtable bound
     /// applies to keyspaces this call creates; existing ones keep theirs.
     pub fn open_with(dir: &Path, options: FjallOptions) -> Result<FjallStorage, StorageError> {
+        // The journal is read under fjall's own lock (`dir/lock`, flock):
+        // a running server's, being appended to as it is read, could seem
+        // damaged, with zeroes where a batch was not written yet and whole
+        // batches after. A held lock is a server running there; no lock
+        // file, no database yet (or one fjall refuses on its own).
+        let lock = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(dir.join(FJALL_LOCK_FILE));
+        let held = match lock {
+            Ok(file) => match file.try_lock() {
+                Ok(()) => Some(file),
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    return Err(StorageError::InUse(dir.display().to_string()));
+                }
+                Err(std::fs::TryLockError::Error(e)) => {
+                    return Err(StorageError::Backend(format!(
+                        "cannot lock {}: {e}",
+                        dir.display()
+                    )));
+                }
+            },
+            Err(_) => None,
+        };
         let buried = super::fjall_repair::buried_damage(dir).map_err(|e| {
             StorageError::Backend(format!("cannot read the journal of {}: {e}", dir.display()))
         })?;
+        // Given back for fjall to take (it tries three times, 100 ms apart).
+        drop(held);
         if let Some(damage) = buried {
             return Err(StorageError::Corrupt(damage.to_string()));
         }
@@ -607,6 +635,36 @@ mod tests {
             storage.get(Space::Documents, &199u32.to_be_bytes()).unwrap(),
             None
         );
+    }
+
+    /// A database open elsewhere is in use, whatever its journal looks like
+    /// meanwhile: read while a server appends to it, the journal can seem
+    /// damaged (zeroes where a batch is not written yet, whole batches
+    /// after), and `truce check` on a running server's directory said
+    /// `storage_damaged` instead of "in use". Here the running one's journal
+    /// really has a bad byte; the second open must still say "in use".
+    #[test]
+    fn a_journal_is_read_only_under_the_databases_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let running = FjallStorage::open(dir.path()).unwrap();
+        for n in 0..50u32 {
+            let mut batch = WriteBatch::new();
+            batch.put(Space::Documents, n.to_be_bytes().to_vec(), vec![b'v'; 100]);
+            running.apply(batch, Durability::Immediate).unwrap();
+        }
+        let (_, journal) = super::super::fjall_repair::newest_journal(dir.path()).unwrap();
+        let mut bytes = std::fs::read(&journal).unwrap();
+        bytes[100] ^= 0x5a;
+        std::fs::write(&journal, &bytes).unwrap();
+        assert!(
+            super::super::fjall_repair::buried_damage(dir.path())
+                .unwrap()
+                .is_some()
+        );
+        assert!(matches!(
+            FjallStorage::open(dir.path()),
+            Err(StorageError::InUse(_))
+        ));
     }
 
     #[test]
