@@ -211,14 +211,14 @@ fn torn_tail_cut(bytes: &[u8]) -> Option<usize> {
 }
 
 /// Cuts a torn final batch off the newest journal in `dir`, keeping a copy of the
-/// file beside it as `N.jnl.torn`. Returns whether anything was cut.
-pub fn cut_torn_tail(dir: &Path) -> std::io::Result<bool> {
+/// file beside it as `N.jnl.torn`. Returns the copy's path if anything was cut.
+pub fn cut_torn_tail(dir: &Path) -> std::io::Result<Option<PathBuf>> {
     let Some((_, journal)) = newest_journal(dir) else {
-        return Ok(false);
+        return Ok(None);
     };
     let bytes = std::fs::read(&journal)?;
     let Some(cut) = torn_tail_cut(&bytes) else {
-        return Ok(false);
+        return Ok(None);
     };
     let copy = journal.with_extension("jnl.torn");
     std::fs::write(&copy, &bytes)?;
@@ -231,7 +231,7 @@ pub fn cut_torn_tail(dir: &Path) -> std::io::Result<bool> {
         copy = %copy.display(),
         "dropped a torn, unacknowledged final journal batch that failed its checksum"
     );
-    Ok(true)
+    Ok(Some(copy))
 }
 
 #[cfg(test)]

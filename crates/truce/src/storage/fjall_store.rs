@@ -116,6 +116,8 @@ pub struct FjallStorage {
     /// commit: while one is in flight it gets the one before, which is all
     /// that was acknowledged.
     latest: Mutex<fjall::Snapshot>,
+    /// See [`torn_tail_dropped`](Self::torn_tail_dropped).
+    torn_tail: Option<std::path::PathBuf>,
 }
 
 /// fjall's error as ours: [`StorageError::Corrupt`] for bytes on disk that
@@ -218,12 +220,18 @@ impl FjallStorage {
             })
             .map_err(|e| StorageError::Backend(format!("cannot start a thread to open the storage on: {e}")))
         };
+        let mut torn_tail = None;
         let db = match open()? {
-            Err(fjall::Error::JournalRecovery(_))
-                if super::fjall_repair::cut_torn_tail(dir)
-                    .map_err(|e| StorageError::Backend(e.to_string()))? =>
-            {
-                open()?
+            Err(fjall::Error::JournalRecovery(why)) => {
+                match super::fjall_repair::cut_torn_tail(dir)
+                    .map_err(|e| StorageError::Backend(e.to_string()))?
+                {
+                    Some(copy) => {
+                        torn_tail = Some(copy);
+                        open()?
+                    }
+                    None => Err(fjall::Error::JournalRecovery(why)),
+                }
             }
             other => other,
         }
@@ -273,7 +281,16 @@ impl FjallStorage {
             spaces: Arc::new(spaces),
             zero_ahead: Mutex::new(ZeroAhead::new(dir)),
             latest,
+            torn_tail,
         })
+    }
+
+    /// Where this open kept the journal as it was, if it cut a last batch
+    /// that failed its checksum (`storage/fjall_repair.rs`): `truce check`
+    /// says so, where the server only logs it. After a crash that batch was
+    /// torn and never acknowledged; after a clean stop it was damage.
+    pub fn torn_tail_dropped(&self) -> Option<&Path> {
+        self.torn_tail.as_deref()
     }
 
     fn keyspace(&self, space: Space) -> &Keyspace {
@@ -622,9 +639,31 @@ mod tests {
                 "the journal is left as it was"
             );
         }
+        // A last batch whose checksum fails is cut, the journal kept as it
+        // was, and the open says so.
+        let mut damaged = sound.clone();
+        damaged[data - 20] ^= 0x5a;
+        std::fs::write(&journal, &damaged).unwrap();
+        let storage = FjallStorage::open(dir.path()).unwrap();
+        assert_eq!(
+            storage.get(Space::Documents, &199u32.to_be_bytes()).unwrap(),
+            None
+        );
+        let copy = storage
+            .torn_tail_dropped()
+            .expect("the cut is told")
+            .to_path_buf();
+        assert_eq!(std::fs::read(&copy).unwrap(), damaged);
+        drop(storage);
+        std::fs::remove_file(&copy).unwrap();
         // A last batch torn by a crash is the journal's end: it opens without it.
         std::fs::write(&journal, &sound[..data - 20]).unwrap();
         let storage = FjallStorage::open(dir.path()).unwrap();
+        assert_eq!(
+            storage.torn_tail_dropped(),
+            None,
+            "fjall drops an incomplete batch itself"
+        );
         assert!(
             storage
                 .get(Space::Documents, &198u32.to_be_bytes())
