@@ -23,9 +23,12 @@ pub enum Precondition {
 }
 
 impl From<&Document> for Precondition {
-    /// Exactly the version that was read.
+    /// Exactly the revision that was read (its version and content): after
+    /// a delete whose tombstone was purged (`tombstones.keep_seconds`), a
+    /// document made again restarts at version 1, so a version alone could
+    /// match a different document than the one read.
     fn from(doc: &Document) -> Precondition {
-        Precondition::Version(doc.version)
+        Precondition::Rev(doc.rev.clone())
     }
 }
 
@@ -41,9 +44,9 @@ pub enum DeletePrecondition {
 }
 
 impl From<&Document> for DeletePrecondition {
-    /// Exactly the version that was read.
+    /// Exactly the revision that was read, as [`Precondition`]'s.
     fn from(doc: &Document) -> DeletePrecondition {
-        DeletePrecondition::Version(doc.version)
+        DeletePrecondition::Rev(doc.rev.clone())
     }
 }
 
@@ -250,10 +253,13 @@ mod tests {
     }
 
     #[test]
-    fn a_read_document_gives_its_exact_version() {
+    fn a_read_document_gives_its_exact_revision() {
         let doc = Document::from_json(json!({"_id": "a", "_rev": "9-f", "_version": 9, "_seq": 1, "_ts": 1}))
             .expect("valid");
-        assert_eq!(Precondition::from(&doc), Precondition::Version(9));
-        assert_eq!(DeletePrecondition::from(&doc), DeletePrecondition::Version(9));
+        assert_eq!(Precondition::from(&doc), Precondition::Rev("9-f".into()));
+        assert_eq!(
+            DeletePrecondition::from(&doc),
+            DeletePrecondition::Rev("9-f".into())
+        );
     }
 }

@@ -1,5 +1,5 @@
 //! Read-modify-write with optimistic concurrency: read, compute the new body,
-//! write it at exactly the version read, and on a conflict redo from the
+//! write it at exactly the revision read, and on a conflict redo from the
 //! document the conflict answer carried.
 
 use serde_json::Value;
@@ -15,7 +15,9 @@ impl Client {
     /// when absent) and returns the new full body (a JSON object of user fields).
     ///
     /// It GETs the document, calls `modify`, and PUTs the result at exactly the
-    /// version read (create-only when absent). A conflict that a fresh read can
+    /// revision read (create-only when absent): the version and content, so
+    /// that a document deleted, purged and made again at the same version
+    /// is not taken for the one read. A conflict that a fresh read can
     /// fix (`version_mismatch`, `already_exists`, `not_found`) is redone from the
     /// document the conflict answer carried (the state that beat this write, or
     /// `None` when absent), so no second read is needed:

@@ -320,7 +320,7 @@ async fn preconditions_travel_in_headers_and_query_parameters() {
 }
 
 #[tokio::test]
-async fn update_with_retry_redoes_from_the_conflicts_document_at_its_exact_version() {
+async fn update_with_retry_redoes_from_the_conflicts_document_at_its_exact_revision() {
     let (base, log) = serve(vec![
         Reply::Json(200, vec![], doc("a", 1, json!({"n": 10}))),
         Reply::Json(
@@ -347,10 +347,11 @@ async fn update_with_retry_redoes_from_the_conflicts_document_at_its_exact_versi
     assert_eq!(seen, [10, 20]);
     let log = log.lock().expect("log").clone();
     let methods: Vec<_> = log.iter().map(|r| r.method.as_str()).collect();
-    // The 409 carried version 2: the retry writes at it without reading again.
+    // The 409 carried revision 2-abc: the retry writes at it without
+    // reading again.
     assert_eq!(methods, ["GET", "PUT", "PUT"]);
-    assert_eq!(log[1].json(), json!({"n": 11, "_version": 1}));
-    assert_eq!(log[2].json(), json!({"n": 21, "_version": 2}));
+    assert_eq!(log[1].json(), json!({"n": 11, "_rev": "1-abc"}));
+    assert_eq!(log[2].json(), json!({"n": 21, "_rev": "2-abc"}));
 }
 
 #[tokio::test]
@@ -384,12 +385,12 @@ async fn update_with_retry_gives_up_with_the_last_conflict() {
     );
     assert_eq!(
         log[2].json(),
-        json!({"n": 1, "_version": 1}),
-        "after the backoff, the write is made at the version the conflict carried"
+        json!({"n": 1, "_rev": "1-abc"}),
+        "after the backoff, the write is made at the revision the conflict carried"
     );
     assert_eq!(
         log[3].json(),
-        json!({"n": 1, "_version": 2}),
+        json!({"n": 1, "_rev": "2-abc"}),
         "that write lost to a change made during the backoff: redone at once from its conflict's document"
     );
     assert_eq!(

@@ -455,3 +455,59 @@ async fn a_write_sent_again_under_its_key_is_answered_once() {
         (Some(422), "idempotency_key_reused")
     );
 }
+
+/// A write made with the precondition of a document read earlier holds only
+/// against that document: one deleted, its tombstone purged
+/// (`tombstones.keep_seconds`) and made again restarts at version 1, and a
+/// stale write "at version 1" went over the new document as if it were the
+/// one read. `Precondition::from` now sends the revision read.
+#[tokio::test]
+async fn a_read_documents_precondition_does_not_match_one_made_again() {
+    let (client, _server) = server();
+    let coll = fresh_collection("clientPurged");
+    client
+        .set_config(&coll, &json!({"tombstones": {"keep_seconds": 1}}))
+        .await
+        .expect("config");
+    client
+        .put(&coll, "a", json!({"owner": "ann"}), Precondition::Absent)
+        .await
+        .expect("ok")
+        .expect("created");
+    let read = client.get(&coll, "a").await.expect("ok").expect("exists");
+    let seen = client
+        .changes(&coll, &ChangesOptions::new())
+        .await
+        .expect("a feed");
+    client
+        .delete(&coll, "a", DeletePrecondition::from(&read))
+        .await
+        .expect("ok")
+        .expect("deleted");
+    // Purged once a reader that stood before the delete is refused (410).
+    let behind = ChangesOptions::new().since(seen.last_seq).from(seen.from);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while client.changes(&coll, &behind).await.is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the tombstone was never purged"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let again = client
+        .put(&coll, "a", json!({"owner": "bob"}), Precondition::Absent)
+        .await
+        .expect("ok")
+        .expect("created again");
+    assert_eq!(again.version, read.version, "made again at the version read");
+    let mut stale = read.body.clone();
+    stale.insert("note".into(), json!("written from ann's document"));
+    let conflict = client
+        .put(&coll, "a", json!(stale), Precondition::from(&read))
+        .await
+        .expect("ok")
+        .expect_err("a stale write of another document");
+    assert_eq!(conflict.reason, ConflictReason::VersionMismatch);
+    let now = client.get(&coll, "a").await.expect("ok").expect("exists");
+    assert_eq!(now.get("owner"), Some(&json!("bob")));
+}
