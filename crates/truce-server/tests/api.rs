@@ -4223,6 +4223,24 @@ fn a_running_backup_is_stopped_and_leaves_nothing() {
     // Asked again, or read: what it came to.
     assert_eq!(api.delete("/v1/_backup").ok(200)["state"], "stopped");
     assert_eq!(api.get("/v1/_backup").ok(200)["state"], "stopped");
+    // Asked by several at once: each answer waits for the stop (the ones
+    // that did not take the backup's thread answered `running` at once).
+    let target = dir.path().join("b3");
+    assert_eq!(api.post("/v1/_backup", json!({ "path": target })).status, 202);
+    let askers: Vec<_> = (0..3)
+        .map(|_| {
+            let api = Api::at(&format!("http://{listen}"));
+            std::thread::spawn(move || api.delete("/v1/_backup").ok(200).clone())
+        })
+        .collect();
+    for asker in askers {
+        let answer = asker.join().expect("the asker");
+        assert_eq!(answer["state"], "stopped", "{answer}");
+    }
+    assert!(
+        !target.exists() && !dir.path().join("b3.partial").exists(),
+        "nothing is left"
+    );
 
     // Ctrl-C of the command stops the backup in the server.
     let url = format!("http://{listen}");

@@ -356,6 +356,11 @@ pub const BACKUP_CHUNK_ENTRIES: usize = 4096;
 /// [`BACKUP_CHUNK_ENTRIES`].
 pub const BACKUP_CHUNK_BYTES: usize = 8 << 20;
 
+/// Entries a backup reads from the snapshot at a time, and so how often it
+/// looks whether it was asked to stop, and reports its progress: at most
+/// 64 documents of up to a MiB each are held beyond the batch being written.
+pub const BACKUP_SCAN_ENTRIES: usize = 64;
+
 /// Entries a consistency check (`Db::check`, `truce check`) reads from a space
 /// at once: with documents of at most [`DOC_SIZE_BYTES_MAX`], at most 256 MiB
 /// held, and a few MiB for documents of usual sizes.

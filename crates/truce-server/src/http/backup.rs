@@ -55,6 +55,12 @@ impl Backups {
         })
     }
 
+    /// The running backup's number, if one runs.
+    fn running_id(&self) -> Option<u64> {
+        let last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        last.as_ref().filter(|s| s.finished_ms.is_none()).map(|s| s.id)
+    }
+
     /// Stops a running backup between two chunks and waits for it to have
     /// removed what it wrote, so that a server shutting down (or a `DELETE
     /// /v1/_backup`) leaves no `DIR.partial` behind.
@@ -351,7 +357,14 @@ pub async fn stop(
     params.only(&[])?;
     let stopping = Arc::clone(&state);
     blocking(move || {
+        // The backup running now, which this request waits for: a second
+        // DELETE finds the thread taken by the first, and answered
+        // `running` at once while the copy was still there.
+        let running = stopping.backups.running_id();
         stopping.backups.stop_and_wait();
+        while running.is_some() && stopping.backups.running_id() == running {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         Ok(())
     })
     .await?;

@@ -18,7 +18,7 @@ use super::Db;
 use super::committer::scan_chunk;
 use super::read;
 use crate::error::{Error, Result};
-use crate::limits::{BACKUP_CHUNK_BYTES, BACKUP_CHUNK_ENTRIES};
+use crate::limits::{BACKUP_CHUNK_BYTES, BACKUP_CHUNK_ENTRIES, BACKUP_SCAN_ENTRIES};
 use crate::storage::{Durability, FjallOptions, FjallStorage, Space, Storage, StorageRead, WriteBatch};
 
 /// How far a running backup has come (passed to its progress callback after
@@ -216,6 +216,12 @@ impl Backup {
         };
         let target = FjallStorage::open_with(&self.partial, options)?;
         let mut done = BackupProgress::default();
+        // Read a few entries at a time (a read of 4,096 held that many
+        // documents at once, gigabytes of large ones, and a stop or the
+        // progress waited for all of them), written in batches of up to
+        // BACKUP_CHUNK_ENTRIES or BACKUP_CHUNK_BYTES.
+        let mut batch = WriteBatch::new();
+        let mut batched = 0;
         for space in Space::ALL {
             done.space = space.name();
             let mut after: Option<Vec<u8>> = None;
@@ -225,18 +231,16 @@ impl Backup {
                 }
                 fail::fail_point!("backup::chunk");
                 let (entries, next) =
-                    scan_chunk(&*self.view, space, &[], after.as_deref(), BACKUP_CHUNK_ENTRIES)?;
-                let mut batch = WriteBatch::new();
+                    scan_chunk(&*self.view, space, &[], after.as_deref(), BACKUP_SCAN_ENTRIES)?;
                 for (key, value) in entries {
                     done.entries += 1;
                     done.bytes += (key.len() + value.len()) as u64;
                     batch.put(space, key, value);
-                    if batch.bytes() >= BACKUP_CHUNK_BYTES {
+                    batched += 1;
+                    if batch.bytes() >= BACKUP_CHUNK_BYTES || batched >= BACKUP_CHUNK_ENTRIES {
                         target.apply(std::mem::take(&mut batch), Durability::Immediate)?;
+                        batched = 0;
                     }
-                }
-                if !batch.is_empty() {
-                    target.apply(batch, Durability::Immediate)?;
                 }
                 progress(&done);
                 match next {
@@ -244,6 +248,9 @@ impl Backup {
                     None => break,
                 }
             }
+        }
+        if !batch.is_empty() {
+            target.apply(batch, Durability::Immediate)?;
         }
         drop(target);
         for file in &self.files {
