@@ -76,10 +76,11 @@ fn data_len(bytes: &[u8]) -> usize {
     bytes.iter().rposition(|&b| b != 0).map_or(0, |last| last + 1)
 }
 
-/// Where the batch that starts at `pos` of `bytes` ends, if a whole one
-/// does: a Start, as many items as it says, and an End whose checksum
-/// matches them.
-fn batch_end(bytes: &[u8], pos: usize) -> Option<usize> {
+/// Where the batch that starts at `pos` of `bytes` ends, and its sequence
+/// number, if a whole one does: a Start, as many items as it says, and an
+/// End whose checksum matches them (which does not cover the Start's
+/// sequence number: [`buried_damage`] checks that they go up).
+fn batch_end(bytes: &[u8], pos: usize) -> Option<(usize, u64)> {
     let read = |at: usize, n: usize| bytes.get(at..at.checked_add(n)?);
     let number = |at: usize, n: usize| {
         read(at, n).map(|b| {
@@ -92,6 +93,7 @@ fn batch_end(bytes: &[u8], pos: usize) -> Option<usize> {
         return None;
     }
     let count = number(pos + 1, 4)?;
+    let seqno = number(pos + 5, 8)?;
     let items = pos + START_BYTES;
     let mut at = items;
     for _ in 0..count {
@@ -110,7 +112,7 @@ fn batch_end(bytes: &[u8], pos: usize) -> Option<usize> {
     let sound = *bytes.get(at)? == END_TAG
         && read(end - END_TRAILER.len(), END_TRAILER.len())? == END_TRAILER
         && xxhash_rust::xxh3::xxh3_64(bytes.get(items..at)?) == checksum;
-    sound.then_some(end)
+    sound.then_some((end, seqno))
 }
 
 /// Journal damage with intact commits after it, which opening would drop.
@@ -146,17 +148,26 @@ impl std::fmt::Display for BuriedDamage {
 /// batch that is not whole with a whole batch after it, in the same file
 /// or a newer one. Only the last batch can be torn by a crash (each is
 /// synced before the next is written), so a whole batch after damage is
-/// one that was acknowledged.
+/// one that was acknowledged. A batch whose sequence number is not above
+/// the one before is damaged too: fjall takes each batch's number under
+/// its journal's lock, so they only go up, and one lowered made fjall
+/// take the batch's writes for older than those they replaced (a stale
+/// document served).
 pub fn buried_damage(dir: &Path) -> std::io::Result<Option<BuriedDamage>> {
     let mut damage: Option<(PathBuf, usize)> = None;
+    let mut last_seqno = None;
     for (_, path) in journals(dir) {
         let bytes = std::fs::read(&path)?;
         let bytes = &bytes[..data_len(&bytes)];
         let mut from = 0;
         if damage.is_none() {
             while from < bytes.len() {
-                match batch_end(bytes, from) {
-                    Some(end) => from = end,
+                match batch_end(bytes, from).filter(|&(_, seqno)| last_seqno.is_none_or(|last| seqno > last))
+                {
+                    Some((end, seqno)) => {
+                        from = end;
+                        last_seqno = Some(seqno);
+                    }
                     None => {
                         damage = Some((path.clone(), from));
                         from += 1;
