@@ -160,21 +160,11 @@ pub fn buried_damage(dir: &Path) -> std::io::Result<Option<BuriedDamage>> {
         let bytes = std::fs::read(&path)?;
         let bytes = &bytes[..data_len(&bytes)];
         let mut from = 0;
-        if damage.is_none() {
-            while from < bytes.len() {
-                match batch_end(bytes, from).filter(|&(_, seqno)| last_seqno.is_none_or(|last| seqno > last))
-                {
-                    Some((end, seqno)) => {
-                        from = end;
-                        last_seqno = Some(seqno);
-                    }
-                    None => {
-                        damage = Some((path.clone(), from));
-                        from += 1;
-                        break;
-                    }
-                }
-            }
+        if damage.is_none()
+            && let Some(at) = first_broken(bytes, &mut last_seqno)
+        {
+            damage = Some((path.clone(), at));
+            from = at + 1;
         }
         if let Some((journal, at)) = &damage
             && let Some(intact) = (from..bytes.len()).find(|&q| batch_end(bytes, q).is_some())
@@ -189,7 +179,31 @@ pub fn buried_damage(dir: &Path) -> std::io::Result<Option<BuriedDamage>> {
     Ok(None)
 }
 
-/// Whether an End entry ends exactly at `end` in `bytes`.
+/// Where the first batch of `bytes` (a journal file's data) that is not
+/// whole starts, or whose sequence number is not above `last_seqno`, the
+/// number of the batch before, which it updates as it goes.
+fn first_broken(bytes: &[u8], last_seqno: &mut Option<u64>) -> Option<usize> {
+    let mut from = 0;
+    while from < bytes.len() {
+        match batch_end(bytes, from).filter(|&(_, seqno)| last_seqno.is_none_or(|last| seqno > last)) {
+            Some((end, seqno)) => {
+                from = end;
+                *last_seqno = Some(seqno);
+            }
+            None => return Some(from),
+        }
+    }
+    None
+}
+
+/// Where the newest journal under `dir` stops being whole batches, if it
+/// does: for the message of an open fjall refused for its last batch.
+pub fn broken_tail(dir: &Path) -> Option<(PathBuf, usize)> {
+    let (_, journal) = newest_journal(dir)?;
+    let bytes = std::fs::read(&journal).ok()?;
+    let at = first_broken(&bytes[..data_len(&bytes)], &mut None)?;
+    Some((journal, at))
+}
 fn end_marker_at(bytes: &[u8], end: usize) -> bool {
     end >= END_BYTES
         && bytes[end - END_BYTES] == END_TAG

@@ -241,7 +241,20 @@ impl FjallStorage {
                         torn_tail = Some(copy);
                         open()?
                     }
-                    None => Err(fjall::Error::JournalRecovery(why)),
+                    // Damage fjall refuses that is not a failed checksum (an
+                    // item count that does not match): its error names no file.
+                    None => {
+                        let Some((journal, at)) = super::fjall_repair::broken_tail(dir) else {
+                            return Err(backend(fjall::Error::JournalRecovery(why)));
+                        };
+                        return Err(StorageError::Corrupt(format!(
+                            "the journal {}'s last batch, from byte {at}, is damaged ({why:?}), and the \
+                             storage refuses to open it. Restore the data directory from a backup; or, to \
+                             open without that batch (after a crash, a write never acknowledged), copy the \
+                             directory, then cut that file at byte {at} (truncate -s {at} FILE)",
+                            journal.display()
+                        )));
+                    }
                 }
             }
             other => other,
@@ -656,6 +669,30 @@ mod tests {
                 "the journal is left as it was"
             );
         }
+        // A last batch whose item count is wrong is refused by fjall itself
+        // (not a checksum: nothing is cut); the refusal names the file and
+        // where that batch starts.
+        let last = (data / 2..data - 13)
+            .rev()
+            .find(|&i| sound[i] == 1 && sound[i - 4..i] == *b"FJL\x03")
+            .unwrap();
+        let mut damaged = sound.clone();
+        damaged[last + 1] = damaged[last + 1].wrapping_add(1);
+        std::fs::write(&journal, &damaged).unwrap();
+        match FjallStorage::open(dir.path()) {
+            Err(StorageError::Corrupt(why)) => {
+                assert!(
+                    why.contains(&format!("from byte {last}")) && why.contains(".jnl"),
+                    "{why}"
+                )
+            }
+            other => panic!("a wrong count: {:?}", other.map(|_| "opened")),
+        }
+        assert_eq!(
+            std::fs::read(&journal).unwrap(),
+            damaged,
+            "the journal is left as it was"
+        );
         // A last batch whose checksum fails is cut, the journal kept as it
         // was, and the open says so.
         let mut damaged = sound.clone();
