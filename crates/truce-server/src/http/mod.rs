@@ -415,28 +415,15 @@ fn role_before_body(method: &Method, template: &str) -> Option<Role> {
     const DOCUMENT: &str = "/v1/c/{coll}/{id}";
     const INDEX: &str = "/v1/c/{coll}/_indexes/{name}";
     const COUCH_DOCUMENT: &str = "/couch/{coll}/{id}";
-    let administers = match *method {
-        Method::PUT => matches!(template, INDEX | "/v1/c/{coll}/_config"),
-        Method::DELETE => template == INDEX,
-        Method::POST => matches!(template, "/v1/c/{coll}/_counters/{name}/recount" | "/v1/_backup"),
-        _ => false,
-    };
-    let writes = match *method {
-        Method::PUT => matches!(
-            template,
-            DOCUMENT | COUCH_DOCUMENT | "/couch/{coll}/" | "/couch/{coll}"
-        ),
-        Method::PATCH => template == DOCUMENT,
-        Method::DELETE => matches!(template, DOCUMENT | COUCH_DOCUMENT),
-        Method::POST => matches!(template, "/v1/c/{coll}/_push" | "/couch/{coll}/_bulk_docs"),
-        _ => false,
-    };
-    if administers {
-        Some(Role::Admin)
-    } else if writes {
-        Some(Role::Write)
-    } else {
-        None
+    match (method.as_str(), template) {
+        ("PUT", INDEX | "/v1/c/{coll}/_config")
+        | ("DELETE", INDEX)
+        | ("POST", "/v1/c/{coll}/_counters/{name}/recount" | "/v1/_backup") => Some(Role::Admin),
+        ("PUT", DOCUMENT | COUCH_DOCUMENT | "/couch/{coll}/" | "/couch/{coll}")
+        | ("PATCH", DOCUMENT)
+        | ("DELETE", DOCUMENT | COUCH_DOCUMENT)
+        | ("POST", "/v1/c/{coll}/_push" | "/couch/{coll}/_bulk_docs") => Some(Role::Write),
+        _ => None,
     }
 }
 
