@@ -82,8 +82,8 @@ pub fn run(args: &CheckArgs) -> Result<bool, String> {
     };
     if let Some(copy) = storage.torn_tail_dropped() {
         eprintln!(
-            "truce: opening {} cut the journal's last batch, which failed its checksum (after a crash, a \
-             write torn before it was acknowledged; after a clean stop, damage); the journal as it was is \
+            "truce: opening {} cut the journal's last batch, which was not whole (after a crash, a write \
+             torn before it was acknowledged; after a clean stop, damage); the journal as it was is \
              kept at {}",
             data.display(),
             copy.display()

@@ -1,13 +1,15 @@
-//! Repair of a torn final journal batch, which fjall refuses to recover from.
+//! Repair of a torn last journal batch, which fjall refuses to recover from.
 //!
-//! fjall discards an *incomplete* last batch by itself, but a last batch that is
-//! complete in shape and fails its checksum (a torn write whose later page reached
-//! the disk before an earlier one) makes it refuse to open. Such a batch was never
-//! acknowledged — its fsync did not finish — so, like PostgreSQL and SQLite treat a
-//! bad checksum at the end of their logs, we drop exactly that batch: after keeping
-//! a copy of the journal, cut the newest journal file back to the end of the
-//! previous batch. We only cut when we have verified that the final batch really
-//! fails its checksum; any other damage is left alone and reported.
+//! fjall discards a last batch without its End by itself, but one whose End
+//! is there and that fails its checksum, or whose item count does not match
+//! its items (a torn write whose later page reached the disk before an
+//! earlier one), makes it refuse to open. Such a batch was never
+//! acknowledged — its fsync did not finish — so, like PostgreSQL and SQLite
+//! treat a bad record at the end of their logs, we drop exactly that batch:
+//! after keeping a copy of the journal, cut the newest journal file back to
+//! the end of the last whole batch. We only cut when fjall refused the open
+//! and [`buried_damage`] found no whole batch after the cut; any other
+//! damage is left alone and reported.
 //!
 //! Damage anywhere else is worse than an error in fjall: its journal reader
 //! takes any entry it cannot decode for the end of the journal and cuts the
@@ -71,7 +73,7 @@ pub(super) fn newest_journal(dir: &Path) -> Option<(u64, PathBuf)> {
 }
 
 /// How much of a journal file is data: up to its last byte that is not zero
-/// (`torn_tail_cut` says why).
+/// (`tail_cut` says why; an End ends in `FJL\x03`, never a zero).
 fn data_len(bytes: &[u8]) -> usize {
     bytes.iter().rposition(|&b| b != 0).map_or(0, |last| last + 1)
 }
@@ -197,52 +199,37 @@ fn first_broken(bytes: &[u8], last_seqno: &mut Option<u64>) -> Option<usize> {
 }
 
 /// Where the newest journal under `dir` stops being whole batches, if it
-/// does: for the message of an open fjall refused for its last batch.
-pub fn broken_tail(dir: &Path) -> Option<(PathBuf, usize)> {
-    let (_, journal) = newest_journal(dir)?;
-    let bytes = std::fs::read(&journal).ok()?;
-    let at = first_broken(&bytes[..data_len(&bytes)], &mut None)?;
-    Some((journal, at))
-}
-fn end_marker_at(bytes: &[u8], end: usize) -> bool {
-    end >= END_BYTES
-        && bytes[end - END_BYTES] == END_TAG
-        && &bytes[end - END_TRAILER.len()..end] == END_TRAILER
-}
-
-/// Where the newest journal must be cut to drop a final batch that fails its
-/// checksum; `None` if the final batch is sound (or the file is not understood).
-///
-/// The journal's data ends before the zeroes that follow it: fjall makes each
-/// new journal 64 MiB long, `fjall_journal.rs` writes zeroes ahead of its end,
-/// and only a reopen shrinks it to its data. An End entry ends in `FJL\x03`,
-/// never a zero, so a complete final batch ends at the last byte that is not one.
-fn torn_tail_cut(bytes: &[u8]) -> Option<usize> {
-    let len = data_len(bytes);
-    let bytes = &bytes[..len];
-    if !end_marker_at(bytes, len) {
-        return None; // Incomplete tails are fjall's own business.
-    }
-    let batch_start = (0..len - END_BYTES)
-        .rev()
-        .find(|&end| end == 0 || end_marker_at(bytes, end))?;
-    let items = bytes.get(batch_start + START_BYTES..len - END_BYTES)?;
-    let stored = u64::from_le_bytes(
-        bytes[len - END_BYTES + 1..len - END_TRAILER.len()]
-            .try_into()
-            .ok()?,
-    );
-    (xxhash_rust::xxh3::xxh3_64(items) != stored).then_some(batch_start)
-}
-
-/// Cuts a torn final batch off the newest journal in `dir`, keeping a copy of the
-/// file beside it as `N.jnl.torn`. Returns the copy's path if anything was cut.
-pub fn cut_torn_tail(dir: &Path) -> std::io::Result<Option<PathBuf>> {
+/// does: the file and the offset of its first batch that is not whole.
+fn broken_tail(dir: &Path) -> std::io::Result<Option<(PathBuf, Vec<u8>, usize)>> {
     let Some((_, journal)) = newest_journal(dir) else {
         return Ok(None);
     };
     let bytes = std::fs::read(&journal)?;
-    let Some(cut) = torn_tail_cut(&bytes) else {
+    Ok(tail_cut(&bytes).map(|at| (journal, bytes, at)))
+}
+
+/// Where a journal file's `bytes` must be cut to keep only its whole
+/// batches: the start of the first that is not whole, if one is. The
+/// file's data ends before the zeroes that follow it: fjall makes each new
+/// journal 64 MiB long, `fjall_journal.rs` writes zeroes ahead of its end,
+/// and only a reopen shrinks it to its data.
+fn tail_cut(bytes: &[u8]) -> Option<usize> {
+    first_broken(&bytes[..data_len(bytes)], &mut None)
+}
+
+/// Cuts the last batch off the newest journal in `dir`, for an open that
+/// fjall refused for it (its checksum fails, or its item count does not
+/// match its items: a batch torn by a crash, whose later page reached the
+/// disk before an earlier one), keeping a copy of the file beside it as
+/// `N.jnl.torn`. Returns the copy's path if anything was cut: nothing is
+/// when the newest journal is whole batches (the
+/// refusal was about something else).
+///
+/// Called only after [`buried_damage`] found no whole batch after the first
+/// one that is not, so what is cut is the journal's last batch, and no
+/// acknowledged commit follows it.
+pub fn cut_torn_tail(dir: &Path) -> std::io::Result<Option<PathBuf>> {
+    let Some((journal, bytes, cut)) = broken_tail(dir)? else {
         return Ok(None);
     };
     let copy = journal.with_extension("jnl.torn");
@@ -252,9 +239,10 @@ pub fn cut_torn_tail(dir: &Path) -> std::io::Result<Option<PathBuf>> {
     file.sync_all()?;
     tracing::warn!(
         journal = %journal.display(),
-        dropped_bytes = bytes.len() - cut,
+        at = cut,
+        dropped_bytes = data_len(&bytes) - cut,
         copy = %copy.display(),
-        "dropped a torn, unacknowledged final journal batch that failed its checksum"
+        "dropped a torn, unacknowledged last journal batch that the storage refused to recover"
     );
     Ok(Some(copy))
 }
@@ -263,10 +251,20 @@ pub fn cut_torn_tail(dir: &Path) -> std::io::Result<Option<PathBuf>> {
 mod tests {
     use super::*;
 
-    fn batch(items: &[u8], corrupt: bool) -> Vec<u8> {
-        let mut out = vec![1, 1, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0];
-        out.extend_from_slice(items);
-        let sum = xxhash_rust::xxh3::xxh3_64(items) ^ u64::from(corrupt);
+    /// A whole batch of one item (`key` → `value`) numbered `seqno`, or
+    /// with a checksum that fails.
+    fn batch(seqno: u64, key: &[u8], corrupt: bool) -> Vec<u8> {
+        let mut item = vec![ITEM_TAG, 0, 0];
+        item.extend_from_slice(&7u64.to_le_bytes());
+        item.extend_from_slice(&(key.len() as u16).to_le_bytes());
+        item.extend_from_slice(&1u32.to_le_bytes());
+        item.extend_from_slice(&1u32.to_le_bytes());
+        item.extend_from_slice(key);
+        item.push(b'v');
+        let mut out = vec![START_TAG, 1, 0, 0, 0];
+        out.extend_from_slice(&seqno.to_le_bytes());
+        out.extend_from_slice(&item);
+        let sum = xxhash_rust::xxh3::xxh3_64(&item) ^ u64::from(corrupt);
         out.push(END_TAG);
         out.extend_from_slice(&sum.to_le_bytes());
         out.extend_from_slice(END_TRAILER);
@@ -274,25 +272,36 @@ mod tests {
     }
 
     #[test]
-    fn cuts_only_a_final_batch_that_fails_its_checksum() {
-        let good = [batch(b"first items", false), batch(b"second", false)].concat();
-        assert_eq!(torn_tail_cut(&good), None);
-        let torn = [batch(b"first items", false), batch(b"second", true)].concat();
-        assert_eq!(torn_tail_cut(&torn), Some(batch(b"first items", false).len()));
-        assert_eq!(torn_tail_cut(&batch(b"only", true)), Some(0));
+    fn cuts_at_the_first_batch_that_is_not_whole() {
+        let first = batch(1, b"first key", false);
+        let good = [first.clone(), batch(2, b"second", false)].concat();
+        assert_eq!(tail_cut(&good), None);
+        let torn = [first.clone(), batch(2, b"second", true)].concat();
+        assert_eq!(tail_cut(&torn), Some(first.len()), "a checksum that fails");
+        assert_eq!(tail_cut(&batch(1, b"only", true)), Some(0));
         assert_eq!(
-            torn_tail_cut(&good[..good.len() - 1]),
-            None,
-            "incomplete tails are left to fjall"
+            tail_cut(&good[..good.len() - 1]),
+            Some(first.len()),
+            "an End cut short"
         );
-        assert_eq!(torn_tail_cut(b""), None);
+        let mut counted = good.clone();
+        counted[first.len() + 1] = 2;
+        assert_eq!(
+            tail_cut(&counted),
+            Some(first.len()),
+            "an item count that does not match"
+        );
+        let older = [first.clone(), batch(1, b"second", false)].concat();
+        assert_eq!(
+            tail_cut(&older),
+            Some(first.len()),
+            "a sequence number not above the one before"
+        );
+        assert_eq!(tail_cut(b""), None);
         // A new journal's data is followed by zeroes up to its preallocated length.
         let zeroes = vec![0; 4096];
-        assert_eq!(torn_tail_cut(&[&good[..], &zeroes].concat()), None);
-        assert_eq!(
-            torn_tail_cut(&[&torn[..], &zeroes].concat()),
-            Some(batch(b"first items", false).len())
-        );
-        assert_eq!(torn_tail_cut(&zeroes), None);
+        assert_eq!(tail_cut(&[&good[..], &zeroes].concat()), None);
+        assert_eq!(tail_cut(&[&torn[..], &zeroes].concat()), Some(first.len()));
+        assert_eq!(tail_cut(&zeroes), None);
     }
 }

@@ -241,20 +241,7 @@ impl FjallStorage {
                         torn_tail = Some(copy);
                         open()?
                     }
-                    // Damage fjall refuses that is not a failed checksum (an
-                    // item count that does not match): its error names no file.
-                    None => {
-                        let Some((journal, at)) = super::fjall_repair::broken_tail(dir) else {
-                            return Err(backend(fjall::Error::JournalRecovery(why)));
-                        };
-                        return Err(StorageError::Corrupt(format!(
-                            "the journal {}'s last batch, from byte {at}, is damaged ({why:?}), and the \
-                             storage refuses to open it. Restore the data directory from a backup; or, to \
-                             open without that batch (after a crash, a write never acknowledged), copy the \
-                             directory, then cut that file at byte {at} (truncate -s {at} FILE)",
-                            journal.display()
-                        )));
-                    }
+                    None => Err(fjall::Error::JournalRecovery(why)),
                 }
             }
             other => other,
@@ -310,7 +297,7 @@ impl FjallStorage {
     }
 
     /// Where this open kept the journal as it was, if it cut a last batch
-    /// that failed its checksum (`storage/fjall_repair.rs`): `truce check`
+    /// that was not whole (`storage/fjall_repair.rs`): `truce check`
     /// says so, where the server only logs it. After a crash that batch was
     /// torn and never acknowledged; after a clean stop it was damage.
     pub fn torn_tail_dropped(&self) -> Option<&Path> {
@@ -669,47 +656,40 @@ mod tests {
                 "the journal is left as it was"
             );
         }
-        // A last batch whose item count is wrong is refused by fjall itself
-        // (not a checksum: nothing is cut); the refusal names the file and
-        // where that batch starts.
+        // A last batch whose checksum fails, or whose item count is wrong
+        // (fjall refuses both), is cut, the journal kept as it was, and the
+        // open says so.
         let last = (data / 2..data - 13)
             .rev()
             .find(|&i| sound[i] == 1 && sound[i - 4..i] == *b"FJL\x03")
             .unwrap();
-        let mut damaged = sound.clone();
-        damaged[last + 1] = damaged[last + 1].wrapping_add(1);
-        std::fs::write(&journal, &damaged).unwrap();
-        match FjallStorage::open(dir.path()) {
-            Err(StorageError::Corrupt(why)) => {
-                assert!(
-                    why.contains(&format!("from byte {last}")) && why.contains(".jnl"),
-                    "{why}"
-                )
-            }
-            other => panic!("a wrong count: {:?}", other.map(|_| "opened")),
+        let checksum = |bytes: &mut Vec<u8>| bytes[data - 20] ^= 0x5a;
+        let count = |bytes: &mut Vec<u8>| bytes[last + 1] = bytes[last + 1].wrapping_add(1);
+        let damages: [Damage; 2] = [&checksum, &count];
+        for (at, damage) in damages.into_iter().enumerate() {
+            let mut damaged = sound.clone();
+            damage(&mut damaged);
+            std::fs::write(&journal, &damaged).unwrap();
+            let storage = FjallStorage::open(dir.path()).unwrap_or_else(|e| panic!("damage {at}: {e}"));
+            assert!(
+                storage
+                    .get(Space::Documents, &198u32.to_be_bytes())
+                    .unwrap()
+                    .is_some()
+            );
+            assert_eq!(
+                storage.get(Space::Documents, &199u32.to_be_bytes()).unwrap(),
+                None
+            );
+            let copy = storage
+                .torn_tail_dropped()
+                .expect("the cut is told")
+                .to_path_buf();
+            assert_eq!(std::fs::read(&copy).unwrap(), damaged);
+            assert_eq!(std::fs::read(&journal).unwrap(), damaged[..last]);
+            drop(storage);
+            std::fs::remove_file(&copy).unwrap();
         }
-        assert_eq!(
-            std::fs::read(&journal).unwrap(),
-            damaged,
-            "the journal is left as it was"
-        );
-        // A last batch whose checksum fails is cut, the journal kept as it
-        // was, and the open says so.
-        let mut damaged = sound.clone();
-        damaged[data - 20] ^= 0x5a;
-        std::fs::write(&journal, &damaged).unwrap();
-        let storage = FjallStorage::open(dir.path()).unwrap();
-        assert_eq!(
-            storage.get(Space::Documents, &199u32.to_be_bytes()).unwrap(),
-            None
-        );
-        let copy = storage
-            .torn_tail_dropped()
-            .expect("the cut is told")
-            .to_path_buf();
-        assert_eq!(std::fs::read(&copy).unwrap(), damaged);
-        drop(storage);
-        std::fs::remove_file(&copy).unwrap();
         // A last batch torn by a crash is the journal's end: it opens without it.
         std::fs::write(&journal, &sound[..data - 20]).unwrap();
         let storage = FjallStorage::open(dir.path()).unwrap();
