@@ -45,20 +45,24 @@ fn report_json(report: &CheckReport) -> Value {
 
 /// Damage the storage itself reports, which stops the check where it is
 /// (a table or the journal that fails its checksum, a manifest that does not
-/// decode): a report with that one problem, `storage_damaged`, and exit 1:
-/// damage found, not a check that could not look.
-fn storage_damaged(data: &std::path::Path, why: &str) -> Result<bool, String> {
+/// decode: `storage_damaged`; fewer commits than the commit mark records:
+/// `commits_lost`): a report with that one problem, and exit 1: damage
+/// found, not a check that could not look.
+fn storage_damaged(data: &std::path::Path, kind: &str, why: &str) -> Result<bool, String> {
     let report = json!({
         "seq": null,
         "clean": false,
         "problems_total": 1,
-        "problems": [{"kind": "storage_damaged", "space": null, "detail": why}],
+        "problems": [{"kind": kind, "space": null, "detail": why}],
     });
     let text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
     println!("{text}");
+    let restore = match kind {
+        "commits_lost" => "", // the reason says what to do
+        _ => ". Restore it from a backup",
+    };
     eprintln!(
-        "truce: {} is damaged where the storage itself reads it, and the check stopped there: {why}. \
-         Restore it from a backup",
+        "truce: {} is damaged, and the check stopped there: {why}{restore}",
         data.display()
     );
     Ok(false)
@@ -71,7 +75,7 @@ pub fn run(args: &CheckArgs) -> Result<bool, String> {
     let data = database_dir(&args.data)?;
     let storage = match FjallStorage::open(&data) {
         Ok(storage) => storage,
-        Err(StorageError::Corrupt(why)) => return storage_damaged(&data, &why),
+        Err(StorageError::Corrupt(why)) => return storage_damaged(&data, "storage_damaged", &why),
         Err(e) => {
             return Err(open_error(
                 &data,
@@ -80,6 +84,13 @@ pub fn run(args: &CheckArgs) -> Result<bool, String> {
             ));
         }
     };
+    match truce::engine::verify_commit_mark(&data, &storage) {
+        Ok(()) => {}
+        Err(truce::Error::Storage(StorageError::Corrupt(why))) => {
+            return storage_damaged(&data, "commits_lost", &why);
+        }
+        Err(e) => return Err(format!("the check could not read {}: {e}", data.display())),
+    }
     if let Some(copy) = storage.torn_tail_dropped() {
         eprintln!(
             "truce: opening {} cut the journal's last batch, which was not whole (after a crash, a write \
@@ -102,7 +113,9 @@ pub fn run(args: &CheckArgs) -> Result<bool, String> {
     });
     let report = match checked {
         Ok(report) => report,
-        Err(truce::Error::Storage(StorageError::Corrupt(why))) => return storage_damaged(&data, &why),
+        Err(truce::Error::Storage(StorageError::Corrupt(why))) => {
+            return storage_damaged(&data, "storage_damaged", &why);
+        }
         Err(e) => return Err(format!("the check could not read {}: {e}", data.display())),
     };
     let text = serde_json::to_string_pretty(&report_json(&report)).map_err(|e| e.to_string())?;

@@ -776,6 +776,57 @@ fn a_journal_damaged_before_acknowledged_commits_is_reported_not_cut() {
     );
 }
 
+/// The journal removed after a clean stop: nothing is left for the storage
+/// to find damaged, and the directory opened as an empty database (check:
+/// "holds no damage"). The commit mark says 20 commits were made, so check
+/// reports `commits_lost` (exit 1) and serve refuses to start; with the mark
+/// removed, as the message says to accept the loss, it opens.
+#[test]
+fn a_data_directory_that_lost_its_journal_is_refused_by_its_commit_mark() {
+    let mut server = Server::start();
+    let data = server.data.clone();
+    let http = Http::new(&server);
+    for n in 0..20 {
+        http.expect(
+            Method::PUT,
+            &format!("/v1/c/notes/n{n}"),
+            Some(&json!({"n": n})),
+            201,
+        );
+    }
+    assert!(server.terminate().success());
+    for journal in walkdir(&data)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "jnl"))
+    {
+        std::fs::remove_file(journal).expect("remove a journal");
+    }
+    let (code, stdout, stderr) = run_truce_code(&["check"], &data);
+    assert_eq!(code, 1, "{stdout} {stderr}");
+    let report: Value = serde_json::from_str(&stdout).expect("a JSON report");
+    assert_eq!(report["problems"][0]["kind"], "commits_lost", "{stdout}");
+    assert!(
+        stderr.contains("commits up to seq 20") && stderr.contains("only up to seq 0"),
+        "{stderr}"
+    );
+    let ran = common::run_bounded(
+        &[
+            "serve",
+            "--data",
+            data.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        Duration::from_secs(30),
+    );
+    let status = ran.status.expect("serve refuses at once, it does not start");
+    assert!(!status.success());
+    assert!(ran.stderr.contains("lost acknowledged commits"), "{}", ran.stderr);
+    std::fs::remove_file(data.join("last-commit")).expect("the mark");
+    let (ok, stdout, stderr) = run_truce(&["check"], &data);
+    assert!(ok && stderr.contains("up to seq 0"), "{stdout} {stderr}");
+}
+
 /// Every file under `dir`.
 fn walkdir(dir: &Path) -> Vec<std::path::PathBuf> {
     let mut files = Vec::new();

@@ -32,6 +32,7 @@ mod disk;
 mod evaluate;
 mod group;
 pub mod insights;
+mod mark;
 pub mod outcome;
 mod pending;
 mod poll;
@@ -53,6 +54,7 @@ pub use committer::{IndexProgress, now_ms};
 pub use disk::DiskStatus;
 pub use evaluate::WriteOp;
 pub use insights::{InsightsReport, Origin, Stats};
+pub use mark::{COMMIT_MARK_FILE, verify as verify_commit_mark};
 pub use pending::{Pending, PendingFuture, PendingTx, PendingWrite};
 pub use read::{Change, ChangesPage, CheckpointPage};
 pub use recount::{RecountFix, RecountReport};
@@ -134,6 +136,9 @@ struct Inner {
     shared: Arc<Shared>,
     queue: Option<SyncSender<Request>>,
     committer: Option<JoinHandle<()>>,
+    /// Keeps the commit mark of a database opened on a directory (durable
+    /// only); its last write, at close, follows the committer's end.
+    mark: Option<mark::MarkKeeper>,
     options: Options,
     /// Taken while a backup runs.
     backup: backup::BackupGate,
@@ -172,6 +177,7 @@ impl Drop for Inner {
         if let Some(handle) = self.committer.take() {
             let _ = handle.join();
         }
+        self.mark.take();
     }
 }
 
@@ -189,14 +195,22 @@ impl Db {
             return Err(Error::InvalidBackup(why));
         }
         let storage = FjallStorage::open_with(path.as_ref(), options.fjall)?;
+        mark::verify(path.as_ref(), &storage)?;
         // A test's stand-in for a long recovery (inert unless built with
         // `failpoints` and named in `FAILPOINTS`).
         fail::fail_point!("db::open");
-        Db::open_with_storage(Arc::new(storage), options)
+        let poll = Db::checked(&options)?;
+        Db::start(Arc::new(storage), options, poll, Some(path.as_ref()))
     }
 
     /// Opens a database on any [`Storage`] backend.
     pub fn open_with_storage(storage: Arc<dyn Storage>, options: Options) -> Result<Db> {
+        let poll = Db::checked(&options)?;
+        Db::start(storage, options, poll, None)
+    }
+
+    /// Refuses `options` past their limits; the commit poll window they ask for.
+    fn checked(options: &Options) -> Result<PollWindow> {
         if options.queue_capacity == 0 || options.queue_capacity > COMMIT_QUEUE_REQUESTS_MAX {
             return Err(Error::LimitExceeded {
                 what: "COMMIT_QUEUE_REQUESTS_MAX",
@@ -215,13 +229,19 @@ impl Db {
                 limit: COMMIT_POLL_US_MAX,
             });
         }
-        let poll = PollWindow::new(options.commit_poll);
-        Db::start(storage, options, poll)
+        Ok(PollWindow::new(options.commit_poll))
     }
 
     /// Starts the committer on `storage` with `poll` (tests pass windows past
-    /// [`COMMIT_POLL_US_MAX`], to make its waits long enough to time).
-    fn start(storage: Arc<dyn Storage>, options: Options, poll: PollWindow) -> Result<Db> {
+    /// [`COMMIT_POLL_US_MAX`], to make its waits long enough to time), and
+    /// for a database in directory `dir` with durable commits, the keeper
+    /// of its commit mark.
+    fn start(
+        storage: Arc<dyn Storage>,
+        options: Options,
+        poll: PollWindow,
+        dir: Option<&Path>,
+    ) -> Result<Db> {
         let shared = Arc::new(Shared {
             storage,
             durability: options.durability,
@@ -242,6 +262,12 @@ impl Db {
             .observe(shared.storage.free_bytes(), shared.storage.used_bytes());
         let committer = Committer::recover(Arc::clone(&shared), poll)?;
         let dropping = committer.dropping();
+        let mark = match dir {
+            Some(dir) if options.durability == Durability::Immediate => {
+                Some(mark::MarkKeeper::start(dir, Arc::clone(&shared))?)
+            }
+            _ => None,
+        };
         let (queue, receiver) = mpsc::sync_channel(options.queue_capacity);
         let handle = std::thread::Builder::new()
             .name("truce-committer".into())
@@ -251,6 +277,7 @@ impl Db {
             shared,
             queue: Some(queue),
             committer: Some(handle),
+            mark,
             options,
             backup: Default::default(),
             recounting: Default::default(),

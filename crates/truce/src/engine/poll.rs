@@ -512,6 +512,7 @@ mod tests {
             storage.clone(),
             Options::default(),
             PollWindow::new(Duration::from_millis(600)),
+            None,
         )
         .unwrap();
         let c = db.collection("c").unwrap();

@@ -135,7 +135,8 @@ impl std::fmt::Display for BuriedDamage {
             "the journal {} is damaged at byte {}, and intact commits follow it ({} from byte {}); \
              opening would drop them for good, so it is refused. Restore the data directory from a \
              backup; or, to keep only the commits before the damage, copy the directory, then cut \
-             that file at byte {} (truncate -s {} FILE) and remove any newer journal files",
+             that file at byte {} (truncate -s {} FILE), and remove any newer journal files and the \
+             commit mark, `last-commit`",
             self.journal.display(),
             self.at,
             self.intact.0.display(),

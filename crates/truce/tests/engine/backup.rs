@@ -8,7 +8,7 @@ use std::thread;
 use serde_json::json;
 use truce::{Db, Error, Expect, Query, TxOp};
 
-use crate::{open_relaxed, update};
+use crate::{copy_dir, open_relaxed, update};
 
 const ACCOUNTS: usize = 50;
 const BALANCE: i64 = 100;
@@ -274,18 +274,6 @@ fn a_backup_refuses_what_it_cannot_do_cleanly() {
 /// and by its name.
 #[test]
 fn an_unfinished_backup_is_not_opened() {
-    fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-        std::fs::create_dir_all(to).unwrap();
-        for entry in std::fs::read_dir(from).unwrap() {
-            let entry = entry.unwrap();
-            let target = to.join(entry.file_name());
-            if entry.file_type().unwrap().is_dir() {
-                copy_dir(&entry.path(), &target);
-            } else {
-                std::fs::copy(entry.path(), &target).unwrap();
-            }
-        }
-    }
     let dir = tempfile::tempdir().unwrap();
     let db = open_relaxed(&dir.path().join("live"));
     let c = db.collection("c").unwrap();

@@ -10,7 +10,7 @@ use truce::storage::{Direction, MemoryStorage, Space, Storage, StorageRead, Writ
 use truce::{CheckReport, CollectionConfig, Db, Expect, IndexSpec, Options, TxOp};
 
 use crate::indexes::{spec, wait_ready};
-use crate::update;
+use crate::{copy_dir, open, update};
 
 /// A database holding a bit of everything the check compares: documents
 /// rewritten and deleted, a ready index, counters of both modes (with a sum),
@@ -467,4 +467,56 @@ fn a_database_that_lost_commits_is_refused_at_open() {
         why.contains(&format!("{id} at seq")) && why.contains("no document"),
         "{why}"
     );
+}
+
+/// Files taken away whole leave no damage for the storage to find: an older
+/// copy of the database put back over a newer one, or its journal removed,
+/// opened as a smaller database, as if the lost commits had never been
+/// made, and handed their sequence numbers out again. The commit mark,
+/// kept outside the storage, says how far the commits went.
+#[test]
+fn a_database_older_than_its_commit_mark_is_refused_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let (live, older) = (dir.path().join("live"), dir.path().join("older"));
+    let write = |from: u32, to: u32| {
+        let db = open(&live);
+        let c = db.collection("c").unwrap();
+        for i in from..to {
+            c.put(&format!("d{i}"), json!({"i": i}), Expect::Absent)
+                .unwrap()
+                .unwrap();
+        }
+    };
+    write(0, 10);
+    copy_dir(&live, &older);
+    write(10, 20);
+    let mark = live.join(truce::engine::COMMIT_MARK_FILE);
+    let marked = std::fs::read(&mark).unwrap();
+    assert_eq!(marked.len(), 24, "the mark is written at close");
+    // The older copy put back, all of it but the mark.
+    std::fs::remove_dir_all(&live).unwrap();
+    copy_dir(&older, &live);
+    std::fs::write(&mark, &marked).unwrap();
+    let refusal = match Db::open(&live, Options::default()) {
+        Err(truce::Error::Storage(truce::storage::StorageError::Corrupt(why))) => why,
+        Err(e) => panic!("refused for another reason: {e}"),
+        Ok(_) => panic!("opened a database older than its mark"),
+    };
+    assert!(
+        refusal.contains("commits up to seq 20") && refusal.contains("only up to seq 10"),
+        "{refusal}"
+    );
+    assert_eq!(
+        std::fs::read(&mark).unwrap(),
+        marked,
+        "the refusal leaves the mark"
+    );
+    // A damaged mark is no reason to refuse (it is reported and written anew),
+    // and with no mark the older copy opens as it is: the loss the mark catches.
+    std::fs::write(&mark, b"TRUCEMK1 not a whole mark").unwrap();
+    drop(open(&live));
+    std::fs::remove_file(&mark).unwrap();
+    let db = open(&live);
+    assert_eq!(db.collection("c").unwrap().get("d10").unwrap(), None);
+    assert!(db.collection("c").unwrap().get("d9").unwrap().is_some());
 }

@@ -51,6 +51,20 @@ pub fn open_with_page_memory(dir: &std::path::Path, bytes: usize) -> Db {
     .expect("open")
 }
 
+/// Copies directory `from` and everything in it to `to`.
+pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
 /// Parses an update, panicking on a malformed one.
 pub fn update(spec: Value) -> Update {
     Update::parse(&spec).expect("valid update")
