@@ -1,16 +1,19 @@
 // Opens the dashboard of a running `truce serve` in Debian's Chromium (headless,
 // driven by playwright-core) while a conflict workload runs, and checks that:
-// the page loads without console errors, the charts have data, and the hot
-// document and its remedy appear in the table. Keeps a screenshot.
+// the page loads without console errors, the charts have data, the hot
+// document and its remedy appear in the table, and each source named in
+// EXPECT_SOURCES (comma-separated legend labels, such as "(no source)") has
+// a conflict rate above zero. Keeps a screenshot.
 //
-// usage: node check.mjs BASE_URL SCREENSHOT.png EXPECT_DOCUMENT EXPECT_REMEDY
+// usage: node check.mjs BASE_URL SCREENSHOT.png EXPECT_DOCUMENT EXPECT_REMEDY [EXPECT_SOURCES]
 import { chromium } from "playwright-core";
 
-const [base, screenshot, document, remedy] = process.argv.slice(2);
+const [base, screenshot, document, remedy, expectSources = ""] = process.argv.slice(2);
 if (!base || !screenshot || !document || !remedy) {
-  console.error("usage: node check.mjs BASE_URL SCREENSHOT.png EXPECT_DOCUMENT EXPECT_REMEDY");
+  console.error("usage: node check.mjs BASE_URL SCREENSHOT.png EXPECT_DOCUMENT EXPECT_REMEDY [EXPECT_SOURCES]");
   process.exit(2);
 }
+const sources = expectSources.split(",").filter(s => s !== "");
 const executablePath = process.env.CHROMIUM || "/usr/bin/chromium";
 const deadline = Date.now() + 60_000;
 
@@ -34,23 +37,27 @@ try {
 
   // Live: the status turns live, the table lists the hot document with its
   // remedy, and the charts show non-zero commit and conflict rates.
-  const check = async () => page.evaluate(([document, remedy]) => {
+  const check = async () => page.evaluate(([document, remedy, sources]) => {
     const text = id => window.document.getElementById(id).textContent;
     const rows = [...window.document.querySelectorAll("#hot tr")].map(r => r.textContent);
-    // Some series of the chart's legend ("name: value") is above zero now.
-    const nonZero = id => [...window.document.querySelectorAll(`#${id} span`)]
-      .some(span => parseFloat(span.textContent.split(": ").pop()) > 0);
+    // The series of a chart's legend ("name: value") by name, with their values now.
+    const legend = id => new Map([...window.document.querySelectorAll(`#${id} span`)].map(span => {
+      const at = span.textContent.lastIndexOf(": ");
+      return [span.textContent.slice(0, at), parseFloat(span.textContent.slice(at + 2))];
+    }));
+    const nonZero = id => [...legend(id).values()].some(v => v > 0);
+    const conflicting = legend("l-conflicts");
     return {
       live: text("status").startsWith("live"),
       row: rows.some(r => r.includes(document) && r.includes(remedy)),
       commits: nonZero("l-commits"),
-      conflicts: nonZero("l-conflicts"),
+      conflicts: nonZero("l-conflicts") && sources.every(s => conflicting.get(s) > 0),
       tiles: text("t-commits") !== "–",
       status: text("status"),
       legend: text("l-commits") + " | " + text("l-conflicts"),
       rows,
     };
-  }, [document, remedy]);
+  }, [document, remedy, sources]);
   let state;
   for (;;) {
     state = await check();

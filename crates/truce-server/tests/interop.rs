@@ -255,6 +255,19 @@ fn the_dashboard_shows_a_live_workload_in_a_real_browser() {
                 );
                 let bob = json!({"owner": "bob", "_version": version});
                 send_as(&http, Method::PUT, "/v1/c/shop/fight", ("bob", None), &bob, 409);
+                // A source named as a property every JavaScript object has
+                // took the page down for everyone (its series were kept in
+                // a plain object); a conflict naming no source was drawn
+                // at 0 every other tick.
+                send_as(
+                    &http,
+                    Method::PUT,
+                    "/v1/c/shop/fight",
+                    ("constructor", None),
+                    &bob,
+                    409,
+                );
+                http.expect(Method::PUT, "/v1/c/shop/fight", Some(&bob), 409);
                 std::thread::sleep(Duration::from_millis(20));
             }
         })
@@ -264,7 +277,7 @@ fn the_dashboard_shows_a_live_workload_in_a_real_browser() {
     cmd.arg("check.mjs")
         .arg(server.url())
         .arg(&screenshot)
-        .args(["fight", "reduce_contention"])
+        .args(["fight", "reduce_contention", "bob,constructor,(no source)"])
         .env("CHROMIUM", &chromium)
         .current_dir(&dir);
     let (status, tail) = run(cmd, "node check.mjs (tests/dashboard)", NODE_TEST_TIMEOUT);
