@@ -216,6 +216,40 @@ fn an_unnamed_source_is_the_empty_one_everywhere() {
     );
 }
 
+/// Writes through `/couch` are counted under their `Truce-Source`, as on
+/// every write route (they were all under the unnamed source): a stale
+/// `_rev` on one document and in `_bulk_docs`.
+#[test]
+fn couch_writes_are_counted_under_their_source() {
+    let server = Server::start();
+    let http = Http::new(&server);
+    let (status, created) = http
+        .try_call(Method::PUT, "/couch/shop/x", Some(&json!({"n": 1})))
+        .unwrap();
+    assert_eq!(status, 201, "{created}");
+    let stale = json!({"n": 2, "_rev": "1-00000000000000000000000000000000"});
+    let named = [("truce-source", "couch-app")];
+    let (status, _) = http
+        .try_call_with(Method::PUT, "/couch/shop/x", &named, Some(&stale))
+        .unwrap();
+    assert_eq!(status, 409);
+    let bulk = json!({"docs": [{"_id": "x", "n": 3, "_rev": "1-00000000000000000000000000000000"}]});
+    let (status, rows) = http
+        .try_call_with(Method::POST, "/couch/shop/_bulk_docs", &named, Some(&bulk))
+        .unwrap();
+    assert_eq!(
+        (status, rows[0]["error"].as_str()),
+        (201, Some("conflict")),
+        "{rows}"
+    );
+    let report = http.expect(Method::GET, "/v1/insights?window=300", None, 200);
+    assert_eq!(
+        report["totals"]["conflicts_by_source"],
+        json!({"couch-app": 2}),
+        "{report:#}"
+    );
+}
+
 #[test]
 fn the_dashboard_page_is_self_contained() {
     let server = Server::start();

@@ -795,8 +795,12 @@ pub async fn bulk_docs(
     State(state): State<Arc<AppState>>,
     Extension(who): Extension<Principal>,
     PathParams(coll): PathParams<String>,
+    headers: HeaderMap,
     JsonBody(body): JsonBody,
 ) -> CouchResult {
+    // Counted for the insights under the caller's `Truce-Source` and
+    // `Truce-Attempt`, as on every write route.
+    let origin = super::extract::origin(&headers);
     authorize(&who, Role::Write, Some(&coll))?;
     match body.get("new_edits") {
         None | Some(Value::Bool(true)) => {}
@@ -844,10 +848,14 @@ pub async fn bulk_docs(
             && let Some((id, op)) = ops.next()
         {
             let submitted = match op {
-                check @ TxOp::Check { .. } => {
-                    state.db.submit_batch(vec![check], None).map(Pending::AbsentCheck)
-                }
-                write => state.db.submit_write(write, None).map(Pending::Write),
+                check @ TxOp::Check { .. } => state
+                    .db
+                    .submit_batch_from(vec![check], None, origin.clone())
+                    .map(Pending::AbsentCheck),
+                write => state
+                    .db
+                    .submit_write_from(write, None, origin.clone())
+                    .map(Pending::Write),
             };
             pending.push_back((id, submitted));
         }
@@ -983,9 +991,10 @@ pub async fn doc_other_method(
 /// One document's write; a delete without `_rev` (or with `0-0`), which is a
 /// check that nothing live is there and writes nothing, answers as in
 /// `_bulk_docs`.
-async fn write_one(state: &AppState, coll: &str, id: &str, op: TxOp) -> CouchResult {
+async fn write_one(state: &AppState, coll: &str, id: &str, op: TxOp, headers: &HeaderMap) -> CouchResult {
+    let origin = super::extract::origin(headers);
     if let check @ TxOp::Check { .. } = op {
-        return match state.db.submit_batch(vec![check], None)?.await? {
+        return match state.db.submit_batch_from(vec![check], None, origin)?.await? {
             Ok(_) => {
                 let rev = gone_rev(&state.db.collection(coll)?, id)?;
                 Ok(axum::Json(json!({"ok": true, "id": id, "rev": rev})).into_response())
@@ -993,7 +1002,7 @@ async fn write_one(state: &AppState, coll: &str, id: &str, op: TxOp) -> CouchRes
             Err(_) => Err(conflict()),
         };
     }
-    match state.db.submit_write(op, None)?.await? {
+    match state.db.submit_write_from(op, None, origin)?.await? {
         Ok(written) => {
             let status = if written.created() {
                 StatusCode::CREATED
@@ -1023,6 +1032,7 @@ pub async fn put_doc(
     Extension(who): Extension<Principal>,
     PathParams((coll, id)): PathParams<(String, String)>,
     params: Params,
+    headers: HeaderMap,
     JsonBody(body): JsonBody,
 ) -> CouchResult {
     authorize(&who, Role::Write, Some(&coll))?;
@@ -1045,7 +1055,7 @@ pub async fn put_doc(
         }
     }
     let op = couch_write(&coll, &id, doc)?;
-    write_one(&state, &coll, &id, op).await
+    write_one(&state, &coll, &id, op, &headers).await
 }
 
 /// `DELETE /couch/{coll}/{id}?rev=R`.
@@ -1054,6 +1064,7 @@ pub async fn delete_doc(
     Extension(who): Extension<Principal>,
     PathParams((coll, id)): PathParams<(String, String)>,
     params: Params,
+    headers: HeaderMap,
 ) -> CouchResult {
     authorize(&who, Role::Write, Some(&coll))?;
     let Some(rev) = params.0.get("rev") else {
@@ -1063,7 +1074,7 @@ pub async fn delete_doc(
     doc.insert("_rev".into(), json!(rev));
     doc.insert("_deleted".into(), json!(true));
     let op = couch_write(&coll, &id, doc)?;
-    write_one(&state, &coll, &id, op).await
+    write_one(&state, &coll, &id, op, &headers).await
 }
 
 #[cfg(test)]

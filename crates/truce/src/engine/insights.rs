@@ -110,7 +110,7 @@ pub(crate) const READ_CONFLICT: usize = 5;
 pub(crate) const SNAPSHOT_TOO_OLD: usize = 6;
 
 /// What a hot spot is: one document, or a range a transaction read.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Target {
     /// A document, by id.
     Document(String),
@@ -392,13 +392,19 @@ struct Entry {
 }
 
 impl Entry {
+    /// Counts `n` events of `source`. Past [`HOT_SPOT_SOURCES_MAX`] sources,
+    /// a new one takes the place of the one with the fewest events, whose
+    /// count goes to `other_sources` (the first ones seen kept their places
+    /// for good: four callers with one event each hid one with fifty). A
+    /// source that keeps coming climbs above those seen once, and stays.
     fn count_source(&mut self, source: Option<&Arc<str>>, n: u64) {
         if let Some((_, count)) = self.sources.iter_mut().find(|(s, _)| s.as_ref() == source) {
             *count += n;
         } else if self.sources.len() < HOT_SPOT_SOURCES_MAX {
             self.sources.push((source.cloned(), n));
-        } else {
-            self.other_sources += n;
+        } else if let Some(fewest) = self.sources.iter_mut().min_by_key(|(_, count)| *count) {
+            self.other_sources += fewest.1;
+            *fewest = (source.cloned(), n);
         }
     }
 
@@ -797,11 +803,18 @@ impl Insights {
             }
         }
         let covered_s = (elapsed.as_secs_f64() - (first * 60) as f64).max(1.0);
+        // The caller's `shown` runs after the tracker is let go: the
+        // committer takes it after every group, so a slow one stalled every
+        // commit, and one that wrote (or asked for insights) deadlocked.
+        drop(t);
         let mut entries: Vec<Entry> = merged.into_values().filter(|e| shown(&e.collection)).collect();
+        // Ties in a fixed order, so rows do not swap places between two
+        // reports of the same counts, nor a limit cut among them by chance.
         entries.sort_by(|a, b| {
             b.score
                 .cmp(&a.score)
                 .then_with(|| a.collection.cmp(&b.collection))
+                .then_with(|| a.target.cmp(&b.target))
         });
         let hot_spots = entries
             .into_iter()

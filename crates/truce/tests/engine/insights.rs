@@ -287,3 +287,62 @@ fn concurrent_increments_show_a_contended_document_without_conflicts() {
     assert_eq!(hot.counts.conflicts_total(), 0);
     assert_eq!(hot.remedy.code, "split_if_throughput_bound");
 }
+
+/// A hot spot names the sources with the most events: four callers that
+/// conflicted once each took its four places for good, and one that then
+/// conflicted fifty times was only "other sources". Equal scores come in a
+/// fixed order (they swapped places between two reports of the same counts).
+#[test]
+fn a_hot_spot_names_its_busiest_sources_and_ties_keep_their_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = crate::open_relaxed(dir.path());
+    let stale = |db: &Db, source: &str, id: &str| {
+        put_from(
+            db,
+            &Origin::source(source),
+            id,
+            json!({"x": source}),
+            Expect::Version(9),
+        )
+        .unwrap_err();
+    };
+    put_from(&db, &Origin::default(), "d", json!({}), Expect::Absent).unwrap();
+    for early in ["s1", "s2", "s3", "s4"] {
+        stale(&db, early, "d");
+    }
+    for _ in 0..50 {
+        stale(&db, "billing-worker", "d");
+    }
+    let report = db.insights(Duration::from_secs(60), 10).unwrap();
+    let spot = report
+        .hot_spots
+        .iter()
+        .find(|h| h.target == Target::Document("d".into()))
+        .expect("d is hot");
+    assert_eq!(
+        spot.sources.first(),
+        Some(&(Some("billing-worker".to_string()), 50)),
+        "{:?}",
+        spot.sources
+    );
+    let named: u64 = spot.sources.iter().map(|(_, n)| n).sum();
+    assert_eq!(named + spot.other_sources, 54, "every event is counted once");
+
+    for id in ["t3", "t1", "t2"] {
+        put_from(&db, &Origin::default(), id, json!({}), Expect::Absent).unwrap();
+        stale(&db, "tie", id);
+    }
+    let order = |db: &Db| {
+        db.insights(Duration::from_secs(60), 10)
+            .unwrap()
+            .hot_spots
+            .into_iter()
+            .map(|h| h.target)
+            .filter(|t| matches!(t, Target::Document(id) if id.starts_with('t')))
+            .collect::<Vec<_>>()
+    };
+    let tied: Vec<Target> = ["t1", "t2", "t3"].map(|id| Target::Document(id.into())).into();
+    for _ in 0..5 {
+        assert_eq!(order(&db), tied);
+    }
+}
