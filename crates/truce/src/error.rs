@@ -231,6 +231,10 @@ impl Error {
         "index_dropping",
         "idempotency_key_reused",
         "transaction_failed",
+        "insufficient_storage",
+        "invalid_backup",
+        "backup_running",
+        "backup_stopped",
     ];
 
     /// The stable, machine-readable code of this error.

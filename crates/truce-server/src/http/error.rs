@@ -103,7 +103,11 @@ pub fn engine_status(code: &str) -> StatusCode {
         "idempotency_key_reused" => StatusCode::UNPROCESSABLE_ENTITY,
         "overloaded" => StatusCode::TOO_MANY_REQUESTS,
         "unavailable" | "index_building" | "index_dropping" => StatusCode::SERVICE_UNAVAILABLE,
-        "retries_exhausted" | "transaction_failed" | "backup_running" => StatusCode::CONFLICT,
+        // A stopped backup is only ever a status's `error`; as an answer it
+        // would be a request that met another's stop.
+        "retries_exhausted" | "transaction_failed" | "backup_running" | "backup_stopped" => {
+            StatusCode::CONFLICT
+        }
         "insufficient_storage" => StatusCode::INSUFFICIENT_STORAGE,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }

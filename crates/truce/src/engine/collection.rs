@@ -15,7 +15,7 @@ use super::Db;
 use super::committer::IndexProgress;
 use super::config::CollectionConfig;
 use super::group::Held;
-use super::outcome::{Expect, WriteResult, Written};
+use super::outcome::{ConflictReason, Expect, WriteResult, Written};
 use super::pending::PendingWrite;
 use super::read::{durable_snapshot, for_each_document, run_query};
 use super::recount::RecountReport;
@@ -204,12 +204,19 @@ impl Collection {
         self.submit(self.delete_op(id, expect), Some(key))?.wait()
     }
 
-    /// [`put`](Self::put) for async callers.
+    /// [`put`](Self::put) for async callers. The write is queued when the
+    /// future is first polled, on the polling thread (which reads the
+    /// document for a precondition or an `$if`, as [`put`](Self::put)
+    /// does); only the wait for the commit is asynchronous. A future dropped
+    /// after that does not take the write back: it commits, so a timeout
+    /// around it followed by a retry writes twice unless it is idempotent
+    /// (a `*_idempotent` call on a blocking thread).
     pub async fn put_async(&self, id: &str, body: Value, expect: Expect) -> Result<WriteResult> {
         self.submit_put(id, body, expect)?.await
     }
 
-    /// [`patch`](Self::patch) for async callers.
+    /// [`patch`](Self::patch) for async callers (as [`put_async`](Self::put_async):
+    /// queued on the polling thread, committed even if the future is dropped).
     pub async fn patch_async(
         &self,
         id: &str,
@@ -219,7 +226,7 @@ impl Collection {
         self.submit_patch(id, update, expect)?.await
     }
 
-    /// [`delete`](Self::delete) for async callers.
+    /// [`delete`](Self::delete) for async callers (as [`put_async`](Self::put_async)).
     pub async fn delete_async(&self, id: &str, expect: Expect) -> Result<WriteResult> {
         self.submit_delete(id, expect)?.await
     }
@@ -233,7 +240,9 @@ impl Collection {
 
     /// [`atomic_update`](Self::atomic_update) with an explicit policy. When every
     /// attempt conflicted, fails with [`Error::RetriesExhausted`] carrying the last
-    /// conflict.
+    /// conflict; so does, at once, a `unique_violation` (the value `change`
+    /// made is another document's in a unique index: made again from the
+    /// same content, it would be refused again).
     pub fn atomic_update_with(
         &self,
         id: &str,
@@ -255,9 +264,14 @@ impl Collection {
                 .wait()?
             {
                 Ok(written) => return Ok(written),
-                Err(conflict) if attempt >= attempts => {
+                // A unique index holding the value for another document:
+                // the document was as read, so `change` would make the same
+                // value again; ended at once.
+                Err(conflict)
+                    if attempt >= attempts || conflict.reason == ConflictReason::UniqueViolation =>
+                {
                     return Err(Error::RetriesExhausted {
-                        attempts,
+                        attempts: attempt,
                         last: Box::new(conflict),
                     });
                 }

@@ -332,6 +332,14 @@ pub fn build(
 
 /// Rejects preconditions that cannot make sense for `op`, before it is queued.
 pub fn check_precondition(op: &WriteOp, expect: Expect) -> Result<()> {
+    if expect == Expect::Version(0) {
+        // The wire's `_version: 0` is `Expect::Absent` (`Expect::from_version`);
+        // as a version it could never match, and every write failed.
+        return Err(Error::InvalidPrecondition(
+            "version 0 never matches (versions start at 1); for create only, expect the document absent"
+                .into(),
+        ));
+    }
     if matches!(op, WriteOp::Delete) && expect == Expect::Absent {
         return Err(Error::InvalidPrecondition(
             "a delete cannot expect the document to be absent; use version=-1 for any".into(),

@@ -62,7 +62,7 @@ pub use retry::RetryPolicy;
 pub use transaction::Transaction;
 
 use committer::{Committer, Request, Shared};
-use tx::{Commit, IdempotencyKey, TxOp, TxOutcome};
+use tx::{Commit, IdempotencyKey, TxFailure, TxOp, TxOutcome};
 
 /// How to open a database.
 #[derive(Clone, Debug)]
@@ -91,10 +91,12 @@ pub struct Options {
     /// zero never polls. Default [`COMMIT_POLL_US_DEFAULT`], at most
     /// [`COMMIT_POLL_US_MAX`].
     pub commit_poll: Duration,
-    /// Free space to keep on the storage's filesystem: while less is free,
-    /// writes that add data fail with [`Error::InsufficientStorage`] and
-    /// deletes go on (`engine/disk.rs`). Default
-    /// [`MIN_FREE_DISK_BYTES_DEFAULT`] (256 MiB); 0 refuses nothing.
+    /// Free space to keep on the storage's filesystem, *plus* room for the
+    /// storage's compactions, as much as the database takes on disk (a 10 GB
+    /// database needs 10 GB + this free): while less is free, writes that add
+    /// data fail with [`Error::InsufficientStorage`] and deletes go on
+    /// (`engine/disk.rs`). Default [`MIN_FREE_DISK_BYTES_DEFAULT`] (256 MiB);
+    /// 0 turns the whole reserve off.
     pub min_free_disk_bytes: u64,
     /// Memory for the pages being read at once (queries, feeds, pulls):
     /// past it, pages end early or are refused with
@@ -126,7 +128,13 @@ impl Default for Options {
 }
 
 /// An open database. Cheap to clone, `Send + Sync`: share it between threads and tasks.
-/// The committer stops when the last clone (and every [`Collection`]) is dropped.
+/// The committer stops when the last handle on it is dropped: every clone,
+/// [`Collection`], [`Subscription`] and [`Transaction`], and the step a
+/// background job (an index backfill, a purge, a counter's recount) is
+/// running; there is no `close` to wait on. The thread that drops the last
+/// handle waits for the committer to answer what is queued (do not drop it
+/// on an async runtime's worker), and a [`Db::open`] of the same directory
+/// meanwhile fails with `InUse`.
 #[derive(Clone)]
 pub struct Db {
     inner: Arc<Inner>,
@@ -427,7 +435,11 @@ impl Db {
     /// conflict under the database's [`RetryPolicy`] (exponential backoff with full
     /// jitter). Errors returned by `body` end the transaction without retrying.
     /// When every attempt conflicted, fails with [`Error::TransactionFailed`]
-    /// naming what conflicted.
+    /// naming what conflicted. So does, at once, an attempt whose every write
+    /// refused was refused by a document as it already was when the attempt
+    /// began (a create-only put of a document that was there, a value a
+    /// unique index held for another): `body` run again would see the same
+    /// and meet the same refusal.
     pub fn transaction<T>(&self, mut body: impl FnMut(&mut Transaction) -> Result<T>) -> Result<T> {
         let policy = self.inner.options.retry;
         let attempts = policy.max_attempts.max(1);
@@ -436,11 +448,16 @@ impl Db {
             let mut tx = self.begin()?;
             tx.set_origin(tx.origin().clone().attempt(attempt, Some(attempts)));
             let value = body(&mut tx)?;
+            let snapshot = tx.snapshot_seq();
             match tx.commit()? {
                 Ok(_) => return Ok(value),
-                Err(failure) if attempt >= attempts => {
+                Err(failure)
+                    if attempt >= attempts
+                        || matches!(&failure, TxFailure::Conflicts(refused)
+                            if refused.iter().all(|r| r.conflict.met_at_or_before(snapshot))) =>
+                {
                     return Err(Error::TransactionFailed {
-                        attempts,
+                        attempts: attempt,
                         failure: Box::new(failure),
                     });
                 }
@@ -1237,18 +1254,14 @@ impl<D: read::PageDoc> Subscription<D> {
     /// The next changes, waiting up to `timeout` for some; an empty page when
     /// none came.
     pub fn next_timeout(&mut self, timeout: Duration) -> Result<ChangesPage<D>> {
-        let deadline = Instant::now() + timeout;
+        // A timeout past what an `Instant` can hold (`Duration::MAX`) is none.
+        let deadline = Instant::now().checked_add(timeout);
         loop {
             let page = self.poll()?;
             if !page.changes.is_empty() {
                 return Ok(page);
             }
-            if !self
-                .db
-                .shared()
-                .watermark
-                .wait_until(self.since + 1, Some(deadline))?
-            {
+            if !self.db.shared().watermark.wait_until(self.since + 1, deadline)? {
                 return Ok(page);
             }
         }

@@ -148,6 +148,14 @@ impl Conflict {
         }
     }
 
+    /// Whether the document that refused the write was already as it is at
+    /// `seq` (so a writer that had read the state at `seq` saw it): a retry
+    /// on a state at least that new meets the same refusal. `false` where
+    /// there is none (a `not_found`: it may have been deleted since).
+    pub fn met_at_or_before(&self, seq: u64) -> bool {
+        self.current_meta().is_some_and(|(_, meta)| meta.seq <= seq)
+    }
+
     /// The current live document's id and metadata, without decoding it.
     pub fn current_meta(&self) -> Option<(&str, &Meta)> {
         match &self.current {

@@ -210,6 +210,38 @@ fn every_error_code_is_produced() {
     let (_, reader) = crate::purge::with_purged_tombstones(&purged);
     errors.push(reader.next(&purged).unwrap_err());
 
+    // insufficient_storage: more free space asked for than any disk has.
+    let full_dir = tempfile::tempdir().unwrap();
+    let full = Db::open(
+        full_dir.path(),
+        Options {
+            min_free_disk_bytes: u64::MAX,
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    errors.push(
+        full.collection("c")
+            .unwrap()
+            .put("x", json!({}), Expect::Any)
+            .unwrap_err(),
+    );
+    // invalid_backup, backup_running, backup_stopped.
+    let backups = tempfile::tempdir().unwrap();
+    errors.push(
+        Db::open(backups.path().join("copy.partial"), Options::default())
+            .err()
+            .expect("an unfinished backup's name is refused"),
+    );
+    let first = purged.start_backup(&backups.path().join("first"), &[]).unwrap();
+    errors.push(
+        purged
+            .backup(&backups.path().join("second"), &[], &mut |_| {})
+            .unwrap_err(),
+    );
+    first.stopper().stop();
+    errors.push(first.run(&mut |_| {}).unwrap_err());
+
     let produced: BTreeSet<&str> = errors.iter().map(Error::code).collect();
     let all: BTreeSet<&str> = Error::ALL_CODES.iter().copied().collect();
     assert_eq!(produced, all, "each code in ALL_CODES is produced once above");
@@ -1036,4 +1068,21 @@ fn the_ttl_sweep_goes_past_a_document_it_cannot_read() {
         .map(|ch| ch.id)
         .collect();
     assert_eq!(deleted, BTreeSet::from(["a".to_string(), "c".to_string()]));
+}
+
+/// `Expect::Version(0)` could never match (versions start at 1), so every
+/// write with it failed as a conflict; the wire's `_version: 0` means
+/// "absent", and code ported from it met conflicts instead of creates.
+#[test]
+fn version_zero_is_an_invalid_precondition_not_a_conflict() {
+    let (_, db) = memory_db();
+    let c = db.collection("c").unwrap();
+    let refused = c.put("x", json!({}), Expect::Version(0)).unwrap_err();
+    assert_eq!(refused.code(), "invalid_precondition", "{refused}");
+    assert!(refused.to_string().contains("absent"), "{refused}");
+    c.put("x", json!({}), Expect::Absent).unwrap().unwrap();
+    let refused = c
+        .patch("x", update(json!({"$set": {"a": 1}})), Expect::Version(0))
+        .unwrap_err();
+    assert_eq!(refused.code(), "invalid_precondition");
 }

@@ -744,3 +744,71 @@ fn a_closure_that_always_conflicts_fails_naming_the_conflict() {
     assert!(err.to_string().contains("document x"), "{err}");
     assert!(started.elapsed() < Duration::from_secs(5));
 }
+
+/// A refusal that running the body again cannot change ends the retries at
+/// once: a create-only put of a document that was there before the
+/// transaction began took every attempt (ten, and their backoff), and
+/// `atomic_update` did the same for a value another document holds in a
+/// unique index. One that a retry can fix (the document changed after the
+/// snapshot) is still retried.
+#[test]
+fn a_refusal_a_retry_cannot_change_is_not_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = crate::open_relaxed(dir.path());
+    let users = db.collection("u").unwrap();
+    users
+        .put("alice", json!({"email": "a@x"}), Expect::Absent)
+        .unwrap()
+        .unwrap();
+    let mut runs = 0;
+    let started = Instant::now();
+    match db.transaction(|tx| {
+        runs += 1;
+        tx.put("u", "alice", json!({}), Expect::Absent)
+    }) {
+        Err(truce::Error::TransactionFailed { attempts, failure }) => {
+            assert_eq!(attempts, 1);
+            assert!(
+                matches!(&*failure, TxFailure::Conflicts(c) if c[0].conflict.reason == ConflictReason::AlreadyExists),
+                "{failure:?}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(runs, 1, "ran once, in {:?}", started.elapsed());
+
+    // Changed after the snapshot: retried, and the retry sees it.
+    let mut runs = 0;
+    let outcome = db.transaction(|tx| {
+        runs += 1;
+        let seen = tx.get("u", "bob")?;
+        if runs == 1 {
+            users
+                .put("bob", json!({"by": "other"}), Expect::Absent)
+                .unwrap()
+                .unwrap();
+        }
+        match seen {
+            None => tx.put("u", "bob", json!({"by": "tx"}), Expect::Absent),
+            Some(_) => Ok(()),
+        }
+    });
+    outcome.unwrap();
+    assert_eq!(runs, 2);
+
+    users
+        .create_index("by_email", crate::indexes::spec(&["email"], true))
+        .unwrap();
+    crate::indexes::wait_ready(&users, "by_email");
+    let mut changes = 0;
+    match users.atomic_update("carol", |_| {
+        changes += 1;
+        json!({"email": "a@x"})
+    }) {
+        Err(truce::Error::RetriesExhausted { attempts, last }) => {
+            assert_eq!((attempts, last.reason), (1, ConflictReason::UniqueViolation));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(changes, 1);
+}
