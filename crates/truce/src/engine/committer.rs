@@ -1755,12 +1755,20 @@ pub(crate) fn observe(
         Err(_) => {}
         Ok(Ok(committed)) if committed.replayed => events.push(Event::Replayed),
         Ok(Ok(committed)) => {
-            for (op, result) in commit.ops.iter().zip(&committed.results) {
+            for (i, (op, result)) in commit.ops.iter().zip(&committed.results).enumerate() {
                 if op.write.is_none() {
                     continue;
                 }
                 if origin.is_retry() {
-                    events.push(hot(&op.collection, Target::Document(op.id.clone()), Kind::Retry));
+                    // Counted once per collection the request wrote.
+                    let counted = !commit.ops[..i]
+                        .iter()
+                        .any(|o| o.write.is_some() && o.collection == op.collection);
+                    events.push(hot(
+                        &op.collection,
+                        Target::Document(op.id.clone()),
+                        Kind::Retry { counted },
+                    ));
                 }
                 let Some(written) = result else { continue };
                 let kind = match written.effect {
@@ -1860,8 +1868,13 @@ pub(crate) fn observe(
                     .into_iter()
                     .collect(),
             };
+            let mut seen: Vec<Arc<str>> = Vec::new();
             for (collection, target, code, numbers_only) in refused {
-                insights::refused(events, &collection, target, code, numbers_only, origin);
+                let first = !seen.contains(&collection);
+                if first {
+                    seen.push(Arc::clone(&collection));
+                }
+                insights::refused(events, &collection, target, code, numbers_only, origin, first);
             }
         }
     }

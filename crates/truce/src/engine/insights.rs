@@ -124,10 +124,13 @@ pub(crate) enum Kind {
     /// Refused, by index into [`CONFLICT_CODES`]; `numbers_only` when the refused
     /// write differed from the current document in numbers only.
     Conflict { code: usize, numbers_only: bool },
-    /// A request that declared itself a retry.
-    Retry,
-    /// Refused on the caller's declared last attempt.
-    PermanentFailure,
+    /// A request that declared itself a retry, at each document it wrote or
+    /// was refused at; `counted` at the first of them in each collection,
+    /// where the request is counted in the totals and metrics (once).
+    Retry { counted: bool },
+    /// Refused on the caller's declared last attempt (`counted` as for a
+    /// retry).
+    PermanentFailure { counted: bool },
     /// A blind full replace of a document another source changed within
     /// [`LAST_WRITER_WINDOW_MS`].
     Overwrite,
@@ -170,6 +173,11 @@ pub(crate) enum Event {
 
 /// The events of a write refused on `target` (conflict `code`): the conflict,
 /// and the retry and permanent failure `origin`'s attempt makes it.
+///
+/// `first`: whether this is the request's first refusal in `collection`: a
+/// request is one retry, and one permanent failure, however many of its
+/// writes were refused (a transaction of three stale writes given up on was
+/// counted three times).
 pub(crate) fn refused(
     events: &mut Vec<Event>,
     collection: &Arc<str>,
@@ -177,6 +185,7 @@ pub(crate) fn refused(
     code: usize,
     numbers_only: bool,
     origin: &Origin,
+    first: bool,
 ) {
     let hot = |target, kind| Event::Hot {
         collection: Arc::clone(collection),
@@ -186,10 +195,10 @@ pub(crate) fn refused(
     };
     events.push(hot(target.clone(), Kind::Conflict { code, numbers_only }));
     if origin.is_retry() {
-        events.push(hot(target.clone(), Kind::Retry));
+        events.push(hot(target.clone(), Kind::Retry { counted: first }));
     }
     if origin.is_last_attempt() {
-        events.push(hot(target, Kind::PermanentFailure));
+        events.push(hot(target, Kind::PermanentFailure { counted: first }));
     }
 }
 
@@ -264,8 +273,8 @@ impl HotCounts {
                 self.conflicts[code] += 1;
                 self.numbers_only += u64::from(numbers_only);
             }
-            Kind::Retry => self.retries += 1,
-            Kind::PermanentFailure => self.permanent_failures += 1,
+            Kind::Retry { .. } => self.retries += 1,
+            Kind::PermanentFailure { .. } => self.permanent_failures += 1,
             Kind::Overwrite => self.overwrites += 1,
             Kind::NoOp => self.noops += 1,
             Kind::Skipped => self.skipped += 1,
@@ -899,8 +908,11 @@ impl Tracker {
             Kind::Conflict { code, .. } => {
                 self.label(Family::Conflicts, CONFLICT_CODES[code], collection, source)
             }
-            Kind::Retry => self.label(Family::Retries, "", collection, source),
-            Kind::PermanentFailure => self.label(Family::PermanentFailures, "", collection, source),
+            Kind::Retry { counted: true } => self.label(Family::Retries, "", collection, source),
+            Kind::PermanentFailure { counted: true } => {
+                self.label(Family::PermanentFailures, "", collection, source)
+            }
+            Kind::Retry { counted: false } | Kind::PermanentFailure { counted: false } => {}
             Kind::Overwrite => self.label(Family::Overwrites, "", collection, source),
             Kind::NoOp => self.noops += 1,
             Kind::Skipped => self.skipped += 1,

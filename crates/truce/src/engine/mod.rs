@@ -515,8 +515,8 @@ impl Db {
     ) {
         let collection: Arc<str> = Arc::from(collection);
         let mut events = Vec::new();
-        for (target, code) in refusals {
-            insights::refused(&mut events, &collection, target, code, false, origin);
+        for (i, (target, code)) in refusals.into_iter().enumerate() {
+            insights::refused(&mut events, &collection, target, code, false, origin, i == 0);
         }
         if !events.is_empty() {
             self.shared().insights.absorb(&mut events, 0, 0, None);

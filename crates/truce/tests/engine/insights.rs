@@ -346,3 +346,48 @@ fn a_hot_spot_names_its_busiest_sources_and_ties_keep_their_order() {
         assert_eq!(order(&db), tied);
     }
 }
+
+/// A request is one retry, and one permanent failure, however many of its
+/// writes it has: a batch of five puts sent as attempt 2/5 counted five
+/// retries, and one of three stale puts given up on (3/3) three permanent
+/// failures. Each document's hot spot still shows the retry it was in.
+#[test]
+fn retries_and_permanent_failures_are_counted_per_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = crate::open_relaxed(dir.path());
+    let puts = |expect: Expect| {
+        (0..5)
+            .map(|i| TxOp::Put {
+                collection: "c".into(),
+                id: format!("d{i}"),
+                body: json!({"i": i}),
+                expect,
+            })
+            .collect::<Vec<_>>()
+    };
+    let retried = Origin::source("batcher").attempt(2, Some(5));
+    db.submit_batch_from(puts(Expect::Any), None, retried)
+        .unwrap()
+        .wait()
+        .unwrap()
+        .unwrap();
+    assert_eq!(labelled(&db, Family::Retries, "", "batcher"), 1);
+    let given_up = Origin::source("batcher").attempt(3, Some(3));
+    let mut stale = puts(Expect::Version(9));
+    stale.truncate(3);
+    db.submit_batch_from(stale, None, given_up)
+        .unwrap()
+        .wait()
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(labelled(&db, Family::Retries, "", "batcher"), 2);
+    assert_eq!(labelled(&db, Family::PermanentFailures, "", "batcher"), 1);
+    assert_eq!(labelled(&db, Family::Conflicts, "version_mismatch", "batcher"), 3);
+    let report = db.insights(Duration::from_secs(300), 10).unwrap();
+    let d4 = report
+        .hot_spots
+        .iter()
+        .find(|h| h.target == Target::Document("d4".into()))
+        .expect("d4 is hot");
+    assert_eq!(d4.counts.retries, 1, "each document shows the retry it was in");
+}
