@@ -86,7 +86,8 @@ impl Transaction {
 
     /// The live document `id` of `collection` as this transaction sees it: its own
     /// writes first, else the snapshot. A document the transaction wrote shows
-    /// `_seq` and `_ts` 0 until it commits.
+    /// `_seq` and `_ts` 0, and a provisional `_version` (1) and `_rev`, until
+    /// it commits.
     pub fn get(&mut self, collection: &str, id: &str) -> Result<Option<Document>> {
         doc::validate_collection_name(collection)?;
         doc::validate_id(id)?;
@@ -131,7 +132,12 @@ impl Transaction {
     /// folded into one on what this transaction reads of it (so the commit
     /// checks that read), a patch's `$if` judged there (skipped, or failing
     /// the commit with `condition_failed`), and a write over anything then
-    /// a delete ending with the document absent.
+    /// a delete ending with the document absent. A later write's own
+    /// precondition is judged on what the earlier ones leave: "absent" or
+    /// "exists" that does not hold fails the commit (`already_exists`,
+    /// `not_found`), as the writes one after another would; an exact version
+    /// or revision is refused at once (`InvalidTransaction`), since the
+    /// document's is only known once the transaction commits.
     fn write(&mut self, op: TxOp) -> Result<()> {
         let prepared = PreparedOp::prepare(op)?;
         let Some(&index) = self.by_key.get(&prepared.key) else {
@@ -149,6 +155,30 @@ impl Transaction {
         // that fails with a conflict fails the commit, whatever follows it.
         self.judge_condition(index)?;
         let (collection, id) = (prepared.collection.clone(), prepared.id.clone());
+        // This write's own precondition, on what the earlier ones leave (it
+        // was dropped: a create-only put after a put committed).
+        match prepared.expect {
+            Expect::Any => {}
+            Expect::Version(_) | Expect::Rev(_) => {
+                return Err(Error::InvalidTransaction(format!(
+                    "{collection}/{id} is written twice in this transaction, the second time expecting a \
+                     version or revision: the document's is only known once the transaction commits \
+                     (write it once, or expect it to exist)"
+                )));
+            }
+            Expect::Absent | Expect::Exists => {
+                let current = self.get(&collection, &id)?;
+                let refused = match (prepared.expect, &current) {
+                    (Expect::Absent, Some(_)) => Some(ConflictReason::AlreadyExists),
+                    (Expect::Exists, None) => Some(ConflictReason::NotFound),
+                    _ => None,
+                };
+                if let Some(reason) = refused {
+                    self.refuse(index, reason, current);
+                    return Ok(());
+                }
+            }
+        }
         let folded = match prepared.write {
             Some(WriteOp::Patch(update)) => {
                 let current = self.get(&collection, &id)?;

@@ -812,3 +812,46 @@ fn a_refusal_a_retry_cannot_change_is_not_retried() {
     }
     assert_eq!(changes, 1);
 }
+
+/// A document written twice in a transaction: the second write's own
+/// precondition was dropped, so a create-only put after a put committed,
+/// where the two one after another (and `Db::batch`, and `/v1/tx`) refuse
+/// it. It is judged on what the first write leaves; an exact version is
+/// refused at once, the document's being unknown until the commit.
+#[test]
+fn a_second_write_of_a_document_keeps_its_own_precondition() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = crate::open_relaxed(dir.path());
+    let mut tx = db.begin().unwrap();
+    tx.put("c", "d", json!({"a": 1}), Expect::Any).unwrap();
+    tx.put("c", "d", json!({"b": 2}), Expect::Absent).unwrap();
+    match tx.commit().unwrap() {
+        Err(TxFailure::Conflicts(c)) => assert_eq!(c[0].conflict.reason, ConflictReason::AlreadyExists),
+        other => panic!("{:?}", other.map(|_| "committed")),
+    }
+    assert_eq!(
+        db.collection("c").unwrap().get("d").unwrap(),
+        None,
+        "nothing written"
+    );
+
+    let mut tx = db.begin().unwrap();
+    tx.put("c", "d", json!({"a": 1}), Expect::Absent).unwrap();
+    tx.delete("c", "d", Expect::Any).unwrap();
+    tx.patch("c", "d", update(json!({"$set": {"a": 2}})), Expect::Exists)
+        .unwrap();
+    match tx.commit().unwrap() {
+        Err(TxFailure::Conflicts(c)) => assert_eq!(c[0].conflict.reason, ConflictReason::NotFound),
+        other => panic!("{:?}", other.map(|_| "committed")),
+    }
+
+    let mut tx = db.begin().unwrap();
+    tx.put("c", "d", json!({"a": 1}), Expect::Absent).unwrap();
+    let again = tx.put("c", "d", json!({"a": 2}), Expect::Version(1)).unwrap_err();
+    assert_eq!(again.code(), "invalid_transaction", "{again}");
+    // What holds goes through: written, then written again expecting it.
+    tx.put("c", "d", json!({"a": 3}), Expect::Exists).unwrap();
+    tx.commit().unwrap().unwrap();
+    let d = db.collection("c").unwrap().get("d").unwrap().unwrap();
+    assert_eq!((d.body["a"].as_i64(), d.version()), (Some(3), 1));
+}
