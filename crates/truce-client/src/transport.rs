@@ -257,8 +257,14 @@ impl Resend {
     /// Truce's 503 `unavailable`: a storage failure, refused until the server
     /// restarts. For a change sent only if it did nothing, not a 503 `timeout`
     /// (the request ran too long, and may yet apply) nor a 503 without a code
-    /// of Truce's (a proxy's: who knows).
+    /// of Truce's (a proxy's: who knows). A proxy's 502 or 504 (the server
+    /// behind it restarting, or slow) says nothing of whether the request got
+    /// there: a read, or a write under its idempotency key, is sent again; a
+    /// change without a key is not.
     fn after_answer(self, status: u16, body: &[u8]) -> bool {
+        if matches!(status, 502 | 504) {
+            return self == Resend::Always;
+        }
         if !is_retryable_status(status) {
             return false;
         }
@@ -331,6 +337,8 @@ mod tests {
             (503, b"<html>proxy</html>".to_vec(), true, false),
             (503, truce("unavailable"), false, false),
             (500, truce("internal"), false, false),
+            (502, b"<html>bad gateway</html>".to_vec(), true, false),
+            (504, b"".to_vec(), true, false),
             (409, truce("conflict"), false, false),
         ] {
             assert_eq!(Resend::Always.after_answer(status, &body), always, "{status}");

@@ -598,6 +598,52 @@ async fn a_write_without_an_answer_says_its_key_and_can_be_sent_again_under_it()
 /// A configuration or index change carries no idempotency key: one that may
 /// have applied is not sent again (another admin's change in between would be
 /// undone), one that certainly did not (429, 503 `index_dropping`) is.
+/// A proxy's 502 or 504 (the server behind it restarting) is sent again for a
+/// read and for a write under its key; a change without a key, which may
+/// have got there, is not. Before, none was sent again: a read failed at
+/// the first gateway error.
+#[tokio::test]
+async fn a_gateway_error_is_retried_where_a_repeat_is_safe() {
+    let gateway = |status| {
+        Reply::Json(
+            status,
+            vec![],
+            json!({"error": "bad_gateway", "message": "proxy"}),
+        )
+    };
+    let (base, log) = serve(vec![
+        gateway(502),
+        gateway(504),
+        Reply::Json(200, vec![], doc("a", 1, json!({}))),
+    ])
+    .await;
+    let found = client(&base, 4).get("users", "a").await.expect("ok");
+    assert!(found.is_some());
+    assert_eq!(log.lock().expect("log").len(), 3);
+
+    let (base, log) = serve(vec![
+        gateway(502),
+        Reply::Json(200, vec![], written("a", 2, false, json!({}))),
+    ])
+    .await;
+    client(&base, 4)
+        .put("users", "a", json!({}), Precondition::Any)
+        .await
+        .expect("sent again under its key")
+        .expect("no conflict");
+    let log = log.lock().expect("log").clone();
+    assert_eq!(log.len(), 2);
+    assert_eq!(log[0].header("idempotency-key"), log[1].header("idempotency-key"));
+
+    let (base, log) = serve(vec![gateway(504), Reply::Json(200, vec![], json!({"ttl": null}))]).await;
+    let error = client(&base, 4)
+        .set_config("c", &json!({"ttl": null}))
+        .await
+        .expect_err("not sent again");
+    assert_eq!(error.status(), Some(504));
+    assert_eq!(log.lock().expect("log").len(), 1);
+}
+
 #[tokio::test]
 async fn a_change_is_sent_again_only_when_it_certainly_did_nothing() {
     let (base, log) = serve(vec![Reply::Drop, Reply::Json(200, vec![], json!({"ttl": null}))]).await;
