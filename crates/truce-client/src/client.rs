@@ -34,6 +34,8 @@ pub struct Client {
     pub(crate) source: HeaderValue,
     pub(crate) policy: RetryPolicy,
     pub(crate) timeout: Duration,
+    /// How long a whole call may take, its retries and waits included.
+    pub(crate) deadline: Option<Duration>,
 }
 
 /// Options of a [`Client`]; see [`Client::builder`].
@@ -45,6 +47,7 @@ pub struct ClientBuilder {
     policy: RetryPolicy,
     timeout: Duration,
     connect_timeout: Duration,
+    deadline: Option<Duration>,
     /// Roots trusted beside the platform's (a server's self-signed
     /// certificate, a private authority's).
     roots: Vec<rustls::pki_types::CertificateDer<'static>>,
@@ -66,6 +69,7 @@ impl Client {
             policy: RetryPolicy::default(),
             timeout: REQUEST_TIMEOUT_DEFAULT,
             connect_timeout: CONNECT_TIMEOUT_DEFAULT,
+            deadline: None,
             roots: Vec::new(),
         }
     }
@@ -172,6 +176,18 @@ impl ClientBuilder {
         self
     }
 
+    /// How long a whole call may take, every attempt and every wait between
+    /// them included (a long poll adds its own wait); default none: up to
+    /// the retry policy's attempts, each up to [`timeout`](Self::timeout).
+    /// An attempt is given only what is left, and no retry is waited for
+    /// that would start past it: the call then ends with its last answer or
+    /// failure, as when its attempts run out (a write's error names its
+    /// idempotency key where its outcome is unknown). More than zero.
+    pub fn deadline(mut self, deadline: Duration) -> ClientBuilder {
+        self.deadline = Some(deadline);
+        self
+    }
+
     /// How long connecting may take; default 5 s.
     pub fn connect_timeout(mut self, timeout: Duration) -> ClientBuilder {
         self.connect_timeout = timeout;
@@ -197,6 +213,11 @@ impl ClientBuilder {
 
     /// Checks the options and builds the client.
     pub fn build(self) -> Result<Client, ClientError> {
+        if self.deadline == Some(Duration::ZERO) {
+            return Err(ClientError::InvalidArgument(
+                "the deadline is more than zero".into(),
+            ));
+        }
         let base = Url::parse(&self.base_url)
             .map_err(|e| ClientError::InvalidArgument(format!("base URL {:?}: {e}", self.base_url)))?;
         if !matches!(base.scheme(), "http" | "https") || base.cannot_be_a_base() {
@@ -232,6 +253,7 @@ impl ClientBuilder {
             source: source_header(&self.source)?,
             policy: self.policy,
             timeout: self.timeout,
+            deadline: self.deadline,
         })
     }
 }

@@ -2,7 +2,7 @@
 //! carries (`Truce-Source`, `Truce-Attempt`, `Idempotency-Key`), and the retry
 //! loop over transport failures and 408 / 429 / 503 answers.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use reqwest::header::RETRY_AFTER;
 use reqwest::{Method, Url};
@@ -167,20 +167,34 @@ impl Client {
         // An attempt sent again that may have applied: what a change sent
         // only if it did nothing would not have been sent again after.
         let mut earlier_unknown = false;
+        // When the whole call must be over (`ClientBuilder::deadline`).
+        let ends = self
+            .deadline
+            .map(|d| Instant::now() + d.saturating_add(call.extra_timeout));
+        let in_time = |wait: Duration| ends.is_none_or(|ends| Instant::now() + wait < ends);
         loop {
-            let request = self.attempt_request(call)?;
+            let left = ends.map(|ends| ends.saturating_duration_since(Instant::now()));
+            let request = self.attempt_request(call, left)?;
             let failure = match request.send().await {
                 Ok(response) => {
                     let status = response.status().as_u16();
                     let headers = response.headers().clone();
                     match response.bytes().await {
                         Ok(body) if attempt < max && call.resend.after_answer(status, &body) => {
-                            earlier_unknown |= !Resend::IfNotApplied.after_answer(status, &body);
                             let retry_after = headers
                                 .get(RETRY_AFTER)
                                 .and_then(|v| v.to_str().ok())
                                 .and_then(parse_retry_after);
-                            tokio::time::sleep(self.policy.delay(attempt, retry_after)).await;
+                            let wait = self.policy.delay(attempt, retry_after);
+                            if !in_time(wait) {
+                                return Ok(Answer {
+                                    status,
+                                    body: body.to_vec(),
+                                    earlier_unknown,
+                                });
+                            }
+                            earlier_unknown |= !Resend::IfNotApplied.after_answer(status, &body);
+                            tokio::time::sleep(wait).await;
                             drop(body);
                             attempt += 1;
                             continue;
@@ -197,7 +211,12 @@ impl Client {
                 }
                 Err(e) => e,
             };
-            if failure.is_builder() || attempt >= max || !call.resend.after_failure(failure.is_connect()) {
+            let wait = self.policy.delay(attempt, None);
+            if failure.is_builder()
+                || attempt >= max
+                || !call.resend.after_failure(failure.is_connect())
+                || !in_time(wait)
+            {
                 return Err(ClientError::Transport {
                     attempts: attempt,
                     source: failure,
@@ -205,12 +224,17 @@ impl Client {
                 });
             }
             earlier_unknown |= !Resend::IfNotApplied.after_failure(failure.is_connect());
-            tokio::time::sleep(self.policy.delay(attempt, None)).await;
+            tokio::time::sleep(wait).await;
             attempt += 1;
         }
     }
 
-    fn attempt_request(&self, call: &Call) -> Result<reqwest::RequestBuilder, ClientError> {
+    /// One attempt of `call`, given `left` of the call's deadline at most.
+    fn attempt_request(
+        &self,
+        call: &Call,
+        left: Option<Duration>,
+    ) -> Result<reqwest::RequestBuilder, ClientError> {
         let attempt = match call.attempt {
             (n, Some(max)) => format!("{n}/{max}"),
             (n, None) => n.to_string(),
@@ -218,7 +242,11 @@ impl Client {
         let mut request = self
             .http
             .request(call.method.clone(), call.url.clone())
-            .timeout(self.timeout.saturating_add(call.extra_timeout))
+            .timeout(
+                left.map_or(self.timeout.saturating_add(call.extra_timeout), |left| {
+                    left.min(self.timeout.saturating_add(call.extra_timeout))
+                }),
+            )
             .header(SOURCE_HEADER, self.source.clone())
             .header(ATTEMPT_HEADER, attempt);
         if let Some(key) = &self.api_key {

@@ -598,6 +598,69 @@ async fn a_write_without_an_answer_says_its_key_and_can_be_sent_again_under_it()
 /// A configuration or index change carries no idempotency key: one that may
 /// have applied is not sent again (another admin's change in between would be
 /// undone), one that certainly did not (429, 503 `index_dropping`) is.
+/// A call's deadline bounds it whole: a retry whose wait would end past it
+/// is not waited for (the call ends with its last answer, at once), and an
+/// attempt gets only what is left. Without one, five attempts of up to 30 s
+/// each, and the waits between them, could take minutes.
+#[tokio::test]
+async fn a_deadline_ends_the_call_with_its_last_answer() {
+    let later = Reply::Json(
+        503,
+        vec![("retry-after", "2")],
+        json!({"error": "overloaded", "message": "m"}),
+    );
+    let (base, log) = serve(vec![later, Reply::Json(200, vec![], doc("a", 1, json!({})))]).await;
+    let c = Client::builder(&base)
+        .retry_policy(RetryPolicy::new(
+            4,
+            Duration::from_millis(1),
+            Duration::from_secs(5),
+        ))
+        .deadline(Duration::from_millis(500))
+        .build()
+        .expect("a client");
+    let started = std::time::Instant::now();
+    let error = c
+        .get("users", "a")
+        .await
+        .expect_err("no retry within the deadline");
+    assert_eq!((error.status(), error.code()), (Some(503), "overloaded"));
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(log.lock().expect("log").len(), 1);
+    assert!(
+        Client::builder(&base).deadline(Duration::ZERO).build().is_err(),
+        "a zero deadline is refused"
+    );
+
+    // A server that never answers: the attempt is given what is left of the
+    // deadline, not the 30 s of the client's timeout.
+    let (base, log) = serve(vec![Reply::Silent(Duration::from_secs(5))]).await;
+    let c = Client::builder(&base)
+        .deadline(Duration::from_millis(300))
+        .build()
+        .expect("a client");
+    let started = std::time::Instant::now();
+    let error = c
+        .put("users", "a", json!({}), Precondition::Any)
+        .await
+        .expect_err("no answer");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        matches!(error, ClientError::Transport { attempts: 1, .. }),
+        "{error:?}"
+    );
+    assert!(error.idempotency_key().is_some(), "its outcome is unknown");
+    assert_eq!(log.lock().expect("log").len(), 1);
+}
+
 /// A proxy's 502 or 504 (the server behind it restarting) is sent again for a
 /// read and for a write under its key; a change without a key, which may
 /// have got there, is not. Before, none was sent again: a read failed at

@@ -21,6 +21,9 @@ pub enum Reply {
     Empty(u16),
     /// Read the request, then close the connection without answering.
     Drop,
+    /// Read the request, then hold the connection without answering for
+    /// this long (a server hung), then close it.
+    Silent(std::time::Duration),
 }
 
 /// A request as the server saw it.
@@ -65,6 +68,10 @@ pub async fn serve(script: Vec<Reply>) -> (String, Arc<Mutex<Vec<Recorded>>>) {
             seen.lock().expect("log").push(request);
             let response = match reply {
                 Reply::Drop => continue,
+                Reply::Silent(hold) => {
+                    tokio::time::sleep(hold).await;
+                    continue;
+                }
                 Reply::Empty(status) => {
                     format!("HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
                 }
