@@ -13,6 +13,13 @@ pub const DOC_SIZE_BYTES_MAX: usize = 1024 * 1024;
 /// stack exhaustion while allowing realistic nesting.
 pub const DOC_DEPTH_MAX: usize = 32;
 
+/// Deepest nesting of an update (its operators, paths and operands), as deep
+/// as JSON text is parsed (serde_json's limit): an update built in code past
+/// it is refused before anything walks it recursively. Its operands were
+/// cloned, serialized and applied on the committer's thread first, and one
+/// nested tens of thousands of levels could exhaust that thread's stack.
+pub const UPDATE_DEPTH_MAX: usize = 128;
+
 /// Longest document id, in bytes of UTF-8 (API.md).
 pub const ID_BYTES_MAX: usize = 512;
 

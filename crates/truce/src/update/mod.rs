@@ -18,7 +18,7 @@ pub use operators::OPERATORS;
 pub use path::Path;
 
 use crate::error::Error;
-use crate::limits::{DOC_DEPTH_MAX, UPDATE_PATHS_MAX};
+use crate::limits::{DOC_DEPTH_MAX, UPDATE_DEPTH_MAX, UPDATE_PATHS_MAX};
 use operators::Op;
 
 /// What a write does when its `$if` condition is false.
@@ -60,6 +60,12 @@ impl Update {
                 path::type_name(spec)
             )));
         };
+        // `deeper_than` goes no further than the bound: safe on any value.
+        if deeper_than(spec, UPDATE_DEPTH_MAX) {
+            return Err(Error::InvalidDocument(format!(
+                "the update nests deeper than UPDATE_DEPTH_MAX ({UPDATE_DEPTH_MAX}) levels"
+            )));
+        }
         // One pass over the keys (a hot path: every PATCH parses one), then the
         // checks in a fixed order, whatever order the client sent the keys in.
         let mut operands: [Option<&Value>; OPERATORS.len()] = [None; OPERATORS.len()];

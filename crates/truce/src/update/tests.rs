@@ -599,3 +599,28 @@ proptest! {
         }
     }
 }
+
+/// An update nested past `UPDATE_DEPTH_MAX` is refused before anything walks
+/// it recursively: built in code (no JSON parser bounds it), one nested
+/// 100,000 levels was cloned, serialized and later applied by recursion,
+/// past what a thread's stack holds.
+#[test]
+fn an_update_nested_past_its_bound_is_refused_before_it_is_walked() {
+    let nested = |levels: usize| {
+        let mut v = json!(1);
+        for _ in 0..levels {
+            v = Value::Array(vec![v]);
+        }
+        // Not `json!`, which would serialize `v` (by recursion) to take it.
+        let set = Value::Object(Map::from_iter([("a".to_string(), v)]));
+        Value::Object(Map::from_iter([("$set".to_string(), set)]))
+    };
+    // The spec and its `$set` are two levels: 126 more make 128.
+    assert!(Update::parse(&nested(UPDATE_DEPTH_MAX - 2)).is_ok());
+    let refused = Update::parse(&nested(UPDATE_DEPTH_MAX - 1)).expect_err("refused");
+    assert!(refused.to_string().contains("UPDATE_DEPTH_MAX"), "{refused}");
+    let deep = nested(100_000);
+    assert!(Update::parse(&deep).is_err());
+    // serde_json drops a value by recursion too: this one is the test's own.
+    std::mem::forget(deep);
+}
