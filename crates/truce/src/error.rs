@@ -91,8 +91,10 @@ pub enum Error {
         /// The reserve.
         reserve: u64,
     },
-    /// A storage write or fsync failed earlier: the engine refuses writes until reopened.
-    #[error("storage unavailable: {0}")]
+    /// The engine cannot take writes: a storage write or fsync failed earlier
+    /// (it refuses writes until reopened), or its committer has stopped or
+    /// could not start. The message says which.
+    #[error("unavailable: {0}")]
     Unavailable(String),
     /// The storage layer failed or returned bytes that do not decode.
     #[error(transparent)]
