@@ -2054,8 +2054,7 @@ pub(crate) fn as_deleted(doc: &Document) -> Document {
 
 /// Whether a document's TTL field says it has expired at `now_ms`.
 pub fn is_expired(body: &crate::doc::Body, ttl: &config::TtlConfig, now_ms: u64) -> bool {
-    ttl.time_of(body)
-        .is_some_and(|t| t + (ttl.seconds as f64) * 1000.0 < now_ms as f64)
+    ttl.time_of(body).is_some_and(|t| ttl.expired_at(t, now_ms))
 }
 
 fn op_conflict(index: usize, op: &PreparedOp, conflict: Conflict) -> OpConflict {

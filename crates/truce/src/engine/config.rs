@@ -38,14 +38,15 @@ impl TtlConfig {
         self.number_in(body).filter(|t| !TTL_SECONDS_LIKE.contains(t))
     }
 
-    /// Whether `body` holds a time in seconds where ms are meant.
-    pub fn holds_seconds(&self, body: &crate::doc::Body) -> bool {
-        self.number_in(body)
-            .is_some_and(|t| TTL_SECONDS_LIKE.contains(&t))
+    /// Whether a document whose life counts from `time` (ms) has expired at
+    /// `now_ms`.
+    pub fn expired_at(&self, time: f64, now_ms: u64) -> bool {
+        time + (self.seconds as f64) * 1000.0 < now_ms as f64
     }
 
-    /// The number in `body`'s TTL field, if it holds one.
-    fn number_in(&self, body: &crate::doc::Body) -> Option<f64> {
+    /// The number in `body`'s TTL field, if it holds one (a time in ms, or
+    /// in seconds by mistake: [`TTL_SECONDS_LIKE`]).
+    pub(crate) fn number_in(&self, body: &crate::doc::Body) -> Option<f64> {
         crate::update::path::get(body, &self.path).and_then(Value::as_f64)
     }
 }

@@ -19,8 +19,8 @@ use super::super::evaluate::{self, CommitClock, WriteOp};
 use super::super::group::Group;
 use super::super::insights::Event;
 use super::super::outcome::Expect;
-use super::super::{purge, read, tx};
-use super::{Committer, CounterEffects, is_expired, now_ms, read_meta_counter, scan_chunk};
+use super::super::{config, purge, read, tx};
+use super::{Committer, CounterEffects, now_ms, read_meta_counter, scan_chunk};
 
 impl Committer {
     /// Background work between groups: look at the free space, drain the
@@ -187,19 +187,23 @@ impl Committer {
                     continue;
                 }
             };
-            if !doc.is_deleted()
-                && ttl.holds_seconds(&doc.body)
-                && self.ttl_in_seconds.insert(collection.to_string())
-            {
-                tracing::warn!(
-                    collection,
-                    id,
-                    field = %ttl.field,
-                    "a TTL field holds a time in seconds, not ms: the document never expires \
-                     (write ms, as $currentDate does; docs/counters.md, TTL); logged once per collection"
-                );
+            // The TTL field read once, for both what follows.
+            let Some(time) = ttl.number_in(&doc.body).filter(|_| !doc.is_deleted()) else {
+                continue;
+            };
+            if config::TTL_SECONDS_LIKE.contains(&time) {
+                if self.ttl_in_seconds.insert(collection.to_string()) {
+                    tracing::warn!(
+                        collection,
+                        id,
+                        field = %ttl.field,
+                        "a TTL field holds a time in seconds, not ms: the document never expires \
+                         (write ms, as $currentDate does; docs/counters.md, TTL); logged once per collection"
+                    );
+                }
+                continue;
             }
-            if !doc.is_deleted() && is_expired(&doc.body, &ttl, now) {
+            if ttl.expired_at(time, now) {
                 expired.push((collection.to_string(), key.clone(), id));
                 if expired.len() == TTL_SWEEP_DELETES_MAX {
                     // Its next turn goes on after this document, not after
