@@ -11,22 +11,46 @@ export interface TruceCheckpoint {
   from?: number;
 }
 
+/** What `new TruceError(…)` takes (the module builds them; tests and wrappers may too). */
+export interface TruceErrorInit {
+  method: string;
+  url: string;
+  /** The HTTP status; 0 when there was no answer. */
+  status: number;
+  code: string;
+  /** The message's last part, after the method, URL, status and code. */
+  message: string;
+  /** The parsed error body, when it was JSON. Default: null. */
+  body?: unknown;
+  /** Default: true for status 0, 408, 429 and 5xx, false otherwise. */
+  retryable?: boolean;
+}
+
 /**
  * A request Truce answered with an error, or that got no answer. RxDB's
  * `error$` carries it as an `RC_PULL`/`RC_PUSH` error whose
- * `parameters.errors[0]` has the same `name`, `code` and `url`.
+ * `parameters.errors[0]` has the same `name`, `code` and `url`; a failure
+ * of the event stream is on `error$` as the TruceError itself.
  */
 export class TruceError extends Error {
+  constructor(init: TruceErrorInit);
   name: 'TruceError';
   method: string;
   url: string;
   /** The HTTP status; 0 when there was no answer (network error, timeout). */
   status: number;
-  /** The body's stable `error` code (API.md), `http_{status}` for a body without one, `'network'` / `'timeout'` when no answer came, `'invalid_answer'` for a 2xx that is not JSON. */
+  /**
+   * The body's stable `error` code (API.md), `http_{status}` for a body
+   * without one, `'network'` / `'timeout'` when no answer came (for the
+   * event stream: it could not connect or broke, or was silent for
+   * `streamTimeout`), `'invalid_answer'` for a 2xx that is not JSON (or a
+   * stream event that is not a page of documents); an `error` event of the
+   * stream gives its own `error` field (`'stream_error'` when it has none).
+   */
   code: string;
   /** The parsed error body, when it was JSON. */
   body: unknown;
-  /** Whether the same request can succeed later (no answer, 408, 429, 5xx); false for other 4xx. */
+  /** Whether the same request can succeed later (no answer, 408, 429, 5xx; the event stream's `error` event); false for other 4xx. */
   retryable: boolean;
 }
 
@@ -65,7 +89,11 @@ export interface ReplicateTruceOptions<RxDocType = any> {
   waitForLeadership?: boolean;
   /** Passed to RxDB. Default: true. */
   autoStart?: boolean;
-  /** Milliseconds of silence on the event stream (no event, no keep-alive) before reconnecting. Default: 60000. */
+  /**
+   * Milliseconds of silence on the event stream (no event, no keep-alive)
+   * before reconnecting, an integer of at least 20000 (the server sends a
+   * keep-alive every 15 s); another value throws a RangeError. Default: 60000.
+   */
   streamTimeout?: number;
   /**
    * Milliseconds a pull or push may take, answer body included, before it
@@ -77,7 +105,8 @@ export interface ReplicateTruceOptions<RxDocType = any> {
    * collection keeps tombstones): `'resync'` pulls the whole collection
    * again, deleting local documents the server no longer has, except those
    * with local writes not yet pushed; `'cancel'` cancels the replication
-   * and reports the error on `error$`. A function is called with the
+   * and reports the error on `error$`, and `awaitInitialReplication()` and
+   * `awaitInSync()` reject with it. A function is called with the
    * TruceError and answers one of the two. Default: `'resync'`.
    */
   historyPurged?: HistoryPurgedChoice | ((error: TruceError) => HistoryPurgedChoice | Promise<HistoryPurgedChoice>);

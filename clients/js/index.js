@@ -12,6 +12,7 @@
 // pull.stream$ that rxdb's `replicateRxCollection` wants, so an application
 // writes one call instead of three handlers.
 
+import { setCheckpoint } from 'rxdb';
 import { Subject } from 'rxjs';
 import { replicateRxCollection } from 'rxdb/plugins/replication';
 
@@ -25,6 +26,10 @@ const DEFAULT_RETRY_TIME = 5000; // ms between failed pull/push attempts (rxdb's
 const STREAM_BACKOFF_MIN = 250; // ms before the first reconnect of the event stream
 const STREAM_BACKOFF_MAX = 10000; // ms, the longest wait between reconnects
 const DEFAULT_STREAM_TIMEOUT = 60000; // ms of silence (no event, no keep-alive) before reconnecting
+// The server sends a keep-alive comment every 15 s on an idle stream
+// (SSE_KEEPALIVE_MS); a streamTimeout near that would reconnect an idle,
+// healthy stream over and over, so it must leave 5 s for a slow network.
+const MIN_STREAM_TIMEOUT = 20000;
 const DEFAULT_REQUEST_TIMEOUT = 30000; // ms a pull or push may take before it counts as failed
 // The checkpoint of a replica that has pulled everything of a collection
 // that holds nothing: a pull from it is a pull from the start, which no purge
@@ -41,7 +46,9 @@ const START_CHECKPOINT = Object.freeze({ seq: 0, id: '', from: 0 });
  * `parameters.errors[0]` has the same `name` ('TruceError'), `code` and `url`.
  */
 export class TruceError extends Error {
-  constructor({ method, url, status, code, message, body }) {
+  // `retryable` defaults to what `status` says; the event stream passes it
+  // for an `error` event, which comes in a 200 answer and is reconnected from.
+  constructor({ method, url, status, code, message, body = null, retryable }) {
     super(`truce: ${method} ${url} ${status ? `answered ${status} ${code}` : `failed (${code})`}: ${message}`);
     this.name = 'TruceError';
     this.method = method;
@@ -49,7 +56,7 @@ export class TruceError extends Error {
     this.status = status;
     this.code = code;
     this.body = body;
-    this.retryable = status === 0 || status === 408 || status === 429 || status >= 500;
+    this.retryable = retryable ?? (status === 0 || status === 408 || status === 429 || status >= 500);
   }
 }
 
@@ -101,6 +108,12 @@ export function replicateTruce(options) {
   if (!Number.isInteger(requestTimeout) || requestTimeout < 1) {
     throw new RangeError(`replicateTruce: requestTimeout must be a positive integer of milliseconds, not ${requestTimeout}`);
   }
+  if (!Number.isInteger(streamTimeout) || streamTimeout < MIN_STREAM_TIMEOUT) {
+    throw new RangeError(
+      `replicateTruce: streamTimeout must be an integer of at least ${MIN_STREAM_TIMEOUT} ms ` +
+        `(the server sends a keep-alive every 15 s), not ${streamTimeout}`,
+    );
+  }
   if (!Number.isInteger(batchSize) || batchSize < 1 || batchSize > MAX_BATCH_SIZE) {
     throw new RangeError(
       `replicateTruce: batchSize must be an integer from 1 to ${MAX_BATCH_SIZE} ` +
@@ -149,6 +162,27 @@ export function replicateTruce(options) {
     return request(`/_pull?limit=${limit}&primaryKey=${pk}${cp}`);
   }
 
+  // A tombstone travels as `{id, _deleted: true}`: the server keeps no
+  // fields of a deleted document. RxDB validates a pulled document like any
+  // write, so with a schema that requires other fields (and a validating
+  // storage) it refuses that, and the pull's checkpoint never moves again.
+  // A tombstone of a document held here is therefore that document with
+  // `_deleted: true` (as repullWhole sends its deletes); rxdb applies it only
+  // if the local state is the server's last one, as any pulled change. One of
+  // a document not held here deletes nothing: it is left out, rather than
+  // stored as a local tombstone no schema may accept. (A local write of that
+  // id later is pushed as new, which a tombstone on the server allows.)
+  async function completeTombstones(docs) {
+    const ids = docs.filter((d) => d._deleted).map((d) => d[primaryKey]);
+    if (ids.length === 0) return docs;
+    const held = await collection.findByIds(ids).exec(); // live documents only
+    return docs.flatMap((doc) => {
+      if (!doc._deleted) return [doc];
+      const local = held.get(doc[primaryKey]);
+      return local ? [{ ...local.toJSON(), ...doc }] : [];
+    });
+  }
+
   // After a 410 `history_purged`: the server no longer holds every delete
   // since our checkpoint, so pull the whole collection again, in pages of
   // the replication's own size (a page is refused, not cut, past the
@@ -171,10 +205,8 @@ export function replicateTruce(options) {
       for (;;) {
         const page = await pullPage(checkpoint, limit);
         if (page.documents.length === 0) return;
-        for (const doc of page.documents) {
-          seen.add(doc[primaryKey]);
-          documents.push(doc);
-        }
+        for (const doc of page.documents) seen.add(doc[primaryKey]);
+        documents.push(...(await completeTombstones(page.documents)));
         checkpoint = page.checkpoint;
       }
     };
@@ -184,12 +216,69 @@ export function replicateTruce(options) {
     for (const doc of local) {
       if (!seen.has(doc.primary)) documents.push({ ...doc.toJSON(), _deleted: true });
     }
+    if (documents.length === 0) {
+      // Nothing to apply on either side. rxdb stores the checkpoint of a
+      // page only with its documents, and stops at an empty one: without
+      // this, every later resync would start from the purged checkpoint, be
+      // refused 410 and pull everything again. The start is safe to store
+      // whatever rxdb is still writing: it can only make a later pull longer.
+      await setCheckpoint(replicationState.internalReplicationState, 'down', START_CHECKPOINT);
+      return { documents, checkpoint: START_CHECKPOINT };
+    }
     return { documents, checkpoint: checkpoint ?? START_CHECKPOINT };
+  }
+
+  // A push, split in halves (and those in halves, …) while the server
+  // refuses it as larger than its body limit (`--max-body-bytes`): rxdb
+  // retries a refused push as it is, for ever, and every later change waits
+  // behind it. Rows are independent on the server, so the parts may go one
+  // after the other; their conflicts are the push's. A single row too large
+  // stays an error (reported on error$, retried until changed locally).
+  async function pushRows(rows) {
+    try {
+      return await request(`/_push?primaryKey=${pk}`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify(rows),
+      });
+    } catch (err) {
+      if (!(err instanceof TruceError && err.code === 'payload_too_large' && rows.length > 1)) throw err;
+      const half = Math.ceil(rows.length / 2);
+      const first = await pushRows(rows.slice(0, half));
+      return first.concat(await pushRows(rows.slice(half)));
+    }
   }
 
   const pk = encodeURIComponent(primaryKey);
   // The live stream: fed by the SSE reader below once replication starts.
   const stream$ = new Subject();
+
+  // Whether a stream event may go to rxdb as it is. An event's checkpoint
+  // is stored once it is applied, and the next pull starts there: so an
+  // event may only be applied once every change before it is applied too.
+  // After the stream (re)connects, the changes made while it was down come
+  // only from a pull; after a pause, those made while paused too. `epoch`
+  // counts connections and pauses; a pull that started in the current epoch
+  // and reached the head of the feed (a page short of `limit`) sets
+  // `caughtUp`. Until then an event is turned into a 'RESYNC': its changes
+  // are pulled from the stored checkpoint, with whatever came before them.
+  // (A resync that a pause cuts short answers rxdb nothing; an event applied
+  // after it would have stored a checkpoint past the changes it never
+  // pulled, and they were lost for good.)
+  let epoch = 0;
+  let caughtUp = false;
+  const resync = () => {
+    // Twice: see the comment at onOpen.
+    stream$.next('RESYNC');
+    stream$.next('RESYNC');
+  };
+  // So that awaitInitialReplication() settles when a purged history cancels
+  // the replication (rxdb leaves it pending for ever then).
+  let refuseInitial;
+  const purgeCancelled = new Promise((_, reject) => {
+    refuseInitial = reject;
+  });
+  purgeCancelled.catch(() => {}); // only a rejection someone awaits is reported
 
   const replicationState = replicateRxCollection({
     collection,
@@ -202,6 +291,7 @@ export function replicateTruce(options) {
       batchSize,
       stream$: stream$.asObservable(),
       async handler(checkpoint, limit) {
+        const startedIn = epoch;
         let body;
         try {
           body = await pullPage(checkpoint, limit);
@@ -211,15 +301,30 @@ export function replicateTruce(options) {
           // Another answer is reported on error$, and asked again at the next retry.
           historyPurgedChoice(choice, 'answered');
           if (choice === 'cancel') {
+            refuseInitial(err);
             // Not awaited: cancel() waits for the pull that is running this.
             setTimeout(() => replicationState.cancel(), 0);
             throw err; // reported on error$ (RC_PULL, parameters.errors[0].code)
           }
-          return repullWhole(limit);
+          const whole = await repullWhole(limit); // read to the feed's end
+          if (epoch === startedIn) caughtUp = true;
+          return whole;
         }
         // The server answers the checkpoint it was given when nothing
         // follows; keep ours if it ever answers null.
-        return { documents: body.documents, checkpoint: body.checkpoint ?? checkpoint ?? null };
+        let last = body.checkpoint ?? checkpoint ?? null;
+        const documents = await completeTombstones(body.documents);
+        let atHead = body.documents.length < limit;
+        // rxdb takes a page short of `limit` for the feed's end: one that
+        // lost tombstones above is filled from the next pages first.
+        while (!atHead && documents.length < limit) {
+          body = await pullPage(last, limit);
+          last = body.checkpoint ?? last;
+          documents.push(...(await completeTombstones(body.documents)));
+          atHead = body.documents.length < limit;
+        }
+        if (atHead && epoch === startedIn) caughtUp = true;
+        return { documents, checkpoint: last };
       },
     },
     push: {
@@ -231,25 +336,67 @@ export function replicateTruce(options) {
           assumedMasterState: r.assumedMasterState ?? null,
           newDocumentState: r.newDocumentState,
         }));
-        // The master state of each conflicting row.
-        return request(`/_push?primaryKey=${pk}`, {
-          method: 'POST',
-          headers: { 'content-type': 'application/json' },
-          body: JSON.stringify(body),
+        // The master state of each conflicting row. A tombstone is given
+        // the fields of the row's own document (see completeTombstones):
+        // rxdb writes the resolved state locally, and validates it.
+        const conflicts = await pushRows(body);
+        const sent = new Map(rows.map((r) => [r.newDocumentState[primaryKey], r.newDocumentState]));
+        return conflicts.map((master) => {
+          const mine = master?._deleted ? sent.get(master[primaryKey]) : undefined;
+          return mine ? { ...mine, ...master } : master;
         });
       },
     },
   });
 
+  // awaitInitialReplication() and awaitInSync() reject with the TruceError
+  // once a purged history has cancelled the replication.
+  for (const name of ['awaitInitialReplication', 'awaitInSync']) {
+    const wait = replicationState[name].bind(replicationState);
+    replicationState[name] = () => Promise.race([wait(), purgeCancelled]);
+  }
+
   if (live) {
     const abort = new AbortController();
     replicationState.onCancel.push(() => abort.abort());
+    // Stream events go to rxdb in their order, each once the tombstones
+    // in it are completed (which reads the local collection).
+    let forwarding = Promise.resolve();
+    const forward = (body) => {
+      forwarding = forwarding
+        .then(async () => {
+          // While paused, rxdb would still apply stream events; drop them:
+          // start() resyncs from the checkpoint anyway.
+          if (replicationState.isStoppedOrPaused()) return;
+          if (!caughtUp) return resync();
+          const documents = await completeTombstones(body.documents);
+          if (replicationState.isStoppedOrPaused()) return;
+          if (!caughtUp) return resync();
+          if (documents.length > 0) stream$.next({ ...body, documents });
+        })
+        .catch((err) => {
+          // The local collection could not be read (it is closing, say):
+          // a pull fetches the event's changes again.
+          replicationState.subjects.error.next(err);
+          resync();
+        });
+    };
     // Open the stream once rxdb has started (after leader election), so
     // no event can arrive before rxdb listens.
+    const streamUrl = `${base}/_pull/stream?primaryKey=${pk}`;
     replicationState.startPromise.then(() => {
       if (abort.signal.aborted) return;
+      // A pause may cut short the pull that would have caught up, or end
+      // rxdb's resync without the answer of one that did: what follows
+      // waits for a pull after start().
+      const paused = replicationState.internalReplicationState?.events.paused.subscribe((isPaused) => {
+        if (!isPaused) return;
+        epoch++;
+        caughtUp = false;
+      });
+      if (paused) replicationState.onCancel.push(() => paused.unsubscribe());
       followEvents({
-        url: `${base}/_pull/stream?primaryKey=${pk}`,
+        url: streamUrl,
         fetchFn,
         headers,
         signal: abort.signal,
@@ -264,21 +411,29 @@ export function replicateTruce(options) {
         // hit exactly that case. The second 'RESYNC' survives it, and is
         // skipped cheaply when the first one already ran.
         onOpen: () => {
-          stream$.next('RESYNC');
-          stream$.next('RESYNC');
+          epoch++;
+          caughtUp = false;
+          resync();
         },
         onEvent: (type, data) => {
           // `event: error` (e.g. this reader fell too far behind): the
-          // server ends the stream; the reconnect's RESYNC catches up. Its
-          // data is said as it came, JSON or not.
-          const body = type === 'message' ? JSON.parse(data) : null;
-          if (!Array.isArray(body?.documents)) {
-            throw new Error(`truce: event stream ${type}: ${data}`);
+          // server ends the stream; the reconnect's RESYNC catches up.
+          let body = null;
+          try {
+            body = JSON.parse(data);
+          } catch {
+            // said below as it came
           }
-          // While paused, rxdb would still apply stream events; drop them:
-          // start() resyncs from the checkpoint anyway.
-          if (replicationState.isPaused()) return;
-          stream$.next(body);
+          if (type !== 'message') {
+            const code = typeof body?.error === 'string' ? body.error : 'stream_error';
+            const message = `the event stream ended with an error event: ${data}`;
+            throw new TruceError({ method: 'GET', url: streamUrl, status: 200, code, message, body, retryable: true });
+          }
+          if (!Array.isArray(body?.documents)) {
+            const message = `an event is not a page of documents: ${data.slice(0, 200)}`;
+            throw new TruceError({ method: 'GET', url: streamUrl, status: 200, code: 'invalid_answer', message, body, retryable: true });
+          }
+          forward(body);
         },
         onError: (err) => replicationState.subjects.error.next(err),
       });
@@ -291,7 +446,10 @@ export function replicateTruce(options) {
  * Follows a Server-Sent Events stream with fetch (Node 20 has no global
  * EventSource, and EventSource cannot send an Authorization header).
  * Reconnects forever with exponential backoff and jitter until `signal`
- * aborts; a connection silent for `timeout` ms is treated as dead.
+ * aborts; a connection silent for `timeout` ms is treated as dead. Each
+ * failure is given to `onError` as a TruceError: the answer's own, one
+ * `onEvent` threw, or code `network` (no answer, or the connection broke)
+ * or `timeout` (silent), both of status 0.
  */
 async function followEvents({ url, fetchFn, headers, signal, timeout, onOpen, onEvent, onError }) {
   let backoff = STREAM_BACKOFF_MIN;
@@ -302,9 +460,13 @@ async function followEvents({ url, fetchFn, headers, signal, timeout, onOpen, on
     const stop = () => conn.abort();
     signal.addEventListener('abort', stop);
     let watchdog;
+    let silent = false;
     const feed = () => {
       clearTimeout(watchdog);
-      watchdog = setTimeout(() => conn.abort(new Error('truce: event stream silent')), timeout);
+      watchdog = setTimeout(() => {
+        silent = true;
+        conn.abort();
+      }, timeout);
     };
     try {
       feed();
@@ -325,7 +487,17 @@ async function followEvents({ url, fetchFn, headers, signal, timeout, onOpen, on
       });
       // The server closed the stream (e.g. shutting down): reconnect.
     } catch (err) {
-      if (!signal.aborted) onError(err);
+      if (signal.aborted) {
+        // cancelled: nothing to report
+      } else if (err instanceof TruceError) {
+        onError(err);
+      } else if (silent) {
+        const message = `the event stream was silent (no event, no keep-alive) for ${timeout} ms`;
+        onError(new TruceError({ method: 'GET', url, status: 0, code: 'timeout', message }));
+      } else {
+        const message = String(err?.cause?.message ?? err?.message ?? err);
+        onError(new TruceError({ method: 'GET', url, status: 0, code: 'network', message }));
+      }
     } finally {
       clearTimeout(watchdog);
       signal.removeEventListener('abort', stop);

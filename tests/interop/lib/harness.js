@@ -45,9 +45,10 @@ async function createKey(data, role) {
  * once `/healthz` answers. `kill9()` SIGKILLs it by PID, `restart()` starts it
  * again on the same port and data, `stop()` kills it and removes the data.
  * With `keys: ['write', …]`, API keys are created first (`server.keys`), so
- * every request then needs `Authorization: Bearer <key>`.
+ * every request then needs `Authorization: Bearer <key>`. `args` are added
+ * to `truce serve`'s own (e.g. `['--max-body-bytes', '200000']`).
  */
-export async function startServer({ keys = [] } = {}) {
+export async function startServer({ keys = [], args = [] } = {}) {
   const dataRoot = await mkdtemp(join(tmpdir(), 'truce-interop-'));
   const server = {
     keys: [],
@@ -62,7 +63,7 @@ export async function startServer({ keys = [] } = {}) {
       return this.child?.pid;
     },
     async spawn() {
-      const child = spawn(TRUCE_BIN, ['serve', '--listen', `127.0.0.1:${this.port}`, '--data', this.data], {
+      const child = spawn(TRUCE_BIN, ['serve', '--listen', `127.0.0.1:${this.port}`, '--data', this.data, ...args], {
         stdio: ['ignore', 'ignore', 'pipe'],
         env: { ...process.env, TRUCE_LOG: process.env.TRUCE_LOG ?? 'warn' },
       });

@@ -169,6 +169,51 @@ test('history purged of every document: the local copy empties, and the next res
   await waitConverged([() => clientDocs(client.items)], { expect: [{ id: 'd9', name: 'after', count: 9 }] });
 });
 
+test('history purged when the server and the local copy are both empty: the start is stored, and a resync is not refused again', { timeout: 60_000 }, async (t) => {
+  const { server, client } = await serverAndClient(t);
+  await send(server.url, 'PUT', '/v1/c/items/_config', { tombstones: { keep_seconds: 1 } });
+  await serverPut(server.url, 'items', 'd1', { name: 'soon gone' });
+  const first = replicateTruce({ collection: client.items, url: server.url, retryTime: 250 });
+  await within(15_000, first.awaitInitialReplication(), 'initial replication');
+  await waitConverged([() => clientDocs(client.items)], { expect: [{ id: 'd1', name: 'soon gone' }] });
+  // Deleted on the server while replicating: the local copy empties too.
+  await send(server.url, 'DELETE', '/v1/c/items/d1?version=-1');
+  await waitConverged([() => clientDocs(client.items)], { expect: [] });
+  await within(10_000, first.awaitInSync(), 'in sync');
+  const checkpoint = await currentCheckpoint(server.url);
+  await first.cancel();
+  // While away: a document written and deleted, its tombstone purged.
+  await serverPut(server.url, 'items', 'd2', { name: 'brief' });
+  await send(server.url, 'DELETE', '/v1/c/items/d2?version=-1');
+  await waitPurged(server.url, checkpoint);
+
+  let told = 0;
+  let pulled = 0;
+  const fetchFn = async (url, init) => {
+    const res = await fetch(url, init);
+    if (String(url).includes('/_pull?')) pulled++;
+    return res;
+  };
+  const again = replicateTruce({
+    collection: client.items,
+    url: server.url,
+    retryTime: 250,
+    fetch: fetchFn,
+    historyPurged: () => {
+      told++;
+      return 'resync';
+    },
+  });
+  await within(30_000, again.awaitInitialReplication(), 'replication after the purge');
+  await within(10_000, again.awaitInSync(), 'in sync after the purge');
+  const before = pulled;
+  again.reSync();
+  await waitUntil(() => pulled > before, { message: 'the pull of the resync' });
+  await within(10_000, again.awaitInSync(), 'in sync after the resync');
+  assert.equal(told, 1, 'refused once, not at every resync');
+  assert.deepEqual(await clientDocs(client.items), []);
+});
+
 test("history purged with historyPurged: a function answering 'cancel' stops and says why", { timeout: 60_000 }, async (t) => {
   const { server, client, checkpoint } = await replicaThatWentAway(t);
   await send(server.url, 'DELETE', '/v1/c/items/d1?version=-1');
@@ -186,6 +231,13 @@ test("history purged with historyPurged: a function answering 'cancel' stops and
   });
   const reported = [];
   again.error$.subscribe((err) => reported.push(err));
+  // The initial replication never completes: awaiting it says why, rather
+  // than waiting for ever.
+  await assert.rejects(
+    within(10_000, again.awaitInitialReplication(), 'awaitInitialReplication'),
+    (err) => err.name === 'TruceError' && err.code === 'history_purged',
+  );
+  await assert.rejects(within(10_000, again.awaitInSync(), 'awaitInSync'), (err) => err.code === 'history_purged');
   await waitUntil(() => again.isStopped(), { message: 'the replication cancelled' });
   assert.equal(told.length, 1);
   assert.equal(told[0].name, 'TruceError');

@@ -59,6 +59,22 @@ test('a batchSize the server cannot take is refused at once, not retried forever
   await state.cancel();
 });
 
+test("a streamTimeout the server's keep-alives cannot meet is refused at once", async (t) => {
+  const client = await createClient();
+  t.after(() => closeAll(client.db));
+  // The server sends a keep-alive every 15 s: a shorter timeout would
+  // reconnect an idle, healthy stream again and again.
+  for (const streamTimeout of [0, 1000, 15_000, 19_999, 2.5, '60000']) {
+    assert.throws(
+      () => replicateTruce({ collection: client.items, url: 'http://127.0.0.1:9', streamTimeout, autoStart: false }),
+      (error) => error instanceof RangeError && /streamTimeout/.test(error.message),
+      `streamTimeout ${streamTimeout}`,
+    );
+  }
+  const state = replicateTruce({ collection: client.items, url: 'http://127.0.0.1:9', streamTimeout: 20_000, autoStart: false });
+  await state.cancel();
+});
+
 async function scenario(t, replicateA, replicateB, serverOptions = {}) {
   const server = await startServer(serverOptions);
   const a = await createClient();
