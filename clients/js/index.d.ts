@@ -77,10 +77,11 @@ export interface ReplicateTruceOptions<RxDocType = any> {
    */
   batchSize?: number;
   /**
-   * Extra request headers, e.g. `{ Authorization: 'Bearer …' }`, or a
-   * function called before every request (to refresh a token).
+   * Extra request headers, e.g. `{ Authorization: 'Bearer …' }` (or a
+   * `Headers`, or a list of pairs), or a function returning them, called
+   * before every request (to refresh a token).
    */
-  headers?: Record<string, string> | (() => Record<string, string> | Promise<Record<string, string>>);
+  headers?: HeadersInit | (() => HeadersInit | Promise<HeadersInit>);
   /** The fetch to use. Default: `globalThis.fetch`. */
   fetch?: typeof fetch;
   /** Milliseconds before a failed pull or push is retried. Default: 5000. */

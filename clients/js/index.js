@@ -132,7 +132,7 @@ export function replicateTruce(options) {
   async function request(path, init = {}) {
     const method = init.method ?? 'GET';
     const url = base + path;
-    const extra = typeof headers === 'function' ? await headers() : headers;
+    const extra = await headersOf(headers);
     const signal = AbortSignal.timeout(requestTimeout);
     try {
       const res = await fetchFn(url, {
@@ -443,6 +443,20 @@ export function replicateTruce(options) {
 }
 
 /**
+ * The caller's extra headers as a plain object: given as one, as a
+ * `Headers` or a list of pairs (spread as they were, a `Headers` gave `{}`
+ * and its Authorization was silently dropped), or by a function returning
+ * any of them.
+ */
+async function headersOf(headers) {
+  const given = typeof headers === 'function' ? await headers() : headers;
+  if (given == null) return {};
+  if (typeof Headers !== 'undefined' && given instanceof Headers) return Object.fromEntries(given.entries());
+  if (Array.isArray(given)) return Object.fromEntries(given);
+  return given;
+}
+
+/**
  * Follows a Server-Sent Events stream with fetch (Node 20 has no global
  * EventSource, and EventSource cannot send an Authorization header).
  * Reconnects forever with exponential backoff and jitter until `signal`
@@ -470,7 +484,7 @@ async function followEvents({ url, fetchFn, headers, signal, timeout, onOpen, on
     };
     try {
       feed();
-      const extra = typeof headers === 'function' ? await headers() : headers;
+      const extra = await headersOf(headers);
       const res = await fetchFn(url, {
         headers: { accept: 'text/event-stream', 'cache-control': 'no-cache', ...extra },
         signal: conn.signal,

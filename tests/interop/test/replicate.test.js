@@ -36,9 +36,16 @@ test('with API keys: truce-rxdb sends the Authorization header on pull, push and
     t,
     (collection, url, server) =>
       replicateTruce({ collection, url, retryTime: 500, headers: { Authorization: `Bearer ${server.keys[0]}` } }),
-    // A function is called before every request (e.g. to refresh a token).
+    // A function is called before every request (e.g. to refresh a token);
+    // it may answer a `Headers`, which a spread would have made `{}` (the
+    // key silently dropped, every request refused 401).
     (collection, url, server) =>
-      replicateTruce({ collection, url, retryTime: 500, headers: async () => ({ Authorization: `Bearer ${server.keys[1]}` }) }),
+      replicateTruce({
+        collection,
+        url,
+        retryTime: 500,
+        headers: async () => new Headers({ Authorization: `Bearer ${server.keys[1]}` }),
+      }),
     { keys: ['write', 'write'] },
   ),
 );

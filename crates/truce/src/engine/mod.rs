@@ -426,14 +426,20 @@ impl Db {
         Ok(Pending::new(answer, convert))
     }
 
-    /// Starts a transaction on a fresh snapshot; one attempt, no retries.
+    /// Starts a transaction on a fresh snapshot; one attempt, no retries. It
+    /// must commit within [`TX_LIFETIME_MS_MAX`](crate::limits::TX_LIFETIME_MS_MAX)
+    /// (10 s) of its start, else its commit is `LimitExceeded`; one never
+    /// committed holds its snapshot (and what the storage keeps for it) until
+    /// it is dropped.
     pub fn begin(&self) -> Result<Transaction> {
         Transaction::begin(self)
     }
 
     /// Runs `body` as an optimistic, serializable transaction, re-running it on a
     /// conflict under the database's [`RetryPolicy`] (exponential backoff with full
-    /// jitter). Errors returned by `body` end the transaction without retrying.
+    /// jitter). Each attempt must commit within
+    /// [`TX_LIFETIME_MS_MAX`](crate::limits::TX_LIFETIME_MS_MAX) (10 s) of its
+    /// start, else it fails with `LimitExceeded`, not retried. Errors returned by `body` end the transaction without retrying.
     /// When every attempt conflicted, fails with [`Error::TransactionFailed`]
     /// naming what conflicted. So does, at once, an attempt whose every write
     /// refused was refused by a document as it already was when the attempt
