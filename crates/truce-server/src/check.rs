@@ -84,13 +84,6 @@ pub fn run(args: &CheckArgs) -> Result<bool, String> {
             ));
         }
     };
-    match truce::engine::verify_commit_mark(&data, &storage) {
-        Ok(()) => {}
-        Err(truce::Error::Storage(StorageError::Corrupt(why))) => {
-            return storage_damaged(&data, "commits_lost", &why);
-        }
-        Err(e) => return Err(format!("the check could not read {}: {e}", data.display())),
-    }
     if let Some(copy) = storage.torn_tail_dropped() {
         eprintln!(
             "truce: opening {} cut the journal's last batch, which was not whole (after a crash, a write \
@@ -99,6 +92,14 @@ pub fn run(args: &CheckArgs) -> Result<bool, String> {
             data.display(),
             copy.display()
         );
+    }
+    match truce::engine::lost_commits(&data, &storage) {
+        Ok(None) => {}
+        Ok(Some(why)) => return storage_damaged(&data, "commits_lost", &why),
+        Err(truce::Error::Storage(StorageError::Corrupt(why))) => {
+            return storage_damaged(&data, "storage_damaged", &why);
+        }
+        Err(e) => return Err(format!("the check could not read {}: {e}", data.display())),
     }
     let view = storage
         .snapshot()

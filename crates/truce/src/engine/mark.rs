@@ -9,8 +9,9 @@
 //! sequence numbers they held are handed out again. The mark is written
 //! once a second by a thread of its own (never by the committer, never on a
 //! request's path) and when the database closes, each time with the durable
-//! watermark: a commit is only in it after its fsync, so after any crash
-//! the storage holds at least as much. An open whose storage holds less is
+//! watermark: a commit is only in it after its fsync (at open, the last
+//! commit recovered, after the storage synced its journal), so after any
+//! crash the storage holds at least as much. An open whose storage holds less is
 //! refused ([`verify`]); after a clean stop, every lost commit is caught;
 //! after a crash, those older than the last write of the mark.
 //!
@@ -81,18 +82,28 @@ fn read(dir: &Path) -> Option<u64> {
 }
 
 /// Refuses `storage`, the database in `dir`, if it holds fewer commits than
-/// the mark there records: it lost acknowledged ones. Every open of a data
-/// directory calls this (`Db::open`, `truce check`).
+/// the mark there records: it lost acknowledged ones ([`lost_commits`]).
+/// `Db::open` calls this before its committer starts.
 pub fn verify(dir: &Path, storage: &dyn StorageRead) -> Result<()> {
+    match lost_commits(dir, storage)? {
+        Some(why) => Err(Error::Storage(StorageError::Corrupt(why))),
+        None => Ok(()),
+    }
+}
+
+/// Why `storage`, the database in `dir`, lost commits, if it holds fewer
+/// than the mark there records; an error only where the storage cannot be
+/// read (`truce check` tells the two apart: `commits_lost`, or damage).
+pub fn lost_commits(dir: &Path, storage: &dyn StorageRead) -> Result<Option<String>> {
     let Some(marked) = read(dir) else {
-        return Ok(());
+        return Ok(None);
     };
     let last = read_meta_counter(storage, META_LAST_SEQ)?;
     if last >= marked {
-        return Ok(());
+        return Ok(None);
     }
     let file = dir.join(COMMIT_MARK_FILE);
-    Err(Error::Storage(StorageError::Corrupt(format!(
+    Ok(Some(format!(
         "{}: {} records that commits up to seq {marked} were made durable, but the storage holds \
          commits only up to seq {last}: it lost acknowledged commits (a journal file removed, cut or \
          replaced by an older copy, or a space's files removed). Restore the data directory from a \
@@ -100,7 +111,7 @@ pub fn verify(dir: &Path, storage: &dyn StorageRead) -> Result<()> {
         dir.display(),
         file.display(),
         file.display()
-    ))))
+    )))
 }
 
 /// The thread that keeps the mark: brought up to the durable watermark
@@ -112,25 +123,35 @@ pub(super) struct MarkKeeper {
 
 impl MarkKeeper {
     /// Writes the mark in `dir` at the durable watermark of `shared` (the
-    /// last commit recovered), then keeps it on a thread of its own.
-    pub(super) fn start(dir: &Path, shared: Arc<Shared>) -> Result<MarkKeeper> {
-        let unwritable = |e: std::io::Error| {
-            Error::Storage(StorageError::Backend(format!(
-                "cannot write the commit mark {}: {e}",
-                dir.join(COMMIT_MARK_FILE).display()
-            )))
-        };
-        let mut mark = Mark::open(dir).map_err(unwritable)?;
-        mark.write(shared.watermark.durable_seq()).map_err(unwritable)?;
-        let (stop, stopped) = std::sync::mpsc::channel();
-        let thread = std::thread::Builder::new()
-            .name("truce-mark".into())
-            .spawn(move || keep(mark, &shared, &stopped))
-            .map_err(|e| Error::Unavailable(format!("cannot start the commit mark's thread: {e}")))?;
-        Ok(MarkKeeper {
-            stop: Some(stop),
-            thread: Some(thread),
-        })
+    /// last commit recovered, synced by the storage's open: `FjallStorage`
+    /// syncs its journal files before it answers), then keeps it on a
+    /// thread of its own. `None`, logged, where the mark cannot be kept (its
+    /// file not writable, say): the database opens as it did before there
+    /// was a mark, and only this check is lost.
+    pub(super) fn start(dir: &Path, shared: Arc<Shared>) -> Option<MarkKeeper> {
+        let path = dir.join(COMMIT_MARK_FILE);
+        let started = Mark::open(dir)
+            .and_then(|mut mark| mark.write(shared.watermark.durable_seq()).map(|()| mark))
+            .and_then(|mark| {
+                let (stop, stopped) = std::sync::mpsc::channel();
+                std::thread::Builder::new()
+                    .name("truce-mark".into())
+                    .spawn(move || keep(mark, &shared, &stopped))
+                    .map(|thread| MarkKeeper {
+                        stop: Some(stop),
+                        thread: Some(thread),
+                    })
+            });
+        match started {
+            Ok(keeper) => Some(keeper),
+            Err(e) => {
+                tracing::error!(
+                    file = %path.display(),
+                    "cannot keep the commit mark, so an open cannot tell whether commits were lost: {e}"
+                );
+                None
+            }
+        }
     }
 }
 

@@ -54,7 +54,7 @@ pub use committer::{IndexProgress, now_ms};
 pub use disk::DiskStatus;
 pub use evaluate::WriteOp;
 pub use insights::{InsightsReport, Origin, Stats};
-pub use mark::{COMMIT_MARK_FILE, verify as verify_commit_mark};
+pub use mark::{COMMIT_MARK_FILE, lost_commits};
 pub use pending::{Pending, PendingFuture, PendingTx, PendingWrite};
 pub use read::{Change, ChangesPage, CheckpointPage};
 pub use recount::{RecountFix, RecountReport};
@@ -272,7 +272,7 @@ impl Db {
         let dropping = committer.dropping();
         let mark = match dir {
             Some(dir) if options.durability == Durability::Immediate => {
-                Some(mark::MarkKeeper::start(dir, Arc::clone(&shared))?)
+                mark::MarkKeeper::start(dir, Arc::clone(&shared))
             }
             _ => None,
         };

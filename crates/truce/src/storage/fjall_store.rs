@@ -271,6 +271,9 @@ impl FjallStorage {
                 named => named,
             },
         })?;
+        super::fjall_repair::sync_journals(dir).map_err(|e| {
+            StorageError::Backend(format!("cannot sync the journal of {}: {e}", dir.display()))
+        })?;
         let spaces = Space::ALL
             .iter()
             .map(|&space| {

@@ -516,6 +516,11 @@ fn a_database_older_than_its_commit_mark_is_refused_at_open() {
     std::fs::write(&mark, b"TRUCEMK1 not a whole mark").unwrap();
     drop(open(&live));
     std::fs::remove_file(&mark).unwrap();
+    // A mark that cannot be kept (here a directory in its place) is no
+    // reason to refuse either: before the mark, this directory opened.
+    std::fs::create_dir(&mark).unwrap();
+    drop(open(&live));
+    std::fs::remove_dir(&mark).unwrap();
     let db = open(&live);
     assert_eq!(db.collection("c").unwrap().get("d10").unwrap(), None);
     assert!(db.collection("c").unwrap().get("d9").unwrap().is_some());
