@@ -167,10 +167,11 @@ impl Client {
         // An attempt sent again that may have applied: what a change sent
         // only if it did nothing would not have been sent again after.
         let mut earlier_unknown = false;
-        // When the whole call must be over (`ClientBuilder::deadline`).
+        // When the whole call must be over (`ClientBuilder::deadline`); one
+        // past what an `Instant` holds (`Duration::MAX`) is none.
         let ends = self
             .deadline
-            .map(|d| Instant::now() + d.saturating_add(call.extra_timeout));
+            .and_then(|d| Instant::now().checked_add(d.saturating_add(call.extra_timeout)));
         let in_time = |wait: Duration| ends.is_none_or(|ends| Instant::now() + wait < ends);
         loop {
             let left = ends.map(|ends| ends.saturating_duration_since(Instant::now()));

@@ -635,6 +635,16 @@ async fn a_deadline_ends_the_call_with_its_last_answer() {
         Client::builder(&base).deadline(Duration::ZERO).build().is_err(),
         "a zero deadline is refused"
     );
+    // One no `Instant` can hold is none (it panicked, added to one).
+    let (base, _log) = serve(vec![Reply::Json(200, vec![], doc("a", 1, json!({})))]).await;
+    let found = Client::builder(&base)
+        .deadline(Duration::MAX)
+        .build()
+        .expect("a client")
+        .get("users", "a")
+        .await
+        .expect("no deadline");
+    assert!(found.is_some());
 
     // A server that never answers: the attempt is given what is left of the
     // deadline, not the 30 s of the client's timeout.

@@ -1755,15 +1755,18 @@ pub(crate) fn observe(
         Err(_) => {}
         Ok(Ok(committed)) if committed.replayed => events.push(Event::Replayed),
         Ok(Ok(committed)) => {
-            for (i, (op, result)) in commit.ops.iter().zip(&committed.results).enumerate() {
+            // The collections a retried request's retry was counted in: once
+            // in each it wrote.
+            let mut counted_in: Vec<&Arc<str>> = Vec::new();
+            for (op, result) in commit.ops.iter().zip(&committed.results) {
                 if op.write.is_none() {
                     continue;
                 }
                 if origin.is_retry() {
-                    // Counted once per collection the request wrote.
-                    let counted = !commit.ops[..i]
-                        .iter()
-                        .any(|o| o.write.is_some() && o.collection == op.collection);
+                    let counted = !counted_in.contains(&&op.collection);
+                    if counted {
+                        counted_in.push(&op.collection);
+                    }
                     events.push(hot(
                         &op.collection,
                         Target::Document(op.id.clone()),

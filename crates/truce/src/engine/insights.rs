@@ -396,16 +396,21 @@ struct Entry {
     error: u64,
     counts: HotCounts,
     sources: Vec<(Option<Arc<str>>, u64)>,
-    /// Events from sources beyond [`HOT_SPOT_SOURCES_MAX`].
+    /// Events counted under a source that may be others' (see
+    /// [`Entry::count_source`]): the most any named count over-states.
     other_sources: u64,
 }
 
 impl Entry {
     /// Counts `n` events of `source`. Past [`HOT_SPOT_SOURCES_MAX`] sources,
-    /// a new one takes the place of the one with the fewest events, whose
-    /// count goes to `other_sources` (the first ones seen kept their places
-    /// for good: four callers with one event each hid one with fifty). A
-    /// source that keeps coming climbs above those seen once, and stays.
+    /// a new one takes the place of the one with the fewest events and its
+    /// count, plus its own (Space-Saving, as the hot spots themselves are
+    /// kept): the count it took may be another source's, and
+    /// `other_sources` adds those up, so each named count over-states by at
+    /// most that. A source with more than a fifth of the events is always
+    /// named. (The first ones seen kept their places for good: four callers
+    /// with one event each hid one with fifty; and a newcomer started from
+    /// its own count alone fell out again at the next one-off source.)
     fn count_source(&mut self, source: Option<&Arc<str>>, n: u64) {
         if let Some((_, count)) = self.sources.iter_mut().find(|(s, _)| s.as_ref() == source) {
             *count += n;
@@ -413,7 +418,7 @@ impl Entry {
             self.sources.push((source.cloned(), n));
         } else if let Some(fewest) = self.sources.iter_mut().min_by_key(|(_, count)| *count) {
             self.other_sources += fewest.1;
-            *fewest = (source.cloned(), n);
+            *fewest = (source.cloned(), fewest.1 + n);
         }
     }
 

@@ -346,10 +346,19 @@ impl Transaction {
                 }
                 return Ok(Err(failure));
             }
-            for refused in &self.refused {
-                let conflict = [(refused.id.clone(), refused.conflict.reason)];
-                self.db
-                    .note_conflicts(&refused.collection, &conflict, &self.origin);
+            // One call per collection: the request is one retry (or one
+            // permanent failure) there, however many of its writes were refused.
+            let mut collections: Vec<&str> = self.refused.iter().map(|r| r.collection.as_str()).collect();
+            collections.sort_unstable();
+            collections.dedup();
+            for collection in collections {
+                let conflicts: Vec<_> = self
+                    .refused
+                    .iter()
+                    .filter(|r| r.collection == collection)
+                    .map(|r| (r.id.clone(), r.conflict.reason))
+                    .collect();
+                self.db.note_conflicts(collection, &conflicts, &self.origin);
             }
             return Ok(Err(TxFailure::Conflicts(self.refused)));
         }
