@@ -12,8 +12,11 @@
 //! watermark: a commit is only in it after its fsync (at open, the last
 //! commit recovered, after the storage synced its journal), so after any
 //! crash the storage holds at least as much. An open whose storage holds less is
-//! refused ([`verify`]); after a clean stop, every lost commit is caught;
-//! after a crash, those older than the last write of the mark.
+//! refused ([`verify`]): after a clean stop, every loss that reaches the last
+//! commit; after a crash, one that reaches back past the last write of the
+//! mark. (Commits lost while the last one stays, an older journal file
+//! removed, say, are the storage's own checks' business, and not all are
+//! caught: `docs/reliability.md`.)
 //!
 //! The file is 24 bytes, written in place (no rename: nothing of the
 //! directory changes) and synced: `TRUCEMK1`, the sequence number and an
@@ -59,7 +62,13 @@ fn decode(bytes: &[u8]) -> Option<u64> {
         .then(|| u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes")))
 }
 
-/// The last commit the mark in `dir` records, if there is a whole one.
+/// The last commit the mark in `dir` records, if there is a whole one (one
+/// that cannot be read, or does not decode, is logged and taken for none).
+pub fn commit_mark(dir: &Path) -> Option<u64> {
+    read(dir)
+}
+
+/// [`commit_mark`].
 fn read(dir: &Path) -> Option<u64> {
     let path = dir.join(COMMIT_MARK_FILE);
     let bytes = match std::fs::read(&path) {
@@ -106,8 +115,10 @@ pub fn lost_commits(dir: &Path, storage: &dyn StorageRead) -> Result<Option<Stri
     Ok(Some(format!(
         "{}: {} records that commits up to seq {marked} were made durable, but the storage holds \
          commits only up to seq {last}: it lost acknowledged commits (a journal file removed, cut or \
-         replaced by an older copy, or a space's files removed). Restore the data directory from a \
-         backup; or, to open it with what it holds and accept the loss, remove {}",
+         replaced by an older copy, or a space's files removed). If a backup was just copied into \
+         this directory, the mark is the replaced database's: remove {} (a restore should replace the \
+         whole directory). Otherwise restore the data directory from a backup, replacing the whole \
+         directory; or, to open it with what it holds and accept the loss, remove the mark",
         dir.display(),
         file.display(),
         file.display()
@@ -193,7 +204,16 @@ struct Mark {
 impl Mark {
     fn open(dir: &Path) -> std::io::Result<Mark> {
         let path = dir.join(COMMIT_MARK_FILE);
-        let existed = path.exists();
+        let existed = match std::fs::symlink_metadata(&path) {
+            // A link is not followed: writing through it rewrote a file
+            // outside the data directory (a review's probe).
+            Ok(meta) if !meta.file_type().is_file() => {
+                return Err(std::io::Error::other("it is not a regular file"));
+            }
+            Ok(_) => true,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+            Err(e) => return Err(e),
+        };
         let mut file = std::fs::File::options()
             .read(true)
             .write(true)

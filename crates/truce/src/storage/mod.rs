@@ -169,8 +169,10 @@ pub enum StorageError {
     /// the engine stops writing: the batch may or may not be durable.
     #[error("storage backend failed: {0}")]
     Backend(String),
-    /// Bytes read back do not decode or fail their checksum.
-    #[error("corrupt record: {0}")]
+    /// Bytes read back do not decode or fail their checksum, or the storage
+    /// lost what it held (journal damage with commits after it, commits
+    /// past the commit mark missing).
+    #[error("storage damaged: {0}")]
     Corrupt(String),
     /// Another process holds the data directory (a running server).
     #[error("{0} is in use by another process (it holds the directory's lock)")]

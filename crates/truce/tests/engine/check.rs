@@ -521,6 +521,16 @@ fn a_database_older_than_its_commit_mark_is_refused_at_open() {
     std::fs::create_dir(&mark).unwrap();
     drop(open(&live));
     std::fs::remove_dir(&mark).unwrap();
+    // Nor is a link followed: writing through it rewrote a file elsewhere.
+    #[cfg(unix)]
+    {
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::write(&elsewhere, b"hello").unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &mark).unwrap();
+        drop(open(&live));
+        assert_eq!(std::fs::read(&elsewhere).unwrap(), b"hello");
+        std::fs::remove_file(&mark).unwrap();
+    }
     let db = open(&live);
     assert_eq!(db.collection("c").unwrap().get("d10").unwrap(), None);
     assert!(db.collection("c").unwrap().get("d9").unwrap().is_some());
