@@ -756,19 +756,7 @@ fn a_journal_damaged_before_acknowledged_commits_is_reported_not_cut() {
         "check cut the journal"
     );
 
-    let ran = common::run_bounded(
-        &[
-            "serve",
-            "--data",
-            data.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-        ],
-        Duration::from_secs(30),
-    );
-    let status = ran.status.expect("serve refuses at once, it does not start");
-    assert!(!status.success());
-    assert!(ran.stderr.contains("intact commits follow"), "{}", ran.stderr);
+    serve_refuses(&data, "intact commits follow");
     assert_eq!(
         std::fs::read(&journal).expect("the journal"),
         bytes,
@@ -809,6 +797,14 @@ fn a_data_directory_that_lost_its_journal_is_refused_by_its_commit_mark() {
         stderr.contains("commits up to seq 20") && stderr.contains("only up to seq 0"),
         "{stderr}"
     );
+    serve_refuses(&data, "lost acknowledged commits");
+    std::fs::remove_file(data.join("last-commit")).expect("the mark");
+    let (ok, stdout, stderr) = run_truce(&["check"], &data);
+    assert!(ok && stderr.contains("up to seq 0"), "{stdout} {stderr}");
+}
+
+/// `truce serve` on `data` refuses at once, saying `why`.
+fn serve_refuses(data: &Path, why: &str) {
     let ran = common::run_bounded(
         &[
             "serve",
@@ -821,10 +817,7 @@ fn a_data_directory_that_lost_its_journal_is_refused_by_its_commit_mark() {
     );
     let status = ran.status.expect("serve refuses at once, it does not start");
     assert!(!status.success());
-    assert!(ran.stderr.contains("lost acknowledged commits"), "{}", ran.stderr);
-    std::fs::remove_file(data.join("last-commit")).expect("the mark");
-    let (ok, stdout, stderr) = run_truce(&["check"], &data);
-    assert!(ok && stderr.contains("up to seq 0"), "{stdout} {stderr}");
+    assert!(ran.stderr.contains(why), "{}", ran.stderr);
 }
 
 /// Every file under `dir`.

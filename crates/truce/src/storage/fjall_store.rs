@@ -659,6 +659,19 @@ mod tests {
                 "the journal is left as it was"
             );
         }
+        // The 199th write there, the last one gone with its batch.
+        let ends_before_the_last = |storage: &FjallStorage| {
+            assert!(
+                storage
+                    .get(Space::Documents, &198u32.to_be_bytes())
+                    .unwrap()
+                    .is_some()
+            );
+            assert_eq!(
+                storage.get(Space::Documents, &199u32.to_be_bytes()).unwrap(),
+                None
+            );
+        };
         // A last batch whose checksum fails, or whose item count is wrong
         // (fjall refuses both), is cut, the journal kept as it was, and the
         // open says so.
@@ -674,16 +687,7 @@ mod tests {
             damage(&mut damaged);
             std::fs::write(&journal, &damaged).unwrap();
             let storage = FjallStorage::open(dir.path()).unwrap_or_else(|e| panic!("damage {at}: {e}"));
-            assert!(
-                storage
-                    .get(Space::Documents, &198u32.to_be_bytes())
-                    .unwrap()
-                    .is_some()
-            );
-            assert_eq!(
-                storage.get(Space::Documents, &199u32.to_be_bytes()).unwrap(),
-                None
-            );
+            ends_before_the_last(&storage);
             let copy = storage
                 .torn_tail_dropped()
                 .expect("the cut is told")
@@ -701,16 +705,7 @@ mod tests {
             None,
             "fjall drops an incomplete batch itself"
         );
-        assert!(
-            storage
-                .get(Space::Documents, &198u32.to_be_bytes())
-                .unwrap()
-                .is_some()
-        );
-        assert_eq!(
-            storage.get(Space::Documents, &199u32.to_be_bytes()).unwrap(),
-            None
-        );
+        ends_before_the_last(&storage);
     }
 
     /// A database open elsewhere is in use, whatever its journal looks like
