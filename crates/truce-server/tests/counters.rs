@@ -719,18 +719,7 @@ fn cli_check_finds_a_counter_written_behind_its_back() {
 /// damage".
 #[test]
 fn a_journal_damaged_before_acknowledged_commits_is_reported_not_cut() {
-    let mut server = Server::start();
-    let data = server.data.clone();
-    let http = Http::new(&server);
-    for n in 0..200 {
-        http.expect(
-            Method::PUT,
-            &format!("/v1/c/notes/n{n}"),
-            Some(&json!({"n": n})),
-            201,
-        );
-    }
-    assert!(server.terminate().success());
+    let (_server, data) = stopped_after_writes(200);
     let journal = walkdir(&data)
         .into_iter()
         .filter(|p| p.extension().is_some_and(|e| e == "jnl"))
@@ -771,18 +760,7 @@ fn a_journal_damaged_before_acknowledged_commits_is_reported_not_cut() {
 /// removed, as the message says to accept the loss, it opens.
 #[test]
 fn a_data_directory_that_lost_its_journal_is_refused_by_its_commit_mark() {
-    let mut server = Server::start();
-    let data = server.data.clone();
-    let http = Http::new(&server);
-    for n in 0..20 {
-        http.expect(
-            Method::PUT,
-            &format!("/v1/c/notes/n{n}"),
-            Some(&json!({"n": n})),
-            201,
-        );
-    }
-    assert!(server.terminate().success());
+    let (_server, data) = stopped_after_writes(20);
     for journal in walkdir(&data)
         .into_iter()
         .filter(|p| p.extension().is_some_and(|e| e == "jnl"))
@@ -801,6 +779,24 @@ fn a_data_directory_that_lost_its_journal_is_refused_by_its_commit_mark() {
     std::fs::remove_file(data.join("last-commit")).expect("the mark");
     let (ok, stdout, stderr) = run_truce(&["check"], &data);
     assert!(ok && stderr.contains("up to seq 0"), "{stdout} {stderr}");
+}
+
+/// A server that took `n` writes (`notes/n0`…) and was stopped, with its
+/// data directory (kept while the server is).
+fn stopped_after_writes(n: u32) -> (Server, std::path::PathBuf) {
+    let mut server = Server::start();
+    let data = server.data.clone();
+    let http = Http::new(&server);
+    for n in 0..n {
+        http.expect(
+            Method::PUT,
+            &format!("/v1/c/notes/n{n}"),
+            Some(&json!({"n": n})),
+            201,
+        );
+    }
+    assert!(server.terminate().success());
+    (server, data)
 }
 
 /// `truce serve` on `data` refuses at once, saying `why`.
