@@ -182,9 +182,13 @@ pub struct Checkpoint {
     /// Where the client's history began; absent in a checkpoint given out
     /// before the server said it.
     pub from: Option<u64>,
+    /// The history the position is in (`Db::epoch`); absent in a
+    /// checkpoint given out before the server said it.
+    pub epoch: Option<u64>,
 }
 
-/// Parses a checkpoint, `{"seq": N, "id": "…", "from": B}` (`from` optional),
+/// Parses a checkpoint, `{"seq": N, "id": "…", "from": B, "epoch": E}`
+/// (`from` and `epoch` optional),
 /// or `null` / absent for "from the start". The error says what is wrong,
 /// for an `invalid_query` answer.
 pub fn checkpoint(value: Option<Value>) -> Result<Option<Checkpoint>, &'static str> {
@@ -203,13 +207,22 @@ pub fn checkpoint(value: Option<Value>) -> Result<Option<Checkpoint>, &'static s
                         .ok_or("\"from\" is a position: an integer, 0 or more, as a pull gave it")?,
                 ),
             };
+            let epoch = match c.get("epoch") {
+                None | Some(Value::Null) => None,
+                Some(epoch) => Some(
+                    epoch
+                        .as_u64()
+                        .ok_or("\"epoch\" is an integer, 0 or more, as a pull gave it")?,
+                ),
+            };
             Ok(Some(Checkpoint {
                 seq,
                 id: id.to_string(),
                 from,
+                epoch,
             }))
         }
-        Some(_) => Err("an object {\"seq\", \"id\", \"from\"} or null"),
+        Some(_) => Err("an object {\"seq\", \"id\", \"from\", \"epoch\"} or null"),
     }
 }
 

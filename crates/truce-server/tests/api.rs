@@ -2712,6 +2712,83 @@ fn a_feed_position_past_the_last_commit_is_refused() {
     assert_eq!(again.ok(200)["checkpoint"], first);
 }
 
+/// A replica's checkpoint names the database's history (`epoch`). A
+/// database restored from a backup goes on from the backup's last commit
+/// and hands out again sequence numbers its replicas passed: a pull from a
+/// checkpoint of the history before skipped every change up to it, for
+/// good. It is refused 410 `history_purged`, which a replica answers by
+/// pulling everything again; a checkpoint without an epoch (given out
+/// before there were any) is taken by its position, as before.
+#[test]
+fn a_checkpoint_from_before_a_restore_is_refused_not_skipped() {
+    let server = Server::start();
+    let api = Api::new(&server);
+    let dir = tempfile::tempdir().unwrap();
+    let encoded = |checkpoint: &Value| -> String {
+        checkpoint
+            .to_string()
+            .bytes()
+            .map(|b| format!("%{b:02X}"))
+            .collect()
+    };
+    api.put("/v1/c/items/a", json!({})).ok(201);
+    let backup = dir.path().join("backup");
+    let started = api.post("/v1/_backup", json!({ "path": backup }));
+    assert_eq!(started.status, 202, "{}", started.text);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while api.get("/v1/_backup").ok(200)["state"] == "running" {
+        assert!(Instant::now() < deadline, "the backup is still running");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(api.get("/v1/_backup").ok(200)["state"], "done");
+    // The replica goes on with the original, past the backup's last commit.
+    for id in ["b", "c", "d"] {
+        api.put(&format!("/v1/c/items/{id}"), json!({})).ok(201);
+    }
+    let pulled = api.get("/v1/c/items/_pull").ok(200).clone();
+    let checkpoint = pulled["checkpoint"].clone();
+    let epoch = checkpoint["epoch"]
+        .as_u64()
+        .expect("a checkpoint names its history");
+    let from = |api: &Api, checkpoint: &Value| {
+        api.get(&format!("/v1/c/items/_pull?checkpoint={}", encoded(checkpoint)))
+    };
+    assert_eq!(from(&api, &checkpoint).ok(200)["documents"], json!([]));
+
+    // Restored from the backup, the database writes three documents again,
+    // under the sequence numbers the replica already passed.
+    drop(api);
+    drop(server);
+    let restored = Server::start_in(&backup, &[]);
+    let api = Api::new(&restored);
+    for id in ["x", "y", "z"] {
+        api.put(&format!("/v1/c/items/{id}"), json!({})).ok(201);
+    }
+    let refused = from(&api, &checkpoint);
+    let message = refused.error(410, "history_purged")["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(message.contains("another history"), "{message}");
+    let anew = api.get("/v1/c/items/_pull").ok(200).clone();
+    assert_ne!(
+        anew["checkpoint"]["epoch"].as_u64(),
+        Some(epoch),
+        "a backup's history is its own"
+    );
+    let ids: Vec<_> = anew["documents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].clone())
+        .collect();
+    assert_eq!(ids, ["a", "x", "y", "z"]);
+    // Without an epoch, a checkpoint is taken by its position, as before.
+    let mut old = checkpoint.clone();
+    old.as_object_mut().unwrap().remove("epoch");
+    from(&api, &old).ok(200);
+}
+
 // ---------------------------------------------------------------------------
 // Errors: every code of docs/http.md's table
 // ---------------------------------------------------------------------------

@@ -47,6 +47,9 @@ pub enum ApiError {
     PayloadTooLarge(String),
     /// Too many requests at once.
     Overloaded,
+    /// A replication checkpoint from another history of this database (its
+    /// epoch, `given`, is not the database's, `epoch`).
+    OtherHistory { given: u64, epoch: u64 },
     /// The caller's API key holds this many long polls and event streams,
     /// its most (`--max-streams-per-key`).
     KeyStreamsFull(usize),
@@ -260,6 +263,17 @@ impl ApiError {
                 StatusCode::TOO_MANY_REQUESTS,
                 "overloaded",
                 "too many requests at once; retry after a short pause".into(),
+            ),
+            ApiError::OtherHistory { given, epoch } => plain(
+                StatusCode::GONE,
+                "history_purged",
+                format!(
+                    "this checkpoint is from another history of this database (epoch {given}; the \
+                     database's is {epoch}): it was restored from a backup since, whose history goes on \
+                     apart from the one the checkpoint followed, and hands out its positions again. Pull \
+                     again from the start (null checkpoint) and drop what the server no longer has; \
+                     truce-rxdb does so on its own"
+                ),
             ),
             ApiError::KeyStreamsFull(max) => plain(
                 StatusCode::TOO_MANY_REQUESTS,

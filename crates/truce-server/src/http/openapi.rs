@@ -213,6 +213,9 @@ pub struct Checkpoint {
     id: String,
     /// Where the client's history began (checked against purged tombstones).
     from: Option<u64>,
+    /// The database's history the position is in: a checkpoint of another
+    /// (the database was restored from a backup since) is 410 `history_purged`.
+    epoch: Option<u64>,
 }
 
 /// One row of `_push`.

@@ -70,7 +70,7 @@ impl Shape {
     fn pull_answer<D: PulledDoc>(
         &self,
         changes: &[Change<D>],
-        from: Option<u64>,
+        (from, epoch): (Option<u64>, u64),
         given: &Value,
     ) -> Result<Vec<u8>, ApiError> {
         let mut out = Vec::with_capacity(256);
@@ -86,7 +86,7 @@ impl Shape {
             doc.write_pulled(id, self, &mut out)?;
         }
         out.extend_from_slice(b"],\"checkpoint\":");
-        let checkpoint = changes.last().map(|c| checkpoint(c, from));
+        let checkpoint = changes.last().map(|c| checkpoint_at(c.seq, &c.id, from, epoch));
         serde_json::to_writer(&mut out, checkpoint.as_ref().unwrap_or(given)).map_err(encode)?;
         out.push(b'}');
         Ok(out)
@@ -222,14 +222,10 @@ pub(super) fn error_event(body: Value) -> Event {
     Event::default().event("error").data(body.to_string())
 }
 
-/// The checkpoint after `change`, for a client whose history began at `from`.
-fn checkpoint<D>(change: &Change<D>, from: Option<u64>) -> Value {
-    checkpoint_at(change.seq, &change.id, from)
-}
-
-/// The checkpoint `{"seq", "id", "from"}` (`from` when known).
-fn checkpoint_at(seq: u64, id: &str, from: Option<u64>) -> Value {
-    let mut checkpoint = json!({"seq": seq, "id": id});
+/// The checkpoint `{"seq", "id", "from", "epoch"}` (`from` when known) in
+/// the history `epoch` (`Db::epoch`).
+fn checkpoint_at(seq: u64, id: &str, from: Option<u64>, epoch: u64) -> Value {
+    let mut checkpoint = json!({"seq": seq, "id": id, "epoch": epoch});
     if let Some(from) = from {
         checkpoint["from"] = json!(from);
     }
@@ -243,7 +239,7 @@ fn parse_checkpoint(params: &Params) -> Result<Option<truce_server::wire::Checkp
 
 /// Documents changed after the checkpoint, in commit order, at their latest state.
 #[utoipa::path(get, path = "/v1/c/{coll}/_pull", tag = "replication",
-    params(("coll" = String, Path), ("checkpoint" = Option<String>, Query, description = "JSON {\"seq\", \"id\", \"from\"} as a previous answer gave it, or null"),
+    params(("coll" = String, Path), ("checkpoint" = Option<String>, Query, description = "JSON {\"seq\", \"id\", \"from\", \"epoch\"} as a previous answer gave it, or null"),
            ("limit" = Option<usize>, Query, minimum = 1, maximum = 10000),
            ("primaryKey" = Option<String>, Query, description = "the client's primary-key field (default id)"),
            ("meta" = Option<bool>, Query)),
@@ -265,11 +261,20 @@ pub async fn pull(
         .parse::<usize>("limit", "invalid_query")?
         .unwrap_or(PULL_LIMIT_DEFAULT);
     let db = state.db.clone();
+    // A position in another history of this database (it was restored from
+    // a backup since, whose history goes on apart from the one the client
+    // followed): its sequence numbers are handed out again, and a pull from
+    // it would skip changes for good. Refused as a purged history is, which
+    // a replica answers by pulling everything again.
+    let epoch = db.epoch();
+    if let Some(given) = after.as_ref().and_then(|c| c.epoch).filter(|&e| e != epoch) {
+        return Err(ApiError::OtherHistory { given, epoch });
+    }
     // Given back as read, not as sent: whatever else the client put in it
     // is not echoed.
     let given = after
         .as_ref()
-        .map_or(Value::Null, |c| checkpoint_at(c.seq, &c.id, c.from));
+        .map_or(Value::Null, |c| checkpoint_at(c.seq, &c.id, c.from, epoch));
     // A checkpoint without `from` was given out before the server said where
     // a client's history began: checked by its position alone.
     let from = after.as_ref().map(|c| c.from.unwrap_or(0));
@@ -279,7 +284,7 @@ pub async fn pull(
     let answer = super::blocking(move || {
         let page =
             db.changes_after_stored(&coll, after.as_ref().map(|c| (c.seq, c.id.as_str())), from, limit)?;
-        Ok(shape.pull_answer(&page.changes, page.from, &given))
+        Ok(shape.pull_answer(&page.changes, (page.from, epoch), &given))
     })
     .await??;
     Ok(super::json_bytes(answer))
@@ -884,7 +889,11 @@ pub async fn pull_stream(
         .db
         .subscribe_from(Some(&coll), now, Some(now), true)?
         .stored();
-    Ok(super::event_stream(stream_events(sub, shape, standing), place))
+    let epoch = state.db.epoch();
+    Ok(super::event_stream(
+        stream_events(sub, shape, standing, epoch),
+        place,
+    ))
 }
 
 /// One event per commit batch, until the engine fails or the caller's key may
@@ -893,6 +902,7 @@ fn stream_events(
     sub: truce::Subscription<StoredDoc>,
     shape: Shape,
     standing: Standing,
+    epoch: u64,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     let standing = Arc::new(standing);
     // The last page's hold on the memory of the pages being read goes with
@@ -910,7 +920,7 @@ fn stream_events(
                 Waited::Revoked | Waited::Stopping => return None,
             };
             let data = shape
-                .pull_answer(&page.changes, page.from, &Value::Null)
+                .pull_answer(&page.changes, (page.from, epoch), &Value::Null)
                 .and_then(|data| Ok(super::event_text(data)?));
             match data {
                 Ok(data) => Some((Ok(Event::default().data(data)), Some((sub, page.memory)))),
@@ -996,8 +1006,11 @@ mod tests {
                 let shape = Shape { pk: pk.into(), meta };
                 for d in &docs {
                     let page = page_of(std::slice::from_ref(d));
-                    let decoded = shape.pull_answer(&page, None, &Value::Null);
-                    match (decoded, shape.pull_answer(&stored(&page), None, &Value::Null)) {
+                    let decoded = shape.pull_answer(&page, (None, 7), &Value::Null);
+                    match (
+                        decoded,
+                        shape.pull_answer(&stored(&page), (None, 7), &Value::Null),
+                    ) {
                         (Ok(a), Ok(b)) => {
                             answered += 1;
                             assert_eq!(
@@ -1045,8 +1058,10 @@ mod tests {
             // Written from the stored bytes: the same bytes, under the key
             // some bodies hold and under one that none does.
             let same_bytes = |shape: &Shape| {
-                let bytes = shape.pull_answer(&page, None, &Value::Null).unwrap();
-                let from_stored = shape.pull_answer(&stored(&page), None, &Value::Null).unwrap();
+                let bytes = shape.pull_answer(&page, (None, 7), &Value::Null).unwrap();
+                let from_stored = shape
+                    .pull_answer(&stored(&page), (None, 7), &Value::Null)
+                    .unwrap();
                 assert_eq!(
                     String::from_utf8(from_stored).unwrap(),
                     String::from_utf8(bytes.clone()).unwrap()
@@ -1077,8 +1092,12 @@ mod tests {
             let clash = doc("c", json!({"id": "other"}), false);
             let mut clashing = page.clone();
             clashing[0].doc = Some(clash);
-            assert!(shape.pull_answer(&clashing, None, &Value::Null).is_err());
-            assert!(shape.pull_answer(&stored(&clashing), None, &Value::Null).is_err());
+            assert!(shape.pull_answer(&clashing, (None, 7), &Value::Null).is_err());
+            assert!(
+                shape
+                    .pull_answer(&stored(&clashing), (None, 7), &Value::Null)
+                    .is_err()
+            );
         }
         // And a page's answer carries its checkpoint, or the one given.
         let shape = Shape {
@@ -1086,15 +1105,15 @@ mod tests {
             meta: false,
         };
         let answer: Value =
-            serde_json::from_slice(&shape.pull_answer(&page, Some(5), &Value::Null).unwrap()).unwrap();
+            serde_json::from_slice(&shape.pull_answer(&page, (Some(5), 7), &Value::Null).unwrap()).unwrap();
         assert_eq!(answer["documents"].as_array().map(Vec::len), Some(docs.len()));
         assert_eq!(
             answer["checkpoint"],
-            json!({"seq": 17, "id": docs[3].id, "from": 5})
+            json!({"seq": 17, "id": docs[3].id, "from": 5, "epoch": 7})
         );
         let empty: Value = serde_json::from_slice(
             &shape
-                .pull_answer::<Document>(&[], None, &json!({"seq": 1}))
+                .pull_answer::<Document>(&[], (None, 7), &json!({"seq": 1}))
                 .unwrap(),
         )
         .unwrap();

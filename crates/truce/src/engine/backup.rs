@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::Db;
-use super::committer::scan_chunk;
+use super::committer::{META_EPOCH, new_epoch, scan_chunk};
 use super::read;
 use crate::error::{Error, Result};
 use crate::limits::{BACKUP_CHUNK_BYTES, BACKUP_CHUNK_ENTRIES, BACKUP_SCAN_ENTRIES};
@@ -232,9 +232,15 @@ impl Backup {
                 fail::fail_point!("backup::chunk");
                 let (entries, next) =
                     scan_chunk(&*self.view, space, &[], after.as_deref(), BACKUP_SCAN_ENTRIES)?;
-                for (key, value) in entries {
+                for (key, mut value) in entries {
                     done.entries += 1;
                     done.bytes += (key.len() + value.len()) as u64;
+                    if space == Space::Meta && key == META_EPOCH {
+                        // The backup's history goes on apart from this
+                        // database's from here: a replica of this one must
+                        // not take the restored one's positions for its own.
+                        value = crate::record::encode_counter(new_epoch());
+                    }
                     batch.put(space, key, value);
                     batched += 1;
                     if batch.bytes() >= BACKUP_CHUNK_BYTES || batched >= BACKUP_CHUNK_ENTRIES {

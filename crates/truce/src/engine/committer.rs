@@ -43,6 +43,16 @@ use turns::Turns;
 pub const META_LAST_SEQ: &[u8] = b"last_seq";
 /// Meta key of the last commit time, so `_ts` never decreases across restarts.
 pub const META_LAST_TS: &[u8] = b"last_ts";
+/// Meta key of the history's epoch ([`Shared::epoch`]).
+pub const META_EPOCH: &[u8] = b"epoch";
+
+/// A new history epoch: random, never 0 (a stored 0 would read as none),
+/// below 2^53, so that a JavaScript client holds it exactly (a number past
+/// that came back from RxDB rounded, and every pull was refused as from
+/// another history).
+pub fn new_epoch() -> u64 {
+    (rand::random::<u64>() >> 11).max(1)
+}
 
 /// Where an index stands after a definition or a backfill step.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -257,6 +267,9 @@ pub struct Shared {
     pub disk: super::disk::DiskSpace,
     /// The memory of the pages being read (`Options::page_memory_bytes`).
     pub pages: Arc<crate::budget::Budget>,
+    /// This database's history epoch, set at recovery: drawn when the
+    /// database is made, drawn anew in each backup ([`super::Db::epoch`]).
+    pub epoch: std::sync::OnceLock<u64>,
 }
 
 /// Refuses making the collections `new` (none of the `held` there) when
@@ -521,6 +534,18 @@ impl Committer {
         }
         check_log_heads(storage, last_seq)?;
         let last_ts_ms = read_meta_counter(storage, META_LAST_TS)?;
+        let epoch = match read_meta_counter(storage, META_EPOCH)? {
+            0 => {
+                // A database made before epochs (or just now): its first.
+                let epoch = new_epoch();
+                let mut batch = crate::storage::WriteBatch::new();
+                batch.put(Space::Meta, META_EPOCH.to_vec(), record::encode_counter(epoch));
+                shared.storage.apply(batch, shared.durability)?;
+                epoch
+            }
+            epoch => epoch,
+        };
+        let _ = shared.epoch.set(epoch);
         let mut indexes: Catalog = HashMap::new();
         let mut dropping = Vec::new();
         for (_, bytes) in scan_prefix(storage, Space::Meta, index::META_PREFIX)? {

@@ -264,6 +264,7 @@ impl Db {
             insights: insights::Insights::new(options.hot_spots)?,
             disk: disk::DiskSpace::new(options.min_free_disk_bytes),
             pages: crate::budget::Budget::new(options.page_memory_bytes),
+            epoch: Default::default(),
         });
         shared
             .disk
@@ -624,6 +625,17 @@ impl Db {
         let backed_up = oldest
             .is_some_and(|ms| committer::now_ms().saturating_sub(ms) > crate::limits::OUTBOX_BACKED_UP_MS);
         shared.insights.report(window, limit, shown, backed_up)
+    }
+
+    /// This database's history epoch: a random number drawn when the
+    /// database was made, and drawn anew in every backup. Positions in its
+    /// change feed (sequence numbers) belong to one history: a database
+    /// restored from a backup goes on from the backup's last commit, and
+    /// hands out again sequence numbers its replicas may already have
+    /// passed. A replica that keeps the epoch beside its position knows
+    /// that its position is from another history when the epoch differs.
+    pub fn epoch(&self) -> u64 {
+        self.shared().epoch.get().copied().unwrap_or(0)
     }
 
     /// `Ok` while the database accepts writes; the sticky failure otherwise.
