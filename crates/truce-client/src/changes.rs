@@ -29,6 +29,7 @@ pub enum Feed {
 pub struct ChangesOptions {
     since: Option<u64>,
     from: Option<u64>,
+    epoch: Option<u64>,
     limit: Option<u32>,
     include_docs: bool,
     feed: Feed,
@@ -53,6 +54,17 @@ impl ChangesOptions {
     /// does not check.
     pub fn from(mut self, from: Option<u64>) -> ChangesOptions {
         self.from = from;
+        self
+    }
+
+    /// The database's history this reader's position is in: the
+    /// [`Changes::epoch`] of its last page. With it the server refuses (410
+    /// `history_purged`) a `since` of another history — the database was
+    /// restored from a backup since, and hands out those positions again —
+    /// where reading on would skip changes for good; without it, it does
+    /// not check.
+    pub fn epoch(mut self, epoch: Option<u64>) -> ChangesOptions {
+        self.epoch = epoch;
         self
     }
 
@@ -81,6 +93,9 @@ impl ChangesOptions {
         }
         if let Some(from) = self.from {
             params.push(("from", from.to_string()));
+        }
+        if let Some(epoch) = self.epoch {
+            params.push(("epoch", epoch.to_string()));
         }
         if let Some(limit) = self.limit {
             params.push(("limit", limit.to_string()));
@@ -133,6 +148,10 @@ pub struct Changes {
     /// Where this reader's history began: pass it as `from` next time.
     #[serde(default)]
     pub from: Option<u64>,
+    /// The database's history (absent from a server before epochs): pass it
+    /// as `epoch` next time.
+    #[serde(default)]
+    pub epoch: Option<u64>,
 }
 
 impl Client {
@@ -163,12 +182,14 @@ mod tests {
         assert!(ChangesOptions::new().params().is_empty());
         let options = ChangesOptions::new()
             .since(17)
+            .epoch(Some(9))
             .limit(50)
             .include_docs(true)
             .longpoll(Duration::from_secs(2));
         let params: Vec<(&str, String)> = options.params();
         let expected = [
             ("since", "17"),
+            ("epoch", "9"),
             ("limit", "50"),
             ("include_docs", "true"),
             ("feed", "longpoll"),

@@ -2712,13 +2712,13 @@ fn a_feed_position_past_the_last_commit_is_refused() {
     assert_eq!(again.ok(200)["checkpoint"], first);
 }
 
-/// A replica's checkpoint names the database's history (`epoch`). A
-/// database restored from a backup goes on from the backup's last commit
-/// and hands out again sequence numbers its replicas passed: a pull from a
-/// checkpoint of the history before skipped every change up to it, for
-/// good. It is refused 410 `history_purged`, which a replica answers by
-/// pulling everything again; a checkpoint without an epoch (given out
-/// before there were any) is taken by its position, as before.
+/// A replica's checkpoint, and a feed page, name the database's history
+/// (`epoch`). A database restored from a backup goes on from the backup's
+/// last commit and hands out again sequence numbers its replicas passed: a
+/// pull from a checkpoint of the history before (or a `_changes` from its
+/// `since`) skipped every change up to it, for good. It is refused 410
+/// `history_purged`, which a replica answers by pulling everything again; a
+/// position without an epoch is taken by its position alone, as before.
 #[test]
 fn a_checkpoint_from_before_a_restore_is_refused_not_skipped() {
     let server = Server::start();
@@ -2754,6 +2754,14 @@ fn a_checkpoint_from_before_a_restore_is_refused_not_skipped() {
         api.get(&format!("/v1/c/items/_pull?checkpoint={}", encoded(checkpoint)))
     };
     assert_eq!(from(&api, &checkpoint).ok(200)["documents"], json!([]));
+    let feed = api.get("/v1/c/items/_changes").ok(200).clone();
+    assert_eq!(
+        feed["epoch"].as_u64(),
+        Some(epoch),
+        "a feed page names the same history"
+    );
+    let since = format!("/v1/c/items/_changes?since={}&epoch={epoch}", feed["last_seq"]);
+    api.get(&since).ok(200);
 
     // Restored from the backup, the database writes three documents again,
     // under the sequence numbers the replica already passed.
@@ -2770,6 +2778,7 @@ fn a_checkpoint_from_before_a_restore_is_refused_not_skipped() {
         .unwrap()
         .to_owned();
     assert!(message.contains("another history"), "{message}");
+    api.get(&since).error(410, "history_purged");
     let anew = api.get("/v1/c/items/_pull").ok(200).clone();
     assert_ne!(
         anew["checkpoint"]["epoch"].as_u64(),

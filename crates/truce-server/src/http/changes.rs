@@ -36,6 +36,9 @@ const LAST_EVENT_ID_DESCRIPTION: &str = "`feed=sse` only: the `id` of the last e
                                          EventSource sends); the stream goes on after it, over `since`";
 
 /// The `from` parameter of the feeds.
+const EPOCH_DESCRIPTION: &str = "The database's history the reader's position is in: the `epoch` of its last \
+    answer. A position of another history (the database was restored from a backup since) is 410 \
+    `history_purged`; without it nothing is checked.";
 const FROM_DESCRIPTION: &str = "Where this reader's history began: the `from` of the answer to its read from 0 \
                                 (or `now`). With it, a `since` that could miss a delete whose tombstone was \
                                 purged is refused (410); without it, not checked";
@@ -101,9 +104,14 @@ fn write_change<D: FeedDoc>(
     Ok(())
 }
 
-/// A page's answer, `{"results": [...], "last_seq", "from"}` (`from` when
-/// known), as bytes.
-fn page_answer<D: FeedDoc>(page: &truce::ChangesPage<D>, with_collection: bool) -> truce::Result<Vec<u8>> {
+/// A page's answer, `{"results": [...], "last_seq", "from", "epoch"}`
+/// (`from` when known; `epoch`, the database's history, `Db::epoch`), as
+/// bytes.
+fn page_answer<D: FeedDoc>(
+    page: &truce::ChangesPage<D>,
+    with_collection: bool,
+    epoch: u64,
+) -> truce::Result<Vec<u8>> {
     let mut out = Vec::with_capacity(128);
     out.extend_from_slice(b"{\"results\":[");
     for (i, change) in page.changes.iter().enumerate() {
@@ -118,6 +126,8 @@ fn page_answer<D: FeedDoc>(page: &truce::ChangesPage<D>, with_collection: bool) 
         out.extend_from_slice(b",\"from\":");
         out.extend_from_slice(from.to_string().as_bytes());
     }
+    out.extend_from_slice(b",\"epoch\":");
+    out.extend_from_slice(epoch.to_string().as_bytes());
     out.push(b'}');
     Ok(out)
 }
@@ -133,6 +143,8 @@ struct FeedRequest {
     /// How long a long poll waits for a change (read, and so checked, on
     /// every feed, as every other parameter is).
     timeout_ms: u64,
+    /// The database's history (`Db::epoch`), which each page names.
+    epoch: u64,
 }
 
 impl FeedRequest {
@@ -173,7 +185,25 @@ fn feed_request(
     params: &Params,
     resume_after: Option<u64>,
 ) -> Result<FeedRequest, ApiError> {
-    params.only(&["since", "from", "limit", "include_docs", "feed", "timeout"])?;
+    params.only(&[
+        "since",
+        "from",
+        "limit",
+        "include_docs",
+        "feed",
+        "timeout",
+        "epoch",
+    ])?;
+    // A position in another history of this database (restored from a
+    // backup since): its sequence numbers are handed out again, and reading
+    // on from it would skip changes for good.
+    let epoch = db.epoch();
+    if let Some(given) = params
+        .parse::<u64>("epoch", "invalid_query")?
+        .filter(|&e| e != epoch)
+    {
+        return Err(ApiError::OtherHistory { given, epoch });
+    }
     // The URL's `since` is checked even when a reconnecting stream's last
     // event overrides it: a malformed URL is refused the same way every time.
     let given = params.parse::<u64>("from", "invalid_query")?;
@@ -209,6 +239,7 @@ fn feed_request(
             .parse::<u64>("timeout", "invalid_query")?
             .unwrap_or(LONGPOLL_TIMEOUT_MS_DEFAULT)
             .min(LONGPOLL_TIMEOUT_MS_MAX),
+        epoch,
     })
 }
 
@@ -242,7 +273,7 @@ async fn feed(
                     request.limit,
                     request.include_docs,
                 )?;
-                page_answer(&page, with_collection)
+                page_answer(&page, with_collection, request.epoch)
             })
             .await?;
             return Ok(super::json_bytes(answer));
@@ -278,7 +309,8 @@ async fn feed(
             ));
         }
     };
-    let answer = super::blocking(move || page_answer(&page, with_collection)).await?;
+    let epoch = request.epoch;
+    let answer = super::blocking(move || page_answer(&page, with_collection, epoch)).await?;
     Ok(super::json_bytes(answer))
 }
 
@@ -345,6 +377,7 @@ fn sse_events(
 #[utoipa::path(get, path = "/v1/c/{coll}/_changes", tag = "changes",
     params(("coll" = String, Path), ("since" = Option<String>, Query, pattern = "^(0*[0-9]{1,19}|now)$"),
            ("from" = Option<u64>, Query, description = FROM_DESCRIPTION),
+           ("epoch" = Option<u64>, Query, description = EPOCH_DESCRIPTION),
            ("limit" = Option<usize>, Query, minimum = 1, maximum = 10000),
            ("include_docs" = Option<bool>, Query), ("feed" = Option<String>, Query, description = FEED_DESCRIPTION), ("timeout" = Option<u64>, Query),
            ("Last-Event-ID" = Option<u64>, Header, description = LAST_EVENT_ID_DESCRIPTION)),
@@ -366,6 +399,7 @@ pub async fn collection_changes(
 #[utoipa::path(get, path = "/v1/_changes", tag = "changes",
     params(("since" = Option<String>, Query, pattern = "^(0*[0-9]{1,19}|now)$"),
            ("from" = Option<u64>, Query, description = FROM_DESCRIPTION),
+           ("epoch" = Option<u64>, Query, description = EPOCH_DESCRIPTION),
            ("limit" = Option<usize>, Query, minimum = 1, maximum = 10000), ("include_docs" = Option<bool>, Query),
            ("feed" = Option<String>, Query, description = FEED_DESCRIPTION), ("timeout" = Option<u64>, Query),
            ("Last-Event-ID" = Option<u64>, Header, description = LAST_EVENT_ID_DESCRIPTION)),
@@ -435,20 +469,22 @@ mod tests {
                 memory: Default::default(),
             };
             assert_eq!(
-                String::from_utf8(page_answer(&stored, with_collection).unwrap()).unwrap(),
-                String::from_utf8(page_answer(&page, with_collection).unwrap()).unwrap(),
+                String::from_utf8(page_answer(&stored, with_collection, 7).unwrap()).unwrap(),
+                String::from_utf8(page_answer(&page, with_collection, 7).unwrap()).unwrap(),
             );
         }
-        let written: serde_json::Value = serde_json::from_slice(&page_answer(&page, true).unwrap()).unwrap();
+        let written: serde_json::Value =
+            serde_json::from_slice(&page_answer(&page, true, 7).unwrap()).unwrap();
         assert_eq!(
             written,
             json!({"results": [
                 {"seq": 9, "id": "\"a\n", "rev": rev, "deleted": false, "c": "c1", "doc": doc.to_json()},
                 {"seq": 9, "id": "\"a\n", "rev": rev, "deleted": true, "c": "c1"}],
-                "last_seq": 9, "from": 3})
+                "last_seq": 9, "from": 3, "epoch": 7})
         );
         let page = truce::ChangesPage { from: None, ..page };
-        let written: serde_json::Value = serde_json::from_slice(&page_answer(&page, false).unwrap()).unwrap();
+        let written: serde_json::Value =
+            serde_json::from_slice(&page_answer(&page, false, 7).unwrap()).unwrap();
         assert!(
             written.get("from").is_none() && written["results"][0].get("c").is_none(),
             "{written}"
@@ -483,7 +519,7 @@ mod tests {
             memory: Default::default(),
         };
         assert!(
-            matches!(page_answer(&page, false), Err(truce::Error::Storage(_))),
+            matches!(page_answer(&page, false, 7), Err(truce::Error::Storage(_))),
             "refused"
         );
     }

@@ -47,8 +47,8 @@ pub enum ApiError {
     PayloadTooLarge(String),
     /// Too many requests at once.
     Overloaded,
-    /// A replication checkpoint from another history of this database (its
-    /// epoch, `given`, is not the database's, `epoch`).
+    /// A replication checkpoint or feed position from another history of
+    /// this database (its epoch, `given`, is not the database's, `epoch`).
     OtherHistory { given: u64, epoch: u64 },
     /// The caller's API key holds this many long polls and event streams,
     /// its most (`--max-streams-per-key`).
@@ -268,11 +268,11 @@ impl ApiError {
                 StatusCode::GONE,
                 "history_purged",
                 format!(
-                    "this checkpoint is from another history of this database (epoch {given}; the \
+                    "this position is from another history of this database (epoch {given}; the \
                      database's is {epoch}): it was restored from a backup since, whose history goes on \
-                     apart from the one the checkpoint followed, and hands out its positions again. Pull \
-                     again from the start (null checkpoint) and drop what the server no longer has; \
-                     truce-rxdb does so on its own"
+                     apart from the one the position followed, and hands out its positions again. Read \
+                     again from the start (a null checkpoint, since=0) and drop what the server no longer \
+                     has; truce-rxdb does so on its own"
                 ),
             ),
             ApiError::KeyStreamsFull(max) => plain(

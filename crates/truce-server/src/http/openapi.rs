@@ -127,6 +127,9 @@ pub struct ChangesPage {
     /// `from` it sent): send it back with `since` to be refused, rather than
     /// miss a delete, after the collection purges tombstones.
     from: Option<u64>,
+    /// The database's history: send it back as `epoch` to be refused (410),
+    /// rather than skip changes, after the database is restored from a backup.
+    epoch: u64,
 }
 
 /// One op of a transaction, by kind: each takes `op`, `c`, `id`, at most one
