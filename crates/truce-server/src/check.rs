@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use truce::CheckReport;
+use truce::engine::MarkCheck;
 use truce::storage::{FjallStorage, Storage, StorageError};
 
 use crate::config::CheckArgs;
@@ -94,17 +95,13 @@ pub fn run(args: &CheckArgs) -> Result<bool, String> {
         );
     }
     match truce::engine::lost_commits(&data, &storage) {
-        Ok(None) => {
-            let mark = data.join(truce::engine::COMMIT_MARK_FILE);
-            if std::fs::symlink_metadata(&mark).is_ok() && truce::engine::commit_mark(&data).is_none() {
-                eprintln!(
-                    "truce: the commit mark {} is not whole, so whether commits were lost was not \
-                     checked (the server writes it anew at its next start)",
-                    mark.display()
-                );
-            }
-        }
-        Ok(Some(why)) => return storage_damaged(&data, "commits_lost", &why),
+        Ok(MarkCheck::Held) => {}
+        Ok(MarkCheck::Unreadable) => eprintln!(
+            "truce: the commit mark {} is not whole, so whether commits were lost was not checked (the \
+             server writes it anew at its next start)",
+            data.join(truce::engine::COMMIT_MARK_FILE).display()
+        ),
+        Ok(MarkCheck::Lost(why)) => return storage_damaged(&data, "commits_lost", &why),
         Err(truce::Error::Storage(StorageError::Corrupt(why))) => {
             return storage_damaged(&data, "storage_damaged", &why);
         }

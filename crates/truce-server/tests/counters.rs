@@ -776,9 +776,14 @@ fn a_data_directory_that_lost_its_journal_is_refused_by_its_commit_mark() {
         "{stderr}"
     );
     serve_refuses(&data, "lost acknowledged commits");
+    // A mark that does not decode is not compared, and check says so.
+    std::fs::write(data.join("last-commit"), b"not a mark").expect("the mark");
+    let (ok, stdout, stderr) = run_truce(&["check"], &data);
+    assert!(ok && stderr.contains("not whole"), "{stdout} {stderr}");
     std::fs::remove_file(data.join("last-commit")).expect("the mark");
     let (ok, stdout, stderr) = run_truce(&["check"], &data);
     assert!(ok && stderr.contains("up to seq 0"), "{stdout} {stderr}");
+    assert!(!stderr.contains("not whole"), "{stderr}");
 }
 
 /// A server that took `n` writes (`notes/n0`…) and was stopped, with its

@@ -62,32 +62,49 @@ fn decode(bytes: &[u8]) -> Option<u64> {
         .then(|| u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes")))
 }
 
-/// The last commit the mark in `dir` records, if there is a whole one (one
-/// that cannot be read, or does not decode, is logged and taken for none).
-pub fn commit_mark(dir: &Path) -> Option<u64> {
-    read(dir)
+/// What the mark in a data directory says.
+enum Found {
+    /// There is none (a database made before marks, or by a backup).
+    Absent,
+    /// There is one that cannot be read or does not decode (logged).
+    Unreadable,
+    /// The last commit it records.
+    At(u64),
 }
 
-/// [`commit_mark`].
-fn read(dir: &Path) -> Option<u64> {
+fn read(dir: &Path) -> Found {
     let path = dir.join(COMMIT_MARK_FILE);
     let bytes = match std::fs::read(&path) {
         Ok(bytes) => bytes,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Found::Absent,
         Err(e) => {
             tracing::warn!(file = %path.display(), "cannot read the commit mark, so it is not checked: {e}");
-            return None;
+            return Found::Unreadable;
         }
     };
-    let seq = decode(&bytes);
-    if seq.is_none() {
-        tracing::warn!(
-            file = %path.display(),
-            bytes = bytes.len(),
-            "the commit mark is not whole, so it is not checked (it is written anew)"
-        );
+    match decode(&bytes) {
+        Some(seq) => Found::At(seq),
+        None => {
+            tracing::warn!(
+                file = %path.display(),
+                bytes = bytes.len(),
+                "the commit mark is not whole, so it is not checked (it is written anew)"
+            );
+            Found::Unreadable
+        }
     }
-    seq
+}
+
+/// What comparing a storage with its commit mark found ([`lost_commits`]).
+#[derive(Debug, PartialEq, Eq)]
+pub enum MarkCheck {
+    /// The storage holds every commit the mark records (or there is no mark).
+    Held,
+    /// There is a mark, but it cannot be read or does not decode: nothing
+    /// was compared.
+    Unreadable,
+    /// The storage lost commits: why, for the refusal.
+    Lost(String),
 }
 
 /// Refuses `storage`, the database in `dir`, if it holds fewer commits than
@@ -95,24 +112,26 @@ fn read(dir: &Path) -> Option<u64> {
 /// `Db::open` calls this before its committer starts.
 pub fn verify(dir: &Path, storage: &dyn StorageRead) -> Result<()> {
     match lost_commits(dir, storage)? {
-        Some(why) => Err(Error::Storage(StorageError::Corrupt(why))),
-        None => Ok(()),
+        MarkCheck::Lost(why) => Err(Error::Storage(StorageError::Corrupt(why))),
+        MarkCheck::Held | MarkCheck::Unreadable => Ok(()),
     }
 }
 
-/// Why `storage`, the database in `dir`, lost commits, if it holds fewer
-/// than the mark there records; an error only where the storage cannot be
-/// read (`truce check` tells the two apart: `commits_lost`, or damage).
-pub fn lost_commits(dir: &Path, storage: &dyn StorageRead) -> Result<Option<String>> {
-    let Some(marked) = read(dir) else {
-        return Ok(None);
+/// Compares `storage`, the database in `dir`, with the mark there; an error
+/// only where the storage cannot be read (`truce check` tells the two
+/// apart: `commits_lost`, or damage).
+pub fn lost_commits(dir: &Path, storage: &dyn StorageRead) -> Result<MarkCheck> {
+    let marked = match read(dir) {
+        Found::Absent => return Ok(MarkCheck::Held),
+        Found::Unreadable => return Ok(MarkCheck::Unreadable),
+        Found::At(seq) => seq,
     };
     let last = read_meta_counter(storage, META_LAST_SEQ)?;
     if last >= marked {
-        return Ok(None);
+        return Ok(MarkCheck::Held);
     }
     let file = dir.join(COMMIT_MARK_FILE);
-    Ok(Some(format!(
+    Ok(MarkCheck::Lost(format!(
         "{}: {} records that commits up to seq {marked} were made durable, but the storage holds \
          commits only up to seq {last}: it lost acknowledged commits (a journal file removed, cut or \
          replaced by an older copy, or a space's files removed). If a backup was just copied into \

@@ -54,7 +54,7 @@ pub use committer::{IndexProgress, now_ms};
 pub use disk::DiskStatus;
 pub use evaluate::WriteOp;
 pub use insights::{InsightsReport, Origin, Stats};
-pub use mark::{COMMIT_MARK_FILE, commit_mark, lost_commits};
+pub use mark::{COMMIT_MARK_FILE, MarkCheck, lost_commits};
 pub use pending::{Pending, PendingFuture, PendingTx, PendingWrite};
 pub use read::{Change, ChangesPage, CheckpointPage};
 pub use recount::{RecountFix, RecountReport};
