@@ -194,16 +194,7 @@ fn feed_request(
         "timeout",
         "epoch",
     ])?;
-    // A position in another history of this database (restored from a
-    // backup since): its sequence numbers are handed out again, and reading
-    // on from it would skip changes for good.
-    let epoch = db.epoch();
-    if let Some(given) = params
-        .parse::<u64>("epoch", "invalid_query")?
-        .filter(|&e| e != epoch)
-    {
-        return Err(ApiError::OtherHistory { given, epoch });
-    }
+    let epoch = super::same_history(db, params.parse::<u64>("epoch", "invalid_query")?)?;
     // The URL's `since` is checked even when a reconnecting stream's last
     // event overrides it: a malformed URL is refused the same way every time.
     let given = params.parse::<u64>("from", "invalid_query")?;

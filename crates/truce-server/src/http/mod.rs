@@ -154,6 +154,20 @@ pub(crate) fn not_joined(e: tokio::task::JoinError) -> ApiError {
 
 /// An answer already written as JSON bytes (large answers are, off the HTTP
 /// threads, without a `Value` of their own first).
+/// The database's history epoch (`Db::epoch`), once a reader's position
+/// given in history `given` (its checkpoint's, or its `epoch` parameter) is
+/// known to be in it. One of another history (the database was restored
+/// from a backup since) is refused, 410 as a purged history is, which a
+/// replica answers by reading everything again: its sequence numbers are
+/// handed out again, and reading on from it would skip changes for good.
+pub(crate) fn same_history(db: &truce::Db, given: Option<u64>) -> Result<u64, ApiError> {
+    let epoch = db.epoch();
+    match given {
+        Some(given) if given != epoch => Err(ApiError::OtherHistory { given, epoch }),
+        _ => Ok(epoch),
+    }
+}
+
 pub(crate) fn json_bytes(bytes: Vec<u8>) -> Response {
     ([(header::CONTENT_TYPE, "application/json")], bytes).into_response()
 }

@@ -261,15 +261,7 @@ pub async fn pull(
         .parse::<usize>("limit", "invalid_query")?
         .unwrap_or(PULL_LIMIT_DEFAULT);
     let db = state.db.clone();
-    // A position in another history of this database (it was restored from
-    // a backup since, whose history goes on apart from the one the client
-    // followed): its sequence numbers are handed out again, and a pull from
-    // it would skip changes for good. Refused as a purged history is, which
-    // a replica answers by pulling everything again.
-    let epoch = db.epoch();
-    if let Some(given) = after.as_ref().and_then(|c| c.epoch).filter(|&e| e != epoch) {
-        return Err(ApiError::OtherHistory { given, epoch });
-    }
+    let epoch = super::same_history(&db, after.as_ref().and_then(|c| c.epoch))?;
     // Given back as read, not as sent: whatever else the client put in it
     // is not echoed.
     let given = after
