@@ -18,6 +18,15 @@ fn labelled(db: &Db, family: Family, reason: &str, source: &str) -> u64 {
         .sum()
 }
 
+/// Document `id`'s hot spot in `report`.
+fn hot_spot<'a>(report: &'a truce::InsightsReport, id: &str) -> &'a truce::engine::insights::HotSpot {
+    report
+        .hot_spots
+        .iter()
+        .find(|h| h.target == Target::Document(id.into()))
+        .unwrap_or_else(|| panic!("{id} is not a hot spot: {report:#?}"))
+}
+
 fn put_from(
     db: &Db,
     origin: &Origin,
@@ -129,13 +138,7 @@ fn known_conflicts_give_exact_counts_and_the_expected_remedies() {
     assert_eq!(stats.skipped, 0);
 
     let report = db.insights(Duration::from_secs(300), 10).unwrap();
-    let spot = |id: &str| {
-        report
-            .hot_spots
-            .iter()
-            .find(|h| h.target == Target::Document(id.into()))
-            .unwrap_or_else(|| panic!("{id} is not a hot spot: {report:#?}"))
-    };
+    let spot = |id: &str| hot_spot(&report, id);
     let fight = spot("fight");
     assert_eq!(fight.counts.conflicts[0], 8);
     assert_eq!(fight.counts.retries, 2);
@@ -314,11 +317,7 @@ fn a_hot_spot_names_its_busiest_sources_and_ties_keep_their_order() {
         stale(&db, "billing-worker", "d");
     }
     let report = db.insights(Duration::from_secs(60), 10).unwrap();
-    let spot = report
-        .hot_spots
-        .iter()
-        .find(|h| h.target == Target::Document("d".into()))
-        .expect("d is hot");
+    let spot = hot_spot(&report, "d");
     // Named first, with its fifty and at most what it took over (s1's one).
     let (first, events) = spot.sources.first().cloned().expect("a source");
     assert_eq!(first.as_deref(), Some("billing-worker"), "{:?}", spot.sources);
@@ -345,11 +344,7 @@ fn a_hot_spot_names_its_busiest_sources_and_ties_keep_their_order() {
         stale(&db, "steady", "e");
     }
     let report = db.insights(Duration::from_secs(60), 10).unwrap();
-    let spot = report
-        .hot_spots
-        .iter()
-        .find(|h| h.target == Target::Document("e".into()))
-        .expect("e is hot");
+    let spot = hot_spot(&report, "e");
     assert!(
         spot.sources
             .iter()
@@ -424,10 +419,6 @@ fn retries_and_permanent_failures_are_counted_per_request() {
     assert!(tx.commit().unwrap().is_err());
     assert_eq!(labelled(&db, Family::Retries, "", "batcher"), 3);
     let report = db.insights(Duration::from_secs(300), 10).unwrap();
-    let d4 = report
-        .hot_spots
-        .iter()
-        .find(|h| h.target == Target::Document("d4".into()))
-        .expect("d4 is hot");
+    let d4 = hot_spot(&report, "d4");
     assert_eq!(d4.counts.retries, 1, "each document shows the retry it was in");
 }
